@@ -1,0 +1,36 @@
+"""pdseg: One-stage Progressive Dichotomous Segmentation.
+
+Zhu, Ahmed, Li, Shen, Jin, "One-stage Progressive Dichotomous Segmentation", BMVC 2023.
+
+The package root stays light: ``import pdseg_cli`` does not import torch. The public API
+below is resolved lazily on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "create_model": "pdseg_cli.model.build",
+    "load_model": "pdseg_cli.model.build",
+    "save_checkpoint": "pdseg_cli.model.build",
+    "load_checkpoint": "pdseg_cli.model.build",
+    "load_backbone": "pdseg_cli.model.build",
+    "evaluate": "pdseg_cli.engine.evaluate",
+    "Predictor": "pdseg_cli.engine.predict",
+    "optimize": "pdseg_cli.model.optimize",
+    "PdsegError": "pdseg_cli.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pdseg_cli' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,55 @@
+"""The ``pdseg`` command line: parse, call the engine, render. No model code lives here."""
+
+from __future__ import annotations
+
+import typer
+
+from pdseg_cli import __version__
+from pdseg_cli.commands import eval as eval_cmd
+from pdseg_cli.commands import export as export_cmd
+from pdseg_cli.commands import info as info_cmd
+from pdseg_cli.commands import predict as predict_cmd
+from pdseg_cli.commands import train as train_cmd
+
+app = typer.Typer(
+    name="pdseg",
+    help=(
+        "Dichotomous image segmentation with PDSeg (One-stage Progressive Dichotomous Segmentation): "
+        "cut one foreground object out of large images at full resolution.\n\n"
+        "Examples:\n\n"
+        "  pdseg predict ./imgs --out ./masks\n\n"
+        "  pdseg eval --split DIS-TE3\n\n"
+        "  pdseg train --epochs 100 --out runs/pdseg-b"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pdseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """pdseg: full-resolution dichotomous image segmentation."""
+
+
+app.command("info")(info_cmd.info)
+app.command("predict")(predict_cmd.predict)
+app.command("eval")(eval_cmd.eval_)
+app.command("train")(train_cmd.train)
+app.command("export")(export_cmd.export)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,34 @@
+"""What every subcommand shares: turning user errors into one line and an exit status."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+
+from pdseg_cli import ui
+from pdseg_cli.errors import PdsegError
+
+EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
+EXIT_FAILED = 1  # the run went on but some items failed
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a PdsegError as one red line (no traceback) and exit 2; Ctrl-C exits 130."""
+    try:
+        yield
+    except PdsegError as exc:
+        ui.error(exc.message, exc.hint)
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def not_available(command: str, issue: str) -> None:
+    """Say plainly that a subcommand is not implemented yet, and fail."""
+    ui.error(f"`pdseg {command}` is not available yet in this version ({issue}).")
+    raise typer.Exit(EXIT_FAILED)

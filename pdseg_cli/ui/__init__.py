@@ -1,0 +1,112 @@
+"""Everything the terminal shows. The only place that imports rich (ruff enforces it).
+
+Engine code reports progress through plain callbacks; ``progress_bar`` turns them into a rich
+bar on stderr, so stdout stays clean for tables and machine-readable output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+# stdout for results (tables), stderr for progress, warnings and errors
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    """Print one red error line (and a hint line) on stderr."""
+    err_console.print(f"[bold red]error:[/] {_escape(message)}")
+    if hint:
+        err_console.print(f"[dim]hint:[/] {_escape(hint)}")
+
+
+def warn(message: str) -> None:
+    """Print one yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/] {_escape(message)}")
+
+
+def info(message: str) -> None:
+    """Print one plain status line on stderr."""
+    err_console.print(_escape(message))
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    numeric: Sequence[bool] | None = None,
+    caption: str | None = None,
+) -> None:
+    """Print a table on stdout; numeric columns are right-justified."""
+    t = Table(title=title, caption=caption, title_justify="left")
+    numeric = numeric or [False] * len(columns)
+    for name, is_num in zip(columns, numeric, strict=True):
+        t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num)
+    for row in rows:
+        t.add_row(*(str(v) for v in row))
+    console.print(t)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str, total: int | None, *, unit: str = "img", fields: Sequence[str] = ()
+) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n=1, **fields)`` that moves a transient progress bar on stderr.
+
+    ``fields`` names extra text shown after the bar (for example loss and lr in training);
+    pass their values as keyword arguments to ``advance``. The bar shows items per second.
+    """
+    extra = [TextColumn("{task.fields[extra]}")] if fields else []
+    disable = not err_console.is_terminal and os.environ.get("PDSEG_PROGRESS") != "1"
+    prog = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        *extra,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=disable,
+    )
+    with prog:
+        task = prog.add_task(description, total=total, rate="", extra="")
+
+        def advance(n: int = 1, **values: Any) -> None:
+            t = prog.tasks[task]
+            elapsed = t.elapsed or 0.0
+            rate = (t.completed + n) / elapsed if elapsed > 0 else 0.0
+            text = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if k in fields)
+            prog.update(task, advance=n, rate=f"{rate:.2f} {unit}/s", extra=text)
+
+        yield advance
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
