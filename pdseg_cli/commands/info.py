@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
-from pdseg_cli.commands._common import not_available
+import typer
+
+from pdseg_cli.commands._common import user_errors
 
 
-def info() -> None:
-    """Not available yet (issue 2)."""
-    not_available("info", "issue 2")
+def info(
+    variant: str | None = typer.Argument(
+        None, help="One variant to show (pdseg-t, pdseg-s, pdseg-b, pdseg-l, segnext-b, pdseg-tiny)."
+    ),
+    size: int = typer.Option(
+        1024, "--size", min=32, help="Input side N for the multiply-add count (an NxN image)."
+    ),
+) -> None:
+    """Show the model variants: layers, parameters and GMACs at --size.
+
+    GMACs are multiply-adds of one eval-mode forward pass at batch 1, counted as the SegNeXt and
+    PDSeg papers count them (convolutions and the NMF's matrix products; norms, element-wise
+    products and upsampling included). The paper's model is pdseg-b.
+
+    Example: pdseg info pdseg-b --size 2048
+    """
+    from pdseg_cli import ui
+    from pdseg_cli.config import VARIANTS, get_config
+    from pdseg_cli.model.counting import count_macs, count_params
+
+    with user_errors():
+        configs = [get_config(variant)] if variant else list(VARIANTS.values())
+        rows = []
+        for cfg in configs:
+            rows.append(
+                (
+                    cfg.name,
+                    "progressive (P1)" if cfg.decoder == "progressive" else "single (LightHam)",
+                    ",".join(map(str, cfg.embed_dims)),
+                    ",".join(map(str, cfg.depths)),
+                    f"{count_params(cfg) / 1e6:.2f}M",
+                    f"{count_macs(cfg, size) / 1e9:.1f}",
+                )
+            )
+        ui.table(
+            f"pdseg model variants at {size}x{size}",
+            ["variant", "decoder", "widths", "depths", "params", "GMACs"],
+            rows,
+            numeric=[False, False, False, False, True, True],
+            caption="pdseg-tiny is a miniature for tests and smoke runs, not a paper model",
+        )

@@ -1,0 +1,435 @@
+"""Build models by variant name, and save or load self-describing checkpoints.
+
+A pdseg checkpoint is a ``torch.save`` file holding plain values and tensors only, so it loads with
+``torch.load(..., weights_only=True)``::
+
+    {
+        "format": "pdseg-checkpoint", "format_version": 1,
+        "config": ModelConfig.to_dict(),       # the network is rebuilt from this, never unpickled
+        "train_size": int | None,              # side of the square training images
+        "normalization": {"color", "scale", "mean", "std"},
+        "provenance": {...},                   # data, steps, ... as given to save_checkpoint
+        "pdseg_version": str, "torch_version": str, "dtype": "float32" | "float16",
+        "state_dict": {name: tensor},
+    }
+
+Every way a file can be wrong (missing, empty, truncated, not a torch file, a foreign torch file, a
+newer format, keys that do not fit) raises one :class:`~pdseg_cli.errors.WeightsError` whose message
+names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdseg_cli import __version__
+from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
+from pdseg_cli.errors import WeightsError
+from pdseg_cli.model.mscan import MSCAN
+from pdseg_cli.model.pdseg import PDSeg
+
+FORMAT_NAME = "pdseg-checkpoint"
+FORMAT_VERSION = 1  # bump when the layout changes; loaders refuse newer versions
+_MAX_KEYS_SHOWN = 6  # per category in a key-mismatch message
+# wrapper prefixes added by DataParallel/DDP, torch.compile, and mmseg's segmentors
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded pdseg checkpoint.
+
+    Attributes:
+        path: the file it came from.
+        config: the model config (``create_model(checkpoint.config)`` rebuilds the network).
+        state_dict: parameter and buffer tensors, on the CPU, in the dtype they were saved in.
+        train_size: side of the square training images, or None when unknown.
+        normalization: the input normalisation the weights expect (form of ``NORMALIZATION``).
+        provenance: what produced the weights (data, steps, ...), as given to :func:`save_checkpoint`.
+        pdseg_version: the pdseg version that wrote the file.
+        format_version: the checkpoint layout version.
+    """
+
+    path: Path
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    train_size: int | None
+    normalization: dict[str, Any]
+    provenance: dict[str, Any]
+    pdseg_version: str
+    format_version: int
+
+    @property
+    def variant(self) -> str:
+        return self.config.name
+
+
+def create_model(variant: str | ModelConfig) -> PDSeg:
+    """A freshly initialised network (random weights) in eval mode; call ``.train()`` to train it.
+
+    Args:
+        variant: a name from ``pdseg_cli.config.VARIANTS`` (e.g. ``"pdseg-b"``) or a config.
+
+    Raises:
+        InputError: unknown variant name (with the closest names as a hint).
+    """
+    config = variant if isinstance(variant, ModelConfig) else get_config(variant)
+    return PDSeg(config).eval()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP/DataParallel keep the network in .module, torch.compile in ._orig_mod
+    for attr in ("_orig_mod", "module"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+    return model
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` made of types a ``weights_only`` load accepts (Path -> str, tuple -> list)."""
+    if value is None:
+        return None
+    for kind in (bool, int, float, str):  # exact types: subclasses (e.g. TorchVersion) would be pickled
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold plain values only")
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    half: bool = False,
+    train_size: int | None = None,
+    normalization: Mapping[str, Any] | None = None,
+    **provenance: Any,
+) -> Path:
+    """Write ``model`` as a self-describing checkpoint, atomically (temporary file + rename).
+
+    Args:
+        model: a PDSeg network (also inside DDP or ``torch.compile``). Its weights are copied to the
+            CPU; the model itself is not changed.
+        path: the file to write (replaced if it exists; missing parent folders are created).
+        half: store floating-point tensors as float16 (half the size; loaded back as float32).
+        train_size: side of the square training images; defaults to ``model.train_size``.
+        normalization: input normalisation; defaults to ``model.normalization``.
+        **provenance: plain values describing the weights, e.g. ``data="DIS5K/DIS-TR"``,
+            ``steps=60000``, ``seed=0``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
+    """
+    net = _unwrap(model)
+    config = getattr(net, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"save_checkpoint needs a PDSeg model (with a ModelConfig), got {type(net).__name__}")
+    state = {}
+    for key, tensor in net.state_dict().items():
+        tensor = tensor.detach().to("cpu", copy=True)
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor.contiguous()
+    size = train_size if train_size is not None else getattr(net, "train_size", None)
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "train_size": None if size is None else int(size),
+        "normalization": _plain(
+            dict(normalization or getattr(net, "normalization", NORMALIZATION)), "normalization"
+        ),
+        "provenance": _plain(provenance, "provenance"),
+        "pdseg_version": __version__,
+        "torch_version": str(torch.__version__),
+        "dtype": "float16" if half else "float32",
+        "state_dict": state,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message, for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return lines[0].split(". ")[0].rstrip(".")[:160]
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure as one WeightsError."""
+    if not path.exists():
+        raise WeightsError(f"{what} {path} does not exist", hint="check the path")
+    if path.is_dir():
+        raise WeightsError(f"{what} {path} is a folder, not a file", hint="give the .pt/.pth file inside it")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsError(f"{what} {path} is empty (0 bytes)", hint="the download or copy was interrupted")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
+            name = re.search(r"GLOBAL (\S+)", str(exc))
+            raise WeightsError(
+                f"{what} {path} holds pickled Python objects"
+                f"{f' ({name.group(1)})' if name else ''}, which a safe load refuses",
+                hint="pdseg reads files of tensors and plain values only; re-save just the state_dict",
+            ) from None
+        raise WeightsError(f"{what} {path} is not a PyTorch file", hint="check the path") from None
+    except Exception as exc:  # zip, pickle and EOF errors: the file is damaged or of another kind
+        if _starts_like_zip(path):
+            raise WeightsError(
+                f"{what} {path} is truncated or damaged ({_first_line(exc)})",
+                hint="download or copy it again",
+            ) from None
+        raise WeightsError(f"{what} {path} is not a PyTorch file", hint="check the path") from None
+
+
+def _starts_like_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a pdseg checkpoint (on the CPU, ``weights_only=True``) without building the model.
+
+    Raises:
+        WeightsError: the file is missing, empty, truncated, not a torch file, not a pdseg
+            checkpoint, from a newer pdseg, or malformed; the message names the file.
+    """
+    path = Path(path)
+    obj = _torch_load(path, "checkpoint")
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a pdseg checkpoint")
+    if "format" not in obj:
+        if _is_state_dict(obj):
+            raise WeightsError(
+                f"{path} is a bare state_dict, not a pdseg checkpoint (no model config inside)",
+                hint="MSCAN ImageNet weights go to load_backbone / --backbone; pdseg checkpoints "
+                "come from save_checkpoint or `pdseg train`",
+            )
+        keys = ", ".join(sorted(map(str, obj))[:_MAX_KEYS_SHOWN])
+        raise WeightsError(
+            f"{path} is not a pdseg checkpoint (no 'format' entry; top-level keys: {keys})",
+            hint="pdseg checkpoints come from save_checkpoint or `pdseg train`",
+        )
+    if obj["format"] != FORMAT_NAME:
+        raise WeightsError(f"{path} is a {obj['format']!r} file, not a {FORMAT_NAME!r}")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise WeightsError(f"{path} has an invalid checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise WeightsError(
+            f"{path} was written by a newer pdseg (checkpoint format {version}, "
+            f"pdseg {obj.get('pdseg_version', '?')}); this pdseg {__version__} reads format {FORMAT_VERSION}",
+            hint="upgrade pdseg: pip install -U pdseg",
+        )
+    try:
+        config = ModelConfig.from_dict(obj.get("config"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise WeightsError(f"{path} has an invalid model config: {exc}") from None
+    state = obj.get("state_dict")
+    if not _is_state_dict(state):
+        raise WeightsError(f"{path} has no state_dict of tensors")
+    train_size = obj.get("train_size")
+    return Checkpoint(
+        path=path,
+        config=config,
+        state_dict=state,
+        train_size=int(train_size) if isinstance(train_size, (int, float)) else None,
+        normalization=dict(obj.get("normalization") or NORMALIZATION),
+        provenance=dict(obj.get("provenance") or {}),
+        pdseg_version=str(obj.get("pdseg_version", "?")),
+        format_version=version,
+    )
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _shape_text(shape: torch.Size | tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _mismatch_message(
+    model_state: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    ignore_missing: tuple[str, ...] = (),
+) -> str | None:
+    """Names the missing, unexpected and mis-shaped keys, or None when ``state`` fits ``model_state``."""
+    missing = [k for k in model_state if k not in state and not k.endswith(ignore_missing)]
+    unexpected = [k for k in state if k not in model_state]
+    shaped = [
+        f"{k} {_shape_text(state[k].shape)} vs {_shape_text(model_state[k].shape)}"
+        for k in model_state
+        if k in state and state[k].shape != model_state[k].shape
+    ]
+    parts = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("with another shape (file vs model)", shaped),
+    ):
+        if items:
+            shown = ", ".join(items[:_MAX_KEYS_SHOWN])
+            more = f" and {len(items) - _MAX_KEYS_SHOWN} more" if len(items) > _MAX_KEYS_SHOWN else ""
+            parts.append(f"{len(items)} {label}: {shown}{more}")
+    return "; ".join(parts) or None
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> PDSeg:
+    """Rebuild the network a checkpoint describes and load its weights strictly.
+
+    The model is returned in eval mode, in float32, with ``normalization`` and ``train_size`` set
+    from the checkpoint.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        device: where to put the model.
+
+    Raises:
+        WeightsError: the file is not a valid pdseg checkpoint, or its tensors do not fit its config.
+    """
+    ckpt = load_checkpoint(path)
+    model = PDSeg(ckpt.config)
+    state = _strip_prefixes(ckpt.state_dict)
+    problem = _mismatch_message(model.state_dict(), state)
+    if problem:
+        raise WeightsError(
+            f"{ckpt.path} does not fit its own config {ckpt.config.name!r}: {problem}",
+            hint="the file was edited or written by an incompatible pdseg",
+        )
+    model.load_state_dict(state, strict=True)  # copies, casting float16 storage to float32
+    model.normalization = ckpt.normalization
+    model.train_size = ckpt.train_size
+    return model.to(device).eval()
+
+
+# mmsegmentation 1.x renamed the MLP's depth-wise conv; map its names onto the official ones
+_MMSEG_RENAMES = ((re.compile(r"^(block\d+\.\d+\.mlp\.dwconv)\.(weight|bias)$"), r"\1.dwconv.\2"),)
+
+
+def _backbone_state(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The MSCAN tensors in a loaded file, and the keys that were dropped on purpose."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME and _is_state_dict(obj.get("state_dict")):
+        obj = {k[len("encoder.") :]: v for k, v in obj["state_dict"].items() if k.startswith("encoder.")}
+    for wrapper in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, dict) and not _is_state_dict(obj) and _is_state_dict(obj.get(wrapper)):
+            obj = obj[wrapper]
+            break
+    if not _is_state_dict(obj):
+        raise WeightsError(
+            f"{path} holds no state_dict of tensors (top-level: {type(obj).__name__})",
+            hint="give an MSCAN ImageNet file such as mscan_b.pth",
+        )
+    state = _strip_prefixes(obj)
+    dropped: list[str] = []
+    if any(k.startswith("backbone.") for k in state):  # a whole SegNeXt segmentor: keep its backbone
+        dropped = [k for k in state if not k.startswith("backbone.")]
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    out = {}
+    for key, value in state.items():
+        if key.startswith("head."):  # the ImageNet classifier of the pretraining model
+            dropped.append(key)
+            continue
+        for pattern, repl in _MMSEG_RENAMES:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out, dropped
+
+
+def _guess_mscan(state: Mapping[str, torch.Tensor]) -> str | None:
+    """'pdseg-x' whose encoder has the dims and depths found in ``state``, if any."""
+    try:
+        dims = tuple(int(state[f"norm{i}.weight"].shape[0]) for i in range(1, 5))
+    except KeyError:
+        return None
+    depths = []
+    for i in range(1, 5):
+        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"block{i}\.(\d+)\.", k))}
+        depths.append(max(blocks) + 1 if blocks else 0)
+    for name, cfg in VARIANTS.items():
+        if name.startswith("pdseg-") and cfg.embed_dims == dims and cfg.depths == tuple(depths):
+            return name
+    return None
+
+
+def load_backbone(model: PDSeg | MSCAN, path: str | os.PathLike[str]) -> int:
+    """Load ImageNet-pretrained MSCAN weights (the official ``mscan_t/s/b/l.pth``) into the encoder.
+
+    Accepts a bare state_dict or one wrapped in ``{"state_dict": ...}`` / ``{"model": ...}``, with
+    ``module.`` prefixes, a SegNeXt segmentation checkpoint (its ``backbone.*`` part), mmseg 1.x's
+    renamed keys, or another pdseg checkpoint (its encoder). The ImageNet classifier (``head.*``) is
+    ignored. Everything else must match exactly: the load is strict. BatchNorm's
+    ``num_batches_tracked`` counters may be absent.
+
+    Args:
+        model: a PDSeg network (its ``encoder`` is loaded) or an MSCAN encoder.
+        path: the weights file.
+
+    Returns:
+        The number of tensors loaded.
+
+    Raises:
+        WeightsError: the file cannot be read, or its keys or shapes do not fit the encoder; the
+            message names the missing, unexpected and mis-shaped keys.
+    """
+    path = Path(path)
+    encoder = model.encoder if isinstance(model, PDSeg) else model
+    if not isinstance(encoder, MSCAN):
+        raise TypeError(f"load_backbone needs a PDSeg model or an MSCAN encoder, got {type(model).__name__}")
+    state, _ = _backbone_state(_torch_load(path, "backbone weights"), path)
+    problem = _mismatch_message(encoder.state_dict(), state, ignore_missing=("num_batches_tracked",))
+    if problem:
+        guess = _guess_mscan(state)
+        variant = getattr(getattr(model, "config", None), "name", None)
+        hint = f"the file looks like the encoder of {guess}" if guess and guess != variant else None
+        raise WeightsError(
+            f"{path} does not fit the MSCAN encoder{f' of {variant}' if variant else ''}: {problem}",
+            hint=hint,
+        )
+    encoder.load_state_dict(state, strict=True)
+    return len(state)

@@ -1,0 +1,120 @@
+"""PDSeg: an MSCAN encoder and a progressive decoder of hamburger heads, for one foreground mask.
+
+Zhu, Ahmed, Li, Shen, Jin, "One-stage Progressive Dichotomous Segmentation", BMVC 2023.
+Our re-implementation; see ``shared/design/model.md`` for what follows the paper and what is guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdseg_cli.config import NORMALIZATION, ModelConfig
+from pdseg_cli.model.decoder import LightHamHead, ProgressiveDecoder
+from pdseg_cli.model.layers import resize_to
+from pdseg_cli.model.mscan import MSCAN
+
+
+class PDSeg(nn.Module):
+    """Encoder + decoder; takes any image size and returns logits at that size.
+
+    Args:
+        config: the variant to build.
+
+    Attributes:
+        config: the :class:`ModelConfig` it was built from.
+        encoder: the MSCAN encoder.
+        decoder: a :class:`ProgressiveDecoder` or a :class:`LightHamHead`.
+        normalization: how inputs must be normalised (``pdseg_cli.config.NORMALIZATION`` unless a
+            checkpoint says otherwise).
+        train_size: the side of the square images the weights were trained at, if known.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = MSCAN(config.embed_dims, config.depths, config.mlp_ratios, config.drop_path_rate)
+        decoder: nn.Module
+        if config.decoder == "progressive":
+            decoder = ProgressiveDecoder(
+                self.encoder.out_channels,
+                config.decoder_widths,
+                rank=config.ham_rank,
+                train_steps=config.ham_train_steps,
+                eval_steps=config.ham_eval_steps,
+                seed=config.ham_seed,
+                groups=config.norm_groups,
+                dropout=config.dropout,
+                residual_maps=config.residual_maps,
+            )
+        else:
+            decoder = LightHamHead(
+                self.encoder.out_channels,
+                config.decoder_widths[0],
+                rank=config.ham_rank,
+                train_steps=config.ham_train_steps,
+                eval_steps=config.ham_eval_steps,
+                seed=config.ham_seed,
+                groups=config.norm_groups,
+                dropout=config.dropout,
+            )
+        self.decoder = decoder
+        self.normalization: Mapping[str, Any] = NORMALIZATION
+        self.train_size: int | None = None
+
+    @property
+    def level_strides(self) -> tuple[int, ...]:
+        """Strides of the decoder's per-level logits, coarse to fine (e.g. (32, 16, 8, 4))."""
+        return tuple(self.decoder.strides)
+
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level logits at their own strides, for an input whose sides are multiples of 32.
+
+        Args:
+            x: (B, 3, H, W) normalised float, H and W multiples of ``config.pad_multiple``.
+
+        Returns:
+            Logits (B, 1, H / s, W / s) for each stride s in :attr:`level_strides`, coarse to fine.
+        """
+        m = self.config.pad_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"forward_levels needs sides that are multiples of {m}, got {tuple(x.shape)}")
+        return self.decoder(self.encoder(x))
+
+    @overload
+    def forward(self, x: torch.Tensor, return_levels: Literal[False] = False) -> torch.Tensor: ...
+
+    @overload
+    def forward(self, x: torch.Tensor, return_levels: Literal[True]) -> list[torch.Tensor]: ...
+
+    def forward(self, x: torch.Tensor, return_levels: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Segment a batch of images.
+
+        Args:
+            x: (B, 3, H, W) float, normalised as :attr:`normalization` says; any H and W (padded with
+                zeros to a multiple of 32 inside and cropped back).
+            return_levels: also return the coarser levels (for multi-scale supervision).
+
+        Returns:
+            The final logits (B, 1, H, W) (apply a sigmoid for probabilities). With
+            ``return_levels=True``, a list of every level's logits, coarse to fine, each resized
+            bilinearly to (B, 1, H, W); the last element is the final logits.
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        m = self.config.pad_multiple
+        pad_h, pad_w = -h % m, -w % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        padded = x.shape[-2:]
+        levels = self.decoder(self.encoder(x))
+        if not return_levels:
+            levels = levels[-1:]
+        # each level's logits (B, 1, H / s, W / s) -> (B, 1, H + pad_h, W + pad_w) -> (B, 1, H, W)
+        outs = [resize_to(level, padded)[..., :h, :w] for level in levels]
+        return outs if return_levels else outs[0]

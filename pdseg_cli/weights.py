@@ -1,0 +1,43 @@
+"""Where the bundled demo weights live, and how to override them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pdseg_cli.errors import WeightsError
+
+# The demo checkpoint trained on a small DAVIS subset (weights/README.md is its model card).
+BUNDLED_NAME = "pdseg-t-davis16.pt"
+ENV_VAR = "PDSEG_WEIGHTS"
+
+
+def bundled_weights_dir() -> Path:
+    """The repository's ``weights/`` folder (next to the package in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def default_weights() -> Path:
+    """The checkpoint used when ``--weights`` is not given.
+
+    ``$PDSEG_WEIGHTS`` wins; otherwise the bundled demo checkpoint.
+
+    Raises:
+        WeightsError: the file does not exist.
+    """
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"${ENV_VAR} points to {path}, which does not exist",
+                hint=f"unset {ENV_VAR} or point it to a pdseg checkpoint (.pt)",
+            )
+        return path
+    path = bundled_weights_dir() / BUNDLED_NAME
+    if not path.is_file():
+        raise WeightsError(
+            f"no weights given and the bundled demo weights are missing ({path})",
+            hint=f"pass --weights FILE or set ${ENV_VAR}",
+        )
+    return path

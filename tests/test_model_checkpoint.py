@@ -1,0 +1,298 @@
+"""Checkpoints: round trips, every bad-file case as one WeightsError, and MSCAN ImageNet weights."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import pdseg_cli
+from pdseg_cli.config import get_config
+from pdseg_cli.errors import WeightsError
+from pdseg_cli.model import PDSeg, create_model, load_backbone, load_checkpoint, load_model, save_checkpoint
+from pdseg_cli.model.build import FORMAT_NAME, FORMAT_VERSION
+
+
+@pytest.fixture(scope="module")
+def model() -> PDSeg:
+    torch.manual_seed(0)
+    net = create_model("pdseg-tiny").train()
+    with torch.no_grad():  # move BN statistics off their defaults so they are tested too
+        net(torch.randn(2, 3, 64, 64))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(model: PDSeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(model, path, train_size=1024, data="DIS5K/DIS-TR", steps=12, seed=0)
+    return path
+
+
+def _outputs(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net(x)
+
+
+def test_round_trip_gives_equal_outputs(model: PDSeg, saved: Path) -> None:
+    x = torch.randn(2, 3, 70, 45)
+    loaded = load_model(saved)
+    assert not loaded.training
+    assert torch.equal(_outputs(loaded, x), _outputs(model, x))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_checkpoint_describes_itself(model: PDSeg, saved: Path) -> None:
+    ckpt = load_checkpoint(saved)
+    assert ckpt.config == model.config
+    assert ckpt.variant == "pdseg-tiny"
+    assert ckpt.train_size == 1024
+    assert ckpt.provenance == {"data": "DIS5K/DIS-TR", "steps": 12, "seed": 0}
+    assert ckpt.pdseg_version == pdseg_cli.__version__
+    assert ckpt.format_version == FORMAT_VERSION
+    assert list(ckpt.normalization["mean"]) == [123.675, 116.28, 103.53]
+    raw = torch.load(saved, weights_only=True)
+    assert raw["format"] == FORMAT_NAME
+    assert raw["dtype"] == "float32"
+    loaded = load_model(saved)
+    assert loaded.train_size == 1024
+    assert list(loaded.normalization["std"]) == [58.395, 57.12, 57.375]
+
+
+def test_half_storage_round_trip(model: PDSeg, saved: Path, tmp_path: Path) -> None:
+    path = save_checkpoint(model, tmp_path / "half.pt", half=True)
+    assert path.stat().st_size < 0.7 * saved.stat().st_size
+    raw = torch.load(path, weights_only=True)
+    assert raw["dtype"] == "float16"
+    assert raw["state_dict"]["decoder.levels.0.classifier.weight"].dtype == torch.float16
+    assert raw["state_dict"]["encoder.block1.0.norm1.num_batches_tracked"].dtype == torch.int64
+    loaded = load_model(path)
+    assert next(loaded.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 64, 64)
+    ref = _outputs(model, x)
+    torch.testing.assert_close(_outputs(loaded, x), ref, rtol=0, atol=1e-3 * (1 + ref.abs().max().item()))
+
+
+def test_save_is_atomic_and_overwrites(model: PDSeg, tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ckpt.pt"
+    save_checkpoint(model, path, steps=1)
+    save_checkpoint(model, path, steps=2)
+    assert load_checkpoint(path).provenance == {"steps": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]  # no temporary file left
+
+
+def test_save_keeps_the_model_unchanged(model: PDSeg, tmp_path: Path) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    save_checkpoint(model, tmp_path / "h.pt", half=True)
+    assert all(
+        torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items()
+    )
+
+
+def test_save_refuses_non_plain_provenance(model: PDSeg, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="plain values"):
+        save_checkpoint(model, tmp_path / "x.pt", optimizer=object())
+    save_checkpoint(model, tmp_path / "y.pt", data=tmp_path / "data", sizes=(1, 2))  # Path and tuple are fine
+    assert load_checkpoint(tmp_path / "y.pt").provenance == {"data": str(tmp_path / "data"), "sizes": [1, 2]}
+
+
+def test_public_api_is_lazy_and_complete(saved: Path) -> None:
+    net = pdseg_cli.load_model(saved)
+    assert isinstance(net, PDSeg)
+    assert isinstance(pdseg_cli.create_model("pdseg-tiny"), PDSeg)
+
+
+# --- bad files: each gives one WeightsError naming the file ------------------------------------
+
+
+def _write_bad(kind: str, good: Path, tmp_path: Path) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    raw = torch.load(good, weights_only=True)
+    if kind == "missing":
+        return path
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("this is not a checkpoint\n")
+    elif kind == "image":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    elif kind == "plain-pickle":
+        path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    elif kind == "python-objects":
+        # timm saves its argparse Namespace in the checkpoint
+        torch.save({"state_dict": raw["state_dict"], "args": argparse.Namespace(lr=1e-3)}, path)
+    elif kind == "bare-state-dict":
+        torch.save(raw["state_dict"], path)
+    elif kind == "foreign-dict":
+        torch.save({"epoch": 3, "model": raw["state_dict"]}, path)
+    elif kind == "not-a-dict":
+        torch.save([torch.ones(2)], path)
+    elif kind == "other-format":
+        torch.save({**raw, "format": "someone-else"}, path)
+    elif kind == "newer-version":
+        torch.save({**raw, "format_version": FORMAT_VERSION + 1}, path)
+    elif kind == "bad-config":
+        torch.save({**raw, "config": {**raw["config"], "embed_dims": [1, 2]}}, path)
+    elif kind == "no-state-dict":
+        torch.save({k: v for k, v in raw.items() if k != "state_dict"}, path)
+    elif kind == "mismatched-keys":
+        state = dict(raw["state_dict"])
+        state.pop("decoder.levels.0.classifier.bias")
+        state["decoder.levels.0.extra.weight"] = torch.ones(1)
+        state["encoder.norm4.weight"] = torch.ones(5)
+        torch.save({**raw, "state_dict": state}, path)
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+BAD_CASES = {
+    "missing": "does not exist",
+    "folder": "is a folder",
+    "empty": "is empty",
+    "truncated": "truncated or damaged",
+    "text": "not a PyTorch file",
+    "image": "not a PyTorch file",
+    "plain-pickle": "not a PyTorch file",
+    "python-objects": "pickled Python objects",
+    "bare-state-dict": "bare state_dict",
+    "foreign-dict": "not a pdseg checkpoint",
+    "not-a-dict": "holds a list",
+    "other-format": "not a 'pdseg-checkpoint'",
+    "newer-version": "newer pdseg",
+    "bad-config": "invalid model config",
+    "no-state-dict": "no state_dict",
+    "mismatched-keys": "decoder.levels.0.classifier.bias",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CASES))
+def test_bad_checkpoint_gives_one_line_weights_error(kind: str, saved: Path, tmp_path: Path) -> None:
+    path = _write_bad(kind, saved, tmp_path)
+    with pytest.raises(WeightsError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert BAD_CASES[kind] in message
+    assert "\n" not in message
+
+
+def test_mismatched_keys_are_all_named(saved: Path, tmp_path: Path) -> None:
+    path = _write_bad("mismatched-keys", saved, tmp_path)
+    message = str(pytest.raises(WeightsError, load_model, path).value)
+    assert "1 missing: decoder.levels.0.classifier.bias" in message
+    assert "1 unexpected: decoder.levels.0.extra.weight" in message
+    assert "encoder.norm4.weight (5) vs (64)" in message
+
+
+# --- MSCAN ImageNet weights -------------------------------------------------------------------
+
+
+def _official_like_state(name: str = "pdseg-tiny", seed: int = 1) -> dict[str, torch.Tensor]:
+    """A state dict under the official SegNeXt MSCAN key names, with random values."""
+    torch.manual_seed(seed)
+    encoder = create_model(dataclasses.replace(get_config(name))).encoder
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in encoder.state_dict().items()}
+    for key in (
+        "patch_embed1.proj.0.weight",
+        "block1.0.attn.spatial_gating_unit.conv0_1.weight",
+        "block3.0.mlp.dwconv.dwconv.weight",
+        "norm4.weight",
+    ):
+        assert key in state
+    return state
+
+
+def _assert_encoder_equals(net: PDSeg, state: dict[str, torch.Tensor]) -> None:
+    loaded = net.encoder.state_dict()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize(
+    "wrapping", ["bare", "state_dict", "module-prefix", "imagenet-head", "no-bn-counters"]
+)
+def test_load_backbone_accepts_official_files(wrapping: str, tmp_path: Path) -> None:
+    state = _official_like_state()
+    if wrapping == "bare":
+        obj: object = state
+    elif wrapping == "state_dict":
+        obj = {"state_dict": state, "epoch": 300}
+    elif wrapping == "module-prefix":
+        obj = {"model": {f"module.{k}": v for k, v in state.items()}}
+    elif wrapping == "imagenet-head":
+        obj = {**state, "head.weight": torch.randn(1000, 64), "head.bias": torch.randn(1000)}
+    else:
+        obj = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "mscan.pth"
+    torch.save(obj, path)
+    net = create_model("pdseg-tiny")
+    decoder_before = {k: v.clone() for k, v in net.decoder.state_dict().items()}
+    assert load_backbone(net, path) == len(obj if wrapping in ("bare", "no-bn-counters") else state)
+    expected = state if wrapping != "no-bn-counters" else {k: v for k, v in state.items() if k in obj}
+    _assert_encoder_equals(net, expected)
+    assert all(torch.equal(v, decoder_before[k]) for k, v in net.decoder.state_dict().items())
+
+
+def test_load_backbone_from_segmentor_and_mmseg_names(tmp_path: Path) -> None:
+    state = _official_like_state()
+    segmentor = {f"backbone.{k}": v for k, v in state.items()}
+    segmentor["decode_head.conv_seg.weight"] = torch.randn(19, 256, 1, 1)
+    torch.save({"meta": {"epoch": 1}, "state_dict": segmentor}, tmp_path / "segnext.pth")
+    net = create_model("pdseg-tiny")
+    load_backbone(net, tmp_path / "segnext.pth")
+    _assert_encoder_equals(net, state)
+    renamed = {k.replace("mlp.dwconv.dwconv.", "mlp.dwconv."): v for k, v in state.items()}  # mmseg 1.x
+    torch.save(renamed, tmp_path / "mmseg.pth")
+    other = create_model("pdseg-tiny")
+    load_backbone(other.encoder, tmp_path / "mmseg.pth")
+    _assert_encoder_equals(other, state)
+
+
+def test_load_backbone_from_a_pdseg_checkpoint(model: PDSeg, saved: Path) -> None:
+    net = create_model("pdseg-tiny")
+    load_backbone(net, saved)
+    _assert_encoder_equals(net, model.encoder.state_dict())
+
+
+def test_load_backbone_names_bad_keys(tmp_path: Path) -> None:
+    state = _official_like_state()
+    state["norm4.weight"] = torch.ones(7)
+    state.pop("block2.0.attn.proj_2.bias")
+    state["block9.0.extra"] = torch.ones(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError) as info:
+        load_backbone(create_model("pdseg-tiny"), tmp_path / "bad.pth")
+    message = str(info.value)
+    assert str(tmp_path / "bad.pth") in message
+    assert "norm4.weight (7) vs (64)" in message
+    assert "1 missing: block2.0.attn.proj_2.bias" in message
+    assert "1 unexpected: block9.0.extra" in message
+    assert "\n" not in message
+
+
+def test_load_backbone_of_another_variant_says_which(tmp_path: Path) -> None:
+    torch.save(_official_like_state("pdseg-s"), tmp_path / "mscan_s.pth")
+    with pytest.raises(WeightsError) as info:
+        load_backbone(create_model("pdseg-b"), tmp_path / "mscan_s.pth")
+    assert "missing: block1.2." in str(info.value)
+    assert info.value.hint is not None and "pdseg-s" in info.value.hint
+
+
+def test_load_backbone_bad_files(tmp_path: Path) -> None:
+    net = create_model("pdseg-tiny")
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_backbone(net, tmp_path / "nope.pth")
+    torch.save({"epoch": 1, "note": "x"}, tmp_path / "nothing.pth")
+    with pytest.raises(WeightsError, match="no state_dict"):
+        load_backbone(net, tmp_path / "nothing.pth")
