@@ -1,10 +1,215 @@
-"""`pdseg eval`."""
+"""`pdseg eval`: the DIS metric table (maxF, wF, MAE, S, E, HCE) for DIS5K splits or any folder."""
 
 from __future__ import annotations
 
-from pdseg_cli.commands._common import not_available
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from pdseg_cli.commands._common import user_errors
+from pdseg_cli.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.evaluate import EvalReport, PairPlan
 
 
-def eval_() -> None:
-    """Not available yet (issue 3)."""
-    not_available("eval", "issue 3")
+def eval_(
+    split: list[str] = typer.Option(
+        ...,
+        "--split",
+        "-s",
+        help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits plus a pooled overall row), "
+        "or a folder holding gt/ (and im/). Repeat for several.",
+        show_default=False,
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="The DIS5K folder. Default: $PDSEG_DATA, else ./DIS5K.", show_default=False
+    ),
+    pred: Path | None = typer.Option(
+        None,
+        "--pred",
+        "-p",
+        help="Score existing maps instead of running a model: <stem>.png per GT, in this folder "
+        "or in <pred>/<split>/ (required with several splits).",
+        show_default=False,
+    ),
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        exists=True,
+        dir_okay=False,
+        help="Checkpoint to run on the im/ images. Default: $PDSEG_WEIGHTS, else the bundled weights.",
+        show_default=False,
+    ),
+    save_preds: Path | None = typer.Option(
+        None, "--save-preds", help="Keep the model's maps in DIR/<split>/<stem>.png.", show_default=False
+    ),
+    size: str | None = typer.Option(
+        None,
+        "--size",
+        help="Working resolution for the model (as `pdseg predict --size`).",
+        show_default=False,
+    ),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    batch: int = typer.Option(1, "--batch", "-b", min=1, help="Images per forward pass."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Score only the GTs that have a prediction instead of failing."
+    ),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes for scoring (0: all cores)."),
+    cache_dir: Path | None = typer.Option(
+        None,
+        "--cache-dir",
+        help="Cache of GT-only data (skeletons etc.). Default: $PDSEG_CACHE_DIR, else $XDG_CACHE_HOME/pdseg.",
+        show_default=False,
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the GT cache."),
+    json_out: Path | None = typer.Option(
+        None,
+        "--json",
+        help="Write splits, per-image values, curves and settings as JSON.",
+        show_default=False,
+    ),
+    csv_out: Path | None = typer.Option(
+        None, "--csv", help="Write one CSV line per table row.", show_default=False
+    ),
+) -> None:
+    """Score predictions with the DIS metrics, exactly as the reference tools compute them.
+
+    Columns in the DIS paper's order: maxF, wF, MAE, S, E (mean E-measure), HCE.
+
+    Predictions are matched to GTs by file stem; a map of another size is resized to its GT's size (bilinear).
+
+    HCE is computed at GT resolution on the raw map bytes (> 128), as the DIS code does.
+
+    GT-only work is cached on disk, so the second run over the same GTs is much faster.
+
+    Examples:
+
+      pdseg eval --split DIS-TE --weights runs/pdseg-b/best.pt --json te.json
+
+      pdseg eval --split DIS-VD --pred preds/ --data-root ~/data/DIS5K
+
+      pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
+    """
+    with user_errors():
+        from pdseg_cli.engine import evaluate as ev
+        from pdseg_cli.ui import evaluation as view
+
+        if pred is not None and (weights is not None or save_preds is not None):
+            raise InputError(
+                "--pred scores existing maps: it cannot be combined with --weights or --save-preds"
+            )
+        for out in (json_out, csv_out):
+            if out is not None:
+                _check_writable(out)
+        splits, pooled = ev.resolve_splits(split, data_root)
+        names = [name for name, _ in splits]
+
+        with contextlib.ExitStack() as stack:
+            if pred is not None:
+                plans = [
+                    ev.plan_pairs(ev.prediction_folder(pred, name, len(splits) > 1), folder / "gt", name=name)
+                    for name, folder in splits
+                ]
+                settings = {"predictions": f"maps read from {pred}"}
+            else:
+                plans, settings = _run_model(
+                    stack, splits, weights, save_preds, size, device, precision, batch, allow_missing
+                )
+            n_images = sum(len(p.pairs) for p in plans)
+            cache = None if no_cache else ev.default_cache_root(cache_dir)
+            view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)
+            with view.progress("eval", n_images) as advance:
+                report = ev.evaluate_plans(
+                    plans,
+                    pooled=pooled,
+                    jobs=jobs,
+                    cache_dir=cache_dir,
+                    use_cache=not no_cache,
+                    allow_missing=allow_missing,
+                    on_progress=advance,
+                    settings=settings,
+                )
+        view.render(report)
+        _write_outputs(report, json_out, csv_out)
+
+
+def _run_model(
+    stack: contextlib.ExitStack,
+    splits: list[tuple[str, Path]],
+    weights: Path | None,
+    save_preds: Path | None,
+    size: str | None,
+    device: str,
+    precision: str,
+    batch: int,
+    allow_missing: bool,
+) -> tuple[list[PairPlan], dict[str, Any]]:
+    """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
+    from pdseg_cli.engine import evaluate as ev
+    from pdseg_cli.engine.predict import Predictor, parse_size
+    from pdseg_cli.ui import evaluation as view
+    from pdseg_cli.ui import prediction
+
+    predictor = Predictor(weights, device=device, precision=precision, size=parse_size(size))
+    n_gt = {name: len(ev.list_maps(folder / "gt", "GT")) for name, folder in splits}
+    prediction.start(
+        predictor.device_reason, predictor.precision, str(predictor.size), sum(n_gt.values()), 0, 1
+    )
+    root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
+    plans = []
+    for name, folder in splits:
+        out_dir = root / name
+        with view.progress(f"predict {name}", n_gt[name]) as advance:
+            no_image, failed = ev.predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
+        problems = [f"{folder / 'gt'}/{stem}.*: no image of that name in im/" for stem in no_image] + failed
+        if problems and not allow_missing:
+            raise DataError(
+                f"{name}: {len(problems)} GT masks get no prediction: {ev.listing(problems, 10)}",
+                hint="fix or add the images, or pass --allow-missing to score the others",
+            )
+        plans.append(ev.plan_pairs(out_dir, folder / "gt", name=name))
+    settings = {
+        "predictions": {
+            "weights": str(predictor.weights_path),
+            "device": str(predictor.device),
+            "precision": predictor.precision,
+            "size": str(predictor.size),
+            "saved_to": str(save_preds) if save_preds is not None else None,
+        }
+    }
+    return plans, settings
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output path that cannot be written before the (long) scoring starts."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name for the output")
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {path}: the folder {parent} does not exist")
+
+
+def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | None) -> None:
+    from pdseg_cli.data.images import write_bytes_atomic
+    from pdseg_cli.ui import evaluation as view
+
+    for path, text in _outputs(report, json_out, csv_out):
+        try:
+            write_bytes_atomic(path, text.encode("utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot write {path} ({exc.strerror or exc})") from None
+        view.written("JSON" if path == json_out else "CSV", path)
+
+
+def _outputs(report: EvalReport, json_out: Path | None, csv_out: Path | None) -> Iterator[tuple[Path, str]]:
+    if json_out is not None:
+        yield json_out, json.dumps(report.to_json(), indent=2) + "\n"
+    if csv_out is not None:
+        yield csv_out, report.to_csv()

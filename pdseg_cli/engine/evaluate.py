@@ -1,0 +1,848 @@
+"""Scoring prediction maps against GT masks: the DIS table (maxF, wF, MAE, S, E, HCE) and more.
+
+:func:`evaluate` is the one code path behind ``pdseg eval`` and Python users::
+
+    from pdseg_cli import evaluate
+    report = evaluate("preds/DIS-TE1", "DIS5K/DIS-TE1/gt")
+    report.splits[0].scores.max_f          # dataset maxF
+    report.to_json()                        # the layout `pdseg eval --json` writes
+
+Training validation scores in-memory maps with :func:`evaluate_arrays` (no files needed).
+
+How a pair is scored (``design/metrics.md`` has every detail and reason):
+
+* Both files are read as 8-bit grayscale with OpenCV's ``IMREAD_GRAYSCALE`` semantics (16-bit:
+  high byte; colour: luminance), matched by file stem.
+* A prediction of another size is resized to the GT size (``cv2.resize``, INTER_LINEAR); the GT
+  is never resized. Every metric, HCE included, is computed at the GT's resolution.
+* F, wF, MAE, S and E equal pysodmetrics 1.6.2 (min-max normalised prediction, GT ``> 128``);
+  an image in the S-measure NaN case counts as 0. HCE follows the official DIS procedure (raw
+  prediction bytes ``> 128``, relax 5, epsilon 2).
+* Dataset values weigh every image 1; F and E curves are averaged over images before their max
+  or mean is taken. A pooled row (``DIS-TE (overall)``) does the same over all its images.
+
+Speed: GT-only work (skeleton, nearest-foreground choice, counts) is cached on disk per GT file
+content (:mod:`pdseg_cli.metrics.cache`), and images are scored in parallel with joblib.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pdseg_cli.errors import DataError, InputError
+from pdseg_cli.metrics.aggregate import EXTRA_KEYS, TABLE_KEYS, DatasetScores, aggregate
+from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
+from pdseg_cli.metrics.common import GT_THRESHOLD
+from pdseg_cli.metrics.gtprep import GTPrep
+from pdseg_cli.metrics.image import ImageScores, score_pair
+from pdseg_cli.metrics.reading import MaskFile, read_mask_file
+
+DIS_SPLITS = ("DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+DIS_TE = "DIS-TE"  # the four test splits, plus a pooled row
+DIS_TE_MEMBERS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+OVERALL_NAME = "DIS-TE (overall)"
+POOLING_NOTE = "pooled over all images of its splits, each image weight 1 (not the mean of the split rows)"
+MAX_LISTED = 20  # files named one by one in a message; the rest are counted
+
+ProgressCallback = Callable[[str, str], None]  # (split name, image stem) after each image
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One scored image.
+
+    Attributes:
+        stem: the file stem shared by prediction and GT.
+        scores: every metric of the image.
+        pred_size: (H, W) of the prediction before resizing.
+        gt_size: (H, W) of the GT (the size the metrics ran at).
+        cached: the GT-only data came from the cache.
+        notes: (kind, file) for what the user should know about how a file was read (a key of
+            ``NOTE_TEXT``: 16-bit file, colour file, a GT that reads as empty).
+    """
+
+    stem: str
+    scores: ImageScores
+    pred_size: tuple[int, int]
+    gt_size: tuple[int, int]
+    cached: bool = False
+    notes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def resized(self) -> bool:
+        return self.pred_size != self.gt_size
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.scores.as_dict())
+        if self.resized:
+            out["resized_from_hw"] = list(self.pred_size)
+        return out
+
+
+@dataclass
+class SplitResult:
+    """The scores of one split (one dataset folder).
+
+    Attributes:
+        name: the split's name (``DIS-TE1``, or the folder name for a folder).
+        gt_dir: where the GTs are.
+        pred_dir: where the predictions were read from.
+        images: one record per scored image, sorted by stem.
+        scores: the dataset values.
+        missing: GT stems without a prediction (only with ``allow_missing``).
+        unmatched: prediction stems without a GT (ignored).
+        warnings: one line per thing the user should know.
+        seconds: wall time of the scoring run that produced it (all its splits together).
+    """
+
+    name: str
+    gt_dir: Path
+    pred_dir: Path | None
+    images: list[ImageRecord]
+    scores: DatasetScores
+    missing: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def resized(self) -> int:
+        """How many predictions were resized to their GT's size."""
+        return sum(r.resized for r in self.images)
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(r.cached for r in self.images)
+
+    def row(self) -> dict[str, Any]:
+        """The split's values under the report's key names (E = mean E), plus ``resized``."""
+        return {**self.scores.as_dict(), "resized": self.resized}
+
+
+@dataclass
+class PooledResult:
+    """A row over the images of several splits (each image weight 1), e.g. DIS-TE (overall)."""
+
+    name: str
+    members: list[str]
+    scores: DatasetScores
+
+    def row(self) -> dict[str, Any]:
+        return {**self.scores.as_dict(), "pooled_from": list(self.members)}
+
+
+@dataclass
+class EvalReport:
+    """What ``pdseg eval`` prints and writes.
+
+    Attributes:
+        splits: one result per split, in the order asked for.
+        pooled: pooled rows (e.g. DIS-TE (overall)), after the splits.
+        settings: how the numbers were computed (metric settings, versions, inputs).
+    """
+
+    splits: list[SplitResult]
+    pooled: list[PooledResult] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitResult:
+        for s in self.splits:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def rows(self) -> list[tuple[str, DatasetScores]]:
+        """(name, scores) of every table row: the splits, then the pooled rows."""
+        return [(s.name, s.scores) for s in self.splits] + [(p.name, p.scores) for p in self.pooled]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"splits": {NAME: {...}}, "images": {NAME: {STEM: {...}}}, "curves": ..., "settings": ...}``.
+
+        Split and image values use the keys maxF, wF, MAE, S, E (mean E-measure, the DIS table's
+        column), HCE, count (splits), then meanF, adpF, maxE, adpE (and the four HCE parts per
+        image). Curves are 256 values in ascending threshold order.
+        """
+        splits: dict[str, Any] = {s.name: s.row() for s in self.splits}
+        splits.update({p.name: p.row() for p in self.pooled})
+        return {
+            "splits": splits,
+            "images": {s.name: {r.stem: r.as_dict() for r in s.images} for s in self.splits},
+            "curves": {
+                name: {"F": sc.f_curve.tolist(), "E": sc.e_curve.tolist()} for name, sc in self.rows()
+            },
+            "notes": {
+                s.name: {"warnings": s.warnings, "missing": s.missing, "unmatched": s.unmatched}
+                for s in self.splits
+            },
+            "settings": self.settings,
+        }
+
+    def to_csv(self) -> str:
+        """One line per table row: split, count, the six table columns, then the extras."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        keys = [*TABLE_KEYS, *EXTRA_KEYS]
+        writer.writerow(["split", "count", *keys])
+        for name, sc in self.rows():
+            values = sc.as_dict()
+            writer.writerow([name, sc.count, *(repr(float(values[k])) for k in keys)])
+        return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# pairing files
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The files of one split to score.
+
+    Attributes:
+        name: the split's name.
+        gt_dir, pred_dir: the folders.
+        pairs: (stem, prediction file, GT file), sorted by stem.
+        missing: GT stems without a prediction.
+        unmatched: prediction stems without a GT.
+    """
+
+    name: str
+    gt_dir: Path
+    pred_dir: Path | None
+    pairs: list[tuple[str, Path, Path]]
+    missing: list[str]
+    unmatched: list[str]
+
+
+def list_maps(folder: Path, what: str) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (hidden files and non-images skipped).
+
+    Raises:
+        DataError: the folder is missing, or two files share a stem (``a.png`` and ``a.jpg``).
+    """
+    from pdseg_cli.data.images import is_image_file
+
+    if not folder.is_dir():
+        raise DataError(
+            f"{what} folder {folder} does not exist"
+            if not folder.exists()
+            else f"{what} {folder} is not a folder"
+        )
+    by_stem: dict[str, Path] = {}
+    clashes: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
+            continue
+        if path.stem in by_stem:
+            clashes.append(f"{by_stem[path.stem].name} and {path.name}")
+            continue
+        by_stem[path.stem] = path
+    if clashes:
+        raise DataError(
+            f"{what} folder {folder} has several files per name: {listing(clashes)}",
+            hint="keep one file per stem (pdseg matches predictions and GTs by file name without extension)",
+        )
+    return by_stem
+
+
+def plan_pairs(
+    pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str], *, name: str | None = None
+) -> PairPlan:
+    """Match ``pred_dir/<stem>.*`` with ``gt_dir/<stem>.*``.
+
+    Raises:
+        DataError: a folder is missing or holds no image files.
+    """
+    pred_dir, gt_dir = Path(pred_dir).expanduser(), Path(gt_dir).expanduser()
+    gts = list_maps(gt_dir, "GT")
+    if not gts:
+        raise DataError(
+            f"no GT masks in {gt_dir}", hint="expected .png (or .jpg/.bmp/.tif) masks named like the images"
+        )
+    preds = list_maps(pred_dir, "prediction")
+    if not preds:
+        raise DataError(
+            f"no prediction maps in {pred_dir}",
+            hint="expected one 8-bit map per GT, named like the GT (<stem>.png, as `pdseg predict` writes)",
+        )
+    pairs = [(stem, preds[stem], gts[stem]) for stem in sorted(gts.keys() & preds.keys())]
+    missing = sorted(gts.keys() - preds.keys())
+    unmatched = sorted(preds.keys() - gts.keys())
+    return PairPlan(name or gt_dir.parent.name or gt_dir.name, gt_dir, pred_dir, pairs, missing, unmatched)
+
+
+def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
+    """Refuse GTs without a prediction (unless allowed) and splits with nothing to score.
+
+    Raises:
+        DataError: naming the missing predictions (up to ``MAX_LISTED``) and their folder.
+    """
+    for plan in plans:
+        if plan.missing and not allow_missing:
+            where = plan.pred_dir if plan.pred_dir is not None else "the predictions"
+            raise DataError(
+                f"{plan.name}: {len(plan.missing)} of {len(plan.missing) + len(plan.pairs)} GT masks have no "
+                f"prediction in {where}: {listing(plan.missing)}",
+                hint="add the missing maps, or pass --allow-missing to score only the "
+                f"{len(plan.pairs)} images that have one (not comparable to full-split numbers)",
+            )
+        if not plan.pairs:
+            raise DataError(
+                f"{plan.name}: no prediction matches a GT by name in {plan.pred_dir}",
+                hint=f"GT names look like {listing(plan.missing, 3)}",
+            )
+
+
+def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """``a, b, c and 7 more``."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring one pair (runs in worker processes)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A pair that could not be scored (unreadable file), with the reason naming the file."""
+
+    stem: str
+    message: str
+    pred_side: bool
+
+
+def _prep_for(gt: np.ndarray, key: str | None, cache: GTCache | None) -> tuple[GTPrep, bool]:
+    """The GT-only data of ``gt``: from the cache under ``key`` when there, else computed and stored.
+
+    Returns:
+        (the data, whether it came from the cache).
+    """
+    if cache is not None and key is not None:
+        prep = cache.load(key)
+        if prep is not None and prep.shape == gt.shape:
+            return prep, True
+    prep = GTPrep.from_gt(gt)
+    if cache is not None and key is not None:
+        cache.store(key, prep)
+    return prep, False
+
+
+# How a file was read, when the user should know: note kind -> explanation (files are listed after it)
+NOTE_TEXT = {
+    "gt_16bit": "GT files are 16-bit: read as their high byte (v >> 8), as cv2.IMREAD_GRAYSCALE does",
+    "pred_16bit": "prediction files are 16-bit: read as their high byte (v >> 8), as IMREAD_GRAYSCALE does",
+    "gt_colour": "GT files are colour or palette images: read as gray luminance 0.299 R + 0.587 G + 0.114 B",
+    "pred_colour": "prediction files are colour or palette images: read as gray luminance "
+    "0.299 R + 0.587 G + 0.114 B",
+    "gt_empty": f"GT masks have no pixel above {GT_THRESHOLD} (0/1 masks?): they read as empty GTs "
+    "(all background), as in the reference tools; store masks as 0/255",
+}
+
+
+def file_notes(mask: MaskFile, role: str) -> list[str]:
+    """Note kinds (keys of ``NOTE_TEXT``) that apply to a file: 16-bit, colour, a GT that reads as empty."""
+    prefix = "gt" if role == "GT" else "pred"
+    kinds = []
+    if mask.sixteen_bit:
+        kinds.append(f"{prefix}_16bit")
+    if mask.colour:
+        kinds.append(f"{prefix}_colour")
+    if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
+        kinds.append("gt_empty")
+    return kinds
+
+
+def _grouped_notes(records: Sequence[ImageRecord]) -> list[str]:
+    """One line per note kind, naming the files it applies to."""
+    files: dict[str, list[str]] = {}
+    for r in records:
+        for kind, path in r.notes:
+            files.setdefault(kind, []).append(path)
+    return [
+        f"{NOTE_TEXT[kind]} ({len(paths)} file{'s' if len(paths) != 1 else ''}): {listing(paths, 5)}"
+        for kind, paths in files.items()
+    ]
+
+
+def _score_files(
+    stem: str, pred_path: Path, gt_path: Path, cache_root: Path | None, worker: bool
+) -> ImageRecord | _Failure:
+    if worker:
+        cv2.setNumThreads(1)  # one image per process: no oversubscription
+    cache = GTCache(cache_root) if cache_root is not None else None
+    try:
+        gt = read_mask_file(gt_path, digest=cache is not None)
+    except InputError as exc:
+        return _Failure(stem, f"GT {exc}", pred_side=False)
+    try:
+        pred = read_mask_file(pred_path)
+    except InputError as exc:
+        return _Failure(stem, f"prediction {exc}", pred_side=True)
+    notes = [(k, str(gt_path)) for k in file_notes(gt, "GT")]
+    notes += [(k, str(pred_path)) for k in file_notes(pred, "prediction")]
+    prep, cached = _prep_for(gt.array, gt.digest, cache)
+    return _score_arrays(stem, pred.array, gt.array, prep, cached, tuple(notes))
+
+
+def _score_arrays(
+    stem: str,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    prep: GTPrep,
+    cached: bool,
+    notes: tuple[tuple[str, str], ...],
+) -> ImageRecord:
+    pred_size = (int(pred.shape[0]), int(pred.shape[1]))
+    gt_size = (int(gt.shape[0]), int(gt.shape[1]))
+    if pred_size != gt_size:
+        pred = cv2.resize(pred, (gt_size[1], gt_size[0]), interpolation=cv2.INTER_LINEAR)
+    return ImageRecord(stem, score_pair(pred, gt, prep), pred_size, gt_size, cached, notes)
+
+
+def _score_memory(
+    stem: str, pred: np.ndarray, gt: np.ndarray, cache_root: Path | None, worker: bool
+) -> ImageRecord:
+    if worker:
+        cv2.setNumThreads(1)
+    cache = GTCache(cache_root) if cache_root is not None else None
+    key = None
+    if cache is not None:  # keyed by the array's content, apart from file digests
+        digest = hashlib.sha256(np.ascontiguousarray(gt).tobytes() + str(gt.shape).encode()).hexdigest()
+        key = f"array-{digest}"
+    prep, cached = _prep_for(gt, key, cache)
+    return _score_arrays(stem, pred, gt, prep, cached, ())
+
+
+def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs: int) -> Iterator[Any]:
+    """Run ``fn(*args, worker)`` for each task, in order, in ``jobs`` processes (1: in this process)."""
+    if jobs <= 1 or len(tasks) <= 1:
+        for fn, args in tasks:
+            yield fn(*args, False)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator")
+    yield from parallel(delayed(fn)(*args, True) for fn, args in tasks)
+
+
+def default_jobs() -> int:
+    """All cores this process may use (cgroup and affinity limits respected)."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
+def resolve_jobs(jobs: int | None) -> int:
+    """Worker processes for ``jobs``: None or 0 all cores, -1 all, -2 all but one, N as given."""
+    if jobs is None or jobs == 0:
+        return default_jobs()
+    if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one...
+        return max(1, default_jobs() + 1 + jobs)
+    return jobs
+
+
+def _cache_for(cache_dir: str | os.PathLike[str] | None, use_cache: bool, max_bytes: int) -> GTCache | None:
+    if not use_cache:
+        return None
+    return GTCache(default_cache_root(cache_dir), max_bytes)
+
+
+# ----------------------------------------------------------------------------------------------
+# the public API
+
+
+def evaluate(
+    pred_dir: str | os.PathLike[str],
+    gt_dir: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    jobs: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    cache_max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_missing: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> EvalReport:
+    """Score the maps in ``pred_dir`` against the masks in ``gt_dir`` (matched by file stem).
+
+    Args:
+        pred_dir: prediction maps, one per GT, any size (resized to the GT's).
+        gt_dir: GT masks.
+        name: the split's name in the report (default: the GT folder's parent's name).
+        jobs: worker processes (default: all cores; 1 scores in this process).
+        cache_dir: the cache root (default: ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``).
+        use_cache: read and write the GT cache.
+        cache_max_bytes: the cache is pruned to this size after the run.
+        allow_missing: score only the GTs that have a prediction instead of failing.
+        on_progress: called with (split name, stem) after each image.
+
+    Returns:
+        The report with one split.
+
+    Raises:
+        DataError: missing folders, no files, missing predictions, unreadable files (all named).
+    """
+    plan = plan_pairs(pred_dir, gt_dir, name=name)
+    return evaluate_plans(
+        [plan],
+        jobs=jobs,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        cache_max_bytes=cache_max_bytes,
+        allow_missing=allow_missing,
+        on_progress=on_progress,
+    )
+
+
+def evaluate_plans(
+    plans: Sequence[PairPlan],
+    *,
+    pooled: Mapping[str, Sequence[str]] | None = None,
+    jobs: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    cache_max_bytes: int = DEFAULT_MAX_BYTES,
+    allow_missing: bool = False,
+    on_progress: ProgressCallback | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> EvalReport:
+    """Score several splits in one pool of workers (see :func:`evaluate` for the arguments).
+
+    Args:
+        plans: from :func:`plan_pairs`, one per split.
+        pooled: pooled rows to add, e.g. ``{"DIS-TE (overall)": ["DIS-TE1", ..., "DIS-TE4"]}``.
+        settings: extra entries for the report's settings (e.g. how predictions were made).
+    """
+    names = [plan.name for plan in plans]
+    for pooled_name, members in (pooled or {}).items():
+        unknown = [m for m in members if m not in names]
+        if unknown:
+            raise InputError(f"pooled row {pooled_name}: no split named {', '.join(unknown)} is scored")
+    check_missing(plans, allow_missing)
+    n_jobs = resolve_jobs(jobs)
+    cache = _cache_for(cache_dir, use_cache, cache_max_bytes)
+    cache_root = cache.root if cache is not None else None
+
+    tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    owners: list[int] = []
+    for i, plan in enumerate(plans):
+        for stem, pred_path, gt_path in plan.pairs:
+            tasks.append((_score_files, (stem, pred_path, gt_path, cache_root)))
+            owners.append(i)
+    t0 = time.perf_counter()
+    records: list[list[ImageRecord]] = [[] for _ in plans]
+    failures: list[list[_Failure]] = [[] for _ in plans]
+    for i, out in zip(owners, _run_parallel(tasks, n_jobs), strict=True):
+        (failures[i] if isinstance(out, _Failure) else records[i]).append(out)
+        if on_progress is not None:
+            on_progress(plans[i].name, out.stem)
+    seconds = time.perf_counter() - t0
+
+    if cache is not None:
+        cache.prune()
+    bad = [f for fs in failures for f in fs if not (allow_missing and f.pred_side)]
+    if bad:
+        raise DataError(
+            f"{len(bad)} file(s) could not be read: {listing([f.message for f in bad], 5)}",
+            hint="replace or remove them (GT data computed so far is cached, so a rerun is quick)",
+        )
+    results = []
+    for plan, recs, fails in zip(plans, records, failures, strict=True):
+        if not recs:
+            raise DataError(f"{plan.name}: no image could be scored")
+        warnings = _grouped_notes(recs)
+        warnings += [f"not scored (--allow-missing): {f.message}" for f in fails]
+        results.append(
+            SplitResult(
+                name=plan.name,
+                gt_dir=plan.gt_dir,
+                pred_dir=plan.pred_dir,
+                images=recs,
+                scores=aggregate([r.scores for r in recs]),
+                missing=sorted([*plan.missing, *(f.stem for f in fails)]),
+                unmatched=list(plan.unmatched),
+                warnings=warnings,
+                seconds=seconds,
+            )
+        )
+    report = EvalReport(results, settings=report_settings(n_jobs, cache, settings))
+    by_name = {r.name: r for r in results}
+    for pooled_name, members in (pooled or {}).items():
+        images = [rec.scores for m in members for rec in by_name[m].images]
+        report.pooled.append(PooledResult(pooled_name, list(members), aggregate(images)))
+    return report
+
+
+def evaluate_arrays(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    names: Sequence[str] | None = None,
+    name: str = "arrays",
+    jobs: int = 1,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = False,
+) -> EvalReport:
+    """Score in-memory (prediction, GT) uint8 pairs, e.g. for validation during training.
+
+    Predictions of another size are resized to their GT's size, as for files.
+
+    Args:
+        pairs: (H, W) uint8 prediction and (H', W') uint8 GT per image.
+        names: one stem per pair (default: "0", "1", ...).
+        name: the split's name in the report.
+        jobs: worker processes (default 1: in this process, no copies of the arrays).
+        cache_dir: cache root for the GT-only data (keyed by the GT array's content).
+        use_cache: off by default; worth it when the same GTs are scored again (every epoch).
+
+    Raises:
+        InputError: a pair that is not two 2D uint8 arrays.
+    """
+    items = list(pairs)
+    if not items:
+        raise InputError("evaluate_arrays: no pairs given")
+    stems = list(names) if names is not None else [str(i) for i in range(len(items))]
+    if len(stems) != len(items):
+        raise InputError(f"evaluate_arrays: {len(stems)} names for {len(items)} pairs")
+    for stem, (pred, gt) in zip(stems, items, strict=True):
+        for role, arr in (("prediction", pred), ("GT", gt)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 2:
+                got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise InputError(f"evaluate_arrays: {role} of {stem!r} must be a 2D uint8 array, got {got}")
+    n_jobs = resolve_jobs(jobs)
+    cache = _cache_for(cache_dir, use_cache, DEFAULT_MAX_BYTES)
+    cache_root = cache.root if cache is not None else None
+    tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+        (_score_memory, (stem, pred, gt, cache_root)) for stem, (pred, gt) in zip(stems, items, strict=True)
+    ]
+    t0 = time.perf_counter()
+    records = list(_run_parallel(tasks, n_jobs))
+    if cache is not None:
+        cache.prune()
+    result = SplitResult(
+        name=name,
+        gt_dir=Path("."),
+        pred_dir=None,
+        images=records,
+        scores=aggregate([r.scores for r in records]),
+        seconds=time.perf_counter() - t0,
+    )
+    return EvalReport([result], settings=report_settings(n_jobs, cache, {"predictions": "in-memory arrays"}))
+
+
+def report_settings(
+    jobs: int, cache: GTCache | None, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """How the numbers were computed, for the report's ``settings``."""
+    from pdseg_cli import __version__
+
+    settings: dict[str, Any] = {
+        "reference": "F, wF, MAE, S, E as pysodmetrics 1.6.2; HCE as the official DIS "
+        "hce_metric_main.py (xuebinqin/DIS); see design/metrics.md",
+        "reading": "cv2.IMREAD_GRAYSCALE semantics: 16-bit files read as the high byte, colour as luminance",
+        "resize": "a prediction of another size is resized to the GT size (cv2.resize, INTER_LINEAR)",
+        "gt": "foreground is gt > 128",
+        "normalisation": "per-image min-max of the prediction to [0, 1] for F, wF, MAE, S, E (not for HCE)",
+        "F": {"beta2": 0.3, "thresholds": "256 on the truncated map, q >= t for t = 0..255"},
+        "adaptive": "binary map x >= min(2 * mean(x), 1)",
+        "wF": {"beta2": 1.0},
+        "S": {
+            "alpha": 0.5,
+            "nan_case": "an image whose S is NaN (GT centroid on the last row/column) counts as 0",
+        },
+        "E": "mean over the 256 thresholds of the image-averaged E curve (E^m_phi, the DIS table's E)",
+        "HCE": {
+            "relax": 5,
+            "epsilon": 2.0,
+            "binarisation": "raw prediction byte > 128 (no normalisation), at GT resolution",
+            "dataset": "mean over images (tables print it rounded to an integer)",
+        },
+        "aggregation": "every image weight 1; F and E curves averaged over images, then max / mean",
+        "pooled_rows": POOLING_NOTE,
+        "curves": "256 values, ascending threshold order",
+        "jobs": jobs,
+        "cache": str(cache.folder) if cache is not None else None,
+        "versions": {
+            "pdseg": __version__,
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+            "python": platform.python_version(),
+        },
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    settings.update(extra or {})
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# DIS5K splits and model predictions (used by `pdseg eval`)
+
+
+SPLIT_LAYOUT = (
+    "expected layout: <root>/<split>/gt/<stem>.png (and <root>/<split>/im/<stem>.jpg to run a model), "
+    "with <split> one of " + ", ".join(DIS_SPLITS)
+)
+
+
+def resolve_splits(
+    values: Sequence[str], data_root: str | os.PathLike[str] | None
+) -> tuple[list[tuple[str, Path]], dict[str, list[str]]]:
+    """Turn ``--split`` values into (name, split folder) and the pooled rows they ask for.
+
+    ``DIS-VD`` and ``DIS-TE1``..``DIS-TE4`` are folders under the DIS5K root (``data_root``, else
+    ``$PDSEG_DATA``, else ``./DIS5K``); ``DIS-TE`` is the four test splits plus the pooled
+    ``DIS-TE (overall)`` row; anything else must be a folder holding ``gt/``.
+
+    Raises:
+        DataError: an unknown name, a missing root or split folder (the message shows the layout).
+    """
+    import difflib
+
+    names_upper = {n.upper(): n for n in (*DIS_SPLITS, DIS_TE)}
+    out: list[tuple[str, Path]] = []
+    pooled: dict[str, list[str]] = {}
+    root: Path | None = None
+
+    def dis_root() -> Path:
+        nonlocal root
+        if root is None:
+            root = _resolve_root(data_root)
+        return root
+
+    def add(name: str, folder: Path) -> None:
+        for seen_name, seen_folder in out:
+            if seen_name == name:
+                if seen_folder.resolve() != folder.resolve():
+                    raise DataError(
+                        f"two splits are named {name}: {seen_folder} and {folder}",
+                        hint="splits are named after their folder; rename one of them",
+                    )
+                return  # asked twice
+        out.append((name, folder))
+
+    for value in values:
+        key = value.strip()
+        canonical = names_upper.get(key.upper())
+        if canonical == DIS_TE:
+            for member in DIS_TE_MEMBERS:
+                add(member, _split_dir(dis_root(), member))
+            pooled[OVERALL_NAME] = list(DIS_TE_MEMBERS)
+        elif canonical is not None:
+            add(canonical, _split_dir(dis_root(), canonical))
+        else:
+            folder = Path(key).expanduser()
+            if not folder.is_dir():
+                close = difflib.get_close_matches(key.upper(), list(names_upper), n=1, cutoff=0.6)
+                raise DataError(
+                    f"--split {key}: not a DIS5K split name nor a folder",
+                    hint=(f"did you mean {names_upper[close[0]]}? " if close else "")
+                    + f"names: {', '.join((*DIS_SPLITS, DIS_TE))}; or give a folder that holds gt/",
+                )
+            if not (folder / "gt").is_dir():
+                raise DataError(f"--split {folder}: the folder has no gt/ subfolder", hint=SPLIT_LAYOUT)
+            add(folder.resolve().name, folder)
+    return out, pooled
+
+
+def _resolve_root(data_root: str | os.PathLike[str] | None) -> Path:
+    from pdseg_cli.data.dis5k import DATA_ENV, DEFAULT_ROOT
+
+    if data_root is not None:
+        root, source = Path(data_root).expanduser(), "--data-root"
+    elif os.environ.get(DATA_ENV):
+        root, source = Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
+    else:
+        root, source = DEFAULT_ROOT, "the default ./DIS5K"
+    if not root.is_dir():
+        raise DataError(
+            f"DIS5K root {root} (from {source}) is not a folder",
+            hint=f"pass --data-root DIR or set ${DATA_ENV}; {SPLIT_LAYOUT}",
+        )
+    return root
+
+
+def _split_dir(root: Path, name: str) -> Path:
+    folder = root / name
+    if not (folder / "gt").is_dir():
+        present = [s for s in DIS_SPLITS if (root / s / "gt").is_dir()]
+        what = "not found" if not folder.is_dir() else "has no gt/ subfolder"
+        raise DataError(
+            f"split {name} {what} under the DIS5K root {root}",
+            hint=(f"the root holds {', '.join(present)}; " if present else "") + SPLIT_LAYOUT,
+        )
+    return folder
+
+
+def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
+    """Where ``--pred`` keeps a split's maps: ``pred_root/<name>/`` if it exists, else ``pred_root``.
+
+    With several splits, each must have its own subfolder.
+
+    Raises:
+        DataError: the folder is missing.
+    """
+    sub = pred_root / name
+    if sub.is_dir():
+        return sub
+    if several:
+        raise DataError(
+            f"--pred {pred_root}: no subfolder {name}/ for split {name}",
+            hint="with several splits, keep each split's maps in <pred>/<split>/<stem>.png",
+        )
+    if not pred_root.is_dir():
+        raise DataError(f"--pred {pred_root} is not a folder")
+    return pred_root
+
+
+def predict_split(
+    predictor: Any,
+    split_dir: Path,
+    out_dir: Path,
+    *,
+    batch: int = 1,
+    on_progress: Callable[[Any], None] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Run the model on the split's images that have a GT, writing ``out_dir/<stem>.png``.
+
+    The maps are the bytes ``pdseg predict`` writes (the same :class:`Predictor` code path).
+
+    Returns:
+        (GT stems without an image, one line per image the model could not read).
+
+    Raises:
+        DataError: the split has no ``im/`` folder or no image matches a GT.
+    """
+    im_dir = split_dir / "im"
+    gts = list_maps(split_dir / "gt", "GT")
+    if not im_dir.is_dir():
+        raise DataError(f"{split_dir} has no im/ subfolder: cannot run the model", hint=SPLIT_LAYOUT)
+    images = list_maps(im_dir, "image")
+    todo = [images[s] for s in sorted(gts.keys() & images.keys())]
+    no_image = sorted(gts.keys() - images.keys())
+    if not todo:
+        raise DataError(f"no image in {im_dir} matches a GT in {split_dir / 'gt'} by name", hint=SPLIT_LAYOUT)
+    summary = predictor.predict_paths(todo, out_dir, batch=batch, on_progress=on_progress)
+    failed = [f"{r.path}: {r.error}" for r in summary.failures]
+    return no_image, failed
+
+
+def temporary_folder() -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder for predictions that are not kept."""
+    return tempfile.TemporaryDirectory(prefix="pdseg-eval-")

@@ -1,0 +1,139 @@
+"""The on-disk cache of GT-only metric data (``GTPrep``), shared by runs and processes.
+
+One file per GT, named by the sha256 of the GT file's bytes (so a changed GT is a new entry and
+the old one ages out) under a folder named by the cache format version. Entries are written to
+a temporary file and renamed into place, so concurrent runs never see a partial file; a damaged
+or foreign entry is treated as a miss and rewritten. Each hit refreshes the file's modification
+time, and ``prune`` deletes the least recently used entries beyond the size limit.
+
+Where it lives: ``--cache-dir``, else ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``, else
+``~/.cache/pdseg``; this cache uses the ``eval-gt`` subfolder there.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdseg_cli.metrics.gtprep import FORMAT_VERSION, GTPrep
+
+CACHE_ENV = "PDSEG_CACHE_DIR"
+DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB; a 2500x3300 DIS GT takes about 0.1-0.3 MB
+SUBDIR = "eval-gt"
+_SUFFIX = ".npz"
+
+
+def default_cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """pdseg's cache root: ``explicit``, else ``$PDSEG_CACHE_DIR``, else the XDG cache folder."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pdseg"
+
+
+@dataclass(frozen=True)
+class GTCache:
+    """GT-only data on disk, keyed by content hash.
+
+    Attributes:
+        root: the cache root (``default_cache_root``); entries live under ``root/eval-gt/v<N>/``.
+        max_bytes: ``prune`` keeps the folder below this size.
+    """
+
+    root: Path
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @property
+    def folder(self) -> Path:
+        return self.root / SUBDIR / f"v{FORMAT_VERSION}"
+
+    def path_for(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}{_SUFFIX}"
+
+    def load(self, key: str) -> GTPrep | None:
+        """The entry for ``key``, or None when absent or unusable (it is then recomputed)."""
+        path = self.path_for(key)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        try:
+            prep = GTPrep.from_bytes(data)
+        except ValueError:
+            return None
+        try:
+            os.utime(path)  # recently used: pruned last
+        except OSError:
+            pass
+        return prep
+
+    def store(self, key: str, prep: GTPrep) -> bool:
+        """Write the entry atomically; False when the cache folder is not writable."""
+        path = self.path_for(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(prep.to_bytes())
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return False
+        return True
+
+    def prune(self) -> int:
+        """Delete the least recently used entries until the folder fits ``max_bytes``.
+
+        Also removes entries of older format versions and stale temporary files.
+
+        Returns:
+            Bytes freed.
+        """
+        base = self.root / SUBDIR
+        if not base.is_dir():
+            return 0
+        freed = 0
+        current = self.folder
+        entries: list[tuple[float, int, Path]] = []
+        for path in base.rglob("*"):
+            try:
+                if not path.is_file():
+                    continue
+                st = path.stat()
+            except OSError:
+                continue
+            stale_tmp = path.name.endswith(".tmp") and st.st_mtime < _now() - 3600
+            if current not in path.parents or stale_tmp:
+                freed += _unlink(path, st.st_size)
+            elif path.suffix == _SUFFIX:
+                entries.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            got = _unlink(path, size)
+            freed += got
+            total -= size
+        return freed
+
+
+def _unlink(path: Path, size: int) -> int:
+    try:
+        path.unlink()
+    except OSError:
+        return 0
+    return size
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,98 @@
+"""Reading masks and prediction maps exactly as the DIS evaluation tools do.
+
+They read both files with ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` (``design/metrics.md`` §1.1):
+a 16-bit file becomes its high byte (``v >> 8``), a colour file becomes its luminance
+``0.299 R + 0.587 G + 0.114 B`` (alpha ignored). pdseg decodes the same way (``cv2.imdecode`` of the
+file's bytes, which also reads non-ASCII paths) and says when a file took one of those roads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pdseg_cli.errors import InputError
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}  # 0 is plain gray
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    """One decoded 8-bit grayscale map.
+
+    Attributes:
+        path: the file.
+        array: (H, W) uint8, as ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` reads it.
+        sixteen_bit: the file holds 16-bit samples (the array holds the high bytes).
+        colour: the file's colour kind when it is not plain gray ("RGB", "RGBA", "palette"...),
+            read as luminance; None for gray files or when unknown.
+        digest: sha256 of the file bytes (hex), or None when not asked for.
+    """
+
+    path: Path
+    array: np.ndarray
+    sixteen_bit: bool
+    colour: str | None
+    digest: str | None
+
+
+def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> MaskFile:
+    """Decode ``path`` as 8-bit grayscale with OpenCV's ``IMREAD_GRAYSCALE`` semantics.
+
+    Args:
+        path: an image file (PNG, JPEG, BMP, TIFF, WebP...).
+        digest: also hash the file's bytes (for the GT cache).
+
+    Raises:
+        InputError: the file is missing, unreadable or not a decodable image.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    array = None
+    if data:
+        try:
+            array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        except cv2.error:
+            array = None
+    if array is None or array.ndim != 2 or array.size == 0:
+        kind = path.suffix.lstrip(".").upper() or "image"
+        raise InputError(f"{path}: cannot decode (empty, truncated, corrupt or not a {kind} file)")
+    sixteen_bit, colour = _sample_kind(data, path)
+    return MaskFile(
+        path=path,
+        array=array,
+        sixteen_bit=sixteen_bit,
+        colour=colour,
+        digest=hashlib.sha256(data).hexdigest() if digest else None,
+    )
+
+
+def read_gray_u8(path: str | os.PathLike[str]) -> np.ndarray:
+    """``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``, with an InputError naming the file on failure."""
+    return read_mask_file(path).array
+
+
+def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
+    """(16-bit?, colour kind) from the PNG header, or by decoding unchanged for other formats."""
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 26:
+        return data[24] == 16, _PNG_COLOUR_TYPES.get(data[25])
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            raw = None
+        if raw is not None:
+            colour = None if raw.ndim == 2 or raw.shape[2] == 1 else ("RGBA" if raw.shape[2] == 4 else "RGB")
+            return raw.dtype == np.uint16, colour
+    return False, None

@@ -1,0 +1,121 @@
+"""Structure measure S_alpha with alpha = 0.5 (Fan, Cheng, Liu, Li, Borji, "Structure-measure: A New
+Way to Evaluate Foreground Maps", ICCV 2017), as pysodmetrics 1.6.2 ``Smeasure`` computes it
+(``design/metrics.md`` §5), with one deliberate difference:
+
+**The NaN case gives 0.** When the rounded foreground centroid falls on the last column (or row),
+the right (bottom) blocks of the region term are empty; their score is NaN with weight 0, and
+pysodmetrics >= 1.6.1 returns NaN for the image (and for the dataset mean). SOCToolbox, the
+toolbox behind the published DIS numbers, and pysodmetrics <= 1.6.0 return 0 there
+(``max(0, nan)`` in Python). pdseg returns 0, as the published numbers do.
+
+Every sum runs over the per-block histograms of the prediction bytes split by GT class, so no
+float map is needed; the values agree with pysodmetrics to rounding (about 1e-15).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pdseg_cli.metrics.common import EPS
+
+ALPHA_S = 0.5  # weight of the object term
+
+
+def centroid_split(row_sum: int, col_sum: int, n_fg: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """The (row, column) where the region term splits the image: rounded centroid + 1.
+
+    Rounding is numpy's half-to-even, as pysodmetrics (MATLAB rounds halves away from zero, so
+    MATLAB can differ on an exact .5 centroid). An empty GT splits at the rounded centre.
+    """
+    h, w = shape
+    if n_fg == 0:
+        cy, cx = np.round(h / 2), np.round(w / 2)
+    else:
+        cy, cx = np.round(np.array([row_sum, col_sum], dtype=np.float64) / n_fg)
+    return int(cy) + 1, int(cx) + 1
+
+
+def _s_object(counts: np.ndarray, values: np.ndarray) -> float:
+    """``2 m / (m^2 + 1 + std + eps)`` of the pixel values described by a byte histogram."""
+    n = int(counts.sum())
+    mean = float(np.dot(counts, values)) / n
+    std = float(np.sqrt(np.dot(counts, (values - mean) ** 2) / (n - 1))) if n > 1 else 0.0
+    return 2 * mean / (mean**2 + 1 + std + EPS)
+
+
+def _ssim(
+    bg_counts: np.ndarray, fg_counts: np.ndarray, values: np.ndarray, block_mean: float | None = None
+) -> float:
+    """The SSIM-like score of one block, from its byte histograms per GT class.
+
+    ``block_mean`` overrides the block's mean prediction: for a block of one constant value the
+    reference's score is 1 or 0 depending on whether numpy's mean of the block rounds back to
+    that value exactly (``design/metrics.md`` §5), so the caller passes numpy's mean there.
+    """
+    n_bg, n_fg = int(bg_counts.sum()), int(fg_counts.sum())
+    n = n_bg + n_fg
+    if n == 0:
+        return float("nan")  # an empty block (the NaN case), handled by the caller
+    counts = bg_counts + fg_counts
+    x = float(np.dot(counts, values)) / n if block_mean is None else block_mean
+    y = n_fg / n
+    dx = values - x
+    sigma_x = float(np.dot(counts, dx * dx)) / (n - 1 + EPS)
+    sigma_y = (n_fg * (1 - y) ** 2 + n_bg * (0 - y) ** 2) / (n - 1 + EPS)
+    sigma_xy = float(np.dot(fg_counts, dx) * (1 - y) + np.dot(bg_counts, dx) * (0 - y)) / (n - 1 + EPS)
+    alpha = 4 * x * y * sigma_xy
+    beta = (x**2 + y**2) * (sigma_x + sigma_y)
+    if alpha != 0:
+        return alpha / (beta + EPS)
+    return 1.0 if beta == 0 else 0.0
+
+
+def s_from_histograms(
+    hist: np.ndarray,
+    values: np.ndarray,
+    split: tuple[int, int],
+    shape: tuple[int, int],
+    block_means: Sequence[float | None] = (None, None, None, None),
+) -> float:
+    """S-measure from the byte histograms of the four blocks.
+
+    Args:
+        hist: (4, 2, 256) counts of prediction bytes per block (top-left, top-right,
+            bottom-left, bottom-right) and GT class (0 background, 1 foreground).
+        values: (256,) normalised value of each byte.
+        split: (row, column) of the block split, from ``centroid_split``.
+        shape: (H, W) of the image.
+        block_means: numpy's mean of the normalised map over each block where the prediction is
+            constant (None elsewhere); see ``_ssim``.
+    """
+    h, w = shape
+    area = h * w
+    fg_hist = hist[:, 1].sum(axis=0)
+    bg_hist = hist[:, 0].sum(axis=0)
+    n_fg = int(fg_hist.sum())
+    y = n_fg / area
+    if y == 0:
+        return float(1 - np.dot(bg_hist, values) / area)
+    if y == 1:
+        return float(np.dot(fg_hist, values) / area)
+    obj = _s_object(fg_hist, values) * y + _s_object(bg_hist, 1 - values) * (1 - y)
+    cy, cx = split
+    w_lt = cx * cy / area
+    w_rt = cy * (w - cx) / area
+    w_lb = (h - cy) * cx / area
+    w_rb = 1 - w_lt - w_rt - w_lb
+    scores = [_ssim(hist[b, 0], hist[b, 1], values, block_means[b]) for b in range(4)]
+    region = scores[0] * w_lt + scores[1] * w_rt + scores[2] * w_lb + scores[3] * w_rb
+    s = obj * ALPHA_S + region * (1 - ALPHA_S)
+    if np.isnan(s):
+        return 0.0  # the NaN case: 0, as SOCToolbox and the published numbers (module docstring)
+    return max(0.0, float(s))
+
+
+def smeasure(pred: np.ndarray, gt: np.ndarray) -> float:
+    """S-measure of one uint8 pair (NaN case: 0, see the module docstring)."""
+    from pdseg_cli.metrics.image import PairStats
+
+    return PairStats.compute(pred, gt).s_measure()

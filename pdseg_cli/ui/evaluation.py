@@ -1,0 +1,96 @@
+"""What ``pdseg eval`` shows: a status line, progress bars, the DIS table and the notes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from rich.table import Table
+
+from pdseg_cli import ui
+
+_MAX_LISTED = 10  # warnings shown one per line; the rest are counted
+
+
+def start(n_images: int, split_names: Sequence[str], jobs: int, cache: str | None) -> None:
+    """One status line on stderr before the scoring starts."""
+    splits = ", ".join(split_names)
+    cache_text = f"GT cache {cache}" if cache else "GT cache off"
+    ui.info(
+        f"scoring {n_images} image{'s' if n_images != 1 else ''} ({splits}) · {jobs} processes · {cache_text}"
+    )
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(*_)``: a progress bar over images (transient, on stderr)."""
+    with ui.progress_bar(description, total=total, unit="img") as advance:
+        yield lambda *_args: advance()
+
+
+def render(report: Any) -> None:
+    """The DIS table on stdout (paper column order), then the notes on stderr.
+
+    Args:
+        report: a ``pdseg_cli.engine.evaluate.EvalReport``.
+    """
+    rows = []
+    for name, sc in report.rows():
+        rows.append(
+            [name, str(sc.count)]
+            + [f"{v:.3f}" for v in (sc.max_f, sc.wf, sc.mae, sc.s, sc.mean_e)]
+            + [f"{sc.hce:.0f}"]
+        )
+    caption = [
+        "E: mean E-measure (E^m) · HCE: official DIS procedure (relax 5, epsilon 2), mean over images",
+        "F, wF, MAE, S, E as pysodmetrics 1.6.2; an image whose S-measure is NaN counts as 0",
+    ]
+    for pooled in report.pooled:
+        caption.append(
+            f"{pooled.name}: pooled over all {pooled.scores.count} images of {', '.join(pooled.members)}, "
+            "each image weight 1 (not the mean of the split rows)"
+        )
+    table = Table(
+        title="pdseg eval", title_justify="left", caption="\n".join(caption), caption_justify="left"
+    )
+    for i, column in enumerate(["split", "images", "maxF", "wF", "MAE", "S", "E", "HCE"]):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    ui.console.print(table)
+    notes(report)
+
+
+def notes(report: Any) -> None:
+    """Resized predictions, skipped and unmatched files, and per-file warnings (stderr)."""
+    for split in report.splits:
+        if split.resized:
+            ui.info(
+                f"{split.name}: {split.resized} of {len(split.images)} predictions had another size "
+                "and were resized to their GT's size (bilinear, cv2 INTER_LINEAR)"
+            )
+        if split.missing:
+            ui.warn(
+                f"{split.name}: {len(split.missing)} GT masks without a usable prediction were left out "
+                f"(--allow-missing): {_listing(split.missing)}"
+            )
+        if split.unmatched:
+            ui.warn(
+                f"{split.name}: {len(split.unmatched)} predictions have no GT of the same name and were "
+                f"ignored: {_listing(split.unmatched)}"
+            )
+        warnings = list(dict.fromkeys(split.warnings))
+        for w in warnings[:_MAX_LISTED]:
+            ui.warn(w)
+        if len(warnings) > _MAX_LISTED:
+            ui.warn(f"{split.name}: ... and {len(warnings) - _MAX_LISTED} more notes like these (see --json)")
+
+
+def written(kind: str, path: Any) -> None:
+    ui.info(f"{kind} written to {path}")
+
+
+def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

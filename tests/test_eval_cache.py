@@ -1,0 +1,144 @@
+"""The GT cache: identical numbers cold and warm, a changed GT noticed, damage survived, size bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pdseg_cli.engine.evaluate import evaluate, evaluate_arrays
+from pdseg_cli.metrics.cache import GTCache, default_cache_root
+from pdseg_cli.metrics.gtprep import GTPrep
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+CASES = ("thin_lines_half_found", "holes_soft_pred", "gt_128_129", "pred_half_size")  # four distinct GTs
+
+
+@pytest.fixture()
+def split(tmp_path: Path) -> Path:
+    """A small split: <tmp>/set/gt/*.png and <tmp>/set/pred/*.png from the stored edge cases."""
+    order = json.loads((GOLDEN_DIR / "edge_cases.json").read_text())["order"]
+    assert set(CASES) <= set(order)
+    root = tmp_path / "set"
+    (root / "gt").mkdir(parents=True)
+    (root / "pred").mkdir()
+    with np.load(GOLDEN_DIR / "edge_cases.npz") as z:
+        for name in CASES:
+            cv2.imwrite(str(root / "gt" / f"{name}.png"), z[f"{name}__gt"])
+            cv2.imwrite(str(root / "pred" / f"{name}.png"), z[f"{name}__pred"])
+    return root
+
+
+def _values(report) -> dict:
+    return report.to_json()["images"] | {"dataset": report.to_json()["splits"]}
+
+
+def test_cold_and_warm_give_identical_numbers(split: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cold = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=cache)
+    assert cold.splits[0].cache_hits == 0
+    entries = list((cache / "eval-gt").rglob("*.npz"))
+    assert len(entries) == len(CASES)
+    warm = evaluate(split / "pred", split / "gt", jobs=2, cache_dir=cache)
+    assert warm.splits[0].cache_hits == len(CASES)
+    assert _values(warm) == _values(cold)
+    uncached = evaluate(split / "pred", split / "gt", jobs=1, use_cache=False)
+    assert _values(uncached) == _values(cold)
+
+
+def test_changed_gt_is_noticed(split: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    before = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=cache)
+    path = split / "gt" / "holes_soft_pred.png"
+    gt = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    gt[:, : gt.shape[1] // 2] = 0  # half the object gone
+    cv2.imwrite(str(path), gt)
+    after = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=cache)
+    assert after.splits[0].cache_hits == len(CASES) - 1
+    fresh = evaluate(split / "pred", split / "gt", jobs=1, use_cache=False)
+    assert _values(after) == _values(fresh)
+    stem = "holes_soft_pred"
+    assert after.to_json()["images"][split.name][stem] != before.to_json()["images"][split.name][stem]
+
+
+def test_damaged_entry_is_recomputed(split: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=cache)
+    for entry in (cache / "eval-gt").rglob("*.npz"):
+        entry.write_bytes(entry.read_bytes()[:50])
+    again = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=cache)
+    assert again.splits[0].cache_hits == 0
+    assert _values(again) == _values(first)
+    third = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=cache)
+    assert third.splits[0].cache_hits == len(CASES)
+
+
+def test_prune_drops_least_recently_used(tmp_path: Path) -> None:
+    gt = np.zeros((40, 60), np.uint8)
+    cv2.circle(gt, (30, 20), 10, 255, -1)
+    prep = GTPrep.from_gt(gt)
+    size = len(prep.to_bytes())
+    cache = GTCache(tmp_path, max_bytes=int(2.5 * size))
+    for i, key in enumerate(["aa11", "bb22", "cc33", "dd44"]):
+        assert cache.store(key, prep)
+        stamp = time.time() - 100 + i
+        os.utime(cache.path_for(key), (stamp, stamp))
+    assert cache.load("aa11") is not None  # a hit makes it the most recently used
+    (cache.folder.parent / "v0").mkdir()
+    (cache.folder.parent / "v0" / "old.npz").write_bytes(b"x" * 10)  # an older format version
+    cache.prune()
+    left = sorted(p.stem for p in cache.folder.rglob("*.npz"))
+    assert left == ["aa11", "dd44"]
+    assert not (cache.folder.parent / "v0" / "old.npz").exists()
+
+
+def test_cache_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PDSEG_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root(tmp_path / "explicit") == tmp_path / "explicit"
+    assert default_cache_root() == tmp_path / "env"
+    monkeypatch.delenv("PDSEG_CACHE_DIR")
+    assert default_cache_root() == tmp_path / "xdg" / "pdseg"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_root() == Path.home() / ".cache" / "pdseg"
+
+
+def test_unwritable_cache_still_scores(split: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    report = evaluate(split / "pred", split / "gt", jobs=1, cache_dir=blocker)
+    assert report.splits[0].scores.count == len(CASES)
+
+
+def test_in_memory_pairs_use_the_cache_when_asked(tmp_path: Path) -> None:
+    with np.load(GOLDEN_DIR / "edge_cases.npz") as z:
+        pairs = [(z[f"{n}__pred"], z[f"{n}__gt"]) for n in CASES]
+    cold = evaluate_arrays(pairs, names=list(CASES), cache_dir=tmp_path, use_cache=True)
+    warm = evaluate_arrays(pairs, names=list(CASES), cache_dir=tmp_path, use_cache=True)
+    assert warm.splits[0].cache_hits == len(CASES)
+    assert warm.to_json()["images"] == cold.to_json()["images"]
+
+
+def test_two_runs_share_one_cache(split: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "pdseg_cli", "eval", "--split", str(split), "--pred", str(split / "pred")]
+    cmd += ["--cache-dir", str(cache), "--jobs", "1", "--json"]
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = [
+        subprocess.Popen([*cmd, str(tmp_path / f"r{i}.json")], env=env, stderr=subprocess.PIPE)
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    first, second = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2))
+    assert first["images"] == second["images"] and first["splits"] == second["splits"]
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    assert len(list(cache.rglob("*.npz"))) == len(CASES)

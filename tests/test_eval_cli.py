@@ -1,0 +1,298 @@
+"""`pdseg eval` end to end on temporary splits: table, JSON, CSV and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pdseg_cli.cli import app
+from pdseg_cli.engine.evaluate import evaluate
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+CASES = ("thin_lines_half_found", "holes_soft_pred", "low_range_30_200", "pred_half_size")
+runner = CliRunner(env={"COLUMNS": "250", "PDSEG_CACHE_DIR": None})
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _write_split(folder: Path, cases=CASES, *, images: bool = False) -> Path:
+    """folder/gt/<case>.png and folder/pred/<case>.png (and folder/im/<case>.jpg)."""
+    (folder / "gt").mkdir(parents=True)
+    (folder / "pred").mkdir()
+    with np.load(GOLDEN_DIR / "edge_cases.npz") as z:
+        for name in cases:
+            cv2.imwrite(str(folder / "gt" / f"{name}.png"), z[f"{name}__gt"])
+            cv2.imwrite(str(folder / "pred" / f"{name}.png"), z[f"{name}__pred"])
+            if images:
+                (folder / "im").mkdir(exist_ok=True)
+                cv2.imwrite(str(folder / "im" / f"{name}.jpg"), np.dstack([z[f"{name}__gt"]] * 3))
+    return folder
+
+
+def _run(*args: str | Path, cache: Path) -> object:
+    result = runner.invoke(app, ["eval", *map(str, args), "--cache-dir", str(cache), "--jobs", "1"])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_table_json_and_csv(tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "myset")
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    result = _run(
+        "--split", split, "--pred", split / "pred", "--json", out_json, "--csv", out_csv, cache=tmp_path / "c"
+    )
+    assert result.exit_code == 0, result.output
+    text = _flat(result.stdout)
+    for column in ("maxF", "wF", "MAE", "S", "E", "HCE"):
+        assert column in text
+    assert text.index("maxF") < text.index("wF") < text.index("MAE") < text.index("HCE")
+    api = evaluate(split / "pred", split / "gt", jobs=1, use_cache=False).splits[0].scores
+    assert f"{api.max_f:.3f}" in text and f"{api.wf:.3f}" in text and f"{api.hce:.0f}" in text
+    assert "1 of 4 predictions had another size and were resized" in _flat(result.stderr)
+
+    data = json.loads(out_json.read_text())
+    assert set(data) >= {"splits", "images", "settings", "curves"}
+    row = data["splits"]["myset"]
+    assert {"maxF", "wF", "MAE", "S", "E", "HCE", "count", "meanF", "adpF", "maxE", "adpE"} <= set(row)
+    assert row["count"] == 4 and row["resized"] == 1
+    assert row["maxF"] == pytest.approx(api.max_f, abs=1e-12)
+    assert row["E"] == pytest.approx(api.mean_e, abs=1e-12)  # E is the mean E-measure
+    assert set(data["images"]["myset"]) == set(CASES)
+    one = data["images"]["myset"]["pred_half_size"]
+    assert {"maxF", "wF", "MAE", "S", "E", "HCE", "fp_points", "fn_regions"} <= set(one)
+    assert one["resized_from_hw"] == [48, 64]
+    assert len(data["curves"]["myset"]["F"]) == 256
+    assert data["settings"]["S"]["alpha"] == 0.5
+
+    lines = out_csv.read_text().splitlines()
+    assert lines[0].split(",")[:8] == ["split", "count", "maxF", "wF", "MAE", "S", "E", "HCE"]
+    assert lines[1].startswith("myset,4,")
+
+
+def test_missing_predictions_are_listed(tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "s")
+    (split / "pred" / "holes_soft_pred.png").unlink()
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 2
+    text = _flat(result.output)
+    assert "1 of 4 GT masks have no prediction" in text and "holes_soft_pred" in text
+    assert "--allow-missing" in text
+    allowed = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
+    assert allowed.exit_code == 0, allowed.output
+    assert "left out" in _flat(allowed.stderr) and "holes_soft_pred" in allowed.stderr
+
+
+def test_unreadable_files_are_named(tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "s")
+    (split / "pred" / "low_range_30_200.png").write_bytes(b"garbage")
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 2
+    assert "low_range_30_200.png" in result.output and "cannot decode" in result.output
+    allowed = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
+    assert allowed.exit_code == 0 and "low_range_30_200" in allowed.stderr
+    (split / "gt" / "holes_soft_pred.png").write_bytes(b"")
+    bad_gt = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
+    assert bad_gt.exit_code == 2 and "holes_soft_pred.png" in bad_gt.output
+
+
+def test_empty_folders_and_unpaired_stems(tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "s")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run("--split", split, "--pred", empty, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "no prediction maps in" in _flat(result.output)
+    cv2.imwrite(str(split / "pred" / "extra.png"), np.zeros((5, 5), np.uint8))
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 0
+    assert "1 predictions have no GT of the same name and were ignored: extra" in _flat(result.stderr)
+    for f in (split / "gt").iterdir():
+        f.unlink()
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 2 and "no GT masks in" in _flat(result.output)
+
+
+def test_zero_one_gt_and_16_bit_masks_are_explained(tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "s", CASES[:2])
+    gt_path = split / "gt" / f"{CASES[0]}.png"
+    gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(gt_path), (gt > 128).astype(np.uint8))  # stored as 0/1
+    pred_path = split / "pred" / f"{CASES[1]}.png"
+    pred = cv2.imread(str(pred_path), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(pred_path), pred.astype(np.uint16) * 257)  # 16-bit, same high byte
+    result = _run(
+        "--split", split, "--pred", split / "pred", "--json", tmp_path / "r.json", cache=tmp_path / "c"
+    )
+    assert result.exit_code == 0, result.output
+    err = _flat(result.stderr)
+    assert "GT masks have no pixel above 128 (0/1 masks?): they read as empty GTs" in err
+    assert f"(1 file): {split / 'gt' / CASES[0]}.png" in err
+    assert "prediction files are 16-bit: read as their high byte (v >> 8)" in err
+    assert f"(1 file): {split / 'pred' / CASES[1]}.png" in err
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]["s"]["warnings"]
+    assert len(notes) == 2
+
+
+def _dis_root(tmp_path: Path) -> tuple[Path, Path]:
+    """A DIS5K root with all five splits (2-4 images each) and their maps in preds/<split>/."""
+    root, preds = tmp_path / "DIS5K", tmp_path / "preds"
+    preds.mkdir()
+    for i, name in enumerate(("DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")):
+        folder = _write_split(root / name, CASES[: 2 + i % 3], images=True)
+        (folder / "pred").rename(preds / name)
+    return root, preds
+
+
+def test_dis_te_overall_row_is_pooled(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)
+    result = _run(
+        "--split",
+        "DIS-TE",
+        "--data-root",
+        root,
+        "--pred",
+        preds,
+        "--json",
+        tmp_path / "r.json",
+        cache=tmp_path / "c",
+    )
+    assert result.exit_code == 0, result.output
+    text = _flat(result.stdout)
+    for name in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4", "DIS-TE (overall)"):
+        assert name in text
+    assert "pooled over all 12 images of DIS-TE1, DIS-TE2, DIS-TE3, DIS-TE4, each image weight 1" in text
+    data = json.loads((tmp_path / "r.json").read_text())
+    overall = data["splits"]["DIS-TE (overall)"]
+    assert overall["count"] == 12
+    members = [
+        evaluate(preds / n, root / n / "gt", jobs=1, use_cache=False)
+        for n in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+    ]
+    images = [r.scores for m in members for r in m.splits[0].images]
+    assert overall["wF"] == pytest.approx(np.mean([s.wf for s in images]), abs=1e-12)
+    assert overall["maxF"] == pytest.approx(np.mean([s.f_curve for s in images], axis=0).max(), abs=1e-12)
+    assert "DIS-VD" not in data["splits"]
+
+
+def test_split_names_and_roots_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PDSEG_DATA", raising=False)
+    result = _run("--split", "DIS-TE3", "--pred", tmp_path, cache=tmp_path / "c")
+    assert result.exit_code == 2
+    text = _flat(result.output)
+    assert "DIS5K root DIS5K (from the default ./DIS5K) is not a folder" in text
+    assert "<root>/<split>/gt/<stem>.png" in text
+    root, preds = _dis_root(tmp_path)
+    (root / "DIS-TE3" / "gt").rename(root / "DIS-TE3" / "masks")
+    result = _run("--split", "DIS-TE3", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "split DIS-TE3 has no gt/ subfolder" in _flat(result.output)
+    result = _run("--split", "DIS-TE5", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "not a DIS5K split name nor a folder" in _flat(result.output)
+    assert "did you mean" in _flat(result.output)
+    result = _run(
+        "--split",
+        "DIS-VD",
+        "--split",
+        "DIS-TE1",
+        "--data-root",
+        root,
+        "--pred",
+        tmp_path / "nowhere",
+        cache=tmp_path / "c",
+    )
+    assert result.exit_code == 2 and "no subfolder DIS-VD/" in _flat(result.output)
+
+
+def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
+    split = _write_split(tmp_path / "s")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    result = _run("--split", split, "--pred", split / "pred", "--weights", weights, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "cannot be combined" in _flat(result.output)
+
+
+class _FakeSummary:
+    def __init__(self, failures):
+        self.failures = failures
+
+
+class _FakePredictor:
+    """Stands in for pdseg_cli.engine.predict.Predictor: 'predicts' by copying the stored maps."""
+
+    source: Path
+
+    def __init__(self, weights, device="auto", precision="auto", size=None):
+        self.weights_path = weights
+        self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
+
+    def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None):
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for src in sources:
+            pred = cv2.imread(str(self.source / f"{Path(src).stem}.png"), cv2.IMREAD_GRAYSCALE)
+            cv2.imwrite(str(out_dir / f"{Path(src).stem}.png"), pred)
+            if on_progress:
+                on_progress(None)
+        return _FakeSummary([])
+
+
+def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    split = _write_split(tmp_path / "s", images=True)
+    _FakePredictor.source = split / "pred"
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    keep = tmp_path / "kept"
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    result = _run(
+        "--split",
+        split,
+        "--weights",
+        tmp_path / "w.pt",
+        "--save-preds",
+        keep,
+        "--json",
+        tmp_path / "r.json",
+        cache=tmp_path / "c",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in (keep / "s").glob("*.png")) == sorted(CASES)
+    from_files = evaluate(split / "pred", split / "gt", jobs=1, use_cache=False).splits[0].scores.as_dict()
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["splits"]["s"]["maxF"] == pytest.approx(from_files["maxF"], abs=1e-12)
+    assert data["settings"]["predictions"]["saved_to"] == str(keep)
+    (split / "im" / f"{CASES[0]}.jpg").unlink()
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    assert result.exit_code == 2 and "no image of that name in im/" in _flat(result.output)
+
+
+def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from pdseg_cli.model.build import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("pdseg-tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "cls" in name or "classifier" in name:
+                p.mul_(300.0)  # maps spread over 0..255
+    ckpt = save_checkpoint(model, tmp_path / "tiny.pt", train_size=64)
+    split = _write_split(tmp_path / "s", CASES[:3], images=True)
+    keep, out_json = tmp_path / "kept", tmp_path / "r.json"
+    args = ["--split", split, "--weights", ckpt, "--device", "cpu", "--save-preds", keep, "--json", out_json]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    predicted = runner.invoke(
+        app, ["predict", str(split / "im"), "--out", str(tmp_path / "p"), "-w", str(ckpt), "-d", "cpu"]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    for name in CASES[:3]:
+        assert (keep / "s" / f"{name}.png").read_bytes() == (tmp_path / "p" / f"{name}.png").read_bytes()
+    from_files = evaluate(tmp_path / "p", split / "gt", name="s", jobs=1, use_cache=False)
+    assert json.loads(out_json.read_text())["images"] == from_files.to_json()["images"]
