@@ -1,10 +1,168 @@
-"""`pdseg predict`."""
+"""`pdseg predict`: segment files, folders and glob patterns into an output folder."""
 
 from __future__ import annotations
 
-from pdseg_cli.commands._common import not_available
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+from pdseg_cli.commands._common import EXIT_FAILED, EXIT_USAGE, user_errors
+from pdseg_cli.errors import InputError, PdsegError
+
+_OUTPUTS_HELP = (
+    "Outputs to write, comma-separated or repeated: mask (8-bit grayscale <stem>.png), "
+    "alpha (the cut-out with the map as alpha: <stem>_alpha.png, or <stem>_alpha.tif at the input's "
+    "bit depth for 16-bit and float inputs), composite (the cut-out over --bg: <stem>_composite.png, "
+    "or .tif likewise)."
+)
 
 
-def predict() -> None:
-    """Not available yet (issue 4)."""
-    not_available("predict", "issue 4")
+def predict(
+    sources: list[str] = typer.Argument(
+        ..., help="Image files, folders or quoted glob patterns ('scans/**/*.tif').", show_default=False
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output folder (created if missing). Refused if an output would overwrite an input.",
+        show_default=False,
+    ),
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        exists=True,
+        dir_okay=False,
+        help="pdseg checkpoint (.pt). Default: $PDSEG_WEIGHTS, else the bundled demo weights.",
+    ),
+    size: str | None = typer.Option(
+        None,
+        "--size",
+        help="Working resolution: N resizes to NxN as in training (default: the checkpoint's training size); "
+        "'full' runs once on the whole image at its native size. Outputs always have the input's size.",
+        show_default=False,
+    ),
+    save: list[str] = typer.Option(["mask"], "--save", "-s", help=_OUTPUTS_HELP),
+    bg: str = typer.Option("white", "--bg", help="Background of --save composite: a name, #rrggbb or r,g,b."),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        "-t",
+        help="Write binary masks: 255 where the probability is >= T (0 < T < 1), else 0.",
+    ),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Descend into subfolders and mirror them under --out."
+    ),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Skip images whose outputs all exist (resume a run)."
+    ),
+    batch: int = typer.Option(
+        1, "--batch", "-b", min=1, help="Images per forward pass (images of one working size)."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps. Never falls back silently."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."
+    ),
+) -> None:
+    """Segment images: one 8-bit map per image, at the image's exact width and height.
+
+    Map byte = floor(255 * sigmoid(logit)), logits resized bilinearly to the image first (as DIS does).
+
+    Outputs go to --out: <stem>.png, <stem>_alpha.png|.tif, <stem>_composite.png|.tif (.tif: 16-bit/float).
+
+    Files are written under a temporary name and renamed: an interrupted run leaves no partial file.
+
+    Unreadable files are listed at the end and make the exit status 1; all others are still written.
+
+    Several GPUs: torchrun --nproc-per-node N -m pdseg_cli predict ...
+
+    Examples:
+
+      pdseg predict ./photos --out ./masks
+
+      pdseg predict 'scans/**/*.tif' -r --size full --save mask,alpha --out ./cutouts
+    """
+    from pdseg_cli import runtime
+
+    rank = runtime.env_distributed().rank if _env_ok() else 0
+    with user_errors() if rank == 0 else _quiet_errors():
+        from pdseg_cli.data.transforms import parse_color
+        from pdseg_cli.engine.predict import Predictor, parse_save, parse_size, plan_predict
+        from pdseg_cli.ui import prediction
+
+        if weights is None:
+            from pdseg_cli.weights import default_weights
+
+            weights = default_weights()  # a missing default is reported before anything is created
+        kinds = parse_save(save)
+        work_size = parse_size(size)
+        try:
+            background = parse_color(bg)
+        except ValueError as exc:
+            raise InputError(f"--bg: {exc}") from None
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise InputError(
+                f"--threshold {threshold} must lie strictly between 0 and 1", hint="e.g. --threshold 0.5"
+            )
+        env = runtime.env_distributed()  # device and precision errors come before any file is touched
+        chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
+        runtime.resolve_precision(precision, chosen.device)
+        with runtime.distributed() as dist:
+            plan = plan_predict(
+                sources, out, save=kinds, recursive=recursive, skip_existing=skip_existing, dist=dist
+            )
+            predictor = Predictor(
+                weights,
+                device=device,
+                precision=precision,
+                size=work_size,
+                local_rank=dist.local_rank if dist.enabled else None,
+            )
+            if dist.is_main:
+                prediction.start(
+                    predictor.device_reason,
+                    predictor.precision,
+                    str(predictor.size) + (f" ({predictor.size_note})" if predictor.size_note else ""),
+                    len(plan.todo),
+                    len(plan.skipped),
+                    dist.world_size,
+                )
+            with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
+                result = predictor.run_plan(
+                    plan,
+                    threshold=threshold,
+                    background=background,
+                    batch=batch,
+                    on_progress=advance,
+                    dist=dist,
+                )
+        if dist.is_main:
+            prediction.summary(result)
+    if result.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _env_ok() -> bool:
+    from pdseg_cli import runtime
+
+    try:
+        runtime.env_distributed()
+    except PdsegError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_errors() -> Iterator[None]:
+    """Under torchrun, processes other than rank 0 exit with the same status but print nothing."""
+    try:
+        yield
+    except PdsegError:
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

@@ -1,0 +1,302 @@
+"""Reading images of every common kind to RGB arrays, and writing outputs atomically.
+
+Reading keeps the sample type: 8-bit files come back as uint8, 16-bit files as uint16 and
+floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on the way:
+
+* EXIF orientation is applied (JPEG, PNG, WebP: OpenCV does it when reading in colour).
+* Grayscale is repeated into three channels; CMYK JPEGs and TIFFs are converted to RGB.
+* An alpha channel is dropped: pdseg segments the colours, whatever the alpha says.
+* TIFFs are read with tifffile (8/16/32-bit integer and float, gray/RGB/RGBA, planar or
+  interleaved, BigTIFF, compressed). A multi-page TIFF gives its first page and a warning.
+  A compression that tifffile cannot decode without ``imagecodecs`` (LZW, JPEG, PackBits...) is
+  read through OpenCV's libtiff instead.
+
+Writing always goes through a temporary file in the target folder and ``os.replace``: a crash,
+an exception or Ctrl-C leaves either the old file or the complete new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pdseg_cli.errors import InputError
+
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
+TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+# every suffix pdseg reads; anything else in a folder is skipped (and counted)
+IMAGE_SUFFIXES = JPEG_SUFFIXES | TIFF_SUFFIXES | frozenset({".png", ".bmp", ".dib", ".webp"})
+
+# colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
+_CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
+
+
+@dataclass
+class LoadedImage:
+    """One decoded image.
+
+    Attributes:
+        pixels: (H, W, 3) RGB; uint8, uint16, or float32 for floating-point TIFFs.
+        path: where it was read from.
+        warnings: things the user should know (e.g. "multi-page TIFF: first page used").
+    """
+
+    pixels: np.ndarray
+    path: Path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+def is_image_file(path: Path) -> bool:
+    """True when the suffix is one pdseg reads (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike[str]) -> LoadedImage:
+    """Decode one image file to (H, W, 3) RGB at its own bit depth.
+
+    Raises:
+        InputError: the file is missing, unreadable, corrupt, or not an image pdseg can read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    warnings: list[str] = []
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        array = _read_tiff(path, warnings)
+    else:
+        array = _read_cv2(path)
+        if array.ndim == 3:
+            array = array[..., ::-1]  # BGR -> RGB
+    try:
+        pixels = to_rgb(array)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise InputError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
+    return LoadedImage(np.ascontiguousarray(pixels), path, warnings)
+
+
+def _read_cv2(path: Path) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    array = cv2.imdecode(data, _CV2_FLAGS) if data.size else None
+    if array is None:
+        raise InputError(
+            f"{path}: cannot decode (corrupt, truncated or not a {path.suffix.lstrip('.').upper()} image)"
+        )
+    return array
+
+
+def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) > 1:
+                warnings.append(
+                    f"{path.name}: multi-page TIFF ({len(tif.pages)} pages), the first page is used"
+                )
+            page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+            array = page.asarray()
+            axes = page.axes
+            photometric = int(page.photometric)
+            colormap = getattr(page, "colormap", None)
+    except tifffile.TiffFileError as exc:
+        raise InputError(f"{path}: not a valid TIFF ({exc})") from None
+    except (KeyError, ImportError, NotImplementedError, ValueError) as exc:
+        # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits): OpenCV's libtiff
+        array = _read_cv2_or_none(path)
+        if array is None:
+            codec = "imagecodecs" in str(exc)
+            raise InputError(
+                f"{path}: cannot decode this TIFF ({exc})",
+                hint="pip install imagecodecs adds the TIFF compressions tifffile lacks" if codec else None,
+            ) from None
+        return array[..., ::-1] if array.ndim == 3 else array
+    except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
+        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
+    return _tiff_to_hwc(array, axes, photometric, colormap, path)
+
+
+def _read_cv2_or_none(path: Path) -> np.ndarray | None:
+    try:
+        return _read_cv2(path)
+    except InputError:
+        return None
+
+
+_PHOTOMETRIC_MINISWHITE = 0
+_PHOTOMETRIC_PALETTE = 3
+_PHOTOMETRIC_SEPARATED = 5  # CMYK
+
+
+def _tiff_to_hwc(
+    array: np.ndarray, axes: str, photometric: int, colormap: np.ndarray | None, path: Path
+) -> np.ndarray:
+    """A TIFF page's array (axes like 'YX', 'YXS', 'SYX') -> (H, W) or (H, W, C)."""
+    # drop leading length-1 axes that are neither Y, X nor S (e.g. 'Q', 'I')
+    keep = [i for i, a in enumerate(axes) if a in "YXS" or array.shape[i] != 1]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if sorted(axes) not in (["X", "Y"], ["S", "X", "Y"]):
+        raise InputError(f"{path}: unsupported TIFF layout {axes} {array.shape}")
+    if "S" in axes:
+        array = np.transpose(array, [axes.index("Y"), axes.index("X"), axes.index("S")])
+    else:
+        array = np.transpose(array, [axes.index("Y"), axes.index("X")])
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if photometric == _PHOTOMETRIC_PALETTE and colormap is not None and array.ndim == 2:
+        # colormap (3, 2**bits) uint16 -> RGB uint16
+        array = np.moveaxis(np.asarray(colormap)[:, array], 0, -1)
+    elif photometric == _PHOTOMETRIC_MINISWHITE and array.ndim == 2:
+        array = _invert(array)
+    elif photometric == _PHOTOMETRIC_SEPARATED and array.ndim == 3 and array.shape[2] >= 4:
+        array = _cmyk_to_rgb(array[..., :4])
+    return array
+
+
+def _invert(array: np.ndarray) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.integer):
+        return np.iinfo(array.dtype).max - array
+    return 1.0 - array
+
+
+def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """Naive CMYK -> RGB: R = (1 - C)(1 - K), as libjpeg and most viewers without ICC do."""
+    dtype = cmyk.dtype
+    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+    x = cmyk.astype(np.float32) / top
+    rgb = (1.0 - x[..., :3]) * (1.0 - x[..., 3:4]) * top
+    return np.rint(rgb).astype(dtype) if np.issubdtype(dtype, np.integer) else rgb.astype(dtype)
+
+
+def to_rgb(array: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1|2|3|4) -> (H, W, 3): gray repeated, alpha dropped.
+
+    The sample type is normalised to uint8, uint16 or float32: other integer types are scaled to
+    uint16 (int8/int16/int32 shifted to unsigned first), float64 becomes float32.
+
+    Raises:
+        ValueError: a shape that is not an image.
+    """
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 2:  # gray + alpha
+        array = np.repeat(array[..., :1], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        array = array[..., :3]  # RGB(A): alpha and extra samples dropped
+    else:
+        raise ValueError(f"not an image: array of shape {array.shape}")
+    return _normalise_dtype(array)
+
+
+def _normalise_dtype(array: np.ndarray) -> np.ndarray:
+    dtype = array.dtype
+    if dtype in (np.uint8, np.uint16, np.float32):
+        return array
+    if dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(dtype, np.floating):
+        return array.astype(np.float32)
+    if np.issubdtype(dtype, np.signedinteger):
+        info = np.iinfo(dtype)
+        shifted = array.astype(np.float64) - info.min  # int8/16/32 -> 0..2**bits - 1
+        return np.rint(shifted / (info.max - info.min) * 65535).astype(np.uint16)
+    if np.issubdtype(dtype, np.unsignedinteger):  # uint32, uint64
+        return np.rint(array.astype(np.float64) / np.iinfo(dtype).max * 65535).astype(np.uint16)
+    raise ValueError(f"unsupported sample type {dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is
+    left as it was. The temporary name is hidden (starts with ".") and ends in ``.pdseg-tmp``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def encode_png(pixels: np.ndarray, *, compression: int = 3) -> bytes:
+    """(H, W) gray or (H, W, 3|4) RGB(A), uint8 or uint16 -> PNG bytes.
+
+    ``compression`` is zlib's level (OpenCV's default is 1; 3 is ~15% smaller and still fast).
+    """
+    if pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG holds uint8 or uint16, got {pixels.dtype}")
+    bgr = _rgb_to_bgr(pixels)
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise OSError("OpenCV could not encode the PNG")
+    return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
+    """Write a PNG atomically (see :func:`encode_png` for what ``pixels`` may be)."""
+    write_bytes_atomic(path, encode_png(pixels))
+
+
+def write_tiff(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
+    """Write (H, W, 3|4) RGB(A) or (H, W) gray as a deflate-compressed TIFF, atomically.
+
+    The sample type is kept (uint8, uint16 or float32). A 4th channel is stored as unassociated
+    alpha; files over 2 GB become BigTIFF.
+    """
+    import tifffile
+
+    kwargs: dict[str, object] = {"compression": "zlib", "compressionargs": {"level": 6}}
+    if pixels.ndim == 3:
+        kwargs["photometric"] = "rgb"
+        if pixels.shape[2] == 4:
+            kwargs["extrasamples"] = ["unassalpha"]
+    else:
+        kwargs["photometric"] = "minisblack"
+    bigtiff = pixels.nbytes > 2**31 - 2**25
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, pixels, bigtiff=bigtiff, **kwargs)
+
+
+def _rgb_to_bgr(pixels: np.ndarray) -> np.ndarray:
+    if pixels.ndim == 2:
+        return pixels
+    if pixels.shape[2] == 3:
+        return np.ascontiguousarray(pixels[..., ::-1])
+    if pixels.shape[2] == 4:
+        return np.ascontiguousarray(pixels[..., [2, 1, 0, 3]])
+    raise ValueError(f"expected 1, 3 or 4 channels, got shape {pixels.shape}")

@@ -1,0 +1,212 @@
+"""Pure functions between decoded images, model inputs and 8-bit maps.
+
+The map rule (the bytes ``pdseg predict`` writes and ``pdseg eval`` scores), following the DIS
+pipeline (``shared/design/metrics.md`` section 8):
+
+1. the logits are resized to the image's original (H, W), bilinear, ``align_corners=False``,
+   in float32, before anything else;
+2. ``p = sigmoid(logits)``;
+3. ``byte = floor(255 * p)`` (truncation, as DIS's ``astype(np.uint8)``).
+
+Unlike DIS, pdseg does **not** stretch each map to its own min..max first: a photo with no clear
+foreground would otherwise get a full-contrast mask made of noise, and a given byte would mean a
+different probability in every file (so ``--threshold`` could not be used). The DIS metrics
+min-max normalise every prediction anyway (metrics.md section 1.4), so F, weighted F, MAE, S and E
+differ from DIS-style stretched files only where the map does not already reach 0 and 255; HCE
+thresholds the byte at > 128, i.e. ``p > 129/255``.
+
+``--threshold T`` instead writes ``255`` where ``p >= T`` and ``0`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+# The 0..255 reading of a float image: its values are taken as 0..1 when the largest is at most 1,
+# as 0..255 when it is at most 255, as 0..65535 when at most 65535, else stretched by the maximum.
+_FLOAT_RANGES = (1.0, 255.0, 65535.0)
+
+
+def to_float_rgb(image: np.ndarray) -> np.ndarray:
+    """Any image array -> (H, W, 3) float32 RGB on the 0..255 scale the model's normalisation uses.
+
+    Args:
+        image: (H, W), (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha ignored); uint8
+            (0..255), uint16 (0..65535, divided by 257), bool, other integers (by their type's
+            range), or float (see the module's ``_FLOAT_RANGES`` rule; NaN becomes 0).
+
+    Raises:
+        ValueError: not an image shape.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        image = image[..., :3]
+    else:
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"the image is empty: shape {image.shape}")
+    dtype = image.dtype
+    if dtype == np.uint8:
+        return image.astype(np.float32)
+    if dtype == np.uint16:
+        return image.astype(np.float32) / np.float32(257.0)  # 65535 -> 255 exactly
+    if dtype == np.bool_:
+        return image.astype(np.float32) * np.float32(255.0)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = (image.astype(np.float64) - info.min) / (info.max - info.min) * 255.0
+        return x.astype(np.float32)
+    if np.issubdtype(dtype, np.floating):
+        scale = float_range(image)
+        x = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(x, 0.0, None, out=x)
+        x *= np.float32(255.0 / scale)
+        return x
+    raise ValueError(f"unsupported image dtype {dtype}")
+
+
+def float_range(image: np.ndarray) -> float:
+    """The full-scale value of a float image under the ``_FLOAT_RANGES`` rule (1, 255, 65535 or its max)."""
+    finite = image[np.isfinite(image)]
+    top = float(finite.max()) if finite.size else 1.0
+    return next((r for r in _FLOAT_RANGES if top <= r), top)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W, C) float32 image to ``size`` = (h, w) with bilinear interpolation (cv2.INTER_LINEAR).
+
+    The same resize as training uses for its square inputs.
+    """
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def normalize(image: np.ndarray, normalization: Mapping[str, Any]) -> np.ndarray:
+    """(H, W, 3) float32 RGB on 0..255 -> (H, W, 3) float32 ``(x - mean) / std``, in place where it can.
+
+    ``normalization`` is a checkpoint's ``{"color", "scale", "mean", "std"}``; mean and std are on
+    the 0..scale range. The result stays channels-last (H, W, C): the engine turns a stack of them
+    into a channels_last (B, C, H, W) tensor without copying. It may share memory with ``image``.
+    """
+    scale = float(normalization.get("scale", 255.0))
+    mean = np.asarray(normalization["mean"], dtype=np.float32)
+    std = np.asarray(normalization["std"], dtype=np.float32)
+    x = image if image.dtype == np.float32 and image.flags.writeable else image.astype(np.float32)
+    if str(normalization.get("color", "RGB")).upper() == "BGR":
+        x = np.ascontiguousarray(x[..., ::-1])
+    if scale != 255.0:
+        x *= np.float32(scale / 255.0)
+    x -= mean
+    x /= std
+    return x
+
+
+def quantize(prob: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 ``floor(255 p)`` (the DIS truncation)."""
+    return (prob * np.float32(255.0)).astype(np.uint8)
+
+
+def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Probabilities -> uint8 255 where ``p >= threshold``, else 0."""
+    return np.where(prob >= np.float32(threshold), np.uint8(255), np.uint8(0))
+
+
+def alpha_at_depth(byte_map: np.ndarray, dtype: np.dtype[Any] | type) -> np.ndarray:
+    """An 8-bit map as an alpha channel of ``dtype``: uint8 as is, uint16 x 257, float32 / 255 (0..1)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return byte_map
+    if dtype == np.uint16:
+        return byte_map.astype(np.uint16) * np.uint16(257)
+    return byte_map.astype(np.float32) / np.float32(255.0)
+
+
+def cutout(pixels: np.ndarray, byte_map: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB + (H, W) map -> (H, W, 4) RGBA at the image's sample type (alpha = the map)."""
+    alpha = alpha_at_depth(byte_map, pixels.dtype)
+    if alpha.dtype == np.float32:
+        alpha *= np.float32(float_range(pixels))  # float images keep their own full scale
+    return np.concatenate([pixels, alpha[..., None]], axis=2)
+
+
+def composite(pixels: np.ndarray, byte_map: np.ndarray, background: Sequence[int]) -> np.ndarray:
+    """Blend the image over a plain colour: ``rgb * a + bg * (1 - a)`` with ``a = map / 255``.
+
+    Args:
+        pixels: (H, W, 3) RGB, uint8, uint16 or float32 (0..1).
+        byte_map: (H, W) uint8 map.
+        background: (r, g, b) in 0..255.
+
+    Returns:
+        (H, W, 3) RGB of the same sample type as ``pixels``.
+    """
+    dtype = pixels.dtype
+    if dtype == np.uint8:
+        top = 255.0
+    elif dtype == np.uint16:
+        top = 65535.0
+    else:
+        top = float_range(pixels)
+    bg = np.asarray(background, dtype=np.float32) * np.float32(top / 255.0)
+    out = np.empty(pixels.shape, dtype=dtype)
+    rows = max(1, (1 << 22) // max(1, pixels.shape[1]))  # ~4M pixels a chunk bounds the float temporaries
+    for r0 in range(0, pixels.shape[0], rows):
+        a = byte_map[r0 : r0 + rows, :, None].astype(np.float32) / np.float32(255.0)
+        blend = pixels[r0 : r0 + rows].astype(np.float32) * a + bg * (np.float32(1.0) - a)
+        if dtype == np.float32:
+            out[r0 : r0 + rows] = blend
+        else:
+            out[r0 : r0 + rows] = np.clip(np.rint(blend), 0, top).astype(dtype)
+    return out
+
+
+# CSS/X11 colour names most often asked for as a background; anything else is given as #hex
+_COLOR_NAMES = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "red": (255, 0, 0),
+    "green": (0, 128, 0),
+    "lime": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "orange": (255, 165, 0),
+    "purple": (128, 0, 128),
+}
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """'white', '#fff', '#00ff00' or '0,255,0' -> (r, g, b).
+
+    Raises:
+        ValueError: not a colour; the message lists the accepted forms.
+    """
+    t = text.strip().lower()
+    if t in _COLOR_NAMES:
+        return _COLOR_NAMES[t]
+    hexpart = t[1:] if t.startswith("#") else t
+    if len(hexpart) in (3, 6) and all(c in "0123456789abcdef" for c in hexpart):
+        if len(hexpart) == 3:
+            hexpart = "".join(c * 2 for c in hexpart)
+        return (int(hexpart[0:2], 16), int(hexpart[2:4], 16), int(hexpart[4:6], 16))
+    parts = t.split(",")
+    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+        r, g, b = (int(p) for p in parts)
+        return (r, g, b)
+    raise ValueError(
+        f"not a colour: {text!r} (use a name such as {', '.join(list(_COLOR_NAMES)[:5])}, "
+        "#rrggbb, #rgb or r,g,b)"
+    )

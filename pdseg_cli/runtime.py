@@ -1,0 +1,249 @@
+"""Device, precision, peak memory and torchrun: values worked out once and passed in, never global.
+
+Nothing here changes process-wide state at import. ``torch`` is imported inside the functions so
+that ``import pdseg_cli.runtime`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import resource
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pdseg_cli.errors import InputError, NotAvailableError
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """The device a run uses, and why (shown to the user when it was picked automatically)."""
+
+    device: torch.device
+    reason: str
+
+
+def resolve_device(spec: str = "auto", *, local_rank: int | None = None) -> DeviceChoice:
+    """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device, failing loudly rather than falling back.
+
+    Args:
+        spec: what the user asked for.
+        local_rank: under torchrun, the process's local rank: ``auto`` and ``cuda`` then mean
+            ``cuda:<local_rank>`` (one GPU per process).
+
+    Raises:
+        NotAvailableError: CUDA (or MPS) was asked for and is not there.
+        InputError: not a device name.
+    """
+    import torch
+
+    text = spec.strip().lower()
+    cuda_ok = torch.cuda.is_available()
+    n_gpus = torch.cuda.device_count() if cuda_ok else 0
+    if text == "auto":
+        if cuda_ok:
+            index = (local_rank or 0) % max(n_gpus, 1) if local_rank is not None else 0
+            name = torch.cuda.get_device_name(index)
+            return DeviceChoice(torch.device("cuda", index), f"auto: CUDA GPU {index} ({name})")
+        mps = getattr(torch.backends, "mps", None)
+        why = "no CUDA GPU visible to PyTorch"
+        if mps is not None and mps.is_available():
+            why += "; Apple MPS is there: pass --device mps to use it"
+        return DeviceChoice(torch.device("cpu"), f"auto: CPU ({why})")
+    if text == "cpu":
+        return DeviceChoice(torch.device("cpu"), "cpu (asked for)")
+    if text == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise NotAvailableError("--device mps was asked for, but PyTorch sees no Apple MPS device")
+        return DeviceChoice(torch.device("mps"), "mps (asked for)")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not cuda_ok:
+            build = (
+                "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            )
+            raise NotAvailableError(
+                f"--device {spec} was asked for, but PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}, {build})",
+                hint="use --device cpu, or install a CUDA build of PyTorch and check nvidia-smi",
+            )
+        if text == "cuda":
+            index = local_rank if local_rank is not None else 0
+        else:
+            try:
+                index = int(text.split(":", 1)[1])
+            except ValueError:
+                raise InputError(f"not a device: {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
+        if not 0 <= index < n_gpus:
+            raise NotAvailableError(
+                f"--device cuda:{index} was asked for, but only {n_gpus} CUDA GPU(s) are visible "
+                f"(0..{n_gpus - 1})",
+                hint="check CUDA_VISIBLE_DEVICES, or use fewer torchrun processes than GPUs",
+            )
+        name = torch.cuda.get_device_name(index)
+        return DeviceChoice(torch.device("cuda", index), f"cuda:{index} ({name})")
+    raise InputError(f"not a device: {spec!r}", hint="use auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """``auto|fp32|bf16|fp16`` -> the precision to run in: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` is bf16 on CUDA GPUs that support it (Ampere and newer) and fp32 everywhere else.
+
+    Raises:
+        InputError: not a precision name.
+        NotAvailableError: bf16 asked for on a GPU without it.
+    """
+    import torch
+
+    text = spec.strip().lower()
+    if text not in PRECISIONS:
+        raise InputError(f"not a precision: {spec!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    if text == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if text == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise NotAvailableError(
+            f"--precision bf16 was asked for, but {torch.cuda.get_device_name(device)} has no bf16",
+            hint="use --precision fp16 or fp32",
+        )
+    return text
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context for ``precision`` (a no-op for fp32). The model keeps its NMF in fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting peak GPU memory afresh (CPU peak RSS cannot be reset: it is the process's)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what was measured): ``torch.cuda.max_memory_allocated`` on a GPU, peak RSS on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "GPU memory allocated by PyTorch"
+    return peak_rss(), "peak resident memory of the process"
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (``getrusage`` ru_maxrss)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS gives bytes, Linux KiB
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a torchrun job (world_size 1 when not under torchrun).
+
+    Attributes:
+        world_size: number of processes.
+        rank: this process's index, 0..world_size - 1.
+        local_rank: index among the processes on this machine (selects the GPU).
+        initialized: True when this object set up a process group (and must tear it down).
+    """
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    initialized: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list[Any]) -> list[Any]:
+        """This process's share of ``items``: every world_size-th item, starting at its rank."""
+        return items[self.rank :: self.world_size] if self.enabled else list(items)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order (just ``[obj]`` without torchrun)."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def env_distributed() -> Distributed:
+    """Read WORLD_SIZE / RANK / LOCAL_RANK (set by torchrun) without starting anything."""
+
+    def _int(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        try:
+            return int(value) if value.strip() else default
+        except ValueError:
+            raise InputError(f"${name} is {value!r}, not a number") from None
+
+    world = _int("WORLD_SIZE", 1)
+    rank = _int("RANK", 0)
+    local = _int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"torchrun environment is inconsistent: RANK={rank}, WORLD_SIZE={world}")
+    return Distributed(world, rank, local)
+
+
+@contextlib.contextmanager
+def distributed(timeout_minutes: float = 120.0) -> Iterator[Distributed]:
+    """Join the torchrun job, if any, for the duration of the block.
+
+    A gloo process group is used for the small result messages (it works on CPU-only and GPU
+    machines alike; the images never travel between processes). Without torchrun this yields a
+    single-process :class:`Distributed` and starts nothing.
+    """
+    env = env_distributed()
+    if not env.enabled:
+        yield env
+        return
+    import torch.distributed as dist
+
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            world_size=env.world_size,
+            rank=env.rank,
+        )
+        started = True
+    try:
+        yield Distributed(env.world_size, env.rank, env.local_rank, initialized=started)
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()

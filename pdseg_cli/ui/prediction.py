@@ -1,0 +1,81 @@
+"""What ``pdseg predict`` shows: the chosen device, a progress bar, and the end summary."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pdseg_cli import ui
+
+_MAX_LISTED = 20  # failed files listed one per line; the rest are counted
+
+
+def start(device_reason: str, precision: str, size: str, todo: int, skipped: int, world_size: int) -> None:
+    """One status line on stderr before the work starts."""
+    parts = [f"device {device_reason}", f"precision {precision}", f"size {size}"]
+    files = f"{todo} image{'s' if todo != 1 else ''} to do"
+    if skipped:
+        files += f", {skipped} skipped (outputs exist)"
+    parts.append(files)
+    if world_size > 1:
+        parts.append(f"{world_size} processes (counts are this process's share)")
+    ui.info(" · ".join(parts))
+
+
+@contextlib.contextmanager
+def progress(total: int, *, enabled: bool = True) -> Iterator[Callable[[Any], None]]:
+    """Yield ``advance(result)``: a progress bar in images per second (a no-op when not enabled)."""
+    if not enabled:
+        yield lambda _result: None
+        return
+    with ui.progress_bar("predict", total=total, unit="img") as advance:
+        yield lambda _result: advance()
+
+
+def summary(result: Any) -> None:
+    """The end summary table (stdout), then failed files and warnings (stderr).
+
+    Args:
+        result: a ``pdseg_cli.engine.predict.PredictSummary``.
+    """
+    peak = max(result.peak_memory, key=lambda m: m.bytes)
+    rows: list[tuple[str, str]] = [
+        ("done", str(result.done)),
+        ("skipped (outputs exist)", str(result.skipped)),
+        ("failed", str(result.failed)),
+        ("not images (ignored)", str(len(result.not_images))),
+        ("wall time", _seconds(result.wall_seconds)),
+        ("images / s", f"{result.images_per_second:.2f}"),
+        (
+            f"peak memory ({peak.what})",
+            _bytes(peak.bytes) + (f" (rank {peak.rank})" if result.world_size > 1 else ""),
+        ),
+    ]
+    caption = f"{result.device} · {result.precision} · size {result.size}"
+    if result.world_size > 1:
+        caption += f" · {result.world_size} processes"
+    ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
+    warnings = [w for r in result.results for w in r.warnings]
+    for w in dict.fromkeys(warnings):
+        ui.warn(w)
+    failures = result.failures
+    for r in failures[:_MAX_LISTED]:
+        ui.error(f"{r.path}: {r.error}" if str(r.path) not in (r.error or "") else str(r.error))
+    if len(failures) > _MAX_LISTED:
+        ui.error(f"... and {len(failures) - _MAX_LISTED} more failed files")
+
+
+def _seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"

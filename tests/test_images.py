@@ -1,0 +1,263 @@
+"""Reading every supported image kind, the pure transforms, and atomic writes (no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pdseg_cli.data import images as imio
+from pdseg_cli.data import transforms as T
+from pdseg_cli.errors import InputError
+
+H, W = 13, 21  # odd on purpose
+
+
+def _rgb8(h: int = H, w: int = W) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _rgb16(h: int = H, w: int = W) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+
+
+def _write_cv2(path: Path, rgb: np.ndarray) -> Path:
+    arr = rgb[..., ::-1] if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb
+    if rgb.ndim == 3 and rgb.shape[2] == 4:
+        arr = rgb[..., [2, 1, 0, 3]]
+    assert cv2.imwrite(str(path), np.ascontiguousarray(arr))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- PNG
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_rgb_gray_rgba_keep_bit_depth(tmp_path: Path, dtype: type) -> None:
+    rgb = _rgb8() if dtype == np.uint8 else _rgb16()
+    got = imio.read_image(_write_cv2(tmp_path / "rgb.png", rgb))
+    assert got.pixels.dtype == dtype and got.pixels.shape == (H, W, 3)
+    np.testing.assert_array_equal(got.pixels, rgb)
+
+    gray = rgb[..., 0]
+    got = imio.read_image(_write_cv2(tmp_path / "gray.png", gray)).pixels
+    assert got.dtype == dtype and got.shape == (H, W, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(got[..., c], gray)
+
+    alpha = np.zeros((H, W, 1), dtype)  # fully transparent: the colours must still come through
+    got = imio.read_image(_write_cv2(tmp_path / "rgba.png", np.concatenate([rgb, alpha], 2))).pixels
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, rgb)
+
+
+def test_png_gray_alpha_and_palette(tmp_path: Path) -> None:
+    from PIL import Image
+
+    gray = _rgb8()[..., 0]
+    Image.fromarray(np.dstack([gray, np.full_like(gray, 7)]), "LA").save(tmp_path / "la.png")
+    got = imio.read_image(tmp_path / "la.png").pixels
+    np.testing.assert_array_equal(got[..., 1], gray)
+    Image.fromarray(_rgb8()).convert("P").save(tmp_path / "p.png")
+    assert imio.read_image(tmp_path / "p.png").pixels.shape == (H, W, 3)
+
+
+# -------------------------------------------------------------------------------- JPEG, BMP, WebP
+
+
+def test_jpeg_rgb_and_gray(tmp_path: Path) -> None:
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, :10] = (200, 30, 10)
+    got = imio.read_image(_write_cv2(tmp_path / "a.jpg", rgb)).pixels
+    assert got.shape == (H, W, 3) and got.dtype == np.uint8
+    assert np.abs(got[5, 2].astype(int) - (200, 30, 10)).max() < 12  # RGB order, not BGR
+    got = imio.read_image(_write_cv2(tmp_path / "g.jpeg", rgb[..., 0])).pixels
+    assert got.shape == (H, W, 3)
+    assert (got[..., 0] == got[..., 2]).all()
+
+
+def test_jpeg_exif_orientation_applied(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgb = np.zeros((10, 30, 3), np.uint8)
+    rgb[:, :5] = 255  # a white band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    got = imio.read_image(tmp_path / "r.jpg").pixels
+    assert got.shape == (30, 10, 3)  # displayed upright: width and height swapped
+    assert got[:5].mean() > 200 and got[-5:].mean() < 50  # the band is now at the top
+
+
+def test_cmyk_jpeg_converted(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:] = (200, 50, 10)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    got = imio.read_image(tmp_path / "c.jpg").pixels
+    assert got.shape == (H, W, 3)
+    assert np.abs(got[5, 5].astype(int) - (200, 50, 10)).max() <= 3
+
+
+def test_bmp_and_lossless_webp(tmp_path: Path) -> None:
+    rgb = _rgb8()
+    np.testing.assert_array_equal(imio.read_image(_write_cv2(tmp_path / "a.bmp", rgb)).pixels, rgb)
+    path = tmp_path / "a.webp"
+    assert cv2.imwrite(str(path), rgb[..., ::-1], [cv2.IMWRITE_WEBP_QUALITY, 101])  # > 100: lossless
+    np.testing.assert_array_equal(imio.read_image(path).pixels, rgb)
+
+
+# -------------------------------------------------------------------------------------------- TIFF
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("rgb8", {}),
+        ("planar16", {"planarconfig": "separate"}),
+        ("bigtiff_zlib16", {"bigtiff": True, "compression": "zlib"}),
+    ],
+)
+def test_tiff_layouts(tmp_path: Path, name: str, kwargs: dict) -> None:
+    rgb = _rgb8() if name == "rgb8" else _rgb16()
+    data = np.moveaxis(rgb, -1, 0) if kwargs.get("planarconfig") == "separate" else rgb
+    tifffile.imwrite(tmp_path / f"{name}.tif", data, photometric="rgb", **kwargs)
+    got = imio.read_image(tmp_path / f"{name}.tif")
+    assert got.pixels.dtype == rgb.dtype and not got.warnings
+    np.testing.assert_array_equal(got.pixels, rgb)
+
+
+def test_tiff_rgba16_gray_float_and_cmyk(tmp_path: Path) -> None:
+    rgb = _rgb16()
+    rgba = np.concatenate([rgb, np.zeros((H, W, 1), np.uint16)], 2)
+    tifffile.imwrite(tmp_path / "rgba.tiff", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    np.testing.assert_array_equal(imio.read_image(tmp_path / "rgba.tiff").pixels, rgb)
+
+    gray = np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W)
+    tifffile.imwrite(tmp_path / "f.tif", gray)
+    got = imio.read_image(tmp_path / "f.tif").pixels
+    assert got.dtype == np.float32 and got.shape == (H, W, 3)
+    np.testing.assert_array_equal(got[..., 1], gray)
+
+    cmyk = np.zeros((H, W, 4), np.uint8)
+    cmyk[..., 0] = 255  # full cyan -> (0, 255, 255)
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    np.testing.assert_array_equal(imio.read_image(tmp_path / "cmyk.tif").pixels[0, 0], (0, 255, 255))
+
+
+def test_multipage_tiff_first_page_with_warning(tmp_path: Path) -> None:
+    a, b = _rgb8(), _rgb8()[::-1].copy()
+    tifffile.imwrite(tmp_path / "m.tif", np.stack([a, b]), photometric="rgb")
+    got = imio.read_image(tmp_path / "m.tif")
+    np.testing.assert_array_equal(got.pixels, a)
+    assert got.warnings and "multi-page" in got.warnings[0]
+
+
+# ------------------------------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize("name", ["bad.png", "bad.jpg", "bad.tif", "empty.webp"])
+def test_corrupt_file_raises_input_error_naming_it(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"" if name.startswith("empty") else b"\x89PNG\r\n\x1a\n not really an image")
+    with pytest.raises(InputError, match=name):
+        imio.read_image(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        imio.read_image(tmp_path / "nope.png")
+
+
+# ------------------------------------------------------------------------------------- transforms
+
+
+def test_to_float_rgb_ranges() -> None:
+    assert T.to_float_rgb(np.full((2, 2, 3), 255, np.uint8)).max() == 255.0
+    assert T.to_float_rgb(np.full((2, 2, 3), 65535, np.uint16)).max() == 255.0
+    assert T.to_float_rgb(np.full((2, 2), 1.0, np.float32)).shape == (2, 2, 3)
+    assert T.to_float_rgb(np.full((2, 2, 3), 1.0, np.float64)).max() == 255.0
+    assert T.to_float_rgb(np.full((2, 2, 3), 200.0, np.float32)).max() == 200.0  # 0..255 floats
+    assert T.to_float_rgb(np.ones((2, 2, 4), bool)).shape == (2, 2, 3)
+    with pytest.raises(ValueError):
+        T.to_float_rgb(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_quantize_is_dis_truncation() -> None:
+    p = np.array([0.0, 0.5 / 255, 1.0 / 255, 0.5, 254.9 / 255, 1.0], np.float32)
+    np.testing.assert_array_equal(T.quantize(p), np.floor(p * np.float32(255)).astype(np.uint8))
+    assert T.quantize(p).tolist() == [0, 0, 1, 127, 254, 255]
+    np.testing.assert_array_equal(T.binarize(p, 0.5), [0, 0, 0, 255, 255, 255])
+
+
+def test_parse_color() -> None:
+    assert T.parse_color("white") == (255, 255, 255)
+    assert T.parse_color("#0F0") == (0, 255, 0)
+    assert T.parse_color("#102030") == (16, 32, 48)
+    assert T.parse_color("1,2,3") == (1, 2, 3)
+    with pytest.raises(ValueError, match="not a colour"):
+        T.parse_color("bluish")
+
+
+def test_composite_and_cutout_keep_sample_type() -> None:
+    pixels = np.full((2, 3, 3), 65535, np.uint16)
+    m = np.array([[0, 255, 128]] * 2, np.uint8)
+    rgba = T.cutout(pixels, m)
+    assert rgba.dtype == np.uint16 and rgba[0, 1, 3] == 65535 and rgba[0, 2, 3] == 128 * 257
+    comp = T.composite(pixels, m, (0, 0, 0))
+    assert comp.dtype == np.uint16 and comp[0, 0, 0] == 0 and comp[0, 1, 0] == 65535
+
+
+# -------------------------------------------------------------------------------- atomic writing
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "x.png"
+    with pytest.raises(RuntimeError), imio.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a file")
+        raise RuntimeError("disk on fire")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_keeps_old_file_on_interrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "x.tif"
+    target.write_bytes(b"old")
+    real = tifffile.imwrite
+
+    def half_then_ctrl_c(path: Path, data: np.ndarray, **kw: object) -> None:
+        real(path, data, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tifffile, "imwrite", half_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        imio.write_tiff(target, _rgb16())
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.tif"]
+
+
+def test_write_tiff_16bit_rgba_roundtrip(tmp_path: Path) -> None:
+    rgba = np.concatenate([_rgb16(), _rgb16()[..., :1]], 2)
+    imio.write_tiff(tmp_path / "o.tif", rgba)
+    with tifffile.TiffFile(tmp_path / "o.tif") as tif:
+        page = tif.pages[0]
+        assert page.dtype == np.uint16 and page.shape == (H, W, 4) and page.extrasamples
+        np.testing.assert_array_equal(page.asarray(), rgba)
+
+
+def test_encode_png_rgb_order(tmp_path: Path) -> None:
+    rgb = _rgb8()
+    imio.write_png(tmp_path / "o.png", rgb)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "o.png"))[..., ::-1], rgb)
+
+
+def test_lzw_tiff_read_without_imagecodecs(tmp_path: Path) -> None:
+    rgb = _rgb8()
+    path = tmp_path / "lzw.tif"
+    assert cv2.imwrite(str(path), rgb[..., ::-1], [cv2.IMWRITE_TIFF_COMPRESSION, 5])  # 5 = LZW
+    np.testing.assert_array_equal(imio.read_image(path).pixels, rgb)

@@ -1,0 +1,342 @@
+"""`pdseg predict` and the Predictor: sizes, outputs, resuming, failures, refusals (pdseg-tiny, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from pdseg_cli import create_model, load_model, save_checkpoint
+from pdseg_cli.cli import app
+from pdseg_cli.config import NORMALIZATION
+from pdseg_cli.data import images as imio
+from pdseg_cli.engine.predict import Predictor, parse_save, parse_size
+from pdseg_cli.errors import InputError
+from pdseg_cli.runtime import Distributed
+
+runner = CliRunner()
+TRAIN = 64  # the tiny checkpoint's training size
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pdseg-tiny checkpoint with a classifier scaled up, so maps spread over 0..255."""
+    torch.manual_seed(0)
+    model = create_model("pdseg-tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "cls" in name or "classifier" in name:
+                p.mul_(300.0)
+    return save_checkpoint(model, tmp_path_factory.mktemp("w") / "tiny.pt", train_size=TRAIN)
+
+
+@pytest.fixture(scope="session")
+def predictor(ckpt: Path) -> Predictor:
+    return Predictor(ckpt, device="cpu", size=TRAIN)
+
+
+def _img(h: int, w: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 65535 if dtype == np.uint16 else 255
+    img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
+    img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
+    return img
+
+
+def _flat(text: str) -> str:
+    """Output without any whitespace (rich wraps long paths at the console width)."""
+    return "".join(text.split())
+
+
+def _run(*args: str | Path) -> object:
+    return runner.invoke(app, ["predict", *map(str, args)])
+
+
+def _no_temporaries(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(imio.TEMP_SUFFIX)]
+
+
+# ------------------------------------------------------------------------------ Python API
+
+
+@pytest.mark.parametrize("size", [TRAIN, "full"])
+@pytest.mark.parametrize(("h", "w"), [(37, 53), (64, 31)])
+def test_predict_returns_input_size(predictor: Predictor, ckpt: Path, size: object, h: int, w: int) -> None:
+    p = predictor if size == TRAIN else Predictor(ckpt, device="cpu", size="full")
+    out = p.predict(_img(h, w))
+    assert out.shape == (h, w) and out.dtype == np.uint8
+
+
+def test_predict_accepts_any_dtype_and_gray(predictor: Predictor) -> None:
+    img8 = _img(33, 41)
+    ref = predictor.predict(img8)
+    img16 = img8.astype(np.uint16) * 257
+    np.testing.assert_array_equal(predictor.predict(img16), ref)  # same 0..255 values
+    np.testing.assert_array_equal(predictor.predict(img8.astype(np.float32) / 255), ref)
+    assert predictor.predict(img8[..., 0]).shape == (33, 41)
+    rgba = np.concatenate([img8, np.zeros((33, 41, 1), np.uint8)], 2)
+    np.testing.assert_array_equal(predictor.predict(rgba), ref)  # alpha ignored
+
+
+@pytest.mark.parametrize("size", [TRAIN, "full"])
+def test_predict_equals_the_model_called_directly(ckpt: Path, size: object) -> None:
+    img = _img(45, 70, seed=3)
+    got = Predictor(ckpt, device="cpu", size=size, channels_last=False).predict(img)
+
+    model = load_model(ckpt)
+    x = img.astype(np.float32)
+    if size != "full":
+        x = cv2.resize(x, (TRAIN, TRAIN), interpolation=cv2.INTER_LINEAR)
+    x = (x - np.array(NORMALIZATION["mean"], np.float32)) / np.array(NORMALIZATION["std"], np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x).permute(2, 0, 1)[None].contiguous())
+        logits = F.interpolate(logits, size=(45, 70), mode="bilinear", align_corners=False)
+        expected = (torch.sigmoid(logits) * 255).to(torch.uint8)[0, 0].numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert int(expected.max()) - int(expected.min()) > 50  # a real map, not a constant
+
+
+def test_channels_last_and_batches_agree(predictor: Predictor, ckpt: Path) -> None:
+    imgs = [_img(40, 50, seed=s) for s in range(3)]
+    singles = [predictor.predict(im) for im in imgs]
+    batched = predictor.predict_batch(imgs)
+    plain = Predictor(ckpt, device="cpu", size=TRAIN, channels_last=False)
+    for a, b, im in zip(singles, batched, imgs, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+        assert np.abs(a.astype(int) - plain.predict(im).astype(int)).max() <= 1
+
+
+def test_threshold_gives_binary_map(predictor: Predictor) -> None:
+    out = predictor.predict(_img(30, 30), threshold=0.5)
+    assert set(np.unique(out)) <= {0, 255}
+
+
+def test_default_size_is_the_checkpoint_training_size(ckpt: Path) -> None:
+    p = Predictor(ckpt, device="cpu")
+    assert p.size == TRAIN and p.size_from_checkpoint
+
+
+def test_option_parsing() -> None:
+    assert parse_save(["mask,alpha", "composite", "mask"]) == ("mask", "alpha", "composite")
+    with pytest.raises(InputError, match="did you mean alpha"):
+        parse_save(["alhpa"])
+    assert parse_size("FULL") == "full" and parse_size("512") == 512 and parse_size(None) is None
+    with pytest.raises(InputError):
+        parse_size("16")
+    with pytest.raises(InputError):
+        parse_size("big")
+
+
+def test_shards_cover_every_file_once() -> None:
+    items = list(range(11))
+    shards = [Distributed(3, r, r).shard(items) for r in range(3)]
+    assert sorted(x for s in shards for x in s) == items
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """in/: a JPEG, an 8-bit PNG, a 16-bit TIFF, a text file; odd sizes."""
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.jpg"), _img(37, 53, 1))
+    cv2.imwrite(str(d / "b.png"), _img(29, 40, 2))
+    tifffile.imwrite(d / "c.tif", _img(31, 45, 3, np.uint16), photometric="rgb")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_cli_writes_masks_at_input_size(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(folder, "--out", out, "-w", ckpt, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    for name, shape in (("a", (37, 53)), ("b", (29, 40)), ("c", (31, 45))):
+        m = cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert m.shape == shape and m.dtype == np.uint8
+    text = _flat(result.output)
+    assert "done3" in text.replace("│", "") and "notimages(ignored)1" in text.replace("│", "")
+
+
+def test_cli_full_size_and_mask_bytes_match_predict(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(folder / "a.jpg", "--out", out, "-w", ckpt, "--size", "full", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    written = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    expected = Predictor(ckpt, device="cpu", size="full").predict(imio.read_image(folder / "a.jpg").pixels)
+    np.testing.assert_array_equal(written, expected)
+
+
+def test_cli_16bit_tiff_gives_16bit_rgba_tiff(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(
+        folder / "c.tif",
+        folder / "b.png",
+        "-o",
+        out,
+        "-w",
+        ckpt,
+        "-s",
+        "mask",
+        "--save",
+        "alpha,composite",
+        "--bg",
+        "#00ff00",
+    )
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["b.png", "b_alpha.png", "b_composite.png", "c.png", "c_alpha.tif", "c_composite.tif"]
+    source = tifffile.imread(folder / "c.tif")
+    with tifffile.TiffFile(out / "c_alpha.tif") as tif:
+        rgba = tif.pages[0].asarray()
+    assert rgba.dtype == np.uint16 and rgba.shape == (31, 45, 4)
+    np.testing.assert_array_equal(rgba[..., :3], source)
+    mask = cv2.imread(str(out / "c.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(rgba[..., 3], mask.astype(np.uint16) * 257)
+    b_rgba = cv2.imread(str(out / "b_alpha.png"), cv2.IMREAD_UNCHANGED)
+    assert b_rgba.shape == (29, 40, 4) and b_rgba.dtype == np.uint8
+    assert tifffile.imread(out / "c_composite.tif").dtype == np.uint16
+
+
+def test_cli_threshold_binary(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    assert _run(folder / "a.jpg", "-o", out, "-w", ckpt, "--threshold", "0.5").exit_code == 0
+    assert set(np.unique(cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED))) <= {0, 255}
+
+
+def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    out = tmp_path / "out"
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert "broken.png" in _flat(result.output)
+    assert _no_temporaries(out)
+
+
+def test_skip_existing_resumes(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    assert _run(folder, "-o", out, "-w", ckpt).exit_code == 0
+    (out / "b.png").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert sorted(after) == ["a.png", "b.png", "c.png"]
+    assert after["a.png"] == before["a.png"] and after["c.png"] == before["c.png"]
+    assert "skipped(outputsexist)2" in _flat(result.output).replace("│", "")
+
+
+def test_refuses_to_overwrite_inputs(folder: Path, ckpt: Path) -> None:
+    result = _run(folder, "-o", folder, "-w", ckpt)
+    assert result.exit_code == 2
+    assert "overwrite" in result.output and "b.png" in _flat(result.output)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "b.png", "c.tif", "notes.txt"]
+
+
+def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    cv2.imwrite(str(folder / "a.png"), _img(10, 10))
+    result = _run(folder, "-o", tmp_path / "out", "-w", ckpt)
+    assert result.exit_code == 2 and "bothwrite" in _flat(result.output)
+
+
+def test_unwritable_out_fails_before_loading_the_model(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr("pdseg_cli.engine.predict.Predictor.__init__", boom)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        result = _run(folder, "-o", out, "-w", ckpt)
+        assert result.exit_code == 2, result.output
+        assert "--out" in result.output
+
+
+def test_interrupted_write_leaves_nothing_behind(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = imio.write_bytes_atomic
+    calls = []
+
+    def write_then_fail(path: Path, data: bytes) -> None:
+        calls.append(path)
+        if Path(path).name == "b.png":  # fail half-way through writing this one
+            with imio.atomic_path(path) as tmp:
+                tmp.write_bytes(data[: len(data) // 2])
+                raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(imio, "write_bytes_atomic", write_then_fail)
+    out = tmp_path / "out"
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    assert "Nospaceleft" in _flat(result.output)
+
+
+def test_ctrl_c_leaves_no_partial_file(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Predictor._forward
+    seen = []
+
+    def forward_then_ctrl_c(self: Predictor, arrays: list) -> torch.Tensor:
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(self, arrays)
+
+    monkeypatch.setattr(Predictor, "_forward", forward_then_ctrl_c)
+    out = tmp_path / "out"
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 130
+    assert [p.name for p in out.iterdir()] == ["a.png"]  # the first image, complete
+    assert cv2.imread(str(out / "a.png")) is not None
+    result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")  # and the run resumes
+    assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> None:
+    src = tmp_path / "src"
+    (src / "x" / "y").mkdir(parents=True)
+    cv2.imwrite(str(src / "top.png"), _img(20, 30))
+    cv2.imwrite(str(src / "x" / "y" / "deep.jpg"), _img(25, 21))
+    out = tmp_path / "out"
+    assert _run(src, "-o", out, "-w", ckpt).exit_code == 0  # not recursive: top level only
+    assert [p.name for p in out.rglob("*.png")] == ["top.png"]
+    result = _run(src, "-o", out, "-w", ckpt, "-r")
+    assert result.exit_code == 0, result.output
+    assert (out / "x" / "y" / "deep.png").is_file()
+    out2 = tmp_path / "out2"
+    result = _run(str(src / "**" / "*.jpg"), "-o", out2, "-w", ckpt, "--recursive")
+    assert result.exit_code == 0, result.output
+    assert (out2 / "x" / "y" / "deep.png").is_file()
+
+
+def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run(empty, "-o", tmp_path / "o", "-w", ckpt)
+    assert result.exit_code == 2 and "no images" in result.output
+    assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--bg", "bluish").exit_code == 2
+    assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--threshold", "1.5").exit_code == 2
+    assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--save", "maks").exit_code == 2
+    assert _run(tmp_path / "missing.png", "-o", tmp_path / "o", "-w", ckpt).exit_code == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_is_an_error_not_a_cpu_run(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    result = _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--device", "cuda")
+    assert result.exit_code == 2
+    assert "no CUDA GPU" in _flat(result.output).replace("noCUDAGPU", "no CUDA GPU")

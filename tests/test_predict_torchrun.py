@@ -1,0 +1,55 @@
+"""`torchrun --nproc-per-node 2 -m pdseg_cli predict` on CPU: files shared, one summary, exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pdseg_cli import create_model, save_checkpoint
+
+
+def _torchrun(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", COLUMNS="200")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "pdseg_cli", "predict", *map(str, args),
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=180)
+
+
+def test_two_processes_share_the_files_and_print_one_summary(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(create_model("pdseg-tiny"), tmp_path / "tiny.pt", train_size=32)
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"im{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        cv2.imwrite(str(src / f"{name}.png"), rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8))
+    (src / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+
+    proc = _torchrun(src, "--out", out, "-w", ckpt, "--device", "cpu", cwd=tmp_path)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text  # the broken file fails the run (exit 1 on every rank)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in names)
+    for i, name in enumerate(names):
+        assert cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (20 + i, 30)
+    assert proc.stdout.count("pdseg predict") == 1, text  # one summary, from rank 0
+    flat = "".join(proc.stdout.split()).replace("│", "")
+    assert "done5" in flat and "failed1" in flat and "2processes" in flat, text  # merged over ranks
+    assert "zz_broken.jpg" in "".join(text.split())
+
+    (src / "zz_broken.jpg").unlink()
+    proc = _torchrun(src, "--out", out, "-w", ckpt, "--device", "cpu", "--skip-existing", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped(outputsexist)5" in "".join(proc.stdout.split()).replace("│", "")
