@@ -1,0 +1,151 @@
+"""Training augmentation: flip, rotation, crop-and-resize and mild colour jitter, reproducibly.
+
+Every random number comes from a generator seeded by ``(seed, epoch, index)`` (:func:`sample_rng`),
+never from a global RNG, so a sample looks the same whatever DataLoader worker builds it, and a
+resumed run sees exactly the samples an uninterrupted one would. The numbers are always drawn in
+the same order, whichever transforms end up applied.
+
+Geometry (flip, crop, rotation) is one affine warp, so the image and the mask are interpolated
+once. Borders are reflected in both, so the mask stays consistent with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# ITU-R BT.601 luma weights, for the grey image used by contrast and saturation (RGB order)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of the training augmentation (model.md section 4: flip + crop +
+    rotation + mild colour jitter)."""
+
+    hflip: float = 0.5  # probability of a horizontal flip (IS-Net and BiRefNet use 0.5)
+    rotate: float = 0.3  # probability of a rotation (BiRefNet: 0.2)
+    max_degrees: float = 15.0  # rotation angle uniform in [-max, max] (BiRefNet: 15)
+    crop: float = 0.5  # probability of a random crop resized back to full size
+    min_crop: float = 0.75  # a crop keeps this fraction or more of each side (BiRefNet: 0.9)
+    jitter: float = 0.8  # probability of colour jitter
+    brightness: float = 0.2  # factors uniform in [1 - x, 1 + x]: "mild" (BiRefNet: 0.5..1.5)
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "rotate", "crop", "jitter"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
+        if not 0.0 < self.min_crop <= 1.0:
+            raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator for one sample in one epoch: a pure function of its three arguments.
+
+    The sample index goes into the spawn key, so it never collides with other streams drawn from
+    ``(seed, epoch)`` (numpy treats entropy ``[a, b]`` and ``[a, b, 0]`` alike).
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(1, index)))
+
+
+def augment(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly transform one image/mask pair; the output has the input's size.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        mask: (H, W) uint8, 0..255 (soft edges allowed).
+        rng: the sample's generator (:func:`sample_rng`).
+        cfg: what to apply and how strongly.
+
+    Returns:
+        ``(image, mask)``: (H, W, 3) uint8 and (H, W) uint8, C-contiguous, new arrays.
+    """
+    h, w = mask.shape
+    # Draw every number first, in a fixed order, so the stream never depends on the branches.
+    u = rng.random(13)
+    flip = u[0] < cfg.hflip
+    crop = u[1] < cfg.crop
+    rotate = u[2] < cfg.rotate
+    jitter = u[3] < cfg.jitter
+    crop_w = cfg.min_crop + (1.0 - cfg.min_crop) * u[4]  # fractions of the sides kept
+    crop_h = cfg.min_crop + (1.0 - cfg.min_crop) * u[5]
+    crop_x, crop_y = u[6], u[7]  # where the crop sits in the free margin
+    degrees = (2.0 * u[8] - 1.0) * cfg.max_degrees
+    factors = 1.0 + (2.0 * u[9:12] - 1.0) * np.array([cfg.brightness, cfg.contrast, cfg.saturation])
+    jitter_order = u[12]  # brightness/contrast before or after saturation
+
+    if flip or crop or rotate:
+        matrix = _inverse_affine(
+            w,
+            h,
+            flip=flip,
+            crop=(crop_w, crop_h, crop_x, crop_y) if crop else None,
+            degrees=degrees if rotate else 0.0,
+        )
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        image = cv2.warpAffine(image, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
+        mask = cv2.warpAffine(mask, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
+    else:
+        image, mask = image.copy(), mask.copy()
+    if jitter:
+        image = _color_jitter(image, *factors, saturation_first=jitter_order < 0.5)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def _inverse_affine(
+    w: int, h: int, *, flip: bool, crop: tuple[float, float, float, float] | None, degrees: float
+) -> np.ndarray:
+    """The 2x3 matrix mapping output pixel coordinates to input coordinates (WARP_INVERSE_MAP).
+
+    Output pixel (u, v) is first mirrored (flip), then placed in the crop window (a scaled,
+    shifted copy of the output grid, pixel centres at +0.5), then rotated about the window's
+    centre.
+    """
+    m = np.eye(3)
+    if flip:  # u -> w - 1 - u
+        m = np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ m
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    if crop is not None:
+        fw, fh, fx, fy = crop
+        x0, y0 = fx * w * (1.0 - fw), fy * h * (1.0 - fh)  # window origin, in input pixels
+        # x_in + 0.5 = x0 + (u + 0.5) * fw
+        m = np.array([[fw, 0.0, x0 + 0.5 * fw - 0.5], [0.0, fh, y0 + 0.5 * fh - 0.5], [0.0, 0.0, 1.0]]) @ m
+        cx, cy = x0 + w * fw / 2.0 - 0.5, y0 + h * fh / 2.0 - 0.5
+    if degrees:
+        a = math.radians(degrees)
+        c, s = math.cos(a), math.sin(a)
+        # p -> centre + R (p - centre)
+        rot = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy], [0.0, 0.0, 1.0]])
+        m = rot @ m
+    return m[:2].astype(np.float64)
+
+
+def _color_jitter(
+    image: np.ndarray, brightness: float, contrast: float, saturation: float, *, saturation_first: bool
+) -> np.ndarray:
+    """Scale brightness, contrast (about the mean grey) and saturation (about each pixel's grey).
+
+    All three are linear in the pixel, so they compose into one 3x4 affine colour map applied by
+    ``cv2.transform`` (rounded and clipped to uint8). Saturation keeps each pixel's grey, so the
+    mean grey used by contrast is the same in either order.
+    """
+    mean = brightness * float(np.dot(cv2.mean(image)[:3], _LUMA))
+    # x -> contrast * (brightness * x) + (1 - contrast) * mean
+    bc = np.eye(3) * (brightness * contrast)
+    bc_offset = np.full(3, (1.0 - contrast) * mean)
+    # x -> saturation * x + (1 - saturation) * grey(x)
+    sat = saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), _LUMA)
+    if saturation_first:
+        linear, offset = bc @ sat, bc_offset
+    else:
+        linear, offset = sat @ bc, sat @ bc_offset
+    matrix = np.concatenate([linear, offset[:, None]], axis=1)
+    return cv2.transform(image, matrix)

@@ -1,0 +1,418 @@
+"""DIS5K-layout datasets: where the splits live, image/mask pairing, and the training sample cache.
+
+A dataset folder holds ``im/`` (images) and ``gt/`` (masks) with the same file stems, as DIS5K
+does (``DIS5K/DIS-TR/im/*.jpg``, ``DIS5K/DIS-TR/gt/*.png``). The DIS5K root is ``--data-root``,
+else ``$PDSEG_DATA``, else ``./DIS5K`` (:func:`resolve_root`).
+
+Training decodes every pair once, resizes it to the square training size, and keeps the result
+(:class:`SampleStore`): in memory, as ``.npy`` files in a cache folder (memory-mapped on read, shared
+by runs on the same data), or not at all. That first pass also proves every file readable, so bad
+pairs are reported by name before any training step (:func:`prepare_samples`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
+from pdseg_cli.errors import DataError, PdsegError
+
+DATA_ENV = "PDSEG_DATA"  # the DIS5K root when --data-root is not given
+DEFAULT_ROOT = Path("DIS5K")  # relative to the working directory, last resort
+SPLITS = ("DIS-TR", "DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+TRAIN_SPLIT, VAL_SPLIT = "DIS-TR", "DIS-VD"
+IMAGE_DIR, MASK_DIR = "im", "gt"
+_MAX_LISTED = 20  # problems named one by one in an error; the rest are counted
+
+CacheMode = Literal["disk", "ram", "off"]
+CACHE_VERSION = 1  # bump when the cached array layout or resize rule changes
+
+
+# ----------------------------------------------------------------------------------------------
+# locating splits
+
+
+def resolve_root(data_root: str | os.PathLike[str] | None) -> Path:
+    """The DIS5K root: ``data_root``, else ``$PDSEG_DATA``, else ``./DIS5K``.
+
+    Raises:
+        DataError: the chosen folder does not exist (the message says which rule chose it).
+    """
+    if data_root is not None:
+        root, source = Path(data_root).expanduser(), "--data-root"
+    elif os.environ.get(DATA_ENV):
+        root, source = Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
+    else:
+        root, source = DEFAULT_ROOT, "the default ./DIS5K"
+    if not root.is_dir():
+        raise DataError(
+            f"DIS5K root {root} (from {source}) is not a folder",
+            hint=f"pass --data-root DIR or set ${DATA_ENV} to the folder that holds {TRAIN_SPLIT}/ etc.",
+        )
+    return root
+
+
+def split_folder(root: Path, split: str) -> Path:
+    """``root / split``, checked to hold ``im/`` and ``gt/``.
+
+    Raises:
+        DataError: the split folder or its ``im``/``gt`` subfolders are missing.
+    """
+    folder = root / split
+    if not folder.is_dir():
+        present = [s for s in SPLITS if (root / s).is_dir()]
+        raise DataError(
+            f"split {split} not found under {root}",
+            hint=f"the root holds {', '.join(present)}" if present else "is this the DIS5K folder?",
+        )
+    return check_dataset_folder(folder)
+
+
+def check_dataset_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` if it holds ``im/`` and ``gt/`` subfolders.
+
+    Raises:
+        DataError: naming what is missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} does not exist")
+    missing = [d for d in (IMAGE_DIR, MASK_DIR) if not (folder / d).is_dir()]
+    if missing:
+        raise DataError(
+            f"dataset folder {folder} has no {' or '.join(m + '/' for m in missing)} subfolder",
+            hint="a dataset folder holds im/ (images) and gt/ (masks) with matching file names",
+        )
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# pairing
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: an image and its mask, sharing ``stem``."""
+
+    stem: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class PairScan:
+    """The pairs of a dataset folder and what is wrong with it.
+
+    Attributes:
+        folder: the dataset folder.
+        pairs: complete pairs, sorted by stem.
+        problems: one line per bad file (missing partner, duplicate stem, unreadable).
+    """
+
+    folder: Path
+    pairs: list[Pair]
+    problems: list[str] = field(default_factory=list)
+
+    def raise_problems(self) -> None:
+        """Raise one :class:`DataError` naming every problem (the first few by name).
+
+        Raises:
+            DataError: when there is any problem.
+        """
+        if not self.problems:
+            return
+        shown = "; ".join(self.problems[:_MAX_LISTED])
+        more = f"; and {len(self.problems) - _MAX_LISTED} more" if len(self.problems) > _MAX_LISTED else ""
+        raise DataError(
+            f"{len(self.problems)} bad image/mask pair(s) in {self.folder}: {shown}{more}",
+            hint="fix or remove these files (every image in im/ needs a mask in gt/ with the same name)",
+        )
+
+
+def scan_pairs(folder: str | os.PathLike[str]) -> PairScan:
+    """Pair ``folder/im/*`` with ``folder/gt/*`` by file stem.
+
+    Hidden files are ignored. An image without a mask, a mask without an image, and two files with
+    one stem in the same subfolder (``a.jpg`` and ``a.png``) are problems, listed by name.
+
+    Raises:
+        DataError: the folder lacks ``im/`` or ``gt/``, or holds no images at all.
+    """
+    from pdseg_cli.data.images import is_image_file
+
+    folder = check_dataset_folder(folder)
+    problems: list[str] = []
+    found: dict[str, dict[str, Path]] = {}
+    for sub in (IMAGE_DIR, MASK_DIR):
+        by_stem: dict[str, Path] = {}
+        for path in sorted((folder / sub).iterdir()):
+            if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
+                continue
+            if path.stem in by_stem:
+                problems.append(f"{sub}/{path.name}: same name as {sub}/{by_stem[path.stem].name}")
+                continue
+            by_stem[path.stem] = path
+        found[sub] = by_stem
+    images, masks = found[IMAGE_DIR], found[MASK_DIR]
+    if not images:
+        raise DataError(f"no images in {folder / IMAGE_DIR}", hint="expected .jpg/.png/.tif files")
+    for stem in sorted(images.keys() - masks.keys()):
+        problems.append(f"{IMAGE_DIR}/{images[stem].name}: no mask {MASK_DIR}/{stem}.png")
+    for stem in sorted(masks.keys() - images.keys()):
+        problems.append(f"{MASK_DIR}/{masks[stem].name}: no image {IMAGE_DIR}/{stem}.*")
+    pairs = [Pair(stem, images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
+    return PairScan(folder, pairs, problems)
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding and caching
+
+
+def load_sample(pair: Pair, size: int) -> np.ndarray:
+    """Decode one pair and resize both to ``size`` x ``size`` (bilinear, as ``pdseg predict`` resizes).
+
+    Returns:
+        (size, size, 4) uint8: RGB in channels 0-2, the mask (0..255, soft edges) in channel 3.
+
+    Raises:
+        PdsegError: a file cannot be decoded, or image and mask sizes differ (the message names them).
+    """
+    from pdseg_cli.data.images import read_image
+    from pdseg_cli.data.transforms import resize_image, to_float_rgb
+    from pdseg_cli.metrics.reading import read_gray_u8
+
+    pixels = read_image(pair.image).pixels
+    mask = read_gray_u8(pair.mask)  # as pdseg eval reads GTs (cv2 grayscale semantics)
+    if mask.shape[:2] != pixels.shape[:2]:
+        (h, w), (mh, mw) = pixels.shape[:2], mask.shape[:2]
+        raise DataError(f"{pair.image.name} is {w}x{h} but its mask {pair.mask.name} is {mw}x{mh}")
+    image = resize_image(to_float_rgb(pixels), (size, size))
+    if mask.shape[:2] != (size, size):
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((size, size, 4), dtype=np.uint8)
+    out[..., :3] = np.clip(np.rint(image), 0, 255)
+    out[..., 3] = mask
+    return out
+
+
+def _cache_name(pair: Pair, size: int) -> str:
+    """A file name that changes when either file or the size changes."""
+    parts = [str(CACHE_VERSION), str(size)]
+    for path in (pair.image, pair.mask):
+        st = path.stat()
+        parts += [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)]
+    digest = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+    return f"{pair.stem[:80]}-{digest}.npy"
+
+
+class SampleStore:
+    """Decoded, resized samples by index: ``store[i]`` is (size, size, 4) uint8 (RGB + mask).
+
+    Args:
+        pairs: the pairs, in index order.
+        size: the square side.
+        mode: ``"ram"`` keeps arrays in memory, ``"disk"`` reads ``.npy`` files from ``cache_dir``
+            (memory-mapped), ``"off"`` decodes the files on every access.
+        cache_dir: where ``"disk"`` files live.
+    """
+
+    def __init__(
+        self, pairs: Sequence[Pair], size: int, mode: CacheMode, cache_dir: Path | None = None
+    ) -> None:
+        if mode == "disk" and cache_dir is None:
+            raise ValueError("disk caching needs a cache_dir")
+        self.pairs = list(pairs)
+        self.size = size
+        self.mode = mode
+        self.cache_dir = cache_dir
+        self.arrays: list[np.ndarray | None] = [None] * len(self.pairs)
+        # named once: a source file edited during training does not move its sample
+        self.paths = (
+            [cache_dir / _cache_name(p, size) for p in self.pairs] if cache_dir and mode == "disk" else []
+        )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if self.mode == "ram":
+            array = self.arrays[index]
+            if array is None:
+                array = self.arrays[index] = load_sample(self.pairs[index], self.size)
+            return array
+        if self.mode == "disk":
+            return np.load(self.paths[index], mmap_mode="r")
+        return load_sample(self.pairs[index], self.size)
+
+    def prepare_one(self, index: int) -> None:
+        """Decode sample ``index`` (and store it), or check a cached file; raises on bad files."""
+        if self.mode == "disk":
+            path = self.paths[index]
+            if path.is_file():
+                return
+            from pdseg_cli.data.images import atomic_path
+
+            array = load_sample(self.pairs[index], self.size)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, array)
+        elif self.mode == "ram":
+            if self.arrays[index] is None:
+                self.arrays[index] = load_sample(self.pairs[index], self.size)
+        else:
+            load_sample(self.pairs[index], self.size)
+
+
+def prepare_samples(
+    scan: PairScan,
+    size: int,
+    mode: CacheMode,
+    cache_dir: Path | None,
+    *,
+    threads: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SampleStore:
+    """Decode (or find in the cache) every pair once, then report every bad pair together.
+
+    Args:
+        scan: the folder's pairs and pairing problems.
+        size: the square training side.
+        mode: see :class:`SampleStore`.
+        cache_dir: the cache folder for ``"disk"``.
+        threads: decoding threads (OpenCV releases the GIL).
+        on_progress: called as ``on_progress(done, total)``.
+
+    Raises:
+        DataError: any pairing problem or unreadable file, all named in one message.
+    """
+    store = SampleStore(scan.pairs, size, mode, cache_dir)
+    total = len(store)
+    problems = list(scan.problems)
+
+    def work(index: int) -> str | None:
+        try:
+            store.prepare_one(index)
+        except PdsegError as exc:
+            return exc.message
+        except (OSError, ValueError, cv2.error) as exc:
+            pair = store.pairs[index]
+            return f"{pair.image.name}/{pair.mask.name}: {type(exc).__name__}: {exc}"
+        return None
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for problem in pool.map(work, range(total)):
+            done += 1
+            if problem:
+                problems.append(problem)
+            if on_progress is not None:
+                on_progress(done, total)
+    PairScan(scan.folder, scan.pairs, problems).raise_problems()
+    return store
+
+
+# ----------------------------------------------------------------------------------------------
+# what the DataLoader sees
+
+
+def _shuffle_rng(seed: int, epoch: int) -> np.random.Generator:
+    # spawn key (0,) keeps this stream apart from the per-sample ones (augment.sample_rng uses (1, i))
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(0,)))
+
+
+class SampleDataset:
+    """Map-style dataset over a :class:`SampleStore`, augmenting reproducibly.
+
+    ``dataset[(epoch, index)]`` (training) augments with :func:`~pdseg_cli.data.augment.sample_rng`
+    ``(seed, epoch, index)``; ``dataset[index]`` returns the sample as cached.
+
+    Returns per item ``(image, mask)``: (3, S, S) uint8 RGB and (1, S, S) uint8 tensors.
+
+    Args:
+        store: the decoded samples.
+        seed: the run's seed.
+        augment: what augmentation to apply, or None for none.
+    """
+
+    def __init__(self, store: SampleStore, seed: int = 0, augment: AugmentConfig | None = None) -> None:
+        self.store = store
+        self.seed = seed
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, Any]:
+        import torch
+
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        sample = self.store[index]
+        image, mask = sample[..., :3], sample[..., 3]
+        if self.augment is not None and epoch is not None:
+            image, mask = augment(image, mask, sample_rng(self.seed, epoch, index), self.augment)
+        # (S, S, 3) -> (3, S, S); (S, S) -> (1, S, S)
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)[None])
+        return image_t, mask_t
+
+
+class EpochBatches:
+    """Batches of ``(epoch, index)`` keys for one process: shuffled per epoch, sharded per rank.
+
+    Like ``DistributedSampler`` + ``BatchSampler``, but the order is a pure function of
+    ``(seed, epoch)``, and an epoch can start at any batch (exact mid-epoch resume). The permutation
+    is padded by wrapping to a multiple of ``world_size``, each rank takes every ``world_size``-th
+    index, and incomplete last batches are dropped (unless a rank has fewer samples than one
+    batch; it then gets one short batch).
+
+    Args:
+        n: dataset size.
+        batch: samples per batch and process.
+        seed: the run's seed.
+        rank: this process's rank.
+        world_size: number of processes.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if n < 1 or batch < 1:
+            raise ValueError(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
+        self.n, self.batch, self.seed = n, batch, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def per_rank(self) -> int:
+        return -(-self.n // self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.per_rank // self.batch)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate ``epoch`` next, from its batch number ``start``."""
+        self.epoch, self.start = epoch, start
+
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """Every batch of ``epoch`` for this rank."""
+        order = _shuffle_rng(self.seed, epoch).permutation(self.n)
+        total = self.per_rank * self.world_size
+        order = np.resize(order, total)  # wraps around: pads like DistributedSampler
+        mine = order[self.rank :: self.world_size].tolist()
+        size = min(self.batch, len(mine))
+        return [[(epoch, i) for i in mine[k * size : (k + 1) * size]] for k in range(self.steps_per_epoch)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start

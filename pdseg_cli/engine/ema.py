@@ -1,0 +1,79 @@
+"""Exponential moving average of model weights, used for validation and saved checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import math
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """A frozen copy of a model whose weights track ``decay * ema + (1 - decay) * model``.
+
+    The decay ramps up as ``decay * (1 - exp(-updates / tau))`` (Ultralytics' ModelEMA), so the
+    average follows the fast-changing weights of early training and settles at ``decay`` after a
+    few ``tau`` updates; short runs are not stuck with their random initialisation. Floating-point
+    buffers (BatchNorm statistics) are averaged too; integer buffers are copied.
+
+    Args:
+        model: the model being trained (unwrapped, not DDP); it is deep-copied.
+        decay: the final decay.
+        tau: updates over which the decay ramps up.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        if tau <= 0:
+            raise ValueError(f"EMA tau must be > 0, got {tau}")
+        # read-only mappings (e.g. PDSeg.normalization) cannot be deep-copied; being immutable,
+        # they are shared instead
+        memo: dict[int, Any] = {id(v): v for v in vars(model).values() if isinstance(v, MappingProxyType)}
+        self.module = copy.deepcopy(model, memo).eval()
+        self.module.requires_grad_(False)
+        self.decay = decay
+        self.tau = tau
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        """The decay of the latest update (0 before any update)."""
+        return self.decay * (1.0 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average one step towards ``model``'s current weights (call after each step)."""
+        self.updates += 1
+        d = self.current_decay()
+        src = model.state_dict()
+        ema_floats: list[torch.Tensor] = []
+        new_floats: list[torch.Tensor] = []
+        for name, value in self.module.state_dict().items():
+            new = src[name].detach()
+            if value.dtype.is_floating_point:
+                ema_floats.append(value)
+                new_floats.append(new.to(value.dtype))
+            else:
+                value.copy_(new)
+        if ema_floats:
+            # ema <- ema + (1 - d) * (new - ema) = d * ema + (1 - d) * new
+            torch._foreach_lerp_(ema_floats, new_floats, 1.0 - d)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the average exactly."""
+        return {
+            "updates": self.updates,
+            "decay": self.decay,
+            "tau": self.tau,
+            "weights": self.module.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (the model architecture must match)."""
+        self.module.load_state_dict(state["weights"], strict=True)
+        self.updates = int(state["updates"])
+        self.decay = float(state["decay"])
+        self.tau = float(state["tau"])

@@ -1,0 +1,145 @@
+"""What ``pdseg train`` shows: sample decoding, a progress bar per epoch (loss, lr, it/s, ETA), one
+line per finished epoch on stderr, and the epoch table on stdout at the end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from pdseg_cli import ui
+
+
+class TrainingView:
+    """Turns ``pdseg_cli.engine.train.TrainEvent`` objects into terminal output.
+
+    Pass the instance as ``on_event``; call :meth:`close` when training returns or fails (it
+    closes any open progress bar).
+    """
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._advance: Callable[..., None] | None = None
+        self._bar: str | None = None  # what the open bar counts
+        self._epochs = 0
+        self._out = ""
+
+    def __call__(self, event: Any) -> None:
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def close(self) -> None:
+        """Close the open progress bar, if any."""
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self._advance, self._bar = None, None
+
+    def _open(self, key: str, description: str, total: int, unit: str, fields: tuple[str, ...] = ()) -> None:
+        self.close()
+        self._advance = self._stack.enter_context(
+            ui.progress_bar(description, total, unit=unit, fields=fields)
+        )
+        self._bar = key
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _on_prepare(self, event: Any) -> None:
+        v = event.values
+        key = f"prepare-{v['split']}"
+        if self._bar != key:
+            self._open(key, f"reading {v['split']}", v["total"], unit="img")
+        assert self._advance is not None
+        self._advance()
+        if v["done"] >= v["total"]:
+            self.close()
+
+    def _on_start(self, event: Any) -> None:
+        v = event.values
+        self._epochs, self._out = v["epochs"], v["out"]
+        val = f", validating on {v['n_val']} ({v['val_dir']})" if v["val_dir"] else ", no validation"
+        ui.info(f"{v['variant']}: training on {v['n_train']} images ({v['train_dir']}){val}")
+        procs = f" x {v['world_size']} processes" if v["world_size"] > 1 else ""
+        ui.info(
+            f"device {v['device']}{procs} · precision {v['precision']} · {v['steps_per_epoch']} steps/epoch, "
+            f"{v['total_steps']} in all, warmup {v['warmup']} · run folder {v['out']}"
+        )
+        if v["resumed"]:
+            ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
+
+    def _on_epoch_start(self, event: Any) -> None:
+        self._open(
+            "epoch", f"epoch {event.epoch}/{self._epochs}", event.total, unit="it", fields=("loss", "lr")
+        )
+        if event.step:
+            assert self._advance is not None
+            self._advance(event.step)
+
+    def _on_step(self, event: Any) -> None:
+        if self._advance is not None and self._bar == "epoch":
+            self._advance(loss=event.values["loss"], lr=event.values["lr"])
+
+    def _on_validate(self, event: Any) -> None:
+        self.close()
+
+    def _on_epoch_end(self, event: Any) -> None:
+        self.close()
+        v = event.values
+        parts = [f"epoch {event.epoch}/{self._epochs}", f"loss {v['loss']:.4f}"]
+        if v.get("val_maxf") is not None:
+            parts.append(
+                f"val maxF {v['val_maxf']:.4f} MAE {v['val_mae']:.4f}" + (" (best)" if v["best"] else "")
+            )
+        parts.append(_seconds(v["epoch_time_s"]))
+        ui.info(" · ".join(parts))
+
+    def _on_notice(self, event: Any) -> None:
+        ui.warn(event.values["message"])
+
+    def _on_stopped(self, event: Any) -> None:
+        self.close()
+        ui.info(f"saved {event.values['checkpoint']} at step {event.values['steps']}")
+
+
+def summary(result: Any, resume_command: str) -> None:
+    """The epoch table (stdout) and where the weights are (stderr).
+
+    Args:
+        result: a ``pdseg_cli.engine.train.TrainResult``.
+        resume_command: the command that continues the run, shown when it was interrupted.
+    """
+    if result.rows:  # per-level losses are in results.csv
+        columns = ["epoch", "loss", "lr", "val maxF", "val MAE", "time"]
+        rows = [
+            [
+                row["epoch"],
+                _num(row["loss"]),
+                _num(row["lr"], ".3g"),
+                _num(row.get("val_maxf")),
+                _num(row.get("val_mae")),
+                _seconds(row["epoch_time_s"]),
+            ]
+            for row in result.rows
+        ]
+        ui.table(f"pdseg train · {result.out}", columns, rows, numeric=[True] * len(columns))
+    if result.interrupted:
+        ui.info(f"interrupted; continue with: {resume_command}")
+        return
+    if result.best is not None:
+        ui.info(f"best val maxF {result.best_maxf:.4f} at epoch {result.best_epoch}: {result.best}")
+    ui.info(
+        f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.steps} steps in "
+        f"{_seconds(result.wall_time_s)}; last: {result.last}"
+    )
+
+
+def _num(value: Any, spec: str = ".4f") -> str:
+    return "" if value is None or value == "" else format(float(value), spec)
+
+
+def _seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

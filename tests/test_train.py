@@ -1,0 +1,297 @@
+"""Training engine on tiny synthetic data (pdseg-tiny at 64x64 on the CPU): the loss goes down,
+resume is bit-exact, bad pairs and NaN losses stop cleanly; plus the pieces (loss, schedule,
+parameter groups, augmentation, batches, EMA, cache)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pdseg_cli.data import dis5k
+from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
+from pdseg_cli.engine import losses
+from pdseg_cli.engine.ema import ModelEMA
+from pdseg_cli.engine.train import (
+    TrainConfig,
+    TrainingDiverged,
+    lr_factor,
+    param_groups,
+    train,
+)
+from pdseg_cli.errors import DataError, InputError
+from pdseg_cli.model import create_model, load_model, save_checkpoint
+
+
+def make_dataset(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
+    """``n`` image/mask pairs of a bright disc or square on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    (root / "im").mkdir(parents=True)
+    (root / "gt").mkdir(parents=True)
+    for i in range(n):
+        image = rng.integers(30, 90, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        cx, cy = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+        r = int(rng.integers(size // 8, size // 4))
+        if i % 2:
+            cv2.circle(mask, (cx, cy), r, 255, -1)
+        else:
+            cv2.rectangle(mask, (cx - r, cy - r), (cx + r, cy + r), 255, -1)
+        image[mask > 0] = rng.integers(160, 250, 3, dtype=np.uint8)
+        cv2.imwrite(str(root / "im" / f"s{i:02d}.jpg"), image)
+        cv2.imwrite(str(root / "gt" / f"s{i:02d}.png"), mask)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("train-data")
+    return {"train": make_dataset(base / "tr", 8), "val": make_dataset(base / "va", 4, seed=1)}
+
+
+def tiny(out: Path, data: dict[str, Path], **kw: Any) -> TrainConfig:
+    values: dict[str, Any] = dict(
+        epochs=2, variant="pdseg-tiny", size=64, batch=4, workers=0, train_dir=data["train"],
+        val_dir=data["val"], lr=1e-3, device="cpu",
+    )  # fmt: skip
+    values.update(kw)
+    return TrainConfig(out=out, **values)
+
+
+def all_tensors_equal(a: Any, b: Any, where: str = "") -> list[str]:
+    """Paths where two nested structures of tensors and plain values differ."""
+    if isinstance(a, torch.Tensor):
+        return [] if isinstance(b, torch.Tensor) and torch.equal(a, b) else [where]
+    if isinstance(a, dict):
+        if set(a) != set(b):
+            return [f"{where} keys"]
+        return [d for k in a for d in all_tensors_equal(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where} len"]
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in all_tensors_equal(x, y, f"{where}[{i}]")
+        ]
+    return [] if a == b else [where]
+
+
+# ----------------------------------------------------------------------------------------------
+# whole runs
+
+
+def test_a_few_steps_lower_the_loss_and_write_the_run_files(tmp_path: Path, data: dict[str, Path]) -> None:
+    events: list[Any] = []
+    result = train(tiny(tmp_path / "run", data, epochs=4, augment=False), on_event=events.append)
+    losses_by_epoch = [row["loss"] for row in result.rows]
+    assert losses_by_epoch[-1] < losses_by_epoch[0] * 0.95, losses_by_epoch
+    run = tmp_path / "run"
+    for name in ("last.pt", "best.pt", "results.csv", "config.json"):
+        assert (run / name).is_file(), name
+    header = (run / "results.csv").read_text().splitlines()[0].split(",")
+    for column in ("epoch", "loss", "loss_l1", "loss_l4", "lr", "val_maxf", "val_mae", "epoch_time_s"):
+        assert column in header
+    assert len((run / "results.csv").read_text().splitlines()) == 5
+    assert result.best is not None and 0.0 <= result.best_maxf <= 1.0
+    # both checkpoints are ordinary pdseg checkpoints holding the EMA weights, with provenance
+    model = load_model(run / "best.pt")
+    assert model.config.name == "pdseg-tiny"
+    payload = torch.load(run / "last.pt", weights_only=True)
+    assert payload["provenance"]["steps"] == result.steps == 8
+    assert payload["train_size"] == 64
+    assert all_tensors_equal(payload["state_dict"], payload["train_state"]["ema"]["weights"]) == []
+    kinds = {e.kind for e in events}
+    assert {"prepare", "start", "epoch_start", "step", "validate", "epoch_end"} <= kinds
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, data: dict[str, Path]) -> None:
+    # one worker process: Ctrl-C must not reach it, and the data must not depend on it
+    common = dict(epochs=2, batch=3, workers=1, val_every=0)
+    uninterrupted = train(tiny(tmp_path / "a", data, **common))
+
+    def ctrl_c_mid_epoch(event: Any) -> None:
+        if event.kind == "step" and event.epoch == 1 and event.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = train(tiny(tmp_path / "b", data, **common), on_event=ctrl_c_mid_epoch)
+    assert stopped.interrupted and stopped.steps == 1
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 1)
+    resumed = train(TrainConfig.for_resume(tmp_path / "b"))
+    assert not resumed.interrupted and resumed.steps == uninterrupted.steps == 4
+
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert all_tensors_equal(a["state_dict"], b["state_dict"]) == []
+    for part in ("model", "ema", "optimizer", "scheduler", "rng"):
+        assert all_tensors_equal(a["train_state"][part], b["train_state"][part], part) == []
+    rows_a = (tmp_path / "a" / "results.csv").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "results.csv").read_text().splitlines()
+    strip_times = [",".join(r.split(",")[:-2]) for r in rows_a], [",".join(r.split(",")[:-2]) for r in rows_b]
+    assert strip_times[0] == strip_times[1]  # same losses per epoch, also for the split epoch
+
+
+def test_backbone_weights_then_resume_refusals(tmp_path: Path, data: dict[str, Path]) -> None:
+    pretrained = create_model("pdseg-tiny")
+    save_checkpoint(pretrained, tmp_path / "encoder.pt")  # load_backbone takes a pdseg file's encoder
+    events: list[Any] = []
+    train(
+        tiny(tmp_path / "run", data, epochs=1, val_every=0, backbone_weights=tmp_path / "encoder.pt"),
+        events.append,
+    )
+    assert any(e.kind == "notice" and "encoder initialised" in e.values["message"] for e in events)
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(tiny(tmp_path / "run", data, epochs=1, val_every=0))
+    with pytest.raises(InputError, match="--size 64 -> 96"):
+        train(TrainConfig.for_resume(tmp_path / "run", size=96))
+    with pytest.raises(InputError, match="nothing to resume"):
+        TrainConfig.for_resume(tmp_path / "elsewhere")
+    done = train(TrainConfig.for_resume(tmp_path / "run"))  # already at --epochs 1: nothing to do
+    assert done.epochs == 1 and done.steps == 2
+
+
+def test_bad_pairs_are_all_named_before_training(tmp_path: Path, data: dict[str, Path]) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(data["train"], bad)
+    (bad / "gt" / "s01.png").unlink()  # image without mask
+    shutil.copy(bad / "gt" / "s02.png", bad / "gt" / "orphan.png")  # mask without image
+    (bad / "im" / "s03.jpg").write_bytes(b"not a jpeg")  # unreadable image
+    cv2.imwrite(str(bad / "gt" / "s04.png"), np.zeros((32, 48), np.uint8))  # another size
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", data, train_dir=bad))
+    message = str(info.value)
+    assert "4 bad image/mask pair(s)" in message
+    for name in ("s01.jpg", "orphan.png", "s03.jpg", "s04.jpg is 64x64 but its mask s04.png is 48x32"):
+        assert name in message
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = losses.multi_level_loss
+    calls = {"n": 0}
+
+    def nan_on_third_step(*args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        total, per_level = real(*args, **kw)
+        return (total * float("nan"), per_level) if calls["n"] == 3 else (total, per_level)
+
+    monkeypatch.setattr(losses, "multi_level_loss", nan_on_third_step)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*step 2\) is kept"):
+        train(tiny(run, data, epochs=3, val_every=0))
+    state = torch.load(run / "last.pt", weights_only=True)["train_state"]
+    assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+
+
+def test_loss_supervision_multi_sums_levels_and_single_uses_the_final_map() -> None:
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    levels = [torch.randn(2, 1, 32, 32, requires_grad=True) for _ in range(4)]
+    total, per_level = losses.multi_level_loss(levels, target, "multi")
+    assert torch.allclose(total, torch.stack(per_level).sum())
+    single, per_level_single = losses.multi_level_loss(levels, target, "single")
+    assert torch.allclose(single, per_level[-1]) and len(per_level_single) == 4
+    single.backward()
+    assert levels[0].grad is None and levels[-1].grad is not None
+    perfect = losses.bce_iou_loss(torch.full((1, 1, 8, 8), 30.0), torch.ones(1, 1, 8, 8))
+    assert perfect.item() < 1e-6
+    half = losses.bce_iou_loss(torch.zeros(1, 1, 8, 8, dtype=torch.bfloat16), torch.ones(1, 1, 8, 8))
+    assert half.dtype == torch.float32
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    assert lr_factor(0, 10, 100) == pytest.approx(1e-6)
+    assert lr_factor(5, 10, 100) == pytest.approx(0.95 * 0.5, rel=1e-4)
+    assert lr_factor(10, 10, 100) == pytest.approx(0.9)
+    assert lr_factor(100, 10, 100) == 0.0
+    assert lr_factor(0, 0, 100) == 1.0
+
+
+def test_param_groups_decoder_lr_and_no_decay_on_norms_biases_layer_scales() -> None:
+    model = create_model("pdseg-tiny")
+    groups = {g["name"]: g for g in param_groups(model, 6e-5, 10.0, 0.01)}
+    assert set(groups) == {"encoder", "encoder_no_decay", "decoder", "decoder_no_decay"}
+    assert groups["decoder"]["lr"] == pytest.approx(6e-4) and groups["encoder"]["lr"] == 6e-5
+    assert groups["encoder_no_decay"]["weight_decay"] == 0.0 and groups["encoder"]["weight_decay"] == 0.01
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = [names[id(p)] for g in ("encoder_no_decay", "decoder_no_decay") for p in groups[g]["params"]]
+    assert any("layer_scale" in n for n in no_decay) and any(n.endswith(".bias") for n in no_decay)
+    assert all(p.ndim > 1 for g in ("encoder", "decoder") for p in groups[g]["params"])
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    mask = (rng.random((48, 40)) > 0.5).astype(np.uint8) * 255
+    everything = AugmentConfig(hflip=1.0, rotate=1.0, crop=1.0, jitter=1.0)
+    a = augment(image, mask, sample_rng(0, 3, 7), everything)
+    b = augment(image, mask, sample_rng(0, 3, 7), everything)
+    c = augment(image, mask, sample_rng(0, 4, 7), everything)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == image.shape and a[1].shape == mask.shape and a[0].dtype == np.uint8
+    flipped = augment(image, mask, sample_rng(0, 0, 0), AugmentConfig(hflip=1.0, rotate=0, crop=0, jitter=0))
+    assert np.array_equal(flipped[0], image[:, ::-1]) and np.array_equal(flipped[1], mask[:, ::-1])
+
+
+def test_epoch_batches_shard_resume_and_reproduce() -> None:
+    one = dis5k.EpochBatches(10, 3, seed=0)
+    assert one.steps_per_epoch == 3 and len(one.batches(0)) == 3
+    assert one.batches(0) == dis5k.EpochBatches(10, 3, seed=0).batches(0)
+    assert one.batches(0) != one.batches(1)
+    one.set_epoch(0, start=1)
+    assert list(one) == one.batches(0)[1:] and len(one) == 2
+    ranks = [dis5k.EpochBatches(10, 2, seed=0, rank=r, world_size=2) for r in range(2)]
+    seen = [i for r in ranks for batch in r.batches(5) for _, i in batch]
+    assert len(seen) == 8 and len(set(seen)) == 8  # disjoint shards, 2 steps of 2 each
+    assert dis5k.EpochBatches(2, 8, seed=0).batches(0)[0].__len__() == 2  # fewer samples than a batch
+
+
+def test_ema_tracks_the_model() -> None:
+    model = torch.nn.Linear(2, 2)
+    ema = ModelEMA(model, decay=0.5, tau=1e-9)  # decay 0.5 from the first update
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    before = ema.module.weight.clone()
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, 0.5 * before + 0.5 * model.weight)
+    assert not ema.module.weight.requires_grad
+
+
+def test_disk_cache_is_reused_and_reads_real_pairs(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = shared_data / "davis16-train"
+    folder = tmp_path / "real"
+    (folder / "im").mkdir(parents=True)
+    (folder / "gt").mkdir()
+    for image in sorted((src / "im").glob("*.jpg"))[:3]:
+        shutil.copy(image, folder / "im")
+        shutil.copy(src / "gt" / f"{image.stem}.png", folder / "gt")
+    scan = dis5k.scan_pairs(folder)
+    assert scan.problems == [] and len(scan.pairs) == 3
+    store = dis5k.prepare_samples(scan, 64, "disk", tmp_path / "cache", threads=2)
+    sample = store[0]
+    assert sample.shape == (64, 64, 4) and sample.dtype == np.uint8
+    assert set(np.unique(sample[..., 3])) - {0, 255}  # bilinear resize: soft mask edges
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
+    ram = dis5k.prepare_samples(scan, 64, "ram", None)
+    assert np.array_equal(ram[0], sample)
+    monkeypatch.setattr(dis5k, "load_sample", lambda *a: pytest.fail("decoded again despite the cache"))
+    again = dis5k.prepare_samples(scan, 64, "disk", tmp_path / "cache")
+    assert np.array_equal(again[0], sample)

@@ -1,0 +1,114 @@
+"""`pdseg train` from the command line (CliRunner), and a 2-process DDP run through torchrun on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import make_dataset
+from typer.testing import CliRunner
+
+from pdseg_cli.cli import app
+from pdseg_cli.model import load_model
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("train-cli")
+    return {"train": make_dataset(base / "tr", 8), "val": make_dataset(base / "va", 2, seed=1)}
+
+
+def tiny_args(out: Path, folders: dict[str, Path], epochs: int = 1) -> list[str]:
+    return [
+        "train", "--epochs", str(epochs), "--out", str(out), "--variant", "pdseg-tiny", "--size", "64",
+        "--batch", "4", "--workers", "0", "--train", str(folders["train"]), "--val", str(folders["val"]),
+        "--device", "cpu",
+    ]  # fmt: skip
+
+
+def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: dict[str, Path]) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, tiny_args(out, folders))
+    assert result.exit_code == 0, result.output
+    assert "pdseg train" in result.output and "val maxF" in result.output  # the epoch table
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["variant"] == "pdseg-tiny" and config["resolved"]["steps_per_epoch"] == 2
+
+    again = runner.invoke(app, tiny_args(out, folders))
+    assert again.exit_code == 2
+    assert "already holds a training run" in flat(again.output) and "--resume" in again.output
+    assert "Traceback" not in again.output
+
+    changed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--batch", "2"])
+    assert changed.exit_code == 2 and "--batch 4 -> 2" in flat(changed.output)
+
+    resumed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len((out / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert load_model(out / "last.pt").config.name == "pdseg-tiny"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--size", "100"], "multiple of 32"),
+        (["--variant", "pdseg-bb"], "did you mean pdseg-b"),
+        (["--supervision", "some"], "multi or single"),
+        (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
+    ],
+)
+def test_cli_bad_options_are_one_line_errors(
+    tmp_path: Path, folders: dict[str, Path], extra: list[str], message: str
+) -> None:
+    result = runner.invoke(app, tiny_args(tmp_path / "run", folders) + extra)
+    assert result.exit_code == 2, result.output
+    assert message in flat(result.output) and "Traceback" not in result.output
+
+
+def test_cli_missing_dis5k_root_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PDSEG_DATA", raising=False)
+    result = runner.invoke(app, ["train", "--epochs", "1", "--variant", "pdseg-tiny", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "DIS5K" in result.output and "--data-root" in flat(result.output)
+
+
+def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path: Path, folders: dict[str, Path]) -> None:
+    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", COLUMNS="200")
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    out = tmp_path / "ddp"
+    args = tiny_args(out, folders)
+    args[args.index("--batch") + 1] = "2"  # 2 per process: 4 images per step, 2 steps
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "pdseg_cli", *args, "--val-every", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert text.count("pdseg train") == 1, text  # one table: rank 0's
+    config = json.loads((out / "config.json").read_text())["resolved"]
+    assert config["world_size"] == 2 and config["global_batch"] == 4 and config["steps_per_epoch"] == 2
+    state = torch.load(out / "last.pt", weights_only=True)["train_state"]
+    assert state["global_step"] == 2 and len(state["rng"]) == 2  # every rank's RNG, for resume
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("cache")) == [
+        "config.json",
+        "last.pt",
+        "results.csv",
+    ]
