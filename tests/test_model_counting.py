@@ -19,6 +19,7 @@ PARAMS = {
     "pdseg-s": 15_211_972,
     "pdseg-b": 28_039_620,
     "pdseg-l": 46_398_660,
+    "segnext-t": 4_225_121,  # model.md section 6: SegNeXt-T 4.225M
     "segnext-b": 27_559_873,
     "pdseg-tiny": 130_036,
 }
@@ -86,6 +87,11 @@ def test_pdseg_b_matches_the_paper() -> None:
 
 def test_segnext_b_matches_segnext() -> None:
     assert count_macs("segnext-b", 1024) / 1e9 == pytest.approx(137.6, abs=0.05)
+
+
+def test_segnext_t_matches_segnext() -> None:
+    # model.md section 6, torchprofile reference: SegNeXt-T 25.11G at 1024x1024
+    assert count_macs("segnext-t", 1024) / 1e9 == pytest.approx(25.11, abs=0.01)
 
 
 def test_count_macs_accepts_name_config_model_and_sizes() -> None:
