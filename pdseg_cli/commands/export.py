@@ -1,10 +1,86 @@
-"""`pdseg export`."""
+"""`pdseg export`: write an ONNX or TorchScript file and prove it matches PyTorch."""
 
 from __future__ import annotations
 
-from pdseg_cli.commands._common import not_available
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from pdseg_cli.commands._common import EXIT_FAILED, user_errors
+from pdseg_cli.ui import export as show
 
 
-def export() -> None:
-    """Not available yet (issue 6)."""
-    not_available("export", "issue 6")
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+def export(
+    out: Path = typer.Option(
+        ..., "--out", "-o", dir_okay=False, help="File to write, e.g. pdseg.onnx (replaced if it exists)."
+    ),
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="pdseg checkpoint (.pt). Default: $PDSEG_WEIGHTS, else the bundled demo weights.",
+    ),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="File format."),
+    half: bool = typer.Option(
+        False, "--half", help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32."
+    ),
+    opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset (17 to 20)."),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="Load the file back and compare it with PyTorch before keeping it."
+    ),
+    check_shape: list[str] | None = typer.Option(
+        None,
+        "--check-shape",
+        metavar="BxCxHxW",
+        help="Input shape for the check; repeat for several. Default: 1x3x512x512 and 2x3x400x600.",
+    ),
+) -> None:
+    """Export to ONNX or TorchScript with dynamic batch, height and width, checked against PyTorch.
+
+    Input: float32 (B, 3, H, W), any H and W, normalised as the file's metadata says (as model(x)).
+
+    Output: foreground probabilities (B, 1, H, W); also the logits (ONNX output 2, TorchScript .logits).
+
+    The file is kept only if its probabilities are within 1e-4 (fp32) or 3e-2 (--half) of PyTorch fp32.
+
+    Examples:
+
+      pdseg export --out pdseg.onnx
+
+      pdseg export -w runs/pdseg-b/best.pt -f torchscript --half -o pdseg-b-fp16.ts
+    """
+    with user_errors():
+        from pdseg_cli.engine.export import (
+            DEFAULT_CHECK_SHAPES,
+            ExportCheckError,
+            export_checkpoint,
+            parse_shape,
+        )
+        from pdseg_cli.weights import default_weights
+
+        shapes = [parse_shape(s) for s in check_shape] if check_shape else list(DEFAULT_CHECK_SHAPES)
+        try:
+            report = export_checkpoint(
+                weights if weights is not None else default_weights(),
+                out,
+                fmt.value,
+                half=half,
+                opset=opset,
+                check=check,
+                check_shapes=shapes,
+                on_step=show.step,
+            )
+        except ExportCheckError as exc:
+            show.failed(exc.report, exc.message, exc.hint)
+            raise typer.Exit(EXIT_FAILED) from None
+    show.checks_table(report)
+    show.done(report)

@@ -503,11 +503,16 @@ class Predictor:
             model = weights
             self.weights_path: Path | None = None
         else:
+            from pdseg_cli.engine.onnx_backend import detect_format, load_exported
             from pdseg_cli.model.build import load_model
             from pdseg_cli.weights import default_weights
 
             self.weights_path = Path(weights) if weights is not None else default_weights()
-            model = load_model(self.weights_path, device="cpu")
+            if detect_format(self.weights_path) == "checkpoint":
+                model = load_model(self.weights_path, device="cpu")
+            else:  # .onnx / TorchScript from `pdseg export`: fp32 in and out, precision fixed in the file
+                model = load_exported(self.weights_path, device=self.device)
+                self.precision = "fp32"  # no autocast around an exported graph
         model = model.eval().to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

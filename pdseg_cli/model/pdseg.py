@@ -63,7 +63,8 @@ class PDSeg(nn.Module):
                 dropout=config.dropout,
             )
         self.decoder = decoder
-        self.normalization: Mapping[str, Any] = NORMALIZATION
+        # a plain copy: copy.deepcopy (EMA, export) cannot copy the read-only NORMALIZATION proxy
+        self.normalization: Mapping[str, Any] = dict(NORMALIZATION)
         self.train_size: int | None = None
 
     @property

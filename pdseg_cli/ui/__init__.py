@@ -30,19 +30,20 @@ err_console = Console(stderr=True, highlight=False)
 
 def error(message: str, hint: str | None = None) -> None:
     """Print one red error line (and a hint line) on stderr."""
-    err_console.print(f"[bold red]error:[/] {_escape(message)}")
+    # soft_wrap: a long path stays on one line when stderr is a file or a pipe
+    err_console.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
     if hint:
-        err_console.print(f"[dim]hint:[/] {_escape(hint)}")
+        err_console.print(f"[dim]hint:[/] {_escape(hint)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """Print one yellow warning line on stderr."""
-    err_console.print(f"[yellow]warning:[/] {_escape(message)}")
+    err_console.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
 
 
 def info(message: str) -> None:
     """Print one plain status line on stderr."""
-    err_console.print(_escape(message))
+    err_console.print(_escape(message), soft_wrap=True)
 
 
 def _escape(text: str) -> str:

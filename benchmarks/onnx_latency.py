@@ -1,0 +1,124 @@
+"""CPU latency of onnxruntime against PyTorch for one pdseg model, as a markdown table.
+
+Exports the model with ``pdseg_cli.engine.export.export_model`` (checked against PyTorch at a small
+shape) into a temporary folder, then times ``model(x)`` in PyTorch (``torch.inference_mode``) and
+``session.run`` in onnxruntime on the same (B, 3, S, S) input. After ``--warmup`` untimed calls of
+each, the two backends are timed alternately, one call each per round, so that load from other
+processes hits both alike; the table gives the median and the minimum over ``--runs`` rounds.
+
+Usage (from the repository root)::
+
+    python benchmarks/onnx_latency.py                       # random-weight pdseg-b at 1024x1024
+    python benchmarks/onnx_latency.py --variant pdseg-t --size 512 --runs 5
+    python benchmarks/onnx_latency.py --weights runs/pdseg-b/best.pt --threads 8
+
+Needs ``pip install "pdseg[onnx]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--variant", default="pdseg-b", help="random-weight variant (default pdseg-b)")
+    source.add_argument("--weights", type=Path, help="a pdseg checkpoint instead of random weights")
+    parser.add_argument("--size", type=int, default=1024, help="input side S (default 1024)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds (>= 5 for a median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for both backends")
+    parser.add_argument("--opset", type=int, default=18)
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.size < 32:
+        parser.error("need --runs >= 1, --warmup >= 0 and --size >= 32")
+
+    from pdseg_cli.engine.export import export_model
+    from pdseg_cli.engine.onnx_backend import OnnxModel
+    from pdseg_cli.model import create_model, load_model
+
+    torch.manual_seed(0)
+    model = load_model(args.weights) if args.weights else create_model(args.variant)
+    variant = model.config.name + ("" if args.weights else " (random weights)")
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        start = time.perf_counter()
+        side = min(args.size, 256)
+        export_model(
+            model,
+            path,
+            "onnx",
+            variant=model.config.name,
+            config=model.config.to_dict(),
+            normalization=dict(model.normalization),
+            opset=args.opset,
+            check_shapes=[(1, 3, side, side)],
+        )
+        export_s = time.perf_counter() - start
+        onnx_model = OnnxModel(path, threads=args.threads)
+        session, input_name = onnx_model.session, onnx_model.session.get_inputs()[0].name
+
+        x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+        x_np = x.numpy()
+        timings: dict[str, list[float]] = {"PyTorch": [], "onnxruntime": []}
+
+        def run_torch() -> np.ndarray:
+            with torch.inference_mode():
+                return torch.sigmoid(model(x)).numpy()
+
+        def run_ort() -> np.ndarray:
+            return session.run(["probabilities"], {input_name: x_np})[0]
+
+        for _ in range(args.warmup):
+            run_torch()
+            run_ort()
+        for _ in range(args.runs):
+            for name, fn in (("PyTorch", run_torch), ("onnxruntime", run_ort)):
+                start = time.perf_counter()
+                fn()
+                timings[name].append((time.perf_counter() - start) * 1000)
+        diff = float(np.abs(run_torch() - run_ort()).max())
+
+    import onnxruntime
+
+    shape = f"{args.batch}x3x{args.size}x{args.size}"
+    print(f"### {variant}, input {shape}, {args.threads} threads, CPU: {_cpu_name()}\n")
+    print("| backend | median ms | min ms | runs | vs PyTorch |")
+    print("|---|---:|---:|---:|---:|")
+    base = statistics.median(timings["PyTorch"])
+    for name, values in timings.items():
+        med = statistics.median(values)
+        print(f"| {name} | {med:.0f} | {min(values):.0f} | {len(values)} | {base / med:.2f}x |")
+    print(
+        f"\ntorch {torch.__version__}, onnxruntime {onnxruntime.__version__}, opset {args.opset}, "
+        f"Python {platform.python_version()}; export took {export_s:.1f} s; "
+        f"max |dp| onnxruntime vs PyTorch at {shape}: {diff:.2e}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""Export a PDSeg model to ONNX or TorchScript, and prove the file computes what PyTorch computes.
+
+The exported graph takes what ``model(x)`` takes: float32 (B, 3, H, W), ``(rgb - mean) / std`` on
+the 0-255 scale, with B, H and W all dynamic (H and W need not be multiples of 32; the model pads
+and crops inside, and that arithmetic is traced on the input's shape). It returns
+``probabilities`` (B, 1, H, W), the sigmoid of the final map, and, as a second output (ONNX) or
+``.logits(x)`` method (TorchScript), the ``logits`` themselves. Inputs and outputs are float32 even
+for ``half=True``; then the weights and activations are fp16 except the NMF, which the model runs
+in fp32 (model.md section 5.1: the NMF's sums overflow fp16).
+
+In eval mode the NMF uses fixed bases from a seeded generator (model.md section 5.3), so the graph
+has no random ops and two runs on one input give identical outputs.
+
+The file is written under a temporary name next to ``out``. It is loaded back and run on a few
+shapes against the PyTorch model (fp32); only when every max |probability difference| is within
+tolerance is it moved onto ``out`` with ``os.replace``. A failed check leaves no file behind.
+
+The ONNX path uses the TorchScript-based exporter (``dynamo=False``): the default dynamo exporter
+needs onnxscript (model.md section 5.4). The NMF iterations unroll into plain MatMuls; there are no
+Loop nodes.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdseg_cli import __version__
+from pdseg_cli.engine.onnx_backend import (
+    ONNX_INSTALL_HINT,
+    OUTPUT_LOGITS,
+    OUTPUT_PROBABILITIES,
+    TORCHSCRIPT_METADATA_FILE,
+    ExportMetadata,
+    OnnxModel,
+    TorchScriptModel,
+    require_onnxruntime,
+)
+from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
+
+FORMATS = ("onnx", "torchscript")
+MIN_OPSET = 17  # LayerNormalization is a native op from 17 on
+DEFAULT_OPSET = 18  # model.md section 5.4: exported and checked with torch 2.13
+# fp32: the exported graph does the same float maths in another order; measured differences are
+# ~1e-6, so 1e-4 (1/40 of a grey level) catches any real divergence.
+FP32_TOLERANCE = 1e-4
+# fp16: weights and activations carry 11-bit mantissas (relative error 2^-11 ~ 4.9e-4 per op)
+# through ~40 layers, against the fp32 PyTorch model. Measured on pdseg-b (random weights, the
+# classifiers re-drawn so logits span -20..+8): worst pixel 7e-3..1.1e-2 (ONNX Runtime) and
+# 1.1e-2..1.3e-2 (TorchScript on the CPU), mean 4e-4..7e-4, at most 3 grey levels apart. 3e-2 (7.7
+# grey levels on the worst pixel) leaves room for trained weights; a broken graph is off by ~0.1-1,
+# and an fp16 overflow gives non-finite values, which fail regardless.
+FP16_TOLERANCE = 3e-2
+# One square shape and one batch-2 shape whose sides are not multiples of 32 (400 % 32 = 16,
+# 600 % 32 = 24), so the check covers dynamic batch, dynamic H/W and the pad-and-crop path.
+DEFAULT_CHECK_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 512, 512), (2, 3, 400, 600))
+# Tracing runs at a shape that also needs padding (200 % 32 = 8, 264 % 32 = 8) and differs from
+# every check shape, so a size baked into the graph shows up as a failed check.
+TRACE_SHAPE = (1, 3, 200, 264)
+CHECK_SEED = 0
+
+
+@dataclass(frozen=True)
+class ShapeCheck:
+    """The exported file against PyTorch on one input shape.
+
+    Attributes:
+        shape: input shape (B, 3, H, W).
+        max_abs_diff: max |p_exported - p_torch| over all pixels, p the foreground probability.
+        mean_abs_diff: the mean of the same (shown, not checked).
+        tolerance: the largest difference accepted.
+        finite: whether every exported output value was finite.
+        seconds: wall time of the exported file's run (the first call).
+    """
+
+    shape: tuple[int, int, int, int]
+    max_abs_diff: float
+    mean_abs_diff: float
+    tolerance: float
+    finite: bool
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.finite and self.max_abs_diff <= self.tolerance
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_model` did.
+
+    Attributes:
+        path: the written file (the final name; the file exists only if ``ok``).
+        format: ``"onnx"`` or ``"torchscript"``.
+        metadata: what the file says about itself.
+        checks: one entry per checked shape; empty when the check was skipped.
+        export_seconds: time spent tracing/exporting.
+        size_bytes: file size.
+        trace_warnings: distinct warnings torch raised while tracing (a baked-in shape shows here).
+    """
+
+    path: Path
+    format: str
+    metadata: ExportMetadata
+    checks: tuple[ShapeCheck, ...]
+    export_seconds: float
+    size_bytes: int
+    trace_warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=float("nan"))
+
+
+class ExportCheckError(PdsegError):
+    """The exported file does not match PyTorch; it was not written. ``report`` says by how much."""
+
+    def __init__(self, message: str, report: ExportReport, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.report = report
+
+
+class _ExportGraph(nn.Module):
+    """What gets traced: ``model(x)`` plus the sigmoid, fp32 in and out.
+
+    Args:
+        model: a PDSeg network in eval mode (its ``forward(x)`` returns logits (B, 1, H, W)).
+        half: run the network in fp16 (the input is cast to fp16, the logits back to fp32).
+    """
+
+    def __init__(self, model: nn.Module, half: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.half = half
+        # torch.onnx.export restores the wrapper's train/eval mode afterwards, recursively: a wrapper
+        # left in training mode would switch the model to random NMF bases and dropout.
+        self.eval()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float32 -> logits (B, 1, H, W) float32."""
+        if self.half:
+            x = x.half()
+        out = self.model(x)
+        if isinstance(out, (list, tuple)):  # a model that returns every level: the finest is last
+            out = out[-1]
+        return out.float()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) float32 -> (probabilities, logits), both (B, 1, H, W) float32."""
+        logits = self.logits(x)
+        return torch.sigmoid(logits), logits
+
+
+class _TorchScriptGraph(_ExportGraph):
+    """TorchScript flavour: ``forward`` returns the probabilities only; ``logits`` is a method."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """(B, 3, H, W) float32 -> probabilities (B, 1, H, W) float32."""
+        return torch.sigmoid(self.logits(x))
+
+
+def max_onnx_opset() -> int:
+    """The newest opset the TorchScript-based exporter of the installed torch can write."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # private constant; 20 for torch 2.4-2.13
+        return 20
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """Import onnx and onnxruntime, or say exactly what to install.
+
+    Raises:
+        NotAvailableError: either package is missing.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise NotAvailableError(
+            "ONNX export needs the onnx and onnxruntime packages, which are not installed",
+            hint=ONNX_INSTALL_HINT,
+        ) from None
+    return onnx, require_onnxruntime()
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``"2x3x384x640"`` -> (2, 3, 384, 640).
+
+    Raises:
+        InputError: not four positive integers with 3 channels.
+    """
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1 or shape[1] != 3:
+        raise InputError(f"bad check shape {text!r}", hint="write BxCxHxW with C = 3, e.g. 2x3x384x640")
+    return shape  # type: ignore[return-value]
+
+
+def build_metadata(
+    *,
+    variant: str,
+    config: dict[str, Any],
+    train_size: int | None,
+    normalization: dict[str, Any],
+    fmt: str,
+    half: bool,
+    opset: int | None,
+) -> ExportMetadata:
+    """The metadata written into an exported file."""
+    return ExportMetadata(
+        variant=variant,
+        config=config,
+        train_size=_square_side(train_size),
+        mean=tuple(float(v) for v in normalization["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in normalization["std"]),  # type: ignore[arg-type]
+        output=OUTPUT_PROBABILITIES,
+        outputs=(OUTPUT_PROBABILITIES, OUTPUT_LOGITS),
+        precision="fp16" if half else "fp32",
+        pdseg_version=__version__,
+        torch_version=str(torch.__version__),
+        opset=opset if fmt == "onnx" else None,
+    )
+
+
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    fmt: str = "onnx",
+    *,
+    variant: str,
+    config: dict[str, Any],
+    normalization: dict[str, Any],
+    train_size: int | None = None,
+    half: bool = False,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
+    tolerance: float | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> ExportReport:
+    """Export ``model`` to ``out`` and check the file against the model.
+
+    Args:
+        model: a PDSeg network; it is not modified (a copy is put in eval mode, and made fp16 for
+            ``half``).
+        out: the file to write; replaced atomically, and only after the check passes.
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        variant, config, normalization, train_size: written into the metadata.
+        half: fp16 weights and activations (the NMF stays fp32; inputs/outputs stay fp32).
+        opset: ONNX opset (17 to :func:`max_onnx_opset`); ignored for TorchScript.
+        check: load the file back and compare it with PyTorch (strongly recommended).
+        check_shapes: input shapes (B, 3, H, W) for the check.
+        tolerance: max |probability difference| accepted; default FP32_TOLERANCE or FP16_TOLERANCE.
+        on_step: called with a short description before each slow step (for a status line).
+
+    Returns:
+        The report; ``report.checks`` holds the measured differences.
+
+    Raises:
+        InputError: bad format, opset or shapes.
+        NotAvailableError: ONNX export without onnx/onnxruntime installed.
+        ExportCheckError: the exported file differs from PyTorch by more than the tolerance (the
+            file is not written).
+    """
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}", hint=f"choose from {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        top = max_onnx_opset()
+        if not MIN_OPSET <= opset <= top:
+            raise InputError(
+                f"opset {opset} is not supported",
+                hint=f"choose {MIN_OPSET} to {top} (default {DEFAULT_OPSET})",
+            )
+        onnx, _ = require_onnx()
+    shapes = [tuple(int(v) for v in s) for s in check_shapes]
+    for s in shapes:
+        if len(s) != 4 or s[1] != 3 or min(s) < 1:
+            raise InputError(f"bad check shape {s}", hint="give (B, 3, H, W)")
+    tol = tolerance if tolerance is not None else (FP16_TOLERANCE if half else FP32_TOLERANCE)
+    step = on_step or (lambda _msg: None)
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder", hint="give a file name, e.g. model.onnx")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of --out {out} does not exist", hint="create it first")
+
+    reference = _clone(model).float().eval()
+    graph_model = _clone(reference).half() if half else reference
+    metadata = build_metadata(
+        variant=variant,
+        config=config,
+        train_size=train_size,
+        normalization=normalization,
+        fmt=fmt,
+        half=half,
+        opset=opset,
+    )
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        step(f"exporting {variant} to {fmt}{' (fp16)' if half else ''}")
+        start = time.perf_counter()
+        if fmt == "onnx":
+            graph: nn.Module = _ExportGraph(graph_model, half)
+            trace_warnings = _export_onnx(onnx, graph.eval(), tmp, metadata, opset)
+        else:
+            graph = _TorchScriptGraph(graph_model, half)
+            trace_warnings = _export_torchscript(graph.eval(), tmp, metadata)
+        export_seconds = time.perf_counter() - start
+        checks: list[ShapeCheck] = []
+        if check:
+            loaded = OnnxModel(tmp) if fmt == "onnx" else TorchScriptModel(tmp)
+            for shape in shapes:
+                step(f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}")
+                checks.append(_check_shape(loaded, reference, shape, tol))
+            del loaded  # release the file (Windows) before os.replace
+        report = ExportReport(
+            path=out,
+            format=fmt,
+            metadata=metadata,
+            checks=tuple(checks),
+            export_seconds=export_seconds,
+            size_bytes=tmp.stat().st_size,
+            trace_warnings=trace_warnings,
+        )
+        if not report.ok:
+            worst = max(checks, key=lambda c: (not c.finite, c.max_abs_diff))
+            what = "non-finite values" if not worst.finite else f"max |dp| {worst.max_abs_diff:.3g} > {tol:g}"
+            raise ExportCheckError(
+                f"the exported {fmt} file does not match PyTorch at "
+                f"{'x'.join(map(str, worst.shape))} ({what}); {out} was not written",
+                report,
+                hint=_failure_hint(trace_warnings),
+            )
+        os.replace(tmp, out)
+        return report
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_checkpoint(
+    weights: str | Path,
+    out: str | Path,
+    fmt: str = "onnx",
+    **options: Any,
+) -> ExportReport:
+    """Export a pdseg checkpoint (see :func:`export_model` for ``options`` and what is raised).
+
+    The variant, training size and normalisation written into the file come from the checkpoint.
+
+    Raises:
+        WeightsError: ``weights`` is not a pdseg checkpoint.
+        InputError: ``out`` is ``weights`` itself.
+    """
+    from pdseg_cli.model.build import load_model
+
+    weights, out = Path(weights), Path(out)
+    if str(fmt).lower() == "onnx":
+        require_onnx()  # before the (slow) model load
+    if out.exists() and weights.exists() and out.resolve() == weights.resolve():
+        raise InputError(f"--out {out} is the checkpoint itself", hint="give another file name")
+    model = load_model(weights)  # float32, eval mode, on the CPU
+    return export_model(
+        model,
+        out,
+        fmt,
+        variant=model.config.name,
+        config=model.config.to_dict(),
+        normalization=dict(model.normalization),
+        train_size=_square_side(getattr(model, "train_size", None)),
+        **options,
+    )
+
+
+def _square_side(size: Any) -> int | None:
+    """A training size as one side: ints pass; a (h, w) pair gives its larger side."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        return int(max(size)) if size else None
+    return int(size)
+
+
+def _clone(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that shares read-only mappings (``MappingProxyType`` cannot be pickled)."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, MappingProxyType):
+                memo[id(value)] = value
+    return copy.deepcopy(model, memo)
+
+
+def _failure_hint(trace_warnings: Sequence[str]) -> str:
+    if trace_warnings:
+        return (
+            f"torch's tracer warned {len(trace_warnings)} way(s), e.g. (a possible cause): "
+            f"{trace_warnings[0][:300]}"
+        )
+    return "please report this with the command line and `pdseg --version`"
+
+
+def _check_input(shape: tuple[int, ...]) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(CHECK_SEED)
+    return torch.randn(shape, generator=generator)
+
+
+@torch.inference_mode()
+def _check_shape(
+    loaded: OnnxModel | TorchScriptModel, reference: nn.Module, shape: tuple[int, ...], tol: float
+) -> ShapeCheck:
+    x = _check_input(shape)
+    reference.eval()  # the fixed NMF bases, no dropout
+    expected = torch.sigmoid(_ExportGraph(reference, half=False).logits(x))
+    start = time.perf_counter()
+    got, logits = loaded.outputs(x)
+    seconds = time.perf_counter() - start
+    finite = bool(torch.isfinite(got).all()) and bool(torch.isfinite(logits).all())
+    if got.shape != expected.shape or not finite:
+        diff = mean = float("inf")
+    else:
+        delta = (got - expected).abs()
+        diff, mean = float(delta.max()), float(delta.mean())
+    return ShapeCheck(
+        shape=tuple(shape),  # type: ignore[arg-type]
+        max_abs_diff=diff,
+        mean_abs_diff=mean,
+        tolerance=tol,
+        finite=finite,
+        seconds=seconds,
+    )
+
+
+def _trace_input() -> torch.Tensor:
+    return torch.randn(TRACE_SHAPE, generator=torch.Generator().manual_seed(CHECK_SEED + 1))
+
+
+def _collect(caught: Sequence[warnings.WarningMessage]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            continue  # "legacy TorchScript-based exporter": chosen on purpose (module docstring)
+        seen.setdefault(f"{w.category.__name__}: {str(w.message).strip().splitlines()[0]}", None)
+    return tuple(seen)
+
+
+def _export_onnx(
+    onnx: Any, graph: nn.Module, path: Path, metadata: ExportMetadata, opset: int
+) -> tuple[str, ...]:
+    buffer = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        torch.onnx.export(
+            graph,
+            (_trace_input(),),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=[OUTPUT_PROBABILITIES, OUTPUT_LOGITS],
+            dynamic_axes={"input": axes, OUTPUT_PROBABILITIES: axes, OUTPUT_LOGITS: axes},
+            do_constant_folding=True,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    proto.producer_name = "pdseg"
+    proto.producer_version = metadata.pdseg_version
+    proto.doc_string = (
+        f"pdseg {metadata.variant}: input float32 (B,3,H,W) = (RGB 0-255 - mean) / std; "
+        "outputs probabilities and logits (B,1,H,W)"
+    )
+    del proto.metadata_props[:]
+    for key, value in metadata.to_strings().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return _collect(caught)
+
+
+def _export_torchscript(graph: nn.Module, path: Path, metadata: ExportMetadata) -> tuple[str, ...]:
+    x = _trace_input()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        traced = torch.jit.trace_module(
+            graph, {"forward": (x,), OUTPUT_LOGITS: (x,)}, check_trace=False, _store_inputs=False
+        )
+        # torch 2.13 deprecates torch.jit.save/load in favour of torch.export; they still work
+        torch.jit.save(
+            traced, str(path), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata.to_strings())}
+        )
+    return _collect(caught)

@@ -1,0 +1,401 @@
+"""Run an exported pdseg model (ONNX through onnxruntime, or TorchScript) like the PyTorch model.
+
+Both loaders give an object that is called on the same input as ``model(x)`` (the normalised float
+tensor, (B, 3, H, W), any H and W) and returns LOGITS (B, 1, H, W) as a torch tensor, so the
+predictor can use it in place of the PyTorch network. The file's metadata (see
+:class:`ExportMetadata`) says which variant it is, how inputs are normalised and what it returns.
+
+An exported graph has two outputs: ``probabilities`` (sigmoid of the map, the one deployment code
+wants) and ``logits``. The loaders read ``logits`` directly; recovering logits from probabilities is
+lossy where the model is confident (in fp32, sigmoid(l) rounds to exactly 1.0 for l > ~16.6), and a
+predictor that resizes logits before the sigmoid would then blur confident edges. A third-party file
+with probabilities only still works through a clamped logit.
+
+onnxruntime is optional (``pip install "pdseg[onnx]"``); it is imported only when an ONNX file is
+opened, so this module imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdseg_cli.errors import NotAvailableError, WeightsError
+
+ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
+METADATA_VERSION = 1
+# TorchScript keeps the metadata as one JSON extra file inside the zip archive
+TORCHSCRIPT_METADATA_FILE = "pdseg.json"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_LOGITS = "logits"
+# Clamp for the lossy probabilities -> logits fallback: logit(1 - 1e-7) ~ 16.1, the most an fp32
+# probability below 1.0 can say anyway.
+_PROB_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What an exported file says about itself (ONNX ``metadata_props``, TorchScript extra file).
+
+    Attributes:
+        variant: model variant name, e.g. ``"pdseg-b"``.
+        config: the full model config (``ModelConfig.to_dict()``).
+        train_size: side length of the square images the weights were trained at, or None when the
+            checkpoint does not say.
+        mean: per-channel RGB mean on the 0-255 scale; the input is ``(rgb - mean) / std``.
+        std: per-channel RGB std on the 0-255 scale.
+        output: what the first (main) output holds: ``"probabilities"`` or ``"logits"``.
+        outputs: every output name, in order.
+        precision: ``"fp32"`` or ``"fp16"`` (weights and activations; inputs and outputs are fp32
+            and the NMF runs in fp32 either way).
+        pdseg_version: the pdseg version that wrote the file.
+        torch_version: the torch version that wrote the file.
+        opset: ONNX opset, or None for TorchScript.
+    """
+
+    variant: str
+    config: dict[str, Any]
+    train_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output: str = OUTPUT_PROBABILITIES
+    outputs: tuple[str, ...] = (OUTPUT_PROBABILITIES, OUTPUT_LOGITS)
+    precision: str = "fp32"
+    pdseg_version: str = ""
+    torch_version: str = ""
+    opset: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """The input normalisation in the form of ``pdseg_cli.config.NORMALIZATION``."""
+        return {"color": "RGB", "scale": 255.0, "mean": self.mean, "std": self.std}
+
+    def to_strings(self) -> dict[str, str]:
+        """Flat string key/values (ONNX metadata_props hold strings only)."""
+        out = {
+            "pdseg_metadata_version": str(METADATA_VERSION),
+            "variant": self.variant,
+            "train_size": "" if self.train_size is None else str(self.train_size),
+            "input": "float32 (B, 3, H, W), any B/H/W: (RGB 0-255 - mean) / std",
+            "mean": ",".join(f"{v:g}" for v in self.mean),
+            "std": ",".join(f"{v:g}" for v in self.std),
+            "output": self.output,
+            "outputs": ",".join(self.outputs),
+            "precision": self.precision,
+            "pdseg_version": self.pdseg_version,
+            "torch_version": self.torch_version,
+            "opset": "" if self.opset is None else str(self.opset),
+            "config": json.dumps(self.config, sort_keys=True),
+        }
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_strings(cls, data: dict[str, str], source: Path) -> ExportMetadata:
+        """Parse what :meth:`to_strings` wrote.
+
+        Raises:
+            WeightsError: the file carries no pdseg metadata, or a newer version of it.
+        """
+        if "pdseg_metadata_version" not in data:
+            raise WeightsError(
+                f"{source} has no pdseg metadata (not written by `pdseg export`)",
+                hint="export it again with `pdseg export`",
+            )
+        try:
+            version = int(data["pdseg_metadata_version"])
+            if version > METADATA_VERSION:
+                raise WeightsError(
+                    f"{source} was written by a newer pdseg (metadata version {version})",
+                    hint="upgrade pdseg: pip install -U pdseg",
+                )
+            mean = tuple(float(v) for v in data["mean"].split(","))
+            std = tuple(float(v) for v in data["std"].split(","))
+            if len(mean) != 3 or len(std) != 3:
+                raise ValueError("mean and std need 3 values")
+            known = {
+                "pdseg_metadata_version",
+                "variant",
+                "train_size",
+                "input",
+                "mean",
+                "std",
+                "output",
+                "outputs",
+                "precision",
+                "pdseg_version",
+                "torch_version",
+                "opset",
+                "config",
+            }
+            return cls(
+                variant=data["variant"],
+                config=json.loads(data["config"]),
+                train_size=int(data["train_size"]) if data.get("train_size") else None,
+                mean=mean,  # type: ignore[arg-type]
+                std=std,  # type: ignore[arg-type]
+                output=data.get("output", OUTPUT_PROBABILITIES),
+                outputs=tuple(data.get("outputs", OUTPUT_PROBABILITIES).split(",")),
+                precision=data.get("precision", "fp32"),
+                pdseg_version=data.get("pdseg_version", ""),
+                torch_version=data.get("torch_version", ""),
+                opset=int(data["opset"]) if data.get("opset") else None,
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except (KeyError, ValueError) as exc:
+            raise WeightsError(
+                f"{source} has damaged pdseg metadata ({exc})", hint="export it again with `pdseg export`"
+            ) from None
+
+
+def require_onnxruntime() -> Any:
+    """Import onnxruntime, or say exactly what to install.
+
+    Raises:
+        NotAvailableError: onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise NotAvailableError(
+            "running an ONNX model needs the onnxruntime package, which is not installed",
+            hint=ONNX_INSTALL_HINT,
+        ) from None
+    return onnxruntime
+
+
+class _ExportedModel:
+    """What both loaders share: metadata attributes and the torch-model duck type."""
+
+    metadata: ExportMetadata
+    path: Path
+    format: str
+
+    @property
+    def variant(self) -> str:
+        return self.metadata.variant
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model config as a dict (``ModelConfig.from_dict`` rebuilds the dataclass)."""
+        return self.metadata.config
+
+    @property
+    def train_size(self) -> int | None:
+        return self.metadata.train_size
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        return self.metadata.normalization
+
+    device: torch.device
+
+    def eval(self) -> _ExportedModel:
+        """No-op (an exported graph is always in eval mode); returns self like ``nn.Module.eval``."""
+        return self
+
+    def to(self, device: str | torch.device | None = None, **kwargs: Any) -> _ExportedModel:
+        """Accepts what a predictor does to a torch model; the device is fixed when the file is opened.
+
+        ``memory_format`` (e.g. channels_last) and other keyword arguments are ignored: the graph
+        takes any layout.
+
+        Raises:
+            ValueError: ``device`` is another device type than the one the file was opened on.
+        """
+        del kwargs
+        if device is not None and not isinstance(device, torch.dtype):
+            wanted, have = torch.device(device), self.device
+            other_index = wanted.index is not None and have.index is not None and wanted.index != have.index
+            if wanted.type != have.type or other_index:
+                raise ValueError(
+                    f"this {self.format} model was opened on {self.device}; open it again on {wanted} "
+                    "(load_exported(path, device=...)) instead of moving it"
+                )
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OnnxModel(_ExportedModel):
+    """An exported ``.onnx`` file run by onnxruntime, callable like the PyTorch model.
+
+    Args:
+        path: the ``.onnx`` file written by ``pdseg export``.
+        device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (the CUDA provider needs ``onnxruntime-gpu``).
+        threads: intra-op threads for onnxruntime, or None for its default (all cores).
+
+    Raises:
+        NotAvailableError: onnxruntime, or its CUDA provider, is not installed.
+        WeightsError: the file is not a readable ONNX model with pdseg metadata.
+    """
+
+    format = "onnx"
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+        self.path = Path(path)
+        self.device = torch.device(device)
+        ort = require_onnxruntime()
+        if not self.path.is_file():
+            raise WeightsError(f"{self.path} does not exist")
+        providers: list[Any]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise NotAvailableError(
+                    "running an ONNX model on CUDA needs onnxruntime's CUDA provider",
+                    hint="pip uninstall onnxruntime && pip install onnxruntime-gpu, or use --device cpu",
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
+        elif self.device.type == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise NotAvailableError(
+                f"onnxruntime cannot run on device {str(device)!r}", hint="use --device cpu or cuda"
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise WeightsError(
+                f"{self.path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]})",
+                hint="export it again with `pdseg export --format onnx`",
+            ) from None
+        self.metadata = ExportMetadata.from_strings(
+            dict(self.session.get_modelmeta().custom_metadata_map), self.path
+        )
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        self._input_half = inp.type == "tensor(float16)"
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: torch.Tensor, output: str) -> torch.Tensor:
+        """One named output for input ``x`` (float (B, 3, H, W)), as a float32 CPU tensor."""
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self._input_half:
+            arr = arr.astype("float16")
+        (result,) = self.session.run([output], {self._input_name: arr})
+        return torch.from_numpy(result).float()
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, logits), each (B, 1, H, W) float32 on ``x``'s device, from one run."""
+        names = [OUTPUT_PROBABILITIES, OUTPUT_LOGITS]
+        if not set(names) <= set(self._output_names):
+            logits = self(x)
+            return torch.sigmoid(logits), logits
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self._input_half:
+            arr = arr.astype("float16")
+        probs, logits = self.session.run(names, {self._input_name: arr})
+        return torch.from_numpy(probs).float().to(x.device), torch.from_numpy(logits).float().to(x.device)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground probabilities (B, 1, H, W) in [0, 1]."""
+        if OUTPUT_PROBABILITIES in self._output_names:
+            return self.run(x, OUTPUT_PROBABILITIES).to(x.device)
+        return torch.sigmoid(self.run(x, OUTPUT_LOGITS)).to(x.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, H, W), float32, on ``x``'s device, for input float (B, 3, H, W)."""
+        if OUTPUT_LOGITS in self._output_names:
+            return self.run(x, OUTPUT_LOGITS).to(x.device)
+        return _logit(self.run(x, self._output_names[0])).to(x.device)
+
+
+class TorchScriptModel(_ExportedModel):
+    """A TorchScript file written by ``pdseg export --format torchscript``, with the same interface.
+
+    Args:
+        path: the TorchScript file.
+        device: torch device to run on.
+
+    Raises:
+        WeightsError: the file is not a TorchScript archive with pdseg metadata.
+    """
+
+    format = "torchscript"
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        self.path = Path(path)
+        self.device = torch.device(device)
+        if not self.path.is_file():
+            raise WeightsError(f"{self.path} does not exist")
+        extra = {TORCHSCRIPT_METADATA_FILE: ""}
+        try:
+            with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit.load; it still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra)
+        except Exception as exc:  # torch raises RuntimeError with long C++ traces for bad archives
+            raise WeightsError(
+                f"{self.path} is not a readable TorchScript file ({str(exc).splitlines()[0][:200]})",
+                hint="export it again with `pdseg export --format torchscript`",
+            ) from None
+        raw = extra[TORCHSCRIPT_METADATA_FILE]
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            data = {}
+        self.metadata = ExportMetadata.from_strings(data, self.path)
+        self.module.eval()
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground probabilities (B, 1, H, W) in [0, 1]."""
+        with torch.inference_mode():
+            return self.module(x.to(self.device, torch.float32)).float()
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, logits), each (B, 1, H, W) float32."""
+        return self.probabilities(x), self(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, H, W), float32, for input float (B, 3, H, W)."""
+        with torch.inference_mode():
+            x = x.to(self.device, torch.float32)
+            if hasattr(self.module, OUTPUT_LOGITS):
+                return self.module.logits(x).float()
+            return _logit(self.module(x).float())
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    return torch.logit(p.float().clamp(_PROB_EPS, 1.0 - _PROB_EPS))
+
+
+def detect_format(path: str | Path) -> str:
+    """``"onnx"``, ``"torchscript"`` or ``"checkpoint"`` (a ``torch.save`` file), by content.
+
+    TorchScript archives and checkpoints are both zip files; TorchScript ones have a ``code/``
+    folder. Anything that is not a zip is taken for ONNX when its name ends in ``.onnx`` and for a
+    checkpoint otherwise (old-style pickles), so the checkpoint loader gives the error message.
+    """
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any("/code/" in name for name in names[:2000]):
+            return "torchscript"
+        return "checkpoint"
+    return "onnx" if path.suffix.lower() == ".onnx" else "checkpoint"
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> OnnxModel | TorchScriptModel:
+    """Open an exported ONNX or TorchScript file.
+
+    Raises:
+        WeightsError: the file is a plain checkpoint, or unreadable.
+        NotAvailableError: the file is ONNX and onnxruntime is not installed.
+    """
+    kind = detect_format(path)
+    if kind == "onnx":
+        return OnnxModel(path, device=device)
+    if kind == "torchscript":
+        return TorchScriptModel(path, device=device)
+    raise WeightsError(f"{path} is a checkpoint, not an exported model", hint="load it with load_model")

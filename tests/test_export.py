@@ -1,0 +1,318 @@
+"""`pdseg export`: ONNX and TorchScript files that match PyTorch at any shape, and carry their metadata.
+
+All on pdseg-tiny (random weights, classifiers re-drawn with std 1 so the logits span about -12..+2
+instead of sitting at 0) at small shapes; the whole file runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pdseg_cli.cli import app
+from pdseg_cli.config import NORMALIZATION
+from pdseg_cli.engine import export as export_mod
+from pdseg_cli.engine.export import ExportCheckError, export_checkpoint, parse_shape
+from pdseg_cli.engine.onnx_backend import OnnxModel, TorchScriptModel, detect_format, load_exported
+from pdseg_cli.errors import InputError, NotAvailableError
+from pdseg_cli.model import PDSeg, create_model, load_model, save_checkpoint
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+SMALL_CHECKS = [(1, 3, 64, 64), (2, 3, 72, 100)]
+# batch 2 and 3, sides multiple of 32 and not (45, 70, 33, 130), one not even a multiple of 4
+DYNAMIC_SHAPES = [(2, 3, 96, 160), (1, 3, 70, 45), (3, 3, 33, 130)]
+TRAIN_SIZE = 256
+
+
+def _flat(text: str) -> str:
+    """CLI output with rich's line wrapping undone (long temporary paths wrap at 80 columns)."""
+    return " ".join(text.split())
+
+
+def _probs(model: PDSeg, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.sigmoid(model(x))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("pdseg-tiny")
+    for level in model.decoder.levels:  # logits far from 0, as a trained model's are
+        torch.nn.init.normal_(level.classifier.weight, std=1.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(model, path, train_size=TRAIN_SIZE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Path) -> PDSeg:
+    return load_model(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    report = export_checkpoint(checkpoint, out, "onnx", check_shapes=SMALL_CHECKS)
+    assert report.ok and len(report.checks) == 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def torchscript_file(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ts") / "tiny.torchscript"
+    report = export_checkpoint(checkpoint, out, "torchscript", check_shapes=SMALL_CHECKS[1:])
+    assert report.ok
+    return out
+
+
+def test_onnx_export_writes_only_the_checked_file(onnx_file: Path) -> None:
+    assert onnx_file.is_file()
+    assert [p.name for p in onnx_file.parent.iterdir()] == [onnx_file.name]  # no temporary left
+    assert detect_format(onnx_file) == "onnx"
+
+
+@pytest.mark.parametrize("shape", DYNAMIC_SHAPES)
+def test_onnx_matches_pytorch_at_other_shapes(onnx_file: Path, model: PDSeg, shape: tuple[int, ...]) -> None:
+    exported = OnnxModel(onnx_file)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        logits = model(x)
+    probs, got_logits = exported.outputs(x)
+    assert probs.shape == got_logits.shape == (shape[0], 1, *shape[2:])
+    assert (probs - torch.sigmoid(logits)).abs().max() <= 1e-4
+    # the logits output is exact too (not recovered from rounded probabilities)
+    assert torch.allclose(got_logits, logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(exported(x), got_logits)
+
+
+def test_onnx_metadata_round_trip(onnx_file: Path, model: PDSeg) -> None:
+    exported = load_exported(onnx_file)
+    assert isinstance(exported, OnnxModel)
+    meta = exported.metadata
+    assert meta.variant == "pdseg-tiny" == exported.variant
+    assert exported.config == model.config.to_dict()
+    assert exported.train_size == TRAIN_SIZE
+    assert exported.normalization["mean"] == pytest.approx(NORMALIZATION["mean"])
+    assert exported.normalization["std"] == pytest.approx(NORMALIZATION["std"])
+    assert (meta.output, meta.outputs) == ("probabilities", ("probabilities", "logits"))
+    assert (meta.precision, meta.opset) == ("fp32", 18)
+    assert meta.pdseg_version
+    # plain ONNX tools see the same keys
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["variant"] == "pdseg-tiny" and props["output"] == "probabilities" and props["opset"] == "18"
+
+
+def test_onnx_graph_is_deterministic(onnx_file: Path) -> None:
+    ops = {node.op_type for node in onnx.load(str(onnx_file)).graph.node}
+    assert not {op for op in ops if op.startswith("Random")}, "the eval graph must use the fixed NMF bases"
+    assert "Loop" not in ops
+    x = torch.randn(2, 3, 64, 96)
+    first = OnnxModel(onnx_file)(x)
+    assert torch.equal(first, OnnxModel(onnx_file)(x))  # a fresh session
+    assert torch.equal(first, OnnxModel(onnx_file)(x.clone()))
+
+
+def test_torchscript_matches_pytorch_and_carries_metadata(torchscript_file: Path, model: PDSeg) -> None:
+    assert detect_format(torchscript_file) == "torchscript"
+    exported = load_exported(torchscript_file)
+    assert isinstance(exported, TorchScriptModel)
+    for shape in DYNAMIC_SHAPES[1:]:  # batch 1 and 3; sides not multiples of 32
+        x = torch.randn(shape)
+        probs, logits = exported.outputs(x)
+        with torch.inference_mode():
+            expected = model(x)
+        assert (probs - torch.sigmoid(expected)).abs().max() <= 1e-4
+        assert torch.allclose(logits, expected, atol=1e-4, rtol=1e-4)
+    assert exported.variant == "pdseg-tiny"
+    assert exported.train_size == TRAIN_SIZE
+    assert exported.metadata.opset is None and exported.metadata.output == "probabilities"
+    # the plain TorchScript module returns probabilities and has a logits method
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; it still loads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(torchscript_file))
+    x = torch.randn(1, 3, 40, 72)
+    assert torch.allclose(torch.sigmoid(module.logits(x)), module(x), atol=1e-6)
+
+
+def test_half_onnx_keeps_nmf_in_fp32_and_stays_finite(checkpoint: Path, model: PDSeg, tmp_path: Path) -> None:
+    out = tmp_path / "tiny-fp16.onnx"
+    report = export_checkpoint(checkpoint, out, "onnx", half=True, check_shapes=SMALL_CHECKS[1:])
+    assert report.ok and report.metadata.precision == "fp16"
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(out))).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    elem.update({init.name: init.data_type for init in graph.initializer})
+    fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]  # all of them are the NMF's
+    assert matmuls and all(elem[i] == fp32 for n in matmuls for i in n.input)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(elem[n.input[1]] == fp16 for n in convs)
+    assert elem["input"] == fp32 and elem["probabilities"] == fp32
+    x = torch.randn(2, 3, 96, 128) * 3  # larger activations than the check's
+    probs = OnnxModel(out).probabilities(x)
+    assert torch.isfinite(probs).all()
+    assert (probs - _probs(model, x)).abs().max() <= export_mod.FP16_TOLERANCE
+
+
+def test_failed_check_keeps_the_old_file(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous export")
+    real_outputs = OnnxModel.outputs
+
+    def drifted(self: OnnxModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs, logits = real_outputs(self, x)
+        return (probs + 1e-3).clamp(0, 1), logits  # a quarter of a grey level: over 1e-4
+
+    monkeypatch.setattr(OnnxModel, "outputs", drifted)
+    with pytest.raises(ExportCheckError) as info:
+        export_checkpoint(checkpoint, out, "onnx", check_shapes=[(1, 3, 64, 64)])
+    assert "was not written" in info.value.message
+    assert not info.value.report.ok
+    assert out.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    # the CLI: the table with FAILED, one error line, exit status 1 (not a usage error)
+    args = ["export", "-w", str(checkpoint), "-o", str(out), "--check-shape", "1x3x64x64"]
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.output and "was not written" in result.output
+    assert out.read_bytes() == b"previous export"
+
+
+def test_bad_options_are_input_errors(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="opset"):
+        export_checkpoint(checkpoint, tmp_path / "a.onnx", "onnx", opset=11)
+    with pytest.raises(InputError, match="format"):
+        export_checkpoint(checkpoint, tmp_path / "a.onnx", "tflite")
+    with pytest.raises(InputError, match="checkpoint itself"):
+        export_checkpoint(checkpoint, checkpoint, "torchscript")
+    assert parse_shape("2x3x384x640") == (2, 3, 384, 640)
+    for bad in ("2x3x384", "1x1x64x64", "axbxcxd", "0x3x64x64"):
+        with pytest.raises(InputError):
+            parse_shape(bad)
+
+
+def _hide_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make ``import name`` raise ImportError, as if the package were not installed."""
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: object, **kwargs: object) -> object:
+        if name.split(".")[0] in names:
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    for name in names:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+@pytest.mark.parametrize("missing", [("onnxruntime",), ("onnx",), ("onnx", "onnxruntime")])
+def test_missing_onnx_packages_give_the_install_hint(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...]
+) -> None:
+    _hide_modules(monkeypatch, *missing)
+    out = tmp_path / "m.onnx"
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["export", "-w", str(checkpoint), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert 'pip install "pdseg[onnx]"' in _flat(result.output)
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_onnx_model_without_onnxruntime(onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_modules(monkeypatch, "onnxruntime")
+    with pytest.raises(NotAvailableError) as info:
+        OnnxModel(onnx_file)
+    assert info.value.hint == 'pip install "pdseg[onnx]"'
+
+
+def test_cli_export_onnx(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.onnx"
+    args = ["export", "-w", str(checkpoint), "-o", str(out), "--check-shape", "1x3x64x64", "--opset", "17"]
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "max |dp|" in _flat(result.output) and "1x3x64x64" in result.output
+    assert f"wrote {out}" in _flat(result.output)
+    assert OnnxModel(out).metadata.opset == 17
+
+
+def test_cli_export_errors(checkpoint: Path, tmp_path: Path) -> None:
+    runner = CliRunner(env={"COLUMNS": "250"})
+    bad_shape = runner.invoke(
+        app, ["export", "-w", str(checkpoint), "-o", str(tmp_path / "a.onnx"), "--check-shape", "64x64"]
+    )
+    assert bad_shape.exit_code == 2 and "bad check shape" in _flat(bad_shape.output)
+    same = runner.invoke(app, ["export", "-w", str(checkpoint), "-o", str(checkpoint), "-f", "torchscript"])
+    assert same.exit_code == 2 and "checkpoint itself" in _flat(same.output)
+    not_ckpt = tmp_path / "x.pt"
+    not_ckpt.write_bytes(b"not a checkpoint")
+    wrong = runner.invoke(app, ["export", "-w", str(not_ckpt), "-o", str(tmp_path / "b.onnx")])
+    assert wrong.exit_code == 2 and "x.pt" in _flat(wrong.output)
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_predictor_maps_through_exported_files_equal_pytorch(
+    fmt: str, onnx_file: Path, torchscript_file: Path, model: PDSeg
+) -> None:
+    """pdseg's Predictor (resize, normalise, logits resized to the image, floor(255 p)) with the
+    exported file swapped in for the network gives the same bytes within one grey level."""
+    import cv2
+
+    from pdseg_cli.engine.predict import Predictor
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "images" / "chelsea.jpg"  # 300x451
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    exported = load_exported(onnx_file if fmt == "onnx" else torchscript_file)
+    # size="full": the native 300x451 (not multiples of 32) goes through the graph's pad and crop
+    predictor = Predictor(model, device="cpu", precision="fp32", size="full")
+    expected = predictor.predict(rgb)
+    predictor.model = exported.eval().to(predictor.device, memory_format=torch.channels_last)
+    got = predictor.predict(rgb)
+    assert got.shape == expected.shape == rgb.shape[:2]
+    assert expected.std() > 10  # a real map, not a flat one
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_cli_predict_with_an_onnx_file_equals_the_checkpoint(
+    checkpoint: Path, onnx_file: Path, tmp_path: Path
+) -> None:
+    """`pdseg predict --weights model.onnx` writes the same maps (within one grey level)."""
+    import cv2
+
+    images = Path(__file__).resolve().parents[1] / "examples" / "images"
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "chelsea.jpg").write_bytes((images / "chelsea.jpg").read_bytes())
+    maps = {}
+    for name, weights in (("torch", checkpoint), ("onnx", onnx_file)):
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            app,
+            [
+                "predict",
+                str(src),
+                "--out",
+                str(out),
+                "--weights",
+                str(weights),
+                "--size",
+                "full",
+                "--device",
+                "cpu",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        maps[name] = cv2.imread(str(out / "chelsea.png"), cv2.IMREAD_UNCHANGED)
+    assert maps["onnx"].shape == maps["torch"].shape == (300, 451)
+    assert np.abs(maps["onnx"].astype(int) - maps["torch"].astype(int)).max() <= 1
