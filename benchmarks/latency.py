@@ -6,11 +6,20 @@ Not a test. Needs only torch (and pdseg itself); prints a markdown table with th
     python benchmarks/latency.py --variants pdseg-t pdseg-b --sizes 256 512 --device cpu
     python benchmarks/latency.py --device cuda --precision fp32 fp16 --sizes 1024 --runs 20
     python benchmarks/latency.py --out benchmarks/RESULTS.md        # also append the table there
+    python benchmarks/latency.py --reference --variants pdseg-b --sizes 512 --threads 1
+    python benchmarks/latency.py --reference --profile 15 --variants pdseg-b --sizes 512 --runs 1
 
 Each measurement builds the model with random weights in eval mode (latency does not depend on the
 values), runs ``--warmup`` untimed passes, then ``--runs`` timed passes of a 1x3xSxS input under
 ``torch.inference_mode()``. CUDA runs synchronise before reading the clock. ``fp16``/``bf16`` mean
 autocast; the NMF inside stays float32 either way (model.md section 5.1).
+
+``--reference`` times the plain model (fp32, as built) and its ``pdseg_cli.optimize`` form (in the
+asked precision) in one process, alternating run by run so that load from other processes hits
+both alike, and prints the speed-up of the medians, the CPU-time speed-up (robust to other
+processes when run with ``--threads 1``) and the largest logit and probability differences to the
+plain fp32 output. ``--profile N`` adds, for both paths, a breakdown of one pass by module (encoder
+stage, decoder level, NMF) and the top N operators by self time (``torch.profiler``).
 """
 
 from __future__ import annotations
@@ -20,19 +29,22 @@ import contextlib
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout, uninstalled
 
 from pdseg_cli.config import VARIANTS  # noqa: E402
 from pdseg_cli.model import count_macs, count_params, create_model  # noqa: E402
+from pdseg_cli.model.optimize import optimize  # noqa: E402
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -145,6 +157,170 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Reference:
+    """The plain fp32 model against its optimised form, timed alternately in one process."""
+
+    variant: str
+    size: int
+    device: str
+    precision: str
+    plain_ms: list[float]
+    fast_ms: list[float]
+    plain_cpu_ms: list[float]
+    fast_cpu_ms: list[float]
+    max_dlogit: float
+    max_dprob: float
+
+    @property
+    def speedup(self) -> float:
+        return statistics.median(self.plain_ms) / statistics.median(self.fast_ms)
+
+    @property
+    def cpu_speedup(self) -> float:
+        return statistics.median(self.plain_cpu_ms) / statistics.median(self.fast_cpu_ms)
+
+
+def measure_reference(
+    variant: str, size: int, device: str, precision: str, runs: int, warmup: int, profile: int = 0
+) -> Reference:
+    """Time the plain fp32 model and ``optimize(model, precision=...)`` alternately on 1x3xSxS."""
+    torch.manual_seed(0)
+    plain = create_model(variant).to(device)
+    fast = optimize(plain, precision=precision)
+    x = torch.randn(1, 3, size, size, device=device)
+    timings: dict[str, tuple[list[float], list[float]]] = {"plain": ([], []), "fast": ([], [])}
+    paths: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"plain": plain, "fast": fast}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            ref = plain(x).float()
+            out = fast(x).float()
+        for _ in range(runs):
+            for name, fn in paths.items():
+                cpu = time.process_time()
+                with _timer(device) as t:
+                    fn(x)
+                timings[name][0].extend(t)
+                timings[name][1].append((time.process_time() - cpu) * 1000.0)
+    result = Reference(
+        variant=variant,
+        size=size,
+        device=device,
+        precision=precision,
+        plain_ms=timings["plain"][0],
+        fast_ms=timings["fast"][0],
+        plain_cpu_ms=timings["plain"][1],
+        fast_cpu_ms=timings["fast"][1],
+        max_dlogit=float((ref - out).abs().max()),
+        max_dprob=float((ref.sigmoid() - out.sigmoid()).abs().max()),
+    )
+    if profile:
+        for name, model in (("plain fp32", plain), (f"optimised {precision}", fast)):
+            print(f"\n#### Profile: {variant} {size}x{size} {device}, {name}\n", flush=True)
+            print(profile_pass(model, x, device, profile))
+    del plain, fast, x
+    return result
+
+
+# module-name pattern, label, offset added to the captured index: the plain model names its stages
+# 1-4 (``block1``), the optimised form 0-3 (``stages.0``); both are shown as 1-4
+_MODULE_LABELS = (
+    (re.compile(r"^encoder\.patch_embed(\d)$"), "encoder stage {} downsample", 0),
+    (re.compile(r"^encoder\.embeds\.(\d)\.\d$"), "encoder stage {} downsample", 1),
+    (re.compile(r"^encoder\.block(\d)\.\d+$"), "encoder stage {} blocks", 0),
+    (re.compile(r"^encoder\.stages\.(\d)\.\d+$"), "encoder stage {} blocks", 1),
+    (re.compile(r"^encoder\.block\d\.\d+\.attn$"), "encoder attention (all blocks)", 0),
+    (re.compile(r"^encoder\.block\d\.\d+\.mlp$"), "encoder MLP (all blocks)", 0),
+    (re.compile(r"^decoder\.levels\.(\d)$"), "decoder level {}", 1),
+    (re.compile(r"^decoder\.level$"), "decoder head", 0),
+    (re.compile(r"\.(?:ham|nmf)$"), "NMF (all levels)", 0),
+)
+
+
+def _label(name: str) -> str | None:
+    for pattern, label, offset in _MODULE_LABELS:
+        m = pattern.search(name)
+        if m:
+            return label.format(*(int(g) + offset for g in m.groups()))
+    return None
+
+
+@contextlib.contextmanager
+def _module_ranges(model: nn.Module) -> Iterator[list[str]]:
+    """Wrap the labelled modules' forward passes in profiler ranges named ``[module] <label>``."""
+    handles = []
+    labels: list[str] = []
+    for name, module in model.named_modules():
+        label = _label(name)
+        if label is None:
+            continue
+        key = f"[module] {label}"
+        labels.append(key)
+        stack: list[torch.profiler.record_function] = []
+
+        def pre(_m: nn.Module, _args: object, key: str = key, stack: list = stack) -> None:
+            rf = torch.profiler.record_function(key)
+            rf.__enter__()
+            stack.append(rf)
+
+        def post(_m: nn.Module, _args: object, _out: object, stack: list = stack) -> None:
+            stack.pop().__exit__(None, None, None)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield labels
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def profile_pass(model: nn.Module, x: torch.Tensor, device: str, top: int) -> str:
+    """One profiled pass: time per labelled module, then the top operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with _module_ranges(model) as labels, torch.inference_mode():
+        with profile(activities=activities) as prof:
+            model(x)
+            _sync(device)
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    found = {e.key: e for e in events}
+    order = list(dict.fromkeys(labels))  # model order: encoder stages, then decoder levels
+    by_module = [(key, found[key].cpu_time_total, found[key].count) for key in order if key in found]
+    lines = ["| module | calls | CPU total ms | share |", "|---|--:|--:|--:|"]
+    for key, us, count in by_module:
+        share = 100.0 * us / total_us if total_us else 0.0
+        lines.append(f"| {key.removeprefix('[module] ')} | {count} | {us / 1000:,.1f} | {share:.0f}% |")
+    lines.append(f"| (whole pass, self CPU) | 1 | {total_us / 1000:,.1f} | 100% |")
+    ops = [e for e in events if not e.key.startswith("[module]")]
+    sort_key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    ops.sort(key=lambda e: getattr(e, sort_key, 0.0), reverse=True)
+    lines += ["", "| operator | calls | self CPU ms | share |", "|---|--:|--:|--:|"]
+    for e in ops[:top]:
+        share = 100.0 * e.self_cpu_time_total / total_us if total_us else 0.0
+        lines.append(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1000:,.1f} | {share:.0f}% |")
+    return "\n".join(lines)
+
+
+def reference_table(results: list[Reference]) -> str:
+    """The plain-vs-optimised results as a markdown table."""
+    lines = [
+        "| variant | input | device | optimised precision | plain fp32 median ms | optimised median ms "
+        "| speed-up | CPU-time speed-up | max abs dlogit | max abs dprob | runs |",
+        "|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.variant} | {r.size}x{r.size} | {r.device} | {r.precision} | "
+            f"{statistics.median(r.plain_ms):,.1f} | {statistics.median(r.fast_ms):,.1f} | "
+            f"{r.speedup:.2f}x | {r.cpu_speedup:.2f}x | {r.max_dlogit:.1e} | {r.max_dprob:.1e} | "
+            f"{len(r.plain_ms)} |"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -173,9 +349,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=None, help="also append the markdown section to this file"
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="time the plain fp32 model against its optimised form, alternating, in one process",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --reference: per-module breakdown and top N operators of one pass of each path",
+    )
     args = parser.parse_args(argv)
-    if args.runs < 5:
-        parser.error("--runs must be at least 5")
+    if args.profile and not args.reference:
+        parser.error("--profile needs --reference")
+    if args.runs < (1 if args.reference else 5):
+        parser.error("--runs must be at least 5 (1 with --reference)")
     if args.warmup < 1:
         parser.error("--warmup must be at least 1")
     if min(args.sizes) < 1:
@@ -200,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if "cuda" in args.devices:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    if args.reference:
+        return main_reference(args)
     results = []
     for device in args.devices:
         for precision in args.precision:
@@ -217,6 +409,38 @@ def main(argv: list[str] | None = None) -> int:
         f"### {stamp}\n\n{machine_description(args.devices)}\n\n"
         f"Batch 1, random weights, eval mode, median of {args.runs} runs after {args.warmup} warm-up.\n\n"
         f"{markdown_table(results)}\n"
+    )
+    print(text)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+    return 0
+
+
+def main_reference(args: argparse.Namespace) -> int:
+    refs = []
+    for device in args.devices:
+        for precision in args.precision:
+            for variant in args.variants:
+                for size in args.sizes:
+                    r = measure_reference(
+                        variant, size, device, precision, args.runs, args.warmup, args.profile
+                    )
+                    plain_ms, fast_ms = statistics.median(r.plain_ms), statistics.median(r.fast_ms)
+                    print(
+                        f"{variant} {size}x{size} {device} {precision}: plain fp32 {plain_ms:.1f} ms, "
+                        f"optimised {fast_ms:.1f} ms, {r.speedup:.2f}x (CPU time {r.cpu_speedup:.2f}x), "
+                        f"max |dlogit| {r.max_dlogit:.1e}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    refs.append(r)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"### {stamp}: plain vs optimised\n\n{machine_description(args.devices)}\n\n"
+        f"Batch 1, random weights (seed 0), eval mode; plain fp32 and optimised runs alternate in one "
+        f"process; median of {args.runs} runs after {args.warmup} warm-up. Command: "
+        f"`python benchmarks/latency.py {' '.join(sys.argv[1:])}`\n\n{reference_table(refs)}\n"
     )
     print(text)
     if args.out:

@@ -41,8 +41,12 @@ CACHE_VERSION = 1  # bump when the cached array layout or resize rule changes
 # locating splits
 
 
-def resolve_root(data_root: str | os.PathLike[str] | None) -> Path:
+def resolve_root(data_root: str | os.PathLike[str] | None, layout: str | None = None) -> Path:
     """The DIS5K root: ``data_root``, else ``$PDSEG_DATA``, else ``./DIS5K``.
+
+    Args:
+        data_root: the --data-root option, or None.
+        layout: text describing the expected layout, appended to the error's hint.
 
     Raises:
         DataError: the chosen folder does not exist (the message says which rule chose it).
@@ -56,7 +60,8 @@ def resolve_root(data_root: str | os.PathLike[str] | None) -> Path:
     if not root.is_dir():
         raise DataError(
             f"DIS5K root {root} (from {source}) is not a folder",
-            hint=f"pass --data-root DIR or set ${DATA_ENV} to the folder that holds {TRAIN_SPLIT}/ etc.",
+            hint=f"pass --data-root DIR or set ${DATA_ENV} to the folder that holds {TRAIN_SPLIT}/ etc."
+            + (f"; {layout}" if layout else ""),
         )
     return root
 

@@ -723,7 +723,9 @@ def resolve_splits(
     def dis_root() -> Path:
         nonlocal root
         if root is None:
-            root = _resolve_root(data_root)
+            from pdseg_cli.data.dis5k import resolve_root  # the same root rules as `pdseg train`
+
+            root = resolve_root(data_root, layout=SPLIT_LAYOUT)
         return root
 
     def add(name: str, folder: Path) -> None:
@@ -759,23 +761,6 @@ def resolve_splits(
                 raise DataError(f"--split {folder}: the folder has no gt/ subfolder", hint=SPLIT_LAYOUT)
             add(folder.resolve().name, folder)
     return out, pooled
-
-
-def _resolve_root(data_root: str | os.PathLike[str] | None) -> Path:
-    from pdseg_cli.data.dis5k import DATA_ENV, DEFAULT_ROOT
-
-    if data_root is not None:
-        root, source = Path(data_root).expanduser(), "--data-root"
-    elif os.environ.get(DATA_ENV):
-        root, source = Path(os.environ[DATA_ENV]).expanduser(), f"${DATA_ENV}"
-    else:
-        root, source = DEFAULT_ROOT, "the default ./DIS5K"
-    if not root.is_dir():
-        raise DataError(
-            f"DIS5K root {root} (from {source}) is not a folder",
-            hint=f"pass --data-root DIR or set ${DATA_ENV}; {SPLIT_LAYOUT}",
-        )
-    return root
 
 
 def _split_dir(root: Path, name: str) -> Path:
