@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 
@@ -32,3 +33,20 @@ def not_available(command: str, issue: str) -> None:
     """Say plainly that a subcommand is not implemented yet, and fail."""
     ui.error(f"`pdseg {command}` is not available yet in this version ({issue}).")
     raise typer.Exit(EXIT_FAILED)
+
+
+DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
+
+
+def weights_option(help_text: str) -> Any:
+    """The ``--weights/-w`` option every model-running command shares (an existing file)."""
+    return typer.Option(
+        None,
+        "--weights",
+        "-w",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help=f"{help_text} {DEFAULT_WEIGHTS_TEXT}",
+        show_default=False,
+    )

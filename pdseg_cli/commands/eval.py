@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pdseg_cli.commands._common import user_errors
+from pdseg_cli.commands._common import user_errors, weights_option
 from pdseg_cli.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -37,15 +37,7 @@ def eval_(
         "or in <pred>/<split>/ (required with several splits).",
         show_default=False,
     ),
-    weights: Path | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        exists=True,
-        dir_okay=False,
-        help="Checkpoint to run on the im/ images. Default: $PDSEG_WEIGHTS, else the bundled weights.",
-        show_default=False,
-    ),
+    weights: Path | None = weights_option("Checkpoint to run on the im/ images (without --pred)."),
     save_preds: Path | None = typer.Option(
         None, "--save-preds", help="Keep the model's maps in DIR/<split>/<stem>.png.", show_default=False
     ),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, user_errors
+from pdseg_cli.commands._common import EXIT_FAILED, user_errors, weights_option
 from pdseg_cli.ui import export as show
 
 
@@ -20,15 +20,7 @@ def export(
     out: Path = typer.Option(
         ..., "--out", "-o", dir_okay=False, help="File to write, e.g. pdseg.onnx (replaced if it exists)."
     ),
-    weights: Path | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        exists=True,
-        dir_okay=False,
-        readable=True,
-        help="pdseg checkpoint (.pt). Default: $PDSEG_WEIGHTS, else the bundled demo weights.",
-    ),
+    weights: Path | None = weights_option("pdseg checkpoint (.pt) to export."),
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="File format."),
     half: bool = typer.Option(
         False, "--half", help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32."

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, EXIT_USAGE, user_errors
+from pdseg_cli.commands._common import EXIT_FAILED, EXIT_USAGE, user_errors, weights_option
 from pdseg_cli.errors import InputError, PdsegError
 
 _OUTPUTS_HELP = (
@@ -30,14 +30,7 @@ def predict(
         help="Output folder (created if missing). Refused if an output would overwrite an input.",
         show_default=False,
     ),
-    weights: Path | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        exists=True,
-        dir_okay=False,
-        help="pdseg checkpoint (.pt). Default: $PDSEG_WEIGHTS, else the bundled demo weights.",
-    ),
+    weights: Path | None = weights_option("Checkpoint (.pt) or a `pdseg export` file (.onnx, .ts)."),
     size: str | None = typer.Option(
         None,
         "--size",
