@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from pdseg_cli import __version__
+from pdseg_cli.commands import benchmark as benchmark_cmd
 from pdseg_cli.commands import eval as eval_cmd
 from pdseg_cli.commands import export as export_cmd
 from pdseg_cli.commands import info as info_cmd
@@ -48,6 +49,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("eval")(eval_cmd.eval_)
 app.command("train")(train_cmd.train)
 app.command("export")(export_cmd.export)
+app.command("benchmark")(benchmark_cmd.benchmark)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_every_subcommand() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("info", "predict", "eval", "train", "export"):
+    for name in ("info", "predict", "eval", "train", "export", "benchmark"):
         assert name in result.output
 
 

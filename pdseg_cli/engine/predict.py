@@ -472,6 +472,8 @@ class Predictor:
         size: the working resolution: an int N (images resized to N x N, as in training),
             ``"full"`` (native resolution, one pass, no tiles), or None for the checkpoint's
             training size (1024 when the checkpoint does not record one).
+        optimized: run :func:`pdseg_cli.optimize`'s inference form of a PyTorch model (the same
+            logits within 1e-4, 1.5-2x faster on CPU); False runs the model as given.
         channels_last: run convolutions in channels-last layout (faster on CPU and GPU; results
             can differ from the default layout by float rounding).
 
@@ -492,6 +494,7 @@ class Predictor:
         size: Size | str | None = None,
         *,
         channels_last: bool = True,
+        optimized: bool = True,
         local_rank: int | None = None,
     ) -> None:
         choice = runtime.resolve_device(device, local_rank=local_rank)
@@ -514,7 +517,13 @@ class Predictor:
                 model = load_exported(self.weights_path, device=self.device)
                 self.precision = "fp32"  # no autocast around an exported graph
         model = model.eval().to(self.device)
-        if channels_last:
+        from pdseg_cli.model.pdseg import PDSeg
+
+        if optimized and isinstance(model, PDSeg):
+            from pdseg_cli.model.optimize import optimize
+
+            model = optimize(model, channels_last=channels_last)
+        elif channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.normalization: Mapping[str, Any] = (

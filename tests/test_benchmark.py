@@ -1,0 +1,189 @@
+"""`pdseg benchmark` and its engine, and `benchmarks/latency.py --reference`, on pdseg-tiny at 64 px."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pdseg_cli.commands.benchmark import benchmark
+from pdseg_cli.engine.benchmark import BenchmarkReport, _rss_peak, run_benchmark
+from pdseg_cli.errors import InputError
+from pdseg_cli.model import create_model, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    """The command on a one-command app, as cli.py registers it (`app.command("benchmark")`)."""
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, as in cli.py: the subcommand is named on the line
+    app.command("benchmark")(benchmark)
+    return app
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(create_model("pdseg-tiny"), tmp_path_factory.mktemp("w") / "tiny.pt")
+
+
+def test_engine_compare_rows() -> None:
+    report = run_benchmark("pdseg-tiny", [64, 96], device="cpu", runs=2, mode="compare", threads=1)
+    assert isinstance(report, BenchmarkReport)
+    assert report.variant == "pdseg-tiny" and report.device == "cpu" and report.precision == "fp32"
+    assert report.threads == 1
+    assert [(r.size, r.path) for r in report.rows] == [
+        (64, "plain"),
+        (64, "optimized"),
+        (96, "plain"),
+        (96, "optimized"),
+    ]
+    for r in report.rows:
+        assert len(r.times_ms) == 2 and all(t > 0 for t in r.times_ms)
+        assert r.min_ms <= r.median_ms
+        assert r.images_per_s == pytest.approx(1000.0 * r.batch / r.median_ms)
+        if sys.platform.startswith("linux"):
+            assert r.peak_bytes is not None and r.peak_bytes >= 0
+        if r.path == "optimized":
+            assert r.speedup is not None and r.speedup > 0
+            assert r.max_abs_diff is not None and r.max_abs_diff <= 1e-4
+        else:
+            assert r.speedup is None and r.max_abs_diff is None
+    assert torch.get_num_threads() == 1  # restored (the fixture's value)
+
+
+def test_engine_batch_and_single_path() -> None:
+    report = run_benchmark("pdseg-tiny", [64], batch=2, device="cpu", runs=1, mode="plain")
+    (row,) = report.rows
+    assert row.path == "plain" and row.batch == 2 and row.speedup is None
+
+
+def test_engine_weights(tiny_checkpoint: Path) -> None:
+    report = run_benchmark(None, [64], device="cpu", runs=1, weights=tiny_checkpoint)
+    assert report.variant == "pdseg-tiny" and report.weights == str(tiny_checkpoint)
+    with pytest.raises(InputError, match="does not match"):
+        run_benchmark("pdseg-t", [64], device="cpu", runs=1, weights=tiny_checkpoint)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"mode": "fastest"}, {"sizes": [16]}, {"sizes": []}, {"runs": 0}, {"warmup": 0}, {"threads": 0}],
+)
+def test_engine_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {"sizes": [64], "device": "cpu", "runs": 1, **kwargs}
+    with pytest.raises(InputError):
+        run_benchmark("pdseg-tiny", **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_rss_peak_sees_a_large_buffer() -> None:
+    with _rss_peak() as grown:
+        buf = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del buf
+    assert grown and grown[0] >= 32 * 2**20
+
+
+def test_command_table(app: typer.Typer) -> None:
+    result = runner.invoke(
+        app,
+        ["benchmark", "-v", "pdseg-tiny", "-s", "64", "--runs", "2", "--device", "cpu", "--mode", "compare"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for text in (
+        "pdseg-tiny",
+        "median ms",
+        "img/s",
+        "peak MiB",
+        "speed-up",
+        "1x3x64x64",
+        "optimized",
+        "plain",
+    ):
+        assert text in out
+
+
+def test_command_json(app: typer.Typer, tiny_checkpoint: Path) -> None:
+    result = runner.invoke(
+        app, ["benchmark", "-w", str(tiny_checkpoint), "-s", "64", "-n", "1", "-d", "cpu", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["variant"] == "pdseg-tiny"
+    assert [row["path"] for row in data["rows"]] == ["optimized"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-v", "pdseg-tinyy"], "unknown model variant"),
+        (["-v", "pdseg-tiny", "-p", "int8"], "not a precision"),
+        (["-v", "pdseg-tiny", "-d", "tpu"], "not a device"),
+    ],
+)
+def test_command_user_errors(app: typer.Typer, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["benchmark", *args, "-s", "64", "-n", "1"])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_command_cuda_missing(app: typer.Typer) -> None:
+    result = runner.invoke(app, ["benchmark", "-v", "pdseg-tiny", "-s", "64", "-d", "cuda"])
+    assert result.exit_code == 2
+    assert "CUDA" in result.output
+
+
+def test_latency_script_reference_and_profile() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "latency.py"),
+            "--reference",
+            "--variants",
+            "pdseg-tiny",
+            "--sizes",
+            "64",
+            "--runs",
+            "1",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--profile",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "plain vs optimised" in out.stdout
+    assert "| pdseg-tiny | 64x64 | cpu | fp32 |" in out.stdout
+    assert "encoder stage 1 blocks" in out.stdout and "NMF (all levels)" in out.stdout
+    assert "mkldnn" in out.stdout or "aten::" in out.stdout

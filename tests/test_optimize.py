@@ -1,0 +1,298 @@
+"""The optimised inference form gives the plain path's logits, and leaves the plain model alone.
+
+Every structure the variants have (progressive and single-head decoders, NMF ranks 8/16/64, the
+residual-map option) is compared at a small and an odd size, with BatchNorm statistics, norm
+affines, layer scales and classifiers drawn away from their initial values so that every fold is
+exercised. Tolerance: max |delta logit| <= 1e-4 in fp32 (issue 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import pdseg_cli
+from pdseg_cli.config import ModelConfig, get_config
+from pdseg_cli.model import PDSeg, create_model, load_model, save_checkpoint
+from pdseg_cli.model.optimize import FastPDSeg, fused_ops_available, optimize
+
+TOL = 1e-4
+SIZES = [(64, 96), (97, 131)]
+
+
+def _perturb(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Move BN statistics, norm affines, layer scales and classifiers off their initial values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for name, p in model.named_parameters():
+            if "layer_scale" in name:  # around the 0.01 init: larger ones blow random deep nets up
+                p.copy_(torch.rand(p.shape, generator=g) * 0.02 + 0.005)
+            elif "classifier.weight" in name:
+                p.normal_(0.0, 0.1, generator=g)
+    return model
+
+
+def _model(config: ModelConfig | str, seed: int = 0) -> PDSeg:
+    torch.manual_seed(seed)
+    return _perturb(create_model(config), seed)  # type: ignore[return-value]
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One CPU thread: small ops on a shared 2-core machine are much faster without thread barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> PDSeg:
+    return _model("pdseg-tiny")
+
+
+STRUCTURES = {
+    "pdseg-tiny": get_config("pdseg-tiny"),
+    "pdseg-tiny-residual": dataclasses.replace(get_config("pdseg-tiny"), residual_maps=True),
+    "pdseg-t": get_config("pdseg-t"),
+    "segnext-t": get_config("segnext-t"),
+    "segnext-b": get_config("segnext-b"),
+    # pdseg-b's widths and R = 64 with one block per stage (the blocks are pdseg-t's/segnext-b's kind)
+    "pdseg-b-slim": dataclasses.replace(get_config("pdseg-b"), depths=(1, 1, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_same_logits_as_plain_path(name: str) -> None:
+    model = _model(STRUCTURES[name])
+    fast = optimize(model)
+    for h, w in SIZES:
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.inference_mode():
+            want, got = model(x), fast(x)
+        assert got.shape == want.shape == (1, 1, h, w)
+        assert got.dtype == torch.float32
+        assert _max_diff(got, want) <= TOL, f"{name} {h}x{w}"
+
+
+@pytest.mark.parametrize("name", ["pdseg-tiny-residual", "segnext-t"])
+def test_as_close_to_exact_maths_as_the_plain_path(name: str) -> None:
+    """Against a float64 copy of the plain model: the fast form is within 1e-4 of exact maths."""
+    model = _model(STRUCTURES[name])
+    exact = _model(STRUCTURES[name]).double()
+    fast = optimize(model)
+    x = torch.randn(1, 3, 97, 131)
+    with torch.inference_mode():
+        truth = exact(x.double())
+        assert _max_diff(fast(x).double(), truth) <= TOL
+        assert _max_diff(model(x).double(), truth) <= TOL
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bands", [None, (0, 1)])
+def test_every_code_path_agrees(
+    tiny: PDSeg, channels_last: bool, fused: bool, bands: tuple[int, int] | None
+) -> None:
+    """Layouts, fused oneDNN vs plain operators, and the MLP done in bands of rows (forced tiny)."""
+    fast = optimize(tiny, channels_last=channels_last)
+    assert isinstance(fast, FastPDSeg)
+    fast.use_fused_ops = fast.use_fused_ops and fused
+    fast.mlp_bands = bands
+    for b, h, w in [(2, 64, 96), (1, 97, 131), (1, 160, 33)]:
+        x = torch.randn(b, 3, h, w)
+        with torch.inference_mode():
+            assert _max_diff(fast(x), tiny(x)) <= TOL
+
+
+def test_return_levels(tiny: PDSeg) -> None:
+    fast = optimize(tiny)
+    x = torch.randn(1, 3, 97, 131)
+    with torch.inference_mode():
+        want = tiny(x, return_levels=True)
+        got = fast(x, return_levels=True)
+        final = fast(x)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape == (1, 1, 97, 131)
+        assert _max_diff(a, b) <= TOL
+    assert torch.equal(got[-1], final)
+
+
+def test_bundled_trained_weights_predict_the_same() -> None:
+    """Trained weights (the bundled demo checkpoint, when present) on a real photo."""
+    import cv2
+
+    from pdseg_cli.errors import WeightsError
+    from pdseg_cli.weights import default_weights
+
+    try:
+        path = default_weights()
+    except WeightsError:
+        pytest.skip("no bundled or $PDSEG_WEIGHTS checkpoint")
+    model = load_model(path)
+    fast = optimize(model)
+    image = cv2.imread(str(Path(__file__).resolve().parents[1] / "examples" / "images" / "chelsea.jpg"))
+    rgb = cv2.resize(image, (160, 96))[:, :, ::-1].astype("float32")
+    mean = torch.tensor(model.normalization["mean"], dtype=torch.float32)
+    std = torch.tensor(model.normalization["std"], dtype=torch.float32)
+    x = ((torch.from_numpy(rgb.copy()) - mean) / std).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        assert _max_diff(fast(x), model(x)) <= TOL
+
+
+def test_original_model_untouched_and_independent() -> None:
+    model = _model("pdseg-tiny").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize(model)
+    assert model.training  # its mode is kept
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in model.parameters())
+    # the fast form is in eval mode, needs no gradients, and owns its tensors
+    assert not fast.training
+    assert not any(p.requires_grad for p in fast.parameters())
+    own = {p.data_ptr() for p in model.parameters()} | {b.data_ptr() for b in model.buffers()}
+    assert not own & {p.data_ptr() for p in fast.parameters()}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        first = fast(x)
+    # training the original afterwards does not move the fast form
+    loss = model(x).mean()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), first)
+    # eval-mode semantics whatever the mode of the source model
+    model.load_state_dict(before)
+    with torch.inference_mode():
+        assert _max_diff(fast(x), model.eval()(x)) <= TOL
+
+
+def test_checkpoint_saved_before_optimisation_loads_and_predicts_the_same(tmp_path: os.PathLike[str]) -> None:
+    model = _model("pdseg-tiny")
+    path = save_checkpoint(model, f"{tmp_path}/tiny.pt", train_size=64, data="synthetic")
+    loaded = load_model(path)
+    fast = optimize(loaded)
+    assert fast.config == model.config
+    assert fast.train_size == 64
+    assert dict(fast.normalization) == dict(loaded.normalization)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        assert _max_diff(fast(x), model(x)) <= TOL
+        assert _max_diff(fast(x), loaded(x)) <= TOL
+    # the loaded model is still a plain, savable PDSeg with the same keys
+    assert set(loaded.state_dict()) == set(model.state_dict())
+
+
+def test_grad_mode_and_requires_grad_inputs_fall_back(tiny: PDSeg) -> None:
+    fast = optimize(tiny)
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    assert isinstance(fast, FastPDSeg) and not fast._fuse(x)
+    out = fast(x)  # plain operators, with autograd through the input
+    out.mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        assert _max_diff(out.detach(), tiny(x.detach())) <= TOL
+
+
+def test_fused_ops_check_is_honest() -> None:
+    available = fused_ops_available()
+    assert isinstance(available, bool)
+    fast = optimize(create_model("pdseg-tiny"))
+    assert isinstance(fast, FastPDSeg)
+    assert fast.use_fused_ops == available
+    assert fast._fuse(torch.zeros(1, 3, 32, 32)) == available
+
+
+@pytest.mark.skipif(not torch.amp.is_autocast_available("cpu"), reason="no CPU autocast in this torch")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_is_finite_and_close(tiny: PDSeg, precision: str) -> None:
+    fast = optimize(tiny, precision=precision)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        got, want = fast(x), tiny(x)
+    assert got.dtype == torch.float32
+    assert torch.isfinite(got).all()
+    assert float((got.sigmoid() - want.sigmoid()).abs().max()) < 0.05
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_trace_uses_plain_operators(tiny: PDSeg) -> None:
+    """Under torch.jit.trace (what ONNX export runs) no oneDNN-only operator is recorded."""
+    fast = optimize(tiny, channels_last=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(fast, x, check_trace=False)
+        assert "mkldnn" not in str(traced.inlined_graph)
+        assert _max_diff(traced(x), tiny(x)) <= TOL
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("half", [False, True])
+def test_onnx_export_of_the_fast_form(tiny: PDSeg, tmp_path: os.PathLike[str], half: bool) -> None:
+    """The export engine accepts the fast form (channels_last=False), fp32 and fp16, dynamic H/W."""
+    pytest.importorskip("onnxruntime")
+    from pdseg_cli.engine.export import export_model
+
+    fast = optimize(tiny, channels_last=False)
+    report = export_model(
+        fast,
+        f"{tmp_path}/tiny.onnx",
+        "onnx",
+        variant="pdseg-tiny",
+        config=tiny.config.to_dict(),
+        normalization=dict(tiny.normalization),
+        half=half,
+        check_shapes=[(1, 3, 64, 64), (2, 3, 97, 131)],
+    )
+    assert all(c.passed for c in report.checks)
+
+
+def test_bad_arguments(tiny: PDSeg) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        optimize(tiny, precision="int8")
+    with pytest.raises(TypeError, match="PDSeg"):
+        optimize(nn.Conv2d(3, 3, 1))
+    with pytest.raises(TypeError, match="already optimised"):
+        optimize(optimize(tiny))
+    fast = optimize(tiny)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        fast(torch.zeros(1, 4, 32, 32))
+
+
+def test_public_api() -> None:
+    assert pdseg_cli.optimize is optimize
+
+
+@pytest.mark.slow
+def test_compile_flag(tiny: PDSeg) -> None:
+    """torch.compile of the fast form (minutes on a small CPU: slow test)."""
+    compiled = optimize(tiny, compile=True)
+    assert compiled.config == tiny.config  # attributes pass through the compiled wrapper
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        assert _max_diff(compiled(x), tiny(x)) <= TOL
