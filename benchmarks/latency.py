@@ -43,6 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout, uninstalled
 
 from pdseg_cli.config import VARIANTS  # noqa: E402
+from pdseg_cli.engine.benchmark import cpu_name  # noqa: E402
 from pdseg_cli.model import count_macs, count_params, create_model  # noqa: E402
 from pdseg_cli.model.optimize import optimize  # noqa: E402
 
@@ -65,20 +66,10 @@ class Result:
         return statistics.median(self.times_ms)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_description(devices: list[str]) -> str:
     """One line naming the hardware and software the numbers came from."""
     parts = [
-        f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})",
+        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})",
     ]
     if "cuda" in devices:
         props = torch.cuda.get_device_properties(0)

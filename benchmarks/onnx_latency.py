@@ -29,16 +29,6 @@ import numpy as np
 import torch
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -54,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.warmup < 0 or args.size < 32:
         parser.error("need --runs >= 1, --warmup >= 0 and --size >= 32")
 
+    from pdseg_cli.engine.benchmark import cpu_name
     from pdseg_cli.engine.export import export_model
     from pdseg_cli.engine.onnx_backend import OnnxModel
     from pdseg_cli.model import create_model, load_model
@@ -105,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     shape = f"{args.batch}x3x{args.size}x{args.size}"
-    print(f"### {variant}, input {shape}, {args.threads} threads, CPU: {_cpu_name()}\n")
+    print(f"### {variant}, input {shape}, {args.threads} threads, CPU: {cpu_name()}\n")
     print("| backend | median ms | min ms | runs | vs PyTorch |")
     print("|---|---:|---:|---:|---:|")
     base = statistics.median(timings["PyTorch"])
