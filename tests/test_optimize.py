@@ -296,3 +296,12 @@ def test_compile_flag(tiny: PDSeg) -> None:
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
         assert _max_diff(compiled(x), tiny(x)) <= TOL
+
+
+def test_save_checkpoint_refuses_the_optimised_form(tmp_path: Path) -> None:
+    from pdseg_cli.model import create_model, save_checkpoint
+
+    fast = optimize(create_model("pdseg-tiny"))
+    with pytest.raises(TypeError, match="save the model you passed to optimize"):
+        save_checkpoint(fast, tmp_path / "fast.pt")
+    assert not (tmp_path / "fast.pt").exists()

@@ -143,6 +143,12 @@ def save_checkpoint(
     config = getattr(net, "config", None)
     if not isinstance(config, ModelConfig):
         raise TypeError(f"save_checkpoint needs a PDSeg model (with a ModelConfig), got {type(net).__name__}")
+    if not isinstance(net, PDSeg):
+        # e.g. optimize()'s inference form: folded weights whose keys no PDSeg could load back
+        raise TypeError(
+            f"save_checkpoint needs the PDSeg model itself, got {type(net).__name__}; "
+            "save the model you passed to optimize()"
+        )
     state = {}
     for key, tensor in net.state_dict().items():
         tensor = tensor.detach().to("cpu", copy=True)
