@@ -95,3 +95,30 @@ def init_decoder_weights(module: nn.Module, classifier: nn.Conv2d) -> None:
     nn.init.normal_(classifier.weight, std=0.01)
     if classifier.bias is not None:
         nn.init.zeros_(classifier.bias)
+
+
+def pad_input(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Check a model input and zero-pad it on the bottom and right to a multiple of ``multiple``.
+
+    Args:
+        x: (B, 3, H, W) normalised float.
+        multiple: the model's total stride (32).
+
+    Returns:
+        (B, 3, H + pad_h, W + pad_w); the caller crops its outputs back to (H, W).
+    """
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
+
+
+def crop_levels(
+    levels: list[torch.Tensor], padded: tuple[int, int], size: tuple[int, int]
+) -> list[torch.Tensor]:
+    """Each level's logits (B, 1, H / s, W / s) -> padded size (bilinear) -> cropped to ``size`` (H, W)."""
+    h, w = size
+    return [resize_to(level, padded)[..., :h, :w] for level in levels]

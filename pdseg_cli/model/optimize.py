@@ -67,7 +67,7 @@ from torch import nn
 
 from pdseg_cli.model.decoder import HamLevel, LightHamHead, ProgressiveDecoder
 from pdseg_cli.model.ham import EPS, NMF2D, Hamburger
-from pdseg_cli.model.layers import resize_to
+from pdseg_cli.model.layers import crop_levels, pad_input, resize_to
 from pdseg_cli.model.mscan import MSCAN, Block, DownsampleConv, StemConv
 from pdseg_cli.model.pdseg import PDSeg
 
@@ -607,13 +607,8 @@ class FastPDSeg(nn.Module):
 
         The same contract as :meth:`PDSeg.forward`; outputs are float32 in every precision.
         """
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        m = self.config.pad_multiple
-        pad_h, pad_w = -h % m, -w % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        size = x.shape[-2:]
+        x = pad_input(x, self.config.pad_multiple)
         padded = x.shape[-2:]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -625,8 +620,8 @@ class FastPDSeg(nn.Module):
             fused = self._fuse(x)
             bands = self.mlp_bands if x.device.type == "cpu" and not _tracing() else None
             levels = self.decoder(self.encoder(x, fused, bands), fused, return_levels)
-        # each level's logits (B, 1, H / s, W / s) -> (B, 1, H + pad_h, W + pad_w) -> (B, 1, H, W)
-        outs = [resize_to(level.float(), padded)[..., :h, :w] for level in levels]
+        # float32 logits in every precision
+        outs = crop_levels([level.float() for level in levels], padded, size)
         return outs if return_levels else outs[0]
 
     def extra_repr(self) -> str:

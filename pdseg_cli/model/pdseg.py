@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from typing import Any, Literal, overload
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pdseg_cli.config import NORMALIZATION, ModelConfig
 from pdseg_cli.model.decoder import LightHamHead, ProgressiveDecoder
-from pdseg_cli.model.layers import resize_to
+from pdseg_cli.model.layers import crop_levels, pad_input
 from pdseg_cli.model.mscan import MSCAN
 
 
@@ -105,17 +104,10 @@ class PDSeg(nn.Module):
             ``return_levels=True``, a list of every level's logits, coarse to fine, each resized
             bilinearly to (B, 1, H, W); the last element is the final logits.
         """
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        m = self.config.pad_multiple
-        pad_h, pad_w = -h % m, -w % m
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        padded = x.shape[-2:]
+        size = x.shape[-2:]
+        x = pad_input(x, self.config.pad_multiple)
         levels = self.decoder(self.encoder(x))
         if not return_levels:
             levels = levels[-1:]
-        # each level's logits (B, 1, H / s, W / s) -> (B, 1, H + pad_h, W + pad_w) -> (B, 1, H, W)
-        outs = [resize_to(level, padded)[..., :h, :w] for level in levels]
+        outs = crop_levels(levels, x.shape[-2:], size)
         return outs if return_levels else outs[0]
