@@ -37,30 +37,22 @@ class PDSeg(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = MSCAN(config.embed_dims, config.depths, config.mlp_ratios, config.drop_path_rate)
+        # the hamburger settings both decoders take
+        ham: dict[str, Any] = dict(
+            rank=config.ham_rank,
+            train_steps=config.ham_train_steps,
+            eval_steps=config.ham_eval_steps,
+            seed=config.ham_seed,
+            groups=config.norm_groups,
+            dropout=config.dropout,
+        )
         decoder: nn.Module
         if config.decoder == "progressive":
             decoder = ProgressiveDecoder(
-                self.encoder.out_channels,
-                config.decoder_widths,
-                rank=config.ham_rank,
-                train_steps=config.ham_train_steps,
-                eval_steps=config.ham_eval_steps,
-                seed=config.ham_seed,
-                groups=config.norm_groups,
-                dropout=config.dropout,
-                residual_maps=config.residual_maps,
+                self.encoder.out_channels, config.decoder_widths, residual_maps=config.residual_maps, **ham
             )
         else:
-            decoder = LightHamHead(
-                self.encoder.out_channels,
-                config.decoder_widths[0],
-                rank=config.ham_rank,
-                train_steps=config.ham_train_steps,
-                eval_steps=config.ham_eval_steps,
-                seed=config.ham_seed,
-                groups=config.norm_groups,
-                dropout=config.dropout,
-            )
+            decoder = LightHamHead(self.encoder.out_channels, config.decoder_widths[0], **ham)
         self.decoder = decoder
         # a plain copy: copy.deepcopy (EMA, export) cannot copy the read-only NORMALIZATION proxy
         self.normalization: Mapping[str, Any] = dict(NORMALIZATION)
