@@ -73,6 +73,14 @@ def test_predict_returns_input_size(predictor: Predictor, ckpt: Path, size: obje
     assert out.shape == (h, w) and out.dtype == np.uint8
 
 
+def test_predict_prob_is_what_predict_quantises(predictor: Predictor) -> None:
+    img = _img(37, 53, seed=5)
+    prob = predictor.predict_prob(img)
+    assert prob.shape == (37, 53) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    np.testing.assert_array_equal((prob * np.float32(255.0)).astype(np.uint8), predictor.predict(img))
+
+
 def test_predict_accepts_any_dtype_and_gray(predictor: Predictor) -> None:
     img8 = _img(33, 41)
     ref = predictor.predict(img8)

@@ -21,7 +21,8 @@ def train(
     variant: str | None = typer.Option(
         None,
         "--variant",
-        help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-b (single head) (default: pdseg-b).",
+        help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-t / segnext-b (single head, the ablation's "
+        "baseline) (default: pdseg-b).",
     ),
     size: int | None = typer.Option(
         None, "--size", help="Square training side, a multiple of 32 (default: 1024)."

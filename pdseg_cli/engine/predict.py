@@ -561,6 +561,21 @@ class Predictor:
         logits = self._forward([x])
         return self._to_map(logits[0:1], (h, w), threshold)
 
+    def predict_prob(self, image: np.ndarray) -> np.ndarray:
+        """The foreground probability of every pixel of one image, before :meth:`predict` quantises it.
+
+        Args:
+            image: as for :meth:`predict`.
+
+        Returns:
+            (H, W) float32 in [0, 1]: the sigmoid of the logits bilinearly resized to the image;
+            :meth:`predict` returns ``floor(255 p)`` of exactly these values.
+        """
+        x = T.to_float_rgb(image)
+        h, w = x.shape[:2]
+        logits = self._forward([self._prepare_array(x)])
+        return self._to_prob(logits[0:1], (h, w))[0, 0].cpu().numpy()
+
     def predict_batch(
         self, images: Sequence[np.ndarray], *, threshold: float | None = None, batch: int = 8
     ) -> list[np.ndarray]:
@@ -609,14 +624,20 @@ class Predictor:
     @torch.inference_mode()
     def _to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray:
         """(1, 1, h, w) float32 logits -> (H, W) uint8: bilinear resize, sigmoid, floor(255 p) or 0/255."""
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        prob = logits.sigmoid_()  # in place: the logits are not used again
+        prob = self._to_prob(logits, size)
         if threshold is not None:
             out = (prob >= threshold).to(torch.uint8).mul_(255)
         else:
             out = prob.mul_(255.0).to(torch.uint8)  # truncation toward zero = floor for p >= 0
         return out[0, 0].cpu().numpy()
+
+    @torch.inference_mode()
+    def _to_prob(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(1, 1, h, w) float32 logits -> (1, 1, H, W) probabilities, in place where no resize is needed
+        (the logits are not used again)."""
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits.sigmoid_()
 
     # -- folders -------------------------------------------------------------------------------
 
