@@ -112,6 +112,27 @@ def test_a_few_steps_lower_the_loss_and_write_the_run_files(tmp_path: Path, data
     assert {"prepare", "start", "epoch_start", "step", "validate", "epoch_end"} <= kinds
 
 
+def test_tensorboard_scalars_per_step_and_epoch_continue_on_resume(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny(run, data, epochs=1, augment=False))
+    train(TrainConfig.for_resume(run, epochs=2))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "epoch/loss", "epoch/val_maxf", "epoch/val_mae"} <= tags
+    # 8 images, batch 4: steps 1..4 over both runs, each logged once; the epochs end at steps 2 and 4
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("epoch/val_maxf")] == [2, 4]
+    rows = (run / "results.csv").read_text().splitlines()[1:]
+    logged = [e.value for e in events.Scalars("epoch/loss")]
+    assert logged == pytest.approx([float(r.split(",")[2]) for r in rows], rel=1e-6)
+
+
 def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, data: dict[str, Path]) -> None:
     # one worker process: Ctrl-C must not reach it, and the data must not depend on it
     common = dict(epochs=2, batch=3, workers=1, val_every=0)

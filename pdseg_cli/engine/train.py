@@ -1010,7 +1010,9 @@ class _Run:
             if self.tb is not None:
                 for key in ("loss", *VAL_COLUMNS):
                     if row[key] is not None:
-                        self.tb.add_scalar(f"epoch/{key}", row[key], epoch + 1)
+                        # at the step count, so that every tag shares TensorBoard's x axis (and a
+                        # resume's purge_step applies to them all alike)
+                        self.tb.add_scalar(f"epoch/{key}", row[key], self.global_step)
                 self.tb.flush()
         self.emit("epoch_end", epoch=epoch + 1, values={**row, "best": improved})
         return True
@@ -1180,7 +1182,10 @@ class _Run:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        self.tb = SummaryWriter(str(self.out / TENSORBOARD_DIR), purge_step=self.global_step or None)
+        # scalars are logged at the step count after each step, so a resume at step N logs N + 1 first:
+        # anything at or after N + 1 comes from the interrupted run past its checkpoint and is hidden
+        purge = self.global_step + 1 if self.global_step else None
+        self.tb = SummaryWriter(str(self.out / TENSORBOARD_DIR), purge_step=purge)
 
 
 _ERRORS: dict[str, type[PdsegError]] = {
