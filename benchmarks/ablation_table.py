@@ -23,9 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from pdseg_cli import Predictor, evaluate
+from pdseg_cli.metrics.aggregate import TABLE_KEYS
 from pdseg_cli.model.build import load_checkpoint
-
-METRICS = ("maxF", "wF", "MAE", "S", "E", "HCE")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,8 +41,8 @@ def score_run(run: Path, data: Path, folder: Path, jobs: int) -> dict[str, float
     summary = predictor.predict_paths([data / "im"], folder)
     if summary.failed:
         raise SystemExit(f"{run}: {summary.failed} images failed")
-    row = evaluate(folder, data / "gt", name="run", jobs=jobs, use_cache=False).to_json()["splits"]["run"]
-    return {k: float(row[k]) for k in METRICS}
+    scores = evaluate(folder, data / "gt", jobs=jobs, use_cache=False).splits[0].scores.as_dict()
+    return {k: float(scores[k]) for k in TABLE_KEYS}
 
 
 def fmt(metric: str, value: float) -> str:
@@ -63,22 +62,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: {run} scored", file=sys.stderr)
 
     lines = [
-        "| setting | run | seed | " + " | ".join(METRICS) + " |",
-        "|---|---|--:|" + "--:|" * len(METRICS),
+        "| setting | run | seed | " + " | ".join(TABLE_KEYS) + " |",
+        "|---|---|--:|" + "--:|" * len(TABLE_KEYS),
     ]
     for label, runs in groups.items():
         for run, scores in runs:
             seed = load_checkpoint(run / "last.pt").provenance.get("seed", "?")
             lines.append(
                 f"| {label} | `{run.name}` | {seed} | "
-                + " | ".join(fmt(k, scores[k]) for k in METRICS)
+                + " | ".join(fmt(k, scores[k]) for k in TABLE_KEYS)
                 + " |"
             )
         if len(runs) > 1:
-            means = {k: statistics.fmean(s[k] for _, s in runs) for k in METRICS}
+            means = {k: statistics.fmean(s[k] for _, s in runs) for k in TABLE_KEYS}
             lines.append(
                 f"| **{label}** | mean of {len(runs)} | | "
-                + " | ".join(f"**{fmt(k, means[k])}**" for k in METRICS)
+                + " | ".join(f"**{fmt(k, means[k])}**" for k in TABLE_KEYS)
                 + " |"
             )
     print("\n".join(lines))

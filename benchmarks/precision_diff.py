@@ -36,8 +36,8 @@ from pdseg_cli.data.dis5k import scan_pairs
 from pdseg_cli.data.images import read_image, write_png
 from pdseg_cli.data.transforms import quantize
 from pdseg_cli.engine.benchmark import cpu_has_fast_bf16, cpu_name, device_name
+from pdseg_cli.metrics.aggregate import TABLE_KEYS
 
-METRICS = ("maxF", "wF", "MAE", "S", "E", "HCE")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16-eval"
 
 
@@ -80,9 +80,8 @@ def score(
     folder.mkdir(parents=True, exist_ok=True)
     for stem, prob in zip(stems, probs, strict=True):
         write_png(folder / f"{stem}.png", quantize(prob))
-    report = evaluate(folder, gt_dir, name=folder.name, jobs=jobs, use_cache=False)
-    row = report.to_json()["splits"][folder.name]
-    return {k: float(row[k]) for k in METRICS}
+    scores = evaluate(folder, gt_dir, jobs=jobs, use_cache=False).splits[0].scores.as_dict()
+    return {k: float(scores[k]) for k in TABLE_KEYS}
 
 
 def fmt(metric: str, value: float, sign: str = "") -> str:
@@ -131,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         f"device {dev}. Command: `python benchmarks/precision_diff.py {' '.join(argv or sys.argv[1:])}`",
         "",
         "| precision | max abs dp | mean abs dp | bytes changed | "
-        + " | ".join(METRICS)
+        + " | ".join(TABLE_KEYS)
         + " | median ms per image |",
-        "|---|--:|--:|--:|" + "--:|" * len(METRICS) + "--:|",
+        "|---|--:|--:|--:|" + "--:|" * len(TABLE_KEYS) + "--:|",
     ]
     for precision, (probs, seconds, scores) in results.items():
         diffs = [np.abs(p - r) for p, r in zip(probs, ref_probs, strict=True)]
@@ -146,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{max(float(d.max()) for d in diffs):.2e}" if precision != "fp32" else "-",
             f"{sum(float(d.sum()) for d in diffs) / pixels:.2e}" if precision != "fp32" else "-",
             f"{100 * changed / pixels:.3f}%" if precision != "fp32" else "-",
-            *(fmt(k, scores[k]) for k in METRICS),
+            *(fmt(k, scores[k]) for k in TABLE_KEYS),
             f"{1e3 * statistics.median(seconds):,.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for precision in args.precisions:
         delta = results[precision][2]
         lines.append("")
-        changes = ", ".join(f"{k} {fmt(k, delta[k] - ref_scores[k], '+')}" for k in METRICS)
+        changes = ", ".join(f"{k} {fmt(k, delta[k] - ref_scores[k], '+')}" for k in TABLE_KEYS)
         lines.append(f"{precision} - fp32: {changes}")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -555,11 +555,8 @@ class Predictor:
             (H, W) uint8, the same bytes ``pdseg predict`` writes as ``<stem>.png``.
         """
         _check_threshold(threshold)
-        x = T.to_float_rgb(image)
-        h, w = x.shape[:2]
-        x = self._prepare_array(x)
-        logits = self._forward([x])
-        return self._to_map(logits[0:1], (h, w), threshold)
+        logits, size = self._forward_one(image)
+        return self._to_map(logits, size, threshold)
 
     def predict_prob(self, image: np.ndarray) -> np.ndarray:
         """The foreground probability of every pixel of one image, before :meth:`predict` quantises it.
@@ -571,10 +568,14 @@ class Predictor:
             (H, W) float32 in [0, 1]: the sigmoid of the logits bilinearly resized to the image;
             :meth:`predict` returns ``floor(255 p)`` of exactly these values.
         """
+        logits, size = self._forward_one(image)
+        return self._to_prob(logits, size)[0, 0].cpu().numpy()
+
+    def _forward_one(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One image of any accepted dtype -> its (1, 1, h, w) logits and its own (H, W)."""
         x = T.to_float_rgb(image)
         h, w = x.shape[:2]
-        logits = self._forward([self._prepare_array(x)])
-        return self._to_prob(logits[0:1], (h, w))[0, 0].cpu().numpy()
+        return self._forward([self._prepare_array(x)]), (int(h), int(w))
 
     def predict_batch(
         self, images: Sequence[np.ndarray], *, threshold: float | None = None, batch: int = 8
