@@ -8,6 +8,7 @@ Not a test. Needs only torch (and pdseg itself); prints a markdown table with th
     python benchmarks/latency.py --out benchmarks/RESULTS.md        # also append the table there
     python benchmarks/latency.py --reference --variants pdseg-b --sizes 512 --threads 1
     python benchmarks/latency.py --reference --profile 15 --variants pdseg-b --sizes 512 --runs 1
+    python benchmarks/latency.py --reference --keep-freed-memory ...  # the allocator setting of `pdseg`
 
 Each measurement builds the model with random weights in eval mode (latency does not depend on the
 values), runs ``--warmup`` untimed passes, then ``--runs`` timed passes of a 1x3xSxS input under
@@ -20,6 +21,10 @@ both alike, and prints the speed-up of the medians, the CPU-time speed-up (robus
 processes when run with ``--threads 1``) and the largest logit and probability differences to the
 plain fp32 output. ``--profile N`` adds, for both paths, a breakdown of one pass by module (encoder
 stage, decoder level, NMF) and the top N operators by self time (``torch.profiler``).
+
+``--keep-freed-memory`` first applies the glibc malloc setting that the ``pdseg`` command line runs
+with (``pdseg_cli.runtime.keep_freed_memory``); without it the process keeps glibc's defaults, as a
+plain Python script has. The machine line of the output says which.
 """
 
 from __future__ import annotations
@@ -46,8 +51,11 @@ from pdseg_cli.config import VARIANTS  # noqa: E402
 from pdseg_cli.engine.benchmark import cpu_name  # noqa: E402
 from pdseg_cli.model import count_macs, count_params, create_model  # noqa: E402
 from pdseg_cli.model.optimize import optimize  # noqa: E402
+from pdseg_cli.runtime import keep_freed_memory  # noqa: E402
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# what the C allocator does in this process (--keep-freed-memory changes it)
+ALLOCATOR = "the C allocator's defaults"
 
 
 @dataclass
@@ -75,6 +83,7 @@ def machine_description(devices: list[str]) -> str:
         props = torch.cuda.get_device_properties(0)
         parts.append(f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}")
     parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}")
+    parts.append(f"allocator: {ALLOCATOR}")
     return "; ".join(parts)
 
 
@@ -346,6 +355,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time the plain fp32 model against its optimised form, alternating, in one process",
     )
     parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="apply the glibc malloc setting the pdseg command line uses (runtime.keep_freed_memory)",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -377,6 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global ALLOCATOR
+    if args.keep_freed_memory:
+        ALLOCATOR = keep_freed_memory() or "the C allocator's defaults (keep_freed_memory did not apply)"
     if args.threads:
         torch.set_num_threads(args.threads)
     if "cuda" in args.devices:

@@ -2,7 +2,8 @@
 
 Not a test. Builds the variant with random weights (memory does not depend on the values), makes a
 random S x S RGB uint8 image, and runs ``Predictor(size="full").predict(image)`` once: the same code
-path as ``pdseg predict --size full`` (normalise, model, resize, sigmoid, 8-bit map).
+path as ``pdseg predict --size full`` (normalise, model, resize, sigmoid, 8-bit map), with the same
+C allocator setting (``runtime.keep_freed_memory``).
 
     python benchmarks/memory.py                                    # pdseg-b, CPU, 2048 4096 8192
     python benchmarks/memory.py --sizes 2048 --device cpu cuda
@@ -41,8 +42,9 @@ def _child(args: argparse.Namespace) -> None:
 
     from pdseg_cli import create_model
     from pdseg_cli.engine.predict import Predictor
-    from pdseg_cli.runtime import peak_rss
+    from pdseg_cli.runtime import keep_freed_memory, peak_rss
 
+    keep_freed_memory()  # as the pdseg command line does
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pdseg_cli import __version__
+from pdseg_cli import __version__, runtime
 from pdseg_cli.commands import benchmark as benchmark_cmd
 from pdseg_cli.commands import eval as eval_cmd
 from pdseg_cli.commands import export as export_cmd
@@ -42,6 +42,9 @@ def _root(
     ),
 ) -> None:
     """pdseg: full-resolution dichotomous image segmentation."""
+    # the command line owns its process: reuse freed tensor memory instead of page-faulting it in
+    # again for every image (set any MALLOC_* variable to keep glibc's defaults)
+    runtime.keep_freed_memory()
 
 
 app.command("info")(info_cmd.info)
