@@ -35,8 +35,9 @@ from pdseg_cli import Predictor, evaluate
 from pdseg_cli.data.dis5k import scan_pairs
 from pdseg_cli.data.images import read_image, write_png
 from pdseg_cli.data.transforms import quantize
-from pdseg_cli.engine.benchmark import cpu_has_fast_bf16, cpu_name, device_name
+from pdseg_cli.engine.benchmark import cpu_name, device_name
 from pdseg_cli.metrics.aggregate import TABLE_KEYS
+from pdseg_cli.runtime import cpu_has_fast
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis16-eval"
 
@@ -93,7 +94,7 @@ def machine(dev: torch.device) -> str:
     """The device's name; for a CPU, whether it has bf16 arithmetic."""
     if dev.type != "cpu":
         return device_name(dev)
-    return f"{cpu_name()} (bf16 arithmetic: {'yes' if cpu_has_fast_bf16() else 'no, emulated'})"
+    return f"{cpu_name()} (bf16 arithmetic: {'yes' if cpu_has_fast('bf16') else 'no, emulated'})"
 
 
 def main(argv: list[str] | None = None) -> int:

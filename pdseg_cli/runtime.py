@@ -15,6 +15,7 @@ import resource
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdseg_cli.errors import InputError, NotAvailableError
@@ -119,6 +120,43 @@ def resolve_precision(spec: str, device: torch.device) -> str:
             hint="use --precision fp16 or fp32",
         )
     return text
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags (Linux only; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# the x86 instructions that give a CPU native arithmetic in each reduced precision
+_FAST_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def cpu_has_fast(precision: str) -> bool:
+    """Whether this CPU computes ``precision`` natively (fp32 always; bf16/fp16 need AVX-512 or AMX)."""
+    return precision == "fp32" or bool(cpu_flags() & set(_FAST_CPU_FLAGS[precision]))
+
+
+def emulated_precision_note(device: torch.device, precision: str) -> str | None:
+    """A warning when ``precision`` would run emulated, and so slowly, on this CPU; None otherwise.
+
+    Only said where the flags are known (x86 Linux) and show none of the instructions it needs.
+    """
+    if device.type != "cpu" or precision == "fp32":
+        return None
+    flags = cpu_flags()
+    if not flags or "avx2" not in flags or cpu_has_fast(precision):
+        return None
+    need = " or ".join(f.upper().replace("_", "-") for f in _FAST_CPU_FLAGS[precision])
+    return (
+        f"this CPU has no {need}, so {precision} runs emulated: expect it to be several times slower "
+        f"than fp32 (--precision fp32)"
+    )
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -79,3 +79,37 @@ def test_keep_freed_memory_leaves_the_users_own_setting(
 def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("", ""))
     assert runtime.keep_freed_memory() is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision", "warned"),
+    [
+        ({"avx2", "fma"}, "bf16", True),
+        ({"avx2", "fma"}, "fp16", True),
+        ({"avx2", "fma"}, "fp32", False),
+        ({"avx2", "avx512_bf16"}, "bf16", False),
+        ({"avx2", "amx_bf16"}, "fp16", True),
+        ({"avx2", "amx_fp16"}, "fp16", False),
+        (set(), "bf16", False),  # flags unknown (not x86 Linux): say nothing
+    ],
+)
+def test_emulated_precision_note(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], precision: str, warned: bool
+) -> None:
+    import torch
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: set(flags))
+    note = runtime.emulated_precision_note(torch.device("cpu"), precision)
+    assert (note is not None) == warned
+    if warned:
+        assert precision in note and "fp32" in note
+    assert runtime.emulated_precision_note(torch.device("cuda"), precision) is None
+
+
+def test_predictor_carries_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdseg_cli import Predictor, create_model
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    model = create_model("pdseg-tiny")
+    assert Predictor(model, device="cpu", precision="bf16", size=64).notes
+    assert Predictor(model, device="cpu", precision="fp32", size=64).notes == []

@@ -152,7 +152,13 @@ def _run_model(
     predictor = Predictor(weights, device=device, precision=precision, size=parse_size(size))
     n_gt = {name: len(ev.list_maps(folder / "gt", "GT")) for name, folder in splits}
     prediction.start(
-        predictor.device_reason, predictor.precision, str(predictor.size), sum(n_gt.values()), 0, 1
+        predictor.device_reason,
+        predictor.precision,
+        str(predictor.size),
+        sum(n_gt.values()),
+        0,
+        1,
+        predictor.notes,
     )
     root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
     plans = []

@@ -124,6 +124,7 @@ def predict(
                     len(plan.todo),
                     len(plan.skipped),
                     dist.world_size,
+                    predictor.notes,
                 )
             with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
                 result = predictor.run_plan(

@@ -115,23 +115,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags (Linux only; empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated (slow)."""
-    flags = cpu_flags()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def device_name(device: Any) -> str:
     """A one-line description of a torch device."""
     import torch
@@ -313,8 +296,9 @@ def run_benchmark(
     busy = _cpu_busy_note()
     if busy:
         notes.append(busy)
-    if dev.type == "cpu" and prec == "bf16" and not cpu_has_fast_bf16():
-        notes.append("this CPU has no AVX512-BF16/AMX: bf16 runs emulated and is slower than fp32")
+    slow = runtime.emulated_precision_note(dev, prec)
+    if slow:
+        notes.append(slow)
     forms: dict[str, Callable[[Any], Any]] = {}
     if mode in ("plain", "compare"):
 

@@ -478,7 +478,8 @@ class Predictor:
             can differ from the default layout by float rounding).
 
     Attributes:
-        model, device, precision, size, device_reason (how ``auto`` chose).
+        model, device, precision, size, device_reason (how ``auto`` chose), notes (warnings about
+        the set-up worth showing the user, e.g. a precision this CPU can only emulate).
 
     Raises:
         WeightsError: the checkpoint cannot be used.
@@ -539,6 +540,8 @@ class Predictor:
             self.size_note = "the checkpoint's training size"
         else:
             self.size_note = f"the checkpoint records no training size: {DEFAULT_SIZE} assumed, pass --size"
+        slow = runtime.emulated_precision_note(self.device, self.precision)
+        self.notes: list[str] = [slow] if slow else []
 
     # -- one image -----------------------------------------------------------------------------
 

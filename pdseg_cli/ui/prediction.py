@@ -11,8 +11,16 @@ from pdseg_cli import ui
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
 
-def start(device_reason: str, precision: str, size: str, todo: int, skipped: int, world_size: int) -> None:
-    """One status line on stderr before the work starts."""
+def start(
+    device_reason: str,
+    precision: str,
+    size: str,
+    todo: int,
+    skipped: int,
+    world_size: int,
+    notes: list[str] | None = None,
+) -> None:
+    """One status line on stderr before the work starts, then a warning line per note."""
     parts = [f"device {device_reason}", f"precision {precision}", f"size {size}"]
     files = f"{todo} image{'s' if todo != 1 else ''} to do"
     if skipped:
@@ -21,6 +29,8 @@ def start(device_reason: str, precision: str, size: str, todo: int, skipped: int
     if world_size > 1:
         parts.append(f"{world_size} processes (counts are this process's share)")
     ui.info(" · ".join(parts))
+    for note in notes or []:
+        ui.warn(note)
 
 
 @contextlib.contextmanager
