@@ -230,6 +230,7 @@ class _FakePredictor:
     def __init__(self, weights, device="auto", precision="auto", size=None):
         self.weights_path = weights
         self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
+        self.notes: list[str] = []
 
     def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None):
         out_dir = Path(out_dir)
