@@ -113,3 +113,29 @@ def test_predictor_carries_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
     model = create_model("pdseg-tiny")
     assert Predictor(model, device="cpu", precision="bf16", size=64).notes
     assert Predictor(model, device="cpu", precision="fp32", size=64).notes == []
+
+
+_RELEASE = """
+import json, os
+import torch
+from pdseg_cli import runtime
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+runtime.keep_freed_memory()
+buf = torch.ones(6 << 20)  # 24 MiB, written: under the 32 MiB threshold, so it comes from the heap
+del buf
+kept = rss()
+released = runtime.release_freed_memory()
+print(json.dumps({"released": released, "dropped": kept - rss()}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc malloc only")
+def test_release_freed_memory_gives_kept_buffers_back() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _RELEASE], capture_output=True, text=True, check=True, timeout=120
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["released"]
+    assert got["dropped"] > 16 << 20

@@ -349,6 +349,7 @@ def _peak_memory(fn: Callable[[Any], Any], x: Any, dev: Any) -> int | None:
         return int(torch.cuda.max_memory_allocated(dev))
     if dev.type != "cpu":
         return None
+    runtime.release_freed_memory()  # else buffers kept from the last pass hide this pass's needs
     with _rss_peak() as grown:
         fn(x)
     return grown[0] if grown else None
