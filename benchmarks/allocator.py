@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -122,7 +121,9 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    from pdseg_cli.runtime import has_glibc_malloc
+
+    if not has_glibc_malloc():
         raise SystemExit("the setting exists only with glibc on Linux")
     rows = []
     for size in args.sizes:

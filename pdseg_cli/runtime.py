@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import functools
 import os
 import platform
 import resource
@@ -122,24 +123,28 @@ def resolve_precision(spec: str, device: torch.device) -> str:
     return text
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags (Linux only; empty elsewhere)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags (Linux only; empty elsewhere). Read once per process."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 # the x86 instructions that give a CPU native arithmetic in each reduced precision
 _FAST_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
 
 
-def cpu_has_fast(precision: str) -> bool:
-    """Whether this CPU computes ``precision`` natively (fp32 always; bf16/fp16 need AVX-512 or AMX)."""
-    return precision == "fp32" or bool(cpu_flags() & set(_FAST_CPU_FLAGS[precision]))
+def cpu_has_fast(precision: str, flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (or one with ``flags``) computes ``precision`` natively (fp32 always;
+    bf16/fp16 need AVX-512 or AMX)."""
+    if precision == "fp32":
+        return True
+    return bool((cpu_flags() if flags is None else flags) & set(_FAST_CPU_FLAGS[precision]))
 
 
 def emulated_precision_note(device: torch.device, precision: str) -> str | None:
@@ -150,7 +155,7 @@ def emulated_precision_note(device: torch.device, precision: str) -> str | None:
     if device.type != "cpu" or precision == "fp32":
         return None
     flags = cpu_flags()
-    if not flags or "avx2" not in flags or cpu_has_fast(precision):
+    if not flags or "avx2" not in flags or cpu_has_fast(precision, flags):
         return None
     need = " or ".join(f.upper().replace("_", "-") for f in _FAST_CPU_FLAGS[precision])
     return (
@@ -204,6 +209,24 @@ KEEP_TRIM_THRESHOLD = 512 << 20
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
+def has_glibc_malloc() -> bool:
+    """Whether this process allocates with glibc's malloc (Linux with glibc)."""
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def _glibc_function(name: str, argtypes: list[Any]) -> Any | None:
+    """glibc's C function ``name`` returning int, or None off glibc or where it is missing."""
+    if not has_glibc_malloc():
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def keep_freed_memory() -> str | None:
     """Make glibc malloc keep freed tensor buffers for reuse in this process (the CLI calls this).
 
@@ -221,19 +244,12 @@ def keep_freed_memory() -> str | None:
     Returns:
         A one-line description of what was set, or None when nothing was changed.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return None
     if "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
         return None
     if any(name in os.environ.get("LD_PRELOAD", "") for name in _OTHER_ALLOCATORS):
         return None
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    if not (
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None or not (
         mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
     ):
         return None
@@ -249,14 +265,9 @@ def release_freed_memory() -> bool:
     For measuring a pass's peak resident memory after :func:`keep_freed_memory`: otherwise the
     buffers of the previous pass are still resident and the pass seems to need nothing.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    trim = _glibc_function("malloc_trim", [ctypes.c_size_t])
+    if trim is None:
         return False
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
     trim(0)
     return True
 

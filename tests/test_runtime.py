@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 
 from pdseg_cli import runtime
 
-GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+GLIBC = runtime.has_glibc_malloc()
 
 # In a fresh process: three forward passes of pdseg-t (plain, eval mode) at 256x256 after a warm-up,
 # counting minor page faults. With glibc's defaults, freed activation buffers go back to the kernel
@@ -35,7 +34,7 @@ print(json.dumps({"applied": applied, "faults_per_pass": faults / 3}))
 """
 
 
-def _churn(mode: str) -> dict:
+def _faults_per_pass(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("GLIBC_TUNABLES", None)
     out = subprocess.run(
@@ -51,7 +50,7 @@ def _churn(mode: str) -> dict:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc malloc only")
 def test_keep_freed_memory_stops_refaulting_freed_buffers() -> None:
-    default, kept = _churn("default"), _churn("keep")
+    default, kept = _faults_per_pass("default"), _faults_per_pass("keep")
     assert kept["applied"] and "32 MiB" in kept["applied"]
     # measured on the 2-core VM: about 9,500 faults (37 MiB) a pass with the defaults, none with it
     assert default["faults_per_pass"] > 2000
@@ -98,7 +97,7 @@ def test_emulated_precision_note(
 ) -> None:
     import torch
 
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
     note = runtime.emulated_precision_note(torch.device("cpu"), precision)
     assert (note is not None) == warned
     if warned:
@@ -109,7 +108,7 @@ def test_emulated_precision_note(
 def test_predictor_carries_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
     from pdseg_cli import Predictor, create_model
 
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
     model = create_model("pdseg-tiny")
     assert Predictor(model, device="cpu", precision="bf16", size=64).notes
     assert Predictor(model, device="cpu", precision="fp32", size=64).notes == []
