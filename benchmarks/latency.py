@@ -22,6 +22,12 @@ processes when run with ``--threads 1``) and the largest logit and probability d
 plain fp32 output. ``--profile N`` adds, for both paths, a breakdown of one pass by module (encoder
 stage, decoder level, NMF) and the top N operators by self time (``torch.profiler``).
 
+``--reference`` also measures the machine's floor for the network (see ``Floor``): the best rate
+``torch.mm`` reaches on the network's own 1x1-convolution shapes, and the time all its
+multiply-adds would take at that rate. ``plain / floor`` is the largest speed-up over the plain
+path that any rewrite with the same arithmetic could reach on that machine; ``optimised / floor``
+is how far the optimised path still is from it.
+
 ``--keep-freed-memory`` first applies the glibc malloc setting that the ``pdseg`` command line runs
 with (``pdseg_cli.runtime.keep_freed_memory``); without it the process keeps glibc's defaults, as a
 plain Python script has. The machine line of the output says which.
@@ -171,6 +177,7 @@ class Reference:
     fast_cpu_ms: list[float]
     max_dlogit: float
     max_dprob: float
+    floor: Floor
 
     @property
     def speedup(self) -> float:
@@ -179,6 +186,71 @@ class Reference:
     @property
     def cpu_speedup(self) -> float:
         return statistics.median(self.plain_cpu_ms) / statistics.median(self.fast_cpu_ms)
+
+
+@dataclass
+class Floor:
+    """What the network's multiply-adds alone would take at this machine's best GEMM rate.
+
+    The rate is measured, not taken from a data sheet: ``torch.mm`` on each distinct shape of the
+    network's own 1x1 convolutions at this input size (pixels x in x out), in the optimised path's
+    dtype, with the threads of the run; the fastest shape sets it. No path can run every
+    multiply-add faster than the best of its GEMMs, so ``floor_ms`` bounds the time from below, and
+    ``plain / floor`` bounds the speed-up any rewrite with the same maths can reach on this machine.
+    """
+
+    gmacs: float  # the whole network's multiply-adds at this size
+    rate_gmacs: float  # the best measured GEMM rate, GMAC/s
+    shape: tuple[int, int, int]  # the (M, K, N) GEMM that reached it
+
+    @property
+    def floor_ms(self) -> float:
+        return 1000.0 * self.gmacs / self.rate_gmacs
+
+
+def gemm_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, int, int]]:
+    """The distinct (pixels, in, out) GEMMs of ``model``'s ungrouped 1x1 convolutions on ``x``."""
+    shapes: set[tuple[int, int, int]] = set()
+
+    def hook(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        b, c, h, w = args[0].shape
+        shapes.add((b * h * w, c, conv.out_channels))
+
+    handles = [
+        m.register_forward_pre_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+    ]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(shapes)
+
+
+def measure_floor(
+    model: nn.Module, x: torch.Tensor, device: str, precision: str, gmacs: float, repeats: int = 5
+) -> Floor:
+    """Time ``torch.mm`` on ``model``'s 1x1-convolution shapes; the best rate gives the floor."""
+    dtype = DTYPES[precision] or torch.float32
+    best = (0.0, (0, 0, 0))
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.inference_mode():
+        for m, k, n in gemm_shapes(model, x):
+            a = torch.randn(m, k, device=device, generator=gen).to(dtype)
+            b = torch.randn(k, n, device=device, generator=gen).to(dtype)
+            torch.mm(a, b)
+            times: list[float] = []
+            for _ in range(repeats):
+                with _timer(device) as t:
+                    torch.mm(a, b)
+                times.extend(t)
+            rate = m * k * n / (statistics.median(times) / 1000.0) / 1e9
+            if rate > best[0]:
+                best = (rate, (m, k, n))
+    return Floor(gmacs=gmacs, rate_gmacs=best[0], shape=best[1])
 
 
 def measure_reference(
@@ -213,6 +285,7 @@ def measure_reference(
         fast_cpu_ms=timings["fast"][1],
         max_dlogit=float((ref - out).abs().max()),
         max_dprob=float((ref.sigmoid() - out.sigmoid()).abs().max()),
+        floor=measure_floor(plain, x, device, precision, count_macs(variant, size) / 1e9),
     )
     if profile:
         for name, model in (("plain fp32", plain), (f"optimised {precision}", fast)):
@@ -308,15 +381,19 @@ def reference_table(results: list[Reference]) -> str:
     """The plain-vs-optimised results as a markdown table."""
     lines = [
         "| variant | input | device | optimised precision | plain fp32 median ms | optimised median ms "
-        "| speed-up | CPU-time speed-up | max abs dlogit | max abs dprob | runs |",
-        "|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| speed-up | CPU-time speed-up | max abs dlogit | max abs dprob | runs "
+        "| GEMM peak GMAC/s | floor ms | plain / floor | optimised / floor |",
+        "|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
+        plain_ms, fast_ms = statistics.median(r.plain_ms), statistics.median(r.fast_ms)
+        floor_ms = r.floor.floor_ms
         lines.append(
             f"| {r.variant} | {r.size}x{r.size} | {r.device} | {r.precision} | "
-            f"{statistics.median(r.plain_ms):,.1f} | {statistics.median(r.fast_ms):,.1f} | "
+            f"{plain_ms:,.1f} | {fast_ms:,.1f} | "
             f"{r.speedup:.2f}x | {r.cpu_speedup:.2f}x | {r.max_dlogit:.1e} | {r.max_dprob:.1e} | "
-            f"{len(r.plain_ms)} |"
+            f"{len(r.plain_ms)} | {r.floor.rate_gmacs:.1f} | {floor_ms:,.1f} | "
+            f"{plain_ms / floor_ms:.2f}x | {fast_ms / floor_ms:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -438,7 +515,8 @@ def main_reference(args: argparse.Namespace) -> int:
                     print(
                         f"{variant} {size}x{size} {device} {precision}: plain fp32 {plain_ms:.1f} ms, "
                         f"optimised {fast_ms:.1f} ms, {r.speedup:.2f}x (CPU time {r.cpu_speedup:.2f}x), "
-                        f"max |dlogit| {r.max_dlogit:.1e}",
+                        f"max |dlogit| {r.max_dlogit:.1e}; GEMM floor {r.floor.floor_ms:.1f} ms "
+                        f"({r.floor.rate_gmacs:.1f} GMAC/s on {'x'.join(map(str, r.floor.shape))})",
                         file=sys.stderr,
                         flush=True,
                     )

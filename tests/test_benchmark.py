@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -187,3 +189,30 @@ def test_latency_script_reference_and_profile() -> None:
     assert "| pdseg-tiny | 64x64 | cpu | fp32 |" in out.stdout
     assert "encoder stage 1 blocks" in out.stdout and "NMF (all levels)" in out.stdout
     assert "mkldnn" in out.stdout or "aten::" in out.stdout
+    assert "| GEMM peak GMAC/s | floor ms | plain / floor | optimised / floor |" in out.stdout
+    assert "GEMM floor" in out.stderr
+
+
+def _latency_module() -> ModuleType:
+    name = "benchmarks_latency"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "latency.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_floor_uses_the_networks_own_gemms() -> None:
+    latency = _latency_module()
+    model = create_model("pdseg-tiny").eval()
+    x = torch.zeros(1, 3, 64, 64)
+    shapes = latency.gemm_shapes(model, x)
+    # stage 1 works at stride 4 (16x16 = 256 pixels), 16 channels, MLP ratio 2: proj_1, fc1, fc2
+    assert {(256, 16, 16), (256, 16, 32), (256, 32, 16)} <= set(shapes)
+    assert len(shapes) == len(set(shapes)) and shapes == sorted(shapes)
+    # only ungrouped 1x1 convs: no shape has the depth-wise convs' one input channel
+    assert all(k > 1 for _, k, _ in shapes)
+    floor = latency.measure_floor(model, x, "cpu", "fp32", gmacs=2.0, repeats=1)
+    assert floor.shape in shapes and floor.rate_gmacs > 0
+    assert floor.floor_ms == pytest.approx(1000.0 * 2.0 / floor.rate_gmacs)
