@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -18,6 +19,18 @@ def test_help_lists_every_subcommand() -> None:
     assert result.exit_code == 0
     for name in ("info", "predict", "eval", "train", "export", "benchmark"):
         assert name in result.output
+
+
+def test_help_texts_wrap_as_paragraphs() -> None:
+    # Typer's rich help keeps a docstring's line breaks, so a paragraph broken over lines comes out
+    # ragged in a terminal: every paragraph is one line, and examples fit 80 columns
+    for command in app.registered_commands:
+        doc = inspect.cleandoc(command.callback.__doc__ or "")
+        assert doc, command.name
+        for paragraph in doc.split("\n\n"):
+            assert "\n" not in paragraph.strip(), (command.name, paragraph)
+            if paragraph.startswith("  "):  # an example command line
+                assert len(paragraph) <= 78, (command.name, paragraph)
 
 
 def test_version() -> None:

@@ -29,12 +29,6 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def not_available(command: str, issue: str) -> None:
-    """Say plainly that a subcommand is not implemented yet, and fail."""
-    ui.error(f"`pdseg {command}` is not available yet in this version ({issue}).")
-    raise typer.Exit(EXIT_FAILED)
-
-
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 

@@ -52,12 +52,13 @@ def benchmark(
 ) -> None:
     """Time forward passes: median latency, images per second and peak memory per input size.
 
-    The model is the fast inference form pdseg predicts with (pdseg_cli.optimize) unless --mode
-    says otherwise. --mode compare times it against the plain model in one process, alternating
-    runs, and shows the speed-up and the largest logit difference.
+    The model is the fast inference form that predict uses (pdseg_cli.optimize), unless --mode says otherwise.
 
-    Peak memory is what PyTorch allocated on a GPU (weights included), and on the CPU the growth of
-    the process's resident memory during one pass (weights excluded; an estimate).
+    --mode compare also times the plain model, alternating runs, and shows the speed-up and logit difference.
+
+    Peak memory on a GPU: what PyTorch allocated (weights included).
+
+    Peak memory on the CPU: how much the resident memory grows in one pass (an estimate, weights excluded).
 
     Examples:
 

@@ -48,7 +48,7 @@ def export(
 
       pdseg export --out pdseg.onnx
 
-      pdseg export -w runs/pdseg-b/best.pt -f torchscript --half -o pdseg-b-fp16.ts
+      pdseg export -w runs/pdseg-b/best.pt -f torchscript --half -o model.ts
     """
     with user_errors():
         from pdseg_cli.engine.export import (

@@ -5,26 +5,27 @@ from __future__ import annotations
 import typer
 
 from pdseg_cli.commands._common import user_errors
+from pdseg_cli.config import VARIANTS
 
 
 def info(
-    variant: str | None = typer.Argument(
-        None, help="One variant to show (pdseg-t, pdseg-s, pdseg-b, pdseg-l, segnext-b, pdseg-tiny)."
-    ),
+    variant: str | None = typer.Argument(None, help=f"One variant to show ({', '.join(VARIANTS)})."),
     size: int = typer.Option(
         1024, "--size", min=32, help="Input side N for the multiply-add count (an NxN image)."
     ),
 ) -> None:
     """Show the model variants: layers, parameters and GMACs at --size.
 
-    GMACs are multiply-adds of one eval-mode forward pass at batch 1, counted as the SegNeXt and
-    PDSeg papers count them (convolutions and the NMF's matrix products; norms, element-wise
-    products and upsampling included). The paper's model is pdseg-b.
+    GMACs: multiply-adds of one eval-mode forward pass at batch 1, counted as the SegNeXt and PDSeg papers do.
+
+    That is convolutions and the NMF's matrix products, with norms, element-wise products and upsampling.
+
+    The paper's model is pdseg-b.
 
     Example: pdseg info pdseg-b --size 2048
     """
     from pdseg_cli import ui
-    from pdseg_cli.config import VARIANTS, get_config
+    from pdseg_cli.config import get_config
     from pdseg_cli.model.counting import count_macs, count_params
 
     with user_errors():

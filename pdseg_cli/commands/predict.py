@@ -78,7 +78,7 @@ def predict(
 
       pdseg predict ./photos --out ./masks
 
-      pdseg predict 'scans/**/*.tif' -r --size full --save mask,alpha --out ./cutouts
+      pdseg predict 'scans/**/*.tif' -r --size full --save mask,alpha -o cutouts
     """
     from pdseg_cli import runtime
 

@@ -87,10 +87,17 @@ def train(
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
 
-    Writes <out>/last.pt (EMA weights + full training state), best.pt (best validation maxF),
-    results.csv (one row per epoch) and config.json. Ctrl-C saves last.pt; --resume continues it.
+    Writes in --out: last.pt (EMA weights + training state), best.pt (best val maxF), results.csv, config.json
+
+    Ctrl-C saves last.pt; --resume continues the run from it, exactly.
 
     Several GPUs: torchrun --nproc-per-node N -m pdseg_cli train ... (--batch is per GPU).
+
+    Examples:
+
+      pdseg train --epochs 100 --data-root ~/DIS5K --device cuda --precision bf16
+
+      pdseg train --epochs 150 --out runs/pdseg-b --resume
     """
     from pdseg_cli.engine.train import TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
