@@ -216,3 +216,36 @@ def test_latency_floor_uses_the_networks_own_gemms() -> None:
     floor = latency.measure_floor(model, x, "cpu", "fp32", gmacs=2.0, repeats=1)
     assert floor.shape in shapes and floor.rate_gmacs > 0
     assert floor.floor_ms == pytest.approx(1000.0 * 2.0 / floor.rate_gmacs)
+
+
+def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
+    # the GPU suite with its CPU knobs, training skipped (no data folder): every step must succeed
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "VARIANT": "pdseg-tiny",
+        "SIZE": "64",
+        "BIG_SIZES": "96",
+        "BATCHES": "1 2",
+        "PRECISIONS": "fp32",
+        "RUNS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PDSEG": f"{sys.executable} -m pdseg_cli",
+    }
+    out = tmp_path / "suite"
+    script = ROOT / "benchmarks" / "gpu_suite.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(out), str(tmp_path / "no-data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (out / "suite.log").read_text()
+    steps = [line for line in log.splitlines() if line.startswith("   exit ")]
+    assert len(steps) == 4 and all(line.startswith("   exit 0,") for line in steps), log
+    assert "training steps skipped" in log
+    report = json.loads((out / "benchmark_fp32_b2.txt").read_text())
+    assert report["rows"][0]["batch"] == 2 and report["device"] == "cpu"
+    assert "| GEMM peak GMAC/s |" in (out / "latency_reference.txt").read_text()
