@@ -87,8 +87,8 @@ def create_model(variant: str | ModelConfig) -> PDSeg:
     return PDSeg(config).eval()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP/DataParallel keep the network in .module, torch.compile in ._orig_mod
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)."""
     for attr in ("_orig_mod", "module"):
         inner = getattr(model, attr, None)
         if isinstance(inner, nn.Module):
@@ -139,7 +139,7 @@ def save_checkpoint(
     Raises:
         TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
     """
-    net = _unwrap(model)
+    net = unwrap_model(model)
     config = getattr(net, "config", None)
     if not isinstance(config, ModelConfig):
         raise TypeError(f"save_checkpoint needs a PDSeg model (with a ModelConfig), got {type(net).__name__}")

@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdseg_cli.model.build import unwrap_model
 from pdseg_cli.model.decoder import HamLevel, LightHamHead, ProgressiveDecoder
 from pdseg_cli.model.ham import EPS, NMF2D, Hamburger
 from pdseg_cli.model.layers import crop_levels, pad_input, resize_to
@@ -665,14 +666,6 @@ def fused_ops_available() -> bool:
         return False
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    for attr in ("_orig_mod", "module"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module):
-            model = inner
-    return model
-
-
 def optimize(
     model: nn.Module,
     *,
@@ -704,7 +697,7 @@ def optimize(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    net = _unwrap(model)
+    net = unwrap_model(model)
     if isinstance(net, FastPDSeg):
         raise TypeError("this model is already optimised; optimise the PDSeg model it came from")
     if not isinstance(net, PDSeg):
