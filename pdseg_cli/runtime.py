@@ -174,6 +174,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says a device (CUDA, or the CPU allocator) ran out of memory."""
+    import torch
+
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start counting peak GPU memory afresh (CPU peak RSS cannot be reset: it is the process's)."""
     import torch

@@ -135,6 +135,42 @@ def test_command_json(app: typer.Typer, tiny_checkpoint: Path) -> None:
     assert [row["path"] for row in data["rows"]] == ["optimized"]
 
 
+def test_a_size_out_of_memory_is_reported_and_the_others_still_run(
+    app: typer.Typer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdseg_cli.engine import benchmark as engine
+
+    real = engine._measure_size
+
+    def measure(forms, x, dev, size, runs, warmup):  # type: ignore[no-untyped-def]
+        if size == 96:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(forms, x, dev, size, runs, warmup)
+
+    monkeypatch.setattr(engine, "_measure_size", measure)
+    report = run_benchmark("pdseg-tiny", [64, 96, 128], batch=2, device="cpu", runs=1)
+    assert [r.size for r in report.rows] == [64, 128]
+    assert report.out_of_memory == [96]
+    assert any("2x3x96x96: out of memory on cpu" in n and "--batch" in n for n in report.notes)
+
+    args = ["benchmark", "-v", "pdseg-tiny", "-s", "64", "-s", "96", "-n", "1", "-d", "cpu", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output)
+    assert data["out_of_memory"] == [96] and [row["size"] for row in data["rows"]] == [64]
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, args[:-1], env={"COLUMNS": "200"})  # the table, and a warning
+    assert result.exit_code == 1 and "1x3x64x64" in result.output
+    assert "out of memory at --size 96" in result.output
+
+    def broken(forms, x, dev, size, runs, warmup):  # type: ignore[no-untyped-def]
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(engine, "_measure_size", broken)
+    with pytest.raises(RuntimeError, match="some other failure"):  # not mistaken for memory
+        run_benchmark("pdseg-tiny", [64], device="cpu", runs=1)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

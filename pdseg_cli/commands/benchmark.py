@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import user_errors
+from pdseg_cli.commands._common import EXIT_FAILED, user_errors
 
 
 class BenchmarkMode(str, Enum):
@@ -60,6 +60,8 @@ def benchmark(
 
     Peak memory on the CPU: how much the resident memory grows in one pass (an estimate, weights excluded).
 
+    A size that runs out of memory is named under the table; the others are still timed; exit status 1.
+
     Examples:
 
       pdseg benchmark --size 1024
@@ -89,3 +91,5 @@ def benchmark(
             show.as_json(report)
         else:
             show.table(report)
+    if report.out_of_memory:
+        raise typer.Exit(EXIT_FAILED)

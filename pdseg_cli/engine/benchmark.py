@@ -98,6 +98,7 @@ class BenchmarkReport:
     torch_version: str
     rows: list[BenchmarkRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    out_of_memory: list[int] = field(default_factory=list)  # sizes that did not fit (no rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +272,9 @@ def run_benchmark(
         threads: CPU threads for the run (restored afterwards); None keeps torch's setting.
         on_progress: called with a short status line before each size.
 
+    A size that runs out of memory gets no rows: it is listed in ``out_of_memory`` and explained in
+    ``notes``, and the other sizes are still measured.
+
     Raises:
         InputError: bad sizes, counts or mode, or a variant that contradicts the checkpoint.
         NotAvailableError: the device or precision is not available.
@@ -328,9 +332,19 @@ def run_benchmark(
         for size in sizes:
             if on_progress is not None:
                 on_progress(f"{report.variant} {batch}x3x{size}x{size} on {dev}, {prec}")
-            x = torch.randn(batch, 3, size, size, generator=gen).to(dev)
-            report.rows.extend(_measure_size(forms, x, dev, size, runs, warmup))
-            del x
+            try:
+                x = torch.randn(batch, 3, size, size, generator=gen).to(dev)
+                report.rows.extend(_measure_size(forms, x, dev, size, runs, warmup))
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not runtime.is_out_of_memory(exc):
+                    raise
+                # a size that does not fit is a result too: say so and go on with the others
+                report.out_of_memory.append(size)
+                report.notes.append(
+                    f"{batch}x3x{size}x{size}: out of memory on {dev}; "
+                    + ("try a smaller --batch or --size" if batch > 1 else "try a smaller --size")
+                )
+            x = None  # free the input (and, with the exception gone, every activation) before the next size
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     return report

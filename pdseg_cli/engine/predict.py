@@ -734,7 +734,7 @@ class Predictor:
                 logits = self._forward([g.array for g in group])  # type: ignore[misc]
                 maps = [self._to_map(logits[k : k + 1], g.orig_size, threshold) for k, g in enumerate(group)]
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-                if not _is_oom(exc):
+                if not runtime.is_out_of_memory(exc):
                     raise
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -856,11 +856,6 @@ def _check_threshold(threshold: float | None) -> None:
         raise InputError(
             f"--threshold {threshold} must lie strictly between 0 and 1", hint="e.g. --threshold 0.5"
         )
-
-
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
 
 
 def _oom_hint(size: Size, batch: int) -> str:

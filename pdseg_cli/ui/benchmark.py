@@ -56,6 +56,9 @@ def table(report: Any) -> None:
         numeric=[False, False, True, True, True, True] + ([True, True] if compare else []),
         caption="\n".join(caption),
     )
+    if report.out_of_memory:  # the caption is easy to miss: say it on stderr too
+        sizes = ", ".join(str(size) for size in report.out_of_memory)
+        ui.warn(f"out of memory at --size {sizes}: not timed (see the note under the table)")
 
 
 def as_json(report: Any) -> None:
