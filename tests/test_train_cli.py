@@ -77,6 +77,30 @@ def test_cli_bad_options_are_one_line_errors(
     assert message in flat(result.output) and "Traceback" not in result.output
 
 
+def test_cli_out_of_memory_is_a_one_line_error(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.train as engine
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(engine, "train", no_memory)
+    result = runner.invoke(app, tiny_args(tmp_path / "run", folders))
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert "out of memory training pdseg-tiny at --size 64 with --batch 4 per process on cpu" in text
+    assert "(CUDA out of memory)" in text
+    assert "smaller --batch or --size" in text and "Traceback" not in result.output
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(engine, "train", broken)
+    result = runner.invoke(app, tiny_args(tmp_path / "run2", folders))
+    assert isinstance(result.exception, RuntimeError)  # a real bug still surfaces
+
+
 def test_cli_missing_dis5k_root_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PDSEG_DATA", raising=False)

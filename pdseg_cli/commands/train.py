@@ -101,7 +101,7 @@ def train(
     """
     from pdseg_cli.engine.train import TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
-    from pdseg_cli.runtime import env_distributed
+    from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
 
@@ -126,6 +126,19 @@ def train(
         except TrainingDiverged as exc:
             view.close()
             error(exc.message, exc.hint)
+            raise typer.Exit(EXIT_FAILED) from None
+        except RuntimeError as exc:  # CUDA OOM is a RuntimeError too
+            if not is_out_of_memory(exc):
+                raise
+            view.close()
+            # a resumed run keeps its batch and size, so the way out is a new run
+            where = "" if cfg.device == "auto" else f" on {cfg.device}"
+            said = str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else ""
+            error(
+                f"out of memory training {cfg.variant} at --size {cfg.size} with --batch {cfg.batch} "
+                f"per process{where}" + (f" ({said})" if said else ""),
+                "start the run again with a smaller --batch or --size (another --out, or --overwrite)",
+            )
             raise typer.Exit(EXIT_FAILED) from None
         finally:
             view.close()
