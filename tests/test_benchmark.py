@@ -229,9 +229,10 @@ def test_latency_script_reference_and_profile() -> None:
     assert "GEMM floor" in out.stderr
 
 
-def _latency_module() -> ModuleType:
-    name = "benchmarks_latency"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "latency.py")
+def _benchmark_script(stem: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (they are not a package)."""
+    name = f"benchmarks_{stem}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{stem}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
@@ -240,7 +241,7 @@ def _latency_module() -> ModuleType:
 
 
 def test_latency_floor_uses_the_networks_own_gemms() -> None:
-    latency = _latency_module()
+    latency = _benchmark_script("latency")
     model = create_model("pdseg-tiny").eval()
     x = torch.zeros(1, 3, 64, 64)
     shapes = latency.gemm_shapes(model, x)
@@ -285,3 +286,16 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
     report = json.loads((out / "benchmark_fp32_b2.txt").read_text())
     assert report["rows"][0]["batch"] == 2 and report["device"] == "cpu"
     assert "| GEMM peak GMAC/s |" in (out / "latency_reference.txt").read_text()
+
+
+def test_isnet_for_the_comparison_has_the_published_size() -> None:
+    isnet_compare = _benchmark_script("isnet_compare")
+    with torch.device("meta"):
+        params = sum(p.numel() for p in isnet_compare.ISNet().parameters())
+    # IS-Net (DIS, ECCV 2022): 44.0M parameters and 160 GMACs at 1024x1024, as issue #7 quotes
+    assert params == 44_046_790
+    assert isnet_compare.isnet_macs(1024) == 160_082_579_456
+    net = isnet_compare.ISNet().eval()
+    with torch.inference_mode():
+        maps = net(torch.zeros(1, 3, 96, 80))
+    assert [tuple(m.shape) for m in maps] == [(1, 1, 96, 80)] * 6
