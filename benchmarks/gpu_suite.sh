@@ -14,7 +14,8 @@
 #      (#7: at most 10 ms per image at batch 8 on an H100); the same in fp32 at batch 8.
 #   2. pdseg benchmark, pdseg-b, bf16 and fp32, full resolution 2048 and 4096 at batch 1.
 #   3. benchmarks/latency.py --reference at 1024, bf16 and fp32: plain against optimised, the
-#      GEMM floor of the GPU for the network, and a profile of both paths (#7's "floor").
+#      GEMM floor of the GPU for the network, and a profile of both paths (#7's "floor"); and
+#      benchmarks/isnet_compare.py: pdseg-b against IS-Net (the paper: 287 ms against 80.5 ms).
 #   4. pdseg train on davis16 with bf16 and with fp16 (GradScaler), then --resume of the first (#5).
 #   5. With two or more GPUs: torchrun --nproc-per-node 2 pdseg train (DDP, SyncBatchNorm, #5).
 #
@@ -86,6 +87,11 @@ done
 # shellcheck disable=SC2086  # PRECISIONS is a list
 step "latency_reference" python3 "$here/benchmarks/latency.py" --reference --variants "$VARIANT" \
     --sizes "$SIZE" --device "$DEVICE" --precision $PRECISIONS --runs "$RUNS" --warmup 3 --profile 20
+
+for p in $PRECISIONS; do
+    step "isnet_compare_$p" python3 "$here/benchmarks/isnet_compare.py" --sizes "$SIZE" --device "$DEVICE" \
+        --precision "$p" --runs "$RUNS" --warmup 3
+done
 
 if [ -d "$data/davis16-train" ] && [ -d "$data/davis16-eval" ]; then
     train=(train --variant "$TRAIN_VARIANT" --size "$TRAIN_SIZE" --batch "$TRAIN_BATCH" --device "$DEVICE"

@@ -7,6 +7,7 @@ for the plain pdseg-b and for the inference form ``pdseg predict`` runs (``pdseg
 
     python benchmarks/isnet_compare.py --sizes 1024 --threads 2
     python benchmarks/isnet_compare.py --sizes 512 1024 --threads 1 --runs 5 --keep-freed-memory
+    python benchmarks/isnet_compare.py --device cuda --precision bf16 --runs 20 --warmup 5
 
 IS-Net is written here from its published architecture (the segmentation network ``ISNetDIS``:
 a stride-2 3x3 input conv, six residual U-blocks RSU7, RSU6, RSU5, RSU4, RSU4F, RSU4F from
@@ -21,6 +22,7 @@ alternating between the models, after ``--warmup`` passes; medians are reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import statistics
 import sys
@@ -184,27 +186,49 @@ def isnet_macs(size: int) -> int:
 # timing
 
 
-def _time(fn: Callable[[], object]) -> float:
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - start) * 1000.0
 
 
-def compare(size: int, runs: int, warmup: int) -> list[tuple[str, float, float, int, float]]:
-    """(model, median ms, GMACs, parameters, effective GMAC/s) for the four models at SxS."""
+def compare(
+    size: int, runs: int, warmup: int, device: str = "cpu", precision: str = "fp32"
+) -> list[tuple[str, float, float, int, float]]:
+    """(model, median ms, GMACs, parameters, effective GMAC/s) for the four models at SxS.
+
+    ``precision`` bf16/fp16 runs IS-Net and the plain pdseg-b under autocast and builds the
+    optimised pdseg-b with that precision (its NMF stays fp32), as ``pdseg predict`` does.
+    """
+    dev = torch.device(device)
     torch.manual_seed(0)
-    isnet = ISNet().eval()
-    isnet_cl = ISNet().eval().to(memory_format=torch.channels_last)
+    isnet = ISNet().eval().to(dev)
+    isnet_cl = ISNet().eval().to(dev, memory_format=torch.channels_last)
     isnet_cl.load_state_dict(isnet.state_dict())
-    plain = create_model("pdseg-b")
-    fast = optimize(plain)
-    x = torch.randn(1, 3, size, size)
+    plain = create_model("pdseg-b").to(dev)
+    fast = optimize(plain, precision=precision)
+    x = torch.randn(1, 3, size, size).to(dev)
     x_cl = x.contiguous(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast() -> contextlib.AbstractContextManager[object]:
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=dev.type, dtype=dtype)
+
+    def run_autocast(model: nn.Module, inp: torch.Tensor) -> object:
+        with autocast():
+            return model(inp)
+
     models: dict[str, Callable[[], object]] = {
-        "IS-Net, plain fp32": lambda: isnet(x),
-        "IS-Net, channels-last fp32": lambda: isnet_cl(x_cl),
-        "pdseg-b, plain fp32": lambda: plain(x),
-        "pdseg-b, optimised fp32 (pdseg predict)": lambda: fast(x),
+        f"IS-Net, plain {precision}": lambda: run_autocast(isnet, x),
+        f"IS-Net, channels-last {precision}": lambda: run_autocast(isnet_cl, x_cl),
+        f"pdseg-b, plain {precision}": lambda: run_autocast(plain, x),
+        f"pdseg-b, optimised {precision} (pdseg predict)": lambda: fast(x),
     }
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
@@ -213,7 +237,7 @@ def compare(size: int, runs: int, warmup: int) -> list[tuple[str, float, float, 
                 fn()
         for _ in range(runs):
             for name, fn in models.items():
-                times[name].append(_time(fn))
+                times[name].append(_time(fn, dev))
     counts = {
         "IS-Net": (isnet_macs(size) / 1e9, sum(p.numel() for p in isnet.parameters())),
         "pdseg-b": (count_macs("pdseg-b", size) / 1e9, count_params("pdseg-b")),
@@ -232,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per model (the median is shown)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per model first")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype (fp32: none)"
+    )
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -240,14 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 1 or min(args.sizes) < 64:
         parser.error("--runs and --warmup must be at least 1, --sizes at least 64")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
     allocator = "the C allocator's defaults"
     if args.keep_freed_memory:
         allocator = keep_freed_memory() or allocator
     if args.threads:
         torch.set_num_threads(args.threads)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    where = f"GPU: {torch.cuda.get_device_name(0)}; " if args.device == "cuda" else ""
     print(
-        f"### {stamp}: pdseg-b against IS-Net\n\nCPU: {cpu_name()}, torch threads {torch.get_num_threads()}; "
+        f"### {stamp}: pdseg-b against IS-Net\n\n{where}CPU: {cpu_name()}, "
+        f"torch threads {torch.get_num_threads()}; "
         f"torch {torch.__version__}; allocator: {allocator}. Batch 1, random weights, eval mode, "
         f"median of {args.runs} alternating runs after {args.warmup} warm-up. Command: "
         f"`python benchmarks/isnet_compare.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
@@ -255,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| input | model | params | GMACs | median ms | effective GMAC/s | time / IS-Net plain |")
     print("|--:|---|--:|--:|--:|--:|--:|")
     for size in args.sizes:
-        rows = compare(size, args.runs, args.warmup)
+        rows = compare(size, args.runs, args.warmup, args.device, args.precision)
         base = rows[0][1]
         for name, median, gmacs, params, rate in rows:
             print(

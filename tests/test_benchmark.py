@@ -281,7 +281,7 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     log = (out / "suite.log").read_text()
     steps = [line for line in log.splitlines() if line.startswith("   exit ")]
-    assert len(steps) == 4 and all(line.startswith("   exit 0,") for line in steps), log
+    assert len(steps) == 5 and all(line.startswith("   exit 0,") for line in steps), log
     assert "training steps skipped" in log
     report = json.loads((out / "benchmark_fp32_b2.txt").read_text())
     assert report["rows"][0]["batch"] == 2 and report["device"] == "cpu"
