@@ -11,7 +11,8 @@
 #
 # What it measures (all on GPU 0 unless said):
 #   1. pdseg benchmark, pdseg-b, bf16, 1024x1024, batch 1, 8 and 32: latency, images/s, peak memory
-#      (#7: at most 10 ms per image at batch 8 on an H100); the same in fp32 at batch 8.
+#      (#7: at most 10 ms per image at batch 8 on an H100); batch 8 again with torch.compile in
+#      reduce-overhead mode (CUDA graphs); the same in fp32 at batch 8.
 #   2. pdseg benchmark, pdseg-b, bf16 and fp32, full resolution 2048 and 4096 at batch 1.
 #   3. benchmarks/latency.py --reference at 1024, bf16 and fp32: plain against optimised, the
 #      GEMM floor of the GPU for the network, and a profile of both paths (#7's "floor"); and
@@ -20,7 +21,7 @@
 #   5. With two or more GPUs: torchrun --nproc-per-node 2 pdseg train (DDP, SyncBatchNorm, #5).
 #
 # Knobs for a quick check of the script itself on a CPU (the defaults are the real settings):
-#   DEVICE=cpu VARIANT=pdseg-tiny SIZE=64 BIG_SIZES="96" BATCHES="1 2" TRAIN_VARIANT=pdseg-tiny \
+#   DEVICE=cpu COMPILE=default VARIANT=pdseg-tiny SIZE=64 BIG_SIZES="96" BATCHES="1 2" TRAIN_VARIANT=pdseg-tiny \
 #   TRAIN_SIZE=64 TRAIN_BATCH=2 PRECISIONS=fp32 TRAIN_PRECISIONS=fp32 RUNS=1 \
 #   bash benchmarks/gpu_suite.sh /tmp/suite
 # PDSEG (default: "python3 -m pdseg_cli") runs pdseg from a source checkout without installing it.
@@ -42,6 +43,7 @@ TRAIN_VARIANT=${TRAIN_VARIANT:-pdseg-t}
 TRAIN_SIZE=${TRAIN_SIZE:-512}
 TRAIN_BATCH=${TRAIN_BATCH:-8}
 TRAIN_PRECISIONS=${TRAIN_PRECISIONS:-bf16 fp16}
+COMPILE=${COMPILE:-reduce-overhead}
 PDSEG=${PDSEG:-python3 -m pdseg_cli}
 read -r -a pdseg <<<"$PDSEG"
 
@@ -73,6 +75,9 @@ for b in $BATCHES; do
     step "benchmark_${first}_b$b" "${pdseg[@]}" benchmark -v "$VARIANT" -s "$SIZE" -b "$b" -d "$DEVICE" \
         -p "$first" --runs "$RUNS" --json
 done
+# torch.compile with CUDA graphs (reduce-overhead) at batch 8: the warm-up compiles, then records
+step "benchmark_${first}_b8_compiled" "${pdseg[@]}" benchmark -v "$VARIANT" -s "$SIZE" -b 8 -d "$DEVICE" \
+    -p "$first" --runs "$RUNS" --warmup 3 --compile "$COMPILE" --json
 for p in $PRECISIONS; do
     [ "$p" = "$first" ] && continue
     step "benchmark_${p}_b8" "${pdseg[@]}" benchmark -v "$VARIANT" -s "$SIZE" -b 8 -d "$DEVICE" -p "$p" \

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# torch.compile modes pdseg accepts ("reduce-overhead" replays CUDA graphs on a GPU)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,24 @@ def resolve_precision(spec: str, device: torch.device) -> str:
             f"--precision bf16 was asked for, but {torch.cuda.get_device_name(device)} has no bf16",
             hint="use --precision fp16 or fp32",
         )
+    return text
+
+
+def resolve_compile(spec: str | bool | None) -> str | None:
+    """``off|default|reduce-overhead|max-autotune|...`` (or a bool) -> a torch.compile mode, or None.
+
+    Raises:
+        InputError: not a mode name.
+    """
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return "default"
+    text = spec.strip().lower()
+    if text in ("off", "none", "no", ""):
+        return None
+    if text not in COMPILE_MODES:
+        raise InputError(f"not a torch.compile mode: {spec!r}", hint=f"use off, {', '.join(COMPILE_MODES)}")
     return text
 
 

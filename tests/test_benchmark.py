@@ -268,6 +268,7 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
         "RUNS": "1",
         "OMP_NUM_THREADS": "1",
         "PDSEG": f"{sys.executable} -m pdseg_cli",
+        "COMPILE": "off",  # a real compile takes minutes here; the option itself is tested elsewhere
     }
     out = tmp_path / "suite"
     script = ROOT / "benchmarks" / "gpu_suite.sh"
@@ -281,7 +282,7 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     log = (out / "suite.log").read_text()
     steps = [line for line in log.splitlines() if line.startswith("   exit ")]
-    assert len(steps) == 5 and all(line.startswith("   exit 0,") for line in steps), log
+    assert len(steps) == 6 and all(line.startswith("   exit 0,") for line in steps), log
     assert "training steps skipped" in log
     report = json.loads((out / "benchmark_fp32_b2.txt").read_text())
     assert report["rows"][0]["batch"] == 2 and report["device"] == "cpu"
@@ -299,3 +300,13 @@ def test_isnet_for_the_comparison_has_the_published_size() -> None:
     with torch.inference_mode():
         maps = net(torch.zeros(1, 3, 96, 80))
     assert [tuple(m.shape) for m in maps] == [(1, 1, 96, 80)] * 6
+
+
+def test_command_compile_option(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: module)  # plumbing only
+    args = ["benchmark", "-v", "pdseg-tiny", "-s", "64", "-n", "1", "-d", "cpu"]
+    result = runner.invoke(app, [*args, "--compile", "reduce-overhead", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["compile"] == "reduce-overhead"
+    plain = runner.invoke(app, [*args, "--mode", "plain", "--compile", "default"])
+    assert plain.exit_code == 2 and "applies to the optimized form" in plain.output

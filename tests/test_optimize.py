@@ -305,3 +305,54 @@ def test_save_checkpoint_refuses_the_optimised_form(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="save the model you passed to optimize"):
         save_checkpoint(fast, tmp_path / "fast.pt")
     assert not (tmp_path / "fast.pt").exists()
+
+
+def test_compile_modes_and_failures_without_compiling(tiny: PDSeg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compile plumbing, with torch.compile stubbed (a real compile is the slow test above)."""
+    from pdseg_cli.errors import NotAvailableError
+    from pdseg_cli.model.build import unwrap_model
+    from pdseg_cli.model.optimize import CompiledPDSeg, FastPDSeg
+
+    seen: list[object] = []
+
+    def fake_compile(module: nn.Module, mode: str | None = None) -> nn.Module:
+        seen.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        want = tiny(x)
+        for compile_arg, mode in ((True, None), ("default", None), ("reduce-overhead", "reduce-overhead")):
+            compiled = optimize(tiny, compile=compile_arg)
+            assert isinstance(compiled, CompiledPDSeg) and seen[-1] == mode
+            assert compiled.config == tiny.config and compiled.train_size == tiny.train_size
+            assert compiled.level_strides == tiny.level_strides
+            assert isinstance(unwrap_model(compiled), FastPDSeg)  # so save_checkpoint refuses it
+            assert _max_diff(compiled(x), want) <= TOL
+    with pytest.raises(ValueError, match="compile must be one of"):
+        optimize(tiny, compile="fastest")
+
+    def failing_compile(module: nn.Module, mode: str | None = None) -> object:
+        def run(*args: object) -> None:
+            raise torch._dynamo.exc.TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    broken = optimize(tiny, compile="max-autotune")
+    with pytest.raises(NotAvailableError, match=r"torch.compile \(max-autotune\) failed") as info:
+        broken(x)
+    assert "No working C++ compiler" in info.value.message and "without --compile" in (info.value.hint or "")
+
+
+def test_resolve_compile() -> None:
+    from pdseg_cli.errors import InputError
+    from pdseg_cli.runtime import resolve_compile
+
+    assert resolve_compile(None) is None and resolve_compile(False) is None
+    assert resolve_compile("off") is None and resolve_compile(" OFF ") is None
+    assert resolve_compile(True) == "default"
+    assert resolve_compile("Reduce-Overhead") == "reduce-overhead"
+    with pytest.raises(InputError, match="not a torch.compile mode"):
+        resolve_compile("turbo")

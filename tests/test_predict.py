@@ -351,3 +351,34 @@ def test_cuda_without_gpu_is_an_error_not_a_cpu_run(folder: Path, tmp_path: Path
     result = _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--device", "cuda")
     assert result.exit_code == 2
     assert "no CUDA GPU" in _flat(result.output).replace("noCUDAGPU", "no CUDA GPU")
+
+
+def test_compile_option_reaches_the_model(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdseg_cli.model.optimize import CompiledPDSeg
+
+    modes: list[object] = []
+
+    def fake_compile(module: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+        modes.append(mode)
+        return module  # the plumbing only: a real compile takes minutes on a small CPU
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled = Predictor(ckpt, device="cpu", size=TRAIN, compile="reduce-overhead")
+    assert isinstance(compiled.model, CompiledPDSeg) and modes == ["reduce-overhead"]
+    eager = Predictor(ckpt, device="cpu", size=TRAIN)
+    img = _img(40, 56)
+    assert np.array_equal(compiled.predict(img), eager.predict(img))
+    with pytest.raises(InputError, match="needs a PyTorch checkpoint"):
+        Predictor(ckpt, device="cpu", optimized=False, compile="default")
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), img)
+    result = _run(folder, "--out", tmp_path / "out", "-w", ckpt, "-d", "cpu", "--compile", "default")
+    assert result.exit_code == 0, result.output
+    assert modes[-1] is None and (tmp_path / "out" / "a.png").is_file()
+    bad = _run(folder, "--out", tmp_path / "out2", "-w", ckpt, "-d", "cpu", "--compile", "turbo")
+    assert bad.exit_code == 2 and "not a torch.compile mode" in bad.output
+    assert not (tmp_path / "out2").exists()  # refused before any work

@@ -44,3 +44,15 @@ def weights_option(help_text: str) -> Any:
         help=f"{help_text} {DEFAULT_WEIGHTS_TEXT}",
         show_default=False,
     )
+
+
+def compile_option() -> Any:
+    """The ``--compile`` option of the commands that run the model (a torch.compile mode, or off)."""
+    return typer.Option(
+        "off",
+        "--compile",
+        help="torch.compile the model: off, default, reduce-overhead (CUDA graphs on a GPU) or "
+        "max-autotune. The first batch of each input size compiles (a minute or more); it pays off "
+        "on a GPU over many images of one size. Optional: without it the maps are the same up to float "
+        "rounding (a grey level on a few pixels).",
+    )

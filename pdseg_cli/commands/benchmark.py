@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, user_errors
+from pdseg_cli.commands._common import EXIT_FAILED, compile_option, user_errors
 
 
 class BenchmarkMode(str, Enum):
@@ -48,6 +48,7 @@ def benchmark(
         help="optimized: the fast inference form; plain: the model as built; compare: both, alternating.",
     ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: torch's)."),
+    compile_mode: str = compile_option(),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
 ) -> None:
     """Time forward passes: median latency, images per second and peak memory per input size.
@@ -69,6 +70,8 @@ def benchmark(
       pdseg benchmark -v pdseg-t -s 512 -s 1024 --mode compare --threads 2
 
       pdseg benchmark --device cuda --precision bf16 --batch 8 --size 1024
+
+      pdseg benchmark --device cuda --precision bf16 --batch 8 --size 1024 --compile reduce-overhead
     """
     with user_errors():
         from pdseg_cli.engine.benchmark import run_benchmark
@@ -85,6 +88,7 @@ def benchmark(
             weights=weights,
             mode=mode.value,
             threads=threads,
+            compile=compile_mode,
             on_progress=None if json_out else show.progress,
         )
         if json_out:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, EXIT_USAGE, user_errors, weights_option
+from pdseg_cli.commands._common import EXIT_FAILED, EXIT_USAGE, compile_option, user_errors, weights_option
 from pdseg_cli.errors import InputError, PdsegError
 
 _OUTPUTS_HELP = (
@@ -61,6 +61,7 @@ def predict(
     precision: str = typer.Option(
         "auto", "--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."
     ),
+    compile_mode: str = compile_option(),
 ) -> None:
     """Segment images: one 8-bit map per image, at the image's exact width and height.
 
@@ -105,6 +106,7 @@ def predict(
         env = runtime.env_distributed()  # device and precision errors come before any file is touched
         chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
         runtime.resolve_precision(precision, chosen.device)
+        runtime.resolve_compile(compile_mode)
         with runtime.distributed() as dist:
             plan = plan_predict(
                 sources, out, save=kinds, recursive=recursive, skip_existing=skip_existing, dist=dist
@@ -114,6 +116,7 @@ def predict(
                 device=device,
                 precision=precision,
                 size=work_size,
+                compile=compile_mode,
                 local_rank=dist.local_rank if dist.enabled else None,
             )
             if dist.is_main:

@@ -99,6 +99,7 @@ class BenchmarkReport:
     rows: list[BenchmarkRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     out_of_memory: list[int] = field(default_factory=list)  # sizes that did not fit (no rows)
+    compile: str | None = None  # the torch.compile mode of the optimised form, None when eager
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,6 +253,7 @@ def run_benchmark(
     mode: str = "optimized",
     channels_last: bool = True,
     threads: int | None = None,
+    compile: str | bool | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> BenchmarkReport:
     """Time forward passes of one model at each size.
@@ -270,6 +272,9 @@ def run_benchmark(
             ``compare`` (both, alternating, with speed-up and logit difference).
         channels_last: passed to :func:`optimize`.
         threads: CPU threads for the run (restored afterwards); None keeps torch's setting.
+        compile: a torch.compile mode for the optimised form (``off``/None: eager); the warm-up
+            passes compile, so give ``warmup`` >= 2 with ``reduce-overhead`` (CUDA graphs record on
+            the second call).
         on_progress: called with a short status line before each size.
 
     A size that runs out of memory gets no rows: it is listed in ``out_of_memory`` and explained in
@@ -292,6 +297,9 @@ def run_benchmark(
         raise InputError(f"need batch >= 1, runs >= 1 and warmup >= 1 (got {batch}, {runs}, {warmup})")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")
+    compile_mode = runtime.resolve_compile(compile)
+    if compile_mode and mode == "plain":
+        raise InputError("--compile applies to the optimized form", hint="use --mode optimized or compare")
     choice = runtime.resolve_device(device)
     dev = choice.device
     prec = runtime.resolve_precision(precision, dev)
@@ -312,7 +320,7 @@ def run_benchmark(
 
         forms["plain"] = run_plain
     if mode in ("optimized", "compare"):
-        fast = optimize(model, precision=prec, channels_last=channels_last)
+        fast = optimize(model, precision=prec, channels_last=channels_last, compile=compile_mode or False)
         forms["optimized"] = fast
     report = BenchmarkReport(
         variant=model.config.name,
@@ -326,6 +334,7 @@ def run_benchmark(
         memory_note=CUDA_MEMORY_NOTE if dev.type == "cuda" else CPU_MEMORY_NOTE,
         torch_version=str(torch.__version__),
         notes=notes,
+        compile=compile_mode if "optimized" in forms else None,
     )
     gen = torch.Generator().manual_seed(0)
     with _threads(threads), torch.inference_mode():

@@ -476,6 +476,10 @@ class Predictor:
             logits within 1e-4, 1.5-2x faster on CPU); False runs the model as given.
         channels_last: run convolutions in channels-last layout (faster on CPU and GPU; results
             can differ from the default layout by float rounding).
+        compile: ``torch.compile`` the optimised form: ``off``/False (default), True/``default``,
+            ``reduce-overhead`` (CUDA graphs on a GPU) or ``max-autotune``. The first batch of each
+            input shape compiles (a minute or more); it pays off on a GPU over many images of one
+            working size. Needs a PyTorch checkpoint and ``optimized``.
 
     Attributes:
         model, device, precision, size, device_reason (how ``auto`` chose), notes (warnings about
@@ -496,8 +500,10 @@ class Predictor:
         *,
         channels_last: bool = True,
         optimized: bool = True,
+        compile: str | bool | None = None,
         local_rank: int | None = None,
     ) -> None:
+        compile_mode = runtime.resolve_compile(compile)
         choice = runtime.resolve_device(device, local_rank=local_rank)
         self.device: torch.device = choice.device
         self.device_reason = choice.reason
@@ -520,10 +526,15 @@ class Predictor:
         model = model.eval().to(self.device)
         from pdseg_cli.model.pdseg import PDSeg
 
+        if compile_mode and not (optimized and isinstance(model, PDSeg)):
+            raise InputError(
+                f"--compile {compile_mode} needs a PyTorch checkpoint (.pt) run in its optimised form",
+                hint="drop --compile for exported .onnx/.ts files",
+            )
         if optimized and isinstance(model, PDSeg):
             from pdseg_cli.model.optimize import optimize
 
-            model = optimize(model, channels_last=channels_last)
+            model = optimize(model, channels_last=channels_last, compile=compile_mode or False)
         elif channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

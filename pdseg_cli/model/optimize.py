@@ -50,7 +50,8 @@ max |delta logit| 1.9e-6 / 4.6e-6. About 80% of pdseg-b's multiply-adds are 1x1 
 both paths run as GEMMs near this core's FMA peak, so that is close to the ceiling on this CPU.
 
 ``precision="bf16"``/``"fp16"`` wraps the forward in autocast (NMF still fp32); ``compile=True``
-returns ``torch.compile`` of the fast form (optional; the fused oneDNN operators are then left to
+(or a ``torch.compile`` mode: ``"reduce-overhead"`` also captures CUDA graphs on a GPU) returns
+``torch.compile`` of the fast form (optional; the fused oneDNN operators are then left to
 Inductor). The fast form is for inference only: its tensors do not require gradients.
 """
 
@@ -65,14 +66,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdseg_cli.errors import NotAvailableError
 from pdseg_cli.model.build import unwrap_model
 from pdseg_cli.model.decoder import HamLevel, LightHamHead, ProgressiveDecoder
 from pdseg_cli.model.ham import EPS, NMF2D, Hamburger
 from pdseg_cli.model.layers import crop_levels, pad_input, resize_to
 from pdseg_cli.model.mscan import MSCAN, Block, DownsampleConv, StemConv
 from pdseg_cli.model.pdseg import PDSeg
+from pdseg_cli.runtime import COMPILE_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # On the CPU, an MLP hidden map larger than MLP_BAND_ABOVE bytes is processed in bands of rows of
 # about MLP_BAND_BYTES: they stay in cache, and no large buffer is allocated (fresh large buffers come
@@ -671,7 +675,7 @@ def optimize(
     *,
     precision: str = "fp32",
     channels_last: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> nn.Module:
     """Build the inference-only fast form of a PDSeg network from its current parameters.
 
@@ -682,7 +686,11 @@ def optimize(
         precision: ``fp32`` (the plain path's maths: max |delta logit| <= 1e-4), or ``bf16`` /
             ``fp16`` (autocast around the forward; the NMF stays fp32).
         channels_last: run in channels-last layout (faster on CPU and GPU).
-        compile: return ``torch.compile`` of the fast form (optional; first calls compile).
+        compile: ``True`` or a mode of :data:`pdseg_cli.runtime.COMPILE_MODES` to return
+            ``torch.compile`` of the fast form (optional; the first call of each input shape
+            compiles, which takes a minute or more). ``"reduce-overhead"`` replays CUDA graphs on
+            a GPU (fewer kernel launches). A compilation that fails raises
+            :class:`~pdseg_cli.errors.NotAvailableError`.
 
     Returns:
         A module taking what ``model`` takes, a (B, 3, H, W) normalised float tensor of any H, W,
@@ -693,10 +701,12 @@ def optimize(
 
     Raises:
         TypeError: ``model`` is not a PDSeg network.
-        ValueError: an unknown precision.
+        ValueError: an unknown precision or compile mode.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if isinstance(compile, str) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
     net = unwrap_model(model)
     if isinstance(net, FastPDSeg):
         raise TypeError("this model is already optimised; optimise the PDSeg model it came from")
@@ -712,8 +722,44 @@ def optimize(
             use_fused_ops=not compile and fused_ops_available(),
         )
     if compile:
-        return torch.compile(fast)  # type: ignore[return-value]
+        return CompiledPDSeg(fast, "default" if compile is True else str(compile))
     return fast
 
 
-__all__ = ["FastPDSeg", "fused_ops_available", "optimize"]
+class CompiledPDSeg(nn.Module):
+    """``torch.compile`` of a :class:`FastPDSeg`, called as the PDSeg it came from.
+
+    A failed compilation (no C++ compiler for Inductor on the CPU, an unsupported GPU, ...) is
+    raised as a one-line :class:`NotAvailableError` that names the way out, not as a compiler
+    traceback. ``module`` is the fast form (``unwrap_model`` finds it there).
+    """
+
+    def __init__(self, fast: FastPDSeg, mode: str) -> None:
+        super().__init__()
+        self.module = fast
+        self.mode = mode
+        self.config = fast.config
+        self.normalization = fast.normalization
+        self.train_size = fast.train_size
+        # not a registered submodule: its parameters are ``module``'s
+        object.__setattr__(self, "_compiled", torch.compile(fast, mode=None if mode == "default" else mode))
+
+    @property
+    def level_strides(self) -> tuple[int, ...]:
+        return self.module.level_strides
+
+    def forward(self, x: torch.Tensor, return_levels: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        try:
+            return self._compiled(x, return_levels)  # type: ignore[operator]
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise NotAvailableError(
+                f"torch.compile ({self.mode}) failed on this machine: {first[:200]}",
+                hint="run without --compile (compile=False): the eager form gives the same maps",
+            ) from exc
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"
+
+
+__all__ = ["CompiledPDSeg", "FastPDSeg", "fused_ops_available", "optimize"]

@@ -46,7 +46,8 @@ def table(report: Any) -> None:
     weights = report.weights or "random weights"
     caption = [
         f"median of {report.runs} timed runs after {report.warmup} warm-up; {report.memory_note}",
-        f"torch {report.torch_version}; CPU threads: {report.threads}; {weights}",
+        f"torch {report.torch_version}; CPU threads: {report.threads}; {weights}"
+        + (f"; torch.compile {report.compile}" if report.compile else ""),
         *report.notes,
     ]
     ui.table(
