@@ -71,7 +71,7 @@ def benchmark(
 
       pdseg benchmark --device cuda --precision bf16 --batch 8 --size 1024
 
-      pdseg benchmark --device cuda --precision bf16 --batch 8 --size 1024 --compile reduce-overhead
+      pdseg benchmark -d cuda -p bf16 -b 8 -s 1024 --compile reduce-overhead
     """
     with user_errors():
         from pdseg_cli.engine.benchmark import run_benchmark
