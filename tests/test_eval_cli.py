@@ -108,6 +108,13 @@ def test_empty_folders_and_unpaired_stems(tmp_path: Path) -> None:
     empty.mkdir()
     result = _run("--split", split, "--pred", empty, cache=tmp_path / "c")
     assert result.exit_code == 2 and "no prediction maps in" in _flat(result.output)
+    other = tmp_path / "other"
+    other.mkdir()
+    cv2.imwrite(str(other / "frame_0001.png"), np.zeros((5, 5), np.uint8))
+    result = _run("--split", split, "--pred", other, cache=tmp_path / "c")
+    text = _flat(result.output)
+    assert result.exit_code == 2 and "matches a GT by file stem; its maps are named like frame_0001" in text
+    assert "is --pred the right folder?" in text and "--allow-missing" not in text
     cv2.imwrite(str(split / "pred" / "extra.png"), np.zeros((5, 5), np.uint8))
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
     assert result.exit_code == 0

@@ -295,18 +295,19 @@ def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
         DataError: naming the missing predictions (up to ``MAX_LISTED``) and their folder.
     """
     for plan in plans:
+        where = plan.pred_dir if plan.pred_dir is not None else "the predictions"
+        if plan.missing and not plan.pairs:  # nothing matches: a wrong folder, not a few missing maps
+            unmatched = f"; its maps are named like {listing(plan.unmatched, 3)}" if plan.unmatched else ""
+            raise DataError(
+                f"{plan.name}: no prediction in {where} matches a GT by file stem{unmatched}",
+                hint=f"is --pred the right folder? GT names look like {listing(plan.missing, 3)}",
+            )
         if plan.missing and not allow_missing:
-            where = plan.pred_dir if plan.pred_dir is not None else "the predictions"
             raise DataError(
                 f"{plan.name}: {len(plan.missing)} of {len(plan.missing) + len(plan.pairs)} GT masks have no "
                 f"prediction in {where}: {listing(plan.missing)}",
                 hint="add the missing maps, or pass --allow-missing to score only the "
                 f"{len(plan.pairs)} images that have one (not comparable to full-split numbers)",
-            )
-        if not plan.pairs:
-            raise DataError(
-                f"{plan.name}: no prediction matches a GT by name in {plan.pred_dir}",
-                hint=f"GT names look like {listing(plan.missing, 3)}",
             )
 
 
