@@ -310,3 +310,19 @@ def test_command_compile_option(app: typer.Typer, monkeypatch: pytest.MonkeyPatc
     assert json.loads(result.output)["compile"] == "reduce-overhead"
     plain = runner.invoke(app, [*args, "--mode", "plain", "--compile", "default"])
     assert plain.exit_code == 2 and "applies to the optimized form" in plain.output
+
+
+def test_latency_gpu_profile_table_reports_the_kernel_floor() -> None:
+    from types import SimpleNamespace
+
+    latency = _benchmark_script("latency")
+
+    def event(key: str, count: int, gpu_us: float, cpu_us: float) -> SimpleNamespace:
+        times = {"self_device_time_total": gpu_us, "self_cpu_time_total": cpu_us}
+        return SimpleNamespace(key=key, count=count, **times)
+
+    ops = [event("aten::convolution", 10, 3000.0, 500.0), event("aten::bmm", 4, 1000.0, 100.0)]
+    lines = latency.gpu_operator_table(ops, top=1, wall_ms=8.0)
+    assert "| aten::convolution | 10 | 3.00 | 75% | 0.50 |" in lines
+    assert not any("aten::bmm" in line for line in lines)  # top=1
+    assert "GPU kernel time 4.00 ms in a 8.00 ms profiled pass (50% busy)" in lines[-1]
