@@ -12,7 +12,6 @@ import datetime
 import functools
 import os
 import platform
-import resource
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,9 +219,50 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 
 def peak_rss() -> int:
-    """This process's peak resident set size in bytes (``getrusage`` ru_maxrss)."""
+    """This process's peak resident set size in bytes (0 where it cannot be read).
+
+    ``getrusage`` on Linux and macOS; the peak working set on Windows, which has no ``resource``
+    module (so it is imported here, not at the top: the CLI must start there too).
+    """
+    if sys.platform == "win32":
+        return _windows_peak_working_set()
+    try:
+        import resource
+    except ImportError:
+        return 0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS gives bytes, Linux KiB
+
+
+def _windows_peak_working_set() -> int:
+    """``PeakWorkingSetSize`` of this process (``GetProcessMemoryInfo``), or 0."""
+    try:
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):
+            _fields_ = [
+                ("cb", wintypes.DWORD),
+                ("PageFaultCount", wintypes.DWORD),
+                ("PeakWorkingSetSize", ctypes.c_size_t),
+                ("WorkingSetSize", ctypes.c_size_t),
+                ("QuotaPeakPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+                ("PagefileUsage", ctypes.c_size_t),
+                ("PeakPagefileUsage", ctypes.c_size_t),
+            ]
+
+        kernel32 = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined]
+        kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+        counters = Counters()
+        counters.cb = ctypes.sizeof(Counters)
+        ok = kernel32.K32GetProcessMemoryInfo(
+            kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb
+        )
+        return int(counters.PeakWorkingSetSize) if ok else 0
+    except (AttributeError, OSError, ImportError, ValueError):
+        return 0
 
 
 # ----------------------------------------------------------------------------------------------

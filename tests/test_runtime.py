@@ -138,3 +138,29 @@ def test_release_freed_memory_gives_kept_buffers_back() -> None:
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["released"]
     assert got["dropped"] > 16 << 20
+
+
+def test_every_module_imports_without_unix_only_modules() -> None:
+    # Windows has no `resource`: pdseg must still import (and `pdseg --help` run) there
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "sys.modules['resource'] = None\n"
+        "import pdseg_cli\n"
+        "names = [m.name for m in pkgutil.walk_packages(pdseg_cli.__path__, 'pdseg_cli.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "from pdseg_cli.runtime import peak_rss\n"
+        "print(len(names), peak_rss())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    count, rss = out.stdout.split()
+    assert int(count) > 30 and rss == "0"
+
+
+def test_peak_rss_off_unix_gives_zero_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdseg_cli import runtime
+
+    assert runtime.peak_rss() > 0
+    monkeypatch.setattr(runtime.sys, "platform", "win32")  # no WinDLL here: the fallback path
+    assert runtime.peak_rss() == 0
