@@ -87,7 +87,7 @@ def train(
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
 
-    Writes in --out: last.pt (EMA weights + training state), best.pt (best val maxF), results.csv, config.json
+    Run folder (--out): last.pt (EMA weights + training state), best.pt (best val maxF), results.csv.
 
     Ctrl-C saves last.pt; --resume continues the run from it, exactly.
 
