@@ -356,3 +356,22 @@ def test_resolve_compile() -> None:
     assert resolve_compile("Reduce-Overhead") == "reduce-overhead"
     with pytest.raises(InputError, match="not a torch.compile mode"):
         resolve_compile("turbo")
+
+
+def test_nmf_in_place_row_blocks_match_the_plain_nmf(tiny: PDSeg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-place coefficient update in row blocks (several, the last one shorter), batch 2."""
+    import pdseg_cli.model.optimize as opt
+
+    monkeypatch.setattr(opt, "NMF_ROWS", 48)  # 10 x 13 = 130 rows: blocks of 48, 48 and 34
+    fast = optimize(tiny)
+    level, fast_level = tiny.decoder.levels[-1], fast.decoder.levels[-1]
+    plain_nmf = level.hamburger.ham.eval()
+    c = plain_nmf.channels
+    x = torch.rand(2, c, 10, 13, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = plain_nmf(x)
+        got = fast_level.nmf(x.contiguous(memory_format=torch.channels_last))
+        assert _max_diff(got, want) <= 1e-5
+        mine = x.contiguous(memory_format=torch.channels_last).clone(memory_format=torch.channels_last)
+        overwritten = fast_level.nmf(mine, overwrite_input=True)  # the result goes into `mine`
+        assert overwritten.data_ptr() == mine.data_ptr() and _max_diff(overwritten, want) <= 1e-5
