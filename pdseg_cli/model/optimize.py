@@ -189,8 +189,8 @@ class FusedConv(nn.Module):
     ) -> torch.Tensor:
         """Apply the conv; ``act`` and ``other``/``op`` are exclusive; ``padding`` overrides the conv's.
 
-        ``into_other``: write ``conv(x) op other`` into ``other`` and return it (no new map; the
-        caller must own ``other`` and not need it afterwards).
+        ``into_other``: the caller owns ``other`` and does not need it afterwards, so ``conv(x) op
+        other`` may be written into it (no new map; done for ``add`` on oneDNN, and in the plain path).
         """
         pad = self.padding if padding is None else padding
         if fused:
@@ -201,7 +201,8 @@ class FusedConv(nn.Module):
                 return mk._convolution_pointwise(
                     x, self.weight, self.bias, *args, act or "none", [], algorithm
                 )
-            if into_other and other.is_contiguous(memory_format=torch.channels_last):
+            # oneDNN's in-place form exists for the sum only
+            if into_other and op == "add" and other.is_contiguous(memory_format=torch.channels_last):
                 return mk._convolution_pointwise_.binary(
                     other, x, self.weight, self.bias, *args, op, None, None, [], None
                 )
@@ -210,7 +211,8 @@ class FusedConv(nn.Module):
             )
         y = F.conv2d(x, self.weight, self.bias, self.stride, pad, 1, self.groups)
         if other is not None and into_other and not _tracing():
-            return other.add_(y) if op == "add" else other.mul_(y)
+            if not (torch.is_grad_enabled() and (y.requires_grad or other.requires_grad)):
+                return other.add_(y) if op == "add" else other.mul_(y)
         if other is not None:
             y = y.add_(other) if op == "add" else y.mul_(other)
         if act == "gelu":
@@ -259,10 +261,14 @@ class FastBlock(nn.Module):
         s = self.conv0(u, fused)
         t = s
         for horizontal, vertical in zip(self.strips[0::2], self.strips[1::2], strict=True):
-            # t <- V_k(H_k(s)) + t: the plain path's ((s + a) + b) + c, term by term
-            t = vertical(horizontal(s, fused), fused, other=t, op="add")
-        v = self.conv3(t, fused, other=u, op="mul")
+            # t <- V_k(H_k(s)) + t: the plain path's ((s + a) + b) + c, term by term; after the
+            # first branch t is a map of our own, so the sum goes into it (fewer maps at the peak)
+            t = vertical(horizontal(s, fused), fused, other=t, op="add", into_other=t is not s)
+        del s
+        v = self.conv3(t, fused, other=u, op="mul", into_other=True)  # u: not needed after
+        del t, u
         y = self.proj_2(v, fused)
+        del v
         # y + (1 + g1 s1) x, a fresh map (the MLP may write into it); the ONNX exporter turns addcmul_
         # into fp32 maths, so traced graphs get the two-op form
         x = y.add_(x * self.skip_scale) if _tracing() else y.addcmul_(x, self.skip_scale)
