@@ -38,6 +38,10 @@ max |delta logit| <= 1e-4 against the plain path in fp32, pinned by ``tests/test
   map again. It stays float32 with autocast off.
 * CPU: the MLP (1x1 up, 3x3 depth-wise, GELU, 1x1 down) of the large early stages runs in bands of
   rows, so its 4x/8x-wide hidden map never exists whole (see ``FastBlock._mlp_bands``).
+* Fewer full-size maps alive at once, for ``--size full`` on large images: sums go into a map that
+  is not needed afterwards (the attention's strip branches, the decoder's squeeze), the squeeze
+  GroupNorm runs in place, and the NMF updates its coefficients in row blocks in place and writes
+  its output into its input (``FastNMF``). Only where autograd and tracing are off.
 
 Why the last two matter: on Linux a fresh buffer larger than glibc's mmap threshold (at most 32 MiB)
 is mapped anew on every allocation and page-faults on first touch; on the 2-core VM where this was
