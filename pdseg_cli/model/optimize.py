@@ -483,12 +483,13 @@ def _group_norm_relu_(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
 
     The same statistics as ``F.group_norm`` (per sample and group, biased variance): the squeeze
     map at stride 4 is the decoder's largest, and normalising it in place saves a copy of it.
-    Falls back to :func:`_group_norm_relu` for other layouts, autograd and tracing.
+    Falls back to :func:`_group_norm_relu` for other layouts and dtypes, autograd and tracing.
     """
     b, c, h, w = x.shape
     g = norm.num_groups
     nhwc = x.permute(0, 2, 3, 1)
-    if _tracing() or x.requires_grad or not nhwc.is_contiguous():
+    # float32 only: under autocast F.group_norm computes in float32, and so must the stats here
+    if _tracing() or x.requires_grad or x.dtype != torch.float32 or not nhwc.is_contiguous():
         return _group_norm_relu(x, norm)
     v = nhwc.view(b, h * w, g, c // g)  # the channels-last memory itself
     var, mean = torch.var_mean(v, dim=(1, 3), keepdim=True, correction=0)
