@@ -34,3 +34,11 @@ class DataError(PdsegError):
 
 class NotAvailableError(PdsegError):
     """A feature needs something that is not installed or not present (e.g. onnxruntime, CUDA)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (its type's name if empty), for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return lines[0].split(". ")[0].rstrip(".")[:160]

@@ -101,6 +101,7 @@ def train(
     """
     from pdseg_cli.engine.train import TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
+    from pdseg_cli.errors import first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
@@ -133,10 +134,9 @@ def train(
             view.close()
             # a resumed run keeps its batch and size, so the way out is a new run
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
-            said = str(exc).strip().split(". ")[0].splitlines()[0][:120] if str(exc).strip() else ""
             error(
                 f"out of memory training {cfg.variant} at --size {cfg.size} with --batch {cfg.batch} "
-                f"per process{where}" + (f" ({said})" if said else ""),
+                f"per process{where} ({first_line(exc)})",
                 "start the run again with a smaller --batch or --size (another --out, or --overwrite)",
             )
             raise typer.Exit(EXIT_FAILED) from None

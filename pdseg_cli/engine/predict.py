@@ -534,7 +534,7 @@ class Predictor:
         if optimized and isinstance(model, PDSeg):
             from pdseg_cli.model.optimize import optimize
 
-            model = optimize(model, channels_last=channels_last, compile=compile_mode or False)
+            model = optimize(model, channels_last=channels_last, compile=compile_mode)
         elif channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -744,7 +744,7 @@ class Predictor:
             try:
                 logits = self._forward([g.array for g in group])  # type: ignore[misc]
                 maps = [self._to_map(logits[k : k + 1], g.orig_size, threshold) for k, g in enumerate(group)]
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError included
                 if not runtime.is_out_of_memory(exc):
                     raise
                 if self.device.type == "cuda":

@@ -34,7 +34,7 @@ from torch import nn
 
 from pdseg_cli import __version__
 from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
-from pdseg_cli.errors import WeightsError
+from pdseg_cli.errors import WeightsError, first_line
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 
@@ -184,14 +184,6 @@ def save_checkpoint(
     return path
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first sentence of an exception's message, for a one-line error."""
-    lines = str(exc).strip().splitlines()
-    if not lines:
-        return type(exc).__name__
-    return lines[0].split(". ")[0].rstrip(".")[:160]
-
-
 def _torch_load(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with every failure as one WeightsError."""
     if not path.exists():
@@ -217,7 +209,7 @@ def _torch_load(path: Path, what: str) -> Any:
     except Exception as exc:  # zip, pickle and EOF errors: the file is damaged or of another kind
         if _starts_like_zip(path):
             raise WeightsError(
-                f"{what} {path} is truncated or damaged ({_first_line(exc)})",
+                f"{what} {path} is truncated or damaged ({first_line(exc)})",
                 hint="download or copy it again",
             ) from None
         raise WeightsError(f"{what} {path} is not a PyTorch file", hint="check the path") from None

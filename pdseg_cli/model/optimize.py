@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdseg_cli.errors import NotAvailableError
+from pdseg_cli.errors import NotAvailableError, first_line
 from pdseg_cli.model.build import unwrap_model
 from pdseg_cli.model.decoder import HamLevel, LightHamHead, ProgressiveDecoder
 from pdseg_cli.model.ham import EPS, NMF2D, Hamburger
@@ -466,8 +466,8 @@ class FastNMF(nn.Module):
         for a in range(0, n, rows):
             e = min(a + rows, n)
             block = coef[:, a:e]
-            if e - a < rows:  # the last, shorter block: out= wants a buffer of its exact shape
-                num, den = num[:, : e - a].contiguous(), den[:, : e - a].contiguous()
+            if e - a < rows:  # the last, shorter block: out= wants buffers of its exact shape
+                num, den = coef.new_empty((b, e - a, r)), coef.new_empty((b, e - a, r))
             torch.bmm(xt[:, a:e], bases, out=num)
             torch.bmm(block, gram, out=den)
             block.mul_(num).div_(den.add_(EPS))
@@ -753,7 +753,7 @@ def optimize(
     *,
     precision: str = "fp32",
     channels_last: bool = True,
-    compile: bool | str = False,
+    compile: bool | str | None = False,
 ) -> nn.Module:
     """Build the inference-only fast form of a PDSeg network from its current parameters.
 
@@ -764,11 +764,11 @@ def optimize(
         precision: ``fp32`` (the plain path's maths: max |delta logit| <= 1e-4), or ``bf16`` /
             ``fp16`` (autocast around the forward; the NMF stays fp32).
         channels_last: run in channels-last layout (faster on CPU and GPU).
-        compile: ``True`` or a mode of :data:`pdseg_cli.runtime.COMPILE_MODES` to return
-            ``torch.compile`` of the fast form (optional; the first call of each input shape
-            compiles, which takes a minute or more). ``"reduce-overhead"`` replays CUDA graphs on
-            a GPU (fewer kernel launches). A compilation that fails raises
-            :class:`~pdseg_cli.errors.NotAvailableError`.
+        compile: False or None for the eager form; ``True`` or a mode of
+            :data:`pdseg_cli.runtime.COMPILE_MODES` to return ``torch.compile`` of the fast form
+            (optional; the first call of each input shape compiles, which takes a minute or more).
+            ``"reduce-overhead"`` replays CUDA graphs on a GPU (fewer kernel launches). A
+            compilation that fails raises :class:`~pdseg_cli.errors.NotAvailableError`.
 
     Returns:
         A module taking what ``model`` takes, a (B, 3, H, W) normalised float tensor of any H, W,
@@ -830,9 +830,8 @@ class CompiledPDSeg(nn.Module):
         try:
             return self._compiled(x, return_levels)  # type: ignore[operator]
         except torch._dynamo.exc.TorchDynamoException as exc:
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise NotAvailableError(
-                f"torch.compile ({self.mode}) failed on this machine: {first[:200]}",
+                f"torch.compile ({self.mode}) failed on this machine: {first_line(exc)}",
                 hint="run without --compile (compile=False): the eager form gives the same maps",
             ) from exc
 
