@@ -22,7 +22,6 @@ alternating between the models, after ``--warmup`` passes; medians are reported.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import statistics
 import sys
@@ -40,7 +39,7 @@ from pdseg_cli.engine.benchmark import cpu_name  # noqa: E402
 from pdseg_cli.model import count_macs, count_params, create_model  # noqa: E402
 from pdseg_cli.model.counting import MacCounter  # noqa: E402
 from pdseg_cli.model.optimize import optimize  # noqa: E402
-from pdseg_cli.runtime import keep_freed_memory  # noqa: E402
+from pdseg_cli.runtime import autocast, keep_freed_memory  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # IS-Net
@@ -213,15 +212,9 @@ def compare(
     fast = optimize(plain, precision=precision)
     x = torch.randn(1, 3, size, size).to(dev)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def autocast() -> contextlib.AbstractContextManager[object]:
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=dev.type, dtype=dtype)
 
     def run_autocast(model: nn.Module, inp: torch.Tensor) -> object:
-        with autocast():
+        with autocast(dev, precision):  # what pdseg predict puts around a model
             return model(inp)
 
     models: dict[str, Callable[[], object]] = {
