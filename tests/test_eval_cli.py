@@ -234,8 +234,9 @@ class _FakePredictor:
 
     source: Path
 
-    def __init__(self, weights, device="auto", precision="auto", size=None):
+    def __init__(self, weights, device="auto", precision="auto", size=None, onnx_spec=None):
         self.weights_path = weights
+        self.description = "a stand-in"
         self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
         self.notes: list[str] = []
 

@@ -32,6 +32,19 @@ def user_errors() -> Iterator[None]:
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 
+def onnx_spec_option() -> Any:
+    """``--onnx-spec``: how to run a foreign ONNX model that pdseg does not recognise."""
+    return typer.Option(
+        None,
+        "--onnx-spec",
+        help="For a foreign DIS/SOD ONNX model that pdseg does not recognise (IS-Net, U2-Net and BiRefNet "
+        "exports are): size=N|dynamic, mean=M|R:G:B, std=S|R:G:B, scale=255|1 (the range mean/std are on), "
+        "color=rgb|bgr, output=NAME|INDEX, kind=probability|logit. "
+        "Example: size=1024,mean=0.5,std=1,scale=1,output=0,kind=probability",
+        show_default=False,
+    )
+
+
 def weights_option(help_text: str) -> Any:
     """The ``--weights/-w`` option every model-running command shares (an existing file)."""
     return typer.Option(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pdseg_cli.commands._common import user_errors, weights_option
+from pdseg_cli.commands._common import onnx_spec_option, user_errors, weights_option
 from pdseg_cli.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ def eval_(
         "or in <pred>/<split>/ (required with several splits).",
         show_default=False,
     ),
-    weights: Path | None = weights_option("Checkpoint to run on the im/ images (without --pred)."),
+    weights: Path | None = weights_option(
+        "Checkpoint, export or foreign DIS/SOD ONNX model to run on the im/ images (without --pred)."
+    ),
+    onnx_spec: str | None = onnx_spec_option(),
     save_preds: Path | None = typer.Option(
         None, "--save-preds", help="Keep the model's maps in DIR/<split>/<stem>.png.", show_default=False
     ),
@@ -87,6 +90,8 @@ def eval_(
 
       pdseg eval --split DIS-VD --pred preds/ --data-root ~/data/DIS5K
 
+      pdseg eval --split DIS-TE --weights isnet.onnx  # any DIS ONNX model
+
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
     with user_errors():
@@ -112,7 +117,16 @@ def eval_(
                 settings = {"predictions": f"maps read from {pred}"}
             else:
                 plans, settings = _run_model(
-                    stack, splits, weights, save_preds, size, device, precision, batch, allow_missing
+                    stack,
+                    splits,
+                    weights,
+                    save_preds,
+                    size,
+                    device,
+                    precision,
+                    batch,
+                    allow_missing,
+                    onnx_spec,
                 )
             n_images = sum(len(p.pairs) for p in plans)
             cache = None if no_cache else ev.default_cache_root(cache_dir)
@@ -142,6 +156,7 @@ def _run_model(
     precision: str,
     batch: int,
     allow_missing: bool,
+    onnx_spec: str | None = None,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli.engine import evaluate as ev
@@ -149,7 +164,9 @@ def _run_model(
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
-    predictor = Predictor(weights, device=device, precision=precision, size=parse_size(size))
+    predictor = Predictor(
+        weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec
+    )
     n_gt = {name: len(ev.list_maps(folder / "gt", "GT")) for name, folder in splits}
     prediction.start(
         predictor.device_reason,
@@ -159,6 +176,7 @@ def _run_model(
         0,
         1,
         predictor.notes,
+        model=f"{predictor.weights_path or 'model'}: {predictor.description}",
     )
     root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
     plans = []
@@ -176,6 +194,7 @@ def _run_model(
     settings = {
         "predictions": {
             "weights": str(predictor.weights_path),
+            "model": predictor.description,
             "device": str(predictor.device),
             "precision": predictor.precision,
             "size": str(predictor.size),

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, EXIT_USAGE, compile_option, user_errors, weights_option
+from pdseg_cli.commands._common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    compile_option,
+    onnx_spec_option,
+    user_errors,
+    weights_option,
+)
 from pdseg_cli.errors import InputError, PdsegError
 
 _OUTPUTS_HELP = (
@@ -30,7 +37,10 @@ def predict(
         help="Output folder (created if missing). Refused if an output would overwrite an input.",
         show_default=False,
     ),
-    weights: Path | None = weights_option("Checkpoint (.pt) or a `pdseg export` file (.onnx, .ts)."),
+    weights: Path | None = weights_option(
+        "Checkpoint (.pt), a `pdseg export` file (.onnx, .ts), or another DIS/SOD model as ONNX."
+    ),
+    onnx_spec: str | None = onnx_spec_option(),
     size: str | None = typer.Option(
         None,
         "--size",
@@ -80,6 +90,8 @@ def predict(
       pdseg predict ./photos --out ./masks
 
       pdseg predict 'scans/**/*.tif' -r --size full --save mask,alpha -o cutouts
+
+      pdseg predict ./photos --weights isnet.onnx --out ./isnet-masks
     """
     from pdseg_cli import runtime
 
@@ -118,6 +130,7 @@ def predict(
                 size=work_size,
                 compile=compile_mode,
                 local_rank=dist.local_rank if dist.enabled else None,
+                onnx_spec=onnx_spec,
             )
             if dist.is_main:
                 prediction.start(
@@ -128,6 +141,7 @@ def predict(
                     len(plan.skipped),
                     dist.world_size,
                     predictor.notes,
+                    model=f"{predictor.weights_path or 'model'}: {predictor.description}",
                 )
             with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
                 result = predictor.run_plan(

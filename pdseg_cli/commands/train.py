@@ -22,7 +22,14 @@ def train(
         None,
         "--variant",
         help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-t / segnext-b (single head, the ablation's "
-        "baseline) (default: pdseg-b).",
+        "baseline) (default: pdseg-b, or the --init checkpoint's).",
+    ),
+    init: Path | None = typer.Option(
+        None,
+        "--init",
+        help="Start from this pdseg checkpoint's weights (variant and normalisation from the file) with a "
+        "fresh optimiser and schedule: fine-tuning, or a long run continued in a new one.",
+        show_default=False,
     ),
     size: int | None = typer.Option(
         None, "--size", help="Square training side, a multiple of 32 (default: 1024)."
@@ -37,8 +44,31 @@ def train(
     data_root: Path | None = typer.Option(
         None, "--data-root", help="DIS5K root with DIS-TR and DIS-VD (default: $PDSEG_DATA, else ./DIS5K)."
     ),
-    train_dir: Path | None = typer.Option(
-        None, "--train", help="Train on this folder of im/ and gt/ instead of DIS-TR.", show_default=False
+    train_dir: list[Path] | None = typer.Option(
+        None,
+        "--train",
+        help="Train on this folder of im/ and gt/ instead of DIS-TR; repeat it to mix folders. With "
+        "--teacher a folder may hold images without masks (im/ alone).",
+        show_default=False,
+    ),
+    teacher: Path | None = typer.Option(
+        None,
+        "--teacher",
+        help="Distil this model (.pt, .onnx, .ts, or a foreign DIS/SOD ONNX): its maps are the targets of "
+        "images without masks, computed once and cached.",
+        show_default=False,
+    ),
+    teacher_weight: float | None = typer.Option(
+        None,
+        "--teacher-weight",
+        help="The teacher's share of the target where an image has a mask too, 0..1 (default: 0, the mask).",
+    ),
+    onnx_spec: str | None = typer.Option(
+        None,
+        "--onnx-spec",
+        help="How to run a foreign ONNX teacher that pdseg does not recognise: size=N,mean=..,std=..,"
+        "scale=255|1,color=rgb|bgr,output=NAME,kind=probability|logit.",
+        show_default=False,
     ),
     val_dir: Path | None = typer.Option(
         None, "--val", help="Validate on this folder instead of DIS-VD (none by default with --train)."
@@ -98,6 +128,10 @@ def train(
       pdseg train --epochs 100 --data-root ~/DIS5K --device cuda --precision bf16
 
       pdseg train --epochs 150 --out runs/pdseg-b --resume
+
+      pdseg train -e 10 --init runs/a/last.pt --train my-photos --out runs/b
+
+      pdseg train -e 20 -o runs/c --teacher isnet.onnx --train lab --train photos
     """
     from pdseg_cli.engine.train import TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
@@ -111,9 +145,9 @@ def train(
         train_dir=train_dir, val_dir=val_dir, supervision=supervision, backbone_weights=backbone_weights,
         lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
-        augment=augment,
+        augment=augment, init=init, teacher=teacher, teacher_weight=teacher_weight, onnx_spec=onnx_spec,
     )  # fmt: skip
-    given = {k: v for k, v in options.items() if v is not None}  # on --resume: only what the user changed
+    given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed
     out = out or Path("runs") / (variant or "pdseg-b")
     view = TrainingView()
     with user_errors():
@@ -135,7 +169,7 @@ def train(
             # a resumed run keeps its batch and size, so the way out is a new run
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
             error(
-                f"out of memory training {cfg.variant} at --size {cfg.size} with --batch {cfg.batch} "
+                f"out of memory training {cfg.model_variant} at --size {cfg.size} with --batch {cfg.batch} "
                 f"per process{where} ({first_line(exc)})",
                 "start the run again with a smaller --batch or --size (another --out, or --overwrite)",
             )

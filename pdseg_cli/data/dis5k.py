@@ -82,8 +82,8 @@ def split_folder(root: Path, split: str) -> Path:
     return check_dataset_folder(folder)
 
 
-def check_dataset_folder(folder: str | os.PathLike[str]) -> Path:
-    """``folder`` if it holds ``im/`` and ``gt/`` subfolders.
+def check_dataset_folder(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> Path:
+    """``folder`` if it holds ``im/`` and ``gt/`` subfolders (``im/`` alone with ``masks_optional``).
 
     Raises:
         DataError: naming what is missing.
@@ -91,7 +91,8 @@ def check_dataset_folder(folder: str | os.PathLike[str]) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} does not exist")
-    missing = [d for d in (IMAGE_DIR, MASK_DIR) if not (folder / d).is_dir()]
+    wanted = (IMAGE_DIR,) if masks_optional else (IMAGE_DIR, MASK_DIR)
+    missing = [d for d in wanted if not (folder / d).is_dir()]
     if missing:
         raise DataError(
             f"dataset folder {folder} has no {' or '.join(m + '/' for m in missing)} subfolder",
@@ -106,11 +107,22 @@ def check_dataset_folder(folder: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True)
 class Pair:
-    """One training example: an image and its mask, sharing ``stem``."""
+    """One training example: an image and its mask, sharing ``stem``.
+
+    ``mask`` is None for an image without one (a folder of unlabelled photos); ``teacher`` is the
+    teacher's cached map of the image (:mod:`pdseg_cli.data.teacher`), blended with the mask by
+    ``teacher_weight`` where both exist (:func:`pdseg_cli.data.teacher.blend_targets`).
+    """
 
     stem: str
     image: Path
-    mask: Path
+    mask: Path | None
+    teacher: Path | None = None
+    teacher_weight: float = 0.0
+
+    def needs_teacher(self) -> bool:
+        """Whether the target uses a teacher map: no mask, or a blend that gives the teacher a share."""
+        return self.mask is None or self.teacher_weight > 0.0
 
 
 @dataclass
@@ -126,6 +138,11 @@ class PairScan:
     folder: Path
     pairs: list[Pair]
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def unlabelled(self) -> int:
+        """How many images have no mask."""
+        return sum(p.mask is None for p in self.pairs)
 
     def raise_problems(self) -> None:
         """Raise one :class:`DataError` naming every problem (the first few by name).
@@ -143,22 +160,27 @@ class PairScan:
         )
 
 
-def scan_pairs(folder: str | os.PathLike[str]) -> PairScan:
+def scan_pairs(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> PairScan:
     """Pair ``folder/im/*`` with ``folder/gt/*`` by file stem.
 
-    Hidden files are ignored. An image without a mask, a mask without an image, and two files with
-    one stem in the same subfolder (``a.jpg`` and ``a.png``) are problems, listed by name.
+    Hidden files are ignored. A mask without an image and two files with one stem in the same
+    subfolder (``a.jpg`` and ``a.png``) are problems, listed by name; so is an image without a mask,
+    unless ``masks_optional`` (training with a teacher), where it becomes a pair whose ``mask`` is
+    None and ``gt/`` may be absent altogether.
 
     Raises:
         DataError: the folder lacks ``im/`` or ``gt/``, or holds no images at all.
     """
     from pdseg_cli.data.images import is_image_file
 
-    folder = check_dataset_folder(folder)
+    folder = check_dataset_folder(folder, masks_optional=masks_optional)
     problems: list[str] = []
     found: dict[str, dict[str, Path]] = {}
     for sub in (IMAGE_DIR, MASK_DIR):
         by_stem: dict[str, Path] = {}
+        if not (folder / sub).is_dir():
+            found[sub] = by_stem
+            continue
         for path in sorted((folder / sub).iterdir()):
             if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
                 continue
@@ -170,12 +192,29 @@ def scan_pairs(folder: str | os.PathLike[str]) -> PairScan:
     images, masks = found[IMAGE_DIR], found[MASK_DIR]
     if not images:
         raise DataError(f"no images in {folder / IMAGE_DIR}", hint="expected .jpg/.png/.tif files")
-    for stem in sorted(images.keys() - masks.keys()):
-        problems.append(f"{IMAGE_DIR}/{images[stem].name}: no mask {MASK_DIR}/{stem}.png")
+    if not masks_optional:
+        for stem in sorted(images.keys() - masks.keys()):
+            problems.append(f"{IMAGE_DIR}/{images[stem].name}: no mask {MASK_DIR}/{stem}.png")
     for stem in sorted(masks.keys() - images.keys()):
         problems.append(f"{MASK_DIR}/{masks[stem].name}: no image {IMAGE_DIR}/{stem}.*")
-    pairs = [Pair(stem, images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
+    stems = sorted(images.keys() if masks_optional else images.keys() & masks.keys())
+    pairs = [Pair(stem, images[stem], masks.get(stem)) for stem in stems]
     return PairScan(folder, pairs, problems)
+
+
+def merge_scans(scans: Sequence[PairScan]) -> PairScan:
+    """Several training folders as one: pairs in folder order, problems named with their folder.
+
+    Raises:
+        ValueError: no scans.
+    """
+    if not scans:
+        raise ValueError("no training folders")
+    if len(scans) == 1:
+        return scans[0]
+    pairs = [pair for scan in scans for pair in scan.pairs]
+    problems = [f"{scan.folder}: {problem}" for scan in scans for problem in scan.problems]
+    return PairScan(scans[0].folder, pairs, problems)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,21 +224,33 @@ def scan_pairs(folder: str | os.PathLike[str]) -> PairScan:
 def load_sample(pair: Pair, size: int) -> np.ndarray:
     """Decode one pair and resize both to ``size`` x ``size`` (bilinear, as ``pdseg predict`` resizes).
 
+    The target is the mask, the teacher's map, or their blend (:meth:`Pair.needs_teacher`).
+
     Returns:
-        (size, size, 4) uint8: RGB in channels 0-2, the mask (0..255, soft edges) in channel 3.
+        (size, size, 4) uint8: RGB in channels 0-2, the target (0..255, soft edges) in channel 3.
 
     Raises:
         PdsegError: a file cannot be decoded, or image and mask sizes differ (the message names them).
     """
     from pdseg_cli.data.images import read_image
+    from pdseg_cli.data.teacher import blend_targets
     from pdseg_cli.data.transforms import resize_image, to_float_rgb
     from pdseg_cli.metrics.reading import read_gray_u8
 
     pixels = read_image(pair.image).pixels
-    mask = read_gray_u8(pair.mask)  # as pdseg eval reads GTs (cv2 grayscale semantics)
-    if mask.shape[:2] != pixels.shape[:2]:
-        (h, w), (mh, mw) = pixels.shape[:2], mask.shape[:2]
-        raise DataError(f"{pair.image.name} is {w}x{h} but its mask {pair.mask.name} is {mw}x{mh}")
+    targets: list[np.ndarray | None] = []
+    for path in (pair.mask, pair.teacher if pair.needs_teacher() else None):
+        if path is None:
+            targets.append(None)
+            continue
+        target = read_gray_u8(path)  # as pdseg eval reads GTs (cv2 grayscale semantics)
+        if target.shape[:2] != pixels.shape[:2]:
+            (h, w), (mh, mw) = pixels.shape[:2], target.shape[:2]
+            raise DataError(f"{pair.image.name} is {w}x{h} but its mask {path.name} is {mw}x{mh}")
+        targets.append(target)
+    if pair.needs_teacher() and targets[1] is None:
+        raise DataError(f"{pair.image.name} has no mask and no teacher map", hint="pass --teacher MODEL")
+    mask = blend_targets(targets[0], targets[1], pair.teacher_weight)
     image = resize_image(to_float_rgb(pixels), (size, size))
     if mask.shape[:2] != (size, size):
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -212,9 +263,15 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
 def _cache_name(pair: Pair, size: int) -> str:
     """A file name that changes when either file or the size changes."""
     parts = [str(CACHE_VERSION), str(size)]
-    for path in (pair.image, pair.mask):
+    sources = [pair.image, pair.mask] + ([pair.teacher] if pair.needs_teacher() else [])
+    for path in sources:
+        if path is None:
+            parts.append("-")
+            continue
         st = path.stat()
         parts += [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)]
+    if pair.mask is not None and pair.needs_teacher():
+        parts.append(f"{pair.teacher_weight:.6g}")
     digest = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
     return f"{pair.stem[:80]}-{digest}.npy"
 
@@ -310,7 +367,8 @@ def prepare_samples(
             return exc.message
         except (OSError, ValueError, cv2.error) as exc:
             pair = store.pairs[index]
-            return f"{pair.image.name}/{pair.mask.name}: {type(exc).__name__}: {exc}"
+            names = pair.image.name + (f"/{pair.mask.name}" if pair.mask is not None else "")
+            return f"{names}: {type(exc).__name__}: {exc}"
         return None
 
     done = 0

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from pdseg_cli.errors import NotAvailableError, WeightsError
+from pdseg_cli.engine.onnx_spec import OnnxSpec, Signature, output_name, resolve_spec
+from pdseg_cli.errors import InputError, NotAvailableError, WeightsError
 
 ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
 METADATA_VERSION = 1
@@ -231,7 +232,7 @@ class OnnxModel(_ExportedModel):
     Args:
         path: the ``.onnx`` file written by ``pdseg export``.
         device: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (the CUDA provider needs ``onnxruntime-gpu``).
-        threads: intra-op threads for onnxruntime, or None for its default (all cores).
+        threads: intra-op threads for onnxruntime, or None for torch's (``torch.get_num_threads()``).
 
     Raises:
         NotAvailableError: onnxruntime, or its CUDA provider, is not installed.
@@ -240,7 +241,13 @@ class OnnxModel(_ExportedModel):
 
     format = "onnx"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        spec: str | None = None,
+    ):
         self.path = Path(path)
         self.device = torch.device(device)
         ort = require_onnxruntime()
@@ -261,8 +268,8 @@ class OnnxModel(_ExportedModel):
                 f"onnxruntime cannot run on device {str(device)!r}", hint="use --device cpu or cuda"
             )
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
+        # the same thread count as torch (OMP_NUM_THREADS, --threads), so both obey one setting
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
@@ -270,26 +277,66 @@ class OnnxModel(_ExportedModel):
                 f"{self.path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]})",
                 hint="export it again with `pdseg export --format onnx`",
             ) from None
-        self.metadata = ExportMetadata.from_strings(
-            dict(self.session.get_modelmeta().custom_metadata_map), self.path
-        )
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         self._input_half = inp.type == "tensor(float16)"
         self._output_names = [o.name for o in self.session.get_outputs()]
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.spec: OnnxSpec | None = None
+        if "pdseg_metadata_version" in props:
+            if spec:
+                raise InputError(
+                    f"{self.path} is a pdseg export, which says how to run it itself", hint="drop --onnx-spec"
+                )
+            self.metadata = ExportMetadata.from_strings(props, self.path)
+        else:  # a foreign model: its spec comes from --onnx-spec or the table of known models
+            self.spec = resolve_spec(self.signature(), spec, str(self.path))
+            self.metadata = _foreign_metadata(self.spec, self._output_names)
+            self._map_output = output_name(self.spec, self._output_names)
+
+    def signature(self) -> Signature:
+        """The graph's first input and its outputs, as :func:`resolve_spec` reads them."""
+
+        def dims(shape: Any) -> tuple[int | None, ...]:
+            return tuple(d if isinstance(d, int) else None for d in (shape or ()))
+
+        inp = self.session.get_inputs()[0]
+        outs = tuple((o.name, dims(o.shape)) for o in self.session.get_outputs())
+        return Signature(inp.name, dims(inp.shape), outs)
+
+    @property
+    def fixed_size(self) -> int | None:
+        """The only input side a foreign model with a fixed input takes, else None."""
+        return self.spec.size if self.spec is not None else None
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        return self.spec.normalization if self.spec is not None else self.metadata.normalization
+
+    def describe(self) -> str:
+        """One line on what this file is and how it is run."""
+        if self.spec is not None:
+            return f"foreign ONNX, {self.spec.describe()}"
+        return f"pdseg export, {self.metadata.variant}"
 
     def run(self, x: torch.Tensor, output: str) -> torch.Tensor:
         """One named output for input ``x`` (float (B, 3, H, W)), as a float32 CPU tensor."""
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         if self._input_half:
             arr = arr.astype("float16")
+        if self.spec is not None and self.spec.size is not None and arr.shape[0] > 1:
+            # fixed-size exports usually fix the batch at 1 too: run the images one by one
+            return torch.cat([self.run(x[i : i + 1], output) for i in range(arr.shape[0])])
         (result,) = self.session.run([output], {self._input_name: arr})
-        return torch.from_numpy(result).float()
+        result = torch.from_numpy(result).float()
+        if result.ndim == 3:  # (B, H, W) maps from some exports
+            result = result[:, None]
+        return result[:, :1]
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, logits), each (B, 1, H, W) float32 on ``x``'s device, from one run."""
         names = [OUTPUT_PROBABILITIES, OUTPUT_LOGITS]
-        if not set(names) <= set(self._output_names):
+        if self.spec is not None or not set(names) <= set(self._output_names):
             logits = self(x)
             return torch.sigmoid(logits), logits
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -300,12 +347,17 @@ class OnnxModel(_ExportedModel):
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities (B, 1, H, W) in [0, 1]."""
+        if self.spec is not None:
+            return torch.sigmoid(self(x))
         if OUTPUT_PROBABILITIES in self._output_names:
             return self.run(x, OUTPUT_PROBABILITIES).to(x.device)
         return torch.sigmoid(self.run(x, OUTPUT_LOGITS)).to(x.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1, H, W), float32, on ``x``'s device, for input float (B, 3, H, W)."""
+        if self.spec is not None:
+            out = self.run(x, self._map_output)
+            return (out if self.spec.kind == "logit" else _logit(out)).to(x.device)
         if OUTPUT_LOGITS in self._output_names:
             return self.run(x, OUTPUT_LOGITS).to(x.device)
         return _logit(self.run(x, self._output_names[0])).to(x.device)
@@ -365,6 +417,20 @@ class TorchScriptModel(_ExportedModel):
             return _logit(self.module(x).float())
 
 
+def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:
+    """Metadata for a foreign ONNX model, so code that reads an export's metadata works on it too."""
+    return ExportMetadata(
+        variant=spec.name,
+        config={},
+        train_size=spec.size,
+        mean=spec.mean,
+        std=spec.std,
+        output=spec.kind,
+        outputs=tuple(outputs),
+        extra={"foreign": "1", "spec": spec.key()},
+    )
+
+
 def _logit(p: torch.Tensor) -> torch.Tensor:
     return torch.logit(p.float().clamp(_PROB_EPS, 1.0 - _PROB_EPS))
 
@@ -386,16 +452,27 @@ def detect_format(path: str | Path) -> str:
     return "onnx" if path.suffix.lower() == ".onnx" else "checkpoint"
 
 
-def load_exported(path: str | Path, device: str | torch.device = "cpu") -> OnnxModel | TorchScriptModel:
-    """Open an exported ONNX or TorchScript file.
+def load_exported(
+    path: str | Path, device: str | torch.device = "cpu", onnx_spec: str | None = None
+) -> OnnxModel | TorchScriptModel:
+    """Open an exported ONNX or TorchScript file, or a foreign DIS/SOD ONNX model.
+
+    Args:
+        path: the file.
+        device: where to run it.
+        onnx_spec: ``--onnx-spec`` for a foreign ONNX model (see :mod:`pdseg_cli.engine.onnx_spec`).
 
     Raises:
-        WeightsError: the file is a plain checkpoint, or unreadable.
+        WeightsError: the file is a plain checkpoint, or unreadable, or a foreign model that needs
+            ``--onnx-spec``.
         NotAvailableError: the file is ONNX and onnxruntime is not installed.
+        InputError: ``onnx_spec`` given for a file that is not a foreign ONNX model, or malformed.
     """
     kind = detect_format(path)
     if kind == "onnx":
-        return OnnxModel(path, device=device)
+        return OnnxModel(path, device=device, spec=onnx_spec)
+    if onnx_spec:
+        raise InputError(f"--onnx-spec is for foreign ONNX models; {path} is not one", hint="drop it")
     if kind == "torchscript":
         return TorchScriptModel(path, device=device)
     raise WeightsError(f"{path} is a checkpoint, not an exported model", hint="load it with load_model")

@@ -502,6 +502,7 @@ class Predictor:
         optimized: bool = True,
         compile: str | bool | None = None,
         local_rank: int | None = None,
+        onnx_spec: str | None = None,
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
         choice = runtime.resolve_device(device, local_rank=local_rank)
@@ -521,11 +522,13 @@ class Predictor:
             if detect_format(self.weights_path) == "checkpoint":
                 model = load_model(self.weights_path, device="cpu")
             else:  # .onnx / TorchScript from `pdseg export`: fp32 in and out, precision fixed in the file
-                model = load_exported(self.weights_path, device=self.device)
+                model = load_exported(self.weights_path, device=self.device, onnx_spec=onnx_spec)
                 self.precision = "fp32"  # no autocast around an exported graph
         model = model.eval().to(self.device)
         from pdseg_cli.model.pdseg import PDSeg
 
+        if onnx_spec and isinstance(model, nn.Module):
+            raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
         if compile_mode and not (optimized and isinstance(model, PDSeg)):
             raise InputError(
                 f"--compile {compile_mode} needs a PyTorch checkpoint (.pt) run in its optimised form",
@@ -542,7 +545,14 @@ class Predictor:
             getattr(model, "normalization", None) or _default_normalization()
         )
         self.train_size = _side(getattr(model, "train_size", None))
+        self.description = describe_model(model)
         parsed = parse_size(size)
+        fixed = getattr(model, "fixed_size", None)
+        if fixed is not None and parsed is not None and parsed != fixed:
+            raise InputError(
+                f"{self.weights_path} takes only {fixed}x{fixed} inputs; --size {parsed} cannot be used",
+                hint="drop --size: every image is resized to the model's input and the map back",
+            )
         self.size_from_checkpoint = parsed is None
         self.size: Size = parsed if parsed is not None else (self.train_size or DEFAULT_SIZE)
         if parsed is not None:
@@ -896,6 +906,15 @@ def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:
         size=first.size,
         world_size=len(parts),
     )
+
+
+def describe_model(model: Any) -> str:
+    """One line on what a loaded model is: a foreign ONNX model's spec, else its variant."""
+    describe = getattr(model, "describe", None)
+    if callable(describe):
+        return str(describe())
+    variant = getattr(model, "variant", None) or getattr(getattr(model, "config", None), "name", None)
+    return str(variant or type(model).__name__)
 
 
 def _side(train_size: Any) -> int | None:

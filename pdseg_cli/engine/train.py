@@ -55,6 +55,7 @@ from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA
 from pdseg_cli.errors import DataError, InputError, PdsegError, WeightsError
 from pdseg_cli.model import create_model, load_backbone, save_checkpoint
+from pdseg_cli.model.build import load_checkpoint
 
 LAST, BEST, RESULTS, CONFIG = "last.pt", "best.pt", "results.csv", "config.json"
 TENSORBOARD_DIR, CACHE_DIR = "tensorboard", "cache"
@@ -84,8 +85,10 @@ _TRAJECTORY_FIELDS = (
     "ema_decay",
     "ema_tau",
     "augment",
+    "teacher_weight",
 )
-_PATH_FIELDS = ("out", "data_root", "train_dir", "val_dir", "backbone_weights", "cache_dir")
+_PATH_FIELDS = ("out", "data_root", "val_dir", "backbone_weights", "cache_dir", "teacher", "init")
+DEFAULT_VARIANT = "pdseg-b"
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,16 @@ class TrainConfig:
     Args:
         out: the run folder (``last.pt``, ``best.pt``, ``results.csv``, ``config.json``).
         epochs: train until this many epochs are complete (also when resuming).
-        variant: the model, ``pdseg-t/s/b/l`` or ``segnext-b`` (the ablation's single head).
+        variant: the model, ``pdseg-t/s/b/l`` or ``segnext-b`` (the ablation's single head); None:
+            ``init``'s variant, else ``pdseg-b``.
         size: square training side in pixels; a multiple of 32. DIS5K images are 1024^2 in the recipe.
         batch: images per step and process (the global batch is ``batch * world_size``).
         workers: DataLoader worker processes per training process (0 loads in the main process).
         seed: seeds the initial weights, the data order, the augmentation and the model's RNG.
         data_root: DIS5K root (default ``$PDSEG_DATA``, else ``./DIS5K``); unused when both
             ``train_dir`` and ``val_dir`` are given.
-        train_dir: a folder with ``im/`` and ``gt/`` to train on; default ``<root>/DIS-TR``.
+        train_dir: a folder with ``im/`` and ``gt/`` to train on, or several (a list); default
+            ``<root>/DIS-TR``. With a ``teacher``, a folder may hold images without masks.
         val_dir: a folder to validate on; default ``<root>/DIS-VD`` when ``train_dir`` is not
             given, else no validation (and no ``best.pt``).
         supervision: ``multi`` (loss on every decoder level) or ``single`` (final map only).
@@ -123,11 +128,19 @@ class TrainConfig:
         augment: flip, rotation, crop-and-resize and colour jitter on training samples.
         resume: continue the run in ``out`` from its ``last.pt``.
         overwrite: replace a run already in ``out`` (its cache is kept).
+        teacher: a model ``pdseg predict`` runs (``.pt``, ``.onnx``, ``.ts``, a foreign ONNX) whose
+            maps are the targets of images without masks (distillation).
+        teacher_weight: the teacher's share of the target where an image has a mask too (0..1).
+        onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher (see :mod:`pdseg_cli.engine.onnx_spec`).
+        teacher_cache: where teacher maps are cached; default pdseg's cache root
+            (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``), shared by runs.
+        init: start from this pdseg checkpoint's weights (variant and normalisation from the file)
+            with a fresh optimiser and schedule (fine-tuning; ignored when resuming).
     """
 
     out: Path
     epochs: int
-    variant: str = "pdseg-b"
+    variant: str | None = None
     size: int = 1024
     batch: int = 8
     workers: int = 4
@@ -153,12 +166,35 @@ class TrainConfig:
     augment: bool = True
     resume: bool = False
     overwrite: bool = False
+    teacher: Path | None = None
+    teacher_weight: float = 0.0
+    onnx_spec: str | None = None
+    teacher_cache: Path | None = None
+    init: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in _PATH_FIELDS:  # accept str paths from Python callers
+        for name in (*_PATH_FIELDS, "teacher_cache"):  # accept str paths from Python callers
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        folders = self.train_dir
+        if isinstance(folders, (list, tuple)):  # several --train folders; one stays a plain path
+            paths = tuple(Path(f) for f in folders)
+            object.__setattr__(self, "train_dir", paths[0] if len(paths) == 1 else (paths or None))
+        elif folders is not None and not isinstance(folders, Path):
+            object.__setattr__(self, "train_dir", Path(folders))
+
+    @property
+    def train_dirs(self) -> list[Path]:
+        """The training folders given (empty: DIS-TR under the data root)."""
+        if self.train_dir is None:
+            return []
+        return list(self.train_dir) if isinstance(self.train_dir, tuple) else [self.train_dir]
+
+    @property
+    def model_variant(self) -> str:
+        """The variant to build: the one given, else the default (``init`` sets it in :func:`train`)."""
+        return self.variant or DEFAULT_VARIANT
 
     def check(self) -> None:
         """Reject values that cannot work, with the fix in the message.
@@ -166,7 +202,7 @@ class TrainConfig:
         Raises:
             InputError: the first bad value.
         """
-        get_config(self.variant)  # unknown names get a did-you-mean hint
+        get_config(self.model_variant)  # unknown names get a did-you-mean hint
         rules: list[tuple[bool, str, str | None]] = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}", None),
             (
@@ -210,6 +246,16 @@ class TrainConfig:
                 None,
             ),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other", None),
+            (
+                0.0 <= self.teacher_weight <= 1.0,
+                f"--teacher-weight must be in [0, 1], got {self.teacher_weight}",
+                "0: the GT where an image has one; 1: the teacher everywhere",
+            ),
+            (
+                self.teacher is not None or (self.teacher_weight == 0.0 and not self.onnx_spec),
+                "--teacher-weight and --onnx-spec need --teacher",
+                "pass --teacher MODEL (a .pt, .onnx or .ts file)",
+            ),
         ]
         for ok, message, hint in rules:
             if not ok:
@@ -218,9 +264,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (paths as strings), for ``config.json``."""
         out = dataclasses.asdict(self)
-        for name in _PATH_FIELDS:
+        for name in (*_PATH_FIELDS, "teacher_cache"):
             if out[name] is not None:
                 out[name] = str(out[name])
+        dirs = self.train_dirs
+        out["train_dir"] = None if not dirs else str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs]
+        out["variant"] = self.model_variant
         return out
 
     @classmethod
@@ -524,6 +573,7 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         TrainingDiverged: a NaN/inf loss; ``last.pt`` from the last save is kept.
     """
     cfg.check()
+    cfg = _variant_from_init(cfg)
     env = runtime.env_distributed()
     choice = runtime.resolve_device(cfg.device, local_rank=env.local_rank if env.enabled else None)
     device = choice.device
@@ -547,6 +597,26 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
     finally:
         if started_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _variant_from_init(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the variant of its ``--init`` checkpoint (a conflicting ``--variant`` is an error).
+
+    Raises:
+        InputError: ``--variant`` names another variant than the checkpoint's.
+        WeightsError: the checkpoint cannot be read.
+    """
+    if cfg.init is None or cfg.resume:
+        return cfg
+    from pdseg_cli.model.build import load_checkpoint
+
+    ckpt = load_checkpoint(cfg.init)
+    if cfg.variant is not None and cfg.variant != ckpt.variant:
+        raise InputError(
+            f"--variant {cfg.variant} conflicts with --init {cfg.init}, a {ckpt.variant} checkpoint",
+            hint="drop --variant: fine-tuning keeps the checkpoint's variant",
+        )
+    return dataclasses.replace(cfg, variant=ckpt.variant)
 
 
 @contextlib.contextmanager
@@ -719,15 +789,16 @@ class _Run:
         if soft:
             self.notice(f"resuming with {', '.join(soft)}: the result will differ from an uninterrupted run")
 
-    def resolve_data(self) -> tuple[Path, Path | None]:
-        """The training folder and the validation folder (None: no validation)."""
+    def resolve_data(self) -> tuple[list[Path], Path | None]:
+        """The training folders and the validation folder (None: no validation)."""
         cfg = self.cfg
         root = None
-        if cfg.train_dir is not None:
-            train = dis5k.check_dataset_folder(cfg.train_dir)
+        if cfg.train_dirs:
+            # images without masks are found by the scan, which names them with the fix
+            train = [dis5k.check_dataset_folder(d, masks_optional=True) for d in cfg.train_dirs]
         else:
             root = dis5k.resolve_root(cfg.data_root)
-            train = dis5k.split_folder(root, dis5k.TRAIN_SPLIT)
+            train = [dis5k.split_folder(root, dis5k.TRAIN_SPLIT)]
         val: Path | None = None
         if cfg.val_every == 0:
             pass
@@ -737,9 +808,43 @@ class _Run:
             val = dis5k.split_folder(root, dis5k.VAL_SPLIT)
         else:
             self.notice("no --val folder given: training runs without validation and writes no best.pt")
-        return train.resolve(), None if val is None else val.resolve()
+        return [t.resolve() for t in train], None if val is None else val.resolve()
 
-    def load_split(self, folder: Path, split: str) -> dis5k.SampleStore:
+    def scan_training(self, folders: list[Path]) -> dis5k.PairScan:
+        """Pair every training folder; with a teacher, give each image that needs one its map
+        (computed once into the shared cache, by rank 0, with a progress bar)."""
+        cfg = self.cfg
+        scans = [dis5k.scan_pairs(f, masks_optional=True) for f in folders]
+        if cfg.teacher is None:
+            unlabelled = [p for s in scans for p in s.pairs if p.mask is None]
+            if unlabelled and not any(s.problems for s in scans):
+                first = unlabelled[0].image
+                raise DataError(
+                    f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no "
+                    f"mask (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})",
+                    hint="pass --teacher MODEL to learn their targets from a model, or add masks with "
+                    "the same names to gt/",
+                )
+            # with other problems too, they are all named together (after decoding finds the rest)
+            scans = [dis5k.scan_pairs(f) if s.unlabelled else s for f, s in zip(folders, scans, strict=True)]
+            return dis5k.merge_scans(scans)
+        scan = dis5k.merge_scans(scans)
+        pairs = [dataclasses.replace(p, teacher_weight=cfg.teacher_weight) for p in scan.pairs]
+        needing = [i for i, p in enumerate(pairs) if p.needs_teacher()]
+        maps = self.teacher_maps
+        if self.main and needing:
+            self.notice(f"teacher {self.teacher_info.description}")
+
+            def progress(done: int, total: int, computed: int) -> None:
+                self.emit("prepare", values={"split": "teacher maps", "done": done, "total": total})
+
+            maps.ensure_all([pairs[i].image for i in needing], progress)
+        self.barrier()
+        for i in needing:
+            pairs[i] = dataclasses.replace(pairs[i], teacher=maps.map_path(pairs[i].image))
+        return dis5k.PairScan(scan.folder, pairs, scan.problems)
+
+    def load_split(self, folder: Path | list[Path], split: str) -> dis5k.SampleStore:
         """Scan and decode one split before training (rank 0 fills a disk cache; with ``ram``
         every rank decodes its own copy). Bad pairs fail every rank with one message."""
         cfg = self.cfg
@@ -750,7 +855,10 @@ class _Run:
 
         error, store = None, None
         try:
-            scan = dis5k.scan_pairs(folder)
+            if isinstance(folder, list):
+                scan = self.scan_training(folder)
+            else:
+                scan = dis5k.scan_pairs(folder)
             if self.main or cfg.cache == "ram":
                 threads = max(1, cfg.workers)
                 store = dis5k.prepare_samples(
@@ -768,8 +876,17 @@ class _Run:
         """Model, EMA, DDP wrapper, optimiser, schedule and scaler, restored from ``state`` if given."""
         cfg = self.cfg
         _seed_all(cfg.seed)  # the initial weights depend on the seed only
-        model = create_model(cfg.variant)
-        if cfg.backbone_weights is not None and state is None:
+        model = create_model(cfg.model_variant)
+        if cfg.init is not None and state is None:
+            from pdseg_cli.data.teacher import file_sha256
+            from pdseg_cli.model.build import load_model
+
+            start = load_model(cfg.init)  # checks the tensors against the file's own config
+            model.load_state_dict(start.state_dict())
+            model.normalization = dict(start.normalization)
+            self.init_provenance = {"sha256": file_sha256(cfg.init), **load_checkpoint(cfg.init).provenance}
+            self.notice(f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule")
+        elif cfg.backbone_weights is not None and state is None:
             n = load_backbone(model, cfg.backbone_weights)
             self.notice(f"encoder initialised from {cfg.backbone_weights} ({n} tensors)")
         model = model.to(self.device).train()
@@ -829,13 +946,18 @@ class _Run:
         """Everything before the first step; returns where to start (epoch, step, sums so far)."""
         cfg = self.cfg
         state = self.prepare_folder()
-        self.train_dir, self.val_dir = self.resolve_data()
+        self.train_dirs, self.val_dir = self.resolve_data()
+        self.train_dir = " + ".join(str(d) for d in self.train_dirs)  # how runs record their data
+        self.init_provenance: dict[str, Any] | None = None
+        self.teacher_info: Any = None
+        if cfg.teacher is not None:
+            self.open_teacher()
         if state is not None and state["train_dir"] != str(self.train_dir):
             raise InputError(
                 f"{self.out} was trained on {state['train_dir']}, not {self.train_dir}",
                 hint="resume with the run's own data (--train / --data-root), or start a new --out",
             )
-        train_store = self.load_split(self.train_dir, "train")
+        train_store = self.load_split(self.train_dirs, "train")
         val_store = self.load_split(self.val_dir, "val") if self.val_dir is not None else None
         self.n_train, self.n_val = len(train_store), 0 if val_store is None else len(val_store)
         world = self.env.world_size
@@ -986,6 +1108,8 @@ class _Run:
                     return False
         clock()
         row: dict[str, Any] = {"epoch": epoch + 1, "steps": self.global_step, **sums.row()}
+        if self.teacher_info is not None:
+            row.update(self.teacher_record())
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         last_epoch = epoch + 1 == cfg.epochs
         scores = dict.fromkeys(VAL_COLUMNS)
@@ -1093,11 +1217,45 @@ class _Run:
 
     # -- files -----------------------------------------------------------------------------------
 
+    def open_teacher(self) -> None:
+        """Open the teacher before any work, so a bad file or spec fails first (every rank checks)."""
+        from pdseg_cli.data.teacher import TeacherMaps
+        from pdseg_cli.metrics.cache import default_cache_root
+
+        cfg = self.cfg
+        error = None
+        try:
+            assert cfg.teacher is not None
+            device = "cpu" if self.device.type == "cpu" else str(self.device)
+            self.teacher_maps = TeacherMaps(
+                cfg.teacher, default_cache_root(cfg.teacher_cache), device=device, onnx_spec=cfg.onnx_spec
+            )
+            self.teacher_info = self.teacher_maps.info()
+        except PdsegError as exc:
+            error = exc
+        self.agree(error)
+
+    def teacher_record(self) -> dict[str, Any]:
+        """The teacher as runs record it (config.json, results.csv, checkpoints)."""
+        info = self.teacher_info
+        if info is None:
+            return {"teacher": None, "teacher_sha256": None}
+        return {"teacher": str(info.path), "teacher_sha256": info.sha256}
+
     def provenance(self, epochs: int) -> dict[str, Any]:
         """What the saved weights came from (stored in the checkpoint)."""
         cfg = self.cfg
         last = self.rows[-1] if self.rows else {}
+        chain = {}
+        if cfg.init is not None:  # fine-tuned: keep where the starting weights came from
+            chain = {"init": {"path": str(cfg.init), "provenance": self.init_provenance}}
+        teacher = {}
+        if self.teacher_info is not None:
+            teacher = {**self.teacher_record(), "teacher_weight": cfg.teacher_weight,
+                       "teacher_model": self.teacher_info.description}  # fmt: skip
         return {
+            **chain,
+            **teacher,
             "data": str(self.train_dir),
             "train_images": self.n_train,
             "val_data": None if self.val_dir is None else str(self.val_dir),
@@ -1159,6 +1317,7 @@ class _Run:
             "global_batch": cfg.batch * self.env.world_size,
             "train_dir": str(self.train_dir),
             "val_dir": None if self.val_dir is None else str(self.val_dir),
+            **self.teacher_record(),
             "train_images": self.n_train,
             "val_images": self.n_val,
             "steps_per_epoch": self.steps_per_epoch,

@@ -19,8 +19,12 @@ def start(
     skipped: int,
     world_size: int,
     notes: list[str] | None = None,
+    model: str | None = None,
 ) -> None:
-    """One status line on stderr before the work starts, then a warning line per note."""
+    """Status lines on stderr before the work starts (the model, then the set-up), then a warning line
+    per note."""
+    if model:
+        ui.info(f"model {model}")
     parts = [f"device {device_reason}", f"precision {precision}", f"size {size}"]
     files = f"{todo} image{'s' if todo != 1 else ''} to do"
     if skipped:

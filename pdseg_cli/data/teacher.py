@@ -1,0 +1,194 @@
+"""Teacher maps for distillation: one map per training image, computed once and cached on disk.
+
+A teacher is anything ``pdseg predict`` runs (a pdseg ``.pt``, an ``.onnx``/``.ts`` export, or a
+foreign DIS/SOD ONNX model). Its map of an image is made from the whole image at the teacher's own
+input size and resized back to the image, exactly as ``pdseg predict`` writes it (8-bit,
+floor(255 p)), so a teacher map and a GT mask are interchangeable inputs to the training sample
+cache (:mod:`pdseg_cli.data.dis5k`), which then resizes and augments them alike.
+
+The cache key is the image file's content (sha256) and the teacher's identity (its file's sha256
+plus the ``--onnx-spec`` that changes how it runs): a changed image or another teacher gives another
+key, the same photo under another name reuses its map, and runs on the same data share the maps.
+Each map is written through a temporary file and a rename, so an interrupted labelling pass leaves
+only whole maps and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TEACHER_DIR = "teacher"  # under the cache root
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """Who the teacher is: what runs and results record.
+
+    Attributes:
+        path: the teacher file.
+        sha256: its content hash.
+        spec: the ``--onnx-spec`` text it runs with ("" when none).
+        description: one line on the model (e.g. the recognised foreign model and its input rule).
+    """
+
+    path: Path
+    sha256: str
+    spec: str
+    description: str
+
+    @property
+    def key(self) -> str:
+        """The cache folder name: the file hash, plus the spec's when one is given."""
+        if not self.spec:
+            return self.sha256[:24]
+        return f"{self.sha256[:16]}-{hashlib.sha256(self.spec.encode()).hexdigest()[:8]}"
+
+
+class TeacherMaps:
+    """A teacher model and its map cache.
+
+    The model is loaded on first need, so a run whose maps are all cached never opens it (and does
+    not need onnxruntime for that).
+
+    Args:
+        teacher: the teacher file.
+        cache_root: pdseg's cache root; maps go to ``<cache_root>/teacher/<teacher key>/``.
+        device: where the teacher runs (``auto``, ``cpu``, ``cuda``...).
+        onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher, or None.
+
+    Raises:
+        DataError: the teacher file does not exist.
+    """
+
+    def __init__(
+        self,
+        teacher: str | os.PathLike[str],
+        cache_root: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        onnx_spec: str | None = None,
+    ) -> None:
+        from pdseg_cli.errors import DataError
+
+        path = Path(teacher).expanduser()
+        if not path.is_file():
+            raise DataError(f"--teacher {path} does not exist", hint="give a .pt, .onnx or .ts file")
+        self.path = path.resolve()
+        self.device = device
+        self.onnx_spec = onnx_spec or ""
+        self._sha = file_sha256(self.path)
+        self._predictor = None
+        key = TeacherInfo(self.path, self._sha, self.onnx_spec, "").key
+        self.folder = Path(cache_root) / TEACHER_DIR / key
+
+    def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
+        if self._predictor is None:
+            from pdseg_cli.engine.predict import Predictor
+
+            # size None: the teacher's own input size (a fixed-size ONNX input, or a .pt's training size)
+            self._predictor = Predictor(
+                self.path, device=self.device, precision="fp32", onnx_spec=self.onnx_spec or None
+            )
+        return self._predictor
+
+    def info(self) -> TeacherInfo:
+        """The teacher's identity and a description (loads the model)."""
+        return TeacherInfo(self.path, self._sha, self.onnx_spec, self._model().description)
+
+    def check(self) -> None:
+        """Open the teacher now, so a bad file or spec fails before any work.
+
+        Raises:
+            PdsegError: the teacher cannot be run (the message names the file and the fix).
+        """
+        self._model()
+
+    def map_path(self, image: Path) -> Path:
+        """Where the map of ``image`` is (or will be) cached."""
+        return self.folder / f"{file_sha256(image)[:32]}.png"
+
+    def compute(self, image: Path) -> np.ndarray:
+        """The teacher's (H, W) uint8 map of one image, at the image's size (not cached)."""
+        from pdseg_cli.data.images import read_image
+
+        return self._model().predict(read_image(image).pixels)
+
+    def ensure(self, image: Path) -> Path:
+        """The cached map of ``image``, computing and storing it first if needed."""
+        path = self.map_path(image)
+        if not path.is_file():
+            from pdseg_cli.data.images import write_png
+
+            array = self.compute(image)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_png(path, array)  # atomic: a temporary file, then a rename
+        return path
+
+    def ensure_all(
+        self,
+        images: Sequence[Path],
+        on_progress: Callable[[int, int, int], None] | None = None,
+    ) -> list[Path]:
+        """Cached maps for every image, computing the missing ones (the slow part, once per image).
+
+        Args:
+            images: the images.
+            on_progress: called as ``on_progress(done, total, computed)`` after each image.
+
+        Returns:
+            The map paths, in the order of ``images``.
+        """
+        out: list[Path] = []
+        computed = 0
+        for i, image in enumerate(images):
+            path = self.map_path(image)
+            if not path.is_file():
+                self.ensure(image)
+                computed += 1
+            out.append(path)
+            if on_progress is not None:
+                on_progress(i + 1, len(images), computed)
+        return out
+
+
+def blend_targets(gt: np.ndarray | None, teacher: np.ndarray | None, weight: float) -> np.ndarray:
+    """The training target of one image, as uint8 0..255 (soft).
+
+    Args:
+        gt: the GT mask, or None when the image has none.
+        teacher: the teacher's map, or None when there is no teacher.
+        weight: the teacher's share where both exist (0: the GT alone, 1: the teacher alone).
+
+    Returns:
+        The GT where there is no teacher map, the teacher's map where there is no GT, else
+        ``round((1 - weight) * gt + weight * teacher)``.
+
+    Raises:
+        ValueError: neither is given, or their shapes differ.
+    """
+    if gt is None and teacher is None:
+        raise ValueError("an image needs a GT mask or a teacher map")
+    if teacher is None or (gt is not None and weight <= 0.0):
+        return gt  # type: ignore[return-value]
+    if gt is None or weight >= 1.0:
+        return teacher
+    if gt.shape != teacher.shape:
+        raise ValueError(f"GT {gt.shape} and teacher map {teacher.shape} differ in size")
+    mixed = (1.0 - weight) * gt.astype(np.float32) + weight * teacher.astype(np.float32)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

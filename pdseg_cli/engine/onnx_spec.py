@@ -1,0 +1,293 @@
+"""How to feed a foreign DIS/SOD ONNX model and read its map: size, colour order, scaling, output.
+
+A file written by ``pdseg export`` says all of this in its metadata. Any other ONNX model (IS-Net,
+U2-Net, BiRefNet exports, ...) does not, so pdseg takes it, in this order, from:
+
+1. ``--onnx-spec`` (:func:`parse_spec`), given by the user; keys it leaves out come from 2 when the
+   file is recognised, else from the defaults below;
+2. :data:`KNOWN_MODELS`, a table of published models recognised by their input and output
+   signature (:func:`recognise`);
+3. nothing: :func:`resolve_spec` then says in one line what to pass.
+
+The map a foreign model gives goes through pdseg's usual rule (resized to the image, floor(255 p)),
+so ``pdseg eval --weights isnet.onnx`` scores a published model with the same code as pdseg's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from pdseg_cli.errors import InputError, WeightsError
+
+OutputKind = Literal["probability", "logit"]
+_IMAGENET_MEAN_01 = (0.485, 0.456, 0.406)
+_IMAGENET_STD_01 = (0.229, 0.224, 0.225)
+SPEC_HELP = (
+    "size=N (or dynamic), mean=M or R:G:B, std=S or R:G:B, scale=255|1 (the range mean and std are "
+    "on), color=rgb|bgr, output=NAME|INDEX, kind=probability|logit"
+)
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    """What a foreign ONNX model takes and gives.
+
+    Attributes:
+        name: a label for the model, shown to the user and kept in reports.
+        size: the fixed square input side, or None when the graph takes any size (then pdseg's
+            ``--size`` applies, default 1024).
+        color: ``"RGB"`` or ``"BGR"`` channel order.
+        scale: the range the pixels are brought to before ``mean`` and ``std`` apply (255 keeps
+            0..255; 1 divides by 255 first).
+        mean: per-channel mean, on the ``scale`` range.
+        std: per-channel std, on the ``scale`` range.
+        output: which output holds the map: a name, or an index into the outputs.
+        kind: whether that output is a probability (0..1) or a logit.
+    """
+
+    name: str
+    size: int | None
+    color: str
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output: str | int
+    kind: OutputKind
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """The input normalisation in the form of ``pdseg_cli.config.NORMALIZATION``."""
+        return {"color": self.color, "scale": self.scale, "mean": self.mean, "std": self.std}
+
+    def describe(self) -> str:
+        """One line for the user: the name, input size, colour order, normalisation and output."""
+        size = f"{self.size}x{self.size}" if self.size else "any size"
+        mean = ":".join(f"{v:g}" for v in self.mean)
+        std = ":".join(f"{v:g}" for v in self.std)
+        out = f"'{self.output}'" if isinstance(self.output, str) else f"#{self.output}"
+        return (
+            f"{self.name}: {size} {self.color}, (x on 0..{self.scale:g} - {mean}) / {std}, "
+            f"output {out} ({self.kind})"
+        )
+
+    def key(self) -> str:
+        """A stable text of everything that changes the map (for cache keys)."""
+        return f"{self.size}|{self.color}|{self.scale:g}|{self.mean}|{self.std}|{self.output}|{self.kind}"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What an ONNX graph shows about itself: first input's name and shape, every output's name and shape.
+
+    Dimensions that are not fixed numbers (named or missing) are None.
+    """
+
+    input_name: str
+    input_shape: tuple[int | None, ...]
+    outputs: tuple[tuple[str, tuple[int | None, ...]], ...]
+
+    @property
+    def fixed_side(self) -> int | None:
+        """The input's side when it is a fixed square (B, 3, N, N), else None."""
+        shape = self.input_shape
+        if len(shape) == 4 and shape[2] is not None and shape[2] == shape[3]:
+            return int(shape[2])
+        return None
+
+    def text(self) -> str:
+        def dims(shape: tuple[int | None, ...]) -> str:
+            return "x".join("?" if d is None else str(d) for d in shape)
+
+        outs = ", ".join(f"'{n}' {dims(s)}" for n, s in self.outputs[:4])
+        more = f" and {len(self.outputs) - 4} more" if len(self.outputs) > 4 else ""
+        return f"input '{self.input_name}' {dims(self.input_shape)}, outputs {outs}{more}"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A published model recognised by its signature: ``matches`` decides, ``spec`` says how to run it."""
+
+    spec: OnnxSpec
+    input_name: str | None  # None: any
+    side: int | None  # the fixed input side it must have, or None: any
+    min_outputs: int
+    max_outputs: int
+    first_output: str | None = None  # None: any
+
+    def matches(self, sig: Signature) -> bool:
+        if self.input_name is not None and sig.input_name != self.input_name:
+            return False
+        if self.side is not None and sig.fixed_side != self.side:
+            return False
+        if self.first_output is not None and (not sig.outputs or sig.outputs[0][0] != self.first_output):
+            return False
+        return self.min_outputs <= len(sig.outputs) <= self.max_outputs
+
+
+# The first match wins, so the narrower entries come first. Each entry's preprocessing is the one
+# the model was trained with (its authors' inference code), not a guess from the file.
+KNOWN_MODELS: tuple[KnownModel, ...] = (
+    # IS-Net (Qin et al., ECCV 2022) as the @imgly/background-removal-data package ships it: input
+    # "input", first output "output" is the sigmoid of the final side output; that package feeds
+    # (x - 128) / 256.
+    KnownModel(
+        OnnxSpec("isnet (imgly)", 1024, "RGB", 255.0, (128.0,) * 3, (256.0,) * 3, "output", "probability"),
+        input_name="input",
+        side=1024,
+        min_outputs=1,
+        max_outputs=16,
+        first_output="output",
+    ),
+    # BiRefNet (Zheng et al., CAAI AIR 2024) exports from its repository: "input_image" ->
+    # "output_image", the final map's logits; ImageNet mean/std on 0..1.
+    KnownModel(
+        OnnxSpec("birefnet", 1024, "RGB", 1.0, _IMAGENET_MEAN_01, _IMAGENET_STD_01, 0, "logit"),
+        input_name="input_image",
+        side=None,
+        min_outputs=1,
+        max_outputs=1,
+    ),
+    # U2-Net / U2-NetP (Qin et al., PR 2020; rembg's u2net*.onnx): 320x320, seven side outputs d0..d6,
+    # each a sigmoid; d0 is the fused map. ImageNet mean/std on 0..1.
+    KnownModel(
+        OnnxSpec("u2net", 320, "RGB", 1.0, _IMAGENET_MEAN_01, _IMAGENET_STD_01, 0, "probability"),
+        input_name=None,
+        side=320,
+        min_outputs=7,
+        max_outputs=7,
+    ),
+    # IS-Net as its authors' code exports it (rembg's isnet-general-use.onnx and the DIS repository):
+    # 1024x1024, six side outputs, each a sigmoid, the first the finest; normalised
+    # (x / 255 - 0.5) / 1.
+    KnownModel(
+        OnnxSpec("isnet", 1024, "RGB", 1.0, (0.5,) * 3, (1.0,) * 3, 0, "probability"),
+        input_name=None,
+        side=1024,
+        min_outputs=6,
+        max_outputs=6,
+    ),
+)
+
+# What an unrecognised model gets for the keys --onnx-spec leaves out: the commonest convention
+# (ImageNet mean/std on 0..1, RGB, first output, a probability) and the graph's own size.
+_DEFAULT = OnnxSpec("onnx", None, "RGB", 1.0, _IMAGENET_MEAN_01, _IMAGENET_STD_01, 0, "probability")
+
+
+def recognise(sig: Signature) -> OnnxSpec | None:
+    """The spec of the first :data:`KNOWN_MODELS` entry that matches ``sig``, or None."""
+    for known in KNOWN_MODELS:
+        if known.matches(sig):
+            spec = known.spec
+            if spec.size is not None and sig.fixed_side is None:
+                spec = replace(spec, size=None)  # a dynamic-size export of a known model
+            return spec
+    return None
+
+
+def _three(key: str, text: str) -> tuple[float, float, float]:
+    parts = [p for p in text.replace("/", ":").split(":") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise InputError(f"--onnx-spec {key}={text}: not a number", hint=f"e.g. {key}=0.5 or R:G:B") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise InputError(f"--onnx-spec {key}={text}: give one value or three (R:G:B)")
+    if key == "std" and any(v == 0 for v in values):
+        raise InputError("--onnx-spec std cannot be 0")
+    return values[0], values[1], values[2]
+
+
+def parse_spec(text: str | None) -> dict[str, Any]:
+    """Parse ``--onnx-spec`` (``key=value`` pairs, comma-separated) into :class:`OnnxSpec` fields.
+
+    Raises:
+        InputError: an unknown key or a bad value (the message names it and the form).
+    """
+    if not text or not text.strip():
+        return {}
+    fields: dict[str, Any] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not value:
+            raise InputError(f"--onnx-spec: {item!r} is not key=value", hint=SPEC_HELP)
+        if key == "size":
+            if value.lower() in ("dynamic", "any", "none"):
+                fields["size"] = None
+            elif value.isdigit() and 32 <= int(value) <= 8192:
+                fields["size"] = int(value)
+            else:
+                raise InputError(f"--onnx-spec size={value}: a side from 32 to 8192, or dynamic")
+        elif key in ("mean", "std"):
+            fields[key] = _three(key, value)
+        elif key == "scale":
+            if value not in ("1", "255", "1.0", "255.0"):
+                raise InputError(f"--onnx-spec scale={value}: 255 (mean/std on 0..255) or 1 (on 0..1)")
+            fields["scale"] = float(value)
+        elif key == "color":
+            if value.upper() not in ("RGB", "BGR"):
+                raise InputError(f"--onnx-spec color={value}: rgb or bgr")
+            fields["color"] = value.upper()
+        elif key == "output":
+            fields["output"] = int(value) if value.isdigit() else value
+        elif key == "kind":
+            kinds = {"probability": "probability", "prob": "probability", "logit": "logit", "logits": "logit"}
+            if value.lower() not in kinds:
+                raise InputError(f"--onnx-spec kind={value}: probability or logit")
+            fields["kind"] = kinds[value.lower()]
+        elif key == "name":
+            fields["name"] = value
+        else:
+            raise InputError(f"--onnx-spec: unknown key {key!r}", hint=SPEC_HELP)
+    return fields
+
+
+def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
+    """The spec to run a foreign ONNX model with: ``--onnx-spec`` over the recognised model.
+
+    Args:
+        sig: the graph's signature.
+        user: the ``--onnx-spec`` text, or None.
+        source: the file, for messages.
+
+    Raises:
+        WeightsError: the model is not recognised and no ``--onnx-spec`` was given, or its input is
+            not (B, 3, H, W).
+        InputError: a bad ``--onnx-spec``, or a size the graph does not take.
+    """
+    if len(sig.input_shape) != 4 or sig.input_shape[1] not in (3, None):
+        raise WeightsError(
+            f"{source} takes {sig.text()}, not a (B, 3, H, W) image: not a DIS/SOD model pdseg can run"
+        )
+    fields = parse_spec(user)
+    known = recognise(sig)
+    if known is None and not fields:
+        raise WeightsError(
+            f"{source} is not a pdseg export and its signature ({sig.text()}) matches no known model",
+            hint=f"say how to run it: --onnx-spec {SPEC_HELP}",
+        )
+    base = known or replace(_DEFAULT, size=sig.fixed_side, name=f"onnx ({sig.input_name})")
+    spec = replace(base, **fields)
+    fixed = sig.fixed_side
+    if fixed is not None and spec.size != fixed:
+        raise InputError(f"{source} takes only {fixed}x{fixed} inputs (--onnx-spec size={spec.size})")
+    names = [name for name, _ in sig.outputs]
+    if isinstance(spec.output, int) and not 0 <= spec.output < len(names):
+        raise InputError(f"{source} has {len(names)} output(s); --onnx-spec output={spec.output} is not one")
+    if isinstance(spec.output, str) and spec.output not in names:
+        raise InputError(
+            f"{source} has no output {spec.output!r}", hint=f"its outputs: {', '.join(names[:8])}"
+        )
+    return spec
+
+
+def output_name(spec: OnnxSpec, names: Sequence[str]) -> str:
+    """The name of the output ``spec`` reads."""
+    return names[spec.output] if isinstance(spec.output, int) else spec.output

@@ -1,0 +1,384 @@
+"""Foreign ONNX models in predict/eval, teacher maps and distillation, and fine-tuning with --init.
+
+Everything is made in the test: a tiny pdseg (checkpoint and its ONNX export) as a teacher, and
+hand-built foreign ONNX graphs with their own normalisation and several outputs. The ISNet teacher
+file is never needed (a slow test uses it when ``PDSEG_ISNET`` points at it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_train import make_dataset
+from typer.testing import CliRunner
+
+from pdseg_cli.cli import app
+from pdseg_cli.data import dis5k
+from pdseg_cli.data.teacher import TeacherMaps, blend_targets
+from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
+from pdseg_cli.engine.predict import Predictor
+from pdseg_cli.engine.train import TrainConfig, train
+from pdseg_cli.errors import DataError, InputError, WeightsError
+from pdseg_cli.model import create_model, load_checkpoint, save_checkpoint
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper  # noqa: E402
+
+# the foreign graph's own preprocessing: BGR, (x / 255 - 0.4) / 0.3, and its map is output "b"
+FOREIGN_SPEC = "size=48,color=bgr,scale=1,mean=0.4,std=0.3,output=b,kind=probability"
+
+
+def _foreign_onnx(path: Path, side: int | None, n_outputs: int = 2, input_name: str = "pixels") -> Path:
+    """A foreign segmentation graph: out_k = sigmoid(w_k . x + b_k), per pixel, (B, 1, H, W) each.
+
+    Output 0 ("a") is a distractor; output 1 ("b") weighs the channels unevenly, so a wrong colour
+    order or normalisation shows in its values.
+    """
+    dims: list[int | str] = [1, 3, side, side] if side else ["B", 3, "H", "W"]
+    inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims)
+    names = ["a", "b", "c", "d", "e", "f", "g"][:n_outputs]
+    nodes, inits, outs = [], [], []
+    for k, name in enumerate(names):
+        w = np.array([1.5, -0.5, 0.25], np.float32) * (1 if k != 1 else 2.0) + 0.1 * k
+        inits.append(helper.make_tensor(f"w{k}", TensorProto.FLOAT, [1, 3, 1, 1], w.tolist()))
+        inits.append(helper.make_tensor(f"b{k}", TensorProto.FLOAT, [1], [0.2 * k - 0.1]))
+        nodes.append(helper.make_node("Conv", [input_name, f"w{k}", f"b{k}"], [f"z{k}"]))
+        nodes.append(helper.make_node("Sigmoid", [f"z{k}"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [dims[0], 1, dims[2], dims[3]]))
+    graph = helper.make_graph(nodes, "foreign", [inp], outs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _by_hand(path: Path, image: np.ndarray, side: int) -> np.ndarray:
+    """What a plain script does with the foreign model: resize, BGR, normalise, run, resize back, floor."""
+    h, w = image.shape[:2]
+    x = cv2.resize(image.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    x = (x[..., ::-1] / 255.0 - 0.4) / 0.3
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (p,) = session.run(["b"], {"pixels": x.transpose(2, 0, 1)[None].astype(np.float32)})
+    logit = torch.logit(torch.from_numpy(p).clamp(1e-7, 1 - 1e-7))
+    up = torch.nn.functional.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
+    return (torch.sigmoid(up)[0, 0] * 255.0).to(torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _foreign_onnx(tmp_path_factory.mktemp("foreign") / "foreign.onnx", 48)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 61, 3), dtype=np.uint8)
+    image[10:30, 20:50] = (230, 40, 90)
+    return image
+
+
+# ----------------------------------------------------------------------------------------------
+# foreign ONNX models
+
+
+def test_unknown_foreign_onnx_says_what_to_pass(foreign: Path) -> None:
+    with pytest.raises(WeightsError) as info:
+        Predictor(foreign, device="cpu")
+    assert "matches no known model" in info.value.message and "pixels" in info.value.message
+    assert "--onnx-spec" in (info.value.hint or "")
+
+
+def test_foreign_onnx_with_a_spec_equals_a_plain_script(foreign: Path, photo: np.ndarray) -> None:
+    predictor = Predictor(foreign, device="cpu", onnx_spec=FOREIGN_SPEC)
+    assert predictor.size == 48 and "output 'b'" in predictor.description
+    got = predictor.predict(photo)
+    want = _by_hand(foreign, photo, 48)
+    assert got.shape == photo.shape[:2]
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert (got == want).mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("size=64", "takes only 48x48"),
+        ("output=zz", "no output 'zz'"),
+        ("output=5", "output=5 is not one"),
+        ("kind=odds", "probability or logit"),
+        ("mean=1:2", "one value or three"),
+        ("colour=rgb", "unknown key"),
+        ("std=0", "std cannot be 0"),
+    ],
+)
+def test_bad_onnx_specs_are_one_line_errors(foreign: Path, spec: str, words: str) -> None:
+    with pytest.raises(InputError) as info:
+        Predictor(foreign, device="cpu", onnx_spec=spec)
+    assert words in info.value.message
+
+
+def test_fixed_size_models_refuse_another_size(foreign: Path) -> None:
+    with pytest.raises(InputError) as info:
+        Predictor(foreign, device="cpu", size=96, onnx_spec=FOREIGN_SPEC)
+    assert "takes only 48x48" in info.value.message and "drop --size" in (info.value.hint or "")
+
+
+def test_known_signatures_are_recognised(tmp_path: Path) -> None:
+    u2 = _foreign_onnx(tmp_path / "u2.onnx", 320, n_outputs=7, input_name="input.1")
+    predictor = Predictor(u2, device="cpu")
+    assert predictor.size == 320 and predictor.description.startswith("foreign ONNX, u2net")
+    sig = Signature("input", (1, 3, 1024, 1024), (("output", (1, 1, 1024, 1024)), ("x", (1, 1, 1024, 1024))))
+    spec = recognise(sig)
+    assert spec is not None and spec.name == "isnet (imgly)" and spec.mean == (128.0,) * 3
+    birefnet = recognise(
+        Signature("input_image", (1, 3, None, None), (("output_image", (1, 1, None, None)),))
+    )
+    assert birefnet is not None and birefnet.kind == "logit" and birefnet.size is None
+    assert recognise(Signature("x", (1, 3, 512, 512), (("y", (1, 1, 512, 512)),))) is None
+    assert parse_spec("size=dynamic,mean=0.5:0.5:0.5,kind=logits") == {
+        "size": None,
+        "mean": (0.5, 0.5, 0.5),
+        "kind": "logit",
+    }
+
+
+def test_dynamic_foreign_model_takes_size(tmp_path: Path, photo: np.ndarray) -> None:
+    path = _foreign_onnx(tmp_path / "dyn.onnx", None)
+    predictor = Predictor(path, device="cpu", size=64, onnx_spec="output=1,mean=0.5,std=0.5,scale=1")
+    assert predictor.size == 64
+    assert predictor.predict_batch([photo, photo], batch=2)[0].shape == photo.shape[:2]
+
+
+def test_onnx_spec_on_a_pdseg_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.pt"
+    save_checkpoint(create_model("pdseg-tiny"), path, train_size=64)
+    with pytest.raises(InputError):
+        Predictor(path, device="cpu", onnx_spec="size=64")
+
+
+def test_eval_of_a_foreign_onnx_equals_scoring_its_maps_by_hand(foreign: Path, tmp_path: Path) -> None:
+    split = make_dataset(tmp_path / "set", 4, size=40)
+    maps = tmp_path / "by-hand"
+    maps.mkdir()
+    for image in sorted((split / "im").iterdir()):
+        pixels = cv2.imread(str(image))[..., ::-1]
+        cv2.imwrite(str(maps / f"{image.stem}.png"), _by_hand(foreign, pixels, 48))
+    runner = CliRunner(env={"COLUMNS": "200"})
+    common = ["eval", "--split", str(split), "--jobs", "1", "--no-cache"]
+    ran = runner.invoke(
+        app, [*common, "-w", str(foreign), "--onnx-spec", FOREIGN_SPEC, "--json", str(tmp_path / "a.json")]
+    )
+    assert ran.exit_code == 0, ran.output
+    read = runner.invoke(app, [*common, "--pred", str(maps), "--json", str(tmp_path / "b.json")])
+    assert read.exit_code == 0, read.output
+    a = next(iter(json.loads((tmp_path / "a.json").read_text())["splits"].values()))
+    b = next(iter(json.loads((tmp_path / "b.json").read_text())["splits"].values()))
+    for key in ("maxF", "wF", "MAE", "S", "E"):
+        assert a[key] == pytest.approx(b[key], abs=2e-3), key
+
+
+def test_cli_predict_names_the_model_and_refuses_a_bad_spec(foreign: Path, tmp_path: Path) -> None:
+    images = make_dataset(tmp_path / "set", 1, size=40) / "im"
+    runner = CliRunner(env={"COLUMNS": "200"})
+    ok = runner.invoke(
+        app,
+        ["predict", str(images), "-o", str(tmp_path / "o"), "-w", str(foreign), "--onnx-spec", FOREIGN_SPEC],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "foreign ONNX" in ok.output and (tmp_path / "o" / "s00.png").is_file()
+    bad = runner.invoke(app, ["predict", str(images), "-o", str(tmp_path / "p"), "-w", str(foreign)])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output and "--onnx-spec" in bad.output
+
+
+# ----------------------------------------------------------------------------------------------
+# teacher maps
+
+
+def test_blend_targets() -> None:
+    gt = np.array([[0, 255]], np.uint8)
+    teacher = np.array([[100, 155]], np.uint8)
+    assert blend_targets(gt, teacher, 0.0) is gt
+    assert blend_targets(None, teacher, 0.0) is teacher
+    assert blend_targets(gt, None, 0.5) is gt
+    assert blend_targets(gt, teacher, 0.25).tolist() == [[25, 230]]
+    with pytest.raises(ValueError):
+        blend_targets(None, None, 0.5)
+
+
+@pytest.fixture()
+def tiny_teacher(tmp_path: Path) -> Path:
+    torch.manual_seed(1)
+    model = create_model("pdseg-tiny")
+    for level in model.decoder.levels:
+        torch.nn.init.normal_(level.classifier.weight, std=1.0)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(model, path, train_size=64)
+    return path
+
+
+def test_teacher_maps_are_cached_and_invalidated(
+    tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = make_dataset(tmp_path / "set", 3, size=40) / "im"
+    paths = sorted(images.iterdir())
+    maps = TeacherMaps(tiny_teacher, tmp_path / "cache")
+    calls: list[Path] = []
+    compute = maps.compute
+    monkeypatch.setattr(maps, "compute", lambda p: calls.append(p) or compute(p))
+    first = maps.ensure_all(paths)
+    assert len(calls) == 3 and all(p.is_file() for p in first)
+    assert cv2.imread(str(first[0]), cv2.IMREAD_UNCHANGED).shape == (40, 40)
+    assert maps.ensure_all(paths) == first and len(calls) == 3  # cached: not computed again
+    # another image content -> another map; the others stay
+    cv2.imwrite(str(paths[0]), np.full((40, 40, 3), 200, np.uint8))
+    again = maps.ensure_all(paths)
+    assert len(calls) == 4 and again[0] != first[0] and again[1:] == first[1:]
+    # another teacher -> another folder
+    other = tmp_path / "other.pt"
+    save_checkpoint(create_model("pdseg-tiny"), other, train_size=64)
+    assert TeacherMaps(other, tmp_path / "cache").folder != maps.folder
+    # the same teacher through a spec is another key too (how it runs changes the maps)
+    assert TeacherMaps(tiny_teacher, tmp_path / "cache").folder == maps.folder
+
+
+def test_a_foreign_onnx_teacher_labels_at_its_own_size(
+    foreign: Path, tmp_path: Path, photo: np.ndarray
+) -> None:
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), photo[..., ::-1])
+    maps = TeacherMaps(foreign, tmp_path / "cache", onnx_spec=FOREIGN_SPEC)
+    got = cv2.imread(str(maps.ensure(image)), cv2.IMREAD_UNCHANGED)
+    assert np.abs(got.astype(int) - _by_hand(foreign, photo, 48).astype(int)).max() <= 1
+    assert "output 'b'" in maps.info().description
+
+
+# ----------------------------------------------------------------------------------------------
+# distillation and fine-tuning in pdseg train
+
+
+def _unlabelled(root: Path, n: int) -> Path:
+    make_dataset(root, n, size=64, seed=5)
+    for mask in (root / "gt").iterdir():
+        mask.unlink()
+    (root / "gt").rmdir()
+    return root
+
+
+def _cfg(out: Path, **kw: object) -> TrainConfig:
+    values: dict[str, object] = dict(
+        epochs=1, size=64, batch=4, workers=0, lr=1e-3, device="cpu", val_every=0, cache="ram",
+        teacher_cache=out.parent / "teacher-cache",
+    )  # fmt: skip
+    values.update(kw)
+    return TrainConfig(out=out, **values)  # type: ignore[arg-type]
+
+
+def test_unlabelled_images_without_a_teacher_are_refused_before_training(tmp_path: Path) -> None:
+    labelled = make_dataset(tmp_path / "lab", 4)
+    unlabelled = _unlabelled(tmp_path / "unl", 3)
+    with pytest.raises(DataError) as info:
+        train(_cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[labelled, unlabelled]))
+    assert "3 of 7 training images have no mask" in info.value.message
+    assert "--teacher" in (info.value.hint or "")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_distillation_mixes_folders_and_records_the_teacher(tiny_teacher: Path, tmp_path: Path) -> None:
+    labelled = make_dataset(tmp_path / "lab", 4)
+    unlabelled = _unlabelled(tmp_path / "unl", 4)
+    (labelled / "im" / "extra.jpg").write_bytes((unlabelled / "im" / "s00.jpg").read_bytes())  # no gt
+    cfg = _cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[labelled, unlabelled], teacher=tiny_teacher)
+    result = train(cfg)
+    assert load_checkpoint(result.last).provenance["train_images"] == 9
+    maps = sorted((tmp_path / "teacher-cache" / "teacher").glob("*/*.png"))
+    assert len(maps) == 4  # extra.jpg has the content of unl/s00.jpg: one map serves both
+    rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
+    sha = load_checkpoint(result.last).provenance["teacher_sha256"]
+    assert "teacher_sha256" in rows[0] and sha in rows[1]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["teacher_sha256"] == sha and len(config["train"]["train_dir"]) == 2
+    # a second run finds every map cached; blending needs the labelled images' maps too
+    blended = _cfg(
+        tmp_path / "run2", variant="pdseg-tiny", train_dir=[labelled, unlabelled], teacher=tiny_teacher,
+        teacher_weight=0.5,
+    )  # fmt: skip
+    train(blended)
+    assert len(sorted((tmp_path / "teacher-cache" / "teacher").glob("*/*.png"))) == 8
+
+
+def test_blended_targets_reach_the_sample_cache(tiny_teacher: Path, tmp_path: Path) -> None:
+    labelled = make_dataset(tmp_path / "lab", 1)
+    maps = TeacherMaps(tiny_teacher, tmp_path / "cache")
+    pair = dis5k.scan_pairs(labelled).pairs[0]
+    teacher_map = maps.ensure(pair.image)
+    gt = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
+    t = cv2.imread(str(teacher_map), cv2.IMREAD_GRAYSCALE)
+    for weight in (0.0, 0.3, 1.0):
+        import dataclasses
+
+        sample = dis5k.load_sample(dataclasses.replace(pair, teacher=teacher_map, teacher_weight=weight), 64)
+        assert np.array_equal(sample[..., 3], blend_targets(gt, t, weight))
+
+
+def test_init_takes_the_variant_from_the_file_and_names_conflicts(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "lab", 4)
+    start = create_model("pdseg-tiny")
+    start.normalization = {"color": "RGB", "scale": 255.0, "mean": (120.0,) * 3, "std": (60.0,) * 3}
+    ckpt = tmp_path / "start.pt"
+    save_checkpoint(start, ckpt, train_size=64, data="somewhere")
+    with pytest.raises(InputError) as info:
+        train(_cfg(tmp_path / "bad", variant="pdseg-t", train_dir=data, init=ckpt))
+    assert "conflicts with --init" in info.value.message and "pdseg-tiny" in info.value.message
+    result = train(_cfg(tmp_path / "run", train_dir=data, init=ckpt, lr=1e-9, ema_decay=0.0))
+    loaded = load_checkpoint(result.last)
+    assert loaded.variant == "pdseg-tiny" and loaded.normalization["mean"] == [120.0] * 3
+    assert loaded.provenance["init"]["provenance"]["data"] == "somewhere"
+    # lr ~0: the weights are the starting weights (same up to fp16 storage)
+    key = next(k for k in loaded.state_dict if k.startswith("encoder.") and k.endswith("weight"))
+    assert torch.allclose(loaded.state_dict[key].float(), start.state_dict()[key], atol=1e-3)
+
+
+def test_cli_train_help_and_init_errors(tmp_path: Path) -> None:
+    runner = CliRunner(env={"COLUMNS": "200"})
+    shown = runner.invoke(app, ["train", "--help"])
+    assert "--teacher" in shown.output and "--init" in shown.output and "--teacher-weight" in shown.output
+    bad = runner.invoke(
+        app, ["train", "-e", "1", "--init", str(tmp_path / "none.pt"), "-o", str(tmp_path / "r")]
+    )
+    assert bad.exit_code == 2 and "none.pt" in bad.output and "Traceback" not in bad.output
+    weight = runner.invoke(app, ["train", "-e", "1", "--teacher-weight", "0.5", "-o", str(tmp_path / "r")])
+    assert weight.exit_code == 2 and "need --teacher" in weight.output
+
+
+# ----------------------------------------------------------------------------------------------
+# the real ISNet teacher, where it has been fetched (../shared/tools/get-isnet-teacher.sh)
+
+
+@pytest.mark.slow
+def test_isnet_teacher_on_davis16_eval(shared_data: Path, tmp_path: Path) -> None:
+    isnet = Path(os.environ.get("PDSEG_ISNET", "isnet.onnx"))
+    if not isnet.is_file():
+        pytest.skip("set PDSEG_ISNET to the ISNet .onnx file")
+    out = tmp_path / "isnet.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--split",
+            str(shared_data / "davis16-eval"),
+            "-w",
+            str(isnet),
+            "--json",
+            str(out),
+            "--no-cache",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = next(iter(json.loads(out.read_text())["splits"].values()))
+    assert row["maxF"] > 0.8
