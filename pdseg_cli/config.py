@@ -31,6 +31,13 @@ NORMALIZATION: Mapping[str, Any] = MappingProxyType(
 )
 
 
+def decoder_groups(width: int, groups: int, min_channels: int = 1) -> int:
+    """GroupNorm groups of a decoder layer ``width`` wide: at most ``groups``, with at least
+    ``min_channels`` channels in each, and dividing ``width`` (the largest such count, 1 at least)."""
+    most = max(1, min(groups, width // max(1, min_channels)))
+    return next(g for g in range(most, 0, -1) if width % g == 0)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to build one PDSeg network; stored in every checkpoint.
@@ -62,7 +69,14 @@ class ModelConfig:
     # seeds the fixed NMF bases used in eval mode, so inference and ONNX export are deterministic
     ham_seed: int = 0
     dropout: float = 0.1  # Dropout2d before every classifier, as SegNeXt's decode heads
-    norm_groups: int = 32  # GroupNorm groups in the decoder, as SegNeXt; widths must divide by it
+    norm_groups: int = 32  # GroupNorm groups in the decoder, as SegNeXt, at most
+    # ... but never fewer than this many channels per group: a GroupNorm of one channel per group
+    # (pdseg-t's 32-wide stride-4 level with 32 groups) normalises each channel over the image on
+    # its own, so after the ReLU every channel fires on about half of every image and none can mark
+    # a small object; the stride-4 classifier then learns all-negative weights and its map never
+    # passes sigmoid(bias) (the 0.1 demo weights topped out at byte 161). 8 is SegNeXt-T's own
+    # ratio (256 channels, 32 groups). Checkpoints written before this field read it as 1.
+    min_group_channels: int = 8
     # progressive only: M_k = up2(M_{k-1}) + delta_k instead of a direct map (model.md section 3
     # lists it as a zero-cost option; the paper is silent, so it is off)
     residual_maps: bool = False
@@ -81,6 +95,8 @@ class ModelConfig:
             raise ValueError(
                 f"decoder {self.decoder!r} needs {n_widths} decoder_widths, got {self.decoder_widths}"
             )
+        if self.min_group_channels < 1:
+            raise ValueError(f"min_group_channels must be >= 1, got {self.min_group_channels}")
         bad = [w for w in self.decoder_widths if w % self.norm_groups]
         if bad:
             raise ValueError(f"decoder widths {bad} do not divide into {self.norm_groups} GroupNorm groups")
@@ -111,6 +127,7 @@ class ModelConfig:
         if missing:
             raise ValueError(f"model config lacks fields: {', '.join(missing)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values.setdefault("min_group_channels", 1)  # configs from before the field: one channel allowed
         try:
             return cls(**values)
         except TypeError as exc:  # e.g. a list where a number belongs
@@ -185,6 +202,7 @@ VARIANTS: dict[str, ModelConfig] = {
         ham_train_steps=2,
         ham_eval_steps=3,
         norm_groups=8,
+        min_group_channels=1,
     ),
 }
 

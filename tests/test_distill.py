@@ -382,3 +382,35 @@ def test_isnet_teacher_on_davis16_eval(shared_data: Path, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     row = next(iter(json.loads(out.read_text())["splits"].values()))
     assert row["maxF"] > 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# a final map that cannot say "foreground" is named, not shipped silently
+
+
+def test_final_map_ceiling_and_the_training_warning(tmp_path: Path) -> None:
+    from pdseg_cli.model.pdseg import final_map_ceiling
+
+    model = create_model("pdseg-tiny")
+    classifier = model.decoder.levels[-1].classifier
+    with torch.no_grad():
+        classifier.weight.copy_(-classifier.weight.abs() - 0.01)  # the 0.1 demo weights' state
+        classifier.bias.fill_(0.54)
+    assert final_map_ceiling(model) == pytest.approx(1 / (1 + np.exp(-0.54)), abs=1e-6)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64) * 3
+        assert torch.sigmoid(model.eval()(x)).max() <= final_map_ceiling(model) + 1e-6
+        classifier.weight[0, 0] = 0.5
+    assert final_map_ceiling(model) is None
+    # a run whose final level is in that state says so at every epoch end
+    with torch.no_grad():
+        classifier.weight.copy_(-classifier.weight.abs() - 0.01)
+    start = tmp_path / "dead.pt"
+    save_checkpoint(model, start, train_size=64)
+    notices: list[str] = []
+    data = make_dataset(tmp_path / "lab", 4)
+    train(
+        _cfg(tmp_path / "run", train_dir=data, init=start, lr=1e-9, ema_decay=0.0),
+        on_event=lambda e: notices.append(e.values.get("message", "")) if e.kind == "notice" else None,
+    )
+    assert any("the final map cannot exceed p = 0.63 (byte 161)" in n for n in notices), notices

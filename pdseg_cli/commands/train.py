@@ -36,7 +36,10 @@ def train(
     ),
     batch: int | None = typer.Option(None, "--batch", "-b", help="Images per step and process (default: 8)."),
     workers: int | None = typer.Option(
-        None, "--workers", "-w", help="DataLoader workers per process (default: 4)."
+        None,
+        "--workers",
+        "-w",
+        help="DataLoader workers per process (default: 0 on 2 cores or fewer, else up to 4).",
     ),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of weights, data order and augmentation (default: 0)."

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pdseg_cli.config import decoder_groups
 from pdseg_cli.model.ham import Hamburger
 from pdseg_cli.model.layers import ConvGNReLU, init_decoder_weights, resize_to
 
@@ -75,6 +76,8 @@ class ProgressiveDecoder(nn.Module):
         groups: GroupNorm groups.
         dropout: Dropout2d probability before each classifier.
         residual_maps: if true, M_k = up2(M_{k-1}) + delta_k.
+        min_group_channels: fewest channels per GroupNorm group; a narrow level gets fewer groups
+            (:func:`pdseg_cli.config.decoder_groups`).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class ProgressiveDecoder(nn.Module):
         groups: int = 32,
         dropout: float = 0.1,
         residual_maps: bool = False,
+        min_group_channels: int = 1,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4 or len(widths) != 4:
@@ -98,7 +102,8 @@ class ProgressiveDecoder(nn.Module):
         levels = []
         for k, (enc, width) in enumerate(zip(coarse_first, widths, strict=True)):
             c_in = enc if k == 0 else enc + widths[k - 1] + 1
-            levels.append(HamLevel(c_in, width, rank, train_steps, eval_steps, seed + k, groups, dropout))
+            g = decoder_groups(width, groups, min_group_channels)
+            levels.append(HamLevel(c_in, width, rank, train_steps, eval_steps, seed + k, g, dropout))
         self.levels = nn.ModuleList(levels)
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -138,8 +143,9 @@ class LightHamHead(nn.Module):
         train_steps: NMF steps in training mode.
         eval_steps: NMF steps in eval mode.
         seed: seed of the eval-mode NMF bases.
-        groups: GroupNorm groups.
+        groups: GroupNorm groups (at most).
         dropout: Dropout2d probability before the classifier.
+        min_group_channels: fewest channels per GroupNorm group.
     """
 
     def __init__(
@@ -152,11 +158,13 @@ class LightHamHead(nn.Module):
         seed: int = 0,
         groups: int = 32,
         dropout: float = 0.1,
+        min_group_channels: int = 1,
     ) -> None:
         super().__init__()
         self.strides: tuple[int, ...] = (8,)
         c_in = sum(list(encoder_channels)[1:])
-        self.level = HamLevel(c_in, width, rank, train_steps, eval_steps, seed, groups, dropout)
+        g = decoder_groups(width, groups, min_group_channels)
+        self.level = HamLevel(c_in, width, rank, train_steps, eval_steps, seed, g, dropout)
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Decode the encoder maps (stride 4 first) into one list holding the (B, 1, H/8, W/8) logits."""

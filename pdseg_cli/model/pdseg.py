@@ -44,6 +44,7 @@ class PDSeg(nn.Module):
             eval_steps=config.ham_eval_steps,
             seed=config.ham_seed,
             groups=config.norm_groups,
+            min_group_channels=config.min_group_channels,
             dropout=config.dropout,
         )
         decoder: nn.Module
@@ -103,3 +104,29 @@ class PDSeg(nn.Module):
             levels = levels[-1:]
         outs = crop_levels(levels, x.shape[-2:], size)
         return outs if return_levels else outs[0]
+
+
+def final_map_ceiling(model: nn.Module) -> float | None:
+    """The highest probability the final map can ever give, when its classifier caps it; else None.
+
+    The final classifier is a 1x1 convolution on features that come out of a ReLU (never
+    negative). If none of its weights is positive, a feature can only lower the logit, so every
+    pixel's probability is at most sigmoid(bias): a level that learnt "foreground is where nothing
+    fires" and can never say "certainly foreground" (the 0.1 demo weights: all 32 weights negative,
+    bias 0.54, so no map byte above 161). With residual maps the previous level's logits are added
+    and no such bound holds.
+
+    Args:
+        model: a :class:`PDSeg` (or anything with a ``decoder`` whose last level has a
+            ``classifier``); other models give None.
+    """
+    decoder = getattr(model, "decoder", None)
+    if decoder is None or getattr(decoder, "residual_maps", False):
+        return None
+    level = decoder.levels[-1] if hasattr(decoder, "levels") else getattr(decoder, "level", None)
+    classifier = getattr(level, "classifier", None)
+    if not isinstance(classifier, nn.Conv2d) or classifier.bias is None:
+        return None
+    if bool((classifier.weight > 0).any()):
+        return None
+    return float(torch.sigmoid(classifier.bias.detach().float().max()))
