@@ -49,6 +49,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = create_model("pdseg-tiny")
     for level in model.decoder.levels:  # logits far from 0, as a trained model's are
         torch.nn.init.normal_(level.classifier.weight, std=1.0)
+        torch.nn.init.zeros_(level.classifier.bias)  # centred: maps span dark to bright
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(model, path, train_size=TRAIN_SIZE)
     return path

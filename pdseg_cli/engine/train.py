@@ -320,7 +320,8 @@ class TrainEvent:
       ``lr`` (the encoder's, as used by the step).
     - ``"validate"``: validation begins; ``values``: ``images``.
     - ``"epoch_end"``: ``values`` is the epoch's ``results.csv`` row.
-    - ``"notice"``: something the user should know; ``values``: ``message``.
+    - ``"notice"``: something the user should know (a warning); ``values``: ``message``.
+    - ``"info"``: what the run uses (the teacher, the starting weights); ``values``: ``message``.
     - ``"stopped"``: interrupted; ``values``: ``checkpoint``, ``steps``.
     """
 
@@ -857,7 +858,7 @@ class _Run:
         needing = [i for i, p in enumerate(pairs) if p.needs_teacher()]
         maps = self.teacher_maps
         if self.main and needing:
-            self.notice(f"teacher {self.teacher_info.description}")
+            self.emit("info", values={"message": f"teacher {self.teacher_info.description}"})
 
             def progress(done: int, total: int, computed: int) -> None:
                 self.emit("prepare", values={"split": "teacher maps", "done": done, "total": total})
@@ -909,7 +910,8 @@ class _Run:
             model.load_state_dict(start.state_dict())
             model.normalization = dict(start.normalization)
             self.init_provenance = {"sha256": file_sha256(cfg.init), **load_checkpoint(cfg.init).provenance}
-            self.notice(f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule")
+            message = f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule"
+            self.emit("info", values={"message": message})
         elif cfg.backbone_weights is not None and state is None:
             n = load_backbone(model, cfg.backbone_weights)
             self.notice(f"encoder initialised from {cfg.backbone_weights} ({n} tensors)")

@@ -96,6 +96,9 @@ class TrainingView:
     def _on_notice(self, event: Any) -> None:
         ui.warn(event.values["message"])
 
+    def _on_info(self, event: Any) -> None:
+        ui.info(event.values["message"])
+
     def _on_stopped(self, event: Any) -> None:
         self.close()
         ui.info(f"saved {event.values['checkpoint']} at step {event.values['steps']}")
