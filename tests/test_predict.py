@@ -203,6 +203,7 @@ def test_cli_16bit_tiff_gives_16bit_rgba_tiff(folder: Path, tmp_path: Path, ckpt
         "alpha,composite",
         "--bg",
         "#00ff00",
+        "--no-refine-foreground",  # the original pixels under the alpha (refined: tests/test_foreground.py)
     )
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())

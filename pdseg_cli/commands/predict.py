@@ -50,6 +50,12 @@ def predict(
     ),
     save: list[str] = typer.Option(["mask"], "--save", "-s", help=_OUTPUTS_HELP),
     bg: str = typer.Option("white", "--bg", help="Background of --save composite: a name, #rrggbb or r,g,b."),
+    refine_foreground: bool = typer.Option(
+        True,
+        "--refine-foreground/--no-refine-foreground",
+        help="For alpha and composite: put the object's estimated own colour under soft edges and hair "
+        "(blur-fusion), not the original pixels that carry the old background's colour.",
+    ),
     threshold: float | None = typer.Option(
         None,
         "--threshold",
@@ -121,7 +127,13 @@ def predict(
         runtime.resolve_compile(compile_mode)
         with runtime.distributed() as dist:
             plan = plan_predict(
-                sources, out, save=kinds, recursive=recursive, skip_existing=skip_existing, dist=dist
+                sources,
+                out,
+                save=kinds,
+                recursive=recursive,
+                skip_existing=skip_existing,
+                dist=dist,
+                refine_foreground=refine_foreground,
             )
             predictor = Predictor(
                 weights,

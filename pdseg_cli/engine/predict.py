@@ -40,6 +40,7 @@ from torch import nn
 from pdseg_cli import runtime
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
+from pdseg_cli.data.foreground import estimate_foreground
 from pdseg_cli.errors import InputError, PdsegError
 
 SAVE_KINDS = ("mask", "alpha", "composite")
@@ -285,6 +286,9 @@ class PredictPlan:
         skipped: this process's images whose outputs all exist (with --skip-existing).
         not_images: files met that are not images (the same list in every process).
         total: images in the whole run, all processes together.
+        refine_foreground: alpha and composite outputs put the estimated colour of the object
+            (:func:`pdseg_cli.data.foreground.estimate_foreground`) under fractional alpha instead
+            of the original pixels, which carry the old background's colour.
     """
 
     out_dir: Path
@@ -293,6 +297,7 @@ class PredictPlan:
     skipped: list[InputFile]
     not_images: list[Path]
     total: int
+    refine_foreground: bool = True
 
 
 def plan_predict(
@@ -303,6 +308,7 @@ def plan_predict(
     recursive: bool = False,
     skip_existing: bool = False,
     dist: runtime.Distributed | None = None,
+    refine_foreground: bool = True,
 ) -> PredictPlan:
     """Find the inputs, check ``out_dir``, refuse clashes, and take this process's share.
 
@@ -354,7 +360,7 @@ def plan_predict(
             skipped.append(item)
         else:
             todo.append(item)
-    return PredictPlan(out, save, todo, skipped, not_images, len(inputs))
+    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -841,6 +847,7 @@ def _write_outputs(
     path = plan.out_dir
     pixels = prepared.pixels
     high_depth = pixels is not None and pixels.dtype != np.uint8
+    fg: np.ndarray | None = None  # the estimated foreground colour, made once for both kinds
     try:
         for kind in plan.save:
             path = output_path(plan.out_dir, item, kind, high_depth)
@@ -849,10 +856,13 @@ def _write_outputs(
                 imio.write_png(path, byte_map)
             else:
                 assert pixels is not None
+                if plan.refine_foreground and fg is None:
+                    fg = estimate_foreground(pixels, byte_map)
+                source = fg if fg is not None else pixels
                 data = (
-                    T.cutout(pixels, byte_map)
+                    T.cutout(source, byte_map)
                     if kind == "alpha"
-                    else T.composite(pixels, byte_map, background)
+                    else T.composite(source, byte_map, background)
                 )
                 if path.suffix == ".tif":
                     imio.write_tiff(path, data)
