@@ -23,6 +23,7 @@ app = typer.Typer(
         "  pdseg train --epochs 100 --out runs/pdseg-b"
     ),
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # -h everywhere, as users type it
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

@@ -66,3 +66,46 @@ def test_import_is_light() -> None:
     code = "import sys, pdseg_cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dash_h_is_help_everywhere() -> None:
+    for args in (
+        ["-h"],
+        ["predict", "-h"],
+        ["eval", "-h"],
+        ["train", "-h"],
+        ["export", "-h"],
+        ["info", "-h"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage:" in result.output, args
+
+
+def test_predict_refuses_an_empty_out_and_impossible_sizes(tmp_path) -> None:  # noqa: ANN001
+    images = str(tmp_path)
+    empty = runner.invoke(app, ["predict", images, "--out", ""])
+    assert empty.exit_code == 2 and "--out is empty" in empty.output
+    huge = runner.invoke(app, ["predict", images, "--out", str(tmp_path / "o"), "--size", "100000"])
+    assert huge.exit_code == 2 and "too large" in huge.output and "--size full" in huge.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_interrupted_predict_says_how_to_resume(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import cv2
+    import numpy as np
+
+    from pdseg_cli.engine import predict as predict_mod
+    from pdseg_cli.model import create_model, save_checkpoint
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 40, 3), 90, np.uint8))
+    ckpt = save_checkpoint(create_model("pdseg-tiny"), tmp_path / "t.pt", train_size=64)
+
+    def stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_mod.Predictor, "run_plan", stop)
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "-w", str(ckpt)]
+    )
+    assert result.exit_code == 130
+    assert "--skip-existing" in " ".join(result.output.split())

@@ -30,7 +30,7 @@ def predict(
     sources: list[str] = typer.Argument(
         ..., help="Image files, folders or quoted glob patterns ('scans/**/*.tif').", show_default=False
     ),
-    out: Path = typer.Option(
+    out_text: str = typer.Option(
         ...,
         "--out",
         "-o",
@@ -107,6 +107,9 @@ def predict(
         from pdseg_cli.engine.predict import Predictor, parse_save, parse_size, plan_predict
         from pdseg_cli.ui import prediction
 
+        if not out_text.strip():
+            raise InputError("--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)")
+        out = Path(out_text)
         if weights is None:
             from pdseg_cli.weights import default_weights
 
@@ -155,15 +158,20 @@ def predict(
                     predictor.notes,
                     model=f"{predictor.weights_path or 'model'}: {predictor.description}",
                 )
-            with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
-                result = predictor.run_plan(
-                    plan,
-                    threshold=threshold,
-                    background=background,
-                    batch=batch,
-                    on_progress=advance,
-                    dist=dist,
-                )
+            try:
+                with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
+                    result = predictor.run_plan(
+                        plan,
+                        threshold=threshold,
+                        background=background,
+                        batch=batch,
+                        on_progress=advance,
+                        dist=dist,
+                    )
+            except KeyboardInterrupt:
+                if dist.is_main:
+                    prediction.interrupted(skip_existing)
+                raise
         if dist.is_main:
             prediction.summary(result)
     if result.failed:

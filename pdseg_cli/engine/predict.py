@@ -80,6 +80,9 @@ def parse_save(values: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(kinds) or ("mask",)
 
 
+MAX_SIDE = 16384  # the largest working side --size takes: 8192x8192 peaks at 9.5 GB on the CPU
+
+
 def parse_size(text: str | int | None) -> Size | None:
     """``None`` (the checkpoint's training size), ``"full"`` or a side length of at least 32.
 
@@ -102,6 +105,12 @@ def parse_size(text: str | int | None) -> Size | None:
             ) from None
     if value < 32:
         raise InputError(f"--size {value} is too small: at least 32 (the model's stride)")
+    if value > MAX_SIDE:
+        raise InputError(
+            f"--size {value} is too large: at most {MAX_SIDE} ({MAX_SIDE}x{MAX_SIDE} already needs about "
+            "40 GB)",
+            hint="--size full runs each image at its own resolution",
+        )
     return value
 
 

@@ -37,6 +37,12 @@ def start(
         ui.warn(note)
 
 
+def interrupted(skipping: bool) -> None:
+    """How to go on after Ctrl-C: every file written so far is whole (atomic writes)."""
+    again = "run the same command again" + ("" if skipping else " with --skip-existing")
+    ui.info(f"stopped: every file written so far is complete; {again} to do only the rest")
+
+
 @contextlib.contextmanager
 def progress(total: int, *, enabled: bool = True) -> Iterator[Callable[[Any], None]]:
     """Yield ``advance(result)``: a progress bar in images per second (a no-op when not enabled)."""
