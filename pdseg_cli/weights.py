@@ -13,8 +13,12 @@ ENV_VAR = "PDSEG_WEIGHTS"
 
 
 def bundled_weights_dir() -> Path:
-    """The repository's ``weights/`` folder (next to the package in a source checkout)."""
-    return Path(__file__).resolve().parent.parent / "weights"
+    """Where the bundled weights are: ``pdseg_cli/bundled_weights/`` in an installed wheel (the
+    repository's ``weights/`` folder packaged, see pyproject.toml), else the repository's
+    ``weights/`` next to the package (a source checkout or an editable install)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "bundled_weights"
+    return packaged if packaged.is_dir() else here.parent / "weights"
 
 
 def default_weights() -> Path:

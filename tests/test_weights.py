@@ -38,3 +38,36 @@ def test_env_var_overrides_and_names_a_missing_file(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope.pt"))
     with pytest.raises(WeightsError, match="nope.pt"):
         default_weights()
+
+
+def test_a_wheel_carries_the_bundled_weights_and_every_module(tmp_path: Path) -> None:
+    """`pip install .` / a wheel / a git URL: the weights travel inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    build = [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(tmp_path)], check=True, timeout=300, capture_output=True)
+    (wheel,) = tmp_path.glob("pdseg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    bundled = default_weights().name
+    assert f"pdseg_cli/bundled_weights/{bundled}" in names
+    assert "pdseg_cli/bundled_weights/README.md" in names
+    sources = {p.relative_to(root).as_posix() for p in (root / "pdseg_cli").rglob("*.py")}
+    assert sources <= names, sorted(sources - names)  # pyproject's package list is complete
+    # installed on its own (no source checkout around it), it finds them
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    code = "from pdseg_cli.weights import default_weights; print(default_weights())"
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    found = Path(out.stdout.strip())
+    assert found.is_file() and str(found).startswith(str(target))
