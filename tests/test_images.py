@@ -261,3 +261,33 @@ def test_lzw_tiff_read_without_imagecodecs(tmp_path: Path) -> None:
     path = tmp_path / "lzw.tif"
     assert cv2.imwrite(str(path), rgb[..., ::-1], [cv2.IMWRITE_TIFF_COMPRESSION, 5])  # 5 = LZW
     np.testing.assert_array_equal(imio.read_image(path).pixels, rgb)
+
+
+def test_giant_headers_are_refused_before_decoding(tmp_path: Path) -> None:
+    """A small file that claims 33792x33792 is one line, not gigabytes of allocation."""
+    import resource
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    import tifffile
+
+    from pdseg_cli.data.header import image_size
+
+    # a sparse TIFF (header and tags only on disk) and a PNG whose IHDR claims the same size
+    tifffile.imwrite(tmp_path / "big.tif", shape=(33792, 33792, 3), dtype="uint8")
+    ihdr = struct.pack(">IIBBBBB", 33792, 33792, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    (tmp_path / "huge.png").write_bytes(png + b"\x00" * 64)
+    assert image_size(tmp_path / "big.tif") == image_size(tmp_path / "huge.png") == (33792, 33792)
+    out = subprocess.run(
+        [sys.executable, "-m", "pdseg_cli", "predict", str(tmp_path / "big.tif"), str(tmp_path / "huge.png"),
+         "-o", str(tmp_path / "out"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    text = " ".join(out.stderr.split())
+    assert text.count("over the limit") == 2 and "--max-pixels" in text and "Traceback" not in text
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1_000_000  # KiB: under 1 GB

@@ -50,6 +50,14 @@ def predict(
     ),
     save: list[str] = typer.Option(["mask"], "--save", "-s", help=_OUTPUTS_HELP),
     bg: str = typer.Option("white", "--bg", help="Background of --save composite: a name, #rrggbb or r,g,b."),
+    max_pixels: int = typer.Option(
+        1 << 27,
+        "--max-pixels",
+        min=1,
+        help="Refuse images whose header says more pixels than this, before decoding them (default 2^27: "
+        "8192x8192 passes; a file claiming 33792x33792 does not).",
+        show_default=False,
+    ),
     refine_foreground: bool = typer.Option(
         True,
         "--refine-foreground/--no-refine-foreground",
@@ -137,6 +145,7 @@ def predict(
                 skip_existing=skip_existing,
                 dist=dist,
                 refine_foreground=refine_foreground,
+                max_pixels=max_pixels,
             )
             predictor = Predictor(
                 weights,

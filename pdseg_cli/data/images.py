@@ -37,6 +37,10 @@ IMAGE_SUFFIXES = JPEG_SUFFIXES | TIFF_SUFFIXES | frozenset({".png", ".bmp", ".di
 # colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
+# Images larger than this are refused from their header, before decoding: 2^27 pixels (e.g.
+# 16384x8192) lets 8192x8192 through while a 3 MB file claiming 33792x33792 (3.4 GB of uint8 RGB,
+# 16 GB once in float) is one line instead of an out-of-memory crash. `--max-pixels` changes it.
+DEFAULT_MAX_PIXELS = 1 << 27
 
 
 @dataclass
@@ -64,15 +68,31 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str | os.PathLike[str]) -> LoadedImage:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode one image file to (H, W, 3) RGB at its own bit depth.
 
+    Args:
+        path: the file.
+        max_pixels: refuse images whose header says more pixels than this (None: no limit).
+
     Raises:
-        InputError: the file is missing, unreadable, corrupt, or not an image pdseg can read.
+        InputError: the file is missing, unreadable, corrupt, larger than ``max_pixels``, or not an
+            image pdseg can read.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    if max_pixels is not None:
+        from pdseg_cli.data.header import image_size
+
+        size = image_size(path)
+        if size is not None and size[0] * size[1] > max_pixels:
+            w, h = size
+            raise InputError(
+                f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f} "
+                "(--max-pixels); not decoded",
+                hint="pass a larger --max-pixels if this machine has the memory for it",
+            )
     warnings: list[str] = []
     if path.suffix.lower() in TIFF_SUFFIXES:
         array = _read_tiff(path, warnings)

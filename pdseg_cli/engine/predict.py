@@ -295,6 +295,7 @@ class PredictPlan:
         skipped: this process's images whose outputs all exist (with --skip-existing).
         not_images: files met that are not images (the same list in every process).
         total: images in the whole run, all processes together.
+        max_pixels: images whose header says more pixels are refused before decoding.
         refine_foreground: alpha and composite outputs put the estimated colour of the object
             (:func:`pdseg_cli.data.foreground.estimate_foreground`) under fractional alpha instead
             of the original pixels, which carry the old background's colour.
@@ -307,6 +308,7 @@ class PredictPlan:
     not_images: list[Path]
     total: int
     refine_foreground: bool = True
+    max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
 
 
 def plan_predict(
@@ -318,6 +320,7 @@ def plan_predict(
     skip_existing: bool = False,
     dist: runtime.Distributed | None = None,
     refine_foreground: bool = True,
+    max_pixels: int | None = imio.DEFAULT_MAX_PIXELS,
 ) -> PredictPlan:
     """Find the inputs, check ``out_dir``, refuse clashes, and take this process's share.
 
@@ -369,7 +372,7 @@ def plan_predict(
             skipped.append(item)
         else:
             todo.append(item)
-    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground)
+    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -754,7 +757,7 @@ class Predictor:
                 item = next(todo, None)
                 if item is None:
                     return
-                reads.append(readers.submit(self._prepare_file, item, keep_pixels))
+                reads.append(readers.submit(self._prepare_file, item, keep_pixels, plan.max_pixels))
 
         def finish(result: FileResult) -> None:
             results.append(result)
@@ -829,10 +832,10 @@ class Predictor:
         )
         return merge_summaries(dist.all_gather(local)) if dist.enabled else local
 
-    def _prepare_file(self, item: InputFile, keep_pixels: bool) -> _Prepared:
+    def _prepare_file(self, item: InputFile, keep_pixels: bool, max_pixels: int | None) -> _Prepared:
         """Reader thread: decode and preprocess one file; failures are returned, not raised."""
         try:
-            loaded = imio.read_image(item.path)
+            loaded = imio.read_image(item.path, max_pixels)
             x = T.to_float_rgb(loaded.pixels)
             array = self._prepare_array(x)
             del x
