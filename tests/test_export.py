@@ -317,3 +317,26 @@ def test_cli_predict_with_an_onnx_file_equals_the_checkpoint(
         maps[name] = cv2.imread(str(out / "chelsea.png"), cv2.IMREAD_UNCHANGED)
     assert maps["onnx"].shape == maps["torch"].shape == (300, 451)
     assert np.abs(maps["onnx"].astype(int) - maps["torch"].astype(int)).max() <= 1
+
+
+def test_unwritable_outputs_are_one_line_errors(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner(env={"COLUMNS": "250"})
+    for fmt in ("onnx", "torchscript"):
+        result = runner.invoke(app, ["export", "-w", str(checkpoint), "-o", "/proc/x.model", "--format", fmt])
+        assert result.exit_code == 2 and "cannot be written" in result.output, result.output
+        assert "Traceback" not in result.output
+    # the disk fills up while the graph is written: exit 1, the previous file kept, no temporaries
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "_export_onnx", full)
+    result = runner.invoke(
+        app, ["export", "-w", str(checkpoint), "-o", str(out), "--check-shape", "1x3x64x64"]
+    )
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -54,6 +54,7 @@ def export(
         from pdseg_cli.engine.export import (
             DEFAULT_CHECK_SHAPES,
             ExportCheckError,
+            ExportWriteError,
             export_checkpoint,
             parse_shape,
         )
@@ -73,6 +74,11 @@ def export(
             )
         except ExportCheckError as exc:
             show.failed(exc.report, exc.message, exc.hint)
+            raise typer.Exit(EXIT_FAILED) from None
+        except ExportWriteError as exc:
+            from pdseg_cli.ui import error
+
+            error(exc.message, exc.hint)
             raise typer.Exit(EXIT_FAILED) from None
     show.checks_table(report)
     show.done(report)

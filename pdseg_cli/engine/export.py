@@ -22,6 +22,7 @@ Loop nodes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -134,6 +135,31 @@ class ExportCheckError(PdsegError):
     def __init__(self, message: str, report: ExportReport, hint: str | None = None) -> None:
         super().__init__(message, hint)
         self.report = report
+
+
+class ExportWriteError(PdsegError):
+    """The file could not be written during the export (a full disk, a vanished folder); nothing
+    was left behind and an existing file at ``--out`` is untouched."""
+
+
+def _check_writable(out: Path) -> None:
+    """Prove a file can be created beside ``out`` before any work.
+
+    Raises:
+        InputError: the folder is read-only, a pseudo file system, or otherwise not writable.
+    """
+    probe = out.with_name(f".{out.name}.{os.getpid()}.probe")
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"--out {out} cannot be written ({exc.strerror or exc})",
+            hint="choose a folder you can write to, or fix its permissions",
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 class _ExportGraph(nn.Module):
@@ -305,6 +331,7 @@ def export_model(
         raise InputError(f"--out {out} is a folder", hint="give a file name, e.g. model.onnx")
     if not out.parent.is_dir():
         raise InputError(f"the folder of --out {out} does not exist", hint="create it first")
+    _check_writable(out)
 
     reference = _clone(model).float().eval()
     graph_model = _clone(reference).half() if half else reference
@@ -355,8 +382,14 @@ def export_model(
             )
         os.replace(tmp, out)
         return report
+    except OSError as exc:  # e.g. the disk filled up while the graph was written
+        raise ExportWriteError(
+            f"cannot write {out} ({exc.strerror or exc}); nothing was written",
+            hint="free some space or choose another --out",
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing to clean
+            tmp.unlink(missing_ok=True)
 
 
 def export_checkpoint(
