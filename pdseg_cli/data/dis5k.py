@@ -276,6 +276,10 @@ def _cache_name(pair: Pair, size: int) -> str:
     return f"{pair.stem[:80]}-{digest}.npy"
 
 
+class CacheWriteError(DataError):
+    """The disk cache cannot be written: one error for the run, not one per pair."""
+
+
 class SampleStore:
     """Decoded, resized samples by index: ``store[i]`` is (size, size, 4) uint8 (RGB + mask).
 
@@ -324,9 +328,15 @@ class SampleStore:
             from pdseg_cli.data.images import atomic_path
 
             array = load_sample(self.pairs[index], self.size)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.save(f, array)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, array)
+            except OSError as exc:  # the cache folder's fault, not the pair's
+                raise CacheWriteError(
+                    f"cannot write the sample cache in {path.parent} ({exc.strerror or exc})",
+                    hint="pass --cache-dir with a writable folder, or --cache ram",
+                ) from None
         elif self.mode == "ram":
             if self.arrays[index] is None:
                 self.arrays[index] = load_sample(self.pairs[index], self.size)
@@ -363,6 +373,8 @@ def prepare_samples(
     def work(index: int) -> str | None:
         try:
             store.prepare_one(index)
+        except CacheWriteError:
+            raise
         except PdsegError as exc:
             return exc.message
         except (OSError, ValueError, cv2.error) as exc:
