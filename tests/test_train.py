@@ -331,3 +331,35 @@ def test_an_unwritable_cache_dir_is_named_not_the_pairs(
         train(tiny(tmp_path / "run", data, cache="disk", cache_dir=tmp_path / "ro"))
     assert "cannot write the sample cache" in info.value.message and "bad image" not in info.value.message
     assert "--cache-dir" in (info.value.hint or "")
+
+
+def test_unwritable_run_folders_and_a_full_disk(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from pdseg_cli.cli import app
+    from pdseg_cli.engine import train as train_mod
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+    common = ["train", "-e", "1", "--variant", "pdseg-tiny", "--size", "64", "--train", str(data["train"])]
+    for out in ("/proc/pdseg-run", str(data["train"] / "im" / "s00.jpg")):
+        result = runner.invoke(app, [*common, "--out", out])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "cannot be written" in result.output or "is a file" in result.output
+    # a first epoch saves; then the disk is full: one line, exit 1, the last good last.pt kept
+    train(tiny(tmp_path / "run", data, epochs=1, val_dir=None))
+    good = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4312")
+
+    monkeypatch.setattr(train_mod.torch, "save", full)
+    monkeypatch.setattr("pdseg_cli.model.build.torch.save", full)
+    result = runner.invoke(
+        app, app, [*common, "--out", str(tmp_path / "run"), "--resume", "-e", "2", "--workers", "0"]
+    )
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "previous checkpoint is intact" in text and "--resume" in text and "Traceback" not in text
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good

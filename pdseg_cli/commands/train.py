@@ -136,7 +136,7 @@ def train(
 
       pdseg train -e 20 -o runs/c --teacher isnet.onnx --train lab --train photos
     """
-    from pdseg_cli.engine.train import TrainConfig, TrainingDiverged
+    from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
     from pdseg_cli.errors import first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
@@ -161,7 +161,7 @@ def train(
             cfg = TrainConfig(out=out, epochs=epochs, overwrite=overwrite, **given)
         try:
             result = run_training(cfg, on_event=view)
-        except TrainingDiverged as exc:
+        except (TrainingDiverged, CheckpointWriteError) as exc:
             view.close()
             error(exc.message, exc.hint)
             raise typer.Exit(EXIT_FAILED) from None

@@ -53,7 +53,7 @@ from pdseg_cli.data.augment import AugmentConfig
 from pdseg_cli.data.images import TEMP_SUFFIX, atomic_path
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA
-from pdseg_cli.errors import DataError, InputError, PdsegError, WeightsError
+from pdseg_cli.errors import DataError, InputError, PdsegError, WeightsError, first_line
 from pdseg_cli.model import create_model, load_backbone, save_checkpoint
 from pdseg_cli.model.build import load_checkpoint
 
@@ -469,6 +469,28 @@ def _stream_seed(seed: int, rank: int) -> int:
 # files
 
 
+class CheckpointWriteError(PdsegError):
+    """A checkpoint could not be written during training (a full disk); the previous one is intact."""
+
+
+def _check_writable_folder(out: Path) -> None:
+    """Create the run folder and prove a file can be written in it, before any work.
+
+    Raises:
+        InputError: it cannot be created or written (read-only file system, permissions).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".pdseg-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(
+            f"--out {out} cannot be written ({exc.strerror or exc})",
+            hint="choose a folder you can write to, or fix its permissions",
+        ) from None
+
+
 def _write_checkpoint(
     path: Path,
     model: nn.Module,
@@ -476,7 +498,30 @@ def _write_checkpoint(
     provenance: Mapping[str, Any],
     train_state: dict[str, Any] | None,
 ) -> None:
-    """A pdseg checkpoint of ``model`` (via ``save_checkpoint``), plus ``train_state``, atomically."""
+    """A pdseg checkpoint of ``model`` (via ``save_checkpoint``), plus ``train_state``, atomically.
+
+    Raises:
+        CheckpointWriteError: the file cannot be written (the previous one is left as it was).
+    """
+    try:
+        _write_checkpoint_file(path, model, train_size, provenance, train_state)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError ("unexpected pos")
+        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc):
+            raise
+        raise CheckpointWriteError(
+            f"cannot write {path} ({getattr(exc, 'strerror', None) or first_line(exc)}); the previous "
+            "checkpoint is intact",
+            hint="free some space (or move --out elsewhere) and continue with --resume",
+        ) from None
+
+
+def _write_checkpoint_file(
+    path: Path,
+    model: nn.Module,
+    train_size: int,
+    provenance: Mapping[str, Any],
+    train_state: dict[str, Any] | None,
+) -> None:
     if train_state is None:
         save_checkpoint(model, path, train_size=train_size, **provenance)
         return
@@ -783,9 +828,11 @@ class _Run:
                 f"{out} already holds a training run ({', '.join(existing)})",
                 hint="pass --resume to continue it, --overwrite to start it again, or choose another --out",
             )
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
         self.barrier()  # every rank has looked before rank 0 deletes
         if self.main:
-            out.mkdir(parents=True, exist_ok=True)
+            _check_writable_folder(out)
             for name in existing:
                 (out / name).unlink()
             shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
