@@ -357,7 +357,7 @@ def test_unwritable_run_folders_and_a_full_disk(
     monkeypatch.setattr(train_mod.torch, "save", full)
     monkeypatch.setattr("pdseg_cli.model.build.torch.save", full)
     result = runner.invoke(
-        app, app, [*common, "--out", str(tmp_path / "run"), "--resume", "-e", "2", "--workers", "0"]
+        app, [*common, "--out", str(tmp_path / "run"), "--resume", "-e", "2", "--workers", "0"]
     )
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
