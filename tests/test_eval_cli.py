@@ -305,3 +305,32 @@ def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
         assert (keep / "s" / f"{name}.png").read_bytes() == (tmp_path / "p" / f"{name}.png").read_bytes()
     from_files = evaluate(tmp_path / "p", split / "gt", name="s", jobs=1, use_cache=False)
     assert json.loads(out_json.read_text())["images"] == from_files.to_json()["images"]
+
+
+def test_colour_photos_given_as_predictions_are_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "set" / "gt").mkdir(parents=True)
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        gt = np.zeros((32, 40), np.uint8)
+        gt[8:24, 10:30] = 255
+        cv2.imwrite(str(tmp_path / "set" / "gt" / f"a{i}.png"), gt)
+        cv2.imwrite(str(tmp_path / "photos" / f"a{i}.jpg"), rng.integers(0, 256, (32, 40, 3), dtype=np.uint8))
+    gray = np.full((32, 40, 3), 120, np.uint8)  # a gray map saved as a 3-channel JPEG is not a photo
+    cv2.imwrite(str(tmp_path / "photos" / "gray.jpg"), gray)
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(
+        app,
+        [
+            "eval",
+            "--split",
+            str(tmp_path / "set"),
+            "--pred",
+            str(tmp_path / "photos"),
+            "--no-cache",
+            "-j",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "not gray maps (photos given as --pred?)" in text and "(2 files)" in text

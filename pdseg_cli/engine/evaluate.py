@@ -351,8 +351,8 @@ NOTE_TEXT = {
     "gt_16bit": "GT files are 16-bit: read as their high byte (v >> 8), as cv2.IMREAD_GRAYSCALE does",
     "pred_16bit": "prediction files are 16-bit: read as their high byte (v >> 8), as IMREAD_GRAYSCALE does",
     "gt_colour": "GT files are colour or palette images: read as gray luminance 0.299 R + 0.587 G + 0.114 B",
-    "pred_colour": "prediction files are colour or palette images: read as gray luminance "
-    "0.299 R + 0.587 G + 0.114 B",
+    "pred_colour": "prediction files are colour or palette images, not gray maps (photos given as "
+    "--pred?): read as gray luminance 0.299 R + 0.587 G + 0.114 B",
     "gt_empty": f"GT masks have no pixel above {GT_THRESHOLD} (0/1 masks?): they read as empty GTs "
     "(all background), as in the reference tools; store masks as 0/255",
 }

@@ -84,15 +84,24 @@ def read_gray_u8(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
-    """(16-bit?, colour kind) from the PNG header, or by decoding unchanged for other formats."""
+    """(16-bit?, colour kind) from the PNG header, or by decoding unchanged for other formats.
+
+    A JPEG, BMP or WebP counts as colour only when its channels differ somewhere (a gray map saved
+    as a three-channel JPEG is not), so a folder of photos passed as predictions is noticed.
+    """
     if data[:8] == _PNG_SIGNATURE and len(data) >= 26:
         return data[24] == 16, _PNG_COLOUR_TYPES.get(data[25])
+    try:
+        raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        raw = None
+    if raw is None:
+        return False, None
     if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            raw = None
-        if raw is not None:
-            colour = None if raw.ndim == 2 or raw.shape[2] == 1 else ("RGBA" if raw.shape[2] == 4 else "RGB")
-            return raw.dtype == np.uint16, colour
-    return False, None
+        colour = None if raw.ndim == 2 or raw.shape[2] == 1 else ("RGBA" if raw.shape[2] == 4 else "RGB")
+        return raw.dtype == np.uint16, colour
+    if raw.ndim == 3 and raw.shape[2] >= 3:
+        b, g, r = raw[..., 0], raw[..., 1], raw[..., 2]
+        if not (np.array_equal(b, g) and np.array_equal(g, r)):
+            return raw.dtype == np.uint16, "RGB"
+    return raw.dtype == np.uint16, None
