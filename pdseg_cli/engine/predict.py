@@ -543,6 +543,7 @@ class Predictor:
                 model = load_exported(self.weights_path, device=self.device, onnx_spec=onnx_spec)
                 self.precision = "fp32"  # no autocast around an exported graph
         model = model.eval().to(self.device)
+        self.description = describe_model(model)  # before optimize(), which keeps only the maths
         from pdseg_cli.model.pdseg import PDSeg
 
         if onnx_spec and isinstance(model, nn.Module):
@@ -563,7 +564,6 @@ class Predictor:
             getattr(model, "normalization", None) or _default_normalization()
         )
         self.train_size = _side(getattr(model, "train_size", None))
-        self.description = describe_model(model)
         parsed = parse_size(size)
         fixed = getattr(model, "fixed_size", None)
         if fixed is not None and parsed is not None and parsed != fixed:
@@ -936,7 +936,16 @@ def describe_model(model: Any) -> str:
     if callable(describe):
         return str(describe())
     variant = getattr(model, "variant", None) or getattr(getattr(model, "config", None), "name", None)
-    return str(variant or type(model).__name__)
+    text = str(variant or type(model).__name__)
+    size = getattr(model, "train_size", None)
+    if size:
+        text += f", trained at {size}x{size}"
+    provenance = getattr(model, "provenance", None) or {}
+    if provenance.get("summary"):  # the model card's one line, stored with the weights
+        return f"{text}: {provenance['summary']}"
+    if provenance.get("data"):
+        return f"{text} on {provenance['data']}"
+    return text
 
 
 def _side(train_size: Any) -> int | None:

@@ -343,6 +343,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     model.load_state_dict(state, strict=True)  # copies, casting float16 storage to float32
     model.normalization = ckpt.normalization
     model.train_size = ckpt.train_size
+    model.provenance = dict(ckpt.provenance)  # what the weights came from, for run headers
     return model.to(device).eval()
 
 
