@@ -363,3 +363,19 @@ def test_unwritable_run_folders_and_a_full_disk(
     text = " ".join(result.output.split())
     assert "previous checkpoint is intact" in text and "--resume" in text and "Traceback" not in text
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
+
+
+def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdseg_cli import runtime
+
+    seen: list[Any] = []
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    result = train(tiny(tmp_path / "a", data, epochs=1, val_dir=None), on_event=seen.append)
+    start = next(e for e in seen if e.kind == "start")
+    assert start.values["precision"] == "bf16" and result.steps == 2
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    seen.clear()
+    train(tiny(tmp_path / "b", data, epochs=1, val_dir=None), on_event=seen.append)
+    assert next(e for e in seen if e.kind == "start").values["precision"] == "fp32"

@@ -630,6 +630,8 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
     choice = runtime.resolve_device(cfg.device, local_rank=env.local_rank if env.enabled else None)
     device = choice.device
     precision = runtime.resolve_precision(cfg.precision, device)
+    if cfg.precision == "auto" and device.type == "cpu" and runtime.cpu_has_fast("bf16"):
+        precision = "bf16"  # AVX512-BF16 or AMX: native bf16 matrix units (never chosen when emulated)
     if precision == "fp16" and device.type != "cuda":
         raise InputError("--precision fp16 needs a CUDA GPU", hint="use bf16 or fp32 on this device")
     if device.type == "cuda":
@@ -1020,6 +1022,9 @@ class _Run:
         """Everything before the first step; returns where to start (epoch, step, sums so far)."""
         cfg = self.cfg
         state = self.prepare_folder()
+        slow = runtime.emulated_precision_note(self.device, self.precision)
+        if slow:
+            self.notice(slow)
         self.train_dirs, self.val_dir = self.resolve_data()
         self.train_dir = " + ".join(str(d) for d in self.train_dirs)  # how runs record their data
         self.init_provenance: dict[str, Any] | None = None
