@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pdseg_cli.data.transforms import float_range
+from pdseg_cli.data.transforms import full_scale
 
 LARGE_RADIUS = 90  # the first pass: colour statistics of the neighbourhood (the paper's value)
 SMALL_RADIUS = 6  # the second pass: local detail from the first estimate
@@ -56,12 +56,7 @@ def estimate_foreground(pixels: np.ndarray, byte_map: np.ndarray) -> np.ndarray:
         fractional, ``pixels`` unchanged where it is 255 (and where it is 0, a colour nobody sees).
     """
     dtype = pixels.dtype
-    if dtype == np.uint8:
-        top = 255.0
-    elif dtype == np.uint16:
-        top = 65535.0
-    else:
-        top = float_range(pixels)
+    top = full_scale(pixels)
     fractional = (byte_map > 0) & (byte_map < 255)
     if not fractional.any():
         return pixels

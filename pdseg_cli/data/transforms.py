@@ -80,6 +80,15 @@ def float_range(image: np.ndarray) -> float:
     return next((r for r in _FLOAT_RANGES if top <= r), top)
 
 
+def full_scale(pixels: np.ndarray) -> float:
+    """The value of full intensity in ``pixels``: 255 (uint8), 65535 (uint16), else :func:`float_range`."""
+    if pixels.dtype == np.uint8:
+        return 255.0
+    if pixels.dtype == np.uint16:
+        return 65535.0
+    return float_range(pixels)
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize an (H, W, C) float32 image to ``size`` = (h, w) with bilinear interpolation (cv2.INTER_LINEAR).
 
@@ -151,12 +160,7 @@ def composite(pixels: np.ndarray, byte_map: np.ndarray, background: Sequence[int
         (H, W, 3) RGB of the same sample type as ``pixels``.
     """
     dtype = pixels.dtype
-    if dtype == np.uint8:
-        top = 255.0
-    elif dtype == np.uint16:
-        top = 65535.0
-    else:
-        top = float_range(pixels)
+    top = full_scale(pixels)
     bg = np.asarray(background, dtype=np.float32) * np.float32(top / 255.0)
     out = np.empty(pixels.shape, dtype=dtype)
     rows = max(1, (1 << 22) // max(1, pixels.shape[1]))  # ~4M pixels a chunk bounds the float temporaries

@@ -504,7 +504,22 @@ def _write_checkpoint(
         CheckpointWriteError: the file cannot be written (the previous one is left as it was).
     """
     try:
-        _write_checkpoint_file(path, model, train_size, provenance, train_state)
+        if train_state is None:
+            save_checkpoint(model, path, train_size=train_size, **provenance)
+            return
+        # save_checkpoint takes plain provenance values only, so write its file, add the state, and
+        # replace the target in one rename.
+        part = path.with_name(f".{path.name}.weights{TEMP_SUFFIX}")
+        try:
+            save_checkpoint(model, part, train_size=train_size, **provenance)
+            payload = torch.load(part, map_location="cpu", weights_only=True)
+        finally:
+            part.unlink(missing_ok=True)
+        payload["train_state"] = train_state
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
     except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError ("unexpected pos")
         if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc):
             raise
@@ -513,31 +528,6 @@ def _write_checkpoint(
             "checkpoint is intact",
             hint="free some space (or move --out elsewhere) and continue with --resume",
         ) from None
-
-
-def _write_checkpoint_file(
-    path: Path,
-    model: nn.Module,
-    train_size: int,
-    provenance: Mapping[str, Any],
-    train_state: dict[str, Any] | None,
-) -> None:
-    if train_state is None:
-        save_checkpoint(model, path, train_size=train_size, **provenance)
-        return
-    # save_checkpoint takes plain provenance values only, so write its file, add the state, and
-    # replace the target in one rename.
-    part = path.with_name(f".{path.name}.weights{TEMP_SUFFIX}")
-    try:
-        save_checkpoint(model, part, train_size=train_size, **provenance)
-        payload = torch.load(part, map_location="cpu", weights_only=True)
-    finally:
-        part.unlink(missing_ok=True)
-    payload["train_state"] = train_state
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _read_train_state(path: Path) -> dict[str, Any]:
