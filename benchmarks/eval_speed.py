@@ -86,7 +86,7 @@ def make_pair(seed: int, h: int = 2500, w: int = 3300) -> tuple[np.ndarray, np.n
 def reference_hce(pred: np.ndarray, gt: np.ndarray, relax: int = 5, epsilon: float = 2.0) -> tuple[int, ...]:
     """(FP points, FP regions, FN points, FN regions) of the official DIS HCE, written plainly.
 
-    The procedure of xuebinqin/DIS ``IS-Net/hce_metric_main.py`` as ``design/metrics.md`` §7
+    The procedure of xuebinqin/DIS ``IS-Net/hce_metric_main.py`` as ``docs/metrics.md``, 'HCE',
     describes it, without any speed-up: raw bytes > 128, scikit-image skeleton of the GT,
     OpenCV morphology with the 3x3 cross, then a Python walk over every contour pixel.
     """

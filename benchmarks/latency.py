@@ -13,7 +13,7 @@ Not a test. Needs only torch (and pdseg itself); prints a markdown table with th
 Each measurement builds the model with random weights in eval mode (latency does not depend on the
 values), runs ``--warmup`` untimed passes, then ``--runs`` timed passes of a 1x3xSxS input under
 ``torch.inference_mode()``. CUDA runs synchronise before reading the clock. ``fp16``/``bf16`` mean
-autocast; the NMF inside stays float32 either way (model.md section 5.1).
+autocast; the NMF inside stays float32 either way (docs/model.md, 'NMF precision').
 
 ``--reference`` times the plain model (fp32, as built) and its ``pdseg_cli.optimize`` form (in the
 asked precision) in one process, alternating run by run so that load from other processes hits

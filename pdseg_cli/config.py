@@ -1,7 +1,7 @@
 """Model variants: one frozen dataclass per named model, and the input normalisation they expect.
 
-Numbers come from ``shared/design/model.md``: section 1 (MSCAN encoder, the SegNeXt configs),
-section 2 (the LightHamHead of SegNeXt) and section 3 (our progressive decoder "P1").
+Numbers come from ``docs/model.md``: 'Encoder' (MSCAN, the SegNeXt configs), 'Single head' (the
+LightHamHead of SegNeXt) and 'Decoder' (our progressive decoder "P1").
 This module imports no torch, so ``pdseg info`` and the CLI's help stay fast.
 """
 
@@ -47,16 +47,16 @@ class ModelConfig:
     """
 
     name: str
-    # MSCAN encoder (model.md section 1). Per-variant values come from the SegNeXt configs; the
+    # MSCAN encoder (docs/model.md, 'Encoder'). Per-variant values come from the SegNeXt configs; the
     # MSCAN class defaults (64,128,256,512 / 3,4,6,3) match no published variant.
     embed_dims: tuple[int, int, int, int]
     depths: tuple[int, int, int, int]
     mlp_ratios: tuple[int, int, int, int] = (8, 8, 4, 4)  # the same for T, S, B and L
     # rises linearly from 0 over all blocks; 0.1 for T/S/B and 0.3 for L, as in SegNeXt
     drop_path_rate: float = 0.1
-    # Decoder. "progressive" is our P1 (model.md section 3): one hamburger level per stride,
+    # Decoder. "progressive" is our P1 (docs/model.md, 'Decoder'): one hamburger level per stride,
     # 32 -> 16 -> 8 -> 4. "light_ham" is SegNeXt's single head on strides 8, 16, 32 (the paper's
-    # ablation baseline, model.md section 2).
+    # ablation baseline, docs/model.md, 'Single head').
     decoder: DecoderKind = "progressive"
     # progressive: one width per level, coarse to fine, mirroring the encoder (our guess: the
     # paper's 28.0M parameters pin the stride-32 level at 512). light_ham: one width, used for
@@ -72,13 +72,14 @@ class ModelConfig:
     norm_groups: int = 32  # GroupNorm groups in the decoder, as SegNeXt, at most
     # ... but never fewer than this many channels per group: a GroupNorm of one channel per group
     # (pdseg-t's 32-wide stride-4 level with 32 groups) normalises each channel over the image on
-    # its own, so after the ReLU every channel fires on about half of every image and none can mark
-    # a small object; the stride-4 classifier then learns all-negative weights and its map never
-    # passes sigmoid(bias) (the 0.1 demo weights topped out at byte 161). 8 is SegNeXt-T's own
-    # ratio (256 channels, 32 groups). Checkpoints written before this field read it as 1.
+    # its own, so after the ReLU every channel fires on about half of every image and none can be a
+    # sparse object detector. (It was not what killed that level in the 0.1 demo weights: a run with
+    # this fix alone died too; the classifiers' prior init in layers.py did. See docs/model.md.)
+    # 8 is SegNeXt-T's own ratio (256 channels, 32 groups). Checkpoints written before this field
+    # read it as 1.
     min_group_channels: int = 8
-    # progressive only: M_k = up2(M_{k-1}) + delta_k instead of a direct map (model.md section 3
-    # lists it as a zero-cost option; the paper is silent, so it is off)
+    # progressive only: M_k = up2(M_{k-1}) + delta_k instead of a direct map (a zero-cost option;
+    # the paper is silent, so it is off: docs/model.md, 'Residual maps')
     residual_maps: bool = False
     pad_multiple: int = 32  # inputs are padded to this (the total stride) and cropped back
 
@@ -181,7 +182,8 @@ VARIANTS: dict[str, ModelConfig] = {
         ham_rank=64,
     ),
     # SegNeXt-T (MSCAN-T + LightHamHead 256/256, R = 16): the single-head baseline at pdseg-t's
-    # size, for ablations on small budgets. 4.225M params and 25.11 GMACs at 1024^2 (model.md 6).
+    # size, for ablations on small budgets. 4.225M params and 25.11 GMACs at 1024^2
+    # (docs/model.md, 'Counting').
     "segnext-t": ModelConfig(
         name="segnext-t",
         embed_dims=(32, 64, 160, 256),

@@ -99,7 +99,7 @@ def test_s_measure_nan_case_counts_zero() -> None:
 
 
 def test_degenerate_cases_match_the_reference_table() -> None:
-    # design/metrics.md section 9, the rows a user is most surprised by
+    # docs/metrics.md, 'Edge cases', the rows a user is most surprised by
     per = EDGE_REF["per_image"]
     assert per["full_gt_zero_pred"]["maxF"] == 1.0  # t = 0 makes every pixel foreground
     assert per["full_gt_zero_pred"]["HCE"] == 0  # whole-image FN mask counts no region

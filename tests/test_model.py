@@ -168,7 +168,7 @@ def test_nmf_runs_in_float32_under_bf16_autocast() -> None:
 
 
 def test_nmf_finite_where_fp16_would_overflow() -> None:
-    # sums over N = 64^2 of values ~50 reach ~1e7, far past fp16's 65504 (model.md section 5.1)
+    # sums over N = 64^2 of values ~50 reach ~1e7, far past fp16's 65504 (docs/model.md, 'NMF precision')
     nmf = NMF2D(64, 16, train_steps=6, eval_steps=7, seed=0).eval()
     x = (torch.rand(1, 64, 64, 64) * 100).half()
     out = nmf(x)

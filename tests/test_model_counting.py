@@ -1,4 +1,4 @@
-"""Parameter and multiply-add counts against ``shared/design/model.md`` and against torchprofile."""
+"""Parameter and multiply-add counts against ``docs/model.md`` and against torchprofile."""
 
 from __future__ import annotations
 
@@ -12,24 +12,24 @@ from pdseg_cli.config import VARIANTS, ModelConfig, get_config
 from pdseg_cli.model import count_macs, count_params, create_model
 from pdseg_cli.model.mscan import MSCAN
 
-# Exact parameter counts. pdseg-b and segnext-b are model.md's measured totals (section 3 and 2);
+# Exact parameter counts. pdseg-b and segnext-b are docs/model.md's measured totals ('Variants');
 # the others follow from the same per-module formulas (checked below) and are pinned here.
 PARAMS = {
     "pdseg-t": 4_346_212,
     "pdseg-s": 15_211_972,
     "pdseg-b": 28_039_620,
     "pdseg-l": 46_398_660,
-    "segnext-t": 4_225_121,  # model.md section 6: SegNeXt-T 4.225M
+    "segnext-t": 4_225_121,  # docs/model.md, 'Counting': SegNeXt-T 4.225M
     "segnext-b": 27_559_873,
     "pdseg-tiny": 130_036,
 }
-# model.md section 1 (MSCAN-B exact; T, S, L to the 1,000 given there)
+# docs/model.md, 'Encoder' (MSCAN-B exact; T, S, L to the 1,000 given there)
 BACKBONE = {"pdseg-t": 3.904e6, "pdseg-s": 13.450e6, "pdseg-b": 26_277_824, "pdseg-l": 44.637e6}
 PAPER_PARAMS, PAPER_GMACS = 28.0e6, 129.2  # the paper's PDSeg at 1024x1024
 
 
 def _backbone_formula(config: ModelConfig) -> int:
-    """MSCAN parameters from model.md section 1's per-block formula plus the downsampling and norms."""
+    """MSCAN parameters from the per-block formula (docs/model.md, 'Encoder') plus downsampling and norms."""
     total, prev = 0, 3
     for i, (c, depth, r) in enumerate(zip(config.embed_dims, config.depths, config.mlp_ratios, strict=True)):
         if i == 0:  # stem: conv 3->C/2 + BN, conv C/2->C + BN
@@ -51,7 +51,7 @@ def _decoder_formula(config: ModelConfig) -> int:
     total, prev = 0, None
     for e, c in zip(enc[::-1], config.decoder_widths, strict=True):
         c_in = e if prev is None else e + prev + 1
-        total += c_in * c + 3 * c * c + 8 * c + 1  # model.md section 3, per level
+        total += c_in * c + 3 * c * c + 8 * c + 1  # docs/model.md, 'Decoder', per level
         prev = c
     return total
 
@@ -82,7 +82,7 @@ def test_pdseg_b_matches_the_paper() -> None:
     assert abs(PARAMS["pdseg-b"] / PAPER_PARAMS - 1) < 0.01
     macs = count_macs("pdseg-b", 1024)
     assert abs(macs / 1e9 / PAPER_GMACS - 1) < 0.03
-    assert macs == 127_583_404_032  # model.md section 3: 127.58G, measured with torchprofile
+    assert macs == 127_583_404_032  # docs/model.md, 'Variants': 127.58G, measured with torchprofile
 
 
 def test_segnext_b_matches_segnext() -> None:
@@ -90,7 +90,7 @@ def test_segnext_b_matches_segnext() -> None:
 
 
 def test_segnext_t_matches_segnext() -> None:
-    # model.md section 6, torchprofile reference: SegNeXt-T 25.11G at 1024x1024
+    # docs/model.md, 'Counting', torchprofile reference: SegNeXt-T 25.11G at 1024x1024
     assert count_macs("segnext-t", 1024) / 1e9 == pytest.approx(25.11, abs=0.01)
 
 
@@ -106,7 +106,7 @@ def test_count_macs_accepts_name_config_model_and_sizes() -> None:
 
 
 def test_nmf_macs_follow_the_formula() -> None:
-    # model.md section 2: the NMF's matrix products are N C R (2T+3) + (N+C) R^2 (2T+1)
+    # docs/model.md, 'Counting': the NMF's matrix products are N C R (2T+3) + (N+C) R^2 (2T+1)
     n, c, r, t = 128 * 128, 512, 64, 7
     by_op = count_macs("segnext-b", 1024, by_op=True)
     assert isinstance(by_op, dict)

@@ -54,7 +54,7 @@ def test_cuda_eval_is_deterministic(model_pair: tuple[PDSeg, PDSeg]) -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_nmf_stays_float32_under_cuda_autocast(dtype: torch.dtype) -> None:
     nmf = NMF2D(512, 64, train_steps=6, eval_steps=7, seed=0).cuda().eval()
-    # post-ReLU activations at N = 128^2: the sums over N overflow fp16 (model.md section 5.1)
+    # post-ReLU activations at N = 128^2: the sums over N overflow fp16 (docs/model.md, 'NMF precision')
     x = (torch.rand(1, 512, 128, 128, device="cuda") * 4).to(dtype)
     with torch.autocast("cuda", dtype=dtype):
         out = nmf(x)

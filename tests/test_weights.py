@@ -19,9 +19,23 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 def test_bundled_checkpoint_describes_itself() -> None:
     ckpt = load_checkpoint(default_weights())
     assert ckpt.config.name == "pdseg-t"
-    assert ckpt.train_size == 256
+    assert ckpt.train_size in (256, 320)
     assert "davis16-train" in ckpt.provenance["data"]
     assert ckpt.provenance["weights"] == "ema"
+    assert ckpt.provenance["teacher_sha256"].startswith("7001d607")  # the ISNet of the model card
+    assert "weights/README.md" in ckpt.provenance["summary"]
+
+
+@pytest.mark.parametrize("name", ["chelsea.jpg", "coffee.jpg", "astronaut.jpg", "rocket.jpg"])
+def test_bundled_maps_say_foreground_with_certainty(name: str) -> None:
+    """Every bundled photo gets a map that reaches 255 (the 0.1 weights never passed byte 161)."""
+    from pdseg_cli.model import load_model
+    from pdseg_cli.model.pdseg import final_map_ceiling
+
+    assert final_map_ceiling(load_model(default_weights())) is None
+    rgb = cv2.cvtColor(cv2.imread(str(EXAMPLES / name)), cv2.COLOR_BGR2RGB)
+    mask = Predictor(None, device="cpu", precision="fp32").predict(rgb)
+    assert mask.max() == 255 and mask.min() == 0
 
 
 @pytest.mark.parametrize("size", [None, "full"])

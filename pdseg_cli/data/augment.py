@@ -23,8 +23,8 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Probabilities and ranges of the training augmentation (model.md section 4: flip + crop +
-    rotation + mild colour jitter)."""
+    """Probabilities and ranges of the training augmentation (docs/model.md, 'Training recipe':
+    flip + crop + rotation + mild colour jitter)."""
 
     hflip: float = 0.5  # probability of a horizontal flip (IS-Net and BiRefNet use 0.5)
     rotate: float = 0.3  # probability of a rotation (BiRefNet: 0.2)

@@ -1,7 +1,7 @@
 """Pure functions between decoded images, model inputs and 8-bit maps.
 
 The map rule (the bytes ``pdseg predict`` writes and ``pdseg eval`` scores), following the DIS
-pipeline (``shared/design/metrics.md`` section 8):
+pipeline (``docs/metrics.md``, 'Prediction maps'):
 
 1. the logits are resized to the image's original (H, W), bilinear, ``align_corners=False``,
    in float32, before anything else;
@@ -11,7 +11,7 @@ pipeline (``shared/design/metrics.md`` section 8):
 Unlike DIS, pdseg does **not** stretch each map to its own min..max first: a photo with no clear
 foreground would otherwise get a full-contrast mask made of noise, and a given byte would mean a
 different probability in every file (so ``--threshold`` could not be used). The DIS metrics
-min-max normalise every prediction anyway (metrics.md section 1.4), so F, weighted F, MAE, S and E
+min-max normalise every prediction anyway (docs/metrics.md, 'Normalisation'), so F, weighted F, MAE, S and E
 differ from DIS-style stretched files only where the map does not already reach 0 and 255; HCE
 thresholds the byte at > 128, i.e. ``p > 129/255``.
 

@@ -9,7 +9,7 @@
 
 Training validation scores in-memory maps with :func:`evaluate_arrays` (no files needed).
 
-How a pair is scored (``design/metrics.md`` has every detail and reason):
+How a pair is scored (``docs/metrics.md`` has every detail and reason):
 
 * Both files are read as 8-bit grayscale with OpenCV's ``IMREAD_GRAYSCALE`` semantics (16-bit:
   high byte; colour: luminance), matched by file stem.
@@ -656,7 +656,7 @@ def report_settings(
 
     settings: dict[str, Any] = {
         "reference": "F, wF, MAE, S, E as pysodmetrics 1.6.2; HCE as the official DIS "
-        "hce_metric_main.py (xuebinqin/DIS); see design/metrics.md",
+        "hce_metric_main.py (xuebinqin/DIS); see docs/metrics.md",
         "reading": "cv2.IMREAD_GRAYSCALE semantics: 16-bit files read as the high byte, colour as luminance",
         "resize": "a prediction of another size is resized to the GT size (cv2.resize, INTER_LINEAR)",
         "gt": "foreground is gt > 128",

@@ -6,9 +6,9 @@ and crops inside, and that arithmetic is traced on the input's shape). It return
 ``probabilities`` (B, 1, H, W), the sigmoid of the final map, and, as a second output (ONNX) or
 ``.logits(x)`` method (TorchScript), the ``logits`` themselves. Inputs and outputs are float32 even
 for ``half=True``; then the weights and activations are fp16 except the NMF, which the model runs
-in fp32 (model.md section 5.1: the NMF's sums overflow fp16).
+in fp32 (docs/model.md, 'NMF precision': the NMF's sums overflow fp16).
 
-In eval mode the NMF uses fixed bases from a seeded generator (model.md section 5.3), so the graph
+In eval mode the NMF uses fixed bases from a seeded generator (docs/model.md, 'NMF bases'), so the graph
 has no random ops and two runs on one input give identical outputs.
 
 The file is written under a temporary name next to ``out``. It is loaded back and run on a few
@@ -16,7 +16,7 @@ shapes against the PyTorch model (fp32); only when every max |probability differ
 tolerance is it moved onto ``out`` with ``os.replace``. A failed check leaves no file behind.
 
 The ONNX path uses the TorchScript-based exporter (``dynamo=False``): the default dynamo exporter
-needs onnxscript (model.md section 5.4). The NMF iterations unroll into plain MatMuls; there are no
+needs onnxscript (docs/model.md, 'ONNX export'). The NMF iterations unroll into plain MatMuls; there are no
 Loop nodes.
 """
 
@@ -53,7 +53,7 @@ from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
 
 FORMATS = ("onnx", "torchscript")
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 on
-DEFAULT_OPSET = 18  # model.md section 5.4: exported and checked with torch 2.13
+DEFAULT_OPSET = 18  # docs/model.md, 'ONNX export': exported and checked with torch 2.13
 # fp32: the exported graph does the same float maths in another order; measured differences are
 # ~1e-6, so 1e-4 (1/40 of a grey level) catches any real divergence.
 FP32_TOLERANCE = 1e-4

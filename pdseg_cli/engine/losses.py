@@ -1,6 +1,6 @@
 """Training losses: BCE-with-logits + IoU on every decoder level (multi-scale supervision).
 
-Follows ``shared/design/model.md`` section 4: each level's logits are brought to the mask size
+Follows ``docs/model.md``, 'Loss': each level's logits are brought to the mask size
 (bilinear, align_corners=False), the loss of a level is BCE + IoU, and the total is the plain sum
 over the supervised levels, all weights 1 (as IS-Net and BiRefNet sum their side outputs). The maths
 runs in float32 whatever the autocast dtype of the logits, and BCE uses the logits form (BCELoss on

@@ -1,6 +1,6 @@
 """Training PDSeg on DIS5K-layout data: multi-scale supervision, EMA, exact resume, DDP.
 
-The recipe follows ``shared/design/model.md`` section 4: BCE-with-logits + IoU on every decoder
+The recipe follows ``docs/model.md``, 'Training recipe': BCE-with-logits + IoU on every decoder
 level in float32 (:mod:`pdseg_cli.engine.losses`), AdamW with the decoder at 10x the encoder's
 learning rate and no weight decay on norms, biases and layer scales, a linear warmup then poly
 decay per iteration, gradient clipping, autocast (bf16, or fp16 with a gradient scaler; the model

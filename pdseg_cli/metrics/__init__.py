@@ -1,7 +1,7 @@
 """The DIS metrics on uint8 maps: numpy, OpenCV and pure functions only (no torch, no files).
 
 ``score_pair(pred, gt)`` gives every metric of one pair; ``aggregate`` turns per-image scores
-into dataset values. ``design/metrics.md`` specifies each metric; the module docstrings say how
+into dataset values. ``docs/metrics.md`` specifies each metric; the module docstrings say how
 each one is computed and which reference it equals.
 """
 

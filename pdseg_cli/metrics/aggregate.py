@@ -1,4 +1,4 @@
-"""Dataset values from per-image scores (``design/metrics.md`` §1.7): every image weighs 1.
+"""Dataset values from per-image scores (``docs/metrics.md``, 'Aggregation'): every image weighs 1.
 
 Scalar metrics (wF, MAE, S, HCE and the adaptive values) are means over images. The F and E
 curves are first averaged over images threshold by threshold; maxF / meanF (maxE / meanE) are

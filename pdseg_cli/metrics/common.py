@@ -1,4 +1,5 @@
-"""The shared input pipeline of the DIS metrics (``design/metrics.md`` §1), as lookup tables.
+"""The shared input pipeline of the DIS metrics (``docs/metrics.md``, 'Normalisation' and
+'Thresholds'), as lookup tables.
 
 Every per-pixel step the reference tools apply to a prediction (divide by 255, min-max stretch,
 truncate to 256 bins) depends only on the pixel's byte and on the image's smallest and largest

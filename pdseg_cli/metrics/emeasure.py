@@ -1,7 +1,7 @@
 """Enhanced-alignment measure E_phi: the 256-threshold curve (meanE, maxE) and the adaptive value.
 
 Fan, Gong, Cao, Ren, Cheng, Borji, "Enhanced-alignment Measure for Binary Foreground Map
-Evaluation", IJCAI 2018. As pysodmetrics 1.6.2 ``Emeasure`` computes it (``design/metrics.md`` §6):
+Evaluation", IJCAI 2018. As pysodmetrics 1.6.2 ``Emeasure`` computes it (``docs/metrics.md``, 'E-measure'):
 a binary map and the GT only have four pixel kinds (TP, FP, FN, TN), so the sum of the enhanced
 alignment matrix is a sum of four terms; it is divided by ``N - 1 + eps``, so a perfect map
 scores about ``1 + 1/N``. The DIS table's E column is the mean over thresholds (meanE).

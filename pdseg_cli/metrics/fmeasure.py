@@ -2,7 +2,7 @@
 
 Achanta, Hemami, Estrada, Susstrunk, "Frequency-tuned Salient Region Detection", CVPR 2009.
 Computed as pysodmetrics 1.6.2 ``FmeasureV2`` with ``FmeasureHandler(beta=0.3)`` does
-(``design/metrics.md`` §2): precision ``TP/P`` (0 when nothing is predicted), recall ``TP/#G``
+(``docs/metrics.md``, 'F-measure'): precision ``TP/P`` (0 when nothing is predicted), recall ``TP/#G``
 (0 for an empty GT), ``F = (1 + b2) P R / (b2 P + R)`` (0 when the denominator is 0). All 256
 thresholds come from one histogram of the quantised map and a cumulative sum.
 """

@@ -2,7 +2,7 @@
 Dichotomous Image Segmentation", ECCV 2022), with relax gamma = 5 and RDP epsilon = 2.
 
 This follows the official DIS procedure (xuebinqin/DIS ``IS-Net/hce_metric_main.py``) as
-``design/metrics.md`` §7 specifies it, not pysodmetrics' ``HumanCorrectionEffortMeasure``
+``docs/metrics.md``, 'HCE', specifies it, not pysodmetrics' ``HumanCorrectionEffortMeasure``
 (which thresholds the normalised map and counts a whole-image error mask as one region):
 
 1. ``G = gt > 128`` and ``P = pred > 128`` on the raw bytes (no normalisation), at GT size;

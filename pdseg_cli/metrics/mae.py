@@ -1,4 +1,4 @@
-"""Mean absolute error M: ``mean(|x - G|)`` on the min-max normalised map (``design/metrics.md`` §4)."""
+"""Mean absolute error M: ``mean(|x - G|)`` on the min-max normalised map (``docs/metrics.md``, 'MAE')."""
 
 from __future__ import annotations
 

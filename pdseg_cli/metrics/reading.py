@@ -1,6 +1,6 @@
 """Reading masks and prediction maps exactly as the DIS evaluation tools do.
 
-They read both files with ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` (``design/metrics.md`` §1.1):
+They read both files with ``cv2.imread(path, cv2.IMREAD_GRAYSCALE)`` (``docs/metrics.md``, 'Reading files'):
 a 16-bit file becomes its high byte (``v >> 8``), a colour file becomes its luminance
 ``0.299 R + 0.587 G + 0.114 B`` (alpha ignored). pdseg decodes the same way (``cv2.imdecode`` of the
 file's bytes, which also reads non-ASCII paths) and says when a file took one of those roads.

@@ -14,7 +14,7 @@ so the result is the same bit for bit (the tests compare the two).
 The two code sets below are scikit-image's thinning table (``skimage/morphology/
 _skeletonize_various_cy.pyx``, BSD-3-Clause, originally from CellProfiler), written as the codes
 each subiteration removes. It is not the textbook Zhang-Suen rule (25 of 256 entries differ,
-see ``design/metrics.md`` section 7), which is why it is data here and not derived.
+see ``docs/metrics.md``, 'HCE'), which is why it is data here and not derived.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Structure measure S_alpha with alpha = 0.5 (Fan, Cheng, Liu, Li, Borji, "Structure-measure: A New
 Way to Evaluate Foreground Maps", ICCV 2017), as pysodmetrics 1.6.2 ``Smeasure`` computes it
-(``design/metrics.md`` §5), with one deliberate difference:
+(``docs/metrics.md``, 'S-measure'), with one deliberate difference:
 
 **The NaN case gives 0.** When the rounded foreground centroid falls on the last column (or row),
 the right (bottom) blocks of the region term are empty; their score is NaN with weight 0, and
@@ -52,7 +52,7 @@ def _ssim(
 
     ``block_mean`` overrides the block's mean prediction: for a block of one constant value the
     reference's score is 1 or 0 depending on whether numpy's mean of the block rounds back to
-    that value exactly (``design/metrics.md`` §5), so the caller passes numpy's mean there.
+    that value exactly (``docs/metrics.md``, 'S-measure'), so the caller passes numpy's mean there.
     """
     n_bg, n_fg = int(bg_counts.sum()), int(fg_counts.sum())
     n = n_bg + n_fg

@@ -1,7 +1,7 @@
 """Weighted F-measure F^w_beta (Margolin, Zelnik-Manor, Tal, "How to Evaluate Foreground Maps?",
 CVPR 2014), with beta^2 = 1, as pysodmetrics 1.6.2 ``WeightedFmeasure`` computes it.
 
-Per image, on the min-max normalised map ``x`` and the binary GT ``G`` (``design/metrics.md`` §3):
+Per image, on the min-max normalised map ``x`` and the binary GT ``G`` (``docs/metrics.md``, 'Weighted F'):
 ``E = |x - G|``; ``Et`` is ``E`` with every background pixel given the error of its nearest
 foreground pixel (scipy's ``distance_transform_edt`` choice); ``EA`` is ``Et`` filtered by a 7x7
 Gaussian of sigma 5 with zero padding; ``MIN = EA`` where ``G`` and ``EA < E``, else ``E``; the

@@ -1,6 +1,6 @@
 """Parameters and multiply-adds counted the way SegNeXt and the PDSeg paper count them.
 
-``shared/design/model.md`` section 6: the papers' "GFLOPs" are MACs from ``torchprofile`` on a
+``docs/model.md``, 'Counting': the papers' "GFLOPs" are MACs from ``torchprofile`` on a
 1x3xHxW input in eval mode. One multiply-add counts 1; convolutions and matrix products (so the NMF)
 are counted; norms with affine parameters count 1 per output element, elementwise products 1 per
 element, bilinear upsampling 4 per output element; additions, divisions, activations and softmax are

@@ -2,10 +2,10 @@
 
 Zhu, Ahmed, Li, Shen, Jin, "One-stage Progressive Dichotomous Segmentation", BMVC 2023.
 
-The paper publishes no code. :class:`ProgressiveDecoder` is our design "P1" from
-``shared/design/model.md`` section 3: its data flow follows the paper's poster, its widths are our
-guess, fitted to the paper's 28.0M parameters and 129.2 GMACs. :class:`LightHamHead` is SegNeXt's head
-(model.md section 2), the single-head baseline of the paper's ablation.
+The paper publishes no code. :class:`ProgressiveDecoder` is our design "P1" (``docs/model.md``,
+'Decoder'): its data flow follows the paper's poster, its widths are our guess, fitted to the paper's
+28.0M parameters and 129.2 GMACs. :class:`LightHamHead` is SegNeXt's head (``docs/model.md``,
+'Single head'), the single-head baseline of the paper's ablation.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Geng, Guo, Chen, Li, Wei, Lin, "Is Attention Better Than Matrix Decomposition?", ICLR 2021; used as
 SegNeXt's LightHamHead (Guo et al., NeurIPS 2022).
 
-Written from ``shared/design/model.md`` section 2 and checked against SegNeXt/mmseg
-``decode_heads/ham_head.py``. Pinned choices (model.md section 5):
+Written from ``docs/model.md``, 'Hamburger', and checked against SegNeXt/mmseg
+``decode_heads/ham_head.py``. Pinned choices (``docs/model.md``, 'NMF precision' and 'NMF bases'):
 
 - The NMF always runs in float32 with autocast off, then casts back: its sums over N overflow fp16.
 - Training: bases drawn uniformly at random on every forward pass (global RNG), as SegNeXt does.

@@ -3,7 +3,7 @@
 Guo, Lu, Hou, Liu, Cheng, Hu, "SegNeXt: Rethinking Convolutional Attention Design for Semantic
 Segmentation", NeurIPS 2022.
 
-Written from the description in ``shared/design/model.md`` section 1 and checked against the public
+Written from the description in ``docs/model.md``, 'Encoder', and checked against the public
 SegNeXt code (Visual-Attention-Network/SegNeXt, mmseg/models/backbones/mscan.py). Module names follow
 that code exactly, so the official ImageNet weights (``mscan_t/s/b/l.pth``) load with strict keys:
 ``patch_embed{i}``, ``block{i}.{j}.{norm1,attn,norm2,mlp,layer_scale_1,layer_scale_2}``, ``norm{i}``.

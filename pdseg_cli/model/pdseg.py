@@ -1,7 +1,7 @@
 """PDSeg: an MSCAN encoder and a progressive decoder of hamburger heads, for one foreground mask.
 
 Zhu, Ahmed, Li, Shen, Jin, "One-stage Progressive Dichotomous Segmentation", BMVC 2023.
-Our re-implementation; see ``shared/design/model.md`` for what follows the paper and what is guessed.
+Our re-implementation; see ``docs/model.md`` for what follows the paper and what is guessed.
 """
 
 from __future__ import annotations
