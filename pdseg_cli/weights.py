@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pdseg_cli.errors import WeightsError
 
-# The demo checkpoint trained on a small DAVIS subset (weights/README.md is its model card).
-BUNDLED_NAME = "pdseg-t-davis16.pt"
+# The bundled checkpoint (weights/README.md is its model card).
+BUNDLED_NAME = "pdseg-t-distilled.pt"
 ENV_VAR = "PDSEG_WEIGHTS"
 
 

@@ -35,7 +35,7 @@ def test_bundled_maps_say_foreground_with_certainty(name: str) -> None:
     assert final_map_ceiling(load_model(default_weights())) is None
     rgb = cv2.cvtColor(cv2.imread(str(EXAMPLES / name)), cv2.COLOR_BGR2RGB)
     mask = Predictor(None, device="cpu", precision="fp32").predict(rgb)
-    assert mask.max() == 255 and mask.min() == 0
+    assert mask.max() == 255 and mask.min() < 20  # certain object, clear background somewhere
 
 
 @pytest.mark.parametrize("size", [None, "full"])
