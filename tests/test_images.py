@@ -291,3 +291,20 @@ def test_giant_headers_are_refused_before_decoding(tmp_path: Path) -> None:
     text = " ".join(out.stderr.split())
     assert text.count("over the limit") == 2 and "--max-pixels" in text and "Traceback" not in text
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 1_000_000  # KiB: under 1 GB
+
+
+def test_opencv_assertions_become_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bomb.png"
+    cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    dump = (
+        "OpenCV(4.14.0) /io/opencv/modules/imgcodecs/src/loadsave.cpp:77: error: (-215:Assertion failed) "
+        "pixels <= CV_IO_MAX_IMAGE_PIXELS in function 'validateInputImageSize'\n"
+    )
+
+    def refuse(*args: object) -> None:
+        raise cv2.error(dump)
+
+    monkeypatch.setattr(imio.cv2, "imdecode", refuse)
+    with pytest.raises(InputError) as info:
+        imio.read_image(path)
+    assert info.value.message == f"{path}: cannot decode (OpenCV: pixels <= CV_IO_MAX_IMAGE_PIXELS)"

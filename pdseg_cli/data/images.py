@@ -114,12 +114,24 @@ def _read_cv2(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    array = cv2.imdecode(data, _CV2_FLAGS) if data.size else None
+    try:
+        array = cv2.imdecode(data, _CV2_FLAGS) if data.size else None
+    except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
+        raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
     if array is None:
         raise InputError(
             f"{path}: cannot decode (corrupt, truncated or not a {path.suffix.lstrip('.').upper()} image)"
         )
     return array
+
+
+def _opencv_reason(exc: BaseException) -> str:
+    """One sentence from an OpenCV error: its ``error: (-N:Kind) message in function`` part."""
+    text = " ".join(str(exc).split())
+    if "error: (" in text:  # "OpenCV(4.x) file.cpp:77: error: (-215:Assertion failed) what in function 'f'"
+        text = text.split("error: (", 1)[1].split(")", 1)[-1]
+    text = text.split(" in function ")[0].strip(" :.'")
+    return text[:200] or type(exc).__name__
 
 
 def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
