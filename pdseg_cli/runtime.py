@@ -124,6 +124,25 @@ def resolve_precision(spec: str, device: torch.device) -> str:
     return text
 
 
+def set_compute_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads for the maths: torch's intra-op pool, OpenCV's, and onnxruntime's
+    (which follows torch's, see ``OnnxModel``). None leaves the defaults (all cores, or
+    ``OMP_NUM_THREADS``). For a process that owns its threads, as the ``pdseg`` command does.
+
+    Raises:
+        InputError: ``n`` below 1.
+    """
+    if n is None:
+        return
+    if n < 1:
+        raise InputError(f"--threads must be at least 1, got {n}")
+    import cv2
+    import torch
+
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+
+
 def resolve_compile(spec: str | bool | None) -> str | None:
     """``off|default|reduce-overhead|max-autotune|...`` (or a bool) -> a torch.compile mode, or None.
 

@@ -109,3 +109,20 @@ def test_an_interrupted_predict_says_how_to_resume(tmp_path, monkeypatch) -> Non
     )
     assert result.exit_code == 130
     assert "--skip-existing" in " ".join(result.output.split())
+
+
+def test_threads_option_sets_torch_and_opencv(monkeypatch) -> None:  # noqa: ANN001
+    import cv2
+    import torch
+
+    from pdseg_cli import runtime
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        runtime.set_compute_threads(1)
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+    for command in ("predict", "eval", "train"):
+        assert "--threads" in runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output

@@ -32,6 +32,18 @@ def user_errors() -> Iterator[None]:
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 
+def threads_option() -> Any:
+    """``--threads``: CPU threads for the maths (torch, OpenCV, onnxruntime)."""
+    return typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for the maths: torch, OpenCV and onnxruntime (default: all cores, or "
+        "$OMP_NUM_THREADS). On a machine busy with other work, fewer can be faster.",
+        show_default=False,
+    )
+
+
 def onnx_spec_option() -> Any:
     """``--onnx-spec``: how to run a foreign ONNX model that pdseg does not recognise."""
     return typer.Option(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pdseg_cli.commands._common import onnx_spec_option, user_errors, weights_option
+from pdseg_cli.commands._common import onnx_spec_option, threads_option, user_errors, weights_option
 from pdseg_cli.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def eval_(
     csv_out: Path | None = typer.Option(
         None, "--csv", help="Write one CSV line per table row.", show_default=False
     ),
+    threads: int | None = threads_option(),
 ) -> None:
     """Score predictions with the DIS metrics, exactly as the reference tools compute them.
 
@@ -95,8 +96,11 @@ def eval_(
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
     with user_errors():
+        from pdseg_cli import runtime
         from pdseg_cli.engine import evaluate as ev
         from pdseg_cli.ui import evaluation as view
+
+        runtime.set_compute_threads(threads)
 
         if pred is not None and (weights is not None or save_preds is not None):
             raise InputError(

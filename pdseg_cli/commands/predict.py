@@ -13,6 +13,7 @@ from pdseg_cli.commands._common import (
     EXIT_USAGE,
     compile_option,
     onnx_spec_option,
+    threads_option,
     user_errors,
     weights_option,
 )
@@ -86,6 +87,7 @@ def predict(
         "auto", "--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."
     ),
     compile_mode: str = compile_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Segment images: one 8-bit map per image, at the image's exact width and height.
 
@@ -115,6 +117,7 @@ def predict(
         from pdseg_cli.engine.predict import Predictor, parse_save, parse_size, plan_predict
         from pdseg_cli.ui import prediction
 
+        runtime.set_compute_threads(threads)
         if not out_text.strip():
             raise InputError("--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)")
         out = Path(out_text)

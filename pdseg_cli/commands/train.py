@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, EXIT_INTERRUPTED, user_errors
+from pdseg_cli.commands._common import EXIT_FAILED, EXIT_INTERRUPTED, threads_option, user_errors
 
 
 def train(
@@ -117,6 +117,7 @@ def train(
     augment: bool | None = typer.Option(
         None, "--augment/--no-augment", help="Flip, rotation, crop and colour jitter (default: on)."
     ),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
 
@@ -154,6 +155,9 @@ def train(
     out = out or Path("runs") / (variant or "pdseg-b")
     view = TrainingView()
     with user_errors():
+        from pdseg_cli.runtime import set_compute_threads
+
+        set_compute_threads(threads)
         main = env_distributed().rank == 0
         if resume:
             cfg = TrainConfig.for_resume(out, epochs=epochs, **given)
