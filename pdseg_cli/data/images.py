@@ -279,6 +279,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def check_writable_folder(folder: Path, label: str) -> None:
+    """Create ``folder`` (and its parents) and prove a file can be written in it, before any work.
+
+    Args:
+        folder: the folder.
+        label: what to call it in the message, e.g. ``"--out runs/a"``.
+
+    Raises:
+        InputError: it cannot be created or written (read-only file system, permissions, /proc).
+    """
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pdseg-write-check-", delete=True):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"{label} cannot be written ({exc.strerror or exc})",
+            hint="choose a folder you can write to, or fix its permissions",
+        ) from None
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -52,19 +52,19 @@ class TeacherInfo:
     spec: str
     description: str
 
-    @property
-    def key(self) -> str:
-        """The cache folder name: the file hash, plus the spec's when one is given."""
-        if not self.spec:
-            return self.sha256[:24]
-        return f"{self.sha256[:16]}-{hashlib.sha256(self.spec.encode()).hexdigest()[:8]}"
+
+def _cache_key(sha256: str, spec: str) -> str:
+    """The teacher's cache folder name: its file hash, plus the spec's when one is given."""
+    if not spec:
+        return sha256[:24]
+    return f"{sha256[:16]}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 class TeacherMaps:
     """A teacher model and its map cache.
 
-    The model is loaded on first need, so a run whose maps are all cached never opens it (and does
-    not need onnxruntime for that).
+    The model is loaded on first need (:meth:`info`, or a map to compute); ``pdseg train`` asks
+    for :meth:`info` before any work, so a teacher that cannot run fails first.
 
     Args:
         teacher: the teacher file.
@@ -94,8 +94,7 @@ class TeacherMaps:
         self.onnx_spec = onnx_spec or ""
         self._sha = file_sha256(self.path)
         self._predictor = None
-        key = TeacherInfo(self.path, self._sha, self.onnx_spec, "").key
-        self.folder = Path(cache_root) / TEACHER_DIR / key
+        self.folder = Path(cache_root) / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec)
 
     def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
         if self._predictor is None:
@@ -111,14 +110,6 @@ class TeacherMaps:
         """The teacher's identity and a description (loads the model)."""
         return TeacherInfo(self.path, self._sha, self.onnx_spec, self._model().description)
 
-    def check(self) -> None:
-        """Open the teacher now, so a bad file or spec fails before any work.
-
-        Raises:
-            PdsegError: the teacher cannot be run (the message names the file and the fix).
-        """
-        self._model()
-
     def map_path(self, image: Path) -> Path:
         """Where the map of ``image`` is (or will be) cached."""
         return self.folder / f"{file_sha256(image)[:32]}.png"
@@ -133,12 +124,15 @@ class TeacherMaps:
         """The cached map of ``image``, computing and storing it first if needed."""
         path = self.map_path(image)
         if not path.is_file():
-            from pdseg_cli.data.images import write_png
-
-            array = self.compute(image)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_png(path, array)  # atomic: a temporary file, then a rename
+            self._store(image, path)
         return path
+
+    def _store(self, image: Path, path: Path) -> None:
+        from pdseg_cli.data.images import write_png
+
+        array = self.compute(image)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(path, array)  # atomic: a temporary file, then a rename
 
     def ensure_all(
         self,
@@ -159,7 +153,7 @@ class TeacherMaps:
         for i, image in enumerate(images):
             path = self.map_path(image)
             if not path.is_file():
-                self.ensure(image)
+                self._store(image, path)
                 computed += 1
             out.append(path)
             if on_progress is not None:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from pdseg_cli import __version__
+from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
     OUTPUT_LOGITS,
@@ -140,26 +141,6 @@ class ExportCheckError(PdsegError):
 class ExportWriteError(PdsegError):
     """The file could not be written during the export (a full disk, a vanished folder); nothing
     was left behind and an existing file at ``--out`` is untouched."""
-
-
-def _check_writable(out: Path) -> None:
-    """Prove a file can be created beside ``out`` before any work.
-
-    Raises:
-        InputError: the folder is read-only, a pseudo file system, or otherwise not writable.
-    """
-    probe = out.with_name(f".{out.name}.{os.getpid()}.probe")
-    try:
-        with open(probe, "wb"):
-            pass
-    except OSError as exc:
-        raise InputError(
-            f"--out {out} cannot be written ({exc.strerror or exc})",
-            hint="choose a folder you can write to, or fix its permissions",
-        ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
 
 
 class _ExportGraph(nn.Module):
@@ -331,7 +312,7 @@ def export_model(
         raise InputError(f"--out {out} is a folder", hint="give a file name, e.g. model.onnx")
     if not out.parent.is_dir():
         raise InputError(f"the folder of --out {out} does not exist", hint="create it first")
-    _check_writable(out)
+    check_writable_folder(out.parent, f"--out {out}")
 
     reference = _clone(model).float().eval()
     graph_model = _clone(reference).half() if half else reference

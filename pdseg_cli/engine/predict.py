@@ -24,7 +24,6 @@ import collections
 import difflib
 import glob
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -273,15 +272,7 @@ def check_out_dir(out_dir: Path) -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".pdseg-write-check-", delete=True):
-            pass
-    except OSError as exc:
-        raise InputError(
-            f"--out {out_dir} is not writable ({exc.strerror or exc})",
-            hint="choose another folder, or fix its permissions",
-        ) from None
+    imio.check_writable_folder(out_dir, f"--out {out_dir}")
 
 
 @dataclass
@@ -528,26 +519,29 @@ class Predictor:
         self.device_reason = choice.reason
         self.precision = runtime.resolve_precision(precision, self.device)
         self.channels_last = channels_last
+        from pdseg_cli.engine.onnx_backend import detect_format, load_exported
+        from pdseg_cli.model.build import load_model
+        from pdseg_cli.weights import default_weights
+
+        self.weights_path: Path | None = None
+        if isinstance(weights, nn.Module):
+            kind = "module"
+        else:
+            self.weights_path = Path(weights) if weights is not None else default_weights()
+            kind = detect_format(self.weights_path)
+        if onnx_spec and kind != "onnx":  # checked before loading: these say how to run them
+            raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
         if isinstance(weights, nn.Module):
             model = weights
-            self.weights_path: Path | None = None
-        else:
-            from pdseg_cli.engine.onnx_backend import detect_format, load_exported
-            from pdseg_cli.model.build import load_model
-            from pdseg_cli.weights import default_weights
-
-            self.weights_path = Path(weights) if weights is not None else default_weights()
-            if detect_format(self.weights_path) == "checkpoint":
-                model = load_model(self.weights_path, device="cpu")
-            else:  # .onnx / TorchScript from `pdseg export`: fp32 in and out, precision fixed in the file
-                model = load_exported(self.weights_path, device=self.device, onnx_spec=onnx_spec)
-                self.precision = "fp32"  # no autocast around an exported graph
+        elif kind == "checkpoint":
+            model = load_model(self.weights_path, device="cpu")
+        else:  # .onnx / TorchScript: fp32 in and out, precision fixed in the file
+            model = load_exported(self.weights_path, device=self.device, onnx_spec=onnx_spec)
+            self.precision = "fp32"  # no autocast around an exported graph
         model = model.eval().to(self.device)
         self.description = describe_model(model)  # before optimize(), which keeps only the maths
         from pdseg_cli.model.pdseg import PDSeg
 
-        if onnx_spec and isinstance(model, nn.Module):
-            raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
         if compile_mode and not (optimized and isinstance(model, PDSeg)):
             raise InputError(
                 f"--compile {compile_mode} needs a PyTorch checkpoint (.pt) run in its optimised form",

@@ -50,7 +50,7 @@ from pdseg_cli import __version__, runtime
 from pdseg_cli.config import get_config
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig
-from pdseg_cli.data.images import TEMP_SUFFIX, atomic_path
+from pdseg_cli.data.images import TEMP_SUFFIX, atomic_path, check_writable_folder
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA
 from pdseg_cli.errors import DataError, InputError, PdsegError, WeightsError, first_line
@@ -473,24 +473,6 @@ class CheckpointWriteError(PdsegError):
     """A checkpoint could not be written during training (a full disk); the previous one is intact."""
 
 
-def _check_writable_folder(out: Path) -> None:
-    """Create the run folder and prove a file can be written in it, before any work.
-
-    Raises:
-        InputError: it cannot be created or written (read-only file system, permissions).
-    """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".pdseg-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(
-            f"--out {out} cannot be written ({exc.strerror or exc})",
-            hint="choose a folder you can write to, or fix its permissions",
-        ) from None
-
-
 def _write_checkpoint(
     path: Path,
     model: nn.Module,
@@ -669,8 +651,6 @@ def _variant_from_init(cfg: TrainConfig) -> TrainConfig:
     """
     if cfg.init is None or cfg.resume:
         return cfg
-    from pdseg_cli.model.build import load_checkpoint
-
     ckpt = load_checkpoint(cfg.init)
     if cfg.variant is not None and cfg.variant != ckpt.variant:
         raise InputError(
@@ -824,7 +804,7 @@ class _Run:
             raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
         self.barrier()  # every rank has looked before rank 0 deletes
         if self.main:
-            _check_writable_folder(out)
+            check_writable_folder(out, f"--out {out}")
             for name in existing:
                 (out / name).unlink()
             shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
@@ -896,16 +876,20 @@ class _Run:
         pairs = [dataclasses.replace(p, teacher_weight=cfg.teacher_weight) for p in scan.pairs]
         needing = [i for i, p in enumerate(pairs) if p.needs_teacher()]
         maps = self.teacher_maps
+        images = [pairs[i].image for i in needing]
+        paths: list[Path] | None = None
         if self.main and needing:
             self.emit("info", values={"message": f"teacher {self.teacher_info.description}"})
 
             def progress(done: int, total: int, computed: int) -> None:
                 self.emit("prepare", values={"split": "teacher maps", "done": done, "total": total})
 
-            maps.ensure_all([pairs[i].image for i in needing], progress)
+            paths = maps.ensure_all(images, progress)
         self.barrier()
-        for i in needing:
-            pairs[i] = dataclasses.replace(pairs[i], teacher=maps.map_path(pairs[i].image))
+        if paths is None:  # the other ranks: rank 0 made the maps, find them
+            paths = [maps.map_path(image) for image in images]
+        for i, path in zip(needing, paths, strict=True):
+            pairs[i] = dataclasses.replace(pairs[i], teacher=path)
         return dis5k.PairScan(scan.folder, pairs, scan.problems)
 
     def load_split(self, folder: Path | list[Path], split: str) -> dis5k.SampleStore:
@@ -948,7 +932,7 @@ class _Run:
             start = load_model(cfg.init)  # checks the tensors against the file's own config
             model.load_state_dict(start.state_dict())
             model.normalization = dict(start.normalization)
-            self.init_provenance = {"sha256": file_sha256(cfg.init), **load_checkpoint(cfg.init).provenance}
+            self.init_provenance = {"sha256": file_sha256(cfg.init), **start.provenance}
             message = f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule"
             self.emit("info", values={"message": message})
         elif cfg.backbone_weights is not None and state is None:
