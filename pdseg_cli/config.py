@@ -21,6 +21,11 @@ DecoderKind = Literal["progressive", "light_ham"]
 # ImageNet statistics on the 0-255 scale, RGB order: the MSCAN ImageNet weights were trained with
 # them (SegNeXt configs, img_norm_cfg). A model input is (rgb_uint8 - mean) / std, float32.
 # Read-only; checkpoints store a plain copy (lists for tuples).
+# Images larger than this are refused from their header, before decoding: 2^27 pixels (e.g.
+# 16384x8192) lets 8192x8192 through while a 3 MB file claiming 33792x33792 (3.4 GB of uint8 RGB,
+# 16 GB once in float) is one line instead of an out-of-memory crash. `--max-pixels` changes it.
+DEFAULT_MAX_PIXELS = 1 << 27
+
 NORMALIZATION: Mapping[str, Any] = MappingProxyType(
     {
         "color": "RGB",

@@ -17,6 +17,7 @@ from pdseg_cli.commands._common import (
     user_errors,
     weights_option,
 )
+from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.errors import InputError, PdsegError
 
 _OUTPUTS_HELP = (
@@ -52,7 +53,7 @@ def predict(
     save: list[str] = typer.Option(["mask"], "--save", "-s", help=_OUTPUTS_HELP),
     bg: str = typer.Option("white", "--bg", help="Background of --save composite: a name, #rrggbb or r,g,b."),
     max_pixels: int = typer.Option(
-        1 << 27,
+        DEFAULT_MAX_PIXELS,
         "--max-pixels",
         min=1,
         help="Refuse images whose header says more pixels than this, before decoding them (default 2^27: "

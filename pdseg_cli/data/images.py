@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.errors import InputError
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
@@ -37,10 +38,6 @@ IMAGE_SUFFIXES = JPEG_SUFFIXES | TIFF_SUFFIXES | frozenset({".png", ".bmp", ".di
 # colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
-# Images larger than this are refused from their header, before decoding: 2^27 pixels (e.g.
-# 16384x8192) lets 8192x8192 through while a 3 MB file claiming 33792x33792 (3.4 GB of uint8 RGB,
-# 16 GB once in float) is one line instead of an out-of-memory crash. `--max-pixels` changes it.
-DEFAULT_MAX_PIXELS = 1 << 27
 
 
 @dataclass
