@@ -21,14 +21,17 @@ thresholds the byte at > 128, i.e. ``p > 129/255``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
+import torch
 
 # The 0..255 reading of a float image: its values are taken as 0..1 when the largest is at most 1,
 # as 0..255 when it is at most 255, as 0..65535 when at most 65535, else stretched by the maximum.
 _FLOAT_RANGES = (1.0, 255.0, 65535.0)
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def to_float_rgb(image: np.ndarray) -> np.ndarray:
@@ -100,6 +103,20 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _normalization_constants(normalization: Mapping[str, Any]) -> tuple[float, np.ndarray, np.ndarray, bool]:
+    """``(factor, mean, std, bgr)``: the one reading of a checkpoint's ``{"color", "scale", "mean", "std"}``.
+
+    A model input is ``(x * factor - mean) / std`` for x on 0..255 (channels reversed first when
+    ``bgr``), ``factor = scale / 255``: mean and std are on the 0..scale range. Scaling first, then
+    mean and std, is the order the exported graphs and earlier releases computed (byte-identical
+    maps); the array path (:func:`normalize`) and the tensor path (:func:`normalize_tensor`) share it.
+    """
+    factor = float(normalization.get("scale", 255.0)) / 255.0
+    mean = np.asarray(normalization["mean"], dtype=np.float32).reshape(3)
+    std = np.asarray(normalization["std"], dtype=np.float32).reshape(3)
+    return factor, mean, std, str(normalization.get("color", "RGB")).upper() == "BGR"
+
+
 def normalize(image: np.ndarray, normalization: Mapping[str, Any]) -> np.ndarray:
     """(H, W, 3) float32 RGB on 0..255 -> (H, W, 3) float32 ``(x - mean) / std``, in place where it can.
 
@@ -107,26 +124,45 @@ def normalize(image: np.ndarray, normalization: Mapping[str, Any]) -> np.ndarray
     the 0..scale range. The result stays channels-last (H, W, C): the engine turns a stack of them
     into a channels_last (B, C, H, W) tensor without copying. It may share memory with ``image``.
     """
-    scale = float(normalization.get("scale", 255.0))
-    mean = np.asarray(normalization["mean"], dtype=np.float32)
-    std = np.asarray(normalization["std"], dtype=np.float32)
+    factor, mean, std, bgr = _normalization_constants(normalization)
     x = image if image.dtype == np.float32 and image.flags.writeable else image.astype(np.float32)
-    if str(normalization.get("color", "RGB")).upper() == "BGR":
+    if bgr:
         x = np.ascontiguousarray(x[..., ::-1])
-    if scale != 255.0:
-        x *= np.float32(scale / 255.0)
+    if factor != 1.0:
+        x *= np.float32(factor)
     x -= mean
     x /= std
     return x
 
 
-def quantize(prob: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> uint8 ``floor(255 p)`` (the DIS truncation)."""
+def normalize_tensor(x: torch.Tensor, normalization: Mapping[str, Any]) -> torch.Tensor:
+    """(B, 3, H, W) float RGB on 0..255 -> ``(x - mean) / std`` (training's batches, on any device)."""
+    factor, mean, std, bgr = _normalization_constants(normalization)
+    if bgr:
+        x = x.flip(1)
+    if factor != 1.0:
+        x = x * factor
+    mean_t = torch.from_numpy(mean).to(x.device, x.dtype).view(1, 3, 1, 1)
+    std_t = torch.from_numpy(std).to(x.device, x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def quantize(prob: ArrayOrTensor, *, inplace: bool = False) -> ArrayOrTensor:
+    """Probabilities in [0, 1] -> uint8 ``floor(255 p)`` (the DIS truncation): the one map rule.
+
+    Arrays and tensors alike (a tensor stays on its device); ``inplace`` lets a tensor's buffer be
+    reused for the product, which matters for full-resolution maps.
+    """
+    if isinstance(prob, torch.Tensor):
+        scaled = prob.mul_(255.0) if inplace else prob * 255.0
+        return scaled.to(torch.uint8)  # truncation toward zero = floor for p >= 0
     return (prob * np.float32(255.0)).astype(np.uint8)
 
 
-def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """Probabilities -> uint8 255 where ``p >= threshold``, else 0."""
+def binarize(prob: ArrayOrTensor, threshold: float) -> ArrayOrTensor:
+    """Probabilities -> uint8 255 where ``p >= threshold``, else 0 (``--threshold``)."""
+    if isinstance(prob, torch.Tensor):
+        return (prob >= threshold).to(torch.uint8).mul_(255)
     return np.where(prob >= np.float32(threshold), np.uint8(255), np.uint8(0))
 
 

@@ -662,10 +662,7 @@ class Predictor:
     def _to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray:
         """(1, 1, h, w) float32 logits -> (H, W) uint8: bilinear resize, sigmoid, floor(255 p) or 0/255."""
         prob = self._to_prob(logits, size)
-        if threshold is not None:
-            out = (prob >= threshold).to(torch.uint8).mul_(255)
-        else:
-            out = prob.mul_(255.0).to(torch.uint8)  # truncation toward zero = floor for p >= 0
+        out = T.binarize(prob, threshold) if threshold is not None else T.quantize(prob, inplace=True)
         return out[0, 0].cpu().numpy()
 
     @torch.inference_mode()

@@ -48,7 +48,7 @@ from torch import nn
 
 from pdseg_cli import __version__, runtime
 from pdseg_cli.config import get_config
-from pdseg_cli.data import dis5k
+from pdseg_cli.data import dis5k, transforms
 from pdseg_cli.data.augment import AugmentConfig
 from pdseg_cli.data.images import TEMP_SUFFIX, atomic_path, check_writable_folder
 from pdseg_cli.engine import losses
@@ -969,10 +969,7 @@ class _Run:
             _set_rng_state(rng, self.device)
         else:
             torch.manual_seed(_stream_seed(cfg.seed, self.env.rank))
-        norm = model.normalization  # (x / 255 * scale - mean) / std on 0..255 input
-        scale = float(norm.get("scale", 255.0)) / 255.0
-        self.mean = torch.tensor(norm["mean"], device=self.device).view(1, 3, 1, 1) / scale
-        self.std = torch.tensor(norm["std"], device=self.device).view(1, 3, 1, 1) / scale
+        self.normalization = dict(model.normalization)
 
     def make_loader(self, dataset: Any, batch_sampler: Any, workers: int) -> torch.utils.data.DataLoader:
         if workers > 0:
@@ -1202,7 +1199,7 @@ class _Run:
         every rank stops after it (any rank got a signal)."""
         cfg, device = self.cfg, self.device
         # (B, 3, S, S) uint8 -> normalised float32; (B, 1, S, S) uint8 -> [0, 1]
-        x = (images.to(device, non_blocking=True).float() - self.mean) / self.std
+        x = transforms.normalize_tensor(images.to(device, non_blocking=True).float(), self.normalization)
         x = x.contiguous(memory_format=torch.channels_last)
         y = masks.to(device, non_blocking=True).float() / 255.0
         with runtime.autocast(device, self.precision):
@@ -1252,11 +1249,11 @@ class _Run:
             model = self.ema.module.eval()
             pairs: list[tuple[np.ndarray, np.ndarray]] = []
             for images, masks in self.val_loader:
-                x = (images.to(self.device).float() - self.mean) / self.std
+                x = transforms.normalize_tensor(images.to(self.device).float(), self.normalization)
                 with runtime.autocast(self.device, self.precision):
                     logits = model(x)
                 # (B, 1, S, S) logits -> (B, S, S) uint8 floor(255 p)
-                pred = (torch.sigmoid(logits.float())[:, 0] * 255.0).to(torch.uint8).cpu().numpy()
+                pred = transforms.quantize(torch.sigmoid(logits.float())[:, 0]).cpu().numpy()
                 pairs += zip(pred, masks[:, 0].numpy(), strict=True)
             report = evaluate_arrays(
                 pairs,
