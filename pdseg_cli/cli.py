@@ -11,6 +11,7 @@ from pdseg_cli.commands import export as export_cmd
 from pdseg_cli.commands import info as info_cmd
 from pdseg_cli.commands import predict as predict_cmd
 from pdseg_cli.commands import train as train_cmd
+from pdseg_cli.data import native_messages
 
 app = typer.Typer(
     name="pdseg",
@@ -57,5 +58,7 @@ app.command("benchmark")(benchmark_cmd.benchmark)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: what C libraries print while a file is decoded comes back
+    attributed to the file (``data.native_messages``)."""
+    with native_messages.routed():
+        app()

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
+from pdseg_cli.data import native_messages
 from pdseg_cli.errors import InputError
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
@@ -94,7 +95,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     if path.suffix.lower() in TIFF_SUFFIXES:
         array = _read_tiff(path, warnings)
     else:
-        array = _read_cv2(path)
+        array = _read_cv2(path, warnings)
         if array.ndim == 3:
             array = array[..., ::-1]  # BGR -> RGB
     try:
@@ -106,19 +107,23 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     return LoadedImage(np.ascontiguousarray(pixels), path, warnings)
 
 
-def _read_cv2(path: Path) -> np.ndarray:
+def _read_cv2(path: Path, warnings: list[str]) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        array = cv2.imdecode(data, _CV2_FLAGS) if data.size else None
+        array, messages = native_messages.decode(
+            lambda: cv2.imdecode(data, _CV2_FLAGS) if data.size else None
+        )
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
     if array is None:
         raise InputError(
             f"{path}: cannot decode (corrupt, truncated or not a {path.suffix.lstrip('.').upper()} image)"
+            + (f"; the decoder said: {messages[0]}" if messages else "")
         )
+    warnings.extend(f"{path}: the decoder said: {m} (decoded anyway; parts may be damaged)" for m in messages)
     return array
 
 
@@ -149,7 +154,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
         raise InputError(f"{path}: not a valid TIFF ({exc})") from None
     except (KeyError, ImportError, NotImplementedError, ValueError) as exc:
         # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits): OpenCV's libtiff
-        array = _read_cv2_or_none(path)
+        array = _read_cv2_or_none(path, warnings)
         if array is None:
             codec = "imagecodecs" in str(exc)
             raise InputError(
@@ -162,9 +167,9 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     return _tiff_to_hwc(array, axes, photometric, colormap, path)
 
 
-def _read_cv2_or_none(path: Path) -> np.ndarray | None:
+def _read_cv2_or_none(path: Path, warnings: list[str]) -> np.ndarray | None:
     try:
-        return _read_cv2(path)
+        return _read_cv2(path, warnings)
     except InputError:
         return None
 

@@ -1,0 +1,210 @@
+"""Messages that C libraries print while pdseg decodes a file, attributed to that file.
+
+libjpeg ("Corrupt JPEG data: 12 extraneous bytes before marker 0xd9", "Premature end of JPEG
+file") and libpng ("libpng warning: iCCP: known incorrect sRGB profile") write straight to the
+process's standard error from C, so in a folder run they appear with no file name, between the
+progress bar's frames. While the ``pdseg`` command runs (:func:`routed`, entered by the console
+script), file descriptor 2 is a pipe that one thread reads and forwards unchanged to the real
+standard error, except for such library lines written during a decode (:func:`attributed`): those
+go back to the decode as messages, and the file's result shows them under its own name.
+
+A decode writes a begin and an end mark into the same pipe around the library call; pipe writes
+this small are atomic and read in order, so every line between the marks was written while the
+decode ran. A line written while several decodes overlapped (reader threads) could be any one's:
+:func:`decode` then decodes that file again alone, with new decodes held at the gate, so the
+message lands on the right file (corrupt files are rare, so the common path stays parallel).
+Outside :func:`routed` (the Python API, tests in-process) nothing is redirected and no messages
+come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# How libjpeg's and libpng's default message handlers start a message (OpenCV keeps both
+# defaults). libpng writes the newline in a second write, so a message is complete at its newline
+# or at the decode's end mark, whichever comes first.
+LIBRARY_START = re.compile(
+    rb"(?:Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Unsupported marker type"
+    rb"|Bogus marker|Warning: unknown JFIF|Inconsistent progression|Huffman table|Quantization table"
+    rb"|JPEG datastream|Not a JPEG file|Improper call to JPEG|libpng (?:warning|error))"
+)
+LIBRARY_MESSAGE = re.compile(LIBRARY_START.pattern + rb"[^\n]*(?:\n|$)")
+_MARK = b"\x1epdseg-decode "  # record separator + tag: never the start of a real message
+_WAIT_S = 2.0  # the reader hands a decode's lines back within microseconds; never hang on it
+
+
+class Messages(list[str]):
+    """What the libraries printed during one decode; ``ambiguous`` when another decode overlapped."""
+
+    ambiguous: bool = False
+
+
+class _Router:
+    """fd 2 -> pipe -> one reader thread -> the saved real stderr, minus attributed library lines."""
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self.real = os.dup(2)
+        self.read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.lock = threading.Lock()
+        self.open: dict[int, Messages] = {}  # decodes in flight -> the messages so far
+        self.finished: dict[int, Messages] = {}  # decodes whose end mark was read
+        self.done: dict[int, threading.Event] = {}
+        self.tokens = itertools.count(1)
+        self.thread = threading.Thread(target=self._read, name="pdseg-stderr", daemon=True)
+        self.thread.start()
+
+    # -- the decoding side -------------------------------------------------------------------
+
+    def begin(self) -> int:
+        token = next(self.tokens)
+        with self.lock:
+            self.done[token] = threading.Event()
+        os.write(2, _MARK + b"begin %d\n" % token)
+        return token
+
+    def end(self, token: int) -> Messages:
+        os.write(2, _MARK + b"end %d\n" % token)
+        self.done[token].wait(_WAIT_S)
+        with self.lock:
+            self.done.pop(token, None)
+            self.open.pop(token, None)  # only if the reader never saw the end mark
+            return self.finished.pop(token, Messages())
+
+    # -- the reader thread -------------------------------------------------------------------
+
+    def _read(self) -> None:
+        pending = b""
+        while chunk := os.read(self.read_end, 65536):
+            pending = self._consume(pending + chunk)
+        if pending:
+            self._forward(pending)
+
+    def _consume(self, data: bytes) -> bytes:
+        """Handle ``data``; return what must wait for more bytes (a mark cut short by the read, or
+        a library message whose newline has not come yet)."""
+        while data:
+            at = data.find(_MARK)
+            if at < 0:
+                cut = data.rfind(_MARK[:1])
+                if cut >= 0 and _MARK.startswith(data[cut:]):
+                    return self._text(data[:cut], complete=False) + data[cut:]
+                return self._text(data, complete=False)
+            self._text(data[:at], complete=True)  # the mark ends whatever a decode wrote before it
+            newline = data.find(b"\n", at)
+            if newline < 0:
+                return data[at:]
+            kind, token = data[at + len(_MARK) : newline].split()
+            self._mark(kind, int(token))
+            data = data[newline + 1 :]
+        return b""
+
+    def _text(self, text: bytes, complete: bool) -> bytes:
+        """Forward ``text`` at once (progress bars redraw without newlines), minus the library
+        messages written while decodes were in flight; return an unfinished one to wait for."""
+        with self.lock:
+            in_flight = list(self.open.values())
+        if not in_flight:
+            self._forward(text)
+            return b""
+        tail = b""
+        if not complete:
+            start = max(text.rfind(b"\n"), text.rfind(b"\r")) + 1
+            if LIBRARY_START.match(text, start):
+                text, tail = text[:start], text[start:]
+        kept, last = [], 0
+        for match in LIBRARY_MESSAGE.finditer(text):
+            message = match.group().decode("utf-8", "replace").strip()
+            for messages in in_flight:
+                messages.append(message)
+                messages.ambiguous |= len(in_flight) > 1
+            kept.append(text[last : match.start()])
+            last = match.end()
+        self._forward(b"".join([*kept, text[last:]]))
+        return tail
+
+    def _mark(self, kind: bytes, token: int) -> None:
+        with self.lock:
+            if kind == b"begin":
+                self.open[token] = Messages()
+                return
+            self.finished[token] = self.open.pop(token, Messages())
+            event = self.done.get(token)
+        if event is not None:
+            event.set()
+
+    def _forward(self, data: bytes) -> None:
+        if not data:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.real, data)
+
+    def close(self) -> None:
+        sys.stderr.flush()
+        os.dup2(self.real, 2)  # the pipe's last write end closes: the reader drains it and stops
+        self.thread.join(_WAIT_S)
+        os.close(self.read_end)
+        os.close(self.real)
+
+
+_router: _Router | None = None
+
+
+@contextlib.contextmanager
+def routed() -> Iterator[None]:
+    """Route fd 2 through pdseg for the duration (the ``pdseg`` command; not for library use)."""
+    global _router
+    if _router is not None or os.name != "posix":
+        yield
+        return
+    try:
+        _router = _Router()
+    except OSError:  # no fd 2, or no pipes: leave stderr alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        router, _router = _router, None
+        router.close()
+
+
+_solo = threading.RLock()  # held by a decode that must run alone; other decodes wait to begin
+
+
+def decode(call: Callable[[], T]) -> tuple[T, list[str]]:
+    """``call()`` (one decode) and what libjpeg or libpng printed during it, naming only this
+    call's messages (none outside :func:`routed`). Exceptions from ``call`` propagate."""
+    router = _router
+    if router is None:
+        return call(), []
+    result, messages = _attributed(router, call)
+    if messages.ambiguous:  # another decode overlapped a message: do this one again, alone
+        with _solo:
+            for _ in range(3):  # decodes already in flight when the gate closed may overlap once
+                result, messages = _attributed(router, call)
+                if not messages.ambiguous:
+                    break
+    return result, list(messages)
+
+
+def _attributed(router: _Router, call: Callable[[], T]) -> tuple[T, Messages]:
+    with _solo:  # the gate: closed while another thread decodes alone, open (and re-entrant) else
+        token = router.begin()
+    try:
+        result = call()
+    finally:
+        messages = router.end(token)
+    return result, messages

@@ -1,0 +1,84 @@
+"""What libjpeg and libpng print from C comes back attributed to the file being decoded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from pdseg_cli.data import native_messages
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+def _library_write(*parts: bytes) -> None:
+    for part in parts:  # libpng writes its message and the newline separately
+        os.write(2, part)
+
+
+def test_messages_come_back_to_their_decode_and_the_rest_is_forwarded(capfd):
+    with native_messages.routed():
+        os.write(2, b"progress 10%\r")
+        value, messages = native_messages.decode(
+            lambda: _library_write(b"libpng error: IDAT: CRC error", b"\n") or 7
+        )
+        os.write(2, b"after\n")
+        _, clean = native_messages.decode(lambda: None)
+    assert value == 7
+    assert messages == ["libpng error: IDAT: CRC error"]
+    assert clean == []
+    err = capfd.readouterr().err
+    assert "progress 10%\r" in err and "after\n" in err
+    assert "libpng" not in err  # attributed, not printed bare
+    assert "pdseg-decode" not in err  # the marks never reach the terminal
+
+
+def test_overlapping_decodes_are_redone_alone_so_the_message_lands_on_its_file():
+    started, release = threading.Event(), threading.Event()
+    results: dict[str, list[str]] = {}
+
+    def clean() -> None:  # in flight while the corrupt one prints
+        started.set()
+        release.wait(5)
+
+    def corrupt() -> None:
+        _library_write(b"Corrupt JPEG data: premature end of data segment\n")
+        release.set()
+
+    with native_messages.routed():
+        t = threading.Thread(target=lambda: results.__setitem__("clean", native_messages.decode(clean)[1]))
+        t.start()
+        started.wait(5)
+        results["corrupt"] = native_messages.decode(corrupt)[1]
+        t.join(10)
+    assert results["corrupt"] == ["Corrupt JPEG data: premature end of data segment"]
+    assert results["clean"] == []
+
+
+def test_outside_the_command_nothing_is_routed():
+    assert native_messages.decode(lambda: 3) == (3, [])
+
+
+def test_predict_names_the_file_a_library_message_is_about(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    data = bytearray((EXAMPLES / "coffee.jpg").read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40, 7):  # damage the entropy-coded data
+        data[i] = 0xFF
+    (photos / "damaged.jpg").write_bytes(bytes(data))
+    good = (EXAMPLES / "rocket.jpg").read_bytes()
+    (photos / "good.jpg").write_bytes(good)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pdseg_cli", "predict", str(photos), "--out", str(tmp_path / "masks")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "Corrupt JPEG data" in line]
+    assert lines and all("damaged.jpg" in line for line in lines), proc.stderr
+    assert (tmp_path / "masks" / "damaged.png").is_file() and (tmp_path / "masks" / "good.png").is_file()
