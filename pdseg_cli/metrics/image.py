@@ -7,7 +7,8 @@ raw bytes and the GT skeleton. The GT-only parts come from a ``GTPrep``, possibl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from pdseg_cli.metrics.hce import HCEParts, hce_from_masks
 from pdseg_cli.metrics.mae import mae_from
 from pdseg_cli.metrics.smeasure import s_measure_from
 from pdseg_cli.metrics.stats import PairStats
+from pdseg_cli.metrics.table import METRICS, Metric
 from pdseg_cli.metrics.wfmeasure import (
     band_pixels,
     nearest_index,
@@ -51,24 +53,18 @@ class ImageScores:
     s: float
     hce: HCEParts
 
+    def value(self, metric: Metric) -> float | int:
+        """The image's value of one metric: maxF is this image's best F, E its mean E, HCE an int."""
+        raw = operator.attrgetter(metric.source)(self)
+        if metric.reduce is None:
+            return raw
+        return float(getattr(raw, metric.reduce)())  # the curve's max() or mean()
+
     def as_dict(self) -> dict[str, float | int]:
-        """The per-image values under the report's key names (E = mean E, as the DIS table)."""
-        return {
-            "maxF": float(self.f_curve.max()),
-            "wF": self.wf,
-            "MAE": self.mae,
-            "S": self.s,
-            "E": float(self.e_curve.mean()),
-            "HCE": self.hce.total,
-            "meanF": float(self.f_curve.mean()),
-            "adpF": self.adp_f,
-            "maxE": float(self.e_curve.max()),
-            "adpE": self.adp_e,
-            "fp_points": self.hce.fp_points,
-            "fp_regions": self.hce.fp_regions,
-            "fn_points": self.hce.fn_points,
-            "fn_regions": self.hce.fn_regions,
-        }
+        """The per-image values under the report's key names (``METRICS`` order), then the HCE parts."""
+        out = {m.key: self.value(m) for m in METRICS}
+        out.update({f.name: getattr(self.hce, f.name) for f in fields(HCEParts)})
+        return out
 
 
 def score_pair(pred: np.ndarray, gt: np.ndarray, prep: GTPrep | None = None) -> ImageScores:
