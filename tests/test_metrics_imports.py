@@ -10,6 +10,7 @@ its modules would otherwise always form a cycle with them.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,9 +129,20 @@ def _pure_metric_modules() -> list[str]:
 GRAPH = import_graph()
 
 
-def test_the_graph_sees_function_local_imports() -> None:
-    # engine.train imports the GT cache's root inside a method only
-    assert f"{METRICS}.cache" in GRAPH[f"{ROOT}.engine.train"]
+def test_the_graph_sees_every_import_statement() -> None:
+    source = (
+        "import pdseg_cli.metrics.stats as st\n"
+        "from . import fmeasure\n"
+        "def f():\n    from ..engine.evaluate import evaluate\n"
+        "class C:\n    def m(self):\n        import numpy\n"
+    )
+    found = list(_import_statements(ast.parse(source), f"{METRICS}.image", False))
+    assert found == [
+        (f"{METRICS}.stats", []),
+        (METRICS, ["fmeasure"]),
+        (f"{ROOT}.engine.evaluate", ["evaluate"]),
+        ("numpy", []),
+    ]
     assert f"{METRICS}.fmeasure" in GRAPH[f"{METRICS}.image"]
 
 
@@ -149,12 +161,21 @@ def test_pure_metric_modules_do_not_reach_files(module: str) -> None:
     assert outside - PURE_THIRD_PARTY - set(sys.stdlib_module_names) == set()
 
 
-def test_every_module_imports_on_its_own() -> None:
+def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports this checkout's pdseg_cli."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+
+
+def test_every_module_imports() -> None:
     # one fresh interpreter per module would take minutes; one interpreter importing them all in
     # sorted order still catches a cycle that breaks at import time (a name read too early)
-    names = sorted(_modules())
-    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
-    done = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True)
+    done = _python(
+        "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n", *_modules()
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -164,6 +185,7 @@ def test_the_metrics_import_without_the_rest_of_pdseg_cli() -> None:
         "print(' '.join(m for m in sys.modules if m.startswith('pdseg_cli') and not m.startswith("
         "'pdseg_cli.metrics')))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = _python(code)
+    assert done.returncode == 0, done.stderr[-2000:]
     # the package root, and the errors that reading.py (re-exported by the package) raises
     assert set(done.stdout.split()) <= {ROOT, f"{ROOT}.errors"}
