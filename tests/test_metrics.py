@@ -1,8 +1,8 @@
 """The DIS metrics against reference values: the shared golden sets and our stored edge cases.
 
-Golden values (``../shared/data/golden``) come from pysodmetrics 1.6.2 and the official DIS HCE;
-``tests/golden/edge_cases.*`` were made once by ``tests/golden/make_edge_cases.py`` with the same
-references. Neither reference runs here.
+Golden values (the sample data's ``golden`` folder, see the ``shared_data`` fixture) come from
+pysodmetrics 1.6.2 and the official DIS HCE; ``tests/golden/edge_cases.*`` were made once by
+``tests/golden/make_edge_cases.py`` with the same references. Neither reference runs here.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Scalar metrics (wF, MAE, S, HCE and the adaptive values) are means over images. The F and E
 curves are first averaged over images threshold by threshold; maxF / meanF (maxE / meanE) are
 the max / mean of that mean curve. maxF is therefore *not* the mean of each image's best F.
+Which metric is which comes from the metric table (``pdseg_cli.metrics.table``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import numpy as np
 
 from pdseg_cli.metrics.common import N_THRESHOLDS
 from pdseg_cli.metrics.image import ImageScores
+from pdseg_cli.metrics.table import EXTRA_KEYS, METRICS, TABLE_KEYS
 
-# The DIS table's columns, in the paper's order, then the extras.
-TABLE_KEYS = ("maxF", "wF", "MAE", "S", "E", "HCE")
-EXTRA_KEYS = ("meanF", "adpF", "maxE", "adpE")
+__all__ = ["EXTRA_KEYS", "TABLE_KEYS", "DatasetScores", "aggregate"]
+
+# the curves the curve metrics reduce: ImageScores and DatasetScores attributes of that name
+_CURVES = tuple(dict.fromkeys(m.source for m in METRICS if m.reduce is not None))
 
 
 @dataclass(frozen=True)
@@ -47,46 +50,32 @@ class DatasetScores:
     hce: float
 
     def as_dict(self) -> dict[str, float | int]:
-        """Values under the report's key names; ``E`` is the mean E-measure (the DIS table's E)."""
+        """Values under the report's key names: the DIS table's, ``count``, then the extras.
+
+        ``E`` is the mean E-measure (the DIS table's E).
+        """
+        values = {m.key: getattr(self, m.field) for m in METRICS}
         return {
-            "maxF": self.max_f,
-            "wF": self.wf,
-            "MAE": self.mae,
-            "S": self.s,
-            "E": self.mean_e,
-            "HCE": self.hce,
+            **{key: values[key] for key in TABLE_KEYS},
             "count": self.count,
-            "meanF": self.mean_f,
-            "adpF": self.adp_f,
-            "maxE": self.max_e,
-            "adpE": self.adp_e,
+            **{key: values[key] for key in EXTRA_KEYS},
         }
 
 
 def aggregate(images: Sequence[ImageScores]) -> DatasetScores:
     """Combine per-image scores into dataset values (NaN everywhere for an empty sequence)."""
     if not images:
-        nan = float("nan")
-        curve = np.full(N_THRESHOLDS, np.nan)
-        return DatasetScores(0, curve, curve.copy(), nan, nan, nan, nan, nan, nan, nan, nan, nan, nan)
-    f_curve = np.mean(np.array([im.f_curve for im in images], dtype=np.float64), axis=0)
-    e_curve = np.mean(np.array([im.e_curve for im in images], dtype=np.float64), axis=0)
-
-    def mean(values: list[float]) -> float:
-        return float(np.mean(np.array(values, dtype=np.float64)))
-
-    return DatasetScores(
-        count=len(images),
-        f_curve=f_curve,
-        e_curve=e_curve,
-        max_f=float(f_curve.max()),
-        mean_f=float(f_curve.mean()),
-        adp_f=mean([im.adp_f for im in images]),
-        wf=mean([im.wf for im in images]),
-        mae=mean([im.mae for im in images]),
-        s=mean([im.s for im in images]),
-        mean_e=float(e_curve.mean()),
-        max_e=float(e_curve.max()),
-        adp_e=mean([im.adp_e for im in images]),
-        hce=mean([float(im.hce.total) for im in images]),
-    )
+        curves = {name: np.full(N_THRESHOLDS, np.nan) for name in _CURVES}
+        return DatasetScores(0, **curves, **{m.field: float("nan") for m in METRICS})
+    curves = {
+        name: np.mean(np.array([getattr(im, name) for im in images], dtype=np.float64), axis=0)
+        for name in _CURVES
+    }
+    values: dict[str, float] = {}
+    for m in METRICS:
+        if m.reduce is not None:
+            values[m.field] = float(getattr(curves[m.source], m.reduce)())
+        else:
+            per_image = np.array([float(im.value(m)) for im in images], dtype=np.float64)
+            values[m.field] = float(np.mean(per_image))
+    return DatasetScores(len(images), **curves, **values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ class GTCache:
                 st = path.stat()
             except OSError:
                 continue
-            stale_tmp = path.name.endswith(".tmp") and st.st_mtime < _now() - 3600
+            stale_tmp = path.name.endswith(".tmp") and st.st_mtime < time.time() - 3600
             if current not in path.parents or stale_tmp:
                 freed += _unlink(path, st.st_size)
             elif path.suffix == _SUFFIX:
@@ -131,9 +132,3 @@ def _unlink(path: Path, size: int) -> int:
     except OSError:
         return 0
     return size
-
-
-def _now() -> float:
-    import time
-
-    return time.time()

@@ -9,6 +9,7 @@ order as pysodmetrics, and looked up: the values are bit-identical to the refere
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 EPS = float(np.spacing(1))  # numpy's machine epsilon, 2.22e-16, as the references use it
@@ -53,3 +54,15 @@ def quantize_table(values: np.ndarray) -> np.ndarray:
     Entries outside [0, 1] (bytes no pixel has) are clipped first so the cast stays defined.
     """
     return (np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def normalized_map(pred: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+    """The min-max normalised float64 map ``x`` of a uint8 prediction (bit-identical to pysodmetrics).
+
+    Args:
+        pred: (H, W) uint8 prediction.
+        values: ``value_table`` of the prediction's byte range, if already computed.
+    """
+    if values is None:
+        values = value_table(int(pred.min()), int(pred.max()))
+    return cv2.LUT(pred, values)

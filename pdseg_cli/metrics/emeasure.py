@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pdseg_cli.metrics.common import EPS
+from pdseg_cli.metrics.stats import PairStats
 
 
 def _enhanced(phi_pred: np.ndarray | float, phi_gt: float) -> np.ndarray:
@@ -54,9 +55,19 @@ def e_from_counts(tp: np.ndarray, pred_pos: np.ndarray, n_fg: int, n: int) -> np
     return total / (n - 1 + EPS)
 
 
+def e_curve_from(stats: PairStats) -> np.ndarray:
+    """E-measure at thresholds t = 0..255 (ascending) from a pair's histogram statistics."""
+    tp, pos, n_fg = stats.threshold_counts()
+    return e_from_counts(tp, pos, n_fg, stats.n)
+
+
+def adaptive_e_from(stats: PairStats) -> float:
+    """Adaptive E-measure (map ``x >= min(2 mean(x), 1)``) from a pair's histogram statistics."""
+    tp, pos, n_fg = stats.adaptive_counts()
+    return float(e_from_counts(np.array(tp), np.array(pos), n_fg, stats.n))
+
+
 def emeasure_curve(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, float]:
     """E curve (ascending thresholds t = 0..255) and adaptive E of one uint8 pair."""
-    from pdseg_cli.metrics.image import PairStats
-
     stats = PairStats.compute(pred, gt)
-    return stats.e_curve(), stats.adaptive_e()
+    return e_curve_from(stats), adaptive_e_from(stats)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdseg_cli.metrics.stats import PairStats
+
 BETA2_F = 0.3  # beta^2 (pysodmetrics calls it ``beta``)
 
 
@@ -38,13 +40,23 @@ def f_from_counts(tp: np.ndarray, pred_pos: np.ndarray, n_fg: int) -> np.ndarray
     return _divide((BETA2_F + 1) * precision * recall, BETA2_F * precision + recall)
 
 
+def f_curve_from(stats: PairStats) -> np.ndarray:
+    """F-measure at thresholds t = 0..255 (ascending) from a pair's histogram statistics."""
+    tp, pos, n_fg = stats.threshold_counts()
+    return f_from_counts(tp, pos, n_fg)
+
+
+def adaptive_f_from(stats: PairStats) -> float:
+    """Adaptive F-measure (map ``x >= min(2 mean(x), 1)``) from a pair's histogram statistics."""
+    tp, pos, n_fg = stats.adaptive_counts()
+    return float(f_from_counts(np.array(tp), np.array(pos), n_fg))
+
+
 def fmeasure_curve(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, float]:
     """F curve (ascending thresholds t = 0..255) and adaptive F of one uint8 pair.
 
     The dataset maxF is the max of the image-averaged curves, not of one image's curve
     (``pdseg_cli.metrics.aggregate``).
     """
-    from pdseg_cli.metrics.image import PairStats
-
     stats = PairStats.compute(pred, gt)
-    return stats.f_curve(), stats.adaptive_f()
+    return f_curve_from(stats), adaptive_f_from(stats)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pdseg_cli.metrics.common import foreground
 from pdseg_cli.metrics.skeleton import skeletonize
-from pdseg_cli.metrics.smeasure import centroid_split
+from pdseg_cli.metrics.stats import centroid_split
 from pdseg_cli.metrics.wfmeasure import band_pixels, nearest_codes
 
 # Bump when the content or meaning of a GTPrep changes: old cache entries are then ignored.

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdseg_cli.metrics.stats import PairStats
 
-def mae_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray, values: np.ndarray) -> float:
-    """MAE from the prediction-byte histograms over the GT foreground and background."""
+
+def mae_from(stats: PairStats) -> float:
+    """MAE from a pair's prediction-byte histograms over the GT foreground and background."""
+    fg_hist, bg_hist, values = stats.fg_hist, stats.bg_hist, stats.values
     n = int(fg_hist.sum() + bg_hist.sum())
     return float((np.dot(bg_hist, values) + np.dot(fg_hist, 1 - values)) / n)
 
 
 def mae(pred: np.ndarray, gt: np.ndarray) -> float:
     """MAE of one uint8 pair."""
-    from pdseg_cli.metrics.image import PairStats
-
-    return PairStats.compute(pred, gt).mae()
+    return mae_from(PairStats.compute(pred, gt))

@@ -4,7 +4,7 @@ scikit-image thins a 2D mask with a parallel two-subiteration scheme: every pass
 3x3 neighbourhood of each foreground pixel, looks its 8-bit code up in a fixed table, and removes
 all matching pixels at once; the first subiteration removes one class of codes, the second
 another, and it repeats until a full iteration removes nothing. Each iteration sweeps the whole
-image, so a large solid object (hundreds of iterations) costs seconds.
+image, and a large solid object takes hundreds of iterations.
 
 Here only the pixels whose outcome can change are examined: a pixel surrounded by foreground
 (code 255) is never removed, and a pixel that was examined and kept stays kept until one of its

@@ -14,27 +14,12 @@ float map is needed; the values agree with pysodmetrics to rounding (about 1e-15
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from pdseg_cli.metrics.common import EPS
+from pdseg_cli.metrics.stats import PairStats
 
 ALPHA_S = 0.5  # weight of the object term
-
-
-def centroid_split(row_sum: int, col_sum: int, n_fg: int, shape: tuple[int, int]) -> tuple[int, int]:
-    """The (row, column) where the region term splits the image: rounded centroid + 1.
-
-    Rounding is numpy's half-to-even, as pysodmetrics (MATLAB rounds halves away from zero, so
-    MATLAB can differ on an exact .5 centroid). An empty GT splits at the rounded centre.
-    """
-    h, w = shape
-    if n_fg == 0:
-        cy, cx = np.round(h / 2), np.round(w / 2)
-    else:
-        cy, cx = np.round(np.array([row_sum, col_sum], dtype=np.float64) / n_fg)
-    return int(cy) + 1, int(cx) + 1
 
 
 def _s_object(counts: np.ndarray, values: np.ndarray) -> float:
@@ -72,28 +57,18 @@ def _ssim(
     return 1.0 if beta == 0 else 0.0
 
 
-def s_from_histograms(
-    hist: np.ndarray,
-    values: np.ndarray,
-    split: tuple[int, int],
-    shape: tuple[int, int],
-    block_means: Sequence[float | None] = (None, None, None, None),
-) -> float:
-    """S-measure from the byte histograms of the four blocks.
+def s_measure_from(stats: PairStats) -> float:
+    """S-measure from a pair's histogram statistics (NaN case: 0, see the module docstring).
 
-    Args:
-        hist: (4, 2, 256) counts of prediction bytes per block (top-left, top-right,
-            bottom-left, bottom-right) and GT class (0 background, 1 foreground).
-        values: (256,) normalised value of each byte.
-        split: (row, column) of the block split, from ``centroid_split``.
-        shape: (H, W) of the image.
-        block_means: numpy's mean of the normalised map over each block where the prediction is
-            constant (None elsewhere); see ``_ssim``.
+    The object term reads the byte histograms over the GT foreground and background; the region
+    term the histograms of the four blocks split at ``stats.split``, and numpy's block means where
+    the prediction is constant (see ``_ssim``).
     """
-    h, w = shape
+    hist, values, block_means = stats.hist, stats.values, stats.block_means
+    h, w = stats.shape
     area = h * w
-    fg_hist = hist[:, 1].sum(axis=0)
-    bg_hist = hist[:, 0].sum(axis=0)
+    fg_hist = stats.fg_hist
+    bg_hist = stats.bg_hist
     n_fg = int(fg_hist.sum())
     y = n_fg / area
     if y == 0:
@@ -101,7 +76,7 @@ def s_from_histograms(
     if y == 1:
         return float(np.dot(fg_hist, values) / area)
     obj = _s_object(fg_hist, values) * y + _s_object(bg_hist, 1 - values) * (1 - y)
-    cy, cx = split
+    cy, cx = stats.split
     w_lt = cx * cy / area
     w_rt = cy * (w - cx) / area
     w_lb = (h - cy) * cx / area
@@ -116,6 +91,4 @@ def s_from_histograms(
 
 def smeasure(pred: np.ndarray, gt: np.ndarray) -> float:
     """S-measure of one uint8 pair (NaN case: 0, see the module docstring)."""
-    from pdseg_cli.metrics.image import PairStats
-
-    return PairStats.compute(pred, gt).s_measure()
+    return s_measure_from(PairStats.compute(pred, gt))

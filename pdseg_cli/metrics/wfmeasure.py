@@ -25,7 +25,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pdseg_cli.metrics.common import EPS
+from pdseg_cli.metrics.common import EPS, check_pair, foreground, normalized_map
 
 BETA2_WF = 1.0  # beta^2 of the weighted F-measure (pysodmetrics' ``beta``)
 
@@ -54,17 +54,14 @@ def _gaussian_1d() -> np.ndarray:
     return g / g.sum()
 
 
-_GAUSS = _gaussian_1d()
-_B_TABLE: np.ndarray | None = None
-
-
 def _weight_table() -> np.ndarray:
     """``2 - exp(ln(0.5) / 5 * sqrt(d2))`` for every clamped integer squared distance d2."""
-    global _B_TABLE
-    if _B_TABLE is None:
-        d = np.sqrt(np.arange(_D2_CLAMP + 1, dtype=np.float64))
-        _B_TABLE = 2 - np.exp(np.log(0.5) / 5 * d)
-    return _B_TABLE
+    d = np.sqrt(np.arange(_D2_CLAMP + 1, dtype=np.float64))
+    return 2 - np.exp(np.log(0.5) / 5 * d)
+
+
+_GAUSS = _gaussian_1d()
+_B_TABLE = _weight_table()  # (65536,) float64: the background weight B of each squared distance
 
 
 def band_pixels(fg: np.ndarray) -> np.ndarray:
@@ -126,7 +123,6 @@ def squared_distances(fg: np.ndarray) -> np.ndarray:
 
 def weighted_fmeasure_from(
     x: np.ndarray,
-    fg: np.ndarray,
     fg_index: np.ndarray,
     band: np.ndarray,
     nearest: np.ndarray,
@@ -136,8 +132,7 @@ def weighted_fmeasure_from(
 
     Args:
         x: (H, W) float64 normalised prediction.
-        fg: (H, W) bool GT foreground (not empty).
-        fg_index: flat indices of the foreground pixels, C order.
+        fg_index: flat indices of the foreground pixels, C order (not empty).
         band: flat indices of the band pixels (see ``band_pixels``).
         nearest: flat index of the nearest foreground pixel of each band pixel.
         d2: (H, W) uint16 clamped squared distances (see ``squared_distances``).
@@ -156,7 +151,7 @@ def weighted_fmeasure_from(
     # FPw = sum over the background of x * B(D): sum x per squared distance, then weight each
     # distance once (d2 = 0 is exactly the foreground)
     x_per_d2 = np.bincount(d2.reshape(-1), weights=xf, minlength=_D2_CLAMP + 1)
-    fpw = float(np.dot(x_per_d2[1:], _weight_table()[1:]))
+    fpw = float(np.dot(x_per_d2[1:], _B_TABLE[1:]))
 
     n_fg = fg_index.size
     tpw = n_fg - np.sum(min_fg)
@@ -167,13 +162,11 @@ def weighted_fmeasure_from(
 
 def weighted_fmeasure(pred: np.ndarray, gt: np.ndarray) -> float:
     """Weighted F-measure of one uint8 pair (0 for an empty GT)."""
-    from pdseg_cli.metrics.common import check_pair, foreground, value_table
-
     check_pair(pred, gt)
     fg = foreground(gt)
     if not fg.any():
         return 0.0
     band = band_pixels(fg)
-    x = cv2.LUT(pred, value_table(int(pred.min()), int(pred.max())))
+    x = normalized_map(pred)
     nearest = nearest_index(band, nearest_codes(fg, band), gt.shape[1])
-    return weighted_fmeasure_from(x, fg, np.flatnonzero(fg), band, nearest, squared_distances(fg))
+    return weighted_fmeasure_from(x, np.flatnonzero(fg), band, nearest, squared_distances(fg))

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from pdseg_cli import ui
+from pdseg_cli.metrics.table import TABLE_METRICS
 
 _MAX_LISTED = 10  # warnings shown one per line; the rest are counted
 
@@ -30,18 +31,18 @@ def progress(description: str, total: int) -> Iterator[Callable[..., None]]:
 
 
 def render(report: Any) -> None:
-    """The DIS table on stdout (paper column order), then the notes on stderr.
+    """The DIS table on stdout, then the notes on stderr.
+
+    The columns are the metric table's DIS columns (``pdseg_cli.metrics.table``), in the paper's
+    order, each printed with its entry's format.
 
     Args:
         report: a ``pdseg_cli.engine.evaluate.EvalReport``.
     """
-    rows = []
-    for name, sc in report.rows():
-        rows.append(
-            [name, str(sc.count)]
-            + [f"{v:.3f}" for v in (sc.max_f, sc.wf, sc.mae, sc.s, sc.mean_e)]
-            + [f"{sc.hce:.0f}"]
-        )
+    rows = [
+        [name, str(sc.count), *(m.format(getattr(sc, m.field)) for m in TABLE_METRICS)]
+        for name, sc in report.rows()
+    ]
     caption = [
         "E: mean E-measure (E^m) · HCE: official DIS procedure (relax 5, epsilon 2), mean over images",
         "F, wF, MAE, S, E as pysodmetrics 1.6.2; an image whose S-measure is NaN counts as 0",
@@ -54,7 +55,7 @@ def render(report: Any) -> None:
     table = Table(
         title="pdseg eval", title_justify="left", caption="\n".join(caption), caption_justify="left"
     )
-    for i, column in enumerate(["split", "images", "maxF", "wF", "MAE", "S", "E", "HCE"]):
+    for i, column in enumerate(["split", "images", *(m.label for m in TABLE_METRICS)]):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
