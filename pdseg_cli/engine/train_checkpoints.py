@@ -59,9 +59,10 @@ def write_checkpoint(
 
 
 def read_train_state(path: Path) -> dict[str, Any]:
-    """``last.pt``'s training state.
+    """``last.pt``'s training state (the layout :data:`STATE_VERSION` names).
 
     Raises:
+        InputError: the file does not exist.
         WeightsError: the file is unreadable or holds no training state.
     """
     try:

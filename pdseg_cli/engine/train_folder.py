@@ -37,7 +37,7 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     cfg, out = ctx.cfg, ctx.cfg.out
     if cfg.resume:
         state = read_train_state(out / LAST)
-        check_same_experiment(ctx, state)
+        _check_same_experiment(ctx, state)
         return state
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not cfg.overwrite:
@@ -57,7 +57,7 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     return None
 
 
-def check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
+def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
     """Refuse to resume with settings that change the trajectory; warn when only the number of
     processes or the precision changed (the run continues, but differently).
 

@@ -37,7 +37,7 @@ def run_training(ctx: RunContext) -> TrainResult:
                 sums = EpochSums()
                 if epoch == plan.start_epoch and plan.start_sums is not None:
                     sums = plan.start_sums  # the interrupted epoch's sums so far
-                if not train_epoch(run, epoch, first, sums, stop):
+                if not _train_epoch(run, epoch, first, sums, stop):
                     interrupted = True
                     break
     finally:
@@ -57,7 +57,7 @@ def run_training(ctx: RunContext) -> TrainResult:
     )
 
 
-def train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: StopFlag) -> bool:
+def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: StopFlag) -> bool:
     """Epoch ``epoch`` (0-based) from its step ``first``; False when a signal stopped it."""
     ctx, plan, progress, tb = run.ctx, run.plan, run.progress, run.tensorboard
     cfg, out = ctx.cfg, ctx.cfg.out
@@ -77,7 +77,7 @@ def train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: St
     step = first
     for images, masks in run.train_loader:
         lr = run.optimizer.param_groups[0]["lr"]  # the encoder's, as this step uses it
-        values, agreed_stop = train_step(run, images, masks, stop.requested, epoch, step)
+        values, agreed_stop = _train_step(run, images, masks, stop.requested, epoch, step)
         step += 1
         progress.global_step += 1
         sums.add(values)
@@ -96,7 +96,7 @@ def train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: St
         periodic = cfg.save_every_steps > 0 and progress.global_step % cfg.save_every_steps == 0
         if stop_now or (periodic and step < plan.steps_per_epoch):
             clock()
-            save_last(run, epoch, step, sums)
+            _save_last(run, epoch, step, sums)
             if stop_now:
                 ctx.emit("stopped", values={"checkpoint": str(out / LAST), "steps": progress.global_step})
                 return False
@@ -119,10 +119,10 @@ def train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: St
         progress.best_maxf, progress.best_epoch = maxf, epoch + 1
     progress.rows.append(row)
     check_final_map(ctx, run.ema.module, epoch + 1)
-    save_last(run, epoch + 1, 0, None)
+    _save_last(run, epoch + 1, 0, None)
     if ctx.main:
         if improved:
-            write_checkpoint(out / BEST, run.ema.module, cfg.size, provenance(run, epoch + 1), None)
+            write_checkpoint(out / BEST, run.ema.module, cfg.size, _provenance(run, epoch + 1), None)
         write_rows(out / RESULTS, progress.rows)
         if tb is not None:
             for key in ("loss", *VAL_COLUMNS):
@@ -135,7 +135,7 @@ def train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: St
     return True
 
 
-def train_step(
+def _train_step(
     run: TrainRun, images: torch.Tensor, masks: torch.Tensor, stop_requested: bool, epoch: int, step: int
 ) -> tuple[list[float], bool]:
     """One iteration; returns the losses (mean over ranks: total, then per level) and whether
@@ -187,7 +187,7 @@ def _diverged(run: TrainRun, values: list[float], epoch: int, step: int) -> Trai
     )
 
 
-def provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
+def _provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
     """What the saved weights came from (stored in the checkpoint)."""
     ctx, data, progress = run.ctx, run.data, run.progress
     cfg = ctx.cfg
@@ -219,7 +219,7 @@ def provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
     }
 
 
-def save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | None) -> None:
+def _save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | None) -> None:
     """Write ``last.pt`` after ``epoch`` complete epochs and ``step_in_epoch`` more steps
     (rank 0 writes; every rank sends its RNG state)."""
     ctx, plan, progress = run.ctx, run.plan, run.progress
@@ -250,5 +250,5 @@ def save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | N
         "best_maxf": progress.best_maxf,
         "best_epoch": progress.best_epoch,
     }
-    write_checkpoint(cfg.out / LAST, run.ema.module, cfg.size, provenance(run, epoch), state)
+    write_checkpoint(cfg.out / LAST, run.ema.module, cfg.size, _provenance(run, epoch), state)
     progress.saved_step = progress.global_step
