@@ -19,13 +19,8 @@ from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA
-from pdseg_cli.engine.train import (
-    TrainConfig,
-    TrainingDiverged,
-    lr_factor,
-    param_groups,
-    train,
-)
+from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
+from pdseg_cli.engine.train_schedule import lr_factor, param_groups
 from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.model import create_model, load_model, save_checkpoint
 
@@ -339,7 +334,6 @@ def test_unwritable_run_folders_and_a_full_disk(
     from typer.testing import CliRunner
 
     from pdseg_cli.cli import app
-    from pdseg_cli.engine import train as train_mod
 
     runner = CliRunner(env={"COLUMNS": "200"})
     common = ["train", "-e", "1", "--variant", "pdseg-tiny", "--size", "64", "--train", str(data["train"])]
@@ -354,8 +348,7 @@ def test_unwritable_run_folders_and_a_full_disk(
     def full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4312")
 
-    monkeypatch.setattr(train_mod.torch, "save", full)
-    monkeypatch.setattr("pdseg_cli.model.build.torch.save", full)
+    monkeypatch.setattr(torch, "save", full)  # every checkpoint, last.pt and best.pt, is written by it
     result = runner.invoke(
         app, [*common, "--out", str(tmp_path / "run"), "--resume", "-e", "2", "--workers", "0"]
     )

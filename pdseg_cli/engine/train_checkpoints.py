@@ -1,0 +1,86 @@
+"""Training checkpoints: ``last.pt`` and ``best.pt`` are ordinary pdseg checkpoints of the EMA weights
+(``save_checkpoint``); ``last.pt`` also carries the whole training state under ``"train_state"``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdseg_cli.data.images import TEMP_SUFFIX, atomic_path
+from pdseg_cli.engine.train_events import CheckpointWriteError
+from pdseg_cli.errors import InputError, WeightsError, first_line
+from pdseg_cli.model import save_checkpoint
+
+STATE_VERSION = 1  # layout of last.pt's "train_state"
+
+
+def write_checkpoint(
+    path: Path,
+    model: nn.Module,
+    train_size: int,
+    provenance: Mapping[str, Any],
+    train_state: dict[str, Any] | None,
+) -> None:
+    """A pdseg checkpoint of ``model`` (via ``save_checkpoint``), plus ``train_state``, atomically.
+
+    Raises:
+        CheckpointWriteError: the file cannot be written (the previous one is left as it was).
+    """
+    try:
+        if train_state is None:
+            save_checkpoint(model, path, train_size=train_size, **provenance)
+            return
+        # save_checkpoint takes plain provenance values only, so write its file, add the state, and
+        # replace the target in one rename.
+        part = path.with_name(f".{path.name}.weights{TEMP_SUFFIX}")
+        try:
+            save_checkpoint(model, part, train_size=train_size, **provenance)
+            payload = torch.load(part, map_location="cpu", weights_only=True)
+        finally:
+            part.unlink(missing_ok=True)
+        payload["train_state"] = train_state
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError ("unexpected pos")
+        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc):
+            raise
+        raise CheckpointWriteError(
+            f"cannot write {path} ({getattr(exc, 'strerror', None) or first_line(exc)}); the previous "
+            "checkpoint is intact",
+            hint="free some space (or move --out elsewhere) and continue with --resume",
+        ) from None
+
+
+def read_train_state(path: Path) -> dict[str, Any]:
+    """``last.pt``'s training state (the layout :data:`STATE_VERSION` names).
+
+    Raises:
+        InputError: the file does not exist.
+        WeightsError: the file is unreadable or holds no training state.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(
+            f"nothing to resume: {path} does not exist (the run saved no checkpoint yet)",
+            hint="start it again with --overwrite instead of --resume",
+        ) from None
+    except Exception as exc:  # truncated zip, foreign pickle, ...
+        raise WeightsError(
+            f"{path} cannot be read to resume ({str(exc).splitlines()[0][:160]})",
+            hint="the file is damaged; start again with --overwrite",
+        ) from None
+    state = payload.get("train_state") if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise WeightsError(
+            f"{path} holds no pdseg training state (version {STATE_VERSION}) to resume from",
+            hint="only the last.pt of a pdseg training run can be resumed",
+        )
+    return state

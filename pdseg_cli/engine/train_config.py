@@ -1,0 +1,274 @@
+"""The configuration of a training run: :class:`TrainConfig`, its checks, and its ``config.json`` form.
+
+The defaults are the recipe of ``docs/model.md``, 'Training recipe'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pdseg_cli import runtime
+from pdseg_cli.config import get_config
+from pdseg_cli.data import dis5k
+from pdseg_cli.engine import losses
+from pdseg_cli.errors import InputError
+
+CONFIG = "config.json"  # the run folder's record of the configuration (see TrainConfig.to_dict)
+DEFAULT_VARIANT = "pdseg-b"
+
+Supervision = losses.Supervision
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+# Fields that shape the trajectory: a resumed run must keep them, or it is another experiment.
+TRAJECTORY_FIELDS = (
+    "variant",
+    "size",
+    "batch",
+    "seed",
+    "supervision",
+    "lr",
+    "decoder_lr_mult",
+    "weight_decay",
+    "clip_grad",
+    "ema_decay",
+    "ema_tau",
+    "augment",
+    "teacher_weight",
+)
+_PATH_FIELDS = ("out", "data_root", "val_dir", "backbone_weights", "cache_dir", "teacher", "init")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; ``config.json`` in the run folder stores it.
+
+    Args:
+        out: the run folder (``last.pt``, ``best.pt``, ``results.csv``, ``config.json``).
+        epochs: train until this many epochs are complete (also when resuming).
+        variant: the model, ``pdseg-t/s/b/l`` or ``segnext-b`` (the ablation's single head); None:
+            ``init``'s variant, else ``pdseg-b``.
+        size: square training side in pixels; a multiple of 32. DIS5K images are 1024^2 in the recipe.
+        batch: images per step and process (the global batch is ``batch * world_size``).
+        workers: DataLoader worker processes per training process (0 loads in the main process);
+            None: :func:`default_workers`.
+        seed: seeds the initial weights, the data order, the augmentation and the model's RNG.
+        data_root: DIS5K root (default ``$PDSEG_DATA``, else ``./DIS5K``); unused when both
+            ``train_dir`` and ``val_dir`` are given.
+        train_dir: a folder with ``im/`` and ``gt/`` to train on, or several (a list); default
+            ``<root>/DIS-TR``. With a ``teacher``, a folder may hold images without masks.
+        val_dir: a folder to validate on; default ``<root>/DIS-VD`` when ``train_dir`` is not
+            given, else no validation (and no ``best.pt``).
+        supervision: ``multi`` (loss on every decoder level) or ``single`` (final map only).
+        lr: the encoder's peak learning rate (SegNeXt: 6e-5).
+        decoder_lr_mult: the decoder's learning rate is this times ``lr`` (SegNeXt: 10).
+        weight_decay: AdamW weight decay, not applied to norms, biases and layer scales.
+        warmup: linear-warmup iterations; None means ``min(1500, total_iterations // 10)``.
+        clip_grad: clip the global gradient norm to this; 0 turns clipping off.
+        precision: ``auto`` (bf16 on GPUs that have it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        ema_decay: final decay of the weight EMA.
+        ema_tau: iterations over which the EMA decay ramps up.
+        val_every: validate every this many epochs (and after the last); 0 never validates.
+        save_every_steps: also write ``last.pt`` every this many iterations; 0 only at epoch ends.
+        backbone_weights: ImageNet MSCAN weights for the encoder (ignored when resuming).
+        cache: keep decoded, resized samples on ``disk`` (``.npy``), in ``ram``, or ``off``.
+        cache_dir: where the disk cache lives; default ``<out>/cache``. Share it between runs.
+        augment: flip, rotation, crop-and-resize and colour jitter on training samples.
+        resume: continue the run in ``out`` from its ``last.pt``.
+        overwrite: replace a run already in ``out`` (its cache is kept).
+        teacher: a model ``pdseg predict`` runs (``.pt``, ``.onnx``, ``.ts``, a foreign ONNX) whose
+            maps are the targets of images without masks (distillation).
+        teacher_weight: the teacher's share of the target where an image has a mask too (0..1).
+        onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher (see :mod:`pdseg_cli.engine.onnx_spec`).
+        teacher_cache: where teacher maps are cached; default pdseg's cache root
+            (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``), shared by runs.
+        init: start from this pdseg checkpoint's weights (variant and normalisation from the file)
+            with a fresh optimiser and schedule (fine-tuning; ignored when resuming).
+    """
+
+    out: Path
+    epochs: int
+    variant: str | None = None
+    size: int = 1024
+    batch: int = 8
+    workers: int | None = None
+    seed: int = 0
+    data_root: Path | None = None
+    train_dir: Path | None = None
+    val_dir: Path | None = None
+    supervision: Supervision = "multi"
+    lr: float = 6e-5
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    warmup: int | None = None
+    clip_grad: float = 5.0
+    precision: Precision = "auto"
+    device: str = "auto"
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    val_every: int = 1
+    save_every_steps: int = 0
+    backbone_weights: Path | None = None
+    cache: dis5k.CacheMode = "disk"
+    cache_dir: Path | None = None
+    augment: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    teacher: Path | None = None
+    teacher_weight: float = 0.0
+    onnx_spec: str | None = None
+    teacher_cache: Path | None = None
+    init: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in (*_PATH_FIELDS, "teacher_cache"):  # accept str paths from Python callers
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        folders = self.train_dir
+        if isinstance(folders, (list, tuple)):  # several --train folders; one stays a plain path
+            paths = tuple(Path(f) for f in folders)
+            object.__setattr__(self, "train_dir", paths[0] if len(paths) == 1 else (paths or None))
+        elif folders is not None and not isinstance(folders, Path):
+            object.__setattr__(self, "train_dir", Path(folders))
+
+    @property
+    def train_dirs(self) -> list[Path]:
+        """The training folders given (empty: DIS-TR under the data root)."""
+        if self.train_dir is None:
+            return []
+        return list(self.train_dir) if isinstance(self.train_dir, tuple) else [self.train_dir]
+
+    @property
+    def model_variant(self) -> str:
+        """The variant to build: the one given, else the default (``init`` sets it when the run starts)."""
+        return self.variant or DEFAULT_VARIANT
+
+    def check(self) -> None:
+        """Reject values that cannot work, with the fix in the message.
+
+        Raises:
+            InputError: the first bad value.
+        """
+        get_config(self.model_variant)  # unknown names get a did-you-mean hint
+        rules: list[tuple[bool, str, str | None]] = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}", None),
+            (
+                self.size >= 32 and self.size % 32 == 0,
+                f"--size must be a multiple of 32 (the model's total stride), got {self.size}",
+                "e.g. 1024 (the DIS recipe), 512 or 320",
+            ),
+            (self.batch >= 1, f"--batch must be at least 1, got {self.batch}", None),
+            (
+                self.workers is None or self.workers >= 0,
+                f"--workers must be 0 or more, got {self.workers}",
+                None,
+            ),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", None),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}", None),
+            (
+                self.decoder_lr_mult > 0,
+                f"the decoder lr multiplier must be positive, got {self.decoder_lr_mult}",
+                None,
+            ),
+            (self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}", None),
+            (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}", None),
+            (self.clip_grad >= 0, f"--clip-grad must be 0 (off) or more, got {self.clip_grad}", None),
+            (0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}", None),
+            (self.ema_tau > 0, f"EMA tau must be positive, got {self.ema_tau}", None),
+            (self.val_every >= 0, f"--val-every must be 0 (never) or more, got {self.val_every}", None),
+            (
+                self.save_every_steps >= 0,
+                f"--save-every-steps must be 0 or more, got {self.save_every_steps}",
+                None,
+            ),
+            (
+                self.supervision in ("multi", "single"),
+                f"--supervision must be multi or single, got {self.supervision!r}",
+                None,
+            ),
+            (
+                self.precision in runtime.PRECISIONS,
+                f"--precision must be one of {', '.join(runtime.PRECISIONS)}, got {self.precision!r}",
+                None,
+            ),
+            (
+                self.cache in ("disk", "ram", "off"),
+                f"--cache must be disk, ram or off, got {self.cache!r}",
+                None,
+            ),
+            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other", None),
+            (
+                0.0 <= self.teacher_weight <= 1.0,
+                f"--teacher-weight must be in [0, 1], got {self.teacher_weight}",
+                "0: the GT where an image has one; 1: the teacher everywhere",
+            ),
+            (
+                self.teacher is not None or (self.teacher_weight == 0.0 and not self.onnx_spec),
+                "--teacher-weight and --onnx-spec need --teacher",
+                "pass --teacher MODEL (a .pt, .onnx or .ts file)",
+            ),
+        ]
+        for ok, message, hint in rules:
+            if not ok:
+                raise InputError(message, hint=hint)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (paths as strings), for ``config.json``."""
+        out = dataclasses.asdict(self)
+        for name in (*_PATH_FIELDS, "teacher_cache"):
+            if out[name] is not None:
+                out[name] = str(out[name])
+        dirs = self.train_dirs
+        out["train_dir"] = None if not dirs else str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs]
+        out["variant"] = self.model_variant
+        return out
+
+    @classmethod
+    def for_resume(cls, out: str | os.PathLike[str], **changes: Any) -> TrainConfig:
+        """The configuration stored in ``out/config.json``, with ``changes`` applied, to resume.
+
+        Raises:
+            InputError: ``out`` holds no run to resume.
+        """
+        out = Path(out)
+        path = out / CONFIG
+        if not path.is_file():
+            raise InputError(
+                f"nothing to resume in {out}: {CONFIG} is missing",
+                hint="check --out, or start the run without --resume",
+            )
+        try:
+            stored = json.loads(path.read_text())["train"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path} is not a pdseg run configuration ({exc})") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in stored.items() if k in names}
+        if values.get("warmup") is None:  # keep the warmup the run resolved, not a new default
+            resolved = json.loads(path.read_text()).get("resolved", {}).get("warmup")
+            values["warmup"] = resolved
+        values.update(changes)
+        values.update(out=out, resume=True, overwrite=False)
+        return cls(**values)
+
+
+def default_workers(cores: int | None = None) -> int:
+    """DataLoader workers when ``--workers`` is not given: none on 2 cores or fewer, else up to 4.
+
+    An augmented item costs a small fraction of a CPU step per image (benchmarks/RESULTS.md, 'CPU
+    training speed'), so on a small machine worker processes only take cores from the step; on a
+    GPU machine they keep decoding and augmentation off the step's thread.
+    """
+    cores = (
+        cores
+        if cores is not None
+        else len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1)
+    )
+    return 0 if cores <= 2 else min(4, cores - 1)

@@ -1,0 +1,236 @@
+"""The data of a training run: its folders, the teacher's maps for images without masks, the decoded
+samples of each split, and the DataLoaders over them.
+
+The data order is a function of ``(seed, epoch)`` and each sample's augmentation of
+``(seed, epoch, index)``, never of worker scheduling (:class:`~pdseg_cli.data.dis5k.EpochBatches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+
+from pdseg_cli.data import dis5k
+from pdseg_cli.data.augment import AugmentConfig
+from pdseg_cli.data.teacher import TeacherInfo, TeacherMaps
+from pdseg_cli.engine.train_context import RunContext
+from pdseg_cli.engine.train_folder import cache_root
+from pdseg_cli.engine.train_signals import worker_init
+from pdseg_cli.errors import DataError, InputError, PdsegError
+from pdseg_cli.metrics.cache import default_cache_root
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The decoded splits of a run.
+
+    Attributes:
+        train_dirs: the training folders, resolved.
+        val_dir: the validation folder, resolved (None: no validation).
+        train: the training samples.
+        val: the validation samples (None without validation).
+        teacher: the teacher's identity (None without ``--teacher``).
+    """
+
+    train_dirs: tuple[Path, ...]
+    val_dir: Path | None
+    train: dis5k.SampleStore
+    val: dis5k.SampleStore | None
+    teacher: TeacherInfo | None
+
+    @property
+    def train_label(self) -> str:
+        """The training data as runs record it (``config.json``, ``last.pt``, checkpoints)."""
+        return _label(self.train_dirs)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.val is None else len(self.val)
+
+    def teacher_record(self) -> dict[str, Any]:
+        """The teacher as runs record it (config.json, results.csv, checkpoints)."""
+        if self.teacher is None:
+            return {"teacher": None, "teacher_sha256": None}
+        return {"teacher": str(self.teacher.path), "teacher_sha256": self.teacher.sha256}
+
+
+def _label(folders: tuple[Path, ...]) -> str:
+    return " + ".join(str(d) for d in folders)
+
+
+def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
+    """Find, check and decode both splits before training (with a teacher, its maps first).
+
+    Raises:
+        InputError: a resumed run was trained on other folders.
+        DataError: missing splits, or bad image/mask pairs (all named), on every rank alike.
+        WeightsError: the teacher cannot be opened.
+    """
+    train_dirs, val_dir = _resolve_folders(ctx)
+    teacher = None if ctx.cfg.teacher is None else _open_teacher(ctx, ctx.cfg.teacher)
+    label = _label(train_dirs)
+    if resumed is not None and resumed["train_dir"] != label:
+        raise InputError(
+            f"{ctx.cfg.out} was trained on {resumed['train_dir']}, not {label}",
+            hint="resume with the run's own data (--train / --data-root), or start a new --out",
+        )
+    train = _load_split(ctx, "train", lambda: _scan_training(ctx, train_dirs, teacher))
+    val = None
+    if val_dir is not None:
+        val = _load_split(ctx, "val", lambda: dis5k.scan_pairs(val_dir))
+    return TrainData(train_dirs, val_dir, train, val, None if teacher is None else teacher[1])
+
+
+def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
+    """The training folders and the validation folder (None: no validation)."""
+    cfg = ctx.cfg
+    root = None
+    if cfg.train_dirs:
+        # images without masks are found by the scan, which names them with the fix
+        train = [dis5k.check_dataset_folder(d, masks_optional=True) for d in cfg.train_dirs]
+    else:
+        root = dis5k.resolve_root(cfg.data_root)
+        train = [dis5k.split_folder(root, dis5k.TRAIN_SPLIT)]
+    val: Path | None = None
+    if cfg.val_every == 0:
+        pass
+    elif cfg.val_dir is not None:
+        val = dis5k.check_dataset_folder(cfg.val_dir)
+    elif root is not None:
+        val = dis5k.split_folder(root, dis5k.VAL_SPLIT)
+    else:
+        ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
+    return tuple(t.resolve() for t in train), None if val is None else val.resolve()
+
+
+def _open_teacher(ctx: RunContext, teacher: Path) -> tuple[TeacherMaps, TeacherInfo]:
+    """Open the teacher before any work, so a bad file or spec fails first (every rank checks)."""
+    cfg = ctx.cfg
+    error, opened = None, None
+    try:
+        device = "cpu" if ctx.device.type == "cpu" else str(ctx.device)
+        maps = TeacherMaps(
+            teacher, default_cache_root(cfg.teacher_cache), device=device, onnx_spec=cfg.onnx_spec
+        )
+        opened = maps, maps.info()
+    except PdsegError as exc:
+        error = exc
+    ctx.agree(error)
+    assert opened is not None  # agree raised otherwise
+    return opened
+
+
+def _scan_training(
+    ctx: RunContext, folders: tuple[Path, ...], teacher: tuple[TeacherMaps, TeacherInfo] | None
+) -> dis5k.PairScan:
+    """Pair every training folder; with a teacher, give each image that needs one its map
+    (computed once into the shared cache, by rank 0, with a progress bar)."""
+    scans = [dis5k.scan_pairs(f, masks_optional=True) for f in folders]
+    if teacher is None:
+        unlabelled = [p for s in scans for p in s.pairs if p.mask is None]
+        if unlabelled and not any(s.problems for s in scans):
+            first = unlabelled[0].image
+            raise DataError(
+                f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no "
+                f"mask (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})",
+                hint="pass --teacher MODEL to learn their targets from a model, or add masks with "
+                "the same names to gt/",
+            )
+        # with other problems too, they are all named together (after decoding finds the rest)
+        scans = [dis5k.scan_pairs(f) if s.unlabelled else s for f, s in zip(folders, scans, strict=True)]
+        return dis5k.merge_scans(scans)
+    maps, info = teacher
+    scan = dis5k.merge_scans(scans)
+    pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]
+    needing = [i for i, p in enumerate(pairs) if p.needs_teacher()]
+    images = [pairs[i].image for i in needing]
+    paths: list[Path] | None = None
+    if ctx.main and needing:
+        ctx.emit("info", values={"message": f"teacher {info.description}"})
+
+        def progress(done: int, total: int, computed: int) -> None:
+            ctx.emit("prepare", values={"split": "teacher maps", "done": done, "total": total})
+
+        paths = maps.ensure_all(images, progress)
+    ctx.barrier()
+    if paths is None:  # the other ranks: rank 0 made the maps, find them
+        paths = [maps.map_path(image) for image in images]
+    for i, path in zip(needing, paths, strict=True):
+        pairs[i] = dataclasses.replace(pairs[i], teacher=path)
+    return dis5k.PairScan(scan.folder, pairs, scan.problems)
+
+
+def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan]) -> dis5k.SampleStore:
+    """Scan and decode one split before training (rank 0 fills a disk cache; with ``ram``
+    every rank decodes its own copy). Bad pairs fail every rank with one message."""
+    cfg = ctx.cfg
+    cache_dir = cache_root(cfg) / str(cfg.size)
+
+    def progress(done: int, total: int) -> None:
+        ctx.emit("prepare", values={"split": split, "done": done, "total": total})
+
+    error, store = None, None
+    try:
+        pairs = scan()
+        if ctx.main or cfg.cache == "ram":
+            threads = max(1, ctx.workers)
+            store = dis5k.prepare_samples(
+                pairs, cfg.size, cfg.cache, cache_dir, threads=threads, on_progress=progress
+            )
+        else:
+            store = dis5k.SampleStore(pairs.pairs, cfg.size, cfg.cache, cache_dir)
+    except PdsegError as exc:
+        error = exc
+    ctx.agree(error)  # also waits for rank 0's cache
+    assert store is not None
+    return store
+
+
+def make_loaders(
+    ctx: RunContext, data: TrainData, batches: dis5k.EpochBatches, start_epoch: int, start_step: int
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+    """The training loader (its workers forked now) and rank 0's validation loader (None without
+    validation, and on the other ranks)."""
+    cfg = ctx.cfg
+    augment = AugmentConfig() if cfg.augment else None
+    train_loader = _make_loader(ctx, dis5k.SampleDataset(data.train, cfg.seed, augment), batches, ctx.workers)
+    if ctx.workers > 0:  # fork the workers now, while no progress-bar thread runs in this process
+        batches.set_epoch(start_epoch, start_step)
+        iter(train_loader)
+    val_loader = None
+    if data.val is not None and ctx.main:
+        n, b = len(data.val), cfg.batch
+        val_batches = [list(range(i, min(i + b, n))) for i in range(0, n, b)]
+        # in this process: the samples are decoded already, and forking more workers while the
+        # training workers and their queue threads live can deadlock the new processes
+        val_loader = _make_loader(ctx, dis5k.SampleDataset(data.val), val_batches, 0)
+    return train_loader, val_loader
+
+
+def _make_loader(
+    ctx: RunContext, dataset: Any, batch_sampler: Any, workers: int
+) -> torch.utils.data.DataLoader:
+    if workers > 0:
+        # One OpenCV thread before forking: the workers inherit a pool-less OpenCV (see
+        # worker_init), and parallel workers gain nothing from nested threads.
+        cv2.setNumThreads(1)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=workers > 0,  # forked once, before any other thread or loader exists
+        worker_init_fn=worker_init if workers > 0 else None,
+        # its own generator: making an iterator never draws from the global torch RNG
+        generator=torch.Generator().manual_seed(ctx.cfg.seed),
+    )

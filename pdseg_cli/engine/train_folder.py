@@ -1,0 +1,146 @@
+"""The run folder: what makes a folder a run, checking it before a run starts, and the files
+beside the checkpoints (``results.csv``, ``config.json``, TensorBoard scalars)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pdseg_cli import __version__
+from pdseg_cli.data.images import atomic_path, check_writable_folder
+from pdseg_cli.engine.train_checkpoints import read_train_state
+from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
+from pdseg_cli.engine.train_context import RunContext
+from pdseg_cli.errors import InputError
+
+if TYPE_CHECKING:  # tensorboard is an optional package
+    from torch.utils.tensorboard import SummaryWriter
+
+LAST, BEST, RESULTS = "last.pt", "best.pt", "results.csv"
+TENSORBOARD_DIR, CACHE_DIR = "tensorboard", "cache"
+RUN_FILES = (LAST, BEST, RESULTS, CONFIG)  # what makes a folder a run folder
+
+
+def cache_root(cfg: TrainConfig) -> Path:
+    """The disk cache of decoded samples (and validation's GT work): ``--cache-dir``, else in the run."""
+    return cfg.cache_dir or cfg.out / CACHE_DIR
+
+
+def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
+    """Check the run folder against resume/overwrite; return the state to resume from, if any."""
+    cfg, out = ctx.cfg, ctx.cfg.out
+    if cfg.resume:
+        state = read_train_state(out / LAST)
+        _check_same_experiment(ctx, state)
+        return state
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not cfg.overwrite:
+        raise InputError(
+            f"{out} already holds a training run ({', '.join(existing)})",
+            hint="pass --resume to continue it, --overwrite to start it again, or choose another --out",
+        )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
+    ctx.barrier()  # every rank has looked before rank 0 deletes
+    if ctx.main:
+        check_writable_folder(out, f"--out {out}")
+        for name in existing:
+            (out / name).unlink()
+        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
+    ctx.barrier()
+    return None
+
+
+def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
+    """Refuse to resume with settings that change the trajectory; warn when only the number of
+    processes or the precision changed (the run continues, but differently).
+
+    Raises:
+        InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup``) differs.
+    """
+    stored, now = state["config"], ctx.cfg.to_dict()
+    diffs = [
+        f"--{name.replace('_', '-')} {stored.get(name)!r} -> {now[name]!r}"
+        for name in TRAJECTORY_FIELDS
+        if stored.get(name) != now[name]
+    ]
+    if ctx.cfg.warmup is not None and state["warmup"] != ctx.cfg.warmup:
+        diffs.append(f"--warmup {state['warmup']} -> {ctx.cfg.warmup}")
+    if diffs:
+        raise InputError(
+            f"{ctx.cfg.out} was trained with other settings: {'; '.join(diffs)}",
+            hint="resume with the run's own settings (leave those options out), or start a new --out",
+        )
+    soft = []
+    if state["world_size"] != ctx.env.world_size:
+        soft.append(f"{state['world_size']} -> {ctx.env.world_size} processes")
+    if state["precision"] != ctx.precision:
+        soft.append(f"precision {state['precision']} -> {ctx.precision}")
+    if soft:
+        ctx.notice(f"resuming with {', '.join(soft)}: the result will differ from an uninterrupted run")
+
+
+def _plain_number(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) else value  # 6 significant digits
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """``results.csv`` rows with numbers as numbers and empty cells as None."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse_cell(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``results.csv`` atomically (columns from the union of the rows, in order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else _plain_number(row.get(k)) for k in columns})
+
+
+def write_run_config(path: Path, cfg: TrainConfig, resolved: Mapping[str, Any]) -> None:
+    """``config.json``, atomically: the versions, the configuration as given
+    (:meth:`TrainConfig.to_dict`), and what the run resolved from it (device, data, schedule, model)."""
+    data = {
+        "pdseg_version": __version__,
+        "torch_version": str(torch.__version__),
+        "train": cfg.to_dict(),
+        "resolved": dict(resolved),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def open_tensorboard(out: Path, global_step: int) -> SummaryWriter | None:
+    """A TensorBoard ``SummaryWriter`` in the run folder, or None without the optional package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    # scalars are logged at the step count after each step, so a resume at step N logs N + 1 first:
+    # anything at or after N + 1 comes from the interrupted run past its checkpoint and is hidden
+    purge = global_step + 1 if global_step else None
+    return SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=purge)

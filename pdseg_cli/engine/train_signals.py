@@ -1,0 +1,52 @@
+"""Signals during training: Ctrl-C/SIGTERM stop the run at a step boundary with a resumable
+``last.pt``, and DataLoader workers leave them to the main process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; training stops at the next step boundary and saves ``last.pt``."""
+
+    # torchrun forwards the terminal's SIGINT to its workers, which got it from the terminal too:
+    # a repeat this soon after the first is that echo, not a second Ctrl-C
+    ECHO_SECONDS = 2.0
+
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self.requested = False
+        self._first = 0.0
+        self._notify = notify
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            if signum == signal.SIGINT and time.monotonic() - self._first > self.ECHO_SECONDS:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+            return
+        self.requested, self._first = True, time.monotonic()
+        self._notify("stopping after this step to save a resumable checkpoint (Ctrl-C again aborts)")
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader workers: Ctrl-C is left to the main process (which saves).
+
+    OpenCV's thread count is set in the parent before the fork (``make_loader``): calling
+    ``cv2.setNumThreads`` inside a forked child waits for pool threads that did not survive the
+    fork and hangs the worker for ever. torch already runs each worker on one thread.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,347 @@
+"""The state of a training session, built once before the first step: the plan (steps, warmup, where
+to start), the model and everything that optimises it, the loaders, and the counters the loop
+advances. On resume, every part comes back from ``last.pt``'s training state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from pdseg_cli import runtime
+from pdseg_cli.data import dis5k
+from pdseg_cli.data.teacher import file_sha256
+from pdseg_cli.engine.ema import ModelEMA
+from pdseg_cli.engine.train_config import CONFIG
+from pdseg_cli.engine.train_context import RunContext
+from pdseg_cli.engine.train_data import TrainData, load_data, make_loaders
+from pdseg_cli.engine.train_folder import (
+    RESULTS,
+    cache_root,
+    open_tensorboard,
+    prepare_run_folder,
+    read_rows,
+    write_rows,
+    write_run_config,
+)
+from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
+from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler
+from pdseg_cli.errors import InputError
+from pdseg_cli.model import PDSeg, create_model, load_backbone, load_model
+
+if TYPE_CHECKING:  # tensorboard is an optional package
+    from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class EpochSums:
+    """Running sums of one epoch (saved mid-epoch, so a resumed epoch reports the same means)."""
+
+    loss: float = 0.0
+    levels: list[float] = field(default_factory=list)
+    count: int = 0
+    time: float = 0.0
+
+    def add(self, values: list[float]) -> None:
+        self.loss += values[0]
+        self.levels = [
+            a + v for a, v in zip(self.levels or [0.0] * (len(values) - 1), values[1:], strict=True)
+        ]
+        self.count += 1
+
+    def row(self) -> dict[str, Any]:
+        n = max(self.count, 1)
+        row: dict[str, Any] = {"loss": self.loss / n}
+        row.update({f"loss_l{k}": total / n for k, total in enumerate(self.levels, start=1)})
+        return row
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How long the run is and where this session starts.
+
+    Attributes:
+        batches: this rank's batch order (the loader's sampler).
+        total_steps: iterations of the whole run, over which the learning rate decays to 0.
+        warmup: linear-warmup iterations.
+        start_epoch: epochs complete when the session starts.
+        start_step: steps already done in epoch ``start_epoch``.
+        start_sums: that epoch's running sums so far (None: it starts afresh).
+    """
+
+    batches: dis5k.EpochBatches
+    total_steps: int
+    warmup: int
+    start_epoch: int
+    start_step: int
+    start_sums: EpochSums | None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches.steps_per_epoch
+
+
+@dataclass
+class Progress:
+    """The counters the loop advances (and ``last.pt`` saves).
+
+    Attributes:
+        global_step: iterations done over the whole run.
+        saved_step: the global step of the newest ``last.pt`` (None before the run wrote one).
+        wall_time: training seconds over all sessions of the run.
+        best_maxf: the best validation maxF so far (None without validation).
+        best_epoch: the epoch of ``best.pt``.
+        rows: every ``results.csv`` row so far.
+    """
+
+    global_step: int
+    saved_step: int | None
+    wall_time: float
+    best_maxf: float | None
+    best_epoch: int | None
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Everything one training session works with; :func:`build_run` makes it.
+
+    Attributes:
+        ctx: the process (configuration, rank, device, precision, events).
+        data: the decoded splits.
+        plan: the schedule's numbers and where the session starts.
+        model: the network being trained (unwrapped).
+        net: what the step calls: ``model``, or its DDP wrapper under torchrun.
+        ema: the weight average that is validated and saved.
+        optimizer: AdamW over :func:`~pdseg_cli.engine.train_schedule.param_groups`.
+        scheduler: warmup + poly, stepped per iteration.
+        scaler: the fp16 gradient scaler (disabled in other precisions).
+        normalization: the model's input normalisation.
+        train_loader: this rank's training batches.
+        val_loader: rank 0's validation batches (None without validation, and on other ranks).
+        tensorboard: rank 0's ``SummaryWriter`` (None without tensorboard, and on other ranks).
+        init_provenance: where ``--init``'s weights came from (None without ``--init``).
+        progress: the counters the loop advances.
+    """
+
+    ctx: RunContext
+    data: TrainData
+    plan: RunPlan
+    model: PDSeg
+    net: nn.Module
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    normalization: dict[str, Any]
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    tensorboard: SummaryWriter | None
+    init_provenance: dict[str, Any] | None
+    progress: Progress
+
+
+def start_run(ctx: RunContext) -> TrainRun:
+    """Everything before the first step: the run folder, the data, the model and its state, then
+    the ``start`` event.
+
+    Raises:
+        InputError: a run folder that exists (without resume/overwrite), or that holds another
+            experiment or another data set, or an ``--epochs`` behind the resumed run.
+        DataError: missing splits or bad pairs.
+        WeightsError: unreadable ``--init``, ``--backbone-weights`` or ``last.pt``.
+    """
+    cfg = ctx.cfg
+    resumed = prepare_run_folder(ctx)
+    slow = runtime.emulated_precision_note(ctx.device, ctx.precision)
+    if slow:
+        ctx.notice(slow)
+    data = load_data(ctx, resumed)
+    plan = plan_run(ctx, data, resumed)
+    model, init_provenance = initial_model(ctx, resumed)
+    run = build_run(ctx, data, plan, model, init_provenance, resumed)
+    ctx.emit(
+        "start",
+        values={
+            "out": str(cfg.out),
+            "variant": cfg.variant,
+            "device": ctx.device_reason,
+            "precision": ctx.precision,
+            "world_size": ctx.env.world_size,
+            "n_train": data.n_train,
+            "n_val": data.n_val,
+            "train_dir": data.train_label,
+            "val_dir": None if data.val_dir is None else str(data.val_dir),
+            "steps_per_epoch": plan.steps_per_epoch,
+            "total_steps": plan.total_steps,
+            "warmup": plan.warmup,
+            "start_epoch": plan.start_epoch + 1,
+            "epochs": cfg.epochs,
+            "resumed": resumed is not None,
+            "global_step": run.progress.global_step,
+        },
+    )
+    return run
+
+
+def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None) -> RunPlan:
+    """The run's length, warmup and starting point (a resumed run's from its state).
+
+    Raises:
+        InputError: ``--epochs`` is behind the epoch the resumed run is in.
+    """
+    cfg = ctx.cfg
+    batches = dis5k.EpochBatches(data.n_train, cfg.batch, cfg.seed, ctx.env.rank, ctx.env.world_size)
+    total_steps = cfg.epochs * batches.steps_per_epoch
+    if resumed is None:
+        warmup = cfg.warmup if cfg.warmup is not None else default_warmup(total_steps)
+        return RunPlan(batches, total_steps, warmup, 0, 0, None)
+    warmup = int(resumed["warmup"]) if cfg.warmup is None else cfg.warmup
+    start_epoch, start_step = int(resumed["epoch"]), int(resumed["step_in_epoch"])
+    sums = None if resumed["epoch_sums"] is None else EpochSums(**resumed["epoch_sums"])
+    reached = start_epoch + (start_step > 0)  # the epoch in progress counts
+    if reached > cfg.epochs:
+        raise InputError(
+            f"{cfg.out} is already in epoch {reached}; --epochs {cfg.epochs} is behind it",
+            hint=f"pass --epochs {reached} or more to continue",
+        )
+    if resumed["total_steps"] != total_steps:
+        ctx.notice(
+            f"--epochs {cfg.epochs} (was {resumed['epochs']}): the learning rate now decays to 0 at "
+            f"step {total_steps} instead of {resumed['total_steps']}"
+        )
+    return RunPlan(batches, total_steps, warmup, start_epoch, start_step, sums)
+
+
+def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[PDSeg, dict[str, Any] | None]:
+    """The network before training: seeded random weights, or ``--init``'s, or an encoder from
+    ``--backbone-weights`` (both ignored on resume, whose weights come from ``last.pt``).
+
+    Returns:
+        The model (on the CPU) and where ``--init``'s weights came from (None without it).
+    """
+    cfg = ctx.cfg
+    seed_all(cfg.seed)  # the initial weights depend on the seed only
+    model = create_model(cfg.model_variant)
+    init_provenance = None
+    if cfg.init is not None and resumed is None:
+        start = load_model(cfg.init)  # checks the tensors against the file's own config
+        model.load_state_dict(start.state_dict())
+        model.normalization = dict(start.normalization)
+        init_provenance = {"sha256": file_sha256(cfg.init), **start.provenance}
+        message = f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule"
+        ctx.emit("info", values={"message": message})
+    elif cfg.backbone_weights is not None and resumed is None:
+        n = load_backbone(model, cfg.backbone_weights)
+        ctx.notice(f"encoder initialised from {cfg.backbone_weights} ({n} tensors)")
+    return model, init_provenance
+
+
+def build_run(
+    ctx: RunContext,
+    data: TrainData,
+    plan: RunPlan,
+    model: PDSeg,
+    init_provenance: dict[str, Any] | None,
+    resumed: Mapping[str, Any] | None,
+) -> TrainRun:
+    """The session's state: the model on its device with its EMA, DDP wrapper, optimiser, schedule
+    and scaler, each restored from ``resumed`` if given, the RNGs, the counters, the loaders; rank 0
+    also (re)writes ``results.csv`` and ``config.json`` and opens TensorBoard."""
+    cfg, device, rank = ctx.cfg, ctx.device, ctx.env.rank
+    # channels-last layout: the same maths, faster steps on the CPU (oneDNN) and GPUs
+    # (benchmarks/RESULTS.md, 'CPU training speed')
+    model = model.to(device, memory_format=torch.channels_last).train()
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        ema.load_state_dict(resumed["ema"])
+    if ctx.env.enabled and device.type == "cuda":  # SyncBatchNorm runs on GPUs only
+        model.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder)
+    net: nn.Module = model
+    if ctx.env.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = make_optimizer(model, cfg.lr, cfg.decoder_lr_mult, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, plan.warmup, plan.total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=ctx.precision == "fp16")
+    rng = None
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        rngs = resumed["rng"]
+        rng = rngs[rank] if rank < len(rngs) else None
+    if rng is not None:
+        set_rng_state(rng, device)
+    else:
+        torch.manual_seed(stream_seed(cfg.seed, rank))
+    progress = _starting_progress(ctx, plan, resumed)
+    tensorboard = None
+    if ctx.main:
+        if resumed is not None:
+            write_rows(cfg.out / RESULTS, progress.rows)
+        write_run_config(cfg.out / CONFIG, cfg, _resolved_config(ctx, data, plan, model))
+        tensorboard = open_tensorboard(cfg.out, progress.global_step)
+    train_loader, val_loader = make_loaders(ctx, data, plan.batches, plan.start_epoch, plan.start_step)
+    return TrainRun(
+        ctx=ctx,
+        data=data,
+        plan=plan,
+        model=model,
+        net=net,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        normalization=dict(model.normalization),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        tensorboard=tensorboard,
+        init_provenance=init_provenance,
+        progress=progress,
+    )
+
+
+def _starting_progress(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any] | None) -> Progress:
+    """Zero, or the resumed run's counters and its ``results.csv`` rows up to the checkpoint."""
+    if resumed is None:
+        return Progress(
+            global_step=0, saved_step=None, wall_time=0.0, best_maxf=None, best_epoch=None, rows=[]
+        )
+    # rows of epochs after the checkpoint (written before a crash) are dropped
+    rows = [r for r in read_rows(ctx.cfg.out / RESULTS) if r["epoch"] <= plan.start_epoch]
+    step = int(resumed["global_step"])
+    return Progress(
+        global_step=step,
+        saved_step=step,
+        wall_time=float(resumed["wall_time_s"]),
+        best_maxf=resumed["best_maxf"],
+        best_epoch=resumed["best_epoch"],
+        rows=rows,
+    )
+
+
+def _resolved_config(ctx: RunContext, data: TrainData, plan: RunPlan, model: PDSeg) -> dict[str, Any]:
+    """``config.json``'s ``resolved``: what the run made of its configuration."""
+    cfg = ctx.cfg
+    return {
+        "device": str(ctx.device),
+        "precision": ctx.precision,
+        "world_size": ctx.env.world_size,
+        "global_batch": cfg.batch * ctx.env.world_size,
+        "train_dir": data.train_label,
+        "val_dir": None if data.val_dir is None else str(data.val_dir),
+        **data.teacher_record(),
+        "train_images": data.n_train,
+        "val_images": data.n_val,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "total_steps": plan.total_steps,
+        "warmup": plan.warmup,
+        "cache_dir": str(cache_root(cfg)) if cfg.cache == "disk" else None,
+        "model": model.config.to_dict(),
+    }
