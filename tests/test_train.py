@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -372,3 +373,21 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native(
     seen.clear()
     train(tiny(tmp_path / "b", data, epochs=1, val_dir=None), on_event=seen.append)
     assert next(e for e in seen if e.kind == "start").values["precision"] == "fp32"
+
+
+def test_more_workers_than_cores_is_said_once_in_pdseg_words(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdseg_cli.engine import train_data
+
+    monkeypatch.setattr(train_data, "_usable_cores", lambda: 1)
+    notices: list[str] = []
+    workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(
+            tiny(tmp_path / "w", data, epochs=1, batch=3, workers=workers, val_every=0),
+            on_event=lambda e: notices.append(e.values["message"]) if e.kind == "notice" else None,
+        )
+    assert sum(f"--workers {workers} on 1 usable cores" in n for n in notices) == 1
+    assert not [w for w in caught if "DataLoader will create" in str(w.message)]  # torch's, twice before

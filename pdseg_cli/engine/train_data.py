@@ -8,6 +8,8 @@ The data order is a function of ``(seed, epoch)`` and each sample's augmentation
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,10 +205,19 @@ def make_loaders(
     validation, and on the other ranks)."""
     cfg = ctx.cfg
     augment = AugmentConfig() if cfg.augment else None
-    train_loader = _make_loader(ctx, dis5k.SampleDataset(data.train, cfg.seed, augment), batches, ctx.workers)
-    if ctx.workers > 0:  # fork the workers now, while no progress-bar thread runs in this process
-        batches.set_epoch(start_epoch, start_step)
-        iter(train_loader)
+    cores = _usable_cores()
+    if ctx.workers > cores:  # said once, here, instead of torch's warning at creation and at iter()
+        ctx.notice(
+            f"--workers {ctx.workers} on {cores} usable cores: the worker processes compete with the "
+            "training step for them (--workers 0 loads in the training process)"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        dataset = dis5k.SampleDataset(data.train, cfg.seed, augment)
+        train_loader = _make_loader(ctx, dataset, batches, ctx.workers)
+        if ctx.workers > 0:  # fork the workers now, while no progress-bar thread runs in this process
+            batches.set_epoch(start_epoch, start_step)
+            iter(train_loader)
     val_loader = None
     if data.val is not None and ctx.main:
         n, b = len(data.val), cfg.batch
@@ -215,6 +226,13 @@ def make_loaders(
         # training workers and their queue threads live can deadlock the new processes
         val_loader = _make_loader(ctx, dis5k.SampleDataset(data.val), val_batches, 0)
     return train_loader, val_loader
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _make_loader(

@@ -16,10 +16,11 @@ from pdseg_cli.data import transforms
 from pdseg_cli.engine.evaluate import evaluate_arrays
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_folder import cache_root
+from pdseg_cli.metrics.table import TABLE_KEYS
 from pdseg_cli.model.pdseg import final_map_ceiling
 
-# validation columns of results.csv, from the DIS table's metrics (pdseg eval's keys)
-VAL_KEYS = ("maxF", "wF", "MAE", "S", "E", "HCE")
+# validation columns of results.csv: the DIS table's metrics, named from pdseg eval's keys
+VAL_KEYS = TABLE_KEYS
 VAL_COLUMNS = tuple(f"val_{key.lower()}" for key in VAL_KEYS)
 CONFIDENT = 254.0 / 255.0  # a final map that cannot reach this probability never writes byte 254+
 

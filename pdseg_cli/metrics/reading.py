@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pdseg_cli.data import native_messages
 from pdseg_cli.errors import InputError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,6 +34,8 @@ class MaskFile:
         colour: the file's colour kind when it is not plain gray ("RGB", "RGBA", "palette"...),
             read as luminance; None for gray files or when unknown.
         digest: sha256 of the file bytes (hex), or None when not asked for.
+        decoder_said: what libjpeg/libpng printed while decoding it (a damaged file that still
+            decoded), when the ``pdseg`` command routes those messages.
     """
 
     path: Path
@@ -40,6 +43,7 @@ class MaskFile:
     sixteen_bit: bool
     colour: str | None
     digest: str | None
+    decoder_said: tuple[str, ...] = ()
 
 
 def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> MaskFile:
@@ -59,15 +63,20 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    array = None
+    array, said = None, []
     if data:
         try:
-            array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+            array, said = native_messages.decode(
+                lambda: cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+            )
         except cv2.error:
             array = None
     if array is None or array.ndim != 2 or array.size == 0:
         kind = path.suffix.lstrip(".").upper() or "image"
-        raise InputError(f"{path}: cannot decode (empty, truncated, corrupt or not a {kind} file)")
+        raise InputError(
+            f"{path}: cannot decode (empty, truncated, corrupt or not a {kind} file)"
+            + (f"; the decoder said: {said[0]}" if said else "")
+        )
     sixteen_bit, colour = _sample_kind(data, path)
     return MaskFile(
         path=path,
@@ -75,6 +84,7 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
         sixteen_bit=sixteen_bit,
         colour=colour,
         digest=hashlib.sha256(data).hexdigest() if digest else None,
+        decoder_said=tuple(said),
     )
 
 
