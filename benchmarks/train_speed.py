@@ -50,7 +50,7 @@ def _step_seconds(variant: str, size: int, batch: int, layout: str, steps: int, 
     from pdseg_cli.config import NORMALIZATION
     from pdseg_cli.engine import losses
     from pdseg_cli.engine.ema import ModelEMA
-    from pdseg_cli.engine.train import param_groups
+    from pdseg_cli.engine.train_schedule import param_groups
     from pdseg_cli.model import create_model
 
     torch.manual_seed(0)
