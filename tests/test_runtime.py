@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TORCHRUN_VARIABLES, torchrun_env
 
 from pdseg_cli import runtime
 from pdseg_cli.errors import InputError
@@ -174,7 +175,7 @@ def test_peak_rss_off_unix_gives_zero_not_an_error(monkeypatch: pytest.MonkeyPat
 
 
 def _clear_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -247,11 +248,8 @@ def _two_processes(mode: str) -> list[dict]:
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-        env.update(
-            WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port, OMP_NUM_THREADS="1",
-        )  # fmt: skip
+        torchrun = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        env = torchrun_env(**torchrun, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", _JOIN, mode],
