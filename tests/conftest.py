@@ -1,14 +1,18 @@
-"""Shared test fixtures: where the shared sample data lives, and the slow-test switch."""
+"""Shared fixtures: the sample data beside the checkout, one torch thread, and the slow-test switch.
+
+Shared plain functions (tiny checkpoints, sample folders, CLI runs) are in helpers.py.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# The sample data is research-only (shared/data/README.md): tests read it in place beside the
-# checkout and never copy it into the repository.
+# The sample data is research-only: tests read it in place beside the checkout and never copy it
+# into the repository.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -27,3 +31,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"sample data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures(...)``): small
+    ops on a shared 2-core machine are much faster without thread barriers. Restored afterwards."""
+    import torch  # here, not at the top: the metric tests run without torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

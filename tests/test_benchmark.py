@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 import typer
+from helpers import REPO, benchmark_script, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli.commands.benchmark import benchmark
 from pdseg_cli.engine.benchmark import BenchmarkReport, _rss_peak, run_benchmark
 from pdseg_cli.errors import InputError
-from pdseg_cli.model import create_model, save_checkpoint
+from pdseg_cli.model import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +33,8 @@ def app() -> typer.Typer:
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(create_model("pdseg-tiny"), tmp_path_factory.mktemp("w") / "tiny.pt")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt")
 
 
 def test_engine_compare_rows() -> None:
@@ -79,11 +68,11 @@ def test_engine_batch_and_single_path() -> None:
     assert row.path == "plain" and row.batch == 2 and row.speedup is None
 
 
-def test_engine_weights(tiny_checkpoint: Path) -> None:
-    report = run_benchmark(None, [64], device="cpu", runs=1, weights=tiny_checkpoint)
-    assert report.variant == "pdseg-tiny" and report.weights == str(tiny_checkpoint)
+def test_engine_weights(checkpoint: Path) -> None:
+    report = run_benchmark(None, [64], device="cpu", runs=1, weights=checkpoint)
+    assert report.variant == "pdseg-tiny" and report.weights == str(checkpoint)
     with pytest.raises(InputError, match="does not match"):
-        run_benchmark("pdseg-t", [64], device="cpu", runs=1, weights=tiny_checkpoint)
+        run_benchmark("pdseg-t", [64], device="cpu", runs=1, weights=checkpoint)
 
 
 @pytest.mark.parametrize(
@@ -125,9 +114,9 @@ def test_command_table(app: typer.Typer) -> None:
         assert text in out
 
 
-def test_command_json(app: typer.Typer, tiny_checkpoint: Path) -> None:
+def test_command_json(app: typer.Typer, checkpoint: Path) -> None:
     result = runner.invoke(
-        app, ["benchmark", "-w", str(tiny_checkpoint), "-s", "64", "-n", "1", "-d", "cpu", "--json"]
+        app, ["benchmark", "-w", str(checkpoint), "-s", "64", "-n", "1", "-d", "cpu", "--json"]
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -194,11 +183,11 @@ def test_command_cuda_missing(app: typer.Typer) -> None:
 
 
 def test_latency_script_reference_and_profile() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "latency.py"),
+            str(REPO / "benchmarks" / "latency.py"),
             "--reference",
             "--variants",
             "pdseg-tiny",
@@ -229,19 +218,8 @@ def test_latency_script_reference_and_profile() -> None:
     assert "GEMM floor" in out.stderr
 
 
-def _benchmark_script(stem: str) -> ModuleType:
-    """A script of benchmarks/ imported as a module (they are not a package)."""
-    name = f"benchmarks_{stem}"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{stem}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_latency_floor_uses_the_networks_own_gemms() -> None:
-    latency = _benchmark_script("latency")
+    latency = benchmark_script("latency")
     model = create_model("pdseg-tiny").eval()
     x = torch.zeros(1, 3, 64, 64)
     shapes = latency.gemm_shapes(model, x)
@@ -271,7 +249,7 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
         "COMPILE": "off",  # a real compile takes minutes here; the option itself is tested elsewhere
     }
     out = tmp_path / "suite"
-    script = ROOT / "benchmarks" / "gpu_suite.sh"
+    script = REPO / "benchmarks" / "gpu_suite.sh"
     done = subprocess.run(
         ["bash", str(script), str(out), str(tmp_path / "no-data")],
         capture_output=True,
@@ -290,7 +268,7 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
 
 
 def test_isnet_for_the_comparison_has_the_published_size() -> None:
-    isnet_compare = _benchmark_script("isnet_compare")
+    isnet_compare = benchmark_script("isnet_compare")
     with torch.device("meta"):
         params = sum(p.numel() for p in isnet_compare.ISNet().parameters())
     # IS-Net (DIS, ECCV 2022): 44.0M parameters and 160 GMACs at 1024x1024, as issue #7 quotes
@@ -315,7 +293,7 @@ def test_command_compile_option(app: typer.Typer, monkeypatch: pytest.MonkeyPatc
 def test_latency_gpu_profile_table_reports_the_kernel_floor() -> None:
     from types import SimpleNamespace
 
-    latency = _benchmark_script("latency")
+    latency = benchmark_script("latency")
 
     def event(key: str, count: int, gpu_us: float, cpu_us: float) -> SimpleNamespace:
         times = {"self_device_time_total": gpu_us, "self_cpu_time_total": cpu_us}

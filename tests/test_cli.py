@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+from helpers import tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli import __version__
@@ -76,6 +78,7 @@ def test_dash_h_is_help_everywhere() -> None:
         ["train", "-h"],
         ["export", "-h"],
         ["info", "-h"],
+        ["benchmark", "-h"],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage:" in result.output, args
@@ -95,10 +98,9 @@ def test_an_interrupted_predict_says_how_to_resume(tmp_path, monkeypatch) -> Non
     import numpy as np
 
     from pdseg_cli.engine import predict as predict_mod
-    from pdseg_cli.model import create_model, save_checkpoint
 
     cv2.imwrite(str(tmp_path / "a.png"), np.full((40, 40, 3), 90, np.uint8))
-    ckpt = save_checkpoint(create_model("pdseg-tiny"), tmp_path / "t.pt", train_size=64)
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", train_size=64)
 
     def stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
@@ -126,3 +128,32 @@ def test_threads_option_sets_torch_and_opencv(monkeypatch) -> None:  # noqa: ANN
         cv2.setNumThreads(before[1])
     for command in ("predict", "eval", "train"):
         assert "--threads" in runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+
+
+def _option_row(command: str, name: str) -> str:
+    """The row of option ``name`` in ``pdseg command --help``, on one line, whitespace collapsed."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    rows = [" ".join(line.strip("│ ").split()) for line in result.output.splitlines() if line.startswith("│")]
+    (row,) = [row for row in rows if row.split(" ", 1)[0] == name]
+    return row
+
+
+@pytest.mark.parametrize(
+    ("name", "commands"),
+    [
+        ("--weights", ("predict", "eval")),
+        ("--onnx-spec", ("predict", "eval", "train")),
+        ("--size", ("predict", "eval")),
+        ("--device", ("predict", "eval", "train", "benchmark")),
+        ("--precision", ("predict", "eval")),
+        ("--batch", ("predict", "eval", "benchmark")),
+        ("--threads", ("predict", "eval", "train")),
+        ("--compile", ("predict", "benchmark")),
+        ("--data-root", ("eval", "train")),
+    ],
+)
+def test_shared_options_read_the_same_in_every_command(name: str, commands: tuple[str, ...]) -> None:
+    # declared once (commands/_common.py): the same flags, type, help and default wherever they appear
+    rows = {command: _option_row(command, name) for command in commands}
+    assert len(set(rows.values())) == 1, rows

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import EXAMPLE_IMAGES, flat, run_cli, tiny_checkpoint
 
-from pdseg_cli.cli import app
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.engine import export as export_mod
 from pdseg_cli.engine.export import ExportCheckError, export_checkpoint, parse_shape
 from pdseg_cli.engine.onnx_backend import OnnxModel, TorchScriptModel, detect_format, load_exported
 from pdseg_cli.errors import InputError, NotAvailableError
-from pdseg_cli.model import PDSeg, create_model, load_model, save_checkpoint
+from pdseg_cli.model import PDSeg, load_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -33,11 +32,6 @@ DYNAMIC_SHAPES = [(2, 3, 96, 160), (1, 3, 70, 45), (3, 3, 33, 130)]
 TRAIN_SIZE = 256
 
 
-def _flat(text: str) -> str:
-    """CLI output with rich's line wrapping undone (long temporary paths wrap at 80 columns)."""
-    return " ".join(text.split())
-
-
 def _probs(model: PDSeg, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return torch.sigmoid(model(x))
@@ -45,14 +39,8 @@ def _probs(model: PDSeg, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("pdseg-tiny")
-    for level in model.decoder.levels:  # logits far from 0, as a trained model's are
-        torch.nn.init.normal_(level.classifier.weight, std=1.0)
-        torch.nn.init.zeros_(level.classifier.bias)  # centred: maps span dark to bright
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(model, path, train_size=TRAIN_SIZE)
-    return path
+    return tiny_checkpoint(path, train_size=TRAIN_SIZE, classifier_std=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +171,7 @@ def test_failed_check_keeps_the_old_file(
     assert out.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     # the CLI: the table with FAILED, one error line, exit status 1 (not a usage error)
-    args = ["export", "-w", str(checkpoint), "-o", str(out), "--check-shape", "1x3x64x64"]
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, args)
+    result = run_cli("export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", columns=250)
     assert result.exit_code == 1, result.output
     assert "FAILED" in result.output and "was not written" in result.output
     assert out.read_bytes() == b"previous export"
@@ -223,9 +210,9 @@ def test_missing_onnx_packages_give_the_install_hint(
 ) -> None:
     _hide_modules(monkeypatch, *missing)
     out = tmp_path / "m.onnx"
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["export", "-w", str(checkpoint), "-o", str(out)])
+    result = run_cli("export", "-w", checkpoint, "-o", out, columns=250)
     assert result.exit_code == 2, result.output
-    assert 'pip install "pdseg[onnx]"' in _flat(result.output)
+    assert 'pip install "pdseg[onnx]"' in flat(result.output)
     assert "Traceback" not in result.output
     assert not out.exists()
 
@@ -239,26 +226,25 @@ def test_onnx_model_without_onnxruntime(onnx_file: Path, monkeypatch: pytest.Mon
 
 def test_cli_export_onnx(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.onnx"
-    args = ["export", "-w", str(checkpoint), "-o", str(out), "--check-shape", "1x3x64x64", "--opset", "17"]
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, args)
+    args = ["export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", "--opset", "17"]
+    result = run_cli(*args, columns=250)
     assert result.exit_code == 0, result.output
-    assert "max |dp|" in _flat(result.output) and "1x3x64x64" in result.output
-    assert f"wrote {out}" in _flat(result.output)
+    assert "max |dp|" in flat(result.output) and "1x3x64x64" in result.output
+    assert f"wrote {out}" in flat(result.output)
     assert OnnxModel(out).metadata.opset == 17
 
 
 def test_cli_export_errors(checkpoint: Path, tmp_path: Path) -> None:
-    runner = CliRunner(env={"COLUMNS": "250"})
-    bad_shape = runner.invoke(
-        app, ["export", "-w", str(checkpoint), "-o", str(tmp_path / "a.onnx"), "--check-shape", "64x64"]
+    bad_shape = run_cli(
+        "export", "-w", checkpoint, "-o", tmp_path / "a.onnx", "--check-shape", "64x64", columns=250
     )
-    assert bad_shape.exit_code == 2 and "bad check shape" in _flat(bad_shape.output)
-    same = runner.invoke(app, ["export", "-w", str(checkpoint), "-o", str(checkpoint), "-f", "torchscript"])
-    assert same.exit_code == 2 and "checkpoint itself" in _flat(same.output)
+    assert bad_shape.exit_code == 2 and "bad check shape" in flat(bad_shape.output)
+    same = run_cli("export", "-w", checkpoint, "-o", checkpoint, "-f", "torchscript", columns=250)
+    assert same.exit_code == 2 and "checkpoint itself" in flat(same.output)
     not_ckpt = tmp_path / "x.pt"
     not_ckpt.write_bytes(b"not a checkpoint")
-    wrong = runner.invoke(app, ["export", "-w", str(not_ckpt), "-o", str(tmp_path / "b.onnx")])
-    assert wrong.exit_code == 2 and "x.pt" in _flat(wrong.output)
+    wrong = run_cli("export", "-w", not_ckpt, "-o", tmp_path / "b.onnx", columns=250)
+    assert wrong.exit_code == 2 and "x.pt" in flat(wrong.output)
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
 
 
@@ -272,7 +258,7 @@ def test_predictor_maps_through_exported_files_equal_pytorch(
 
     from pdseg_cli.engine.predict import Predictor
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "images" / "chelsea.jpg"  # 300x451
+    path = EXAMPLE_IMAGES / "chelsea.jpg"  # 300x451
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     exported = load_exported(onnx_file if fmt == "onnx" else torchscript_file)
     # size="full": the native 300x451 (not multiples of 32) goes through the graph's pad and crop
@@ -291,27 +277,14 @@ def test_cli_predict_with_an_onnx_file_equals_the_checkpoint(
     """`pdseg predict --weights model.onnx` writes the same maps (within one grey level)."""
     import cv2
 
-    images = Path(__file__).resolve().parents[1] / "examples" / "images"
     src = tmp_path / "in"
     src.mkdir()
-    (src / "chelsea.jpg").write_bytes((images / "chelsea.jpg").read_bytes())
+    (src / "chelsea.jpg").write_bytes((EXAMPLE_IMAGES / "chelsea.jpg").read_bytes())
     maps = {}
     for name, weights in (("torch", checkpoint), ("onnx", onnx_file)):
         out = tmp_path / name
-        result = CliRunner().invoke(
-            app,
-            [
-                "predict",
-                str(src),
-                "--out",
-                str(out),
-                "--weights",
-                str(weights),
-                "--size",
-                "full",
-                "--device",
-                "cpu",
-            ],
+        result = run_cli(
+            "predict", src, "--out", out, "--weights", weights, "--size", "full", "--device", "cpu"
         )
         assert result.exit_code == 0, result.output
         maps[name] = cv2.imread(str(out / "chelsea.png"), cv2.IMREAD_UNCHANGED)
@@ -322,9 +295,8 @@ def test_cli_predict_with_an_onnx_file_equals_the_checkpoint(
 def test_unwritable_outputs_are_one_line_errors(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = CliRunner(env={"COLUMNS": "250"})
     for fmt in ("onnx", "torchscript"):
-        result = runner.invoke(app, ["export", "-w", str(checkpoint), "-o", "/proc/x.model", "--format", fmt])
+        result = run_cli("export", "-w", checkpoint, "-o", "/proc/x.model", "--format", fmt, columns=250)
         assert result.exit_code == 2 and "cannot be written" in result.output, result.output
         assert "Traceback" not in result.output
     # the disk fills up while the graph is written: exit 1, the previous file kept, no temporaries
@@ -335,8 +307,6 @@ def test_unwritable_outputs_are_one_line_errors(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export_mod, "_export_onnx", full)
-    result = runner.invoke(
-        app, ["export", "-w", str(checkpoint), "-o", str(out), "--check-shape", "1x3x64x64"]
-    )
+    result = run_cli("export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", columns=250)
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

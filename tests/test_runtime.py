@@ -1,15 +1,19 @@
-"""runtime.keep_freed_memory: the glibc malloc setting the command line runs with."""
+"""pdseg_cli.runtime: the glibc malloc setting, precision notes, peak memory and the torchrun lifecycle."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import socket
 import subprocess
 import sys
 
 import pytest
+from helpers import TORCHRUN_VARIABLES, torchrun_env
 
 from pdseg_cli import runtime
+from pdseg_cli.errors import InputError
 
 GLIBC = runtime.has_glibc_malloc()
 
@@ -78,7 +82,7 @@ def test_keep_freed_memory_leaves_the_users_own_setting(
 
 
 def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert runtime.keep_freed_memory() is None
 
 
@@ -99,7 +103,7 @@ def test_emulated_precision_note(
 ) -> None:
     import torch
 
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(runtime.precision, "cpu_flags", lambda: frozenset(flags))
     note = runtime.emulated_precision_note(torch.device("cpu"), precision)
     assert (note is not None) == warned
     if warned:
@@ -110,7 +114,7 @@ def test_emulated_precision_note(
 def test_predictor_carries_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
     from pdseg_cli import Predictor, create_model
 
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(runtime.precision, "cpu_flags", lambda: frozenset({"avx2"}))
     model = create_model("pdseg-tiny")
     assert Predictor(model, device="cpu", precision="bf16", size=64).notes
     assert Predictor(model, device="cpu", precision="fp32", size=64).notes == []
@@ -161,8 +165,115 @@ def test_every_module_imports_without_unix_only_modules() -> None:
 
 
 def test_peak_rss_off_unix_gives_zero_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pdseg_cli import runtime
-
     assert runtime.peak_rss() > 0
-    monkeypatch.setattr(runtime.sys, "platform", "win32")  # no WinDLL here: the fallback path
+    monkeypatch.setattr(sys, "platform", "win32")  # no WinDLL here: the fallback path
     assert runtime.peak_rss() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun
+
+
+def _clear_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_env_distributed_reads_torchrun_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_torchrun_env(monkeypatch)
+    assert runtime.env_distributed() == runtime.Distributed(1, 0, 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert runtime.env_distributed() == runtime.Distributed(4, 3, 3)  # LOCAL_RANK defaults to RANK
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.env_distributed() == runtime.Distributed(4, 3, 1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(InputError, match="inconsistent"):
+        runtime.env_distributed()
+    monkeypatch.setenv("RANK", "two")
+    with pytest.raises(InputError, match="not a number"):
+        runtime.env_distributed()
+
+
+def test_outside_torchrun_nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import torch.distributed as dist
+
+    _clear_torchrun_env(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # `torchrun --nproc-per-node 1`: one process, no group
+    with runtime.distributed(device=torch.device("cpu")) as env:
+        assert env == runtime.Distributed() and not env.enabled and env.is_main
+        assert not dist.is_initialized()
+        assert env.all_gather("x") == ["x"] and env.shard([1, 2, 3]) == [1, 2, 3]
+        env.barrier()  # returns at once
+
+
+def test_backend_follows_the_device() -> None:
+    import torch
+
+    assert runtime.backend_for(torch.device("cpu")) == "gloo"
+    assert runtime.backend_for(torch.device("cuda", 1)) == "nccl"
+
+
+# Each of two processes joins the job through runtime.distributed (or starts the group itself first,
+# "own"), gathers, shards and meets at a barrier, and reports whether a group is left afterwards.
+_JOIN = """
+import datetime, json, sys
+import torch
+import torch.distributed as dist
+from pdseg_cli import runtime
+own = sys.argv[1] == "own"
+if own:
+    dist.init_process_group("gloo")
+with runtime.distributed(timeout=datetime.timedelta(seconds=60), device=torch.device("cpu")) as env:
+    backend = dist.get_backend()
+    gathered = env.all_gather({"rank": env.rank})
+    shard = env.shard(list(range(5)))
+    env.barrier()
+left = dist.is_initialized()
+if own:
+    dist.destroy_process_group()
+print(json.dumps({"env": [env.world_size, env.rank, env.local_rank], "backend": backend,
+                  "gathered": gathered, "shard": shard, "left": left}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _two_processes(mode: str) -> list[dict]:
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        torchrun = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        env = torchrun_env(**torchrun, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _JOIN, mode],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.mark.parametrize("mode", ["started", "own"])
+def test_two_processes_join_gather_and_leave(mode: str) -> None:
+    first, second = _two_processes(mode)
+    assert first["env"] == [2, 0, 0] and second["env"] == [2, 1, 1]
+    for got in (first, second):
+        assert got["backend"] == "gloo"
+        assert got["gathered"] == [{"rank": 0}, {"rank": 1}]
+        # a group runtime.distributed started is gone after the block; one started before is kept
+        assert got["left"] == (mode == "own")
+    assert (first["shard"], second["shard"]) == ([0, 2, 4], [1, 3])

@@ -1,10 +1,12 @@
-"""What every subcommand shares: turning user errors into one line and an exit status."""
+"""What the subcommands share: user errors as one line and an exit status, and the options
+several commands take, declared once as ``Annotated`` types (``device: DeviceOpt[str] = "auto"``)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -32,52 +34,96 @@ def user_errors() -> Iterator[None]:
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 
-def threads_option() -> Any:
-    """``--threads``: CPU threads for the maths (torch, OpenCV, onnxruntime)."""
+def weights_option(help_text: str) -> Any:
+    """``--weights/-w``: an existing model file; ``help_text`` says which kinds and the default."""
     return typer.Option(
-        None,
-        "--threads",
-        min=1,
-        help="CPU threads for the maths: torch, OpenCV and onnxruntime (default: all cores, or "
-        "$OMP_NUM_THREADS). On a machine busy with other work, fewer can be faster.",
-        show_default=False,
+        "--weights", "-w", exists=True, dir_okay=False, readable=True, help=help_text, show_default=False
     )
 
 
-def onnx_spec_option() -> Any:
-    """``--onnx-spec``: how to run a foreign ONNX model that pdseg does not recognise."""
-    return typer.Option(
-        None,
+# the model predict and eval run; export and benchmark take checkpoints only (weights_option)
+WeightsOpt = Annotated[
+    Path | None,
+    weights_option(
+        "The model to run: a checkpoint (.pt), a `pdseg export` file (.onnx, .ts), or another DIS/SOD "
+        f"model as ONNX. {DEFAULT_WEIGHTS_TEXT}"
+    ),
+]
+
+OnnxSpecOpt = Annotated[
+    str | None,
+    typer.Option(
         "--onnx-spec",
         help="For a foreign DIS/SOD ONNX model that pdseg does not recognise (IS-Net, U2-Net and BiRefNet "
         "exports are): size=N|dynamic, mean=M|R:G:B, std=S|R:G:B, scale=255|1 (the range mean/std are on), "
         "color=rgb|bgr, output=NAME|INDEX, kind=probability|logit. "
         "Example: size=1024,mean=0.5,std=1,scale=1,output=0,kind=probability",
         show_default=False,
-    )
+    ),
+]
 
-
-def weights_option(help_text: str) -> Any:
-    """The ``--weights/-w`` option every model-running command shares (an existing file)."""
-    return typer.Option(
-        None,
-        "--weights",
-        "-w",
-        exists=True,
-        dir_okay=False,
-        readable=True,
-        help=f"{help_text} {DEFAULT_WEIGHTS_TEXT}",
+# the working resolution of predict and eval (train and benchmark take square sides instead)
+SizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--size",
+        help="Working resolution: N resizes to NxN as in training (default: the checkpoint's training size); "
+        "'full' runs once on the whole image at its native size. Outputs always have the input's size.",
         show_default=False,
-    )
+    ),
+]
 
+_T = TypeVar("_T")
 
-def compile_option() -> Any:
-    """The ``--compile`` option of the commands that run the model (a torch.compile mode, or off)."""
-    return typer.Option(
-        "off",
+# generic in its type: train's options are None by default (a resumed run keeps its own value),
+# the other commands' are the default itself (`device: DeviceOpt[str] = "auto"`)
+DeviceOpt = Annotated[
+    _T,
+    typer.Option(
+        "--device",
+        "-d",
+        help="auto, cpu, cuda, cuda:N or mps (default: auto). Never falls back silently.",
+        show_default=False,
+    ),
+]
+
+# predict and eval; train's auto also takes native bf16 on a CPU, and benchmark defaults to fp32
+PrecisionOpt = Annotated[
+    str,
+    typer.Option("--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."),
+]
+
+BatchOpt = Annotated[
+    int, typer.Option("--batch", "-b", min=1, help="Images per forward pass (images of one working size).")
+]
+
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for the maths: torch, OpenCV and onnxruntime (default: all cores, or "
+        "$OMP_NUM_THREADS). On a machine busy with other work, fewer can be faster.",
+        show_default=False,
+    ),
+]
+
+CompileOpt = Annotated[
+    str,
+    typer.Option(
         "--compile",
         help="torch.compile the model: off, default, reduce-overhead (CUDA graphs on a GPU) or "
         "max-autotune. The first batch of each input size compiles (a minute or more); it pays off "
         "on a GPU over many images of one size. Optional: without it the maps are the same up to float "
         "rounding (a grey level on a few pixels).",
-    )
+    ),
+]
+
+DataRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root",
+        help="The DIS5K folder (DIS-TR, DIS-VD, DIS-TE1..DIS-TE4 in it). Default: $PDSEG_DATA, else ./DIS5K.",
+        show_default=False,
+    ),
+]

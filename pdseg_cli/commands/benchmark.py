@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, compile_option, user_errors
+from pdseg_cli.commands._common import (
+    EXIT_FAILED,
+    BatchOpt,
+    CompileOpt,
+    DeviceOpt,
+    user_errors,
+    weights_option,
+)
 
 
 class BenchmarkMode(str, Enum):
@@ -17,39 +25,46 @@ class BenchmarkMode(str, Enum):
 
 
 def benchmark(
-    variant: str | None = typer.Option(
-        None,
-        "--variant",
-        "-v",
-        help="Model variant (random weights). Default: pdseg-b, or the --weights one.",
-    ),
-    size: list[int] | None = typer.Option(
-        None, "--size", "-s", min=32, help="Square input side; repeat for several. Default: 512 and 1024."
-    ),
-    batch: int = typer.Option(1, "--batch", "-b", min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option(
-        "fp32", "--precision", "-p", help="fp32, bf16, fp16 or auto (autocast; the NMF stays fp32)."
-    ),
-    runs: int = typer.Option(5, "--runs", "-n", min=1, help="Timed runs per size; the median is shown."),
-    warmup: int = typer.Option(1, "--warmup", min=1, help="Untimed runs before timing, per size."),
-    weights: Path | None = typer.Option(
-        None,
-        "--weights",
-        "-w",
-        exists=True,
-        dir_okay=False,
-        readable=True,
-        help="pdseg checkpoint to time instead of random weights (the speed is the same).",
-    ),
-    mode: BenchmarkMode = typer.Option(
-        BenchmarkMode.optimized,
-        "--mode",
-        help="optimized: the fast inference form; plain: the model as built; compare: both, alternating.",
-    ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (default: torch's)."),
-    compile_mode: str = compile_option(),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant", "-v", help="Model variant (random weights). Default: pdseg-b, or the --weights one."
+        ),
+    ] = None,
+    size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--size", "-s", min=32, help="Square input side; repeat for several. Default: 512 and 1024."
+        ),
+    ] = None,
+    batch: BatchOpt = 1,
+    device: DeviceOpt[str] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", "-p", help="fp32, bf16, fp16 or auto (autocast; the NMF stays fp32)."),
+    ] = "fp32",
+    runs: Annotated[
+        int, typer.Option("--runs", "-n", min=1, help="Timed runs per size; the median is shown.")
+    ] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=1, help="Untimed runs before timing, per size.")] = 1,
+    weights: Annotated[
+        Path | None,
+        weights_option("pdseg checkpoint to time instead of random weights (the speed is the same)."),
+    ] = None,
+    mode: Annotated[
+        BenchmarkMode,
+        typer.Option(
+            "--mode",
+            help="optimized: the fast inference form; plain: the model as built; compare: both, alternating.",
+        ),
+    ] = BenchmarkMode.optimized,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
+    ] = None,
+    compile_mode: CompileOpt = "off",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Time forward passes: median latency, images per second and peak memory per input size.
 

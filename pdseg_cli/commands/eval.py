@@ -6,11 +6,21 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pdseg_cli.commands._common import onnx_spec_option, threads_option, user_errors, weights_option
+from pdseg_cli.commands._common import (
+    BatchOpt,
+    DataRootOpt,
+    DeviceOpt,
+    OnnxSpecOpt,
+    PrecisionOpt,
+    SizeOpt,
+    ThreadsOpt,
+    WeightsOpt,
+    user_errors,
+)
 from pdseg_cli.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -18,62 +28,68 @@ if TYPE_CHECKING:
 
 
 def eval_(
-    split: list[str] = typer.Option(
-        ...,
-        "--split",
-        "-s",
-        help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits plus a pooled overall row), "
-        "or a folder holding gt/ (and im/). Repeat for several.",
-        show_default=False,
-    ),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="The DIS5K folder. Default: $PDSEG_DATA, else ./DIS5K.", show_default=False
-    ),
-    pred: Path | None = typer.Option(
-        None,
-        "--pred",
-        "-p",
-        help="Score existing maps instead of running a model: <stem>.png per GT, in this folder "
-        "or in <pred>/<split>/ (required with several splits).",
-        show_default=False,
-    ),
-    weights: Path | None = weights_option(
-        "Checkpoint, export or foreign DIS/SOD ONNX model to run on the im/ images (without --pred)."
-    ),
-    onnx_spec: str | None = onnx_spec_option(),
-    save_preds: Path | None = typer.Option(
-        None, "--save-preds", help="Keep the model's maps in DIR/<split>/<stem>.png.", show_default=False
-    ),
-    size: str | None = typer.Option(
-        None,
-        "--size",
-        help="Working resolution for the model (as `pdseg predict --size`).",
-        show_default=False,
-    ),
-    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
-    batch: int = typer.Option(1, "--batch", "-b", min=1, help="Images per forward pass."),
-    allow_missing: bool = typer.Option(
-        False, "--allow-missing", help="Score only the GTs that have a prediction instead of failing."
-    ),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes for scoring (0: all cores)."),
-    cache_dir: Path | None = typer.Option(
-        None,
-        "--cache-dir",
-        help="Cache of GT-only data (skeletons etc.). Default: $PDSEG_CACHE_DIR, else $XDG_CACHE_HOME/pdseg.",
-        show_default=False,
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the GT cache."),
-    json_out: Path | None = typer.Option(
-        None,
-        "--json",
-        help="Write splits, per-image values, curves and settings as JSON.",
-        show_default=False,
-    ),
-    csv_out: Path | None = typer.Option(
-        None, "--csv", help="Write one CSV line per table row.", show_default=False
-    ),
-    threads: int | None = threads_option(),
+    split: Annotated[
+        list[str],
+        typer.Option(
+            "--split",
+            "-s",
+            help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits plus a pooled overall row), "
+            "or a folder holding gt/ (and im/). Repeat for several.",
+            show_default=False,
+        ),
+    ],
+    data_root: DataRootOpt = None,
+    pred: Annotated[
+        Path | None,
+        typer.Option(
+            "--pred",
+            "-p",
+            help="Score existing maps instead of running a model: <stem>.png per GT, in this folder "
+            "or in <pred>/<split>/ (required with several splits).",
+            show_default=False,
+        ),
+    ] = None,
+    weights: WeightsOpt = None,
+    onnx_spec: OnnxSpecOpt = None,
+    save_preds: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-preds", help="Keep the model's maps in DIR/<split>/<stem>.png.", show_default=False
+        ),
+    ] = None,
+    size: SizeOpt = None,
+    device: DeviceOpt[str] = "auto",
+    precision: PrecisionOpt = "auto",
+    batch: BatchOpt = 1,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="Score only the GTs that have a prediction instead of failing."),
+    ] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Worker processes for scoring (0: all cores).")
+    ] = 0,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Cache of GT-only data (skeletons etc.). "
+            "Default: $PDSEG_CACHE_DIR, else $XDG_CACHE_HOME/pdseg.",
+            show_default=False,
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the GT cache.")
+    ] = False,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="Write splits, per-image values, curves and settings as JSON.", show_default=False
+        ),
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Write one CSV line per table row.", show_default=False)
+    ] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Score predictions with the DIS metrics, exactly as the reference tools compute them.
 

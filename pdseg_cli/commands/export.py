@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, user_errors, weights_option
+from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, user_errors, weights_option
 from pdseg_cli.ui import export as show
 
 
@@ -17,24 +18,37 @@ class ExportFormat(str, Enum):
 
 
 def export(
-    out: Path = typer.Option(
-        ..., "--out", "-o", dir_okay=False, help="File to write, e.g. pdseg.onnx (replaced if it exists)."
-    ),
-    weights: Path | None = weights_option("pdseg checkpoint (.pt) to export."),
-    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="File format."),
-    half: bool = typer.Option(
-        False, "--half", help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32."
-    ),
-    opset: int = typer.Option(18, "--opset", min=17, help="ONNX opset (17 to 20)."),
-    check: bool = typer.Option(
-        True, "--check/--no-check", help="Load the file back and compare it with PyTorch before keeping it."
-    ),
-    check_shape: list[str] | None = typer.Option(
-        None,
-        "--check-shape",
-        metavar="BxCxHxW",
-        help="Input shape for the check; repeat for several. Default: 1x3x512x512 and 2x3x400x600.",
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", dir_okay=False, help="File to write, e.g. pdseg.onnx (replaced if it exists)."
+        ),
+    ],
+    weights: Annotated[
+        Path | None, weights_option(f"pdseg checkpoint (.pt) to export. {DEFAULT_WEIGHTS_TEXT}")
+    ] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="File format.")] = ExportFormat.onnx,
+    half: Annotated[
+        bool,
+        typer.Option(
+            "--half", help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32."
+        ),
+    ] = False,
+    opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset (17 to 20).")] = 18,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check", help="Load the file back and compare it with PyTorch before keeping it."
+        ),
+    ] = True,
+    check_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check-shape",
+            metavar="BxCxHxW",
+            help="Input shape for the check; repeat for several. Default: 1x3x512x512 and 2x3x400x600.",
+        ),
+    ] = None,
 ) -> None:
     """Export to ONNX or TorchScript with dynamic batch, height and width, checked against PyTorch.
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
     EXIT_USAGE,
-    compile_option,
-    onnx_spec_option,
-    threads_option,
+    BatchOpt,
+    CompileOpt,
+    DeviceOpt,
+    OnnxSpecOpt,
+    PrecisionOpt,
+    SizeOpt,
+    ThreadsOpt,
+    WeightsOpt,
     user_errors,
-    weights_option,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.errors import InputError, PdsegError
@@ -29,66 +34,65 @@ _OUTPUTS_HELP = (
 
 
 def predict(
-    sources: list[str] = typer.Argument(
-        ..., help="Image files, folders or quoted glob patterns ('scans/**/*.tif').", show_default=False
-    ),
-    out_text: str = typer.Option(
-        ...,
-        "--out",
-        "-o",
-        help="Output folder (created if missing). Refused if an output would overwrite an input.",
-        show_default=False,
-    ),
-    weights: Path | None = weights_option(
-        "Checkpoint (.pt), a `pdseg export` file (.onnx, .ts), or another DIS/SOD model as ONNX."
-    ),
-    onnx_spec: str | None = onnx_spec_option(),
-    size: str | None = typer.Option(
-        None,
-        "--size",
-        help="Working resolution: N resizes to NxN as in training (default: the checkpoint's training size); "
-        "'full' runs once on the whole image at its native size. Outputs always have the input's size.",
-        show_default=False,
-    ),
-    save: list[str] = typer.Option(["mask"], "--save", "-s", help=_OUTPUTS_HELP),
-    bg: str = typer.Option("white", "--bg", help="Background of --save composite: a name, #rrggbb or r,g,b."),
-    max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS,
-        "--max-pixels",
-        min=1,
-        help="Refuse images whose header says more pixels than this, before decoding them (default 2^27: "
-        "8192x8192 passes; a file claiming 33792x33792 does not).",
-        show_default=False,
-    ),
-    refine_foreground: bool = typer.Option(
-        True,
-        "--refine-foreground/--no-refine-foreground",
-        help="For alpha and composite: put the object's estimated own colour under soft edges and hair "
-        "(blur-fusion), not the original pixels that carry the old background's colour.",
-    ),
-    threshold: float | None = typer.Option(
-        None,
-        "--threshold",
-        "-t",
-        help="Write binary masks: 255 where the probability is >= T (0 < T < 1), else 0.",
-    ),
-    recursive: bool = typer.Option(
-        False, "--recursive", "-r", help="Descend into subfolders and mirror them under --out."
-    ),
-    skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Skip images whose outputs all exist (resume a run)."
-    ),
-    batch: int = typer.Option(
-        1, "--batch", "-b", min=1, help="Images per forward pass (images of one working size)."
-    ),
-    device: str = typer.Option(
-        "auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps. Never falls back silently."
-    ),
-    precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."
-    ),
-    compile_mode: str = compile_option(),
-    threads: int | None = threads_option(),
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders or quoted glob patterns ('scans/**/*.tif').", show_default=False
+        ),
+    ],
+    out_text: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder (created if missing). Refused if an output would overwrite an input.",
+            show_default=False,
+        ),
+    ],
+    weights: WeightsOpt = None,
+    onnx_spec: OnnxSpecOpt = None,
+    size: SizeOpt = None,
+    save: Annotated[list[str], typer.Option("--save", "-s", help=_OUTPUTS_HELP)] = ["mask"],  # noqa: B006 (typer passes a new list)
+    bg: Annotated[
+        str, typer.Option("--bg", help="Background of --save composite: a name, #rrggbb or r,g,b.")
+    ] = "white",
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels",
+            min=1,
+            help="Refuse images whose header says more pixels than this, before decoding them (default 2^27: "
+            "8192x8192 passes; a file claiming 33792x33792 does not).",
+            show_default=False,
+        ),
+    ] = DEFAULT_MAX_PIXELS,
+    refine_foreground: Annotated[
+        bool,
+        typer.Option(
+            "--refine-foreground/--no-refine-foreground",
+            help="For alpha and composite: put the object's estimated own colour under soft edges and hair "
+            "(blur-fusion), not the original pixels that carry the old background's colour.",
+        ),
+    ] = True,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help="Write binary masks: 255 where the probability is >= T (0 < T < 1), else 0.",
+        ),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into subfolders and mirror them under --out.")
+    ] = False,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Skip images whose outputs all exist (resume a run).")
+    ] = False,
+    batch: BatchOpt = 1,
+    device: DeviceOpt[str] = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_mode: CompileOpt = "off",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Segment images: one 8-bit map per image, at the image's exact width and height.
 

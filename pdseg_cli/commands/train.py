@@ -3,121 +3,162 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import EXIT_FAILED, EXIT_INTERRUPTED, threads_option, user_errors
+from pdseg_cli.commands._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    DataRootOpt,
+    DeviceOpt,
+    OnnxSpecOpt,
+    ThreadsOpt,
+    user_errors,
+)
 
 
 def train(
-    epochs: int = typer.Option(..., "--epochs", "-e", help="Train until this many epochs are complete."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run folder (default: runs/<variant>).", show_default=False
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last.pt, exactly."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an --out that holds a run."),
-    variant: str | None = typer.Option(
-        None,
-        "--variant",
-        help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-t / segnext-b (single head, the ablation's "
-        "baseline) (default: pdseg-b, or the --init checkpoint's).",
-    ),
-    init: Path | None = typer.Option(
-        None,
-        "--init",
-        help="Start from this pdseg checkpoint's weights (variant and normalisation from the file) with a "
-        "fresh optimiser and schedule: fine-tuning, or a long run continued in a new one.",
-        show_default=False,
-    ),
-    size: int | None = typer.Option(
-        None, "--size", help="Square training side, a multiple of 32 (default: 1024)."
-    ),
-    batch: int | None = typer.Option(None, "--batch", "-b", help="Images per step and process (default: 8)."),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        "-w",
-        help="DataLoader workers per process (default: 0 on 2 cores or fewer, else up to 4).",
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of weights, data order and augmentation (default: 0)."
-    ),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="DIS5K root with DIS-TR and DIS-VD (default: $PDSEG_DATA, else ./DIS5K)."
-    ),
-    train_dir: list[Path] | None = typer.Option(
-        None,
-        "--train",
-        help="Train on this folder of im/ and gt/ instead of DIS-TR; repeat it to mix folders. With "
-        "--teacher a folder may hold images without masks (im/ alone).",
-        show_default=False,
-    ),
-    teacher: Path | None = typer.Option(
-        None,
-        "--teacher",
-        help="Distil this model (.pt, .onnx, .ts, or a foreign DIS/SOD ONNX): its maps are the targets of "
-        "images without masks, computed once and cached.",
-        show_default=False,
-    ),
-    teacher_weight: float | None = typer.Option(
-        None,
-        "--teacher-weight",
-        help="The teacher's share of the target where an image has a mask too, 0..1 (default: 0, the mask).",
-    ),
-    onnx_spec: str | None = typer.Option(
-        None,
-        "--onnx-spec",
-        help="How to run a foreign ONNX teacher that pdseg does not recognise: size=N,mean=..,std=..,"
-        "scale=255|1,color=rgb|bgr,output=NAME,kind=probability|logit.",
-        show_default=False,
-    ),
-    val_dir: Path | None = typer.Option(
-        None, "--val", help="Validate on this folder instead of DIS-VD (none by default with --train)."
-    ),
-    supervision: str | None = typer.Option(
-        None,
-        "--supervision",
-        help="multi: loss on every decoder level; single: final map only (default: multi).",
-    ),
-    backbone_weights: Path | None = typer.Option(
-        None, "--backbone-weights", help="ImageNet MSCAN weights (mscan_b.pth) for the encoder."
-    ),
-    lr: float | None = typer.Option(
-        None, "--lr", help="Encoder learning rate; the decoder gets 10x (default: 6e-5)."
-    ),
-    warmup: int | None = typer.Option(
-        None, "--warmup", help="Linear-warmup iterations (default: min(1500, a tenth of the run))."
-    ),
-    clip_grad: float | None = typer.Option(
-        None, "--clip-grad", help="Max gradient norm, 0 = off (default: 5)."
-    ),
-    ema_decay: float | None = typer.Option(None, "--ema-decay", help="Weight EMA decay (default: 0.9999)."),
-    precision: str | None = typer.Option(
-        None,
-        "--precision",
-        help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16 or fp16 (default: auto).",
-    ),
-    device: str | None = typer.Option(
-        None, "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (default: auto)."
-    ),
-    val_every: int | None = typer.Option(
-        None, "--val-every", help="Validate every K epochs and after the last; 0 = never (default: 1)."
-    ),
-    save_every_steps: int | None = typer.Option(
-        None, "--save-every-steps", help="Also write last.pt every N iterations (default: epoch ends only)."
-    ),
-    cache: str | None = typer.Option(
-        None, "--cache", help="Keep decoded, resized samples on disk (.npy), in ram, or off (default: disk)."
-    ),
-    cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Disk cache folder, shareable by runs (default: <out>/cache)."
-    ),
-    augment: bool | None = typer.Option(
-        None, "--augment/--no-augment", help="Flip, rotation, crop and colour jitter (default: on)."
-    ),
-    threads: int | None = threads_option(),
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Train until this many epochs are complete.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run folder (default: runs/<variant>).", show_default=False),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last.pt, exactly.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start again in an --out that holds a run.")
+    ] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            "--variant",
+            help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-t / segnext-b (single head, the ablation's "
+            "baseline) (default: pdseg-b, or the --init checkpoint's).",
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Start from this pdseg checkpoint's weights (variant and normalisation from the file) "
+            "with a fresh optimiser and schedule: fine-tuning, or a long run continued in a new one.",
+            show_default=False,
+        ),
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option("--size", help="Square training side, a multiple of 32 (default: 1024).")
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", "-b", help="Images per step and process (default: 8).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-w",
+            help="DataLoader workers per process (default: 0 on 2 cores or fewer, else up to 4).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of weights, data order and augmentation (default: 0).")
+    ] = None,
+    data_root: DataRootOpt = None,
+    train_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--train",
+            help="Train on this folder of im/ and gt/ instead of DIS-TR; repeat it to mix folders. With "
+            "--teacher a folder may hold images without masks (im/ alone).",
+            show_default=False,
+        ),
+    ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Distil this model (.pt, .onnx, .ts, or a foreign DIS/SOD ONNX): its maps are the targets "
+            "of images without masks, computed once and cached.",
+            show_default=False,
+        ),
+    ] = None,
+    teacher_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--teacher-weight",
+            help="The teacher's share of the target where an image has a mask too, 0..1 "
+            "(default: 0, the mask).",
+        ),
+    ] = None,
+    onnx_spec: OnnxSpecOpt = None,
+    val_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--val", help="Validate on this folder instead of DIS-VD (none by default with --train)."
+        ),
+    ] = None,
+    supervision: Annotated[
+        str | None,
+        typer.Option(
+            "--supervision",
+            help="multi: loss on every decoder level; single: final map only (default: multi).",
+        ),
+    ] = None,
+    backbone_weights: Annotated[
+        Path | None,
+        typer.Option("--backbone-weights", help="ImageNet MSCAN weights (mscan_b.pth) for the encoder."),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Encoder learning rate; the decoder gets 10x (default: 6e-5)."),
+    ] = None,
+    warmup: Annotated[
+        int | None,
+        typer.Option("--warmup", help="Linear-warmup iterations (default: min(1500, a tenth of the run))."),
+    ] = None,
+    clip_grad: Annotated[
+        float | None, typer.Option("--clip-grad", help="Max gradient norm, 0 = off (default: 5).")
+    ] = None,
+    ema_decay: Annotated[
+        float | None, typer.Option("--ema-decay", help="Weight EMA decay (default: 0.9999).")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="auto (bf16 where the GPU or CPU computes it natively, else fp32), fp32, bf16 or fp16 "
+            "(default: auto).",
+        ),
+    ] = None,
+    device: DeviceOpt[str | None] = None,
+    val_every: Annotated[
+        int | None,
+        typer.Option(
+            "--val-every", help="Validate every K epochs and after the last; 0 = never (default: 1)."
+        ),
+    ] = None,
+    save_every_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--save-every-steps", help="Also write last.pt every N iterations (default: epoch ends only)."
+        ),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache", help="Keep decoded, resized samples on disk (.npy), in ram, or off (default: disk)."
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Disk cache folder, shareable by runs (default: <out>/cache)."),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option("--augment/--no-augment", help="Flip, rotation, crop and colour jitter (default: on)."),
+    ] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
 

@@ -1,0 +1,70 @@
+"""Device, precision, threads, memory and torchrun: values worked out once and passed in, never global.
+
+Nothing here changes process-wide state at import. ``torch`` is imported inside the functions so
+that ``import pdseg_cli.runtime`` stays cheap. One module per part:
+
+- ``device``: the device a run computes on.
+- ``precision``: fp32/bf16/fp16, autocast, and which of them this CPU computes natively.
+- ``compute``: CPU threads and the torch.compile mode.
+- ``memory``: out-of-memory errors and peak memory.
+- ``allocator``: glibc malloc kept from handing freed tensor buffers back (the command line).
+- ``torchrun``: the process's place in a torchrun job and the process group's lifecycle.
+
+Every public name is importable from here (``from pdseg_cli.runtime import resolve_device``).
+"""
+
+from pdseg_cli.runtime.allocator import (
+    KEEP_MMAP_THRESHOLD,
+    KEEP_TRIM_THRESHOLD,
+    has_glibc_malloc,
+    keep_freed_memory,
+    release_freed_memory,
+)
+from pdseg_cli.runtime.compute import COMPILE_MODES, resolve_compile, set_compute_threads
+from pdseg_cli.runtime.device import DeviceChoice, resolve_device
+from pdseg_cli.runtime.memory import is_out_of_memory, peak_memory, peak_rss, reset_peak_memory
+from pdseg_cli.runtime.precision import (
+    PRECISIONS,
+    autocast,
+    cpu_flags,
+    cpu_has_fast,
+    emulated_precision_note,
+    resolve_precision,
+)
+from pdseg_cli.runtime.torchrun import (
+    DEFAULT_TIMEOUT,
+    Backend,
+    Distributed,
+    backend_for,
+    distributed,
+    env_distributed,
+)
+
+__all__ = [
+    "COMPILE_MODES",
+    "DEFAULT_TIMEOUT",
+    "KEEP_MMAP_THRESHOLD",
+    "KEEP_TRIM_THRESHOLD",
+    "PRECISIONS",
+    "Backend",
+    "DeviceChoice",
+    "Distributed",
+    "autocast",
+    "backend_for",
+    "cpu_flags",
+    "cpu_has_fast",
+    "distributed",
+    "emulated_precision_note",
+    "env_distributed",
+    "has_glibc_malloc",
+    "is_out_of_memory",
+    "keep_freed_memory",
+    "peak_memory",
+    "peak_rss",
+    "release_freed_memory",
+    "reset_peak_memory",
+    "resolve_compile",
+    "resolve_device",
+    "resolve_precision",
+    "set_compute_threads",
+]

@@ -1,0 +1,82 @@
+"""Memory: running out of it, and the peak a run used (on the GPU, or the process's resident set)."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says a device (CUDA, or the CPU allocator) ran out of memory."""
+    import torch
+
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting peak GPU memory afresh (CPU peak RSS cannot be reset: it is the process's)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what was measured): ``torch.cuda.max_memory_allocated`` on a GPU, peak RSS on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "GPU memory allocated by PyTorch"
+    return peak_rss(), "peak resident memory of the process"
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (0 where it cannot be read).
+
+    ``getrusage`` on Linux and macOS; the peak working set on Windows, which has no ``resource``
+    module (so it is imported here, not at the top: the CLI must start there too).
+    """
+    if sys.platform == "win32":
+        return _windows_peak_working_set()
+    try:
+        import resource
+    except ImportError:
+        return 0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # macOS gives bytes, Linux KiB
+
+
+def _windows_peak_working_set() -> int:
+    """``PeakWorkingSetSize`` of this process (``GetProcessMemoryInfo``), or 0."""
+    try:
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):
+            _fields_ = [
+                ("cb", wintypes.DWORD),
+                ("PageFaultCount", wintypes.DWORD),
+                ("PeakWorkingSetSize", ctypes.c_size_t),
+                ("WorkingSetSize", ctypes.c_size_t),
+                ("QuotaPeakPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+                ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+                ("PagefileUsage", ctypes.c_size_t),
+                ("PeakPagefileUsage", ctypes.c_size_t),
+            ]
+
+        kernel32 = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined]
+        kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+        counters = Counters()
+        counters.cb = ctypes.sizeof(Counters)
+        ok = kernel32.K32GetProcessMemoryInfo(
+            kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb
+        )
+        return int(counters.PeakWorkingSetSize) if ok else 0
+    except (AttributeError, OSError, ImportError, ValueError):
+        return 0

@@ -1,0 +1,92 @@
+"""Precision: which arithmetic a run uses (fp32, bf16, fp16), and whether this CPU has it natively."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pdseg_cli.errors import InputError, NotAvailableError
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(spec: str, device: torch.device) -> str:
+    """``auto|fp32|bf16|fp16`` -> the precision to run in: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` is bf16 on CUDA GPUs that support it (Ampere and newer) and fp32 everywhere else.
+
+    Raises:
+        InputError: not a precision name.
+        NotAvailableError: bf16 asked for on a GPU without it.
+    """
+    import torch
+
+    text = spec.strip().lower()
+    if text not in PRECISIONS:
+        raise InputError(f"not a precision: {spec!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    if text == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if text == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise NotAvailableError(
+            f"--precision bf16 was asked for, but {torch.cuda.get_device_name(device)} has no bf16",
+            hint="use --precision fp16 or fp32",
+        )
+    return text
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags (Linux only; empty elsewhere). Read once per process."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+# the x86 instructions that give a CPU native arithmetic in each reduced precision
+_FAST_CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def cpu_has_fast(precision: str, flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (or one with ``flags``) computes ``precision`` natively (fp32 always;
+    bf16/fp16 need AVX-512 or AMX)."""
+    if precision == "fp32":
+        return True
+    return bool((cpu_flags() if flags is None else flags) & set(_FAST_CPU_FLAGS[precision]))
+
+
+def emulated_precision_note(device: torch.device, precision: str) -> str | None:
+    """A warning when ``precision`` would run emulated, and so slowly, on this CPU; None otherwise.
+
+    Only said where the flags are known (x86 Linux) and show none of the instructions it needs.
+    """
+    if device.type != "cpu" or precision == "fp32":
+        return None
+    flags = cpu_flags()
+    if not flags or "avx2" not in flags or cpu_has_fast(precision, flags):
+        return None
+    need = " or ".join(f.upper().replace("_", "-") for f in _FAST_CPU_FLAGS[precision])
+    return (
+        f"this CPU has no {need}, so {precision} runs emulated: expect it to be several times slower "
+        f"than fp32 (--precision fp32)"
+    )
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context for ``precision`` (a no-op for fp32). The model keeps its NMF in fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

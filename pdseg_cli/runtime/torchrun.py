@@ -1,0 +1,141 @@
+"""torchrun: where this process stands in the job, and the one process-group lifecycle.
+
+``pdseg predict`` and ``pdseg train`` both run under ``torchrun --nproc-per-node N``. Both join
+the job through :func:`distributed`: predict over gloo for its small result messages, training
+over NCCL on GPUs for its gradients (:func:`backend_for`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pdseg_cli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+Backend = Literal["gloo", "nccl"]
+
+# how long a collective waits for the slowest process: rank 0 may spend long alone before the
+# first one (training fills its sample cache, predict lists and plans every input)
+DEFAULT_TIMEOUT = datetime.timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a torchrun job (world_size 1 when not under torchrun).
+
+    Attributes:
+        world_size: number of processes.
+        rank: this process's index, 0..world_size - 1.
+        local_rank: index among the processes on this machine (selects the GPU).
+    """
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: list[Any]) -> list[Any]:
+        """This process's share of ``items``: every world_size-th item, starting at its rank."""
+        return items[self.rank :: self.world_size] if self.enabled else list(items)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order (just ``[obj]`` without torchrun)."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for every process (returns at once without torchrun)."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def env_distributed() -> Distributed:
+    """Read WORLD_SIZE / RANK / LOCAL_RANK (set by torchrun) without starting anything.
+
+    Raises:
+        InputError: a variable that is not a number, or a rank outside the world.
+    """
+
+    def _int(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        try:
+            return int(value) if value.strip() else default
+        except ValueError:
+            raise InputError(f"${name} is {value!r}, not a number") from None
+
+    world = _int("WORLD_SIZE", 1)
+    rank = _int("RANK", 0)
+    local = _int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"torchrun environment is inconsistent: RANK={rank}, WORLD_SIZE={world}")
+    return Distributed(world, rank, local)
+
+
+def backend_for(device: torch.device) -> Backend:
+    """The process-group backend for collectives on ``device``'s tensors: NCCL on CUDA, else gloo."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def distributed(
+    *,
+    backend: Backend = "gloo",
+    timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+    device: torch.device | None = None,
+) -> Iterator[Distributed]:
+    """Join the torchrun job, if any, for the duration of the block; leave it on the way out.
+
+    Without torchrun (or with one process) this starts nothing and yields a single-process
+    :class:`Distributed`. A process group someone else started is used as it is and left running.
+
+    Args:
+        backend: gloo carries small Python objects on CPU-only and GPU machines alike (predict's
+            results; the images never travel between processes); NCCL carries GPU tensors, as
+            training's gradients (``backend_for(device)`` picks it on CUDA).
+        timeout: how long a collective waits for the slowest process.
+        device: the device this process computes on. A CUDA device is made the current one for
+            the block, before the group starts (NCCL binds each process to its GPU then), under
+            torchrun or not; None, or another device, changes nothing.
+    """
+    import torch
+    import torch.distributed as dist
+
+    env = env_distributed()
+    with contextlib.ExitStack() as stack:
+        if device is not None and device.type == "cuda":
+            stack.enter_context(torch.cuda.device(device))
+        if env.enabled and not dist.is_initialized():
+            dist.init_process_group(
+                backend=backend, timeout=timeout, world_size=env.world_size, rank=env.rank
+            )
+            stack.callback(_leave_group)
+        yield env
+
+
+def _leave_group() -> None:
+    """Destroy the process group :func:`distributed` started (unless the block already did)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,124 @@
+"""Helpers several test files share: tiny models and checkpoints, sample data, CLI runs, output text.
+
+Plain functions, imported as ``from helpers import tiny_checkpoint`` (pytest puts tests/ on the
+path); fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import torch
+from typer.testing import CliRunner, Result
+
+from pdseg_cli.cli import app
+from pdseg_cli.config import ModelConfig
+from pdseg_cli.model import PDSeg, create_model, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_IMAGES = REPO / "examples" / "images"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+TORCHRUN_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def flat(text: str) -> str:
+    """``text`` with rich's line wrapping undone: every run of whitespace is one space."""
+    return " ".join(text.split())
+
+
+def no_space(text: str) -> str:
+    """``text`` without any whitespace (a long path wraps anywhere, even inside a word)."""
+    return "".join(text.split())
+
+
+def run_cli(*args: str | Path, columns: int | None = None) -> Result:
+    """``pdseg args...`` in-process (CliRunner), at ``columns`` wide when given."""
+    runner = CliRunner(env={"COLUMNS": str(columns)} if columns else None)
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def seeded_model(config: ModelConfig | str = "pdseg-tiny", seed: int = 0) -> PDSeg:
+    """``create_model(config)`` with torch's global RNG seeded first: the same weights every time."""
+    torch.manual_seed(seed)
+    return create_model(config)
+
+
+def tiny_checkpoint(
+    path: Path, *, seed: int = 0, train_size: int | None = None, classifier_std: float | None = None
+) -> Path:
+    """A pdseg-tiny checkpoint of seeded random weights, written to ``path``.
+
+    Args:
+        classifier_std: re-draw every level's classifier weights with this std (and zero biases),
+            so that logits lie far from 0 as a trained model's do and maps span dark to bright.
+    """
+    model = seeded_model("pdseg-tiny", seed)
+    if classifier_std is not None:
+        for level in model.decoder.levels:
+            torch.nn.init.normal_(level.classifier.weight, std=classifier_std)
+            torch.nn.init.zeros_(level.classifier.bias)
+    return save_checkpoint(model, path, train_size=train_size)
+
+
+def make_dataset(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
+    """``root/im/*.jpg`` and ``root/gt/*.png``: ``n`` pairs of a bright disc or square on a dark
+    noisy background."""
+    rng = np.random.default_rng(seed)
+    (root / "im").mkdir(parents=True)
+    (root / "gt").mkdir(parents=True)
+    for i in range(n):
+        image = rng.integers(30, 90, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        cx, cy = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+        r = int(rng.integers(size // 8, size // 4))
+        if i % 2:
+            cv2.circle(mask, (cx, cy), r, 255, -1)
+        else:
+            cv2.rectangle(mask, (cx - r, cy - r), (cx + r, cy + r), 255, -1)
+        image[mask > 0] = rng.integers(160, 250, 3, dtype=np.uint8)
+        cv2.imwrite(str(root / "im" / f"s{i:02d}.jpg"), image)
+        cv2.imwrite(str(root / "gt" / f"s{i:02d}.png"), mask)
+    return root
+
+
+def edge_case_split(folder: Path, cases: Sequence[str], *, images: bool = False) -> Path:
+    """``folder/gt/<case>.png`` and ``folder/pred/<case>.png`` from tests/golden/edge_cases.npz
+    (and ``folder/im/<case>.jpg``, the GT as a grey photo, with ``images``)."""
+    (folder / "gt").mkdir(parents=True)
+    (folder / "pred").mkdir()
+    with np.load(GOLDEN / "edge_cases.npz") as z:
+        for name in cases:
+            cv2.imwrite(str(folder / "gt" / f"{name}.png"), z[f"{name}__gt"])
+            cv2.imwrite(str(folder / "pred" / f"{name}.png"), z[f"{name}__pred"])
+            if images:
+                (folder / "im").mkdir(exist_ok=True)
+                cv2.imwrite(str(folder / "im" / f"{name}.jpg"), np.dstack([z[f"{name}__gt"]] * 3))
+    return folder
+
+
+def benchmark_script(stem: str) -> ModuleType:
+    """``benchmarks/<stem>.py`` imported as a module (the scripts are not a package)."""
+    name = f"benchmarks_{stem}"
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{stem}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def torchrun_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a test's own multi-process job: no torchrun variables of an
+    outer job, one thread per process, this checkout first on PYTHONPATH, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
