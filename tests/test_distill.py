@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_train import make_dataset
+from helpers import make_dataset
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app

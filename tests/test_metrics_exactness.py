@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from helpers import benchmark_script
 from scipy import ndimage
 from skimage.morphology import skeletonize as sk_skeletonize
 
@@ -24,8 +22,6 @@ from pdseg_cli.metrics.hce import hce
 from pdseg_cli.metrics.reading import read_gray_u8, read_mask_file
 from pdseg_cli.metrics.skeleton import skeletonize
 from pdseg_cli.metrics.wfmeasure import band_pixels, nearest_codes, nearest_index, squared_distances
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_speed.py"
 
 
 def _random_masks(n: int, seed: int) -> list[np.ndarray]:
@@ -118,16 +114,9 @@ def test_reading_follows_imread_grayscale(tmp_path) -> None:
         read_gray_u8(tmp_path / "absent.png")
 
 
-def _load_reference_hce():
-    spec = importlib.util.spec_from_file_location("eval_speed", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.reference_hce
-
-
 def test_hce_equals_the_straightforward_procedure_on_random_pairs() -> None:
     # the benchmark's plain transcription of the official procedure (per-pixel walk, skimage labels)
-    reference_hce = _load_reference_hce()
+    reference_hce = benchmark_script("eval_speed").reference_hce
     rng = np.random.default_rng(11)
     for t in range(60):
         h, w = (int(v) for v in rng.integers(20, 120, 2))

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import make_dataset
 
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
@@ -24,26 +25,6 @@ from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
 from pdseg_cli.engine.train_schedule import lr_factor, param_groups
 from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.model import create_model, load_model, save_checkpoint
-
-
-def make_dataset(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
-    """``n`` image/mask pairs of a bright disc or square on a dark noisy background."""
-    rng = np.random.default_rng(seed)
-    (root / "im").mkdir(parents=True)
-    (root / "gt").mkdir(parents=True)
-    for i in range(n):
-        image = rng.integers(30, 90, (size, size, 3), dtype=np.uint8)
-        mask = np.zeros((size, size), np.uint8)
-        cx, cy = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
-        r = int(rng.integers(size // 8, size // 4))
-        if i % 2:
-            cv2.circle(mask, (cx, cy), r, 255, -1)
-        else:
-            cv2.rectangle(mask, (cx - r, cy - r), (cx + r, cy + r), 255, -1)
-        image[mask > 0] = rng.integers(160, 250, 3, dtype=np.uint8)
-        cv2.imwrite(str(root / "im" / f"s{i:02d}.jpg"), image)
-        cv2.imwrite(str(root / "gt" / f"s{i:02d}.png"), mask)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -365,11 +346,11 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native(
     from pdseg_cli import runtime
 
     seen: list[Any] = []
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(runtime.precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     result = train(tiny(tmp_path / "a", data, epochs=1, val_dir=None), on_event=seen.append)
     start = next(e for e in seen if e.kind == "start")
     assert start.values["precision"] == "bf16" and result.steps == 2
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(runtime.precision, "cpu_flags", lambda: frozenset({"avx2"}))
     seen.clear()
     train(tiny(tmp_path / "b", data, epochs=1, val_dir=None), on_event=seen.append)
     assert next(e for e in seen if e.kind == "start").values["precision"] == "fp32"

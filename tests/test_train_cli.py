@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import make_dataset
+from helpers import flat, make_dataset, torchrun_env
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.model import load_model
 
 runner = CliRunner()
-
-
-def flat(text: str) -> str:
-    """Output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +104,7 @@ def test_cli_missing_dis5k_root_says_where_it_looked(tmp_path: Path, monkeypatch
 
 
 def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path: Path, folders: dict[str, Path]) -> None:
-    torchrun_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    env = {k: v for k, v in os.environ.items() if k not in torchrun_vars}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", COLUMNS="200")
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    env = torchrun_env(PYTHONWARNINGS="ignore", COLUMNS="200")
     out = tmp_path / "ddp"
     args = tiny_args(out, folders)
     args[args.index("--batch") + 1] = "2"  # 2 per process: 4 images per step, 2 steps

@@ -7,13 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import EXAMPLE_IMAGES, REPO
 
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.errors import WeightsError
 from pdseg_cli.model.build import load_checkpoint
 from pdseg_cli.weights import ENV_VAR, default_weights
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 
 
 def test_bundled_checkpoint_describes_itself() -> None:
@@ -35,14 +34,14 @@ def test_bundled_maps_say_foreground_with_certainty(name: str) -> None:
     from pdseg_cli.model.pdseg import final_map_ceiling
 
     assert final_map_ceiling(load_model(default_weights())) is None
-    rgb = cv2.cvtColor(cv2.imread(str(EXAMPLES / name)), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(cv2.imread(str(EXAMPLE_IMAGES / name)), cv2.COLOR_BGR2RGB)
     mask = Predictor(None, device="cpu", precision="fp32").predict(rgb)
     assert mask.max() >= 220 and mask.min() < 20  # a near-certain object, clear background somewhere
 
 
 @pytest.mark.parametrize("size", [None, "full"])
 def test_bundled_weights_segment_a_bundled_photo(size: str | None) -> None:
-    rgb = cv2.cvtColor(cv2.imread(str(EXAMPLES / "chelsea.jpg")), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(cv2.imread(str(EXAMPLE_IMAGES / "chelsea.jpg")), cv2.COLOR_BGR2RGB)
     mask = Predictor(None, device="cpu", precision="fp32", size=size).predict(rgb)
     assert mask.dtype == np.uint8
     assert mask.shape == rgb.shape[:2] == (300, 451)
@@ -62,7 +61,7 @@ def test_a_wheel_carries_the_bundled_weights_and_every_module(tmp_path: Path) ->
     import sys
     import zipfile
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     build = [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run([*build, "-w", str(tmp_path)], check=True, timeout=300, capture_output=True)
     (wheel,) = tmp_path.glob("pdseg-*.whl")

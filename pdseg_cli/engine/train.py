@@ -42,7 +42,7 @@ import torch
 
 from pdseg_cli import runtime
 from pdseg_cli.engine.train_config import TrainConfig, default_workers
-from pdseg_cli.engine.train_context import RunContext, training_process_group
+from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_events import (
     CheckpointWriteError,
     EventHandler,
@@ -101,7 +101,10 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         workers=cfg.workers if cfg.workers is not None else default_workers(),
         on_event=on_event if env.rank == 0 else None,
     )
-    with training_process_group(env, device), isolated_rng(device), _cudnn_benchmark(device):
+    # torchrun: NCCL on GPUs (gradients travel as GPU tensors), gloo on the CPU; the CUDA device
+    # is pinned before the group starts
+    backend = runtime.backend_for(device)
+    with runtime.distributed(backend=backend, device=device), isolated_rng(device), _cudnn_benchmark(device):
         return run_training(ctx)
 
 

@@ -3,14 +3,10 @@ the collectives every rank must call together, and torchrun's process group for 
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from pdseg_cli import runtime
 from pdseg_cli.engine.train_config import TrainConfig
@@ -21,31 +17,6 @@ from pdseg_cli.errors import DataError, InputError, PdsegError, WeightsError
 _ERRORS: dict[str, type[PdsegError]] = {
     cls.__name__: cls for cls in (PdsegError, InputError, DataError, WeightsError, TrainingDiverged)
 }
-
-
-@contextlib.contextmanager
-def training_process_group(env: runtime.Distributed, device: torch.device) -> Iterator[None]:
-    """Pin this process to its GPU and, under torchrun, join the process group for the run.
-
-    NCCL on GPUs, gloo on the CPU. The group is left on the way out only if this call started it (a
-    Python caller may have started its own).
-    """
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    started_group = False
-    if env.enabled and not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo",
-            world_size=env.world_size,
-            rank=env.rank,
-            timeout=datetime.timedelta(hours=2),  # rank 0 may spend long filling the cache
-        )
-        started_group = True
-    try:
-        yield
-    finally:
-        if started_group and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
