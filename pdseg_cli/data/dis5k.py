@@ -24,8 +24,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from pdseg_cli.data import images as imio
 from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
-from pdseg_cli.data.images import atomic_path, is_image_file, read_image
 from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError
 from pdseg_cli.metrics.reading import read_gray_u8
@@ -118,7 +118,7 @@ def images_by_stem(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, Path
     by_stem: dict[str, Path] = {}
     clashes: list[tuple[Path, Path]] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
+        if path.name.startswith(".") or not path.is_file() or not imio.is_image_file(path):
             continue
         if path.stem in by_stem:
             clashes.append((by_stem[path.stem], path))
@@ -252,7 +252,7 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
     # transforms imports torch: not at module level, so that `pdseg eval` can read the layout without it
     from pdseg_cli.data.transforms import resize_image, to_float_rgb
 
-    pixels = read_image(pair.image).pixels
+    pixels = imio.read_image(pair.image).pixels
     targets: list[np.ndarray | None] = []
     for path in (pair.mask, pair.teacher if pair.needs_teacher() else None):
         if path is None:
@@ -343,7 +343,7 @@ class SampleStore:
             array = load_sample(self.pairs[index], self.size)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                with imio.atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, array)
             except OSError as exc:  # the cache folder's fault, not the pair's
                 raise CacheWriteError(
