@@ -16,7 +16,8 @@ from pdseg_cli import create_model, load_model, save_checkpoint
 from pdseg_cli.cli import app
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import images as imio
-from pdseg_cli.engine.predict import Predictor, parse_save, parse_size
+from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, parse_save, save_help
+from pdseg_cli.engine.predict import Predictor, parse_size
 from pdseg_cli.errors import InputError
 from pdseg_cli.runtime import Distributed
 
@@ -220,6 +221,35 @@ def test_cli_16bit_tiff_gives_16bit_rgba_tiff(folder: Path, tmp_path: Path, ckpt
     assert tifffile.imread(out / "c_composite.tif").dtype == np.uint16
 
 
+def test_a_new_output_kind_is_one_table_entry(
+    folder: Path, tmp_path: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def inverse(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+        assert colour is None  # a kind that does not use the image gets no colours
+        return 255 - byte_map
+
+    kind = OutputKind(
+        "inverse", "255 minus the mask", "_inverse", uses_image=False, follows_depth=False, make=inverse
+    )
+    monkeypatch.setitem(OUTPUT_KINDS, kind.name, kind)  # registered for this test only
+    assert parse_save(["mask,inverse"]) == ("mask", "inverse")
+    assert "inverse (255 minus the mask)" in save_help()
+    out = tmp_path / "out"
+    summary = predictor.predict_paths([folder / "b.png", folder / "c.tif"], out, save=("mask", "inverse"))
+    assert summary.done == 2
+    assert sorted(p.name for p in out.iterdir()) == ["b.png", "b_inverse.png", "c.png", "c_inverse.png"]
+    for stem in ("b", "c"):  # c is a 16-bit TIFF: this kind does not follow the input's depth
+        mask = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(
+            cv2.imread(str(out / f"{stem}_inverse.png"), cv2.IMREAD_UNCHANGED), 255 - mask
+        )
+    (out / "c_inverse.png").unlink()
+    again = predictor.predict_paths(
+        [folder / "b.png", folder / "c.tif"], out, save=("mask", "inverse"), skip_existing=True
+    )
+    assert (again.skipped, again.done) == (1, 1) and (out / "c_inverse.png").is_file()
+
+
 def test_cli_threshold_binary(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     out = tmp_path / "out"
     assert _run(folder / "a.jpg", "-o", out, "-w", ckpt, "--threshold", "0.5").exit_code == 0
@@ -302,7 +332,7 @@ def test_interrupted_write_leaves_nothing_behind(
 def test_ctrl_c_leaves_no_partial_file(
     folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = Predictor._forward
+    real = Predictor.forward
     seen = []
 
     def forward_then_ctrl_c(self: Predictor, arrays: list) -> torch.Tensor:
@@ -311,7 +341,7 @@ def test_ctrl_c_leaves_no_partial_file(
             raise KeyboardInterrupt
         return real(self, arrays)
 
-    monkeypatch.setattr(Predictor, "_forward", forward_then_ctrl_c)
+    monkeypatch.setattr(Predictor, "forward", forward_then_ctrl_c)
     out = tmp_path / "out"
     result = _run(folder, "-o", out, "-w", ckpt)
     assert result.exit_code == 130

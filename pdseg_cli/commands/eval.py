@@ -24,7 +24,8 @@ from pdseg_cli.commands._common import (
 from pdseg_cli.errors import DataError, InputError
 
 if TYPE_CHECKING:
-    from pdseg_cli.engine.evaluate import EvalReport, PairPlan
+    from pdseg_cli.engine.eval_pairs import PairPlan
+    from pdseg_cli.engine.eval_report import EvalReport
 
 
 def eval_(
@@ -113,7 +114,10 @@ def eval_(
     """
     with user_errors():
         from pdseg_cli import runtime
+        from pdseg_cli.data import eval_splits
+        from pdseg_cli.data.dis5k import MASK_DIR
         from pdseg_cli.engine import evaluate as ev
+        from pdseg_cli.engine.eval_pairs import plan_pairs
         from pdseg_cli.ui import evaluation as view
 
         runtime.set_compute_threads(threads)
@@ -125,13 +129,17 @@ def eval_(
         for out in (json_out, csv_out):
             if out is not None:
                 _check_writable(out)
-        splits, pooled = ev.resolve_splits(split, data_root)
+        splits, pooled = eval_splits.resolve_splits(split, data_root)
         names = [name for name, _ in splits]
 
         with contextlib.ExitStack() as stack:
             if pred is not None:
                 plans = [
-                    ev.plan_pairs(ev.prediction_folder(pred, name, len(splits) > 1), folder / "gt", name=name)
+                    plan_pairs(
+                        eval_splits.prediction_folder(pred, name, len(splits) > 1),
+                        folder / MASK_DIR,
+                        name=name,
+                    )
                     for name, folder in splits
                 ]
                 settings = {"predictions": f"maps read from {pred}"}
@@ -179,7 +187,9 @@ def _run_model(
     onnx_spec: str | None = None,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
+    from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
     from pdseg_cli.engine import evaluate as ev
+    from pdseg_cli.engine.eval_pairs import list_maps, listing, plan_pairs
     from pdseg_cli.engine.predict import Predictor, parse_size
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
@@ -187,7 +197,7 @@ def _run_model(
     predictor = Predictor(
         weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec
     )
-    n_gt = {name: len(ev.list_maps(folder / "gt", "GT")) for name, folder in splits}
+    n_gt = {name: len(list_maps(folder / MASK_DIR, "GT")) for name, folder in splits}
     prediction.start(
         predictor.device_reason,
         predictor.precision,
@@ -204,13 +214,14 @@ def _run_model(
         out_dir = root / name
         with view.progress(f"predict {name}", n_gt[name]) as advance:
             no_image, failed = ev.predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
-        problems = [f"{folder / 'gt'}/{stem}.*: no image of that name in im/" for stem in no_image] + failed
+        gt_dir = folder / MASK_DIR
+        problems = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image] + failed
         if problems and not allow_missing:
             raise DataError(
-                f"{name}: {len(problems)} GT masks get no prediction: {ev.listing(problems, 10)}",
+                f"{name}: {len(problems)} GT masks get no prediction: {listing(problems, 10)}",
                 hint="fix or add the images, or pass --allow-missing to score the others",
             )
-        plans.append(ev.plan_pairs(out_dir, folder / "gt", name=name))
+        plans.append(plan_pairs(out_dir, gt_dir, name=name))
     settings = {
         "predictions": {
             "weights": str(predictor.weights_path),

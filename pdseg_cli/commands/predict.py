@@ -23,14 +23,10 @@ from pdseg_cli.commands._common import (
     user_errors,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
+from pdseg_cli.engine.output_kinds import save_help
 from pdseg_cli.errors import InputError, PdsegError
 
-_OUTPUTS_HELP = (
-    "Outputs to write, comma-separated or repeated: mask (8-bit grayscale <stem>.png), "
-    "alpha (the cut-out with the map as alpha: <stem>_alpha.png, or <stem>_alpha.tif at the input's "
-    "bit depth for 16-bit and float inputs), composite (the cut-out over --bg: <stem>_composite.png, "
-    "or .tif likewise)."
-)
+_OUTPUTS_HELP = save_help()
 
 
 def predict(
@@ -119,7 +115,9 @@ def predict(
     rank = runtime.env_distributed().rank if _env_ok() else 0
     with user_errors() if rank == 0 else _quiet_errors():
         from pdseg_cli.data.transforms import parse_color
-        from pdseg_cli.engine.predict import Predictor, parse_save, parse_size, plan_predict
+        from pdseg_cli.engine.output_kinds import parse_save
+        from pdseg_cli.engine.predict import Predictor, parse_size
+        from pdseg_cli.engine.predict_plan import plan_predict
         from pdseg_cli.ui import prediction
 
         runtime.set_compute_threads(threads)

@@ -2,7 +2,8 @@
 
 A dataset folder holds ``im/`` (images) and ``gt/`` (masks) with the same file stems, as DIS5K
 does (``DIS5K/DIS-TR/im/*.jpg``, ``DIS5K/DIS-TR/gt/*.png``). The DIS5K root is ``--data-root``,
-else ``$PDSEG_DATA``, else ``./DIS5K`` (:func:`resolve_root`).
+else ``$PDSEG_DATA``, else ``./DIS5K`` (:func:`resolve_root`). This module holds the one copy of
+that layout: training reads it here, and ``pdseg eval`` through :mod:`pdseg_cli.data.eval_splits`.
 
 Training decodes every pair once, resizes it to the square training size, and keeps the result
 (:class:`SampleStore`): in memory, as ``.npy`` files in a cache folder (memory-mapped on read, shared
@@ -23,14 +24,19 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from pdseg_cli.data import images as imio
 from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
+from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError
+from pdseg_cli.metrics.reading import read_gray_u8
 
 DATA_ENV = "PDSEG_DATA"  # the DIS5K root when --data-root is not given
 DEFAULT_ROOT = Path("DIS5K")  # relative to the working directory, last resort
-SPLITS = ("DIS-TR", "DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 TRAIN_SPLIT, VAL_SPLIT = "DIS-TR", "DIS-VD"
-IMAGE_DIR, MASK_DIR = "im", "gt"
+TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+SPLITS = (TRAIN_SPLIT, VAL_SPLIT, *TEST_SPLITS)
+IMAGE_DIR, MASK_DIR = "im", "gt"  # the subfolders of every split folder
+IMAGE_EXT, MASK_EXT = ".jpg", ".png"  # how DIS5K stores them; any image type pdseg reads is accepted
 _MAX_LISTED = 20  # problems named one by one in an error; the rest are counted
 
 CacheMode = Literal["disk", "ram", "off"]
@@ -99,6 +105,26 @@ def check_dataset_folder(folder: str | os.PathLike[str], *, masks_optional: bool
             hint="a dataset folder holds im/ (images) and gt/ (masks) with matching file names",
         )
     return folder
+
+
+def images_by_stem(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, Path]]]:
+    """The image files of ``folder`` by file stem, and the files whose stem was already taken.
+
+    Files are visited in name order; hidden files and files that are not images are skipped.
+
+    Returns:
+        (stem -> file, [(the file kept, a later file with the same stem), ...]).
+    """
+    by_stem: dict[str, Path] = {}
+    clashes: list[tuple[Path, Path]] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not imio.is_image_file(path):
+            continue
+        if path.stem in by_stem:
+            clashes.append((by_stem[path.stem], path))
+            continue
+        by_stem[path.stem] = path
+    return by_stem, clashes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,30 +197,21 @@ def scan_pairs(folder: str | os.PathLike[str], *, masks_optional: bool = False) 
     Raises:
         DataError: the folder lacks ``im/`` or ``gt/``, or holds no images at all.
     """
-    from pdseg_cli.data.images import is_image_file
-
     folder = check_dataset_folder(folder, masks_optional=masks_optional)
     problems: list[str] = []
     found: dict[str, dict[str, Path]] = {}
     for sub in (IMAGE_DIR, MASK_DIR):
-        by_stem: dict[str, Path] = {}
         if not (folder / sub).is_dir():
-            found[sub] = by_stem
+            found[sub] = {}
             continue
-        for path in sorted((folder / sub).iterdir()):
-            if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
-                continue
-            if path.stem in by_stem:
-                problems.append(f"{sub}/{path.name}: same name as {sub}/{by_stem[path.stem].name}")
-                continue
-            by_stem[path.stem] = path
-        found[sub] = by_stem
+        found[sub], clashes = images_by_stem(folder / sub)
+        problems += [f"{sub}/{dup.name}: same name as {sub}/{kept.name}" for kept, dup in clashes]
     images, masks = found[IMAGE_DIR], found[MASK_DIR]
     if not images:
         raise DataError(f"no images in {folder / IMAGE_DIR}", hint="expected .jpg/.png/.tif files")
     if not masks_optional:
         for stem in sorted(images.keys() - masks.keys()):
-            problems.append(f"{IMAGE_DIR}/{images[stem].name}: no mask {MASK_DIR}/{stem}.png")
+            problems.append(f"{IMAGE_DIR}/{images[stem].name}: no mask {MASK_DIR}/{stem}{MASK_EXT}")
     for stem in sorted(masks.keys() - images.keys()):
         problems.append(f"{MASK_DIR}/{masks[stem].name}: no image {IMAGE_DIR}/{stem}.*")
     stems = sorted(images.keys() if masks_optional else images.keys() & masks.keys())
@@ -232,12 +249,10 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
     Raises:
         PdsegError: a file cannot be decoded, or image and mask sizes differ (the message names them).
     """
-    from pdseg_cli.data.images import read_image
-    from pdseg_cli.data.teacher import blend_targets
+    # transforms imports torch: not at module level, so that `pdseg eval` can read the layout without it
     from pdseg_cli.data.transforms import resize_image, to_float_rgb
-    from pdseg_cli.metrics.reading import read_gray_u8
 
-    pixels = read_image(pair.image).pixels
+    pixels = imio.read_image(pair.image).pixels
     targets: list[np.ndarray | None] = []
     for path in (pair.mask, pair.teacher if pair.needs_teacher() else None):
         if path is None:
@@ -325,12 +340,10 @@ class SampleStore:
             path = self.paths[index]
             if path.is_file():
                 return
-            from pdseg_cli.data.images import atomic_path
-
             array = load_sample(self.pairs[index], self.size)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                with imio.atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, array)
             except OSError as exc:  # the cache folder's fault, not the pair's
                 raise CacheWriteError(

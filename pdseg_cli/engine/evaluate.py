@@ -23,298 +23,43 @@ How a pair is scored (``docs/metrics.md`` has every detail and reason):
 
 Speed: GT-only work (skeleton, nearest-foreground choice, counts) is cached on disk per GT file
 content (:mod:`pdseg_cli.metrics.cache`), and images are scored in parallel with joblib.
+
+Files are matched in :mod:`pdseg_cli.engine.eval_pairs`, the report's types and its JSON and CSV
+live in :mod:`pdseg_cli.engine.eval_report`, and ``--split`` names in :mod:`pdseg_cli.data.eval_splits`.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
-import io
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from pdseg_cli import __version__
+from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
+from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
+from pdseg_cli.engine.eval_pairs import PairPlan, check_missing, list_maps, listing, plan_pairs
+from pdseg_cli.engine.eval_report import EvalReport, ImageRecord, PooledResult, SplitResult
 from pdseg_cli.errors import DataError, InputError
-from pdseg_cli.metrics.aggregate import EXTRA_KEYS, TABLE_KEYS, DatasetScores, aggregate
+from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
 from pdseg_cli.metrics.common import GT_THRESHOLD
 from pdseg_cli.metrics.gtprep import GTPrep
-from pdseg_cli.metrics.image import ImageScores, score_pair
+from pdseg_cli.metrics.image import score_pair
 from pdseg_cli.metrics.reading import MaskFile, read_mask_file
 
-DIS_SPLITS = ("DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
-DIS_TE = "DIS-TE"  # the four test splits, plus a pooled row
-DIS_TE_MEMBERS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
-OVERALL_NAME = "DIS-TE (overall)"
 POOLING_NOTE = "pooled over all images of its splits, each image weight 1 (not the mean of the split rows)"
-MAX_LISTED = 20  # files named one by one in a message; the rest are counted
 
 ProgressCallback = Callable[[str, str], None]  # (split name, image stem) after each image
-
-
-# ----------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One scored image.
-
-    Attributes:
-        stem: the file stem shared by prediction and GT.
-        scores: every metric of the image.
-        pred_size: (H, W) of the prediction before resizing.
-        gt_size: (H, W) of the GT (the size the metrics ran at).
-        cached: the GT-only data came from the cache.
-        notes: (kind, file) for what the user should know about how a file was read (a key of
-            ``NOTE_TEXT``: 16-bit file, colour file, a GT that reads as empty).
-    """
-
-    stem: str
-    scores: ImageScores
-    pred_size: tuple[int, int]
-    gt_size: tuple[int, int]
-    cached: bool = False
-    notes: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def resized(self) -> bool:
-        return self.pred_size != self.gt_size
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.scores.as_dict())
-        if self.resized:
-            out["resized_from_hw"] = list(self.pred_size)
-        return out
-
-
-@dataclass
-class SplitResult:
-    """The scores of one split (one dataset folder).
-
-    Attributes:
-        name: the split's name (``DIS-TE1``, or the folder name for a folder).
-        gt_dir: where the GTs are.
-        pred_dir: where the predictions were read from.
-        images: one record per scored image, sorted by stem.
-        scores: the dataset values.
-        missing: GT stems without a prediction (only with ``allow_missing``).
-        unmatched: prediction stems without a GT (ignored).
-        warnings: one line per thing the user should know.
-        seconds: wall time of the scoring run that produced it (all its splits together).
-    """
-
-    name: str
-    gt_dir: Path
-    pred_dir: Path | None
-    images: list[ImageRecord]
-    scores: DatasetScores
-    missing: list[str] = field(default_factory=list)
-    unmatched: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def resized(self) -> int:
-        """How many predictions were resized to their GT's size."""
-        return sum(r.resized for r in self.images)
-
-    @property
-    def cache_hits(self) -> int:
-        return sum(r.cached for r in self.images)
-
-    def row(self) -> dict[str, Any]:
-        """The split's values under the report's key names (E = mean E), plus ``resized``."""
-        return {**self.scores.as_dict(), "resized": self.resized}
-
-
-@dataclass
-class PooledResult:
-    """A row over the images of several splits (each image weight 1), e.g. DIS-TE (overall)."""
-
-    name: str
-    members: list[str]
-    scores: DatasetScores
-
-    def row(self) -> dict[str, Any]:
-        return {**self.scores.as_dict(), "pooled_from": list(self.members)}
-
-
-@dataclass
-class EvalReport:
-    """What ``pdseg eval`` prints and writes.
-
-    Attributes:
-        splits: one result per split, in the order asked for.
-        pooled: pooled rows (e.g. DIS-TE (overall)), after the splits.
-        settings: how the numbers were computed (metric settings, versions, inputs).
-    """
-
-    splits: list[SplitResult]
-    pooled: list[PooledResult] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def split(self, name: str) -> SplitResult:
-        for s in self.splits:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
-    def rows(self) -> list[tuple[str, DatasetScores]]:
-        """(name, scores) of every table row: the splits, then the pooled rows."""
-        return [(s.name, s.scores) for s in self.splits] + [(p.name, p.scores) for p in self.pooled]
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"splits": {NAME: {...}}, "images": {NAME: {STEM: {...}}}, "curves": ..., "settings": ...}``.
-
-        Split and image values use the keys maxF, wF, MAE, S, E (mean E-measure, the DIS table's
-        column), HCE, count (splits), then meanF, adpF, maxE, adpE (and the four HCE parts per
-        image). Curves are 256 values in ascending threshold order.
-        """
-        splits: dict[str, Any] = {s.name: s.row() for s in self.splits}
-        splits.update({p.name: p.row() for p in self.pooled})
-        return {
-            "splits": splits,
-            "images": {s.name: {r.stem: r.as_dict() for r in s.images} for s in self.splits},
-            "curves": {
-                name: {"F": sc.f_curve.tolist(), "E": sc.e_curve.tolist()} for name, sc in self.rows()
-            },
-            "notes": {
-                s.name: {"warnings": s.warnings, "missing": s.missing, "unmatched": s.unmatched}
-                for s in self.splits
-            },
-            "settings": self.settings,
-        }
-
-    def to_csv(self) -> str:
-        """One line per table row: split, count, the six table columns, then the extras."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        keys = [*TABLE_KEYS, *EXTRA_KEYS]
-        writer.writerow(["split", "count", *keys])
-        for name, sc in self.rows():
-            values = sc.as_dict()
-            writer.writerow([name, sc.count, *(repr(float(values[k])) for k in keys)])
-        return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------------------------
-# pairing files
-
-
-@dataclass(frozen=True)
-class PairPlan:
-    """The files of one split to score.
-
-    Attributes:
-        name: the split's name.
-        gt_dir, pred_dir: the folders.
-        pairs: (stem, prediction file, GT file), sorted by stem.
-        missing: GT stems without a prediction.
-        unmatched: prediction stems without a GT.
-    """
-
-    name: str
-    gt_dir: Path
-    pred_dir: Path | None
-    pairs: list[tuple[str, Path, Path]]
-    missing: list[str]
-    unmatched: list[str]
-
-
-def list_maps(folder: Path, what: str) -> dict[str, Path]:
-    """Image files of ``folder`` by stem (hidden files and non-images skipped).
-
-    Raises:
-        DataError: the folder is missing, or two files share a stem (``a.png`` and ``a.jpg``).
-    """
-    from pdseg_cli.data.images import is_image_file
-
-    if not folder.is_dir():
-        raise DataError(
-            f"{what} folder {folder} does not exist"
-            if not folder.exists()
-            else f"{what} {folder} is not a folder"
-        )
-    by_stem: dict[str, Path] = {}
-    clashes: list[str] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
-            continue
-        if path.stem in by_stem:
-            clashes.append(f"{by_stem[path.stem].name} and {path.name}")
-            continue
-        by_stem[path.stem] = path
-    if clashes:
-        raise DataError(
-            f"{what} folder {folder} has several files per name: {listing(clashes)}",
-            hint="keep one file per stem (pdseg matches predictions and GTs by file name without extension)",
-        )
-    return by_stem
-
-
-def plan_pairs(
-    pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str], *, name: str | None = None
-) -> PairPlan:
-    """Match ``pred_dir/<stem>.*`` with ``gt_dir/<stem>.*``.
-
-    Raises:
-        DataError: a folder is missing or holds no image files.
-    """
-    pred_dir, gt_dir = Path(pred_dir).expanduser(), Path(gt_dir).expanduser()
-    gts = list_maps(gt_dir, "GT")
-    if not gts:
-        raise DataError(
-            f"no GT masks in {gt_dir}", hint="expected .png (or .jpg/.bmp/.tif) masks named like the images"
-        )
-    preds = list_maps(pred_dir, "prediction")
-    if not preds:
-        raise DataError(
-            f"no prediction maps in {pred_dir}",
-            hint="expected one 8-bit map per GT, named like the GT (<stem>.png, as `pdseg predict` writes)",
-        )
-    pairs = [(stem, preds[stem], gts[stem]) for stem in sorted(gts.keys() & preds.keys())]
-    missing = sorted(gts.keys() - preds.keys())
-    unmatched = sorted(preds.keys() - gts.keys())
-    return PairPlan(name or gt_dir.parent.name or gt_dir.name, gt_dir, pred_dir, pairs, missing, unmatched)
-
-
-def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
-    """Refuse GTs without a prediction (unless allowed) and splits with nothing to score.
-
-    Raises:
-        DataError: naming the missing predictions (up to ``MAX_LISTED``) and their folder.
-    """
-    for plan in plans:
-        where = plan.pred_dir if plan.pred_dir is not None else "the predictions"
-        if plan.missing and not plan.pairs:  # nothing matches: a wrong folder, not a few missing maps
-            unmatched = f"; its maps are named like {listing(plan.unmatched, 3)}" if plan.unmatched else ""
-            raise DataError(
-                f"{plan.name}: no prediction in {where} matches a GT by file stem{unmatched}",
-                hint=f"is --pred the right folder? GT names look like {listing(plan.missing, 3)}",
-            )
-        if plan.missing and not allow_missing:
-            raise DataError(
-                f"{plan.name}: {len(plan.missing)} of {len(plan.missing) + len(plan.pairs)} GT masks have no "
-                f"prediction in {where}: {listing(plan.missing)}",
-                hint="add the missing maps, or pass --allow-missing to score only the "
-                f"{len(plan.pairs)} images that have one (not comparable to full-split numbers)",
-            )
-
-
-def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """``a, b, c and 7 more``."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -652,8 +397,6 @@ def report_settings(
     jobs: int, cache: GTCache | None, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """How the numbers were computed, for the report's ``settings``."""
-    from pdseg_cli import __version__
-
     settings: dict[str, Any] = {
         "reference": "F, wF, MAE, S, E as pysodmetrics 1.6.2; HCE as the official DIS "
         "hce_metric_main.py (xuebinqin/DIS); see docs/metrics.md",
@@ -693,108 +436,7 @@ def report_settings(
 
 
 # ----------------------------------------------------------------------------------------------
-# DIS5K splits and model predictions (used by `pdseg eval`)
-
-
-SPLIT_LAYOUT = (
-    "expected layout: <root>/<split>/gt/<stem>.png (and <root>/<split>/im/<stem>.jpg to run a model), "
-    "with <split> one of " + ", ".join(DIS_SPLITS)
-)
-
-
-def resolve_splits(
-    values: Sequence[str], data_root: str | os.PathLike[str] | None
-) -> tuple[list[tuple[str, Path]], dict[str, list[str]]]:
-    """Turn ``--split`` values into (name, split folder) and the pooled rows they ask for.
-
-    ``DIS-VD`` and ``DIS-TE1``..``DIS-TE4`` are folders under the DIS5K root (``data_root``, else
-    ``$PDSEG_DATA``, else ``./DIS5K``); ``DIS-TE`` is the four test splits plus the pooled
-    ``DIS-TE (overall)`` row; anything else must be a folder holding ``gt/``.
-
-    Raises:
-        DataError: an unknown name, a missing root or split folder (the message shows the layout).
-    """
-    import difflib
-
-    names_upper = {n.upper(): n for n in (*DIS_SPLITS, DIS_TE)}
-    out: list[tuple[str, Path]] = []
-    pooled: dict[str, list[str]] = {}
-    root: Path | None = None
-
-    def dis_root() -> Path:
-        nonlocal root
-        if root is None:
-            from pdseg_cli.data.dis5k import resolve_root  # the same root rules as `pdseg train`
-
-            root = resolve_root(data_root, layout=SPLIT_LAYOUT)
-        return root
-
-    def add(name: str, folder: Path) -> None:
-        for seen_name, seen_folder in out:
-            if seen_name == name:
-                if seen_folder.resolve() != folder.resolve():
-                    raise DataError(
-                        f"two splits are named {name}: {seen_folder} and {folder}",
-                        hint="splits are named after their folder; rename one of them",
-                    )
-                return  # asked twice
-        out.append((name, folder))
-
-    for value in values:
-        key = value.strip()
-        canonical = names_upper.get(key.upper())
-        if canonical == DIS_TE:
-            for member in DIS_TE_MEMBERS:
-                add(member, _split_dir(dis_root(), member))
-            pooled[OVERALL_NAME] = list(DIS_TE_MEMBERS)
-        elif canonical is not None:
-            add(canonical, _split_dir(dis_root(), canonical))
-        else:
-            folder = Path(key).expanduser()
-            if not folder.is_dir():
-                close = difflib.get_close_matches(key.upper(), list(names_upper), n=1, cutoff=0.6)
-                raise DataError(
-                    f"--split {key}: not a DIS5K split name nor a folder",
-                    hint=(f"did you mean {names_upper[close[0]]}? " if close else "")
-                    + f"names: {', '.join((*DIS_SPLITS, DIS_TE))}; or give a folder that holds gt/",
-                )
-            if not (folder / "gt").is_dir():
-                raise DataError(f"--split {folder}: the folder has no gt/ subfolder", hint=SPLIT_LAYOUT)
-            add(folder.resolve().name, folder)
-    return out, pooled
-
-
-def _split_dir(root: Path, name: str) -> Path:
-    folder = root / name
-    if not (folder / "gt").is_dir():
-        present = [s for s in DIS_SPLITS if (root / s / "gt").is_dir()]
-        what = "not found" if not folder.is_dir() else "has no gt/ subfolder"
-        raise DataError(
-            f"split {name} {what} under the DIS5K root {root}",
-            hint=(f"the root holds {', '.join(present)}; " if present else "") + SPLIT_LAYOUT,
-        )
-    return folder
-
-
-def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
-    """Where ``--pred`` keeps a split's maps: ``pred_root/<name>/`` if it exists, else ``pred_root``.
-
-    With several splits, each must have its own subfolder.
-
-    Raises:
-        DataError: the folder is missing.
-    """
-    sub = pred_root / name
-    if sub.is_dir():
-        return sub
-    if several:
-        raise DataError(
-            f"--pred {pred_root}: no subfolder {name}/ for split {name}",
-            hint="with several splits, keep each split's maps in <pred>/<split>/<stem>.png",
-        )
-    if not pred_root.is_dir():
-        raise DataError(f"--pred {pred_root} is not a folder")
-    return pred_root
+# a model's maps of a DIS5K-layout split (used by `pdseg eval --weights`)
 
 
 def predict_split(
@@ -815,15 +457,15 @@ def predict_split(
     Raises:
         DataError: the split has no ``im/`` folder or no image matches a GT.
     """
-    im_dir = split_dir / "im"
-    gts = list_maps(split_dir / "gt", "GT")
+    im_dir, gt_dir = split_dir / IMAGE_DIR, split_dir / MASK_DIR
+    gts = list_maps(gt_dir, "GT")
     if not im_dir.is_dir():
-        raise DataError(f"{split_dir} has no im/ subfolder: cannot run the model", hint=SPLIT_LAYOUT)
+        raise DataError(f"{split_dir} has no {IMAGE_DIR}/ subfolder: cannot run the model", hint=SPLIT_LAYOUT)
     images = list_maps(im_dir, "image")
     todo = [images[s] for s in sorted(gts.keys() & images.keys())]
     no_image = sorted(gts.keys() - images.keys())
     if not todo:
-        raise DataError(f"no image in {im_dir} matches a GT in {split_dir / 'gt'} by name", hint=SPLIT_LAYOUT)
+        raise DataError(f"no image in {im_dir} matches a GT in {gt_dir} by name", hint=SPLIT_LAYOUT)
     summary = predictor.predict_paths(todo, out_dir, batch=batch, on_progress=on_progress)
     failed = [f"{r.path}: {r.error}" for r in summary.failures]
     return no_image, failed

@@ -57,7 +57,7 @@ def summary(result: Any) -> None:
     """The end summary table (stdout), then failed files and warnings (stderr).
 
     Args:
-        result: a ``pdseg_cli.engine.predict.PredictSummary``.
+        result: a ``pdseg_cli.engine.predict_summary.PredictSummary``.
     """
     peak = max(result.peak_memory, key=lambda m: m.bytes)
     rows: list[tuple[str, str]] = [

@@ -1,0 +1,133 @@
+"""Which splits ``pdseg eval`` scores: ``--split`` values to folders, pooled rows, ``--pred`` folders.
+
+The folder layout is :mod:`pdseg_cli.data.dis5k`'s (the one training reads): a split folder holds
+``gt/`` masks, and ``im/`` images when a model is run on it. Scoring needs only ``gt/``, so a split
+is accepted here without ``im/``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from pdseg_cli.data.dis5k import (
+    IMAGE_DIR,
+    IMAGE_EXT,
+    MASK_DIR,
+    MASK_EXT,
+    TEST_SPLITS,
+    VAL_SPLIT,
+    resolve_root,
+)
+from pdseg_cli.errors import DataError
+
+EVAL_SPLITS = (VAL_SPLIT, *TEST_SPLITS)  # the DIS5K splits with published scores (not the training split)
+TEST_GROUP = "DIS-TE"  # the four test splits, plus a pooled row
+OVERALL_NAME = "DIS-TE (overall)"
+
+SPLIT_LAYOUT = (
+    f"expected layout: <root>/<split>/{MASK_DIR}/<stem>{MASK_EXT} (and <root>/<split>/{IMAGE_DIR}/<stem>"
+    f"{IMAGE_EXT} to run a model), with <split> one of " + ", ".join(EVAL_SPLITS)
+)
+
+
+def resolve_splits(
+    values: Sequence[str], data_root: str | os.PathLike[str] | None
+) -> tuple[list[tuple[str, Path]], dict[str, list[str]]]:
+    """Turn ``--split`` values into (name, split folder) and the pooled rows they ask for.
+
+    ``DIS-VD`` and ``DIS-TE1``..``DIS-TE4`` are folders under the DIS5K root (``data_root``, else
+    ``$PDSEG_DATA``, else ``./DIS5K``); ``DIS-TE`` is the four test splits plus the pooled
+    ``DIS-TE (overall)`` row; anything else must be a folder holding ``gt/``.
+
+    Raises:
+        DataError: an unknown name, a missing root or split folder (the message shows the layout).
+    """
+    names_upper = {n.upper(): n for n in (*EVAL_SPLITS, TEST_GROUP)}
+    out: list[tuple[str, Path]] = []
+    pooled: dict[str, list[str]] = {}
+    root: Path | None = None
+
+    def dis_root() -> Path:
+        # looked up only when a DIS5K name is given: a folder of one's own needs no DIS5K root
+        nonlocal root
+        if root is None:
+            root = resolve_root(data_root, layout=SPLIT_LAYOUT)
+        return root
+
+    def add(name: str, folder: Path) -> None:
+        for seen_name, seen_folder in out:
+            if seen_name == name:
+                if seen_folder.resolve() != folder.resolve():
+                    raise DataError(
+                        f"two splits are named {name}: {seen_folder} and {folder}",
+                        hint="splits are named after their folder; rename one of them",
+                    )
+                return  # asked twice
+        out.append((name, folder))
+
+    for value in values:
+        key = value.strip()
+        canonical = names_upper.get(key.upper())
+        if canonical == TEST_GROUP:
+            for member in TEST_SPLITS:
+                add(member, scored_split_folder(dis_root(), member))
+            pooled[OVERALL_NAME] = list(TEST_SPLITS)
+        elif canonical is not None:
+            add(canonical, scored_split_folder(dis_root(), canonical))
+        else:
+            folder = Path(key).expanduser()
+            if not folder.is_dir():
+                close = difflib.get_close_matches(key.upper(), list(names_upper), n=1, cutoff=0.6)
+                raise DataError(
+                    f"--split {key}: not a DIS5K split name nor a folder",
+                    hint=(f"did you mean {names_upper[close[0]]}? " if close else "")
+                    + f"names: {', '.join((*EVAL_SPLITS, TEST_GROUP))}; or give a folder that holds "
+                    f"{MASK_DIR}/",
+                )
+            if not (folder / MASK_DIR).is_dir():
+                raise DataError(
+                    f"--split {folder}: the folder has no {MASK_DIR}/ subfolder", hint=SPLIT_LAYOUT
+                )
+            add(folder.resolve().name, folder)
+    return out, pooled
+
+
+def scored_split_folder(root: Path, name: str) -> Path:
+    """``root / name``, checked to hold ``gt/`` (all that scoring needs).
+
+    Raises:
+        DataError: the split folder or its ``gt/`` is missing (naming the splits the root holds).
+    """
+    folder = root / name
+    if not (folder / MASK_DIR).is_dir():
+        present = [s for s in EVAL_SPLITS if (root / s / MASK_DIR).is_dir()]
+        what = "not found" if not folder.is_dir() else f"has no {MASK_DIR}/ subfolder"
+        raise DataError(
+            f"split {name} {what} under the DIS5K root {root}",
+            hint=(f"the root holds {', '.join(present)}; " if present else "") + SPLIT_LAYOUT,
+        )
+    return folder
+
+
+def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
+    """Where ``--pred`` keeps a split's maps: ``pred_root/<name>/`` if it exists, else ``pred_root``.
+
+    With several splits, each must have its own subfolder.
+
+    Raises:
+        DataError: the folder is missing.
+    """
+    sub = pred_root / name
+    if sub.is_dir():
+        return sub
+    if several:
+        raise DataError(
+            f"--pred {pred_root}: no subfolder {name}/ for split {name}",
+            hint="with several splits, keep each split's maps in <pred>/<split>/<stem>.png",
+        )
+    if not pred_root.is_dir():
+        raise DataError(f"--pred {pred_root} is not a folder")
+    return pred_root

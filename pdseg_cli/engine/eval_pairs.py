@@ -1,0 +1,113 @@
+"""Matching prediction maps with GT masks by file stem, and refusing GTs left without a prediction.
+
+``docs/metrics.md`` says how the matched pairs are scored (:mod:`pdseg_cli.engine.evaluate`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdseg_cli.data.dis5k import images_by_stem
+from pdseg_cli.errors import DataError
+
+MAX_LISTED = 20  # files named one by one in a message; the rest are counted
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The files of one split to score.
+
+    Attributes:
+        name: the split's name.
+        gt_dir, pred_dir: the folders.
+        pairs: (stem, prediction file, GT file), sorted by stem.
+        missing: GT stems without a prediction.
+        unmatched: prediction stems without a GT.
+    """
+
+    name: str
+    gt_dir: Path
+    pred_dir: Path | None
+    pairs: list[tuple[str, Path, Path]]
+    missing: list[str]
+    unmatched: list[str]
+
+
+def list_maps(folder: Path, what: str) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (hidden files and non-images skipped).
+
+    Raises:
+        DataError: the folder is missing, or two files share a stem (``a.png`` and ``a.jpg``).
+    """
+    if not folder.is_dir():
+        raise DataError(
+            f"{what} folder {folder} does not exist"
+            if not folder.exists()
+            else f"{what} {folder} is not a folder"
+        )
+    by_stem, clashes = images_by_stem(folder)
+    if clashes:
+        names = [f"{kept.name} and {dup.name}" for kept, dup in clashes]
+        raise DataError(
+            f"{what} folder {folder} has several files per name: {listing(names)}",
+            hint="keep one file per stem (pdseg matches predictions and GTs by file name without extension)",
+        )
+    return by_stem
+
+
+def plan_pairs(
+    pred_dir: str | os.PathLike[str], gt_dir: str | os.PathLike[str], *, name: str | None = None
+) -> PairPlan:
+    """Match ``pred_dir/<stem>.*`` with ``gt_dir/<stem>.*``.
+
+    Raises:
+        DataError: a folder is missing or holds no image files.
+    """
+    pred_dir, gt_dir = Path(pred_dir).expanduser(), Path(gt_dir).expanduser()
+    gts = list_maps(gt_dir, "GT")
+    if not gts:
+        raise DataError(
+            f"no GT masks in {gt_dir}", hint="expected .png (or .jpg/.bmp/.tif) masks named like the images"
+        )
+    preds = list_maps(pred_dir, "prediction")
+    if not preds:
+        raise DataError(
+            f"no prediction maps in {pred_dir}",
+            hint="expected one 8-bit map per GT, named like the GT (<stem>.png, as `pdseg predict` writes)",
+        )
+    pairs = [(stem, preds[stem], gts[stem]) for stem in sorted(gts.keys() & preds.keys())]
+    missing = sorted(gts.keys() - preds.keys())
+    unmatched = sorted(preds.keys() - gts.keys())
+    return PairPlan(name or gt_dir.parent.name or gt_dir.name, gt_dir, pred_dir, pairs, missing, unmatched)
+
+
+def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
+    """Refuse GTs without a prediction (unless allowed) and splits with nothing to score.
+
+    Raises:
+        DataError: naming the missing predictions (up to ``MAX_LISTED``) and their folder.
+    """
+    for plan in plans:
+        where = plan.pred_dir if plan.pred_dir is not None else "the predictions"
+        if plan.missing and not plan.pairs:  # nothing matches: a wrong folder, not a few missing maps
+            unmatched = f"; its maps are named like {listing(plan.unmatched, 3)}" if plan.unmatched else ""
+            raise DataError(
+                f"{plan.name}: no prediction in {where} matches a GT by file stem{unmatched}",
+                hint=f"is --pred the right folder? GT names look like {listing(plan.missing, 3)}",
+            )
+        if plan.missing and not allow_missing:
+            raise DataError(
+                f"{plan.name}: {len(plan.missing)} of {len(plan.missing) + len(plan.pairs)} GT masks have no "
+                f"prediction in {where}: {listing(plan.missing)}",
+                hint="add the missing maps, or pass --allow-missing to score only the "
+                f"{len(plan.pairs)} images that have one (not comparable to full-split numbers)",
+            )
+
+
+def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+    """``a, b, c and 7 more``."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -1,0 +1,154 @@
+"""The outputs ``pdseg predict --save`` can write: one entry per kind in ``OUTPUT_KINDS``.
+
+An entry names the kind, gives its line of ``--save``'s help, the suffix its file adds to the input's
+stem, whether it follows the input's bit depth, and how its array is made from the image and the map.
+``--save``'s accepted names and help (:func:`parse_save`, :func:`save_help`), the output paths
+(:func:`output_path`), what ``--skip-existing`` looks for (:func:`output_candidates`) and the writer
+(:mod:`pdseg_cli.engine.predict_run`) all read the table, so a new kind is one more entry.
+
+This module imports neither numpy nor torch: the command line builds ``--save``'s help from it on
+every start.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pdseg_cli.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pdseg_cli.engine.predict_plan import InputFile
+
+HIGH_DEPTH_SUFFIX, PNG_SUFFIX = ".tif", ".png"  # PNG holds 8 and 16 bits, not float: TIFF holds them all
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """One kind of output file.
+
+    Attributes:
+        name: what ``--save`` calls it.
+        help: its part of ``--save``'s help.
+        suffix: what its file name adds to the input's stem (``<stem><suffix>.png``).
+        uses_image: made from the image's colours as well as the map, so the reader keeps the
+            decoded pixels for it.
+        follows_depth: written at the input's sample type: a ``.tif`` for 16-bit and float inputs,
+            a ``.png`` for 8-bit ones. Otherwise always an 8-bit ``.png``.
+        make: ``make(colour, byte_map, background)`` -> the array to write. ``colour`` is the
+            image (H, W, 3) at its own sample type (the estimated foreground colour with
+            --refine-foreground), or None for a kind that does not use the image; ``byte_map`` is
+            the (H, W) uint8 map ``pdseg predict`` writes as the mask; ``background`` is --bg's RGB.
+    """
+
+    name: str
+    help: str
+    suffix: str
+    uses_image: bool
+    follows_depth: bool
+    make: Callable[[np.ndarray | None, np.ndarray, tuple[int, ...]], np.ndarray]
+
+
+def _mask(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+    return byte_map
+
+
+def _alpha(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+    from pdseg_cli.data.transforms import cutout  # imports torch: not on every command line start
+
+    assert colour is not None  # uses_image: the writer passes the image
+    return cutout(colour, byte_map)
+
+
+def _composite(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+    from pdseg_cli.data.transforms import composite  # imports torch: not on every command line start
+
+    assert colour is not None  # uses_image: the writer passes the image
+    return composite(colour, byte_map, background)
+
+
+OUTPUT_KINDS: dict[str, OutputKind] = {
+    kind.name: kind
+    for kind in (
+        OutputKind(
+            name="mask",
+            help="8-bit grayscale <stem>.png",
+            suffix="",
+            uses_image=False,
+            follows_depth=False,
+            make=_mask,
+        ),
+        OutputKind(
+            name="alpha",
+            help="the cut-out with the map as alpha: <stem>_alpha.png, or <stem>_alpha.tif at the input's "
+            "bit depth for 16-bit and float inputs",
+            suffix="_alpha",
+            uses_image=True,
+            follows_depth=True,
+            make=_alpha,
+        ),
+        OutputKind(
+            name="composite",
+            help="the cut-out over --bg: <stem>_composite.png, or .tif likewise",
+            suffix="_composite",
+            uses_image=True,
+            follows_depth=True,
+            make=_composite,
+        ),
+    )
+}
+
+
+def save_help() -> str:
+    """``--save``'s help: every kind with its help, in table order."""
+    kinds = ", ".join(f"{kind.name} ({kind.help})" for kind in OUTPUT_KINDS.values())
+    return f"Outputs to write, comma-separated or repeated: {kinds}."
+
+
+def parse_save(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    """``["mask,alpha", "composite"]`` -> ``("mask", "alpha", "composite")`` (order kept, no repeats).
+
+    Raises:
+        InputError: an unknown kind (with the closest name as a hint).
+    """
+    if values is None:
+        return ("mask",)
+    if isinstance(values, str):
+        values = [values]
+    names = tuple(OUTPUT_KINDS)
+    kinds: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            kind = part.strip().lower()
+            if not kind:
+                continue
+            if kind not in OUTPUT_KINDS:
+                close = difflib.get_close_matches(kind, names, n=1)
+                raise InputError(
+                    f"--save {part.strip()!r} is not an output kind (choose from {', '.join(names)})",
+                    hint=f"did you mean {close[0]}?" if close else "e.g. --save mask,alpha",
+                )
+            if kind not in kinds:
+                kinds.append(kind)
+    return tuple(kinds) or ("mask",)
+
+
+def output_path(out_dir: Path, item: InputFile, kind: str, high_depth: bool) -> Path:
+    """Where output ``kind`` of ``item`` goes: ``<out_dir>/<rel_dir>/<stem><suffix>.png``, or ``.tif``
+    for a kind that follows the input's depth when the input is 16-bit or float (``high_depth``)."""
+    spec = OUTPUT_KINDS[kind]
+    ext = HIGH_DEPTH_SUFFIX if high_depth and spec.follows_depth else PNG_SUFFIX
+    return out_dir / item.rel_dir / f"{item.path.stem}{spec.suffix}{ext}"
+
+
+def output_candidates(out_dir: Path, item: InputFile, save: Sequence[str]) -> dict[str, list[Path]]:
+    """Every path each requested output of ``item`` may take (before its bit depth is known)."""
+    return {
+        kind: sorted({output_path(out_dir, item, kind, False), output_path(out_dir, item, kind, True)})
+        for kind in save
+    }

@@ -1,0 +1,247 @@
+"""What a folder run of ``pdseg predict`` will do, decided before the model is loaded.
+
+:func:`plan_predict` expands files, folders and glob patterns into images (:func:`collect_inputs`),
+proves the output folder writable, refuses outputs that would overwrite an input or each other,
+and takes this process's share under torchrun. :func:`pdseg_cli.engine.predict_run.run_plan`
+carries the plan out.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdseg_cli import runtime
+from pdseg_cli.data import images as imio
+from pdseg_cli.engine.output_kinds import output_candidates, parse_save
+from pdseg_cli.errors import InputError
+
+_GLOB_MAGIC = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One image to segment.
+
+    Attributes:
+        path: the file.
+        rel_dir: the folder under ``--out`` its outputs go to ("." unless --recursive mirrors one).
+        index: its position in the whole run (results are reported in this order).
+    """
+
+    path: Path
+    rel_dir: Path
+    index: int = 0
+
+
+def collect_inputs(
+    sources: Sequence[str | os.PathLike[str]], *, recursive: bool = False, exclude: Path | None = None
+) -> tuple[list[InputFile], list[Path]]:
+    """Expand files, folders and glob patterns into images, and list the other files met.
+
+    Args:
+        sources: files, folders, or glob patterns (``**`` matches subfolders).
+        recursive: descend into subfolders of folders (and of a pattern's base folder); their
+            relative folders are mirrored under ``--out``.
+        exclude: a folder never listed (the output folder, so old outputs are not read as inputs).
+
+    Returns:
+        (images in a stable order, files that are not images). Hidden files are ignored.
+
+    Raises:
+        InputError: a source that is neither a file, a folder nor a pattern matching anything.
+    """
+    found: list[InputFile] = []
+    not_images: list[Path] = []
+    seen: set[Path] = set()
+    exclude_r = exclude.resolve() if exclude is not None else None
+
+    def add(path: Path, rel_dir: Path) -> None:
+        key = path.resolve()
+        if key in seen:
+            return
+        seen.add(key)
+        if imio.is_image_file(path):
+            found.append(InputFile(path, rel_dir, len(found)))
+        else:
+            not_images.append(path)
+
+    def walk(root: Path, base: Path) -> None:
+        if recursive:
+            files = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                d = Path(dirpath)
+                dirnames[:] = sorted(
+                    n
+                    for n in dirnames
+                    if not n.startswith(".") and (exclude_r is None or (d / n).resolve() != exclude_r)
+                )
+                files.extend(d / n for n in sorted(filenames))
+        else:
+            files = sorted(p for p in root.iterdir() if p.is_file())
+        for p in files:
+            if p.name.startswith("."):
+                continue
+            add(p, p.parent.relative_to(base) if recursive else Path("."))
+
+    for source in sources:
+        text = os.fspath(source)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            walk(path, path)
+        elif path.is_file():
+            add(path, Path("."))
+        elif any(c in text for c in _GLOB_MAGIC):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matches:
+                raise InputError(
+                    f"no file matches the pattern {text!r}",
+                    hint="quote the pattern so the shell leaves it to pdseg",
+                )
+            base = _glob_base(text)
+            for m in matches:
+                p = Path(m)
+                if p.is_file() and not p.name.startswith("."):
+                    add(
+                        p,
+                        p.parent.relative_to(base) if recursive and _is_under(p.parent, base) else Path("."),
+                    )
+                elif p.is_dir():
+                    walk(p, p if not recursive else base)
+        elif path.exists():
+            raise InputError(f"{path} is neither a file nor a folder")
+        else:
+            raise InputError(f"{path}: no such file, folder or pattern")
+    return found, not_images
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a pattern before its first wildcard ('data/*/x.png' -> 'data')."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    base: list[str] = []
+    for part in parts:
+        if any(c in part for c in _GLOB_MAGIC):
+            break
+        base.append(part)
+    return Path(*base) if base else Path(".")
+
+
+def _is_under(path: Path, base: Path) -> bool:
+    try:
+        path.resolve().relative_to(base.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove a file can be written there, before any work.
+
+    Raises:
+        InputError: it is a file, cannot be created, or is not writable.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    imio.check_writable_folder(out_dir, f"--out {out_dir}")
+
+
+@dataclass
+class PredictPlan:
+    """What a folder run will do; made before the model is loaded.
+
+    Attributes:
+        out_dir: the output folder.
+        save: the output kinds (names in :data:`pdseg_cli.engine.output_kinds.OUTPUT_KINDS`).
+        todo: this process's images still to segment.
+        skipped: this process's images whose outputs all exist (with --skip-existing).
+        not_images: files met that are not images (the same list in every process).
+        total: images in the whole run, all processes together.
+        max_pixels: images whose header says more pixels are refused before decoding.
+        refine_foreground: outputs made from the image (alpha, composite) put the estimated colour
+            of the object (:func:`pdseg_cli.data.foreground.estimate_foreground`) under fractional
+            alpha instead of the original pixels, which carry the old background's colour.
+    """
+
+    out_dir: Path
+    save: tuple[str, ...]
+    todo: list[InputFile]
+    skipped: list[InputFile]
+    not_images: list[Path]
+    total: int
+    refine_foreground: bool = True
+    max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
+
+
+def plan_predict(
+    sources: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    save: Sequence[str] = ("mask",),
+    recursive: bool = False,
+    skip_existing: bool = False,
+    dist: runtime.Distributed | None = None,
+    refine_foreground: bool = True,
+    max_pixels: int | None = imio.DEFAULT_MAX_PIXELS,
+) -> PredictPlan:
+    """Find the inputs, check ``out_dir``, refuse clashes, and take this process's share.
+
+    Raises:
+        InputError: no images found, ``out_dir`` unusable, an output that would overwrite an
+            input, or two inputs that would write the same output file.
+    """
+    dist = dist or runtime.Distributed()
+    out = Path(out_dir).expanduser()
+    save = parse_save(list(save))
+    inputs, not_images = collect_inputs(sources, recursive=recursive, exclude=out)
+    if not inputs:
+        extra = f" ({len(not_images)} other files skipped)" if not_images else ""
+        raise InputError(
+            f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
+            hint="pdseg reads "
+            + ", ".join(sorted(s.lstrip(".") for s in imio.IMAGE_SUFFIXES))
+            + ("" if recursive else "; add --recursive to look in subfolders"),
+        )
+    check_out_dir(out)
+    input_keys = {item.path.resolve(): item for item in inputs}
+    input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
+    owner: dict[Path, InputFile] = {}
+    for item in inputs:
+        for paths in output_candidates(out, item, save).values():
+            for p in paths:
+                key = p.resolve()
+                same = input_keys.get(key) or (input_ids.get(_file_id(p)) if p.exists() else None)
+                if same is not None:
+                    raise InputError(
+                        f"--out {out} would overwrite the input {same.path} (with the output of {item.path})",
+                        hint="choose an --out folder apart from the inputs",
+                    )
+                other = owner.get(key)
+                if other is not None and other is not item:
+                    raise InputError(
+                        f"{other.path} and {item.path} would both write {p}",
+                        hint="rename one of them, run them separately"
+                        + ("" if recursive else ", or use --recursive to mirror subfolders"),
+                    )
+                owner[key] = item
+    mine = dist.shard(inputs)
+    todo: list[InputFile] = []
+    skipped: list[InputFile] = []
+    for item in mine:
+        if skip_existing and all(
+            any(p.is_file() for p in paths) for paths in output_candidates(out, item, save).values()
+        ):
+            skipped.append(item)
+        else:
+            todo.append(item)
+    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels)

@@ -1,0 +1,277 @@
+"""Carrying out a :class:`~pdseg_cli.engine.predict_plan.PredictPlan`: read ahead, segment, write behind.
+
+Files are decoded and preprocessed by a pool of reader threads ahead of the model, and their outputs
+made and written by a pool of writer threads behind it, so the model does not wait on the disk.
+Consecutive images of one working size share a forward pass (up to ``batch``). Every file is
+written to a hidden temporary name and renamed into place. An unreadable file, a failed write or
+a batch that runs out of memory is recorded and the run goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pdseg_cli import runtime
+from pdseg_cli.data import images as imio
+from pdseg_cli.data import transforms as T
+from pdseg_cli.data.foreground import estimate_foreground
+from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
+from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
+from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSummary, merge_summaries
+from pdseg_cli.errors import PdsegError
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.predict import Predictor, Size
+
+ProgressCallback = Callable[[FileResult], None]
+
+
+@dataclass
+class _Prepared:
+    """An image read and preprocessed by a reader thread."""
+
+    item: InputFile
+    array: np.ndarray | None  # (h, w, 3) float32, normalised, at the working size
+    orig_size: tuple[int, int]  # (H, W)
+    pixels: np.ndarray | None  # the decoded image, kept only for outputs made from the image
+    warnings: list[str]
+    error: str | None = None
+    high_depth: bool = False  # 16-bit or float samples: outputs that follow the depth are .tif
+
+    @property
+    def work_size(self) -> tuple[int, int]:
+        assert self.array is not None  # only images read without error are grouped
+        return int(self.array.shape[0]), int(self.array.shape[1])
+
+
+def run_plan(
+    predictor: Predictor,
+    plan: PredictPlan,
+    *,
+    threshold: float | None,
+    background: tuple[int, ...],
+    batch: int,
+    on_progress: ProgressCallback | None,
+    dist: runtime.Distributed,
+    read_workers: int | None = None,
+    write_workers: int | None = None,
+) -> PredictSummary:
+    """Segment the plan's images with ``predictor`` and write their outputs.
+
+    The arguments are :meth:`pdseg_cli.engine.predict.Predictor.run_plan`'s, which checks them.
+
+    Returns:
+        The summary; under torchrun every process gets the merged one.
+    """
+    results = [FileResult(i.path, "skipped", index=i.index) for i in plan.skipped]
+    for r in results:
+        _call(on_progress, r)
+    runtime.reset_peak_memory(predictor.device)
+    t0 = time.perf_counter()
+    run = _FolderRun(
+        predictor, plan, threshold, background, batch, on_progress, results, read_workers, write_workers
+    )
+    run.run()
+    wall = time.perf_counter() - t0
+    peak, what = runtime.peak_memory(predictor.device)
+    local = PredictSummary(
+        results=sorted(results, key=lambda r: r.index),
+        not_images=plan.not_images,
+        wall_seconds=wall,
+        peak_memory=[PeakMemory(dist.rank, str(predictor.device), peak, what)],
+        device=str(predictor.device),
+        precision=predictor.precision,
+        size=str(predictor.size),
+        world_size=dist.world_size,
+    )
+    return merge_summaries(dist.all_gather(local)) if dist.enabled else local
+
+
+class _FolderRun:
+    """The moving parts of one :func:`run_plan`: the reads in flight, the image group waiting for the
+    model, and the writes in flight, each reported in input order as it finishes."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        plan: PredictPlan,
+        threshold: float | None,
+        background: tuple[int, ...],
+        batch: int,
+        on_progress: ProgressCallback | None,
+        results: list[FileResult],
+        read_workers: int | None,
+        write_workers: int | None,
+    ) -> None:
+        self.predictor, self.plan = predictor, plan
+        self.threshold, self.background, self.batch = threshold, background, batch
+        self.on_progress, self.results = on_progress, results
+        cpus = os.cpu_count() or 2
+        n_read = read_workers or max(1, min(4, cpus))
+        n_write = write_workers or max(1, min(4, cpus))
+        self.keep_pixels = any(OUTPUT_KINDS[kind].uses_image for kind in plan.save)
+        # full resolution images are big: read just enough ahead to fill the next batch
+        self.read_ahead = batch if predictor.size == "full" else max(2 * batch, 2 * n_read)
+        self.max_writes = 2 * n_write + batch
+        self.readers = ThreadPoolExecutor(n_read, thread_name_prefix="pdseg-read")
+        self.writers = ThreadPoolExecutor(n_write, thread_name_prefix="pdseg-write")
+        self.reads: collections.deque[Future[_Prepared]] = collections.deque()
+        self.writes: collections.deque[Future[FileResult]] = collections.deque()
+        self.todo = iter(plan.todo)
+
+    def run(self) -> None:
+        """Every image of the plan, read, segmented and written.
+
+        Ctrl-C stops reading at once, lets the writes in progress finish (each one is atomic), drops
+        the queued ones and re-raises KeyboardInterrupt.
+        """
+        completed = False
+        try:
+            self.segment_all()
+            self.collect_writes(0)
+            completed = True
+        finally:
+            if not completed:
+                for f in self.reads:
+                    f.cancel()
+            self.readers.shutdown(wait=True, cancel_futures=True)
+            self.writers.shutdown(wait=True, cancel_futures=not completed)
+
+    def segment_all(self) -> None:
+        """Take the read images in order, in groups of one working size, to the model."""
+        self.read_more()
+        group: list[_Prepared] = []
+        while self.reads:
+            prepared = self.reads.popleft().result()
+            self.read_more()
+            if prepared.error is not None:
+                self.finish(_failed(prepared.item, prepared.error, prepared.warnings))
+                continue
+            if group and group[0].work_size != prepared.work_size:
+                self.segment(group)
+                group = []
+            group.append(prepared)
+            if len(group) >= self.batch:
+                self.segment(group)
+                group = []
+            self.collect_writes(self.max_writes)
+        if group:
+            self.segment(group)
+
+    def read_more(self) -> None:
+        """Keep ``read_ahead`` reads in flight while images are left."""
+        while len(self.reads) < self.read_ahead:
+            item = next(self.todo, None)
+            if item is None:
+                return
+            self.reads.append(
+                self.readers.submit(_read, self.predictor, item, self.keep_pixels, self.plan.max_pixels)
+            )
+
+    def segment(self, group: list[_Prepared]) -> None:
+        """One forward pass over ``group``, then its writes queued; out of memory fails the group."""
+        predictor = self.predictor
+        try:
+            logits = predictor.forward([g.array for g in group])  # type: ignore[misc]
+            maps = [
+                predictor.to_map(logits[k : k + 1], g.orig_size, self.threshold) for k, g in enumerate(group)
+            ]
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError included
+            if not runtime.is_out_of_memory(exc):
+                raise
+            if predictor.device.type == "cuda":
+                torch.cuda.empty_cache()
+            why = "out of memory on " + str(predictor.device) + _oom_hint(predictor.size, len(group))
+            for g in group:
+                self.finish(_failed(g.item, why))
+            return
+        for g, m in zip(group, maps, strict=True):
+            g.array = None  # free the model input before the write
+            self.writes.append(self.writers.submit(_write_outputs, self.plan, g, m, self.background))
+        self.collect_writes(self.max_writes)
+
+    def collect_writes(self, block_until: int) -> None:
+        """Report the finished writes in order; wait while more than ``block_until`` are in flight."""
+        while self.writes and (self.writes[0].done() or len(self.writes) > block_until):
+            self.finish(self.writes.popleft().result())
+
+    def finish(self, result: FileResult) -> None:
+        self.results.append(result)
+        _call(self.on_progress, result)
+
+
+def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: int | None) -> _Prepared:
+    """Reader thread: decode and preprocess one file; failures are returned, not raised."""
+    try:
+        loaded = imio.read_image(item.path, max_pixels)
+        x = T.to_float_rgb(loaded.pixels)
+        array = predictor.prepare_array(x)
+        del x
+        pixels = loaded.pixels if keep_pixels else None
+        high_depth = loaded.pixels.dtype != np.uint8
+        return _Prepared(item, array, loaded.size, pixels, loaded.warnings, high_depth=high_depth)
+    except PdsegError as exc:
+        return _Prepared(item, None, (0, 0), None, [], error=exc.message)
+    except MemoryError:
+        return _Prepared(item, None, (0, 0), None, [], error="out of memory while decoding")
+    except Exception as exc:  # a decoder bug or an odd file must not stop the run
+        return _Prepared(item, None, (0, 0), None, [], error=f"cannot read ({type(exc).__name__}: {exc})")
+
+
+def _write_outputs(
+    plan: PredictPlan, prepared: _Prepared, byte_map: np.ndarray, background: tuple[int, ...]
+) -> FileResult:
+    """Writer thread: make and write every requested output of one image, each atomically."""
+    item = prepared.item
+    written: list[Path] = []
+    path = plan.out_dir
+    pixels = prepared.pixels
+    colour: np.ndarray | None = None  # made once, for every output made from the image
+    try:
+        for name in plan.save:
+            kind = OUTPUT_KINDS[name]
+            path = output_path(plan.out_dir, item, name, prepared.high_depth)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind.uses_image and colour is None:
+                assert pixels is not None  # the reader keeps them when a kind uses the image
+                colour = estimate_foreground(pixels, byte_map) if plan.refine_foreground else pixels
+            data = kind.make(colour, byte_map, background)
+            if path.suffix == HIGH_DEPTH_SUFFIX:
+                imio.write_tiff(path, data)
+            else:
+                imio.write_png(path, data)
+            written.append(path)
+    except OSError as exc:
+        why = f"cannot write {path} ({exc.strerror or exc})"
+        return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
+    except Exception as exc:  # an encoder error must not stop the run
+        why = f"cannot write {path} ({type(exc).__name__}: {exc})"
+        return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
+    return FileResult(item.path, "done", written, None, prepared.warnings, item.index)
+
+
+def _failed(item: InputFile, error: str, warnings: list[str] | None = None) -> FileResult:
+    return FileResult(item.path, "failed", [], error, list(warnings or []), item.index)
+
+
+def _oom_hint(size: Size, batch: int) -> str:
+    if batch > 1:
+        return f" (batch of {batch}; try --batch 1)"
+    if size == "full":
+        return " (try --size 2048, or --device cpu; README lists the memory each size needs)"
+    return " (try a smaller --size)"
+
+
+def _call(callback: ProgressCallback | None, result: FileResult) -> None:
+    if callback is not None:
+        callback(result)
