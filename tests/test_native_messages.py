@@ -82,3 +82,45 @@ def test_predict_names_the_file_a_library_message_is_about(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if "Corrupt JPEG data" in line]
     assert lines and all("damaged.jpg" in line for line in lines), proc.stderr
     assert (tmp_path / "masks" / "damaged.png").is_file() and (tmp_path / "masks" / "good.png").is_file()
+
+
+def test_eval_notes_a_damaged_prediction_by_name(tmp_path):
+    import cv2
+    import numpy as np
+
+    split = tmp_path / "set"
+    (split / "gt").mkdir(parents=True)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    rng = np.random.default_rng(0)
+    for stem in ("a", "b"):
+        gt = np.zeros((96, 128), np.uint8)
+        gt[20:70, 30:90] = 255
+        cv2.imwrite(str(split / "gt" / f"{stem}.png"), gt)
+        pred = cv2.GaussianBlur(gt, (9, 9), 3) // 2 + rng.integers(0, 60, gt.shape, dtype=np.uint8)
+        cv2.imwrite(str(preds / f"{stem}.jpg"), pred, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    data = bytearray((preds / "b.jpg").read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40, 7):
+        data[i] = 0xFF
+    (preds / "b.jpg").write_bytes(bytes(data))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdseg_cli",
+            "eval",
+            "--split",
+            str(split),
+            "--pred",
+            str(preds),
+            "--no-cache",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "prediction files are damaged" in out and "b.jpg" in out, out
+    assert "Corrupt JPEG data" not in out  # said once, as a note naming the file, not bare

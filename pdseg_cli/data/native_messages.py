@@ -160,6 +160,8 @@ class _Router:
 
 
 _router: _Router | None = None
+# set while a command routes: its worker processes (joblib's, spawned) call route_worker()
+_INHERIT = "PDSEG_ROUTE_DECODER_MESSAGES"
 
 
 @contextlib.contextmanager
@@ -174,11 +176,33 @@ def routed() -> Iterator[None]:
     except OSError:  # no fd 2, or no pipes: leave stderr alone
         yield
         return
+    os.environ[_INHERIT] = "1"
     try:
         yield
     finally:
+        os.environ.pop(_INHERIT, None)
         router, _router = _router, None
         router.close()
+
+
+def route_worker() -> None:
+    """In a worker process of a command that routes (eval's scoring processes): route this
+    process's fd 2 too, for the rest of its life (into the command's, which forwards it)."""
+    global _router
+    if _router is None and os.environ.get(_INHERIT) == "1" and os.name == "posix":
+        with contextlib.suppress(OSError):
+            _router = _Router()
+
+
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) has no reader thread: it must not wait on one."""
+    global _router, _solo
+    _router = None
+    _solo = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 _solo = threading.RLock()  # held by a decode that must run alone; other decodes wait to begin

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pdseg_cli.metrics.aggregate import EXTRA_KEYS, TABLE_KEYS, DatasetScores
+from pdseg_cli.metrics.aggregate import DatasetScores
 from pdseg_cli.metrics.image import ImageScores
+from pdseg_cli.metrics.table import METRICS
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class EvalReport:
         """One line per table row: split, count, the six table columns, then the extras."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        keys = [*TABLE_KEYS, *EXTRA_KEYS]
+        keys = [metric.key for metric in METRICS]
         writer.writerow(["split", "count", *keys])
         for name, sc in self.rows():
             values = sc.as_dict()

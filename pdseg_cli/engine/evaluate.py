@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from pdseg_cli import __version__
+from pdseg_cli.data import native_messages
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
 from pdseg_cli.engine.eval_pairs import PairPlan, check_missing, list_maps, listing, plan_pairs
@@ -53,9 +54,13 @@ from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
 from pdseg_cli.metrics.common import GT_THRESHOLD
+from pdseg_cli.metrics.fmeasure import BETA2_F
 from pdseg_cli.metrics.gtprep import GTPrep
+from pdseg_cli.metrics.hce import EPSILON, RELAX
 from pdseg_cli.metrics.image import score_pair
 from pdseg_cli.metrics.reading import MaskFile, read_mask_file
+from pdseg_cli.metrics.smeasure import ALPHA_S
+from pdseg_cli.metrics.wfmeasure import BETA2_WF
 
 POOLING_NOTE = "pooled over all images of its splits, each image weight 1 (not the mean of the split rows)"
 
@@ -98,19 +103,23 @@ NOTE_TEXT = {
     "gt_colour": "GT files are colour or palette images: read as gray luminance 0.299 R + 0.587 G + 0.114 B",
     "pred_colour": "prediction files are colour or palette images, not gray maps (photos given as "
     "--pred?): read as gray luminance 0.299 R + 0.587 G + 0.114 B",
+    "gt_damaged": "GT files are damaged (their decoder reported corrupt data): parts may read wrong",
+    "pred_damaged": "prediction files are damaged (the decoder reported corrupt data): parts may read wrong",
     "gt_empty": f"GT masks have no pixel above {GT_THRESHOLD} (0/1 masks?): they read as empty GTs "
     "(all background), as in the reference tools; store masks as 0/255",
 }
 
 
 def file_notes(mask: MaskFile, role: str) -> list[str]:
-    """Note kinds (keys of ``NOTE_TEXT``) that apply to a file: 16-bit, colour, a GT that reads as empty."""
+    """Note kinds (keys of ``NOTE_TEXT``) of a file: 16-bit, colour, damaged, a GT that reads as empty."""
     prefix = "gt" if role == "GT" else "pred"
     kinds = []
     if mask.sixteen_bit:
         kinds.append(f"{prefix}_16bit")
     if mask.colour:
         kinds.append(f"{prefix}_colour")
+    if mask.decoder_said:
+        kinds.append(f"{prefix}_damaged")
     if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
         kinds.append("gt_empty")
     return kinds
@@ -133,6 +142,7 @@ def _score_files(
 ) -> ImageRecord | _Failure:
     if worker:
         cv2.setNumThreads(1)  # one image per process: no oversubscription
+        native_messages.route_worker()  # a damaged file's decoder messages come back as its note
     cache = GTCache(cache_root) if cache_root is not None else None
     try:
         gt = read_mask_file(gt_path, digest=cache is not None)
@@ -404,17 +414,17 @@ def report_settings(
         "resize": "a prediction of another size is resized to the GT size (cv2.resize, INTER_LINEAR)",
         "gt": "foreground is gt > 128",
         "normalisation": "per-image min-max of the prediction to [0, 1] for F, wF, MAE, S, E (not for HCE)",
-        "F": {"beta2": 0.3, "thresholds": "256 on the truncated map, q >= t for t = 0..255"},
+        "F": {"beta2": BETA2_F, "thresholds": "256 on the truncated map, q >= t for t = 0..255"},
         "adaptive": "binary map x >= min(2 * mean(x), 1)",
-        "wF": {"beta2": 1.0},
+        "wF": {"beta2": BETA2_WF},
         "S": {
-            "alpha": 0.5,
+            "alpha": ALPHA_S,
             "nan_case": "an image whose S is NaN (GT centroid on the last row/column) counts as 0",
         },
         "E": "mean over the 256 thresholds of the image-averaged E curve (E^m_phi, the DIS table's E)",
         "HCE": {
-            "relax": 5,
-            "epsilon": 2.0,
+            "relax": RELAX,
+            "epsilon": EPSILON,
             "binarisation": "raw prediction byte > 128 (no normalisation), at GT resolution",
             "dataset": "mean over images (tables print it rounded to an integer)",
         },

@@ -101,8 +101,10 @@ def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
     """
     if data[:8] == _PNG_SIGNATURE and len(data) >= 26:
         return data[24] == 16, _PNG_COLOUR_TYPES.get(data[25])
-    try:
-        raw = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:  # the same bytes again: what the decoder says was said by the first decode
+        raw, _ = native_messages.decode(
+            lambda: cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        )
     except cv2.error:
         raw = None
     if raw is None:
