@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import edge_case_split
 
 from pdseg_cli.engine.evaluate import evaluate, evaluate_arrays
 from pdseg_cli.metrics.cache import GTCache, default_cache_root
@@ -26,14 +27,7 @@ def split(tmp_path: Path) -> Path:
     """A small split: <tmp>/set/gt/*.png and <tmp>/set/pred/*.png from the stored edge cases."""
     order = json.loads((GOLDEN_DIR / "edge_cases.json").read_text())["order"]
     assert set(CASES) <= set(order)
-    root = tmp_path / "set"
-    (root / "gt").mkdir(parents=True)
-    (root / "pred").mkdir()
-    with np.load(GOLDEN_DIR / "edge_cases.npz") as z:
-        for name in CASES:
-            cv2.imwrite(str(root / "gt" / f"{name}.png"), z[f"{name}__gt"])
-            cv2.imwrite(str(root / "pred" / f"{name}.png"), z[f"{name}__pred"])
-    return root
+    return edge_case_split(tmp_path / "set", CASES)
 
 
 def _values(report) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import edge_case_split, flat
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -18,24 +19,6 @@ CASES = ("thin_lines_half_found", "holes_soft_pred", "low_range_30_200", "pred_h
 runner = CliRunner(env={"COLUMNS": "250", "PDSEG_CACHE_DIR": None})
 
 
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _write_split(folder: Path, cases=CASES, *, images: bool = False) -> Path:
-    """folder/gt/<case>.png and folder/pred/<case>.png (and folder/im/<case>.jpg)."""
-    (folder / "gt").mkdir(parents=True)
-    (folder / "pred").mkdir()
-    with np.load(GOLDEN_DIR / "edge_cases.npz") as z:
-        for name in cases:
-            cv2.imwrite(str(folder / "gt" / f"{name}.png"), z[f"{name}__gt"])
-            cv2.imwrite(str(folder / "pred" / f"{name}.png"), z[f"{name}__pred"])
-            if images:
-                (folder / "im").mkdir(exist_ok=True)
-                cv2.imwrite(str(folder / "im" / f"{name}.jpg"), np.dstack([z[f"{name}__gt"]] * 3))
-    return folder
-
-
 def _run(*args: str | Path, cache: Path) -> object:
     result = runner.invoke(app, ["eval", *map(str, args), "--cache-dir", str(cache), "--jobs", "1"])
     assert "Traceback" not in result.output
@@ -43,19 +26,19 @@ def _run(*args: str | Path, cache: Path) -> object:
 
 
 def test_table_json_and_csv(tmp_path: Path) -> None:
-    split = _write_split(tmp_path / "myset")
+    split = edge_case_split(tmp_path / "myset", CASES)
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
     result = _run(
         "--split", split, "--pred", split / "pred", "--json", out_json, "--csv", out_csv, cache=tmp_path / "c"
     )
     assert result.exit_code == 0, result.output
-    text = _flat(result.stdout)
+    text = flat(result.stdout)
     for column in ("maxF", "wF", "MAE", "S", "E", "HCE"):
         assert column in text
     assert text.index("maxF") < text.index("wF") < text.index("MAE") < text.index("HCE")
     api = evaluate(split / "pred", split / "gt", jobs=1, use_cache=False).splits[0].scores
     assert f"{api.max_f:.3f}" in text and f"{api.wf:.3f}" in text and f"{api.hce:.0f}" in text
-    assert "1 of 4 predictions had another size and were resized" in _flat(result.stderr)
+    assert "1 of 4 predictions had another size and were resized" in flat(result.stderr)
 
     data = json.loads(out_json.read_text())
     assert set(data) >= {"splits", "images", "settings", "curves"}
@@ -77,20 +60,20 @@ def test_table_json_and_csv(tmp_path: Path) -> None:
 
 
 def test_missing_predictions_are_listed(tmp_path: Path) -> None:
-    split = _write_split(tmp_path / "s")
+    split = edge_case_split(tmp_path / "s", CASES)
     (split / "pred" / "holes_soft_pred.png").unlink()
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
     assert result.exit_code == 2
-    text = _flat(result.output)
+    text = flat(result.output)
     assert "1 of 4 GT masks have no prediction" in text and "holes_soft_pred" in text
     assert "--allow-missing" in text
     allowed = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
     assert allowed.exit_code == 0, allowed.output
-    assert "left out" in _flat(allowed.stderr) and "holes_soft_pred" in allowed.stderr
+    assert "left out" in flat(allowed.stderr) and "holes_soft_pred" in allowed.stderr
 
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:
-    split = _write_split(tmp_path / "s")
+    split = edge_case_split(tmp_path / "s", CASES)
     (split / "pred" / "low_range_30_200.png").write_bytes(b"garbage")
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
     assert result.exit_code == 2
@@ -103,30 +86,30 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
 
 
 def test_empty_folders_and_unpaired_stems(tmp_path: Path) -> None:
-    split = _write_split(tmp_path / "s")
+    split = edge_case_split(tmp_path / "s", CASES)
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _run("--split", split, "--pred", empty, cache=tmp_path / "c")
-    assert result.exit_code == 2 and "no prediction maps in" in _flat(result.output)
+    assert result.exit_code == 2 and "no prediction maps in" in flat(result.output)
     other = tmp_path / "other"
     other.mkdir()
     cv2.imwrite(str(other / "frame_0001.png"), np.zeros((5, 5), np.uint8))
     result = _run("--split", split, "--pred", other, cache=tmp_path / "c")
-    text = _flat(result.output)
+    text = flat(result.output)
     assert result.exit_code == 2 and "matches a GT by file stem; its maps are named like frame_0001" in text
     assert "is --pred the right folder?" in text and "--allow-missing" not in text
     cv2.imwrite(str(split / "pred" / "extra.png"), np.zeros((5, 5), np.uint8))
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
     assert result.exit_code == 0
-    assert "1 predictions have no GT of the same name and were ignored: extra" in _flat(result.stderr)
+    assert "1 predictions have no GT of the same name and were ignored: extra" in flat(result.stderr)
     for f in (split / "gt").iterdir():
         f.unlink()
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
-    assert result.exit_code == 2 and "no GT masks in" in _flat(result.output)
+    assert result.exit_code == 2 and "no GT masks in" in flat(result.output)
 
 
 def test_zero_one_gt_and_16_bit_masks_are_explained(tmp_path: Path) -> None:
-    split = _write_split(tmp_path / "s", CASES[:2])
+    split = edge_case_split(tmp_path / "s", CASES[:2])
     gt_path = split / "gt" / f"{CASES[0]}.png"
     gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
     cv2.imwrite(str(gt_path), (gt > 128).astype(np.uint8))  # stored as 0/1
@@ -137,7 +120,7 @@ def test_zero_one_gt_and_16_bit_masks_are_explained(tmp_path: Path) -> None:
         "--split", split, "--pred", split / "pred", "--json", tmp_path / "r.json", cache=tmp_path / "c"
     )
     assert result.exit_code == 0, result.output
-    err = _flat(result.stderr)
+    err = flat(result.stderr)
     assert "GT masks have no pixel above 128 (0/1 masks?): they read as empty GTs" in err
     assert f"(1 file): {split / 'gt' / CASES[0]}.png" in err
     assert "prediction files are 16-bit: read as their high byte (v >> 8)" in err
@@ -151,7 +134,7 @@ def _dis_root(tmp_path: Path) -> tuple[Path, Path]:
     root, preds = tmp_path / "DIS5K", tmp_path / "preds"
     preds.mkdir()
     for i, name in enumerate(("DIS-VD", "DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")):
-        folder = _write_split(root / name, CASES[: 2 + i % 3], images=True)
+        folder = edge_case_split(root / name, CASES[: 2 + i % 3], images=True)
         (folder / "pred").rename(preds / name)
     return root, preds
 
@@ -170,7 +153,7 @@ def test_dis_te_overall_row_is_pooled(tmp_path: Path) -> None:
         cache=tmp_path / "c",
     )
     assert result.exit_code == 0, result.output
-    text = _flat(result.stdout)
+    text = flat(result.stdout)
     for name in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4", "DIS-TE (overall)"):
         assert name in text
     assert "pooled over all 12 images of DIS-TE1, DIS-TE2, DIS-TE3, DIS-TE4, each image weight 1" in text
@@ -192,16 +175,16 @@ def test_split_names_and_roots_fail_clearly(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("PDSEG_DATA", raising=False)
     result = _run("--split", "DIS-TE3", "--pred", tmp_path, cache=tmp_path / "c")
     assert result.exit_code == 2
-    text = _flat(result.output)
+    text = flat(result.output)
     assert "DIS5K root DIS5K (from the default ./DIS5K) is not a folder" in text
     assert "<root>/<split>/gt/<stem>.png" in text
     root, preds = _dis_root(tmp_path)
     (root / "DIS-TE3" / "gt").rename(root / "DIS-TE3" / "masks")
     result = _run("--split", "DIS-TE3", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
-    assert result.exit_code == 2 and "split DIS-TE3 has no gt/ subfolder" in _flat(result.output)
+    assert result.exit_code == 2 and "split DIS-TE3 has no gt/ subfolder" in flat(result.output)
     result = _run("--split", "DIS-TE5", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
-    assert result.exit_code == 2 and "not a DIS5K split name nor a folder" in _flat(result.output)
-    assert "did you mean" in _flat(result.output)
+    assert result.exit_code == 2 and "not a DIS5K split name nor a folder" in flat(result.output)
+    assert "did you mean" in flat(result.output)
     result = _run(
         "--split",
         "DIS-VD",
@@ -213,15 +196,15 @@ def test_split_names_and_roots_fail_clearly(tmp_path: Path, monkeypatch: pytest.
         tmp_path / "nowhere",
         cache=tmp_path / "c",
     )
-    assert result.exit_code == 2 and "no subfolder DIS-VD/" in _flat(result.output)
+    assert result.exit_code == 2 and "no subfolder DIS-VD/" in flat(result.output)
 
 
 def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
-    split = _write_split(tmp_path / "s")
+    split = edge_case_split(tmp_path / "s", CASES)
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     result = _run("--split", split, "--pred", split / "pred", "--weights", weights, cache=tmp_path / "c")
-    assert result.exit_code == 2 and "cannot be combined" in _flat(result.output)
+    assert result.exit_code == 2 and "cannot be combined" in flat(result.output)
 
 
 class _FakeSummary:
@@ -254,7 +237,7 @@ class _FakePredictor:
 def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pdseg_cli.engine.predict as predict_mod
 
-    split = _write_split(tmp_path / "s", images=True)
+    split = edge_case_split(tmp_path / "s", CASES, images=True)
     _FakePredictor.source = split / "pred"
     monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
     keep = tmp_path / "kept"
@@ -278,7 +261,7 @@ def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch:
     assert data["settings"]["predictions"]["saved_to"] == str(keep)
     (split / "im" / f"{CASES[0]}.jpg").unlink()
     result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
-    assert result.exit_code == 2 and "no image of that name in im/" in _flat(result.output)
+    assert result.exit_code == 2 and "no image of that name in im/" in flat(result.output)
 
 
 def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
@@ -292,7 +275,7 @@ def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
             if "cls" in name or "classifier" in name:
                 p.mul_(300.0)  # maps spread over 0..255
     ckpt = save_checkpoint(model, tmp_path / "tiny.pt", train_size=64)
-    split = _write_split(tmp_path / "s", CASES[:3], images=True)
+    split = edge_case_split(tmp_path / "s", CASES[:3], images=True)
     keep, out_json = tmp_path / "kept", tmp_path / "r.json"
     args = ["--split", split, "--weights", ckpt, "--device", "cpu", "--save-preds", keep, "--json", out_json]
     result = _run(*args, cache=tmp_path / "c")
