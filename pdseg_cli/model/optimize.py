@@ -12,7 +12,7 @@ next to the part it folds (``docs/model.md``, 'Inference form'):
 
 * ``mscan.py``: eval-mode BatchNorm folded into the convolutions next to it, the layer scales into
   ``proj_2`` and ``fc2``, the attention's strip branches summed in the convolution epilogues, and
-  on the CPU the MLP of the large early stages run in bands of rows, so its 4x/8x-wide hidden map
+  on the CPU the MLP of the large early stages runs in bands of rows, so its 4x/8x-wide hidden map
   never exists whole (``FastStem``, ``FastDownsample``, ``FastBlock``, ``FastEncoder``).
 * ``ham.py``: the NMF on the channels-last (B, N, C) matrix, updated in place in row blocks
   (``FastNMF``).
