@@ -293,4 +293,7 @@ def test_config_is_frozen_and_validated() -> None:
     with pytest.raises(ValueError, match="GroupNorm"):
         dataclasses.replace(config, decoder_widths=(512, 320, 128, 48))
     with pytest.raises(ValueError, match="decoder_widths"):
-        dataclasses.replace(config, decoder="light_ham")
+        dataclasses.replace(config, decoder_widths=())
+    # the decoder's name and number of widths are the registry's to check, when the model is built
+    with pytest.raises(InputError, match="needs 1 decoder_widths"):
+        create_model(dataclasses.replace(config, decoder="light_ham"))

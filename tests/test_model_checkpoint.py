@@ -143,6 +143,8 @@ def _write_bad(kind: str, good: Path, tmp_path: Path) -> Path:
         torch.save({**raw, "format_version": FORMAT_VERSION + 1}, path)
     elif kind == "bad-config":
         torch.save({**raw, "config": {**raw["config"], "embed_dims": [1, 2]}}, path)
+    elif kind == "unknown-decoder":
+        torch.save({**raw, "config": {**raw["config"], "decoder": "unet"}}, path)
     elif kind == "no-state-dict":
         torch.save({k: v for k, v in raw.items() if k != "state_dict"}, path)
     elif kind == "mismatched-keys":
@@ -171,6 +173,7 @@ BAD_CASES = {
     "other-format": "not a 'pdseg-checkpoint'",
     "newer-version": "newer pdseg",
     "bad-config": "invalid model config",
+    "unknown-decoder": "invalid model config: unknown decoder 'unet' (known: progressive, light_ham)",
     "no-state-dict": "no state_dict",
     "mismatched-keys": "decoder.levels.0.classifier.bias",
 }

@@ -1,9 +1,13 @@
 """The optimised inference form gives the plain path's logits, and leaves the plain model alone.
 
-Every structure the variants have (progressive and single-head decoders, NMF ranks 8/16/64, the
-residual-map option) is compared at a small and an odd size, with BatchNorm statistics, norm
-affines, layer scales and classifiers drawn away from their initial values so that every fold is
-exercised. Tolerance: max |delta logit| <= 1e-4 in fp32 (issue 7).
+The structures compared are generated: every variant of ``config.VARIANTS`` (one block a stage),
+every registered decoder with and without residual maps and with one or eight channels per
+GroupNorm group, and pdseg-tiny with each other structural ModelConfig option changed; a new
+config field must be placed in one of those lists or among the ones that do not change eval-mode
+maths. Each is compared at a small and an odd size, with BatchNorm statistics, norm affines, layer
+scales and classifiers drawn away from their initial values so that every fold is exercised.
+Tolerance: max |delta logit| <= 1e-4 in fp32 (issue 7). Every model part has an inference form, or
+says which part's form folds it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import torch
 from torch import nn
 
 import pdseg_cli
-from pdseg_cli.config import ModelConfig, get_config
+from pdseg_cli.config import VARIANTS, ModelConfig, get_config
 from pdseg_cli.model import PDSeg, create_model, load_model, save_checkpoint
 from pdseg_cli.model.optimize import FastPDSeg, fused_ops_available, optimize
+from pdseg_cli.model.registry import DECODERS
 
 TOL = 1e-4
 SIZES = [(64, 96), (97, 131)]
@@ -71,15 +76,48 @@ def tiny() -> PDSeg:
     return _model("pdseg-tiny")
 
 
-STRUCTURES = {
-    "pdseg-tiny": get_config("pdseg-tiny"),
-    "pdseg-tiny-residual": dataclasses.replace(get_config("pdseg-tiny"), residual_maps=True),
-    "pdseg-t": get_config("pdseg-t"),
-    "segnext-t": get_config("segnext-t"),
-    "segnext-b": get_config("segnext-b"),
-    # pdseg-b's widths and R = 64 with one block per stage (the blocks are pdseg-t's/segnext-b's kind)
-    "pdseg-b-slim": dataclasses.replace(get_config("pdseg-b"), depths=(1, 1, 1, 1)),
+# ModelConfig fields that do not change the eval-mode network (training only, or identities in eval)
+NOT_STRUCTURAL = {"name", "drop_path_rate", "dropout", "ham_train_steps"}
+# each other field, changed on pdseg-tiny (decoder, residual_maps and min_group_channels: see below)
+TOGGLES: dict[str, object] = {
+    "embed_dims": (8, 16, 24, 32),
+    "depths": (2, 1, 1, 2),
+    "mlp_ratios": (4, 4, 2, 1),
+    "decoder_widths": (32, 16, 16, 8),
+    "ham_rank": 1,
+    "ham_eval_steps": 0,
+    "ham_seed": 5,
+    "norm_groups": 4,
+    "pad_multiple": 64,
 }
+DECODER_OPTIONS = {"decoder", "residual_maps", "min_group_channels"}
+
+
+def _structures() -> dict[str, ModelConfig]:
+    """Every variant (one block a stage), every decoder x options, and each toggle on pdseg-tiny."""
+    cases = {name: dataclasses.replace(cfg, depths=(1, 1, 1, 1)) for name, cfg in VARIANTS.items()}
+    tiny = get_config("pdseg-tiny")
+    for name, entry in DECODERS.items():
+        for residual in (False, True):
+            for min_group in (1, 8):
+                cases[f"tiny-{name}-residual{int(residual)}-group{min_group}"] = dataclasses.replace(
+                    tiny,
+                    decoder=name,
+                    decoder_widths=tiny.decoder_widths[: entry.widths],
+                    residual_maps=residual,
+                    min_group_channels=min_group,
+                )
+    for field, value in TOGGLES.items():
+        cases[f"tiny-{field}"] = dataclasses.replace(tiny, **{field: value})
+    return cases
+
+
+STRUCTURES = _structures()
+
+
+def test_every_config_field_is_exercised() -> None:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert fields == NOT_STRUCTURAL | set(TOGGLES) | DECODER_OPTIONS
 
 
 @pytest.mark.parametrize("name", list(STRUCTURES))
@@ -93,9 +131,10 @@ def test_same_logits_as_plain_path(name: str) -> None:
         assert got.shape == want.shape == (1, 1, h, w)
         assert got.dtype == torch.float32
         assert _max_diff(got, want) <= TOL, f"{name} {h}x{w}"
+    assert fast.notes == ()  # every part was folded
 
 
-@pytest.mark.parametrize("name", ["pdseg-tiny-residual", "segnext-t"])
+@pytest.mark.parametrize("name", ["tiny-progressive-residual1-group1", "segnext-t"])
 def test_as_close_to_exact_maths_as_the_plain_path(name: str) -> None:
     """Against a float64 copy of the plain model: the fast form is within 1e-4 of exact maths."""
     model = _model(STRUCTURES[name])
@@ -360,9 +399,9 @@ def test_resolve_compile() -> None:
 
 def test_nmf_in_place_row_blocks_match_the_plain_nmf(tiny: PDSeg, monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-place coefficient update in row blocks (several, the last one shorter), batch 2."""
-    import pdseg_cli.model.optimize as opt
+    import pdseg_cli.model.ham as ham
 
-    monkeypatch.setattr(opt, "NMF_ROWS", 48)  # 10 x 13 = 130 rows: blocks of 48, 48 and 34
+    monkeypatch.setattr(ham, "NMF_ROWS", 48)  # 10 x 13 = 130 rows: blocks of 48, 48 and 34
     fast = optimize(tiny)
     level, fast_level = tiny.decoder.levels[-1], fast.decoder.levels[-1]
     plain_nmf = level.hamburger.ham.eval()
@@ -375,3 +414,63 @@ def test_nmf_in_place_row_blocks_match_the_plain_nmf(tiny: PDSeg, monkeypatch: p
         mine = x.contiguous(memory_format=torch.channels_last).clone(memory_format=torch.channels_last)
         overwritten = fast_level.nmf(mine, overwrite_input=True)  # the result goes into `mine`
         assert overwritten.data_ptr() == mine.data_ptr() and _max_diff(overwritten, want) <= 1e-5
+
+
+def _model_module_classes() -> list[type[nn.Module]]:
+    """Every nn.Module subclass defined in a module of pdseg_cli.model."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import pdseg_cli.model
+
+    classes = []
+    for info in pkgutil.iter_modules(pdseg_cli.model.__path__):
+        module = importlib.import_module(f"pdseg_cli.model.{info.name}")
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__:
+                classes.append(obj)
+    return classes
+
+
+def test_every_model_part_has_an_inference_form() -> None:
+    """A part has ``fast()``, is a registered decoder with a fast form, or names the part whose form
+    folds it (``FOLDED_BY``); the forms themselves are InferenceForm subclasses."""
+    from pdseg_cli.model.fusion import InferenceForm
+
+    classes = {cls.__name__: cls for cls in _model_module_classes()}
+    registered = {entry.cls: entry for entry in DECODERS.values()}
+
+    def has_form(cls: type[nn.Module]) -> bool:
+        if cls in registered:
+            return registered[cls].fast is not None
+        return callable(getattr(cls, "fast", None))
+
+    missing = []
+    for name, cls in classes.items():
+        if issubclass(cls, InferenceForm) or has_form(cls):
+            continue
+        parent = getattr(cls, "FOLDED_BY", None)
+        if parent is None or parent not in classes or not has_form(classes[parent]):
+            missing.append(name)
+    assert not missing, f"no inference form and no FOLDED_BY naming a part that has one: {missing}"
+    assert {"PDSeg", "MSCAN", "Block", "NMF2D", "HamLevel", "ProgressiveDecoder"} <= classes.keys()
+
+
+def test_an_encoder_part_without_inference_form_is_kept_plain_with_a_note(tiny: PDSeg) -> None:
+    import copy
+
+    from pdseg_cli.model.fusion import KeptPlain
+
+    class Doubler(nn.Module):  # a stage norm of another kind: no fast()
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2.0
+
+    model = copy.deepcopy(tiny)
+    model.encoder.norm2 = Doubler()
+    fast = optimize(model)
+    assert isinstance(fast, FastPDSeg) and isinstance(fast.encoder.norms[1], KeptPlain)
+    assert len(fast.notes) == 1 and fast.notes[0].startswith("encoder.norm2 (Doubler) has no inference form")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        assert _max_diff(fast(x), model(x)) <= TOL

@@ -27,6 +27,7 @@ def info(
     from pdseg_cli import ui
     from pdseg_cli.config import get_config
     from pdseg_cli.model.counting import count_macs, count_params
+    from pdseg_cli.model.registry import decoder_entry
 
     with user_errors():
         configs = [get_config(variant)] if variant else list(VARIANTS.values())
@@ -35,7 +36,7 @@ def info(
             rows.append(
                 (
                     cfg.name,
-                    "progressive (P1)" if cfg.decoder == "progressive" else "single (LightHam)",
+                    decoder_entry(cfg.decoder).label,
                     ",".join(map(str, cfg.embed_dims)),
                     ",".join(map(str, cfg.depths)),
                     f"{count_params(cfg) / 1e6:.2f}M",

@@ -34,9 +34,10 @@ from torch import nn
 
 from pdseg_cli import __version__
 from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
-from pdseg_cli.errors import WeightsError, first_line
+from pdseg_cli.errors import InputError, WeightsError, first_line
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
+from pdseg_cli.model.registry import check_decoder
 
 FORMAT_NAME = "pdseg-checkpoint"
 FORMAT_VERSION = 1  # bump when the layout changes; loaders refuse newer versions
@@ -260,7 +261,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         )
     try:
         config = ModelConfig.from_dict(obj.get("config"))  # type: ignore[arg-type]
-    except ValueError as exc:
+        check_decoder(config)
+    except (ValueError, InputError) as exc:
         raise WeightsError(f"{path} has an invalid model config: {exc}") from None
     state = obj.get("state_dict")
     if not _is_state_dict(state):
@@ -351,8 +353,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
 _MMSEG_RENAMES = ((re.compile(r"^(block\d+\.\d+\.mlp\.dwconv)\.(weight|bias)$"), r"\1.dwconv.\2"),)
 
 
-def _backbone_state(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The MSCAN tensors in a loaded file, and the keys that were dropped on purpose."""
+def _backbone_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The MSCAN tensors in a loaded file (a segmentor's head and the ImageNet classifier left out)."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME and _is_state_dict(obj.get("state_dict")):
         obj = {k[len("encoder.") :]: v for k, v in obj["state_dict"].items() if k.startswith("encoder.")}
     for wrapper in ("state_dict", "model", "state_dict_ema"):
@@ -365,19 +367,16 @@ def _backbone_state(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list
             hint="give an MSCAN ImageNet file such as mscan_b.pth",
         )
     state = _strip_prefixes(obj)
-    dropped: list[str] = []
     if any(k.startswith("backbone.") for k in state):  # a whole SegNeXt segmentor: keep its backbone
-        dropped = [k for k in state if not k.startswith("backbone.")]
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     out = {}
     for key, value in state.items():
         if key.startswith("head."):  # the ImageNet classifier of the pretraining model
-            dropped.append(key)
             continue
         for pattern, repl in _MMSEG_RENAMES:
             key = pattern.sub(repl, key)
         out[key] = value
-    return out, dropped
+    return out
 
 
 def _guess_mscan(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -420,7 +419,7 @@ def load_backbone(model: PDSeg | MSCAN, path: str | os.PathLike[str]) -> int:
     encoder = model.encoder if isinstance(model, PDSeg) else model
     if not isinstance(encoder, MSCAN):
         raise TypeError(f"load_backbone needs a PDSeg model or an MSCAN encoder, got {type(model).__name__}")
-    state, _ = _backbone_state(_torch_load(path, "backbone weights"), path)
+    state = _backbone_state(_torch_load(path, "backbone weights"), path)
     problem = _mismatch_message(encoder.state_dict(), state, ignore_missing=("num_batches_tracked",))
     if problem:
         guess = _guess_mscan(state)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pdseg_cli.model.fusion import frozen_param
 
 FOREGROUND_PRIOR = 0.1  # initial foreground probability of every decoder classifier
 
@@ -20,6 +23,8 @@ class DropPath(nn.Module):
     Args:
         p: probability of dropping the branch for one sample.
     """
+
+    FOLDED_BY: ClassVar[str] = "Block"  # the identity in eval mode: inference forms leave it out
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -52,6 +57,13 @@ class LayerNorm2d(nn.LayerNorm):
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
+    def fast(self) -> LayerNorm2d:
+        """Its inference form: a frozen float32 copy (on a channels-last map the permutes are free)."""
+        norm = LayerNorm2d(self.normalized_shape, eps=self.eps, device=self.weight.device)
+        norm.weight = frozen_param(self.weight, self.weight)
+        norm.bias = frozen_param(self.bias, self.weight)
+        return norm
+
 
 class ConvGNReLU(nn.Module):
     """1x1 convolution without bias, GroupNorm, ReLU: mmcv's ``ConvModule`` as SegNeXt's heads use it.
@@ -61,6 +73,8 @@ class ConvGNReLU(nn.Module):
         out_channels: output channels; must divide by ``groups``.
         groups: GroupNorm groups.
     """
+
+    FOLDED_BY: ClassVar[str] = "HamLevel"
 
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()

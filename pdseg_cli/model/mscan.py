@@ -15,14 +15,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from pdseg_cli.model.fusion import (
+    FusedConv,
+    InferenceForm,
+    bn_scale_shift,
+    fast_form,
+    fold_bn_after,
+    fold_bn_before,
+    frozen_param,
+    memory_format_of,
+    tracing,
+    weight_bias,
+)
 from pdseg_cli.model.layers import DropPath, LayerNorm2d
 
 STRIDES = (4, 8, 16, 32)
 LAYER_SCALE_INIT = 1e-2  # gamma_1 and gamma_2 start at 0.01 (SegNeXt)
+# Inference form, CPU: an MLP hidden map larger than MLP_BAND_ABOVE bytes is processed in bands of
+# rows of about MLP_BAND_BYTES: they stay in cache, and no large buffer is allocated (fresh large
+# buffers come from mmap and page-fault on every forward pass). Smaller maps are as fast whole.
+MLP_BAND_ABOVE = 8 << 20
+MLP_BAND_BYTES = 4 << 20
 
 
 class StemConv(nn.Module):
@@ -44,6 +62,9 @@ class StemConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)  # (B, 3, H, W) -> (B, C, H/4, W/4)
 
+    def fast(self) -> FastStem:
+        return FastStem(self)
+
 
 class DownsampleConv(nn.Module):
     """Stages 2-4 downsampling by 2: one 3x3 stride-2 convolution and BN (``OverlapPatchEmbed``)."""
@@ -56,6 +77,9 @@ class DownsampleConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))  # (B, C_prev, H, W) -> (B, C, H/2, W/2)
 
+    def fast(self) -> FastDownsample:
+        return FastDownsample(self)
+
 
 class MSCA(nn.Module):
     """Multi-scale convolutional attention: a 5x5 depth-wise conv, three depth-wise strip branches
@@ -63,6 +87,8 @@ class MSCA(nn.Module):
 
     The official name of this module is ``AttentionModule``; its attribute names are kept.
     """
+
+    FOLDED_BY: ClassVar[str] = "Block"
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -84,6 +110,8 @@ class MSCA(nn.Module):
 class SpatialAttention(nn.Module):
     """1x1 conv, GELU, MSCA, 1x1 conv, plus a shortcut from the (normalised) input."""
 
+    FOLDED_BY: ClassVar[str] = "Block"
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
@@ -98,6 +126,8 @@ class SpatialAttention(nn.Module):
 class DWConv(nn.Module):
     """3x3 depth-wise convolution with bias, wrapped so its key is ``mlp.dwconv.dwconv``."""
 
+    FOLDED_BY: ClassVar[str] = "Block"
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
@@ -108,6 +138,8 @@ class DWConv(nn.Module):
 
 class MLP(nn.Module):
     """1x1 conv C -> rC, 3x3 depth-wise conv, GELU, 1x1 conv rC -> C (dropout 0, so none)."""
+
+    FOLDED_BY: ClassVar[str] = "Block"
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -144,6 +176,9 @@ class Block(nn.Module):
         x = x + self.drop_path(self.layer_scale_1[:, None, None] * self.attn(self.norm1(x)))
         x = x + self.drop_path(self.layer_scale_2[:, None, None] * self.mlp(self.norm2(x)))
         return x
+
+    def fast(self) -> FastBlock:
+        return FastBlock(self)
 
 
 class MSCAN(nn.Module):
@@ -215,5 +250,172 @@ class MSCAN(nn.Module):
             for block in getattr(self, f"block{i}"):
                 x = block(x)
             x = getattr(self, f"norm{i}")(x)
+            outs.append(x)
+        return outs
+
+    def fast(self) -> FastEncoder:
+        return FastEncoder(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# inference forms (docs/model.md, 'Inference form')
+
+
+class FastStem(InferenceForm):
+    """:class:`StemConv` with both BNs folded into their convolutions; the GELU is the first's epilogue."""
+
+    def __init__(self, stem: StemConv) -> None:
+        super().__init__()
+        conv1, bn1, _, conv2, bn2 = stem.proj
+        self.conv1 = FusedConv(
+            *fold_bn_after(conv1, bn1), conv1.weight, stride=conv1.stride, padding=conv1.padding
+        )
+        self.conv2 = FusedConv(
+            *fold_bn_after(conv2, bn2), conv2.weight, stride=conv2.stride, padding=conv2.padding
+        )
+
+    def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        return self.conv2(self.conv1(x, fused, act="gelu"), fused)
+
+
+class FastDownsample(InferenceForm):
+    """:class:`DownsampleConv` with its BN folded into the convolution."""
+
+    def __init__(self, embed: DownsampleConv) -> None:
+        super().__init__()
+        conv = embed.proj
+        self.conv = FusedConv(
+            *fold_bn_after(conv, embed.norm), conv.weight, stride=conv.stride, padding=conv.padding
+        )
+
+    def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        return self.conv(x, fused)
+
+
+class FastBlock(InferenceForm):
+    """One MSCAN block with BN1, BN2 and both layer scales folded.
+
+    BN2 is folded into ``fc1`` and BN1 into ``proj_1`` (BN before a 1x1 conv). BN1's output ``a`` is
+    also the attention's inner shortcut, so that term is carried algebraically, and the layer scales
+    g1, g2 go into ``proj_2`` and ``fc2``::
+
+        x + g1 * (proj_2(v) + BN1(x)) = (1 + g1 * s1) * x + (g1 * W2) v + g1 * (b2 + t1)
+
+    where BN1(x) = s1 * x + t1. The MSCA strip branches are summed as they are produced: each
+    vertical strip conv adds the running sum in its epilogue (t = s + V7 H7 s, then + V11 H11 s, then
+    + V21 H21 s), and the 1x1 ``conv3`` multiplies by ``u`` in its epilogue. (One-conv forms of the
+    three branches, a depth-wise conv with multiplier 3 or a grouped conv of 3 channels per group,
+    were much slower than three depth-wise convs on oneDNN, so the branches stay separate.) On the
+    CPU the MLP of a large map runs in bands of rows (:meth:`_mlp_bands`).
+    """
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        attn, msca, mlp = block.attn, block.attn.spatial_gating_unit, block.mlp
+        like = attn.proj_1.weight
+        self.proj_1 = FusedConv(*fold_bn_before(block.norm1, attn.proj_1), like)
+        self.conv0 = FusedConv.of(msca.conv0)
+        self.strips = nn.ModuleList(
+            FusedConv.of(c)
+            for c in (msca.conv0_1, msca.conv0_2, msca.conv1_1, msca.conv1_2, msca.conv2_1, msca.conv2_2)
+        )
+        self.conv3 = FusedConv.of(msca.conv3)
+        # x + g1 * (W2 v + b2 + s1 x + t1) = (1 + g1 s1) x + (g1 W2) v + g1 (b2 + t1)
+        g1 = block.layer_scale_1.detach().double()
+        s1, t1 = bn_scale_shift(block.norm1)
+        w2, b2 = weight_bias(attn.proj_2)
+        self.proj_2 = FusedConv(w2 * g1[:, None, None, None], g1 * (b2 + t1), like)
+        self.skip_scale = frozen_param((1.0 + g1 * s1)[None, :, None, None], like)  # (1, C, 1, 1)
+        self.fc1 = FusedConv(*fold_bn_before(block.norm2, mlp.fc1), like)
+        self.dwconv = FusedConv.of(mlp.dwconv.dwconv)
+        g2 = block.layer_scale_2.detach().double()
+        w4, b4 = weight_bias(mlp.fc2)
+        self.fc2 = FusedConv(w4 * g2[:, None, None, None], g2 * b4, like)
+
+    def forward(self, x: torch.Tensor, fused: bool, bands: tuple[int, int] | None = None) -> torch.Tensor:
+        u = self.proj_1(x, fused, act="gelu")
+        s = self.conv0(u, fused)
+        t = s
+        for horizontal, vertical in zip(self.strips[0::2], self.strips[1::2], strict=True):
+            # t <- V_k(H_k(s)) + t: the plain path's ((s + a) + b) + c, term by term; after the
+            # first branch t is a map of our own, so the sum goes into it (fewer maps at the peak)
+            t = vertical(horizontal(s, fused), fused, other=t, op="add", into_other=t is not s)
+        del s
+        v = self.conv3(t, fused, other=u, op="mul", into_other=True)  # u: not needed after
+        del t, u
+        y = self.proj_2(v, fused)
+        del v
+        # y + (1 + g1 s1) x, a fresh map (the MLP may write into it); the ONNX exporter turns addcmul_
+        # into fp32 maths, so traced graphs get the two-op form
+        x = y.add_(x * self.skip_scale) if tracing() else y.addcmul_(x, self.skip_scale)
+        return self._mlp(x, fused, bands)
+
+    def _mlp(self, x: torch.Tensor, fused: bool, bands: tuple[int, int] | None) -> torch.Tensor:
+        """x + fc2(GELU(dw(fc1(x)))); with ``bands = (above, size)``, by bands of rows of about ``size``
+        bytes of hidden map when the whole hidden map would exceed ``above`` bytes."""
+        b, _, height, width = x.shape
+        row_bytes = b * self.fc1.weight.shape[0] * width * x.element_size()
+        rows = height if bands is None or row_bytes * height <= bands[0] else bands[1] // row_bytes
+        if bands is None or rows >= height:
+            h = self.dwconv(self.fc1(x, fused), fused, act="gelu")
+            return self.fc2(h, fused, other=x, op="add")
+        return self._mlp_bands(x, fused, max(rows, 2))
+
+    def _mlp_bands(self, x: torch.Tensor, fused: bool, rows: int) -> torch.Tensor:
+        """The MLP band by band, written back into ``x`` (a map this block owns).
+
+        The (B, rC, H, W) hidden map is never whole: each band of ``rows`` input rows goes through fc1,
+        is joined to the last two fc1 rows of the band above (a zero row above the image), and the
+        3x3 depth-wise conv runs without vertical padding, so it produces the rows it has both
+        neighbours of: input rows [a, e) give output rows [a - 1, e - 1) (to H for the last band,
+        with a zero row below the image). Those rows are written back into ``x`` at once: later
+        bands read only rows >= e - 1 of ``x``, which are still the input. Same sums as the whole-map
+        conv (zero rows = zero padding); the hidden bands stay in cache and no large buffer is
+        allocated (fresh large allocations page-fault on every call).
+        """
+        b, _, height, width = x.shape
+        fmt = memory_format_of(x)
+        zero = x.new_zeros((b, self.fc1.weight.shape[0], 1, width)).contiguous(memory_format=fmt)
+        carry = zero  # the fc1 rows just above the current band
+        start = 0
+        for a in range(0, height, rows):
+            e = min(a + rows, height)
+            band = self.fc1(x[:, :, a:e].contiguous(memory_format=fmt), fused)
+            parts = [carry, band, zero] if e == height else [carry, band]
+            h = self.dwconv(torch.cat(parts, dim=2), fused, act="gelu", padding=(0, 1))
+            stop = height if e == height else e - 1
+            x[:, :, start:stop] = self.fc2(
+                h, fused, other=x[:, :, start:stop].contiguous(memory_format=fmt), op="add"
+            )
+            carry = band[:, :, -2:] if band.shape[2] >= 2 else torch.cat([carry[:, :, -1:], band], dim=2)
+            start = stop
+        return x
+
+
+class FastEncoder(InferenceForm):
+    """MSCAN made of its parts' inference forms; returns the same four maps."""
+
+    def __init__(self, encoder: MSCAN) -> None:
+        super().__init__()
+        self.embeds = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i in range(1, 5):
+            self.embeds.append(fast_form(getattr(encoder, f"patch_embed{i}"), f"encoder.patch_embed{i}"))
+            blocks = getattr(encoder, f"block{i}")
+            self.stages.append(
+                nn.ModuleList(fast_form(block, f"encoder.block{i}.{j}") for j, block in enumerate(blocks))
+            )
+            self.norms.append(fast_form(getattr(encoder, f"norm{i}"), f"encoder.norm{i}"))
+
+    def forward(
+        self, x: torch.Tensor, fused: bool, bands: tuple[int, int] | None = None
+    ) -> list[torch.Tensor]:
+        outs = []
+        for embed, blocks, norm in zip(self.embeds, self.stages, self.norms, strict=True):
+            x = embed(x, fused)
+            for block in blocks:
+                x = block(x, fused, bands)
+            x = norm(x)  # LayerNorm2d reads the channels-last memory as it is (a free permute)
             outs.append(x)
         return outs

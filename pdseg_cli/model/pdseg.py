@@ -2,6 +2,7 @@
 
 Zhu, Ahmed, Li, Shen, Jin, "One-stage Progressive Dichotomous Segmentation", BMVC 2023.
 Our re-implementation; see ``docs/model.md`` for what follows the paper and what is guessed.
+:class:`FastPDSeg` is its inference form (``docs/model.md``, 'Inference form').
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
+from pdseg_cli import runtime
 from pdseg_cli.config import NORMALIZATION, ModelConfig
-from pdseg_cli.model.decoder import LightHamHead, ProgressiveDecoder
+from pdseg_cli.model.fusion import InferenceForm, KeptPlain, fast_form, tracing
 from pdseg_cli.model.layers import crop_levels, pad_input
-from pdseg_cli.model.mscan import MSCAN
+from pdseg_cli.model.mscan import MLP_BAND_ABOVE, MLP_BAND_BYTES, MSCAN
+from pdseg_cli.model.registry import check_decoder
 
 
 class PDSeg(nn.Module):
@@ -27,7 +30,7 @@ class PDSeg(nn.Module):
     Attributes:
         config: the :class:`ModelConfig` it was built from.
         encoder: the MSCAN encoder.
-        decoder: a :class:`ProgressiveDecoder` or a :class:`LightHamHead`.
+        decoder: the decoder ``config.decoder`` names in :mod:`pdseg_cli.model.registry`.
         normalization: how inputs must be normalised (``pdseg_cli.config.NORMALIZATION`` unless a
             checkpoint says otherwise).
         train_size: the side of the square images the weights were trained at, if known.
@@ -35,26 +38,10 @@ class PDSeg(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        entry = check_decoder(config)  # before building anything: an unknown decoder is one line
         self.config = config
         self.encoder = MSCAN(config.embed_dims, config.depths, config.mlp_ratios, config.drop_path_rate)
-        # the hamburger settings both decoders take
-        ham: dict[str, Any] = dict(
-            rank=config.ham_rank,
-            train_steps=config.ham_train_steps,
-            eval_steps=config.ham_eval_steps,
-            seed=config.ham_seed,
-            groups=config.norm_groups,
-            min_group_channels=config.min_group_channels,
-            dropout=config.dropout,
-        )
-        decoder: nn.Module
-        if config.decoder == "progressive":
-            decoder = ProgressiveDecoder(
-                self.encoder.out_channels, config.decoder_widths, residual_maps=config.residual_maps, **ham
-            )
-        else:
-            decoder = LightHamHead(self.encoder.out_channels, config.decoder_widths[0], **ham)
-        self.decoder = decoder
+        self.decoder = entry.cls.from_config(config, self.encoder.out_channels)  # type: ignore[attr-defined]
         # a plain copy: copy.deepcopy (EMA, export) cannot copy the read-only NORMALIZATION proxy
         self.normalization: Mapping[str, Any] = dict(NORMALIZATION)
         self.train_size: int | None = None
@@ -104,6 +91,98 @@ class PDSeg(nn.Module):
             levels = levels[-1:]
         outs = crop_levels(levels, x.shape[-2:], size)
         return outs if return_levels else outs[0]
+
+    def fast(
+        self, *, precision: str = "fp32", channels_last: bool = True, use_fused_ops: bool = False
+    ) -> FastPDSeg:
+        """The inference form (plain operators unless ``use_fused_ops``).
+
+        :func:`pdseg_cli.model.optimize.optimize` checks the arguments and calls this.
+        """
+        return FastPDSeg(self, precision=precision, channels_last=channels_last, use_fused_ops=use_fused_ops)
+
+
+class FastPDSeg(InferenceForm):
+    """The inference-only form :func:`~pdseg_cli.model.optimize.optimize` returns; call it as the PDSeg
+    it came from.
+
+    Built part by part from the model's current parameters: the encoder's form (``MSCAN.fast``) and
+    the decoder's registered form. A part without one is kept as built (:class:`KeptPlain`), which
+    still computes the plain model's logits, and named in :attr:`notes`.
+
+    Attributes:
+        config, normalization, train_size: copied from the source model.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast inside ``forward``).
+        channels_last: whether inputs are turned channels-last.
+        use_fused_ops: whether oneDNN fused-epilogue convolutions are used when they apply.
+        mlp_bands: on the CPU, (above, size): MLP hidden maps over ``above`` bytes go in bands of
+            about ``size`` bytes (``FastBlock``); None: whole maps.
+        notes: one line per part that has no inference form and runs as built; empty when every
+            part was folded.
+    """
+
+    def __init__(self, model: PDSeg, precision: str, channels_last: bool, use_fused_ops: bool) -> None:
+        super().__init__()
+        self.config = model.config
+        self.normalization: Mapping[str, Any] = model.normalization
+        self.train_size: int | None = model.train_size
+        self.precision = precision
+        self.channels_last = channels_last
+        self.use_fused_ops = use_fused_ops
+        self.mlp_bands: tuple[int, int] | None = (MLP_BAND_ABOVE, MLP_BAND_BYTES)
+        self.strides: tuple[int, ...] = tuple(model.decoder.strides)
+        self.encoder = fast_form(model.encoder, "the encoder")
+        entry = check_decoder(model.config)
+        fast = entry.fast if isinstance(model.decoder, entry.cls) else None
+        where = f"the decoder {entry.name!r}"
+        self.decoder = fast(model.decoder) if fast is not None else KeptPlain(model.decoder, where)
+        self.notes: tuple[str, ...] = tuple(m.note for m in self.modules() if isinstance(m, KeptPlain))
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.eval()
+
+    @property
+    def level_strides(self) -> tuple[int, ...]:
+        return self.strides
+
+    def _fuse(self, x: torch.Tensor) -> bool:
+        """Whether this call can use the oneDNN fused operators (CPU fp32, no autograd/tracing)."""
+        return (
+            self.use_fused_ops
+            and self.channels_last
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and next(self.parameters()).dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and not tracing()
+        )
+
+    def forward(self, x: torch.Tensor, return_levels: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Segment a batch: (B, 3, H, W) normalised float, any H and W -> logits (B, 1, H, W).
+
+        The same contract as :meth:`PDSeg.forward`; outputs are float32 in every precision.
+        """
+        size = x.shape[-2:]
+        x = pad_input(x, self.config.pad_multiple)
+        padded = x.shape[-2:]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast(x.device, self.precision):
+            fused = self._fuse(x)
+            bands = self.mlp_bands if x.device.type == "cpu" and not tracing() else None
+            levels = self.decoder(self.encoder(x, fused, bands), fused)
+        if not return_levels:
+            levels = levels[-1:]
+        # float32 logits in every precision
+        outs = crop_levels([level.float() for level in levels], padded, size)
+        return outs if return_levels else outs[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"variant={self.config.name}, precision={self.precision}, channels_last={self.channels_last}, "
+            f"fused_ops={self.use_fused_ops}"
+        )
 
 
 def final_map_ceiling(model: nn.Module) -> float | None:
