@@ -116,7 +116,8 @@ def test_predictor_runs_a_model_with_that_decoder(plain_decoder: DecoderEntry, t
     model = _model(scale=300.0)
     plain = Predictor(model, device="cpu", size=64, optimized=False, channels_last=False).predict(_image())
     predictor = Predictor(model, device="cpu", size=64)
-    assert getattr(predictor.model, "notes", ()) != ()  # the note is there for the Predictor to show
+    assert getattr(predictor.model, "notes", ()) != ()
+    assert set(predictor.model.notes) <= set(predictor.notes)  # shown with the run's other notes
     got = predictor.predict(_image())
     assert got.shape == (45, 70) and np.abs(got.astype(int) - plain.astype(int)).max() <= 1
     # and from a checkpoint: the registered name is read back
@@ -136,3 +137,4 @@ def test_pdseg_predict_runs_a_model_with_that_decoder(plain_decoder: DecoderEntr
     )
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).shape == (45, 70)
+    assert "StrideEightConv) has no inference form" in " ".join(result.output.split())  # the note is shown

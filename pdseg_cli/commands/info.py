@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from pdseg_cli.commands._common import user_errors
@@ -9,10 +11,12 @@ from pdseg_cli.config import VARIANTS
 
 
 def info(
-    variant: str | None = typer.Argument(None, help=f"One variant to show ({', '.join(VARIANTS)})."),
-    size: int = typer.Option(
-        1024, "--size", min=32, help="Input side N for the multiply-add count (an NxN image)."
-    ),
+    variant: Annotated[
+        str | None, typer.Argument(help=f"One variant to show ({', '.join(VARIANTS)}).")
+    ] = None,
+    size: Annotated[
+        int, typer.Option("--size", min=32, help="Input side N for the multiply-add count (an NxN image).")
+    ] = 1024,
 ) -> None:
     """Show the model variants: layers, parameters and GMACs at --size.
 

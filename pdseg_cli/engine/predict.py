@@ -176,7 +176,8 @@ class Predictor:
         else:
             self.size_note = f"the checkpoint records no training size: {DEFAULT_SIZE} assumed, pass --size"
         slow = runtime.emulated_precision_note(self.device, self.precision)
-        self.notes: list[str] = [slow] if slow else []
+        # what the user should know: emulated precision, model parts run as built (not optimised)
+        self.notes: list[str] = ([slow] if slow else []) + list(getattr(model, "notes", ()))
 
     # -- one image -----------------------------------------------------------------------------
 
