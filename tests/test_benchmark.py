@@ -247,6 +247,8 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
         "OMP_NUM_THREADS": "1",
         "PDSEG": f"{sys.executable} -m pdseg_cli",
         "COMPILE": "off",  # a real compile takes minutes here; the option itself is tested elsewhere
+        # the script calls python3: this interpreter's, even when its environment is not activated
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     out = tmp_path / "suite"
     script = REPO / "benchmarks" / "gpu_suite.sh"

@@ -23,7 +23,6 @@ from pdseg_cli.errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from pdseg_cli.engine.predict_plan import InputFile
 
 HIGH_DEPTH_SUFFIX, PNG_SUFFIX = ".tif", ".png"  # PNG holds 8 and 16 bits, not float: TIFF holds them all
 
@@ -138,17 +137,18 @@ def parse_save(values: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(kinds) or ("mask",)
 
 
-def output_path(out_dir: Path, item: InputFile, kind: str, high_depth: bool) -> Path:
-    """Where output ``kind`` of ``item`` goes: ``<out_dir>/<rel_dir>/<stem><suffix>.png``, or ``.tif``
-    for a kind that follows the input's depth when the input is 16-bit or float (``high_depth``)."""
+def output_path(folder: Path, stem: str, kind: str, high_depth: bool) -> Path:
+    """Where output ``kind`` of the input named ``stem`` goes: ``<folder>/<stem><suffix>.png``, or
+    ``.tif`` for a kind that follows the input's depth when the input is 16-bit or float
+    (``high_depth``). ``folder`` is ``--out``, or its mirror of the input's folder with --recursive."""
     spec = OUTPUT_KINDS[kind]
     ext = HIGH_DEPTH_SUFFIX if high_depth and spec.follows_depth else PNG_SUFFIX
-    return out_dir / item.rel_dir / f"{item.path.stem}{spec.suffix}{ext}"
+    return folder / f"{stem}{spec.suffix}{ext}"
 
 
-def output_candidates(out_dir: Path, item: InputFile, save: Sequence[str]) -> dict[str, list[Path]]:
-    """Every path each requested output of ``item`` may take (before its bit depth is known)."""
+def output_candidates(folder: Path, stem: str, save: Sequence[str]) -> dict[str, list[Path]]:
+    """Every path each requested output of ``stem`` may take (before its bit depth is known)."""
     return {
-        kind: sorted({output_path(out_dir, item, kind, False), output_path(out_dir, item, kind, True)})
+        kind: sorted({output_path(folder, stem, kind, False), output_path(folder, stem, kind, True)})
         for kind in save
     }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.weights import default_weights
 
 DEFAULT_SIZE = 1024  # used when a checkpoint does not record its training size (the paper's size)
-Size = int | Literal["full"]
+Size = predict_run.Size
 
 MAX_SIDE = 16384  # the largest working side --size takes: 8192x8192 peaks at 9.5 GB on the CPU
 

@@ -217,7 +217,7 @@ def plan_predict(
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}
     for item in inputs:
-        for paths in output_candidates(out, item, save).values():
+        for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
             for p in paths:
                 key = p.resolve()
                 same = input_keys.get(key) or (input_ids.get(_file_id(p)) if p.exists() else None)
@@ -239,7 +239,8 @@ def plan_predict(
     skipped: list[InputFile] = []
     for item in mine:
         if skip_existing and all(
-            any(p.is_file() for p in paths) for paths in output_candidates(out, item, save).values()
+            any(p.is_file() for p in paths)
+            for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values()
         ):
             skipped.append(item)
         else:

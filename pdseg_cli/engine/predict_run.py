@@ -12,11 +12,11 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -30,10 +30,23 @@ from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
 from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSummary, merge_summaries
 from pdseg_cli.errors import PdsegError
 
-if TYPE_CHECKING:
-    from pdseg_cli.engine.predict import Predictor, Size
-
+Size = int | Literal["full"]  # a working size: N (NxN) or the image's own
 ProgressCallback = Callable[[FileResult], None]
+
+
+class Predictor(Protocol):
+    """What a folder run needs of :class:`pdseg_cli.engine.predict.Predictor` (named here, not
+    imported: the Predictor's module imports this one to run its plans)."""
+
+    device: torch.device
+    precision: str
+    size: Size
+
+    def prepare_array(self, x: np.ndarray) -> np.ndarray: ...
+
+    def forward(self, arrays: Sequence[np.ndarray]) -> torch.Tensor: ...
+
+    def to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray: ...
 
 
 @dataclass
@@ -240,7 +253,7 @@ def _write_outputs(
     try:
         for name in plan.save:
             kind = OUTPUT_KINDS[name]
-            path = output_path(plan.out_dir, item, name, prepared.high_depth)
+            path = output_path(plan.out_dir / item.rel_dir, item.path.stem, name, prepared.high_depth)
             path.parent.mkdir(parents=True, exist_ok=True)
             if kind.uses_image and colour is None:
                 assert pixels is not None  # the reader keeps them when a kind uses the image
