@@ -43,3 +43,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _cli_keeps_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process ``pdseg`` runs leave torch's thread count as it is: the command line's default
+    (as many threads as idle cores, ``runtime.default_threads``) would change it for every later
+    test by how busy the machine happens to be. Tests of that default call it directly."""
+    from pdseg_cli.runtime import compute
+
+    monkeypatch.setattr(compute, "default_threads", lambda *args, **kwargs: None)

@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import TORCHRUN_VARIABLES, torchrun_env
@@ -277,3 +278,19 @@ def test_two_processes_join_gather_and_leave(mode: str) -> None:
         # a group runtime.distributed started is gone after the block; one started before is kept
         assert got["left"] == (mode == "own")
     assert (first["shard"], second["shard"]) == ([0, 2, 4], [1, 3])
+
+
+def test_default_threads_are_the_cores_other_work_leaves_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert runtime.default_threads(cores=2, busy=0.0) == 2
+    assert runtime.default_threads(cores=2, busy=1.0) == 1  # one core taken: one thread, never 0
+    assert runtime.default_threads(cores=2, busy=5.0) == 1
+    assert runtime.default_threads(cores=16, busy=4.0) == 12
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    assert runtime.default_threads(cores=2, busy=0.0) is None
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="Linux only")
+def test_other_runnable_tasks_reads_the_run_queue() -> None:
+    busy = runtime.other_runnable_tasks(looks=3, interval_s=0.0)
+    assert busy is not None and busy >= 0

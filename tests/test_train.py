@@ -359,9 +359,9 @@ def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native(
 def test_more_workers_than_cores_is_said_once_in_pdseg_words(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pdseg_cli.engine import train_data
+    from pdseg_cli import runtime
 
-    monkeypatch.setattr(train_data, "_usable_cores", lambda: 1)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 1)
     notices: list[str] = []
     workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
     with warnings.catch_warnings(record=True) as caught:

@@ -34,6 +34,20 @@ def user_errors() -> Iterator[None]:
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 
+def use_threads(threads: int | None, *, quiet: bool = False) -> None:
+    """Set the compute threads (``--threads``, else as many as there are idle cores) and say so when
+    busy cores made the default smaller than the machine."""
+    from pdseg_cli import runtime
+
+    chosen = runtime.set_compute_threads(threads)
+    cores = runtime.usable_cores()
+    if threads is None and chosen is not None and chosen < cores and not quiet:
+        ui.info(
+            f"{chosen} compute thread{'s' if chosen != 1 else ''}: {cores - chosen} of {cores} cores are "
+            f"busy with other work (--threads {cores} uses them all anyway)"
+        )
+
+
 def weights_option(help_text: str) -> Any:
     """``--weights/-w``: an existing model file; ``help_text`` says which kinds and the default."""
     return typer.Option(

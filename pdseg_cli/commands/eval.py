@@ -19,6 +19,7 @@ from pdseg_cli.commands._common import (
     SizeOpt,
     ThreadsOpt,
     WeightsOpt,
+    use_threads,
     user_errors,
 )
 from pdseg_cli.errors import DataError, InputError
@@ -113,14 +114,13 @@ def eval_(
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
     with user_errors():
-        from pdseg_cli import runtime
         from pdseg_cli.data import eval_splits
         from pdseg_cli.data.dis5k import MASK_DIR
         from pdseg_cli.engine import evaluate as ev
         from pdseg_cli.engine.eval_pairs import plan_pairs
         from pdseg_cli.ui import evaluation as view
 
-        runtime.set_compute_threads(threads)
+        use_threads(threads)
 
         if pred is not None and (weights is not None or save_preds is not None):
             raise InputError(

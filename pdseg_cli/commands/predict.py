@@ -20,6 +20,7 @@ from pdseg_cli.commands._common import (
     SizeOpt,
     ThreadsOpt,
     WeightsOpt,
+    use_threads,
     user_errors,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
@@ -120,7 +121,7 @@ def predict(
         from pdseg_cli.engine.predict_plan import plan_predict
         from pdseg_cli.ui import prediction
 
-        runtime.set_compute_threads(threads)
+        use_threads(threads, quiet=rank != 0)
         if not out_text.strip():
             raise InputError("--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)")
         out = Path(out_text)

@@ -14,6 +14,7 @@ from pdseg_cli.commands._common import (
     DeviceOpt,
     OnnxSpecOpt,
     ThreadsOpt,
+    use_threads,
     user_errors,
 )
 
@@ -196,10 +197,8 @@ def train(
     out = out or Path("runs") / (variant or "pdseg-b")
     view = TrainingView()
     with user_errors():
-        from pdseg_cli.runtime import set_compute_threads
-
-        set_compute_threads(threads)
         main = env_distributed().rank == 0
+        use_threads(threads, quiet=not main)
         if resume:
             cfg = TrainConfig.for_resume(out, epochs=epochs, **given)
         else:

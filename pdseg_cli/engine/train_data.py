@@ -8,7 +8,6 @@ The data order is a function of ``(seed, epoch)`` and each sample's augmentation
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import cv2
 import torch
 
+from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig
 from pdseg_cli.data.teacher import TeacherInfo, TeacherMaps
@@ -205,7 +205,7 @@ def make_loaders(
     validation, and on the other ranks)."""
     cfg = ctx.cfg
     augment = AugmentConfig() if cfg.augment else None
-    cores = _usable_cores()
+    cores = runtime.usable_cores()
     if ctx.workers > cores:  # said once, here, instead of torch's warning at creation and at iter()
         ctx.notice(
             f"--workers {ctx.workers} on {cores} usable cores: the worker processes compete with the "
@@ -226,13 +226,6 @@ def make_loaders(
         # training workers and their queue threads live can deadlock the new processes
         val_loader = _make_loader(ctx, dis5k.SampleDataset(data.val), val_batches, 0)
     return train_loader, val_loader
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _make_loader(

@@ -20,7 +20,14 @@ from pdseg_cli.runtime.allocator import (
     keep_freed_memory,
     release_freed_memory,
 )
-from pdseg_cli.runtime.compute import COMPILE_MODES, resolve_compile, set_compute_threads
+from pdseg_cli.runtime.compute import (
+    COMPILE_MODES,
+    default_threads,
+    other_runnable_tasks,
+    resolve_compile,
+    set_compute_threads,
+    usable_cores,
+)
 from pdseg_cli.runtime.device import DeviceChoice, resolve_device
 from pdseg_cli.runtime.memory import is_out_of_memory, peak_memory, peak_rss, reset_peak_memory
 from pdseg_cli.runtime.precision import (
@@ -67,4 +74,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "set_compute_threads",
+    "default_threads",
+    "other_runnable_tasks",
+    "usable_cores",
 ]

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
+from pathlib import Path
+
 from pdseg_cli.errors import InputError
 
 # torch.compile modes pdseg accepts ("reduce-overhead" replays CUDA graphs on a GPU)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def set_compute_threads(n: int | None) -> None:
+def set_compute_threads(n: int | None) -> int | None:
     """Use ``n`` CPU threads for the maths: torch's intra-op pool, OpenCV's, and onnxruntime's
-    (which follows torch's, see ``OnnxModel``). None leaves the defaults (all cores, or
-    ``OMP_NUM_THREADS``). For a process that owns its threads, as the ``pdseg`` command does.
+    (which follows torch's, see ``OnnxModel``). None: :func:`default_threads`. For a process that
+    owns its threads, as the ``pdseg`` command does.
+
+    Returns:
+        the number of threads set; None where the defaults were left (``OMP_NUM_THREADS`` set, or
+        no way to see how busy the cores are).
 
     Raises:
         InputError: ``n`` below 1.
     """
     if n is None:
-        return
+        n = default_threads()
+        if n is None:
+            return None
     if n < 1:
         raise InputError(f"--threads must be at least 1, got {n}")
     import cv2
@@ -25,6 +36,50 @@ def set_compute_threads(n: int | None) -> None:
 
     torch.set_num_threads(n)
     cv2.setNumThreads(n)
+    return n
+
+
+def default_threads(cores: int | None = None, busy: float | None = None) -> int | None:
+    """Threads for the maths when none are asked for: the cores that other work is not using now.
+
+    PyTorch's OpenMP threads wait for one another at the end of every operator, so when another
+    process holds one of the cores, each operator lasts as long as its slowest, preempted thread:
+    on a busy machine fewer threads finish sooner (measured in ``benchmarks/RESULTS.md``,
+    'Threads and workers'). ``busy`` is the number of other runnable tasks now (a median of a few
+    quick looks at ``/proc/loadavg``, not the 1-minute average, which still counts a run that just
+    ended). None where ``OMP_NUM_THREADS`` is set (the user's choice stands) or the load cannot be
+    read (not Linux).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if cores is None:
+        cores = usable_cores()
+    if busy is None:
+        busy = other_runnable_tasks()
+        if busy is None:
+            return None
+    return max(1, min(cores, round(cores - busy)))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def other_runnable_tasks(looks: int = 5, interval_s: float = 0.01) -> float | None:
+    """How many tasks besides this one are runnable right now (Linux), the median of ``looks``."""
+    counts = []
+    for i in range(looks):
+        try:
+            running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        except (OSError, IndexError):
+            return None
+        counts.append(int(running) - 1)  # the reading task itself is running
+        if i + 1 < looks:
+            time.sleep(interval_s)
+    return float(statistics.median(counts))
 
 
 def resolve_compile(spec: str | bool | None) -> str | None:
