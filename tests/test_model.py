@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import seeded_model
 
 from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
 from pdseg_cli.errors import InputError
@@ -22,19 +23,14 @@ def _slim(name: str) -> ModelConfig:
     return dataclasses.replace(get_config(name), depths=(1, 1, 1, 1))
 
 
-def _seeded_model(config: ModelConfig | str, seed: int = 0) -> PDSeg:
-    torch.manual_seed(seed)
-    return create_model(config)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> PDSeg:
-    return _seeded_model("pdseg-tiny")
+    return seeded_model("pdseg-tiny")
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_forward_backward_every_variant(name: str) -> None:
-    model = _seeded_model(_slim(name)).train()
+    model = seeded_model(_slim(name)).train()
     x = torch.randn(2, 3, 64, 64)
     levels = model(x, return_levels=True)
     expected_levels = 4 if get_config(name).decoder == "progressive" else 1
@@ -68,7 +64,7 @@ def test_level_shapes_progressive(tiny: PDSeg) -> None:
 
 def test_level_shapes_single_head() -> None:
     config = dataclasses.replace(get_config("pdseg-tiny"), decoder="light_ham", decoder_widths=(32,))
-    model = _seeded_model(config)
+    model = seeded_model(config)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         levels = model.forward_levels(x)
@@ -115,7 +111,7 @@ def test_eval_is_deterministic_within_and_across_models(tiny: PDSeg) -> None:
         torch.manual_seed(123)  # the global RNG must not matter in eval mode
         second = tiny(x)
     assert torch.equal(first, second)
-    other = _seeded_model("pdseg-tiny", seed=99)  # other init, other global RNG stream
+    other = seeded_model("pdseg-tiny", seed=99)  # other init, other global RNG stream
     other.load_state_dict(tiny.state_dict())
     with torch.no_grad():
         third = other(x)
@@ -187,7 +183,7 @@ def test_whole_model_finite_under_bf16_autocast(tiny: PDSeg) -> None:
 
 
 def test_half_model_keeps_float32_nmf_bases() -> None:
-    model = _seeded_model("pdseg-tiny")
+    model = seeded_model("pdseg-tiny")
     bases = [m.eval_bases.clone() for m in model.modules() if isinstance(m, NMF2D)]
     model.half()
     for before, m in zip(bases, (m for m in model.modules() if isinstance(m, NMF2D)), strict=True):
@@ -219,7 +215,7 @@ def test_drop_path_rises_linearly_and_is_identity_in_eval() -> None:
 
 def test_residual_maps_option() -> None:
     config = dataclasses.replace(get_config("pdseg-tiny"), residual_maps=True)
-    model = _seeded_model(config).train()
+    model = seeded_model(config).train()
     levels = model(torch.randn(2, 3, 64, 64), return_levels=True)
     sum(lv.mean() for lv in levels).backward()
     assert len(levels) == 4

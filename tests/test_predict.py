@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
+from helpers import no_space
 from typer.testing import CliRunner
 
 from pdseg_cli import create_model, load_model, save_checkpoint
@@ -50,11 +51,6 @@ def _img(h: int, w: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
     img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
     img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
     return img
-
-
-def _flat(text: str) -> str:
-    """Output without any whitespace (rich wraps long paths at the console width)."""
-    return "".join(text.split())
 
 
 def _run(*args: str | Path) -> object:
@@ -176,7 +172,7 @@ def test_cli_writes_masks_at_input_size(folder: Path, tmp_path: Path, ckpt: Path
     for name, shape in (("a", (37, 53)), ("b", (29, 40)), ("c", (31, 45))):
         m = cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert m.shape == shape and m.dtype == np.uint8
-    text = _flat(result.output)
+    text = no_space(result.output)
     assert "done3" in text.replace("│", "") and "notimages(ignored)1" in text.replace("│", "")
 
 
@@ -262,7 +258,7 @@ def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) 
     result = _run(folder, "-o", out, "-w", ckpt)
     assert result.exit_code == 1, result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
-    assert "broken.png" in _flat(result.output)
+    assert "broken.png" in no_space(result.output)
     assert _no_temporaries(out)
 
 
@@ -276,20 +272,20 @@ def test_skip_existing_resumes(folder: Path, tmp_path: Path, ckpt: Path) -> None
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert sorted(after) == ["a.png", "b.png", "c.png"]
     assert after["a.png"] == before["a.png"] and after["c.png"] == before["c.png"]
-    assert "skipped(outputsexist)2" in _flat(result.output).replace("│", "")
+    assert "skipped(outputsexist)2" in no_space(result.output).replace("│", "")
 
 
 def test_refuses_to_overwrite_inputs(folder: Path, ckpt: Path) -> None:
     result = _run(folder, "-o", folder, "-w", ckpt)
     assert result.exit_code == 2
-    assert "overwrite" in result.output and "b.png" in _flat(result.output)
+    assert "overwrite" in result.output and "b.png" in no_space(result.output)
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "b.png", "c.tif", "notes.txt"]
 
 
 def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     cv2.imwrite(str(folder / "a.png"), _img(10, 10))
     result = _run(folder, "-o", tmp_path / "out", "-w", ckpt)
-    assert result.exit_code == 2 and "bothwrite" in _flat(result.output)
+    assert result.exit_code == 2 and "bothwrite" in no_space(result.output)
 
 
 def test_unwritable_out_fails_before_loading_the_model(
@@ -326,7 +322,7 @@ def test_interrupted_write_leaves_nothing_behind(
     result = _run(folder, "-o", out, "-w", ckpt)
     assert result.exit_code == 1, result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
-    assert "Nospaceleft" in _flat(result.output)
+    assert "Nospaceleft" in no_space(result.output)
 
 
 def test_ctrl_c_leaves_no_partial_file(
@@ -383,7 +379,7 @@ def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> 
 def test_cuda_without_gpu_is_an_error_not_a_cpu_run(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     result = _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--device", "cuda")
     assert result.exit_code == 2
-    assert "no CUDA GPU" in _flat(result.output).replace("noCUDAGPU", "no CUDA GPU")
+    assert "no CUDA GPU" in no_space(result.output).replace("noCUDAGPU", "no CUDA GPU")
 
 
 def test_compile_option_reaches_the_model(

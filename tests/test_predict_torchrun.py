@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from helpers import torchrun_env
 
 from pdseg_cli import create_model, save_checkpoint
 
 
 def _torchrun(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    }
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", COLUMNS="200")
+    env = torchrun_env(PYTHONWARNINGS="ignore", COLUMNS="200")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "pdseg_cli", "predict", *map(str, args),
