@@ -11,7 +11,7 @@ the long side, JPEG), at ``--size full``, as a user cutting out scans would; tra
 steps on ``--data`` (a folder with ``im/`` and ``gt/``).
 
     python benchmarks/threads.py                                  # predict and train, idle and 1 busy core
-    python benchmarks/threads.py --only predict --busy 0 1 --repeat 2
+    python benchmarks/threads.py --only predict --repeat 3 --settings default "--threads 1" "--threads 2"
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ def main() -> None:
         "--busy", type=int, nargs="+", default=[0, 1], help="spinning processes to run alongside"
     )
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--settings", nargs="+", default=None, help="only these rows, by label (e.g. default)"
+    )
     parser.add_argument("--side", type=int, default=2560, help="long side of the predict photos")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "davis16-train"))
     parser.add_argument(
@@ -118,7 +121,10 @@ def main() -> None:
                     p.start()
                 try:
                     times = []
-                    for label, extra, env_extra in _settings(kind):
+                    chosen = [
+                        row for row in _settings(kind) if args.settings is None or row[0] in args.settings
+                    ]
+                    for label, extra, env_extra in chosen:
                         out = Path(tmp) / f"out-{kind}-{busy}-{len(times)}"
                         if kind == "predict":
                             cmd = [
