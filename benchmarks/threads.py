@@ -160,7 +160,7 @@ def main() -> None:
                                 "--epochs",
                                 "1",
                             ]
-                            cmd += ["--precision", "fp32", "--device", "cpu", *extra]
+                            cmd += ["--precision", "fp32", "--device", "cpu", "--overwrite", *extra]
                         times.append((label, _timed(cmd, {**base_env, **env_extra}, args.repeat)))
                     best = min(t for _, t in times)
                     for label, t in times:
