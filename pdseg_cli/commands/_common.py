@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from pdseg_cli import ui
+from pdseg_cli import runtime, ui
 from pdseg_cli.errors import PdsegError
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
@@ -37,8 +37,6 @@ DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 def use_threads(threads: int | None, *, quiet: bool = False) -> None:
     """Set the compute threads (``--threads``, else as many as there are idle cores) and say so when
     busy cores made the default smaller than the machine."""
-    from pdseg_cli import runtime
-
     chosen = runtime.set_compute_threads(threads)
     cores = runtime.usable_cores()
     if threads is None and chosen is not None and chosen < cores and not quiet:

@@ -264,11 +264,5 @@ def default_workers(cores: int | None = None) -> int:
     training speed'), so on a small machine worker processes only take cores from the step; on a
     GPU machine they keep decoding and augmentation off the step's thread.
     """
-    cores = (
-        cores
-        if cores is not None
-        else len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else (os.cpu_count() or 1)
-    )
+    cores = cores if cores is not None else runtime.usable_cores()
     return 0 if cores <= 2 else min(4, cores - 1)
