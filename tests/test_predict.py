@@ -17,7 +17,7 @@ from pdseg_cli import create_model, load_model, save_checkpoint
 from pdseg_cli.cli import app
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import images as imio
-from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, parse_save, save_help
+from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, files_help, parse_save, save_help
 from pdseg_cli.engine.predict import Predictor, parse_size
 from pdseg_cli.errors import InputError
 from pdseg_cli.runtime import Distributed
@@ -230,6 +230,7 @@ def test_a_new_output_kind_is_one_table_entry(
     monkeypatch.setitem(OUTPUT_KINDS, kind.name, kind)  # registered for this test only
     assert parse_save(["mask,inverse"]) == ("mask", "inverse")
     assert "inverse (255 minus the mask)" in save_help()
+    assert files_help().endswith(", <stem>_inverse.png (.tif: 16-bit/float)")
     out = tmp_path / "out"
     summary = predictor.predict_paths([folder / "b.png", folder / "c.tif"], out, save=("mask", "inverse"))
     assert summary.done == 2
@@ -244,6 +245,14 @@ def test_a_new_output_kind_is_one_table_entry(
         [folder / "b.png", folder / "c.tif"], out, save=("mask", "inverse"), skip_existing=True
     )
     assert (again.skipped, again.done) == (1, 1) and (out / "c_inverse.png").is_file()
+
+
+def test_predict_help_names_every_output_file() -> None:
+    assert files_help() == (
+        "<stem>.png, <stem>_alpha.png|.tif, <stem>_composite.png|.tif (.tif: 16-bit/float)"
+    )
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert "Outputs go to --out: <stem>.png, <stem>_alpha.png|.tif" in result.output
 
 
 def test_cli_threshold_binary(folder: Path, tmp_path: Path, ckpt: Path) -> None:

@@ -24,7 +24,7 @@ from pdseg_cli.commands._common import (
     user_errors,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
-from pdseg_cli.engine.output_kinds import save_help
+from pdseg_cli.engine.output_kinds import files_help, save_help
 from pdseg_cli.errors import InputError, PdsegError
 
 _OUTPUTS_HELP = save_help()
@@ -95,7 +95,7 @@ def predict(
 
     Map byte = floor(255 * sigmoid(logit)), logits resized bilinearly to the image first (as DIS does).
 
-    Outputs go to --out: <stem>.png, <stem>_alpha.png|.tif, <stem>_composite.png|.tif (.tif: 16-bit/float).
+    Outputs go to --out: @FILES@.
 
     Files are written under a temporary name and renamed: an interrupted run leaves no partial file.
 
@@ -192,6 +192,11 @@ def predict(
             prediction.summary(result)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+# the file names come from the output-kind table, so a new kind shows up here by itself
+if predict.__doc__:  # None under python -OO
+    predict.__doc__ = predict.__doc__.replace("@FILES@", files_help())
 
 
 def _env_ok() -> bool:

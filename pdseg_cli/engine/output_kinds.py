@@ -109,6 +109,15 @@ def save_help() -> str:
     return f"Outputs to write, comma-separated or repeated: {kinds}."
 
 
+def files_help() -> str:
+    """The file each kind writes, for ``pdseg predict``'s help: ``<stem>.png, <stem>_alpha.png|.tif, ...``."""
+    names = [
+        f"<stem>{kind.suffix}{PNG_SUFFIX}" + (f"|{HIGH_DEPTH_SUFFIX}" if kind.follows_depth else "")
+        for kind in OUTPUT_KINDS.values()
+    ]
+    return ", ".join(names) + f" ({HIGH_DEPTH_SUFFIX}: 16-bit/float)"
+
+
 def parse_save(values: Iterable[str] | str | None) -> tuple[str, ...]:
     """``["mask,alpha", "composite"]`` -> ``("mask", "alpha", "composite")`` (order kept, no repeats).
 

@@ -10,7 +10,6 @@ a batch that runs out of memory is recorded and the run goes on.
 from __future__ import annotations
 
 import collections
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -129,7 +128,8 @@ class _FolderRun:
         self.predictor, self.plan = predictor, plan
         self.threshold, self.background, self.batch = threshold, background, batch
         self.on_progress, self.results = on_progress, results
-        cpus = os.cpu_count() or 2
+        # the cores this process may run on (affinity-aware), so a pinned run does not oversubscribe
+        cpus = runtime.usable_cores()
         n_read = read_workers or max(1, min(4, cpus))
         n_write = write_workers or max(1, min(4, cpus))
         self.keep_pixels = any(OUTPUT_KINDS[kind].uses_image for kind in plan.save)
