@@ -112,7 +112,8 @@ def save_help() -> str:
 def files_help() -> str:
     """The file each kind writes, for ``pdseg predict``'s help: ``<stem>.png, <stem>_alpha.png|.tif, ...``."""
     names = [
-        f"<stem>{kind.suffix}{PNG_SUFFIX}" + (f"|{HIGH_DEPTH_SUFFIX}" if kind.follows_depth else "")
+        output_path(Path(), "<stem>", kind.name, False).name
+        + (f"|{HIGH_DEPTH_SUFFIX}" if kind.follows_depth else "")
         for kind in OUTPUT_KINDS.values()
     ]
     return ", ".join(names) + f" ({HIGH_DEPTH_SUFFIX}: 16-bit/float)"
