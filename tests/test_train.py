@@ -22,7 +22,7 @@ from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
-from pdseg_cli.engine.train_schedule import lr_factor, param_groups
+from pdseg_cli.engine.train_schedule import default_ema_tau, lr_factor, param_groups
 from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.model import create_model, load_model, save_checkpoint
 
@@ -269,6 +269,17 @@ def test_ema_tracks_the_model() -> None:
     ema.update(model)
     assert torch.allclose(ema.module.weight, 0.5 * before + 0.5 * model.weight)
     assert not ema.module.weight.requires_grad
+
+
+def test_the_ema_ramp_fits_the_run() -> None:
+    # a fixed 2,000-step ramp left a 3,000-step CPU run's "average" at decay 0.78 x 0.999, i.e. the
+    # last few steps; a twentieth of the run reaches the full decay by half of it
+    assert default_ema_tau(200_000) == 2000.0
+    assert default_ema_tau(2849) == pytest.approx(142.45)
+    assert default_ema_tau(10) == 1.0
+    ema = ModelEMA(torch.nn.Linear(2, 2), decay=0.999, tau=default_ema_tau(2849))
+    ema.updates = 2849 // 2
+    assert ema.current_decay() == pytest.approx(0.999, abs=1e-4)
 
 
 def test_disk_cache_is_reused_and_reads_real_pairs(

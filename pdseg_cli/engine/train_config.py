@@ -72,7 +72,7 @@ class TrainConfig:
         precision: ``auto`` (bf16 on GPUs that have it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         ema_decay: final decay of the weight EMA.
-        ema_tau: iterations over which the EMA decay ramps up.
+        ema_tau: iterations over which the EMA decay ramps up; None: ``min(2000, total_iterations / 20)``.
         val_every: validate every this many epochs (and after the last); 0 never validates.
         save_every_steps: also write ``last.pt`` every this many iterations; 0 only at epoch ends.
         backbone_weights: ImageNet MSCAN weights for the encoder (ignored when resuming).
@@ -110,7 +110,7 @@ class TrainConfig:
     precision: Precision = "auto"
     device: str = "auto"
     ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
+    ema_tau: float | None = None
     val_every: int = 1
     save_every_steps: int = 0
     backbone_weights: Path | None = None
@@ -180,7 +180,7 @@ class TrainConfig:
             (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}", None),
             (self.clip_grad >= 0, f"--clip-grad must be 0 (off) or more, got {self.clip_grad}", None),
             (0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}", None),
-            (self.ema_tau > 0, f"EMA tau must be positive, got {self.ema_tau}", None),
+            (self.ema_tau is None or self.ema_tau > 0, f"EMA tau must be positive, got {self.ema_tau}", None),
             (self.val_every >= 0, f"--val-every must be 0 (never) or more, got {self.val_every}", None),
             (
                 self.save_every_steps >= 0,
