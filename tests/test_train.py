@@ -20,9 +20,9 @@ from helpers import make_dataset
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
 from pdseg_cli.engine import losses
-from pdseg_cli.engine.ema import ModelEMA
+from pdseg_cli.engine.ema import ModelEMA, default_ema_tau
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
-from pdseg_cli.engine.train_schedule import default_ema_tau, lr_factor, param_groups
+from pdseg_cli.engine.train_schedule import lr_factor, param_groups
 from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.model import create_model, load_model, save_checkpoint
 

@@ -10,6 +10,19 @@ from typing import Any
 import torch
 from torch import nn
 
+EMA_TAU_ITERS = 2000.0  # Ultralytics' ramp; a run's default is min(this, a twentieth of the run)
+
+
+def default_ema_tau(total_steps: int) -> float:
+    """The ramp (``tau``) of a run of ``total_steps`` when none is given: :data:`EMA_TAU_ITERS`, at
+    most a twentieth of the run.
+
+    A fixed ramp of 2,000 steps is made for runs of ~100k steps; in a run of 3,000 it ends at
+    0.78 x ``decay``, so the "average" spans the last few steps only. With a twentieth of the run,
+    the decay is ``decay`` to within 1e-4 by half of it.
+    """
+    return max(1.0, min(EMA_TAU_ITERS, total_steps / 20))
+
 
 class ModelEMA:
     """A frozen copy of a model whose weights track ``decay * ema + (1 - decay) * model``.
@@ -25,7 +38,7 @@ class ModelEMA:
         tau: updates over which the decay ramps up.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = EMA_TAU_ITERS) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         if tau <= 0:

@@ -11,22 +11,11 @@ from torch import nn
 WARMUP_ITERS = 1500  # SegNeXt's linear warmup; the default is min(this, a tenth of the run)
 WARMUP_RATIO = 1e-6  # the warmup starts at this fraction of the learning rate (SegNeXt)
 POLY_POWER = 1.0  # poly decay to 0 at the last iteration (SegNeXt)
-EMA_TAU_ITERS = 2000  # Ultralytics' EMA ramp; the default is min(this, a twentieth of the run)
 
 
 def default_warmup(total_steps: int) -> int:
     """Warmup iterations when ``--warmup`` is not given: :data:`WARMUP_ITERS`, at most a tenth of the run."""
     return min(WARMUP_ITERS, total_steps // 10)
-
-
-def default_ema_tau(total_steps: int) -> float:
-    """The EMA's ramp (``tau``) when none is given: :data:`EMA_TAU_ITERS`, at most a twentieth of the run.
-
-    The decay is ``decay * (1 - exp(-step / tau))``. A fixed ramp of 2,000 steps is made for runs of
-    ~100k steps; in a run of 3,000 it ends at 0.78 x ``decay``, so the "average" spans the last
-    few steps only. With a twentieth of the run, the decay is ``decay`` to within 1e-4 by half of it.
-    """
-    return max(1.0, min(float(EMA_TAU_ITERS), total_steps / 20))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -15,7 +15,7 @@ from torch import nn
 from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.teacher import file_sha256
-from pdseg_cli.engine.ema import ModelEMA
+from pdseg_cli.engine.ema import ModelEMA, default_ema_tau
 from pdseg_cli.engine.train_config import CONFIG
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_data import TrainData, load_data, make_loaders
@@ -29,7 +29,7 @@ from pdseg_cli.engine.train_folder import (
     write_run_config,
 )
 from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
-from pdseg_cli.engine.train_schedule import default_ema_tau, default_warmup, make_optimizer, make_scheduler
+from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler
 from pdseg_cli.errors import InputError
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_model
 
