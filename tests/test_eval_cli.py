@@ -205,6 +205,8 @@ def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
     weights.write_bytes(b"x")
     result = _run("--split", split, "--pred", split / "pred", "--weights", weights, cache=tmp_path / "c")
     assert result.exit_code == 2 and "cannot be combined" in flat(result.output)
+    result = _run("--split", split, "--pred", split / "pred", "--tta", cache=tmp_path / "c")
+    assert result.exit_code == 2 and "or --tta" in flat(result.output)
 
 
 class _FakeSummary:
@@ -217,11 +219,15 @@ class _FakePredictor:
 
     source: Path
 
-    def __init__(self, weights, device="auto", precision="auto", size=None, onnx_spec=None):
+    def __init__(self, weights, device="auto", precision="auto", size=None, onnx_spec=None, tta=False):
         self.weights_path = weights
         self.description = "a stand-in"
         self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
+        self.tta = tta
         self.notes: list[str] = []
+
+    def describe_setting(self):
+        return str(self.size)
 
     def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None):
         out_dir = Path(out_dir)
@@ -272,22 +278,30 @@ def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
     model = create_model("pdseg-tiny")
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if name.endswith("classifier.bias"):
+                p.zero_()  # centred at p = 0.5, not at the init's foreground prior
             if "cls" in name or "classifier" in name:
                 p.mul_(300.0)  # maps spread over 0..255
     ckpt = save_checkpoint(model, tmp_path / "tiny.pt", train_size=64)
     split = edge_case_split(tmp_path / "s", CASES[:3], images=True)
     keep, out_json = tmp_path / "kept", tmp_path / "r.json"
     args = ["--split", split, "--weights", ckpt, "--device", "cpu", "--save-preds", keep, "--json", out_json]
-    result = _run(*args, cache=tmp_path / "c")
-    assert result.exit_code == 0, result.output
-    predicted = runner.invoke(
-        app, ["predict", str(split / "im"), "--out", str(tmp_path / "p"), "-w", str(ckpt), "-d", "cpu"]
-    )
-    assert predicted.exit_code == 0, predicted.output
-    for name in CASES[:3]:
-        assert (keep / "s" / f"{name}.png").read_bytes() == (tmp_path / "p" / f"{name}.png").read_bytes()
-    from_files = evaluate(tmp_path / "p", split / "gt", name="s", jobs=1, use_cache=False)
-    assert json.loads(out_json.read_text())["images"] == from_files.to_json()["images"]
+    for tta in ([], ["--tta"]):  # with --tta too: eval scores what `predict --tta` writes
+        result = _run(*args, *tta, cache=tmp_path / "c")
+        assert result.exit_code == 0, result.output
+        out = tmp_path / f"p{len(tta)}"
+        predicted = runner.invoke(
+            app, ["predict", str(split / "im"), "--out", str(out), "-w", str(ckpt), "-d", "cpu", *tta]
+        )
+        assert predicted.exit_code == 0, predicted.output
+        for name in CASES[:3]:
+            assert (keep / "s" / f"{name}.png").read_bytes() == (out / f"{name}.png").read_bytes()
+        from_files = evaluate(out, split / "gt", name="s", jobs=1, use_cache=False)
+        data = json.loads(out_json.read_text())
+        assert data["images"] == from_files.to_json()["images"]
+        assert data["settings"]["predictions"]["tta"] is bool(tta)
+    maps = [[(tmp_path / p / f"{name}.png").read_bytes() for name in CASES[:3]] for p in ("p0", "p1")]
+    assert maps[0] != maps[1]  # --tta reached the model
 
 
 def test_colour_photos_given_as_predictions_are_named(tmp_path: Path) -> None:

@@ -112,6 +112,22 @@ def test_predict_equals_the_model_called_directly(ckpt: Path, size: object) -> N
     assert int(expected.max()) - int(expected.min()) > 50  # a real map, not a constant
 
 
+def test_tta_averages_the_logits_of_the_image_and_its_mirror(ckpt: Path) -> None:
+    img = _img(45, 70, seed=4)
+    plain = Predictor(ckpt, device="cpu", size=TRAIN, channels_last=False, optimized=False)
+    tta = Predictor(ckpt, device="cpu", size=TRAIN, channels_last=False, optimized=False, tta=True)
+    x = plain.prepare_array(img.astype(np.float32))
+    mirrored = np.ascontiguousarray(x[:, ::-1])
+    expected = (plain.forward([x]) + plain.forward([mirrored]).flip(-1)) / 2
+    torch.testing.assert_close(tta.forward([x]), expected, rtol=0, atol=1e-6)
+    # so the map of the mirrored image is the mirror of the map
+    a, b = tta.predict(img), tta.predict(np.ascontiguousarray(img[:, ::-1]))
+    assert np.abs(a.astype(int) - b[:, ::-1].astype(int)).max() <= 1
+    assert np.abs(a.astype(int) - plain.predict(img).astype(int)).max() > 1  # it changes the map
+    assert "mirrored too (--tta)" in tta.describe_setting()
+    assert "--tta" not in plain.describe_setting()
+
+
 def test_channels_last_and_batches_agree(predictor: Predictor, ckpt: Path) -> None:
     imgs = [_img(40, 50, seed=s) for s in range(3)]
     singles = [predictor.predict(im) for im in imgs]
@@ -253,6 +269,16 @@ def test_predict_help_names_every_output_file() -> None:
     )
     result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert "Outputs go to --out: <stem>.png, <stem>_alpha.png|.tif" in result.output
+
+
+def test_cli_tta_writes_the_tta_map(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(folder / "a.jpg", "--out", out, "-w", ckpt, "--tta", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "mirroredtoo(--tta)" in no_space(result.output)
+    written = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    tta = Predictor(ckpt, device="cpu", tta=True)
+    np.testing.assert_array_equal(written, tta.predict(imio.read_image(folder / "a.jpg").pixels))
 
 
 def test_cli_threshold_binary(folder: Path, tmp_path: Path, ckpt: Path) -> None:

@@ -105,6 +105,16 @@ PrecisionOpt = Annotated[
     typer.Option("--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."),
 ]
 
+# predict and eval: the flip test-time augmentation of Predictor(tta=True)
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: also run each image mirrored left-right and average the two maps. "
+        "Twice the compute; steadier maps, usually a little more accurate (docs/model.md).",
+    ),
+]
+
 BatchOpt = Annotated[
     int, typer.Option("--batch", "-b", min=1, help="Images per forward pass (images of one working size).")
 ]

@@ -18,6 +18,7 @@ from pdseg_cli.commands._common import (
     PrecisionOpt,
     SizeOpt,
     ThreadsOpt,
+    TtaOpt,
     WeightsOpt,
     use_threads,
     user_errors,
@@ -60,6 +61,7 @@ def eval_(
         ),
     ] = None,
     size: SizeOpt = None,
+    tta: TtaOpt = False,
     device: DeviceOpt[str] = "auto",
     precision: PrecisionOpt = "auto",
     batch: BatchOpt = 1,
@@ -122,9 +124,9 @@ def eval_(
 
         use_threads(threads)
 
-        if pred is not None and (weights is not None or save_preds is not None):
+        if pred is not None and (weights is not None or save_preds is not None or tta):
             raise InputError(
-                "--pred scores existing maps: it cannot be combined with --weights or --save-preds"
+                "--pred scores existing maps: it cannot be combined with --weights, --save-preds or --tta"
             )
         for out in (json_out, csv_out):
             if out is not None:
@@ -155,6 +157,7 @@ def eval_(
                     batch,
                     allow_missing,
                     onnx_spec,
+                    tta,
                 )
             n_images = sum(len(p.pairs) for p in plans)
             cache = None if no_cache else ev.default_cache_root(cache_dir)
@@ -185,6 +188,7 @@ def _run_model(
     batch: int,
     allow_missing: bool,
     onnx_spec: str | None = None,
+    tta: bool = False,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
@@ -195,13 +199,13 @@ def _run_model(
     from pdseg_cli.ui import prediction
 
     predictor = Predictor(
-        weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec
+        weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
     )
     n_gt = {name: len(list_maps(folder / MASK_DIR, "GT")) for name, folder in splits}
     prediction.start(
         predictor.device_reason,
         predictor.precision,
-        str(predictor.size),
+        predictor.describe_setting(),
         sum(n_gt.values()),
         0,
         1,
@@ -229,6 +233,7 @@ def _run_model(
             "device": str(predictor.device),
             "precision": predictor.precision,
             "size": str(predictor.size),
+            "tta": predictor.tta,
             "saved_to": str(save_preds) if save_preds is not None else None,
         }
     }

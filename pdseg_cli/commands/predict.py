@@ -19,6 +19,7 @@ from pdseg_cli.commands._common import (
     PrecisionOpt,
     SizeOpt,
     ThreadsOpt,
+    TtaOpt,
     WeightsOpt,
     use_threads,
     user_errors,
@@ -49,6 +50,7 @@ def predict(
     weights: WeightsOpt = None,
     onnx_spec: OnnxSpecOpt = None,
     size: SizeOpt = None,
+    tta: TtaOpt = False,
     save: Annotated[list[str], typer.Option("--save", "-s", help=_OUTPUTS_HELP)] = ["mask"],  # noqa: B006 (typer passes a new list)
     bg: Annotated[
         str, typer.Option("--bg", help="Background of --save composite: a name, #rrggbb or r,g,b.")
@@ -162,12 +164,13 @@ def predict(
                 compile=compile_mode,
                 local_rank=dist.local_rank if dist.enabled else None,
                 onnx_spec=onnx_spec,
+                tta=tta,
             )
             if dist.is_main:
                 prediction.start(
                     predictor.device_reason,
                     predictor.precision,
-                    str(predictor.size) + (f" ({predictor.size_note})" if predictor.size_note else ""),
+                    predictor.describe_setting(),
                     len(plan.todo),
                     len(plan.skipped),
                     dist.world_size,

@@ -101,6 +101,10 @@ class Predictor:
             ``reduce-overhead`` (CUDA graphs on a GPU) or ``max-autotune``. The first batch of each
             input shape compiles first, so it pays off on a GPU over many images of one working
             size. Needs a PyTorch checkpoint and ``optimized``.
+        tta: test-time augmentation: each image also runs mirrored left-right, and the two logit
+            maps (the mirrored one flipped back) are averaged. Twice the compute; training flips
+            images at random, so both views are equally valid and their average is steadier
+            (measured in docs/model.md, 'Test-time augmentation').
 
     Attributes:
         model, device, precision, size, device_reason (how ``auto`` chose), notes (warnings about
@@ -124,6 +128,7 @@ class Predictor:
         compile: str | bool | None = None,
         local_rank: int | None = None,
         onnx_spec: str | None = None,
+        tta: bool = False,
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
         choice = runtime.resolve_device(device, local_rank=local_rank)
@@ -131,6 +136,7 @@ class Predictor:
         self.device_reason = choice.reason
         self.precision = runtime.resolve_precision(precision, self.device)
         self.channels_last = channels_last
+        self.tta = bool(tta)
         self.weights_path: Path | None = None
         if isinstance(weights, nn.Module):
             kind = "module"
@@ -178,6 +184,12 @@ class Predictor:
         slow = runtime.emulated_precision_note(self.device, self.precision)
         # what the user should know: emulated precision, model parts run as built (not optimised)
         self.notes: list[str] = ([slow] if slow else []) + list(getattr(model, "notes", ()))
+
+    def describe_setting(self) -> str:
+        """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
+        mirrored too (--tta)``."""
+        text = str(self.size) + (f" ({self.size_note})" if self.size_note else "")
+        return text + (", mirrored too (--tta)" if self.tta else "")
 
     # -- one image -----------------------------------------------------------------------------
 
@@ -256,10 +268,14 @@ class Predictor:
             batch = torch.from_numpy(np.stack(arrays))
         x = batch.permute(0, 3, 1, 2)
         x = x.to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=layout)
         with runtime.autocast(self.device, self.precision):
-            logits = self.model(x)
-        return logits.float()
+            logits = self.model(x).float()
+            if self.tta:  # a second pass, not a doubled batch: exported graphs may fix the batch at 1
+                mirrored = self.model(x.flip(-1).contiguous(memory_format=layout)).float()
+                logits = (logits + mirrored.flip(-1)) * 0.5
+        return logits
 
     @torch.inference_mode()
     def to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray:
