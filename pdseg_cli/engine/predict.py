@@ -189,7 +189,7 @@ class Predictor:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
         mirrored too (--tta)``."""
         text = str(self.size) + (f" ({self.size_note})" if self.size_note else "")
-        return text + (", mirrored too (--tta)" if self.tta else "")
+        return text + (f", {predict_run.TTA_LABEL}" if self.tta else "")
 
     # -- one image -----------------------------------------------------------------------------
 

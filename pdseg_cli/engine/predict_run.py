@@ -30,6 +30,7 @@ from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSumm
 from pdseg_cli.errors import PdsegError
 
 Size = int | Literal["full"]  # a working size: N (NxN) or the image's own
+TTA_LABEL = "mirrored too (--tta)"  # how the run header and summary name the flip test-time augmentation
 ProgressCallback = Callable[[FileResult], None]
 
 
@@ -40,6 +41,7 @@ class Predictor(Protocol):
     device: torch.device
     precision: str
     size: Size
+    tta: bool
 
     def prepare_array(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -103,7 +105,7 @@ def run_plan(
         peak_memory=[PeakMemory(dist.rank, str(predictor.device), peak, what)],
         device=str(predictor.device),
         precision=predictor.precision,
-        size=str(predictor.size),
+        size=str(predictor.size) + (f", {TTA_LABEL}" if predictor.tta else ""),
         world_size=dist.world_size,
     )
     return merge_summaries(dist.all_gather(local)) if dist.enabled else local
