@@ -188,8 +188,7 @@ class Predictor:
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
         mirrored too (--tta)``."""
-        text = str(self.size) + (f" ({self.size_note})" if self.size_note else "")
-        return text + (f", {predict_run.TTA_LABEL}" if self.tta else "")
+        return predict_run.working_setting(self.size, self.tta, self.size_note)
 
     # -- one image -----------------------------------------------------------------------------
 

@@ -30,8 +30,13 @@ from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSumm
 from pdseg_cli.errors import PdsegError
 
 Size = int | Literal["full"]  # a working size: N (NxN) or the image's own
-TTA_LABEL = "mirrored too (--tta)"  # how the run header and summary name the flip test-time augmentation
 ProgressCallback = Callable[[FileResult], None]
+
+
+def working_setting(size: Size, tta: bool, note: str = "") -> str:
+    """How the run header and summary name the working size, e.g. ``448 (the checkpoint's training
+    size), mirrored too (--tta)``."""
+    return str(size) + (f" ({note})" if note else "") + (", mirrored too (--tta)" if tta else "")
 
 
 class Predictor(Protocol):
@@ -105,7 +110,7 @@ def run_plan(
         peak_memory=[PeakMemory(dist.rank, str(predictor.device), peak, what)],
         device=str(predictor.device),
         precision=predictor.precision,
-        size=str(predictor.size) + (f", {TTA_LABEL}" if predictor.tta else ""),
+        size=working_setting(predictor.size, predictor.tta),
         world_size=dist.world_size,
     )
     return merge_summaries(dist.all_gather(local)) if dist.enabled else local
