@@ -4,6 +4,7 @@ parameter groups, augmentation, batches, EMA, cache)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -243,8 +244,37 @@ def test_augmentation_is_a_function_of_seed_epoch_index() -> None:
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
     assert a[0].shape == image.shape and a[1].shape == mask.shape and a[0].dtype == np.uint8
-    flipped = augment(image, mask, sample_rng(0, 0, 0), AugmentConfig(hflip=1.0, rotate=0, crop=0, jitter=0))
+    only_flip = AugmentConfig(hflip=1.0, rotate=0, crop=0, jitter=0, zoom=0)
+    flipped = augment(image, mask, sample_rng(0, 0, 0), only_flip)
     assert np.array_equal(flipped[0], image[:, ::-1]) and np.array_equal(flipped[1], mask[:, ::-1])
+
+
+def test_zoom_out_frames_the_image_as_background_and_zoom_in_enlarges() -> None:
+    image = np.full((64, 64, 3), (10, 200, 30), np.uint8)
+    image[16:48, 16:48] = (250, 250, 250)  # a white square object in the middle
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    only_zoom = AugmentConfig(hflip=0, rotate=0, crop=0, jitter=0, zoom=1.0, max_zoom=2.0)
+    sizes = []
+    for index in range(40):
+        rng = sample_rng(0, 0, index)
+        z = math.exp((2.0 * rng.random(15)[14] - 1.0) * math.log(2.0))  # the draw augment makes
+        out, out_mask = augment(image, mask, sample_rng(0, 0, index), only_zoom)
+        area = int((out_mask > 127).sum())
+        assert area == pytest.approx(32 * 32 / z**2, rel=0.25)  # the object is 1/z as wide
+        if z > 1.05:  # zoomed out: the frame is background in the mask and the mean colour
+            assert out_mask[0, 0] == 0 and out_mask[-1, -1] == 0
+            fill = np.array(cv2.mean(image)[:3]).round()
+            corners = [out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]]
+            assert any(np.abs(c.astype(float) - fill).max() <= 1 for c in corners)
+        sizes.append(z)
+    assert min(sizes) < 0.8 and max(sizes) > 1.25  # both ways, within [1/2, 2]
+    assert all(0.5 <= z <= 2.0 for z in sizes)
+    unzoomed = AugmentConfig(hflip=0, rotate=0, crop=0, jitter=0, zoom=0.0)
+    same = augment(image, mask, sample_rng(0, 0, 0), unzoomed)
+    assert np.array_equal(same[0], image) and np.array_equal(same[1], mask)
+    with pytest.raises(ValueError, match="max_zoom"):
+        AugmentConfig(max_zoom=0.5)
 
 
 def test_epoch_batches_shard_resume_and_reproduce() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from helpers import flat, make_dataset, torchrun_env
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
+from pdseg_cli.data.augment import AugmentConfig
 from pdseg_cli.model import load_model
 
 runner = CliRunner()
@@ -39,6 +41,7 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     assert "pdseg train" in result.output and "val maxF" in result.output  # the epoch table
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["variant"] == "pdseg-tiny" and config["resolved"]["steps_per_epoch"] == 2
+    assert config["resolved"]["augment"] == dataclasses.asdict(AugmentConfig())  # the recipe, recorded
 
     again = runner.invoke(app, tiny_args(out, folders))
     assert again.exit_code == 2

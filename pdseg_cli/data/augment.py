@@ -1,12 +1,14 @@
-"""Training augmentation: flip, rotation, crop-and-resize and mild colour jitter, reproducibly.
+"""Training augmentation: flip, rotation, crop-and-resize, zoom and mild colour jitter, reproducibly.
 
 Every random number comes from a generator seeded by ``(seed, epoch, index)`` (:func:`sample_rng`),
 never from a global RNG, so a sample looks the same whatever DataLoader worker builds it, and a
 resumed run sees exactly the samples an uninterrupted one would. The numbers are always drawn in
 the same order, whichever transforms end up applied.
 
-Geometry (flip, crop, rotation) is one affine warp, so the image and the mask are interpolated
-once. Borders are reflected in both, so the mask stays consistent with the image.
+Geometry (flip, crop, zoom, rotation) is one affine warp, so the image and the mask are
+interpolated once. Borders are reflected in both, so the mask stays consistent with the image;
+a zoom-out instead frames the image in its own mean colour with mask 0, since reflecting would
+put mirrored copies of the object around it (DIS has one object per image).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class AugmentConfig:
     max_degrees: float = 15.0  # rotation angle uniform in [-max, max] (BiRefNet: 15)
     crop: float = 0.5  # probability of a random crop resized back to full size
     min_crop: float = 0.75  # a crop keeps this fraction or more of each side (BiRefNet: 0.9)
+    # Zoom: the (cropped) window's sides are scaled by z, log-uniform in [1/max_zoom, max_zoom], so
+    # the object is seen up to max_zoom times larger or smaller. Added at stage 9 of the bundled
+    # weights, whose scores swung with the working size (benchmarks/RESULTS.md).
+    zoom: float = 0.5  # probability of a zoom
+    max_zoom: float = 1.6
     jitter: float = 0.8  # probability of colour jitter
     brightness: float = 0.2  # factors uniform in [1 - x, 1 + x]: "mild" (BiRefNet: 0.5..1.5)
     contrast: float = 0.2
@@ -43,6 +50,10 @@ class AugmentConfig:
                 raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
         if not 0.0 < self.min_crop <= 1.0:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
+        if not 0.0 <= self.zoom <= 1.0:
+            raise ValueError(f"augmentation probability zoom must be in [0, 1], got {self.zoom}")
+        if self.max_zoom < 1.0:
+            raise ValueError(f"max_zoom must be >= 1, got {self.max_zoom}")
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -69,8 +80,9 @@ def augment(
         ``(image, mask)``: (H, W, 3) uint8 and (H, W) uint8, C-contiguous, new arrays.
     """
     h, w = mask.shape
-    # Draw every number first, in a fixed order, so the stream never depends on the branches.
-    u = rng.random(13)
+    # Draw every number first, in a fixed order, so the stream never depends on the branches
+    # (u[13:] came with zoom; the first 13 are what they were before it).
+    u = rng.random(15)
     flip = u[0] < cfg.hflip
     crop = u[1] < cfg.crop
     rotate = u[2] < cfg.rotate
@@ -81,18 +93,27 @@ def augment(
     degrees = (2.0 * u[8] - 1.0) * cfg.max_degrees
     factors = 1.0 + (2.0 * u[9:12] - 1.0) * np.array([cfg.brightness, cfg.contrast, cfg.saturation])
     jitter_order = u[12]  # brightness/contrast before or after saturation
+    zoom = u[13] < cfg.zoom
+    z = math.exp((2.0 * u[14] - 1.0) * math.log(cfg.max_zoom))
 
-    if flip or crop or rotate:
+    if flip or crop or rotate or zoom:
+        window = (crop_w, crop_h, crop_x, crop_y) if crop else (1.0, 1.0, 0.5, 0.5)
+        if zoom:
+            window = (window[0] * z, window[1] * z, window[2], window[3])
         matrix = _inverse_affine(
             w,
             h,
             flip=flip,
-            crop=(crop_w, crop_h, crop_x, crop_y) if crop else None,
+            crop=window if crop or zoom else None,
             degrees=degrees if rotate else 0.0,
         )
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        image = cv2.warpAffine(image, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
-        mask = cv2.warpAffine(mask, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
+        if max(window[0], window[1]) > 1.0:  # zoomed out: frame the image, the frame is background
+            border, fills = cv2.BORDER_CONSTANT, (cv2.mean(image)[:3], 0)
+        else:
+            border, fills = cv2.BORDER_REFLECT_101, (0, 0)
+        image = cv2.warpAffine(image, matrix, (w, h), flags=flags, borderMode=border, borderValue=fills[0])
+        mask = cv2.warpAffine(mask, matrix, (w, h), flags=flags, borderMode=border, borderValue=fills[1])
     else:
         image, mask = image.copy(), mask.copy()
     if jitter:
@@ -107,7 +128,7 @@ def _inverse_affine(
 
     Output pixel (u, v) is first mirrored (flip), then placed in the crop window (a scaled,
     shifted copy of the output grid, pixel centres at +0.5), then rotated about the window's
-    centre.
+    centre. A window side over 1 (zoom-out) gives a negative origin: the image sits inside it.
     """
     m = np.eye(3)
     if flip:  # u -> w - 1 - u

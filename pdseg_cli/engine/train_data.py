@@ -21,6 +21,7 @@ from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig
 from pdseg_cli.data.teacher import TeacherInfo, TeacherMaps
+from pdseg_cli.engine.train_config import TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_folder import cache_root
 from pdseg_cli.engine.train_signals import worker_init
@@ -198,13 +199,18 @@ def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan])
     return store
 
 
+def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
+    """The run's training augmentation (None with ``augment`` off); ``config.json`` records it."""
+    return AugmentConfig() if cfg.augment else None
+
+
 def make_loaders(
     ctx: RunContext, data: TrainData, batches: dis5k.EpochBatches, start_epoch: int, start_step: int
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
     """The training loader (its workers forked now) and rank 0's validation loader (None without
     validation, and on the other ranks)."""
     cfg = ctx.cfg
-    augment = AugmentConfig() if cfg.augment else None
+    augment = augment_config(cfg)
     cores = runtime.usable_cores()
     if ctx.workers > cores:  # said once, here, instead of torch's warning at creation and at iter()
         ctx.notice(

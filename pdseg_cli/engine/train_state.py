@@ -6,7 +6,7 @@ advances. On resume, every part comes back from ``last.pt``'s training state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,7 +18,7 @@ from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine.ema import ModelEMA, default_ema_tau
 from pdseg_cli.engine.train_config import CONFIG
 from pdseg_cli.engine.train_context import RunContext
-from pdseg_cli.engine.train_data import TrainData, load_data, make_loaders
+from pdseg_cli.engine.train_data import TrainData, augment_config, load_data, make_loaders
 from pdseg_cli.engine.train_folder import (
     RESULTS,
     cache_root,
@@ -349,5 +349,6 @@ def _resolved_config(ctx: RunContext, data: TrainData, plan: RunPlan, model: PDS
         "warmup": plan.warmup,
         "ema_tau": plan.ema_tau,
         "cache_dir": str(cache_root(cfg)) if cfg.cache == "disk" else None,
+        "augment": None if (augment := augment_config(cfg)) is None else asdict(augment),
         "model": model.config.to_dict(),
     }
