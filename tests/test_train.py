@@ -21,8 +21,9 @@ from helpers import make_dataset
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
 from pdseg_cli.engine import losses
-from pdseg_cli.engine.ema import ModelEMA, default_ema_tau
+from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
+from pdseg_cli.engine.train_data import augment_config
 from pdseg_cli.engine.train_schedule import lr_factor, param_groups
 from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.model import create_model, load_model, save_checkpoint
@@ -151,8 +152,14 @@ def test_backbone_weights_then_resume_refusals(tmp_path: Path, data: dict[str, P
         train(tiny(tmp_path / "run", data, epochs=1, val_every=0))
     with pytest.raises(InputError, match="--size 64 -> 96"):
         train(TrainConfig.for_resume(tmp_path / "run", size=96))
+    with pytest.raises(InputError, match="--zoom 0.0 -> 0.5"):
+        train(TrainConfig.for_resume(tmp_path / "run", zoom=0.5))
     with pytest.raises(InputError, match="nothing to resume"):
         TrainConfig.for_resume(tmp_path / "elsewhere")
+    # a run started before a trajectory field existed (zoom) had its default, and still resumes
+    payload = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    del payload["train_state"]["config"]["zoom"]
+    torch.save(payload, tmp_path / "run" / "last.pt")
     done = train(TrainConfig.for_resume(tmp_path / "run"))  # already at --epochs 1: nothing to do
     assert done.epochs == 1 and done.steps == 2
 
@@ -194,6 +201,16 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 
 # ----------------------------------------------------------------------------------------------
 # pieces
+
+
+def test_zoom_is_off_by_default_and_needs_augmentation(tmp_path: Path, data: dict[str, Path]) -> None:
+    assert augment_config(tiny(tmp_path, data)) == AugmentConfig() and AugmentConfig().zoom == 0.0
+    assert augment_config(tiny(tmp_path, data, zoom=0.5)) == AugmentConfig(zoom=0.5)
+    assert augment_config(tiny(tmp_path, data, augment=False)) is None
+    with pytest.raises(InputError, match=r"--zoom must be a probability in \[0, 1\], got 2"):
+        tiny(tmp_path, data, zoom=2.0).check()
+    with pytest.raises(InputError, match="--zoom needs augmentation"):
+        tiny(tmp_path, data, zoom=0.5, augment=False).check()
 
 
 def test_loss_supervision_multi_sums_levels_and_single_uses_the_final_map() -> None:
@@ -310,6 +327,28 @@ def test_the_ema_ramp_fits_the_run() -> None:
     ema = ModelEMA(torch.nn.Linear(2, 2), decay=0.999, tau=default_ema_tau(2849))
     ema.updates = 2849 // 2
     assert ema.current_decay() == pytest.approx(0.999, abs=1e-4)
+
+
+def _ema_share_of_the_second_half(steps: int, decay: float) -> float:
+    """How much of the saved average comes from the second half of a run of ``steps`` updates."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    model = torch.nn.Module()
+    model.weight = weight
+    ema = ModelEMA(model, decay=decay, tau=default_ema_tau(steps))
+    for step in range(steps):
+        with torch.no_grad():
+            weight.fill_(float(step >= steps // 2))  # 0 in the first half, 1 in the second
+        ema.update(model)
+    return float(ema.module.weight)
+
+
+def test_the_default_ema_decay_keeps_the_end_of_a_short_run() -> None:
+    assert default_ema_decay(200_000) == 0.9999  # a DIS5K GPU run: Ultralytics' decay
+    assert default_ema_decay(777) == pytest.approx(1 - 10 / 777)
+    assert default_ema_decay(5) == 0.0  # a handful of steps: the weights themselves
+    # a 777-step fine-tune (stage 9's mistake): 0.9999 keeps mostly the run's first steps
+    assert _ema_share_of_the_second_half(777, 0.9999) < 0.05
+    assert _ema_share_of_the_second_half(777, default_ema_decay(777)) > 0.99
 
 
 def test_disk_cache_is_reused_and_reads_real_pairs(

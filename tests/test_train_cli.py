@@ -42,6 +42,7 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["variant"] == "pdseg-tiny" and config["resolved"]["steps_per_epoch"] == 2
     assert config["resolved"]["augment"] == dataclasses.asdict(AugmentConfig())  # the recipe, recorded
+    assert config["train"]["ema_decay"] is None and config["resolved"]["ema_decay"] == 0.0  # 2 steps
 
     again = runner.invoke(app, tiny_args(out, folders))
     assert again.exit_code == 2

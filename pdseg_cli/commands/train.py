@@ -122,7 +122,12 @@ def train(
         float | None, typer.Option("--clip-grad", help="Max gradient norm, 0 = off (default: 5).")
     ] = None,
     ema_decay: Annotated[
-        float | None, typer.Option("--ema-decay", help="Weight EMA decay (default: 0.9999).")
+        float | None,
+        typer.Option(
+            "--ema-decay",
+            help="Weight EMA decay (default: 0.9999, or 1 - 10/steps in a shorter run, so the saved "
+            "average spans at most a tenth of it).",
+        ),
     ] = None,
     precision: Annotated[
         str | None,
@@ -159,6 +164,15 @@ def train(
         bool | None,
         typer.Option("--augment/--no-augment", help="Flip, rotation, crop and colour jitter (default: on)."),
     ] = None,
+    zoom: Annotated[
+        float | None,
+        typer.Option(
+            "--zoom",
+            help="Probability of also zooming an augmented sample in or out by up to 1.6x, 0..1 "
+            "(default: 0, off).",
+            show_default=False,
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
@@ -191,7 +205,8 @@ def train(
         train_dir=train_dir, val_dir=val_dir, supervision=supervision, backbone_weights=backbone_weights,
         lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
-        augment=augment, init=init, teacher=teacher, teacher_weight=teacher_weight, onnx_spec=onnx_spec,
+        augment=augment, zoom=zoom, init=init, teacher=teacher, teacher_weight=teacher_weight,
+        onnx_spec=onnx_spec,
     )  # fmt: skip
     given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed
     out = out or Path("runs") / (variant or "pdseg-b")

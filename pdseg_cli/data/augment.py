@@ -34,9 +34,9 @@ class AugmentConfig:
     crop: float = 0.5  # probability of a random crop resized back to full size
     min_crop: float = 0.75  # a crop keeps this fraction or more of each side (BiRefNet: 0.9)
     # Zoom: the (cropped) window's sides are scaled by z, log-uniform in [1/max_zoom, max_zoom], so
-    # the object is seen up to max_zoom times larger or smaller. Added at stage 9 of the bundled
-    # weights, whose scores swung with the working size (benchmarks/RESULTS.md).
-    zoom: float = 0.5  # probability of a zoom
+    # the object is seen up to max_zoom times larger or smaller, for a model whose scores swung with
+    # the working size (benchmarks/RESULTS.md, stage 9). Off by default, as the bundled stages trained.
+    zoom: float = 0.0  # probability of a zoom (pdseg train --zoom)
     max_zoom: float = 1.6
     jitter: float = 0.8  # probability of colour jitter
     brightness: float = 0.2  # factors uniform in [1 - x, 1 + x]: "mild" (BiRefNet: 0.5..1.5)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 EMA_TAU_ITERS = 2000.0  # Ultralytics' ramp; a run's default is min(this, a twentieth of the run)
+EMA_DECAY = 0.9999  # Ultralytics' decay; a run's default is at most 1 - 10 / its steps
 
 
 def default_ema_tau(total_steps: int) -> float:
@@ -22,6 +23,18 @@ def default_ema_tau(total_steps: int) -> float:
     the decay is ``decay`` to within 1e-4 by half of it.
     """
     return max(1.0, min(EMA_TAU_ITERS, total_steps / 20))
+
+
+def default_ema_decay(total_steps: int) -> float:
+    """The decay of a run of ``total_steps`` when none is given: :data:`EMA_DECAY`, or less in a run
+    too short for it, so that the average spans at most a tenth of the run (``1 / (1 - decay)``
+    steps) and the saved weights are those of its end.
+
+    With 0.9999, a 777-step fine-tune (``--init``, 3 epochs of 2,076 images) would save an average
+    96% of which came from its first half: the average barely moves after its ramp, so a short run
+    changes the saved model far less than its training did (``benchmarks/RESULTS.md``, stage 9).
+    """
+    return min(EMA_DECAY, max(0.0, 1.0 - 10.0 / max(total_steps, 1)))
 
 
 class ModelEMA:
@@ -38,7 +51,7 @@ class ModelEMA:
         tau: updates over which the decay ramps up.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = EMA_TAU_ITERS) -> None:
+    def __init__(self, model: nn.Module, decay: float = EMA_DECAY, tau: float = EMA_TAU_ITERS) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         if tau <= 0:

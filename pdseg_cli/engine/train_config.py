@@ -38,6 +38,7 @@ TRAJECTORY_FIELDS = (
     "ema_decay",
     "ema_tau",
     "augment",
+    "zoom",
     "teacher_weight",
 )
 _PATH_FIELDS = ("out", "data_root", "val_dir", "backbone_weights", "cache_dir", "teacher", "init")
@@ -71,7 +72,8 @@ class TrainConfig:
         clip_grad: clip the global gradient norm to this; 0 turns clipping off.
         precision: ``auto`` (bf16 on GPUs that have it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        ema_decay: final decay of the weight EMA.
+        ema_decay: final decay of the weight EMA; None: 0.9999, or ``1 - 10 / total_iterations`` if
+            that is smaller, so the average spans at most a tenth of the run.
         ema_tau: iterations over which the EMA decay ramps up; None: ``min(2000, total_iterations / 20)``.
         val_every: validate every this many epochs (and after the last); 0 never validates.
         save_every_steps: also write ``last.pt`` every this many iterations; 0 only at epoch ends.
@@ -79,6 +81,8 @@ class TrainConfig:
         cache: keep decoded, resized samples on ``disk`` (``.npy``), in ``ram``, or ``off``.
         cache_dir: where the disk cache lives; default ``<out>/cache``. Share it between runs.
         augment: flip, rotation, crop-and-resize and colour jitter on training samples.
+        zoom: probability that an augmented sample is also zoomed in or out by up to 1.6x
+            (:class:`pdseg_cli.data.augment.AugmentConfig`); 0, the default, never zooms.
         resume: continue the run in ``out`` from its ``last.pt``.
         overwrite: replace a run already in ``out`` (its cache is kept).
         teacher: a model ``pdseg predict`` runs (``.pt``, ``.onnx``, ``.ts``, a foreign ONNX) whose
@@ -109,7 +113,7 @@ class TrainConfig:
     clip_grad: float = 5.0
     precision: Precision = "auto"
     device: str = "auto"
-    ema_decay: float = 0.9999
+    ema_decay: float | None = None
     ema_tau: float | None = None
     val_every: int = 1
     save_every_steps: int = 0
@@ -117,6 +121,7 @@ class TrainConfig:
     cache: dis5k.CacheMode = "disk"
     cache_dir: Path | None = None
     augment: bool = True
+    zoom: float = 0.0
     resume: bool = False
     overwrite: bool = False
     teacher: Path | None = None
@@ -179,7 +184,11 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}", None),
             (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}", None),
             (self.clip_grad >= 0, f"--clip-grad must be 0 (off) or more, got {self.clip_grad}", None),
-            (0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}", None),
+            (
+                self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
+                f"--ema-decay must be in [0, 1), got {self.ema_decay}",
+                None,
+            ),
             (self.ema_tau is None or self.ema_tau > 0, f"EMA tau must be positive, got {self.ema_tau}", None),
             (self.val_every >= 0, f"--val-every must be 0 (never) or more, got {self.val_every}", None),
             (
@@ -203,6 +212,8 @@ class TrainConfig:
                 None,
             ),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other", None),
+            (0.0 <= self.zoom <= 1.0, f"--zoom must be a probability in [0, 1], got {self.zoom}", "e.g. 0.5"),
+            (self.augment or self.zoom == 0.0, "--zoom needs augmentation", "leave out --no-augment"),
             (
                 0.0 <= self.teacher_weight <= 1.0,
                 f"--teacher-weight must be in [0, 1], got {self.teacher_weight}",

@@ -4,6 +4,7 @@ beside the checkpoints (``results.csv``, ``config.json``, TensorBoard scalars)."
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from collections.abc import Mapping
@@ -65,10 +66,12 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
         InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup``) differs.
     """
     stored, now = state["config"], ctx.cfg.to_dict()
+    # a field added after the run started is absent from its config: the run had the default
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     diffs = [
-        f"--{name.replace('_', '-')} {stored.get(name)!r} -> {now[name]!r}"
+        f"--{name.replace('_', '-')} {stored.get(name, defaults[name])!r} -> {now[name]!r}"
         for name in TRAJECTORY_FIELDS
-        if stored.get(name) != now[name]
+        if stored.get(name, defaults[name]) != now[name]
     ]
     if ctx.cfg.warmup is not None and state["warmup"] != ctx.cfg.warmup:
         diffs.append(f"--warmup {state['warmup']} -> {ctx.cfg.warmup}")

@@ -15,7 +15,7 @@ from torch import nn
 from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.teacher import file_sha256
-from pdseg_cli.engine.ema import ModelEMA, default_ema_tau
+from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train_config import CONFIG
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_data import TrainData, augment_config, load_data, make_loaders
@@ -68,6 +68,7 @@ class RunPlan:
         batches: this rank's batch order (the loader's sampler).
         total_steps: iterations of the whole run, over which the learning rate decays to 0.
         warmup: linear-warmup iterations.
+        ema_decay: the weight EMA's final decay.
         ema_tau: iterations over which the weight EMA's decay ramps up.
         start_epoch: epochs complete when the session starts.
         start_step: steps already done in epoch ``start_epoch``.
@@ -77,6 +78,7 @@ class RunPlan:
     batches: dis5k.EpochBatches
     total_steps: int
     warmup: int
+    ema_decay: float
     ema_tau: float
     start_epoch: int
     start_step: int
@@ -201,11 +203,12 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
     total_steps = cfg.epochs * batches.steps_per_epoch
     if resumed is None:
         warmup = cfg.warmup if cfg.warmup is not None else default_warmup(total_steps)
+        decay = cfg.ema_decay if cfg.ema_decay is not None else default_ema_decay(total_steps)
         tau = cfg.ema_tau if cfg.ema_tau is not None else default_ema_tau(total_steps)
-        return RunPlan(batches, total_steps, warmup, tau, 0, 0, None)
+        return RunPlan(batches, total_steps, warmup, decay, tau, 0, 0, None)
     warmup = int(resumed["warmup"]) if cfg.warmup is None else cfg.warmup
-    # the EMA carries on exactly as it was (its state holds tau)
-    tau = float(resumed["ema"]["tau"])
+    # the EMA carries on exactly as it was (its state holds decay and tau)
+    decay, tau = float(resumed["ema"]["decay"]), float(resumed["ema"]["tau"])
     start_epoch, start_step = int(resumed["epoch"]), int(resumed["step_in_epoch"])
     sums = None if resumed["epoch_sums"] is None else EpochSums(**resumed["epoch_sums"])
     reached = start_epoch + (start_step > 0)  # the epoch in progress counts
@@ -219,7 +222,7 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
             f"--epochs {cfg.epochs} (was {resumed['epochs']}): the learning rate now decays to 0 at "
             f"step {total_steps} instead of {resumed['total_steps']}"
         )
-    return RunPlan(batches, total_steps, warmup, tau, start_epoch, start_step, sums)
+    return RunPlan(batches, total_steps, warmup, decay, tau, start_epoch, start_step, sums)
 
 
 def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[PDSeg, dict[str, Any] | None]:
@@ -261,7 +264,7 @@ def build_run(
     # channels-last layout: the same maths, faster steps on the CPU (oneDNN) and GPUs
     # (benchmarks/RESULTS.md, 'CPU training speed')
     model = model.to(device, memory_format=torch.channels_last).train()
-    ema = ModelEMA(model, cfg.ema_decay, plan.ema_tau)
+    ema = ModelEMA(model, plan.ema_decay, plan.ema_tau)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         ema.load_state_dict(resumed["ema"])
@@ -347,6 +350,7 @@ def _resolved_config(ctx: RunContext, data: TrainData, plan: RunPlan, model: PDS
         "steps_per_epoch": plan.steps_per_epoch,
         "total_steps": plan.total_steps,
         "warmup": plan.warmup,
+        "ema_decay": plan.ema_decay,
         "ema_tau": plan.ema_tau,
         "cache_dir": str(cache_root(cfg)) if cfg.cache == "disk" else None,
         "augment": None if (augment := augment_config(cfg)) is None else asdict(augment),
