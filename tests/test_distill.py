@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.teacher import TeacherMaps, blend_targets
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherMaps, blend_targets, map_doubt
 from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.engine.train import TrainConfig, train
@@ -324,6 +324,63 @@ def test_blended_targets_reach_the_sample_cache(tiny_teacher: Path, tmp_path: Pa
 
         sample = dis5k.load_sample(dataclasses.replace(pair, teacher=teacher_map, teacher_weight=weight), 64)
         assert np.array_equal(sample[..., 3], blend_targets(gt, t, weight))
+
+
+def test_map_doubt_judges_the_map_alone() -> None:
+    side = 128  # the judging size: maps of this size are judged pixel by pixel
+    few = np.zeros((side, side), np.uint8)
+    few.flat[:163] = 255  # 163 / 16384 = 0.99% foreground: the teacher found no object
+    assert map_doubt(few, 1.0) == NO_OBJECT
+    few.flat[163] = 255  # 1.0%
+    assert map_doubt(few, 0.0) is None
+    half = np.zeros((side, side), np.uint8)
+    half[: side // 2] = 255
+    half.flat[:5734] = 100  # 5734 / 16384 = 34.998% unsure (100 is in 25..230)
+    assert map_doubt(half, 0.35) is None
+    half.flat[5734] = 25  # the bounds count as unsure: 35.004%
+    assert map_doubt(half, 0.35) == UNSURE
+    half.flat[5734] = 231
+    assert map_doubt(half, 0.35) is None
+    # judged on the area: 1-pixel stripes of 0 and 255 at 1024 average to 128, all unsure
+    stripes = np.zeros((1024, 1024), np.uint8)
+    stripes[:, ::2] = 255
+    assert map_doubt(stripes, 0.99) == UNSURE
+
+
+def test_max_unsure_leaves_out_doubtful_teacher_maps(tiny_teacher: Path, tmp_path: Path) -> None:
+    labelled = make_dataset(tmp_path / "lab", 4)
+    unlabelled = _unlabelled(tmp_path / "unl", 4)
+    maps = TeacherMaps(tiny_teacher, tmp_path / "teacher-cache")
+    disc = np.zeros((64, 64), np.uint8)
+    cv2.circle(disc, (32, 32), 16, 255, -1)
+    made = [np.zeros_like(disc), np.full_like(disc, 128), disc, 255 - disc]  # none, unsure, two sure
+    for image, teacher_map in zip(sorted((unlabelled / "im").iterdir()), made, strict=True):
+        maps.map_path(image).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(maps.map_path(image)), teacher_map)  # cached: the teacher never runs
+    both = [labelled, unlabelled]
+    cfg = _cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=both, teacher=tiny_teacher, max_unsure=0.35)
+    notices: list[str] = []
+    result = train(
+        cfg, on_event=lambda e: notices.append(e.values["message"]) if e.kind == "notice" else None
+    )
+    assert load_checkpoint(result.last).provenance["train_images"] == 6  # 4 labelled + 2 sure
+    assert (
+        "--max-unsure 0.35: left out 2 of the 4 images without masks (1 where the teacher found no object, 1 "
+        in (" ".join(notices))
+    ), notices
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["max_unsure"] == 0.35
+    # the first two photos again (same content, so the same cached maps): none is sure
+    doubtful = _unlabelled(tmp_path / "doubtful", 2)
+    with pytest.raises(DataError, match="--max-unsure 0.35 leaves none of the 2 training images"):
+        train(
+            _cfg(
+                tmp_path / "none",
+                variant="pdseg-tiny",
+                train_dir=doubtful,
+                teacher=tiny_teacher,
+                max_unsure=0.35,
+            )
+        )
 
 
 def test_init_takes_the_variant_from_the_file_and_names_conflicts(tmp_path: Path) -> None:

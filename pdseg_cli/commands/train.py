@@ -92,6 +92,16 @@ def train(
             "(default: 0, the mask).",
         ),
     ] = None,
+    max_unsure: Annotated[
+        float | None,
+        typer.Option(
+            "--max-unsure",
+            help="Leave out images without masks whose teacher map is doubtful: no object (under 1% "
+            "foreground) or more than this share of its pixels unsure (25..230 of 255), e.g. 0.35 "
+            "(default: keep all).",
+            show_default=False,
+        ),
+    ] = None,
     onnx_spec: OnnxSpecOpt = None,
     val_dir: Annotated[
         Path | None,
@@ -206,7 +216,7 @@ def train(
         lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
         augment=augment, zoom=zoom, init=init, teacher=teacher, teacher_weight=teacher_weight,
-        onnx_spec=onnx_spec,
+        max_unsure=max_unsure, onnx_spec=onnx_spec,
     )  # fmt: skip
     given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed
     out = out or Path("runs") / (variant or "pdseg-b")

@@ -21,10 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 TEACHER_DIR = "teacher"  # under the cache root
 _CHUNK = 1 << 20
+
+# How sure a teacher map is (pdseg train --max-unsure), judged on the map alone, as self-training
+# keeps only confident pseudo-labels: the map is area-averaged to JUDGE_SIDE x JUDGE_SIDE, so a few
+# soft edge pixels of a large photo weigh what they cover; a value in [UNSURE_LOW, UNSURE_HIGH] is
+# unsure, one above 127 foreground.
+JUDGE_SIDE = 128
+UNSURE_LOW, UNSURE_HIGH = 25, 230
+MIN_FOREGROUND = 0.01  # under this share of foreground, the teacher found no object
+NO_OBJECT, UNSURE = "no object", "unsure"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -159,6 +169,24 @@ class TeacherMaps:
             if on_progress is not None:
                 on_progress(i + 1, len(images), computed)
         return out
+
+
+def map_doubt(teacher_map: np.ndarray, max_unsure: float) -> str | None:
+    """Why a teacher map is too doubtful to train on, or None when it is confident.
+
+    Args:
+        teacher_map: (H, W) uint8 map, 0..255.
+        max_unsure: the largest share of unsure pixels a kept map may have (0..1).
+
+    Returns:
+        :data:`NO_OBJECT` when under :data:`MIN_FOREGROUND` of the map is foreground, else
+        :data:`UNSURE` when more than ``max_unsure`` of it is unsure, else None.
+    """
+    small = cv2.resize(teacher_map, (JUDGE_SIDE, JUDGE_SIDE), interpolation=cv2.INTER_AREA)
+    if float(np.mean(small > 127)) < MIN_FOREGROUND:
+        return NO_OBJECT
+    unsure = float(np.mean((small >= UNSURE_LOW) & (small <= UNSURE_HIGH)))
+    return UNSURE if unsure > max_unsure else None
 
 
 def blend_targets(gt: np.ndarray | None, teacher: np.ndarray | None, weight: float) -> np.ndarray:

@@ -40,6 +40,7 @@ TRAJECTORY_FIELDS = (
     "augment",
     "zoom",
     "teacher_weight",
+    "max_unsure",
 )
 _PATH_FIELDS = ("out", "data_root", "val_dir", "backbone_weights", "cache_dir", "teacher", "init")
 
@@ -88,6 +89,9 @@ class TrainConfig:
         teacher: a model ``pdseg predict`` runs (``.pt``, ``.onnx``, ``.ts``, a foreign ONNX) whose
             maps are the targets of images without masks (distillation).
         teacher_weight: the teacher's share of the target where an image has a mask too (0..1).
+        max_unsure: leave out images without masks whose teacher map is doubtful
+            (:func:`pdseg_cli.data.teacher.map_doubt`: no object, or more than this share of its
+            pixels unsure); None keeps every image.
         onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher (see :mod:`pdseg_cli.engine.onnx_spec`).
         teacher_cache: where teacher maps are cached; default pdseg's cache root
             (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``), shared by runs.
@@ -126,6 +130,7 @@ class TrainConfig:
     overwrite: bool = False
     teacher: Path | None = None
     teacher_weight: float = 0.0
+    max_unsure: float | None = None
     onnx_spec: str | None = None
     teacher_cache: Path | None = None
     init: Path | None = None
@@ -220,8 +225,14 @@ class TrainConfig:
                 "0: the GT where an image has one; 1: the teacher everywhere",
             ),
             (
-                self.teacher is not None or (self.teacher_weight == 0.0 and not self.onnx_spec),
-                "--teacher-weight and --onnx-spec need --teacher",
+                self.max_unsure is None or 0.0 <= self.max_unsure <= 1.0,
+                f"--max-unsure must be a share in [0, 1], got {self.max_unsure}",
+                "e.g. 0.35: leave out teacher maps with more than 35% unsure pixels",
+            ),
+            (
+                self.teacher is not None
+                or (self.teacher_weight == 0.0 and not self.onnx_spec and self.max_unsure is None),
+                "--teacher-weight, --max-unsure and --onnx-spec need --teacher",
                 "pass --teacher MODEL (a .pt, .onnx or .ts file)",
             ),
         ]

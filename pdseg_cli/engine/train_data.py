@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,14 @@ import torch
 from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig
-from pdseg_cli.data.teacher import TeacherInfo, TeacherMaps
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherInfo, TeacherMaps, map_doubt
 from pdseg_cli.engine.train_config import TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_folder import cache_root
 from pdseg_cli.engine.train_signals import worker_init
 from pdseg_cli.errors import DataError, InputError, PdsegError
 from pdseg_cli.metrics.cache import default_cache_root
+from pdseg_cli.metrics.reading import read_gray_u8
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,41 @@ def _scan_training(
         paths = [maps.map_path(image) for image in images]
     for i, path in zip(needing, paths, strict=True):
         pairs[i] = dataclasses.replace(pairs[i], teacher=path)
+    if ctx.cfg.max_unsure is not None:
+        pairs = _drop_doubtful(ctx, pairs, ctx.cfg.max_unsure)
     return dis5k.PairScan(scan.folder, pairs, scan.problems)
+
+
+def _drop_doubtful(ctx: RunContext, pairs: list[dis5k.Pair], max_unsure: float) -> list[dis5k.Pair]:
+    """The pairs less those whose only target is a doubtful teacher map (``--max-unsure``); every
+    rank reads the same maps and keeps the same pairs.
+
+    Raises:
+        DataError: no training image is left.
+    """
+    kept: list[dis5k.Pair] = []
+    doubts: Counter[str] = Counter()
+    for pair in pairs:
+        doubt = None
+        if pair.mask is None and pair.teacher is not None:
+            doubt = map_doubt(read_gray_u8(pair.teacher), max_unsure)
+        if doubt is None:
+            kept.append(pair)
+        else:
+            doubts[doubt] += 1
+    if not kept:
+        raise DataError(
+            f"--max-unsure {max_unsure:g} leaves none of the {len(pairs)} training images",
+            hint="raise --max-unsure, or add images with masks",
+        )
+    if doubts and ctx.main:
+        without = sum(p.mask is None for p in pairs)
+        ctx.notice(
+            f"--max-unsure {max_unsure:g}: left out {sum(doubts.values())} of the {without} images without "
+            f"masks ({doubts[NO_OBJECT]} where the teacher found no object, {doubts[UNSURE]} where over "
+            f"{max_unsure:.0%} of its map is unsure); {len(kept)} training images"
+        )
+    return kept
 
 
 def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan]) -> dis5k.SampleStore:
