@@ -335,12 +335,13 @@ def test_map_doubt_judges_the_map_alone() -> None:
     assert map_doubt(few, 0.0) is None
     half = np.zeros((side, side), np.uint8)
     half[: side // 2] = 255
-    half.flat[:5734] = 100  # 5734 / 16384 = 34.998% unsure (100 is in 25..230)
+    half.flat[:5734] = 100  # 5734 / 16384 = 34.998% unsure (100 is between 25 and 230)
     assert map_doubt(half, 0.35) is None
-    half.flat[5734] = 25  # the bounds count as unsure: 35.004%
+    half.flat[5734] = 26  # 35.004%
     assert map_doubt(half, 0.35) == UNSURE
-    half.flat[5734] = 231
-    assert map_doubt(half, 0.35) is None
+    for bound in (25, 230):  # the bounds themselves are sure
+        half.flat[5734] = bound
+        assert map_doubt(half, 0.35) is None
     # judged on the area: 1-pixel stripes of 0 and 255 at 1024 average to 128, all unsure
     stripes = np.zeros((1024, 1024), np.uint8)
     stripes[:, ::2] = 255

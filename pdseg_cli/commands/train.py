@@ -97,7 +97,7 @@ def train(
         typer.Option(
             "--max-unsure",
             help="Leave out images without masks whose teacher map is doubtful: no object (under 1% "
-            "foreground) or more than this share of its pixels unsure (25..230 of 255), e.g. 0.35 "
+            "foreground) or more than this share of its pixels unsure (26..229 of 255), e.g. 0.35 "
             "(default: keep all).",
             show_default=False,
         ),

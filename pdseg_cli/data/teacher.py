@@ -29,8 +29,8 @@ _CHUNK = 1 << 20
 
 # How sure a teacher map is (pdseg train --max-unsure), judged on the map alone, as self-training
 # keeps only confident pseudo-labels: the map is area-averaged to JUDGE_SIDE x JUDGE_SIDE, so a few
-# soft edge pixels of a large photo weigh what they cover; a value in [UNSURE_LOW, UNSURE_HIGH] is
-# unsure, one above 127 foreground.
+# soft edge pixels of a large photo weigh what they cover; a value strictly between UNSURE_LOW and
+# UNSURE_HIGH is unsure, one above 127 foreground.
 JUDGE_SIDE = 128
 UNSURE_LOW, UNSURE_HIGH = 25, 230
 MIN_FOREGROUND = 0.01  # under this share of foreground, the teacher found no object
@@ -185,7 +185,7 @@ def map_doubt(teacher_map: np.ndarray, max_unsure: float) -> str | None:
     small = cv2.resize(teacher_map, (JUDGE_SIDE, JUDGE_SIDE), interpolation=cv2.INTER_AREA)
     if float(np.mean(small > 127)) < MIN_FOREGROUND:
         return NO_OBJECT
-    unsure = float(np.mean((small >= UNSURE_LOW) & (small <= UNSURE_HIGH)))
+    unsure = float(np.mean((small > UNSURE_LOW) & (small < UNSURE_HIGH)))
     return UNSURE if unsure > max_unsure else None
 
 
