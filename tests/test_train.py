@@ -19,7 +19,7 @@ import torch
 from helpers import make_dataset
 
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
+from pdseg_cli.data.augment import AugmentConfig, augment, fill_object, paste_object, sample_rng
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
@@ -211,6 +211,68 @@ def test_zoom_is_off_by_default_and_needs_augmentation(tmp_path: Path, data: dic
         tiny(tmp_path, data, zoom=2.0).check()
     with pytest.raises(InputError, match="--zoom needs augmentation"):
         tiny(tmp_path, data, zoom=0.5, augment=False).check()
+
+
+def test_paste_is_off_by_default_and_needs_augmentation(tmp_path: Path, data: dict[str, Path]) -> None:
+    assert AugmentConfig().paste == 0.0
+    assert augment_config(tiny(tmp_path, data, paste=0.3)) == AugmentConfig(paste=0.3)
+    with pytest.raises(InputError, match=r"--paste must be a probability in \[0, 1\], got -0.1"):
+        tiny(tmp_path, data, paste=-0.1).check()
+    with pytest.raises(InputError, match="--paste needs augmentation"):
+        tiny(tmp_path, data, paste=0.3, augment=False).check()
+    with pytest.raises(ValueError, match="paste must be in"):
+        AugmentConfig(paste=1.5)
+
+
+def test_fill_object_replaces_the_object_with_the_background_around_it() -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = (200, 40, 40)  # background: red on the left, blue on the right
+    image[:, 32:] = (40, 40, 200)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:56, 24:40] = 255  # a bar across the border of the two colours
+    image[mask > 0] = (0, 255, 0)
+    filled = fill_object(image, mask)
+    assert np.array_equal(filled[mask == 0], image[mask == 0])  # the background is untouched
+    assert not (filled[..., 1] > 100).any()  # no green left
+    # each side of the object takes the colour of the background next to it
+    assert filled[32, 25, 0] > filled[32, 25, 2] and filled[32, 38, 2] > filled[32, 38, 0]
+    everything = np.full((64, 64), 255, np.uint8)  # no background at all: the image's mean colour
+    assert np.array_equal(
+        fill_object(image, everything), np.broadcast_to(np.rint(cv2.mean(image)[:3]), image.shape)
+    )
+
+
+def test_paste_object_uses_the_target_as_alpha() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    background = np.full((32, 32, 3), (10, 20, 30), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    mask[8:24, 24] = 128  # a soft edge
+    out = paste_object(image, mask, background, np.zeros((32, 32), np.uint8))
+    assert np.array_equal(out[mask == 255], image[mask == 255])  # the object as it was
+    assert np.array_equal(out[mask == 0], background[mask == 0])  # the new scene around it
+    edge = (128 / 255) * image[8:24, 24].astype(float) + (127 / 255) * background[8:24, 24]
+    assert np.abs(out[8:24, 24] - edge).max() <= 0.5 + 1e-9
+    with pytest.raises(ValueError, match="one size"):
+        paste_object(image, mask, background[:16], mask[:16])
+
+
+def test_paste_in_the_dataset_keeps_the_target_and_the_other_draws(data: dict[str, Path]) -> None:
+    store = dis5k.SampleStore(dis5k.scan_pairs(data["train"]).pairs, 32, "ram")
+    plain = dis5k.SampleDataset(store, seed=3, augment=AugmentConfig(zoom=0.5))
+    pasted = dis5k.SampleDataset(store, seed=3, augment=AugmentConfig(zoom=0.5, paste=1.0))
+    changed = 0
+    for index in range(len(store)):
+        image, mask = plain[(2, index)]
+        image_p, mask_p = pasted[(2, index)]
+        # the paste has its own random stream: the geometry, and so the target, are the same
+        assert torch.equal(mask, mask_p)
+        again = pasted[(2, index)]
+        assert torch.equal(again[0], image_p) and torch.equal(again[1], mask_p)
+        changed += not torch.equal(image, image_p)
+    assert changed == len(store)  # every sample got another's background (paste=1)
+    assert torch.equal(pasted[0][0], plain[0][0])  # as cached, without an epoch: no augmentation
 
 
 def test_loss_supervision_multi_sums_levels_and_single_uses_the_final_map() -> None:

@@ -183,6 +183,16 @@ def train(
             show_default=False,
         ),
     ] = None,
+    paste: Annotated[
+        float | None,
+        typer.Option(
+            "--paste",
+            help="Probability of putting an augmented sample's object on another training image's "
+            "background, whose own object is filled in; the target stays the object's, 0..1 "
+            "(default: 0, off).",
+            show_default=False,
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
@@ -215,7 +225,7 @@ def train(
         train_dir=train_dir, val_dir=val_dir, supervision=supervision, backbone_weights=backbone_weights,
         lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
-        augment=augment, zoom=zoom, init=init, teacher=teacher, teacher_weight=teacher_weight,
+        augment=augment, zoom=zoom, paste=paste, init=init, teacher=teacher, teacher_weight=teacher_weight,
         max_unsure=max_unsure, onnx_spec=onnx_spec,
     )  # fmt: skip
     given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed

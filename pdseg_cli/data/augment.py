@@ -1,4 +1,4 @@
-"""Training augmentation: flip, rotation, crop-and-resize, zoom and mild colour jitter, reproducibly.
+"""Training augmentation: flip, rotation, crop-and-resize, zoom, paste and mild colour jitter, reproducibly.
 
 Every random number comes from a generator seeded by ``(seed, epoch, index)`` (:func:`sample_rng`),
 never from a global RNG, so a sample looks the same whatever DataLoader worker builds it, and a
@@ -9,6 +9,11 @@ Geometry (flip, crop, zoom, rotation) is one affine warp, so the image and the m
 interpolated once. Borders are reflected in both, so the mask stays consistent with the image;
 a zoom-out instead frames the image in its own mean colour with mask 0, since reflecting would
 put mirrored copies of the object around it (DIS has one object per image).
+
+Paste (:func:`paste_object`) puts a sample's object, with its own soft target as alpha, on the
+background of another sample whose object has been filled in, so the object is seen against new
+surroundings and the target stays exact; the dataset draws the other sample
+(:class:`pdseg_cli.data.dis5k.SampleDataset`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class AugmentConfig:
     # the working size (benchmarks/RESULTS.md, stage 9). Off by default, as the bundled stages trained.
     zoom: float = 0.0  # probability of a zoom (pdseg train --zoom)
     max_zoom: float = 1.6
+    # Paste: the sample's object on another sample's background (paste_object). Off by default, as
+    # the bundled stages trained; it draws from its own stream (paste_rng), so the others are unchanged.
+    paste: float = 0.0  # probability of a paste (pdseg train --paste)
     jitter: float = 0.8  # probability of colour jitter
     brightness: float = 0.2  # factors uniform in [1 - x, 1 + x]: "mild" (BiRefNet: 0.5..1.5)
     contrast: float = 0.2
@@ -50,8 +58,10 @@ class AugmentConfig:
                 raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
         if not 0.0 < self.min_crop <= 1.0:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
-        if not 0.0 <= self.zoom <= 1.0:
-            raise ValueError(f"augmentation probability zoom must be in [0, 1], got {self.zoom}")
+        for name in ("zoom", "paste"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
         if self.max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {self.max_zoom}")
 
@@ -63,6 +73,71 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     ``(seed, epoch)`` (numpy treats entropy ``[a, b]`` and ``[a, b, 0]`` alike).
     """
     return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(1, index)))
+
+
+def paste_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's paste in one epoch (whether, which background, mirrored):
+    its own stream (spawn key 2), so turning paste on leaves every other random number as it was."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(2, index)))
+
+
+# The filled-in background is computed on a grid this many pixels across: the fill is a blur far
+# wider than any detail, so a coarse grid gives the same picture at a fraction of the cost.
+_FILL_GRID = 64
+
+
+def fill_object(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` with its object (``mask``) replaced by a smooth fill from the surrounding background.
+
+    A normalised convolution: the background pixels (weight ``1 - mask / 255``) and their weights
+    are blurred with one wide Gaussian and divided, so each object pixel gets the mean colour of
+    the background nearest to it. Where the object leaves no background at all, the image's mean
+    colour is used. Background pixels keep their values (soft edges blend the two).
+
+    Args:
+        image: (H, W, 3) uint8.
+        mask: (H, W) uint8, 0..255.
+
+    Returns:
+        (H, W, 3) uint8, a new array.
+    """
+    h, w = mask.shape
+    keep = 1.0 - mask.astype(np.float32) / 255.0
+    grid = (_FILL_GRID, _FILL_GRID)
+    small_keep = cv2.resize(keep, grid, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(image.astype(np.float32) * keep[..., None], grid, interpolation=cv2.INTER_AREA)
+    sigma = _FILL_GRID / 8.0
+    weight = cv2.GaussianBlur(small_keep, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    colour = cv2.GaussianBlur(small, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    fallback = np.array(cv2.mean(image)[:3], dtype=np.float32)
+    filled = np.where(weight[..., None] > 1e-3, colour / np.maximum(weight, 1e-3)[..., None], fallback)
+    filled = cv2.resize(filled.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    out = keep[..., None] * image.astype(np.float32) + (1.0 - keep[..., None]) * filled
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def paste_object(
+    image: np.ndarray, mask: np.ndarray, background: np.ndarray, background_mask: np.ndarray
+) -> np.ndarray:
+    """The object of ``image`` (alpha = its target ``mask``) over ``background`` with the
+    background's own object filled in (:func:`fill_object`).
+
+    The target of the result is ``mask`` unchanged: the pasted object is the one object, and the
+    other sample's object, which would otherwise be an unlabelled second object, is gone.
+
+    Args:
+        image, mask: the sample, (H, W, 3) and (H, W) uint8.
+        background, background_mask: another sample of the same size.
+
+    Returns:
+        (H, W, 3) uint8, a new array.
+    """
+    if background.shape != image.shape or background_mask.shape != mask.shape:
+        raise ValueError(f"paste needs samples of one size, got {image.shape} and {background.shape}")
+    alpha = mask.astype(np.float32)[..., None] / 255.0
+    scene = fill_object(background, background_mask).astype(np.float32)
+    out = alpha * image.astype(np.float32) + (1.0 - alpha) * scene
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def augment(

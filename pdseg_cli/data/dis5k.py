@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from pdseg_cli.data import images as imio
-from pdseg_cli.data.augment import AugmentConfig, augment, sample_rng
+from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError
 from pdseg_cli.metrics.reading import read_gray_u8
@@ -446,11 +446,29 @@ class SampleDataset:
         sample = self.store[index]
         image, mask = sample[..., :3], sample[..., 3]
         if self.augment is not None and epoch is not None:
+            if self.augment.paste > 0.0:
+                image = self._paste(image, mask, epoch, index)
             image, mask = augment(image, mask, sample_rng(self.seed, epoch, index), self.augment)
         # (S, S, 3) -> (3, S, S); (S, S) -> (1, S, S)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)[None])
         return image_t, mask_t
+
+    def _paste(self, image: np.ndarray, mask: np.ndarray, epoch: int, index: int) -> np.ndarray:
+        """With probability ``augment.paste``, the sample's object on another sample's background
+        (:func:`~pdseg_cli.data.augment.paste_object`), that background mirrored half the time;
+        otherwise the image as it is. The target does not change."""
+        assert self.augment is not None
+        rng = paste_rng(self.seed, epoch, index)
+        u = rng.random(2)  # drawn in a fixed order whatever is applied, as in augment()
+        other = int(rng.integers(max(len(self.store) - 1, 1)))
+        if u[0] >= self.augment.paste or len(self.store) < 2:
+            return image
+        other += other >= index  # any sample but this one
+        background = self.store[other]
+        if u[1] < 0.5:
+            background = background[:, ::-1]
+        return paste_object(image, mask, background[..., :3], background[..., 3])
 
 
 class EpochBatches:

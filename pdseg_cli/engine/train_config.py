@@ -39,6 +39,7 @@ TRAJECTORY_FIELDS = (
     "ema_tau",
     "augment",
     "zoom",
+    "paste",
     "teacher_weight",
     "max_unsure",
 )
@@ -84,6 +85,9 @@ class TrainConfig:
         augment: flip, rotation, crop-and-resize and colour jitter on training samples.
         zoom: probability that an augmented sample is also zoomed in or out by up to 1.6x
             (:class:`pdseg_cli.data.augment.AugmentConfig`); 0, the default, never zooms.
+        paste: probability that an augmented sample's object is put on another sample's background,
+            whose own object is filled in (:func:`pdseg_cli.data.augment.paste_object`); 0, the
+            default, never pastes.
         resume: continue the run in ``out`` from its ``last.pt``.
         overwrite: replace a run already in ``out`` (its cache is kept).
         teacher: a model ``pdseg predict`` runs (``.pt``, ``.onnx``, ``.ts``, a foreign ONNX) whose
@@ -126,6 +130,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     augment: bool = True
     zoom: float = 0.0
+    paste: float = 0.0
     resume: bool = False
     overwrite: bool = False
     teacher: Path | None = None
@@ -219,6 +224,12 @@ class TrainConfig:
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other", None),
             (0.0 <= self.zoom <= 1.0, f"--zoom must be a probability in [0, 1], got {self.zoom}", "e.g. 0.5"),
             (self.augment or self.zoom == 0.0, "--zoom needs augmentation", "leave out --no-augment"),
+            (
+                0.0 <= self.paste <= 1.0,
+                f"--paste must be a probability in [0, 1], got {self.paste}",
+                "e.g. 0.3",
+            ),
+            (self.augment or self.paste == 0.0, "--paste needs augmentation", "leave out --no-augment"),
             (
                 0.0 <= self.teacher_weight <= 1.0,
                 f"--teacher-weight must be in [0, 1], got {self.teacher_weight}",

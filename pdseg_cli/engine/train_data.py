@@ -237,7 +237,7 @@ def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan])
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
     """The run's training augmentation (None with ``augment`` off); ``config.json`` records it."""
-    return AugmentConfig(zoom=cfg.zoom) if cfg.augment else None
+    return AugmentConfig(zoom=cfg.zoom, paste=cfg.paste) if cfg.augment else None
 
 
 def make_loaders(
