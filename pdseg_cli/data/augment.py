@@ -52,16 +52,12 @@ class AugmentConfig:
     saturation: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "rotate", "crop", "jitter"):
+        for name in ("hflip", "rotate", "crop", "jitter", "zoom", "paste"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
         if not 0.0 < self.min_crop <= 1.0:
             raise ValueError(f"min_crop must be in (0, 1], got {self.min_crop}")
-        for name in ("zoom", "paste"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
         if self.max_zoom < 1.0:
             raise ValueError(f"max_zoom must be >= 1, got {self.max_zoom}")
 
