@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 import typer
 
-from pdseg_cli import __version__, runtime
+from pdseg_cli import __version__, runtime, ui
 from pdseg_cli.commands import benchmark as benchmark_cmd
 from pdseg_cli.commands import eval as eval_cmd
 from pdseg_cli.commands import export as export_cmd
@@ -14,6 +15,7 @@ from pdseg_cli.commands import info as info_cmd
 from pdseg_cli.commands import predict as predict_cmd
 from pdseg_cli.commands import train as train_cmd
 from pdseg_cli.data import native_messages
+from pdseg_cli.errors import os_error_line
 
 app = typer.Typer(
     name="pdseg",
@@ -59,8 +61,20 @@ app.command("export")(export_cmd.export)
 app.command("benchmark")(benchmark_cmd.benchmark)
 
 
+def _thread_os_error(args: threading.ExceptHookArgs) -> None:
+    """An operating-system error in a background thread (TensorBoard's event writer when the disk
+    fills up) as one warning line; the command meets the same error on its own thread and stops
+    there with one error line. Anything else keeps Python's report: it is a bug."""
+    if isinstance(args.exc_value, OSError):
+        ui.warn(f"a background writer stopped: {os_error_line(args.exc_value)[0]}")
+    else:
+        threading.__excepthook__(args)
+
+
 def main() -> None:
     """Console-script entry point: what C libraries print while a file is decoded comes back
-    attributed to the file (``data.native_messages``)."""
+    attributed to the file (``data.native_messages``); operating-system errors in background threads
+    are one line, not a traceback."""
+    threading.excepthook = _thread_os_error
     with native_messages.routed():
         app()

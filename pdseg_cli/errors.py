@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 class PdsegError(Exception):
     """A mistake the user can fix (bad path, wrong file, bad option).
@@ -42,3 +46,38 @@ def first_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     return lines[0].split(". ")[0].rstrip(".")[:160]
+
+
+# What to do about the operating-system errors a long command meets most (pdseg train --resume
+# goes on from the last checkpoint, which is written atomically, so it survives any of them).
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space and run again; pdseg train --resume goes on from the last checkpoint",
+    errno.EDQUOT: "free some disk quota and run again; pdseg train --resume goes on from the last checkpoint",
+    errno.EACCES: "check the permissions of that folder, or choose another --out",
+    errno.EPERM: "check the permissions of that folder, or choose another --out",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.ENOENT: "a file or folder was moved or deleted while pdseg was running: restore it and run again",
+}
+
+
+def os_error_line(exc: OSError) -> tuple[str, str | None]:
+    """One line for an operating-system error that stopped a command (disk full, no permission, a
+    file deleted under a running command), naming the file, and a hint; never a traceback.
+
+    A DataLoader worker's error comes back as the exception's type with the worker's traceback as
+    its text, whose last line is the original ``Error: message 'file'``: that line is the one kept.
+    """
+    if exc.strerror and exc.filename is not None:
+        what = f"{exc.strerror}: {os.fsdecode(exc.filename)}"
+    else:
+        last = (str(exc).strip().splitlines() or [""])[-1].strip()
+        what = re.sub(r"^(\w+Error: )?(\[Errno \d+\] )?", "", last) or type(exc).__name__
+    return what[:240], _OS_HINTS.get(exc.errno) if exc.errno is not None else _hint_from_text(str(exc))
+
+
+def _hint_from_text(text: str) -> str | None:
+    """The hint for an error whose errno was lost on the way (a worker's re-raised exception)."""
+    for code, hint in _OS_HINTS.items():
+        if f"[Errno {code}]" in text:
+            return hint
+    return None

@@ -157,3 +157,47 @@ def test_shared_options_read_the_same_in_every_command(name: str, commands: tupl
     # declared once (commands/_common.py): the same flags, type, help and default wherever they appear
     rows = {command: _option_row(command, name) for command in commands}
     assert len(set(rows.values())) == 1, rows
+
+
+def test_operating_system_errors_are_one_line_with_a_hint() -> None:
+    import errno
+
+    from pdseg_cli.errors import os_error_line
+
+    full = OSError(errno.ENOSPC, "No space left on device", "out/a.png")
+    line, hint = os_error_line(full)
+    assert line == "No space left on device: out/a.png"
+    assert hint is not None and "free some disk space" in hint
+    # a DataLoader worker's error comes back with the worker's traceback as its text
+    worker = FileNotFoundError(
+        "Caught FileNotFoundError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "FileNotFoundError: [Errno 2] No such file or directory: 'run/cache/a.npy'\n"
+    )
+    line, hint = os_error_line(worker)
+    assert line == "No such file or directory: 'run/cache/a.npy'"
+    assert hint is not None and "moved or deleted" in hint
+    assert os_error_line(OSError("odd: thing")) == ("odd: thing", None)
+    assert os_error_line(OSError()) == ("OSError", None)
+
+
+def test_background_thread_os_errors_are_one_warning_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from pdseg_cli.cli import _thread_os_error
+
+    def fail() -> None:
+        raise OSError(28, "No space left on device", "run/tensorboard/events")
+
+    before = threading.excepthook
+    threading.excepthook = _thread_os_error
+    try:
+        thread = threading.Thread(target=fail)
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook = before
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: a background writer stopped: No space left on device: run/tensorboard/events" in err
+    assert "Traceback" not in err

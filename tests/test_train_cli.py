@@ -129,3 +129,26 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path: Path, folders
     assert [n for n in written if n != "tensorboard"] == ["config.json", "last.pt", "results.csv"]
     if "tensorboard" in written:  # one writer: rank 0's single event file
         assert len(list((out / "tensorboard").iterdir())) == 1
+
+
+def test_cli_disk_full_is_a_one_line_error_naming_the_file(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import pdseg_cli.engine.train_config as train_config
+    import pdseg_cli.engine.train_loop as loop
+
+    def disk_full(path: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(loop, "write_checkpoint", disk_full)
+    monkeypatch.setattr(train_config, "DEFAULT_VARIANT", "pdseg-tiny")  # no --variant: the default's name
+    args = tiny_args(tmp_path / "run", folders)
+    args.remove("--variant"), args.remove("pdseg-tiny")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    text = flat(result.output)
+    assert "pdseg-tiny: training on 8 images" in text  # the variant built, not None
+    assert f"error: No space left on device: {tmp_path / 'run'}" in text and "last.pt" in text
+    assert "free some disk space" in text and "--resume" in text and "Traceback" not in result.output

@@ -23,6 +23,7 @@ from pdseg_cli.engine.train_rng import rng_state
 from pdseg_cli.engine.train_signals import StopFlag
 from pdseg_cli.engine.train_state import EpochSums, TrainRun, start_run
 from pdseg_cli.engine.train_validation import VAL_COLUMNS, check_final_map, validate
+from pdseg_cli.errors import os_error_line
 
 
 def run_training(ctx: RunContext) -> TrainResult:
@@ -42,7 +43,7 @@ def run_training(ctx: RunContext) -> TrainResult:
                     break
     finally:
         if run.tensorboard is not None:
-            run.tensorboard.close()
+            _close_tensorboard(run)
     return TrainResult(
         out=out,
         epochs=len(progress.rows),
@@ -55,6 +56,17 @@ def run_training(ctx: RunContext) -> TrainResult:
         best=out / BEST if (out / BEST).exists() else None,
         rows=list(progress.rows),
     )
+
+
+def _close_tensorboard(run: TrainRun) -> None:
+    """Close the TensorBoard writer. Its logs are a view of ``results.csv``, so a writer that failed
+    (disk full, the run folder deleted under it) is a notice, and never hides the error that
+    stopped the training (which a raise from a ``finally`` would)."""
+    assert run.tensorboard is not None
+    try:
+        run.tensorboard.close()
+    except OSError as exc:
+        run.ctx.notice(f"TensorBoard logs not written: {os_error_line(exc)[0]}")
 
 
 def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: StopFlag) -> bool:

@@ -172,7 +172,7 @@ def start_run(ctx: RunContext) -> TrainRun:
         "start",
         values={
             "out": str(cfg.out),
-            "variant": cfg.variant,
+            "variant": model.config.name,  # --init's variant when it gave one
             "device": ctx.device_reason,
             "precision": ctx.precision,
             "world_size": ctx.env.world_size,
