@@ -76,5 +76,6 @@ def main() -> None:
     attributed to the file (``data.native_messages``); operating-system errors in background threads
     are one line, not a traceback."""
     threading.excepthook = _thread_os_error
+    ui.pin_terminal()  # before fd 2 becomes routed()'s pipe
     with native_messages.routed():
         app()

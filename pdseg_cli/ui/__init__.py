@@ -70,6 +70,15 @@ def table(
     console.print(t)
 
 
+def pin_terminal() -> None:
+    """Keep stderr's terminal-ness as it is now. The console script calls this before
+    ``data.native_messages.routed`` turns file descriptor 2 into a pipe (whose reader forwards to
+    this same terminal): after that, stderr no longer looks like a terminal, and rich would draw
+    no progress bar."""
+    global err_console
+    err_console = Console(stderr=True, highlight=False, force_terminal=err_console.is_terminal)
+
+
 @contextlib.contextmanager
 def progress_bar(
     description: str, total: int | None, *, unit: str = "img", fields: Sequence[str] = ()
@@ -80,7 +89,9 @@ def progress_bar(
     pass their values as keyword arguments to ``advance``. The bar shows items per second.
     """
     extra = [TextColumn("{task.fields[extra]}")] if fields else []
-    disable = not err_console.is_terminal and os.environ.get("PDSEG_PROGRESS") != "1"
+    # PDSEG_PROGRESS=1 draws the bar where stderr is not a terminal (a log file, CI)
+    forced = os.environ.get("PDSEG_PROGRESS") == "1" and not err_console.is_terminal
+    bar_console = Console(stderr=True, highlight=False, force_terminal=True) if forced else err_console
     prog = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -90,9 +101,9 @@ def progress_bar(
         *extra,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=bar_console,
         transient=True,
-        disable=disable,
+        disable=not bar_console.is_terminal,
     )
     with prog:
         task = prog.add_task(description, total=total, rate="", extra="")
