@@ -156,7 +156,20 @@ def test_multipage_tiff_first_page_with_warning(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "m.tif", np.stack([a, b]), photometric="rgb")
     got = imio.read_image(tmp_path / "m.tif")
     np.testing.assert_array_equal(got.pixels, a)
-    assert got.warnings and "multi-page" in got.warnings[0]
+    assert got.warnings and got.warnings[0].startswith(f"{tmp_path / 'm.tif'}: multi-page")
+
+
+def test_float_tiff_non_finite_samples_are_zero_with_a_warning(tmp_path: Path) -> None:
+    a = np.full((6, 5, 3), 0.5, np.float32)
+    a[0, 0, 0], a[1, 1] = np.nan, np.inf
+    a[2, 2, 2] = -np.inf
+    tifffile.imwrite(tmp_path / "f.tif", a, photometric="rgb")
+    got = imio.read_image(tmp_path / "f.tif")
+    assert got.pixels.dtype == np.float32 and np.isfinite(got.pixels).all()
+    want = a.copy()
+    want[0, 0, 0], want[1, 1], want[2, 2, 2] = 0.0, 0.0, 0.0
+    np.testing.assert_array_equal(got.pixels, want)
+    assert got.warnings == [f"{tmp_path / 'f.tif'}: 5 samples are NaN or infinite; read as 0"]
 
 
 # ------------------------------------------------------------------------------------- bad files
@@ -308,3 +321,11 @@ def test_opencv_assertions_become_one_sentence(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(InputError) as info:
         imio.read_image(path)
     assert info.value.message == f"{path}: cannot decode (OpenCV: pixels <= CV_IO_MAX_IMAGE_PIXELS)"
+
+
+def test_max_pixels_message_counts_pixels(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 45, 3), np.uint8))
+    with pytest.raises(InputError) as err:
+        imio.read_image(tmp_path / "a.png", max_pixels=1000)
+    want = f"{tmp_path / 'a.png'}: 45x30 is 1,350 pixels, over the limit of 1,000 (--max-pixels)"
+    assert want in str(err.value)

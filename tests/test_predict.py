@@ -446,3 +446,16 @@ def test_compile_option_reaches_the_model(
     bad = _run(folder, "--out", tmp_path / "out2", "-w", ckpt, "-d", "cpu", "--compile", "turbo")
     assert bad.exit_code == 2 and "not a torch.compile mode" in bad.output
     assert not (tmp_path / "out2").exists()  # refused before any work
+
+
+def test_a_float_tiff_with_nan_gives_finite_cutouts_and_a_warning(tmp_path: Path, ckpt: Path) -> None:
+    img = _img(48, 64).astype(np.float32) / 255
+    img[5:10, 5:10] = np.nan
+    img[20:22, 30:40] = np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", img, photometric="rgb")
+    out = tmp_path / "out"
+    result = _run(tmp_path / "nan.tif", "-o", out, "-w", ckpt, "--save", "alpha,composite")
+    assert result.exit_code == 0, result.output
+    assert "samplesareNaNorinfinite;readas0" in no_space(result.output)
+    for name in ("nan_alpha.tif", "nan_composite.tif"):
+        assert np.isfinite(tifffile.imread(out / name)).all(), name

@@ -129,8 +129,8 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         min=1,
-        help="CPU threads for the maths: torch, OpenCV and onnxruntime (default: all cores, or "
-        "$OMP_NUM_THREADS). On a machine busy with other work, fewer can be faster.",
+        help="CPU threads for the maths: torch, OpenCV and onnxruntime (default: $OMP_NUM_THREADS "
+        "if set, else the cores other work leaves idle, since on a busy machine fewer threads are faster).",
         show_default=False,
     ),
 ]

@@ -87,8 +87,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         if size is not None and size[0] * size[1] > max_pixels:
             w, h = size
             raise InputError(
-                f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:.0f} "
-                "(--max-pixels); not decoded",
+                f"{path}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels); "
+                "not decoded",
                 hint="pass a larger --max-pixels if this machine has the memory for it",
             )
     warnings: list[str] = []
@@ -104,7 +104,20 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         raise InputError(f"{path}: {exc}") from None
     if pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise InputError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
+    if pixels.dtype == np.float32:
+        pixels = _finite(pixels, path, warnings)
     return LoadedImage(np.ascontiguousarray(pixels), path, warnings)
+
+
+def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
+    """A float image with its NaN and infinite samples set to 0 (as ``transforms.to_float_rgb``
+    treats them for the model), and a warning that counts them: left in the pixels, the foreground
+    estimate of a cut-out spread them over most of the image."""
+    bad = ~np.isfinite(pixels)
+    if not bad.any():
+        return pixels
+    warnings.append(f"{path}: {int(bad.sum()):,} samples are NaN or infinite; read as 0")
+    return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _read_cv2(path: Path, warnings: list[str]) -> np.ndarray:
@@ -142,9 +155,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             if len(tif.pages) > 1:
-                warnings.append(
-                    f"{path.name}: multi-page TIFF ({len(tif.pages)} pages), the first page is used"
-                )
+                warnings.append(f"{path}: multi-page TIFF ({len(tif.pages)} pages), the first page is used")
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
             array = page.asarray()
             axes = page.axes
