@@ -331,3 +331,25 @@ def test_colour_photos_given_as_predictions_are_named(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "not gray maps (photos given as --pred?)" in text and "(2 files)" in text
+
+
+def test_unreadable_gts_are_refused_before_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    class NeverBuilt(_FakePredictor):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            raise AssertionError("the model ran before the GTs were checked")
+
+    split = edge_case_split(tmp_path / "s", CASES[:3], images=True)
+    (split / "gt" / f"{CASES[0]}.png").write_bytes(b"")
+    (split / "gt" / f"{CASES[1]}.png").write_text("not a mask")
+    monkeypatch.setattr(predict_mod, "Predictor", NeverBuilt)
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "2 GT file(s) cannot be read" in text and "the model has not run yet" in text
+    assert f"{split / 'gt' / CASES[0]}.png: the file is empty" in text
+    assert f"{split / 'gt' / CASES[1]}.png: not an image" in text

@@ -193,15 +193,22 @@ def _run_model(
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
     from pdseg_cli.engine import evaluate as ev
-    from pdseg_cli.engine.eval_pairs import list_maps, listing, plan_pairs
+    from pdseg_cli.engine.eval_pairs import list_maps, listing, plan_pairs, unreadable_masks
     from pdseg_cli.engine.predict import Predictor, parse_size
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
+    gts = {name: list_maps(folder / MASK_DIR, "GT") for name, folder in splits}
+    bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
+    if bad:  # before the model pass, which a bad GT would otherwise throw away
+        raise DataError(
+            f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
+            hint="replace or remove them; the model has not run yet",
+        )
     predictor = Predictor(
         weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
     )
-    n_gt = {name: len(list_maps(folder / MASK_DIR, "GT")) for name, folder in splits}
+    n_gt = {name: len(maps) for name, maps in gts.items()}
     prediction.start(
         predictor.device_reason,
         predictor.precision,

@@ -14,6 +14,25 @@ from pathlib import Path
 _READ = 1 << 16  # enough for the headers above, and for JPEG markers before the first SOF in most files
 
 
+# The first bytes of every format pdseg's readers (OpenCV, tifffile) take: PNG, JPEG, BMP, WebP,
+# TIFF and BigTIFF, PNM (P1-P7), GIF, JPEG 2000, OpenEXR, Radiance HDR
+_SIGNATURES = (
+    b"\x89PNG", b"\xff\xd8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",
+    *(b"P%d" % n for n in range(1, 8)), b"GIF8", b"\x00\x00\x00\x0cjP", b"\xffO\xffQ", b"v/1\x01", b"#?",
+)  # fmt: skip
+
+
+def looks_like_image(path: Path) -> bool:
+    """Whether the file starts like an image of a format pdseg reads (not empty, not a text file
+    given an image's name). Only the first bytes are read; a valid header says nothing of the rest."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head.startswith(_SIGNATURES)
+
+
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the header, or None when the format is not known or the header unclear."""
     try:

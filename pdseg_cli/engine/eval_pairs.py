@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdseg_cli.data.dis5k import images_by_stem
+from pdseg_cli.data.header import looks_like_image
 from pdseg_cli.errors import DataError
 
 MAX_LISTED = 20  # files named one by one in a message; the rest are counted
@@ -56,6 +57,20 @@ def list_maps(folder: Path, what: str) -> dict[str, Path]:
             hint="keep one file per stem (pdseg matches predictions and GTs by file name without extension)",
         )
     return by_stem
+
+
+def unreadable_masks(paths: Iterable[Path]) -> list[str]:
+    """One line per mask that its first bytes already show cannot be read (an empty file, a text
+    file named ``.png``): the check ``eval`` makes before a model pass that a bad GT would throw
+    away. A damaged body behind a valid start still fails later, when the mask is scored.
+    """
+    bad = []
+    for path in paths:
+        if path.stat().st_size == 0:
+            bad.append(f"{path}: the file is empty")
+        elif not looks_like_image(path):
+            bad.append(f"{path}: not an image (its first bytes are no image format's)")
+    return bad
 
 
 def plan_pairs(

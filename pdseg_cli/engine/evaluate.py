@@ -318,7 +318,7 @@ def evaluate_plans(
     if bad:
         raise DataError(
             f"{len(bad)} file(s) could not be read: {listing([f.message for f in bad], 5)}",
-            hint="replace or remove them (GT data computed so far is cached, so a rerun is quick)",
+            hint="replace or remove them" + ("" if cache is None else " (GT data computed so far is cached)"),
         )
     results = []
     for plan, recs, fails in zip(plans, records, failures, strict=True):
