@@ -193,8 +193,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(losses, "multi_level_loss", nan_on_third_step)
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1.*step 2\) is kept"):
+    stopped = r"loss became nan at epoch 2, step 1.*step 2\) is kept"
+    with pytest.raises(TrainingDiverged, match=stopped) as err:
         train(tiny(run, data, epochs=3, val_every=0))
+    # the way on: a new run from last.pt (--resume would refuse a changed --lr)
+    assert f"--init {run / 'last.pt'} --out NEW_FOLDER" in (err.value.hint or "")
     state = torch.load(run / "last.pt", weights_only=True)["train_state"]
     assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
 

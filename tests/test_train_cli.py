@@ -52,8 +52,17 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     changed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--batch", "2"])
     assert changed.exit_code == 2 and "--batch 4 -> 2" in flat(changed.output)
 
+    both = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "--resume and --overwrite exclude each other" in flat(both.output)
+
     resumed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--workers", "0"])
     assert resumed.exit_code == 0, resumed.output
+    behind = runner.invoke(app, ["train", "--epochs", "1", "--out", str(out), "--resume"])
+    assert behind.exit_code == 2, behind.output
+    assert f"{out} has finished 2 epochs; --epochs 1 is behind it" in flat(behind.output)
+    assert "pass --epochs 3 or more" in flat(behind.output)
+    done = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--workers", "0"])
+    assert done.exit_code == 0 and "has finished its 2 epochs: nothing to train" in flat(done.output)
     assert len((out / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
     assert load_model(out / "last.pt").config.name == "pdseg-tiny"
 

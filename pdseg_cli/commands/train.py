@@ -235,7 +235,7 @@ def train(
         main = env_distributed().rank == 0
         use_threads(threads, quiet=not main)
         if resume:
-            cfg = TrainConfig.for_resume(out, epochs=epochs, **given)
+            cfg = TrainConfig.for_resume(out, epochs=epochs, overwrite=overwrite, **given)
         else:
             cfg = TrainConfig(out=out, epochs=epochs, overwrite=overwrite, **given)
         try:

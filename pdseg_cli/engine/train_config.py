@@ -285,8 +285,8 @@ class TrainConfig:
         if values.get("warmup") is None:  # keep the warmup the run resolved, not a new default
             resolved = json.loads(path.read_text()).get("resolved", {}).get("warmup")
             values["warmup"] = resolved
-        values.update(changes)
-        values.update(out=out, resume=True, overwrite=False)
+        values.update(changes)  # an --overwrite among them is refused by check()
+        values.update(out=out, resume=True, overwrite=bool(changes.get("overwrite", False)))
         return cls(**values)
 
 

@@ -187,15 +187,14 @@ def _train_step(
 
 def _diverged(run: TrainRun, values: list[float], epoch: int, step: int) -> TrainingDiverged:
     saved = run.progress.saved_step
-    kept = (
-        f"{run.ctx.cfg.out / LAST} (step {saved}) is kept"
-        if saved is not None
-        else "no checkpoint had been written yet"
-    )
+    last = run.ctx.cfg.out / LAST
+    kept = f"{last} (step {saved}) is kept" if saved is not None else "no checkpoint had been written yet"
     levels = ", ".join(f"{v:.4g}" for v in values[1:])
+    # --resume keeps the run's settings, so the way on with another --lr is a new run from last.pt
+    start = f"--init {last} --out NEW_FOLDER" if saved is not None else "--overwrite"
     return TrainingDiverged(
         f"the loss became {values[0]} at epoch {epoch + 1}, step {step + 1} (levels: {levels}); {kept}",
-        hint="resume with a lower --lr or a longer --warmup, or use --precision fp32 or bf16",
+        hint=f"train again with a lower --lr or a longer --warmup ({start}), or with --precision fp32 or bf16",
     )
 
 

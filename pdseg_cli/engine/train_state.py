@@ -211,11 +211,20 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
     decay, tau = float(resumed["ema"]["decay"]), float(resumed["ema"]["tau"])
     start_epoch, start_step = int(resumed["epoch"]), int(resumed["step_in_epoch"])
     sums = None if resumed["epoch_sums"] is None else EpochSums(**resumed["epoch_sums"])
-    reached = start_epoch + (start_step > 0)  # the epoch in progress counts
-    if reached > cfg.epochs:
+    if start_step > 0 and start_epoch + 1 > cfg.epochs:  # stopped inside an epoch
         raise InputError(
-            f"{cfg.out} is already in epoch {reached}; --epochs {cfg.epochs} is behind it",
-            hint=f"pass --epochs {reached} or more to continue",
+            f"{cfg.out} stopped in epoch {start_epoch + 1}; --epochs {cfg.epochs} is behind it",
+            hint=f"pass --epochs {start_epoch + 1} or more to continue",
+        )
+    if start_step == 0 and start_epoch > cfg.epochs:
+        raise InputError(
+            f"{cfg.out} has finished {start_epoch} epochs; --epochs {cfg.epochs} is behind it",
+            hint=f"pass --epochs {start_epoch + 1} or more to train further",
+        )
+    if start_step == 0 and start_epoch == cfg.epochs:
+        ctx.notice(
+            f"{cfg.out} has finished its {start_epoch} epochs: nothing to train "
+            f"(pass --epochs {start_epoch + 1} or more to go on)"
         )
     if resumed["total_steps"] != total_steps:
         ctx.notice(
