@@ -310,11 +310,18 @@ def test_skip_existing_resumes(folder: Path, tmp_path: Path, ckpt: Path) -> None
     assert "skipped(outputsexist)2" in no_space(result.output).replace("│", "")
 
 
-def test_refuses_to_overwrite_inputs(folder: Path, ckpt: Path) -> None:
+def test_refuses_to_write_among_the_inputs(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     result = _run(folder, "-o", folder, "-w", ckpt)
     assert result.exit_code == 2
-    assert "overwrite" in result.output and "b.png" in no_space(result.output)
+    assert f"--out{folder}isthefolderoftheinput" in no_space(result.output)
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "b.png", "c.tif", "notes.txt"]
+    # a folder of JPEGs only: no mask would overwrite one, but a rerun would read the masks as inputs
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    cv2.imwrite(str(jpegs / "a.jpg"), _img(10, 10))
+    result = _run(jpegs, "-o", jpegs, "-w", ckpt)
+    assert result.exit_code == 2 and "apartfromtheinputs" in no_space(result.output)
+    assert sorted(p.name for p in jpegs.iterdir()) == ["a.jpg"]
 
 
 def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckpt: Path) -> None:

@@ -43,7 +43,7 @@ def predict(
         typer.Option(
             "--out",
             "-o",
-            help="Output folder (created if missing). Refused if an output would overwrite an input.",
+            help="Output folder (created if missing), apart from the inputs (an input's folder is refused).",
             show_default=False,
         ),
     ],

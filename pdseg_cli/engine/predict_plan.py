@@ -213,6 +213,16 @@ def plan_predict(
             + ("" if recursive else "; add --recursive to look in subfolders"),
         )
     check_out_dir(out)
+    for item in inputs:
+        # outputs among their inputs would be read as inputs by the next run (a rerun, or
+        # --skip-existing after Ctrl-C) and refused as overwrites: refuse the first run instead
+        if (out / item.rel_dir).resolve() == item.path.parent.resolve():
+            raise InputError(
+                f"--out {out} is the folder of the input {item.path}: outputs written there would be "
+                "read as inputs next time",
+                hint="choose an --out folder apart from the inputs, e.g. "
+                f"{out.resolve().name or 'images'}-masks",
+            )
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}

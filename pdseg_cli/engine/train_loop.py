@@ -194,7 +194,8 @@ def _diverged(run: TrainRun, values: list[float], epoch: int, step: int) -> Trai
     start = f"--init {last} --out NEW_FOLDER" if saved is not None else "--overwrite"
     return TrainingDiverged(
         f"the loss became {values[0]} at epoch {epoch + 1}, step {step + 1} (levels: {levels}); {kept}",
-        hint=f"train again with a lower --lr or a longer --warmup ({start}), or with --precision fp32 or bf16",
+        hint=f"train again with a lower --lr or a longer --warmup ({start}), or with --precision fp32 "
+        "or bf16",
     )
 
 
