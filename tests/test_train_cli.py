@@ -161,3 +161,20 @@ def test_cli_disk_full_is_a_one_line_error_naming_the_file(
     assert "pdseg-tiny: training on 8 images" in text  # the variant built, not None
     assert f"error: No space left on device: {tmp_path / 'run'}" in text and "last.pt" in text
     assert "free some disk space" in text and "--resume" in text and "Traceback" not in result.output
+
+
+def test_cli_resume_refuses_a_folder_that_gained_images(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "tr", 8)
+    out = tmp_path / "run"
+    args = ["train", "--variant", "pdseg-tiny", "--size", "64", "--batch", "4", "--workers", "0"]
+    first = runner.invoke(app, [*args, "--epochs", "1", "--out", str(out), "--train", str(data), "-d", "cpu"])
+    assert first.exit_code == 0, first.output
+    make_dataset(tmp_path / "more", 2, seed=3)
+    for sub in ("im", "gt"):
+        for f in (tmp_path / "more" / sub).iterdir():
+            f.rename(data / sub / f"new-{f.name}")
+    resumed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 2, resumed.output
+    text = flat(resumed.output)
+    assert f"was trained on 8 images of {data.resolve()}; those folders now give 10" in text
+    assert f"--init {out / 'last.pt'}" in text

@@ -24,7 +24,7 @@ from pdseg_cli.data.augment import AugmentConfig
 from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherInfo, TeacherMaps, map_doubt
 from pdseg_cli.engine.train_config import TrainConfig
 from pdseg_cli.engine.train_context import RunContext
-from pdseg_cli.engine.train_folder import cache_root
+from pdseg_cli.engine.train_folder import LAST, cache_root
 from pdseg_cli.engine.train_signals import worker_init
 from pdseg_cli.errors import DataError, InputError, PdsegError
 from pdseg_cli.metrics.cache import default_cache_root
@@ -90,6 +90,15 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
             hint="resume with the run's own data (--train / --data-root), or start a new --out",
         )
     train = _load_split(ctx, "train", lambda: _scan_training(ctx, train_dirs, teacher))
+    # the epochs' batches are drawn from the image count: another count is another trajectory
+    # (last.pt files older than this check do not record it)
+    before = None if resumed is None else resumed.get("train_images")
+    if before is not None and before != len(train):
+        raise InputError(
+            f"{ctx.cfg.out} was trained on {before} images of {label}; those folders now give {len(train)}",
+            hint="restore the data as it was to resume exactly, or go on in a new run: "
+            f"--init {ctx.cfg.out / LAST} --out NEW_FOLDER",
+        )
     val = None
     if val_dir is not None:
         val = _load_split(ctx, "val", lambda: dis5k.scan_pairs(val_dir))
