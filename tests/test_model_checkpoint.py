@@ -299,3 +299,12 @@ def test_load_backbone_bad_files(tmp_path: Path) -> None:
     torch.save({"epoch": 1, "note": "x"}, tmp_path / "nothing.pth")
     with pytest.raises(WeightsError, match="no state_dict"):
         load_backbone(net, tmp_path / "nothing.pth")
+
+
+def test_an_exported_model_given_as_a_checkpoint_says_where_it_runs(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07\x12\x07pytorch")  # how an ONNX protobuf starts
+    with pytest.raises(WeightsError) as info:
+        load_model(path)
+    assert "not a PyTorch file" in str(info.value)
+    assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")

@@ -206,14 +206,24 @@ def _torch_load(path: Path, what: str) -> Any:
                 f"{f' ({name.group(1)})' if name else ''}, which a safe load refuses",
                 hint="pdseg reads files of tensors and plain values only; re-save just the state_dict",
             ) from None
-        raise WeightsError(f"{what} {path} is not a PyTorch file", hint="check the path") from None
+        raise WeightsError(f"{what} {path} is not a PyTorch file", hint=_not_torch_hint(path, what)) from None
     except Exception as exc:  # zip, pickle and EOF errors: the file is damaged or of another kind
         if _starts_like_zip(path):
             raise WeightsError(
                 f"{what} {path} is truncated or damaged ({first_line(exc)})",
                 hint="download or copy it again",
             ) from None
-        raise WeightsError(f"{what} {path} is not a PyTorch file", hint="check the path") from None
+        raise WeightsError(f"{what} {path} is not a PyTorch file", hint=_not_torch_hint(path, what)) from None
+
+
+def _not_torch_hint(path: Path, what: str) -> str:
+    """What to do with a file torch cannot read: an exported model is the usual mix-up."""
+    if what == "checkpoint" and path.suffix.lower() in (".onnx", ".ts"):
+        return (
+            f"a {path.suffix.lower()} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
+            "pdseg checkpoint (.pt: the bundled weights, or a run's last.pt / best.pt)"
+        )
+    return f"check the path: this needs {'a pdseg checkpoint (.pt)' if what == 'checkpoint' else what}"
 
 
 def _starts_like_zip(path: Path) -> bool:
@@ -240,8 +250,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if _is_state_dict(obj):
             raise WeightsError(
                 f"{path} is a bare state_dict, not a pdseg checkpoint (no model config inside)",
-                hint="MSCAN ImageNet weights go to load_backbone / --backbone; pdseg checkpoints "
-                "come from save_checkpoint or `pdseg train`",
+                hint="MSCAN ImageNet weights go to load_backbone / pdseg train --backbone-weights; pdseg "
+                "checkpoints come from save_checkpoint or `pdseg train`",
             )
         keys = ", ".join(sorted(map(str, obj))[:_MAX_KEYS_SHOWN])
         raise WeightsError(
