@@ -150,6 +150,14 @@ def test_half_onnx_keeps_nmf_in_fp32_and_stays_finite(checkpoint: Path, model: P
     probs = OnnxModel(out).probabilities(x)
     assert torch.isfinite(probs).all()
     assert (probs - _probs(model, x)).abs().max() <= export_mod.FP16_TOLERANCE
+    # predict reports the file's own precision, and says when --precision cannot apply
+    from pdseg_cli.engine.predict import Predictor
+
+    assert Predictor(out, device="cpu").precision == "fp16"
+    asked = Predictor(out, device="cpu", precision="fp32")
+    assert asked.precision == "fp16"
+    assert any("--precision fp32 ignored: tiny-fp16.onnx runs at the precision it was exported in" in n
+               for n in asked.notes)  # fmt: skip
 
 
 def test_failed_check_keeps_the_old_file(

@@ -145,13 +145,23 @@ class Predictor:
             kind = detect_format(self.weights_path)
         if onnx_spec and kind != "onnx":  # checked before loading: these say how to run them
             raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
+        self._autocast = self.precision  # the autocast around the network
+        ignored = None
         if isinstance(weights, nn.Module):
             model = weights
         elif kind == "checkpoint":
             model = load_model(self.weights_path, device="cpu")
-        else:  # .onnx / TorchScript: fp32 in and out, precision fixed in the file
+        else:
+            # .onnx / TorchScript: fp32 in and out, the precision fixed in the file at export
             model = load_exported(self.weights_path, device=self.device, onnx_spec=onnx_spec)
-            self.precision = "fp32"  # no autocast around an exported graph
+            metadata = getattr(model, "metadata", None)
+            self.precision = metadata.precision if metadata is not None else "fp32"
+            self._autocast = "fp32"  # no autocast around an exported graph
+            if precision not in ("auto", self.precision):
+                ignored = (
+                    f"--precision {precision} ignored: {self.weights_path.name} runs at the precision it was "
+                    f"exported in ({self.precision})"
+                )
         model = model.eval().to(self.device)
         self.description = describe_model(model)  # before optimize(), which keeps only the maths
         if compile_mode and not (optimized and isinstance(model, PDSeg)):
@@ -183,7 +193,7 @@ class Predictor:
             self.size_note = f"the checkpoint records no training size: {DEFAULT_SIZE} assumed, pass --size"
         slow = runtime.emulated_precision_note(self.device, self.precision)
         # what the user should know: emulated precision, model parts run as built (not optimised)
-        self.notes: list[str] = ([slow] if slow else []) + list(getattr(model, "notes", ()))
+        self.notes: list[str] = [n for n in (ignored, slow) if n] + list(getattr(model, "notes", ()))
 
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
@@ -269,7 +279,7 @@ class Predictor:
         x = x.to(self.device, non_blocking=True)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=layout)
-        with runtime.autocast(self.device, self.precision):
+        with runtime.autocast(self.device, self._autocast):
             logits = self.model(x).float()
             if self.tta:  # a second pass, not a doubled batch: exported graphs may fix the batch at 1
                 mirrored = self.model(x.flip(-1).contiguous(memory_format=layout)).float()
