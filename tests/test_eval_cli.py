@@ -204,9 +204,12 @@ def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     result = _run("--split", split, "--pred", split / "pred", "--weights", weights, cache=tmp_path / "c")
-    assert result.exit_code == 2 and "cannot be combined" in flat(result.output)
+    assert result.exit_code == 2 and "--pred scores existing maps, so --weights" in flat(result.output)
     result = _run("--split", split, "--pred", split / "pred", "--tta", cache=tmp_path / "c")
-    assert result.exit_code == 2 and "or --tta" in flat(result.output)
+    assert result.exit_code == 2 and "so --tta (for running a model) cannot apply" in flat(result.output)
+    more = ["--size", "64", "--batch", "4", "--onnx-spec", "size=3"]
+    result = _run("--split", split, "--pred", split / "pred", *more, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "drop --size, --onnx-spec, --batch" in flat(result.output)
 
 
 class _FakeSummary:

@@ -122,12 +122,20 @@ def eval_(
         from pdseg_cli.engine.eval_pairs import plan_pairs
         from pdseg_cli.ui import evaluation as view
 
-        use_threads(threads)
+        use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
 
-        if pred is not None and (weights is not None or save_preds is not None or tta):
-            raise InputError(
-                "--pred scores existing maps: it cannot be combined with --weights, --save-preds or --tta"
-            )
+        if pred is not None:
+            model_only = {
+                "--weights": weights is not None, "--save-preds": save_preds is not None, "--tta": tta,
+                "--size": size is not None, "--onnx-spec": onnx_spec is not None, "--batch": batch != 1,
+                "--device": device != "auto", "--precision": precision != "auto",
+            }  # fmt: skip
+            given = [name for name, used in model_only.items() if used]
+            if given:
+                raise InputError(
+                    f"--pred scores existing maps, so {', '.join(given)} (for running a model) cannot apply",
+                    hint=f"drop {', '.join(given)}, or drop --pred to run a model",
+                )
         for out in (json_out, csv_out):
             if out is not None:
                 _check_writable(out)
