@@ -171,11 +171,14 @@ def test_bad_pairs_are_all_named_before_training(tmp_path: Path, data: dict[str,
     shutil.copy(bad / "gt" / "s02.png", bad / "gt" / "orphan.png")  # mask without image
     (bad / "im" / "s03.jpg").write_bytes(b"not a jpeg")  # unreadable image
     cv2.imwrite(str(bad / "gt" / "s04.png"), np.zeros((32, 48), np.uint8))  # another size
+    zero_one = (cv2.imread(str(bad / "gt" / "s05.png"), cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8)
+    cv2.imwrite(str(bad / "gt" / "s05.png"), zero_one)  # 0/1: would train as an empty mask
     with pytest.raises(DataError) as info:
         train(tiny(tmp_path / "run", data, train_dir=bad))
     message = str(info.value)
-    assert "4 bad image/mask pair(s)" in message
-    for name in ("s01.jpg", "orphan.png", "s03.jpg", "s04.jpg is 64x64 but its mask s04.png is 48x32"):
+    assert "5 bad image/mask pair(s)" in message
+    for name in ("s01.jpg", "orphan.png", "s03.jpg", "s04.jpg is 64x64 but its mask s04.png is 48x32",
+                 "s05.png holds only the values 0 and 1"):  # fmt: skip
         assert name in message
     assert not (tmp_path / "run" / "last.pt").exists()
 

@@ -178,3 +178,14 @@ def test_cli_resume_refuses_a_folder_that_gained_images(tmp_path: Path) -> None:
     text = flat(resumed.output)
     assert f"was trained on 8 images of {data.resolve()}; those folders now give 10" in text
     assert f"--init {out / 'last.pt'}" in text
+
+
+def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict[str, Path]) -> None:
+    args = tiny_args(tmp_path / "run", folders) + ["--train", str(folders["train"]) + "/"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"--train {folders['train'].resolve()} is given twice" in flat(result.output)
+    same = tiny_args(tmp_path / "run2", {**folders, "val": folders["train"]})
+    result = runner.invoke(app, same)
+    assert result.exit_code == 0, result.output
+    assert "is also a --train folder" in flat(result.output)

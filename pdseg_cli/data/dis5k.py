@@ -259,6 +259,11 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
             targets.append(None)
             continue
         target = read_gray_u8(path)  # as pdseg eval reads GTs (cv2 grayscale semantics)
+        if path == pair.mask and int(target.max()) == 1:  # a 0/1 mask would train on empty targets
+            raise DataError(
+                f"{path.name} holds only the values 0 and 1, which train as an empty mask (masks are "
+                "0..255: store them as 0/255)"
+            )
         if target.shape[:2] != pixels.shape[:2]:
             (h, w), (mh, mw) = pixels.shape[:2], target.shape[:2]
             raise DataError(f"{pair.image.name} is {w}x{h} but its mask {path.name} is {mw}x{mh}")

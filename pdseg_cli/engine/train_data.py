@@ -124,7 +124,16 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
         val = dis5k.split_folder(root, dis5k.VAL_SPLIT)
     else:
         ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
-    return tuple(t.resolve() for t in train), None if val is None else val.resolve()
+    folders = tuple(t.resolve() for t in train)
+    twice = sorted({str(d) for d in folders if folders.count(d) > 1})
+    if twice:  # its images would be drawn twice as often as the others'
+        raise InputError(f"--train {twice[0]} is given twice", hint="give each training folder once")
+    if val is not None and val.resolve() in folders:
+        ctx.notice(
+            f"--val {val} is also a --train folder: the validation scores (and best.pt) measure "
+            "images the model trains on"
+        )
+    return folders, None if val is None else val.resolve()
 
 
 def _open_teacher(ctx: RunContext, teacher: Path) -> tuple[TeacherMaps, TeacherInfo]:
