@@ -233,3 +233,15 @@ def test_the_progress_bar_draws_in_a_terminal(tmp_path) -> None:  # noqa: ANN001
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
     assert b"img/s" in seen and b"3/3" in seen  # the bar's rate and count columns
+
+
+def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
+    # Typer shows a flag's type as "<bool>", which reads as "--tta true"; and a word wider than the
+    # help column cuts the option names short with an ellipsis
+    for command in ("predict", "eval", "train", "export", "benchmark", "info"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "110"}).output
+        rows = [line for line in text.splitlines() if "<bool>" in line]
+        assert all("--help" in row for row in rows), (command, rows)  # Typer's own --help only
+        assert "…" not in text, command
+    for command in ("eval", "export", "benchmark", "info"):
+        assert "…" not in runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output, command

@@ -13,6 +13,10 @@ import typer
 from pdseg_cli import runtime, ui
 from pdseg_cli.errors import PdsegError, os_error_line
 
+# metavar of on/off options: they take no value, so no type column (Typer shows "<bool>", and a
+# user then types `--tta true`)
+FLAG = ""
+
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
 EXIT_FAILED = 1  # the run went on but some items failed
 EXIT_INTERRUPTED = 130
@@ -73,8 +77,8 @@ OnnxSpecOpt = Annotated[
         "--onnx-spec",
         help="For a foreign DIS/SOD ONNX model that pdseg does not recognise (IS-Net, U2-Net and BiRefNet "
         "exports are): size=N|dynamic, mean=M|R:G:B, std=S|R:G:B, scale=255|1 (the range mean/std are on), "
-        "color=rgb|bgr, output=NAME|INDEX, kind=probability|logit. "
-        "Example: size=1024,mean=0.5,std=1,scale=1,output=0,kind=probability",
+        "color=rgb|bgr, output=NAME or INDEX, kind=probability or logit. "
+        "Example: 'size=1024, mean=0.5, std=1, scale=1, output=0, kind=logit'",
         show_default=False,
     ),
 ]
@@ -115,6 +119,7 @@ TtaOpt = Annotated[
     bool,
     typer.Option(
         "--tta",
+        metavar=FLAG,
         help="Test-time augmentation: also run each image mirrored left-right and average the two maps. "
         "Twice the compute; steadier maps, usually a little more accurate (docs/model.md).",
     ),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pdseg_cli.commands._common import (
+    FLAG,
     BatchOpt,
     DataRootOpt,
     DeviceOpt,
@@ -67,7 +68,11 @@ def eval_(
     batch: BatchOpt = 1,
     allow_missing: Annotated[
         bool,
-        typer.Option("--allow-missing", help="Score only the GTs that have a prediction instead of failing."),
+        typer.Option(
+            "--allow-missing",
+            metavar=FLAG,
+            help="Score only the GTs that have a prediction instead of failing.",
+        ),
     ] = False,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Worker processes for scoring (0: all cores).")
@@ -82,7 +87,7 @@ def eval_(
         ),
     ] = None,
     no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Neither read nor write the GT cache.")
+        bool, typer.Option("--no-cache", metavar=FLAG, help="Neither read nor write the GT cache.")
     ] = False,
     json_out: Annotated[
         Path | None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, user_errors, weights_option
+from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, FLAG, user_errors, weights_option
 from pdseg_cli.ui import export as show
 
 
@@ -31,14 +31,18 @@ def export(
     half: Annotated[
         bool,
         typer.Option(
-            "--half", help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32."
+            "--half",
+            metavar=FLAG,
+            help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32.",
         ),
     ] = False,
     opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset (17 to 20).")] = 18,
     check: Annotated[
         bool,
         typer.Option(
-            "--check/--no-check", help="Load the file back and compare it with PyTorch before keeping it."
+            "--check/--no-check",
+            metavar=FLAG,
+            help="Load the file back and compare it with PyTorch before keeping it.",
         ),
     ] = True,
     check_shape: Annotated[

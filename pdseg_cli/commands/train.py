@@ -10,6 +10,7 @@ import typer
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    FLAG,
     DataRootOpt,
     DeviceOpt,
     OnnxSpecOpt,
@@ -26,10 +27,11 @@ def train(
         typer.Option("--out", "-o", help="Run folder (default: runs/<variant>).", show_default=False),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last.pt, exactly.")
+        bool,
+        typer.Option("--resume", metavar=FLAG, help="Continue the run in --out from its last.pt, exactly."),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Start again in an --out that holds a run.")
+        bool, typer.Option("--overwrite", metavar=FLAG, help="Start again in an --out that holds a run.")
     ] = False,
     variant: Annotated[
         str | None,
@@ -172,7 +174,11 @@ def train(
     ] = None,
     augment: Annotated[
         bool | None,
-        typer.Option("--augment/--no-augment", help="Flip, rotation, crop and colour jitter (default: on)."),
+        typer.Option(
+            "--augment/--no-augment",
+            metavar=FLAG,
+            help="Flip, rotation, crop and colour jitter (default: on).",
+        ),
     ] = None,
     zoom: Annotated[
         float | None,

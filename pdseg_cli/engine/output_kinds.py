@@ -76,7 +76,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     for kind in (
         OutputKind(
             name="mask",
-            help="8-bit grayscale <stem>.png",
+            help="the map as an 8-bit grayscale PNG",
             suffix="",
             uses_image=False,
             follows_depth=False,
@@ -84,8 +84,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
         ),
         OutputKind(
             name="alpha",
-            help="the cut-out with the map as alpha: <stem>_alpha.png, or <stem>_alpha.tif at the input's "
-            "bit depth for 16-bit and float inputs",
+            help="the cut-out with the map as alpha: a PNG, or a TIFF at the input's bit depth for "
+            "16-bit and float inputs",
             suffix="_alpha",
             uses_image=True,
             follows_depth=True,
@@ -93,7 +93,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
         ),
         OutputKind(
             name="composite",
-            help="the cut-out over --bg: <stem>_composite.png, or .tif likewise",
+            help="the cut-out over --bg: a PNG, or a TIFF likewise",
             suffix="_composite",
             uses_image=True,
             follows_depth=True,
