@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import tiny_checkpoint
+from helpers import flat, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli import __version__
@@ -53,6 +53,9 @@ def test_info_one_variant_counts() -> None:
     assert result.exit_code == 0, result.output
     assert "pdseg-tiny" in result.output
     assert "GMACs" in result.output
+    assert "miniature" in flat(result.output)  # the caption that explains it
+    other = runner.invoke(app, ["info", "pdseg-t", "--size", "64"], env={"COLUMNS": "200"})
+    assert other.exit_code == 0 and "miniature" not in other.output  # no caption for a missing row
 
 
 def test_info_unknown_variant_is_one_line_error() -> None:

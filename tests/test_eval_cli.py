@@ -356,3 +356,11 @@ def test_unreadable_gts_are_refused_before_the_model_runs(
     assert "2 GT file(s) cannot be read" in text and "the model has not run yet" in text
     assert f"{split / 'gt' / CASES[0]}.png: the file is empty" in text
     assert f"{split / 'gt' / CASES[1]}.png: not an image" in text
+
+
+def test_a_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    split = edge_case_split(tmp_path / "s", CASES[:2])
+    (tmp_path / "afile").write_text("x")
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "afile")
+    assert result.exit_code == 2
+    assert f"the GT cache folder {tmp_path / 'afile'} is a file" in flat(result.output)

@@ -233,7 +233,7 @@ def test_onnx_model_without_onnxruntime(onnx_file: Path, monkeypatch: pytest.Mon
 
 
 def test_cli_export_onnx(checkpoint: Path, tmp_path: Path) -> None:
-    out = tmp_path / "cli.onnx"
+    out = tmp_path / "new" / "folder" / "cli.onnx"  # created, as predict and train create theirs
     args = ["export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", "--opset", "17"]
     result = run_cli(*args, columns=250)
     assert result.exit_code == 0, result.output

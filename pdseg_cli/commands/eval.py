@@ -75,7 +75,10 @@ def eval_(
         ),
     ] = False,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", help="Worker processes for scoring (0: all cores).")
+        int,
+        typer.Option(
+            "--jobs", "-j", help="Worker processes for scoring (0 or -1: all cores, -2: all but one)."
+        ),
     ] = 0,
     cache_dir: Annotated[
         Path | None,

@@ -310,9 +310,7 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise InputError(f"--out {out} is a folder", hint="give a file name, e.g. model.onnx")
-    if not out.parent.is_dir():
-        raise InputError(f"the folder of --out {out} does not exist", hint="create it first")
-    check_writable_folder(out.parent, f"--out {out}")
+    check_writable_folder(out.parent, f"--out {out}")  # created if missing, as predict and train do
 
     reference = _clone(model).float().eval()
     graph_model = _clone(reference).half() if half else reference
