@@ -114,6 +114,7 @@ def test_cli_missing_dis5k_root_says_where_it_looked(tmp_path: Path, monkeypatch
     result = runner.invoke(app, ["train", "--epochs", "1", "--variant", "pdseg-tiny", "--device", "cpu"])
     assert result.exit_code == 2
     assert "DIS5K" in result.output and "--data-root" in flat(result.output)
+    assert not (tmp_path / "runs").exists()  # a run that never started leaves no empty folder
 
 
 def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path: Path, folders: dict[str, Path]) -> None:

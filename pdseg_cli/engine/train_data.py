@@ -89,6 +89,8 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
             f"{ctx.cfg.out} was trained on {resumed['train_dir']}, not {label}",
             hint="resume with the run's own data (--train / --data-root), or start a new --out",
         )
+    if val_dir is None and ctx.cfg.val_every != 0:  # said after the errors above, which matter more
+        ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
     train = _load_split(ctx, "train", lambda: _scan_training(ctx, train_dirs, teacher))
     # the epochs' batches are drawn from the image count: another count is another trajectory
     # (last.pt files older than this check do not record it)
@@ -122,8 +124,6 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
         val = dis5k.check_dataset_folder(cfg.val_dir)
     elif root is not None:
         val = dis5k.split_folder(root, dis5k.VAL_SPLIT)
-    else:
-        ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
     folders = tuple(t.resolve() for t in train)
     twice = sorted({str(d) for d in folders if folders.count(d) > 1})
     if twice:  # its images would be drawn twice as often as the others'

@@ -5,8 +5,10 @@ advances. On resume, every part comes back from ``last.pt``'s training state.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +32,7 @@ from pdseg_cli.engine.train_folder import (
 )
 from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
 from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, PdsegError
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_model
 
 if TYPE_CHECKING:  # tensorboard is an optional package
@@ -149,6 +151,12 @@ class TrainRun:
     progress: Progress
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but empty folders (decoded samples are kept)."""
+    if all(p.is_dir() for p in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def start_run(ctx: RunContext) -> TrainRun:
     """Everything before the first step: the run folder, the data, the model and its state, then
     the ``start`` event.
@@ -160,11 +168,18 @@ def start_run(ctx: RunContext) -> TrainRun:
         WeightsError: unreadable ``--init``, ``--backbone-weights`` or ``last.pt``.
     """
     cfg = ctx.cfg
+    # the top folder this run will create (runs/ of runs/pdseg-b), if any
+    created = next((d for d in reversed([cfg.out, *cfg.out.parents]) if not d.exists()), None)
     resumed = prepare_run_folder(ctx)
     slow = runtime.emulated_precision_note(ctx.device, ctx.precision)
     if slow:
         ctx.notice(slow)
-    data = load_data(ctx, resumed)
+    try:
+        data = load_data(ctx, resumed)
+    except PdsegError:
+        if created is not None and ctx.main:  # a run that never started leaves no empty folder
+            _remove_if_empty(created)
+        raise
     plan = plan_run(ctx, data, resumed)
     model, init_provenance = initial_model(ctx, resumed)
     run = build_run(ctx, data, plan, model, init_provenance, resumed)
