@@ -51,6 +51,7 @@ from pdseg_cli.engine.onnx_backend import (
     require_onnxruntime,
 )
 from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
+from pdseg_cli.runtime.precision import emulated_precision_note
 
 FORMATS = ("onnx", "torchscript")
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 on
@@ -337,8 +338,13 @@ def export_model(
         checks: list[ShapeCheck] = []
         if check:
             loaded = OnnxModel(tmp) if fmt == "onnx" else TorchScriptModel(tmp)
+            # an fp16 graph checked on a CPU without fp16 units runs emulated: say why it is slow
+            slow = half and emulated_precision_note(torch.device("cpu"), "fp16") is not None
             for shape in shapes:
-                step(f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}")
+                step(
+                    f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}"
+                    + (" (fp16 runs emulated on this CPU: a minute or more)" if slow else "")
+                )
                 checks.append(_check_shape(loaded, reference, shape, tol))
             del loaded  # release the file (Windows) before os.replace
         report = ExportReport(
