@@ -363,4 +363,4 @@ def test_a_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "afile")
     assert result.exit_code == 2
-    assert f"the GT cache folder {tmp_path / 'afile'} is a file" in flat(result.output)
+    assert f"--cache-dir {tmp_path / 'afile'} is a file" in flat(result.output)

@@ -147,6 +147,9 @@ def eval_(
         for out in (json_out, csv_out):
             if out is not None:
                 _check_writable(out)
+        if cache_dir is not None and not no_cache and cache_dir.exists() and not cache_dir.is_dir():
+            # asked for by name, so say it (an unwritable default cache only costs speed)
+            raise InputError(f"--cache-dir {cache_dir} is a file", hint="give a folder, or pass --no-cache")
         splits, pooled = eval_splits.resolve_splits(split, data_root)
         names = [name for name, _ in splits]
 
