@@ -318,3 +318,32 @@ def test_unwritable_outputs_are_one_line_errors(
     result = run_cli("export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", columns=250)
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_keeps_a_checkpoints_scale_and_colour_order(model: PDSeg, tmp_path: Path, fmt: str) -> None:
+    # a checkpoint normalised on 0..1 in BGR order: the exported file must say so, and pdseg run it so
+    from pdseg_cli.engine.predict import Predictor
+    from pdseg_cli.model import save_checkpoint
+
+    norm = {"color": "BGR", "scale": 1.0, "mean": [0.4, 0.45, 0.5], "std": [0.25, 0.22, 0.23]}
+    ckpt = save_checkpoint(model, tmp_path / "unit.pt", train_size=TRAIN_SIZE, normalization=norm)
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.ts")
+    assert export_checkpoint(ckpt, out, fmt, check_shapes=SMALL_CHECKS[:1]).ok
+    meta = load_exported(out).metadata
+    assert meta.normalization == {
+        "color": "BGR",
+        "scale": 1.0,
+        "mean": (0.4, 0.45, 0.5),
+        "std": (0.25, 0.22, 0.23),
+    }
+    assert meta.to_strings()["input"] == "float32 (B, 3, H, W), any B/H/W: (BGR 0-1 - mean) / std"
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    want = Predictor(ckpt, device="cpu", size=64, optimized=False).predict(image)
+    got = Predictor(out, device="cpu", size=64).predict(image)
+    assert np.abs(want.astype(int) - got.astype(int)).max() <= 1
+    if fmt == "onnx":  # the channel axis is a plain 1, as the README's (B, 1, H, W) says
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert [o.shape[1] for o in session.get_outputs()] == [1, 1]

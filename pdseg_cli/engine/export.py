@@ -242,6 +242,8 @@ def build_metadata(
         train_size=_square_side(train_size),
         mean=tuple(float(v) for v in normalization["mean"]),  # type: ignore[arg-type]
         std=tuple(float(v) for v in normalization["std"]),  # type: ignore[arg-type]
+        color=str(normalization.get("color", "RGB")).upper(),
+        scale=float(normalization.get("scale", 255.0)),
         output=OUTPUT_PROBABILITIES,
         outputs=(OUTPUT_PROBABILITIES, OUTPUT_LOGITS),
         precision="fp16" if half else "fp32",
@@ -505,9 +507,13 @@ def _export_onnx(
     proto.producer_name = "pdseg"
     proto.producer_version = metadata.pdseg_version
     proto.doc_string = (
-        f"pdseg {metadata.variant}: input float32 (B,3,H,W) = (RGB 0-255 - mean) / std; "
-        "outputs probabilities and logits (B,1,H,W)"
+        f"pdseg {metadata.variant}: input {metadata.input_note()}; outputs probabilities and logits (B,1,H,W)"
     )
+    for output in proto.graph.output:  # the tracer names the channel axis symbolically: it is 1
+        dims = output.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            dims[1].ClearField("dim_param")
+            dims[1].dim_value = 1
     del proto.metadata_props[:]
     for key, value in metadata.to_strings().items():
         entry = proto.metadata_props.add()

@@ -49,8 +49,11 @@ class ExportMetadata:
         config: the full model config (``ModelConfig.to_dict()``).
         train_size: side length of the square images the weights were trained at, or None when the
             checkpoint does not say.
-        mean: per-channel RGB mean on the 0-255 scale; the input is ``(rgb - mean) / std``.
-        std: per-channel RGB std on the 0-255 scale.
+        mean: per-channel mean on the 0..``scale`` range, in ``color`` order; the input is
+            ``(image * scale / 255 - mean) / std`` for an 8-bit ``color`` image.
+        std: per-channel std, likewise.
+        color: the channel order the graph takes, ``"RGB"`` or ``"BGR"`` (the checkpoint's).
+        scale: the range mean and std are on, 255 or 1 (the checkpoint's).
         output: what the first (main) output holds: ``"probabilities"`` or ``"logits"``.
         outputs: every output name, in order.
         precision: ``"fp32"`` or ``"fp16"`` (weights and activations; inputs and outputs are fp32
@@ -68,6 +71,8 @@ class ExportMetadata:
     output: str = OUTPUT_PROBABILITIES
     outputs: tuple[str, ...] = (OUTPUT_PROBABILITIES, OUTPUT_LOGITS)
     precision: str = "fp32"
+    color: str = "RGB"  # files written before these two keys existed were all RGB 0-255
+    scale: float = 255.0
     pdseg_version: str = ""
     torch_version: str = ""
     opset: int | None = None
@@ -76,7 +81,11 @@ class ExportMetadata:
     @property
     def normalization(self) -> dict[str, Any]:
         """The input normalisation in the form of ``pdseg_cli.config.NORMALIZATION``."""
-        return {"color": "RGB", "scale": 255.0, "mean": self.mean, "std": self.std}
+        return {"color": self.color, "scale": self.scale, "mean": self.mean, "std": self.std}
+
+    def input_note(self) -> str:
+        """How to make the graph's input, as the file's ``input`` entry says it."""
+        return f"float32 (B, 3, H, W), any B/H/W: ({self.color} 0-{self.scale:g} - mean) / std"
 
     def to_strings(self) -> dict[str, str]:
         """Flat string key/values (ONNX metadata_props hold strings only)."""
@@ -84,9 +93,11 @@ class ExportMetadata:
             "pdseg_metadata_version": str(METADATA_VERSION),
             "variant": self.variant,
             "train_size": "" if self.train_size is None else str(self.train_size),
-            "input": "float32 (B, 3, H, W), any B/H/W: (RGB 0-255 - mean) / std",
+            "input": self.input_note(),
             "mean": ",".join(f"{v:g}" for v in self.mean),
             "std": ",".join(f"{v:g}" for v in self.std),
+            "color": self.color,
+            "scale": f"{self.scale:g}",
             "output": self.output,
             "outputs": ",".join(self.outputs),
             "precision": self.precision,
@@ -128,6 +139,8 @@ class ExportMetadata:
                 "input",
                 "mean",
                 "std",
+                "color",
+                "scale",
                 "output",
                 "outputs",
                 "precision",
@@ -145,6 +158,8 @@ class ExportMetadata:
                 output=data.get("output", OUTPUT_PROBABILITIES),
                 outputs=tuple(data.get("outputs", OUTPUT_PROBABILITIES).split(",")),
                 precision=data.get("precision", "fp32"),
+                color=data.get("color", "RGB").upper(),
+                scale=float(data.get("scale", "255")),
                 pdseg_version=data.get("pdseg_version", ""),
                 torch_version=data.get("torch_version", ""),
                 opset=int(data["opset"]) if data.get("opset") else None,
