@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import make_dataset
+from helpers import make_dataset, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -412,6 +412,16 @@ def test_cli_train_help_and_init_errors(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "none.pt" in bad.output and "Traceback" not in bad.output
     weight = runner.invoke(app, ["train", "-e", "1", "--teacher-weight", "0.5", "-o", str(tmp_path / "r")])
     assert weight.exit_code == 2 and "need --teacher" in weight.output
+    ckpt = tiny_checkpoint(tmp_path / "t.pt")
+    out = ["-o", str(tmp_path / "r")]
+    init = ["--init", str(ckpt), "--backbone-weights", str(ckpt)]
+    both = runner.invoke(app, ["train", "-e", "1", *init, *out])
+    assert both.exit_code == 2 and "--init and --backbone-weights exclude each other" in both.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"train": {"epochs": 1}}')
+    run = ["-o", str(tmp_path / "run")]
+    resumed = runner.invoke(app, ["train", "-e", "2", "--resume", "--init", str(ckpt), *run])
+    assert resumed.exit_code == 2 and "drop --init to resume" in resumed.output
 
 
 # ----------------------------------------------------------------------------------------------

@@ -222,6 +222,11 @@ class TrainConfig:
                 None,
             ),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other", None),
+            (
+                self.init is None or self.backbone_weights is None,
+                "--init and --backbone-weights exclude each other (--init gives every weight, the encoder's)",
+                "drop --backbone-weights",
+            ),
             (0.0 <= self.zoom <= 1.0, f"--zoom must be a probability in [0, 1], got {self.zoom}", "e.g. 0.5"),
             (self.augment or self.zoom == 0.0, "--zoom needs augmentation", "leave out --no-augment"),
             (
@@ -280,6 +285,13 @@ class TrainConfig:
             stored = json.loads(path.read_text())["train"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path} is not a pdseg run configuration ({exc})") from None
+        for name in ("init", "backbone_weights"):  # the starting weights are the run's own: last.pt
+            if changes.get(name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise InputError(
+                    f"{flag} gives a new run its starting weights; --resume continues {out} from its last.pt",
+                    hint=f"drop {flag} to resume, or drop --resume to start a new run (another --out)",
+                )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in stored.items() if k in names}
         if values.get("warmup") is None:  # keep the warmup the run resolved, not a new default
