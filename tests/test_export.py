@@ -347,3 +347,20 @@ def test_export_keeps_a_checkpoints_scale_and_colour_order(model: PDSeg, tmp_pat
 
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         assert [o.shape[1] for o in session.get_outputs()] == [1, 1]
+
+
+def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
+    onnx_file: Path, tmp_path: Path
+) -> None:
+    from pdseg_cli.engine.export import format_for
+
+    assert format_for("m.ts", None) == "torchscript" and format_for("m.onnx", None) == "onnx"
+    assert format_for("model.bin", None) == "onnx" and format_for("model.bin", "torchscript") == "torchscript"
+    with pytest.raises(InputError, match=r"--format onnx, but --out m.ts ends in .ts"):
+        format_for("m.ts", "onnx")
+    misnamed = tmp_path / "m.ts"  # an ONNX file under a TorchScript name still runs as ONNX
+    misnamed.write_bytes(onnx_file.read_bytes())
+    assert detect_format(misnamed) == "onnx"
+    broken = tmp_path / "b.ts"
+    broken.write_text("junk")
+    assert detect_format(broken) == "torchscript"  # its own loader names the problem

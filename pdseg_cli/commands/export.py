@@ -27,7 +27,10 @@ def export(
     weights: Annotated[
         Path | None, weights_option(f"pdseg checkpoint (.pt) to export. {DEFAULT_WEIGHTS_TEXT}")
     ] = None,
-    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="File format.")] = ExportFormat.onnx,
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", "-f", help="File format (default: from --out: .ts TorchScript, else ONNX)."),
+    ] = None,
     half: Annotated[
         bool,
         typer.Option(
@@ -66,7 +69,7 @@ def export(
 
       pdseg export --out pdseg.onnx
 
-      pdseg export -w runs/pdseg-b/best.pt -f torchscript --half -o model.ts
+      pdseg export -w runs/pdseg-b/best.pt --half -o model.ts
     """
     with user_errors():
         from pdseg_cli.engine.export import (
@@ -74,6 +77,7 @@ def export(
             ExportCheckError,
             ExportWriteError,
             export_checkpoint,
+            format_for,
             parse_shape,
         )
         from pdseg_cli.weights import default_weights
@@ -83,7 +87,7 @@ def export(
             report = export_checkpoint(
                 weights if weights is not None else default_weights(),
                 out,
-                fmt.value,
+                format_for(out, None if fmt is None else fmt.value),
                 half=half,
                 opset=opset,
                 check=check,

@@ -225,6 +225,31 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+# the file names that say a format; any other name is ONNX unless --format says otherwise
+_SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
+
+
+def format_for(out: str | Path, fmt: str | None) -> str:
+    """The export format: ``fmt`` if given, else the one ``out``'s extension names (ONNX by default).
+
+    Raises:
+        InputError: ``fmt`` contradicts the extension (an ONNX file named ``.ts`` would be run as
+            TorchScript by whoever reads the name).
+    """
+    suffix = Path(out).suffix.lower()
+    named = _SUFFIX_FORMATS.get(suffix)
+    if fmt is None:
+        return named or "onnx"
+    fmt = fmt.lower()
+    if named is not None and named != fmt:
+        raise InputError(
+            f"--format {fmt}, but --out {out} ends in {suffix}, a {named} name",
+            hint="drop --format (the extension decides), or name the file "
+            + (".onnx" if fmt == "onnx" else ".ts"),
+        )
+    return fmt
+
+
 def build_metadata(
     *,
     variant: str,

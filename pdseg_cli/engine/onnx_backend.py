@@ -454,8 +454,10 @@ def detect_format(path: str | Path) -> str:
     """``"onnx"``, ``"torchscript"`` or ``"checkpoint"`` (a ``torch.save`` file), by content.
 
     TorchScript archives and checkpoints are both zip files; TorchScript ones have a ``code/``
-    folder. Anything that is not a zip is taken for ONNX when its name ends in ``.onnx`` and for a
-    checkpoint otherwise (old-style pickles), so the checkpoint loader gives the error message.
+    folder. A file that is not a zip is ONNX when it starts as an ONNX protobuf does (field 1,
+    ``ir_version``: byte 0x08) or is named ``.onnx``; else it goes by its name, ``.ts`` to the
+    TorchScript loader and anything else to the checkpoint loader (old-style pickles), so that the
+    loader the name promises gives the error message.
     """
     path = Path(path)
     if zipfile.is_zipfile(path):
@@ -464,7 +466,12 @@ def detect_format(path: str | Path) -> str:
         if any("/code/" in name for name in names[:2000]):
             return "torchscript"
         return "checkpoint"
-    return "onnx" if path.suffix.lower() == ".onnx" else "checkpoint"
+    with open(path, "rb") as f:
+        first = f.read(1)
+    suffix = path.suffix.lower()
+    if first == b"\x08" or suffix == ".onnx":
+        return "onnx"
+    return "torchscript" if suffix == ".ts" else "checkpoint"
 
 
 def load_exported(
