@@ -466,3 +466,13 @@ def test_a_float_tiff_with_nan_gives_finite_cutouts_and_a_warning(tmp_path: Path
     assert "samplesareNaNorinfinite;readas0" in no_space(result.output)
     for name in ("nan_alpha.tif", "nan_composite.tif"):
         assert np.isfinite(tifffile.imread(out / name)).all(), name
+
+
+def test_a_module_given_to_predictor_is_left_as_it_was() -> None:
+    model = create_model("pdseg-tiny").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for optimized in (False, True):
+        Predictor(model, device="cpu", size=64, optimized=optimized).predict(_img(20, 30))
+        assert model.training  # a training loop that validates this way keeps training
+        assert all(p.is_contiguous() for p in model.parameters())  # no channels_last conversion
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -20,6 +20,7 @@ the ``--save`` kinds are the table in :mod:`pdseg_cli.engine.output_kinds`.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,8 +85,10 @@ class Predictor:
     """A loaded model plus everything needed to turn images into 8-bit maps.
 
     Args:
-        weights: a pdseg checkpoint path, a model (``nn.Module`` with ``normalization`` and
-            ``train_size`` attributes, e.g. from :func:`pdseg_cli.create_model`), or None for
+        weights: a pdseg checkpoint path (``.pt``), an exported ``.onnx`` or ``.ts`` file, another
+            DIS/SOD ONNX model (see ``onnx_spec``), a model (``nn.Module`` with ``normalization`` and
+            ``train_size`` attributes, e.g. from :func:`pdseg_cli.create_model`; it is copied, so the
+            caller's module keeps its mode, device and layout), or None for
             :func:`pdseg_cli.weights.default_weights`.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; under torchrun ``auto`` and
             ``cuda`` take the GPU of the process's LOCAL_RANK.
@@ -105,6 +108,10 @@ class Predictor:
             maps (the mirrored one flipped back) are averaged. Twice the compute; training flips
             images at random, so both views are equally valid and their average is steadier
             (measured in docs/model.md, 'Test-time augmentation').
+        local_rank: the GPU index for ``device`` ``auto``/``cuda`` (torchrun sets LOCAL_RANK; None
+            reads it from the environment).
+        onnx_spec: for a foreign ONNX model pdseg does not recognise: how to feed it and read it
+            (``pdseg predict --onnx-spec``'s form, e.g. ``"size=1024, mean=0.5, std=1, scale=1"``).
 
     Attributes:
         model, device, precision, size, device_reason (how ``auto`` chose), notes (warnings about
@@ -148,7 +155,7 @@ class Predictor:
         self._autocast = self.precision  # the autocast around the network
         ignored = None
         if isinstance(weights, nn.Module):
-            model = weights
+            model = copy.deepcopy(weights)  # eval(), .to() and channels_last below change a module
         elif kind == "checkpoint":
             model = load_model(self.weights_path, device="cpu")
         else:
