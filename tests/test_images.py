@@ -194,6 +194,11 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_to_float_rgb_ranges() -> None:
     assert T.to_float_rgb(np.full((2, 2, 3), 255, np.uint8)).max() == 255.0
     assert T.to_float_rgb(np.full((2, 2, 3), 65535, np.uint16)).max() == 255.0
+    # other integer types go by their values: an int64 copy of an 8-bit image is that image
+    eight = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * 20
+    for dtype in (np.int16, np.int32, np.int64, np.uint32):
+        np.testing.assert_array_equal(T.to_float_rgb(eight.astype(dtype)), T.to_float_rgb(eight))
+    np.testing.assert_array_equal(T.to_float_rgb(eight.astype(np.int32) * 257), T.to_float_rgb(eight))
     assert T.to_float_rgb(np.full((2, 2), 1.0, np.float32)).shape == (2, 2, 3)
     assert T.to_float_rgb(np.full((2, 2, 3), 1.0, np.float64)).max() == 255.0
     assert T.to_float_rgb(np.full((2, 2, 3), 200.0, np.float32)).max() == 200.0  # 0..255 floats
@@ -329,3 +334,11 @@ def test_max_pixels_message_counts_pixels(tmp_path: Path) -> None:
         imio.read_image(tmp_path / "a.png", max_pixels=1000)
     want = f"{tmp_path / 'a.png'}: 45x30 is 1,350 pixels, over the limit of 1,000 (--max-pixels)"
     assert want in str(err.value)
+
+
+def test_an_int32_tiff_holding_8bit_values_reads_as_8bit(tmp_path: Path) -> None:
+    eight = _rgb8()
+    tifffile.imwrite(tmp_path / "i.tif", eight.astype(np.int32), photometric="rgb")
+    got = imio.read_image(tmp_path / "i.tif").pixels
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, eight)

@@ -234,8 +234,9 @@ def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
 def to_rgb(array: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 1|2|3|4) -> (H, W, 3): gray repeated, alpha dropped.
 
-    The sample type is normalised to uint8, uint16 or float32: other integer types are scaled to
-    uint16 (int8/int16/int32 shifted to unsigned first), float64 becomes float32.
+    The sample type is normalised to uint8, uint16 or float32: other integer types whose values
+    fit 0..255 or 0..65535 become uint8 or uint16 as they are; the rest are scaled to uint16 by
+    their type's range (int8/int16/int32 shifted to unsigned first); float64 becomes float32.
 
     Raises:
         ValueError: a shape that is not an image.
@@ -261,6 +262,12 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(dtype, np.floating):
         return array.astype(np.float32)
+    if np.issubdtype(dtype, np.integer) and array.size and int(array.min()) >= 0:
+        top = int(array.max())  # values that fit 8 or 16 bits are such an image, whatever the type
+        if top <= 255:
+            return array.astype(np.uint8)
+        if top <= 65535:
+            return array.astype(np.uint16)
     if np.issubdtype(dtype, np.signedinteger):
         info = np.iinfo(dtype)
         shifted = array.astype(np.float64) - info.min  # int8/16/32 -> 0..2**bits - 1

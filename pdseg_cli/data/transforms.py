@@ -39,8 +39,8 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
 
     Args:
         image: (H, W), (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha ignored); uint8
-            (0..255), uint16 (0..65535, divided by 257), bool, other integers (by their type's
-            range), or float (see the module's ``_FLOAT_RANGES`` rule; NaN becomes 0).
+            (0..255), uint16 (0..65535, divided by 257), bool, or float and other integer types
+            (by their values: the module's ``_FLOAT_RANGES`` rule; NaN and negatives become 0).
 
     Raises:
         ValueError: not an image shape.
@@ -63,10 +63,9 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32) / np.float32(257.0)  # 65535 -> 255 exactly
     if dtype == np.bool_:
         return image.astype(np.float32) * np.float32(255.0)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        x = (image.astype(np.float64) - info.min) / (info.max - info.min) * 255.0
-        return x.astype(np.float32)
+    if np.issubdtype(dtype, np.integer):  # int8..int64, uint32, uint64: by their values, as floats
+        # are (an int64 array holding 0..255 is an 8-bit image, not a near-black one)
+        image, dtype = image.astype(np.float32), np.dtype(np.float32)
     if np.issubdtype(dtype, np.floating):
         scale = float_range(image)
         x = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
