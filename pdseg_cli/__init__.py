@@ -34,3 +34,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'pdseg_cli' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    """The lazy public names too, so that ``dir()`` and tab completion find them."""
+    return sorted({*globals(), *__all__})

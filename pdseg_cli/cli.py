@@ -14,6 +14,7 @@ from pdseg_cli.commands import export as export_cmd
 from pdseg_cli.commands import info as info_cmd
 from pdseg_cli.commands import predict as predict_cmd
 from pdseg_cli.commands import train as train_cmd
+from pdseg_cli.commands._common import FLAG
 from pdseg_cli.data import native_messages
 from pdseg_cli.errors import os_error_line
 
@@ -44,7 +45,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", metavar=FLAG, callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """pdseg: full-resolution dichotomous image segmentation."""

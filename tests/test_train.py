@@ -79,6 +79,9 @@ def test_a_few_steps_lower_the_loss_and_write_the_run_files(tmp_path: Path, data
     for column in ("epoch", "loss", "loss_l1", "loss_l4", "lr", "val_maxf", "val_mae", "epoch_time_s"):
         assert column in header
     assert len((run / "results.csv").read_text().splitlines()) == 5
+    # the lr column is what the epoch's last step used: the schedule reaches 0 only after it
+    step_lrs = [e.values["lr"] for e in events if e.kind == "step"]
+    assert [row["lr"] for row in result.rows] == step_lrs[1::2] and result.rows[-1]["lr"] > 0
     assert result.best is not None and 0.0 <= result.best_maxf <= 1.0
     # both checkpoints are ordinary pdseg checkpoints holding the EMA weights, with provenance
     model = load_model(run / "best.pt")

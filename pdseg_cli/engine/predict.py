@@ -194,6 +194,8 @@ class Predictor:
         self.size: Size = parsed if parsed is not None else (self.train_size or DEFAULT_SIZE)
         if parsed is not None:
             self.size_note = ""
+        elif fixed is not None:
+            self.size_note = "the model's fixed input size"
         elif self.train_size:
             self.size_note = "the checkpoint's training size"
         else:
