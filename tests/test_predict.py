@@ -476,3 +476,8 @@ def test_a_module_given_to_predictor_is_left_as_it_was() -> None:
         assert model.training  # a training loop that validates this way keeps training
         assert all(p.is_contiguous() for p in model.parameters())  # no channels_last conversion
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_predict_given_a_file_name_says_how_to_read_it(predictor: Predictor) -> None:
+    with pytest.raises(TypeError, match=r"takes pixels, not a file name \('a.jpg'\).*read_image"):
+        predictor.predict("a.jpg")

@@ -216,7 +216,8 @@ class Predictor:
 
         Args:
             image: (H, W, 3) RGB (or (H, W) gray, (H, W, 4) RGBA with alpha ignored); uint8,
-                uint16, bool or float (0..1) samples.
+                uint16, bool, float or other integer samples (by their values: 0..1, 0..255 or
+                0..65535, see ``pdseg_cli.data.transforms.to_float_rgb``).
             threshold: None for the soft map ``floor(255 sigmoid)``; T in (0, 1) for 0/255 at
                 ``sigmoid >= T``.
 
@@ -241,7 +242,16 @@ class Predictor:
         return self.to_prob(logits, size)[0, 0].cpu().numpy()
 
     def _forward_one(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One image of any accepted dtype -> its (1, 1, h, w) logits and its own (H, W)."""
+        """One image of any accepted dtype -> its (1, 1, h, w) logits and its own (H, W).
+
+        Raises:
+            TypeError: a file name instead of pixels.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            raise TypeError(
+                f"Predictor.predict takes pixels, not a file name ({os.fspath(image)!r}): read it with "
+                "pdseg_cli.data.images.read_image(path).pixels, or write maps for files with predict_paths"
+            )
         x = T.to_float_rgb(image)
         h, w = x.shape[:2]
         return self.forward([self.prepare_array(x)]), (int(h), int(w))
