@@ -372,7 +372,7 @@ def test_max_unsure_leaves_out_doubtful_teacher_maps(tiny_teacher: Path, tmp_pat
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["max_unsure"] == 0.35
     # the first two photos again (same content, so the same cached maps): none is sure
     doubtful = _unlabelled(tmp_path / "doubtful", 2)
-    with pytest.raises(DataError, match="--max-unsure 0.35 leaves none of the 2 training images"):
+    with pytest.raises(DataError, match="--max-unsure 0.35 leaves none of the 2 training images") as err:
         train(
             _cfg(
                 tmp_path / "none",
@@ -382,6 +382,13 @@ def test_max_unsure_leaves_out_doubtful_teacher_maps(tiny_teacher: Path, tmp_pat
                 max_unsure=0.35,
             )
         )
+    assert "(1 where the teacher found no object, 1 where over 35% of its map is unsure)" in str(err.value)
+    assert err.value.hint is not None and err.value.hint.startswith("raise --max-unsure")
+    # the labelled folder alone with --teacher-weight 0: nothing for the teacher to do, and it says so
+    notices.clear()
+    only = _cfg(tmp_path / "lab-run", variant="pdseg-tiny", train_dir=[labelled], teacher=tiny_teacher)
+    train(only, on_event=lambda e: notices.append(e.values["message"]) if e.kind == "notice" else None)
+    assert any("the teacher is not used" in n for n in notices), notices
 
 
 def test_init_takes_the_variant_from_the_file_and_names_conflicts(tmp_path: Path) -> None:

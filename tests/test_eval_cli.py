@@ -70,6 +70,7 @@ def test_missing_predictions_are_listed(tmp_path: Path) -> None:
     allowed = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
     assert allowed.exit_code == 0, allowed.output
     assert "left out" in flat(allowed.stderr) and "holes_soft_pred" in allowed.stderr
+    assert "│ 3 of 4 │" in allowed.stdout  # the row says it is not the whole split
 
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:
@@ -78,6 +79,7 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
     assert result.exit_code == 2
     assert "low_range_30_200.png" in result.output and "cannot decode" in result.output
+    assert "replace them, or pass --allow-missing to score the others" in flat(result.output)
     allowed = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
     assert allowed.exit_code == 0 and "low_range_30_200" in allowed.stderr
     (split / "gt" / "holes_soft_pred.png").write_bytes(b"")
@@ -156,7 +158,8 @@ def test_dis_te_overall_row_is_pooled(tmp_path: Path) -> None:
     text = flat(result.stdout)
     for name in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4", "DIS-TE (overall)"):
         assert name in text
-    assert "pooled over all 12 images of DIS-TE1, DIS-TE2, DIS-TE3, DIS-TE4, each image weight 1" in text
+    members = "DIS-TE1, DIS-TE2, DIS-TE3, DIS-TE4"
+    assert f"pooled over the 12 scored images of {members}, each image weight 1" in text
     data = json.loads((tmp_path / "r.json").read_text())
     overall = data["splits"]["DIS-TE (overall)"]
     assert overall["count"] == 12

@@ -190,3 +190,6 @@ def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict
     result = runner.invoke(app, same)
     assert result.exit_code == 0, result.output
     assert "is also a --train folder" in flat(result.output)
+    unused = runner.invoke(app, tiny_args(tmp_path / "run3", folders) + ["--val-every", "0"])
+    assert unused.exit_code == 0 and "--val-every 0:" in flat(unused.output)
+    assert "is not used, and no best.pt is written" in flat(unused.output)

@@ -318,7 +318,9 @@ def evaluate_plans(
     if bad:
         raise DataError(
             f"{len(bad)} file(s) could not be read: {listing([f.message for f in bad], 5)}",
-            hint="replace or remove them" + ("" if cache is None else " (GT data computed so far is cached)"),
+            hint="replace them"
+            + (", or pass --allow-missing to score the others" if any(f.pred_side for f in bad) else "")
+            + ("" if cache is None else " (GT data computed so far is cached)"),
         )
     results = []
     for plan, recs, fails in zip(plans, records, failures, strict=True):

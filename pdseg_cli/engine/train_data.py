@@ -115,11 +115,12 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
         # images without masks are found by the scan, which names them with the fix
         train = [dis5k.check_dataset_folder(d, masks_optional=True) for d in cfg.train_dirs]
     else:
-        root = dis5k.resolve_root(cfg.data_root)
+        root = dis5k.resolve_root(cfg.data_root, layout="or train on your own folders with --train DIR")
         train = [dis5k.split_folder(root, dis5k.TRAIN_SPLIT)]
     val: Path | None = None
     if cfg.val_every == 0:
-        pass
+        if cfg.val_dir is not None:
+            ctx.notice(f"--val-every 0: {cfg.val_dir} is not used, and no best.pt is written")
     elif cfg.val_dir is not None:
         val = dis5k.check_dataset_folder(cfg.val_dir)
     elif root is not None:
@@ -176,6 +177,11 @@ def _scan_training(
     scan = dis5k.merge_scans(scans)
     pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]
     needing = [i for i, p in enumerate(pairs) if p.needs_teacher()]
+    if not needing and pairs and ctx.main:
+        ctx.notice(
+            "every training image has a mask and --teacher-weight is 0: the teacher is not used "
+            "(pass --teacher-weight W to blend its maps into the masks)"
+        )
     images = [pairs[i].image for i in needing]
     paths: list[Path] | None = None
     if ctx.main and needing:
@@ -212,17 +218,22 @@ def _drop_doubtful(ctx: RunContext, pairs: list[dis5k.Pair], max_unsure: float) 
             kept.append(pair)
         else:
             doubts[doubt] += 1
+    why = (
+        f"{doubts[NO_OBJECT]} where the teacher found no object, {doubts[UNSURE]} where over "
+        f"{max_unsure:.0%} of its map is unsure"
+    )
     if not kept:
+        # raising --max-unsure helps only the unsure ones; a map without an object stays out
+        ways = (["raise --max-unsure"] if doubts[UNSURE] else []) + ["add images with masks or other photos"]
         raise DataError(
-            f"--max-unsure {max_unsure:g} leaves none of the {len(pairs)} training images",
-            hint="raise --max-unsure, or add images with masks",
+            f"--max-unsure {max_unsure:g} leaves none of the {len(pairs)} training images ({why})",
+            hint=", or ".join(ways),
         )
     if doubts and ctx.main:
         without = sum(p.mask is None for p in pairs)
         ctx.notice(
             f"--max-unsure {max_unsure:g}: left out {sum(doubts.values())} of the {without} images without "
-            f"masks ({doubts[NO_OBJECT]} where the teacher found no object, {doubts[UNSURE]} where over "
-            f"{max_unsure:.0%} of its map is unsure); {len(kept)} training images"
+            f"masks ({why}); {len(kept)} training images"
         )
     return kept
 

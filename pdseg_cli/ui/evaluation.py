@@ -39,8 +39,16 @@ def render(report: Any) -> None:
     Args:
         report: a ``pdseg_cli.engine.evaluate.EvalReport``.
     """
+    # GTs left out (--allow-missing) show as "2 of 3": the row is then not a full-split number
+    missing = {split.name: len(split.missing) for split in report.splits}
+    for pooled in report.pooled:
+        missing[pooled.name] = sum(missing.get(m, 0) for m in pooled.members)
     rows = [
-        [name, str(sc.count), *(m.format(getattr(sc, m.field)) for m in TABLE_METRICS)]
+        [
+            name,
+            f"{sc.count} of {sc.count + missing[name]}" if missing.get(name) else str(sc.count),
+            *(m.format(getattr(sc, m.field)) for m in TABLE_METRICS),
+        ]
         for name, sc in report.rows()
     ]
     caption = [
@@ -49,8 +57,8 @@ def render(report: Any) -> None:
     ]
     for pooled in report.pooled:
         caption.append(
-            f"{pooled.name}: pooled over all {pooled.scores.count} images of {', '.join(pooled.members)}, "
-            "each image weight 1 (not the mean of the split rows)"
+            f"{pooled.name}: pooled over the {pooled.scores.count} scored images of "
+            f"{', '.join(pooled.members)}, each image weight 1 (not the mean of the split rows)"
         )
     table = Table(
         title="pdseg eval", title_justify="left", caption="\n".join(caption), caption_justify="left"

@@ -64,7 +64,7 @@ class TrainingView:
             f"device {v['device']}{procs} · precision {v['precision']} · {v['steps_per_epoch']} steps/epoch, "
             f"{v['total_steps']} in all, warmup {v['warmup']} · run folder {v['out']}"
         )
-        if v["resumed"]:
+        if v["resumed"] and v["start_epoch"] <= v["epochs"]:  # a finished run said so already
             ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
 
     def _on_epoch_start(self, event: Any) -> None:
