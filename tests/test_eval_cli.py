@@ -367,3 +367,14 @@ def test_a_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "afile")
     assert result.exit_code == 2
     assert f"--cache-dir {tmp_path / 'afile'} is a file" in flat(result.output)
+
+
+def test_resized_predictions_are_named_and_a_changed_shape_is_warned(tmp_path: Path) -> None:
+    split = edge_case_split(tmp_path / "s", CASES[:3])
+    pred = split / "pred" / f"{CASES[0]}.png"
+    cv2.imwrite(str(pred), cv2.imread(str(pred), cv2.IMREAD_GRAYSCALE).T.copy())  # rotated
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    text = flat(result.stderr)
+    assert "1 of 3 predictions had another size" in text and CASES[0] in text
+    assert f"have another aspect ratio than their GT, so were stretched: {CASES[0]}" in text

@@ -75,19 +75,28 @@ def notes(report: Any) -> None:
     """Resized predictions, skipped and unmatched files, and per-file warnings (stderr)."""
     for split in report.splits:
         if split.resized:
+            resized = [r for r in split.images if r.resized]
             ui.info(
                 f"{split.name}: {split.resized} of {len(split.images)} predictions had another size "
-                "and were resized to their GT's size (bilinear, cv2 INTER_LINEAR)"
+                "and were resized to their GT's size (bilinear, cv2 INTER_LINEAR): "
+                + listing([f"{r.stem} {_hw(r.pred_size)} -> {_hw(r.gt_size)}" for r in resized], 5)
             )
+            # a map of another shape, not just another scale, is likely rotated or of another image
+            odd = [r for r in resized if _aspect_differs(r.pred_size, r.gt_size)]
+            if odd:
+                ui.warn(
+                    f"{split.name}: {len(odd)} prediction(s) have another aspect ratio than their GT, so "
+                    f"were stretched: {listing([r.stem for r in odd], 5)} (rotated, or another image's map?)"
+                )
         if split.missing:
             ui.warn(
                 f"{split.name}: {len(split.missing)} GT masks without a usable prediction were left out "
-                f"(--allow-missing): {_listing(split.missing)}"
+                f"(--allow-missing): {listing(split.missing)}"
             )
         if split.unmatched:
             ui.warn(
                 f"{split.name}: {len(split.unmatched)} predictions have no GT of the same name and were "
-                f"ignored: {_listing(split.unmatched)}"
+                f"ignored: {listing(split.unmatched)}"
             )
         warnings = list(dict.fromkeys(split.warnings))
         for w in warnings[:_MAX_LISTED]:
@@ -100,6 +109,15 @@ def written(kind: str, path: Any) -> None:
     ui.info(f"{kind} written to {path}")
 
 
-def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+def listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _hw(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]}"
+
+
+def _aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two (H, W) sizes differ in shape by more than rounding (2%)."""
+    return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) > 0.02
