@@ -306,3 +306,14 @@ def test_latency_gpu_profile_table_reports_the_kernel_floor() -> None:
     assert "| aten::convolution | 10 | 3.00 | 75% | 0.50 |" in lines
     assert not any("aten::bmm" in line for line in lines)  # top=1
     assert "GPU kernel time 4.00 ms in a 8.00 ms profiled pass (50% busy)" in lines[-1]
+
+
+def test_the_busy_cpu_note_suggests_only_what_the_run_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdseg_cli.engine import benchmark as engine
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 0.0, 0.0))
+    assert (engine._cpu_busy_note(None, "optimized") or "").endswith(
+        "--threads 1 and --mode compare give steadier figures"
+    )
+    assert (engine._cpu_busy_note(1, "optimized") or "").endswith("; --mode compare gives steadier figures")
+    assert (engine._cpu_busy_note(1, "compare") or "").endswith("timings vary")

@@ -205,8 +205,9 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _cpu_busy_note() -> str | None:
-    """A warning when other processes already keep the CPU busy (Unix load average above the cores)."""
+def _cpu_busy_note(threads: int | None, mode: str) -> str | None:
+    """A warning when other processes already keep the CPU busy (Unix load average above the
+    cores), with the settings that steady the figures that this run does not use already."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -214,9 +215,17 @@ def _cpu_busy_note() -> str | None:
     cores = os.cpu_count() or 1
     if load <= cores:
         return None
+    steadier = [
+        o for o, used in (("--threads 1", threads == 1), ("--mode compare", mode == "compare")) if not used
+    ]
     return (
         f"load average {load:.1f} on {cores} logical cores: other processes compete for the CPU and "
-        "timings vary; --threads 1 and --mode compare give steadier figures"
+        "timings vary"
+        + (
+            f"; {' and '.join(steadier)} give{'s' if len(steadier) == 1 else ''} steadier figures"
+            if steadier
+            else ""
+        )
     )
 
 
@@ -305,7 +314,7 @@ def run_benchmark(
     prec = runtime.resolve_precision(precision, dev)
     model = _build_model(variant, weights).to(dev).eval()
     notes: list[str] = []
-    busy = _cpu_busy_note()
+    busy = _cpu_busy_note(threads, mode)
     if busy:
         notes.append(busy)
     slow = runtime.emulated_precision_note(dev, prec)
