@@ -293,3 +293,10 @@ def test_config_is_frozen_and_validated() -> None:
     # the decoder's name and number of widths are the registry's to check, when the model is built
     with pytest.raises(InputError, match="needs 1 decoder_widths"):
         create_model(dataclasses.replace(config, decoder="light_ham"))
+
+
+def test_the_model_names_a_wrong_input_dtype() -> None:
+    model = create_model("pdseg-tiny").eval()
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(TypeError, match=f"normalised float32 tensor .* got {dtype}"):
+            model(torch.zeros(1, 3, 32, 32, dtype=dtype))

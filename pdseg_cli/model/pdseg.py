@@ -83,7 +83,17 @@ class PDSeg(nn.Module):
             The final logits (B, 1, H, W) (apply a sigmoid for probabilities). With
             ``return_levels=True``, a list of every level's logits, coarse to fine, each resized
             bilinearly to (B, 1, H, W); the last element is the final logits.
+
+        Raises:
+            TypeError: ``x`` is not a float tensor of the weights' precision (an image tensor of
+                bytes, or float64 from numpy), which torch would report deep inside a convolution.
         """
+        weights = next(self.parameters()).dtype  # float64 is fine for a model made float64
+        if not x.is_floating_point() or (x.dtype == torch.float64 and weights != torch.float64):
+            raise TypeError(
+                f"model(x) takes a normalised float32 tensor (B, 3, H, W), got {x.dtype}: use "
+                "Predictor for images, or x.float() after normalising as model.normalization says"
+            )
         size = x.shape[-2:]
         x = pad_input(x, self.config.pad_multiple)
         levels = self.decoder(self.encoder(x))
