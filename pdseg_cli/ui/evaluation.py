@@ -79,24 +79,24 @@ def notes(report: Any) -> None:
             ui.info(
                 f"{split.name}: {split.resized} of {len(split.images)} predictions had another size "
                 "and were resized to their GT's size (bilinear, cv2 INTER_LINEAR): "
-                + listing([f"{r.stem} {_hw(r.pred_size)} -> {_hw(r.gt_size)}" for r in resized], 5)
+                + _listing([f"{r.stem} {_hw(r.pred_size)} -> {_hw(r.gt_size)}" for r in resized], 5)
             )
             # a map of another shape, not just another scale, is likely rotated or of another image
             odd = [r for r in resized if _aspect_differs(r.pred_size, r.gt_size)]
             if odd:
                 ui.warn(
                     f"{split.name}: {len(odd)} prediction(s) have another aspect ratio than their GT, so "
-                    f"were stretched: {listing([r.stem for r in odd], 5)} (rotated, or another image's map?)"
+                    f"were stretched: {_listing([r.stem for r in odd], 5)} (rotated, or another image's map?)"
                 )
         if split.missing:
             ui.warn(
                 f"{split.name}: {len(split.missing)} GT masks without a usable prediction were left out "
-                f"(--allow-missing): {listing(split.missing)}"
+                f"(--allow-missing): {_listing(split.missing)}"
             )
         if split.unmatched:
             ui.warn(
                 f"{split.name}: {len(split.unmatched)} predictions have no GT of the same name and were "
-                f"ignored: {listing(split.unmatched)}"
+                f"ignored: {_listing(split.unmatched)}"
             )
         warnings = list(dict.fromkeys(split.warnings))
         for w in warnings[:_MAX_LISTED]:
@@ -109,7 +109,7 @@ def written(kind: str, path: Any) -> None:
     ui.info(f"{kind} written to {path}")
 
 
-def listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
