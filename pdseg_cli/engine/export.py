@@ -44,6 +44,7 @@ from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
     OUTPUT_LOGITS,
     OUTPUT_PROBABILITIES,
+    SUFFIX_FORMATS,
     TORCHSCRIPT_METADATA_FILE,
     ExportMetadata,
     OnnxModel,
@@ -225,10 +226,6 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-# the file names that say a format; any other name is ONNX unless --format says otherwise
-_SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
-
-
 def format_for(out: str | Path, fmt: str | None) -> str:
     """The export format: ``fmt`` if given, else the one ``out``'s extension names (ONNX by default).
 
@@ -237,7 +234,7 @@ def format_for(out: str | Path, fmt: str | None) -> str:
             TorchScript by whoever reads the name).
     """
     suffix = Path(out).suffix.lower()
-    named = _SUFFIX_FORMATS.get(suffix)
+    named = SUFFIX_FORMATS.get(suffix)  # any other name is ONNX unless --format says otherwise
     if fmt is None:
         return named or "onnx"
     fmt = fmt.lower()

@@ -450,6 +450,10 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
     return torch.logit(p.float().clamp(_PROB_EPS, 1.0 - _PROB_EPS))
 
 
+# the file names that say an exported format: export writes by them, and detect_format falls back on them
+SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
+
+
 def detect_format(path: str | Path) -> str:
     """``"onnx"``, ``"torchscript"`` or ``"checkpoint"`` (a ``torch.save`` file), by content.
 
@@ -468,10 +472,10 @@ def detect_format(path: str | Path) -> str:
         return "checkpoint"
     with open(path, "rb") as f:
         first = f.read(1)
-    suffix = path.suffix.lower()
-    if first == b"\x08" or suffix == ".onnx":
+    named = SUFFIX_FORMATS.get(path.suffix.lower())
+    if first == b"\x08" or named == "onnx":
         return "onnx"
-    return "torchscript" if suffix == ".ts" else "checkpoint"
+    return named or "checkpoint"
 
 
 def load_exported(
