@@ -18,8 +18,27 @@ from pdseg_cli.commands._common import FLAG
 from pdseg_cli.data import native_messages
 from pdseg_cli.errors import os_error_line
 
+
+def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
+    """``cls`` whose ``--help`` shows no value column, like pdseg's own flags (see ``FLAG``)."""
+
+    class FlagHelp(cls):  # type: ignore[valid-type,misc]
+        def get_help_option(self, ctx: typer.Context) -> object:
+            option = super().get_help_option(ctx)
+            if option is not None:
+                option.metavar = FLAG
+            return option
+
+    return FlagHelp
+
+
+_FlagHelpGroup = _flag_help(typer.core.TyperGroup)
+_FlagHelpCommand = _flag_help(typer.core.TyperCommand)
+
+
 app = typer.Typer(
     name="pdseg",
+    cls=_FlagHelpGroup,
     help=(
         "Dichotomous image segmentation with PDSeg (One-stage Progressive Dichotomous Segmentation): "
         "cut one foreground object out of large images at full resolution.\n\n"
@@ -57,12 +76,12 @@ def _root(
     runtime.keep_freed_memory()
 
 
-app.command("info")(info_cmd.info)
-app.command("predict")(predict_cmd.predict)
-app.command("eval")(eval_cmd.eval_)
-app.command("train")(train_cmd.train)
-app.command("export")(export_cmd.export)
-app.command("benchmark")(benchmark_cmd.benchmark)
+app.command("info", cls=_FlagHelpCommand)(info_cmd.info)
+app.command("predict", cls=_FlagHelpCommand)(predict_cmd.predict)
+app.command("eval", cls=_FlagHelpCommand)(eval_cmd.eval_)
+app.command("train", cls=_FlagHelpCommand)(train_cmd.train)
+app.command("export", cls=_FlagHelpCommand)(export_cmd.export)
+app.command("benchmark", cls=_FlagHelpCommand)(benchmark_cmd.benchmark)
 
 
 def _thread_os_error(args: threading.ExceptHookArgs) -> None:
