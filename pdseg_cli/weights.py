@@ -11,6 +11,10 @@ from pdseg_cli.errors import WeightsError
 BUNDLED_NAME = "pdseg-t-distilled.pt"
 ENV_VAR = "PDSEG_WEIGHTS"
 
+# the file names that say an exported format: export writes by them, format detection falls back on
+# them, and a checkpoint loader names them when it is handed one
+SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
+
 
 def bundled_weights_dir() -> Path:
     """Where the bundled weights are: ``pdseg_cli/bundled_weights/`` in an installed wheel (the

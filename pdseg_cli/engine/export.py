@@ -44,7 +44,6 @@ from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
     OUTPUT_LOGITS,
     OUTPUT_PROBABILITIES,
-    SUFFIX_FORMATS,
     TORCHSCRIPT_METADATA_FILE,
     ExportMetadata,
     OnnxModel,
@@ -53,6 +52,7 @@ from pdseg_cli.engine.onnx_backend import (
 )
 from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
 from pdseg_cli.runtime.precision import emulated_precision_note
+from pdseg_cli.weights import SUFFIX_FORMATS
 
 FORMATS = ("onnx", "torchscript")
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 on

@@ -28,6 +28,7 @@ import torch
 
 from pdseg_cli.engine.onnx_spec import OnnxSpec, Signature, output_name, resolve_spec
 from pdseg_cli.errors import InputError, NotAvailableError, WeightsError
+from pdseg_cli.weights import SUFFIX_FORMATS
 
 ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
 METADATA_VERSION = 1
@@ -448,10 +449,6 @@ def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:
 
 def _logit(p: torch.Tensor) -> torch.Tensor:
     return torch.logit(p.float().clamp(_PROB_EPS, 1.0 - _PROB_EPS))
-
-
-# the file names that say an exported format: export writes by them, and detect_format falls back on them
-SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
 
 
 def detect_format(path: str | Path) -> str:

@@ -38,6 +38,7 @@ from pdseg_cli.errors import InputError, WeightsError, first_line
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.model.registry import check_decoder
+from pdseg_cli.weights import SUFFIX_FORMATS
 
 FORMAT_NAME = "pdseg-checkpoint"
 FORMAT_VERSION = 1  # bump when the layout changes; loaders refuse newer versions
@@ -218,7 +219,7 @@ def _torch_load(path: Path, what: str) -> Any:
 
 def _not_torch_hint(path: Path, what: str) -> str:
     """What to do with a file torch cannot read: an exported model is the usual mix-up."""
-    if what == "checkpoint" and path.suffix.lower() in (".onnx", ".ts"):
+    if what == "checkpoint" and path.suffix.lower() in SUFFIX_FORMATS:
         return (
             f"a {path.suffix.lower()} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
             "pdseg checkpoint (.pt: the bundled weights, or a run's last.pt / best.pt)"
