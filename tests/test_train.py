@@ -376,6 +376,9 @@ def test_epoch_batches_shard_resume_and_reproduce() -> None:
     seen = [i for r in ranks for batch in r.batches(5) for _, i in batch]
     assert len(seen) == 8 and len(set(seen)) == 8  # disjoint shards, 2 steps of 2 each
     assert dis5k.EpochBatches(2, 8, seed=0).batches(0)[0].__len__() == 2  # fewer samples than a batch
+    # what each epoch leaves out: the remainder of a last batch, per rank after padding
+    assert one.left_out == 1 and ranks[0].left_out == 2 and dis5k.EpochBatches(2, 8, seed=0).left_out == 0
+    assert dis5k.EpochBatches(12, 3, seed=0).left_out == 0
 
 
 def test_ema_tracks_the_model() -> None:

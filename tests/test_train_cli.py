@@ -39,6 +39,7 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     result = runner.invoke(app, tiny_args(out, folders))
     assert result.exit_code == 0, result.output
     assert "pdseg train" in result.output and "val maxF" in result.output  # the epoch table
+    assert "leaves out" not in result.output  # 8 images fill 2 batches of 4
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["variant"] == "pdseg-tiny" and config["resolved"]["steps_per_epoch"] == 2
     assert config["resolved"]["augment"] == dataclasses.asdict(AugmentConfig())  # the recipe, recorded
@@ -193,3 +194,11 @@ def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict
     unused = runner.invoke(app, tiny_args(tmp_path / "run3", folders) + ["--val-every", "0"])
     assert unused.exit_code == 0 and "--val-every 0:" in flat(unused.output)
     assert "is not used, and no best.pt is written" in flat(unused.output)
+
+
+def test_cli_says_how_many_images_each_epoch_leaves_out(tmp_path: Path, folders: dict[str, Path]) -> None:
+    args = tiny_args(tmp_path / "run", folders)
+    args[args.index("--batch") + 1] = "3"  # 8 images: 2 batches of 3, and 2 wait for the next epoch
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "each epoch leaves out 2 of the 8 images" in flat(result.output)

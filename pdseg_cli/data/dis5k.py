@@ -509,6 +509,13 @@ class EpochBatches:
     def steps_per_epoch(self) -> int:
         return max(1, self.per_rank // self.batch)
 
+    @property
+    def left_out(self) -> int:
+        """Images each epoch leaves out (a different few each time, as the order is reshuffled):
+        the remainder that does not fill a last batch."""
+        used = self.steps_per_epoch * min(self.batch, self.per_rank) * self.world_size
+        return max(0, self.n - used)
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Iterate ``epoch`` next, from its batch number ``start``."""
         self.epoch, self.start = epoch, start

@@ -196,6 +196,7 @@ def start_run(ctx: RunContext) -> TrainRun:
             "train_dir": data.train_label,
             "val_dir": None if data.val_dir is None else str(data.val_dir),
             "steps_per_epoch": plan.steps_per_epoch,
+            "left_out": plan.batches.left_out,
             "total_steps": plan.total_steps,
             "warmup": plan.warmup,
             "start_epoch": plan.start_epoch + 1,

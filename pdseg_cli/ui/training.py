@@ -64,6 +64,11 @@ class TrainingView:
             f"device {v['device']}{procs} · precision {v['precision']} · {v['steps_per_epoch']} steps/epoch, "
             f"{v['total_steps']} in all, warmup {v['warmup']} · run folder {v['out']}"
         )
+        if v["left_out"]:
+            ui.info(
+                f"each epoch leaves out {v['left_out']} of the {v['n_train']} images (they do not fill a "
+                "last batch); the order is reshuffled every epoch, so a different few each time"
+            )
         if v["resumed"] and v["start_epoch"] <= v["epochs"]:  # a finished run said so already
             ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
 
