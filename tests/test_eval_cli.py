@@ -276,6 +276,36 @@ def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch:
     assert result.exit_code == 2 and "no image of that name in im/" in flat(result.output)
 
 
+def test_a_reused_save_preds_folder_never_scores_a_stale_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import pdseg_cli.engine.predict as predict_mod
+
+    class FailsOnOne(_FakePredictor):
+        def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None):
+            kept = [s for s in sources if Path(s).stem != CASES[1]]
+            super().predict_paths(kept, out_dir, batch=batch, on_progress=on_progress)
+            bad = next(s for s in sources if Path(s).stem == CASES[1])
+            return _FakeSummary([types.SimpleNamespace(path=bad, error="cannot decode (truncated)")])
+
+    split = edge_case_split(tmp_path / "s", CASES, images=True)
+    _FakePredictor.source = split / "pred"
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    keep, out_json = tmp_path / "kept", tmp_path / "r.json"
+    args = ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep, "--json", out_json]
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    assert _run(*args, cache=tmp_path / "c").exit_code == 0
+    assert (keep / "s" / f"{CASES[1]}.png").exists()  # the first run's map
+    monkeypatch.setattr(predict_mod, "Predictor", FailsOnOne)
+    result = _run(*args, "--allow-missing", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert "cannot decode (truncated)" in flat(result.output)  # the reason reaches the user
+    data = json.loads(out_json.read_text())
+    assert data["splits"]["s"]["count"] == len(CASES) - 1 and data["notes"]["s"]["missing"] == [CASES[1]]
+
+
 def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from pdseg_cli.model.build import create_model, save_checkpoint

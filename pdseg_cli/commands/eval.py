@@ -210,6 +210,7 @@ def _run_model(
     tta: bool = False,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
+    from pdseg_cli import ui
     from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
     from pdseg_cli.engine import evaluate as ev
     from pdseg_cli.engine.eval_pairs import list_maps, listing, plan_pairs, unreadable_masks
@@ -245,13 +246,17 @@ def _run_model(
         with view.progress(f"predict {name}", n_gt[name]) as advance:
             no_image, failed = ev.predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
         gt_dir = folder / MASK_DIR
-        problems = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image] + failed
+        problems = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]
+        problems += failed.values()
         if problems and not allow_missing:
             raise DataError(
                 f"{name}: {len(problems)} GT masks get no prediction: {listing(problems, 10)}",
                 hint="fix or add the images, or pass --allow-missing to score the others",
             )
-        plans.append(plan_pairs(out_dir, gt_dir, name=name))
+        if problems:
+            ui.warn(f"{name}: {len(problems)} GT masks get no prediction: {listing(problems, 10)}")
+        # a reused --save-preds folder may hold maps of these stems from an earlier run: not scored
+        plans.append(plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed]))
     settings = {
         "predictions": {
             "weights": str(predictor.weights_path),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pdseg_cli.data.dis5k import images_by_stem
@@ -35,6 +35,14 @@ class PairPlan:
     pairs: list[tuple[str, Path, Path]]
     missing: list[str]
     unmatched: list[str]
+
+    def without(self, stems: Iterable[str]) -> PairPlan:
+        """This plan with ``stems`` moved from the pairs to the missing GTs: e.g. the images the
+        model could not read this time, whose maps in a reused folder are from an earlier run."""
+        drop = set(stems)
+        pairs = [pair for pair in self.pairs if pair[0] not in drop]
+        missing = sorted({*self.missing, *(stem for stem, _, _ in self.pairs if stem in drop)})
+        return replace(self, pairs=pairs, missing=missing)
 
 
 def list_maps(folder: Path, what: str) -> dict[str, Path]:

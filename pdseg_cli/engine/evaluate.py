@@ -458,13 +458,13 @@ def predict_split(
     *,
     batch: int = 1,
     on_progress: Callable[[Any], None] | None = None,
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], dict[str, str]]:
     """Run the model on the split's images that have a GT, writing ``out_dir/<stem>.png``.
 
     The maps are the bytes ``pdseg predict`` writes (the same :class:`Predictor` code path).
 
     Returns:
-        (GT stems without an image, one line per image the model could not read).
+        (GT stems without an image, {stem: "path: error"} for each image the model could not read).
 
     Raises:
         DataError: the split has no ``im/`` folder or no image matches a GT.
@@ -479,7 +479,7 @@ def predict_split(
     if not todo:
         raise DataError(f"no image in {im_dir} matches a GT in {gt_dir} by name", hint=SPLIT_LAYOUT)
     summary = predictor.predict_paths(todo, out_dir, batch=batch, on_progress=on_progress)
-    failed = [f"{r.path}: {r.error}" for r in summary.failures]
+    failed = {Path(r.path).stem: f"{r.path}: {r.error}" for r in summary.failures}
     return no_image, failed
 
 
