@@ -494,6 +494,24 @@ def test_unwritable_run_folders_and_a_full_disk(
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
 
 
+def test_an_epoch_writes_best_and_results_before_last(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # last.pt records the epoch's best score: written first, a stop before best.pt would leave a
+    # resume that trusts a best.pt of an older epoch and has dropped the epoch's results row
+    replaced: list[str] = []
+    real = os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        replaced.append(Path(dst).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    train(tiny(tmp_path / "run", data, epochs=1))
+    ends = [name for name in replaced if name in ("best.pt", "results.csv", "last.pt")]
+    assert ends == ["best.pt", "results.csv", "last.pt"], replaced
+
+
 def test_auto_precision_on_the_cpu_is_bf16_only_where_it_is_native(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,11 +132,15 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
         progress.best_maxf, progress.best_epoch = maxf, epoch + 1
     progress.rows.append(row)
     check_final_map(ctx, run.ema.module, epoch + 1)
-    _save_last(run, epoch + 1, 0, None)
     if ctx.main:
+        # best.pt and results.csv before last.pt: last.pt records this epoch's best score, so a
+        # stop between the writes must leave the resume point behind them, never ahead (a resume
+        # redoes the epoch, rewrites best.pt, and drops results rows past its checkpoint)
         if improved:
             write_checkpoint(out / BEST, run.ema.module, cfg.size, _provenance(run, epoch + 1), None)
         write_rows(out / RESULTS, progress.rows)
+    _save_last(run, epoch + 1, 0, None)
+    if ctx.main:
         if tb is not None:
             for key in ("loss", *VAL_COLUMNS):
                 if row[key] is not None:
