@@ -408,3 +408,21 @@ def test_resized_predictions_are_named_and_a_changed_shape_is_warned(tmp_path: P
     text = flat(result.stderr)
     assert "1 of 3 predictions had another size" in text and CASES[0] in text
     assert f"have another aspect ratio than their GT, so were stretched: {CASES[0]}" in text
+
+
+def test_json_and_csv_outputs_go_to_stdout_or_distinct_files(tmp_path: Path) -> None:
+    split = edge_case_split(tmp_path / "s", CASES[:2])
+    base = ["--split", split, "--pred", split / "pred"]
+    same = _run(*base, "--json", tmp_path / "r.out", "--csv", tmp_path / "r.out", cache=tmp_path / "c")
+    assert same.exit_code == 2 and "the CSV would replace the JSON" in flat(same.output)
+    assert not (tmp_path / "r.out").exists()  # refused before scoring
+    both = _run(*base, "--json", "-", "--csv", "-", cache=tmp_path / "c")
+    assert both.exit_code == 2 and "both ask for standard output" in flat(both.output)
+    piped = _run(*base, "--csv", "-", cache=tmp_path / "c")
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout.splitlines()[0].startswith("split,count,maxF")  # only the CSV: the table is on stderr
+    assert "pdseg eval" in piped.stderr and not (Path.cwd() / "-").exists()
+    as_json = _run(*base, "--json", "-", cache=tmp_path / "c")
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["settings"]["gt_folders"] == {
+        "s": str((split / "gt").resolve())
+    }

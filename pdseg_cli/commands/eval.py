@@ -95,11 +95,19 @@ def eval_(
     json_out: Annotated[
         Path | None,
         typer.Option(
-            "--json", help="Write splits, per-image values, curves and settings as JSON.", show_default=False
+            "--json",
+            help="Write splits, per-image values, curves and settings as JSON to this file ('-': standard "
+            "output).",
+            show_default=False,
         ),
     ] = None,
     csv_out: Annotated[
-        Path | None, typer.Option("--csv", help="Write one CSV line per table row.", show_default=False)
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Write one CSV line per table row to this file ('-': standard output).",
+            show_default=False,
+        ),
     ] = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -144,9 +152,7 @@ def eval_(
                     f"--pred scores existing maps, so {', '.join(given)} (for running a model) cannot apply",
                     hint=f"drop {', '.join(given)}, or drop --pred to run a model",
                 )
-        for out in (json_out, csv_out):
-            if out is not None:
-                _check_writable(out)
+        _check_outputs(json_out, csv_out)
         if cache_dir is not None and not no_cache and cache_dir.exists() and not cache_dir.is_dir():
             # asked for by name, so say it (an unwritable default cache only costs speed)
             raise InputError(f"--cache-dir {cache_dir} is a file", hint="give a folder, or pass --no-cache")
@@ -163,7 +169,7 @@ def eval_(
                     )
                     for name, folder in splits
                 ]
-                settings = {"predictions": f"maps read from {pred}"}
+                settings: dict[str, Any] = {"predictions": f"maps read from {pred.expanduser().resolve()}"}
             else:
                 plans, settings = _run_model(
                     stack,
@@ -178,6 +184,7 @@ def eval_(
                     onnx_spec,
                     tta,
                 )
+            settings["gt_folders"] = {name: str((folder / MASK_DIR).resolve()) for name, folder in splits}
             n_images = sum(len(p.pairs) for p in plans)
             cache = None if no_cache else ev.default_cache_root(cache_dir)
             view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)
@@ -192,7 +199,9 @@ def eval_(
                     on_progress=advance,
                     settings=settings,
                 )
-        view.render(report)
+        view.render(
+            report, table_on_stderr=any(out is not None and _is_stdout(out) for out in (json_out, csv_out))
+        )
         _write_outputs(report, json_out, csv_out)
 
 
@@ -259,16 +268,38 @@ def _run_model(
         plans.append(plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed]))
     settings = {
         "predictions": {
-            "weights": str(predictor.weights_path),
+            "weights": str(predictor.weights_path.resolve()) if predictor.weights_path else None,
             "model": predictor.description,
             "device": str(predictor.device),
             "precision": predictor.precision,
             "size": str(predictor.size),
             "tta": predictor.tta,
-            "saved_to": str(save_preds) if save_preds is not None else None,
+            "saved_to": str(save_preds.expanduser().resolve()) if save_preds is not None else None,
         }
     }
     return plans, settings
+
+
+def _check_outputs(json_out: Path | None, csv_out: Path | None) -> None:
+    """Refuse output paths that cannot be written, or that would overwrite each other, before the
+    (long) scoring starts."""
+    if json_out is not None and csv_out is not None:
+        if _is_stdout(json_out) and _is_stdout(csv_out):
+            raise InputError(
+                "--json - and --csv - both ask for standard output", hint="give one of them a file"
+            )
+        if json_out.expanduser().resolve() == csv_out.expanduser().resolve():
+            raise InputError(
+                f"--json and --csv both name {json_out}: the CSV would replace the JSON",
+                hint="give each its own file",
+            )
+    for path in (json_out, csv_out):
+        if path is not None and not _is_stdout(path):
+            _check_writable(path)
+
+
+def _is_stdout(path: Path) -> bool:
+    return str(path) == "-"
 
 
 def _check_writable(path: Path) -> None:
@@ -285,6 +316,9 @@ def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | No
     from pdseg_cli.ui import evaluation as view
 
     for path, text in _outputs(report, json_out, csv_out):
+        if _is_stdout(path):  # the table and messages are on standard error, so this stays clean
+            typer.echo(text, nl=False)
+            continue
         try:
             write_bytes_atomic(path, text.encode("utf-8"))
         except OSError as exc:

@@ -30,8 +30,9 @@ def progress(description: str, total: int) -> Iterator[Callable[..., None]]:
         yield lambda *_args: advance()
 
 
-def render(report: Any) -> None:
-    """The DIS table on stdout, then the notes on stderr.
+def render(report: Any, *, table_on_stderr: bool = False) -> None:
+    """The DIS table on stdout (on stderr when stdout carries ``--json -`` or ``--csv -``), then
+    the notes on stderr.
 
     The columns are the metric table's DIS columns (``pdseg_cli.metrics.table``), in the paper's
     order, each printed with its entry's format.
@@ -67,7 +68,7 @@ def render(report: Any) -> None:
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    ui.console.print(table)
+    (ui.err_console if table_on_stderr else ui.console).print(table)
     notes(report)
 
 
