@@ -58,6 +58,11 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
 
     resumed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--workers", "0"])
     assert resumed.exit_code == 0, resumed.output
+    # the first session's schedule (1 epoch, 2 steps) stays on record: it is part of the run
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["resolved"]["total_steps"] == 4
+    [first] = config["earlier_sessions"]
+    assert first["train"]["epochs"] == 1 and first["resolved"]["total_steps"] == 2
     behind = runner.invoke(app, ["train", "--epochs", "1", "--out", str(out), "--resume"])
     assert behind.exit_code == 2, behind.output
     assert f"{out} has finished 2 epochs; --epochs 1 is behind it" in flat(behind.output)

@@ -205,7 +205,8 @@ def train(
 
     Run folder (--out): last.pt (EMA weights + training state), best.pt (best val maxF), results.csv.
 
-    Ctrl-C saves last.pt; --resume continues the run from it, exactly.
+    Ctrl-C saves last.pt; --resume continues the run from it, exactly (a larger --epochs extends
+    it instead: the learning rate then decays over the new length).
 
     Several GPUs: torchrun --nproc-per-node N -m pdseg_cli train ... (--batch is per GPU).
 
@@ -213,7 +214,7 @@ def train(
 
       pdseg train --epochs 100 --data-root ~/DIS5K --device cuda --precision bf16
 
-      pdseg train --epochs 150 --out runs/pdseg-b --resume
+      pdseg train --epochs 100 --out runs/pdseg-b --resume
 
       pdseg train -e 10 --init runs/a/last.pt --train my-photos --out runs/b
 

@@ -124,14 +124,30 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow({k: "" if row.get(k) is None else _plain_number(row.get(k)) for k in columns})
 
 
-def write_run_config(path: Path, cfg: TrainConfig, resolved: Mapping[str, Any]) -> None:
+def write_run_config(
+    path: Path, cfg: TrainConfig, resolved: Mapping[str, Any], *, resumed: bool = False
+) -> None:
     """``config.json``, atomically: the versions, the configuration as given
-    (:meth:`TrainConfig.to_dict`), and what the run resolved from it (device, data, schedule, model)."""
+    (:meth:`TrainConfig.to_dict`), and what the run resolved from it (device, data, schedule, model).
+
+    A resumed session keeps the earlier sessions' records under ``earlier_sessions`` (oldest
+    first): a resume with a larger ``--epochs`` stretches the schedule from its checkpoint on, so
+    the run is reproduced only by replaying every session.
+    """
+    earlier: list[Any] = []
+    if resumed and path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable: the new record still describes this session
+            previous = None
+        if isinstance(previous, dict):
+            earlier = [*previous.pop("earlier_sessions", []), previous]
     data = {
         "pdseg_version": __version__,
         "torch_version": str(torch.__version__),
         "train": cfg.to_dict(),
         "resolved": dict(resolved),
+        **({"earlier_sessions": earlier} if earlier else {}),
     }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -318,7 +318,9 @@ def build_run(
     if ctx.main:
         if resumed is not None:
             write_rows(cfg.out / RESULTS, progress.rows)
-        write_run_config(cfg.out / CONFIG, cfg, _resolved_config(ctx, data, plan, model))
+        write_run_config(
+            cfg.out / CONFIG, cfg, _resolved_config(ctx, data, plan, model), resumed=resumed is not None
+        )
         tensorboard = open_tensorboard(cfg.out, progress.global_step)
     train_loader, val_loader = make_loaders(ctx, data, plan.batches, plan.start_epoch, plan.start_step)
     return TrainRun(
