@@ -207,3 +207,22 @@ def test_cli_says_how_many_images_each_epoch_leaves_out(tmp_path: Path, folders:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "each epoch leaves out 2 of the 8 images" in flat(result.output)
+
+
+def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pdseg_cli.model.build import create_model, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(create_model("pdseg-tiny"), tmp_path / "tiny.pt", train_size=64)
+    args = tiny_args(tmp_path / "unused", folders)
+    args = args[: args.index("--out")] + args[args.index("--out") + 2 :]  # no --out
+    args.remove("--variant")
+    args.remove("pdseg-tiny")
+    result = runner.invoke(app, [*args, "--init", str(tmp_path / "tiny.pt")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "pdseg-tiny" / "last.pt").is_file()  # the checkpoint's variant, not pdseg-b
+    resumed = runner.invoke(app, ["train", "--epochs", "2", "--resume"])  # looks in runs/pdseg-b
+    assert resumed.exit_code == 2
+    assert "runs beside it: runs/pdseg-tiny" in flat(resumed.output)

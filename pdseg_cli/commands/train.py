@@ -24,7 +24,12 @@ def train(
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Train until this many epochs are complete.")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Run folder (default: runs/<variant>).", show_default=False),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder (default: runs/<variant>, --init's variant with --init).",
+            show_default=False,
+        ),
     ] = None,
     resume: Annotated[
         bool,
@@ -222,6 +227,7 @@ def train(
     """
     from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
+    from pdseg_cli.engine.train_config import default_run_folder
     from pdseg_cli.errors import first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
@@ -236,7 +242,7 @@ def train(
         max_unsure=max_unsure, onnx_spec=onnx_spec,
     )  # fmt: skip
     given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed
-    out = out or Path("runs") / (variant or "pdseg-b")
+    out = out or default_run_folder(variant, None if resume else init)
     view = TrainingView()
     with user_errors():
         main = env_distributed().rank == 0

@@ -20,6 +20,7 @@ from pdseg_cli.errors import InputError
 
 CONFIG = "config.json"  # the run folder's record of the configuration (see TrainConfig.to_dict)
 DEFAULT_VARIANT = "pdseg-b"
+RUNS_DIR = Path("runs")  # default run folders: runs/<variant>
 
 Supervision = losses.Supervision
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -277,9 +278,13 @@ class TrainConfig:
         out = Path(out)
         path = out / CONFIG
         if not path.is_file():
+            others = (
+                sorted(str(p.parent) for p in out.parent.glob(f"*/{CONFIG}")) if out.parent.is_dir() else []
+            )
+            runs = f"; runs beside it: {', '.join(others[:5])}" if others else ""
             raise InputError(
                 f"nothing to resume in {out}: {CONFIG} is missing",
-                hint="check --out, or start the run without --resume",
+                hint=f"check --out (the default is runs/<variant>){runs}, or start the run without --resume",
             )
         try:
             stored = json.loads(path.read_text())["train"]
@@ -311,3 +316,19 @@ def default_workers(cores: int | None = None) -> int:
     """
     cores = cores if cores is not None else runtime.usable_cores()
     return 0 if cores <= 2 else min(4, cores - 1)
+
+
+def default_run_folder(variant: str | None, init: Path | None = None) -> Path:
+    """``--out``'s default, ``runs/<variant>``: the variant given, else ``--init``'s, else the default.
+
+    An unreadable ``--init`` falls back to the default variant here; the run then reports it.
+    """
+    if variant is None and init is not None:
+        from pdseg_cli.errors import PdsegError
+        from pdseg_cli.model.build import load_checkpoint
+
+        try:
+            variant = load_checkpoint(init).variant
+        except PdsegError:
+            pass
+    return RUNS_DIR / (variant or DEFAULT_VARIANT)
