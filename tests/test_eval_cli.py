@@ -173,6 +173,18 @@ def test_dis_te_overall_row_is_pooled(tmp_path: Path) -> None:
     assert "DIS-VD" not in data["splits"]
 
 
+def test_comma_lists_of_splits_and_isnet_prediction_folders(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)
+    for name in ("DIS-TE1", "DIS-TE2"):  # IS-Net's inference writes <out>/DIS5K-TE1/<stem>.png
+        (preds / name).rename(preds / name.replace("DIS-", "DIS5K-"))
+    args = ["--split", "DIS-TE1,DIS-TE2", "--data-root", root, "--pred", preds, "--json", "-"]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["splits"]) == {"DIS-TE1", "DIS-TE2"}
+    one = _run("--split", "DIS-TE1", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
+    assert one.exit_code == 0, one.output
+
+
 def test_split_names_and_roots_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PDSEG_DATA", raising=False)

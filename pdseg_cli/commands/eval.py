@@ -38,7 +38,7 @@ def eval_(
             "--split",
             "-s",
             help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits plus a pooled overall row), "
-            "or a folder holding gt/ (and im/). Repeat for several.",
+            "or a folder holding gt/ (and im/). Repeat, or comma-separate, for several.",
             show_default=False,
         ),
     ],
@@ -49,7 +49,7 @@ def eval_(
             "--pred",
             "-p",
             help="Score existing maps instead of running a model: <stem>.png per GT, in this folder "
-            "or in <pred>/<split>/ (required with several splits).",
+            "or in <pred>/<split>/ (required with several splits; IS-Net's <pred>/DIS5K-TE1/ too).",
             show_default=False,
         ),
     ] = None,

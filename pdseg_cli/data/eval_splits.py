@@ -68,8 +68,7 @@ def resolve_splits(
                 return  # asked twice
         out.append((name, folder))
 
-    for value in values:
-        key = value.strip()
+    for key in _split_values(values):
         canonical = names_upper.get(key.upper())
         if canonical == TEST_GROUP:
             for member in TEST_SPLITS:
@@ -95,6 +94,18 @@ def resolve_splits(
     return out, pooled
 
 
+def _split_values(values: Sequence[str]) -> list[str]:
+    """``--split`` values, a comma list split up (``DIS-TE1,DIS-TE2``, as ``--save`` takes them)
+    unless the whole value is a folder."""
+    out: list[str] = []
+    for value in values:
+        if Path(value.strip()).expanduser().is_dir():
+            out.append(value.strip())
+        else:
+            out += [part.strip() for part in value.split(",") if part.strip()]
+    return out
+
+
 def scored_split_folder(root: Path, name: str) -> Path:
     """``root / name``, checked to hold ``gt/`` (all that scoring needs).
 
@@ -113,16 +124,17 @@ def scored_split_folder(root: Path, name: str) -> Path:
 
 
 def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
-    """Where ``--pred`` keeps a split's maps: ``pred_root/<name>/`` if it exists, else ``pred_root``.
+    """Where ``--pred`` keeps a split's maps: ``pred_root/<name>/`` if it exists (or, for a DIS5K
+    split, ``pred_root/DIS5K-TE1/`` as IS-Net's inference names it), else ``pred_root``.
 
     With several splits, each must have its own subfolder.
 
     Raises:
         DataError: the folder is missing.
     """
-    sub = pred_root / name
-    if sub.is_dir():
-        return sub
+    for sub in _prediction_subfolders(pred_root, name):
+        if sub.is_dir():
+            return sub
     if several:
         raise DataError(
             f"--pred {pred_root}: no subfolder {name}/ for split {name}",
@@ -131,3 +143,12 @@ def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
     if not pred_root.is_dir():
         raise DataError(f"--pred {pred_root} is not a folder")
     return pred_root
+
+
+def _prediction_subfolders(pred_root: Path, name: str) -> list[Path]:
+    """The subfolders that may hold a split's maps: its own name, and for DIS5K splits IS-Net's
+    ``DIS5K-<suffix>`` (``DIS-TE1`` -> ``DIS5K-TE1``)."""
+    names = [name]
+    if name in EVAL_SPLITS:
+        names.append("DIS5K-" + name.removeprefix("DIS-"))
+    return [pred_root / n for n in names]
