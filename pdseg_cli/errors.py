@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Sequence
 
 
 class PdsegError(Exception):
@@ -38,6 +39,13 @@ class DataError(PdsegError):
 
 class NotAvailableError(PdsegError):
     """A feature needs something that is not installed or not present (e.g. onnxruntime, CUDA)."""
+
+
+def listing(items: Sequence[str], limit: int, sep: str = ", ") -> str:
+    """``a, b, c and 7 more``: the first ``limit`` items named, the rest counted (messages stay
+    one readable line however many files are at fault)."""
+    shown = sep.join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def first_line(exc: BaseException) -> str:

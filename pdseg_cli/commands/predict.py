@@ -128,7 +128,7 @@ def predict(
     with user_errors() if rank == 0 else _quiet_errors():
         from pdseg_cli.data.transforms import parse_color
         from pdseg_cli.engine.output_kinds import parse_save
-        from pdseg_cli.engine.predict import Predictor, parse_size
+        from pdseg_cli.engine.predict import Predictor, check_threshold, parse_size
         from pdseg_cli.engine.predict_plan import plan_predict
         from pdseg_cli.ui import prediction
 
@@ -146,10 +146,7 @@ def predict(
             background = parse_color(bg)
         except ValueError as exc:
             raise InputError(f"--bg: {exc}") from None
-        if threshold is not None and not 0.0 < threshold < 1.0:
-            raise InputError(
-                f"--threshold {threshold} must lie strictly between 0 and 1", hint="e.g. --threshold 0.5"
-            )
+        check_threshold(threshold)
         env = runtime.env_distributed()  # device and precision errors come before any file is touched
         chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
         runtime.resolve_precision(precision, chosen.device)

@@ -27,7 +27,7 @@ import numpy as np
 from pdseg_cli.data import images as imio
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
-from pdseg_cli.errors import DataError, PdsegError
+from pdseg_cli.errors import DataError, PdsegError, listing
 from pdseg_cli.metrics.reading import read_gray_u8
 
 DATA_ENV = "PDSEG_DATA"  # the DIS5K root when --data-root is not given
@@ -178,10 +178,9 @@ class PairScan:
         """
         if not self.problems:
             return
-        shown = "; ".join(self.problems[:_MAX_LISTED])
-        more = f"; and {len(self.problems) - _MAX_LISTED} more" if len(self.problems) > _MAX_LISTED else ""
         raise DataError(
-            f"{len(self.problems)} bad image/mask pair(s) in {self.folder}: {shown}{more}",
+            f"{len(self.problems)} bad image/mask pair(s) in {self.folder}: "
+            f"{listing(self.problems, _MAX_LISTED, sep='; ')}",
             hint="fix or remove these files (every image in im/ needs a mask in gt/ with the same name)",
         )
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pdseg_cli import errors
 from pdseg_cli.data.dis5k import images_by_stem
 from pdseg_cli.data.header import looks_like_image
 from pdseg_cli.errors import DataError
@@ -131,6 +132,5 @@ def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
 
 
 def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
-    """``a, b, c and 7 more``."""
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    """``a, b, c and 7 more``, at most ``MAX_LISTED`` named by default."""
+    return errors.listing(items, limit)

@@ -51,6 +51,7 @@ from pdseg_cli.engine.onnx_backend import (
     require_onnxruntime,
 )
 from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
+from pdseg_cli.model.build import train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
 from pdseg_cli.weights import SUFFIX_FORMATS
 
@@ -261,7 +262,7 @@ def build_metadata(
     return ExportMetadata(
         variant=variant,
         config=config,
-        train_size=_square_side(train_size),
+        train_size=train_side(train_size),
         mean=tuple(float(v) for v in normalization["mean"]),  # type: ignore[arg-type]
         std=tuple(float(v) for v in normalization["std"]),  # type: ignore[arg-type]
         color=str(normalization.get("color", "RGB")).upper(),
@@ -430,18 +431,9 @@ def export_checkpoint(
         variant=model.config.name,
         config=model.config.to_dict(),
         normalization=dict(model.normalization),
-        train_size=_square_side(getattr(model, "train_size", None)),
+        train_size=train_side(getattr(model, "train_size", None)),
         **options,
     )
-
-
-def _square_side(size: Any) -> int | None:
-    """A training size as one side: ints pass; a (h, w) pair gives its larger side."""
-    if size is None:
-        return None
-    if isinstance(size, (tuple, list)):
-        return int(max(size)) if size else None
-    return int(size)
 
 
 def _clone(model: nn.Module) -> nn.Module:

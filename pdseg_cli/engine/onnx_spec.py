@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pdseg_cli.errors import InputError, WeightsError
+from pdseg_cli.errors import InputError, WeightsError, listing
 
 OutputKind = Literal["probability", "logit"]
 _IMAGENET_MEAN_01 = (0.485, 0.456, 0.406)
@@ -100,9 +100,8 @@ class Signature:
         def dims(shape: tuple[int | None, ...]) -> str:
             return "x".join("?" if d is None else str(d) for d in shape)
 
-        outs = ", ".join(f"'{n}' {dims(s)}" for n, s in self.outputs[:4])
-        more = f" and {len(self.outputs) - 4} more" if len(self.outputs) > 4 else ""
-        return f"input '{self.input_name}' {dims(self.input_shape)}, outputs {outs}{more}"
+        outs = listing([f"'{n}' {dims(s)}" for n, s in self.outputs], 4)
+        return f"input '{self.input_name}' {dims(self.input_shape)}, outputs {outs}"
 
 
 @dataclass(frozen=True)

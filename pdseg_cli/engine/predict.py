@@ -39,7 +39,7 @@ from pdseg_cli.engine.onnx_backend import detect_format, load_exported
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
 from pdseg_cli.errors import InputError
-from pdseg_cli.model.build import load_model
+from pdseg_cli.model.build import load_model, train_side
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.weights import default_weights
@@ -182,7 +182,7 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.normalization: Mapping[str, Any] = getattr(model, "normalization", None) or NORMALIZATION
-        self.train_size = _side(getattr(model, "train_size", None))
+        self.train_size = train_side(getattr(model, "train_size", None))
         parsed = parse_size(size)
         fixed = getattr(model, "fixed_size", None)
         if fixed is not None and parsed is not None and parsed != fixed:
@@ -224,7 +224,7 @@ class Predictor:
         Returns:
             (H, W) uint8, the same bytes ``pdseg predict`` writes as ``<stem>.png``.
         """
-        _check_threshold(threshold)
+        check_threshold(threshold)
         logits, size = self._forward_one(image)
         return self.to_map(logits, size, threshold)
 
@@ -264,7 +264,7 @@ class Predictor:
         Up to ``batch`` consecutive images of one working size share a forward pass; their bytes can
         differ from :meth:`predict`'s by float rounding (at most 1).
         """
-        _check_threshold(threshold)
+        check_threshold(threshold)
         xs = [T.to_float_rgb(im) for im in images]
         sizes = [x.shape[:2] for x in xs]
         arrays = [self.prepare_array(x) for x in xs]
@@ -365,7 +365,7 @@ class Predictor:
         Ctrl-C stops reading at once, lets the writes in progress finish (each one is atomic),
         drops the queued ones and re-raises KeyboardInterrupt.
         """
-        _check_threshold(threshold)
+        check_threshold(threshold)
         if batch < 1:
             raise InputError(f"--batch {batch} must be at least 1")
         return predict_run.run_plan(
@@ -381,7 +381,12 @@ class Predictor:
         )
 
 
-def _check_threshold(threshold: float | None) -> None:
+def check_threshold(threshold: float | None) -> None:
+    """Refuse a threshold outside (0, 1): 0 or 1 would give an all-white or all-black mask.
+
+    Raises:
+        InputError: naming the value and an example.
+    """
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise InputError(
             f"--threshold {threshold} must lie strictly between 0 and 1", hint="e.g. --threshold 0.5"
@@ -404,12 +409,3 @@ def describe_model(model: Any) -> str:
     if provenance.get("data"):
         return f"{text} on {provenance['data']}"
     return text
-
-
-def _side(train_size: Any) -> int | None:
-    """A checkpoint's training size (an int, or an (H, W) pair) as one side length."""
-    if train_size is None:
-        return None
-    if isinstance(train_size, (tuple, list)):
-        return int(max(train_size)) if train_size else None
-    return int(train_size)

@@ -34,7 +34,7 @@ from torch import nn
 
 from pdseg_cli import __version__
 from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
-from pdseg_cli.errors import InputError, WeightsError, first_line
+from pdseg_cli.errors import InputError, WeightsError, first_line, listing
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.model.registry import check_decoder
@@ -74,6 +74,15 @@ class Checkpoint:
     @property
     def variant(self) -> str:
         return self.config.name
+
+
+def train_side(train_size: Any) -> int | None:
+    """A checkpoint's training size (an int, or an (H, W) pair) as one side length: the larger."""
+    if train_size is None:
+        return None
+    if isinstance(train_size, (tuple, list)):
+        return int(max(train_size)) if train_size else None
+    return int(train_size)
 
 
 def create_model(variant: str | ModelConfig) -> PDSeg:
@@ -325,9 +334,7 @@ def _mismatch_message(
         ("with another shape (file vs model)", shaped),
     ):
         if items:
-            shown = ", ".join(items[:_MAX_KEYS_SHOWN])
-            more = f" and {len(items) - _MAX_KEYS_SHOWN} more" if len(items) > _MAX_KEYS_SHOWN else ""
-            parts.append(f"{len(items)} {label}: {shown}{more}")
+            parts.append(f"{len(items)} {label}: {listing(items, _MAX_KEYS_SHOWN)}")
     return "; ".join(parts) or None
 
 

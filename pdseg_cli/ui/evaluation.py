@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from pdseg_cli import ui
+from pdseg_cli.errors import listing
 from pdseg_cli.metrics.table import TABLE_METRICS
 
 _MAX_LISTED = 10  # warnings shown one per line; the rest are counted
@@ -111,8 +112,7 @@ def written(kind: str, path: Any) -> None:
 
 
 def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    return listing(items, limit)
 
 
 def _hw(size: tuple[int, int]) -> str:
