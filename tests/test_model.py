@@ -297,6 +297,12 @@ def test_config_is_frozen_and_validated() -> None:
 
 def test_the_model_names_a_wrong_input_dtype() -> None:
     model = create_model("pdseg-tiny").eval()
-    for dtype in (torch.uint8, torch.float64):
-        with pytest.raises(TypeError, match=f"normalised float32 tensor .* got {dtype}"):
+    with pytest.raises(TypeError, match="normalised float32 tensor .* got torch.uint8"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=f"got a {dtype} tensor for torch.float32 weights"):
             model(torch.zeros(1, 3, 32, 32, dtype=dtype))
+    with pytest.raises(TypeError, match="got a torch.float32 tensor for torch.bfloat16 weights"):
+        create_model("pdseg-tiny").eval().bfloat16()(torch.zeros(1, 3, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per operator: any float goes
+        assert model(torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 1, 32, 32)

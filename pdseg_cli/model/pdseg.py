@@ -89,10 +89,15 @@ class PDSeg(nn.Module):
                 bytes, or float64 from numpy), which torch would report deep inside a convolution.
         """
         weights = next(self.parameters()).dtype  # float64 is fine for a model made float64
-        if not x.is_floating_point() or (x.dtype == torch.float64 and weights != torch.float64):
+        if not x.is_floating_point():
             raise TypeError(
                 f"model(x) takes a normalised float32 tensor (B, 3, H, W), got {x.dtype}: use "
                 "Predictor for images, or x.float() after normalising as model.normalization says"
+            )
+        if x.dtype != weights and not _autocast_on(x.device.type):  # autocast casts per operator
+            raise TypeError(
+                f"model(x) got a {x.dtype} tensor for {weights} weights: use x.to({weights}) (after "
+                "normalising as model.normalization says), or run under torch.autocast"
             )
         size = x.shape[-2:]
         x = pad_input(x, self.config.pad_multiple)
@@ -219,3 +224,11 @@ def final_map_ceiling(model: nn.Module) -> float | None:
     if bool((classifier.weight > 0).any()):
         return None
     return float(torch.sigmoid(classifier.bias.detach().float().max()))
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch < 2.4 has no device argument)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
