@@ -342,3 +342,15 @@ def test_an_int32_tiff_holding_8bit_values_reads_as_8bit(tmp_path: Path) -> None
     got = imio.read_image(tmp_path / "i.tif").pixels
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, eight)
+
+
+def test_an_8bit_palette_tiff_reads_as_8bit_rgb(tmp_path: Path) -> None:
+    index = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    colours = np.zeros((3, 256), dtype=np.uint16)
+    colours[:, 1] = [255 * 257, 0, 128 * 257]  # the spec's 16-bit colours: red-violet
+    colours[:, 2] = [0, 65535, 0]
+    tifffile.imwrite(tmp_path / "pal.tif", index, photometric="palette", colormap=colours)
+    pixels = imio.read_image(tmp_path / "pal.tif").pixels
+    assert pixels.dtype == np.uint8  # so --save alpha writes an 8-bit PNG, as for other 8-bit inputs
+    assert pixels[0, 1].tolist() == [255, 0, 128] and pixels[1, 0].tolist() == [0, 255, 0]
+    assert pixels[0, 0].tolist() == [0, 0, 0]

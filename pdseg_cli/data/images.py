@@ -207,8 +207,12 @@ def _tiff_to_hwc(
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     if photometric == _PHOTOMETRIC_PALETTE and colormap is not None and array.ndim == 2:
-        # colormap (3, 2**bits) uint16 -> RGB uint16
-        array = np.moveaxis(np.asarray(colormap)[:, array], 0, -1)
+        # colormap (3, 2**bits): 16-bit colours by the TIFF spec, but an 8-bit palette image is an
+        # 8-bit picture (readers take the high byte), and some writers store 0..255 values as is
+        cmap = np.asarray(colormap)
+        if array.dtype == np.uint8:
+            cmap = (cmap if cmap.max() < 256 else cmap >> 8).astype(np.uint8)
+        array = np.moveaxis(cmap[:, array], 0, -1)
     elif photometric == _PHOTOMETRIC_MINISWHITE and array.ndim == 2:
         array = _invert(array)
     elif photometric == _PHOTOMETRIC_SEPARATED and array.ndim == 3 and array.shape[2] >= 4:
