@@ -85,6 +85,14 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     (split / "gt" / "holes_soft_pred.png").write_bytes(b"")
     bad_gt = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
     assert bad_gt.exit_code == 2 and "holes_soft_pred.png" in bad_gt.output
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    for gt in (split / "gt").glob("*.png"):
+        cv2.imwrite(str(floats / f"{gt.stem}.tif"), np.zeros((8, 8), np.float32))
+    as_float = _run("--split", split, "--pred", floats, cache=tmp_path / "c")
+    assert as_float.exit_code == 2 and "a 32-bit float map, which the DIS metric tools do not read" in flat(
+        as_float.output
+    )
 
 
 def test_empty_folders_and_unpaired_stems(tmp_path: Path) -> None:

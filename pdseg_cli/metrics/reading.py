@@ -73,6 +73,13 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
             array = None
     if array is None or array.ndim != 2 or array.size == 0:
         kind = path.suffix.lstrip(".").upper() or "image"
+        unchanged = _decode_unchanged(data) if data else None
+        if unchanged is not None and unchanged.dtype.kind == "f":
+            raise InputError(  # OpenCV's grayscale read, the reference tools' too, refuses float maps
+                f"{path}: a {unchanged.dtype.itemsize * 8}-bit float map, which the DIS metric tools "
+                "do not read",
+                hint="save 8-bit maps (byte = floor(255 p), as `pdseg predict` writes them)",
+            )
         raise InputError(
             f"{path}: cannot decode (empty, truncated, corrupt or not a {kind} file)"
             + (f"; the decoder said: {said[0]}" if said else "")
@@ -101,12 +108,7 @@ def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
     """
     if data[:8] == _PNG_SIGNATURE and len(data) >= 26:
         return data[24] == 16, _PNG_COLOUR_TYPES.get(data[25])
-    try:  # the same bytes again: what the decoder says was said by the first decode
-        raw, _ = native_messages.decode(
-            lambda: cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        )
-    except cv2.error:
-        raw = None
+    raw = _decode_unchanged(data)  # what the decoder says was said by the first decode
     if raw is None:
         return False, None
     if path.suffix.lower() in (".tif", ".tiff"):
@@ -117,3 +119,14 @@ def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
         if not (np.array_equal(b, g) and np.array_equal(g, r)):
             return raw.dtype == np.uint16, "RGB"
     return raw.dtype == np.uint16, None
+
+
+def _decode_unchanged(data: bytes) -> np.ndarray | None:
+    """The file's samples as stored (``IMREAD_UNCHANGED``), or None where OpenCV cannot decode it."""
+    try:
+        raw, _ = native_messages.decode(
+            lambda: cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        )
+    except cv2.error:
+        return None
+    return raw
