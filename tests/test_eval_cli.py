@@ -446,3 +446,16 @@ def test_json_and_csv_outputs_go_to_stdout_or_distinct_files(tmp_path: Path) -> 
     assert as_json.exit_code == 0 and json.loads(as_json.stdout)["settings"]["gt_folders"] == {
         "s": str((split / "gt").resolve())
     }
+
+
+def test_masks_kept_only_in_an_alpha_channel_are_named(tmp_path: Path) -> None:
+    (tmp_path / "set" / "gt").mkdir(parents=True)
+    (tmp_path / "pred").mkdir()
+    for i in range(2):
+        rgba = np.zeros((32, 40, 4), np.uint8)  # black everywhere, the object only in alpha
+        rgba[8:24, 10:30, 3] = 255
+        cv2.imwrite(str(tmp_path / "set" / "gt" / f"a{i}.png"), rgba)
+        cv2.imwrite(str(tmp_path / "pred" / f"a{i}.png"), rgba[..., 3])
+    result = _run("--split", tmp_path / "set", "--pred", tmp_path / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert "the mask is probably in the alpha channel" in flat(result.stderr) and "a0.png" in result.stderr

@@ -105,6 +105,11 @@ NOTE_TEXT = {
     "--pred?): read as gray luminance 0.299 R + 0.587 G + 0.114 B",
     "gt_damaged": "GT files are damaged (their decoder reported corrupt data): parts may read wrong",
     "pred_damaged": "prediction files are damaged (the decoder reported corrupt data): parts may read wrong",
+    "gt_alpha": "GT files have an alpha channel and one uniform colour: the mask is probably in the "
+    "alpha channel, which is ignored (as in the reference tools), so they read as blank; save masks as "
+    "gray PNGs",
+    "pred_alpha": "prediction files have an alpha channel and one uniform colour: the map is probably in the "
+    "alpha channel, which is ignored (as in the reference tools); save maps as gray PNGs",
     "gt_empty": f"GT masks have no pixel above {GT_THRESHOLD} (0/1 masks?): they read as empty GTs "
     "(all background), as in the reference tools; store masks as 0/255",
 }
@@ -118,6 +123,8 @@ def file_notes(mask: MaskFile, role: str) -> list[str]:
         kinds.append(f"{prefix}_16bit")
     if mask.colour:
         kinds.append(f"{prefix}_colour")
+        if mask.colour in ("RGBA", "gray+alpha") and int(mask.array.min()) == int(mask.array.max()):
+            kinds.append(f"{prefix}_alpha")
     if mask.decoder_said:
         kinds.append(f"{prefix}_damaged")
     if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
