@@ -48,6 +48,11 @@ def listing(items: Sequence[str], limit: int, sep: str = ", ") -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``; ``counted(2, "process", "processes")``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def first_line(exc: BaseException) -> str:
     """The first sentence of an exception's message (its type's name if empty), for a one-line error."""
     lines = str(exc).strip().splitlines()

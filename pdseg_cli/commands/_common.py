@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pdseg_cli import runtime, ui
-from pdseg_cli.errors import PdsegError, os_error_line
+from pdseg_cli.errors import PdsegError, counted, os_error_line
 
 # metavar of on/off options: they take no value, so no type column (Typer shows "<bool>", and a
 # user then types `--tta true`)
@@ -50,7 +50,7 @@ def use_threads(threads: int | None, *, quiet: bool = False) -> None:
     cores = runtime.usable_cores()
     if threads is None and chosen is not None and chosen < cores and not quiet:
         ui.info(
-            f"{chosen} compute thread{'s' if chosen != 1 else ''}: {cores - chosen} of {cores} cores are "
+            f"{counted(chosen, 'compute thread')}: {cores - chosen} of {cores} cores are "
             f"busy with other work (--threads {cores} uses them all anyway)"
         )
 

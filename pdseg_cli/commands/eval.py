@@ -24,7 +24,7 @@ from pdseg_cli.commands._common import (
     use_threads,
     user_errors,
 )
-from pdseg_cli.errors import DataError, InputError
+from pdseg_cli.errors import DataError, InputError, counted
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -259,11 +259,13 @@ def _run_model(
         problems += failed.values()
         if problems and not allow_missing:
             raise DataError(
-                f"{name}: {len(problems)} GT masks get no prediction: {listing(problems, 10)}",
+                f"{name}: {counted(len(problems), 'GT mask')} without a prediction: {listing(problems, 10)}",
                 hint="fix or add the images, or pass --allow-missing to score the others",
             )
         if problems:
-            ui.warn(f"{name}: {len(problems)} GT masks get no prediction: {listing(problems, 10)}")
+            ui.warn(
+                f"{name}: {counted(len(problems), 'GT mask')} without a prediction: {listing(problems, 10)}"
+            )
         # a reused --save-preds folder may hold maps of these stems from an earlier run: not scored
         plans.append(plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed]))
     settings = {

@@ -210,8 +210,9 @@ def train(
 
     Run folder (--out): last.pt (EMA weights + training state), best.pt (best val maxF), results.csv.
 
-    Ctrl-C saves last.pt; --resume continues the run from it, exactly (a larger --epochs extends
-    it instead: the learning rate then decays over the new length).
+    Ctrl-C saves last.pt; --resume continues the run from it, exactly.
+
+    A larger --epochs with --resume extends the run: the learning rate then decays over the new length.
 
     Several GPUs: torchrun --nproc-per-node N -m pdseg_cli train ... (--batch is per GPU).
 

@@ -50,7 +50,7 @@ from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
 from pdseg_cli.engine.eval_pairs import PairPlan, check_missing, list_maps, listing, plan_pairs
 from pdseg_cli.engine.eval_report import EvalReport, ImageRecord, PooledResult, SplitResult
-from pdseg_cli.errors import DataError, InputError
+from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
 from pdseg_cli.metrics.common import GT_THRESHOLD
@@ -139,7 +139,7 @@ def _grouped_notes(records: Sequence[ImageRecord]) -> list[str]:
         for kind, path in r.notes:
             files.setdefault(kind, []).append(path)
     return [
-        f"{NOTE_TEXT[kind]} ({len(paths)} file{'s' if len(paths) != 1 else ''}): {listing(paths, 5)}"
+        f"{NOTE_TEXT[kind]} ({counted(len(paths), 'file')}): {listing(paths, 5)}"
         for kind, paths in files.items()
     ]
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from pdseg_cli import ui
-from pdseg_cli.errors import listing
+from pdseg_cli.errors import counted, listing
 from pdseg_cli.metrics.table import TABLE_METRICS
 
 _MAX_LISTED = 10  # warnings shown one per line; the rest are counted
@@ -20,7 +20,8 @@ def start(n_images: int, split_names: Sequence[str], jobs: int, cache: str | Non
     splits = ", ".join(split_names)
     cache_text = f"GT cache {cache}" if cache else "GT cache off"
     ui.info(
-        f"scoring {n_images} image{'s' if n_images != 1 else ''} ({splits}) · {jobs} processes · {cache_text}"
+        f"scoring {counted(n_images, 'image')} ({splits}) · {counted(jobs, 'process', 'processes')} · "
+        f"{cache_text}"
     )
 
 
@@ -92,8 +93,8 @@ def notes(report: Any) -> None:
                 )
         if split.missing:
             ui.warn(
-                f"{split.name}: {len(split.missing)} GT masks without a usable prediction were left out "
-                f"(--allow-missing): {_listing(split.missing)}"
+                f"{split.name}: {counted(len(split.missing), 'GT mask')} without a usable prediction left "
+                f"out (--allow-missing): {_listing(split.missing)}"
             )
         if split.unmatched:
             ui.warn(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pdseg_cli import ui
+from pdseg_cli.errors import counted
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -50,9 +51,7 @@ def done(report: Any) -> None:
     opset = f", opset {meta.opset}" if meta.opset is not None else ""
     n = len(report.checks)
     checked = (
-        f"max |dp| {report.max_abs_diff:.2e} over {n} shape{'s' if n > 1 else ''}"
-        if n
-        else "not checked: --no-check"
+        f"max |dp| {report.max_abs_diff:.2e} over {counted(n, 'shape')}" if n else "not checked: --no-check"
     )
     ui.info(
         f"wrote {report.path} ({_size(report.size_bytes)}, {meta.variant}, {meta.precision}{opset}; "

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pdseg_cli import ui
+from pdseg_cli.errors import counted
 
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
@@ -26,7 +27,7 @@ def start(
     if model:
         ui.info(f"model {model}")
     parts = [f"device {device_reason}", f"precision {precision}", f"size {size}"]
-    files = f"{todo} image{'s' if todo != 1 else ''} to do"
+    files = f"{counted(todo, 'image')} to do"
     if skipped:
         files += f", {skipped} skipped (outputs exist)"
     parts.append(files)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pdseg_cli import ui
+from pdseg_cli.errors import counted
 
 
 class TrainingView:
@@ -136,7 +137,7 @@ def summary(result: Any, resume_command: str) -> None:
     if result.best is not None:
         ui.info(f"best val maxF {result.best_maxf:.4f} at epoch {result.best_epoch}: {result.best}")
     ui.info(
-        f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}, {result.steps} steps in "
+        f"{counted(result.epochs, 'epoch')}, {counted(result.steps, 'step')} in "
         f"{_seconds(result.wall_time_s)}; last: {result.last}"
     )
 
