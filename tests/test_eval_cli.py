@@ -205,6 +205,8 @@ def test_split_names_and_roots_fail_clearly(tmp_path: Path, monkeypatch: pytest.
     (root / "DIS-TE3" / "gt").rename(root / "DIS-TE3" / "masks")
     result = _run("--split", "DIS-TE3", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
     assert result.exit_code == 2 and "split DIS-TE3 has no gt/ subfolder" in flat(result.output)
+    result = _run("--split", "DIS-TE1", "--data-root", tmp_path, "--pred", preds, cache=tmp_path / "c")
+    assert result.exit_code == 2 and f"did you mean --data-root {root}?" in flat(result.output)
     result = _run("--split", "DIS-TE5", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
     assert result.exit_code == 2 and "not a DIS5K split name nor a folder" in flat(result.output)
     assert "did you mean" in flat(result.output)

@@ -120,6 +120,17 @@ def test_cli_missing_dis5k_root_says_where_it_looked(tmp_path: Path, monkeypatch
     result = runner.invoke(app, ["train", "--epochs", "1", "--variant", "pdseg-tiny", "--device", "cpu"])
     assert result.exit_code == 2
     assert "DIS5K" in result.output and "--data-root" in flat(result.output)
+    (tmp_path / "DIS5K").mkdir()
+    make_dataset(tmp_path / "DIS5K" / "DIS-TR", 2)
+    args = ["train", "--epochs", "1", "--variant", "pdseg-tiny", "--device", "cpu"]
+    no_vd = runner.invoke(app, args)
+    assert (
+        no_vd.exit_code == 2 and "--val DIR" in flat(no_vd.output) and "--val-every 0" in flat(no_vd.output)
+    )
+    too_high = runner.invoke(app, [*args, "--data-root", str(tmp_path)])
+    assert too_high.exit_code == 2 and f"did you mean --data-root {tmp_path / 'DIS5K'}?" in flat(
+        too_high.output
+    )
     assert not (tmp_path / "runs").exists()  # a run that never started leaves no empty folder
 
 

@@ -72,8 +72,13 @@ def resolve_root(data_root: str | os.PathLike[str] | None, layout: str | None = 
     return root
 
 
-def split_folder(root: Path, split: str) -> Path:
+def split_folder(root: Path, split: str, otherwise: str | None = None) -> Path:
     """``root / split``, checked to hold ``im/`` and ``gt/``.
+
+    Args:
+        root: the DIS5K root.
+        split: e.g. ``DIS-TR``.
+        otherwise: what else the user can do, added to the hint when the split is missing.
 
     Raises:
         DataError: the split folder or its ``im``/``gt`` subfolders are missing.
@@ -81,11 +86,23 @@ def split_folder(root: Path, split: str) -> Path:
     folder = root / split
     if not folder.is_dir():
         present = [s for s in SPLITS if (root / s).is_dir()]
+        hint = nested_root_hint(root, split) or (
+            f"the root holds {', '.join(present)}" if present else "is this the DIS5K folder?"
+        )
         raise DataError(
-            f"split {split} not found under {root}",
-            hint=f"the root holds {', '.join(present)}" if present else "is this the DIS5K folder?",
+            f"split {split} not found under {root}", hint=hint + (f"; {otherwise}" if otherwise else "")
         )
     return check_dataset_folder(folder)
+
+
+def nested_root_hint(root: Path, split: str) -> str | None:
+    """``did you mean --data-root ROOT/DIS5K?`` when a subfolder of ``root`` holds ``split``: the
+    folder the archive unpacks into, given one level too high."""
+    try:
+        inner = sorted(d for d in root.iterdir() if (d / split).is_dir())
+    except OSError:
+        return None
+    return f"did you mean --data-root {inner[0]}?" if inner else None
 
 
 def check_dataset_folder(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> Path:

@@ -19,6 +19,7 @@ from pdseg_cli.data.dis5k import (
     MASK_EXT,
     TEST_SPLITS,
     VAL_SPLIT,
+    nested_root_hint,
     resolve_root,
 )
 from pdseg_cli.errors import DataError
@@ -116,9 +117,10 @@ def scored_split_folder(root: Path, name: str) -> Path:
     if not (folder / MASK_DIR).is_dir():
         present = [s for s in EVAL_SPLITS if (root / s / MASK_DIR).is_dir()]
         what = "not found" if not folder.is_dir() else f"has no {MASK_DIR}/ subfolder"
+        nested = nested_root_hint(root, name) if not folder.is_dir() else None
         raise DataError(
             f"split {name} {what} under the DIS5K root {root}",
-            hint=(f"the root holds {', '.join(present)}; " if present else "") + SPLIT_LAYOUT,
+            hint=nested or ((f"the root holds {', '.join(present)}; " if present else "") + SPLIT_LAYOUT),
         )
     return folder
 

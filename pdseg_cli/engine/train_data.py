@@ -124,7 +124,11 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
     elif cfg.val_dir is not None:
         val = dis5k.check_dataset_folder(cfg.val_dir)
     elif root is not None:
-        val = dis5k.split_folder(root, dis5k.VAL_SPLIT)
+        val = dis5k.split_folder(
+            root,
+            dis5k.VAL_SPLIT,
+            otherwise="or validate on another folder (--val DIR), or on none (--val-every 0)",
+        )
     folders = tuple(t.resolve() for t in train)
     twice = sorted({str(d) for d in folders if folders.count(d) > 1})
     if twice:  # its images would be drawn twice as often as the others'
