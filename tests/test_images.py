@@ -354,3 +354,38 @@ def test_an_8bit_palette_tiff_reads_as_8bit_rgb(tmp_path: Path) -> None:
     assert pixels.dtype == np.uint8  # so --save alpha writes an 8-bit PNG, as for other 8-bit inputs
     assert pixels[0, 1].tolist() == [255, 0, 128] and pixels[1, 0].tolist() == [0, 255, 0]
     assert pixels[0, 0].tolist() == [0, 0, 0]
+
+
+def test_tiff_orientation_tag_is_applied_as_opencv_applies_exif(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.tif"
+        tifffile.imwrite(path, rgb, photometric="rgb", extratags=[(274, 3, 1, orientation, True)])
+        opencv = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        np.testing.assert_array_equal(imio.read_image(path).pixels, opencv, err_msg=str(orientation))
+
+
+def test_an_unassociated_alpha_tiff_read_by_libtiff_keeps_its_colours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a compression tifffile cannot decode without imagecodecs (e.g. LZW) falls back on OpenCV's
+    # libtiff, whose RGBA reader multiplies the colours of unassociated-alpha images by alpha
+    rgba = np.zeros((6, 4, 4), np.uint8)
+    rgba[..., :3] = (50, 100, 200)
+    rgba[:2, :, 3], rgba[2:4, :, 3] = 255, 128  # the last two rows fully transparent
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(
+        path, rgba, photometric="rgb", extrasamples=["unassalpha"], extratags=[(274, 3, 1, 6, True)]
+    )
+
+    def no_codec(*args: object, **kwargs: object) -> None:
+        raise ImportError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+    loaded = imio.read_image(path)
+    assert loaded.pixels.shape == (4, 6, 3)  # orientation 6 applied
+    kept = loaded.pixels[:, 2:].reshape(-1, 3).astype(int)  # the rows of alpha 255 and 128
+    assert np.abs(kept - [50, 100, 200]).max() <= 1  # 8-bit premultiplying rounds: one level back
+    assert (
+        loaded.pixels[:, :2].max() == 0 and "8 fully transparent pixels read as black" in loaded.warnings[0]
+    )

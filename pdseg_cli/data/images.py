@@ -3,13 +3,15 @@
 Reading keeps the sample type: 8-bit files come back as uint8, 16-bit files as uint16 and
 floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on the way:
 
-* EXIF orientation is applied (JPEG, PNG, WebP: OpenCV does it when reading in colour).
+* EXIF orientation is applied (JPEG, PNG, WebP: OpenCV does it when reading in colour), and so
+  is a TIFF's Orientation tag.
 * Grayscale is repeated into three channels; CMYK JPEGs and TIFFs are converted to RGB.
 * An alpha channel is dropped: pdseg segments the colours, whatever the alpha says.
 * TIFFs are read with tifffile (8/16/32-bit integer and float, gray/RGB/RGBA, planar or
   interleaved, BigTIFF, compressed). A multi-page TIFF gives its first page and a warning.
   A compression that tifffile cannot decode without ``imagecodecs`` (LZW, JPEG, PackBits...) is
-  read through OpenCV's libtiff instead.
+  read through OpenCV's libtiff instead; its RGBA reader multiplies the colours of an
+  unassociated-alpha image by alpha, which is undone (fully transparent pixels stay black).
 
 Writing always goes through a temporary file in the target folder and ``os.replace``: a crash,
 an exception or Ctrl-C leaves either the old file or the complete new one, never a partial file.
@@ -23,6 +25,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -120,15 +123,13 @@ def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
     return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _read_cv2(path: Path, warnings: list[str]) -> np.ndarray:
+def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        array, messages = native_messages.decode(
-            lambda: cv2.imdecode(data, _CV2_FLAGS) if data.size else None
-        )
+        array, messages = native_messages.decode(lambda: cv2.imdecode(data, flags) if data.size else None)
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
     if array is None:
@@ -152,11 +153,15 @@ def _opencv_reason(exc: BaseException) -> str:
 def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     import tifffile
 
+    extra_samples: tuple[int, ...] = ()
+    tags: dict[int, Any] = {}
     try:
         with tifffile.TiffFile(path) as tif:
             if len(tif.pages) > 1:
                 warnings.append(f"{path}: multi-page TIFF ({len(tif.pages)} pages), the first page is used")
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+            tags = {tag.code: tag.value for tag in page.tags.values()}
+            extra_samples = tuple(np.atleast_1d(tags.get(_TAG_EXTRA_SAMPLES, ())).tolist())
             array = page.asarray()
             axes = page.axes
             photometric = int(page.photometric)
@@ -164,27 +169,61 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     except tifffile.TiffFileError as exc:
         raise InputError(f"{path}: not a valid TIFF ({exc})") from None
     except (KeyError, ImportError, NotImplementedError, ValueError) as exc:
-        # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits): OpenCV's libtiff
-        array = _read_cv2_or_none(path, warnings)
+        # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits): OpenCV's
+        # libtiff, which applies the Orientation tag itself
+        unassociated = _UNASSOCIATED_ALPHA in extra_samples
+        array = _read_cv2_or_none(path, warnings, cv2.IMREAD_UNCHANGED if unassociated else _CV2_FLAGS)
         if array is None:
             codec = "imagecodecs" in str(exc)
             raise InputError(
                 f"{path}: cannot decode this TIFF ({exc})",
                 hint="pip install imagecodecs adds the TIFF compressions tifffile lacks" if codec else None,
             ) from None
+        if unassociated and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 4:
+            # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way)
+            array = _unpremultiply(array, path, warnings)[..., :3]
         return array[..., ::-1] if array.ndim == 3 else array
     except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
-    return _tiff_to_hwc(array, axes, photometric, colormap, path)
+    return orient(_tiff_to_hwc(array, axes, photometric, colormap, path), int(tags.get(_TAG_ORIENTATION, 1)))
 
 
-def _read_cv2_or_none(path: Path, warnings: list[str]) -> np.ndarray | None:
+def _unpremultiply(bgra: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
+    """Undo libtiff's RGBA reader, which multiplies the colours of an unassociated-alpha image by
+    its alpha: the colours come back where alpha > 0; where alpha is 0 they are lost (black)."""
+    alpha = bgra[..., 3:].astype(np.float32)
+    scale = np.divide(255.0, alpha, out=np.zeros_like(alpha), where=alpha > 0)
+    colour = np.clip(np.rint(bgra[..., :3] * scale), 0, 255).astype(bgra.dtype)
+    lost = int((alpha == 0).sum())
+    if lost:
+        warnings.append(
+            f"{path}: {lost:,} fully transparent pixels read as black (this compression is decoded by "
+            "libtiff, which drops their colour; pip install imagecodecs reads them as stored)"
+        )
+    return np.concatenate([colour, bgra[..., 3:]], axis=2)
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) as a viewer shows it, by the EXIF/TIFF Orientation value (1-8;
+    others are left as stored): 2 mirrors, 3 turns 180 degrees, 6 turns 90 degrees clockwise, ..."""
+    if orientation in (5, 6, 7, 8):
+        array = np.swapaxes(array, 0, 1)  # transpose: 5 itself
+        array = {5: array, 6: array[:, ::-1], 7: array[::-1, ::-1], 8: array[::-1]}[orientation]
+    elif orientation in (2, 3, 4):
+        array = {2: array[:, ::-1], 3: array[::-1, ::-1], 4: array[::-1]}[orientation]
+    return np.ascontiguousarray(array)
+
+
+def _read_cv2_or_none(path: Path, warnings: list[str], flags: int = _CV2_FLAGS) -> np.ndarray | None:
     try:
-        return _read_cv2(path, warnings)
+        return _read_cv2(path, warnings, flags)
     except InputError:
         return None
 
 
+_TAG_ORIENTATION = 274
+_TAG_EXTRA_SAMPLES = 338
+_UNASSOCIATED_ALPHA = 2  # ExtraSamples value: alpha not multiplied into the colours
 _PHOTOMETRIC_MINISWHITE = 0
 _PHOTOMETRIC_PALETTE = 3
 _PHOTOMETRIC_SEPARATED = 5  # CMYK
