@@ -406,6 +406,21 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
     assert (out2 / "x" / "y" / "deep.png").is_file()
 
 
+def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path) -> None:
+    from pdseg_cli.engine.predict_plan import collect_inputs
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    cv2.imwrite(str(src / "sub" / "ok.png"), _img(20, 30))
+    (src / "loop1.jpg").symlink_to("loop2.jpg")
+    (src / "loop2.jpg").symlink_to("loop1.jpg")
+    (src / "gone.jpg").symlink_to("nowhere.jpg")
+    for recursive in (False, True):
+        images, others = collect_inputs([src], recursive=recursive)
+        assert [f.path.name for f in images] == (["ok.png"] if recursive else [])
+        assert sorted(p.name for p in others) == ["gone.jpg", "loop1.jpg", "loop2.jpg"]
+
+
 def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

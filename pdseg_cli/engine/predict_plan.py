@@ -60,7 +60,11 @@ def collect_inputs(
     exclude_r = exclude.resolve() if exclude is not None else None
 
     def add(path: Path, rel_dir: Path) -> None:
-        key = path.resolve()
+        try:
+            key = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a broken link or a link loop (RuntimeError before 3.13)
+            not_images.append(path)
+            return
         if key in seen:
             return
         seen.add(key)
@@ -81,7 +85,8 @@ def collect_inputs(
                 )
                 files.extend(d / n for n in sorted(filenames))
         else:
-            files = sorted(p for p in root.iterdir() if p.is_file())
+            # links that lead nowhere too, so that they are counted with the files not read
+            files = sorted(p for p in root.iterdir() if p.is_file() or (p.is_symlink() and not p.is_dir()))
         for p in files:
             if p.name.startswith("."):
                 continue
