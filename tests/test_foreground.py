@@ -64,3 +64,14 @@ def test_composites_on_white_lose_the_green_fringe(tmp_path: Path) -> None:
     shown = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["predict", "--help"])
     assert "--no-refine-foreground" in shown.output
     cv2.imwrite(str(tmp_path / "x.png"), refined)
+
+
+def test_bands_of_rows_give_the_whole_image_result() -> None:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (300, 80, 3), dtype=np.uint8)
+    soft = cv2.GaussianBlur((rng.random((300, 80)) > 0.5).astype(np.float32), (0, 0), 6)
+    byte_map = (soft * 255).astype(np.uint8)
+    byte_map[120:180] = 255  # a band with nothing fractional is skipped, and still exact
+    whole = estimate_foreground(pixels, byte_map, band_rows=300)
+    for rows in (7, 60, 97):  # narrower than the blurs' reach, too
+        np.testing.assert_array_equal(estimate_foreground(pixels, byte_map, band_rows=rows), whole)

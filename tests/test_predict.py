@@ -297,6 +297,49 @@ def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) 
     assert _no_temporaries(out)
 
 
+def test_out_of_memory_in_any_runtime_fails_one_image_not_the_run(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Fail(Exception):  # ONNX Runtime's errors are not RuntimeErrors
+        pass
+
+    real = Predictor.forward
+    calls = []
+
+    def forward(self: Predictor, arrays: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Fail(
+                "[ONNXRuntimeError] : 1 : FAIL : bfc_arena.cc:359 Failed to allocate memory for a buffer"
+            )
+        return real(self, arrays)
+
+    monkeypatch.setattr(Predictor, "forward", forward)
+    out = tmp_path / "out"
+    result = _run(folder, "-o", out, "-w", ckpt, "--threads", "1")
+    assert result.exit_code == 1, result.output
+    text = no_space(result.output)
+    assert "outofmemoryoncpu" in text and "--devicecpu" not in text and "Traceback" not in text
+    assert len(list(out.glob("*.png"))) == 2  # the other images were still segmented
+
+
+def test_out_of_memory_making_a_cutout_names_the_option_that_saves_it(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict_run as predict_run
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise cv2.error(
+            "OpenCV(4.x) alloc.cpp:73: error: (-4:Insufficient memory) Failed to allocate 1296000000 bytes"
+        )
+
+    monkeypatch.setattr(predict_run, "estimate_foreground", no_memory)
+    result = _run(folder / "a.jpg", "-o", tmp_path / "out", "-w", ckpt, "--save", "alpha")
+    assert result.exit_code == 1, result.output
+    text = no_space(result.output)
+    assert "outofmemorymakinga_alpha.png" in text and "--no-refine-foregroundneedsfarless" in text
+
+
 def test_skip_existing_resumes(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     out = tmp_path / "out"
     assert _run(folder, "-o", out, "-w", ckpt).exit_code == 0

@@ -27,7 +27,7 @@ from pdseg_cli.data.foreground import estimate_foreground
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
 from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSummary, merge_summaries
-from pdseg_cli.errors import PdsegError
+from pdseg_cli.errors import PdsegError, first_line
 
 Size = int | Literal["full"]  # a working size: N (NxN) or the image's own
 ProgressCallback = Callable[[FileResult], None]
@@ -206,12 +206,13 @@ class _FolderRun:
             maps = [
                 predictor.to_map(logits[k : k + 1], g.orig_size, self.threshold) for k, g in enumerate(group)
             ]
-        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError included
+        except Exception as exc:  # torch's, numpy's and ONNX Runtime's out-of-memory errors alike
             if not runtime.is_out_of_memory(exc):
                 raise
             if predictor.device.type == "cuda":
                 torch.cuda.empty_cache()
-            why = "out of memory on " + str(predictor.device) + _oom_hint(predictor.size, len(group))
+            on_gpu = predictor.device.type == "cuda"
+            why = "out of memory on " + str(predictor.device) + _oom_hint(predictor.size, len(group), on_gpu)
             for g in group:
                 self.finish(_failed(g.item, why))
             return
@@ -275,7 +276,16 @@ def _write_outputs(
         why = f"cannot write {path} ({exc.strerror or exc})"
         return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
     except Exception as exc:  # an encoder error must not stop the run
-        why = f"cannot write {path} ({type(exc).__name__}: {exc})"
+        if runtime.is_out_of_memory(exc):
+            refine = plan.refine_foreground and any(OUTPUT_KINDS[name].uses_image for name in plan.save)
+            why = f"out of memory making {path.name}" + (
+                " (the foreground colour estimate holds several float copies of the image: "
+                "--no-refine-foreground needs far less)"
+                if refine
+                else ""
+            )
+        else:
+            why = f"cannot write {path} ({type(exc).__name__}: {first_line(exc)})"
         return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
     return FileResult(item.path, "done", written, None, prepared.warnings, item.index)
 
@@ -284,11 +294,12 @@ def _failed(item: InputFile, error: str, warnings: list[str] | None = None) -> F
     return FileResult(item.path, "failed", [], error, list(warnings or []), item.index)
 
 
-def _oom_hint(size: Size, batch: int) -> str:
+def _oom_hint(size: Size, batch: int, on_gpu: bool) -> str:
     if batch > 1:
         return f" (batch of {batch}; try --batch 1)"
     if size == "full":
-        return " (try --size 2048, or --device cpu; README lists the memory each size needs)"
+        elsewhere = ", or --device cpu" if on_gpu else ""
+        return f" (try --size 2048{elsewhere}; README lists the memory each size needs)"
     return " (try a smaller --size)"
 
 

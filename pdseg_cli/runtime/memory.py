@@ -11,11 +11,19 @@ if TYPE_CHECKING:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says a device (CUDA, or the CPU allocator) ran out of memory."""
+    """Whether ``exc`` says a device (CUDA, or the CPU allocator) ran out of memory: torch's errors,
+    numpy's ``MemoryError``, ONNX Runtime's "Failed to allocate memory" and OpenCV's "Insufficient
+    memory"."""
     import torch
 
     text = str(exc).lower()
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
+    return (
+        isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate" in text
+        or "failed to allocate memory" in text
+        or "insufficient memory" in text
+    )
 
 
 def reset_peak_memory(device: torch.device) -> None:
