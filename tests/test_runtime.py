@@ -108,7 +108,9 @@ def test_emulated_precision_note(
     note = runtime.emulated_precision_note(torch.device("cpu"), precision)
     assert (note is not None) == warned
     if warned:
-        assert precision in note and "fp32" in note
+        assert precision in note and "(--precision fp32)" in note
+        fix = "export the model again without --half"  # what an exported fp16 file can do instead
+        assert f"({fix})" in runtime.emulated_precision_note(torch.device("cpu"), precision, fix)
     assert runtime.emulated_precision_note(torch.device("cuda"), precision) is None
 
 

@@ -200,7 +200,9 @@ class Predictor:
             self.size_note = "the checkpoint's training size"
         else:
             self.size_note = f"the checkpoint records no training size: {DEFAULT_SIZE} assumed, pass --size"
-        slow = runtime.emulated_precision_note(self.device, self.precision)
+        exported = not isinstance(weights, nn.Module) and kind != "checkpoint"
+        fix = "export the model again without --half" if exported else "--precision fp32"
+        slow = runtime.emulated_precision_note(self.device, self.precision, fix)
         # what the user should know: emulated precision, model parts run as built (not optimised)
         self.notes: list[str] = [n for n in (ignored, slow) if n] + list(getattr(model, "notes", ()))
 

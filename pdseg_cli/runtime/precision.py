@@ -65,7 +65,9 @@ def cpu_has_fast(precision: str, flags: frozenset[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & set(_FAST_CPU_FLAGS[precision]))
 
 
-def emulated_precision_note(device: torch.device, precision: str) -> str | None:
+def emulated_precision_note(
+    device: torch.device, precision: str, fix: str = "--precision fp32"
+) -> str | None:
     """A warning when ``precision`` would run emulated, and so slowly, on this CPU; None otherwise.
 
     Only said where the flags are known (x86 Linux) and show none of the instructions it needs.
@@ -78,7 +80,7 @@ def emulated_precision_note(device: torch.device, precision: str) -> str | None:
     need = " or ".join(f.upper().replace("_", "-") for f in _FAST_CPU_FLAGS[precision])
     return (
         f"this CPU has no {need}, so {precision} runs emulated: expect it to be several times slower "
-        f"than fp32 (--precision fp32)"
+        f"than fp32 ({fix})"
     )
 
 
