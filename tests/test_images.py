@@ -389,3 +389,14 @@ def test_an_unassociated_alpha_tiff_read_by_libtiff_keeps_its_colours(
     assert (
         loaded.pixels[:, :2].max() == 0 and "8 fully transparent pixels read as black" in loaded.warnings[0]
     )
+
+
+def test_pnm_files_from_scanners_are_read(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "scan.ppm"), rgb[..., ::-1])
+    gray16 = rgb[..., 0].astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "scan16.pgm"), gray16)
+    assert imio.is_image_file(tmp_path / "scan.PPM")
+    np.testing.assert_array_equal(imio.read_image(tmp_path / "scan.ppm").pixels, rgb)
+    sixteen = imio.read_image(tmp_path / "scan16.pgm").pixels
+    assert sixteen.dtype == np.uint16 and np.array_equal(sixteen[..., 1], gray16)

@@ -190,6 +190,7 @@ def test_cli_writes_masks_at_input_size(folder: Path, tmp_path: Path, ckpt: Path
         assert m.shape == shape and m.dtype == np.uint8
     text = no_space(result.output)
     assert "done3" in text.replace("│", "") and "notimages(ignored)1" in text.replace("│", "")
+    assert "skipped,notakindpdsegreads(JPEG,PNG,TIFF,BMP,WebP,PNM):" in text and "notes.txt" in text
 
 
 def test_cli_full_size_and_mask_bytes_match_predict(folder: Path, tmp_path: Path, ckpt: Path) -> None:

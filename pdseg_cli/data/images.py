@@ -37,7 +37,13 @@ from pdseg_cli.errors import InputError
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 # every suffix pdseg reads; anything else in a folder is skipped (and counted)
-IMAGE_SUFFIXES = JPEG_SUFFIXES | TIFF_SUFFIXES | frozenset({".png", ".bmp", ".dib", ".webp"})
+IMAGE_SUFFIXES = (
+    JPEG_SUFFIXES
+    | TIFF_SUFFIXES
+    | frozenset(
+        {".png", ".bmp", ".dib", ".webp", ".pbm", ".pgm", ".ppm", ".pnm"}  # PNM: what many scanners write
+    )
+)
 
 # colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR

@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pdseg_cli import ui
-from pdseg_cli.errors import counted
+from pdseg_cli.errors import counted, listing
+
+# the kinds of file pdseg reads, named once for the "not read" line
+_KNOWN_KINDS = ("JPEG", "PNG", "TIFF", "BMP", "WebP", "PNM")
 
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
@@ -77,6 +80,9 @@ def summary(result: Any) -> None:
     if result.world_size > 1:
         caption += f" · {result.world_size} processes"
     ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
+    if result.not_images:
+        names = [str(p) for p in result.not_images]
+        ui.info(f"skipped, not a kind pdseg reads ({', '.join(_KNOWN_KINDS)}): {listing(names, 5)}")
     warnings = [w for r in result.results for w in r.warnings]
     for w in dict.fromkeys(warnings):
         ui.warn(w)
