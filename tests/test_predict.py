@@ -370,8 +370,13 @@ def test_refuses_to_write_among_the_inputs(folder: Path, tmp_path: Path, ckpt: P
 
 def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     cv2.imwrite(str(folder / "a.png"), _img(10, 10))
+    cv2.imwrite(str(folder / "b.bmp"), _img(10, 10))
     result = _run(folder, "-o", tmp_path / "out", "-w", ckpt)
-    assert result.exit_code == 2 and "bothwrite" in no_space(result.output)
+    text = no_space(result.output)
+    assert result.exit_code == 2 and "2pairsofinputswouldwritethesameoutputfiles" in text
+    assert "a.jpgand" in text and "b.bmpand" in text  # every pair named, not the first only
+    assert "--recursive" not in text  # the pairs share a folder: mirroring folders cannot help
+    assert not (tmp_path / "out").exists()  # refused before the output folder is made
 
 
 def test_unwritable_out_fails_before_loading_the_model(

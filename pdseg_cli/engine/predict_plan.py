@@ -17,7 +17,7 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.output_kinds import output_candidates, parse_save
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, counted, listing
 
 _GLOB_MAGIC = frozenset("*?[")
 
@@ -150,6 +150,24 @@ def _is_under(path: Path, base: Path) -> bool:
         return False
 
 
+def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:
+    """Refuse inputs that would write the same output files, naming every pair (``cat.jpg`` and
+    ``cat.png`` both make ``cat.png``).
+
+    Raises:
+        InputError: always.
+    """
+    pairs = list(dict.fromkeys((a.path, b.path) for a, b, _ in clashes))
+    named = [f"{a} and {b}" for a, b in pairs]
+    across_folders = any(a.parent != b.parent for a, b in pairs)
+    raise InputError(
+        f"{counted(len(pairs), 'pair')} of inputs would write the same output files "
+        f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}",
+        hint="rename one of each pair, or run them separately"
+        + (", or use --recursive to mirror subfolders" if across_folders and not recursive else ""),
+    )
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Create ``out_dir`` and prove a file can be written there, before any work.
 
@@ -217,7 +235,6 @@ def plan_predict(
             + ", ".join(sorted(s.lstrip(".") for s in imio.IMAGE_SUFFIXES))
             + ("" if recursive else "; add --recursive to look in subfolders"),
         )
-    check_out_dir(out)
     for item in inputs:
         # outputs among their inputs would be read as inputs by the next run (a rerun, or
         # --skip-existing after Ctrl-C) and refused as overwrites: refuse the first run instead
@@ -231,6 +248,7 @@ def plan_predict(
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}
+    clashes: list[tuple[InputFile, InputFile, Path]] = []
     for item in inputs:
         for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
             for p in paths:
@@ -243,12 +261,11 @@ def plan_predict(
                     )
                 other = owner.get(key)
                 if other is not None and other is not item:
-                    raise InputError(
-                        f"{other.path} and {item.path} would both write {p}",
-                        hint="rename one of them, run them separately"
-                        + ("" if recursive else ", or use --recursive to mirror subfolders"),
-                    )
+                    clashes.append((other, item, p))
                 owner[key] = item
+    if clashes:
+        _refuse_clashes(clashes, recursive)
+    check_out_dir(out)  # only now: a refused run leaves no empty --out behind
     mine = dist.shard(inputs)
     todo: list[InputFile] = []
     skipped: list[InputFile] = []
