@@ -358,6 +358,8 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
     assert format_for("model.bin", None) == "onnx" and format_for("model.bin", "torchscript") == "torchscript"
     with pytest.raises(InputError, match=r"--format onnx, but --out m.ts ends in .ts"):
         format_for("m.ts", "onnx")
+    with pytest.raises(InputError, match=r"--out m.pt: .pt is a PyTorch checkpoint's name"):
+        format_for("m.pt", None)  # written as ONNX under a checkpoint's name, it misleads every reader
     misnamed = tmp_path / "m.ts"  # an ONNX file under a TorchScript name still runs as ONNX
     misnamed.write_bytes(onnx_file.read_bytes())
     assert detect_format(misnamed) == "onnx"

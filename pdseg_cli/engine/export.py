@@ -227,14 +227,22 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # what checkpoints are called, here and elsewhere
+
+
 def format_for(out: str | Path, fmt: str | None) -> str:
     """The export format: ``fmt`` if given, else the one ``out``'s extension names (ONNX by default).
 
     Raises:
         InputError: ``fmt`` contradicts the extension (an ONNX file named ``.ts`` would be run as
-            TorchScript by whoever reads the name).
+            TorchScript by whoever reads the name), or the name is a checkpoint's (``.pt``).
     """
     suffix = Path(out).suffix.lower()
+    if suffix in _CHECKPOINT_SUFFIXES:
+        raise InputError(
+            f"--out {out}: {suffix} is a PyTorch checkpoint's name, and export writes ONNX or TorchScript",
+            hint=f"name it {Path(out).stem}.onnx or {Path(out).stem}.ts",
+        )
     named = SUFFIX_FORMATS.get(suffix)  # any other name is ONNX unless --format says otherwise
     if fmt is None:
         return named or "onnx"
