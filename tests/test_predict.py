@@ -474,7 +474,10 @@ def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> 
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _run(empty, "-o", tmp_path / "o", "-w", ckpt)
-    assert result.exit_code == 2 and "no images" in result.output
+    assert result.exit_code == 2 and "no images" in result.output and "--recursive" in result.output
+    notes = folder / "notes.txt"
+    result = _run(notes, "-o", tmp_path / "o", "-w", ckpt)  # a file given by name: subfolders cannot help
+    assert result.exit_code == 2 and "no images" in result.output and "--recursive" not in result.output
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--bg", "bluish").exit_code == 2
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--threshold", "1.5").exit_code == 2
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--save", "maks").exit_code == 2

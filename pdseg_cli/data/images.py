@@ -138,6 +138,8 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS) -> np.nd
         array, messages = native_messages.decode(lambda: cv2.imdecode(data, flags) if data.size else None)
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
+    if not data.size:
+        raise InputError(f"{path}: the file is empty")
     if array is None:
         raise InputError(
             f"{path}: cannot decode (corrupt, truncated or not a {path.suffix.lstrip('.').upper()} image)"

@@ -233,7 +233,11 @@ def plan_predict(
             f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
             hint="pdseg reads "
             + ", ".join(sorted(s.lstrip(".") for s in imio.IMAGE_SUFFIXES))
-            + ("" if recursive else "; add --recursive to look in subfolders"),
+            + (
+                ""
+                if recursive or not any(Path(s).expanduser().is_dir() for s in sources)
+                else "; add --recursive to look in subfolders"
+            ),
         )
     for item in inputs:
         # outputs among their inputs would be read as inputs by the next run (a rerun, or
