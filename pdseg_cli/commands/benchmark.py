@@ -35,7 +35,11 @@ def benchmark(
     size: Annotated[
         list[int] | None,
         typer.Option(
-            "--size", "-s", min=32, help="Square input side; repeat for several. Default: 512 and 1024."
+            "--size",
+            "-s",
+            metavar="N",
+            min=32,
+            help="Square input side; repeat for several. Default: 512 and 1024.",
         ),
     ] = None,
     batch: BatchOpt = 1,

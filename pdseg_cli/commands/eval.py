@@ -37,6 +37,7 @@ def eval_(
         typer.Option(
             "--split",
             "-s",
+            metavar="SPLIT",
             help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits plus a pooled overall row), "
             "or a folder holding gt/ (and im/). Repeat, or comma-separate, for several.",
             show_default=False,

@@ -52,7 +52,7 @@ def predict(
     onnx_spec: OnnxSpecOpt = None,
     size: SizeOpt = None,
     tta: TtaOpt = False,
-    save: Annotated[list[str], typer.Option("--save", "-s", help=_OUTPUTS_HELP)] = ["mask"],  # noqa: B006 (typer passes a new list)
+    save: Annotated[list[str], typer.Option("--save", "-s", metavar="KINDS", help=_OUTPUTS_HELP)] = ["mask"],  # noqa: B006 (typer passes a new list)
     bg: Annotated[
         str, typer.Option("--bg", help="Background of --save composite: a name, #rrggbb or r,g,b.")
     ] = "white",

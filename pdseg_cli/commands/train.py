@@ -43,7 +43,7 @@ def train(
         typer.Option(
             "--variant",
             help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-t / segnext-b (single head, the ablation's "
-            "baseline) (default: pdseg-b, or the --init checkpoint's).",
+            "baseline), or pdseg-tiny (for smoke runs) (default: pdseg-b, or the --init checkpoint's).",
         ),
     ] = None,
     init: Annotated[
@@ -77,6 +77,7 @@ def train(
         list[Path] | None,
         typer.Option(
             "--train",
+            metavar="DIR",
             help="Train on this folder of im/ and gt/ instead of DIS-TR; repeat it to mix folders. With "
             "--teacher a folder may hold images without masks (im/ alone).",
             show_default=False,
