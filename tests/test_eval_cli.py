@@ -71,6 +71,10 @@ def test_missing_predictions_are_listed(tmp_path: Path) -> None:
     assert allowed.exit_code == 0, allowed.output
     assert "left out" in flat(allowed.stderr) and "holes_soft_pred" in allowed.stderr
     assert "│ 3 of 4 │" in allowed.stdout  # the row says it is not the whole split
+    as_csv = _run(
+        "--split", split, "--pred", split / "pred", "--allow-missing", "--csv", "-", cache=tmp_path / "c"
+    )
+    assert as_csv.stdout.splitlines()[1].startswith("s,3,") and as_csv.stdout.splitlines()[1].endswith(",1")
 
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:

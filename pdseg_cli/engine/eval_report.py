@@ -121,6 +121,13 @@ class EvalReport:
                 return s
         raise KeyError(name)
 
+    def missing_counts(self) -> dict[str, int]:
+        """GT masks left out of each row (``--allow-missing``), pooled rows summing their members'."""
+        missing = {split.name: len(split.missing) for split in self.splits}
+        for pooled in self.pooled:
+            missing[pooled.name] = sum(missing.get(m, 0) for m in pooled.members)
+        return missing
+
     def rows(self) -> list[tuple[str, DatasetScores]]:
         """(name, scores) of every table row: the splits, then the pooled rows."""
         return [(s.name, s.scores) for s in self.splits] + [(p.name, p.scores) for p in self.pooled]
@@ -148,12 +155,14 @@ class EvalReport:
         }
 
     def to_csv(self) -> str:
-        """One line per table row: split, count, the six table columns, then the extras."""
+        """One line per table row: split, count, the six table columns, the extras, then how many GT
+        masks were left out of the row (``--allow-missing``; count + missing is the split's size)."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         keys = [metric.key for metric in METRICS]
-        writer.writerow(["split", "count", *keys])
+        writer.writerow(["split", "count", *keys, "missing"])
+        missing = self.missing_counts()
         for name, sc in self.rows():
             values = sc.as_dict()
-            writer.writerow([name, sc.count, *(repr(float(values[k])) for k in keys)])
+            writer.writerow([name, sc.count, *(repr(float(values[k])) for k in keys), missing.get(name, 0)])
         return buf.getvalue()

@@ -43,9 +43,7 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
         report: a ``pdseg_cli.engine.evaluate.EvalReport``.
     """
     # GTs left out (--allow-missing) show as "2 of 3": the row is then not a full-split number
-    missing = {split.name: len(split.missing) for split in report.splits}
-    for pooled in report.pooled:
-        missing[pooled.name] = sum(missing.get(m, 0) for m in pooled.members)
+    missing = report.missing_counts()
     rows = [
         [
             name,
