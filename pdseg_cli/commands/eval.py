@@ -24,7 +24,7 @@ from pdseg_cli.commands._common import (
     use_threads,
     user_errors,
 )
-from pdseg_cli.errors import DataError, InputError, counted
+from pdseg_cli.errors import InputError, counted, listing
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -221,24 +221,15 @@ def _run_model(
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli import ui
-    from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
     from pdseg_cli.engine import evaluate as ev
-    from pdseg_cli.engine.eval_pairs import list_maps, listing, plan_pairs, unreadable_masks
     from pdseg_cli.engine.predict import Predictor, parse_size
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
-    gts = {name: list_maps(folder / MASK_DIR, "GT") for name, folder in splits}
-    bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
-    if bad:  # before the model pass, which a bad GT would otherwise throw away
-        raise DataError(
-            f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
-            hint="replace or remove them; the model has not run yet",
-        )
+    n_gt = ev.check_split_gts(splits)
     predictor = Predictor(
         weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
     )
-    n_gt = {name: len(maps) for name, maps in gts.items()}
     prediction.start(
         predictor.device_reason,
         predictor.precision,
@@ -250,37 +241,17 @@ def _run_model(
         model=f"{predictor.weights_path or 'model'}: {predictor.description}",
     )
     root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
-    plans = []
-    for name, folder in splits:
-        out_dir = root / name
-        with view.progress(f"predict {name}", n_gt[name]) as advance:
-            no_image, failed = ev.predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
-        gt_dir = folder / MASK_DIR
-        problems = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]
-        problems += failed.values()
-        if problems and not allow_missing:
-            raise DataError(
-                f"{name}: {counted(len(problems), 'GT mask')} without a prediction: {listing(problems, 10)}",
-                hint="fix or add the images, or pass --allow-missing to score the others",
-            )
-        if problems:
-            ui.warn(
-                f"{name}: {counted(len(problems), 'GT mask')} without a prediction: {listing(problems, 10)}"
-            )
-        # a reused --save-preds folder may hold maps of these stems from an earlier run: not scored
-        plans.append(plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed]))
-    settings = {
-        "predictions": {
-            "weights": str(predictor.weights_path.resolve()) if predictor.weights_path else None,
-            "model": predictor.description,
-            "device": str(predictor.device),
-            "precision": predictor.precision,
-            "size": str(predictor.size),
-            "tta": predictor.tta,
-            "saved_to": str(save_preds.expanduser().resolve()) if save_preds is not None else None,
-        }
-    }
-    return plans, settings
+    plans, problems = ev.predict_splits(
+        predictor,
+        splits,
+        root,
+        batch=batch,
+        allow_missing=allow_missing,
+        progress=lambda name: view.progress(f"predict {name}", n_gt[name]),
+    )
+    for name, lines in problems.items():
+        ui.warn(f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}")
+    return plans, {"predictions": ev.prediction_settings(predictor, save_preds)}
 
 
 def _check_outputs(json_out: Path | None, csv_out: Path | None) -> None:

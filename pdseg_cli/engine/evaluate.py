@@ -30,6 +30,7 @@ live in :mod:`pdseg_cli.engine.eval_report`, and ``--split`` names in :mod:`pdse
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -48,7 +49,14 @@ from pdseg_cli import __version__
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
-from pdseg_cli.engine.eval_pairs import PairPlan, check_missing, list_maps, listing, plan_pairs
+from pdseg_cli.engine.eval_pairs import (
+    PairPlan,
+    check_missing,
+    list_maps,
+    listing,
+    plan_pairs,
+    unreadable_masks,
+)
 from pdseg_cli.engine.eval_report import EvalReport, ImageRecord, PooledResult, SplitResult
 from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
@@ -488,6 +496,81 @@ def predict_split(
     summary = predictor.predict_paths(todo, out_dir, batch=batch, on_progress=on_progress)
     failed = {Path(r.path).stem: f"{r.path}: {r.error}" for r in summary.failures}
     return no_image, failed
+
+
+def check_split_gts(splits: Sequence[tuple[str, Path]]) -> dict[str, int]:
+    """GT masks per split, after refusing any that cannot be read: checked before a model pass,
+    which one bad GT would otherwise throw away at the end.
+
+    Raises:
+        DataError: naming the unreadable GT files.
+    """
+    gts = {name: list_maps(folder / MASK_DIR, "GT") for name, folder in splits}
+    bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
+    if bad:
+        raise DataError(
+            f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
+            hint="replace or remove them; the model has not run yet",
+        )
+    return {name: len(maps) for name, maps in gts.items()}
+
+
+def predict_splits(
+    predictor: Any,
+    splits: Sequence[tuple[str, Path]],
+    root: Path,
+    *,
+    batch: int = 1,
+    allow_missing: bool = False,
+    progress: Callable[[str], contextlib.AbstractContextManager[Callable[[Any], None]]] | None = None,
+) -> tuple[list[PairPlan], dict[str, list[str]]]:
+    """The model's maps of each split in ``root/<split>/``, and the pairs to score.
+
+    Args:
+        predictor: a :class:`~pdseg_cli.engine.predict.Predictor`.
+        splits: (name, split folder with ``im/`` and ``gt/``).
+        root: where the maps go (``--save-preds``, or a temporary folder).
+        batch: images per forward pass.
+        allow_missing: score the others when some GTs get no prediction.
+        progress: ``progress(name)`` gives a context that yields the per-image callback.
+
+    Returns:
+        (the pairs of each split, {split: one line per GT that got no prediction}). Those GTs are
+        left out of the pairs even where ``root`` holds a map of theirs from an earlier run.
+
+    Raises:
+        DataError: GTs without a prediction (unless ``allow_missing``), naming them and why.
+    """
+    plans, problems = [], {}
+    for name, folder in splits:
+        out_dir = root / name
+        with progress(name) if progress is not None else contextlib.nullcontext(None) as advance:
+            no_image, failed = predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
+        gt_dir = folder / MASK_DIR
+        lines = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]
+        lines += failed.values()
+        if lines and not allow_missing:
+            raise DataError(
+                f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}",
+                hint="fix or add the images, or pass --allow-missing to score the others",
+            )
+        if lines:
+            problems[name] = lines
+        plans.append(plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed]))
+    return plans, problems
+
+
+def prediction_settings(predictor: Any, save_preds: Path | None) -> dict[str, Any]:
+    """How the scored maps were made, for the report's settings."""
+    return {
+        "weights": str(predictor.weights_path.resolve()) if predictor.weights_path else None,
+        "model": predictor.description,
+        "device": str(predictor.device),
+        "precision": predictor.precision,
+        "size": str(predictor.size),
+        "tta": predictor.tta,
+        "saved_to": str(save_preds.expanduser().resolve()) if save_preds is not None else None,
+    }
 
 
 def temporary_folder() -> tempfile.TemporaryDirectory[str]:
