@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdseg_cli.data.images import TEMP_SUFFIX, atomic_path
+from pdseg_cli.data.images import atomic_path
 from pdseg_cli.engine.train_events import CheckpointWriteError
 from pdseg_cli.errors import InputError, WeightsError, first_line
 from pdseg_cli.model import save_checkpoint
+from pdseg_cli.model.build import checkpoint_payload
 
 STATE_VERSION = 1  # layout of last.pt's "train_state"
 
@@ -35,14 +36,9 @@ def write_checkpoint(
         if train_state is None:
             save_checkpoint(model, path, train_size=train_size, **provenance)
             return
-        # save_checkpoint takes plain provenance values only, so write its file, add the state, and
-        # replace the target in one rename.
-        part = path.with_name(f".{path.name}.weights{TEMP_SUFFIX}")
-        try:
-            save_checkpoint(model, part, train_size=train_size, **provenance)
-            payload = torch.load(part, map_location="cpu", weights_only=True)
-        finally:
-            part.unlink(missing_ok=True)
+        # the checkpoint's own payload plus the state (which holds tensors, not plain values), in
+        # one write and one rename
+        payload = checkpoint_payload(model, train_size=train_size, **provenance)
         payload["train_state"] = train_state
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)

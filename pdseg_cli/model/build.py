@@ -150,6 +150,37 @@ def save_checkpoint(
     Raises:
         TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
     """
+    payload = checkpoint_payload(
+        model, half=half, train_size=train_size, normalization=normalization, **provenance
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_payload(
+    model: nn.Module,
+    *,
+    half: bool = False,
+    train_size: int | None = None,
+    normalization: Mapping[str, Any] | None = None,
+    **provenance: Any,
+) -> dict[str, Any]:
+    """What :func:`save_checkpoint` writes, as a dict (training adds its state to it before the one
+    write of ``last.pt``). Arguments as for :func:`save_checkpoint`.
+
+    Raises:
+        TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
+    """
     net = unwrap_model(model)
     config = getattr(net, "config", None)
     if not isinstance(config, ModelConfig):
@@ -181,18 +212,7 @@ def save_checkpoint(
         "dtype": "float16" if half else "float32",
         "state_dict": state,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return payload
 
 
 def _torch_load(path: Path, what: str) -> Any:
