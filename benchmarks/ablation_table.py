@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pdseg_cli import Predictor, evaluate
 from pdseg_cli.metrics.aggregate import TABLE_KEYS
+from pdseg_cli.metrics.table import TABLE_METRICS
 from pdseg_cli.model.build import load_checkpoint
 
 
@@ -45,8 +46,11 @@ def score_run(run: Path, data: Path, folder: Path, jobs: int) -> dict[str, float
     return {k: float(scores[k]) for k in TABLE_KEYS}
 
 
+_FORMATS = {m.key: m.format for m in TABLE_METRICS}  # the eval table's own formats, one per metric
+
+
 def fmt(metric: str, value: float) -> str:
-    return f"{value:.0f}" if metric == "HCE" else f"{value:.3f}"
+    return _FORMATS[metric](value)
 
 
 def main(argv: list[str] | None = None) -> int:
