@@ -93,7 +93,10 @@ def predict(
     skip_existing: Annotated[
         bool,
         typer.Option(
-            "--skip-existing", metavar=FLAG, help="Skip images whose outputs all exist (resume a run)."
+            "--skip-existing",
+            metavar=FLAG,
+            help="Skip images whose outputs all exist (resume a run; outputs are not checked for the "
+            "settings that made them).",
         ),
     ] = False,
     batch: BatchOpt = 1,
