@@ -248,6 +248,10 @@ def test_cli_export_errors(checkpoint: Path, tmp_path: Path) -> None:
     )
     assert bad_shape.exit_code == 2 and "bad check shape" in flat(bad_shape.output)
     same = run_cli("export", "-w", checkpoint, "-o", checkpoint, "-f", "torchscript", columns=250)
+    assert same.exit_code == 2 and ".pt is a PyTorch checkpoint's name" in flat(same.output)
+    renamed = tmp_path / "weights.bin"  # a checkpoint under another name is still not overwritten
+    renamed.write_bytes(checkpoint.read_bytes())
+    same = run_cli("export", "-w", renamed, "-o", renamed, "-f", "torchscript", columns=250)
     assert same.exit_code == 2 and "checkpoint itself" in flat(same.output)
     not_ckpt = tmp_path / "x.pt"
     not_ckpt.write_bytes(b"not a checkpoint")
