@@ -66,7 +66,7 @@ def test_missing_predictions_are_listed(tmp_path: Path) -> None:
     assert result.exit_code == 2
     text = flat(result.output)
     assert "1 of 4 GT masks have no prediction" in text and "holes_soft_pred" in text
-    assert "--allow-missing" in text
+    assert "--allow-missing" in text and "scoring" not in text  # no start line before a refusal
     allowed = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
     assert allowed.exit_code == 0, allowed.output
     assert "left out" in flat(allowed.stderr) and "holes_soft_pred" in allowed.stderr

@@ -136,7 +136,7 @@ def eval_(
         from pdseg_cli.data import eval_splits
         from pdseg_cli.data.dis5k import MASK_DIR
         from pdseg_cli.engine import evaluate as ev
-        from pdseg_cli.engine.eval_pairs import plan_pairs
+        from pdseg_cli.engine.eval_pairs import check_missing, plan_pairs
         from pdseg_cli.ui import evaluation as view
 
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
@@ -186,6 +186,7 @@ def eval_(
                     tta,
                 )
             settings["gt_folders"] = {name: str((folder / MASK_DIR).resolve()) for name, folder in splits}
+            check_missing(plans, allow_missing)  # before the start line: a refused run says only why
             n_images = sum(len(p.pairs) for p in plans)
             cache = None if no_cache else ev.default_cache_root(cache_dir)
             view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)

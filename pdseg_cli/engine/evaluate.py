@@ -499,12 +499,17 @@ def predict_split(
 
 
 def check_split_gts(splits: Sequence[tuple[str, Path]]) -> dict[str, int]:
-    """GT masks per split, after refusing any that cannot be read: checked before a model pass,
-    which one bad GT would otherwise throw away at the end.
+    """GT masks per split, after refusing any that cannot be read and splits without images:
+    checked before a model pass, which one bad GT would otherwise throw away at the end.
 
     Raises:
-        DataError: naming the unreadable GT files.
+        DataError: a split without ``im/``, or naming the unreadable GT files.
     """
+    for _, folder in splits:
+        if not (folder / IMAGE_DIR).is_dir():
+            raise DataError(
+                f"{folder} has no {IMAGE_DIR}/ subfolder: cannot run the model", hint=SPLIT_LAYOUT
+            )
     gts = {name: list_maps(folder / MASK_DIR, "GT") for name, folder in splits}
     bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
     if bad:
