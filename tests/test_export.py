@@ -84,7 +84,9 @@ def test_onnx_matches_pytorch_at_other_shapes(onnx_file: Path, model: PDSeg, sha
     assert torch.equal(exported(x), got_logits)
 
 
-def test_onnx_metadata_round_trip(onnx_file: Path, model: PDSeg) -> None:
+def test_onnx_metadata_round_trip(onnx_file: Path, model: PDSeg, checkpoint: Path) -> None:
+    from pdseg_cli.data.teacher import file_sha256
+
     exported = load_exported(onnx_file)
     assert isinstance(exported, OnnxModel)
     meta = exported.metadata
@@ -99,6 +101,9 @@ def test_onnx_metadata_round_trip(onnx_file: Path, model: PDSeg) -> None:
     # plain ONNX tools see the same keys
     props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert props["variant"] == "pdseg-tiny" and props["output"] == "probabilities" and props["opset"] == "18"
+    # what a deployer needs besides the numbers: where the weights came from, and pdseg's own rules
+    assert props["source"] == checkpoint.name and props["source_sha256"] == file_sha256(checkpoint)
+    assert "bilinear" in props["resize"] and "floor(255 * sigmoid)" in props["maps"]
 
 
 def test_onnx_graph_is_deterministic(onnx_file: Path) -> None:
@@ -370,3 +375,26 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
     broken = tmp_path / "b.ts"
     broken.write_text("junk")
     assert detect_format(broken) == "torchscript"  # its own loader names the problem
+
+
+def test_the_readme_onnx_recipe_gives_predicts_masks(
+    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's standalone onnxruntime snippet, run as printed, matches `pdseg predict`."""
+    import cv2
+    from helpers import REPO
+
+    from pdseg_cli.engine.predict import Predictor
+
+    readme = (REPO / "README.md").read_text()
+    after = readme.split("The same masks as `pdseg predict` in your own code", 1)[1]
+    snippet = after.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "pdseg.onnx").write_bytes(onnx_file.read_bytes())
+    (tmp_path / "photo.jpg").write_bytes((EXAMPLE_IMAGES / "chelsea.jpg").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 (the documented code itself)
+    rgb = cv2.cvtColor(cv2.imread(str(tmp_path / "photo.jpg")), cv2.COLOR_BGR2RGB)
+    expected = Predictor(tmp_path / "pdseg.onnx", device="cpu").predict(rgb)
+    diff = np.abs(scope["mask"].astype(int) - expected)  # type: ignore[union-attr]
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

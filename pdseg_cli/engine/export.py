@@ -29,7 +29,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -265,8 +265,9 @@ def build_metadata(
     fmt: str,
     half: bool,
     opset: int | None,
+    source: Mapping[str, str] | None = None,
 ) -> ExportMetadata:
-    """The metadata written into an exported file."""
+    """The metadata written into an exported file (``source``: where the weights came from)."""
     return ExportMetadata(
         variant=variant,
         config=config,
@@ -281,6 +282,7 @@ def build_metadata(
         pdseg_version=__version__,
         torch_version=str(torch.__version__),
         opset=opset if fmt == "onnx" else None,
+        extra=dict(source or {}),
     )
 
 
@@ -299,6 +301,7 @@ def export_model(
     check_shapes: Sequence[Sequence[int]] = DEFAULT_CHECK_SHAPES,
     tolerance: float | None = None,
     on_step: Callable[[str], None] | None = None,
+    source: Mapping[str, str] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``out`` and check the file against the model.
 
@@ -314,6 +317,7 @@ def export_model(
         check_shapes: input shapes (B, 3, H, W) for the check.
         tolerance: max |probability difference| accepted; default FP32_TOLERANCE or FP16_TOLERANCE.
         on_step: called with a short description before each slow step (for a status line).
+        source: where the weights came from (file name and sha256), written into the metadata.
 
     Returns:
         The report; ``report.checks`` holds the measured differences.
@@ -356,6 +360,7 @@ def export_model(
         fmt=fmt,
         half=half,
         opset=opset,
+        source=source,
     )
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -424,6 +429,7 @@ def export_checkpoint(
         WeightsError: ``weights`` is not a pdseg checkpoint.
         InputError: ``out`` is ``weights`` itself.
     """
+    from pdseg_cli.data.teacher import file_sha256
     from pdseg_cli.model.build import load_model
 
     weights, out = Path(weights), Path(out)
@@ -440,6 +446,7 @@ def export_checkpoint(
         config=model.config.to_dict(),
         normalization=dict(model.normalization),
         train_size=train_side(getattr(model, "train_size", None)),
+        source={"source": weights.name, "source_sha256": file_sha256(weights)},
         **options,
     )
 

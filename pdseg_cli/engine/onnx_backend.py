@@ -106,6 +106,11 @@ class ExportMetadata:
             "torch_version": self.torch_version,
             "opset": "" if self.opset is None else str(self.opset),
             "config": json.dumps(self.config, sort_keys=True),
+            # how pdseg predict feeds the graph and turns its output into a map (README, 'Deploy')
+            "resize": "the float 0-255 image to train_size x train_size, bilinear (cv2.INTER_LINEAR), "
+            "before normalising; or at its own size (the graph pads to a multiple of 32 itself)",
+            "maps": "logits resized bilinearly to the image's height and width, then "
+            "byte = floor(255 * sigmoid)",
         }
         out.update(self.extra)
         return out
@@ -149,6 +154,8 @@ class ExportMetadata:
                 "torch_version",
                 "opset",
                 "config",
+                "resize",
+                "maps",
             }
             return cls(
                 variant=data["variant"],
