@@ -308,3 +308,9 @@ def test_an_exported_model_given_as_a_checkpoint_says_where_it_runs(tmp_path: Pa
         load_model(path)
     assert "not a PyTorch file" in str(info.value)
     assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")
+    for name in ("m.ts", "m.bin"):  # a TorchScript archive is a zip, but not a damaged checkpoint
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / name))
+        with pytest.raises(WeightsError) as info:
+            load_model(tmp_path / name)
+        assert "is a TorchScript export, not a pdseg checkpoint" in str(info.value), name
+        assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")

@@ -238,6 +238,11 @@ def _torch_load(path: Path, what: str) -> Any:
             ) from None
         raise WeightsError(f"{what} {path} is not a PyTorch file", hint=_not_torch_hint(path, what)) from None
     except Exception as exc:  # zip, pickle and EOF errors: the file is damaged or of another kind
+        if "TorchScript" in str(exc):  # a TorchScript archive is a zip too, and whole
+            raise WeightsError(
+                f"{what} {path} is a TorchScript export, not a pdseg checkpoint",
+                hint=_not_torch_hint(path.with_suffix(".ts"), what),
+            ) from None
         if _starts_like_zip(path):
             raise WeightsError(
                 f"{what} {path} is truncated or damaged ({first_line(exc)})",
