@@ -228,6 +228,13 @@ def test_missing_onnx_packages_give_the_install_hint(
     assert 'pip install "pdseg[onnx]"' in flat(result.output)
     assert "Traceback" not in result.output
     assert not out.exists()
+    named = "the onnx package" if "onnx" in missing else "runs it with onnxruntime"
+    assert named in flat(result.output)  # the package that is missing, not both
+    if missing == ("onnxruntime",):  # exporting needs only onnx: the check is what runs the file
+        assert "--no-check" in flat(result.output)
+        unchecked = run_cli("export", "-w", checkpoint, "-o", out, "--no-check", columns=250)
+        assert unchecked.exit_code == 0, unchecked.output
+        assert out.is_file()
 
 
 def test_onnx_model_without_onnxruntime(onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,20 +195,30 @@ def max_onnx_opset() -> int:
         return 20
 
 
-def require_onnx() -> tuple[Any, Any]:
-    """Import onnx and onnxruntime, or say exactly what to install.
+def require_onnx(check: bool = True) -> tuple[Any, Any]:
+    """Import onnx, and onnxruntime when the export is to be checked, or say exactly what to install.
+
+    Returns:
+        (onnx, onnxruntime or None without ``check``).
 
     Raises:
-        NotAvailableError: either package is missing.
+        NotAvailableError: a package the export needs is missing, named.
     """
     try:
         import onnx
     except ImportError:
         raise NotAvailableError(
-            "ONNX export needs the onnx and onnxruntime packages, which are not installed",
-            hint=ONNX_INSTALL_HINT,
+            "ONNX export needs the onnx package, which is not installed", hint=ONNX_INSTALL_HINT
         ) from None
-    return onnx, require_onnxruntime()
+    if not check:
+        return onnx, None
+    try:
+        return onnx, require_onnxruntime()
+    except NotAvailableError:
+        raise NotAvailableError(
+            "checking the exported file runs it with onnxruntime, which is not installed",
+            hint=f"{ONNX_INSTALL_HINT}, or pass --no-check to export without the check",
+        ) from None
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -338,7 +348,7 @@ def export_model(
                 f"opset {opset} is not supported",
                 hint=f"choose {MIN_OPSET} to {top} (default {DEFAULT_OPSET})",
             )
-        onnx, _ = require_onnx()
+        onnx, _ = require_onnx(check)
     shapes = [tuple(int(v) for v in s) for s in check_shapes]
     for s in shapes:
         if len(s) != 4 or s[1] != 3 or min(s) < 1:
@@ -434,7 +444,7 @@ def export_checkpoint(
 
     weights, out = Path(weights), Path(out)
     if str(fmt).lower() == "onnx":
-        require_onnx()  # before the (slow) model load
+        require_onnx(bool(options.get("check", True)))  # before the (slow) model load
     if out.exists() and weights.exists() and out.resolve() == weights.resolve():
         raise InputError(f"--out {out} is the checkpoint itself", hint="give another file name")
     model = load_model(weights)  # float32, eval mode, on the CPU
