@@ -258,8 +258,9 @@ def format_for(out: str | Path, fmt: str | None) -> str:
         return named or "onnx"
     fmt = fmt.lower()
     if named is not None and named != fmt:
+        kind = "an ONNX" if named == "onnx" else "a TorchScript"
         raise InputError(
-            f"--format {fmt}, but --out {out} ends in {suffix}, a {named} name",
+            f"--format {fmt}, but --out {out} ends in {suffix}, {kind} name",
             hint="drop --format (the extension decides), or name the file "
             + (".onnx" if fmt == "onnx" else ".ts"),
         )
@@ -391,7 +392,7 @@ def export_model(
             for shape in shapes:
                 step(
                     f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}"
-                    + (" (fp16 runs emulated on this CPU: a minute or more)" if slow else "")
+                    + (" (fp16 runs emulated on this CPU: slower than fp32)" if slow else "")
                 )
                 checks.append(_check_shape(loaded, reference, shape, tol))
             del loaded  # release the file (Windows) before os.replace
