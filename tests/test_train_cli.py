@@ -53,6 +53,12 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     changed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--batch", "2"])
     assert changed.exit_code == 2 and "--batch 4 -> 2" in flat(changed.output)
 
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "results.csv", "config.json")}
+    refused = runner.invoke(app, [*tiny_args(out, {**folders, "val": out / "nowhere"}), "--overwrite"])
+    assert refused.exit_code == 2 and "nowhere" in flat(refused.output)
+    # an --overwrite that cannot start leaves the old run whole: it is removed only when the new one writes
+    assert {name: (out / name).read_bytes() for name in before} == before
+
     both = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--overwrite"])
     assert both.exit_code == 2 and "--resume and --overwrite exclude each other" in flat(both.output)
 

@@ -34,7 +34,11 @@ def cache_root(cfg: TrainConfig) -> Path:
 
 
 def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
-    """Check the run folder against resume/overwrite; return the state to resume from, if any."""
+    """Check the run folder against resume/overwrite; return the state to resume from, if any.
+
+    An ``--overwrite``'s old run is not touched here: :func:`clear_old_run` removes it once the new
+    run's data and model are ready, so a refused or interrupted start leaves it whole.
+    """
     cfg, out = ctx.cfg, ctx.cfg.out
     if cfg.resume:
         state = read_train_state(out / LAST)
@@ -48,14 +52,23 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
         )
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
-    ctx.barrier()  # every rank has looked before rank 0 deletes
     if ctx.main:
         check_writable_folder(out, f"--out {out}")
-        for name in existing:
-            (out / name).unlink()
+    return None
+
+
+def clear_old_run(ctx: RunContext) -> None:
+    """Remove the files of the run ``--overwrite`` replaces (rank 0), just before the new run
+    writes its own; nothing to do for a new folder or a resume."""
+    cfg, out = ctx.cfg, ctx.cfg.out
+    if cfg.resume:
+        return
+    ctx.barrier()  # every rank has looked before rank 0 deletes
+    if ctx.main:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
     ctx.barrier()
-    return None
 
 
 def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:

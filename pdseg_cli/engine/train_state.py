@@ -24,6 +24,7 @@ from pdseg_cli.engine.train_data import TrainData, augment_config, load_data, ma
 from pdseg_cli.engine.train_folder import (
     RESULTS,
     cache_root,
+    clear_old_run,
     open_tensorboard,
     prepare_run_folder,
     read_rows,
@@ -182,6 +183,7 @@ def start_run(ctx: RunContext) -> TrainRun:
         raise
     plan = plan_run(ctx, data, resumed)
     model, init_provenance = initial_model(ctx, resumed)
+    clear_old_run(ctx)  # --overwrite: only now that the new run is ready to write
     run = build_run(ctx, data, plan, model, init_provenance, resumed)
     ctx.emit(
         "start",
