@@ -491,7 +491,13 @@ def test_unwritable_run_folders_and_a_full_disk(
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "previous checkpoint is intact" in text and "--resume" in text and "Traceback" not in text
+    assert "the disk is probably full" in text  # what torch's "enforce fail ... unexpected pos" means
     assert (tmp_path / "run" / "last.pt").read_bytes() == good
+    # full before the first checkpoint: nothing to resume, so the hint is to start again
+    first = runner.invoke(app, [*common, "--out", str(tmp_path / "run2"), "--workers", "0"])
+    assert first.exit_code == 1, first.output
+    text = " ".join(first.output.split())
+    assert "no checkpoint has been written yet" in text and "start the run again with --overwrite" in text
 
 
 def test_an_epoch_writes_best_and_results_before_last(

@@ -18,6 +18,7 @@ from pdseg_cli.model import save_checkpoint
 from pdseg_cli.model.build import checkpoint_payload
 
 STATE_VERSION = 1  # layout of last.pt's "train_state"
+LAST_NAME = "last.pt"  # the resume point, which a failed write leaves as it was
 
 
 def write_checkpoint(
@@ -45,12 +46,21 @@ def write_checkpoint(
             f.flush()
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError ("unexpected pos")
-        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc) and "write" not in str(exc):
+        text = str(exc)
+        if isinstance(exc, RuntimeError) and not any(
+            s in text for s in ("unexpected pos", "write", "enforce fail")
+        ):
             raise
+        # torch's zip writer says only "[enforce fail at inline_container.cc:...] unexpected pos"
+        why = getattr(exc, "strerror", None) or (
+            "the disk is probably full" if "enforce fail" in text else None
+        )
+        resume_point = path.with_name(LAST_NAME).is_file()
         raise CheckpointWriteError(
-            f"cannot write {path} ({getattr(exc, 'strerror', None) or first_line(exc)}); the previous "
-            "checkpoint is intact",
-            hint="free some space (or move --out elsewhere) and continue with --resume",
+            f"cannot write {path} ({why or first_line(exc)}); "
+            + ("the previous checkpoint is intact" if resume_point else "no checkpoint has been written yet"),
+            hint="free some space (or move --out elsewhere) and "
+            + ("continue with --resume" if resume_point else "start the run again with --overwrite"),
         ) from None
 
 

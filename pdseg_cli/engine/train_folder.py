@@ -15,7 +15,7 @@ import torch
 
 from pdseg_cli import __version__
 from pdseg_cli.data.images import atomic_path, check_writable_folder
-from pdseg_cli.engine.train_checkpoints import read_train_state
+from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state
 from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.errors import InputError
@@ -23,7 +23,7 @@ from pdseg_cli.errors import InputError
 if TYPE_CHECKING:  # tensorboard is an optional package
     from torch.utils.tensorboard import SummaryWriter
 
-LAST, BEST, RESULTS = "last.pt", "best.pt", "results.csv"
+LAST, BEST, RESULTS = LAST_NAME, "best.pt", "results.csv"
 TENSORBOARD_DIR, CACHE_DIR = "tensorboard", "cache"
 RUN_FILES = (LAST, BEST, RESULTS, CONFIG)  # what makes a folder a run folder
 
