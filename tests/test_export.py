@@ -405,3 +405,19 @@ def test_the_readme_onnx_recipe_gives_predicts_masks(
     expected = Predictor(tmp_path / "pdseg.onnx", device="cpu").predict(rgb)
     diff = np.abs(scope["mask"].astype(int) - expected)  # type: ignore[union-attr]
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_info_describes_a_checkpoint_and_an_export(checkpoint: Path, onnx_file: Path, tmp_path: Path) -> None:
+    from pdseg_cli.data.teacher import file_sha256
+
+    ckpt = run_cli("info", checkpoint, columns=250)
+    assert ckpt.exit_code == 0, ckpt.output
+    text = flat(ckpt.output)
+    assert file_sha256(checkpoint) in text and "pdseg checkpoint" in text
+    assert f"training size │ {TRAIN_SIZE}" in text and "pdseg-tiny" in text  # and the variant's own row
+    exported = run_cli("info", onnx_file, columns=250)
+    assert exported.exit_code == 0, exported.output
+    text = flat(exported.output)
+    assert "ONNX export (fp32)" in text and f"source_sha256 │ {file_sha256(checkpoint)}" in text
+    missing = run_cli("info", tmp_path / "nope.pt", columns=250)
+    assert missing.exit_code == 2 and "no such file" in flat(missing.output)

@@ -239,9 +239,13 @@ def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(
     args = args[: args.index("--out")] + args[args.index("--out") + 2 :]  # no --out
     args.remove("--variant")
     args.remove("pdseg-tiny")
+    at = args.index("--size")
+    del args[at : at + 2]  # no --size either
     result = runner.invoke(app, [*args, "--init", str(tmp_path / "tiny.pt")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "pdseg-tiny" / "last.pt").is_file()  # the checkpoint's variant, not pdseg-b
+    run = tmp_path / "runs" / "pdseg-tiny"
+    assert (run / "last.pt").is_file()  # the checkpoint's variant, not pdseg-b
+    assert json.loads((run / "config.json").read_text())["train"]["size"] == 64  # its size, not 1024
     resumed = runner.invoke(app, ["train", "--epochs", "2", "--resume"])  # looks in runs/pdseg-b
     assert resumed.exit_code == 2
     assert "runs beside it: runs/pdseg-tiny" in flat(resumed.output)

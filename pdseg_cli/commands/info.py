@@ -1,4 +1,5 @@
-"""`pdseg info`: the model variants with their parameter and multiply-add counts."""
+"""`pdseg info`: the model variants with their parameter and multiply-add counts, or what a weights
+file holds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pdseg_cli.config import VARIANTS
 
 def info(
     variant: Annotated[
-        str | None, typer.Argument(help=f"One variant to show ({', '.join(VARIANTS)}).")
+        str | None,
+        typer.Argument(
+            help=f"One variant to show ({', '.join(VARIANTS)}), or a weights file (.pt, .onnx, .ts) to "
+            "describe: its variant, training size, normalisation and where it came from."
+        ),
     ] = None,
     size: Annotated[
         int, typer.Option("--size", min=32, help="Input side N for the multiply-add count (an NxN image).")
@@ -26,14 +31,30 @@ def info(
 
     The paper's model is pdseg-b.
 
-    Example: pdseg info pdseg-b --size 2048
+    Examples: pdseg info pdseg-b --size 2048 · pdseg info runs/mine/last.pt
     """
+    from pathlib import Path
+
     from pdseg_cli import ui
     from pdseg_cli.config import get_config
     from pdseg_cli.model.counting import count_macs, count_params
     from pdseg_cli.model.registry import decoder_entry
 
     with user_errors():
+        if variant is not None and variant not in VARIANTS and Path(variant).expanduser().is_file():
+            from pdseg_cli.engine.weights_info import describe_weights
+
+            description = describe_weights(Path(variant).expanduser())
+            ui.table(f"{variant}", ["", "value"], description.rows)
+            if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
+                return
+            variant = description.variant
+        elif variant is not None and variant not in VARIANTS and ("/" in variant or "." in variant):
+            from pdseg_cli.errors import InputError
+
+            raise InputError(
+                f"{variant}: no such file", hint=f"give a weights file, or a variant: {', '.join(VARIANTS)}"
+            )
         configs = [get_config(variant)] if variant else list(VARIANTS.values())
         rows = []
         for cfg in configs:

@@ -56,7 +56,11 @@ def train(
         ),
     ] = None,
     size: Annotated[
-        int | None, typer.Option("--size", help="Square training side, a multiple of 32 (default: 1024).")
+        int | None,
+        typer.Option(
+            "--size",
+            help="Square training side, a multiple of 32 (default: 1024, or --init's training size).",
+        ),
     ] = None,
     batch: Annotated[
         int | None, typer.Option("--batch", "-b", help="Images per step and process (default: 8).")
@@ -229,7 +233,7 @@ def train(
     """
     from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
-    from pdseg_cli.engine.train_config import default_run_folder
+    from pdseg_cli.engine.train_config import default_run_folder, init_defaults
     from pdseg_cli.errors import first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
@@ -244,7 +248,10 @@ def train(
         max_unsure=max_unsure, onnx_spec=onnx_spec,
     )  # fmt: skip
     given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed
-    out = out or default_run_folder(variant, None if resume else init)
+    init_variant, init_size = init_defaults(None if resume else init)
+    if size is None and init_size is not None:
+        given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
+    out = out or default_run_folder(variant or init_variant)
     view = TrainingView()
     with user_errors():
         main = env_distributed().rank == 0

@@ -318,17 +318,22 @@ def default_workers(cores: int | None = None) -> int:
     return 0 if cores <= 2 else min(4, cores - 1)
 
 
-def default_run_folder(variant: str | None, init: Path | None = None) -> Path:
-    """``--out``'s default, ``runs/<variant>``: the variant given, else ``--init``'s, else the default.
+def init_defaults(init: Path | None) -> tuple[str | None, int | None]:
+    """(variant, training side) of an ``--init`` checkpoint, for the options left out: the run
+    folder ``runs/<variant>`` and ``--size`` follow the weights being fine-tuned. (None, None)
+    without ``--init``, or for one that cannot be read (the run then reports it)."""
+    if init is None:
+        return None, None
+    from pdseg_cli.errors import PdsegError
+    from pdseg_cli.model.build import load_checkpoint, train_side
 
-    An unreadable ``--init`` falls back to the default variant here; the run then reports it.
-    """
-    if variant is None and init is not None:
-        from pdseg_cli.errors import PdsegError
-        from pdseg_cli.model.build import load_checkpoint
+    try:
+        ckpt = load_checkpoint(init)
+    except PdsegError:
+        return None, None
+    return ckpt.variant, train_side(ckpt.train_size)
 
-        try:
-            variant = load_checkpoint(init).variant
-        except PdsegError:
-            pass
+
+def default_run_folder(variant: str | None) -> Path:
+    """``--out``'s default, ``runs/<variant>`` (the default variant's when None)."""
     return RUNS_DIR / (variant or DEFAULT_VARIANT)

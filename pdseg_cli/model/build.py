@@ -218,7 +218,11 @@ def checkpoint_payload(
 def _torch_load(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with every failure as one WeightsError."""
     if not path.exists():
-        raise WeightsError(f"{what} {path} does not exist", hint="check the path")
+        from pdseg_cli.weights import BUNDLED_NAME, default_weights
+
+        bundled = path.name == BUNDLED_NAME and default_weights().is_file()
+        hint = f"the bundled weights are at {default_weights()}" if bundled else "check the path"
+        raise WeightsError(f"{what} {path} does not exist", hint=hint)
     if path.is_dir():
         raise WeightsError(f"{what} {path} is a folder, not a file", hint="give the .pt/.pth file inside it")
     size = path.stat().st_size

@@ -1,0 +1,62 @@
+"""What a weights file holds, for ``pdseg info FILE``: a checkpoint's variant, training size,
+normalisation and provenance (the chain of ``--init`` runs, the data, the teacher), or an exported
+file's metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdseg_cli.data.teacher import file_sha256
+from pdseg_cli.engine.onnx_backend import detect_format, load_exported
+from pdseg_cli.model.build import load_checkpoint
+
+_LONGEST = 400  # characters of one value shown; the rest is in the file
+
+
+@dataclass(frozen=True)
+class WeightsDescription:
+    """Attributes:
+    variant: the model variant the file holds.
+    rows: (field, value) pairs, in the order to show them.
+    """
+
+    variant: str
+    rows: list[tuple[str, str]]
+
+
+def describe_weights(path: Path) -> WeightsDescription:
+    """The fields a user asks of a weights file: what it is, how to feed it, where it came from.
+
+    Raises:
+        WeightsError: the file is neither a pdseg checkpoint nor an exported pdseg model.
+    """
+    kind = detect_format(path)
+    rows: list[tuple[str, str]] = [("file", str(path)), ("sha256", file_sha256(path))]
+    if kind == "checkpoint":
+        ckpt = load_checkpoint(path)
+        rows += [
+            ("kind", f"pdseg checkpoint (format {ckpt.format_version}, pdseg {ckpt.pdseg_version or '?'})"),
+            ("variant", ckpt.variant),
+            ("training size", str(ckpt.train_size) if ckpt.train_size else "not recorded"),
+            ("normalisation", _short(ckpt.normalization)),
+        ]
+        rows += [(f"provenance: {key}", _short(value)) for key, value in ckpt.provenance.items()]
+        return WeightsDescription(ckpt.variant, rows)
+    metadata = load_exported(path).metadata
+    strings = metadata.to_strings()
+    if metadata.pdseg_version:
+        rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
+        keys = [key for key in sorted(strings) if key not in ("config", "pdseg_metadata_version")]
+    else:  # recognised by its signature (or --onnx-spec): how pdseg will run it
+        rows.append(("kind", f"ONNX model without pdseg metadata, run as {metadata.variant!r}"))
+        keys = ["train_size", "color", "scale", "mean", "std", "output"]  # the rest would be pdseg's own
+    rows += [(key, _short(strings[key])) for key in keys]
+    return WeightsDescription(metadata.variant, rows)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= _LONGEST else text[: _LONGEST - 1] + "…"
