@@ -245,7 +245,15 @@ def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "pdseg-tiny"
     assert (run / "last.pt").is_file()  # the checkpoint's variant, not pdseg-b
-    assert json.loads((run / "config.json").read_text())["train"]["size"] == 64  # its size, not 1024
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["size"] == 64  # its size, not 1024
+    from pdseg_cli.data.teacher import file_sha256
+
+    init = config["resolved"]["init"]  # the file itself, not the path as typed
+    assert init == {
+        "path": str((tmp_path / "tiny.pt").resolve()),
+        "sha256": file_sha256(tmp_path / "tiny.pt"),
+    }
     resumed = runner.invoke(app, ["train", "--epochs", "2", "--resume"])  # looks in runs/pdseg-b
     assert resumed.exit_code == 2
     assert "runs beside it: runs/pdseg-tiny" in flat(resumed.output)

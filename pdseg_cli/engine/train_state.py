@@ -321,7 +321,10 @@ def build_run(
         if resumed is not None:
             write_rows(cfg.out / RESULTS, progress.rows)
         write_run_config(
-            cfg.out / CONFIG, cfg, _resolved_config(ctx, data, plan, model), resumed=resumed is not None
+            cfg.out / CONFIG,
+            cfg,
+            _resolved_config(ctx, data, plan, model, init_provenance),
+            resumed=resumed is not None,
         )
         tensorboard = open_tensorboard(cfg.out, progress.global_step)
     train_loader, val_loader = make_loaders(ctx, data, plan.batches, plan.start_epoch, plan.start_step)
@@ -363,10 +366,16 @@ def _starting_progress(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any
     )
 
 
-def _resolved_config(ctx: RunContext, data: TrainData, plan: RunPlan, model: PDSeg) -> dict[str, Any]:
+def _resolved_config(
+    ctx: RunContext, data: TrainData, plan: RunPlan, model: PDSeg, init_provenance: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """``config.json``'s ``resolved``: what the run made of its configuration."""
     cfg = ctx.cfg
+    init = None
+    if cfg.init is not None and init_provenance is not None:  # the file, not the path as typed
+        init = {"path": str(Path(cfg.init).resolve()), "sha256": init_provenance["sha256"]}
     return {
+        "init": init,
         "device": str(ctx.device),
         "precision": ctx.precision,
         "world_size": ctx.env.world_size,
