@@ -226,6 +226,13 @@ def test_cli_says_how_many_images_each_epoch_leaves_out(tmp_path: Path, folders:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "each epoch leaves out 2 of the 8 images" in flat(result.output)
+    assert "size 64, batch 3, lr 6e-05 · 2 steps/epoch" in flat(result.output)  # what the run does
+    args[args.index("--batch") + 1] = "16"
+    args[args.index("--out") + 1] = str(tmp_path / "run2")
+    bigger = runner.invoke(app, args)
+    assert bigger.exit_code == 0, bigger.output
+    assert "--batch 16 is more than the 8 images per process: each step takes all 8" in flat(bigger.output)
+    assert "1 step/epoch" in flat(bigger.output)
 
 
 def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(

@@ -199,6 +199,10 @@ def start_run(ctx: RunContext) -> TrainRun:
             "val_dir": None if data.val_dir is None else str(data.val_dir),
             "steps_per_epoch": plan.steps_per_epoch,
             "left_out": plan.batches.left_out,
+            "batch": cfg.batch,
+            "size": cfg.size,
+            "lr": cfg.lr,
+            "batch_used": min(cfg.batch, plan.batches.per_rank),  # fewer images than a batch: all of them
             "total_steps": plan.total_steps,
             "warmup": plan.warmup,
             "start_epoch": plan.start_epoch + 1,

@@ -62,13 +62,21 @@ class TrainingView:
         ui.info(f"{v['variant']}: training on {v['n_train']} images ({v['train_dir']}){val}")
         procs = f" x {v['world_size']} processes" if v["world_size"] > 1 else ""
         ui.info(
-            f"device {v['device']}{procs} · precision {v['precision']} · {v['steps_per_epoch']} steps/epoch, "
-            f"{v['total_steps']} in all, warmup {v['warmup']} · run folder {v['out']}"
+            f"device {v['device']}{procs} · precision {v['precision']} · size {v['size']}, "
+            f"batch {v['batch']}, lr {v['lr']:g} · {counted(v['steps_per_epoch'], 'step')}/epoch, "
+            f"{v['total_steps']} in all, "
+            f"warmup {v['warmup']} · run folder {v['out']}"
         )
         if v["left_out"]:
             ui.info(
                 f"each epoch leaves out {v['left_out']} of the {v['n_train']} images (they do not fill a "
-                "last batch); the order is reshuffled every epoch, so a different few each time"
+                "last batch); the order is reshuffled every epoch, so a different few each time (a "
+                "--batch that divides the count keeps them all)"
+            )
+        if v["batch_used"] < v["batch"]:
+            ui.info(
+                f"--batch {v['batch']} is more than the {v['batch_used']} images per process: each step "
+                f"takes all {v['batch_used']}"
             )
         if v["resumed"] and v["start_epoch"] <= v["epochs"]:  # a finished run said so already
             ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
