@@ -301,6 +301,7 @@ def test_load_backbone_bad_files(tmp_path: Path) -> None:
         load_backbone(net, tmp_path / "nothing.pth")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # making the TorchScript file
 def test_an_exported_model_given_as_a_checkpoint_says_where_it_runs(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(b"\x08\x07\x12\x07pytorch")  # how an ONNX protobuf starts
