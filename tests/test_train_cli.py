@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -229,8 +230,11 @@ def test_cli_says_how_many_images_each_epoch_leaves_out(tmp_path: Path, folders:
     assert "size 64, batch 3, lr 6e-05 · 2 steps/epoch" in flat(result.output)  # what the run does
     args[args.index("--batch") + 1] = "16"
     args[args.index("--out") + 1] = str(tmp_path / "run2")
+    args[args.index("--epochs") + 1] = "2"
     bigger = runner.invoke(app, args)
     assert bigger.exit_code == 0, bigger.output
+    assert re.search(r"epoch 1/2 · .* left", flat(bigger.output))  # the time the run has left
+    assert not re.search(r"epoch 2/2 · .* left", flat(bigger.output))
     assert "--batch 16 is more than the 8 images per process: each step takes all 8" in flat(bigger.output)
     assert "1 step/epoch" in flat(bigger.output)
 

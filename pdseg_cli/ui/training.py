@@ -24,6 +24,7 @@ class TrainingView:
         self._bar: str | None = None  # what the open bar counts
         self._epochs = 0
         self._out = ""
+        self._epoch_seconds: list[float] = []  # this session's epochs, for the time left
 
     def __call__(self, event: Any) -> None:
         handler = getattr(self, f"_on_{event.kind}", None)
@@ -105,6 +106,11 @@ class TrainingView:
                 f"val maxF {v['val_maxf']:.4f} MAE {v['val_mae']:.4f}" + (" (best)" if v["best"] else "")
             )
         parts.append(_seconds(v["epoch_time_s"]))
+        self._epoch_seconds.append(float(v["epoch_time_s"]))
+        left = self._epochs - event.epoch
+        if left > 0:  # at this session's mean pace (a resumed epoch counts only its own steps)
+            mean = sum(self._epoch_seconds) / len(self._epoch_seconds)
+            parts.append(f"about {_seconds(left * mean)} left")
         ui.info(" · ".join(parts))
 
     def _on_notice(self, event: Any) -> None:
