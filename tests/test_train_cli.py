@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,11 @@ def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict
     result = runner.invoke(app, same)
     assert result.exit_code == 0, result.output
     assert "is also a --train folder" in flat(result.output)
+    copied = tmp_path / "val-copy"  # the training folder copied elsewhere: no path gives it away
+    shutil.copytree(folders["train"], copied)
+    result = runner.invoke(app, tiny_args(tmp_path / "run4", {**folders, "val": copied}))
+    assert result.exit_code == 0, result.output
+    assert "--val: 8 of its images are copies of training images" in flat(result.output)
     unused = runner.invoke(app, tiny_args(tmp_path / "run3", folders) + ["--val-every", "0"])
     assert unused.exit_code == 0 and "--val-every 0:" in flat(unused.output)
     assert "is not used, and no best.pt is written" in flat(unused.output)

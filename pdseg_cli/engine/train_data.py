@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,14 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
     val = None
     if val_dir is not None:
         val = _load_split(ctx, "val", lambda: dis5k.scan_pairs(val_dir))
+        if val_dir not in train_dirs:  # the same folder is said above
+            copies = training_copies(val_dir, train_dirs)
+            if copies:
+                ctx.notice(
+                    f"--val: {len(copies)} of its images are copies of training images (same name and "
+                    f"bytes, e.g. {copies[0]}): the validation scores (and best.pt) measure images the "
+                    "model trains on"
+                )
     return TrainData(train_dirs, val_dir, train, val, None if teacher is None else teacher[1])
 
 
@@ -139,6 +147,21 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
             "images the model trains on"
         )
     return folders, None if val is None else val.resolve()
+
+
+def training_copies(val_dir: Path, train_dirs: Sequence[Path]) -> list[Path]:
+    """Validation images that are byte-identical copies of a training image of the same name (a
+    copied folder that a path comparison cannot see). Only files whose names and sizes match are
+    read, so a disjoint validation set costs a directory listing."""
+    val_images, _ = dis5k.images_by_stem(val_dir / dis5k.IMAGE_DIR)
+    copies = []
+    for folder in train_dirs:
+        train_images, _ = dis5k.images_by_stem(folder / dis5k.IMAGE_DIR)
+        for stem in sorted(val_images.keys() & train_images.keys()):
+            a, b = val_images[stem], train_images[stem]
+            if a not in copies and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes():
+                copies.append(a)
+    return copies
 
 
 def _open_teacher(ctx: RunContext, teacher: Path) -> tuple[TeacherMaps, TeacherInfo]:
