@@ -261,6 +261,10 @@ def test_cli_export_errors(checkpoint: Path, tmp_path: Path) -> None:
     assert bad_shape.exit_code == 2 and "bad check shape" in flat(bad_shape.output)
     same = run_cli("export", "-w", checkpoint, "-o", checkpoint, "-f", "torchscript", columns=250)
     assert same.exit_code == 2 and ".pt is a PyTorch checkpoint's name" in flat(same.output)
+    ts_opset = run_cli("export", "-w", checkpoint, "-o", tmp_path / "m.ts", "--opset", "17", columns=250)
+    assert ts_opset.exit_code == 2 and "--opset is for ONNX files" in flat(ts_opset.output)
+    low = run_cli("export", "-w", checkpoint, "-o", tmp_path / "m.onnx", "--opset", "16", columns=250)
+    assert low.exit_code == 2 and "choose 17 to" in flat(low.output)  # as for one too high
     renamed = tmp_path / "weights.bin"  # a checkpoint under another name is still not overwritten
     renamed.write_bytes(checkpoint.read_bytes())
     same = run_cli("export", "-w", renamed, "-o", renamed, "-f", "torchscript", columns=250)

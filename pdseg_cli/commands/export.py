@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, FLAG, user_errors, weights_option
+from pdseg_cli.errors import InputError
 from pdseg_cli.ui import export as show
 
 
@@ -39,7 +40,9 @@ def export(
             help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32.",
         ),
     ] = False,
-    opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset (17 to 20).")] = 18,
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX opset, 17 to 20 (default: 18).", show_default=False)
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -74,6 +77,7 @@ def export(
     with user_errors():
         from pdseg_cli.engine.export import (
             DEFAULT_CHECK_SHAPES,
+            DEFAULT_OPSET,
             ExportCheckError,
             ExportWriteError,
             export_checkpoint,
@@ -83,13 +87,16 @@ def export(
         from pdseg_cli.weights import default_weights
 
         shapes = [parse_shape(s) for s in check_shape] if check_shape else list(DEFAULT_CHECK_SHAPES)
+        chosen = format_for(out, None if fmt is None else fmt.value)
+        if opset is not None and chosen != "onnx":
+            raise InputError(f"--opset is for ONNX files; {out} is {chosen}", hint="drop --opset")
         try:
             report = export_checkpoint(
                 weights if weights is not None else default_weights(),
                 out,
-                format_for(out, None if fmt is None else fmt.value),
+                chosen,
                 half=half,
-                opset=opset,
+                opset=DEFAULT_OPSET if opset is None else opset,
                 check=check,
                 check_shapes=shapes,
                 on_step=show.step,
