@@ -21,7 +21,7 @@ from pdseg_cli.engine import export as export_mod
 from pdseg_cli.engine.export import ExportCheckError, export_checkpoint, parse_shape
 from pdseg_cli.engine.onnx_backend import OnnxModel, TorchScriptModel, detect_format, load_exported
 from pdseg_cli.errors import InputError, NotAvailableError
-from pdseg_cli.model import PDSeg, load_model
+from pdseg_cli.model import PDSeg, load_model, save_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -423,5 +423,9 @@ def test_info_describes_a_checkpoint_and_an_export(checkpoint: Path, onnx_file: 
     assert exported.exit_code == 0, exported.output
     text = flat(exported.output)
     assert "ONNX export (fp32)" in text and f"source_sha256 │ {file_sha256(checkpoint)}" in text
+    marked = tmp_path / "w [red].pt"  # brackets in names and values are text, not markup
+    save_checkpoint(load_model(checkpoint), marked, data="photos [bold]kept[/bold] and [x]")
+    shown = flat(run_cli("info", marked, columns=250).output)
+    assert "w [red].pt" in shown and "photos [bold]kept[/bold] and [x]" in shown
     missing = run_cli("info", tmp_path / "nope.pt", columns=250)
     assert missing.exit_code == 2 and "no such file" in flat(missing.output)

@@ -389,6 +389,11 @@ def test_an_unassociated_alpha_tiff_read_by_libtiff_keeps_its_colours(
     assert (
         loaded.pixels[:, :2].max() == 0 and "8 fully transparent pixels read as black" in loaded.warnings[0]
     )
+    deep = rgba.astype(np.uint16) * 257  # 16-bit: libtiff reads it as stored; only alpha is dropped
+    tifffile.imwrite(tmp_path / "deep.tif", deep, photometric="rgb", extrasamples=["unassalpha"])
+    got = imio.read_image(tmp_path / "deep.tif").pixels
+    assert got.dtype == np.uint16 and got.shape == deep[..., :3].shape
+    np.testing.assert_array_equal(got, deep[..., :3])
 
 
 def test_pnm_files_from_scanners_are_read(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from helpers import seeded_model
@@ -17,6 +18,7 @@ from pdseg_cli.errors import InputError
 from pdseg_cli.model import PDSeg, create_model
 from pdseg_cli.model.ham import NMF2D, Hamburger
 from pdseg_cli.model.layers import DropPath
+from pdseg_cli.model.optimize import optimize
 
 
 def _slim(name: str) -> ModelConfig:
@@ -306,3 +308,9 @@ def test_the_model_names_a_wrong_input_dtype() -> None:
         create_model("pdseg-tiny").eval().bfloat16()(torch.zeros(1, 3, 32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per operator: any float goes
         assert model(torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 1, 32, 32)
+    fast = optimize(model)  # the inference form keeps the contract
+    for dtype, message in ((torch.uint8, "normalised float32 tensor"), (torch.float64, "use x.float()")):
+        with pytest.raises(TypeError, match=message):
+            fast(torch.zeros(1, 3, 32, 32, dtype=dtype))
+    with pytest.raises(TypeError, match="takes a torch tensor"):
+        model(np.zeros((1, 3, 32, 32), np.float32))

@@ -315,3 +315,15 @@ def test_an_exported_model_given_as_a_checkpoint_says_where_it_runs(tmp_path: Pa
             load_model(tmp_path / name)
         assert "is a TorchScript export, not a pdseg checkpoint" in str(info.value), name
         assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")
+
+
+def test_resaving_a_loaded_model_keeps_its_provenance(tmp_path: Path) -> None:
+    model = create_model("pdseg-tiny")
+    save_checkpoint(model, tmp_path / "a.pt", train_size=64, data="my photos", steps=10)
+    loaded = load_model(tmp_path / "a.pt")
+    save_checkpoint(loaded, tmp_path / "b.pt", half=True, note="fp16 copy")
+    assert load_checkpoint(tmp_path / "b.pt").provenance == {
+        "data": "my photos",
+        "steps": 10,
+        "note": "fp16 copy",
+    }

@@ -455,7 +455,7 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
     assert (out2 / "x" / "y" / "deep.png").is_file()
 
 
-def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path) -> None:
+def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path, ckpt: Path) -> None:
     from pdseg_cli.engine.predict_plan import collect_inputs
 
     src = tmp_path / "src"
@@ -468,6 +468,12 @@ def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path)
         images, others = collect_inputs([src], recursive=recursive)
         assert [f.path.name for f in images] == (["ok.png"] if recursive else [])
         assert sorted(p.name for p in others) == ["gone.jpg", "loop1.jpg", "loop2.jpg"]
+    _, others = collect_inputs([str(src / "*.jpg")])  # matched by a pattern: counted too
+    assert sorted(p.name for p in others) == ["gone.jpg", "loop1.jpg", "loop2.jpg"]
+    result = _run(src, "-r", "-o", tmp_path / "out", "-w", ckpt)
+    assert result.exit_code == 0, result.output
+    text = no_space(result.output)
+    assert "skipped,brokenlinksorlinkloops:" in text and "notakindpdsegreads" not in text
 
 
 def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> None:
@@ -548,3 +554,13 @@ def test_a_module_given_to_predictor_is_left_as_it_was() -> None:
 def test_predict_given_a_file_name_says_how_to_read_it(predictor: Predictor) -> None:
     with pytest.raises(TypeError, match=r"takes pixels, not a file name \('a.jpg'\).*read_image"):
         predictor.predict("a.jpg")
+
+
+def test_predictor_names_a_missing_file_and_unwraps_a_wrapped_module(ckpt: Path, tmp_path: Path) -> None:
+    from pdseg_cli.errors import WeightsError
+
+    for bad in (tmp_path / "nope.pt", tmp_path):
+        with pytest.raises(WeightsError, match="no such file|not a file"):
+            Predictor(bad)
+    wrapped = torch.nn.DataParallel(load_model(ckpt))  # its training size and normalisation still count
+    assert Predictor(wrapped, device="cpu").size == Predictor(ckpt, device="cpu").size

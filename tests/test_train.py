@@ -497,7 +497,10 @@ def test_unwritable_run_folders_and_a_full_disk(
     first = runner.invoke(app, [*common, "--out", str(tmp_path / "run2"), "--workers", "0"])
     assert first.exit_code == 1, first.output
     text = " ".join(first.output.split())
-    assert "no checkpoint has been written yet" in text and "start the run again with --overwrite" in text
+    assert (
+        "no resume point (last.pt) has been written yet" in text
+        and "start the run again with --overwrite" in text
+    )
 
 
 def test_an_epoch_writes_best_and_results_before_last(

@@ -274,3 +274,6 @@ def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(
     resumed = runner.invoke(app, ["train", "--epochs", "2", "--resume"])  # looks in runs/pdseg-b
     assert resumed.exit_code == 2
     assert "runs beside it: runs/pdseg-tiny" in flat(resumed.output)
+    extended = runner.invoke(app, ["train", "--epochs", "2", "--resume", "--out", str(run), "--workers", "0"])
+    assert extended.exit_code == 0, extended.output
+    assert json.loads((run / "config.json").read_text())["resolved"]["init"] == init  # still the run's start

@@ -45,7 +45,7 @@ def info(
             from pdseg_cli.engine.weights_info import describe_weights
 
             description = describe_weights(Path(variant).expanduser())
-            ui.table(f"{variant}", ["", "value"], description.rows)
+            ui.table(variant, ["", "value"], description.rows, literal=True)
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return
             variant = description.variant

@@ -251,6 +251,14 @@ def train(
     init_variant, init_size = init_defaults(None if resume else init)
     if size is None and init_size is not None:
         given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
+        if init_size % 32:  # training sizes are multiples of the model's stride
+            given["size"] = max(32, round(init_size / 32) * 32)
+            from pdseg_cli import ui
+
+            ui.info(
+                f"--init {init} was trained at {init_size}; training at {given['size']}, the nearest "
+                "multiple of 32 (--size chooses another)"
+            )
     out = out or default_run_folder(variant or init_variant)
     view = TrainingView()
     with user_errors():

@@ -161,6 +161,8 @@ def _opencv_reason(exc: BaseException) -> str:
 def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     import tifffile
 
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
     extra_samples: tuple[int, ...] = ()
     tags: dict[int, Any] = {}
     try:
@@ -187,9 +189,12 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
                 f"{path}: cannot decode this TIFF ({exc})",
                 hint="pip install imagecodecs adds the TIFF compressions tifffile lacks" if codec else None,
             ) from None
-        if unassociated and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 4:
-            # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way)
-            array = _unpremultiply(array, path, warnings)[..., :3]
+        if unassociated and array.ndim == 3 and array.shape[2] == 4:
+            # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either
+            # way); only libtiff's 8-bit RGBA reader premultiplies, and alpha is dropped for all
+            if array.dtype == np.uint8:
+                array = _unpremultiply(array, path, warnings)
+            array = array[..., :3]
         return array[..., ::-1] if array.ndim == 3 else array
     except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None

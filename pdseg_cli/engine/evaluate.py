@@ -132,12 +132,20 @@ def file_notes(mask: MaskFile, role: str) -> list[str]:
     if mask.colour:
         kinds.append(f"{prefix}_colour")
         if mask.colour in ("RGBA", "gray+alpha") and int(mask.array.min()) == int(mask.array.max()):
-            kinds.append(f"{prefix}_alpha")
+            if _alpha_varies(mask.path):  # an opaque blank map is just blank
+                kinds.append(f"{prefix}_alpha")
     if mask.decoder_said:
         kinds.append(f"{prefix}_damaged")
     if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
         kinds.append("gt_empty")
     return kinds
+
+
+def _alpha_varies(path: Path) -> bool:
+    """Whether the file's alpha channel holds more than one value (read only for the rare file
+    whose colours are uniform)."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
 
 
 def _grouped_notes(records: Sequence[ImageRecord]) -> list[str]:

@@ -38,8 +38,8 @@ from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
-from pdseg_cli.errors import InputError
-from pdseg_cli.model.build import load_model, train_side
+from pdseg_cli.errors import InputError, WeightsError
+from pdseg_cli.model.build import load_model, missing_weights_hint, train_side, unwrap_model
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.weights import default_weights
@@ -149,13 +149,20 @@ class Predictor:
             kind = "module"
         else:
             self.weights_path = Path(weights) if weights is not None else default_weights()
+            if not self.weights_path.is_file():  # the loaders' own message, before sniffing the format
+                what = "no such file" if not self.weights_path.exists() else "not a file"
+                raise WeightsError(
+                    f"weights {self.weights_path}: {what}", hint=missing_weights_hint(self.weights_path)
+                )
             kind = detect_format(self.weights_path)
         if onnx_spec and kind != "onnx":  # checked before loading: these say how to run them
             raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
         self._autocast = self.precision  # the autocast around the network
         ignored = None
         if isinstance(weights, nn.Module):
-            model = copy.deepcopy(weights)  # eval(), .to() and channels_last below change a module
+            # unwrapped (DataParallel, DDP, torch.compile), as save_checkpoint and optimize do, so its
+            # training size and normalisation are found; copied, as eval() and .to() below change it
+            model = copy.deepcopy(unwrap_model(weights))
         elif kind == "checkpoint":
             model = load_model(self.weights_path, device="cpu")
         else:
@@ -217,9 +224,10 @@ class Predictor:
         """Segment one image.
 
         Args:
-            image: (H, W, 3) RGB (or (H, W) gray, (H, W, 4) RGBA with alpha ignored); uint8,
-                uint16, bool, float or other integer samples (by their values: 0..1, 0..255 or
-                0..65535, see ``pdseg_cli.data.transforms.to_float_rgb``).
+            image: (H, W, 3) RGB (or (H, W) gray, (H, W, 4) RGBA with alpha ignored). uint8 is
+                0..255 and uint16 0..65535 by their type; bool, float and other integer samples go
+                by their values (0..1, 0..255 or 0..65535); negative values read as 0 (see
+                ``pdseg_cli.data.transforms.to_float_rgb``).
             threshold: None for the soft map ``floor(255 sigmoid)``; T in (0, 1) for 0/255 at
                 ``sigmoid >= T``.
 

@@ -109,7 +109,7 @@ def collect_inputs(
             base = _glob_base(text)
             for m in matches:
                 p = Path(m)
-                if p.is_file() and not p.name.startswith("."):
+                if (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
                     add(
                         p,
                         p.parent.relative_to(base) if recursive and _is_under(p.parent, base) else Path("."),
@@ -148,6 +148,15 @@ def _is_under(path: Path, base: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link that leads nowhere, or in a loop (counted apart from files of other kinds)."""
+    try:
+        path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return path.is_symlink()
+    return False
 
 
 def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:

@@ -58,7 +58,11 @@ def write_checkpoint(
         resume_point = path.with_name(LAST_NAME).is_file()
         raise CheckpointWriteError(
             f"cannot write {path} ({why or first_line(exc)}); "
-            + ("the previous checkpoint is intact" if resume_point else "no checkpoint has been written yet"),
+            + (
+                "the previous checkpoint is intact"
+                if resume_point
+                else "no resume point (last.pt) has been written yet"
+            ),
             hint="free some space (or move --out elsewhere) and "
             + ("continue with --resume" if resume_point else "start the run again with --overwrite"),
         ) from None

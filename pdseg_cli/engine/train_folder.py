@@ -155,11 +155,14 @@ def write_run_config(
             previous = None
         if isinstance(previous, dict):
             earlier = [*previous.pop("earlier_sessions", []), previous]
+    resolved = dict(resolved)
+    if resumed and earlier and resolved.get("init") is None:  # the run's starting weights, still
+        resolved["init"] = (earlier[-1].get("resolved") or {}).get("init")
     data = {
         "pdseg_version": __version__,
         "torch_version": str(torch.__version__),
         "train": cfg.to_dict(),
-        "resolved": dict(resolved),
+        "resolved": resolved,
         **({"earlier_sessions": earlier} if earlier else {}),
     }
     with atomic_path(path) as tmp:

@@ -142,7 +142,8 @@ def save_checkpoint(
         train_size: side of the square training images; defaults to ``model.train_size``.
         normalization: input normalisation; defaults to ``model.normalization``.
         **provenance: plain values describing the weights, e.g. ``data="DIS5K/DIS-TR"``,
-            ``steps=60000``, ``seed=0``.
+            ``steps=60000``, ``seed=0``; they add to (or replace) the provenance of a model
+            loaded with :func:`load_model` (``model.provenance``), which is kept.
 
     Returns:
         The written path.
@@ -206,7 +207,9 @@ def checkpoint_payload(
         "normalization": _plain(
             dict(normalization or getattr(net, "normalization", NORMALIZATION)), "normalization"
         ),
-        "provenance": _plain(provenance, "provenance"),
+        # a loaded model keeps what its file said it came from (load_model sets .provenance);
+        # values given here add to it or replace it
+        "provenance": _plain({**dict(getattr(net, "provenance", None) or {}), **provenance}, "provenance"),
         "pdseg_version": __version__,
         "torch_version": str(torch.__version__),
         "dtype": "float16" if half else "float32",
@@ -218,11 +221,7 @@ def checkpoint_payload(
 def _torch_load(path: Path, what: str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with every failure as one WeightsError."""
     if not path.exists():
-        from pdseg_cli.weights import BUNDLED_NAME, default_weights
-
-        bundled = path.name == BUNDLED_NAME and default_weights().is_file()
-        hint = f"the bundled weights are at {default_weights()}" if bundled else "check the path"
-        raise WeightsError(f"{what} {path} does not exist", hint=hint)
+        raise WeightsError(f"{what} {path} does not exist", hint=missing_weights_hint(path))
     if path.is_dir():
         raise WeightsError(f"{what} {path} is a folder, not a file", hint="give the .pt/.pth file inside it")
     size = path.stat().st_size
@@ -253,6 +252,16 @@ def _torch_load(path: Path, what: str) -> Any:
                 hint="download or copy it again",
             ) from None
         raise WeightsError(f"{what} {path} is not a PyTorch file", hint=_not_torch_hint(path, what)) from None
+
+
+def missing_weights_hint(path: Path) -> str:
+    """The fix for a weights path that does not exist: where the bundled file is, when that is the
+    name given (a README command run from outside the clone), else to check the path."""
+    from pdseg_cli.weights import BUNDLED_NAME, default_weights
+
+    if path.name == BUNDLED_NAME and default_weights().is_file():
+        return f"the bundled weights are at {default_weights()}"
+    return "check the path"
 
 
 def _not_torch_hint(path: Path, what: str) -> str:

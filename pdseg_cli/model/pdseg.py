@@ -89,11 +89,7 @@ class PDSeg(nn.Module):
                 bytes, or float64 from numpy), which torch would report deep inside a convolution.
         """
         weights = next(self.parameters()).dtype  # float64 is fine for a model made float64
-        if not x.is_floating_point():
-            raise TypeError(
-                f"model(x) takes a normalised float32 tensor (B, 3, H, W), got {x.dtype}: use "
-                "Predictor for images, or x.float() after normalising as model.normalization says"
-            )
+        _refuse_non_float(x)
         if x.dtype != weights and not _autocast_on(x.device.type):  # autocast casts per operator
             raise TypeError(
                 f"model(x) got a {x.dtype} tensor for {weights} weights: use x.to({weights}) (after "
@@ -177,7 +173,17 @@ class FastPDSeg(InferenceForm):
         """Segment a batch: (B, 3, H, W) normalised float, any H and W -> logits (B, 1, H, W).
 
         The same contract as :meth:`PDSeg.forward`; outputs are float32 in every precision.
+
+        Raises:
+            TypeError: ``x`` holds bytes (an image tensor) or float64 (from numpy); the form casts
+                float32/16 inputs to its own precision.
         """
+        _refuse_non_float(x)
+        if x.dtype == torch.float64:
+            raise TypeError(
+                "model(x) got a torch.float64 tensor: use x.float() (after normalising as "
+                "model.normalization says)"
+            )
         size = x.shape[-2:]
         x = pad_input(x, self.config.pad_multiple)
         padded = x.shape[-2:]
@@ -232,3 +238,16 @@ def _autocast_on(device_type: str) -> bool:
         return bool(torch.is_autocast_enabled(device_type))
     except TypeError:
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def _refuse_non_float(x: torch.Tensor) -> None:
+    """A clear TypeError for an image tensor of bytes (torch would fail deep in a convolution)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"model(x) takes a torch tensor (B, 3, H, W), got {type(x).__name__}: use Predictor for images"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"model(x) takes a normalised float32 tensor (B, 3, H, W), got {x.dtype}: use "
+            "Predictor for images, or x.float() after normalising as model.normalization says"
+        )

@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 # stdout for results (tables), stderr for progress, warnings and errors
 console = Console(highlight=False)
@@ -59,14 +60,17 @@ def table(
     *,
     numeric: Sequence[bool] | None = None,
     caption: str | None = None,
+    literal: bool = False,
 ) -> None:
-    """Print a table on stdout; numeric columns are right-justified."""
-    t = Table(title=title, caption=caption, title_justify="left")
+    """Print a table on stdout; numeric columns are right-justified. ``literal`` cells are shown as
+    they are (file names and provenance: no markup read into brackets, long values folded onto
+    more lines rather than cut, so a hash can be copied whole)."""
+    t = Table(title=Text(title) if literal and title else title, caption=caption, title_justify="left")
     numeric = numeric or [False] * len(columns)
     for name, is_num in zip(columns, numeric, strict=True):
-        t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num)
+        t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num and not literal)
     for row in rows:
-        t.add_row(*(str(v) for v in row))
+        t.add_row(*(Text(str(v), overflow="fold") if literal else str(v) for v in row))
     console.print(t)
 
 

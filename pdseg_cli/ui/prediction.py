@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pdseg_cli import ui
+from pdseg_cli.engine.predict_plan import is_broken_link
 from pdseg_cli.errors import counted, listing
 
 # the kinds of file pdseg reads, named once for the "not read" line
@@ -80,9 +81,12 @@ def summary(result: Any) -> None:
     if result.world_size > 1:
         caption += f" · {result.world_size} processes"
     ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
-    if result.not_images:
-        names = [str(p) for p in result.not_images]
-        ui.info(f"skipped, not a kind pdseg reads ({', '.join(_KNOWN_KINDS)}): {listing(names, 5)}")
+    broken = [str(p) for p in result.not_images if is_broken_link(p)]
+    others = [str(p) for p in result.not_images if str(p) not in broken]
+    if others:
+        ui.info(f"skipped, not a kind pdseg reads ({', '.join(_KNOWN_KINDS)}): {listing(others, 5)}")
+    if broken:
+        ui.warn(f"skipped, broken links or link loops: {listing(broken, 5)}")
     warnings = [w for r in result.results for w in r.warnings]
     for w in dict.fromkeys(warnings):
         ui.warn(w)
