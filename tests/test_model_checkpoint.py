@@ -327,3 +327,16 @@ def test_resaving_a_loaded_model_keeps_its_provenance(tmp_path: Path) -> None:
         "steps": 10,
         "note": "fp16 copy",
     }
+
+
+def test_an_unusable_normalisation_is_refused_on_save_and_on_load(tmp_path: Path) -> None:
+    model = create_model("pdseg-tiny")
+    for bad in ({"mean": [0, 0, 0], "std": [0, 1, 1]}, {"mean": [1, 2, 3]}, {"mean": [1, 2], "std": [1, 1]}):
+        with pytest.raises(ValueError, match="normalization"):
+            save_checkpoint(model, tmp_path / "bad.pt", normalization=bad)
+    assert not (tmp_path / "bad.pt").exists()
+    payload = torch.load(save_checkpoint(model, tmp_path / "ok.pt"), weights_only=True)
+    payload["normalization"] = {"mean": [1, 2, 3]}  # a file written by other means
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(WeightsError, match="unusable input normalisation"):
+        load_model(tmp_path / "edited.pt")

@@ -564,3 +564,8 @@ def test_predictor_names_a_missing_file_and_unwraps_a_wrapped_module(ckpt: Path,
             Predictor(bad)
     wrapped = torch.nn.DataParallel(load_model(ckpt))  # its training size and normalisation still count
     assert Predictor(wrapped, device="cpu").size == Predictor(ckpt, device="cpu").size
+
+
+def test_predict_paths_takes_one_folder_as_a_string(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    summary = Predictor(ckpt, device="cpu").predict_paths(str(folder), tmp_path / "out")
+    assert summary.done == 3  # the folder, not its name's characters

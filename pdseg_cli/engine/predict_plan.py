@@ -232,6 +232,8 @@ def plan_predict(
         InputError: no images found, ``out_dir`` unusable, an output that would overwrite an
             input, or two inputs that would write the same output file.
     """
+    if isinstance(sources, (str, os.PathLike)):  # one folder or file, not its characters
+        sources = [sources]
     dist = dist or runtime.Distributed()
     out = Path(out_dir).expanduser()
     save = parse_save(list(save))

@@ -181,6 +181,7 @@ def checkpoint_payload(
 
     Raises:
         TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
+        ValueError: ``normalization`` lacks 3 means and 3 non-zero stds.
     """
     net = unwrap_model(model)
     config = getattr(net, "config", None)
@@ -199,14 +200,16 @@ def checkpoint_payload(
             tensor = tensor.half()
         state[key] = tensor.contiguous()
     size = train_size if train_size is not None else getattr(net, "train_size", None)
+    norm = dict(normalization or getattr(net, "normalization", NORMALIZATION))
+    problem = _normalization_problem(norm)
+    if problem:  # every input would be normalised wrongly, so no file is written
+        raise ValueError(f"normalization: {problem}")
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
         "train_size": None if size is None else int(size),
-        "normalization": _plain(
-            dict(normalization or getattr(net, "normalization", NORMALIZATION)), "normalization"
-        ),
+        "normalization": _plain(norm, "normalization"),
         # a loaded model keeps what its file said it came from (load_model sets .provenance);
         # values given here add to it or replace it
         "provenance": _plain({**dict(getattr(net, "provenance", None) or {}), **provenance}, "provenance"),
@@ -326,16 +329,37 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not _is_state_dict(state):
         raise WeightsError(f"{path} has no state_dict of tensors")
     train_size = obj.get("train_size")
+    normalization = dict(obj.get("normalization") or NORMALIZATION)
+    problem = _normalization_problem(normalization)
+    if problem:
+        raise WeightsError(
+            f"{path} has an unusable input normalisation: {problem}",
+            hint="save it again with a normalization of 3 means and 3 non-zero stds",
+        )
     return Checkpoint(
         path=path,
         config=config,
         state_dict=state,
         train_size=int(train_size) if isinstance(train_size, (int, float)) else None,
-        normalization=dict(obj.get("normalization") or NORMALIZATION),
+        normalization=normalization,
         provenance=dict(obj.get("provenance") or {}),
         pdseg_version=str(obj.get("pdseg_version", "?")),
         format_version=version,
     )
+
+
+def _normalization_problem(norm: Mapping[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's normalisation (every input would come out wrong), or None."""
+    try:
+        mean = [float(v) for v in norm["mean"]]
+        std = [float(v) for v in norm["std"]]
+    except (KeyError, TypeError, ValueError):
+        return f"mean and std must be lists of numbers, got {dict(norm)!r}"[:200]
+    if len(mean) != 3 or len(std) != 3:
+        return f"{len(mean)} means and {len(std)} stds for 3 channels"
+    if any(s == 0 for s in std):
+        return f"a std of 0 ({std})"
+    return None
 
 
 def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
