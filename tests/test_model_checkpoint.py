@@ -340,3 +340,15 @@ def test_an_unusable_normalisation_is_refused_on_save_and_on_load(tmp_path: Path
     torch.save(payload, tmp_path / "edited.pt")
     with pytest.raises(WeightsError, match="unusable input normalisation"):
         load_model(tmp_path / "edited.pt")
+
+
+def test_load_model_takes_the_device_names_predictor_takes(tmp_path: Path) -> None:
+    from pdseg_cli.errors import InputError, NotAvailableError
+
+    path = save_checkpoint(create_model("pdseg-tiny"), tmp_path / "m.pt")
+    assert next(load_model(path, device="auto").parameters()).device.type in ("cpu", "cuda")
+    with pytest.raises(InputError, match="not a device"):
+        load_model(path, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(NotAvailableError):
+            load_model(path, device="cuda")

@@ -408,11 +408,18 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
 
     Args:
         path: a file written by :func:`save_checkpoint`.
-        device: where to put the model.
+        device: where to put the model: a torch device, or ``auto|cpu|cuda|cuda:N|mps`` as
+            ``Predictor`` takes them.
 
     Raises:
         WeightsError: the file is not a valid pdseg checkpoint, or its tensors do not fit its config.
+        NotAvailableError: CUDA (or MPS) was asked for and is not there (checked before loading).
+        InputError: not a device name.
     """
+    if isinstance(device, str):
+        from pdseg_cli.runtime import resolve_device
+
+        device = resolve_device(device).device
     ckpt = load_checkpoint(path)
     model = PDSeg(ckpt.config)
     state = _strip_prefixes(ckpt.state_dict)
