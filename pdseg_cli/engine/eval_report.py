@@ -68,7 +68,7 @@ class SplitResult:
     name: str
     gt_dir: Path
     pred_dir: Path | None
-    images: list[ImageRecord]
+    images: list[ImageRecord] = field(repr=False)  # one record per image: in to_json, not the repr
     scores: DatasetScores
     missing: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)

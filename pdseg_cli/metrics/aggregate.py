@@ -9,7 +9,7 @@ Which metric is which comes from the metric table (``pdseg_cli.metrics.table``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,8 +36,8 @@ class DatasetScores:
     """
 
     count: int
-    f_curve: np.ndarray
-    e_curve: np.ndarray
+    f_curve: np.ndarray = field(repr=False)  # 256 values each: a repr of the scores stays readable
+    e_curve: np.ndarray = field(repr=False)
     max_f: float
     mean_f: float
     adp_f: float

@@ -8,7 +8,7 @@ raw bytes and the GT skeleton. The GT-only parts come from a ``GTPrep``, possibl
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -44,8 +44,8 @@ class ImageScores:
         hce: the four HCE parts.
     """
 
-    f_curve: np.ndarray
-    e_curve: np.ndarray
+    f_curve: np.ndarray = field(repr=False)  # 256 values each: a repr of the scores stays readable
+    e_curve: np.ndarray = field(repr=False)
     adp_f: float
     adp_e: float
     wf: float
