@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,20 +14,25 @@ from pdseg_cli.commands import export as export_cmd
 from pdseg_cli.commands import info as info_cmd
 from pdseg_cli.commands import predict as predict_cmd
 from pdseg_cli.commands import train as train_cmd
-from pdseg_cli.commands._common import FLAG
 from pdseg_cli.data import native_messages
 from pdseg_cli.errors import os_error_line
 
+# metavar of on/off options: they take no value, so no type column (Typer shows "<bool>", and a
+# user then types `--tta true`)
+FLAG = ""
+
 
 def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
-    """``cls`` whose ``--help`` shows no value column, like pdseg's own flags (see ``FLAG``)."""
+    """``cls`` whose on/off options, its own ``--help`` included, show no value column (``FLAG``):
+    set here once for every command, so a new flag needs nothing of its own."""
 
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
-        def get_help_option(self, ctx: typer.Context) -> object:
-            option = super().get_help_option(ctx)
-            if option is not None:
-                option.metavar = FLAG
-            return option
+        def get_params(self, ctx: typer.Context) -> list[Any]:
+            params = super().get_params(ctx)
+            for param in params:
+                if getattr(param, "is_flag", False) and param.metavar is None:
+                    param.metavar = FLAG
+            return params
 
     return FlagHelp
 
@@ -65,9 +70,7 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", metavar=FLAG, callback=_version, is_eager=True, help="Print the version and exit."
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """pdseg: full-resolution dichotomous image segmentation."""

@@ -13,10 +13,6 @@ import typer
 from pdseg_cli import runtime, ui
 from pdseg_cli.errors import PdsegError, counted, os_error_line
 
-# metavar of on/off options: they take no value, so no type column (Typer shows "<bool>", and a
-# user then types `--tta true`)
-FLAG = ""
-
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
 EXIT_FAILED = 1  # the run went on but some items failed
 EXIT_INTERRUPTED = 130
@@ -119,7 +115,6 @@ TtaOpt = Annotated[
     bool,
     typer.Option(
         "--tta",
-        metavar=FLAG,
         help="Test-time augmentation: also run each image mirrored left-right and average the two maps. "
         "Twice the compute; steadier maps, usually a little more accurate (docs/model.md).",
     ),

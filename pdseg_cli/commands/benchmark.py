@@ -10,7 +10,6 @@ import typer
 
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
-    FLAG,
     BatchOpt,
     CompileOpt,
     DeviceOpt,
@@ -68,7 +67,7 @@ def benchmark(
     ] = None,
     compile_mode: CompileOpt = "off",
     json_out: Annotated[
-        bool, typer.Option("--json", metavar=FLAG, help="Print the results as JSON instead of a table.")
+        bool, typer.Option("--json", help="Print the results as JSON instead of a table.")
     ] = False,
 ) -> None:
     """Time forward passes: median latency, images per second and peak memory per input size.

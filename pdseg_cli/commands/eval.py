@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pdseg_cli.commands._common import (
-    FLAG,
     BatchOpt,
     DataRootOpt,
     DeviceOpt,
@@ -71,7 +70,6 @@ def eval_(
         bool,
         typer.Option(
             "--allow-missing",
-            metavar=FLAG,
             help="Score only the GTs that have a prediction instead of failing.",
         ),
     ] = False,
@@ -91,7 +89,7 @@ def eval_(
         ),
     ] = None,
     no_cache: Annotated[
-        bool, typer.Option("--no-cache", metavar=FLAG, help="Neither read nor write the GT cache.")
+        bool, typer.Option("--no-cache", help="Neither read nor write the GT cache.")
     ] = False,
     json_out: Annotated[
         Path | None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, FLAG, user_errors, weights_option
+from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, user_errors, weights_option
 from pdseg_cli.errors import InputError
 from pdseg_cli.ui import export as show
 
@@ -36,7 +36,6 @@ def export(
         bool,
         typer.Option(
             "--half",
-            metavar=FLAG,
             help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32.",
         ),
     ] = False,
@@ -47,7 +46,6 @@ def export(
         bool,
         typer.Option(
             "--check/--no-check",
-            metavar=FLAG,
             help="Load the file back and compare it with PyTorch before keeping it.",
         ),
     ] = True,

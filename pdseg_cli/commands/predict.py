@@ -12,7 +12,6 @@ import typer
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
     EXIT_USAGE,
-    FLAG,
     BatchOpt,
     CompileOpt,
     DeviceOpt,
@@ -70,7 +69,6 @@ def predict(
         bool,
         typer.Option(
             "--refine-foreground/--no-refine-foreground",
-            metavar=FLAG,
             help="For alpha and composite: put the object's estimated own colour under soft edges and hair "
             "(blur-fusion), not the original pixels that carry the old background's colour. On by default.",
             show_default=False,  # Typer's "[default: refine-foreground]" is longer than the column
@@ -86,15 +84,12 @@ def predict(
     ] = None,
     recursive: Annotated[
         bool,
-        typer.Option(
-            "--recursive", "-r", metavar=FLAG, help="Descend into subfolders and mirror them under --out."
-        ),
+        typer.Option("--recursive", "-r", help="Descend into subfolders and mirror them under --out."),
     ] = False,
     skip_existing: Annotated[
         bool,
         typer.Option(
             "--skip-existing",
-            metavar=FLAG,
             help="Skip images whose outputs all exist (resume a run; outputs are not checked for the "
             "settings that made them).",
         ),

@@ -10,7 +10,6 @@ import typer
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    FLAG,
     DataRootOpt,
     DeviceOpt,
     OnnxSpecOpt,
@@ -33,10 +32,10 @@ def train(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", metavar=FLAG, help="Continue the run in --out from its last.pt, exactly."),
+        typer.Option("--resume", help="Continue the run in --out from its last.pt, exactly."),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", metavar=FLAG, help="Start again in an --out that holds a run.")
+        bool, typer.Option("--overwrite", help="Start again in an --out that holds a run.")
     ] = False,
     variant: Annotated[
         str | None,
@@ -186,7 +185,6 @@ def train(
         bool | None,
         typer.Option(
             "--augment/--no-augment",
-            metavar=FLAG,
             help="Flip, rotation, crop and colour jitter (default: on).",
         ),
     ] = None,
