@@ -25,7 +25,6 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -89,6 +88,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:  # every reader below would call it corrupt or not an image
+        raise InputError(f"{path}: the file is empty")
     if max_pixels is not None:
         from pdseg_cli.data.header import image_size
 
@@ -135,11 +136,9 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS) -> np.nd
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        array, messages = native_messages.decode(lambda: cv2.imdecode(data, flags) if data.size else None)
+        array, messages = native_messages.decode(lambda: cv2.imdecode(data, flags))
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
-    if not data.size:
-        raise InputError(f"{path}: the file is empty")
     if array is None:
         raise InputError(
             f"{path}: cannot decode (corrupt, truncated or not a {path.suffix.lstrip('.').upper()} image)"
@@ -161,17 +160,17 @@ def _opencv_reason(exc: BaseException) -> str:
 def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     import tifffile
 
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
     extra_samples: tuple[int, ...] = ()
-    tags: dict[int, Any] = {}
+    orientation = 1
     try:
         with tifffile.TiffFile(path) as tif:
             if len(tif.pages) > 1:
                 warnings.append(f"{path}: multi-page TIFF ({len(tif.pages)} pages), the first page is used")
             page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
-            tags = {tag.code: tag.value for tag in page.tags.values()}
-            extra_samples = tuple(np.atleast_1d(tags.get(_TAG_EXTRA_SAMPLES, ())).tolist())
+            extra = page.tags.get(_TAG_EXTRA_SAMPLES)
+            extra_samples = tuple(np.atleast_1d(extra.value).tolist()) if extra is not None else ()
+            tag = page.tags.get(_TAG_ORIENTATION)
+            orientation = int(tag.value) if tag is not None else 1
             array = page.asarray()
             axes = page.axes
             photometric = int(page.photometric)
@@ -198,7 +197,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
         return array[..., ::-1] if array.ndim == 3 else array
     except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
-    return orient(_tiff_to_hwc(array, axes, photometric, colormap, path), int(tags.get(_TAG_ORIENTATION, 1)))
+    return orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
 
 
 def _unpremultiply(bgra: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
