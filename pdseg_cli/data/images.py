@@ -43,6 +43,8 @@ IMAGE_SUFFIXES = (
         {".png", ".bmp", ".dib", ".webp", ".pbm", ".pgm", ".ppm", ".pnm"}  # PNM: what many scanners write
     )
 )
+# the same formats by name, for messages (kept beside the suffixes they name)
+IMAGE_KINDS = ("JPEG", "PNG", "TIFF", "BMP", "WebP", "PNM")
 
 # colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR

@@ -159,6 +159,7 @@ class Predictor:
             raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
         self._autocast = self.precision  # the autocast around the network
         ignored = None
+        fix = "--precision fp32"  # the way out of an emulated precision
         if isinstance(weights, nn.Module):
             # unwrapped (DataParallel, DDP, torch.compile), as save_checkpoint and optimize do, so its
             # training size and normalisation are found; copied, as eval() and .to() below change it
@@ -171,6 +172,7 @@ class Predictor:
             metadata = getattr(model, "metadata", None)
             self.precision = metadata.precision if metadata is not None else "fp32"
             self._autocast = "fp32"  # no autocast around an exported graph
+            fix = "export the model again without --half"
             if precision not in ("auto", self.precision):
                 ignored = (
                     f"--precision {precision} ignored: {self.weights_path.name} runs at the precision it was "
@@ -207,8 +209,6 @@ class Predictor:
             self.size_note = "the checkpoint's training size"
         else:
             self.size_note = f"the checkpoint records no training size: {DEFAULT_SIZE} assumed, pass --size"
-        exported = not isinstance(weights, nn.Module) and kind != "checkpoint"
-        fix = "export the model again without --half" if exported else "--precision fp32"
         slow = runtime.emulated_precision_note(self.device, self.precision, fix)
         # what the user should know: emulated precision, model parts run as built (not optimised)
         self.notes: list[str] = [n for n in (ignored, slow) if n] + list(getattr(model, "notes", ()))

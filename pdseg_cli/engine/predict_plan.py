@@ -60,9 +60,8 @@ def collect_inputs(
     exclude_r = exclude.resolve() if exclude is not None else None
 
     def add(path: Path, rel_dir: Path) -> None:
-        try:
-            key = path.resolve(strict=True)
-        except (OSError, RuntimeError):  # a broken link or a link loop (RuntimeError before 3.13)
+        key = _resolved(path)
+        if key is None:  # a broken link or a link loop
             not_images.append(path)
             return
         if key in seen:
@@ -150,13 +149,18 @@ def _is_under(path: Path, base: Path) -> bool:
         return False
 
 
+def _resolved(path: Path) -> Path | None:
+    """The file ``path`` leads to, or None for a broken link or a link loop (RuntimeError before
+    Python 3.13, OSError since)."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+
+
 def is_broken_link(path: Path) -> bool:
     """A symbolic link that leads nowhere, or in a loop (counted apart from files of other kinds)."""
-    try:
-        path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return path.is_symlink()
-    return False
+    return _resolved(path) is None and path.is_symlink()
 
 
 def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:

@@ -247,7 +247,7 @@ def _torch_load(path: Path, what: str) -> Any:
         if "TorchScript" in str(exc):  # a TorchScript archive is a zip too, and whole
             raise WeightsError(
                 f"{what} {path} is a TorchScript export, not a pdseg checkpoint",
-                hint=_not_torch_hint(path.with_suffix(".ts"), what),
+                hint=_not_torch_hint(path, what, suffix=".ts"),
             ) from None
         if _starts_like_zip(path):
             raise WeightsError(
@@ -267,11 +267,13 @@ def missing_weights_hint(path: Path) -> str:
     return "check the path"
 
 
-def _not_torch_hint(path: Path, what: str) -> str:
-    """What to do with a file torch cannot read: an exported model is the usual mix-up."""
-    if what == "checkpoint" and path.suffix.lower() in SUFFIX_FORMATS:
+def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
+    """What to do with a file torch cannot read: an exported model is the usual mix-up (known by
+    its name, or as ``suffix`` where its content said which export it is)."""
+    suffix = suffix or path.suffix.lower()
+    if what == "checkpoint" and suffix in SUFFIX_FORMATS:
         return (
-            f"a {path.suffix.lower()} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
+            f"a {suffix} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
             "pdseg checkpoint (.pt: the bundled weights, or a run's last.pt / best.pt)"
         )
     return f"check the path: this needs {'a pdseg checkpoint (.pt)' if what == 'checkpoint' else what}"

@@ -7,11 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pdseg_cli import ui
+from pdseg_cli.data.images import IMAGE_KINDS
 from pdseg_cli.engine.predict_plan import is_broken_link
 from pdseg_cli.errors import counted, listing
-
-# the kinds of file pdseg reads, named once for the "not read" line
-_KNOWN_KINDS = ("JPEG", "PNG", "TIFF", "BMP", "WebP", "PNM")
 
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
@@ -81,10 +79,12 @@ def summary(result: Any) -> None:
     if result.world_size > 1:
         caption += f" · {result.world_size} processes"
     ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
-    broken = [str(p) for p in result.not_images if is_broken_link(p)]
-    others = [str(p) for p in result.not_images if str(p) not in broken]
+    broken: list[str] = []
+    others: list[str] = []
+    for path in result.not_images:
+        (broken if is_broken_link(path) else others).append(str(path))
     if others:
-        ui.info(f"skipped, not a kind pdseg reads ({', '.join(_KNOWN_KINDS)}): {listing(others, 5)}")
+        ui.info(f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(others, 5)}")
     if broken:
         ui.warn(f"skipped, broken links or link loops: {listing(broken, 5)}")
     warnings = [w for r in result.results for w in r.warnings]
