@@ -136,3 +136,9 @@ def test_two_runs_share_one_cache(split: Path, tmp_path: Path) -> None:
     assert first["images"] == second["images"] and first["splits"] == second["splits"]
     assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
     assert len(list(cache.rglob("*.npz"))) == len(CASES)
+
+
+@pytest.mark.parametrize("jobs", ["2", 1.5, True])
+def test_evaluate_names_a_jobs_value_that_is_not_an_int(split: Path, tmp_path: Path, jobs: object) -> None:
+    with pytest.raises(TypeError, match="jobs must be an int or None"):
+        evaluate(split / "pred", split / "gt", jobs=jobs, cache_dir=tmp_path)  # type: ignore[arg-type]

@@ -274,6 +274,14 @@ def test_unknown_variant_suggests_close_names() -> None:
     assert "did you mean" in str(info.value)
 
 
+@pytest.mark.parametrize("variant", [None, 3])
+def test_create_model_names_what_it_takes(variant: object) -> None:
+    from pdseg_cli.model import create_model
+
+    with pytest.raises(TypeError, match="variant name such as 'pdseg-t' or a ModelConfig"):
+        create_model(variant)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_config_dict_round_trip(name: str) -> None:
     config = get_config(name)

@@ -352,3 +352,10 @@ def test_load_model_takes_the_device_names_predictor_takes(tmp_path: Path) -> No
     if not torch.cuda.is_available():
         with pytest.raises(NotAvailableError):
             load_model(path, device="cuda")
+
+
+@pytest.mark.parametrize("size", [(256, 320), "512", 512.0, True])
+def test_save_refuses_a_train_size_that_is_not_one_side(model: PDSeg, tmp_path: Path, size: object) -> None:
+    with pytest.raises(TypeError, match="train_size must be one side length"):
+        save_checkpoint(model, tmp_path / "x.pt", train_size=size)  # type: ignore[arg-type]
+    assert not (tmp_path / "x.pt").exists()

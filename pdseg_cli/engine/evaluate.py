@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import numbers
 import os
 import platform
 import tempfile
@@ -230,7 +231,13 @@ def default_jobs() -> int:
 
 
 def resolve_jobs(jobs: int | None) -> int:
-    """Worker processes for ``jobs``: None or 0 all cores, -1 all, -2 all but one, N as given."""
+    """Worker processes for ``jobs``: None or 0 all cores, -1 all, -2 all but one, N as given.
+
+    Raises:
+        TypeError: ``jobs`` is not None or an int.
+    """
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral)):
+        raise TypeError(f"jobs must be an int or None, not {jobs!r}")
     if jobs is None or jobs == 0:
         return default_jobs()
     if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one...

@@ -20,6 +20,7 @@ names the file.
 
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import re
@@ -93,7 +94,12 @@ def create_model(variant: str | ModelConfig) -> PDSeg:
 
     Raises:
         InputError: unknown variant name (with the closest names as a hint).
+        TypeError: ``variant`` is neither a name nor a ModelConfig.
     """
+    if not isinstance(variant, (str, ModelConfig)):
+        raise TypeError(
+            f"variant must be a variant name such as 'pdseg-t' or a ModelConfig, not {type(variant).__name__}"
+        )
     config = variant if isinstance(variant, ModelConfig) else get_config(variant)
     return PDSeg(config).eval()
 
@@ -180,7 +186,8 @@ def checkpoint_payload(
     write of ``last.pt``). Arguments as for :func:`save_checkpoint`.
 
     Raises:
-        TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
+        TypeError: ``model`` has no ModelConfig, ``train_size`` is not a whole number, or a
+            provenance value is not a plain value.
         ValueError: ``normalization`` lacks 3 means and 3 non-zero stds.
     """
     net = unwrap_model(model)
@@ -200,6 +207,9 @@ def checkpoint_payload(
             tensor = tensor.half()
         state[key] = tensor.contiguous()
     size = train_size if train_size is not None else getattr(net, "train_size", None)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral)):
+        # one side: a checkpoint's training images are square (a pair would be read back as None)
+        raise TypeError(f"train_size must be one side length (an int), got {size!r}")
     norm = dict(normalization or getattr(net, "normalization", NORMALIZATION))
     problem = _normalization_problem(norm)
     if problem:  # every input would be normalised wrongly, so no file is written
