@@ -22,9 +22,15 @@ from pdseg_cli.errors import os_error_line
 FLAG = ""
 
 
+def _no_type(ctx: typer.Context) -> None:
+    return None
+
+
 def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
-    """``cls`` whose on/off options, its own ``--help`` included, show no value column (``FLAG``):
-    set here once for every command, so a new flag needs nothing of its own."""
+    """``cls`` whose on/off options, its own ``--help`` included, show no value column (``FLAG``),
+    and whose arguments with a metavar show that name alone (Typer adds "<list[str]>" to an
+    argument that takes several values): set here once for every command, so a new flag or
+    argument needs nothing of its own."""
 
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
         def get_params(self, ctx: typer.Context) -> list[Any]:
@@ -32,6 +38,8 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
             for param in params:
                 if getattr(param, "is_flag", False) and param.metavar is None:
                     param.metavar = FLAG
+                elif isinstance(param, typer.core.TyperArgument) and param.metavar:
+                    param.display_type_rich = _no_type
             return params
 
     return FlagHelp

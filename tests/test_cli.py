@@ -244,6 +244,7 @@ def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
     for command in ("predict", "eval", "train", "export", "benchmark", "info"):
         text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "110"}).output
         assert "<bool>" not in text, command  # Typer's own --help included
+        assert "<list[" not in text and "{sources}" not in text, command  # Python types, not names
         assert "…" not in text, command
     assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "110"}).output
     for command in ("eval", "export", "benchmark", "info"):

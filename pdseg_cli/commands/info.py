@@ -16,7 +16,8 @@ def info(
         str | None,
         typer.Argument(
             help=f"One variant to show ({', '.join(VARIANTS)}), or a weights file (.pt, .onnx, .ts) to "
-            "describe: its variant, training size, normalisation and where it came from."
+            "describe: its variant, training size, normalisation and where it came from.",
+            metavar="VARIANT|FILE",
         ),
     ] = None,
     size: Annotated[

@@ -35,7 +35,9 @@ def predict(
     sources: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, folders or quoted glob patterns ('scans/**/*.tif').", show_default=False
+            help="Image files, folders or quoted glob patterns ('scans/**/*.tif').",
+            metavar="IMAGES",
+            show_default=False,
         ),
     ],
     out_text: Annotated[
