@@ -284,9 +284,33 @@ def test_unlabelled_images_without_a_teacher_are_refused_before_training(tmp_pat
     unlabelled = _unlabelled(tmp_path / "unl", 3)
     with pytest.raises(DataError) as info:
         train(_cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[labelled, unlabelled]))
-    assert "3 of 7 training images have no mask" in info.value.message
-    assert "--teacher" in (info.value.hint or "")
+    assert "im/s00.jpg: no mask gt/s00.png" in info.value.message
+    assert "3 of 7 training images have no mask: pass --teacher MODEL" in (info.value.hint or "")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_folder_of_images_alone_is_refused_at_once_with_the_count(tmp_path: Path) -> None:
+    unlabelled = _unlabelled(tmp_path / "unl", 3)
+    with pytest.raises(DataError) as info:
+        train(_cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[unlabelled]))
+    assert info.value.message == "3 of 3 training images have no mask (e.g. unl/im/s00.jpg)"
+    assert "--teacher" in (info.value.hint or "")
+
+
+def test_missing_masks_and_bad_pairs_are_named_in_one_error(tmp_path: Path) -> None:
+    # one run names every fix: the image without a mask and what decoding finds in the others
+    labelled = make_dataset(tmp_path / "lab", 4)
+    (labelled / "gt" / "s00.png").unlink()
+    cv2.imwrite(str(labelled / "gt" / "s01.png"), np.ones((64, 64), np.uint8))  # 0/1 values
+    cv2.imwrite(str(labelled / "gt" / "s02.png"), np.zeros((32, 64), np.uint8))  # another size
+    with pytest.raises(DataError) as info:
+        train(_cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[labelled]))
+    message = info.value.message
+    assert message.startswith("3 bad image/mask pair(s)")
+    assert "im/s00.jpg: no mask gt/s00.png" in message
+    assert "s01.png holds only the values 0 and 1" in message
+    assert "s02.jpg is 64x64 but its mask s02.png is 64x32" in message
+    assert (info.value.hint or "").startswith("1 of 4 training images have no mask: pass --teacher")
 
 
 def test_distillation_mixes_folders_and_records_the_teacher(tiny_teacher: Path, tmp_path: Path) -> None:

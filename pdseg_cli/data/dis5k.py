@@ -13,6 +13,7 @@ pairs are reported by name before any training step (:func:`prepare_samples`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -176,16 +177,25 @@ class PairScan:
         folder: the dataset folder.
         pairs: complete pairs, sorted by stem.
         problems: one line per bad file (missing partner, duplicate stem, unreadable).
+        hint: the fix :meth:`raise_problems` names (default: fix or remove the files).
     """
 
     folder: Path
     pairs: list[Pair]
     problems: list[str] = field(default_factory=list)
+    hint: str = "fix or remove these files (every image in im/ needs a mask in gt/ with the same name)"
 
     @property
     def unlabelled(self) -> int:
         """How many images have no mask."""
         return sum(p.mask is None for p in self.pairs)
+
+    def require_masks(self) -> PairScan:
+        """This scan with each image without a mask moved from the pairs to the problems, named as
+        :func:`scan_pairs` names it when masks are not optional."""
+        missing = [_no_mask(p.image, p.stem) for p in self.pairs if p.mask is None]
+        pairs = [p for p in self.pairs if p.mask is not None]
+        return dataclasses.replace(self, pairs=pairs, problems=[*self.problems, *missing])
 
     def raise_problems(self) -> None:
         """Raise one :class:`DataError` naming every problem (the first few by name).
@@ -198,8 +208,12 @@ class PairScan:
         raise DataError(
             f"{len(self.problems)} bad image/mask pair(s) in {self.folder}: "
             f"{listing(self.problems, _MAX_LISTED, sep='; ')}",
-            hint="fix or remove these files (every image in im/ needs a mask in gt/ with the same name)",
+            hint=self.hint,
         )
+
+
+def _no_mask(image: Path, stem: str) -> str:
+    return f"{IMAGE_DIR}/{image.name}: no mask {MASK_DIR}/{stem}{MASK_EXT}"
 
 
 def scan_pairs(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> PairScan:
@@ -226,8 +240,7 @@ def scan_pairs(folder: str | os.PathLike[str], *, masks_optional: bool = False) 
     if not images:
         raise DataError(f"no images in {folder / IMAGE_DIR}", hint="expected .jpg/.png/.tif files")
     if not masks_optional:
-        for stem in sorted(images.keys() - masks.keys()):
-            problems.append(f"{IMAGE_DIR}/{images[stem].name}: no mask {MASK_DIR}/{stem}{MASK_EXT}")
+        problems += [_no_mask(images[stem], stem) for stem in sorted(images.keys() - masks.keys())]
     for stem in sorted(masks.keys() - images.keys()):
         problems.append(f"{MASK_DIR}/{masks[stem].name}: no image {IMAGE_DIR}/{stem}.*")
     stems = sorted(images.keys() if masks_optional else images.keys() & masks.keys())
@@ -425,7 +438,7 @@ def prepare_samples(
                 problems.append(problem)
             if on_progress is not None:
                 on_progress(done, total)
-    PairScan(scan.folder, scan.pairs, problems).raise_problems()
+    dataclasses.replace(scan, problems=problems).raise_problems()
     return store
 
 

@@ -189,17 +189,20 @@ def _scan_training(
     scans = [dis5k.scan_pairs(f, masks_optional=True) for f in folders]
     if teacher is None:
         unlabelled = [p for s in scans for p in s.pairs if p.mask is None]
-        if unlabelled and not any(s.problems for s in scans):
+        if not unlabelled:
+            return dis5k.merge_scans(scans)
+        counted = f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
+        fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
+        if not any(s.problems for s in scans) and all(p.mask is None for s in scans for p in s.pairs):
+            # nothing else to check: said at once, without decoding every image
             first = unlabelled[0].image
             raise DataError(
-                f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no "
-                f"mask (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})",
-                hint="pass --teacher MODEL to learn their targets from a model, or add masks with "
-                "the same names to gt/",
+                f"{counted} (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})", hint=fix
             )
-        # with other problems too, they are all named together (after decoding finds the rest)
-        scans = [dis5k.scan_pairs(f) if s.unlabelled else s for f, s in zip(folders, scans, strict=True)]
-        return dis5k.merge_scans(scans)
+        # the images without masks become named problems, listed with those decoding finds in the
+        # others (a 0/1 mask, another size, an unreadable file), so one run names every fix
+        merged = dis5k.merge_scans([s.require_masks() for s in scans])
+        return dataclasses.replace(merged, hint=f"{counted}: {fix}; fix or remove the other files")
     maps, info = teacher
     scan = dis5k.merge_scans(scans)
     pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]
