@@ -455,6 +455,24 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
     assert (out2 / "x" / "y" / "deep.png").is_file()
 
 
+def test_recursive_out_inside_the_inputs_refuses_images_it_would_leave_out(tmp_path: Path, ckpt: Path) -> None:
+    # the walk leaves --out out so that outputs are not read as inputs; a photo already in it
+    # would silently go unsegmented
+    src = tmp_path / "photos"
+    (src / "2024").mkdir(parents=True)
+    cv2.imwrite(str(src / "top.png"), _img(20, 30))
+    cv2.imwrite(str(src / "2024" / "coffee.jpg"), _img(25, 21))
+    result = _run(src, "-o", src / "2024", "-w", ckpt, "-r")
+    assert result.exit_code == 2
+    assert "holds 1 image that would not be segmented" in result.output and "coffee.jpg" in result.output
+    assert sorted(p.name for p in (src / "2024").iterdir()) == ["coffee.jpg"]
+    (src / "2024" / "coffee.jpg").unlink()
+    for _ in range(2):  # outputs of these inputs are not counted: a rerun goes ahead
+        result = _run(src, "-o", src / "2024", "-w", ckpt, "-r", "--save", "mask,alpha")
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (src / "2024").iterdir()) == ["top.png", "top_alpha.png"]
+
+
 def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path, ckpt: Path) -> None:
     from pdseg_cli.engine.predict_plan import collect_inputs
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pdseg_cli import runtime
 from pdseg_cli.data import images as imio
-from pdseg_cli.engine.output_kinds import output_candidates, parse_save
+from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, output_candidates, parse_save
 from pdseg_cli.errors import InputError, counted, listing
 
 _GLOB_MAGIC = frozenset("*?[")
@@ -163,6 +163,46 @@ def is_broken_link(path: Path) -> bool:
     return _resolved(path) is None and path.is_symlink()
 
 
+def _refuse_images_inside_out(
+    sources: Sequence[str | os.PathLike[str]], out: Path, inputs: list[InputFile], recursive: bool
+) -> None:
+    """Refuse an ``--out`` inside a folder that ``--recursive`` reads when it already holds images
+    that are not outputs of these inputs: the walk leaves ``--out`` out (so that outputs are not
+    read as inputs), and those images would silently go unsegmented."""
+    if not recursive or not out.is_dir():
+        return
+    bases = []
+    for source in sources:
+        text = os.fspath(source)
+        path = Path(text).expanduser()
+        bases.append(
+            path if path.is_dir() else _glob_base(text) if any(c in text for c in _GLOB_MAGIC) else None
+        )
+    if not any(base is not None and _is_under(out, base) and not _is_under(base, out) for base in bases):
+        return
+    every_kind = list(OUTPUT_KINDS)
+    outputs = {
+        p.resolve()
+        for item in inputs
+        for paths in output_candidates(out / item.rel_dir, item.path.stem, every_kind).values()
+        for p in paths
+    }
+    left_out = [
+        Path(d) / n
+        for d, dirs, names in os.walk(out)
+        for n in sorted(names)
+        if not n.startswith(".")
+        and imio.is_image_file(Path(d) / n)
+        and (Path(d) / n).resolve() not in outputs
+    ]
+    if left_out:
+        raise InputError(
+            f"--out {out} is inside a folder --recursive reads, and holds {counted(len(left_out), 'image')} "
+            f"that would not be segmented: {listing([str(p) for p in left_out], 3)}",
+            hint="choose an --out folder apart from the inputs, or move those images out of it",
+        )
+
+
 def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:
     """Refuse inputs that would write the same output files, naming every pair (``cat.jpg`` and
     ``cat.png`` both make ``cat.png``).
@@ -264,6 +304,7 @@ def plan_predict(
                 hint="choose an --out folder apart from the inputs, e.g. "
                 f"{out.resolve().name or 'images'}-masks",
             )
+    _refuse_images_inside_out(sources, out, inputs, recursive)
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}
