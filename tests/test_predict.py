@@ -455,7 +455,9 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
     assert (out2 / "x" / "y" / "deep.png").is_file()
 
 
-def test_recursive_out_inside_the_inputs_refuses_images_it_would_leave_out(tmp_path: Path, ckpt: Path) -> None:
+def test_recursive_out_inside_the_inputs_refuses_images_it_would_leave_out(
+    tmp_path: Path, ckpt: Path
+) -> None:
     # the walk leaves --out out so that outputs are not read as inputs; a photo already in it
     # would silently go unsegmented
     src = tmp_path / "photos"

@@ -186,6 +186,40 @@ def test_bad_pairs_are_all_named_before_training(tmp_path: Path, data: dict[str,
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_masks_that_read_as_faint_targets_are_named_before_training(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    # the metrics read a colour GT as its luminance: DAVIS's palette masks (object = index 1, dark
+    # red) would train as a target of 38/255, so training names them instead
+    from PIL import Image
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data["train"], bad)
+    fg = [cv2.imread(str(bad / "gt" / f"s0{i}.png"), cv2.IMREAD_GRAYSCALE) > 127 for i in range(6)]
+    palette = Image.fromarray(fg[0].astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    palette.save(bad / "gt" / "s00.png")
+    red = np.zeros((*fg[1].shape, 3), np.uint8)
+    red[fg[1]] = (0, 0, 255)  # BGR
+    cv2.imwrite(str(bad / "gt" / "s01.png"), red)
+    alpha = np.zeros((*fg[2].shape, 4), np.uint8)
+    alpha[..., 3] = fg[2] * 255  # the mask in alpha, colours uniform
+    cv2.imwrite(str(bad / "gt" / "s02.png"), alpha)
+    cv2.imwrite(str(bad / "gt" / "s03.png"), fg[3].astype(np.uint8) * 100)  # at most 100
+    gray_rgb = np.repeat((fg[4].astype(np.uint8) * 255)[..., None], 3, axis=2)
+    cv2.imwrite(str(bad / "gt" / "s04.png"), gray_rgb)  # a gray mask stored as RGB: fine
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", data, train_dir=bad))
+    message = str(info.value)
+    assert "4 bad image/mask pair(s)" in message, message
+    assert "s00.png is a palette image with colours, not a gray mask" in message
+    assert "its object is at most 38 of 255" in message
+    assert "s01.png is an RGB image with colours" in message
+    assert "s02.png keeps its mask in the alpha channel" in message
+    assert "s03.png has no value above 128 (at most 100)" in message
+    assert "s04.png" not in message
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

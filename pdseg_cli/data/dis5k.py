@@ -29,7 +29,7 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError, listing
-from pdseg_cli.metrics.reading import read_gray_u8
+from pdseg_cli.metrics.reading import read_mask_file, training_mask_problem
 
 DATA_ENV = "PDSEG_DATA"  # the DIS5K root when --data-root is not given
 DEFAULT_ROOT = Path("DIS5K")  # relative to the working directory, last resort
@@ -287,12 +287,11 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
         if path is None:
             targets.append(None)
             continue
-        target = read_gray_u8(path)  # as pdseg eval reads GTs (cv2 grayscale semantics)
-        if path == pair.mask and int(target.max()) == 1:  # a 0/1 mask would train on empty targets
-            raise DataError(
-                f"{path.name} holds only the values 0 and 1, which train as an empty mask (masks are "
-                "0..255: store them as 0/255)"
-            )
+        read = read_mask_file(path)  # as pdseg eval reads GTs (cv2 grayscale semantics)
+        target = read.array
+        problem = training_mask_problem(read) if path == pair.mask else None
+        if problem:
+            raise DataError(f"{path.name} {problem} (masks are 8-bit gray: store them as 0/255)")
         if target.shape[:2] != pixels.shape[:2]:
             (h, w), (mh, mw) = pixels.shape[:2], target.shape[:2]
             raise DataError(f"{pair.image.name} is {w}x{h} but its mask {path.name} is {mw}x{mh}")

@@ -67,7 +67,7 @@ from pdseg_cli.metrics.fmeasure import BETA2_F
 from pdseg_cli.metrics.gtprep import GTPrep
 from pdseg_cli.metrics.hce import EPSILON, RELAX
 from pdseg_cli.metrics.image import score_pair
-from pdseg_cli.metrics.reading import MaskFile, read_mask_file
+from pdseg_cli.metrics.reading import MaskFile, alpha_varies, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
 
@@ -133,20 +133,13 @@ def file_notes(mask: MaskFile, role: str) -> list[str]:
     if mask.colour:
         kinds.append(f"{prefix}_colour")
         if mask.colour in ("RGBA", "gray+alpha") and int(mask.array.min()) == int(mask.array.max()):
-            if _alpha_varies(mask.path):  # an opaque blank map is just blank
+            if alpha_varies(mask.path):  # an opaque blank map is just blank
                 kinds.append(f"{prefix}_alpha")
     if mask.decoder_said:
         kinds.append(f"{prefix}_damaged")
     if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
         kinds.append("gt_empty")
     return kinds
-
-
-def _alpha_varies(path: Path) -> bool:
-    """Whether the file's alpha channel holds more than one value (read only for the rare file
-    whose colours are uniform)."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
 
 
 def _grouped_notes(records: Sequence[ImageRecord]) -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from pdseg_cli.data import native_messages
 from pdseg_cli.errors import InputError
+from pdseg_cli.metrics.common import GT_THRESHOLD
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}  # 0 is plain gray
@@ -98,6 +99,45 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
 def read_gray_u8(path: str | os.PathLike[str]) -> np.ndarray:
     """``cv2.imread(path, cv2.IMREAD_GRAYSCALE)``, with an InputError naming the file on failure."""
     return read_mask_file(path).array
+
+
+def alpha_varies(path: Path) -> bool:
+    """Whether the file's alpha channel holds more than one value (read only for the rare file
+    whose colours are uniform)."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
+
+
+def training_mask_problem(mask: MaskFile) -> str | None:
+    """Why ``mask`` read as gray is not a training target, or None.
+
+    The metrics read a colour GT as its luminance (as the reference tools do), which is right for
+    a gray mask stored as RGB but turns a palette or coloured mask (DAVIS's dark red object, index
+    1, is 38) into a faint target; training refuses those instead of learning a half-present object.
+    """
+    array = mask.array
+    if (
+        mask.colour in ("RGBA", "gray+alpha")
+        and int(array.min()) == int(array.max())
+        and alpha_varies(mask.path)
+    ):
+        return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
+    if mask.colour is not None:
+        raw = cv2.imread(str(mask.path), cv2.IMREAD_UNCHANGED)
+        if raw is not None and raw.ndim == 3 and raw.shape[2] >= 3:
+            b, g, r = raw[..., 0], raw[..., 1], raw[..., 2]
+            if not (np.array_equal(b, g) and np.array_equal(g, r)):
+                article = "an" if mask.colour.startswith("R") else "a"
+                return (
+                    f"is {article} {mask.colour} image with colours, not a gray mask (read as gray, as the "
+                    f"metrics read GTs, its object is at most {int(array.max())} of 255)"
+                )
+    top = int(array.max())
+    if top == 1:
+        return "holds only the values 0 and 1, which train as an empty mask"
+    if 0 < top <= GT_THRESHOLD:
+        return f"has no value above {GT_THRESHOLD} (at most {top}), which trains and scores as an empty mask"
+    return None
 
 
 def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
