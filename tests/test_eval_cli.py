@@ -442,6 +442,13 @@ def test_json_and_csv_outputs_go_to_stdout_or_distinct_files(tmp_path: Path) -> 
     same = _run(*base, "--json", tmp_path / "r.out", "--csv", tmp_path / "r.out", cache=tmp_path / "c")
     assert same.exit_code == 2 and "the CSV would replace the JSON" in flat(same.output)
     assert not (tmp_path / "r.out").exists()  # refused before scoring
+    itself = _run("--split", split, "--pred", split / "gt", cache=tmp_path / "c")  # a perfect score
+    assert itself.exit_code == 2 and "scored against themselves" in flat(itself.output)
+    gt = split / "gt" / f"{CASES[0]}.png"
+    before = gt.read_bytes()
+    onto_a_mask = _run(*base, "--csv", gt, cache=tmp_path / "c")  # a slip that would replace a GT
+    assert onto_a_mask.exit_code == 2 and "--csv" in onto_a_mask.output
+    assert "names an image file" in flat(onto_a_mask.output) and gt.read_bytes() == before
     both = _run(*base, "--json", "-", "--csv", "-", cache=tmp_path / "c")
     assert both.exit_code == 2 and "both ask for standard output" in flat(both.output)
     piped = _run(*base, "--csv", "-", cache=tmp_path / "c")

@@ -380,6 +380,9 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
         format_for("m.ts", "onnx")
     with pytest.raises(InputError, match=r"--out m.pt: .pt is a PyTorch checkpoint's name"):
         format_for("m.pt", None)  # written as ONNX under a checkpoint's name, it misleads every reader
+    for name in ("photo.jpg", "scores.csv", "mask.PNG"):  # `-o photo.jpg` would replace the photo
+        with pytest.raises(InputError, match="names an image or data file"):
+            format_for(name, None)
     misnamed = tmp_path / "m.ts"  # an ONNX file under a TorchScript name still runs as ONNX
     misnamed.write_bytes(onnx_file.read_bytes())
     assert detect_format(misnamed) == "onnx"

@@ -266,22 +266,30 @@ def _check_outputs(json_out: Path | None, csv_out: Path | None) -> None:
                 f"--json and --csv both name {json_out}: the CSV would replace the JSON",
                 hint="give each its own file",
             )
-    for path in (json_out, csv_out):
+    for option, path in (("--json", json_out), ("--csv", csv_out)):
         if path is not None and not _is_stdout(path):
-            _check_writable(path)
+            _check_writable(option, path)
 
 
 def _is_stdout(path: Path) -> bool:
     return str(path) == "-"
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse an output path that cannot be written before the (long) scoring starts."""
+def _check_writable(option: str, path: Path) -> None:
+    """Refuse an output path that cannot be written, or that names an image (a slip that would
+    replace a mask or map being scored with text), before the (long) scoring starts."""
+    from pdseg_cli.data.images import IMAGE_SUFFIXES
+
     if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name for the output")
+        raise InputError(f"{option} {path} is a folder; give a file name for the output")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{option} {path} names an image file, and the report is text",
+            hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
+        )
     parent = path.expanduser().resolve().parent
     if not parent.is_dir():
-        raise InputError(f"cannot write {path}: the folder {parent} does not exist")
+        raise InputError(f"cannot write {option} {path}: the folder {parent} does not exist")
 
 
 def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | None) -> None:

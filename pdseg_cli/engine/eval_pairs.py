@@ -88,9 +88,15 @@ def plan_pairs(
     """Match ``pred_dir/<stem>.*`` with ``gt_dir/<stem>.*``.
 
     Raises:
-        DataError: a folder is missing or holds no image files.
+        DataError: a folder is missing or holds no image files, or the two are one folder.
     """
     pred_dir, gt_dir = Path(pred_dir).expanduser(), Path(gt_dir).expanduser()
+    if pred_dir.resolve() == gt_dir.resolve():  # every metric would say "perfect"
+        raise DataError(
+            f"the predictions folder {pred_dir} is the GT folder: the masks would be scored against "
+            "themselves",
+            hint="give the folder of the maps a model wrote (--pred)",
+        )
     gts = list_maps(gt_dir, "GT")
     if not gts:
         raise DataError(

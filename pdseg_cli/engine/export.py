@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from pdseg_cli import __version__
-from pdseg_cli.data.images import check_writable_folder
+from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
     OUTPUT_LOGITS,
@@ -238,6 +238,18 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # what checkpoints are called, here and elsewhere
+# names of files an export must not take: a slip of the shell (`-o photo.jpg`) would replace them
+_NOT_MODEL_SUFFIXES = IMAGE_SUFFIXES | {
+    ".json",
+    ".csv",
+    ".txt",
+    ".md",
+    ".py",
+    ".yaml",
+    ".yml",
+    ".npy",
+    ".npz",
+}
 
 
 def format_for(out: str | Path, fmt: str | None) -> str:
@@ -245,12 +257,18 @@ def format_for(out: str | Path, fmt: str | None) -> str:
 
     Raises:
         InputError: ``fmt`` contradicts the extension (an ONNX file named ``.ts`` would be run as
-            TorchScript by whoever reads the name), or the name is a checkpoint's (``.pt``).
+            TorchScript by whoever reads the name), or the name is a checkpoint's (``.pt``), an
+            image's or a data file's (``.jpg``, ``.json``).
     """
     suffix = Path(out).suffix.lower()
     if suffix in _CHECKPOINT_SUFFIXES:
         raise InputError(
             f"--out {out}: {suffix} is a PyTorch checkpoint's name, and export writes ONNX or TorchScript",
+            hint=f"name it {Path(out).stem}.onnx or {Path(out).stem}.ts",
+        )
+    if suffix in _NOT_MODEL_SUFFIXES:
+        raise InputError(
+            f"--out {out}: {suffix} names an image or data file, and export writes ONNX or TorchScript",
             hint=f"name it {Path(out).stem}.onnx or {Path(out).stem}.ts",
         )
     named = SUFFIX_FORMATS.get(suffix)  # any other name is ONNX unless --format says otherwise
