@@ -37,9 +37,10 @@ def default_weights() -> Path:
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
+            what = "a folder, not a weights file" if path.is_dir() else "which does not exist"
             raise WeightsError(
-                f"${ENV_VAR} points to {path}, which does not exist",
-                hint=f"unset {ENV_VAR} or point it to a pdseg checkpoint (.pt)",
+                f"${ENV_VAR} points to {path}, {what}",
+                hint=f"unset {ENV_VAR} or point it to a weights file (.pt, .onnx, .ts)",
             )
         return path
     path = bundled_weights_dir() / BUNDLED_NAME

@@ -442,6 +442,13 @@ def test_json_and_csv_outputs_go_to_stdout_or_distinct_files(tmp_path: Path) -> 
     same = _run(*base, "--json", tmp_path / "r.out", "--csv", tmp_path / "r.out", cache=tmp_path / "c")
     assert same.exit_code == 2 and "the CSV would replace the JSON" in flat(same.output)
     assert not (tmp_path / "r.out").exists()  # refused before scoring
+    (tmp_path / "afile").touch()
+    save_to_file = _run("--split", split, "--save-preds", tmp_path / "afile", cache=tmp_path / "c")
+    assert (
+        save_to_file.exit_code == 2
+        and "--save-preds" in save_to_file.output
+        and "is a file" in save_to_file.output
+    )
     itself = _run("--split", split, "--pred", split / "gt", cache=tmp_path / "c")  # a perfect score
     assert itself.exit_code == 2 and "scored against themselves" in flat(itself.output)
     gt = split / "gt" / f"{CASES[0]}.png"

@@ -88,6 +88,7 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
         (["--variant", "pdseg-bb"], "did you mean pdseg-b"),
         (["--supervision", "some"], "multi or single"),
         (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
+        (["--lr", "inf"], "--lr must be a positive number, got inf"),  # the loss would be nan at once
     ],
 )
 def test_cli_bad_options_are_one_line_errors(

@@ -66,7 +66,10 @@ def test_bundled_weights_segment_a_bundled_photo(size: str | None) -> None:
 
 def test_env_var_overrides_and_names_a_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nope.pt"))
-    with pytest.raises(WeightsError, match="nope.pt"):
+    with pytest.raises(WeightsError, match="nope.pt, which does not exist"):
+        default_weights()
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))  # a folder exists: it is not called missing
+    with pytest.raises(WeightsError, match="a folder, not a weights file"):
         default_weights()
 
 

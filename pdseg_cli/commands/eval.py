@@ -152,6 +152,12 @@ def eval_(
                     hint=f"drop {', '.join(given)}, or drop --pred to run a model",
                 )
         _check_outputs(json_out, csv_out)
+        if (
+            save_preds is not None
+            and save_preds.expanduser().exists()
+            and not save_preds.expanduser().is_dir()
+        ):
+            raise InputError(f"--save-preds {save_preds} is a file", hint="give a folder for the maps")
         if cache_dir is not None and not no_cache and cache_dir.exists() and not cache_dir.is_dir():
             # asked for by name, so say it (an unwritable default cache only costs speed)
             raise InputError(f"--cache-dir {cache_dir} is a file", hint="give a folder, or pass --no-cache")

@@ -50,6 +50,18 @@ def info(
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return
             variant = description.variant
+        elif variant is not None and variant not in VARIANTS and Path(variant).expanduser().is_dir():
+            from pdseg_cli.errors import InputError, listing
+
+            inside = sorted(
+                p.name for p in Path(variant).expanduser().iterdir() if p.suffix in (".pt", ".onnx", ".ts")
+            )
+            raise InputError(
+                f"{variant} is a folder, not a weights file",
+                hint=f"give a file inside it: {listing(inside, 4)}"
+                if inside
+                else "give a .pt, .onnx or .ts file",
+            )
         elif variant is not None and variant not in VARIANTS and ("/" in variant or "." in variant):
             from pdseg_cli.errors import InputError
 

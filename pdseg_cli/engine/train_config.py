@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,13 +187,17 @@ class TrainConfig:
                 None,
             ),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", None),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}", None),
+            (0 < self.lr < math.inf, f"--lr must be a positive number, got {self.lr}", None),
             (
-                self.decoder_lr_mult > 0,
+                0 < self.decoder_lr_mult < math.inf,
                 f"the decoder lr multiplier must be positive, got {self.decoder_lr_mult}",
                 None,
             ),
-            (self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}", None),
+            (
+                0 <= self.weight_decay < math.inf,
+                f"weight decay must be 0 or more, got {self.weight_decay}",
+                None,
+            ),
             (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}", None),
             (self.clip_grad >= 0, f"--clip-grad must be 0 (off) or more, got {self.clip_grad}", None),
             (
