@@ -342,6 +342,24 @@ def test_an_unusable_normalisation_is_refused_on_save_and_on_load(tmp_path: Path
         load_model(tmp_path / "edited.pt")
 
 
+def test_damaged_weights_and_training_sizes_are_refused_on_load(tmp_path: Path) -> None:
+    # nan weights wrote a black mask for every image; a negative size failed in every image's resize
+    model = create_model("pdseg-tiny")
+    payload = torch.load(save_checkpoint(model, tmp_path / "ok.pt", train_size=64), weights_only=True)
+    for size in (-5, 0, "64"):
+        torch.save({**payload, "train_size": size}, tmp_path / "size.pt")
+        with pytest.raises(WeightsError, match="unusable training size"):
+            load_model(tmp_path / "size.pt")
+    state = dict(payload["state_dict"])
+    key = next(k for k, t in state.items() if t.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    torch.save({**payload, "state_dict": state}, tmp_path / "nan.pt")
+    with pytest.raises(WeightsError, match=f"not finite \\(nan or inf\\) in 1 tensor\\(s\\), e.g. {key}"):
+        load_model(tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match="at least 32"):
+        save_checkpoint(model, tmp_path / "small.pt", train_size=16)
+
+
 def test_load_model_takes_the_device_names_predictor_takes(tmp_path: Path) -> None:
     from pdseg_cli.errors import InputError, NotAvailableError
 

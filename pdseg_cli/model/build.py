@@ -210,6 +210,8 @@ def checkpoint_payload(
     if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral)):
         # one side: a checkpoint's training images are square (a pair would be read back as None)
         raise TypeError(f"train_size must be one side length (an int), got {size!r}")
+    if size is not None and size < 32:
+        raise ValueError(f"train_size must be at least 32 (the model's stride), got {size}")
     norm = dict(normalization or getattr(net, "normalization", NORMALIZATION))
     problem = _normalization_problem(norm)
     if problem:  # every input would be normalised wrongly, so no file is written
@@ -341,6 +343,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not _is_state_dict(state):
         raise WeightsError(f"{path} has no state_dict of tensors")
     train_size = obj.get("train_size")
+    if train_size is not None and (
+        isinstance(train_size, bool) or not isinstance(train_size, (int, float)) or train_size < 32
+    ):
+        raise WeightsError(
+            f"{path} records an unusable training size {train_size!r} (a side of at least 32, or none)",
+            hint="the file was edited or damaged: save it again with save_checkpoint(..., train_size=N)",
+        )
+    broken = [key for key, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:  # every map would come out nan (written as 0): a blank mask for every image
+        raise WeightsError(
+            f"{path} holds weights that are not finite (nan or inf) in {len(broken)} tensor(s), "
+            f"e.g. {broken[0]}",
+            hint="the training that wrote it diverged, or the file was damaged: use an earlier checkpoint",
+        )
     normalization = dict(obj.get("normalization") or NORMALIZATION)
     problem = _normalization_problem(normalization)
     if problem:
