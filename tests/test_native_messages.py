@@ -124,3 +124,28 @@ def test_eval_notes_a_damaged_prediction_by_name(tmp_path):
     out = proc.stdout + proc.stderr
     assert "prediction files are damaged" in out and "b.jpg" in out, out
     assert "Corrupt JPEG data" not in out  # said once, as a note naming the file, not bare
+
+
+def test_opencv_codec_warnings_come_back_to_their_file(tmp_path):
+    import cv2
+    import numpy as np
+
+    (tmp_path / "set" / "gt").mkdir(parents=True)
+    (tmp_path / "preds").mkdir()
+    gt = np.zeros((96, 128), np.uint8)
+    gt[20:70, 30:90] = 255
+    cv2.imwrite(str(tmp_path / "set" / "gt" / "a.png"), gt)
+    ok, png = cv2.imencode(".png", cv2.GaussianBlur(gt, (9, 9), 3))
+    (tmp_path / "preds" / "a.png").write_bytes(png.tobytes()[:300])  # truncated
+    proc = subprocess.run(
+        [sys.executable, "-m", "pdseg_cli", "eval", "--split", str(tmp_path / "set"), "--pred",
+         str(tmp_path / "preds"), "--no-cache", "--jobs", "1"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr  # a file that cannot be read: a data error
+    assert "[ WARN" not in proc.stderr  # OpenCV's bare log line, with no file name
+    assert (
+        "a.png: cannot decode" in proc.stderr
+        and "the decoder said: PNG input buffer is incomplete" in proc.stderr
+    )

@@ -36,9 +36,14 @@ T = TypeVar("T")
 LIBRARY_START = re.compile(
     rb"(?:Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Unsupported marker type"
     rb"|Bogus marker|Warning: unknown JFIF|Inconsistent progression|Huffman table|Quantization table"
-    rb"|JPEG datastream|Not a JPEG file|Improper call to JPEG|libpng (?:warning|error))"
+    rb"|JPEG datastream|Not a JPEG file|Improper call to JPEG|libpng (?:warning|error)"
+    # OpenCV's own log lines from its codecs, e.g. "[ WARN:0@2.359] global grfmt_png.cpp:793
+    # readFromStreamOrBuffer PNG input buffer is incomplete" for a truncated PNG
+    rb"|\[ ?(?:WARN|ERROR):[0-9]+@[0-9.]+\] global grfmt_)"
 )
 LIBRARY_MESSAGE = re.compile(LIBRARY_START.pattern + rb"[^\n]*(?:\n|$)")
+# OpenCV's log prefix (level, time, scope, source line, function): the file's own name says more
+_OPENCV_PREFIX = re.compile(r"^\[ ?\w+:[0-9]+@[0-9.]+\] global \S+ \S+ ")
 _MARK = b"\x1epdseg-decode "  # record separator + tag: never the start of a real message
 _WAIT_S = 2.0  # the reader hands a decode's lines back within microseconds; never hang on it
 
@@ -126,7 +131,7 @@ class _Router:
                 text, tail = text[:start], text[start:]
         kept, last = [], 0
         for match in LIBRARY_MESSAGE.finditer(text):
-            message = match.group().decode("utf-8", "replace").strip()
+            message = _OPENCV_PREFIX.sub("", match.group().decode("utf-8", "replace").strip())
             for messages in in_flight:
                 messages.append(message)
                 messages.ambiguous |= len(in_flight) > 1
