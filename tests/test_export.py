@@ -235,6 +235,9 @@ def test_missing_onnx_packages_give_the_install_hint(
         unchecked = run_cli("export", "-w", checkpoint, "-o", out, "--no-check", columns=250)
         assert unchecked.exit_code == 0, unchecked.output
         assert out.is_file()
+        assert "--check-shape has no effect" not in flat(unchecked.output)
+        shaped = run_cli("export", "-w", checkpoint, "-o", out, "--no-check", "--check-shape", "1x3x64x64")
+        assert shaped.exit_code == 0 and "--check-shape has no effect with --no-check" in flat(shaped.output)
 
 
 def test_onnx_model_without_onnxruntime(onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import no_space
+from helpers import flat, no_space
 from typer.testing import CliRunner
 
 from pdseg_cli import create_model, load_model, save_checkpoint
@@ -453,6 +453,20 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
     result = _run(str(src / "**" / "*.jpg"), "-o", out2, "-w", ckpt, "--recursive")
     assert result.exit_code == 0, result.output
     assert (out2 / "x" / "y" / "deep.png").is_file()
+
+
+def test_options_that_cannot_apply_are_said(tmp_path: Path, ckpt: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), _img(20, 30))
+    masks = _run(
+        tmp_path / "a.png", "-o", tmp_path / "o1", "-w", ckpt, "--bg", "red", "--no-refine-foreground"
+    )
+    assert masks.exit_code == 0, masks.output
+    assert "--bg colours --save composite only" in flat(masks.output)
+    assert "apply to --save alpha and composite only" in flat(masks.output)
+    cutout = _run(tmp_path / "a.png", "-o", tmp_path / "o2", "-w", ckpt, "--bg", "red", "--save", "composite")
+    assert cutout.exit_code == 0 and "warning" not in cutout.output
+    plain = _run(tmp_path / "a.png", "-o", tmp_path / "o3", "-w", ckpt)  # defaults are never "given"
+    assert plain.exit_code == 0 and "warning" not in plain.output
 
 
 def test_recursive_out_inside_the_inputs_refuses_images_it_would_leave_out(

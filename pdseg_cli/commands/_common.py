@@ -36,6 +36,15 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+def warn_unused(ctx: typer.Context, unused: dict[str, str | None]) -> None:
+    """Say which options typed on the command line have no effect in this run, so that a user
+    does not wait for an effect that never comes: ``{parameter name: why, or None if it applies}``."""
+    for name, why in unused.items():
+        source = ctx.get_parameter_source(name)  # by name: Typer vendors click's enum in new versions
+        if why is not None and source is not None and source.name == "COMMANDLINE":
+            ui.warn(why)
+
+
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 

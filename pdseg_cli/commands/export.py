@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import DEFAULT_WEIGHTS_TEXT, EXIT_FAILED, user_errors, weights_option
+from pdseg_cli.commands._common import (
+    DEFAULT_WEIGHTS_TEXT,
+    EXIT_FAILED,
+    user_errors,
+    warn_unused,
+    weights_option,
+)
 from pdseg_cli.errors import InputError
 from pdseg_cli.ui import export as show
 
@@ -19,6 +25,7 @@ class ExportFormat(str, Enum):
 
 
 def export(
+    ctx: typer.Context,
     out: Annotated[
         Path,
         typer.Option(
@@ -85,6 +92,7 @@ def export(
         from pdseg_cli.weights import default_weights
 
         shapes = [parse_shape(s) for s in check_shape] if check_shape else list(DEFAULT_CHECK_SHAPES)
+        warn_unused(ctx, {"check_shape": None if check else "--check-shape has no effect with --no-check"})
         chosen = format_for(out, None if fmt is None else fmt.value)
         if opset is not None and chosen != "onnx":
             raise InputError(f"--opset is for ONNX files; {out} is {chosen}", hint="drop --opset")

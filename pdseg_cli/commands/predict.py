@@ -23,6 +23,7 @@ from pdseg_cli.commands._common import (
     WeightsOpt,
     use_threads,
     user_errors,
+    warn_unused,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, save_help
@@ -32,6 +33,7 @@ _OUTPUTS_HELP = save_help()
 
 
 def predict(
+    ctx: typer.Context,
     sources: Annotated[
         list[str],
         typer.Argument(
@@ -147,6 +149,18 @@ def predict(
         except ValueError as exc:
             raise InputError(f"--bg: {exc}") from None
         check_threshold(threshold)
+        cutouts = [kind for kind in kinds if kind in ("alpha", "composite")]
+        warn_unused(
+            ctx,
+            {
+                "bg": None
+                if "composite" in kinds
+                else "--bg colours --save composite only, which is not asked for",
+                "refine_foreground": None
+                if cutouts
+                else "--refine-foreground/--no-refine-foreground apply to --save alpha and composite only",
+            },
+        )
         env = runtime.env_distributed()  # device and precision errors come before any file is touched
         chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
         runtime.resolve_precision(precision, chosen.device)
