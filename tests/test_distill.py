@@ -289,6 +289,18 @@ def test_unlabelled_images_without_a_teacher_are_refused_before_training(tmp_pat
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_an_unusable_teacher_cache_is_named_before_any_work(tiny_teacher: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    cfg = _cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[_unlabelled(tmp_path / "unl", 2)],
+               teacher=tiny_teacher, teacher_cache=blocker)  # fmt: skip
+    with pytest.raises(
+        DataError, match="the teacher-map cache .* cannot be used: .* is a file, not a folder"
+    ):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_folder_of_images_alone_is_refused_at_once_with_the_count(tmp_path: Path) -> None:
     unlabelled = _unlabelled(tmp_path / "unl", 3)
     with pytest.raises(DataError) as info:

@@ -111,6 +111,17 @@ def test_unwritable_cache_still_scores(split: Path, tmp_path: Path) -> None:
     assert report.splits[0].scores.count == len(CASES)
 
 
+def test_an_unusable_cache_variable_is_said_not_shown_as_the_cache(split: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    cmd = [sys.executable, "-m", "pdseg_cli", "eval", "--split", str(split), "--pred", str(split / "pred")]
+    env = {**os.environ, "PDSEG_CACHE_DIR": str(blocker), "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, "--jobs", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "GT cache off: " in proc.stderr and "($PDSEG_CACHE_DIR) cannot be used" in proc.stderr
+    assert f"GT cache {blocker}" not in proc.stderr
+
+
 def test_in_memory_pairs_use_the_cache_when_asked(tmp_path: Path) -> None:
     with np.load(GOLDEN_DIR / "edge_cases.npz") as z:
         pairs = [(z[f"{n}__pred"], z[f"{n}__gt"]) for n in CASES]

@@ -131,10 +131,12 @@ def eval_(
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
     with user_errors():
+        from pdseg_cli import ui
         from pdseg_cli.data import eval_splits
         from pdseg_cli.data.dis5k import MASK_DIR
         from pdseg_cli.engine import evaluate as ev
         from pdseg_cli.engine.eval_pairs import check_missing, plan_pairs
+        from pdseg_cli.metrics.cache import cache_root_origin, cache_root_problem
         from pdseg_cli.ui import evaluation as view
 
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
@@ -193,6 +195,10 @@ def eval_(
             check_missing(plans, allow_missing)  # before the start line: a refused run says only why
             n_images = sum(len(p.pairs) for p in plans)
             cache = None if no_cache else ev.default_cache_root(cache_dir)
+            problem = None if cache is None else cache_root_problem(cache)
+            if problem:  # only costs speed: scored without it, and said
+                ui.warn(f"GT cache off: {cache} ({cache_root_origin(cache_dir)}) cannot be used: {problem}")
+                cache, no_cache = None, True
             view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)
             with view.progress("eval", n_images) as advance:
                 report = ev.evaluate_plans(

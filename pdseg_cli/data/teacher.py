@@ -105,6 +105,14 @@ class TeacherMaps:
         self._sha = file_sha256(self.path)
         self._predictor = None
         self.folder = Path(cache_root) / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec)
+        from pdseg_cli.metrics.cache import CACHE_ENV, cache_root_problem
+
+        problem = cache_root_problem(self.folder)
+        if problem:  # said before any map is computed, not as a bare OSError at the first write
+            raise DataError(
+                f"the teacher-map cache {cache_root} cannot be used: {problem}",
+                hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be written",
+            )
 
     def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
         if self._predictor is None:

@@ -38,6 +38,27 @@ def default_cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     return base / "pdseg"
 
 
+def cache_root_origin(explicit: str | os.PathLike[str] | None = None) -> str:
+    """Where :func:`default_cache_root` took its answer from, for messages about it."""
+    if explicit is not None:
+        return "given"
+    if os.environ.get(CACHE_ENV):
+        return f"${CACHE_ENV}"
+    return "$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default"
+
+
+def cache_root_problem(root: Path) -> str | None:
+    """Why no cache folder can be made at ``root`` (a file on its path, a read-only folder), or None."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} cannot be written"
+    return None
+
+
 @dataclass(frozen=True)
 class GTCache:
     """GT-only data on disk, keyed by content hash.
