@@ -455,6 +455,16 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
     assert (out2 / "x" / "y" / "deep.png").is_file()
 
 
+def test_an_out_named_like_an_image_is_refused_not_made_a_folder(tmp_path: Path, ckpt: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), _img(20, 30))
+    result = _run(tmp_path / "a.png", "-o", tmp_path / "mask.png", "-w", ckpt)
+    assert result.exit_code == 2 and "names a file, and --out is the folder" in flat(result.output)
+    assert not (tmp_path / "mask.png").exists()
+    (tmp_path / "odd.png").mkdir()  # a folder that happens to have such a name is used
+    assert _run(tmp_path / "a.png", "-o", tmp_path / "odd.png", "-w", ckpt).exit_code == 0
+    assert (tmp_path / "odd.png" / "a.png").is_file()
+
+
 def test_options_that_cannot_apply_are_said(tmp_path: Path, ckpt: Path) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), _img(20, 30))
     masks = _run(

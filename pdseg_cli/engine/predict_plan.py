@@ -229,6 +229,12 @@ def check_out_dir(out_dir: Path) -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
+    if not out_dir.exists() and out_dir.suffix.lower() in imio.IMAGE_SUFFIXES:
+        # `--out mask.png` for one image would make a folder mask.png/ with the mask inside it
+        raise InputError(
+            f"--out {out_dir} names a file, and --out is the folder the maps go to (named after the images)",
+            hint=f"give a folder, e.g. --out {out_dir.parent / out_dir.stem}",
+        )
     imio.check_writable_folder(out_dir, f"--out {out_dir}")
 
 
