@@ -479,24 +479,27 @@ def test_options_that_cannot_apply_are_said(tmp_path: Path, ckpt: Path) -> None:
     assert plain.exit_code == 0 and "warning" not in plain.output
 
 
-def test_recursive_out_inside_the_inputs_refuses_images_it_would_leave_out(
-    tmp_path: Path, ckpt: Path
-) -> None:
+def test_recursive_out_inside_the_inputs_names_the_images_it_leaves_out(tmp_path: Path, ckpt: Path) -> None:
     # the walk leaves --out out so that outputs are not read as inputs; a photo already in it
-    # would silently go unsegmented
+    # went unsegmented in silence
     src = tmp_path / "photos"
-    (src / "2024").mkdir(parents=True)
+    (src / "2024" / ".hidden").mkdir(parents=True)
     cv2.imwrite(str(src / "top.png"), _img(20, 30))
     cv2.imwrite(str(src / "2024" / "coffee.jpg"), _img(25, 21))
-    result = _run(src, "-o", src / "2024", "-w", ckpt, "-r")
-    assert result.exit_code == 2
-    assert "holds 1 image that would not be segmented" in result.output and "coffee.jpg" in result.output
-    assert sorted(p.name for p in (src / "2024").iterdir()) == ["coffee.jpg"]
+    cv2.imwrite(str(src / "2024" / ".hidden" / "h.jpg"), _img(25, 21))  # hidden: never read anyway
+    result = _run(src, "-o", src / "2024", "-w", ckpt, "-r", "--save", "mask,alpha")
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert (
+        "is inside a folder --recursive reads and is left out of it: 1 image there is not segmented" in text
+    )
+    assert "coffee.jpg" in text and "h.jpg" not in text
     (src / "2024" / "coffee.jpg").unlink()
-    for _ in range(2):  # outputs of these inputs are not counted: a rerun goes ahead
-        result = _run(src, "-o", src / "2024", "-w", ckpt, "-r", "--save", "mask,alpha")
-        assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (src / "2024").iterdir()) == ["top.png", "top_alpha.png"]
+    again = _run(src, "-o", src / "2024", "-w", ckpt, "-r", "--save", "mask,alpha")  # outputs are not named
+    assert again.exit_code == 0 and "left out of it" not in flat(again.output)
+    assert sorted(p.name for p in (src / "2024").iterdir()) == [".hidden", "top.png", "top_alpha.png"]
+    pattern = _run(str(src / "*.png"), "-o", src / "2024", "-w", ckpt, "-r")  # a pattern: not a walk
+    assert pattern.exit_code == 0 and "left out of it" not in flat(pattern.output)
 
 
 def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path, ckpt: Path) -> None:

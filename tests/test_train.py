@@ -195,7 +195,7 @@ def test_masks_that_read_as_faint_targets_are_named_before_training(
 
     bad = tmp_path / "bad"
     shutil.copytree(data["train"], bad)
-    fg = [cv2.imread(str(bad / "gt" / f"s0{i}.png"), cv2.IMREAD_GRAYSCALE) > 127 for i in range(6)]
+    fg = [cv2.imread(str(bad / "gt" / f"s{i:02d}.png"), cv2.IMREAD_GRAYSCALE) > 127 for i in range(8)]
     palette = Image.fromarray(fg[0].astype(np.uint8), "P")
     palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
     palette.save(bad / "gt" / "s00.png")
@@ -206,18 +206,30 @@ def test_masks_that_read_as_faint_targets_are_named_before_training(
     alpha[..., 3] = fg[2] * 255  # the mask in alpha, colours uniform
     cv2.imwrite(str(bad / "gt" / "s02.png"), alpha)
     cv2.imwrite(str(bad / "gt" / "s03.png"), fg[3].astype(np.uint8) * 100)  # at most 100
-    gray_rgb = np.repeat((fg[4].astype(np.uint8) * 255)[..., None], 3, axis=2)
-    cv2.imwrite(str(bad / "gt" / "s04.png"), gray_rgb)  # a gray mask stored as RGB: fine
+    cv2.imwrite(str(bad / "gt" / "s04.png"), fg[4].astype(np.uint16) * 255)  # 16-bit 0/255: high byte 0
+    # these train as they are: a gray mask stored as RGB with one stray tinted pixel, a yellow
+    # object (luminance 225), and a gray mask saved as a colour JPEG (channels differ by noise)
+    gray_rgb = np.repeat((fg[5].astype(np.uint8) * 255)[..., None], 3, axis=2)
+    gray_rgb[0, 0] = (0, 0, 1)
+    cv2.imwrite(str(bad / "gt" / "s05.png"), gray_rgb)
+    yellow = np.zeros((*fg[6].shape, 3), np.uint8)
+    yellow[fg[6]] = (0, 255, 255)
+    cv2.imwrite(str(bad / "gt" / "s06.png"), yellow)
+    jpeg = np.repeat((fg[7].astype(np.uint8) * 255)[..., None], 3, axis=2)
+    jpeg[fg[7]] = (250, 255, 253)
+    cv2.imwrite(str(bad / "gt" / "s07.png"), jpeg)
     with pytest.raises(DataError) as info:
         train(tiny(tmp_path / "run", data, train_dir=bad))
     message = str(info.value)
-    assert "4 bad image/mask pair(s)" in message, message
-    assert "s00.png is a palette image with colours, not a gray mask" in message
-    assert "its object is at most 38 of 255" in message
-    assert "s01.png is an RGB image with colours" in message
+    assert "5 bad image/mask pair(s)" in message, message
+    assert "s00.png is a palette image in colour, not a gray mask" in message
+    assert "its object is at most 38 of 255, a faint target" in message
+    assert "s01.png is an RGB image in colour" in message
     assert "s02.png keeps its mask in the alpha channel" in message
-    assert "s03.png has no value above 128 (at most 100)" in message
-    assert "s04.png" not in message
+    assert "s03.png has no value above 128 (at most 100): it trains as a faint target" in message
+    assert "s04.png is a 16-bit mask whose values (at most 255) read as 0 in 8 bits" in message
+    for fine in ("s05.png", "s06.png", "s07.png"):
+        assert fine not in message
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(

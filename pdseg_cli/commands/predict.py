@@ -197,6 +197,7 @@ def predict(
                     predictor.notes,
                     model=f"{predictor.weights_path or 'model'}: {predictor.description}",
                 )
+                prediction.left_in_out(plan.out_dir, plan.left_in_out)
             try:
                 with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
                     result = predictor.run_plan(

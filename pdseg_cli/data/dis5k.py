@@ -41,7 +41,7 @@ IMAGE_EXT, MASK_EXT = ".jpg", ".png"  # how DIS5K stores them; any image type pd
 _MAX_LISTED = 20  # problems named one by one in an error; the rest are counted
 
 CacheMode = Literal["disk", "ram", "off"]
-CACHE_VERSION = 1  # bump when the cached array layout or resize rule changes
+CACHE_VERSION = 2  # bump when the cached array layout, the resize rule or the masks accepted change
 
 
 # ----------------------------------------------------------------------------------------------

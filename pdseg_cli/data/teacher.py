@@ -104,15 +104,8 @@ class TeacherMaps:
         self.onnx_spec = onnx_spec or ""
         self._sha = file_sha256(self.path)
         self._predictor = None
-        self.folder = Path(cache_root) / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec)
-        from pdseg_cli.metrics.cache import CACHE_ENV, cache_root_problem
-
-        problem = cache_root_problem(self.folder)
-        if problem:  # said before any map is computed, not as a bare OSError at the first write
-            raise DataError(
-                f"the teacher-map cache {cache_root} cannot be used: {problem}",
-                hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be written",
-            )
+        self.cache_root = Path(cache_root)
+        self.folder = self.cache_root / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec)
 
     def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
         if self._predictor is None:
@@ -165,15 +158,26 @@ class TeacherMaps:
 
         Returns:
             The map paths, in the order of ``images``.
+
+        Raises:
+            DataError: maps are missing and the cache folder cannot be written (a read-only cache
+                that holds every map is used as it is).
         """
-        out: list[Path] = []
+        from pdseg_cli.errors import DataError
+        from pdseg_cli.metrics.cache import CACHE_ENV, cache_root_problem
+
+        out = [self.map_path(image) for image in images]
+        problem = cache_root_problem(self.folder) if any(not p.is_file() for p in out) else None
+        if problem:  # said before any map is computed, not as a bare OSError at the first write
+            raise DataError(
+                f"the teacher-map cache {self.cache_root} cannot be used: {problem}",
+                hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be written",
+            )
         computed = 0
-        for i, image in enumerate(images):
-            path = self.map_path(image)
+        for i, (image, path) in enumerate(zip(images, out, strict=True)):
             if not path.is_file():
                 self._store(image, path)
                 computed += 1
-            out.append(path)
             if on_progress is not None:
                 on_progress(i + 1, len(images), computed)
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdseg_cli import runtime
@@ -163,44 +163,32 @@ def is_broken_link(path: Path) -> bool:
     return _resolved(path) is None and path.is_symlink()
 
 
-def _refuse_images_inside_out(
+def images_left_in_out(
     sources: Sequence[str | os.PathLike[str]], out: Path, inputs: list[InputFile], recursive: bool
-) -> None:
-    """Refuse an ``--out`` inside a folder that ``--recursive`` reads when it already holds images
-    that are not outputs of these inputs: the walk leaves ``--out`` out (so that outputs are not
-    read as inputs), and those images would silently go unsegmented."""
+) -> list[Path]:
+    """Images in ``--out`` that a folder source walked with ``--recursive`` would have read, other
+    than these inputs' outputs: the walk leaves ``--out`` out (so that outputs are not read as
+    inputs next time), so these go unsegmented, and the user is told (a photo put there, or an
+    output of an input since removed)."""
     if not recursive or not out.is_dir():
-        return
-    bases = []
-    for source in sources:
-        text = os.fspath(source)
-        path = Path(text).expanduser()
-        bases.append(
-            path if path.is_dir() else _glob_base(text) if any(c in text for c in _GLOB_MAGIC) else None
-        )
-    if not any(base is not None and _is_under(out, base) and not _is_under(base, out) for base in bases):
-        return
-    every_kind = list(OUTPUT_KINDS)
+        return []
+    folders = [Path(s).expanduser() for s in sources if Path(s).expanduser().is_dir()]
+    if not any(_is_under(out, folder) and not _is_under(folder, out) for folder in folders):
+        return []  # patterns add the files they match, --out's too, and the clash checks see them
     outputs = {
         p.resolve()
         for item in inputs
-        for paths in output_candidates(out / item.rel_dir, item.path.stem, every_kind).values()
+        for paths in output_candidates(out / item.rel_dir, item.path.stem, list(OUTPUT_KINDS)).values()
         for p in paths
     }
-    left_out = [
-        Path(d) / n
-        for d, dirs, names in os.walk(out)
-        for n in sorted(names)
-        if not n.startswith(".")
-        and imio.is_image_file(Path(d) / n)
-        and (Path(d) / n).resolve() not in outputs
-    ]
-    if left_out:
-        raise InputError(
-            f"--out {out} is inside a folder --recursive reads, and holds {counted(len(left_out), 'image')} "
-            f"that would not be segmented: {listing([str(p) for p in left_out], 3)}",
-            hint="choose an --out folder apart from the inputs, or move those images out of it",
-        )
+    left: list[Path] = []
+    for d, dirs, names in os.walk(out):
+        dirs[:] = sorted(n for n in dirs if not n.startswith("."))  # hidden folders, as the walk skips them
+        for n in sorted(names):
+            path = Path(d) / n
+            if not n.startswith(".") and imio.is_image_file(path) and path.resolve() not in outputs:
+                left.append(path)
+    return left
 
 
 def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:
@@ -253,6 +241,8 @@ class PredictPlan:
         refine_foreground: outputs made from the image (alpha, composite) put the estimated colour
             of the object (:func:`pdseg_cli.data.foreground.estimate_foreground`) under fractional
             alpha instead of the original pixels, which carry the old background's colour.
+        left_in_out: images in ``--out`` that a recursive folder walk leaves out and that are not
+            outputs of these inputs (:func:`images_left_in_out`): not segmented, and said.
     """
 
     out_dir: Path
@@ -263,6 +253,7 @@ class PredictPlan:
     total: int
     refine_foreground: bool = True
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
+    left_in_out: list[Path] = field(default_factory=list)
 
 
 def plan_predict(
@@ -310,7 +301,6 @@ def plan_predict(
                 hint="choose an --out folder apart from the inputs, e.g. "
                 f"{out.resolve().name or 'images'}-masks",
             )
-    _refuse_images_inside_out(sources, out, inputs, recursive)
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}
@@ -343,4 +333,5 @@ def plan_predict(
             skipped.append(item)
         else:
             todo.append(item)
-    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels)
+    left = images_left_in_out(sources, out, inputs, recursive)
+    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left)

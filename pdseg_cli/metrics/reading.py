@@ -101,42 +101,69 @@ def read_gray_u8(path: str | os.PathLike[str]) -> np.ndarray:
     return read_mask_file(path).array
 
 
+def _raw_samples(path: Path) -> np.ndarray | None:
+    """The file's samples as stored, decoded from its bytes (so non-ASCII paths read everywhere and
+    decoder messages are routed), or None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return _decode_unchanged(data) if data else None
+
+
 def alpha_varies(path: Path) -> bool:
     """Whether the file's alpha channel holds more than one value (read only for the rare file
     whose colours are uniform)."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    raw = _raw_samples(path)
     return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
+
+
+# A coloured object whose gray reading keeps less than this share of its brightest channel trains
+# as a faint target (DAVIS's dark red 128,0,0 keeps 0.30, pure green 0.59); yellow (0.88) and a gray
+# mask whose channels differ by JPEG noise (about 1.0) train as they are.
+_KEPT_SHARE = 0.8
+_OBJECT_LEVEL = 64  # colour pixels at least this bright are the object (JPEG noise stays below)
 
 
 def training_mask_problem(mask: MaskFile) -> str | None:
     """Why ``mask`` read as gray is not a training target, or None.
 
-    The metrics read a colour GT as its luminance (as the reference tools do), which is right for
-    a gray mask stored as RGB but turns a palette or coloured mask (DAVIS's dark red object, index
-    1, is 38) into a faint target; training refuses those instead of learning a half-present object.
+    The metrics read a colour GT as its luminance and a 16-bit one as its high byte (as the
+    reference tools do). That is right for a gray mask stored as RGB, but it turns a palette or
+    coloured mask (DAVIS's dark red object reads as 38) into a faint target and a 16-bit 0/255 mask
+    into an empty one; training refuses those instead of learning a half-present object. The file
+    is decoded a second time only when it is colour or 16-bit.
     """
     array = mask.array
-    if (
-        mask.colour in ("RGBA", "gray+alpha")
-        and int(array.min()) == int(array.max())
-        and alpha_varies(mask.path)
-    ):
-        return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
-    if mask.colour is not None:
-        raw = cv2.imread(str(mask.path), cv2.IMREAD_UNCHANGED)
-        if raw is not None and raw.ndim == 3 and raw.shape[2] >= 3:
-            b, g, r = raw[..., 0], raw[..., 1], raw[..., 2]
-            if not (np.array_equal(b, g) and np.array_equal(g, r)):
-                article = "an" if mask.colour.startswith("R") else "a"
-                return (
-                    f"is {article} {mask.colour} image with colours, not a gray mask (read as gray, as the "
-                    f"metrics read GTs, its object is at most {int(array.max())} of 255)"
-                )
     top = int(array.max())
+    raw = _raw_samples(mask.path) if mask.colour is not None or (mask.sixteen_bit and top == 0) else None
+    if raw is not None and raw.dtype == np.uint16:
+        if top == 0 and int(raw.max()) > 0:
+            return (
+                f"is a 16-bit mask whose values (at most {int(raw.max())}) read as 0 in 8 bits (its high "
+                "byte, as the metrics read GTs)"
+            )
+        raw = (raw >> 8).astype(np.uint8)
+    if mask.colour in ("RGBA", "gray+alpha") and int(array.min()) == top and alpha_varies(mask.path):
+        return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
+    if raw is not None and raw.ndim == 3 and raw.shape[2] >= 3:
+        brightest = raw[..., :3].max(axis=2)
+        on = brightest >= _OBJECT_LEVEL
+        if on.any() and float(np.median(array[on] / brightest[on])) < _KEPT_SHARE:
+            article = "an" if str(mask.colour).startswith("R") else "a"
+            return (
+                f"is {article} {mask.colour} image in colour, not a gray mask: read as gray (luminance, as "
+                f"the metrics read GTs) its object is at most {top} of 255, a faint target"
+            )
     if top == 1:
-        return "holds only the values 0 and 1, which train as an empty mask"
+        return (
+            "holds only the values 0 and 1: it trains as an almost empty target and scores as an empty mask"
+        )
     if 0 < top <= GT_THRESHOLD:
-        return f"has no value above {GT_THRESHOLD} (at most {top}), which trains and scores as an empty mask"
+        return (
+            f"has no value above {GT_THRESHOLD} (at most {top}): it trains as a faint target and scores as "
+            "an empty mask"
+        )
     return None
 
 

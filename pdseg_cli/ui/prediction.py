@@ -14,6 +14,16 @@ from pdseg_cli.errors import counted, listing
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
 
+def left_in_out(out: Any, paths: list[Any]) -> None:
+    """The images a recursive walk left out because they are in ``--out`` (not outputs of these inputs)."""
+    if paths:
+        ui.warn(
+            f"--out {out} is inside a folder --recursive reads and is left out of it: "
+            f"{counted(len(paths), 'image')} there {'is' if len(paths) == 1 else 'are'} not segmented "
+            f"(put there, or outputs of inputs since removed): {listing([str(p) for p in paths], 5)}"
+        )
+
+
 def start(
     device_reason: str,
     precision: str,
