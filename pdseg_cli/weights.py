@@ -14,6 +14,7 @@ ENV_VAR = "PDSEG_WEIGHTS"
 # the file names that say an exported format: export writes by them, format detection falls back on
 # them, and a checkpoint loader names them when it is handed one
 SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # what PyTorch checkpoints are called
 
 
 def bundled_weights_dir() -> Path:

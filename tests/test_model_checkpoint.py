@@ -346,7 +346,7 @@ def test_damaged_weights_and_training_sizes_are_refused_on_load(tmp_path: Path) 
     # nan weights wrote a black mask for every image; a negative size failed in every image's resize
     model = create_model("pdseg-tiny")
     payload = torch.load(save_checkpoint(model, tmp_path / "ok.pt", train_size=64), weights_only=True)
-    for size in (-5, 0, "64"):
+    for size in (-5, 0, "64", float("nan"), float("inf"), 64.5):
         torch.save({**payload, "train_size": size}, tmp_path / "size.pt")
         with pytest.raises(WeightsError, match="unusable training size"):
             load_model(tmp_path / "size.pt")
@@ -358,6 +358,13 @@ def test_damaged_weights_and_training_sizes_are_refused_on_load(tmp_path: Path) 
         load_model(tmp_path / "nan.pt")
     with pytest.raises(ValueError, match="at least 32"):
         save_checkpoint(model, tmp_path / "small.pt", train_size=16)
+    big = create_model("pdseg-tiny")
+    name, buffer = next((n, b) for n, b in big.named_buffers() if n.endswith("running_var"))
+    buffer.fill_(1e5)  # fine in float32, inf in float16
+    with pytest.raises(ValueError, match=f"{name} holds values beyond float16's range"):
+        save_checkpoint(big, tmp_path / "half.pt", half=True)
+    assert not (tmp_path / "half.pt").exists()
+    assert load_model(save_checkpoint(big, tmp_path / "full.pt")) is not None  # float32 keeps it
 
 
 def test_load_model_takes_the_device_names_predictor_takes(tmp_path: Path) -> None:

@@ -36,9 +36,12 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def warn_unused(ctx: typer.Context, unused: dict[str, str | None]) -> None:
+def warn_unused(ctx: typer.Context, unused: dict[str, str | None], *, enabled: bool = True) -> None:
     """Say which options typed on the command line have no effect in this run, so that a user
-    does not wait for an effect that never comes: ``{parameter name: why, or None if it applies}``."""
+    does not wait for an effect that never comes: ``{parameter name: why, or None if it applies}``.
+    ``enabled`` False (ranks other than 0 of a torchrun) says nothing."""
+    if not enabled:
+        return
     for name, why in unused.items():
         source = ctx.get_parameter_source(name)  # by name: Typer vendors click's enum in new versions
         if why is not None and source is not None and source.name == "COMMANDLINE":

@@ -196,7 +196,9 @@ def eval_(
             n_images = sum(len(p.pairs) for p in plans)
             cache = None if no_cache else ev.default_cache_root(cache_dir)
             problem = None if cache is None else cache_root_problem(cache)
-            if problem:  # only costs speed: scored without it, and said
+            if problem and cache is not None and cache.is_dir():  # a shared read-only cache still serves hits
+                ui.warn(f"GT cache {cache} is read-only ({problem}): it is read, new entries are not kept")
+            elif problem:  # only costs speed: scored without it, and said
                 ui.warn(f"GT cache off: {cache} ({cache_root_origin(cache_dir)}) cannot be used: {problem}")
                 cache, no_cache = None, True
             view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)

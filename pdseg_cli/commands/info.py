@@ -52,10 +52,10 @@ def info(
             variant = description.variant
         elif variant is not None and variant not in VARIANTS and Path(variant).expanduser().is_dir():
             from pdseg_cli.errors import InputError, listing
+            from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
-            inside = sorted(
-                p.name for p in Path(variant).expanduser().iterdir() if p.suffix in (".pt", ".onnx", ".ts")
-            )
+            kinds = (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS)
+            inside = sorted(p.name for p in Path(variant).expanduser().iterdir() if p.suffix.lower() in kinds)
             raise InputError(
                 f"{variant} is a folder, not a weights file",
                 hint=f"give a file inside it: {listing(inside, 4)}"

@@ -160,6 +160,7 @@ def predict(
                 if cutouts
                 else "--refine-foreground/--no-refine-foreground apply to --save alpha and composite only",
             },
+            enabled=rank == 0,
         )
         env = runtime.env_distributed()  # device and precision errors come before any file is touched
         chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)

@@ -53,7 +53,7 @@ from pdseg_cli.engine.onnx_backend import (
 from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
 from pdseg_cli.model.build import train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
-from pdseg_cli.weights import SUFFIX_FORMATS
+from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
 FORMATS = ("onnx", "torchscript")
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 on
@@ -237,7 +237,6 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # what checkpoints are called, here and elsewhere
 # names of files an export must not take: a slip of the shell (`-o photo.jpg`) would replace them
 _NOT_MODEL_SUFFIXES = IMAGE_SUFFIXES | {
     ".json",
@@ -261,7 +260,7 @@ def format_for(out: str | Path, fmt: str | None) -> str:
             image's or a data file's (``.jpg``, ``.json``).
     """
     suffix = Path(out).suffix.lower()
-    if suffix in _CHECKPOINT_SUFFIXES:
+    if suffix in CHECKPOINT_SUFFIXES:
         raise InputError(
             f"--out {out}: {suffix} is a PyTorch checkpoint's name, and export writes ONNX or TorchScript",
             hint=f"name it {Path(out).stem}.onnx or {Path(out).stem}.ts",

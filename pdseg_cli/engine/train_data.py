@@ -193,8 +193,9 @@ def _scan_training(
             return dis5k.merge_scans(scans)
         counted = f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
         fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
-        if not any(s.problems for s in scans) and all(p.mask is None for s in scans for p in s.pairs):
-            # nothing else to check: said at once, without decoding every image
+        if not any(s.problems for s in scans) and any(s.unlabelled == len(s.pairs) for s in scans):
+            # a folder without any mask needs --teacher whatever else is wrong: said at once,
+            # without decoding every labelled image first
             first = unlabelled[0].image
             raise DataError(
                 f"{counted} (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})", hint=fix
@@ -202,7 +203,7 @@ def _scan_training(
         # the images without masks become named problems, listed with those decoding finds in the
         # others (a 0/1 mask, another size, an unreadable file), so one run names every fix
         merged = dis5k.merge_scans([s.require_masks() for s in scans])
-        return dataclasses.replace(merged, hint=f"{counted}: {fix}; fix or remove the other files")
+        return dataclasses.replace(merged, hint=f"{counted}: {fix} (and fix or remove any other file listed)")
     maps, info = teacher
     scan = dis5k.merge_scans(scans)
     pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]

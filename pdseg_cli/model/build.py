@@ -204,7 +204,13 @@ def checkpoint_payload(
     for key, tensor in net.state_dict().items():
         tensor = tensor.detach().to("cpu", copy=True)
         if half and tensor.is_floating_point():
-            tensor = tensor.half()
+            halved = tensor.half()
+            if not bool(torch.isfinite(halved).all()) and bool(torch.isfinite(tensor).all()):
+                # loading would refuse the file as non-finite: say why now, and write nothing
+                raise ValueError(
+                    f"{key} holds values beyond float16's range (±65504): save this model without half"
+                )
+            tensor = halved
         state[key] = tensor.contiguous()
     size = train_size if train_size is not None else getattr(net, "train_size", None)
     if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral)):
@@ -343,9 +349,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not _is_state_dict(state):
         raise WeightsError(f"{path} has no state_dict of tensors")
     train_size = obj.get("train_size")
-    if train_size is not None and (
-        isinstance(train_size, bool) or not isinstance(train_size, (int, float)) or train_size < 32
-    ):
+    whole = isinstance(train_size, numbers.Integral) or (
+        isinstance(train_size, float) and train_size.is_integer()
+    )
+    if train_size is not None and (isinstance(train_size, bool) or not whole or train_size < 32):
         raise WeightsError(
             f"{path} records an unusable training size {train_size!r} (a side of at least 32, or none)",
             hint="the file was edited or damaged: save it again with save_checkpoint(..., train_size=N)",
