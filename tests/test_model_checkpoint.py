@@ -365,6 +365,14 @@ def test_damaged_weights_and_training_sizes_are_refused_on_load(tmp_path: Path) 
         save_checkpoint(big, tmp_path / "half.pt", half=True)
     assert not (tmp_path / "half.pt").exists()
     assert load_model(save_checkpoint(big, tmp_path / "full.pt")) is not None  # float32 keeps it
+    # a file an earlier pdseg wrote with half=True beyond the range: the hint says so
+    old = torch.load(tmp_path / "full.pt", weights_only=True)
+    old["dtype"] = "float16"
+    old["state_dict"] = {k: t.half() if t.is_floating_point() else t for k, t in old["state_dict"].items()}
+    torch.save(old, tmp_path / "old-half.pt")
+    with pytest.raises(WeightsError) as info:
+        load_model(tmp_path / "old-half.pt")
+    assert "saved with half=True from values beyond float16's range" in (info.value.hint or "")
 
 
 def test_load_model_takes_the_device_names_predictor_takes(tmp_path: Path) -> None:

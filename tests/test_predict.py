@@ -494,12 +494,19 @@ def test_recursive_out_inside_the_inputs_names_the_images_it_leaves_out(tmp_path
         "is inside a folder --recursive reads and is left out of it: 1 image there is not segmented" in text
     )
     assert "coffee.jpg" in text and "h.jpg" not in text
+    summary = Predictor(ckpt, device="cpu").predict_paths([src], src / "2024", recursive=True)
+    assert [p.name for p in summary.left_in_out] == ["coffee.jpg"]  # the Python API is told too
     (src / "2024" / "coffee.jpg").unlink()
     again = _run(src, "-o", src / "2024", "-w", ckpt, "-r", "--save", "mask,alpha")  # outputs are not named
     assert again.exit_code == 0 and "left out of it" not in flat(again.output)
     assert sorted(p.name for p in (src / "2024").iterdir()) == [".hidden", "top.png", "top_alpha.png"]
-    pattern = _run(str(src / "*.png"), "-o", src / "2024", "-w", ckpt, "-r")  # a pattern: not a walk
+    pattern = _run(str(src / "*.png"), "-o", src / "2024", "-w", ckpt, "-r")  # files: no walk
     assert pattern.exit_code == 0 and "left out of it" not in flat(pattern.output)
+    cv2.imwrite(str(src / "2024" / "tea.jpg"), _img(25, 21))
+    folders = _run(
+        str(tmp_path / "phot*"), "-o", src / "2024", "-w", ckpt, "-r"
+    )  # a pattern's folder is walked
+    assert folders.exit_code == 0 and "tea.jpg" in flat(folders.output)
 
 
 def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path, ckpt: Path) -> None:

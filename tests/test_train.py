@@ -232,6 +232,39 @@ def test_masks_that_read_as_faint_targets_are_named_before_training(
         assert fine not in message
 
 
+def test_mask_checks_follow_the_file_not_its_exif_or_alpha(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pdseg_cli.metrics.reading import read_mask_file, training_mask_problem
+
+    def problem(path: Path) -> str | None:
+        return training_mask_problem(read_mask_file(path))
+
+    obj = np.zeros((40, 80), bool)
+    obj[10:30, 20:60] = True
+    # a near-white JPEG object with an EXIF rotation: the gray read turns it, the raw one does not
+    rgb = np.zeros((40, 80, 3), np.uint8)
+    rgb[obj] = (255, 240, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    assert problem(tmp_path / "rotated.jpg") is None
+    # a thin dark-red object outlined in a bright "void" colour (VOC-style palette): still faint
+    voc = np.zeros((40, 80), np.uint8)
+    voc[8:32, 18:62] = 255
+    voc[13:27, 23:57] = 1
+    image = Image.fromarray(voc, "P")
+    image.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192])
+    image.save(tmp_path / "voc.png")
+    assert "a faint target" in (problem(tmp_path / "voc.png") or "")
+    # an opaque all-black 16-bit RGBA mask (an image without the object) is a blank mask, not 16-bit trouble
+    cv2.imwrite(
+        str(tmp_path / "blank16.png"),
+        np.dstack([np.zeros((40, 80, 3), np.uint16), np.full((40, 80), 65535, np.uint16)]),
+    )
+    assert problem(tmp_path / "blank16.png") is None
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

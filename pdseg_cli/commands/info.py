@@ -55,12 +55,16 @@ def info(
             from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
             kinds = (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS)
-            inside = sorted(p.name for p in Path(variant).expanduser().iterdir() if p.suffix.lower() in kinds)
+            inside = sorted(
+                p.name
+                for p in Path(variant).expanduser().iterdir()
+                if p.suffix.lower() in kinds and p.is_file() and not p.name.startswith(".")
+            )
             raise InputError(
                 f"{variant} is a folder, not a weights file",
                 hint=f"give a file inside it: {listing(inside, 4)}"
                 if inside
-                else "give a .pt, .onnx or .ts file",
+                else f"give a weights file ({', '.join(kinds)})",
             )
         elif variant is not None and variant not in VARIANTS and ("/" in variant or "." in variant):
             from pdseg_cli.errors import InputError

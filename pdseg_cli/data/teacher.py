@@ -166,18 +166,21 @@ class TeacherMaps:
         from pdseg_cli.errors import DataError
         from pdseg_cli.metrics.cache import CACHE_ENV, cache_root_problem
 
-        out = [self.map_path(image) for image in images]
-        problem = cache_root_problem(self.folder) if any(not p.is_file() for p in out) else None
-        if problem:  # said before any map is computed, not as a bare OSError at the first write
-            raise DataError(
-                f"the teacher-map cache {self.cache_root} cannot be used: {problem}",
-                hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be written",
-            )
+        out: list[Path] = []
         computed = 0
-        for i, (image, path) in enumerate(zip(images, out, strict=True)):
+        for i, image in enumerate(images):
+            path = self.map_path(image)
             if not path.is_file():
+                problem = cache_root_problem(self.folder) if computed == 0 else None
+                if problem:  # said before the first map is computed, not as a bare OSError at its write
+                    raise DataError(
+                        f"the teacher-map cache {self.cache_root} cannot be used: {problem}",
+                        hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be "
+                        "written",
+                    )
                 self._store(image, path)
                 computed += 1
+            out.append(path)
             if on_progress is not None:
                 on_progress(i + 1, len(images), computed)
         return out

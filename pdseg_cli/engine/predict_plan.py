@@ -172,9 +172,18 @@ def images_left_in_out(
     output of an input since removed)."""
     if not recursive or not out.is_dir():
         return []
-    folders = [Path(s).expanduser() for s in sources if Path(s).expanduser().is_dir()]
+    folders: list[Path] = []  # what the walk enters: folder sources, and folders a pattern matches
+    for source in sources:
+        text = os.fspath(source)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            folders.append(path)
+        elif any(c in text for c in _GLOB_MAGIC):
+            folders += [
+                Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True) if Path(m).is_dir()
+            ]
     if not any(_is_under(out, folder) and not _is_under(folder, out) for folder in folders):
-        return []  # patterns add the files they match, --out's too, and the clash checks see them
+        return []  # files a pattern matches are added as they are, --out's too, and the clash checks see them
     outputs = {
         p.resolve()
         for item in inputs

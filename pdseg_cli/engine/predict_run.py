@@ -112,6 +112,7 @@ def run_plan(
         precision=predictor.precision,
         size=working_setting(predictor.size, predictor.tta),
         world_size=dist.world_size,
+        left_in_out=plan.left_in_out,
     )
     return merge_summaries(dist.all_gather(local)) if dist.enabled else local
 

@@ -53,6 +53,8 @@ class PredictSummary:
         peak_memory: one entry per process.
         device, precision, size: how the model ran ("size" is "full" or the side length).
         world_size: number of processes.
+        left_in_out: images in ``--out`` that a recursive walk left out and that are not outputs of
+            these inputs: not segmented (:func:`pdseg_cli.engine.predict_plan.images_left_in_out`).
     """
 
     results: list[FileResult]
@@ -63,6 +65,7 @@ class PredictSummary:
     precision: str
     size: str
     world_size: int = 1
+    left_in_out: list[Path] = field(default_factory=list)
 
     def _count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -101,4 +104,5 @@ def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:
         precision=first.precision,
         size=first.size,
         world_size=len(parts),
+        left_in_out=first.left_in_out,
     )

@@ -193,10 +193,11 @@ def _scan_training(
             return dis5k.merge_scans(scans)
         counted = f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
         fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
-        if not any(s.problems for s in scans) and any(s.unlabelled == len(s.pairs) for s in scans):
+        maskless = [s for s in scans if s.unlabelled == len(s.pairs)]
+        if maskless:
             # a folder without any mask needs --teacher whatever else is wrong: said at once,
-            # without decoding every labelled image first
-            first = unlabelled[0].image
+            # without decoding every labelled image first, with an image of that folder
+            first = maskless[0].pairs[0].image
             raise DataError(
                 f"{counted} (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})", hint=fix
             )
@@ -215,14 +216,18 @@ def _scan_training(
         )
     images = [pairs[i].image for i in needing]
     paths: list[Path] | None = None
+    error: PdsegError | None = None
     if ctx.main and needing:
         ctx.emit("info", values={"message": f"teacher {info.description}"})
 
         def progress(done: int, total: int, computed: int) -> None:
             ctx.emit("prepare", values={"split": "teacher maps", "done": done, "total": total})
 
-        paths = maps.ensure_all(images, progress)
-    ctx.barrier()
+        try:
+            paths = maps.ensure_all(images, progress)
+        except PdsegError as exc:
+            error = exc
+    ctx.agree(error)  # every rank waits for rank 0's maps, and raises its error if it had one
     if paths is None:  # the other ranks: rank 0 made the maps, find them
         paths = [maps.map_path(image) for image in images]
     for i, path in zip(needing, paths, strict=True):

@@ -118,11 +118,13 @@ def alpha_varies(path: Path) -> bool:
     return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
 
 
-# A coloured object whose gray reading keeps less than this share of its brightest channel trains
-# as a faint target (DAVIS's dark red 128,0,0 keeps 0.30, pure green 0.59); yellow (0.88) and a gray
-# mask whose channels differ by JPEG noise (about 1.0) train as they are.
+# A colour pixel whose gray reading (luminance) keeps less than this share of its brightest channel
+# trains as a faint target (DAVIS's dark red 128,0,0 keeps 0.30, pure green 0.59); yellow (0.88),
+# white and a gray mask whose channels differ by JPEG noise (about 1.0) train as they are.
 _KEPT_SHARE = 0.8
-_OBJECT_LEVEL = 64  # colour pixels at least this bright are the object (JPEG noise stays below)
+_OBJECT_LEVEL = 64  # colour pixels at least this bright count (JPEG noise stays below)
+_FAINT_PART = 0.1  # a mask is refused when more of its bright pixels than this are faint (an object
+# outlined in a bright "void" colour, as VOC-style palettes do, is still caught)
 
 
 def training_mask_problem(mask: MaskFile) -> str | None:
@@ -132,11 +134,16 @@ def training_mask_problem(mask: MaskFile) -> str | None:
     reference tools do). That is right for a gray mask stored as RGB, but it turns a palette or
     coloured mask (DAVIS's dark red object reads as 38) into a faint target and a 16-bit 0/255 mask
     into an empty one; training refuses those instead of learning a half-present object. The file
-    is decoded a second time only when it is colour or 16-bit.
+    is decoded a second time only when it is colour or 16-bit; the colour test works on that
+    decode alone (its own gray), as the first one may be rotated by an EXIF tag.
     """
     array = mask.array
     top = int(array.max())
+    if mask.colour in ("RGBA", "gray+alpha") and int(array.min()) == top and alpha_varies(mask.path):
+        return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
     raw = _raw_samples(mask.path) if mask.colour is not None or (mask.sixteen_bit and top == 0) else None
+    if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4):
+        raw = raw[..., :-1]  # alpha is not read
     if raw is not None and raw.dtype == np.uint16:
         if top == 0 and int(raw.max()) > 0:
             return (
@@ -144,17 +151,19 @@ def training_mask_problem(mask: MaskFile) -> str | None:
                 "byte, as the metrics read GTs)"
             )
         raw = (raw >> 8).astype(np.uint8)
-    if mask.colour in ("RGBA", "gray+alpha") and int(array.min()) == top and alpha_varies(mask.path):
-        return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
-    if raw is not None and raw.ndim == 3 and raw.shape[2] >= 3:
-        brightest = raw[..., :3].max(axis=2)
+    if raw is not None and raw.ndim == 3 and raw.shape[2] == 3:
+        brightest = raw.max(axis=2)
         on = brightest >= _OBJECT_LEVEL
-        if on.any() and float(np.median(array[on] / brightest[on])) < _KEPT_SHARE:
-            article = "an" if str(mask.colour).startswith("R") else "a"
-            return (
-                f"is {article} {mask.colour} image in colour, not a gray mask: read as gray (luminance, as "
-                f"the metrics read GTs) its object is at most {top} of 255, a faint target"
-            )
+        if on.any():
+            gray = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
+            faint = gray[on].astype(np.float32) < _KEPT_SHARE * brightest[on]
+            if float(faint.mean()) > _FAINT_PART:
+                article = "an" if str(mask.colour).startswith("R") else "a"
+                return (
+                    f"is {article} {mask.colour} image in colour, not a gray mask: read as gray (luminance, "
+                    f"as the metrics read GTs) its object is at most {int(gray[on][faint].max())} of 255, "
+                    "a faint target"
+                )
     if top == 1:
         return (
             "holds only the values 0 and 1: it trains as an almost empty target and scores as an empty mask"

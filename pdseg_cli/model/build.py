@@ -359,10 +359,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         )
     broken = [key for key, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if broken:  # every map would come out nan (written as 0): a blank mask for every image
+        halved = obj.get("dtype") == "float16" and not any(bool(torch.isnan(state[k]).any()) for k in broken)
         raise WeightsError(
             f"{path} holds weights that are not finite (nan or inf) in {len(broken)} tensor(s), "
             f"e.g. {broken[0]}",
-            hint="the training that wrote it diverged, or the file was damaged: use an earlier checkpoint",
+            hint="it was saved with half=True from values beyond float16's range (±65504): save the model "
+            "again without half"
+            if halved
+            else "the training that wrote it diverged, or the file was damaged: use an earlier checkpoint",
         )
     normalization = dict(obj.get("normalization") or NORMALIZATION)
     problem = _normalization_problem(normalization)
