@@ -136,7 +136,7 @@ def eval_(
         from pdseg_cli.data.dis5k import MASK_DIR
         from pdseg_cli.engine import evaluate as ev
         from pdseg_cli.engine.eval_pairs import check_missing, plan_pairs
-        from pdseg_cli.metrics.cache import cache_root_origin, cache_root_problem
+        from pdseg_cli.metrics.cache import usable_cache_root
         from pdseg_cli.ui import evaluation as view
 
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
@@ -194,13 +194,10 @@ def eval_(
             settings["gt_folders"] = {name: str((folder / MASK_DIR).resolve()) for name, folder in splits}
             check_missing(plans, allow_missing)  # before the start line: a refused run says only why
             n_images = sum(len(p.pairs) for p in plans)
-            cache = None if no_cache else ev.default_cache_root(cache_dir)
-            problem = None if cache is None else cache_root_problem(cache)
-            if problem and cache is not None and cache.is_dir():  # a shared read-only cache still serves hits
-                ui.warn(f"GT cache {cache} is read-only ({problem}): it is read, new entries are not kept")
-            elif problem:  # only costs speed: scored without it, and said
-                ui.warn(f"GT cache off: {cache} ({cache_root_origin(cache_dir)}) cannot be used: {problem}")
-                cache, no_cache = None, True
+            cache, cache_note = (None, None) if no_cache else usable_cache_root(cache_dir)
+            if cache_note:
+                ui.warn(cache_note)
+            no_cache = cache is None
             view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)
             with view.progress("eval", n_images) as advance:
                 report = ev.evaluate_plans(

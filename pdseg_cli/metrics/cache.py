@@ -59,6 +59,19 @@ def cache_root_problem(root: Path) -> str | None:
     return None
 
 
+def usable_cache_root(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str | None]:
+    """The GT cache root to use and what to tell the user about it: ``(root, None)`` when it can be
+    used, ``(root, warning)`` for an existing read-only one (its hits still serve), ``(None,
+    warning)`` when none can be made there (scoring goes on without a cache: it only costs speed)."""
+    root = default_cache_root(explicit)
+    problem = cache_root_problem(root)
+    if problem is None:
+        return root, None
+    if root.is_dir():
+        return root, f"GT cache {root} is read-only ({problem}): it is read, new entries are not kept"
+    return None, f"GT cache off: {root} ({cache_root_origin(explicit)}) cannot be used: {problem}"
+
+
 @dataclass(frozen=True)
 class GTCache:
     """GT-only data on disk, keyed by content hash.
