@@ -519,10 +519,10 @@ def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path,
     (src / "loop2.jpg").symlink_to("loop1.jpg")
     (src / "gone.jpg").symlink_to("nowhere.jpg")
     for recursive in (False, True):
-        images, others = collect_inputs([src], recursive=recursive)
+        images, others, _ = collect_inputs([src], recursive=recursive)
         assert [f.path.name for f in images] == (["ok.png"] if recursive else [])
         assert sorted(p.name for p in others) == ["gone.jpg", "loop1.jpg", "loop2.jpg"]
-    _, others = collect_inputs([str(src / "*.jpg")])  # matched by a pattern: counted too
+    _, others, _ = collect_inputs([str(src / "*.jpg")])  # matched by a pattern: counted too
     assert sorted(p.name for p in others) == ["gone.jpg", "loop1.jpg", "loop2.jpg"]
     result = _run(src, "-r", "-o", tmp_path / "out", "-w", ckpt)
     assert result.exit_code == 0, result.output

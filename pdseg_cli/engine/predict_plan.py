@@ -39,7 +39,7 @@ class InputFile:
 
 def collect_inputs(
     sources: Sequence[str | os.PathLike[str]], *, recursive: bool = False, exclude: Path | None = None
-) -> tuple[list[InputFile], list[Path]]:
+) -> tuple[list[InputFile], list[Path], bool]:
     """Expand files, folders and glob patterns into images, and list the other files met.
 
     Args:
@@ -49,7 +49,8 @@ def collect_inputs(
         exclude: a folder never listed (the output folder, so old outputs are not read as inputs).
 
     Returns:
-        (images in a stable order, files that are not images). Hidden files are ignored.
+        (images in a stable order, files that are not images, whether a recursive walk met
+        ``exclude`` and left it out). Hidden files are ignored.
 
     Raises:
         InputError: a source that is neither a file, a folder nor a pattern matching anything.
@@ -58,6 +59,7 @@ def collect_inputs(
     not_images: list[Path] = []
     seen: set[Path] = set()
     exclude_r = exclude.resolve() if exclude is not None else None
+    passed_exclude = False
 
     def add(path: Path, rel_dir: Path) -> None:
         key = _resolved(path)
@@ -73,15 +75,15 @@ def collect_inputs(
             not_images.append(path)
 
     def walk(root: Path, base: Path) -> None:
+        nonlocal passed_exclude
         if recursive:
             files = []
             for dirpath, dirnames, filenames in os.walk(root):
                 d = Path(dirpath)
-                dirnames[:] = sorted(
-                    n
-                    for n in dirnames
-                    if not n.startswith(".") and (exclude_r is None or (d / n).resolve() != exclude_r)
-                )
+                visible = [n for n in dirnames if not n.startswith(".")]
+                kept = sorted(n for n in visible if exclude_r is None or (d / n).resolve() != exclude_r)
+                passed_exclude |= len(kept) < len(visible)
+                dirnames[:] = kept
                 files.extend(d / n for n in sorted(filenames))
         else:
             # links that lead nowhere too, so that they are counted with the files not read
@@ -119,7 +121,7 @@ def collect_inputs(
             raise InputError(f"{path} is neither a file nor a folder")
         else:
             raise InputError(f"{path}: no such file, folder or pattern")
-    return found, not_images
+    return found, not_images, passed_exclude
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -163,27 +165,10 @@ def is_broken_link(path: Path) -> bool:
     return _resolved(path) is None and path.is_symlink()
 
 
-def images_left_in_out(
-    sources: Sequence[str | os.PathLike[str]], out: Path, inputs: list[InputFile], recursive: bool
-) -> list[Path]:
-    """Images in ``--out`` that a folder source walked with ``--recursive`` would have read, other
-    than these inputs' outputs: the walk leaves ``--out`` out (so that outputs are not read as
-    inputs next time), so these go unsegmented, and the user is told (a photo put there, or an
-    output of an input since removed)."""
-    if not recursive or not out.is_dir():
-        return []
-    folders: list[Path] = []  # what the walk enters: folder sources, and folders a pattern matches
-    for source in sources:
-        text = os.fspath(source)
-        path = Path(text).expanduser()
-        if path.is_dir():
-            folders.append(path)
-        elif any(c in text for c in _GLOB_MAGIC):
-            folders += [
-                Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True) if Path(m).is_dir()
-            ]
-    if not any(_is_under(out, folder) and not _is_under(folder, out) for folder in folders):
-        return []  # files a pattern matches are added as they are, --out's too, and the clash checks see them
+def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
+    """Images in ``--out`` other than these inputs' outputs, for a run whose recursive walk met
+    ``--out`` and left it out (so that outputs are not read as inputs next time): these go
+    unsegmented, and the user is told (a photo put there, or an output of an input since removed)."""
     outputs = {
         p.resolve()
         for item in inputs
@@ -287,7 +272,7 @@ def plan_predict(
     dist = dist or runtime.Distributed()
     out = Path(out_dir).expanduser()
     save = parse_save(list(save))
-    inputs, not_images = collect_inputs(sources, recursive=recursive, exclude=out)
+    inputs, not_images, passed_out = collect_inputs(sources, recursive=recursive, exclude=out)
     if not inputs:
         extra = f" ({len(not_images)} other files skipped)" if not_images else ""
         raise InputError(
@@ -342,5 +327,5 @@ def plan_predict(
             skipped.append(item)
         else:
             todo.append(item)
-    left = images_left_in_out(sources, out, inputs, recursive)
+    left = images_left_in_out(out, inputs) if passed_out else []
     return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left)
