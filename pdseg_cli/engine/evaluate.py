@@ -67,7 +67,7 @@ from pdseg_cli.metrics.fmeasure import BETA2_F
 from pdseg_cli.metrics.gtprep import GTPrep
 from pdseg_cli.metrics.hce import EPSILON, RELAX
 from pdseg_cli.metrics.image import score_pair
-from pdseg_cli.metrics.reading import MaskFile, alpha_varies, read_mask_file
+from pdseg_cli.metrics.reading import MaskFile, mask_in_alpha, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
 
@@ -132,9 +132,8 @@ def file_notes(mask: MaskFile, role: str) -> list[str]:
         kinds.append(f"{prefix}_16bit")
     if mask.colour:
         kinds.append(f"{prefix}_colour")
-        if mask.colour in ("RGBA", "gray+alpha") and int(mask.array.min()) == int(mask.array.max()):
-            if alpha_varies(mask.path):  # an opaque blank map is just blank
-                kinds.append(f"{prefix}_alpha")
+        if mask_in_alpha(mask):
+            kinds.append(f"{prefix}_alpha")
     if mask.decoder_said:
         kinds.append(f"{prefix}_damaged")
     if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:

@@ -111,10 +111,13 @@ def _raw_samples(path: Path) -> np.ndarray | None:
     return _decode_unchanged(data) if data else None
 
 
-def alpha_varies(path: Path) -> bool:
-    """Whether the file's alpha channel holds more than one value (read only for the rare file
-    whose colours are uniform)."""
-    raw = _raw_samples(path)
+def mask_in_alpha(mask: MaskFile) -> bool:
+    """Whether the file keeps its mask in the alpha channel, which is not read: an alpha channel
+    that varies under colours of one uniform value (an opaque blank map is just blank). The
+    alpha is decoded only for such rare files."""
+    if mask.colour not in ("RGBA", "gray+alpha") or int(mask.array.min()) != int(mask.array.max()):
+        return False
+    raw = _raw_samples(mask.path)
     return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
 
 
@@ -139,7 +142,7 @@ def training_mask_problem(mask: MaskFile) -> str | None:
     """
     array = mask.array
     top = int(array.max())
-    if mask.colour in ("RGBA", "gray+alpha") and int(array.min()) == top and alpha_varies(mask.path):
+    if mask_in_alpha(mask):
         return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
     raw = _raw_samples(mask.path) if mask.colour is not None or (mask.sixteen_bit and top == 0) else None
     if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4):
