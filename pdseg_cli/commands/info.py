@@ -38,26 +38,27 @@ def info(
 
     from pdseg_cli import ui
     from pdseg_cli.config import get_config
+    from pdseg_cli.errors import InputError, listing
     from pdseg_cli.model.counting import count_macs, count_params
     from pdseg_cli.model.registry import decoder_entry
 
     with user_errors():
-        if variant is not None and variant not in VARIANTS and Path(variant).expanduser().is_file():
+        path = Path(variant).expanduser() if variant is not None and variant not in VARIANTS else None
+        if path is not None and path.is_file():
             from pdseg_cli.engine.weights_info import describe_weights
 
-            description = describe_weights(Path(variant).expanduser())
+            description = describe_weights(path)
             ui.table(variant, ["", "value"], description.rows, literal=True)
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return
             variant = description.variant
-        elif variant is not None and variant not in VARIANTS and Path(variant).expanduser().is_dir():
-            from pdseg_cli.errors import InputError, listing
+        elif path is not None and path.is_dir():
             from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
             kinds = (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS)
             inside = sorted(
                 p.name
-                for p in Path(variant).expanduser().iterdir()
+                for p in path.iterdir()
                 if p.suffix.lower() in kinds and p.is_file() and not p.name.startswith(".")
             )
             raise InputError(
@@ -66,9 +67,7 @@ def info(
                 if inside
                 else f"give a weights file ({', '.join(kinds)})",
             )
-        elif variant is not None and variant not in VARIANTS and ("/" in variant or "." in variant):
-            from pdseg_cli.errors import InputError
-
+        elif path is not None and ("/" in variant or "." in variant):
             raise InputError(
                 f"{variant}: no such file", hint=f"give a weights file, or a variant: {', '.join(VARIANTS)}"
             )

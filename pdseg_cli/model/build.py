@@ -379,7 +379,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         path=path,
         config=config,
         state_dict=state,
-        train_size=int(train_size) if isinstance(train_size, (int, float)) else None,
+        train_size=None if train_size is None else int(train_size),  # a whole number by the check above
         normalization=normalization,
         provenance=dict(obj.get("provenance") or {}),
         pdseg_version=str(obj.get("pdseg_version", "?")),
