@@ -24,7 +24,13 @@ from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
 from pdseg_cli.engine.train_data import augment_config
-from pdseg_cli.engine.train_schedule import lr_factor, param_groups
+from pdseg_cli.engine.train_schedule import (
+    lr_factor,
+    make_optimizer,
+    make_scheduler,
+    param_groups,
+    restore_scheduler,
+)
 from pdseg_cli.errors import DataError, InputError
 from pdseg_cli.model import create_model, load_model, save_checkpoint
 
@@ -385,6 +391,31 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert lr_factor(10, 10, 100) == pytest.approx(0.9)
     assert lr_factor(100, 10, 100) == 0.0
     assert lr_factor(0, 0, 100) == 1.0
+
+
+def test_extended_schedule_gives_the_optimiser_its_own_rates_on_resume() -> None:
+    # a finished 10-step run extended to 20 (--resume --epochs N): the saved optimiser holds lr 0,
+    # the last rate of the old schedule; step 10 of the new one must run at its own rate
+    def run(total: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        optimizer = make_optimizer(create_model("pdseg-tiny"), 1e-3, 10.0, 0.01)
+        return optimizer, make_scheduler(optimizer, 2, total)
+
+    old_opt, old_sched = run(10)
+    for _ in range(10):
+        old_opt.step()
+        old_sched.step()
+    assert [g["lr"] for g in old_opt.param_groups] == [0.0] * len(old_opt.param_groups)
+    new_opt, new_sched = run(20)
+    new_opt.load_state_dict(old_opt.state_dict())
+    restore_scheduler(new_sched, old_sched.state_dict())
+    expected = [g["initial_lr"] * lr_factor(10, 2, 20) for g in new_opt.param_groups]
+    assert [g["lr"] for g in new_opt.param_groups] == pytest.approx(expected)
+    assert expected[0] == pytest.approx(1e-3 * 0.5)
+    # an unchanged schedule (a plain resume) keeps the saved rates exactly
+    same_opt, same_sched = run(10)
+    same_opt.load_state_dict(old_opt.state_dict())
+    restore_scheduler(same_sched, old_sched.state_dict())
+    assert [g["lr"] for g in same_opt.param_groups] == [g["lr"] for g in old_opt.param_groups]
 
 
 def test_param_groups_decoder_lr_and_no_decay_on_norms_biases_layer_scales() -> None:

@@ -82,3 +82,19 @@ def make_scheduler(
     ``last.pt`` stores.
     """
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+
+
+def restore_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any]) -> None:
+    """Load a saved schedule's position into ``scheduler`` and give its optimiser the learning
+    rates of that position on ``scheduler``'s own schedule.
+
+    The optimiser's saved state carries the rates of the schedule it was saved under. A run
+    extended with ``--resume --epochs N`` has a longer schedule, and ``LambdaLR.load_state_dict``
+    does not write the new rates back: the first step after the resume would run at the old
+    schedule's last rate (0 at the end of a finished run). On an unchanged schedule the rates are
+    the same ones.
+    """
+    scheduler.load_state_dict(state)
+    groups = scheduler.optimizer.param_groups
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)

@@ -32,7 +32,7 @@ from pdseg_cli.engine.train_folder import (
     write_run_config,
 )
 from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
-from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler
+from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler, restore_scheduler
 from pdseg_cli.errors import InputError, PdsegError
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_model
 
@@ -311,7 +311,7 @@ def build_run(
     rng = None
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
+        restore_scheduler(scheduler, resumed["scheduler"])  # after the optimiser: its rates are reset
         scaler.load_state_dict(resumed["scaler"])
         rngs = resumed["rng"]
         rng = rngs[rank] if rank < len(rngs) else None
