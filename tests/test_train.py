@@ -4,6 +4,7 @@ parameter groups, augmentation, batches, EMA, cache)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -24,6 +25,7 @@ from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
 from pdseg_cli.engine.train_data import augment_config
+from pdseg_cli.engine.train_folder import read_rows
 from pdseg_cli.engine.train_schedule import (
     lr_factor,
     make_optimizer,
@@ -146,6 +148,43 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, data: dict
     rows_b = (tmp_path / "b" / "results.csv").read_text().splitlines()
     strip_times = [",".join(r.split(",")[:-2]) for r in rows_a], [",".join(r.split(",")[:-2]) for r in rows_b]
     assert strip_times[0] == strip_times[1]  # same losses per epoch, also for the split epoch
+
+
+def test_a_start_stopped_before_its_first_checkpoint_is_not_a_run(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    # Ctrl-C during startup (teacher labelling can take an hour) leaves config.json and no
+    # checkpoint: a plain rerun starts again (it was refused as "already holds a run", and
+    # --resume then said there was nothing to resume)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "results.csv").write_text("epoch\n")
+    with pytest.raises(InputError, match="nothing to resume") as refused:
+        train(tiny(out, data, epochs=1, val_every=0, resume=True))
+    assert "without --resume" in (refused.value.hint or "")
+    events: list[Any] = []
+    train(tiny(out, data, epochs=1, val_every=0), events.append)
+    notices = [e.values["message"] for e in events if e.kind == "notice"]
+    assert any("replacing results.csv, config.json of a start that saved no checkpoint" in m for m in notices)
+    assert (out / "last.pt").is_file()
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 1
+
+
+def test_resume_from_another_working_folder_finds_relative_paths(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config.json stores paths absolute: a run started with `--train tr` in the data's folder
+    # resumes from anywhere (it read `tr` against the new working folder and failed, or found another)
+    monkeypatch.chdir(data["train"].parent)
+    out = tmp_path / "run"
+    train(tiny(out, data, epochs=1, val_every=0, train_dir=Path(data["train"].name), val_dir=None))
+    stored = json.loads((out / "config.json").read_text())["train"]
+    assert stored["train_dir"] == str(data["train"]) and stored["out"] == str(out)
+    monkeypatch.chdir(tmp_path)
+    resumed = train(TrainConfig.for_resume(Path("run"), epochs=2))
+    assert resumed is not None and (out / "last.pt").is_file()
+    assert len(read_rows(out / "results.csv")) == 2
 
 
 def test_backbone_weights_then_resume_refusals(tmp_path: Path, data: dict[str, Path]) -> None:

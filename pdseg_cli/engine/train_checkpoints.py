@@ -80,7 +80,7 @@ def read_train_state(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(
             f"nothing to resume: {path} does not exist (the run saved no checkpoint yet)",
-            hint="start it again with --overwrite instead of --resume",
+            hint="start it again without --resume (nothing was trained yet, so nothing is lost)",
         ) from None
     except Exception as exc:  # truncated zip, foreign pickle, ...
         raise WeightsError(

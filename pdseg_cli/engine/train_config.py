@@ -263,13 +263,15 @@ class TrainConfig:
                 raise InputError(message, hint=hint)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (paths as strings), for ``config.json``."""
+        """Plain values, for ``config.json``. Paths are stored absolute: ``--resume`` reads them
+        back, perhaps from another working folder, where a relative ``--data-root DIS5K`` would
+        name another folder or none."""
         out = dataclasses.asdict(self)
         for name in (*_PATH_FIELDS, "teacher_cache"):
             if out[name] is not None:
-                out[name] = str(out[name])
-        dirs = self.train_dirs
-        out["train_dir"] = None if not dirs else str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs]
+                out[name] = str(Path(out[name]).absolute())
+        dirs = [str(d.absolute()) for d in self.train_dirs]
+        out["train_dir"] = None if not dirs else dirs[0] if len(dirs) == 1 else dirs
         out["variant"] = self.model_variant
         return out
 

@@ -25,7 +25,10 @@ if TYPE_CHECKING:  # tensorboard is an optional package
 
 LAST, BEST, RESULTS = LAST_NAME, "best.pt", "results.csv"
 TENSORBOARD_DIR, CACHE_DIR = "tensorboard", "cache"
-RUN_FILES = (LAST, BEST, RESULTS, CONFIG)  # what makes a folder a run folder
+RUN_FILES = (LAST, BEST, RESULTS, CONFIG)  # the files of a run, removed when it starts again
+# what makes a folder hold a run worth keeping: a start stopped before its first checkpoint (Ctrl-C
+# during hours of teacher labelling) leaves only config.json, and a new start replaces it
+CHECKPOINTS = (LAST, BEST)
 
 
 def cache_root(cfg: TrainConfig) -> Path:
@@ -44,12 +47,15 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
         state = read_train_state(out / LAST)
         _check_same_experiment(ctx, state)
         return state
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    existing = [name for name in CHECKPOINTS if (out / name).exists()]
     if existing and not cfg.overwrite:
         raise InputError(
             f"{out} already holds a training run ({', '.join(existing)})",
             hint="pass --resume to continue it, --overwrite to start it again, or choose another --out",
         )
+    leftovers = [name for name in RUN_FILES if name not in CHECKPOINTS and (out / name).exists()]
+    if leftovers and not existing and ctx.main:
+        ctx.notice(f"{out}: replacing {', '.join(leftovers)} of a start that saved no checkpoint")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
     if ctx.main:
