@@ -16,7 +16,7 @@ ratios: wall time (pdseg with ``--jobs`` processes, the reference with one, as i
 seconds of the same work in one process (a figure other load on the machine hardly moves; the
 load average is printed too). Needs the dev extra (pysodmetrics, scikit-image).
 
-    python benchmarks/eval_speed.py                # 6 images, all cores
+    python benchmarks/eval_speed.py                # 6 images, the idle cores
     python benchmarks/eval_speed.py --jobs 2 --images 4
 """
 
@@ -188,7 +188,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--height", type=int, default=2500)
     parser.add_argument("--width", type=int, default=3300)
-    parser.add_argument("--jobs", type=int, default=0, help="pdseg worker processes (0: all cores)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="pdseg worker processes (0: the idle cores, as pdseg eval's default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the masks and cache here")
     args = parser.parse_args()

@@ -153,36 +153,71 @@ def _dis_root(tmp_path: Path) -> tuple[Path, Path]:
     return root, preds
 
 
-def test_dis_te_overall_row_is_pooled(tmp_path: Path) -> None:
-    root, preds = _dis_root(tmp_path)
-    result = _run(
-        "--split",
-        "DIS-TE",
-        "--data-root",
-        root,
-        "--pred",
-        preds,
-        "--json",
-        tmp_path / "r.json",
-        cache=tmp_path / "c",
-    )
+def test_dis_te_overall_row_is_the_mean_of_the_split_rows(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)  # DIS-TE1..4 hold 3, 4, 2 and 3 images
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    args = ["--split", "DIS-TE", "--data-root", root, "--pred", preds, "--json", out_json, "--csv", out_csv]
+    result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 0, result.output
     text = flat(result.stdout)
     for name in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4", "DIS-TE (overall)"):
         assert name in text
     members = "DIS-TE1, DIS-TE2, DIS-TE3, DIS-TE4"
-    assert f"pooled over the 12 scored images of {members}, each image weight 1" in text
-    data = json.loads((tmp_path / "r.json").read_text())
+    assert f"DIS-TE (overall): mean of the {members} rows, each split weight 1" in text
+    data = json.loads(out_json.read_text())
     overall = data["splits"]["DIS-TE (overall)"]
-    assert overall["count"] == 12
-    members = [
-        evaluate(preds / n, root / n / "gt", jobs=1, use_cache=False)
+    assert overall["count"] == 12 and overall["missing"] == 0
+    assert overall["resized"] == 1  # pred_half_size, in DIS-TE2
+    assert overall["pooled_from"] == ["DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4"]
+    rows = [data["splits"][n] for n in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")]
+    for key in ("maxF", "wF", "MAE", "S", "E", "HCE", "meanF", "adpF", "maxE", "adpE"):
+        assert overall[key] == pytest.approx(np.mean([row[key] for row in rows]), abs=1e-12), key
+    # what the row was before: all 12 images pooled into one F curve, a different maxF
+    images = [
+        r.scores
         for n in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
+        for r in evaluate(preds / n, root / n / "gt", jobs=1, use_cache=False).splits[0].images
     ]
-    images = [r.scores for m in members for r in m.splits[0].images]
-    assert overall["wF"] == pytest.approx(np.mean([s.wf for s in images]), abs=1e-12)
-    assert overall["maxF"] == pytest.approx(np.mean([s.f_curve for s in images], axis=0).max(), abs=1e-12)
+    pooled_max_f = np.mean([s.f_curve for s in images], axis=0).max()
+    assert abs(overall["maxF"] - pooled_max_f) > 1e-3
+    curve = np.mean([data["curves"][n]["F"] for n in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")], axis=0)
+    assert data["curves"]["DIS-TE (overall)"]["F"] == pytest.approx(curve.tolist(), abs=1e-12)
     assert "DIS-VD" not in data["splits"]
+    line = next(row for row in out_csv.read_text().splitlines() if row.startswith("DIS-TE (overall),"))
+    assert line.startswith("DIS-TE (overall),12,") and line.endswith(",0,1")
+    assert float(line.split(",")[2]) == overall["maxF"]
+
+
+def test_the_overall_row_needs_all_four_test_splits_however_named(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)
+    common = ["--data-root", root, "--pred", preds, "--json", "-"]
+    by_group = json.loads(_run("--split", "DIS-TE", *common, cache=tmp_path / "c").stdout)["splits"]
+    four = "DIS-TE1,DIS-TE2,DIS-TE3,DIS-TE4"
+    by_name = json.loads(_run("--split", four, *common, cache=tmp_path / "c").stdout)["splits"]
+    assert by_name["DIS-TE (overall)"]["maxF"] == by_group["DIS-TE (overall)"]["maxF"]
+    with_vd = json.loads(_run("--split", "DIS-VD,DIS-TE", *common, cache=tmp_path / "c").stdout)["splits"]
+    assert with_vd["DIS-TE (overall)"] == by_group["DIS-TE (overall)"]  # DIS-VD stays out of it
+    two = json.loads(_run("--split", "DIS-TE1,DIS-TE2", *common, cache=tmp_path / "c").stdout)["splits"]
+    assert set(two) == {"DIS-TE1", "DIS-TE2"}
+
+
+def test_the_overall_row_counts_what_allow_missing_left_out(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)
+    (preds / "DIS-TE2" / f"{CASES[3]}.png").unlink()
+    args = ["--split", "DIS-TE", "--data-root", root, "--pred", preds, "--allow-missing"]
+    result = _run(*args, "--json", tmp_path / "r.json", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    table = flat(result.stdout)
+    assert "│ DIS-TE2 │ 3 of 4 │" in table and "│ DIS-TE (overall) │ 11 of 12 │" in table
+    assert "its splits leave out 1 GT mask (--allow-missing)" in table
+    splits = json.loads((tmp_path / "r.json").read_text())["splits"]
+    assert splits["DIS-TE2"]["count"] == 3 and splits["DIS-TE2"]["missing"] == 1
+    overall = splits["DIS-TE (overall)"]
+    assert overall["count"] == 11 and overall["missing"] == 1
+    rows = [splits[n]["HCE"] for n in ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")]
+    assert overall["HCE"] == pytest.approx(np.mean(rows), abs=1e-9)
+    as_csv = _run(*args, "--csv", "-", cache=tmp_path / "c").stdout.splitlines()
+    assert next(line for line in as_csv if line.startswith("DIS-TE (overall),")).endswith(",1,0")
 
 
 def test_comma_lists_of_splits_and_isnet_prediction_folders(tmp_path: Path) -> None:
@@ -332,6 +367,76 @@ def test_a_reused_save_preds_folder_never_scores_a_stale_map(
     assert data["splits"]["s"]["count"] == len(CASES) - 1 and data["notes"]["s"]["missing"] == [CASES[1]]
 
 
+def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    class NeverBuilt(_FakePredictor):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            raise AssertionError("the model ran before --save-preds was checked")
+
+    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    keep = tmp_path / "sp"
+    (keep / "s").mkdir(parents=True)
+    cv2.imwrite(str(keep / "s" / f"{CASES[0]}.jpg"), np.zeros((8, 8), np.uint8))  # an older map, as JPEG
+    monkeypatch.setattr(predict_mod, "Predictor", NeverBuilt)
+    args = ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert (
+        f"--save-preds {keep}: {keep / 's'} would hold several files per name: {CASES[0]}.jpg and the new "
+        f"{CASES[0]}.png" in text
+    )
+    assert "give --save-preds an empty folder; the model has not run yet" in text
+    (keep / "s" / f"{CASES[0]}.jpg").unlink()
+    for suffix in (".bmp", ".tif"):  # two old maps of one unrelated name clash among themselves
+        cv2.imwrite(str(keep / "s" / f"old{suffix}"), np.zeros((8, 8), np.uint8))
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "several files per name: old.bmp and old.tif" in flat(result.output)
+    (keep / "s" / "old.bmp").unlink()
+    (keep / "s" / f"{CASES[0]}.png").write_bytes(b"")  # an old map of the same name is just replaced
+    _FakePredictor.source = split / "pred"
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    assert _run(*args, cache=tmp_path / "c").exit_code == 0
+
+
+def test_two_images_of_one_name_are_refused_before_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    class NeverBuilt(_FakePredictor):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            raise AssertionError("the model ran before the images were listed")
+
+    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    cv2.imwrite(str(split / "im" / f"{CASES[1]}.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    monkeypatch.setattr(predict_mod, "Predictor", NeverBuilt)
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert f"has several files per name: {CASES[1]}.jpg and {CASES[1]}.png" in flat(result.output)
+
+
+def test_default_jobs_follow_threads_and_the_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pdseg_cli.engine.evaluate as ev
+    from pdseg_cli.runtime import compute
+
+    split = edge_case_split(tmp_path / "s", CASES)
+    monkeypatch.setattr(ev, "all_cores", lambda: 2)
+    monkeypatch.setattr(compute, "other_runnable_tasks", lambda: 1.0)  # another job holds one of the 2 cores
+    args = ["eval", "--split", str(split), "--pred", str(split / "pred"), "--cache-dir", str(tmp_path / "c")]
+    busy = runner.invoke(app, [*args, "--json", "-"])
+    assert busy.exit_code == 0, busy.output
+    assert "· 1 process ·" in busy.stderr and json.loads(busy.stdout)["settings"]["jobs"] == 1
+    monkeypatch.setattr(compute, "other_runnable_tasks", lambda: 0.0)
+    assert "· 1 process ·" in runner.invoke(app, [*args, "--threads", "1"]).stderr  # the user's CPU budget
+    assert "· 2 processes ·" in runner.invoke(app, [*args, "--threads", "1", "--jobs", "2"]).stderr
+
+
 def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from pdseg_cli.model.build import create_model, save_checkpoint
@@ -434,6 +539,41 @@ def test_resized_predictions_are_named_and_a_changed_shape_is_warned(tmp_path: P
     text = flat(result.stderr)
     assert "1 of 3 predictions had another size" in text and CASES[0] in text
     assert f"have another aspect ratio than their GT, so were stretched: {CASES[0]}" in text
+    assert text.count("have another aspect ratio") == 1  # printed once, from the report's warnings
+
+
+def test_json_and_csv_carry_the_same_counts_and_every_warning(tmp_path: Path) -> None:
+    split = edge_case_split(tmp_path / "s", CASES)
+    pred = split / "pred" / f"{CASES[0]}.png"
+    cv2.imwrite(str(pred), cv2.imread(str(pred), cv2.IMREAD_GRAYSCALE).T.copy())  # rotated
+    (split / "pred" / f"{CASES[1]}.png").unlink()
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    args = [
+        "--split",
+        split,
+        "--pred",
+        split / "pred",
+        "--allow-missing",
+        "--json",
+        out_json,
+        "--csv",
+        out_csv,
+    ]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out_json.read_text())
+    row = data["splits"]["s"]
+    assert (row["count"], row["missing"], row["resized"]) == (3, 1, 2)  # rotated + pred_half_size
+    header, line = out_csv.read_text().splitlines()
+    assert (
+        header.split(",")[-2:] == ["missing", "resized"] and line.startswith("s,3,") and line.endswith(",1,2")
+    )
+    warnings = data["notes"]["s"]["warnings"]
+    assert warnings == [
+        f"s: 1 prediction(s) have another aspect ratio than their GT, so were stretched: {CASES[0]} "
+        "(rotated, or another image's map?)"
+    ]
+    assert data["notes"]["s"]["missing"] == [CASES[1]]
 
 
 def test_json_and_csv_outputs_go_to_stdout_or_distinct_files(tmp_path: Path) -> None:

@@ -105,8 +105,8 @@ def test_dataset_values_follow_the_table() -> None:
 def test_csv_and_rich_table_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     report = evaluate_arrays(_pairs(), name="val")
     header = report.to_csv().splitlines()[0]
-    assert header == ",".join(["split", "count", *DIS_TABLE, *EXTRAS, "missing"])
-    assert list(report.to_json()["splits"]["val"]) == [*DIS_TABLE, "count", *EXTRAS, "resized"]
+    assert header == ",".join(["split", "count", *DIS_TABLE, *EXTRAS, "missing", "resized"])
+    assert list(report.to_json()["splits"]["val"]) == [*DIS_TABLE, "count", *EXTRAS, "resized", "missing"]
 
     out = io.StringIO()
     monkeypatch.setattr(ui, "console", Console(file=out, width=200, highlight=False))

@@ -37,8 +37,9 @@ def eval_(
             "--split",
             "-s",
             metavar="SPLIT",
-            help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits plus a pooled overall row), "
-            "or a folder holding gt/ (and im/). Repeat, or comma-separate, for several.",
+            help="DIS-VD, DIS-TE1..DIS-TE4, DIS-TE (the four test splits), or a folder holding gt/ "
+            "(and im/). Repeat, or comma-separate, for several. When all four test splits are scored, a "
+            "'DIS-TE (overall)' row is added: the mean of their four rows, as published DIS tables give it.",
             show_default=False,
         ),
     ],
@@ -76,7 +77,10 @@ def eval_(
     jobs: Annotated[
         int,
         typer.Option(
-            "--jobs", "-j", help="Worker processes for scoring (0 or -1: all cores, -2: all but one)."
+            "--jobs",
+            "-j",
+            help="Worker processes for scoring. Default (0): --threads if given, else the cores other work "
+            "leaves idle (as for --threads); -1: all cores, -2: all but one.",
         ),
     ] = 0,
     cache_dir: Annotated[
@@ -193,17 +197,20 @@ def eval_(
                 )
             settings["gt_folders"] = {name: str((folder / MASK_DIR).resolve()) for name, folder in splits}
             check_missing(plans, allow_missing)  # before the start line: a refused run says only why
+            # resolved once, so that the start line shows the count the run uses (the default
+            # follows the load); --threads, the CPU the user gives the maths, sets the default
+            n_jobs = ev.resolve_jobs(jobs or threads)
             n_images = sum(len(p.pairs) for p in plans)
             cache, cache_note = (None, None) if no_cache else usable_cache_root(cache_dir)
             if cache_note:
                 ui.warn(cache_note)
             no_cache = cache is None
-            view.start(n_images, names, ev.resolve_jobs(jobs), str(cache) if cache else None)
+            view.start(n_images, names, n_jobs, str(cache) if cache else None)
             with view.progress("eval", n_images) as advance:
                 report = ev.evaluate_plans(
                     plans,
                     pooled=pooled,
-                    jobs=jobs,
+                    jobs=n_jobs,
                     cache_dir=cache_dir,
                     use_cache=not no_cache,
                     allow_missing=allow_missing,
@@ -236,7 +243,7 @@ def _run_model(
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
-    n_gt = ev.check_split_gts(splits)
+    n_gt = ev.check_split_gts(splits, save_preds)  # refuses what would stop the run after the model
     predictor = Predictor(
         weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
     )

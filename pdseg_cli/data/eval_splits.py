@@ -1,4 +1,4 @@
-"""Which splits ``pdseg eval`` scores: ``--split`` values to folders, pooled rows, ``--pred`` folders.
+"""Which splits ``pdseg eval`` scores: ``--split`` values to folders, the overall row, ``--pred`` folders.
 
 The folder layout is :mod:`pdseg_cli.data.dis5k`'s (the one training reads): a split folder holds
 ``gt/`` masks, and ``im/`` images when a model is run on it. Scoring needs only ``gt/``, so a split
@@ -25,8 +25,8 @@ from pdseg_cli.data.dis5k import (
 from pdseg_cli.errors import DataError
 
 EVAL_SPLITS = (VAL_SPLIT, *TEST_SPLITS)  # the DIS5K splits with published scores (not the training split)
-TEST_GROUP = "DIS-TE"  # the four test splits, plus a pooled row
-OVERALL_NAME = "DIS-TE (overall)"
+TEST_GROUP = "DIS-TE"  # the four test splits, plus the overall row
+OVERALL_NAME = "DIS-TE (overall)"  # the mean of the four test split rows (docs/metrics.md, 'DIS-TE overall')
 
 SPLIT_LAYOUT = (
     f"expected layout: <root>/<split>/{MASK_DIR}/<stem>{MASK_EXT} (and <root>/<split>/{IMAGE_DIR}/<stem>"
@@ -37,11 +37,13 @@ SPLIT_LAYOUT = (
 def resolve_splits(
     values: Sequence[str], data_root: str | os.PathLike[str] | None
 ) -> tuple[list[tuple[str, Path]], dict[str, list[str]]]:
-    """Turn ``--split`` values into (name, split folder) and the pooled rows they ask for.
+    """Turn ``--split`` values into (name, split folder) and the overall rows to add.
 
     ``DIS-VD`` and ``DIS-TE1``..``DIS-TE4`` are folders under the DIS5K root (``data_root``, else
-    ``$PDSEG_DATA``, else ``./DIS5K``); ``DIS-TE`` is the four test splits plus the pooled
-    ``DIS-TE (overall)`` row; anything else must be a folder holding ``gt/``.
+    ``$PDSEG_DATA``, else ``./DIS5K``); ``DIS-TE`` is the four test splits; anything else must be
+    a folder holding ``gt/``. Whenever all four test splits are scored (``DIS-TE``, or the four
+    named), the ``DIS-TE (overall)`` row, the mean of their four rows, is added; never for fewer,
+    since published overall numbers are over DIS-TE1..4, nor over DIS-VD or other folders.
 
     Raises:
         DataError: an unknown name, a missing root or split folder (the message shows the layout).
@@ -74,7 +76,6 @@ def resolve_splits(
         if canonical == TEST_GROUP:
             for member in TEST_SPLITS:
                 add(member, scored_split_folder(dis_root(), member))
-            pooled[OVERALL_NAME] = list(TEST_SPLITS)
         elif canonical is not None:
             add(canonical, scored_split_folder(dis_root(), canonical))
         else:
@@ -92,6 +93,9 @@ def resolve_splits(
                     f"--split {folder}: the folder has no {MASK_DIR}/ subfolder", hint=SPLIT_LAYOUT
                 )
             add(folder.resolve().name, folder)
+    # the same four splits give the same table however they were asked for
+    if all(any(name == member for name, _ in out) for member in TEST_SPLITS):
+        pooled[OVERALL_NAME] = list(TEST_SPLITS)
     return out, pooled
 
 

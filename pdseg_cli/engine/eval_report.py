@@ -1,4 +1,4 @@
-"""What ``pdseg eval`` reports: per-image records, split and pooled rows, and their JSON and CSV.
+"""What ``pdseg eval`` reports: per-image records, split and overall rows, and their JSON and CSV.
 
 :func:`pdseg_cli.engine.evaluate.evaluate` returns an :class:`EvalReport`; ``docs/metrics.md``
 explains every value. The JSON and CSV key names are part of the CLI: they do not change.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pdseg_cli.metrics.aggregate import DatasetScores
 from pdseg_cli.metrics.image import ImageScores
@@ -85,20 +88,72 @@ class SplitResult:
         return sum(r.cached for r in self.images)
 
     def row(self) -> dict[str, Any]:
-        """The split's values under the report's key names (E = mean E), plus ``resized``."""
-        return {**self.scores.as_dict(), "resized": self.resized}
+        """The split's values under the report's key names (E = mean E), then how many predictions
+        were ``resized`` and how many GT masks are ``missing`` from the row (``--allow-missing``)."""
+        return {**self.scores.as_dict(), "resized": self.resized, "missing": len(self.missing)}
+
+
+OVERALL_RULE = "unweighted mean of its split rows, metric by metric"  # the JSON row's "combined" value
 
 
 @dataclass
 class PooledResult:
-    """A row over the images of several splits (each image weight 1), e.g. DIS-TE (overall)."""
+    """A row combining several split rows, e.g. DIS-TE (overall): every value is the unweighted
+    mean of the split rows' values, as published DIS tables form "Overall DIS-TE (1-4)"
+    (``docs/metrics.md``, 'DIS-TE overall'). The class keeps its old name (it once pooled the
+    images), since Python users may import it.
+
+    Attributes:
+        name: the row's name.
+        members: the splits it combines, in order.
+        scores: the mean of the members' values; ``count`` is their total of scored images, and the
+            curves are the mean of theirs (so ``max_f`` is not the maximum of ``f_curve``).
+        resized: predictions resized in all members together.
+        missing: GT masks left out of all members together (``--allow-missing``).
+    """
 
     name: str
     members: list[str]
     scores: DatasetScores
+    resized: int = 0
+    missing: int = 0
+
+    @classmethod
+    def mean_of(cls, name: str, splits: Sequence[SplitResult]) -> PooledResult:
+        """The row whose values are the unweighted mean of ``splits``' values.
+
+        Raises:
+            ValueError: no splits.
+        """
+        if not splits:
+            raise ValueError(f"{name}: no split rows to average")
+        values: dict[str, Any] = {}
+        for f in fields(DatasetScores):
+            if f.name == "count":
+                continue
+            # every split weighs 1, whatever its size: a published overall row is the mean of its
+            # split rows (maxF too, which pooling all images would put below that mean)
+            mean = np.mean(np.array([getattr(s.scores, f.name) for s in splits], dtype=np.float64), axis=0)
+            values[f.name] = float(mean) if mean.ndim == 0 else mean
+        scores = DatasetScores(count=sum(s.scores.count for s in splits), **values)
+        return cls(
+            name,
+            [s.name for s in splits],
+            scores,
+            resized=sum(s.resized for s in splits),
+            missing=sum(len(s.missing) for s in splits),
+        )
 
     def row(self) -> dict[str, Any]:
-        return {**self.scores.as_dict(), "pooled_from": list(self.members)}
+        """The values under the split rows' keys (``count``, ``resized`` and ``missing`` summed over
+        the members), then ``pooled_from`` (the members; the key predates the mean) and ``combined``."""
+        return {
+            **self.scores.as_dict(),
+            "resized": self.resized,
+            "missing": self.missing,
+            "pooled_from": list(self.members),
+            "combined": OVERALL_RULE,
+        }
 
 
 @dataclass
@@ -107,7 +162,7 @@ class EvalReport:
 
     Attributes:
         splits: one result per split, in the order asked for.
-        pooled: pooled rows (e.g. DIS-TE (overall)), after the splits.
+        pooled: overall rows (e.g. DIS-TE (overall), the mean of its split rows), after the splits.
         settings: how the numbers were computed (metric settings, versions, inputs).
     """
 
@@ -122,14 +177,19 @@ class EvalReport:
         raise KeyError(name)
 
     def missing_counts(self) -> dict[str, int]:
-        """GT masks left out of each row (``--allow-missing``), pooled rows summing their members'."""
+        """GT masks left out of each row (``--allow-missing``), overall rows summing their members'."""
         missing = {split.name: len(split.missing) for split in self.splits}
-        for pooled in self.pooled:
-            missing[pooled.name] = sum(missing.get(m, 0) for m in pooled.members)
+        missing.update({pooled.name: pooled.missing for pooled in self.pooled})
         return missing
 
+    def resized_counts(self) -> dict[str, int]:
+        """Predictions resized to their GT's size in each row, overall rows summing their members'."""
+        resized = {split.name: split.resized for split in self.splits}
+        resized.update({pooled.name: pooled.resized for pooled in self.pooled})
+        return resized
+
     def rows(self) -> list[tuple[str, DatasetScores]]:
-        """(name, scores) of every table row: the splits, then the pooled rows."""
+        """(name, scores) of every table row: the splits, then the overall rows."""
         return [(s.name, s.scores) for s in self.splits] + [(p.name, p.scores) for p in self.pooled]
 
     def to_json(self) -> dict[str, Any]:
@@ -137,7 +197,10 @@ class EvalReport:
 
         Split and image values use the keys maxF, wF, MAE, S, E (mean E-measure, the DIS table's
         column), HCE, count (splits), then meanF, adpF, maxE, adpE (and the four HCE parts per
-        image). Curves are 256 values in ascending threshold order.
+        image). Every row of ``splits`` then has ``resized`` and ``missing``, as the CSV does; an
+        overall row adds ``pooled_from`` and ``combined``. Curves are 256 values in ascending
+        threshold order (an overall row's: the mean of its splits' curves). ``notes`` holds every
+        warning the run printed about a split.
         """
         splits: dict[str, Any] = {s.name: s.row() for s in self.splits}
         splits.update({p.name: p.row() for p in self.pooled})
@@ -156,13 +219,16 @@ class EvalReport:
 
     def to_csv(self) -> str:
         """One line per table row: split, count, the six table columns, the extras, then how many GT
-        masks were left out of the row (``--allow-missing``; count + missing is the split's size)."""
+        masks were left out of the row (``--allow-missing``; count + missing is the split's size) and
+        how many predictions were resized: the same counts as the JSON rows. ``resized`` comes last
+        so that readers of the older columns by position still read them."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         keys = [metric.key for metric in METRICS]
-        writer.writerow(["split", "count", *keys, "missing"])
-        missing = self.missing_counts()
+        writer.writerow(["split", "count", *keys, "missing", "resized"])
+        missing, resized = self.missing_counts(), self.resized_counts()
         for name, sc in self.rows():
             values = sc.as_dict()
-            writer.writerow([name, sc.count, *(repr(float(values[k])) for k in keys), missing.get(name, 0)])
+            scores = [repr(float(values[k])) for k in keys]
+            writer.writerow([name, sc.count, *scores, missing.get(name, 0), resized.get(name, 0)])
         return buf.getvalue()

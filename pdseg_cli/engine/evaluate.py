@@ -19,7 +19,8 @@ How a pair is scored (``docs/metrics.md`` has every detail and reason):
   an image in the S-measure NaN case counts as 0. HCE follows the official DIS procedure (raw
   prediction bytes ``> 128``, relax 5, epsilon 2).
 * Dataset values weigh every image 1; F and E curves are averaged over images before their max
-  or mean is taken. A pooled row (``DIS-TE (overall)``) does the same over all its images.
+  or mean is taken. An overall row (``DIS-TE (overall)``) is the unweighted mean of its split
+  rows, metric by metric, as published DIS tables form theirs.
 
 Speed: GT-only work (skeleton, nearest-foreground choice, counts) is cached on disk per GT file
 content (:mod:`pdseg_cli.metrics.cache`), and images are scored in parallel with joblib.
@@ -48,7 +49,7 @@ import numpy as np
 
 from pdseg_cli import __version__
 from pdseg_cli.data import native_messages
-from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
+from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
 from pdseg_cli.engine.eval_pairs import (
     PairPlan,
@@ -58,7 +59,8 @@ from pdseg_cli.engine.eval_pairs import (
     plan_pairs,
     unreadable_masks,
 )
-from pdseg_cli.engine.eval_report import EvalReport, ImageRecord, PooledResult, SplitResult
+from pdseg_cli.engine.eval_report import OVERALL_RULE, EvalReport, ImageRecord, PooledResult, SplitResult
+from pdseg_cli.engine.output_kinds import output_path
 from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
@@ -70,8 +72,12 @@ from pdseg_cli.metrics.image import score_pair
 from pdseg_cli.metrics.reading import MaskFile, mask_in_alpha, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
+from pdseg_cli.runtime.compute import idle_cores
 
-POOLING_NOTE = "pooled over all images of its splits, each image weight 1 (not the mean of the split rows)"
+POOLING_NOTE = (
+    f"{OVERALL_RULE} (each split weight 1, as the DIS paper's 'Overall DIS-TE (1-4)'); count, missing "
+    "and resized are the splits' sums"
+)
 
 ProgressCallback = Callable[[str, str], None]  # (split name, image stem) after each image
 
@@ -139,6 +145,25 @@ def file_notes(mask: MaskFile, role: str) -> list[str]:
     if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
         kinds.append("gt_empty")
     return kinds
+
+
+def aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two (H, W) sizes differ in shape by more than rounding (2%)."""
+    return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) > 0.02
+
+
+def _split_warnings(name: str, records: Sequence[ImageRecord]) -> list[str]:
+    """The warnings about a split's scored images, kept in the report (its JSON ``notes``) so that
+    it holds every warning the table's notes print: stretched maps, then how files were read."""
+    # a map of another shape, not just another scale, is likely rotated or of another image
+    odd = [r.stem for r in records if r.resized and aspect_differs(r.pred_size, r.gt_size)]
+    warnings = []
+    if odd:
+        warnings.append(
+            f"{name}: {len(odd)} prediction(s) have another aspect ratio than their GT, so were stretched: "
+            f"{listing(odd, 5)} (rotated, or another image's map?)"
+        )
+    return warnings + _grouped_notes(records)
 
 
 def _grouped_notes(records: Sequence[ImageRecord]) -> list[str]:
@@ -215,15 +240,36 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
     yield from parallel(delayed(fn)(*args, True) for fn, args in tasks)
 
 
-def default_jobs() -> int:
+def all_cores() -> int:
     """All cores this process may use (cgroup and affinity limits respected)."""
     from joblib import cpu_count
 
     return max(1, int(cpu_count()))
 
 
+def default_jobs(cores: int | None = None, busy: float | None = None) -> int:
+    """Worker processes when none are asked for: the cores other work leaves idle, the rule of the
+    default ``--threads`` (:func:`pdseg_cli.runtime.compute.default_threads`).
+
+    So a busy machine is not slowed further, as the README promises of the defaults: a worker per
+    core would take cores another job is using. (The workers share no barrier as torch's threads
+    do, so this is about the other job more than about the scoring's own speed; that was not
+    measured.) Unlike the threads, ``OMP_NUM_THREADS`` does not count here: it sets the threads
+    inside a process, and each worker runs one thread anyway.
+
+    Args:
+        cores: the cores to share (default: :func:`all_cores`).
+        busy: other runnable tasks now (default: measured, as for the threads; where it cannot be
+            measured, off Linux, every core is taken).
+    """
+    cores = all_cores() if cores is None else cores
+    idle = idle_cores(cores, busy)
+    return cores if idle is None else idle
+
+
 def resolve_jobs(jobs: int | None) -> int:
-    """Worker processes for ``jobs``: None or 0 all cores, -1 all, -2 all but one, N as given.
+    """Worker processes for ``jobs``: None or 0 the idle cores (:func:`default_jobs`), -1 all cores,
+    -2 all but one, N as given.
 
     Raises:
         TypeError: ``jobs`` is not None or an int.
@@ -232,8 +278,8 @@ def resolve_jobs(jobs: int | None) -> int:
         raise TypeError(f"jobs must be an int or None, not {jobs!r}")
     if jobs is None or jobs == 0:
         return default_jobs()
-    if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one...
-        return max(1, default_jobs() + 1 + jobs)
+    if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one... (asked for, so not load-aware)
+        return max(1, all_cores() + 1 + jobs)
     return jobs
 
 
@@ -265,7 +311,8 @@ def evaluate(
         pred_dir: prediction maps, one per GT, any size (resized to the GT's).
         gt_dir: GT masks.
         name: the split's name in the report (default: the GT folder's parent's name).
-        jobs: worker processes (default: all cores; 1 scores in this process).
+        jobs: worker processes (default: the cores other work leaves idle, see
+            :func:`default_jobs`; 1 scores in this process).
         cache_dir: the cache root (default: ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``).
         use_cache: read and write the GT cache.
         cache_max_bytes: the cache is pruned to this size after the run.
@@ -306,14 +353,15 @@ def evaluate_plans(
 
     Args:
         plans: from :func:`plan_pairs`, one per split.
-        pooled: pooled rows to add, e.g. ``{"DIS-TE (overall)": ["DIS-TE1", ..., "DIS-TE4"]}``.
+        pooled: overall rows to add, each the unweighted mean of its split rows, e.g.
+            ``{"DIS-TE (overall)": ["DIS-TE1", ..., "DIS-TE4"]}``.
         settings: extra entries for the report's settings (e.g. how predictions were made).
     """
     names = [plan.name for plan in plans]
     for pooled_name, members in (pooled or {}).items():
         unknown = [m for m in members if m not in names]
         if unknown:
-            raise InputError(f"pooled row {pooled_name}: no split named {', '.join(unknown)} is scored")
+            raise InputError(f"overall row {pooled_name}: no split named {', '.join(unknown)} is scored")
     check_missing(plans, allow_missing)
     n_jobs = resolve_jobs(jobs)
     cache = _cache_for(cache_dir, use_cache, cache_max_bytes)
@@ -348,7 +396,7 @@ def evaluate_plans(
     for plan, recs, fails in zip(plans, records, failures, strict=True):
         if not recs:
             raise DataError(f"{plan.name}: no image could be scored")
-        warnings = _grouped_notes(recs)
+        warnings = _split_warnings(plan.name, recs)
         warnings += [f"not scored (--allow-missing): {f.message}" for f in fails]
         results.append(
             SplitResult(
@@ -366,8 +414,7 @@ def evaluate_plans(
     report = EvalReport(results, settings=report_settings(n_jobs, cache, settings))
     by_name = {r.name: r for r in results}
     for pooled_name, members in (pooled or {}).items():
-        images = [rec.scores for m in members for rec in by_name[m].images]
-        report.pooled.append(PooledResult(pooled_name, list(members), aggregate(images)))
+        report.pooled.append(PooledResult.mean_of(pooled_name, [by_name[m] for m in members]))
     return report
 
 
@@ -422,6 +469,7 @@ def evaluate_arrays(
         pred_dir=None,
         images=records,
         scores=aggregate([r.scores for r in records]),
+        warnings=_split_warnings(name, records),
         seconds=time.perf_counter() - t0,
     )
     return EvalReport([result], settings=report_settings(n_jobs, cache, {"predictions": "in-memory arrays"}))
@@ -505,12 +553,17 @@ def predict_split(
     return no_image, failed
 
 
-def check_split_gts(splits: Sequence[tuple[str, Path]]) -> dict[str, int]:
-    """GT masks per split, after refusing any that cannot be read and splits without images:
-    checked before a model pass, which one bad GT would otherwise throw away at the end.
+def check_split_gts(splits: Sequence[tuple[str, Path]], save_preds: Path | None = None) -> dict[str, int]:
+    """GT masks per split, after refusing any that cannot be read, splits without images, two
+    images of one name, and a ``--save-preds`` folder whose old files would clash with the new
+    maps: checked before a model pass, which any of these would otherwise throw away at the end.
+
+    Args:
+        splits: (name, split folder with ``im/`` and ``gt/``).
+        save_preds: ``--save-preds``, where the maps go (``<save_preds>/<split>/<stem>.png``).
 
     Raises:
-        DataError: a split without ``im/``, or naming the unreadable GT files.
+        DataError: a split without ``im/``, naming the unreadable GT files, or the clashing files.
     """
     for _, folder in splits:
         if not (folder / IMAGE_DIR).is_dir():
@@ -524,7 +577,45 @@ def check_split_gts(splits: Sequence[tuple[str, Path]]) -> dict[str, int]:
             f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
             hint="replace or remove them; the model has not run yet",
         )
+    for name, folder in splits:
+        # listed now, so that two images of one name in a later split stop the run before the
+        # model pass over the earlier ones, not after it
+        images = list_maps(folder / IMAGE_DIR, "image")
+        if save_preds is not None:  # the model writes a map for each image that has a GT
+            check_save_folder(save_preds, name, gts[name].keys() & images.keys())
     return {name: len(maps) for name, maps in gts.items()}
+
+
+def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None:
+    """Refuse a ``--save-preds`` split folder whose files would leave two maps of one name once the
+    model writes ``<stem>.png`` for ``stems``: the pairing after the model pass (by file stem)
+    would stop there, hours later on DIS5K.
+
+    Raises:
+        DataError: the folder is a file, or naming the files that clash (old ones among themselves,
+            or an old ``<stem>.jpg`` beside the ``<stem>.png`` to come).
+    """
+    out_dir = save_preds.expanduser() / name
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DataError(
+            f"--save-preds {save_preds}: {out_dir} is a file, where the maps of {name} go",
+            hint="move or remove it, or give --save-preds another folder; the model has not run yet",
+        )
+    kept, clashes = images_by_stem(out_dir)
+    names = [f"{first.name} and {second.name}" for first, second in clashes]
+    for stem in sorted(stems):
+        new = output_path(out_dir, stem, "mask", high_depth=False)
+        old = kept.get(stem)
+        if old is not None and old.name != new.name:
+            names.append(f"{old.name} and the new {new.name}")
+    if names:
+        raise DataError(
+            f"--save-preds {save_preds}: {out_dir} would hold several files per name: {listing(names, 5)}",
+            hint=f"remove the old files from {out_dir} (pdseg pairs maps with GTs by file name without "
+            "extension), or give --save-preds an empty folder; the model has not run yet",
+        )
 
 
 def predict_splits(

@@ -52,8 +52,12 @@ def default_threads(cores: int | None = None, busy: float | None = None) -> int 
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    if cores is None:
-        cores = usable_cores()
+    return idle_cores(usable_cores() if cores is None else cores, busy)
+
+
+def idle_cores(cores: int, busy: float | None = None) -> int | None:
+    """Of ``cores``, those that ``busy`` other runnable tasks leave idle (at least 1); ``busy``
+    defaults to :func:`other_runnable_tasks` now, and None comes back where it cannot be read."""
     if busy is None:
         busy = other_runnable_tasks()
         if busy is None:

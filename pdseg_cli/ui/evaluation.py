@@ -57,10 +57,14 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
         "F, wF, MAE, S, E as pysodmetrics 1.6.2; an image whose S-measure is NaN counts as 0",
     ]
     for pooled in report.pooled:
-        caption.append(
-            f"{pooled.name}: pooled over the {pooled.scores.count} scored images of "
-            f"{', '.join(pooled.members)}, each image weight 1 (not the mean of the split rows)"
+        # says how the row is formed: it is the published tables' convention, not a pooled row
+        line = (
+            f"{pooled.name}: mean of the {', '.join(pooled.members)} rows, each split weight 1, as in "
+            f"published DIS tables ({pooled.scores.count} images in all)"
         )
+        if pooled.missing:
+            line += f"; its splits leave out {counted(pooled.missing, 'GT mask')} (--allow-missing)"
+        caption.append(line)
     table = Table(
         title="pdseg eval", title_justify="left", caption="\n".join(caption), caption_justify="left"
     )
@@ -73,7 +77,8 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
 
 
 def notes(report: Any) -> None:
-    """Resized predictions, skipped and unmatched files, and per-file warnings (stderr)."""
+    """Resized predictions, skipped and unmatched files, and the split's warnings (stderr); the
+    warnings, stretched maps among them, come from the report, so its JSON holds them too."""
     for split in report.splits:
         if split.resized:
             resized = [r for r in split.images if r.resized]
@@ -82,13 +87,6 @@ def notes(report: Any) -> None:
                 "and were resized to their GT's size (bilinear, cv2 INTER_LINEAR): "
                 + _listing([f"{r.stem} {_hw(r.pred_size)} -> {_hw(r.gt_size)}" for r in resized], 5)
             )
-            # a map of another shape, not just another scale, is likely rotated or of another image
-            odd = [r for r in resized if _aspect_differs(r.pred_size, r.gt_size)]
-            if odd:
-                ui.warn(
-                    f"{split.name}: {len(odd)} prediction(s) have another aspect ratio than their GT, so "
-                    f"were stretched: {_listing([r.stem for r in odd], 5)} (rotated, or another image's map?)"
-                )
         if split.missing:
             ui.warn(
                 f"{split.name}: {counted(len(split.missing), 'GT mask')} without a usable prediction left "
@@ -116,8 +114,3 @@ def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
 
 def _hw(size: tuple[int, int]) -> str:
     return f"{size[1]}x{size[0]}"
-
-
-def _aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Whether two (H, W) sizes differ in shape by more than rounding (2%)."""
-    return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) > 0.02
