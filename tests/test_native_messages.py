@@ -149,3 +149,24 @@ def test_opencv_codec_warnings_come_back_to_their_file(tmp_path):
         "a.png: cannot decode" in proc.stderr
         and "the decoder said: PNG input buffer is incomplete" in proc.stderr
     )
+
+
+def test_opencv_decode_errors_from_loadsave_come_back_to_their_file(capfd):
+    import io
+
+    import cv2
+    import numpy as np
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((60, 80, 3), np.uint8), photometric="rgb")
+    truncated = np.frombuffer(buffer.getvalue()[:1000], np.uint8)  # the strips cut off
+    with native_messages.routed():
+        image, messages = native_messages.decode(lambda: cv2.imdecode(truncated, cv2.IMREAD_COLOR))
+    assert image is None
+    err = capfd.readouterr().err
+    assert "loadsave.cpp" not in err and "[ERROR" not in err  # no bare OpenCV log line
+    # "[ERROR:0@2.759] global loadsave.cpp:1409 imdecode_ imdecode_(''): can't read data: OpenCV(4.x)
+    # .../grfmt_tiff.cpp:926: error: (-2:Unspecified error) OpenCV TIFF: failed ... in function 'readData'"
+    read = [m for m in messages if m.startswith("can't read data")]
+    assert read == ["can't read data: OpenCV TIFF: failed TIFFReadRGBAStrip(tif, y, (uint32_t*)src_buffer)"]

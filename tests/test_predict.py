@@ -298,6 +298,14 @@ def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) 
     assert _no_temporaries(out)
 
 
+def test_a_failed_file_keeps_the_hint_that_fixes_it(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    result = _run(folder / "a.jpg", "-o", tmp_path / "out", "-w", ckpt, "--max-pixels", "100")
+    assert result.exit_code == 1, result.output
+    text = no_space(result.output)
+    assert "53x37is1,961pixels,overthelimitof100" in text
+    assert "passalarger--max-pixelsifthismachinehasthememoryforit" in text  # the fix, not only the fault
+
+
 def test_out_of_memory_in_any_runtime_fails_one_image_not_the_run(
     folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

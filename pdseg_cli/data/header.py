@@ -3,43 +3,82 @@
 A small file can claim a huge image (a zlib-compressed TIFF or PNG of 33792x33792 is 3 MB on disk
 and 3.4 GB decoded): :func:`image_size` lets the reader refuse it before any allocation. Formats:
 PNG (IHDR), JPEG (the first SOFn marker), BMP (BITMAPINFOHEADER), WebP (VP8, VP8L, VP8X), TIFF
-(tifffile reads the first page's tags only).
+(tifffile reads the tags of the page the reader decodes only), PNM (P1-P6, :func:`pnm_header`).
+
+The first bytes also say what a file is whatever its name (:func:`image_kind`): the reader picks
+tifffile or OpenCV by them, and names the real format when a file cannot be decoded.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _READ = 1 << 16  # enough for the headers above, and for JPEG markers before the first SOF in most files
 
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF, both byte orders
 
-# The first bytes of every format pdseg's readers (OpenCV, tifffile) take: PNG, JPEG, BMP, WebP,
-# TIFF and BigTIFF, PNM (P1-P7), GIF, JPEG 2000, OpenEXR, Radiance HDR
-_SIGNATURES = (
-    b"\x89PNG", b"\xff\xd8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",
-    *(b"P%d" % n for n in range(1, 8)), b"GIF8", b"\x00\x00\x00\x0cjP", b"\xffO\xffQ", b"v/1\x01", b"#?",
-)  # fmt: skip
+# The first bytes of every format pdseg's readers (OpenCV, tifffile) take, by the format's name
+_KINDS: tuple[tuple[str, tuple[bytes, ...]], ...] = (
+    ("PNG", (b"\x89PNG",)),
+    ("JPEG", (b"\xff\xd8",)),
+    ("BMP", (b"BM",)),
+    ("WebP", (b"RIFF",)),
+    ("TIFF", TIFF_MAGICS),
+    ("PNM", tuple(b"P%d" % n for n in range(1, 8))),
+    ("GIF", (b"GIF8",)),
+    ("JPEG 2000", (b"\x00\x00\x00\x0cjP", b"\xffO\xffQ")),
+    ("OpenEXR", (b"v/1\x01",)),
+    ("Radiance HDR", (b"#?",)),
+)
+_SIGNATURES = tuple(sig for _, sigs in _KINDS for sig in sigs)
+# PNM magics -> how many numbers the header holds: width, height and (except the bitmaps) maxval
+_PNM_NUMBERS = {b"P1": 2, b"P2": 3, b"P3": 3, b"P4": 2, b"P5": 3, b"P6": 3}
+
+
+@dataclass(frozen=True)
+class PnmHeader:
+    """A PBM/PGM/PPM header.
+
+    Attributes:
+        magic: ``b"P1"`` to ``b"P6"``.
+        width: pixels per row.
+        height: rows.
+        maxval: the sample value of full intensity (1 for the bitmaps P1 and P4).
+    """
+
+    magic: bytes
+    width: int
+    height: int
+    maxval: int
+
+
+def read_head(path: Path, size: int = _READ) -> bytes:
+    """The file's first ``size`` bytes (fewer for a short file; empty when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
 
 
 def looks_like_image(path: Path) -> bool:
     """Whether the file starts like an image of a format pdseg reads (not empty, not a text file
     given an image's name). Only the first bytes are read; a valid header says nothing of the rest."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return False
-    return head.startswith(_SIGNATURES)
+    return read_head(path, 16).startswith(_SIGNATURES)
+
+
+def image_kind(head: bytes) -> str | None:
+    """The format a file's first bytes announce ('PNG', 'JPEG', 'TIFF', 'PNM', ...), or None."""
+    return next((name for name, sigs in _KINDS if head.startswith(sigs)), None)
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the header, or None when the format is not known or the header unclear."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_READ)
-    except OSError:
-        return None
+    head = read_head(path)
     try:
         if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
             return struct.unpack(">II", head[16:24])
@@ -50,11 +89,64 @@ def image_size(path: Path) -> tuple[int, int] | None:
             return abs(w), abs(h)
         if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
             return _webp(head)
-        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if head.startswith(TIFF_MAGICS):
             return _tiff(path)
+        pnm = pnm_header(head)
+        if pnm is not None:
+            return pnm.width, pnm.height
     except (struct.error, ValueError, IndexError):
         return None
     return None
+
+
+def pnm_header(head: bytes) -> PnmHeader | None:
+    """The header of a P1-P6 file from its first bytes, or None when it is not one or is unclear.
+
+    The numbers are separated by whitespace, and ``#`` starts a comment that runs to the end of
+    its line (scanners and GIMP write one after the magic).
+    """
+    count = _PNM_NUMBERS.get(head[:2])
+    if count is None or not head[2:3].isspace():
+        return None
+    numbers: list[int] = []
+    i = 2
+    while len(numbers) < count:
+        while head[i : i + 1].isspace():
+            i += 1
+        if i >= len(head):
+            return None
+        if head[i : i + 1] == b"#":
+            ends = [j for j in (head.find(b"\n", i), head.find(b"\r", i)) if j >= 0]
+            if not ends:
+                return None
+            i = min(ends) + 1
+            continue
+        j = i
+        while head[j : j + 1].isdigit():
+            j += 1
+        if j == i or j - i > 9:  # not a number, or one no image has (int() refuses 4300+ digits)
+            return None
+        numbers.append(int(head[i:j]))
+        i = j
+    width, height = numbers[0], numbers[1]
+    maxval = numbers[2] if count == 3 else 1
+    if width < 1 or height < 1 or not 1 <= maxval <= 65535:
+        return None
+    return PnmHeader(head[:2], width, height, maxval)
+
+
+def full_resolution_page(pages: Iterable[Any]) -> int:
+    """The index of the page a multi-page TIFF is read from: the first that is not a
+    reduced-resolution preview (NewSubfileType bit 0, which scanners and RAW converters set on a
+    thumbnail they put first); 0 when every page is one.
+
+    Args:
+        pages: tifffile's ``TiffFile.pages`` (read lazily: the pages after the one found are not).
+    """
+    for index, page in enumerate(pages):
+        if not getattr(page, "is_reduced", False):
+            return index
+    return 0
 
 
 def _jpeg(path: Path, head: bytes) -> tuple[int, int] | None:
@@ -105,7 +197,7 @@ def _tiff(path: Path) -> tuple[int, int] | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+            page = tif.pages[full_resolution_page(tif.pages)]  # the page the reader decodes
             return int(page.imagewidth), int(page.imagelength)
     except Exception:  # a damaged file: the decoder names the problem
         return None

@@ -5,13 +5,18 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
 
 * EXIF orientation is applied (JPEG, PNG, WebP: OpenCV does it when reading in colour), and so
   is a TIFF's Orientation tag.
-* Grayscale is repeated into three channels; CMYK JPEGs and TIFFs are converted to RGB.
+* Grayscale is repeated into three channels; CMYK JPEGs and TIFFs, and CIELab TIFFs, are
+  converted to RGB. A TIFF in a colour space pdseg does not convert is refused, not misread.
 * An alpha channel is dropped: pdseg segments the colours, whatever the alpha says.
+* The reader is chosen by the file's first bytes, not its name (a PNG saved as ``.tif`` is a PNG).
 * TIFFs are read with tifffile (8/16/32-bit integer and float, gray/RGB/RGBA, planar or
-  interleaved, BigTIFF, compressed). A multi-page TIFF gives its first page and a warning.
+  interleaved, BigTIFF, compressed). A multi-page TIFF gives its first full-resolution page (a
+  reduced-resolution preview before it is passed over) and a warning naming the page.
   A compression that tifffile cannot decode without ``imagecodecs`` (LZW, JPEG, PackBits...) is
   read through OpenCV's libtiff instead; its RGBA reader multiplies the colours of an
   unassociated-alpha image by alpha, which is undone (fully transparent pixels stay black).
+  Uncompressed YCbCr TIFFs are read through libtiff too, which converts them.
+* PGM/PPM samples are scaled by the file's own maxval (a 12-bit scan's 4095 is full intensity).
 
 Writing always goes through a temporary file in the target folder and ``os.replace``: a crash,
 an exception or Ctrl-C leaves either the old file or the complete new one, never a partial file.
@@ -25,13 +30,15 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data import native_messages
-from pdseg_cli.errors import InputError
+from pdseg_cli.data.header import TIFF_MAGICS, image_kind, pnm_header, read_head
+from pdseg_cli.errors import InputError, first_line
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
@@ -45,6 +52,15 @@ IMAGE_SUFFIXES = (
 )
 # the same formats by name, for messages (kept beside the suffixes they name)
 IMAGE_KINDS = ("JPEG", "PNG", "TIFF", "BMP", "WebP", "PNM")
+_SUFFIX_KINDS = {
+    **dict.fromkeys(JPEG_SUFFIXES, "JPEG"),
+    **dict.fromkeys(TIFF_SUFFIXES, "TIFF"),
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".dib": "BMP",
+    ".webp": "WebP",
+    **dict.fromkeys((".pbm", ".pgm", ".ppm", ".pnm"), "PNM"),
+}
 
 # colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -104,12 +120,15 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                 hint="pass a larger --max-pixels if this machine has the memory for it",
             )
     warnings: list[str] = []
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    head = read_head(path, 16)
+    if head.startswith(TIFF_MAGICS):  # by the content: a TIFF named .jpg is a TIFF, a PNG named .tif a PNG
         array = _read_tiff(path, warnings)
     else:
         array = _read_cv2(path, warnings)
         if array.ndim == 3:
             array = array[..., ::-1]  # BGR -> RGB
+        if image_kind(head) == "PNM":
+            array = _pnm_full_scale(array, path)
     try:
         pixels = to_rgb(array)
     except ValueError as exc:
@@ -132,22 +151,54 @@ def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
     return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS) -> np.ndarray:
+def _pnm_full_scale(array: np.ndarray, path: Path) -> np.ndarray:
+    """A PGM/PPM's samples scaled from its maxval to the full 8 or 16 bits: OpenCV returns them as
+    stored, so a 12-bit scan (maxval 4095) would read 16 times too dark as a 16-bit image."""
+    pnm = pnm_header(read_head(path))
+    if pnm is None or pnm.magic in (b"P1", b"P4"):  # bitmaps: OpenCV gives 0 and 255 already
+        return array
+    top = 255 if array.dtype == np.uint8 else 65535
+    if pnm.maxval == top or array.dtype not in (np.uint8, np.uint16):
+        return array
+    # a table for every stored value (values over maxval, invalid, count as maxval)
+    table = np.rint(np.arange(top + 1, dtype=np.float64).clip(0, pnm.maxval) * top / pnm.maxval)
+    return table.astype(array.dtype)[array]
+
+
+def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: int = 0) -> np.ndarray:
+    """Decode with OpenCV (``page``: which page of a multi-page TIFF)."""
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+    def call() -> np.ndarray | None:
+        if page == 0:
+            return cv2.imdecode(data, flags)
+        ok, mats = cv2.imdecodemulti(data, flags, range=(page, page + 1))
+        return mats[0] if ok and mats else None
+
     try:
-        array, messages = native_messages.decode(lambda: cv2.imdecode(data, flags))
+        array, messages = native_messages.decode(call)
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
     if array is None:
         raise InputError(
-            f"{path}: cannot decode (corrupt, truncated or not a {path.suffix.lstrip('.').upper()} image)"
+            f"{path}: cannot decode ({_what_it_is(path, data[:16].tobytes())})"
             + (f"; the decoder said: {messages[0]}" if messages else "")
         )
     warnings.extend(f"{path}: the decoder said: {m} (decoded anyway; parts may be damaged)" for m in messages)
     return array
+
+
+def _what_it_is(path: Path, head: bytes) -> str:
+    """Why a file may not decode, by what its first bytes say it is and what its name says."""
+    kind, named = image_kind(head), _SUFFIX_KINDS.get(path.suffix.lower())
+    if kind is None:
+        return f"not an image: it starts like no format pdseg reads ({head[:8]!r})"
+    if named is not None and kind != named:
+        return f"a {kind} file named {path.suffix}, corrupt or truncated"
+    return f"corrupt or truncated {kind} file"
 
 
 def _opencv_reason(exc: BaseException) -> str:
@@ -162,44 +213,132 @@ def _opencv_reason(exc: BaseException) -> str:
 def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     import tifffile
 
+    from pdseg_cli.data.header import full_resolution_page
+
+    index, orientation, photometric, axes = 0, 1, _PHOTOMETRIC_RGB, ""
     extra_samples: tuple[int, ...] = ()
-    orientation = 1
+    compression: str | None = None  # its name, for a missing codec's message
+    colormap: np.ndarray | None = None
+    array: np.ndarray | None = None
+    failure: Exception | None = None  # why tifffile could not decode the page
     try:
         with tifffile.TiffFile(path) as tif:
+            index = full_resolution_page(tif.pages)
             if len(tif.pages) > 1:
-                warnings.append(f"{path}: multi-page TIFF ({len(tif.pages)} pages), the first page is used")
-            page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+                warnings.append(_pages_note(path, len(tif.pages), index))
+            page = tif.pages[index]
+            compression = getattr(page.compression, "name", str(page.compression))
+            photometric = int(page.photometric)
+            by_libtiff = _check_colour_space(page, photometric, path)
             extra = page.tags.get(_TAG_EXTRA_SAMPLES)
             extra_samples = tuple(np.atleast_1d(extra.value).tolist()) if extra is not None else ()
             tag = page.tags.get(_TAG_ORIENTATION)
             orientation = int(tag.value) if tag is not None else 1
-            array = page.asarray()
-            axes = page.axes
-            photometric = int(page.photometric)
             colormap = getattr(page, "colormap", None)
+            axes = page.axes
+            if not by_libtiff:
+                array = page.asarray()
+    except InputError:
+        raise
     except tifffile.TiffFileError as exc:
         raise InputError(f"{path}: not a valid TIFF ({exc})") from None
     except (KeyError, ImportError, NotImplementedError, ValueError) as exc:
-        # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits): OpenCV's
-        # libtiff, which applies the Orientation tag itself
-        unassociated = _UNASSOCIATED_ALPHA in extra_samples
-        array = _read_cv2_or_none(path, warnings, cv2.IMREAD_UNCHANGED if unassociated else _CV2_FLAGS)
-        if array is None:
-            codec = "imagecodecs" in str(exc)
-            raise InputError(
-                f"{path}: cannot decode this TIFF ({exc})",
-                hint="pip install imagecodecs adds the TIFF compressions tifffile lacks" if codec else None,
-            ) from None
-        if unassociated and array.ndim == 3 and array.shape[2] == 4:
-            # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either
-            # way); only libtiff's 8-bit RGBA reader premultiplies, and alpha is dropped for all
-            if array.dtype == np.uint8:
-                array = _unpremultiply(array, path, warnings)
-            array = array[..., :3]
-        return array[..., ::-1] if array.ndim == 3 else array
+        # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits; ZSTD's
+        # ModuleNotFoundError): OpenCV's libtiff, below
+        failure = exc
     except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
+    if array is None:
+        return _read_tiff_libtiff(path, warnings, index, extra_samples, photometric, compression, failure)
     return orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
+
+
+def _pages_note(path: Path, count: int, index: int) -> str:
+    if index == 0:
+        return f"{path}: multi-page TIFF ({count} pages), the first page is used"
+    previews = "page 1 is a reduced-resolution preview" if index == 1 else f"pages 1-{index} are previews"
+    first_full = f"page {index + 1} is used, the first at full resolution"
+    return f"{path}: multi-page TIFF ({count} pages), {first_full} ({previews})"
+
+
+def _check_colour_space(page: Any, photometric: int, path: Path) -> bool:
+    """Refuse a TIFF whose colours pdseg cannot turn into RGB; True when libtiff must decode it.
+
+    Gray, RGB, palette, CMYK and CIELab are converted here; YCbCr is left to libtiff (through
+    OpenCV), which applies the file's coefficients and subsampling, unless JPEG compression
+    decodes it to RGB already. Anything else (separated inks other than CMYK, ITU Lab, LogLuv,
+    camera raw...) would be read as if RGB, with wrong colours, so it is refused.
+    """
+    if photometric in _PHOTOMETRIC_CONVERTED:
+        if photometric != _PHOTOMETRIC_SEPARATED:
+            return False
+        inkset = page.tags.get(_TAG_INKSET)
+        extra = page.tags.get(_TAG_EXTRA_SAMPLES)
+        inks = int(page.samplesperpixel) - (len(np.atleast_1d(extra.value)) if extra is not None else 0)
+        if inks == 4 and (inkset is None or int(inkset.value) == 1):  # InkSet 1: CMYK
+            return False
+        name = f"separated ({inks} inks, not CMYK)"
+    elif photometric == _PHOTOMETRIC_YCBCR:
+        return int(page.compression) not in _JPEG_COMPRESSIONS
+    else:
+        name = _photometric_name(photometric)
+    raise InputError(
+        f"{path}: a TIFF in the {name} colour space (photometric {photometric}), which pdseg does not "
+        "convert: read as RGB its colours would be wrong",
+        hint="convert it to RGB first, e.g. magick IN.tif -colorspace sRGB OUT.tif",
+    )
+
+
+def _photometric_name(photometric: int) -> str:
+    import tifffile
+
+    try:
+        return str(tifffile.PHOTOMETRIC(photometric).name)
+    except ValueError:
+        return "unknown"
+
+
+def _missing_codec(exc: BaseException | None) -> bool:
+    """Whether tifffile failed for want of a codec: ``imagecodecs`` (KeyError "<COMPRESSION.LZW:
+    5> requires the 'imagecodecs' package") or a module it imports (ZSTD's ``compression``)."""
+    return exc is not None and (isinstance(exc, ImportError) or "imagecodecs" in str(exc))
+
+
+def _read_tiff_libtiff(
+    path: Path,
+    warnings: list[str],
+    index: int,
+    extra_samples: tuple[int, ...],
+    photometric: int,
+    compression: str | None,
+    failure: Exception | None,
+) -> np.ndarray:
+    """The TIFF page tifffile did not decode (``failure``) or must not (YCbCr), through OpenCV's
+    libtiff, which applies the Orientation tag itself."""
+    unassociated = _UNASSOCIATED_ALPHA in extra_samples
+    flags = cv2.IMREAD_UNCHANGED if unassociated else _CV2_FLAGS
+    # Lab is converted from tifffile's samples only (libtiff's own conversion takes another white)
+    lab = photometric in (_PHOTOMETRIC_CIELAB, _PHOTOMETRIC_ICCLAB)
+    array = None if lab else _read_cv2_or_none(path, warnings, flags, page=index)
+    if array is None:
+        if _missing_codec(failure):
+            codec = f"its {compression} compression" if compression else "its compression"
+            raise InputError(
+                f"{path}: cannot decode this TIFF: {codec} needs the optional imagecodecs package",
+                hint="pip install imagecodecs",
+            ) from None
+        why = first_line(failure) if failure is not None else "libtiff could not decode its YCbCr data"
+        raise InputError(
+            f"{path}: cannot decode this TIFF ({why})",
+            hint="check that the file is complete; if it opens elsewhere, save it as an RGB TIFF",
+        ) from None
+    if unassociated and array.ndim == 3 and array.shape[2] == 4:
+        # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either
+        # way); only libtiff's 8-bit RGBA reader premultiplies, and alpha is dropped for all
+        if array.dtype == np.uint8:
+            array = _unpremultiply(array, path, warnings)
+        array = array[..., :3]
+    return array[..., ::-1] if array.ndim == 3 else array
 
 
 def _unpremultiply(bgra: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
@@ -228,19 +367,29 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _read_cv2_or_none(path: Path, warnings: list[str], flags: int = _CV2_FLAGS) -> np.ndarray | None:
+def _read_cv2_or_none(
+    path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: int = 0
+) -> np.ndarray | None:
     try:
-        return _read_cv2(path, warnings, flags)
+        return _read_cv2(path, warnings, flags, page)
     except InputError:
         return None
 
 
 _TAG_ORIENTATION = 274
+_TAG_INKSET = 332
 _TAG_EXTRA_SAMPLES = 338
 _UNASSOCIATED_ALPHA = 2  # ExtraSamples value: alpha not multiplied into the colours
 _PHOTOMETRIC_MINISWHITE = 0
+_PHOTOMETRIC_RGB = 2
 _PHOTOMETRIC_PALETTE = 3
-_PHOTOMETRIC_SEPARATED = 5  # CMYK
+_PHOTOMETRIC_SEPARATED = 5  # CMYK when InkSet is 1 (or absent) and there are 4 inks
+_PHOTOMETRIC_YCBCR = 6
+_PHOTOMETRIC_CIELAB = 8  # L 0..max for 0..100, a and b signed
+_PHOTOMETRIC_ICCLAB = 9  # the same, a and b unsigned with 128 (x 256 at 16 bits) for 0
+# what _tiff_to_hwc turns into RGB (MINISBLACK 1 and RGB 2 are read as they are)
+_PHOTOMETRIC_CONVERTED = frozenset({0, 1, 2, 3, 5, 8, 9})
+_JPEG_COMPRESSIONS = frozenset({6, 7})  # old-style and new-style JPEG: the codec returns RGB
 
 
 def _tiff_to_hwc(
@@ -270,7 +419,40 @@ def _tiff_to_hwc(
         array = _invert(array)
     elif photometric == _PHOTOMETRIC_SEPARATED and array.ndim == 3 and array.shape[2] >= 4:
         array = _cmyk_to_rgb(array[..., :4])
+    elif photometric in (_PHOTOMETRIC_CIELAB, _PHOTOMETRIC_ICCLAB) and array.ndim == 3 and array.shape[2] > 2:
+        array = _lab_to_rgb(array[..., :3], photometric == _PHOTOMETRIC_ICCLAB, path)
     return array
+
+
+def _lab_to_rgb(lab: np.ndarray, icc: bool, path: Path) -> np.ndarray:
+    """(H, W, 3) CIELab (or ICCLab) samples as a TIFF stores them -> sRGB at the same depth.
+
+    Integer L runs 0..2**bits - 1 for L* 0..100; a* and b* are signed (CIELab) or offset by 128
+    (ICCLab), in units of 1/256 at 16 bits. Float samples are L*, a*, b* themselves. OpenCV's
+    conversion takes the D65 white point.
+    """
+    dtype = lab.dtype
+    if np.issubdtype(dtype, np.floating):
+        lab_f, top = lab.astype(np.float32), None
+    elif dtype.itemsize in (1, 2):
+        lab = np.ascontiguousarray(lab)
+        bits = 8 * dtype.itemsize
+        top = np.uint8 if bits == 8 else np.uint16
+        unsigned = lab.view(np.dtype(f"u{dtype.itemsize}")).astype(np.float32)
+        signed = lab.view(np.dtype(f"i{dtype.itemsize}")).astype(np.float32)
+        step = np.float32(1 << (bits - 8))  # a*/b* units: 1 at 8 bits, 1/256 at 16
+        ab = unsigned[..., 1:] / step - np.float32(128) if icc else signed[..., 1:] / step
+        lab_f = np.concatenate([unsigned[..., :1] * np.float32(100 / (2**bits - 1)), ab], axis=2)
+    else:
+        raise InputError(
+            f"{path}: a {8 * dtype.itemsize}-bit integer CIELab TIFF, which pdseg does not convert",
+            hint="convert it to RGB first, e.g. magick IN.tif -colorspace sRGB OUT.tif",
+        )
+    rgb = cv2.cvtColor(lab_f, cv2.COLOR_Lab2RGB)  # float32 in: L* 0..100, a*/b* signed -> RGB 0..1
+    np.clip(rgb, 0.0, 1.0, out=rgb)
+    if top is None:
+        return rgb
+    return np.rint(rgb * np.float32(np.iinfo(top).max)).astype(top)
 
 
 def _invert(array: np.ndarray) -> np.ndarray:
@@ -291,9 +473,11 @@ def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
 def to_rgb(array: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 1|2|3|4) -> (H, W, 3): gray repeated, alpha dropped.
 
-    The sample type is normalised to uint8, uint16 or float32: other integer types whose values
-    fit 0..255 or 0..65535 become uint8 or uint16 as they are; the rest are scaled to uint16 by
-    their type's range (int8/int16/int32 shifted to unsigned first); float64 becomes float32.
+    The sample type is normalised to uint8, uint16 or float32: int8 and int16 are scaled from
+    their positive range (0..127, 0..32767) to uint8 and uint16, negatives clipped to 0; other
+    integer types whose values fit 0..255 or 0..65535 become uint8 or uint16 as they are; the rest
+    are scaled to uint16 by their type's range (int32 shifted to unsigned first); float64 becomes
+    float32.
 
     Raises:
         ValueError: a shape that is not an image.
@@ -319,6 +503,12 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(dtype, np.floating):
         return array.astype(np.float32)
+    if dtype in (np.int8, np.int16):
+        # a signed 8/16-bit image (as scientific cameras and converters write) is full at 127 /
+        # 32767: read as unsigned it would be half as bright; below 0 is below black
+        wide = np.uint8 if dtype == np.int8 else np.uint16
+        factor = np.float32(np.iinfo(wide).max / np.iinfo(dtype).max)
+        return np.rint(np.clip(array, 0, None).astype(np.float32) * factor).astype(wide)
     if np.issubdtype(dtype, np.integer) and array.size and int(array.min()) >= 0:
         top = int(array.max())  # values that fit 8 or 16 bits are such an image, whatever the type
         if top <= 255:
@@ -343,10 +533,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is
-    left as it was. The temporary name is hidden (starts with ".") and ends in ``.pdseg-tmp``.
+    left as it was. The temporary name is hidden (starts with ".") and ends in ``.pdseg-tmp``
+    (:func:`temp_name`).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    tmp = path.with_name(temp_name(path))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -354,6 +545,40 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def temp_name(path: Path) -> str:
+    """The name of a temporary file for writing ``path``: ``.<name>.<8 hex>.pdseg-tmp``, in the
+    same folder so that ``os.replace`` is atomic.
+
+    When that is longer than the file system allows (NAME_MAX, 255 bytes on most) the name is cut
+    to fit and marked ``~``: a long output name would otherwise fail on its temporary, with the
+    error naming the output. The start and the end stay, so leftovers are still found by them.
+    """
+    token = f".{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    name = f".{path.name}{token}"
+    size = len(os.fsencode(name))
+    if size <= 128:  # under every file system's NAME_MAX: no need to ask
+        return name
+    limit = _name_max(path.parent)
+    if size <= limit:
+        return name
+    room, kept = limit - len(os.fsencode(f".~{token}")), []
+    for char in path.name:  # whole characters only: the cut name stays valid UTF-8
+        room -= len(os.fsencode(char))
+        if room < 0:
+            break
+        kept.append(char)
+    return f".{''.join(kept)}~{token}"
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name ``folder``'s file system takes, in bytes (255 when it will not say)."""
+    try:
+        limit = int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such folder yet
+        return 255
+    return limit if limit > 0 else 255
 
 
 def check_writable_folder(folder: Path, label: str) -> None:

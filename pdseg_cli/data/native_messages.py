@@ -38,12 +38,19 @@ LIBRARY_START = re.compile(
     rb"|Bogus marker|Warning: unknown JFIF|Inconsistent progression|Huffman table|Quantization table"
     rb"|JPEG datastream|Not a JPEG file|Improper call to JPEG|libpng (?:warning|error)"
     # OpenCV's own log lines from its codecs, e.g. "[ WARN:0@2.359] global grfmt_png.cpp:793
-    # readFromStreamOrBuffer PNG input buffer is incomplete" for a truncated PNG
-    rb"|\[ ?(?:WARN|ERROR):[0-9]+@[0-9.]+\] global grfmt_)"
+    # readFromStreamOrBuffer PNG input buffer is incomplete" for a truncated PNG, and from the
+    # decoding calls around them: "[ERROR:0@2.759] global loadsave.cpp:1409 imdecode_
+    # imdecode_(''): can't read data: ..." for a truncated TIFF (OpenCV's other modules excluded)
+    rb"|\[ ?(?:WARN|ERROR):[0-9]+@[0-9.]+\] global (?:grfmt_|loadsave\.cpp|bitstrm\.cpp|exif\.cpp))"
 )
 LIBRARY_MESSAGE = re.compile(LIBRARY_START.pattern + rb"[^\n]*(?:\n|$)")
 # OpenCV's log prefix (level, time, scope, source line, function): the file's own name says more
 _OPENCV_PREFIX = re.compile(r"^\[ ?\w+:[0-9]+@[0-9.]+\] global \S+ \S+ ")
+# what loadsave.cpp repeats of an exception: "imdecode_(''): " before the reason, and OpenCV's
+# "OpenCV(4.x) /path/grfmt_tiff.cpp:926: error: (-2:Unspecified error) " and " in function 'f'"
+_OPENCV_NOISE = re.compile(
+    r"^imdecode_\('[^']*'\): |OpenCV\([^)]*\) \S+: error: \([^)]*\) | in function '\w+'$"
+)
 _MARK = b"\x1epdseg-decode "  # record separator + tag: never the start of a real message
 _WAIT_S = 2.0  # the reader hands a decode's lines back within microseconds; never hang on it
 
@@ -131,7 +138,8 @@ class _Router:
                 text, tail = text[:start], text[start:]
         kept, last = [], 0
         for match in LIBRARY_MESSAGE.finditer(text):
-            message = _OPENCV_PREFIX.sub("", match.group().decode("utf-8", "replace").strip())
+            message = match.group().decode("utf-8", "replace").strip()
+            message = _OPENCV_NOISE.sub("", _OPENCV_PREFIX.sub("", message))
             for messages in in_flight:
                 messages.append(message)
                 messages.ambiguous |= len(in_flight) > 1

@@ -27,9 +27,16 @@ import cv2
 import numpy as np
 import torch
 
-# The 0..255 reading of a float image: its values are taken as 0..1 when the largest is at most 1,
-# as 0..255 when it is at most 255, as 0..65535 when at most 65535, else stretched by the maximum.
+# The full scale of a float image (its value of full intensity) is 1, 255 or 65535: the smallest
+# whose headroom holds the image's 99.9th percentile, else that percentile itself. The percentile
+# makes a few stray samples (hot pixels, one overshoot of a resampling filter) count for nothing,
+# and the headroom keeps a linear or HDR scan a 0..1 image with highlights up to two stops over
+# white (a 0..255 image with 99.9% of its samples under 4 is black anyway). Samples over the full
+# scale are clipped for the model; cut-outs and composites keep them, at the same full scale.
 _FLOAT_RANGES = (1.0, 255.0, 65535.0)
+_FLOAT_HEADROOM = 4.0
+_FLOAT_PERCENTILE = 99.9
+_FLOAT_SAMPLES = 1 << 20  # the percentile is taken on an even subsample of this many at most
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
@@ -40,7 +47,8 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     Args:
         image: (H, W), (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha ignored); uint8
             (0..255), uint16 (0..65535, divided by 257), bool, or float and other integer types
-            (by their values: the module's ``_FLOAT_RANGES`` rule; NaN and negatives become 0).
+            (by their values: :func:`float_range`; NaN and negatives become 0, values over the
+            full scale 255).
 
     Raises:
         ValueError: not an image shape.
@@ -69,21 +77,35 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         scale = float_range(image)
         x = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        np.clip(x, 0.0, None, out=x)
         x *= np.float32(255.0 / scale)
+        np.clip(x, 0.0, 255.0, out=x)  # the few samples over the full scale (float_range)
         return x
     raise ValueError(f"unsupported image dtype {dtype}")
 
 
 def float_range(image: np.ndarray) -> float:
-    """The full-scale value of a float image under the ``_FLOAT_RANGES`` rule (1, 255, 65535 or its max)."""
-    finite = image[np.isfinite(image)]
-    top = float(finite.max()) if finite.size else 1.0
-    return next((r for r in _FLOAT_RANGES if top <= r), top)
+    """The full-scale value of a float (or wide integer) image: 1, 255 or 65535, the smallest that
+    the 99.9th percentile of its finite samples stays within 4 times of, else that percentile.
+
+    The one rule for every reading of a float image's range (the model input, cut-outs,
+    composites, the foreground estimate): see the module's ``_FLOAT_RANGES`` note.
+    """
+    flat = np.asarray(image).reshape(-1)
+    sample = flat[:: max(1, flat.size // _FLOAT_SAMPLES)]
+    sample = sample[np.isfinite(sample)]
+    if not sample.size:
+        return 1.0
+    top = float(np.percentile(sample, _FLOAT_PERCENTILE))
+    scale = next((r for r in _FLOAT_RANGES if top <= r * _FLOAT_HEADROOM), top)
+    return scale if scale > 0 else 1.0
 
 
 def full_scale(pixels: np.ndarray) -> float:
-    """The value of full intensity in ``pixels``: 255 (uint8), 65535 (uint16), else :func:`float_range`."""
+    """The value of full intensity in ``pixels``: 255 (uint8), 65535 (uint16), else :func:`float_range`.
+
+    Alpha channels and composite backgrounds are made at this scale, so they match the image's own
+    range (a 0..1 scan with a few samples over 1.0 gets a 0..1 alpha).
+    """
     if pixels.dtype == np.uint8:
         return 255.0
     if pixels.dtype == np.uint16:
@@ -179,7 +201,7 @@ def cutout(pixels: np.ndarray, byte_map: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB + (H, W) map -> (H, W, 4) RGBA at the image's sample type (alpha = the map)."""
     alpha = alpha_at_depth(byte_map, pixels.dtype)
     if alpha.dtype == np.float32:
-        alpha *= np.float32(float_range(pixels))  # float images keep their own full scale
+        alpha *= np.float32(full_scale(pixels))  # float images keep their own full scale
     return np.concatenate([pixels, alpha[..., None]], axis=2)
 
 
@@ -187,7 +209,8 @@ def composite(pixels: np.ndarray, byte_map: np.ndarray, background: Sequence[int
     """Blend the image over a plain colour: ``rgb * a + bg * (1 - a)`` with ``a = map / 255``.
 
     Args:
-        pixels: (H, W, 3) RGB, uint8, uint16 or float32 (0..1).
+        pixels: (H, W, 3) RGB, uint8, uint16 or float32 (at its own :func:`full_scale`; samples
+            over it are blended as they are).
         byte_map: (H, W) uint8 map.
         background: (r, g, b) in 0..255.
 

@@ -242,8 +242,8 @@ def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: 
         pixels = loaded.pixels if keep_pixels else None
         high_depth = loaded.pixels.dtype != np.uint8
         return _Prepared(item, array, loaded.size, pixels, loaded.warnings, high_depth=high_depth)
-    except PdsegError as exc:
-        return _Prepared(item, None, (0, 0), None, [], error=exc.message)
+    except PdsegError as exc:  # its hint too (e.g. --max-pixels for an oversized file): the fix
+        return _Prepared(item, None, (0, 0), None, [], error=str(exc))
     except MemoryError:
         return _Prepared(item, None, (0, 0), None, [], error="out of memory while decoding")
     except Exception as exc:  # a decoder bug or an odd file must not stop the run

@@ -1,0 +1,225 @@
+"""Decoding corner cases an audit found misread: float range, PNM maxval, TIFF pages, colour
+spaces and codecs, content sniffing, signed samples, long output names (tiny images, no model)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pdseg_cli.data import images as imio
+from pdseg_cli.data import transforms as T
+from pdseg_cli.data.header import image_size, pnm_header
+from pdseg_cli.errors import InputError
+
+H, W = 20, 30
+
+
+def _gradient(h: int = H, w: int = W) -> np.ndarray:
+    """(h, w, 3) uint8 RGB with every channel different, so colour mistakes show."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), 255 - xx * 255 // (w - 1)], 2).astype(np.uint8)
+
+
+def _patch_tag(path: Path, code: int, value: int) -> None:
+    """Overwrite a SHORT tag's value in place (a tag tifffile will not write, e.g. ZSTD or ITULab)."""
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags[code]
+        offset, order = tag.valueoffset, tif.byteorder
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(f"{order}H", value))
+
+
+# ------------------------------------------------------------------------ 1. float images' range
+
+
+def test_a_float_image_with_a_few_samples_over_one_is_still_0_to_1(tmp_path: Path) -> None:
+    img = _gradient().astype(np.float32) / 255
+    img[0, 0] = 1.02  # one overshoot, as linear and HDR scans have
+    assert T.float_range(img) == 1.0 and T.full_scale(img) == 1.0
+    x = T.to_float_rgb(img)
+    np.testing.assert_allclose(x[1:], img[1:] * 255, atol=1e-3)
+    assert x.max() == 255.0  # the overshoot is clipped for the model
+    # read from a TIFF, the same; cut-outs and composites stay on 0..1
+    tifffile.imwrite(tmp_path / "hdr.tif", img, photometric="rgb")
+    pixels = imio.read_image(tmp_path / "hdr.tif").pixels
+    m = np.full((H, W), 255, np.uint8)
+    m[:, :5] = 0
+    rgba = T.cutout(pixels, m)
+    assert rgba.dtype == np.float32 and rgba[..., 3].max() == 1.0
+    comp = T.composite(pixels, m, (255, 255, 255))
+    np.testing.assert_allclose(comp[:, :5], 1.0)  # the white background at the image's own white
+
+
+def test_float_range_rule() -> None:
+    hdr = np.full((40, 40), 0.5, np.float32)
+    hdr[:10] = 2.5  # a quarter of the image two stops over white: still a 0..1 image
+    assert T.float_range(hdr) == 1.0
+    eight = np.linspace(0, 255, 1600, dtype=np.float32).reshape(40, 40)
+    assert T.float_range(eight) == 255.0
+    eight[0, 0] = 70000.0  # one stray sample does not make it a 16-bit image
+    assert T.float_range(eight) == 255.0
+    assert T.float_range(np.linspace(0, 60000, 1600, dtype=np.float32)) == 65535.0
+    assert T.float_range(np.full((2, 2), np.nan, np.float32)) == 1.0
+
+
+# ------------------------------------------------------------------------------ 2. PNM maxval
+
+
+def test_pgm_and_ppm_are_scaled_by_their_maxval(tmp_path: Path) -> None:
+    twelve = np.array([[0, 1024, 2047, 4095]], dtype=">u2")
+    (tmp_path / "scan.pgm").write_bytes(b"P5\n# CREATOR: a scanner\n4 1\n4095\n" + twelve.tobytes())
+    got = imio.read_image(tmp_path / "scan.pgm").pixels
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got[0, :, 0], np.rint(twelve[0].astype(float) * 65535 / 4095))
+    hundred = np.array([[[0, 50, 100]]], np.uint8)
+    (tmp_path / "low.ppm").write_bytes(b"P6 1 1 100\n" + hundred.tobytes())
+    np.testing.assert_array_equal(imio.read_image(tmp_path / "low.ppm").pixels, [[[0, 128, 255]]])  # 127.5
+
+
+def test_pnm_headers_are_read_for_max_pixels(tmp_path: Path) -> None:
+    assert pnm_header(b"P5 # c\n# more\n300\t200\n4095\n") is not None
+    assert pnm_header(b"P5\n300 200\n4095\n").maxval == 4095  # type: ignore[union-attr]
+    assert pnm_header(b"P4\n8 2\n").maxval == 1  # type: ignore[union-attr]
+    assert pnm_header(b"P5\n300") is None and pnm_header(b"PNG") is None
+    path = tmp_path / "big.pgm"
+    path.write_bytes(b"P5\n# claims far more than it holds\n40000 40000\n255\n" + bytes(64))
+    assert image_size(path) == (40000, 40000)
+    with pytest.raises(InputError, match="over the limit") as err:
+        imio.read_image(path, max_pixels=1000)
+    assert err.value.hint is not None and "--max-pixels" in err.value.hint
+
+
+# ------------------------------------------------------------------ 3. reduced-resolution pages
+
+
+def test_a_preview_page_before_the_image_is_passed_over(tmp_path: Path) -> None:
+    full = _gradient()
+    path = tmp_path / "scan.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(full[::4, ::4], photometric="rgb", subfiletype=1)  # a reduced-resolution preview
+        tif.write(full, photometric="rgb")
+    got = imio.read_image(path)
+    np.testing.assert_array_equal(got.pixels, full)
+    assert image_size(path) == (W, H)  # --max-pixels looks at the page that is decoded
+    assert got.warnings and "page 2 is used" in got.warnings[0] and "preview" in got.warnings[0]
+
+
+# ------------------------------------------------------------------------------- 4. colour spaces
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_cielab_tiffs_are_converted_to_rgb(tmp_path: Path, bits: int) -> None:
+    rgb = _gradient()
+    if bits == 8:  # OpenCV's 8-bit Lab is L * 255 / 100, a + 128, b + 128; a TIFF's a and b are signed
+        lab8 = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)
+        stored = lab8.copy()
+        stored[..., 1:] = (lab8[..., 1:].astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+        want = cv2.cvtColor(lab8, cv2.COLOR_Lab2RGB).astype(np.int64)  # 8-bit Lab loses a little itself
+        tolerance = 2
+    else:
+        lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+        stored = np.dstack([np.rint(lab[..., 0] * 655.35).astype(np.uint16).view(np.int16),
+                            np.rint(lab[..., 1:] * 256).astype(np.int16)])  # fmt: skip
+        want, tolerance = rgb.astype(np.int64) * 257, 3 * 257
+    tifffile.imwrite(tmp_path / "lab.tif", stored, photometric="cielab")
+    got = imio.read_image(tmp_path / "lab.tif").pixels
+    assert got.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert np.abs(got.astype(np.int64) - want).max() <= tolerance
+
+
+def test_uncompressed_ycbcr_is_converted_by_libtiff(tmp_path: Path) -> None:
+    rgb = _gradient()
+    ycbcr = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]]
+    tifffile.imwrite(tmp_path / "ycc.tif", ycbcr, photometric="ycbcr", subsampling=(1, 1))
+    got = imio.read_image(tmp_path / "ycc.tif").pixels
+    assert np.abs(got.astype(int) - rgb.astype(int)).max() <= 3
+
+
+def test_a_colour_space_pdseg_does_not_convert_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "itu.tif"
+    tifffile.imwrite(path, _gradient(), photometric="rgb")
+    _patch_tag(path, 262, 10)  # Photometric: ITULab
+    with pytest.raises(InputError, match="ITULAB colour space") as err:
+        imio.read_image(path)
+    assert err.value.hint is not None and "convert it to RGB" in err.value.hint
+    inks = tmp_path / "inks.tif"
+    not_cmyk = [(332, "H", 1, 2, True)]  # InkSet 2: inks other than cyan, magenta, yellow, black
+    tifffile.imwrite(inks, np.zeros((H, W, 4), np.uint8), photometric="separated", extratags=not_cmyk)
+    with pytest.raises(InputError, match=r"separated \(4 inks, not CMYK\) colour space"):
+        imio.read_image(inks)
+
+
+# ---------------------------------------------------------------------------------- 5. codecs
+
+
+def test_a_missing_codec_says_to_install_imagecodecs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "zstd.tif"
+    tifffile.imwrite(path, _gradient(), photometric="rgb")
+    _patch_tag(path, 259, 50000)  # Compression: ZSTD (the data stays raw: no decoder reads it)
+
+    def no_zstd(self: object, *args: object, **kwargs: object) -> None:
+        # what tifffile raises for ZSTD without imagecodecs, on any Python and whatever is installed
+        raise ModuleNotFoundError("No module named 'compression'", name="compression")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_zstd)
+    with pytest.raises(InputError) as err:
+        imio.read_image(path)
+    assert "its ZSTD compression needs the optional imagecodecs package" in err.value.message
+    assert err.value.hint == "pip install imagecodecs"
+
+
+# ------------------------------------------------------------------- 7. the reader by content
+
+
+def test_the_reader_follows_the_content_not_the_name(tmp_path: Path) -> None:
+    rgb = _gradient()
+    assert cv2.imwrite(str(tmp_path / "real.png"), rgb[..., ::-1])
+    (tmp_path / "png.tif").write_bytes((tmp_path / "real.png").read_bytes())
+    np.testing.assert_array_equal(imio.read_image(tmp_path / "png.tif").pixels, rgb)
+    assert cv2.imwrite(str(tmp_path / "real.jpg"), rgb[..., ::-1])
+    (tmp_path / "jpeg.tiff").write_bytes((tmp_path / "real.jpg").read_bytes())
+    assert imio.read_image(tmp_path / "jpeg.tiff").size == (H, W)
+    # still unreadable: the message says what the file really is
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "real.png").read_bytes()[:60])
+    with pytest.raises(InputError, match=r"a PNG file named \.tif, corrupt or truncated"):
+        imio.read_image(tmp_path / "cut.tif")
+    (tmp_path / "text.tif").write_bytes(b"hello, not an image")
+    with pytest.raises(InputError, match="not an image: it starts like no format pdseg reads"):
+        imio.read_image(tmp_path / "text.tif")
+
+
+# ------------------------------------------------------------------------------ 8. signed samples
+
+
+def test_signed_16bit_tiffs_are_full_at_32767(tmp_path: Path) -> None:
+    values = np.array([[0, 16384, 32767, -5]], np.int16)
+    tifffile.imwrite(tmp_path / "s.tif", values, photometric="minisblack")
+    got = imio.read_image(tmp_path / "s.tif").pixels
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got[0, :, 0], [0, 32768, 65535, 0])  # negatives clipped to black
+    assert imio.to_rgb(np.array([[127, -1]], np.int8))[0, :, 0].tolist() == [255, 0]
+
+
+# ---------------------------------------------------------------------------- 9. long names
+
+
+@pytest.mark.parametrize("stem", ["a" * 250, "é" * 125])  # 254 bytes with .png: the most most folders take
+def test_an_output_name_near_name_max_can_be_written(tmp_path: Path, stem: str) -> None:
+    target = tmp_path / f"{stem}.png"
+    try:
+        target.write_bytes(b"")  # the file system itself must take the name
+    except OSError:
+        pytest.skip("this file system takes shorter names")
+    target.unlink()
+    name = imio.temp_name(target)
+    assert len(os.fsencode(name)) <= 255 and name.startswith(".") and name.endswith(imio.TEMP_SUFFIX)
+    imio.write_png(target, _gradient())
+    np.testing.assert_array_equal(cv2.imread(str(target))[..., ::-1], _gradient())
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left behind
