@@ -242,7 +242,13 @@ def test_a_new_output_kind_is_one_table_entry(
         return 255 - byte_map
 
     kind = OutputKind(
-        "inverse", "255 minus the mask", "_inverse", uses_image=False, follows_depth=False, make=inverse
+        "inverse",
+        "255 minus the mask",
+        "_inverse",
+        uses_image=False,
+        follows_depth=False,
+        channels=1,
+        make=inverse,
     )
     monkeypatch.setitem(OUTPUT_KINDS, kind.name, kind)  # registered for this test only
     assert parse_save(["mask,inverse"]) == ("mask", "inverse")
@@ -360,6 +366,32 @@ def test_skip_existing_resumes(folder: Path, tmp_path: Path, ckpt: Path) -> None
     assert sorted(after) == ["a.png", "b.png", "c.png"]
     assert after["a.png"] == before["a.png"] and after["c.png"] == before["c.png"]
     assert "skipped(outputsexist)2" in no_space(result.output).replace("│", "")
+
+
+def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    # a photo album as --out: its colour a.png is where a.jpg's mask goes, and was replaced unsaid
+    out = tmp_path / "album"
+    out.mkdir()
+    cv2.imwrite(str(out / "a.png"), _img(20, 30))  # a colour photo
+    (out / "c_alpha.png").write_text("not an image")
+    photo = (out / "a.png").read_bytes()
+    result = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha")
+    assert result.exit_code == 2, result.output
+    text = no_space(result.output)
+    assert "holds2filesthatpdsegdidnotwriteandwouldreplace" in text
+    assert "a.png(3channels;pdseg'smaskhas1)" in text
+    assert "c_alpha.png(notaPNGorTIFF;pdseg'salphahas4)" in text
+    assert (out / "a.png").read_bytes() == photo
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c_alpha.png"]
+    # its own earlier outputs are replaced on a rerun, as before; --skip-existing leaves the photo be
+    (out / "c_alpha.png").unlink()
+    (out / "a.png").unlink()
+    assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
+    assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
+    cv2.imwrite(str(out / "a.png"), _img(20, 30))
+    skipped = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha", "--skip-existing")
+    assert skipped.exit_code == 0, skipped.output
+    assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # still the photo
 
 
 def test_refuses_to_write_among_the_inputs(folder: Path, tmp_path: Path, ckpt: Path) -> None:

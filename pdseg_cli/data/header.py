@@ -99,6 +99,27 @@ def image_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
+# PNG colour types -> samples per pixel (palette: the RGB it stands for)
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def channels(path: Path) -> int | None:
+    """Samples per pixel of a PNG or TIFF from its header (1 gray, 3 RGB, 4 RGBA...), or None for
+    another format or an unclear header."""
+    head = read_head(path, 32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26:
+        return _PNG_CHANNELS.get(head[25])
+    if head.startswith(TIFF_MAGICS):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                return int(tif.pages[0].samplesperpixel)
+        except Exception:  # a damaged file: not one pdseg wrote
+            return None
+    return None
+
+
 def pnm_header(head: bytes) -> PnmHeader | None:
     """The header of a P1-P6 file from its first bytes, or None when it is not one or is unclear.
 

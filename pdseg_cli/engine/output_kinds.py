@@ -39,6 +39,8 @@ class OutputKind:
             decoded pixels for it.
         follows_depth: written at the input's sample type: a ``.tif`` for 16-bit and float inputs,
             a ``.png`` for 8-bit ones. Otherwise always an 8-bit ``.png``.
+        channels: the samples per pixel of its file (1 gray, 3 RGB, 4 RGBA): an existing file of
+            another kind at its path is not an earlier output, and is not replaced.
         make: ``make(colour, byte_map, background)`` -> the array to write. ``colour`` is the
             image (H, W, 3) at its own sample type (the estimated foreground colour with
             --refine-foreground), or None for a kind that does not use the image; ``byte_map`` is
@@ -50,6 +52,7 @@ class OutputKind:
     suffix: str
     uses_image: bool
     follows_depth: bool
+    channels: int
     make: Callable[[np.ndarray | None, np.ndarray, tuple[int, ...]], np.ndarray]
 
 
@@ -80,6 +83,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
             suffix="",
             uses_image=False,
             follows_depth=False,
+            channels=1,
             make=_mask,
         ),
         OutputKind(
@@ -89,6 +93,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
             suffix="_alpha",
             uses_image=True,
             follows_depth=True,
+            channels=4,
             make=_alpha,
         ),
         OutputKind(
@@ -97,6 +102,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
             suffix="_composite",
             uses_image=True,
             follows_depth=True,
+            channels=3,
             make=_composite,
         ),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdseg_cli import runtime
+from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, output_candidates, parse_save
 from pdseg_cli.errors import InputError, counted, listing
@@ -198,9 +199,34 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
     raise InputError(
         f"{counted(len(pairs), 'pair')} of inputs would write the same output files "
         f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}",
-        hint="rename one of each pair, or run them separately"
+        hint="rename one of each pair, or run them separately into separate --out folders"
         + (", or use --recursive to mirror subfolders" if across_folders and not recursive else ""),
     )
+
+
+def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
+    """Refuse a run that would replace files in ``--out`` that are not earlier outputs of their
+    kind (a colour photo ``album/cat.png`` where the mask of ``cat.jpg`` goes): pdseg replaces its
+    own outputs on a rerun, and nothing else. An earlier output is told by its header alone: the
+    samples per pixel of its kind (:attr:`OutputKind.channels`) in a PNG or TIFF.
+
+    Raises:
+        InputError: naming the files and what each is.
+    """
+    foreign: list[str] = []
+    for item in items:
+        for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items():
+            want = OUTPUT_KINDS[kind].channels
+            for p in paths:
+                if p.is_file() and (found := header.channels(p)) != want:
+                    what = "not a PNG or TIFF" if found is None else counted(found, "channel")
+                    foreign.append(f"{p} ({what}; pdseg's {kind} has {want})")
+    if foreign:
+        raise InputError(
+            f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "
+            f"replace: {listing(foreign, 5, sep='; ')}",
+            hint="move them, or choose another --out; pdseg replaces only its own earlier outputs",
+        )
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -315,17 +341,20 @@ def plan_predict(
                 owner[key] = item
     if clashes:
         _refuse_clashes(clashes, recursive)
-    check_out_dir(out)  # only now: a refused run leaves no empty --out behind
-    mine = dist.shard(inputs)
-    todo: list[InputFile] = []
-    skipped: list[InputFile] = []
-    for item in mine:
-        if skip_existing and all(
+    done = {
+        item.path
+        for item in inputs
+        if skip_existing
+        and all(
             any(p.is_file() for p in paths)
             for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values()
-        ):
-            skipped.append(item)
-        else:
-            todo.append(item)
+        )
+    }
+    # over every process's inputs, so that all of them refuse together
+    _refuse_foreign_files(out, [item for item in inputs if item.path not in done], save)
+    check_out_dir(out)  # only now: a refused run leaves no empty --out behind
+    mine = dist.shard(inputs)
+    todo = [item for item in mine if item.path not in done]
+    skipped = [item for item in mine if item.path in done]
     left = images_left_in_out(out, inputs) if passed_out else []
     return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left)
