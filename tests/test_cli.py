@@ -78,6 +78,13 @@ def test_info_on_a_run_folder_names_the_files_inside(tmp_path: Path) -> None:
     assert "hidden" not in result.output and "sub.pt" not in result.output
 
 
+def test_info_on_a_file_that_is_no_model_says_what_info_reads(tmp_path: Path) -> None:
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = runner.invoke(app, ["info", str(tmp_path / "photo.png")])
+    assert result.exit_code == 2 and "is not a PyTorch file" in result.output
+    assert "an export or DIS/SOD model (.onnx, .ts), or a variant name" in " ".join(result.output.split())
+
+
 def test_import_is_light() -> None:
     # `import pdseg_cli` must not pull in torch (fast --help, fast metrics-only use).
     code = "import sys, pdseg_cli; print('torch' in sys.modules)"

@@ -17,13 +17,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import make_dataset
+from helpers import REPO, make_dataset
 
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig, augment, fill_object, paste_object, sample_rng
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train import TrainConfig, TrainingDiverged, train
+from pdseg_cli.engine.train_checkpoints import resume_summary
 from pdseg_cli.engine.train_data import augment_config
 from pdseg_cli.engine.train_folder import read_rows
 from pdseg_cli.engine.train_schedule import (
@@ -179,6 +180,10 @@ def test_resume_from_another_working_folder_finds_relative_paths(
     monkeypatch.chdir(data["train"].parent)
     out = tmp_path / "run"
     train(tiny(out, data, epochs=1, val_every=0, train_dir=Path(data["train"].name), val_dir=None))
+    assert resume_summary(out / "last.pt") == (
+        f"finished: 1 epoch, 2 steps; to train longer: pdseg train --resume --out {out} --epochs N (N > 1)"
+    )
+    assert resume_summary(REPO / "weights" / "pdseg-t-distilled.pt") is None  # weights without a state
     stored = json.loads((out / "config.json").read_text())["train"]
     assert stored["train_dir"] == str(data["train"]) and stored["out"] == str(out)
     monkeypatch.chdir(tmp_path)

@@ -13,7 +13,7 @@ from torch import nn
 
 from pdseg_cli.data.images import atomic_path
 from pdseg_cli.engine.train_events import CheckpointWriteError
-from pdseg_cli.errors import InputError, WeightsError, first_line
+from pdseg_cli.errors import InputError, WeightsError, counted, first_line
 from pdseg_cli.model import save_checkpoint
 from pdseg_cli.model.build import checkpoint_payload
 
@@ -94,3 +94,27 @@ def read_train_state(path: Path) -> dict[str, Any]:
             hint="only the last.pt of a pdseg training run can be resumed",
         )
     return state
+
+
+def resume_summary(path: Path) -> str | None:
+    """Where the training state in ``path`` (a run's ``last.pt``) stands and how to go on, for
+    ``pdseg info``; None for a checkpoint without one (``best.pt``, the bundled weights). The file
+    is memory-mapped, so the optimiser state is not read into memory."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the caller has read the checkpoint itself; a state it cannot read is none
+        return None
+    state = payload.get("train_state") if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        return None
+    step, total = int(state["global_step"]), int(state["total_steps"])
+    epoch, epochs, folder = int(state["epoch"]), int(state["epochs"]), path.parent
+    if step >= total:
+        return (
+            f"finished: {counted(epochs, 'epoch')}, {counted(total, 'step')}; to train longer: "
+            f"pdseg train --resume --out {folder} --epochs N (N > {epochs})"
+        )
+    return (
+        f"stopped at step {step} of {total} (epoch {epoch + 1} of {epochs}); "
+        f"to go on: pdseg train --resume --out {folder}"
+    )

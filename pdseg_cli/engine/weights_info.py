@@ -11,9 +11,12 @@ from typing import Any
 
 from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported
+from pdseg_cli.engine.train_checkpoints import resume_summary
+from pdseg_cli.errors import WeightsError
 from pdseg_cli.model.build import load_checkpoint
 
 _LONGEST = 400  # characters of one value shown; the rest is in the file
+_READS = "a pdseg checkpoint (.pt), an export or DIS/SOD model (.onnx, .ts), or a variant name"
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,12 @@ def describe_weights(path: Path) -> WeightsDescription:
     kind = detect_format(path)
     rows: list[tuple[str, str]] = [("file", str(path)), ("sha256", file_sha256(path))]
     if kind == "checkpoint":
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except WeightsError as exc:
+            if not (exc.hint or "").startswith("check the path"):
+                raise
+            raise WeightsError(exc.message, hint=f"check the path: pdseg info reads {_READS}") from None
         rows += [
             ("kind", f"pdseg checkpoint (format {ckpt.format_version}, pdseg {ckpt.pdseg_version or '?'})"),
             ("variant", ckpt.variant),
@@ -44,6 +52,9 @@ def describe_weights(path: Path) -> WeightsDescription:
             ("normalisation", _short(ckpt.normalization)),
         ]
         rows += [(f"provenance: {key}", _short(value)) for key, value in ckpt.provenance.items()]
+        resume = resume_summary(path)
+        if resume is not None:  # a run's last.pt: where it stands, and the command to go on
+            rows.append(("training state", resume))
         return WeightsDescription(ckpt.variant, rows)
     metadata = load_exported(path).metadata
     strings = metadata.to_strings()
