@@ -367,21 +367,28 @@ def test_a_reused_save_preds_folder_never_scores_a_stale_map(
     assert data["splits"]["s"]["count"] == len(CASES) - 1 and data["notes"]["s"]["missing"] == [CASES[1]]
 
 
+def _split_unrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str) -> Path:
+    """A split with images, a stub weights file w.pt, and a Predictor that fails the test if built."""
+    import pdseg_cli.engine.predict as predict_mod
+
+    class NeverBuilt(_FakePredictor):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            raise AssertionError(why)
+
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    monkeypatch.setattr(predict_mod, "Predictor", NeverBuilt)
+    return edge_case_split(tmp_path / "s", CASES[:2], images=True)
+
+
 def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pdseg_cli.engine.predict as predict_mod
 
-    class NeverBuilt(_FakePredictor):
-        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-            raise AssertionError("the model ran before --save-preds was checked")
-
-    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
-    (tmp_path / "w.pt").write_bytes(b"stub")
+    split = _split_unrun(tmp_path, monkeypatch, "the model ran before --save-preds was checked")
     keep = tmp_path / "sp"
     (keep / "s").mkdir(parents=True)
     cv2.imwrite(str(keep / "s" / f"{CASES[0]}.jpg"), np.zeros((8, 8), np.uint8))  # an older map, as JPEG
-    monkeypatch.setattr(predict_mod, "Predictor", NeverBuilt)
     args = ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep]
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
@@ -406,16 +413,8 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
 def test_two_images_of_one_name_are_refused_before_the_model_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pdseg_cli.engine.predict as predict_mod
-
-    class NeverBuilt(_FakePredictor):
-        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-            raise AssertionError("the model ran before the images were listed")
-
-    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    split = _split_unrun(tmp_path, monkeypatch, "the model ran before the images were listed")
     cv2.imwrite(str(split / "im" / f"{CASES[1]}.png"), np.zeros((8, 8), np.uint8))
-    (tmp_path / "w.pt").write_bytes(b"stub")
-    monkeypatch.setattr(predict_mod, "Predictor", NeverBuilt)
     result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
     assert f"has several files per name: {CASES[1]}.jpg and {CASES[1]}.png" in flat(result.output)
