@@ -199,6 +199,11 @@ def test_the_overall_row_needs_all_four_test_splits_however_named(tmp_path: Path
     assert with_vd["DIS-TE (overall)"] == by_group["DIS-TE (overall)"]  # DIS-VD stays out of it
     two = json.loads(_run("--split", "DIS-TE1,DIS-TE2", *common, cache=tmp_path / "c").stdout)["splits"]
     assert set(two) == {"DIS-TE1", "DIS-TE2"}
+    # folders of one's own that are called DIS-TE1..4 are not DIS5K's splits: no overall row
+    folders = ",".join(str(root / f"DIS-TE{i}") for i in range(1, 5))
+    own = _run("--split", folders, "--pred", preds, "--json", "-", cache=tmp_path / "c")
+    assert own.exit_code == 0, own.output
+    assert "DIS-TE (overall)" not in json.loads(own.stdout)["splits"]
 
 
 def test_the_overall_row_counts_what_allow_missing_left_out(tmp_path: Path) -> None:

@@ -159,7 +159,12 @@ def test_a_start_stopped_before_its_first_checkpoint_is_not_a_run(
     # --resume then said there was nothing to resume)
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.json").write_text("{}")
+    (out / "config.json").write_text('{"model_type": "bert"}')  # another tool's files are kept
+    (out / "results.csv").write_text("experiment,acc\nA,0.91\n")
+    with pytest.raises(InputError, match="holds results.csv, config.json, which are not a pdseg run's"):
+        train(tiny(out, data, epochs=1, val_every=0))
+    assert (out / "config.json").read_text() == '{"model_type": "bert"}'
+    (out / "config.json").write_text('{"pdseg_version": "0.1.0", "train": {}}')  # what a stopped start left
     (out / "results.csv").write_text("epoch\n")
     with pytest.raises(InputError, match="nothing to resume") as refused:
         train(tiny(out, data, epochs=1, val_every=0, resume=True))
@@ -178,8 +183,11 @@ def test_resume_from_another_working_folder_finds_relative_paths(
     # config.json stores paths absolute: a run started with `--train tr` in the data's folder
     # resumes from anywhere (it read `tr` against the new working folder and failed, or found another)
     monkeypatch.chdir(data["train"].parent)
+    monkeypatch.setenv("HOME", str(tmp_path))  # and `~` is stored expanded (a literal ~ in Python)
     out = tmp_path / "run"
-    train(tiny(out, data, epochs=1, val_every=0, train_dir=Path(data["train"].name), val_dir=None))
+    relative = Path(data["train"].name)
+    train(tiny(out, data, epochs=1, val_every=0, train_dir=relative, val_dir=None, cache_dir="~/c"))
+    assert json.loads((out / "config.json").read_text())["train"]["cache_dir"] == str(tmp_path / "c")
     assert resume_summary(out / "last.pt") == (
         f"finished: 1 epoch, 2 steps; to train longer: pdseg train --resume --out {out} --epochs N (N > 1)"
     )

@@ -71,13 +71,16 @@ def resolve_splits(
                 return  # asked twice
         out.append((name, folder))
 
+    named: set[str] = set()  # the DIS5K splits asked for by name (a folder of one's own is not one)
     for key in _split_values(values):
         canonical = names_upper.get(key.upper())
         if canonical == TEST_GROUP:
             for member in TEST_SPLITS:
                 add(member, scored_split_folder(dis_root(), member))
+            named.update(TEST_SPLITS)
         elif canonical is not None:
             add(canonical, scored_split_folder(dis_root(), canonical))
+            named.add(canonical)
         else:
             folder = Path(key).expanduser()
             if not folder.is_dir():
@@ -93,8 +96,9 @@ def resolve_splits(
                     f"--split {folder}: the folder has no {MASK_DIR}/ subfolder", hint=SPLIT_LAYOUT
                 )
             add(folder.resolve().name, folder)
-    # the same four splits give the same table however they were asked for
-    if all(any(name == member for name, _ in out) for member in TEST_SPLITS):
+    # the same four splits give the same table however they were asked for by name; folders of
+    # one's own that happen to be called DIS-TE1..4 are not DIS5K's, so they get no such row
+    if named.issuperset(TEST_SPLITS):
         pooled[OVERALL_NAME] = list(TEST_SPLITS)
     return out, pooled
 

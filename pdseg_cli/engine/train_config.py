@@ -143,16 +143,18 @@ class TrainConfig:
     init: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in (*_PATH_FIELDS, "teacher_cache"):  # accept str paths from Python callers
+        # str paths from Python callers, and `~` expanded as a shell would (a literal ~ folder is
+        # never meant, and config.json stores the path absolute)
+        for name in (*_PATH_FIELDS, "teacher_cache"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+            if value is not None:
+                object.__setattr__(self, name, Path(value).expanduser())
         folders = self.train_dir
         if isinstance(folders, (list, tuple)):  # several --train folders; one stays a plain path
-            paths = tuple(Path(f) for f in folders)
+            paths = tuple(Path(f).expanduser() for f in folders)
             object.__setattr__(self, "train_dir", paths[0] if len(paths) == 1 else (paths or None))
-        elif folders is not None and not isinstance(folders, Path):
-            object.__setattr__(self, "train_dir", Path(folders))
+        elif folders is not None:
+            object.__setattr__(self, "train_dir", Path(folders).expanduser())
 
     @property
     def train_dirs(self) -> list[Path]:

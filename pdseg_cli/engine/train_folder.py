@@ -54,13 +54,29 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
             hint="pass --resume to continue it, --overwrite to start it again, or choose another --out",
         )
     leftovers = [name for name in RUN_FILES if name not in CHECKPOINTS and (out / name).exists()]
-    if leftovers and not existing and ctx.main:
-        ctx.notice(f"{out}: replacing {', '.join(leftovers)} of a start that saved no checkpoint")
+    if leftovers and not existing and not cfg.overwrite:
+        if not _is_run_config(out / CONFIG):  # another tool's config.json or results.csv: not ours to replace
+            raise InputError(
+                f"{out} holds {', '.join(leftovers)}, which are not a pdseg run's",
+                hint="choose another --out, or pass --overwrite to replace them",
+            )
+        if ctx.main:
+            ctx.notice(f"{out}: replacing {', '.join(leftovers)} of a start that saved no checkpoint")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
     if ctx.main:
         check_writable_folder(out, f"--out {out}")
     return None
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the ``config.json`` a pdseg training run writes (its ``train`` options
+    and the ``pdseg_version`` that wrote them)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("train"), dict) and "pdseg_version" in data
 
 
 def clear_old_run(ctx: RunContext) -> None:
