@@ -67,6 +67,18 @@ def test_float_range_rule() -> None:
     assert T.float_range(eight) == 255.0
     assert T.float_range(np.linspace(0, 60000, 1600, dtype=np.float32)) == 65535.0
     assert T.float_range(np.full((2, 2), np.nan, np.float32)) == 1.0
+    # a thumbnail with one stray sample: the percentile would be that sample
+    thumb = np.full((2, 5), 0.5, np.float32)
+    thumb[0, 0] = 100.0
+    assert T.float_range(thumb) == 1.0
+    # over 2**20 samples, whole pixels are sampled: a stride over the flat samples hit only the red
+    # channel of a 1024x1024 RGB image (1024 * 1024 * 3 // 2**20 = 3)
+    colours = np.empty((1024, 1024, 3), np.float32)
+    colours[..., 0], colours[..., 1], colours[..., 2] = 0.5, 100.0, 200.0
+    assert T.float_range(colours) == 255.0
+    stripes = np.zeros((1024, 2048), np.float32)
+    stripes[:, 1::2] = 200.0  # the odd columns only
+    assert T.float_range(stripes) == 255.0
 
 
 # ------------------------------------------------------------------------------ 2. PNM maxval
@@ -81,6 +93,13 @@ def test_pgm_and_ppm_are_scaled_by_their_maxval(tmp_path: Path) -> None:
     hundred = np.array([[[0, 50, 100]]], np.uint8)
     (tmp_path / "low.ppm").write_bytes(b"P6 1 1 100\n" + hundred.tobytes())
     np.testing.assert_array_equal(imio.read_image(tmp_path / "low.ppm").pixels, [[[0, 128, 255]]])  # 127.5
+    # the ASCII kinds, which OpenCV scales to 8 bits itself below maxval 256 (not twice)
+    (tmp_path / "ascii.pgm").write_bytes(b"P2\n3 1\n100\n0 50 100\n")
+    assert imio.read_image(tmp_path / "ascii.pgm").pixels[0, :, 0].tolist() == [0, 127, 255]  # OpenCV floors
+    (tmp_path / "ascii.ppm").write_bytes(b"P3\n2 1\n15\n8 8 8 15 0 0\n")
+    assert imio.read_image(tmp_path / "ascii.ppm").pixels[0].tolist() == [[136, 136, 136], [255, 0, 0]]
+    (tmp_path / "ascii16.pgm").write_bytes(b"P2\n2 1\n4095\n0 4095\n")
+    assert imio.read_image(tmp_path / "ascii16.pgm").pixels[0, :, 0].tolist() == [0, 65535]
 
 
 def test_pnm_headers_are_read_for_max_pixels(tmp_path: Path) -> None:
@@ -205,6 +224,9 @@ def test_signed_16bit_tiffs_are_full_at_32767(tmp_path: Path) -> None:
     assert got.dtype == np.uint16
     np.testing.assert_array_equal(got[0, :, 0], [0, 32768, 65535, 0])  # negatives clipped to black
     assert imio.to_rgb(np.array([[127, -1]], np.int8))[0, :, 0].tolist() == [255, 0]
+    # 8-bit data kept in int16 stays 8-bit, as in every wider integer type
+    eight = imio.to_rgb(np.array([[0, 255]], np.int16))
+    assert eight.dtype == np.uint8 and eight[0, :, 0].tolist() == [0, 255]
 
 
 # ---------------------------------------------------------------------------- 9. long names

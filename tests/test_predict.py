@@ -383,14 +383,15 @@ def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path
     assert "c_alpha.png(notaPNGorTIFF;pdseg'salphahas4)" in text
     assert (out / "a.png").read_bytes() == photo
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c_alpha.png"]
-    # its own earlier outputs are replaced on a rerun, as before; --skip-existing leaves the photo be
+    # its own earlier outputs are replaced on a rerun, as before (16-bit c.tif's alpha is a TIFF)
     (out / "c_alpha.png").unlink()
     (out / "a.png").unlink()
     assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
     assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
+    # --skip-existing does not take the photo for a.jpg's mask: a.jpg is not skipped, so refused
     cv2.imwrite(str(out / "a.png"), _img(20, 30))
     skipped = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha", "--skip-existing")
-    assert skipped.exit_code == 0, skipped.output
+    assert skipped.exit_code == 2 and "a.png(3channels;" in no_space(skipped.output)
     assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # still the photo
 
 

@@ -110,14 +110,38 @@ def channels(path: Path) -> int | None:
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26:
         return _PNG_CHANNELS.get(head[25])
     if head.startswith(TIFF_MAGICS):
-        import tifffile
-
         try:
-            with tifffile.TiffFile(path) as tif:
-                return int(tif.pages[0].samplesperpixel)
-        except Exception:  # a damaged file: not one pdseg wrote
+            return _tiff_samples_per_pixel(path, head)
+        except (OSError, struct.error, ValueError):  # a damaged file: not one pdseg wrote
             return None
     return None
+
+
+_TAG_SAMPLES_PER_PIXEL = 277
+
+
+def _tiff_samples_per_pixel(path: Path, head: bytes) -> int | None:
+    """SamplesPerPixel of a TIFF's first page, read from its first directory with ``struct``
+    (tifffile would parse the whole file's structure: a rerun over thousands of outputs checks
+    each one). 1 when the tag is absent, its default."""
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte offsets and counts
+    count_fmt, offset_fmt, entry_size = ("Q", "Q", 20) if big else ("H", "I", 12)
+    with open(path, "rb") as f:
+        (ifd,) = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])
+        f.seek(ifd)
+        count_size = struct.calcsize(count_fmt)
+        (entries,) = struct.unpack(order + count_fmt, f.read(count_size))
+        if entries > 4096:  # no real first directory has this many tags
+            return None
+        table = f.read(entries * entry_size)
+    for i in range(entries):
+        entry = table[i * entry_size : (i + 1) * entry_size]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == _TAG_SAMPLES_PER_PIXEL:
+            value = entry[12:] if big else entry[8:]
+            return int(struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0])
+    return 1
 
 
 def pnm_header(head: bytes) -> PnmHeader | None:

@@ -157,6 +157,8 @@ def _pnm_full_scale(array: np.ndarray, path: Path) -> np.ndarray:
     pnm = pnm_header(read_head(path))
     if pnm is None or pnm.magic in (b"P1", b"P4"):  # bitmaps: OpenCV gives 0 and 255 already
         return array
+    if pnm.magic in (b"P2", b"P3") and array.dtype == np.uint8:  # OpenCV scales 8-bit ASCII itself
+        return array
     top = 255 if array.dtype == np.uint8 else 65535
     if pnm.maxval == top or array.dtype not in (np.uint8, np.uint16):
         return array
@@ -503,9 +505,12 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(dtype, np.floating):
         return array.astype(np.float32)
-    if dtype in (np.int8, np.int16):
+    if dtype in (np.int8, np.int16) and not (
+        array.size and 0 <= int(array.min()) and int(array.max()) <= 255
+    ):
         # a signed 8/16-bit image (as scientific cameras and converters write) is full at 127 /
-        # 32767: read as unsigned it would be half as bright; below 0 is below black
+        # 32767: read as unsigned it would be half as bright; below 0 is below black. Values that
+        # fit 0..255 are 8-bit data in a wider type, as for every integer type below.
         wide = np.uint8 if dtype == np.int8 else np.uint16
         factor = np.float32(np.iinfo(wide).max / np.iinfo(dtype).max)
         return np.rint(np.clip(array, 0, None).astype(np.float32) * factor).astype(wide)

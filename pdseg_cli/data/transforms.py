@@ -85,17 +85,30 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
 
 def float_range(image: np.ndarray) -> float:
     """The full-scale value of a float (or wide integer) image: 1, 255 or 65535, the smallest that
-    the 99.9th percentile of its finite samples stays within 4 times of, else that percentile.
+    the 99.9th percentile of its finite samples (leaving out at least the largest one) stays
+    within 4 times of, else that percentile.
 
     The one rule for every reading of a float image's range (the model input, cut-outs,
     composites, the foreground estimate): see the module's ``_FLOAT_RANGES`` note.
     """
-    flat = np.asarray(image).reshape(-1)
-    sample = flat[:: max(1, flat.size // _FLOAT_SAMPLES)]
+    image = np.asarray(image)
+    pixels = image.reshape(image.shape[0], image.shape[1], -1) if image.ndim >= 2 else image.reshape(1, -1, 1)
+    height, width = pixels.shape[:2]
+    count = height * width
+    if count * pixels.shape[2] > _FLOAT_SAMPLES:
+        # whole pixels (every channel) at random positions, the same ones every time: a regular
+        # stride can fall on one channel only, or on the same columns of every row
+        size = max(1, _FLOAT_SAMPLES // pixels.shape[2])
+        index = np.random.default_rng(0).integers(0, count, size=size)
+        pixels = pixels[index // width, index % width]
+    sample = pixels.reshape(-1)
     sample = sample[np.isfinite(sample)]
     if not sample.size:
         return 1.0
-    top = float(np.percentile(sample, _FLOAT_PERCENTILE))
+    # the 99.9th percentile, but never the largest sample itself: on a thumbnail the percentile
+    # would be the maximum, and one stray sample would set the scale
+    drop = min(sample.size - 1, max(1, int(sample.size * (100.0 - _FLOAT_PERCENTILE) / 100.0)))
+    top = float(np.partition(sample, sample.size - 1 - drop)[sample.size - 1 - drop])
     scale = next((r for r in _FLOAT_RANGES if top <= r * _FLOAT_HEADROOM), top)
     return scale if scale > 0 else 1.0
 

@@ -204,6 +204,12 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
     )
 
 
+def _earlier_output(path: Path, kind: str) -> bool:
+    """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output, as far as its
+    header tells: a PNG or TIFF with the kind's samples per pixel."""
+    return path.is_file() and header.channels(path) == OUTPUT_KINDS[kind].channels
+
+
 def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
     """Refuse a run that would replace files in ``--out`` that are not earlier outputs of their
     kind (a colour photo ``album/cat.png`` where the mask of ``cat.jpg`` goes): pdseg replaces its
@@ -216,11 +222,11 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     foreign: list[str] = []
     for item in items:
         for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items():
-            want = OUTPUT_KINDS[kind].channels
             for p in paths:
-                if p.is_file() and (found := header.channels(p)) != want:
+                if p.is_file() and not _earlier_output(p, kind):
+                    found = header.channels(p)
                     what = "not a PNG or TIFF" if found is None else counted(found, "channel")
-                    foreign.append(f"{p} ({what}; pdseg's {kind} has {want})")
+                    foreign.append(f"{p} ({what}; pdseg's {kind} has {OUTPUT_KINDS[kind].channels})")
     if foreign:
         raise InputError(
             f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "
@@ -346,8 +352,8 @@ def plan_predict(
         for item in inputs
         if skip_existing
         and all(
-            any(p.is_file() for p in paths)
-            for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values()
+            any(_earlier_output(p, kind) for p in paths)
+            for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
         )
     }
     # over every process's inputs, so that all of them refuse together
