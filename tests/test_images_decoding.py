@@ -245,3 +245,20 @@ def test_an_output_name_near_name_max_can_be_written(tmp_path: Path, stem: str) 
     imio.write_png(target, _gradient())
     np.testing.assert_array_equal(cv2.imread(str(target))[..., ::-1], _gradient())
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left behind
+
+
+# ---------------------------------------------------------------- a TIFF cut before its first page
+
+
+def test_a_tiff_cut_before_its_first_page_is_named_and_tifffile_says_nothing_bare(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cut.tif"
+    path.write_bytes(
+        b"II*\x00" + (1000).to_bytes(4, "little") + bytes(8)
+    )  # the first page at 1000, past the end
+    with pytest.raises(InputError, match="cut.tif: a TIFF whose first page cannot be found") as err:
+        imio.read_image(path)
+    assert "invalid offset to first page 1000" in err.value.message and "<tifffile" not in err.value.message
+    assert err.value.hint is not None and "complete" in err.value.hint
+    assert "invalid offset" not in capfd.readouterr().err  # not printed bare by Python's logging

@@ -11,8 +11,12 @@ tifffile or OpenCV by them, and names the real format when a file cannot be deco
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import struct
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,11 +241,46 @@ def _webp(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+_capture = threading.local()  # the list this thread's tifffile messages go to, while it reads a file
+
+
+class _CaptureTifffile(logging.Filter):
+    """On the ``tifffile`` logger: a record logged by a thread inside :func:`tifffile_messages`
+    goes to that thread's list instead of on to the handlers; the rest pass as usual."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        messages = getattr(_capture, "messages", None)
+        if messages is None:
+            return True
+        # "<tifffile.TiffPages @86> invalid offset ...": the object's repr says nothing to a user
+        messages.append(re.sub(r"^<[^>]*> ", "", record.getMessage()))
+        return False
+
+
+_FILTER = _CaptureTifffile()
+
+
+@contextlib.contextmanager
+def tifffile_messages() -> Iterator[list[str]]:
+    """Collect what tifffile logs while this thread reads a file ("invalid offset to first page"
+    for a truncated TIFF), which Python's last-resort handler would print bare on stderr: the
+    reader reports it under the file's name. Other threads' records are not touched."""
+    logger = logging.getLogger("tifffile")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    outer = getattr(_capture, "messages", None)
+    _capture.messages = messages = []
+    try:
+        yield messages
+    finally:
+        _capture.messages = outer
+
+
 def _tiff(path: Path) -> tuple[int, int] | None:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile_messages(), tifffile.TiffFile(path) as tif:
             page = tif.pages[full_resolution_page(tif.pages)]  # the page the reader decodes
             return int(page.imagewidth), int(page.imagelength)
     except Exception:  # a damaged file: the decoder names the problem

@@ -37,7 +37,7 @@ import numpy as np
 
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data import native_messages
-from pdseg_cli.data.header import TIFF_MAGICS, image_kind, pnm_header, read_head
+from pdseg_cli.data.header import TIFF_MAGICS, image_kind, pnm_header, read_head, tifffile_messages
 from pdseg_cli.errors import InputError, first_line
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
@@ -224,7 +224,14 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     array: np.ndarray | None = None
     failure: Exception | None = None  # why tifffile could not decode the page
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile_messages() as said, tifffile.TiffFile(path) as tif:
+            if not len(tif.pages):  # the first page's offset points past the end: cut short
+                raise InputError(
+                    f"{path}: a TIFF whose first page cannot be found (truncated or damaged"
+                    + (f"; tifffile said: {said[0]}" if said else "")
+                    + ")",
+                    hint="check that the file is complete (copy or download it again)",
+                )
             index = full_resolution_page(tif.pages)
             if len(tif.pages) > 1:
                 warnings.append(_pages_note(path, len(tif.pages), index))
@@ -250,6 +257,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
         failure = exc
     except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
+    warnings.extend(f"{path}: tifffile said: {m} (read anyway)" for m in said)
     if array is None:
         return _read_tiff_libtiff(path, warnings, index, extra_samples, photometric, compression, failure)
     return orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
