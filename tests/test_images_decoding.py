@@ -71,6 +71,7 @@ def test_float_range_rule() -> None:
     thumb = np.full((2, 5), 0.5, np.float32)
     thumb[0, 0] = 100.0
     assert T.float_range(thumb) == 1.0
+    assert T.float_range(np.zeros((0, 5), np.float32)) == 1.0  # empty
     # over 2**20 samples, whole pixels are sampled: a stride over the flat samples hit only the red
     # channel of a 1024x1024 RGB image (1024 * 1024 * 3 // 2**20 = 3)
     colours = np.empty((1024, 1024, 3), np.float32)
@@ -224,6 +225,7 @@ def test_signed_16bit_tiffs_are_full_at_32767(tmp_path: Path) -> None:
     assert got.dtype == np.uint16
     np.testing.assert_array_equal(got[0, :, 0], [0, 32768, 65535, 0])  # negatives clipped to black
     assert imio.to_rgb(np.array([[127, -1]], np.int8))[0, :, 0].tolist() == [255, 0]
+    assert imio.to_rgb(np.array([[127, 0]], np.int8))[0, :, 0].tolist() == [255, 0]  # int8 is full at 127
     # 8-bit data kept in int16 stays 8-bit, as in every wider integer type
     eight = imio.to_rgb(np.array([[0, 255]], np.int16))
     assert eight.dtype == np.uint8 and eight[0, :, 0].tolist() == [0, 255]

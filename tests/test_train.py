@@ -177,6 +177,25 @@ def test_a_start_stopped_before_its_first_checkpoint_is_not_a_run(
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 1
 
 
+@pytest.mark.parametrize(
+    ("epoch", "in_epoch", "step", "said"),
+    [
+        (0, 1, 1, "stopped in epoch 1 of 2, at step 1 of 4"),
+        (1, 0, 2, "stopped after epoch 1 of 2, at step 2 of 4"),  # the end-of-epoch save
+        (1, 2, 4, "stopped in epoch 2 of 2, at step 4 of 4"),  # its last step, before its end-of-epoch work
+        (2, 0, 4, "finished: 2 epochs, 4 steps"),
+    ],
+)
+def test_info_says_where_a_stopped_run_stands(
+    tmp_path: Path, epoch: int, in_epoch: int, step: int, said: str
+) -> None:
+    state = {"version": 1, "epoch": epoch, "step_in_epoch": in_epoch, "global_step": step, "epochs": 2}
+    torch.save({"train_state": {**state, "total_steps": 4}}, tmp_path / "last.pt")
+    summary = resume_summary(tmp_path / "last.pt")
+    assert summary is not None and summary.startswith(said)
+    assert summary.endswith(f"--out {tmp_path}" if "stopped" in said else "(N > 2)")
+
+
 def test_resume_from_another_working_folder_finds_relative_paths(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

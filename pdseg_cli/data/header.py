@@ -107,45 +107,75 @@ def image_size(path: Path) -> tuple[int, int] | None:
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
-def channels(path: Path) -> int | None:
-    """Samples per pixel of a PNG or TIFF from its header (1 gray, 3 RGB, 4 RGBA...), or None for
-    another format or an unclear header."""
+def sample_layout(path: Path) -> tuple[str, int, int] | None:
+    """(format, samples per pixel, bits per sample) of a PNG or TIFF from its header, e.g.
+    ``("PNG", 1, 8)`` for an 8-bit gray PNG; None for another format or an unclear header."""
     head = read_head(path, 32)
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26:
-        return _PNG_CHANNELS.get(head[25])
+        samples = _PNG_CHANNELS.get(head[25])
+        return None if samples is None else ("PNG", samples, head[24])
     if head.startswith(TIFF_MAGICS):
         try:
-            return _tiff_samples_per_pixel(path, head)
+            return _tiff_layout(path, head)
         except (OSError, struct.error, ValueError):  # a damaged file: not one pdseg wrote
             return None
     return None
 
 
-_TAG_SAMPLES_PER_PIXEL = 277
+def eight_bit_input(path: Path) -> bool | None:
+    """Whether an input image decodes to 8 bits (True), to 16-bit or float (False), as far as its
+    header tells; None where only the samples can (a TIFF of wider integers may hold 0..255)."""
+    head = read_head(path)
+    kind = image_kind(head)
+    if kind in ("JPEG", "BMP", "WebP"):
+        return True
+    if kind == "PNG" and len(head) >= 25:
+        return head[24] <= 8
+    if kind == "PNM":
+        pnm = pnm_header(head)
+        return None if pnm is None else pnm.maxval <= 255
+    if kind == "TIFF":
+        layout = sample_layout(path)
+        return True if layout is not None and layout[2] <= 8 else None
+    return None
 
 
-def _tiff_samples_per_pixel(path: Path, head: bytes) -> int | None:
-    """SamplesPerPixel of a TIFF's first page, read from its first directory with ``struct``
-    (tifffile would parse the whole file's structure: a rerun over thousands of outputs checks
-    each one). 1 when the tag is absent, its default."""
+_TAG_BITS_PER_SAMPLE, _TAG_SAMPLES_PER_PIXEL = 258, 277
+
+
+def _tiff_layout(path: Path, head: bytes) -> tuple[str, int, int] | None:
+    """SamplesPerPixel and the first BitsPerSample of a TIFF's first page, read from its first
+    directory with ``struct`` (tifffile would parse the whole file's structure: a rerun over
+    thousands of outputs checks each one). The TIFF defaults (1 and 1) where a tag is absent."""
     order = "<" if head[:2] == b"II" else ">"
     big = head[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte offsets and counts
     count_fmt, offset_fmt, entry_size = ("Q", "Q", 20) if big else ("H", "I", 12)
+    samples, bits = 1, 1
     with open(path, "rb") as f:
         (ifd,) = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])
         f.seek(ifd)
-        count_size = struct.calcsize(count_fmt)
-        (entries,) = struct.unpack(order + count_fmt, f.read(count_size))
+        (entries,) = struct.unpack(order + count_fmt, f.read(struct.calcsize(count_fmt)))
         if entries > 4096:  # no real first directory has this many tags
             return None
         table = f.read(entries * entry_size)
-    for i in range(entries):
-        entry = table[i * entry_size : (i + 1) * entry_size]
-        tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag == _TAG_SAMPLES_PER_PIXEL:
+        for i in range(entries):
+            entry = table[i * entry_size : (i + 1) * entry_size]
+            tag, kind = struct.unpack(order + "HH", entry[:4])
+            if tag not in (_TAG_SAMPLES_PER_PIXEL, _TAG_BITS_PER_SAMPLE):
+                continue
+            (count,) = struct.unpack(order + ("Q" if big else "I"), entry[4:12] if big else entry[4:8])
             value = entry[12:] if big else entry[8:]
-            return int(struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0])
-    return 1
+            size = 2 if kind == 3 else 4  # SHORT, else LONG
+            if count * size > len(value):  # stored elsewhere: the offset is in the entry
+                (where,) = struct.unpack(order + offset_fmt, value)
+                f.seek(where)
+                value = f.read(size)
+            (number,) = struct.unpack(order + ("H" if size == 2 else "I"), value[:size])
+            if tag == _TAG_SAMPLES_PER_PIXEL:
+                samples = int(number)
+            else:
+                bits = int(number)
+    return "TIFF", samples, bits
 
 
 def pnm_header(head: bytes) -> PnmHeader | None:
@@ -253,7 +283,7 @@ class _CaptureTifffile(logging.Filter):
         if messages is None:
             return True
         # "<tifffile.TiffPages @86> invalid offset ...": the object's repr says nothing to a user
-        messages.append(re.sub(r"^<[^>]*> ", "", record.getMessage()))
+        messages.append(re.sub(r"<tifffile\.[^>]*> ?", "", record.getMessage()))
         return False
 
 

@@ -513,12 +513,11 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(dtype, np.floating):
         return array.astype(np.float32)
-    if dtype in (np.int8, np.int16) and not (
-        array.size and 0 <= int(array.min()) and int(array.max()) <= 255
-    ):
+    fits_8_bits = array.size and 0 <= int(array.min()) and int(array.max()) <= 255
+    if dtype == np.int8 or (dtype == np.int16 and not fits_8_bits):
         # a signed 8/16-bit image (as scientific cameras and converters write) is full at 127 /
-        # 32767: read as unsigned it would be half as bright; below 0 is below black. Values that
-        # fit 0..255 are 8-bit data in a wider type, as for every integer type below.
+        # 32767: read as unsigned it would be half as bright; below 0 is below black. int16 values
+        # that fit 0..255 are 8-bit data in a wider type, as for every wider integer type below.
         wide = np.uint8 if dtype == np.int8 else np.uint16
         factor = np.float32(np.iinfo(wide).max / np.iinfo(dtype).max)
         return np.rint(np.clip(array, 0, None).astype(np.float32) * factor).astype(wide)

@@ -92,6 +92,8 @@ def float_range(image: np.ndarray) -> float:
     composites, the foreground estimate): see the module's ``_FLOAT_RANGES`` note.
     """
     image = np.asarray(image)
+    if not image.size:
+        return 1.0
     pixels = image.reshape(image.shape[0], image.shape[1], -1) if image.ndim >= 2 else image.reshape(1, -1, 1)
     height, width = pixels.shape[:2]
     count = height * width

@@ -17,7 +17,7 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
-from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, output_candidates, parse_save
+from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, output_candidates, output_path, parse_save
 from pdseg_cli.errors import InputError, counted, listing
 
 _GLOB_MAGIC = frozenset("*?[")
@@ -206,15 +206,32 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
 
 def _earlier_output(path: Path, kind: str) -> bool:
     """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output, as far as its
-    header tells: a PNG or TIFF with the kind's samples per pixel."""
-    return path.is_file() and header.channels(path) == OUTPUT_KINDS[kind].channels
+    header tells: the kind's samples per pixel, in an 8-bit PNG or a 16/32-bit TIFF (the only
+    files pdseg writes)."""
+    layout = header.sample_layout(path) if path.is_file() else None
+    if layout is None:
+        return False
+    fmt, samples, bits = layout
+    return samples == OUTPUT_KINDS[kind].channels and (bits == 8 if fmt == "PNG" else bits >= 16)
+
+
+def _written_paths(out: Path, item: InputFile, kind: str) -> list[Path]:
+    """The paths output ``kind`` of ``item`` may be written to: the 8-bit one or the 16-bit/float
+    one where the input's header says which, else both."""
+    folder, stem = out / item.rel_dir, item.path.stem
+    if not OUTPUT_KINDS[kind].follows_depth:
+        return [output_path(folder, stem, kind, False)]
+    eight = header.eight_bit_input(item.path)
+    if eight is None:
+        return [output_path(folder, stem, kind, False), output_path(folder, stem, kind, True)]
+    return [output_path(folder, stem, kind, not eight)]
 
 
 def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
     """Refuse a run that would replace files in ``--out`` that are not earlier outputs of their
     kind (a colour photo ``album/cat.png`` where the mask of ``cat.jpg`` goes): pdseg replaces its
-    own outputs on a rerun, and nothing else. An earlier output is told by its header alone: the
-    samples per pixel of its kind (:attr:`OutputKind.channels`) in a PNG or TIFF.
+    own outputs on a rerun, and nothing else. An earlier output is told by its header alone
+    (:func:`_earlier_output`).
 
     Raises:
         InputError: naming the files and what each is.
@@ -222,10 +239,12 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     foreign: list[str] = []
     for item in items:
         for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items():
-            for p in paths:
+            if not any(p.is_file() and not _earlier_output(p, kind) for p in paths):
+                continue  # the usual case, without reading the input's header
+            for p in _written_paths(out, item, kind):
                 if p.is_file() and not _earlier_output(p, kind):
-                    found = header.channels(p)
-                    what = "not a PNG or TIFF" if found is None else counted(found, "channel")
+                    layout = header.sample_layout(p)
+                    what = "not a PNG or TIFF" if layout is None else _describe(layout)
                     foreign.append(f"{p} ({what}; pdseg's {kind} has {OUTPUT_KINDS[kind].channels})")
     if foreign:
         raise InputError(
@@ -233,6 +252,11 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
             f"replace: {listing(foreign, 5, sep='; ')}",
             hint="move them, or choose another --out; pdseg replaces only its own earlier outputs",
         )
+
+
+def _describe(layout: tuple[str, int, int]) -> str:
+    fmt, samples, bits = layout
+    return f"a {bits}-bit {fmt} of {counted(samples, 'channel')}"
 
 
 def check_out_dir(out_dir: Path) -> None:

@@ -108,13 +108,13 @@ def resume_summary(path: Path) -> str | None:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         return None
     step, total = int(state["global_step"]), int(state["total_steps"])
-    epoch, epochs, folder = int(state["epoch"]), int(state["epochs"]), path.parent
-    if step >= total:
+    epoch, in_epoch, epochs = int(state["epoch"]), int(state["step_in_epoch"]), int(state["epochs"])
+    folder = path.parent
+    if in_epoch == 0 and epoch >= epochs:  # saved after the last epoch's end-of-epoch work
         return (
             f"finished: {counted(epochs, 'epoch')}, {counted(total, 'step')}; to train longer: "
             f"pdseg train --resume --out {folder} --epochs N (N > {epochs})"
         )
-    return (
-        f"stopped at step {step} of {total} (epoch {epoch + 1} of {epochs}); "
-        f"to go on: pdseg train --resume --out {folder}"
-    )
+    # "epoch" counts the epochs complete; a stop inside one also records its steps so far
+    where = f"after epoch {epoch} of {epochs}" if in_epoch == 0 else f"in epoch {epoch + 1} of {epochs}"
+    return f"stopped {where}, at step {step} of {total}; to go on: pdseg train --resume --out {folder}"

@@ -284,7 +284,7 @@ class TrainConfig:
         Raises:
             InputError: ``out`` holds no run to resume.
         """
-        out = Path(out)
+        out = Path(out).expanduser()  # as __post_init__ does: `--out=~/run` reaches here unexpanded
         path = out / CONFIG
         if not path.is_file():
             others = (
