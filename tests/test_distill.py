@@ -448,6 +448,7 @@ def test_init_takes_the_variant_from_the_file_and_names_conflicts(tmp_path: Path
     loaded = load_checkpoint(result.last)
     assert loaded.variant == "pdseg-tiny" and loaded.normalization["mean"] == [120.0] * 3
     assert loaded.provenance["init"]["provenance"]["data"] == "somewhere"
+    assert loaded.provenance["init"]["path"] == str(ckpt.resolve())  # absolute: followed from anywhere
     # lr ~0: the weights are the starting weights (same up to fp16 storage)
     key = next(k for k in loaded.state_dict if k.startswith("encoder.") and k.endswith("weight"))
     assert torch.allclose(loaded.state_dict[key].float(), start.state_dict()[key], atol=1e-3)
@@ -533,3 +534,11 @@ def test_final_map_ceiling_and_the_training_warning(tmp_path: Path) -> None:
         on_event=lambda e: notices.append(e.values.get("message", "")) if e.kind == "notice" else None,
     )
     assert any("the final map cannot exceed p = 0.63 (byte 161)" in n for n in notices), notices
+
+
+def test_a_teacher_folder_is_called_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a folder, not a model file") as err:
+        TeacherMaps(tmp_path, tmp_path / "cache")
+    assert err.value.hint == "give the .onnx, .pt or .ts file inside it"
+    with pytest.raises(DataError, match="does not exist"):
+        TeacherMaps(tmp_path / "isnet.onxx", tmp_path / "cache")

@@ -425,6 +425,21 @@ def test_two_images_of_one_name_are_refused_before_the_model_runs(
     assert f"has several files per name: {CASES[1]}.jpg and {CASES[1]}.png" in flat(result.output)
 
 
+def test_images_without_a_gt_are_named_not_dropped_in_silence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    cv2.imwrite(str(split / "im" / "extra.png"), np.zeros((8, 8), np.uint8))  # no gt/extra.png
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    _FakePredictor.source = split / "pred"
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert "s: 1 image in im/ without a GT, not scored: extra.png" in flat(result.output)
+
+
 def test_default_jobs_follow_threads_and_the_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pdseg_cli.engine.evaluate as ev
     from pdseg_cli.runtime import compute

@@ -7,6 +7,8 @@ import dataclasses
 import pickle
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -392,3 +394,11 @@ def test_save_refuses_a_train_size_that_is_not_one_side(model: PDSeg, tmp_path: 
     with pytest.raises(TypeError, match="train_size must be one side length"):
         save_checkpoint(model, tmp_path / "x.pt", train_size=size)  # type: ignore[arg-type]
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_an_image_given_as_weights_is_called_an_image(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(WeightsError) as err:
+        load_checkpoint(photo)
+    assert err.value.hint is not None and err.value.hint.startswith("it is an image, not a model")

@@ -244,6 +244,10 @@ def _run_model(
     from pdseg_cli.ui import prediction
 
     n_gt = ev.check_split_gts(splits, save_preds)  # refuses what would stop the run after the model
+    for name, files in ev.images_without_gt(splits).items():
+        ui.warn(
+            f"{name}: {counted(len(files), 'image')} in im/ without a GT, not scored: {listing(files, 5)}"
+        )
     predictor = Predictor(
         weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
     )

@@ -97,6 +97,11 @@ class TeacherMaps:
         from pdseg_cli.errors import DataError
 
         path = Path(teacher).expanduser()
+        if path.is_dir():
+            raise DataError(
+                f"--teacher {path} is a folder, not a model file",
+                hint="give the .onnx, .pt or .ts file inside it",
+            )
         if not path.is_file():
             raise DataError(f"--teacher {path} does not exist", hint="give a .pt, .onnx or .ts file")
         self.path = path.resolve()

@@ -586,6 +586,18 @@ def check_split_gts(splits: Sequence[tuple[str, Path]], save_preds: Path | None 
     return {name: len(maps) for name, maps in gts.items()}
 
 
+def images_without_gt(splits: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
+    """Per split, the images in ``im/`` that have no GT of their name: the model does not run on
+    them and they are not scored, which a before/after comparison should hear of."""
+    out = {}
+    for name, folder in splits:
+        images = list_maps(folder / IMAGE_DIR, "image")
+        extra = sorted(images.keys() - list_maps(folder / MASK_DIR, "GT").keys())
+        if extra:
+            out[name] = [images[stem].name for stem in extra]
+    return out
+
+
 def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None:
     """Refuse a ``--save-preds`` split folder whose files would leave two maps of one name once the
     model writes ``<stem>.png`` for ``stems``: the pairing after the model pass (by file stem)

@@ -211,7 +211,8 @@ def _provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
     last = progress.rows[-1] if progress.rows else {}
     chain = {}
     if cfg.init is not None:  # fine-tuned: keep where the starting weights came from
-        chain = {"init": {"path": str(cfg.init), "provenance": run.init_provenance}}
+        # absolute, as config.json's paths: the chain is followed from other folders
+        chain = {"init": {"path": str(cfg.init.resolve()), "provenance": run.init_provenance}}
     teacher = {}
     if data.teacher is not None:
         teacher = {**data.teacher_record(), "teacher_weight": cfg.teacher_weight,

@@ -289,6 +289,13 @@ def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
     """What to do with a file torch cannot read: an exported model is the usual mix-up (known by
     its name, or as ``suffix`` where its content said which export it is)."""
     suffix = suffix or path.suffix.lower()
+    from pdseg_cli.data.header import looks_like_image
+
+    if looks_like_image(path):  # a photo given where the model goes: say so, not "needs a .pt"
+        return (
+            "it is an image, not a model: give the weights file (a .pt checkpoint, or .onnx / .ts "
+            "where the option takes one)"
+        )
     if what == "checkpoint" and suffix in SUFFIX_FORMATS:
         return (
             f"a {suffix} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
