@@ -81,6 +81,9 @@ def test_info_on_a_run_folder_names_the_files_inside(tmp_path: Path) -> None:
 def test_info_on_a_file_that_is_no_model_says_what_info_reads(tmp_path: Path) -> None:
     (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     result = runner.invoke(app, ["info", str(tmp_path / "photo.png")])
+    assert result.exit_code == 2 and "it is an image, not a model" in " ".join(result.output.split())
+    (tmp_path / "notes.bin").write_bytes(b"some bytes")
+    result = runner.invoke(app, ["info", str(tmp_path / "notes.bin")])
     assert result.exit_code == 2 and "is not a PyTorch file" in result.output
     assert "an export or DIS/SOD model (.onnx, .ts), or a variant name" in " ".join(result.output.split())
 
