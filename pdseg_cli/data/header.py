@@ -80,9 +80,10 @@ def image_kind(head: bytes) -> str | None:
     return next((name for name, sigs in _KINDS if head.startswith(sigs)), None)
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the header, or None when the format is not known or the header unclear."""
-    head = read_head(path)
+def image_size(path: Path, head: bytes | None = None) -> tuple[int, int] | None:
+    """(width, height) from the header, or None when the format is not known or the header unclear.
+    ``head``: the file's first bytes (:func:`read_head`), where the caller has read them already."""
+    head = read_head(path) if head is None else head
     try:
         if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
             return struct.unpack(">II", head[16:24])

@@ -37,7 +37,14 @@ import numpy as np
 
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data import native_messages
-from pdseg_cli.data.header import TIFF_MAGICS, image_kind, pnm_header, read_head, tifffile_messages
+from pdseg_cli.data.header import (
+    TIFF_MAGICS,
+    PnmHeader,
+    image_kind,
+    pnm_header,
+    read_head,
+    tifffile_messages,
+)
 from pdseg_cli.errors import InputError, first_line
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
@@ -108,10 +115,11 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         raise InputError(f"{path}: no such file")
     if path.stat().st_size == 0:  # every reader below would call it corrupt or not an image
         raise InputError(f"{path}: the file is empty")
+    head = read_head(path)  # read once: the size check, the reader's choice and a PNM's maxval
     if max_pixels is not None:
         from pdseg_cli.data.header import image_size
 
-        size = image_size(path)
+        size = image_size(path, head)
         if size is not None and size[0] * size[1] > max_pixels:
             w, h = size
             raise InputError(
@@ -120,7 +128,6 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                 hint="pass a larger --max-pixels if this machine has the memory for it",
             )
     warnings: list[str] = []
-    head = read_head(path, 16)
     if head.startswith(TIFF_MAGICS):  # by the content: a TIFF named .jpg is a TIFF, a PNG named .tif a PNG
         array = _read_tiff(path, warnings)
     else:
@@ -128,7 +135,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         if array.ndim == 3:
             array = array[..., ::-1]  # BGR -> RGB
         if image_kind(head) == "PNM":
-            array = _pnm_full_scale(array, path)
+            array = _pnm_full_scale(array, pnm_header(head))
     try:
         pixels = to_rgb(array)
     except ValueError as exc:
@@ -151,10 +158,9 @@ def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
     return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _pnm_full_scale(array: np.ndarray, path: Path) -> np.ndarray:
+def _pnm_full_scale(array: np.ndarray, pnm: PnmHeader | None) -> np.ndarray:
     """A PGM/PPM's samples scaled from its maxval to the full 8 or 16 bits: OpenCV returns them as
     stored, so a 12-bit scan (maxval 4095) would read 16 times too dark as a 16-bit image."""
-    pnm = pnm_header(read_head(path))
     if pnm is None or pnm.magic in (b"P1", b"P4"):  # bitmaps: OpenCV gives 0 and 255 already
         return array
     if pnm.magic in (b"P2", b"P3") and array.dtype == np.uint8:  # OpenCV scales 8-bit ASCII itself
@@ -483,9 +489,10 @@ def _cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
 def to_rgb(array: np.ndarray) -> np.ndarray:
     """(H, W), (H, W, 1|2|3|4) -> (H, W, 3): gray repeated, alpha dropped.
 
-    The sample type is normalised to uint8, uint16 or float32: int8 and int16 are scaled from
-    their positive range (0..127, 0..32767) to uint8 and uint16, negatives clipped to 0; other
-    integer types whose values fit 0..255 or 0..65535 become uint8 or uint16 as they are; the rest
+    The sample type is normalised to uint8, uint16 or float32: int8, and int16 whose values do
+    not fit 0..255, are scaled from their positive range (0..127, 0..32767) to uint8 and uint16,
+    negatives clipped to 0; other integer types whose values fit 0..255 or 0..65535 (int16 among
+    them) become uint8 or uint16 as they are; the rest
     are scaled to uint16 by their type's range (int32 shifted to unsigned first); float64 becomes
     float32.
 
@@ -513,7 +520,9 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     if np.issubdtype(dtype, np.floating):
         return array.astype(np.float32)
-    fits_8_bits = array.size and 0 <= int(array.min()) and int(array.max()) <= 255
+    # the value range, once, for the integer rules below
+    bounds = (int(array.min()), int(array.max())) if array.size and np.issubdtype(dtype, np.integer) else None
+    fits_8_bits = bounds is not None and bounds[0] >= 0 and bounds[1] <= 255
     if dtype == np.int8 or (dtype == np.int16 and not fits_8_bits):
         # a signed 8/16-bit image (as scientific cameras and converters write) is full at 127 /
         # 32767: read as unsigned it would be half as bright; below 0 is below black. int16 values
@@ -521,8 +530,8 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
         wide = np.uint8 if dtype == np.int8 else np.uint16
         factor = np.float32(np.iinfo(wide).max / np.iinfo(dtype).max)
         return np.rint(np.clip(array, 0, None).astype(np.float32) * factor).astype(wide)
-    if np.issubdtype(dtype, np.integer) and array.size and int(array.min()) >= 0:
-        top = int(array.max())  # values that fit 8 or 16 bits are such an image, whatever the type
+    if bounds is not None and bounds[0] >= 0:
+        top = bounds[1]  # values that fit 8 or 16 bits are such an image, whatever the type
         if top <= 255:
             return array.astype(np.uint8)
         if top <= 65535:

@@ -36,7 +36,7 @@ import torch
 _FLOAT_RANGES = (1.0, 255.0, 65535.0)
 _FLOAT_HEADROOM = 4.0
 _FLOAT_PERCENTILE = 99.9
-_FLOAT_SAMPLES = 1 << 20  # the percentile is taken on an even subsample of this many at most
+_FLOAT_SAMPLES = 1 << 20  # the percentile is taken on a fixed random subsample of this many at most
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
