@@ -204,15 +204,24 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
     )
 
 
-def _earlier_output(path: Path, kind: str) -> bool:
-    """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output, as far as its
-    header tells: the kind's samples per pixel, in an 8-bit PNG or a 16/32-bit TIFF (the only
-    files pdseg writes)."""
-    layout = header.sample_layout(path) if path.is_file() else None
+def _not_an_output(path: Path, kind: str) -> str | None:
+    """What ``path`` is, when it is a file but not one an earlier run wrote as a ``kind`` output;
+    None when it is no file, or is such an output. Told by its header alone (read once): the
+    kind's samples per pixel, in an 8-bit PNG or a 16/32-bit TIFF (the only files pdseg writes)."""
+    if not path.is_file():
+        return None
+    layout = header.sample_layout(path)
     if layout is None:
-        return False
+        return "not a PNG or TIFF"
     fmt, samples, bits = layout
-    return samples == OUTPUT_KINDS[kind].channels and (bits == 8 if fmt == "PNG" else bits >= 16)
+    if samples == OUTPUT_KINDS[kind].channels and (bits == 8 if fmt == "PNG" else bits >= 16):
+        return None
+    return f"a {bits}-bit {fmt} of {counted(samples, 'channel')}"
+
+
+def _earlier_output(path: Path, kind: str) -> bool:
+    """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output (:func:`_not_an_output`)."""
+    return path.is_file() and _not_an_output(path, kind) is None
 
 
 def _written_paths(out: Path, item: InputFile, kind: str) -> list[Path]:
@@ -231,7 +240,7 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     """Refuse a run that would replace files in ``--out`` that are not earlier outputs of their
     kind (a colour photo ``album/cat.png`` where the mask of ``cat.jpg`` goes): pdseg replaces its
     own outputs on a rerun, and nothing else. An earlier output is told by its header alone
-    (:func:`_earlier_output`).
+    (:func:`_not_an_output`).
 
     Raises:
         InputError: naming the files and what each is.
@@ -239,24 +248,18 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     foreign: list[str] = []
     for item in items:
         for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items():
-            if not any(p.is_file() and not _earlier_output(p, kind) for p in paths):
+            found = {p: what for p in paths if (what := _not_an_output(p, kind)) is not None}
+            if not found:
                 continue  # the usual case, without reading the input's header
             for p in _written_paths(out, item, kind):
-                if p.is_file() and not _earlier_output(p, kind):
-                    layout = header.sample_layout(p)
-                    what = "not a PNG or TIFF" if layout is None else _describe(layout)
-                    foreign.append(f"{p} ({what}; pdseg's {kind} has {OUTPUT_KINDS[kind].channels})")
+                if p in found:
+                    foreign.append(f"{p} ({found[p]}; pdseg's {kind} has {OUTPUT_KINDS[kind].channels})")
     if foreign:
         raise InputError(
             f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "
             f"replace: {listing(foreign, 5, sep='; ')}",
             hint="move them, or choose another --out; pdseg replaces only its own earlier outputs",
         )
-
-
-def _describe(layout: tuple[str, int, int]) -> str:
-    fmt, samples, bits = layout
-    return f"a {bits}-bit {fmt} of {counted(samples, 'channel')}"
 
 
 def check_out_dir(out_dir: Path) -> None:
