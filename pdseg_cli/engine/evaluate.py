@@ -553,10 +553,16 @@ def predict_split(
     return no_image, failed
 
 
-def check_split_gts(splits: Sequence[tuple[str, Path]], save_preds: Path | None = None) -> dict[str, int]:
+def check_split_gts(
+    splits: Sequence[tuple[str, Path]], save_preds: Path | None = None
+) -> tuple[dict[str, int], dict[str, list[str]]]:
     """GT masks per split, after refusing any that cannot be read, splits without images, two
     images of one name, and a ``--save-preds`` folder whose old files would clash with the new
     maps: checked before a model pass, which any of these would otherwise throw away at the end.
+
+    Returns:
+        (GT masks per split, per split the names of the images in ``im/`` without a GT: the model
+        does not run on them and they are not scored, which a before/after comparison should hear of).
 
     Args:
         splits: (name, split folder with ``im/`` and ``gt/``).
@@ -577,25 +583,17 @@ def check_split_gts(splits: Sequence[tuple[str, Path]], save_preds: Path | None 
             f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
             hint="replace or remove them; the model has not run yet",
         )
+    no_gt: dict[str, list[str]] = {}
     for name, folder in splits:
         # listed now, so that two images of one name in a later split stop the run before the
         # model pass over the earlier ones, not after it
         images = list_maps(folder / IMAGE_DIR, "image")
         if save_preds is not None:  # the model writes a map for each image that has a GT
             check_save_folder(save_preds, name, gts[name].keys() & images.keys())
-    return {name: len(maps) for name, maps in gts.items()}
-
-
-def images_without_gt(splits: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
-    """Per split, the images in ``im/`` that have no GT of their name: the model does not run on
-    them and they are not scored, which a before/after comparison should hear of."""
-    out = {}
-    for name, folder in splits:
-        images = list_maps(folder / IMAGE_DIR, "image")
-        extra = sorted(images.keys() - list_maps(folder / MASK_DIR, "GT").keys())
+        extra = sorted(images.keys() - gts[name].keys())
         if extra:
-            out[name] = [images[stem].name for stem in extra]
-    return out
+            no_gt[name] = [images[stem].name for stem in extra]
+    return {name: len(maps) for name, maps in gts.items()}, no_gt
 
 
 def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None:
