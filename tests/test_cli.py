@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
-from helpers import flat, tiny_checkpoint
+from helpers import flat, no_space, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli import __version__
@@ -59,6 +61,32 @@ def test_info_one_variant_counts() -> None:
     assert other.exit_code == 0 and "miniature" not in other.output  # no caption for a missing row
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "IMG", "--out", "OUT"],
+        ["eval", "--split", "SPLIT"],
+        ["export", "--out", "OUT/m.onnx"],
+        ["benchmark", "--variant", "pdseg-tiny"],
+    ],
+)
+def test_weights_given_as_a_folder_names_the_checkpoints_in_it(tmp_path: Path, command: list[str]) -> None:
+    """Every --weights option answers a folder with pdseg's own line and the file to give, not
+    click's usage box: a run's folder is the usual slip."""
+    (tmp_path / "run").mkdir()
+    for name in ("last.pt", "best.pt"):
+        (tmp_path / "run" / name).touch()
+    for folder in ("split/im", "split/gt"):
+        (tmp_path / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / folder / "a.png"), np.full((8, 8), 255, np.uint8))
+    names = {"IMG": str(tmp_path / "split/im/a.png"), "SPLIT": str(tmp_path / "split")}
+    args = [names.get(a, a.replace("OUT", str(tmp_path / "o"))) for a in command]
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "is a folder, not a file" in result.output and "╭" not in result.output
+    assert f"e.g.{tmp_path / 'run' / 'best.pt'}" in no_space(result.output)
+
+
 def test_info_unknown_variant_is_one_line_error() -> None:
     result = runner.invoke(app, ["info", "pdseg-bb"])
     assert result.exit_code == 2
@@ -73,7 +101,7 @@ def test_info_on_a_run_folder_names_the_files_inside(tmp_path: Path) -> None:
         (tmp_path / "run" / name).touch()
     (tmp_path / "run" / "sub.pt").mkdir()  # a folder with such a name is not a weights file
     result = runner.invoke(app, ["info", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "is a folder, not a weights file" in result.output
+    assert result.exit_code == 2 and "is a folder, not a file" in result.output
     assert "best.pt, last.pt, old.PTH" in result.output and "results.csv" not in result.output
     assert "hidden" not in result.output and "sub.pt" not in result.output
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE_IMAGES, flat, run_cli, tiny_checkpoint
+from helpers import EXAMPLE_IMAGES, flat, no_space, run_cli, tiny_checkpoint
 
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.engine import export as export_mod
@@ -386,6 +386,19 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
     for name in ("photo.jpg", "scores.csv", "mask.PNG"):  # `-o photo.jpg` would replace the photo
         with pytest.raises(InputError, match="names an image or data file"):
             format_for(name, None)
+    for folder in ("exports/", str(tmp_path)):  # a folder not made yet, and one that exists
+        with pytest.raises(InputError, match="is a folder, and export writes one file"):
+            format_for(folder, None)
+
+
+def test_export_out_naming_a_folder_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """`--out exports/` once wrote an ONNX file named `exports` (Path drops the slash)."""
+    result = run_cli("export", "--weights", tmp_path / "nope.pt", "--out", f"{tmp_path}/exp/")
+    assert result.exit_code == 2 and "is a folder" in result.output
+    assert "exp/pdseg.onnx" in no_space(result.output) and not (tmp_path / "exp").exists()
+
+
+def test_content_beats_a_wrong_name(onnx_file: Path, tmp_path: Path) -> None:
     misnamed = tmp_path / "m.ts"  # an ONNX file under a TorchScript name still runs as ONNX
     misnamed.write_bytes(onnx_file.read_bytes())
     assert detect_format(misnamed) == "onnx"

@@ -64,10 +64,10 @@ def use_threads(threads: int | None, *, quiet: bool = False) -> None:
 
 
 def weights_option(help_text: str) -> Any:
-    """``--weights/-w``: an existing model file; ``help_text`` says which kinds and the default."""
-    return typer.Option(
-        "--weights", "-w", exists=True, dir_okay=False, readable=True, help=help_text, show_default=False
-    )
+    """``--weights/-w``: a model file; ``help_text`` says which kinds and the default. The loaders
+    check the path, so that a missing file or a folder gets pdseg's one line with its hint (the
+    nearest weights file, the file inside the folder) rather than click's usage box."""
+    return typer.Option("--weights", "-w", help=help_text, show_default=False)
 
 
 # the model predict and eval run; export and benchmark take checkpoints only (weights_option)

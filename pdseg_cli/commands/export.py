@@ -27,9 +27,9 @@ class ExportFormat(str, Enum):
 def export(
     ctx: typer.Context,
     out: Annotated[
-        Path,
+        str,  # not Path, which drops the trailing slash of a folder's name (format_for refuses it)
         typer.Option(
-            "--out", "-o", dir_okay=False, help="File to write, e.g. pdseg.onnx (replaced if it exists)."
+            "--out", "-o", metavar="FILE", help="File to write, e.g. pdseg.onnx (replaced if it exists)."
         ),
     ],
     weights: Annotated[
@@ -99,7 +99,7 @@ def export(
         try:
             report = export_checkpoint(
                 weights if weights is not None else default_weights(),
-                out,
+                Path(out).expanduser(),
                 chosen,
                 half=half,
                 opset=DEFAULT_OPSET if opset is None else opset,

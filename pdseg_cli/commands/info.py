@@ -38,7 +38,7 @@ def info(
 
     from pdseg_cli import ui
     from pdseg_cli.config import get_config
-    from pdseg_cli.errors import InputError, listing
+    from pdseg_cli.errors import InputError
     from pdseg_cli.model.counting import count_macs, count_params
     from pdseg_cli.model.registry import decoder_entry
 
@@ -53,20 +53,10 @@ def info(
                 return
             variant = description.variant
         elif path is not None and path.is_dir():
+            from pdseg_cli.model.build import check_weights_file
             from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
-            kinds = (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS)
-            inside = sorted(
-                p.name
-                for p in path.iterdir()
-                if p.suffix.lower() in kinds and p.is_file() and not p.name.startswith(".")
-            )
-            raise InputError(
-                f"{variant} is a folder, not a weights file",
-                hint=f"give a file inside it: {listing(inside, 4)}"
-                if inside
-                else f"give a weights file ({', '.join(kinds)})",
-            )
+            check_weights_file(path, "weights", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
         elif path is not None and ("/" in variant or "." in variant):
             raise InputError(
                 f"{variant}: no such file", hint=f"give a weights file, or a variant: {', '.join(VARIANTS)}"

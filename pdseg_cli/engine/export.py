@@ -255,10 +255,17 @@ def format_for(out: str | Path, fmt: str | None) -> str:
     """The export format: ``fmt`` if given, else the one ``out``'s extension names (ONNX by default).
 
     Raises:
-        InputError: ``fmt`` contradicts the extension (an ONNX file named ``.ts`` would be run as
-            TorchScript by whoever reads the name), or the name is a checkpoint's (``.pt``), an
-            image's or a data file's (``.jpg``, ``.json``).
+        InputError: ``out`` is a folder (or ends in a slash), ``fmt`` contradicts the extension
+            (an ONNX file named ``.ts`` would be run as TorchScript by whoever reads the name), or
+            the name is a checkpoint's (``.pt``), an image's or a data file's (``.jpg``, ``.json``).
     """
+    # a str keeps the trailing slash that Path drops: `--out exports/` for a folder not made yet
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        name = "pdseg.ts" if fmt == "torchscript" else "pdseg.onnx"
+        raise InputError(
+            f"--out {out} is a folder, and export writes one file",
+            hint=f"give the file's name, e.g. --out {Path(out).expanduser() / name}",
+        )
     suffix = Path(out).suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         raise InputError(

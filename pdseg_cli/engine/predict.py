@@ -38,11 +38,11 @@ from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
-from pdseg_cli.errors import InputError, WeightsError
-from pdseg_cli.model.build import load_model, missing_weights_hint, train_side, unwrap_model
+from pdseg_cli.errors import InputError
+from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
-from pdseg_cli.weights import default_weights
+from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS, default_weights
 
 DEFAULT_SIZE = 1024  # used when a checkpoint does not record its training size (the paper's size)
 Size = predict_run.Size
@@ -149,11 +149,8 @@ class Predictor:
             kind = "module"
         else:
             self.weights_path = Path(weights) if weights is not None else default_weights()
-            if not self.weights_path.is_file():  # the loaders' own message, before sniffing the format
-                what = "no such file" if not self.weights_path.exists() else "not a file"
-                raise WeightsError(
-                    f"weights {self.weights_path}: {what}", hint=missing_weights_hint(self.weights_path)
-                )
+            # before sniffing the format: the file, or what to give instead of a folder
+            check_weights_file(self.weights_path, "weights", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
             kind = detect_format(self.weights_path)
         if onnx_spec and kind != "onnx":  # checked before loading: these say how to run them
             raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
