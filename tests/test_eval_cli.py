@@ -435,9 +435,12 @@ def test_images_without_a_gt_are_named_not_dropped_in_silence(
     (tmp_path / "w.pt").write_bytes(b"stub")
     _FakePredictor.source = split / "pred"
     monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
-    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    report = tmp_path / "r.json"
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", "--json", report, cache=tmp_path / "c")
     assert result.exit_code == 0, result.output
     assert "s: 1 image in im/ without a GT, not scored: extra.png" in flat(result.output)
+    notes = json.loads(report.read_text())["notes"]["s"]  # the report keeps what the run warned about
+    assert notes["no_gt"] == ["extra.png"] and notes["unmatched"] == []
 
 
 def test_default_jobs_follow_threads_and_the_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

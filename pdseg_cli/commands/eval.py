@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,6 +273,7 @@ def _run_model(
     )
     for name, lines in problems.items():
         ui.warn(f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}")
+    plans = [dataclasses.replace(plan, no_gt=no_gt.get(plan.name, [])) for plan in plans]  # JSON notes
     return plans, {"predictions": ev.prediction_settings(predictor, save_preds)}
 
 

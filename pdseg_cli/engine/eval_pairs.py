@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pdseg_cli import errors
@@ -28,6 +28,8 @@ class PairPlan:
         pairs: (stem, prediction file, GT file), sorted by stem.
         missing: GT stems without a prediction.
         unmatched: prediction stems without a GT.
+        no_gt: image files in ``im/`` without a GT, which a ``--weights`` run neither predicts nor
+            scores (warned about before the model runs, and kept for the JSON's notes).
     """
 
     name: str
@@ -36,6 +38,7 @@ class PairPlan:
     pairs: list[tuple[str, Path, Path]]
     missing: list[str]
     unmatched: list[str]
+    no_gt: list[str] = field(default_factory=list)
 
     def without(self, stems: Iterable[str]) -> PairPlan:
         """This plan with ``stems`` moved from the pairs to the missing GTs: e.g. the images the

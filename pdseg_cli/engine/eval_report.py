@@ -64,6 +64,7 @@ class SplitResult:
         scores: the dataset values.
         missing: GT stems without a prediction (only with ``allow_missing``).
         unmatched: prediction stems without a GT (ignored).
+        no_gt: image files in ``im/`` without a GT, not predicted (``--weights`` runs).
         warnings: one line per thing the user should know.
         seconds: wall time of the scoring run that produced it (all its splits together).
     """
@@ -75,6 +76,7 @@ class SplitResult:
     scores: DatasetScores
     missing: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    no_gt: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -211,7 +213,12 @@ class EvalReport:
                 name: {"F": sc.f_curve.tolist(), "E": sc.e_curve.tolist()} for name, sc in self.rows()
             },
             "notes": {
-                s.name: {"warnings": s.warnings, "missing": s.missing, "unmatched": s.unmatched}
+                s.name: {
+                    "warnings": s.warnings,
+                    "missing": s.missing,
+                    "unmatched": s.unmatched,
+                    "no_gt": s.no_gt,
+                }
                 for s in self.splits
             },
             "settings": self.settings,

@@ -407,6 +407,7 @@ def evaluate_plans(
                 scores=aggregate([r.scores for r in recs]),
                 missing=sorted([*plan.missing, *(f.stem for f in fails)]),
                 unmatched=list(plan.unmatched),
+                no_gt=list(plan.no_gt),
                 warnings=warnings,
                 seconds=seconds,
             )
