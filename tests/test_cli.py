@@ -288,6 +288,27 @@ def test_the_progress_bar_draws_in_a_terminal(tmp_path) -> None:  # noqa: ANN001
     assert b"img/s" in seen and b"3/3" in seen  # the bar's rate and count columns
 
 
+def test_forced_progress_in_a_log_is_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """PDSEG_PROGRESS=1 into a log file: one plain line per tenth of the work and one at the end,
+    with no escape codes or carriage returns (a redrawn bar filled the log with them)."""
+    from pdseg_cli import ui
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PDSEG_PROGRESS", "1")
+        with ui.progress_bar("train", 20, unit="step", fields=("loss",)) as advance:
+            for i in range(20):
+                advance(loss=1.0 / (i + 1))
+        with ui.progress_bar("labels", None) as advance:  # no total: one line where it ended
+            advance(3)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\x1b" not in err and "\r" not in err
+    assert [line.split("  ")[0] for line in lines] == [
+        f"train {2 * k}/20 ({10 * k}%)" for k in range(1, 11)
+    ] + ["labels 3"]
+    assert "loss 0.05" in lines[9] and "left" not in lines[9] and "left" in lines[0]
+
+
 def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
     # Typer shows a flag's type as "<bool>", which reads as "--tta true"; and a word wider than the
     # help column cuts the option names short with an ellipsis

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -91,11 +92,14 @@ def progress_bar(
 
     ``fields`` names extra text shown after the bar (for example loss and lr in training);
     pass their values as keyword arguments to ``advance``. The bar shows items per second.
+    Where stderr is not a terminal, ``PDSEG_PROGRESS=1`` writes plain progress lines instead
+    (``log_progress``).
     """
+    if os.environ.get("PDSEG_PROGRESS") == "1" and not err_console.is_terminal:
+        with log_progress(description, total, unit=unit, fields=fields) as advance:
+            yield advance
+        return
     extra = [TextColumn("{task.fields[extra]}")] if fields else []
-    # PDSEG_PROGRESS=1 draws the bar where stderr is not a terminal (a log file, CI)
-    forced = os.environ.get("PDSEG_PROGRESS") == "1" and not err_console.is_terminal
-    bar_console = Console(stderr=True, highlight=False, force_terminal=True) if forced else err_console
     prog = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -105,9 +109,9 @@ def progress_bar(
         *extra,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=bar_console,
+        console=err_console,
         transient=True,
-        disable=not bar_console.is_terminal,
+        disable=not err_console.is_terminal,
     )
     with prog:
         task = prog.add_task(description, total=total, rate="", extra="")
@@ -116,10 +120,63 @@ def progress_bar(
             t = prog.tasks[task]
             elapsed = t.elapsed or 0.0
             rate = (t.completed + n) / elapsed if elapsed > 0 else 0.0
-            text = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if k in fields)
-            prog.update(task, advance=n, rate=f"{rate:.2f} {unit}/s", extra=text)
+            prog.update(task, advance=n, rate=f"{rate:.2f} {unit}/s", extra=_field_text(values, fields))
 
         yield advance
+
+
+LOG_EVERY_S = 30.0  # a line at most this often, and at each tenth of the work, for a log file
+
+
+@contextlib.contextmanager
+def log_progress(
+    description: str, total: int | None, *, unit: str = "img", fields: Sequence[str] = ()
+) -> Iterator[Callable[..., None]]:
+    """``progress_bar`` for a log file or CI: plain lines, with no terminal escape codes or
+    carriage returns (a redrawn bar fills a log with them), such as
+    ``predict 40/400 (10%)  2.10 img/s  elapsed 0:00:19  left 0:02:51``, each tenth of the work
+    and at most every ``LOG_EVERY_S`` seconds between, and one when it ends."""
+    start = last = time.monotonic()
+    done = shown = 0  # items done, and done when the last line was written
+    values: dict[str, Any] = {}
+
+    def line() -> None:
+        nonlocal shown
+        shown = done
+        elapsed = time.monotonic() - start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        head = f"{description} {done}/{total}" + (f" ({100 * done // total}%)" if total else "")
+        parts = [head if total else f"{description} {done}", f"{rate:.2f} {unit}/s"]
+        if extra := _field_text(values, fields):
+            parts.append(extra)
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if total and rate > 0 and done < total:
+            parts.append(f"left {_clock((total - done) / rate)}")
+        err_console.print(Text("  ".join(parts)), soft_wrap=True)
+
+    def advance(n: int = 1, **new_values: Any) -> None:
+        nonlocal done, last
+        done += n
+        values.update(new_values)
+        now = time.monotonic()
+        if (total and done * 10 // total > shown * 10 // total) or now - last >= LOG_EVERY_S:
+            last = now
+            line()
+
+    try:
+        yield advance
+    finally:
+        if done != shown:  # where it ended or stopped, unless the last line said it
+            line()
+
+
+def _field_text(values: dict[str, Any], fields: Sequence[str]) -> str:
+    return "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if k in fields)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _fmt(value: Any) -> str:
