@@ -49,7 +49,9 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
 
     again = runner.invoke(app, tiny_args(out, folders))
     assert again.exit_code == 2
-    assert "already holds a training run" in flat(again.output) and "--resume" in again.output
+    assert "already holds a training run (last.pt, best.pt), finished: 1 epoch, 2 steps" in flat(again.output)
+    # the whole command to go on, so that adding --resume to the refused one is not a second refusal
+    assert f"pdseg train --resume --out {out} --epochs N (N > 1)" in flat(again.output)
     assert "Traceback" not in again.output
 
     changed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--batch", "2"])
@@ -75,8 +77,13 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     assert behind.exit_code == 2, behind.output
     assert f"{out} has finished 2 epochs; --epochs 1 is behind it" in flat(behind.output)
     assert "pass --epochs 3 or more" in flat(behind.output)
-    done = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--workers", "0"])
-    assert done.exit_code == 0 and "has finished its 2 epochs: nothing to train" in flat(done.output)
+    for length in (["--epochs", "2"], []):  # --resume keeps the run's own --epochs
+        done = runner.invoke(app, ["train", *length, "--out", str(out), "--resume", "--workers", "0"])
+        assert done.exit_code == 0 and "has finished its 2 epochs: nothing to train" in flat(done.output)
+        assert f"pdseg train --resume --out {out} --epochs N (N > 2)" in flat(done.output)
+        assert "epoch" not in done.stdout  # said before loading the data: no replayed epoch table
+    unstarted = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--variant", "pdseg-tiny"])
+    assert unstarted.exit_code == 2 and "--epochs is needed to start a run" in flat(unstarted.output)
     assert len((out / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
     assert load_model(out / "last.pt").config.name == "pdseg-tiny"
 

@@ -20,7 +20,16 @@ from pdseg_cli.commands._common import (
 
 
 def train(
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Train until this many epochs are complete.")],
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            "-e",
+            help="Train until this many epochs are complete. Needed for a new run; --resume keeps the "
+            "run's own unless a larger one extends it.",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -223,16 +232,18 @@ def train(
 
       pdseg train --epochs 100 --data-root ~/DIS5K --device cuda --precision bf16
 
-      pdseg train --epochs 100 --out runs/pdseg-b --resume
+      pdseg train --resume --out runs/pdseg-b  # after Ctrl-C; --epochs N extends
 
       pdseg train -e 10 --init runs/a/last.pt --train my-photos --out runs/b
 
       pdseg train -e 20 -o runs/c --teacher isnet.onnx --train lab --train photos
     """
+    from pdseg_cli import ui
     from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
+    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_epochs
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
-    from pdseg_cli.errors import first_line
+    from pdseg_cli.errors import InputError, counted, first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
@@ -251,8 +262,6 @@ def train(
         given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
         if init_size % 32:  # training sizes are multiples of the model's stride
             given["size"] = max(32, round(init_size / 32) * 32)
-            from pdseg_cli import ui
-
             ui.info(
                 f"--init {init} was trained at {init_size}; training at {given['size']}, the nearest "
                 "multiple of 32 (--size chooses another)"
@@ -263,7 +272,21 @@ def train(
         main = env_distributed().rank == 0
         use_threads(threads, quiet=not main)
         if resume:
-            cfg = TrainConfig.for_resume(out, epochs=epochs, overwrite=overwrite, **given)
+            length = {} if epochs is None else {"epochs": epochs}
+            cfg = TrainConfig.for_resume(out, overwrite=overwrite, **length, **given)
+            done = finished_epochs(cfg.out / LAST_NAME)
+            if done is not None and done == cfg.epochs:  # said before the data are loaded for nothing
+                if main:
+                    ui.info(
+                        f"{out} has finished its {counted(done, 'epoch')}: nothing to train; to train "
+                        f"longer: pdseg train --resume --out {out} --epochs N (N > {done})"
+                    )
+                return
+        elif epochs is None:
+            raise InputError(
+                "--epochs is needed to start a run",
+                hint="add e.g. --epochs 20; or, to go on with the run in --out, --resume",
+            )
         else:
             cfg = TrainConfig(out=out, epochs=epochs, overwrite=overwrite, **given)
         try:
@@ -287,6 +310,6 @@ def train(
         finally:
             view.close()
     if main:
-        summary(result, f"pdseg train --resume --out {out} --epochs {epochs}")
+        summary(result, f"pdseg train --resume --out {out}")
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -98,23 +98,46 @@ def read_train_state(path: Path) -> dict[str, Any]:
 
 def resume_summary(path: Path) -> str | None:
     """Where the training state in ``path`` (a run's ``last.pt``) stands and how to go on, for
-    ``pdseg info``; None for a checkpoint without one (``best.pt``, the bundled weights). The file
-    is memory-mapped, so the optimiser state is not read into memory."""
+    ``pdseg info``; None for a checkpoint without one (``best.pt``, the bundled weights)."""
+    parts = resume_parts(path)
+    return None if parts is None else "; ".join(parts)
+
+
+def finished_epochs(path: Path) -> int | None:
+    """The number of epochs of the run whose ``last.pt`` is ``path`` when it has finished them
+    all (a resume without a larger ``--epochs`` has nothing to train), else None."""
+    state = _peek_state(path)
+    if state is None or int(state["step_in_epoch"]) != 0 or int(state["epoch"]) < int(state["epochs"]):
+        return None
+    return int(state["epochs"])
+
+
+def _peek_state(path: Path) -> dict[str, Any] | None:
+    """The training state in ``path``, memory-mapped (the optimiser state is not read into
+    memory); None where there is none or it cannot be read (the caller reads the file itself)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # the caller has read the checkpoint itself; a state it cannot read is none
+    except Exception:
         return None
     state = payload.get("train_state") if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+    return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
+
+
+def resume_parts(path: Path) -> tuple[str, str] | None:
+    """``(where it stands, the command to go on)`` for the training state in ``path``, e.g.
+    ``("stopped in epoch 2 of 4, at step 300 of 518", "to go on: pdseg train --resume --out
+    runs/x")``; None for a checkpoint without one."""
+    state = _peek_state(path)
+    if state is None:
         return None
     step, total = int(state["global_step"]), int(state["total_steps"])
     epoch, in_epoch, epochs = int(state["epoch"]), int(state["step_in_epoch"]), int(state["epochs"])
     folder = path.parent
     if in_epoch == 0 and epoch >= epochs:  # saved after the last epoch's end-of-epoch work
         return (
-            f"finished: {counted(epochs, 'epoch')}, {counted(total, 'step')}; to train longer: "
-            f"pdseg train --resume --out {folder} --epochs N (N > {epochs})"
+            f"finished: {counted(epochs, 'epoch')}, {counted(total, 'step')}",
+            f"to train longer: pdseg train --resume --out {folder} --epochs N (N > {epochs})",
         )
     # "epoch" counts the epochs complete; a stop inside one also records its steps so far
     where = f"after epoch {epoch} of {epochs}" if in_epoch == 0 else f"in epoch {epoch + 1} of {epochs}"
-    return f"stopped {where}, at step {step} of {total}; to go on: pdseg train --resume --out {folder}"
+    return f"stopped {where}, at step {step} of {total}", f"to go on: pdseg train --resume --out {folder}"

@@ -15,7 +15,7 @@ import torch
 
 from pdseg_cli import __version__
 from pdseg_cli.data.images import atomic_path, check_writable_folder
-from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state
+from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state, resume_parts
 from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.errors import InputError
@@ -49,9 +49,13 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
         return state
     existing = [name for name in CHECKPOINTS if (out / name).exists()]
     if existing and not cfg.overwrite:
+        # the command to go on, whole (a fine-tune's --init and the other options left out), so
+        # that adding --resume to the command that was refused is not a second refusal
+        parts = resume_parts(out / LAST) if (out / LAST).is_file() else None
+        where, how = parts if parts is not None else (None, "pass --resume to continue it")
         raise InputError(
-            f"{out} already holds a training run ({', '.join(existing)})",
-            hint="pass --resume to continue it, --overwrite to start it again, or choose another --out",
+            f"{out} already holds a training run ({', '.join(existing)})" + (f", {where}" if where else ""),
+            hint=f"{how}; --overwrite starts it again; or choose another --out",
         )
     leftovers = [name for name in RUN_FILES if name not in CHECKPOINTS and (out / name).exists()]
     if leftovers and not existing and not cfg.overwrite:
