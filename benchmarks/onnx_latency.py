@@ -11,6 +11,7 @@ Usage (from the repository root)::
     python benchmarks/onnx_latency.py                       # random-weight pdseg-b at 1024x1024
     python benchmarks/onnx_latency.py --variant pdseg-t --size 512 --runs 5
     python benchmarks/onnx_latency.py --weights runs/pdseg-b/best.pt --threads 8
+    python benchmarks/onnx_latency.py --variant pdseg-t --size 512 --half   # + an fp16 (--half) export
 
 Needs ``pip install "pdseg[onnx]"``.
 """
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="for both backends")
     parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--half", action="store_true", help="also time a `pdseg export --half` (fp16) file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.size < 32:
         parser.error("need --runs >= 1, --warmup >= 0 and --size >= 32")
@@ -55,43 +58,48 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
         start = time.perf_counter()
         side = min(args.size, 256)
-        export_model(
-            model,
-            path,
-            "onnx",
-            variant=model.config.name,
-            config=model.config.to_dict(),
-            normalization=dict(model.normalization),
-            opset=args.opset,
-            check_shapes=[(1, 3, side, side)],
-        )
+        sessions = {}
+        for name, half in (("onnxruntime", False), ("onnxruntime fp16", True))[: 2 if args.half else 1]:
+            path = Path(tmp) / f"model{'-fp16' if half else ''}.onnx"
+            export_model(
+                model,
+                path,
+                "onnx",
+                variant=model.config.name,
+                config=model.config.to_dict(),
+                normalization=dict(model.normalization),
+                opset=args.opset,
+                half=half,
+                check_shapes=[(1, 3, side, side)],
+            )
+            sessions[name] = OnnxModel(path, threads=args.threads).session
         export_s = time.perf_counter() - start
-        onnx_model = OnnxModel(path, threads=args.threads)
-        session, input_name = onnx_model.session, onnx_model.session.get_inputs()[0].name
+        input_name = sessions["onnxruntime"].get_inputs()[0].name
 
         x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
         x_np = x.numpy()
-        timings: dict[str, list[float]] = {"PyTorch": [], "onnxruntime": []}
+        timings: dict[str, list[float]] = {"PyTorch": [], **{name: [] for name in sessions}}
 
         def run_torch() -> np.ndarray:
             with torch.inference_mode():
                 return torch.sigmoid(model(x)).numpy()
 
-        def run_ort() -> np.ndarray:
-            return session.run(["probabilities"], {input_name: x_np})[0]
+        def ort_runner(name: str) -> Callable[[], np.ndarray]:
+            return lambda: sessions[name].run(["probabilities"], {input_name: x_np})[0]
 
+        runners = {"PyTorch": run_torch, **{name: ort_runner(name) for name in sessions}}
         for _ in range(args.warmup):
-            run_torch()
-            run_ort()
+            for fn in runners.values():
+                fn()
         for _ in range(args.runs):
-            for name, fn in (("PyTorch", run_torch), ("onnxruntime", run_ort)):
+            for name, fn in runners.items():
                 start = time.perf_counter()
                 fn()
                 timings[name].append((time.perf_counter() - start) * 1000)
-        diff = float(np.abs(run_torch() - run_ort()).max())
+        reference = run_torch()
+        diffs = {name: float(np.abs(reference - runners[name]()).max()) for name in sessions}
 
     import onnxruntime
 
@@ -105,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {med:.0f} | {min(values):.0f} | {len(values)} | {base / med:.2f}x |")
     print(
         f"\ntorch {torch.__version__}, onnxruntime {onnxruntime.__version__}, opset {args.opset}, "
-        f"Python {platform.python_version()}; export took {export_s:.1f} s; "
-        f"max |dp| onnxruntime vs PyTorch at {shape}: {diff:.2e}"
+        f"Python {platform.python_version()}; export took {export_s:.1f} s; max |dp| vs PyTorch at "
+        f"{shape}: " + ", ".join(f"{name} {d:.2e}" for name, d in diffs.items())
     )
     return 0
 

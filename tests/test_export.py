@@ -136,6 +136,9 @@ def test_torchscript_matches_pytorch_and_carries_metadata(torchscript_file: Path
         module = torch.jit.load(str(torchscript_file))
     x = torch.randn(1, 3, 40, 72)
     assert torch.allclose(torch.sigmoid(module.logits(x)), module(x), atol=1e-6)
+    # an inference file: a plain call builds no autograd graph (memory), and .numpy() works
+    assert not any(p.requires_grad for p in module.parameters())
+    assert not module(x).requires_grad and module(x).numpy().shape == (1, 1, 40, 72)
 
 
 def test_half_onnx_keeps_nmf_in_fp32_and_stays_finite(checkpoint: Path, model: PDSeg, tmp_path: Path) -> None:
@@ -201,6 +204,9 @@ def test_bad_options_are_input_errors(checkpoint: Path, tmp_path: Path) -> None:
     for bad in ("2x3x384", "1x1x64x64", "axbxcxd", "0x3x64x64"):
         with pytest.raises(InputError):
             parse_shape(bad)
+    assert parse_shape("2x3x2048x2048") == (2, 3, 2048, 2048)
+    with pytest.raises(InputError, match="larger than the check needs"):  # 24 GB, then the OOM killer
+        parse_shape("1x3x20000x20000")
 
 
 def _hide_modules(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -199,8 +199,10 @@ def predict(
                     model=f"{predictor.weights_path or 'model'}: {predictor.description}",
                 )
                 prediction.left_in_out(plan.out_dir, plan.left_in_out)
+            seen: list[Any] = []  # the results so far, for the counts after a Ctrl-C
+            total = len(plan.todo) + len(plan.skipped)
             try:
-                with prediction.progress(len(plan.todo) + len(plan.skipped), enabled=dist.is_main) as advance:
+                with prediction.progress(total, enabled=dist.is_main, seen=seen) as advance:
                     result = predictor.run_plan(
                         plan,
                         threshold=threshold,
@@ -211,7 +213,7 @@ def predict(
                     )
             except KeyboardInterrupt:
                 if dist.is_main:
-                    prediction.interrupted(skip_existing)
+                    prediction.interrupted(skip_existing, seen, total)
                 raise
         if dist.is_main:
             prediction.summary(result)

@@ -221,11 +221,15 @@ def require_onnx(check: bool = True) -> tuple[Any, Any]:
         ) from None
 
 
+MAX_CHECK_PIXELS = 2 * 2048 * 2048  # batch x height x width of one check shape (about 4 GB on the CPU)
+
+
 def parse_shape(text: str) -> tuple[int, int, int, int]:
     """``"2x3x384x640"`` -> (2, 3, 384, 640).
 
     Raises:
-        InputError: not four positive integers with 3 channels.
+        InputError: not four positive integers with 3 channels, or more than
+            ``MAX_CHECK_PIXELS`` pixels.
     """
     parts = text.lower().replace("*", "x").split("x")
     try:
@@ -234,6 +238,13 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
         shape = ()
     if len(shape) != 4 or min(shape) < 1 or shape[1] != 3:
         raise InputError(f"bad check shape {text!r}", hint="write BxCxHxW with C = 3, e.g. 2x3x384x640")
+    if shape[0] * shape[2] * shape[3] > MAX_CHECK_PIXELS:
+        # the check runs PyTorch and the file on it: 1x3x20000x20000 took 24 GB and the OOM killer
+        raise InputError(
+            f"check shape {text} is larger than the check needs ({shape[0] * shape[2] * shape[3]:,} pixels; "
+            f"at most {MAX_CHECK_PIXELS:,})",
+            hint="the file takes any size; a shape or two up to 2048x2048 check it, e.g. 1x3x2048x2048",
+        )
     return shape  # type: ignore[return-value]
 
 
@@ -593,6 +604,10 @@ def _export_torchscript(graph: nn.Module, path: Path, metadata: ExportMetadata) 
         traced = torch.jit.trace_module(
             graph, {"forward": (x,), OUTPUT_LOGITS: (x,)}, check_trace=False, _store_inputs=False
         )
+        # an inference file: a plain call must not build an autograd graph (1024x1024 took 2.8 GB
+        # instead of 0.7 GB, and .numpy() on its output failed)
+        for param in traced.parameters():
+            param.requires_grad_(False)
         # torch 2.13 deprecates torch.jit.save/load in favour of torch.export; they still work
         torch.jit.save(
             traced, str(path), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata.to_strings())}

@@ -1,4 +1,4 @@
-"""Signals during training: Ctrl-C/SIGTERM stop the run at a step boundary with a resumable
+"""Signals during training: Ctrl-C/SIGTERM/SIGHUP stop the run at a step boundary with a resumable
 ``last.pt``, and DataLoader workers leave them to the main process."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pdseg_cli.runtime.stop import stop_signals
+
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; training stops at the next step boundary and saves ``last.pt``."""
+    """Set by SIGINT/SIGTERM/SIGHUP; training stops at the next step boundary and saves ``last.pt``."""
 
     # torchrun forwards the terminal's SIGINT to its workers, which got it from the terminal too:
     # a repeat this soon after the first is that echo, not a second Ctrl-C
@@ -33,7 +35,7 @@ class StopFlag:
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, *stop_signals()):  # SIGHUP too, unless nohup ignores it
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

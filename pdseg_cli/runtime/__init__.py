@@ -9,6 +9,7 @@ that ``import pdseg_cli.runtime`` stays cheap. One module per part:
 - ``memory``: out-of-memory errors and peak memory.
 - ``allocator``: glibc malloc kept from handing freed tensor buffers back (the command line).
 - ``torchrun``: the process's place in a torchrun job and the process group's lifecycle.
+- ``stop``: SIGTERM and SIGHUP stop a command as Ctrl-C does (the command line).
 
 Every public name is importable from here (``from pdseg_cli.runtime import resolve_device``).
 """
@@ -38,6 +39,7 @@ from pdseg_cli.runtime.precision import (
     emulated_precision_note,
     resolve_precision,
 )
+from pdseg_cli.runtime.stop import interrupt_on_stop_signals, stop_signals
 from pdseg_cli.runtime.torchrun import (
     DEFAULT_TIMEOUT,
     Backend,
@@ -64,6 +66,7 @@ __all__ = [
     "emulated_precision_note",
     "env_distributed",
     "has_glibc_malloc",
+    "interrupt_on_stop_signals",
     "is_out_of_memory",
     "keep_freed_memory",
     "peak_memory",
@@ -74,6 +77,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "set_compute_threads",
+    "stop_signals",
     "default_threads",
     "other_runnable_tasks",
     "usable_cores",

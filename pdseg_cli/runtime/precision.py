@@ -66,9 +66,11 @@ def cpu_has_fast(precision: str, flags: frozenset[str] | None = None) -> bool:
 
 
 def emulated_precision_note(
-    device: torch.device, precision: str, fix: str = "--precision fp32"
+    device: torch.device, precision: str, fix: str = "--precision fp32", *, cost: str = "several times slower"
 ) -> str | None:
     """A warning when ``precision`` would run emulated, and so slowly, on this CPU; None otherwise.
+    ``cost`` says how much slower: PyTorch's emulation is several times slower, while ONNX Runtime
+    ran an fp16 export 1.7 times slower than the fp32 one here (`benchmarks/RESULTS.md`).
 
     Only said where the flags are known (x86 Linux) and show none of the instructions it needs.
     """
@@ -78,10 +80,7 @@ def emulated_precision_note(
     if not flags or "avx2" not in flags or cpu_has_fast(precision, flags):
         return None
     need = " or ".join(f.upper().replace("_", "-") for f in _FAST_CPU_FLAGS[precision])
-    return (
-        f"this CPU has no {need}, so {precision} runs emulated: expect it to be several times slower "
-        f"than fp32 ({fix})"
-    )
+    return f"this CPU has no {need}, so {precision} runs emulated: expect it to be {cost} than fp32 ({fix})"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pdseg_cli import ui
@@ -50,20 +50,45 @@ def start(
         ui.warn(note)
 
 
-def interrupted(skipping: bool) -> None:
-    """How to go on after Ctrl-C: every file written so far is whole (atomic writes)."""
+def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = None) -> None:
+    """How far Ctrl-C let the run get (``seen``: the file results so far), the files that failed
+    before it, and how to go on: every file written so far is whole (atomic writes)."""
+    if seen:
+        done = sum(r.status == "done" for r in seen)
+        skipped = sum(r.status == "skipped" for r in seen)
+        failed = [r for r in seen if r.status == "failed"]
+        of = f" of {total}" if total is not None else ""
+        counts = f"{done} done" + (f", {skipped} skipped" if skipped else "") + f", {len(failed)} failed"
+        ui.info(f"stopped after {len(seen)}{of} images: {counts}")
+        for r in failed[:_MAX_LISTED]:
+            ui.warn(f"failed: {r.path}: {r.error}")
+        if len(failed) > _MAX_LISTED:
+            ui.warn(f"... and {len(failed) - _MAX_LISTED} more failed")
     again = "run the same command again" + ("" if skipping else " with --skip-existing")
     ui.info(f"stopped: every file written so far is complete; {again} to do only the rest")
 
 
 @contextlib.contextmanager
-def progress(total: int, *, enabled: bool = True) -> Iterator[Callable[[Any], None]]:
-    """Yield ``advance(result)``: a progress bar in images per second (a no-op when not enabled)."""
+def progress(
+    total: int, *, enabled: bool = True, seen: list[Any] | None = None
+) -> Iterator[Callable[[Any], None]]:
+    """Yield ``advance(result)``: a progress bar in images per second (a no-op when not enabled),
+    that also appends each result to ``seen`` when given (what :func:`interrupted` reports)."""
+
+    def record(result: Any) -> None:
+        if seen is not None:
+            seen.append(result)
+
     if not enabled:
-        yield lambda _result: None
+        yield record
         return
     with ui.progress_bar("predict", total=total, unit="img") as advance:
-        yield lambda _result: advance()
+
+        def step(result: Any) -> None:
+            record(result)
+            advance()
+
+        yield step
 
 
 def summary(result: Any) -> None:

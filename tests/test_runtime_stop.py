@@ -1,0 +1,64 @@
+"""SIGTERM and SIGHUP stop a command as Ctrl-C does (runtime.stop), except where ignored (nohup)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pytest
+
+from pdseg_cli.engine.train_signals import StopFlag
+from pdseg_cli.runtime import interrupt_on_stop_signals, stop_signals
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+@pytest.fixture
+def restore_handlers():  # noqa: ANN201
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_term_and_hangup_raise_keyboard_interrupt(restore_handlers: None) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    interrupt_on_stop_signals()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)
+            signal.sigtimedwait([], 0.1) if hasattr(signal, "sigtimedwait") else None
+
+
+def test_an_ignored_hangup_stays_ignored(restore_handlers: None) -> None:
+    """Under nohup SIGHUP is ignored on purpose: the run must outlive its terminal."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert stop_signals() == (signal.SIGTERM,)
+    interrupt_on_stop_signals()
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGHUP)  # nothing happens
+
+
+def test_a_handler_already_set_is_kept(restore_handlers: None) -> None:
+    def mine(signum: int, frame: object) -> None:
+        return None
+
+    signal.signal(signal.SIGTERM, mine)
+    interrupt_on_stop_signals()
+    assert signal.getsignal(signal.SIGTERM) is mine
+
+
+def test_training_stops_at_a_step_on_hangup_unless_ignored(restore_handlers: None) -> None:
+    notes: list[str] = []
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    with StopFlag(notes.append) as flag:
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert flag.requested and notes  # a resumable last.pt is saved at the next step boundary
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with StopFlag(notes.append) as flag:
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert not flag.requested
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # restored on exit
