@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import threading
 from typing import Annotated, Any
 
@@ -112,5 +115,26 @@ def main() -> None:
     threading.excepthook = _thread_os_error
     runtime.interrupt_on_stop_signals()  # kill and a closed terminal clean up as Ctrl-C does
     ui.pin_terminal()  # before fd 2 becomes routed()'s pipe
-    with native_messages.routed():
-        app()
+    try:
+        with native_messages.routed():
+            app()
+    except KeyboardInterrupt:  # the command had finished; its output was being flushed
+        ui.error("interrupted")
+        raise SystemExit(130) from None
+    finally:
+        _exit_at_once_on_stop()
+
+
+def _exit_at_once_on_stop() -> None:
+    """The command is over: a Ctrl-C (or SIGTERM) while Python shuts down, joining worker and
+    pool threads, would print a traceback of that shutdown; it now ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for sig in (signal.SIGINT, *runtime.stop_signals()):
+        signal.signal(sig, _exit_now)
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    os._exit(130)

@@ -329,7 +329,7 @@ def test_missing_masks_and_bad_pairs_are_named_in_one_error(tmp_path: Path) -> N
     assert message.startswith("3 bad image/mask pair(s)")
     assert "im/s00.jpg: no mask gt/s00.png" in message
     assert "s01.png holds only the values 0 and 1" in message
-    assert "s02.jpg is 64x64 but its mask s02.png is 64x32" in message
+    assert "im/s02.jpg is 64x64 but its mask gt/s02.png is 64x32" in message
     assert (info.value.hint or "").startswith("1 of 4 training images have no mask: pass --teacher")
 
 

@@ -153,3 +153,21 @@ def test_two_runs_share_one_cache(split: Path, tmp_path: Path) -> None:
 def test_evaluate_names_a_jobs_value_that_is_not_an_int(split: Path, tmp_path: Path, jobs: object) -> None:
     with pytest.raises(TypeError, match="jobs must be an int or None"):
         evaluate(split / "pred", split / "gt", jobs=jobs, cache_dir=tmp_path)  # type: ignore[arg-type]
+
+
+def _ignores_ctrl_c(worker: bool) -> bool:
+    import signal
+
+    return worker and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_scoring_workers_leave_ctrl_c_to_the_main_process() -> None:
+    """Ctrl-C reaches the whole process group: workers that took it printed tracebacks. They start
+    with SIGINT ignored, and the main process's own handler is back afterwards."""
+    import signal
+
+    from pdseg_cli.engine.evaluate import _run_parallel
+
+    before = signal.getsignal(signal.SIGINT)
+    assert list(_run_parallel([(_ignores_ctrl_c, ()), (_ignores_ctrl_c, ())], 2)) == [True, True]
+    assert signal.getsignal(signal.SIGINT) is before

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import edge_case_split, flat
+from helpers import edge_case_split, flat, no_space
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -648,3 +648,30 @@ def test_masks_kept_only_in_an_alpha_channel_are_named(tmp_path: Path) -> None:
         )
     opaque = _run("--split", tmp_path / "set", "--pred", tmp_path / "pred", cache=tmp_path / "c")
     assert "the map is probably in the alpha channel" not in flat(opaque.stderr)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can write in")
+def test_unwritable_outputs_are_refused_before_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only --json/--csv folder was found only after the whole run, and a read-only
+    --save-preds was called --out, an option the user never typed."""
+    split = _split_unrun(tmp_path, monkeypatch, "the model ran before the outputs were checked")
+    weights = ["--split", split, "--weights", tmp_path / "w.pt"]
+    for option in ("--json", "--csv"):
+        result = _run(*weights, option, f"/proc/report.{option[2:]}", cache=tmp_path / "c")
+        assert result.exit_code == 2 and f"{option} /proc/report.{option[2:]} cannot be written" in flat(
+            result.output
+        )
+    result = _run(*weights, "--save-preds", "/proc/preds", cache=tmp_path / "c")
+    assert result.exit_code == 2 and "--save-preds /proc/preds cannot be written" in flat(result.output)
+    (tmp_path / "afile").write_text("x")
+    result = _run(*weights, "--csv", tmp_path / "afile" / "x.csv", cache=tmp_path / "c")
+    assert result.exit_code == 2 and f"{tmp_path / 'afile'}isafile,notafolder" in no_space(result.output)
+
+
+def test_the_start_line_counts_the_processes_that_run(tmp_path: Path) -> None:
+    split = edge_case_split(tmp_path / "s", CASES)
+    args = ["--split", split, "--pred", split / "pred", "--cache-dir", tmp_path / "c", "--jobs", "64"]
+    result = runner.invoke(app, ["eval", *map(str, args)])
+    assert result.exit_code == 0 and f"· {len(CASES)} processes ·" in result.output  # not 64

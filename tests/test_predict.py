@@ -379,8 +379,8 @@ def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path
     assert result.exit_code == 2, result.output
     text = no_space(result.output)
     assert "holds2filesthatpdsegdidnotwriteandwouldreplace" in text
-    assert "a.png(a8-bitPNGof3channels;pdseg'smaskhas1)" in text
-    assert "c_alpha.png(notaPNGorTIFF;pdseg'salphahas4)" in text
+    assert "a.png(an8-bitPNGwith3channels;pdseg'smaskhas1)" in text
+    assert "c_alpha.png(notanimage,northe4-channelPNGpdsegwritesasanalpha)" in text
     assert (out / "a.png").read_bytes() == photo
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c_alpha.png"]
     # its own earlier outputs are replaced on a rerun, as before (16-bit c.tif's alpha is a TIFF)
@@ -391,14 +391,14 @@ def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path
     # --skip-existing does not take the photo for a.jpg's mask: a.jpg is not skipped, so refused
     cv2.imwrite(str(out / "a.png"), _img(20, 30))
     skipped = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha", "--skip-existing")
-    assert skipped.exit_code == 2 and "a.png(a8-bitPNGof3channels;" in no_space(skipped.output)
+    assert skipped.exit_code == 2 and "a.png(an8-bitPNGwith3channels;" in no_space(skipped.output)
     assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # still the photo
     # a 16-bit gray PNG (a depth map) is no mask pdseg wrote either; a .tif beside an 8-bit
     # input's outputs is never written to, so it does not matter
     cv2.imwrite(str(out / "a.png"), np.zeros((4, 4), np.uint16))
     (out / "a_alpha.tif").write_text("an unrelated file")
     depth = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha")
-    assert depth.exit_code == 2 and "a.png(a16-bitPNGof1channel;" in no_space(depth.output)
+    assert depth.exit_code == 2 and "a.png(a16-bitPNGwith1channel;" in no_space(depth.output)
     assert "a_alpha.tif" not in depth.output
     (out / "a.png").unlink()
     assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
@@ -484,6 +484,7 @@ def test_ctrl_c_leaves_no_partial_file(
     result = _run(folder, "-o", out, "-w", ckpt)
     assert result.exit_code == 130
     assert [p.name for p in out.iterdir()] == ["a.png"]  # the first image, complete
+    assert "stopped after 1 of 3 images: 1 done, 0 failed" in flat(result.output)  # how far it got
     assert cv2.imread(str(out / "a.png")) is not None
     result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")  # and the run resumes
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]

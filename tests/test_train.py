@@ -257,7 +257,7 @@ def test_bad_pairs_are_all_named_before_training(tmp_path: Path, data: dict[str,
         train(tiny(tmp_path / "run", data, train_dir=bad))
     message = str(info.value)
     assert "5 bad image/mask pair(s)" in message
-    for name in ("s01.jpg", "orphan.png", "s03.jpg", "s04.jpg is 64x64 but its mask s04.png is 48x32",
+    for name in ("s01.jpg", "orphan.png", "s03.jpg", "im/s04.jpg is 64x64 but its mask gt/s04.png is 48x32",
                  "s05.png holds only the values 0 and 1"):  # fmt: skip
         assert name in message
     assert not (tmp_path / "run" / "last.pt").exists()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import difflib
 from pathlib import Path
 from typing import Annotated
 
@@ -16,12 +16,7 @@ from pdseg_cli.commands._common import (
     user_errors,
     weights_option,
 )
-
-
-class BenchmarkMode(str, Enum):
-    optimized = "optimized"
-    plain = "plain"
-    compare = "compare"
+from pdseg_cli.errors import InputError
 
 
 def benchmark(
@@ -56,12 +51,13 @@ def benchmark(
         weights_option("pdseg checkpoint to time instead of random weights (the speed is the same)."),
     ] = None,
     mode: Annotated[
-        BenchmarkMode,
+        str,  # not an Enum, whose bad values get click's usage box: checked below with a did-you-mean
         typer.Option(
             "--mode",
+            metavar="<optimized|plain|compare>",
             help="optimized: the fast inference form; plain: the model as built; compare: both, alternating.",
         ),
-    ] = BenchmarkMode.optimized,
+    ] = "optimized",
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads (default: torch's).")
     ] = None,
@@ -93,9 +89,16 @@ def benchmark(
       pdseg benchmark -d cuda -p bf16 -b 8 -s 1024 --compile reduce-overhead
     """
     with user_errors():
-        from pdseg_cli.engine.benchmark import run_benchmark
+        from pdseg_cli.engine.benchmark import MODES, run_benchmark
         from pdseg_cli.ui import benchmark as show
 
+        wanted = mode.strip().lower()
+        if wanted not in MODES:  # before the model is built, with the closest name
+            close = difflib.get_close_matches(wanted, MODES, n=1)
+            raise InputError(
+                f"--mode {mode!r} is not a benchmark mode (choose from {', '.join(MODES)})",
+                hint=f"did you mean --mode {close[0]}?" if close else "e.g. --mode compare",
+            )
         report = run_benchmark(
             variant if variant is not None or weights is not None else "pdseg-b",
             size or [512, 1024],
@@ -105,7 +108,7 @@ def benchmark(
             runs=runs,
             warmup=warmup,
             weights=weights,
-            mode=mode.value,
+            mode=wanted,
             threads=threads,
             compile=compile_mode,
             on_progress=None if json_out else show.progress,

@@ -206,7 +206,8 @@ def eval_(
             if cache_note:
                 ui.warn(cache_note)
             no_cache = cache is None
-            view.start(n_images, names, n_jobs, str(cache) if cache else None)
+            # the processes that will run: no more than there are images
+            view.start(n_images, names, max(1, min(n_jobs, n_images)), str(cache) if cache else None)
             with view.progress("eval", n_images) as advance:
                 report = ev.evaluate_plans(
                     plans,
@@ -302,7 +303,7 @@ def _is_stdout(path: Path) -> bool:
 def _check_writable(option: str, path: Path) -> None:
     """Refuse an output path that cannot be written, or that names an image (a slip that would
     replace a mask or map being scored with text), before the (long) scoring starts."""
-    from pdseg_cli.data.images import IMAGE_SUFFIXES
+    from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name for the output")
@@ -312,8 +313,11 @@ def _check_writable(option: str, path: Path) -> None:
             hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
         )
     parent = path.expanduser().resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"cannot write {option} {path}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise InputError(f"cannot write {option} {path}: the folder {parent} does not exist")
+    check_writable_folder(parent, f"{option} {path}")  # a read-only disk said so only after the run
 
 
 def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import difflib
 from pathlib import Path
 from typing import Annotated
 
@@ -19,11 +19,6 @@ from pdseg_cli.errors import InputError
 from pdseg_cli.ui import export as show
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-
-
 def export(
     ctx: typer.Context,
     out: Annotated[
@@ -36,8 +31,14 @@ def export(
         Path | None, weights_option(f"pdseg checkpoint (.pt) to export. {DEFAULT_WEIGHTS_TEXT}")
     ] = None,
     fmt: Annotated[
-        ExportFormat | None,
-        typer.Option("--format", "-f", help="File format (default: from --out: .ts TorchScript, else ONNX)."),
+        str | None,  # not an Enum, whose bad values get click's usage box: checked below with a did-you-mean
+        typer.Option(
+            "--format",
+            "-f",
+            metavar="<onnx|torchscript>",
+            help="File format (default: from --out: .ts TorchScript, else ONNX).",
+            show_default=False,
+        ),
     ] = None,
     half: Annotated[
         bool,
@@ -83,6 +84,7 @@ def export(
         from pdseg_cli.engine.export import (
             DEFAULT_CHECK_SHAPES,
             DEFAULT_OPSET,
+            FORMATS,
             ExportCheckError,
             ExportWriteError,
             export_checkpoint,
@@ -93,7 +95,17 @@ def export(
 
         shapes = [parse_shape(s) for s in check_shape] if check_shape else list(DEFAULT_CHECK_SHAPES)
         warn_unused(ctx, {"check_shape": None if check else "--check-shape has no effect with --no-check"})
-        chosen = format_for(out, None if fmt is None else fmt.value)
+        wanted = None if fmt is None else fmt.strip().lower()
+        # checked before the checkpoint is read, with the closest name
+        if wanted is not None and wanted not in FORMATS:
+            close = difflib.get_close_matches(wanted, FORMATS, n=1)
+            raise InputError(
+                f"--format {fmt!r} is not an export format (choose from {', '.join(FORMATS)})",
+                hint=f"did you mean --format {close[0]}?"
+                if close
+                else "leave --format out: --out's extension decides",
+            )
+        chosen = format_for(out, wanted)
         if opset is not None and chosen != "onnx":
             raise InputError(f"--opset is for ONNX files; {out} is {chosen}", hint="drop --opset")
         try:

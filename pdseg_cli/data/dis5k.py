@@ -213,7 +213,26 @@ class PairScan:
 
 
 def _no_mask(image: Path, stem: str) -> str:
-    return f"{IMAGE_DIR}/{image.name}: no mask {MASK_DIR}/{stem}{MASK_EXT}"
+    return f"{_in_folder(image)}: no mask {MASK_DIR}/{stem}{MASK_EXT}"
+
+
+def _in_folder(path: Path) -> str:
+    """A file of a dataset folder as problems name it, relative to that folder: ``im/cat.jpg``,
+    ``gt/cat.png`` (one way for every problem, whichever check found it)."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _named_in_folder(text: str, pair: Pair) -> str:
+    """``text`` (a reader's message, which names files by their full paths) with the pair's files
+    named as :func:`_in_folder` names them, and its teacher map as that of its image."""
+    for path, name in (
+        (pair.image, _in_folder(pair.image)),
+        (pair.mask, None if pair.mask is None else _in_folder(pair.mask)),
+        (pair.teacher, f"the teacher's map of {_in_folder(pair.image)}"),
+    ):
+        if path is not None and name is not None:
+            text = text.replace(str(path), name)
+    return text
 
 
 def scan_pairs(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> PairScan:
@@ -291,13 +310,16 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
         target = read.array
         problem = training_mask_problem(read) if path == pair.mask else None
         if problem:
-            raise DataError(f"{path.name} {problem} (masks are 8-bit gray: store them as 0/255)")
+            raise DataError(f"{_in_folder(path)} {problem} (masks are 8-bit gray: store them as 0/255)")
         if target.shape[:2] != pixels.shape[:2]:
             (h, w), (mh, mw) = pixels.shape[:2], target.shape[:2]
-            raise DataError(f"{pair.image.name} is {w}x{h} but its mask {path.name} is {mw}x{mh}")
+            its = f"mask {_in_folder(path)}" if path == pair.mask else "teacher map"
+            raise DataError(f"{_in_folder(pair.image)} is {w}x{h} but its {its} is {mw}x{mh}")
         targets.append(target)
     if pair.needs_teacher() and targets[1] is None:
-        raise DataError(f"{pair.image.name} has no mask and no teacher map", hint="pass --teacher MODEL")
+        raise DataError(
+            f"{_in_folder(pair.image)} has no mask and no teacher map", hint="pass --teacher MODEL"
+        )
     mask = blend_targets(targets[0], targets[1], pair.teacher_weight)
     image = resize_image(to_float_rgb(pixels), (size, size))
     if mask.shape[:2] != (size, size):
@@ -417,16 +439,20 @@ def prepare_samples(
     problems = list(scan.problems)
 
     def work(index: int) -> str | None:
+        pair = store.pairs[index]
+        # a pair of another training folder than the first is named with its folder, as
+        # merge_scans names its pairing problems
+        folder = pair.image.parent.parent
+        prefix = "" if folder == scan.folder else f"{folder}: "
         try:
             store.prepare_one(index)
         except CacheWriteError:
             raise
         except PdsegError as exc:
-            return exc.message
+            return prefix + _named_in_folder(exc.message, pair)
         except (OSError, ValueError, cv2.error) as exc:
-            pair = store.pairs[index]
-            names = pair.image.name + (f"/{pair.mask.name}" if pair.mask is not None else "")
-            return f"{names}: {type(exc).__name__}: {exc}"
+            names = " and ".join(_in_folder(p) for p in (pair.image, pair.mask) if p is not None)
+            return f"{prefix}{names}: {type(exc).__name__}: {_named_in_folder(str(exc), pair)}"
         return None
 
     done = 0

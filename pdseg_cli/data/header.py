@@ -7,6 +7,10 @@ PNG (IHDR), JPEG (the first SOFn marker), BMP (BITMAPINFOHEADER), WebP (VP8, VP8
 
 The first bytes also say what a file is whatever its name (:func:`image_kind`): the reader picks
 tifffile or OpenCV by them, and names the real format when a file cannot be decoded.
+
+:func:`header_extras` reads what the reader keeps besides the pixels: the embedded ICC profile
+(JPEG APP2, PNG iCCP, WebP ICCP; a TIFF's tag through :func:`tiff_icc_profile`), whether the file
+holds alpha, and a PNG's or WebP's EXIF orientation.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import re
 import struct
 import threading
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +275,232 @@ def _webp(head: bytes) -> tuple[int, int] | None:
         w, h = struct.unpack("<HH", head[26:30])
         return w & 0x3FFF, h & 0x3FFF
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# what the reader keeps besides the pixels: the colour profile, whether there is alpha, orientation
+
+ICC_PROFILE_TAG = 34675  # TIFF InterColorProfile
+_MAX_ICC = 1 << 25  # 32 MiB: larger than any real profile; a "profile" over it is damage, not colour
+_JPEG_ICC = b"ICC_PROFILE\x00"
+
+
+@dataclass(frozen=True)
+class HeaderExtras:
+    """What a PNG, JPEG or WebP header says beyond the size (:func:`header_extras`).
+
+    Attributes:
+        icc_profile: the embedded ICC profile, when it is whole and describes RGB (a gray or CMYK
+            profile does not describe the RGB pdseg makes of such a file); None otherwise.
+        has_alpha: the file stores an alpha channel (PNG gray+alpha or RGBA, a palette with
+            transparency; WebP with alpha). OpenCV drops it unless asked to decode unchanged.
+        orientation: the EXIF Orientation of a PNG or WebP (1-8; 1 when absent), read as OpenCV
+            reads it: a decode that keeps alpha must apply it itself (OpenCV skips it then).
+    """
+
+    icc_profile: bytes | None = None
+    has_alpha: bool = False
+    orientation: int = 1
+
+
+def header_extras(path: Path, head: bytes) -> HeaderExtras:
+    """The ICC profile, alpha and EXIF orientation of a JPEG, PNG or WebP file, parsed from its
+    chunks or segments with ``struct`` and ``zlib``. ``head``: its first bytes (:func:`read_head`);
+    the file is read further only where a chunk lies past them. A damaged or absent part reads as
+    absent (no profile, no alpha, orientation 1): it never raises. TIFFs: see :func:`tiff_icc_profile`."""
+    try:
+        with _FileBytes(path, head) as data:
+            if head.startswith(b"\x89PNG\r\n\x1a\n"):
+                return _png_extras(data)
+            if head.startswith(b"\xff\xd8"):
+                return HeaderExtras(icc_profile=_jpeg_icc(data))
+            if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+                return _webp_extras(data)
+    except (OSError, struct.error, ValueError, IndexError, zlib.error):
+        pass
+    return HeaderExtras()
+
+
+def tiff_icc_profile(value: Any) -> bytes | None:
+    """A TIFF's InterColorProfile tag value (tifffile gives bytes; some writers a BYTE array) as a
+    profile, under :func:`header_extras`'s rules; None when it is not one."""
+    try:
+        profile = value if isinstance(value, bytes) else bytes(bytearray(value))
+    except (TypeError, ValueError):
+        return None
+    return _rgb_profile(profile)
+
+
+def _rgb_profile(profile: bytes | None) -> bytes | None:
+    """``profile`` when it looks whole (its header's size is not past its end, the ``acsp``
+    signature is in place) and its data colour space is RGB; else None."""
+    if profile is None or not 128 <= len(profile) <= _MAX_ICC:
+        return None
+    (size,) = struct.unpack(">I", profile[:4])
+    if size > len(profile) or profile[36:40] != b"acsp" or profile[16:20] != b"RGB ":
+        return None
+    return profile
+
+
+class _FileBytes:
+    """A file's bytes by offset: from the head already read where it holds them, else from the file
+    (opened on the first such read)."""
+
+    def __init__(self, path: Path, head: bytes) -> None:
+        self.path, self.head = path, head
+        self.file: Any = None
+
+    def __enter__(self) -> _FileBytes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        if offset + size <= len(self.head):
+            return self.head[offset : offset + size]
+        if self.file is None:
+            self.file = open(self.path, "rb")  # closed by __exit__
+        self.file.seek(offset)
+        return bytes(self.file.read(size))
+
+
+def _png_extras(data: _FileBytes) -> HeaderExtras:
+    """Walk a PNG's chunks: iCCP and tRNS before IDAT (where they must be), eXIf anywhere (OpenCV
+    reads it after the image data too; looked for only when alpha makes it needed)."""
+    ihdr = data.read(8, 25)
+    if ihdr[4:8] != b"IHDR":
+        return HeaderExtras()
+    colour_type = ihdr[17]
+    alpha = colour_type in (4, 6)
+    icc: bytes | None = None
+    orientation, exif_seen, image_seen = 1, False, False
+    offset = 8
+    while True:
+        chunk = data.read(offset, 8)
+        if len(chunk) < 8:
+            break
+        length, name = struct.unpack(">I", chunk[:4])[0], chunk[4:8]
+        if length > 2**31 - 1 or name == b"IEND":
+            break
+        if name == b"IDAT":
+            image_seen = True
+            if not alpha:  # no alpha: the orientation is OpenCV's to apply
+                break
+        elif name == b"iCCP" and not image_seen and icc is None:
+            icc = _png_iccp(data.read(offset + 8, length + 4), length)
+        elif name == b"tRNS" and not image_seen and colour_type == 3:
+            alpha = True
+        elif name == b"eXIf" and not exif_seen:
+            exif_seen = True
+            orientation = exif_orientation(data.read(offset + 8, length))
+        if image_seen and exif_seen:
+            break
+        offset += 12 + length
+    return HeaderExtras(icc_profile=icc, has_alpha=alpha, orientation=orientation)
+
+
+def _png_iccp(body: bytes, length: int) -> bytes | None:
+    """The profile in an iCCP chunk's data (``body``: the data and its CRC): a name of 1-79
+    bytes, a NUL, the compression method (0: zlib) and the compressed profile."""
+    chunk, crc = body[:length], body[length : length + 4]
+    if len(crc) < 4 or zlib.crc32(b"iCCP" + chunk) != struct.unpack(">I", crc)[0]:
+        return None
+    end = chunk.find(b"\x00", 0, 80)
+    if end < 1 or chunk[end + 1 : end + 2] != b"\x00":
+        return None
+    inflate = zlib.decompressobj()
+    profile = inflate.decompress(chunk[end + 2 :], _MAX_ICC + 1)
+    if not inflate.eof:  # cut short, or a "profile" larger than any real one
+        return None
+    return _rgb_profile(profile)
+
+
+def _jpeg_icc(data: _FileBytes) -> bytes | None:
+    """The ICC profile of a JPEG: the APP2 segments that start ``ICC_PROFILE\\0``, each with its
+    sequence number and the count (1-based), joined in sequence order. A missing, repeated or
+    inconsistent part means no profile."""
+    parts: dict[int, bytes] = {}
+    count = 0
+    offset = 2
+    while True:
+        marker = data.read(offset, 4)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            break
+        code = marker[1]
+        if code == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:  # no length
+            offset += 2
+            continue
+        if code in (0xD9, 0xDA) or len(marker) < 4:  # end of image, start of scan: no more headers
+            break
+        (length,) = struct.unpack(">H", marker[2:4])
+        if length < 2:
+            break
+        if code == 0xE2 and length >= 2 + len(_JPEG_ICC) + 2:
+            body = data.read(offset + 4, length - 2)
+            if body.startswith(_JPEG_ICC):
+                seq, total = body[12], body[13]
+                if seq < 1 or seq > total or seq in parts or (count and total != count):
+                    return None
+                count = total
+                parts[seq] = body[14:]
+        offset += 2 + length
+    if not parts or len(parts) != count:
+        return None
+    return _rgb_profile(b"".join(parts[seq] for seq in range(1, count + 1)))
+
+
+def _webp_extras(data: _FileBytes) -> HeaderExtras:
+    """Walk a WebP's RIFF chunks: ICCP, EXIF, and alpha from the VP8X flags or a lossless
+    bitstream's header (a lossy one without VP8X has none)."""
+    (riff_size,) = struct.unpack("<I", data.read(4, 4))
+    end = 8 + riff_size
+    icc: bytes | None = None
+    alpha, orientation = False, 1
+    offset = 12
+    while offset + 8 <= end:
+        header = data.read(offset, 8)
+        if len(header) < 8:
+            break
+        name, (size,) = header[:4], struct.unpack("<I", header[4:8])
+        if name == b"VP8X":
+            alpha = bool(data.read(offset + 8, 1)[0] & 0x10)
+        elif name == b"VP8L" and offset == 12:  # a simple lossless file: alpha_is_used in its header
+            bits = int.from_bytes(data.read(offset + 9, 4), "little")
+            alpha = bool((bits >> 28) & 1)
+        elif name == b"ICCP" and icc is None:
+            icc = _rgb_profile(data.read(offset + 8, size)) if size <= _MAX_ICC else None
+        elif name == b"EXIF":
+            orientation = exif_orientation(data.read(offset + 8, size))
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+    return HeaderExtras(icc_profile=icc, has_alpha=alpha, orientation=orientation)
+
+
+def exif_orientation(exif: bytes) -> int:
+    """The Orientation (tag 274) in the first directory of an EXIF block (a TIFF header, then
+    directories), as OpenCV reads a PNG's or WebP's: no ``Exif\\0\\0`` prefix, the first 16 bits
+    of the value field. 1 when absent, damaged or out of 1-8."""
+    try:
+        order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+        if order is None:
+            return 1
+        magic, first = struct.unpack(order + "HI", exif[2:8])
+        if magic != 42:
+            return 1
+        (entries,) = struct.unpack(order + "H", exif[first : first + 2])
+        for i in range(entries):
+            entry = exif[first + 2 + 12 * i : first + 14 + 12 * i]
+            tag, value = struct.unpack(order + "H6xH2x", entry)
+            if tag == 274:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
 
 
 _capture = threading.local()  # the list this thread's tifffile messages go to, while it reads a file

@@ -7,7 +7,12 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
   is a TIFF's Orientation tag.
 * Grayscale is repeated into three channels; CMYK JPEGs and TIFFs, and CIELab TIFFs, are
   converted to RGB. A TIFF in a colour space pdseg does not convert is refused, not misread.
-* An alpha channel is dropped: pdseg segments the colours, whatever the alpha says.
+* An alpha channel is not segmented: pdseg segments the colours, whatever the alpha says. An 8- or
+  16-bit alpha (PNG, WebP, TIFF) is kept beside them (``LoadedImage.alpha``, oriented as the
+  colours are) for cut-outs, which multiply it into their own; an opaque one is not kept.
+* An embedded ICC profile (JPEG, PNG, WebP, TIFF) is kept as its bytes (``LoadedImage.icc_profile``)
+  when it is whole and describes RGB, for the outputs made of the image's colours to carry; a
+  damaged one is passed over silently (:func:`pdseg_cli.data.header.header_extras`).
 * The reader is chosen by the file's first bytes, not its name (a PNG saved as ``.tif`` is a PNG).
 * TIFFs are read with tifffile (8/16/32-bit integer and float, gray/RGB/RGBA, planar or
   interleaved, BigTIFF, compressed). A multi-page TIFF gives its first full-resolution page (a
@@ -27,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +45,15 @@ import numpy as np
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.header import (
+    ICC_PROFILE_TAG,
     TIFF_MAGICS,
+    HeaderExtras,
     PnmHeader,
+    header_extras,
     image_kind,
     pnm_header,
     read_head,
+    tiff_icc_profile,
     tifffile_messages,
 )
 from pdseg_cli.errors import InputError, first_line
@@ -69,7 +80,8 @@ _SUFFIX_KINDS = {
     **dict.fromkeys((".pbm", ".pgm", ".ppm", ".pnm"), "PNM"),
 }
 
-# colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF)
+# colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF:
+# a file with alpha is decoded unchanged and oriented by the reader itself, :func:`_read_cv2_image`)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
 
@@ -82,11 +94,18 @@ class LoadedImage:
         pixels: (H, W, 3) RGB; uint8, uint16, or float32 for floating-point TIFFs.
         path: where it was read from.
         warnings: things the user should know (e.g. "multi-page TIFF: first page used").
+        alpha: the file's own alpha, (H, W) of ``pixels``' dtype (uint8 or uint16; 0 transparent,
+            the type's maximum opaque), oriented as ``pixels``; None when the file has none, when
+            it is opaque everywhere, or for float images.
+        icc_profile: the file's embedded ICC profile (an RGB one), as its bytes; None when absent,
+            damaged or not RGB.
     """
 
     pixels: np.ndarray
     path: Path
     warnings: list[str] = field(default_factory=list)
+    alpha: np.ndarray | None = None
+    icc_profile: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -128,12 +147,13 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                 hint="pass a larger --max-pixels if this machine has the memory for it",
             )
     warnings: list[str] = []
+    alpha: np.ndarray | None  # a view of the decoded array's alpha channel
     if head.startswith(TIFF_MAGICS):  # by the content: a TIFF named .jpg is a TIFF, a PNG named .tif a PNG
-        array = _read_tiff(path, warnings)
+        array, alpha, icc = _read_tiff(path, warnings)
     else:
-        array = _read_cv2(path, warnings)
-        if array.ndim == 3:
-            array = array[..., ::-1]  # BGR -> RGB
+        extras = header_extras(path, head)
+        array, alpha = _read_cv2_image(path, extras, warnings)
+        icc = extras.icc_profile
         if image_kind(head) == "PNM":
             array = _pnm_full_scale(array, pnm_header(head))
     try:
@@ -144,7 +164,36 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         raise InputError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
     if pixels.dtype == np.float32:
         pixels = _finite(pixels, path, warnings)
-    return LoadedImage(np.ascontiguousarray(pixels), path, warnings)
+    alpha = _kept_alpha(alpha, pixels.dtype)
+    return LoadedImage(np.ascontiguousarray(pixels), path, warnings, alpha=alpha, icc_profile=icc)
+
+
+def _read_cv2_image(
+    path: Path, extras: HeaderExtras, warnings: list[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A file OpenCV decodes -> (RGB array, a view of its alpha channel or None).
+
+    A file whose header says it holds alpha is decoded unchanged (BGRA), which is the only way
+    OpenCV keeps alpha, and skips the EXIF orientation it otherwise applies: the reader applies it
+    to the whole array, so the colours end up as OpenCV would orient them and the alpha with them.
+    """
+    if not extras.has_alpha:
+        array = _read_cv2(path, warnings)
+        return (array[..., ::-1] if array.ndim == 3 else array), None  # BGR -> RGB
+    array = orient(_read_cv2(path, warnings, cv2.IMREAD_UNCHANGED), extras.orientation)
+    if array.ndim == 3 and array.shape[2] == 4:
+        return array[..., 2::-1], array[..., 3]  # BGRA -> RGB, A
+    return (array[..., ::-1] if array.ndim == 3 else array), None
+
+
+def _kept_alpha(alpha: np.ndarray | None, dtype: np.dtype[Any]) -> np.ndarray | None:
+    """The alpha a :class:`LoadedImage` keeps: an 8- or 16-bit one of the colours' own sample type
+    (as PNG and TIFF store them), not opaque everywhere (a cut-out would be its map unchanged)."""
+    if alpha is None or alpha.dtype != dtype or dtype not in (np.uint8, np.uint16):
+        return None
+    if int(alpha.min()) == np.iinfo(dtype).max:
+        return None
+    return np.ascontiguousarray(alpha)
 
 
 def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
@@ -218,7 +267,8 @@ def _opencv_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
-def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
+def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+    """A TIFF's page -> (array, a view of its alpha channel or None, its ICC profile or None)."""
     import tifffile
 
     from pdseg_cli.data.header import full_resolution_page
@@ -227,6 +277,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
     extra_samples: tuple[int, ...] = ()
     compression: str | None = None  # its name, for a missing codec's message
     colormap: np.ndarray | None = None
+    icc: bytes | None = None
     array: np.ndarray | None = None
     failure: Exception | None = None  # why tifffile could not decode the page
     try:
@@ -251,6 +302,8 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
             orientation = int(tag.value) if tag is not None else 1
             colormap = getattr(page, "colormap", None)
             axes = page.axes
+            profile = page.tags.get(ICC_PROFILE_TAG)
+            icc = tiff_icc_profile(profile.value) if profile is not None else None
             if not by_libtiff:
                 array = page.asarray()
     except InputError:
@@ -265,8 +318,23 @@ def _read_tiff(path: Path, warnings: list[str]) -> np.ndarray:
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
     warnings.extend(f"{path}: tifffile said: {m} (read anyway)" for m in said)
     if array is None:
-        return _read_tiff_libtiff(path, warnings, index, extra_samples, photometric, compression, failure)
-    return orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
+        array, alpha = _read_tiff_libtiff(
+            path, warnings, index, extra_samples, photometric, compression, failure
+        )
+        return array, alpha, icc
+    array = orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
+    return array, _tiff_alpha(array, photometric, extra_samples), icc
+
+
+def _tiff_alpha(array: np.ndarray, photometric: int, extra_samples: tuple[int, ...]) -> np.ndarray | None:
+    """The alpha channel of a gray or RGB page (the first extra sample, when ExtraSamples calls it
+    associated or unassociated alpha), as a view; None for other pages."""
+    colours = {_PHOTOMETRIC_MINISWHITE: 1, _PHOTOMETRIC_MINISBLACK: 1, _PHOTOMETRIC_RGB: 3}.get(photometric)
+    if colours is None or not extra_samples or extra_samples[0] not in _ALPHA_SAMPLES:
+        return None
+    if array.ndim != 3 or array.shape[2] <= colours:
+        return None
+    return array[..., colours]
 
 
 def _pages_note(path: Path, count: int, index: int) -> str:
@@ -328,9 +396,10 @@ def _read_tiff_libtiff(
     photometric: int,
     compression: str | None,
     failure: Exception | None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The TIFF page tifffile did not decode (``failure``) or must not (YCbCr), through OpenCV's
-    libtiff, which applies the Orientation tag itself."""
+    libtiff, which applies the Orientation tag itself -> (RGB array, a view of its unassociated
+    alpha or None)."""
     unassociated = _UNASSOCIATED_ALPHA in extra_samples
     flags = cv2.IMREAD_UNCHANGED if unassociated else _CV2_FLAGS
     # Lab is converted from tifffile's samples only (libtiff's own conversion takes another white)
@@ -350,11 +419,11 @@ def _read_tiff_libtiff(
         ) from None
     if unassociated and array.ndim == 3 and array.shape[2] == 4:
         # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either
-        # way); only libtiff's 8-bit RGBA reader premultiplies, and alpha is dropped for all
+        # way); only libtiff's 8-bit RGBA reader premultiplies
         if array.dtype == np.uint8:
             array = _unpremultiply(array, path, warnings)
-        array = array[..., :3]
-    return array[..., ::-1] if array.ndim == 3 else array
+        return array[..., 2::-1], array[..., 3]  # BGRA -> RGB, A
+    return (array[..., ::-1] if array.ndim == 3 else array), None
 
 
 def _unpremultiply(bgra: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
@@ -396,7 +465,9 @@ _TAG_ORIENTATION = 274
 _TAG_INKSET = 332
 _TAG_EXTRA_SAMPLES = 338
 _UNASSOCIATED_ALPHA = 2  # ExtraSamples value: alpha not multiplied into the colours
+_ALPHA_SAMPLES = frozenset({1, _UNASSOCIATED_ALPHA})  # ExtraSamples 1: associated alpha
 _PHOTOMETRIC_MINISWHITE = 0
+_PHOTOMETRIC_MINISBLACK = 1
 _PHOTOMETRIC_RGB = 2
 _PHOTOMETRIC_PALETTE = 3
 _PHOTOMETRIC_SEPARATED = 5  # CMYK when InkSet is 1 (or absent) and there are 4 inks
@@ -631,10 +702,11 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
 
 
-def encode_png(pixels: np.ndarray, *, compression: int = 3) -> bytes:
+def encode_png(pixels: np.ndarray, *, compression: int = 3, icc_profile: bytes | None = None) -> bytes:
     """(H, W) gray or (H, W, 3|4) RGB(A), uint8 or uint16 -> PNG bytes.
 
     ``compression`` is zlib's level (OpenCV's default is 1; 3 is ~15% smaller and still fast).
+    ``icc_profile``: an ICC profile to embed (an iCCP chunk, :func:`png_with_icc_profile`).
     """
     if pixels.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds uint8 or uint16, got {pixels.dtype}")
@@ -642,23 +714,47 @@ def encode_png(pixels: np.ndarray, *, compression: int = 3) -> bytes:
     ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise OSError("OpenCV could not encode the PNG")
-    return buf.tobytes()
+    png = buf.tobytes()
+    return png if icc_profile is None else png_with_icc_profile(png, icc_profile)
 
 
-def write_png(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
-    """Write a PNG atomically (see :func:`encode_png` for what ``pixels`` may be)."""
-    write_bytes_atomic(path, encode_png(pixels))
+PNG_ICC_NAME = b"icc"  # the iCCP chunk's profile name (1-79 Latin-1 characters; readers ignore it)
 
 
-def write_tiff(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
+def png_with_icc_profile(png: bytes, profile: bytes) -> bytes:
+    """``png`` with an iCCP chunk holding ``profile`` right after IHDR (where the PNG specification
+    wants it: before PLTE and IDAT): the name, a NUL, compression method 0 and the zlib-compressed
+    profile, with its CRC. ``png`` must have no iCCP, sRGB or gAMA chunk (OpenCV writes none)."""
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+    if png[12:16] != b"IHDR":
+        raise ValueError("not a PNG starting with IHDR")
+    compressed = zlib.compress(profile, 9)
+    if len(PNG_ICC_NAME) + 2 + len(compressed) < 92:
+        # libpng drops an iCCP chunk under 92 bytes as "too short" (it reads 81, then wants a whole
+        # zlib stream): a tiny or very regular profile is stored uncompressed instead
+        compressed = zlib.compress(profile, 0)
+    data = PNG_ICC_NAME + b"\x00\x00" + compressed
+    chunk = struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def write_png(path: str | os.PathLike[str], pixels: np.ndarray, *, icc_profile: bytes | None = None) -> None:
+    """Write a PNG atomically (see :func:`encode_png` for what ``pixels`` and ``icc_profile`` may be)."""
+    write_bytes_atomic(path, encode_png(pixels, icc_profile=icc_profile))
+
+
+def write_tiff(path: str | os.PathLike[str], pixels: np.ndarray, *, icc_profile: bytes | None = None) -> None:
     """Write (H, W, 3|4) RGB(A) or (H, W) gray as a deflate-compressed TIFF, atomically.
 
     The sample type is kept (uint8, uint16 or float32). A 4th channel is stored as unassociated
-    alpha; files over 2 GB become BigTIFF.
+    alpha; files over 2 GB become BigTIFF. ``icc_profile``: an ICC profile to embed (tag 34675,
+    InterColorProfile).
     """
     import tifffile
 
     kwargs: dict[str, object] = {"compression": "zlib", "compressionargs": {"level": 6}}
+    if icc_profile is not None:
+        kwargs["iccprofile"] = icc_profile
     if pixels.ndim == 3:
         kwargs["photometric"] = "rgb"
         if pixels.shape[2] == 4:

@@ -173,7 +173,7 @@ class _Router:
 
 
 _router: _Router | None = None
-# set while a command routes: its worker processes (joblib's, spawned) call route_worker()
+# set while a command routes: its worker processes (eval's, spawned) call route_worker()
 _INHERIT = "PDSEG_ROUTE_DECODER_MESSAGES"
 
 

@@ -212,15 +212,53 @@ def alpha_at_depth(byte_map: np.ndarray, dtype: np.dtype[Any] | type) -> np.ndar
     return byte_map.astype(np.float32) / np.float32(255.0)
 
 
-def cutout(pixels: np.ndarray, byte_map: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB + (H, W) map -> (H, W, 4) RGBA at the image's sample type (alpha = the map)."""
+def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray) -> np.ndarray:
+    """A cut-out's alpha times the input's own: ``floor(alpha * input_alpha / max)``, exactly, in
+    the integer scale both share (``max`` 255 for uint8, 65535 for uint16). Input alpha 0 gives
+    0, a full one leaves ``alpha`` unchanged.
+
+    Args:
+        alpha: (H, W) uint8 or uint16, the map at the image's depth (:func:`alpha_at_depth`).
+        input_alpha: (H, W) of the same dtype, the image's own alpha (``LoadedImage.alpha``).
+
+    Raises:
+        ValueError: the two differ in shape or dtype, or are not uint8 or uint16.
+    """
+    if alpha.dtype != input_alpha.dtype or alpha.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"alpha of {alpha.dtype} and input alpha of {input_alpha.dtype}: expected one of uint8, uint16"
+        )
+    if alpha.shape != input_alpha.shape:
+        raise ValueError(f"alpha of shape {alpha.shape} and input alpha of shape {input_alpha.shape}")
+    top = np.uint32(np.iinfo(alpha.dtype).max)
+    out = np.empty_like(alpha)
+    rows = max(1, (1 << 22) // max(1, alpha.shape[1]))  # ~4M pixels a chunk bounds the uint32 temporaries
+    for r0 in range(0, alpha.shape[0], rows):
+        product = alpha[r0 : r0 + rows].astype(np.uint32) * input_alpha[r0 : r0 + rows]  # < 2**32
+        out[r0 : r0 + rows] = product // top
+    return out
+
+
+def cutout(pixels: np.ndarray, byte_map: np.ndarray, input_alpha: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) RGB + (H, W) map -> (H, W, 4) RGBA at the image's sample type (alpha = the map).
+
+    ``input_alpha``: the image's own alpha (uint8 or uint16, of ``pixels``' dtype), multiplied in
+    (:func:`with_input_alpha`): what was transparent in the input stays transparent.
+    """
     alpha = alpha_at_depth(byte_map, pixels.dtype)
     if alpha.dtype == np.float32:
         alpha *= np.float32(full_scale(pixels))  # float images keep their own full scale
+    if input_alpha is not None:
+        alpha = with_input_alpha(alpha, input_alpha)
     return np.concatenate([pixels, alpha[..., None]], axis=2)
 
 
-def composite(pixels: np.ndarray, byte_map: np.ndarray, background: Sequence[int]) -> np.ndarray:
+def composite(
+    pixels: np.ndarray,
+    byte_map: np.ndarray,
+    background: Sequence[int],
+    input_alpha: np.ndarray | None = None,
+) -> np.ndarray:
     """Blend the image over a plain colour: ``rgb * a + bg * (1 - a)`` with ``a = map / 255``.
 
     Args:
@@ -228,6 +266,8 @@ def composite(pixels: np.ndarray, byte_map: np.ndarray, background: Sequence[int
             over it are blended as they are).
         byte_map: (H, W) uint8 map.
         background: (r, g, b) in 0..255.
+        input_alpha: the image's own alpha (uint8 or uint16, of ``pixels``' dtype): ``a`` is then
+            :func:`cutout`'s alpha over its maximum, ``with_input_alpha(map at depth, input_alpha) / max``.
 
     Returns:
         (H, W, 3) RGB of the same sample type as ``pixels``.
@@ -238,7 +278,12 @@ def composite(pixels: np.ndarray, byte_map: np.ndarray, background: Sequence[int
     out = np.empty(pixels.shape, dtype=dtype)
     rows = max(1, (1 << 22) // max(1, pixels.shape[1]))  # ~4M pixels a chunk bounds the float temporaries
     for r0 in range(0, pixels.shape[0], rows):
-        a = byte_map[r0 : r0 + rows, :, None].astype(np.float32) / np.float32(255.0)
+        if input_alpha is None:
+            a = byte_map[r0 : r0 + rows, :, None].astype(np.float32) / np.float32(255.0)
+        else:
+            chunk = alpha_at_depth(byte_map[r0 : r0 + rows], dtype)
+            chunk = with_input_alpha(chunk, input_alpha[r0 : r0 + rows])
+            a = chunk[..., None].astype(np.float32) / np.float32(top)
         blend = pixels[r0 : r0 + rows].astype(np.float32) * a + bg * (np.float32(1.0) - a)
         if dtype == np.float32:
             out[r0 : r0 + rows] = blend

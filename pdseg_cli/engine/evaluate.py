@@ -23,7 +23,7 @@ How a pair is scored (``docs/metrics.md`` has every detail and reason):
   rows, metric by metric, as published DIS tables form theirs.
 
 Speed: GT-only work (skeleton, nearest-foreground choice, counts) is cached on disk per GT file
-content (:mod:`pdseg_cli.metrics.cache`), and images are scored in parallel with joblib.
+content (:mod:`pdseg_cli.metrics.cache`), and images are scored in parallel worker processes.
 
 Files are matched in :mod:`pdseg_cli.engine.eval_pairs`, the report's types and its JSON and CSV
 live in :mod:`pdseg_cli.engine.eval_report`, and ``--split`` names in :mod:`pdseg_cli.data.eval_splits`.
@@ -37,7 +37,9 @@ import hashlib
 import numbers
 import os
 import platform
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ from pdseg_cli import __version__
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
+from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.eval_pairs import (
     PairPlan,
     check_missing,
@@ -234,10 +237,41 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
         for fn, args in tasks:
             yield fn(*args, False)
         return
-    from joblib import Parallel, delayed
+    import concurrent.futures
+    import multiprocessing
 
-    parallel = Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator")
-    yield from parallel(delayed(fn)(*args, True) for fn, args in tasks)
+    # Ctrl-C reaches every process of the terminal's group: workers that took it printed
+    # tracebacks (some mid-import), and joblib's clean-up of them failed too. Workers started while
+    # SIGINT is ignored keep ignoring it (Python leaves an inherited SIG_IGN as it is), so only this
+    # process sees Ctrl-C, and it stops them. Spawned, not forked: this process has torch's and
+    # OpenCV's threads, which a fork does not carry over; a spawned worker starts one per submit
+    # while none is idle, so all of them start inside the window.
+    with _sigint_ignored():
+        executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+        )
+        futures = [executor.submit(fn, *args, True) for fn, args in tasks]
+    completed = False
+    try:
+        for future in futures:
+            yield future.result()
+        completed = True
+    finally:
+        # interrupted, or a worker failed: the queued tasks are dropped, the running ones end
+        executor.shutdown(wait=completed, cancel_futures=not completed)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the duration (in the main thread; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def all_cores() -> int:
@@ -605,28 +639,32 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
     Raises:
         DataError: the folder is a file, or naming the files that clash (old ones among themselves,
             or an old ``<stem>.jpg`` beside the ``<stem>.png`` to come).
+        InputError: the folder cannot be made or written.
     """
     out_dir = save_preds.expanduser() / name
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
+    if out_dir.exists() and not out_dir.is_dir():
         raise DataError(
             f"--save-preds {save_preds}: {out_dir} is a file, where the maps of {name} go",
             hint="move or remove it, or give --save-preds another folder; the model has not run yet",
         )
-    kept, clashes = images_by_stem(out_dir)
-    names = [f"{first.name} and {second.name}" for first, second in clashes]
-    for stem in sorted(stems):
-        new = output_path(out_dir, stem, "mask", high_depth=False)
-        old = kept.get(stem)
-        if old is not None and old.name != new.name:
-            names.append(f"{old.name} and the new {new.name}")
-    if names:
-        raise DataError(
-            f"--save-preds {save_preds}: {out_dir} would hold several files per name: {listing(names, 5)}",
-            hint=f"remove the old files from {out_dir} (pdseg pairs maps with GTs by file name without "
-            "extension), or give --save-preds an empty folder; the model has not run yet",
-        )
+    if out_dir.is_dir():
+        kept, clashes = images_by_stem(out_dir)
+        names = [f"{first.name} and {second.name}" for first, second in clashes]
+        for stem in sorted(stems):
+            new = output_path(out_dir, stem, "mask", high_depth=False)
+            old = kept.get(stem)
+            if old is not None and old.name != new.name:
+                names.append(f"{old.name} and the new {new.name}")
+        if names:
+            raise DataError(
+                f"--save-preds {save_preds}: {out_dir} would hold several files per name: "
+                f"{listing(names, 5)}",
+                hint=f"remove the old files from {out_dir} (pdseg pairs maps with GTs by file name without "
+                "extension), or give --save-preds an empty folder; the model has not run yet",
+            )
+    # made and proven writable now, so that a read-only disk is named as the option typed
+    # (--save-preds, not the predict step's --out) and before the model runs
+    check_writable_folder(out_dir, f"--save-preds {save_preds}")
 
 
 def predict_splits(

@@ -45,6 +45,13 @@ class OutputKind:
             image (H, W, 3) at its own sample type (the estimated foreground colour with
             --refine-foreground), or None for a kind that does not use the image; ``byte_map`` is
             the (H, W) uint8 map ``pdseg predict`` writes as the mask; ``background`` is --bg's RGB.
+            A kind that ``uses_input_alpha`` is given a fourth argument, ``input_alpha``.
+        uses_input_alpha: made with the input's own alpha too (a cut-out keeps what the input
+            made transparent): ``make`` gets it as a fourth argument, (H, W) of ``colour``'s
+            sample type (uint8 or uint16), or None when the input has none (or an opaque one).
+        carries_profile: written with the input's embedded ICC profile, when it has one: its
+            samples are the image's colours, which the profile says how to show. A mask is data,
+            not colours, and gets none.
     """
 
     name: str
@@ -53,25 +60,38 @@ class OutputKind:
     uses_image: bool
     follows_depth: bool
     channels: int
-    make: Callable[[np.ndarray | None, np.ndarray, tuple[int, ...]], np.ndarray]
+    # (colour, byte_map, background[, input_alpha]) -> array; see the docstring
+    make: Callable[..., np.ndarray]
+    uses_input_alpha: bool = False
+    carries_profile: bool = False
 
 
 def _mask(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
     return byte_map
 
 
-def _alpha(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+def _alpha(
+    colour: np.ndarray | None,
+    byte_map: np.ndarray,
+    background: tuple[int, ...],
+    input_alpha: np.ndarray | None = None,
+) -> np.ndarray:
     from pdseg_cli.data.transforms import cutout  # imports torch: not on every command line start
 
     assert colour is not None  # uses_image: the writer passes the image
-    return cutout(colour, byte_map)
+    return cutout(colour, byte_map, input_alpha)
 
 
-def _composite(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+def _composite(
+    colour: np.ndarray | None,
+    byte_map: np.ndarray,
+    background: tuple[int, ...],
+    input_alpha: np.ndarray | None = None,
+) -> np.ndarray:
     from pdseg_cli.data.transforms import composite  # imports torch: not on every command line start
 
     assert colour is not None  # uses_image: the writer passes the image
-    return composite(colour, byte_map, background)
+    return composite(colour, byte_map, background, input_alpha)
 
 
 OUTPUT_KINDS: dict[str, OutputKind] = {
@@ -95,6 +115,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
             follows_depth=True,
             channels=4,
             make=_alpha,
+            uses_input_alpha=True,
+            carries_profile=True,
         ),
         OutputKind(
             name="composite",
@@ -104,6 +126,8 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
             follows_depth=True,
             channels=3,
             make=_composite,
+            uses_input_alpha=True,
+            carries_profile=True,
         ),
     )
 }

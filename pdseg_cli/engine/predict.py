@@ -212,8 +212,10 @@ class Predictor:
             fix,
             cost="about 1.7 times slower" if kind == "onnx" else "several times slower",
         )
-        # what the user should know: emulated precision, model parts run as built (not optimised)
-        self.notes: list[str] = [n for n in (ignored, slow) if n] + list(getattr(model, "notes", ()))
+        # what the user should know: emulated precision, a full size far from the training one,
+        # model parts run as built (not optimised)
+        far = full_size_note(self.size, self.train_size)
+        self.notes: list[str] = [n for n in (ignored, slow, far) if n] + list(getattr(model, "notes", ()))
 
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
@@ -391,6 +393,22 @@ class Predictor:
             read_workers=read_workers,
             write_workers=write_workers,
         )
+
+
+FULL_SIZE_TRAINED = 1024  # a model trained at this side or more is what --size full is made for
+
+
+def full_size_note(size: Size, train_size: int | None) -> str | None:
+    """A warning for ``--size full`` with a model trained well below DIS's 1024: the model then
+    sees objects at scales it never met (the bundled weights, trained at 512, give edge maps
+    rather than objects on a 2000x1500 photo: IoU 0.27-0.49 with their maps at 512)."""
+    if size != "full" or not train_size or train_size >= FULL_SIZE_TRAINED:
+        return None
+    return (
+        f"--size full runs the model at each image's own size, but it was trained at "
+        f"{train_size}x{train_size}: on images much larger than that its maps get worse, often "
+        f"only edges (leave --size out to work at {train_size}, or try --size {2 * train_size})"
+    )
 
 
 def check_threshold(threshold: float | None) -> None:

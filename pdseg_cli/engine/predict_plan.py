@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,13 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
-from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, output_candidates, output_path, parse_save
+from pdseg_cli.engine.output_kinds import (
+    HIGH_DEPTH_SUFFIX,
+    OUTPUT_KINDS,
+    output_candidates,
+    output_path,
+    parse_save,
+)
 from pdseg_cli.errors import InputError, counted, listing
 
 _GLOB_MAGIC = frozenset("*?[")
@@ -103,12 +110,11 @@ def collect_inputs(
             add(path, Path("."))
         elif any(c in text for c in _GLOB_MAGIC):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
-            if not matches:
-                raise InputError(
-                    f"no file matches the pattern {text!r}",
-                    hint="quote the pattern so the shell leaves it to pdseg",
-                )
             base = _glob_base(text)
+            if not matches:
+                # the pattern reached pdseg, so the shell left it alone: quoting is not the fix,
+                # what is there instead is (often another suffix: *.jpeg for .jpg files)
+                raise InputError(f"no file matches the pattern {text!r}", hint=_folder_contents(base))
             for m in matches:
                 p = Path(m)
                 if (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
@@ -142,6 +148,29 @@ def _glob_base(pattern: str) -> Path:
             break
         base.append(part)
     return Path(*base) if base else Path(".")
+
+
+def _folder_contents(folder: Path) -> str:
+    """What ``folder`` holds, for a pattern that matched nothing: ``the folder data holds 4 .jpg
+    files and 2 folders`` (hidden files left out, as the walk leaves them), or that it is missing."""
+    name = "the current folder" if folder == Path(".") else f"the folder {folder}"
+    if not folder.is_dir():
+        return f"{name} does not exist" if not folder.exists() else f"{folder} is a file, not a folder"
+    try:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as exc:
+        return f"{name} cannot be listed ({exc.strerror or exc})"
+    suffixes = Counter(p.suffix.lower() for p in entries if not p.is_dir())
+    parts = [
+        counted(n, f"{suffix} file") if suffix else counted(n, "file") + " without an extension"
+        for suffix, n in sorted(suffixes.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    folders = sum(p.is_dir() for p in entries)
+    if folders:
+        parts.append(counted(folders, "folder"))
+    if not parts:
+        return f"{name} is empty"
+    return f"{name} holds " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
 
 
 def _is_under(path: Path, base: Path) -> bool:
@@ -205,18 +234,33 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
 
 
 def _not_an_output(path: Path, kind: str) -> str | None:
-    """What ``path`` is, when it is a file but not one an earlier run wrote as a ``kind`` output;
-    None when it is no file, or is such an output. Told by its header alone (read once): the
-    kind's samples per pixel, in an 8-bit PNG or a 16/32-bit TIFF (the only files pdseg writes)."""
+    """What ``path`` is, when it is a file but not one an earlier run wrote as a ``kind`` output
+    (``an 8-bit PNG with 3 channels; pdseg's mask has 1``); None when it is no file, or is such an
+    output. Told by its header alone (read once): the kind's samples per pixel, in an 8-bit PNG or
+    a 16/32-bit TIFF (the only files pdseg writes)."""
     if not path.is_file():
         return None
+    spec = OUTPUT_KINDS[kind]
     layout = header.sample_layout(path)
     if layout is None:
-        return "not a PNG or TIFF"
+        written = "TIFF" if path.suffix.lower() == HIGH_DEPTH_SUFFIX else "PNG"
+        ours = f"the {spec.channels}-channel {written} pdseg writes as {_a(kind)}"
+        other = header.image_kind(header.read_head(path, 16))  # the format its first bytes announce
+        return f"{_a(other)}, not {ours}" if other is not None else f"not an image, nor {ours}"
     fmt, samples, bits = layout
-    if samples == OUTPUT_KINDS[kind].channels and (bits == 8 if fmt == "PNG" else bits >= 16):
+    if samples == spec.channels and (bits == 8 if fmt == "PNG" else bits >= 16):
         return None
-    return f"a {bits}-bit {fmt} of {counted(samples, 'channel')}"
+    what = f"{_a(f'{bits}-bit')} {fmt} with {counted(samples, 'channel')}"
+    if samples != spec.channels:
+        return f"{what}; pdseg's {kind} has {spec.channels}"
+    return f"{what}; pdseg's {kind} {fmt} is " + ("8-bit" if fmt == "PNG" else "16- or 32-bit")
+
+
+def _a(word: str) -> str:
+    """``word`` after 'a' or 'an' as it is said: an 8-bit, an 11-bit, an alpha; a 16-bit, a PNG, a JPEG."""
+    digits = word[: len(word) - len(word.lstrip("0123456789"))]
+    vowel = (digits[:1] == "8" or digits in ("11", "18")) if digits else word[:1].lower() in "aeio"
+    return f"{'an' if vowel else 'a'} {word}"
 
 
 def _earlier_output(path: Path, kind: str) -> bool:
@@ -253,7 +297,7 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
                 continue  # the usual case, without reading the input's header
             for p in _written_paths(out, item, kind):
                 if p in found:
-                    foreign.append(f"{p} ({found[p]}; pdseg's {kind} has {OUTPUT_KINDS[kind].channels})")
+                    foreign.append(f"{p} ({found[p]})")
     if foreign:
         raise InputError(
             f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "

@@ -66,6 +66,8 @@ class _Prepared:
     warnings: list[str]
     error: str | None = None
     high_depth: bool = False  # 16-bit or float samples: outputs that follow the depth are .tif
+    alpha: np.ndarray | None = None  # the input's own alpha, kept (with pixels) for cut-outs
+    icc_profile: bytes | None = None  # the input's ICC profile, kept (with pixels) for cut-outs
 
     @property
     def work_size(self) -> tuple[int, int]:
@@ -167,6 +169,10 @@ class _FolderRun:
                     f.cancel()
             self.readers.shutdown(wait=True, cancel_futures=True)
             self.writers.shutdown(wait=True, cancel_futures=not completed)
+            if not completed:  # the writes that finished after all count: Ctrl-C's report says so
+                for f in self.writes:
+                    if f.done() and not f.cancelled() and f.exception() is None:
+                        self.finish(f.result())
 
     def segment_all(self) -> None:
         """Take the read images in order, in groups of one working size, to the model."""
@@ -241,7 +247,16 @@ def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: 
         del x
         pixels = loaded.pixels if keep_pixels else None
         high_depth = loaded.pixels.dtype != np.uint8
-        return _Prepared(item, array, loaded.size, pixels, loaded.warnings, high_depth=high_depth)
+        return _Prepared(
+            item,
+            array,
+            loaded.size,
+            pixels,
+            loaded.warnings,
+            high_depth=high_depth,
+            alpha=loaded.alpha if keep_pixels else None,
+            icc_profile=loaded.icc_profile if keep_pixels else None,
+        )
     except PdsegError as exc:  # its hint too (e.g. --max-pixels for an oversized file): the fix
         return _Prepared(item, None, (0, 0), None, [], error=str(exc))
     except MemoryError:
@@ -267,11 +282,15 @@ def _write_outputs(
             if kind.uses_image and colour is None:
                 assert pixels is not None  # the reader keeps them when a kind uses the image
                 colour = estimate_foreground(pixels, byte_map) if plan.refine_foreground else pixels
-            data = kind.make(colour, byte_map, background)
-            if path.suffix == HIGH_DEPTH_SUFFIX:
-                imio.write_tiff(path, data)
+            if kind.uses_input_alpha:
+                data = kind.make(colour, byte_map, background, prepared.alpha)
             else:
-                imio.write_png(path, data)
+                data = kind.make(colour, byte_map, background)
+            icc = prepared.icc_profile if kind.carries_profile else None
+            if path.suffix == HIGH_DEPTH_SUFFIX:
+                imio.write_tiff(path, data, icc_profile=icc)
+            else:
+                imio.write_png(path, data, icc_profile=icc)
             written.append(path)
     except OSError as exc:
         why = f"cannot write {path} ({exc.strerror or exc})"
