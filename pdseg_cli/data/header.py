@@ -235,31 +235,41 @@ def full_resolution_page(pages: Iterable[Any]) -> int:
 
 
 def _jpeg(path: Path, head: bytes) -> tuple[int, int] | None:
-    data = head
-    i = 2
-    with open(path, "rb") as f:
-        f.seek(len(head))
-        while True:
-            if i + 9 > len(data):  # the SOF lies past what was read (large EXIF or ICC blocks)
-                more = f.read(_READ)
-                if not more:
+    """A JPEG's (width, height) from its SOF segment, which may lie past ``head`` (large EXIF or
+    ICC blocks come first)."""
+    with _FileBytes(path, head) as data:
+        for code, offset, _length in _jpeg_segments(data):
+            if 0xC0 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC):  # a start of frame
+                size = data.read(offset + 5, 4)
+                if len(size) < 4:
                     return None
-                data += more
-                continue
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
-                i += 2
-                continue
-            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                h, w = struct.unpack(">HH", size)
                 return w, h
-            i += 2 + length
+    return None
+
+
+def _jpeg_segments(data: _FileBytes) -> Iterator[tuple[int, int, int]]:
+    """``(marker, offset, length)`` of each segment of a JPEG's header that has a length, in file
+    order, up to the start of scan (the image data) or the first byte that is not a marker."""
+    offset = 2
+    while True:
+        marker = data.read(offset, 4)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return
+        code = marker[1]
+        if code == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:  # no length
+            offset += 2
+            continue
+        if code in (0xD9, 0xDA) or len(marker) < 4:  # end of image, start of scan: no more headers
+            return
+        (length,) = struct.unpack(">H", marker[2:4])
+        if length < 2:
+            return
+        yield code, offset, length
+        offset += 2 + length
 
 
 def _webp(head: bytes) -> tuple[int, int] | None:
@@ -424,23 +434,7 @@ def _jpeg_icc(data: _FileBytes) -> bytes | None:
     inconsistent part means no profile."""
     parts: dict[int, bytes] = {}
     count = 0
-    offset = 2
-    while True:
-        marker = data.read(offset, 4)
-        if len(marker) < 2 or marker[0] != 0xFF:
-            break
-        code = marker[1]
-        if code == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:  # no length
-            offset += 2
-            continue
-        if code in (0xD9, 0xDA) or len(marker) < 4:  # end of image, start of scan: no more headers
-            break
-        (length,) = struct.unpack(">H", marker[2:4])
-        if length < 2:
-            break
+    for code, offset, length in _jpeg_segments(data):
         if code == 0xE2 and length >= 2 + len(_JPEG_ICC) + 2:
             body = data.read(offset + 4, length - 2)
             if body.startswith(_JPEG_ICC):
@@ -449,7 +443,6 @@ def _jpeg_icc(data: _FileBytes) -> bytes | None:
                     return None
                 count = total
                 parts[seq] = body[14:]
-        offset += 2 + length
     if not parts or len(parts) != count:
         return None
     return _rgb_profile(b"".join(parts[seq] for seq in range(1, count + 1)))
