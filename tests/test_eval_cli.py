@@ -675,3 +675,16 @@ def test_the_start_line_counts_the_processes_that_run(tmp_path: Path) -> None:
     args = ["--split", split, "--pred", split / "pred", "--cache-dir", tmp_path / "c", "--jobs", "64"]
     result = runner.invoke(app, ["eval", *map(str, args)])
     assert result.exit_code == 0 and f"· {len(CASES)} processes ·" in result.output  # not 64
+
+
+def test_a_refused_run_leaves_no_save_preds_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save-preds is proven writable before the model runs, but made only when maps are written:
+    a run refused for another split's sake leaves nothing behind."""
+    good = _split_unrun(tmp_path, monkeypatch, "the model ran on a refused run")
+    bad = edge_case_split(tmp_path / "bad", CASES[:1], images=True)
+    cv2.imwrite(str(bad / "im" / f"{CASES[0]}.png"), np.zeros((8, 8, 3), np.uint8))  # two images, one stem
+    saved = tmp_path / "saved"
+    args = ["--split", good, "--split", bad, "--weights", tmp_path / "w.pt", "--save-preds", saved]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 2 and "several files per name" in flat(result.output)
+    assert not saved.exists()

@@ -82,6 +82,9 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
         assert done.exit_code == 0 and "has finished its 2 epochs: nothing to train" in flat(done.output)
         assert f"pdseg train --resume --out {out} --epochs N (N > 2)" in flat(done.output)
         assert "epoch" not in done.stdout  # said before loading the data: no replayed epoch table
+    # without --epochs into a folder that holds a run: how to go on with it, not "--epochs is needed"
+    again = runner.invoke(app, ["train", "--out", str(out), "--variant", "pdseg-tiny"])
+    assert again.exit_code == 2 and "already holds a training run" in flat(again.output)
     unstarted = runner.invoke(app, ["train", "--out", str(tmp_path / "new"), "--variant", "pdseg-tiny"])
     assert unstarted.exit_code == 2 and "--epochs is needed to start a run" in flat(unstarted.output)
     assert len((out / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs

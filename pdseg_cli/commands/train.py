@@ -243,6 +243,7 @@ def train(
     from pdseg_cli.engine.train import train as run_training
     from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_epochs
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
+    from pdseg_cli.engine.train_folder import existing_run
     from pdseg_cli.errors import InputError, counted, first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
@@ -283,6 +284,9 @@ def train(
                     )
                 return
         elif epochs is None:
+            refusal = None if overwrite else existing_run(out.expanduser())  # a run there: how to go on
+            if refusal is not None:
+                raise refusal
             raise InputError(
                 "--epochs is needed to start a run",
                 hint="add e.g. --epochs 20; or, to go on with the run in --out, --resume",

@@ -673,12 +673,15 @@ def _name_max(folder: Path) -> int:
     return limit if limit > 0 else 255
 
 
-def check_writable_folder(folder: Path, label: str) -> None:
+def check_writable_folder(folder: Path, label: str, *, create: bool = True) -> None:
     """Create ``folder`` (and its parents) and prove a file can be written in it, before any work.
 
     Args:
         folder: the folder.
         label: what to call it in the message, e.g. ``"--out runs/a"``.
+        create: False proves it for the nearest folder that exists instead (``folder`` itself, or
+            the one it would be made in) and creates nothing, for a check whose run may still be
+            refused for another reason.
 
     Raises:
         InputError: it cannot be created or written (read-only file system, permissions, /proc).
@@ -686,7 +689,12 @@ def check_writable_folder(folder: Path, label: str) -> None:
     import tempfile
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = next(p for p in (folder, *folder.parents) if p.exists())
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(folder))
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".pdseg-write-check-", delete=True):
             pass
     except OSError as exc:

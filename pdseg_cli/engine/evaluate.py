@@ -263,15 +263,20 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored for the duration (in the main thread; elsewhere signals cannot be set)."""
+    """SIGINT and SIGHUP, the signals a terminal sends its whole process group, ignored for the
+    duration (in the main thread; elsewhere signals cannot be set). SIGHUP too, for the helper
+    process multiprocessing starts with the pool's queues: it blocks SIGINT and SIGTERM itself,
+    but a hang-up killed it and its relaunch printed tracebacks."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    group = [signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in group}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def all_cores() -> int:
@@ -662,9 +667,9 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
                 hint=f"remove the old files from {out_dir} (pdseg pairs maps with GTs by file name without "
                 "extension), or give --save-preds an empty folder; the model has not run yet",
             )
-    # made and proven writable now, so that a read-only disk is named as the option typed
-    # (--save-preds, not the predict step's --out) and before the model runs
-    check_writable_folder(out_dir, f"--save-preds {save_preds}")
+    # proven writable now, so that a read-only disk is named as the option typed (--save-preds,
+    # not the predict step's --out) and before the model runs; made only when the maps are written
+    check_writable_folder(out_dir, f"--save-preds {save_preds}", create=False)
 
 
 def predict_splits(

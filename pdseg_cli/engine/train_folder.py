@@ -48,15 +48,9 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
         _check_same_experiment(ctx, state)
         return state
     existing = [name for name in CHECKPOINTS if (out / name).exists()]
-    if existing and not cfg.overwrite:
-        # the command to go on, whole (a fine-tune's --init and the other options left out), so
-        # that adding --resume to the command that was refused is not a second refusal
-        parts = resume_parts(out / LAST) if (out / LAST).is_file() else None
-        where, how = parts if parts is not None else (None, "pass --resume to continue it")
-        raise InputError(
-            f"{out} already holds a training run ({', '.join(existing)})" + (f", {where}" if where else ""),
-            hint=f"{how}; --overwrite starts it again; or choose another --out",
-        )
+    refusal = None if cfg.overwrite else existing_run(out)
+    if refusal is not None:
+        raise refusal
     leftovers = [name for name in RUN_FILES if name not in CHECKPOINTS and (out / name).exists()]
     if leftovers and not existing and not cfg.overwrite:
         if not _is_run_config(out / CONFIG):  # another tool's config.json or results.csv: not ours to replace
@@ -71,6 +65,22 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     if ctx.main:
         check_writable_folder(out, f"--out {out}")
     return None
+
+
+def existing_run(out: Path) -> InputError | None:
+    """The refusal for a new run in ``out`` when it already holds one (a checkpoint), saying where
+    that run stands and the whole command to go on (a fine-tune's ``--init`` and the other options
+    left out, so that adding --resume to the refused command is not a second refusal); None when
+    it holds none."""
+    existing = [name for name in CHECKPOINTS if (out / name).exists()]
+    if not existing:
+        return None
+    parts = resume_parts(out / LAST) if (out / LAST).is_file() else None
+    where, how = parts if parts is not None else (None, "pass --resume to continue it")
+    return InputError(
+        f"{out} already holds a training run ({', '.join(existing)})" + (f", {where}" if where else ""),
+        hint=f"{how}; --overwrite starts it again; or choose another --out",
+    )
 
 
 def _is_run_config(path: Path) -> bool:
