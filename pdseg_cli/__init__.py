@@ -9,9 +9,20 @@ below is resolved lazily on first access.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # type checkers see the real signatures; at run time they stay lazy (below)
+    from pdseg_cli.engine.evaluate import evaluate as evaluate
+    from pdseg_cli.engine.predict import Predictor as Predictor
+    from pdseg_cli.errors import PdsegError as PdsegError
+    from pdseg_cli.model.build import create_model as create_model
+    from pdseg_cli.model.build import load_backbone as load_backbone
+    from pdseg_cli.model.build import load_checkpoint as load_checkpoint
+    from pdseg_cli.model.build import load_model as load_model
+    from pdseg_cli.model.build import save_checkpoint as save_checkpoint
+    from pdseg_cli.model.optimize import optimize as optimize
 
 # public name -> module that defines it
 _LAZY = {

@@ -101,7 +101,10 @@ app.command("benchmark", cls=_FlagHelpCommand)(benchmark_cmd.benchmark)
 def _thread_os_error(args: threading.ExceptHookArgs) -> None:
     """An operating-system error in a background thread (TensorBoard's event writer when the disk
     fills up) as one warning line; the command meets the same error on its own thread and stops
-    there with one error line. Anything else keeps Python's report: it is a bug."""
+    there with one error line. A thread that fails while the command is being stopped (a worker
+    pool torn down after Ctrl-C) is not news. Anything else keeps Python's report: it is a bug."""
+    if runtime.stopping.is_set():
+        return
     if isinstance(args.exc_value, OSError):
         ui.warn(f"a background writer stopped: {os_error_line(args.exc_value)[0]}")
     else:
@@ -117,12 +120,13 @@ def main() -> None:
     ui.pin_terminal()  # before fd 2 becomes routed()'s pipe
     try:
         with native_messages.routed():
-            app()
-    except KeyboardInterrupt:  # the command had finished; its output was being flushed
+            try:
+                app()
+            finally:
+                _exit_at_once_on_stop()  # the command is over: its output is being flushed
+    except KeyboardInterrupt:  # a Ctrl-C just before the command's end
         ui.error("interrupted")
         raise SystemExit(130) from None
-    finally:
-        _exit_at_once_on_stop()
 
 
 def _exit_at_once_on_stop() -> None:

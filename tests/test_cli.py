@@ -320,3 +320,16 @@ def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
     assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "110"}).output
     for command in ("eval", "export", "benchmark", "info"):
         assert "…" not in runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output, command
+
+
+def test_every_lazy_public_name_is_typed_for_type_checkers() -> None:
+    """`from pdseg_cli import Predictor` resolves lazily at run time; the TYPE_CHECKING imports
+    give type checkers its real signature (py.typed ships), so the two lists must stay equal."""
+    import ast
+
+    import pdseg_cli
+
+    tree = ast.parse(Path(pdseg_cli.__file__).read_text())
+    [block] = [n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING"]
+    typed = {alias.asname for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert typed == set(pdseg_cli._LAZY)

@@ -171,3 +171,22 @@ def test_scoring_workers_leave_ctrl_c_to_the_main_process() -> None:
     before = signal.getsignal(signal.SIGINT)
     assert list(_run_parallel([(_ignores_ctrl_c, ()), (_ignores_ctrl_c, ())], 2)) == [True, True]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_evaluate_with_workers_needs_no_main_guard(split: Path, tmp_path: Path) -> None:
+    """A script that calls evaluate(jobs=2) at its top level works as it did with joblib: the
+    workers do not run the script again (multiprocessing's spawn would, and fail)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "score.py"
+    script.write_text(
+        "import pdseg_cli\n"
+        "print('body')\n"
+        f"report = pdseg_cli.evaluate({str(split / 'pred')!r}, {str(split / 'gt')!r}, "
+        "jobs=2, use_cache=False)\n"
+        "print(len(report.splits[0].images))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["body", str(len(CASES))]

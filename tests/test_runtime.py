@@ -296,3 +296,15 @@ def test_default_threads_are_the_cores_other_work_leaves_idle(monkeypatch: pytes
 def test_other_runnable_tasks_reads_the_run_queue() -> None:
     busy = runtime.other_runnable_tasks(looks=3, interval_s=0.0)
     assert busy is not None and busy >= 0
+
+
+def test_a_torch_device_is_taken_as_its_name() -> None:
+    """`Predictor(device=torch.device("cpu"))` failed on `.strip()`; load_model takes one too."""
+    import torch
+
+    from pdseg_cli.engine.predict import Predictor
+    from pdseg_cli.model import create_model
+    from pdseg_cli.runtime import resolve_device
+
+    assert resolve_device(torch.device("cpu")).device == torch.device("cpu")
+    assert Predictor(create_model("pdseg-tiny"), device=torch.device("cpu")).device.type == "cpu"

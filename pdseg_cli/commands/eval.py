@@ -89,7 +89,7 @@ def eval_(
         typer.Option(
             "--cache-dir",
             help="Cache of GT-only data (skeletons etc.). "
-            "Default: $PDSEG_CACHE_DIR, else $XDG_CACHE_HOME/pdseg.",
+            "Default: $PDSEG_CACHE_DIR, else $XDG_CACHE_HOME/pdseg, else ~/.cache/pdseg.",
             show_default=False,
         ),
     ] = None,

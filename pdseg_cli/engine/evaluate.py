@@ -76,6 +76,7 @@ from pdseg_cli.metrics.reading import MaskFile, mask_in_alpha, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
 from pdseg_cli.runtime.compute import idle_cores
+from pdseg_cli.runtime.stop import stopping
 
 POOLING_NOTE = (
     f"{OVERALL_RULE} (each split weight 1, as the DIS paper's 'Overall DIS-TE (1-4)'); count, missing "
@@ -237,28 +238,31 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
         for fn, args in tasks:
             yield fn(*args, False)
         return
-    import concurrent.futures
-    import multiprocessing
+    from joblib.externals.loky import get_reusable_executor
 
     # Ctrl-C reaches every process of the terminal's group: workers that took it printed
     # tracebacks (some mid-import), and joblib's clean-up of them failed too. Workers started while
     # SIGINT is ignored keep ignoring it (Python leaves an inherited SIG_IGN as it is), so only this
-    # process sees Ctrl-C, and it stops them. Spawned, not forked: this process has torch's and
-    # OpenCV's threads, which a fork does not carry over; a spawned worker starts one per submit
-    # while none is idle, so all of them start inside the window.
+    # process sees Ctrl-C, and it stops them. loky's workers, as joblib's, need no
+    # `if __name__ == "__main__":` guard in a calling script (multiprocessing's spawn would run the
+    # script again in each worker).
+    # The first submit starts every worker; a Ctrl-C inside this short window is lost.
+    (fn, args), rest = tasks[0], tasks[1:]
     with _sigint_ignored():
-        executor = concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")
-        )
-        futures = [executor.submit(fn, *args, True) for fn, args in tasks]
+        executor = get_reusable_executor(max_workers=min(jobs, len(tasks)))
+        futures = [executor.submit(fn, *args, True)]
+    futures += [executor.submit(fn, *args, True) for fn, args in rest]
     completed = False
     try:
         for future in futures:
             yield future.result()
         completed = True
     finally:
-        # interrupted, or a worker failed: the queued tasks are dropped, the running ones end
-        executor.shutdown(wait=completed, cancel_futures=not completed)
+        if completed:  # the workers end now, not at exit: a process stopped then left them orphaned
+            executor.shutdown(wait=True)
+        else:  # interrupted, or a worker failed: no work left running behind
+            stopping.set()  # loky's own threads may fail as the pool is torn down: not news
+            executor.shutdown(wait=False, kill_workers=True)
 
 
 @contextlib.contextmanager
@@ -352,7 +356,8 @@ def evaluate(
         name: the split's name in the report (default: the GT folder's parent's name).
         jobs: worker processes (default: the cores other work leaves idle, see
             :func:`default_jobs`; 1 scores in this process).
-        cache_dir: the cache root (default: ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``).
+        cache_dir: the cache root (default: ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``, else
+            ``~/.cache/pdseg``).
         use_cache: read and write the GT cache.
         cache_max_bytes: the cache is pruned to this size after the run.
         allow_missing: score only the GTs that have a prediction instead of failing.

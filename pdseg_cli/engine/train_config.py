@@ -100,7 +100,7 @@ class TrainConfig:
             pixels unsure); None keeps every image.
         onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher (see :mod:`pdseg_cli.engine.onnx_spec`).
         teacher_cache: where teacher maps are cached; default pdseg's cache root
-            (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``), shared by runs.
+            (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``, else ``~/.cache/pdseg``), shared by runs.
         init: start from this pdseg checkpoint's weights (variant and normalisation from the file)
             with a fresh optimiser and schedule (fine-tuning; ignored when resuming).
     """

@@ -19,11 +19,11 @@ class DeviceChoice:
     reason: str
 
 
-def resolve_device(spec: str = "auto", *, local_rank: int | None = None) -> DeviceChoice:
+def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None = None) -> DeviceChoice:
     """Turn ``auto|cpu|cuda|cuda:N|mps`` into a device, failing loudly rather than falling back.
 
     Args:
-        spec: what the user asked for.
+        spec: what the user asked for (a ``torch.device`` too, as ``load_model`` takes).
         local_rank: under torchrun, the process's local rank: ``auto`` and ``cuda`` then mean
             ``cuda:<local_rank>`` (one GPU per process).
 
@@ -33,7 +33,7 @@ def resolve_device(spec: str = "auto", *, local_rank: int | None = None) -> Devi
     """
     import torch
 
-    text = spec.strip().lower()
+    text = str(spec).strip().lower()  # str() of a torch.device is its name: "cpu", "cuda:1"
     cuda_ok = torch.cuda.is_available()
     n_gpus = torch.cuda.device_count() if cuda_ok else 0
     if text == "auto":

@@ -5,7 +5,12 @@ atomic writes are removed, and a training run saves a resumable ``last.pt``."""
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Any
+
+# set once a command is being stopped (Ctrl-C, or a pool torn down after a failure): a background
+# thread that fails as its work is cut short is then not reported (the command line's thread hook)
+stopping = threading.Event()
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
