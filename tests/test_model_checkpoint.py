@@ -402,3 +402,13 @@ def test_an_image_given_as_weights_is_called_an_image(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as err:
         load_checkpoint(photo)
     assert err.value.hint is not None and err.value.hint.startswith("it is an image, not a model")
+
+
+def test_saving_onto_a_folder_names_the_file_to_give(tmp_path: Path) -> None:
+    from pdseg_cli.model import create_model, save_checkpoint
+
+    with pytest.raises(
+        IsADirectoryError, match=r"is a folder; give the checkpoint's file name, e\.g\. .*model\.pt"
+    ):
+        save_checkpoint(create_model("pdseg-tiny"), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written beside it
