@@ -675,3 +675,13 @@ def test_predictor_names_a_missing_file_and_unwraps_a_wrapped_module(ckpt: Path,
 def test_predict_paths_takes_one_folder_as_a_string(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     summary = Predictor(ckpt, device="cpu").predict_paths(str(folder), tmp_path / "out")
     assert summary.done == 3  # the folder, not its name's characters
+
+
+def test_a_module_that_is_not_a_one_map_segmenter_is_refused() -> None:
+    """Any nn.Module is taken directly; one with 3 output channels had its first used in silence."""
+    predictor = Predictor(torch.nn.Conv2d(3, 3, 1), device="cpu", size=64)
+    image = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"the model gave \(1, 3, 64, 64\).*\(B, 1, H, W\) logits"):
+        predictor.predict(image)
+    with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
+        Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch([image], batch=0)

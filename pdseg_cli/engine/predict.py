@@ -277,8 +277,13 @@ class Predictor:
 
         Up to ``batch`` consecutive images of one working size share a forward pass; their bytes can
         differ from :meth:`predict`'s by float rounding (at most 1).
+
+        Raises:
+            ValueError: ``batch`` is below 1, or an image or the model's output has the wrong shape.
         """
         check_threshold(threshold)
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
         xs = [T.to_float_rgb(im) for im in images]
         sizes = [x.shape[:2] for x in xs]
         arrays = [self.prepare_array(x) for x in xs]
@@ -314,6 +319,11 @@ class Predictor:
         x = x.contiguous(memory_format=layout)
         with runtime.autocast(self.device, self._autocast):
             logits = self.model(x).float()
+            if logits.ndim != 4 or logits.shape[1] != 1:  # a module of another kind, given directly
+                raise ValueError(
+                    f"the model gave {tuple(logits.shape)} for an input of {tuple(x.shape)}: a "
+                    "segmentation model gives one map, (B, 1, H, W) logits"
+                )
             if self.tta:  # a second pass, not a doubled batch: exported graphs may fix the batch at 1
                 mirrored = self.model(x.flip(-1).contiguous(memory_format=layout)).float()
                 logits = (logits + mirrored.flip(-1)) * 0.5
