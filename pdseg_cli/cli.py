@@ -123,21 +123,46 @@ def main() -> None:
             try:
                 app()
             finally:
-                _exit_at_once_on_stop()  # the command is over: its output is being flushed
+                _hold_stop_signals()  # the command is over: its output is drained first
     except KeyboardInterrupt:  # a Ctrl-C just before the command's end
         ui.error("interrupted")
         raise SystemExit(130) from None
+    finally:
+        _exit_at_once_on_stop()
+
+
+_held: list[int] = []  # stop signals that came while the output was drained
+
+
+def _hold(signum: int, frame: Any) -> None:
+    _held.append(signum)
+
+
+def _hold_stop_signals() -> None:
+    """Ctrl-C and the stop signals wait while the routed standard error is drained (the last error
+    line goes through it): they are noted, and :func:`_exit_at_once_on_stop` acts on them."""
+    _set_stop_handlers(_hold)
 
 
 def _exit_at_once_on_stop() -> None:
-    """The command is over: a Ctrl-C (or SIGTERM) while Python shuts down, joining worker and
-    pool threads, would print a traceback of that shutdown; it now ends the process at once."""
-    if threading.current_thread() is not threading.main_thread():
-        return
+    """The command is over and its output written: a Ctrl-C (or SIGTERM) while Python shuts down,
+    joining worker and pool threads, would print a traceback of that shutdown; it now ends the
+    process at once (exit 130), as does one that came while the output was drained."""
     sys.stdout.flush()
     sys.stderr.flush()
+    if _held:
+        os._exit(130)
+    _set_stop_handlers(_exit_now)
+
+
+def _set_stop_handlers(handler: Any) -> None:
+    """``handler`` for Ctrl-C and the stop signals, in the main thread (the only one that may set
+    them); a signal the process ignores (a `cmd &` in a script ignores SIGINT) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
     for sig in (signal.SIGINT, *runtime.stop_signals()):
-        signal.signal(sig, _exit_now)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 
 def _exit_now(signum: int, frame: Any) -> None:

@@ -246,12 +246,12 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
     # process sees Ctrl-C, and it stops them. loky's workers, as joblib's, need no
     # `if __name__ == "__main__":` guard in a calling script (multiprocessing's spawn would run the
     # script again in each worker).
-    # The first submit starts every worker; a Ctrl-C inside this short window is lost.
-    (fn, args), rest = tasks[0], tasks[1:]
+    stopping.clear()  # a failure of an earlier call in this process is over
+    # A Ctrl-C in the moment the tasks are handed over is lost; one later stops the run. (One that
+    # lands while the workers are still starting can still make loky print its own tracebacks.)
     with _sigint_ignored():
         executor = get_reusable_executor(max_workers=min(jobs, len(tasks)))
-        futures = [executor.submit(fn, *args, True)]
-    futures += [executor.submit(fn, *args, True) for fn, args in rest]
+        futures = [executor.submit(fn, *args, True) for fn, args in tasks]
     completed = False
     try:
         for future in futures:
