@@ -178,11 +178,14 @@ def _read_cv2_image(
     to the whole array, so the colours end up as OpenCV would orient them and the alpha with them.
     """
     if not extras.has_alpha:
-        array = _read_cv2(path, warnings)
-        return (array[..., ::-1] if array.ndim == 3 else array), None  # BGR -> RGB
-    array = orient(_read_cv2(path, warnings, cv2.IMREAD_UNCHANGED), extras.orientation)
+        return _split_bgra(_read_cv2(path, warnings))
+    return _split_bgra(orient(_read_cv2(path, warnings, cv2.IMREAD_UNCHANGED), extras.orientation))
+
+
+def _split_bgra(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """OpenCV's gray, BGR or BGRA -> (gray or RGB, a view of the alpha channel or None)."""
     if array.ndim == 3 and array.shape[2] == 4:
-        return array[..., 2::-1], array[..., 3]  # BGRA -> RGB, A
+        return array[..., 2::-1], array[..., 3]
     return (array[..., ::-1] if array.ndim == 3 else array), None
 
 
@@ -417,13 +420,11 @@ def _read_tiff_libtiff(
             f"{path}: cannot decode this TIFF ({why})",
             hint="check that the file is complete; if it opens elsewhere, save it as an RGB TIFF",
         ) from None
-    if unassociated and array.ndim == 3 and array.shape[2] == 4:
-        # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either
-        # way); only libtiff's 8-bit RGBA reader premultiplies
-        if array.dtype == np.uint8:
-            array = _unpremultiply(array, path, warnings)
-        return array[..., 2::-1], array[..., 3]  # BGRA -> RGB, A
-    return (array[..., ::-1] if array.ndim == 3 else array), None
+    # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way);
+    # only libtiff's 8-bit RGBA reader premultiplies
+    if unassociated and array.ndim == 3 and array.shape[2] == 4 and array.dtype == np.uint8:
+        array = _unpremultiply(array, path, warnings)
+    return _split_bgra(array)
 
 
 def _unpremultiply(bgra: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
