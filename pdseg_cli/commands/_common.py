@@ -4,14 +4,15 @@ several commands take, declared once as ``Annotated`` types (``device: DeviceOpt
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from pdseg_cli import runtime, ui
-from pdseg_cli.errors import PdsegError, counted, os_error_line
+from pdseg_cli.errors import InputError, PdsegError, counted, os_error_line
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
 EXIT_FAILED = 1  # the run went on but some items failed
@@ -61,6 +62,27 @@ def use_threads(threads: int | None, *, quiet: bool = False) -> None:
             f"{counted(chosen, 'compute thread')}: {cores - chosen} of {cores} cores are "
             f"busy with other work (--threads {cores} uses them all anyway)"
         )
+
+
+def checked_choice(option: str, value: str, choices: Sequence[str], what: str, otherwise: str) -> str:
+    """``value`` of a choice option, trimmed and lower-cased, once it is one of ``choices``.
+
+    Such options take a plain str rather than an Enum, whose bad values get click's usage box;
+    here a bad one is pdseg's one line, with the closest choice as the hint (``otherwise`` when
+    none is close).
+
+    Raises:
+        InputError: ``value`` is none of ``choices``, e.g. "--mode 'comapre' is not a benchmark
+            mode (choose from optimized, plain, compare)".
+    """
+    wanted = value.strip().lower()
+    if wanted in choices:
+        return wanted
+    close = difflib.get_close_matches(wanted, list(choices), n=1)
+    raise InputError(
+        f"{option} {value!r} is not {what} (choose from {', '.join(choices)})",
+        hint=f"did you mean {option} {close[0]}?" if close else otherwise,
+    )
 
 
 def weights_option(help_text: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +12,10 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     CompileOpt,
     DeviceOpt,
+    checked_choice,
     user_errors,
     weights_option,
 )
-from pdseg_cli.errors import InputError
 
 
 def benchmark(
@@ -92,13 +91,9 @@ def benchmark(
         from pdseg_cli.engine.benchmark import MODES, run_benchmark
         from pdseg_cli.ui import benchmark as show
 
-        wanted = mode.strip().lower()
-        if wanted not in MODES:  # before the model is built, with the closest name
-            close = difflib.get_close_matches(wanted, MODES, n=1)
-            raise InputError(
-                f"--mode {mode!r} is not a benchmark mode (choose from {', '.join(MODES)})",
-                hint=f"did you mean --mode {close[0]}?" if close else "e.g. --mode compare",
-            )
+        wanted = checked_choice(
+            "--mode", mode, MODES, "a benchmark mode", "e.g. --mode compare"
+        )  # before the model
         report = run_benchmark(
             variant if variant is not None or weights is not None else "pdseg-b",
             size or [512, 1024],

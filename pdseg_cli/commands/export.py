@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 from pdseg_cli.commands._common import (
     DEFAULT_WEIGHTS_TEXT,
     EXIT_FAILED,
+    checked_choice,
     user_errors,
     warn_unused,
     weights_option,
@@ -95,16 +95,13 @@ def export(
 
         shapes = [parse_shape(s) for s in check_shape] if check_shape else list(DEFAULT_CHECK_SHAPES)
         warn_unused(ctx, {"check_shape": None if check else "--check-shape has no effect with --no-check"})
-        wanted = None if fmt is None else fmt.strip().lower()
-        # checked before the checkpoint is read, with the closest name
-        if wanted is not None and wanted not in FORMATS:
-            close = difflib.get_close_matches(wanted, FORMATS, n=1)
-            raise InputError(
-                f"--format {fmt!r} is not an export format (choose from {', '.join(FORMATS)})",
-                hint=f"did you mean --format {close[0]}?"
-                if close
-                else "leave --format out: --out's extension decides",
+        wanted = (  # checked before the checkpoint is read
+            None
+            if fmt is None
+            else checked_choice(
+                "--format", fmt, FORMATS, "an export format", "leave --format out: --out's extension decides"
             )
+        )
         chosen = format_for(out, wanted)
         if opset is not None and chosen != "onnx":
             raise InputError(f"--opset is for ONNX files; {out} is {chosen}", hint="drop --opset")
