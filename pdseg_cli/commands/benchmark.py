@@ -91,9 +91,8 @@ def benchmark(
         from pdseg_cli.engine.benchmark import MODES, run_benchmark
         from pdseg_cli.ui import benchmark as show
 
-        wanted = checked_choice(
-            "--mode", mode, MODES, "a benchmark mode", "e.g. --mode compare"
-        )  # before the model
+        # checked before the model is built
+        wanted = checked_choice("--mode", mode, MODES, "a benchmark mode", "e.g. --mode compare")
         report = run_benchmark(
             variant if variant is not None or weights is not None else "pdseg-b",
             size or [512, 1024],
