@@ -37,9 +37,7 @@ import hashlib
 import numbers
 import os
 import platform
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,7 +74,7 @@ from pdseg_cli.metrics.reading import MaskFile, mask_in_alpha, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
 from pdseg_cli.runtime.compute import idle_cores
-from pdseg_cli.runtime.stop import stopping
+from pdseg_cli.runtime.stop import stopping, terminal_signals_ignored
 
 POOLING_NOTE = (
     f"{OVERALL_RULE} (each split weight 1, as the DIS paper's 'Overall DIS-TE (1-4)'); count, missing "
@@ -240,16 +238,13 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
         return
     from joblib.externals.loky import get_reusable_executor
 
-    # Ctrl-C reaches every process of the terminal's group: workers that took it printed
-    # tracebacks (some mid-import), and joblib's clean-up of them failed too. Workers started while
-    # SIGINT is ignored keep ignoring it (Python leaves an inherited SIG_IGN as it is), so only this
-    # process sees Ctrl-C, and it stops them. loky's workers, as joblib's, need no
-    # `if __name__ == "__main__":` guard in a calling script (multiprocessing's spawn would run the
-    # script again in each worker).
+    # loky's workers, as joblib's, need no `if __name__ == "__main__":` guard in a calling script
+    # (multiprocessing's spawn would run the script again in each worker). Ctrl-C reaches the whole
+    # process group: workers that took it printed tracebacks, so they start with it ignored and
+    # this process stops them. A Ctrl-C in the moment the tasks are handed over is lost; one later
+    # stops the run (one while the workers are still starting can still make loky print its own).
     stopping.clear()  # a failure of an earlier call in this process is over
-    # A Ctrl-C in the moment the tasks are handed over is lost; one later stops the run. (One that
-    # lands while the workers are still starting can still make loky print its own tracebacks.)
-    with _sigint_ignored():
+    with terminal_signals_ignored():
         executor = get_reusable_executor(max_workers=min(jobs, len(tasks)))
         futures = [executor.submit(fn, *args, True) for fn, args in tasks]
     completed = False
@@ -263,24 +258,6 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
         else:  # interrupted, or a worker failed: no work left running behind
             stopping.set()  # loky's own threads may fail as the pool is torn down: not news
             executor.shutdown(wait=False, kill_workers=True)
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT and SIGHUP, the signals a terminal sends its whole process group, ignored for the
-    duration (in the main thread; elsewhere signals cannot be set). SIGHUP too, for the helper
-    process multiprocessing starts with the pool's queues: it blocks SIGINT and SIGTERM itself,
-    but a hang-up killed it and its relaunch printed tracebacks."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    group = [signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in group}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def all_cores() -> int:
