@@ -113,10 +113,11 @@ def image_size(path: Path, head: bytes | None = None) -> tuple[int, int] | None:
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
-def sample_layout(path: Path) -> tuple[str, int, int] | None:
+def sample_layout(path: Path, head: bytes | None = None) -> tuple[str, int, int] | None:
     """(format, samples per pixel, bits per sample) of a PNG or TIFF from its header, e.g.
-    ``("PNG", 1, 8)`` for an 8-bit gray PNG; None for another format or an unclear header."""
-    head = read_head(path, 32)
+    ``("PNG", 1, 8)`` for an 8-bit gray PNG; None for another format or an unclear header.
+    ``head``: the file's first bytes (at least 32), where the caller has read them already."""
+    head = read_head(path, 32) if head is None else head
     if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26:
         samples = _PNG_CHANNELS.get(head[25])
         return None if samples is None else ("PNG", samples, head[24])
@@ -141,7 +142,7 @@ def eight_bit_input(path: Path) -> bool | None:
         pnm = pnm_header(head)
         return None if pnm is None else pnm.maxval <= 255
     if kind == "TIFF":
-        layout = sample_layout(path)
+        layout = sample_layout(path, head)
         return True if layout is not None and layout[2] <= 8 else None
     return None
 

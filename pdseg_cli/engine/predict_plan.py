@@ -241,11 +241,12 @@ def _not_an_output(path: Path, kind: str) -> str | None:
     if not path.is_file():
         return None
     spec = OUTPUT_KINDS[kind]
-    layout = header.sample_layout(path)
+    head = header.read_head(path, 32)
+    layout = header.sample_layout(path, head)
     if layout is None:
         written = "TIFF" if path.suffix.lower() == HIGH_DEPTH_SUFFIX else "PNG"
         ours = f"the {spec.channels}-channel {written} pdseg writes as {_a(kind)}"
-        other = header.image_kind(header.read_head(path, 16))  # the format its first bytes announce
+        other = header.image_kind(head)  # the format its first bytes announce
         return f"{_a(other)}, not {ours}" if other is not None else f"not an image, nor {ours}"
     fmt, samples, bits = layout
     if samples == spec.channels and (bits == 8 if fmt == "PNG" else bits >= 16):
