@@ -158,14 +158,14 @@ def save_checkpoint(
         TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
         IsADirectoryError: ``path`` is a folder.
     """
-    payload = checkpoint_payload(
-        model, half=half, train_size=train_size, normalization=normalization, **provenance
-    )
     path = Path(path)
     if path.is_dir():  # checked first: the rename at the end would fail on it, after the write
         raise IsADirectoryError(
             21, f"{path} is a folder; give the checkpoint's file name, e.g. {path / 'model.pt'}"
         )
+    payload = checkpoint_payload(
+        model, half=half, train_size=train_size, normalization=normalization, **provenance
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
