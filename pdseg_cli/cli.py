@@ -30,10 +30,13 @@ def _no_type(ctx: typer.Context) -> None:
 
 
 def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
-    """``cls`` whose on/off options, its own ``--help`` included, show no value column (``FLAG``),
-    and whose arguments with a metavar show that name alone (Typer adds "<list[str]>" to an
-    argument that takes several values): set here once for every command, so a new flag or
-    argument needs nothing of its own."""
+    """``cls`` whose ``--help`` fits an 80-column terminal: on/off options, its own ``--help``
+    included, show no value column (``FLAG``); arguments with a metavar show that name alone (Typer
+    adds "<list[str]>" to an argument that takes several values); a number with a range shows
+    "<int> [x>=1]", not "<int range> [x>=1]"; and the "off" form of a switch
+    (``--no-refine-foreground``) is named in its help text, not in a column of its own, which at
+    80 columns left the help text 15 characters wide. Set here once for every command, so a new
+    option or argument needs nothing of its own."""
 
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
         def get_params(self, ctx: typer.Context) -> list[Any]:
@@ -43,7 +46,22 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
                     param.metavar = FLAG
                 elif isinstance(param, typer.core.TyperArgument) and param.metavar:
                     param.display_type_rich = _no_type
+                elif param.metavar is None and str(param.display_type_rich(ctx)).endswith(" range>"):
+                    param.metavar = str(param.display_type_rich(ctx)).replace(" range>", ">")
             return params
+
+        def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+            switches = [p for p in self.get_params(ctx) if p.secondary_opts]
+            saved = [(p, p.secondary_opts, p.help) for p in switches]
+            for param in switches:  # help exits afterwards; the parser is built before this runs
+                off = ", ".join(param.secondary_opts)
+                param.help = f"{param.help or ''} Off: {off}.".strip()
+                param.secondary_opts = []
+            try:
+                super().format_help(ctx, formatter)
+            finally:
+                for param, secondary, text in saved:
+                    param.secondary_opts, param.help = secondary, text
 
     return FlagHelp
 

@@ -318,8 +318,21 @@ def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
         assert "<list[" not in text and "{sources}" not in text, command  # Python types, not names
         assert "…" not in text, command
     assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "110"}).output
-    for command in ("eval", "export", "benchmark", "info"):
-        assert "…" not in runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output, command
+    for command in ("predict", "eval", "train", "export", "benchmark", "info"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output
+        assert "…" not in text, command
+        # the help text keeps 30 of 80 columns: the "off" form of a switch and a number's range
+        # type used to take columns of their own and leave it 15 characters wide
+        (row,) = [line for line in text.splitlines() if "Show this message and exit." in line]
+        assert len(row) - row.index("Show this message") >= 30, (command, row)
+
+
+def test_switch_help_names_its_off_form() -> None:
+    # the "off" form lives in the help text at any width (not in a column of its own), and still parses
+    row = _option_row("predict", "--refine-foreground")
+    assert "Off: --no-refine-foreground." in row, row
+    assert "Off: --no-augment." in _option_row("train", "--augment")
+    assert "<int> [x>=1]" in _option_row("predict", "--batch")
 
 
 def test_every_lazy_public_name_is_typed_for_type_checkers() -> None:

@@ -53,7 +53,7 @@ def benchmark(
         str,  # not an Enum, whose bad values get click's usage box: checked below with a did-you-mean
         typer.Option(
             "--mode",
-            metavar="<optimized|plain|compare>",
+            metavar="<str>",
             help="optimized: the fast inference form; plain: the model as built; compare: both, alternating.",
         ),
     ] = "optimized",
