@@ -685,3 +685,11 @@ def test_a_module_that_is_not_a_one_map_segmenter_is_refused() -> None:
         predictor.predict(image)
     with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
         Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch([image], batch=0)
+
+
+@pytest.mark.parametrize("name", ["tta", "channels_last", "optimized"])
+def test_switches_must_be_bools(name: str) -> None:
+    # bool("no") is True: Predictor(tta="no") ran with test-time augmentation on
+    with pytest.raises(TypeError, match=f"{name} must be True or False, not 'no'"):
+        Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64, **{name: "no"})
+    assert Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64, tta=np.bool_(True)).tta is True

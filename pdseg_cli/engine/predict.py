@@ -121,6 +121,7 @@ class Predictor:
         WeightsError: the checkpoint cannot be used.
         NotAvailableError: the device or precision is not available.
         InputError: a bad option value.
+        TypeError: ``tta``, ``channels_last`` or ``optimized`` is not a bool.
     """
 
     def __init__(
@@ -143,6 +144,9 @@ class Predictor:
         self.device_reason = choice.reason
         self.precision = runtime.resolve_precision(precision, self.device)
         self.channels_last = channels_last
+        for name, value in (("tta", tta), ("channels_last", channels_last), ("optimized", optimized)):
+            if not isinstance(value, bool | np.bool_):  # bool("no") is True: a typo would flip it on
+                raise TypeError(f"{name} must be True or False, not {value!r}")
         self.tta = bool(tta)
         self.weights_path: Path | None = None
         if isinstance(weights, nn.Module):
