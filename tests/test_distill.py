@@ -537,8 +537,13 @@ def test_final_map_ceiling_and_the_training_warning(tmp_path: Path) -> None:
 
 
 def test_a_teacher_folder_is_called_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="is a folder, not a model file") as err:
+    # the same check and words as --weights: a folder's model files are named
+    with pytest.raises(WeightsError, match="--teacher .* is a folder, not a file") as err:
         TeacherMaps(tmp_path, tmp_path / "cache")
-    assert err.value.hint == "give the .onnx, .pt or .ts file inside it"
-    with pytest.raises(DataError, match="does not exist"):
+    assert err.value.hint == "give the model file itself (.pt, .pth, .ckpt, .onnx, .ts), not its folder"
+    (tmp_path / "isnet.onnx").write_bytes(b"")
+    with pytest.raises(WeightsError, match="is a folder") as err:
+        TeacherMaps(tmp_path, tmp_path / "cache")
+    assert err.value.hint == f"it holds isnet.onnx: give one, e.g. {tmp_path / 'isnet.onnx'}"
+    with pytest.raises(WeightsError, match="does not exist"):
         TeacherMaps(tmp_path / "isnet.onxx", tmp_path / "cache")

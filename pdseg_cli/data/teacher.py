@@ -83,7 +83,7 @@ class TeacherMaps:
         onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher, or None.
 
     Raises:
-        DataError: the teacher file does not exist.
+        WeightsError: the teacher file does not exist, or is a folder.
     """
 
     def __init__(
@@ -94,16 +94,12 @@ class TeacherMaps:
         device: str = "cpu",
         onnx_spec: str | None = None,
     ) -> None:
-        from pdseg_cli.errors import DataError
+        from pdseg_cli.model.build import check_weights_file
+        from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
         path = Path(teacher).expanduser()
-        if path.is_dir():
-            raise DataError(
-                f"--teacher {path} is a folder, not a model file",
-                hint="give the .onnx, .pt or .ts file inside it",
-            )
-        if not path.is_file():
-            raise DataError(f"--teacher {path} does not exist", hint="give a .pt, .onnx or .ts file")
+        # what --weights says of a folder or a missing file: the model files in the folder to give
+        check_weights_file(path, "--teacher", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
         self.path = path.resolve()
         self.device = device
         self.onnx_spec = onnx_spec or ""
