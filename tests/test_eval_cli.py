@@ -409,7 +409,18 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2 and "several files per name: old.bmp and old.tif" in flat(result.output)
     (keep / "s" / "old.bmp").unlink()
-    (keep / "s" / f"{CASES[0]}.png").write_bytes(b"")  # an old map of the same name is just replaced
+    # a photo where a map goes: named as --save-preds, before the model runs (the predict step
+    # refused it later, calling the folder "--out", an option eval does not have)
+    cv2.imwrite(str(keep / "s" / f"{CASES[0]}.png"), np.zeros((8, 8, 3), np.uint8))
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert (
+        f"--save-preds {keep}: {keep / 's'} holds 1 file that pdseg did not write and would replace: "
+        f"{CASES[0]}.png (an 8-bit PNG with 3 channels; pdseg's mask has 1)" in flat(result.output)
+    )
+    assert "--out" not in result.output
+    # an old map of the same name is just replaced
+    cv2.imwrite(str(keep / "s" / f"{CASES[0]}.png"), np.zeros((8, 8), np.uint8))
     _FakePredictor.source = split / "pred"
     monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
     assert _run(*args, cache=tmp_path / "c").exit_code == 0

@@ -387,6 +387,11 @@ def test_load_model_takes_the_device_names_predictor_takes(tmp_path: Path) -> No
     if not torch.cuda.is_available():
         with pytest.raises(NotAvailableError):
             load_model(path, device="cuda")
+        with pytest.raises(NotAvailableError):  # a torch.device goes through the same check
+            load_model(path, device=torch.device("cuda"))
+    with pytest.raises(InputError, match="not a device"):  # was torch's RuntimeError from .to(1)
+        load_model(path, device=1)  # type: ignore[arg-type]
+    assert next(load_model(path, device=torch.device("cpu")).parameters()).device.type == "cpu"
 
 
 @pytest.mark.parametrize("size", [(256, 320), "512", 512.0, True])

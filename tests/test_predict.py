@@ -685,6 +685,11 @@ def test_a_module_that_is_not_a_one_map_segmenter_is_refused() -> None:
         predictor.predict(image)
     with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
         Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch([image], batch=0)
+    # one image, not a list: its 40 rows were segmented as 40 images of 50x3
+    with pytest.raises(ValueError, match=r"not one \(40, 50, 3\) image: use predict\(image\)"):
+        Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch(image)
+    stacked = Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch(np.stack([image] * 2))
+    assert [m.shape for m in stacked] == [(40, 50)] * 2  # an (N, H, W, C) array is N images
 
 
 @pytest.mark.parametrize("name", ["tta", "channels_last", "optimized"])

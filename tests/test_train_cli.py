@@ -82,6 +82,10 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
         assert done.exit_code == 0 and "has finished its 2 epochs: nothing to train" in flat(done.output)
         assert f"pdseg train --resume --out {out} --epochs N (N > 2)" in flat(done.output)
         assert "epoch" not in done.stdout  # said before loading the data: no replayed epoch table
+    # a finished run refuses changed settings as one with more to train does (it said "nothing to
+    # train" and dropped the new --batch in silence)
+    changed = runner.invoke(app, ["train", "--out", str(out), "--resume", "--batch", "2"])
+    assert changed.exit_code == 2 and "--batch 4 -> 2" in flat(changed.output), changed.output
     # without --epochs into a folder that holds a run: how to go on with it, not "--epochs is needed"
     again = runner.invoke(app, ["train", "--out", str(out), "--variant", "pdseg-tiny"])
     assert again.exit_code == 2 and "already holds a training run" in flat(again.output)

@@ -241,9 +241,9 @@ def train(
     from pdseg_cli import ui
     from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
-    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_epochs
+    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
-    from pdseg_cli.engine.train_folder import existing_run
+    from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
     from pdseg_cli.errors import InputError, counted, first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
@@ -275,8 +275,10 @@ def train(
         if resume:
             length = {} if epochs is None else {"epochs": epochs}
             cfg = TrainConfig.for_resume(out, overwrite=overwrite, **length, **given)
-            done = finished_epochs(cfg.out / LAST_NAME)
-            if done is not None and done == cfg.epochs:  # said before the data are loaded for nothing
+            finished = finished_state(cfg.out / LAST_NAME)
+            done = None if finished is None else int(finished["epochs"])
+            if finished is not None and done == cfg.epochs:  # said before the data are loaded for nothing
+                refuse_other_settings(cfg, finished)  # as a resume with more to train does
                 if main:
                     ui.info(
                         f"{out} has finished its {counted(done, 'epoch')}: nothing to train; to train "

@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pdseg_cli import __version__
+from pdseg_cli import __version__, errors
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
@@ -62,6 +62,7 @@ from pdseg_cli.engine.eval_pairs import (
 )
 from pdseg_cli.engine.eval_report import OVERALL_RULE, EvalReport, ImageRecord, PooledResult, SplitResult
 from pdseg_cli.engine.output_kinds import output_path
+from pdseg_cli.engine.predict_plan import not_an_output
 from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
@@ -625,7 +626,8 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
 
     Raises:
         DataError: the folder is a file, or naming the files that clash (old ones among themselves,
-            or an old ``<stem>.jpg`` beside the ``<stem>.png`` to come).
+            or an old ``<stem>.jpg`` beside the ``<stem>.png`` to come), or a ``<stem>.png`` there
+            that is not a map pdseg wrote (a photo).
         InputError: the folder cannot be made or written.
     """
     out_dir = save_preds.expanduser() / name
@@ -637,11 +639,21 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
     if out_dir.is_dir():
         kept, clashes = images_by_stem(out_dir)
         names = [f"{first.name} and {second.name}" for first, second in clashes]
+        foreign: list[str] = []
         for stem in sorted(stems):
             new = output_path(out_dir, stem, "mask", high_depth=False)
             old = kept.get(stem)
             if old is not None and old.name != new.name:
                 names.append(f"{old.name} and the new {new.name}")
+            elif (what := not_an_output(new, "mask")) is not None:
+                foreign.append(f"{new.name} ({what})")
+        if foreign:  # said here, as the option typed, not by the predict step as "--out"
+            raise DataError(
+                f"--save-preds {save_preds}: {out_dir} holds {counted(len(foreign), 'file')} that pdseg "
+                f"did not write and would replace: {errors.listing(foreign, 5, sep='; ')}",
+                hint="move them, or give --save-preds another folder; pdseg replaces only its own "
+                "earlier maps; the model has not run yet",
+            )
         if names:
             raise DataError(
                 f"--save-preds {save_preds}: {out_dir} would hold several files per name: "

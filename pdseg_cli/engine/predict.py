@@ -283,11 +283,18 @@ class Predictor:
         differ from :meth:`predict`'s by float rounding (at most 1).
 
         Raises:
-            ValueError: ``batch`` is below 1, or an image or the model's output has the wrong shape.
+            ValueError: ``batch`` is below 1, ``images`` is one image, or an image or the model's
+                output has the wrong shape.
         """
         check_threshold(threshold)
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
+        if isinstance(images, np.ndarray) and images.ndim < 4:
+            # one image: its rows would be taken as images, each an (W, 3) gray image, in silence
+            raise ValueError(
+                f"predict_batch takes a list of images (or an (N, H, W, C) array), not one {images.shape} "
+                "image: use predict(image), or predict_batch([image])"
+            )
         xs = [T.to_float_rgb(im) for im in images]
         sizes = [x.shape[:2] for x in xs]
         arrays = [self.prepare_array(x) for x in xs]

@@ -233,7 +233,7 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
     )
 
 
-def _not_an_output(path: Path, kind: str) -> str | None:
+def not_an_output(path: Path, kind: str) -> str | None:
     """What ``path`` is, when it is a file but not one an earlier run wrote as a ``kind`` output
     (``an 8-bit PNG with 3 channels; pdseg's mask has 1``); None when it is no file, or is such an
     output. Told by its header alone (read once): the kind's samples per pixel, in an 8-bit PNG or
@@ -265,8 +265,8 @@ def _a(word: str) -> str:
 
 
 def _earlier_output(path: Path, kind: str) -> bool:
-    """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output (:func:`_not_an_output`)."""
-    return path.is_file() and _not_an_output(path, kind) is None
+    """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output (:func:`not_an_output`)."""
+    return path.is_file() and not_an_output(path, kind) is None
 
 
 def _written_paths(out: Path, item: InputFile, kind: str) -> list[Path]:
@@ -285,7 +285,7 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     """Refuse a run that would replace files in ``--out`` that are not earlier outputs of their
     kind (a colour photo ``album/cat.png`` where the mask of ``cat.jpg`` goes): pdseg replaces its
     own outputs on a rerun, and nothing else. An earlier output is told by its header alone
-    (:func:`_not_an_output`).
+    (:func:`not_an_output`).
 
     Raises:
         InputError: naming the files and what each is.
@@ -293,7 +293,7 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     foreign: list[str] = []
     for item in items:
         for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items():
-            found = {p: what for p in paths if (what := _not_an_output(p, kind)) is not None}
+            found = {p: what for p in paths if (what := not_an_output(p, kind)) is not None}
             if not found:
                 continue  # the usual case, without reading the input's header
             for p in _written_paths(out, item, kind):

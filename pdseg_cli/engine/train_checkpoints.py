@@ -103,13 +103,13 @@ def resume_summary(path: Path) -> str | None:
     return None if parts is None else "; ".join(parts)
 
 
-def finished_epochs(path: Path) -> int | None:
-    """The number of epochs of the run whose ``last.pt`` is ``path`` when it has finished them
-    all (a resume without a larger ``--epochs`` has nothing to train), else None."""
+def finished_state(path: Path) -> dict[str, Any] | None:
+    """The training state of the run whose ``last.pt`` is ``path`` when it has finished all its
+    epochs (a resume without a larger ``--epochs`` has nothing to train), else None."""
     state = _peek_state(path)
     if state is None or int(state["step_in_epoch"]) != 0 or int(state["epoch"]) < int(state["epochs"]):
         return None
-    return int(state["epochs"])
+    return state
 
 
 def _peek_state(path: Path) -> dict[str, Any] | None:

@@ -107,14 +107,15 @@ def clear_old_run(ctx: RunContext) -> None:
     ctx.barrier()
 
 
-def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
-    """Refuse to resume with settings that change the trajectory; warn when only the number of
-    processes or the precision changed (the run continues, but differently).
+def refuse_other_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> None:
+    """Refuse to resume the run whose training state is ``state`` with settings that change its
+    trajectory, whether there is more to train or not (a finished run told "nothing to train"
+    while a changed --lr was dropped in silence would read as accepted).
 
     Raises:
         InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup``) differs.
     """
-    stored, now = state["config"], ctx.cfg.to_dict()
+    stored, now = state["config"], cfg.to_dict()
     # a field added after the run started is absent from its config: the run had the default
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     diffs = [
@@ -122,13 +123,19 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
         for name in TRAJECTORY_FIELDS
         if stored.get(name, defaults[name]) != now[name]
     ]
-    if ctx.cfg.warmup is not None and state["warmup"] != ctx.cfg.warmup:
-        diffs.append(f"--warmup {state['warmup']} -> {ctx.cfg.warmup}")
+    if cfg.warmup is not None and state["warmup"] != cfg.warmup:
+        diffs.append(f"--warmup {state['warmup']} -> {cfg.warmup}")
     if diffs:
         raise InputError(
-            f"{ctx.cfg.out} was trained with other settings: {'; '.join(diffs)}",
+            f"{cfg.out} was trained with other settings: {'; '.join(diffs)}",
             hint="resume with the run's own settings (leave those options out), or start a new --out",
         )
+
+
+def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
+    """:func:`refuse_other_settings`, then warn when only the number of processes or the precision
+    changed (the run continues, but differently)."""
+    refuse_other_settings(ctx.cfg, state)
     soft = []
     if state["world_size"] != ctx.env.world_size:
         soft.append(f"{state['world_size']} -> {ctx.env.world_size} processes")

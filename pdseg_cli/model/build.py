@@ -485,10 +485,11 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         NotAvailableError: CUDA (or MPS) was asked for and is not there (checked before loading).
         InputError: not a device name.
     """
-    if isinstance(device, str):
-        from pdseg_cli.runtime import resolve_device
+    from pdseg_cli.runtime import resolve_device
 
-        device = resolve_device(device).device
+    # a torch.device too: torch.device("cuda") on a machine without one is refused here, with the
+    # fix, not by .to() after the file was read
+    device = resolve_device(device).device
     ckpt = load_checkpoint(path)
     model = PDSeg(ckpt.config)
     state = _strip_prefixes(ckpt.state_dict)
