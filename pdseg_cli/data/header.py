@@ -307,11 +307,18 @@ class HeaderExtras:
             transparency; WebP with alpha). OpenCV drops it unless asked to decode unchanged.
         orientation: the EXIF Orientation of a PNG or WebP (1-8; 1 when absent), read as OpenCV
             reads it: a decode that keeps alpha must apply it itself (OpenCV skips it then).
+        colour_key: a gray or RGB PNG's tRNS colour (one sample or three, at the file's own bit
+            depth): pixels of exactly that value are transparent, the rest opaque. OpenCV gives
+            no alpha for a gray one, so the reader builds the alpha from the key (for RGB too: one
+            rule for both); None when the file has no key.
+        bit_depth: a PNG's bits per sample (1-16), which ``colour_key`` is written at.
     """
 
     icc_profile: bytes | None = None
     has_alpha: bool = False
     orientation: int = 1
+    colour_key: tuple[int, ...] | None = None
+    bit_depth: int = 8
 
 
 def header_extras(path: Path, head: bytes) -> HeaderExtras:
@@ -384,8 +391,9 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
     ihdr = data.read(8, 25)
     if ihdr[4:8] != b"IHDR":
         return HeaderExtras()
-    colour_type = ihdr[17]
+    bit_depth, colour_type = ihdr[16], ihdr[17]
     alpha = colour_type in (4, 6)
+    key: tuple[int, ...] | None = None
     icc: bytes | None = None
     orientation, exif_seen, image_seen = 1, False, False
     offset = 8
@@ -404,13 +412,31 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
             icc = _png_iccp(data.read(offset + 8, length + 4), length)
         elif name == b"tRNS" and not image_seen and colour_type == 3:
             alpha = True
+        elif name == b"tRNS" and not image_seen and colour_type in (0, 2):
+            key = _png_colour_key(data.read(offset + 8, length), colour_type, bit_depth)
         elif name == b"eXIf" and not exif_seen:
             exif_seen = True
             orientation = exif_orientation(data.read(offset + 8, length))
         if image_seen and exif_seen:
             break
         offset += 12 + length
-    return HeaderExtras(icc_profile=icc, has_alpha=alpha, orientation=orientation)
+    return HeaderExtras(
+        icc_profile=icc, has_alpha=alpha, orientation=orientation, colour_key=key, bit_depth=bit_depth
+    )
+
+
+def _png_colour_key(body: bytes, colour_type: int, bit_depth: int) -> tuple[int, ...] | None:
+    """A gray (type 0) or RGB (type 2) PNG's tRNS data -> its colour key at the file's bit depth.
+
+    The chunk stores each sample as 16 bits whatever the depth; below 16 only the low bits count
+    (the PNG spec: "the least significant bits are used"), as libpng reads them. None when the
+    chunk is too short to hold the key (a damaged file: read as opaque, as libpng does).
+    """
+    samples = 1 if colour_type == 0 else 3
+    if len(body) < 2 * samples or not 1 <= bit_depth <= 16:
+        return None
+    mask = (1 << bit_depth) - 1
+    return tuple(value & mask for value in struct.unpack(f">{samples}H", body[: 2 * samples]))
 
 
 def _png_iccp(body: bytes, length: int) -> bytes | None:

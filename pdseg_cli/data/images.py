@@ -8,8 +8,11 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
 * Grayscale is repeated into three channels; CMYK JPEGs and TIFFs, and CIELab TIFFs, are
   converted to RGB. A TIFF in a colour space pdseg does not convert is refused, not misread.
 * An alpha channel is not segmented: pdseg segments the colours, whatever the alpha says. An 8- or
-  16-bit alpha (PNG, WebP, TIFF) is kept beside them (``LoadedImage.alpha``, oriented as the
-  colours are) for cut-outs, which multiply it into their own; an opaque one is not kept.
+  16-bit alpha (PNG, WebP, TIFF), a float TIFF's alpha (as a 0..1 fraction) and a gray or RGB
+  PNG's tRNS colour key (as 0 where a pixel is the key) are kept beside them
+  (``LoadedImage.alpha``, oriented as the colours are) for cut-outs, which multiply it into their
+  own; an opaque one is not kept. A TIFF's associated (premultiplied) alpha is divided out of
+  its colours: the cut-outs store straight alpha.
 * An embedded ICC profile (JPEG, PNG, WebP, TIFF) is kept as its bytes (``LoadedImage.icc_profile``)
   when it is whole and describes RGB, for the outputs made of the image's colours to carry; a
   damaged one is passed over silently (:func:`pdseg_cli.data.header.header_extras`).
@@ -18,7 +21,7 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
   interleaved, BigTIFF, compressed). A multi-page TIFF gives its first full-resolution page (a
   reduced-resolution preview before it is passed over) and a warning naming the page.
   A compression that tifffile cannot decode without ``imagecodecs`` (LZW, JPEG, PackBits...) is
-  read through OpenCV's libtiff instead; its RGBA reader multiplies the colours of an
+  read through OpenCV's libtiff instead; its 8-bit RGBA reader multiplies the colours of an
   unassociated-alpha image by alpha, which is undone (fully transparent pixels stay black).
   Uncompressed YCbCr TIFFs are read through libtiff too, which converts them.
 * PGM/PPM samples are scaled by the file's own maxval (a 12-bit scan's 4095 is full intensity).
@@ -94,9 +97,10 @@ class LoadedImage:
         pixels: (H, W, 3) RGB; uint8, uint16, or float32 for floating-point TIFFs.
         path: where it was read from.
         warnings: things the user should know (e.g. "multi-page TIFF: first page used").
-        alpha: the file's own alpha, (H, W) of ``pixels``' dtype (uint8 or uint16; 0 transparent,
-            the type's maximum opaque), oriented as ``pixels``; None when the file has none, when
-            it is opaque everywhere, or for float images.
+        alpha: the file's own alpha, (H, W), oriented as ``pixels``: of ``pixels``' dtype for
+            uint8 and uint16 (0 transparent, the type's maximum opaque); float32 0..1 (the fraction
+            opaque) for float images, whose full scale is not a type's maximum. None when the file
+            has none or it is opaque everywhere.
         icc_profile: the file's embedded ICC profile (an RGB one), as its bytes; None when absent,
             damaged or not RGB.
     """
@@ -178,8 +182,32 @@ def _read_cv2_image(
     to the whole array, so the colours end up as OpenCV would orient them and the alpha with them.
     """
     if not extras.has_alpha:
-        return _split_bgra(_read_cv2(path, warnings))
-    return _split_bgra(orient(_read_cv2(path, warnings, cv2.IMREAD_UNCHANGED), extras.orientation))
+        colours, alpha = _split_bgra(_read_cv2(path, warnings))
+    else:
+        unchanged = _read_cv2(path, warnings, cv2.IMREAD_UNCHANGED)
+        colours, alpha = _split_bgra(orient(unchanged, extras.orientation))
+    if alpha is None and extras.colour_key is not None:
+        # built from the decoded (already oriented) colours, so it is oriented with them
+        alpha = _colour_key_alpha(colours, extras.colour_key, extras.bit_depth)
+    return colours, alpha
+
+
+def _colour_key_alpha(colours: np.ndarray, key: tuple[int, ...], bit_depth: int) -> np.ndarray | None:
+    """A PNG tRNS colour key as alpha: 0 where a pixel of ``colours`` (gray or RGB, as decoded)
+    is exactly ``key`` (at the file's ``bit_depth``), the type's maximum elsewhere. None when the
+    decoded samples cannot hold the key's depth or count (then the file reads as opaque)."""
+    samples = colours if colours.ndim == 3 else colours[..., None]
+    if samples.dtype not in (np.uint8, np.uint16) or samples.shape[2] != len(key):
+        return None
+    if bit_depth > 8 * samples.dtype.itemsize:
+        return None
+    top = int(np.iinfo(samples.dtype).max)
+    # libpng widens 1, 2 and 4-bit gray to 8 bits by repeating the bits (x 255, 85, 17): a key of
+    # the file's depth is widened alike to meet the samples it stands for
+    widen = top // ((1 << bit_depth) - 1) if bit_depth < 8 else 1
+    target = np.asarray([value * widen for value in key], dtype=samples.dtype)
+    transparent = np.all(samples == target, axis=2)
+    return np.where(transparent, samples.dtype.type(0), samples.dtype.type(top))
 
 
 def _split_bgra(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -191,12 +219,17 @@ def _split_bgra(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _kept_alpha(alpha: np.ndarray | None, dtype: np.dtype[Any]) -> np.ndarray | None:
     """The alpha a :class:`LoadedImage` keeps: an 8- or 16-bit one of the colours' own sample type
-    (as PNG and TIFF store them), not opaque everywhere (a cut-out would be its map unchanged)."""
-    if alpha is None or alpha.dtype != dtype or dtype not in (np.uint8, np.uint16):
+    (as PNG and TIFF store them), or a float image's 0..1 fraction (:func:`_colours_and_alpha`),
+    not opaque everywhere (a cut-out would be its map unchanged)."""
+    if alpha is None or alpha.dtype != dtype:
         return None
-    if int(alpha.min()) == np.iinfo(dtype).max:
+    if dtype == np.float32:
+        opaque = float(alpha.min()) >= 1.0
+    elif dtype in (np.uint8, np.uint16):
+        opaque = int(alpha.min()) == np.iinfo(dtype).max
+    else:
         return None
-    return np.ascontiguousarray(alpha)
+    return None if opaque else np.ascontiguousarray(alpha)
 
 
 def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
@@ -326,18 +359,60 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
         )
         return array, alpha, icc
     array = orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
-    return array, _tiff_alpha(array, photometric, extra_samples), icc
+    colours = _tiff_alpha_index(array, photometric, extra_samples)
+    if colours is None:
+        return array, None, icc
+    premultiplied = extra_samples[0] == _ASSOCIATED_ALPHA
+    array, alpha = _colours_and_alpha(array[..., : colours + 1], premultiplied)
+    return array, alpha, icc
 
 
-def _tiff_alpha(array: np.ndarray, photometric: int, extra_samples: tuple[int, ...]) -> np.ndarray | None:
-    """The alpha channel of a gray or RGB page (the first extra sample, when ExtraSamples calls it
-    associated or unassociated alpha), as a view; None for other pages."""
+def _tiff_alpha_index(array: np.ndarray, photometric: int, extra_samples: tuple[int, ...]) -> int | None:
+    """Where a gray or RGB page's alpha channel is (the first extra sample, when ExtraSamples
+    calls it associated or unassociated alpha): its index, which is also the count of colours;
+    None for other pages."""
     colours = {_PHOTOMETRIC_MINISWHITE: 1, _PHOTOMETRIC_MINISBLACK: 1, _PHOTOMETRIC_RGB: 3}.get(photometric)
     if colours is None or not extra_samples or extra_samples[0] not in _ALPHA_SAMPLES:
         return None
     if array.ndim != 3 or array.shape[2] <= colours:
         return None
-    return array[..., colours]
+    return colours
+
+
+def _colours_and_alpha(samples: np.ndarray, premultiplied: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C + 1) colours then alpha, as a TIFF reader gives them -> (straight colours
+    (H, W, C), alpha (H, W)).
+
+    ``premultiplied``: the colours were multiplied by alpha (associated alpha, or libtiff's 8-bit
+    RGBA reader); they are divided back, since cut-outs store straight alpha. Integer samples keep
+    their type. Float samples come back as float32 with the alpha as a 0..1 fraction
+    (:func:`_alpha_full_scale` says why and at what scale it is read).
+    """
+    if np.issubdtype(samples.dtype, np.floating):
+        samples = samples.astype(np.float32, copy=False)  # float16 too: what to_rgb makes of it
+    full = _alpha_full_scale(samples)
+    # other integer types (uint32, int16) are read by their values, not their type's range, and
+    # their alpha is not kept (_kept_alpha): their colours are left as stored
+    if premultiplied and samples.dtype in (np.uint8, np.uint16, np.float32):
+        samples = _unpremultiply(samples, full)
+    colours, alpha = samples[..., :-1], samples[..., -1]
+    if samples.dtype == np.float32:
+        alpha = np.nan_to_num(alpha / np.float32(full), nan=0.0, posinf=1.0, neginf=0.0)
+        alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32, copy=False)
+    return colours, alpha
+
+
+def _alpha_full_scale(samples: np.ndarray) -> float:
+    """The alpha of an opaque pixel: the type's maximum for integers. A float TIFF's alpha is read
+    at the smallest of 1, 255 and 65535 that its largest finite alpha sample does not pass: from
+    the alpha alone, as HDR colours pass 1 (even 4) while their alpha stays 0..1, and a float copy
+    of an 8-bit image has 0..255 in both."""
+    if np.issubdtype(samples.dtype, np.integer):
+        return float(np.iinfo(samples.dtype).max)
+    alpha = samples[..., -1]
+    finite = alpha[np.isfinite(alpha)]
+    top = float(finite.max()) if finite.size else 0.0
+    return next((scale for scale in (1.0, 255.0, 65535.0) if top <= scale), top)
 
 
 def _pages_note(path: Path, count: int, index: int) -> str:
@@ -401,10 +476,16 @@ def _read_tiff_libtiff(
     failure: Exception | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The TIFF page tifffile did not decode (``failure``) or must not (YCbCr), through OpenCV's
-    libtiff, which applies the Orientation tag itself -> (RGB array, a view of its unassociated
-    alpha or None)."""
-    unassociated = _UNASSOCIATED_ALPHA in extra_samples
-    flags = cv2.IMREAD_UNCHANGED if unassociated else _CV2_FLAGS
+    libtiff, which applies the Orientation tag itself -> (RGB array, its alpha or None).
+
+    OpenCV keeps an RGB page's alpha (not a gray one's). What it hands back: an 8-bit RGBA page goes
+    through libtiff's RGBA reader, which multiplies unassociated colours by alpha and passes
+    associated (already multiplied) ones as stored; 16-bit and float pages come as stored. So the
+    colours are premultiplied, and divided back once, for associated alpha at any depth and for
+    unassociated alpha at 8 bits.
+    """
+    alpha_kind = extra_samples[0] if extra_samples and extra_samples[0] in _ALPHA_SAMPLES else None
+    flags = cv2.IMREAD_UNCHANGED if alpha_kind is not None else _CV2_FLAGS
     # Lab is converted from tifffile's samples only (libtiff's own conversion takes another white)
     lab = photometric in (_PHOTOMETRIC_CIELAB, _PHOTOMETRIC_ICCLAB)
     array = None if lab else _read_cv2_or_none(path, warnings, flags, page=index)
@@ -420,26 +501,37 @@ def _read_tiff_libtiff(
             f"{path}: cannot decode this TIFF ({why})",
             hint="check that the file is complete; if it opens elsewhere, save it as an RGB TIFF",
         ) from None
-    # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way);
-    # only libtiff's 8-bit RGBA reader premultiplies
-    if unassociated and array.ndim == 3 and array.shape[2] == 4 and array.dtype == np.uint8:
-        array = _unpremultiply(array, path, warnings)
-    return _split_bgra(array)
+    # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way)
+    if alpha_kind is None or array.ndim != 3 or array.shape[2] != 4:
+        return _split_bgra(array)
+    by_rgba_reader = array.dtype == np.uint8  # only libtiff's 8-bit RGBA reader premultiplies
+    premultiplied = alpha_kind == _ASSOCIATED_ALPHA or by_rgba_reader
+    if alpha_kind == _UNASSOCIATED_ALPHA and by_rgba_reader:
+        _note_lost_colours(array[..., 3], path, warnings)
+    return _colours_and_alpha(array[..., [2, 1, 0, 3]], premultiplied)
 
 
-def _unpremultiply(bgra: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
-    """Undo libtiff's RGBA reader, which multiplies the colours of an unassociated-alpha image by
-    its alpha: the colours come back where alpha > 0; where alpha is 0 they are lost (black)."""
-    alpha = bgra[..., 3:].astype(np.float32)
-    scale = np.divide(255.0, alpha, out=np.zeros_like(alpha), where=alpha > 0)
-    colour = np.clip(np.rint(bgra[..., :3] * scale), 0, 255).astype(bgra.dtype)
+def _note_lost_colours(alpha: np.ndarray, path: Path, warnings: list[str]) -> None:
+    """Warn that libtiff's RGBA reader, which multiplies the colours of an unassociated-alpha image
+    by its alpha, lost the colour of every fully transparent pixel (black): the file has it."""
     lost = int((alpha == 0).sum())
     if lost:
         warnings.append(
             f"{path}: {lost:,} fully transparent pixels read as black (this compression is decoded by "
             "libtiff, which drops their colour; pip install imagecodecs reads them as stored)"
         )
-    return np.concatenate([colour, bgra[..., 3:]], axis=2)
+
+
+def _unpremultiply(samples: np.ndarray, full: float) -> np.ndarray:
+    """(H, W, C + 1) colours multiplied by the last channel (alpha, opaque at ``full``) -> the same
+    with straight colours: ``colour * full / alpha``, rounded and clipped to the type for integers.
+    Where alpha is 0 the colours stay as stored (0 in a premultiplied file: nothing to recover)."""
+    alpha = samples[..., -1:].astype(np.float32)
+    scale = np.divide(np.float32(full), alpha, out=np.ones_like(alpha), where=alpha > 0)
+    colour = samples[..., :-1] * scale
+    if np.issubdtype(samples.dtype, np.integer):
+        colour = np.clip(np.rint(colour), 0, np.iinfo(samples.dtype).max)
+    return np.concatenate([colour.astype(samples.dtype), samples[..., -1:]], axis=2)
 
 
 def orient(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -465,8 +557,9 @@ def _read_cv2_or_none(
 _TAG_ORIENTATION = 274
 _TAG_INKSET = 332
 _TAG_EXTRA_SAMPLES = 338
+_ASSOCIATED_ALPHA = 1  # ExtraSamples value: colours stored multiplied by alpha (premultiplied)
 _UNASSOCIATED_ALPHA = 2  # ExtraSamples value: alpha not multiplied into the colours
-_ALPHA_SAMPLES = frozenset({1, _UNASSOCIATED_ALPHA})  # ExtraSamples 1: associated alpha
+_ALPHA_SAMPLES = frozenset({_ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA})
 _PHOTOMETRIC_MINISWHITE = 0
 _PHOTOMETRIC_MINISBLACK = 1
 _PHOTOMETRIC_RGB = 2

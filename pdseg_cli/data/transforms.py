@@ -215,21 +215,26 @@ def alpha_at_depth(byte_map: np.ndarray, dtype: np.dtype[Any] | type) -> np.ndar
 def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray) -> np.ndarray:
     """A cut-out's alpha times the input's own: ``floor(alpha * input_alpha / max)``, exactly, in
     the integer scale both share (``max`` 255 for uint8, 65535 for uint16). Input alpha 0 gives
-    0, a full one leaves ``alpha`` unchanged.
+    0, a full one leaves ``alpha`` unchanged. float32: ``alpha * input_alpha``, the input's alpha
+    being a 0..1 fraction (a float image's full scale is no type's maximum), ``alpha`` at any scale.
 
     Args:
-        alpha: (H, W) uint8 or uint16, the map at the image's depth (:func:`alpha_at_depth`).
+        alpha: (H, W) uint8, uint16 or float32, the map at the image's depth (:func:`alpha_at_depth`,
+            for float32 at any scale).
         input_alpha: (H, W) of the same dtype, the image's own alpha (``LoadedImage.alpha``).
 
     Raises:
-        ValueError: the two differ in shape or dtype, or are not uint8 or uint16.
+        ValueError: the two differ in shape or dtype, or are not uint8, uint16 or float32.
     """
-    if alpha.dtype != input_alpha.dtype or alpha.dtype not in (np.uint8, np.uint16):
+    if alpha.dtype != input_alpha.dtype or alpha.dtype not in (np.uint8, np.uint16, np.float32):
         raise ValueError(
-            f"alpha of {alpha.dtype} and input alpha of {input_alpha.dtype}: expected one of uint8, uint16"
+            f"alpha of {alpha.dtype} and input alpha of {input_alpha.dtype}: expected one of uint8, "
+            "uint16, float32"
         )
     if alpha.shape != input_alpha.shape:
         raise ValueError(f"alpha of shape {alpha.shape} and input alpha of shape {input_alpha.shape}")
+    if alpha.dtype == np.float32:
+        return alpha * input_alpha
     top = np.uint32(np.iinfo(alpha.dtype).max)
     out = np.empty_like(alpha)
     rows = max(1, (1 << 22) // max(1, alpha.shape[1]))  # ~4M pixels a chunk bounds the uint32 temporaries
@@ -242,8 +247,8 @@ def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray) -> np.ndarray:
 def cutout(pixels: np.ndarray, byte_map: np.ndarray, input_alpha: np.ndarray | None = None) -> np.ndarray:
     """(H, W, 3) RGB + (H, W) map -> (H, W, 4) RGBA at the image's sample type (alpha = the map).
 
-    ``input_alpha``: the image's own alpha (uint8 or uint16, of ``pixels``' dtype), multiplied in
-    (:func:`with_input_alpha`): what was transparent in the input stays transparent.
+    ``input_alpha``: the image's own alpha (of ``pixels``' dtype: uint8, uint16, or float32 0..1),
+    multiplied in (:func:`with_input_alpha`): what was transparent in the input stays transparent.
     """
     alpha = alpha_at_depth(byte_map, pixels.dtype)
     if alpha.dtype == np.float32:
@@ -266,8 +271,9 @@ def composite(
             over it are blended as they are).
         byte_map: (H, W) uint8 map.
         background: (r, g, b) in 0..255.
-        input_alpha: the image's own alpha (uint8 or uint16, of ``pixels``' dtype): ``a`` is then
-            :func:`cutout`'s alpha over its maximum, ``with_input_alpha(map at depth, input_alpha) / max``.
+        input_alpha: the image's own alpha (of ``pixels``' dtype: uint8, uint16, or float32 0..1):
+            ``a`` is then :func:`cutout`'s alpha over its maximum, ``with_input_alpha(map at depth,
+            input_alpha) / max`` (for float32 the map's 0..1 times the input's 0..1).
 
     Returns:
         (H, W, 3) RGB of the same sample type as ``pixels``.
@@ -283,7 +289,9 @@ def composite(
         else:
             chunk = alpha_at_depth(byte_map[r0 : r0 + rows], dtype)
             chunk = with_input_alpha(chunk, input_alpha[r0 : r0 + rows])
-            a = chunk[..., None].astype(np.float32) / np.float32(top)
+            a = chunk[..., None].astype(np.float32)
+            if dtype != np.float32:  # float32's map at depth is 0..1 already (alpha_at_depth)
+                a /= np.float32(top)
         blend = pixels[r0 : r0 + rows].astype(np.float32) * a + bg * (np.float32(1.0) - a)
         if dtype == np.float32:
             out[r0 : r0 + rows] = blend
