@@ -698,3 +698,13 @@ def test_switches_must_be_bools(name: str) -> None:
     with pytest.raises(TypeError, match=f"{name} must be True or False, not 'no'"):
         Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64, **{name: "no"})
     assert Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64, tta=np.bool_(True)).tta is True
+
+
+def test_full_size_warns_for_models_trained_small_and_offers_no_bigger_size() -> None:
+    from pdseg_cli.engine.predict import FULL_SIZE_TRAINED, full_size_note
+
+    note = full_size_note("full", 512)
+    assert note is not None and "leave --size out to work at 512" in note
+    # it offered "--size 1024", at which the bundled weights score maxF 0.525 (0.735 at 512)
+    assert "1024" not in note
+    assert full_size_note("full", FULL_SIZE_TRAINED) is None and full_size_note(512, 256) is None

@@ -24,7 +24,7 @@ def info(
         int, typer.Option("--size", min=32, help="Input side N for the multiply-add count (an NxN image).")
     ] = 1024,
 ) -> None:
-    """Show the model variants: layers, parameters and GMACs at --size.
+    """Show the model variants: widths, depths, parameters and GMACs at --size.
 
     GMACs: multiply-adds of one eval-mode forward pass at batch 1, counted as the SegNeXt and PDSeg papers do.
 

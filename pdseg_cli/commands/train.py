@@ -26,7 +26,8 @@ def train(
             "--epochs",
             "-e",
             help="Train until this many epochs are complete. Needed for a new run; --resume keeps the "
-            "run's own unless a larger one extends it.",
+            "run's own unless given: a larger one extends the run, a smaller one (not behind the epochs "
+            "done) shortens it, and the learning rate then decays to 0 at the new last step.",
             show_default=False,
         ),
     ] = None,
@@ -224,7 +225,7 @@ def train(
 
     Ctrl-C saves last.pt; --resume continues the run from it, exactly.
 
-    A larger --epochs with --resume extends the run: the learning rate then decays over the new length.
+    Another --epochs with --resume re-plans the run: the learning rate decays over the new length.
 
     Several GPUs: torchrun --nproc-per-node N -m pdseg_cli train ... (--batch is per GPU).
 

@@ -60,7 +60,7 @@ class TrainingView:
         v = event.values
         self._epochs, self._out = v["epochs"], v["out"]
         val = f", validating on {v['n_val']} ({v['val_dir']})" if v["val_dir"] else ", no validation"
-        ui.info(f"{v['variant']}: training on {v['n_train']} images ({v['train_dir']}){val}")
+        ui.info(f"{v['variant']}: training on {counted(v['n_train'], 'image')} ({v['train_dir']}){val}")
         procs = f" x {v['world_size']} processes" if v["world_size"] > 1 else ""
         ui.info(
             f"device {v['device']}{procs} · precision {v['precision']} · size {v['size']}, "
@@ -76,8 +76,8 @@ class TrainingView:
             )
         if v["batch_used"] < v["batch"]:
             ui.info(
-                f"--batch {v['batch']} is more than the {v['batch_used']} images per process: each step "
-                f"takes all {v['batch_used']}"
+                f"--batch {v['batch']} is more than the {counted(v['batch_used'], 'image')} per process: "
+                f"each step takes {'it' if v['batch_used'] == 1 else 'all ' + str(v['batch_used'])}"
             )
         if v["resumed"] and v["start_epoch"] <= v["epochs"]:  # a finished run said so already
             ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
