@@ -302,6 +302,10 @@ def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) 
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
     assert "broken.png" in no_space(result.output)
     assert _no_temporaries(out)
+    # the way on, once: the other images need no second pass
+    assert "thenrerunwith--skip-existingtosegmentonlythese(theotherimageswerewritten)" in no_space(
+        result.output
+    )
 
 
 def test_a_failed_file_keeps_the_hint_that_fixes_it(folder: Path, tmp_path: Path, ckpt: Path) -> None:

@@ -126,10 +126,14 @@ def summary(result: Any) -> None:
     for w in dict.fromkeys(warnings):
         ui.warn(w)
     failures = result.failures
-    for r in failures[:_MAX_LISTED]:
-        ui.error(f"{r.path}: {r.error}" if str(r.path) not in (r.error or "") else str(r.error))
-    if len(failures) > _MAX_LISTED:
-        ui.error(f"... and {len(failures) - _MAX_LISTED} more failed files")
+    lines = [f"{r.path}: {r.error}" if str(r.path) not in (r.error or "") else str(r.error) for r in failures]
+    if len(lines) > _MAX_LISTED:
+        lines[_MAX_LISTED:] = [f"... and {len(failures) - _MAX_LISTED} more failed files"]
+    fix = "re-export or re-copy a damaged file, or move it away; then rerun"
+    if result.done:  # the rest were written: the rerun need only do these
+        fix += " with --skip-existing to segment only these (the other images were written)"
+    for i, line in enumerate(lines):  # the fix once, under the last line
+        ui.error(line, hint=fix if i == len(lines) - 1 else None)
 
 
 def _seconds(s: float) -> str:
