@@ -547,3 +547,70 @@ def test_a_teacher_folder_is_called_a_folder(tmp_path: Path) -> None:
     assert err.value.hint == f"it holds isnet.onnx: give one, e.g. {tmp_path / 'isnet.onnx'}"
     with pytest.raises(WeightsError, match="does not exist"):
         TeacherMaps(tmp_path / "isnet.onxx", tmp_path / "cache")
+
+
+def _graph(path: Path, dims: list[int | str], maps: int = 1) -> Path:
+    """A per-pixel graph whose one output "m" holds ``maps`` maps: sigmoid(w_k . x), k < maps."""
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    w = [0.5 * (k + 1) * v for k in range(maps) for v in (1.0, -1.0, 0.5)]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [maps, 3, 1, 1], w)]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["m"])]
+    out = helper.make_tensor_value_info("m", TensorProto.FLOAT, [dims[0], maps, dims[2], dims[3]])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [inp], [out], initializer=inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_output_of_several_maps_needs_a_channel(tmp_path: Path, photo: np.ndarray) -> None:
+    # channel 0 of a (background, foreground) softmax was read in silence: an inverted mask
+    two = _graph(tmp_path / "two.onnx", [1, 3, 32, 32], maps=2)
+    with pytest.raises(WeightsError) as info:
+        Predictor(two, device="cpu", onnx_spec="kind=probability")
+    assert "output 'm' holds 2 maps" in info.value.message and "channel=1" in (info.value.hint or "")
+    with pytest.raises(InputError, match="has 2 map"):
+        Predictor(two, device="cpu", onnx_spec="channel=2")
+    second = Predictor(two, device="cpu", onnx_spec="channel=1,mean=0,std=1,scale=1")
+    assert "channel 1" in second.description
+    x = cv2.resize(photo.astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR) / 255.0
+    session = ort.InferenceSession(str(two), providers=["CPUExecutionProvider"])
+    (maps,) = session.run(["m"], {"x": x.transpose(2, 0, 1)[None]})
+    logit = torch.logit(torch.from_numpy(maps[:, 1:2]).clamp(1e-7, 1 - 1e-7))
+    up = torch.nn.functional.interpolate(logit, size=photo.shape[:2], mode="bilinear", align_corners=False)
+    want = (torch.sigmoid(up)[0, 0] * 255.0).to(torch.uint8).numpy()
+    assert np.abs(second.predict(photo).astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("dims", "words"),
+    [
+        ([1, 3, 32, 48], "takes only 32x48 inputs"),
+        ([1, 3, 32, "W"], "takes only 32x? inputs"),
+        ([2, 3, 32, 32], "batches of exactly 2"),
+    ],
+)
+def test_inputs_pdseg_cannot_feed_are_refused_in_one_line(tmp_path: Path, dims: list, words: str) -> None:
+    # they failed inside onnxruntime at the first image, with a traceback
+    with pytest.raises(WeightsError, match=words.replace("?", r"\?")):
+        Predictor(_graph(tmp_path / "g.onnx", dims), device="cpu", onnx_spec="kind=probability")
+
+
+def test_bgr_mean_and_std_are_given_in_rgb_order() -> None:
+    from pdseg_cli.data import transforms as T
+    from pdseg_cli.engine.onnx_spec import parse_spec
+
+    # the help says R:G:B; with color=bgr they were applied in the graph's B:G:R order
+    for text in ("color=bgr,mean=10:20:30,std=1:2:4", "mean=10:20:30,std=1:2:4,color=bgr"):
+        fields = parse_spec(text)
+        assert fields["mean"] == (30.0, 20.0, 10.0) and fields["std"] == (4.0, 2.0, 1.0)
+    norm = {
+        "color": "BGR",
+        "scale": 255.0,
+        **{k: v for k, v in parse_spec("mean=10:20:30,std=1:2:4,color=bgr").items() if k != "color"},
+    }
+    pixel = np.array([[[100.0, 50.0, 40.0]]], np.float32)  # R, G, B
+    got = T.normalize(pixel, norm)[0, 0]
+    np.testing.assert_allclose(got, [(40 - 30) / 4, (50 - 20) / 2, (100 - 10) / 1])  # B, G, R

@@ -354,7 +354,8 @@ class OnnxModel(_ExportedModel):
         result = torch.from_numpy(result).float()
         if result.ndim == 3:  # (B, H, W) maps from some exports
             result = result[:, None]
-        return result[:, :1]
+        channel = self.spec.channel if self.spec is not None else 0
+        return result[:, channel : channel + 1]
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, logits), each (B, 1, H, W) float32 on ``x``'s device, from one run."""

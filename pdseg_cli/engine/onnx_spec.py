@@ -26,7 +26,8 @@ _IMAGENET_MEAN_01 = (0.485, 0.456, 0.406)
 _IMAGENET_STD_01 = (0.229, 0.224, 0.225)
 SPEC_HELP = (
     "size=N (or dynamic), mean=M or R:G:B, std=S or R:G:B, scale=255|1 (the range mean and std are "
-    "on), color=rgb|bgr, output=NAME|INDEX, kind=probability|logit"
+    "on; R:G:B whatever color says), color=rgb|bgr, output=NAME|INDEX, channel=N (of an output "
+    "with several maps), kind=probability|logit"
 )
 
 
@@ -45,6 +46,8 @@ class OnnxSpec:
         std: per-channel std, on the ``scale`` range.
         output: which output holds the map: a name, or an index into the outputs.
         kind: whether that output is a probability (0..1) or a logit.
+        channel: which map of that output, when it holds several (B, C, H, W), e.g. 1 for the
+            foreground of a (background, foreground) softmax.
     """
 
     name: str
@@ -55,6 +58,7 @@ class OnnxSpec:
     std: tuple[float, float, float]
     output: str | int
     kind: OutputKind
+    channel: int = 0
 
     @property
     def normalization(self) -> dict[str, Any]:
@@ -67,6 +71,8 @@ class OnnxSpec:
         mean = ":".join(f"{v:g}" for v in self.mean)
         std = ":".join(f"{v:g}" for v in self.std)
         out = f"'{self.output}'" if isinstance(self.output, str) else f"#{self.output}"
+        if self.channel:
+            out += f" channel {self.channel}"
         return (
             f"{self.name}: {size} {self.color}, (x on 0..{self.scale:g} - {mean}) / {std}, "
             f"output {out} ({self.kind})"
@@ -74,7 +80,8 @@ class OnnxSpec:
 
     def key(self) -> str:
         """A stable text of everything that changes the map (for cache keys)."""
-        return f"{self.size}|{self.color}|{self.scale:g}|{self.mean}|{self.std}|{self.output}|{self.kind}"
+        key = f"{self.size}|{self.color}|{self.scale:g}|{self.mean}|{self.std}|{self.output}|{self.kind}"
+        return key + (f"|{self.channel}" if self.channel else "")  # earlier keys (caches) unchanged
 
 
 @dataclass(frozen=True)
@@ -236,6 +243,10 @@ def parse_spec(text: str | None) -> dict[str, Any]:
             fields["color"] = value.upper()
         elif key == "output":
             fields["output"] = int(value) if value.isdigit() else value
+        elif key == "channel":
+            if not value.isdigit():
+                raise InputError(f"--onnx-spec channel={value}: the map's index in the output, 0, 1, ...")
+            fields["channel"] = int(value)
         elif key == "kind":
             kinds = {"probability": "probability", "prob": "probability", "logit": "logit", "logits": "logit"}
             if value.lower() not in kinds:
@@ -245,6 +256,9 @@ def parse_spec(text: str | None) -> dict[str, Any]:
             fields["name"] = value
         else:
             raise InputError(f"--onnx-spec: unknown key {key!r}", hint=SPEC_HELP)
+    if fields.get("color") == "BGR":
+        # given R:G:B (the help's form); a spec holds them in the graph's channel order
+        fields.update({k: tuple(reversed(fields[k])) for k in ("mean", "std") if k in fields})
     return fields
 
 
@@ -265,6 +279,7 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
         raise WeightsError(
             f"{source} takes {sig.text()}, not a (B, 3, H, W) image: not a DIS/SOD model pdseg can run"
         )
+    _refuse_other_inputs(sig, source)
     fields = parse_spec(user)
     known = recognise(sig)
     if known is None and not fields:
@@ -284,7 +299,54 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
         raise InputError(
             f"{source} has no output {spec.output!r}", hint=f"its outputs: {', '.join(names[:8])}"
         )
+    chosen = output_name(spec, names)
+    _check_channel(spec, (chosen, dict(sig.outputs)[chosen]), "channel" in fields, source)
     return spec
+
+
+def _refuse_other_inputs(sig: Signature, source: str) -> None:
+    """Refuse inputs pdseg cannot feed: a fixed batch other than 1 (it runs fixed-size models one
+    image at a time) and a fixed height or width that is not one square side (it resizes images to
+    N x N). Said here, in one line, not as an onnxruntime error at the first image.
+
+    Raises:
+        WeightsError: naming the input's shape.
+    """
+    batch, height, width = sig.input_shape[0], sig.input_shape[2], sig.input_shape[3]
+    if batch not in (None, 1):
+        raise WeightsError(
+            f"{source} takes batches of exactly {batch} images ({sig.text()}); pdseg runs one at a time",
+            hint="export the model with a batch of 1 or a dynamic batch",
+        )
+    if (height is None) != (width is None) or (height is not None and height != width):
+        shown = "x".join("?" if d is None else str(d) for d in (height, width))
+        raise WeightsError(
+            f"{source} takes only {shown} inputs; pdseg feeds a model square N x N images",
+            hint="export the model with a square or dynamic input size",
+        )
+
+
+def _check_channel(
+    spec: OnnxSpec, output: tuple[str, tuple[int | None, ...]], given: bool, source: str
+) -> None:
+    """Refuse an output with several maps read without ``channel=`` (the first is often the
+    background of a softmax: an inverted mask in silence), and a channel it does not have.
+
+    Raises:
+        WeightsError: several maps and no ``channel=``.
+        InputError: ``channel=`` beyond the output's maps.
+    """
+    name, shape = output
+    maps = shape[1] if len(shape) == 4 else 1
+    if maps is None:
+        return  # not known before a run
+    if spec.channel >= maps:
+        raise InputError(f"{source}: output {name!r} has {maps} map(s); channel={spec.channel} is not one")
+    if maps > 1 and not given:
+        raise WeightsError(
+            f"{source}: output {name!r} holds {maps} maps; which is the foreground?",
+            hint="pass --onnx-spec channel=N, e.g. channel=1 for a (background, foreground) softmax",
+        )
 
 
 def output_name(spec: OnnxSpec, names: Sequence[str]) -> str:
