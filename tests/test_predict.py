@@ -303,9 +303,7 @@ def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) 
     assert "broken.png" in no_space(result.output)
     assert _no_temporaries(out)
     # the way on, once: the other images need no second pass
-    assert "thenrerunwith--skip-existingtosegmentonlythese(theotherimageswerewritten)" in no_space(
-        result.output
-    )
+    assert "rerunwith--skip-existingtosegmentonlythese(theotherimageswerewritten)" in no_space(result.output)
 
 
 def test_a_failed_file_keeps_the_hint_that_fixes_it(folder: Path, tmp_path: Path, ckpt: Path) -> None:
@@ -694,6 +692,10 @@ def test_a_module_that_is_not_a_one_map_segmenter_is_refused() -> None:
         Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch(image)
     stacked = Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch(np.stack([image] * 2))
     assert [m.shape for m in stacked] == [(40, 50)] * 2  # an (N, H, W, C) array is N images
+    gray = Predictor(torch.nn.Conv2d(3, 1, 1), device="cpu", size=64).predict_batch(
+        np.zeros((2, 40, 50), np.uint8)
+    )
+    assert [m.shape for m in gray] == [(40, 50)] * 2  # and an (N, H, W) one N gray images
 
 
 @pytest.mark.parametrize("name", ["tta", "channels_last", "optimized"])

@@ -64,9 +64,15 @@ class TeacherInfo:
 
 
 def _cache_key(sha256: str, spec: str) -> str:
-    """The teacher's cache folder name: its file hash, plus the spec's when one is given."""
+    """The teacher's cache folder name: its file hash, plus the spec's when one is given.
+
+    A spec with ``color=bgr`` is keyed apart from what the same text keyed before pdseg read its
+    mean and std as R:G:B (they were B:G:R then): maps made the old way are not reused for it.
+    """
     if not spec:
         return sha256[:24]
+    if "bgr" in spec.lower():
+        spec += "|mean-std-rgb"
     return f"{sha256[:16]}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 

@@ -256,9 +256,6 @@ def parse_spec(text: str | None) -> dict[str, Any]:
             fields["name"] = value
         else:
             raise InputError(f"--onnx-spec: unknown key {key!r}", hint=SPEC_HELP)
-    if fields.get("color") == "BGR":
-        # given R:G:B (the help's form); a spec holds them in the graph's channel order
-        fields.update({k: tuple(reversed(fields[k])) for k in ("mean", "std") if k in fields})
     return fields
 
 
@@ -288,7 +285,7 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
             hint=f"say how to run it: --onnx-spec {SPEC_HELP}",
         )
     base = known or replace(_DEFAULT, size=sig.fixed_side, name=f"onnx ({sig.input_name})")
-    spec = replace(base, **fields)
+    spec = replace(base, **_in_channel_order(base, fields))
     fixed = sig.fixed_side
     if fixed is not None and spec.size != fixed:
         raise InputError(f"{source} takes only {fixed}x{fixed} inputs (--onnx-spec size={spec.size})")
@@ -302,6 +299,21 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
     chosen = output_name(spec, names)
     _check_channel(spec, (chosen, dict(sig.outputs)[chosen]), "channel" in fields, source)
     return spec
+
+
+def _in_channel_order(base: OnnxSpec, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with mean and std in the graph's channel order, as a spec holds them: the user
+    gives them R:G:B (the help's form) whatever ``color`` says, and a mean or std left out keeps
+    ``base``'s values for the same colours when ``color`` changes the order."""
+    color = fields.get("color", base.color)
+    out = dict(fields)
+    for key in ("mean", "std"):
+        rgb = fields.get(key)
+        if rgb is None:
+            own: tuple[float, float, float] = getattr(base, key)
+            rgb = own if base.color == "RGB" else own[::-1]
+        out[key] = tuple(rgb) if color == "RGB" else tuple(rgb)[::-1]
+    return out
 
 
 def _refuse_other_inputs(sig: Signature, source: str) -> None:
@@ -318,10 +330,9 @@ def _refuse_other_inputs(sig: Signature, source: str) -> None:
             f"{source} takes batches of exactly {batch} images ({sig.text()}); pdseg runs one at a time",
             hint="export the model with a batch of 1 or a dynamic batch",
         )
-    if (height is None) != (width is None) or (height is not None and height != width):
-        shown = "x".join("?" if d is None else str(d) for d in (height, width))
+    if height is not None and width is not None and height != width:
         raise WeightsError(
-            f"{source} takes only {shown} inputs; pdseg feeds a model square N x N images",
+            f"{source} takes only {height}x{width} inputs; pdseg feeds a model square N x N images",
             hint="export the model with a square or dynamic input size",
         )
 
@@ -340,6 +351,12 @@ def _check_channel(
     maps = shape[1] if len(shape) == 4 else 1
     if maps is None:
         return  # not known before a run
+    if maps > 4 and shape[3] == 1:
+        raise WeightsError(
+            f"{source}: output {name!r} is {'x'.join('?' if d is None else str(d) for d in shape)}, "
+            "channels last; pdseg reads (B, 1, H, W) or (B, H, W) maps",
+            hint="export the model with its map channels first",
+        )
     if spec.channel >= maps:
         raise InputError(f"{source}: output {name!r} has {maps} map(s); channel={spec.channel} is not one")
     if maps > 1 and not given:

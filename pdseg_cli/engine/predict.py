@@ -289,10 +289,12 @@ class Predictor:
         check_threshold(threshold)
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
-        if isinstance(images, np.ndarray) and images.ndim < 4:
+        if isinstance(images, np.ndarray) and (
+            images.ndim < 3 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))
+        ):
             # one image: its rows would be taken as images, each an (W, 3) gray image, in silence
             raise ValueError(
-                f"predict_batch takes a list of images (or an (N, H, W, C) array), not one {images.shape} "
+                f"predict_batch takes a list of images (or an (N, H, W[, C]) array), not one {images.shape} "
                 "image: use predict(image), or predict_batch([image])"
             )
         xs = [T.to_float_rgb(im) for im in images]
@@ -430,7 +432,7 @@ def full_size_note(size: Size, train_size: int | None) -> str | None:
     return (
         f"--size full runs the model at each image's own size, but it was trained at "
         f"{train_size}x{train_size}: on images much larger than that its maps get worse, often "
-        f"only edges (leave --size out to work at {train_size}, the size it scores best at)"
+        f"only edges (leave --size out to work at {train_size}, its training size)"
     )
 
 

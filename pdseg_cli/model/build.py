@@ -488,8 +488,10 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     from pdseg_cli.runtime import resolve_device
 
     # a torch.device too: torch.device("cuda") on a machine without one is refused here, with the
-    # fix, not by .to() after the file was read
-    device = resolve_device(device).device
+    # fix, not by .to() after the file was read; a torch.device is then used as given (an index-less
+    # "cuda" stays the current device, as torchrun's set_device makes it)
+    checked = resolve_device(device.type if isinstance(device, torch.device) else device).device
+    device = device if isinstance(device, torch.device) else checked
     ckpt = load_checkpoint(path)
     model = PDSeg(ckpt.config)
     state = _strip_prefixes(ckpt.state_dict)

@@ -129,7 +129,9 @@ def summary(result: Any) -> None:
     lines = [f"{r.path}: {r.error}" if str(r.path) not in (r.error or "") else str(r.error) for r in failures]
     if len(lines) > _MAX_LISTED:
         lines[_MAX_LISTED:] = [f"... and {len(failures) - _MAX_LISTED} more failed files"]
-    fix = "re-export or re-copy a damaged file, or move it away; then rerun"
+    fix = (
+        "each line says what went wrong; once it is put right (a damaged file re-copied or moved away), rerun"
+    )
     if result.done:  # the rest were written: the rerun need only do these
         fix += " with --skip-existing to segment only these (the other images were written)"
     for i, line in enumerate(lines):  # the fix once, under the last line
