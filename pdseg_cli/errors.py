@@ -73,6 +73,12 @@ _OS_HINTS = {
 }
 
 
+def refused_by_permissions(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write the file system refused (permissions, an immutable file, a
+    read-only mount), for which "free some space", the usual fix of a failed write, is wrong."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def os_error_line(exc: OSError) -> tuple[str, str | None]:
     """One line for an operating-system error that stopped a command (disk full, no permission, a
     file deleted under a running command), naming the file, and a hint; never a traceback.

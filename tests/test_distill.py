@@ -614,3 +614,25 @@ def test_bgr_mean_and_std_are_given_in_rgb_order() -> None:
     # a mean left out keeps the default's colours: ImageNet's red mean stays on red
     default = resolve_spec(sig, "color=bgr", "g.onnx")
     assert default.mean == (0.406, 0.456, 0.485) and default.std == (0.225, 0.224, 0.229)
+
+
+def test_info_takes_an_onnx_spec_and_shows_how_the_model_runs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pdseg_cli.cli import app
+
+    # info's refusal said to pass --onnx-spec, an option info did not have; its rows showed RGB
+    # 0..255 whatever the spec said
+    two = _graph(tmp_path / "two.onnx", ["B", 3, "H", "W"], maps=2)
+    runner = CliRunner(env={"COLUMNS": "300"})
+    refused = runner.invoke(app, ["info", str(two)])
+    assert refused.exit_code == 2 and "--onnx-spec" in refused.output
+    shown = runner.invoke(app, ["info", str(two), "--onnx-spec", "channel=1,color=bgr,scale=1"])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert (
+        "any size BGR, (x on 0..1 - R:G:B 0.485:0.456:0.406) / 0.229:0.224:0.225, output #0 channel 1" in text
+    )
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    checkpoint = runner.invoke(app, ["info", str(ckpt), "--onnx-spec", "size=64"])
+    assert checkpoint.exit_code == 2 and "--onnx-spec is for foreign ONNX models" in checkpoint.output

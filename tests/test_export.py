@@ -346,7 +346,17 @@ def test_unwritable_outputs_are_one_line_errors(
     monkeypatch.setattr(export_mod, "_export_onnx", full)
     result = run_cli("export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", columns=250)
     assert result.exit_code == 1 and "No space left on device" in result.output
+    assert "free some space or choose another --out" in flat(result.output)
     assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+    def refused(*args: object, **kwargs: object) -> None:  # an immutable file (chattr +i)
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(export_mod, "_export_onnx", refused)
+    result = run_cli("export", "-w", checkpoint, "-o", out, "--check-shape", "1x3x64x64", columns=250)
+    assert result.exit_code == 1, result.output
+    # not "free some space", the fix of a full disk
+    assert "check the permissions of that file and folder or choose another --out" in flat(result.output)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

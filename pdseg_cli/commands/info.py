@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import user_errors
+from pdseg_cli.commands._common import OnnxSpecOpt, user_errors
 from pdseg_cli.config import VARIANTS
 
 
@@ -23,6 +23,7 @@ def info(
     size: Annotated[
         int, typer.Option("--size", min=32, help="Input side N for the multiply-add count (an NxN image).")
     ] = 1024,
+    onnx_spec: OnnxSpecOpt = None,
 ) -> None:
     """Show the model variants: widths, depths, parameters and GMACs at --size.
 
@@ -47,7 +48,7 @@ def info(
         if path is not None and path.is_file():
             from pdseg_cli.engine.weights_info import describe_weights
 
-            description = describe_weights(path)
+            description = describe_weights(path, onnx_spec)
             ui.table(variant, ["", "value"], description.rows, literal=True)
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return

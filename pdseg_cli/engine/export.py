@@ -50,7 +50,7 @@ from pdseg_cli.engine.onnx_backend import (
     TorchScriptModel,
     require_onnxruntime,
 )
-from pdseg_cli.errors import InputError, NotAvailableError, PdsegError
+from pdseg_cli.errors import InputError, NotAvailableError, PdsegError, refused_by_permissions
 from pdseg_cli.model.build import train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
 from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
@@ -454,7 +454,12 @@ def export_model(
     except OSError as exc:  # e.g. the disk filled up while the graph was written
         raise ExportWriteError(
             f"cannot write {out} ({exc.strerror or exc}); nothing was written",
-            hint="free some space or choose another --out",
+            hint=(
+                "check the permissions of that file and folder"
+                if refused_by_permissions(exc)
+                else "free some space"
+            )
+            + " or choose another --out",
         ) from None
     finally:
         with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing to clean

@@ -449,6 +449,8 @@ def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:
         train_size=spec.size,
         mean=spec.mean,
         std=spec.std,
+        color=spec.color,  # with scale: the defaults (RGB 0..255) described other specs wrongly
+        scale=spec.scale,
         output=spec.kind,
         outputs=tuple(outputs),
         extra={"foreign": "1", "spec": spec.key()},

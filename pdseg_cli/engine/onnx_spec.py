@@ -68,13 +68,14 @@ class OnnxSpec:
     def describe(self) -> str:
         """One line for the user: the name, input size, colour order, normalisation and output."""
         size = f"{self.size}x{self.size}" if self.size else "any size"
-        mean = ":".join(f"{v:g}" for v in self.mean)
-        std = ":".join(f"{v:g}" for v in self.std)
+        order = 1 if self.color == "RGB" else -1  # shown R:G:B, as --onnx-spec takes them
+        mean = ":".join(f"{v:g}" for v in self.mean[::order])
+        std = ":".join(f"{v:g}" for v in self.std[::order])
         out = f"'{self.output}'" if isinstance(self.output, str) else f"#{self.output}"
         if self.channel:
             out += f" channel {self.channel}"
         return (
-            f"{self.name}: {size} {self.color}, (x on 0..{self.scale:g} - {mean}) / {std}, "
+            f"{self.name}: {size} {self.color}, (x on 0..{self.scale:g} - R:G:B {mean}) / {std}, "
             f"output {out} ({self.kind})"
         )
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from pdseg_cli.data.images import atomic_path
 from pdseg_cli.engine.train_events import CheckpointWriteError
-from pdseg_cli.errors import InputError, WeightsError, counted, first_line
+from pdseg_cli.errors import InputError, WeightsError, counted, first_line, refused_by_permissions
 from pdseg_cli.model import save_checkpoint
 from pdseg_cli.model.build import checkpoint_payload
 
@@ -63,7 +63,8 @@ def write_checkpoint(
                 if resume_point
                 else "no resume point (last.pt) has been written yet"
             ),
-            hint="free some space (or move --out elsewhere) and "
+            hint=("check the permissions of --out" if refused_by_permissions(exc) else "free some space")
+            + " (or move --out elsewhere) and "
             + ("continue with --resume" if resume_point else "start the run again with --overwrite"),
         ) from None
 

@@ -12,7 +12,7 @@ from typing import Any
 from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported
 from pdseg_cli.engine.train_checkpoints import resume_summary
-from pdseg_cli.errors import WeightsError
+from pdseg_cli.errors import InputError, WeightsError
 from pdseg_cli.model.build import load_checkpoint
 
 _LONGEST = 400  # characters of one value shown; the rest is in the file
@@ -30,13 +30,17 @@ class WeightsDescription:
     rows: list[tuple[str, str]]
 
 
-def describe_weights(path: Path) -> WeightsDescription:
+def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescription:
     """The fields a user asks of a weights file: what it is, how to feed it, where it came from.
+
+    ``onnx_spec``: how to run a foreign ONNX model pdseg does not recognise (``--onnx-spec``).
 
     Raises:
         WeightsError: the file is neither a pdseg checkpoint nor an exported pdseg model.
     """
     kind = detect_format(path)
+    if onnx_spec and kind != "onnx":
+        raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
     rows: list[tuple[str, str]] = [("file", str(path)), ("sha256", file_sha256(path))]
     if kind == "checkpoint":
         try:
@@ -56,14 +60,18 @@ def describe_weights(path: Path) -> WeightsDescription:
         if resume is not None:  # a run's last.pt: where it stands, and the command to go on
             rows.append(("training state", resume))
         return WeightsDescription(ckpt.variant, rows)
-    metadata = load_exported(path).metadata
+    model = load_exported(path, onnx_spec=onnx_spec)
+    metadata = model.metadata
     strings = metadata.to_strings()
     if metadata.pdseg_version:
         rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
         keys = [key for key in sorted(strings) if key not in ("config", "pdseg_metadata_version")]
     else:  # recognised by its signature (or --onnx-spec): how pdseg will run it
-        rows.append(("kind", f"ONNX model without pdseg metadata, run as {metadata.variant!r}"))
-        keys = ["train_size", "color", "scale", "mean", "std", "output"]  # the rest would be pdseg's own
+        rows.append(("kind", "ONNX model without pdseg metadata"))
+        # the spec itself (size, colour order, scale, mean/std, output, map, kind): the export
+        # metadata's fields would show pdseg's own defaults where the spec says otherwise
+        rows.append(("run as", model.spec.describe()))  # type: ignore[union-attr]
+        return WeightsDescription(metadata.variant, rows)
     rows += [(key, _short(strings[key])) for key in keys]
     return WeightsDescription(metadata.variant, rows)
 
