@@ -111,6 +111,8 @@ def test_foreign_onnx_with_a_spec_equals_a_plain_script(foreign: Path, photo: np
         ("size=64", "takes only 48x48"),
         ("output=zz", "no output 'zz'"),
         ("output=5", "output=5 is not one"),
+        ("output=-3", "output=-3 is not one"),
+        ("size=dynamic", "takes only 48x48 inputs (--onnx-spec size=dynamic)"),  # said "size=None"
         ("kind=odds", "probability or logit"),
         ("mean=1:2", "one value or three"),
         ("colour=rgb", "unknown key"),
@@ -121,6 +123,12 @@ def test_bad_onnx_specs_are_one_line_errors(foreign: Path, spec: str, words: str
     with pytest.raises(InputError) as info:
         Predictor(foreign, device="cpu", onnx_spec=spec)
     assert words in info.value.message
+
+
+def test_a_negative_output_index_counts_from_the_end(foreign: Path) -> None:
+    # "output=-1" was taken as an output named "-1"
+    spec = FOREIGN_SPEC.replace("output=b", "output=-1")
+    assert "output #1" in Predictor(foreign, device="cpu", onnx_spec=spec).description
 
 
 def test_fixed_size_models_refuse_another_size(foreign: Path) -> None:

@@ -243,7 +243,8 @@ def parse_spec(text: str | None) -> dict[str, Any]:
                 raise InputError(f"--onnx-spec color={value}: rgb or bgr")
             fields["color"] = value.upper()
         elif key == "output":
-            fields["output"] = int(value) if value.isdigit() else value
+            # an index (-1: the last output, as Python counts), else a name
+            fields["output"] = int(value) if value.lstrip("-").isdigit() else value
         elif key == "channel":
             if not value.isdigit():
                 raise InputError(f"--onnx-spec channel={value}: the map's index in the output, 0, 1, ...")
@@ -289,10 +290,13 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
     spec = replace(base, **_in_channel_order(base, fields))
     fixed = sig.fixed_side
     if fixed is not None and spec.size != fixed:
-        raise InputError(f"{source} takes only {fixed}x{fixed} inputs (--onnx-spec size={spec.size})")
+        given = "dynamic" if spec.size is None else spec.size
+        raise InputError(f"{source} takes only {fixed}x{fixed} inputs (--onnx-spec size={given})")
     names = [name for name, _ in sig.outputs]
-    if isinstance(spec.output, int) and not 0 <= spec.output < len(names):
+    if isinstance(spec.output, int) and not -len(names) <= spec.output < len(names):
         raise InputError(f"{source} has {len(names)} output(s); --onnx-spec output={spec.output} is not one")
+    if isinstance(spec.output, int) and spec.output < 0:
+        spec = replace(spec, output=len(names) + spec.output)
     if isinstance(spec.output, str) and spec.output not in names:
         raise InputError(
             f"{source} has no output {spec.output!r}", hint=f"its outputs: {', '.join(names[:8])}"
