@@ -644,3 +644,12 @@ def test_info_takes_an_onnx_spec_and_shows_how_the_model_runs(tmp_path: Path) ->
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     checkpoint = runner.invoke(app, ["info", str(ckpt), "--onnx-spec", "size=64"])
     assert checkpoint.exit_code == 2 and "--onnx-spec is for foreign ONNX models" in checkpoint.output
+
+
+def test_a_batch_fixed_at_one_runs_image_by_image(tmp_path: Path, photo: np.ndarray) -> None:
+    # a dynamic-size graph with its batch fixed at 1 failed in onnxruntime with --batch 2
+    one = _graph(tmp_path / "one.onnx", [1, 3, "H", "W"])
+    predictor = Predictor(one, device="cpu", size=64, onnx_spec="kind=probability")
+    maps = predictor.predict_batch([photo, photo[::-1]], batch=2)
+    assert [m.shape for m in maps] == [photo.shape[:2]] * 2
+    np.testing.assert_array_equal(maps[0], predictor.predict(photo))

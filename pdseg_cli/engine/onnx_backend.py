@@ -303,6 +303,8 @@ class OnnxModel(_ExportedModel):
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         self._input_half = inp.type == "tensor(float16)"
+        # a graph whose batch is fixed at 1 takes one image at a time, whatever --batch says
+        self._one_at_a_time = bool(inp.shape) and inp.shape[0] == 1
         self._output_names = [o.name for o in self.session.get_outputs()]
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec: OnnxSpec | None = None
@@ -347,8 +349,9 @@ class OnnxModel(_ExportedModel):
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         if self._input_half:
             arr = arr.astype("float16")
-        if self.spec is not None and self.spec.size is not None and arr.shape[0] > 1:
-            # fixed-size exports usually fix the batch at 1 too: run the images one by one
+        if self.spec is not None and (self.spec.size is not None or self._one_at_a_time) and arr.shape[0] > 1:
+            # fixed-size exports usually fix the batch at 1 too, and some dynamic-size ones do: run
+            # the images one by one
             return torch.cat([self.run(x[i : i + 1], output) for i in range(arr.shape[0])])
         (result,) = self.session.run([output], {self._input_name: arr})
         result = torch.from_numpy(result).float()
