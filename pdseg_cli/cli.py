@@ -46,8 +46,10 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
                     param.metavar = FLAG
                 elif isinstance(param, typer.core.TyperArgument) and param.metavar:
                     param.display_type_rich = _no_type
-                elif param.metavar is None and str(param.display_type_rich(ctx)).endswith(" range>"):
-                    param.metavar = str(param.display_type_rich(ctx)).replace(" range>", ">")
+                elif param.metavar is None and (shown := str(param.display_type_rich(ctx))).endswith(
+                    " range>"
+                ):
+                    param.metavar = shown.replace(" range>", ">")
             return params
 
         def format_help(self, ctx: typer.Context, formatter: Any) -> None:

@@ -140,6 +140,6 @@ def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
             )
 
 
-def listing(items: Sequence[str], limit: int = MAX_LISTED) -> str:
+def listing(items: Sequence[str], limit: int = MAX_LISTED, sep: str = ", ") -> str:
     """``a, b, c and 7 more``, at most ``MAX_LISTED`` named by default."""
-    return errors.listing(items, limit)
+    return errors.listing(items, limit, sep)

@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pdseg_cli import __version__, errors
+from pdseg_cli import __version__
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
@@ -650,7 +650,7 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
         if foreign:  # said here, as the option typed, not by the predict step as "--out"
             raise DataError(
                 f"--save-preds {save_preds}: {out_dir} holds {counted(len(foreign), 'file')} that pdseg "
-                f"did not write and would replace: {errors.listing(foreign, 5, sep='; ')}",
+                f"did not write and would replace: {listing(foreign, 5, sep='; ')}",
                 hint="move them, or give --save-preds another folder; pdseg replaces only its own "
                 "earlier maps; the model has not run yet",
             )

@@ -488,6 +488,19 @@ def detect_format(path: str | Path) -> str:
     return named or "checkpoint"
 
 
+def refuse_spec_for(kind: str, onnx_spec: str | None, path: str | Path) -> None:
+    """Refuse ``--onnx-spec`` for a file of ``kind`` (:func:`detect_format`) other than ONNX: a
+    checkpoint or TorchScript file says how to run it itself. Checked before loading.
+
+    Raises:
+        InputError: ``onnx_spec`` given and ``kind`` is not ``"onnx"``.
+    """
+    if onnx_spec and kind != "onnx":
+        raise InputError(
+            f"--onnx-spec is for foreign ONNX models; {path} is not one", hint="drop --onnx-spec"
+        )
+
+
 def load_exported(
     path: str | Path, device: str | torch.device = "cpu", onnx_spec: str | None = None
 ) -> OnnxModel | TorchScriptModel:
@@ -507,8 +520,7 @@ def load_exported(
     kind = detect_format(path)
     if kind == "onnx":
         return OnnxModel(path, device=device, spec=onnx_spec)
-    if onnx_spec:
-        raise InputError(f"--onnx-spec is for foreign ONNX models; {path} is not one", hint="drop it")
+    refuse_spec_for(kind, onnx_spec, path)
     if kind == "torchscript":
         return TorchScriptModel(path, device=device)
     raise WeightsError(f"{path} is a checkpoint, not an exported model", hint="load it with load_model")

@@ -105,11 +105,13 @@ class Signature:
         return None
 
     def text(self) -> str:
-        def dims(shape: tuple[int | None, ...]) -> str:
-            return "x".join("?" if d is None else str(d) for d in shape)
+        outs = listing([f"'{n}' {_dims(s)}" for n, s in self.outputs], 4)
+        return f"input '{self.input_name}' {_dims(self.input_shape)}, outputs {outs}"
 
-        outs = listing([f"'{n}' {dims(s)}" for n, s in self.outputs], 4)
-        return f"input '{self.input_name}' {dims(self.input_shape)}, outputs {outs}"
+
+def _dims(shape: tuple[int | None, ...]) -> str:
+    """``1x3x?x?``: a shape as messages show it, ``?`` where a dimension is not fixed."""
+    return "x".join("?" if d is None else str(d) for d in shape)
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,7 @@ def _check_channel(
         return  # not known before a run
     if maps > 4 and shape[3] == 1:
         raise WeightsError(
-            f"{source}: output {name!r} is {'x'.join('?' if d is None else str(d) for d in shape)}, "
+            f"{source}: output {name!r} is {_dims(shape)}, "
             "channels last; pdseg reads (B, 1, H, W) or (B, H, W) maps",
             hint="export the model with its map channels first",
         )

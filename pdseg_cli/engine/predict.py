@@ -35,7 +35,7 @@ from pdseg_cli import runtime
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import transforms as T
 from pdseg_cli.engine import predict_run
-from pdseg_cli.engine.onnx_backend import detect_format, load_exported
+from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
 from pdseg_cli.errors import InputError
@@ -156,8 +156,7 @@ class Predictor:
             # before sniffing the format: the file, or what to give instead of a folder
             check_weights_file(self.weights_path, "weights", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
             kind = detect_format(self.weights_path)
-        if onnx_spec and kind != "onnx":  # checked before loading: these say how to run them
-            raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
+        refuse_spec_for(kind, onnx_spec, self.weights_path or "the module")
         self._autocast = self.precision  # the autocast around the network
         ignored = None
         fix = "--precision fp32"  # the way out of an emulated precision

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pdseg_cli.data.teacher import file_sha256
-from pdseg_cli.engine.onnx_backend import detect_format, load_exported
+from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.train_checkpoints import resume_summary
-from pdseg_cli.errors import InputError, WeightsError
+from pdseg_cli.errors import WeightsError
 from pdseg_cli.model.build import load_checkpoint
 
 _LONGEST = 400  # characters of one value shown; the rest is in the file
@@ -39,8 +39,7 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
         WeightsError: the file is neither a pdseg checkpoint nor an exported pdseg model.
     """
     kind = detect_format(path)
-    if onnx_spec and kind != "onnx":
-        raise InputError("--onnx-spec is for foreign ONNX models", hint="drop --onnx-spec")
+    refuse_spec_for(kind, onnx_spec, path)
     rows: list[tuple[str, str]] = [("file", str(path)), ("sha256", file_sha256(path))]
     if kind == "checkpoint":
         try:
@@ -62,16 +61,15 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
         return WeightsDescription(ckpt.variant, rows)
     model = load_exported(path, onnx_spec=onnx_spec)
     metadata = model.metadata
-    strings = metadata.to_strings()
-    if metadata.pdseg_version:
-        rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
-        keys = [key for key in sorted(strings) if key not in ("config", "pdseg_metadata_version")]
-    else:  # recognised by its signature (or --onnx-spec): how pdseg will run it
+    if not metadata.pdseg_version:  # recognised by its signature (or --onnx-spec): how pdseg runs it
         rows.append(("kind", "ONNX model without pdseg metadata"))
         # the spec itself (size, colour order, scale, mean/std, output, map, kind): the export
         # metadata's fields would show pdseg's own defaults where the spec says otherwise
         rows.append(("run as", model.spec.describe()))  # type: ignore[union-attr]
         return WeightsDescription(metadata.variant, rows)
+    rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
+    strings = metadata.to_strings()
+    keys = [key for key in sorted(strings) if key not in ("config", "pdseg_metadata_version")]
     rows += [(key, _short(strings[key])) for key in keys]
     return WeightsDescription(metadata.variant, rows)
 
