@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherMaps, blend_targets, map_doubt
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherMaps, _cache_key, blend_targets, map_doubt
 from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.engine.train import TrainConfig, train
@@ -251,8 +251,16 @@ def test_teacher_maps_are_cached_and_invalidated(
     other = tmp_path / "other.pt"
     save_checkpoint(create_model("pdseg-tiny"), other, train_size=64)
     assert TeacherMaps(other, tmp_path / "cache").folder != maps.folder
-    # the same teacher through a spec is another key too (how it runs changes the maps)
     assert TeacherMaps(tiny_teacher, tmp_path / "cache").folder == maps.folder
+
+
+def test_the_teacher_cache_is_keyed_by_what_the_spec_means() -> None:
+    # how a teacher runs changes its maps, so a spec is part of the key; its spelling is not
+    sha = "ab" * 32
+    bgr = _cache_key(sha, "color=bgr,scale=1,mean=0.5")
+    assert bgr == _cache_key(sha, " scale=1.0, mean=0.5:0.5:0.5 ,color=BGR,name=my model")
+    assert bgr != _cache_key(sha, "color=rgb,scale=1,mean=0.5") != _cache_key(sha, "")
+    assert _cache_key(sha, "") == _cache_key(sha, "name=only a label") == sha[:24]
 
 
 def test_a_foreign_onnx_teacher_labels_at_its_own_size(

@@ -16,6 +16,7 @@ only whole maps and resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,16 +65,20 @@ class TeacherInfo:
 
 
 def _cache_key(sha256: str, spec: str) -> str:
-    """The teacher's cache folder name: its file hash, plus the spec's when one is given.
+    """The teacher's cache folder name: its file hash, plus the parsed spec's when one is given.
 
-    A spec with ``color=bgr`` is keyed apart from what the same text keyed before pdseg read its
-    mean and std as R:G:B (they were B:G:R then): maps made the old way are not reused for it.
+    The key is taken from the spec's values, not its text, so ``color=bgr,scale=1`` and
+    ``scale=1, color=BGR`` share their maps and the display ``name`` changes nothing. The "rgb"
+    marker keys these apart from the maps of pdseg versions that read a ``color=bgr`` spec's mean
+    and std as B:G:R (they are R:G:B now).
     """
-    if not spec:
+    from pdseg_cli.engine.onnx_spec import parse_spec
+
+    fields = {k: v for k, v in parse_spec(spec).items() if k != "name"}
+    if not fields:
         return sha256[:24]
-    if "bgr" in spec.lower():
-        spec += "|mean-std-rgb"
-    return f"{sha256[:16]}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+    canonical = json.dumps(fields, sort_keys=True) + "|mean-std-rgb"
+    return f"{sha256[:16]}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
 class TeacherMaps:
