@@ -3,6 +3,7 @@ PNG tRNS colour keys, associated (premultiplied) TIFF alpha on both TIFF paths, 
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 import zlib
 from pathlib import Path
@@ -192,3 +193,146 @@ def test_float_input_alpha_makes_transparent_cutouts_and_composites() -> None:
     over_white = T.composite(pixels, byte_map, (255, 255, 255), input_alpha)
     np.testing.assert_allclose(over_white[2], 1.0)  # transparent: the background
     np.testing.assert_allclose(over_white[0], 0.5)  # opaque: the image
+
+
+# gray + alpha through libtiff: OpenCV reads a gray page as one channel, so its alpha cannot be had
+# there; the loss is said, not silent. Columns are gray levels, rows alpha levels.
+_GRAY8 = np.array([20, 100, 200, 255], np.uint8)
+_GRAY_ALPHA8 = np.array([255, 128, 64, 0], np.uint8)
+# _GRAY8 multiplied by each row's alpha (rounded): what a file with associated alpha stores
+_GRAY8_PREMULTIPLIED = np.array(
+    [[20, 100, 200, 255], [10, 50, 100, 128], [5, 25, 50, 64], [0, 0, 0, 0]], np.uint8
+)
+
+
+def _lzw_literals(data: bytes) -> bytes:
+    """TIFF LZW of ``data`` written as one 9-bit literal code a byte (Clear, bytes, EOI): valid LZW
+    that needs no string table, for tiny test images (the decoder's table reaches the 10-bit
+    switch at 511 only after 253 bytes). tifffile writes LZW only with imagecodecs."""
+    assert len(data) <= 253
+    bits = "".join(format(code, "09b") for code in (256, *data, 257))
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def _gray_alpha_tiffs(tmp_path: Path, samples: np.ndarray, extrasample: str) -> tuple[Path, Path]:
+    """``samples`` (H, W, 2) as gray + alpha TIFFs: (uncompressed, read by tifffile; LZW, which
+    tifffile cannot decode without imagecodecs, so read by OpenCV's libtiff)."""
+    kwargs = {"photometric": "minisblack", "extrasamples": [extrasample]}
+    plain, lzw = tmp_path / "plain.tif", tmp_path / "lzw.tif"
+    tifffile.imwrite(plain, samples, **kwargs)
+    stored = _lzw_literals(samples.astype(samples.dtype.newbyteorder("<")).tobytes())
+    # written as one pre-encoded strip under a Compression tag tifffile encodes, then retagged LZW
+    tifffile.imwrite(
+        lzw,
+        iter([stored]),
+        shape=samples.shape,
+        dtype=samples.dtype,
+        compression="zlib",
+        rowsperstrip=samples.shape[0],
+        **kwargs,
+    )
+    with tifffile.TiffFile(lzw, mode="r+b") as tif:
+        tif.pages[0].tags["Compression"].overwrite(5)
+    return plain, lzw
+
+
+def _by_libtiff(path: Path, monkeypatch: pytest.MonkeyPatch) -> imio.LoadedImage:
+    if importlib.util.find_spec("imagecodecs") is not None:  # tifffile would decode the LZW itself
+        _no_tifffile_codec(monkeypatch)
+    return imio.read_image(path)
+
+
+def _gray_alpha(gray: np.ndarray, bits: int) -> np.ndarray:
+    """(4, 4) 8-bit gray levels with the rows' :data:`_GRAY_ALPHA8` as (4, 4, 2) samples; 16 bits:
+    each value times 257 (the same level, whose high byte is the 8-bit value)."""
+    samples = np.stack([gray, np.repeat(_GRAY_ALPHA8[:, None], 4, axis=1)], axis=-1)
+    return samples.astype(np.uint16) * np.uint16(257) if bits == 16 else samples
+
+
+def _gray3(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_unassociated_gray_alpha_tiff_read_by_libtiff_says_its_alpha_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int
+) -> None:
+    gray = np.repeat(_GRAY8[None, :], 4, axis=0)
+    plain, lzw = _gray_alpha_tiffs(tmp_path, _gray_alpha(gray, bits), "unassalpha")
+    dtype, scale = (np.uint16, 257) if bits == 16 else (np.uint8, 1)
+
+    by_tifffile = imio.read_image(plain)
+    assert by_tifffile.pixels.dtype == dtype and not by_tifffile.warnings
+    np.testing.assert_array_equal(by_tifffile.pixels, _gray3(gray).astype(dtype) * dtype(scale))
+    alpha = np.repeat(_GRAY_ALPHA8[:, None], 4, axis=1)
+    np.testing.assert_array_equal(by_tifffile.alpha, alpha.astype(dtype) * dtype(scale))
+
+    by_libtiff = _by_libtiff(lzw, monkeypatch)
+    # the same gray as stored (libtiff does not multiply a gray page's colours), at 8 bits
+    assert by_libtiff.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(by_libtiff.pixels, _gray3(gray))
+    np.testing.assert_array_equal(by_libtiff.pixels, by_tifffile.pixels // dtype(scale))
+    assert by_libtiff.alpha is None
+    assert len(by_libtiff.warnings) == 1
+    said = by_libtiff.warnings[0]
+    assert said.startswith(f"{lzw}: its alpha (unassociated) is not read: read as opaque")
+    assert ("at 8 bits instead of 16" in said) == (bits == 16)
+    assert "multiplied" not in said and "pip install imagecodecs" in said
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_associated_gray_alpha_tiff_read_by_libtiff_says_its_gray_stays_premultiplied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int
+) -> None:
+    plain, lzw = _gray_alpha_tiffs(tmp_path, _gray_alpha(_GRAY8_PREMULTIPLIED, bits), "assocalpha")
+
+    by_tifffile = imio.read_image(plain)  # the gray divided by alpha; transparent stays 0
+    straight = {
+        8: [[20, 100, 200, 255], [20, 100, 199, 255], [20, 100, 199, 255], [0, 0, 0, 0]],
+        16: [[5140, 25700, 51400, 65535], [5120, 25600, 51199, 65535], [5120, 25600, 51199, 65535], [0] * 4],
+    }[bits]
+    np.testing.assert_array_equal(by_tifffile.pixels, _gray3(np.array(straight)))
+    assert by_tifffile.alpha is not None and not by_tifffile.warnings
+
+    by_libtiff = _by_libtiff(lzw, monkeypatch)
+    # no alpha to divide by: the gray as stored, equal to tifffile's where opaque (row 0) only
+    assert by_libtiff.pixels.dtype == np.uint8 and by_libtiff.alpha is None
+    np.testing.assert_array_equal(by_libtiff.pixels, _gray3(_GRAY8_PREMULTIPLIED))
+    np.testing.assert_array_equal(by_libtiff.pixels[0], by_tifffile.pixels[0] // (257 if bits == 16 else 1))
+    assert len(by_libtiff.warnings) == 1
+    said = by_libtiff.warnings[0]
+    assert said.startswith(
+        f"{lzw}: its alpha (associated) is not read: read as opaque, its gray still multiplied by that alpha"
+    )
+    assert ("at 8 bits instead of 16" in said) == (bits == 16)
+
+
+def test_gray_alpha_lost_to_libtiff_for_another_reason_offers_no_imagecodecs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gray = np.repeat(_GRAY8[None, :], 4, axis=0)
+    plain, _ = _gray_alpha_tiffs(tmp_path, _gray_alpha(gray, 8), "unassalpha")
+
+    def damaged(*args: object, **kwargs: object) -> None:
+        raise ValueError("tifffile could not decode it")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", damaged)
+    loaded = imio.read_image(plain)
+    np.testing.assert_array_equal(loaded.pixels, _gray3(gray))
+    assert loaded.alpha is None and len(loaded.warnings) == 1
+    assert "is not read: read as opaque" in loaded.warnings[0]
+    assert "imagecodecs" not in loaded.warnings[0]  # it would not help: tifffile has the codec
+
+
+def test_a_min_is_white_gray_alpha_tiff_inverts_its_gray_not_its_alpha(tmp_path: Path) -> None:
+    # MinIsWhite: 0 is white; the alpha sample counts as alpha whatever the photometric says
+    gray = np.array([[10, 60, 200, 255]], np.uint8)
+    alpha = np.array([[255, 255, 255, 128]], np.uint8)
+    path = tmp_path / "w.tif"
+    tifffile.imwrite(path, np.dstack([gray, alpha]), photometric="miniswhite", extrasamples=["unassalpha"])
+    loaded = imio.read_image(path)
+    np.testing.assert_array_equal(loaded.pixels[..., 0], [[245, 195, 55, 0]])
+    np.testing.assert_array_equal(loaded.alpha, alpha)
+    tifffile.imwrite(tmp_path / "g.tif", gray, photometric="miniswhite")  # the same gray, no alpha
+    np.testing.assert_array_equal(imio.read_image(tmp_path / "g.tif").pixels, loaded.pixels)

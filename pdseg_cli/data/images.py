@@ -23,6 +23,8 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
   A compression that tifffile cannot decode without ``imagecodecs`` (LZW, JPEG, PackBits...) is
   read through OpenCV's libtiff instead; its 8-bit RGBA reader multiplies the colours of an
   unassociated-alpha image by alpha, which is undone (fully transparent pixels stay black).
+  OpenCV reads a gray page there as one channel: a gray TIFF's alpha is lost that way (read as
+  opaque, 16 bits as 8), with a warning that says so.
   Uncompressed YCbCr TIFFs are read through libtiff too, which converts them.
 * PGM/PPM samples are scaled by the file's own maxval (a 12-bit scan's 4095 is full intensity).
 
@@ -310,6 +312,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
     from pdseg_cli.data.header import full_resolution_page
 
     index, orientation, photometric, axes = 0, 1, _PHOTOMETRIC_RGB, ""
+    bits = 0  # the page's bits per sample, for what libtiff's reading lost (0: not known)
     extra_samples: tuple[int, ...] = ()
     compression: str | None = None  # its name, for a missing codec's message
     colormap: np.ndarray | None = None
@@ -331,6 +334,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
             page = tif.pages[index]
             compression = getattr(page.compression, "name", str(page.compression))
             photometric = int(page.photometric)
+            bits = int(page.bitspersample)
             by_libtiff = _check_colour_space(page, photometric, path)
             extra = page.tags.get(_TAG_EXTRA_SAMPLES)
             extra_samples = tuple(np.atleast_1d(extra.value).tolist()) if extra is not None else ()
@@ -355,7 +359,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
     warnings.extend(f"{path}: tifffile said: {m} (read anyway)" for m in said)
     if array is None:
         array, alpha = _read_tiff_libtiff(
-            path, warnings, index, extra_samples, photometric, compression, failure
+            path, warnings, index, extra_samples, photometric, bits, compression, failure
         )
         return array, alpha, icc
     array = orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
@@ -472,13 +476,16 @@ def _read_tiff_libtiff(
     index: int,
     extra_samples: tuple[int, ...],
     photometric: int,
+    bits: int,
     compression: str | None,
     failure: Exception | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The TIFF page tifffile did not decode (``failure``) or must not (YCbCr), through OpenCV's
     libtiff, which applies the Orientation tag itself -> (RGB array, its alpha or None).
 
-    OpenCV keeps an RGB page's alpha (not a gray one's). What it hands back: an 8-bit RGBA page goes
+    OpenCV keeps an RGB page's alpha, not a gray one's: its TIFF reader makes every gray page one
+    channel (gray + alpha at 8 bits, even a 16-bit page), whatever the flags, so that alpha cannot be
+    had here and :func:`_note_lost_alpha` says so. What it hands back: an 8-bit RGBA page goes
     through libtiff's RGBA reader, which multiplies unassociated colours by alpha and passes
     associated (already multiplied) ones as stored; 16-bit and float pages come as stored. So the
     colours are premultiplied, and divided back once, for associated alpha at any depth and for
@@ -503,6 +510,8 @@ def _read_tiff_libtiff(
         ) from None
     # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way)
     if alpha_kind is None or array.ndim != 3 or array.shape[2] != 4:
+        if alpha_kind is not None:  # the file has alpha that OpenCV did not hand over
+            _note_lost_alpha(array, alpha_kind, photometric, bits, failure, path, warnings)
         return _split_bgra(array)
     by_rgba_reader = array.dtype == np.uint8  # only libtiff's 8-bit RGBA reader premultiplies
     premultiplied = alpha_kind == _ASSOCIATED_ALPHA or by_rgba_reader
@@ -520,6 +529,37 @@ def _note_lost_colours(alpha: np.ndarray, path: Path, warnings: list[str]) -> No
             f"{path}: {lost:,} fully transparent pixels read as black (this compression is decoded by "
             "libtiff, which drops their colour; pip install imagecodecs reads them as stored)"
         )
+
+
+def _note_lost_alpha(
+    array: np.ndarray,
+    alpha_kind: int,
+    photometric: int,
+    bits: int,
+    failure: Exception | None,
+    path: Path,
+    warnings: list[str],
+) -> None:
+    """Warn that a page whose ExtraSamples says alpha came from libtiff without it (a gray page:
+    OpenCV reads those as one channel), so it reads as opaque where tifffile would keep the alpha:
+    a cut-out would not be transparent where the file is. What else went with it is named too: an
+    associated alpha's colours stay multiplied by it (nothing to divide them by), and a 16-bit
+    gray + alpha page comes back at 8 bits."""
+    gray = photometric in (_PHOTOMETRIC_MINISBLACK, _PHOTOMETRIC_MINISWHITE)
+    kind = "associated" if alpha_kind == _ASSOCIATED_ALPHA else "unassociated"
+    how = ["read as opaque"]
+    if alpha_kind == _ASSOCIATED_ALPHA:
+        colours = "gray" if gray else "colours"
+        how.append(f"its {colours} still multiplied by that alpha (darker where it is partly transparent)")
+    got = 8 * array.dtype.itemsize
+    if np.issubdtype(array.dtype, np.integer) and bits > got:
+        how.append(f"at {got} bits instead of {bits}")
+    why = "which reads gray with alpha as gray alone" if gray else "which handed over no alpha"
+    hint = "; pip install imagecodecs reads it whole" if _missing_codec(failure) else ""
+    warnings.append(
+        f"{path}: its alpha ({kind}) is not read: {', '.join(how)} "
+        f"(this TIFF is decoded by libtiff, {why}{hint})"
+    )
 
 
 def _unpremultiply(samples: np.ndarray, full: float) -> np.ndarray:
@@ -596,8 +636,11 @@ def _tiff_to_hwc(
         if array.dtype == np.uint8:
             cmap = (cmap if cmap.max() < 256 else cmap >> 8).astype(np.uint8)
         array = np.moveaxis(cmap[:, array], 0, -1)
-    elif photometric == _PHOTOMETRIC_MINISWHITE and array.ndim == 2:
-        array = _invert(array)
+    elif photometric == _PHOTOMETRIC_MINISWHITE:
+        if array.ndim == 2:
+            array = _invert(array)
+        else:  # gray and extra samples (alpha): only the gray counts up from white
+            array = np.concatenate([_invert(array[..., :1]), array[..., 1:]], axis=-1)
     elif photometric == _PHOTOMETRIC_SEPARATED and array.ndim == 3 and array.shape[2] >= 4:
         array = _cmyk_to_rgb(array[..., :4])
     elif photometric in (_PHOTOMETRIC_CIELAB, _PHOTOMETRIC_ICCLAB) and array.ndim == 3 and array.shape[2] > 2:
