@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from helpers import REPO, benchmark_script, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli.commands.benchmark import benchmark
-from pdseg_cli.engine.benchmark import BenchmarkReport, _rss_peak, run_benchmark
+from pdseg_cli.engine.benchmark import BenchmarkReport, BenchmarkRow, _rss_peak, run_benchmark
 from pdseg_cli.errors import InputError
 from pdseg_cli.model import create_model
 
@@ -93,25 +95,101 @@ def test_rss_peak_sees_a_large_buffer() -> None:
     assert grown and grown[0] >= 32 * 2**20
 
 
-def test_command_table(app: typer.Typer) -> None:
+@pytest.mark.parametrize("columns", [200, 80])
+def test_command_table(app: typer.Typer, columns: int) -> None:
     result = runner.invoke(
         app,
         ["benchmark", "-v", "pdseg-tiny", "-s", "64", "--runs", "2", "--device", "cpu", "--mode", "compare"],
-        env={"COLUMNS": "200"},
+        env={"COLUMNS": str(columns)},
     )
     assert result.exit_code == 0, result.output
     out = result.output
-    for text in (
-        "pdseg-tiny",
-        "median ms",
+    words = out.split()
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= columns, out
+    for text in ("pdseg-tiny", "median", "ms", "img/s", "peak", "MiB", "speed-up", "|dlogit|", "plain"):
+        assert text in words, (text, out)
+    assert "batch 1" in " ".join(words)
+    assert re.search(r"│ 64 +│ optimized +│ +[0-9.]+ +│", out), out
+    if columns == 200:
+        assert "median ms" in out and "peak MiB" in out and "max |dlogit|" in out
+
+
+def _report(rows: list[BenchmarkRow], device: str = "cpu") -> BenchmarkReport:
+    return BenchmarkReport(
+        "pdseg-b", device, "AMD EPYC (2 logical cores)", "fp32", 2, 5, 1, None, "peak: a note", "2.x", rows
+    )
+
+
+def _row(size: int, path: str, ms: float, peak_mib: int, batch: int = 1, **compare: float) -> BenchmarkRow:
+    return BenchmarkRow(
+        size, batch, path, (ms,), ms, ms * 0.98, 1000 * batch / ms, peak_mib * 2**20, **compare
+    )
+
+
+# the widest figures a run gives: seconds per pass on a CPU; thousands of images per second on a GPU
+SLOW_CPU = _report(
+    [
+        _row(512, "plain", 2345.67, 812),
+        _row(512, "optimized", 1876.5, 640, speedup=1.25, max_abs_diff=3.2e-6),
+        _row(1024, "plain", 12345.6, 3210),
+        _row(1024, "optimized", 10234.5, 2600, speedup=1.21, max_abs_diff=4.1e-6),
+    ]
+)
+FAST_GPU = _report(
+    [
+        _row(1024, "plain", 12.5, 23456, batch=64),
+        _row(1024, "optimized", 9.75, 20480, batch=64, speedup=1.28, max_abs_diff=1.5e-2),
+    ],
+    device="cuda",
+)
+
+
+@pytest.mark.parametrize("width", [200, 80])
+@pytest.mark.parametrize("report", [SLOW_CPU, FAST_GPU], ids=["slow-cpu", "fast-gpu"])
+def test_table_shows_every_figure_in_full(
+    report: BenchmarkReport, width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from pdseg_cli import ui
+    from pdseg_cli.ui import benchmark as show
+
+    console = Console(width=width, file=io.StringIO())
+    monkeypatch.setattr(ui, "console", console)
+    show.table(report)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in out and max(cell_len(line) for line in out.splitlines()) <= width, out
+    words = out.split()
+    for r in report.rows:
+        figures = [
+            f"{r.median_ms:,.1f}",
+            f"{r.min_ms:,.1f}",
+            f"{r.images_per_s:,.2f}",
+            f"{r.peak_bytes // 2**20:,}",
+        ]
+        if r.speedup is not None:
+            figures += [f"{r.speedup:.2f}x", f"{r.max_abs_diff:.1e}"]
+        for figure in figures:
+            assert figure in words, (figure, out)
+    for header in (
+        "size",
+        "model",
+        "median",
+        "min",
+        "ms",
         "img/s",
-        "peak MiB",
+        "peak",
+        "MiB",
         "speed-up",
-        "1x3x64x64",
-        "optimized",
-        "plain",
+        "max",
+        "|dlogit|",
     ):
-        assert text in out
+        assert header in words, (header, out)
+    assert f"batch {report.rows[0].batch}" in " ".join(words)
+    assert re.search(r"│ 1024 +│ optimized +│", out), out  # one row per size and form
+    if width == 200:  # room for one-line headers
+        assert "median ms" in out and "max |dlogit|" in out
 
 
 def test_command_json(app: typer.Typer, checkpoint: Path) -> None:
@@ -149,7 +227,7 @@ def test_a_size_out_of_memory_is_reported_and_the_others_still_run(
     assert data["out_of_memory"] == [96] and [row["size"] for row in data["rows"]] == [64]
     assert "Traceback" not in result.output
     result = runner.invoke(app, args[:-1], env={"COLUMNS": "200"})  # the table, and a warning
-    assert result.exit_code == 1 and "1x3x64x64" in result.output
+    assert result.exit_code == 1 and re.search(r"│ 64 +│ optimized +│", result.output)
     assert "out of memory at --size 96" in result.output
 
     def broken(forms, x, dev, size, runs, warmup):  # type: ignore[no-untyped-def]

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
+from rich.cells import cell_len
+
 from pdseg_cli import ui
 
 
@@ -21,16 +23,30 @@ def progress(message: str) -> None:
     ui.info(f"timing {message} ...")
 
 
+def _layout_width(widths: list[int]) -> int:
+    """Columns of these content widths in a table with the default box: one space of padding each
+    side of a cell and a rule between and around the columns."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _widths(columns: list[str], rows: list[list[str]]) -> list[int]:
+    return [
+        max([cell_len(line) for line in column.split("\n")] + [cell_len(row[i]) for row in rows])
+        for i, column in enumerate(columns)
+    ]
+
+
 def table(report: Any) -> None:
-    """The report as a rich table: one row per size and model form."""
+    """The report as a rich table: one row per size and model form, every figure in full in a
+    terminal of 80 columns or more."""
     compare = any(r.speedup is not None for r in report.rows)
-    columns = ["input", "model", "median ms", "min ms", "img/s", "peak MiB"]
+    columns = ["size", "model", "median ms", "min ms", "img/s", "peak MiB"]
     if compare:
         columns += ["speed-up", "max |dlogit|"]
     rows = []
     for r in report.rows:
         row = [
-            f"{r.batch}x3x{r.size}x{r.size}",
+            str(r.size),
             r.path,
             f"{r.median_ms:,.1f}",
             f"{r.min_ms:,.1f}",
@@ -43,20 +59,24 @@ def table(report: Any) -> None:
                 "" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
             ]
         rows.append(row)
+    batches = sorted({r.batch for r in report.rows})
+    title = f"{report.variant} on {report.device} ({report.device_name}), {report.precision}"
+    if batches:  # inputs are B x 3 x size x size; one --batch for the whole run
+        title += f", batch {', '.join(map(str, batches))}"
     weights = report.weights or "random weights"
-    caption = [
-        f"median of {report.runs} timed runs after {report.warmup} warm-up; {report.memory_note}",
-        f"torch {report.torch_version}; CPU threads: {report.threads}; {weights}"
-        + (f"; torch.compile {report.compile}" if report.compile else ""),
-        *report.notes,
-    ]
-    ui.table(
-        f"{report.variant} on {report.device} ({report.device_name}), {report.precision}",
-        columns,
-        rows,
-        numeric=[False, False, True, True, True, True] + ([True, True] if compare else []),
-        caption="\n".join(caption),
+    caption = "\n".join(
+        [
+            f"median of {report.runs} timed runs after {report.warmup} warm-up; {report.memory_note}",
+            f"torch {report.torch_version}; CPU threads: {report.threads}; {weights}"
+            + (f"; torch.compile {report.compile}" if report.compile else ""),
+            *report.notes,
+        ]
     )
+    # the headers fold onto two lines (``median`` over ``ms``) where one line would make the table
+    # wider than the terminal: rich would otherwise cut cells to fit (an 80-column terminal did)
+    if _layout_width(_widths(columns, rows)) > ui.console.width:
+        columns = [column.replace(" ", "\n", 1) for column in columns]
+    ui.table(title, columns, rows, numeric=[False, False] + [True] * (len(columns) - 2), caption=caption)
     if report.out_of_memory:  # the caption is easy to miss: say it on stderr too
         sizes = ", ".join(str(size) for size in report.out_of_memory)
         ui.warn(f"out of memory at --size {sizes}: not timed (see the note under the table)")
