@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,3 +123,16 @@ def torchrun_env(**extra: str) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been waited for): a killed writer's."""
+    import pytest
+
+    from pdseg_cli.data import atomic
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    if atomic._process_alive(child.pid):
+        pytest.skip("the pid was taken again at once")
+    return child.pid

@@ -7,6 +7,7 @@ instead of sitting at 0) at small shapes; the whole file runs in well under a mi
 from __future__ import annotations
 
 import builtins
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE_IMAGES, flat, no_space, run_cli, tiny_checkpoint
+from helpers import EXAMPLE_IMAGES, dead_pid, flat, no_space, run_cli, tiny_checkpoint
 
 from pdseg_cli.config import NORMALIZATION
+from pdseg_cli.data import atomic
 from pdseg_cli.engine import export as export_mod
 from pdseg_cli.engine.export import ExportCheckError, export_checkpoint, parse_shape
 from pdseg_cli.engine.onnx_backend import OnnxModel, TorchScriptModel, detect_format, load_exported
@@ -357,6 +359,15 @@ def test_unwritable_outputs_are_one_line_errors(
     assert result.exit_code == 1, result.output
     # not "free some space", the fix of a full disk
     assert "check the permissions of that file and folder or choose another --out" in flat(result.output)
+
+
+def test_a_killed_exports_temporary_is_removed_by_the_next_export(checkpoint: Path, tmp_path: Path) -> None:
+    # a SIGKILL (or a power cut) mid-write leaves a hidden temporary beside --out, as big as the model
+    out = tmp_path / "m.onnx"
+    stale = tmp_path / atomic.temp_name(out).replace(f".{os.getpid()}-", f".{dead_pid()}-")
+    stale.write_bytes(b"half a graph")
+    report = export_checkpoint(checkpoint, out, "onnx", check=False)
+    assert report.path == out and [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.errors import InputError
@@ -237,7 +238,7 @@ def test_composite_and_cutout_keep_sample_type() -> None:
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "x.png"
-    with pytest.raises(RuntimeError), imio.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
         tmp.write_bytes(b"half a file")
         raise RuntimeError("disk on fire")
     assert list(tmp_path.iterdir()) == []

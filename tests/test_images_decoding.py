@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.header import image_size, pnm_header
@@ -242,8 +243,8 @@ def test_an_output_name_near_name_max_can_be_written(tmp_path: Path, stem: str) 
     except OSError:
         pytest.skip("this file system takes shorter names")
     target.unlink()
-    name = imio.temp_name(target)
-    assert len(os.fsencode(name)) <= 255 and name.startswith(".") and name.endswith(imio.TEMP_SUFFIX)
+    name = atomic.temp_name(target)
+    assert len(os.fsencode(name)) <= 255 and name.startswith(".") and name.endswith(atomic.TEMP_SUFFIX)
     imio.write_png(target, _gradient())
     np.testing.assert_array_equal(cv2.imread(str(target))[..., ::-1], _gradient())
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary left behind

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pdseg_cli import create_model, load_model, save_checkpoint
 from pdseg_cli.cli import app
 from pdseg_cli.config import NORMALIZATION
+from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, files_help, parse_save, save_help
 from pdseg_cli.engine.predict import Predictor, parse_size
@@ -58,7 +59,7 @@ def _run(*args: str | Path) -> object:
 
 
 def _no_temporaries(folder: Path) -> bool:
-    return not [p for p in folder.rglob("*") if p.name.endswith(imio.TEMP_SUFFIX)]
+    return not [p for p in folder.rglob("*") if p.name.endswith(atomic.TEMP_SUFFIX)]
 
 
 # ------------------------------------------------------------------------------ Python API
@@ -432,6 +433,87 @@ def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckp
     assert not (tmp_path / "out").exists()  # refused before the output folder is made
 
 
+def _long_named_inputs(folder: Path) -> list[Path]:
+    """Images whose mask name fits in 255 bytes and whose ``_composite.png`` does not: 245 ASCII
+    letters, and 122 two-byte letters (244 bytes: the limit counts UTF-8 bytes, not characters)."""
+    folder.mkdir()
+    paths = [folder / f"{'a' * 245}.png", folder / f"{'é' * 122}.jpg", folder / "short.png"]
+    try:
+        for k, path in enumerate(paths):
+            path.write_bytes(cv2.imencode(path.suffix, _img(20 + k, 30))[1].tobytes())
+    except OSError:
+        pytest.skip("this file system takes shorter names")
+    return paths
+
+
+def test_outputs_too_long_to_name_are_refused_before_the_model_loads(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the mask used to be written and the composite fail on "File name too long"
+    long_a, long_e, short = _long_named_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr("pdseg_cli.engine.predict.Predictor.__init__", boom)
+        result = _run(tmp_path / "in", "-o", out, "-w", ckpt, "--save", "mask,composite")
+    assert result.exit_code == 2, result.output
+    text = no_space(result.output)
+    assert "2inputswouldmakeoutputnameslongerthanthe255bytesthefilesystemof--out" in text
+    assert f"{long_a}(its<stem>_composite.pngwouldbe259bytes)" in text  # the input named, once
+    assert f"{long_e}(its<stem>_composite.pngwouldbe258bytes)" in text  # 244 bytes + 14
+    assert "renamethem:anameofatmost241bytesbeforetheextensionfits" in text
+    assert str(short) not in text and "Traceback" not in result.output
+    assert not out.exists()  # nothing written, not even the masks that fit
+    # an --out that exists (the name is then looked up: it must not be an OSError either)
+    out.mkdir()
+    result = _run(tmp_path / "in", "-o", out, "-w", ckpt, "--save", "composite")
+    assert result.exit_code == 2 and "2inputswouldmakeoutputnames" in no_space(result.output)
+    assert list(out.iterdir()) == []
+    # the masks alone fit (253 and 248 bytes), and their atomic writes' temporaries are bounded
+    result = _run(tmp_path / "in", "-o", out, "-w", ckpt, "--save", "mask")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in (long_a, long_e, short))
+    assert _no_temporaries(out)
+
+
+def test_the_name_limit_is_the_output_folders_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdseg_cli.engine import predict_plan
+
+    src = tmp_path / "src"
+    (src / ("f" * 30)).mkdir(parents=True)
+    cv2.imwrite(str(src / ("b" * 40 + ".png")), _img(10, 10))
+    cv2.imwrite(str(src / ("f" * 30) / "x.png"), _img(10, 10))
+    asked: list[str] = []
+
+    def pathconf(path: object, name: str) -> int:
+        asked.append(str(path))
+        assert name == "PC_NAME_MAX"
+        return 50
+
+    monkeypatch.setattr(predict_plan.os, "pathconf", pathconf)
+    out = tmp_path / "deep" / "out"  # not made yet: its nearest existing folder is asked
+    # b*40 + _composite.png is 54 bytes
+    with pytest.raises(InputError) as info:
+        predict_plan.plan_predict([src], out, save=["mask", "composite"])
+    assert "1 input would make output names longer than the 50 bytes" in info.value.message
+    assert "(its <stem>_composite.png would be 54 bytes)" in info.value.message
+    assert info.value.hint is not None and "rename it: a name of at most 36 bytes" in info.value.hint
+    # a folder --recursive mirrors under --out is a name too
+    monkeypatch.setattr(predict_plan.os, "pathconf", lambda path, name: 25)
+    with pytest.raises(InputError) as info:
+        predict_plan.plan_predict([src], out, recursive=True)
+    assert f"(its folder {'f' * 30} is 30 bytes)" in info.value.message
+    assert "b" * 40 in info.value.message
+    assert info.value.hint is not None and "a folder name of at most 25 bytes fits" in info.value.hint
+    assert not out.exists()  # refused before --out is made
+    monkeypatch.setattr(predict_plan.os, "pathconf", pathconf)
+    plan = predict_plan.plan_predict([src], out, save=["mask"])  # b*40 + .png, 44 bytes, fits
+    assert len(plan.todo) == 1 and asked[0] == str(tmp_path)
+
+
 def test_unwritable_out_fails_before_loading_the_model(
     folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -456,7 +538,7 @@ def test_interrupted_write_leaves_nothing_behind(
     def write_then_fail(path: Path, data: bytes) -> None:
         calls.append(path)
         if Path(path).name == "b.png":  # fail half-way through writing this one
-            with imio.atomic_path(path) as tmp:
+            with atomic.atomic_path(path) as tmp:
                 tmp.write_bytes(data[: len(data) // 2])
                 raise OSError(28, "No space left on device")
         real(path, data)

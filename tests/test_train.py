@@ -633,12 +633,12 @@ def test_disk_cache_is_reused_and_reads_real_pairs(
 def test_an_unwritable_cache_dir_is_named_not_the_pairs(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pdseg_cli.data import images
+    from pdseg_cli.data import dis5k
 
     def refuse(path: Any) -> Any:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images, "atomic_path", refuse)  # a read-only --cache-dir (root ignores chmod)
+    monkeypatch.setattr(dis5k, "atomic_path", refuse)  # a read-only --cache-dir (root ignores chmod)
     with pytest.raises(DataError) as info:
         train(tiny(tmp_path / "run", data, cache="disk", cache_dir=tmp_path / "ro"))
     assert "cannot write the sample cache" in info.value.message and "bad image" not in info.value.message

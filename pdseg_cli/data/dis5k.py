@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from pdseg_cli.data import images as imio
+from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError, listing
@@ -398,7 +399,7 @@ class SampleStore:
             array = load_sample(self.pairs[index], self.size)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with imio.atomic_path(path) as tmp, open(tmp, "wb") as f:
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, array)
             except OSError as exc:  # the cache folder's fault, not the pair's
                 raise CacheWriteError(

@@ -34,12 +34,9 @@ an exception or Ctrl-C leaves either the old file or the complete new one, never
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +46,7 @@ import numpy as np
 
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data import native_messages
+from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.data.header import (
     ICC_PROFILE_TAG,
     TIFF_MAGICS,
@@ -88,7 +86,6 @@ _SUFFIX_KINDS = {
 # colour, EXIF orientation applied, 16-bit kept, alpha dropped (IMREAD_UNCHANGED would skip EXIF:
 # a file with alpha is decoded unchanged and oriented by the reader itself, :func:`_read_cv2_image`)
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
 
 
 @dataclass
@@ -755,59 +752,6 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # writing
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
-
-    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is
-    left as it was. The temporary name is hidden (starts with ".") and ends in ``.pdseg-tmp``
-    (:func:`temp_name`).
-    """
-    path = Path(path)
-    tmp = path.with_name(temp_name(path))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def temp_name(path: Path) -> str:
-    """The name of a temporary file for writing ``path``: ``.<name>.<8 hex>.pdseg-tmp``, in the
-    same folder so that ``os.replace`` is atomic.
-
-    When that is longer than the file system allows (NAME_MAX, 255 bytes on most) the name is cut
-    to fit and marked ``~``: a long output name would otherwise fail on its temporary, with the
-    error naming the output. The start and the end stay, so leftovers are still found by them.
-    """
-    token = f".{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    name = f".{path.name}{token}"
-    size = len(os.fsencode(name))
-    if size <= 128:  # under every file system's NAME_MAX: no need to ask
-        return name
-    limit = _name_max(path.parent)
-    if size <= limit:
-        return name
-    room, kept = limit - len(os.fsencode(f".~{token}")), []
-    for char in path.name:  # whole characters only: the cut name stays valid UTF-8
-        room -= len(os.fsencode(char))
-        if room < 0:
-            break
-        kept.append(char)
-    return f".{''.join(kept)}~{token}"
-
-
-def _name_max(folder: Path) -> int:
-    """The longest file name ``folder``'s file system takes, in bytes (255 when it will not say)."""
-    try:
-        limit = int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such folder yet
-        return 255
-    return limit if limit > 0 else 255
 
 
 def check_writable_folder(folder: Path, label: str, *, create: bool = True) -> None:

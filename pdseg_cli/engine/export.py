@@ -11,9 +11,11 @@ in fp32 (docs/model.md, 'NMF precision': the NMF's sums overflow fp16).
 In eval mode the NMF uses fixed bases from a seeded generator (docs/model.md, 'NMF bases'), so the graph
 has no random ops and two runs on one input give identical outputs.
 
-The file is written under a temporary name next to ``out``. It is loaded back and run on a few
-shapes against the PyTorch model (fp32); only when every max |probability difference| is within
-tolerance is it moved onto ``out`` with ``os.replace``. A failed check leaves no file behind.
+The file is written under a temporary name next to ``out`` (:mod:`pdseg_cli.data.atomic`). It is
+loaded back and run on a few shapes against the PyTorch model (fp32); only when every max
+|probability difference| is within tolerance is it moved onto ``out`` with ``os.replace``. A failed
+check leaves no file behind, and a temporary that a killed export left is removed by the next
+export of that file.
 
 The ONNX path uses the TorchScript-based exporter (``dynamo=False``): the default dynamo exporter
 needs onnxscript (docs/model.md, 'ONNX export'). The NMF iterations unroll into plain MatMuls; there are no
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from pdseg_cli import __version__
+from pdseg_cli.data.atomic import remove_stale_temporaries, temp_name
 from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
@@ -408,7 +411,8 @@ def export_model(
         opset=opset,
         source=source,
     )
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(out)  # what a killed export of this file left (it is as big as the model)
+    tmp = out.with_name(temp_name(out))
     try:
         step(f"exporting {variant} to {fmt}{' (fp16)' if half else ''}")
         start = time.perf_counter()

@@ -1,8 +1,9 @@
 """What a folder run of ``pdseg predict`` will do, decided before the model is loaded.
 
 :func:`plan_predict` expands files, folders and glob patterns into images (:func:`collect_inputs`),
-proves the output folder writable, refuses outputs that would overwrite an input or each other,
-and takes this process's share under torchrun. :func:`pdseg_cli.engine.predict_run.run_plan`
+proves the output folder writable, refuses outputs that would overwrite an input or each other, or
+whose names the output folder's file system cannot take, and takes this process's share under
+torchrun. :func:`pdseg_cli.engine.predict_run.run_plan`
 carries the plan out.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
+from pdseg_cli.data.atomic import name_max
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -215,6 +217,63 @@ def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
     return left
 
 
+def _name_bytes(name: str) -> int:
+    """The length of a file name as the file system counts it: bytes, not characters (é is 2)."""
+    return len(os.fsencode(name))
+
+
+def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
+    """Refuse a run in which an input's outputs (or a folder --recursive mirrors) would have a name
+    longer than ``--out``'s file system takes: found here, the run is refused before the model
+    loads and before anything is written, instead of writing the mask and failing at the longer
+    ``<stem>_composite.png``. The temporary names of the atomic writes are bounded by the writer
+    (:func:`pdseg_cli.data.atomic.temp_name`), so the final names are the ones to check.
+
+    Raises:
+        InputError: naming every input at fault, the name it would make, and how long a name fits.
+    """
+    limits: dict[Path, int] = {}  # per output folder: --recursive may mirror onto other mounts
+    faults: list[str] = []
+    fault_limits: set[int] = set()
+    stem_room: list[int] = []  # the most bytes each faulty input's stem may have
+    folder_limit: int | None = None  # set when a folder --recursive mirrors is at fault
+    for item in items:
+        folder = out / item.rel_dir
+        if folder not in limits:
+            limits[folder] = name_max(folder)
+        limit = limits[folder]
+        long_parts = [part for part in item.rel_dir.parts if _name_bytes(part) > limit]
+        if long_parts:
+            faults.append(f"{item.path} (its folder {long_parts[0]} is {_name_bytes(long_parts[0])} bytes)")
+            folder_limit = limit
+            fault_limits.add(limit)
+            continue
+        stem = item.path.stem
+        names = [p.name for paths in output_candidates(folder, stem, save).values() for p in paths]
+        longest = max(names, key=_name_bytes)
+        if _name_bytes(longest) > limit:
+            # the input's own name is said once: the output's is named by its pattern
+            pattern = "<stem>" + longest[len(stem) :]
+            faults.append(f"{item.path} (its {pattern} would be {_name_bytes(longest)} bytes)")
+            stem_room.append(limit - (_name_bytes(longest) - _name_bytes(stem)))
+            fault_limits.add(limit)
+    if not faults:
+        return
+    fixes = []
+    if stem_room:
+        fixes.append(
+            f"a name of at most {max(1, min(stem_room))} bytes before the extension fits "
+            "(in UTF-8: é takes 2 bytes, 日 3)"
+        )
+    if folder_limit is not None:
+        fixes.append(f"a folder name of at most {folder_limit} bytes fits")
+    raise InputError(
+        f"{counted(len(faults), 'input')} would make output names longer than the "
+        f"{min(fault_limits)} bytes the file system of --out {out} takes: {listing(faults, 3, sep='; ')}",
+        hint=f"rename {'it' if len(faults) == 1 else 'them'}: " + "; ".join(fixes),
+    )
+
+
 def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:
     """Refuse inputs that would write the same output files, naming every pair (``cat.jpg`` and
     ``cat.png`` both make ``cat.png``).
@@ -369,7 +428,8 @@ def plan_predict(
 
     Raises:
         InputError: no images found, ``out_dir`` unusable, an output that would overwrite an
-            input, or two inputs that would write the same output file.
+            input, two inputs that would write the same output file, or an output name longer
+            than ``out_dir``'s file system takes.
     """
     if isinstance(sources, (str, os.PathLike)):  # one folder or file, not its characters
         sources = [sources]
@@ -399,6 +459,8 @@ def plan_predict(
                 hint="choose an --out folder apart from the inputs, e.g. "
                 f"{out.resolve().name or 'images'}-masks",
             )
+    # before any output path is looked at: the file system refuses to even look a too long name up
+    _refuse_unnameable(out, inputs, save)
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}

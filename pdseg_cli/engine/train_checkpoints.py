@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdseg_cli.data.images import atomic_path
+from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.engine.train_events import CheckpointWriteError
 from pdseg_cli.errors import InputError, WeightsError, counted, first_line, refused_by_permissions
 from pdseg_cli.model import save_checkpoint
@@ -41,7 +41,7 @@ def write_checkpoint(
         # one write and one rename
         payload = checkpoint_payload(model, train_size=train_size, **provenance)
         payload["train_state"] = train_state
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pdseg_cli import __version__
-from pdseg_cli.data.images import atomic_path, check_writable_folder
+from pdseg_cli.data.atomic import atomic_path
+from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state, resume_parts
 from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
 from pdseg_cli.engine.train_context import RunContext

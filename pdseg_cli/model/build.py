@@ -35,6 +35,7 @@ from torch import nn
 
 from pdseg_cli import __version__
 from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
+from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.errors import InputError, WeightsError, first_line, listing
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
@@ -167,15 +168,10 @@ def save_checkpoint(
         model, half=half, train_size=train_size, normalization=normalization, **provenance
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -1,0 +1,99 @@
+"""Atomic writes (pdseg_cli.data.atomic): whole files or none, temporaries that fit any name, and
+the leftovers of killed writers removed without touching a running writer's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import dead_pid
+
+from pdseg_cli.data import atomic
+
+
+def _leftover(target: Path, pid: int) -> Path:
+    """A temporary of ``target`` as process ``pid`` of this host would have named it."""
+    return target.with_name(atomic.temp_name(target).replace(f".{os.getpid()}-", f".{pid}-", 1))
+
+
+def test_a_write_is_whole_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "m.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.png"]
+    with atomic.atomic_path(target) as tmp:
+        assert (
+            tmp.parent == tmp_path
+            and tmp.name.startswith(".m.png.")
+            and tmp.name.endswith(atomic.TEMP_SUFFIX)
+        )
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["m.png"]
+
+
+def test_only_dead_writers_leftovers_of_that_file_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "last.pt"
+    dead = dead_pid()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = _leftover(target, dead)
+        kept = [
+            _leftover(target, running.pid),  # a write of the same file still going on
+            _leftover(target, os.getpid()),  # this process's own
+            _leftover(tmp_path / "best.pt", dead),  # another file's: its own next write removes it
+            target.with_name(stale.name.replace(f"-{atomic._HOST}-", "-abcdef-")),  # another host's
+            tmp_path / f".last.pt.{dead}.tmp",  # not a name pdseg writes
+            tmp_path / (stale.name + ".bak"),
+        ]
+        for path in [stale, *kept]:
+            path.write_bytes(b"x")
+        folder = _leftover(target, dead_pid())
+        folder.mkdir()  # a folder is never removed
+        assert atomic.remove_stale_temporaries(target) == [stale]
+        assert all(path.is_file() for path in kept) and folder.is_dir()
+    finally:
+        running.kill()
+        running.wait()
+    # once that write has ended too, its leftover goes with the next write that sweeps
+    with atomic.atomic_path(target, sweep=True) as tmp:
+        tmp.write_bytes(b"whole")
+    assert not kept[0].exists() and target.read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("stem", ["a" * 250, "é" * 123])
+def test_a_long_name_gets_a_temporary_that_fits_and_is_found_again(tmp_path: Path, stem: str) -> None:
+    target = tmp_path / (stem + ".pt")  # 253 and 249 bytes: names that fit, whose temporaries would not
+    try:
+        target.write_bytes(b"")
+    except OSError:
+        pytest.skip("this file system takes shorter names")
+    name = atomic.temp_name(target)
+    assert len(os.fsencode(name)) <= 255 and name.startswith(".") and name.endswith(atomic.TEMP_SUFFIX)
+    assert "~" in name and name.encode().decode() == name  # cut at whole characters, marked
+    stale = _leftover(target, dead_pid())
+    stale.write_bytes(b"x")
+    assert atomic.remove_stale_temporaries(target) == [stale]
+
+
+def test_the_name_limit_is_asked_of_the_nearest_existing_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    def pathconf(path: object, name: str) -> int:
+        asked.append(str(path))
+        return 50
+
+    monkeypatch.setattr(os, "pathconf", pathconf)
+    assert atomic.name_max(tmp_path / "deep" / "out") == 50 and asked == [str(tmp_path)]
+
+    def unsupported(path: object, name: str) -> int:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "pathconf", unsupported)
+    assert atomic.name_max(tmp_path) == 255  # a file system that will not say: Linux's NAME_MAX
