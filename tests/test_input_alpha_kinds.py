@@ -336,3 +336,15 @@ def test_a_min_is_white_gray_alpha_tiff_inverts_its_gray_not_its_alpha(tmp_path:
     np.testing.assert_array_equal(loaded.alpha, alpha)
     tifffile.imwrite(tmp_path / "g.tif", gray, photometric="miniswhite")  # the same gray, no alpha
     np.testing.assert_array_equal(imio.read_image(tmp_path / "g.tif").pixels, loaded.pixels)
+
+
+def test_a_min_is_white_gray_tiff_with_associated_alpha_divides_before_inverting(tmp_path: Path) -> None:
+    # the ink (0 white) is stored multiplied by alpha: divided back first, then counted from white
+    ink = np.array([[0, 255, 128, 255]], np.uint8)
+    alpha = np.array([[128, 128, 128, 255]], np.uint8)
+    stored = np.rint(ink.astype(float) * alpha / 255).astype(np.uint8)
+    path = tmp_path / "w.tif"
+    tifffile.imwrite(path, np.dstack([stored, alpha]), photometric="miniswhite", extrasamples=["assocalpha"])
+    loaded = imio.read_image(path)
+    np.testing.assert_array_equal(loaded.pixels[..., 0], [[255, 0, 127, 0]])
+    np.testing.assert_array_equal(loaded.alpha, alpha)

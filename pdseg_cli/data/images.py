@@ -361,10 +361,15 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
         return array, alpha, icc
     array = orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
     colours = _tiff_alpha_index(array, photometric, extra_samples)
+    white_is_zero = photometric == _PHOTOMETRIC_MINISWHITE and array.ndim == 3
     if colours is None:
+        if white_is_zero:  # gray and extra samples that are not alpha: only the gray counts from white
+            array = np.concatenate([_invert(array[..., :1]), array[..., 1:]], axis=-1)
         return array, None, icc
     premultiplied = extra_samples[0] == _ASSOCIATED_ALPHA
     array, alpha = _colours_and_alpha(array[..., : colours + 1], premultiplied)
+    if white_is_zero:  # inverted once the alpha is divided out: associated alpha multiplies the ink
+        array = _invert(array)
     return array, alpha, icc
 
 
@@ -633,11 +638,8 @@ def _tiff_to_hwc(
         if array.dtype == np.uint8:
             cmap = (cmap if cmap.max() < 256 else cmap >> 8).astype(np.uint8)
         array = np.moveaxis(cmap[:, array], 0, -1)
-    elif photometric == _PHOTOMETRIC_MINISWHITE:
-        if array.ndim == 2:
-            array = _invert(array)
-        else:  # gray and extra samples (alpha): only the gray counts up from white
-            array = np.concatenate([_invert(array[..., :1]), array[..., 1:]], axis=-1)
+    elif photometric == _PHOTOMETRIC_MINISWHITE and array.ndim == 2:
+        array = _invert(array)  # with extra samples, after the alpha is taken out (_read_tiff)
     elif photometric == _PHOTOMETRIC_SEPARATED and array.ndim == 3 and array.shape[2] >= 4:
         array = _cmyk_to_rgb(array[..., :4])
     elif photometric in (_PHOTOMETRIC_CIELAB, _PHOTOMETRIC_ICCLAB) and array.ndim == 3 and array.shape[2] > 2:
