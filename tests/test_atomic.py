@@ -97,3 +97,31 @@ def test_the_name_limit_is_asked_of_the_nearest_existing_folder(
 
     monkeypatch.setattr(os, "pathconf", unsupported)
     assert atomic.name_max(tmp_path) == 255  # a file system that will not say: Linux's NAME_MAX
+
+
+def test_long_names_that_start_alike_keep_their_temporaries_apart(tmp_path: Path) -> None:
+    a, b = tmp_path / ("b" * 240 + "A.pt"), tmp_path / ("b" * 240 + "B.pt")
+    assert atomic._prefix(a) != atomic._prefix(b) and atomic._prefix(a).startswith(".bbb")
+    stale_b = _leftover(b, dead_pid())
+    stale_b.write_bytes(b"x")
+    assert atomic.remove_stale_temporaries(a) == [] and stale_b.exists()
+    assert atomic.remove_stale_temporaries(b) == [stale_b]
+
+
+def test_a_folder_sweep_removes_every_dead_writers_leftover_and_nothing_else(tmp_path: Path) -> None:
+    dead = dead_pid()
+    stale = [_leftover(tmp_path / "config.json", dead), _leftover(tmp_path / ("é" * 130 + ".png"), dead)]
+    kept = [
+        _leftover(tmp_path / "last.pt", os.getpid()),  # a write going on
+        tmp_path / "mask.png",
+        tmp_path / f".config.json.{dead}.tmp",
+        tmp_path / atomic.TEMP_SUFFIX,  # a token alone is no temporary of a file
+    ]
+    for path in [*stale, *kept]:
+        path.write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    deeper = _leftover(tmp_path / "sub" / "m.png", dead)  # subfolders are their own writers' to sweep
+    deeper.write_bytes(b"x")
+    assert sorted(atomic.sweep_folder(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in [*kept, deeper])
+    assert atomic.sweep_folder(tmp_path / "missing") == []

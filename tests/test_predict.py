@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import cv2
@@ -10,7 +12,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import flat, no_space
+from helpers import dead_pid, flat, no_space
 from typer.testing import CliRunner
 
 from pdseg_cli import create_model, load_model, save_checkpoint
@@ -487,13 +489,22 @@ def test_the_name_limit_is_the_output_folders_own(tmp_path: Path, monkeypatch: p
     cv2.imwrite(str(src / ("b" * 40 + ".png")), _img(10, 10))
     cv2.imwrite(str(src / ("f" * 30) / "x.png"), _img(10, 10))
     asked: list[str] = []
+    limit = {"bytes": 50}  # a file system that takes names of 50 bytes, then one of 25
+    real_lstat = os.lstat
 
     def pathconf(path: object, name: str) -> int:
         asked.append(str(path))
         assert name == "PC_NAME_MAX"
-        return 50
+        return limit["bytes"]
+
+    def lstat(path: str | os.PathLike[str], *args: object, **kw: object) -> os.stat_result:
+        name = os.path.basename(path)  # asked in the nearest folder of --out that exists
+        if os.path.dirname(path) == str(tmp_path) and len(os.fsencode(name)) > limit["bytes"]:
+            raise OSError(errno.ENAMETOOLONG, "File name too long")
+        return real_lstat(path, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(predict_plan.os, "pathconf", pathconf)
+    monkeypatch.setattr(predict_plan.os, "lstat", lstat)
     out = tmp_path / "deep" / "out"  # not made yet: its nearest existing folder is asked
     # b*40 + _composite.png is 54 bytes
     with pytest.raises(InputError) as info:
@@ -502,16 +513,50 @@ def test_the_name_limit_is_the_output_folders_own(tmp_path: Path, monkeypatch: p
     assert "(its <stem>_composite.png would be 54 bytes)" in info.value.message
     assert info.value.hint is not None and "rename it: a name of at most 36 bytes" in info.value.hint
     # a folder --recursive mirrors under --out is a name too
-    monkeypatch.setattr(predict_plan.os, "pathconf", lambda path, name: 25)
+    limit["bytes"] = 25
     with pytest.raises(InputError) as info:
         predict_plan.plan_predict([src], out, recursive=True)
     assert f"(its folder {'f' * 30} is 30 bytes)" in info.value.message
     assert "b" * 40 in info.value.message
     assert info.value.hint is not None and "a folder name of at most 25 bytes fits" in info.value.hint
     assert not out.exists()  # refused before --out is made
-    monkeypatch.setattr(predict_plan.os, "pathconf", pathconf)
+    limit["bytes"] = 50
     plan = predict_plan.plan_predict([src], out, save=["mask"])  # b*40 + .png, 44 bytes, fits
     assert len(plan.todo) == 1 and asked[0] == str(tmp_path)
+
+
+def test_a_file_system_that_counts_characters_is_asked_not_judged_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # APFS and NTFS take 255 characters: 90 of 日 and "_composite.png" are 284 bytes, and fit there
+    from pdseg_cli.engine import predict_plan
+
+    name = "日" * 90 + "_composite.png"
+    real_lstat = os.lstat
+
+    def counts_characters(path: str | os.PathLike[str], *args: object, **kw: object) -> os.stat_result:
+        if len(os.path.basename(path)) > 255:
+            raise OSError(errno.ENAMETOOLONG, "File name too long")
+        if len(os.fsencode(os.path.basename(path))) > 255:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return real_lstat(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predict_plan.os, "lstat", counts_characters)
+    assert not predict_plan._too_long(tmp_path / "out", name, 255)
+    assert predict_plan._too_long(tmp_path / "out", "日" * 250 + "_composite.png", 255)
+    assert not predict_plan._too_long(tmp_path, "short.png", 255)  # within the limit: nothing asked
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(
+    folder: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    out = tmp_path / "masks"
+    out.mkdir()
+    stale = out / atomic.temp_name(out / "a.png").replace(f".{os.getpid()}-", f".{dead_pid()}-")
+    stale.write_bytes(b"half a mask")
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and _no_temporaries(out)
 
 
 def test_unwritable_out_fails_before_loading_the_model(

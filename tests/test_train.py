@@ -734,3 +734,18 @@ def test_more_workers_than_cores_is_said_once_in_pdseg_words(
         )
     assert sum(f"--workers {workers} on 1 usable cores" in n for n in notices) == 1
     assert not [w for w in caught if "DataLoader will create" in str(w.message)]  # torch's, twice before
+
+
+def test_a_killed_runs_temporaries_are_removed_when_it_goes_on(tmp_path: Path, data: dict[str, Path]) -> None:
+    # a SIGKILL while last.pt was written leaves its hidden temporary, as big as the model
+    from helpers import dead_pid
+
+    from pdseg_cli.data import atomic
+
+    out = tmp_path / "run"
+    train(tiny(out, data, epochs=1, val_every=0))
+    stale = out / atomic.temp_name(out / "last.pt").replace(f".{os.getpid()}-", f".{dead_pid()}-")
+    stale.write_bytes(b"half a checkpoint")
+    train(tiny(out, data, epochs=2, val_every=0, resume=True))
+    assert not stale.exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(atomic.TEMP_SUFFIX)]

@@ -1,15 +1,17 @@
 """Atomic file writes: a hidden temporary beside the target, renamed onto it when whole.
 
-Every file pdseg writes (masks, cut-outs, checkpoints, exports, run files) goes through
-:func:`atomic_path`, so an interrupted write leaves the old file or none, never half of one.
+Masks, cut-outs, checkpoints, run files and training caches are written through :func:`atomic_path`,
+and exports through :func:`temp_name` (they are checked before the rename), so an interrupted write
+leaves the old file or none, never half of one.
 
 A temporary is named ``.<name>.<pid>-<host>-<4 random bytes>.pdseg-tmp``: the pid and a short hash
-of the host name say who writes it. A process killed outright (SIGKILL, the OOM killer, a power
-cut) cannot remove its temporary, so the next write of a checkpoint or an export (files as big as
-the model) removes the ones of that file that this host's dead processes left
-(:func:`remove_stale_temporaries`); a temporary of a running process, or of another host writing
-to a shared folder, is never touched. A killed ``predict`` leaves at most one small hidden
-temporary per output being written; those are not looked for on every mask.
+of the host (its name and, on Linux, its pid namespace) say who writes it. A process killed
+outright (SIGKILL, the OOM killer, a power cut) cannot remove its temporary, so what dead processes
+of this host left is removed later: by the next write of a checkpoint or an export, files as big
+as the model (:func:`remove_stale_temporaries`), and by ``predict`` and ``train`` in their output
+folder when they start (:func:`sweep_folder`). A temporary of a running process, or of another
+host writing to a shared folder, is never touched; where a pid cannot be asked about (Windows),
+nothing is removed.
 """
 
 from __future__ import annotations
@@ -25,20 +27,38 @@ from pathlib import Path
 
 TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
 _PID_DIGITS = 10  # room kept for the pid where a long name is cut, so the cut is the same for any pid
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 _TOKEN = re.compile(rf"\.(\d{{1,{_PID_DIGITS}}})-([0-9a-f]{{6}})-[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
+
+_ANY_TARGET = re.compile(r"\..+" + _TOKEN.pattern)  # the temporary of any file: .<name><token>
+
+
+def _host_token() -> str:
+    """Six hex digits for where a pid means one process: the host name, and on Linux the pid
+    namespace (two containers that share a host name do not share pids)."""
+    where = socket.gethostname()
+    with contextlib.suppress(OSError):
+        where += f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    return hashlib.sha256(where.encode()).hexdigest()[:6]
+
+
+_HOST = _host_token()
 
 
 def name_max(folder: Path) -> int:
     """The longest file name, in bytes, that the file system ``folder`` is (or will be made) on
     takes: ``PC_NAME_MAX`` of the nearest folder that exists, 255 (Linux's NAME_MAX) when it will
     not say (Windows has no ``pathconf``)."""
-    existing = next((p for p in (folder, *folder.parents) if _is_dir(p)), None)
+    existing = nearest_folder(folder)
     try:
         limit = int(os.pathconf(existing if existing is not None else ".", "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
         return 255
     return limit if limit > 0 else 255
+
+
+def nearest_folder(path: Path) -> Path | None:
+    """``path`` when it is a folder, else its nearest parent that is (None: none of them)."""
+    return next((p for p in (path, *path.parents) if _is_dir(p)), None)
 
 
 def _is_dir(path: Path) -> bool:
@@ -50,10 +70,11 @@ def _is_dir(path: Path) -> bool:
 
 
 def _prefix(path: Path) -> str:
-    """``.<name>``, cut to whole characters and marked ``~`` where the temporary would be longer
-    than the file system allows: a long output name would otherwise fail on its temporary, with the
-    error naming the output. The cut keeps room for the longest pid, so it is the same in every
-    process and a leftover is found by it."""
+    """``.<name>``; where the temporary would be longer than the file system allows, the name cut
+    to whole characters, then ``~`` and a hash of the whole name (two long names that start alike
+    keep apart): a long output name would otherwise fail on its temporary, with the error naming
+    the output. The cut keeps room for the longest pid, so it is the same in every process and a
+    leftover is found by it."""
     prefix = f".{path.name}"
     longest = f".{'9' * _PID_DIGITS}-{_HOST}-{'0' * 8}{TEMP_SUFFIX}"
     size = len(os.fsencode(prefix + longest))
@@ -62,14 +83,15 @@ def _prefix(path: Path) -> str:
     room = name_max(path.parent) - len(os.fsencode(longest))
     if len(os.fsencode(prefix)) <= room:
         return prefix
+    mark = "~" + hashlib.sha256(os.fsencode(path.name)).hexdigest()[:6]
+    room -= len(os.fsencode(mark)) + 1  # the leading "." stays: the temporary stays hidden
     kept: list[str] = []
-    room -= 1  # the ~
-    for char in prefix:  # whole characters only: the cut name stays valid UTF-8
+    for char in path.name:  # whole characters only: the cut name stays valid UTF-8
         room -= len(os.fsencode(char))
         if room < 0:
             break
         kept.append(char)
-    return "".join(kept) + "~"
+    return "." + "".join(kept) + mark
 
 
 def temp_name(path: Path) -> str:
@@ -110,15 +132,35 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     Returns:
         The files removed.
     """
-    prefix = _prefix(path)
+    return _remove_dead(path.parent, _prefix(path))
+
+
+def sweep_folder(folder: Path) -> list[Path]:
+    """Remove what dead processes of this host left in ``folder`` while writing any file there
+    (not in its subfolders): :func:`remove_stale_temporaries` for every target at once.
+
+    Returns:
+        The files removed.
+    """
+    return _remove_dead(folder, None)
+
+
+def _remove_dead(folder: Path, prefix: str | None) -> list[Path]:
+    """Remove the temporaries in ``folder`` (of the target whose :func:`_prefix` is ``prefix``, or
+    of any target) whose writer ran on this host and no longer runs."""
     removed: list[Path] = []
     try:
-        with os.scandir(path.parent) as listing:
-            entries = [e for e in listing if e.name.startswith(prefix) and e.name.endswith(TEMP_SUFFIX)]
+        with os.scandir(folder) as listing:
+            entries = [
+                e for e in listing if e.name.startswith(prefix or ".") and e.name.endswith(TEMP_SUFFIX)
+            ]
     except OSError:
         return removed
     for entry in entries:
-        match = _TOKEN.fullmatch(entry.name, len(prefix))
+        if prefix is not None:
+            match = _TOKEN.fullmatch(entry.name, len(prefix))
+        else:
+            match = _ANY_TARGET.fullmatch(entry.name)
         if match is None or match.group(2) != _HOST or _process_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):

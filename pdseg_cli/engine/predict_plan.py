@@ -9,6 +9,7 @@ carries the plan out.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections import Counter
@@ -19,7 +20,7 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
-from pdseg_cli.data.atomic import name_max
+from pdseg_cli.data.atomic import name_max, nearest_folder, sweep_folder
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -217,6 +218,22 @@ def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
     return left
 
 
+def _too_long(folder: Path, name: str, limit: int) -> bool:
+    """Whether ``name`` is too long for ``folder``'s file system: over ``limit`` bytes, as Linux
+    counts, and refused by the file system itself when asked for it. Those that count characters
+    (APFS, NTFS: 255 of them) take many more bytes of UTF-8, and must not be refused by Linux's rule."""
+    if _name_bytes(name) <= limit:
+        return False
+    existing = nearest_folder(folder)
+    if existing is None:
+        return True
+    try:
+        os.lstat(existing / name)
+    except OSError as exc:
+        return exc.errno != errno.ENOENT  # ENAMETOOLONG: too long; ENOENT: the name could be made
+    return False  # such a file exists: the name fits
+
+
 def _name_bytes(name: str) -> int:
     """The length of a file name as the file system counts it: bytes, not characters (é is 2)."""
     return len(os.fsencode(name))
@@ -242,7 +259,7 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
         if folder not in limits:
             limits[folder] = name_max(folder)
         limit = limits[folder]
-        long_parts = [part for part in item.rel_dir.parts if _name_bytes(part) > limit]
+        long_parts = [part for part in item.rel_dir.parts if _too_long(folder, part, limit)]
         if long_parts:
             faults.append(f"{item.path} (its folder {long_parts[0]} is {_name_bytes(long_parts[0])} bytes)")
             folder_limit = limit
@@ -251,7 +268,7 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
         stem = item.path.stem
         names = [p.name for paths in output_candidates(folder, stem, save).values() for p in paths]
         longest = max(names, key=_name_bytes)
-        if _name_bytes(longest) > limit:
+        if _too_long(folder, longest, limit):
             # the input's own name is said once: the output's is named by its pattern
             pattern = "<stem>" + longest[len(stem) :]
             faults.append(f"{item.path} (its {pattern} would be {_name_bytes(longest)} bytes)")
@@ -493,6 +510,8 @@ def plan_predict(
     # over every process's inputs, so that all of them refuse together
     _refuse_foreign_files(out, [item for item in inputs if item.path not in done], save)
     check_out_dir(out)  # only now: a refused run leaves no empty --out behind
+    for folder in {out / item.rel_dir for item in inputs}:
+        sweep_folder(folder)  # what a killed run left half-written (hidden temporaries)
     mine = dist.shard(inputs)
     todo = [item for item in mine if item.path not in done]
     skipped = [item for item in mine if item.path in done]

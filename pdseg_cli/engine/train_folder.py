@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pdseg_cli import __version__
-from pdseg_cli.data.atomic import atomic_path
+from pdseg_cli.data.atomic import atomic_path, sweep_folder
 from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state, resume_parts
 from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
@@ -47,6 +47,8 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     if cfg.resume:
         state = read_train_state(out / LAST)
         _check_same_experiment(ctx, state)
+        if ctx.main:
+            sweep_folder(out)  # what a killed run left half-written (a checkpoint's temporary)
         return state
     existing = [name for name in CHECKPOINTS if (out / name).exists()]
     refusal = None if cfg.overwrite else existing_run(out)
@@ -65,6 +67,7 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
         raise InputError(f"--out {out} is a file, not a folder", hint="choose a folder for the run")
     if ctx.main:
         check_writable_folder(out, f"--out {out}")
+        sweep_folder(out)
     return None
 
 
