@@ -137,6 +137,22 @@ def test_fixed_size_models_refuse_another_size(foreign: Path) -> None:
     assert "takes only 48x48" in info.value.message and "drop --size" in (info.value.hint or "")
 
 
+def test_a_size_fixed_by_the_spec_is_said_to_come_from_it(tmp_path: Path) -> None:
+    # the graph takes any size: "takes only 64x64" blamed the model for what --onnx-spec said
+    dynamic = _foreign_onnx(tmp_path / "dynamic.onnx", None)
+    spec = FOREIGN_SPEC.replace("size=48", "size=64")
+    assert "size=64" in spec
+    with pytest.raises(InputError) as info:
+        Predictor(dynamic, device="cpu", size=96, onnx_spec=spec)
+    assert info.value.message.startswith("--onnx-spec size=64 runs ") and "--size 96" in info.value.message
+    assert "size=dynamic" in (info.value.hint or "")
+    assert Predictor(dynamic, device="cpu", onnx_spec=spec).size_note == "--onnx-spec size=64"
+    assert (
+        Predictor(dynamic, device="cpu", size=96, onnx_spec=spec.replace("size=64", "size=dynamic")).size
+        == 96
+    )
+
+
 def test_known_signatures_are_recognised(tmp_path: Path) -> None:
     u2 = _foreign_onnx(tmp_path / "u2.onnx", 320, n_outputs=7, input_name="input.1")
     predictor = Predictor(u2, device="cpu")

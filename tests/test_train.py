@@ -124,19 +124,22 @@ def test_tensorboard_scalars_per_step_and_epoch_continue_on_resume(
     assert logged == pytest.approx([float(r.split(",")[2]) for r in rows], rel=1e-6)
 
 
-def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, data: dict[str, Path]) -> None:
+@pytest.mark.parametrize("at_step", [1, 2], ids=["mid-epoch", "after-its-last-step"])
+def test_interrupted_run_resumes_to_identical_weights(
+    tmp_path: Path, data: dict[str, Path], at_step: int
+) -> None:
     # one worker process: Ctrl-C must not reach it, and the data must not depend on it
     common = dict(epochs=2, batch=3, workers=1, val_every=0)
     uninterrupted = train(tiny(tmp_path / "a", data, **common))
 
     def ctrl_c_mid_epoch(event: Any) -> None:
-        if event.kind == "step" and event.epoch == 1 and event.step == 1:
+        if event.kind == "step" and event.epoch == 1 and event.step == at_step:
             os.kill(os.getpid(), signal.SIGINT)
 
     stopped = train(tiny(tmp_path / "b", data, **common), on_event=ctrl_c_mid_epoch)
-    assert stopped.interrupted and stopped.steps == 1
+    assert stopped.interrupted and stopped.steps == at_step
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["train_state"]
-    assert (state["epoch"], state["step_in_epoch"]) == (0, 1)
+    assert (state["epoch"], state["step_in_epoch"]) == (0, at_step)
     resumed = train(TrainConfig.for_resume(tmp_path / "b"))
     assert not resumed.interrupted and resumed.steps == uninterrupted.steps == 4
 
@@ -148,7 +151,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, data: dict
     rows_a = (tmp_path / "a" / "results.csv").read_text().splitlines()
     rows_b = (tmp_path / "b" / "results.csv").read_text().splitlines()
     strip_times = [",".join(r.split(",")[:-2]) for r in rows_a], [",".join(r.split(",")[:-2]) for r in rows_b]
-    assert strip_times[0] == strip_times[1]  # same losses per epoch, also for the split epoch
+    assert strip_times[0] == strip_times[1]  # same losses and lr per epoch, also for the split epoch
 
 
 def test_a_start_stopped_before_its_first_checkpoint_is_not_a_run(

@@ -335,6 +335,12 @@ class OnnxModel(_ExportedModel):
         return self.spec.size if self.spec is not None else None
 
     @property
+    def size_fixed_by_graph(self) -> bool:
+        """Whether the graph's own input has a fixed height and width (else a fixed size comes from
+        ``--onnx-spec size=N``, which ``size=dynamic`` lifts)."""
+        return all(isinstance(d, int) for d in self.signature().input_shape[2:4])
+
+    @property
     def normalization(self) -> dict[str, Any]:
         return self.spec.normalization if self.spec is not None else self.metadata.normalization
 

@@ -194,7 +194,15 @@ class Predictor:
         self.train_size = train_side(getattr(model, "train_size", None))
         parsed = parse_size(size)
         fixed = getattr(model, "fixed_size", None)
+        by_graph = getattr(model, "size_fixed_by_graph", True)
         if fixed is not None and parsed is not None and parsed != fixed:
+            if not by_graph:
+                raise InputError(
+                    f"--onnx-spec size={fixed} runs {self.weights_path} at {fixed}x{fixed} only; --size "
+                    f"{parsed} cannot be used with it",
+                    hint=f"its graph takes any size: give --onnx-spec size=dynamic to run it at "
+                    f"--size {parsed}, or drop --size",
+                )
             raise InputError(
                 f"{self.weights_path} takes only {fixed}x{fixed} inputs; --size {parsed} cannot be used",
                 hint="drop --size: every image is resized to the model's input and the map back",
@@ -204,7 +212,7 @@ class Predictor:
         if parsed is not None:
             self.size_note = ""
         elif fixed is not None:
-            self.size_note = "the model's fixed input size"
+            self.size_note = "the model's fixed input size" if by_graph else f"--onnx-spec size={fixed}"
         elif self.train_size:
             self.size_note = "the checkpoint's training size"
         else:

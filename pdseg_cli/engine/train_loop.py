@@ -87,9 +87,8 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
         tick = now
 
     step = first
-    lr = run.optimizer.param_groups[0]["lr"]
     for images, masks in run.train_loader:
-        lr = run.optimizer.param_groups[0]["lr"]  # the encoder's, as this step uses it
+        lr = sums.lr = run.optimizer.param_groups[0]["lr"]  # the encoder's, as this step uses it
         values, agreed_stop = _train_step(run, images, masks, stop.requested, epoch, step)
         step += 1
         progress.global_step += 1
@@ -117,7 +116,9 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
     row: dict[str, Any] = {"epoch": epoch + 1, "steps": progress.global_step, **sums.row()}
     if run.data.teacher is not None:
         row.update(run.data.teacher_record())
-    row["lr"] = lr  # what the epoch's last step used (the scheduler has moved on since: 0 at the end)
+    # what the epoch's last step used (the scheduler has moved on since: 0 at the end), also when
+    # that step ran before a resume
+    row["lr"] = sums.lr if sums.lr is not None else run.optimizer.param_groups[0]["lr"]
     last_epoch = epoch + 1 == cfg.epochs
     scores = dict.fromkeys(VAL_COLUMNS)
     if run.data.val_dir is not None and ((epoch + 1) % cfg.val_every == 0 or last_epoch):

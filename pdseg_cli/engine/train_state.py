@@ -48,6 +48,7 @@ class EpochSums:
     levels: list[float] = field(default_factory=list)
     count: int = 0
     time: float = 0.0
+    lr: float | None = None  # the last step's (a resumed epoch whose last step was run reports it)
 
     def add(self, values: list[float]) -> None:
         self.loss += values[0]

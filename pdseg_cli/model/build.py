@@ -320,7 +320,9 @@ def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
             f"a {suffix} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
             "pdseg checkpoint (.pt: the bundled weights, or a run's last.pt / best.pt)"
         )
-    return f"check the path: this needs {'a pdseg checkpoint (.pt)' if what == 'checkpoint' else what}"
+    if what == "checkpoint":  # predict, eval and --teacher take exports too; --init and export do not
+        what = "a model file (a pdseg .pt checkpoint, or an .onnx / .ts export where the option takes one)"
+    return f"check the path: this needs {what}"
 
 
 def _starts_like_zip(path: Path) -> bool:
