@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 import cv2
@@ -115,7 +119,7 @@ def test_empty_folders_and_unpaired_stems(tmp_path: Path) -> None:
     cv2.imwrite(str(split / "pred" / "extra.png"), np.zeros((5, 5), np.uint8))
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
     assert result.exit_code == 0
-    assert "1 predictions have no GT of the same name and were ignored: extra" in flat(result.stderr)
+    assert "1 prediction has no GT of the same name and was ignored: extra" in flat(result.stderr)
     for f in (split / "gt").iterdir():
         f.unlink()
     result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
@@ -254,6 +258,11 @@ def test_split_names_and_roots_fail_clearly(tmp_path: Path, monkeypatch: pytest.
     result = _run("--split", "DIS-TE5", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
     assert result.exit_code == 2 and "not a DIS5K split name nor a folder" in flat(result.output)
     assert "did you mean" in flat(result.output)
+    # the training split is DIS5K's too: said so, with the way to score it anyway (it said "DIS-TE?")
+    result = _run("--split", "dis-tr", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
+    text = flat(result.output)
+    assert result.exit_code == 2 and "--split dis-tr: the training split has no published scores" in text
+    assert f"--split {root / 'DIS-TR'}" in text and "did you mean" not in text
     result = _run(
         "--split",
         "DIS-VD",
@@ -699,3 +708,123 @@ def test_a_refused_run_leaves_no_save_preds_folder(tmp_path: Path, monkeypatch: 
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2 and "several files per name" in flat(result.output)
     assert not saved.exists()
+
+
+def test_jobs_below_minus_two_are_refused_naming_the_option(tmp_path: Path) -> None:
+    """--jobs takes N >= 1, 0 (the default), -1 (all cores) and -2 (all but one); joblib's -3 and
+    below (all but two, ...) made a mistyped count silently mean another."""
+    from pdseg_cli.errors import InputError
+
+    split = edge_case_split(tmp_path / "s", CASES[:2])
+    args = ["eval", "--split", str(split), "--pred", str(split / "pred"), "--no-cache", "--jobs"]
+    for bad in ("-5", "-3"):
+        result = runner.invoke(app, [*args, bad])
+        text = flat(result.output)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert f"--jobs {bad} is not a number of processes" in text
+        assert "N >= 1, 0 (the default" in text and "-1 (all cores) or -2 (all but one)" in text
+    for good in ("-1", "-2", "0", "1"):
+        assert runner.invoke(app, [*args, good]).exit_code == 0
+    assert "Other values are refused." in flat(
+        runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "250"}).output
+    )
+    with pytest.raises(InputError, match="jobs=-3 is not a number of processes"):
+        evaluate(split / "pred", split / "gt", jobs=-3, use_cache=False)
+
+
+def _signal_state(worker: bool) -> tuple[bool, list[bool], list[int]]:
+    """In a scoring worker: whether each stop signal is ignored, and the blocked ones."""
+    stops = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+    return (
+        worker,
+        [signal.getsignal(s) is signal.SIG_IGN for s in stops],
+        sorted(signal.pthread_sigmask(0, [])),
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="POSIX signals, Linux /proc")
+def test_scoring_workers_leave_stop_signals_to_the_main_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C reaches the whole process group: a worker must never take it, nor while it starts
+    (Python 3.11's multiprocessing unblocked SIGINT as loky started its resource tracker, and the
+    workers' imports then printed KeyboardInterrupt tracebacks)."""
+    from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+    import pdseg_cli.engine.evaluate as ev
+
+    states: list[str] = []
+    real_submit = ProcessPoolExecutor.submit
+
+    def submit(self: ProcessPoolExecutor, *args: object, **kwargs: object) -> object:
+        future = real_submit(self, *args, **kwargs)
+        for process in list(self._processes.values()):  # just started: still importing, or ready
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            masks = {
+                k: int(v, 16)
+                for k, v in (line.split(":\t") for line in status.splitlines())
+                if k in ("SigBlk", "SigIgn")
+            }
+            states.append(
+                "safe" if (masks["SigBlk"] | masks["SigIgn"]) & (1 << (signal.SIGINT - 1)) else status
+            )
+        return future
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    before = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with contextlib.closing(ev._run_parallel([(_signal_state, ())] * 4, 2)) as results:
+        out = list(results)
+    assert states and set(states) == {"safe"}
+    assert out == [(True, [True, True, True], [])] * 4  # ignored, and nothing left blocked
+    assert (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])) == before
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signals")
+def test_a_ctrl_c_as_the_workers_start_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C while the pool starts was ignored (the whole run went on); it is held and acted on
+    once the tasks are handed over: one line, exit 130, the workers stopped."""
+    from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+    from pdseg_cli.runtime.stop import stopping
+
+    split = edge_case_split(tmp_path / "s", CASES)
+    real_submit = ProcessPoolExecutor.submit
+    pools: list[ProcessPoolExecutor] = []
+
+    def submit(self: ProcessPoolExecutor, *args: object, **kwargs: object) -> object:
+        if not pools:
+            pools.append(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    args = ["eval", "--split", str(split), "--pred", str(split / "pred"), "--no-cache", "--jobs", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "interrupted" in result.output and "maxF" not in result.output
+    assert stopping.is_set() and pools[0]._flags.kill_workers  # torn down, not left to run the tasks
+
+
+def test_an_interrupt_in_the_callers_loop_stops_the_pool_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C in the progress display (outside the pool's generator) stops the workers in the
+    caller's frame: a second one during that clean-up is an ordinary KeyboardInterrupt, not an
+    "Exception ignored in <generator>" traceback printed as the generator is collected."""
+    from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+    split = edge_case_split(tmp_path / "s", CASES)
+    real_shutdown = ProcessPoolExecutor.shutdown
+
+    def shutdown(self: ProcessPoolExecutor, wait: bool = True, kill_workers: bool = False) -> None:
+        real_shutdown(self, wait=wait, kill_workers=kill_workers)
+        if kill_workers:
+            raise KeyboardInterrupt("a second Ctrl-C")
+
+    def on_progress(name: str, stem: str) -> None:
+        raise KeyboardInterrupt("Ctrl-C")
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", shutdown)
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(KeyboardInterrupt, match="a second Ctrl-C"):
+        evaluate(split / "pred", split / "gt", jobs=2, use_cache=False, on_progress=on_progress)
+    assert not unraisable

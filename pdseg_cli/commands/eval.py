@@ -80,8 +80,9 @@ def eval_(
         typer.Option(
             "--jobs",
             "-j",
-            help="Worker processes for scoring. Default (0): --threads if given, else the cores other work "
-            "leaves idle (as for --threads); -1: all cores, -2: all but one.",
+            help="Worker processes for scoring: N >= 1, or 0 (the default): --threads if given, else the "
+            "cores other work leaves idle (as for --threads); -1: all cores, -2: all but one. Other values "
+            "are refused.",
         ),
     ] = 0,
     cache_dir: Annotated[
@@ -144,6 +145,12 @@ def eval_(
         from pdseg_cli.metrics.cache import usable_cache_root
         from pdseg_cli.ui import evaluation as view
 
+        if jobs < -2:  # joblib's -3 (all but two) and on: a mistyped count would silently mean another
+            raise InputError(
+                f"--jobs {jobs} is not a number of processes",
+                hint="give N >= 1, 0 (the default: --threads, else the idle cores), -1 (all cores) or -2 "
+                "(all but one)",
+            )
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
 
         if pred is not None:

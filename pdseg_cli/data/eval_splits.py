@@ -18,6 +18,7 @@ from pdseg_cli.data.dis5k import (
     MASK_DIR,
     MASK_EXT,
     TEST_SPLITS,
+    TRAIN_SPLIT,
     VAL_SPLIT,
     nested_root_hint,
     resolve_root,
@@ -83,6 +84,17 @@ def resolve_splits(
             named.add(canonical)
         else:
             folder = Path(key).expanduser()
+            if key.upper() == TRAIN_SPLIT and not folder.is_dir():
+                try:
+                    where = dis_root() / TRAIN_SPLIT
+                except DataError:  # no DIS5K root here: the folder as the layout names it
+                    where = Path("DIS5K") / TRAIN_SPLIT
+                raise DataError(
+                    f"--split {key}: the training split has no published scores, so it is not one of "
+                    f"the names ({', '.join((*EVAL_SPLITS, TEST_GROUP))})",
+                    hint=f"to score it anyway (how well a model fits what it trained on), give its "
+                    f"folder: --split {where}",
+                )
             if not folder.is_dir():
                 close = difflib.get_close_matches(key.upper(), list(names_upper), n=1, cutoff=0.6)
                 raise DataError(

@@ -75,7 +75,7 @@ from pdseg_cli.metrics.reading import MaskFile, mask_in_alpha, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
 from pdseg_cli.runtime.compute import idle_cores
-from pdseg_cli.runtime.stop import stopping, terminal_signals_ignored
+from pdseg_cli.runtime.stop import ignore_stop_signals, signals_held, stopping
 
 POOLING_NOTE = (
     f"{OVERALL_RULE} (each split weight 1, as the DIS paper's 'Overall DIS-TE (1-4)'); count, missing "
@@ -232,7 +232,12 @@ def _score_memory(
 
 
 def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs: int) -> Iterator[Any]:
-    """Run ``fn(*args, worker)`` for each task, in order, in ``jobs`` processes (1: in this process)."""
+    """Run ``fn(*args, worker)`` for each task, in order, in ``jobs`` processes (1: in this process).
+
+    Use it inside ``contextlib.closing``: an exception in the caller's loop (a Ctrl-C in its
+    progress display) then stops the workers in the caller's frame, not when the generator is
+    collected, where an exception in that clean-up (a second Ctrl-C) printed "Exception ignored in"
+    and a traceback."""
     if jobs <= 1 or len(tasks) <= 1:
         for fn, args in tasks:
             yield fn(*args, False)
@@ -241,24 +246,47 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
 
     # loky's workers, as joblib's, need no `if __name__ == "__main__":` guard in a calling script
     # (multiprocessing's spawn would run the script again in each worker). Ctrl-C reaches the whole
-    # process group: workers that took it printed tracebacks, so they start with it ignored and
-    # this process stops them. A Ctrl-C in the moment the tasks are handed over is lost; one later
-    # stops the run (one while the workers are still starting can still make loky print its own).
+    # process group (SIGTERM too, from a job scheduler): the workers leave it to this process, which
+    # stops them. They start with it blocked and ignore it from their first act on; one that comes
+    # while the pool starts is held, and raised here once the tasks are handed over (signals_held).
     stopping.clear()  # a failure of an earlier call in this process is over
-    with terminal_signals_ignored():
-        executor = get_reusable_executor(max_workers=min(jobs, len(tasks)))
-        futures = [executor.submit(fn, *args, True) for fn, args in tasks]
+    executor = None
     completed = False
     try:
+        with signals_held() as block_again:
+            _start_resource_trackers()  # they start with the signals blocked too (a hang-up killed one)
+            block_again()  # multiprocessing's tracker start unblocked SIGINT and SIGTERM (Python 3.11)
+            executor = get_reusable_executor(
+                max_workers=min(jobs, len(tasks)), initializer=ignore_stop_signals
+            )
+            futures = [executor.submit(fn, *args, True) for fn, args in tasks]
         for future in futures:
             yield future.result()
         completed = True
     finally:
-        if completed:  # the workers end now, not at exit: a process stopped then left them orphaned
-            executor.shutdown(wait=True)
-        else:  # interrupted, or a worker failed: no work left running behind
+        if executor is not None and completed:  # the workers end now, not at exit: a process
+            executor.shutdown(wait=True)  # stopped then left them orphaned
+        elif executor is not None:  # interrupted, or a worker failed: no work left running behind
             stopping.set()  # loky's own threads may fail as the pool is torn down: not news
             executor.shutdown(wait=False, kill_workers=True)
+
+
+def _start_resource_trackers() -> None:
+    """Start loky's and multiprocessing's resource-tracker processes (POSIX), if not running yet.
+
+    loky starts them as it starts its first worker: multiprocessing's then unblocks SIGINT and
+    SIGTERM in this thread (Python 3.11 unblocks them rather than restoring the mask), so the
+    workers started after it took a Ctrl-C while importing and printed its traceback. Started
+    first, and the signals blocked again, the workers start with them blocked.
+    """
+    if os.name != "posix":
+        return
+    from multiprocessing import resource_tracker
+
+    from joblib.externals.loky.backend import resource_tracker as loky_resource_tracker
+
+    resource_tracker.ensure_running()
+    loky_resource_tracker.ensure_running()
 
 
 def all_cores() -> int:
@@ -294,14 +322,21 @@ def resolve_jobs(jobs: int | None) -> int:
 
     Raises:
         TypeError: ``jobs`` is not None or an int.
+        InputError: ``jobs`` is below -2 (joblib's -3 for all but two, and so on, is not taken:
+            a mistyped count would silently mean another).
     """
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral)):
         raise TypeError(f"jobs must be an int or None, not {jobs!r}")
     if jobs is None or jobs == 0:
         return default_jobs()
-    if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one... (asked for, so not load-aware)
+    if jobs < -2:
+        raise InputError(
+            f"jobs={jobs} is not a number of processes",
+            hint="give N >= 1, 0 or None (the idle cores), -1 (all cores) or -2 (all but one)",
+        )
+    if jobs < 0:  # -1 all cores, -2 all but one (asked for, so not load-aware)
         return max(1, all_cores() + 1 + jobs)
-    return jobs
+    return int(jobs)
 
 
 def _cache_for(cache_dir: str | os.PathLike[str] | None, use_cache: bool, max_bytes: int) -> GTCache | None:
@@ -398,10 +433,11 @@ def evaluate_plans(
     t0 = time.perf_counter()
     records: list[list[ImageRecord]] = [[] for _ in plans]
     failures: list[list[_Failure]] = [[] for _ in plans]
-    for i, out in zip(owners, _run_parallel(tasks, n_jobs), strict=True):
-        (failures[i] if isinstance(out, _Failure) else records[i]).append(out)
-        if on_progress is not None:
-            on_progress(plans[i].name, out.stem)
+    with contextlib.closing(_run_parallel(tasks, n_jobs)) as outputs:
+        for i, out in zip(owners, outputs, strict=True):
+            (failures[i] if isinstance(out, _Failure) else records[i]).append(out)
+            if on_progress is not None:
+                on_progress(plans[i].name, out.stem)
     seconds = time.perf_counter() - t0
 
     if cache is not None:
@@ -483,7 +519,8 @@ def evaluate_arrays(
         (_score_memory, (stem, pred, gt, cache_root)) for stem, (pred, gt) in zip(stems, items, strict=True)
     ]
     t0 = time.perf_counter()
-    records = list(_run_parallel(tasks, n_jobs))
+    with contextlib.closing(_run_parallel(tasks, n_jobs)) as outputs:
+        records = list(outputs)
     if cache is not None:
         cache.prune()
     result = SplitResult(

@@ -1,15 +1,15 @@
 """Termination signals: SIGTERM (``kill``, a job scheduler's time limit) and SIGHUP (the terminal
 closed) stop a command the way Ctrl-C does, so its clean-up runs: temporary files of unfinished
-atomic writes are removed, and a training run saves a resumable ``last.pt``. Worker processes are
-started with the terminal's signals ignored (:func:`terminal_signals_ignored`), so that the main
-process alone stops them."""
+atomic writes are removed, and a training run saves a resumable ``last.pt``. Worker processes
+leave these signals to the main process, which stops them: they start with them blocked
+(:func:`signals_held`) and ignore them from their first act on (:func:`ignore_stop_signals`)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # set once a command is being stopped (Ctrl-C, or a pool torn down after a failure): a background
@@ -57,3 +57,74 @@ def terminal_signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _group_signals() -> list[signal.Signals]:
+    """The signals sent to every process of a group or job: Ctrl-C and a terminal's hang-up (the
+    terminal's foreground process group), SIGTERM (a job scheduler's time limit, ``kill -- -PGID``)."""
+    return [getattr(signal, name) for name in ("SIGINT", "SIGHUP", "SIGTERM") if hasattr(signal, name)]
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[Callable[[], None]]:
+    """Start worker processes inside this block, and give each :func:`ignore_stop_signals` as its
+    first act (a pool's initializer), so that a Ctrl-C stops the main process alone, which stops them.
+    The block gets a function that blocks the signals again, for after code that unblocks them
+    (Python 3.11's multiprocessing, as it starts its resource tracker, unblocks SIGINT and SIGTERM).
+
+    * In this process, a Ctrl-C, SIGHUP or SIGTERM that comes meanwhile is held, and acted on as the
+      block ends by the handler set before (Ctrl-C: KeyboardInterrupt): not lost, as it was with the
+      signals ignored, and not raised half-way through the pool library's start-up.
+    * The calling thread blocks them, and processes it starts inherit that mask through fork and
+      exec: one cannot be stopped by them (its interpreter printing a KeyboardInterrupt traceback)
+      before it ignores them. Threads started meanwhile keep them blocked, and so do their processes
+      (a pool's replacement workers); multiprocessing's helper process (the resource tracker) unblocks
+      SIGINT and SIGTERM once it ignores them, and a hang-up stays blocked there.
+
+    Handlers are set in the main thread only (elsewhere signals cannot be set); a signal the process
+    ignores (a ``cmd &`` in a script ignores SIGINT) stays ignored.
+    """
+    group = _group_signals()
+    if not hasattr(signal, "pthread_sigmask"):  # no signal masks: a Ctrl-C meanwhile is lost
+        with terminal_signals_ignored():
+            yield lambda: None
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, hold) for sig in group if main and _restorable(sig)}
+
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, group)
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, group)
+    try:
+        yield block
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one that came is delivered now, to hold()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # runs hold() first for a signal still pending
+        if held:  # as if it came now: Ctrl-C raises KeyboardInterrupt here, an unhandled SIGTERM ends
+            signal.raise_signal(held[0])
+
+
+def _restorable(sig: signal.Signals) -> bool:
+    """Whether ``sig``'s disposition can be set back: Python's own handler or the default (not one
+    set from C, which reads as None, nor SIG_IGN, which stays as it is)."""
+    handler = signal.getsignal(sig)
+    return handler is signal.SIG_DFL or callable(handler)
+
+
+def ignore_stop_signals() -> None:
+    """In a worker process, as its first act: ignore Ctrl-C, SIGHUP and SIGTERM for the rest of its
+    life (one that came while it started, held by :func:`signals_held`, is dropped), and unblock
+    them. The main process acts on them and stops its workers (the pools pdseg uses kill them with
+    SIGKILL, which cannot be ignored)."""
+    group = _group_signals()
+    for sig in group:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, group)

@@ -94,8 +94,9 @@ def notes(report: Any) -> None:
             )
         if split.unmatched:
             ui.warn(
-                f"{split.name}: {len(split.unmatched)} predictions have no GT of the same name and were "
-                f"ignored: {_listing(split.unmatched)}"
+                f"{split.name}: {counted(len(split.unmatched), 'prediction')} "
+                f"{'has' if len(split.unmatched) == 1 else 'have'} no GT of the same name and "
+                f"{'was' if len(split.unmatched) == 1 else 'were'} ignored: {_listing(split.unmatched)}"
             )
         warnings = list(dict.fromkeys(split.warnings))
         for w in warnings[:_MAX_LISTED]:
