@@ -348,7 +348,9 @@ def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch:
     assert data["settings"]["predictions"]["saved_to"] == str(keep)
     (split / "im" / f"{CASES[0]}.jpg").unlink()
     result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
-    assert result.exit_code == 2 and "no image of that name in im/" in flat(result.output)
+    assert result.exit_code == 2 and "1 GT mask without an image of the same name" in flat(result.output)
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", "--allow-missing", cache=tmp_path / "c")
+    assert result.exit_code == 0 and f"{CASES[0]}.*: no image of that name in im/" in flat(result.output)
 
 
 def test_a_reused_save_preds_folder_never_scores_a_stale_map(
@@ -433,6 +435,23 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     _FakePredictor.source = split / "pred"
     monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
     assert _run(*args, cache=tmp_path / "c").exit_code == 0
+
+
+def test_gts_without_images_and_empty_gt_folders_are_refused_before_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the model ran over every split before the GT without an image stopped the run
+    split = _split_unrun(tmp_path, monkeypatch, "the model ran before the GTs were paired with images")
+    (split / "im" / f"{CASES[1]}.jpg").unlink()
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    text = flat(result.output)
+    assert result.exit_code == 2, result.output
+    assert f"s: 1 GT mask without an image of the same name in {split / 'im'}: {CASES[1]}.png" in text
+    assert "pass --allow-missing to score the others; the model has not run yet" in text
+    for mask in (split / "gt").iterdir():
+        mask.unlink()
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    assert result.exit_code == 2 and f"no GT masks in {split / 'gt'}" in flat(result.output)
 
 
 def test_two_images_of_one_name_are_refused_before_the_model_runs(
@@ -828,3 +847,21 @@ def test_an_interrupt_in_the_callers_loop_stops_the_pool_there(
     with pytest.raises(KeyboardInterrupt, match="a second Ctrl-C"):
         evaluate(split / "pred", split / "gt", jobs=2, use_cache=False, on_progress=on_progress)
     assert not unraisable
+
+
+def test_gts_and_maps_that_read_as_empty_are_named(tmp_path: Path) -> None:
+    # a 0/255 mask saved as 16-bit reads as its high byte, all 0; a 0/1 map is empty to HCE
+    split = edge_case_split(tmp_path / "s", CASES[:2])
+    gt = cv2.imread(str(split / "gt" / f"{CASES[0]}.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(split / "gt" / f"{CASES[0]}.png"), ((gt > 128) * 255).astype(np.uint16))
+    pred = cv2.imread(str(split / "pred" / f"{CASES[1]}.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(split / "pred" / f"{CASES[1]}.png"), (pred > 128).astype(np.uint8))
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    text = flat(result.stderr)
+    assert "GT files are 16-bit with no value of 256 or more (0/255 masks saved as 16-bit?)" in text
+    assert (
+        f"so they read as empty GTs, as in the reference tools; store masks as 8-bit 0/255 (1 file): {split}"
+        in text
+    )
+    assert "prediction maps have no pixel above 128 (0/1 maps?)" in text and "HCE reads the bytes" in text

@@ -252,7 +252,8 @@ def _run_model(
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
-    n_gt, no_gt = ev.check_split_gts(splits, save_preds)  # refuses what would stop the run after the model
+    # refuses what would stop the run after the model pass
+    n_gt, no_gt = ev.check_split_gts(splits, save_preds, allow_missing=allow_missing)
     for name, files in no_gt.items():
         ui.warn(
             f"{name}: {counted(len(files), 'image')} in im/ without a GT, not scored: {listing(files, 5)}"

@@ -71,6 +71,20 @@ def list_maps(folder: Path, what: str) -> dict[str, Path]:
     return by_stem
 
 
+def list_gts(gt_dir: Path) -> dict[str, Path]:
+    """The GT masks of ``gt_dir`` by stem (:func:`list_maps`).
+
+    Raises:
+        DataError: as :func:`list_maps`, or the folder holds no mask.
+    """
+    gts = list_maps(gt_dir, "GT")
+    if not gts:
+        raise DataError(
+            f"no GT masks in {gt_dir}", hint="expected .png (or .jpg/.bmp/.tif) masks named like the images"
+        )
+    return gts
+
+
 def unreadable_masks(paths: Iterable[Path]) -> list[str]:
     """One line per mask that its first bytes already show cannot be read (an empty file, a text
     file named ``.png``): the check ``eval`` makes before a model pass that a bad GT would throw
@@ -100,11 +114,7 @@ def plan_pairs(
             "themselves",
             hint="give the folder of the maps a model wrote (--pred)",
         )
-    gts = list_maps(gt_dir, "GT")
-    if not gts:
-        raise DataError(
-            f"no GT masks in {gt_dir}", hint="expected .png (or .jpg/.bmp/.tif) masks named like the images"
-        )
+    gts = list_gts(gt_dir)
     preds = list_maps(pred_dir, "prediction")
     if not preds:
         raise DataError(

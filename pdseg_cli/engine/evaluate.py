@@ -55,6 +55,7 @@ from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.eval_pairs import (
     PairPlan,
     check_missing,
+    list_gts,
     list_maps,
     listing,
     plan_pairs,
@@ -130,11 +131,18 @@ NOTE_TEXT = {
     "alpha channel, which is ignored (as in the reference tools); save maps as gray PNGs",
     "gt_empty": f"GT masks have no pixel above {GT_THRESHOLD} (0/1 masks?): they read as empty GTs "
     "(all background), as in the reference tools; store masks as 0/255",
+    "gt_16bit_empty": "GT files are 16-bit with no value of 256 or more (0/255 masks saved as 16-bit?): "
+    "their high bytes are all 0, so they read as empty GTs, as in the reference tools; store masks as "
+    "8-bit 0/255",
+    "pred_low": f"prediction maps have no pixel above {GT_THRESHOLD} (0/1 maps?): F, wF, MAE, S and E "
+    f"stretch each map to its own range, but HCE reads the bytes at > {GT_THRESHOLD} as the reference "
+    "tools do, and sees them as empty; store maps as 0..255",
 }
 
 
 def file_notes(mask: MaskFile, role: str) -> list[str]:
-    """Note kinds (keys of ``NOTE_TEXT``) of a file: 16-bit, colour, damaged, a GT that reads as empty."""
+    """Note kinds (keys of ``NOTE_TEXT``) of a file: 16-bit, colour, damaged, a GT that reads as
+    empty, a prediction HCE reads as empty."""
     prefix = "gt" if role == "GT" else "pred"
     kinds = []
     if mask.sixteen_bit:
@@ -145,8 +153,11 @@ def file_notes(mask: MaskFile, role: str) -> list[str]:
             kinds.append(f"{prefix}_alpha")
     if mask.decoder_said:
         kinds.append(f"{prefix}_damaged")
-    if role == "GT" and 0 < int(mask.array.max()) <= GT_THRESHOLD:
-        kinds.append("gt_empty")
+    top = int(mask.array.max())
+    if 0 < top <= GT_THRESHOLD:
+        kinds.append("gt_empty" if role == "GT" else "pred_low")
+    elif role == "GT" and top == 0 and mask.sixteen_bit:
+        kinds.append("gt_16bit_empty")
     return kinds
 
 
@@ -614,29 +625,33 @@ def predict_split(
 
 
 def check_split_gts(
-    splits: Sequence[tuple[str, Path]], save_preds: Path | None = None
+    splits: Sequence[tuple[str, Path]], save_preds: Path | None = None, *, allow_missing: bool = False
 ) -> tuple[dict[str, int], dict[str, list[str]]]:
-    """GT masks per split, after refusing any that cannot be read, splits without images, two
-    images of one name, and a ``--save-preds`` folder whose old files would clash with the new
-    maps: checked before a model pass, which any of these would otherwise throw away at the end.
+    """The images to run per split, after refusing GTs that cannot be read or have no image (unless
+    ``allow_missing``), splits without images or GTs, two images of one name, and a ``--save-preds``
+    folder whose old files would clash with the new maps: checked before a model pass, which any
+    of these would otherwise throw away at the end.
 
     Returns:
-        (GT masks per split, per split the names of the images in ``im/`` without a GT: the model
-        does not run on them and they are not scored, which a before/after comparison should hear of).
+        (images with a GT per split: what the model runs on, per split the names of the images in
+        ``im/`` without a GT: the model does not run on them and they are not scored, which a
+        before/after comparison should hear of).
 
     Args:
         splits: (name, split folder with ``im/`` and ``gt/``).
         save_preds: ``--save-preds``, where the maps go (``<save_preds>/<split>/<stem>.png``).
+        allow_missing: GTs without an image are left out (and said after the run), not refused.
 
     Raises:
-        DataError: a split without ``im/``, naming the unreadable GT files, or the clashing files.
+        DataError: a split without ``im/`` or GT masks, naming the unreadable GT files, the GTs
+            without an image, or the clashing files.
     """
     for _, folder in splits:
         if not (folder / IMAGE_DIR).is_dir():
             raise DataError(
                 f"{folder} has no {IMAGE_DIR}/ subfolder: cannot run the model", hint=SPLIT_LAYOUT
             )
-    gts = {name: list_maps(folder / MASK_DIR, "GT") for name, folder in splits}
+    gts = {name: list_gts(folder / MASK_DIR) for name, folder in splits}
     bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
     if bad:
         raise DataError(
@@ -644,16 +659,25 @@ def check_split_gts(
             hint="replace or remove them; the model has not run yet",
         )
     no_gt: dict[str, list[str]] = {}
+    to_run: dict[str, int] = {}
     for name, folder in splits:
         # listed now, so that two images of one name in a later split stop the run before the
         # model pass over the earlier ones, not after it
         images = list_maps(folder / IMAGE_DIR, "image")
+        no_image = sorted(gts[name].keys() - images.keys())
+        if no_image and not allow_missing:
+            raise DataError(
+                f"{name}: {counted(len(no_image), 'GT mask')} without an image of the same name in "
+                f"{folder / IMAGE_DIR}: {listing([gts[name][stem].name for stem in no_image], 10)}",
+                hint="add the images, or pass --allow-missing to score the others; the model has not run yet",
+            )
         if save_preds is not None:  # the model writes a map for each image that has a GT
             check_save_folder(save_preds, name, gts[name].keys() & images.keys())
         extra = sorted(images.keys() - gts[name].keys())
         if extra:
             no_gt[name] = [images[stem].name for stem in extra]
-    return {name: len(maps) for name, maps in gts.items()}, no_gt
+        to_run[name] = len(gts[name].keys() & images.keys())
+    return to_run, no_gt
 
 
 def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None:
