@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from pdseg_cli.data import native_messages
@@ -170,3 +171,38 @@ def test_opencv_decode_errors_from_loadsave_come_back_to_their_file(capfd):
     # .../grfmt_tiff.cpp:926: error: (-2:Unspecified error) OpenCV TIFF: failed ... in function 'readData'"
     read = [m for m in messages if m.startswith("can't read data")]
     assert read == ["can't read data: OpenCV TIFF: failed TIFFReadRGBAStrip(tif, y, (uint32_t*)src_buffer)"]
+
+
+def test_a_child_holding_the_pipe_does_not_hold_up_the_end(capfd):
+    """Child processes inherit fd 2, the pipe's write end, and some outlive the command (eval's
+    resource trackers): the end waited for end-of-file on the pipe, 2 s, after every ``eval --jobs
+    N``. It ends at once, still forwards all written before it, and the reader thread stops."""
+    child = None
+    try:
+        with native_messages.routed():
+            router = native_messages._router
+            child = subprocess.Popen(  # writes to the pipe, says so, then holds it open
+                [sys.executable, "-c", "import os, time; os.write(2, b'from the child\\n'); "
+                 "print('written', flush=True); time.sleep(60)"],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            assert child.stdout.readline() == b"written\n"
+            _, messages = native_messages.decode(lambda: _library_write(b"Premature end of JPEG file\n"))
+            os.write(2, b"progress 99%\r")
+            started = time.monotonic()
+        took = time.monotonic() - started
+        assert took < 1.5, f"the end waited {took:.2f} s on a child holding the pipe (it waited 2 s)"
+        assert router is not None and not router.thread.is_alive()
+        assert messages == ["Premature end of JPEG file"]
+        os.write(2, b"straight after\n")  # fd 2 is the real stderr again
+        sys.stderr.write("python after\n")
+        sys.stderr.flush()
+        err = capfd.readouterr().err
+        for text in ("from the child\n", "progress 99%\r", "straight after\n", "python after\n"):
+            assert text in err, err
+        assert "pdseg-decode" not in err and "Premature" not in err
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+            child.stdout.close()

@@ -75,6 +75,7 @@ class _Router:
         self.finished: dict[int, Messages] = {}  # decodes whose end mark was read
         self.done: dict[int, threading.Event] = {}
         self.tokens = itertools.count(1)
+        self.closed = False  # the reader has read close()'s end mark
         self.thread = threading.Thread(target=self._read, name="pdseg-stderr", daemon=True)
         self.thread.start()
 
@@ -99,7 +100,7 @@ class _Router:
 
     def _read(self) -> None:
         pending = b""
-        while chunk := os.read(self.read_end, 65536):
+        while not self.closed and (chunk := os.read(self.read_end, 65536)):
             pending = self._consume(pending + chunk)
         if pending:
             self._forward(pending)
@@ -119,6 +120,10 @@ class _Router:
             if newline < 0:
                 return data[at:]
             kind, token = data[at + len(_MARK) : newline].split()
+            if kind == b"close":  # see close(): what follows came from other processes, later
+                self.closed = True
+                self._forward(data[newline + 1 :])
+                return b""
             self._mark(kind, int(token))
             data = data[newline + 1 :]
         return b""
@@ -165,11 +170,28 @@ class _Router:
             os.write(self.real, data)
 
     def close(self) -> None:
+        """Give fd 2 back to the real stderr, once the reader has forwarded all written before.
+
+        End-of-file on the pipe cannot say when that is: child processes inherit fd 2, the pipe's
+        write end, and some outlive the command (the resource trackers that multiprocessing and
+        loky start for eval's worker pool live until this process exits), so waiting for it took
+        the whole timeout. Instead, close restores fd 2 first and then writes an end mark into
+        the pipe through a copy of its write end: everything this process wrote to fd 2 before
+        lies ahead of the mark (one pipe, read in order), and the reader stops at the mark. Bytes
+        that other processes wrote after it in the same read are forwarded too; later ones (a
+        tracker's warning as this process exits) find no reader."""
         sys.stderr.flush()
-        os.dup2(self.real, 2)  # the pipe's last write end closes: the reader drains it and stops
+        write_end = os.dup(2)
+        try:
+            os.dup2(self.real, 2)  # from now on this process writes straight to the real stderr
+            with contextlib.suppress(OSError):  # no mark: the reader stops at end-of-file
+                os.write(write_end, _MARK + b"close 0\n")
+        finally:
+            os.close(write_end)
         self.thread.join(_WAIT_S)
-        os.close(self.read_end)
-        os.close(self.real)
+        if not self.thread.is_alive():  # else it still reads and forwards: leave it its fds
+            os.close(self.read_end)
+            os.close(self.real)
 
 
 _router: _Router | None = None
