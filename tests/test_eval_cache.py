@@ -190,3 +190,17 @@ def test_evaluate_with_workers_needs_no_main_guard(split: Path, tmp_path: Path) 
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["body", str(len(CASES))]
+
+
+def test_a_ctrl_c_mid_store_leaves_no_partial_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gt = np.zeros((40, 60), np.uint8)
+    cv2.circle(gt, (30, 20), 10, 255, -1)
+    cache = GTCache(tmp_path)
+
+    def interrupted(src: object, dst: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.store("aa11", GTPrep.from_gt(gt))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

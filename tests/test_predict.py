@@ -841,3 +841,28 @@ def test_full_size_warns_for_models_trained_small_and_offers_no_bigger_size() ->
     # it offered "--size 1024", at which the bundled weights score maxF 0.525 (0.735 at 512)
     assert "1024" not in note
     assert full_size_note("full", FULL_SIZE_TRAINED) is None and full_size_note(512, 256) is None
+
+
+def test_a_second_ctrl_c_waits_for_the_writes_in_flight() -> None:
+    # a writer thread still inside an encoder as the interpreter exits aborts the process
+    # (std::terminate): a second Ctrl-C during the wait for the writers no longer cuts it short
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pdseg_cli.engine.predict_run import _wait_for
+
+    pool = ThreadPoolExecutor(1)
+    ended = threading.Event()
+    pool.submit(lambda: (time.sleep(0.3), ended.set()))
+    real = pool.shutdown
+    calls = []
+
+    def shutdown(wait: bool = True, *, cancel_futures: bool = False) -> None:
+        calls.append(wait)
+        if wait and calls.count(True) == 1:
+            raise KeyboardInterrupt  # the second Ctrl-C, during the wait
+        real(wait=wait, cancel_futures=cancel_futures)
+
+    pool.shutdown = shutdown  # type: ignore[method-assign]
+    assert _wait_for(pool, cancel=True) is True and ended.is_set()

@@ -9,6 +9,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -752,3 +754,25 @@ def test_a_killed_runs_temporaries_are_removed_when_it_goes_on(tmp_path: Path, d
     train(tiny(out, data, epochs=2, val_every=0, resume=True))
     assert not stale.exists()
     assert not [p for p in out.iterdir() if p.name.endswith(atomic.TEMP_SUFFIX)]
+
+
+def test_data_workers_leave_every_stop_signal_to_the_main_process() -> None:
+    # a scheduler's SIGTERM or a closed terminal reaches the whole group: workers killed by it made
+    # the main process fail with a traceback instead of saving a resumable checkpoint
+    code = (
+        "import signal; from pdseg_cli.engine.train_signals import worker_init; worker_init(0); "
+        "stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP); "
+        "print([signal.getsignal(s) == signal.SIG_IGN for s in stops])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[True, True, True]"
+
+
+def test_the_resume_command_is_quoted_for_the_shell(tmp_path: Path, data: dict[str, Path]) -> None:
+    # "--out my run" was printed bare: pasted, the shell split it in two
+    from pdseg_cli.engine.train_checkpoints import resume_parts
+
+    out = tmp_path / "my run"
+    train(tiny(out, data, epochs=1, val_every=0))
+    parts = resume_parts(out / "last.pt")
+    assert parts is not None and f"--resume --out '{out}' --epochs N" in parts[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -283,7 +284,7 @@ def train(
                 if main:
                     ui.info(
                         f"{out} has finished its {counted(done, 'epoch')}: nothing to train; to train "
-                        f"longer: pdseg train --resume --out {out} --epochs N (N > {done})"
+                        f"longer: pdseg train --resume --out {shlex.quote(str(out))} --epochs N (N > {done})"
                     )
                 return
         elif epochs is None:
@@ -317,6 +318,6 @@ def train(
         finally:
             view.close()
     if main:
-        summary(result, f"pdseg train --resume --out {out}")
+        summary(result, f"pdseg train --resume --out {shlex.quote(str(out))}")
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -167,8 +167,10 @@ class _FolderRun:
             if not completed:
                 for f in self.reads:
                     f.cancel()
-            self.readers.shutdown(wait=True, cancel_futures=True)
-            self.writers.shutdown(wait=True, cancel_futures=not completed)
+            pressed = _wait_for(self.readers, cancel=True)
+            pressed |= _wait_for(self.writers, cancel=not completed)
+            if completed and pressed:  # a Ctrl-C while the last writes ended: not lost
+                raise KeyboardInterrupt
             if not completed:  # the writes that finished after all count: Ctrl-C's report says so
                 for f in self.writes:
                     if f.done() and not f.cancelled() and f.exception() is None:
@@ -236,6 +238,20 @@ class _FolderRun:
     def finish(self, result: FileResult) -> None:
         self.results.append(result)
         _call(self.on_progress, result)
+
+
+def _wait_for(pool: ThreadPoolExecutor, *, cancel: bool) -> bool:
+    """Shut ``pool`` down and wait for its threads, through further Ctrl-Cs: a thread still inside
+    an encoder as the interpreter exits aborts the process (C++ ``std::terminate``), which a second
+    Ctrl-C during the wait did. The writes in flight are short and atomic. True when a Ctrl-C came."""
+    pool.shutdown(wait=False, cancel_futures=cancel)
+    pressed = False
+    while True:
+        try:
+            pool.shutdown(wait=True)
+            return pressed
+        except KeyboardInterrupt:
+            pressed = True
 
 
 def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: int | None) -> _Prepared:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,11 @@ def resume_parts(path: Path) -> tuple[str, str] | None:
     if in_epoch == 0 and epoch >= epochs:  # saved after the last epoch's end-of-epoch work
         return (
             f"finished: {counted(epochs, 'epoch')}, {counted(total, 'step')}",
-            f"to train longer: pdseg train --resume --out {folder} --epochs N (N > {epochs})",
+            f"to train longer: pdseg train --resume --out {shlex.quote(str(folder))} --epochs N "
+            f"(N > {epochs})",
         )
     # "epoch" counts the epochs complete; a stop inside one also records its steps so far
     where = f"after epoch {epoch} of {epochs}" if in_epoch == 0 else f"in epoch {epoch + 1} of {epochs}"
-    return f"stopped {where}, at step {step} of {total}", f"to go on: pdseg train --resume --out {folder}"
+    return f"stopped {where}, at step {step} of {total}", (
+        f"to go on: pdseg train --resume --out {shlex.quote(str(folder))}"
+    )

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pdseg_cli.runtime.stop import stop_signals
+from pdseg_cli.runtime.stop import ignore_stop_signals, stop_signals
 
 
 class StopFlag:
@@ -45,10 +45,12 @@ class StopFlag:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader workers: Ctrl-C is left to the main process (which saves).
+    """DataLoader workers: Ctrl-C, SIGTERM and SIGHUP are left to the main process (which saves);
+    a job scheduler's SIGTERM or a closed terminal reaches the whole group, and killed workers made
+    the main process fail with a traceback instead of saving.
 
     OpenCV's thread count is set in the parent before the fork (``make_loader``): calling
     ``cv2.setNumThreads`` inside a forked child waits for pool threads that did not survive the
     fork and hangs the worker for ever. torch already runs each worker on one thread.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()

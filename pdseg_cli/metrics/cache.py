@@ -116,11 +116,13 @@ class GTCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(prep.to_bytes())
             os.replace(tmp, path)
-        except OSError:
+        except BaseException as exc:  # a Ctrl-C mid-write too: no partial entry is left behind
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
+            if not isinstance(exc, OSError):
+                raise
             return False
         return True
 

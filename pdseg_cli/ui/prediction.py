@@ -61,7 +61,7 @@ def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = No
         counts = f"{done} done" + (f", {skipped} skipped" if skipped else "") + f", {len(failed)} failed"
         ui.info(f"stopped after {len(seen)}{of} images: {counts}")
         for r in failed[:_MAX_LISTED]:
-            ui.warn(f"failed: {r.path}: {r.error}")
+            ui.warn(f"failed: {_failure_line(r)}")
         if len(failed) > _MAX_LISTED:
             ui.warn(f"... and {len(failed) - _MAX_LISTED} more failed")
     again = "run the same command again" + ("" if skipping else " with --skip-existing")
@@ -126,7 +126,7 @@ def summary(result: Any) -> None:
     for w in dict.fromkeys(warnings):
         ui.warn(w)
     failures = result.failures
-    lines = [f"{r.path}: {r.error}" if str(r.path) not in (r.error or "") else str(r.error) for r in failures]
+    lines = [_failure_line(r) for r in failures]
     if len(lines) > _MAX_LISTED:
         lines[_MAX_LISTED:] = [f"... and {len(failures) - _MAX_LISTED} more failed files"]
     fix = (
@@ -151,3 +151,8 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+def _failure_line(r: Any) -> str:
+    """A failed file's line: its path, then what went wrong (said once where the error names it)."""
+    return str(r.error) if str(r.path) in (r.error or "") else f"{r.path}: {r.error}"
