@@ -135,10 +135,10 @@ def main() -> None:
     """Console-script entry point: what C libraries print while a file is decoded comes back
     attributed to the file (``data.native_messages``); operating-system errors in background threads
     are one line, not a traceback; SIGTERM and SIGHUP stop as Ctrl-C does."""
-    threading.excepthook = _thread_os_error
-    runtime.interrupt_on_stop_signals()  # kill and a closed terminal clean up as Ctrl-C does
-    ui.pin_terminal()  # before fd 2 becomes routed()'s pipe
     try:
+        threading.excepthook = _thread_os_error
+        runtime.interrupt_on_stop_signals()  # kill and a closed terminal clean up as Ctrl-C does
+        ui.pin_terminal()  # before fd 2 becomes routed()'s pipe
         with native_messages.routed():
             try:
                 app()

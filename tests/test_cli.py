@@ -346,3 +346,20 @@ def test_every_lazy_public_name_is_typed_for_type_checkers() -> None:
     [block] = [n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING"]
     typed = {alias.asname for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
     assert typed == set(pdseg_cli._LAZY)
+
+
+def test_a_ctrl_c_while_the_cli_is_imported_is_one_line() -> None:
+    # the console script imported the whole CLI before any handler: a Ctrl-C then was a traceback
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *args, **kw):\n"
+        "    if name == 'pdseg_cli' and 'cli' in (args[2] if len(args) > 2 and args[2] else ()):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kw)\n"
+        "builtins.__import__ = interrupted\n"
+        "from pdseg_cli.console import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 130 and done.stderr == "error: interrupted\n", done.stderr

@@ -95,6 +95,30 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     assert load_model(out / "last.pt").config.name == "pdseg-tiny"
 
 
+def test_cli_overwrite_interrupted_before_its_first_file_leaves_the_old_run_whole(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.train_state as train_state
+
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_args(out, folders)).exit_code == 0
+    names = ("last.pt", "best.pt", "results.csv", "config.json")
+    before = {name: (out / name).read_bytes() for name in names}
+    board = out / "tensorboard"
+    boards = sorted(p.name for p in board.iterdir()) if board.is_dir() else None
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # a Ctrl-C (or SIGTERM/SIGHUP) after the data is read, before any write
+
+    # the optimiser is made after the data and the model, before the new run writes config.json
+    monkeypatch.setattr(train_state, "make_optimizer", ctrl_c)
+    stopped = runner.invoke(app, [*tiny_args(out, folders), "--overwrite"])
+    assert stopped.exit_code == 130, stopped.output
+    assert {name: (out / name).read_bytes() for name in names} == before
+    if boards is not None:
+        assert sorted(p.name for p in board.iterdir()) == boards
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

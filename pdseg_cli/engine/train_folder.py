@@ -40,8 +40,8 @@ def cache_root(cfg: TrainConfig) -> Path:
 def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     """Check the run folder against resume/overwrite; return the state to resume from, if any.
 
-    An ``--overwrite``'s old run is not touched here: :func:`clear_old_run` removes it once the new
-    run's data and model are ready, so a refused or interrupted start leaves it whole.
+    An ``--overwrite``'s old run is not touched here: :func:`clear_old_run` removes it only when the
+    new run is about to write its first file, so a refused or interrupted start leaves it whole.
     """
     cfg, out = ctx.cfg, ctx.cfg.out
     if cfg.resume:

@@ -184,7 +184,6 @@ def start_run(ctx: RunContext) -> TrainRun:
         raise
     plan = plan_run(ctx, data, resumed)
     model, init_provenance = initial_model(ctx, resumed)
-    clear_old_run(ctx)  # --overwrite: only now that the new run is ready to write
     run = build_run(ctx, data, plan, model, init_provenance, resumed)
     ctx.emit(
         "start",
@@ -291,7 +290,8 @@ def build_run(
 ) -> TrainRun:
     """The session's state: the model on its device with its EMA, DDP wrapper, optimiser, schedule
     and scaler, each restored from ``resumed`` if given, the RNGs, the counters, the loaders; rank 0
-    also (re)writes ``results.csv`` and ``config.json`` and opens TensorBoard."""
+    also (re)writes ``results.csv`` and ``config.json`` and opens TensorBoard, after
+    :func:`clear_old_run` has removed the run an ``--overwrite`` replaces."""
     cfg, device, rank = ctx.cfg, ctx.device, ctx.env.rank
     # channels-last layout: the same maths, faster steps on the CPU (oneDNN) and GPUs
     # (benchmarks/RESULTS.md, 'CPU training speed')
@@ -321,6 +321,9 @@ def build_run(
     else:
         torch.manual_seed(stream_seed(cfg.seed, rank))
     progress = _starting_progress(ctx, plan, resumed)
+    # --overwrite: the old run goes only now, just before the new run's first file (config.json),
+    # so that an interrupt (Ctrl-C, SIGTERM) at any point before leaves it whole
+    clear_old_run(ctx)
     tensorboard = None
     if ctx.main:
         if resumed is not None:
