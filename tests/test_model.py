@@ -7,6 +7,9 @@ the structure is exercised, but a forward pass at 64x64 takes milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from pdseg_cli.model import PDSeg, create_model
 from pdseg_cli.model.ham import NMF2D, Hamburger
 from pdseg_cli.model.layers import DropPath
 from pdseg_cli.model.optimize import optimize
+from pdseg_cli.runtime.precision import cpu_has_fast
 
 
 def _slim(name: str) -> ModelConfig:
@@ -322,3 +326,37 @@ def test_the_model_names_a_wrong_input_dtype() -> None:
             fast(torch.zeros(1, 3, 32, 32, dtype=dtype))
     with pytest.raises(TypeError, match="takes a torch tensor"):
         model(np.zeros((1, 3, 32, 32), np.float32))
+
+
+_BF16_TINY = textwrap.dedent(
+    """
+    import torch
+    from pdseg_cli.model import create_model
+    from pdseg_cli.model.optimize import optimize
+
+    torch.manual_seed(0)
+    model = create_model("pdseg-tiny").train().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        levels = model(x, return_levels=True)
+    sum(level.float().mean() for level in levels).backward()
+    with torch.no_grad():
+        y = optimize(model.eval(), precision="bf16")(x)
+    assert torch.isfinite(y).all()
+    print("done")
+    """
+)
+
+
+@pytest.mark.skipif(not cpu_has_fast("bf16"), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+def test_tiny_bf16_channels_last_forward_finishes() -> None:
+    """pdseg-tiny's 16-channel (1, 21) strip conv hung for ever in oneDNN under CPU bf16 autocast
+    (channels-last); in a subprocess, killed after 120 s, so a hang fails instead of stalling."""
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _BF16_TINY], capture_output=True, text=True, timeout=120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("pdseg-tiny under CPU bf16 autocast did not finish in 120 s (the oneDNN strip-conv hang)")
+    assert run.returncode == 0, run.stderr
+    assert "done" in run.stdout

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pdseg_cli.model.fusion import (
@@ -41,6 +42,36 @@ LAYER_SCALE_INIT = 1e-2  # gamma_1 and gamma_2 start at 0.01 (SegNeXt)
 # buffers come from mmap and page-fault on every forward pass). Smaller maps are as fast whole.
 MLP_BAND_ABOVE = 8 << 20
 MLP_BAND_BYTES = 4 << 20
+
+
+def _strip21_hangs(x: torch.Tensor) -> bool:
+    """Whether the depth-wise (1, 21) strip conv of ``x`` would hit a oneDNN hang: in bf16 on the CPU,
+    on a channels-last map of at most 16 channels (width >= 32), generating the brdgmm kernel
+    (``jit_brdgmm_kernel_base_t::generate``) never returns on an AVX512-BF16 AMD EPYC (PyTorch 2.13).
+    The 1x7, 1x11 and vertical strips, 24+ channels and NCHW maps are fine, so only pdseg-tiny's
+    16-channel stage is affected. Never true for fp32, on GPUs, or while tracing/exporting/compiling.
+    """
+    return (
+        x.shape[1] <= 16
+        and x.device.type == "cpu"
+        and (
+            x.dtype == torch.bfloat16
+            or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        )
+        and memory_format_of(x) == torch.channels_last
+        and not tracing()
+    )
+
+
+def _nchw_strip21(conv: nn.Conv2d | FusedConv, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` (no epilogue) with ``x`` and the weight as NCHW copies: a different oneDNN kernel
+    (oneDNN goes channels-last when either is), the same sums; the result turned back to
+    channels-last. The way round :func:`_strip21_hangs`. (A channels-last (C, 1, 1, 21) weight is
+    also "contiguous", so ``contiguous()`` would keep its strides: it is cloned.)
+    """
+    weight = conv.weight.clone(memory_format=torch.contiguous_format)
+    y = F.conv2d(x.contiguous(), weight, conv.bias, conv.stride, conv.padding, 1, conv.groups)
+    return y.contiguous(memory_format=torch.channels_last)
 
 
 class StemConv(nn.Module):
@@ -103,7 +134,8 @@ class MSCA(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         s = self.conv0(u)
-        t = s + self.conv0_2(self.conv0_1(s)) + self.conv1_2(self.conv1_1(s)) + self.conv2_2(self.conv2_1(s))
+        h21 = _nchw_strip21(self.conv2_1, s) if _strip21_hangs(s) else self.conv2_1(s)
+        t = s + self.conv0_2(self.conv0_1(s)) + self.conv1_2(self.conv1_1(s)) + self.conv2_2(h21)
         return self.conv3(t) * u
 
 
@@ -339,7 +371,11 @@ class FastBlock(InferenceForm):
         for horizontal, vertical in zip(self.strips[0::2], self.strips[1::2], strict=True):
             # t <- V_k(H_k(s)) + t: the plain path's ((s + a) + b) + c, term by term; after the
             # first branch t is a map of our own, so the sum goes into it (fewer maps at the peak)
-            t = vertical(horizontal(s, fused), fused, other=t, op="add", into_other=t is not s)
+            if horizontal.weight.shape[-1] == 21 and _strip21_hangs(s):
+                h = _nchw_strip21(horizontal, s)
+            else:
+                h = horizontal(s, fused)
+            t = vertical(h, fused, other=t, op="add", into_other=t is not s)
         del s
         v = self.conv3(t, fused, other=u, op="mul", into_other=True)  # u: not needed after
         del t, u
