@@ -776,3 +776,18 @@ def test_the_resume_command_is_quoted_for_the_shell(tmp_path: Path, data: dict[s
     train(tiny(out, data, epochs=1, val_every=0))
     parts = resume_parts(out / "last.pt")
     assert parts is not None and f"--resume --out '{out}' --epochs N" in parts[1]
+
+
+def test_a_killed_runs_sample_cache_leftovers_are_removed(tmp_path: Path, data: dict[str, Path]) -> None:
+    # a SIGKILL while a decoded sample was written left its temporary in the cache's size folder
+    from helpers import dead_pid
+
+    from pdseg_cli.data import atomic
+
+    cache = tmp_path / "samples"
+    train(tiny(tmp_path / "run", data, epochs=1, val_every=0, cache="disk", cache_dir=cache))
+    sample = next(p for p in cache.rglob("*.npy"))
+    stale = sample.with_name(atomic.temp_name(sample).replace(f".{os.getpid()}-", f".{dead_pid()}-"))
+    stale.write_bytes(b"half a sample")
+    train(tiny(tmp_path / "run2", data, epochs=1, val_every=0, cache="disk", cache_dir=cache))
+    assert not stale.exists() and sample.exists()

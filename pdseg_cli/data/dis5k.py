@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from pdseg_cli.data import images as imio
-from pdseg_cli.data.atomic import atomic_path
+from pdseg_cli.data.atomic import atomic_path, sweep_folder
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError, listing
@@ -376,6 +376,8 @@ class SampleStore:
         self.paths = (
             [cache_dir / _cache_name(p, size) for p in self.pairs] if cache_dir and mode == "disk" else []
         )
+        for folder in {path.parent for path in self.paths}:
+            sweep_folder(folder)  # what a killed run left half-written (a sample's temporary)
 
     def __len__(self) -> int:
         return len(self.pairs)
