@@ -3,6 +3,7 @@ the leftovers of killed writers removed without touching a running writer's."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -125,3 +126,23 @@ def test_a_folder_sweep_removes_every_dead_writers_leftover_and_nothing_else(tmp
     assert sorted(atomic.sweep_folder(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in [*kept, deeper])
     assert atomic.sweep_folder(tmp_path / "missing") == []
+
+
+def test_a_file_system_that_counts_characters_is_asked_not_judged_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # APFS and NTFS take 255 characters: 90 of 日 and "_composite.png" are 284 bytes, and fit there
+    name = "日" * 90 + "_composite.png"
+    real_lstat = os.lstat
+
+    def counts_characters(path: str | os.PathLike[str], *args: object, **kw: object) -> os.stat_result:
+        if len(os.path.basename(path)) > 255:
+            raise OSError(errno.ENAMETOOLONG, "File name too long")
+        if len(os.fsencode(os.path.basename(path))) > 255:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return real_lstat(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", counts_characters)
+    assert not atomic.name_too_long(tmp_path / "out", name, 255)
+    assert atomic.name_too_long(tmp_path / "out", "日" * 250 + "_composite.png", 255)
+    assert not atomic.name_too_long(tmp_path, "short.png", 255)  # within the limit: nothing asked

@@ -525,28 +525,6 @@ def test_the_name_limit_is_the_output_folders_own(tmp_path: Path, monkeypatch: p
     assert len(plan.todo) == 1 and asked[0] == str(tmp_path)
 
 
-def test_a_file_system_that_counts_characters_is_asked_not_judged_by_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # APFS and NTFS take 255 characters: 90 of 日 and "_composite.png" are 284 bytes, and fit there
-    from pdseg_cli.engine import predict_plan
-
-    name = "日" * 90 + "_composite.png"
-    real_lstat = os.lstat
-
-    def counts_characters(path: str | os.PathLike[str], *args: object, **kw: object) -> os.stat_result:
-        if len(os.path.basename(path)) > 255:
-            raise OSError(errno.ENAMETOOLONG, "File name too long")
-        if len(os.fsencode(os.path.basename(path))) > 255:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
-        return real_lstat(path, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(predict_plan.os, "lstat", counts_characters)
-    assert not predict_plan._too_long(tmp_path / "out", name, 255)
-    assert predict_plan._too_long(tmp_path / "out", "日" * 250 + "_composite.png", 255)
-    assert not predict_plan._too_long(tmp_path, "short.png", 255)  # within the limit: nothing asked
-
-
 def test_a_killed_runs_temporaries_are_removed_by_the_next_run(
     folder: Path, tmp_path: Path, ckpt: Path
 ) -> None:

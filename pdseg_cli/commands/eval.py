@@ -145,12 +145,7 @@ def eval_(
         from pdseg_cli.metrics.cache import usable_cache_root
         from pdseg_cli.ui import evaluation as view
 
-        if jobs < -2:  # joblib's -3 (all but two) and on: a mistyped count would silently mean another
-            raise InputError(
-                f"--jobs {jobs} is not a number of processes",
-                hint="give N >= 1, 0 (the default: --threads, else the idle cores), -1 (all cores) or -2 "
-                "(all but one)",
-            )
+        ev.check_jobs(jobs, "--jobs ", "--threads, else the idle cores")  # before any work
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
 
         if pred is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -243,7 +242,7 @@ def train(
     from pdseg_cli import ui
     from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
     from pdseg_cli.engine.train import train as run_training
-    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state
+    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state, resume_command
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
     from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
     from pdseg_cli.errors import InputError, counted, first_line
@@ -284,7 +283,7 @@ def train(
                 if main:
                     ui.info(
                         f"{out} has finished its {counted(done, 'epoch')}: nothing to train; to train "
-                        f"longer: pdseg train --resume --out {shlex.quote(str(out))} --epochs N (N > {done})"
+                        f"longer: {resume_command(out)} --epochs N (N > {done})"
                     )
                 return
         elif epochs is None:
@@ -318,6 +317,6 @@ def train(
         finally:
             view.close()
     if main:
-        summary(result, f"pdseg train --resume --out {shlex.quote(str(out))}")
+        summary(result, resume_command(out))
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

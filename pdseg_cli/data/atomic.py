@@ -17,6 +17,7 @@ nothing is removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -48,7 +49,7 @@ def name_max(folder: Path) -> int:
     """The longest file name, in bytes, that the file system ``folder`` is (or will be made) on
     takes: ``PC_NAME_MAX`` of the nearest folder that exists, 255 (Linux's NAME_MAX) when it will
     not say (Windows has no ``pathconf``)."""
-    existing = nearest_folder(folder)
+    existing = _nearest_folder(folder)
     try:
         limit = int(os.pathconf(existing if existing is not None else ".", "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
@@ -56,7 +57,29 @@ def name_max(folder: Path) -> int:
     return limit if limit > 0 else 255
 
 
-def nearest_folder(path: Path) -> Path | None:
+def name_bytes(name: str) -> int:
+    """The length of a file name as Linux counts it: bytes, not characters (é is 2, 日 3)."""
+    return len(os.fsencode(name))
+
+
+def name_too_long(folder: Path, name: str, limit: int) -> bool:
+    """Whether ``name`` is too long for ``folder``'s file system: over ``limit`` bytes
+    (:func:`name_max`), and refused by the file system itself when asked for it. Those that count
+    characters (APFS, NTFS: 255 of them) take many more bytes of UTF-8, and must not be refused
+    by Linux's rule."""
+    if name_bytes(name) <= limit:
+        return False
+    existing = _nearest_folder(folder)
+    if existing is None:
+        return True
+    try:
+        os.lstat(existing / name)
+    except OSError as exc:
+        return exc.errno != errno.ENOENT  # ENAMETOOLONG: too long; ENOENT: the name could be made
+    return False  # such a file exists: the name fits
+
+
+def _nearest_folder(path: Path) -> Path | None:
     """``path`` when it is a folder, else its nearest parent that is (None: none of them)."""
     return next((p for p in (path, *path.parents) if _is_dir(p)), None)
 
@@ -77,17 +100,17 @@ def _prefix(path: Path) -> str:
     leftover is found by it."""
     prefix = f".{path.name}"
     longest = f".{'9' * _PID_DIGITS}-{_HOST}-{'0' * 8}{TEMP_SUFFIX}"
-    size = len(os.fsencode(prefix + longest))
+    size = name_bytes(prefix + longest)
     if size <= 128:  # under every file system's NAME_MAX: no need to ask
         return prefix
-    room = name_max(path.parent) - len(os.fsencode(longest))
-    if len(os.fsencode(prefix)) <= room:
+    room = name_max(path.parent) - name_bytes(longest)
+    if name_bytes(prefix) <= room:
         return prefix
     mark = "~" + hashlib.sha256(os.fsencode(path.name)).hexdigest()[:6]
-    room -= len(os.fsencode(mark)) + 1  # the leading "." stays: the temporary stays hidden
+    room -= name_bytes(mark) + 1  # the leading "." stays: the temporary stays hidden
     kept: list[str] = []
     for char in path.name:  # whole characters only: the cut name stays valid UTF-8
-        room -= len(os.fsencode(char))
+        room -= name_bytes(char)
         if room < 0:
             break
         kept.append(char)

@@ -327,6 +327,21 @@ def default_jobs(cores: int | None = None, busy: float | None = None) -> int:
     return cores if idle is None else idle
 
 
+def check_jobs(jobs: int, spelled: str, default: str = "the idle cores") -> None:
+    """Refuse a count of scoring processes below -2: joblib's -3 (all but two) and on are not
+    taken, as a mistyped count would silently mean another. ``spelled`` is how the caller names
+    it (``--jobs `` or ``jobs=``), ``default`` what its 0 means.
+
+    Raises:
+        InputError: ``jobs`` is below -2.
+    """
+    if jobs < -2:
+        raise InputError(
+            f"{spelled}{jobs} is not a number of processes",
+            hint=f"give N >= 1, 0 (the default: {default}), -1 (all cores) or -2 (all but one)",
+        )
+
+
 def resolve_jobs(jobs: int | None) -> int:
     """Worker processes for ``jobs``: None or 0 the idle cores (:func:`default_jobs`), -1 all cores,
     -2 all but one, N as given.
@@ -340,11 +355,7 @@ def resolve_jobs(jobs: int | None) -> int:
         raise TypeError(f"jobs must be an int or None, not {jobs!r}")
     if jobs is None or jobs == 0:
         return default_jobs()
-    if jobs < -2:
-        raise InputError(
-            f"jobs={jobs} is not a number of processes",
-            hint="give N >= 1, 0 or None (the idle cores), -1 (all cores) or -2 (all but one)",
-        )
+    check_jobs(jobs, "jobs=")
     if jobs < 0:  # -1 all cores, -2 all but one (asked for, so not load-aware)
         return max(1, all_cores() + 1 + jobs)
     return int(jobs)

@@ -9,7 +9,6 @@ carries the plan out.
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 from collections import Counter
@@ -20,7 +19,7 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
-from pdseg_cli.data.atomic import name_max, nearest_folder, sweep_folder
+from pdseg_cli.data.atomic import name_bytes, name_max, name_too_long, sweep_folder
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -218,27 +217,6 @@ def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
     return left
 
 
-def _too_long(folder: Path, name: str, limit: int) -> bool:
-    """Whether ``name`` is too long for ``folder``'s file system: over ``limit`` bytes, as Linux
-    counts, and refused by the file system itself when asked for it. Those that count characters
-    (APFS, NTFS: 255 of them) take many more bytes of UTF-8, and must not be refused by Linux's rule."""
-    if _name_bytes(name) <= limit:
-        return False
-    existing = nearest_folder(folder)
-    if existing is None:
-        return True
-    try:
-        os.lstat(existing / name)
-    except OSError as exc:
-        return exc.errno != errno.ENOENT  # ENAMETOOLONG: too long; ENOENT: the name could be made
-    return False  # such a file exists: the name fits
-
-
-def _name_bytes(name: str) -> int:
-    """The length of a file name as the file system counts it: bytes, not characters (é is 2)."""
-    return len(os.fsencode(name))
-
-
 def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
     """Refuse a run in which an input's outputs (or a folder --recursive mirrors) would have a name
     longer than ``--out``'s file system takes: found here, the run is refused before the model
@@ -259,20 +237,20 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
         if folder not in limits:
             limits[folder] = name_max(folder)
         limit = limits[folder]
-        long_parts = [part for part in item.rel_dir.parts if _too_long(folder, part, limit)]
+        long_parts = [part for part in item.rel_dir.parts if name_too_long(folder, part, limit)]
         if long_parts:
-            faults.append(f"{item.path} (its folder {long_parts[0]} is {_name_bytes(long_parts[0])} bytes)")
+            faults.append(f"{item.path} (its folder {long_parts[0]} is {name_bytes(long_parts[0])} bytes)")
             folder_limit = limit
             fault_limits.add(limit)
             continue
         stem = item.path.stem
         names = [p.name for paths in output_candidates(folder, stem, save).values() for p in paths]
-        longest = max(names, key=_name_bytes)
-        if _too_long(folder, longest, limit):
+        longest = max(names, key=name_bytes)
+        if name_too_long(folder, longest, limit):
             # the input's own name is said once: the output's is named by its pattern
             pattern = "<stem>" + longest[len(stem) :]
-            faults.append(f"{item.path} (its {pattern} would be {_name_bytes(longest)} bytes)")
-            stem_room.append(limit - (_name_bytes(longest) - _name_bytes(stem)))
+            faults.append(f"{item.path} (its {pattern} would be {name_bytes(longest)} bytes)")
+            stem_room.append(limit - (name_bytes(longest) - name_bytes(stem)))
             fault_limits.add(limit)
     if not faults:
         return

@@ -125,6 +125,11 @@ def _peek_state(path: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
 
 
+def resume_command(folder: Path) -> str:
+    """The command that goes on with the run in ``folder``, quoted for the shell (``--out 'my run'``)."""
+    return f"pdseg train --resume --out {shlex.quote(str(folder))}"
+
+
 def resume_parts(path: Path) -> tuple[str, str] | None:
     """``(where it stands, the command to go on)`` for the training state in ``path``, e.g.
     ``("stopped in epoch 2 of 4, at step 300 of 518", "to go on: pdseg train --resume --out
@@ -138,11 +143,8 @@ def resume_parts(path: Path) -> tuple[str, str] | None:
     if in_epoch == 0 and epoch >= epochs:  # saved after the last epoch's end-of-epoch work
         return (
             f"finished: {counted(epochs, 'epoch')}, {counted(total, 'step')}",
-            f"to train longer: pdseg train --resume --out {shlex.quote(str(folder))} --epochs N "
-            f"(N > {epochs})",
+            f"to train longer: {resume_command(folder)} --epochs N (N > {epochs})",
         )
     # "epoch" counts the epochs complete; a stop inside one also records its steps so far
     where = f"after epoch {epoch} of {epochs}" if in_epoch == 0 else f"in epoch {epoch + 1} of {epochs}"
-    return f"stopped {where}, at step {step} of {total}", (
-        f"to go on: pdseg train --resume --out {shlex.quote(str(folder))}"
-    )
+    return f"stopped {where}, at step {step} of {total}", f"to go on: {resume_command(folder)}"
