@@ -25,6 +25,19 @@ class PdsegError(Exception):
         return self.message if not self.hint else f"{self.message} ({self.hint})"
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that knows how the user goes on: still a KeyboardInterrupt (the CLI exits 130 and
+    every ``except KeyboardInterrupt`` clean-up still runs), carrying the hint the CLI prints.
+
+    Args:
+        hint: what was kept and how to go on.
+    """
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
 class InputError(PdsegError):
     """An input image, folder or option cannot be used."""
 

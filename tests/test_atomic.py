@@ -146,3 +146,82 @@ def test_a_file_system_that_counts_characters_is_asked_not_judged_by_bytes(
     assert not atomic.name_too_long(tmp_path / "out", name, 255)
     assert atomic.name_too_long(tmp_path / "out", "日" * 250 + "_composite.png", 255)
     assert not atomic.name_too_long(tmp_path, "short.png", 255)  # within the limit: nothing asked
+
+
+def _symlink(link: Path, target: str | Path) -> None:
+    try:
+        link.symlink_to(target)
+    except (OSError, NotImplementedError):  # Windows without the privilege to make links
+        pytest.skip("this system cannot make symbolic links")
+
+
+def test_a_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    last = tmp_path / "runs" / "x" / "last.pt"
+    last.write_bytes(b"old")
+    best = tmp_path / "best.pt"
+    _symlink(best, "runs/x/last.pt")  # relative, into another folder
+    with atomic.atomic_path(best) as tmp:
+        assert tmp.parent == last.parent and tmp.name.startswith(".last.pt.")  # beside the target
+        tmp.write_bytes(b"new")
+    assert best.is_symlink() and os.readlink(best) == "runs/x/last.pt"
+    assert last.read_bytes() == b"new" and sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
+    with pytest.raises(RuntimeError), atomic.atomic_path(best) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert best.is_symlink() and last.read_bytes() == b"new"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
+
+
+def test_a_chain_of_links_is_followed_to_the_end(tmp_path: Path) -> None:
+    end = tmp_path / "end.json"
+    end.write_text("old")
+    (tmp_path / "sub").mkdir()
+    _symlink(tmp_path / "sub" / "middle.json", end)  # absolute
+    _symlink(tmp_path / "first.json", "sub/middle.json")
+    assert atomic.final_target(tmp_path / "first.json") == end
+    with atomic.atomic_path(tmp_path / "first.json") as tmp:
+        tmp.write_text("new")
+    assert end.read_text() == "new" and not end.is_symlink()
+    assert (tmp_path / "first.json").is_symlink() and (tmp_path / "sub" / "middle.json").is_symlink()
+
+
+def test_a_dangling_link_writes_its_target_or_says_its_folder_is_missing(tmp_path: Path) -> None:
+    link = tmp_path / "model.onnx"
+    _symlink(link, "exports/model.onnx")
+    with pytest.raises(FileNotFoundError, match="exports.model.onnx, whose folder does not exist") as err:
+        atomic.final_target(link)
+    assert err.value.filename == str(link)  # the message names the link, not a temporary
+    (tmp_path / "exports").mkdir()
+    with atomic.atomic_path(link) as tmp:
+        tmp.write_bytes(b"graph")
+    assert link.is_symlink() and (tmp_path / "exports" / "model.onnx").read_bytes() == b"graph"
+
+
+def test_links_in_a_loop_are_refused_and_a_plain_path_is_left_as_given(tmp_path: Path) -> None:
+    _symlink(tmp_path / "a", "b")
+    _symlink(tmp_path / "b", "a")
+    with pytest.raises(OSError) as err:
+        atomic.final_target(tmp_path / "a")
+    assert err.value.errno == errno.ELOOP
+    assert atomic.final_target(Path("relative/new.png")) == Path("relative/new.png")
+
+
+def test_leftovers_are_swept_where_a_write_through_a_link_makes_them(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "elsewhere" / "last.pt"
+    target.write_bytes(b"old")
+    _symlink(tmp_path / "run" / "best.pt", target)
+    dead = dead_pid()
+    beside_target = _leftover(target, dead)
+    beside_link = _leftover(tmp_path / "run" / "best.pt", dead)  # an older pdseg's, or an export's
+    other = _leftover(tmp_path / "elsewhere" / "other.pt", dead)  # not the link's: kept
+    for path in (beside_target, beside_link, other):
+        path.write_bytes(b"x")
+    assert sorted(atomic.remove_stale_temporaries(tmp_path / "run" / "best.pt")) == sorted(
+        [beside_link, beside_target]
+    )
+    beside_target.write_bytes(b"x")
+    assert atomic.sweep_folder(tmp_path / "run") == [beside_target]  # the folder sweep follows the link
+    assert other.exists() and target.read_bytes() == b"old"

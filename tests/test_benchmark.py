@@ -238,6 +238,38 @@ def test_a_size_out_of_memory_is_reported_and_the_others_still_run(
         run_benchmark("pdseg-tiny", [64], device="cpu", runs=1)
 
 
+def test_ctrl_c_keeps_the_sizes_already_timed(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdseg_cli.engine import benchmark as engine
+
+    real = engine._measure_size
+
+    def measure(forms, x, dev, size, runs, warmup):  # type: ignore[no-untyped-def]
+        if size == 96:  # the second size
+            raise KeyboardInterrupt
+        return real(forms, x, dev, size, runs, warmup)
+
+    monkeypatch.setattr(engine, "_measure_size", measure)
+    with pytest.raises(KeyboardInterrupt) as stop:  # still a Ctrl-C for Python callers
+        run_benchmark("pdseg-tiny", [64, 96, 128], device="cpu", runs=1)
+    assert isinstance(stop.value, engine.BenchmarkInterrupted)
+    report = stop.value.report
+    assert [r.size for r in report.rows] == [64] and report.interrupted_after == 1
+    assert report.sizes == [64, 96, 128]
+
+    args = ["benchmark", "-v", "pdseg-tiny", "-s", "64", "-s", "96", "-s", "128", "-n", "1", "-d", "cpu"]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 130, result.output
+    assert re.search(r"│ 64 +│ optimized +│", result.output) and "│ 96" not in result.output
+    assert "partial: interrupted after 1 of 3 sizes" in result.output
+    assert "1 of 3 sizes finished before Ctrl-C; to time the rest: --size 96 --size 128" in result.output
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 130
+    data = json.loads(result.output[: result.output.rindex("}") + 1])  # the error line follows on stderr
+    assert data["interrupted_after"] == 1 and [row["size"] for row in data["rows"]] == [64]
+    result = runner.invoke(app, [*args[:3], "-s", "96", "-n", "1", "-d", "cpu"])
+    assert result.exit_code == 130 and "┃" not in result.output  # nothing finished: no empty table
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

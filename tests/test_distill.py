@@ -24,7 +24,7 @@ from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherMaps, _cache_key, b
 from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.engine.train import TrainConfig, train
-from pdseg_cli.errors import DataError, InputError, WeightsError
+from pdseg_cli.errors import DataError, InputError, Interrupted, WeightsError
 from pdseg_cli.model import create_model, load_checkpoint, save_checkpoint
 
 onnx = pytest.importorskip("onnx")
@@ -268,6 +268,58 @@ def test_teacher_maps_are_cached_and_invalidated(
     save_checkpoint(create_model("pdseg-tiny"), other, train_size=64)
     assert TeacherMaps(other, tmp_path / "cache").folder != maps.folder
     assert TeacherMaps(tiny_teacher, tmp_path / "cache").folder == maps.folder
+
+
+def test_a_ctrl_c_while_labelling_keeps_the_maps_made_and_says_so(
+    tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = make_dataset(tmp_path / "set", 3, size=40) / "im"
+    paths = sorted(images.iterdir())
+    maps = TeacherMaps(tiny_teacher, tmp_path / "cache")
+    compute = maps.compute
+    calls: list[Path] = []
+
+    def stop_at_the_second(image: Path) -> np.ndarray:
+        calls.append(image)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return compute(image)
+
+    monkeypatch.setattr(maps, "compute", stop_at_the_second)
+    with pytest.raises(Interrupted) as stopped:
+        maps.ensure_all(paths)
+    assert isinstance(stopped.value, KeyboardInterrupt)  # every Ctrl-C clean-up still runs
+    assert stopped.value.hint == (
+        f"1 of 3 teacher maps are cached in {maps.folder} (1 made now); running the same command "
+        "again goes on from there"
+    )
+    assert maps.map_path(paths[0]).is_file() and not maps.map_path(paths[1]).exists()
+    assert [p.name for p in maps.folder.iterdir()] == [maps.map_path(paths[0]).name]  # no partial file
+    monkeypatch.setattr(maps, "compute", compute)
+    assert all(p.is_file() for p in maps.ensure_all(paths))
+
+
+def test_the_cli_prints_the_labelling_hint_and_exits_130(
+    tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_dataset(tmp_path / "set", 2, size=40)
+    for gt in (data / "gt").iterdir():
+        gt.unlink()  # images alone: every one needs the teacher
+
+    def interrupted(self: TeacherMaps, image: Path) -> np.ndarray:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TeacherMaps, "compute", interrupted)
+    monkeypatch.setenv("PDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(
+        app,
+        ["train", "--variant", "pdseg-tiny", "--size", "64", "--epochs", "1", "--device", "cpu",
+         "--train", str(data), "--teacher", str(tiny_teacher), "--out", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert "error: interrupted" in result.output
+    assert "0 of 2 teacher maps are cached in" in result.output
+    assert "running the same command again goes on from there" in result.output
 
 
 def test_the_teacher_cache_is_keyed_by_what_the_spec_means() -> None:

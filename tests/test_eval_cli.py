@@ -865,3 +865,167 @@ def test_gts_and_maps_that_read_as_empty_are_named(tmp_path: Path) -> None:
         in text
     )
     assert "prediction maps have no pixel above 128 (0/1 maps?)" in text and "HCE reads the bytes" in text
+
+
+def test_images_of_another_size_are_named_as_images_with_weights(tmp_path: Path) -> None:
+    """With --weights the user gave images, and each map has its image's size: a size unlike the
+    GT's is the image's, so the notes name the image file and both sizes (they said "predictions",
+    which the user never gave). The --pred wording is test_resized_predictions_are_named_..."""
+    from helpers import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", train_size=64)
+    split = edge_case_split(tmp_path / "s", CASES[:3], images=True)
+    photo = cv2.imread(str(split / "im" / f"{CASES[0]}.jpg"))  # 128x96, as its GT
+    cv2.imwrite(str(split / "im" / f"{CASES[0]}.jpg"), cv2.resize(photo, (64, 48)))  # half size
+    cv2.imwrite(str(split / "im" / f"{CASES[1]}.jpg"), cv2.resize(photo, (96, 96)))  # another shape
+    out_json = tmp_path / "r.json"
+    result = _run(
+        "--split", split, "--weights", ckpt, "--device", "cpu", "--json", out_json, cache=tmp_path / "c"
+    )
+    assert result.exit_code == 0, result.output
+    err = flat(result.stderr)
+    assert (
+        f"s: 2 of 3 images in {split / 'im'} have another size than their GTs: the model's maps, made at "
+        "the images' sizes, were resized to their GTs' sizes (bilinear, cv2 INTER_LINEAR) to be scored: "
+        f"{CASES[1]}.jpg 96x96 (GT 128x96), {CASES[0]}.jpg 64x48 (GT 128x96)"
+    ) in err
+    warning = (
+        f"s: 1 image(s) in {split / 'im'} have another aspect ratio than their GT, so the model's maps, made "
+        f"at the image's size, were stretched to the GT's: {CASES[1]}.jpg 96x96 (GT 128x96); rotated, or "
+        "the GT of another image?"
+    )
+    assert warning in err and "predictions had another size" not in err and "prediction(s)" not in err
+    data = json.loads(out_json.read_text())
+    assert data["notes"]["s"]["warnings"][0] == warning  # the JSON holds what the table's notes said
+    assert (
+        data["images"]["s"][CASES[0]]["resized_from_hw"] == [48, 64] and data["splits"]["s"]["resized"] == 2
+    )
+
+
+def test_a_faint_model_map_is_noted_by_its_image_not_a_temporary_file(tmp_path: Path) -> None:
+    """With --weights the maps live in a temporary folder that is gone when the note is read, and
+    "store maps as 0..255" is no fix for a model: the note names the image and says what HCE did."""
+    import torch
+    from helpers import seeded_model
+
+    from pdseg_cli.model import save_checkpoint
+
+    model = seeded_model("pdseg-tiny", 0)
+    final = model.decoder.levels[-1].classifier
+    torch.nn.init.zeros_(final.weight)
+    torch.nn.init.zeros_(final.bias)  # logit 0 everywhere: p 0.5, byte 127, never above 128
+    ckpt = save_checkpoint(model, tmp_path / "faint.pt", train_size=64)
+    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    result = _run("--split", split, "--weights", ckpt, "--device", "cpu", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    err = flat(result.stderr)
+    assert "the model's maps of these images have no pixel above 128 (no object found)" in err
+    assert any(f"(2 files): {split / 'im' / case}.jpg" in err for case in CASES[:2])
+    assert "0/1 maps?" not in err and "pdseg-eval-" not in err
+
+
+def test_test_split_folders_given_as_paths_say_why_there_is_no_overall_row(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)
+    folders = [a for i in range(1, 5) for a in ("--split", str(root / f"DIS-TE{i}"))]
+    out_json = tmp_path / "r.json"
+    result = _run(*folders, "--pred", preds, "--json", out_json, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    note = (
+        "no DIS-TE (overall) row: it is given only when the four test splits are named (--split DIS-TE1 "
+        "... DIS-TE4 --data-root ROOT, or --split DIS-TE --data-root ROOT), not given as folders; if these "
+        f"are DIS5K's: --split DIS-TE --data-root {root.resolve()}"
+    )
+    assert flat(result.stderr).count(note) == 1 and "DIS-TE (overall)" not in flat(result.stdout)
+    notes = json.loads(out_json.read_text())["notes"]
+    assert notes["DIS-TE4"]["warnings"] == [note]  # once, on the last of the four
+    assert all(note not in notes[name]["warnings"] for name in ("DIS-TE1", "DIS-TE2", "DIS-TE3"))
+    named = _run("--split", "DIS-TE", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
+    three = _run(*folders[:6], "--pred", preds, cache=tmp_path / "c")
+    for run in (named, three):  # the row is there, or no four test splits: nothing to explain
+        assert run.exit_code == 0 and "no DIS-TE (overall) row" not in flat(run.output), run.output
+
+
+def test_the_prediction_folder_chosen_for_each_split_is_said_and_in_the_json(tmp_path: Path) -> None:
+    root, preds = _dis_root(tmp_path)
+    (preds / "DIS-TE1").rename(preds / "DIS5K-TE1")  # as IS-Net's inference names it
+    out_json = tmp_path / "r.json"
+    args = ["--split", "DIS-TE1,DIS-TE2", "--data-root", root, "--pred", preds, "--json", out_json]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    header = f"maps read from {preds.resolve()}: DIS-TE1 from DIS5K-TE1/, DIS-TE2 from DIS-TE2/"
+    assert header in flat(result.stderr)
+    assert flat(result.stderr).index(header) < flat(result.stderr).index("scoring 7 images")
+    settings = json.loads(out_json.read_text())["settings"]
+    assert settings["pred_folders"] == {
+        "DIS-TE1": str((preds / "DIS5K-TE1").resolve()),
+        "DIS-TE2": str((preds / "DIS-TE2").resolve()),
+    }
+    assert settings["predictions"] == f"maps read from {preds.resolve()}"  # the older key is as it was
+    # one split: its subfolder is taken over the maps' root, without being asked, so it is said too
+    one = _run(
+        "--split", "DIS-TE2", "--data-root", root, "--pred", preds, "--json", "-", cache=tmp_path / "c"
+    )
+    assert f"maps read from {preds.resolve()}: DIS-TE2 from DIS-TE2/" in flat(one.stderr)
+    assert json.loads(one.stdout)["settings"]["pred_folders"] == {
+        "DIS-TE2": str((preds / "DIS-TE2").resolve())
+    }
+    direct = _run(
+        "--split", "DIS-TE2", "--data-root", root, "--pred", preds / "DIS-TE2", cache=tmp_path / "c"
+    )
+    assert f"maps read from {(preds / 'DIS-TE2').resolve()} scoring" in flat(direct.stderr)
+
+
+def test_a_ctrl_c_while_scoring_says_running_again_is_safe_and_the_cache_keeps_its_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.evaluate as ev
+
+    split = edge_case_split(tmp_path / "s", CASES)
+    real_score_pair, scored = ev.score_pair, []
+
+    def score_pair(*args: object) -> object:  # a Ctrl-C as the second image is scored
+        scored.append(args)
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        return real_score_pair(*args)
+
+    monkeypatch.setattr(ev, "score_pair", score_pair)
+    cache, out_json = tmp_path / "c", tmp_path / "r.json"
+    args = ["--split", split, "--pred", split / "pred", "--json", out_json]
+    result = _run(*args, cache=cache)
+    assert result.exit_code == 130, result.output
+    text = flat(result.stderr)
+    hint = (
+        f"hint: running the same command again is safe; the GT cache {cache} keeps the GT data prepared so "
+        "far, so that work is not done again"
+    )
+    assert text.index("error: interrupted") < text.index(hint) and "maxF" not in result.output
+    assert len(list(cache.rglob("*.npz"))) == 2 and not out_json.exists()  # the two GTs begun; no JSON
+    monkeypatch.undo()
+    again = _run(*args, cache=cache)
+    assert again.exit_code == 0 and json.loads(out_json.read_text())["splits"]["s"]["count"] == len(CASES)
+    monkeypatch.setattr(ev, "score_pair", score_pair)
+    scored.clear()
+    off = _run(*args, "--no-cache", cache=cache)
+    assert off.exit_code == 130
+    assert "hint: running the same command again is safe; it starts over (the GT cache is off)" in flat(
+        off.stderr
+    )
+
+
+def test_a_ctrl_c_while_the_model_runs_says_running_again_is_safe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    class Stopped(_FakePredictor):
+        def predict_paths(self, *args: object, **kwargs: object) -> object:
+            raise KeyboardInterrupt
+
+    split = edge_case_split(tmp_path / "s", CASES, images=True)
+    monkeypatch.setattr(predict_mod, "Predictor", Stopped)
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
+    assert result.exit_code == 130, result.output
+    text = flat(result.stderr)  # no GT was prepared yet: the cache is not mentioned
+    assert text.endswith("error: interrupted hint: running the same command again is safe; it starts over")

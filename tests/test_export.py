@@ -20,7 +20,7 @@ from helpers import EXAMPLE_IMAGES, dead_pid, flat, no_space, run_cli, tiny_chec
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import atomic
 from pdseg_cli.engine import export as export_mod
-from pdseg_cli.engine.export import ExportCheckError, export_checkpoint, parse_shape
+from pdseg_cli.engine.export import ExportCheckError, ExportWriteError, export_checkpoint, parse_shape
 from pdseg_cli.engine.onnx_backend import OnnxModel, TorchScriptModel, detect_format, load_exported
 from pdseg_cli.errors import InputError, NotAvailableError
 from pdseg_cli.model import PDSeg, load_model, save_checkpoint
@@ -368,6 +368,24 @@ def test_a_killed_exports_temporary_is_removed_by_the_next_export(checkpoint: Pa
     stale.write_bytes(b"half a graph")
     report = export_checkpoint(checkpoint, out, "onnx", check=False)
     assert report.path == out and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_an_out_that_is_a_link_stays_a_link(checkpoint: Path, tmp_path: Path) -> None:
+    # deploy/model.onnx -> releases/v2.onnx: the release is replaced, the link still points at it
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "deploy").mkdir()
+    target = tmp_path / "releases" / "v2.onnx"
+    target.write_bytes(b"an older export")
+    link = tmp_path / "deploy" / "model.onnx"
+    link.symlink_to(Path("..") / "releases" / "v2.onnx")
+    assert export_checkpoint(checkpoint, link, "onnx", check=False).path == link
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_bytes() != b"an older export" and OnnxModel(link) is not None
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deploy", "model.onnx", "releases", "v2.onnx"]
+    # a link into a folder that is gone: one error naming the link, nothing written
+    (tmp_path / "dangling.onnx").symlink_to(tmp_path / "gone" / "m.onnx")
+    with pytest.raises(ExportWriteError, match=r"cannot write .*dangling\.onnx \(it is a link to .*gone"):
+        export_checkpoint(checkpoint, tmp_path / "dangling.onnx", "onnx", check=False)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

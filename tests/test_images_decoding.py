@@ -265,3 +265,95 @@ def test_a_tiff_cut_before_its_first_page_is_named_and_tifffile_says_nothing_bar
     assert "invalid offset to first page 1000" in err.value.message and "<tifffile" not in err.value.message
     assert err.value.hint is not None and "complete" in err.value.hint
     assert "invalid offset" not in capfd.readouterr().err  # not printed bare by Python's logging
+
+
+# ------------------------------------------------- 10. gray with extra samples that are not alpha
+
+
+def _lzw_literals(data: bytes) -> bytes:
+    """TIFF LZW of ``data`` as one 9-bit literal code a byte (Clear, the bytes, EOI): valid LZW that
+    needs no string table, for images of up to 253 bytes (tifffile writes LZW only with imagecodecs)."""
+    assert len(data) <= 253
+    bits = "".join(format(code, "09b") for code in (256, *data, 257))
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def _gray_extras_tiffs(tmp_path: Path, samples: np.ndarray, extras: list[int]) -> tuple[Path, Path]:
+    """``samples`` (H, W, 1 + extras) as gray TIFFs with ``extras`` as ExtraSamples: (uncompressed,
+    read by tifffile; LZW, which tifffile cannot decode without imagecodecs: read by libtiff)."""
+    kwargs = {"photometric": "minisblack", "extrasamples": extras, "planarconfig": "contig"}
+    plain, lzw = tmp_path / "plain.tif", tmp_path / "lzw.tif"
+    tifffile.imwrite(plain, samples, **kwargs)
+    stored = _lzw_literals(samples.astype(samples.dtype.newbyteorder("<")).tobytes())
+    # one pre-encoded strip under a compression tifffile encodes, then retagged LZW (5)
+    tifffile.imwrite(
+        lzw,
+        iter([stored]),
+        shape=samples.shape,
+        dtype=samples.dtype,
+        compression="zlib",
+        rowsperstrip=samples.shape[0],
+        **kwargs,
+    )
+    _patch_tag(lzw, 259, 5)
+    return plain, lzw
+
+
+def _no_imagecodecs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tifffile as it is without imagecodecs, where imagecodecs is installed: LZW goes to libtiff."""
+
+    def no_codec(*args: object, **kwargs: object) -> None:
+        raise KeyError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", no_codec)
+
+
+def test_16bit_gray_with_an_unspecified_extra_sample_says_libtiff_read_it_at_8_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gray = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000 + 7  # low bytes that 8 bits lose
+    samples = np.stack([gray, 65535 - gray], axis=-1)  # ExtraSamples 0: a sample of no stated meaning
+    plain, lzw = _gray_extras_tiffs(tmp_path, samples, [0])
+
+    whole = imio.read_image(plain)  # tifffile: every bit, and the extra sample is not alpha
+    assert whole.pixels.dtype == np.uint16 and not whole.warnings and whole.alpha is None
+    np.testing.assert_array_equal(whole.pixels, np.repeat(gray[..., None], 3, axis=2))
+
+    _no_imagecodecs(monkeypatch)
+    by_libtiff = imio.read_image(lzw)
+    assert by_libtiff.pixels.dtype == np.uint8 and by_libtiff.alpha is None
+    assert np.abs(by_libtiff.pixels.astype(int) - whole.pixels // 257).max() <= 1  # the same, at 8 bits
+    assert by_libtiff.warnings == [
+        f"{lzw}: its 16-bit gray is read at 8 bits (this TIFF is decoded by libtiff, which reads gray "
+        "with an extra sample at 8 bits; pip install imagecodecs reads it whole)"
+    ]
+
+
+def test_an_8bit_gray_with_an_unspecified_extra_sample_loses_nothing_and_says_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gray = np.arange(16, dtype=np.uint8).reshape(4, 4) * 15
+    _, lzw = _gray_extras_tiffs(tmp_path, np.stack([gray, 255 - gray], axis=-1), [0])
+    _no_imagecodecs(monkeypatch)
+    loaded = imio.read_image(lzw)
+    assert not loaded.warnings
+    np.testing.assert_array_equal(loaded.pixels, np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_gray_with_several_extra_samples_is_read_as_gray_or_refused_never_mixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gray = np.arange(9, dtype=np.uint16).reshape(3, 3) * 5000 + 1
+    samples = np.stack([gray, gray // 2, 65535 - gray], axis=-1)
+    plain, lzw = _gray_extras_tiffs(tmp_path, samples, [0, 0])
+    # tifffile: the gray alone (the two extra samples were read as green and blue)
+    np.testing.assert_array_equal(imio.read_image(plain).pixels, np.repeat(gray[..., None], 3, axis=2))
+    _no_imagecodecs(monkeypatch)
+    with pytest.raises(InputError) as err:  # libtiff gives their luminance: refused, not misread
+        imio.read_image(lzw)
+    assert err.value.message == (
+        f"{lzw}: cannot read this 16-bit gray TIFF with 2 extra samples: its LZW compression is decoded "
+        "here by libtiff, which would mix the extra samples into the gray"
+    )
+    assert err.value.hint == "pip install imagecodecs"

@@ -22,6 +22,7 @@ from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, files_help, parse_save, save_help
 from pdseg_cli.engine.predict import Predictor, parse_size
+from pdseg_cli.engine.predict_plan import plan_predict, remove_unused_out_dir
 from pdseg_cli.errors import InputError
 from pdseg_cli.runtime import Distributed
 
@@ -595,6 +596,37 @@ def test_ctrl_c_leaves_no_partial_file(
     assert cv2.imread(str(out / "a.png")) is not None
     result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")  # and the run resumes
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_ctrl_c_while_the_model_loads_takes_back_the_empty_out_it_made(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def ctrl_c(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pdseg_cli.engine.predict.Predictor.__init__", ctrl_c)
+    out = tmp_path / "new" / "masks"  # neither folder exists before the run
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 130, result.output
+    assert not (tmp_path / "new").exists()
+    assert f"removed the empty --out {out} and {out.parent} above it" in flat(result.output)
+    kept = tmp_path / "kept"
+    kept.mkdir()  # an empty folder the user made: never removed
+    result = _run(folder, "-o", kept, "-w", ckpt)
+    assert result.exit_code == 130 and kept.is_dir() and "removed" not in result.output
+
+
+def test_an_out_made_by_the_run_is_kept_once_it_holds_anything(
+    folder: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    out = tmp_path / "masks"
+    plan = plan_predict([folder], out)
+    assert plan.made_dirs == (out,)
+    (out / "mine.txt").write_text("x")  # put there meanwhile (or an output, or a temporary)
+    assert remove_unused_out_dir(plan) == [] and out.is_dir()
+    with pytest.raises(InputError, match="--batch 0"):  # the Python API ends early too
+        Predictor(ckpt, device="cpu", size=TRAIN).predict_paths([folder], tmp_path / "api", batch=0)
+    assert not (tmp_path / "api").exists()
 
 
 def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> None:

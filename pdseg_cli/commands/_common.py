@@ -32,8 +32,8 @@ def user_errors() -> Iterator[None]:
     except OSError as exc:
         ui.error(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        ui.error("interrupted")
+    except KeyboardInterrupt as exc:
+        ui.error("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 

@@ -77,6 +77,8 @@ def benchmark(
 
     A size that runs out of memory is named under the table; the others are still timed; exit status 1.
 
+    Ctrl-C prints the table of the sizes finished so far, marked partial; exit status 130.
+
     Examples:
 
       pdseg benchmark --size 1024
@@ -88,25 +90,29 @@ def benchmark(
       pdseg benchmark -d cuda -p bf16 -b 8 -s 1024 --compile reduce-overhead
     """
     with user_errors():
-        from pdseg_cli.engine.benchmark import MODES, run_benchmark
+        from pdseg_cli.engine.benchmark import MODES, BenchmarkInterrupted, run_benchmark
         from pdseg_cli.ui import benchmark as show
 
         # checked before the model is built
         wanted = checked_choice("--mode", mode, MODES, "a benchmark mode", "e.g. --mode compare")
-        report = run_benchmark(
-            variant if variant is not None or weights is not None else "pdseg-b",
-            size or [512, 1024],
-            batch=batch,
-            device=device,
-            precision=precision,
-            runs=runs,
-            warmup=warmup,
-            weights=weights,
-            mode=wanted,
-            threads=threads,
-            compile=compile_mode,
-            on_progress=None if json_out else show.progress,
-        )
+        try:
+            report = run_benchmark(
+                variant if variant is not None or weights is not None else "pdseg-b",
+                size or [512, 1024],
+                batch=batch,
+                device=device,
+                precision=precision,
+                runs=runs,
+                warmup=warmup,
+                weights=weights,
+                mode=wanted,
+                threads=threads,
+                compile=compile_mode,
+                on_progress=None if json_out else show.progress,
+            )
+        except BenchmarkInterrupted as stop:
+            show.partial(stop.report, json_out=json_out)  # the sizes timed before Ctrl-C; exit 130
+            raise
         if json_out:
             show.as_json(report)
         else:

@@ -24,7 +24,7 @@ from pdseg_cli.commands._common import (
     use_threads,
     user_errors,
 )
-from pdseg_cli.errors import InputError, counted, listing
+from pdseg_cli.errors import InputError, Interrupted, counted, listing
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -136,7 +136,7 @@ def eval_(
 
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
-    with user_errors():
+    with user_errors(), _hint_on_interrupt() as stage:
         from pdseg_cli import ui
         from pdseg_cli.data import eval_splits
         from pdseg_cli.data.dis5k import MASK_DIR
@@ -184,6 +184,10 @@ def eval_(
                     for name, folder in splits
                 ]
                 settings: dict[str, Any] = {"predictions": f"maps read from {pred.expanduser().resolve()}"}
+                # the folder each split's maps were found in: the root or a subfolder of it
+                settings["pred_folders"] = {
+                    plan.name: str(plan.pred_dir.resolve()) for plan in plans if plan.pred_dir
+                }
             else:
                 plans, settings = _run_model(
                     stack,
@@ -199,6 +203,8 @@ def eval_(
                     tta,
                 )
             settings["gt_folders"] = {name: str((folder / MASK_DIR).resolve()) for name, folder in splits}
+            notes = eval_splits.overall_row_notes(splits, pooled)  # why DIS-TE1..4 folders get no overall row
+            plans = [dataclasses.replace(plan, notes=notes.get(plan.name, [])) for plan in plans]
             check_missing(plans, allow_missing)  # before the start line: a refused run says only why
             # resolved once, so that the start line shows the count the run uses (the default
             # follows the load); --threads, the CPU the user gives the maths, sets the default
@@ -208,8 +214,11 @@ def eval_(
             if cache_note:
                 ui.warn(cache_note)
             no_cache = cache is None
+            if pred is not None:
+                view.maps_from(str(pred.expanduser().resolve()), settings["pred_folders"])
             # the processes that will run: no more than there are images
             view.start(n_images, names, max(1, min(n_jobs, n_images)), str(cache) if cache else None)
+            stage.scoring(str(cache) if cache else None, kept=cache is not None and not cache_note)
             with view.progress("eval", n_images) as advance:
                 report = ev.evaluate_plans(
                     plans,
@@ -225,6 +234,31 @@ def eval_(
             report, table_on_stderr=any(out is not None and _is_stdout(out) for out in (json_out, csv_out))
         )
         _write_outputs(report, json_out, csv_out)
+
+
+@dataclasses.dataclass
+class _Stage:
+    """How far a run got, for what the hint after a Ctrl-C may promise."""
+
+    started_scoring: bool = False
+    cache: str | None = None  # the GT cache the scoring reads
+    cache_kept: bool = False  # and writes: what it prepared is there for the next run
+
+    def scoring(self, cache: str | None, *, kept: bool) -> None:
+        self.started_scoring, self.cache, self.cache_kept = True, cache, kept
+
+
+@contextlib.contextmanager
+def _hint_on_interrupt() -> Iterator[_Stage]:
+    """A Ctrl-C ends the run with exit 130 and a hint on going on: the run writes its --json and
+    --csv only at the end, maps and cache entries atomically, so running it again is safe."""
+    from pdseg_cli.ui import evaluation as view
+
+    stage = _Stage()
+    try:
+        yield stage
+    except KeyboardInterrupt:  # user_errors prints it with the hint and exits 130
+        raise Interrupted(view.interrupt_hint(stage.started_scoring, stage.cache, stage.cache_kept)) from None
 
 
 def _run_model(

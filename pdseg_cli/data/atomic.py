@@ -12,6 +12,10 @@ as the model (:func:`remove_stale_temporaries`), and by ``predict`` and ``train`
 folder when they start (:func:`sweep_folder`). A temporary of a running process, or of another
 host writing to a shared folder, is never touched; where a pid cannot be asked about (Windows),
 nothing is removed.
+
+A write goes through symbolic links: where the destination is a link (``best.pt -> runs/x/last.pt``),
+the temporary is made beside the file the link points at and renamed onto that file, so the link
+stays a link and what it points at is what changes (:func:`final_target`).
 """
 
 from __future__ import annotations
@@ -127,6 +131,9 @@ def temp_name(path: Path) -> str:
 def atomic_path(path: str | os.PathLike[str], *, sweep: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
+    Where ``path`` is a symbolic link (or a chain of them), the temporary is made beside, and renamed
+    onto, the file it finally points at (:func:`final_target`): the link is kept.
+
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is
     left as it was. ``sweep`` first removes what killed writers of ``path`` left
     (:func:`remove_stale_temporaries`): for the few large files (checkpoints, exports), not for each
@@ -135,14 +142,47 @@ def atomic_path(path: str | os.PathLike[str], *, sweep: bool = False) -> Iterato
     path = Path(path)
     if sweep:
         remove_stale_temporaries(path)
-    tmp = path.with_name(temp_name(path))
+    # a rename onto a link replaces the link itself with a file and leaves what it pointed at stale
+    target = final_target(path)
+    tmp = target.with_name(temp_name(target))
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+_MAX_LINKS = 40  # Linux's limit on the links one path lookup follows (MAXSYMLINKS)
+
+
+def final_target(path: Path) -> Path:
+    """``path`` with every symbolic link it names followed, a chain of them included: the file a
+    write to ``path`` changes. A link to a file that does not exist (yet) gives that file's path.
+    ``path`` itself when it is no link (the folders above it are left as they are: a rename
+    within a linked folder already lands in the folder it points at).
+
+    Raises:
+        FileNotFoundError: ``path`` is a link to a file in a folder that does not exist; the rename
+            would fail there, with the temporary's name in the message instead of the link's.
+        OSError: ELOOP, the links go round in a loop (or there are more than 40 of them).
+    """
+    target = path
+    for _ in range(_MAX_LINKS + 1):  # the last readlink finds no link: the target of 40 links
+        try:
+            link = Path(os.readlink(target))
+        except OSError:  # EINVAL: not a link; ENOENT: nothing there yet, a new file
+            break
+        # a relative link is read from the folder holding it; the OS resolves any ".." in it
+        target = link if link.is_absolute() else target.parent / link
+    else:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    if target != path and not _is_dir(target.parent):
+        raise FileNotFoundError(
+            errno.ENOENT, f"it is a link to {target}, whose folder does not exist", str(path)
+        )
+    return target
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
@@ -152,33 +192,54 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     Nothing else is touched: other names, folders, links, a running process's temporary, another
     host's. A file that cannot be removed is left.
 
+    Where ``path`` is a link, the folder of the file it points at is swept too: that is where
+    :func:`atomic_path` makes the temporary.
+
     Returns:
         The files removed.
     """
-    return _remove_dead(path.parent, _prefix(path))
+    removed = _remove_dead(path.parent, _prefix(path))[0]
+    with contextlib.suppress(OSError):  # a link in a loop, or into a missing folder: nothing made there
+        target = final_target(path)
+        if target != path:
+            removed += _remove_dead(target.parent, _prefix(target))[0]
+    return removed
 
 
 def sweep_folder(folder: Path) -> list[Path]:
     """Remove what dead processes of this host left in ``folder`` while writing any file there
-    (not in its subfolders): :func:`remove_stale_temporaries` for every target at once.
+    (not in its subfolders): :func:`remove_stale_temporaries` for every target at once, the
+    targets of the links in ``folder`` included (their temporaries are made beside what they
+    point at, which may be in another folder).
 
     Returns:
         The files removed.
     """
-    return _remove_dead(folder, None)
+    removed, links = _remove_dead(folder, None)
+    for link in links:
+        with contextlib.suppress(OSError):  # a link in a loop, or into a missing folder: nothing made there
+            target = final_target(link)
+            if target.parent != folder:  # in ``folder`` itself: already swept
+                removed += _remove_dead(target.parent, _prefix(target))[0]
+    return removed
 
 
-def _remove_dead(folder: Path, prefix: str | None) -> list[Path]:
+def _remove_dead(folder: Path, prefix: str | None) -> tuple[list[Path], list[Path]]:
     """Remove the temporaries in ``folder`` (of the target whose :func:`_prefix` is ``prefix``, or
-    of any target) whose writer ran on this host and no longer runs."""
+    of any target) whose writer ran on this host and no longer runs.
+
+    Returns:
+        The files removed, and (for any target: ``prefix`` None) the links found in ``folder``,
+        read from the same listing (``is_symlink`` needs no extra call on most file systems).
+    """
     removed: list[Path] = []
     try:
         with os.scandir(folder) as listing:
-            entries = [
-                e for e in listing if e.name.startswith(prefix or ".") and e.name.endswith(TEMP_SUFFIX)
-            ]
+            found = list(listing)
     except OSError:
-        return removed
+        return removed, []
+    entries = [e for e in found if e.name.startswith(prefix or ".") and e.name.endswith(TEMP_SUFFIX)]
+    links = [Path(e.path) for e in found if prefix is None and _is_link(e)]
     for entry in entries:
         if prefix is not None:
             match = _TOKEN.fullmatch(entry.name, len(prefix))
@@ -190,7 +251,15 @@ def _remove_dead(folder: Path, prefix: str | None) -> list[Path]:
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
-    return removed
+    return removed, links
+
+
+def _is_link(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_symlink()``, False where it cannot be told (the file went away meanwhile)."""
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _process_alive(pid: int) -> bool:

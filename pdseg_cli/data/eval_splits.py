@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pdseg_cli.data.dis5k import (
@@ -113,6 +113,38 @@ def resolve_splits(
     if named.issuperset(TEST_SPLITS):
         pooled[OVERALL_NAME] = list(TEST_SPLITS)
     return out, pooled
+
+
+def overall_row_notes(
+    splits: Sequence[tuple[str, Path]], pooled: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """Why there is no ``DIS-TE (overall)`` row when the scored folders are called DIS-TE1..4 but
+    were given as paths (:func:`resolve_splits` adds the row only for the splits named): one note,
+    on the last of the four, so that the table's notes and the JSON say it once; else ``{}``.
+
+    Args:
+        splits: (name, split folder), as :func:`resolve_splits` returns them.
+        pooled: the overall rows it returns.
+    """
+    if OVERALL_NAME in pooled:
+        return {}
+    test = {name.upper(): (name, folder) for name, folder in splits if name.upper() in TEST_SPLITS}
+    if len(test) < len(TEST_SPLITS):
+        return {}
+    parents = {folder.expanduser().resolve().parent for _, folder in test.values()}
+    # the command that gives the row, when the four folders sit side by side as in a DIS5K root
+    instead = (
+        f"; if these are DIS5K's: --split {TEST_GROUP} --data-root {parents.pop()}"
+        if len(parents) == 1
+        else ""
+    )
+    note = (
+        f"no {OVERALL_NAME} row: it is given only when the four test splits are named (--split "
+        f"{TEST_SPLITS[0]} ... {TEST_SPLITS[-1]} --data-root ROOT, or --split {TEST_GROUP} --data-root "
+        f"ROOT), not given as folders{instead}"
+    )
+    last = [name for name, _ in splits if name.upper() in TEST_SPLITS][-1]
+    return {last: [note]}
 
 
 def _split_values(values: Sequence[str]) -> list[str]:

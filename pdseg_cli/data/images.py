@@ -24,7 +24,10 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
   read through OpenCV's libtiff instead; its 8-bit RGBA reader multiplies the colours of an
   unassociated-alpha image by alpha, which is undone (fully transparent pixels stay black).
   OpenCV reads a gray page there as one channel: a gray TIFF's alpha is lost that way (read as
-  opaque, 16 bits as 8), with a warning that says so.
+  opaque, 16 bits as 8), with a warning that says so; a 16-bit gray page with an extra sample
+  that is not alpha is read at 8 bits, with a warning too, and one with several extra samples,
+  which libtiff would mix into the gray, is refused. Extra samples that are not alpha are never
+  colours: a gray page with them reads as gray.
   Uncompressed YCbCr TIFFs are read through libtiff too, which converts them.
 * PGM/PPM samples are scaled by the file's own maxval (a 12-bit scan's 4095 is full intensity).
 
@@ -361,6 +364,10 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
         return array, alpha, icc
     array = orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
     colours = _tiff_alpha_index(array, photometric, extra_samples)
+    if colours is None and array.ndim == 3 and photometric in _GRAY_PHOTOMETRICS:
+        # gray and extra samples that are not alpha: the gray is the one colour (to_rgb would read
+        # gray and two extra samples as red, green and blue)
+        array = array[..., :1]
     white_is_zero = photometric == _PHOTOMETRIC_MINISWHITE and array.ndim == 3
     if colours is None:
         if white_is_zero:  # gray and extra samples that are not alpha: only the gray counts from white
@@ -510,10 +517,15 @@ def _read_tiff_libtiff(
             f"{path}: cannot decode this TIFF ({why})",
             hint="check that the file is complete; if it opens elsewhere, save it as an RGB TIFF",
         ) from None
+    gray_extras = len(extra_samples) if photometric in _GRAY_PHOTOMETRICS else 0
+    if gray_extras >= 2 and bits == 16 and np.issubdtype(array.dtype, np.integer):
+        _refuse_mixed_gray(gray_extras, bits, compression, failure, path)
     # read unchanged to keep alpha (OpenCV's TIFF reader applies the Orientation tag either way)
     if alpha_kind is None or array.ndim != 3 or array.shape[2] != 4:
         if alpha_kind is not None:  # the file has alpha that OpenCV did not hand over
             _note_lost_alpha(array, alpha_kind, photometric, bits, failure, path, warnings)
+        elif gray_extras:  # an extra sample that is not alpha: nothing lost with it, but the depth
+            _note_lost_depth(array, bits, failure, path, warnings)
         return _split_bgra(array)
     by_rgba_reader = array.dtype == np.uint8  # only libtiff's 8-bit RGBA reader premultiplies
     premultiplied = alpha_kind == _ASSOCIATED_ALPHA or by_rgba_reader
@@ -564,6 +576,44 @@ def _note_lost_alpha(
     )
 
 
+def _note_lost_depth(
+    array: np.ndarray, bits: int, failure: Exception | None, path: Path, warnings: list[str]
+) -> None:
+    """Warn that a gray page with an extra sample that is not alpha (ExtraSamples 0: unspecified)
+    came from libtiff at fewer bits than it has: OpenCV reads gray with one extra sample through
+    libtiff's 8-bit RGBA reader, so a 16-bit page loses its low byte (as a gray + alpha one does,
+    :func:`_note_lost_alpha`). The extra sample itself is read by neither reader: it is no colour."""
+    got = 8 * array.dtype.itemsize
+    if not np.issubdtype(array.dtype, np.integer) or bits <= got:
+        return
+    hint = "; pip install imagecodecs reads it whole" if _missing_codec(failure) else ""
+    warnings.append(
+        f"{path}: its {bits}-bit gray is read at {got} bits (this TIFF is decoded by libtiff, which "
+        f"reads gray with an extra sample at {got} bits{hint})"
+    )
+
+
+def _refuse_mixed_gray(
+    extras: int, bits: int, compression: str | None, failure: Exception | None, path: Path
+) -> None:
+    """Refuse a 16-bit gray page with two or more extra samples that OpenCV's libtiff decoded: it
+    reads the gray and the first two extra samples as red, green and blue and hands back their
+    luminance, so every pixel would be a mix of the gray and samples that are no colour at all
+    (8-bit and float pages are read right).
+
+    Raises:
+        InputError: always.
+    """
+    codec = f"its {compression} compression" if compression else "its compression"
+    raise InputError(
+        f"{path}: cannot read this {bits}-bit gray TIFF with {extras} extra samples: {codec} is decoded "
+        "here by libtiff, which would mix the extra samples into the gray",
+        hint="pip install imagecodecs"
+        if _missing_codec(failure)
+        else "save it as a gray TIFF without extra samples",
+    )
+
+
 def _unpremultiply(samples: np.ndarray, full: float) -> np.ndarray:
     """(H, W, C + 1) colours multiplied by the last channel (alpha, opaque at ``full``) -> the same
     with straight colours: ``colour * full / alpha``, rounded and clipped to the type for integers.
@@ -605,6 +655,7 @@ _ALPHA_SAMPLES = frozenset({_ASSOCIATED_ALPHA, _UNASSOCIATED_ALPHA})
 _PHOTOMETRIC_MINISWHITE = 0
 _PHOTOMETRIC_MINISBLACK = 1
 _PHOTOMETRIC_RGB = 2
+_GRAY_PHOTOMETRICS = frozenset({_PHOTOMETRIC_MINISWHITE, _PHOTOMETRIC_MINISBLACK})
 _PHOTOMETRIC_PALETTE = 3
 _PHOTOMETRIC_SEPARATED = 5  # CMYK when InkSet is 1 (or absent) and there are 4 inks
 _PHOTOMETRIC_YCBCR = 6

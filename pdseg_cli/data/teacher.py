@@ -174,27 +174,35 @@ class TeacherMaps:
         Raises:
             DataError: maps are missing and the cache folder cannot be written (a read-only cache
                 that holds every map is used as it is).
+            Interrupted: a Ctrl-C; the maps made before it stay cached, and its hint says so.
         """
-        from pdseg_cli.errors import DataError
+        from pdseg_cli.errors import DataError, Interrupted
         from pdseg_cli.metrics.cache import CACHE_ENV, cache_root_problem
 
         out: list[Path] = []
         computed = 0
-        for i, image in enumerate(images):
-            path = self.map_path(image)
-            if not path.is_file():
-                problem = cache_root_problem(self.folder) if computed == 0 else None
-                if problem:  # said before the first map is computed, not as a bare OSError at its write
-                    raise DataError(
-                        f"the teacher-map cache {self.cache_root} cannot be used: {problem}",
-                        hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be "
-                        "written",
-                    )
-                self._store(image, path)
-                computed += 1
-            out.append(path)
-            if on_progress is not None:
-                on_progress(i + 1, len(images), computed)
+        try:
+            for i, image in enumerate(images):
+                path = self.map_path(image)
+                if not path.is_file():
+                    problem = cache_root_problem(self.folder) if computed == 0 else None
+                    if problem:  # said before the first map is computed, not as a bare OSError at its write
+                        raise DataError(
+                            f"the teacher-map cache {self.cache_root} cannot be used: {problem}",
+                            hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be "
+                            "written",
+                        )
+                    self._store(image, path)
+                    computed += 1
+                out.append(path)
+                if on_progress is not None:
+                    on_progress(i + 1, len(images), computed)
+        except KeyboardInterrupt:
+            # each map is stored atomically as it is made, so a rerun starts at the first missing one
+            raise Interrupted(
+                f"{len(out)} of {len(images)} teacher maps are cached in {self.folder} ({computed} made "
+                "now); running the same command again goes on from there"
+            ) from None
         return out
 
 

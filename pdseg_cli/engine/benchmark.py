@@ -24,6 +24,9 @@ How it measures:
   work buffers of a pass, weights excluded. Memory the C allocator keeps for reuse counts; peaks
   shorter than a sample or memory already resident before the pass do not; an estimate. Other
   devices: not measured.
+
+Ctrl-C keeps what was measured: :class:`BenchmarkInterrupted` (a KeyboardInterrupt) carries the
+report of the sizes finished before it, with ``interrupted_after`` set.
 """
 
 from __future__ import annotations
@@ -35,12 +38,12 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pdseg_cli import runtime
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, Interrupted, counted
 
 Mode = Literal["optimized", "plain", "compare"]
 MODES: tuple[str, ...] = ("optimized", "plain", "compare")
@@ -100,6 +103,27 @@ class BenchmarkReport:
     notes: list[str] = field(default_factory=list)
     out_of_memory: list[int] = field(default_factory=list)  # sizes that did not fit (no rows)
     compile: str | None = None  # the torch.compile mode of the optimised form, None when eager
+    sizes: list[int] = field(default_factory=list)  # the sizes asked for, in order
+    # Ctrl-C stopped the run after the first N of ``sizes`` (timed, or out of memory); None: it was not
+    interrupted_after: int | None = None
+
+
+class BenchmarkInterrupted(Interrupted):
+    """Ctrl-C during :func:`run_benchmark`: still a KeyboardInterrupt (the CLI exits 130), carrying
+    the report of the sizes finished before it (with ``interrupted_after`` set), so that what was
+    measured is not lost.
+
+    Args:
+        report: the partial report.
+    """
+
+    def __init__(self, report: BenchmarkReport) -> None:
+        done = report.interrupted_after or 0
+        rest = " ".join(f"--size {size}" for size in report.sizes[done:])
+        super().__init__(
+            f"{done} of {counted(len(report.sizes), 'size')} finished before Ctrl-C; to time the rest: {rest}"
+        )
+        self.report = report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,6 +314,8 @@ def run_benchmark(
     ``notes``, and the other sizes are still measured.
 
     Raises:
+        BenchmarkInterrupted: Ctrl-C while a size was measured; it carries the finished sizes' rows
+            (a Ctrl-C while the model is built is a plain KeyboardInterrupt: nothing was measured).
         InputError: bad sizes, counts or mode, or a variant that contradicts the checkpoint.
         NotAvailableError: the device or precision is not available.
         WeightsError: the checkpoint cannot be used.
@@ -344,15 +370,19 @@ def run_benchmark(
         torch_version=str(torch.__version__),
         notes=notes,
         compile=compile_mode,
+        sizes=list(sizes),
     )
     gen = torch.Generator().manual_seed(0)
     with _threads(threads), torch.inference_mode():
-        for size in sizes:
+        for done, size in enumerate(sizes):
             if on_progress is not None:
                 on_progress(f"{report.variant} {batch}x3x{size}x{size} on {dev}, {prec}")
             try:
                 x = torch.randn(batch, 3, size, size, generator=gen).to(dev)
                 report.rows.extend(_measure_size(forms, x, dev, size, runs, warmup))
+            except KeyboardInterrupt:
+                # the sizes already timed are results: hand them on rather than drop them
+                raise BenchmarkInterrupted(replace(report, interrupted_after=done)) from None
             except RuntimeError as exc:  # torch.cuda.OutOfMemoryError included
                 if not runtime.is_out_of_memory(exc):
                     raise

@@ -30,6 +30,11 @@ class PairPlan:
         unmatched: prediction stems without a GT.
         no_gt: image files in ``im/`` without a GT, which a ``--weights`` run neither predicts nor
             scores (warned about before the model runs, and kept for the JSON's notes).
+        sources: the image each map was made from, by stem, when the model ran on the split
+            (``--weights``): a map then has its image's size, so a size unlike the GT's is the
+            image's, and the notes name the image. Empty for maps given as ``--pred``.
+        notes: lines for the split's warnings (its JSON ``notes``) about how the splits were asked
+            for, e.g. why there is no overall row.
     """
 
     name: str
@@ -39,6 +44,8 @@ class PairPlan:
     missing: list[str]
     unmatched: list[str]
     no_gt: list[str] = field(default_factory=list)
+    sources: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def without(self, stems: Iterable[str]) -> PairPlan:
         """This plan with ``stems`` moved from the pairs to the missing GTs: e.g. the images the

@@ -67,6 +67,8 @@ class SplitResult:
         no_gt: image files in ``im/`` without a GT, not predicted (``--weights`` runs).
         warnings: one line per thing the user should know.
         seconds: wall time of the scoring run that produced it (all its splits together).
+        sources: the image each map was made from, by stem, when the model ran on the split
+            (``--weights``; empty for ``--pred``): a resized map's size is then its image's.
     """
 
     name: str
@@ -79,6 +81,7 @@ class SplitResult:
     no_gt: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    sources: dict[str, Path] = field(default_factory=dict, repr=False)
 
     @property
     def resized(self) -> int:

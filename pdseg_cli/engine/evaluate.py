@@ -40,7 +40,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,13 @@ NOTE_TEXT = {
     f"stretch each map to its own range, but HCE reads the bytes at > {GT_THRESHOLD} as the reference "
     "tools do, and sees them as empty; store maps as 0..255",
 }
+# the same kinds when the model made the maps (--weights): the images are what the user has, and the
+# fix of a stored file does not apply
+MODEL_NOTE_TEXT = {
+    "pred_low": f"the model's maps of these images have no pixel above {GT_THRESHOLD} (no object found): "
+    f"F, wF, MAE, S and E stretch each map to its own range, but HCE reads the bytes at > {GT_THRESHOLD} "
+    "as the reference tools do, and sees them as empty",
+}
 
 
 def file_notes(mask: MaskFile, role: str) -> list[str]:
@@ -166,30 +173,67 @@ def aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) > 0.02
 
 
-def _split_warnings(name: str, records: Sequence[ImageRecord]) -> list[str]:
+def _split_warnings(
+    name: str, records: Sequence[ImageRecord], sources: Mapping[str, Path] | None = None
+) -> list[str]:
     """The warnings about a split's scored images, kept in the report (its JSON ``notes``) so that
-    it holds every warning the table's notes print: stretched maps, then how files were read."""
+    it holds every warning the table's notes print: stretched maps, then how files were read.
+
+    ``sources`` (the image of each stem, when the model ran on the split) makes the stretched maps
+    the images' doing: the model's maps have their image's size, so the image is what to check."""
     # a map of another shape, not just another scale, is likely rotated or of another image
-    odd = [r.stem for r in records if r.resized and aspect_differs(r.pred_size, r.gt_size)]
+    odd = [r for r in records if r.resized and aspect_differs(r.pred_size, r.gt_size)]
     warnings = []
-    if odd:
+    if odd and sources:
+        warnings.append(
+            f"{name}: {len(odd)} image(s){_image_folder(sources)} have another aspect ratio than their GT, "
+            "so the model's maps, made at the image's size, were stretched to the GT's: "
+            f"{listing([_image_line(r, sources) for r in odd], 5)}; rotated, or the GT of another image?"
+        )
+    elif odd:
         warnings.append(
             f"{name}: {len(odd)} prediction(s) have another aspect ratio than their GT, so were stretched: "
-            f"{listing(odd, 5)} (rotated, or another image's map?)"
+            f"{listing([r.stem for r in odd], 5)} (rotated, or another image's map?)"
         )
-    return warnings + _grouped_notes(records)
+    return warnings + _grouped_notes(records, sources)
 
 
-def _grouped_notes(records: Sequence[ImageRecord]) -> list[str]:
-    """One line per note kind, naming the files it applies to."""
+def _wxh(size: tuple[int, int]) -> str:
+    """An (H, W) size as people write it: ``WxH``."""
+    return f"{size[1]}x{size[0]}"
+
+
+def _image_line(record: ImageRecord, sources: Mapping[str, Path]) -> str:
+    """``name.jpg 427x240 (GT 854x480)``: the image a resized map was made from (``--weights``),
+    whose size the map has, and its GT's size."""
+    source = sources.get(record.stem)
+    return f"{source.name if source else record.stem} {_wxh(record.pred_size)} (GT {_wxh(record.gt_size)})"
+
+
+def _image_folder(sources: Mapping[str, Path]) -> str:
+    """`` in <im folder>`` for a message naming images by file name, or "" when they are in several."""
+    folders = {path.parent for path in sources.values()}
+    return f" in {folders.pop()}" if len(folders) == 1 else ""
+
+
+def _grouped_notes(records: Sequence[ImageRecord], sources: Mapping[str, Path] | None = None) -> list[str]:
+    """One line per note kind, naming the files it applies to. With ``sources`` (the model made the
+    maps, in a temporary folder gone by the time the note is read) a map's note names its image."""
     files: dict[str, list[str]] = {}
     for r in records:
         for kind, path in r.notes:
+            if sources and kind in MODEL_NOTE_TEXT and r.stem in sources:
+                kind, path = f"model:{kind}", str(sources[r.stem])
             files.setdefault(kind, []).append(path)
     return [
-        f"{NOTE_TEXT[kind]} ({counted(len(paths), 'file')}): {listing(paths, 5)}"
+        f"{_note_text(kind)} ({counted(len(paths), 'file')}): {listing(paths, 5)}"
         for kind, paths in files.items()
     ]
+
+
+def _note_text(kind: str) -> str:
+    """The text of a note kind; ``model:<kind>`` is its wording for maps the model made."""
+    return MODEL_NOTE_TEXT[kind[6:]] if kind.startswith("model:") else NOTE_TEXT[kind]
 
 
 def _score_files(
@@ -476,8 +520,9 @@ def evaluate_plans(
     for plan, recs, fails in zip(plans, records, failures, strict=True):
         if not recs:
             raise DataError(f"{plan.name}: no image could be scored")
-        warnings = _split_warnings(plan.name, recs)
+        warnings = _split_warnings(plan.name, recs, plan.sources)
         warnings += [f"not scored (--allow-missing): {f.message}" for f in fails]
+        warnings += plan.notes
         results.append(
             SplitResult(
                 name=plan.name,
@@ -490,6 +535,7 @@ def evaluate_plans(
                 no_gt=list(plan.no_gt),
                 warnings=warnings,
                 seconds=seconds,
+                sources=dict(plan.sources),
             )
         )
     report = EvalReport(results, settings=report_settings(n_jobs, cache, settings))
@@ -779,7 +825,11 @@ def predict_splits(
             )
         if lines:
             problems[name] = lines
-        plans.append(plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed]))
+        plan = plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed])
+        # each map has its image's size: a size unlike the GT's is the image's, which the notes name
+        images = list_maps(folder / IMAGE_DIR, "image")
+        sources = {stem: images[stem] for stem, _, _ in plan.pairs if stem in images}
+        plans.append(replace(plan, sources=sources))
     return plans, problems
 
 

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from pdseg_cli import __version__
-from pdseg_cli.data.atomic import remove_stale_temporaries, temp_name
+from pdseg_cli.data.atomic import final_target, remove_stale_temporaries, temp_name
 from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
@@ -412,7 +412,11 @@ def export_model(
         source=source,
     )
     remove_stale_temporaries(out)  # what a killed export of this file left (it is as big as the model)
-    tmp = out.with_name(temp_name(out))
+    try:
+        target = final_target(out)  # an --out that is a link: the file it points at is replaced
+    except OSError as exc:
+        raise ExportWriteError(f"cannot write {out} ({exc.strerror or exc}); nothing was written") from None
+    tmp = target.with_name(temp_name(target))
     try:
         step(f"exporting {variant} to {fmt}{' (fp16)' if half else ''}")
         start = time.perf_counter()
@@ -453,7 +457,7 @@ def export_model(
                 report,
                 hint=_failure_hint(trace_warnings),
             )
-        os.replace(tmp, out)
+        os.replace(tmp, target)
         return report
     except OSError as exc:  # e.g. the disk filled up while the graph was written
         raise ExportWriteError(

@@ -4,15 +4,17 @@
 proves the output folder writable, refuses outputs that would overwrite an input or each other, or
 whose names the output folder's file system cannot take, and takes this process's share under
 torchrun. :func:`pdseg_cli.engine.predict_run.run_plan`
-carries the plan out.
+carries the plan out; :func:`removing_unused_out_dir` takes back an output folder the plan made
+when the run ends early with nothing written in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,6 +397,8 @@ class PredictPlan:
             alpha instead of the original pixels, which carry the old background's colour.
         left_in_out: images in ``--out`` that a recursive folder walk leaves out and that are not
             outputs of these inputs (:func:`images_left_in_out`): not segmented, and said.
+        made_dirs: the folders this plan created for ``--out`` (it, and the parents above it that
+            did not exist), deepest first: what :func:`removing_unused_out_dir` may take back.
     """
 
     out_dir: Path
@@ -406,6 +410,7 @@ class PredictPlan:
     refine_foreground: bool = True
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
     left_in_out: list[Path] = field(default_factory=list)
+    made_dirs: tuple[Path, ...] = ()
 
 
 def plan_predict(
@@ -487,11 +492,58 @@ def plan_predict(
     }
     # over every process's inputs, so that all of them refuse together
     _refuse_foreign_files(out, [item for item in inputs if item.path not in done], save)
+    missing = [p for p in (out, *out.parents) if not p.exists()]  # deepest first, as rmdir takes them
     check_out_dir(out)  # only now: a refused run leaves no empty --out behind
+    made = tuple(p for p in missing if p.is_dir())
     for folder in {out / item.rel_dir for item in inputs}:
         sweep_folder(folder)  # what a killed run left half-written (hidden temporaries)
     mine = dist.shard(inputs)
     todo = [item for item in mine if item.path not in done]
     skipped = [item for item in mine if item.path in done]
     left = images_left_in_out(out, inputs) if passed_out else []
-    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left)
+    return PredictPlan(
+        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, made
+    )
+
+
+def remove_unused_out_dir(plan: PredictPlan) -> list[Path]:
+    """Remove the folders the plan made for ``--out`` (:attr:`PredictPlan.made_dirs`) that are still
+    empty, deepest first; stop at the first that holds anything (a hidden temporary, a subfolder)
+    or cannot be removed. A folder that existed before the run is never in the list.
+
+    Returns:
+        The folders removed.
+    """
+    removed: list[Path] = []
+    for folder in plan.made_dirs:
+        try:
+            folder.rmdir()  # refuses a folder that holds anything: nothing written is ever lost
+        except OSError:
+            break
+        removed.append(folder)
+    return removed
+
+
+@contextlib.contextmanager
+def removing_unused_out_dir(
+    plan: PredictPlan, *, enabled: bool = True, on_removed: Callable[[list[Path]], None] | None = None
+) -> Iterator[None]:
+    """Run the body; when it ends early (Ctrl-C, an error: a model that fails to load) and the
+    ``--out`` this plan made is still empty, remove it (:func:`remove_unused_out_dir`), so that an
+    aborted first run leaves no empty folder to puzzle over, then re-raise. ``on_removed`` is
+    told what went.
+
+    Args:
+        plan: the plan whose ``made_dirs`` may be removed.
+        enabled: False (the processes other than rank 0 of a torchrun) removes nothing: one
+            process decides, not each in a race with the others' first writes.
+        on_removed: called with the folders removed, when there are any.
+    """
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            removed = remove_unused_out_dir(plan)
+            if removed and on_removed is not None:
+                on_removed(removed)
+        raise

@@ -63,6 +63,8 @@ def table(report: Any) -> None:
     title = f"{report.variant} on {report.device} ({report.device_name}), {report.precision}"
     if batches:  # inputs are B x 3 x size x size; one --batch for the whole run
         title += f", batch {', '.join(map(str, batches))}"
+    if report.interrupted_after is not None:  # in the title: the caption is easy to miss
+        title += f"; partial: interrupted after {report.interrupted_after} of {len(report.sizes)} sizes"
     weights = report.weights or "random weights"
     caption = "\n".join(
         [
@@ -80,6 +82,17 @@ def table(report: Any) -> None:
     if report.out_of_memory:  # the caption is easy to miss: say it on stderr too
         sizes = ", ".join(str(size) for size in report.out_of_memory)
         ui.warn(f"out of memory at --size {sizes}: not timed (see the note under the table)")
+
+
+def partial(report: Any, *, json_out: bool = False) -> None:
+    """What a Ctrl-C left of the run: the sizes finished before it, as the table (marked partial)
+    or as JSON (``interrupted_after`` set); nothing when no size was finished."""
+    if not report.interrupted_after:
+        return
+    if json_out:
+        as_json(report)
+    else:
+        table(report)
 
 
 def as_json(report: Any) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -23,6 +24,43 @@ def start(n_images: int, split_names: Sequence[str], jobs: int, cache: str | Non
         f"scoring {counted(n_images, 'image')} ({splits}) · {counted(jobs, 'process', 'processes')} · "
         f"{cache_text}"
     )
+
+
+def maps_from(root: str, folders: Mapping[str, str]) -> None:
+    """Where ``--pred`` maps are read from: the root, and the subfolder chosen for each split that
+    has one (``<pred>/<split>/``, IS-Net's ``<pred>/DIS5K-TE1/``), a choice made without asking."""
+    chosen = [f"{name} from {_under(folder, root)}" for name, folder in folders.items() if folder != root]
+    ui.info(f"maps read from {root}" + (f": {', '.join(chosen)}" if chosen else ""))
+
+
+def _under(folder: str, root: str) -> str:
+    """``sub/`` for a folder inside ``root``, else the folder's whole path."""
+    try:
+        return f"{Path(folder).relative_to(root)}/"
+    except ValueError:
+        return folder
+
+
+def interrupt_hint(scoring: bool, cache: str | None, cache_kept: bool) -> str:
+    """The hint after a Ctrl-C, on going on. Running again is safe: --json and --csv are written
+    only at the end, maps (--save-preds) and GT cache entries through a temporary file and a rename,
+    so an interrupted run leaves no partial file. What the GT cache holds is kept, not pruned.
+
+    Args:
+        scoring: the scoring had started (the GT cache is written only then).
+        cache: the GT cache it used, or None when off.
+        cache_kept: the cache could be written (not read-only), so the GT data prepared is there.
+    """
+    if not scoring:
+        return "running the same command again is safe; it starts over"
+    if cache_kept:
+        return (
+            f"running the same command again is safe; the GT cache {cache} keeps the GT data prepared so "
+            "far, so that work is not done again"
+        )
+    if cache is not None:
+        return f"running the same command again is safe; it starts over (the GT cache {cache} is read-only)"
+    return "running the same command again is safe; it starts over (the GT cache is off)"
 
 
 @contextlib.contextmanager
@@ -80,7 +118,9 @@ def notes(report: Any) -> None:
     """Resized predictions, skipped and unmatched files, and the split's warnings (stderr); the
     warnings, stretched maps among them, come from the report, so its JSON holds them too."""
     for split in report.splits:
-        if split.resized:
+        if split.resized and split.sources:  # --weights: the user gave images, not maps
+            ui.info(_resized_images(split))
+        elif split.resized:
             resized = [r for r in split.images if r.resized]
             ui.info(
                 f"{split.name}: {split.resized} of {len(split.images)} predictions had another size "
@@ -105,6 +145,27 @@ def notes(report: Any) -> None:
             ui.warn(f"{split.name}: ... and {len(warnings) - _MAX_LISTED} more notes like these (see --json)")
 
 
+def _resized_images(split: Any) -> str:
+    """The images (``--weights``) whose size is not their GT's, with both sizes: the model's map of
+    each has its image's size, so it was resized to the GT's, as a ``--pred`` map would be."""
+    resized = [r for r in split.images if r.resized]
+    if len(resized) == 1:
+        what = (
+            "has another size than its GT: the model's map, made at the image's size, was resized to the "
+            "GT's size"
+        )
+    else:
+        what = (
+            "have another size than their GTs: the model's maps, made at the images' sizes, were resized to "
+            "their GTs' sizes"
+        )
+    return (
+        f"{split.name}: {len(resized)} of {counted(len(split.images), 'image')}{_folder(split.sources)} "
+        f"{what} (bilinear, cv2 INTER_LINEAR) to be scored: "
+        + _listing([_image_line(r, split.sources) for r in resized], 5)
+    )
+
+
 def written(kind: str, path: Any) -> None:
     ui.info(f"{kind} written to {path}")
 
@@ -115,3 +176,15 @@ def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
 
 def _hw(size: tuple[int, int]) -> str:
     return f"{size[1]}x{size[0]}"
+
+
+def _image_line(record: Any, sources: Mapping[str, Any]) -> str:
+    """``name.jpg 427x240 (GT 854x480)``: the image a resized map was made from and both sizes."""
+    source = sources.get(record.stem)
+    return f"{source.name if source else record.stem} {_hw(record.pred_size)} (GT {_hw(record.gt_size)})"
+
+
+def _folder(sources: Mapping[str, Any]) -> str:
+    """`` in <im folder>`` when the images named by file name are all in one folder, else ""."""
+    folders = {path.parent for path in sources.values()}
+    return f" in {folders.pop()}" if len(folders) == 1 else ""
