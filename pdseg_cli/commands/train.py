@@ -221,7 +221,7 @@ def train(
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
 
-    Run folder (--out): last.pt (EMA weights + training state), best.pt (best val maxF), results.csv.
+    Run folder (--out): last.pt (EMA weights + state), best.pt (best val maxF, if validating), results.csv.
 
     Ctrl-C saves last.pt; --resume continues the run from it, exactly.
 
