@@ -136,3 +136,40 @@ def dead_pid() -> int:
     if atomic._process_alive(child.pid):
         pytest.skip("the pid was taken again at once")
     return child.pid
+
+
+def lzw_literals(data: bytes) -> bytes:
+    """TIFF LZW of ``data`` written as one 9-bit literal code a byte (Clear, bytes, EOI): valid LZW
+    that needs no string table, for tiny test images (the decoder's table reaches the 10-bit
+    switch at 511 only after 253 bytes). tifffile writes LZW only with imagecodecs."""
+    assert len(data) <= 253
+    bits = "".join(format(code, "09b") for code in (256, *data, 257))
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def gray_extra_tiffs(
+    tmp_path: Path, samples: np.ndarray, extrasamples: Sequence[int | str]
+) -> tuple[Path, Path]:
+    """``samples`` (H, W, 1 + extras) as gray TIFFs with ``extrasamples`` as ExtraSamples (alpha
+    kinds or 0, unspecified): (uncompressed, read by tifffile; LZW, which tifffile cannot decode
+    without imagecodecs, so read by OpenCV's libtiff)."""
+    import tifffile
+
+    kwargs = {"photometric": "minisblack", "extrasamples": list(extrasamples), "planarconfig": "contig"}
+    plain, lzw = tmp_path / "plain.tif", tmp_path / "lzw.tif"
+    tifffile.imwrite(plain, samples, **kwargs)
+    stored = lzw_literals(samples.astype(samples.dtype.newbyteorder("<")).tobytes())
+    # one pre-encoded strip under a compression tifffile encodes, then retagged LZW (5)
+    tifffile.imwrite(
+        lzw,
+        iter([stored]),
+        shape=samples.shape,
+        dtype=samples.dtype,
+        compression="zlib",
+        rowsperstrip=samples.shape[0],
+        **kwargs,
+    )
+    with tifffile.TiffFile(lzw, mode="r+b") as tif:
+        tif.pages[0].tags["Compression"].overwrite(5)
+    return plain, lzw

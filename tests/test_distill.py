@@ -246,12 +246,20 @@ def tiny_teacher(tmp_path: Path) -> Path:
     return path
 
 
-def test_teacher_maps_are_cached_and_invalidated(
-    tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def three_images(tiny_teacher: Path, tmp_path: Path) -> tuple[list[Path], TeacherMaps]:
+    """Three 40x40 images, and the tiny teacher's (empty) map cache."""
     images = make_dataset(tmp_path / "set", 3, size=40) / "im"
-    paths = sorted(images.iterdir())
-    maps = TeacherMaps(tiny_teacher, tmp_path / "cache")
+    return sorted(images.iterdir()), TeacherMaps(tiny_teacher, tmp_path / "cache")
+
+
+def test_teacher_maps_are_cached_and_invalidated(
+    tiny_teacher: Path,
+    three_images: tuple[list[Path], TeacherMaps],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    paths, maps = three_images
     calls: list[Path] = []
     compute = maps.compute
     monkeypatch.setattr(maps, "compute", lambda p: calls.append(p) or compute(p))
@@ -271,11 +279,9 @@ def test_teacher_maps_are_cached_and_invalidated(
 
 
 def test_a_ctrl_c_while_labelling_keeps_the_maps_made_and_says_so(
-    tiny_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    three_images: tuple[list[Path], TeacherMaps], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    images = make_dataset(tmp_path / "set", 3, size=40) / "im"
-    paths = sorted(images.iterdir())
-    maps = TeacherMaps(tiny_teacher, tmp_path / "cache")
+    paths, maps = three_images
     compute = maps.compute
     calls: list[Path] = []
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from helpers import gray_extra_tiffs
 
 from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
@@ -270,36 +271,6 @@ def test_a_tiff_cut_before_its_first_page_is_named_and_tifffile_says_nothing_bar
 # ------------------------------------------------- 10. gray with extra samples that are not alpha
 
 
-def _lzw_literals(data: bytes) -> bytes:
-    """TIFF LZW of ``data`` as one 9-bit literal code a byte (Clear, the bytes, EOI): valid LZW that
-    needs no string table, for images of up to 253 bytes (tifffile writes LZW only with imagecodecs)."""
-    assert len(data) <= 253
-    bits = "".join(format(code, "09b") for code in (256, *data, 257))
-    bits += "0" * (-len(bits) % 8)
-    return int(bits, 2).to_bytes(len(bits) // 8, "big")
-
-
-def _gray_extras_tiffs(tmp_path: Path, samples: np.ndarray, extras: list[int]) -> tuple[Path, Path]:
-    """``samples`` (H, W, 1 + extras) as gray TIFFs with ``extras`` as ExtraSamples: (uncompressed,
-    read by tifffile; LZW, which tifffile cannot decode without imagecodecs: read by libtiff)."""
-    kwargs = {"photometric": "minisblack", "extrasamples": extras, "planarconfig": "contig"}
-    plain, lzw = tmp_path / "plain.tif", tmp_path / "lzw.tif"
-    tifffile.imwrite(plain, samples, **kwargs)
-    stored = _lzw_literals(samples.astype(samples.dtype.newbyteorder("<")).tobytes())
-    # one pre-encoded strip under a compression tifffile encodes, then retagged LZW (5)
-    tifffile.imwrite(
-        lzw,
-        iter([stored]),
-        shape=samples.shape,
-        dtype=samples.dtype,
-        compression="zlib",
-        rowsperstrip=samples.shape[0],
-        **kwargs,
-    )
-    _patch_tag(lzw, 259, 5)
-    return plain, lzw
-
-
 def _no_imagecodecs(monkeypatch: pytest.MonkeyPatch) -> None:
     """tifffile as it is without imagecodecs, where imagecodecs is installed: LZW goes to libtiff."""
 
@@ -314,7 +285,7 @@ def test_16bit_gray_with_an_unspecified_extra_sample_says_libtiff_read_it_at_8_b
 ) -> None:
     gray = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000 + 7  # low bytes that 8 bits lose
     samples = np.stack([gray, 65535 - gray], axis=-1)  # ExtraSamples 0: a sample of no stated meaning
-    plain, lzw = _gray_extras_tiffs(tmp_path, samples, [0])
+    plain, lzw = gray_extra_tiffs(tmp_path, samples, [0])
 
     whole = imio.read_image(plain)  # tifffile: every bit, and the extra sample is not alpha
     assert whole.pixels.dtype == np.uint16 and not whole.warnings and whole.alpha is None
@@ -334,7 +305,7 @@ def test_an_8bit_gray_with_an_unspecified_extra_sample_loses_nothing_and_says_no
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gray = np.arange(16, dtype=np.uint8).reshape(4, 4) * 15
-    _, lzw = _gray_extras_tiffs(tmp_path, np.stack([gray, 255 - gray], axis=-1), [0])
+    _, lzw = gray_extra_tiffs(tmp_path, np.stack([gray, 255 - gray], axis=-1), [0])
     _no_imagecodecs(monkeypatch)
     loaded = imio.read_image(lzw)
     assert not loaded.warnings
@@ -346,7 +317,7 @@ def test_gray_with_several_extra_samples_is_read_as_gray_or_refused_never_mixed(
 ) -> None:
     gray = np.arange(9, dtype=np.uint16).reshape(3, 3) * 5000 + 1
     samples = np.stack([gray, gray // 2, 65535 - gray], axis=-1)
-    plain, lzw = _gray_extras_tiffs(tmp_path, samples, [0, 0])
+    plain, lzw = gray_extra_tiffs(tmp_path, samples, [0, 0])
     # tifffile: the gray alone (the two extra samples were read as green and blue)
     np.testing.assert_array_equal(imio.read_image(plain).pixels, np.repeat(gray[..., None], 3, axis=2))
     _no_imagecodecs(monkeypatch)

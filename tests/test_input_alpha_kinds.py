@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import gray_extra_tiffs
 
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
@@ -205,38 +206,6 @@ _GRAY8_PREMULTIPLIED = np.array(
 )
 
 
-def _lzw_literals(data: bytes) -> bytes:
-    """TIFF LZW of ``data`` written as one 9-bit literal code a byte (Clear, bytes, EOI): valid LZW
-    that needs no string table, for tiny test images (the decoder's table reaches the 10-bit
-    switch at 511 only after 253 bytes). tifffile writes LZW only with imagecodecs."""
-    assert len(data) <= 253
-    bits = "".join(format(code, "09b") for code in (256, *data, 257))
-    bits += "0" * (-len(bits) % 8)
-    return int(bits, 2).to_bytes(len(bits) // 8, "big")
-
-
-def _gray_alpha_tiffs(tmp_path: Path, samples: np.ndarray, extrasample: str) -> tuple[Path, Path]:
-    """``samples`` (H, W, 2) as gray + alpha TIFFs: (uncompressed, read by tifffile; LZW, which
-    tifffile cannot decode without imagecodecs, so read by OpenCV's libtiff)."""
-    kwargs = {"photometric": "minisblack", "extrasamples": [extrasample]}
-    plain, lzw = tmp_path / "plain.tif", tmp_path / "lzw.tif"
-    tifffile.imwrite(plain, samples, **kwargs)
-    stored = _lzw_literals(samples.astype(samples.dtype.newbyteorder("<")).tobytes())
-    # written as one pre-encoded strip under a Compression tag tifffile encodes, then retagged LZW
-    tifffile.imwrite(
-        lzw,
-        iter([stored]),
-        shape=samples.shape,
-        dtype=samples.dtype,
-        compression="zlib",
-        rowsperstrip=samples.shape[0],
-        **kwargs,
-    )
-    with tifffile.TiffFile(lzw, mode="r+b") as tif:
-        tif.pages[0].tags["Compression"].overwrite(5)
-    return plain, lzw
-
-
 def _by_libtiff(path: Path, monkeypatch: pytest.MonkeyPatch) -> imio.LoadedImage:
     if importlib.util.find_spec("imagecodecs") is not None:  # tifffile would decode the LZW itself
         _no_tifffile_codec(monkeypatch)
@@ -259,7 +228,7 @@ def test_unassociated_gray_alpha_tiff_read_by_libtiff_says_its_alpha_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int
 ) -> None:
     gray = np.repeat(_GRAY8[None, :], 4, axis=0)
-    plain, lzw = _gray_alpha_tiffs(tmp_path, _gray_alpha(gray, bits), "unassalpha")
+    plain, lzw = gray_extra_tiffs(tmp_path, _gray_alpha(gray, bits), ["unassalpha"])
     dtype, scale = (np.uint16, 257) if bits == 16 else (np.uint8, 1)
 
     by_tifffile = imio.read_image(plain)
@@ -285,7 +254,7 @@ def test_unassociated_gray_alpha_tiff_read_by_libtiff_says_its_alpha_is_lost(
 def test_associated_gray_alpha_tiff_read_by_libtiff_says_its_gray_stays_premultiplied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int
 ) -> None:
-    plain, lzw = _gray_alpha_tiffs(tmp_path, _gray_alpha(_GRAY8_PREMULTIPLIED, bits), "assocalpha")
+    plain, lzw = gray_extra_tiffs(tmp_path, _gray_alpha(_GRAY8_PREMULTIPLIED, bits), ["assocalpha"])
 
     by_tifffile = imio.read_image(plain)  # the gray divided by alpha; transparent stays 0
     straight = {
@@ -312,7 +281,7 @@ def test_gray_alpha_lost_to_libtiff_for_another_reason_offers_no_imagecodecs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gray = np.repeat(_GRAY8[None, :], 4, axis=0)
-    plain, _ = _gray_alpha_tiffs(tmp_path, _gray_alpha(gray, 8), "unassalpha")
+    plain, _ = gray_extra_tiffs(tmp_path, _gray_alpha(gray, 8), ["unassalpha"])
 
     def damaged(*args: object, **kwargs: object) -> None:
         raise ValueError("tifffile could not decode it")
