@@ -296,8 +296,8 @@ def test_a_ctrl_c_while_labelling_keeps_the_maps_made_and_says_so(
         maps.ensure_all(paths)
     assert isinstance(stopped.value, KeyboardInterrupt)  # every Ctrl-C clean-up still runs
     assert stopped.value.hint == (
-        f"1 of 3 teacher maps are cached in {maps.folder} (1 made now); running the same command "
-        "again goes on from there"
+        f"the teacher maps are cached in {maps.folder}: 1 made now, 0 found from earlier runs, 2 not "
+        "looked at yet; running the same command again goes on from there"
     )
     assert maps.map_path(paths[0]).is_file() and not maps.map_path(paths[1]).exists()
     assert [p.name for p in maps.folder.iterdir()] == [maps.map_path(paths[0]).name]  # no partial file
@@ -324,7 +324,7 @@ def test_the_cli_prints_the_labelling_hint_and_exits_130(
     )  # fmt: skip
     assert result.exit_code == 130, result.output
     assert "error: interrupted" in result.output
-    assert "0 of 2 teacher maps are cached in" in result.output
+    assert "0 made now, 0 found from earlier runs, 2 not looked at yet" in " ".join(result.output.split())
     assert "running the same command again goes on from there" in result.output
 
 

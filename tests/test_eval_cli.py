@@ -1011,6 +1011,13 @@ def test_a_ctrl_c_while_scoring_says_running_again_is_safe_and_the_cache_keeps_i
     assert "hint: running the same command again is safe; it starts over (the GT cache is off)" in flat(
         off.stderr
     )
+    blocked = tmp_path / "blocked"  # a writable root whose entries cannot be stored: nothing promised
+    blocked.mkdir()
+    (blocked / "eval-gt").write_text("a file where the cache's folder goes")
+    scored.clear()
+    none = _run(*args, cache=blocked)
+    assert none.exit_code == 130
+    assert f"it starts over (the GT cache {blocked} kept nothing)" in flat(none.stderr), none.stderr
 
 
 def test_a_ctrl_c_while_the_model_runs_says_running_again_is_safe(

@@ -15,6 +15,8 @@ TE = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 
 def test_the_missing_overall_row_is_explained_once_only_for_the_four_test_folders(tmp_path: Path) -> None:
     splits = [(name, tmp_path / "DIS5K" / name) for name in ("DIS-VD", *TE)]
+    for _, folder in splits:
+        folder.mkdir(parents=True)
     notes = overall_row_notes(splits, {})
     assert list(notes) == ["DIS-TE4"] and len(notes["DIS-TE4"]) == 1
     note = notes["DIS-TE4"][0]
@@ -25,6 +27,11 @@ def test_the_missing_overall_row_is_explained_once_only_for_the_four_test_folder
     assert overall_row_notes(apart, {})["DIS-TE4"][0].endswith("not given as folders")
     assert overall_row_notes(splits, {OVERALL_NAME: list(TE)}) == {}  # the row is there
     assert overall_row_notes(splits[:-1], {}) == {}  # three test splits: no row is expected
+    # matched whatever their case, but --data-root looks the exact names up: no command that fails
+    lower = [(name.lower(), tmp_path / "low" / name.lower()) for name in TE]
+    for _, folder in lower:
+        folder.mkdir(parents=True)
+    assert overall_row_notes(lower, {})["dis-te4"][0].endswith("not given as folders")
 
 
 @pytest.mark.parametrize(
@@ -37,11 +44,11 @@ def test_the_missing_overall_row_is_explained_once_only_for_the_four_test_folder
             True,
             "the GT cache /c keeps the GT data prepared so far, so that work is not done again",
         ),
-        (True, "/c", False, "it starts over (the GT cache /c is read-only)"),
+        (True, "/c", False, "it starts over (the GT cache /c kept nothing)"),
         (True, None, False, "it starts over (the GT cache is off)"),
     ],
 )
 def test_the_hint_after_a_ctrl_c_promises_only_what_the_cache_kept(
-    scoring: bool, cache: str | None, kept: bool, hint: str, capsys: pytest.CaptureFixture[str]
+    scoring: bool, cache: str | None, kept: bool, hint: str
 ) -> None:
     assert view.interrupt_hint(scoring, cache, kept) == f"running the same command again is safe; {hint}"

@@ -22,7 +22,7 @@ from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, files_help, parse_save, save_help
 from pdseg_cli.engine.predict import Predictor, parse_size
-from pdseg_cli.engine.predict_plan import plan_predict, remove_unused_out_dir
+from pdseg_cli.engine.predict_plan import plan_predict
 from pdseg_cli.errors import InputError
 from pdseg_cli.runtime import Distributed
 
@@ -598,35 +598,54 @@ def test_ctrl_c_leaves_no_partial_file(
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
 
 
-def test_ctrl_c_while_the_model_loads_takes_back_the_empty_out_it_made(
+def test_an_out_is_made_by_the_first_write_so_an_early_end_leaves_none(
     folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    out = tmp_path / "new" / "masks"  # neither folder exists before the run
+    plan_predict([folder], out)  # checked writable (where it will be made), not made
+    assert not (tmp_path / "new").exists()
+
     def ctrl_c(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr("pdseg_cli.engine.predict.Predictor.__init__", ctrl_c)
-    out = tmp_path / "new" / "masks"  # neither folder exists before the run
     result = _run(folder, "-o", out, "-w", ckpt)
     assert result.exit_code == 130, result.output
-    assert not (tmp_path / "new").exists()
-    assert f"removed the empty --out {out} and {out.parent} above it" in flat(result.output)
+    assert not (tmp_path / "new").exists()  # Ctrl-C while the model loads: no empty folder behind
     kept = tmp_path / "kept"
-    kept.mkdir()  # an empty folder the user made: never removed
-    result = _run(folder, "-o", kept, "-w", ckpt)
-    assert result.exit_code == 130 and kept.is_dir() and "removed" not in result.output
+    kept.mkdir()  # an empty folder the user made stays, as does one named through ".."
+    assert _run(folder, "-o", kept, "-w", ckpt).exit_code == 130 and kept.is_dir()
+    assert _run(folder, "-o", tmp_path / "gone" / ".." / "kept", "-w", ckpt).exit_code == 130
+    assert kept.is_dir() and not (tmp_path / "gone").exists()
 
 
-def test_an_out_made_by_the_run_is_kept_once_it_holds_anything(
+def test_an_output_that_links_outside_out_is_refused_before_anything_is_written(
     folder: Path, tmp_path: Path, ckpt: Path
 ) -> None:
-    out = tmp_path / "masks"
-    plan = plan_predict([folder], out)
-    assert plan.made_dirs == (out,)
-    (out / "mine.txt").write_text("x")  # put there meanwhile (or an output, or a temporary)
-    assert remove_unused_out_dir(plan) == [] and out.is_dir()
-    with pytest.raises(InputError, match="--batch 0"):  # the Python API ends early too
-        Predictor(ckpt, device="cpu", size=TRAIN).predict_paths([folder], tmp_path / "api", batch=0)
-    assert not (tmp_path / "api").exists()
+    # writes go through links: a mask named like an input's, linked to a GT kept elsewhere, would
+    # overwrite that GT in silence
+    stem = sorted(folder.iterdir())[0].stem
+    gts = tmp_path / "gts"
+    gts.mkdir()
+    (gts / f"{stem}.png").write_bytes(b"a hand-made mask")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{stem}.png").symlink_to(gts / f"{stem}.png")
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 2, result.output
+    assert f"the output {out / stem}.png is a link to {(gts / stem).resolve()}.png, outside --out" in flat(
+        result.output
+    )
+    assert (gts / f"{stem}.png").read_bytes() == b"a hand-made mask" and "Traceback" not in result.output
+    (out / f"{stem}.png").unlink()
+    (out / f"{stem}.png").symlink_to(f"{stem}.png")  # a link to itself: a loop, one line too
+    result = _run(folder, "-o", out, "-w", ckpt)
+    assert result.exit_code == 2 and "is a link in a loop" in flat(result.output), result.output
+    (out / f"{stem}.png").unlink()
+    cv2.imwrite(str(out / "kept.png"), np.zeros((4, 4), np.uint8))  # an earlier mask, say
+    (out / f"{stem}.png").symlink_to("kept.png")  # inside --out: written through, the link stays
+    assert _run(folder, "-o", out, "-w", ckpt).exit_code == 0
+    assert (out / f"{stem}.png").is_symlink() and cv2.imread(str(out / "kept.png")).shape[0] > 4
 
 
 def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> None:

@@ -252,13 +252,16 @@ class _Stage:
 def _hint_on_interrupt() -> Iterator[_Stage]:
     """A Ctrl-C ends the run with exit 130 and a hint on going on: the run writes its --json and
     --csv only at the end, maps and cache entries atomically, so running it again is safe."""
+    from pdseg_cli.metrics.cache import GTCache
     from pdseg_cli.ui import evaluation as view
 
     stage = _Stage()
     try:
         yield stage
     except KeyboardInterrupt:  # user_errors prints it with the hint and exits 130
-        raise Interrupted(view.interrupt_hint(stage.started_scoring, stage.cache, stage.cache_kept)) from None
+        # promised only when entries are there: a store that fails (disk full) is not an error
+        kept = stage.cache_kept and stage.cache is not None and GTCache(Path(stage.cache)).holds_entries()
+        raise Interrupted(view.interrupt_hint(stage.started_scoring, stage.cache, kept)) from None
 
 
 def _run_model(

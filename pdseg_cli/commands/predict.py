@@ -131,7 +131,7 @@ def predict(
         from pdseg_cli.data.transforms import parse_color
         from pdseg_cli.engine.output_kinds import parse_save
         from pdseg_cli.engine.predict import Predictor, check_threshold, parse_size
-        from pdseg_cli.engine.predict_plan import plan_predict, removing_unused_out_dir
+        from pdseg_cli.engine.predict_plan import plan_predict
         from pdseg_cli.ui import prediction
 
         use_threads(threads, quiet=rank != 0)
@@ -177,47 +177,44 @@ def predict(
                 refine_foreground=refine_foreground,
                 max_pixels=max_pixels,
             )
-            # an early end (Ctrl-C while the model loads, weights that fail) takes back an --out this run
-            # made and wrote nothing in
-            with removing_unused_out_dir(plan, enabled=dist.is_main, on_removed=prediction.removed_out):
-                predictor = Predictor(
-                    weights,
-                    device=device,
-                    precision=precision,
-                    size=work_size,
-                    compile=compile_mode,
-                    local_rank=dist.local_rank if dist.enabled else None,
-                    onnx_spec=onnx_spec,
-                    tta=tta,
+            predictor = Predictor(
+                weights,
+                device=device,
+                precision=precision,
+                size=work_size,
+                compile=compile_mode,
+                local_rank=dist.local_rank if dist.enabled else None,
+                onnx_spec=onnx_spec,
+                tta=tta,
+            )
+            if dist.is_main:
+                prediction.start(
+                    predictor.device_reason,
+                    predictor.precision,
+                    predictor.describe_setting(),
+                    len(plan.todo),
+                    len(plan.skipped),
+                    dist.world_size,
+                    predictor.notes,
+                    model=f"{predictor.weights_path or 'model'}: {predictor.description}",
                 )
-                if dist.is_main:
-                    prediction.start(
-                        predictor.device_reason,
-                        predictor.precision,
-                        predictor.describe_setting(),
-                        len(plan.todo),
-                        len(plan.skipped),
-                        dist.world_size,
-                        predictor.notes,
-                        model=f"{predictor.weights_path or 'model'}: {predictor.description}",
+                prediction.left_in_out(plan.out_dir, plan.left_in_out)
+            seen: list[Any] = []  # the results so far, for the counts after a Ctrl-C
+            total = len(plan.todo) + len(plan.skipped)
+            try:
+                with prediction.progress(total, enabled=dist.is_main, seen=seen) as advance:
+                    result = predictor.run_plan(
+                        plan,
+                        threshold=threshold,
+                        background=background,
+                        batch=batch,
+                        on_progress=advance,
+                        dist=dist,
                     )
-                    prediction.left_in_out(plan.out_dir, plan.left_in_out)
-                seen: list[Any] = []  # the results so far, for the counts after a Ctrl-C
-                total = len(plan.todo) + len(plan.skipped)
-                try:
-                    with prediction.progress(total, enabled=dist.is_main, seen=seen) as advance:
-                        result = predictor.run_plan(
-                            plan,
-                            threshold=threshold,
-                            background=background,
-                            batch=batch,
-                            on_progress=advance,
-                            dist=dist,
-                        )
-                except KeyboardInterrupt:
-                    if dist.is_main:
-                        prediction.interrupted(skip_existing, seen, total)
-                    raise
+            except KeyboardInterrupt:
+                if dist.is_main:
+                    prediction.interrupted(skip_existing, seen, total)
+                raise
         if dist.is_main:
             prediction.summary(result)
     if result.failed:

@@ -198,11 +198,11 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     Returns:
         The files removed.
     """
-    removed = _remove_dead(path.parent, _prefix(path))[0]
+    removed = _remove_dead(path.parent, {_prefix(path)})[0]
     with contextlib.suppress(OSError):  # a link in a loop, or into a missing folder: nothing made there
         target = final_target(path)
         if target != path:
-            removed += _remove_dead(target.parent, _prefix(target))[0]
+            removed += _remove_dead(target.parent, {_prefix(target)})[0]
     return removed
 
 
@@ -216,20 +216,23 @@ def sweep_folder(folder: Path) -> list[Path]:
         The files removed.
     """
     removed, links = _remove_dead(folder, None)
+    elsewhere: dict[Path, set[str]] = {}  # each other folder listed once, however many links lead there
     for link in links:
         with contextlib.suppress(OSError):  # a link in a loop, or into a missing folder: nothing made there
             target = final_target(link)
             if target.parent != folder:  # in ``folder`` itself: already swept
-                removed += _remove_dead(target.parent, _prefix(target))[0]
+                elsewhere.setdefault(target.parent, set()).add(_prefix(target))
+    for other, prefixes in elsewhere.items():
+        removed += _remove_dead(other, prefixes)[0]
     return removed
 
 
-def _remove_dead(folder: Path, prefix: str | None) -> tuple[list[Path], list[Path]]:
-    """Remove the temporaries in ``folder`` (of the target whose :func:`_prefix` is ``prefix``, or
-    of any target) whose writer ran on this host and no longer runs.
+def _remove_dead(folder: Path, prefixes: set[str] | None) -> tuple[list[Path], list[Path]]:
+    """Remove the temporaries in ``folder`` (of the targets whose :func:`_prefix` is in ``prefixes``,
+    or of any target) whose writer ran on this host and no longer runs.
 
     Returns:
-        The files removed, and (for any target: ``prefix`` None) the links found in ``folder``,
+        The files removed, and (for any target: ``prefixes`` None) the links found in ``folder``,
         read from the same listing (``is_symlink`` needs no extra call on most file systems).
     """
     removed: list[Path] = []
@@ -238,14 +241,16 @@ def _remove_dead(folder: Path, prefix: str | None) -> tuple[list[Path], list[Pat
             found = list(listing)
     except OSError:
         return removed, []
-    entries = [e for e in found if e.name.startswith(prefix or ".") and e.name.endswith(TEMP_SUFFIX)]
-    links = [Path(e.path) for e in found if prefix is None and _is_link(e)]
+    entries = [e for e in found if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
+    links = [Path(e.path) for e in found if prefixes is None and _is_link(e)]
     for entry in entries:
-        if prefix is not None:
-            match = _TOKEN.fullmatch(entry.name, len(prefix))
-        else:
-            match = _ANY_TARGET.fullmatch(entry.name)
-        if match is None or match.group(2) != _HOST or _process_alive(int(match.group(1))):
+        match = _ANY_TARGET.fullmatch(entry.name)
+        if match is None:
+            continue
+        # the name before the token (the pid's group starts one past its dot): one set lookup
+        if prefixes is not None and entry.name[: match.start(1) - 1] not in prefixes:
+            continue
+        if match.group(2) != _HOST or _process_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False):

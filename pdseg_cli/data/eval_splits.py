@@ -132,10 +132,12 @@ def overall_row_notes(
     if len(test) < len(TEST_SPLITS):
         return {}
     parents = {folder.expanduser().resolve().parent for _, folder in test.values()}
-    # the command that gives the row, when the four folders sit side by side as in a DIS5K root
+    # the command that gives the row, when the four folders sit side by side as in a DIS5K root and
+    # under the names it looks up (a folder matched here as dis-te1 would not be found)
+    root = parents.pop() if len(parents) == 1 else None
     instead = (
-        f"; if these are DIS5K's: --split {TEST_GROUP} --data-root {parents.pop()}"
-        if len(parents) == 1
+        f"; if these are DIS5K's: --split {TEST_GROUP} --data-root {root}"
+        if root is not None and all((root / name).is_dir() for name in TEST_SPLITS)
         else ""
     )
     note = (

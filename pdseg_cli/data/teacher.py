@@ -199,9 +199,11 @@ class TeacherMaps:
                     on_progress(i + 1, len(images), computed)
         except KeyboardInterrupt:
             # each map is stored atomically as it is made, so a rerun starts at the first missing one
+            # counted as far as the loop got: later images may have maps from earlier runs too
             raise Interrupted(
-                f"{len(out)} of {len(images)} teacher maps are cached in {self.folder} ({computed} made "
-                "now); running the same command again goes on from there"
+                f"the teacher maps are cached in {self.folder}: {computed} made now, {len(out) - computed} "
+                f"found from earlier runs, {len(images) - len(out)} not looked at yet; running the same "
+                "command again goes on from there"
             ) from None
         return out
 

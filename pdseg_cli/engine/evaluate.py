@@ -186,9 +186,9 @@ def _split_warnings(
     warnings = []
     if odd and sources:
         warnings.append(
-            f"{name}: {len(odd)} image(s){_image_folder(sources)} have another aspect ratio than their GT, "
+            f"{name}: {len(odd)} image(s){image_folder(sources)} have another aspect ratio than their GT, "
             "so the model's maps, made at the image's size, were stretched to the GT's: "
-            f"{listing([_image_line(r, sources) for r in odd], 5)}; rotated, or the GT of another image?"
+            f"{listing([image_line(r, sources) for r in odd], 5)}; rotated, or the GT of another image?"
         )
     elif odd:
         warnings.append(
@@ -198,19 +198,19 @@ def _split_warnings(
     return warnings + _grouped_notes(records, sources)
 
 
-def _wxh(size: tuple[int, int]) -> str:
+def wxh(size: tuple[int, int]) -> str:
     """An (H, W) size as people write it: ``WxH``."""
     return f"{size[1]}x{size[0]}"
 
 
-def _image_line(record: ImageRecord, sources: Mapping[str, Path]) -> str:
+def image_line(record: ImageRecord, sources: Mapping[str, Path]) -> str:
     """``name.jpg 427x240 (GT 854x480)``: the image a resized map was made from (``--weights``),
     whose size the map has, and its GT's size."""
     source = sources.get(record.stem)
-    return f"{source.name if source else record.stem} {_wxh(record.pred_size)} (GT {_wxh(record.gt_size)})"
+    return f"{source.name if source else record.stem} {wxh(record.pred_size)} (GT {wxh(record.gt_size)})"
 
 
-def _image_folder(sources: Mapping[str, Path]) -> str:
+def image_folder(sources: Mapping[str, Path]) -> str:
     """`` in <im folder>`` for a message naming images by file name, or "" when they are in several."""
     folders = {path.parent for path in sources.values()}
     return f" in {folders.pop()}" if len(folders) == 1 else ""

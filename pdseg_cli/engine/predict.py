@@ -36,7 +36,7 @@ from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import transforms as T
 from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
-from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict, removing_unused_out_dir
+from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
 from pdseg_cli.errors import InputError
 from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model
@@ -388,16 +388,9 @@ class Predictor:
         plan = plan_predict(
             sources, out_dir, save=save, recursive=recursive, skip_existing=skip_existing, dist=dist
         )
-        # a run that ends early (a bad option, Ctrl-C) takes back an out_dir it made and left empty
-        with removing_unused_out_dir(plan, enabled=dist is None or dist.is_main):
-            return self.run_plan(
-                plan,
-                threshold=threshold,
-                background=background,
-                batch=batch,
-                on_progress=on_progress,
-                dist=dist,
-            )
+        return self.run_plan(
+            plan, threshold=threshold, background=background, batch=batch, on_progress=on_progress, dist=dist
+        )
 
     def run_plan(
         self,

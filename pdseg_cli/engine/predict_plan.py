@@ -4,17 +4,15 @@
 proves the output folder writable, refuses outputs that would overwrite an input or each other, or
 whose names the output folder's file system cannot take, and takes this process's share under
 torchrun. :func:`pdseg_cli.engine.predict_run.run_plan`
-carries the plan out; :func:`removing_unused_out_dir` takes back an output folder the plan made
-when the run ends early with nothing written in it.
+carries the plan out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -363,8 +361,31 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
         )
 
 
+def _refuse_outside_link(out: Path, path: Path) -> None:
+    """Refuse an output name in ``--out`` that is a link to a file outside it (or a loop of links):
+    writes go through links (:func:`pdseg_cli.data.atomic.final_target`), and a mask written
+    through a link to, say, a GT folder would overwrite that file in silence.
+
+    Raises:
+        InputError: ``path`` leads outside ``out``, or round in a loop.
+    """
+    hint = "remove the link (pdseg then writes a file of its own there), or choose another --out"
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError (ELOOP) after
+        raise InputError(f"--out {out}: the output {path} is a link in a loop", hint=hint) from None
+    if not target.is_relative_to(out.resolve()):
+        raise InputError(
+            f"--out {out}: the output {path} is a link to {target}, outside --out; writing it would "
+            "change that file",
+            hint=hint,
+        )
+
+
 def check_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove a file can be written there, before any work.
+    """Prove a file can be written in ``out_dir`` (in the folder it will be made in, when it does
+    not exist yet), before any work. It is made by the first write, so a run that ends before
+    writing anything (Ctrl-C while the model loads, weights that fail) leaves no empty folder.
 
     Raises:
         InputError: it is a file, cannot be created, or is not writable.
@@ -377,7 +398,7 @@ def check_out_dir(out_dir: Path) -> None:
             f"--out {out_dir} names a file, and --out is the folder the maps go to (named after the images)",
             hint=f"give a folder, e.g. --out {out_dir.parent / out_dir.stem}",
         )
-    imio.check_writable_folder(out_dir, f"--out {out_dir}")
+    imio.check_writable_folder(out_dir, f"--out {out_dir}", create=False)
 
 
 @dataclass
@@ -397,8 +418,6 @@ class PredictPlan:
             alpha instead of the original pixels, which carry the old background's colour.
         left_in_out: images in ``--out`` that a recursive folder walk leaves out and that are not
             outputs of these inputs (:func:`images_left_in_out`): not segmented, and said.
-        made_dirs: the folders this plan created for ``--out`` (it, and the parents above it that
-            did not exist), deepest first: what :func:`removing_unused_out_dir` may take back.
     """
 
     out_dir: Path
@@ -410,7 +429,6 @@ class PredictPlan:
     refine_foreground: bool = True
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
     left_in_out: list[Path] = field(default_factory=list)
-    made_dirs: tuple[Path, ...] = ()
 
 
 def plan_predict(
@@ -468,6 +486,8 @@ def plan_predict(
     for item in inputs:
         for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
             for p in paths:
+                if p.is_symlink():
+                    _refuse_outside_link(out, p)
                 key = p.resolve()
                 same = input_keys.get(key) or (input_ids.get(_file_id(p)) if p.exists() else None)
                 if same is not None:
@@ -492,58 +512,11 @@ def plan_predict(
     }
     # over every process's inputs, so that all of them refuse together
     _refuse_foreign_files(out, [item for item in inputs if item.path not in done], save)
-    missing = [p for p in (out, *out.parents) if not p.exists()]  # deepest first, as rmdir takes them
     check_out_dir(out)  # only now: a refused run leaves no empty --out behind
-    made = tuple(p for p in missing if p.is_dir())
     for folder in {out / item.rel_dir for item in inputs}:
         sweep_folder(folder)  # what a killed run left half-written (hidden temporaries)
     mine = dist.shard(inputs)
     todo = [item for item in mine if item.path not in done]
     skipped = [item for item in mine if item.path in done]
     left = images_left_in_out(out, inputs) if passed_out else []
-    return PredictPlan(
-        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, made
-    )
-
-
-def remove_unused_out_dir(plan: PredictPlan) -> list[Path]:
-    """Remove the folders the plan made for ``--out`` (:attr:`PredictPlan.made_dirs`) that are still
-    empty, deepest first; stop at the first that holds anything (a hidden temporary, a subfolder)
-    or cannot be removed. A folder that existed before the run is never in the list.
-
-    Returns:
-        The folders removed.
-    """
-    removed: list[Path] = []
-    for folder in plan.made_dirs:
-        try:
-            folder.rmdir()  # refuses a folder that holds anything: nothing written is ever lost
-        except OSError:
-            break
-        removed.append(folder)
-    return removed
-
-
-@contextlib.contextmanager
-def removing_unused_out_dir(
-    plan: PredictPlan, *, enabled: bool = True, on_removed: Callable[[list[Path]], None] | None = None
-) -> Iterator[None]:
-    """Run the body; when it ends early (Ctrl-C, an error: a model that fails to load) and the
-    ``--out`` this plan made is still empty, remove it (:func:`remove_unused_out_dir`), so that an
-    aborted first run leaves no empty folder to puzzle over, then re-raise. ``on_removed`` is
-    told what went.
-
-    Args:
-        plan: the plan whose ``made_dirs`` may be removed.
-        enabled: False (the processes other than rank 0 of a torchrun) removes nothing: one
-            process decides, not each in a race with the others' first writes.
-        on_removed: called with the folders removed, when there are any.
-    """
-    try:
-        yield
-    except BaseException:
-        if enabled:
-            removed = remove_unused_out_dir(plan)
-            if removed and on_removed is not None:
-                on_removed(removed)
-        raise
+    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left)

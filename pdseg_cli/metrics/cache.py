@@ -108,6 +108,10 @@ class GTCache:
             pass
         return prep
 
+    def holds_entries(self) -> bool:
+        """Whether any entry is stored (a root that stores nothing, e.g. a full disk, holds none)."""
+        return any(self.folder.glob(f"*/*{_SUFFIX}"))
+
     def store(self, key: str, prep: GTPrep) -> bool:
         """Write the entry atomically; False when the cache folder is not writable."""
         path = self.path_for(key)

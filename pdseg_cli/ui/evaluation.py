@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from pdseg_cli import ui
+from pdseg_cli.engine.evaluate import image_folder, image_line, wxh
 from pdseg_cli.errors import counted, listing
 from pdseg_cli.metrics.table import TABLE_METRICS
 
@@ -49,7 +50,7 @@ def interrupt_hint(scoring: bool, cache: str | None, cache_kept: bool) -> str:
     Args:
         scoring: the scoring had started (the GT cache is written only then).
         cache: the GT cache it used, or None when off.
-        cache_kept: the cache could be written (not read-only), so the GT data prepared is there.
+        cache_kept: the cache holds GT data (it could be written, and was), there for the next run.
     """
     if not scoring:
         return "running the same command again is safe; it starts over"
@@ -59,7 +60,7 @@ def interrupt_hint(scoring: bool, cache: str | None, cache_kept: bool) -> str:
             "far, so that work is not done again"
         )
     if cache is not None:
-        return f"running the same command again is safe; it starts over (the GT cache {cache} is read-only)"
+        return f"running the same command again is safe; it starts over (the GT cache {cache} kept nothing)"
     return "running the same command again is safe; it starts over (the GT cache is off)"
 
 
@@ -125,7 +126,7 @@ def notes(report: Any) -> None:
             ui.info(
                 f"{split.name}: {split.resized} of {len(split.images)} predictions had another size "
                 "and were resized to their GT's size (bilinear, cv2 INTER_LINEAR): "
-                + _listing([f"{r.stem} {_hw(r.pred_size)} -> {_hw(r.gt_size)}" for r in resized], 5)
+                + _listing([f"{r.stem} {wxh(r.pred_size)} -> {wxh(r.gt_size)}" for r in resized], 5)
             )
         if split.missing:
             ui.warn(
@@ -160,9 +161,9 @@ def _resized_images(split: Any) -> str:
             "their GTs' sizes"
         )
     return (
-        f"{split.name}: {len(resized)} of {counted(len(split.images), 'image')}{_folder(split.sources)} "
+        f"{split.name}: {len(resized)} of {counted(len(split.images), 'image')}{image_folder(split.sources)} "
         f"{what} (bilinear, cv2 INTER_LINEAR) to be scored: "
-        + _listing([_image_line(r, split.sources) for r in resized], 5)
+        + _listing([image_line(r, split.sources) for r in resized], 5)
     )
 
 
@@ -172,19 +173,3 @@ def written(kind: str, path: Any) -> None:
 
 def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
     return listing(items, limit)
-
-
-def _hw(size: tuple[int, int]) -> str:
-    return f"{size[1]}x{size[0]}"
-
-
-def _image_line(record: Any, sources: Mapping[str, Any]) -> str:
-    """``name.jpg 427x240 (GT 854x480)``: the image a resized map was made from and both sizes."""
-    source = sources.get(record.stem)
-    return f"{source.name if source else record.stem} {_hw(record.pred_size)} (GT {_hw(record.gt_size)})"
-
-
-def _folder(sources: Mapping[str, Any]) -> str:
-    """`` in <im folder>`` when the images named by file name are all in one folder, else ""."""
-    folders = {path.parent for path in sources.values()}
-    return f" in {folders.pop()}" if len(folders) == 1 else ""

@@ -24,12 +24,6 @@ def left_in_out(out: Any, paths: list[Any]) -> None:
         )
 
 
-def removed_out(folders: Sequence[Any]) -> None:
-    """The empty ``--out`` (and the parents made for it) that a run ending early took back."""
-    above = f" and {listing([str(f) for f in folders[1:]], 5)} above it" if len(folders) > 1 else ""
-    ui.info(f"removed the empty --out {folders[0]}{above}: made by this run, which wrote nothing there")
-
-
 def start(
     device_reason: str,
     precision: str,
