@@ -66,7 +66,7 @@ from pdseg_cli.engine.output_kinds import output_path
 from pdseg_cli.engine.predict_plan import not_an_output
 from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
-from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root
+from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root, usable_cache_root
 from pdseg_cli.metrics.common import GT_THRESHOLD
 from pdseg_cli.metrics.fmeasure import BETA2_F
 from pdseg_cli.metrics.gtprep import GTPrep
@@ -447,17 +447,27 @@ def evaluate(
 
     Raises:
         DataError: missing folders, no files, missing predictions, unreadable files (all named).
+        InputError: a bad ``jobs`` or a negative ``cache_max_bytes``.
+
+    A cache folder that cannot be used is said in the split's ``warnings``: a read-only one is
+    read, and where none can be made the scores are computed without one (only slower).
     """
+    if cache_max_bytes < 0:
+        raise InputError(f"cache_max_bytes={cache_max_bytes} must be 0 or more (0 keeps nothing)")
+    root, note = usable_cache_root(cache_dir) if use_cache else (None, None)
     plan = plan_pairs(pred_dir, gt_dir, name=name)
-    return evaluate_plans(
+    report = evaluate_plans(
         [plan],
         jobs=jobs,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
+        cache_dir=root,
+        use_cache=root is not None,
         cache_max_bytes=cache_max_bytes,
         allow_missing=allow_missing,
         on_progress=on_progress,
     )
+    if note:
+        report.splits[0].warnings.insert(0, note)
+    return report
 
 
 def evaluate_plans(

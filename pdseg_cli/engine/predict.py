@@ -58,8 +58,9 @@ def parse_size(text: str | int | None) -> Size | None:
     """
     if text is None:
         return None
-    if isinstance(text, int):
-        value = text
+    whole = isinstance(text, (int, np.integer)) or (isinstance(text, float) and text.is_integer())
+    if whole and not isinstance(text, bool):  # True is an int to Python, never a size
+        value = int(text)  # 512.0 from arithmetic is 512
     else:
         t = str(text).strip().lower()
         if t in ("full", "native", "original"):
@@ -247,7 +248,8 @@ class Predictor:
                 ``sigmoid >= T``.
 
         Returns:
-            (H, W) uint8, the same bytes ``pdseg predict`` writes as ``<stem>.png``.
+            (H, W) uint8, the same bytes ``pdseg predict`` writes as ``<stem>.png`` at the same torch
+            thread count (another count sums in another order: a byte may then differ by 1).
         """
         check_threshold(threshold)
         logits, size = self._forward_one(image)
@@ -371,9 +373,9 @@ class Predictor:
         sources: Sequence[str | os.PathLike[str]],
         out_dir: str | os.PathLike[str],
         *,
-        save: Sequence[str] = ("mask",),
+        save: Sequence[str] | str = ("mask",),
         threshold: float | None = None,
-        background: Sequence[int] = (255, 255, 255),
+        background: Sequence[int] | str = (255, 255, 255),
         recursive: bool = False,
         skip_existing: bool = False,
         batch: int = 1,
@@ -397,7 +399,7 @@ class Predictor:
         plan: PredictPlan,
         *,
         threshold: float | None = None,
-        background: Sequence[int] = (255, 255, 255),
+        background: Sequence[int] | str = (255, 255, 255),
         batch: int = 1,
         on_progress: predict_run.ProgressCallback | None = None,
         dist: runtime.Distributed | None = None,
@@ -416,13 +418,31 @@ class Predictor:
             self,
             plan,
             threshold=threshold,
-            background=tuple(int(c) for c in background),
+            background=background_colour(background),
             batch=batch,
             on_progress=on_progress,
             dist=dist or runtime.Distributed(),
             read_workers=read_workers,
             write_workers=write_workers,
         )
+
+
+def background_colour(background: Sequence[int] | str) -> tuple[int, ...]:
+    """The composite's background as bytes: (r, g, b) of 0..255, or a colour as ``--bg`` takes it
+    (``"white"``, ``"#00ff00"``, ``"0,255,0"``).
+
+    Raises:
+        InputError: not a colour, or a channel outside 0..255 (it would be clipped in silence).
+    """
+    if isinstance(background, str):
+        try:
+            return T.parse_color(background)
+        except ValueError as exc:
+            raise InputError(f"background {exc}") from None
+    colour = tuple(background)
+    if len(colour) != 3 or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 255 for c in colour):
+        raise InputError(f"background {colour!r} is not a colour: give (r, g, b) of 0..255, or e.g. 'white'")
+    return tuple(int(c) for c in colour)
 
 
 FULL_SIZE_TRAINED = 1024  # a model trained at this side or more is what --size full is made for

@@ -435,7 +435,7 @@ def plan_predict(
     sources: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     *,
-    save: Sequence[str] = ("mask",),
+    save: Sequence[str] | str = ("mask",),
     recursive: bool = False,
     skip_existing: bool = False,
     dist: runtime.Distributed | None = None,
@@ -453,7 +453,7 @@ def plan_predict(
         sources = [sources]
     dist = dist or runtime.Distributed()
     out = Path(out_dir).expanduser()
-    save = parse_save(list(save))
+    save = parse_save(save)  # "mask,alpha" or ["mask", "alpha"], as the CLI takes them
     inputs, not_images, passed_out = collect_inputs(sources, recursive=recursive, exclude=out)
     if not inputs:
         extra = f" ({len(not_images)} other files skipped)" if not_images else ""

@@ -104,7 +104,12 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
     # torchrun: NCCL on GPUs (gradients travel as GPU tensors), gloo on the CPU; the CUDA device
     # is pinned before the group starts
     backend = runtime.backend_for(device)
-    with runtime.distributed(backend=backend, device=device), isolated_rng(device), _cudnn_benchmark(device):
+    with (
+        runtime.distributed(backend=backend, device=device),
+        isolated_rng(device),
+        _cudnn_benchmark(device),
+        _opencv_threads_kept(),
+    ):
         return run_training(ctx)
 
 
@@ -124,6 +129,19 @@ def _variant_from_init(cfg: TrainConfig) -> TrainConfig:
             hint="drop --variant: fine-tuning keeps the checkpoint's variant",
         )
     return dataclasses.replace(cfg, variant=ckpt.variant)
+
+
+@contextlib.contextmanager
+def _opencv_threads_kept() -> Iterator[None]:
+    """OpenCV's thread count as the caller had it afterwards: the data loaders set it to 1 before
+    forking their workers (train_data._make_loader), for the run only."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pdseg_cli.metrics.common import N_THRESHOLDS
+from pdseg_cli.metrics.common import N_THRESHOLDS, values_equal
 from pdseg_cli.metrics.image import ImageScores
 from pdseg_cli.metrics.table import EXTRA_KEYS, METRICS, TABLE_KEYS
 
@@ -23,7 +23,7 @@ __all__ = ["EXTRA_KEYS", "TABLE_KEYS", "DatasetScores", "aggregate"]
 _CURVES = tuple(dict.fromkeys(m.source for m in METRICS if m.reduce is not None))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # __eq__ below: its curves are arrays
 class DatasetScores:
     """Aggregated values of a set of images.
 
@@ -48,6 +48,11 @@ class DatasetScores:
     max_e: float
     adp_e: float
     hce: float
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as an == dataclass with arrays is
+
+    def __eq__(self, other: object) -> bool:
+        return values_equal(self, other)
 
     def as_dict(self) -> dict[str, float | int]:
         """Values under the report's key names: the DIS table's, ``count``, then the extras.

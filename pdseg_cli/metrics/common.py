@@ -9,6 +9,8 @@ order as pysodmetrics, and looked up: the values are bit-identical to the refere
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
@@ -66,3 +68,15 @@ def normalized_map(pred: np.ndarray, values: np.ndarray | None = None) -> np.nda
     if values is None:
         values = value_table(int(pred.min()), int(pred.max()))
     return cv2.LUT(pred, values)
+
+
+def values_equal(a: object, b: object) -> bool:
+    """``a == b`` for two score dataclasses of the same type, array fields compared by value: the
+    generated ``==`` compares arrays element-wise and fails on their truth value."""
+    if type(a) is not type(b):
+        return False
+    for f in dataclasses.fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if not (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y):
+            return False
+    return True

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from pdseg_cli.metrics.common import GT_THRESHOLD, check_pair, foreground, normalized_map
+from pdseg_cli.metrics.common import GT_THRESHOLD, check_pair, foreground, normalized_map, values_equal
 from pdseg_cli.metrics.emeasure import adaptive_e_from, e_curve_from
 from pdseg_cli.metrics.fmeasure import adaptive_f_from, f_curve_from
 from pdseg_cli.metrics.gtprep import GTPrep
@@ -29,7 +29,7 @@ from pdseg_cli.metrics.wfmeasure import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # __eq__ below: its curves are arrays
 class ImageScores:
     """Every metric of one image.
 
@@ -52,6 +52,11 @@ class ImageScores:
     mae: float
     s: float
     hce: HCEParts
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as an == dataclass with arrays is
+
+    def __eq__(self, other: object) -> bool:
+        return values_equal(self, other)
 
     def value(self, metric: Metric) -> float | int:
         """The image's value of one metric: maxF is this image's best F, E its mean E, HCE an int."""

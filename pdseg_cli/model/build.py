@@ -157,7 +157,10 @@ def save_checkpoint(
 
     Raises:
         TypeError: ``model`` has no ModelConfig, or a provenance value is not a plain value.
+        ValueError: a bad ``train_size`` or ``normalization``, or weights too large for float16.
         IsADirectoryError: ``path`` is a folder.
+        OSError: the file cannot be written (permissions, a full disk); it names ``path``, not the
+            temporary file, and what was at ``path`` is unchanged.
     """
     path = Path(path)
     if path.is_dir():  # checked first: the rename at the end would fail on it, after the write
@@ -167,11 +170,17 @@ def save_checkpoint(
     payload = checkpoint_payload(
         model, half=half, train_size=train_size, normalization=normalization, **provenance
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # the same kind of error (PermissionError...), naming the file asked for, not the temporary
+        raise OSError(exc.errno, f"cannot write the checkpoint {path}: {exc.strerror}", str(path)) from None
     return path
 
 
@@ -491,7 +500,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     checked = resolve_device(device.type if isinstance(device, torch.device) else device).device
     device = device if isinstance(device, torch.device) else checked
     ckpt = load_checkpoint(path)
-    model = PDSeg(ckpt.config)
+    with torch.random.fork_rng(devices=[]):  # the random init the file overwrites: the caller's RNG stays
+        model = PDSeg(ckpt.config)
     state = _strip_prefixes(ckpt.state_dict)
     problem = _mismatch_message(model.state_dict(), state)
     if problem:

@@ -184,6 +184,9 @@ class FastPDSeg(InferenceForm):
                 "model(x) got a torch.float64 tensor: use x.float() (after normalising as "
                 "model.normalization says)"
             )
+        weights = next(self.parameters()).dtype  # float32, or float16 once .half() (an fp16 export)
+        if self.precision == "fp32" and x.dtype != weights:
+            x = x.to(weights)  # no autocast in this form to meet another dtype
         size = x.shape[-2:]
         x = pad_input(x, self.config.pad_multiple)
         padded = x.shape[-2:]

@@ -1,0 +1,100 @@
+"""The Python API as a library user meets it: arguments in the forms the CLI takes, errors that
+name what was passed, and no process-wide state left changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import make_dataset, seeded_model, tiny_checkpoint
+
+from pdseg_cli import Predictor, evaluate, load_model, optimize, save_checkpoint
+from pdseg_cli.engine.evaluate import evaluate_arrays
+from pdseg_cli.engine.predict import background_colour
+from pdseg_cli.engine.train import TrainConfig, train
+from pdseg_cli.errors import InputError
+
+
+def test_predict_paths_takes_save_as_the_cli_writes_it(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", train_size=64)
+    images = make_dataset(tmp_path / "set", 1) / "im"
+    out = tmp_path / "out"
+    Predictor(ckpt, device="cpu").predict_paths([images], out, save="mask,alpha", background="white")
+    stem = next(images.iterdir()).stem
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}.png", f"{stem}_alpha.png"]
+
+
+def test_a_background_is_a_colour_or_one_line_naming_it() -> None:
+    assert background_colour("white") == (255, 255, 255)
+    assert background_colour("#00ff00") == (0, 255, 0)
+    assert background_colour([1, 2, np.uint8(3)]) == (1, 2, 3)
+    with pytest.raises(InputError, match="background not a colour: 'rouge'"):
+        background_colour("rouge")
+    with pytest.raises(InputError, match=r"background \(300, 0, 0\) is not a colour"):
+        background_colour((300, 0, 0))  # was clipped to 255 in silence
+
+
+def test_train_leaves_opencv_threads_as_it_found_them(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "tr", 4)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        cfg = TrainConfig(
+            out=tmp_path / "run", epochs=1, variant="pdseg-tiny", size=64, batch=2, workers=1,
+            train_dir=data, device="cpu",
+        )  # fmt: skip
+        train(cfg)
+        assert cv2.getNumThreads() == 2  # the loaders' workers are forked with 1: for the run only
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_not_its_temporary(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError) as failed:
+        save_checkpoint(seeded_model(), tmp_path / "file" / "m.pt")
+    assert failed.value.filename == str(tmp_path / "file" / "m.pt")
+    assert "cannot write the checkpoint" in str(failed.value) and "pdseg-tmp" not in str(failed.value)
+
+
+def test_the_optimised_form_takes_half_inputs_as_the_plain_model_casts_them() -> None:
+    model = seeded_model().eval()
+    fast = optimize(model)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x.half()).numpy(), fast(x.half().float()).numpy(), rtol=0, atol=0)
+
+
+def test_loading_weights_leaves_the_callers_random_stream_alone(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "t.pt")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_model(ckpt)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_scores_compare_by_value() -> None:
+    rng = np.random.default_rng(0)
+    gt = (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255
+    pred = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    a, b = (evaluate_arrays([(p, gt)]).splits[0].scores for p in (pred, pred.copy()))
+    assert a == b  # the curves are arrays: == on them used to raise "truth value ... ambiguous"
+    assert a != evaluate_arrays([(255 - pred, gt)]).splits[0].scores
+
+
+def test_evaluate_refuses_a_negative_cache_size(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cache_max_bytes=-5 must be 0 or more"):
+        evaluate(tmp_path, tmp_path, cache_max_bytes=-5)
+
+
+def test_a_size_from_arithmetic_is_a_size_and_a_bool_is_not() -> None:
+    from pdseg_cli.engine.predict import parse_size
+
+    assert parse_size(512.0) == parse_size(np.int64(512)) == parse_size("512") == 512
+    for wrong in (True, 512.5):
+        with pytest.raises(InputError, match="is neither a number nor 'full'"):
+            parse_size(wrong)
