@@ -154,14 +154,14 @@ def training_copies(val_dir: Path, train_dirs: Sequence[Path]) -> list[Path]:
     copied folder that a path comparison cannot see). Only files whose names and sizes match are
     read, so a disjoint validation set costs a directory listing."""
     val_images, _ = dis5k.images_by_stem(val_dir / dis5k.IMAGE_DIR)
-    copies = []
+    copies: dict[Path, None] = {}  # ordered, and a membership test that does not scan (20k pairs: 56 s)
     for folder in train_dirs:
         train_images, _ = dis5k.images_by_stem(folder / dis5k.IMAGE_DIR)
         for stem in sorted(val_images.keys() & train_images.keys()):
             a, b = val_images[stem], train_images[stem]
             if a not in copies and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes():
-                copies.append(a)
-    return copies
+                copies[a] = None
+    return list(copies)
 
 
 def _open_teacher(ctx: RunContext, teacher: Path) -> tuple[TeacherMaps, TeacherInfo]:
