@@ -15,7 +15,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # type checkers see the real signatures; at run time they stay lazy (below)
     from pdseg_cli.engine.evaluate import evaluate as evaluate
+    from pdseg_cli.engine.export import export_checkpoint as export_checkpoint
     from pdseg_cli.engine.predict import Predictor as Predictor
+    from pdseg_cli.engine.train import TrainConfig as TrainConfig
+    from pdseg_cli.engine.train import train as train
     from pdseg_cli.errors import PdsegError as PdsegError
     from pdseg_cli.model.build import create_model as create_model
     from pdseg_cli.model.build import load_backbone as load_backbone
@@ -34,6 +37,9 @@ _LAZY = {
     "evaluate": "pdseg_cli.engine.evaluate",
     "Predictor": "pdseg_cli.engine.predict",
     "optimize": "pdseg_cli.model.optimize",
+    "export_checkpoint": "pdseg_cli.engine.export",
+    "train": "pdseg_cli.engine.train",
+    "TrainConfig": "pdseg_cli.engine.train",
     "PdsegError": "pdseg_cli.errors",
 }
 

@@ -98,3 +98,20 @@ def test_a_size_from_arithmetic_is_a_size_and_a_bool_is_not() -> None:
     for wrong in (True, 512.5):
         with pytest.raises(InputError, match="is neither a number nor 'full'"):
             parse_size(wrong)
+
+
+def test_a_threshold_that_is_not_a_number_is_one_line() -> None:
+    from pdseg_cli.engine.predict import check_threshold
+
+    check_threshold(np.float32(0.5))
+    for wrong in ("0.5", True):
+        with pytest.raises(InputError, match="is not a number: give a float in"):
+            check_threshold(wrong)  # type: ignore[arg-type]
+
+
+def test_training_and_export_are_public_names() -> None:
+    import pdseg_cli
+    from pdseg_cli.engine.export import export_checkpoint
+
+    assert pdseg_cli.train is train and pdseg_cli.TrainConfig is TrainConfig
+    assert pdseg_cli.export_checkpoint is export_checkpoint

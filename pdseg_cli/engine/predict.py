@@ -469,6 +469,9 @@ def check_threshold(threshold: float | None) -> None:
     Raises:
         InputError: naming the value and an example.
     """
+    number = isinstance(threshold, (int, float, np.number)) and not isinstance(threshold, bool)
+    if threshold is not None and not number:
+        raise InputError(f"threshold {threshold!r} is not a number: give a float in (0, 1), e.g. 0.5")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise InputError(
             f"--threshold {threshold} must lie strictly between 0 and 1", hint="e.g. --threshold 0.5"
