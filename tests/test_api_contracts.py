@@ -115,3 +115,15 @@ def test_training_and_export_are_public_names() -> None:
 
     assert pdseg_cli.train is train and pdseg_cli.TrainConfig is TrainConfig
     assert pdseg_cli.export_checkpoint is export_checkpoint
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "what"),
+    [("epochs", "2", "a whole number"), ("batch", 2.5, "a whole number"), ("seed", True, "a whole number"),
+     ("lr", "1e-3", "a number"), ("augment", 1, "True or False")],
+)  # fmt: skip
+def test_a_training_option_of_the_wrong_kind_is_one_line(field: str, value: object, what: str) -> None:
+    values: dict[str, object] = {"out": "runs/x", "epochs": 2, field: value}
+    with pytest.raises(InputError, match=f"TrainConfig {field}={value!r}: give {what}"):
+        TrainConfig(**values).check()  # type: ignore[arg-type]
+    assert TrainConfig(out="runs/x", epochs=2, lr=1).lr == 1  # a whole number is a number

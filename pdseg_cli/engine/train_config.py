@@ -168,12 +168,36 @@ class TrainConfig:
         """The variant to build: the one given, else the default (``init`` sets it when the run starts)."""
         return self.variant or DEFAULT_VARIANT
 
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong kind for a number or switch field (``epochs="2"``,
+        ``batch=2.5``) in one line, before a comparison or the data loader fails on it deep down.
+
+        Raises:
+            InputError: naming the first such field and what it takes.
+        """
+        import typing
+
+        kinds = {int: "a whole number", float: "a number", bool: "True or False"}
+        for name, hint in typing.get_type_hints(type(self)).items():
+            base = next((k for k in kinds if hint in (k, k | None)), None)
+            value = getattr(self, name, None)
+            if base is None or value is None:
+                continue
+            if base is bool:
+                ok = isinstance(value, bool)
+            else:  # a float field takes a whole number too; True is an int to Python, never a count
+                # plain Python numbers only: the run's config.json is written from them
+                ok = isinstance(value, (int, float) if base is float else int) and not isinstance(value, bool)
+            if not ok:
+                raise InputError(f"TrainConfig {name}={value!r}: give {kinds[base]}")
+
     def check(self) -> None:
         """Reject values that cannot work, with the fix in the message.
 
         Raises:
             InputError: the first bad value.
         """
+        self._check_types()
         get_config(self.model_variant)  # unknown names get a did-you-mean hint
         rules: list[tuple[bool, str, str | None]] = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}", None),
