@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import edge_case_split
 
+from pdseg_cli.data.atomic import TEMP_SUFFIX
 from pdseg_cli.engine.evaluate import evaluate, evaluate_arrays
 from pdseg_cli.metrics.cache import GTCache, default_cache_root
 from pdseg_cli.metrics.gtprep import GTPrep
@@ -145,7 +146,7 @@ def test_two_runs_share_one_cache(split: Path, tmp_path: Path) -> None:
         assert p.returncode == 0, err.decode()
     first, second = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(2))
     assert first["images"] == second["images"] and first["splits"] == second["splits"]
-    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in cache.rglob("*") if p.name.endswith((".tmp", TEMP_SUFFIX))]
     assert len(list(cache.rglob("*.npz"))) == len(CASES)
 
 

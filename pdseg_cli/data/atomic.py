@@ -1,8 +1,8 @@
 """Atomic file writes: a hidden temporary beside the target, renamed onto it when whole.
 
-Masks, cut-outs, checkpoints, run files and training caches are written through :func:`atomic_path`,
-and exports through :func:`temp_name` (they are checked before the rename), so an interrupted write
-leaves the old file or none, never half of one.
+Masks, cut-outs, checkpoints, exports (checked before the rename), run files and the training and
+GT caches are written through :func:`atomic_path`, so an interrupted write leaves the old file or
+none, never half of one.
 
 A temporary is named ``.<name>.<pid>-<host>-<4 random bytes>.pdseg-tmp``: the pid and a short hash
 of the host (its name and, on Linux, its pid namespace) say who writes it. A process killed

@@ -137,13 +137,11 @@ NOTE_TEXT = {
     "pred_low": f"prediction maps have no pixel above {GT_THRESHOLD} (0/1 maps?): F, wF, MAE, S and E "
     f"stretch each map to its own range, but HCE reads the bytes at > {GT_THRESHOLD} as the reference "
     "tools do, and sees them as empty; store maps as 0..255",
-}
-# the same kinds when the model made the maps (--weights): the images are what the user has, and the
-# fix of a stored file does not apply
-MODEL_NOTE_TEXT = {
-    "pred_low": f"the model's maps of these images have no pixel above {GT_THRESHOLD} (no object found): "
-    f"F, wF, MAE, S and E stretch each map to its own range, but HCE reads the bytes at > {GT_THRESHOLD} "
-    "as the reference tools do, and sees them as empty",
+    # the same kind where the model made the maps (--weights): the images are what the user has,
+    # and the fix of a stored file does not apply
+    "pred_low_by_model": f"the model's maps of these images have no pixel above {GT_THRESHOLD} (no "
+    "object found): F, wF, MAE, S and E stretch each map to its own range, but HCE reads the bytes at > "
+    f"{GT_THRESHOLD} as the reference tools do, and sees them as empty",
 }
 
 
@@ -222,18 +220,13 @@ def _grouped_notes(records: Sequence[ImageRecord], sources: Mapping[str, Path] |
     files: dict[str, list[str]] = {}
     for r in records:
         for kind, path in r.notes:
-            if sources and kind in MODEL_NOTE_TEXT and r.stem in sources:
-                kind, path = f"model:{kind}", str(sources[r.stem])
+            if sources and f"{kind}_by_model" in NOTE_TEXT and r.stem in sources:
+                kind, path = f"{kind}_by_model", str(sources[r.stem])
             files.setdefault(kind, []).append(path)
     return [
-        f"{_note_text(kind)} ({counted(len(paths), 'file')}): {listing(paths, 5)}"
+        f"{NOTE_TEXT[kind]} ({counted(len(paths), 'file')}): {listing(paths, 5)}"
         for kind, paths in files.items()
     ]
-
-
-def _note_text(kind: str) -> str:
-    """The text of a note kind; ``model:<kind>`` is its wording for maps the model made."""
-    return MODEL_NOTE_TEXT[kind[6:]] if kind.startswith("model:") else NOTE_TEXT[kind]
 
 
 def _score_files(

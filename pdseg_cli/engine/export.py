@@ -24,7 +24,6 @@ Loop nodes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
@@ -41,7 +40,7 @@ import torch
 from torch import nn
 
 from pdseg_cli import __version__
-from pdseg_cli.data.atomic import final_target, remove_stale_temporaries, temp_name
+from pdseg_cli.data.atomic import atomic_path, final_target
 from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
@@ -411,53 +410,57 @@ def export_model(
         opset=opset,
         source=source,
     )
-    remove_stale_temporaries(out)  # what a killed export of this file left (it is as big as the model)
     try:
-        target = final_target(out)  # an --out that is a link: the file it points at is replaced
+        final_target(out)  # a link into a missing folder, or a loop: said alone, before any work
     except OSError as exc:
         raise ExportWriteError(f"cannot write {out} ({exc.strerror or exc}); nothing was written") from None
-    tmp = target.with_name(temp_name(target))
     try:
-        step(f"exporting {variant} to {fmt}{' (fp16)' if half else ''}")
-        start = time.perf_counter()
-        if fmt == "onnx":
-            graph: nn.Module = _ExportGraph(graph_model, half)
-            trace_warnings = _export_onnx(onnx, graph.eval(), tmp, metadata, opset)
-        else:
-            graph = _TorchScriptGraph(graph_model, half)
-            trace_warnings = _export_torchscript(graph.eval(), tmp, metadata)
-        export_seconds = time.perf_counter() - start
-        checks: list[ShapeCheck] = []
-        if check:
-            loaded = OnnxModel(tmp) if fmt == "onnx" else TorchScriptModel(tmp)
-            # an fp16 graph checked on a CPU without fp16 units runs emulated: say why it is slow
-            slow = half and emulated_precision_note(torch.device("cpu"), "fp16") is not None
-            for shape in shapes:
-                step(
-                    f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}"
-                    + (" (fp16 runs emulated on this CPU: slower than fp32)" if slow else "")
-                )
-                checks.append(_check_shape(loaded, reference, shape, tol))
-            del loaded  # release the file (Windows) before os.replace
-        report = ExportReport(
-            path=out,
-            format=fmt,
-            metadata=metadata,
-            checks=tuple(checks),
-            export_seconds=export_seconds,
-            size_bytes=tmp.stat().st_size,
-            trace_warnings=trace_warnings,
-        )
-        if not report.ok:
-            worst = max(checks, key=lambda c: (not c.finite, c.max_abs_diff))
-            what = "non-finite values" if not worst.finite else f"max |dp| {worst.max_abs_diff:.3g} > {tol:g}"
-            raise ExportCheckError(
-                f"the exported {fmt} file does not match PyTorch at "
-                f"{'x'.join(map(str, worst.shape))} ({what}); {out} was not written",
-                report,
-                hint=_failure_hint(trace_warnings),
+        # sweep: what a killed export of this file left (as big as the model); an --out that is a
+        # link replaces the file it points at; renamed onto it only once the checks pass
+        with atomic_path(out, sweep=True) as tmp:
+            step(f"exporting {variant} to {fmt}{' (fp16)' if half else ''}")
+            start = time.perf_counter()
+            if fmt == "onnx":
+                graph: nn.Module = _ExportGraph(graph_model, half)
+                trace_warnings = _export_onnx(onnx, graph.eval(), tmp, metadata, opset)
+            else:
+                graph = _TorchScriptGraph(graph_model, half)
+                trace_warnings = _export_torchscript(graph.eval(), tmp, metadata)
+            export_seconds = time.perf_counter() - start
+            checks: list[ShapeCheck] = []
+            if check:
+                loaded = OnnxModel(tmp) if fmt == "onnx" else TorchScriptModel(tmp)
+                # an fp16 graph checked on a CPU without fp16 units runs emulated: say why it is slow
+                slow = half and emulated_precision_note(torch.device("cpu"), "fp16") is not None
+                for shape in shapes:
+                    step(
+                        f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}"
+                        + (" (fp16 runs emulated on this CPU: slower than fp32)" if slow else "")
+                    )
+                    checks.append(_check_shape(loaded, reference, shape, tol))
+                del loaded  # release the file (Windows) before the rename
+            report = ExportReport(
+                path=out,
+                format=fmt,
+                metadata=metadata,
+                checks=tuple(checks),
+                export_seconds=export_seconds,
+                size_bytes=tmp.stat().st_size,
+                trace_warnings=trace_warnings,
             )
-        os.replace(tmp, target)
+            if not report.ok:
+                worst = max(checks, key=lambda c: (not c.finite, c.max_abs_diff))
+                what = (
+                    "non-finite values"
+                    if not worst.finite
+                    else f"max |dp| {worst.max_abs_diff:.3g} > {tol:g}"
+                )
+                raise ExportCheckError(
+                    f"the exported {fmt} file does not match PyTorch at "
+                    f"{'x'.join(map(str, worst.shape))} ({what}); {out} was not written",
+                    report,
+                    hint=_failure_hint(trace_warnings),
+                )
         return report
     except OSError as exc:  # e.g. the disk filled up while the graph was written
         raise ExportWriteError(
@@ -469,9 +472,6 @@ def export_model(
             )
             + " or choose another --out",
         ) from None
-    finally:
-        with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing to clean
-            tmp.unlink(missing_ok=True)
 
 
 def export_checkpoint(

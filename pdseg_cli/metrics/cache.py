@@ -13,11 +13,11 @@ Where it lives: ``--cache-dir``, else ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HO
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdseg_cli.data.atomic import TEMP_SUFFIX, atomic_path
 from pdseg_cli.metrics.gtprep import FORMAT_VERSION, GTPrep
 
 CACHE_ENV = "PDSEG_CACHE_DIR"
@@ -115,18 +115,12 @@ class GTCache:
     def store(self, key: str, prep: GTPrep) -> bool:
         """Write the entry atomically; False when the cache folder is not writable."""
         path = self.path_for(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(prep.to_bytes())
-            os.replace(tmp, path)
-        except BaseException as exc:  # a Ctrl-C mid-write too: no partial entry is left behind
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            if not isinstance(exc, OSError):
-                raise
+            # a Ctrl-C mid-write too: atomic_path removes its temporary, so no partial entry is left
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(prep.to_bytes())
+        except OSError:
             return False
         return True
 
@@ -151,7 +145,8 @@ class GTCache:
                 st = path.stat()
             except OSError:
                 continue
-            stale_tmp = path.name.endswith(".tmp") and st.st_mtime < time.time() - 3600
+            # an hour old: a writer that died (".tmp": the names of pdseg versions before atomic_path)
+            stale_tmp = path.name.endswith((TEMP_SUFFIX, ".tmp")) and st.st_mtime < time.time() - 3600
             if current not in path.parents or stale_tmp:
                 freed += _unlink(path, st.st_size)
             elif path.suffix == _SUFFIX:
