@@ -54,6 +54,30 @@ class NotAvailableError(PdsegError):
     """A feature needs something that is not installed or not present (e.g. onnxruntime, CUDA)."""
 
 
+_KIND_WORDS = {int: "a whole number", float: "a number", bool: "True or False"}
+
+
+def check_kind(owner: str, name: str, value: object, kind: type) -> None:
+    """Refuse a Python caller's value of the wrong kind for a number or switch option in one line
+    (``batch="2"``, ``opset=17.5``, ``check=1``), before a comparison or torch fails on it deep down.
+
+    ``kind`` is ``int``, ``float`` (a whole number is a number too) or ``bool``. True is an int to
+    Python but never a count; only plain Python and numpy numbers pass, not strings.
+
+    Raises:
+        InputError: ``<owner> <name>=<value>: give a whole number`` (or a number, or True or False).
+    """
+    import numbers
+
+    if kind is bool:
+        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
+    else:
+        wanted = numbers.Integral if kind is int else numbers.Real
+        ok = isinstance(value, wanted) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+    if not ok:
+        raise InputError(f"{owner} {name}={value!r}: give {_KIND_WORDS[kind]}")
+
+
 def listing(items: Sequence[str], limit: int, sep: str = ", ") -> str:
     """``a, b, c and 7 more``: the first ``limit`` items named, the rest counted (messages stay
     one readable line however many files are at fault)."""

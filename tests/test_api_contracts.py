@@ -127,3 +127,35 @@ def test_a_training_option_of_the_wrong_kind_is_one_line(field: str, value: obje
     with pytest.raises(InputError, match=f"TrainConfig {field}={value!r}: give {what}"):
         TrainConfig(**values).check()  # type: ignore[arg-type]
     assert TrainConfig(out="runs/x", epochs=2, lr=1).lr == 1  # a whole number is a number
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"opset": "18"}, "export opset='18': give a whole number"),
+        ({"half": "no"}, "export half='no': give True or False"),
+        ({"check": 1}, "export check=1: give True or False"),
+        ({"tolerance": "1e-3"}, "export tolerance='1e-3': give a number"),
+        ({"fmt": 3}, "export format 3: give one of onnx, torchscript"),
+    ],
+)
+def test_an_export_option_of_the_wrong_kind_is_one_line_before_the_load(
+    tmp_path: Path, options: dict, words: str
+) -> None:
+    from pdseg_cli import export_checkpoint
+
+    # the checkpoint does not exist: the option is refused before anything is read
+    with pytest.raises(InputError) as info:
+        export_checkpoint(tmp_path / "missing.pt", tmp_path / "m.onnx", **options)
+    assert info.value.message == words
+
+
+def test_a_predictor_option_of_the_wrong_kind_is_one_line(tmp_path: Path) -> None:
+    predictor = Predictor(seeded_model(), device="cpu")
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(InputError, match="predict_batch batch='2': give a whole number"):
+        predictor.predict_batch([image], batch="2")
+    assert len(predictor.predict_batch([image], batch=np.int64(2))) == 1
+    with pytest.raises(InputError, match="predict_paths recursive='no': give True or False"):
+        predictor.predict_paths([tmp_path], tmp_path / "out", recursive="no")
+    assert not (tmp_path / "out").exists()

@@ -311,6 +311,12 @@ def test_an_exported_model_given_as_a_checkpoint_says_where_it_runs(tmp_path: Pa
         load_model(path)
     assert "not a PyTorch file" in str(info.value)
     assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")
+    named_pt = tmp_path / "m.pt"  # known by its first byte, as predict and eval know it
+    named_pt.write_bytes(path.read_bytes())
+    with pytest.raises(WeightsError) as info:
+        load_model(named_pt)
+    hint = info.value.hint or ""
+    assert "an ONNX model (named m.pt) runs in `pdseg predict` and `pdseg eval` only" in hint
     for name in ("m.ts", "m.bin"):  # a TorchScript archive is a zip, but not a damaged checkpoint
         torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / name))
         with pytest.raises(WeightsError) as info:

@@ -307,7 +307,8 @@ def test_corrupt_file_among_good_ones(folder: Path, tmp_path: Path, ckpt: Path) 
     assert "broken.png" in no_space(result.output)
     assert _no_temporaries(out)
     # the way on, once: the other images need no second pass
-    assert "rerunwith--skip-existingtosegmentonlythese(theotherimageswerewritten)" in no_space(result.output)
+    rerun = "runthesamecommandagainwith--skip-existingtosegmentonlythese(theotherimageswerewritten)"
+    assert rerun in no_space(result.output)
 
 
 def test_a_failed_file_keeps_the_hint_that_fixes_it(folder: Path, tmp_path: Path, ckpt: Path) -> None:

@@ -52,7 +52,7 @@ from pdseg_cli.engine.onnx_backend import (
     TorchScriptModel,
     require_onnxruntime,
 )
-from pdseg_cli.errors import InputError, NotAvailableError, PdsegError, refused_by_permissions
+from pdseg_cli.errors import InputError, NotAvailableError, PdsegError, check_kind, refused_by_permissions
 from pdseg_cli.model.build import train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
 from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
@@ -376,9 +376,7 @@ def export_model(
         ExportCheckError: the exported file differs from PyTorch by more than the tolerance (the
             file is not written).
     """
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r}", hint=f"choose from {', '.join(FORMATS)}")
+    fmt = _checked_options(fmt, half=half, check=check, opset=opset, tolerance=tolerance)
     if fmt == "onnx":
         top = max_onnx_opset()
         if not MIN_OPSET <= opset <= top:
@@ -474,6 +472,21 @@ def export_model(
         ) from None
 
 
+def _checked_options(fmt: object, **options: Any) -> str:
+    """The format, lower-cased, once it and the scalar options are of the right kind (a Python
+    caller's ``opset="18"`` or ``half="no"`` is one line, not a TypeError deep in the exporter)."""
+    if not isinstance(fmt, str):
+        raise InputError(f"export format {fmt!r}: give one of {', '.join(FORMATS)}")
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}", hint=f"choose from {', '.join(FORMATS)}")
+    kinds = {"half": bool, "check": bool, "opset": int, "tolerance": float}
+    for name, value in options.items():
+        if name in kinds and value is not None:
+            check_kind("export", name, value, kinds[name])
+    return fmt
+
+
 def export_checkpoint(
     weights: str | Path,
     out: str | Path,
@@ -492,7 +505,8 @@ def export_checkpoint(
     from pdseg_cli.model.build import load_model
 
     weights, out = Path(weights), Path(out)
-    if str(fmt).lower() == "onnx":
+    fmt = _checked_options(fmt, **options)  # before the (slow) model load
+    if fmt == "onnx":
         require_onnx(bool(options.get("check", True)))  # before the (slow) model load
     if out.exists() and weights.exists() and out.resolve() == weights.resolve():
         raise InputError(f"--out {out} is the checkpoint itself", hint="give another file name")

@@ -8,8 +8,10 @@ predictor can use it in place of the PyTorch network. The file's metadata (see
 An exported graph has two outputs: ``probabilities`` (sigmoid of the map, the one deployment code
 wants) and ``logits``. The loaders read ``logits`` directly; recovering logits from probabilities is
 lossy where the model is confident (in fp32, sigmoid(l) rounds to exactly 1.0 for l > ~16.6), and a
-predictor that resizes logits before the sigmoid would then blur confident edges. A third-party file
-with probabilities only still works through a clamped logit.
+predictor that resizes logits before the sigmoid would then blur confident edges. A file with
+probabilities only (a foreign model, or a third-party export) still works through a clamped logit,
+and the predictor resizes its probabilities, not those logits (``gives_probabilities``), so its maps
+are what the model's own scripts make.
 
 onnxruntime is optional (``pip install "pdseg[onnx]"``); it is imported only when an ONNX file is
 opened, so this module imports without it.
@@ -28,6 +30,7 @@ import torch
 
 from pdseg_cli.engine.onnx_spec import OnnxSpec, Signature, output_name, resolve_spec
 from pdseg_cli.errors import InputError, NotAvailableError, WeightsError
+from pdseg_cli.model.build import starts_like_onnx
 from pdseg_cli.weights import SUFFIX_FORMATS
 
 ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
@@ -386,6 +389,15 @@ class OnnxModel(_ExportedModel):
             return self.run(x, OUTPUT_PROBABILITIES).to(x.device)
         return torch.sigmoid(self.run(x, OUTPUT_LOGITS)).to(x.device)
 
+    @property
+    def gives_probabilities(self) -> bool:
+        """True when the graph's map is a probability with no logit beside it (a foreign model whose
+        spec says ``kind=probability``, or a file with one output): the predictor then resizes the
+        probabilities, as the model's own scripts and a plain one do, not their clamped logits."""
+        if self.spec is not None:
+            return self.spec.kind != "logit"
+        return OUTPUT_LOGITS not in self._output_names
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1, H, W), float32, on ``x``'s device, for input float (B, 3, H, W)."""
         if self.spec is not None:
@@ -441,6 +453,11 @@ class TorchScriptModel(_ExportedModel):
         """(probabilities, logits), each (B, 1, H, W) float32."""
         return self.probabilities(x), self(x)
 
+    @property
+    def gives_probabilities(self) -> bool:
+        """True when the module has no ``logits`` method: see :attr:`OnnxModel.gives_probabilities`."""
+        return not hasattr(self.module, OUTPUT_LOGITS)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 1, H, W), float32, for input float (B, 3, H, W)."""
         with torch.inference_mode():
@@ -486,10 +503,8 @@ def detect_format(path: str | Path) -> str:
         if any("/code/" in name for name in names[:2000]):
             return "torchscript"
         return "checkpoint"
-    with open(path, "rb") as f:
-        first = f.read(1)
     named = SUFFIX_FORMATS.get(path.suffix.lower())
-    if first == b"\x08" or named == "onnx":
+    if starts_like_onnx(path) or named == "onnx":
         return "onnx"
     return named or "checkpoint"
 

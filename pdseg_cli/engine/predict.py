@@ -38,7 +38,7 @@ from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, check_kind
 from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
@@ -191,6 +191,8 @@ class Predictor:
         elif channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        # a model that gives probabilities only has its maps resized as probabilities (onnx_backend)
+        self._resize_probabilities = bool(getattr(model, "gives_probabilities", False))
         self.normalization: Mapping[str, Any] = getattr(model, "normalization", None) or NORMALIZATION
         self.train_size = train_side(getattr(model, "train_size", None))
         parsed = parse_size(size)
@@ -296,6 +298,7 @@ class Predictor:
                 output has the wrong shape.
         """
         check_threshold(threshold)
+        check_kind("predict_batch", "batch", batch, int)
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         if isinstance(images, np.ndarray) and (
@@ -361,8 +364,13 @@ class Predictor:
     @torch.inference_mode()
     def to_prob(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(1, 1, h, w) float32 logits -> (1, 1, H, W) probabilities, in place where no resize is needed
-        (the logits are not used again)."""
-        if tuple(logits.shape[-2:]) != tuple(size):
+        (the logits are not used again). The logits are resized, then the sigmoid taken; for a model
+        that gives probabilities only, the probabilities are resized (as a plain script of it does)."""
+        same = tuple(logits.shape[-2:]) == tuple(size)
+        if self._resize_probabilities:  # a probability model: resized as its own scripts do
+            prob = logits.sigmoid_()
+            return prob if same else F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+        if not same:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.sigmoid_()
 
@@ -387,6 +395,9 @@ class Predictor:
         Returns:
             The summary; under torchrun every process gets the merged one.
         """
+        for name, value in (("recursive", recursive), ("skip_existing", skip_existing)):
+            check_kind("predict_paths", name, value, bool)  # bool("no") is True: a typo would flip it
+        check_kind("predict_paths", "batch", batch, int)
         plan = plan_predict(
             sources, out_dir, save=save, recursive=recursive, skip_existing=skip_existing, dist=dist
         )
@@ -412,6 +423,7 @@ class Predictor:
         drops the queued ones and re-raises KeyboardInterrupt.
         """
         check_threshold(threshold)
+        check_kind("run_plan", "batch", batch, int)
         if batch < 1:
             raise InputError(f"--batch {batch} must be at least 1")
         return predict_run.run_plan(

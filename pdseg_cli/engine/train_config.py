@@ -17,7 +17,7 @@ from pdseg_cli import runtime
 from pdseg_cli.config import get_config
 from pdseg_cli.data import dis5k
 from pdseg_cli.engine import losses
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, check_kind
 
 CONFIG = "config.json"  # the run folder's record of the configuration (see TrainConfig.to_dict)
 DEFAULT_VARIANT = "pdseg-b"
@@ -177,19 +177,15 @@ class TrainConfig:
         """
         import typing
 
-        kinds = {int: "a whole number", float: "a number", bool: "True or False"}
         for name, hint in typing.get_type_hints(type(self)).items():
-            base = next((k for k in kinds if hint in (k, k | None)), None)
+            base = next((k for k in (int, float, bool) if hint in (k, k | None)), None)
             value = getattr(self, name, None)
             if base is None or value is None:
                 continue
-            if base is bool:
-                ok = isinstance(value, bool)
-            else:  # a float field takes a whole number too; True is an int to Python, never a count
-                # plain Python numbers only: the run's config.json is written from them
-                ok = isinstance(value, (int, float) if base is float else int) and not isinstance(value, bool)
-            if not ok:
-                raise InputError(f"TrainConfig {name}={value!r}: give {kinds[base]}")
+            # plain Python numbers only: the run's config.json is written from them
+            check_kind("TrainConfig", name, value, base)
+            if base is not bool and type(value) not in (int, float):
+                raise InputError(f"TrainConfig {name}={value!r}: give a plain Python number")
 
     def check(self) -> None:
         """Reject values that cannot work, with the fix in the message.

@@ -324,14 +324,23 @@ def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
             "it is an image, not a model: give the weights file (a .pt checkpoint, or .onnx / .ts "
             "where the option takes one)"
         )
-    if what == "checkpoint" and suffix in SUFFIX_FORMATS:
+    if what == "checkpoint" and (suffix in SUFFIX_FORMATS or starts_like_onnx(path)):
+        # an ONNX file named .pt is known by its first byte: predict and eval run it by content too
+        kind = f"a {suffix} file" if suffix in SUFFIX_FORMATS else f"an ONNX model (named {path.name})"
         return (
-            f"a {suffix} file runs in `pdseg predict` and `pdseg eval` only; this needs a "
+            f"{kind} runs in `pdseg predict` and `pdseg eval` only; this needs a "
             "pdseg checkpoint (.pt: the bundled weights, or a run's last.pt / best.pt)"
         )
     if what == "checkpoint":  # predict, eval and --teacher take exports too; --init and export do not
         what = "a model file (a pdseg .pt checkpoint, or an .onnx / .ts export where the option takes one)"
     return f"check the path: this needs {what}"
+
+
+def starts_like_onnx(path: Path) -> bool:
+    """Whether the file starts as an ONNX protobuf does: field 1 (``ir_version``), varint, byte 0x08.
+    A pickle starts with 0x80 and a zip with ``PK``, so the byte tells them apart."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x08"
 
 
 def _starts_like_zip(path: Path) -> bool:

@@ -130,7 +130,8 @@ def summary(result: Any) -> None:
     if len(lines) > _MAX_LISTED:
         lines[_MAX_LISTED:] = [f"... and {len(failures) - _MAX_LISTED} more failed files"]
     fix = (
-        "each line says what went wrong; once it is put right (a damaged file re-copied or moved away), rerun"
+        "each line says what went wrong; once it is put right (a damaged file re-copied or moved away), "
+        "run the same command again"
     )
     if result.done:  # the rest were written: the rerun need only do these
         fix += " with --skip-existing to segment only these (the other images were written)"
