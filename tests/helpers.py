@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -87,6 +89,16 @@ def make_dataset(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
         cv2.imwrite(str(root / "im" / f"s{i:02d}.jpg"), image)
         cv2.imwrite(str(root / "gt" / f"s{i:02d}.png"), mask)
     return root
+
+
+def write_output_png(path: Path, pixels: np.ndarray) -> Path:
+    """``pixels`` (gray, RGB or RGBA uint8) written as pdseg writes an output: with its mark, so a
+    later run takes it for its own earlier output (an unmarked file of that layout is refused)."""
+    from pdseg_cli.data.header import OUTPUT_MARK
+    from pdseg_cli.data.images import write_png
+
+    write_png(path, pixels, software=OUTPUT_MARK)
+    return path
 
 
 def edge_case_split(folder: Path, cases: Sequence[str], *, images: bool = False) -> Path:
@@ -173,3 +185,16 @@ def gray_extra_tiffs(
     with tifffile.TiffFile(lzw, mode="r+b") as tif:
         tif.pages[0].tags["Compression"].overwrite(5)
     return plain, lzw
+
+
+def png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of each chunk of a PNG, read here without pdseg, checking every CRC."""
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    out, i = [], 8
+    while i < len(png):
+        (length,) = struct.unpack(">I", png[i : i + 4])
+        name, data = png[i + 4 : i + 8], png[i + 8 : i + 8 + length]
+        assert struct.unpack(">I", png[i + 8 + length : i + 12 + length])[0] == zlib.crc32(name + data)
+        out.append((name, data))
+        i += 12 + length
+    return out

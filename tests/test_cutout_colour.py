@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from helpers import run_cli, tiny_checkpoint
+from helpers import png_chunks, run_cli, tiny_checkpoint
 
+from pdseg_cli import __version__
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
@@ -53,27 +54,16 @@ def _image(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
     return img
 
 
-def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, data) of each chunk of a PNG, checking every CRC."""
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    out, i = [], 8
-    while i < len(png):
-        (length,) = struct.unpack(">I", png[i : i + 4])
-        name, data = png[i + 4 : i + 8], png[i + 8 : i + 8 + length]
-        assert struct.unpack(">I", png[i + 8 + length : i + 12 + length])[0] == zlib.crc32(name + data)
-        out.append((name, data))
-        i += 12 + length
-    return out
-
-
 def _png_profile(path: Path) -> bytes | None:
-    """The profile in a PNG's iCCP chunk, parsed here independently of pdseg (it must follow IHDR)."""
-    chunks = _chunks(path.read_bytes())
-    found = [i for i, (name, _) in enumerate(chunks) if name == b"iCCP"]
+    """The profile in a PNG's iCCP chunk, parsed here independently of pdseg (it must come before
+    IDAT; pdseg's outputs have their mark, a tEXt chunk, between IHDR and it)."""
+    chunks = png_chunks(path.read_bytes())
+    names = [name for name, _ in chunks]
+    found = [i for i, name in enumerate(names) if name == b"iCCP"]
     if not found:
         return None
-    assert found == [1], "one iCCP, right after IHDR"
-    data = chunks[1][1]
+    assert len(found) == 1 and 0 < found[0] < names.index(b"IDAT"), "one iCCP, after IHDR, before IDAT"
+    data = chunks[found[0]][1]
     name_end = data.index(b"\x00")
     assert 1 <= name_end <= 79 and data[name_end + 1] == 0  # a name, NUL, compression method 0
     return zlib.decompress(data[name_end + 2 :])
@@ -248,10 +238,10 @@ def test_png_written_with_a_profile_decodes_to_the_same_pixels() -> None:
         cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED),
         cv2.imdecode(np.frombuffer(imio.encode_png(rgba), np.uint8), cv2.IMREAD_UNCHANGED),
     )
-    assert [name for name, _ in _chunks(png)][:2] == [b"IHDR", b"iCCP"]
+    assert [name for name, _ in png_chunks(png)][:2] == [b"IHDR", b"iCCP"]
     # a tiny regular profile would compress to a chunk libpng drops as "too short" (under 92 bytes)
     tiny = _profile(b"", size=132)
-    chunk = _chunks(imio.encode_png(rgba, icc_profile=tiny))[1]
+    chunk = png_chunks(imio.encode_png(rgba, icc_profile=tiny))[1]
     assert chunk[0] == b"iCCP" and len(chunk[1]) >= 92 and zlib.decompress(chunk[1][5:]) == tiny
 
 
@@ -380,4 +370,7 @@ def test_rgb_input_outputs_are_as_before(tmp_path: Path, ckpt: Path) -> None:
     np.testing.assert_array_equal(rgba, np.dstack([rgb, mask]))
     np.testing.assert_array_equal(_read_png(out / "r_composite.png"), _old_composite(rgb, mask, BG))
     for name in ("r.png", "r_alpha.png", "r_composite.png"):
-        assert [c for c, _ in _chunks((out / name).read_bytes())] == [b"IHDR", b"IDAT", b"IEND"]
+        # only pdseg's mark added (a tEXt chunk): OpenCV's own PNG otherwise
+        chunks = png_chunks((out / name).read_bytes())
+        assert [c for c, _ in chunks] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
+        assert chunks[1][1] == b"Software\x00pdseg " + __version__.encode()

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import edge_case_split, flat, no_space
+from helpers import edge_case_split, flat, no_space, write_output_png
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -315,7 +315,7 @@ class _FakePredictor:
         out_dir.mkdir(parents=True, exist_ok=True)
         for src in sources:
             pred = cv2.imread(str(self.source / f"{Path(src).stem}.png"), cv2.IMREAD_GRAYSCALE)
-            cv2.imwrite(str(out_dir / f"{Path(src).stem}.png"), pred)
+            write_output_png(out_dir / f"{Path(src).stem}.png", pred)  # marked, as the real one writes
             if on_progress:
                 on_progress(None)
         return _FakeSummary([])
@@ -430,8 +430,16 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
         f"{CASES[0]}.png (an 8-bit PNG with 3 channels; pdseg's mask has 1)" in flat(result.output)
     )
     assert "--out" not in result.output
-    # an old map of the same name is just replaced
+    # a gray PNG without pdseg's mark (a GT mask, say) is refused too, saying why
     cv2.imwrite(str(keep / "s" / f"{CASES[0]}.png"), np.zeros((8, 8), np.uint8))
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    assert (
+        f"holds 1 file that pdseg did not write and would replace: {CASES[0]}.png (an 8-bit gray PNG "
+        'without the "Software: pdseg" mark' in flat(result.output)
+    )
+    # an old map of the same name is just replaced
+    write_output_png(keep / "s" / f"{CASES[0]}.png", np.zeros((8, 8), np.uint8))
     _FakePredictor.source = split / "pred"
     monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
     assert _run(*args, cache=tmp_path / "c").exit_code == 0

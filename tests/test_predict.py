@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import dead_pid, flat, no_space
+from helpers import dead_pid, flat, no_space, write_output_png
 from typer.testing import CliRunner
 
 from pdseg_cli import create_model, load_model, save_checkpoint
@@ -643,7 +643,7 @@ def test_an_output_that_links_outside_out_is_refused_before_anything_is_written(
     result = _run(folder, "-o", out, "-w", ckpt)
     assert result.exit_code == 2 and "is a link in a loop" in flat(result.output), result.output
     (out / f"{stem}.png").unlink()
-    cv2.imwrite(str(out / "kept.png"), np.zeros((4, 4), np.uint8))  # an earlier mask, say
+    write_output_png(out / "kept.png", np.zeros((4, 4), np.uint8))  # an earlier mask, say
     (out / f"{stem}.png").symlink_to("kept.png")  # inside --out: written through, the link stays
     assert _run(folder, "-o", out, "-w", ckpt).exit_code == 0
     assert (out / f"{stem}.png").is_symlink() and cv2.imread(str(out / "kept.png")).shape[0] > 4
@@ -744,6 +744,9 @@ def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path,
 def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    result = _run(empty, "-o", tmp_path / "o", "-w", ckpt)  # no subfolders: --recursive cannot help
+    assert result.exit_code == 2 and "no images" in result.output and "--recursive" not in result.output
+    (empty / "sub").mkdir()
     result = _run(empty, "-o", tmp_path / "o", "-w", ckpt)
     assert result.exit_code == 2 and "no images" in result.output and "--recursive" in result.output
     notes = folder / "notes.txt"

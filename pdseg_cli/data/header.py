@@ -11,6 +11,10 @@ tifffile or OpenCV by them, and names the real format when a file cannot be deco
 :func:`header_extras` reads what the reader keeps besides the pixels: the embedded ICC profile
 (JPEG APP2, PNG iCCP, WebP ICCP; a TIFF's tag through :func:`tiff_icc_profile`), whether the file
 holds alpha, and a PNG's or WebP's EXIF orientation.
+
+:func:`carries_output_mark` tells pdseg's own outputs from other files of the same layout (a GT
+mask is an 8-bit gray PNG as pdseg's mask is): pdseg writes :data:`OUTPUT_MARK` into each, as a
+PNG's tEXt ``Software`` or a TIFF's Software tag.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pdseg_cli import __version__
 
 _READ = 1 << 16  # enough for the headers above, and for JPEG markers before the first SOF in most files
 
@@ -147,42 +153,148 @@ def eight_bit_input(path: Path) -> bool | None:
     return None
 
 
-_TAG_BITS_PER_SAMPLE, _TAG_SAMPLES_PER_PIXEL = 258, 277
+_TAG_BITS_PER_SAMPLE, _TAG_SAMPLES_PER_PIXEL, _TAG_SOFTWARE = 258, 277, 305
+# TIFF field types -> bytes per value (BYTE, ASCII, SHORT, LONG, SBYTE, UNDEFINED, SSHORT, SLONG, LONG8)
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 6: 1, 7: 1, 8: 2, 9: 4, 16: 8}
+_MAX_TAG_READ = 256  # of one tag's value: the numbers and the start of Software are all that is read
 
 
-def _tiff_layout(path: Path, head: bytes) -> tuple[str, int, int] | None:
-    """SamplesPerPixel and the first BitsPerSample of a TIFF's first page, read from its first
-    directory with ``struct`` (tifffile would parse the whole file's structure: a rerun over
-    thousands of outputs checks each one). The TIFF defaults (1 and 1) where a tag is absent."""
-    order = "<" if head[:2] == b"II" else ">"
+def _tiff_first_ifd(path: Path, head: bytes, tags: frozenset[int]) -> dict[int, tuple[int, bytes]]:
+    """``{tag: (field type, value bytes)}`` of those of ``tags`` in a TIFF's first directory, read
+    with ``struct`` (tifffile would parse the whole file's structure: a rerun over thousands of
+    outputs checks each one). A value is read up to :data:`_MAX_TAG_READ` bytes, from the entry
+    itself or from where it points. Empty for a directory no real file has (over 4096 tags).
+
+    Raises:
+        OSError, struct.error, ValueError: a file cut short or damaged (the callers' to catch).
+    """
+    order = _tiff_order(head)
     big = head[2:4] in (b"+\x00", b"\x00+")  # BigTIFF: 8-byte offsets and counts
     count_fmt, offset_fmt, entry_size = ("Q", "Q", 20) if big else ("H", "I", 12)
-    samples, bits = 1, 1
+    found: dict[int, tuple[int, bytes]] = {}
     with open(path, "rb") as f:
         (ifd,) = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])
         f.seek(ifd)
         (entries,) = struct.unpack(order + count_fmt, f.read(struct.calcsize(count_fmt)))
         if entries > 4096:  # no real first directory has this many tags
-            return None
+            return found
         table = f.read(entries * entry_size)
         for i in range(entries):
             entry = table[i * entry_size : (i + 1) * entry_size]
             tag, kind = struct.unpack(order + "HH", entry[:4])
-            if tag not in (_TAG_SAMPLES_PER_PIXEL, _TAG_BITS_PER_SAMPLE):
+            if tag not in tags:
                 continue
-            (count,) = struct.unpack(order + ("Q" if big else "I"), entry[4:12] if big else entry[4:8])
+            (count,) = struct.unpack(order + offset_fmt, entry[4:12] if big else entry[4:8])
             value = entry[12:] if big else entry[8:]
-            size = 2 if kind == 3 else 4  # SHORT, else LONG
-            if count * size > len(value):  # stored elsewhere: the offset is in the entry
+            whole = count * _TIFF_TYPE_SIZES.get(kind, 4)
+            if whole > len(value):  # stored elsewhere: the offset is in the entry
                 (where,) = struct.unpack(order + offset_fmt, value)
                 f.seek(where)
-                value = f.read(size)
-            (number,) = struct.unpack(order + ("H" if size == 2 else "I"), value[:size])
-            if tag == _TAG_SAMPLES_PER_PIXEL:
-                samples = int(number)
-            else:
-                bits = int(number)
+                value = f.read(min(whole, _MAX_TAG_READ))
+            found[tag] = (kind, value[: min(whole, _MAX_TAG_READ)])
+    return found
+
+
+def _tiff_order(head: bytes) -> str:
+    """``struct``'s byte order for a TIFF by its first two bytes (``II`` little-endian, ``MM`` big)."""
+    return "<" if head[:2] == b"II" else ">"
+
+
+def _tiff_number(order: str, kind: int, value: bytes, default: int) -> int:
+    """The first number of a SHORT (type 3) or, otherwise, LONG tag's value; ``default`` when absent."""
+    if not value:
+        return default
+    size = 2 if kind == 3 else 4
+    (number,) = struct.unpack(order + ("H" if size == 2 else "I"), value[:size])
+    return int(number)
+
+
+def _tiff_layout(path: Path, head: bytes) -> tuple[str, int, int]:
+    """SamplesPerPixel and the first BitsPerSample of a TIFF's first page (:func:`_tiff_first_ifd`)."""
+    return _layout_of(_tiff_first_ifd(path, head, _LAYOUT_TAGS), _tiff_order(head))
+
+
+_LAYOUT_TAGS = frozenset({_TAG_SAMPLES_PER_PIXEL, _TAG_BITS_PER_SAMPLE})
+
+
+def _layout_of(found: dict[int, tuple[int, bytes]], order: str) -> tuple[str, int, int]:
+    """``("TIFF", samples per pixel, bits per sample)`` from a first directory's tags; the TIFF
+    defaults (1 and 1) where a tag is absent."""
+    samples = _tiff_number(order, *found.get(_TAG_SAMPLES_PER_PIXEL, (4, b"")), default=1)
+    bits = _tiff_number(order, *found.get(_TAG_BITS_PER_SAMPLE, (4, b"")), default=1)
     return "TIFF", samples, bits
+
+
+# ----------------------------------------------------------------------------------------------
+# pdseg's mark on its outputs: which files in --out an earlier run wrote
+
+OUTPUT_MARK = f"pdseg {__version__}"  # a PNG's tEXt "Software", a TIFF's Software tag (305)
+_MARK_PREFIX = b"pdseg"  # what a mark starts with, whichever version wrote it
+_SOFTWARE_KEYWORD = b"Software"  # the PNG keyword for the program that made the file (PNG spec 11.3.4.2)
+_MAX_TEXT = 1024  # a tEXt chunk longer than this is no mark of pdseg's: not read
+
+
+def carries_output_mark(path: Path, head: bytes | None = None) -> bool:
+    """Whether a PNG or TIFF carries the mark pdseg puts on its outputs (:data:`OUTPUT_MARK`): a
+    PNG tEXt chunk ``Software`` before the image data, or a TIFF's first-directory Software tag,
+    whose text starts with ``pdseg``. Its layout alone cannot tell (a GT mask is an 8-bit gray PNG
+    too). Only the chunks before IDAT, or the first directory, are read. A damaged, truncated or
+    unreadable file, or another format, reads as unmarked: it never raises.
+
+    ``head``: the file's first bytes, where the caller has read them already.
+    """
+    head = read_head(path, 128) if head is None else head
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            with _FileBytes(path, head) as data:
+                return _png_software(data).startswith(_MARK_PREFIX)
+        if head.startswith(TIFF_MAGICS):
+            return _tiff_marked(_tiff_first_ifd(path, head, frozenset({_TAG_SOFTWARE})))
+    except (OSError, struct.error, ValueError, IndexError):
+        pass
+    return False
+
+
+def layout_and_mark(path: Path, head: bytes) -> tuple[tuple[str, int, int] | None, bool]:
+    """:func:`sample_layout` and :func:`carries_output_mark` of one file, a TIFF's first directory
+    read once for both (a rerun over thousands of outputs checks each one). Never raises.
+
+    ``head``: the file's first bytes (:func:`read_head`; 128 hold a pdseg PNG's IHDR and mark).
+    """
+    if not head.startswith(TIFF_MAGICS):
+        return sample_layout(path, head), carries_output_mark(path, head)
+    try:
+        found = _tiff_first_ifd(path, head, _LAYOUT_TAGS | {_TAG_SOFTWARE})
+    except (OSError, struct.error, ValueError, IndexError):  # a damaged file: not one pdseg wrote
+        return None, False
+    return _layout_of(found, _tiff_order(head)), _tiff_marked(found)
+
+
+def _tiff_marked(found: dict[int, tuple[int, bytes]]) -> bool:
+    """Whether a first directory's Software tag (ASCII, type 2) is pdseg's mark."""
+    kind, value = found.get(_TAG_SOFTWARE, (0, b""))
+    return kind == 2 and value.startswith(_MARK_PREFIX)
+
+
+def _png_software(data: _FileBytes) -> bytes:
+    """The text of a PNG's first whole tEXt ``Software`` chunk before IDAT (its CRC right: a
+    chunk cut short or damaged is passed over); empty when there is none."""
+    offset = 8
+    while True:
+        chunk = data.read(offset, 8)
+        if len(chunk) < 8:
+            return b""
+        length, name = struct.unpack(">I", chunk[:4])[0], chunk[4:8]
+        if length > 2**31 - 1 or name in (b"IDAT", b"IEND"):
+            return b""
+        if name == b"tEXt" and length <= _MAX_TEXT:
+            body = data.read(offset + 8, length + 4)
+            text, crc = body[:length], body[length:]
+            if len(crc) == 4 and zlib.crc32(b"tEXt" + text) == struct.unpack(">I", crc)[0]:
+                keyword, _, value = text.partition(b"\x00")
+                if keyword == _SOFTWARE_KEYWORD:
+                    return value
+        offset += 12 + length
 
 
 def pnm_header(head: bytes) -> PnmHeader | None:

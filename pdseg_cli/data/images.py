@@ -844,11 +844,15 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
 
 
-def encode_png(pixels: np.ndarray, *, compression: int = 3, icc_profile: bytes | None = None) -> bytes:
+def encode_png(
+    pixels: np.ndarray, *, compression: int = 3, icc_profile: bytes | None = None, software: str | None = None
+) -> bytes:
     """(H, W) gray or (H, W, 3|4) RGB(A), uint8 or uint16 -> PNG bytes.
 
     ``compression`` is zlib's level (OpenCV's default is 1; 3 is ~15% smaller and still fast).
     ``icc_profile``: an ICC profile to embed (an iCCP chunk, :func:`png_with_icc_profile`).
+    ``software``: a tEXt ``Software`` chunk to add (:func:`png_with_software`), e.g. pdseg's mark
+    on its outputs (:data:`pdseg_cli.data.header.OUTPUT_MARK`).
     """
     if pixels.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG holds uint8 or uint16, got {pixels.dtype}")
@@ -857,46 +861,82 @@ def encode_png(pixels: np.ndarray, *, compression: int = 3, icc_profile: bytes |
     if not ok:
         raise OSError("OpenCV could not encode the PNG")
     png = buf.tobytes()
-    return png if icc_profile is None else png_with_icc_profile(png, icc_profile)
+    if icc_profile is not None:
+        png = png_with_icc_profile(png, icc_profile)
+    if software is not None:  # inserted last: it ends up right after IHDR, before the iCCP chunk
+        png = png_with_software(png, software)
+    return png
 
 
 PNG_ICC_NAME = b"icc"  # the iCCP chunk's profile name (1-79 Latin-1 characters; readers ignore it)
+_IHDR_END = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+
+
+def png_with_chunk(png: bytes, name: bytes, data: bytes) -> bytes:
+    """``png`` with a chunk ``name`` holding ``data`` (its length, type, data and CRC) right after
+    IHDR: the one place before PLTE and IDAT that every PNG has, where iCCP must be and any text
+    may be.
+
+    Raises:
+        ValueError: ``png`` does not start with a PNG signature and IHDR.
+    """
+    if png[12:16] != b"IHDR":
+        raise ValueError("not a PNG starting with IHDR")
+    chunk = struct.pack(">I", len(data)) + name + data + struct.pack(">I", zlib.crc32(name + data))
+    return png[:_IHDR_END] + chunk + png[_IHDR_END:]
 
 
 def png_with_icc_profile(png: bytes, profile: bytes) -> bytes:
     """``png`` with an iCCP chunk holding ``profile`` right after IHDR (where the PNG specification
     wants it: before PLTE and IDAT): the name, a NUL, compression method 0 and the zlib-compressed
-    profile, with its CRC. ``png`` must have no iCCP, sRGB or gAMA chunk (OpenCV writes none)."""
-    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
-    if png[12:16] != b"IHDR":
-        raise ValueError("not a PNG starting with IHDR")
+    profile. ``png`` must have no iCCP, sRGB or gAMA chunk (OpenCV writes none)."""
     compressed = zlib.compress(profile, 9)
     if len(PNG_ICC_NAME) + 2 + len(compressed) < 92:
         # libpng drops an iCCP chunk under 92 bytes as "too short" (it reads 81, then wants a whole
         # zlib stream): a tiny or very regular profile is stored uncompressed instead
         compressed = zlib.compress(profile, 0)
-    data = PNG_ICC_NAME + b"\x00\x00" + compressed
-    chunk = struct.pack(">I", len(data)) + b"iCCP" + data + struct.pack(">I", zlib.crc32(b"iCCP" + data))
-    return png[:ihdr_end] + chunk + png[ihdr_end:]
+    return png_with_chunk(png, b"iCCP", PNG_ICC_NAME + b"\x00\x00" + compressed)
 
 
-def write_png(path: str | os.PathLike[str], pixels: np.ndarray, *, icc_profile: bytes | None = None) -> None:
-    """Write a PNG atomically (see :func:`encode_png` for what ``pixels`` and ``icc_profile`` may be)."""
-    write_bytes_atomic(path, encode_png(pixels, icc_profile=icc_profile))
+def png_with_software(png: bytes, software: str) -> bytes:
+    """``png`` with a tEXt chunk ``Software`` = ``software`` right after IHDR, where a reader that
+    stops at the image data (:func:`pdseg_cli.data.header.carries_output_mark`) finds it soon.
+    tEXt holds Latin-1 text; a character outside it is replaced."""
+    return png_with_chunk(png, b"tEXt", b"Software\x00" + software.encode("latin-1", "replace"))
 
 
-def write_tiff(path: str | os.PathLike[str], pixels: np.ndarray, *, icc_profile: bytes | None = None) -> None:
+def write_png(
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    *,
+    icc_profile: bytes | None = None,
+    software: str | None = None,
+) -> None:
+    """Write a PNG atomically (see :func:`encode_png` for what the arguments may be)."""
+    write_bytes_atomic(path, encode_png(pixels, icc_profile=icc_profile, software=software))
+
+
+def write_tiff(
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    *,
+    icc_profile: bytes | None = None,
+    software: str | None = None,
+) -> None:
     """Write (H, W, 3|4) RGB(A) or (H, W) gray as a deflate-compressed TIFF, atomically.
 
     The sample type is kept (uint8, uint16 or float32). A 4th channel is stored as unassociated
     alpha; files over 2 GB become BigTIFF. ``icc_profile``: an ICC profile to embed (tag 34675,
-    InterColorProfile).
+    InterColorProfile). ``software``: the Software tag (305; tifffile's own name without it), e.g.
+    pdseg's mark on its outputs (:data:`pdseg_cli.data.header.OUTPUT_MARK`).
     """
     import tifffile
 
     kwargs: dict[str, object] = {"compression": "zlib", "compressionargs": {"level": 6}}
     if icc_profile is not None:
         kwargs["iccprofile"] = icc_profile
+    if software is not None:
+        kwargs["software"] = software
     if pixels.ndim == 3:
         kwargs["photometric"] = "rgb"
         if pixels.shape[2] == 4:

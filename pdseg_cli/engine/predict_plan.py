@@ -59,8 +59,9 @@ def collect_inputs(
         exclude: a folder never listed (the output folder, so old outputs are not read as inputs).
 
     Returns:
-        (images in a stable order, files that are not images, whether a recursive walk met
-        ``exclude`` and left it out). Hidden files are ignored.
+        (images in a stable order, files that are not images (and the folder links a recursive walk
+        did not follow, :func:`walk_folder`), whether a recursive walk met ``exclude`` and left it
+        out). Hidden files are ignored.
 
     Raises:
         InputError: a source that is neither a file, a folder nor a pattern matching anything.
@@ -87,14 +88,11 @@ def collect_inputs(
     def walk(root: Path, base: Path) -> None:
         nonlocal passed_exclude
         if recursive:
-            files = []
-            for dirpath, dirnames, filenames in os.walk(root):
-                d = Path(dirpath)
-                visible = [n for n in dirnames if not n.startswith(".")]
-                kept = sorted(n for n in visible if exclude_r is None or (d / n).resolve() != exclude_r)
-                passed_exclude |= len(kept) < len(visible)
-                dirnames[:] = kept
-                files.extend(d / n for n in sorted(filenames))
+            tree = walk_folder(root, exclude_r)
+            files = tree.files
+            passed_exclude |= tree.passed_exclude
+            # listed with the files not read, as broken links are (is_broken_link tells them apart)
+            not_images.extend(link for link in tree.skipped_links if link not in not_images)
         else:
             # links that lead nowhere too, so that they are counted with the files not read
             files = sorted(p for p in root.iterdir() if p.is_file() or (p.is_symlink() and not p.is_dir()))
@@ -131,6 +129,72 @@ def collect_inputs(
         else:
             raise InputError(f"{path}: no such file, folder or pattern")
     return found, not_images, passed_exclude
+
+
+@dataclass
+class FolderWalk:
+    """What :func:`walk_folder` met.
+
+    Attributes:
+        files: every file (hidden ones too) and link that is not to a folder, in walk order.
+        skipped_links: links to folders not followed: back to a folder of the walk or one above it
+            (a loop), or to a folder the walk had read already (each listed once).
+        passed_exclude: the walk met the excluded folder (itself or through a link) and left it out.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    skipped_links: list[Path] = field(default_factory=list)
+    passed_exclude: bool = False
+
+
+def walk_folder(root: Path, exclude: Path | None = None) -> FolderWalk:
+    """Every file under ``root``, following links to folders, each folder read once.
+
+    The folders under ``root`` itself are read first (sorted, hidden ones left out), then those its
+    links lead to, in the order they were met (``os.walk`` alone passes over linked folders; told
+    to follow them, it would loop on a link to a folder above). A linked folder's files keep the
+    link's path (``root/link/x.jpg``), so --recursive mirrors them under the link's name. A link
+    is not followed when its folder was read already (by another path), or holds ``root`` (a link
+    back up, which would read the tree again).
+
+    Args:
+        root: the folder.
+        exclude: a resolved folder never read (``--out``), reached directly or through a link.
+    """
+    walk = FolderWalk()
+    root_real = root.resolve()
+    # a folder under --out is left out too when reached through a link, unless the input itself
+    # lies under --out (then only --out itself is: the rest is the input)
+    guard = exclude if exclude is not None and not root_real.is_relative_to(exclude) else None
+    visited = {root_real}
+    pending = [root]  # the folders to read: the root, then the links met, in order
+    for top in pending:  # the list grows while it is read: the links met are read in turn
+        if top is not root:
+            # checked now, not when met: a folder read since (by its own path) is not read again
+            real = _resolved(top)
+            if real is None or real in visited or root_real.is_relative_to(real):
+                if top not in walk.skipped_links:
+                    walk.skipped_links.append(top)
+                continue
+            visited.add(real)
+        for dirpath, dirnames, filenames in os.walk(top):
+            d = Path(dirpath)
+            kept = []
+            for name in sorted(dirnames):
+                sub = d / name
+                real = _resolved(sub)
+                if name.startswith(".") or real is None:
+                    continue
+                if real == exclude or (guard is not None and real.is_relative_to(guard)):
+                    walk.passed_exclude = True
+                elif sub.is_symlink():
+                    pending.append(sub)  # os.walk does not descend it; decided when its turn comes
+                elif real not in visited:  # a folder a link led to earlier is read once
+                    visited.add(real)
+                    kept.append(name)
+            dirnames[:] = kept
+            walk.files.extend(d / n for n in sorted(filenames))
+    return walk
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -175,6 +239,41 @@ def _folder_contents(folder: Path) -> str:
     return f"{name} holds " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
 
 
+def _no_images_hint(sources: Sequence[Path], recursive: bool) -> str:
+    """The hint of a run that found no images: the hidden images its folders hold (a folder run
+    leaves them out), else the suffixes pdseg reads; and --recursive only where a folder has
+    subfolders to look in."""
+    folders = [s for s in sources if s.is_dir()]
+    parts = [
+        f"the only images in {folder} are hidden ({listing([p.name for p in hidden], 3)}), which a "
+        "folder run leaves out: name them directly to segment them"
+        for folder in folders
+        if (hidden := _hidden_images(folder, recursive))
+    ]
+    if not parts:
+        parts.append("pdseg reads " + ", ".join(sorted(s.lstrip(".") for s in imio.IMAGE_SUFFIXES)))
+    if not recursive and any(_has_subfolders(folder) for folder in folders):
+        parts.append("add --recursive to look in subfolders")
+    return "; ".join(parts)
+
+
+def _hidden_images(folder: Path, recursive: bool) -> list[Path]:
+    """The hidden image files (names starting with '.') a folder walk passes over in ``folder``."""
+    try:
+        files = walk_folder(folder).files if recursive else [p for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return []
+    return [p for p in files if p.name.startswith(".") and imio.is_image_file(p)]
+
+
+def _has_subfolders(folder: Path) -> bool:
+    """Whether ``folder`` holds a folder a recursive walk reads (not a hidden one)."""
+    try:
+        return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def _is_under(path: Path, base: Path) -> bool:
     try:
         path.resolve().relative_to(base.resolve())
@@ -193,8 +292,10 @@ def _resolved(path: Path) -> Path | None:
 
 
 def is_broken_link(path: Path) -> bool:
-    """A symbolic link that leads nowhere, or in a loop (counted apart from files of other kinds)."""
-    return _resolved(path) is None and path.is_symlink()
+    """A symbolic link that leads nowhere, or in a loop (counted apart from files of other kinds).
+    A link to a folder is listed only where a recursive walk did not follow it: one back up the
+    tree, or to a folder read already (:func:`walk_folder`), so it counts as a loop here."""
+    return path.is_symlink() and (_resolved(path) is None or path.is_dir())
 
 
 def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
@@ -290,13 +391,15 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
 def not_an_output(path: Path, kind: str) -> str | None:
     """What ``path`` is, when it is a file but not one an earlier run wrote as a ``kind`` output
     (``an 8-bit PNG with 3 channels; pdseg's mask has 1``); None when it is no file, or is such an
-    output. Told by its header alone (read once): the kind's samples per pixel, in an 8-bit PNG or
-    a 16/32-bit TIFF (the only files pdseg writes)."""
+    output. Told by its header (read once): the kind's samples per pixel, in an 8-bit PNG or a
+    16/32-bit TIFF (the only files pdseg writes), and pdseg's mark
+    (:func:`pdseg_cli.data.header.carries_output_mark`). The layout alone is not enough: a GT mask
+    is an 8-bit gray PNG as pdseg's mask is, and ``predict --out gt/`` would replace it."""
     if not path.is_file():
         return None
     spec = OUTPUT_KINDS[kind]
-    head = header.read_head(path, 32)
-    layout = header.sample_layout(path, head)
+    head = header.read_head(path, 128)  # IHDR and the mark right after it, in a pdseg PNG
+    layout, marked = header.layout_and_mark(path, head)
     if layout is None:
         written = "TIFF" if path.suffix.lower() == HIGH_DEPTH_SUFFIX else "PNG"
         ours = f"the {spec.channels}-channel {written} pdseg writes as {_a(kind)}"
@@ -304,11 +407,20 @@ def not_an_output(path: Path, kind: str) -> str | None:
         return f"{_a(other)}, not {ours}" if other is not None else f"not an image, nor {ours}"
     fmt, samples, bits = layout
     if samples == spec.channels and (bits == 8 if fmt == "PNG" else bits >= 16):
-        return None
+        if marked:
+            return None
+        return f"{_a(f'{bits}-bit')} {_LAYOUT_NAMES[samples]} {fmt} {_UNMARKED}"
     what = f"{_a(f'{bits}-bit')} {fmt} with {counted(samples, 'channel')}"
     if samples != spec.channels:
         return f"{what}; pdseg's {kind} has {spec.channels}"
     return f"{what}; pdseg's {kind} {fmt} is " + ("8-bit" if fmt == "PNG" else "16- or 32-bit")
+
+
+# the samples per pixel of pdseg's output kinds, as a file of that layout is described
+_LAYOUT_NAMES = {1: "gray", 3: "RGB", 4: "RGBA"}
+# why a file of an output's layout is not taken for one, said since nothing else is wrong with it
+# (often a GT mask); an older pdseg's output cannot be told from it, which the refusal's hint covers
+_UNMARKED = 'without the "Software: pdseg" mark of pdseg\'s outputs; older pdseg versions wrote none'
 
 
 def _a(word: str) -> str:
@@ -337,9 +449,9 @@ def _written_paths(out: Path, item: InputFile, kind: str) -> list[Path]:
 
 def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
     """Refuse a run that would replace files in ``--out`` that are not earlier outputs of their
-    kind (a colour photo ``album/cat.png`` where the mask of ``cat.jpg`` goes): pdseg replaces its
-    own outputs on a rerun, and nothing else. An earlier output is told by its header alone
-    (:func:`not_an_output`).
+    kind (a colour photo ``album/cat.png``, or a GT mask ``gt/cat.png``, where the mask of ``cat.jpg``
+    goes): pdseg replaces its own outputs on a rerun, and nothing else. An earlier output is told
+    by its header and pdseg's mark in it (:func:`not_an_output`).
 
     Raises:
         InputError: naming the files and what each is.
@@ -354,10 +466,17 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
                 if p in found:
                     foreign.append(f"{p} ({found[p]})")
     if foreign:
+        # files of an output's layout without the mark may be an older pdseg's outputs: say the way
+        older = any(_UNMARKED in line for line in foreign)
         raise InputError(
             f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "
             f"replace: {listing(foreign, 5, sep='; ')}",
-            hint="move them, or choose another --out; pdseg replaces only its own earlier outputs",
+            hint="move them, or choose another --out; pdseg replaces only its own earlier outputs"
+            + (
+                ", which carry its mark (an older pdseg's outputs: delete them to write them again)"
+                if older
+                else ""
+            ),
         )
 
 
@@ -459,13 +578,7 @@ def plan_predict(
         extra = f" ({len(not_images)} other files skipped)" if not_images else ""
         raise InputError(
             f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
-            hint="pdseg reads "
-            + ", ".join(sorted(s.lstrip(".") for s in imio.IMAGE_SUFFIXES))
-            + (
-                ""
-                if recursive or not any(Path(s).expanduser().is_dir() for s in sources)
-                else "; add --recursive to look in subfolders"
-            ),
+            hint=_no_images_hint([Path(s).expanduser() for s in sources], recursive),
         )
     for item in inputs:
         # outputs among their inputs would be read as inputs by the next run (a rerun, or

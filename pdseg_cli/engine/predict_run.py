@@ -24,6 +24,7 @@ from pdseg_cli import runtime
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.foreground import estimate_foreground
+from pdseg_cli.data.header import OUTPUT_MARK
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
 from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSummary, merge_summaries
@@ -303,10 +304,12 @@ def _write_outputs(
             else:
                 data = kind.make(colour, byte_map, background)
             icc = prepared.icc_profile if kind.carries_profile else None
+            # the mark is how a later run tells its own earlier outputs (replaced) from the user's
+            # files of the same layout, such as GT masks (refused): predict_plan.not_an_output
             if path.suffix == HIGH_DEPTH_SUFFIX:
-                imio.write_tiff(path, data, icc_profile=icc)
+                imio.write_tiff(path, data, icc_profile=icc, software=OUTPUT_MARK)
             else:
-                imio.write_png(path, data, icc_profile=icc)
+                imio.write_png(path, data, icc_profile=icc, software=OUTPUT_MARK)
             written.append(path)
     except OSError as exc:
         why = f"cannot write {path} ({exc.strerror or exc})"

@@ -1,0 +1,303 @@
+"""pdseg marks the files it writes, and takes only a marked file in ``--out`` for its earlier output.
+
+A user's file of an output's layout (a GT mask is an 8-bit gray PNG, as pdseg's mask is) is
+refused, not replaced, with or without ``--skip-existing``; pdseg's own outputs are replaced on a
+rerun. Also here: ``-r`` follows links to folders (each folder once), and the hint of a folder
+whose only images are hidden. Tiny images, pdseg-tiny on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from helpers import flat, no_space, png_chunks, run_cli, tiny_checkpoint, write_output_png
+
+from pdseg_cli import __version__
+from pdseg_cli.data import header
+from pdseg_cli.data import images as imio
+from pdseg_cli.engine.predict_plan import collect_inputs, not_an_output, walk_folder
+
+MARK = f"pdseg {__version__}"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # classifier weights far from 0: maps that span dark to bright, so reruns with --threshold differ
+    return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", train_size=64, classifier_std=3.0)
+
+
+def _image(h: int = 24, w: int = 32, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 65535 if dtype == np.uint16 else 255
+    img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
+    img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
+    return img
+
+
+def _predict(*args: str | Path) -> object:
+    return run_cli("predict", *args)
+
+
+def _profile(size: int = 600) -> bytes:
+    """A made-up RGB ICC profile: a header that passes the reader's checks, then random bytes."""
+    head = bytearray(132)
+    head[0:4] = struct.pack(">I", size)
+    head[12:20] = b"mntrRGB "
+    head[20:24] = b"XYZ "
+    head[36:40] = b"acsp"
+    head[68:80] = bytes.fromhex("0000f6d6000100000000d32d")  # the D50 illuminant libpng checks for
+    return bytes(head) + np.random.default_rng(size).integers(0, 256, size - 132, dtype=np.uint8).tobytes()
+
+
+# ------------------------------------------------------------------------------ the mark itself
+
+
+def test_the_mark_round_trips_in_png_and_tiff(tmp_path: Path) -> None:
+    gray = _image()[..., 0]
+    imio.write_png(tmp_path / "m.png", gray, software=header.OUTPUT_MARK)
+    imio.write_png(tmp_path / "u.png", gray)
+    imio.write_tiff(tmp_path / "m.tif", _image(dtype=np.uint16), software=header.OUTPUT_MARK)
+    imio.write_tiff(tmp_path / "u.tif", _image(dtype=np.uint16))  # tifffile names itself there
+    assert header.OUTPUT_MARK == MARK
+    assert header.carries_output_mark(tmp_path / "m.png") and header.carries_output_mark(tmp_path / "m.tif")
+    assert not header.carries_output_mark(tmp_path / "u.png") and not header.carries_output_mark(
+        tmp_path / "u.tif"
+    )
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        assert tif.pages[0].software == MARK  # as other readers see it
+    # the tEXt chunk right after IHDR, its CRC right
+    chunks = png_chunks((tmp_path / "m.png").read_bytes())
+    assert [name for name, _ in chunks][:2] == [b"IHDR", b"tEXt"]
+    assert chunks[1][1] == b"Software\x00" + MARK.encode()
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED), gray)
+    # another program's Software text is not pdseg's mark
+    other = imio.png_with_chunk(imio.encode_png(gray), b"tEXt", b"Software\x00GIMP 2.10")
+    (tmp_path / "gimp.png").write_bytes(other)
+    assert not header.carries_output_mark(tmp_path / "gimp.png")
+    imio.write_tiff(tmp_path / "gimp.tif", _image(dtype=np.uint16), software="GIMP 2.10")
+    assert not header.carries_output_mark(tmp_path / "gimp.tif")
+
+
+def test_an_icc_profile_and_the_mark_coexist(tmp_path: Path) -> None:
+    rgba = np.dstack([_image(), np.full((24, 32), 200, np.uint8)])
+    profile = _profile()
+    png = imio.encode_png(rgba, icc_profile=profile, software=MARK)
+    path = tmp_path / "a.png"
+    path.write_bytes(png)
+    chunks = png_chunks(png)
+    names = [name for name, _ in chunks]
+    assert names[:3] == [b"IHDR", b"tEXt", b"iCCP"] and names.count(b"iCCP") == 1
+    assert header.carries_output_mark(path)
+    assert header.header_extras(path, header.read_head(path)).icc_profile == profile
+    # decoded by OpenCV, and by hand: the joined IDAT inflates to the filtered rows' exact size
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded[..., [2, 1, 0, 3]], rgba)
+    raw = zlib.decompress(b"".join(data for name, data in chunks if name == b"IDAT"))
+    assert len(raw) == 24 * (1 + 32 * 4)
+    # what the reader keeps: the colours and the profile
+    loaded = imio.read_image(path)
+    np.testing.assert_array_equal(loaded.pixels, rgba[..., :3])
+    assert loaded.icc_profile == profile
+
+
+def test_damaged_files_read_as_unmarked_without_raising(tmp_path: Path) -> None:
+    png = imio.encode_png(_image()[..., 0], software=MARK)
+    mark_end = 33 + 12 + len(b"Software\x00" + MARK.encode())  # IHDR, then the whole tEXt chunk
+    path = tmp_path / "cut.png"
+    for cut in range(len(png)):
+        path.write_bytes(png[:cut])
+        assert header.carries_output_mark(path) == (cut >= mark_end), cut
+        assert header.layout_and_mark(path, header.read_head(path))[1] == (cut >= mark_end), cut
+        # unmarked: said what it is (or that it is no image); marked, though cut short: pdseg's own
+        assert (not_an_output(path, "mask") is None) == (cut >= mark_end), cut
+    # a chunk length past any real one, or a length the tEXt chunk's CRC does not match
+    path.write_bytes(png[:33] + b"\xff\xff\xff\xfftEXt" + png[41:])
+    assert not header.carries_output_mark(path)
+    path.write_bytes(png[:33] + b"\x7f\xff\xff\xfftEXt" + png[41:])
+    assert not header.carries_output_mark(path)
+
+    imio.write_tiff(tmp_path / "ok.tif", _image(dtype=np.uint16), software=MARK)
+    tiff = (tmp_path / "ok.tif").read_bytes()
+    bad = tmp_path / "bad.tif"
+    for cut in (0, 4, 8, 12, 30, 60, 100):
+        bad.write_bytes(tiff[:cut])
+        assert not header.carries_output_mark(bad), cut
+        assert not header.layout_and_mark(bad, header.read_head(bad))[1], cut
+        assert not_an_output(bad, "alpha") is not None, cut
+        assert header.sample_layout(bad) is None or cut > 8
+    order = "<" if tiff[:2] == b"II" else ">"
+    for first_ifd in (len(tiff) + 10, 2**32 - 1):  # the first directory past the end
+        bad.write_bytes(tiff[:4] + struct.pack(order + "I", first_ifd) + tiff[8:])
+        assert not header.carries_output_mark(bad) and header.sample_layout(bad) is None
+    # the Software tag's value pointing past the end of the file
+    ifd = struct.unpack(order + "I", tiff[4:8])[0]
+    (entries,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    data = bytearray(tiff)
+    for i in range(entries):
+        at = ifd + 2 + 12 * i
+        if struct.unpack(order + "H", data[at : at + 2])[0] == 305:
+            data[at + 8 : at + 12] = struct.pack(order + "I", len(tiff) + 1000)
+    bad.write_bytes(bytes(data))
+    assert not header.carries_output_mark(bad)
+    (tmp_path / "missing.png").unlink(missing_ok=True)
+    assert not header.carries_output_mark(tmp_path / "missing.png")
+
+
+# ------------------------------------------------------------------------------ --out
+
+
+def _gt_folder(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """im/cat.jpg and a GT mask gt/cat.png (8-bit gray, as pdseg's mask), and the GT's bytes."""
+    (tmp_path / "im").mkdir()
+    (tmp_path / "gt").mkdir()
+    cv2.imwrite(str(tmp_path / "im" / "cat.jpg"), _image())
+    gt = np.zeros((24, 32), np.uint8)
+    gt[6:18, 8:24] = 255
+    cv2.imwrite(str(tmp_path / "gt" / "cat.png"), gt)
+    return tmp_path / "im", tmp_path / "gt", (tmp_path / "gt" / "cat.png").read_bytes()
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, ckpt: Path, skip: bool) -> None:
+    images, gts, before = _gt_folder(tmp_path)
+    result = _predict(images, "--out", gts, "-w", ckpt, *(["--skip-existing"] if skip else []))
+    assert result.exit_code == 2, result.output
+    text = no_space(result.output)  # a long path wraps anywhere
+    said = f"--out {gts} holds 1 file that pdseg did not write and would replace: {gts / 'cat.png'} "
+    assert no_space(said + '(an 8-bit gray PNG without the "Software: pdseg" mark') in text
+    assert no_space("an older pdseg's outputs: delete them") in text  # the way on, where it may be one
+    assert (gts / "cat.png").read_bytes() == before and "Traceback" not in result.output
+    assert sorted(p.name for p in gts.iterdir()) == ["cat.png"]  # nothing written beside it
+
+
+def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, ckpt: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), _image())
+    tifffile.imwrite(src / "b.tif", _image(seed=1, dtype=np.uint16), photometric="rgb")  # 16-bit
+    out = tmp_path / "out"
+    save = "mask,alpha,composite"
+    first = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--threshold", "0.5", "--bg", "255,0,0")
+    assert first.exit_code == 0, first.output
+    names = ["a.png", "a_alpha.png", "a_composite.png", "b.png", "b_alpha.tif", "b_composite.tif"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for name in names:
+        assert header.carries_output_mark(out / name), name
+        kind = "alpha" if "_alpha" in name else "composite" if "_composite" in name else "mask"
+        assert not_an_output(out / name, kind) is None, name
+    assert header.sample_layout(out / "b_alpha.tif") == ("TIFF", 4, 16)
+    before = {name: (out / name).read_bytes() for name in names}
+    # --skip-existing takes them for done: none is written again
+    result = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert all((out / name).read_bytes() == before[name] for name in names)
+    # without it, a soft map on another background replaces every one of them
+    second = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--bg", "0,0,255")
+    assert second.exit_code == 0, second.output
+    for name in names:
+        assert (out / name).read_bytes() != before[name], name
+        assert header.carries_output_mark(out / name), name
+
+
+def test_skip_existing_does_not_count_an_unmarked_file_as_done(tmp_path: Path, ckpt: Path) -> None:
+    images, gts, before = _gt_folder(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_output_png(out / "cat.png", np.zeros((24, 32), np.uint8))  # an earlier output: done
+    result = _predict(images, "--out", out, "-w", ckpt, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED).max() == 0  # kept, not redone
+    (out / "cat.png").write_bytes(before)  # the GT instead: not done, and not replaced
+    result = _predict(images, "--out", out, "-w", ckpt, "--skip-existing")
+    assert result.exit_code == 2 and (out / "cat.png").read_bytes() == before, result.output
+
+
+# ------------------------------------------------------------------------------ links to folders
+
+
+def _linked_tree(tmp_path: Path) -> Path:
+    """src/real/a.jpg; src/linked -> elsewhere (b.jpg, and back -> src: a loop); src/dup -> real;
+    src/real/up -> src (a loop)."""
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    (src / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    cv2.imwrite(str(src / "real" / "a.jpg"), _image())
+    cv2.imwrite(str(elsewhere / "b.jpg"), _image(seed=2))
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(src, target_is_directory=True)
+    (src / "dup").symlink_to("real", target_is_directory=True)
+    (src / "real" / "up").symlink_to("..", target_is_directory=True)
+    return src
+
+
+def test_walk_follows_links_to_folders_once(tmp_path: Path) -> None:
+    src = _linked_tree(tmp_path)
+    walk = walk_folder(src)
+    # the real folder by its own name (not the link dup, though it sorts first); the linked one by the link's
+    assert walk.files == [src / "real" / "a.jpg", src / "linked" / "b.jpg"]
+    assert sorted(walk.skipped_links) == sorted([src / "dup", src / "real" / "up", src / "linked" / "back"])
+    images, others, _ = collect_inputs([src], recursive=True)
+    assert [(i.path, i.rel_dir) for i in images] == [
+        (src / "real" / "a.jpg", Path("real")),
+        (src / "linked" / "b.jpg", Path("linked")),
+    ]
+    assert sorted(others) == sorted(walk.skipped_links)  # named once each
+
+
+def test_recursive_predict_mirrors_linked_folders_and_names_the_loops(tmp_path: Path, ckpt: Path) -> None:
+    src = _linked_tree(tmp_path)
+    out = tmp_path / "out"
+    result = _predict(src, "-r", "--out", out, "-w", ckpt)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/b.png", "real/a.png"]
+    text = no_space(result.output)
+    assert "skipped,brokenlinksorlinkloops:" in text and "notakindpdsegreads" not in text
+    for link in (src / "dup", src / "real" / "up", src / "linked" / "back"):
+        assert text.count(no_space(str(link))) == 1, link
+
+
+def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, ckpt: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), _image())
+    out = src / "masks"
+    (src / "view").symlink_to("masks", target_is_directory=True)  # --out, reached through a link
+    for _ in range(2):  # the rerun does not read the first run's outputs as inputs
+        result = _predict(src, "-r", "--out", out, "-w", ckpt)
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.rglob("*")) == ["a.png"]
+    walk = walk_folder(src, out.resolve())
+    assert walk.passed_exclude and walk.files == [src / "a.jpg"] and walk.skipped_links == []
+    # a link to a folder inside --out is left out too
+    (out / "sub").mkdir()
+    cv2.imwrite(str(out / "sub" / "x.jpg"), _image())
+    os.symlink(out / "sub", src / "deep", target_is_directory=True)
+    assert walk_folder(src, out.resolve()).files == [src / "a.jpg"]
+
+
+# ------------------------------------------------------------------------------ hidden files
+
+
+def test_a_folder_of_hidden_images_says_so(tmp_path: Path, ckpt: Path) -> None:
+    folder = tmp_path / "m8"
+    folder.mkdir()
+    cv2.imwrite(str(folder / ".hidden.jpg"), _image())
+    result = _predict(folder, "--out", tmp_path / "o", "-w", ckpt)
+    assert result.exit_code == 2, result.output
+    text = no_space(result.output)  # a long path wraps anywhere
+    assert no_space(f"no images found in {folder}") in text
+    assert no_space(f"the only images in {folder} are hidden (.hidden.jpg)") in text
+    assert "namethemdirectlytosegmentthem" in text and "--recursive" not in text
+    (folder / "sub").mkdir()  # a subfolder: --recursive may find more
+    result = _predict(folder, "--out", tmp_path / "o", "-w", ckpt)
+    assert result.exit_code == 2 and "add --recursive to look in subfolders" in flat(result.output)
+    # named directly, it is segmented
+    result = _predict(folder / ".hidden.jpg", "--out", tmp_path / "o", "-w", ckpt)
+    assert result.exit_code == 0 and (tmp_path / "o" / ".hidden.png").exists(), result.output
