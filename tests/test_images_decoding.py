@@ -328,3 +328,20 @@ def test_gray_with_several_extra_samples_is_read_as_gray_or_refused_never_mixed(
         "here by libtiff, which would mix the extra samples into the gray"
     )
     assert err.value.hint == "pip install imagecodecs"
+
+
+@pytest.mark.parametrize(("suffix", "kind"), [(".png", "PNG"), (".webp", "WebP")])
+def test_an_animation_is_read_from_its_first_frame_and_said(tmp_path: Path, suffix: str, kind: str) -> None:
+    from PIL import Image, features
+
+    if kind == "WebP" and not features.check("webp"):
+        pytest.skip("this Pillow writes no WebP")
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((200, 10, 10), (10, 200, 10), (10, 10, 200))]
+    path = tmp_path / f"anim{suffix}"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    loaded = imio.read_image(path)
+    assert loaded.warnings == [f"{path}: animated {kind} (3 frames), the first frame is used"]
+    assert tuple(int(v) for v in loaded.pixels[15, 20]) == (200, 10, 10)
+    still = tmp_path / f"still{suffix}"
+    frames[0].save(still, lossless=True)
+    assert imio.read_image(still).warnings == []  # a still image says nothing

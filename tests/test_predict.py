@@ -193,7 +193,7 @@ def test_cli_writes_masks_at_input_size(folder: Path, tmp_path: Path, ckpt: Path
         m = cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert m.shape == shape and m.dtype == np.uint8
     text = no_space(result.output)
-    assert "done3" in text.replace("│", "") and "notimages(ignored)1" in text.replace("│", "")
+    assert "done3" in text.replace("│", "") and "otherfiles(notread)1" in text.replace("│", "")
     assert "skipped,notakindpdsegreads(JPEG,PNG,TIFF,BMP,WebP,PNM):" in text and "notes.txt" in text
 
 

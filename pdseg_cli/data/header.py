@@ -424,6 +424,8 @@ class HeaderExtras:
             no alpha for a gray one, so the reader builds the alpha from the key (for RGB too: one
             rule for both); None when the file has no key.
         bit_depth: a PNG's bits per sample (1-16), which ``colour_key`` is written at.
+        frames: the frames of an animated PNG (its acTL chunk) or WebP (its ANMF chunks); 1 for a
+            still image. OpenCV decodes one picture of it (the still image), so the reader warns.
     """
 
     icc_profile: bytes | None = None
@@ -431,6 +433,7 @@ class HeaderExtras:
     orientation: int = 1
     colour_key: tuple[int, ...] | None = None
     bit_depth: int = 8
+    frames: int = 1
 
 
 def header_extras(path: Path, head: bytes) -> HeaderExtras:
@@ -508,6 +511,7 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
     key: tuple[int, ...] | None = None
     icc: bytes | None = None
     orientation, exif_seen, image_seen = 1, False, False
+    frames = 1
     offset = 8
     while True:
         chunk = data.read(offset, 8)
@@ -516,7 +520,9 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
         length, name = struct.unpack(">I", chunk[:4])[0], chunk[4:8]
         if length > 2**31 - 1 or name == b"IEND":
             break
-        if name == b"IDAT":
+        if name == b"acTL" and not image_seen and length >= 8:  # APNG: before the image data
+            frames = max(1, struct.unpack(">I", data.read(offset + 8, 4))[0])
+        elif name == b"IDAT":
             image_seen = True
             if not alpha:  # no alpha: the orientation is OpenCV's to apply
                 break
@@ -533,7 +539,12 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
             break
         offset += 12 + length
     return HeaderExtras(
-        icc_profile=icc, has_alpha=alpha, orientation=orientation, colour_key=key, bit_depth=bit_depth
+        icc_profile=icc,
+        has_alpha=alpha,
+        orientation=orientation,
+        colour_key=key,
+        bit_depth=bit_depth,
+        frames=frames,
     )
 
 
@@ -593,7 +604,7 @@ def _webp_extras(data: _FileBytes) -> HeaderExtras:
     (riff_size,) = struct.unpack("<I", data.read(4, 4))
     end = 8 + riff_size
     icc: bytes | None = None
-    alpha, orientation = False, 1
+    alpha, orientation, frames = False, 1, 0
     offset = 12
     while offset + 8 <= end:
         header = data.read(offset, 8)
@@ -609,8 +620,10 @@ def _webp_extras(data: _FileBytes) -> HeaderExtras:
             icc = _rgb_profile(data.read(offset + 8, size)) if size <= _MAX_ICC else None
         elif name == b"EXIF":
             orientation = exif_orientation(data.read(offset + 8, size))
+        elif name == b"ANMF":  # one frame of an animation (each holds its own bitstream)
+            frames += 1
         offset += 8 + size + (size & 1)  # chunks are padded to an even size
-    return HeaderExtras(icc_profile=icc, has_alpha=alpha, orientation=orientation)
+    return HeaderExtras(icc_profile=icc, has_alpha=alpha, orientation=orientation, frames=max(frames, 1))
 
 
 def exif_orientation(exif: bytes) -> int:

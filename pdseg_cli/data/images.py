@@ -158,6 +158,10 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         array, alpha, icc = _read_tiff(path, warnings)
     else:
         extras = header_extras(path, head)
+        if extras.frames > 1:  # as a multi-page TIFF is said (_pages_note)
+            warnings.append(
+                f"{path}: animated {image_kind(head)} ({extras.frames} frames), the first frame is used"
+            )
         array, alpha = _read_cv2_image(path, extras, warnings)
         icc = extras.icc_profile
         if image_kind(head) == "PNM":

@@ -102,7 +102,7 @@ def summary(result: Any) -> None:
         ("done", str(result.done)),
         ("skipped (outputs exist)", str(result.skipped)),
         ("failed", str(result.failed)),
-        ("not images (ignored)", str(len(result.not_images))),
+        ("other files (not read)", str(len(result.not_images))),
         ("wall time", _seconds(result.wall_seconds)),
         ("images / s", f"{result.images_per_second:.2f}"),
         (
