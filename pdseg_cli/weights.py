@@ -12,8 +12,9 @@ BUNDLED_NAME = "pdseg-t-distilled.pt"
 ENV_VAR = "PDSEG_WEIGHTS"
 
 # the file names that say an exported format: export writes by them, format detection falls back on
-# them, and a checkpoint loader names them when it is handed one
-SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
+# them, and a checkpoint loader names them when it is handed one. .torchscript and .jit are the
+# names other tools give TorchScript files (`--out model.torchscript` wrote ONNX under that name).
+SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript"}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # what PyTorch checkpoints are called
 
 

@@ -630,7 +630,9 @@ def test_a_teacher_folder_is_called_a_folder(tmp_path: Path) -> None:
     # the same check and words as --weights: a folder's model files are named
     with pytest.raises(WeightsError, match="--teacher .* is a folder, not a file") as err:
         TeacherMaps(tmp_path, tmp_path / "cache")
-    assert err.value.hint == "give the model file itself (.pt, .pth, .ckpt, .onnx, .ts), not its folder"
+    assert err.value.hint == (
+        "give the model file itself (.pt, .pth, .ckpt, .onnx, .ts, .torchscript, .jit), not its folder"
+    )
     (tmp_path / "isnet.onnx").write_bytes(b"")
     with pytest.raises(WeightsError, match="is a folder") as err:
         TeacherMaps(tmp_path, tmp_path / "cache")

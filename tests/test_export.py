@@ -193,6 +193,10 @@ def test_failed_check_keeps_the_old_file(
     assert result.exit_code == 1, result.output
     assert "FAILED" in result.output and "was not written" in result.output
     assert out.read_bytes() == b"previous export"
+    # every trace of a pdseg model warns "Converting a tensor to a Python boolean"; the hint quoted
+    # it as "a possible cause" of any failed check
+    assert "tracer" not in (info.value.hint or "") and "while tracing" not in result.output
+    assert not info.value.report.trace_warnings
 
 
 def test_bad_options_are_input_errors(checkpoint: Path, tmp_path: Path) -> None:
@@ -206,6 +210,16 @@ def test_bad_options_are_input_errors(checkpoint: Path, tmp_path: Path) -> None:
     for bad in ("2x3x384", "1x1x64x64", "axbxcxd", "0x3x64x64"):
         with pytest.raises(InputError):
             parse_shape(bad)
+    # the form is right and one number is not: that number is named, not the form again
+    with pytest.raises(
+        InputError, match="1x3x0x64: the height is 0; batch, height and width must be at least 1"
+    ):
+        parse_shape("1x3x0x64")
+    with pytest.raises(InputError, match="0x3x64x64: the batch is 0"):
+        parse_shape("0x3x64x64")
+    with pytest.raises(InputError, match="4 channels; the model takes 3") as info:
+        parse_shape("1x4x64x64")
+    assert info.value.hint == "write 1x3x64x64"
     assert parse_shape("2x3x2048x2048") == (2, 3, 2048, 2048)
     with pytest.raises(InputError, match="larger than the check needs"):  # 24 GB, then the OOM killer
         parse_shape("1x3x20000x20000")
@@ -423,6 +437,10 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
     from pdseg_cli.engine.export import format_for
 
     assert format_for("m.ts", None) == "torchscript" and format_for("m.onnx", None) == "onnx"
+    # the names other tools give TorchScript files: `--out model.torchscript` wrote ONNX
+    assert format_for("m.torchscript", None) == "torchscript" and format_for("m.JIT", None) == "torchscript"
+    with pytest.raises(InputError, match="ends in .torchscript, a TorchScript name"):
+        format_for("m.torchscript", "onnx")
     assert format_for("model.bin", None) == "onnx" and format_for("model.bin", "torchscript") == "torchscript"
     with pytest.raises(InputError, match=r"--format onnx, but --out m.ts ends in .ts"):
         format_for("m.ts", "onnx")
@@ -441,6 +459,40 @@ def test_export_out_naming_a_folder_is_refused_before_anything_is_written(tmp_pa
     result = run_cli("export", "--weights", tmp_path / "nope.pt", "--out", f"{tmp_path}/exp/")
     assert result.exit_code == 2 and "is a folder" in result.output
     assert "exp/pdseg.onnx" in no_space(result.output) and not (tmp_path / "exp").exists()
+
+
+def test_an_export_named_torchscript_is_torchscript(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.torchscript"
+    result = run_cli("export", "-w", checkpoint, "-o", out, "--no-check", columns=250)
+    assert result.exit_code == 0, result.output
+    assert detect_format(out) == "torchscript" and isinstance(load_exported(out), TorchScriptModel)
+    broken = tmp_path / "b.jit"
+    broken.write_text("junk")
+    assert detect_format(broken) == "torchscript"  # its own loader names the problem
+
+
+def test_expected_tracer_warnings_are_not_reported() -> None:
+    def caught(message: str, filename: str, category: type[Warning]) -> warnings.WarningMessage:
+        return warnings.WarningMessage(message, category, filename, 1)
+
+    boolean = "Converting a tensor to a Python boolean might cause the trace to be incorrect."
+    tracer = torch.jit.TracerWarning
+    kept = export_mod._collect(
+        [
+            caught(boolean, "/x/pdseg_cli/model/layers.py", tracer),
+            caught(boolean, "/x/site-packages/torch/nn/functional.py", tracer),
+            caught(boolean, "/x/my_plugin/block.py", tracer),  # a layer pdseg does not know
+            caught(
+                "Iterating over a tensor might cause the trace to be incorrect.",
+                "/x/pdseg_cli/model/ham.py",
+                tracer,
+            ),
+        ]
+    )
+    assert kept == (
+        f"TracerWarning: {boolean}",
+        "TracerWarning: Iterating over a tensor might cause the trace to be incorrect.",
+    )
 
 
 def test_content_beats_a_wrong_name(onnx_file: Path, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def export(
             "--format",
             "-f",
             metavar="<onnx|torchscript>",
-            help="File format (default: from --out: .ts TorchScript, else ONNX).",
+            help="File format (default: from --out: .ts, .torchscript or .jit TorchScript, else ONNX).",
             show_default=False,
         ),
     ] = None,

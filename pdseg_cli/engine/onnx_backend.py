@@ -20,6 +20,7 @@ opened, so this module imports without it.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -28,9 +29,18 @@ from typing import Any
 
 import torch
 
-from pdseg_cli.engine.onnx_spec import OnnxSpec, Signature, output_name, resolve_spec
-from pdseg_cli.errors import InputError, NotAvailableError, WeightsError
+from pdseg_cli.data.header import looks_like_image
+from pdseg_cli.engine.onnx_spec import (
+    PDSEG_WITHOUT_METADATA,
+    OnnxSpec,
+    Signature,
+    output_name,
+    refuse_unfeedable,
+    resolve_spec,
+)
+from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, first_line
 from pdseg_cli.model.build import starts_like_onnx
+from pdseg_cli.runtime.memory import is_out_of_memory
 from pdseg_cli.weights import SUFFIX_FORMATS
 
 ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
@@ -42,6 +52,19 @@ OUTPUT_LOGITS = "logits"
 # Clamp for the lossy probabilities -> logits fallback: logit(1 - 1e-7) ~ 16.1, the most an fp32
 # probability below 1.0 can say anyway.
 _PROB_EPS = 1e-7
+# onnxruntime's log levels: 3 keeps errors only (its warnings, e.g. graph.cc MergeShapeInfo, are
+# about the file's own shape annotations and leaked to stderr in colour); a run's own failure is
+# raised as ModelRunError, so its log line (4: fatal only) would only say it twice
+_ORT_LOG_ERRORS = 3
+_ORT_LOG_FATAL = 4
+_MESSAGE_CHARS = 200  # of an onnxruntime or torch message quoted in one of ours
+
+
+class ModelRunError(WeightsError):
+    """An exported or foreign model that loaded but failed while running on an input (a graph whose
+    Reshape fixes a size, say): one line naming the file, the input shape and onnxruntime's reason,
+    so the image it was run on can be reported as failed rather than the run ending in a
+    traceback."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +285,11 @@ class OnnxModel(_ExportedModel):
 
     Raises:
         NotAvailableError: onnxruntime, or its CUDA provider, is not installed.
-        WeightsError: the file is not a readable ONNX model with pdseg metadata.
+        WeightsError: the file is empty, not ONNX, truncated, one onnxruntime cannot load, one with
+            inputs pdseg cannot feed (a second input, or a uint8 one), or a foreign model whose spec
+            is unknown.
+
+    Running it raises :class:`ModelRunError` when onnxruntime fails inside the graph.
     """
 
     format = "onnx"
@@ -296,13 +323,15 @@ class OnnxModel(_ExportedModel):
         options = ort.SessionOptions()
         # the same thread count as torch (OMP_NUM_THREADS, --threads), so both obey one setting
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.log_severity_level = _ORT_LOG_ERRORS
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = _ORT_LOG_FATAL
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise WeightsError(
-                f"{self.path} is not a readable ONNX model ({str(exc).splitlines()[0][:200]})",
-                hint="export it again with `pdseg export --format onnx`",
-            ) from None
+            raise _unreadable(self.path, "onnx", exc) from None
+        # before anything reads the input: a second input or a uint8 one cannot be fed at all
+        refuse_unfeedable(self.signature(), str(self.path))
         inp = self.session.get_inputs()[0]
         self._input_name = inp.name
         self._input_half = inp.type == "tensor(float16)"
@@ -323,14 +352,22 @@ class OnnxModel(_ExportedModel):
             self._map_output = output_name(self.spec, self._output_names)
 
     def signature(self) -> Signature:
-        """The graph's first input and its outputs, as :func:`resolve_spec` reads them."""
+        """The graph's inputs (with their element types) and outputs, as :func:`resolve_spec` reads them."""
 
         def dims(shape: Any) -> tuple[int | None, ...]:
             return tuple(d if isinstance(d, int) else None for d in (shape or ()))
 
-        inp = self.session.get_inputs()[0]
+        # get_inputs() lists the inputs a run must be given: initializers that may be overridden
+        # are not among them, so every one after the first is one pdseg cannot feed
+        first, *others = self.session.get_inputs()
         outs = tuple((o.name, dims(o.shape)) for o in self.session.get_outputs())
-        return Signature(inp.name, dims(inp.shape), outs)
+        return Signature(
+            first.name,
+            dims(first.shape),
+            outs,
+            input_type=_element_type(first.type),
+            other_inputs=tuple((i.name, dims(i.shape), _element_type(i.type)) for i in others),
+        )
 
     @property
     def fixed_size(self) -> int | None:
@@ -350,7 +387,9 @@ class OnnxModel(_ExportedModel):
     def describe(self) -> str:
         """One line on what this file is and how it is run."""
         if self.spec is not None:
-            return f"foreign ONNX, {self.spec.describe()}"
+            # a pdseg export recognised by its signature (metadata stripped) is not foreign
+            owner = "ONNX" if self.spec.name == PDSEG_WITHOUT_METADATA else "foreign ONNX"
+            return f"{owner}, {self.spec.describe()}"
         return f"pdseg export, {self.metadata.variant}"
 
     def run(self, x: torch.Tensor, output: str) -> torch.Tensor:
@@ -362,7 +401,7 @@ class OnnxModel(_ExportedModel):
             # fixed-size exports usually fix the batch at 1 too, and some dynamic-size ones do: run
             # the images one by one
             return torch.cat([self.run(x[i : i + 1], output) for i in range(arr.shape[0])])
-        (result,) = self.session.run([output], {self._input_name: arr})
+        (result,) = self._session_run([output], arr)
         result = torch.from_numpy(result).float()
         if result.ndim == 3:  # (B, H, W) maps from some exports
             result = result[:, None]
@@ -378,8 +417,34 @@ class OnnxModel(_ExportedModel):
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         if self._input_half:
             arr = arr.astype("float16")
-        probs, logits = self.session.run(names, {self._input_name: arr})
+        probs, logits = self._session_run(names, arr)
         return torch.from_numpy(probs).float().to(x.device), torch.from_numpy(logits).float().to(x.device)
+
+    def _session_run(self, names: list[str], arr: Any) -> list[Any]:
+        """``session.run`` on the input array, with a failure inside the graph as one ModelRunError.
+
+        Out-of-memory errors pass unchanged: the predictor fails the batch with its own advice
+        (a smaller --batch or --size) when it sees one.
+
+        Raises:
+            ModelRunError: onnxruntime failed running the graph on ``arr``.
+        """
+        try:
+            return list(self.session.run(names, {self._input_name: arr}, self._run_options))
+        except Exception as exc:  # onnxruntime's Fail, InvalidArgument, RuntimeException, ...
+            if is_out_of_memory(exc):
+                raise
+            shape = "x".join(str(d) for d in arr.shape)
+            if self.spec is not None:
+                hint = (
+                    "the graph itself fails on this input: run it at the size it was made for "
+                    "(--onnx-spec size=N, or --size N)"
+                )
+            else:
+                hint = "export it again with `pdseg export` (its check runs the file before keeping it)"
+            raise ModelRunError(
+                f"{self.path} failed in onnxruntime on a {shape} input: {_ort_reason(exc)}", hint=hint
+            ) from None
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities (B, 1, H, W) in [0, 1]."""
@@ -432,10 +497,7 @@ class TorchScriptModel(_ExportedModel):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra)
         except Exception as exc:  # torch raises RuntimeError with long C++ traces for bad archives
-            raise WeightsError(
-                f"{self.path} is not a readable TorchScript file ({str(exc).splitlines()[0][:200]})",
-                hint="export it again with `pdseg export --format torchscript`",
-            ) from None
+            raise _unreadable(self.path, "torchscript", exc) from None
         raw = extra[TORCHSCRIPT_METADATA_FILE]
         try:
             data = json.loads(raw) if raw else {}
@@ -480,6 +542,91 @@ def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:
         output=spec.kind,
         outputs=tuple(outputs),
         extra={"foreign": "1", "spec": spec.key()},
+    )
+
+
+def _element_type(ort_type: str) -> str:
+    """numpy's name for an onnxruntime type: ``tensor(float)`` -> ``float32``, ``tensor(uint8)`` ->
+    ``uint8``; a type that is not a tensor (``seq(tensor(float))``) stays as onnxruntime says it."""
+    inner = re.fullmatch(r"tensor\((\w+)\)", ort_type)
+    if inner is None:
+        return ort_type
+    return {"float": "float32", "double": "float64"}.get(inner.group(1), inner.group(1))
+
+
+def clip_words(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis where cut
+    (a message quoted in ours must not stop mid-word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.") + "…"
+
+
+_NODE_FAILED = r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: "
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """The part of an onnxruntime error a user can read: without the ``[ONNXRuntimeError] : 2 :
+    INVALID_ARGUMENT :`` code, the ``Load model from X failed:`` prefix, the C++ source location
+    and function signature, and the internal assertion, clipped to one line."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .*? failed: ?", "", text)
+    # file:line function(signature) and the assertion that failed, which the words after it explain
+    text = re.sub(r"/onnxruntime_src/\S+:\d+ [^(]*\([^)]*\)\s*(?:[^.]*? was false\.\s*)?", "", text)
+    node = re.match(_NODE_FAILED, text)
+    if node is not None:
+        name = f" '{node.group(2)}'" if node.group(2) else ""
+        text = f"its {node.group(1)} node{name}: " + text[node.end() :]
+    return clip_words(text).rstrip(".") or type(exc).__name__
+
+
+# what each loader's files start with (an ONNX protobuf's field 1 is ir_version; TorchScript is a zip)
+_FORMAT_NAMES = {"onnx": "an ONNX model", "torchscript": "a TorchScript file"}
+
+
+def _unreadable(path: Path, fmt: str, exc: BaseException) -> WeightsError:
+    """The one-line error for a file the ONNX or TorchScript loader could not open, by what the file
+    is: empty, an image, not that format at all, or that format but truncated or damaged (only
+    then is the loader's own reason worth quoting).
+
+    ``fmt``: ``"onnx"`` or ``"torchscript"``, the loader that failed.
+    """
+    what = _FORMAT_NAMES[fmt]
+    size = path.stat().st_size
+    if size == 0:
+        return WeightsError(f"{path} is empty (0 bytes)", hint="the download, copy or export was interrupted")
+    if looks_like_image(path):
+        return WeightsError(
+            f"{path} is an image, not {what}",
+            hint="give the model file: a pdseg checkpoint (.pt), a pdseg export (.onnx, .ts) or a DIS/SOD "
+            "ONNX model",
+        )
+    with open(path, "rb") as f:
+        head = f.read(64)
+    starts_right = head[:1] == b"\x08" if fmt == "onnx" else head[:4] == b"PK\x03\x04"
+    if not starts_right:
+        text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)  # a note or an HTML error page, say
+        return WeightsError(
+            f"{path} is not {what} ({'it holds text' if text else 'it starts as no such file does'})",
+            hint="check the path: give a pdseg checkpoint (.pt), a pdseg export (.onnx, .ts) or a DIS/SOD "
+            "ONNX model",
+        )
+    reason = _ort_reason(exc) if fmt == "onnx" else clip_words(first_line(exc))
+    damaged = ("Protobuf parsing failed", "No graph was found", "zip archive", "central directory")
+    if any(word in reason for word in damaged):
+        return WeightsError(
+            f"{path} is truncated or damaged ({reason})", hint="download, copy or export it again"
+        )
+    # a whole file the loader still refuses: an operator or opset this onnxruntime lacks, say
+    return WeightsError(
+        f"{path} is {what} that cannot be loaded ({reason})",
+        hint="pdseg export writes files this version loads; for another model, check the onnxruntime "
+        "or torch version it needs",
     )
 
 

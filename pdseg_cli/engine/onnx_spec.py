@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.errors import InputError, WeightsError, listing
 
 OutputKind = Literal["probability", "logit"]
@@ -87,14 +88,20 @@ class OnnxSpec:
 
 @dataclass(frozen=True)
 class Signature:
-    """What an ONNX graph shows about itself: first input's name and shape, every output's name and shape.
+    """What an ONNX graph shows about itself: its first input's name, shape and element type, any
+    other inputs, and every output's name and shape.
 
-    Dimensions that are not fixed numbers (named or missing) are None.
+    Dimensions that are not fixed numbers (named or missing) are None. Element types are numpy's
+    names (``float32``, ``uint8``); a non-tensor input keeps onnxruntime's text (``seq(...)``).
     """
 
     input_name: str
     input_shape: tuple[int | None, ...]
     outputs: tuple[tuple[str, tuple[int | None, ...]], ...]
+    input_type: str = "float32"
+    # (name, shape, element type) of each input after the first: pdseg feeds one tensor, so any
+    # here makes the model one it cannot run (:func:`refuse_unfeedable`)
+    other_inputs: tuple[tuple[str, tuple[int | None, ...], str], ...] = ()
 
     @property
     def fixed_side(self) -> int | None:
@@ -104,9 +111,15 @@ class Signature:
             return int(shape[2])
         return None
 
+    def inputs_text(self) -> list[str]:
+        """``'x' 1x3x320x320 uint8`` for each input, the type said only where it is not float32."""
+        inputs = [(self.input_name, self.input_shape, self.input_type), *self.other_inputs]
+        return [f"'{n}' {_dims(s)}{'' if t == 'float32' else ' ' + t}" for n, s, t in inputs]
+
     def text(self) -> str:
+        ins = listing([f"input {i}" for i in self.inputs_text()], 4)
         outs = listing([f"'{n}' {_dims(s)}" for n, s in self.outputs], 4)
-        return f"input '{self.input_name}' {_dims(self.input_shape)}, outputs {outs}"
+        return f"{ins}, outputs {outs}"
 
 
 def _dims(shape: tuple[int | None, ...]) -> str:
@@ -124,9 +137,12 @@ class KnownModel:
     min_outputs: int
     max_outputs: int
     first_output: str | None = None  # None: any
+    output_names: tuple[str, ...] | None = None  # every output, in order; None: any
 
     def matches(self, sig: Signature) -> bool:
         if self.input_name is not None and sig.input_name != self.input_name:
+            return False
+        if self.output_names is not None and tuple(n for n, _ in sig.outputs) != self.output_names:
             return False
         if self.side is not None and sig.fixed_side != self.side:
             return False
@@ -135,9 +151,32 @@ class KnownModel:
         return self.min_outputs <= len(sig.outputs) <= self.max_outputs
 
 
+PDSEG_WITHOUT_METADATA = "pdseg export without metadata"  # the name of its KNOWN_MODELS entry
+
 # The first match wins, so the narrower entries come first. Each entry's preprocessing is the one
 # the model was trained with (its authors' inference code), not a guess from the file.
 KNOWN_MODELS: tuple[KnownModel, ...] = (
+    # pdseg's own export with its metadata stripped (by an optimiser or converter that drops
+    # metadata_props): the names pdseg_cli.engine.export gives its graph, read as pdseg reads an
+    # export (its logits output, pdseg's normalisation). The training size went with the metadata,
+    # so none is assumed here: predict says so and asks for --size.
+    KnownModel(
+        OnnxSpec(
+            PDSEG_WITHOUT_METADATA,
+            None,
+            NORMALIZATION["color"],
+            NORMALIZATION["scale"],
+            NORMALIZATION["mean"],
+            NORMALIZATION["std"],
+            "logits",
+            "logit",
+        ),
+        input_name="input",
+        side=None,
+        min_outputs=2,
+        max_outputs=2,
+        output_names=("probabilities", "logits"),
+    ),
     # IS-Net (Qin et al., ECCV 2022) as the @imgly/background-removal-data package ships it: input
     # "input", first output "output" is the sigmoid of the final side output; that package feeds
     # (x - 128) / 256.
@@ -272,15 +311,16 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
         source: the file, for messages.
 
     Raises:
-        WeightsError: the model is not recognised and no ``--onnx-spec`` was given, or its input is
-            not (B, 3, H, W).
+        WeightsError: the model has inputs pdseg cannot feed (:func:`refuse_unfeedable`), is not
+            recognised and no ``--onnx-spec`` was given, or its input is not (B, 3, H, W).
         InputError: a bad ``--onnx-spec``, or a size the graph does not take.
     """
+    refuse_unfeedable(sig, source)
     if len(sig.input_shape) != 4 or sig.input_shape[1] not in (3, None):
         raise WeightsError(
             f"{source} takes {sig.text()}, not a (B, 3, H, W) image: not a DIS/SOD model pdseg can run"
         )
-    _refuse_other_inputs(sig, source)
+    _refuse_input_shapes(sig, source)
     fields = parse_spec(user)
     known = recognise(sig)
     if known is None and not fields:
@@ -323,7 +363,35 @@ def _in_channel_order(base: OnnxSpec, fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _refuse_other_inputs(sig: Signature, source: str) -> None:
+# what pdseg can feed: the normalised image as float32, or cast to float16 for an fp16 graph
+FEEDABLE_TYPES = ("float32", "float16")
+
+
+def refuse_unfeedable(sig: Signature, source: str) -> None:
+    """Refuse a graph pdseg cannot feed whatever ``--onnx-spec`` says: one with more than one input
+    (pdseg gives it the image alone) or whose input is not a float32 or float16 tensor (a uint8 or
+    int64 image input, say). Said at load, in one line, not as onnxruntime's error at the first
+    image; no ``--onnx-spec`` can fix it, so none is hinted.
+
+    Raises:
+        WeightsError: naming every input and its element type.
+    """
+    feeds = "pdseg feeds one float32 (or float16) image tensor, (B, 3, H, W)"
+    if sig.other_inputs:
+        raise WeightsError(
+            f"{source} cannot run in pdseg: it takes {1 + len(sig.other_inputs)} inputs "
+            f"({listing(sig.inputs_text(), 4)}); {feeds}",
+            hint="export the model with the image as its only input",
+        )
+    if sig.input_type not in FEEDABLE_TYPES:
+        raise WeightsError(
+            f"{source} cannot run in pdseg: its input '{sig.input_name}' is {sig.input_type}; {feeds}",
+            hint=f"export the model with a float32 image input (a cast to {sig.input_type} can go "
+            "inside the graph)",
+        )
+
+
+def _refuse_input_shapes(sig: Signature, source: str) -> None:
     """Refuse inputs pdseg cannot feed: a fixed batch other than 1 (it runs fixed-size models one
     image at a time) and a fixed height or width that is not one square side (it resizes images to
     N x N). Said here, in one line, not as an onnxruntime error at the first image.

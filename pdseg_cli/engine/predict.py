@@ -216,10 +216,19 @@ class Predictor:
             self.size_note = ""
         elif fixed is not None:
             self.size_note = "the model's fixed input size" if by_graph else f"--onnx-spec size={fixed}"
-        elif self.train_size:
-            self.size_note = "the checkpoint's training size"
         else:
-            self.size_note = f"the checkpoint records no training size: {DEFAULT_SIZE} assumed, pass --size"
+            # what records the training size, named as the user knows it: an .onnx/.ts file is not
+            # a checkpoint, and a foreign one (a spec, no pdseg metadata) not a pdseg export either
+            if kind == "checkpoint":
+                owner = "the checkpoint"
+            elif kind in ("onnx", "torchscript"):
+                owner = "the model file" if getattr(model, "spec", None) is not None else "the export"
+            else:
+                owner = "the model"
+            if self.train_size:
+                self.size_note = f"{owner}'s training size"
+            else:
+                self.size_note = f"{owner} records no training size: {DEFAULT_SIZE} assumed, pass --size"
         slow = runtime.emulated_precision_note(
             self.device,
             self.precision,

@@ -25,6 +25,7 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.foreground import estimate_foreground
 from pdseg_cli.data.header import OUTPUT_MARK
+from pdseg_cli.engine.onnx_backend import ModelRunError
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
 from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSummary, merge_summaries
@@ -216,6 +217,10 @@ class _FolderRun:
             maps = [
                 predictor.to_map(logits[k : k + 1], g.orig_size, self.threshold) for k, g in enumerate(group)
             ]
+        except ModelRunError as exc:  # the graph failed on this input: these images fail, the run goes on
+            for g in group:
+                self.finish(_failed(g.item, exc.message))
+            return
         except Exception as exc:  # torch's, numpy's and ONNX Runtime's out-of-memory errors alike
             if not runtime.is_out_of_memory(exc):
                 raise

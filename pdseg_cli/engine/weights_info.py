@@ -66,6 +66,10 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
         # the spec itself (size, colour order, scale, mean/std, output, map, kind): the export
         # metadata's fields would show pdseg's own defaults where the spec says otherwise
         rows.append(("run as", model.spec.describe()))  # type: ignore[union-attr]
+        if metadata.train_size is None:  # e.g. a pdseg export whose metadata was stripped
+            from pdseg_cli.engine.predict import DEFAULT_SIZE
+
+            rows.append(("training size", f"not recorded: predict assumes {DEFAULT_SIZE}, pass --size"))
         return WeightsDescription(metadata.variant, rows)
     rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
     strings = metadata.to_strings()
