@@ -69,11 +69,13 @@ def check_kind(owner: str, name: str, value: object, kind: type) -> None:
     """
     import numbers
 
+    # numpy's bool (np.bool_, named "bool" since numpy 2) is no Python bool, nor an Integral
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
     if kind is bool:
-        ok = isinstance(value, bool) or type(value).__name__ == "bool_"
+        ok = isinstance(value, bool) or numpy_bool
     else:
         wanted = numbers.Integral if kind is int else numbers.Real
-        ok = isinstance(value, wanted) and not isinstance(value, bool) and type(value).__name__ != "bool_"
+        ok = isinstance(value, wanted) and not isinstance(value, bool) and not numpy_bool
     if not ok:
         raise InputError(f"{owner} {name}={value!r}: give {_KIND_WORDS[kind]}")
 

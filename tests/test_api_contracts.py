@@ -159,3 +159,16 @@ def test_a_predictor_option_of_the_wrong_kind_is_one_line(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="predict_paths recursive='no': give True or False"):
         predictor.predict_paths([tmp_path], tmp_path / "out", recursive="no")
     assert not (tmp_path / "out").exists()
+
+
+def test_numpy_switches_and_numbers_pass_as_python_ones(tmp_path: Path) -> None:
+    from pdseg_cli.errors import check_kind
+
+    check_kind("t", "switch", np.True_, bool)  # np.bool_ is named "bool" in numpy 2
+    check_kind("t", "count", np.int64(3), int)
+    check_kind("t", "rate", np.float32(0.5), float)
+    with pytest.raises(InputError, match="give a whole number"):
+        check_kind("t", "count", np.True_, int)
+    images = make_dataset(tmp_path / "set", 1) / "im"
+    Predictor(seeded_model(), device="cpu").predict_paths([images], tmp_path / "out", recursive=np.False_)
+    assert len(list((tmp_path / "out").iterdir())) == 1

@@ -172,7 +172,7 @@ def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, ckpt: Path, sk
     text = no_space(result.output)  # a long path wraps anywhere
     said = f"--out {gts} holds 1 file that pdseg did not write and would replace: {gts / 'cat.png'} "
     assert no_space(said + '(an 8-bit gray PNG without the "Software: pdseg" mark') in text
-    assert no_space("an older pdseg's outputs: delete them") in text  # the way on, where it may be one
+    assert no_space("outputs of a pdseg that marked none: delete them") in text  # the way on
     assert (gts / "cat.png").read_bytes() == before and "Traceback" not in result.output
     assert sorted(p.name for p in gts.iterdir()) == ["cat.png"]  # nothing written beside it
 
@@ -258,7 +258,8 @@ def test_recursive_predict_mirrors_linked_folders_and_names_the_loops(tmp_path: 
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/b.png", "real/a.png"]
     text = no_space(result.output)
-    assert "skipped,brokenlinksorlinkloops:" in text and "notakindpdsegreads" not in text
+    assert "notfollowed,linkstofoldersreadalreadyorbackupthetree:" in text
+    assert "brokenlinks" not in text and "notakindpdsegreads" not in text
     for link in (src / "dup", src / "real" / "up", src / "linked" / "back"):
         assert text.count(no_space(str(link))) == 1, link
 
@@ -301,3 +302,13 @@ def test_a_folder_of_hidden_images_says_so(tmp_path: Path, ckpt: Path) -> None:
     # named directly, it is segmented
     result = _predict(folder / ".hidden.jpg", "--out", tmp_path / "o", "-w", ckpt)
     assert result.exit_code == 0 and (tmp_path / "o" / ".hidden.png").exists(), result.output
+
+
+def test_a_pattern_walks_the_linked_folders_it_matches(tmp_path: Path, ckpt: Path) -> None:
+    # a pattern's links to folders were handed over as files: called broken, never walked
+    src = _linked_tree(tmp_path)
+    out = tmp_path / "out"
+    result = run_cli("predict", str(src / "*"), "-r", "-o", out, "-w", ckpt, columns=300)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/b.png", "real/a.png"]
+    assert "brokenlinks" not in no_space(result.output)

@@ -304,12 +304,16 @@ def test_masks_that_read_as_faint_targets_are_named_before_training(
         train(tiny(tmp_path / "run", data, train_dir=bad))
     message = str(info.value)
     assert "5 bad image/mask pair(s)" in message, message
-    assert "s00.png is a palette image in colour, not a gray mask" in message
-    assert "its object is at most 38 of 255, a faint target" in message
-    assert "s01.png is an RGB image in colour" in message
-    assert "s02.png keeps its mask in the alpha channel" in message
-    assert "s03.png has no value above 128 (at most 100): it trains as a faint target" in message
-    assert "s04.png is a 16-bit mask whose values (at most 255) read as 0 in 8 bits" in message
+    # grouped by reason, each said once: the palette and the RGB mask are one group
+    assert (
+        "2 masks are colour images whose objects read as faint gray targets: gt/s00.png (palette, at most "
+        "38), gt/s01.png (RGB, at most 76)"
+    ) in message
+    assert "gt/s02.png keeps its mask in the alpha channel" in message
+    assert "gt/s03.png has no value above 128 (at most 100): it trains as a faint target" in message
+    assert "gt/s04.png is a 16-bit mask whose values (at most 255) read as 0 in 8 bits" in message
+    hint = info.value.hint or ""
+    assert "colour masks: save them as 8-bit gray masks" in hint and "16-bit masks: save them" in hint
     for fine in ("s05.png", "s06.png", "s07.png"):
         assert fine not in message
 

@@ -108,6 +108,8 @@ def predict(
 
     Map byte = floor(255 * sigmoid(logit)), logits resized bilinearly to the image first (as DIS does).
 
+    A model that gives probabilities only (a foreign ONNX) has its probabilities resized instead.
+
     Outputs go to --out: @FILES@.
 
     Files are written under a temporary name and renamed: an interrupted run leaves no partial file.

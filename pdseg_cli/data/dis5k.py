@@ -14,8 +14,11 @@ pairs are reported by name before any training step (:func:`prepare_samples`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
+import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +32,8 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data.atomic import atomic_path, sweep_folder
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
-from pdseg_cli.errors import DataError, PdsegError, listing
+from pdseg_cli.errors import DataError, PdsegError, counted, listing
+from pdseg_cli.metrics.common import GT_THRESHOLD
 from pdseg_cli.metrics.reading import read_mask_file, training_mask_problem
 
 DATA_ENV = "PDSEG_DATA"  # the DIS5K root when --data-root is not given
@@ -39,7 +43,6 @@ TEST_SPLITS = ("DIS-TE1", "DIS-TE2", "DIS-TE3", "DIS-TE4")
 SPLITS = (TRAIN_SPLIT, VAL_SPLIT, *TEST_SPLITS)
 IMAGE_DIR, MASK_DIR = "im", "gt"  # the subfolders of every split folder
 IMAGE_EXT, MASK_EXT = ".jpg", ".png"  # how DIS5K stores them; any image type pdseg reads is accepted
-_MAX_LISTED = 20  # problems named one by one in an error; the rest are counted
 
 CacheMode = Literal["disk", "ram", "off"]
 CACHE_VERSION = 2  # bump when the cached array layout, the resize rule or the masks accepted change
@@ -107,23 +110,107 @@ def nested_root_hint(root: Path, split: str) -> str | None:
     return f"did you mean --data-root {inner[0]}?" if inner else None
 
 
-def check_dataset_folder(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> Path:
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` as the user can open it from the working folder: relative to it when inside it
+    (``L/suffix_mask/im/a.jpg``), else as it is (training resolves its folders to absolute paths)."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
+# Subfolder names other tools give what pdseg calls im/ and gt/ (compared in lower case).
+_IMAGE_NAMES = ("images", "image", "imgs", "img", "photos", "jpegimages", "rgb", "input", "inputs")
+_MASK_NAMES = (
+    "masks", "mask", "labels", "label", "gts", "ground_truth", "groundtruth", "annotations",
+    "segmentations", "segmentationclass", "mattes", "alpha", "targets",
+)  # fmt: skip
+
+
+def check_dataset_folder(
+    folder: str | os.PathLike[str], *, masks_optional: bool = False, option: str | None = None
+) -> Path:
     """``folder`` if it holds ``im/`` and ``gt/`` subfolders (``im/`` alone with ``masks_optional``).
 
+    Args:
+        folder: the dataset folder.
+        masks_optional: ``gt/`` may be absent (training with a teacher).
+        option: the option that named it (``--train``, ``--val``), for a hint that repeats it.
+
     Raises:
-        DataError: naming what is missing.
+        DataError: naming what is missing, with the layout mistake behind it when one is plain (the
+            ``im/`` folder itself given, ``images/`` + ``masks/``, a folder of dataset folders).
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"dataset folder {folder} does not exist")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"dataset folder {shown(folder)} {what}", hint=_missing_folder_hint(folder))
+    if folder.name in (IMAGE_DIR, MASK_DIR) and (folder.parent / IMAGE_DIR).is_dir():
+        # one wording for --train and --val, whether gt/ is needed or not
+        raise DataError(
+            f"{shown(folder)} is the {folder.name}/ folder of a dataset, not a dataset folder",
+            hint=f"pass {shown(folder.parent)}, the folder that holds {IMAGE_DIR}/ and {MASK_DIR}/",
+        )
     wanted = (IMAGE_DIR,) if masks_optional else (IMAGE_DIR, MASK_DIR)
     missing = [d for d in wanted if not (folder / d).is_dir()]
     if missing:
         raise DataError(
-            f"dataset folder {folder} has no {' or '.join(m + '/' for m in missing)} subfolder",
-            hint="a dataset folder holds im/ (images) and gt/ (masks) with matching file names",
+            f"dataset folder {shown(folder)} has no {' or '.join(m + '/' for m in missing)} subfolder",
+            hint=_layout_hint(folder, missing, option),
         )
     return folder
+
+
+def _missing_folder_hint(folder: Path) -> str:
+    """How to find the folder meant: a close name beside it, or the first part of the path that is missing."""
+    parent = folder.parent
+    if not parent.is_dir():
+        return f"{shown(parent)} does not exist either: check the path"
+    try:
+        beside = sorted(d.name for d in parent.iterdir() if d.is_dir())
+    except OSError:
+        beside = []
+    close = difflib.get_close_matches(folder.name, beside, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {shown(parent / close[0])}?"
+    return f"check the path; a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks)"
+
+
+def _layout_hint(folder: Path, missing: Sequence[str], option: str | None) -> str:
+    """The fix for a dataset folder without ``im/`` (or ``gt/``), by what it holds instead."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        children = []
+    subfolders = [c for c in children if c.is_dir() and not c.name.startswith(".")]
+    datasets = [c for c in subfolders if (c / IMAGE_DIR).is_dir()]
+    if datasets and IMAGE_DIR in missing:
+        if option == "--train":
+            how = " ".join(f"--train {shown(d)}" for d in datasets[:4])
+            return f"it holds dataset folders: pass each with its own --train, {how}" + (
+                " ..." if len(datasets) > 4 else ""
+            )
+        flag = f"{option} " if option else ""
+        names = listing([shown(d) for d in datasets], 4, sep=" or ")
+        return f"it holds dataset folders: pass one of them, {flag}{names}"
+    renames = []
+    for wanted, aliases in ((IMAGE_DIR, _IMAGE_NAMES), (MASK_DIR, _MASK_NAMES)):
+        alias = next((c for c in subfolders if c.name.lower() in aliases), None)
+        # gt/ too where only im/ is needed: masks under another name would be left unread
+        if not (folder / wanted).is_dir() and alias is not None:
+            renames.append(f"{alias.name}/ to {wanted}/")
+    if renames:
+        return (
+            f"rename {' and '.join(renames)}: pdseg pairs {IMAGE_DIR}/NAME.jpg with {MASK_DIR}/NAME.png "
+            "in a dataset folder"
+        )
+    if IMAGE_DIR in missing and any(c.is_file() and imio.is_image_file(c) for c in children):
+        return (
+            f"it holds images itself: move them into {shown(folder / IMAGE_DIR)}/ and their masks, "
+            f"named as the images, into {shown(folder / MASK_DIR)}/"
+        )
+    return f"a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks) with matching file names"
 
 
 def images_by_stem(folder: Path) -> tuple[dict[str, Path], list[tuple[Path, Path]]]:
@@ -170,6 +257,157 @@ class Pair:
         return self.mask is None or self.teacher_weight > 0.0
 
 
+@dataclass(frozen=True)
+class _Reason:
+    """How a group of problems with one cause is said, and its fix.
+
+    Attributes:
+        noun: what each file of the group is (``mask``, ``image``, ``file``).
+        says: what is wrong with one file, and with several (``holds ...``, ``hold ...``).
+        tag: how a hint that gives several groups' fixes names this one (``0/1 masks``).
+        fix: the hint.
+    """
+
+    noun: str
+    says: tuple[str, str]
+    tag: str
+    fix: str
+
+
+# Problem reasons, in the order an error names them: pairing first (a misnamed mask explains the
+# images without one), then what decoding finds.
+UNMATCHED, NO_MASK, SAME_NAME, NO_TARGET = "unmatched", "no-mask", "same-name", "no-target"
+SIZE, ZERO_ONE, FAINT, COLOUR, ALPHA, SIXTEEN_BIT = "size", "0/1", "faint", "colour", "alpha", "16-bit"
+UNREADABLE, OTHER = "unreadable", "other"
+_REASONS = {
+    UNMATCHED: _Reason(
+        "mask",
+        ("matches no image name", "match no image name"),
+        "masks without an image",
+        f"name each mask as its image (im/cat.jpg -> {MASK_DIR}/cat.png), or remove the masks without "
+        "an image",
+    ),
+    NO_MASK: _Reason(
+        "image",
+        (f"has no mask in {MASK_DIR}/", f"have no mask in {MASK_DIR}/"),
+        "images without a mask",
+        f"add each image's mask to {MASK_DIR}/ under the image's name (im/cat.jpg -> {MASK_DIR}/cat.png), "
+        "or remove the image",
+    ),
+    SAME_NAME: _Reason(
+        "file",
+        (
+            "shares its name with another file of its folder",
+            "share their names with other files of their folders",
+        ),
+        "same names",
+        "keep one file per name in im/ and in gt/ (rename or remove the others)",
+    ),
+    NO_TARGET: _Reason(
+        "image",
+        ("has no mask and no teacher map", "have no mask and no teacher map"),
+        "no target",
+        "pass --teacher MODEL",
+    ),
+    SIZE: _Reason(
+        "mask",
+        ("is not the size of its image", "are not the size of their images"),
+        "sizes",
+        "resize each mask to its image (nearest neighbour keeps it 0/255)",
+    ),
+    ZERO_ONE: _Reason(
+        "mask",
+        (
+            "holds only the values 0 and 1, which trains as an almost empty target",
+            "hold only the values 0 and 1, which train as almost empty targets",
+        ),
+        "0/1 masks",
+        "save them as 0/255 (multiply by 255)",
+    ),
+    FAINT: _Reason(
+        "mask",
+        (
+            f"has no value above {GT_THRESHOLD}, which trains as a faint target",
+            f"have no value above {GT_THRESHOLD}, which train as faint targets",
+        ),
+        "faint masks",
+        "stretch them so the object is 255 and the background 0",
+    ),
+    COLOUR: _Reason(
+        "mask",
+        (
+            "is a colour image whose object reads as a faint gray target",
+            "are colour images whose objects read as faint gray targets",
+        ),
+        "colour masks",
+        "save them as 8-bit gray masks: object 255, background 0",
+    ),
+    ALPHA: _Reason(
+        "mask",
+        (
+            "keeps its mask in the alpha channel, which is not read",
+            "keep their masks in the alpha channel, which is not read",
+        ),
+        "alpha masks",
+        "save each alpha channel as an 8-bit gray mask (object 255, background 0)",
+    ),
+    SIXTEEN_BIT: _Reason(
+        "mask",
+        (
+            "is a 16-bit mask whose values read as 0 in 8 bits",
+            "are 16-bit masks whose values read as 0 in 8 bits",
+        ),
+        "16-bit masks",
+        "save them as 8-bit gray masks (0/255)",
+    ),
+    UNREADABLE: _Reason(
+        "file",
+        ("cannot be read", "cannot be read"),
+        "unreadable files",
+        "save them again or remove them",
+    ),
+    OTHER: _Reason(
+        "file",
+        ("cannot be used", "cannot be used"),
+        "other files",
+        "fix or remove these files (every image in im/ needs a mask in gt/ with the same name)",
+    ),
+}
+_LISTED = 6  # files named per group in an error; the rest are counted
+
+
+@dataclass(frozen=True)
+class PairProblem:
+    """One bad file of a dataset folder.
+
+    Attributes:
+        reason: why (``UNMATCHED``, ``SIZE``, ...): an error groups its problems by it, each group
+            with its own fix.
+        path: the file at fault, an image or a mask (a teacher map's problem is its image's).
+        line: the problem said of this file alone, its files named relative to their dataset folder
+            (``im/s02.jpg is 64x64 but its mask gt/s02.png is 48x32``).
+        detail: what a listing of the group adds after the file's name (``48x32, image 64x64``), or "".
+        partner: for a mask that matches no image name, the image it seems to be for, or None.
+        differs: how the two names differ: ``case``, or ``+TEXT`` (the mask's name adds TEXT to the
+            image's), ``TEXT+`` (adds TEXT before it), ``-TEXT`` (the image's name adds TEXT).
+    """
+
+    reason: str
+    path: Path
+    line: str
+    detail: str = ""
+    partner: Path | None = None
+    differs: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The dataset folder of the file (``folder/im/a.jpg``)."""
+        return self.path.parent.parent
+
+    def __str__(self) -> str:
+        return self.line
+
+
 @dataclass
 class PairScan:
     """The pairs of a dataset folder and what is wrong with it.
@@ -177,14 +415,15 @@ class PairScan:
     Attributes:
         folder: the dataset folder.
         pairs: complete pairs, sorted by stem.
-        problems: one line per bad file (missing partner, duplicate stem, unreadable).
-        hint: the fix :meth:`raise_problems` names (default: fix or remove the files).
+        problems: one per bad file (missing partner, duplicate stem, unreadable, ...).
+        no_mask_hint: the fix of images without a mask when the caller knows a better one than
+            adding masks (training: or pass --teacher); None: the usual one.
     """
 
     folder: Path
     pairs: list[Pair]
-    problems: list[str] = field(default_factory=list)
-    hint: str = "fix or remove these files (every image in im/ needs a mask in gt/ with the same name)"
+    problems: list[PairProblem] = field(default_factory=list)
+    no_mask_hint: str | None = None
 
     @property
     def unlabelled(self) -> int:
@@ -194,27 +433,126 @@ class PairScan:
     def require_masks(self) -> PairScan:
         """This scan with each image without a mask moved from the pairs to the problems, named as
         :func:`scan_pairs` names it when masks are not optional."""
-        missing = [_no_mask(p.image, p.stem) for p in self.pairs if p.mask is None]
+        claimed = {p.partner for p in self.problems if p.reason == UNMATCHED}  # said with their masks
+        missing = [_no_mask(p.image, p.stem) for p in self.pairs if p.mask is None and p.image not in claimed]
         pairs = [p for p in self.pairs if p.mask is not None]
         return dataclasses.replace(self, pairs=pairs, problems=[*self.problems, *missing])
 
     def raise_problems(self) -> None:
-        """Raise one :class:`DataError` naming every problem (the first few by name).
+        """Raise one :class:`DataError` naming every problem, grouped by reason: each reason said
+        once with the files it concerns (the first few by name), and a hint with each reason's fix.
 
         Raises:
             DataError: when there is any problem.
         """
         if not self.problems:
             return
-        raise DataError(
-            f"{len(self.problems)} bad image/mask pair(s) in {self.folder}: "
-            f"{listing(self.problems, _MAX_LISTED, sep='; ')}",
-            hint=self.hint,
+        message, hint = problems_message(self.problems, self.no_mask_hint)
+        raise DataError(message, hint=hint)
+
+
+def problems_message(problems: Sequence[PairProblem], no_mask_hint: str | None = None) -> tuple[str, str]:
+    """(message, hint) of an error naming ``problems`` (at least one), grouped by reason."""
+    groups: dict[str, list[PairProblem]] = {}
+    for problem in problems:
+        groups.setdefault(problem.reason, []).append(problem)
+    order = list(_REASONS)
+    reasons = sorted(groups, key=lambda r: order.index(r) if r in order else len(order))
+    folders = list(dict.fromkeys(p.folder for p in problems))
+    one_folder = len(folders) == 1
+    where = f" in {shown(folders[0])}" if one_folder else ""
+
+    def name(path: Path) -> str:  # files relative to the folder the message names, else as opened
+        return _in_folder(path) if one_folder else shown(path)
+
+    def line(problem: PairProblem) -> str:
+        return problem.line if one_folder else f"{shown(problem.folder)}: {problem.line}"
+
+    def fix(reason: str) -> str:
+        if reason == NO_MASK and no_mask_hint:
+            return no_mask_hint
+        if reason == UNMATCHED:
+            return _unmatched_fix(groups[reason], name)
+        return _REASONS.get(reason, _REASONS[OTHER]).fix
+
+    def said(reason: str, alone: bool) -> str:
+        """The group: ``6 masks hold ...: gt/a.png, ...`` (``alone``: the error's only group)."""
+        group = groups[reason]
+        about = _REASONS.get(reason, _REASONS[OTHER])
+        if len(group) == 1 and reason != UNMATCHED:
+            return line(group[0])
+        files = listing([name(p.path) + (f" ({p.detail})" if p.detail else "") for p in group], _LISTED)
+        if reason in (UNREADABLE, OTHER):  # the decoder's words vary by file: the first as an example
+            files += f", e.g. {line(group[0])}"
+        head = f"{counted(len(group), about.noun)}{where if alone else ''} {about.says[len(group) > 1]}"
+        if reason == UNMATCHED:
+            return head + _unmatched_why(group, name, files)
+        return f"{head}: {files}"
+
+    if len(reasons) == 1 and (len(problems) > 1 or reasons[0] == UNMATCHED):
+        return said(reasons[0], alone=True), fix(reasons[0])
+    pairs = "pair" if len(problems) == 1 else "pair(s)"
+    message = f"{len(problems)} bad image/mask {pairs}{where}: " + "; ".join(said(r, False) for r in reasons)
+    if len(reasons) == 1:
+        return message, fix(reasons[0])
+    hint = "; ".join(
+        fix(r) if r == NO_MASK and no_mask_hint else f"{_REASONS.get(r, _REASONS[OTHER]).tag}: {fix(r)}"
+        for r in reasons
+    )
+    return message, hint
+
+
+def _unmatched_example(group: Sequence[PairProblem]) -> tuple[PairProblem, Path, str, int] | None:
+    """(a mask, its image, how their names differ, how many masks differ so) for the commonest
+    difference among masks that match no image name; None when none seems to belong to an image."""
+    kinds = Counter(p.differs for p in group if p.partner is not None and p.differs is not None)
+    if not kinds:
+        return None
+    differs, count = kinds.most_common(1)[0]
+    example = next(p for p in group if p.differs == differs)
+    return (example, example.partner, differs, count) if example.partner is not None else None
+
+
+def _unmatched_why(group: Sequence[PairProblem], name: Callable[[Path], str], files: str) -> str:
+    """What follows ``6 masks match no image name``: an example mask beside the image it seems
+    to be for and how their names differ, or the masks themselves when no image is close."""
+    found = _unmatched_example(group)
+    if found is None:
+        return f": {files}"
+    example, image, differs, count = found
+    if differs == "case":
+        how = ("differs from its image's name only in upper or lower case",
+               "differ from their images' names only in upper or lower case")  # fmt: skip
+    elif differs.startswith("+"):
+        how = (f'adds "{differs[1:]}" to its image\'s name', f'add "{differs[1:]}" to their images\' names')
+    elif differs.endswith("+"):
+        how = (
+            f'adds "{differs[:-1]}" before its image\'s name',
+            f'add "{differs[:-1]}" before their images\' names',
         )
+    else:
+        how = (
+            f'lacks the "{differs[1:]}" its image\'s name adds',
+            f'lack the "{differs[1:]}" their images\' names add',
+        )
+    if len(group) == 1:
+        return f": {name(example.path)} beside {name(image)} {how[0]}"
+    which = "all" if count == len(group) else f"{count} of them"
+    return f", e.g. {name(example.path)} beside {name(image)}: {which} {how[1]}"
 
 
-def _no_mask(image: Path, stem: str) -> str:
-    return f"{_in_folder(image)}: no mask {MASK_DIR}/{stem}{MASK_EXT}"
+def _unmatched_fix(group: Sequence[PairProblem], name: Callable[[Path], str]) -> str:
+    """Rename each mask as its image, shown on the example the message gives."""
+    found = _unmatched_example(group)
+    if found is None:
+        return _REASONS[UNMATCHED].fix
+    example, image = found[0], found[1]
+    renamed = example.path.with_name(image.stem + example.path.suffix)
+    return f"name each mask as its image ({name(example.path)} -> {name(renamed)}, in any image format)"
+
+
+def _no_mask(image: Path, stem: str) -> PairProblem:
+    return PairProblem(NO_MASK, image, f"{_in_folder(image)}: no mask {MASK_DIR}/{stem}{MASK_EXT}")
 
 
 def _in_folder(path: Path) -> str:
@@ -236,40 +574,120 @@ def _named_in_folder(text: str, pair: Pair) -> str:
     return text
 
 
-def scan_pairs(folder: str | os.PathLike[str], *, masks_optional: bool = False) -> PairScan:
+_SEPARATORS = "_-. "  # where a mask's name may add a word to its image's (cat_mask, cat-gt, cat.seg)
+
+
+def _close_names(masks: dict[str, Path], images: dict[str, Path]) -> dict[str, tuple[Path, str]]:
+    """For masks whose names match no image, the image each seems to be for and how the names
+    differ (:attr:`PairProblem.differs`): only in case, or by a word added at a separator
+    (``cat_mask``, ``mask_cat``), on the mask's side or the image's (``cat_rgb``). Linear: each
+    name is cut at its separators only."""
+    lower = {stem.lower(): stem for stem in images}
+    image_cut: dict[str, tuple[str, str]] = {}  # an image name's start -> (image stem, the rest)
+    for stem in images:
+        for k, char in enumerate(stem):
+            if char in _SEPARATORS and k:
+                image_cut.setdefault(stem[:k].lower(), (stem, stem[k:]))
+    found: dict[str, tuple[Path, str]] = {}
+    for stem in masks:
+        low = stem.lower()
+        if low in lower:
+            found[stem] = (images[lower[low]], "case")
+            continue
+        for k, char in enumerate(stem):
+            if char not in _SEPARATORS or not k:
+                continue
+            if low[:k] in lower:  # cat_mask: the mask's name adds "_mask"
+                found[stem] = (images[lower[low[:k]]], "+" + stem[k:])
+                break
+            if low[k + 1 :] in lower:  # mask_cat: it adds "mask_" before
+                found[stem] = (images[lower[low[k + 1 :]]], stem[: k + 1] + "+")
+                break
+        else:
+            if low in image_cut:  # cat.png for cat_rgb.jpg: the image's name adds "_rgb"
+                image, rest = image_cut[low]
+                found[stem] = (images[image], "-" + rest)
+    return found
+
+
+def _no_images_message(images_dir: Path) -> tuple[str, str]:
+    """Why ``images_dir`` gave no image, naming its subfolders that hold images (pdseg reads
+    ``im/`` itself, not below it), and the fix."""
+    holding = []
+    try:
+        for sub in sorted(d for d in images_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            n = sum(1 for f in sub.rglob("*") if f.is_file() and imio.is_image_file(f))
+            if n:
+                holding.append(f"{sub.name}/ ({n})")
+    except OSError:
+        pass
+    if not holding:
+        return f"no images in {shown(images_dir)}", "expected .jpg/.png/.tif files"
+    return (
+        f"no images in {shown(images_dir)} itself; its subfolders hold them: {listing(holding, _LISTED)}",
+        f"pdseg reads the images directly in {IMAGE_DIR}/, not its subfolders: move them into "
+        f"{IMAGE_DIR}/ (and their masks into {MASK_DIR}/, named as the images)",
+    )
+
+
+def scan_pairs(
+    folder: str | os.PathLike[str], *, masks_optional: bool = False, option: str | None = None
+) -> PairScan:
     """Pair ``folder/im/*`` with ``folder/gt/*`` by file stem.
 
     Hidden files are ignored. A mask without an image and two files with one stem in the same
     subfolder (``a.jpg`` and ``a.png``) are problems, listed by name; so is an image without a mask,
     unless ``masks_optional`` (training with a teacher), where it becomes a pair whose ``mask`` is
-    None and ``gt/`` may be absent altogether.
+    None and ``gt/`` may be absent altogether. A mask without an image carries the image its name
+    seems to belong to, if any (``cat_mask.png`` for ``cat.jpg``).
+
+    Args:
+        option: the option that named the folder, for the hints (see :func:`check_dataset_folder`).
 
     Raises:
         DataError: the folder lacks ``im/`` or ``gt/``, or holds no images at all.
     """
-    folder = check_dataset_folder(folder, masks_optional=masks_optional)
-    problems: list[str] = []
+    folder = check_dataset_folder(folder, masks_optional=masks_optional, option=option)
+    problems: list[PairProblem] = []
     found: dict[str, dict[str, Path]] = {}
     for sub in (IMAGE_DIR, MASK_DIR):
         if not (folder / sub).is_dir():
             found[sub] = {}
             continue
         found[sub], clashes = images_by_stem(folder / sub)
-        problems += [f"{sub}/{dup.name}: same name as {sub}/{kept.name}" for kept, dup in clashes]
+        problems += [
+            PairProblem(
+                SAME_NAME, dup, f"{sub}/{dup.name}: same name as {sub}/{kept.name}", f"as {kept.name}"
+            )
+            for kept, dup in clashes
+        ]
     images, masks = found[IMAGE_DIR], found[MASK_DIR]
     if not images:
-        raise DataError(f"no images in {folder / IMAGE_DIR}", hint="expected .jpg/.png/.tif files")
-    if not masks_optional:
-        problems += [_no_mask(images[stem], stem) for stem in sorted(images.keys() - masks.keys())]
-    for stem in sorted(masks.keys() - images.keys()):
-        problems.append(f"{MASK_DIR}/{masks[stem].name}: no image {IMAGE_DIR}/{stem}.*")
+        message, hint = _no_images_message(folder / IMAGE_DIR)
+        raise DataError(message, hint=hint)
+    lonely = {stem: masks[stem] for stem in sorted(masks.keys() - images.keys())}
+    close = _close_names(lonely, {stem: images[stem] for stem in images.keys() - masks.keys()})
+    if not masks_optional:  # an image whose mask is misnamed is said with that mask
+        claimed = {partner for partner, _ in close.values()}
+        problems += [
+            _no_mask(images[stem], stem)
+            for stem in sorted(images.keys() - masks.keys())
+            if images[stem] not in claimed
+        ]
+    for stem, mask in lonely.items():
+        partner, differs = close.get(stem, (None, None))
+        line = f"{MASK_DIR}/{mask.name}: no image {IMAGE_DIR}/{stem}.*"
+        if partner is not None:
+            line += f" (is it {_in_folder(partner)}'s?)"
+        problems.append(PairProblem(UNMATCHED, mask, line, partner=partner, differs=differs))
     stems = sorted(images.keys() if masks_optional else images.keys() & masks.keys())
     pairs = [Pair(stem, images[stem], masks.get(stem)) for stem in stems]
     return PairScan(folder, pairs, problems)
 
 
 def merge_scans(scans: Sequence[PairScan]) -> PairScan:
-    """Several training folders as one: pairs in folder order, problems named with their folder.
+    """Several training folders as one: pairs and problems in folder order (each problem knows
+    its folder, which an error names when they differ).
 
     Raises:
         ValueError: no scans.
@@ -279,12 +697,48 @@ def merge_scans(scans: Sequence[PairScan]) -> PairScan:
     if len(scans) == 1:
         return scans[0]
     pairs = [pair for scan in scans for pair in scan.pairs]
-    problems = [f"{scan.folder}: {problem}" for scan in scans for problem in scan.problems]
-    return PairScan(scans[0].folder, pairs, problems)
+    problems = [problem for scan in scans for problem in scan.problems]
+    return PairScan(scans[0].folder, pairs, problems, scans[0].no_mask_hint)
 
 
 # ----------------------------------------------------------------------------------------------
 # decoding and caching
+
+
+class PairError(DataError):
+    """A pair that decodes but cannot train, with the reason an error groups it by.
+
+    Args:
+        message: the problem, its files named relative to their dataset folder.
+        reason: :attr:`PairProblem.reason`.
+        path: the file at fault.
+        detail: :attr:`PairProblem.detail`.
+    """
+
+    def __init__(self, message: str, reason: str, path: Path, detail: str = "") -> None:
+        super().__init__(message, hint=_REASONS[reason].fix)
+        self.reason, self.path, self.detail = reason, path, detail
+
+
+# training_mask_problem's sentences by how they start, and the reason each is grouped under
+_MASK_PROBLEMS = (
+    ("keeps its mask in the alpha", ALPHA),
+    ("is a 16-bit", SIXTEEN_BIT),
+    ("holds only the values 0 and 1", ZERO_ONE),
+    ("has no value above", FAINT),
+)
+
+
+def _mask_reason(problem: str) -> tuple[str, str]:
+    """(reason, detail) of a :func:`training_mask_problem` sentence: ``at most 38`` where it says so."""
+    reason = next((r for start, r in _MASK_PROBLEMS if problem.startswith(start)), None)
+    if reason is None:
+        reason = COLOUR if "in colour" in problem else OTHER
+    top = re.search(r"at most (\d+)", problem)
+    kind = re.match(r"is an? (\w+) image in colour", problem)  # palette or RGB, which the fix differs for
+    detail = [kind.group(1)] if kind else []
+    detail += [f"at most {top.group(1)}"] if top and reason != ZERO_ONE else []
+    return reason, ", ".join(detail)
 
 
 def load_sample(pair: Pair, size: int) -> np.ndarray:
@@ -296,7 +750,9 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
         (size, size, 4) uint8: RGB in channels 0-2, the target (0..255, soft edges) in channel 3.
 
     Raises:
-        PdsegError: a file cannot be decoded, or image and mask sizes differ (the message names them).
+        PairError: the mask is no training target, or image and mask sizes differ (the message
+            names them, the hint says the fix).
+        PdsegError: a file cannot be decoded.
     """
     # transforms imports torch: not at module level, so that `pdseg eval` can read the layout without it
     from pdseg_cli.data.transforms import resize_image, to_float_rgb
@@ -311,16 +767,23 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
         target = read.array
         problem = training_mask_problem(read) if path == pair.mask else None
         if problem:
-            raise DataError(f"{_in_folder(path)} {problem} (masks are 8-bit gray: store them as 0/255)")
+            reason, detail = _mask_reason(problem)
+            raise PairError(f"{_in_folder(path)} {problem}", reason, path, detail)
         if target.shape[:2] != pixels.shape[:2]:
             (h, w), (mh, mw) = pixels.shape[:2], target.shape[:2]
-            its = f"mask {_in_folder(path)}" if path == pair.mask else "teacher map"
-            raise DataError(f"{_in_folder(pair.image)} is {w}x{h} but its {its} is {mw}x{mh}")
+            if path == pair.mask:
+                raise PairError(
+                    f"{_in_folder(pair.image)} is {w}x{h} but its mask {_in_folder(path)} is {mw}x{mh}",
+                    SIZE,
+                    path,
+                    f"{mw}x{mh} for {w}x{h}",
+                )
+            raise PairError(
+                f"{_in_folder(pair.image)} is {w}x{h} but its teacher map is {mw}x{mh}", OTHER, pair.image
+            )
         targets.append(target)
     if pair.needs_teacher() and targets[1] is None:
-        raise DataError(
-            f"{_in_folder(pair.image)} has no mask and no teacher map", hint="pass --teacher MODEL"
-        )
+        raise PairError(f"{_in_folder(pair.image)} has no mask and no teacher map", NO_TARGET, pair.image)
     mask = blend_targets(targets[0], targets[1], pair.teacher_weight)
     image = resize_image(to_float_rgb(pixels), (size, size))
     if mask.shape[:2] != (size, size):
@@ -439,23 +902,25 @@ def prepare_samples(
     """
     store = SampleStore(scan.pairs, size, mode, cache_dir)
     total = len(store)
-    problems = list(scan.problems)
+    problems: list[PairProblem] = list(scan.problems)
 
-    def work(index: int) -> str | None:
+    def work(index: int) -> PairProblem | None:
         pair = store.pairs[index]
-        # a pair of another training folder than the first is named with its folder, as
-        # merge_scans names its pairing problems
-        folder = pair.image.parent.parent
-        prefix = "" if folder == scan.folder else f"{folder}: "
         try:
             store.prepare_one(index)
         except CacheWriteError:
             raise
-        except PdsegError as exc:
-            return prefix + _named_in_folder(exc.message, pair)
+        except PairError as exc:
+            return PairProblem(exc.reason, exc.path, _named_in_folder(exc.message, pair), exc.detail)
+        except PdsegError as exc:  # a reader's: it names the file it could not read first
+            text = exc.message
+            mask_first = pair.mask is not None and text.startswith(str(pair.mask))
+            culprit = pair.mask if mask_first and pair.mask is not None else pair.image
+            return PairProblem(UNREADABLE, culprit, _named_in_folder(text, pair))
         except (OSError, ValueError, cv2.error) as exc:
             names = " and ".join(_in_folder(p) for p in (pair.image, pair.mask) if p is not None)
-            return f"{prefix}{names}: {type(exc).__name__}: {_named_in_folder(str(exc), pair)}"
+            line = f"{names}: {type(exc).__name__}: {_named_in_folder(str(exc), pair)}"
+            return PairProblem(UNREADABLE, pair.image, line)
         return None
 
     done = 0

@@ -64,20 +64,25 @@ class TeacherInfo:
     description: str
 
 
-def _cache_key(sha256: str, spec: str) -> str:
+def _cache_key(sha256: str, spec: str, onnx: bool = False) -> str:
     """The teacher's cache folder name: its file hash, plus the parsed spec's when one is given.
 
     The key is taken from the spec's values, not its text, so ``color=bgr,scale=1`` and
     ``scale=1, color=BGR`` share their maps and the display ``name`` changes nothing. The "rgb"
     marker keys these apart from the maps of pdseg versions that read a ``color=bgr`` spec's mean
-    and std as B:G:R (they are R:G:B now).
+    and std as B:G:R (they are R:G:B now). An ONNX teacher's key also carries the "probabilities
+    resized" marker: pdseg versions before it resized a probability model's maps as clamped logits,
+    which differ by tens of grey levels at sharp edges when a map is enlarged, and a cache must not
+    mix the two.
     """
     from pdseg_cli.engine.onnx_spec import parse_spec
 
     fields = {k: v for k, v in parse_spec(spec).items() if k != "name"}
-    if not fields:
+    if not fields and not onnx:
         return sha256[:24]
-    canonical = json.dumps(fields, sort_keys=True) + "|mean-std-rgb"
+    canonical = (
+        json.dumps(fields, sort_keys=True) + "|mean-std-rgb" + ("|probabilities-resized" if onnx else "")
+    )
     return f"{sha256[:16]}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
@@ -117,7 +122,10 @@ class TeacherMaps:
         self._sha = file_sha256(self.path)
         self._predictor = None
         self.cache_root = Path(cache_root)
-        self.folder = self.cache_root / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec)
+        from pdseg_cli.engine.onnx_backend import detect_format
+
+        onnx = detect_format(self.path) == "onnx"
+        self.folder = self.cache_root / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec, onnx=onnx)
 
     def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
         if self._predictor is None:

@@ -4,7 +4,8 @@ The map rule (the bytes ``pdseg predict`` writes and ``pdseg eval`` scores), fol
 pipeline (``docs/metrics.md``, 'Prediction maps'):
 
 1. the logits are resized to the image's original (H, W), bilinear, ``align_corners=False``,
-   in float32, before anything else;
+   in float32, before anything else (a model that gives probabilities only, such as a foreign
+   ONNX, has its probabilities resized instead, as its own scripts do);
 2. ``p = sigmoid(logits)``;
 3. ``byte = floor(255 * p)`` (truncation, as DIS's ``astype(np.uint8)``).
 

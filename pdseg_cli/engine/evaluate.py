@@ -63,7 +63,7 @@ from pdseg_cli.engine.eval_pairs import (
 )
 from pdseg_cli.engine.eval_report import OVERALL_RULE, EvalReport, ImageRecord, PooledResult, SplitResult
 from pdseg_cli.engine.output_kinds import output_path
-from pdseg_cli.engine.predict_plan import not_an_output
+from pdseg_cli.engine.predict_plan import OLDER_OUTPUTS_HINT, not_an_output, unmarked_among
 from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root, usable_cache_root
@@ -773,7 +773,10 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
                 f"--save-preds {save_preds}: {out_dir} holds {counted(len(foreign), 'file')} that pdseg "
                 f"did not write and would replace: {listing(foreign, 5, sep='; ')}",
                 hint="move them, or give --save-preds another folder; pdseg replaces only its own "
-                "earlier maps; the model has not run yet",
+                "earlier maps"
+                + (OLDER_OUTPUTS_HINT if unmarked_among(foreign) else "")
+                + "; the model has not "
+                "run yet",
             )
         if names:
             raise DataError(

@@ -10,7 +10,7 @@
 How a map is made (``pdseg_cli.data.transforms`` documents the rule): the image goes to the model
 resized to ``size`` x ``size`` (or at its native size with ``size="full"``; the model pads to a
 multiple of 32 and crops back), the logits are resized bilinearly to the image's own (H, W), then
-``floor(255 * sigmoid)``.
+``floor(255 * sigmoid)`` (a model that gives probabilities only has its probabilities resized).
 
 Folder runs are planned in :mod:`pdseg_cli.engine.predict_plan` (inputs, output clashes, this
 process's share under torchrun), carried out in :mod:`pdseg_cli.engine.predict_run` (readers ahead of
@@ -273,7 +273,8 @@ class Predictor:
             image: as for :meth:`predict`.
 
         Returns:
-            (H, W) float32 in [0, 1]: the sigmoid of the logits bilinearly resized to the image;
+            (H, W) float32 in [0, 1]: the sigmoid of the logits bilinearly resized to the image (the
+                probabilities resized, for a model that gives probabilities only);
             :meth:`predict` returns ``floor(255 p)`` of exactly these values.
         """
         logits, size = self._forward_one(image)

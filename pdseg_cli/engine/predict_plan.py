@@ -91,7 +91,7 @@ def collect_inputs(
             tree = walk_folder(root, exclude_r)
             files = tree.files
             passed_exclude |= tree.passed_exclude
-            # listed with the files not read, as broken links are (is_broken_link tells them apart)
+            # listed with the files not read, as broken links are (is_unfollowed_folder_link tells them apart)
             not_images.extend(link for link in tree.skipped_links if link not in not_images)
         else:
             # links that lead nowhere too, so that they are counted with the files not read
@@ -115,15 +115,16 @@ def collect_inputs(
                 # the pattern reached pdseg, so the shell left it alone: quoting is not the fix,
                 # what is there instead is (often another suffix: *.jpeg for .jpg files)
                 raise InputError(f"no file matches the pattern {text!r}", hint=_folder_contents(base))
-            for m in matches:
-                p = Path(m)
-                if (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
+            # links after the real paths, as a folder walk reads them: a file reached both ways
+            # is kept under its own folder's name, not a link's that sorts first
+            for p in sorted(map(Path, matches), key=lambda q: q.is_symlink()):
+                if p.is_dir():  # a folder, or a link to one: walked as a folder given by name is
+                    walk(p, p if not recursive else base)
+                elif (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
                     add(
                         p,
                         p.parent.relative_to(base) if recursive and _is_under(p.parent, base) else Path("."),
                     )
-                elif p.is_dir():
-                    walk(p, p if not recursive else base)
         elif path.exists():
             raise InputError(f"{path} is neither a file nor a folder")
         else:
@@ -292,10 +293,16 @@ def _resolved(path: Path) -> Path | None:
 
 
 def is_broken_link(path: Path) -> bool:
-    """A symbolic link that leads nowhere, or in a loop (counted apart from files of other kinds).
-    A link to a folder is listed only where a recursive walk did not follow it: one back up the
-    tree, or to a folder read already (:func:`walk_folder`), so it counts as a loop here."""
-    return path.is_symlink() and (_resolved(path) is None or path.is_dir())
+    """A symbolic link that leads nowhere, or in a loop of links (counted apart from files of other
+    kinds)."""
+    return path.is_symlink() and _resolved(path) is None
+
+
+def is_unfollowed_folder_link(path: Path) -> bool:
+    """A link to a folder that a recursive walk did not follow (:func:`walk_folder`): one back up
+    the tree, or to a folder read already by another path. Harmless (``latest -> 2024-05``), so it
+    is said apart from broken links."""
+    return path.is_symlink() and path.is_dir()
 
 
 def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
@@ -420,7 +427,17 @@ def not_an_output(path: Path, kind: str) -> str | None:
 _LAYOUT_NAMES = {1: "gray", 3: "RGB", 4: "RGBA"}
 # why a file of an output's layout is not taken for one, said since nothing else is wrong with it
 # (often a GT mask); an older pdseg's output cannot be told from it, which the refusal's hint covers
-_UNMARKED = 'without the "Software: pdseg" mark of pdseg\'s outputs; older pdseg versions wrote none'
+_UNMARKED = 'without the "Software: pdseg" mark of pdseg\'s outputs; pdseg before 2026-12 marked none'
+# the end of a refusal's hint where such files are among those refused
+OLDER_OUTPUTS_HINT = (
+    ", which carry its mark (outputs of a pdseg that marked none: delete them to write them again)"
+)
+
+
+def unmarked_among(described: Sequence[str]) -> bool:
+    """Whether a refusal's file descriptions (:func:`not_an_output`) include a file of an output's
+    layout that lacks only the mark: maybe an older pdseg's output, whose fix the hint then says."""
+    return any(_UNMARKED in line for line in described)
 
 
 def _a(word: str) -> str:
@@ -467,16 +484,11 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
                     foreign.append(f"{p} ({found[p]})")
     if foreign:
         # files of an output's layout without the mark may be an older pdseg's outputs: say the way
-        older = any(_UNMARKED in line for line in foreign)
         raise InputError(
             f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "
             f"replace: {listing(foreign, 5, sep='; ')}",
             hint="move them, or choose another --out; pdseg replaces only its own earlier outputs"
-            + (
-                ", which carry its mark (an older pdseg's outputs: delete them to write them again)"
-                if older
-                else ""
-            ),
+            + (OLDER_OUTPUTS_HINT if unmarked_among(foreign) else ""),
         )
 
 

@@ -45,6 +45,9 @@ TRAJECTORY_FIELDS = (
     "teacher_weight",
     "max_unsure",
 )
+# What a start stopped during its setup leaves in the run folder: the decoded samples
+# (train_folder.CACHE_DIR), which a new start reuses
+_SETUP_LEFTOVERS = ("cache",)
 _PATH_FIELDS = ("out", "data_root", "val_dir", "backbone_weights", "cache_dir", "teacher", "init")
 
 
@@ -307,6 +310,14 @@ class TrainConfig:
         out = Path(out).expanduser()  # as __post_init__ does: `--out=~/run` reaches here unexpanded
         path = out / CONFIG
         if not path.is_file():
+            left = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+            if left and set(left) <= set(_SETUP_LEFTOVERS):
+                raise InputError(
+                    f"nothing to resume in {out}: the run there never started (it was stopped while setting "
+                    f"up, before writing {CONFIG}; only its {', '.join(n + '/' for n in left)} is there)",
+                    hint="run the same command without --resume to start it; the samples decoded so far are "
+                    "reused",
+                )
             others = (
                 sorted(str(p.parent) for p in out.parent.glob(f"*/{CONFIG}")) if out.parent.is_dir() else []
             )

@@ -103,7 +103,7 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
         )
     val = None
     if val_dir is not None:
-        val = _load_split(ctx, "val", lambda: dis5k.scan_pairs(val_dir))
+        val = _load_split(ctx, "val", lambda: dis5k.scan_pairs(val_dir, option="--val"))
         if val_dir not in train_dirs:  # the same folder is said above
             copies = training_copies(val_dir, train_dirs)
             if copies:
@@ -121,7 +121,7 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
     root = None
     if cfg.train_dirs:
         # images without masks are found by the scan, which names them with the fix
-        train = [dis5k.check_dataset_folder(d, masks_optional=True) for d in cfg.train_dirs]
+        train = [dis5k.check_dataset_folder(d, masks_optional=True, option="--train") for d in cfg.train_dirs]
     else:
         root = dis5k.resolve_root(cfg.data_root, layout="or train on your own folders with --train DIR")
         train = [dis5k.split_folder(root, dis5k.TRAIN_SPLIT)]
@@ -130,7 +130,7 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
         if cfg.val_dir is not None:
             ctx.notice(f"--val-every 0: {cfg.val_dir} is not used, and no best.pt is written")
     elif cfg.val_dir is not None:
-        val = dis5k.check_dataset_folder(cfg.val_dir)
+        val = dis5k.check_dataset_folder(cfg.val_dir, option="--val")
     elif root is not None:
         val = dis5k.split_folder(
             root,
@@ -186,25 +186,29 @@ def _scan_training(
 ) -> dis5k.PairScan:
     """Pair every training folder; with a teacher, give each image that needs one its map
     (computed once into the shared cache, by rank 0, with a progress bar)."""
-    scans = [dis5k.scan_pairs(f, masks_optional=True) for f in folders]
+    scans = [dis5k.scan_pairs(f, masks_optional=True, option="--train") for f in folders]
     if teacher is None:
         unlabelled = [p for s in scans for p in s.pairs if p.mask is None]
         if not unlabelled:
             return dis5k.merge_scans(scans)
         counted = f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
+        unmatched = [p for s in scans for p in s.problems if p.reason == dis5k.UNMATCHED]
+        if unmatched and any(s.unlabelled == len(s.pairs) for s in scans):
+            # masks are there but named otherwise (cat_mask.png, CAT.png): their names are the
+            # fix, not --teacher, and are said before anything is decoded
+            dis5k.PairScan(scans[0].folder, [], unmatched).raise_problems()
         fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
         maskless = [s for s in scans if s.unlabelled == len(s.pairs)]
         if maskless:
             # a folder without any mask needs --teacher whatever else is wrong: said at once,
             # without decoding every labelled image first, with an image of that folder
             first = maskless[0].pairs[0].image
-            raise DataError(
-                f"{counted} (e.g. {first.parent.parent.name}/{first.parent.name}/{first.name})", hint=fix
-            )
+            raise DataError(f"{counted} (e.g. {dis5k.shown(first)})", hint=fix)
         # the images without masks become named problems, listed with those decoding finds in the
-        # others (a 0/1 mask, another size, an unreadable file), so one run names every fix
+        # others (a 0/1 mask, another size, an unreadable file), so one run names every fix; a
+        # misnamed mask's fix is its name, so --teacher is then not the advice
         merged = dis5k.merge_scans([s.require_masks() for s in scans])
-        return dataclasses.replace(merged, hint=f"{counted}: {fix} (and fix or remove any other file listed)")
+        return dataclasses.replace(merged, no_mask_hint=None if unmatched else f"{counted}: {fix}")
     maps, info = teacher
     scan = dis5k.merge_scans(scans)
     pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]

@@ -15,6 +15,7 @@ import torch
 
 from pdseg_cli import __version__
 from pdseg_cli.data.atomic import atomic_path, sweep_folder
+from pdseg_cli.data.dis5k import shown
 from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state, resume_parts
 from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
@@ -44,6 +45,8 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     new run is about to write its first file, so a refused or interrupted start leaves it whole.
     """
     cfg, out = ctx.cfg, ctx.cfg.out
+    if not cfg.resume:  # before anything is written; a run that exists already is left to resume
+        refuse_out_in_data(cfg)
     if cfg.resume:
         state = read_train_state(out / LAST)
         _check_same_experiment(ctx, state)
@@ -114,21 +117,26 @@ def clear_old_run(ctx: RunContext) -> None:
 def refuse_other_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> None:
     """Refuse to resume the run whose training state is ``state`` with settings that change its
     trajectory, whether there is more to train or not (a finished run told "nothing to train"
-    while a changed --lr was dropped in silence would read as accepted).
+    while a changed --lr was dropped in silence would read as accepted), or another validation
+    folder than the one its best.pt was chosen on (best.pt would compare scores of two folders).
 
     Raises:
-        InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup``) differs.
+        InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup``) or
+            the validation folder differs; the values are shown as they are typed.
     """
     stored, now = state["config"], cfg.to_dict()
     # a field added after the run started is absent from its config: the run had the default
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     diffs = [
-        f"--{name.replace('_', '-')} {stored.get(name, defaults[name])!r} -> {now[name]!r}"
+        _changed(name, stored.get(name, defaults[name]), now[name])
         for name in TRAJECTORY_FIELDS
         if stored.get(name, defaults[name]) != now[name]
     ]
     if cfg.warmup is not None and state["warmup"] != cfg.warmup:
         diffs.append(f"--warmup {state['warmup']} -> {cfg.warmup}")
+    before = validated_on(cfg.out, state)
+    if cfg.val_dir is not None and before is not None and Path(before).resolve() != cfg.val_dir.resolve():
+        diffs.append(f"--val {shown(before)} -> {shown(cfg.val_dir)}")
     if diffs:
         raise InputError(
             f"{cfg.out} was trained with other settings: {'; '.join(diffs)}",
@@ -136,9 +144,58 @@ def refuse_other_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> None:
         )
 
 
+def _changed(name: str, before: Any, now: Any) -> str:
+    """``--variant pdseg-t -> pdseg-b``, ``--augment -> --no-augment``: a changed setting as typed."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(before, bool) and isinstance(now, bool):
+        return f"{flag if before else '--no-' + flag[2:]} -> {flag if now else '--no-' + flag[2:]}"
+
+    def typed(value: Any) -> str:
+        return "(default)" if value is None else str(value)
+
+    return f"{flag} {typed(before)} -> {typed(now)}"
+
+
+def validated_on(out: Path, state: Mapping[str, Any]) -> str | None:
+    """The folder the run in ``out`` has validated on: as its ``config.json`` resolved it (DIS-VD
+    under the data root when no --val was given), else as its ``last.pt`` configuration gave it;
+    None when it has not validated on any."""
+    resolved = None
+    try:
+        record = json.loads((out / CONFIG).read_text())
+        resolved = record["resolved"]["val_dir"]
+    except (OSError, ValueError, KeyError, TypeError):  # an older or damaged record: the state's
+        pass
+    found = resolved or state["config"].get("val_dir")
+    return found if isinstance(found, str) else None
+
+
+def refuse_out_in_data(cfg: TrainConfig) -> None:
+    """Refuse a new run whose folder is a --train or --val folder or inside one: it would write its
+    checkpoints, ``config.json``, ``tensorboard/`` and ``cache/`` among the data.
+
+    Raises:
+        InputError: naming the data folder.
+    """
+    if cfg.out.exists() and not cfg.out.is_dir():  # a file: prepare_run_folder says so, more plainly
+        return
+    out = cfg.out.resolve()
+    given = [("--train", d) for d in cfg.train_dirs] + ([("--val", cfg.val_dir)] if cfg.val_dir else [])
+    for option, folder in given:
+        data = folder.resolve()
+        if out == data or data in out.parents:
+            where = "is" if out == data else "is inside"
+            raise InputError(
+                f"--out {shown(cfg.out)} {where} the {option} folder {shown(folder)}: the run would write "
+                "its checkpoints, config.json and sample cache among the data",
+                hint="choose a run folder outside the data, e.g. --out runs/NAME",
+            )
+
+
 def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
     """:func:`refuse_other_settings`, then warn when only the number of processes or the precision
-    changed (the run continues, but differently)."""
+    changed (the run continues, but differently), and say where best.pt starts when validation
+    is added to a run that had none."""
     refuse_other_settings(ctx.cfg, state)
     soft = []
     if state["world_size"] != ctx.env.world_size:
@@ -147,6 +204,13 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
         soft.append(f"precision {state['precision']} -> {ctx.precision}")
     if soft:
         ctx.notice(f"resuming with {', '.join(soft)}: the result will differ from an uninterrupted run")
+    cfg = ctx.cfg
+    if cfg.val_dir is not None and cfg.val_every != 0 and validated_on(cfg.out, state) is None:
+        # every score best.pt is chosen by comes from this one folder: honest, but only from here on
+        ctx.notice(
+            f"--val {shown(cfg.val_dir)}: the run has not validated before, so best.pt is chosen among "
+            f"the epochs from {int(state['epoch']) + 1} on"
+        )
 
 
 def _plain_number(value: Any) -> Any:

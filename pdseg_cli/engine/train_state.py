@@ -33,7 +33,7 @@ from pdseg_cli.engine.train_folder import (
 )
 from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
 from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler, restore_scheduler
-from pdseg_cli.errors import InputError, PdsegError
+from pdseg_cli.errors import InputError, Interrupted, PdsegError
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_model
 
 if TYPE_CHECKING:  # tensorboard is an optional package
@@ -168,7 +168,22 @@ def start_run(ctx: RunContext) -> TrainRun:
             experiment or another data set, or an ``--epochs`` behind the resumed run.
         DataError: missing splits or bad pairs.
         WeightsError: unreadable ``--init``, ``--backbone-weights`` or ``last.pt``.
+        Interrupted: a Ctrl-C before the first step (the stop flag that saves a checkpoint is not
+            set yet); its hint says that nothing was saved and how to start again.
     """
+    try:
+        return _start_run(ctx)
+    except Interrupted:  # the teacher's maps say themselves what they kept
+        raise
+    except KeyboardInterrupt:
+        if ctx.cfg.resume:
+            hint = f"nothing was saved and the run in {ctx.cfg.out} is as it was: the same command resumes it"
+        else:
+            hint = "nothing was saved (no training step ran): the same command starts the run again"
+        raise Interrupted(hint) from None
+
+
+def _start_run(ctx: RunContext) -> TrainRun:
     cfg = ctx.cfg
     # the top folder this run will create (runs/ of runs/pdseg-b), if any
     created = next((d for d in reversed([cfg.out, *cfg.out.parents]) if not d.exists()), None)
@@ -183,6 +198,8 @@ def start_run(ctx: RunContext) -> TrainRun:
             _remove_if_empty(created)
         raise
     plan = plan_run(ctx, data, resumed)
+    if resumed is None and cfg.init is None and cfg.backbone_weights is None:
+        _say_random_start(ctx, data.n_train)
     model, init_provenance = initial_model(ctx, resumed)
     run = build_run(ctx, data, plan, model, init_provenance, resumed)
     ctx.emit(
@@ -195,8 +212,9 @@ def start_run(ctx: RunContext) -> TrainRun:
             "world_size": ctx.env.world_size,
             "n_train": data.n_train,
             "n_val": data.n_val,
-            "train_dir": data.train_label,
-            "val_dir": None if data.val_dir is None else str(data.val_dir),
+            # as the user can open them from here (config.json and checkpoints keep them absolute)
+            "train_dir": " + ".join(dis5k.shown(d) for d in data.train_dirs),
+            "val_dir": None if data.val_dir is None else dis5k.shown(data.val_dir),
             "steps_per_epoch": plan.steps_per_epoch,
             "left_out": plan.batches.left_out,
             "batch": cfg.batch,
@@ -212,6 +230,33 @@ def start_run(ctx: RunContext) -> TrainRun:
         },
     )
     return run
+
+
+# Fewer training images than this, from random weights, is most likely a fine-tune that forgot
+# --init; DIS5K's 3,000 from scratch is the recipe
+SMALL_TRAINING_SET = 1000
+
+
+def _say_random_start(ctx: RunContext, n_train: int) -> None:
+    """One line when a small training set starts from random weights, naming the bundled
+    checkpoint to fine-tune instead (nothing when it cannot be found, or is no pdseg checkpoint)."""
+    if n_train >= SMALL_TRAINING_SET:
+        return
+    from pdseg_cli.weights import default_weights
+
+    try:
+        bundled = default_weights()
+    except PdsegError:
+        return
+    if bundled.suffix != ".pt":  # $PDSEG_WEIGHTS may name an exported model, which --init does not take
+        return
+    ctx.emit(
+        "info",
+        values={
+            "message": f"{ctx.cfg.model_variant} from random weights: to fine-tune the bundled model, "
+            f"pass --init {dis5k.shown(bundled)}"
+        },
+    )
 
 
 def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None) -> RunPlan:

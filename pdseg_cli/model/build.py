@@ -336,11 +336,19 @@ def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
     return f"check the path: this needs {what}"
 
 
+# the ModelProto fields that may follow ir_version, as their tag bytes: producer_name (2),
+# producer_version (3), domain (4), model_version (5), doc_string (6), graph (7), opset_import (8),
+# metadata_props (14), training_info (20), functions (25)
+_ONNX_SECOND_TAGS = frozenset(b"\x12\x1a\x22\x28\x32\x3a\x42\x72\xa2\xca")
+
+
 def starts_like_onnx(path: Path) -> bool:
-    """Whether the file starts as an ONNX protobuf does: field 1 (``ir_version``), varint, byte 0x08.
-    A pickle starts with 0x80 and a zip with ``PK``, so the byte tells them apart."""
+    """Whether the file starts as an ONNX protobuf does: field 1 (``ir_version``, a small varint:
+    byte 0x08, then 1-127), then another ModelProto field. A pickle starts with 0x80 and a zip with
+    ``PK``; three bytes keep a damaged file that happens to start with 0x08 from passing for ONNX."""
     with open(path, "rb") as f:
-        return f.read(1) == b"\x08"
+        head = f.read(3)
+    return len(head) == 3 and head[0] == 0x08 and 1 <= head[1] <= 127 and head[2] in _ONNX_SECOND_TAGS
 
 
 def _starts_like_zip(path: Path) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pdseg_cli import ui
 from pdseg_cli.data.images import IMAGE_KINDS
-from pdseg_cli.engine.predict_plan import is_broken_link
+from pdseg_cli.engine.predict_plan import is_broken_link, is_unfollowed_folder_link
 from pdseg_cli.errors import counted, listing
 
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
@@ -115,11 +115,20 @@ def summary(result: Any) -> None:
         caption += f" · {result.world_size} processes"
     ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
     broken: list[str] = []
+    folder_links: list[str] = []
     others: list[str] = []
     for path in result.not_images:
-        (broken if is_broken_link(path) else others).append(str(path))
+        if is_broken_link(path):
+            broken.append(str(path))
+        elif is_unfollowed_folder_link(path):
+            folder_links.append(str(path))
+        else:
+            others.append(str(path))
     if others:
         ui.info(f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(others, 5)}")
+    if folder_links:
+        links = listing(folder_links, 5)
+        ui.info(f"not followed, links to folders read already or back up the tree: {links}")
     if broken:
         ui.warn(f"skipped, broken links or link loops: {listing(broken, 5)}")
     warnings = [w for r in result.results for w in r.warnings]

@@ -1,0 +1,347 @@
+"""What `pdseg train` says about the user's own folders: misnamed masks, bad pairs grouped by
+reason, folder-layout mistakes, a run folder inside the data, a changed --val on resume, a start
+from random weights and a Ctrl-C during setup (pdseg-tiny at 64x64 on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from helpers import flat, make_dataset, run_cli
+
+from pdseg_cli.data import dis5k
+from pdseg_cli.engine import train_state
+from pdseg_cli.engine.train import TrainConfig, train
+from pdseg_cli.errors import DataError, InputError, Interrupted
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("train-messages")
+    return {
+        "train": make_dataset(base / "tr", 8),
+        "val": make_dataset(base / "va", 2, seed=1),
+        "other_val": make_dataset(base / "va2", 2, seed=2),
+    }
+
+
+TINY_CLI = [
+    "train",
+    "-e",
+    "1",
+    "--variant",
+    "pdseg-tiny",
+    "--size",
+    "64",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+def tiny(out: Path, train_dir: Any, **kw: Any) -> TrainConfig:
+    values: dict[str, Any] = dict(
+        epochs=1, variant="pdseg-tiny", size=64, batch=4, workers=0, train_dir=train_dir, lr=1e-3,
+        device="cpu", val_every=0,
+    )  # fmt: skip
+    values.update(kw)
+    return TrainConfig(out=out, **values)
+
+
+def renamed_masks(folder: Path, rename: Any) -> Path:
+    """``folder``'s masks renamed by ``rename(stem) -> new stem``."""
+    for mask in sorted((folder / "gt").iterdir()):
+        mask.rename(mask.with_name(rename(mask.stem) + mask.suffix))
+    return folder
+
+
+def no_decoding(*args: object, **kw: object) -> None:
+    raise AssertionError("decoded before the naming mistake was said")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. masks named otherwise than their images
+
+
+def test_masks_with_a_suffix_are_named_with_the_fix_not_teacher_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = renamed_masks(make_dataset(Path("L") / "suffix_mask", 6), lambda stem: stem + "_mask")
+    monkeypatch.setattr(dis5k, "load_sample", no_decoding)  # said from the names alone
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", folder))
+    message, hint = info.value.message, info.value.hint or ""
+    # the folder as it can be opened from here, one example pair and how the names differ
+    assert message == (
+        "6 masks in L/suffix_mask match no image name, e.g. gt/s00_mask.png beside im/s00.jpg: all add "
+        '"_mask" to their images\' names'
+    )
+    assert hint.startswith("name each mask as its image (gt/s00_mask.png -> gt/s00.png")
+    assert "--teacher" not in hint and "have no mask" not in message
+
+
+def test_masks_that_differ_in_case_only_are_said_so(tmp_path: Path) -> None:
+    folder = renamed_masks(make_dataset(tmp_path / "case", 4), str.upper)
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", folder))
+    assert "4 masks in" in info.value.message and "e.g. gt/S00.png beside im/s00.jpg" in info.value.message
+    assert "differ from their images' names only in upper or lower case" in info.value.message
+    assert "gt/S00.png -> gt/s00.png" in (info.value.hint or "")
+
+
+def test_a_folder_without_masks_is_named_as_it_can_be_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the example kept only the last two parts of the path (`unl/im/s00.jpg` for L/unl/im/s00.jpg)
+    monkeypatch.chdir(tmp_path)
+    folder = make_dataset(Path("L") / "unl", 3)
+    shutil.rmtree(folder / "gt")
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", folder))
+    assert info.value.message == "3 of 3 training images have no mask (e.g. L/unl/im/s00.jpg)"
+    assert "--teacher" in (info.value.hint or "")
+
+
+def test_a_few_misnamed_masks_among_good_ones_are_one_group_of_their_own(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "mixed", 6)
+    for stem in ("s01", "s04"):
+        (folder / "gt" / f"{stem}.png").rename(folder / "gt" / f"{stem}-gt.png")
+    for scan, where in ((lambda: train(tiny(tmp_path / "run", folder)), "train"),
+                        (lambda: dis5k.scan_pairs(folder).raise_problems(), "val")):  # fmt: skip
+        with pytest.raises(DataError) as info:
+            scan()
+        message, hint = info.value.message, info.value.hint or ""
+        assert message.startswith("2 masks in ") and "match no image name" in message, where
+        assert 'e.g. gt/s01-gt.png beside im/s01.jpg: all add "-gt"' in message, where
+        # their images are said with them, not again as images without a mask
+        assert "no mask" not in message and "--teacher" not in hint, where
+
+
+def test_one_misnamed_mask_is_said_of_itself(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "one", 4)
+    (folder / "gt" / "s02.png").rename(folder / "gt" / "s02_label.png")
+    with pytest.raises(DataError) as info:
+        dis5k.scan_pairs(folder).raise_problems()
+    assert info.value.message == (
+        f'1 mask in {folder} matches no image name: gt/s02_label.png beside im/s02.jpg adds "_label" to its '
+        "image's name"
+    )
+    assert (
+        info.value.hint == "name each mask as its image (gt/s02_label.png -> gt/s02.png, in any image format)"
+    )
+
+
+def test_close_names_find_the_image_each_mask_seems_to_be_for() -> None:
+    images = {stem: Path(f"im/{stem}.jpg") for stem in ("cat", "dog_rgb", "Owl", "bee")}
+    masks = {stem: Path(f"gt/{stem}.png") for stem in ("mask_cat", "dog", "owl", "bee_label", "fox")}
+    found = {stem: (path.stem, how) for stem, (path, how) in dis5k._close_names(masks, images).items()}
+    assert found == {
+        "mask_cat": ("cat", "mask_+"),
+        "dog": ("dog_rgb", "-_rgb"),
+        "owl": ("Owl", "case"),
+        "bee_label": ("bee", "+_label"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. bad pairs grouped by reason
+
+
+def test_many_masks_with_one_fault_are_one_reason_with_its_fix(tmp_path: Path, data: dict[str, Path]) -> None:
+    folder = tmp_path / "zeroone"
+    shutil.copytree(data["train"], folder)
+    for mask in sorted((folder / "gt").iterdir()):
+        cv2.imwrite(str(mask), (cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8))
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", folder))
+    message = info.value.message
+    assert message.startswith(f"8 masks in {folder} hold only the values 0 and 1")
+    assert message.endswith(
+        "gt/s00.png, gt/s01.png, gt/s02.png, gt/s03.png, gt/s04.png, gt/s05.png and 2 more"
+    )
+    assert message.count("0 and 1") == 1 and len(message) < 250  # said once, not once per file
+    assert info.value.hint == "save them as 0/255 (multiply by 255)"
+
+
+def test_several_faults_each_get_their_fix_and_the_cli_exit_code_stays(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    folder = tmp_path / "bad"
+    shutil.copytree(data["train"], folder)
+    for stem in ("s00", "s01"):
+        cv2.imwrite(str(folder / "gt" / f"{stem}.png"), np.zeros((32, 48), np.uint8))
+    cv2.imwrite(str(folder / "gt" / "s02.png"), np.ones((64, 64), np.uint8))
+    (folder / "im" / "s03.jpg").write_bytes((folder / "im" / "s03.jpg").read_bytes()[:200])
+    result = run_cli(*TINY_CLI, "--train", folder, "--out", tmp_path / "run", columns=400)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = flat(result.output)
+    assert f"error: 4 bad image/mask pair(s) in {folder}: " in text
+    assert "2 masks are not the size of their images: gt/s00.png (48x32 for 64x64), gt/s01.png" in text
+    assert "gt/s02.png holds only the values 0 and 1" in text and "im/s03.jpg: " in text
+    assert "hint: sizes: resize each mask to its image" in text
+    assert "0/1 masks: save them as 0/255 (multiply by 255)" in text
+    assert "unreadable files: save them again or remove them" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. folder-layout mistakes
+
+
+def test_the_im_folder_itself_is_refused_in_one_wording_for_train_and_val(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    train_im = tiny(tmp_path / "run", data["train"] / "im")
+    val_im = tiny(tmp_path / "run", data["train"], val_dir=data["val"] / "im", val_every=1)
+    for cfg, folder in ((train_im, data["train"]), (val_im, data["val"])):
+        with pytest.raises(DataError) as info:
+            train(cfg)
+        assert info.value.message == f"{folder / 'im'} is the im/ folder of a dataset, not a dataset folder"
+        assert info.value.hint == f"pass {folder}, the folder that holds im/ and gt/"
+
+
+def test_other_layouts_get_the_fix_that_fits_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_dataset(Path("sets") / "setA", 2)
+    make_dataset(Path("sets") / "setB", 2)
+    renamed = make_dataset(Path("renamed"), 2)
+    (renamed / "im").rename(renamed / "images")
+    (renamed / "gt").rename(renamed / "masks")
+    nested = make_dataset(Path("nested"), 3)
+    (nested / "im" / "cats").mkdir()
+    for image in sorted((nested / "im").glob("*.jpg")):
+        image.rename(nested / "im" / "cats" / image.name)
+
+    def refusal(folder: str, **kw: Any) -> tuple[str, str]:
+        with pytest.raises(DataError) as info:
+            train(tiny(tmp_path / "run", folder, **kw))
+        return info.value.message, info.value.hint or ""
+
+    message, hint = refusal("sets")
+    assert message == "dataset folder sets has no im/ subfolder"
+    assert hint.endswith("--train sets/setA --train sets/setB")
+    message, hint = refusal("renamed")
+    assert hint.startswith("rename images/ to im/ and masks/ to gt/")
+    message, hint = refusal("nested")
+    assert message == "no images in nested/im itself; its subfolders hold them: cats/ (3)"
+    assert "move them into im/" in hint
+    message, hint = refusal("nonexist")
+    assert message == "dataset folder nonexist does not exist" and hint.startswith("check the path")
+    assert refusal("nowhere/photos")[1] == "nowhere does not exist either: check the path"
+    assert refusal("nestd")[1] == "did you mean nested?"
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. the run folder inside the data
+
+
+@pytest.mark.parametrize("where", ["train", "inside-train", "inside-val"])
+def test_a_run_folder_in_the_data_is_refused_before_anything_is_written(tmp_path: Path, where: str) -> None:
+    folder = make_dataset(tmp_path / "photos", 4)
+    val = make_dataset(tmp_path / "test", 2, seed=1)
+    out = {"train": folder, "inside-train": folder / "runs" / "a", "inside-val": val / "run"}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(InputError) as info:
+        train(tiny(out, folder, val_dir=val, val_every=1))
+    option = "--val" if where == "inside-val" else "--train"
+    assert f"--out {out} is" in info.value.message and f"the {option} folder" in info.value.message
+    assert info.value.hint == "choose a run folder outside the data, e.g. --out runs/NAME"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. --val on resume (and settings shown as typed)
+
+
+def test_resume_refuses_another_val_folder_and_shows_settings_as_typed(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    out = tmp_path / "run"
+    train(tiny(out, data["train"], val_dir=data["val"], val_every=1))
+    with pytest.raises(InputError) as info:
+        train(TrainConfig.for_resume(out, epochs=2, val_dir=data["other_val"]))
+    assert f"--val {data['val']} -> {data['other_val']}" in info.value.message
+    assert "leave those options out" in (info.value.hint or "")
+    with pytest.raises(InputError) as info:
+        train(TrainConfig.for_resume(out, epochs=2, augment=False, variant="pdseg-t"))
+    assert "--variant pdseg-tiny -> pdseg-t; --augment -> --no-augment" in info.value.message
+    # a finished run is refused alike by the CLI (it says "nothing to train" otherwise)
+    finished = run_cli("train", "--resume", "--out", out, "--val", data["other_val"], columns=400)
+    assert finished.exit_code == 2 and f"--val {data['val']} -> {data['other_val']}" in flat(finished.output)
+    same = train(TrainConfig.for_resume(out, epochs=2, val_dir=data["val"], workers=0))
+    assert same.epochs == 2 and same.best is not None
+
+
+def test_val_added_on_resume_says_where_best_pt_starts(tmp_path: Path, data: dict[str, Path]) -> None:
+    out = tmp_path / "run"
+    train(tiny(out, data["train"], val_dir=None, val_every=1))
+    assert not (out / "best.pt").exists()
+    events: list[Any] = []
+    result = train(TrainConfig.for_resume(out, epochs=2, val_dir=data["val"]), events.append)
+    notices = [e.values["message"] for e in events if e.kind == "notice"]
+    assert any("the run has not validated before, so best.pt is chosen among the epochs from 2 on" in m
+               for m in notices), notices  # fmt: skip
+    assert result.best_epoch == 2 and result.best is not None
+    # from now on the run has a validation folder: another one is refused
+    with pytest.raises(InputError, match="--val .* -> "):
+        train(TrainConfig.for_resume(out, epochs=3, val_dir=data["other_val"]))
+    assert json.loads((out / "config.json").read_text())["resolved"]["val_dir"] == str(data["val"].resolve())
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. random weights on a small folder
+
+
+def test_a_small_folder_from_random_weights_names_the_bundled_checkpoint(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[Any] = []
+    train(tiny(tmp_path / "a", data["train"]), events.append)
+    infos = [e.values["message"] for e in events if e.kind == "info"]
+    [line] = [m for m in infos if "from random weights" in m]
+    assert line.startswith("pdseg-tiny from random weights: to fine-tune the bundled model, pass --init ")
+    assert line.endswith(".pt")
+    monkeypatch.setattr(train_state, "SMALL_TRAINING_SET", 8)  # as large a set as DIS5K is: deliberate
+    events.clear()
+    train(tiny(tmp_path / "b", data["train"]), events.append)
+    assert not any("random weights" in str(e.values) for e in events)
+
+
+# ----------------------------------------------------------------------------------------------
+# 11. Ctrl-C during setup
+
+
+def test_a_ctrl_c_during_setup_says_nothing_was_saved_and_a_rerun_starts(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    real = dis5k.prepare_samples
+
+    def decode_then_stop(*args: Any, **kw: Any) -> Any:
+        real(*args, **kw)  # the samples reach the cache, as in the first seconds of a real run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dis5k, "prepare_samples", decode_then_stop)
+    with pytest.raises(Interrupted) as info:
+        train(tiny(out, data["train"]))
+    assert (
+        info.value.hint == "nothing was saved (no training step ran): the same command starts the run again"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["cache"]
+    cli = run_cli(*TINY_CLI, "--val-every", "0", "--train", data["train"], "--out", out, columns=400)
+    assert cli.exit_code == 130 and "Traceback" not in cli.output
+    assert "error: interrupted" in cli.output and "hint: nothing was saved" in flat(cli.output)
+    monkeypatch.undo()
+    resume = run_cli("train", "--resume", "--out", out, columns=400)
+    assert resume.exit_code == 2
+    assert f"nothing to resume in {out}: the run there never started" in flat(resume.output)
+    assert "hint: run the same command without --resume to start it" in flat(resume.output)
+    done = train(tiny(out, data["train"]))  # the plain rerun takes the folder with its cache
+    assert done.epochs == 1 and (out / "last.pt").is_file()
