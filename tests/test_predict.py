@@ -899,3 +899,18 @@ def test_a_second_ctrl_c_waits_for_the_writes_in_flight() -> None:
 
     pool.shutdown = shutdown  # type: ignore[method-assign]
     assert _wait_for(pool, cancel=True) is True and ended.is_set()
+
+
+def test_a_link_to_another_input_is_an_input_of_its_own_name(tmp_path: Path, ckpt: Path) -> None:
+    from pdseg_cli.engine.predict_plan import collect_inputs
+
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), _img(20, 30))
+    (src / "b.jpg").symlink_to("a.jpg")  # was dropped in silence, while a hard link was kept
+    os.link(src / "a.jpg", src / "c.jpg")
+    images, _, _ = collect_inputs([src, src / "a.jpg", str(src / "*.jpg")])  # a name given thrice: once
+    assert [f.path.name for f in images] == ["a.jpg", "b.jpg", "c.jpg"]
+    result = _run(src, "-o", tmp_path / "out", "-w", ckpt)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]

@@ -73,10 +73,13 @@ def collect_inputs(
     passed_exclude = False
 
     def add(path: Path, rel_dir: Path) -> None:
-        key = _resolved(path)
-        if key is None:  # a broken link or a link loop
+        if _resolved(path) is None:  # a broken link or a link loop
             not_images.append(path)
             return
+        # one input per name: the same name given twice (a folder and a pattern in it) is segmented
+        # once, while a link to another input is an input of its own name, as a hard link is (it
+        # was dropped in silence); folders are read once each by walk_folder
+        key = path.parent.resolve() / path.name
         if key in seen:
             return
         seen.add(key)
