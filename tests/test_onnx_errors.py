@@ -186,6 +186,9 @@ def test_eval_ends_a_run_time_failure_in_one_line(tmp_path: Path) -> None:
     result = run_cli("eval", *args, "--size", "full", columns=300)
     assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
     assert "failed in onnxruntime on a 1x3x40x40 input" in flat(result.output)
+    # the reason once for the images it failed on, not once per image
+    assert flat(result.output).count("failed in onnxruntime") == 1
+    assert "2 GT masks without a prediction: 2 images (" in flat(result.output)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,3 +292,26 @@ def test_a_pdseg_export_without_metadata_runs_as_one_and_asks_for_size(tmp_path:
 def test_a_foreign_models_size_note_does_not_say_checkpoint(tmp_path: Path) -> None:
     path = _graph(tmp_path / "g.onnx", ["B", 3, "H", "W"])
     assert "checkpoint" not in Predictor(path, device="cpu", onnx_spec="kind=probability").size_note
+
+
+def _one_at_a_time(path: Path) -> Path:
+    """A graph that declares any batch but runs on one image only: a Reshape to (1, C, H, W)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, "H", "W"])
+    out = helper.make_tensor_value_info("m", TensorProto.FLOAT, ["B", 1, "H", "W"])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [4], [1, 0, 0, 0])  # 0: the input's own
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["one"]),
+        helper.make_node("ReduceMean", ["one"], ["r"], axes=[1], keepdims=1),
+        helper.make_node("Sigmoid", ["r"], ["m"]),
+    ]
+    return _save(path, nodes, [x], [out], [shape])
+
+
+def test_a_graph_of_one_image_at_a_time_runs_a_batch_image_by_image(tmp_path: Path) -> None:
+    # every image of a --batch 4 group failed with the same line, and nothing said --batch
+    path = _one_at_a_time(tmp_path / "one.onnx")
+    images = _images(tmp_path / "im", [64, 64, 64, 50])  # three of one size share a batch
+    args = ["-w", path, "--onnx-spec", "size=dynamic,kind=probability", "--size", "full", "--batch", "4"]
+    result = run_cli("predict", images, "-o", tmp_path / "out", *args, columns=300)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["i0.png", "i1.png", "i2.png", "i3.png"]

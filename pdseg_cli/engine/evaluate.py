@@ -684,6 +684,22 @@ def predict_split(
     return no_image, failed
 
 
+def grouped_failures(failed: Mapping[str, str]) -> list[str]:
+    """``{stem: "path: error"}`` as one line per distinct error, naming its images: a model that
+    fails on every image (a graph of another input size) said its reason once per image, which
+    made one line of thousands of characters."""
+    by_error: dict[str, list[str]] = {}
+    for line in failed.values():
+        path, _, error = line.partition(": ")
+        by_error.setdefault(error, []).append(path)
+    return [
+        f"{paths[0]}: {error}"
+        if len(paths) == 1
+        else f"{counted(len(paths), 'image')} ({listing(paths, 3)}): {error}"
+        for error, paths in by_error.items()
+    ]
+
+
 def check_split_gts(
     splits: Sequence[tuple[str, Path]], save_preds: Path | None = None, *, allow_missing: bool = False
 ) -> tuple[dict[str, int], dict[str, list[str]]]:
@@ -823,10 +839,11 @@ def predict_splits(
             no_image, failed = predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
         gt_dir = folder / MASK_DIR
         lines = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]
-        lines += failed.values()
+        lines += grouped_failures(failed)
         if lines and not allow_missing:
             raise DataError(
-                f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}",
+                f"{name}: {counted(len(no_image) + len(failed), 'GT mask')} without a prediction: "
+                f"{listing(lines, 10)}",
                 hint="fix or add the images, or pass --allow-missing to score the others",
             )
         if lines:

@@ -217,9 +217,14 @@ class _FolderRun:
             maps = [
                 predictor.to_map(logits[k : k + 1], g.orig_size, self.threshold) for k, g in enumerate(group)
             ]
-        except ModelRunError as exc:  # the graph failed on this input: these images fail, the run goes on
-            for g in group:
-                self.finish(_failed(g.item, exc.message))
+        except ModelRunError as exc:  # the graph failed on this input: the image fails, the run goes on
+            if len(group) > 1:
+                # a graph that takes one image at a time (a Reshape fixing the batch) fails a batch
+                # of any image: each is tried alone, so only those it cannot run on fail
+                for g in group:
+                    self.segment([g])
+                return
+            self.finish(_failed(group[0].item, str(exc)))  # with the model's hint, if any
             return
         except Exception as exc:  # torch's, numpy's and ONNX Runtime's out-of-memory errors alike
             if not runtime.is_out_of_memory(exc):
