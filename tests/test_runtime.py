@@ -308,3 +308,19 @@ def test_a_torch_device_is_taken_as_its_name() -> None:
 
     assert resolve_device(torch.device("cpu")).device == torch.device("cpu")
     assert Predictor(create_model("pdseg-tiny"), device=torch.device("cpu")).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("text", "oom"),
+    [
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", True),
+        ("Failed to allocate memory for requested buffer of size 1073741824", True),  # onnxruntime
+        ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", True),
+        ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", True),
+        ("its Add node: Attempting to broadcast an axis by a dimension other than 1", False),
+    ],
+)
+def test_out_of_memory_is_told_from_other_failures(text: str, oom: bool) -> None:
+    from pdseg_cli.runtime.memory import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError(text)) is oom

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says a device (CUDA, or the CPU allocator) ran out of memory: torch's errors,
-    numpy's ``MemoryError``, ONNX Runtime's "Failed to allocate memory" and OpenCV's "Insufficient
-    memory"."""
+    numpy's ``MemoryError``, ONNX Runtime's "Failed to allocate memory", cuDNN's and cuBLAS's
+    ``*_STATUS_ALLOC_FAILED`` and OpenCV's "Insufficient memory"."""
     import torch
 
     text = str(exc).lower()
@@ -23,6 +23,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
         or "can't allocate" in text
         or "failed to allocate memory" in text
         or "insufficient memory" in text
+        # cuDNN's and cuBLAS's own allocation failures (torch's and onnxruntime's CUDA paths)
+        or "status_alloc_failed" in text
     )
 
 
