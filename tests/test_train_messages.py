@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from helpers import flat, make_dataset, run_cli
+from helpers import flat, make_dataset, run_cli, tiny_checkpoint
 
 from pdseg_cli.data import dis5k
 from pdseg_cli.engine import train_state
@@ -148,6 +149,139 @@ def test_close_names_find_the_image_each_mask_seems_to_be_for() -> None:
         "owl": ("Owl", "case"),
         "bee_label": ("bee", "+_label"),
     }
+
+
+@pytest.mark.parametrize(
+    ("images", "masks"),
+    [
+        (["dog", "dog_2"], ["dog_mask", "dog_2_mask"]),
+        (["a_1", "a_1_1", "a_1_2"], ["a_1_mask", "a_1_1_mask", "a_1_2_mask"]),
+        (["photo", "photo (1)"], ["photo_mask", "photo (1)_mask"]),  # a space is a separator too
+        (["dog", "dog_2"], ["dog_2_mask"]),  # alone, the longer image name is the closer
+    ],
+)
+def test_a_mask_goes_to_the_longest_image_name_it_starts_with(images: list[str], masks: list[str]) -> None:
+    # dog_2_mask went to dog (adding "_2_mask"), the first separator from the left
+    found = dis5k._close_names(
+        {m: Path(f"gt/{m}.png") for m in masks}, {i: Path(f"im/{i}.jpg") for i in images}
+    )
+    assert {m: (path.stem, how) for m, (path, how) in found.items()} == {
+        m: (m.removesuffix("_mask"), "+_mask") for m in masks
+    }
+
+
+def test_no_image_goes_to_two_masks_and_the_shared_difference_wins() -> None:
+    def close(images: list[str], masks: list[str]) -> dict[str, tuple[str, str]]:
+        found = dis5k._close_names(
+            {m: Path(f"gt/{m}.png") for m in masks}, {i: Path(f"im/{i}.jpg") for i in images}
+        )
+        return {m: (path.stem, how) for m, (path, how) in found.items()}
+
+    assert close(["cat"], ["cat_mask", "cat_edge"]) == {}  # as close as each other: neither is its mask
+    # the other masks add "_mask": so does cat's own
+    assert close(["cat", "dog", "owl"], ["cat_edge", "cat_mask", "dog_mask", "owl_mask"]) == {
+        "cat_mask": ("cat", "+_mask"), "dog_mask": ("dog", "+_mask"), "owl_mask": ("owl", "+_mask"),
+    }  # fmt: skip
+    # the masks' common difference outranks a shorter one
+    assert close(["x", "y", "z", "z_2"], ["x_2_gt", "y_2_gt", "z_2_gt"])["z_2_gt"] == ("z", "+_2_gt")
+
+
+def test_masks_of_names_that_start_one_another_are_each_renamed_to_their_own_image(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "dogs", 2)
+    for old, new in (("s00", "dog"), ("s01", "dog_2")):
+        (folder / "im" / f"{old}.jpg").rename(folder / "im" / f"{new}.jpg")
+        (folder / "gt" / f"{old}.png").rename(folder / "gt" / f"{new}_mask.png")
+    with pytest.raises(DataError) as info:
+        dis5k.scan_pairs(folder).raise_problems()
+    assert info.value.message == (
+        f"2 masks in {folder} match no image name, e.g. gt/dog_2_mask.png beside im/dog_2.jpg: all add "
+        '"_mask" to their images\' names'
+    )
+    assert "gt/dog_2_mask.png -> gt/dog_2.png" in (info.value.hint or "")
+    assert "no mask" not in info.value.message  # neither image is said to lack one
+
+
+def test_two_masks_for_one_image_are_listed_and_the_image_lacks_its_mask(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "cat", 1)
+    (folder / "gt" / "s00.png").rename(folder / "gt" / "s00_mask.png")
+    shutil.copy(folder / "gt" / "s00_mask.png", folder / "gt" / "s00_edge.png")
+    scan = dis5k.scan_pairs(folder)
+    assert sorted((p.reason, p.path.name, p.partner) for p in scan.problems) == [
+        (dis5k.NO_MASK, "s00.jpg", None),
+        (dis5k.UNMATCHED, "s00_edge.png", None),
+        (dis5k.UNMATCHED, "s00_mask.png", None),
+    ]
+    with pytest.raises(DataError) as info:
+        scan.raise_problems()
+    assert "2 masks match no image name: gt/s00_edge.png, gt/s00_mask.png" in info.value.message
+    assert "(is it" not in str(scan.problems) and " -> gt/s00.png" not in (info.value.hint or "")
+
+
+def test_one_misnamed_mask_in_a_group_is_said_without_a_count(tmp_path: Path) -> None:
+    # "1 of them add ..."
+    folder = make_dataset(tmp_path / "one", 4)
+    (folder / "gt" / "s03.png").rename(folder / "gt" / "s03_label.png")
+    shutil.copy(folder / "gt" / "s00.png", folder / "gt" / "zzz_old.png")
+    with pytest.raises(DataError) as info:
+        dis5k.scan_pairs(folder).raise_problems()
+    assert info.value.message == (
+        f'2 masks in {folder} match no image name, e.g. gt/s03_label.png beside im/s03.jpg adds "_label" to '
+        "its image's name"
+    )
+
+
+def test_a_stray_mask_does_not_hide_that_another_folder_needs_a_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    labelled = make_dataset(Path("dsS"), 4)
+    shutil.copy(labelled / "gt" / "s00.png", labelled / "gt" / "s00_old.png")  # no image is without a mask
+    maskless = make_dataset(Path("dsN"), 2, seed=1)
+    shutil.rmtree(maskless / "gt")
+    monkeypatch.setattr(dis5k, "load_sample", no_decoding)  # said from the names alone
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", [labelled, maskless]))
+    assert info.value.message == (
+        "2 of 6 training images have no mask (e.g. dsN/im/s00.jpg); and 1 mask in dsS matches no image name: "
+        "gt/s00_old.png"
+    )
+    hint = info.value.hint or ""
+    assert hint.startswith("pass --teacher MODEL") and "remove the masks without an image" in hint
+    assert "gt/s00_old.png -> " not in hint
+
+
+def test_a_stray_mask_keeps_the_teacher_advice_for_images_without_masks(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "half", 4)
+    (folder / "gt" / "s03.png").unlink()
+    shutil.copy(folder / "gt" / "s00.png", folder / "gt" / "zzz_old.png")
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", folder))
+    message, hint = info.value.message, info.value.hint or ""
+    assert (
+        "im/s03.jpg: no mask gt/s03.png" in message
+        and "1 mask matches no image name: gt/zzz_old.png" in message
+    )
+    assert "1 of 4 training images have no mask: pass --teacher MODEL" in hint
+
+
+def test_a_folder_with_some_masks_misnamed_and_one_missing_says_both_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = renamed_masks(make_dataset(Path("ds"), 3), lambda stem: stem + "_mask")
+    (folder / "gt" / "s02_mask.png").unlink()
+    monkeypatch.setattr(dis5k, "load_sample", no_decoding)  # said from the names alone
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", folder))
+    assert info.value.message == (
+        "3 bad image/mask pair(s) in ds: 2 masks match no image name, e.g. gt/s00_mask.png beside "
+        'im/s00.jpg: all add "_mask" to their images\' names; im/s02.jpg: no mask gt/s02.png'
+    )
+    hint = info.value.hint or ""
+    assert (
+        "gt/s00_mask.png -> gt/s00.png" in hint
+        and "1 of 3 training images have no mask: pass --teacher" in hint
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +429,30 @@ def test_val_added_on_resume_says_where_best_pt_starts(tmp_path: Path, data: dic
     assert json.loads((out / "config.json").read_text())["resolved"]["val_dir"] == str(data["val"].resolve())
 
 
+def test_a_run_that_never_validated_may_gain_val_on_resume(tmp_path: Path, data: dict[str, Path]) -> None:
+    # --val dsV --val-every 0 stored dsV, but never validated on it: --val dsW was refused
+    def notices(out: Path, epochs: int, **kw: Any) -> list[str]:
+        events: list[Any] = []
+        train(TrainConfig.for_resume(out, epochs=epochs, **kw), events.append)
+        return [e.values["message"] for e in events if e.kind == "notice"]
+
+    start = "the run has not validated before, so best.pt is chosen among the epochs from 2 on"
+    other = tmp_path / "other"
+    train(tiny(other, data["train"], val_dir=data["val"], val_every=0))
+    assert json.loads((other / "config.json").read_text())["resolved"]["val_dir"] is None
+    assert any(start in m for m in notices(other, 2, val_dir=data["other_val"], val_every=1))
+    assert (other / "best.pt").is_file()
+    same = tmp_path / "same"  # the same dsV, now validating
+    train(tiny(same, data["train"], val_dir=data["val"], val_every=0))
+    assert any(start in m for m in notices(same, 2, val_every=1))
+    # a run that validated once keeps its folder, whatever a later session did
+    paused = tmp_path / "paused"
+    train(tiny(paused, data["train"], val_dir=data["val"], val_every=1))
+    notices(paused, 2, val_every=0)
+    with pytest.raises(InputError, match=f"--val {data['val']} -> {data['other_val']}"):
+        train(TrainConfig.for_resume(paused, epochs=3, val_dir=data["other_val"], val_every=1))
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. random weights on a small folder
 
@@ -307,10 +465,36 @@ def test_a_small_folder_from_random_weights_names_the_bundled_checkpoint(
     infos = [e.values["message"] for e in events if e.kind == "info"]
     [line] = [m for m in infos if "from random weights" in m]
     assert line.startswith("pdseg-tiny from random weights: to fine-tune the bundled model, pass --init ")
-    assert line.endswith(".pt")
+    # the bundled model is a pdseg-t: with --variant pdseg-tiny kept, --init would be refused
+    assert line.endswith("pdseg-t-distilled.pt (a pdseg-t; drop --variant pdseg-tiny)")
     monkeypatch.setattr(train_state, "SMALL_TRAINING_SET", 8)  # as large a set as DIS5K is: deliberate
     events.clear()
     train(tiny(tmp_path / "b", data["train"]), events.append)
+    assert not any("random weights" in str(e.values) for e in events)
+
+
+def test_the_random_weights_line_fits_the_variant_and_is_not_said_when_distilling(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    said: list[str] = []
+
+    def line(variant: str | None) -> str:
+        said.clear()
+        ctx = SimpleNamespace(
+            cfg=tiny(tmp_path / "x", data["train"], variant=variant),
+            emit=lambda kind, values: said.append(values["message"]),
+        )
+        train_state._say_random_start(ctx, 8)  # type: ignore[arg-type]
+        [message] = said
+        return message
+
+    assert line("pdseg-t").endswith("pdseg-t-distilled.pt")  # the bundled model's own variant
+    assert line(None).endswith("pdseg-t-distilled.pt (a pdseg-t)")  # pdseg-b, the default: --init changes it
+    events: list[Any] = []
+    teacher = tiny_checkpoint(tmp_path / "teacher.pt", train_size=64)
+    train(
+        tiny(tmp_path / "run", data["train"], teacher=teacher, teacher_cache=tmp_path / "tc"), events.append
+    )
     assert not any("random weights" in str(e.values) for e in events)
 
 
@@ -318,7 +502,7 @@ def test_a_small_folder_from_random_weights_names_the_bundled_checkpoint(
 # 11. Ctrl-C during setup
 
 
-def test_a_ctrl_c_during_setup_says_nothing_was_saved_and_a_rerun_starts(
+def test_a_ctrl_c_during_setup_says_what_was_kept_and_a_rerun_starts(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
@@ -331,13 +515,15 @@ def test_a_ctrl_c_during_setup_says_nothing_was_saved_and_a_rerun_starts(
     monkeypatch.setattr(dis5k, "prepare_samples", decode_then_stop)
     with pytest.raises(Interrupted) as info:
         train(tiny(out, data["train"]))
-    assert (
-        info.value.hint == "nothing was saved (no training step ran): the same command starts the run again"
+    # what the hint says is kept is what --resume then finds, and reuses
+    assert info.value.hint == (
+        f"no training step ran (the samples decoded so far are kept in {out / 'cache'}): the same command "
+        "starts the run again"
     )
     assert sorted(p.name for p in out.iterdir()) == ["cache"]
     cli = run_cli(*TINY_CLI, "--val-every", "0", "--train", data["train"], "--out", out, columns=400)
     assert cli.exit_code == 130 and "Traceback" not in cli.output
-    assert "error: interrupted" in cli.output and "hint: nothing was saved" in flat(cli.output)
+    assert "error: interrupted" in cli.output and "hint: no training step ran" in flat(cli.output)
     monkeypatch.undo()
     resume = run_cli("train", "--resume", "--out", out, columns=400)
     assert resume.exit_code == 2
@@ -345,3 +531,23 @@ def test_a_ctrl_c_during_setup_says_nothing_was_saved_and_a_rerun_starts(
     assert "hint: run the same command without --resume to start it" in flat(resume.output)
     done = train(tiny(out, data["train"]))  # the plain rerun takes the folder with its cache
     assert done.epochs == 1 and (out / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_ctrl_c_during_setup_without_a_cache_leaves_no_folder_it_made(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch, existed: bool
+) -> None:
+    out = tmp_path / "runs" / "a"
+    if existed:  # the user's own (empty) folder stays
+        out.mkdir(parents=True)
+
+    def stop(*args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dis5k, "prepare_samples", stop)
+    with pytest.raises(Interrupted) as info:
+        train(tiny(out, data["train"], cache="off"))
+    assert (
+        info.value.hint == "nothing was saved (no training step ran): the same command starts the run again"
+    )
+    assert out.is_dir() == existed and (tmp_path / "runs").is_dir() == existed

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import os
 import re
 from collections import Counter
@@ -535,8 +536,9 @@ def _unmatched_why(group: Sequence[PairProblem], name: Callable[[Path], str], fi
             f'lacks the "{differs[1:]}" its image\'s name adds',
             f'lack the "{differs[1:]}" their images\' names add',
         )
-    if len(group) == 1:
-        return f": {name(example.path)} beside {name(image)} {how[0]}"
+    if len(group) == 1 or count == 1:  # one mask differs so: said of it alone
+        lead = ": " if len(group) == 1 else ", e.g. "
+        return f"{lead}{name(example.path)} beside {name(image)} {how[0]}"
     which = "all" if count == len(group) else f"{count} of them"
     return f", e.g. {name(example.path)} beside {name(image)}: {which} {how[1]}"
 
@@ -580,33 +582,53 @@ _SEPARATORS = "_-. "  # where a mask's name may add a word to its image's (cat_m
 def _close_names(masks: dict[str, Path], images: dict[str, Path]) -> dict[str, tuple[Path, str]]:
     """For masks whose names match no image, the image each seems to be for and how the names
     differ (:attr:`PairProblem.differs`): only in case, or by a word added at a separator
-    (``cat_mask``, ``mask_cat``), on the mask's side or the image's (``cat_rgb``). Linear: each
-    name is cut at its separators only."""
+    (``cat_mask``, ``mask_cat``), on the mask's side or the image's (``cat_rgb``).
+
+    A mask may fit several images (``dog_2_mask``: ``dog_2`` adding ``_mask``, or ``dog`` adding
+    ``_2_mask``). The closest wins: a case difference, then the difference most masks share, then
+    the shortest (the longest image name). No image goes to two masks: where two masks fit one image
+    equally (``cat_mask`` and ``cat_edge`` for ``cat``), or a mask two images, neither is paired.
+    Near linear: each name is cut at its separators only.
+    """
     lower = {stem.lower(): stem for stem in images}
-    image_cut: dict[str, tuple[str, str]] = {}  # an image name's start -> (image stem, the rest)
+    image_cut: dict[str, list[tuple[str, str]]] = {}  # an image name's start -> [(image stem, the rest)]
     for stem in images:
         for k, char in enumerate(stem):
             if char in _SEPARATORS and k:
-                image_cut.setdefault(stem[:k].lower(), (stem, stem[k:]))
-    found: dict[str, tuple[Path, str]] = {}
+                image_cut.setdefault(stem[:k].lower(), []).append((stem, stem[k:]))
+    fits: list[tuple[str, str, str]] = []  # (mask stem, image stem, how they differ)
     for stem in masks:
         low = stem.lower()
         if low in lower:
-            found[stem] = (images[lower[low]], "case")
+            fits.append((stem, lower[low], "case"))
             continue
         for k, char in enumerate(stem):
             if char not in _SEPARATORS or not k:
                 continue
             if low[:k] in lower:  # cat_mask: the mask's name adds "_mask"
-                found[stem] = (images[lower[low[:k]]], "+" + stem[k:])
-                break
+                fits.append((stem, lower[low[:k]], "+" + stem[k:]))
             if low[k + 1 :] in lower:  # mask_cat: it adds "mask_" before
-                found[stem] = (images[lower[low[k + 1 :]]], stem[: k + 1] + "+")
-                break
-        else:
-            if low in image_cut:  # cat.png for cat_rgb.jpg: the image's name adds "_rgb"
-                image, rest = image_cut[low]
-                found[stem] = (images[image], "-" + rest)
+                fits.append((stem, lower[low[k + 1 :]], stem[: k + 1] + "+"))
+        # cat.png for cat_rgb.jpg: the image's name adds "_rgb"
+        fits += [(stem, image, "-" + rest) for image, rest in image_cut.get(low, [])]
+    shared = Counter(differs for _, differs in {(mask, differs) for mask, _, differs in fits})
+
+    def rank(fit: tuple[str, str, str]) -> tuple[bool, int, int]:
+        return fit[2] != "case", -shared[fit[2]], len(fit[2])
+
+    found: dict[str, tuple[Path, str]] = {}
+    settled: set[str] = set()  # masks paired, or as close to two images
+    taken: set[str] = set()  # images paired, or as close to two masks
+    for _, tied in itertools.groupby(sorted(fits, key=rank), key=rank):
+        open_fits = [f for f in tied if f[0] not in settled and f[1] not in taken]
+        per_mask = Counter(mask for mask, _, _ in open_fits)
+        per_image = Counter(image for _, image, _ in open_fits)
+        for mask, image, differs in open_fits:
+            if per_mask[mask] == 1 and per_image[image] == 1:
+                found[mask] = (images[image], differs)
+                taken.add(image)
+        settled.update(per_mask)  # a mask not paired here was as close to another mask's image
+        taken.update(image for image, n in per_image.items() if n > 1)
     return found
 
 

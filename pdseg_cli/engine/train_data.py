@@ -191,24 +191,32 @@ def _scan_training(
         unlabelled = [p for s in scans for p in s.pairs if p.mask is None]
         if not unlabelled:
             return dis5k.merge_scans(scans)
-        counted = f"{len(unlabelled)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
+        # a mask named otherwise than its image (cat_mask.png, CAT.png) claims that image: its name
+        # is the fix, not --teacher; a stray mask that claims none is a problem of its own
         unmatched = [p for s in scans for p in s.problems if p.reason == dis5k.UNMATCHED]
-        if unmatched and any(s.unlabelled == len(s.pairs) for s in scans):
-            # masks are there but named otherwise (cat_mask.png, CAT.png): their names are the
-            # fix, not --teacher, and are said before anything is decoded
-            dis5k.PairScan(scans[0].folder, [], unmatched).raise_problems()
+        claimed = {p.partner for p in unmatched if p.partner is not None}
+        lacking = [p for p in unlabelled if p.image not in claimed]
+        counted = f"{len(lacking)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
         fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
         maskless = [s for s in scans if s.unlabelled == len(s.pairs)]
-        if maskless:
-            # a folder without any mask needs --teacher whatever else is wrong: said at once,
-            # without decoding every labelled image first, with an image of that folder
-            first = maskless[0].pairs[0].image
-            raise DataError(f"{counted} (e.g. {dis5k.shown(first)})", hint=fix)
+        unclaimed = [s for s in maskless if not any(p.image in claimed for p in s.pairs)]
+        if unclaimed:
+            # a folder without any mask, and none misnamed, needs --teacher whatever else is wrong:
+            # said at once, without decoding every labelled image first, with an image of that
+            # folder (and the stray masks, which are a fix of their own)
+            message = f"{counted} (e.g. {dis5k.shown(unclaimed[0].pairs[0].image)})"
+            if not unmatched:
+                raise DataError(message, hint=fix)
+            strays, stray_fix = dis5k.problems_message(unmatched)
+            raise DataError(f"{message}; and {strays}", hint=f"{fix}; {stray_fix}")
         # the images without masks become named problems, listed with those decoding finds in the
-        # others (a 0/1 mask, another size, an unreadable file), so one run names every fix; a
-        # misnamed mask's fix is its name, so --teacher is then not the advice
-        merged = dis5k.merge_scans([s.require_masks() for s in scans])
-        return dataclasses.replace(merged, no_mask_hint=None if unmatched else f"{counted}: {fix}")
+        # others (a 0/1 mask, another size, an unreadable file), so one run names every fix
+        merged = dataclasses.replace(
+            dis5k.merge_scans([s.require_masks() for s in scans]), no_mask_hint=f"{counted}: {fix}"
+        )
+        if maskless:  # its masks are there but misnamed: said from the names, before any decoding
+            merged.raise_problems()
+        return merged
     maps, info = teacher
     scan = dis5k.merge_scans(scans)
     pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]

@@ -157,17 +157,22 @@ def _changed(name: str, before: Any, now: Any) -> str:
 
 
 def validated_on(out: Path, state: Mapping[str, Any]) -> str | None:
-    """The folder the run in ``out`` has validated on: as its ``config.json`` resolved it (DIS-VD
-    under the data root when no --val was given), else as its ``last.pt`` configuration gave it;
-    None when it has not validated on any."""
-    resolved = None
+    """The folder the run in ``out`` has validated on, None when it has not validated on any.
+
+    Each session's ``config.json`` record says the folder it resolved (DIS-VD under the data root
+    when no --val was given), or null when it did not validate (``--val-every 0``, whatever --val
+    said): the latest folder of any session is the one best.pt was chosen on. Without a readable
+    record, the ``last.pt`` configuration's --val, unless it said ``--val-every 0``.
+    """
     try:
         record = json.loads((out / CONFIG).read_text())
-        resolved = record["resolved"]["val_dir"]
-    except (OSError, ValueError, KeyError, TypeError):  # an older or damaged record: the state's
-        pass
-    found = resolved or state["config"].get("val_dir")
-    return found if isinstance(found, str) else None
+        sessions = [*record.get("earlier_sessions", []), record]
+        folders = [session["resolved"]["val_dir"] for session in sessions]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # an older or damaged record
+        stored = state["config"]
+        found = None if stored.get("val_every") == 0 else stored.get("val_dir")
+        return found if isinstance(found, str) else None
+    return next((folder for folder in reversed(folders) if isinstance(folder, str)), None)
 
 
 def refuse_out_in_data(cfg: TrainConfig) -> None:

@@ -34,7 +34,7 @@ from pdseg_cli.engine.train_folder import (
 from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
 from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler, restore_scheduler
 from pdseg_cli.errors import InputError, Interrupted, PdsegError
-from pdseg_cli.model import PDSeg, create_model, load_backbone, load_model
+from pdseg_cli.model import PDSeg, create_model, load_backbone, load_checkpoint, load_model
 
 if TYPE_CHECKING:  # tensorboard is an optional package
     from torch.utils.tensorboard import SummaryWriter
@@ -169,34 +169,41 @@ def start_run(ctx: RunContext) -> TrainRun:
         DataError: missing splits or bad pairs.
         WeightsError: unreadable ``--init``, ``--backbone-weights`` or ``last.pt``.
         Interrupted: a Ctrl-C before the first step (the stop flag that saves a checkpoint is not
-            set yet); its hint says that nothing was saved and how to start again.
+            set yet); its hint says what was kept and how to start again.
     """
+    cfg = ctx.cfg
+    # the top folder this run will create (runs/ of runs/pdseg-b), if any
+    created = next((d for d in reversed([cfg.out, *cfg.out.parents]) if not d.exists()), None)
     try:
         return _start_run(ctx)
-    except Interrupted:  # the teacher's maps say themselves what they kept
+    except PdsegError:
+        if created is not None and ctx.main:  # a run that never started leaves no empty folder
+            _remove_if_empty(created)
         raise
-    except KeyboardInterrupt:
-        if ctx.cfg.resume:
-            hint = f"nothing was saved and the run in {ctx.cfg.out} is as it was: the same command resumes it"
+    except KeyboardInterrupt as stop:
+        if created is not None and ctx.main and created.is_dir():
+            _remove_if_empty(created)
+        if isinstance(stop, Interrupted):  # the teacher's maps say themselves what they kept
+            raise
+        if cfg.resume:
+            hint = f"no training step ran and the run in {cfg.out} is as it was: the same command resumes it"
         else:
-            hint = "nothing was saved (no training step ran): the same command starts the run again"
+            cache = cache_root(cfg)
+            kept = cfg.cache == "disk" and cache.is_dir() and any(p.is_file() for p in cache.rglob("*"))
+            done = f"no training step ran (the samples decoded so far are kept in {dis5k.shown(cache)})"
+            if not kept:
+                done = "nothing was saved (no training step ran)"
+            hint = f"{done}: the same command starts the run again"
         raise Interrupted(hint) from None
 
 
 def _start_run(ctx: RunContext) -> TrainRun:
     cfg = ctx.cfg
-    # the top folder this run will create (runs/ of runs/pdseg-b), if any
-    created = next((d for d in reversed([cfg.out, *cfg.out.parents]) if not d.exists()), None)
     resumed = prepare_run_folder(ctx)
     slow = runtime.emulated_precision_note(ctx.device, ctx.precision)
     if slow:
         ctx.notice(slow)
-    try:
-        data = load_data(ctx, resumed)
-    except PdsegError:
-        if created is not None and ctx.main:  # a run that never started leaves no empty folder
-            _remove_if_empty(created)
-        raise
+    data = load_data(ctx, resumed)
     plan = plan_run(ctx, data, resumed)
     if resumed is None and cfg.init is None and cfg.backbone_weights is None:
         _say_random_start(ctx, data.n_train)
@@ -239,22 +246,29 @@ SMALL_TRAINING_SET = 1000
 
 def _say_random_start(ctx: RunContext, n_train: int) -> None:
     """One line when a small training set starts from random weights, naming the bundled
-    checkpoint to fine-tune instead (nothing when it cannot be found, or is no pdseg checkpoint)."""
-    if n_train >= SMALL_TRAINING_SET:
+    checkpoint to fine-tune instead (nothing when it cannot be found, or is no pdseg checkpoint),
+    and the --variant to drop when it names another variant, which --init would refuse. Nothing
+    with --teacher: distilling into a model from scratch is deliberate."""
+    if n_train >= SMALL_TRAINING_SET or ctx.cfg.teacher is not None:
         return
     from pdseg_cli.weights import default_weights
 
     try:
         bundled = default_weights()
+        if bundled.suffix != ".pt":  # $PDSEG_WEIGHTS may name an exported model, which --init does not take
+            return
+        variant = load_checkpoint(bundled).variant
     except PdsegError:
         return
-    if bundled.suffix != ".pt":  # $PDSEG_WEIGHTS may name an exported model, which --init does not take
-        return
+    cfg = ctx.cfg
+    which = ""
+    if variant != cfg.model_variant:  # --init makes the run a fine-tune of the checkpoint's variant
+        which = f" (a {variant}" + (f"; drop --variant {cfg.variant})" if cfg.variant is not None else ")")
     ctx.emit(
         "info",
         values={
-            "message": f"{ctx.cfg.model_variant} from random weights: to fine-tune the bundled model, "
-            f"pass --init {dis5k.shown(bundled)}"
+            "message": f"{cfg.model_variant} from random weights: to fine-tune the bundled model, "
+            f"pass --init {dis5k.shown(bundled)}{which}"
         },
     )
 
