@@ -136,7 +136,7 @@ def test_a_training_option_of_the_wrong_kind_is_one_line(field: str, value: obje
         ({"half": "no"}, "export half='no': give True or False"),
         ({"check": 1}, "export check=1: give True or False"),
         ({"tolerance": "1e-3"}, "export tolerance='1e-3': give a number"),
-        ({"fmt": 3}, "export format 3: give one of onnx, torchscript"),
+        ({"fmt": 3}, "export format 3: give one of onnx, torchscript, checkpoint"),
     ],
 )
 def test_an_export_option_of_the_wrong_kind_is_one_line_before_the_load(

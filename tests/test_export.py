@@ -285,7 +285,9 @@ def test_cli_export_errors(checkpoint: Path, tmp_path: Path) -> None:
     )
     assert bad_shape.exit_code == 2 and "bad check shape" in flat(bad_shape.output)
     same = run_cli("export", "-w", checkpoint, "-o", checkpoint, "-f", "torchscript", columns=250)
-    assert same.exit_code == 2 and ".pt is a PyTorch checkpoint's name" in flat(same.output)
+    assert same.exit_code == 2 and "ends in .pt, a PyTorch checkpoint name" in flat(same.output)
+    same = run_cli("export", "-w", checkpoint, "-o", checkpoint, columns=250)  # .pt: a checkpoint, itself
+    assert same.exit_code == 2 and "is the checkpoint itself" in flat(same.output)
     ts_opset = run_cli("export", "-w", checkpoint, "-o", tmp_path / "m.ts", "--opset", "17", columns=250)
     assert ts_opset.exit_code == 2 and "--opset is for ONNX files" in flat(ts_opset.output)
     low = run_cli("export", "-w", checkpoint, "-o", tmp_path / "m.onnx", "--opset", "16", columns=250)
@@ -444,8 +446,16 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
     assert format_for("model.bin", None) == "onnx" and format_for("model.bin", "torchscript") == "torchscript"
     with pytest.raises(InputError, match=r"--format onnx, but --out m.ts ends in .ts"):
         format_for("m.ts", "onnx")
-    with pytest.raises(InputError, match=r"--out m.pt: .pt is a PyTorch checkpoint's name"):
-        format_for("m.pt", None)  # written as ONNX under a checkpoint's name, it misleads every reader
+    # a checkpoint's name writes a weights-only checkpoint, never ONNX under it (it misled every reader)
+    assert format_for("m.pt", None) == format_for("m.PTH", None) == "checkpoint"
+    with pytest.raises(
+        InputError, match=r"--format onnx, but --out m.pt ends in .pt, a PyTorch checkpoint name"
+    ):
+        format_for("m.pt", "onnx")
+    with pytest.raises(
+        InputError, match=r"--format checkpoint, but --out m.ts ends in .ts, a TorchScript name"
+    ):
+        format_for("m.ts", "checkpoint")
     for name in ("photo.jpg", "scores.csv", "mask.PNG"):  # `-o photo.jpg` would replace the photo
         with pytest.raises(InputError, match="names an image or data file"):
             format_for(name, None)

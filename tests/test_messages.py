@@ -82,12 +82,12 @@ def test_a_pattern_that_matches_nothing_says_what_the_folder_holds(tmp_path: Pat
         ),
         (
             ["export", "--out", "x.onnx", "--format", "onx"],
-            "error: --format 'onx' is not an export format (choose from onnx, torchscript)",
+            "error: --format 'onx' is not an export format (choose from onnx, torchscript, checkpoint)",
             "hint: did you mean --format onnx?",
         ),
         (
             ["export", "--out", "x.onnx", "-f", "zip"],
-            "error: --format 'zip' is not an export format (choose from onnx, torchscript)",
+            "error: --format 'zip' is not an export format (choose from onnx, torchscript, checkpoint)",
             "hint: leave --format out: --out's extension decides",
         ),
     ],

@@ -1,4 +1,5 @@
-"""`pdseg export`: write an ONNX or TorchScript file and prove it matches PyTorch."""
+"""`pdseg export`: write an ONNX, TorchScript or weights-only checkpoint file and prove it matches
+PyTorch."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ def export(
     out: Annotated[
         str,  # not Path, which drops the trailing slash of a folder's name (format_for refuses it)
         typer.Option(
-            "--out", "-o", metavar="FILE", help="File to write, e.g. pdseg.onnx (replaced if it exists)."
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="File to write: pdseg.onnx (ONNX), pdseg.ts (TorchScript) or mine.pt / .pth (weights-only "
+            "checkpoint); replaced if it exists.",
         ),
     ],
     weights: Annotated[
@@ -35,8 +40,9 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            metavar="<onnx|torchscript>",
-            help="File format (default: from --out: .ts, .torchscript or .jit TorchScript, else ONNX).",
+            metavar="<str>",  # the three names would squeeze the help column of an 80-column terminal
+            help="onnx, torchscript or checkpoint (default: from --out: .pt or .pth a checkpoint; .ts, "
+            ".torchscript or .jit TorchScript; else ONNX).",
             show_default=False,
         ),
     ] = None,
@@ -44,7 +50,8 @@ def export(
         bool,
         typer.Option(
             "--half",
-            help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32.",
+            help="fp16 weights and activations (the NMF stays fp32); inputs/outputs stay fp32. A "
+            "checkpoint stores fp16 weights, loaded back as fp32.",
         ),
     ] = False,
     opset: Annotated[
@@ -66,11 +73,15 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export to ONNX or TorchScript with dynamic batch, height and width, checked against PyTorch.
+    """Export to ONNX, TorchScript or a weights-only .pt checkpoint, checked against PyTorch.
 
-    Input: float32 (B, 3, H, W), any H and W, normalised as the file's metadata says (as model(x)).
+    Input: float32 (B, 3, H, W), any batch, H and W, normalised as the file's metadata says (as model(x)).
 
     Output: foreground probabilities (B, 1, H, W); also the logits (ONNX output 2, TorchScript .logits).
+
+    A .pt or .pth --out is a pdseg checkpoint of the weights alone (no optimiser or training state).
+
+    Every format keeps the checkpoint's provenance (data, teacher, --init chain) and names its source.
 
     The file is kept only if its probabilities are within 1e-4 (fp32) or 3e-2 (--half) of PyTorch fp32.
 
@@ -79,11 +90,14 @@ def export(
       pdseg export --out pdseg.onnx
 
       pdseg export -w runs/pdseg-b/best.pt --half -o model.ts
+
+      pdseg export -w runs/mine/last.pt --half -o mine.pt
     """
     with user_errors():
         from pdseg_cli.engine.export import (
             DEFAULT_CHECK_SHAPES,
             DEFAULT_OPSET,
+            FORMAT_NAMES,
             FORMATS,
             ExportCheckError,
             ExportWriteError,
@@ -104,7 +118,8 @@ def export(
         )
         chosen = format_for(out, wanted)
         if opset is not None and chosen != "onnx":
-            raise InputError(f"--opset is for ONNX files; {out} is {chosen}", hint="drop --opset")
+            what = FORMAT_NAMES[chosen]
+            raise InputError(f"--opset is for ONNX files; {out} is {what}", hint="drop --opset")
         try:
             report = export_checkpoint(
                 weights if weights is not None else default_weights(),

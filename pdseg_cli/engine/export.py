@@ -1,4 +1,5 @@
-"""Export a PDSeg model to ONNX or TorchScript, and prove the file computes what PyTorch computes.
+"""Export a PDSeg model to ONNX, TorchScript or a weights-only pdseg checkpoint, and prove the file
+computes what PyTorch computes.
 
 The exported graph takes what ``model(x)`` takes: float32 (B, 3, H, W), ``(rgb - mean) / std`` on
 the 0-255 scale, with B, H and W all dynamic (H and W need not be multiples of 32; the model pads
@@ -7,6 +8,17 @@ and crops inside, and that arithmetic is traced on the input's shape). It return
 ``.logits(x)`` method (TorchScript), the ``logits`` themselves. Inputs and outputs are float32 even
 for ``half=True``; then the weights and activations are fp16 except the NMF, which the model runs
 in fp32 (docs/model.md, 'NMF precision': the NMF's sums overflow fp16).
+
+A checkpoint (``.pt``, ``.pth``) is what :func:`~pdseg_cli.model.build.save_checkpoint` writes: the
+weights (fp16 storage with ``half=True``, loaded back as fp32, as the bundled file is), the config,
+training size, normalisation and provenance, without the optimiser and training state a run's
+``last.pt`` carries (several times the size). It is checked as the others are: loaded back with
+``load_model`` and run against the source model.
+
+Every format keeps the source checkpoint's provenance (data, teacher, the ``--init`` chain, the
+model card's summary) and adds the source file's name and sha256 (``source``, ``source_sha256``):
+ONNX and TorchScript files as metadata keys (the provenance as JSON under ``provenance``), a
+checkpoint in its own provenance.
 
 In eval mode the NMF uses fixed bases from a seeded generator (docs/model.md, 'NMF bases'), so the graph
 has no random ops and two runs on one input give identical outputs.
@@ -53,11 +65,17 @@ from pdseg_cli.engine.onnx_backend import (
     require_onnxruntime,
 )
 from pdseg_cli.errors import InputError, NotAvailableError, PdsegError, check_kind, refused_by_permissions
-from pdseg_cli.model.build import train_side
+from pdseg_cli.model.build import load_model, save_checkpoint, train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
 from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "checkpoint")
+# what a file of each format is, in messages ("--opset is for ONNX files; m.pt is a pdseg checkpoint")
+FORMAT_NAMES = {
+    "onnx": "an ONNX file",
+    "torchscript": "a TorchScript file",
+    "checkpoint": "a pdseg checkpoint",
+}
 MIN_OPSET = 17  # LayerNormalization is a native op from 17 on
 DEFAULT_OPSET = 18  # docs/model.md, 'ONNX export': exported and checked with torch 2.13
 # fp32: the exported graph does the same float maths in another order; measured differences are
@@ -110,8 +128,9 @@ class ExportReport:
 
     Attributes:
         path: the written file (the final name; the file exists only if ``ok``).
-        format: ``"onnx"`` or ``"torchscript"``.
-        metadata: what the file says about itself.
+        format: ``"onnx"``, ``"torchscript"`` or ``"checkpoint"``.
+        metadata: what the file says about itself (for a checkpoint: what it holds, as the
+            metadata of an export would say it; ``precision`` is its storage).
         checks: one entry per checked shape; empty when the check was skipped.
         export_seconds: time spent tracing/exporting.
         size_bytes: file size.
@@ -242,7 +261,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     if len(shape) != 4:
         raise InputError(f"bad check shape {text!r}", hint="write BxCxHxW with C = 3, e.g. 2x3x384x640")
     # the form is right: name the one number that is not, rather than repeat the form
-    for name, value in zip(("batch", "channels", "height", "width"), shape, strict=True):
+    for name, value in zip(("batch", "height", "width"), (shape[0], shape[2], shape[3]), strict=True):
         if value < 1:
             raise InputError(
                 f"check shape {text}: the {name} is {value}; batch, height and width must be at least 1",
@@ -277,42 +296,45 @@ _NOT_MODEL_SUFFIXES = IMAGE_SUFFIXES | {
 }
 
 
+# the extension each format is written under, in hints ("name the file .pt")
+_EXTENSIONS = {"onnx": ".onnx", "torchscript": ".ts", "checkpoint": ".pt"}
+_KIND_OF_NAME = {"onnx": "an ONNX", "torchscript": "a TorchScript", "checkpoint": "a PyTorch checkpoint"}
+
+
 def format_for(out: str | Path, fmt: str | None) -> str:
     """The export format: ``fmt`` if given, else the one ``out``'s extension names (ONNX by default).
+
+    ``.pt``, ``.pth`` and ``.ckpt`` name a weights-only pdseg checkpoint; ``.ts``, ``.torchscript``
+    and ``.jit`` TorchScript; ``.onnx`` and any other name ONNX.
 
     Raises:
         InputError: ``out`` is a folder (or ends in a slash), ``fmt`` contradicts the extension
             (an ONNX file named ``.ts`` would be run as TorchScript by whoever reads the name), or
-            the name is a checkpoint's (``.pt``), an image's or a data file's (``.jpg``, ``.json``).
+            the name is an image's or a data file's (``.jpg``, ``.json``).
     """
     # a str keeps the trailing slash that Path drops: `--out exports/` for a folder not made yet
     if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
-        name = "pdseg.ts" if fmt == "torchscript" else "pdseg.onnx"
+        name = "pdseg" + _EXTENSIONS.get(str(fmt), ".onnx")
         raise InputError(
             f"--out {out} is a folder, and export writes one file",
             hint=f"give the file's name, e.g. --out {Path(out).expanduser() / name}",
         )
     suffix = Path(out).suffix.lower()
-    if suffix in CHECKPOINT_SUFFIXES:
-        raise InputError(
-            f"--out {out}: {suffix} is a PyTorch checkpoint's name, and export writes ONNX or TorchScript",
-            hint=f"name it {Path(out).stem}.onnx or {Path(out).stem}.ts",
-        )
+    stem = Path(out).stem
     if suffix in _NOT_MODEL_SUFFIXES:
         raise InputError(
-            f"--out {out}: {suffix} names an image or data file, and export writes ONNX or TorchScript",
-            hint=f"name it {Path(out).stem}.onnx or {Path(out).stem}.ts",
+            f"--out {out}: {suffix} names an image or data file, and export writes a model file",
+            hint=f"name it {stem}.onnx, {stem}.ts or {stem}.pt",
         )
-    named = SUFFIX_FORMATS.get(suffix)  # any other name is ONNX unless --format says otherwise
+    # any other name is ONNX unless --format says otherwise
+    named = "checkpoint" if suffix in CHECKPOINT_SUFFIXES else SUFFIX_FORMATS.get(suffix)
     if fmt is None:
         return named or "onnx"
     fmt = fmt.lower()
     if named is not None and named != fmt:
-        kind = "an ONNX" if named == "onnx" else "a TorchScript"
         raise InputError(
-            f"--format {fmt}, but --out {out} ends in {suffix}, {kind} name",
-            hint="drop --format (the extension decides), or name the file "
-            + (".onnx" if fmt == "onnx" else ".ts"),
+            f"--format {fmt}, but --out {out} ends in {suffix}, {_KIND_OF_NAME[named]} name",
+            hint=f"drop --format (the extension decides), or name the file {_EXTENSIONS.get(fmt, '.onnx')}",
         )
     return fmt
 
@@ -327,8 +349,10 @@ def build_metadata(
     half: bool,
     opset: int | None,
     source: Mapping[str, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> ExportMetadata:
-    """The metadata written into an exported file (``source``: where the weights came from)."""
+    """The metadata written into an exported file (``source``: the file the weights came from;
+    ``provenance``: what produced them, as that checkpoint recorded it)."""
     return ExportMetadata(
         variant=variant,
         config=config,
@@ -343,6 +367,7 @@ def build_metadata(
         pdseg_version=__version__,
         torch_version=str(torch.__version__),
         opset=opset if fmt == "onnx" else None,
+        provenance=dict(provenance or {}),
         extra=dict(source or {}),
     )
 
@@ -363,22 +388,30 @@ def export_model(
     tolerance: float | None = None,
     on_step: Callable[[str], None] | None = None,
     source: Mapping[str, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``out`` and check the file against the model.
 
     Args:
         model: a PDSeg network; it is not modified (a copy is put in eval mode, and made fp16 for
-            ``half``).
+            ``half``). A checkpoint needs the PDSeg model itself, not ``optimize()``'s form.
         out: the file to write; replaced atomically, and only after the check passes.
-        fmt: ``"onnx"`` or ``"torchscript"``.
-        variant, config, normalization, train_size: written into the metadata.
-        half: fp16 weights and activations (the NMF stays fp32; inputs/outputs stay fp32).
-        opset: ONNX opset (17 to :func:`max_onnx_opset`); ignored for TorchScript.
+        fmt: ``"onnx"``, ``"torchscript"`` or ``"checkpoint"`` (weights only, as
+            :func:`~pdseg_cli.model.build.save_checkpoint` writes them).
+        variant, config, normalization, train_size: written into the metadata (a checkpoint
+            takes its normalisation and training size from these too).
+        half: fp16 weights and activations (the NMF stays fp32; inputs/outputs stay fp32); for a
+            checkpoint, fp16 storage, loaded back as fp32.
+        opset: ONNX opset (17 to :func:`max_onnx_opset`); ignored for TorchScript and checkpoints.
         check: load the file back and compare it with PyTorch (strongly recommended).
         check_shapes: input shapes (B, 3, H, W) for the check.
         tolerance: max |probability difference| accepted; default FP32_TOLERANCE or FP16_TOLERANCE.
         on_step: called with a short description before each slow step (for a status line).
-        source: where the weights came from (file name and sha256), written into the metadata.
+        source: where the weights came from (file name and sha256), written into the metadata
+            (a checkpoint's provenance).
+        provenance: what produced the weights (data, teacher, the ``--init`` chain); None takes
+            the model's own (``model.provenance``, which :func:`load_model` sets). A checkpoint
+            keeps the model's own in any case, with these added, as ``save_checkpoint`` does.
 
     Returns:
         The report; ``report.checks`` holds the measured differences.
@@ -390,6 +423,8 @@ def export_model(
             file is not written).
     """
     fmt = _checked_options(fmt, half=half, check=check, opset=opset, tolerance=tolerance)
+    if provenance is None:
+        provenance = dict(getattr(model, "provenance", None) or {})
     if fmt == "onnx":
         top = max_onnx_opset()
         if not MIN_OPSET <= opset <= top:
@@ -410,7 +445,8 @@ def export_model(
     check_writable_folder(out.parent, f"--out {out}")  # created if missing, as predict and train do
 
     reference = _clone(model).float().eval()
-    graph_model = _clone(reference).half() if half else reference
+    # a checkpoint is written from the fp32 copy (save_checkpoint halves its storage itself)
+    graph_model = _clone(reference).half() if half and fmt != "checkpoint" else reference
     metadata = build_metadata(
         variant=variant,
         config=config,
@@ -420,6 +456,7 @@ def export_model(
         half=half,
         opset=opset,
         source=source,
+        provenance=provenance,
     )
     try:
         final_target(out)  # a link into a missing folder, or a loop: said alone, before any work
@@ -429,23 +466,33 @@ def export_model(
         # sweep: what a killed export of this file left (as big as the model); an --out that is a
         # link replaces the file it points at; renamed onto it only once the checks pass
         with atomic_path(out, sweep=True) as tmp:
-            step(f"exporting {variant} to {fmt}{' (fp16)' if half else ''}")
             start = time.perf_counter()
-            if fmt == "onnx":
+            if fmt == "checkpoint":
+                step(f"writing {variant} as a weights-only checkpoint{' (fp16 storage)' if half else ''}")
+                trace_warnings = _write_checkpoint(reference, tmp, metadata, half)
+            elif fmt == "onnx":
+                step(f"exporting {variant} to onnx{' (fp16)' if half else ''}")
                 graph: nn.Module = _ExportGraph(graph_model, half)
                 trace_warnings = _export_onnx(onnx, graph.eval(), tmp, metadata, opset)
             else:
+                step(f"exporting {variant} to torchscript{' (fp16)' if half else ''}")
                 graph = _TorchScriptGraph(graph_model, half)
                 trace_warnings = _export_torchscript(graph.eval(), tmp, metadata)
             export_seconds = time.perf_counter() - start
             checks: list[ShapeCheck] = []
             if check:
-                loaded = OnnxModel(tmp) if fmt == "onnx" else TorchScriptModel(tmp)
-                # an fp16 graph checked on a CPU without fp16 units runs emulated: say why it is slow
-                slow = half and emulated_precision_note(torch.device("cpu"), "fp16") is not None
+                loaded = _load_written(tmp, fmt)
+                # an fp16 graph checked on a CPU without fp16 units runs emulated: say why it is
+                # slow (a checkpoint is loaded back as fp32, and runs at full speed)
+                slow = (
+                    half
+                    and fmt != "checkpoint"
+                    and emulated_precision_note(torch.device("cpu"), "fp16") is not None
+                )
                 for shape in shapes:
                     step(
-                        f"checking {fmt} against PyTorch at {'x'.join(map(str, shape))}"
+                        f"checking {'the checkpoint' if fmt == 'checkpoint' else fmt} against PyTorch at "
+                        f"{'x'.join(map(str, shape))}"
                         + (" (fp16 runs emulated on this CPU: slower than fp32)" if slow else "")
                     )
                     checks.append(_check_shape(loaded, reference, shape, tol))
@@ -467,7 +514,8 @@ def export_model(
                     else f"max |dp| {worst.max_abs_diff:.3g} > {tol:g}"
                 )
                 raise ExportCheckError(
-                    f"the exported {fmt} file does not match PyTorch at "
+                    f"the exported {'checkpoint' if fmt == 'checkpoint' else f'{fmt} file'} does not "
+                    "match PyTorch at "
                     f"{'x'.join(map(str, worst.shape))} ({what}); {out} was not written",
                     report,
                     hint=_failure_hint(trace_warnings),
@@ -503,21 +551,33 @@ def _checked_options(fmt: object, **options: Any) -> str:
 def export_checkpoint(
     weights: str | Path,
     out: str | Path,
-    fmt: str = "onnx",
+    fmt: str | None = None,
     **options: Any,
 ) -> ExportReport:
     """Export a pdseg checkpoint (see :func:`export_model` for ``options`` and what is raised).
 
-    The variant, training size and normalisation written into the file come from the checkpoint.
+    ``export_checkpoint("runs/mine/last.pt", "mine.pt", half=True)`` writes the weights alone (no
+    optimiser or training state), fp16, checked against ``last.pt``.
+
+    Args:
+        weights: the pdseg checkpoint to export.
+        out: the file to write.
+        fmt: ``"onnx"``, ``"torchscript"`` or ``"checkpoint"``; None lets ``out``'s name decide
+            as ``pdseg export`` does (:func:`format_for`: ``.pt``/``.pth`` a checkpoint, ``.ts``
+            TorchScript, anything else ONNX).
+
+    The variant, training size, normalisation and provenance written into the file come from the
+    checkpoint, and ``weights``' name and sha256 are added (``source``, ``source_sha256``).
 
     Raises:
         WeightsError: ``weights`` is not a pdseg checkpoint.
-        InputError: ``out`` is ``weights`` itself.
+        InputError: ``out`` is ``weights`` itself, or (``fmt`` None) a folder or an image's name.
     """
     from pdseg_cli.data.teacher import file_sha256
-    from pdseg_cli.model.build import load_model
 
     weights, out = Path(weights), Path(out)
+    if fmt is None:  # the name decides, as for `pdseg export --out`
+        fmt = format_for(out, None)
     fmt = _checked_options(fmt, **options)  # before the (slow) model load
     if fmt == "onnx":
         require_onnx(bool(options.get("check", True)))  # before the (slow) model load
@@ -533,7 +593,7 @@ def export_checkpoint(
         normalization=dict(model.normalization),
         train_size=train_side(getattr(model, "train_size", None)),
         source={"source": weights.name, "source_sha256": file_sha256(weights)},
-        **options,
+        **options,  # provenance: the model's own (load_model sets model.provenance)
     )
 
 
@@ -657,6 +717,64 @@ def _export_onnx(
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
     return _collect(caught)
+
+
+class _LoadedCheckpoint:
+    """A written checkpoint loaded back with :func:`load_model`, with the ``outputs`` of a loaded
+    export, so that :func:`_check_shape` runs it as it runs them."""
+
+    def __init__(self, path: Path) -> None:
+        self.model = load_model(path)  # fp32 (fp16 storage cast back), eval mode, on the CPU
+
+    @torch.inference_mode()
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, logits), each (B, 1, H, W) float32."""
+        logits = _ExportGraph(self.model, half=False).logits(x)
+        return torch.sigmoid(logits), logits
+
+
+def _load_written(path: Path, fmt: str) -> OnnxModel | TorchScriptModel | _LoadedCheckpoint:
+    """The file just written, opened as a user would open it."""
+    if fmt == "onnx":
+        return OnnxModel(path)
+    if fmt == "torchscript":
+        return TorchScriptModel(path)
+    return _LoadedCheckpoint(path)
+
+
+def _write_checkpoint(model: nn.Module, path: Path, metadata: ExportMetadata, half: bool) -> tuple[str, ...]:
+    """``save_checkpoint`` of ``model`` to ``path``: the weights, with the training size,
+    normalisation and provenance of ``metadata`` (the source's provenance and its name and sha256).
+
+    Returns:
+        No warnings (nothing is traced), for the report.
+
+    Raises:
+        InputError: ``model`` is not a PDSeg network (``optimize()``'s form), or ``half`` and its
+            weights exceed float16's range.
+    """
+    # save_checkpoint keeps model.provenance and adds what it is given: only what differs is
+    # passed (the source's name and sha256, say), so a recorded key never meets a parameter's name
+    kept = dict(getattr(model, "provenance", None) or {})
+    wanted = {**metadata.provenance, **metadata.extra}
+    added = {key: value for key, value in wanted.items() if key not in kept or kept[key] != value}
+    try:
+        save_checkpoint(
+            model,
+            path,
+            half=half,
+            train_size=metadata.train_size,
+            normalization=metadata.normalization,
+            **added,
+        )
+    except (TypeError, ValueError) as exc:  # both name the problem and its fix
+        raise InputError(f"cannot write a checkpoint: {exc}") from None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # save_checkpoint's message names the temporary file: export_model names --out instead
+        raise OSError(exc.errno, os.strerror(exc.errno)) from None
+    return ()
 
 
 def _export_torchscript(graph: nn.Module, path: Path, metadata: ExportMetadata) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ from pdseg_cli.engine.onnx_spec import (
     resolve_spec,
 )
 from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, first_line
-from pdseg_cli.model.build import starts_like_onnx
+from pdseg_cli.model.build import starts_like_onnx, weights_line
 from pdseg_cli.runtime.memory import is_out_of_memory
 from pdseg_cli.weights import SUFFIX_FORMATS
 
@@ -88,6 +88,10 @@ class ExportMetadata:
         pdseg_version: the pdseg version that wrote the file.
         torch_version: the torch version that wrote the file.
         opset: ONNX opset, or None for TorchScript.
+        provenance: what produced the weights, as the source checkpoint recorded it (data, steps,
+            teacher, the ``--init`` chain, the model card's summary); stored as JSON under the key
+            ``provenance``, and empty for a file written before that key existed.
+        extra: further string keys, written as they are (``source``, ``source_sha256``).
     """
 
     variant: str
@@ -103,6 +107,7 @@ class ExportMetadata:
     pdseg_version: str = ""
     torch_version: str = ""
     opset: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -132,6 +137,8 @@ class ExportMetadata:
             "torch_version": self.torch_version,
             "opset": "" if self.opset is None else str(self.opset),
             "config": json.dumps(self.config, sort_keys=True),
+            # not sorted: the checkpoint's order (summary and data first) is the order pdseg info shows
+            "provenance": json.dumps(self.provenance, ensure_ascii=False),
             # how pdseg predict feeds the graph and turns its output into a map (README, 'Deploy')
             "resize": "the float 0-255 image to train_size x train_size, bilinear (cv2.INTER_LINEAR), "
             "before normalising; or at its own size (the graph pads to a multiple of 32 itself)",
@@ -182,6 +189,7 @@ class ExportMetadata:
                 "config",
                 "resize",
                 "maps",
+                "provenance",
             }
             return cls(
                 variant=data["variant"],
@@ -197,12 +205,25 @@ class ExportMetadata:
                 pdseg_version=data.get("pdseg_version", ""),
                 torch_version=data.get("torch_version", ""),
                 opset=int(data["opset"]) if data.get("opset") else None,
+                provenance=_provenance_from(data.get("provenance", "")),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except (KeyError, ValueError) as exc:
             raise WeightsError(
                 f"{source} has damaged pdseg metadata ({exc})", hint="export it again with `pdseg export`"
             ) from None
+
+
+def _provenance_from(text: str) -> dict[str, Any]:
+    """The ``provenance`` entry read back. Not needed to run the file, so an edited or damaged one
+    does not refuse it: its text is kept whole under ``unreadable``, for ``pdseg info`` to show."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"unreadable": text}
 
 
 def require_onnxruntime() -> Any:
@@ -244,6 +265,19 @@ class _ExportedModel:
     @property
     def normalization(self) -> dict[str, Any]:
         return self.metadata.normalization
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What produced the weights, as the source checkpoint recorded it (``model.provenance`` of
+        a loaded checkpoint); empty for a foreign model or an export that predates the key."""
+        return self.metadata.provenance
+
+    def _describe_export(self) -> str:
+        """``"ONNX export of pdseg-t, trained at 512x512: <summary>"``: the line a checkpoint gets
+        (variant, training size, then the model card's summary or the data), so that an export
+        says as much of where it came from."""
+        kind = "ONNX" if self.format == "onnx" else "TorchScript"
+        return f"{kind} export of {weights_line(self.variant, self.train_size, self.provenance)}"
 
     device: torch.device
 
@@ -390,7 +424,7 @@ class OnnxModel(_ExportedModel):
             # a pdseg export recognised by its signature (metadata stripped) is not foreign
             owner = "ONNX" if self.spec.name == PDSEG_WITHOUT_METADATA else "foreign ONNX"
             return f"{owner}, {self.spec.describe()}"
-        return f"pdseg export, {self.metadata.variant}"
+        return self._describe_export()
 
     def run(self, x: torch.Tensor, output: str) -> torch.Tensor:
         """One named output for input ``x`` (float (B, 3, H, W)), as a float32 CPU tensor."""
@@ -505,6 +539,10 @@ class TorchScriptModel(_ExportedModel):
             data = {}
         self.metadata = ExportMetadata.from_strings(data, self.path)
         self.module.eval()
+
+    def describe(self) -> str:
+        """One line on what this file is (see :meth:`_ExportedModel._describe_export`)."""
+        return self._describe_export()
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities (B, 1, H, W) in [0, 1]."""

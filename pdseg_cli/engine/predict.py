@@ -39,7 +39,7 @@ from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_s
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
 from pdseg_cli.errors import InputError, check_kind
-from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model
+from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model, weights_line
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS, default_weights
@@ -506,13 +506,8 @@ def describe_model(model: Any) -> str:
     if callable(describe):
         return str(describe())
     variant = getattr(model, "variant", None) or getattr(getattr(model, "config", None), "name", None)
-    text = str(variant or type(model).__name__)
-    size = getattr(model, "train_size", None)
-    if size:
-        text += f", trained at {size}x{size}"
-    provenance = getattr(model, "provenance", None) or {}
-    if provenance.get("summary"):  # the model card's one line, stored with the weights
-        return f"{text}: {provenance['summary']}"
-    if provenance.get("data"):
-        return f"{text} on {provenance['data']}"
-    return text
+    return weights_line(
+        str(variant or type(model).__name__),
+        getattr(model, "train_size", None),
+        getattr(model, "provenance", None),
+    )

@@ -5,17 +5,23 @@ file's metadata."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pdseg_cli.data.teacher import file_sha256
-from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
+from pdseg_cli.engine.onnx_backend import clip_words, detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.train_checkpoints import resume_summary
 from pdseg_cli.errors import WeightsError
 from pdseg_cli.model.build import load_checkpoint
 
 _LONGEST = 400  # characters of one value shown; the rest is in the file
+# one link of the --init chain: the file, its hash and what made it fit on two or three lines
+_LINK_LONGEST = 240
+_PART_LONGEST = 100  # of one value in a link (its data, say), so that the teacher after it still shows
+_MAX_LINKS = 6  # of the --init chain shown; a longer one ends in a row that counts the rest
+_HASH_SHOWN = 8  # hex digits of a link's sha256: enough to tell files apart, the rest is in the file
 _READS = "a pdseg checkpoint (.pt), an export or DIS/SOD model (.onnx, .ts), or a variant name"
 
 
@@ -54,7 +60,7 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
             ("training size", str(ckpt.train_size) if ckpt.train_size else "not recorded"),
             ("normalisation", _short(ckpt.normalization)),
         ]
-        rows += [(f"provenance: {key}", _short(value)) for key, value in ckpt.provenance.items()]
+        rows += provenance_rows(ckpt.provenance)
         resume = resume_summary(path)
         if resume is not None:  # a run's last.pt: where it stands, and the command to go on
             rows.append(("training state", resume))
@@ -73,11 +79,91 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
         return WeightsDescription(metadata.variant, rows)
     rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
     strings = metadata.to_strings()
-    keys = [key for key in sorted(strings) if key not in ("config", "pdseg_metadata_version")]
+    hidden = ("config", "pdseg_metadata_version", "provenance")  # the provenance: its own rows below
+    keys = [key for key in sorted(strings) if key not in hidden]
     rows += [(key, _short(strings[key])) for key in keys]
+    rows += provenance_rows(metadata.provenance)  # as a checkpoint's: the export carries it
     return WeightsDescription(metadata.variant, rows)
 
 
+def provenance_rows(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, value)`` rows for a checkpoint's provenance (or an export's copy of it): one per
+    key, and the ``--init`` chain as one row per link, newest first (see :func:`_init_rows`)."""
+    rows: list[tuple[str, str]] = []
+    for key, value in provenance.items():
+        if key == "init" and isinstance(value, Mapping):
+            rows += _init_rows(value)
+        else:
+            rows.append((f"provenance: {key}", _short(value)))
+    return rows
+
+
+def _init_rows(init: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``--init`` chain, one row per link, newest first: ``provenance: init`` is the file this
+    one was fine-tuned from, ``init 2`` the file that one was fine-tuned from, and so on.
+
+    ``pdseg train --init`` stores ``{"path": ..., "provenance": {"sha256": ..., <that file's own
+    provenance, with its own "init">}}``; nested as it is, it was shown as one JSON blob cut off
+    partway into the second link.
+    """
+    rows: list[tuple[str, str]] = []
+    link: Any = init
+    while link:
+        label = "provenance: init" if not rows else f"provenance: init {len(rows) + 1}"
+        if not isinstance(link, Mapping):  # written by hand ("from stage 3"): shown as it is
+            rows.append((label, _short(link)))
+            break
+        if len(rows) == _MAX_LINKS:
+            rows.append(("provenance: init …", f"{_chain_length(link)} earlier link(s), in the file"))
+            break
+        parent = link.get("provenance")
+        parent = parent if isinstance(parent, Mapping) else {}
+        rows.append((label, _link_text(link, parent)))
+        link = parent.get("init")
+    return rows
+
+
+def _chain_length(link: Any) -> int:
+    n = 0
+    while isinstance(link, Mapping):
+        n += 1
+        parent = link.get("provenance")
+        link = parent.get("init") if isinstance(parent, Mapping) else None
+    return n
+
+
+def _link_text(link: Mapping[str, Any], parent: Mapping[str, Any]) -> str:
+    """``fine-tuned from PATH (sha256 44810223…): <what made PATH>``: the model card's summary
+    when the file has one, else ``trained N steps at SIZE on DATA`` and its teacher, then any
+    note or licence."""
+    digest = str(parent.get("sha256") or "")
+    digest = f" (sha256 {digest[:_HASH_SHOWN]}…)" if digest else ""
+    head = f"fine-tuned from {link.get('path', '?')}{digest}"
+    parts: list[str] = []
+    if parent.get("summary"):  # the model card's line says it all, "research use only" included
+        parts.append(str(parent["summary"]))
+    else:
+        run = "trained"  # PATH's own run, not the fine-tuning from it
+        if parent.get("steps") is not None:
+            run += f" {parent['steps']} steps"
+            if parent.get("size"):
+                run += f" at {parent['size']}"
+        if parent.get("data"):
+            run += f" on {clip_words(str(parent['data']), _PART_LONGEST)}"
+        if run != "trained":
+            parts.append(run)
+        teacher = parent.get("teacher_model") or parent.get("teacher")
+        if teacher:
+            parts.append(f"teacher {clip_words(str(teacher), _PART_LONGEST)}")
+        if parent.get("source"):  # a `pdseg export --out x.pt` of another file
+            parts.append(f"exported from {parent['source']}")
+    parts += [f"{key} {parent[key]}" for key in ("note", "notes", "licence", "license") if parent.get(key)]
+    if not parts:
+        parts.append("no provenance recorded")
+    return clip_words(f"{head}: {'; '.join(parts)}", _LINK_LONGEST)
+
+
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= _LONGEST else text[: _LONGEST - 1] + "…"
+    """A value as one line of at most ``_LONGEST`` characters, clipped at a word with "…"."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return clip_words(text, _LONGEST)

@@ -87,6 +87,22 @@ def train_side(train_size: Any) -> int | None:
     return int(train_size)
 
 
+def weights_line(variant: str, train_size: int | None, provenance: Mapping[str, Any] | None) -> str:
+    """One line on what weights are: ``"pdseg-t, trained at 512x512: <the model card's summary>"``,
+    or ``"... on <data>"`` where the provenance has no summary. The rule of
+    ``engine.predict.describe_model`` for a checkpoint, which an export of one follows too (the
+    export's metadata carries the checkpoint's provenance), so that both start lines read alike."""
+    text = variant
+    if train_size:
+        text += f", trained at {train_size}x{train_size}"
+    provenance = provenance or {}
+    if provenance.get("summary"):  # the model card's one line, stored with the weights
+        return f"{text}: {provenance['summary']}"
+    if provenance.get("data"):
+        return f"{text} on {provenance['data']}"
+    return text
+
+
 def create_model(variant: str | ModelConfig) -> PDSeg:
     """A freshly initialised network (random weights) in eval mode; call ``.train()`` to train it.
 

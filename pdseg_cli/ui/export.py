@@ -37,7 +37,7 @@ def checks_table(report: Any) -> None:
         for c in report.checks
     ]
     ui.table(
-        f"{report.format} ({report.metadata.precision}) vs PyTorch fp32",
+        f"{report.format} ({_precision(report)}) vs PyTorch fp32",
         ["input", "max |dp|", "mean |dp|", "tolerance", "ms", "check"],
         rows,
         numeric=[False, True, True, True, True, False],
@@ -45,18 +45,28 @@ def checks_table(report: Any) -> None:
     )
 
 
+def _precision(report: Any) -> str:
+    """``fp16`` for an export's graph; a checkpoint's precision is its storage only."""
+    precision = str(report.metadata.precision)
+    if report.format != "checkpoint":
+        return precision
+    return "fp16 storage, loaded as fp32" if precision == "fp16" else precision
+
+
 def done(report: Any) -> None:
     """The success line, naming the file and what it holds (stderr)."""
     meta = report.metadata
-    opset = f", opset {meta.opset}" if meta.opset is not None else ""
     n = len(report.checks)
     checked = (
         f"max |dp| {report.max_abs_diff:.2e} over {counted(n, 'shape')}" if n else "not checked: --no-check"
     )
-    ui.info(
-        f"wrote {report.path} ({_size(report.size_bytes)}, {meta.variant}, {meta.precision}{opset}; "
-        f"dynamic batch/height/width; outputs {', '.join(meta.outputs)}; {checked})"
-    )
+    if report.format == "checkpoint":
+        # what sets it apart from a run's last.pt
+        what = f"{_precision(report)}; weights only (no training state), provenance and source kept"
+    else:
+        opset = f", opset {meta.opset}" if meta.opset is not None else ""
+        what = f"{meta.precision}{opset}; dynamic batch/height/width; outputs {', '.join(meta.outputs)}"
+    ui.info(f"wrote {report.path} ({_size(report.size_bytes)}, {meta.variant}, {what}; {checked})")
     if not report.checks:
         ui.warn("the exported file was not compared with PyTorch; run without --no-check to verify it")
 
