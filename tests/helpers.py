@@ -198,3 +198,13 @@ def png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
         out.append((name, data))
         i += 12 + length
     return out
+
+
+def textured_image(h: int = 24, w: int = 32, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
+    """(h, w, 3) random colours of ``dtype`` (uint8 or uint16) with a darker middle: some structure
+    for a model to see, the same for a seed."""
+    rng = np.random.default_rng(seed)
+    top = 65535 if dtype == np.uint16 else 255
+    img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
+    img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
+    return img

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from helpers import flat, no_space, png_chunks, run_cli, tiny_checkpoint, write_output_png
+from helpers import flat, no_space, png_chunks, run_cli, textured_image, tiny_checkpoint, write_output_png
 
 from pdseg_cli import __version__
 from pdseg_cli.data import header
@@ -31,14 +31,6 @@ MARK = f"pdseg {__version__}"
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # classifier weights far from 0: maps that span dark to bright, so reruns with --threshold differ
     return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", train_size=64, classifier_std=3.0)
-
-
-def _image(h: int = 24, w: int = 32, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    top = 65535 if dtype == np.uint16 else 255
-    img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
-    img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
-    return img
 
 
 def _predict(*args: str | Path) -> object:
@@ -60,11 +52,11 @@ def _profile(size: int = 600) -> bytes:
 
 
 def test_the_mark_round_trips_in_png_and_tiff(tmp_path: Path) -> None:
-    gray = _image()[..., 0]
+    gray = textured_image()[..., 0]
     imio.write_png(tmp_path / "m.png", gray, software=header.OUTPUT_MARK)
     imio.write_png(tmp_path / "u.png", gray)
-    imio.write_tiff(tmp_path / "m.tif", _image(dtype=np.uint16), software=header.OUTPUT_MARK)
-    imio.write_tiff(tmp_path / "u.tif", _image(dtype=np.uint16))  # tifffile names itself there
+    imio.write_tiff(tmp_path / "m.tif", textured_image(dtype=np.uint16), software=header.OUTPUT_MARK)
+    imio.write_tiff(tmp_path / "u.tif", textured_image(dtype=np.uint16))  # tifffile names itself there
     assert header.OUTPUT_MARK == MARK
     assert header.carries_output_mark(tmp_path / "m.png") and header.carries_output_mark(tmp_path / "m.tif")
     assert not header.carries_output_mark(tmp_path / "u.png") and not header.carries_output_mark(
@@ -81,12 +73,12 @@ def test_the_mark_round_trips_in_png_and_tiff(tmp_path: Path) -> None:
     other = imio.png_with_chunk(imio.encode_png(gray), b"tEXt", b"Software\x00GIMP 2.10")
     (tmp_path / "gimp.png").write_bytes(other)
     assert not header.carries_output_mark(tmp_path / "gimp.png")
-    imio.write_tiff(tmp_path / "gimp.tif", _image(dtype=np.uint16), software="GIMP 2.10")
+    imio.write_tiff(tmp_path / "gimp.tif", textured_image(dtype=np.uint16), software="GIMP 2.10")
     assert not header.carries_output_mark(tmp_path / "gimp.tif")
 
 
 def test_an_icc_profile_and_the_mark_coexist(tmp_path: Path) -> None:
-    rgba = np.dstack([_image(), np.full((24, 32), 200, np.uint8)])
+    rgba = np.dstack([textured_image(), np.full((24, 32), 200, np.uint8)])
     profile = _profile()
     png = imio.encode_png(rgba, icc_profile=profile, software=MARK)
     path = tmp_path / "a.png"
@@ -108,7 +100,7 @@ def test_an_icc_profile_and_the_mark_coexist(tmp_path: Path) -> None:
 
 
 def test_damaged_files_read_as_unmarked_without_raising(tmp_path: Path) -> None:
-    png = imio.encode_png(_image()[..., 0], software=MARK)
+    png = imio.encode_png(textured_image()[..., 0], software=MARK)
     mark_end = 33 + 12 + len(b"Software\x00" + MARK.encode())  # IHDR, then the whole tEXt chunk
     path = tmp_path / "cut.png"
     for cut in range(len(png)):
@@ -123,7 +115,7 @@ def test_damaged_files_read_as_unmarked_without_raising(tmp_path: Path) -> None:
     path.write_bytes(png[:33] + b"\x7f\xff\xff\xfftEXt" + png[41:])
     assert not header.carries_output_mark(path)
 
-    imio.write_tiff(tmp_path / "ok.tif", _image(dtype=np.uint16), software=MARK)
+    imio.write_tiff(tmp_path / "ok.tif", textured_image(dtype=np.uint16), software=MARK)
     tiff = (tmp_path / "ok.tif").read_bytes()
     bad = tmp_path / "bad.tif"
     for cut in (0, 4, 8, 12, 30, 60, 100):
@@ -157,7 +149,7 @@ def _gt_folder(tmp_path: Path) -> tuple[Path, Path, bytes]:
     """im/cat.jpg and a GT mask gt/cat.png (8-bit gray, as pdseg's mask), and the GT's bytes."""
     (tmp_path / "im").mkdir()
     (tmp_path / "gt").mkdir()
-    cv2.imwrite(str(tmp_path / "im" / "cat.jpg"), _image())
+    cv2.imwrite(str(tmp_path / "im" / "cat.jpg"), textured_image())
     gt = np.zeros((24, 32), np.uint8)
     gt[6:18, 8:24] = 255
     cv2.imwrite(str(tmp_path / "gt" / "cat.png"), gt)
@@ -180,8 +172,8 @@ def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, ckpt: Path, sk
 def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, ckpt: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    cv2.imwrite(str(src / "a.jpg"), _image())
-    tifffile.imwrite(src / "b.tif", _image(seed=1, dtype=np.uint16), photometric="rgb")  # 16-bit
+    cv2.imwrite(str(src / "a.jpg"), textured_image())
+    tifffile.imwrite(src / "b.tif", textured_image(seed=1, dtype=np.uint16), photometric="rgb")  # 16-bit
     out = tmp_path / "out"
     save = "mask,alpha,composite"
     first = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--threshold", "0.5", "--bg", "255,0,0")
@@ -228,8 +220,8 @@ def _linked_tree(tmp_path: Path) -> Path:
     src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
     (src / "real").mkdir(parents=True)
     elsewhere.mkdir()
-    cv2.imwrite(str(src / "real" / "a.jpg"), _image())
-    cv2.imwrite(str(elsewhere / "b.jpg"), _image(seed=2))
+    cv2.imwrite(str(src / "real" / "a.jpg"), textured_image())
+    cv2.imwrite(str(elsewhere / "b.jpg"), textured_image(seed=2))
     (src / "linked").symlink_to(elsewhere, target_is_directory=True)
     (elsewhere / "back").symlink_to(src, target_is_directory=True)
     (src / "dup").symlink_to("real", target_is_directory=True)
@@ -267,7 +259,7 @@ def test_recursive_predict_mirrors_linked_folders_and_names_the_loops(tmp_path: 
 def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, ckpt: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    cv2.imwrite(str(src / "a.jpg"), _image())
+    cv2.imwrite(str(src / "a.jpg"), textured_image())
     out = src / "masks"
     (src / "view").symlink_to("masks", target_is_directory=True)  # --out, reached through a link
     for _ in range(2):  # the rerun does not read the first run's outputs as inputs
@@ -278,7 +270,7 @@ def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, ckp
     assert walk.passed_exclude and walk.files == [src / "a.jpg"] and walk.skipped_links == []
     # a link to a folder inside --out is left out too
     (out / "sub").mkdir()
-    cv2.imwrite(str(out / "sub" / "x.jpg"), _image())
+    cv2.imwrite(str(out / "sub" / "x.jpg"), textured_image())
     os.symlink(out / "sub", src / "deep", target_is_directory=True)
     assert walk_folder(src, out.resolve()).files == [src / "a.jpg"]
 
@@ -289,7 +281,7 @@ def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, ckp
 def test_a_folder_of_hidden_images_says_so(tmp_path: Path, ckpt: Path) -> None:
     folder = tmp_path / "m8"
     folder.mkdir()
-    cv2.imwrite(str(folder / ".hidden.jpg"), _image())
+    cv2.imwrite(str(folder / ".hidden.jpg"), textured_image())
     result = _predict(folder, "--out", tmp_path / "o", "-w", ckpt)
     assert result.exit_code == 2, result.output
     text = no_space(result.output)  # a long path wraps anywhere

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import dead_pid, flat, no_space, write_output_png
+from helpers import dead_pid, flat, no_space, textured_image, write_output_png
 from typer.testing import CliRunner
 
 from pdseg_cli import create_model, load_model, save_checkpoint
@@ -49,14 +49,6 @@ def predictor(ckpt: Path) -> Predictor:
     return Predictor(ckpt, device="cpu", size=TRAIN)
 
 
-def _img(h: int, w: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    top = 65535 if dtype == np.uint16 else 255
-    img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
-    img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
-    return img
-
-
 def _run(*args: str | Path) -> object:
     return runner.invoke(app, ["predict", *map(str, args)])
 
@@ -72,12 +64,12 @@ def _no_temporaries(folder: Path) -> bool:
 @pytest.mark.parametrize(("h", "w"), [(37, 53), (64, 31)])
 def test_predict_returns_input_size(predictor: Predictor, ckpt: Path, size: object, h: int, w: int) -> None:
     p = predictor if size == TRAIN else Predictor(ckpt, device="cpu", size="full")
-    out = p.predict(_img(h, w))
+    out = p.predict(textured_image(h, w))
     assert out.shape == (h, w) and out.dtype == np.uint8
 
 
 def test_predict_prob_is_what_predict_quantises(predictor: Predictor) -> None:
-    img = _img(37, 53, seed=5)
+    img = textured_image(37, 53, seed=5)
     prob = predictor.predict_prob(img)
     assert prob.shape == (37, 53) and prob.dtype == np.float32
     assert 0.0 <= prob.min() and prob.max() <= 1.0
@@ -85,7 +77,7 @@ def test_predict_prob_is_what_predict_quantises(predictor: Predictor) -> None:
 
 
 def test_predict_accepts_any_dtype_and_gray(predictor: Predictor) -> None:
-    img8 = _img(33, 41)
+    img8 = textured_image(33, 41)
     ref = predictor.predict(img8)
     img16 = img8.astype(np.uint16) * 257
     np.testing.assert_array_equal(predictor.predict(img16), ref)  # same 0..255 values
@@ -97,7 +89,7 @@ def test_predict_accepts_any_dtype_and_gray(predictor: Predictor) -> None:
 
 @pytest.mark.parametrize("size", [TRAIN, "full"])
 def test_predict_equals_the_model_called_directly(ckpt: Path, size: object) -> None:
-    img = _img(45, 70, seed=3)
+    img = textured_image(45, 70, seed=3)
     got = Predictor(ckpt, device="cpu", size=size, channels_last=False, optimized=False).predict(img)
     # the default optimised form (pdseg_cli.optimize) agrees within float rounding: one grey level
     fast = Predictor(ckpt, device="cpu", size=size).predict(img)
@@ -117,7 +109,7 @@ def test_predict_equals_the_model_called_directly(ckpt: Path, size: object) -> N
 
 
 def test_tta_averages_the_logits_of_the_image_and_its_mirror(ckpt: Path) -> None:
-    img = _img(45, 70, seed=4)
+    img = textured_image(45, 70, seed=4)
     plain = Predictor(ckpt, device="cpu", size=TRAIN, channels_last=False, optimized=False)
     tta = Predictor(ckpt, device="cpu", size=TRAIN, channels_last=False, optimized=False, tta=True)
     x = plain.prepare_array(img.astype(np.float32))
@@ -133,7 +125,7 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(ckpt: Path) -> None
 
 
 def test_channels_last_and_batches_agree(predictor: Predictor, ckpt: Path) -> None:
-    imgs = [_img(40, 50, seed=s) for s in range(3)]
+    imgs = [textured_image(40, 50, seed=s) for s in range(3)]
     singles = [predictor.predict(im) for im in imgs]
     batched = predictor.predict_batch(imgs)
     plain = Predictor(ckpt, device="cpu", size=TRAIN, channels_last=False)
@@ -143,7 +135,7 @@ def test_channels_last_and_batches_agree(predictor: Predictor, ckpt: Path) -> No
 
 
 def test_threshold_gives_binary_map(predictor: Predictor) -> None:
-    out = predictor.predict(_img(30, 30), threshold=0.5)
+    out = predictor.predict(textured_image(30, 30), threshold=0.5)
     assert set(np.unique(out)) <= {0, 255}
 
 
@@ -177,9 +169,9 @@ def folder(tmp_path: Path) -> Path:
     """in/: a JPEG, an 8-bit PNG, a 16-bit TIFF, a text file; odd sizes."""
     d = tmp_path / "in"
     d.mkdir()
-    cv2.imwrite(str(d / "a.jpg"), _img(37, 53, 1))
-    cv2.imwrite(str(d / "b.png"), _img(29, 40, 2))
-    tifffile.imwrite(d / "c.tif", _img(31, 45, 3, np.uint16), photometric="rgb")
+    cv2.imwrite(str(d / "a.jpg"), textured_image(37, 53, 1))
+    cv2.imwrite(str(d / "b.png"), textured_image(29, 40, 2))
+    tifffile.imwrite(d / "c.tif", textured_image(31, 45, 3, np.uint16), photometric="rgb")
     (d / "notes.txt").write_text("not an image")
     return d
 
@@ -379,7 +371,7 @@ def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path
     # a photo album as --out: its colour a.png is where a.jpg's mask goes, and was replaced unsaid
     out = tmp_path / "album"
     out.mkdir()
-    cv2.imwrite(str(out / "a.png"), _img(20, 30))  # a colour photo
+    cv2.imwrite(str(out / "a.png"), textured_image(20, 30))  # a colour photo
     (out / "c_alpha.png").write_text("not an image")
     photo = (out / "a.png").read_bytes()
     result = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha")
@@ -396,7 +388,7 @@ def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path
     assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
     assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
     # --skip-existing does not take the photo for a.jpg's mask: a.jpg is not skipped, so refused
-    cv2.imwrite(str(out / "a.png"), _img(20, 30))
+    cv2.imwrite(str(out / "a.png"), textured_image(20, 30))
     skipped = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha", "--skip-existing")
     assert skipped.exit_code == 2 and "a.png(an8-bitPNGwith3channels;" in no_space(skipped.output)
     assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # still the photo
@@ -420,15 +412,15 @@ def test_refuses_to_write_among_the_inputs(folder: Path, tmp_path: Path, ckpt: P
     # a folder of JPEGs only: no mask would overwrite one, but a rerun would read the masks as inputs
     jpegs = tmp_path / "jpegs"
     jpegs.mkdir()
-    cv2.imwrite(str(jpegs / "a.jpg"), _img(10, 10))
+    cv2.imwrite(str(jpegs / "a.jpg"), textured_image(10, 10))
     result = _run(jpegs, "-o", jpegs, "-w", ckpt)
     assert result.exit_code == 2 and "apartfromtheinputs" in no_space(result.output)
     assert sorted(p.name for p in jpegs.iterdir()) == ["a.jpg"]
 
 
 def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckpt: Path) -> None:
-    cv2.imwrite(str(folder / "a.png"), _img(10, 10))
-    cv2.imwrite(str(folder / "b.bmp"), _img(10, 10))
+    cv2.imwrite(str(folder / "a.png"), textured_image(10, 10))
+    cv2.imwrite(str(folder / "b.bmp"), textured_image(10, 10))
     result = _run(folder, "-o", tmp_path / "out", "-w", ckpt)
     text = no_space(result.output)
     assert result.exit_code == 2 and "2pairsofinputswouldwritethesameoutputfiles" in text
@@ -444,7 +436,7 @@ def _long_named_inputs(folder: Path) -> list[Path]:
     paths = [folder / f"{'a' * 245}.png", folder / f"{'é' * 122}.jpg", folder / "short.png"]
     try:
         for k, path in enumerate(paths):
-            path.write_bytes(cv2.imencode(path.suffix, _img(20 + k, 30))[1].tobytes())
+            path.write_bytes(cv2.imencode(path.suffix, textured_image(20 + k, 30))[1].tobytes())
     except OSError:
         pytest.skip("this file system takes shorter names")
     return paths
@@ -488,8 +480,8 @@ def test_the_name_limit_is_the_output_folders_own(tmp_path: Path, monkeypatch: p
 
     src = tmp_path / "src"
     (src / ("f" * 30)).mkdir(parents=True)
-    cv2.imwrite(str(src / ("b" * 40 + ".png")), _img(10, 10))
-    cv2.imwrite(str(src / ("f" * 30) / "x.png"), _img(10, 10))
+    cv2.imwrite(str(src / ("b" * 40 + ".png")), textured_image(10, 10))
+    cv2.imwrite(str(src / ("f" * 30) / "x.png"), textured_image(10, 10))
     asked: list[str] = []
     limit = {"bytes": 50}  # a file system that takes names of 50 bytes, then one of 25
     real_lstat = os.lstat
@@ -652,8 +644,8 @@ def test_an_output_that_links_outside_out_is_refused_before_anything_is_written(
 def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> None:
     src = tmp_path / "src"
     (src / "x" / "y").mkdir(parents=True)
-    cv2.imwrite(str(src / "top.png"), _img(20, 30))
-    cv2.imwrite(str(src / "x" / "y" / "deep.jpg"), _img(25, 21))
+    cv2.imwrite(str(src / "top.png"), textured_image(20, 30))
+    cv2.imwrite(str(src / "x" / "y" / "deep.jpg"), textured_image(25, 21))
     out = tmp_path / "out"
     assert _run(src, "-o", out, "-w", ckpt).exit_code == 0  # not recursive: top level only
     assert [p.name for p in out.rglob("*.png")] == ["top.png"]
@@ -667,7 +659,7 @@ def test_recursive_mirrors_subfolders_and_globs(tmp_path: Path, ckpt: Path) -> N
 
 
 def test_an_out_named_like_an_image_is_refused_not_made_a_folder(tmp_path: Path, ckpt: Path) -> None:
-    cv2.imwrite(str(tmp_path / "a.png"), _img(20, 30))
+    cv2.imwrite(str(tmp_path / "a.png"), textured_image(20, 30))
     result = _run(tmp_path / "a.png", "-o", tmp_path / "mask.png", "-w", ckpt)
     assert result.exit_code == 2 and "names a file, and --out is the folder" in flat(result.output)
     assert not (tmp_path / "mask.png").exists()
@@ -677,7 +669,7 @@ def test_an_out_named_like_an_image_is_refused_not_made_a_folder(tmp_path: Path,
 
 
 def test_options_that_cannot_apply_are_said(tmp_path: Path, ckpt: Path) -> None:
-    cv2.imwrite(str(tmp_path / "a.png"), _img(20, 30))
+    cv2.imwrite(str(tmp_path / "a.png"), textured_image(20, 30))
     masks = _run(
         tmp_path / "a.png", "-o", tmp_path / "o1", "-w", ckpt, "--bg", "red", "--no-refine-foreground"
     )
@@ -695,9 +687,9 @@ def test_recursive_out_inside_the_inputs_names_the_images_it_leaves_out(tmp_path
     # went unsegmented in silence
     src = tmp_path / "photos"
     (src / "2024" / ".hidden").mkdir(parents=True)
-    cv2.imwrite(str(src / "top.png"), _img(20, 30))
-    cv2.imwrite(str(src / "2024" / "coffee.jpg"), _img(25, 21))
-    cv2.imwrite(str(src / "2024" / ".hidden" / "h.jpg"), _img(25, 21))  # hidden: never read anyway
+    cv2.imwrite(str(src / "top.png"), textured_image(20, 30))
+    cv2.imwrite(str(src / "2024" / "coffee.jpg"), textured_image(25, 21))
+    cv2.imwrite(str(src / "2024" / ".hidden" / "h.jpg"), textured_image(25, 21))  # hidden: never read anyway
     result = _run(src, "-o", src / "2024", "-w", ckpt, "-r", "--save", "mask,alpha")
     assert result.exit_code == 0, result.output
     text = flat(result.output)
@@ -713,7 +705,7 @@ def test_recursive_out_inside_the_inputs_names_the_images_it_leaves_out(tmp_path
     assert sorted(p.name for p in (src / "2024").iterdir()) == [".hidden", "top.png", "top_alpha.png"]
     pattern = _run(str(src / "*.png"), "-o", src / "2024", "-w", ckpt, "-r")  # files: no walk
     assert pattern.exit_code == 0 and "left out of it" not in flat(pattern.output)
-    cv2.imwrite(str(src / "2024" / "tea.jpg"), _img(25, 21))
+    cv2.imwrite(str(src / "2024" / "tea.jpg"), textured_image(25, 21))
     folders = _run(
         str(tmp_path / "phot*"), "-o", src / "2024", "-w", ckpt, "-r"
     )  # a pattern's folder is walked
@@ -725,7 +717,7 @@ def test_broken_links_and_link_loops_are_counted_not_a_traceback(tmp_path: Path,
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    cv2.imwrite(str(src / "sub" / "ok.png"), _img(20, 30))
+    cv2.imwrite(str(src / "sub" / "ok.png"), textured_image(20, 30))
     (src / "loop1.jpg").symlink_to("loop2.jpg")
     (src / "loop2.jpg").symlink_to("loop1.jpg")
     (src / "gone.jpg").symlink_to("nowhere.jpg")
@@ -780,7 +772,7 @@ def test_compile_option_reaches_the_model(
     compiled = Predictor(ckpt, device="cpu", size=TRAIN, compile="reduce-overhead")
     assert isinstance(compiled.model, CompiledPDSeg) and modes == ["reduce-overhead"]
     eager = Predictor(ckpt, device="cpu", size=TRAIN)
-    img = _img(40, 56)
+    img = textured_image(40, 56)
     assert np.array_equal(compiled.predict(img), eager.predict(img))
     with pytest.raises(InputError, match="needs a PyTorch checkpoint"):
         Predictor(ckpt, device="cpu", optimized=False, compile="default")
@@ -797,7 +789,7 @@ def test_compile_option_reaches_the_model(
 
 
 def test_a_float_tiff_with_nan_gives_finite_cutouts_and_a_warning(tmp_path: Path, ckpt: Path) -> None:
-    img = _img(48, 64).astype(np.float32) / 255
+    img = textured_image(48, 64).astype(np.float32) / 255
     img[5:10, 5:10] = np.nan
     img[20:22, 30:40] = np.inf
     tifffile.imwrite(tmp_path / "nan.tif", img, photometric="rgb")
@@ -813,7 +805,7 @@ def test_a_module_given_to_predictor_is_left_as_it_was() -> None:
     model = create_model("pdseg-tiny").train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for optimized in (False, True):
-        Predictor(model, device="cpu", size=64, optimized=optimized).predict(_img(20, 30))
+        Predictor(model, device="cpu", size=64, optimized=optimized).predict(textured_image(20, 30))
         assert model.training  # a training loop that validates this way keeps training
         assert all(p.is_contiguous() for p in model.parameters())  # no channels_last conversion
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -906,7 +898,7 @@ def test_a_link_to_another_input_is_an_input_of_its_own_name(tmp_path: Path, ckp
 
     src = tmp_path / "src"
     src.mkdir()
-    cv2.imwrite(str(src / "a.jpg"), _img(20, 30))
+    cv2.imwrite(str(src / "a.jpg"), textured_image(20, 30))
     (src / "b.jpg").symlink_to("a.jpg")  # was dropped in silence, while a hard link was kept
     os.link(src / "a.jpg", src / "c.jpg")
     images, _, _ = collect_inputs([src, src / "a.jpg", str(src / "*.jpg")])  # a name given thrice: once
