@@ -80,6 +80,18 @@ def check_kind(owner: str, name: str, value: object, kind: type) -> None:
         raise InputError(f"{owner} {name}={value!r}: give {_KIND_WORDS[kind]}")
 
 
+def clip_words(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to at most ``limit`` characters at a word boundary, with an
+    ellipsis where cut (a message quoted in ours, or a long provenance, must not stop mid-word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:.") + "…"
+
+
 def listing(items: Sequence[str], limit: int, sep: str = ", ") -> str:
     """``a, b, c and 7 more``: the first ``limit`` items named, the rest counted (messages stay
     one readable line however many files are at fault)."""

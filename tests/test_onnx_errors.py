@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from helpers import flat, make_dataset, run_cli, tiny_checkpoint
 
-from pdseg_cli.engine.onnx_backend import ModelRunError, clip_words, load_exported
+from pdseg_cli.engine.onnx_backend import ModelRunError, load_exported
 from pdseg_cli.engine.onnx_spec import Signature, resolve_spec
 from pdseg_cli.engine.predict import Predictor
-from pdseg_cli.errors import WeightsError
+from pdseg_cli.errors import WeightsError, clip_words
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

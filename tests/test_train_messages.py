@@ -551,3 +551,27 @@ def test_a_ctrl_c_during_setup_without_a_cache_leaves_no_folder_it_made(
         info.value.hint == "nothing was saved (no training step ran): the same command starts the run again"
     )
     assert out.is_dir() == existed and (tmp_path / "runs").is_dir() == existed
+
+
+def test_export_will_not_replace_a_runs_resumable_last_pt(tmp_path: Path) -> None:
+    # `pdseg export -w runs/x/best.pt --out runs/x/last.pt` wrote weights over the training state
+    from pdseg_cli import export_checkpoint
+
+    run = tmp_path / "run"
+    train(tiny(run, make_dataset(tmp_path / "set", 4, size=64)))
+    before = (run / "last.pt").read_bytes()
+    weights = tiny_checkpoint(tmp_path / "w.pt", train_size=64)
+    with pytest.raises(InputError, match="holds a training run's state") as info:
+        export_checkpoint(weights, run / "last.pt")
+    assert "last-weights.pt" in (info.value.hint or "")
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_an_interrupted_setup_removes_only_empty_folders_deepest_first(tmp_path: Path) -> None:
+    # a/b was created by the run, a/b/cache holds decoded samples, a/b/c (the run folder) is empty
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "cache").mkdir()
+    (tmp_path / "a" / "b" / "cache" / "s.npz").write_bytes(b"x")
+    train_state._remove_if_empty(tmp_path / "a" / "b")
+    assert not (tmp_path / "a" / "b" / "c").exists()
+    assert (tmp_path / "a" / "b" / "cache" / "s.npz").is_file()

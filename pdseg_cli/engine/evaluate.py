@@ -659,13 +659,13 @@ def predict_split(
     *,
     batch: int = 1,
     on_progress: Callable[[Any], None] | None = None,
-) -> tuple[list[str], dict[str, str]]:
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Run the model on the split's images that have a GT, writing ``out_dir/<stem>.png``.
 
     The maps are the bytes ``pdseg predict`` writes (the same :class:`Predictor` code path).
 
     Returns:
-        (GT stems without an image, {stem: "path: error"} for each image the model could not read).
+        (GT stems without an image, {stem: (path, error)} for each image the model could not read).
 
     Raises:
         DataError: the split has no ``im/`` folder or no image matches a GT.
@@ -680,17 +680,16 @@ def predict_split(
     if not todo:
         raise DataError(f"no image in {im_dir} matches a GT in {gt_dir} by name", hint=SPLIT_LAYOUT)
     summary = predictor.predict_paths(todo, out_dir, batch=batch, on_progress=on_progress)
-    failed = {Path(r.path).stem: f"{r.path}: {r.error}" for r in summary.failures}
+    failed = {Path(r.path).stem: (str(r.path), str(r.error)) for r in summary.failures}
     return no_image, failed
 
 
-def grouped_failures(failed: Mapping[str, str]) -> list[str]:
-    """``{stem: "path: error"}`` as one line per distinct error, naming its images: a model that
+def grouped_failures(failed: Mapping[str, tuple[str, str]]) -> list[str]:
+    """``{stem: (path, error)}`` as one line per distinct error, naming its images: a model that
     fails on every image (a graph of another input size) said its reason once per image, which
     made one line of thousands of characters."""
     by_error: dict[str, list[str]] = {}
-    for line in failed.values():
-        path, _, error = line.partition(": ")
+    for path, error in failed.values():
         by_error.setdefault(error, []).append(path)
     return [
         f"{paths[0]}: {error}"

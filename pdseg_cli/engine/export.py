@@ -583,6 +583,17 @@ def export_checkpoint(
         require_onnx(bool(options.get("check", True)))  # before the (slow) model load
     if out.exists() and weights.exists() and out.resolve() == weights.resolve():
         raise InputError(f"--out {out} is the checkpoint itself", hint="give another file name")
+    if out.is_file():
+        from pdseg_cli.engine.train_checkpoints import resume_summary
+
+        # a run's last.pt holds what --resume needs (optimiser, schedule, random state): an export
+        # written over it, say from the run's best.pt, would lose that for good
+        if resume_summary(out) is not None:
+            raise InputError(
+                f"--out {out} holds a training run's state (pdseg train --resume needs it); export would "
+                "replace it with weights alone",
+                hint="give another file name, e.g. " + str(out.with_name(f"{out.stem}-weights{out.suffix}")),
+            )
     model = load_model(weights)  # float32, eval mode, on the CPU
     return export_model(
         model,

@@ -38,7 +38,7 @@ from pdseg_cli.engine.onnx_spec import (
     refuse_unfeedable,
     resolve_spec,
 )
-from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, first_line
+from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, clip_words, first_line
 from pdseg_cli.model.build import starts_like_onnx, weights_line
 from pdseg_cli.runtime.memory import is_out_of_memory
 from pdseg_cli.weights import SUFFIX_FORMATS
@@ -57,7 +57,6 @@ _PROB_EPS = 1e-7
 # raised as ModelRunError, so its log line (4: fatal only) would only say it twice
 _ORT_LOG_ERRORS = 3
 _ORT_LOG_FATAL = 4
-_MESSAGE_CHARS = 200  # of an onnxruntime or torch message quoted in one of ours
 
 
 class ModelRunError(WeightsError):
@@ -590,18 +589,6 @@ def _element_type(ort_type: str) -> str:
     if inner is None:
         return ort_type
     return {"float": "float32", "double": "float64"}.get(inner.group(1), inner.group(1))
-
-
-def clip_words(text: str, limit: int = _MESSAGE_CHARS) -> str:
-    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis where cut
-    (a message quoted in ours must not stop mid-word)."""
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    if " " in cut:
-        cut = cut[: cut.rindex(" ")]
-    return cut.rstrip(" ,;:.") + "…"
 
 
 _NODE_FAILED = r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: "

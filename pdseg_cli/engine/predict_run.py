@@ -220,7 +220,9 @@ class _FolderRun:
         except ModelRunError as exc:  # the graph failed on this input: the image fails, the run goes on
             if len(group) > 1:
                 # a graph that takes one image at a time (a Reshape fixing the batch) fails a batch
-                # of any image: each is tried alone, so only those it cannot run on fail
+                # of any image: each is tried alone, so only those it cannot run on fail, and the
+                # rest of the run goes one image at a time (no failed batch pass per group)
+                self.batch = 1
                 for g in group:
                     self.segment([g])
                 return

@@ -5,7 +5,7 @@ advances. On resume, every part comes back from ``last.pt``'s training state.
 
 from __future__ import annotations
 
-import shutil
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,9 +154,14 @@ class TrainRun:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """Remove ``folder`` if it holds nothing but empty folders (decoded samples are kept)."""
-    if all(p.is_dir() for p in folder.rglob("*")):
-        shutil.rmtree(folder, ignore_errors=True)
+    """Remove the empty folders under ``folder``, and ``folder`` itself if it ends empty, deepest
+    first with ``os.rmdir``, which never removes a file: decoded samples, or another run's files
+    written into a shared parent meanwhile, are kept with the folders that hold them."""
+    for dirpath, _, _ in os.walk(folder, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except OSError:  # not empty (or gone): kept
+            pass
 
 
 def start_run(ctx: RunContext) -> TrainRun:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pdseg_cli.data.teacher import file_sha256
-from pdseg_cli.engine.onnx_backend import clip_words, detect_format, load_exported, refuse_spec_for
+from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.train_checkpoints import resume_summary
-from pdseg_cli.errors import WeightsError
+from pdseg_cli.errors import WeightsError, clip_words
 from pdseg_cli.model.build import load_checkpoint
 
 _LONGEST = 400  # characters of one value shown; the rest is in the file

@@ -36,7 +36,7 @@ from torch import nn
 from pdseg_cli import __version__
 from pdseg_cli.config import NORMALIZATION, VARIANTS, ModelConfig, get_config
 from pdseg_cli.data.atomic import atomic_path
-from pdseg_cli.errors import InputError, WeightsError, first_line, listing
+from pdseg_cli.errors import InputError, WeightsError, clip_words, first_line, listing
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.model.registry import check_decoder
@@ -96,11 +96,15 @@ def weights_line(variant: str, train_size: int | None, provenance: Mapping[str, 
     if train_size:
         text += f", trained at {train_size}x{train_size}"
     provenance = provenance or {}
+    # cut at a word: a start line, not a dump of whatever a caller stored (`pdseg info` shows it all)
     if provenance.get("summary"):  # the model card's one line, stored with the weights
-        return f"{text}: {provenance['summary']}"
+        return f"{text}: {clip_words(str(provenance['summary']), _LINE_PART)}"
     if provenance.get("data"):
-        return f"{text} on {provenance['data']}"
+        return f"{text} on {clip_words(str(provenance['data']), _LINE_PART)}"
     return text
+
+
+_LINE_PART = 240  # characters of a summary or data in a weights line
 
 
 def create_model(variant: str | ModelConfig) -> PDSeg:
