@@ -906,3 +906,11 @@ def test_a_link_to_another_input_is_an_input_of_its_own_name(tmp_path: Path, ckp
     result = _run(src, "-o", tmp_path / "out", "-w", ckpt)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_a_missing_input_gets_the_closest_name_or_check_the_path(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "coffee.jpg"), textured_image())
+    typo = _run(tmp_path / "cofee.jpg", "-o", tmp_path / "out")
+    assert typo.exit_code == 2 and f"did you mean {tmp_path / 'coffee.jpg'}?" in flat(typo.output)
+    nowhere = _run(tmp_path / "nope" / "a.jpg", "-o", tmp_path / "out")
+    assert "check the path" in flat(nowhere.output) and "does not exist" in flat(nowhere.output)

@@ -197,7 +197,11 @@ def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
             hint="with several splits, keep each split's maps in <pred>/<split>/<stem>.png",
         )
     if not pred_root.is_dir():
-        raise DataError(f"--pred {pred_root} is not a folder")
+        what = "is a file" if pred_root.exists() else "does not exist"
+        raise DataError(
+            f"--pred {pred_root} {what}: it takes the folder of prediction maps",
+            hint="give the folder that holds <stem>.png per GT (or <split>/<stem>.png per split)",
+        )
     return pred_root
 
 

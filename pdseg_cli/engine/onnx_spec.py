@@ -333,7 +333,10 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
     fixed = sig.fixed_side
     if fixed is not None and spec.size != fixed:
         given = "dynamic" if spec.size is None else spec.size
-        raise InputError(f"{source} takes only {fixed}x{fixed} inputs (--onnx-spec size={given})")
+        raise InputError(
+            f"{source} takes only {fixed}x{fixed} inputs (--onnx-spec size={given})",
+            hint=f"drop size= from --onnx-spec, or give size={fixed}",
+        )
     names = [name for name, _ in sig.outputs]
     if isinstance(spec.output, int) and not -len(names) <= spec.output < len(names):
         raise InputError(f"{source} has {len(names)} output(s); --onnx-spec output={spec.output} is not one")

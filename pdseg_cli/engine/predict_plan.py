@@ -129,9 +129,11 @@ def collect_inputs(
                         p.parent.relative_to(base) if recursive and _is_under(p.parent, base) else Path("."),
                     )
         elif path.exists():
-            raise InputError(f"{path} is neither a file nor a folder")
+            raise InputError(
+                f"{path} is neither a file nor a folder", hint="give image files, folders or quoted patterns"
+            )
         else:
-            raise InputError(f"{path}: no such file, folder or pattern")
+            raise InputError(f"{path}: no such file, folder or pattern", hint=_missing_input_hint(path))
     return found, not_images, passed_exclude
 
 
@@ -218,6 +220,23 @@ def _glob_base(pattern: str) -> Path:
             break
         base.append(part)
     return Path(*base) if base else Path(".")
+
+
+def _missing_input_hint(path: Path) -> str:
+    """The fix for an input that does not exist: the closest name beside it (a typo, another
+    suffix), else to check the path."""
+    import difflib
+
+    parent = path.parent
+    try:
+        names = [p.name for p in parent.iterdir() if not p.name.startswith(".")] if parent.is_dir() else []
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {parent / close[0]}?"
+    where = "" if parent.is_dir() else f" ({parent} does not exist)"
+    return f"check the path{where}; pdseg takes image files, folders and quoted patterns"
 
 
 def _folder_contents(folder: Path) -> str:
