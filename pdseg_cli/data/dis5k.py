@@ -18,7 +18,6 @@ import difflib
 import hashlib
 import itertools
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,15 @@ from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_r
 from pdseg_cli.data.teacher import blend_targets
 from pdseg_cli.errors import DataError, PdsegError, counted, listing
 from pdseg_cli.metrics.common import GT_THRESHOLD
-from pdseg_cli.metrics.reading import read_mask_file, training_mask_problem
+from pdseg_cli.metrics.reading import (
+    COLOUR_MASK,
+    FAINT_MASK,
+    MASK_IN_ALPHA,
+    SIXTEEN_BIT_MASK,
+    ZERO_ONE_MASK,
+    read_mask_file,
+    training_mask_problem,
+)
 
 DATA_ENV = "PDSEG_DATA"  # the DIS5K root when --data-root is not given
 DEFAULT_ROOT = Path("DIS5K")  # relative to the working directory, last resort
@@ -278,7 +285,15 @@ class _Reason:
 # Problem reasons, in the order an error names them: pairing first (a misnamed mask explains the
 # images without one), then what decoding finds.
 UNMATCHED, NO_MASK, SAME_NAME, NO_TARGET = "unmatched", "no-mask", "same-name", "no-target"
-SIZE, ZERO_ONE, FAINT, COLOUR, ALPHA, SIXTEEN_BIT = "size", "0/1", "faint", "colour", "alpha", "16-bit"
+SIZE = "size"
+# a mask that is no training target: the kinds training_mask_problem tells
+ZERO_ONE, FAINT, COLOUR, ALPHA, SIXTEEN_BIT = (
+    ZERO_ONE_MASK,
+    FAINT_MASK,
+    COLOUR_MASK,
+    MASK_IN_ALPHA,
+    SIXTEEN_BIT_MASK,
+)
 UNREADABLE, OTHER = "unreadable", "other"
 _REASONS = {
     UNMATCHED: _Reason(
@@ -742,27 +757,6 @@ class PairError(DataError):
         self.reason, self.path, self.detail = reason, path, detail
 
 
-# training_mask_problem's sentences by how they start, and the reason each is grouped under
-_MASK_PROBLEMS = (
-    ("keeps its mask in the alpha", ALPHA),
-    ("is a 16-bit", SIXTEEN_BIT),
-    ("holds only the values 0 and 1", ZERO_ONE),
-    ("has no value above", FAINT),
-)
-
-
-def _mask_reason(problem: str) -> tuple[str, str]:
-    """(reason, detail) of a :func:`training_mask_problem` sentence: ``at most 38`` where it says so."""
-    reason = next((r for start, r in _MASK_PROBLEMS if problem.startswith(start)), None)
-    if reason is None:
-        reason = COLOUR if "in colour" in problem else OTHER
-    top = re.search(r"at most (\d+)", problem)
-    kind = re.match(r"is an? (\w+) image in colour", problem)  # palette or RGB, which the fix differs for
-    detail = [kind.group(1)] if kind else []
-    detail += [f"at most {top.group(1)}"] if top and reason != ZERO_ONE else []
-    return reason, ", ".join(detail)
-
-
 def load_sample(pair: Pair, size: int) -> np.ndarray:
     """Decode one pair and resize both to ``size`` x ``size`` (bilinear, as ``pdseg predict`` resizes).
 
@@ -789,8 +783,7 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
         target = read.array
         problem = training_mask_problem(read) if path == pair.mask else None
         if problem:
-            reason, detail = _mask_reason(problem)
-            raise PairError(f"{_in_folder(path)} {problem}", reason, path, detail)
+            raise PairError(f"{_in_folder(path)} {problem}", problem.kind, path, problem.detail)
         if target.shape[:2] != pixels.shape[:2]:
             (h, w), (mh, mw) = pixels.shape[:2], target.shape[:2]
             if path == pair.mask:

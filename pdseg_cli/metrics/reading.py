@@ -130,7 +130,32 @@ _FAINT_PART = 0.1  # a mask is refused when more of its bright pixels than this 
 # outlined in a bright "void" colour, as VOC-style palettes do, is still caught)
 
 
-def training_mask_problem(mask: MaskFile) -> str | None:
+# What is wrong with a mask as a training target (MaskProblem.kind); training groups its errors by it
+MASK_IN_ALPHA, SIXTEEN_BIT_MASK, COLOUR_MASK, ZERO_ONE_MASK, FAINT_MASK = (
+    "alpha",
+    "16-bit",
+    "colour",
+    "0/1",
+    "faint",
+)
+
+
+class MaskProblem(str):
+    """Why a mask is no training target: the sentence itself (a ``str``), with its ``kind`` (one of
+    the ``*_MASK`` names above) and ``detail``, what a listing of several such masks adds after a
+    file's name (``RGB, at most 38``), so that a caller groups and lists them without reading the
+    sentence back."""
+
+    kind: str
+    detail: str
+
+    def __new__(cls, text: str, kind: str, detail: str = "") -> MaskProblem:
+        problem = super().__new__(cls, text)
+        problem.kind, problem.detail = kind, detail
+        return problem
+
+
+def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
     """Why ``mask`` read as gray is not a training target, or None.
 
     The metrics read a colour GT as its luminance and a 16-bit one as its high byte (as the
@@ -143,15 +168,20 @@ def training_mask_problem(mask: MaskFile) -> str | None:
     array = mask.array
     top = int(array.max())
     if mask_in_alpha(mask):
-        return "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)"
+        return MaskProblem(
+            "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)",
+            MASK_IN_ALPHA,
+        )
     raw = _raw_samples(mask.path) if mask.colour is not None or (mask.sixteen_bit and top == 0) else None
     if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4):
         raw = raw[..., :-1]  # alpha is not read
     if raw is not None and raw.dtype == np.uint16:
         if top == 0 and int(raw.max()) > 0:
-            return (
+            return MaskProblem(
                 f"is a 16-bit mask whose values (at most {int(raw.max())}) read as 0 in 8 bits (its high "
-                "byte, as the metrics read GTs)"
+                "byte, as the metrics read GTs)",
+                SIXTEEN_BIT_MASK,
+                f"at most {int(raw.max())}",
             )
         raw = (raw >> 8).astype(np.uint8)
     if raw is not None and raw.ndim == 3 and raw.shape[2] == 3:
@@ -162,19 +192,25 @@ def training_mask_problem(mask: MaskFile) -> str | None:
             faint = gray[on].astype(np.float32) < _KEPT_SHARE * brightest[on]
             if float(faint.mean()) > _FAINT_PART:
                 article = "an" if str(mask.colour).startswith("R") else "a"
-                return (
+                brightest_object = int(gray[on][faint].max())
+                return MaskProblem(
                     f"is {article} {mask.colour} image in colour, not a gray mask: read as gray (luminance, "
-                    f"as the metrics read GTs) its object is at most {int(gray[on][faint].max())} of 255, "
-                    "a faint target"
+                    f"as the metrics read GTs) its object is at most {brightest_object} of 255, "
+                    "a faint target",
+                    COLOUR_MASK,
+                    f"{mask.colour}, at most {brightest_object}",  # palette or RGB: their fixes differ
                 )
     if top == 1:
-        return (
-            "holds only the values 0 and 1: it trains as an almost empty target and scores as an empty mask"
+        return MaskProblem(
+            "holds only the values 0 and 1: it trains as an almost empty target and scores as an empty mask",
+            ZERO_ONE_MASK,
         )
     if 0 < top <= GT_THRESHOLD:
-        return (
+        return MaskProblem(
             f"has no value above {GT_THRESHOLD} (at most {top}): it trains as a faint target and scores as "
-            "an empty mask"
+            "an empty mask",
+            FAINT_MASK,
+            f"at most {top}",
         )
     return None
 
