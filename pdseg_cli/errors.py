@@ -6,6 +6,7 @@ import errno
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class PdsegError(Exception):
@@ -78,6 +79,24 @@ def check_kind(owner: str, name: str, value: object, kind: type) -> None:
         ok = isinstance(value, wanted) and not isinstance(value, bool) and not numpy_bool
     if not ok:
         raise InputError(f"{owner} {name}={value!r}: give {_KIND_WORDS[kind]}")
+
+
+def close_sibling(path: Path, *, folders_only: bool = False) -> Path | None:
+    """The entry beside ``path`` (a folder with ``folders_only``) whose name is closest to ``path``'s,
+    for a "did you mean" hint where ``path`` does not exist (a typo, another suffix); None when none
+    is close, or the folder above cannot be listed. Hidden names are not suggested."""
+    import difflib
+
+    try:
+        names = sorted(
+            p.name
+            for p in path.parent.iterdir()
+            if not p.name.startswith(".") and (not folders_only or p.is_dir())
+        )
+    except OSError:
+        return None
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return path.parent / close[0] if close else None
 
 
 def clip_words(text: str, limit: int = 200) -> str:

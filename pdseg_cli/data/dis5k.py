@@ -14,7 +14,6 @@ pairs are reported by name before any training step (:func:`prepare_samples`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import os
@@ -32,7 +31,7 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data.atomic import atomic_path, sweep_folder
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
-from pdseg_cli.errors import DataError, PdsegError, counted, listing
+from pdseg_cli.errors import DataError, PdsegError, close_sibling, counted, listing
 from pdseg_cli.metrics.common import GT_THRESHOLD
 from pdseg_cli.metrics.reading import (
     COLOUR_MASK,
@@ -175,13 +174,9 @@ def _missing_folder_hint(folder: Path) -> str:
     parent = folder.parent
     if not parent.is_dir():
         return f"{shown(parent)} does not exist either: check the path"
-    try:
-        beside = sorted(d.name for d in parent.iterdir() if d.is_dir())
-    except OSError:
-        beside = []
-    close = difflib.get_close_matches(folder.name, beside, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {shown(parent / close[0])}?"
+    close = close_sibling(folder, folders_only=True)
+    if close is not None:
+        return f"did you mean {shown(close)}?"
     return f"check the path; a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks)"
 
 

@@ -27,7 +27,7 @@ from pdseg_cli.engine.output_kinds import (
     output_path,
     parse_save,
 )
-from pdseg_cli.errors import InputError, counted, listing
+from pdseg_cli.errors import InputError, close_sibling, counted, listing
 
 _GLOB_MAGIC = frozenset("*?[")
 
@@ -225,17 +225,10 @@ def _glob_base(pattern: str) -> Path:
 def _missing_input_hint(path: Path) -> str:
     """The fix for an input that does not exist: the closest name beside it (a typo, another
     suffix), else to check the path."""
-    import difflib
-
-    parent = path.parent
-    try:
-        names = [p.name for p in parent.iterdir() if not p.name.startswith(".")] if parent.is_dir() else []
-    except OSError:
-        names = []
-    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {parent / close[0]}?"
-    where = "" if parent.is_dir() else f" ({parent} does not exist)"
+    close = close_sibling(path)
+    if close is not None:
+        return f"did you mean {close}?"
+    where = "" if path.parent.is_dir() else f" ({path.parent} does not exist)"
     return f"check the path{where}; pdseg takes image files, folders and quoted patterns"
 
 
