@@ -279,14 +279,9 @@ def _tiff_marked(found: dict[int, tuple[int, bytes]]) -> bool:
 def _png_software(data: _FileBytes) -> bytes:
     """The text of a PNG's first whole tEXt ``Software`` chunk before IDAT (its CRC right: a
     chunk cut short or damaged is passed over); empty when there is none."""
-    offset = 8
-    while True:
-        chunk = data.read(offset, 8)
-        if len(chunk) < 8:
-            return b""
-        length, name = struct.unpack(">I", chunk[:4])[0], chunk[4:8]
-        if length > 2**31 - 1 or name in (b"IDAT", b"IEND"):
-            return b""
+    for offset, length, name in _png_chunks(data):
+        if name == b"IDAT":
+            break
         if name == b"tEXt" and length <= _MAX_TEXT:
             body = data.read(offset + 8, length + 4)
             text, crc = body[:length], body[length:]
@@ -294,6 +289,21 @@ def _png_software(data: _FileBytes) -> bytes:
                 keyword, _, value = text.partition(b"\x00")
                 if keyword == _SOFTWARE_KEYWORD:
                     return value
+    return b""
+
+
+def _png_chunks(data: _FileBytes) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, data length, type) of each chunk of a PNG, from the first after the signature up to
+    IEND (not included); it stops early at a header cut short or a length no chunk has."""
+    offset = 8
+    while True:
+        chunk = data.read(offset, 8)
+        if len(chunk) < 8:
+            return
+        length, name = struct.unpack(">I", chunk[:4])[0], chunk[4:8]
+        if length > 2**31 - 1 or name == b"IEND":
+            return
+        yield offset, length, name
         offset += 12 + length
 
 
@@ -512,14 +522,7 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
     icc: bytes | None = None
     orientation, exif_seen, image_seen = 1, False, False
     frames = 1
-    offset = 8
-    while True:
-        chunk = data.read(offset, 8)
-        if len(chunk) < 8:
-            break
-        length, name = struct.unpack(">I", chunk[:4])[0], chunk[4:8]
-        if length > 2**31 - 1 or name == b"IEND":
-            break
+    for offset, length, name in _png_chunks(data):
         if name == b"acTL" and not image_seen and length >= 8:  # APNG: before the image data
             frames = max(1, struct.unpack(">I", data.read(offset + 8, 4))[0])
         elif name == b"IDAT":
@@ -537,7 +540,6 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
             orientation = exif_orientation(data.read(offset + 8, length))
         if image_seen and exif_seen:
             break
-        offset += 12 + length
     return HeaderExtras(
         icc_profile=icc,
         has_alpha=alpha,
