@@ -5,7 +5,7 @@ file's metadata."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,29 +107,32 @@ def _init_rows(init: Mapping[str, Any]) -> list[tuple[str, str]]:
     partway into the second link.
     """
     rows: list[tuple[str, str]] = []
-    link: Any = init
-    while link:
+    links = _links(init)
+    for link, parent in links:
         label = "provenance: init" if not rows else f"provenance: init {len(rows) + 1}"
-        if not isinstance(link, Mapping):  # written by hand ("from stage 3"): shown as it is
+        if parent is None:  # written by hand ("from stage 3"): shown as it is
             rows.append((label, _short(link)))
             break
         if len(rows) == _MAX_LINKS:
-            rows.append(("provenance: init …", f"{_chain_length(link)} earlier link(s), in the file"))
+            rest = 1 + sum(1 for _, earlier in links if earlier is not None)
+            rows.append(("provenance: init …", f"{rest} earlier link(s), in the file"))
             break
-        parent = link.get("provenance")
-        parent = parent if isinstance(parent, Mapping) else {}
         rows.append((label, _link_text(link, parent)))
-        link = parent.get("init")
     return rows
 
 
-def _chain_length(link: Any) -> int:
-    n = 0
-    while isinstance(link, Mapping):
-        n += 1
+def _links(init: Any) -> Iterator[tuple[Any, Mapping[str, Any] | None]]:
+    """The links of an ``--init`` chain, newest first: each with the provenance of the file it names
+    (``{}`` where none is recorded), and a link that is no mapping, which ends the chain, with None."""
+    link = init
+    while link:
+        if not isinstance(link, Mapping):
+            yield link, None
+            return
         parent = link.get("provenance")
-        link = parent.get("init") if isinstance(parent, Mapping) else None
-    return n
+        parent = parent if isinstance(parent, Mapping) else {}
+        yield link, parent
+        link = parent.get("init")
 
 
 def _link_text(link: Mapping[str, Any], parent: Mapping[str, Any]) -> str:
