@@ -73,6 +73,8 @@ def test_engine_batch_and_single_path() -> None:
 def test_engine_weights(checkpoint: Path) -> None:
     report = run_benchmark(None, [64], device="cpu", runs=1, weights=checkpoint)
     assert report.variant == "pdseg-tiny" and report.weights == str(checkpoint)
+    # the default variant takes the checkpoint's too: it was pdseg-b, which refused every other one
+    assert run_benchmark(sizes=[64], device="cpu", runs=1, weights=checkpoint).variant == "pdseg-tiny"
     with pytest.raises(InputError, match="does not match"):
         run_benchmark("pdseg-t", [64], device="cpu", runs=1, weights=checkpoint)
 

@@ -116,6 +116,24 @@ def test_cli_export_to_pt(last: Path, tmp_path: Path) -> None:
     assert Predictor(other, device="cpu").description == Predictor(last, device="cpu").description
 
 
+def test_a_full_disk_under_export_to_pt_is_one_line(
+    last: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch reports a full disk as a RuntimeError ("enforce fail ... unexpected pos"): training
+    turned it into one line, ``pdseg export -o x.pt`` showed torch's traceback."""
+
+    def full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4312")
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "mine.pt"
+    result = run_cli("export", "-w", last, "-o", out, "--no-check", columns=250)
+    text = flat(result.output)
+    assert result.exit_code == 1 and "Traceback" not in text, result.output
+    assert str(out) in text and "space" in text.lower() and not out.exists()
+    assert not [p.name for p in tmp_path.iterdir() if "tmp" in p.name]  # no temporary file left
+
+
 def test_a_failed_checkpoint_check_writes_nothing(
     last: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,3 +50,28 @@ def test_two_processes_share_the_files_and_print_one_summary(tmp_path: Path) -> 
     proc = _torchrun(src, "--out", out, "-w", ckpt, "--device", "cpu", "--skip-existing", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped(outputsexist)5" in "".join(proc.stdout.split()).replace("│", "")
+
+
+def test_a_predictor_made_under_torchrun_takes_its_local_rank(monkeypatch) -> None:
+    """Predictor(device="auto") in a Python script run by torchrun puts each process on its own GPU,
+    as the commands do; it put every process on cuda:0."""
+    from pdseg_cli import Predictor, runtime
+
+    seen: list[int | None] = []
+    resolve = runtime.resolve_device
+
+    def spy(spec, *, local_rank=None):  # noqa: ANN001, ANN202
+        seen.append(local_rank)
+        return resolve("cpu")
+
+    monkeypatch.setattr(runtime, "resolve_device", spy)
+    model = create_model("pdseg-tiny")
+    under_torchrun = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    alone = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
+    for env, want in ((under_torchrun, 1), (alone, None)):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        Predictor(model, device="auto")
+        assert seen[-1] == want
+    Predictor(model, device="auto", local_rank=0)  # given: used as it is
+    assert seen[-1] == 0

@@ -97,7 +97,7 @@ def benchmark(
         wanted = checked_choice("--mode", mode, MODES, "a benchmark mode", "e.g. --mode compare")
         try:
             report = run_benchmark(
-                variant if variant is not None or weights is not None else "pdseg-b",
+                variant,
                 size or [512, 1024],
                 batch=batch,
                 device=device,

@@ -26,7 +26,7 @@ from pdseg_cli.commands._common import (
     warn_unused,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
-from pdseg_cli.engine.output_kinds import files_help, save_help
+from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
 from pdseg_cli.errors import InputError, PdsegError
 
 _OUTPUTS_HELP = save_help()
@@ -151,16 +151,18 @@ def predict(
         except ValueError as exc:
             raise InputError(f"--bg: {exc}") from None
         check_threshold(threshold)
-        cutouts = [kind for kind in kinds if kind in ("alpha", "composite")]
+        # which kinds paint over --bg or use the image's colours: from the output-kind table
+        painted, coloured = kinds_that("uses_background"), kinds_that("uses_image")
         warn_unused(
             ctx,
             {
                 "bg": None
-                if "composite" in kinds
-                else "--bg colours --save composite only, which is not asked for",
+                if set(kinds) & set(painted)
+                else f"--bg colours --save {' and '.join(painted)} only, which is not asked for",
                 "refine_foreground": None
-                if cutouts
-                else "--refine-foreground/--no-refine-foreground apply to --save alpha and composite only",
+                if set(kinds) & set(coloured)
+                else f"--refine-foreground/--no-refine-foreground apply to --save {' and '.join(coloured)}"
+                " only",
             },
             enabled=rank == 0,
         )

@@ -274,7 +274,7 @@ def _build_model(variant: str | None, weights: str | os.PathLike[str] | None) ->
 
 
 def run_benchmark(
-    variant: str | None = "pdseg-b",
+    variant: str | None = None,
     sizes: Sequence[int] = (512,),
     *,
     batch: int = 1,
@@ -292,7 +292,8 @@ def run_benchmark(
     """Time forward passes of one model at each size.
 
     Args:
-        variant: a variant name (random weights); None with ``weights`` to take the checkpoint's.
+        variant: a variant name (random weights); None takes the checkpoint's with ``weights``,
+            else pdseg-b.
         sizes: square input sides.
         batch: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.

@@ -52,6 +52,8 @@ class OutputKind:
         carries_profile: written with the input's embedded ICC profile, when it has one: its
             samples are the image's colours, which the profile says how to show. A mask is data,
             not colours, and gets none.
+        uses_background: painted over ``--bg`` (``make``'s ``background``): ``predict`` warns that
+            ``--bg`` does nothing when no such kind is asked for.
     """
 
     name: str
@@ -64,6 +66,7 @@ class OutputKind:
     make: Callable[..., np.ndarray]
     uses_input_alpha: bool = False
     carries_profile: bool = False
+    uses_background: bool = False
 
 
 def _mask(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
@@ -128,9 +131,15 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
             make=_composite,
             uses_input_alpha=True,
             carries_profile=True,
+            uses_background=True,
         ),
     )
 }
+
+
+def kinds_that(attribute: str) -> list[str]:
+    """The names of the kinds whose ``attribute`` (``uses_image``, ``uses_background``) is set."""
+    return [name for name, kind in OUTPUT_KINDS.items() if getattr(kind, attribute)]
 
 
 def save_help() -> str:

@@ -109,8 +109,8 @@ class Predictor:
             maps (the mirrored one flipped back) are averaged. Twice the compute; training flips
             images at random, so both views are equally valid and their average is steadier
             (measured in docs/model.md, 'Test-time augmentation').
-        local_rank: the GPU index for ``device`` ``auto``/``cuda`` (torchrun sets LOCAL_RANK; None
-            reads it from the environment).
+        local_rank: the GPU index for ``device`` ``auto``/``cuda``; None reads torchrun's LOCAL_RANK
+            when WORLD_SIZE is above 1, else GPU 0.
         onnx_spec: for a foreign ONNX model pdseg does not recognise: how to feed it and read it
             (``pdseg predict --onnx-spec``'s form, e.g. ``"size=1024, mean=0.5, std=1, scale=1"``).
 
@@ -140,6 +140,9 @@ class Predictor:
         tta: bool = False,
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
+        if local_rank is None:  # under torchrun each process takes its own GPU, as the commands do
+            env = runtime.env_distributed()
+            local_rank = env.local_rank if env.enabled else None
         choice = runtime.resolve_device(device, local_rank=local_rank)
         self.device: torch.device = choice.device
         self.device_reason = choice.reason

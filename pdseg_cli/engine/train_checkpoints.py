@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 from collections.abc import Mapping
@@ -12,11 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.engine.train_events import CheckpointWriteError
 from pdseg_cli.errors import InputError, WeightsError, counted, first_line, refused_by_permissions
 from pdseg_cli.model import save_checkpoint
-from pdseg_cli.model.build import checkpoint_payload
+from pdseg_cli.model.build import checkpoint_payload, write_payload
 
 STATE_VERSION = 1  # layout of last.pt's "train_state"
 LAST_NAME = "last.pt"  # the resume point, which a failed write leaves as it was
@@ -42,20 +42,11 @@ def write_checkpoint(
         # one write and one rename
         payload = checkpoint_payload(model, train_size=train_size, **provenance)
         payload["train_state"] = train_state
-        with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError ("unexpected pos")
-        text = str(exc)
-        if isinstance(exc, RuntimeError) and not any(
-            s in text for s in ("unexpected pos", "write", "enforce fail")
-        ):
-            raise
-        # torch's zip writer says only "[enforce fail at inline_container.cc:...] unexpected pos"
-        why = getattr(exc, "strerror", None) or (
-            "the disk is probably full" if "enforce fail" in text else None
-        )
+        write_payload(payload, path)
+    except OSError as exc:  # write_payload turns torch's full-disk RuntimeError into ENOSPC
+        # the reason alone: exc's own message names the file, which the line below names already
+        full = exc.errno == errno.ENOSPC  # torch's failed zip write is reported as ENOSPC too
+        why = "the disk is probably full" if full else os.strerror(exc.errno) if exc.errno else None
         resume_point = path.with_name(LAST_NAME).is_file()
         raise CheckpointWriteError(
             f"cannot write {path} ({why or first_line(exc)}); "

@@ -1,6 +1,8 @@
 """Validation during training: the DIS metrics of the EMA weights, scored by ``pdseg eval``'s code
-on the bytes ``pdseg predict`` writes (``docs/metrics.md``), and a warning while the final map
-cannot reach a confident foreground."""
+(``docs/metrics.md``) on floor(255 p) maps at the training size against the GTs resized to it (not
+at each GT's own size, as ``pdseg eval`` scores: a cheaper number for following a run and choosing
+``best.pt``, close to but not the same as ``pdseg eval --split`` of the same weights), and a warning
+while the final map cannot reach a confident foreground."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ names the file.
 
 from __future__ import annotations
 
+import errno
 import numbers
 import os
 import pickle
@@ -190,18 +191,43 @@ def save_checkpoint(
     payload = checkpoint_payload(
         model, half=half, train_size=train_size, normalization=normalization, **provenance
     )
+    write_payload(payload, path)
+    return path
+
+
+# torch's zip writer reports a full disk as a RuntimeError: "[enforce fail at
+# inline_container.cc:...] unexpected pos ..." or "PytorchStreamWriter failed writing file ..."
+_TORCH_WRITE_FAILURES = ("enforce fail", "unexpected pos", "PytorchStreamWriter", "write failed")
+
+
+def write_payload(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """``torch.save`` a checkpoint's payload to ``path`` atomically (a temporary file, fsync'd, then
+    renamed), creating its folder. The one writer of checkpoint files: ``save_checkpoint``, the
+    training checkpoints and ``pdseg export --out x.pt`` all come here.
+
+    Raises:
+        OSError: the file cannot be written (permissions, a full disk: torch's RuntimeError for a
+            failed write becomes ENOSPC); it names ``path``, not the temporary file, and what was
+            at ``path`` is unchanged.
+    """
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+    except RuntimeError as exc:
+        if not any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
+            raise
+        raise OSError(
+            errno.ENOSPC, f"cannot write the checkpoint {path}: the disk is probably full", str(path)
+        ) from None
     except OSError as exc:
         if exc.errno is None:
             raise
         # the same kind of error (PermissionError...), naming the file asked for, not the temporary
         raise OSError(exc.errno, f"cannot write the checkpoint {path}: {exc.strerror}", str(path)) from None
-    return path
 
 
 def checkpoint_payload(
