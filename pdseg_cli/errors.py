@@ -1,4 +1,6 @@
-"""User-facing errors: one line that names the file and the fix; the CLI prints it and exits 2."""
+"""User-facing errors: one line that names the file and the fix; the CLI prints it and exits 2 for
+a mistake the user can fix before running again, 1 for work that started and could not finish
+(:class:`RunFailed`)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, hint: str) -> None:
         super().__init__(hint)
         self.hint = hint
+
+
+class RunFailed(PdsegError):
+    """Work that started and could not finish (a full disk, a diverged loss, an export that does not
+    match PyTorch): said in one line like any PdsegError, but the CLI exits 1, not 2, which means a
+    usage mistake."""
 
 
 class InputError(PdsegError):

@@ -238,7 +238,11 @@ def test_operating_system_errors_are_one_line_with_a_hint() -> None:
 def test_background_thread_os_errors_are_one_warning_line(capsys: pytest.CaptureFixture[str]) -> None:
     import threading
 
+    from pdseg_cli import runtime
     from pdseg_cli.cli import _thread_os_error
+
+    # an earlier test's interrupted worker pool leaves the process "stopping", when the hook is silent
+    runtime.stopping.clear()
 
     def fail() -> None:
         raise OSError(28, "No space left on device", "run/tensorboard/events")

@@ -63,6 +63,24 @@ def test_table_json_and_csv(tmp_path: Path) -> None:
     assert lines[1].startswith("myset,4,")
 
 
+def test_a_report_that_cannot_be_written_after_scoring_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scores are made but not kept: the run failed (exit 1), not a usage mistake (exit 2)."""
+    from pdseg_cli.data import images
+
+    def full(path: object, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(images, "write_bytes_atomic", full)
+    split = edge_case_split(tmp_path / "myset", CASES)
+    result = _run(
+        "--split", split, "--pred", split / "pred", "--json", tmp_path / "r.json", cache=tmp_path / "c"
+    )
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in flat(result.output) and "free some space" in flat(result.output)
+
+
 def test_missing_predictions_are_listed(tmp_path: Path) -> None:
     split = edge_case_split(tmp_path / "s", CASES)
     (split / "pred" / "holes_soft_pred.png").unlink()

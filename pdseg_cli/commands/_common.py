@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pdseg_cli import runtime, ui
-from pdseg_cli.errors import InputError, PdsegError, counted, os_error_line
+from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted, os_error_line
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
 EXIT_FAILED = 1  # the run went on but some items failed
@@ -21,14 +21,15 @@ EXIT_INTERRUPTED = 130
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a PdsegError as one red line (no traceback) and exit 2; an operating-system error that
+    """Print a PdsegError as one red line (no traceback) and exit 2 (1 for a RunFailed: work that
+    started and could not finish); an operating-system error that
     stopped the command (disk full, no permission, a file deleted under it) as one line naming the
     file and exit 1; Ctrl-C exits 130."""
     try:
         yield
     except PdsegError as exc:
         ui.error(exc.message, exc.hint)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
     except OSError as exc:
         ui.error(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None

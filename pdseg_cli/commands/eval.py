@@ -24,7 +24,7 @@ from pdseg_cli.commands._common import (
     use_threads,
     user_errors,
 )
-from pdseg_cli.errors import InputError, Interrupted, counted, listing
+from pdseg_cli.errors import InputError, Interrupted, RunFailed, counted, listing
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -371,7 +371,11 @@ def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | No
         try:
             write_bytes_atomic(path, text.encode("utf-8"))
         except OSError as exc:
-            raise InputError(f"cannot write {path} ({exc.strerror or exc})") from None
+            # after the scoring: the run's work is done but not kept, so it failed (exit 1)
+            raise RunFailed(
+                f"cannot write {path} ({exc.strerror or exc})",
+                hint="free some space or choose another path, and run the command again",
+            ) from None
         view.written("JSON" if path == json_out else "CSV", path)
 
 

@@ -100,7 +100,6 @@ def export(
             FORMAT_NAMES,
             FORMATS,
             ExportCheckError,
-            ExportWriteError,
             export_checkpoint,
             format_for,
             parse_shape,
@@ -133,11 +132,6 @@ def export(
             )
         except ExportCheckError as exc:
             show.failed(exc.report, exc.message, exc.hint)
-            raise typer.Exit(EXIT_FAILED) from None
-        except ExportWriteError as exc:
-            from pdseg_cli.ui import error
-
-            error(exc.message, exc.hint)
             raise typer.Exit(EXIT_FAILED) from None
     show.checks_table(report)
     show.done(report)

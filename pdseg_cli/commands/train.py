@@ -240,7 +240,7 @@ def train(
       pdseg train -e 20 -o runs/c --teacher isnet.onnx --train lab --train photos
     """
     from pdseg_cli import ui
-    from pdseg_cli.engine.train import CheckpointWriteError, TrainConfig, TrainingDiverged
+    from pdseg_cli.engine.train import TrainConfig
     from pdseg_cli.engine.train import train as run_training
     from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state, resume_command
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
@@ -298,10 +298,6 @@ def train(
             cfg = TrainConfig(out=out, epochs=epochs, overwrite=overwrite, **given)
         try:
             result = run_training(cfg, on_event=view)
-        except (TrainingDiverged, CheckpointWriteError) as exc:
-            view.close()
-            error(exc.message, exc.hint)
-            raise typer.Exit(EXIT_FAILED) from None
         except RuntimeError as exc:  # CUDA OOM is a RuntimeError too
             if not is_out_of_memory(exc):
                 raise

@@ -31,7 +31,7 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data.atomic import atomic_path, sweep_folder
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
 from pdseg_cli.data.teacher import blend_targets
-from pdseg_cli.errors import DataError, PdsegError, close_sibling, counted, listing
+from pdseg_cli.errors import DataError, PdsegError, RunFailed, close_sibling, counted, listing
 from pdseg_cli.metrics.common import GT_THRESHOLD
 from pdseg_cli.metrics.reading import (
     COLOUR_MASK,
@@ -820,7 +820,7 @@ def _cache_name(pair: Pair, size: int) -> str:
     return f"{pair.stem[:80]}-{digest}.npy"
 
 
-class CacheWriteError(DataError):
+class CacheWriteError(RunFailed):
     """The disk cache cannot be written: one error for the run, not one per pair."""
 
 

@@ -64,7 +64,13 @@ from pdseg_cli.engine.onnx_backend import (
     TorchScriptModel,
     require_onnxruntime,
 )
-from pdseg_cli.errors import InputError, NotAvailableError, PdsegError, check_kind, refused_by_permissions
+from pdseg_cli.errors import (
+    InputError,
+    NotAvailableError,
+    RunFailed,
+    check_kind,
+    refused_by_permissions,
+)
 from pdseg_cli.model.build import load_model, save_checkpoint, train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
 from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
@@ -155,7 +161,7 @@ class ExportReport:
         return max((c.max_abs_diff for c in self.checks), default=float("nan"))
 
 
-class ExportCheckError(PdsegError):
+class ExportCheckError(RunFailed):
     """The exported file does not match PyTorch; it was not written. ``report`` says by how much."""
 
     def __init__(self, message: str, report: ExportReport, hint: str | None = None) -> None:
@@ -163,7 +169,7 @@ class ExportCheckError(PdsegError):
         self.report = report
 
 
-class ExportWriteError(PdsegError):
+class ExportWriteError(RunFailed):
     """The file could not be written during the export (a full disk, a vanished folder); nothing
     was left behind and an existing file at ``--out`` is untouched."""
 

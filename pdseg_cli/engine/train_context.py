@@ -10,12 +10,21 @@ import torch
 
 from pdseg_cli import runtime
 from pdseg_cli.engine.train_config import TrainConfig
-from pdseg_cli.engine.train_events import EventHandler, TrainEvent, TrainingDiverged
-from pdseg_cli.errors import DataError, InputError, PdsegError, WeightsError
+from pdseg_cli.engine.train_events import CheckpointWriteError, EventHandler, TrainEvent, TrainingDiverged
+from pdseg_cli.errors import DataError, InputError, PdsegError, RunFailed, WeightsError
 
 # what agree() rebuilds from another rank's error (by class name); anything else arrives as DataError
 _ERRORS: dict[str, type[PdsegError]] = {
-    cls.__name__: cls for cls in (PdsegError, InputError, DataError, WeightsError, TrainingDiverged)
+    cls.__name__: cls
+    for cls in (
+        PdsegError,
+        InputError,
+        DataError,
+        WeightsError,
+        RunFailed,
+        TrainingDiverged,
+        CheckpointWriteError,
+    )
 }
 
 

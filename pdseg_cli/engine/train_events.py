@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pdseg_cli.errors import PdsegError
+from pdseg_cli.errors import RunFailed
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ class TrainResult:
     rows: list[dict[str, Any]]
 
 
-class TrainingDiverged(PdsegError):
+class TrainingDiverged(RunFailed):
     """The loss became NaN or infinite; the last good ``last.pt`` is kept."""
 
 
 EventHandler = Callable[[TrainEvent], None]
 
 
-class CheckpointWriteError(PdsegError):
+class CheckpointWriteError(RunFailed):
     """A checkpoint could not be written during training (a full disk); the previous one is intact."""
