@@ -187,7 +187,16 @@ def _option_row(command: str, name: str) -> str:
     """The row of option ``name`` in ``pdseg command --help``, on one line, whitespace collapsed."""
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "1000"})
     assert result.exit_code == 0, result.output
-    rows = [" ".join(line.strip("│ ").split()) for line in result.output.splitlines() if line.startswith("│")]
+    # a row goes on over the lines that follow it (an earlier test's console may have fixed a width)
+    rows: list[str] = []
+    for line in result.output.splitlines():
+        text = " ".join(line.strip("│ ").split())
+        if not line.startswith("│") or not text:
+            continue
+        if text.lstrip("* ").startswith("-") or not rows:
+            rows.append(text.lstrip("* "))
+        else:
+            rows[-1] += " " + text
     (row,) = [row for row in rows if row.split(" ", 1)[0] == name]
     return row
 

@@ -20,22 +20,33 @@ EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(*, quiet: bool = False) -> Iterator[None]:
     """Print a PdsegError as one red line (no traceback) and exit 2 (1 for a RunFailed: work that
-    started and could not finish); an operating-system error that
-    stopped the command (disk full, no permission, a file deleted under it) as one line naming the
-    file and exit 1; Ctrl-C exits 130."""
+    started and could not finish); an operating-system error that stopped the command (disk full,
+    no permission, a file deleted under it) as one line naming the file and exit 1; Ctrl-C exits
+    130. ``quiet`` (torchrun's processes other than rank 0) exits with the same status, silently:
+    rank 0 says it once."""
+    say = (lambda *args: None) if quiet else ui.error
     try:
         yield
     except PdsegError as exc:
-        ui.error(exc.message, exc.hint)
+        say(exc.message, exc.hint)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
     except OSError as exc:
-        ui.error(*os_error_line(exc))
+        say(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt as exc:
-        ui.error("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
+        say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def torchrun_rank() -> int:
+    """This process's rank under torchrun (0 alone, or when the torchrun variables are broken: the
+    command then says what is wrong with them, once)."""
+    try:
+        return runtime.env_distributed().rank
+    except PdsegError:
+        return 0
 
 
 def warn_unused(ctx: typer.Context, unused: dict[str, str | None], *, enabled: bool = True) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +9,6 @@ import typer
 
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
-    EXIT_USAGE,
     BatchOpt,
     CompileOpt,
     DeviceOpt,
@@ -21,13 +18,14 @@ from pdseg_cli.commands._common import (
     ThreadsOpt,
     TtaOpt,
     WeightsOpt,
+    torchrun_rank,
     use_threads,
     user_errors,
     warn_unused,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
-from pdseg_cli.errors import InputError, PdsegError
+from pdseg_cli.errors import InputError
 
 _OUTPUTS_HELP = save_help()
 
@@ -128,8 +126,8 @@ def predict(
     """
     from pdseg_cli import runtime
 
-    rank = runtime.env_distributed().rank if _env_ok() else 0
-    with user_errors() if rank == 0 else _quiet_errors():
+    rank = torchrun_rank()
+    with user_errors(quiet=rank != 0):
         from pdseg_cli.data.transforms import parse_color
         from pdseg_cli.engine.output_kinds import parse_save
         from pdseg_cli.engine.predict import Predictor, check_threshold, parse_size
@@ -228,24 +226,3 @@ def predict(
 # the file names come from the output-kind table, so a new kind shows up here by itself
 if predict.__doc__:  # None under python -OO
     predict.__doc__ = predict.__doc__.replace("@FILES@", files_help())
-
-
-def _env_ok() -> bool:
-    from pdseg_cli import runtime
-
-    try:
-        runtime.env_distributed()
-    except PdsegError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _quiet_errors() -> Iterator[None]:
-    """Under torchrun, processes other than rank 0 exit with the same status but print nothing."""
-    try:
-        yield
-    except PdsegError:
-        raise typer.Exit(EXIT_USAGE) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None

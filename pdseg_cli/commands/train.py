@@ -14,6 +14,7 @@ from pdseg_cli.commands._common import (
     DeviceOpt,
     OnnxSpecOpt,
     ThreadsOpt,
+    torchrun_rank,
     use_threads,
     user_errors,
 )
@@ -270,7 +271,7 @@ def train(
             )
     out = out or default_run_folder(variant or init_variant)
     view = TrainingView()
-    with user_errors():
+    with user_errors(quiet=torchrun_rank() != 0):  # the ranks agree on errors: rank 0 says it once
         main = env_distributed().rank == 0
         use_threads(threads, quiet=not main)
         if resume:
