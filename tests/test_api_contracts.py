@@ -27,6 +27,24 @@ def test_predict_paths_takes_save_as_the_cli_writes_it(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [f"{stem}.png", f"{stem}_alpha.png"]
 
 
+def test_predict_paths_takes_the_clis_refine_and_pixel_limit(tmp_path: Path) -> None:
+    """--no-refine-foreground and --max-pixels were the command's alone: the API could not set them."""
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", train_size=64)
+    images = make_dataset(tmp_path / "set", 1) / "im"
+    image = next(images.iterdir())
+    predictor = Predictor(ckpt, device="cpu")
+    summary = predictor.predict_paths([images], tmp_path / "big", max_pixels=16)
+    (result,) = summary.results
+    assert result.status == "failed" and "--max-pixels" in (result.error or "")
+    predictor.predict_paths([images], tmp_path / "raw", save="alpha", refine_foreground=False)
+    cut = cv2.imread(str(tmp_path / "raw" / f"{image.stem}_alpha.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(cut[..., :3], cv2.imread(str(image)))  # the image's own colours, unrefined
+    with pytest.raises(InputError, match="max_pixels=0"):
+        predictor.predict_paths([images], tmp_path / "none", max_pixels=0)
+    with pytest.raises(InputError, match="refine_foreground"):
+        predictor.predict_paths([images], tmp_path / "none", refine_foreground="no")  # type: ignore[arg-type]
+
+
 def test_a_background_is_a_colour_or_one_line_naming_it() -> None:
     assert background_colour("white") == (255, 255, 255)
     assert background_colour("#00ff00") == (0, 255, 0)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdseg_cli import runtime
-from pdseg_cli.config import NORMALIZATION
+from pdseg_cli.config import DEFAULT_MAX_PIXELS, NORMALIZATION
 from pdseg_cli.data import transforms as T
 from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
@@ -402,17 +402,39 @@ class Predictor:
         batch: int = 1,
         on_progress: predict_run.ProgressCallback | None = None,
         dist: runtime.Distributed | None = None,
+        refine_foreground: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> PredictSummary:
-        """Segment files, folders and glob patterns into ``out_dir`` (see :func:`plan_predict`).
+        """Segment files, folders and glob patterns into ``out_dir`` (see :func:`plan_predict`), as
+        ``pdseg predict`` does with the same options: ``refine_foreground`` is
+        ``--refine-foreground/--no-refine-foreground``, ``max_pixels`` ``--max-pixels`` (None: no
+        limit).
 
         Returns:
             The summary; under torchrun every process gets the merged one.
         """
-        for name, value in (("recursive", recursive), ("skip_existing", skip_existing)):
+        for name, value in (
+            ("recursive", recursive),
+            ("skip_existing", skip_existing),
+            ("refine_foreground", refine_foreground),
+        ):
             check_kind("predict_paths", name, value, bool)  # bool("no") is True: a typo would flip it
         check_kind("predict_paths", "batch", batch, int)
+        if max_pixels is not None:
+            check_kind("predict_paths", "max_pixels", max_pixels, int)
+            if max_pixels < 1:
+                raise InputError(
+                    f"predict_paths max_pixels={max_pixels}: give at least 1, or None for no limit"
+                )
         plan = plan_predict(
-            sources, out_dir, save=save, recursive=recursive, skip_existing=skip_existing, dist=dist
+            sources,
+            out_dir,
+            save=save,
+            recursive=recursive,
+            skip_existing=skip_existing,
+            dist=dist,
+            refine_foreground=refine_foreground,
+            max_pixels=max_pixels,
         )
         return self.run_plan(
             plan, threshold=threshold, background=background, batch=batch, on_progress=on_progress, dist=dist
