@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherMaps, _cache_key, blend_targets, map_doubt
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, blend_targets, map_doubt
 from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
 from pdseg_cli.engine.predict import Predictor
+from pdseg_cli.engine.teacher import TeacherMaps, _cache_key
 from pdseg_cli.engine.train import TrainConfig, train
 from pdseg_cli.errors import DataError, InputError, Interrupted, WeightsError
 from pdseg_cli.model import create_model, load_checkpoint, save_checkpoint

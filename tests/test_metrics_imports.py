@@ -204,3 +204,11 @@ def test_the_metrics_import_without_the_rest_of_pdseg_cli() -> None:
     # stdlib-only router of decoder messages it reads files through
     leaves = {ROOT, f"{ROOT}.errors", f"{ROOT}.data", f"{ROOT}.data.native_messages"}
     assert set(done.stdout.split()) <= leaves
+
+
+def test_the_data_layer_never_reaches_the_engine() -> None:
+    """Layers import one way: the engine uses the data layer, never the reverse, so reading images
+    and building training samples stay usable, and testable, without the model core."""
+    data = [m for m in GRAPH if m.startswith(f"{ROOT}.data")]
+    reached = {m: sorted(r for r in _reachable(GRAPH, m) if r.startswith(f"{ROOT}.engine")) for m in data}
+    assert {m: r for m, r in reached.items() if r} == {}

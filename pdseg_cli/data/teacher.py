@@ -1,31 +1,16 @@
-"""Teacher maps for distillation: one map per training image, computed once and cached on disk.
-
-A teacher is anything ``pdseg predict`` runs (a pdseg ``.pt``, an ``.onnx``/``.ts`` export, or a
-foreign DIS/SOD ONNX model). Its map of an image is made from the whole image at the teacher's own
-input size and resized back to the image, exactly as ``pdseg predict`` writes it (8-bit,
-floor(255 p)), so a teacher map and a GT mask are interchangeable inputs to the training sample
-cache (:mod:`pdseg_cli.data.dis5k`), which then resizes and augments them alike.
-
-The cache key is the image file's content (sha256) and the teacher's identity (its file's sha256
-plus the ``--onnx-spec`` that changes how it runs): a changed image or another teacher gives another
-key, the same photo under another name reuses its map, and runs on the same data share the maps.
-Each map is written through a temporary file and a rename, so an interrupted labelling pass leaves
-only whole maps and resumes where it stopped.
-"""
+"""Teacher maps as training targets, on arrays alone: how sure a map is (``--max-unsure``), and the
+blend of a GT mask and a teacher map (``--teacher-weight``); and the file hash that keys caches and
+records. Running the teacher and caching its maps is :mod:`pdseg_cli.engine.teacher`'s (it needs a
+model), so this module, which the training sample cache imports, stays free of the engine."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-TEACHER_DIR = "teacher"  # under the cache root
 _CHUNK = 1 << 20
 
 # How sure a teacher map is (pdseg train --max-unsure), judged on the map alone, as self-training
@@ -45,175 +30,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """Who the teacher is: what runs and results record.
-
-    Attributes:
-        path: the teacher file.
-        sha256: its content hash.
-        spec: the ``--onnx-spec`` text it runs with ("" when none).
-        description: one line on the model (e.g. the recognised foreign model and its input rule).
-    """
-
-    path: Path
-    sha256: str
-    spec: str
-    description: str
-
-
-def _cache_key(sha256: str, spec: str, onnx: bool = False) -> str:
-    """The teacher's cache folder name: its file hash, plus the parsed spec's when one is given.
-
-    The key is taken from the spec's values, not its text, so ``color=bgr,scale=1`` and
-    ``scale=1, color=BGR`` share their maps and the display ``name`` changes nothing. The "rgb"
-    marker keys these apart from the maps of pdseg versions that read a ``color=bgr`` spec's mean
-    and std as B:G:R (they are R:G:B now). An ONNX teacher's key also carries the "probabilities
-    resized" marker: pdseg versions before it resized a probability model's maps as clamped logits,
-    which differ by tens of grey levels at sharp edges when a map is enlarged, and a cache must not
-    mix the two.
-    """
-    from pdseg_cli.engine.onnx_spec import parse_spec
-
-    fields = {k: v for k, v in parse_spec(spec).items() if k != "name"}
-    if not fields and not onnx:
-        return sha256[:24]
-    canonical = (
-        json.dumps(fields, sort_keys=True) + "|mean-std-rgb" + ("|probabilities-resized" if onnx else "")
-    )
-    return f"{sha256[:16]}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
-
-
-class TeacherMaps:
-    """A teacher model and its map cache.
-
-    The model is loaded on first need (:meth:`info`, or a map to compute); ``pdseg train`` asks
-    for :meth:`info` before any work, so a teacher that cannot run fails first.
-
-    Args:
-        teacher: the teacher file.
-        cache_root: pdseg's cache root; maps go to ``<cache_root>/teacher/<teacher key>/``.
-        device: where the teacher runs (``auto``, ``cpu``, ``cuda``...).
-        onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher, or None.
-
-    Raises:
-        WeightsError: the teacher file does not exist, or is a folder.
-    """
-
-    def __init__(
-        self,
-        teacher: str | os.PathLike[str],
-        cache_root: str | os.PathLike[str],
-        *,
-        device: str = "cpu",
-        onnx_spec: str | None = None,
-    ) -> None:
-        from pdseg_cli.model.build import check_weights_file
-        from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
-
-        path = Path(teacher).expanduser()
-        # what --weights says of a folder or a missing file: the model files in the folder to give
-        check_weights_file(path, "--teacher", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
-        self.path = path.resolve()
-        self.device = device
-        self.onnx_spec = onnx_spec or ""
-        self._sha = file_sha256(self.path)
-        self._predictor = None
-        self.cache_root = Path(cache_root)
-        from pdseg_cli.engine.onnx_backend import detect_format
-
-        onnx = detect_format(self.path) == "onnx"
-        self.folder = self.cache_root / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec, onnx=onnx)
-
-    def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
-        if self._predictor is None:
-            from pdseg_cli.engine.predict import Predictor
-
-            # size None: the teacher's own input size (a fixed-size ONNX input, or a .pt's training size)
-            self._predictor = Predictor(
-                self.path, device=self.device, precision="fp32", onnx_spec=self.onnx_spec or None
-            )
-        return self._predictor
-
-    def info(self) -> TeacherInfo:
-        """The teacher's identity and a description (loads the model)."""
-        return TeacherInfo(self.path, self._sha, self.onnx_spec, self._model().description)
-
-    def map_path(self, image: Path) -> Path:
-        """Where the map of ``image`` is (or will be) cached."""
-        return self.folder / f"{file_sha256(image)[:32]}.png"
-
-    def compute(self, image: Path) -> np.ndarray:
-        """The teacher's (H, W) uint8 map of one image, at the image's size (not cached)."""
-        from pdseg_cli.data.images import read_image
-
-        return self._model().predict(read_image(image).pixels)
-
-    def ensure(self, image: Path) -> Path:
-        """The cached map of ``image``, computing and storing it first if needed."""
-        path = self.map_path(image)
-        if not path.is_file():
-            self._store(image, path)
-        return path
-
-    def _store(self, image: Path, path: Path) -> None:
-        from pdseg_cli.data.images import write_png
-
-        array = self.compute(image)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_png(path, array)  # atomic: a temporary file, then a rename
-
-    def ensure_all(
-        self,
-        images: Sequence[Path],
-        on_progress: Callable[[int, int, int], None] | None = None,
-    ) -> list[Path]:
-        """Cached maps for every image, computing the missing ones (the slow part, once per image).
-
-        Args:
-            images: the images.
-            on_progress: called as ``on_progress(done, total, computed)`` after each image.
-
-        Returns:
-            The map paths, in the order of ``images``.
-
-        Raises:
-            DataError: maps are missing and the cache folder cannot be written (a read-only cache
-                that holds every map is used as it is).
-            Interrupted: a Ctrl-C; the maps made before it stay cached, and its hint says so.
-        """
-        from pdseg_cli.errors import DataError, Interrupted
-        from pdseg_cli.metrics.cache import CACHE_ENV, cache_root_problem
-
-        out: list[Path] = []
-        computed = 0
-        try:
-            for i, image in enumerate(images):
-                path = self.map_path(image)
-                if not path.is_file():
-                    problem = cache_root_problem(self.folder) if computed == 0 else None
-                    if problem:  # said before the first map is computed, not as a bare OSError at its write
-                        raise DataError(
-                            f"the teacher-map cache {self.cache_root} cannot be used: {problem}",
-                            hint=f"point ${CACHE_ENV} (or TrainConfig.teacher_cache) to a folder that can be "
-                            "written",
-                        )
-                    self._store(image, path)
-                    computed += 1
-                out.append(path)
-                if on_progress is not None:
-                    on_progress(i + 1, len(images), computed)
-        except KeyboardInterrupt:
-            # each map is stored atomically as it is made, so a rerun starts at the first missing one
-            # counted as far as the loop got: later images may have maps from earlier runs too
-            raise Interrupted(
-                f"the teacher maps are cached in {self.folder}: {computed} made now, {len(out) - computed} "
-                f"found from earlier runs, {len(images) - len(out)} not looked at yet; running the same "
-                "command again goes on from there"
-            ) from None
-        return out
 
 
 def map_doubt(teacher_map: np.ndarray, max_unsure: float) -> str | None:

@@ -21,7 +21,8 @@ import torch
 from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.augment import AugmentConfig
-from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, TeacherInfo, TeacherMaps, map_doubt
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, map_doubt
+from pdseg_cli.engine.teacher import TeacherInfo, TeacherMaps
 from pdseg_cli.engine.train_config import TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_folder import LAST, cache_root
