@@ -29,6 +29,38 @@ def _no_type(ctx: typer.Context) -> None:
     return None
 
 
+_TRAIN_WEIGHTS = (
+    "train starts from a checkpoint with --init FILE (fine-tuning: its weights, a fresh schedule), or "
+    "goes on with the run in --out with --resume; e.g. pdseg train -e 10 --init runs/a/last.pt --out runs/b"
+)
+
+# options that users carry over from another command, where click's "Possible options" points the
+# wrong way: (command, option typed) -> the hint that says what this command takes instead
+WRONG_OPTIONS = {
+    ("train", "-w"): _TRAIN_WEIGHTS,
+    ("train", "--weights"): _TRAIN_WEIGHTS,
+    ("eval", "-o"): "eval writes its scores with --json FILE or --csv FILE (e.g. --json scores.json), and "
+    "the model's maps with --save-preds DIR",
+    ("eval", "--out"): "eval writes its scores with --json FILE or --csv FILE (e.g. --json scores.json), and "
+    "the model's maps with --save-preds DIR",
+    ("export", "--size"): "an exported file takes any batch, height and width (its input size is dynamic); "
+    "--check-shape BxCxHxW sets the shapes the check runs, e.g. --check-shape 1x3x1024x1024",
+}
+
+
+def _wrong_option(ctx: typer.Context, exc: Exception) -> None:
+    """Say a known cross-command confusion (``pdseg train --weights``) in pdseg's own two lines
+    and exit 2; any other usage error keeps click's usage box. Click's exception classes are
+    matched by name: Typer vendors click in new versions."""
+    if type(exc).__name__ != "NoSuchOption":
+        return
+    option = getattr(exc, "option_name", "")
+    hint = WRONG_OPTIONS.get((ctx.info_name or "", option))
+    if hint is not None:
+        ui.error(f"pdseg {ctx.info_name} has no {option} option", hint)
+        raise typer.Exit(2) from None
+
+
 def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
     """``cls`` whose ``--help`` fits an 80-column terminal: on/off options, its own ``--help``
     included, show no value column (``FLAG``); arguments with a metavar show that name alone (Typer
@@ -39,6 +71,13 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
     option or argument needs nothing of its own."""
 
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
+        def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+            try:
+                return super().parse_args(ctx, args)
+            except Exception as exc:  # click's UsageError, matched by name in _wrong_option
+                _wrong_option(ctx, exc)
+                raise
+
         def get_params(self, ctx: typer.Context) -> list[Any]:
             params = super().get_params(ctx)
             for param in params:

@@ -225,3 +225,20 @@ def test_leftovers_are_swept_where_a_write_through_a_link_makes_them(tmp_path: P
     beside_target.write_bytes(b"x")
     assert atomic.sweep_folder(tmp_path / "run") == [beside_target]  # the folder sweep follows the link
     assert other.exists() and target.read_bytes() == b"old"
+
+
+def test_folds_case_asks_the_file_system_without_writing(tmp_path: Path) -> None:
+    from pdseg_cli.data.atomic import folds_case
+
+    out = tmp_path / "Masks"
+    out.mkdir()
+    assert not folds_case(out)  # Linux: "mASKS" is no name there
+    assert not folds_case(out / "new" / "123")  # a folder to be made: its nearest existing one says
+    (tmp_path / "mASKS").mkdir()
+    assert not folds_case(out)  # another folder of the swapped name: case-sensitive still
+    (tmp_path / "mASKS").rmdir()
+    (tmp_path / "mASKS").symlink_to(out)  # the swapped name reaching the same folder, as on macOS
+    assert folds_case(out) and folds_case(out / "2024")
+    digits = out / "2024"
+    digits.mkdir()
+    assert folds_case(digits)  # no letters in its name: its parent's answers

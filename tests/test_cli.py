@@ -345,7 +345,7 @@ def test_switch_help_names_its_off_form() -> None:
     row = _option_row("predict", "--refine-foreground")
     assert "Off: --no-refine-foreground." in row, row
     assert "Off: --no-augment." in _option_row("train", "--augment")
-    assert "<int> [x>=1]" in _option_row("predict", "--batch")
+    assert "<int> [x>=1]" in _option_row("predict", "--threads")  # a range: no "<int range>"
 
 
 def test_every_lazy_public_name_is_typed_for_type_checkers() -> None:

@@ -64,7 +64,7 @@ def test_cli_trains_refuses_to_overwrite_and_resumes(tmp_path: Path, folders: di
     assert {name: (out / name).read_bytes() for name in before} == before
 
     both = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--overwrite"])
-    assert both.exit_code == 2 and "--resume and --overwrite exclude each other" in flat(both.output)
+    assert both.exit_code == 2 and "--resume and --overwrite contradict each other" in flat(both.output)
 
     resumed = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume", "--workers", "0"])
     assert resumed.exit_code == 0, resumed.output

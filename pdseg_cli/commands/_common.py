@@ -169,7 +169,8 @@ TtaOpt = Annotated[
 ]
 
 BatchOpt = Annotated[
-    int, typer.Option("--batch", "-b", min=1, help="Images per forward pass (images of one working size).")
+    # no min=1: a 0 gets pdseg's line (check_batch), as train's --batch 0 does, not click's usage box
+    int, typer.Option("--batch", "-b", help="Images per forward pass (images of one working size).")
 ]
 
 ThreadsOpt = Annotated[
@@ -202,3 +203,166 @@ DataRootOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+FULL_SIZE_NAMES = ("full", "native", "original")  # what engine.predict.parse_size reads as "full"
+SIZE_EXAMPLE = "e.g. --size 1024"
+
+
+def working_size(text: str | None) -> Any:
+    """predict's and eval's ``--size`` (a whole number of at least 32, or ``full``) for
+    ``Predictor``, with pdseg's line and a hint for a value that is neither.
+
+    Raises:
+        InputError: ``--size '512.5' is not a whole number``, ``--size 0 is too small``, ...
+    """
+    from pdseg_cli.engine.predict import parse_size
+
+    if text is not None and text.strip().lower() not in FULL_SIZE_NAMES:
+        value = whole_number("--size", text, f"{SIZE_EXAMPLE}, or --size full (each image at its own size)")
+        if value < 32:
+            raise InputError(
+                f"--size {value} is too small: at least 32 (the model's stride)",
+                hint=f"{SIZE_EXAMPLE}, or leave --size out for the size the weights were trained at",
+            )
+    return parse_size(text)
+
+
+def square_side(text: str | None, command: str) -> int | None:
+    """``--size`` of train and info: a square side in pixels (None: the command's default), never
+    ``full``, which only predict and eval take.
+
+    Raises:
+        InputError: ``full`` or a value that is not a whole number.
+    """
+    if text is None:
+        return None
+    if text.strip().lower() in FULL_SIZE_NAMES:
+        raise InputError(
+            f"--size {text.strip()} is for predict and eval only: {command} takes a square side in pixels",
+            hint=f"{SIZE_EXAMPLE} (the DIS recipe), 512 or 320",
+        )
+    return whole_number("--size", text, f"{SIZE_EXAMPLE} (the DIS recipe), 512 or 320")
+
+
+def whole_number(option: str, text: str, hint: str) -> int:
+    """``text`` as an int (``" 512 "`` is 512).
+
+    Raises:
+        InputError: ``--size '512.5' is not a whole number``, with ``hint``.
+    """
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise InputError(f"{option} {text!r} is not a whole number", hint=hint) from None
+
+
+def check_batch(batch: int) -> None:
+    """``--batch`` of predict, eval and benchmark, in the words train uses for its own.
+
+    Raises:
+        InputError: ``--batch must be at least 1, got 0``.
+    """
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}", hint=BATCH_HINT)
+
+
+BATCH_HINT = "e.g. --batch 4 (images per forward pass), or leave --batch out for 1"
+
+
+def check_data_root(data_root: Path | None) -> None:
+    """A ``--data-root`` given that cannot be the DIS5K folder, said of the option the user typed
+    (the data module's own message, for a root from $PDSEG_DATA or the default too, says "pass
+    --data-root DIR", which the user did).
+
+    Raises:
+        DataError: the path is a file, or does not exist.
+    """
+    from pdseg_cli.errors import DataError, close_sibling
+
+    if data_root is None:
+        return
+    path = data_root.expanduser()
+    if path.is_dir():
+        return
+    example = "e.g. --data-root ~/data/DIS5K, the folder that holds DIS-TR/, DIS-VD/ and DIS-TE1/ .. DIS-TE4/"
+    if path.exists():
+        raise DataError(
+            f"--data-root {data_root} is a file, not the DIS5K folder", hint=f"give the folder: {example}"
+        )
+    close = close_sibling(path, folders_only=True)
+    raise DataError(
+        f"--data-root {data_root} does not exist",
+        hint=f"did you mean --data-root {close}?" if close is not None else example,
+    )
+
+
+def holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds image files itself (not in subfolders)."""
+    from pdseg_cli.data import images
+
+    try:
+        return any(p.is_file() and images.is_image_file(p) for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def check_eval_folders(values: Sequence[str]) -> None:
+    """``--split`` folders of one's own that lack ``gt/``, with the fix for what they hold (a plain
+    folder of photos needs its masks added, not the DIS5K layout described).
+
+    Raises:
+        DataError: ``--split photos: the folder has no gt/ subfolder``.
+    """
+    from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
+    from pdseg_cli.errors import DataError
+
+    for key in (v.strip() for value in values for v in value.split(",") if v.strip()):
+        folder = Path(key).expanduser()
+        if not folder.is_dir() or (folder / MASK_DIR).is_dir():
+            continue  # a DIS5K name, a missing folder or a usable one: resolve_splits says it
+        if (folder / IMAGE_DIR).is_dir():
+            hint = f"add {key}/{MASK_DIR}/ with one mask per image of {key}/{IMAGE_DIR}/ (<stem>.png)"
+        elif holds_images(folder):
+            hint = (
+                f"add {key}/{MASK_DIR}/ with one mask per image (<stem>.png), and move the images into "
+                f"{key}/{IMAGE_DIR}/ to run a model on them"
+            )
+        else:
+            continue
+        raise DataError(f"--split {key}: the folder has no {MASK_DIR}/ subfolder", hint=hint)
+
+
+def check_train_folders(train_dirs: Sequence[Path], val_dir: Path | None, *, teacher: bool) -> None:
+    """``--train`` and ``--val`` folders that do not exist, said with the option that named them;
+    and a ``--train`` folder of bare images under ``--teacher``, which only needs them in ``im/``.
+
+    Raises:
+        DataError: the first folder at fault.
+    """
+    from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR
+    from pdseg_cli.errors import DataError, close_sibling
+
+    for option, folder in [*(("--train", d) for d in train_dirs), *([("--val", val_dir)] if val_dir else [])]:
+        path = folder.expanduser()
+        if not path.exists():
+            close = close_sibling(path, folders_only=True)
+            raise DataError(
+                f"{option} {folder} does not exist",
+                hint=f"did you mean {option} {close}?"
+                if close is not None
+                else f"give a dataset folder that holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks), "
+                f"e.g. {option} DIS5K/{'DIS-TR' if option == '--train' else 'DIS-VD'}",
+            )
+        if (
+            teacher
+            and option == "--train"
+            and path.is_dir()
+            and not (path / IMAGE_DIR).is_dir()
+            and holds_images(path)
+        ):
+            raise DataError(
+                f"dataset folder {folder} has no {IMAGE_DIR}/ subfolder",
+                hint=f"it holds images itself: move them into {folder / IMAGE_DIR}/; with --teacher that is "
+                f"enough (masks in {folder / MASK_DIR}/ are optional: the teacher's maps stand in for them)",
+            )

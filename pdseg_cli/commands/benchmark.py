@@ -12,6 +12,7 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     CompileOpt,
     DeviceOpt,
+    check_batch,
     checked_choice,
     user_errors,
     weights_option,
@@ -30,8 +31,7 @@ def benchmark(
         typer.Option(
             "--size",
             "-s",
-            metavar="N",
-            min=32,
+            metavar="N",  # no min=32: a bad side gets pdseg's line from run_benchmark, as too large does
             help="Square input side; repeat for several. Default: 512 and 1024.",
         ),
     ] = None,
@@ -94,6 +94,7 @@ def benchmark(
         from pdseg_cli.ui import benchmark as show
 
         # checked before the model is built
+        check_batch(batch)
         wanted = checked_choice("--mode", mode, MODES, "a benchmark mode", "e.g. --mode compare")
         try:
             report = run_benchmark(

@@ -21,8 +21,12 @@ from pdseg_cli.commands._common import (
     ThreadsOpt,
     TtaOpt,
     WeightsOpt,
+    check_batch,
+    check_data_root,
+    check_eval_folders,
     use_threads,
     user_errors,
+    working_size,
 )
 from pdseg_cli.errors import InputError, Interrupted, RunFailed, counted, listing
 
@@ -146,6 +150,7 @@ def eval_(
         from pdseg_cli.ui import evaluation as view
 
         ev.check_jobs(jobs, "--jobs ", "--threads, else the idle cores")  # before any work
+        check_batch(batch)
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
 
         if pred is not None:
@@ -170,6 +175,8 @@ def eval_(
         if cache_dir is not None and not no_cache and cache_dir.exists() and not cache_dir.is_dir():
             # asked for by name, so say it (an unwritable default cache only costs speed)
             raise InputError(f"--cache-dir {cache_dir} is a file", hint="give a folder, or pass --no-cache")
+        check_data_root(data_root)
+        check_eval_folders(split)
         splits, pooled = eval_splits.resolve_splits(split, data_root)
         names = [name for name, _ in splits]
 
@@ -280,7 +287,7 @@ def _run_model(
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli import ui
     from pdseg_cli.engine import evaluate as ev
-    from pdseg_cli.engine.predict import Predictor, parse_size
+    from pdseg_cli.engine.predict import Predictor
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
@@ -291,7 +298,7 @@ def _run_model(
             f"{name}: {counted(len(files), 'image')} in im/ without a GT, not scored: {listing(files, 5)}"
         )
     predictor = Predictor(
-        weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
+        weights, device=device, precision=precision, size=working_size(size), onnx_spec=onnx_spec, tta=tta
     )
     prediction.start(
         predictor.device_reason,
@@ -346,7 +353,10 @@ def _check_writable(option: str, path: Path) -> None:
     from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 
     if path.is_dir():
-        raise InputError(f"{option} {path} is a folder; give a file name for the output")
+        raise InputError(
+            f"{option} {path} is a folder; give a file name for the output",
+            hint=f"e.g. {option} {path / ('scores.' + option.lstrip('-'))}",
+        )
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError(
             f"{option} {path} names an image file, and the report is text",

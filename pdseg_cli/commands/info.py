@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import OnnxSpecOpt, user_errors
+from pdseg_cli.commands._common import OnnxSpecOpt, square_side, user_errors
 from pdseg_cli.config import VARIANTS
 
 
@@ -20,12 +20,15 @@ def info(
             metavar="VARIANT|FILE",
         ),
     ] = None,
-    size: Annotated[
-        int, typer.Option("--size", min=32, help="Input side N for the multiply-add count (an NxN image).")
-    ] = 1024,
+    size_text: Annotated[
+        str,  # not int: `--size full` (predict's) and `--size abc` get pdseg's line, not click's box
+        typer.Option(
+            "--size", metavar="<int>", help="Input side N for the multiply-add count (an NxN image)."
+        ),
+    ] = "1024",
     onnx_spec: OnnxSpecOpt = None,
 ) -> None:
-    """Show the model variants: widths, depths, parameters and GMACs at --size.
+    """Show the model variants (widths, depths, parameters, GMACs at --size), or describe a weights file.
 
     GMACs: multiply-adds of one eval-mode forward pass at batch 1, counted as the SegNeXt and PDSeg papers do.
 
@@ -44,12 +47,21 @@ def info(
     from pdseg_cli.model.registry import decoder_entry
 
     with user_errors():
+        size = square_side(size_text, "info")
+        if size is None or size < 32:
+            raise InputError(
+                f"--size {size} is too small: at least 32 (the model's stride)", hint="e.g. --size 1024"
+            )
         path = Path(variant).expanduser() if variant is not None and variant not in VARIANTS else None
         if path is not None and path.is_file():
             from pdseg_cli.engine.weights_info import describe_weights
 
             description = describe_weights(path, onnx_spec)
-            ui.table(variant, ["", "value"], description.rows, literal=True)
+            # a provenance value recorded as None (JSON null) reads "none", not JSON
+            rows = [
+                (k, "none" if k.startswith("provenance") and v == "null" else v) for k, v in description.rows
+            ]
+            ui.table(variant, ["", "value"], rows, literal=True)
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return
             variant = description.variant
@@ -72,7 +84,7 @@ def info(
                     ",".join(map(str, cfg.embed_dims)),
                     ",".join(map(str, cfg.depths)),
                     f"{count_params(cfg) / 1e6:.2f}M",
-                    f"{count_macs(cfg, size) / 1e9:.1f}",
+                    gmacs(count_macs(cfg, size) / 1e9),
                 )
             )
         ui.table(
@@ -84,3 +96,9 @@ def info(
             if any(cfg.name == "pdseg-tiny" for cfg in configs)
             else None,
         )
+
+
+def gmacs(value: float) -> str:
+    """A GMACs count with a tenth's precision from 10 on, and three significant digits below it
+    (pdseg-tiny at --size 64 is 0.0985, not 0.0)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"

@@ -18,10 +18,12 @@ from pdseg_cli.commands._common import (
     ThreadsOpt,
     TtaOpt,
     WeightsOpt,
+    check_batch,
     torchrun_rank,
     use_threads,
     user_errors,
     warn_unused,
+    working_size,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
@@ -130,7 +132,7 @@ def predict(
     with user_errors(quiet=rank != 0):
         from pdseg_cli.data.transforms import parse_color
         from pdseg_cli.engine.output_kinds import parse_save
-        from pdseg_cli.engine.predict import Predictor, check_threshold, parse_size
+        from pdseg_cli.engine.predict import Predictor, check_threshold
         from pdseg_cli.engine.predict_plan import plan_predict
         from pdseg_cli.ui import prediction
 
@@ -143,11 +145,12 @@ def predict(
 
             weights = default_weights()  # a missing default is reported before anything is created
         kinds = parse_save(save)
-        work_size = parse_size(size)
+        work_size = working_size(size)
+        check_batch(batch)
         try:
             background = parse_color(bg)
         except ValueError as exc:
-            raise InputError(f"--bg: {exc}") from None
+            raise InputError(f"--bg: {exc}", hint="e.g. --bg white, --bg '#00ff00' or --bg 0,255,0") from None
         check_threshold(threshold)
         # which kinds paint over --bg or use the image's colours: from the output-kind table
         painted, coloured = kinds_that("uses_background"), kinds_that("uses_image")

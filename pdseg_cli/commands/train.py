@@ -14,10 +14,33 @@ from pdseg_cli.commands._common import (
     DeviceOpt,
     OnnxSpecOpt,
     ThreadsOpt,
+    check_data_root,
+    check_train_folders,
+    square_side,
     torchrun_rank,
     use_threads,
     user_errors,
 )
+from pdseg_cli.config import VARIANTS
+from pdseg_cli.errors import InputError
+
+# engine.train_config.DEFAULT_VARIANT, which imports torch: the CLI's help stays quick (a test pins it)
+DEFAULT_VARIANT = "pdseg-b"
+
+
+def _variant_help() -> str:
+    """``--variant``'s help, from the registry (``config.VARIANTS``): a new variant is named at once."""
+    single = [name for name, cfg in VARIANTS.items() if cfg.decoder != "progressive"]
+    tiny = [name for name in VARIANTS if name.endswith("-tiny")]
+    notes = []
+    if single:
+        notes.append(f"{' / '.join(single)}: a single head, the ablation's baseline")
+    if tiny:
+        notes.append(f"{' / '.join(tiny)}: for smoke runs")
+    return (
+        f"{', '.join(VARIANTS)}" + (f" ({'; '.join(notes)})" if notes else "") + " (default: "
+        f"{DEFAULT_VARIANT}, or the --init checkpoint's)."
+    )
 
 
 def train(
@@ -52,8 +75,7 @@ def train(
         str | None,
         typer.Option(
             "--variant",
-            help="pdseg-t, pdseg-s, pdseg-b, pdseg-l, or segnext-t / segnext-b (single head, the ablation's "
-            "baseline), or pdseg-tiny (for smoke runs) (default: pdseg-b, or the --init checkpoint's).",
+            help=_variant_help(),
         ),
     ] = None,
     init: Annotated[
@@ -65,11 +87,13 @@ def train(
             show_default=False,
         ),
     ] = None,
-    size: Annotated[
-        int | None,
+    size_text: Annotated[
+        str | None,  # not int: `--size full` (predict's) gets pdseg's line, not click's usage box
         typer.Option(
             "--size",
+            metavar="<int>",
             help="Square training side, a multiple of 32 (default: 1024, or --init's training size).",
+            show_default=False,
         ),
     ] = None,
     batch: Annotated[
@@ -78,8 +102,7 @@ def train(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers",
-            "-w",
+            "--workers",  # no -w: that is --weights in the other commands (train's is --init)
             help="DataLoader workers per process (default: 0 on 2 cores or fewer, else up to 4).",
         ),
     ] = None,
@@ -246,11 +269,21 @@ def train(
     from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state, resume_command
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
     from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
-    from pdseg_cli.errors import InputError, counted, first_line
+    from pdseg_cli.errors import counted, first_line
     from pdseg_cli.runtime import env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
 
+    with user_errors(quiet=torchrun_rank() != 0):  # the value itself, before --init is read
+        size = square_side(size_text, "train")
+        check_data_root(data_root)
+        check_train_folders(train_dir or [], val_dir, teacher=teacher is not None)
+        if resume and overwrite:
+            raise InputError(
+                "--resume and --overwrite contradict each other (resume goes on with the run in --out; "
+                "overwrite starts it again)",
+                hint="drop --overwrite to go on with the run, or drop --resume to start it again",
+            )
     options = dict(
         variant=variant, size=size, batch=batch, workers=workers, seed=seed, data_root=data_root,
         train_dir=train_dir, val_dir=val_dir, supervision=supervision, backbone_weights=backbone_weights,

@@ -83,6 +83,26 @@ def name_too_long(folder: Path, name: str, limit: int) -> bool:
     return False  # such a file exists: the name fits
 
 
+def folds_case(folder: Path) -> bool:
+    """Whether the file system ``folder`` is (or will be made) on takes names that differ only in
+    case for one file (macOS, Windows, exFAT and FAT USB drives, SMB shares), where ``A.png`` and
+    ``a.png`` would overwrite each other. Asked without writing anything: a folder of that file
+    system whose name has letters is looked up with their case swapped. False when no such folder
+    says (up to the mount point): case-sensitive, as Linux file systems are."""
+    existing = _nearest_folder(folder)
+    for path in () if existing is None else (existing, *existing.parents):
+        name = path.name
+        if name.swapcase() != name:
+            twin = path.with_name(name.swapcase())
+            try:
+                return os.path.samefile(path, twin)  # a sibling of that other name is another folder
+            except OSError:
+                return False  # no such name: the file system told the two apart
+        if os.path.ismount(path):
+            break
+    return False
+
+
 def _nearest_folder(path: Path) -> Path | None:
     """``path`` when it is a folder, else its nearest parent that is (None: none of them)."""
     return next((p for p in (path, *path.parents) if _is_dir(p)), None)

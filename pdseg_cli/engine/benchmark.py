@@ -327,8 +327,21 @@ def run_benchmark(
 
     if mode not in MODES:
         raise InputError(f"unknown benchmark mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
-    if not sizes or min(sizes) < 32:
-        raise InputError(f"input sizes must be at least 32, got {list(sizes)}")
+    from pdseg_cli.engine.predict import MAX_SIDE  # the largest working side predict takes
+
+    if not sizes:
+        raise InputError("no input size given", hint="e.g. --size 1024, or several: --size 512 --size 2048")
+    for size in sizes:
+        if size < 32:
+            raise InputError(
+                f"--size {size} is too small: at least 32 (the model's stride)",
+                hint="e.g. --size 1024, or several: --size 512 --size 2048",
+            )
+        if size > MAX_SIDE:
+            raise InputError(
+                f"--size {size} is too large: at most {MAX_SIDE}, the largest side predict takes",
+                hint=f"e.g. --size 1024, or several: --size 512 --size 2048 (up to --size {MAX_SIDE})",
+            )
     if batch < 1 or runs < 1 or warmup < 1:
         raise InputError(f"need batch >= 1, runs >= 1 and warmup >= 1 (got {batch}, {runs}, {warmup})")
     if threads is not None and threads < 1:

@@ -15,6 +15,7 @@ so ``pdseg eval --weights isnet.onnx`` scores a published model with the same co
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from pdseg_cli.errors import InputError, WeightsError, listing
 OutputKind = Literal["probability", "logit"]
 _IMAGENET_MEAN_01 = (0.485, 0.456, 0.406)
 _IMAGENET_STD_01 = (0.229, 0.224, 0.225)
+SPEC_KEYS = ("size", "mean", "std", "scale", "color", "output", "channel", "kind", "name")  # parse_spec's
 SPEC_HELP = (
     "size=N (or dynamic), mean=M or R:G:B, std=S or R:G:B, scale=255|1 (the range mean and std are "
     "on; R:G:B whatever color says), color=rgb|bgr, output=NAME|INDEX, channel=N (of an output "
@@ -243,9 +245,12 @@ def _three(key: str, text: str) -> tuple[float, float, float]:
     if len(values) == 1:
         values *= 3
     if len(values) != 3:
-        raise InputError(f"--onnx-spec {key}={text}: give one value or three (R:G:B)")
+        raise InputError(
+            f"--onnx-spec {key}={text}: give one value or three (R:G:B)",
+            hint=f"e.g. {key}=0.5 or {key}=0.485:0.456:0.406",
+        )
     if key == "std" and any(v == 0 for v in values):
-        raise InputError("--onnx-spec std cannot be 0")
+        raise InputError("--onnx-spec std cannot be 0", hint="e.g. std=1, or std=0.229:0.224:0.225")
     return values[0], values[1], values[2]
 
 
@@ -272,33 +277,45 @@ def parse_spec(text: str | None) -> dict[str, Any]:
             elif value.isdigit() and 32 <= int(value) <= 8192:
                 fields["size"] = int(value)
             else:
-                raise InputError(f"--onnx-spec size={value}: a side from 32 to 8192, or dynamic")
+                raise InputError(
+                    f"--onnx-spec size={value}: a side from 32 to 8192, or dynamic",
+                    hint="e.g. size=1024, or size=dynamic for a graph that takes any size",
+                )
         elif key in ("mean", "std"):
             fields[key] = _three(key, value)
         elif key == "scale":
             if value not in ("1", "255", "1.0", "255.0"):
-                raise InputError(f"--onnx-spec scale={value}: 255 (mean/std on 0..255) or 1 (on 0..1)")
+                raise InputError(
+                    f"--onnx-spec scale={value}: 255 (mean/std on 0..255) or 1 (on 0..1)", hint="e.g. scale=1"
+                )
             fields["scale"] = float(value)
         elif key == "color":
             if value.upper() not in ("RGB", "BGR"):
-                raise InputError(f"--onnx-spec color={value}: rgb or bgr")
+                raise InputError(f"--onnx-spec color={value}: rgb or bgr", hint="e.g. color=bgr")
             fields["color"] = value.upper()
         elif key == "output":
             # an index (-1: the last output, as Python counts), else a name
             fields["output"] = int(value) if value.lstrip("-").isdigit() else value
         elif key == "channel":
             if not value.isdigit():
-                raise InputError(f"--onnx-spec channel={value}: the map's index in the output, 0, 1, ...")
+                raise InputError(
+                    f"--onnx-spec channel={value}: the map's index in the output, 0, 1, ...",
+                    hint="e.g. channel=1",
+                )
             fields["channel"] = int(value)
         elif key == "kind":
             kinds = {"probability": "probability", "prob": "probability", "logit": "logit", "logits": "logit"}
             if value.lower() not in kinds:
-                raise InputError(f"--onnx-spec kind={value}: probability or logit")
+                raise InputError(f"--onnx-spec kind={value}: probability or logit", hint="e.g. kind=logit")
             fields["kind"] = kinds[value.lower()]
         elif key == "name":
             fields["name"] = value
         else:
-            raise InputError(f"--onnx-spec: unknown key {key!r}", hint=SPEC_HELP)
+            close = difflib.get_close_matches(key, SPEC_KEYS, n=1)
+            raise InputError(
+                f"--onnx-spec: unknown key {key!r}",
+                hint=f"did you mean {close[0]}={value}?" if close else f"the keys: {SPEC_HELP}",
+            )
     return fields
 
 

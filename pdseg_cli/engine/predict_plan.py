@@ -537,7 +537,10 @@ def check_out_dir(out_dir: Path) -> None:
         InputError: it is a file, cannot be created, or is not writable.
     """
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder")
+        raise InputError(
+            f"--out {out_dir} is a file, not a folder",
+            hint=f"give a folder for the maps, e.g. --out {out_dir.parent / (out_dir.stem + '-masks')}",
+        )
     if not out_dir.exists() and out_dir.suffix.lower() in imio.IMAGE_SUFFIXES:
         # `--out mask.png` for one image would make a folder mask.png/ with the mask inside it
         raise InputError(
@@ -602,7 +605,15 @@ def plan_predict(
     save = parse_save(save)  # "mask,alpha" or ["mask", "alpha"], as the CLI takes them
     inputs, not_images, passed_out = collect_inputs(sources, recursive=recursive, exclude=out)
     if not inputs:
-        extra = f" ({len(not_images)} other files skipped)" if not_images else ""
+        paths = [Path(s).expanduser() for s in sources]
+        if paths and all(p.is_file() for p in paths):  # files named one by one, none of them an image
+            named = listing(
+                [f"{os.fspath(s)}: {p.suffix or '(no suffix)'}" for s, p in zip(sources, paths, strict=True)],
+                3,
+            )
+            kinds = "is not an image file" if len(paths) == 1 else "are not image files"
+            raise InputError(f"{named} {kinds}", hint=_no_images_hint(paths, recursive))
+        extra = f" ({counted(len(not_images), 'other file')} skipped)" if not_images else ""
         raise InputError(
             f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
             hint=_no_images_hint([Path(s).expanduser() for s in sources], recursive),

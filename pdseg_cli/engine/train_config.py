@@ -199,20 +199,29 @@ class TrainConfig:
         self._check_types()
         get_config(self.model_variant)  # unknown names get a did-you-mean hint
         rules: list[tuple[bool, str, str | None]] = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}", None),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}", "e.g. --epochs 20"),
             (
                 self.size >= 32 and self.size % 32 == 0,
-                f"--size must be a multiple of 32 (the model's total stride), got {self.size}",
-                "e.g. 1024 (the DIS recipe), 512 or 320",
+                f"--size must be at least 32 and a multiple of 32 (the model's total stride), got "
+                f"{self.size}",
+                "e.g. --size 1024 (the DIS recipe), 512 or 320",
             ),
-            (self.batch >= 1, f"--batch must be at least 1, got {self.batch}", None),
+            (
+                self.batch >= 1,
+                f"--batch must be at least 1, got {self.batch}",
+                "e.g. --batch 4 (images per step and process), or leave --batch out for 8",
+            ),
             (
                 self.workers is None or self.workers >= 0,
                 f"--workers must be 0 or more, got {self.workers}",
-                None,
+                "e.g. --workers 2 (0 decodes in the training process), or leave --workers out",
             ),
-            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", None),
-            (0 < self.lr < math.inf, f"--lr must be a positive number, got {self.lr}", None),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", "e.g. --seed 1"),
+            (
+                0 < self.lr < math.inf,
+                f"--lr must be a positive number, got {self.lr}",
+                "e.g. --lr 6e-5 (the default), or 1e-5 to fine-tune gently",
+            ),
             (
                 0 < self.decoder_lr_mult < math.inf,
                 f"the decoder lr multiplier must be positive, got {self.decoder_lr_mult}",
@@ -223,36 +232,53 @@ class TrainConfig:
                 f"weight decay must be 0 or more, got {self.weight_decay}",
                 None,
             ),
-            (self.warmup is None or self.warmup >= 0, f"--warmup must be 0 or more, got {self.warmup}", None),
-            (self.clip_grad >= 0, f"--clip-grad must be 0 (off) or more, got {self.clip_grad}", None),
+            (
+                self.warmup is None or self.warmup >= 0,
+                f"--warmup must be 0 or more, got {self.warmup}",
+                "e.g. --warmup 500 (iterations), --warmup 0 for none, or leave it out for the default",
+            ),
+            (
+                self.clip_grad >= 0,
+                f"--clip-grad must be 0 (off) or more, got {self.clip_grad}",
+                "e.g. --clip-grad 5 (the default), or --clip-grad 0 to turn clipping off",
+            ),
             (
                 self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
                 f"--ema-decay must be in [0, 1), got {self.ema_decay}",
-                None,
+                "e.g. --ema-decay 0.999, or leave it out for the default",
             ),
             (self.ema_tau is None or self.ema_tau > 0, f"EMA tau must be positive, got {self.ema_tau}", None),
-            (self.val_every >= 0, f"--val-every must be 0 (never) or more, got {self.val_every}", None),
+            (
+                self.val_every >= 0,
+                f"--val-every must be 0 (never) or more, got {self.val_every}",
+                "e.g. --val-every 5 (every 5 epochs and after the last), or --val-every 0 for never",
+            ),
             (
                 self.save_every_steps >= 0,
                 f"--save-every-steps must be 0 or more, got {self.save_every_steps}",
-                None,
+                "e.g. --save-every-steps 1000, or 0 for epoch ends only",
             ),
             (
                 self.supervision in ("multi", "single"),
                 f"--supervision must be multi or single, got {self.supervision!r}",
-                None,
+                "e.g. --supervision single (final map only); multi, the default, supervises every level",
             ),
             (
                 self.precision in runtime.PRECISIONS,
                 f"--precision must be one of {', '.join(runtime.PRECISIONS)}, got {self.precision!r}",
-                None,
+                "e.g. --precision bf16, or leave it out for auto",
             ),
             (
                 self.cache in ("disk", "ram", "off"),
                 f"--cache must be disk, ram or off, got {self.cache!r}",
-                None,
+                "e.g. --cache ram (decoded samples kept in memory), or --cache off",
             ),
-            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other", None),
+            (
+                not (self.resume and self.overwrite),
+                "--resume and --overwrite contradict each other (resume goes on with the run in --out; "
+                "overwrite starts it again)",
+                "drop --overwrite to go on with the run, or drop --resume to start it again",
+            ),
             (
                 self.init is None or self.backbone_weights is None,
                 "--init and --backbone-weights exclude each other (--init gives every weight, the encoder's)",

@@ -51,7 +51,11 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
     if text == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise NotAvailableError("--device mps was asked for, but PyTorch sees no Apple MPS device")
+            raise NotAvailableError(
+                "--device mps was asked for, but PyTorch sees no Apple MPS device",
+                hint="use --device auto (a CUDA GPU if there is one, else the CPU) or --device cpu; MPS "
+                "needs an Apple-silicon Mac and a PyTorch build for it",
+            )
         return DeviceChoice(torch.device("mps"), "mps (asked for)")
     if text == "cuda" or text.startswith("cuda:"):
         if not cuda_ok:

@@ -42,7 +42,7 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "GPU memory allocated by PyTorch"
-    return peak_rss(), "peak resident memory of the process"
+    return peak_rss(), "resident memory of the process"  # shown as "peak memory (...)"
 
 
 def peak_rss() -> int:

@@ -59,7 +59,9 @@ def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = No
         failed = [r for r in seen if r.status == "failed"]
         of = f" of {total}" if total is not None else ""
         counts = f"{done} done" + (f", {skipped} skipped" if skipped else "") + f", {len(failed)} failed"
-        ui.info(f"stopped after {len(seen)}{of} images: {counts}")
+        ui.info(
+            f"stopped after {len(seen)}{of} {'image' if (total or len(seen)) == 1 else 'images'}: {counts}"
+        )
         for r in failed[:_MAX_LISTED]:
             ui.warn(f"failed: {_failure_line(r)}")
         if len(failed) > _MAX_LISTED:

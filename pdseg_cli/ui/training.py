@@ -70,9 +70,9 @@ class TrainingView:
         )
         if v["left_out"]:
             ui.info(
-                f"each epoch leaves out {v['left_out']} of the {v['n_train']} images (they do not fill a "
-                "last batch); the order is reshuffled every epoch, so a different few each time (a "
-                "--batch that divides the count keeps them all)"
+                f"each epoch leaves out {v['left_out']} of the {counted(v['n_train'], 'image')} (they do "
+                "not fill a last batch); the order is reshuffled every epoch, so a different few each "
+                "time (a --batch that divides the count keeps them all)"
             )
         if v["batch_used"] < v["batch"]:
             ui.info(

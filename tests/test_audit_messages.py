@@ -1,0 +1,290 @@
+"""A newcomer's slips, each answered in pdseg's own words: one error line, a hint with an example
+value, exit status 2 (the CLI audit of options carried over from another command, --size, missing
+hints and hints that did not fit)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import EXAMPLE_IMAGES, flat, run_cli, seeded_model
+
+from pdseg_cli import runtime
+from pdseg_cli.commands import info as info_cmd
+from pdseg_cli.commands import train as train_cmd
+from pdseg_cli.config import VARIANTS
+from pdseg_cli.engine import train_config
+from pdseg_cli.engine.onnx_spec import parse_spec
+from pdseg_cli.errors import InputError
+from pdseg_cli.model import save_checkpoint
+
+
+def _refused(*args: str | Path) -> str:
+    """The output of a refused ``pdseg args...``: exit 2, pdseg's error and hint lines, no
+    traceback nor usage box; flattened (rich's wrapping undone)."""
+    result = run_cli(*args, columns=200)
+    text = flat(result.output)
+    assert result.exit_code == 2, text
+    assert "Traceback" not in text and "Usage:" not in text, text
+    assert "error:" in text and "hint:" in text, text
+    return text
+
+
+def _photos(tmp_path: Path) -> Path:
+    """A folder of images, no im/ nor gt/ (a newcomer's photos)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted(EXAMPLE_IMAGES.iterdir())[:2]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+# 1 and 2: options carried over from another command
+
+
+@pytest.mark.parametrize("flag", ["-w", "--weights"])
+def test_train_weights_points_to_init_and_resume(flag: str) -> None:
+    text = _refused("train", flag, "runs/a/last.pt")
+    assert f"error: pdseg train has no {flag} option" in text
+    assert "--init FILE" in text and "--resume" in text
+    assert "--workers" not in text  # -w was once --workers in train
+
+
+def test_eval_out_points_to_json_csv_and_save_preds() -> None:
+    text = _refused("eval", "--out", "scores.json")
+    assert "error: pdseg eval has no --out option" in text
+    assert "--json FILE" in text and "--csv FILE" in text and "--save-preds DIR" in text
+    assert "--tta" not in text
+
+
+def test_export_size_points_to_check_shape() -> None:
+    text = _refused("export", "--size", "1024")
+    assert "error: pdseg export has no --size option" in text
+    assert "--check-shape 1x3x1024x1024" in text and "dynamic" in text
+
+
+def test_other_unknown_options_keep_clicks_usage_box() -> None:
+    result = run_cli("predict", "--bogus", columns=200)
+    assert result.exit_code == 2
+    assert "No such option: --bogus" in result.output
+
+
+def test_train_workers_has_no_short_flag() -> None:
+    result = run_cli("train", "-h", columns=200)
+    line = next(line for line in result.output.splitlines() if "--workers" in line)
+    assert "-w" not in line.replace("--workers", "")
+
+
+# 3: --size, one mistake said one way
+
+
+def test_train_size_zero_is_not_called_a_multiple_of_32(tmp_path: Path) -> None:
+    text = _refused("train", "--epochs", "1", "--size", "0", "--out", tmp_path / "run")
+    assert "--size must be at least 32 and a multiple of 32 (the model's total stride), got 0" in text
+    assert "hint: e.g. --size 1024" in text
+
+
+@pytest.mark.parametrize("command", ["train", "info"])
+def test_size_full_is_for_predict_and_eval(command: str, tmp_path: Path) -> None:
+    extra = ["--epochs", "1", "--out", tmp_path / "run"] if command == "train" else []
+    text = _refused(command, *extra, "--size", "full")
+    assert f"--size full is for predict and eval only: {command} takes a square side in pixels" in text
+    text = _refused(command, *extra, "--size", "abc")
+    assert "--size 'abc' is not a whole number" in text and "hint: e.g. --size 1024" in text
+
+
+def test_predict_size_mistakes_get_hints(tmp_path: Path) -> None:
+    out = tmp_path / "masks"
+    text = _refused("predict", EXAMPLE_IMAGES, "-o", out, "--size", "0")
+    assert "--size 0 is too small: at least 32 (the model's stride)" in text
+    assert "hint: e.g. --size 1024" in text
+    text = _refused("predict", EXAMPLE_IMAGES, "-o", out, "--size", "512.5")
+    assert "--size '512.5' is not a whole number" in text and "neither" not in text
+    assert "--size full" in text
+    assert not out.exists()
+
+
+def test_benchmark_refuses_a_side_larger_than_predict_takes() -> None:
+    from pdseg_cli.engine.predict import MAX_SIDE
+
+    text = _refused("benchmark", "--size", str(MAX_SIDE + 1), "--runs", "1")
+    assert f"--size {MAX_SIDE + 1} is too large: at most {MAX_SIDE}" in text
+    assert "median" not in text  # no table was drawn
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "benchmark"])
+def test_batch_zero_is_one_pdseg_line_as_in_train(command: str, tmp_path: Path) -> None:
+    args = {"predict": [EXAMPLE_IMAGES, "-o", tmp_path / "m"], "eval": ["--split", "DIS-VD"], "benchmark": []}
+    text = _refused(command, *args[command], "--batch", "0")
+    assert "error: --batch must be at least 1, got 0" in text and "hint: e.g. --batch 4" in text
+
+
+# 4: --resume with --overwrite
+
+
+def test_resume_and_overwrite_contradict_each_other(tmp_path: Path) -> None:
+    text = _refused("train", "--resume", "--overwrite", "--out", tmp_path / "a")
+    assert (
+        "--resume and --overwrite contradict each other (resume goes on with the run in --out; "
+        "overwrite starts it again)"
+    ) in text
+    assert "drop --overwrite" in text and "drop --resume" in text
+
+
+# 5: every user mistake has a hint with an example
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "example"),
+    [
+        ("--epochs", "0", "--epochs 20"),
+        ("--lr", "-1", "--lr 6e-5"),
+        ("--cache", "memory", "--cache ram"),
+        ("--supervision", "both", "--supervision single"),
+        ("--workers", "-1", "--workers 2"),
+        ("--warmup", "-1", "--warmup 500"),
+        ("--clip-grad", "-1", "--clip-grad 5"),
+        ("--val-every", "-1", "--val-every 5"),
+        ("--ema-decay", "2", "--ema-decay 0.999"),
+    ],
+)
+def test_train_value_errors_have_an_example(option: str, value: str, example: str, tmp_path: Path) -> None:
+    args = ["--epochs", "1"] if option != "--epochs" else []
+    text = _refused("train", *args, option, value, "--out", tmp_path / "run")
+    assert f"error: {option} must" in text
+    assert f"hint: e.g. {example}" in text
+
+
+def test_predict_option_errors_have_hints(tmp_path: Path) -> None:
+    text = _refused(
+        "predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "--save", "mask,composite", "--bg", "zzz"
+    )
+    assert "--bg" in text and "hint: e.g. --bg white" in text
+    a_file = tmp_path / "fake.pt"
+    a_file.write_bytes(b"x")
+    text = _refused("predict", EXAMPLE_IMAGES, "-o", a_file)
+    assert f"--out {a_file} is a file, not a folder" in text and "hint: give a folder" in text
+
+
+@pytest.mark.skipif(runtime.resolve_device("auto").device.type != "cpu", reason="an accelerator is here")
+def test_device_mps_without_mps_has_a_hint(tmp_path: Path) -> None:
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        pytest.skip("this machine has MPS")
+    text = _refused("predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "--device", "mps")
+    assert "hint: use --device auto" in text
+
+
+def test_eval_json_folder_has_a_file_name_hint(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    text = _refused("eval", "--split", "DIS-VD", "--json", folder)
+    assert f"hint: e.g. --json {folder / 'scores.json'}" in text
+
+
+def test_onnx_spec_errors_have_examples() -> None:
+    with pytest.raises(InputError) as bad_size:
+        parse_spec("size=abc")
+    assert bad_size.value.hint is not None and "size=1024" in bad_size.value.hint
+    with pytest.raises(InputError) as typo:
+        parse_spec("sise=1024")
+    assert typo.value.message == "--onnx-spec: unknown key 'sise'"
+    assert typo.value.hint == "did you mean size=1024?"
+
+
+# 6: hints that fit what the user typed
+
+
+def test_data_root_that_is_a_file_is_said_of_the_option(tmp_path: Path) -> None:
+    a_file = tmp_path / "fake.pt"
+    a_file.write_bytes(b"x")
+    text = _refused("eval", "--split", "DIS-VD", "--data-root", a_file)
+    assert f"--data-root {a_file} is a file, not the DIS5K folder" in text
+    assert "pass --data-root" not in text
+
+
+def test_eval_split_of_plain_photos_says_to_add_gt(tmp_path: Path) -> None:
+    photos = _photos(tmp_path)
+    text = _refused("eval", "--split", photos)
+    assert f"add {photos}/gt/ with one mask per image (<stem>.png)" in text
+    assert "expected layout" not in text
+
+
+def test_teacher_needs_only_im(tmp_path: Path) -> None:
+    photos = _photos(tmp_path)
+    text = _refused(
+        "train",
+        "--epochs",
+        "1",
+        "--teacher",
+        tmp_path / "isnet.onnx",
+        "--train",
+        photos,
+        "--out",
+        tmp_path / "r",
+    )
+    assert f"move them into {photos / 'im'}/; with --teacher that is enough" in text
+
+
+def test_val_that_does_not_exist_names_val(tmp_path: Path) -> None:
+    photos = _photos(tmp_path)
+    text = _refused("train", "--epochs", "1", "--train", photos, "--val", tmp_path / "nothere")
+    assert f"error: --val {tmp_path / 'nothere'} does not exist" in text
+
+
+# 7: copy
+
+
+def test_a_file_that_is_not_an_image_says_so(tmp_path: Path) -> None:
+    a_file = tmp_path / "fake.pt"
+    a_file.write_bytes(b"x")
+    text = _refused("predict", a_file, "-o", tmp_path / "m")
+    assert f"error: {a_file}: .pt is not an image file" in text
+    assert "pdseg reads" in text and "other files" not in text
+
+
+def test_one_other_file_is_singular(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    text = _refused("predict", folder, "-o", tmp_path / "m")
+    assert "(1 other file skipped)" in text
+
+
+def test_peak_memory_label_is_no_tautology() -> None:
+    _, what = runtime.peak_memory(torch.device("cpu"))
+    assert not what.startswith("peak")
+
+
+def test_info_file_shows_none_for_empty_provenance(tmp_path: Path) -> None:
+    path = save_checkpoint(seeded_model(), tmp_path / "last.pt", train_size=64, data=None)
+    result = run_cli("info", path, "--size", "64", columns=200)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "provenance: data" in line)
+    assert "null" not in row and "none" in row
+    assert "0.0 " not in result.output  # GMACs at 64x64 keep their digits
+
+
+def test_gmacs_keep_three_digits_below_ten() -> None:
+    assert info_cmd.gmacs(0.004781) == "0.00478"
+    assert info_cmd.gmacs(5.234) == "5.23"
+    assert info_cmd.gmacs(127.61) == "127.6"
+
+
+# 8: help
+
+
+def test_root_help_says_info_describes_weights_files() -> None:
+    result = run_cli("--help", columns=200)
+    line = next(line for line in result.output.splitlines() if " info " in line)
+    assert "weights file" in line
+
+
+def test_train_variant_help_names_every_variant() -> None:
+    result = run_cli("train", "-h", columns=400)
+    text = flat(result.output)
+    for name in VARIANTS:
+        assert name in text
+    assert train_cmd.DEFAULT_VARIANT == train_config.DEFAULT_VARIANT
