@@ -190,3 +190,26 @@ def test_numpy_switches_and_numbers_pass_as_python_ones(tmp_path: Path) -> None:
     images = make_dataset(tmp_path / "set", 1) / "im"
     Predictor(seeded_model(), device="cpu").predict_paths([images], tmp_path / "out", recursive=np.False_)
     assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_a_pickle_that_would_run_code_is_named_so_and_never_run(tmp_path: Path) -> None:
+    """torch 2.13 says "unsupported GLOBAL posix.system" (lower case): it was taken for a file that
+    is not PyTorch's at all, and --resume called it damaged and offered --overwrite."""
+    import os
+
+    from pdseg_cli.engine.train_checkpoints import read_train_state
+    from pdseg_cli.errors import WeightsError
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "last.pt"
+    torch.save({"train_state": Evil()}, evil)
+    with pytest.raises(WeightsError, match=r"holds pickled Python objects \(\w+\.system\)"):
+        load_model(evil)
+    with pytest.raises(WeightsError, match="not a pdseg training state") as err:
+        read_train_state(evil)
+    assert "--overwrite" not in str(err.value) and not marker.exists()

@@ -555,3 +555,37 @@ def test_info_describes_a_checkpoint_and_an_export(checkpoint: Path, onnx_file: 
     assert "w [red].pt" in shown and "photos [bold]kept[/bold] and [x]" in shown
     missing = run_cli("info", tmp_path / "nope.pt", columns=250)
     assert missing.exit_code == 2 and "no such file" in flat(missing.output)
+
+
+def test_torchscript_runs_only_under_a_torchscript_name(torchscript_file: Path, tmp_path: Path) -> None:
+    """Loading TorchScript runs the code it holds (its __setstate__ can read and write files): a
+    file named like weights (.pt, loaded with weights_only, which runs nothing) is never run as one."""
+    from pdseg_cli.engine.predict import Predictor
+    from pdseg_cli.errors import WeightsError
+
+    for name in ("weights.pt", "model.bin", "model"):
+        disguised = tmp_path / name
+        disguised.write_bytes(torchscript_file.read_bytes())
+        with pytest.raises(WeightsError, match="TorchScript program .*runs the code inside it") as err:
+            Predictor(disguised, device="cpu")
+        assert "rename it to" in (err.value.hint or "")
+        for command in (
+            ["info", disguised],
+            ["predict", EXAMPLE_IMAGES, "-w", disguised, "-o", tmp_path / "o"],
+        ):
+            result = run_cli(*command, columns=250)
+            assert result.exit_code == 2 and "runs the code inside it" in flat(result.output), result.output
+
+
+def test_info_reads_a_torchscript_file_without_running_it(
+    torchscript_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pdseg info loaded the TorchScript program")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    result = run_cli("info", torchscript_file, columns=250)
+    text = flat(result.output)
+    assert result.exit_code == 0 and "TorchScript export (fp32)" in text and "pdseg-tiny" in text, (
+        result.output
+    )

@@ -755,7 +755,7 @@ def _load_written(path: Path, fmt: str) -> OnnxModel | TorchScriptModel | _Loade
     if fmt == "onnx":
         return OnnxModel(path)
     if fmt == "torchscript":
-        return TorchScriptModel(path)
+        return TorchScriptModel(path, written_here=True)
     return _LoadedCheckpoint(path)
 
 

@@ -506,24 +506,73 @@ class OnnxModel(_ExportedModel):
         return _logit(self.run(x, self._output_names[0])).to(x.device)
 
 
+TORCHSCRIPT_SUFFIXES = tuple(suffix for suffix, kind in SUFFIX_FORMATS.items() if kind == "torchscript")
+
+
+def refuse_misnamed_torchscript(path: Path) -> None:
+    """Refuse a TorchScript archive under a name other than a TorchScript one (``model.pt``).
+
+    Loading TorchScript runs the code the archive holds (``torch.jit.load`` runs its
+    ``__setstate__`` methods, which can read and write files), whereas a ``.pt`` weights file is
+    loaded with ``weights_only`` and never runs code. A file named like weights must not be run as
+    a program because of what it holds; one named ``.ts`` says what it is.
+
+    Raises:
+        WeightsError: ``path`` does not end in a TorchScript suffix.
+    """
+    if path.suffix.lower() in TORCHSCRIPT_SUFFIXES:
+        return
+    named = f"named {path.suffix}" if path.suffix else "without a suffix"
+    raise WeightsError(
+        f"{path} is a TorchScript program {named}: loading TorchScript runs the code inside it, so pdseg "
+        f"runs one only under a TorchScript name ({', '.join(TORCHSCRIPT_SUFFIXES)})",
+        hint=f"if you trust where it came from, rename it to {path.with_suffix('.ts').name}; the .pt "
+        "files pdseg writes hold weights only, no code",
+    )
+
+
+def torchscript_metadata(path: Path) -> ExportMetadata:
+    """A TorchScript export's pdseg metadata, read from its archive without loading it (loading
+    runs the code it holds: ``pdseg info`` must be safe to point at any file).
+
+    Raises:
+        WeightsError: the file is not a zip archive.
+    """
+    suffix = "/extra/" + TORCHSCRIPT_METADATA_FILE
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if name.endswith(suffix)]
+            raw = archive.read(names[0])[: 1 << 20].decode("utf-8", "replace") if names else ""
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise _unreadable(path, "torchscript", exc) from None
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    return ExportMetadata.from_strings(data if isinstance(data, dict) else {}, path)
+
+
 class TorchScriptModel(_ExportedModel):
     """A TorchScript file written by ``pdseg export --format torchscript``, with the same interface.
 
     Args:
-        path: the TorchScript file.
+        path: the TorchScript file; only under a TorchScript name (:func:`refuse_misnamed_torchscript`).
         device: torch device to run on.
+        written_here: the file ``pdseg export`` has just written, checked under its temporary name.
 
     Raises:
-        WeightsError: the file is not a TorchScript archive with pdseg metadata.
+        WeightsError: the file is not a TorchScript archive with pdseg metadata, or is named otherwise.
     """
 
     format = "torchscript"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", *, written_here: bool = False):
         self.path = Path(path)
         self.device = torch.device(device)
         if not self.path.is_file():
             raise WeightsError(f"{self.path} does not exist")
+        if not written_here:  # export's check of the file it has just traced, under its temporary name
+            refuse_misnamed_torchscript(self.path)
         extra = {TORCHSCRIPT_METADATA_FILE: ""}
         try:
             with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit.load; it still works

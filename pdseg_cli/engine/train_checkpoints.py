@@ -76,6 +76,12 @@ def read_train_state(path: Path) -> dict[str, Any]:
             hint="start it again without --resume (nothing was trained yet, so nothing is lost)",
         ) from None
     except Exception as exc:  # truncated zip, foreign pickle, ...
+        if "unsupported global" in str(exc).lower():  # a pickle that would run code: not damage
+            raise WeightsError(
+                f"{path} holds pickled Python objects, which a safe load refuses: it is not a pdseg "
+                "training state (pdseg never runs code from a checkpoint)",
+                hint="resume only a last.pt that pdseg train wrote; or start the run again in another --out",
+            ) from None
         raise WeightsError(
             f"{path} cannot be read to resume ({str(exc).splitlines()[0][:160]})",
             hint="the file is damaged; start again with --overwrite",

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from pdseg_cli.data.teacher import file_sha256
-from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
+from pdseg_cli.engine.onnx_backend import (
+    ExportMetadata,
+    detect_format,
+    load_exported,
+    refuse_misnamed_torchscript,
+    refuse_spec_for,
+    torchscript_metadata,
+)
 from pdseg_cli.engine.train_checkpoints import resume_summary
 from pdseg_cli.errors import WeightsError, clip_words
 from pdseg_cli.model.build import load_checkpoint
@@ -65,6 +72,11 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
         if resume is not None:  # a run's last.pt: where it stands, and the command to go on
             rows.append(("training state", resume))
         return WeightsDescription(ckpt.variant, rows)
+    if kind == "torchscript":  # read from the archive: loading TorchScript runs the code it holds
+        refuse_misnamed_torchscript(path)
+        metadata = torchscript_metadata(path)
+        rows.append(("kind", f"TorchScript export ({metadata.precision})"))
+        return WeightsDescription(metadata.variant, rows + _metadata_rows(metadata))
     model = load_exported(path, onnx_spec=onnx_spec)
     metadata = model.metadata
     if not metadata.pdseg_version:  # recognised by its signature (or --onnx-spec): how pdseg runs it
@@ -77,13 +89,16 @@ def describe_weights(path: Path, onnx_spec: str | None = None) -> WeightsDescrip
 
             rows.append(("training size", f"not recorded: predict assumes {DEFAULT_SIZE}, pass --size"))
         return WeightsDescription(metadata.variant, rows)
-    rows.append(("kind", f"{'ONNX' if kind == 'onnx' else 'TorchScript'} export ({metadata.precision})"))
+    rows.append(("kind", f"ONNX export ({metadata.precision})"))
+    return WeightsDescription(metadata.variant, rows + _metadata_rows(metadata))
+
+
+def _metadata_rows(metadata: ExportMetadata) -> list[tuple[str, str]]:
+    """An export's metadata as rows, then its provenance as a checkpoint's (the export carries it)."""
     strings = metadata.to_strings()
     hidden = ("config", "pdseg_metadata_version", "provenance")  # the provenance: its own rows below
     keys = [key for key in sorted(strings) if key not in hidden]
-    rows += [(key, _short(strings[key])) for key in keys]
-    rows += provenance_rows(metadata.provenance)  # as a checkpoint's: the export carries it
-    return WeightsDescription(metadata.variant, rows)
+    return [(key, _short(strings[key])) for key in keys] + provenance_rows(metadata.provenance)
 
 
 def provenance_rows(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -306,8 +306,9 @@ def _torch_load(path: Path, what: str) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
-            name = re.search(r"GLOBAL (\S+)", str(exc))
+        text = str(exc).lower()  # torch has said "Unsupported global: GLOBAL x" and "unsupported GLOBAL x"
+        if "unsupported global" in text or "unsupported class" in text:
+            name = re.search(r"GLOBAL (\S+)", str(exc), re.IGNORECASE)
             raise WeightsError(
                 f"{what} {path} holds pickled Python objects"
                 f"{f' ({name.group(1)})' if name else ''}, which a safe load refuses",
