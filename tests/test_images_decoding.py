@@ -345,3 +345,125 @@ def test_an_animation_is_read_from_its_first_frame_and_said(tmp_path: Path, suff
     still = tmp_path / f"still{suffix}"
     frames[0].save(still, lossless=True)
     assert imio.read_image(still).warnings == []  # a still image says nothing
+
+
+# ------------------------------------------------------------------------ files without their end marker
+
+_IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", 0xAE426082)  # the empty chunk and its CRC
+_NO_END = "no end marker (the file ends early, but every row is there); decoded anyway"
+
+
+def _textured(h: int = 48, w: int = 64) -> np.ndarray:
+    """Random colours with some structure: every scan and IDAT chunk has work to do."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3
+    return rgb
+
+
+def _jpeg(progressive: bool) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_textured()).save(buf, "JPEG", quality=90, progressive=progressive)
+    return buf.getvalue()
+
+
+@pytest.fixture(params=[False, True], ids=["api", "command"])
+def routed(request: pytest.FixtureRequest):
+    """Read as the Python API does (no decoder messages) and as the pdseg command does (libjpeg's
+    and libpng's messages come back to the decode)."""
+    from pdseg_cli.data import native_messages
+
+    if not request.param:
+        yield
+        return
+    with native_messages.routed():
+        yield
+
+
+@pytest.mark.usefixtures("routed")
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+@pytest.mark.parametrize("cut", [2, 1], ids=["no-FFD9", "no-D9"])
+def test_a_jpeg_without_its_end_marker_reads_whole_with_a_warning(
+    tmp_path: Path, progressive: bool, cut: int
+) -> None:
+    data = _jpeg(progressive)
+    assert data.endswith(b"\xff\xd9")
+    (tmp_path / "whole.jpg").write_bytes(data)
+    (tmp_path / "noeoi.jpg").write_bytes(data[:-cut])
+    whole, cut_short = imio.read_image(tmp_path / "whole.jpg"), imio.read_image(tmp_path / "noeoi.jpg")
+    np.testing.assert_array_equal(cut_short.pixels, whole.pixels)
+    assert whole.warnings == []
+    assert cut_short.warnings == [f"{tmp_path / 'noeoi.jpg'}: {_NO_END}"]
+
+
+@pytest.mark.usefixtures("routed")
+def test_a_png_without_iend_reads_whole_with_a_warning(tmp_path: Path) -> None:
+    for name, pixels in (("rgb", _textured()), ("gray16", _textured()[..., 0].astype(np.uint16) * 257)):
+        data = imio.encode_png(pixels)
+        assert data.endswith(_IEND)
+        (tmp_path / f"{name}.png").write_bytes(data[: -len(_IEND)])
+        loaded = imio.read_image(tmp_path / f"{name}.png")
+        np.testing.assert_array_equal(loaded.pixels[..., 0], pixels if pixels.ndim == 2 else pixels[..., 0])
+        np.testing.assert_array_equal(loaded.pixels, imio.to_rgb(pixels))
+        assert loaded.warnings == [f"{tmp_path / f'{name}.png'}: {_NO_END}"]
+
+
+@pytest.mark.usefixtures("routed")
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_jpeg_cut_inside_its_image_data_is_still_refused(tmp_path: Path, progressive: bool) -> None:
+    data = _jpeg(progressive)
+    sos = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    cuts = {"half": len(data) // 2, "late": len(data) - 40}
+    if progressive:  # between two scans: libjpeg decodes that cleanly, blurred
+        cuts["between-scans"] = sos[len(sos) // 2]
+    for name, at in cuts.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data[:at])
+        with pytest.raises(InputError, match="cannot decode \\(corrupt or truncated JPEG file\\)"):
+            imio.read_image(path)
+
+
+@pytest.mark.usefixtures("routed")
+def test_a_png_cut_inside_its_image_data_is_still_refused(tmp_path: Path) -> None:
+    data = imio.encode_png(np.tile(_textured(), (4, 4, 1)))
+    chunks, i = [], 8
+    while i < len(data):  # where each chunk ends
+        i += 12 + struct.unpack(">I", data[i : i + 4])[0]
+        chunks.append(i)
+    assert len(chunks) > 3  # IHDR, several IDAT, IEND
+    for name, at in {"half": len(data) // 2, "between-idat": chunks[len(chunks) // 2]}.items():
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(data[:at])
+        with pytest.raises(InputError, match="cannot decode \\(corrupt or truncated PNG file\\)"):
+            imio.read_image(path)
+
+
+def test_the_end_marker_retry_is_for_jpeg_and_png_only(tmp_path: Path) -> None:
+    ok, buf = cv2.imencode(".bmp", _textured())
+    assert ok
+    path = tmp_path / "cut.bmp"
+    path.write_bytes(buf.tobytes()[:-100])
+    with pytest.raises(InputError, match="cannot decode"):
+        imio.read_image(path)
+    assert imio.decode_lacking_end_marker(buf.tobytes()[:-100], cv2.IMREAD_COLOR) is None
+
+
+def test_eval_and_training_read_a_mask_without_its_end_marker(tmp_path: Path) -> None:
+    """GTs, predictions and training masks go through metrics.reading, which decoded on its own."""
+    from pdseg_cli.metrics.reading import read_mask_file
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:30, 5:45] = 255
+    ok, buf = cv2.imencode(".png", mask)
+    assert ok and buf.tobytes().endswith(_IEND)
+    (tmp_path / "gt.png").write_bytes(buf.tobytes()[: -len(_IEND)])
+    read = read_mask_file(tmp_path / "gt.png")
+    np.testing.assert_array_equal(read.array, mask)
+    assert read.decoder_said == (_NO_END,)  # eval notes it as a damaged file, and scores it
+    (tmp_path / "half.png").write_bytes(buf.tobytes()[: len(buf) // 2])
+    with pytest.raises(InputError, match="cannot decode"):
+        read_mask_file(tmp_path / "half.png")

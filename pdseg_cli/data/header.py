@@ -9,8 +9,12 @@ The first bytes also say what a file is whatever its name (:func:`image_kind`): 
 tifffile or OpenCV by them, and names the real format when a file cannot be decoded.
 
 :func:`header_extras` reads what the reader keeps besides the pixels: the embedded ICC profile
-(JPEG APP2, PNG iCCP, WebP ICCP; a TIFF's tag through :func:`tiff_icc_profile`), whether the file
-holds alpha, and a PNG's or WebP's EXIF orientation.
+(JPEG APP2, PNG iCCP, WebP ICCP; a TIFF's tag through :func:`tiff_icc_profile`), the pixel density
+(:class:`Density`: JPEG JFIF or EXIF, PNG pHYs, WebP EXIF; a TIFF's tags through
+:func:`tiff_density`), whether the file holds alpha, and a PNG's or WebP's EXIF orientation.
+
+:func:`jpeg_scans_complete` tells a JPEG that lacks only its end marker from one cut inside its
+image data, for the reader's retry of a JPEG OpenCV did not decode.
 
 :func:`carries_output_mark` tells pdseg's own outputs from other files of the same layout (a GT
 mask is an 8-bit gray PNG as pdseg's mask is): pdseg writes :data:`OUTPUT_MARK` into each, as a
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import struct
 import threading
@@ -414,8 +419,66 @@ def _webp(head: bytes) -> tuple[int, int] | None:
 # what the reader keeps besides the pixels: the colour profile, whether there is alpha, orientation
 
 ICC_PROFILE_TAG = 34675  # TIFF InterColorProfile
+TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION, TIFF_RESOLUTION_UNIT = 282, 283, 296  # EXIF's IFD0 too
 _MAX_ICC = 1 << 25  # 32 MiB: larger than any real profile; a "profile" over it is damage, not colour
 _JPEG_ICC = b"ICC_PROFILE\x00"
+
+
+MAX_DPI = 100_000  # denser than any scanner or printer: a "density" over it is damage, not size
+_CM_PER_INCH = 2.54
+_RESOLUTION_UNITS = {2: "inch", 3: "cm"}  # TIFF/EXIF ResolutionUnit; 1 (none) says no size at all
+
+
+@dataclass(frozen=True)
+class Density:
+    """How many pixels fill a length of paper, which print and layout programs size an image by (a
+    600 dpi scan shown at 72 dpi is 8 times its size): ``x`` across and ``y`` down per ``unit``,
+    ``"inch"`` or ``"cm"``. Kept in the file's own unit, so that it is written back exactly
+    (600 dpi as 600/1 inch in a TIFF; a PNG's 23622 pixels per metre as 23622 again).
+    Made by :func:`density` only, which refuses nonsense values."""
+
+    x: float
+    y: float
+    unit: str = "inch"
+
+    def per_metre(self) -> tuple[int, int]:
+        """(x, y) in pixels per metre, rounded: a PNG pHYs chunk's numbers."""
+        scale = 100.0 if self.unit == "cm" else 100.0 / _CM_PER_INCH
+        return max(1, round(self.x * scale)), max(1, round(self.y * scale))
+
+    def oriented(self, orientation: int) -> Density:
+        """The density of the image shown by the EXIF/TIFF ``orientation`` (1-8): 5-8 turn it by 90
+        degrees, so the file's across is the shown image's down."""
+        return Density(self.y, self.x, self.unit) if orientation in (5, 6, 7, 8) else self
+
+
+def density(x: float, y: float, unit: str | None) -> Density | None:
+    """A :class:`Density` of ``x`` and ``y`` pixels per ``unit`` (``"inch"``, ``"cm"``), or None
+    when there is no unit or a value is no size (0, negative, NaN, over :data:`MAX_DPI`)."""
+    if unit not in ("inch", "cm"):
+        return None
+    per_inch = _CM_PER_INCH if unit == "cm" else 1.0
+    for value in (x, y):
+        if not (math.isfinite(value) and 0 < value * per_inch <= MAX_DPI):
+            return None
+    return Density(float(x), float(y), unit)
+
+
+def tiff_density(x: Any, y: Any, unit: Any) -> Density | None:
+    """A TIFF's XResolution and YResolution (tifffile gives (numerator, denominator); None when
+    absent) and ResolutionUnit (None when absent: inch, the TIFF default) as a density."""
+    try:
+        return density(_ratio(x), _ratio(y), _RESOLUTION_UNITS.get(2 if unit is None else int(unit)))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _ratio(value: Any) -> float:
+    """A TIFF RATIONAL, (numerator, denominator), as a number; NaN when there is none."""
+    if value is None:
+        return math.nan
+    numerator, denominator = (value, 1) if isinstance(value, int | float) else tuple(value)[:2]
+    return numerator / denominator if denominator else math.nan
 
 
 @dataclass(frozen=True)
@@ -436,6 +499,9 @@ class HeaderExtras:
         bit_depth: a PNG's bits per sample (1-16), which ``colour_key`` is written at.
         frames: the frames of an animated PNG (its acTL chunk) or WebP (its ANMF chunks); 1 for a
             still image. OpenCV decodes one picture of it (the still image), so the reader warns.
+        density: the pixel density (a JPEG's JFIF density or else its EXIF resolution, a PNG's
+            pHYs, a WebP's EXIF resolution), turned as the EXIF orientation turns the pixels;
+            None when the file says none, or nonsense.
     """
 
     icc_profile: bytes | None = None
@@ -444,10 +510,11 @@ class HeaderExtras:
     colour_key: tuple[int, ...] | None = None
     bit_depth: int = 8
     frames: int = 1
+    density: Density | None = None
 
 
 def header_extras(path: Path, head: bytes) -> HeaderExtras:
-    """The ICC profile, alpha and EXIF orientation of a JPEG, PNG or WebP file, parsed from its
+    """The ICC profile, density, alpha and EXIF orientation of a JPEG, PNG or WebP file, parsed from its
     chunks or segments with ``struct`` and ``zlib``. ``head``: its first bytes (:func:`read_head`);
     the file is read further only where a chunk lies past them. A damaged or absent part reads as
     absent (no profile, no alpha, orientation 1): it never raises. TIFFs: see :func:`tiff_icc_profile`."""
@@ -456,7 +523,7 @@ def header_extras(path: Path, head: bytes) -> HeaderExtras:
             if head.startswith(b"\x89PNG\r\n\x1a\n"):
                 return _png_extras(data)
             if head.startswith(b"\xff\xd8"):
-                return HeaderExtras(icc_profile=_jpeg_icc(data))
+                return HeaderExtras(icc_profile=_jpeg_icc(data), density=_jpeg_density(data))
             if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
                 return _webp_extras(data)
     except (OSError, struct.error, ValueError, IndexError, zlib.error):
@@ -511,8 +578,9 @@ class _FileBytes:
 
 
 def _png_extras(data: _FileBytes) -> HeaderExtras:
-    """Walk a PNG's chunks: iCCP and tRNS before IDAT (where they must be), eXIf anywhere (OpenCV
-    reads it after the image data too; looked for only when alpha makes it needed)."""
+    """Walk a PNG's chunks: iCCP, tRNS and pHYs before IDAT (where they must be), eXIf anywhere
+    (OpenCV reads it after the image data too; looked for only when alpha, or a density that differs
+    across and down, makes it needed)."""
     ihdr = data.read(8, 25)
     if ihdr[4:8] != b"IHDR":
         return HeaderExtras()
@@ -522,13 +590,18 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
     icc: bytes | None = None
     orientation, exif_seen, image_seen = 1, False, False
     frames = 1
+    found: Density | None = None
     for offset, length, name in _png_chunks(data):
         if name == b"acTL" and not image_seen and length >= 8:  # APNG: before the image data
             frames = max(1, struct.unpack(">I", data.read(offset + 8, 4))[0])
         elif name == b"IDAT":
             image_seen = True
-            if not alpha:  # no alpha: the orientation is OpenCV's to apply
+            # no alpha: the orientation is OpenCV's to apply, and needed here only to turn a density
+            if not alpha and (found is None or found.x == found.y):
                 break
+        elif name == b"pHYs" and not image_seen and length == 9:
+            x, y, unit = struct.unpack(">IIB", data.read(offset + 8, 9))
+            found = density(x / 100, y / 100, "cm" if unit == 1 else None)  # unit 1: per metre
         elif name == b"iCCP" and not image_seen and icc is None:
             icc = _png_iccp(data.read(offset + 8, length + 4), length)
         elif name == b"tRNS" and not image_seen and colour_type == 3:
@@ -547,6 +620,7 @@ def _png_extras(data: _FileBytes) -> HeaderExtras:
         colour_key=key,
         bit_depth=bit_depth,
         frames=frames,
+        density=found.oriented(orientation) if found is not None else None,
     )
 
 
@@ -600,6 +674,29 @@ def _jpeg_icc(data: _FileBytes) -> bytes | None:
     return _rgb_profile(b"".join(parts[seq] for seq in range(1, count + 1)))
 
 
+_JFIF = b"JFIF\x00"
+_EXIF = b"Exif\x00\x00"
+_JFIF_UNITS = {1: "inch", 2: "cm"}  # 0: the numbers are an aspect ratio only
+
+
+def _jpeg_density(data: _FileBytes) -> Density | None:
+    """A JPEG's density, turned by its EXIF orientation as OpenCV turns the pixels: the JFIF
+    segment's (APP0) when it gives units, else the EXIF resolution (APP1)."""
+    jfif: Density | None = None
+    exif = b""
+    for code, offset, length in _jpeg_segments(data):
+        if code == 0xE0 and jfif is None and length >= 2 + 12:
+            body = data.read(offset + 4, 12)
+            if body.startswith(_JFIF):
+                x, y = struct.unpack(">HH", body[8:12])
+                jfif = density(x, y, _JFIF_UNITS.get(body[7]))
+        elif code == 0xE1 and not exif:
+            body = data.read(offset + 4, length - 2)
+            exif = body[len(_EXIF) :] if body.startswith(_EXIF) else b""
+    found = jfif if jfif is not None else exif_density(exif)
+    return found.oriented(exif_orientation(exif)) if found is not None and exif else found
+
+
 def _webp_extras(data: _FileBytes) -> HeaderExtras:
     """Walk a WebP's RIFF chunks: ICCP, EXIF, and alpha from the VP8X flags or a lossless
     bitstream's header (a lossy one without VP8X has none)."""
@@ -607,6 +704,7 @@ def _webp_extras(data: _FileBytes) -> HeaderExtras:
     end = 8 + riff_size
     icc: bytes | None = None
     alpha, orientation, frames = False, 1, 0
+    found: Density | None = None
     offset = 12
     while offset + 8 <= end:
         header = data.read(offset, 8)
@@ -621,11 +719,18 @@ def _webp_extras(data: _FileBytes) -> HeaderExtras:
         elif name == b"ICCP" and icc is None:
             icc = _rgb_profile(data.read(offset + 8, size)) if size <= _MAX_ICC else None
         elif name == b"EXIF":
-            orientation = exif_orientation(data.read(offset + 8, size))
+            exif = data.read(offset + 8, size)
+            orientation, found = exif_orientation(exif), exif_density(exif)
         elif name == b"ANMF":  # one frame of an animation (each holds its own bitstream)
             frames += 1
         offset += 8 + size + (size & 1)  # chunks are padded to an even size
-    return HeaderExtras(icc_profile=icc, has_alpha=alpha, orientation=orientation, frames=max(frames, 1))
+    return HeaderExtras(
+        icc_profile=icc,
+        has_alpha=alpha,
+        orientation=orientation,
+        frames=max(frames, 1),
+        density=found.oriented(orientation) if found is not None else None,
+    )
 
 
 def exif_orientation(exif: bytes) -> int:
@@ -648,6 +753,92 @@ def exif_orientation(exif: bytes) -> int:
     except struct.error:
         return 1
     return 1
+
+
+def exif_density(exif: bytes) -> Density | None:
+    """The XResolution, YResolution and ResolutionUnit (inch when absent) in the first directory
+    of an EXIF block (as :func:`exif_orientation` reads it; an ``Exif\\0\\0`` prefix is passed
+    over), as stored: not turned. None when absent, damaged or nonsense."""
+    if exif.startswith(_EXIF):
+        exif = exif[len(_EXIF) :]
+    try:
+        order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+        if order is None:
+            return None
+        magic, first = struct.unpack(order + "HI", exif[2:8])
+        if magic != 42:
+            return None
+        (entries,) = struct.unpack(order + "H", exif[first : first + 2])
+        fields: dict[int, tuple[int, bytes]] = {}
+        for i in range(min(entries, 4096)):  # no real first directory has more tags
+            tag, kind, _count, value = struct.unpack(
+                order + "HHI4s", exif[first + 2 + 12 * i : first + 14 + 12 * i]
+            )
+            fields[tag] = (kind, value)
+        x, y = (
+            _exif_rational(exif, order, fields.get(tag)) for tag in (TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION)
+        )
+        kind, value = fields.get(TIFF_RESOLUTION_UNIT, (3, struct.pack(order + "HH", 2, 0)))
+        unit = struct.unpack(order + "H", value[:2])[0] if kind == 3 else 0  # SHORT
+    except struct.error:
+        return None
+    return density(x, y, _RESOLUTION_UNITS.get(unit))
+
+
+def _exif_rational(exif: bytes, order: str, field: tuple[int, bytes] | None) -> float:
+    """An EXIF RATIONAL (type 5: two LONGs where the entry points) as a number; NaN when absent."""
+    if field is None or field[0] != 5:
+        return math.nan
+    (where,) = struct.unpack(order + "I", field[1])
+    return _ratio(struct.unpack(order + "II", exif[where : where + 8]))
+
+
+# ----------------------------------------------------------------------------------------------
+# a JPEG cut short: whether every scan it needs is in it
+
+_SOF_CODES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
+_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+# a marker: 0xFF, then a code that is not a stuffed 0, a fill 0xFF or a restart (RST0-7), which
+# the entropy-coded data holds
+_MARKER = re.compile(rb"\xff(?=[\x01-\xcf\xd8-\xfe])")
+
+
+def jpeg_scans_complete(data: bytes) -> bool:
+    """Whether a JPEG holds every scan its frame needs: each component in a scan, and in a
+    progressive file each of its 64 coefficients brought to full precision (a scan with Al 0).
+
+    A progressive JPEG cut between two scans decodes without a word from libjpeg, blurred: this is
+    how the reader tells it from one that lacks only its end marker. Whether the last scan's data
+    is whole is the decoder's to say. False for a file whose headers are cut or damaged.
+    """
+    components: tuple[int, ...] = ()
+    progressive = False
+    finished: dict[int, set[int]] = {}
+    pos = 2
+    try:
+        while (match := _MARKER.search(data, pos)) is not None:
+            at = match.start()
+            code = data[at + 1]
+            if code == 0xD9:  # EOI
+                break
+            (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+            body = data[at + 4 : at + 2 + length]
+            if length < 2 or len(body) < length - 2:  # a header cut short
+                return False
+            if code in _SOF_CODES and not components:
+                progressive = code in _PROGRESSIVE_SOF
+                components = tuple(body[6 + 3 * i] for i in range(body[5]))
+            elif code == 0xDA:  # SOS: components, then Ss, Se, Ah/Al
+                count = body[0]
+                first, last, al = body[1 + 2 * count], body[2 + 2 * count], body[3 + 2 * count] & 0x0F
+                coefficients = range(first, min(last, 63) + 1) if progressive else range(64)
+                for component in body[1 : 1 + 2 * count : 2]:
+                    if not progressive or al == 0:
+                        finished.setdefault(component, set()).update(coefficients)
+            pos = at + 2 + length
+    except (IndexError, struct.error):
+        return False
+    return bool(components) and all(len(finished.get(c, ())) == 64 for c in components)
 
 
 _capture = threading.local()  # the list this thread's tifffile messages go to, while it reads a file

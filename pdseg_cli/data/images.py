@@ -16,6 +16,12 @@ floating-point TIFFs as float32, always as (H, W, 3) RGB. What is normalised on 
 * An embedded ICC profile (JPEG, PNG, WebP, TIFF) is kept as its bytes (``LoadedImage.icc_profile``)
   when it is whole and describes RGB, for the outputs made of the image's colours to carry; a
   damaged one is passed over silently (:func:`pdseg_cli.data.header.header_extras`).
+* The pixel density (JPEG JFIF or EXIF, PNG pHYs, WebP EXIF, TIFF XResolution/YResolution) is kept
+  (``LoadedImage.density``, turned with the pixels) for every output to carry: a 600 dpi scan's
+  cut-out keeps its printed size. A nonsense one is passed over.
+* A JPEG or PNG that lacks only its end marker (EOI, IEND), as copies cut short at the very end
+  are, is read with a warning; one cut inside its image data is refused
+  (:func:`decode_lacking_end_marker`).
 * The reader is chosen by the file's first bytes, not its name (a PNG saved as ``.tif`` is a PNG).
 * TIFFs are read with tifffile (8/16/32-bit integer and float, gray/RGB/RGBA, planar or
   interleaved, BigTIFF, compressed). A multi-page TIFF gives its first full-resolution page (a
@@ -53,12 +59,18 @@ from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.data.header import (
     ICC_PROFILE_TAG,
     TIFF_MAGICS,
+    TIFF_RESOLUTION_UNIT,
+    TIFF_X_RESOLUTION,
+    TIFF_Y_RESOLUTION,
+    Density,
     HeaderExtras,
     PnmHeader,
     header_extras,
     image_kind,
+    jpeg_scans_complete,
     pnm_header,
     read_head,
+    tiff_density,
     tiff_icc_profile,
     tifffile_messages,
 )
@@ -105,6 +117,8 @@ class LoadedImage:
             has none or it is opaque everywhere.
         icc_profile: the file's embedded ICC profile (an RGB one), as its bytes; None when absent,
             damaged or not RGB.
+        density: the file's pixel density, across and down as ``pixels`` are (swapped where the
+            orientation turned them by 90 degrees); None when the file gives none, or nonsense.
     """
 
     pixels: np.ndarray
@@ -112,6 +126,7 @@ class LoadedImage:
     warnings: list[str] = field(default_factory=list)
     alpha: np.ndarray | None = None
     icc_profile: bytes | None = None
+    density: Density | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -155,7 +170,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     warnings: list[str] = []
     alpha: np.ndarray | None  # a view of the decoded array's alpha channel
     if head.startswith(TIFF_MAGICS):  # by the content: a TIFF named .jpg is a TIFF, a PNG named .tif a PNG
-        array, alpha, icc = _read_tiff(path, warnings)
+        array, alpha, icc, density = _read_tiff(path, warnings)
     else:
         extras = header_extras(path, head)
         if extras.frames > 1:  # as a multi-page TIFF is said (_pages_note)
@@ -163,7 +178,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
                 f"{path}: animated {image_kind(head)} ({extras.frames} frames), the first frame is used"
             )
         array, alpha = _read_cv2_image(path, extras, warnings)
-        icc = extras.icc_profile
+        icc, density = extras.icc_profile, extras.density
         if image_kind(head) == "PNM":
             array = _pnm_full_scale(array, pnm_header(head))
     try:
@@ -175,7 +190,9 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     if pixels.dtype == np.float32:
         pixels = _finite(pixels, path, warnings)
     alpha = _kept_alpha(alpha, pixels.dtype)
-    return LoadedImage(np.ascontiguousarray(pixels), path, warnings, alpha=alpha, icc_profile=icc)
+    return LoadedImage(
+        np.ascontiguousarray(pixels), path, warnings, alpha=alpha, icc_profile=icc, density=density
+    )
 
 
 def _read_cv2_image(
@@ -281,6 +298,11 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         array, messages = native_messages.decode(call)
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
+    if array is None and page == 0:
+        array = decode_lacking_end_marker(data.tobytes(), flags)
+        if array is not None:
+            warnings.append(f"{path}: {END_MARKER_NOTE}")
+            return array
     if array is None:
         raise InputError(
             f"{path}: cannot decode ({_what_it_is(path, data[:16].tobytes())})"
@@ -288,6 +310,62 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         )
     warnings.extend(f"{path}: the decoder said: {m} (decoded anyway; parts may be damaged)" for m in messages)
     return array
+
+
+END_MARKER_NOTE = "no end marker (the file ends early, but every row is there); decoded anyway"
+# What a JPEG (EOI) and a PNG (an empty IEND chunk and its CRC) end with. OpenCV refuses a file
+# without it, though every pixel is there: a copy or a recovery that stopped at the last bytes.
+_END_MARKERS = {
+    "JPEG": b"\xff\xd9",
+    "PNG": struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")),
+}
+# bytes put before a JPEG's end marker to tell a whole scan from one cut short (no 0xFF: no
+# marker): unlike bits, so that one of them decodes to something other than libjpeg's blank blocks
+_JPEG_FILLERS = (b"\x55" * 256, b"\xaa" * 256, bytes((i * 167 + 89) % 255 for i in range(256)))
+
+
+def decode_lacking_end_marker(data: bytes, flags: int) -> np.ndarray | None:
+    """A JPEG or PNG that OpenCV could not decode, decoded with its end marker added back when that
+    is all it lacks: every row is in the file, and the decode is clean. None otherwise (the caller
+    refuses the file as it would have), e.g. for a file cut inside its image data.
+
+    libpng stops with an error where the image data runs out ("Not enough image data"). libjpeg
+    instead fills a scan cut short with blank blocks and only warns, which the ``pdseg`` command
+    hears (:mod:`pdseg_cli.data.native_messages`) and the Python API does not; so a JPEG must also
+    decode the same with each of a few runs of bytes put before its marker: libjpeg passes over
+    bytes after a whole scan but decodes them as image data inside one cut short (rarely to the
+    same blank blocks: the command's check, by the messages, is the sure one). A progressive JPEG
+    cut between two scans decodes cleanly and blurred: :func:`pdseg_cli.data.header.jpeg_scans_complete`
+    refuses it.
+    """
+    kind = image_kind(data[:16])
+    end = _END_MARKERS.get(kind or "")
+    if end is None or data.endswith(end):
+        return None
+    if kind == "JPEG":
+        # a last 0xFF is the marker's first half or a fill byte, never image data (which stuffs a 0
+        # after each 0xFF): the fillers below must not follow it
+        data = data.rstrip(b"\xff")
+        if not jpeg_scans_complete(data):
+            return None
+    array = _clean_decode(data + end, flags)
+    if array is None or kind != "JPEG":
+        return array
+    for filler in _JPEG_FILLERS:
+        again = _clean_decode(data + filler + end, flags, tolerate_messages=True)
+        if again is None or not np.array_equal(array, again):
+            return None
+    return array
+
+
+def _clean_decode(data: bytes, flags: int, *, tolerate_messages: bool = False) -> np.ndarray | None:
+    """``cv2.imdecode``, or None where it fails, raises or (unless ``tolerate_messages``) the
+    decoder warns of damage."""
+    try:
+        array, messages = native_messages.decode(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), flags))
+    except cv2.error:
+        return None
+    return None if messages and not tolerate_messages else array
 
 
 def _what_it_is(path: Path, head: bytes) -> str:
@@ -309,8 +387,11 @@ def _opencv_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
-def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
-    """A TIFF's page -> (array, a view of its alpha channel or None, its ICC profile or None)."""
+def _read_tiff(
+    path: Path, warnings: list[str]
+) -> tuple[np.ndarray, np.ndarray | None, bytes | None, Density | None]:
+    """A TIFF's page -> (array, a view of its alpha channel or None, its ICC profile or None, its
+    density turned as the array is, or None)."""
     import tifffile
 
     from pdseg_cli.data.header import full_resolution_page
@@ -321,6 +402,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
     compression: str | None = None  # its name, for a missing codec's message
     colormap: np.ndarray | None = None
     icc: bytes | None = None
+    density: Density | None = None
     array: np.ndarray | None = None
     failure: Exception | None = None  # why tifffile could not decode the page
     try:
@@ -348,6 +430,12 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
             axes = page.axes
             profile = page.tags.get(ICC_PROFILE_TAG)
             icc = tiff_icc_profile(profile.value) if profile is not None else None
+            x, y, unit = (
+                page.tags.get(tag) for tag in (TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION, TIFF_RESOLUTION_UNIT)
+            )
+            found = tiff_density(*(tag.value if tag is not None else None for tag in (x, y, unit)))
+            # tifffile's reading or libtiff's turns the pixels by the Orientation tag alike
+            density = found.oriented(orientation) if found is not None else None
             if not by_libtiff:
                 array = page.asarray()
     except InputError:
@@ -365,7 +453,7 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
         array, alpha = _read_tiff_libtiff(
             path, warnings, index, extra_samples, photometric, bits, compression, failure
         )
-        return array, alpha, icc
+        return array, alpha, icc, density
     array = orient(_tiff_to_hwc(array, axes, photometric, colormap, path), orientation)
     colours = _tiff_alpha_index(array, photometric, extra_samples)
     if colours is None and array.ndim == 3 and photometric in _GRAY_PHOTOMETRICS:
@@ -376,12 +464,12 @@ def _read_tiff(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray 
     if colours is None:
         if white_is_zero:  # gray and extra samples that are not alpha: only the gray counts from white
             array = np.concatenate([_invert(array[..., :1]), array[..., 1:]], axis=-1)
-        return array, None, icc
+        return array, None, icc, density
     premultiplied = extra_samples[0] == _ASSOCIATED_ALPHA
     array, alpha = _colours_and_alpha(array[..., : colours + 1], premultiplied)
     if white_is_zero:  # inverted once the alpha is divided out: associated alpha multiplies the ink
         array = _invert(array)
-    return array, alpha, icc
+    return array, alpha, icc, density
 
 
 def _tiff_alpha_index(array: np.ndarray, photometric: int, extra_samples: tuple[int, ...]) -> int | None:
@@ -849,12 +937,18 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def encode_png(
-    pixels: np.ndarray, *, compression: int = 3, icc_profile: bytes | None = None, software: str | None = None
+    pixels: np.ndarray,
+    *,
+    compression: int = 3,
+    icc_profile: bytes | None = None,
+    software: str | None = None,
+    density: Density | None = None,
 ) -> bytes:
     """(H, W) gray or (H, W, 3|4) RGB(A), uint8 or uint16 -> PNG bytes.
 
     ``compression`` is zlib's level (OpenCV's default is 1; 3 is ~15% smaller and still fast).
     ``icc_profile``: an ICC profile to embed (an iCCP chunk, :func:`png_with_icc_profile`).
+    ``density``: the pixel density to record (a pHYs chunk, :func:`png_with_density`).
     ``software``: a tEXt ``Software`` chunk to add (:func:`png_with_software`), e.g. pdseg's mark
     on its outputs (:data:`pdseg_cli.data.header.OUTPUT_MARK`).
     """
@@ -865,6 +959,8 @@ def encode_png(
     if not ok:
         raise OSError("OpenCV could not encode the PNG")
     png = buf.tobytes()
+    if density is not None:  # each chunk goes right after IHDR: pHYs ends up last, before IDAT
+        png = png_with_density(png, density)
     if icc_profile is not None:
         png = png_with_icc_profile(png, icc_profile)
     if software is not None:  # inserted last: it ends up right after IHDR, before the iCCP chunk
@@ -902,6 +998,12 @@ def png_with_icc_profile(png: bytes, profile: bytes) -> bytes:
     return png_with_chunk(png, b"iCCP", PNG_ICC_NAME + b"\x00\x00" + compressed)
 
 
+def png_with_density(png: bytes, density: Density) -> bytes:
+    """``png`` with a pHYs chunk right after IHDR (the PNG specification wants it before IDAT):
+    ``density`` in pixels per metre (unit 1), rounded. ``png`` must have none (OpenCV writes none)."""
+    return png_with_chunk(png, b"pHYs", struct.pack(">IIB", *density.per_metre(), 1))
+
+
 def png_with_software(png: bytes, software: str) -> bytes:
     """``png`` with a tEXt chunk ``Software`` = ``software`` right after IHDR, where a reader that
     stops at the image data (:func:`pdseg_cli.data.header.carries_output_mark`) finds it soon.
@@ -915,9 +1017,10 @@ def write_png(
     *,
     icc_profile: bytes | None = None,
     software: str | None = None,
+    density: Density | None = None,
 ) -> None:
     """Write a PNG atomically (see :func:`encode_png` for what the arguments may be)."""
-    write_bytes_atomic(path, encode_png(pixels, icc_profile=icc_profile, software=software))
+    write_bytes_atomic(path, encode_png(pixels, icc_profile=icc_profile, software=software, density=density))
 
 
 def write_tiff(
@@ -926,19 +1029,25 @@ def write_tiff(
     *,
     icc_profile: bytes | None = None,
     software: str | None = None,
+    density: Density | None = None,
 ) -> None:
     """Write (H, W, 3|4) RGB(A) or (H, W) gray as a deflate-compressed TIFF, atomically.
 
     The sample type is kept (uint8, uint16 or float32). A 4th channel is stored as unassociated
     alpha; files over 2 GB become BigTIFF. ``icc_profile``: an ICC profile to embed (tag 34675,
     InterColorProfile). ``software``: the Software tag (305; tifffile's own name without it), e.g.
-    pdseg's mark on its outputs (:data:`pdseg_cli.data.header.OUTPUT_MARK`).
+    pdseg's mark on its outputs (:data:`pdseg_cli.data.header.OUTPUT_MARK`). ``density``: the
+    pixel density, as XResolution, YResolution and ResolutionUnit in its own unit (tifffile
+    writes 1/1 with no unit without it).
     """
     import tifffile
 
     kwargs: dict[str, object] = {"compression": "zlib", "compressionargs": {"level": 6}}
     if icc_profile is not None:
         kwargs["iccprofile"] = icc_profile
+    if density is not None:
+        kwargs["resolution"] = (density.x, density.y)
+        kwargs["resolutionunit"] = "CENTIMETER" if density.unit == "cm" else "INCH"
     if software is not None:
         kwargs["software"] = software
     if pixels.ndim == 3:

@@ -52,6 +52,9 @@ class OutputKind:
         carries_profile: written with the input's embedded ICC profile, when it has one: its
             samples are the image's colours, which the profile says how to show. A mask is data,
             not colours, and gets none.
+        carries_density: written with the input's pixel density (dpi), when it has one: its pixels
+            lie where the image's do, so a print or layout program sizes it as the image. A mask
+            too: it is geometry like the image.
         uses_background: painted over ``--bg`` (``make``'s ``background``): ``predict`` warns that
             ``--bg`` does nothing when no such kind is asked for.
     """
@@ -66,6 +69,7 @@ class OutputKind:
     make: Callable[..., np.ndarray]
     uses_input_alpha: bool = False
     carries_profile: bool = False
+    carries_density: bool = True
     uses_background: bool = False
 
 

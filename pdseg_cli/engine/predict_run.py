@@ -70,6 +70,7 @@ class _Prepared:
     high_depth: bool = False  # 16-bit or float samples: outputs that follow the depth are .tif
     alpha: np.ndarray | None = None  # the input's own alpha, kept (with pixels) for cut-outs
     icc_profile: bytes | None = None  # the input's ICC profile, kept (with pixels) for cut-outs
+    density: imio.Density | None = None  # the input's dpi, kept for every output (the mask too)
 
     @property
     def work_size(self) -> tuple[int, int]:
@@ -285,6 +286,7 @@ def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: 
             high_depth=high_depth,
             alpha=loaded.alpha if keep_pixels else None,
             icc_profile=loaded.icc_profile if keep_pixels else None,
+            density=loaded.density,
         )
     except PdsegError as exc:  # its hint too (e.g. --max-pixels for an oversized file): the fix
         return _Prepared(item, None, (0, 0), None, [], error=str(exc))
@@ -316,12 +318,13 @@ def _write_outputs(
             else:
                 data = kind.make(colour, byte_map, background)
             icc = prepared.icc_profile if kind.carries_profile else None
+            density = prepared.density if kind.carries_density else None
             # the mark is how a later run tells its own earlier outputs (replaced) from the user's
             # files of the same layout, such as GT masks (refused): predict_plan.not_an_output
             if path.suffix == HIGH_DEPTH_SUFFIX:
-                imio.write_tiff(path, data, icc_profile=icc, software=OUTPUT_MARK)
+                imio.write_tiff(path, data, icc_profile=icc, software=OUTPUT_MARK, density=density)
             else:
-                imio.write_png(path, data, icc_profile=icc, software=OUTPUT_MARK)
+                imio.write_png(path, data, icc_profile=icc, software=OUTPUT_MARK, density=density)
             written.append(path)
     except OSError as exc:
         why = f"cannot write {path} ({exc.strerror or exc})"

@@ -72,6 +72,11 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
             )
         except cv2.error:
             array = None
+        if array is None:  # a copy cut short at its very end: every row is there (as predict reads it)
+            from pdseg_cli.data.images import END_MARKER_NOTE, decode_lacking_end_marker
+
+            array = decode_lacking_end_marker(data, cv2.IMREAD_GRAYSCALE)
+            said = [END_MARKER_NOTE] if array is not None else said
     if array is None or array.ndim != 2 or array.size == 0:
         kind = path.suffix.lstrip(".").upper() or "image"
         unchanged = _decode_unchanged(data) if data else None
