@@ -205,3 +205,31 @@ def test_a_ctrl_c_mid_store_leaves_no_partial_entry(tmp_path: Path, monkeypatch:
     with pytest.raises(KeyboardInterrupt):
         cache.store("aa11", GTPrep.from_gt(gt))
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_planted_link_in_a_shared_cache_is_never_followed(tmp_path: Path) -> None:
+    """eval-gt linked to someone's folder had prune delete every file there; an entry linked to
+    /dev/zero was read without end."""
+    gt = np.zeros((40, 60), np.uint8)
+    gt[10:30, 10:50] = 255
+    prep = GTPrep.from_gt(gt)
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "thesis.txt").write_text("precious")
+    (victim / "sub" / "id_rsa").write_text("key")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "eval-gt").symlink_to(victim)
+    cache = GTCache(shared, max_bytes=0)
+    assert cache.prune() == 0 and not cache.store("ab" * 32, prep) and cache.load("ab" * 32) is None
+    assert (victim / "thesis.txt").read_text() == "precious" and (victim / "sub" / "id_rsa").exists()
+    assert sorted(p.name for p in victim.rglob("*")) == ["id_rsa", "sub", "thesis.txt"]  # nothing written
+    # an entry that is a link (to a device, or to a file of the user's) is a miss, and prune leaves it
+    own = GTCache(tmp_path / "own", max_bytes=0)
+    key = "cd" * 32
+    own.path_for(key).parent.mkdir(parents=True)
+    own.path_for(key).symlink_to("/dev/zero")
+    assert own.load(key) is None
+    (own.folder / "notes.txt").write_text("mine")  # not a name pdseg gives: never pruned
+    own.prune()
+    assert own.path_for(key).is_symlink() and (own.folder / "notes.txt").exists()

@@ -13,6 +13,8 @@ Where it lives: ``--cache-dir``, else ``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HO
 from __future__ import annotations
 
 import os
+import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,10 @@ CACHE_ENV = "PDSEG_CACHE_DIR"
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB; a 2500x3300 DIS GT takes about 0.1-0.3 MB
 SUBDIR = "eval-gt"
 _SUFFIX = ".npz"
+_MAX_ENTRY_BYTES = 1 << 30  # far above any GT's entry (a 2500x3300 GT takes 0.1-0.3 MB)
+# what pdseg writes under eval-gt/, entries of every format version (v<N>/.../<key>.npz): prune
+# removes nothing else
+_ENTRY = re.compile(r"v\d+/(?:[^/]+/)*[^/]+\.npz")
 
 
 def default_cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -91,10 +97,21 @@ class GTCache:
     def path_for(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}{_SUFFIX}"
 
+    def _linked(self) -> bool:
+        """Whether a folder of the cache's own (``eval-gt``, ``v<N>``) is a symbolic link. pdseg
+        makes none; in a shared cache folder someone else may have planted one, to have entries
+        read from, written to or pruned in a folder of their choosing. Such a cache is not used.
+        (The root itself may be a link: it is the user's own choice of folder.)"""
+        return any(p.is_symlink() for p in (self.root / SUBDIR, self.folder))
+
     def load(self, key: str) -> GTPrep | None:
-        """The entry for ``key``, or None when absent or unusable (it is then recomputed)."""
+        """The entry for ``key``, or None when absent or unusable (it is then recomputed): a link,
+        a device or a file too large to be an entry is unusable, never read."""
         path = self.path_for(key)
         try:
+            st = path.lstat()
+            if self._linked() or not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_ENTRY_BYTES:
+                return None
             data = path.read_bytes()
         except OSError:
             return None
@@ -115,6 +132,8 @@ class GTCache:
     def store(self, key: str, prep: GTPrep) -> bool:
         """Write the entry atomically; False when the cache folder is not writable."""
         path = self.path_for(key)
+        if self._linked():
+            return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # a Ctrl-C mid-write too: atomic_path removes its temporary, so no partial entry is left
@@ -127,30 +146,35 @@ class GTCache:
     def prune(self) -> int:
         """Delete the least recently used entries until the folder fits ``max_bytes``.
 
-        Also removes entries of older format versions and stale temporary files.
+        Also removes entries of older format versions and stale temporary files. Only files pdseg
+        names so are removed, never through a link: a file of another name, or a link planted in a
+        shared cache folder, is left alone.
 
         Returns:
             Bytes freed.
         """
         base = self.root / SUBDIR
-        if not base.is_dir():
+        if not base.is_dir() or self._linked():
             return 0
         freed = 0
         current = self.folder
         entries: list[tuple[float, int, Path]] = []
-        for path in base.rglob("*"):
-            try:
-                if not path.is_file():
+        for folder, _, names in os.walk(base):  # os.walk does not follow linked folders
+            for name in names:
+                path = Path(folder, name)
+                try:
+                    st = path.lstat()
+                except OSError:
                     continue
-                st = path.stat()
-            except OSError:
-                continue
-            # an hour old: a writer that died (".tmp": the names of pdseg versions before atomic_path)
-            stale_tmp = path.name.endswith((TEMP_SUFFIX, ".tmp")) and st.st_mtime < time.time() - 3600
-            if current not in path.parents or stale_tmp:
-                freed += _unlink(path, st.st_size)
-            elif path.suffix == _SUFFIX:
-                entries.append((st.st_mtime, st.st_size, path))
+                if not stat.S_ISREG(st.st_mode):  # a link, a device: not pdseg's
+                    continue
+                # an hour old: a writer that died (".tmp": pdseg versions before atomic_path)
+                stale_tmp = name.endswith((TEMP_SUFFIX, ".tmp")) and st.st_mtime < time.time() - 3600
+                ours = _ENTRY.fullmatch(path.relative_to(base).as_posix()) is not None
+                if stale_tmp or (ours and current not in path.parents):
+                    freed += _unlink(path, st.st_size)
+                elif ours:
+                    entries.append((st.st_mtime, st.st_size, path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
             if total <= self.max_bytes:
