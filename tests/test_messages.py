@@ -118,3 +118,37 @@ def test_refused_training_data_are_named_one_way(tmp_path: Path) -> None:
     assert "im/s02.jpg is 64x64 but its mask gt/s02.png is 48x32; " in text
     assert "im/zz.jpg: cannot decode" in text
     assert text.count(str(data.resolve())) == 1  # the folder, once; its files relative to it
+
+
+def test_names_and_metadata_never_reach_the_terminal_as_control_codes(tmp_path: Path) -> None:
+    """A file name or a provenance value holding ESC sequences cleared the screen, set the window
+    title or made OSC 8 links; they are shown written out instead."""
+    from helpers import run_cli, tiny_checkpoint
+
+    from pdseg_cli import load_model, save_checkpoint
+    from pdseg_cli.ui import printable
+
+    nasty = "z\x1b[2J\x1b]0;TITLE\x1b\\ [bold]x[/]"
+    assert printable(nasty) == "z\\x1b[2J\\x1b]0;TITLE\\x1b\\ [bold]x[/]"
+    assert printable("a\tb\nc é") == "a\tb\nc é"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    named = folder / "z\x1b[2J\x1b]0;TITLE\x1b\\ [bold]x.png"  # a file name holds no "/"
+    named.write_bytes(b"not an image")
+    result = run_cli("predict", named, "-o", tmp_path / "out", columns=250)
+    assert "\x1b" not in result.output and "\\x1b[2J" in result.output, result.output
+    ckpt = tiny_checkpoint(tmp_path / "t.pt")
+    model = load_model(ckpt)
+    save_checkpoint(model, tmp_path / "n.pt", summary=nasty)
+    shown = run_cli("info", tmp_path / "n.pt", columns=250)
+    assert shown.exit_code == 0 and "\x1b" not in shown.output and "[bold]x[/]" in shown.output
+
+
+def test_an_out_on_a_loop_of_links_is_one_line(tmp_path: Path) -> None:
+    """Path.resolve() raises RuntimeError on a loop (Python 3.11, 3.12): it was a traceback."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    folder = make_dataset(tmp_path / "set", 1) / "im"
+    result = run_cli("predict", folder, "--out", tmp_path / "a" / "x", columns=250)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "loop of symbolic links" in flat(result.output) or "symbolic links" in flat(result.output)

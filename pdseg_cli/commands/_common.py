@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -35,6 +36,17 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
     except OSError as exc:
         say(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None
+    except RuntimeError as exc:
+        # Path.resolve() on a loop of symbolic links (Python 3.13 raises OSError ELOOP instead),
+        # wherever a command resolves a path it was given
+        loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
+        if loop is None:
+            raise
+        say(
+            f"{loop.group(1).strip(chr(39))} goes round a loop of symbolic links",
+            "check the links on that path",
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt as exc:
         say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
         raise typer.Exit(EXIT_INTERRUPTED) from None

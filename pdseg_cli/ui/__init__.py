@@ -51,7 +51,18 @@ def info(message: str) -> None:
 def _escape(text: str) -> str:
     from rich.markup import escape
 
-    return escape(text)
+    return escape(printable(text))
+
+
+# Control characters other than newline and tab: ESC starts terminal escape sequences (colours, a
+# cleared screen, the window title, OSC 8 links), and file names, model metadata and provenance
+# can hold them. Shown as \x1b and so on, they are seen, never obeyed.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (all but newline and tab) written out as ``\\x1b``."""
+    return text.translate(_CONTROLS)
 
 
 def table(
@@ -66,12 +77,13 @@ def table(
     """Print a table on stdout; numeric columns are right-justified. ``literal`` cells are shown as
     they are (file names and provenance: no markup read into brackets, long values folded onto
     more lines rather than cut, so a hash can be copied whole)."""
+    title = printable(title) if title else title
     t = Table(title=Text(title) if literal and title else title, caption=caption, title_justify="left")
     numeric = numeric or [False] * len(columns)
     for name, is_num in zip(columns, numeric, strict=True):
         t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num and not literal)
     for row in rows:
-        t.add_row(*(Text(str(v), overflow="fold") if literal else str(v) for v in row))
+        t.add_row(*(Text(printable(str(v)), overflow="fold") if literal else printable(str(v)) for v in row))
     console.print(t)
 
 
@@ -152,7 +164,7 @@ def log_progress(
         parts.append(f"elapsed {_clock(elapsed)}")
         if total and rate > 0 and done < total:
             parts.append(f"left {_clock((total - done) / rate)}")
-        err_console.print(Text("  ".join(parts)), soft_wrap=True)
+        err_console.print(Text(printable("  ".join(parts))), soft_wrap=True)
 
     def advance(n: int = 1, **new_values: Any) -> None:
         nonlocal done, last

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from pdseg_cli import ui
 from pdseg_cli.engine.evaluate import image_folder, image_line, wxh
@@ -109,8 +110,8 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
     )
     for i, column in enumerate(["split", "images", *(m.label for m in TABLE_METRICS)]):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:  # a split's name is the user's folder name: no markup read in it, no control codes
+        table.add_row(*(Text(ui.printable(cell)) for cell in row))
     (ui.err_console if table_on_stderr else ui.console).print(table)
     notes(report)
 
