@@ -915,3 +915,21 @@ def test_a_missing_input_gets_the_closest_name_or_check_the_path(tmp_path: Path)
     assert typo.exit_code == 2 and f"did you mean {tmp_path / 'coffee.jpg'}?" in flat(typo.output)
     nowhere = _run(tmp_path / "nope" / "a.jpg", "-o", tmp_path / "out")
     assert "check the path" in flat(nowhere.output) and "does not exist" in flat(nowhere.output)
+
+
+def test_outputs_that_differ_only_in_case_clash_where_out_folds_case(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A.jpg and a.png write A.png and a.png: on macOS, Windows or an exFAT drive the second
+    replaced the first in silence, and --skip-existing then counted both as done."""
+    from pdseg_cli.engine import predict_plan
+
+    src = tmp_path / "src"
+    src.mkdir()
+    image = np.full((40, 50, 3), 120, np.uint8)
+    cv2.imwrite(str(src / "A.jpg"), image)
+    cv2.imwrite(str(src / "a.png"), image)
+    assert predict_plan.plan_predict([src], tmp_path / "out").todo  # case-sensitive: two files
+    monkeypatch.setattr(predict_plan, "folds_case", lambda folder: True)
+    with pytest.raises(InputError, match="differ only in case are one file"):
+        predict_plan.plan_predict([src], tmp_path / "out2")

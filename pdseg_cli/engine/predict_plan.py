@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
-from pdseg_cli.data.atomic import name_bytes, name_max, name_too_long, sweep_folder
+from pdseg_cli.data.atomic import folds_case, name_bytes, name_max, name_too_long, sweep_folder
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -392,7 +393,9 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
     )
 
 
-def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool) -> None:
+def _refuse_clashes(
+    clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool, folded: bool = False
+) -> None:
     """Refuse inputs that would write the same output files, naming every pair (``cat.jpg`` and
     ``cat.png`` both make ``cat.png``).
 
@@ -401,10 +404,16 @@ def _refuse_clashes(clashes: list[tuple[InputFile, InputFile, Path]], recursive:
     """
     pairs = list(dict.fromkeys((a.path, b.path) for a, b, _ in clashes))
     named = [f"{a} and {b}" for a, b in pairs]
+    # A.jpg and a.png make A.png and a.png: one file where --out folds case
+    by_case = folded and any(a.stem != b.stem for a, b in pairs)
+    case_note = "; --out is on a file system where names that differ only in case are one file"
     across_folders = any(a.parent != b.parent for a, b in pairs)
     raise InputError(
         f"{counted(len(pairs), 'pair')} of inputs would write the same output files "
-        f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}",
+        f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}"
+        + (
+            "; --out is on a file system where names that differ only in case are one file" if by_case else ""
+        ),
         hint="rename one of each pair, or run them separately into separate --out folders"
         + (", or use --recursive to mirror subfolders" if across_folders and not recursive else ""),
     )
@@ -633,6 +642,8 @@ def plan_predict(
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}
+    # on a file system that folds case (macOS, Windows, exFAT drives) A.png and a.png are one file
+    folded = folds_case(out)
     clashes: list[tuple[InputFile, InputFile, Path]] = []
     for item in inputs:
         for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
@@ -646,12 +657,14 @@ def plan_predict(
                         f"--out {out} would overwrite the input {same.path} (with the output of {item.path})",
                         hint="choose an --out folder apart from the inputs",
                     )
+                if folded:  # and one of é and e + a combining accent: macOS's name rule
+                    key = Path(unicodedata.normalize("NFC", str(key)).casefold())
                 other = owner.get(key)
                 if other is not None and other is not item:
                     clashes.append((other, item, p))
                 owner[key] = item
     if clashes:
-        _refuse_clashes(clashes, recursive)
+        _refuse_clashes(clashes, recursive, folded)
     done = {
         item.path
         for item in inputs
