@@ -410,10 +410,7 @@ def _refuse_clashes(
     across_folders = any(a.parent != b.parent for a, b in pairs)
     raise InputError(
         f"{counted(len(pairs), 'pair')} of inputs would write the same output files "
-        f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}"
-        + (
-            "; --out is on a file system where names that differ only in case are one file" if by_case else ""
-        ),
+        f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}" + (case_note if by_case else ""),
         hint="rename one of each pair, or run them separately into separate --out folders"
         + (", or use --recursive to mirror subfolders" if across_folders and not recursive else ""),
     )
