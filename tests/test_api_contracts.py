@@ -114,7 +114,7 @@ def test_a_size_from_arithmetic_is_a_size_and_a_bool_is_not() -> None:
 
     assert parse_size(512.0) == parse_size(np.int64(512)) == parse_size("512") == 512
     for wrong in (True, 512.5):
-        with pytest.raises(InputError, match="is neither a number nor 'full'"):
+        with pytest.raises(InputError, match="is not a whole number"):
             parse_size(wrong)
 
 

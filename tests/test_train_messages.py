@@ -366,9 +366,9 @@ def test_other_layouts_get_the_fix_that_fits_them(tmp_path: Path, monkeypatch: p
     assert message == "no images in nested/im itself; its subfolders hold them: cats/ (3)"
     assert "move them into im/" in hint
     message, hint = refusal("nonexist")
-    assert message == "dataset folder nonexist does not exist" and hint.startswith("check the path")
+    assert message == "--train nonexist does not exist" and hint.startswith("check the path")
     assert refusal("nowhere/photos")[1] == "nowhere does not exist either: check the path"
-    assert refusal("nestd")[1] == "did you mean nested?"
+    assert refusal("nestd")[1] == "did you mean --train nested?"
     assert not (tmp_path / "run").exists()
 
 

@@ -22,11 +22,8 @@ from pdseg_cli.commands._common import (
     TtaOpt,
     WeightsOpt,
     check_batch,
-    check_data_root,
-    check_eval_folders,
     use_threads,
     user_errors,
-    working_size,
 )
 from pdseg_cli.errors import InputError, Interrupted, RunFailed, counted, listing
 
@@ -175,8 +172,6 @@ def eval_(
         if cache_dir is not None and not no_cache and cache_dir.exists() and not cache_dir.is_dir():
             # asked for by name, so say it (an unwritable default cache only costs speed)
             raise InputError(f"--cache-dir {cache_dir} is a file", hint="give a folder, or pass --no-cache")
-        check_data_root(data_root)
-        check_eval_folders(split)
         splits, pooled = eval_splits.resolve_splits(split, data_root)
         names = [name for name, _ in splits]
 
@@ -287,7 +282,7 @@ def _run_model(
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli import ui
     from pdseg_cli.engine import evaluate as ev
-    from pdseg_cli.engine.predict import Predictor
+    from pdseg_cli.engine.predict import Predictor, parse_size
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
@@ -298,7 +293,7 @@ def _run_model(
             f"{name}: {counted(len(files), 'image')} in im/ without a GT, not scored: {listing(files, 5)}"
         )
     predictor = Predictor(
-        weights, device=device, precision=precision, size=working_size(size), onnx_spec=onnx_spec, tta=tta
+        weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
     )
     prediction.start(
         predictor.device_reason,

@@ -23,7 +23,6 @@ from pdseg_cli.commands._common import (
     use_threads,
     user_errors,
     warn_unused,
-    working_size,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
@@ -132,7 +131,7 @@ def predict(
     with user_errors(quiet=rank != 0):
         from pdseg_cli.data.transforms import parse_color
         from pdseg_cli.engine.output_kinds import parse_save
-        from pdseg_cli.engine.predict import Predictor, check_threshold
+        from pdseg_cli.engine.predict import Predictor, check_threshold, parse_size
         from pdseg_cli.engine.predict_plan import plan_predict
         from pdseg_cli.ui import prediction
 
@@ -145,7 +144,7 @@ def predict(
 
             weights = default_weights()  # a missing default is reported before anything is created
         kinds = parse_save(save)
-        work_size = working_size(size)
+        work_size = parse_size(size)
         check_batch(batch)
         try:
             background = parse_color(bg)

@@ -14,8 +14,6 @@ from pdseg_cli.commands._common import (
     DeviceOpt,
     OnnxSpecOpt,
     ThreadsOpt,
-    check_data_root,
-    check_train_folders,
     square_side,
     torchrun_rank,
     use_threads,
@@ -276,8 +274,6 @@ def train(
 
     with user_errors(quiet=torchrun_rank() != 0):  # the value itself, before --init is read
         size = square_side(size_text, "train")
-        check_data_root(data_root)
-        check_train_folders(train_dir or [], val_dir, teacher=teacher is not None)
         if resume and overwrite:
             raise InputError(
                 "--resume and --overwrite contradict each other (resume goes on with the run in --out; "

@@ -76,10 +76,21 @@ def resolve_root(data_root: str | os.PathLike[str] | None, layout: str | None = 
     else:
         root, source = DEFAULT_ROOT, "the default ./DIS5K"
     if not root.is_dir():
+        layout_note = f"; {layout}" if layout else ""
+        if data_root is not None:  # said of the option the user typed, not "pass --data-root"
+            what = "is a file, not the DIS5K folder" if root.exists() else "does not exist"
+            close = None if root.exists() else close_sibling(root, folders_only=True)
+            raise DataError(
+                f"--data-root {data_root} {what}",
+                hint=f"did you mean --data-root {close}?"
+                if close is not None
+                else f"give the folder that holds {TRAIN_SPLIT}/, DIS-VD/ and DIS-TE1/ .. DIS-TE4/, e.g. "
+                f"--data-root ~/data/DIS5K{layout_note}",
+            )
         raise DataError(
             f"DIS5K root {root} (from {source}) is not a folder",
             hint=f"pass --data-root DIR or set ${DATA_ENV} to the folder that holds {TRAIN_SPLIT}/ etc."
-            + (f"; {layout}" if layout else ""),
+            + layout_note,
         )
     return root
 
@@ -152,7 +163,8 @@ def check_dataset_folder(
     folder = Path(folder)
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise DataError(f"dataset folder {shown(folder)} {what}", hint=_missing_folder_hint(folder))
+        named = option or "dataset folder"  # "--val nothere does not exist": the option the user typed
+        raise DataError(f"{named} {shown(folder)} {what}", hint=_missing_folder_hint(folder, option))
     if folder.name in (IMAGE_DIR, MASK_DIR) and (folder.parent / IMAGE_DIR).is_dir():
         # one wording for --train and --val, whether gt/ is needed or not
         raise DataError(
@@ -169,14 +181,14 @@ def check_dataset_folder(
     return folder
 
 
-def _missing_folder_hint(folder: Path) -> str:
+def _missing_folder_hint(folder: Path, option: str | None = None) -> str:
     """How to find the folder meant: a close name beside it, or the first part of the path that is missing."""
     parent = folder.parent
     if not parent.is_dir():
         return f"{shown(parent)} does not exist either: check the path"
     close = close_sibling(folder, folders_only=True)
     if close is not None:
-        return f"did you mean {shown(close)}?"
+        return f"did you mean {option + ' ' if option else ''}{shown(close)}?"
     return f"check the path; a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks)"
 
 
@@ -211,7 +223,8 @@ def _layout_hint(folder: Path, missing: Sequence[str], option: str | None) -> st
     if IMAGE_DIR in missing and any(c.is_file() and imio.is_image_file(c) for c in children):
         return (
             f"it holds images itself: move them into {shown(folder / IMAGE_DIR)}/ and their masks, "
-            f"named as the images, into {shown(folder / MASK_DIR)}/"
+            f"named as the images, into {shown(folder / MASK_DIR)}/ (with --teacher the masks are "
+            "optional: the teacher's maps stand in for them)"
         )
     return f"a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks) with matching file names"
 

@@ -35,6 +35,25 @@ SPLIT_LAYOUT = (
 )
 
 
+def _no_masks_hint(key: str, folder: Path) -> str:
+    """The fix for a ``--split`` folder of one's own without ``gt/``, by what it holds: masks to
+    add beside its ``im/``, or a folder of plain photos (not the DIS5K layout to read about)."""
+    from pdseg_cli.data import images as imio
+
+    if (folder / IMAGE_DIR).is_dir():
+        return f"add {key}/{MASK_DIR}/ with one mask per image of {key}/{IMAGE_DIR}/ (<stem>{MASK_EXT})"
+    try:
+        loose = any(p.is_file() and imio.is_image_file(p) for p in folder.iterdir())
+    except OSError:
+        loose = False
+    if loose:
+        return (
+            f"add {key}/{MASK_DIR}/ with one mask per image (<stem>{MASK_EXT}), and move the images "
+            f"into {key}/{IMAGE_DIR}/ to run a model on them"
+        )
+    return SPLIT_LAYOUT
+
+
 def resolve_splits(
     values: Sequence[str], data_root: str | os.PathLike[str] | None
 ) -> tuple[list[tuple[str, Path]], dict[str, list[str]]]:
@@ -105,7 +124,8 @@ def resolve_splits(
                 )
             if not (folder / MASK_DIR).is_dir():
                 raise DataError(
-                    f"--split {folder}: the folder has no {MASK_DIR}/ subfolder", hint=SPLIT_LAYOUT
+                    f"--split {key}: the folder has no {MASK_DIR}/ subfolder",
+                    hint=_no_masks_hint(key, folder),
                 )
             add(folder.resolve().name, folder)
     # the same four splits give the same table however they were asked for by name; folders of

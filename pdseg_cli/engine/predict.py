@@ -69,10 +69,14 @@ def parse_size(text: str | int | None) -> Size | None:
             value = int(t)
         except ValueError:
             raise InputError(
-                f"--size {text!r} is neither a number nor 'full'", hint="e.g. --size 1024 or --size full"
+                f"--size {text!r} is not a whole number",
+                hint="e.g. --size 1024, or --size full (each image at its own size)",
             ) from None
     if value < 32:
-        raise InputError(f"--size {value} is too small: at least 32 (the model's stride)")
+        raise InputError(
+            f"--size {value} is too small: at least 32 (the model's stride)",
+            hint="e.g. --size 1024, or leave --size out for the size the weights were trained at",
+        )
     if value > MAX_SIDE:
         raise InputError(
             f"--size {value} is too large: at most {MAX_SIDE} ({MAX_SIDE}x{MAX_SIDE} already needs about "
