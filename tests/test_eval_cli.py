@@ -1066,3 +1066,22 @@ def test_a_ctrl_c_while_the_model_runs_says_running_again_is_safe(
     assert result.exit_code == 130, result.output
     text = flat(result.stderr)  # no GT was prepared yet: the cache is not mentioned
     assert text.endswith("error: interrupted hint: running the same command again is safe; it starts over")
+
+
+def test_a_mask_far_beyond_any_real_one_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A GT linked to /dev/zero was read without end; a small PNG claiming 20000x20000 was decoded
+    to gigabytes before being resized to its GT."""
+    import struct
+    import zlib
+
+    from pdseg_cli.errors import InputError
+    from pdseg_cli.metrics.reading import read_mask_file
+
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_mask_file(tmp_path / "zero.png")
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    with pytest.raises(InputError, match="20000x20000 pixels, far more than any mask"):
+        read_mask_file(tmp_path / "bomb.png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
         InputError: the file is missing, unreadable or not a decodable image.
     """
     path = Path(path)
+    _refuse_oversized(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -99,6 +101,39 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
         digest=hashlib.sha256(data).hexdigest() if digest else None,
         decoder_said=tuple(said),
     )
+
+
+# A map or a GT is refused before it is read when its file or its header says it is far beyond any
+# real mask (DIS5K's largest GTs have about 30 million pixels): a device, a 3 GB file, or a small
+# file that decodes to gigabytes would take the memory of the whole run.
+MAX_MASK_BYTES = 1 << 30
+MAX_MASK_PIXELS = 1 << 28  # twice predict's default --max-pixels: 16384x16384 passes
+
+
+def _refuse_oversized(path: Path) -> None:
+    """Raise before reading ``path`` when it is no regular file or too big to be a mask.
+
+    Raises:
+        InputError: naming the file and why.
+    """
+    from pdseg_cli.data.header import image_size, read_head
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a device, a pipe or a folder), so not a mask")
+    if st.st_size > MAX_MASK_BYTES:
+        raise InputError(f"{path}: {st.st_size:,} bytes, far more than any mask file; not read")
+    size = image_size(path, read_head(path)) if st.st_size else None
+    if size is not None and size[0] * size[1] > MAX_MASK_PIXELS:
+        w, h = size
+        raise InputError(
+            f"{path}: {w}x{h} pixels, far more than any mask ({MAX_MASK_PIXELS:,} at most); not decoded"
+        )
 
 
 def read_gray_u8(path: str | os.PathLike[str]) -> np.ndarray:
