@@ -1085,3 +1085,18 @@ def test_a_mask_far_beyond_any_real_one_is_refused_before_it_is_read(tmp_path: P
     (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
     with pytest.raises(InputError, match="20000x20000 pixels, far more than any mask"):
         read_mask_file(tmp_path / "bomb.png")
+
+
+def test_a_name_in_either_unicode_form_pairs(tmp_path: Path) -> None:
+    """café typed on Linux (é) and café written by macOS (e + combining accent) look the same:
+    they were listed as a GT without prediction and a prediction without GT, identical to the eye."""
+    from pdseg_cli.engine.eval_pairs import plan_pairs
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 5:25] = 255
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    cv2.imwrite(str(tmp_path / "gt" / "caf\u00e9.png"), mask)
+    cv2.imwrite(str(tmp_path / "pred" / "cafe\u0301.png"), mask)
+    plan = plan_pairs(tmp_path / "pred", tmp_path / "gt")
+    assert [stem for stem, _, _ in plan.pairs] == ["caf\u00e9"] and not plan.missing and not plan.unmatched

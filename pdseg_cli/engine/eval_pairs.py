@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,10 +129,20 @@ def plan_pairs(
             f"no prediction maps in {pred_dir}",
             hint="expected one 8-bit map per GT, named like the GT (<stem>.png, as `pdseg predict` writes)",
         )
-    pairs = [(stem, preds[stem], gts[stem]) for stem in sorted(gts.keys() & preds.keys())]
-    missing = sorted(gts.keys() - preds.keys())
-    unmatched = sorted(preds.keys() - gts.keys())
+    # stems compared in Unicode's composed form: "café" typed on Linux (é) and written by macOS
+    # (e + a combining accent) look the same and are one name to the user
+    by_name = {_composed(stem): path for stem, path in preds.items()}
+    pairs = [
+        (stem, by_name[_composed(stem)], gts[stem]) for stem in sorted(gts) if _composed(stem) in by_name
+    ]
+    gt_names = {_composed(stem) for stem in gts}
+    missing = sorted(stem for stem in gts if _composed(stem) not in by_name)
+    unmatched = sorted(stem for stem in preds if _composed(stem) not in gt_names)
     return PairPlan(name or gt_dir.parent.name or gt_dir.name, gt_dir, pred_dir, pairs, missing, unmatched)
+
+
+def _composed(stem: str) -> str:
+    return unicodedata.normalize("NFC", stem)
 
 
 def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
