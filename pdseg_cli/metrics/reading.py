@@ -8,9 +8,11 @@ file's bytes, which also reads non-ASCII paths) and says when a file took one of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +62,8 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
     """
     path = Path(path)
     _refuse_oversized(path)
-    try:
+    with _read_errors(path):
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     array, said = None, []
     if data:
         try:
@@ -110,6 +108,17 @@ MAX_MASK_BYTES = 1 << 30
 MAX_MASK_PIXELS = 1 << 28  # twice predict's default --max-pixels: 16384x16384 passes
 
 
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """An operating-system error reading ``path`` as one InputError naming it."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def _refuse_oversized(path: Path) -> None:
     """Raise before reading ``path`` when it is no regular file or too big to be a mask.
 
@@ -118,12 +127,8 @@ def _refuse_oversized(path: Path) -> None:
     """
     from pdseg_cli.data.header import image_size, read_head
 
-    try:
+    with _read_errors(path):
         st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path}: not a regular file (a device, a pipe or a folder), so not a mask")
     if st.st_size > MAX_MASK_BYTES:
