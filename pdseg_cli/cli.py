@@ -37,7 +37,8 @@ _TRAIN_WEIGHTS = (
 # options that users carry over from another command, where click's "Possible options" points the
 # wrong way: (command, option typed) -> the hint that says what this command takes instead
 WRONG_OPTIONS = {
-    ("train", "-w"): _TRAIN_WEIGHTS,
+    # -w was --workers in train before it meant --weights everywhere: say both
+    ("train", "-w"): _TRAIN_WEIGHTS + "; DataLoader workers are --workers N (no short form)",
     ("train", "--weights"): _TRAIN_WEIGHTS,
     ("eval", "-o"): "eval writes its scores with --json FILE or --csv FILE (e.g. --json scores.json), and "
     "the model's maps with --save-preds DIR",

@@ -99,7 +99,7 @@ def close_sibling(path: Path, *, folders_only: bool = False) -> Path | None:
         names = sorted(
             p.name
             for p in path.parent.iterdir()
-            if not p.name.startswith(".") and (not folders_only or p.is_dir())
+            if not p.name.startswith(".") and p.name != path.name and (not folders_only or p.is_dir())
         )
     except OSError:
         return None

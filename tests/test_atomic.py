@@ -242,3 +242,13 @@ def test_folds_case_asks_the_file_system_without_writing(tmp_path: Path) -> None
     digits = out / "2024"
     digits.mkdir()
     assert folds_case(digits)  # no letters in its name: its parent's answers
+
+
+def test_folds_case_answers_for_a_relative_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o masks` from inside the folder: "." has no name, and was taken as case-sensitive."""
+    from pdseg_cli.data.atomic import folds_case
+
+    (tmp_path / "Work").mkdir()
+    (tmp_path / "wORK").symlink_to(tmp_path / "Work")
+    monkeypatch.chdir(tmp_path / "Work")
+    assert folds_case(Path("masks")) and folds_case(Path("."))

@@ -233,3 +233,8 @@ def test_a_planted_link_in_a_shared_cache_is_never_followed(tmp_path: Path) -> N
     (own.folder / "notes.txt").write_text("mine")  # not a name pdseg gives: never pruned
     own.prune()
     assert own.path_for(key).is_symlink() and (own.folder / "notes.txt").exists()
+    # a link one level down, as an entry's own folder: not written into, not read from
+    key = "ef" * 32
+    own.path_for(key).parent.symlink_to(victim, target_is_directory=True)
+    assert not own.store(key, prep) and own.load(key) is None
+    assert sorted(p.name for p in victim.rglob("*")) == ["id_rsa", "sub", "thesis.txt"]

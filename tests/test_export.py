@@ -589,3 +589,20 @@ def test_info_reads_a_torchscript_file_without_running_it(
     assert result.exit_code == 0 and "TorchScript export (fp32)" in text and "pdseg-tiny" in text, (
         result.output
     )
+
+
+def test_a_teacher_is_judged_by_the_name_it_is_given(torchscript_file: Path, tmp_path: Path) -> None:
+    """The teacher resolved links before the name check: disguised.pt -> model.ts ran as TorchScript,
+    and a cache's model.ts -> blobs/<hash> (no suffix) was refused."""
+    from pdseg_cli.engine.teacher import TeacherMaps
+    from pdseg_cli.errors import WeightsError
+
+    disguised = tmp_path / "disguised.pt"
+    disguised.symlink_to(torchscript_file)
+    with pytest.raises(WeightsError, match="TorchScript program named .pt"):
+        TeacherMaps(disguised, tmp_path / "cache").info()
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    blob.write_bytes(torchscript_file.read_bytes())
+    (tmp_path / "model.ts").symlink_to(blob)
+    assert "TorchScript" in TeacherMaps(tmp_path / "model.ts", tmp_path / "cache").info().description

@@ -413,6 +413,19 @@ def test_a_png_without_iend_reads_whole_with_a_warning(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("routed")
+@pytest.mark.parametrize("cut", [4, 8, 11], ids=["no-crc", "length-only", "one-byte-left"])
+def test_a_png_whose_iend_is_cut_part_way_reads_alike_in_the_api_and_the_command(
+    tmp_path: Path, cut: int
+) -> None:
+    """The API took one without IEND's CRC (libpng's CRC warning unheard), the command refused it."""
+    pixels = _textured()
+    (tmp_path / "p.png").write_bytes(imio.encode_png(pixels)[:-cut])
+    loaded = imio.read_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+    assert loaded.warnings == [f"{tmp_path / 'p.png'}: {_NO_END}"]
+
+
+@pytest.mark.usefixtures("routed")
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
 def test_a_jpeg_cut_inside_its_image_data_is_still_refused(tmp_path: Path, progressive: bool) -> None:
     data = _jpeg(progressive)

@@ -933,3 +933,16 @@ def test_outputs_that_differ_only_in_case_clash_where_out_folds_case(
     monkeypatch.setattr(predict_plan, "folds_case", lambda folder: True)
     with pytest.raises(InputError, match="differ only in case are one file"):
         predict_plan.plan_predict([src], tmp_path / "out2")
+
+
+def test_an_input_link_that_leads_nowhere_says_so(tmp_path: Path) -> None:
+    """A loop of links was "no such file, folder or pattern", hint "did you mean <itself>?"."""
+    from pdseg_cli.engine.predict_plan import plan_predict
+
+    (tmp_path / "la").symlink_to(tmp_path / "lb")
+    (tmp_path / "lb").symlink_to(tmp_path / "la")
+    (tmp_path / "gone").symlink_to(tmp_path / "missing.jpg")
+    for name in ("la", "gone"):
+        with pytest.raises(InputError, match="symbolic link that leads nowhere") as err:
+            plan_predict([tmp_path / name], tmp_path / "out")
+        assert "did you mean" not in str(err.value)

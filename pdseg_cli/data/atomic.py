@@ -89,18 +89,39 @@ def folds_case(folder: Path) -> bool:
     ``a.png`` would overwrite each other. Asked without writing anything: a folder of that file
     system whose name has letters is looked up with their case swapped. False when no such folder
     says (up to the mount point): case-sensitive, as Linux file systems are."""
-    existing = _nearest_folder(folder)
-    for path in () if existing is None else (existing, *existing.parents):
-        name = path.name
-        if name.swapcase() != name:
-            twin = path.with_name(name.swapcase())
-            try:
-                return os.path.samefile(path, twin)  # a sibling of that other name is another folder
-            except OSError:
-                return False  # no such name: the file system told the two apart
+    existing = _nearest_folder(Path(folder).absolute())  # "masks" is looked up from the working folder
+    if existing is None:
+        return False
+    # A name is looked up in its parent folder, so a folder's name tells of the file system it sits
+    # on: the one of `existing` up to its mount point, above which the names are another's
+    for path in (existing, *existing.parents):
         if os.path.ismount(path):
             break
+        answer = _twin_answer(path)
+        if answer is not None:
+            return answer
+    try:  # `existing` is a mount point (a USB drive's root), or no name up to it has letters: its entries
+        with os.scandir(existing) as entries:
+            for entry, _ in zip(entries, range(100), strict=False):
+                answer = _twin_answer(Path(entry.path))
+                if answer is not None:
+                    return answer
+    except OSError:
+        pass
     return False
+
+
+def _twin_answer(path: Path) -> bool | None:
+    """Whether ``path``'s name with its case swapped names the same file (True), another or none
+    (False); None when swapping changes nothing or the length (``ß`` swaps to ``SS``)."""
+    name = path.name
+    twin_name = name.swapcase()
+    if twin_name == name or len(twin_name) != len(name):
+        return None
+    try:
+        return os.path.samefile(path, path.with_name(twin_name))  # a sibling of that name is another file
+    except OSError:
+        return False  # no such name: the file system told the two apart
 
 
 def _nearest_folder(path: Path) -> Path | None:

@@ -348,8 +348,17 @@ def decode_lacking_end_marker(data: bytes, flags: int) -> np.ndarray | None:
         data = data.rstrip(b"\xff")
         if not jpeg_scans_complete(data):
             return None
+    if kind == "PNG":
+        # the IEND chunk cut part way (its CRC, say): the part left goes, and the whole is put back;
+        # tried after the file as it is, whose last bytes may only look like the chunk's start
+        cuts = [k for k in range(len(end) - 1, 0, -1) if data.endswith(end[:k])]
+        for tail in (data, *(data[:-k] for k in cuts)):
+            array = _clean_decode(tail + end, flags)
+            if array is not None:
+                return array
+        return None
     array = _clean_decode(data + end, flags)
-    if array is None or kind != "JPEG":
+    if array is None:
         return array
     for filler in _JPEG_FILLERS:
         again = _clean_decode(data + filler + end, flags, tolerate_messages=True)

@@ -145,7 +145,10 @@ class Predictor:
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
         if local_rank is None:  # under torchrun each process takes its own GPU, as the commands do
-            env = runtime.env_distributed()
+            try:
+                env = runtime.env_distributed()
+            except InputError:  # torchrun variables that make no sense: no torchrun, for a script
+                env = runtime.Distributed()
             local_rank = env.local_rank if env.enabled else None
         choice = runtime.resolve_device(device, local_rank=local_rank)
         self.device: torch.device = choice.device

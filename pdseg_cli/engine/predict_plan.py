@@ -134,6 +134,12 @@ def collect_inputs(
                 f"{path} is neither a file nor a folder", hint="give image files, folders or quoted patterns"
             )
         else:
+            if path.is_symlink():  # listed, but leads nowhere
+                raise InputError(
+                    f"{path} is a symbolic link that leads nowhere (its target is missing, or the links "
+                    "form a loop)",
+                    hint="check where it points: ls -l " + str(path),
+                )
             raise InputError(f"{path}: no such file, folder or pattern", hint=_missing_input_hint(path))
     return found, not_images, passed_exclude
 

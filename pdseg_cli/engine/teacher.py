@@ -99,7 +99,8 @@ class TeacherMaps:
         path = Path(teacher).expanduser()
         # what --weights says of a folder or a missing file: the model files in the folder to give
         check_weights_file(path, "--teacher", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
-        self.path = path.resolve()
+        self.path = path.resolve()  # recorded in runs: the file itself, wherever the link pointed
+        self._given = path  # loaded under the name given: the name says whether it may run code
         self.device = device
         self.onnx_spec = onnx_spec or ""
         self._sha = file_sha256(self.path)
@@ -116,7 +117,7 @@ class TeacherMaps:
 
             # size None: the teacher's own input size (a fixed-size ONNX input, or a .pt's training size)
             self._predictor = Predictor(
-                self.path, device=self.device, precision="fp32", onnx_spec=self.onnx_spec or None
+                self._given, device=self.device, precision="fp32", onnx_spec=self.onnx_spec or None
             )
         return self._predictor
 

@@ -101,8 +101,13 @@ class GTCache:
         """Whether a folder of the cache's own (``eval-gt``, ``v<N>``) is a symbolic link. pdseg
         makes none; in a shared cache folder someone else may have planted one, to have entries
         read from, written to or pruned in a folder of their choosing. Such a cache is not used.
-        (The root itself may be a link: it is the user's own choice of folder.)"""
+        (The root itself may be a link: it is the user's own choice of folder.) The entries' own
+        folders are checked by :meth:`_shard_linked`; prune walks without following links."""
         return any(p.is_symlink() for p in (self.root / SUBDIR, self.folder))
+
+    def _shard_linked(self, key: str) -> bool:
+        """Whether the entry's own folder (``v<N>/<key[:2]>/``) is a link, or a folder above it."""
+        return self._linked() or self.path_for(key).parent.is_symlink()
 
     def load(self, key: str) -> GTPrep | None:
         """The entry for ``key``, or None when absent or unusable (it is then recomputed): a link,
@@ -110,7 +115,7 @@ class GTCache:
         path = self.path_for(key)
         try:
             st = path.lstat()
-            if self._linked() or not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_ENTRY_BYTES:
+            if self._shard_linked(key) or not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_ENTRY_BYTES:
                 return None
             data = path.read_bytes()
         except OSError:
@@ -132,7 +137,7 @@ class GTCache:
     def store(self, key: str, prep: GTPrep) -> bool:
         """Write the entry atomically; False when the cache folder is not writable."""
         path = self.path_for(key)
-        if self._linked():
+        if self._shard_linked(key):
             return False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

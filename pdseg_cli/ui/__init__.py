@@ -126,7 +126,8 @@ def progress_bar(
         disable=not err_console.is_terminal,
     )
     with prog:
-        task = prog.add_task(description, total=total, rate="", extra="")
+        # the description may hold a folder's name: no markup read in it, no control codes sent
+        task = prog.add_task(_escape(description), total=total, rate="", extra="")
 
         def advance(n: int = 1, **values: Any) -> None:
             t = prog.tasks[task]
