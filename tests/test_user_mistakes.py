@@ -49,7 +49,9 @@ def test_train_weights_points_to_init_and_resume(flag: str) -> None:
     text = _refused("train", flag, "runs/a/last.pt")
     assert f"error: pdseg train has no {flag} option" in text
     assert "--init FILE" in text and "--resume" in text
-    assert "--workers" not in text  # -w was once --workers in train
+    assert "Invalid value for '--workers'" not in text  # -w was once --workers in train
+    if flag == "-w":  # and says where workers went, for one who meant them
+        assert "--workers N (no short form)" in text
 
 
 def test_eval_out_points_to_json_csv_and_save_preds() -> None:
