@@ -946,3 +946,19 @@ def test_an_input_link_that_leads_nowhere_says_so(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="symbolic link that leads nowhere") as err:
             plan_predict([tmp_path / name], tmp_path / "out")
         assert "did you mean" not in str(err.value)
+
+
+def test_a_master_beside_its_copy_gets_the_two_runs_that_need_no_renaming(tmp_path: Path) -> None:
+    """IMG_0001.tif beside IMG_0001.jpg, as archives keep them: the hint gives the two commands."""
+    from pdseg_cli.engine.predict_plan import plan_predict
+
+    src = tmp_path / "scans"
+    src.mkdir()
+    image = np.full((40, 50, 3), 120, np.uint8)
+    cv2.imwrite(str(src / "IMG_0001.jpg"), image)
+    cv2.imwrite(str(src / "IMG_0001.tif"), image)
+    with pytest.raises(InputError) as err:
+        plan_predict([src], tmp_path / "cut")
+    assert f"pdseg predict '{src}/*.jpg' -o {tmp_path}/cut-jpg" in (err.value.hint or "")
+    assert f"then pdseg predict '{src}/*.tif' -o {tmp_path}/cut-tif" in (err.value.hint or "")
+    assert plan_predict([f"{src}/*.jpg"], tmp_path / "cut-jpg").todo  # the first of them plans

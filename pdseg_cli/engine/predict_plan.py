@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -400,7 +401,10 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
 
 
 def _refuse_clashes(
-    clashes: list[tuple[InputFile, InputFile, Path]], recursive: bool, folded: bool = False
+    clashes: list[tuple[InputFile, InputFile, Path]],
+    recursive: bool,
+    folded: bool = False,
+    out: Path | None = None,
 ) -> None:
     """Refuse inputs that would write the same output files, naming every pair (``cat.jpg`` and
     ``cat.png`` both make ``cat.png``).
@@ -414,11 +418,24 @@ def _refuse_clashes(
     by_case = folded and any(a.stem != b.stem for a, b in pairs)
     case_note = "; --out is on a file system where names that differ only in case are one file"
     across_folders = any(a.parent != b.parent for a, b in pairs)
+    hint = "rename one of each pair, or run them separately into separate --out folders"
+    suffixes = sorted({p.suffix for pair in pairs for p in pair})
+    folders = {p.parent for pair in pairs for p in pair}
+    if out is not None and not by_case and len(folders) == 1 and len(suffixes) == 2 and not recursive:
+        # a master TIFF beside its JPEG (IMG_0001.tif, IMG_0001.jpg), as archives keep them: one run
+        # per kind of file, each into its own folder, with no file renamed
+        (folder,) = folders
+        runs = [
+            f"pdseg predict {shlex.quote(str(folder / ('*' + s)))} -o {shlex.quote(f'{out}-{s[1:].lower()}')}"
+            for s in suffixes
+        ]
+        hint = f"rename one of each pair, or run each kind into its own --out: {runs[0]}, then {runs[1]}"
+    elif across_folders and not recursive:
+        hint += ", or use --recursive to mirror subfolders"
     raise InputError(
         f"{counted(len(pairs), 'pair')} of inputs would write the same output files "
         f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}" + (case_note if by_case else ""),
-        hint="rename one of each pair, or run them separately into separate --out folders"
-        + (", or use --recursive to mirror subfolders" if across_folders and not recursive else ""),
+        hint=hint,
     )
 
 
@@ -667,7 +684,7 @@ def plan_predict(
                     clashes.append((other, item, p))
                 owner[key] = item
     if clashes:
-        _refuse_clashes(clashes, recursive, folded)
+        _refuse_clashes(clashes, recursive, folded, out)
     done = {
         item.path
         for item in inputs
