@@ -208,6 +208,8 @@ VARIANTS: dict[str, ModelConfig] = {
     ),
 }
 
+DEFAULT_VARIANT = "pdseg-b"  # the paper's model: what train and benchmark build when none is named
+
 
 def get_config(name: str) -> ModelConfig:
     """The registered config of a variant.

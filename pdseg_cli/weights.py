@@ -16,6 +16,7 @@ ENV_VAR = "PDSEG_WEIGHTS"
 # names other tools give TorchScript files (`--out model.torchscript` wrote ONNX under that name).
 SUFFIX_FORMATS = {".onnx": "onnx", ".ts": "torchscript", ".torchscript": "torchscript", ".jit": "torchscript"}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # what PyTorch checkpoints are called
+MODEL_SUFFIXES = (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS)  # every model file --weights takes
 
 
 def bundled_weights_dir() -> Path:

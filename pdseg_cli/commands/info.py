@@ -67,9 +67,9 @@ def info(
             variant = description.variant
         elif path is not None and path.is_dir():
             from pdseg_cli.model.build import check_weights_file
-            from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
+            from pdseg_cli.weights import MODEL_SUFFIXES
 
-            check_weights_file(path, "weights", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
+            check_weights_file(path, "weights", MODEL_SUFFIXES)
         elif path is not None and ("/" in variant or "." in variant):
             raise InputError(
                 f"{variant}: no such file", hint=f"give a weights file, or a variant: {', '.join(VARIANTS)}"

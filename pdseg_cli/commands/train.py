@@ -19,11 +19,8 @@ from pdseg_cli.commands._common import (
     use_threads,
     user_errors,
 )
-from pdseg_cli.config import VARIANTS
+from pdseg_cli.config import DEFAULT_VARIANT, VARIANTS
 from pdseg_cli.errors import InputError
-
-# engine.train_config.DEFAULT_VARIANT, which imports torch: the CLI's help stays quick (a test pins it)
-DEFAULT_VARIANT = "pdseg-b"
 
 
 def _variant_help() -> str:

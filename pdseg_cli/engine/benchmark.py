@@ -256,7 +256,7 @@ def _cpu_busy_note(threads: int | None, mode: str) -> str | None:
 def _build_model(variant: str | None, weights: str | os.PathLike[str] | None) -> Any:
     import torch
 
-    from pdseg_cli.config import get_config
+    from pdseg_cli.config import DEFAULT_VARIANT, get_config
     from pdseg_cli.model.build import create_model, load_model
 
     if weights is not None:
@@ -267,7 +267,7 @@ def _build_model(variant: str | None, weights: str | os.PathLike[str] | None) ->
                 hint="leave out --variant with --weights: the checkpoint names its variant",
             )
         return model
-    config = get_config(variant or "pdseg-b")
+    config = get_config(variant or DEFAULT_VARIANT)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return create_model(config)

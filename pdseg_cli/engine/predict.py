@@ -42,7 +42,7 @@ from pdseg_cli.errors import InputError, check_kind
 from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model, weights_line
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
-from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS, default_weights
+from pdseg_cli.weights import MODEL_SUFFIXES, default_weights
 
 DEFAULT_SIZE = 1024  # used when a checkpoint does not record its training size (the paper's size)
 Size = predict_run.Size
@@ -165,7 +165,7 @@ class Predictor:
         else:
             self.weights_path = Path(weights) if weights is not None else default_weights()
             # before sniffing the format: the file, or what to give instead of a folder
-            check_weights_file(self.weights_path, "weights", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
+            check_weights_file(self.weights_path, "weights", MODEL_SUFFIXES)
             kind = detect_format(self.weights_path)
         refuse_spec_for(kind, onnx_spec, self.weights_path or "the module")
         self._autocast = self.precision  # the autocast around the network

@@ -94,11 +94,11 @@ class TeacherMaps:
         onnx_spec: str | None = None,
     ) -> None:
         from pdseg_cli.model.build import check_weights_file
-        from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
+        from pdseg_cli.weights import MODEL_SUFFIXES
 
         path = Path(teacher).expanduser()
         # what --weights says of a folder or a missing file: the model files in the folder to give
-        check_weights_file(path, "--teacher", (*CHECKPOINT_SUFFIXES, *SUFFIX_FORMATS))
+        check_weights_file(path, "--teacher", MODEL_SUFFIXES)
         self.path = path.resolve()  # recorded in runs: the file itself, wherever the link pointed
         self._given = path  # loaded under the name given: the name says whether it may run code
         self.device = device

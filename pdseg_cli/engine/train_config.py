@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pdseg_cli import runtime
-from pdseg_cli.config import get_config
+from pdseg_cli.config import DEFAULT_VARIANT, get_config
 from pdseg_cli.data import dis5k
 from pdseg_cli.engine import losses
 from pdseg_cli.errors import InputError, check_kind
 
 CONFIG = "config.json"  # the run folder's record of the configuration (see TrainConfig.to_dict)
-DEFAULT_VARIANT = "pdseg-b"
 RUNS_DIR = Path("runs")  # default run folders: runs/<variant>
 
 Supervision = losses.Supervision
