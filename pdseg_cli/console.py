@@ -11,9 +11,24 @@ import sys
 
 def main() -> None:
     """Import the CLI and run it; a Ctrl-C while importing ends with one line and status 130."""
+    _replace_what_cannot_be_shown()
     try:
         from pdseg_cli import cli
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         raise SystemExit(130) from None
     cli.main()
+
+
+def _replace_what_cannot_be_shown() -> None:
+    """Let a terminal or file whose encoding lacks a character pdseg prints (the "·" between
+    settings, "→", a table's box lines; ``PYTHONIOENCODING=ascii``, a legacy Windows code page)
+    show "?" for it: the command stopped with a UnicodeEncodeError, after its work, before saying
+    what it did."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on a replaced stream
+        if reconfigure is not None and "utf" not in (getattr(stream, "encoding", "") or "").lower():
+            try:
+                reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass

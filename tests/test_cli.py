@@ -376,3 +376,30 @@ def test_a_ctrl_c_while_the_cli_is_imported_is_one_line() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 130 and done.stderr == "error: interrupted\n", done.stderr
+
+
+def test_an_ascii_only_terminal_gets_question_marks_not_a_crash(tmp_path: Path) -> None:
+    """PYTHONIOENCODING=ascii (or a legacy Windows code page): the "·" and box lines pdseg prints
+    stopped the command with a UnicodeEncodeError after its work was done."""
+    import os
+    import subprocess
+
+    import cv2
+    import numpy as np
+
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:24, 8:40] = 255
+    for folder in ("gt", "pred"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "a.png"), mask)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "COLUMNS": "120"}
+    command = ["eval", "--split", str(tmp_path), "--pred", str(tmp_path / "pred"), "--no-cache", "-j", "1"]
+    done = subprocess.run(
+        [sys.executable, "-c", "from pdseg_cli.console import main; main()", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "UnicodeEncodeError" not in done.stderr, done.stderr[-2000:]
+    assert "maxF" in done.stdout and "?" in done.stdout  # the caption's "·" shown as "?"
