@@ -107,6 +107,18 @@ def close_sibling(path: Path, *, folders_only: bool = False) -> Path | None:
     return path.parent / close[0] if close else None
 
 
+def shell_quote(text: str) -> str:
+    """``text`` quoted for a command line the user can paste: POSIX shell quoting, or cmd.exe's
+    double quotes on Windows (where single quotes are passed on as part of the text)."""
+    if os.name == "nt":
+        import subprocess
+
+        return subprocess.list2cmdline([text])
+    import shlex
+
+    return shlex.quote(text)
+
+
 def clip_words(text: str, limit: int = 200) -> str:
     """``text`` on one line, cut to at most ``limit`` characters at a word boundary, with an
     ellipsis where cut (a message quoted in ours, or a long provenance, must not stop mid-word)."""

@@ -126,6 +126,7 @@ def test_tensorboard_scalars_per_step_and_epoch_continue_on_resume(
     assert logged == pytest.approx([float(r.split(",")[2]) for r in rows], rel=1e-6)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="os.kill(SIGINT) terminates the process on Windows")
 @pytest.mark.parametrize("at_step", [1, 2], ids=["mid-epoch", "after-its-last-step"])
 def test_interrupted_run_resumes_to_identical_weights(
     tmp_path: Path, data: dict[str, Path], at_step: int
@@ -795,3 +796,24 @@ def test_a_killed_runs_sample_cache_leftovers_are_removed(tmp_path: Path, data: 
     stale.write_bytes(b"half a sample")
     train(tiny(tmp_path / "run2", data, epochs=1, val_every=0, cache="disk", cache_dir=cache))
     assert not stale.exists() and sample.exists()
+
+
+def test_a_results_file_open_in_another_program_does_not_stop_the_run(
+    tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows refuses to replace a file a spreadsheet has open: the epoch was lost with the run."""
+    from pdseg_cli.engine import train_loop
+
+    def locked(path: Path, rows: list[dict[str, Any]]) -> None:
+        raise PermissionError(13, "The process cannot access the file")
+
+    monkeypatch.setattr(train_loop, "write_rows", locked)
+    notices: list[str] = []
+
+    def on_event(event: Any) -> None:
+        if event.kind == "notice":
+            notices.append(event.values["message"])
+
+    train(tiny(tmp_path / "run", data, epochs=1, val_dir=None), on_event=on_event)
+    assert (tmp_path / "run" / "last.pt").is_file()
+    assert any("could not be replaced (open in another program?)" in n for n in notices)

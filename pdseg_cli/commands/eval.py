@@ -377,9 +377,15 @@ def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | No
             write_bytes_atomic(path, text.encode("utf-8"))
         except OSError as exc:
             # after the scoring: the run's work is done but not kept, so it failed (exit 1)
+            locked = isinstance(exc, PermissionError)  # or, on Windows, open in a spreadsheet
             raise RunFailed(
                 f"cannot write {path} ({exc.strerror or exc})",
-                hint="free some space or choose another path, and run the command again",
+                hint=(
+                    "close it in any program that has it open, or check its permissions"
+                    if locked
+                    else "free some space"
+                )
+                + ", or choose another path, and run the command again",
             ) from None
         view.written("JSON" if path == json_out else "CSV", path)
 

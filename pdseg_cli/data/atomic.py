@@ -27,6 +27,8 @@ import os
 import re
 import secrets
 import socket
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,11 +190,28 @@ def atomic_path(path: str | os.PathLike[str], *, sweep: bool = False) -> Iterato
     tmp = target.with_name(temp_name(target))
     try:
         yield tmp
-        os.replace(tmp, target)
+        _replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+_WINDOWS_RETRIES = 20  # about 2 s in all: long enough for a virus scanner or an indexer to let go
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """``os.replace``; on Windows, retried for a while where the target is open in another program
+    (a virus scanner, a search indexer or a sync client holds files for a moment after they
+    change; a viewer may hold one longer), which Windows refuses with a PermissionError where a
+    POSIX rename would just go ahead."""
+    for attempt in range(_WINDOWS_RETRIES if sys.platform == "win32" else 0):
+        try:
+            os.replace(tmp, target)
+            return
+        except PermissionError:
+            time.sleep(0.02 * (attempt + 1) ** 0.5)
+    os.replace(tmp, target)
 
 
 _MAX_LINKS = 40  # Linux's limit on the links one path lookup follows (MAXSYMLINKS)

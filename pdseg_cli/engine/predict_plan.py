@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shlex
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pdseg_cli.engine.output_kinds import (
     output_path,
     parse_save,
 )
-from pdseg_cli.errors import InputError, close_sibling, counted, listing
+from pdseg_cli.errors import InputError, close_sibling, counted, listing, shell_quote
 
 _GLOB_MAGIC = frozenset("*?[")
 
@@ -47,6 +46,15 @@ class InputFile:
     path: Path
     rel_dir: Path
     index: int = 0
+
+
+def _unquoted(text: str) -> str:
+    """``text`` without one pair of single quotes around it on Windows, whose cmd.exe passes them
+    on: ``pdseg predict 'scans/*.tif'``, as the help and the README write a pattern for POSIX
+    shells, which remove them. A file's own name never starts and ends with one there."""
+    if os.name == "nt" and len(text) > 1 and text[0] == text[-1] == "'":
+        return text[1:-1]
+    return text
 
 
 def collect_inputs(
@@ -107,7 +115,7 @@ def collect_inputs(
             add(p, p.parent.relative_to(base) if recursive else Path("."))
 
     for source in sources:
-        text = os.fspath(source)
+        text = _unquoted(os.fspath(source))
         path = Path(text).expanduser()
         if path.is_dir():
             walk(path, path)
@@ -139,7 +147,8 @@ def collect_inputs(
                 raise InputError(
                     f"{path} is a symbolic link that leads nowhere (its target is missing, or the links "
                     "form a loop)",
-                    hint="check where it points: ls -l " + str(path),
+                    hint="check where it points"
+                    + ("" if os.name == "nt" else f": ls -l {shell_quote(str(path))}"),
                 )
             raise InputError(f"{path}: no such file, folder or pattern", hint=_missing_input_hint(path))
     return found, not_images, passed_exclude
@@ -426,7 +435,7 @@ def _refuse_clashes(
         # per kind of file, each into its own folder, with no file renamed
         (folder,) = folders
         runs = [
-            f"pdseg predict {shlex.quote(str(folder / ('*' + s)))} -o {shlex.quote(f'{out}-{s[1:].lower()}')}"
+            f"pdseg predict {shell_quote(str(folder / ('*' + s)))} -o {shell_quote(f'{out}-{s[1:].lower()}')}"
             for s in suffixes
         ]
         hint = f"rename one of each pair, or run each kind into its own --out: {runs[0]}, then {runs[1]}"

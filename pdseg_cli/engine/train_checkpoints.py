@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,14 @@ import torch
 from torch import nn
 
 from pdseg_cli.engine.train_events import CheckpointWriteError
-from pdseg_cli.errors import InputError, WeightsError, counted, first_line, refused_by_permissions
+from pdseg_cli.errors import (
+    InputError,
+    WeightsError,
+    counted,
+    first_line,
+    refused_by_permissions,
+    shell_quote,
+)
 from pdseg_cli.model import save_checkpoint
 from pdseg_cli.model.build import checkpoint_payload, write_payload
 
@@ -124,7 +130,7 @@ def _peek_state(path: Path) -> dict[str, Any] | None:
 
 def resume_command(folder: Path) -> str:
     """The command that goes on with the run in ``folder``, quoted for the shell (``--out 'my run'``)."""
-    return f"pdseg train --resume --out {shlex.quote(str(folder))}"
+    return f"pdseg train --resume --out {shell_quote(str(folder))}"
 
 
 def resume_parts(path: Path) -> tuple[str, str] | None:

@@ -139,7 +139,13 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
         # redoes the epoch, rewrites best.pt, and drops results rows past its checkpoint)
         if improved:
             write_checkpoint(out / BEST, run.ema.module, cfg.size, _provenance(run, epoch + 1), None)
-        write_rows(out / RESULTS, progress.rows)
+        try:
+            write_rows(out / RESULTS, progress.rows)
+        except PermissionError:  # Windows: open in a spreadsheet, which locks it; the rows are in last.pt
+            ctx.notice(
+                f"{out / RESULTS} could not be replaced (open in another program?); its rows are kept and "
+                "written at the next epoch's end"
+            )
     _save_last(run, epoch + 1, 0, None)
     if ctx.main:
         if tb is not None:

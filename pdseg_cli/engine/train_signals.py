@@ -51,6 +51,14 @@ def worker_init(worker_id: int) -> None:
 
     OpenCV's thread count is set in the parent before the fork (``make_loader``): calling
     ``cv2.setNumThreads`` inside a forked child waits for pool threads that did not survive the
-    fork and hangs the worker for ever. torch already runs each worker on one thread.
+    fork and hangs the worker for ever. A spawned worker (macOS and Windows start workers so)
+    inherits nothing, and would use every core for OpenCV beside the training step: it sets one
+    thread itself, safely, in its fresh process. torch already runs each worker on one thread.
     """
     ignore_stop_signals()
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) in ("spawn", "forkserver"):
+        import cv2
+
+        cv2.setNumThreads(1)

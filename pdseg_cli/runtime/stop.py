@@ -19,11 +19,13 @@ stopping = threading.Event()
 
 def stop_signals() -> tuple[signal.Signals, ...]:
     """SIGTERM, and SIGHUP where the platform has it and the process does not ignore it (``nohup``
-    ignores it on purpose: a run started so must outlive its terminal)."""
+    ignores it on purpose: a run started so must outlive its terminal); on Windows SIGBREAK too,
+    which Ctrl-Break and a closed console window send."""
     found = [signal.SIGTERM]
-    hangup = getattr(signal, "SIGHUP", None)
-    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
-        found.append(hangup)
+    for name in ("SIGHUP", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            found.append(sig)
     return tuple(found)
 
 
