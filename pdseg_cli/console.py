@@ -27,7 +27,13 @@ def _replace_what_cannot_be_shown() -> None:
     what it did."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # absent on a replaced stream
-        if reconfigure is not None and "utf" not in (getattr(stream, "encoding", "") or "").lower():
+        # only a stream that would raise: stderr's backslashreplace, or surrogateescape, says more
+        strict = getattr(stream, "errors", None) == "strict"
+        if (
+            reconfigure is not None
+            and strict
+            and "utf" not in (getattr(stream, "encoding", "") or "").lower()
+        ):
             try:
                 reconfigure(errors="replace")
             except (ValueError, OSError):

@@ -1100,3 +1100,21 @@ def test_a_name_in_either_unicode_form_pairs(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "pred" / "cafe\u0301.png"), mask)
     plan = plan_pairs(tmp_path / "pred", tmp_path / "gt")
     assert [stem for stem, _, _ in plan.pairs] == ["caf\u00e9"] and not plan.missing and not plan.unmatched
+
+
+def test_two_names_of_one_unicode_form_on_a_side_never_share_a_map(tmp_path: Path) -> None:
+    from pdseg_cli.engine.eval_pairs import plan_pairs
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 5:25] = 255
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    for folder, names in (("gt", (nfc, nfd)), ("pred", (nfc,))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / f"{name}.png"), mask)
+    plan = plan_pairs(tmp_path / "pred", tmp_path / "gt")  # one map, scored once: by its exact name
+    assert [stem for stem, _, _ in plan.pairs] == [nfc] and plan.missing == [nfd] and not plan.unmatched
+    cv2.imwrite(str(tmp_path / "pred" / f"{nfd}.png"), mask)
+    (tmp_path / "gt" / f"{nfd}.png").unlink()
+    plan = plan_pairs(tmp_path / "pred", tmp_path / "gt")  # two maps, one GT: the other is named
+    assert [stem for stem, _, _ in plan.pairs] == [nfc] and plan.unmatched == [nfd]

@@ -962,3 +962,20 @@ def test_a_master_beside_its_copy_gets_the_two_runs_that_need_no_renaming(tmp_pa
     assert f"pdseg predict '{src}/*.jpg' -o {tmp_path}/cut-jpg" in (err.value.hint or "")
     assert f"then pdseg predict '{src}/*.tif' -o {tmp_path}/cut-tif" in (err.value.hint or "")
     assert plan_predict([f"{src}/*.jpg"], tmp_path / "cut-jpg").todo  # the first of them plans
+
+
+def test_the_two_runs_hint_is_offered_only_where_it_leaves_nothing_out(tmp_path: Path) -> None:
+    """.JPG beside .jpg made two runs into one --out; a folder of four kinds got runs for two."""
+    from pdseg_cli.engine.predict_plan import plan_predict
+
+    image = np.full((40, 50, 3), 120, np.uint8)
+    for folder, names in (
+        ("cases", ("IMG_1.JPG", "IMG_1.jpg")),
+        ("mixed", ("a.jpg", "a.png", "b.webp", "c.tif")),
+    ):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            cv2.imwrite(str(tmp_path / folder / name), image)
+        with pytest.raises(InputError) as err:
+            plan_predict([tmp_path / folder], tmp_path / f"{folder}-out")
+        assert "run each kind into its own --out" not in (err.value.hint or ""), err.value.hint

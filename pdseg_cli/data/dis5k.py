@@ -221,10 +221,15 @@ def _layout_hint(folder: Path, missing: Sequence[str], option: str | None) -> st
             "in a dataset folder"
         )
     if IMAGE_DIR in missing and any(c.is_file() and imio.is_image_file(c) for c in children):
+        # only --train may lack masks, given a teacher (--val and the DIS5K splits always need them)
+        teacher_note = (
+            " (with --teacher the masks are optional: the teacher's maps stand in for them)"
+            if option == "--train"
+            else ""
+        )
         return (
             f"it holds images itself: move them into {shown(folder / IMAGE_DIR)}/ and their masks, "
-            f"named as the images, into {shown(folder / MASK_DIR)}/ (with --teacher the masks are "
-            "optional: the teacher's maps stand in for them)"
+            f"named as the images, into {shown(folder / MASK_DIR)}/{teacher_note}"
         )
     return f"a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks) with matching file names"
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -129,16 +130,32 @@ def plan_pairs(
             f"no prediction maps in {pred_dir}",
             hint="expected one 8-bit map per GT, named like the GT (<stem>.png, as `pdseg predict` writes)",
         )
-    # stems compared in Unicode's composed form: "café" typed on Linux (é) and written by macOS
-    # (e + a combining accent) look the same and are one name to the user
-    by_name = {_composed(stem): path for stem, path in preds.items()}
-    pairs = [
-        (stem, by_name[_composed(stem)], gts[stem]) for stem in sorted(gts) if _composed(stem) in by_name
-    ]
-    gt_names = {_composed(stem) for stem in gts}
-    missing = sorted(stem for stem in gts if _composed(stem) not in by_name)
-    unmatched = sorted(stem for stem in preds if _composed(stem) not in gt_names)
+    matched = _match_stems(gts, preds)
+    pairs = [(stem, preds[matched[stem]], gts[stem]) for stem in sorted(matched)]
+    used = set(matched.values())
+    missing = sorted(stem for stem in gts if stem not in matched)
+    unmatched = sorted(stem for stem in preds if stem not in used)
     return PairPlan(name or gt_dir.parent.name or gt_dir.name, gt_dir, pred_dir, pairs, missing, unmatched)
+
+
+def _match_stems(gts: Mapping[str, Path], preds: Mapping[str, Path]) -> dict[str, str]:
+    """GT stem -> prediction stem: the same stem, else the one of the same Unicode composed form
+    ("café" typed on Linux, é, and written by macOS, e + a combining accent, look the same and are
+    one name to the user). Only a form that one GT and one prediction have is matched so: two
+    names of one form on a side stay apart, matched exactly or not at all, never one map twice."""
+
+    def by_form(stems: Iterable[str]) -> dict[str, str]:
+        forms = Counter(_composed(stem) for stem in stems)
+        return {_composed(stem): stem for stem in stems if forms[_composed(stem)] == 1}
+
+    exact = gts.keys() & preds.keys()
+    matched = {stem: stem for stem in exact}
+    gt_forms, pred_forms = by_form(gts), by_form(preds)
+    for form, stem in gt_forms.items():
+        other = pred_forms.get(form)
+        if stem not in matched and other is not None and other not in exact:
+            matched[stem] = other
+    return matched
 
 
 def _composed(stem: str) -> str:

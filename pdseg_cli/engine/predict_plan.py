@@ -414,6 +414,7 @@ def _refuse_clashes(
     recursive: bool,
     folded: bool = False,
     out: Path | None = None,
+    inputs: Sequence[InputFile] = (),
 ) -> None:
     """Refuse inputs that would write the same output files, naming every pair (``cat.jpg`` and
     ``cat.png`` both make ``cat.png``).
@@ -428,15 +429,24 @@ def _refuse_clashes(
     case_note = "; --out is on a file system where names that differ only in case are one file"
     across_folders = any(a.parent != b.parent for a, b in pairs)
     hint = "rename one of each pair, or run them separately into separate --out folders"
-    suffixes = sorted({p.suffix for pair in pairs for p in pair})
-    folders = {p.parent for pair in pairs for p in pair}
-    if out is not None and not by_case and len(folders) == 1 and len(suffixes) == 2 and not recursive:
-        # a master TIFF beside its JPEG (IMG_0001.tif, IMG_0001.jpg), as archives keep them: one run
-        # per kind of file, each into its own folder, with no file renamed
+    # a master TIFF beside its JPEG (IMG_0001.tif, IMG_0001.jpg), as archives keep them: one run per
+    # kind of file, each into its own folder, with no file renamed; offered only where the run's
+    # inputs are all in that one folder and of exactly two suffixes, so the two runs leave none out
+    # (and .JPG beside .jpg, one kind whose two runs would share an --out, gets the plain hint)
+    spelled = sorted({item.path.suffix for item in inputs})
+    folders = {item.path.parent for item in inputs}
+    if (
+        out is not None
+        and not by_case
+        and not recursive
+        and len(folders) == 1
+        and len(spelled) == 2
+        and len({s.lower() for s in spelled}) == 2
+    ):
         (folder,) = folders
         runs = [
             f"pdseg predict {shell_quote(str(folder / ('*' + s)))} -o {shell_quote(f'{out}-{s[1:].lower()}')}"
-            for s in suffixes
+            for s in spelled
         ]
         hint = f"rename one of each pair, or run each kind into its own --out: {runs[0]}, then {runs[1]}"
     elif across_folders and not recursive:
@@ -693,7 +703,7 @@ def plan_predict(
                     clashes.append((other, item, p))
                 owner[key] = item
     if clashes:
-        _refuse_clashes(clashes, recursive, folded, out)
+        _refuse_clashes(clashes, recursive, folded, out, inputs)
     done = {
         item.path
         for item in inputs

@@ -44,6 +44,10 @@ def run_training(ctx: RunContext) -> TrainResult:
     finally:
         if run.tensorboard is not None:
             _close_tensorboard(run)
+    if ctx.main and progress.rows_unwritten:
+        # an epoch's write met a locked results.csv: once more now, and a failure now stops with
+        # its one line (exit 1), rather than a run that ends with rows missing in silence
+        write_rows(out / RESULTS, progress.rows)
     return TrainResult(
         out=out,
         epochs=len(progress.rows),
@@ -141,10 +145,12 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
             write_checkpoint(out / BEST, run.ema.module, cfg.size, _provenance(run, epoch + 1), None)
         try:
             write_rows(out / RESULTS, progress.rows)
-        except PermissionError:  # Windows: open in a spreadsheet, which locks it; the rows are in last.pt
+            progress.rows_unwritten = False
+        except PermissionError:  # Windows: open in a spreadsheet, which locks it
+            progress.rows_unwritten = True
             ctx.notice(
-                f"{out / RESULTS} could not be replaced (open in another program?); its rows are kept and "
-                "written at the next epoch's end"
+                f"{out / RESULTS} could not be replaced (open in another program?): close it; every row is "
+                "written again at the next epoch's end and when the run ends"
             )
     _save_last(run, epoch + 1, 0, None)
     if ctx.main:

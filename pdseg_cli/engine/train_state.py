@@ -104,6 +104,8 @@ class Progress:
         best_maxf: the best validation maxF so far (None without validation).
         best_epoch: the epoch of ``best.pt``.
         rows: every ``results.csv`` row so far.
+        rows_unwritten: the last write of ``results.csv`` failed (a file another program locked):
+            the rows are written again at the next epoch's end and when the session ends.
     """
 
     global_step: int
@@ -112,6 +114,7 @@ class Progress:
     best_maxf: float | None
     best_epoch: int | None
     rows: list[dict[str, Any]]
+    rows_unwritten: bool = False
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,11 @@ def terminal_signals_ignored() -> Iterator[None]:
 
 def _group_signals() -> list[signal.Signals]:
     """The signals sent to every process of a group or job: Ctrl-C and a terminal's hang-up (the
-    terminal's foreground process group), SIGTERM (a job scheduler's time limit, ``kill -- -PGID``)."""
-    return [getattr(signal, name) for name in ("SIGINT", "SIGHUP", "SIGTERM") if hasattr(signal, name)]
+    terminal's foreground process group), SIGTERM (a job scheduler's time limit, ``kill -- -PGID``),
+    and on Windows Ctrl-Break and a closed console window (SIGBREAK), which reach every process
+    attached to the console."""
+    names = ("SIGINT", "SIGHUP", "SIGTERM", "SIGBREAK")
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
 @contextlib.contextmanager
