@@ -979,3 +979,20 @@ def test_the_two_runs_hint_is_offered_only_where_it_leaves_nothing_out(tmp_path:
         with pytest.raises(InputError) as err:
             plan_predict([tmp_path / folder], tmp_path / f"{folder}-out")
         assert "run each kind into its own --out" not in (err.value.hint or ""), err.value.hint
+
+
+def test_a_name_windows_keeps_for_a_device_is_refused_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CON.jpg from a Linux share makes CON.png, which Windows opens as the console."""
+    from pdseg_cli.engine import predict_plan
+
+    src = tmp_path / "share"
+    src.mkdir()
+    for name in ("CON.jpg", "aux.tar.png", "console.jpg", "com10.jpg"):
+        cv2.imwrite(str(src / name), np.full((20, 30, 3), 90, np.uint8))
+    assert len(predict_plan.plan_predict([src], tmp_path / "out").todo) == 4  # elsewhere, names like any
+    monkeypatch.setattr(predict_plan, "_on_windows", lambda: True)
+    with pytest.raises(InputError, match="2 inputs would make outputs with a name Windows keeps") as err:
+        predict_plan.plan_predict([src], tmp_path / "out2")
+    assert "CON.jpg" in str(err.value) and "aux.tar.png" in str(err.value) and "console" not in str(err.value)

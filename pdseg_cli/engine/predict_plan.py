@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -357,6 +358,40 @@ def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
     return left
 
 
+# Names Windows keeps for devices, whatever the extension: an output CON.png is no file there
+_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
+
+
+def _on_windows() -> bool:
+    return sys.platform == "win32"
+
+
+def _refuse_reserved(items: Sequence[InputFile]) -> None:
+    """On Windows, refuse inputs whose outputs would take a device's name (``CON.jpg`` from a Linux
+    share makes ``CON.png``, which Windows opens as the console), before anything is written.
+
+    Raises:
+        InputError: naming them.
+    """
+    if not _on_windows():
+        return
+    reserved = [item.path for item in items if item.path.stem.split(".")[0].rstrip(" .").upper() in _RESERVED]
+    if reserved:
+        raise InputError(
+            f"{counted(len(reserved), 'input')} would make outputs with a name Windows keeps for a device: "
+            f"{listing([str(p) for p in reserved], 5)}",
+            hint=f"rename {'it' if len(reserved) == 1 else 'them'}, e.g. "
+            f"{reserved[0].stem}_1{reserved[0].suffix}",
+        )
+
+
 def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> None:
     """Refuse a run in which an input's outputs (or a folder --recursive mirrors) would have a name
     longer than ``--out``'s file system takes: found here, the run is refused before the model
@@ -678,6 +713,7 @@ def plan_predict(
             )
     # before any output path is looked at: the file system refuses to even look a too long name up
     _refuse_unnameable(out, inputs, save)
+    _refuse_reserved(inputs)
     input_keys = {item.path.resolve(): item for item in inputs}
     input_ids = {_file_id(item.path): item for item in inputs}  # also catches case-insensitive file systems
     owner: dict[Path, InputFile] = {}

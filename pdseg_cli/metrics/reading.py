@@ -105,7 +105,9 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
 # real mask (DIS5K's largest GTs have about 30 million pixels): a device, a 3 GB file, or a small
 # file that decodes to gigabytes would take the memory of the whole run.
 MAX_MASK_BYTES = 1 << 30
-MAX_MASK_PIXELS = 1 << 28  # twice predict's default --max-pixels: 16384x16384 passes
+# OpenCV's own decoding limit (CV_IO_MAX_IMAGE_PIXELS): a map that `pdseg predict --max-pixels`
+# was raised to write still scores, and a header beyond it is refused before anything is read
+MAX_MASK_PIXELS = 1 << 30
 
 
 @contextlib.contextmanager
