@@ -288,3 +288,9 @@ def test_train_variant_help_names_every_variant() -> None:
     for name in VARIANTS:
         assert name in text
     assert f"{DEFAULT_VARIANT}, or the --init checkpoint's" in text  # one name, from the config
+
+
+def test_info_and_train_sizes_have_predicts_upper_limit() -> None:
+    for command in ("info", "train"):
+        text = _refused(command, "--size", "99999")
+        assert "--size 99999 is too large: at most 16384" in text, text

@@ -235,7 +235,14 @@ def square_side(text: str | None, command: str) -> int | None:
             f"--size {text.strip()} is for predict and eval only: {command} takes a square side in pixels",
             hint=f"{SIZE_EXAMPLE} (the DIS recipe), 512 or 320",
         )
-    return whole_number("--size", text, f"{SIZE_EXAMPLE} (the DIS recipe), 512 or 320")
+    side = whole_number("--size", text, f"{SIZE_EXAMPLE} (the DIS recipe), 512 or 320")
+    from pdseg_cli.engine.predict import MAX_SIDE  # predict's largest side: beyond it, counts mean nothing
+
+    if side > MAX_SIDE:
+        raise InputError(
+            f"--size {side} is too large: at most {MAX_SIDE}", hint=f"{SIZE_EXAMPLE}, 512 or 320"
+        )
+    return side
 
 
 def whole_number(option: str, text: str, hint: str) -> int:
