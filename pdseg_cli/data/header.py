@@ -24,6 +24,7 @@ PNG's tEXt ``Software`` or a TIFF's Software tag.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import re
@@ -733,23 +734,46 @@ def _webp_extras(data: _FileBytes) -> HeaderExtras:
     )
 
 
+def _exif_first_directory(exif: bytes) -> tuple[str, Iterator[tuple[int, int, bytes]]] | None:
+    """The byte order of an EXIF block (a TIFF header, then directories; no ``Exif\\0\\0`` prefix)
+    and the entries of its first directory, each (tag, field type, its 4-byte value field), read
+    as they are iterated: a damaged entry raises ``struct.error`` where it is met, so a tag found
+    before it is still found. None without a TIFF header.
+
+    Raises:
+        struct.error: the header is cut short (the callers' to catch).
+    """
+    order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+    if order is None:
+        return None
+    magic, first = struct.unpack(order + "HI", exif[2:8])
+    if magic != 42:
+        return None
+    (count,) = struct.unpack(order + "H", exif[first : first + 2])
+
+    def entries() -> Iterator[tuple[int, int, bytes]]:
+        for i in range(count):
+            tag, kind, _count, value = struct.unpack(
+                order + "HHI4s", exif[first + 2 + 12 * i : first + 14 + 12 * i]
+            )
+            yield tag, kind, value
+
+    return order, entries()
+
+
 def exif_orientation(exif: bytes) -> int:
     """The Orientation (tag 274) in the first directory of an EXIF block (a TIFF header, then
     directories), as OpenCV reads a PNG's or WebP's: no ``Exif\\0\\0`` prefix, the first 16 bits
     of the value field. 1 when absent, damaged or out of 1-8."""
     try:
-        order = {b"II": "<", b"MM": ">"}.get(exif[:2])
-        if order is None:
+        directory = _exif_first_directory(exif)
+        if directory is None:
             return 1
-        magic, first = struct.unpack(order + "HI", exif[2:8])
-        if magic != 42:
-            return 1
-        (entries,) = struct.unpack(order + "H", exif[first : first + 2])
-        for i in range(entries):
-            entry = exif[first + 2 + 12 * i : first + 14 + 12 * i]
-            tag, value = struct.unpack(order + "H6xH2x", entry)
+        order, entries = directory
+        for tag, _kind, value in entries:
             if tag == 274:
-                return value if 1 <= value <= 8 else 1
+                (orientation,) = struct.unpack(order + "H", value[:2])
+                return orientation if 1 <= orientation <= 8 else 1
     except struct.error:
         return 1
     return 1
@@ -762,19 +786,12 @@ def exif_density(exif: bytes) -> Density | None:
     if exif.startswith(_EXIF):
         exif = exif[len(_EXIF) :]
     try:
-        order = {b"II": "<", b"MM": ">"}.get(exif[:2])
-        if order is None:
+        directory = _exif_first_directory(exif)
+        if directory is None:
             return None
-        magic, first = struct.unpack(order + "HI", exif[2:8])
-        if magic != 42:
-            return None
-        (entries,) = struct.unpack(order + "H", exif[first : first + 2])
-        fields: dict[int, tuple[int, bytes]] = {}
-        for i in range(min(entries, 4096)):  # no real first directory has more tags
-            tag, kind, _count, value = struct.unpack(
-                order + "HHI4s", exif[first + 2 + 12 * i : first + 14 + 12 * i]
-            )
-            fields[tag] = (kind, value)
+        order, entries = directory
+        # no real first directory has more than 4096 tags
+        fields = {tag: (kind, value) for tag, kind, value in itertools.islice(entries, 4096)}
         x, y = (
             _exif_rational(exif, order, fields.get(tag)) for tag in (TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION)
         )
