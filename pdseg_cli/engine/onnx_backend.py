@@ -545,6 +545,12 @@ def torchscript_metadata(path: Path) -> ExportMetadata:
             raw = archive.read(names[0])[: 1 << 20].decode("utf-8", "replace") if names else ""
     except (OSError, zipfile.BadZipFile) as exc:
         raise _unreadable(path, "torchscript", exc) from None
+    return _torchscript_metadata_from(raw, path)
+
+
+def _torchscript_metadata_from(raw: str, path: Path) -> ExportMetadata:
+    """The metadata of a TorchScript export from the text of its extra file (empty or damaged text:
+    none, which :meth:`ExportMetadata.from_strings` refuses in one line)."""
     try:
         data = json.loads(raw) if raw else {}
     except ValueError:
@@ -580,12 +586,7 @@ class TorchScriptModel(_ExportedModel):
                 self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra)
         except Exception as exc:  # torch raises RuntimeError with long C++ traces for bad archives
             raise _unreadable(self.path, "torchscript", exc) from None
-        raw = extra[TORCHSCRIPT_METADATA_FILE]
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            data = {}
-        self.metadata = ExportMetadata.from_strings(data, self.path)
+        self.metadata = _torchscript_metadata_from(extra[TORCHSCRIPT_METADATA_FILE], self.path)
         self.module.eval()
 
     def describe(self) -> str:
