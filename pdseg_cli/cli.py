@@ -34,16 +34,19 @@ _TRAIN_WEIGHTS = (
     "goes on with the run in --out with --resume; e.g. pdseg train -e 10 --init runs/a/last.pt --out runs/b"
 )
 
+_EVAL_OUT = (
+    "eval writes its scores with --json FILE or --csv FILE (e.g. --json scores.json), and the model's maps "
+    "with --save-preds DIR"
+)
+
 # options that users carry over from another command, where click's "Possible options" points the
 # wrong way: (command, option typed) -> the hint that says what this command takes instead
 WRONG_OPTIONS = {
     # -w was --workers in train before it meant --weights everywhere: say both
     ("train", "-w"): _TRAIN_WEIGHTS + "; DataLoader workers are --workers N (no short form)",
     ("train", "--weights"): _TRAIN_WEIGHTS,
-    ("eval", "-o"): "eval writes its scores with --json FILE or --csv FILE (e.g. --json scores.json), and "
-    "the model's maps with --save-preds DIR",
-    ("eval", "--out"): "eval writes its scores with --json FILE or --csv FILE (e.g. --json scores.json), and "
-    "the model's maps with --save-preds DIR",
+    ("eval", "-o"): _EVAL_OUT,
+    ("eval", "--out"): _EVAL_OUT,
     ("export", "--size"): "an exported file takes any batch, height and width (its input size is dynamic); "
     "--check-shape BxCxHxW sets the shapes the check runs, e.g. --check-shape 1x3x1024x1024",
 }

@@ -209,6 +209,7 @@ VARIANTS: dict[str, ModelConfig] = {
 }
 
 DEFAULT_VARIANT = "pdseg-b"  # the paper's model: what train and benchmark build when none is named
+FULL_SIZE_NAMES = ("full", "native", "original")  # --size names for "each image at its own size"
 
 
 def get_config(name: str) -> ModelConfig:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pdseg_cli import runtime, ui
+from pdseg_cli.config import FULL_SIZE_NAMES
 from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted, os_error_line
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
@@ -42,10 +43,8 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
         loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
         if loop is None:
             raise
-        say(
-            f"{loop.group(1).strip(chr(39))} goes round a loop of symbolic links",
-            "check the links on that path",
-        )
+        path = loop.group(1).strip("'")  # pathlib quotes it
+        say(f"{path} goes round a loop of symbolic links", "check the links on that path")
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt as exc:
         say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
@@ -55,10 +54,7 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
 def torchrun_rank() -> int:
     """This process's rank under torchrun (0 alone, or when the torchrun variables are broken: the
     command then says what is wrong with them, once)."""
-    try:
-        return runtime.env_distributed().rank
-    except PdsegError:
-        return 0
+    return runtime.env_distributed(strict=False).rank
 
 
 def warn_unused(ctx: typer.Context, unused: dict[str, str | None], *, enabled: bool = True) -> None:
@@ -217,7 +213,6 @@ DataRootOpt = Annotated[
 ]
 
 
-FULL_SIZE_NAMES = ("full", "native", "original")  # what engine.predict.parse_size reads as "full"
 SIZE_EXAMPLE = "e.g. --size 1024"
 
 

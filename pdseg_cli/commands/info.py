@@ -57,11 +57,7 @@ def info(
             from pdseg_cli.engine.weights_info import describe_weights
 
             description = describe_weights(path, onnx_spec)
-            # a provenance value recorded as None (JSON null) reads "none", not JSON
-            rows = [
-                (k, "none" if k.startswith("provenance") and v == "null" else v) for k, v in description.rows
-            ]
-            ui.table(variant, ["", "value"], rows, literal=True)
+            ui.table(variant, ["", "value"], description.rows, literal=True)
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return
             variant = description.variant

@@ -269,7 +269,8 @@ def train(
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
 
-    with user_errors(quiet=torchrun_rank() != 0):  # the value itself, before --init is read
+    quiet = torchrun_rank() != 0  # the ranks agree on errors: rank 0 says it once
+    with user_errors(quiet=quiet):  # the value itself, before --init is read
         size = square_side(size_text, "train")
         if resume and overwrite:
             raise InputError(
@@ -297,7 +298,7 @@ def train(
             )
     out = out or default_run_folder(variant or init_variant)
     view = TrainingView()
-    with user_errors(quiet=torchrun_rank() != 0):  # the ranks agree on errors: rank 0 says it once
+    with user_errors(quiet=quiet):
         main = env_distributed().rank == 0
         use_threads(threads, quiet=not main)
         if resume:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdseg_cli import runtime
-from pdseg_cli.config import DEFAULT_MAX_PIXELS, NORMALIZATION
+from pdseg_cli.config import DEFAULT_MAX_PIXELS, FULL_SIZE_NAMES, NORMALIZATION
 from pdseg_cli.data import transforms as T
 from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
@@ -63,7 +63,7 @@ def parse_size(text: str | int | None) -> Size | None:
         value = int(text)  # 512.0 from arithmetic is 512
     else:
         t = str(text).strip().lower()
-        if t in ("full", "native", "original"):
+        if t in FULL_SIZE_NAMES:
             return "full"
         try:
             value = int(t)
@@ -145,10 +145,7 @@ class Predictor:
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
         if local_rank is None:  # under torchrun each process takes its own GPU, as the commands do
-            try:
-                env = runtime.env_distributed()
-            except InputError:  # torchrun variables that make no sense: no torchrun, for a script
-                env = runtime.Distributed()
+            env = runtime.env_distributed(strict=False)
             local_rank = env.local_rank if env.enabled else None
         choice = runtime.resolve_device(device, local_rank=local_rank)
         self.device: torch.device = choice.device

@@ -699,7 +699,7 @@ def plan_predict(
         extra = f" ({counted(len(not_images), 'other file')} skipped)" if not_images else ""
         raise InputError(
             f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
-            hint=_no_images_hint([Path(s).expanduser() for s in sources], recursive),
+            hint=_no_images_hint(paths, recursive),
         )
     for item in inputs:
         # outputs among their inputs would be read as inputs by the next run (a rerun, or

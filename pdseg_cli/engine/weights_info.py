@@ -182,6 +182,9 @@ def _link_text(link: Mapping[str, Any], parent: Mapping[str, Any]) -> str:
 
 
 def _short(value: Any) -> str:
-    """A value as one line of at most ``_LONGEST`` characters, clipped at a word with "…"."""
+    """A value as one line of at most ``_LONGEST`` characters, clipped at a word with "…"; a value
+    recorded as None reads "none", not JSON's null."""
+    if value is None:
+        return "none"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return clip_words(text, _LONGEST)

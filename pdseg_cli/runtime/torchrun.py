@@ -70,12 +70,21 @@ class Distributed:
             dist.barrier()
 
 
-def env_distributed() -> Distributed:
+def env_distributed(*, strict: bool = True) -> Distributed:
     """Read WORLD_SIZE / RANK / LOCAL_RANK (set by torchrun) without starting anything.
 
+    ``strict`` False reads variables that make no sense as no torchrun (a process on its own), for
+    a caller that is not the one to say so: a Python script's ``Predictor``, or a command's choice
+    of which process prints an error (the command then reports them).
+
     Raises:
-        InputError: a variable that is not a number, or a rank outside the world.
+        InputError: with ``strict``, a variable that is not a number, or a rank outside the world.
     """
+    if not strict:
+        try:
+            return env_distributed()
+        except InputError:
+            return Distributed()
 
     def _int(name: str, default: int) -> int:
         value = os.environ.get(name, "")
