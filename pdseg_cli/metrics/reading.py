@@ -61,9 +61,7 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
         InputError: the file is missing, unreadable or not a decodable image.
     """
     path = Path(path)
-    _refuse_oversized(path)
-    with _read_errors(path):
-        data = path.read_bytes()
+    data = _mask_bytes(path)
     array, said = None, []
     if data:
         try:
@@ -121,26 +119,30 @@ def _read_errors(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _refuse_oversized(path: Path) -> None:
-    """Raise before reading ``path`` when it is no regular file or too big to be a mask.
+def _mask_bytes(path: Path) -> bytes:
+    """The bytes of a mask file, refused before they are read when the file is no regular file or
+    too big to be a mask, and before they are decoded when its header claims too many pixels (the
+    header is read from the bytes, not from the file again).
 
     Raises:
         InputError: naming the file and why.
     """
-    from pdseg_cli.data.header import image_size, read_head
+    from pdseg_cli.data.header import image_size
 
     with _read_errors(path):
         st = path.stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: not a regular file (a device, a pipe or a folder), so not a mask")
-    if st.st_size > MAX_MASK_BYTES:
-        raise InputError(f"{path}: {st.st_size:,} bytes, far more than any mask file; not read")
-    size = image_size(path, read_head(path)) if st.st_size else None
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path}: not a regular file (a device, a pipe or a folder), so not a mask")
+        if st.st_size > MAX_MASK_BYTES:
+            raise InputError(f"{path}: {st.st_size:,} bytes, far more than any mask file; not read")
+        data = path.read_bytes()
+    size = image_size(path, data) if data else None
     if size is not None and size[0] * size[1] > MAX_MASK_PIXELS:
         w, h = size
         raise InputError(
             f"{path}: {w}x{h} pixels, far more than any mask ({MAX_MASK_PIXELS:,} at most); not decoded"
         )
+    return data
 
 
 def read_gray_u8(path: str | os.PathLike[str]) -> np.ndarray:
