@@ -213,7 +213,7 @@ def test_the_reader_follows_the_content_not_the_name(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"a PNG file named \.tif, corrupt or truncated"):
         imio.read_image(tmp_path / "cut.tif")
     (tmp_path / "text.tif").write_bytes(b"hello, not an image")
-    with pytest.raises(InputError, match="not an image: it starts like no format pdseg reads"):
+    with pytest.raises(InputError, match="a text file, not an image: it starts 'hello, not an image'"):
         imio.read_image(tmp_path / "text.tif")
 
 

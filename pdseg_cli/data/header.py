@@ -92,6 +92,53 @@ def looks_like_image(path: Path) -> bool:
     return read_head(path, 16).startswith(_SIGNATURES)
 
 
+# Files that are not images pdseg reads but often carry an image's name or sit among the photos:
+# what their first bytes say they are, and how to get an image from them. HEIF/AVIF and videos
+# are ISO boxes ("ftyp" at byte 4, then the brand).
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+_UNREAD = "which pdseg does not read: convert it to PNG or JPEG first"
+_OTHER_FORMATS: tuple[tuple[str, tuple[bytes, ...]], ...] = (
+    (
+        "a HEIC/HEIF photo, the iPhone's format, which pdseg does not read: convert it to JPEG first, "
+        "e.g. `heif-convert IMG.heic IMG.jpg`",
+        tuple(b"ftyp" + brand for brand in _HEIF_BRANDS),
+    ),
+    (f"an AVIF image, {_UNREAD}", (b"ftypavif", b"ftypavis")),
+    (
+        "a video (MP4/MOV): extract its frames first, e.g. `ffmpeg -i VIDEO frames/%05d.png`",
+        (b"ftypisom", b"ftypmp41", b"ftypmp42", b"ftypqt  ", b"ftypM4V "),
+    ),
+    (f"a JPEG XL image, {_UNREAD}", (b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")),
+    ("a PDF document: export its pages as PNG first", (b"%PDF",)),
+    ("a Photoshop document: export it as PNG or TIFF first", (b"8BPS",)),
+    (
+        "a Git LFS pointer, not the file itself: fetch the real files with `git lfs pull`",
+        (b"version https://git-lfs",),
+    ),
+    ("a web page (HTML), not an image: download the image itself again", (b"<!doctype html", b"<html")),
+    ("an SVG drawing: export it as PNG first", (b"<svg", b"<?xml")),
+)
+
+
+def other_format(head: bytes) -> str | None:
+    """What a file that is not an image pdseg reads is, with what to do, from its first bytes
+    (64 are enough): ``"a PDF document: export its pages as PNG first"``, else a plain description
+    (a text file, or its first bytes in hex). None where the bytes announce a format pdseg reads."""
+    if image_kind(head) is not None:
+        return None
+    boxed = head[4:12] if head[4:8] == b"ftyp" else b""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()  # a web page may start with a BOM or blank lines
+    for what, signatures in _OTHER_FORMATS:
+        if any(s == boxed or head.startswith(s) or text.startswith(s.lower()) for s in signatures):
+            if what.startswith("an SVG") and text.startswith(b"<?xml") and b"<svg" not in text:
+                continue  # XML, but not a drawing
+            return what
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        shown = head[:24].decode("ascii").split("\n")[0]
+        return f"a text file, not an image: it starts {shown!r}"
+    return f"not an image: it starts like no format pdseg reads (bytes {head[:8].hex(' ')})"
+
+
 def image_kind(head: bytes) -> str | None:
     """The format a file's first bytes announce ('PNG', 'JPEG', 'TIFF', 'PNM', ...), or None."""
     return next((name for name, sigs in _KINDS if head.startswith(sigs)), None)

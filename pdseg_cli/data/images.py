@@ -68,6 +68,7 @@ from pdseg_cli.data.header import (
     header_extras,
     image_kind,
     jpeg_scans_complete,
+    other_format,
     pnm_header,
     read_head,
     tiff_density,
@@ -305,7 +306,7 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
             return array
     if array is None:
         raise InputError(
-            f"{path}: cannot decode ({_what_it_is(path, data[:16].tobytes())})"
+            f"{path}: cannot decode ({_what_it_is(path, data[:64].tobytes())})"
             + (f"; the decoder said: {messages[0]}" if messages else "")
         )
     warnings.extend(f"{path}: the decoder said: {m} (decoded anyway; parts may be damaged)" for m in messages)
@@ -381,7 +382,7 @@ def _what_it_is(path: Path, head: bytes) -> str:
     """Why a file may not decode, by what its first bytes say it is and what its name says."""
     kind, named = image_kind(head), _SUFFIX_KINDS.get(path.suffix.lower())
     if kind is None:
-        return f"not an image: it starts like no format pdseg reads ({head[:8]!r})"
+        return other_format(head) or "not an image"
     if named is not None and kind != named:
         return f"a {kind} file named {path.suffix}, corrupt or truncated"
     return f"corrupt or truncated {kind} file"

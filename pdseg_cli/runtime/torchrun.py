@@ -138,13 +138,25 @@ def distributed(
             dist.init_process_group(
                 backend=backend, timeout=timeout, world_size=env.world_size, rank=env.rank
             )
-            stack.callback(_leave_group)
+            stack.push(_leave_group)
         yield env
 
 
-def _leave_group() -> None:
-    """Destroy the process group :func:`distributed` started (unless the block already did)."""
+def _leave_group(exc_type: type[BaseException] | None, *exc: object) -> None:
+    """Destroy the process group :func:`distributed` started (unless the block already did).
+
+    After a block that ended normally, every process first waits for the others: a process that
+    tore its gloo pairs down while a peer was still finishing its last collective sometimes
+    aborted at exit ("terminate called without an active exception"). After an error nobody
+    waits, since the peers may never arrive; torchrun ends them.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if exc_type is None:
+        try:
+            dist.barrier()
+        except Exception:  # a peer that has already failed: leave all the same
+            pass
+    dist.destroy_process_group()

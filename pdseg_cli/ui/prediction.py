@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pdseg_cli import ui
 from pdseg_cli.data.images import IMAGE_KINDS
 from pdseg_cli.engine.predict_plan import is_broken_link, is_unfollowed_folder_link
 from pdseg_cli.errors import counted, listing
+
+# photos a phone saves that pdseg does not read (OpenCV has no HEIF or AVIF decoder)
+_PHONE_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif"})
 
 _MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
@@ -127,7 +131,12 @@ def summary(result: Any) -> None:
         else:
             others.append(str(path))
     if others:
-        ui.info(f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(others, 5)}")
+        line = f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(others, 5)}"
+        phone = sorted({Path(p).suffix.lower() for p in others} & _PHONE_SUFFIXES)
+        if phone:  # the one kind a folder of photos often holds: say how to get JPEGs from it
+            kinds = "/".join(s.lstrip(".").upper() for s in phone)
+            line += f"; convert {kinds} photos to JPEG first (e.g. `heif-convert IMG.heic IMG.jpg`)"
+        ui.info(line)
     if folder_links:
         links = listing(folder_links, 5)
         ui.info(f"not followed, links to folders read already or back up the tree: {links}")
