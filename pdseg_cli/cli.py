@@ -211,8 +211,13 @@ def _exit_at_once_on_stop() -> None:
     """The command is over and its output written: a Ctrl-C (or SIGTERM) while Python shuts down,
     joining worker and pool threads, would print a traceback of that shutdown; it now ends the
     process at once (exit 130), as does one that came while the output was drained."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # its reader has gone: the rest is dropped, not a shutdown traceback
+            ui.drop_stream(stream)
+        except (OSError, ValueError):  # a stream closed under us: nothing more can be shown
+            pass
     if _held:
         os._exit(130)
     _set_stop_handlers(_exit_now)

@@ -6,11 +6,13 @@ then printed an import traceback. This module imports nothing heavy itself.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> None:
     """Import the CLI and run it; a Ctrl-C while importing ends with one line and status 130."""
+    _fill_closed_streams()
     _replace_what_cannot_be_shown()
     try:
         from pdseg_cli import cli
@@ -18,6 +20,25 @@ def main() -> None:
         sys.stderr.write("error: interrupted\n")
         raise SystemExit(130) from None
     cli.main()
+
+
+def _fill_closed_streams() -> None:
+    """Give a standard stream the process was started without (`pdseg ... >&- 2>&-`, as some
+    daemons and cron lines run commands) the null device. Python leaves ``sys.stdout`` None then,
+    and pdseg stopped at its first line with exit 1 and nothing done; worse, the next file opened
+    would take the free descriptor and receive what pdseg prints."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:  # the lowest free descriptor: fd itself, unless a lower one is closed too
+            os.dup2(null, fd)
+            os.close(null)
+        errors = "backslashreplace" if name == "stderr" else "strict"
+        setattr(sys, name, open(fd, mode, closefd=False, errors=errors))  # noqa: SIM115
 
 
 def _replace_what_cannot_be_shown() -> None:

@@ -324,3 +324,16 @@ def test_out_of_memory_is_told_from_other_failures(text: str, oom: bool) -> None
     from pdseg_cli.runtime.memory import is_out_of_memory
 
     assert is_out_of_memory(RuntimeError(text)) is oom
+
+
+def test_usable_cores_follow_the_container_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker run --cpus 2` on a many-core host: joblib's count reads the cgroup quota (and the
+    affinity), and predict, train and eval all size their threads and workers from it."""
+    import joblib
+
+    from pdseg_cli.engine import evaluate
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda *a, **k: 2)
+    assert runtime.usable_cores() == 2 and evaluate.all_cores() == 2
+    monkeypatch.setattr(joblib, "cpu_count", lambda *a, **k: 0)  # never fewer than one
+    assert runtime.usable_cores() == 1

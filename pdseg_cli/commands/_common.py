@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -34,6 +35,10 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
     except PdsegError as exc:
         say(exc.message, exc.hint)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
+    except BrokenPipeError:
+        # `pdseg eval --csv - | head -1`: the reader took what it wanted after the work was done;
+        # the rest goes nowhere, and the status stays the run's own
+        ui.drop_stream(sys.stdout)
     except OSError as exc:
         say(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None

@@ -75,7 +75,7 @@ from pdseg_cli.metrics.image import score_pair
 from pdseg_cli.metrics.reading import MaskFile, mask_in_alpha, read_mask_file
 from pdseg_cli.metrics.smeasure import ALPHA_S
 from pdseg_cli.metrics.wfmeasure import BETA2_WF
-from pdseg_cli.runtime.compute import idle_cores
+from pdseg_cli.runtime.compute import idle_cores, usable_cores
 from pdseg_cli.runtime.stop import ignore_stop_signals, signals_held, stopping
 
 POOLING_NOTE = (
@@ -339,9 +339,7 @@ def _start_resource_trackers() -> None:
 
 def all_cores() -> int:
     """All cores this process may use (cgroup and affinity limits respected)."""
-    from joblib import cpu_count
-
-    return max(1, int(cpu_count()))
+    return usable_cores()
 
 
 def default_jobs(cores: int | None = None, busy: float | None = None) -> int:

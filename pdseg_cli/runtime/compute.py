@@ -66,10 +66,12 @@ def idle_cores(cores: int, busy: float | None = None) -> int | None:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The cores this process may run on: its affinity mask and its container's CPU quota
+    (`docker run --cpus 2` on a 64-core host is 2, where the affinity alone says 64, and 64
+    threads under a 2-CPU quota run far slower than 2), as joblib's count reads them."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
 
 
 def other_runnable_tasks(looks: int = 5, interval_s: float = 0.01) -> float | None:

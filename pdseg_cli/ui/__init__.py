@@ -25,9 +25,31 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+
+def drop_stream(stream: Any) -> None:
+    """The reader of ``stream`` (standard output, as a rule) has gone, as in `pdseg ... | head`:
+    what is left to print there goes to the null device, and the work goes on to its own exit
+    status. (rich's default ends the process with status 1, the status of images that failed.)"""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing to redirect
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        drop_stream(self.file)
+
+
 # stdout for results (tables), stderr for progress, warnings and errors
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
 
 
 def error(message: str, hint: str | None = None) -> None:
