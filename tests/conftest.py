@@ -16,6 +16,14 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "load_aware_jobs: keep eval's default scoring processes (the idle cores, "
+        "evaluate.default_jobs) for a test of that default",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("PDSEG_RUN_SLOW") == "1":
         return
@@ -31,6 +39,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"sample data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spread_tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pdseg-tiny checkpoint (seed 0, trained at 64) whose classifier weights are far from 0
+    (std 3): maps that span dark to bright, so cut-out products and --threshold reruns are not
+    trivial. Shared by the session: tests only read it."""
+    from helpers import tiny_checkpoint  # here, not at the top: helpers imports torch
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", train_size=64, classifier_std=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +71,18 @@ def _cli_keeps_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     from pdseg_cli.runtime import compute
 
     monkeypatch.setattr(compute, "default_threads", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(autouse=True)
+def _eval_scores_in_one_process_by_default(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pdseg eval`` and ``evaluate()`` without ``--jobs``/``jobs=`` score in this process: their
+    default (as many processes as idle cores, ``evaluate.default_jobs``) would choose between the
+    in-process loop and a process pool by how busy the machine happens to be. Tests of that default
+    are marked ``load_aware_jobs``."""
+    if request.node.get_closest_marker("load_aware_jobs") is not None:
+        return
+    from pdseg_cli.engine import evaluate
+
+    monkeypatch.setattr(evaluate, "default_jobs", lambda cores=None, busy=None: 1)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from helpers import png_chunks, run_cli, tiny_checkpoint
+from helpers import png_chunks, run_cli
 
 from pdseg_cli import __version__
 from pdseg_cli.data import header
@@ -24,12 +24,6 @@ from pdseg_cli.data import transforms as T
 
 WHITE = (255, 255, 255)
 BG = (10, 200, 30)  # --bg for the composites: not a colour the test images hold
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # classifier weights far from 0: maps that span dark to bright, so products are not trivial
-    return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", train_size=64, classifier_std=3.0)
 
 
 def _profile(tag: bytes = b"pdseg test", size: int = 600) -> bytes:
@@ -119,7 +113,7 @@ def _old_composite(pixels: np.ndarray, byte_map: np.ndarray, background: tuple[i
 
 
 def test_jpeg_profile_in_two_app2_segments_goes_into_the_cutouts_not_the_mask(
-    tmp_path: Path, ckpt: Path
+    tmp_path: Path, spread_tiny_ckpt: Path
 ) -> None:
     profile = _profile(size=1000)
     path = tmp_path / "p.jpg"
@@ -127,7 +121,7 @@ def test_jpeg_profile_in_two_app2_segments_goes_into_the_cutouts_not_the_mask(
     path.write_bytes(_jpeg_with_app2(_image(), _icc_segments(profile, 2)[::-1]))
     assert imio.read_image(path).icc_profile == profile
     out = tmp_path / "out"
-    _predict(ckpt, path, out)
+    _predict(spread_tiny_ckpt, path, out)
     assert _png_profile(out / "p_alpha.png") == profile
     assert _png_profile(out / "p_composite.png") == profile
     assert _png_profile(out / "p.png") is None  # the mask is data, not colours
@@ -136,26 +130,26 @@ def test_jpeg_profile_in_two_app2_segments_goes_into_the_cutouts_not_the_mask(
     np.testing.assert_array_equal(rgba[..., 3], mask)
 
 
-def test_png_iccp_input_goes_into_the_png_cutouts(tmp_path: Path, ckpt: Path) -> None:
+def test_png_iccp_input_goes_into_the_png_cutouts(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     profile = _profile(b"png profile", size=777)
     png = imio.encode_png(_image(seed=1))
     iccp = _png_chunk(b"iCCP", b"Display P3\x00\x00" + zlib.compress(profile))
     path = tmp_path / "q.png"
     path.write_bytes(_insert_after_ihdr(png, iccp))
     out = tmp_path / "out"
-    _predict(ckpt, path, out)
+    _predict(spread_tiny_ckpt, path, out)
     assert _png_profile(out / "q_alpha.png") == profile
     assert _png_profile(out / "q_composite.png") == profile
     assert _png_profile(out / "q.png") is None
 
 
-def test_16_bit_tiff_profile_goes_into_the_tiff_cutouts(tmp_path: Path, ckpt: Path) -> None:
+def test_16_bit_tiff_profile_goes_into_the_tiff_cutouts(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     profile = _profile(b"adobe rgb scan", size=560)
     rgb16 = _image(seed=2).astype(np.uint16) * 257
     path = tmp_path / "s.tif"
     tifffile.imwrite(path, rgb16, photometric="rgb", extratags=[(34675, 7, len(profile), profile, True)])
     out = tmp_path / "out"
-    _predict(ckpt, path, out)
+    _predict(spread_tiny_ckpt, path, out)
     for name in ("s_alpha.tif", "s_composite.tif"):
         with tifffile.TiffFile(out / name) as tif:
             tag = tif.pages[0].tags.get(34675)
@@ -188,7 +182,7 @@ def test_webp_iccp_chunk_is_read() -> None:
     ["one part of two", "part numbers repeat", "count differs", "truncated profile", "not acsp", "gray"],
 )
 def test_damaged_or_unusable_jpeg_profile_is_no_profile_and_no_error(
-    tmp_path: Path, ckpt: Path, damage: str
+    tmp_path: Path, spread_tiny_ckpt: Path, damage: str
 ) -> None:
     profile = _profile(size=900)
     segments = _icc_segments(profile, 2)
@@ -209,7 +203,7 @@ def test_damaged_or_unusable_jpeg_profile_is_no_profile_and_no_error(
     loaded = imio.read_image(path)
     assert loaded.icc_profile is None and loaded.warnings == []
     out = tmp_path / "out"
-    _predict(ckpt, path, out)
+    _predict(spread_tiny_ckpt, path, out)
     assert _png_profile(out / "d_alpha.png") is None
     assert _png_profile(out / "d_composite.png") is None
 
@@ -248,7 +242,7 @@ def test_png_written_with_a_profile_decodes_to_the_same_pixels() -> None:
 # ------------------------------------------------------------------------------ input alpha
 
 
-def test_transparent_input_pixels_stay_transparent(tmp_path: Path, ckpt: Path) -> None:
+def test_transparent_input_pixels_stay_transparent(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     h, w = 24, 32
     rgb = _image(h, w, seed=3)
     alpha = np.full((h, w), 255, np.uint8)
@@ -259,7 +253,7 @@ def test_transparent_input_pixels_stay_transparent(tmp_path: Path, ckpt: Path) -
     np.testing.assert_array_equal(loaded.pixels, rgb)  # segmented on its RGB, as before
     np.testing.assert_array_equal(loaded.alpha, alpha)
     out = tmp_path / "out"
-    _predict(ckpt, path, out)
+    _predict(spread_tiny_ckpt, path, out)
     mask = _read_png(out / "t.png")
     assert mask[:, : w // 2].max() > 0  # the model's map, untouched by the input's alpha
     rgba = _read_png(out / "t_alpha.png")
@@ -287,14 +281,14 @@ def test_fractional_input_alpha_is_multiplied_exactly_8_and_16_bit() -> None:
     np.testing.assert_array_equal(comp[0, :, 0], np.rint(90 * a + 10 * (1 - a)).astype(np.uint8))
 
 
-def test_16_bit_rgba_png_alpha_follows_the_outputs_depth(tmp_path: Path, ckpt: Path) -> None:
+def test_16_bit_rgba_png_alpha_follows_the_outputs_depth(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     h, w = 20, 28
     rgb = _image(h, w, seed=4).astype(np.uint16) * 257
     alpha = np.tile(np.linspace(0, 65535, w).astype(np.uint16), (h, 1))
     path = tmp_path / "u.png"
     imio.write_png(path, np.dstack([rgb, alpha]))
     out = tmp_path / "out"
-    _predict(ckpt, path, out)
+    _predict(spread_tiny_ckpt, path, out)
     mask = _read_png(out / "u.png")
     with tifffile.TiffFile(out / "u_alpha.tif") as tif:
         rgba = tif.pages[0].asarray()
@@ -357,14 +351,14 @@ def test_opaque_alpha_keeps_no_alpha_and_float_alpha_is_kept(tmp_path: Path) -> 
     np.testing.assert_allclose(imio.read_image(tmp_path / "f.tif").alpha, rgbaf[..., 3])
 
 
-def test_rgb_input_outputs_are_as_before(tmp_path: Path, ckpt: Path) -> None:
+def test_rgb_input_outputs_are_as_before(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     rgb = _image(seed=8)
     path = tmp_path / "r.png"
     imio.write_png(path, rgb)
     loaded = imio.read_image(path)
     assert loaded.alpha is None and loaded.icc_profile is None
     out = tmp_path / "out"
-    _predict(ckpt, path, out, "--no-refine-foreground")
+    _predict(spread_tiny_ckpt, path, out, "--no-refine-foreground")
     mask = _read_png(out / "r.png")
     rgba = _read_png(out / "r_alpha.png")
     np.testing.assert_array_equal(rgba, np.dstack([rgb, mask]))

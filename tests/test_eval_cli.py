@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -36,21 +37,26 @@ def test_table_json_and_csv(tmp_path: Path) -> None:
         "--split", split, "--pred", split / "pred", "--json", out_json, "--csv", out_csv, cache=tmp_path / "c"
     )
     assert result.exit_code == 0, result.output
-    text = flat(result.stdout)
-    for column in ("maxF", "wF", "MAE", "S", "E", "HCE"):
-        assert column in text
-    assert text.index("maxF") < text.index("wF") < text.index("MAE") < text.index("HCE")
     api = evaluate(split / "pred", split / "gt", jobs=1, use_cache=False).splits[0].scores
-    assert f"{api.max_f:.3f}" in text and f"{api.wf:.3f}" in text and f"{api.hce:.0f}" in text
+    want = api.as_dict()  # the table's keys, count, then the extras
+    metrics = [key for key in want if key != "count"]
+    assert metrics[:6] == ["maxF", "wF", "MAE", "S", "E", "HCE"] and want["E"] == api.mean_e
+
+    # the table: its header cells in order, and the row's values at the printed precision
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "split" in line)
+    assert header.replace("┃", " ").split() == ["split", "images", *metrics[:6]]
+    row_line = next(line for line in lines if line.startswith("│ myset "))
+    printed = [f"{want[key]:.3f}" for key in metrics[:5]] + [f"{want['HCE']:.0f}"]
+    assert row_line.replace("│", " ").split() == ["myset", "4", *printed]
     assert "1 of 4 predictions had another size and were resized" in flat(result.stderr)
 
     data = json.loads(out_json.read_text())
     assert set(data) >= {"splits", "images", "settings", "curves"}
     row = data["splits"]["myset"]
-    assert {"maxF", "wF", "MAE", "S", "E", "HCE", "count", "meanF", "adpF", "maxE", "adpE"} <= set(row)
-    assert row["count"] == 4 and row["resized"] == 1
-    assert row["maxF"] == pytest.approx(api.max_f, abs=1e-12)
-    assert row["E"] == pytest.approx(api.mean_e, abs=1e-12)  # E is the mean E-measure
+    assert row["count"] == 4 and row["resized"] == 1 and row["missing"] == 0
+    for key in metrics:  # the cached scores the CLI read are the API's fresh ones, to the last bit
+        assert row[key] == want[key], key
     assert set(data["images"]["myset"]) == set(CASES)
     one = data["images"]["myset"]["pred_half_size"]
     assert {"maxF", "wF", "MAE", "S", "E", "HCE", "fp_points", "fn_regions"} <= set(one)
@@ -58,9 +64,14 @@ def test_table_json_and_csv(tmp_path: Path) -> None:
     assert len(data["curves"]["myset"]["F"]) == 256
     assert data["settings"]["S"]["alpha"] == 0.5
 
-    lines = out_csv.read_text().splitlines()
-    assert lines[0].split(",")[:8] == ["split", "count", "maxF", "wF", "MAE", "S", "E", "HCE"]
-    assert lines[1].startswith("myset,4,")
+    # the CSV writes repr(float): every value reads back as the JSON's and the API's exactly
+    with out_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["split", "count", *metrics, "missing", "resized"]
+        [csv_row] = list(reader)
+    assert [csv_row[k] for k in ("split", "count", "missing", "resized")] == ["myset", "4", "0", "1"]
+    for key in metrics:
+        assert float(csv_row[key]) == row[key] == want[key], key
 
 
 def test_a_report_that_cannot_be_written_after_scoring_fails_the_run(
@@ -508,6 +519,7 @@ def test_images_without_a_gt_are_named_not_dropped_in_silence(
     assert notes["no_gt"] == ["extra.png"] and notes["unmatched"] == []
 
 
+@pytest.mark.load_aware_jobs  # the real default, not conftest's one process
 def test_default_jobs_follow_threads_and_the_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pdseg_cli.engine.evaluate as ev
     from pdseg_cli.runtime import compute
@@ -520,6 +532,7 @@ def test_default_jobs_follow_threads_and_the_load(tmp_path: Path, monkeypatch: p
     assert busy.exit_code == 0, busy.output
     assert "· 1 process ·" in busy.stderr and json.loads(busy.stdout)["settings"]["jobs"] == 1
     monkeypatch.setattr(compute, "other_runnable_tasks", lambda: 0.0)
+    assert "· 2 processes ·" in runner.invoke(app, args).stderr  # an idle machine: every core
     assert "· 1 process ·" in runner.invoke(app, [*args, "--threads", "1"]).stderr  # the user's CPU budget
     assert "· 2 processes ·" in runner.invoke(app, [*args, "--threads", "1", "--jobs", "2"]).stderr
 

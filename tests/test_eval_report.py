@@ -61,6 +61,7 @@ def test_every_json_row_and_csv_line_carries_missing_and_resized() -> None:
     ]
 
 
+@pytest.mark.load_aware_jobs  # the real default, not conftest's one process
 def test_default_jobs_are_the_idle_cores() -> None:
     assert ev.default_jobs(cores=8, busy=3.0) == 5
     assert ev.default_jobs(cores=2, busy=1.0) == 1
@@ -68,6 +69,7 @@ def test_default_jobs_are_the_idle_cores() -> None:
     assert ev.default_jobs(cores=4, busy=0.0) == 4
 
 
+@pytest.mark.load_aware_jobs  # the real default, not conftest's one process
 def test_explicit_jobs_are_kept_whatever_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ev, "all_cores", lambda: 4)
     monkeypatch.setattr(compute, "other_runnable_tasks", lambda: 3.0)

@@ -216,6 +216,25 @@ def test_quantize_is_dis_truncation() -> None:
     np.testing.assert_array_equal(T.binarize(p, 0.5), [0, 0, 0, 255, 255, 255])
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 1e-3, 0.999])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_binarize_gives_255_from_the_threshold_itself(threshold: float, kind: str) -> None:
+    """``--threshold T``: 255 where p >= T, so p == T is foreground and the float32 just below is
+    not (T compared as a float32, as the maps are)."""
+    import torch
+
+    t = np.float32(threshold)
+    p = np.array([np.nextafter(t, np.float32(0)), t, np.nextafter(t, np.float32(1))], np.float32)
+    if kind == "numpy":
+        got = T.binarize(p, threshold)
+        assert got.dtype == np.uint8
+    else:
+        out = T.binarize(torch.from_numpy(p), threshold)
+        assert out.dtype == torch.uint8
+        got = out.numpy()
+    assert got.tolist() == [0, 255, 255]
+
+
 def test_parse_color() -> None:
     assert T.parse_color("white") == (255, 255, 255)
     assert T.parse_color("#0F0") == (0, 255, 0)
@@ -336,6 +355,56 @@ def test_max_pixels_message_counts_pixels(tmp_path: Path) -> None:
         imio.read_image(tmp_path / "a.png", max_pixels=1000)
     want = f"{tmp_path / 'a.png'}: 45x30 is 1,350 pixels, over the limit of 1,000 (--max-pixels)"
     assert want in str(err.value)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG of its signature and IHDR chunk only (valid CRC): it claims ``width`` x ``height``
+    (8-bit RGB) in 33 bytes."""
+    import struct
+    import zlib
+
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    )
+    return path
+
+
+class _PastTheSizeCheck(Exception):
+    """Raised where read_image goes on to decode: the header's size was let through."""
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "refused"),
+    [(8192, 8192, False), (16384, 8192, False), (16385, 8192, True), (11586, 11586, True)],
+    ids=["8192x8192", "2^27-exactly", "one-column-over", "square-just-over"],
+)
+def test_the_default_max_pixels_is_2_to_the_27_from_the_header_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int, height: int, refused: bool
+) -> None:
+    """README and --help: "default 2^27: 8192x8192 passes". The check runs on the header, before
+    decoding, so a header-only file tells which side of the limit a size falls on."""
+    import inspect
+
+    from pdseg_cli import config
+    from pdseg_cli.commands.predict import predict
+
+    assert config.DEFAULT_MAX_PIXELS == 1 << 27 == 134_217_728
+    assert inspect.signature(predict).parameters["max_pixels"].default == 1 << 27  # --max-pixels
+
+    def decode(*args: object) -> None:
+        raise _PastTheSizeCheck
+
+    monkeypatch.setattr(imio, "header_extras", decode)
+    path = _png_header_only(tmp_path / "claims.png", width, height)
+    if refused:
+        with pytest.raises(
+            InputError, match=rf"{width}x{height} is {width * height:,} pixels, over the limit of 134,217,728"
+        ):
+            imio.read_image(path)
+    else:
+        with pytest.raises(_PastTheSizeCheck):
+            imio.read_image(path)
 
 
 def test_an_int32_tiff_holding_8bit_values_reads_as_8bit(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from helpers import flat, no_space, png_chunks, run_cli, textured_image, tiny_checkpoint, write_output_png
+from helpers import flat, no_space, png_chunks, run_cli, textured_image, write_output_png
 
 from pdseg_cli import __version__
 from pdseg_cli.data import header
@@ -25,12 +25,6 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.engine.predict_plan import collect_inputs, not_an_output, walk_folder
 
 MARK = f"pdseg {__version__}"
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # classifier weights far from 0: maps that span dark to bright, so reruns with --threshold differ
-    return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", train_size=64, classifier_std=3.0)
 
 
 def _predict(*args: str | Path) -> object:
@@ -157,9 +151,9 @@ def _gt_folder(tmp_path: Path) -> tuple[Path, Path, bytes]:
 
 
 @pytest.mark.parametrize("skip", [False, True])
-def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, ckpt: Path, skip: bool) -> None:
+def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, spread_tiny_ckpt: Path, skip: bool) -> None:
     images, gts, before = _gt_folder(tmp_path)
-    result = _predict(images, "--out", gts, "-w", ckpt, *(["--skip-existing"] if skip else []))
+    result = _predict(images, "--out", gts, "-w", spread_tiny_ckpt, *(["--skip-existing"] if skip else []))
     assert result.exit_code == 2, result.output
     text = no_space(result.output)  # a long path wraps anywhere
     said = f"--out {gts} holds 1 file that pdseg did not write and would replace: {gts / 'cat.png'} "
@@ -169,14 +163,16 @@ def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, ckpt: Path, sk
     assert sorted(p.name for p in gts.iterdir()) == ["cat.png"]  # nothing written beside it
 
 
-def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, ckpt: Path) -> None:
+def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     cv2.imwrite(str(src / "a.jpg"), textured_image())
     tifffile.imwrite(src / "b.tif", textured_image(seed=1, dtype=np.uint16), photometric="rgb")  # 16-bit
     out = tmp_path / "out"
     save = "mask,alpha,composite"
-    first = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--threshold", "0.5", "--bg", "255,0,0")
+    first = _predict(
+        src, "--out", out, "-w", spread_tiny_ckpt, "--save", save, "--threshold", "0.5", "--bg", "255,0,0"
+    )
     assert first.exit_code == 0, first.output
     names = ["a.png", "a_alpha.png", "a_composite.png", "b.png", "b_alpha.tif", "b_composite.tif"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
@@ -187,27 +183,29 @@ def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, ckpt: Path) -> None:
     assert header.sample_layout(out / "b_alpha.tif") == ("TIFF", 4, 16)
     before = {name: (out / name).read_bytes() for name in names}
     # --skip-existing takes them for done: none is written again
-    result = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--skip-existing")
+    result = _predict(src, "--out", out, "-w", spread_tiny_ckpt, "--save", save, "--skip-existing")
     assert result.exit_code == 0, result.output
     assert all((out / name).read_bytes() == before[name] for name in names)
     # without it, a soft map on another background replaces every one of them
-    second = _predict(src, "--out", out, "-w", ckpt, "--save", save, "--bg", "0,0,255")
+    second = _predict(src, "--out", out, "-w", spread_tiny_ckpt, "--save", save, "--bg", "0,0,255")
     assert second.exit_code == 0, second.output
     for name in names:
         assert (out / name).read_bytes() != before[name], name
         assert header.carries_output_mark(out / name), name
 
 
-def test_skip_existing_does_not_count_an_unmarked_file_as_done(tmp_path: Path, ckpt: Path) -> None:
+def test_skip_existing_does_not_count_an_unmarked_file_as_done(
+    tmp_path: Path, spread_tiny_ckpt: Path
+) -> None:
     images, gts, before = _gt_folder(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     write_output_png(out / "cat.png", np.zeros((24, 32), np.uint8))  # an earlier output: done
-    result = _predict(images, "--out", out, "-w", ckpt, "--skip-existing")
+    result = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing")
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED).max() == 0  # kept, not redone
     (out / "cat.png").write_bytes(before)  # the GT instead: not done, and not replaced
-    result = _predict(images, "--out", out, "-w", ckpt, "--skip-existing")
+    result = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing")
     assert result.exit_code == 2 and (out / "cat.png").read_bytes() == before, result.output
 
 
@@ -243,10 +241,12 @@ def test_walk_follows_links_to_folders_once(tmp_path: Path) -> None:
     assert sorted(others) == sorted(walk.skipped_links)  # named once each
 
 
-def test_recursive_predict_mirrors_linked_folders_and_names_the_loops(tmp_path: Path, ckpt: Path) -> None:
+def test_recursive_predict_mirrors_linked_folders_and_names_the_loops(
+    tmp_path: Path, spread_tiny_ckpt: Path
+) -> None:
     src = _linked_tree(tmp_path)
     out = tmp_path / "out"
-    result = _predict(src, "-r", "--out", out, "-w", ckpt)
+    result = _predict(src, "-r", "--out", out, "-w", spread_tiny_ckpt)
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/b.png", "real/a.png"]
     text = no_space(result.output)
@@ -256,14 +256,14 @@ def test_recursive_predict_mirrors_linked_folders_and_names_the_loops(tmp_path: 
         assert text.count(no_space(str(link))) == 1, link
 
 
-def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, ckpt: Path) -> None:
+def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     cv2.imwrite(str(src / "a.jpg"), textured_image())
     out = src / "masks"
     (src / "view").symlink_to("masks", target_is_directory=True)  # --out, reached through a link
     for _ in range(2):  # the rerun does not read the first run's outputs as inputs
-        result = _predict(src, "-r", "--out", out, "-w", ckpt)
+        result = _predict(src, "-r", "--out", out, "-w", spread_tiny_ckpt)
         assert result.exit_code == 0, result.output
         assert sorted(p.name for p in out.rglob("*")) == ["a.png"]
     walk = walk_folder(src, out.resolve())
@@ -278,29 +278,29 @@ def test_out_inside_the_input_is_left_out_through_a_link_too(tmp_path: Path, ckp
 # ------------------------------------------------------------------------------ hidden files
 
 
-def test_a_folder_of_hidden_images_says_so(tmp_path: Path, ckpt: Path) -> None:
+def test_a_folder_of_hidden_images_says_so(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     folder = tmp_path / "m8"
     folder.mkdir()
     cv2.imwrite(str(folder / ".hidden.jpg"), textured_image())
-    result = _predict(folder, "--out", tmp_path / "o", "-w", ckpt)
+    result = _predict(folder, "--out", tmp_path / "o", "-w", spread_tiny_ckpt)
     assert result.exit_code == 2, result.output
     text = no_space(result.output)  # a long path wraps anywhere
     assert no_space(f"no images found in {folder}") in text
     assert no_space(f"the only images in {folder} are hidden (.hidden.jpg)") in text
     assert "namethemdirectlytosegmentthem" in text and "--recursive" not in text
     (folder / "sub").mkdir()  # a subfolder: --recursive may find more
-    result = _predict(folder, "--out", tmp_path / "o", "-w", ckpt)
+    result = _predict(folder, "--out", tmp_path / "o", "-w", spread_tiny_ckpt)
     assert result.exit_code == 2 and "add --recursive to look in subfolders" in flat(result.output)
     # named directly, it is segmented
-    result = _predict(folder / ".hidden.jpg", "--out", tmp_path / "o", "-w", ckpt)
+    result = _predict(folder / ".hidden.jpg", "--out", tmp_path / "o", "-w", spread_tiny_ckpt)
     assert result.exit_code == 0 and (tmp_path / "o" / ".hidden.png").exists(), result.output
 
 
-def test_a_pattern_walks_the_linked_folders_it_matches(tmp_path: Path, ckpt: Path) -> None:
+def test_a_pattern_walks_the_linked_folders_it_matches(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     # a pattern's links to folders were handed over as files: called broken, never walked
     src = _linked_tree(tmp_path)
     out = tmp_path / "out"
-    result = run_cli("predict", str(src / "*"), "-r", "-o", out, "-w", ckpt, columns=300)
+    result = run_cli("predict", str(src / "*"), "-r", "-o", out, "-w", spread_tiny_ckpt, columns=300)
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/b.png", "real/a.png"]
     assert "brokenlinks" not in no_space(result.output)

@@ -139,6 +139,13 @@ def test_threshold_gives_binary_map(predictor: Predictor) -> None:
     assert set(np.unique(out)) <= {0, 255}
 
 
+def test_threshold_turns_p_of_exactly_the_threshold_to_255(predictor: Predictor) -> None:
+    # logit 0 is p = 0.5 exactly: on --threshold 0.5 it is foreground, a hair below it is not
+    logits = torch.tensor([[[[-1e-3, 0.0, 1e-3]]]])
+    assert predictor.to_map(logits.clone(), (1, 3), 0.5).tolist() == [[0, 255, 255]]
+    assert predictor.to_map(logits.clone(), (1, 3), None).tolist() == [[127, 127, 127]]
+
+
 def test_default_size_is_the_checkpoint_training_size(ckpt: Path) -> None:
     p = Predictor(ckpt, device="cpu")
     assert p.size == TRAIN and p.size_from_checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from helpers import torchrun_env
+from helpers import flat, torchrun_env
 
 from pdseg_cli import create_model, save_checkpoint
 
@@ -21,6 +22,12 @@ def _torchrun(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
         "-m", "pdseg_cli", "predict", *map(str, args),
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=180)
+
+
+def _in_summary(words: str, stdout: str) -> bool:
+    """Whether ``words`` (a summary row's label and value, or a part of its caption) stand in the
+    summary table as whole words, the table's rules and line breaks read as spaces."""
+    return re.search(rf"(?<!\w){re.escape(words)}(?!\w)", flat(stdout.replace("│", " "))) is not None
 
 
 def test_two_processes_share_the_files_and_print_one_summary(tmp_path: Path) -> None:
@@ -42,14 +49,15 @@ def test_two_processes_share_the_files_and_print_one_summary(tmp_path: Path) -> 
     for i, name in enumerate(names):
         assert cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (20 + i, 30)
     assert proc.stdout.count("pdseg predict") == 1, text  # one summary, from rank 0
-    flat = "".join(proc.stdout.split()).replace("│", "")
-    assert "done5" in flat and "failed1" in flat and "2processes" in flat, text  # merged over ranks
+    # merged over ranks; whole words, so that "done 50" or "failed 12" would not do
+    for row in ("done 5", "failed 1", "2 processes"):
+        assert _in_summary(row, proc.stdout), text
     assert "zz_broken.jpg" in "".join(text.split())
 
     (src / "zz_broken.jpg").unlink()
     proc = _torchrun(src, "--out", out, "-w", ckpt, "--device", "cpu", "--skip-existing", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skipped(outputsexist)5" in "".join(proc.stdout.split()).replace("│", "")
+    assert _in_summary("skipped (outputs exist) 5", proc.stdout), proc.stdout
 
 
 def test_a_predictor_made_under_torchrun_takes_its_local_rank(monkeypatch) -> None:

@@ -374,6 +374,57 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_the_default_clip_grad_is_5_as_the_help_and_docs_say(tmp_path: Path) -> None:
+    assert TrainConfig(out=tmp_path, epochs=1).clip_grad == 5.0
+
+
+@pytest.mark.parametrize(
+    ("clip_grad", "scaled"),
+    [(None, False), (1e-3, False), (1e-3, True), (0.0, False)],
+    ids=["default", "tight", "tight-under-a-grad-scaler", "off"],
+)
+def test_every_step_clips_the_unscaled_gradient_norm_to_clip_grad(
+    tmp_path: Path,
+    data: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    clip_grad: float | None,
+    scaled: bool,
+) -> None:
+    # AdamW's step barely depends on the gradient's scale, so the weights cannot show the clip:
+    # the call is watched instead, where train_loop looks it up (torch.nn.utils at call time)
+    real = torch.nn.utils.clip_grad_norm_
+    calls: list[tuple[float, float, float]] = []  # (max_norm, norm before, norm after)
+
+    def spy(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        grads = [p for p in parameters if p.grad is not None]
+        before = real(grads, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))
+        calls.append((max_norm, float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    if scaled:  # fp16's loss scaler (CUDA only), turned on in an fp32 run on the CPU
+        real_scaler = torch.amp.GradScaler
+
+        def scaler_on(device: str, enabled: bool = False) -> torch.amp.GradScaler:
+            return real_scaler(device, init_scale=2.0**16, enabled=True)
+
+        monkeypatch.setattr(torch.amp, "GradScaler", scaler_on)
+    given = {} if clip_grad is None else {"clip_grad": clip_grad}
+    # 8 pairs in one batch: one step
+    result = train(tiny(tmp_path / "run", data, epochs=1, batch=8, val_every=0, precision="fp32", **given))
+    assert result.steps == 1
+    if clip_grad == 0.0:
+        assert calls == []  # 0 turns clipping off
+        return
+    [(max_norm, before, after)] = calls
+    assert max_norm == (5.0 if clip_grad is None else clip_grad)
+    if clip_grad is not None:
+        # the clip did something, and it saw the true gradient: the loss scale (2**16) was taken
+        # off first, else the norm before would be tens of thousands
+        assert 1e-3 < before < 1e3 and after <= clip_grad * (1 + 1e-4)
+
+
 # ----------------------------------------------------------------------------------------------
 # pieces
 
