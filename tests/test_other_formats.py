@@ -74,3 +74,29 @@ def test_predict_says_how_to_read_heic_photos_it_skips(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = flat(result.output)
     assert "IMG_0002.HEIC; convert HEIC photos to JPEG first (e.g. `heif-convert IMG.heic IMG.jpg`)" in text
+
+
+def test_eval_names_an_image_that_is_not_one_before_the_model_runs(tmp_path: Path) -> None:
+    split = tmp_path / "set"
+    (split / "im").mkdir(parents=True)
+    (split / "gt").mkdir()
+    for stem in ("a", "b"):
+        cv2.imwrite(str(split / "gt" / f"{stem}.png"), np.full((16, 20), 255, np.uint8))
+    cv2.imwrite(str(split / "im" / "a.jpg"), np.full((16, 20, 3), 90, np.uint8))
+    (split / "im" / "b.jpg").write_bytes(LFS)
+    weights = tiny_checkpoint(tmp_path / "t.pt", train_size=64)
+    result = run_cli("eval", "--split", split, "-w", weights, "-d", "cpu", columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 2, text
+    bad = split / "im" / "b.jpg"
+    assert f"set: 1 image in {split / 'im'} cannot be read: {bad}: a Git LFS pointer" in text
+    assert "the model has not run yet" in text and "device" not in text  # refused before the model loaded
+
+
+def test_eval_failures_name_each_file_once_and_group_by_reason() -> None:
+    from pdseg_cli.engine.evaluate import grouped_failures
+
+    why = "cannot decode (a text file, not an image: it starts 'junk')"
+    failed = {s: (f"im/{s}.jpg", f"im/{s}.jpg: {why}") for s in ("a", "b")}
+    assert grouped_failures(failed) == [f"2 images (im/a.jpg, im/b.jpg): {why}"]
+    assert grouped_failures({"a": failed["a"]}) == [f"im/a.jpg: {why}"]

@@ -139,6 +139,15 @@ def other_format(head: bytes) -> str | None:
     return f"not an image: it starts like no format pdseg reads (bytes {head[:8].hex(' ')})"
 
 
+def not_an_image(path: Path) -> str | None:
+    """Why ``path`` cannot be an image pdseg reads, from its first bytes alone (empty, unreadable,
+    another format), or None where they announce one (its data may still be damaged)."""
+    head = read_head(path, 64)
+    if not head:
+        return "empty or unreadable"
+    return other_format(head)
+
+
 def image_kind(head: bytes) -> str | None:
     """The format a file's first bytes announce ('PNG', 'JPEG', 'TIFF', 'PNM', ...), or None."""
     return next((name for name, sigs in _KINDS if head.startswith(sigs)), None)

@@ -51,6 +51,7 @@ from pdseg_cli import __version__
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
+from pdseg_cli.data.header import not_an_image
 from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.eval_pairs import (
     PairPlan,
@@ -688,7 +689,8 @@ def grouped_failures(failed: Mapping[str, tuple[str, str]]) -> list[str]:
     made one line of thousands of characters."""
     by_error: dict[str, list[str]] = {}
     for path, error in failed.values():
-        by_error.setdefault(error, []).append(path)
+        # a reader's message names its file: grouped by the reason alone, the path said once
+        by_error.setdefault(error.removeprefix(f"{path}: "), []).append(path)
     return [
         f"{paths[0]}: {error}"
         if len(paths) == 1
@@ -744,6 +746,16 @@ def check_split_gts(
                 f"{folder / IMAGE_DIR}: {listing([gts[name][stem].name for stem in no_image], 10)}",
                 hint="add the images, or pass --allow-missing to score the others; the model has not run yet",
             )
+        if not allow_missing:  # from their first bytes: caught now, not after the model pass
+            named = {stem: images[stem] for stem in sorted(gts[name].keys() & images.keys())}
+            not_images = [f"{path}: {why}" for path in named.values() if (why := not_an_image(path))]
+            if not_images:
+                raise DataError(
+                    f"{name}: {counted(len(not_images), 'image')} in {folder / IMAGE_DIR} cannot be "
+                    f"read: {listing(not_images, 10)}",
+                    hint="replace them, or pass --allow-missing to score the others; the model has not "
+                    "run yet",
+                )
         if save_preds is not None:  # the model writes a map for each image that has a GT
             check_save_folder(save_preds, name, gts[name].keys() & images.keys())
         extra = sorted(images.keys() - gts[name].keys())
