@@ -74,6 +74,26 @@ def warn_unused(ctx: typer.Context, unused: dict[str, str | None], *, enabled: b
             ui.warn(why)
 
 
+def _set_quiet(ctx: typer.Context, value: bool) -> None:
+    ui.set_quiet(value)
+    if value:  # for this command only (a Python session may run several)
+        ctx.call_on_close(lambda: ui.set_quiet(False))
+
+
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print only warnings and errors (for cron and scripts): no status lines, progress or "
+        "tables. Files and --json/--csv output are written as usual; the exit status tells the rest.",
+        callback=_set_quiet,
+        is_eager=True,  # before other options' checks, whose messages it does not hide anyway
+        expose_value=False,
+    ),
+]
+
+
 DEFAULT_WEIGHTS_TEXT = "Default: $PDSEG_WEIGHTS, else the bundled demo weights."
 
 

@@ -12,6 +12,7 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     CompileOpt,
     DeviceOpt,
+    QuietOpt,
     check_batch,
     checked_choice,
     user_errors,
@@ -64,6 +65,7 @@ def benchmark(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON instead of a table.")
     ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Time forward passes: median latency, images per second and peak memory per input size.
 

@@ -17,6 +17,7 @@ from pdseg_cli.commands._common import (
     DeviceOpt,
     OnnxSpecOpt,
     PrecisionOpt,
+    QuietOpt,
     SizeOpt,
     ThreadsOpt,
     TtaOpt,
@@ -116,6 +117,7 @@ def eval_(
         ),
     ] = None,
     threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Score predictions with the DIS metrics, exactly as the reference tools compute them.
 

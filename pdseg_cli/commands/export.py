@@ -11,6 +11,7 @@ import typer
 from pdseg_cli.commands._common import (
     DEFAULT_WEIGHTS_TEXT,
     EXIT_FAILED,
+    QuietOpt,
     checked_choice,
     user_errors,
     warn_unused,
@@ -72,6 +73,7 @@ def export(
             help="Input shape for the check; repeat for several. Default: 1x3x512x512 and 2x3x400x600.",
         ),
     ] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Export to ONNX, TorchScript or a weights-only .pt checkpoint, checked against PyTorch.
 

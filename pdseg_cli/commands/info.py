@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pdseg_cli.commands._common import OnnxSpecOpt, square_side, user_errors
+from pdseg_cli.commands._common import OnnxSpecOpt, QuietOpt, square_side, user_errors
 from pdseg_cli.config import VARIANTS
 
 
@@ -27,6 +27,7 @@ def info(
         ),
     ] = "1024",
     onnx_spec: OnnxSpecOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Show the model variants (widths, depths, parameters, GMACs at --size), or describe a weights file.
 

@@ -14,6 +14,7 @@ from pdseg_cli.commands._common import (
     DeviceOpt,
     OnnxSpecOpt,
     PrecisionOpt,
+    QuietOpt,
     SizeOpt,
     ThreadsOpt,
     TtaOpt,
@@ -102,6 +103,7 @@ def predict(
     precision: PrecisionOpt = "auto",
     compile_mode: CompileOpt = "off",
     threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Segment images: one 8-bit map per image, at the image's exact width and height.
 
@@ -113,7 +115,9 @@ def predict(
 
     Files are written under a temporary name and renamed: an interrupted run leaves no partial file.
 
-    Unreadable files are listed at the end and make the exit status 1; all others are still written.
+    Unreadable files are named as they fail and make the exit status 1; all others are still written.
+
+    A full disk stops the run at once (exit status 1): go on with --skip-existing once there is room.
 
     Several GPUs: torchrun --nproc-per-node N -m pdseg_cli predict ...
 
@@ -129,13 +133,11 @@ def predict(
 
     rank = torchrun_rank()
     with user_errors(quiet=rank != 0):
-        from pdseg_cli.data.transforms import parse_color
         from pdseg_cli.engine.output_kinds import parse_save
-        from pdseg_cli.engine.predict import Predictor, check_threshold, parse_size
         from pdseg_cli.engine.predict_plan import plan_predict
+        from pdseg_cli.engine.predict_summary import OutputWriteStopped, nothing_left
         from pdseg_cli.ui import prediction
 
-        use_threads(threads, quiet=rank != 0)
         if not out_text.strip():
             raise InputError("--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)")
         out = Path(out_text)
@@ -144,43 +146,68 @@ def predict(
 
             weights = default_weights()  # a missing default is reported before anything is created
         kinds = parse_save(save)
-        work_size = parse_size(size)
         check_batch(batch)
-        try:
-            background = parse_color(bg)
-        except ValueError as exc:
-            raise InputError(f"--bg: {exc}", hint="e.g. --bg white, --bg '#00ff00' or --bg 0,255,0") from None
-        check_threshold(threshold)
-        # which kinds paint over --bg or use the image's colours: from the output-kind table
-        painted, coloured = kinds_that("uses_background"), kinds_that("uses_image")
-        warn_unused(
-            ctx,
-            {
-                "bg": None
-                if set(kinds) & set(painted)
-                else f"--bg colours --save {' and '.join(painted)} only, which is not asked for",
-                "refine_foreground": None
-                if set(kinds) & set(coloured)
-                else f"--refine-foreground/--no-refine-foreground apply to --save {' and '.join(coloured)}"
-                " only",
-            },
-            enabled=rank == 0,
-        )
-        env = runtime.env_distributed()  # device and precision errors come before any file is touched
-        chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
-        runtime.resolve_precision(precision, chosen.device)
-        runtime.resolve_compile(compile_mode)
-        with runtime.distributed() as dist:
-            plan = plan_predict(
-                sources,
-                out,
-                save=kinds,
-                recursive=recursive,
-                skip_existing=skip_existing,
-                dist=dist,
-                refine_foreground=refine_foreground,
-                max_pixels=max_pixels,
+        env = runtime.env_distributed()
+
+        def torch_options() -> tuple[Any, tuple[int, ...]]:
+            """The options checked by torch's modules (2 s to import); (working size, background)."""
+            from pdseg_cli.data.transforms import parse_color
+            from pdseg_cli.engine.predict import check_threshold, parse_size
+
+            use_threads(threads, quiet=rank != 0)
+            work_size = parse_size(size)
+            try:
+                background = parse_color(bg)
+            except ValueError as exc:
+                raise InputError(
+                    f"--bg: {exc}", hint="e.g. --bg white, --bg '#00ff00' or --bg 0,255,0"
+                ) from None
+            check_threshold(threshold)
+            # which kinds paint over --bg or use the image's colours: from the output-kind table
+            painted, coloured = kinds_that("uses_background"), kinds_that("uses_image")
+            warn_unused(
+                ctx,
+                {
+                    "bg": None
+                    if set(kinds) & set(painted)
+                    else f"--bg colours --save {' and '.join(painted)} only, which is not asked for",
+                    "refine_foreground": None
+                    if set(kinds) & set(coloured)
+                    else "--refine-foreground/--no-refine-foreground apply to --save "
+                    f"{' and '.join(coloured)} only",
+                },
+                enabled=rank == 0,
             )
+            chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
+            runtime.resolve_precision(precision, chosen.device)
+            runtime.resolve_compile(compile_mode)
+            return work_size, background
+
+        # Options given are checked before the inputs (device and precision errors before any file
+        # is touched). With their defaults, which cannot fail, the whole run is planned first: a run
+        # with nothing left to do (a folder polled with --skip-existing) then ends without torch or
+        # the model. Every process plans alike, and ends alike.
+        checked = torch_options() if any(_given(ctx, name) for name in _TORCH_CHECKED) else None
+        whole = plan_predict(
+            sources,
+            out,
+            save=kinds,
+            recursive=recursive,
+            skip_existing=skip_existing,
+            refine_foreground=refine_foreground,
+            max_pixels=max_pixels,
+        )
+        if not whole.todo:
+            if env.is_main:
+                prediction.nothing_left(whole.out_dir, len(whole.skipped))
+                prediction.left_in_out(whole.out_dir, whole.left_in_out)
+                prediction.summary(nothing_left(whole, env.world_size))
+            return
+        from pdseg_cli.engine.predict import Predictor
+
+        work_size, background = checked if checked is not None else torch_options()
+        with runtime.distributed() as dist:
+            plan = whole.share(dist)
             predictor = Predictor(
                 weights,
                 device=device,
@@ -219,10 +246,33 @@ def predict(
                 if dist.is_main:
                     prediction.interrupted(skip_existing, seen, total)
                 raise
+            except OutputWriteStopped as exc:  # a full disk: how far it got, then its error line
+                if dist.is_main:
+                    prediction.stopped(exc.summary, whole.total)
+                raise
         if dist.is_main:
             prediction.summary(result)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+# the options whose checks import torch (torch_options), by parameter name
+_TORCH_CHECKED = (
+    "size",
+    "bg",
+    "threshold",
+    "refine_foreground",
+    "threads",
+    "device",
+    "precision",
+    "compile_mode",
+)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (on the command line or by its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
 
 
 # the file names come from the output-kind table, so a new kind shows up here by itself

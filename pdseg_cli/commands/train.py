@@ -13,6 +13,7 @@ from pdseg_cli.commands._common import (
     DataRootOpt,
     DeviceOpt,
     OnnxSpecOpt,
+    QuietOpt,
     ThreadsOpt,
     square_side,
     torchrun_rank,
@@ -237,6 +238,7 @@ def train(
         ),
     ] = None,
     threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train PDSeg on DIS5K (or any im/ + gt/ folders) with multi-scale supervision.
 

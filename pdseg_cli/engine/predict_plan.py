@@ -15,7 +15,7 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pdseg_cli import runtime
@@ -640,8 +640,9 @@ class PredictPlan:
     Attributes:
         out_dir: the output folder.
         save: the output kinds (names in :data:`pdseg_cli.engine.output_kinds.OUTPUT_KINDS`).
-        todo: this process's images still to segment.
-        skipped: this process's images whose outputs all exist (with --skip-existing).
+        todo: this process's images still to segment (the whole run's in a plan not yet
+            :meth:`share`-d).
+        skipped: this process's images whose outputs all exist (with --skip-existing), likewise.
         not_images: files met that are not images (the same list in every process).
         total: images in the whole run, all processes together.
         max_pixels: images whose header says more pixels are refused before decoding.
@@ -661,6 +662,21 @@ class PredictPlan:
     refine_foreground: bool = True
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
     left_in_out: list[Path] = field(default_factory=list)
+
+    def share(self, dist: runtime.Distributed) -> PredictPlan:
+        """This process's share of a plan for the whole run: every world_size-th image in input
+        order, done or not, as :func:`plan_predict` with ``dist`` takes it. A command plans the
+        whole run first, so that it can find nothing left to do before it starts torch and the
+        process group; the plan itself when not under torchrun."""
+        if not dist.enabled:
+            return self
+        mine = dist.shard(sorted([*self.todo, *self.skipped], key=lambda item: item.index))
+        done = {item.index for item in self.skipped}
+        return replace(
+            self,
+            todo=[item for item in mine if item.index not in done],
+            skipped=[item for item in mine if item.index in done],
+        )
 
 
 def plan_predict(
@@ -754,8 +770,10 @@ def plan_predict(
     check_out_dir(out)  # only now: a refused run leaves no empty --out behind
     for folder in {out / item.rel_dir for item in inputs}:
         sweep_folder(folder)  # what a killed run left half-written (hidden temporaries)
-    mine = dist.shard(inputs)
-    todo = [item for item in mine if item.path not in done]
-    skipped = [item for item in mine if item.path in done]
+    todo = [item for item in inputs if item.path not in done]
+    skipped = [item for item in inputs if item.path in done]
     left = images_left_in_out(out, inputs) if passed_out else []
-    return PredictPlan(out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left)
+    whole = PredictPlan(
+        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left
+    )
+    return whole.share(dist)

@@ -4,12 +4,14 @@ Files are decoded and preprocessed by a pool of reader threads ahead of the mode
 made and written by a pool of writer threads behind it, so the model does not wait on the disk.
 Consecutive images of one working size share a forward pass (up to ``batch``). Every file is
 written to a hidden temporary name and renamed into place. An unreadable file, a failed write or
-a batch that runs out of memory is recorded and the run goes on.
+a batch that runs out of memory is recorded and the run goes on; a write that every later image
+would fail too (a full disk) stops it (:class:`~pdseg_cli.engine.predict_summary.OutputWriteStopped`).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,11 +30,39 @@ from pdseg_cli.data.header import OUTPUT_MARK
 from pdseg_cli.engine.onnx_backend import ModelRunError
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
-from pdseg_cli.engine.predict_summary import FileResult, PeakMemory, PredictSummary, merge_summaries
+from pdseg_cli.engine.predict_summary import (
+    FileResult,
+    OutputWriteStopped,
+    PeakMemory,
+    PredictSummary,
+    Stop,
+    merge_summaries,
+)
 from pdseg_cli.errors import PdsegError, first_line
 
 Size = int | Literal["full"]  # a working size: N (NxN) or the image's own
 ProgressCallback = Callable[[FileResult], None]
+
+# Write errors of the output folder's file system, not of one image: every image after would be
+# read and segmented only to fail the same way (hours of a GPU over a large folder), so the first
+# one stops the run. What the user does about each, before going on where the run stopped.
+_STOPS_THE_RUN = {
+    errno.ENOSPC: "free some disk space (or choose another --out)",
+    errno.EDQUOT: "free some of your disk quota (or choose another --out)",
+    errno.EROFS: "the file system of --out is read-only: make it writable or choose another --out",
+}
+_GO_ON = (
+    ", then run the same command again with --skip-existing to go on: every image written so far is "
+    "complete and is skipped"
+)
+
+
+class _WriteStopped(Exception):
+    """Raised by a writer thread for a write error in :data:`_STOPS_THE_RUN`, to the main thread."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(stop.result.error)
+        self.stop = stop
 
 
 def working_setting(size: Size, tta: bool, note: str = "") -> str:
@@ -105,7 +135,15 @@ def run_plan(
     run = _FolderRun(
         predictor, plan, threshold, background, batch, on_progress, results, read_workers, write_workers
     )
-    run.run()
+    stop: Stop | None = None
+    try:
+        run.run()
+    except _WriteStopped as exc:
+        # said once, by the error raised below, not through on_progress. Under torchrun the other
+        # processes hear of it at the gather: they meet the same full disk and stop themselves, or
+        # finish their share where their disk has room (nothing waits on a process that stopped)
+        stop = exc.stop
+        results.append(stop.result)
     wall = time.perf_counter() - t0
     peak, what = runtime.peak_memory(predictor.device)
     local = PredictSummary(
@@ -118,8 +156,15 @@ def run_plan(
         size=working_setting(predictor.size, predictor.tta),
         world_size=dist.world_size,
         left_in_out=plan.left_in_out,
+        stopped=stop,
     )
-    return merge_summaries(dist.all_gather(local)) if dist.enabled else local
+    summary = merge_summaries(dist.all_gather(local)) if dist.enabled else local
+    if summary.stopped is not None:  # in every process alike, after the gather
+        failed = summary.stopped.result
+        raise OutputWriteStopped(
+            f"{failed.path}: {failed.error}", _STOPS_THE_RUN[summary.stopped.errno] + _GO_ON, summary
+        )
+    return summary
 
 
 class _FolderRun:
@@ -159,7 +204,8 @@ class _FolderRun:
         """Every image of the plan, read, segmented and written.
 
         Ctrl-C stops reading at once, lets the writes in progress finish (each one is atomic), drops
-        the queued ones and re-raises KeyboardInterrupt.
+        the queued ones and re-raises KeyboardInterrupt; a write that stops the run (a full disk)
+        ends it the same way, raising ``_WriteStopped``.
         """
         completed = False
         try:
@@ -245,9 +291,16 @@ class _FolderRun:
         self.collect_writes(self.max_writes)
 
     def collect_writes(self, block_until: int) -> None:
-        """Report the finished writes in order; wait while more than ``block_until`` are in flight."""
+        """Report the finished writes in order; wait while more than ``block_until`` are in flight.
+
+        A write that stops the run (a full disk) is raised as soon as it is seen to have failed,
+        without waiting for the writes queued ahead of it: the model starts no further image.
+        """
         while self.writes and (self.writes[0].done() or len(self.writes) > block_until):
             self.finish(self.writes.popleft().result())
+        for f in self.writes:
+            if f.done() and not f.cancelled() and isinstance(f.exception(), _WriteStopped):
+                f.result()
 
     def finish(self, result: FileResult) -> None:
         self.results.append(result)
@@ -328,7 +381,10 @@ def _write_outputs(
             written.append(path)
     except OSError as exc:
         why = f"cannot write {path} ({exc.strerror or exc})"
-        return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
+        failed = FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
+        if exc.errno in _STOPS_THE_RUN:
+            raise _WriteStopped(Stop(failed, exc.errno)) from exc
+        return failed
     except Exception as exc:  # an encoder error must not stop the run
         if runtime.is_out_of_memory(exc):
             refine = plan.refine_foreground and any(OUTPUT_KINDS[name].uses_image for name in plan.save)

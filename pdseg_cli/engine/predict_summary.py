@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from pdseg_cli import runtime
+from pdseg_cli.errors import RunFailed
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.predict_plan import PredictPlan
 
 
 @dataclass
@@ -30,6 +36,19 @@ class FileResult:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     index: int = 0
+
+
+@dataclass
+class Stop:
+    """The write that stopped a run (:class:`OutputWriteStopped`).
+
+    Attributes:
+        result: the file's result, failed (also among the run's results).
+        errno: the write error's number (``errno.ENOSPC`` for a full disk).
+    """
+
+    result: FileResult
+    errno: int
 
 
 @dataclass
@@ -55,6 +74,8 @@ class PredictSummary:
         world_size: number of processes.
         left_in_out: images in ``--out`` that a recursive walk left out and that are not outputs of
             these inputs: not segmented (:func:`pdseg_cli.engine.predict_plan.images_left_in_out`).
+        stopped: the write that stopped the run (a full disk: :class:`OutputWriteStopped`), the
+            first in input order under torchrun; None when the run went to the end.
     """
 
     results: list[FileResult]
@@ -66,6 +87,7 @@ class PredictSummary:
     size: str
     world_size: int = 1
     left_in_out: list[Path] = field(default_factory=list)
+    stopped: Stop | None = None
 
     def _count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -105,4 +127,37 @@ def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:
         size=first.size,
         world_size=len(parts),
         left_in_out=first.left_in_out,
+        stopped=min((p.stopped for p in parts if p.stopped), key=lambda s: s.result.index, default=None),
     )
+
+
+def nothing_left(plan: PredictPlan, world_size: int = 1) -> PredictSummary:
+    """The summary of a run whose every image has its outputs already (``--skip-existing``), made
+    from the whole run's plan alone: no model is loaded and no device chosen for it, so device,
+    precision and size are empty, and the memory is this process's own."""
+    return PredictSummary(
+        results=[FileResult(item.path, "skipped", index=item.index) for item in plan.skipped],
+        not_images=plan.not_images,
+        wall_seconds=0.0,
+        peak_memory=[PeakMemory(0, "cpu", runtime.peak_rss(), "resident memory of the process")],
+        device="",
+        precision="",
+        size="",
+        world_size=world_size,
+        left_in_out=plan.left_in_out,
+    )
+
+
+class OutputWriteStopped(RunFailed):
+    """A write that no later image could escape (the disk or the quota full, the file system gone
+    read-only) stopped the run at once, rather than every image left being decoded and segmented
+    only to fail the same way. The outputs written before it are kept, each whole.
+
+    Attributes:
+        summary: what the run did up to the stop (merged over torchrun's processes); its
+            ``stopped`` names the file whose write failed.
+    """
+
+    def __init__(self, message: str, hint: str, summary: PredictSummary) -> None:
+        super().__init__(message, hint)
+        self.summary = summary

@@ -66,8 +66,24 @@ def warn(message: str) -> None:
 
 
 def info(message: str) -> None:
-    """Print one plain status line on stderr."""
-    err_console.print(_escape(message), soft_wrap=True)
+    """Print one plain status line on stderr (none under ``--quiet``)."""
+    if not _quiet:
+        err_console.print(_escape(message), soft_wrap=True)
+
+
+_quiet = False  # --quiet: warnings and errors only
+
+
+def set_quiet(quiet: bool) -> None:
+    """``--quiet``: from now on, show warnings and errors only. Status lines, progress and result
+    tables are left out; what a command writes to a file or asks for on stdout (``--json -``)
+    is written all the same."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
 
 
 def _escape(text: str) -> str:
@@ -98,7 +114,9 @@ def table(
 ) -> None:
     """Print a table on stdout; numeric columns are right-justified. ``literal`` cells are shown as
     they are (file names and provenance: no markup read into brackets, long values folded onto
-    more lines rather than cut, so a hash can be copied whole)."""
+    more lines rather than cut, so a hash can be copied whole). None under ``--quiet``."""
+    if _quiet:
+        return
     title = printable(title) if title else title
     t = Table(title=Text(title) if literal and title else title, caption=caption, title_justify="left")
     numeric = numeric or [False] * len(columns)
@@ -115,7 +133,7 @@ def pin_terminal() -> None:
     this same terminal): after that, stderr no longer looks like a terminal, and rich would draw
     no progress bar."""
     global err_console
-    err_console = Console(stderr=True, highlight=False, force_terminal=err_console.is_terminal)
+    err_console = _Console(stderr=True, highlight=False, force_terminal=err_console.is_terminal)
 
 
 @contextlib.contextmanager
@@ -127,8 +145,11 @@ def progress_bar(
     ``fields`` names extra text shown after the bar (for example loss and lr in training);
     pass their values as keyword arguments to ``advance``. The bar shows items per second.
     Where stderr is not a terminal, ``PDSEG_PROGRESS=1`` writes plain progress lines instead
-    (``log_progress``).
+    (``log_progress``). None under ``--quiet``.
     """
+    if _quiet:
+        yield lambda n=1, **values: None
+        return
     if os.environ.get("PDSEG_PROGRESS") == "1" and not err_console.is_terminal:
         with log_progress(description, total, unit=unit, fields=fields) as advance:
             yield advance

@@ -112,7 +112,8 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:  # a split's name is the user's folder name: no markup read in it, no control codes
         table.add_row(*(Text(ui.printable(cell)) for cell in row))
-    (ui.err_console if table_on_stderr else ui.console).print(table)
+    if not ui.is_quiet():
+        (ui.err_console if table_on_stderr else ui.console).print(table)
     notes(report)
 
 

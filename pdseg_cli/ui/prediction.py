@@ -1,4 +1,5 @@
-"""What ``pdseg predict`` shows: the chosen device, a progress bar, and the end summary."""
+"""What ``pdseg predict`` shows: the chosen device, a progress bar, each failed file as it fails,
+and the end summary."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from pdseg_cli.errors import counted, listing
 
 # photos a phone saves that pdseg does not read (OpenCV has no HEIF or AVIF decoder)
 _PHONE_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif"})
-
-_MAX_LISTED = 20  # failed files listed one per line; the rest are counted
 
 
 def left_in_out(out: Any, paths: list[Any]) -> None:
@@ -54,36 +53,60 @@ def start(
         ui.warn(note)
 
 
+def nothing_left(out: Any, skipped: int) -> None:
+    """The status line of a run with nothing left to do, which loads no model."""
+    every = "the image has its" if skipped == 1 else f"all {skipped} images have their"
+    ui.info(f"nothing to do: {every} outputs in {out} already (--skip-existing); no model loaded")
+
+
 def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = None) -> None:
-    """How far Ctrl-C let the run get (``seen``: the file results so far), the files that failed
-    before it, and how to go on: every file written so far is whole (atomic writes)."""
+    """How far Ctrl-C let the run get (``seen``: the file results so far; the failed ones were
+    named as they failed) and how to go on: every file written so far is whole (atomic writes)."""
     if seen:
-        done = sum(r.status == "done" for r in seen)
-        skipped = sum(r.status == "skipped" for r in seen)
-        failed = [r for r in seen if r.status == "failed"]
-        of = f" of {total}" if total is not None else ""
-        counts = f"{done} done" + (f", {skipped} skipped" if skipped else "") + f", {len(failed)} failed"
-        ui.info(
-            f"stopped after {len(seen)}{of} {'image' if (total or len(seen)) == 1 else 'images'}: {counts}"
-        )
-        for r in failed[:_MAX_LISTED]:
-            ui.warn(f"failed: {_failure_line(r)}")
-        if len(failed) > _MAX_LISTED:
-            ui.warn(f"... and {len(failed) - _MAX_LISTED} more failed")
+        ui.info(_how_far(seen, total))
     again = "run the same command again" + ("" if skipping else " with --skip-existing")
     ui.info(f"stopped: every file written so far is complete; {again} to do only the rest")
+
+
+def stopped(result: Any, total: int) -> None:
+    """How far a run got before a write that no other image could escape stopped it (a full disk);
+    the error line and its hint come after, from the command's error handling.
+
+    Args:
+        result: a ``pdseg_cli.engine.predict_summary.PredictSummary``, up to the stop.
+        total: the images of the whole run.
+    """
+    ui.info(_how_far(result.results, total))
+
+
+def _how_far(seen: Sequence[Any], total: int | None) -> str:
+    """``stopped after 8 of 40 images: 7 done, 1 failed``, from file results."""
+    done = sum(r.status == "done" for r in seen)
+    skipped = sum(r.status == "skipped" for r in seen)
+    failed = sum(r.status == "failed" for r in seen)
+    of = f" of {total}" if total is not None else ""
+    counts = f"{done} done" + (f", {skipped} skipped" if skipped else "") + f", {failed} failed"
+    return f"stopped after {len(seen)}{of} {'image' if (total or len(seen)) == 1 else 'images'}: {counts}"
 
 
 @contextlib.contextmanager
 def progress(
     total: int, *, enabled: bool = True, seen: list[Any] | None = None
 ) -> Iterator[Callable[[Any], None]]:
-    """Yield ``advance(result)``: a progress bar in images per second (a no-op when not enabled),
-    that also appends each result to ``seen`` when given (what :func:`interrupted` reports)."""
+    """Yield ``advance(result)``: a progress bar in images per second (none when not enabled),
+    that also appends each result to ``seen`` when given (what :func:`interrupted` reports).
+
+    A failed file is named at once, in one ``error: <file>: <why>`` line above the bar (rich prints
+    it there), or between the lines of ``PDSEG_PROGRESS=1``: a log followed with ``tail -f`` shows
+    it then, and a run killed later has lost none. Not enabled (torchrun's processes other than
+    rank 0), the process still names its own failures, each said by one process only.
+    """
 
     def record(result: Any) -> None:
         if seen is not None:
             seen.append(result)
+        if result.status == "failed":
+            ui.error(_failure_line(result))
 
     if not enabled:
         yield record
@@ -98,10 +121,13 @@ def progress(
 
 
 def summary(result: Any) -> None:
-    """The end summary table (stdout), then failed files and warnings (stderr).
+    """The end summary table (stdout), then the files not read, warnings, and the failed files'
+    count with how to go on (stderr; :func:`progress` named each failed file as it failed).
 
     Args:
-        result: a ``pdseg_cli.engine.predict_summary.PredictSummary``.
+        result: a ``pdseg_cli.engine.predict_summary.PredictSummary``; one with no device is of a
+            run that had nothing to do and loaded no model
+            (:func:`pdseg_cli.engine.predict_summary.nothing_left`).
     """
     peak = max(result.peak_memory, key=lambda m: m.bytes)
     rows: list[tuple[str, str]] = [
@@ -116,7 +142,9 @@ def summary(result: Any) -> None:
             _bytes(peak.bytes) + (f" (rank {peak.rank})" if result.world_size > 1 else ""),
         ),
     ]
-    caption = f"{result.device} · {result.precision} · size {result.size}"
+    caption = (
+        f"{result.device} · {result.precision} · size {result.size}" if result.device else "no model loaded"
+    )
     if result.world_size > 1:
         caption += f" · {result.world_size} processes"
     ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
@@ -145,18 +173,17 @@ def summary(result: Any) -> None:
     warnings = [w for r in result.results for w in r.warnings]
     for w in dict.fromkeys(warnings):
         ui.warn(w)
-    failures = result.failures
-    lines = [_failure_line(r) for r in failures]
-    if len(lines) > _MAX_LISTED:
-        lines[_MAX_LISTED:] = [f"... and {len(failures) - _MAX_LISTED} more failed files"]
+    if not result.failed:
+        return
     fix = (
         "each line says what went wrong; once it is put right (a damaged file re-copied or moved away), "
         "run the same command again"
     )
     if result.done:  # the rest were written: the rerun need only do these
         fix += " with --skip-existing to segment only these (the other images were written)"
-    for i, line in enumerate(lines):  # the fix once, under the last line
-        ui.error(line, hint=fix if i == len(lines) - 1 else None)
+    # named one by one as they failed, however many (a list here would repeat them, or be cut)
+    lines = "the error line" if result.failed == 1 else "the error lines"
+    ui.error(f"{counted(result.failed, 'image')} failed, named in {lines} above", hint=fix)
 
 
 def _seconds(s: float) -> str:

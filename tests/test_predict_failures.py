@@ -1,0 +1,300 @@
+"""`pdseg predict` when files fail: each failure named as it happens, a full disk that stops the run at
+once, and a run with nothing left to do that loads no model (pdseg-tiny, CPU)."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import flat, run_cli, textured_image, tiny_checkpoint, torchrun_env
+
+from pdseg_cli import ui
+from pdseg_cli.data import atomic
+from pdseg_cli.data import images as imio
+from pdseg_cli.engine.predict import Predictor
+from pdseg_cli.engine.predict_plan import plan_predict
+from pdseg_cli.engine.predict_summary import OutputWriteStopped
+from pdseg_cli.runtime import Distributed
+
+N = 12  # images i00..i11
+FULL_FROM = 2  # the disk fills up at i02's write
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", train_size=32)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(N):
+        cv2.imwrite(str(folder / f"i{i:02d}.png"), textured_image(20, 24, seed=i))
+    return folder
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(atomic.TEMP_SUFFIX)]
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, code: int, full_from: int = FULL_FROM) -> list[int]:
+    """Writes of i<full_from> and later fail with ``code`` after a partial temporary, as on a disk
+    that fills up; the model waits for the writes before it, as on a disk slower than the model,
+    so that how many images it ran on is exact. Returns the list the model's calls are counted in."""
+    real_write, real_forward = imio.write_png, Predictor.forward
+    finished: list[Path] = []
+    calls: list[int] = []
+
+    def write_png(path: Path, pixels: np.ndarray, **kwargs: object) -> None:
+        try:
+            if int(path.stem[1:]) < full_from:
+                real_write(path, pixels, **kwargs)
+                return
+            with atomic.atomic_path(path) as tmp:
+                tmp.write_bytes(b"\x89PNG\r\n\x1a\n half a file")
+                raise OSError(code, errno.errorcode[code], str(tmp))
+        finally:
+            finished.append(path)
+
+    def forward(self: Predictor, arrays: list[np.ndarray]) -> object:
+        deadline = time.monotonic() + 10
+        while len(finished) < len(calls) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        calls.append(len(arrays))
+        return real_forward(self, arrays)
+
+    monkeypatch.setattr(imio, "write_png", write_png)
+    monkeypatch.setattr(Predictor, "forward", forward)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [
+        (errno.ENOSPC, "free some disk space (or choose another --out)"),
+        (errno.EDQUOT, "free some of your disk quota (or choose another --out)"),
+        (errno.EROFS, "the file system of --out is read-only: make it writable or choose another --out"),
+    ],
+)
+def test_a_full_disk_stops_the_run_at_the_first_write_it_fails(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, code: int, fix: str
+) -> None:
+    calls = _full_disk(monkeypatch, code)
+    out = tmp_path / "out"
+    result = run_cli("predict", images, "-o", out, "-w", ckpt, "--device", "cpu", columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 1, text
+    # the model ran on the image whose write failed and at most the one it was running on then,
+    # not on every image left (which it did, each one then failing to write)
+    assert len(calls) <= FULL_FROM + 2, calls
+    assert sorted(p.name for p in out.iterdir()) == ["i00.png", "i01.png"]  # kept; no temporary
+    assert not _temporaries(out)
+    why = f"cannot write {out / 'i02.png'} ({errno.errorcode[code]})"
+    assert f"error: {images / 'i02.png'}: {why}" in text, text
+    assert text.count("error:") == 1, text  # one line, not one per image left
+    assert f"hint: {fix}, then run the same command again with --skip-existing to go on" in text
+    assert "damaged file" not in text  # the hint for damaged inputs is not the disk's
+    assert "stopped after 3 of 12 images: 2 done, 1 failed" in text
+    assert "pdseg predict" not in result.stdout  # no summary table after the error
+    # once there is room, --skip-existing goes on where the run stopped
+    monkeypatch.undo()
+    again = run_cli("predict", images, "-o", out, "-w", ckpt, "--device", "cpu", "--skip-existing")
+    assert again.exit_code == 0, again.output
+    assert len(list(out.glob("*.png"))) == N
+
+
+def test_a_full_disk_stops_predict_paths_with_what_was_done(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _full_disk(monkeypatch, errno.ENOSPC)
+    predictor = Predictor(ckpt, device="cpu")
+    with pytest.raises(OutputWriteStopped) as stopped:
+        predictor.predict_paths([images], tmp_path / "out")
+    summary = stopped.value.summary
+    assert summary.done == 2 and summary.failed == 1
+    assert summary.stopped is not None and summary.stopped.errno == errno.ENOSPC
+    assert summary.stopped.result.path == images / "i02.png"
+
+
+def test_a_write_error_of_one_file_fails_that_file_only(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = imio.write_png
+
+    def write_png(path: Path, pixels: np.ndarray, **kwargs: object) -> None:
+        if path.stem == "i03":  # a bad sector under one file: the others can still be written
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        real(path, pixels, **kwargs)
+
+    monkeypatch.setattr(imio, "write_png", write_png)
+    out = tmp_path / "out"
+    result = run_cli("predict", images, "-o", out, "-w", ckpt, "--device", "cpu", columns=300)
+    assert result.exit_code == 1, result.output
+    assert len(list(out.glob("*.png"))) == N - 1
+    assert f"cannot write {out / 'i03.png'} (Input/output error)" in flat(result.output)
+
+
+def test_each_failure_is_named_when_it_happens(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (images / "a_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # first in input order
+    said: list[tuple[str, int]] = []  # each error line, with the model's calls before it
+    calls: list[int] = []
+    real_error, real_forward = ui.error, Predictor.forward
+
+    def error(message: str, hint: str | None = None) -> None:
+        said.append((message, len(calls)))
+        real_error(message, hint)
+
+    def forward(self: Predictor, arrays: list[np.ndarray]) -> object:
+        calls.append(1)
+        return real_forward(self, arrays)
+
+    monkeypatch.setattr(ui, "error", error)
+    monkeypatch.setattr(Predictor, "forward", forward)
+    result = run_cli("predict", images, "-o", tmp_path / "out", "-w", ckpt, columns=300)
+    assert result.exit_code == 1, result.output
+    bad = [(m, n) for m, n in said if "a_bad.png" in m]
+    assert len(bad) == 1 and bad[0][1] == 0, said  # before the model ran on any other image
+    assert bad[0][0].startswith(f"{images / 'a_bad.png'}: ")
+    text = flat(result.output)
+    assert text.count("a_bad.png") == 1, text  # not named again at the end
+    assert "error: 1 image failed, named in the error line above" in text
+    assert "hint: each line says what went wrong" in text
+    assert "run the same command again with --skip-existing to segment only these" in text
+    table = flat(result.stdout.replace("│", " "))
+    assert "failed 1" in table and f"done {N}" in table
+
+
+def test_every_failed_file_is_named_however_many(tmp_path: Path, ckpt: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = [f"b{i:02d}.jpg" for i in range(25)]  # more than the 20 the end summary used to list
+    for name in bad:
+        (folder / name).write_bytes(b"not a jpeg")
+    cv2.imwrite(str(folder / "good.png"), textured_image())
+    result = run_cli("predict", folder, "-o", tmp_path / "out", "-w", ckpt, columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 1, text
+    assert all(text.count(f"{folder / name}:") == 1 for name in bad), text
+    assert "more failed" not in text
+    assert "error: 25 images failed, named in the error lines above" in text
+
+
+def test_ctrl_c_after_a_failure_counts_it_without_naming_it_twice(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (images / "a_bad.png").write_bytes(b"not a png")
+    real = Predictor.forward
+    calls: list[int] = []
+
+    def forward_then_ctrl_c(self: Predictor, arrays: list[np.ndarray]) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, arrays)
+
+    monkeypatch.setattr(Predictor, "forward", forward_then_ctrl_c)
+    result = run_cli("predict", images, "-o", tmp_path / "out", "-w", ckpt, columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 130, text
+    assert text.count("a_bad.png") == 1, text  # named when it failed, counted when stopped
+    assert f"stopped after 2 of {N + 1} images: 1 done, 1 failed" in text
+    assert "run the same command again with --skip-existing to do only the rest" in text
+
+
+def test_nothing_left_to_do_loads_no_model(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    assert run_cli("predict", images, "-o", out, "-w", ckpt).exit_code == 0
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Predictor, "__init__", no_model)
+    result = run_cli("predict", images, "-o", out, "-w", ckpt, "--skip-existing", columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 0, text
+    assert f"nothing to do: all {N} images have their outputs in {out} already (--skip-existing)" in text
+    table = flat(result.stdout.replace("│", " "))
+    assert "done 0" in table and f"skipped (outputs exist) {N}" in table and "no model loaded" in table
+
+
+def test_nothing_left_to_do_does_not_even_import_torch(images: Path, tmp_path: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("predict", images, "-o", out, "-w", ckpt).exit_code == 0
+    script = (
+        "import sys\n"
+        "from pdseg_cli.cli import app\n"
+        "try:\n"
+        f"    app(['predict', {str(images)!r}, '-o', {str(out)!r}, '-w', {str(ckpt)!r}, '--skip-existing'])\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code, 'torch' in sys.modules)\n"
+    )
+    env = torchrun_env(COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.strip().endswith("exit 0 False"), proc.stdout + proc.stderr
+
+
+def test_a_plan_for_the_whole_run_shares_out_as_plan_predict_does(images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in (1, 4, 5):  # some done already, so that the shares hold done and to-do images
+        imio.write_png(out / f"i{i:02d}.png", np.zeros((20, 24), np.uint8), software="pdseg")
+    whole = plan_predict([images], out, skip_existing=True)
+    assert len(whole.todo) == N - 3 and len(whole.skipped) == 3
+    for rank in range(3):
+        dist = Distributed(world_size=3, rank=rank)
+        direct = plan_predict([images], out, skip_existing=True, dist=dist)
+        shared = whole.share(dist)
+        assert (shared.todo, shared.skipped) == (direct.todo, direct.skipped)
+        assert shared.total == direct.total == N
+    assert whole.share(Distributed()) is whole
+
+
+def _torchrun_script(tmp_path: Path, body: str) -> Path:
+    """A script for torchrun that runs `pdseg` with ``body`` (Python) done first in each process."""
+    script = tmp_path / "run_pdseg.py"
+    script.write_text(
+        f"import sys\n{body}\nfrom pdseg_cli.console import main\nsys.argv[0] = 'pdseg'\nmain()\n"
+    )
+    return script
+
+
+def test_under_torchrun_a_process_stopped_by_its_disk_leaves_no_other_waiting(
+    images: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    # rank 1's writes fail from i03 on (its share: i01, i03, ...); rank 0's disk has room
+    body = (
+        "import errno, os\n"
+        "from pdseg_cli.data import images as imio\n"
+        "real = imio.write_png\n"
+        "def write_png(path, pixels, **kw):\n"
+        "    if os.environ['RANK'] == '1' and int(path.stem[1:]) >= 3:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
+        "    real(path, pixels, **kw)\n"
+        "imio.write_png = write_png\n"
+    )
+    script = _torchrun_script(tmp_path, body)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+        "predict", str(images), "--out", str(out), "-w", str(ckpt), "--device", "cpu",
+    ]  # fmt: skip
+    env = torchrun_env(PYTHONWARNINGS="ignore", COLUMNS="300")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=180)
+    text = flat(proc.stdout + proc.stderr)
+    assert proc.returncode != 0, text
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"i{i:02d}.png" for i in (*range(0, N, 2), 1)), text  # rank 0 went to its end
+    assert f"error: {images / 'i03.png'}: cannot write {out / 'i03.png'} (No space left on device)" in text
+    assert text.count("error:") == 1, text  # said by rank 0 only
+    assert "stopped after 8 of 12 images: 7 done, 1 failed" in text
