@@ -154,8 +154,8 @@ def first_line(exc: BaseException) -> str:
 # What to do about the operating-system errors a long command meets most (pdseg train --resume
 # goes on from the last checkpoint, which is written atomically, so it survives any of them).
 _OS_HINTS = {
-    errno.ENOSPC: "free some disk space and run again; pdseg train --resume goes on from the last checkpoint",
-    errno.EDQUOT: "free some disk quota and run again; pdseg train --resume goes on from the last checkpoint",
+    errno.ENOSPC: "free some disk space, then run the same command again (a training run: add --resume)",
+    errno.EDQUOT: "free some of your quota, then run the same command again (a training run: add --resume)",
     errno.EACCES: "check the permissions of that folder, or choose another --out",
     errno.EPERM: "check the permissions of that folder, or choose another --out",
     errno.EROFS: "the file system is read-only: choose another --out",
