@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pdseg_cli.errors import WeightsError
+from pdseg_cli.errors import WeightsError, listing
 
 # The bundled checkpoint (weights/README.md is its model card).
 BUNDLED_NAME = "pdseg-t-distilled.pt"
@@ -53,3 +53,32 @@ def default_weights() -> Path:
             hint=f"pass --weights FILE or set ${ENV_VAR}",
         )
     return path
+
+
+def check_weights_file(path: Path, what: str, suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> None:
+    """Raise a WeightsError naming the fix when ``path`` is not a file: the bundled file's place
+    for its name given from elsewhere, or, for a folder (a run's folder, say), the model files in
+    it that the option takes (``suffixes``)."""
+    if path.is_file():
+        return
+    if not path.is_dir():
+        raise WeightsError(f"{what} {path} does not exist", hint=missing_weights_hint(path))
+    inside = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".")  # not a temp file
+    )
+    if inside:
+        preferred = next((n for n in ("best.pt", "last.pt") if n in inside), inside[0])
+        hint = f"it holds {listing(inside, 4)}: give one, e.g. {path / preferred}"
+    else:
+        hint = f"give the model file itself ({', '.join(suffixes)}), not its folder"
+    raise WeightsError(f"{what} {path} is a folder, not a file", hint=hint)
+
+
+def missing_weights_hint(path: Path) -> str:
+    """The fix for a weights path that does not exist: where the bundled file is, when that is the
+    name given (a README command run from outside the clone), else to check the path."""
+    if path.name == BUNDLED_NAME and default_weights().is_file():
+        return f"the bundled weights are at {default_weights()}"
+    return "check the path"

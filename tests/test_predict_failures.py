@@ -228,6 +228,25 @@ def test_nothing_left_to_do_loads_no_model(
     assert "done 0" in table and f"skipped (outputs exist) {N}" in table and "no model loaded" in table
 
 
+def test_nothing_left_to_do_still_refuses_a_weights_path_that_is_not_there(
+    images: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    """A cron line whose -w was moved or mistyped says so at the next poll, not at the next photo."""
+    out = tmp_path / "out"
+    assert run_cli("predict", images, "-o", out, "-w", ckpt).exit_code == 0
+    result = run_cli("predict", images, "-o", out, "-w", tmp_path / "moved.pt", "--skip-existing")
+    assert result.exit_code == 2 and "moved.pt does not exist" in flat(result.output)
+
+
+def test_nothing_left_to_do_with_onnx_spec_or_tta_loads_the_model_to_check_them(
+    images: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    out = tmp_path / "out"
+    assert run_cli("predict", images, "-o", out, "-w", ckpt).exit_code == 0
+    result = run_cli("predict", images, "-o", out, "-w", ckpt, "--skip-existing", "--onnx-spec", "size=64")
+    assert result.exit_code == 2 and "--onnx-spec is for foreign ONNX models" in flat(result.output)
+
+
 def test_nothing_left_to_do_does_not_even_import_torch(images: Path, tmp_path: Path, ckpt: Path) -> None:
     out = tmp_path / "out"
     assert run_cli("predict", images, "-o", out, "-w", ckpt).exit_code == 0

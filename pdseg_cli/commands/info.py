@@ -63,8 +63,7 @@ def info(
                 return
             variant = description.variant
         elif path is not None and path.is_dir():
-            from pdseg_cli.model.build import check_weights_file
-            from pdseg_cli.weights import MODEL_SUFFIXES
+            from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
             check_weights_file(path, "weights", MODEL_SUFFIXES)
         elif path is not None and ("/" in variant or "." in variant):

@@ -28,6 +28,7 @@ from pdseg_cli.commands._common import (
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
 from pdseg_cli.errors import InputError
+from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
 _OUTPUTS_HELP = save_help()
 
@@ -184,10 +185,13 @@ def predict(
             return work_size, background
 
         # Options given are checked before the inputs (device and precision errors before any file
-        # is touched). With their defaults, which cannot fail, the whole run is planned first: a run
-        # with nothing left to do (a folder polled with --skip-existing) then ends without torch or
-        # the model. Every process plans alike, and ends alike.
+        # is touched). With their defaults, which cannot fail, the whole run is planned first: a
+        # single process with nothing left to do (a folder polled with --skip-existing) then ends
+        # without torch or the model. Under torchrun every process goes into the group as before,
+        # so that a file arriving between two processes' plans cannot leave one waiting for the rest.
         checked = torch_options() if any(_given(ctx, name) for name in _TORCH_CHECKED) else None
+        if _given(ctx, "weights"):  # a moved or mistyped -w is said even when nothing is left to do
+            check_weights_file(Path(weights).expanduser(), "weights", MODEL_SUFFIXES)
         whole = plan_predict(
             sources,
             out,
@@ -197,11 +201,10 @@ def predict(
             refine_foreground=refine_foreground,
             max_pixels=max_pixels,
         )
-        if not whole.todo:
-            if env.is_main:
-                prediction.nothing_left(whole.out_dir, len(whole.skipped))
-                prediction.left_in_out(whole.out_dir, whole.left_in_out)
-                prediction.summary(nothing_left(whole, env.world_size))
+        if not whole.todo and not env.enabled and not (onnx_spec or tta):  # those are checked on loading
+            prediction.nothing_left(whole.out_dir, len(whole.skipped))
+            prediction.left_in_out(whole.out_dir, whole.left_in_out)
+            prediction.summary(nothing_left(whole))
             return
         from pdseg_cli.engine.predict import Predictor
 

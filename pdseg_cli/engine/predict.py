@@ -39,10 +39,10 @@ from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_s
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
 from pdseg_cli.errors import InputError, check_kind
-from pdseg_cli.model.build import check_weights_file, load_model, train_side, unwrap_model, weights_line
+from pdseg_cli.model.build import load_model, train_side, unwrap_model, weights_line
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
-from pdseg_cli.weights import MODEL_SUFFIXES, default_weights
+from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file, default_weights
 
 DEFAULT_SIZE = 1024  # used when a checkpoint does not record its training size (the paper's size)
 Size = predict_run.Size

@@ -93,8 +93,7 @@ class TeacherMaps:
         device: str = "cpu",
         onnx_spec: str | None = None,
     ) -> None:
-        from pdseg_cli.model.build import check_weights_file
-        from pdseg_cli.weights import MODEL_SUFFIXES
+        from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
         path = Path(teacher).expanduser()
         # what --weights says of a folder or a missing file: the model files in the folder to give

@@ -41,7 +41,7 @@ from pdseg_cli.errors import InputError, WeightsError, clip_words, first_line, l
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.model.registry import check_decoder
-from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
+from pdseg_cli.weights import SUFFIX_FORMATS, check_weights_file
 
 FORMAT_NAME = "pdseg-checkpoint"
 FORMAT_VERSION = 1  # bump when the layout changes; loaders refuse newer versions
@@ -327,37 +327,6 @@ def _torch_load(path: Path, what: str) -> Any:
                 hint="download or copy it again",
             ) from None
         raise WeightsError(f"{what} {path} is not a PyTorch file", hint=_not_torch_hint(path, what)) from None
-
-
-def check_weights_file(path: Path, what: str, suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> None:
-    """Raise a WeightsError naming the fix when ``path`` is not a file: the bundled file's place
-    for its name given from elsewhere, or, for a folder (a run's folder, say), the model files in
-    it that the option takes (``suffixes``)."""
-    if path.is_file():
-        return
-    if not path.is_dir():
-        raise WeightsError(f"{what} {path} does not exist", hint=missing_weights_hint(path))
-    inside = sorted(
-        p.name
-        for p in path.iterdir()
-        if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".")  # not a temp file
-    )
-    if inside:
-        preferred = next((n for n in ("best.pt", "last.pt") if n in inside), inside[0])
-        hint = f"it holds {listing(inside, 4)}: give one, e.g. {path / preferred}"
-    else:
-        hint = f"give the model file itself ({', '.join(suffixes)}), not its folder"
-    raise WeightsError(f"{what} {path} is a folder, not a file", hint=hint)
-
-
-def missing_weights_hint(path: Path) -> str:
-    """The fix for a weights path that does not exist: where the bundled file is, when that is the
-    name given (a README command run from outside the clone), else to check the path."""
-    from pdseg_cli.weights import BUNDLED_NAME, default_weights
-
-    if path.name == BUNDLED_NAME and default_weights().is_file():
-        return f"the bundled weights are at {default_weights()}"
-    return "check the path"
 
 
 def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
