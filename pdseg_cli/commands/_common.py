@@ -288,3 +288,68 @@ def check_batch(batch: int) -> None:
 
 
 BATCH_HINT = "e.g. --batch 4 (images per forward pass), or leave --batch out for 1"
+
+
+# --- report files (eval's --json and --csv, predict's --json) ----------------------------------
+
+
+def is_stdout(path: Path) -> bool:
+    """Whether a report option names standard output (``-``)."""
+    return str(path) == "-"
+
+
+def check_report_path(option: str, path: Path) -> None:
+    """Refuse a report path that cannot be written, or that names an image (a slip that would
+    replace a mask or map with text), before the (long) work starts. ``-`` (standard output) passes.
+
+    Raises:
+        InputError: a folder, an image's name, a missing or read-only folder.
+    """
+    from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
+
+    if is_stdout(path):
+        return
+    if path.is_dir():
+        raise InputError(
+            f"{option} {path} is a folder; give a file name for the output",
+            hint=f"e.g. {option} {path / ('scores.' + option.lstrip('-'))}",
+        )
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{option} {path} names an image file, and the report is text",
+            hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
+        )
+    parent = path.expanduser().resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"cannot write {option} {path}: {parent} is a file, not a folder")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {option} {path}: the folder {parent} does not exist")
+    check_writable_folder(parent, f"{option} {path}")  # a read-only disk said so only after the run
+
+
+def write_report(path: Path, text: str, kind: str) -> None:
+    """Write a report to ``path`` atomically, or to standard output for ``-`` (where the command
+    then keeps its table and messages on standard error), and say where it went.
+
+    Raises:
+        RunFailed: the file cannot be written: the work is done but not kept (exit 1).
+    """
+    from pdseg_cli.data.images import write_bytes_atomic
+
+    if is_stdout(path):
+        typer.echo(text, nl=False)
+        return
+    try:
+        write_bytes_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        locked = isinstance(exc, PermissionError)  # or, on Windows, open in a spreadsheet
+        raise RunFailed(
+            f"cannot write {path} ({exc.strerror or exc})",
+            hint=(
+                "close it in any program that has it open, or check its permissions"
+                if locked
+                else "free some space"
+            )
+            + ", or choose another path, and run the command again",
+        ) from None
+    ui.info(f"{kind} written to {path}")

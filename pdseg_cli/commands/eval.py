@@ -23,10 +23,13 @@ from pdseg_cli.commands._common import (
     TtaOpt,
     WeightsOpt,
     check_batch,
+    check_report_path,
+    is_stdout,
     use_threads,
     user_errors,
+    write_report,
 )
-from pdseg_cli.errors import InputError, Interrupted, RunFailed, counted, listing
+from pdseg_cli.errors import InputError, Interrupted, counted, listing
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -235,7 +238,7 @@ def eval_(
                     settings=settings,
                 )
         view.render(
-            report, table_on_stderr=any(out is not None and _is_stdout(out) for out in (json_out, csv_out))
+            report, table_on_stderr=any(out is not None and is_stdout(out) for out in (json_out, csv_out))
         )
         _write_outputs(report, json_out, csv_out)
 
@@ -326,7 +329,7 @@ def _check_outputs(json_out: Path | None, csv_out: Path | None) -> None:
     """Refuse output paths that cannot be written, or that would overwrite each other, before the
     (long) scoring starts."""
     if json_out is not None and csv_out is not None:
-        if _is_stdout(json_out) and _is_stdout(csv_out):
+        if is_stdout(json_out) and is_stdout(csv_out):
             raise InputError(
                 "--json - and --csv - both ask for standard output", hint="give one of them a file"
             )
@@ -336,60 +339,13 @@ def _check_outputs(json_out: Path | None, csv_out: Path | None) -> None:
                 hint="give each its own file",
             )
     for option, path in (("--json", json_out), ("--csv", csv_out)):
-        if path is not None and not _is_stdout(path):
-            _check_writable(option, path)
-
-
-def _is_stdout(path: Path) -> bool:
-    return str(path) == "-"
-
-
-def _check_writable(option: str, path: Path) -> None:
-    """Refuse an output path that cannot be written, or that names an image (a slip that would
-    replace a mask or map being scored with text), before the (long) scoring starts."""
-    from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
-
-    if path.is_dir():
-        raise InputError(
-            f"{option} {path} is a folder; give a file name for the output",
-            hint=f"e.g. {option} {path / ('scores.' + option.lstrip('-'))}",
-        )
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        raise InputError(
-            f"{option} {path} names an image file, and the report is text",
-            hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
-        )
-    parent = path.expanduser().resolve().parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"cannot write {option} {path}: {parent} is a file, not a folder")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {option} {path}: the folder {parent} does not exist")
-    check_writable_folder(parent, f"{option} {path}")  # a read-only disk said so only after the run
+        if path is not None:
+            check_report_path(option, path)
 
 
 def _write_outputs(report: EvalReport, json_out: Path | None, csv_out: Path | None) -> None:
-    from pdseg_cli.data.images import write_bytes_atomic
-    from pdseg_cli.ui import evaluation as view
-
     for path, text in _outputs(report, json_out, csv_out):
-        if _is_stdout(path):  # the table and messages are on standard error, so this stays clean
-            typer.echo(text, nl=False)
-            continue
-        try:
-            write_bytes_atomic(path, text.encode("utf-8"))
-        except OSError as exc:
-            # after the scoring: the run's work is done but not kept, so it failed (exit 1)
-            locked = isinstance(exc, PermissionError)  # or, on Windows, open in a spreadsheet
-            raise RunFailed(
-                f"cannot write {path} ({exc.strerror or exc})",
-                hint=(
-                    "close it in any program that has it open, or check its permissions"
-                    if locked
-                    else "free some space"
-                )
-                + ", or choose another path, and run the command again",
-            ) from None
-        view.written("JSON" if path == json_out else "CSV", path)
+        write_report(path, text, "JSON" if path == json_out else "CSV")
 
 
 def _outputs(report: EvalReport, json_out: Path | None, csv_out: Path | None) -> Iterator[tuple[Path, str]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from pdseg_cli import __version__
 from pdseg_cli.commands._common import (
     EXIT_FAILED,
     BatchOpt,
@@ -20,10 +22,13 @@ from pdseg_cli.commands._common import (
     TtaOpt,
     WeightsOpt,
     check_batch,
+    check_report_path,
+    is_stdout,
     torchrun_rank,
     use_threads,
     user_errors,
     warn_unused,
+    write_report,
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
@@ -99,6 +104,15 @@ def predict(
             "settings that made them).",
         ),
     ] = False,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="At the end, write what happened to each input (done, skipped or failed, its outputs, "
+            "its error) and the counts as JSON to this file ('-': standard output), for scripts.",
+            show_default=False,
+        ),
+    ] = None,
     batch: BatchOpt = 1,
     device: DeviceOpt[str] = "auto",
     precision: PrecisionOpt = "auto",
@@ -148,6 +162,8 @@ def predict(
             weights = default_weights()  # a missing default is reported before anything is created
         kinds = parse_save(save)
         check_batch(batch)
+        if json_out is not None:
+            check_report_path("--json", json_out)
         env = runtime.env_distributed()
 
         def torch_options() -> tuple[Any, tuple[int, ...]]:
@@ -201,10 +217,21 @@ def predict(
             refine_foreground=refine_foreground,
             max_pixels=max_pixels,
         )
+        on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
+        settings = {
+            "pdseg": __version__,
+            "weights": str(weights),
+            "out": str(whole.out_dir),
+            "save": list(kinds),
+            "threshold": threshold,
+            "skip_existing": skip_existing,
+        }
         if not whole.todo and not env.enabled and not (onnx_spec or tta):  # those are checked on loading
             prediction.nothing_left(whole.out_dir, len(whole.skipped))
             prediction.left_in_out(whole.out_dir, whole.left_in_out)
-            prediction.summary(nothing_left(whole))
+            done = nothing_left(whole)
+            prediction.summary(done, table_on_stderr=on_stdout)
+            _write_json(json_out, done, settings)
             return
         from pdseg_cli.engine.predict import Predictor
 
@@ -254,9 +281,15 @@ def predict(
                     prediction.stopped(exc.summary, whole.total)
                 raise
         if dist.is_main:
-            prediction.summary(result)
+            prediction.summary(result, table_on_stderr=on_stdout)
+            _write_json(json_out, result, {**settings, "weights": str(predictor.weights_path or weights)})
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _write_json(path: Path | None, result: Any, settings: dict[str, Any]) -> None:
+    if path is not None:
+        write_report(path, json.dumps(result.to_json(settings), indent=2) + "\n", "JSON")
 
 
 # the options whose checks import torch (torch_options), by parameter name

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pdseg_cli import runtime
 from pdseg_cli.errors import RunFailed
@@ -111,6 +111,40 @@ class PredictSummary:
     @property
     def images_per_second(self) -> float:
         return self.done / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_json(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``pdseg predict --json``: the counts, then one entry per input in input order
+        (``{"input", "status": done|skipped|failed, "outputs", "error", "warnings"}``), the files
+        that are not images, and ``settings`` (the weights, the options) with how the model ran."""
+        return {
+            "counts": {
+                "done": self.done,
+                "skipped": self.skipped,
+                "failed": self.failed,
+                "not_images": len(self.not_images),
+            },
+            "files": [
+                {
+                    "input": str(r.path),
+                    "status": r.status,
+                    "outputs": [str(p) for p in r.outputs],
+                    "error": r.error,
+                    "warnings": r.warnings,
+                }
+                for r in self.results
+            ],
+            "not_images": [str(p) for p in self.not_images],
+            "left_in_out": [str(p) for p in self.left_in_out],
+            "run": {
+                "device": self.device or None,  # None: nothing to do, no model loaded
+                "precision": self.precision or None,
+                "size": self.size or None,
+                "processes": self.world_size,
+                "wall_seconds": round(self.wall_seconds, 3),
+                "peak_memory_bytes": max((m.bytes for m in self.peak_memory), default=0),
+            },
+            "settings": settings or {},
+        }
 
 
 def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:

@@ -111,8 +111,10 @@ def table(
     numeric: Sequence[bool] | None = None,
     caption: str | None = None,
     literal: bool = False,
+    stderr: bool = False,
 ) -> None:
-    """Print a table on stdout; numeric columns are right-justified. ``literal`` cells are shown as
+    """Print a table on stdout (``stderr``: on standard error, when stdout carries a report such as
+    ``--json -``); numeric columns are right-justified. ``literal`` cells are shown as
     they are (file names and provenance: no markup read into brackets, long values folded onto
     more lines rather than cut, so a hash can be copied whole). None under ``--quiet``."""
     if _quiet:
@@ -124,7 +126,7 @@ def table(
         t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num and not literal)
     for row in rows:
         t.add_row(*(Text(printable(str(v)), overflow="fold") if literal else printable(str(v)) for v in row))
-    console.print(t)
+    (err_console if stderr else console).print(t)
 
 
 def pin_terminal() -> None:

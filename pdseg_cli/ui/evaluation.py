@@ -169,9 +169,5 @@ def _resized_images(split: Any) -> str:
     )
 
 
-def written(kind: str, path: Any) -> None:
-    ui.info(f"{kind} written to {path}")
-
-
 def _listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
     return listing(items, limit)

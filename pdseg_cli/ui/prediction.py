@@ -120,7 +120,7 @@ def progress(
         yield step
 
 
-def summary(result: Any) -> None:
+def summary(result: Any, *, table_on_stderr: bool = False) -> None:
     """The end summary table (stdout), then the files not read, warnings, and the failed files'
     count with how to go on (stderr; :func:`progress` named each failed file as it failed).
 
@@ -128,6 +128,7 @@ def summary(result: Any) -> None:
         result: a ``pdseg_cli.engine.predict_summary.PredictSummary``; one with no device is of a
             run that had nothing to do and loaded no model
             (:func:`pdseg_cli.engine.predict_summary.nothing_left`).
+        table_on_stderr: stdout carries ``--json -``.
     """
     peak = max(result.peak_memory, key=lambda m: m.bytes)
     rows: list[tuple[str, str]] = [
@@ -147,7 +148,9 @@ def summary(result: Any) -> None:
     )
     if result.world_size > 1:
         caption += f" · {result.world_size} processes"
-    ui.table("pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption)
+    ui.table(
+        "pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption, stderr=table_on_stderr
+    )
     broken: list[str] = []
     folder_links: list[str] = []
     others: list[str] = []
