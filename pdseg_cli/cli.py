@@ -79,6 +79,7 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
             try:
                 return super().parse_args(ctx, args)
             except Exception as exc:  # click's UsageError, matched by name in _wrong_option
+                ui.set_quiet(False)  # an eager -q was read before the error: no command runs
                 _wrong_option(ctx, exc)
                 raise
 

@@ -70,3 +70,31 @@ def test_a_reader_that_goes_away_leaves_the_run_its_own_status(tmp_path: Path, o
     err = (tmp_path / "err.txt").read_text()
     assert proc.stdout.strip() == "0", err
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_a_reader_that_goes_away_does_not_cost_the_other_report(tmp_path: Path) -> None:
+    """`--json -` read by nobody, `--csv FILE` beside it: the CSV is still written."""
+    split, maps = _split(tmp_path)
+    line = " ".join(
+        f'"{a}"' for a in [sys.executable, "-m", "pdseg_cli", "eval", "--split", split, "--pred", maps]
+    )
+    proc = subprocess.run(
+        ["bash", "-c", f"{line} --json - --csv scores.csv 2>err.txt | true; echo ${{PIPESTATUS[0]}}"],
+        env=torchrun_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip() == "0", (tmp_path / "err.txt").read_text()
+    assert (tmp_path / "scores.csv").read_text().startswith("split,count,maxF")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path: Path) -> None:
+    from typer import Exit
+
+    from pdseg_cli.commands._common import user_errors
+
+    with pytest.raises(Exit) as info, user_errors():
+        raise BrokenPipeError(32, "Broken pipe")  # a child's or a socket's, say: not a reader of stdout
+    assert info.value.exit_code == 1

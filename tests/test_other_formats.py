@@ -31,6 +31,9 @@ LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1234\n
         (b"\xef\xbb\xbf\n  <!DOCTYPE html><html>", "a web page (HTML), not an image"),
         (b"<HTML><head>", "a web page (HTML)"),
         (b'<?xml version="1.0"?><svg xmlns=', "an SVG drawing"),
+        (b'<?xml version="1.0" encoding="UTF-8"?>\n<!-- Created with Inkscape -->\n\n<svg', "an SVG drawing"),
+        (b"<!-- saved from url=(0040)https://example.com/ -->\n<html>", "a web page (HTML)"),
+        (b"\x00\x00\x00\x20ftypmif1\x00\x00\x00\x00mif1avifmiaf", "an AVIF image"),
         (
             b'<?xml version="1.0"?><config>',
             "a text file, not an image: it starts '<?xml",
@@ -100,3 +103,12 @@ def test_eval_failures_name_each_file_once_and_group_by_reason() -> None:
     failed = {s: (f"im/{s}.jpg", f"im/{s}.jpg: {why}") for s in ("a", "b")}
     assert grouped_failures(failed) == [f"2 images (im/a.jpg, im/b.jpg): {why}"]
     assert grouped_failures({"a": failed["a"]}) == [f"im/a.jpg: {why}"]
+
+
+def test_a_folder_of_phone_photos_only_says_how_to_convert_them(tmp_path: Path) -> None:
+    (tmp_path / "phone").mkdir()
+    (tmp_path / "phone" / "IMG_0001.HEIC").write_bytes(HEIC)
+    result = run_cli("predict", tmp_path / "phone", "-o", tmp_path / "out", columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 2 and "no images found" in text
+    assert "hint: convert HEIC photos to JPEG first (e.g. `heif-convert IMG.heic IMG.jpg`)" in text

@@ -78,9 +78,9 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, code: int, full_from: int = FULL
 @pytest.mark.parametrize(
     ("code", "fix"),
     [
-        (errno.ENOSPC, "free some disk space (or choose another --out)"),
-        (errno.EDQUOT, "free some of your disk quota (or choose another --out)"),
-        (errno.EROFS, "the file system of --out is read-only: make it writable or choose another --out"),
+        (errno.ENOSPC, "free some disk space"),
+        (errno.EDQUOT, "free some of your disk quota"),
+        (errno.EROFS, "the file system of --out is read-only: make it writable"),
     ],
 )
 def test_a_full_disk_stops_the_run_at_the_first_write_it_fails(
@@ -100,6 +100,7 @@ def test_a_full_disk_stops_the_run_at_the_first_write_it_fails(
     assert f"error: {images / 'i02.png'}: {why}" in text, text
     assert text.count("error:") == 1, text  # one line, not one per image left
     assert f"hint: {fix}, then run the same command again with --skip-existing to go on" in text
+    assert text.endswith("or run it with another --out")
     assert "damaged file" not in text  # the hint for damaged inputs is not the disk's
     assert "stopped after 3 of 12 images: 2 done, 1 failed" in text
     assert "pdseg predict" not in result.stdout  # no summary table after the error
@@ -317,3 +318,23 @@ def test_under_torchrun_a_process_stopped_by_its_disk_leaves_no_other_waiting(
     assert f"error: {images / 'i03.png'}: cannot write {out / 'i03.png'} (No space left on device)" in text
     assert text.count("error:") == 1, text  # said by rank 0 only
     assert "stopped after 8 of 12 images: 7 done, 1 failed" in text
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_full_disk_under_eval_gives_eval_s_own_hint(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """eval runs the model through predict's code, but has no --out or --skip-existing to offer."""
+    split = tmp_path / "split"
+    (split / "gt").mkdir(parents=True)
+    images.rename(split / "im")
+    for i in range(N):
+        cv2.imwrite(str(split / "gt" / f"i{i:02d}.png"), np.full((20, 24), 255, np.uint8))
+    _full_disk(monkeypatch, errno.ENOSPC)
+    keep_args = ["--save-preds", str(tmp_path / "maps")] if keep else []
+    result = run_cli("eval", "--split", split, "-w", ckpt, "-d", "cpu", *keep_args, columns=300)
+    text = flat(result.output)
+    assert result.exit_code == 1, text
+    assert "cannot write" in text and "(ENOSPC)" in text
+    where = f"--save-preds {tmp_path / 'maps'}" if keep else "the temporary folder"
+    assert f"hint: make room for the maps in {where}" in text and "--skip-existing" not in text

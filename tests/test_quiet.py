@@ -44,3 +44,8 @@ def test_quiet_keeps_errors_and_ends_with_its_command(tmp_path: Path) -> None:
 def test_every_command_takes_quiet() -> None:
     for command in ("predict", "eval", "train", "export", "info", "benchmark"):
         assert "--quiet" in flat(run_cli(command, "--help", columns=200).output), command
+
+
+def test_a_command_line_that_fails_to_parse_leaves_no_quiet_behind() -> None:
+    result = run_cli("eval", "-q", "--no-such-option")
+    assert result.exit_code == 2 and not ui.is_quiet()

@@ -35,10 +35,6 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
     except PdsegError as exc:
         say(exc.message, exc.hint)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
-    except BrokenPipeError:
-        # `pdseg eval --csv - | head -1`: the reader took what it wanted after the work was done;
-        # the rest goes nowhere, and the status stays the run's own
-        ui.drop_stream(sys.stdout)
     except OSError as exc:
         say(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None
@@ -337,7 +333,13 @@ def write_report(path: Path, text: str, kind: str) -> None:
     from pdseg_cli.data.images import write_bytes_atomic
 
     if is_stdout(path):
-        typer.echo(text, nl=False)
+        try:
+            typer.echo(text, nl=False)
+            sys.stdout.flush()  # here, where a reader that has gone is met, not at exit
+        except BrokenPipeError:
+            # `pdseg eval --csv - | head -1`: the reader took what it wanted; the rest of the
+            # output goes nowhere, the other reports are still written, and the status is the run's
+            ui.drop_stream(sys.stdout)
         return
     try:
         write_bytes_atomic(path, text.encode("utf-8"))

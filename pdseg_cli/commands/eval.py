@@ -29,7 +29,7 @@ from pdseg_cli.commands._common import (
     user_errors,
     write_report,
 )
-from pdseg_cli.errors import InputError, Interrupted, counted, listing
+from pdseg_cli.errors import InputError, Interrupted, RunFailed, counted, listing
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -288,6 +288,7 @@ def _run_model(
     from pdseg_cli import ui
     from pdseg_cli.engine import evaluate as ev
     from pdseg_cli.engine.predict import Predictor, parse_size
+    from pdseg_cli.engine.predict_summary import OutputWriteStopped
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
@@ -311,14 +312,23 @@ def _run_model(
         model=f"{predictor.weights_path or 'model'}: {predictor.description}",
     )
     root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
-    plans, problems = ev.predict_splits(
-        predictor,
-        splits,
-        root,
-        batch=batch,
-        allow_missing=allow_missing,
-        progress=lambda name: view.progress(f"predict {name}", n_gt[name]),
-    )
+    try:
+        plans, problems = ev.predict_splits(
+            predictor,
+            splits,
+            root,
+            batch=batch,
+            allow_missing=allow_missing,
+            progress=lambda name: view.progress(f"predict {name}", n_gt[name]),
+        )
+    except OutputWriteStopped as exc:  # predict's hint names --out and --skip-existing: not eval's
+        where = (
+            f"--save-preds {save_preds}"
+            if save_preds is not None
+            else f"the temporary folder {root.parent} (set TMPDIR to a roomier disk, or pass --save-preds)"
+        )
+        hint = f"make room for the maps in {where}, then run the same command again"
+        raise RunFailed(exc.message, hint=hint) from None
     for name, lines in problems.items():
         ui.warn(f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}")
     plans = [dataclasses.replace(plan, no_gt=no_gt.get(plan.name, [])) for plan in plans]  # JSON notes

@@ -271,8 +271,8 @@ def train(
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
 
-    quiet = torchrun_rank() != 0  # the ranks agree on errors: rank 0 says it once
-    with user_errors(quiet=quiet):  # the value itself, before --init is read
+    not_main = torchrun_rank() != 0  # the ranks agree on errors: rank 0 says it once
+    with user_errors(quiet=not_main):  # the value itself, before --init is read
         size = square_side(size_text, "train")
         if resume and overwrite:
             raise InputError(
@@ -300,7 +300,7 @@ def train(
             )
     out = out or default_run_folder(variant or init_variant)
     view = TrainingView()
-    with user_errors(quiet=quiet):
+    with user_errors(quiet=not_main):
         main = env_distributed().rank == 0
         use_threads(threads, quiet=not main)
         if resume:

@@ -115,34 +115,43 @@ _OTHER_FORMATS: tuple[tuple[str, tuple[bytes, ...]], ...] = (
         "a Git LFS pointer, not the file itself: fetch the real files with `git lfs pull`",
         (b"version https://git-lfs",),
     ),
-    ("a web page (HTML), not an image: download the image itself again", (b"<!doctype html", b"<html")),
-    ("an SVG drawing: export it as PNG first", (b"<svg", b"<?xml")),
 )
+_WEB_PAGE = "a web page (HTML), not an image: download the image itself again"
+_SVG = "an SVG drawing: export it as PNG first"
 
 
 def other_format(head: bytes) -> str | None:
     """What a file that is not an image pdseg reads is, with what to do, from its first bytes
-    (64 are enough): ``"a PDF document: export its pages as PNG first"``, else a plain description
-    (a text file, or its first bytes in hex). None where the bytes announce a format pdseg reads."""
+    (:data:`HEAD_BYTES` of them): ``"a PDF document: export its pages as PNG first"``, else a plain
+    description (a text file, or its first bytes in hex). None where the bytes announce a format
+    pdseg reads."""
     if image_kind(head) is not None:
         return None
+    if head[4:8] == b"ftyp" and b"avif" in head[8:40]:  # an AVIF may name the HEIF brand first
+        return f"an AVIF image, {_UNREAD}"
     boxed = head[4:12] if head[4:8] == b"ftyp" else b""
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()  # a web page may start with a BOM or blank lines
     for what, signatures in _OTHER_FORMATS:
-        if any(s == boxed or head.startswith(s) or text.startswith(s.lower()) for s in signatures):
-            if what.startswith("an SVG") and text.startswith(b"<?xml") and b"<svg" not in text:
-                continue  # XML, but not a drawing
+        if any(s == boxed or head.startswith(s) for s in signatures):
             return what
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()  # a BOM or blank lines may come first
+    if text.startswith(b"<"):  # markup: an XML declaration or a comment may come before the root
+        if b"<svg" in text:
+            return _SVG
+        if b"<html" in text or b"<!doctype html" in text:
+            return _WEB_PAGE
     if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         shown = head[:24].decode("ascii").split("\n")[0]
         return f"a text file, not an image: it starts {shown!r}"
     return f"not an image: it starts like no format pdseg reads (bytes {head[:8].hex(' ')})"
 
 
+HEAD_BYTES = 512  # enough for an SVG's or a saved web page's declaration and comments
+
+
 def not_an_image(path: Path) -> str | None:
     """Why ``path`` cannot be an image pdseg reads, from its first bytes alone (empty, unreadable,
     another format), or None where they announce one (its data may still be damaged)."""
-    head = read_head(path, 64)
+    head = read_head(path, HEAD_BYTES)
     if not head:
         return "empty or unreadable"
     return other_format(head)

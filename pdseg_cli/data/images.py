@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data import native_messages
 from pdseg_cli.data.atomic import atomic_path
 from pdseg_cli.data.header import (
+    HEAD_BYTES,
     ICC_PROFILE_TAG,
     TIFF_MAGICS,
     TIFF_RESOLUTION_UNIT,
@@ -87,6 +89,21 @@ IMAGE_SUFFIXES = (
         {".png", ".bmp", ".dib", ".webp", ".pbm", ".pgm", ".ppm", ".pnm"}  # PNM: what many scanners write
     )
 )
+# photos a phone saves that pdseg does not read (OpenCV has no HEIF or AVIF decoder), and what
+# to do about them, for the messages that meet them
+PHONE_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif"})
+
+
+def convert_phone_photos(paths: Iterable[Path]) -> str | None:
+    """``convert HEIC photos to JPEG first (...)`` where ``paths`` hold phone photos pdseg does not
+    read, else None."""
+    kinds = sorted({p.suffix.lower() for p in paths} & PHONE_SUFFIXES)
+    if not kinds:
+        return None
+    named = "/".join(k.lstrip(".").upper() for k in kinds)
+    return f"convert {named} photos to JPEG first (e.g. `heif-convert IMG.heic IMG.jpg`)"
+
+
 # the same formats by name, for messages (kept beside the suffixes they name)
 IMAGE_KINDS = ("JPEG", "PNG", "TIFF", "BMP", "WebP", "PNM")
 _SUFFIX_KINDS = {
@@ -306,7 +323,7 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
             return array
     if array is None:
         raise InputError(
-            f"{path}: cannot decode ({_what_it_is(path, data[:64].tobytes())})"
+            f"{path}: cannot decode ({_what_it_is(path, data[:HEAD_BYTES].tobytes())})"
             + (f"; the decoder said: {messages[0]}" if messages else "")
         )
     warnings.extend(f"{path}: the decoder said: {m} (decoded anyway; parts may be damaged)" for m in messages)

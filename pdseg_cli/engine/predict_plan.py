@@ -273,12 +273,15 @@ def _folder_contents(folder: Path) -> str:
     return f"{name} holds " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
 
 
-def _no_images_hint(sources: Sequence[Path], recursive: bool) -> str:
+def _no_images_hint(sources: Sequence[Path], recursive: bool, others: Sequence[Path] = ()) -> str:
     """The hint of a run that found no images: the hidden images its folders hold (a folder run
-    leaves them out), else the suffixes pdseg reads; and --recursive only where a folder has
-    subfolders to look in."""
+    leaves them out), else the suffixes pdseg reads; to convert phone photos where ``others`` (the
+    files that are not images) or the files named hold some; and --recursive only where a folder
+    has subfolders to look in."""
     folders = [s for s in sources if s.is_dir()]
-    parts = [
+    convert = imio.convert_phone_photos([*others, *(s for s in sources if s.is_file())])
+    parts = [convert] if convert else []
+    parts += [
         f"the only images in {folder} are hidden ({listing([p.name for p in hidden], 3)}), which a "
         "folder run leaves out: name them directly to segment them"
         for folder in folders
@@ -711,11 +714,11 @@ def plan_predict(
                 3,
             )
             kinds = "is not an image file" if len(paths) == 1 else "are not image files"
-            raise InputError(f"{named} {kinds}", hint=_no_images_hint(paths, recursive))
+            raise InputError(f"{named} {kinds}", hint=_no_images_hint(paths, recursive, not_images))
         extra = f" ({counted(len(not_images), 'other file')} skipped)" if not_images else ""
         raise InputError(
             f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
-            hint=_no_images_hint(paths, recursive),
+            hint=_no_images_hint(paths, recursive, not_images),
         )
     for item in inputs:
         # outputs among their inputs would be read as inputs by the next run (a rerun, or

@@ -14,7 +14,7 @@ import collections
 import errno
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -47,13 +47,13 @@ ProgressCallback = Callable[[FileResult], None]
 # read and segmented only to fail the same way (hours of a GPU over a large folder), so the first
 # one stops the run. What the user does about each, before going on where the run stopped.
 _STOPS_THE_RUN = {
-    errno.ENOSPC: "free some disk space (or choose another --out)",
-    errno.EDQUOT: "free some of your disk quota (or choose another --out)",
-    errno.EROFS: "the file system of --out is read-only: make it writable or choose another --out",
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some of your disk quota",
+    errno.EROFS: "the file system of --out is read-only: make it writable",
 }
 _GO_ON = (
-    ", then run the same command again with --skip-existing to go on: every image written so far is "
-    "complete and is skipped"
+    ", then run the same command again with --skip-existing to go on (every image written so far is "
+    "complete and is skipped), or run it with another --out"
 )
 
 
@@ -208,10 +208,14 @@ class _FolderRun:
         ends it the same way, raising ``_WriteStopped``.
         """
         completed = False
+        raised: BaseException | None = None
         try:
             self.segment_all()
             self.collect_writes(0)
             completed = True
+        except BaseException as exc:
+            raised = exc
+            raise
         finally:
             if not completed:
                 for f in self.reads:
@@ -222,8 +226,15 @@ class _FolderRun:
                 raise KeyboardInterrupt
             if not completed:  # the writes that finished after all count: Ctrl-C's report says so
                 for f in self.writes:
-                    if f.done() and not f.cancelled() and f.exception() is None:
+                    if not f.done() or f.cancelled():
+                        continue
+                    error = f.exception()
+                    if error is None:
                         self.finish(f.result())
+                    elif isinstance(error, _WriteStopped) and isinstance(raised, KeyboardInterrupt):
+                        # a stop met by a Ctrl-C: its failure is counted and named (a stop raised
+                        # itself is counted by run_plan, as the run's one error)
+                        self.finish(error.stop.result)
 
     def segment_all(self) -> None:
         """Take the read images in order, in groups of one working size, to the model."""
@@ -296,11 +307,20 @@ class _FolderRun:
         A write that stops the run (a full disk) is raised as soon as it is seen to have failed,
         without waiting for the writes queued ahead of it: the model starts no further image.
         """
-        while self.writes and (self.writes[0].done() or len(self.writes) > block_until):
-            self.finish(self.writes.popleft().result())
-        for f in self.writes:
-            if f.done() and not f.cancelled() and isinstance(f.exception(), _WriteStopped):
-                f.result()
+        while self.writes:
+            for f in self.writes:  # a stop behind a slow write is not kept waiting for it
+                if f.done() and not f.cancelled() and isinstance(f.exception(), _WriteStopped):
+                    f.result()
+            head = self.writes[0]
+            if not head.done():
+                if len(self.writes) <= block_until:
+                    return
+                # the head, or a stop anywhere behind it (writers return a file's own failure;
+                # only a stop raises)
+                wait(self.writes, return_when=FIRST_EXCEPTION)
+                continue
+            self.finish(head.result())
+            self.writes.popleft()  # after its result is counted: a Ctrl-C in between loses nothing
 
     def finish(self, result: FileResult) -> None:
         self.results.append(result)

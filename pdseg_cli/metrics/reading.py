@@ -84,9 +84,9 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
                 "do not read",
                 hint="save 8-bit maps (byte = floor(255 p), as `pdseg predict` writes them)",
             )
-        from pdseg_cli.data.header import other_format
+        from pdseg_cli.data.header import HEAD_BYTES, other_format
 
-        what = other_format(data[:64]) if data else None  # a web page or an LFS pointer, say so
+        what = other_format(data[:HEAD_BYTES]) if data else None  # a web page or an LFS pointer, say so
         raise InputError(
             f"{path}: cannot decode ({what or f'empty, truncated, corrupt or not a {kind} file'})"
             + (f"; the decoder said: {said[0]}" if said else "")

@@ -155,8 +155,11 @@ def _leave_group(exc_type: type[BaseException] | None, *exc: object) -> None:
     if not dist.is_initialized():
         return
     if exc_type is None:
-        try:
-            dist.barrier()
-        except Exception:  # a peer that has already failed: leave all the same
+        try:  # bounded: a peer that died without a word must not hold this one for the group's hours
+            dist.barrier(async_op=True).wait(timeout=_LEAVE_WAIT)
+        except Exception:  # a peer that has already failed, or one that never came: leave all the same
             pass
     dist.destroy_process_group()
+
+
+_LEAVE_WAIT = datetime.timedelta(seconds=60)

@@ -65,9 +65,10 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
 
 
-def info(message: str) -> None:
-    """Print one plain status line on stderr (none under ``--quiet``)."""
-    if not _quiet:
+def info(message: str, *, essential: bool = False) -> None:
+    """Print one plain status line on stderr (none under ``--quiet``, unless ``essential``: how to
+    go on after a stop, which a quiet cron job needs most)."""
+    if essential or not _quiet:
         err_console.print(_escape(message), soft_wrap=True)
 
 

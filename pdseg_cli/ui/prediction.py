@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from pdseg_cli import ui
-from pdseg_cli.data.images import IMAGE_KINDS
+from pdseg_cli.data.images import IMAGE_KINDS, convert_phone_photos
 from pdseg_cli.engine.predict_plan import is_broken_link, is_unfollowed_folder_link
 from pdseg_cli.errors import counted, listing
-
-# photos a phone saves that pdseg does not read (OpenCV has no HEIF or AVIF decoder)
-_PHONE_SUFFIXES = frozenset({".heic", ".heif", ".hif", ".avif"})
 
 
 def left_in_out(out: Any, paths: list[Any]) -> None:
@@ -65,7 +62,7 @@ def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = No
     if seen:
         ui.info(_how_far(seen, total))
     again = "run the same command again" + ("" if skipping else " with --skip-existing")
-    ui.info(f"stopped: every file written so far is complete; {again} to do only the rest")
+    ui.info(f"stopped: every file written so far is complete; {again} to do only the rest", essential=True)
 
 
 def stopped(result: Any, total: int) -> None:
@@ -163,10 +160,8 @@ def summary(result: Any, *, table_on_stderr: bool = False) -> None:
             others.append(str(path))
     if others:
         line = f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(others, 5)}"
-        phone = sorted({Path(p).suffix.lower() for p in others} & _PHONE_SUFFIXES)
-        if phone:  # the one kind a folder of photos often holds: say how to get JPEGs from it
-            kinds = "/".join(s.lstrip(".").upper() for s in phone)
-            line += f"; convert {kinds} photos to JPEG first (e.g. `heif-convert IMG.heic IMG.jpg`)"
+        if convert := convert_phone_photos(map(Path, others)):  # what a folder of photos often holds
+            line += f"; {convert}"
         ui.info(line)
     if folder_links:
         links = listing(folder_links, 5)

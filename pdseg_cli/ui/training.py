@@ -146,7 +146,7 @@ def summary(result: Any, resume_command: str) -> None:
         ]
         ui.table(f"pdseg train · {result.out}", columns, rows, numeric=[True] * len(columns))
     if result.interrupted:
-        ui.info(f"interrupted; continue with: {resume_command}")
+        ui.info(f"interrupted; continue with: {resume_command}", essential=True)
         return
     if result.best is not None:
         ui.info(f"best val maxF {result.best_maxf:.4f} at epoch {result.best_epoch}: {result.best}")
