@@ -212,13 +212,23 @@ def _exit_at_once_on_stop() -> None:
     """The command is over and its output written: a Ctrl-C (or SIGTERM) while Python shuts down,
     joining worker and pool threads, would print a traceback of that shutdown; it now ends the
     process at once (exit 130), as does one that came while the output was drained."""
+    lost: OSError | None = None
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BrokenPipeError:  # its reader has gone: the rest is dropped, not a shutdown traceback
             ui.drop_stream(stream)
-        except (OSError, ValueError):  # a stream closed under us: nothing more can be shown
+        except OSError as exc:  # `pdseg info > /dev/full`: the output is lost, which is a failure
+            ui.drop_stream(stream)
+            lost = exc if stream is sys.stdout else lost
+        except ValueError:  # a stream closed under us: nothing more can be shown
             pass
+    if lost is not None:
+        ui.error(
+            f"cannot write to standard output ({lost.strerror or lost})",
+            "free some space where the output goes, or send it elsewhere",
+        )
+        raise SystemExit(1)
     if _held:
         os._exit(130)
     _set_stop_handlers(_exit_now)

@@ -61,6 +61,12 @@ def check_weights_file(path: Path, what: str, suffixes: tuple[str, ...] = CHECKP
     it that the option takes (``suffixes``)."""
     if path.is_file():
         return
+    if path.is_symlink() and not path.exists():  # a link to nothing, or one of a loop
+        raise WeightsError(f"{what} {path} is a link that leads to no file", hint="check the link")
+    if path.exists() and not path.is_dir():  # a FIFO, a device: there, but no weights file
+        raise WeightsError(
+            f"{what} {path} is not a regular file (a pipe or a device)", hint="give the weights file itself"
+        )
     if not path.is_dir():
         raise WeightsError(f"{what} {path} does not exist", hint=missing_weights_hint(path))
     inside = sorted(

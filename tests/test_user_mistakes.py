@@ -294,3 +294,73 @@ def test_info_and_train_sizes_have_predicts_upper_limit() -> None:
     for command in ("info", "train"):
         text = _refused(command, "--size", "99999")
         assert "--size 99999 is too large: at most 16384" in text, text
+
+
+# from a fuzz of every command's options: each of these was a traceback, a crash or a silent loss
+
+
+def test_torchrun_variables_without_torchrun_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # leaked from a scheduler
+    photos = _photos(tmp_path)
+    text = _refused("predict", photos, "-o", tmp_path / "out")
+    assert "$MASTER_ADDR and $MASTER_PORT are not set" in text and "unset WORLD_SIZE" in text
+    monkeypatch.setenv("WORLD_SIZE", str(2**63))
+    assert "inconsistent" in _refused("predict", photos, "-o", tmp_path / "out")
+
+
+@pytest.mark.parametrize("threads", ["100000", "2147483648"])
+def test_absurd_thread_counts_are_refused(tmp_path: Path, threads: str) -> None:
+    text = _refused("predict", _photos(tmp_path), "-o", tmp_path / "out", "--threads", threads)
+    assert f"--threads {threads} is far more than the" in text
+
+
+def test_absurd_worker_counts_are_refused_before_any_fork(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "tr", 4)
+    args = ["train", "-e", "1", "--variant", "pdseg-tiny", "--train", data, "--out", tmp_path / "r"]
+    assert "--workers 2147483648 is more than any machine runs well" in _refused(
+        *args, "--workers", "2147483648"
+    )
+
+
+@pytest.mark.parametrize(("name", "says"), [("w.pt", "names a model file"), ("none/x.json", "mkdir -p")])
+def test_a_report_path_that_would_replace_weights_or_has_no_folder(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    split = tmp_path / "set"
+    (split / "gt").mkdir(parents=True)
+    text = _refused("eval", "--split", split, "--pred", split / "gt", "--json", tmp_path / name)
+    assert says in text
+
+
+def test_a_tilde_path_of_no_home_is_one_line(tmp_path: Path) -> None:
+    text = _refused("predict", _photos(tmp_path), "--out", "~no-such-user-pdseg/masks")
+    assert "names a home folder that cannot be found" in text
+
+
+def test_no_home_at_all_turns_the_gt_cache_off_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdseg_cli.metrics import cache
+
+    for name in (cache.CACHE_ENV, "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    root, note = cache.usable_cache_root()
+    assert root is None and note is not None and "no home folder" in note
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says
+    assert cache.cache_root_origin() == "the default"
+
+
+def test_a_weights_path_that_is_a_pipe_is_not_called_missing(tmp_path: Path) -> None:
+    import os
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    os.mkfifo(tmp_path / "w.pt")
+    assert "is not a regular file" in _refused("info", tmp_path / "w.pt")

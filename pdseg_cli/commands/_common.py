@@ -15,7 +15,7 @@ import typer
 
 from pdseg_cli import runtime, ui
 from pdseg_cli.config import FULL_SIZE_NAMES
-from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted, os_error_line
+from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted, os_error_line, shell_quote
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
 EXIT_FAILED = 1  # the run went on but some items failed
@@ -41,6 +41,13 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
     except RuntimeError as exc:
         # Path.resolve() on a loop of symbolic links (Python 3.13 raises OSError ELOOP instead),
         # wherever a command resolves a path it was given
+        if str(exc) == "Could not determine home directory.":  # pathlib's expanduser of a '~'
+            say(
+                "a path starting with '~' names a home folder that cannot be found (no such user, or "
+                "$HOME is not set)",
+                "write the path out in full",
+            )
+            raise typer.Exit(EXIT_USAGE) from None
         loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
         if loop is None:
             raise
@@ -302,6 +309,7 @@ def check_report_path(option: str, path: Path) -> None:
         InputError: a folder, an image's name, a missing or read-only folder.
     """
     from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
+    from pdseg_cli.weights import MODEL_SUFFIXES
 
     if is_stdout(path):
         return
@@ -310,16 +318,24 @@ def check_report_path(option: str, path: Path) -> None:
             f"{option} {path} is a folder; give a file name for the output",
             hint=f"e.g. {option} {path / ('scores.' + option.lstrip('-'))}",
         )
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    kind = "an image" if path.suffix.lower() in IMAGE_SUFFIXES else None
+    kind = kind or ("a model" if path.suffix.lower() in MODEL_SUFFIXES else None)
+    if kind:  # a slip in a long command line would replace a mask, a map or the weights with text
         raise InputError(
-            f"{option} {path} names an image file, and the report is text",
+            f"{option} {path} names {kind} file, and the report is text",
             hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
         )
     parent = path.expanduser().resolve().parent
     if parent.exists() and not parent.is_dir():
-        raise InputError(f"cannot write {option} {path}: {parent} is a file, not a folder")
+        raise InputError(
+            f"cannot write {option} {path}: {parent} is a file, not a folder",
+            hint="give a path in a folder",
+        )
     if not parent.is_dir():
-        raise InputError(f"cannot write {option} {path}: the folder {parent} does not exist")
+        raise InputError(
+            f"cannot write {option} {path}: the folder {parent} does not exist",
+            hint=f"create it first (mkdir -p {shell_quote(str(parent))}), or give a path in one that exists",
+        )
     check_writable_folder(parent, f"{option} {path}")  # a read-only disk said so only after the run
 
 

@@ -62,7 +62,7 @@ def info(
             if description.variant not in VARIANTS:  # a foreign model: no pdseg variant to count
                 return
             variant = description.variant
-        elif path is not None and path.is_dir():
+        elif path is not None and (path.exists() or path.is_symlink()):  # a folder, a pipe, a bad link
             from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
             check_weights_file(path, "weights", MODEL_SUFFIXES)

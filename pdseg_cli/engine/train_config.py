@@ -215,6 +215,11 @@ class TrainConfig:
                 f"--workers must be 0 or more, got {self.workers}",
                 "e.g. --workers 2 (0 decodes in the training process), or leave --workers out",
             ),
+            (
+                self.workers is None or self.workers <= MAX_WORKERS,  # each one a forked process
+                f"--workers {self.workers} is more than any machine runs well (at most {MAX_WORKERS})",
+                "e.g. --workers 4 (one per core to spare), or leave --workers out",
+            ),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", "e.g. --seed 1"),
             (
                 0 < self.lr < math.inf,
@@ -370,6 +375,9 @@ class TrainConfig:
         values.update(changes)  # an --overwrite among them is refused by check()
         values.update(out=out, resume=True, overwrite=bool(changes.get("overwrite", False)))
         return cls(**values)
+
+
+MAX_WORKERS = 256  # DataLoader processes per training process; more only fork without end
 
 
 def default_workers(cores: int | None = None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdseg_cli.data.atomic import TEMP_SUFFIX, atomic_path
+from pdseg_cli.errors import InputError
 from pdseg_cli.metrics.gtprep import FORMAT_VERSION, GTPrep
 
 CACHE_ENV = "PDSEG_CACHE_DIR"
@@ -39,9 +40,16 @@ def default_cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "pdseg"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", "")).expanduser()
+    if xdg.is_absolute():  # a relative one is to be ignored (XDG spec): it would follow the cwd
+        return xdg / "pdseg"
+    try:
+        return Path.home() / ".cache" / "pdseg"
+    except RuntimeError:  # $HOME unset and no user entry (a container's arbitrary uid)
+        raise InputError(
+            "no home folder to keep the cache in ($HOME is not set, nor the user's entry)",
+            hint=f"set ${CACHE_ENV} to a folder for it",
+        ) from None
 
 
 def cache_root_origin(explicit: str | os.PathLike[str] | None = None) -> str:
@@ -50,7 +58,7 @@ def cache_root_origin(explicit: str | os.PathLike[str] | None = None) -> str:
         return "given"
     if os.environ.get(CACHE_ENV):
         return f"${CACHE_ENV}"
-    return "$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default"
+    return "$XDG_CACHE_HOME" if Path(os.environ.get("XDG_CACHE_HOME", "")).is_absolute() else "the default"
 
 
 def cache_root_problem(root: Path) -> str | None:
@@ -69,7 +77,10 @@ def usable_cache_root(explicit: str | os.PathLike[str] | None = None) -> tuple[P
     """The GT cache root to use and what to tell the user about it: ``(root, None)`` when it can be
     used, ``(root, warning)`` for an existing read-only one (its hits still serve), ``(None,
     warning)`` when none can be made there (scoring goes on without a cache: it only costs speed)."""
-    root = default_cache_root(explicit)
+    try:
+        root = default_cache_root(explicit)
+    except InputError as exc:
+        return None, f"GT cache off: {exc.message}; set ${CACHE_ENV} or pass --cache-dir to keep one"
     problem = cache_root_problem(root)
     if problem is None:
         return root, None

@@ -13,6 +13,9 @@ from pdseg_cli.errors import InputError
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+_MOST_THREADS = 256  # more than this is refused unless the machine has 32 cores or more (8 per core)
+
+
 def set_compute_threads(n: int | None) -> int | None:
     """Use ``n`` CPU threads for the maths: torch's intra-op pool, OpenCV's, and onnxruntime's
     (which follows torch's, see ``OnnxModel``). None: :func:`default_threads`. For a process that
@@ -23,7 +26,7 @@ def set_compute_threads(n: int | None) -> int | None:
         no way to see how busy the cores are).
 
     Raises:
-        InputError: ``n`` below 1.
+        InputError: ``n`` below 1, or far above the cores (more than 8 per core and 256).
     """
     if n is None:
         n = default_threads()
@@ -31,6 +34,12 @@ def set_compute_threads(n: int | None) -> int | None:
             return None
     if n < 1:
         raise InputError(f"--threads must be at least 1, got {n}")
+    cores = usable_cores()
+    if n > max(_MOST_THREADS, 8 * cores):  # torch crashes (or overflows) on absurd counts
+        raise InputError(
+            f"--threads {n} is far more than the {cores} cores this process may use",
+            hint=f"e.g. --threads {cores}, or leave --threads out for the cores that are idle",
+        )
     import cv2
     import torch
 

@@ -70,6 +70,12 @@ class Distributed:
             dist.barrier()
 
 
+# torchrun's variables in a shell that is not a torchrun job: leaked from a scheduler (SLURM, a
+# Kubernetes job) or an outer launcher
+_OUTER_JOB = "unset WORLD_SIZE, RANK and LOCAL_RANK to run as one process"
+_MAX_WORLD = 1 << 20  # beyond any real job; torch's own check of a larger one is a traceback
+
+
 def env_distributed(*, strict: bool = True) -> Distributed:
     """Read WORLD_SIZE / RANK / LOCAL_RANK (set by torchrun) without starting anything.
 
@@ -91,13 +97,15 @@ def env_distributed(*, strict: bool = True) -> Distributed:
         try:
             return int(value) if value.strip() else default
         except ValueError:
-            raise InputError(f"${name} is {value!r}, not a number") from None
+            raise InputError(f"${name} is {value!r}, not a number", hint=_OUTER_JOB) from None
 
     world = _int("WORLD_SIZE", 1)
     rank = _int("RANK", 0)
     local = _int("LOCAL_RANK", rank)
-    if world < 1 or not 0 <= rank < world:
-        raise InputError(f"torchrun environment is inconsistent: RANK={rank}, WORLD_SIZE={world}")
+    if world < 1 or world > _MAX_WORLD or not 0 <= rank < world:
+        raise InputError(
+            f"torchrun environment is inconsistent: RANK={rank}, WORLD_SIZE={world}", hint=_OUTER_JOB
+        )
     return Distributed(world, rank, local)
 
 
@@ -135,11 +143,28 @@ def distributed(
         if device is not None and device.type == "cuda":
             stack.enter_context(torch.cuda.device(device))
         if env.enabled and not dist.is_initialized():
+            _check_rendezvous(env)
             dist.init_process_group(
                 backend=backend, timeout=timeout, world_size=env.world_size, rank=env.rank
             )
             stack.push(_leave_group)
         yield env
+
+
+def _check_rendezvous(env: Distributed) -> None:
+    """Refuse a job whose processes cannot find each other (torch's env:// rendezvous error is a
+    ValueError traceback): torchrun's variables leaked into a plain shell, without its address.
+
+    Raises:
+        InputError: ``MASTER_ADDR`` or ``MASTER_PORT`` is not set.
+    """
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise InputError(
+            f"WORLD_SIZE={env.world_size} asks for a multi-process job, but ${' and $'.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set",
+            hint="start the processes with torchrun (it sets them all), or " + _OUTER_JOB,
+        )
 
 
 def _leave_group(exc_type: type[BaseException] | None, *exc: object) -> None:
