@@ -137,7 +137,13 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"pdseg {__version__}")
+        try:
+            typer.echo(f"pdseg {__version__}")
+        except BrokenPipeError:  # `pdseg --version | true`: the reader did not want it
+            ui.drop_stream(sys.stdout)
+        except OSError as exc:  # a full disk under `pdseg --version > file`
+            ui.error(f"cannot write to standard output ({exc.strerror or exc})")
+            raise typer.Exit(1) from None
         raise typer.Exit()
 
 
