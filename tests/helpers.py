@@ -208,3 +208,17 @@ def textured_image(h: int = 24, w: int = 32, seed: int = 0, dtype: type = np.uin
     img = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
     img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] //= 3  # some structure
     return img
+
+
+def small_split(root: Path, n: int = 3) -> tuple[Path, Path]:
+    """A folder split ``root/set`` of ``n`` 24x32 GTs (``gt/s<i>.png``) and ``root/maps`` of seeded
+    random maps for them: the smallest thing ``pdseg eval --split ... --pred ...`` scores."""
+    rng = np.random.default_rng(0)
+    (root / "set" / "gt").mkdir(parents=True)
+    (root / "maps").mkdir()
+    for i in range(n):
+        gt = np.zeros((24, 32), np.uint8)
+        gt[4 + i : 18, 6:26] = 255
+        cv2.imwrite(str(root / "set" / "gt" / f"s{i}.png"), gt)
+        cv2.imwrite(str(root / "maps" / f"s{i}.png"), rng.integers(0, 256, (24, 32), dtype=np.uint8))
+    return root / "set", root / "maps"

@@ -5,26 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
-from helpers import flat, run_cli
+from helpers import flat, run_cli, small_split
 
 from pdseg_cli import ui
 
 
-def _split(root: Path) -> tuple[Path, Path]:
-    (root / "set" / "gt").mkdir(parents=True)
-    (root / "maps").mkdir()
-    for i in range(2):
-        gt = np.zeros((16, 20), np.uint8)
-        gt[3 + i : 12, 4:16] = 255
-        cv2.imwrite(str(root / "set" / "gt" / f"s{i}.png"), gt)
-        cv2.imwrite(str(root / "maps" / f"s{i}.png"), np.roll(gt, 1, axis=1))
-    return root / "set", root / "maps"
-
-
 def test_quiet_eval_prints_nothing_and_writes_its_files(tmp_path: Path) -> None:
-    split, maps = _split(tmp_path)
+    split, maps = small_split(tmp_path)
     result = run_cli("eval", "-q", "--split", split, "--pred", maps, "--json", tmp_path / "s.json")
     assert result.exit_code == 0 and result.output == ""
     assert json.loads((tmp_path / "s.json").read_text())["splits"]
