@@ -167,38 +167,10 @@ def predict(
         env = runtime.env_distributed()
 
         def torch_options() -> tuple[Any, tuple[int, ...]]:
-            """The options checked by torch's modules (2 s to import); (working size, background)."""
-            from pdseg_cli.data.transforms import parse_color
-            from pdseg_cli.engine.predict import check_threshold, parse_size
-
-            use_threads(threads, quiet=rank != 0)
-            work_size = parse_size(size)
-            try:
-                background = parse_color(bg)
-            except ValueError as exc:
-                raise InputError(
-                    f"--bg: {exc}", hint="e.g. --bg white, --bg '#00ff00' or --bg 0,255,0"
-                ) from None
-            check_threshold(threshold)
-            # which kinds paint over --bg or use the image's colours: from the output-kind table
-            painted, coloured = kinds_that("uses_background"), kinds_that("uses_image")
-            warn_unused(
-                ctx,
-                {
-                    "bg": None
-                    if set(kinds) & set(painted)
-                    else f"--bg colours --save {' and '.join(painted)} only, which is not asked for",
-                    "refine_foreground": None
-                    if set(kinds) & set(coloured)
-                    else "--refine-foreground/--no-refine-foreground apply to --save "
-                    f"{' and '.join(coloured)} only",
-                },
-                enabled=rank == 0,
-            )
-            chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
-            runtime.resolve_precision(precision, chosen.device)
-            runtime.resolve_compile(compile_mode)
-            return work_size, background
+            return _model_options(
+                ctx, kinds, env, threads=threads, size=size, bg=bg, threshold=threshold,
+                device=device, precision=precision, compile_mode=compile_mode,
+            )  # fmt: skip
 
         # Options given are checked before the inputs (device and precision errors before any file
         # is touched). With their defaults, which cannot fail, the whole run is planned first: a
@@ -285,6 +257,52 @@ def predict(
             _write_json(json_out, result, {**settings, "weights": str(predictor.weights_path or weights)})
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _model_options(
+    ctx: typer.Context,
+    kinds: tuple[str, ...],
+    env: Any,
+    *,
+    threads: int | None,
+    size: str | None,
+    bg: str,
+    threshold: float | None,
+    device: str,
+    precision: str,
+    compile_mode: str,
+) -> tuple[Any, tuple[int, ...]]:
+    """Check the options that torch's modules check (about 2 s to import): (working size,
+    background). Says which given options do not apply to the ``--save`` kinds asked for."""
+    from pdseg_cli import runtime
+    from pdseg_cli.data.transforms import parse_color
+    from pdseg_cli.engine.predict import check_threshold, parse_size
+
+    use_threads(threads, quiet=not env.is_main)
+    work_size = parse_size(size)
+    try:
+        background = parse_color(bg)
+    except ValueError as exc:
+        raise InputError(f"--bg: {exc}", hint="e.g. --bg white, --bg '#00ff00' or --bg 0,255,0") from None
+    check_threshold(threshold)
+    # which kinds paint over --bg or use the image's colours: from the output-kind table
+    painted, coloured = kinds_that("uses_background"), kinds_that("uses_image")
+    warn_unused(
+        ctx,
+        {
+            "bg": None
+            if set(kinds) & set(painted)
+            else f"--bg colours --save {' and '.join(painted)} only, which is not asked for",
+            "refine_foreground": None
+            if set(kinds) & set(coloured)
+            else f"--refine-foreground/--no-refine-foreground apply to --save {' and '.join(coloured)} only",
+        },
+        enabled=env.is_main,
+    )
+    chosen = runtime.resolve_device(device, local_rank=env.local_rank if env.enabled else None)
+    runtime.resolve_precision(precision, chosen.device)
+    runtime.resolve_compile(compile_mode)
+    return work_size, background
 
 
 def _write_json(path: Path | None, result: Any, settings: dict[str, Any]) -> None:
