@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,38 @@ def test_folds_case_answers_for_a_relative_out(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "wORK").symlink_to(tmp_path / "Work")
     monkeypatch.chdir(tmp_path / "Work")
     assert folds_case(Path("masks")) and folds_case(Path("."))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_device_or_pipe_is_never_renamed_over(tmp_path: Path) -> None:
+    """Run as root, `--json /dev/null` put a regular file in the place of the system's /dev/null:
+    the rename of a finished temporary replaces whatever has the name. A pipe stands in for the
+    device here (making a device needs root)."""
+    pipe = tmp_path / "pipe.json"
+    os.mkfifo(pipe)
+    assert (
+        atomic.is_special(pipe) and not atomic.is_special(tmp_path) and not atomic.is_special(tmp_path / "x")
+    )
+    with pytest.raises(OSError, match="not a regular file") as info:
+        with atomic.atomic_path(pipe) as tmp:
+            tmp.write_text("{}")
+    assert info.value.errno == errno.EINVAL and stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.json"]  # no temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_report_goes_into_a_pipe_not_over_it(tmp_path: Path) -> None:
+    import threading
+
+    from helpers import run_cli, small_split
+
+    split, maps = small_split(tmp_path)
+    pipe = tmp_path / "scores.csv"
+    os.mkfifo(pipe)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_text()))
+    reader.start()
+    result = run_cli("eval", "--split", split, "--pred", maps, "--csv", pipe)
+    reader.join(30)
+    assert result.exit_code == 0, result.output
+    assert got and got[0].startswith("split,count,maxF") and stat.S_ISFIFO(os.stat(pipe).st_mode)

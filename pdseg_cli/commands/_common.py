@@ -15,6 +15,7 @@ import typer
 
 from pdseg_cli import runtime, ui
 from pdseg_cli.config import FULL_SIZE_NAMES
+from pdseg_cli.data.atomic import is_special
 from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted, os_error_line, shell_quote
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
@@ -311,7 +312,7 @@ def check_report_path(option: str, path: Path) -> None:
     from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
     from pdseg_cli.weights import MODEL_SUFFIXES
 
-    if is_stdout(path):
+    if is_stdout(path) or is_special(path.expanduser()):  # /dev/stdout, /dev/null, a named pipe
         return
     if path.is_dir():
         raise InputError(
@@ -358,7 +359,11 @@ def write_report(path: Path, text: str, kind: str) -> None:
             ui.drop_stream(sys.stdout)
         return
     try:
-        write_bytes_atomic(path, text.encode("utf-8"))
+        if is_special(path.expanduser()):  # written into, never renamed over (that would replace it)
+            with open(path.expanduser(), "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            write_bytes_atomic(path, text.encode("utf-8"))
     except OSError as exc:
         locked = isinstance(exc, PermissionError)  # or, on Windows, open in a spreadsheet
         raise RunFailed(

@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -187,6 +188,7 @@ def atomic_path(path: str | os.PathLike[str], *, sweep: bool = False) -> Iterato
         remove_stale_temporaries(path)
     # a rename onto a link replaces the link itself with a file and leaves what it pointed at stale
     target = final_target(path)
+    refuse_special(target)
     tmp = target.with_name(temp_name(target))
     try:
         yield tmp
@@ -195,6 +197,31 @@ def atomic_path(path: str | os.PathLike[str], *, sweep: bool = False) -> Iterato
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def is_special(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (its links followed) is there and is neither a regular file nor a folder: a
+    device (``/dev/null``, ``/dev/stdout``'s terminal), a named pipe or a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def refuse_special(target: Path) -> None:
+    """Refuse to rename a file onto a device, a pipe or a socket: the rename would put a regular
+    file in its place (run as root, ``--json /dev/null`` replaced the system's /dev/null).
+
+    Raises:
+        OSError: EINVAL, naming ``target``.
+    """
+    if is_special(target):
+        raise OSError(
+            errno.EINVAL,
+            "not a regular file (a device or a pipe), which writing a file there would replace",
+            str(target),
+        )
 
 
 _WINDOWS_RETRIES = 20  # about 2 s in all: long enough for a virus scanner or an indexer to let go

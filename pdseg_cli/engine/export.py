@@ -37,6 +37,7 @@ Loop nodes.
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import os
@@ -52,7 +53,7 @@ import torch
 from torch import nn
 
 from pdseg_cli import __version__
-from pdseg_cli.data.atomic import atomic_path, final_target
+from pdseg_cli.data.atomic import atomic_path, final_target, refuse_special
 from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
 from pdseg_cli.engine.onnx_backend import (
     ONNX_INSTALL_HINT,
@@ -465,9 +466,13 @@ def export_model(
         provenance=provenance,
     )
     try:
-        final_target(out)  # a link into a missing folder, or a loop: said alone, before any work
+        # a link into a missing folder, a loop, a device: said alone, before any work
+        refuse_special(final_target(out))
     except OSError as exc:
-        raise ExportWriteError(f"cannot write {out} ({exc.strerror or exc}); nothing was written") from None
+        raise ExportWriteError(
+            f"cannot write {out} ({exc.strerror or exc}); nothing was written",
+            hint="give the name of a file to write" if exc.errno == errno.EINVAL else None,
+        ) from None
     try:
         # sweep: what a killed export of this file left (as big as the model); an --out that is a
         # link replaces the file it points at; renamed onto it only once the checks pass
