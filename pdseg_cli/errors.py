@@ -160,7 +160,8 @@ _OS_HINTS = {
     errno.EPERM: "check the permissions of that folder, or choose another --out",
     errno.EROFS: "the file system is read-only: choose another --out",
     errno.ENOENT: "a file or folder was moved or deleted while pdseg was running: restore it and run again",
-    errno.ENAMETOOLONG: "the file system takes names of up to 255 bytes: shorten the path",
+    errno.ENAMETOOLONG: "a name in the path is too long (most file systems take 255 bytes), or the whole "
+    "path is (4096 bytes on Linux): shorten it",
     errno.ELOOP: "check the symbolic links on that path: they go round a loop",
 }
 

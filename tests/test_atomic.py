@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -293,3 +294,22 @@ def test_a_report_goes_into_a_pipe_not_over_it(tmp_path: Path) -> None:
     reader.join(30)
     assert result.exit_code == 0, result.output
     assert got and got[0].startswith("split,count,maxF") and stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no unix sockets")
+def test_a_report_refuses_a_socket_before_the_work(tmp_path: Path) -> None:
+    import tempfile
+
+    from helpers import run_cli, small_split
+
+    split, maps = small_split(tmp_path)
+    short = Path(tempfile.mkdtemp(dir="/tmp"))  # a socket's path has a short limit
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(short / "s.json"))
+        result = run_cli("eval", "--split", split, "--pred", maps, "--json", short / "s.json")
+        assert result.exit_code == 2 and "is a disk or a socket" in " ".join(result.output.split())
+    finally:
+        server.close()
+        (short / "s.json").unlink(missing_ok=True)
+        short.rmdir()

@@ -81,3 +81,25 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(Exit) as info, user_errors():
         raise BrokenPipeError(32, "Broken pipe")  # a child's or a socket's, say: not a reader of stdout
     assert info.value.exit_code == 1
+
+
+def test_dev_stdout_is_standard_output_and_the_table_goes_to_stderr(tmp_path: Path) -> None:
+    """`--csv /dev/stdout | reader`: the reader gets the CSV alone, as with `--csv -`; appended to a
+    file (`>> log`), nothing there before is lost."""
+    split, maps = small_split(tmp_path)
+    line = " ".join(
+        f'"{a}"' for a in [sys.executable, "-m", "pdseg_cli", "eval", "--split", split, "--pred", maps]
+    )
+    (tmp_path / "log.csv").write_text("before\n")
+    proc = subprocess.run(
+        ["bash", "-c", f"{line} --csv /dev/stdout | cat; {line} --csv /dev/stdout >> log.csv"],
+        env=torchrun_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.startswith("split,count,maxF") and proc.stdout.count("\n") == 2, proc.stdout
+    assert "pdseg eval" in proc.stderr  # the table
+    log = (tmp_path / "log.csv").read_text()
+    assert log.startswith("before\nsplit,count,maxF") and log.count("\n") == 3

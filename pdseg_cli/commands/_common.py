@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,7 +17,7 @@ import typer
 
 from pdseg_cli import runtime, ui
 from pdseg_cli.config import FULL_SIZE_NAMES
-from pdseg_cli.data.atomic import is_special
+from pdseg_cli.data.atomic import is_special, is_stream
 from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted, os_error_line, shell_quote
 
 EXIT_USAGE = 2  # a user mistake: bad path, wrong file, bad option
@@ -298,8 +300,15 @@ BATCH_HINT = "e.g. --batch 4 (images per forward pass), or leave --batch out for
 
 
 def is_stdout(path: Path) -> bool:
-    """Whether a report option names standard output (``-``)."""
-    return str(path) == "-"
+    """Whether a report option names standard output: ``-``, or the very file standard output is
+    (``/dev/stdout``, or the file it was redirected to), where the table must not go too."""
+    if str(path) == "-":
+        return True
+    try:
+        there, out = os.stat(path.expanduser()), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (there.st_dev, there.st_ino) == (out.st_dev, out.st_ino)
 
 
 def check_report_path(option: str, path: Path) -> None:
@@ -312,8 +321,13 @@ def check_report_path(option: str, path: Path) -> None:
     from pdseg_cli.data.images import IMAGE_SUFFIXES, check_writable_folder
     from pdseg_cli.weights import MODEL_SUFFIXES
 
-    if is_stdout(path) or is_special(path.expanduser()):  # /dev/stdout, /dev/null, a named pipe
+    if is_stdout(path) or is_stream(path.expanduser()):  # /dev/null, a named pipe a script reads
         return
+    if is_special(path.expanduser()):
+        raise InputError(
+            f"{option} {path} is a disk or a socket, not a file a report can be written to",
+            hint=f"give a file name, e.g. {option} scores.{option.lstrip('-')} ('-': standard output)",
+        )
     if path.is_dir():
         raise InputError(
             f"{option} {path} is a folder; give a file name for the output",
@@ -327,6 +341,9 @@ def check_report_path(option: str, path: Path) -> None:
             hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
         )
     parent = path.expanduser().resolve().parent
+    blocked = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+    if not blocked.is_dir():  # a file where a folder of the path should be: mkdir -p cannot help
+        parent = blocked
     if parent.exists() and not parent.is_dir():
         raise InputError(
             f"cannot write {option} {path}: {parent} is a file, not a folder",
@@ -359,7 +376,7 @@ def write_report(path: Path, text: str, kind: str) -> None:
             ui.drop_stream(sys.stdout)
         return
     try:
-        if is_special(path.expanduser()):  # written into, never renamed over (that would replace it)
+        if is_stream(path.expanduser()):  # written into, never renamed over (that would replace it)
             with open(path.expanduser(), "w", encoding="utf-8") as f:
                 f.write(text)
         else:
@@ -372,6 +389,8 @@ def write_report(path: Path, text: str, kind: str) -> None:
                 "close it in any program that has it open, or check its permissions"
                 if locked
                 else "free some space"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "check that path"
             )
             + ", or choose another path, and run the command again",
         ) from None
