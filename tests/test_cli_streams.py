@@ -61,16 +61,19 @@ def test_a_reader_that_goes_away_does_not_cost_the_other_report(tmp_path: Path) 
 def _piped_to_true(cwd: Path, *eval_args: str | Path) -> tuple[str, str]:
     """`pdseg eval ARGS 2>err.txt | true` in ``cwd``: (pdseg's exit status, its stderr). `true` reads
     nothing and is gone long before the scores are written."""
-    line = " ".join(f'"{a}"' for a in [sys.executable, "-m", "pdseg_cli", "eval", *eval_args])
-    proc = subprocess.run(
-        ["bash", "-c", f"{line} 2>err.txt | true; echo ${{PIPESTATUS[0]}}"],
-        env=torchrun_env(),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _bash(cwd, f"{_eval_line(*eval_args)} 2>err.txt | true; echo ${{PIPESTATUS[0]}}")
     return proc.stdout.strip(), (cwd / "err.txt").read_text()
+
+
+def _eval_line(*args: str | Path) -> str:
+    """`pdseg eval ARGS` as a shell command line (this interpreter, every word quoted)."""
+    return " ".join(f'"{a}"' for a in [sys.executable, "-m", "pdseg_cli", "eval", *args])
+
+
+def _bash(cwd: Path, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", script], env=torchrun_env(), cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path: Path) -> None:
@@ -87,18 +90,9 @@ def test_dev_stdout_is_standard_output_and_the_table_goes_to_stderr(tmp_path: Pa
     """`--csv /dev/stdout | reader`: the reader gets the CSV alone, as with `--csv -`; appended to a
     file (`>> log`), nothing there before is lost."""
     split, maps = small_split(tmp_path)
-    line = " ".join(
-        f'"{a}"' for a in [sys.executable, "-m", "pdseg_cli", "eval", "--split", split, "--pred", maps]
-    )
+    line = _eval_line("--split", split, "--pred", maps)
     (tmp_path / "log.csv").write_text("before\n")
-    proc = subprocess.run(
-        ["bash", "-c", f"{line} --csv /dev/stdout | cat; {line} --csv /dev/stdout >> log.csv"],
-        env=torchrun_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _bash(tmp_path, f"{line} --csv /dev/stdout | cat; {line} --csv /dev/stdout >> log.csv")
     assert proc.stdout.startswith("split,count,maxF") and proc.stdout.count("\n") == 2, proc.stdout
     assert "pdseg eval" in proc.stderr  # the table
     log = (tmp_path / "log.csv").read_text()
