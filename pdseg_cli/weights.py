@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pdseg_cli.data.atomic import is_special
 from pdseg_cli.errors import WeightsError, listing
 
 # The bundled checkpoint (weights/README.md is its model card).
@@ -63,7 +64,7 @@ def check_weights_file(path: Path, what: str, suffixes: tuple[str, ...] = CHECKP
         return
     if path.is_symlink() and not path.exists():  # a link to nothing, or one of a loop
         raise WeightsError(f"{what} {path} is a link that leads to no file", hint="check the link")
-    if path.exists() and not path.is_dir():  # a FIFO, a device: there, but no weights file
+    if is_special(path):  # a FIFO, a device: there, but no weights file
         raise WeightsError(
             f"{what} {path} is not a regular file (a pipe or a device)", hint="give the weights file itself"
         )

@@ -42,8 +42,6 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
         say(*os_error_line(exc))
         raise typer.Exit(EXIT_FAILED) from None
     except RuntimeError as exc:
-        # Path.resolve() on a loop of symbolic links (Python 3.13 raises OSError ELOOP instead),
-        # wherever a command resolves a path it was given
         if str(exc) == "Could not determine home directory.":  # pathlib's expanduser of a '~'
             say(
                 "a path starting with '~' names a home folder that cannot be found (no such user, or "
@@ -51,6 +49,8 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
                 "write the path out in full",
             )
             raise typer.Exit(EXIT_USAGE) from None
+        # Path.resolve() on a loop of symbolic links (Python 3.13 raises OSError ELOOP instead),
+        # wherever a command resolves a path it was given
         loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
         if loop is None:
             raise
@@ -341,15 +341,13 @@ def check_report_path(option: str, path: Path) -> None:
             hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
         )
     parent = path.expanduser().resolve().parent
-    blocked = next((p for p in (parent, *parent.parents) if p.exists()), parent)
-    if not blocked.is_dir():  # a file where a folder of the path should be: mkdir -p cannot help
-        parent = blocked
-    if parent.exists() and not parent.is_dir():
+    nearest = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+    if not nearest.is_dir():  # a file where a folder of the path should be: mkdir -p cannot help
         raise InputError(
-            f"cannot write {option} {path}: {parent} is a file, not a folder",
+            f"cannot write {option} {path}: {nearest} is a file, not a folder",
             hint="give a path in a folder",
         )
-    if not parent.is_dir():
+    if nearest != parent:
         raise InputError(
             f"cannot write {option} {path}: the folder {parent} does not exist",
             hint=f"create it first (mkdir -p {shell_quote(str(parent))}), or give a path in one that exists",

@@ -199,25 +199,27 @@ def atomic_path(path: str | os.PathLike[str], *, sweep: bool = False) -> Iterato
         raise
 
 
+def _mode(path: str | os.PathLike[str]) -> int | None:
+    """``path``'s file type and mode, its links followed (None: not there, or not looked up)."""
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+
+
 def is_special(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` (its links followed) is there and is neither a regular file nor a folder: a
     device (``/dev/null``, a terminal, a disk), a named pipe or a socket."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    mode = _mode(path)
+    return mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def is_stream(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a character device or a named pipe (``/dev/null``, a terminal, a FIFO a
     script reads): text can be written into it as it is. A disk (a block device) and a socket
     cannot take a report."""
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+    mode = _mode(path)
+    return mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode))
 
 
 def refuse_special(target: Path) -> None:

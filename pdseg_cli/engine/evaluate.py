@@ -746,9 +746,10 @@ def check_split_gts(
                 f"{folder / IMAGE_DIR}: {listing([gts[name][stem].name for stem in no_image], 10)}",
                 hint="add the images, or pass --allow-missing to score the others; the model has not run yet",
             )
+        scored = sorted(gts[name].keys() & images.keys())  # the images the model runs on
         if not allow_missing:  # from their first bytes: caught now, not after the model pass
-            named = {stem: images[stem] for stem in sorted(gts[name].keys() & images.keys())}
-            not_images = [f"{path}: {why}" for path in named.values() if (why := not_an_image(path))]
+            paths = [images[stem] for stem in scored]
+            not_images = [f"{path}: {why}" for path in paths if (why := not_an_image(path))]
             if not_images:
                 raise DataError(
                     f"{name}: {counted(len(not_images), 'image')} in {folder / IMAGE_DIR} cannot be "
@@ -757,11 +758,11 @@ def check_split_gts(
                     "run yet",
                 )
         if save_preds is not None:  # the model writes a map for each image that has a GT
-            check_save_folder(save_preds, name, gts[name].keys() & images.keys())
+            check_save_folder(save_preds, name, scored)
         extra = sorted(images.keys() - gts[name].keys())
         if extra:
             no_gt[name] = [images[stem].name for stem in extra]
-        to_run[name] = len(gts[name].keys() & images.keys())
+        to_run[name] = len(scored)
     return to_run, no_gt
 
 
