@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -10,13 +9,14 @@ from typing import Annotated, Any
 
 import typer
 
-from pdseg_cli import __version__, runtime, ui
+from pdseg_cli import __version__, console, runtime, ui
 from pdseg_cli.commands import benchmark as benchmark_cmd
 from pdseg_cli.commands import eval as eval_cmd
 from pdseg_cli.commands import export as export_cmd
 from pdseg_cli.commands import info as info_cmd
 from pdseg_cli.commands import predict as predict_cmd
 from pdseg_cli.commands import train as train_cmd
+from pdseg_cli.commands._common import EXIT_INTERRUPTED
 from pdseg_cli.data import native_messages
 from pdseg_cli.errors import os_error_line
 
@@ -184,7 +184,8 @@ def _thread_os_error(args: threading.ExceptHookArgs) -> None:
 def main() -> None:
     """Console-script entry point: what C libraries print while a file is decoded comes back
     attributed to the file (``data.native_messages``); operating-system errors in background threads
-    are one line, not a traceback; SIGTERM and SIGHUP stop as Ctrl-C does."""
+    are one line, not a traceback; SIGTERM and SIGHUP stop as Ctrl-C does, and a command stopped by
+    a signal ends by it (``console.end_by``: status 130, 143 or 129 in a shell)."""
     try:
         threading.excepthook = _thread_os_error
         runtime.interrupt_on_stop_signals()  # kill and a closed terminal clean up as Ctrl-C does
@@ -196,7 +197,12 @@ def main() -> None:
                 _hold_stop_signals()  # the command is over: its output is drained first
     except KeyboardInterrupt:  # a Ctrl-C just before the command's end
         ui.error("interrupted")
-        raise SystemExit(130) from None
+        console.end_by(runtime.stopped_by())
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # a command that stopped on Ctrl-C or a stop signal
+            console.end_by(runtime.stopped_by())
+        raise
     finally:
         _exit_at_once_on_stop()
 
@@ -217,7 +223,7 @@ def _hold_stop_signals() -> None:
 def _exit_at_once_on_stop() -> None:
     """The command is over and its output written: a Ctrl-C (or SIGTERM) while Python shuts down,
     joining worker and pool threads, would print a traceback of that shutdown; it now ends the
-    process at once (exit 130), as does one that came while the output was drained."""
+    process at once, by that signal, as does one that came while the output was drained."""
     lost: OSError | None = None
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -236,7 +242,7 @@ def _exit_at_once_on_stop() -> None:
         )
         raise SystemExit(1)
     if _held:
-        os._exit(130)
+        console.die_by(_held[0])
     _set_stop_handlers(_exit_now)
 
 
@@ -251,4 +257,4 @@ def _set_stop_handlers(handler: Any) -> None:
 
 
 def _exit_now(signum: int, frame: Any) -> None:
-    os._exit(130)
+    console.die_by(signum)

@@ -2,24 +2,69 @@
 
 Importing the CLI (typer, rich, every command's options) takes a few tenths of a second; a Ctrl-C
 then printed an import traceback. This module imports nothing heavy itself.
+
+A command stopped by a signal ends by that signal (:func:`end_by`), as a shell expects: its status
+there is 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for a hang-up), and a
+shell script or loop that runs pdseg stops with it. An exit with status 130 looked to the shell as
+if pdseg had handled the Ctrl-C itself, and `for f in *.jpg; do pdseg predict "$f"; done` went on
+to the next file at each Ctrl-C.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import sys
+from typing import NoReturn
+
+_ending: list[int] = []  # the stop signal the process ends by, once a command was stopped by it
 
 
 def main() -> None:
-    """Import the CLI and run it; a Ctrl-C while importing ends with one line and status 130."""
+    """Import the CLI and run it; a Ctrl-C while importing ends with one line, by SIGINT."""
     _fill_closed_streams()
     _replace_what_cannot_be_shown()
+    # registered first, so it runs last: after the other exit handlers (worker pools, temporary
+    # files), with only the interpreter's own teardown left, which the signal cuts short
+    atexit.register(_end_by_signal)
     try:
         from pdseg_cli import cli
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
-        raise SystemExit(130) from None
+        end_by(signal.SIGINT)
+        raise SystemExit(128 + signal.SIGINT) from None
     cli.main()
+
+
+def end_by(signum: int) -> None:
+    """Have the process end by ``signum`` once Python's exit handlers have run (see the module's
+    docstring)."""
+    _ending[:] = [signum]
+
+
+def _end_by_signal() -> None:
+    if _ending:
+        die_by(_ending[0])
+
+
+def die_by(signum: int) -> NoReturn:
+    """End the process now by ``signum``'s default action, its standard streams flushed first.
+    Where a signal cannot end it so (Windows; a signal the platform will not deliver), it exits with
+    the status a shell would show, 128 + the signal's number."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # lost or closed: nothing more to show
+            pass
+    if os.name != "nt":
+        try:
+            signal.signal(signum, signal.SIG_DFL)  # raises outside the main thread: then the exit
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+            os.kill(os.getpid(), signum)
+        except (OSError, ValueError):
+            pass
+    os._exit(128 + int(signum))
 
 
 def _fill_closed_streams() -> None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pdseg_cli.runtime.stop import ignore_stop_signals, stop_signals
+from pdseg_cli.runtime.stop import ignore_stop_signals, note_stop, stop_signals
 
 
 class StopFlag:
@@ -28,8 +28,10 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             if signum == signal.SIGINT and time.monotonic() - self._first > self.ECHO_SECONDS:
+                note_stop(signum)
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
             return
+        note_stop(signum)
         self.requested, self._first = True, time.monotonic()
         self._notify("stopping after this step to save a resumable checkpoint (Ctrl-C again aborts)")
 

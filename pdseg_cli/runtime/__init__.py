@@ -39,7 +39,7 @@ from pdseg_cli.runtime.precision import (
     emulated_precision_note,
     resolve_precision,
 )
-from pdseg_cli.runtime.stop import interrupt_on_stop_signals, stop_signals, stopping
+from pdseg_cli.runtime.stop import interrupt_on_stop_signals, stop_signals, stopped_by, stopping
 from pdseg_cli.runtime.torchrun import (
     DEFAULT_TIMEOUT,
     Backend,
@@ -78,6 +78,7 @@ __all__ = [
     "resolve_precision",
     "set_compute_threads",
     "stop_signals",
+    "stopped_by",
     "stopping",
     "default_threads",
     "other_runnable_tasks",

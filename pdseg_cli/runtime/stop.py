@@ -16,6 +16,10 @@ from typing import Any
 # thread that fails as its work is cut short is then not reported (the command line's thread hook)
 stopping = threading.Event()
 
+# the signal that stopped the command, where a handler of pdseg's noted it (note_stop); none for a
+# Ctrl-C that raised Python's own KeyboardInterrupt
+_stopped_by: list[int] = []
+
 
 def stop_signals() -> tuple[signal.Signals, ...]:
     """SIGTERM, and SIGHUP where the platform has it and the process does not ignore it (``nohup``
@@ -29,7 +33,19 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return tuple(found)
 
 
+def note_stop(signum: int) -> None:
+    """Note the signal a handler is stopping the command for (:func:`stopped_by`)."""
+    _stopped_by[:] = [signum]
+
+
+def stopped_by() -> int:
+    """The signal that stopped the command, the one the process ends by (``console.end_by``): the
+    last one noted by :func:`note_stop`, else SIGINT (a Ctrl-C)."""
+    return _stopped_by[0] if _stopped_by else int(signal.SIGINT)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
+    note_stop(signum)
     raise KeyboardInterrupt
 
 
