@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -203,8 +203,21 @@ def main() -> None:
         if exc.code == EXIT_INTERRUPTED:  # a command that stopped on Ctrl-C or a stop signal
             console.end_by(runtime.stopped_by())
         raise
+    except OSError as exc:  # click's own write of the help to a full disk (commands catch their own)
+        _output_lost(exc)
     finally:
         _exit_at_once_on_stop()
+
+
+def _output_lost(exc: OSError) -> NoReturn:
+    """Standard output cannot be written (`pdseg --help > /dev/full`): one line, exit 1; what is
+    left to print there goes to the null device, so that the exit does not fail on it again."""
+    ui.drop_stream(sys.stdout)
+    ui.error(
+        f"cannot write to standard output ({exc.strerror or exc})",
+        "free some space where the output goes, or send it elsewhere",
+    )
+    raise SystemExit(1) from None
 
 
 _held: list[int] = []  # stop signals that came while the output was drained
@@ -236,11 +249,7 @@ def _exit_at_once_on_stop() -> None:
         except ValueError:  # a stream closed under us: nothing more can be shown
             pass
     if lost is not None:
-        ui.error(
-            f"cannot write to standard output ({lost.strerror or lost})",
-            "free some space where the output goes, or send it elsewhere",
-        )
-        raise SystemExit(1)
+        _output_lost(lost)
     if _held:
         console.die_by(_held[0])
     _set_stop_handlers(_exit_now)

@@ -97,3 +97,16 @@ def test_dev_stdout_is_standard_output_and_the_table_goes_to_stderr(tmp_path: Pa
     assert "pdseg eval" in proc.stderr  # the table
     log = (tmp_path / "log.csv").read_text()
     assert log.startswith("before\nsplit,count,maxF") and log.count("\n") == 3
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"]])
+def test_the_help_to_a_full_disk_is_one_line(args: list[str]) -> None:
+    """click writes the help itself, and a full disk under it was a traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "pdseg_cli", *args], stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: cannot write to standard output (No space left on device)\n")
+    assert "Traceback" not in done.stderr
