@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,22 @@ def test_the_help_to_a_full_disk_is_one_line(args: list[str]) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: cannot write to standard output (No space left on device)\n")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("reader", ["first", "later"])
+def test_a_named_pipe_report_is_read_whole_and_a_wait_is_said(tmp_path: Path, reader: str) -> None:
+    """`--json FIFO`: a reader already there gets the whole report (no trial open that would end its
+    input); with none yet, the run says it waits for one instead of seeming to hang."""
+    split, maps = small_split(tmp_path)
+    fifo = tmp_path / "scores.fifo"
+    os.mkfifo(fifo)
+    read = "cat scores.fifo > got.json"
+    if reader == "first":
+        script = f"{read} & sleep 0.5; {_eval_line('--split', split, '--pred', maps, '--json', fifo)}; wait"
+    else:
+        script = f"(sleep 4; {read}) & {_eval_line('--split', split, '--pred', maps, '--json', fifo)}; wait"
+    proc = _bash(tmp_path, script)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "got.json").read_text())["splits"]["set"]["count"] == 3
+    waited = "waiting for a program to read the named pipe" in proc.stderr
+    assert waited == (reader == "later"), proc.stderr

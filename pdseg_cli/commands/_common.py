@@ -8,10 +8,11 @@ import difflib
 import errno
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import IO, Annotated, Any, TypeVar
 
 import typer
 
@@ -355,6 +356,24 @@ def check_report_path(option: str, path: Path) -> None:
     check_writable_folder(parent, f"{option} {path}")  # a read-only disk said so only after the run
 
 
+def _open_stream(path: Path) -> IO[str]:
+    """Open a character device or a named pipe to write a report into. A named pipe nothing reads
+    yet is said so: opening it waits for a reader, and the run, its work done, seemed to hang. (A
+    trial open that were closed again would end the reader's input: the one open is kept.)"""
+    target = path.expanduser()
+    if hasattr(os, "O_NONBLOCK") and stat.S_ISFIFO(os.stat(target).st_mode):
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            ui.info(f"waiting for a program to read the named pipe {path} (Ctrl-C stops)", essential=True)
+        else:
+            os.set_blocking(fd, True)  # a slow reader must not make a write fail with EAGAIN
+            return open(fd, "w", encoding="utf-8")  # noqa: SIM115
+    return open(target, "w", encoding="utf-8")  # noqa: SIM115
+
+
 def write_report(path: Path, text: str, kind: str) -> None:
     """Write a report to ``path`` atomically, or to standard output for ``-`` (where the command
     then keeps its table and messages on standard error), and say where it went.
@@ -375,7 +394,7 @@ def write_report(path: Path, text: str, kind: str) -> None:
         return
     try:
         if is_stream(path.expanduser()):  # written into, never renamed over (that would replace it)
-            with open(path.expanduser(), "w", encoding="utf-8") as f:
+            with _open_stream(path) as f:
                 f.write(text)
         else:
             write_bytes_atomic(path, text.encode("utf-8"))
