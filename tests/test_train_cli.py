@@ -204,6 +204,14 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path: Path, folders
     if "tensorboard" in written:  # one writer: rank 0's single event file
         assert len(list((out / "tensorboard").iterdir())) == 1
 
+    # resumed on one process, its schedule (decaying to 0 at step 2 of 2-process steps) and its
+    # place in the epoch would be counted at the other rate: refused, both ways on named
+    alone = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out)])
+    assert alone.exit_code == 2, alone.output
+    text = flat(alone.output)
+    assert "was trained with 2 processes, and this resume has 1" in text, text
+    assert "resume with 2 processes (torchrun --nproc-per-node 2)" in text and "--init" in text
+
 
 def test_cli_disk_full_is_a_one_line_error_naming_the_file(
     tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch

@@ -20,7 +20,7 @@ from pdseg_cli.data.images import check_writable_folder
 from pdseg_cli.engine.train_checkpoints import LAST_NAME, read_train_state, resume_parts
 from pdseg_cli.engine.train_config import CONFIG, TRAJECTORY_FIELDS, TrainConfig
 from pdseg_cli.engine.train_context import RunContext
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, counted
 
 if TYPE_CHECKING:  # tensorboard is an optional package
     from torch.utils.tensorboard import SummaryWriter
@@ -202,13 +202,12 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
     changed (the run continues, but differently), and say where best.pt starts when validation
     is added to a run that had none."""
     refuse_other_settings(ctx.cfg, state)
-    soft = []
-    if state["world_size"] != ctx.env.world_size:
-        soft.append(f"{state['world_size']} -> {ctx.env.world_size} processes")
+    _refuse_other_world_size(ctx, int(state["world_size"]))
     if state["precision"] != ctx.precision:
-        soft.append(f"precision {state['precision']} -> {ctx.precision}")
-    if soft:
-        ctx.notice(f"resuming with {', '.join(soft)}: the result will differ from an uninterrupted run")
+        ctx.notice(
+            f"resuming with precision {state['precision']} -> {ctx.precision}: the result will differ "
+            "from an uninterrupted run"
+        )
     cfg = ctx.cfg
     if cfg.val_dir is not None and cfg.val_every != 0 and validated_on(cfg.out, state) is None:
         # every score best.pt is chosen by comes from this one folder: honest, but only from here on
@@ -216,6 +215,30 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
             f"--val {shown(cfg.val_dir)}: the run has not validated before, so best.pt is chosen among "
             f"the epochs from {int(state['epoch']) + 1} on"
         )
+
+
+def _refuse_other_world_size(ctx: RunContext, before: int) -> None:
+    """Refuse to resume with another number of processes. A step is one batch per process, so the
+    run's step count, its learning-rate schedule (decaying to 0 at the planned last step) and its
+    place in the interrupted epoch are all counted at the old rate: resumed 2 -> 1, the run ended
+    with the learning rate at a third of its peak; 1 -> 2, it trained its last epoch at 0.
+
+    Raises:
+        InputError: naming both counts, with the two ways on.
+    """
+    now = ctx.env.world_size
+    if before == now:
+        return
+    last = shown(ctx.cfg.out / LAST_NAME)
+    same = f"with {before} processes (torchrun --nproc-per-node {before})"
+    if before == 1:
+        same = "without torchrun"
+    raise InputError(
+        f"{shown(ctx.cfg.out)} was trained with {counted(before, 'process', 'processes')}, and this "
+        f"resume has {now}: its learning-rate schedule and its place in the epoch count steps of "
+        f"{before}",
+        hint=f"resume {same}, or start a new run from its weights: --init {last} --out another folder",
+    )
 
 
 def _plain_number(value: Any) -> Any:
