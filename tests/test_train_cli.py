@@ -324,3 +324,22 @@ def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(
     extended = runner.invoke(app, ["train", "--epochs", "2", "--resume", "--out", str(run), "--workers", "0"])
     assert extended.exit_code == 0, extended.output
     assert json.loads((run / "config.json").read_text())["resolved"]["init"] == init  # still the run's start
+
+
+def test_the_recipe_and_threads_are_recorded_and_a_thread_change_is_said(
+    tmp_path: Path, folders: dict[str, Path]
+) -> None:
+    """Two runs that differed only in --lr or --zoom had the same provenance; and on a CPU the same
+    seed gives the same weights only with the same thread count, which nothing recorded."""
+    out = tmp_path / "run"
+    args = [*tiny_args(out, folders), "--val-every", "0", "--lr", "0.001", "--zoom", "0.5", "--threads", "1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    recipe = torch.load(out / "last.pt", weights_only=True)["provenance"]["recipe"]
+    assert recipe["lr"] == 0.001 and recipe["augment"]["zoom"] == 0.5 and recipe["planned_epochs"] == 1
+    assert recipe["threads"] == 1 and recipe["total_steps"] == 2 and recipe["backbone_weights"] is None
+    assert json.loads((out / "config.json").read_text())["resolved"]["threads"] == 1
+
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out), "--threads", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "1 -> 2 compute threads (pass --threads 1 to keep them)" in flat(resumed.output)

@@ -203,11 +203,14 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
     is added to a run that had none."""
     refuse_other_settings(ctx.cfg, state)
     _refuse_other_world_size(ctx, int(state["world_size"]))
+    soft = []
     if state["precision"] != ctx.precision:
-        ctx.notice(
-            f"resuming with precision {state['precision']} -> {ctx.precision}: the result will differ "
-            "from an uninterrupted run"
-        )
+        soft.append(f"precision {state['precision']} -> {ctx.precision}")
+    threads, now = state.get("threads"), torch.get_num_threads()  # recorded since 2026-12-06
+    if threads is not None and threads != now and ctx.device.type == "cpu":
+        soft.append(f"{threads} -> {now} compute threads (pass --threads {threads} to keep them)")
+    if soft:
+        ctx.notice(f"resuming with {'; '.join(soft)}: the result will differ from an uninterrupted run")
     cfg = ctx.cfg
     if cfg.val_dir is not None and cfg.val_every != 0 and validated_on(cfg.out, state) is None:
         # every score best.pt is chosen by comes from this one folder: honest, but only from here on

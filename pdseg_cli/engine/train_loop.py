@@ -14,9 +14,11 @@ from torch import nn
 
 from pdseg_cli import runtime
 from pdseg_cli.data import transforms
+from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.train_checkpoints import STATE_VERSION, write_checkpoint
 from pdseg_cli.engine.train_context import RunContext
+from pdseg_cli.engine.train_data import augment_config
 from pdseg_cli.engine.train_events import TrainingDiverged, TrainResult
 from pdseg_cli.engine.train_folder import BEST, LAST, RESULTS, write_rows
 from pdseg_cli.engine.train_rng import rng_state
@@ -246,7 +248,36 @@ def _provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
         "supervision": cfg.supervision,
         "precision": ctx.precision,
         "weights": "ema",
+        "recipe": _recipe(run),
         **{column: last.get(column) for column in VAL_COLUMNS},  # at the training size
+    }
+
+
+def _recipe(run: TrainRun) -> dict[str, Any]:
+    """The settings besides data, size, batch and seed that change the weights a run makes: two
+    runs that differ only in these (say --lr or --zoom) had the same provenance. The compute
+    threads too: on a CPU the same seed gives the same weights only with the same thread count
+    (the order of float sums), and the default follows the machine's load."""
+    cfg, plan = run.ctx.cfg, run.plan
+    augment = augment_config(cfg)
+    backbone = None
+    if cfg.backbone_weights is not None:
+        path = cfg.backbone_weights.resolve()
+        backbone = {"path": str(path), "sha256": file_sha256(path)}
+    return {
+        "lr": cfg.lr,
+        "decoder_lr_mult": cfg.decoder_lr_mult,
+        "weight_decay": cfg.weight_decay,
+        "warmup": plan.warmup,
+        "planned_epochs": cfg.epochs,
+        "total_steps": plan.total_steps,
+        "ema_decay": plan.ema_decay,
+        "ema_tau": plan.ema_tau,
+        "clip_grad": cfg.clip_grad,
+        "augment": None if augment is None else dataclasses.asdict(augment),
+        "max_unsure": cfg.max_unsure,
+        "backbone_weights": backbone,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -271,6 +302,7 @@ def _save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | 
         "warmup": plan.warmup,
         "world_size": ctx.env.world_size,
         "precision": ctx.precision,
+        "threads": torch.get_num_threads(),  # --resume says when it changes (the sums' order)
         "model": run.model.state_dict(),
         "ema": run.ema.state_dict(),
         "optimizer": run.optimizer.state_dict(),

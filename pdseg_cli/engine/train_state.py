@@ -465,6 +465,7 @@ def _resolved_config(
         "warmup": plan.warmup,
         "ema_decay": plan.ema_decay,
         "ema_tau": plan.ema_tau,
+        "threads": torch.get_num_threads(),  # a CPU run's weights depend on it (the order of float sums)
         "cache_dir": str(cache_root(cfg)) if cfg.cache == "disk" else None,
         "augment": None if (augment := augment_config(cfg)) is None else asdict(augment),
         "model": model.config.to_dict(),
