@@ -13,6 +13,7 @@ to the next file at each Ctrl-C.
 from __future__ import annotations
 
 import atexit
+import codecs
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ def main() -> None:
     """Import the CLI and run it; a Ctrl-C while importing ends with one line, by SIGINT."""
     _fill_closed_streams()
     _replace_what_cannot_be_shown()
+    _drop_unusable_sizes()
     # registered first, so it runs last: after the other exit handlers (worker pools, temporary
     # files), with only the interpreter's own teardown left, which the signal cuts short
     atexit.register(_end_by_signal)
@@ -86,21 +88,46 @@ def _fill_closed_streams() -> None:
         setattr(sys, name, open(fd, mode, closefd=False, errors=errors))  # noqa: SIM115
 
 
+_SHOWN = "pdseg-shown"  # the error handler below, for streams pdseg prints to
+
+
+def _shown(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """What a stream writes for a character its encoding cannot: a name's byte that is not UTF-8
+    (read from the file system as a lone surrogate, ``\\udce9``) as that byte again, as ``ls`` writes
+    it into a pipe, so `--csv -` gives back the folder's own name; any other character as "?"."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    char = exc.object[exc.start]
+    if "\udc80" <= char <= "\udcff":
+        return bytes([ord(char) - 0xDC00]), exc.start + 1
+    return "?", exc.start + 1
+
+
+codecs.register_error(_SHOWN, _shown)
+
+
 def _replace_what_cannot_be_shown() -> None:
     """Let a terminal or file whose encoding lacks a character pdseg prints (the "·" between
-    settings, "→", a table's box lines; ``PYTHONIOENCODING=ascii``, a legacy Windows code page)
-    show "?" for it: the command stopped with a UnicodeEncodeError, after its work, before saying
-    what it did."""
+    settings, "→", a table's box lines; ``PYTHONIOENCODING=ascii``, ``LC_ALL=C``, a legacy Windows
+    code page) show "?" for it, and a name that is not UTF-8 its own bytes (:func:`_shown`): the
+    command stopped with a UnicodeEncodeError, after its work, before saying what it did. Python's
+    strict UTF-8 stdout (``PYTHONIOENCODING=utf-8``, a UTF-8 locale) raised on such a name, and its
+    surrogateescape (the C locale) on the "·"."""
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # absent on a replaced stream
-        # only a stream that would raise: stderr's backslashreplace, or surrogateescape, says more
-        strict = getattr(stream, "errors", None) == "strict"
-        if (
-            reconfigure is not None
-            and strict
-            and "utf" not in (getattr(stream, "encoding", "") or "").lower()
-        ):
+        # stderr's backslashreplace never raises, and says more than a "?"
+        if reconfigure is not None and getattr(stream, "errors", None) in ("strict", "surrogateescape"):
             try:
-                reconfigure(errors="replace")
+                reconfigure(errors=_SHOWN)
             except (ValueError, OSError):
                 pass
+
+
+def _drop_unusable_sizes() -> None:
+    """Forget a terminal size in the environment that is not a positive number (``COLUMNS=0``):
+    rich, typer's help among it, drew everything 0 columns wide, and printed nothing at all, error
+    lines included. Without it, the terminal's own size applies, or 80 columns where there is none."""
+    for name in ("COLUMNS", "LINES", "TERMINAL_WIDTH"):  # TERMINAL_WIDTH: typer's help width
+        value = os.environ.get(name)
+        if value is not None and not (value.isascii() and value.isdigit() and int(value) > 0):
+            del os.environ[name]

@@ -130,7 +130,7 @@ def test_names_and_metadata_never_reach_the_terminal_as_control_codes(tmp_path: 
 
     nasty = "z\x1b[2J\x1b]0;TITLE\x1b\\ [bold]x[/]"
     assert printable(nasty) == "z\\x1b[2J\\x1b]0;TITLE\\x1b\\ [bold]x[/]"
-    assert printable("a\tb\nc é") == "a\tb\nc é"
+    assert printable("a\tb\nc é") == "a\\tb\\nc é"  # one line, every character seen
     folder = tmp_path / "in"
     folder.mkdir()
     named = folder / "z\x1b[2J\x1b]0;TITLE\x1b\\ [bold]x.png"  # a file name holds no "/"

@@ -356,6 +356,12 @@ def check_report_path(option: str, path: Path) -> None:
     check_writable_folder(parent, f"{option} {path}")  # a read-only disk said so only after the run
 
 
+# A name read from the file system that is not UTF-8 holds lone surrogates (Python's
+# surrogateescape): written back as the bytes they stand for, a report names the folder as it is on
+# disk. Strict UTF-8 raised after the scoring, and the report was lost.
+_NAME_BYTES = "surrogateescape"
+
+
 def _open_stream(path: Path) -> IO[str]:
     """Open a character device or a named pipe to write a report into. A named pipe nothing reads
     yet is said so: opening it waits for a reader, and the run, its work done, seemed to hang. (A
@@ -370,8 +376,8 @@ def _open_stream(path: Path) -> IO[str]:
             ui.info(f"waiting for a program to read the named pipe {path} (Ctrl-C stops)", essential=True)
         else:
             os.set_blocking(fd, True)  # a slow reader must not make a write fail with EAGAIN
-            return open(fd, "w", encoding="utf-8")  # noqa: SIM115
-    return open(target, "w", encoding="utf-8")  # noqa: SIM115
+            return open(fd, "w", encoding="utf-8", errors=_NAME_BYTES)  # noqa: SIM115
+    return open(target, "w", encoding="utf-8", errors=_NAME_BYTES)  # noqa: SIM115
 
 
 def write_report(path: Path, text: str, kind: str) -> None:
@@ -384,20 +390,14 @@ def write_report(path: Path, text: str, kind: str) -> None:
     from pdseg_cli.data.images import write_bytes_atomic
 
     if is_stdout(path):
-        try:
-            typer.echo(text, nl=False)
-            sys.stdout.flush()  # here, where a reader that has gone is met, not at exit
-        except BrokenPipeError:
-            # `pdseg eval --csv - | head -1`: the reader took what it wanted; the rest of the
-            # output goes nowhere, the other reports are still written, and the status is the run's
-            ui.drop_stream(sys.stdout)
+        ui.plain(text)
         return
     try:
         if is_stream(path.expanduser()):  # written into, never renamed over (that would replace it)
             with _open_stream(path) as f:
                 f.write(text)
         else:
-            write_bytes_atomic(path, text.encode("utf-8"))
+            write_bytes_atomic(path, text.encode("utf-8", _NAME_BYTES))
     except OSError as exc:
         locked = isinstance(exc, PermissionError)  # or, on Windows, open in a spreadsheet
         raise RunFailed(

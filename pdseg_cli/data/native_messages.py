@@ -96,6 +96,14 @@ class _Router:
             self.open.pop(token, None)  # only if the reader never saw the end mark
             return self.finished.pop(token, Messages())
 
+    def sync(self) -> None:
+        """Return once the reader has forwarded what was written to fd 2 before: an end mark for a
+        token no decode began comes back as nothing but the event."""
+        token = next(self.tokens)
+        with self.lock:
+            self.done[token] = threading.Event()
+        self.end(token)
+
     # -- the reader thread -------------------------------------------------------------------
 
     def _read(self) -> None:
@@ -218,6 +226,16 @@ def routed() -> Iterator[None]:
         os.environ.pop(_INHERIT, None)
         router, _router = _router, None
         router.close()
+
+
+def drain() -> None:
+    """Wait (two seconds at most) until what this process wrote to standard error so far has
+    reached the real one, before writing to standard output: a progress bar's last frame and its
+    clearing otherwise came after the table that followed them (one terminal, two paths to it)."""
+    router = _router
+    if router is not None:
+        sys.stderr.flush()
+        router.sync()
 
 
 def route_worker() -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -47,9 +49,21 @@ class _Console(Console):
         drop_stream(self.file)
 
 
-# stdout for results (tables), stderr for progress, warnings and errors
-console = _Console(highlight=False)
-err_console = _Console(stderr=True, highlight=False)
+# stdout for results (tables), stderr for progress, warnings and errors. No emoji: a file named
+# `shot:100:.jpg` was shown as `shot💯.jpg` (pdseg's own text uses no shortcodes)
+console = _Console(highlight=False, emoji=False)
+err_console = _Console(stderr=True, highlight=False, emoji=False)
+
+
+def plain(text: str) -> None:
+    """Write ``text`` (a JSON or CSV report) to stdout as it is: no markup, colour (``FORCE_COLOR``)
+    or wrapping, every character kept. A reader that has gone (`| head -1`) took what it wanted: the
+    rest goes nowhere, and the status is the run's."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()  # here, where a reader that has gone is met, not at exit
+    except BrokenPipeError:
+        drop_stream(sys.stdout)
 
 
 def error(message: str, hint: str | None = None) -> None:
@@ -93,15 +107,28 @@ def _escape(text: str) -> str:
     return escape(printable(text))
 
 
-# Control characters other than newline and tab: ESC starts terminal escape sequences (colours, a
-# cleared screen, the window title, OSC 8 links), and file names, model metadata and provenance
-# can hold them. Shown as \x1b and so on, they are seen, never obeyed.
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+# What a name is shown with escaped: control characters (ESC starts terminal escape sequences:
+# colours, a cleared screen, the window title, OSC 8 links; a newline or tab split an error line, and
+# `grep '^error:'` missed the file), format characters (a right-to-left override reverses what
+# follows, a zero-width space cannot be seen), line and paragraph separators, and surrogates.
+# File names, model metadata and provenance can hold them. Shown as \x1b, \n, \u202e, they are
+# seen, never obeyed.
+_HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
 
 def printable(text: str) -> str:
-    """``text`` with its control characters (all but newline and tab) written out as ``\\x1b``."""
-    return text.translate(_CONTROLS)
+    """``text`` on one line with nothing hidden: control and format characters written out
+    (``\\x1b``, ``\\n``, ``\\t``, ``\\u202e``), and a byte of a name that is not UTF-8 (a lone
+    surrogate, ``\\udce9``) as the byte ``\\xe9``."""
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(_escaped(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # Python's surrogateescape of the byte 0x80-0xff
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def table(
@@ -116,17 +143,22 @@ def table(
 ) -> None:
     """Print a table on stdout (``stderr``: on standard error, when stdout carries a report such as
     ``--json -``); numeric columns are right-justified. ``literal`` cells are shown as
-    they are (file names and provenance: no markup read into brackets, long values folded onto
-    more lines rather than cut, so a hash can be copied whole). None under ``--quiet``."""
+    they are (file names and provenance: long values folded onto more lines rather than cut, so a
+    hash can be copied whole). No markup is read in the title, caption or cells: they hold paths,
+    where `[red]` vanished and `[/]` stopped the command after its work. A caption's lines are
+    its ``\\n``-separated parts. None under ``--quiet``."""
     if _quiet:
         return
-    title = printable(title) if title else title
-    t = Table(title=Text(title) if literal and title else title, caption=caption, title_justify="left")
+    t = Table(
+        title=Text(printable(title)) if title else None,
+        caption=Text("\n".join(map(printable, caption.split("\n")))) if caption else None,
+        title_justify="left",
+    )
     numeric = numeric or [False] * len(columns)
     for name, is_num in zip(columns, numeric, strict=True):
         t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num and not literal)
     for row in rows:
-        t.add_row(*(Text(printable(str(v)), overflow="fold") if literal else printable(str(v)) for v in row))
+        t.add_row(*(Text(printable(str(v)), overflow="fold" if literal else None) for v in row))
     (err_console if stderr else console).print(t)
 
 
@@ -135,8 +167,26 @@ def pin_terminal() -> None:
     ``data.native_messages.routed`` turns file descriptor 2 into a pipe (whose reader forwards to
     this same terminal): after that, stderr no longer looks like a terminal, and rich would draw
     no progress bar."""
-    global err_console
-    err_console = _Console(stderr=True, highlight=False, force_terminal=err_console.is_terminal)
+    global err_console, _stderr_is_terminal
+    _stderr_is_terminal = _is_terminal(sys.stderr)
+    err_console = _Console(stderr=True, highlight=False, emoji=False, force_terminal=err_console.is_terminal)
+
+
+_stderr_is_terminal: bool | None = None  # as pin_terminal found it, before fd 2 became a pipe
+
+
+def _live_bar() -> bool:
+    """Whether stderr really is a terminal, where a bar can be redrawn in place. Not rich's
+    ``is_terminal``: ``FORCE_COLOR`` makes that true for a log file too, which then got some ten
+    frames a second, and ``PDSEG_PROGRESS=1`` was ignored. (Colour still follows ``FORCE_COLOR``.)"""
+    return _is_terminal(err_console.file) if _stderr_is_terminal is None else _stderr_is_terminal
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return False
 
 
 @contextlib.contextmanager
@@ -153,14 +203,16 @@ def progress_bar(
     if _quiet:
         yield lambda n=1, **values: None
         return
-    if os.environ.get("PDSEG_PROGRESS") == "1" and not err_console.is_terminal:
+    live = _live_bar()
+    if os.environ.get("PDSEG_PROGRESS") == "1" and not live:
         with log_progress(description, total, unit=unit, fields=fields) as advance:
             yield advance
         return
     extra = [TextColumn("{task.fields[extra]}")] if fields else []
     prog = Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        # the description may hold a folder's name: no markup or emoji read in it
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
@@ -169,19 +221,26 @@ def progress_bar(
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
-        disable=not err_console.is_terminal,
+        disable=not live,
     )
-    with prog:
-        # the description may hold a folder's name: no markup read in it, no control codes sent
-        task = prog.add_task(_escape(description), total=total, rate="", extra="")
+    try:
+        with prog:
+            task = prog.add_task(printable(description), total=total, rate="", extra="")
 
-        def advance(n: int = 1, **values: Any) -> None:
-            t = prog.tasks[task]
-            elapsed = t.elapsed or 0.0
-            rate = (t.completed + n) / elapsed if elapsed > 0 else 0.0
-            prog.update(task, advance=n, rate=f"{rate:.2f} {unit}/s", extra=_field_text(values, fields))
+            def advance(n: int = 1, **values: Any) -> None:
+                t = prog.tasks[task]
+                elapsed = t.elapsed or 0.0
+                rate = (t.completed + n) / elapsed if elapsed > 0 else 0.0
+                prog.update(task, advance=n, rate=f"{rate:.2f} {unit}/s", extra=_field_text(values, fields))
 
-        yield advance
+            yield advance
+    finally:
+        if live:
+            # the bar's last frame and its clearing pass through native_messages' pipe; a table
+            # printed straight to stdout next overtook them, and a stale frame stayed on its title
+            from pdseg_cli.data import native_messages
+
+            native_messages.drain()
 
 
 LOG_EVERY_S = 30.0  # a line at most this often, and at each tenth of the work, for a log file

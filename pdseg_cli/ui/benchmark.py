@@ -96,5 +96,7 @@ def partial(report: Any, *, json_out: bool = False) -> None:
 
 
 def as_json(report: Any) -> None:
-    """The report as JSON on stdout (every timed run included)."""
-    ui.console.print_json(json.dumps(dataclasses.asdict(report)))
+    """The report as JSON on stdout (every timed run included): plain text, as eval's ``--json -``;
+    ASCII, so that any stdout encoding carries its paths unchanged. (rich's ``print_json`` added
+    colour codes under ``FORCE_COLOR`` and wrote a path as ``caf?.pt`` to an ASCII stdout.)"""
+    ui.plain(json.dumps(dataclasses.asdict(report), indent=2) + "\n")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
@@ -105,15 +106,33 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
         if pooled.missing:
             line += f"; its splits leave out {counted(pooled.missing, 'GT mask')} (--allow-missing)"
         caption.append(line)
+    out = ui.err_console if table_on_stderr else ui.console
+    header = ["split", "images", *(m.label for m in TABLE_METRICS)]
+    # a split's name is the user's folder name: no markup read in it, no control codes
+    cells = [header, *([ui.printable(cell) for cell in row] for row in rows)]
+    widths = [max(cell_len(row[i]) for row in cells) for i in range(len(header))]
+    # A long name folds onto more lines; a number is never cut (every score showed as "0…" beside a
+    # long name). Too narrow even so (60 columns), the table drops its outer edges and their padding
+    # (4 columns); narrower still, it is drawn wider than the terminal, which wraps its lines.
+    name_min = min(widths[0], len("split"))
+    need = name_min + sum(widths[1:]) + 3 * len(widths) + 1  # a rule and two spaces a column
+    edges = need <= out.width
     table = Table(
-        title="pdseg eval", title_justify="left", caption="\n".join(caption), caption_justify="left"
+        title="pdseg eval",
+        title_justify="left",
+        caption=Text("\n".join(map(ui.printable, caption))),  # split names: no markup read in them
+        caption_justify="left",
+        show_edge=edges,
+        pad_edge=edges,
+        width=None if need - 4 <= out.width else need - 4,
     )
-    for i, column in enumerate(["split", "images", *(m.label for m in TABLE_METRICS)]):
-        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in rows:  # a split's name is the user's folder name: no markup read in it, no control codes
-        table.add_row(*(Text(ui.printable(cell)) for cell in row))
+    table.add_column(header[0], overflow="fold", min_width=name_min)
+    for column, width in zip(header[1:], widths[1:], strict=True):
+        table.add_column(column, justify="right", no_wrap=True, min_width=width)
+    for row in cells[1:]:
+        table.add_row(*map(Text, row))
     if not ui.is_quiet():
-        (ui.err_console if table_on_stderr else ui.console).print(table)
+        out.print(table, crop=False)
     notes(report)
 
 
