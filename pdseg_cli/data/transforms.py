@@ -21,6 +21,7 @@ thresholds the byte at > 128, i.e. ``p > 129/255``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -51,10 +52,13 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
             (by their values: :func:`float_range`; NaN and negatives become 0, values over the
             full scale 255).
 
+        A PIL image is taken too: in a mode whose samples are gray, RGB or RGBA values, as they are;
+            in any other (palette, CMYK, YCbCr, LA...) converted to RGB first.
+
     Raises:
-        ValueError: not an image shape.
+        ValueError: not an image shape, or a PIL mode Pillow cannot convert to RGB.
     """
-    image = np.asarray(image)
+    image = np.asarray(_from_pil(image))
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 2:
@@ -65,6 +69,8 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"the image is empty: shape {image.shape}")
+    if not image.dtype.isnative:  # big-endian 16-bit (PIL's "I;16B") is uint16 by its range too
+        image = image.astype(image.dtype.newbyteorder("="))
     dtype = image.dtype
     if dtype == np.uint8:
         return image.astype(np.float32)
@@ -82,6 +88,30 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         np.clip(x, 0.0, 255.0, out=x)  # the few samples over the full scale (float_range)
         return x
     raise ValueError(f"unsupported image dtype {dtype}")
+
+
+# PIL modes whose array is read right above: gray (1-bit, 8-bit, 16-bit in either byte order, 32-bit
+# int and float) and RGB(A/X). Any other mode's array holds something else: palette indices ("P"),
+# ink amounts ("CMYK": read as RGBA), another colour space ("YCbCr", "LAB", "HSV") or gray with
+# alpha ("LA": two channels).
+_PIL_MODES_AS_THEY_ARE = frozenset(
+    {"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "RGB", "RGBA", "RGBX"}
+)
+
+
+def _from_pil(image: Any) -> Any:
+    """``image`` itself, or for a PIL image in a mode not read right as an array, its RGB conversion.
+
+    PIL is not a dependency: it is looked for only among the modules already imported (a PIL image
+    cannot exist without them).
+    """
+    pil = sys.modules.get("PIL.Image")
+    if pil is None or not isinstance(image, pil.Image) or image.mode in _PIL_MODES_AS_THEY_ARE:
+        return image
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:  # e.g. "LAB": Pillow converts it only through a colour profile
+        raise ValueError(f"cannot read a PIL image in mode {image.mode!r} as RGB ({exc})") from None
 
 
 def float_range(image: np.ndarray) -> float:

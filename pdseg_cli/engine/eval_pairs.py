@@ -135,7 +135,16 @@ def plan_pairs(
     used = set(matched.values())
     missing = sorted(stem for stem in gts if stem not in matched)
     unmatched = sorted(stem for stem in preds if stem not in used)
-    return PairPlan(name or gt_dir.parent.name or gt_dir.name, gt_dir, pred_dir, pairs, missing, unmatched)
+    return PairPlan(name or split_name(gt_dir), gt_dir, pred_dir, pairs, missing, unmatched)
+
+
+def split_name(gt_dir: Path) -> str:
+    """The default name of the split whose masks are in ``gt_dir``: its parent folder's (``DIS-TE1``
+    for ``DIS5K/DIS-TE1/gt``), however the path is spelled (``gt`` run from that folder, ``gt/``,
+    ``./gt``, ``..``). Made absolute without following links: a masks folder linked in from
+    elsewhere keeps the name of the folder it was given in."""
+    folder = Path(os.path.abspath(gt_dir))
+    return folder.parent.name or folder.name
 
 
 def _match_stems(gts: Mapping[str, Path], preds: Mapping[str, Path]) -> dict[str, str]:

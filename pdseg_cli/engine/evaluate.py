@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import multiprocessing
 import numbers
 import os
 import platform
@@ -300,6 +301,7 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
     # while the pool starts is held, and raised here once the tasks are handed over (signals_held).
     stopping.clear()  # a failure of an earlier call in this process is over
     executor = None
+    futures: list[Any] = []
     completed = False
     try:
         with signals_held() as block_again:
@@ -315,9 +317,15 @@ def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs:
     finally:
         if executor is not None and completed:  # the workers end now, not at exit: a process
             executor.shutdown(wait=True)  # stopped then left them orphaned
-        elif executor is not None:  # interrupted, or a worker failed: no work left running behind
-            stopping.set()  # loky's own threads may fail as the pool is torn down: not news
-            executor.shutdown(wait=False, kill_workers=True)
+        elif executor is not None:  # interrupted, or a worker failed: no new image is started
+            stopping.set()  # a background thread failing from now on is the stop's: not news
+            # The images not started are cancelled and the workers end after the one each is on.
+            # Not kill_workers=True: loky's manager thread then failed on the cancelled images'
+            # queued ids (a KeyError traceback on the caller's stderr) and the killed workers left
+            # semaphores behind (the resource tracker's "leaked semlock" warning at exit).
+            for future in futures:
+                future.cancel()
+            executor.shutdown(wait=False)
 
 
 def _start_resource_trackers() -> None:
@@ -380,7 +388,7 @@ def check_jobs(jobs: int, spelled: str, default: str = "the idle cores") -> None
 
 def resolve_jobs(jobs: int | None) -> int:
     """Worker processes for ``jobs``: None or 0 the idle cores (:func:`default_jobs`), -1 all cores,
-    -2 all but one, N as given.
+    -2 all but one, N as given; 1 (in this process) in a daemonic process, which cannot start any.
 
     Raises:
         TypeError: ``jobs`` is not None or an int.
@@ -389,9 +397,14 @@ def resolve_jobs(jobs: int | None) -> int:
     """
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral)):
         raise TypeError(f"jobs must be an int or None, not {jobs!r}")
+    if jobs is not None and jobs != 0:
+        check_jobs(jobs, "jobs=")
+    if multiprocessing.current_process().daemon:
+        # a multiprocessing.Pool worker may start no processes of its own (multiprocessing
+        # asserts "daemonic processes are not allowed to have children"): it scores in-process
+        return 1
     if jobs is None or jobs == 0:
         return default_jobs()
-    check_jobs(jobs, "jobs=")
     if jobs < 0:  # -1 all cores, -2 all but one (asked for, so not load-aware)
         return max(1, all_cores() + 1 + jobs)
     return int(jobs)

@@ -74,6 +74,7 @@ from pdseg_cli.errors import (
 )
 from pdseg_cli.model.build import load_model, save_checkpoint, train_side
 from pdseg_cli.runtime.precision import emulated_precision_note
+from pdseg_cli.runtime.quiet_warnings import recording_warnings
 from pdseg_cli.weights import CHECKPOINT_SUFFIXES, SUFFIX_FORMATS
 
 FORMATS = ("onnx", "torchscript", "checkpoint")
@@ -320,7 +321,7 @@ def format_for(out: str | Path, fmt: str | None) -> str:
             the name is an image's or a data file's (``.jpg``, ``.json``).
     """
     # a str keeps the trailing slash that Path drops: `--out exports/` for a folder not made yet
-    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+    if str(out).endswith(("/", os.sep)) or Path(out).expanduser().is_dir():
         name = "pdseg" + _EXTENSIONS.get(str(fmt), ".onnx")
         raise InputError(
             f"--out {out} is a folder, and export writes one file",
@@ -446,7 +447,7 @@ def export_model(
             raise InputError(f"bad check shape {s}", hint="give (B, 3, H, W)")
     tol = tolerance if tolerance is not None else (FP16_TOLERANCE if half else FP32_TOLERANCE)
     step = on_step or (lambda _msg: None)
-    out = Path(out)
+    out = Path(out).expanduser()
     if out.is_dir():
         raise InputError(f"--out {out} is a folder", hint="give a file name, e.g. model.onnx")
     check_writable_folder(out.parent, f"--out {out}")  # created if missing, as predict and train do
@@ -586,7 +587,7 @@ def export_checkpoint(
     """
     from pdseg_cli.data.teacher import file_sha256
 
-    weights, out = Path(weights), Path(out)
+    weights, out = Path(weights).expanduser(), Path(out).expanduser()
     if fmt is None:  # the name decides, as for `pdseg export --out`
         fmt = format_for(out, None)
     fmt = _checked_options(fmt, **options)  # before the (slow) model load
@@ -709,8 +710,7 @@ def _export_onnx(
 ) -> tuple[str, ...]:
     buffer = io.BytesIO()
     axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
+    with recording_warnings() as caught, torch.no_grad():
         torch.onnx.export(
             graph,
             (_trace_input(),),
@@ -801,8 +801,7 @@ def _write_checkpoint(model: nn.Module, path: Path, metadata: ExportMetadata, ha
 
 def _export_torchscript(graph: nn.Module, path: Path, metadata: ExportMetadata) -> tuple[str, ...]:
     x = _trace_input()
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
+    with recording_warnings() as caught, torch.no_grad():
         traced = torch.jit.trace_module(
             graph, {"forward": (x,), OUTPUT_LOGITS: (x,)}, check_trace=False, _store_inputs=False
         )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from pdseg_cli.engine.onnx_spec import (
 from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, clip_words, first_line
 from pdseg_cli.model.build import starts_like_onnx, weights_line
 from pdseg_cli.runtime.memory import is_out_of_memory
+from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
 from pdseg_cli.weights import SUFFIX_FORMATS
 
 ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
@@ -334,7 +334,7 @@ class OnnxModel(_ExportedModel):
         threads: int | None = None,
         spec: str | None = None,
     ):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self.device = torch.device(device)
         ort = require_onnxruntime()
         if not self.path.is_file():
@@ -573,7 +573,7 @@ class TorchScriptModel(_ExportedModel):
     format = "torchscript"
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", *, written_here: bool = False):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self.device = torch.device(device)
         if not self.path.is_file():
             raise WeightsError(f"{self.path} does not exist")
@@ -581,8 +581,8 @@ class TorchScriptModel(_ExportedModel):
             refuse_misnamed_torchscript(self.path)
         extra = {TORCHSCRIPT_METADATA_FILE: ""}
         try:
-            with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit.load; it still works
-                warnings.simplefilter("ignore", DeprecationWarning)
+            # torch 2.13 deprecates torch.jit.load; it still works
+            with ignoring_warnings(DeprecationWarning):
                 self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra)
         except Exception as exc:  # torch raises RuntimeError with long C++ traces for bad archives
             raise _unreadable(self.path, "torchscript", exc) from None
@@ -718,7 +718,7 @@ def detect_format(path: str | Path) -> str:
     TorchScript loader and anything else to the checkpoint loader (old-style pickles), so that the
     loader the name promises gives the error message.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

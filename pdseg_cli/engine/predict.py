@@ -160,7 +160,7 @@ class Predictor:
         if isinstance(weights, nn.Module):
             kind = "module"
         else:
-            self.weights_path = Path(weights) if weights is not None else default_weights()
+            self.weights_path = Path(weights).expanduser() if weights is not None else default_weights()
             # before sniffing the format: the file, or what to give instead of a folder
             check_weights_file(self.weights_path, "weights", MODEL_SUFFIXES)
             kind = detect_format(self.weights_path)
@@ -261,7 +261,8 @@ class Predictor:
             image: (H, W, 3) RGB (or (H, W) gray, (H, W, 4) RGBA with alpha ignored). uint8 is
                 0..255 and uint16 0..65535 by their type; bool, float and other integer samples go
                 by their values (0..1, 0..255 or 0..65535); negative values read as 0 (see
-                ``pdseg_cli.data.transforms.to_float_rgb``).
+                ``pdseg_cli.data.transforms.to_float_rgb``). A PIL image in any mode Pillow can
+                convert to RGB (palette, CMYK, gray with alpha...) is taken too.
             threshold: None for the soft map ``floor(255 sigmoid)``; T in (0, 1) for 0/255 at
                 ``sigmoid >= T``.
 

@@ -198,6 +198,7 @@ class _FolderRun:
         self.writers = ThreadPoolExecutor(n_write, thread_name_prefix="pdseg-write")
         self.reads: collections.deque[Future[_Prepared]] = collections.deque()
         self.writes: collections.deque[Future[FileResult]] = collections.deque()
+        self.reported: Future[FileResult] | None = None  # the write last counted by collect_writes
         self.todo = iter(plan.todo)
 
     def run(self) -> None:
@@ -230,7 +231,8 @@ class _FolderRun:
                         continue
                     error = f.exception()
                     if error is None:
-                        self.finish(f.result())
+                        if f is not self.reported:  # counted already, then its callback raised
+                            self.finish(f.result())
                     elif isinstance(error, _WriteStopped) and isinstance(raised, KeyboardInterrupt):
                         # a stop met by a Ctrl-C: its failure is counted and named (a stop raised
                         # itself is counted by run_plan, as the run's one error)
@@ -319,12 +321,25 @@ class _FolderRun:
                 # only a stop raises)
                 wait(self.writes, return_when=FIRST_EXCEPTION)
                 continue
+            # counted before it leaves the queue, so that a Ctrl-C in between loses nothing; marked,
+            # so that run()'s clean-up does not count it again (its callback may have raised)
+            self.reported = head
             self.finish(head.result())
-            self.writes.popleft()  # after its result is counted: a Ctrl-C in between loses nothing
+            self.writes.popleft()
 
     def finish(self, result: FileResult) -> None:
+        """Count ``result`` and report it to ``on_progress``. A callback that raises (or is stopped
+        by a Ctrl-C) stops the run, and is called no more: not for this file again, nor for the
+        writes that finish as the run winds down."""
         self.results.append(result)
-        _call(self.on_progress, result)
+        callback = self.on_progress
+        if callback is None:
+            return
+        try:
+            callback(result)
+        except BaseException:
+            self.on_progress = None
+            raise
 
 
 def _wait_for(pool: ThreadPoolExecutor, *, cancel: bool) -> bool:

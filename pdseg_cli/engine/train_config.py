@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pdseg_cli import runtime
 from pdseg_cli.config import DEFAULT_VARIANT, get_config
@@ -24,6 +24,7 @@ RUNS_DIR = Path("runs")  # default run folders: runs/<variant>
 
 Supervision = losses.Supervision
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PathArg = str | os.PathLike[str]  # what a path field takes; __post_init__ makes it a Path
 
 # Fields that shape the trajectory: a resumed run must keep them, or it is another experiment.
 TRAJECTORY_FIELDS = (
@@ -115,7 +116,7 @@ class TrainConfig:
     workers: int | None = None
     seed: int = 0
     data_root: Path | None = None
-    train_dir: Path | None = None
+    train_dir: Path | tuple[Path, ...] | None = None  # several --train folders: a tuple
     val_dir: Path | None = None
     supervision: Supervision = "multi"
     lr: float = 6e-5
@@ -143,6 +144,50 @@ class TrainConfig:
     onnx_spec: str | None = None
     teacher_cache: Path | None = None
     init: Path | None = None
+
+    if TYPE_CHECKING:
+        # What the generated __init__ takes, for type checkers: path fields take any path (a str,
+        # `~` expanded) and train_dir a list of them too, as __post_init__ converts them; the fields
+        # themselves hold Paths. The names and order are the fields' (a test compares them).
+        def __init__(
+            self,
+            out: PathArg,
+            epochs: int,
+            variant: str | None = ...,
+            size: int = ...,
+            batch: int = ...,
+            workers: int | None = ...,
+            seed: int = ...,
+            data_root: PathArg | None = ...,
+            train_dir: PathArg | list[PathArg] | tuple[PathArg, ...] | None = ...,
+            val_dir: PathArg | None = ...,
+            supervision: Supervision = ...,
+            lr: float = ...,
+            decoder_lr_mult: float = ...,
+            weight_decay: float = ...,
+            warmup: int | None = ...,
+            clip_grad: float = ...,
+            precision: Precision = ...,
+            device: str = ...,
+            ema_decay: float | None = ...,
+            ema_tau: float | None = ...,
+            val_every: int = ...,
+            save_every_steps: int = ...,
+            backbone_weights: PathArg | None = ...,
+            cache: dis5k.CacheMode = ...,
+            cache_dir: PathArg | None = ...,
+            augment: bool = ...,
+            zoom: float = ...,
+            paste: float = ...,
+            resume: bool = ...,
+            overwrite: bool = ...,
+            teacher: PathArg | None = ...,
+            teacher_weight: float = ...,
+            max_unsure: float | None = ...,
+            onnx_spec: str | None = ...,
+            teacher_cache: PathArg | None = ...,
+            init: PathArg | None = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         # str paths from Python callers, and `~` expanded as a shell would (a literal ~ folder is

@@ -8,7 +8,6 @@ The data order is a function of ``(seed, epoch)`` and each sample's augmentation
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pdseg_cli.engine.train_signals import worker_init
 from pdseg_cli.errors import DataError, InputError, PdsegError
 from pdseg_cli.metrics.cache import default_cache_root
 from pdseg_cli.metrics.reading import read_gray_u8
+from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
 
 
 @dataclass(frozen=True)
@@ -331,8 +331,7 @@ def make_loaders(
             f"--workers {ctx.workers} on {cores} usable cores: the worker processes compete with the "
             "training step for them (--workers 0 loads in the training process)"
         )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+    with ignoring_warnings(UserWarning, message="This DataLoader will create"):
         dataset = dis5k.SampleDataset(data.train, cfg.seed, augment)
         train_loader = _make_loader(ctx, dataset, batches, ctx.workers)
         if ctx.workers > 0:  # fork the workers now, while no progress-bar thread runs in this process

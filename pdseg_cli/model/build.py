@@ -25,7 +25,6 @@ import numbers
 import os
 import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from pdseg_cli.errors import InputError, WeightsError, clip_words, first_line, l
 from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.model.registry import check_decoder
+from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
 from pdseg_cli.weights import SUFFIX_FORMATS, check_weights_file
 
 FORMAT_NAME = "pdseg-checkpoint"
@@ -183,7 +183,7 @@ def save_checkpoint(
         OSError: the file cannot be written (permissions, a full disk); it names ``path``, not the
             temporary file, and what was at ``path`` is unchanged.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():  # checked first: the rename at the end would fail on it, after the write
         raise IsADirectoryError(
             21, f"{path} is a folder; give the checkpoint's file name, e.g. {path / 'model.pt'}"
@@ -210,7 +210,7 @@ def write_payload(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> N
             failed write becomes ENOSPC); it names ``path``, not the temporary file, and what was
             at ``path`` is unchanged.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, sweep=True) as tmp, open(tmp, "wb") as f:
@@ -302,8 +302,7 @@ def _torch_load(path: Path, what: str) -> Any:
     if size == 0:
         raise WeightsError(f"{what} {path} is empty (0 bytes)", hint="the download or copy was interrupted")
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it
-            warnings.simplefilter("ignore")
+        with ignoring_warnings():  # e.g. "Detected pickle protocol 4": the error below says it
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc).lower()  # torch has said "Unsupported global: GLOBAL x" and "unsupported GLOBAL x"
@@ -383,7 +382,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         WeightsError: the file is missing, empty, truncated, not a torch file, not a pdseg
             checkpoint, from a newer pdseg, or malformed; the message names the file.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     obj = _torch_load(path, "checkpoint")
     if not isinstance(obj, dict):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a pdseg checkpoint")
@@ -615,7 +614,7 @@ def load_backbone(model: PDSeg | MSCAN, path: str | os.PathLike[str]) -> int:
         WeightsError: the file cannot be read, or its keys or shapes do not fit the encoder; the
             message names the missing, unexpected and mis-shaped keys.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     encoder = model.encoder if isinstance(model, PDSeg) else model
     if not isinstance(encoder, MSCAN):
         raise TypeError(f"load_backbone needs a PDSeg model or an MSCAN encoder, got {type(model).__name__}")

@@ -10,6 +10,7 @@ that ``import pdseg_cli.runtime`` stays cheap. One module per part:
 - ``allocator``: glibc malloc kept from handing freed tensor buffers back (the command line).
 - ``torchrun``: the process's place in a torchrun job and the process group's lifecycle.
 - ``stop``: SIGTERM and SIGHUP stop a command as Ctrl-C does (the command line).
+- ``quiet_warnings``: pdseg's own warning filters for a block, the host's left as they were.
 
 Every public name is importable from here (``from pdseg_cli.runtime import resolve_device``).
 """
@@ -39,6 +40,7 @@ from pdseg_cli.runtime.precision import (
     emulated_precision_note,
     resolve_precision,
 )
+from pdseg_cli.runtime.quiet_warnings import ignoring_warnings, recording_warnings
 from pdseg_cli.runtime.stop import interrupt_on_stop_signals, stop_signals, stopped_by, stopping
 from pdseg_cli.runtime.torchrun import (
     DEFAULT_TIMEOUT,
@@ -78,6 +80,8 @@ __all__ = [
     "resolve_precision",
     "set_compute_threads",
     "stop_signals",
+    "ignoring_warnings",
+    "recording_warnings",
     "stopped_by",
     "stopping",
     "default_threads",
