@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -288,7 +288,8 @@ def train(
         augment=augment, zoom=zoom, paste=paste, init=init, teacher=teacher, teacher_weight=teacher_weight,
         max_unsure=max_unsure, onnx_spec=onnx_spec,
     )  # fmt: skip
-    given = {k: v for k, v in options.items() if v is not None and v != []}  # on --resume: what changed
+    # on --resume: what changed
+    given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v != []}
     init_variant, init_size = init_defaults(None if resume else init)
     if size is None and init_size is not None:
         given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
