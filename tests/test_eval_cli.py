@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -375,6 +376,9 @@ def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch:
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["splits"]["s"]["maxF"] == pytest.approx(from_files["maxF"], abs=1e-12)
     assert data["settings"]["predictions"]["saved_to"] == str(keep)
+    # which weights, by content, and what ran them: a path alone says little once a file is retrained
+    assert data["settings"]["predictions"]["weights_sha256"] == hashlib.sha256(b"stub").hexdigest()
+    assert "torch" in data["settings"]["predictions"]["versions"]
     (split / "im" / f"{CASES[0]}.jpg").unlink()
     result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
     assert result.exit_code == 2 and "1 GT mask without an image of the same name" in flat(result.output)

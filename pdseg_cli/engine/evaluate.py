@@ -38,6 +38,7 @@ import multiprocessing
 import numbers
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -881,14 +882,25 @@ def predict_splits(
 
 def prediction_settings(predictor: Any, save_preds: Path | None) -> dict[str, Any]:
     """How the scored maps were made, for the report's settings."""
+    from pdseg_cli.data.teacher import file_sha256
+
+    weights = predictor.weights_path
     return {
-        "weights": str(predictor.weights_path.resolve()) if predictor.weights_path else None,
+        "weights": str(weights.resolve()) if weights else None,
+        # the file's content: a path says little once weights are retrained or copied elsewhere
+        "weights_sha256": file_sha256(weights) if weights and weights.is_file() else None,
         "model": predictor.description,
         "device": str(predictor.device),
         "precision": predictor.precision,
         "size": str(predictor.size),
         "tta": predictor.tta,
         "saved_to": str(save_preds.expanduser().resolve()) if save_preds is not None else None,
+        # what ran the model: the maps depend on it (a --pred run's maps were made elsewhere)
+        "versions": {
+            name: getattr(sys.modules[name], "__version__", None)
+            for name in ("torch", "onnxruntime")
+            if name in sys.modules
+        },
     }
 
 
