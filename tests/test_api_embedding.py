@@ -272,3 +272,11 @@ def test_train_config_takes_strings_and_lists(tmp_path: Path, monkeypatch: pytes
     assert (cfg.out, cfg.train_dir, cfg.init) == (Path("runs/a"), Path("my-set"), tmp_path / "w.pt")
     several = pdseg_cli.TrainConfig(out=Path("r"), epochs=1, train_dir=["a", Path("b")])
     assert several.train_dirs == [Path("a"), Path("b")]
+
+
+def test_evaluate_reports_its_folders_as_pdseg_eval_json_does(tmp_path: Path) -> None:
+    """The library's report lacked settings.gt_folders and pred_folders, which the CLI added."""
+    split, maps = small_split(tmp_path)
+    settings = pdseg_cli.evaluate(maps, split / "gt", jobs=1, use_cache=False).to_json()["settings"]
+    assert settings["gt_folders"] == {"set": str((split / "gt").resolve())}
+    assert settings["pred_folders"] == {"set": str(maps.resolve())}

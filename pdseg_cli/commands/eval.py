@@ -191,10 +191,6 @@ def eval_(
                     for name, folder in splits
                 ]
                 settings: dict[str, Any] = {"predictions": f"maps read from {pred.expanduser().resolve()}"}
-                # the folder each split's maps were found in: the root or a subfolder of it
-                settings["pred_folders"] = {
-                    plan.name: str(plan.pred_dir.resolve()) for plan in plans if plan.pred_dir
-                }
             else:
                 plans, settings = _run_model(
                     stack,
@@ -209,7 +205,6 @@ def eval_(
                     onnx_spec,
                     tta,
                 )
-            settings["gt_folders"] = {name: str((folder / MASK_DIR).resolve()) for name, folder in splits}
             notes = eval_splits.overall_row_notes(splits, pooled)  # why DIS-TE1..4 folders get no overall row
             plans = [dataclasses.replace(plan, notes=notes.get(plan.name, [])) for plan in plans]
             check_missing(plans, allow_missing)  # before the start line: a refused run says only why
@@ -222,7 +217,7 @@ def eval_(
                 ui.warn(cache_note)
             no_cache = cache is None
             if pred is not None:
-                view.maps_from(str(pred.expanduser().resolve()), settings["pred_folders"])
+                view.maps_from(str(pred.expanduser().resolve()), ev.split_folders(plans).get("pred_folders", {}))
             # the processes that will run: no more than there are images
             view.start(n_images, names, max(1, min(n_jobs, n_images)), str(cache) if cache else None)
             stage.scoring(str(cache) if cache else None, kept=cache is not None and not cache_note)

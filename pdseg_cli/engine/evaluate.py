@@ -554,7 +554,9 @@ def evaluate_plans(
                 sources=dict(plan.sources),
             )
         )
-    report = EvalReport(results, settings=report_settings(n_jobs, cache, settings))
+    report = EvalReport(
+        results, settings=report_settings(n_jobs, cache, {**split_folders(plans), **(settings or {})})
+    )
     by_name = {r.name: r for r in results}
     for pooled_name, members in (pooled or {}).items():
         report.pooled.append(PooledResult.mean_of(pooled_name, [by_name[m] for m in members]))
@@ -617,6 +619,17 @@ def evaluate_arrays(
         seconds=time.perf_counter() - t0,
     )
     return EvalReport([result], settings=report_settings(n_jobs, cache, {"predictions": "in-memory arrays"}))
+
+
+def split_folders(plans: Sequence[PairPlan]) -> dict[str, Any]:
+    """The folders each split was read from: its GTs, and its maps where they were given (not where
+    a model made them, whose settings say how, under ``predictions``). The same keys come from
+    ``evaluate()`` as from ``pdseg eval --json``."""
+    found: dict[str, Any] = {"gt_folders": {plan.name: str(plan.gt_dir.resolve()) for plan in plans}}
+    given = {plan.name: str(plan.pred_dir.resolve()) for plan in plans if plan.pred_dir and not plan.sources}
+    if given:
+        found["pred_folders"] = given
+    return found
 
 
 def report_settings(
