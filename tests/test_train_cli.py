@@ -269,6 +269,10 @@ def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict
     result = runner.invoke(app, tiny_args(tmp_path / "run4", {**folders, "val": copied}))
     assert result.exit_code == 0, result.output
     assert "--val: 8 of its images are copies of training images" in flat(result.output)
+    # copied into a second --train folder: drawn twice as often, which a path comparison misses
+    result = runner.invoke(app, tiny_args(tmp_path / "run5", folders) + ["--train", str(copied)])
+    assert result.exit_code == 0, result.output
+    assert "8 of its images are copies of images of an earlier --train folder" in flat(result.output)
     unused = runner.invoke(app, tiny_args(tmp_path / "run3", folders) + ["--val-every", "0"])
     assert unused.exit_code == 0 and "--val-every 0:" in flat(unused.output)
     assert "is not used, and no best.pt is written" in flat(unused.output)

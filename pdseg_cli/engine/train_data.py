@@ -93,6 +93,14 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
     if val_dir is None and ctx.cfg.val_every != 0:  # said after the errors above, which matter more
         ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
     train = _load_split(ctx, "train", lambda: _scan_training(ctx, train_dirs, teacher))
+    for i, folder in enumerate(train_dirs[1:], 1):  # a folder copied into another --train, in part
+        copies = training_copies(folder, train_dirs[:i])
+        if copies:
+            ctx.notice(
+                f"--train {dis5k.shown(folder)}: {len(copies)} of its images are copies of images of an "
+                f"earlier --train folder (same name and bytes, e.g. {copies[0]}): each is drawn twice "
+                "as often as the others"
+            )
     # the epochs' batches are drawn from the image count: another count is another trajectory
     # (last.pt files older than this check do not record it)
     before = None if resumed is None else resumed.get("train_images")
@@ -150,16 +158,17 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
     return folders, None if val is None else val.resolve()
 
 
-def training_copies(val_dir: Path, train_dirs: Sequence[Path]) -> list[Path]:
-    """Validation images that are byte-identical copies of a training image of the same name (a
-    copied folder that a path comparison cannot see). Only files whose names and sizes match are
-    read, so a disjoint validation set costs a directory listing."""
-    val_images, _ = dis5k.images_by_stem(val_dir / dis5k.IMAGE_DIR)
+def training_copies(folder: Path, train_dirs: Sequence[Path]) -> list[Path]:
+    """Images of ``folder`` (the validation folder, or a later training one) that are byte-identical
+    copies of an image of the same name in ``train_dirs`` (a copied folder that a path comparison
+    cannot see). Only files whose names and sizes match are read, so disjoint folders cost a
+    directory listing."""
+    images, _ = dis5k.images_by_stem(folder / dis5k.IMAGE_DIR)
     copies: dict[Path, None] = {}  # ordered, and a membership test that does not scan (20k pairs: 56 s)
-    for folder in train_dirs:
-        train_images, _ = dis5k.images_by_stem(folder / dis5k.IMAGE_DIR)
-        for stem in sorted(val_images.keys() & train_images.keys()):
-            a, b = val_images[stem], train_images[stem]
+    for other in train_dirs:
+        train_images, _ = dis5k.images_by_stem(other / dis5k.IMAGE_DIR)
+        for stem in sorted(images.keys() & train_images.keys()):
+            a, b = images[stem], train_images[stem]
             if a not in copies and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes():
                 copies[a] = None
     return list(copies)
