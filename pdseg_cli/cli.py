@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -203,10 +204,17 @@ def main() -> None:
         if exc.code == EXIT_INTERRUPTED:  # a command that stopped on Ctrl-C or a stop signal
             console.end_by(runtime.stopped_by())
         raise
-    except OSError as exc:  # click's own write of the help to a full disk (commands catch their own)
+    except OSError as exc:
+        # click's own write of the help to a full disk (commands catch their own errors); any
+        # other error names its file, and is not this one
+        if exc.filename is not None or exc.errno not in _WRITE_FAILURES:
+            raise
         _output_lost(exc)
     finally:
         _exit_at_once_on_stop()
+
+
+_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 def _output_lost(exc: OSError) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -343,7 +344,38 @@ def test_the_recipe_and_threads_are_recorded_and_a_thread_change_is_said(
     assert recipe["lr"] == 0.001 and recipe["augment"]["zoom"] == 0.5 and recipe["planned_epochs"] == 1
     assert recipe["threads"] == 1 and recipe["total_steps"] == 2 and recipe["backbone_weights"] is None
     assert json.loads((out / "config.json").read_text())["resolved"]["threads"] == 1
+    shown = runner.invoke(app, ["info", str(out / "last.pt")], env={"COLUMNS": "200"})
+    assert "provenance: recipe threads" in shown.output  # a row a setting, none cut off
+    assert "provenance: recipe backbone_weights" in shown.output
 
     resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out), "--threads", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "1 -> 2 compute threads (pass --threads 1 to keep them)" in flat(resumed.output)
+
+
+def test_a_resume_keeps_where_the_weights_came_from(tmp_path: Path, folders: dict[str, Path]) -> None:
+    """Resumed, a fine-tune's checkpoints lost their --init chain (provenance None), and a
+    --backbone-weights file moved after the start stopped the run at its first save (the recipe
+    hashed the file at every save)."""
+    first = tmp_path / "first"
+    assert runner.invoke(app, [*tiny_args(first, folders), "--val-every", "0"]).exit_code == 0
+    start = tmp_path / "start.pt"
+    shutil.copy(first / "last.pt", start)
+
+    tuned = tmp_path / "tuned"
+    args = [*tiny_args(tuned, folders), "--val-every", "0", "--init", str(start)]
+    assert runner.invoke(app, [a for a in args if a not in ("--variant", "pdseg-tiny")]).exit_code == 0
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(tuned)])
+    assert resumed.exit_code == 0, resumed.output
+    chain = torch.load(tuned / "last.pt", weights_only=True)["provenance"]["init"]
+    assert chain["path"] == str(start.resolve()) and chain["provenance"]["sha256"]
+
+    grown = tmp_path / "grown"
+    args = [*tiny_args(grown, folders), "--val-every", "0", "--backbone-weights", str(start)]
+    assert runner.invoke(app, args).exit_code == 0
+    sha = hashlib.sha256(start.read_bytes()).hexdigest()
+    start.unlink()  # moved away after the run began: a resume does not read it
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(grown)])
+    assert resumed.exit_code == 0, resumed.output
+    recipe = torch.load(grown / "last.pt", weights_only=True)["provenance"]["recipe"]
+    assert recipe["backbone_weights"] == {"path": str(start.resolve()), "sha256": sha}

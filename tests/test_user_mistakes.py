@@ -146,6 +146,7 @@ def test_resume_and_overwrite_contradict_each_other(tmp_path: Path) -> None:
         ("--workers", "-1", "--workers 2"),
         ("--warmup", "-1", "--warmup 500"),
         ("--clip-grad", "-1", "--clip-grad 5"),
+        ("--clip-grad", "inf", "--clip-grad 5"),  # JSON (config, checkpoints) has no infinity
         ("--val-every", "-1", "--val-every 5"),
         ("--ema-decay", "2", "--ema-decay 0.999"),
     ],

@@ -217,7 +217,8 @@ def eval_(
                 ui.warn(cache_note)
             no_cache = cache is None
             if pred is not None:
-                view.maps_from(str(pred.expanduser().resolve()), ev.split_folders(plans).get("pred_folders", {}))
+                found = ev.split_folders(plans).get("pred_folders", {})
+                view.maps_from(str(pred.expanduser().resolve()), found)
             # the processes that will run: no more than there are images
             view.start(n_images, names, max(1, min(n_jobs, n_images)), str(cache) if cache else None)
             stage.scoring(str(cache) if cache else None, kept=cache is not None and not cache_note)

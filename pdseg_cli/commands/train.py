@@ -290,7 +290,8 @@ def train(
     )  # fmt: skip
     # on --resume: what changed
     given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v != []}
-    init_variant, init_size = init_defaults(None if resume else init)
+    with user_errors(quiet=not_main):  # an --init path the system refuses (too long, a loop) is one line
+        init_variant, init_size = init_defaults(None if resume else init)
     if size is None and init_size is not None:
         given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
         if init_size % 32:  # training sizes are multiples of the model's stride

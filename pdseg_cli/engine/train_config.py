@@ -287,8 +287,8 @@ class TrainConfig:
                 "e.g. --warmup 500 (iterations), --warmup 0 for none, or leave it out for the default",
             ),
             (
-                self.clip_grad >= 0,
-                f"--clip-grad must be 0 (off) or more, got {self.clip_grad}",
+                0 <= self.clip_grad < math.inf,  # inf: JSON has no such number (config, checkpoints)
+                f"--clip-grad must be 0 (off) or a finite number, got {self.clip_grad}",
                 "e.g. --clip-grad 5 (the default), or --clip-grad 0 to turn clipping off",
             ),
             (

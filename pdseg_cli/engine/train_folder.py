@@ -239,7 +239,7 @@ def _refuse_other_world_size(ctx: RunContext, before: int) -> None:
     raise InputError(
         f"{shown(ctx.cfg.out)} was trained with {counted(before, 'process', 'processes')}, and this "
         f"resume has {now}: its learning-rate schedule and its place in the epoch count steps of "
-        f"{before}",
+        f"{counted(before, 'process', 'processes')}",
         hint=f"resume {same}, or start a new run from its weights: --init {last} --out another folder",
     )
 

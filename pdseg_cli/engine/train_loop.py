@@ -14,7 +14,6 @@ from torch import nn
 
 from pdseg_cli import runtime
 from pdseg_cli.data import transforms
-from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.train_checkpoints import STATE_VERSION, write_checkpoint
 from pdseg_cli.engine.train_context import RunContext
@@ -260,10 +259,6 @@ def _recipe(run: TrainRun) -> dict[str, Any]:
     (the order of float sums), and the default follows the machine's load."""
     cfg, plan = run.ctx.cfg, run.plan
     augment = augment_config(cfg)
-    backbone = None
-    if cfg.backbone_weights is not None:
-        path = cfg.backbone_weights.resolve()
-        backbone = {"path": str(path), "sha256": file_sha256(path)}
     return {
         "lr": cfg.lr,
         "decoder_lr_mult": cfg.decoder_lr_mult,
@@ -276,7 +271,7 @@ def _recipe(run: TrainRun) -> dict[str, Any]:
         "clip_grad": cfg.clip_grad,
         "augment": None if augment is None else dataclasses.asdict(augment),
         "max_unsure": cfg.max_unsure,
-        "backbone_weights": backbone,
+        "backbone_weights": run.backbone,
         "threads": torch.get_num_threads(),
     }
 
@@ -303,6 +298,9 @@ def _save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | 
         "world_size": ctx.env.world_size,
         "precision": ctx.precision,
         "threads": torch.get_num_threads(),  # --resume says when it changes (the sums' order)
+        # what the run started from, for the provenance of the sessions that resume it
+        "init_provenance": run.init_provenance,
+        "backbone": run.backbone,
         "model": run.model.state_dict(),
         "ema": run.ema.state_dict(),
         "optimizer": run.optimizer.state_dict(),

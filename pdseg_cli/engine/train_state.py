@@ -136,6 +136,7 @@ class TrainRun:
         val_loader: rank 0's validation batches (None without validation, and on other ranks).
         tensorboard: rank 0's ``SummaryWriter`` (None without tensorboard, and on other ranks).
         init_provenance: where ``--init``'s weights came from (None without ``--init``).
+        backbone: ``--backbone-weights`` as loaded, ``{"path", "sha256"}`` (None without it).
         progress: the counters the loop advances.
     """
 
@@ -153,6 +154,7 @@ class TrainRun:
     val_loader: torch.utils.data.DataLoader | None
     tensorboard: SummaryWriter | None
     init_provenance: dict[str, Any] | None
+    backbone: dict[str, Any] | None
     progress: Progress
 
 
@@ -333,7 +335,8 @@ def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[P
     cfg = ctx.cfg
     seed_all(cfg.seed)  # the initial weights depend on the seed only
     model = create_model(cfg.model_variant)
-    init_provenance = None
+    # a resumed fine-tune keeps its chain: last.pt carries it (older states do not)
+    init_provenance = None if resumed is None else resumed.get("init_provenance")
     if cfg.init is not None and resumed is None:
         start = load_model(cfg.init)  # checks the tensors against the file's own config
         model.load_state_dict(start.state_dict())
@@ -418,8 +421,20 @@ def build_run(
         val_loader=val_loader,
         tensorboard=tensorboard,
         init_provenance=init_provenance,
+        backbone=_backbone_record(cfg.backbone_weights, resumed),
         progress=progress,
     )
+
+
+def _backbone_record(path: Path | None, resumed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``--backbone-weights`` as the run loaded it: hashed once as it starts, and carried over in
+    ``last.pt`` on resume, which does not read the file (it may have moved since: every save
+    hashed it again, and a moved file stopped the run at its first save)."""
+    if path is None:
+        return None
+    if resumed is not None:
+        return resumed.get("backbone") or {"path": str(path.resolve()), "sha256": None}  # older state
+    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
 
 
 def _starting_progress(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any] | None) -> Progress:

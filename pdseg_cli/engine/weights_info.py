@@ -108,6 +108,8 @@ def provenance_rows(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, value in provenance.items():
         if key == "init" and isinstance(value, Mapping):
             rows += _init_rows(value)
+        elif key == "recipe" and isinstance(value, Mapping):  # one row a setting: a blob was cut short
+            rows += [(f"provenance: recipe {name}", _short(setting)) for name, setting in value.items()]
         else:
             rows.append((f"provenance: {key}", _short(value)))
     return rows
