@@ -939,8 +939,8 @@ def test_images_of_another_size_are_named_as_images_with_weights(tmp_path: Path)
     ) in err
     warning = (
         f"s: 1 image(s) in {split / 'im'} have another aspect ratio than their GT, so the model's maps, made "
-        f"at the image's size, were stretched to the GT's: {CASES[1]}.jpg 96x96 (GT 128x96); rotated, or "
-        "the GT of another image?"
+        f"at the image's size, were stretched to the GT's: {CASES[1]}.jpg 96x96 (GT 128x96); rotated (an "
+        "EXIF orientation pdseg applies and the GT was not drawn with?), or the GT of another image?"
     )
     assert warning in err and "predictions had another size" not in err and "prediction(s)" not in err
     data = json.loads(out_json.read_text())

@@ -575,3 +575,16 @@ def test_an_interrupted_setup_removes_only_empty_folders_deepest_first(tmp_path:
     train_state._remove_if_empty(tmp_path / "a" / "b")
     assert not (tmp_path / "a" / "b" / "c").exists()
     assert (tmp_path / "a" / "b" / "cache" / "s.npz").is_file()
+
+
+def test_a_mask_turned_by_90_degrees_names_the_exif_orientation(tmp_path: Path) -> None:
+    """A photo whose EXIF orientation OpenCV applies, with a mask drawn on the stored pixels, was
+    told to resize the mask to its image: the fix is turning one of them."""
+    from pdseg_cli.data import dis5k
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 64, 3), np.uint8))  # 64 wide, 48 high
+    cv2.imwrite(str(tmp_path / "a_gt.png"), np.zeros((64, 48), np.uint8))  # 48 wide, 64 high
+    with pytest.raises(dis5k.PairError) as info:
+        dis5k.load_sample(dis5k.Pair("a", tmp_path / "a.png", tmp_path / "a_gt.png"), 32)
+    assert info.value.reason == dis5k.TURNED
+    assert "EXIF orientation" in dis5k._REASONS[dis5k.TURNED].fix

@@ -298,7 +298,7 @@ class _Reason:
 # Problem reasons, in the order an error names them: pairing first (a misnamed mask explains the
 # images without one), then what decoding finds.
 UNMATCHED, NO_MASK, SAME_NAME, NO_TARGET = "unmatched", "no-mask", "same-name", "no-target"
-SIZE = "size"
+SIZE, TURNED = "size", "turned"
 # a mask that is no training target: the kinds training_mask_problem tells
 ZERO_ONE, FAINT, COLOUR, ALPHA, SIXTEEN_BIT = (
     ZERO_ONE_MASK,
@@ -343,6 +343,16 @@ _REASONS = {
         ("is not the size of its image", "are not the size of their images"),
         "sizes",
         "resize each mask to its image (nearest neighbour keeps it 0/255)",
+    ),
+    TURNED: _Reason(
+        "mask",
+        ("is its image turned by 90 degrees", "are their images turned by 90 degrees"),
+        "turned",
+        # OpenCV turns a photo upright by its EXIF orientation, as viewers do; a mask drawn on the
+        # stored pixels (as tools that ignore the tag read them) is then sideways
+        "the image most likely carries an EXIF orientation that pdseg applies (as photo viewers do) "
+        "and the mask was drawn on the stored pixels: save the image upright without the tag "
+        "(e.g. exiftool -Orientation=1 -n, after turning its pixels), or turn the mask to match",
     ),
     ZERO_ONE: _Reason(
         "mask",
@@ -802,7 +812,7 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
             if path == pair.mask:
                 raise PairError(
                     f"{_in_folder(pair.image)} is {w}x{h} but its mask {_in_folder(path)} is {mw}x{mh}",
-                    SIZE,
+                    TURNED if (mh, mw) == (w, h) else SIZE,
                     path,
                     f"{mw}x{mh} for {w}x{h}",
                 )

@@ -189,7 +189,8 @@ def _split_warnings(
         warnings.append(
             f"{name}: {len(odd)} image(s){image_folder(sources)} have another aspect ratio than their GT, "
             "so the model's maps, made at the image's size, were stretched to the GT's: "
-            f"{listing([image_line(r, sources) for r in odd], 5)}; rotated, or the GT of another image?"
+            f"{listing([image_line(r, sources) for r in odd], 5)}; rotated (an EXIF orientation pdseg "
+            "applies and the GT was not drawn with?), or the GT of another image?"
         )
     elif odd:
         warnings.append(
