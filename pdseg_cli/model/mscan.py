@@ -74,6 +74,10 @@ def _nchw_strip21(conv: nn.Conv2d | FusedConv, x: torch.Tensor) -> torch.Tensor:
     return y.contiguous(memory_format=torch.channels_last)
 
 
+def _plain(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return conv(x)
+
+
 class StemConv(nn.Module):
     """Stage-1 downsampling by 4: two 3x3 stride-2 convolutions with BN, GELU between.
 
@@ -134,8 +138,17 @@ class MSCA(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         s = self.conv0(u)
-        h21 = _nchw_strip21(self.conv2_1, s) if _strip21_hangs(s) else self.conv2_1(s)
-        t = s + self.conv0_2(self.conv0_1(s)) + self.conv1_2(self.conv1_1(s)) + self.conv2_2(h21)
+        # The branches are called in the original order, the (1, 21) strip last: calling it first
+        # (to choose its kernel) changed the order in which backward adds the gradients into s, and
+        # so fp32 training of every variant in its last bits (a run resumed across that change
+        # did not end as it would have).
+        strip21 = _nchw_strip21 if _strip21_hangs(s) else _plain
+        t = (
+            s
+            + self.conv0_2(self.conv0_1(s))
+            + self.conv1_2(self.conv1_1(s))
+            + self.conv2_2(strip21(self.conv2_1, s))
+        )
         return self.conv3(t) * u
 
 
