@@ -6,6 +6,9 @@ Shared plain functions (tiny checkpoints, sample folders, CLI runs) are in helpe
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,3 +89,30 @@ def _eval_scores_in_one_process_by_default(
     from pdseg_cli.engine import evaluate
 
     monkeypatch.setattr(evaluate, "default_jobs", lambda cores=None, busy=None: 1)
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_they_were(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test leaves the stop signals' handlers and the main thread's signal mask as it found
+    them. In-process runs install and restore handlers and block signals while pools start; one
+    left behind (SIGINT ignored or blocked) made a later test's Ctrl-C vanish, a failure far from
+    its cause. A leak is put right and named as a warning, so the test that leaks is found."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
+    yield
+    changed = [sig.name for sig, handler in handlers.items() if signal.getsignal(sig) is not handler]
+    for sig, handler in handlers.items():
+        if handler is not None:  # None: set from C, which Python cannot set back
+            signal.signal(sig, handler)
+    if mask is not None:
+        now = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if set(now) != set(mask):
+            changed.append(f"mask {sorted(s.name for s in set(now) ^ set(mask))}")
+    if changed:
+        warnings.warn(f"{request.node.nodeid} left signals changed: {', '.join(changed)}", stacklevel=1)

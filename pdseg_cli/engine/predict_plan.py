@@ -528,7 +528,7 @@ def not_an_output(path: Path, kind: str) -> str | None:
 _LAYOUT_NAMES = {1: "gray", 3: "RGB", 4: "RGBA"}
 # why a file of an output's layout is not taken for one, said since nothing else is wrong with it
 # (often a GT mask); an older pdseg's output cannot be told from it, which the refusal's hint covers
-_UNMARKED = 'without the "Software: pdseg" mark of pdseg\'s outputs; pdseg before 2026-12 marked none'
+_UNMARKED = 'without the "Software: pdseg" mark of pdseg\'s outputs; pdseg before 2026-12-06 marked none'
 # the end of a refusal's hint where such files are among those refused
 OLDER_OUTPUTS_HINT = (
     ", which carry its mark (outputs of a pdseg that marked none: delete them to write them again)"
