@@ -282,6 +282,7 @@ def _run_model(
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
     from pdseg_cli import ui
+    from pdseg_cli.data.folder_lock import folder_lock
     from pdseg_cli.engine import evaluate as ev
     from pdseg_cli.engine.predict import Predictor, parse_size
     from pdseg_cli.engine.predict_summary import OutputWriteStopped
@@ -307,6 +308,8 @@ def _run_model(
         predictor.notes,
         model=f"{predictor.weights_path or 'model'}: {predictor.description}",
     )
+    if save_preds is not None:  # two runs writing one --save-preds scored each other's maps
+        stack.enter_context(folder_lock(save_preds.expanduser(), f"--save-preds {save_preds}"))
     root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
     try:
         plans, problems = ev.predict_splits(

@@ -41,6 +41,8 @@ from collections.abc import Iterator
 import torch
 
 from pdseg_cli import runtime
+from pdseg_cli.data.dis5k import shown
+from pdseg_cli.data.folder_lock import folder_lock
 from pdseg_cli.engine.train_config import TrainConfig, default_workers
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_events import (
@@ -109,8 +111,25 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         isolated_rng(device),
         _cudnn_benchmark(device),
         _opencv_threads_kept(),
+        _run_folder_held(ctx),
     ):
         return run_training(ctx)
+
+
+@contextlib.contextmanager
+def _run_folder_held(ctx: RunContext) -> Iterator[None]:
+    """Hold ``--out``'s lock for the run (rank 0 takes it, every rank stops if it cannot): a second
+    run into a live run's folder (``--overwrite``, ``--resume``, the same command twice) deleted or
+    mixed its files. The lock goes with the process, however it ends."""
+    error, held = None, contextlib.ExitStack()
+    with held:
+        if ctx.main:
+            try:
+                held.enter_context(folder_lock(ctx.cfg.out, f"--out {shown(ctx.cfg.out)}"))
+            except InputError as exc:
+                error = exc
+        ctx.agree(error)
+        yield
 
 
 def _variant_from_init(cfg: TrainConfig) -> TrainConfig:

@@ -1,0 +1,98 @@
+"""One pdseg process at a time in a folder a run owns: a training run's ``--out``, eval's
+``--save-preds``.
+
+Two runs in one such folder spoil each other without a word: a second ``pdseg train`` into a live
+run's ``--out`` (``--overwrite``, ``--resume``, or the same command twice) deleted or mixed its
+files, and two ``pdseg eval --save-preds DIR`` scored each other's maps. The lock is an advisory
+``flock`` on ``.pdseg-lock`` in the folder: the system drops it when its process ends in any way
+(``kill -9`` included), so no stale lock ever needs clearing. Where ``flock`` is missing (Windows)
+there is no lock. ``pdseg predict`` takes none: job arrays rightly write one ``--out`` from several
+processes, each with its own inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from pdseg_cli.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".pdseg-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, option: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for the block (the folder is made if missing, and removed again if
+    the block leaves it empty).
+
+    Args:
+        folder: the folder the run writes.
+        option: how the user named it, for the message (``--out runs/a``).
+
+    Raises:
+        InputError: another live pdseg process holds it, named by its process id and host.
+    """
+    made = not folder.exists()
+    try:
+        if fcntl is None:
+            raise OSError("no flock here")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a file of that name, no permission...: the command's own checks say it better
+        yield
+        return
+    path = folder / LOCK_NAME
+    fd = _acquire(path, option)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # ours: a process that opened it meanwhile finds it gone (see _acquire)
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a refused or interrupted start leaves nothing
+
+
+def _acquire(path: Path, option: str) -> int:
+    """The open, locked lock file. A file unlinked by its holder as this process opened it would be
+    locked in vain (the next one makes a new file): locked, it must still be the one at ``path``."""
+    assert fcntl is not None
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise InputError(
+                f"{option} is in use by another pdseg process{holder}: two runs in one folder "
+                "spoil each other's files",
+                hint="wait for that run to end (or stop it), or choose another folder",
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            return fd
+        os.close(fd)
+    raise InputError(f"{option}: its lock file {path} keeps changing", hint="run the command again")
+
+
+def _read_holder(fd: int) -> str:
+    """`` (process 123 on host)`` from the holder's lock file, or nothing when unreadable."""
+    try:
+        words = os.pread(fd, 200, 0).decode(errors="replace").split()
+    except OSError:
+        return ""
+    return f" (process {words[0]} on {words[1]})" if len(words) == 2 else ""

@@ -1,0 +1,49 @@
+"""One pdseg process at a time in a folder a run owns (data.folder_lock): a training run's --out,
+eval's --save-preds. Two runs in one such folder deleted, mixed or cross-scored each other's files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import flat, make_dataset
+from typer.testing import CliRunner
+
+from pdseg_cli.cli import app
+from pdseg_cli.data.folder_lock import LOCK_NAME, folder_lock
+from pdseg_cli.errors import InputError
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock: no lock on Windows")
+runner = CliRunner()
+
+
+def test_a_held_folder_is_refused_and_left_clean(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with folder_lock(out, "--out run"):
+        assert (out / LOCK_NAME).is_file()
+        with pytest.raises(
+            InputError, match=r"--out run is in use by another pdseg process \(process \d+ on "
+        ):
+            with folder_lock(out, "--out run"):
+                pass
+    assert not out.exists()  # made for the lock, left empty: removed
+    out.mkdir()
+    (out / "kept.txt").write_text("x")
+    with folder_lock(out, "--out run"):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]  # the lock file goes with the run
+
+
+def test_a_second_train_into_a_live_run_is_refused(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "tr", 4)
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "1", "--out", str(out), "--variant", "pdseg-tiny", "--size", "64"]
+    args += ["--batch", "2", "--workers", "0", "--train", str(data), "--val-every", "0", "--device", "cpu"]
+    with folder_lock(out, "the live run"):  # another process's run, as far as the lock can tell
+        for extra in ([], ["--overwrite"]):
+            result = runner.invoke(app, [*args, *extra])
+            assert result.exit_code == 2, result.output
+            assert f"--out {out} is in use by another pdseg process" in flat(result.output)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written or deleted
+    assert runner.invoke(app, args).exit_code == 0  # once it has ended
