@@ -379,3 +379,18 @@ def test_a_resume_keeps_where_the_weights_came_from(tmp_path: Path, folders: dic
     assert resumed.exit_code == 0, resumed.output
     recipe = torch.load(grown / "last.pt", weights_only=True)["provenance"]["recipe"]
     assert recipe["backbone_weights"] == {"path": str(start.resolve()), "sha256": sha}
+
+
+def test_a_folder_with_best_pt_and_no_last_pt_says_it_cannot_be_resumed(
+    tmp_path: Path, folders: dict[str, Path]
+) -> None:
+    """Killed between best.pt and its first last.pt: the plain command said "pass --resume", and
+    --resume then said "start it again without --resume"; only --overwrite gets out."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, tiny_args(out, folders)).exit_code == 0
+    (out / "last.pt").unlink()
+    again = runner.invoke(app, tiny_args(out, folders))
+    assert again.exit_code == 2, again.output
+    text = flat(again.output)
+    assert "holds best.pt but no last.pt" in text and "--overwrite starts it again" in text
+    assert "--resume" not in text

@@ -82,7 +82,14 @@ def existing_run(out: Path) -> InputError | None:
     existing = [name for name in CHECKPOINTS if (out / name).exists()]
     if not existing:
         return None
-    parts = resume_parts(out / LAST) if (out / LAST).is_file() else None
+    if not (out / LAST).is_file():  # best.pt alone: stopped after saving it, before its first last.pt
+        return InputError(
+            f"{out} holds {', '.join(existing)} but no {LAST} (the run stopped before its first "
+            "resumable save), so it cannot be resumed",
+            hint="--overwrite starts it again (keep the best.pt elsewhere first if you want it); "
+            "or choose another --out",
+        )
+    parts = resume_parts(out / LAST)
     where, how = parts if parts is not None else (None, "pass --resume to continue it")
     return InputError(
         f"{out} already holds a training run ({', '.join(existing)})" + (f", {where}" if where else ""),
