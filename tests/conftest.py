@@ -91,6 +91,12 @@ def _eval_scores_in_one_process_by_default(
     monkeypatch.setattr(evaluate, "default_jobs", lambda cores=None, busy=None: 1)
 
 
+# A suite started in the background of a script (`pytest ... &`) inherits SIGINT ignored (POSIX),
+# as does every process it starts, and pdseg rightly keeps an inherited SIG_IGN: the tests of
+# Ctrl-C then saw none. They need Python's own handler, however the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 _STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
