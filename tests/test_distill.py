@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_dataset, tiny_checkpoint
+from helpers import dead_pid, make_dataset, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -277,6 +277,17 @@ def test_teacher_maps_are_cached_and_invalidated(
     save_checkpoint(create_model("pdseg-tiny"), other, train_size=64)
     assert TeacherMaps(other, tmp_path / "cache").folder != maps.folder
     assert TeacherMaps(tiny_teacher, tmp_path / "cache").folder == maps.folder
+    # what a killed labelling left half-written goes as the cache is next opened (nothing else
+    # ever looks there); a live writer's temporary stays
+    from pdseg_cli.data import atomic
+
+    target = first[1]
+    dead = target.with_name(atomic.temp_name(target).replace(f".{os.getpid()}-", f".{dead_pid()}-", 1))
+    live = target.with_name(atomic.temp_name(target))
+    dead.write_bytes(b"half")
+    live.write_bytes(b"half")
+    TeacherMaps(tiny_teacher, tmp_path / "cache")
+    assert not dead.exists() and live.exists()
 
 
 def test_a_ctrl_c_while_labelling_keeps_the_maps_made_and_says_so(

@@ -109,6 +109,12 @@ class TeacherMaps:
 
         onnx = detect_format(self.path) == "onnx"
         self.folder = self.cache_root / TEACHER_DIR / _cache_key(self._sha, self.onnx_spec, onnx=onnx)
+        if self.folder.is_dir():
+            from pdseg_cli.data.atomic import sweep_folder
+
+            # what a killed labelling left half-written (its writer's process gone): nothing else
+            # ever looks at these, and a folder of large images grew by one map each kill
+            sweep_folder(self.folder)
 
     def _model(self):  # noqa: ANN202 - a Predictor, imported lazily (torch, onnxruntime)
         if self._predictor is None:
