@@ -313,3 +313,26 @@ def test_a_report_refuses_a_socket_before_the_work(tmp_path: Path) -> None:
         server.close()
         (short / "s.json").unlink(missing_ok=True)
         short.rmdir()
+
+
+def test_eval_temporary_folders_of_dead_runs_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pdseg eval` without --save-preds writes a split's maps to a temporary folder; `kill -9` left
+    it in /tmp for good (hundreds of MB on DIS-TE). The next eval removes those of dead processes."""
+    import tempfile
+
+    from pdseg_cli.engine.evaluate import temporary_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = atomic.writer_token().split("-", 1)[1]
+    dead = tmp_path / f"pdseg-eval-{dead_pid()}-{host}-abcd1234"
+    live = tmp_path / f"pdseg-eval-{os.getpid()}-{host}-efgh5678"
+    other = tmp_path / "pdseg-eval-abcdefgh"  # an older pdseg's name: whose it is cannot be told
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "map.png").write_bytes(b"x")
+    with temporary_folder() as made:
+        assert Path(made).name.startswith(f"pdseg-eval-{atomic.writer_token()}-")
+        assert not dead.exists() and live.exists() and other.exists()
+    assert not Path(made).exists()

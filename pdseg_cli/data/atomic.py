@@ -359,6 +359,21 @@ def _remove_dead(folder: Path, prefixes: set[str] | None) -> tuple[list[Path], l
     return removed, links
 
 
+def writer_token() -> str:
+    """``<pid>-<host>``: what names a file or folder this process writes, so that a later process
+    can tell whether its writer has died (:func:`written_by_dead`)."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+_WRITER = re.compile(r"(\d+)-([0-9a-f]{6})")
+
+
+def written_by_dead(token: str) -> bool:
+    """Whether ``token`` (a :func:`writer_token`) names a process of this host that no longer runs."""
+    match = _WRITER.fullmatch(token)
+    return match is not None and match.group(2) == _HOST and not _process_alive(int(match.group(1)))
+
+
 def _is_link(entry: os.DirEntry[str]) -> bool:
     """``entry.is_symlink()``, False where it cannot be told (the file went away meanwhile)."""
     try:

@@ -38,6 +38,7 @@ import multiprocessing
 import numbers
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -918,6 +919,19 @@ def prediction_settings(predictor: Any, save_preds: Path | None) -> dict[str, An
     }
 
 
+_TEMPORARY = "pdseg-eval-"
+
+
 def temporary_folder() -> tempfile.TemporaryDirectory[str]:
-    """A temporary folder for predictions that are not kept."""
-    return tempfile.TemporaryDirectory(prefix="pdseg-eval-")
+    """A temporary folder for predictions that are not kept, named after this process. Those that
+    killed runs left (``kill -9`` skips the clean-up: a split's maps, hundreds of MB on DIS-TE) are
+    removed first, where their process has died."""
+    from pdseg_cli.data.atomic import writer_token, written_by_dead
+
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for folder in root.glob(f"{_TEMPORARY}*-*-*"):
+            token = folder.name[len(_TEMPORARY) :].rsplit("-", 1)[0]  # <pid>-<host>, then mkdtemp's part
+            if written_by_dead(token) and folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{_TEMPORARY}{writer_token()}-")
