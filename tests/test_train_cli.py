@@ -394,3 +394,17 @@ def test_a_folder_with_best_pt_and_no_last_pt_says_it_cannot_be_resumed(
     text = flat(again.output)
     assert "holds best.pt but no last.pt" in text and "--overwrite starts it again" in text
     assert "--resume" not in text
+
+
+def test_stale_samples_in_the_run_cache_are_dropped(tmp_path: Path, folders: dict[str, Path]) -> None:
+    """Samples no pair of the run names (an edited file's, an older cache layout's) stayed for good:
+    a resume after an upgrade doubled the cache folder."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, [*tiny_args(out, folders), "--val-every", "0"]).exit_code == 0
+    folder = out / "cache" / "64"
+    current = sorted(p.name for p in folder.glob("*.npy"))
+    assert len(current) == 8
+    (folder / "s00-0123456789abcdef.npy").write_bytes(b"old layout")
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in folder.glob("*.npy")) == current

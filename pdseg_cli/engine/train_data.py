@@ -7,6 +7,7 @@ The data order is a function of ``(seed, epoch)`` and each sample's augmentation
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -121,7 +122,22 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
                     f"bytes, e.g. {copies[0]}): the validation scores (and best.pt) measure images the "
                     "model trains on"
                 )
+    if ctx.main and ctx.cfg.cache == "disk" and ctx.cfg.cache_dir is None:
+        _drop_stale_samples(train, val)
     return TrainData(train_dirs, val_dir, train, val, None if teacher is None else teacher[1])
+
+
+def _drop_stale_samples(*stores: dis5k.SampleStore | None) -> None:
+    """Remove the samples in the run's own cache folder that no pair of this run names: those of
+    files since edited or removed, or of an older pdseg's cache layout (a resume after an upgrade
+    doubled the folder; at 1024 a sample is 4 MB). Not in a --cache-dir, which other runs may share;
+    the run folder's cache is this run's alone (its lock)."""
+    kept = {path for store in stores if store is not None for path in store.paths}
+    for folder in {path.parent for path in kept}:
+        with contextlib.suppress(OSError):
+            for entry in folder.glob("*.npy"):
+                if entry not in kept:
+                    entry.unlink(missing_ok=True)
 
 
 def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
