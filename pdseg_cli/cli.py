@@ -10,7 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from pdseg_cli import __version__, console, runtime, ui
+from pdseg_cli import __version__, runtime, signal_exit, ui
 from pdseg_cli.commands import benchmark as benchmark_cmd
 from pdseg_cli.commands import eval as eval_cmd
 from pdseg_cli.commands import export as export_cmd
@@ -186,7 +186,7 @@ def main() -> None:
     """Console-script entry point: what C libraries print while a file is decoded comes back
     attributed to the file (``data.native_messages``); operating-system errors in background threads
     are one line, not a traceback; SIGTERM and SIGHUP stop as Ctrl-C does, and a command stopped by
-    a signal ends by it (``console.end_by``: status 130, 143 or 129 in a shell)."""
+    a signal ends by it (``signal_exit.end_by``: status 130, 143 or 129 in a shell)."""
     try:
         threading.excepthook = _thread_os_error
         runtime.interrupt_on_stop_signals()  # kill and a closed terminal clean up as Ctrl-C does
@@ -198,11 +198,11 @@ def main() -> None:
                 _hold_stop_signals()  # the command is over: its output is drained first
     except KeyboardInterrupt:  # a Ctrl-C just before the command's end
         ui.error("interrupted")
-        console.end_by(runtime.stopped_by())
+        signal_exit.end_by(runtime.stopped_by())
         raise SystemExit(EXIT_INTERRUPTED) from None
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # a command that stopped on Ctrl-C or a stop signal
-            console.end_by(runtime.stopped_by())
+            signal_exit.end_by(runtime.stopped_by())
         raise
     except OSError as exc:
         # click's own write of the help to a full disk (commands catch their own errors); any
@@ -259,7 +259,7 @@ def _exit_at_once_on_stop() -> None:
     if lost is not None:
         _output_lost(lost)
     if _held:
-        console.die_by(_held[0])
+        signal_exit.die_by(_held[0])
     _set_stop_handlers(_exit_now)
 
 
@@ -274,4 +274,4 @@ def _set_stop_handlers(handler: Any) -> None:
 
 
 def _exit_now(signum: int, frame: Any) -> None:
-    console.die_by(signum)
+    signal_exit.die_by(signum)

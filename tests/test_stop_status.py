@@ -1,4 +1,4 @@
-"""A command stopped by a signal ends by that signal (console.end_by): a shell shows 130, 143 or 129,
+"""A command stopped by a signal ends by that signal (signal_exit.end_by): a shell shows 130, 143 or 129,
 and a shell loop or script that runs pdseg stops with it. An exit with status 130 told the shell
 that pdseg had handled the Ctrl-C itself, and `for f in *.jpg; do pdseg predict "$f"; done` went
 on to the next file."""

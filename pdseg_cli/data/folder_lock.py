@@ -30,8 +30,8 @@ LOCK_NAME = ".pdseg-lock"
 
 @contextlib.contextmanager
 def folder_lock(folder: Path, option: str) -> Iterator[None]:
-    """Hold ``folder``'s lock for the block (the folder is made if missing, and removed again if
-    the block leaves it empty).
+    """Hold ``folder``'s lock for the block (the folder is made if missing, and what was made is
+    removed again if the block leaves it empty).
 
     Args:
         folder: the folder the run writes.
@@ -40,7 +40,8 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
     Raises:
         InputError: another live pdseg process holds it, named by its process id and host.
     """
-    made = not folder.exists()
+    # the folders this makes (``runs/`` too, for ``--out runs/a``), deepest first, to remove again
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         if fcntl is None:
             raise OSError("no flock here")
@@ -56,9 +57,11 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)  # ours: a process that opened it meanwhile finds it gone (see _acquire)
         os.close(fd)
-        if made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: a refused or interrupted start leaves nothing
+        for each in made:  # only while empty: a refused or interrupted start leaves nothing behind
+            try:
+                each.rmdir()
+            except OSError:
+                break
 
 
 def _acquire(path: Path, option: str) -> int:

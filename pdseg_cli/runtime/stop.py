@@ -39,7 +39,7 @@ def note_stop(signum: int) -> None:
 
 
 def stopped_by() -> int:
-    """The signal that stopped the command, the one the process ends by (``console.end_by``): the
+    """The signal that stopped the command, the one the process ends by (``signal_exit.end_by``): the
     last one noted by :func:`note_stop`, else SIGINT (a Ctrl-C)."""
     return _stopped_by[0] if _stopped_by else int(signal.SIGINT)
 
