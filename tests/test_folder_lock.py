@@ -47,3 +47,22 @@ def test_a_second_train_into_a_live_run_is_refused(tmp_path: Path) -> None:
             assert f"--out {out} is in use by another pdseg process" in flat(result.output)
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written or deleted
     assert runner.invoke(app, args).exit_code == 0  # once it has ended
+
+
+def test_a_file_system_without_flock_runs_without_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS without lockd (ENOLCK) or Lustre without -o flock (ENOSYS): every run was refused as if
+    another held the folder, and an empty folder with a lock file was left."""
+    import errno
+
+    from pdseg_cli.data import folder_lock as module
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(module.fcntl, "flock", no_flock)
+    out = tmp_path / "runs" / "a"
+    with folder_lock(out, "--out runs/a"):
+        assert out.is_dir() and not (out / LOCK_NAME).exists()
+    assert not (tmp_path / "runs").exists()  # every folder it made, removed again while empty

@@ -394,6 +394,11 @@ def test_a_folder_with_best_pt_and_no_last_pt_says_it_cannot_be_resumed(
     text = flat(again.output)
     assert "holds best.pt but no last.pt" in text and "--overwrite starts it again" in text
     assert "--resume" not in text
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out)])
+    assert resumed.exit_code == 2, resumed.output
+    text = flat(resumed.output)
+    assert "does not exist, only" in text and "--overwrite starts it again" in text
+    assert "nothing was trained yet" not in text  # best.pt is something
 
 
 def test_stale_samples_in_the_run_cache_are_dropped(tmp_path: Path, folders: dict[str, Path]) -> None:

@@ -350,9 +350,10 @@ _REASONS = {
         "turned",
         # OpenCV turns a photo upright by its EXIF orientation, as viewers do; a mask drawn on the
         # stored pixels (as tools that ignore the tag read them) is then sideways
-        "the image most likely carries an EXIF orientation that pdseg applies (as photo viewers do) "
-        "and the mask was drawn on the stored pixels: save the image upright without the tag "
-        "(e.g. exiftool -Orientation=1 -n, after turning its pixels), or turn the mask to match",
+        "turn the mask to match its image; where the image carries an EXIF orientation (pdseg "
+        "turns it upright, as photo viewers do) and the mask was drawn on its stored pixels, save "
+        "the image upright without the tag instead (e.g. exiftool -Orientation=1 -n, after turning "
+        "its pixels)",
     ),
     ZERO_ONE: _Reason(
         "mask",

@@ -13,6 +13,7 @@ processes, each with its own inputs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from collections.abc import Iterator
@@ -50,13 +51,15 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
         yield
         return
     path = folder / LOCK_NAME
-    fd = _acquire(path, option)
+    fd = None
     try:
+        fd = _acquire(path, option)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # ours: a process that opened it meanwhile finds it gone (see _acquire)
-        os.close(fd)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # ours: a process that opened it meanwhile finds it gone (see _acquire)
+            os.close(fd)
         for each in made:  # only while empty: a refused or interrupted start leaves nothing behind
             try:
                 each.rmdir()
@@ -64,15 +67,27 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
                 break
 
 
-def _acquire(path: Path, option: str) -> int:
-    """The open, locked lock file. A file unlinked by its holder as this process opened it would be
-    locked in vain (the next one makes a new file): locked, it must still be the one at ``path``."""
+def _acquire(path: Path, option: str) -> int | None:
+    """The open, locked lock file (None where the file system takes no ``flock``). A file unlinked
+    by its holder as this process opened it would be locked in vain (the next one makes a new
+    file): locked, it must still be the one at ``path``."""
     assert fcntl is not None
     for _ in range(10):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went with its last holder as this one looked: again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # a file system without flock (NFS without lockd: ENOLCK; Lustre: ENOSYS): no
+                # lock there, as on Windows, rather than every run refused
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                return None
             holder = _read_holder(fd)
             os.close(fd)
             raise InputError(

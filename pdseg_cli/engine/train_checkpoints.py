@@ -77,6 +77,14 @@ def read_train_state(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
+        best = path.with_name("best.pt")
+        if best.is_file():  # stopped after saving best.pt, before its first last.pt
+            raise InputError(
+                f"nothing to resume: {path} does not exist, only {best} (the run stopped before its "
+                "first resumable save)",
+                hint="--overwrite starts it again (keep best.pt elsewhere first if you want it); or "
+                "choose another --out",
+            ) from None
         raise InputError(
             f"nothing to resume: {path} does not exist (the run saved no checkpoint yet)",
             hint="start it again without --resume (nothing was trained yet, so nothing is lost)",

@@ -122,7 +122,8 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
                     f"bytes, e.g. {copies[0]}): the validation scores (and best.pt) measure images the "
                     "model trains on"
                 )
-    if ctx.main and ctx.cfg.cache == "disk" and ctx.cfg.cache_dir is None:
+    own = cache_root(ctx.cfg)  # the run's own, not a link to a folder other runs may share
+    if ctx.main and ctx.cfg.cache == "disk" and ctx.cfg.cache_dir is None and not own.is_symlink():
         _drop_stale_samples(train, val)
     return TrainData(train_dirs, val_dir, train, val, None if teacher is None else teacher[1])
 
@@ -133,7 +134,7 @@ def _drop_stale_samples(*stores: dis5k.SampleStore | None) -> None:
     doubled the folder; at 1024 a sample is 4 MB). Not in a --cache-dir, which other runs may share;
     the run folder's cache is this run's alone (its lock)."""
     kept = {path for store in stores if store is not None for path in store.paths}
-    for folder in {path.parent for path in kept}:
+    for folder in {path.parent for path in kept if not path.parent.is_symlink()}:
         with contextlib.suppress(OSError):
             for entry in folder.glob("*.npy"):
                 if entry not in kept:
