@@ -114,15 +114,25 @@ def test_tensorboard_scalars_per_step_and_epoch_continue_on_resume(
     run = tmp_path / "run"
     train(tiny(run, data, epochs=1, augment=False))
     train(TrainConfig.for_resume(run, epochs=2))
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
+    # one event file a session, read in the order written: TensorBoard orders a folder's files by
+    # name, and two writers of one process in one second differ only in a counter that sorts as
+    # text (..9 after ..10), which the number of earlier tests' writers decides
+    files = sorted((run / "tensorboard").iterdir(), key=lambda f: f.stat().st_mtime_ns)
+    assert len(files) == 2
+    sessions = [EventAccumulator(str(f)) for f in files]
+    for events in sessions:
+        events.Reload()
+    tags = set().union(*(set(events.Tags()["scalars"]) for events in sessions))
     assert {"train/loss", "train/lr", "epoch/loss", "epoch/val_maxf", "epoch/val_mae"} <= tags
+
+    def scalars(tag: str) -> list[Any]:
+        return [e for events in sessions for e in events.Scalars(tag)]
+
     # 8 images, batch 4: steps 1..4 over both runs, each logged once; the epochs end at steps 2 and 4
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
-    assert [e.step for e in events.Scalars("epoch/val_maxf")] == [2, 4]
+    assert [e.step for e in scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in scalars("epoch/val_maxf")] == [2, 4]
     rows = (run / "results.csv").read_text().splitlines()[1:]
-    logged = [e.value for e in events.Scalars("epoch/loss")]
+    logged = [e.value for e in scalars("epoch/loss")]
     assert logged == pytest.approx([float(r.split(",")[2]) for r in rows], rel=1e-6)
 
 
