@@ -143,8 +143,7 @@ def _version(value: bool) -> None:
         except BrokenPipeError:  # `pdseg --version | true`: the reader did not want it
             ui.drop_stream(sys.stdout)
         except OSError as exc:  # a full disk under `pdseg --version > file`
-            ui.error(f"cannot write to standard output ({exc.strerror or exc})")
-            raise typer.Exit(1) from None
+            _output_lost(exc)
         raise typer.Exit()
 
 

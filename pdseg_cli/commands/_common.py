@@ -366,17 +366,16 @@ def _open_stream(path: Path) -> IO[str]:
     """Open a character device or a named pipe to write a report into. A named pipe nothing reads
     yet is said so: opening it waits for a reader, and the run, its work done, seemed to hang. (A
     trial open that were closed again would end the reader's input: the one open is kept.)"""
-    target = path.expanduser()
+    target: Path | int = path.expanduser()
     if hasattr(os, "O_NONBLOCK") and stat.S_ISFIFO(os.stat(target).st_mode):
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+            target = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
                 raise
             ui.info(f"waiting for a program to read the named pipe {path} (Ctrl-C stops)", essential=True)
         else:
-            os.set_blocking(fd, True)  # a slow reader must not make a write fail with EAGAIN
-            return open(fd, "w", encoding="utf-8", errors=_NAME_BYTES)  # noqa: SIM115
+            os.set_blocking(target, True)  # a slow reader must not make a write fail with EAGAIN
     return open(target, "w", encoding="utf-8", errors=_NAME_BYTES)  # noqa: SIM115
 
 

@@ -35,7 +35,9 @@ from pathlib import Path
 
 TEMP_SUFFIX = ".pdseg-tmp"  # temporary files start with "." and end with this
 _PID_DIGITS = 10  # room kept for the pid where a long name is cut, so the cut is the same for any pid
-_TOKEN = re.compile(rf"\.(\d{{1,{_PID_DIGITS}}})-([0-9a-f]{{6}})-[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
+# who wrote a file or folder: <pid>-<host> (:func:`writer_token`)
+_WRITER = re.compile(rf"(\d{{1,{_PID_DIGITS}}})-([0-9a-f]{{6}})")
+_TOKEN = re.compile(rf"\.{_WRITER.pattern}-[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}")
 
 _ANY_TARGET = re.compile(r"\..+" + _TOKEN.pattern)  # the temporary of any file: .<name><token>
 
@@ -168,7 +170,7 @@ def _prefix(path: Path) -> str:
 def temp_name(path: Path) -> str:
     """The name of a temporary file this process writes ``path`` through, in the same folder so that
     ``os.replace`` is atomic: ``.<name>.<pid>-<host>-<8 hex>.pdseg-tmp``, cut to fit (:func:`_prefix`)."""
-    return f"{_prefix(path)}.{os.getpid()}-{_HOST}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    return f"{_prefix(path)}.{writer_token()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
 @contextlib.contextmanager
@@ -350,7 +352,7 @@ def _remove_dead(folder: Path, prefixes: set[str] | None) -> tuple[list[Path], l
         # the name before the token (the pid's group starts one past its dot): one set lookup
         if prefixes is not None and entry.name[: match.start(1) - 1] not in prefixes:
             continue
-        if match.group(2) != _HOST or _process_alive(int(match.group(1))):
+        if not _dead_writer(match.group(1), match.group(2)):
             continue
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False):
@@ -365,13 +367,15 @@ def writer_token() -> str:
     return f"{os.getpid()}-{_HOST}"
 
 
-_WRITER = re.compile(r"(\d+)-([0-9a-f]{6})")
-
-
 def written_by_dead(token: str) -> bool:
     """Whether ``token`` (a :func:`writer_token`) names a process of this host that no longer runs."""
     match = _WRITER.fullmatch(token)
-    return match is not None and match.group(2) == _HOST and not _process_alive(int(match.group(1)))
+    return match is not None and _dead_writer(match.group(1), match.group(2))
+
+
+def _dead_writer(pid: str, host: str) -> bool:
+    """Whether process ``pid`` of ``host`` (a :func:`writer_token`'s parts) ran here and has ended."""
+    return host == _HOST and not _process_alive(int(pid))
 
 
 def _is_link(entry: os.DirEntry[str]) -> bool:

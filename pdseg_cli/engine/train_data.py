@@ -344,6 +344,12 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
     return AugmentConfig(zoom=cfg.zoom, paste=cfg.paste) if cfg.augment else None
 
 
+def augment_record(cfg: TrainConfig) -> dict[str, Any] | None:
+    """:func:`augment_config` as a plain dict, as ``config.json`` and a checkpoint's recipe keep it."""
+    augment = augment_config(cfg)
+    return None if augment is None else dataclasses.asdict(augment)
+
+
 def make_loaders(
     ctx: RunContext, data: TrainData, batches: dis5k.EpochBatches, start_epoch: int, start_step: int
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:

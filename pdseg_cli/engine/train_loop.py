@@ -17,7 +17,7 @@ from pdseg_cli.data import transforms
 from pdseg_cli.engine import losses
 from pdseg_cli.engine.train_checkpoints import STATE_VERSION, write_checkpoint
 from pdseg_cli.engine.train_context import RunContext
-from pdseg_cli.engine.train_data import augment_config
+from pdseg_cli.engine.train_data import augment_record
 from pdseg_cli.engine.train_events import TrainingDiverged, TrainResult
 from pdseg_cli.engine.train_folder import BEST, LAST, RESULTS, write_rows
 from pdseg_cli.engine.train_rng import rng_state
@@ -258,7 +258,6 @@ def _recipe(run: TrainRun) -> dict[str, Any]:
     threads too: on a CPU the same seed gives the same weights only with the same thread count
     (the order of float sums), and the default follows the machine's load."""
     cfg, plan = run.ctx.cfg, run.plan
-    augment = augment_config(cfg)
     return {
         "lr": cfg.lr,
         "decoder_lr_mult": cfg.decoder_lr_mult,
@@ -269,7 +268,7 @@ def _recipe(run: TrainRun) -> dict[str, Any]:
         "ema_decay": plan.ema_decay,
         "ema_tau": plan.ema_tau,
         "clip_grad": cfg.clip_grad,
-        "augment": None if augment is None else dataclasses.asdict(augment),
+        "augment": augment_record(cfg),
         "max_unsure": cfg.max_unsure,
         "backbone_weights": run.backbone,
         "threads": torch.get_num_threads(),

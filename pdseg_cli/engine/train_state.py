@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train_config import CONFIG
 from pdseg_cli.engine.train_context import RunContext
-from pdseg_cli.engine.train_data import TrainData, augment_config, load_data, make_loaders
+from pdseg_cli.engine.train_data import TrainData, augment_record, load_data, make_loaders
 from pdseg_cli.engine.train_folder import (
     RESULTS,
     cache_root,
@@ -482,6 +482,6 @@ def _resolved_config(
         "ema_tau": plan.ema_tau,
         "threads": torch.get_num_threads(),  # a CPU run's weights depend on it (the order of float sums)
         "cache_dir": str(cache_root(cfg)) if cfg.cache == "disk" else None,
-        "augment": None if (augment := augment_config(cfg)) is None else asdict(augment),
+        "augment": augment_record(cfg),
         "model": model.config.to_dict(),
     }
