@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -361,6 +362,7 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
         "COMPILE": "off",  # a real compile takes minutes here; the option itself is tested elsewhere
         # the script calls python3: this interpreter's, even when its environment is not activated
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "ARCHIVE": str(tmp_path / "suite.tar.gz"),  # one file to bring back from the device machine
     }
     out = tmp_path / "suite"
     script = REPO / "benchmarks" / "gpu_suite.sh"
@@ -374,8 +376,13 @@ def test_gpu_suite_script_runs_its_steps(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     log = (out / "suite.log").read_text()
     steps = [line for line in log.splitlines() if line.startswith("   exit ")]
-    assert len(steps) == 6 and all(line.startswith("   exit 0,") for line in steps), log
-    assert "training steps skipped" in log
+    assert len(steps) == 8 and all(line.startswith("   exit 0,") for line in steps), log
+    assert "training and eval steps skipped" in log
+    # the bundled weights' masks, plain and with --tta, written on the suite's device
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert masks == sorted(p.name for p in (out / "masks_tta").iterdir()) and "rocket.png" in masks
+    with tarfile.open(tmp_path / "suite.tar.gz") as packed:
+        assert "suite/suite.log" in packed.getnames() and "suite/masks/rocket.png" in packed.getnames()
     report = json.loads((out / "benchmark_fp32_b2.txt").read_text())
     assert report["rows"][0]["batch"] == 2 and report["device"] == "cpu"
     assert "| GEMM peak GMAC/s |" in (out / "latency_reference.txt").read_text()
@@ -429,3 +436,41 @@ def test_the_busy_cpu_note_suggests_only_what_the_run_does_not_use(monkeypatch: 
     )
     assert (engine._cpu_busy_note(1, "optimized") or "").endswith("; --mode compare gives steadier figures")
     assert (engine._cpu_busy_note(1, "compare") or "").endswith("timings vary")
+
+
+def test_peak_memory_of_cuda_graphs_is_taken_while_they_are_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # under --compile reduce-overhead the pass measured replayed the graphs, which allocate nothing:
+    # the peak showed the weights and the input only
+    from pdseg_cli.engine import benchmark as engine
+
+    base, activations = 100 << 20, 900 << 20
+    allocator = {"peak": base}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(
+        torch.cuda, "reset_peak_memory_stats", lambda device=None: allocator.update(peak=base)
+    )
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocator["peak"])
+    passes = []
+
+    class Graphs:
+        mode = "reduce-overhead"  # as CompiledPDSeg says
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            passes.append(1)
+            if len(passes) <= 2:  # compiled and recorded: activations allocated in the graphs' pool
+                allocator["peak"] = base + activations
+            return x.mean(1, keepdim=True)  # replays: nothing allocated
+
+    cuda = torch.device("cuda")
+    x = torch.zeros(1, 3, 32, 32)
+    (row,) = engine._measure_size({"optimized": Graphs()}, x, cuda, 32, 3, 2)
+    assert row.peak_bytes == base + activations and len(passes) == 5  # no extra pass to measure
+    Graphs.mode = "default"  # no CUDA graphs: one more pass, as before (here a replay: base only)
+    (eager,) = engine._measure_size({"optimized": Graphs()}, x, cuda, 32, 3, 2)
+    assert eager.peak_bytes == base and len(passes) == 11
+
+    assert "record the graphs" in engine.memory_note(cuda, "reduce-overhead")
+    assert "record" in engine.memory_note(cuda, "max-autotune")
+    assert engine.memory_note(cuda, "default") == engine.memory_note(cuda, None) == engine.CUDA_MEMORY_NOTE
+    assert engine.memory_note(torch.device("cpu"), "reduce-overhead") == engine.CPU_MEMORY_NOTE

@@ -105,3 +105,39 @@ def test_half_model_on_cuda(model_pair: tuple[PDSeg, PDSeg]) -> None:
     assert torch.isfinite(out).all()
     assert (out.float() - ref).abs().max() < 0.05 * (1 + ref.abs().max())
     assert all(m.eval_bases.dtype == torch.float32 for m in half.modules() if isinstance(m, NMF2D))
+
+
+def test_auto_precision_is_bf16_only_where_this_gpu_has_it_natively() -> None:
+    from pdseg_cli import runtime
+
+    gpu = torch.device("cuda", torch.cuda.device_count() - 1)  # the last GPU: not always the current
+    native = torch.cuda.get_device_capability(gpu) >= (8, 0)
+    assert runtime.resolve_precision("auto", gpu) == ("bf16" if native else "fp32")
+    assert (runtime.emulated_precision_note(gpu, "bf16") is None) == native
+
+
+def test_folding_a_cuda_model_gives_the_cpu_models_weights(model_pair: tuple[PDSeg, PDSeg]) -> None:
+    from pdseg_cli.model.optimize import optimize
+
+    cpu, gpu = model_pair
+    on_cpu, on_gpu = optimize(cpu).state_dict(), optimize(gpu).state_dict()
+    assert all(v.device.type == "cuda" for v in on_gpu.values())
+    assert all(torch.equal(on_gpu[k].cpu(), v) for k, v in on_cpu.items())  # folded on the CPU alike
+
+
+@pytest.mark.slow  # compiles pdseg-tiny: about a minute
+def test_tta_with_cuda_graphs_keeps_the_first_pass() -> None:
+    import numpy as np
+
+    from pdseg_cli.engine.predict import Predictor
+
+    torch.manual_seed(0)
+    model = create_model("pdseg-tiny")
+    image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    eager = Predictor(model, device="cuda", precision="fp32", size=64, tta=True)
+    graphs = Predictor(model, device="cuda", precision="fp32", size=64, tta=True, compile="reduce-overhead")
+    # warm-up, recording, replays: "accessing tensor output of CUDAGraphs that has been overwritten
+    # by a subsequent run" came as soon as the mirrored pass replayed the first pass's graph
+    for _ in range(3):
+        got = graphs.predict(image)
+    assert np.abs(got.astype(int) - eager.predict(image).astype(int)).max() <= 1

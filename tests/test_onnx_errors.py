@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from helpers import flat, make_dataset, run_cli, tiny_checkpoint
 
 from pdseg_cli.engine.onnx_backend import ModelRunError, load_exported
@@ -315,3 +316,53 @@ def test_a_graph_of_one_image_at_a_time_runs_a_batch_image_by_image(tmp_path: Pa
     result = run_cli("predict", images, "-o", tmp_path / "out", *args, columns=300)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["i0.png", "i1.png", "i2.png", "i3.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# onnxruntime-gpu without its CUDA libraries: a CPU session, refused rather than reported as cuda
+
+
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime as ort
+
+    from pdseg_cli.errors import NotAvailableError
+
+    path = _typed_input(tmp_path / "m.onnx", TensorProto.FLOAT)
+    real = ort.InferenceSession
+    asked: list[object] = []
+
+    def without_cuda_libraries(
+        file: str, sess_options: object = None, providers: list | None = None
+    ) -> object:
+        # what onnxruntime-gpu does when libcudnn or libcublas cannot be loaded: a CPU session
+        asked.append(providers)
+        return real(file, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(ort, "InferenceSession", without_cuda_libraries)
+    monkeypatch.setattr(ort, "cuda_version", "12.8", raising=False)
+    with pytest.raises(NotAvailableError) as caught:
+        load_exported(path, device="cuda:1", onnx_spec=SPEC)
+    assert asked == [[("CUDAExecutionProvider", {"device_id": 1})]]
+    text = str(caught.value)
+    assert "could not start CUDAExecutionProvider on cuda:1" in text and "built for CUDA 12.8" in text
+    assert "run on CPUExecutionProvider" in text and "CUDA 12 and cuDNN" in text and "--device cpu" in text
+    assert "\n" not in text
+    # the CPU asked for is the CPU got: loads as before
+    assert load_exported(path, device="cpu", onnx_spec=SPEC) is not None
+
+
+def test_a_session_on_the_provider_asked_for_is_kept() -> None:
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from pdseg_cli.engine.onnx_backend import _refuse_provider_fallback
+
+    on_gpu = SimpleNamespace(get_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    asked = [("CUDAExecutionProvider", {"device_id": 0})]
+    _refuse_provider_fallback(ort, on_gpu, asked, torch.device("cuda"))  # no error

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -238,6 +240,59 @@ def test_checkpoint_saved_before_optimisation_loads_and_predicts_the_same(tmp_pa
         assert _max_diff(fast(x), loaded(x)) <= TOL
     # the loaded model is still a plain, savable PDSeg with the same keys
     assert set(loaded.state_dict()) == set(model.state_dict())
+
+
+class _NoFloat64(torch.Tensor):
+    """A tensor on a pretend device that, like Apple's MPS, has no float64: any operation on it that
+    gives float64 raises MPS's error; ``.cpu()`` gives a plain CPU tensor."""
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: object,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        from torch.utils._pytree import tree_flatten, tree_map
+
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.cpu:
+            return out.as_subclass(torch.Tensor)
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_flatten(out)[0]):
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype")  # MPS's own words
+        return tree_map(lambda t: t.as_subclass(cls) if type(t) is torch.Tensor else t, out)
+
+
+def _on_device_without_float64(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                moved = p.detach().clone().as_subclass(_NoFloat64)
+                m._parameters[name] = nn.Parameter(moved, p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = b.clone().as_subclass(_NoFloat64)
+    return model
+
+
+# every fold: stem, embeddings, blocks, the progressive decoder's squeeze and classifier, light_ham's
+@pytest.mark.parametrize(
+    "name",
+    ["pdseg-tiny", "tiny-depths", "tiny-progressive-residual1-group1", "tiny-light_ham-residual0-group8"],
+)
+def test_folding_runs_no_float64_maths_on_the_model_device(name: str) -> None:
+    # --device mps: BN folding widened the weights to float64 where they were, and MPS has none
+    # (a traceback in predict, eval, benchmark and --teacher); the maths runs on the CPU now
+    with pytest.raises(TypeError, match="float64"):  # the pretend device refuses float64 indeed
+        _on_device_without_float64(nn.Linear(2, 2)).weight.double()
+    reference = optimize(_model(STRUCTURES[name])).state_dict()
+    folded = optimize(_on_device_without_float64(_model(STRUCTURES[name]))).state_dict()
+    assert folded.keys() == reference.keys()
+    # the same float32 bits as folding on the CPU model itself
+    for key, value in reference.items():
+        assert torch.equal(folded[key].as_subclass(torch.Tensor), value), key
 
 
 def test_grad_mode_and_requires_grad_inputs_fall_back(tiny: PDSeg) -> None:

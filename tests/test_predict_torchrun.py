@@ -83,3 +83,82 @@ def test_a_predictor_made_under_torchrun_takes_its_local_rank(monkeypatch) -> No
         assert seen[-1] == want
     Predictor(model, device="auto", local_rank=0)  # given: used as it is
     assert seen[-1] == 0
+
+
+def _as_rank(monkeypatch, rank: int, local_world: int | None = 2) -> None:  # noqa: ANN001
+    for name, value in (
+        ("WORLD_SIZE", 2),
+        ("RANK", rank),
+        ("LOCAL_RANK", rank),
+        ("LOCAL_WORLD_SIZE", local_world),
+    ):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, str(value))
+
+
+def test_an_error_of_one_rank_is_said_by_it_and_one_every_rank_meets_by_rank_0(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Every process but rank 0 was silent: an error one process met alone (here its torchrun
+    variables, leaked into a shell without the job's address) left only torchrun's
+    ChildFailedError, or nothing at all."""
+    from helpers import run_cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    ckpt = save_checkpoint(create_model("pdseg-tiny"), tmp_path / "tiny.pt", train_size=32)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    args = [src, "--out", tmp_path / "out", "-w", ckpt, "--device", "cpu"]
+    _as_rank(monkeypatch, 1)
+    result = run_cli("predict", *args)
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert text.count("rank 1: WORLD_SIZE=2 asks for a multi-process job, but $MASTER_ADDR") == 1, text
+    assert "start the processes with torchrun" in text and "Traceback" not in text
+    for rank in (0, 1):  # an option every process checks alike: rank 0 says it, once
+        _as_rank(monkeypatch, rank)
+        result = run_cli("predict", *args, "--batch", "0")
+        assert result.exit_code == 2, result.output
+        assert ("--batch must be at least 1" in result.output) == (rank == 0) and "rank" not in result.output
+
+
+def _gpus(monkeypatch, n: int) -> None:  # noqa: ANN001
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+
+
+def test_predict_processes_may_share_gpus_and_rank_0_says_so(monkeypatch) -> None:
+    """`--device cuda` under a scheduler's one GPU per task (LOCAL_RANK 1, one GPU visible) failed
+    on every rank but 0, in silence; `auto` wrapped round the GPUs without a word."""
+    from pdseg_cli import runtime
+
+    _gpus(monkeypatch, 2)
+    for spec in ("auto", "cuda"):
+        assert runtime.resolve_device(spec, local_rank=3).device == torch.device("cuda", 1)
+    _gpus(monkeypatch, 1)
+    assert runtime.resolve_device("cuda", local_rank=1).device == torch.device("cuda", 0)
+    note = runtime.gpu_sharing_note("auto", runtime.Distributed(3, 0, 0, 3))
+    assert note == "3 processes share 1 GPU on this machine (torchrun --nproc-per-node 1 gives each its own)"
+    _gpus(monkeypatch, 2)
+    note = runtime.gpu_sharing_note("cuda", runtime.Distributed(3, 0, 0, 3))
+    assert note is not None and note.startswith("3 processes share 2 GPUs on this machine, up to 2 on one")
+    assert note.endswith("(torchrun --nproc-per-node 2 gives each its own)")
+    assert runtime.gpu_sharing_note("cuda", runtime.Distributed(2, 0, 0, 2)) is None  # one GPU each
+    note = runtime.gpu_sharing_note("cuda:1", runtime.Distributed(2, 0, 0, 2))
+    assert (
+        note
+        == "--device cuda:1: all 2 processes on this machine share GPU 1 (--device cuda gives each its own)"
+    )
+    # one process per machine, no torchrun, the CPU, or a launcher that does not say: nothing to say
+    for spec, env in (
+        ("cuda:1", runtime.Distributed(2, 0, 0, 1)),
+        ("auto", runtime.Distributed()),
+        ("cpu", runtime.Distributed(4, 0, 0, 4)),
+        ("auto", runtime.Distributed(4, 0, 0)),
+    ):
+        assert runtime.gpu_sharing_note(spec, env) is None

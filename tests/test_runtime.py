@@ -111,7 +111,51 @@ def test_emulated_precision_note(
         assert precision in note and "(--precision fp32)" in note
         fix = "export the model again without --half"  # what an exported fp16 file can do instead
         assert f"({fix})" in runtime.emulated_precision_note(torch.device("cpu"), precision, fix)
-    assert runtime.emulated_precision_note(torch.device("cuda"), precision) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert runtime.emulated_precision_note(torch.device("cuda"), precision) is None  # the CPU's flags: moot
+
+
+def _fake_gpus(monkeypatch: pytest.MonkeyPatch, capabilities: dict[int, tuple[int, int]]) -> None:
+    """CUDA GPUs of these compute capabilities by index, GPU 0 current; nothing may ask the current
+    device, nor make a tensor to find out (what is_bf16_supported does)."""
+    import torch
+
+    names = {(7, 0): "Tesla V100", (7, 5): "Tesla T4", (8, 0): "A100", (9, 0): "H100"}
+
+    def index(device: object) -> int:
+        assert device is not None and torch.device(device).index is not None, "asked the current device"
+        return torch.device(device).index
+
+    def refuse(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("is_bf16_supported asks the current GPU and says True of emulated bf16")
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[index(device)])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: names[capabilities[index(device)]])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", refuse)
+
+
+@pytest.mark.parametrize(
+    ("capability", "auto", "noted"),
+    [((7, 0), "fp32", True), ((7, 5), "fp32", True), ((8, 0), "bf16", False), ((9, 0), "bf16", False)],
+)
+def test_auto_precision_is_bf16_only_on_gpus_with_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], auto: str, noted: bool
+) -> None:
+    import torch
+
+    # the GPU asked about is GPU 1; GPU 0, the current one, is the other kind, so asking it fails
+    other = (8, 0) if capability < (8, 0) else (7, 5)
+    _fake_gpus(monkeypatch, {0: other, 1: capability})
+    gpu = torch.device("cuda", 1)
+    assert runtime.resolve_precision("auto", gpu) == auto
+    # bf16 asked for is kept on an older GPU (PyTorch emulates it), with a note saying it is slow
+    assert runtime.resolve_precision("bf16", gpu) == "bf16"
+    note = runtime.emulated_precision_note(gpu, "bf16")
+    assert (note is not None) == noted
+    if noted:
+        assert f"compute capability {capability[0]}.{capability[1]}" in note and "--precision fp16" in note
+    assert runtime.emulated_precision_note(gpu, "fp16") is None
+    assert runtime.emulated_precision_note(gpu, "fp32") is None
 
 
 def test_predictor_carries_the_note(monkeypatch: pytest.MonkeyPatch) -> None:

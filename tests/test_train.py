@@ -4,6 +4,7 @@ parameter groups, augmentation, batches, EMA, cache)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -894,3 +895,214 @@ def test_a_results_file_open_in_another_program_does_not_stop_the_run(
     with pytest.raises(PermissionError):
         train(tiny(tmp_path / "run2", data, epochs=1, val_dir=None))
     assert (tmp_path / "run2" / "last.pt").is_file()  # the epoch itself is saved
+
+
+# ----------------------------------------------------------------------------------------------
+# precision changed on resume: the fp16 gradient scaler
+
+
+def _session(cfg: TrainConfig, precision: str, events: list[Any]) -> Any:
+    """One session as train() runs it, in ``precision`` on the CPU, fp16 too, which train() refuses
+    off CUDA: the CPU's autocast and GradScaler compute it (slowly), and the scaler's saving and
+    restoring is the same code on every device."""
+    from pdseg_cli import runtime
+    from pdseg_cli.engine.train_context import RunContext
+    from pdseg_cli.engine.train_loop import run_training
+    from pdseg_cli.engine.train_rng import isolated_rng
+
+    cpu = torch.device("cpu")
+    ctx = RunContext(cfg, runtime.Distributed(), cpu, "cpu", precision, 0, events.append)
+    with isolated_rng(cpu):
+        return run_training(ctx)
+
+
+def _notices(events: list[Any]) -> str:
+    return " | ".join(e.values["message"] for e in events if e.kind == "notice")
+
+
+def _scaler(run: Path) -> dict[str, Any]:
+    return torch.load(run / "last.pt", weights_only=True)["train_state"]["scaler"]
+
+
+def test_a_run_resumed_in_fp16_from_another_precision_starts_a_fresh_scaler(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    """A bf16 or fp32 session saves its disabled scaler as {}; an fp16 resume loaded it into an
+    enabled one: "RuntimeError: The source state dict is empty", a traceback."""
+    run = tmp_path / "run"
+    train(tiny(run, data, epochs=1, val_every=0, precision="fp32"))
+    assert _scaler(run) == {}
+    events: list[Any] = []
+    result = _session(TrainConfig.for_resume(run, epochs=2, precision="fp16"), "fp16", events)
+    assert result.epochs == 2 and not result.interrupted
+    assert "precision fp32 -> fp16 (a fresh fp16 gradient scaler)" in _notices(events)
+    assert _scaler(run)["scale"] > 0 and _scaler(run)["_growth_tracker"] == 2  # fresh: this session's steps
+    # fp16 resumed in fp16 goes on with the run's scale and its count of steps since it changed
+    events = []
+    _session(TrainConfig.for_resume(run, epochs=3), "fp16", events)
+    assert _scaler(run)["_growth_tracker"] == 4 and "resuming with" not in _notices(events)
+
+
+def test_an_fp16_run_resumes_in_bf16_or_fp32(tmp_path: Path, data: dict[str, Path]) -> None:
+    run = tmp_path / "run"
+    _session(tiny(run, data, epochs=1, val_every=0, precision="fp16"), "fp16", [])
+    assert _scaler(run)["scale"] > 0
+    said = []
+    for epochs, precision in ((2, "bf16"), (3, "fp32")):
+        events: list[Any] = []
+        result = train(
+            TrainConfig.for_resume(run, epochs=epochs, precision=precision), on_event=events.append
+        )
+        assert result.epochs == epochs and not result.interrupted
+        assert _scaler(run) == {}  # this session's scaler: disabled
+        said.append(_notices(events))
+    assert "precision fp16 -> bf16 (the fp16 gradient scaler is set aside)" in said[0]
+    assert "precision bf16 -> fp32" in said[1] and "scaler" not in said[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# frozen BatchNorm statistics
+
+
+def _bn_statistics(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The encoder's BatchNorm running statistics (and step counts) in a state dict."""
+    kinds = ("running_mean", "running_var", "num_batches_tracked")
+    return {k: v for k, v in state.items() if k.startswith("encoder.") and k.endswith(kinds)}
+
+
+def _bn_affine(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.weight": module.weight.detach().clone()
+        for name, module in model.encoder.named_modules()
+        if isinstance(module, torch.nn.BatchNorm2d)
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pdseg-tiny checkpoint whose BatchNorm statistics are not the initial 0 and 1 (as trained
+    weights' are not), so a step that refits them shows."""
+    model = create_model("pdseg-tiny")
+    generator = torch.Generator().manual_seed(3)
+    for module in model.encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return save_checkpoint(model, tmp_path_factory.mktemp("init") / "start.pt", train_size=64)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_and_trains_its_affine_weights(
+    tmp_path: Path, data: dict[str, Path], tiny_init: Path
+) -> None:
+    start = torch.load(tiny_init, weights_only=True)["state_dict"]
+    assert _bn_statistics(start)
+    weights_before = _bn_affine(load_model(tiny_init))
+    for freeze in (True, False):
+        run = tmp_path / f"freeze-{freeze}"
+        cfg = tiny(run, data, epochs=1, val_every=0, variant=None, init=tiny_init, batch=2, freeze_bn=freeze)
+        train(cfg)
+        trained = torch.load(run / "last.pt", weights_only=True)["train_state"]["model"]
+        same = all_tensors_equal(_bn_statistics(start), _bn_statistics(trained))
+        assert (same == []) == freeze, same
+        model = create_model("pdseg-tiny")
+        model.load_state_dict(trained)
+        moved = [k for k, w in _bn_affine(model).items() if not torch.equal(w, weights_before[k])]
+        assert moved, "the affine weights train either way"
+
+
+def test_train_mode_keeps_frozen_batchnorm_in_eval_mode_after_every_train_call() -> None:
+    from pdseg_cli.engine.train_state import train_mode
+
+    model = create_model("pdseg-tiny")
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for freeze in (True, False, True):
+        model.eval()  # as validation leaves a model
+        train_mode(model, model, freeze)
+        assert model.training and model.decoder.training
+        assert all(m.training != freeze for m in norms)
+
+
+@pytest.mark.parametrize(
+    ("batch", "world", "device", "start", "frozen"),
+    [
+        (2, 1, "cpu", "init", True),
+        (4, 1, "cpu", "backbone", True),
+        (5, 1, "cpu", "init", False),
+        (2, 1, "cpu", None, False),  # never from random weights
+        (3, 2, "cpu", "init", True),  # gloo: each BatchNorm sees its own process's 3
+        (3, 2, "cuda", "init", False),  # SyncBatchNorm: 6 over both processes
+        (2, 2, "cuda", "init", True),
+        (8, 1, "cpu", "init", True),  # 3 images per rank: a batch of 8 is 3
+    ],
+)
+def test_the_default_freezes_small_batches_from_trained_weights(
+    tmp_path: Path, batch: int, world: int, device: str, start: str | None, frozen: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from pdseg_cli import runtime
+    from pdseg_cli.engine.train_context import RunContext
+    from pdseg_cli.engine.train_state import resolve_freeze_bn
+
+    weights = {"init": {"init": tmp_path / "a.pt"}, "backbone": {"backbone_weights": tmp_path / "b.pt"}}
+    cfg = TrainConfig(out=tmp_path / "run", epochs=1, batch=batch, **weights.get(start or "", {}))
+    events: list[Any] = []
+    env = runtime.Distributed(world, 0, 0)
+    ctx = RunContext(cfg, env, torch.device(device), device, "fp32", 0, events.append)
+    n = 3 * world if batch == 8 else 64
+    plan = SimpleNamespace(batches=dis5k.EpochBatches(n, batch, 0, 0, world))
+    assert resolve_freeze_bn(ctx, plan, None) is frozen
+    said = [e.values["message"] for e in events if e.kind == "info"]
+    assert bool(said) == frozen and all("--no-freeze-bn" in s for s in said)
+    # given, the flag wins (from random weights with a note); resumed, the run's own value
+    for given in (True, False):
+        events.clear()
+        ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, freeze_bn=given))
+        assert resolve_freeze_bn(ctx, plan, None) is given
+        notes = [e.values["message"] for e in events if e.kind == "notice"]
+        assert bool(notes) == (given and start is None)
+        assert all("stay at their initial values" in n for n in notes)
+        assert resolve_freeze_bn(ctx, plan, {"freeze_bn": not given}) is (not given)
+    assert resolve_freeze_bn(ctx, plan, {}) is False  # a state from before the option: trained
+
+
+def test_freeze_bn_is_recorded_and_kept_on_resume(
+    tmp_path: Path, data: dict[str, Path], tiny_init: Path
+) -> None:
+    run = tmp_path / "run"
+    events: list[Any] = []
+    train(
+        tiny(run, data, epochs=1, val_every=0, variant=None, init=tiny_init, batch=2), on_event=events.append
+    )
+    assert any(
+        "BatchNorm statistics stay those of --init" in e.values["message"] for e in events if e.kind == "info"
+    )
+    payload = torch.load(run / "last.pt", weights_only=True)
+    assert (
+        payload["provenance"]["recipe"]["freeze_bn"] is True and payload["train_state"]["freeze_bn"] is True
+    )
+    record = json.loads((run / "config.json").read_text())
+    assert record["resolved"]["freeze_bn"] is True and record["train"]["freeze_bn"] is None  # as given
+    start = _bn_statistics(torch.load(tiny_init, weights_only=True)["state_dict"])
+
+    resumed = TrainConfig.for_resume(run, epochs=2)
+    assert resumed.freeze_bn is True  # the value the run resolved
+    train(resumed)
+    trained = torch.load(run / "last.pt", weights_only=True)
+    assert all_tensors_equal(start, _bn_statistics(trained["train_state"]["model"])) == []
+    assert trained["train_state"]["freeze_bn"] is True
+    assert json.loads((run / "config.json").read_text())["resolved"]["freeze_bn"] is True
+    with pytest.raises(InputError, match="--freeze-bn -> --no-freeze-bn"):
+        train(TrainConfig.for_resume(run, epochs=3, freeze_bn=False))
+    train(TrainConfig.for_resume(run, epochs=3, freeze_bn=True))  # the same value: no conflict
+
+    # a run from before the option trained its statistics: it resumes so, and refuses --freeze-bn
+    del trained["train_state"]["freeze_bn"]
+    torch.save(trained, run / "last.pt")
+    record = json.loads((run / "config.json").read_text())
+    del record["resolved"]["freeze_bn"]
+    record["train"]["freeze_bn"] = None
+    (run / "config.json").write_text(json.dumps(record))
+    assert TrainConfig.for_resume(run).freeze_bn is None
+    with pytest.raises(InputError, match="--no-freeze-bn -> --freeze-bn"):
+        train(TrainConfig.for_resume(run, epochs=4, freeze_bn=True))

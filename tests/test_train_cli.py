@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.data.augment import AugmentConfig
+from pdseg_cli.errors import InputError
 from pdseg_cli.model import load_model
 
 runner = CliRunner()
@@ -413,3 +414,127 @@ def test_stale_samples_in_the_run_cache_are_dropped(tmp_path: Path, folders: dic
     resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out)])
     assert resumed.exit_code == 0, resumed.output
     assert sorted(p.name for p in folder.glob("*.npy")) == current
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun: which process says an error, and one GPU per process
+
+
+def _as_rank(
+    monkeypatch: pytest.MonkeyPatch, rank: int, world: int = 2, local_world: int | None = None
+) -> None:
+    """This process as rank ``rank`` of a torchrun job (no process group is reached: the errors
+    come first)."""
+    for name, value in (("WORLD_SIZE", world), ("RANK", rank), ("LOCAL_RANK", rank)):
+        monkeypatch.setenv(name, str(value))
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+
+
+def _gpus(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """``n`` CUDA GPUs as torch sees them (nothing may run on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+
+
+def test_an_error_of_one_rank_alone_is_said_by_that_rank(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One GPU visible per process (a scheduler's one GPU per task) and no LOCAL_WORLD_SIZE: rank 1
+    alone cannot take GPU 1. Its error was silent (every rank but 0 was), and torchrun's
+    ChildFailedError was all the user saw."""
+    _gpus(monkeypatch, 1)
+    _as_rank(monkeypatch, 1)
+    result = runner.invoke(app, [*tiny_args(tmp_path / "run", folders), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert text.count("rank 1: LOCAL_RANK 1 takes GPU 1, and 1 GPU is visible to this process") == 1, text
+    assert "make every GPU of the machine visible to each process" in text and "Traceback" not in text
+    # rank 0 of the same job has its GPU; rank 1's refusal is its own, not one rank 0 says
+    from pdseg_cli import runtime
+
+    assert runtime.check_gpu_per_process("cuda", runtime.Distributed(2, 0, 0)) is None
+    with pytest.raises(InputError) as refused:
+        runtime.check_gpu_per_process("cuda", runtime.Distributed(2, 1, 1))
+    assert not runtime.met_by_every_rank(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "said"),
+    [
+        (1, "cuda", "2 torchrun processes on this machine, and 1 GPU is visible"),
+        (1, "auto", "2 torchrun processes on this machine, and 1 GPU is visible"),
+        (2, "cuda:1", "--device cuda:1 puts every torchrun process on GPU 1"),
+    ],
+)
+def test_training_refuses_two_processes_on_one_gpu_said_once_by_rank_0(
+    tmp_path: Path,
+    folders: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    gpus: int,
+    device: str,
+    said: str,
+) -> None:
+    """NCCL stopped such a job at its first step ("Duplicate GPU detected"), a traceback per rank."""
+    _gpus(monkeypatch, gpus)
+    args = [*tiny_args(tmp_path / "run", folders)]
+    args[args.index("--device") + 1] = device
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, local_world=2)
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        if rank == 1:  # the same refusal, which rank 0 says
+            assert result.output == ""
+            continue
+        text = flat(result.output)
+        assert said in text and "training needs a GPU of its own per process" in text, text
+        fix = "--device cuda (or leave --device out)" if ":" in device else "torchrun --nproc-per-node 1"
+        assert fix in text and "rank" not in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_every_rank_meets_is_said_once_by_rank_0(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, local_world=2)
+        for bad in (["--batch", "0"], ["--size", "full"], ["--precision", "fp16"]):
+            result = runner.invoke(app, [*tiny_args(tmp_path / "run", folders), *bad])
+            assert result.exit_code == 2, result.output
+            assert (result.output == "") == (rank == 1), (bad, result.output)
+
+
+# ----------------------------------------------------------------------------------------------
+# --freeze-bn
+
+
+def test_train_help_teaches_freeze_bn() -> None:
+    from pdseg_cli.engine.train_config import FREEZE_BN_BATCH
+
+    text = flat(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output.replace("│", " "))
+    assert "--freeze-bn Keep the encoder's BatchNorm statistics" in text and "Off: --no-freeze-bn" in text
+    assert "Use it to fine-tune --init or --backbone-weights with a small batch" in text
+    assert f"at most {FREEZE_BN_BATCH} images a step" in text  # the help spells the constant out
+
+
+def test_cli_freeze_bn_is_recorded_and_a_resume_keeps_it(tmp_path: Path, folders: dict[str, Path]) -> None:
+    first = tmp_path / "first"
+    assert runner.invoke(app, [*tiny_args(first, folders), "--val-every", "0"]).exit_code == 0
+    tuned = tmp_path / "tuned"
+    args = [a for a in tiny_args(tuned, folders) if a not in ("--variant", "pdseg-tiny")]
+    args[args.index("--batch") + 1] = "2"
+    result = runner.invoke(
+        app, [*args, "--val-every", "0", "--init", str(first / "last.pt"), "--no-freeze-bn"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tuned / "config.json").read_text())["resolved"]["freeze_bn"] is False
+    assert torch.load(tuned / "last.pt", weights_only=True)["provenance"]["recipe"]["freeze_bn"] is False
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(tuned), "--freeze-bn"])
+    assert resumed.exit_code == 2, resumed.output
+    assert "trained with other settings: --no-freeze-bn -> --freeze-bn" in flat(resumed.output)
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(tuned)])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((tuned / "config.json").read_text())["resolved"]["freeze_bn"] is False

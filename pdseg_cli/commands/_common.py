@@ -27,20 +27,32 @@ EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
-def user_errors(*, quiet: bool = False) -> Iterator[None]:
+def user_errors(*, rank: int = 0) -> Iterator[None]:
     """Print a PdsegError as one red line (no traceback) and exit 2 (1 for a RunFailed: work that
     started and could not finish); an operating-system error that stopped the command (disk full,
     no permission, a file deleted under it) as one line naming the file and exit 1; Ctrl-C exits
-    130. ``quiet`` (torchrun's processes other than rank 0) exits with the same status, silently:
-    rank 0 says it once."""
-    say = (lambda *args: None) if quiet else ui.error
+    130.
+
+    ``rank``: this process's rank under torchrun. A process other than rank 0 exits with the same
+    status, and says its error itself, after ``rank N:``, unless every process meets it alike
+    (``runtime.met_by_every_rank``: rank 0 says those once) or it is a Ctrl-C, which reaches every
+    process. An error of one process alone (its GPU, its files) was said by no one: torchrun's
+    ChildFailedError was all the user saw."""
+
+    def say(message: str, hint: str | None = None, *, error: BaseException | None = None) -> None:
+        # error None: a Ctrl-C, which the terminal sends to every process
+        if rank == 0:
+            ui.error(message, hint)
+        elif error is not None and not runtime.met_by_every_rank(error):
+            ui.error(f"rank {rank}: {message}", hint)
+
     try:
         yield
     except PdsegError as exc:
-        say(exc.message, exc.hint)
+        say(exc.message, exc.hint, error=exc)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
     except OSError as exc:
-        say(*os_error_line(exc))
+        say(*os_error_line(exc), error=exc)
         raise typer.Exit(EXIT_FAILED) from None
     except RuntimeError as exc:
         if str(exc) == "Could not determine home directory.":  # pathlib's expanduser of a '~'
@@ -48,6 +60,7 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
                 "a path starting with '~' names a home folder that cannot be found (no such user, or "
                 "$HOME is not set)",
                 "write the path out in full",
+                error=exc,
             )
             raise typer.Exit(EXIT_USAGE) from None
         # Path.resolve() on a loop of symbolic links (Python 3.13 raises OSError ELOOP instead),
@@ -56,7 +69,7 @@ def user_errors(*, quiet: bool = False) -> Iterator[None]:
         if loop is None:
             raise
         path = loop.group(1).strip("'")  # pathlib quotes it
-        say(f"{path} goes round a loop of symbolic links", "check the links on that path")
+        say(f"{path} goes round a loop of symbolic links", "check the links on that path", error=exc)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt as exc:
         say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
@@ -195,7 +208,9 @@ DeviceOpt = Annotated[
 # predict and eval; train's auto also takes native bf16 on a CPU, and benchmark defaults to fp32
 PrecisionOpt = Annotated[
     str,
-    typer.Option("--precision", help="auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16."),
+    typer.Option(
+        "--precision", help="auto (bf16 on GPUs with native bf16, Ampere on; else fp32), fp32, bf16, fp16."
+    ),
 ]
 
 # predict and eval: the flip test-time augmentation of Predictor(tta=True)

@@ -147,80 +147,87 @@ def predict(
     from pdseg_cli import runtime
 
     rank = torchrun_rank()
-    with user_errors(quiet=rank != 0):
-        from pdseg_cli.engine.output_kinds import parse_save
-        from pdseg_cli.engine.predict_plan import plan_predict
-        from pdseg_cli.engine.predict_summary import OutputWriteStopped, nothing_left
-        from pdseg_cli.ui import prediction
+    with user_errors(rank=rank):
+        # the options and the inputs, which every process checks and plans alike: rank 0 says
+        # their errors once
+        with runtime.alike_on_every_rank():
+            from pdseg_cli.engine.output_kinds import parse_save
+            from pdseg_cli.engine.predict_plan import plan_predict
+            from pdseg_cli.engine.predict_summary import OutputWriteStopped, nothing_left
+            from pdseg_cli.ui import prediction
 
-        if not out_text.strip():
-            raise InputError("--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)")
-        out = Path(out_text)
-        if weights is None:
-            from pdseg_cli.weights import default_weights
+            if not out_text.strip():
+                raise InputError(
+                    "--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)"
+                )
+            out = Path(out_text)
+            if weights is None:
+                from pdseg_cli.weights import default_weights
 
-            weights = default_weights()  # a missing default is reported before anything is created
-        kinds = parse_save(save)
-        check_batch(batch)
-        if json_out is not None:
-            check_report_path("--json", json_out)
-        env = runtime.env_distributed()
+                weights = default_weights()  # a missing default is reported before anything is created
+            kinds = parse_save(save)
+            check_batch(batch)
+            if json_out is not None:
+                check_report_path("--json", json_out)
+            env = runtime.env_distributed()
 
-        def torch_options() -> tuple[Any, tuple[int, ...]]:
-            return _model_options(
-                ctx, kinds, env, threads=threads, size=size, bg=bg, threshold=threshold,
-                device=device, precision=precision, compile_mode=compile_mode,
-            )  # fmt: skip
+            def torch_options() -> tuple[Any, tuple[int, ...]]:
+                return _model_options(
+                    ctx, kinds, env, threads=threads, size=size, bg=bg, threshold=threshold,
+                    device=device, precision=precision, compile_mode=compile_mode,
+                )  # fmt: skip
 
-        # Options given are checked before the inputs (device and precision errors before any file
-        # is touched). With their defaults, which cannot fail, the whole run is planned first: a
-        # single process with nothing left to do (a folder polled with --skip-existing) then ends
-        # without torch or the model. Under torchrun every process goes into the group as before,
-        # so that a file arriving between two processes' plans cannot leave one waiting for the rest.
-        checked = torch_options() if any(_given(ctx, name) for name in _TORCH_CHECKED) else None
-        if _given(ctx, "weights"):  # a moved or mistyped -w is said even when nothing is left to do
-            check_weights_file(Path(weights).expanduser(), "weights", MODEL_SUFFIXES)
-        whole = plan_predict(
-            sources,
-            out,
-            save=kinds,
-            recursive=recursive,
-            skip_existing=skip_existing,
-            refine_foreground=refine_foreground,
-            max_pixels=max_pixels,
-        )
-        on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
-        settings = {
-            "pdseg": __version__,
-            "weights": str(weights),
-            "out": str(whole.out_dir),
-            "save": list(kinds),
-            "threshold": threshold,
-            "skip_existing": skip_existing,
-        }
-        if not whole.todo and not env.enabled and not (onnx_spec or tta):  # those are checked on loading
-            prediction.nothing_left(whole.out_dir, len(whole.skipped))
-            prediction.left_in_out(whole.out_dir, whole.left_in_out)
-            done = nothing_left(whole)
-            prediction.summary(done, table_on_stderr=on_stdout)
-            _write_json(json_out, done, settings)
-            return
-        from pdseg_cli.engine.predict import Predictor
+            # Options given are checked before the inputs (device and precision errors before any file
+            # is touched). With their defaults, which cannot fail, the whole run is planned first: a
+            # single process with nothing left to do (a folder polled with --skip-existing) then ends
+            # without torch or the model. Under torchrun every process goes into the group as before,
+            # so that a file arriving between two processes' plans cannot leave one waiting for the rest.
+            checked = torch_options() if any(_given(ctx, name) for name in _TORCH_CHECKED) else None
+            if _given(ctx, "weights"):  # a moved or mistyped -w is said even when nothing is left to do
+                check_weights_file(Path(weights).expanduser(), "weights", MODEL_SUFFIXES)
+            whole = plan_predict(
+                sources,
+                out,
+                save=kinds,
+                recursive=recursive,
+                skip_existing=skip_existing,
+                refine_foreground=refine_foreground,
+                max_pixels=max_pixels,
+            )
+            on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
+            settings = {
+                "pdseg": __version__,
+                "weights": str(weights),
+                "out": str(whole.out_dir),
+                "save": list(kinds),
+                "threshold": threshold,
+                "skip_existing": skip_existing,
+            }
+            if not whole.todo and not env.enabled and not (onnx_spec or tta):  # those are checked on loading
+                prediction.nothing_left(whole.out_dir, len(whole.skipped))
+                prediction.left_in_out(whole.out_dir, whole.left_in_out)
+                done = nothing_left(whole)
+                prediction.summary(done, table_on_stderr=on_stdout)
+                _write_json(json_out, done, settings)
+                return
+            from pdseg_cli.engine.predict import Predictor
 
-        work_size, background = checked if checked is not None else torch_options()
+            work_size, background = checked if checked is not None else torch_options()
         with runtime.distributed() as dist:
             plan = whole.share(dist)
-            predictor = Predictor(
-                weights,
-                device=device,
-                precision=precision,
-                size=work_size,
-                compile=compile_mode,
-                local_rank=dist.local_rank if dist.enabled else None,
-                onnx_spec=onnx_spec,
-                tta=tta,
-            )
+            with runtime.alike_on_every_rank():  # the same file, and a device checked alike above
+                predictor = Predictor(
+                    weights,
+                    device=device,
+                    precision=precision,
+                    size=work_size,
+                    compile=compile_mode,
+                    local_rank=dist.local_rank if dist.enabled else None,
+                    onnx_spec=onnx_spec,
+                    tta=tta,
+                )
             if dist.is_main:
+                sharing = runtime.gpu_sharing_note(device, dist)  # processes may share a GPU: said once
                 prediction.start(
                     predictor.device_reason,
                     predictor.precision,
@@ -228,7 +235,7 @@ def predict(
                     len(plan.todo),
                     len(plan.skipped),
                     dist.world_size,
-                    predictor.notes,
+                    [*predictor.notes, *([sharing] if sharing else [])],
                     model=f"{predictor.weights_path or 'model'}: {predictor.description}",
                 )
                 prediction.left_in_out(plan.out_dir, plan.left_in_out)
@@ -251,6 +258,7 @@ def predict(
             except OutputWriteStopped as exc:  # a full disk: how far it got, then its error line
                 if dist.is_main:
                     prediction.stopped(exc.summary, whole.total)
+                runtime.every_rank_meets(exc)  # raised after the gather, in every process alike
                 raise
         if dist.is_main:
             prediction.summary(result, table_on_stderr=on_stdout)

@@ -237,6 +237,21 @@ def train(
             show_default=False,
         ),
     ] = None,
+    freeze_bn: Annotated[
+        bool | None,
+        typer.Option(
+            "--freeze-bn/--no-freeze-bn",
+            # 4 is train_config.FREEZE_BN_BATCH, written out: that module imports torch, which
+            # `pdseg --help` must not wait for (a test keeps the two equal)
+            help="Keep the encoder's BatchNorm statistics as the starting weights have them (their "
+            "scales and shifts still train). Use it to fine-tune --init or --backbone-weights with a "
+            "small batch: statistics refitted on a few images a step are noisy. Default: frozen when "
+            "a BatchNorm sees at most 4 images a step (--batch, or the global batch "
+            "under torchrun on GPUs) and the encoder starts from trained weights; never from random "
+            "weights. A resumed run keeps its own.",
+            show_default=False,
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -267,12 +282,14 @@ def train(
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
     from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
     from pdseg_cli.errors import counted, first_line
-    from pdseg_cli.runtime import env_distributed, is_out_of_memory
+    from pdseg_cli.runtime import alike_on_every_rank, env_distributed, is_out_of_memory
     from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
 
-    not_main = torchrun_rank() != 0  # the ranks agree on errors: rank 0 says it once
-    with user_errors(quiet=not_main):  # the value itself, before --init is read
+    # every process checks the options alike, and rank 0 says what is wrong with them once
+    rank = torchrun_rank()
+    main = rank == 0
+    with user_errors(rank=rank), alike_on_every_rank():  # the value itself, before --init is read
         size = square_side(size_text, "train")
         if resume and overwrite:
             raise InputError(
@@ -285,49 +302,51 @@ def train(
         train_dir=train_dir, val_dir=val_dir, supervision=supervision, backbone_weights=backbone_weights,
         lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
-        augment=augment, zoom=zoom, paste=paste, init=init, teacher=teacher, teacher_weight=teacher_weight,
-        max_unsure=max_unsure, onnx_spec=onnx_spec,
+        augment=augment, zoom=zoom, paste=paste, freeze_bn=freeze_bn, init=init, teacher=teacher,
+        teacher_weight=teacher_weight, max_unsure=max_unsure, onnx_spec=onnx_spec,
     )  # fmt: skip
     # on --resume: what changed
     given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v != []}
-    with user_errors(quiet=not_main):  # an --init path the system refuses (too long, a loop) is one line
+    with user_errors(rank=rank), alike_on_every_rank():  # an --init path the system refuses is one line
         init_variant, init_size = init_defaults(None if resume else init)
     if size is None and init_size is not None:
         given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
         if init_size % 32:  # training sizes are multiples of the model's stride
             given["size"] = max(32, round(init_size / 32) * 32)
-            ui.info(
-                f"--init {init} was trained at {init_size}; training at {given['size']}, the nearest "
-                "multiple of 32 (--size chooses another)"
-            )
+            if main:
+                ui.info(
+                    f"--init {init} was trained at {init_size}; training at {given['size']}, the nearest "
+                    "multiple of 32 (--size chooses another)"
+                )
     out = out or default_run_folder(variant or init_variant)
     view = TrainingView()
-    with user_errors(quiet=not_main):
-        main = env_distributed().rank == 0
-        use_threads(threads, quiet=not main)
-        if resume:
-            length = {} if epochs is None else {"epochs": epochs}
-            cfg = TrainConfig.for_resume(out, overwrite=overwrite, **length, **given)
-            finished = finished_state(cfg.out / LAST_NAME)
-            done = None if finished is None else int(finished["epochs"])
-            if finished is not None and done == cfg.epochs:  # said before the data are loaded for nothing
-                refuse_other_settings(cfg, finished)  # as a resume with more to train does
-                if main:
-                    ui.info(
-                        f"{out} has finished its {counted(done, 'epoch')}: nothing to train; to train "
-                        f"longer: {resume_command(out)} --epochs N (N > {done})"
-                    )
-                return
-        elif epochs is None:
-            refusal = None if overwrite else existing_run(out.expanduser())  # a run there: how to go on
-            if refusal is not None:
-                raise refusal
-            raise InputError(
-                "--epochs is needed to start a run",
-                hint="add e.g. --epochs 20; or, to go on with the run in --out, --resume",
-            )
-        else:
-            cfg = TrainConfig(out=out, epochs=epochs, overwrite=overwrite, **given)
+    with user_errors(rank=rank):
+        with alike_on_every_rank():
+            env_distributed()  # torchrun variables that make no sense are said here, once
+            use_threads(threads, quiet=not main)
+            if resume:
+                length = {} if epochs is None else {"epochs": epochs}
+                cfg = TrainConfig.for_resume(out, overwrite=overwrite, **length, **given)
+                finished = finished_state(cfg.out / LAST_NAME)
+                done = None if finished is None else int(finished["epochs"])
+                if finished is not None and done == cfg.epochs:  # said before the data are loaded for nothing
+                    refuse_other_settings(cfg, finished)  # as a resume with more to train does
+                    if main:
+                        ui.info(
+                            f"{out} has finished its {counted(done, 'epoch')}: nothing to train; to train "
+                            f"longer: {resume_command(out)} --epochs N (N > {done})"
+                        )
+                    return
+            elif epochs is None:
+                refusal = None if overwrite else existing_run(out.expanduser())  # a run there: how to go on
+                if refusal is not None:
+                    raise refusal
+                raise InputError(
+                    "--epochs is needed to start a run",
+                    hint="add e.g. --epochs 20; or, to go on with the run in --out, --resume",
+                )
+            else:
+                cfg = TrainConfig(out=out, epochs=epochs, overwrite=overwrite, **given)
         try:
             result = run_training(cfg, on_event=view)
         except RuntimeError as exc:  # CUDA OOM is a RuntimeError too
@@ -337,7 +356,8 @@ def train(
             # a resumed run keeps its batch and size, so the way out is a new run
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
             error(
-                f"out of memory training {cfg.model_variant} at --size {cfg.size} with --batch {cfg.batch} "
+                ("" if main else f"rank {rank}: ")  # each process runs out of its own GPU's memory
+                + f"out of memory training {cfg.model_variant} at --size {cfg.size} with --batch {cfg.batch} "
                 f"per process{where} ({first_line(exc)})",
                 "start the run again with a smaller --batch or --size (another --out, or --overwrite)",
             )

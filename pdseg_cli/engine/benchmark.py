@@ -50,6 +50,13 @@ MODES: tuple[str, ...] = ("optimized", "plain", "compare")
 _SAMPLE_SECONDS = 0.002  # CPU resident-memory sampling period
 
 CUDA_MEMORY_NOTE = "peak: torch.cuda.max_memory_allocated during one pass (weights and input included)"
+# a CUDA graph's replay allocates nothing (its activations sit in the graph's memory pool, allocated
+# when it was recorded), so one more pass would show only the weights and the input
+CUDA_GRAPHS_MEMORY_NOTE = (
+    "peak: torch.cuda.max_memory_allocated during one pass (weights and input included); for the "
+    "CUDA-graph form, over its warm-up passes, which compile and record the graphs (a replay "
+    "allocates nothing): an upper bound, as compiling may use some memory of its own"
+)
 CPU_MEMORY_NOTE = (
     "peak: resident memory of the process above its level before one pass, sampled every 2 ms "
     "(activations and buffers of a pass; weights excluded; an estimate)"
@@ -380,7 +387,7 @@ def run_benchmark(
         runs=runs,
         warmup=warmup,
         weights=None if weights is None else str(weights),
-        memory_note=CUDA_MEMORY_NOTE if dev.type == "cuda" else CPU_MEMORY_NOTE,
+        memory_note=memory_note(dev, compile_mode),
         torch_version=str(torch.__version__),
         notes=notes,
         compile=compile_mode,
@@ -431,14 +438,41 @@ def _peak_memory(fn: Callable[[Any], Any], x: Any, dev: Any) -> int | None:
     return grown[0] if grown else None
 
 
+def memory_note(dev: Any, compile_mode: str | None) -> str:
+    """What the report's peak memory figures measure on ``dev`` with this torch.compile mode."""
+    if dev.type != "cuda":
+        return CPU_MEMORY_NOTE
+    return CUDA_GRAPHS_MEMORY_NOTE if _cuda_graph_mode(compile_mode) else CUDA_MEMORY_NOTE
+
+
+def _cuda_graph_mode(compile_mode: str | None) -> bool:
+    from pdseg_cli.engine.predict import CUDA_GRAPH_MODES
+
+    return compile_mode in CUDA_GRAPH_MODES
+
+
 def _measure_size(
     forms: dict[str, Callable[[Any], Any]], x: Any, dev: Any, size: int, runs: int, warmup: int
 ) -> list[BenchmarkRow]:
-    """Warm up, time ``runs`` alternating passes per form, then one pass each for peak memory."""
+    """Warm up, time ``runs`` alternating passes per form, then one pass each for peak memory.
+
+    A form compiled with CUDA graphs (its ``mode``, on a GPU) allocates nothing when it replays them:
+    its peak is taken over its warm-up passes instead, which compile and record the graphs.
+    """
+    import torch
+
     outputs: dict[str, Any] = {}
+    recorded: dict[str, int] = {}
     for name, fn in forms.items():
+        graphs = dev.type == "cuda" and _cuda_graph_mode(getattr(fn, "mode", None))
+        if graphs:
+            _sync(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(warmup):
             outputs[name] = fn(x)
+        if graphs:
+            _sync(dev)
+            recorded[name] = int(torch.cuda.max_memory_allocated(dev))
     diff = None
     if len(outputs) == 2:
         diff = float((outputs["plain"].float() - outputs["optimized"].float()).abs().max())
@@ -449,7 +483,7 @@ def _measure_size(
             ms, out = _time_once(lambda fn=fn: fn(x), dev)
             times[name].append(ms)
             del out
-    peaks = {name: _peak_memory(fn, x, dev) for name, fn in forms.items()}
+    peaks = {name: recorded.get(name) or _peak_memory(fn, x, dev) for name, fn in forms.items()}
     rows = []
     batch = int(x.shape[0])
     medians = {name: statistics.median(ts) for name, ts in times.items()}

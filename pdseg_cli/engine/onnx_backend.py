@@ -317,7 +317,8 @@ class OnnxModel(_ExportedModel):
         threads: intra-op threads for onnxruntime, or None for torch's (``torch.get_num_threads()``).
 
     Raises:
-        NotAvailableError: onnxruntime, or its CUDA provider, is not installed.
+        NotAvailableError: onnxruntime, or its CUDA provider, is not installed, or the CUDA provider
+            cannot start (its CUDA or cuDNN libraries missing): never a silent CPU run.
         WeightsError: the file is empty, not ONNX, truncated, one onnxruntime cannot load, one with
             inputs pdseg cannot feed (a second input, or a uint8 one), or a foreign model whose spec
             is unknown.
@@ -363,6 +364,7 @@ class OnnxModel(_ExportedModel):
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise _unreadable(self.path, "onnx", exc) from None
+        _refuse_provider_fallback(ort, self.session, providers, self.device)
         # before anything reads the input: a second input or a uint8 one cannot be fed at all
         refuse_unfeedable(self.signature(), str(self.path))
         inp = self.session.get_inputs()[0]
@@ -614,6 +616,33 @@ class TorchScriptModel(_ExportedModel):
             if hasattr(self.module, OUTPUT_LOGITS):
                 return self.module.logits(x).float()
             return _logit(self.module(x).float())
+
+
+def _refuse_provider_fallback(ort: Any, session: Any, providers: list[Any], device: torch.device) -> None:
+    """Refuse a session that does not run on the provider asked for.
+
+    onnxruntime-gpu whose CUDA or cuDNN libraries cannot be loaded (none installed, or another major
+    version than it was built for) makes the session on the CPU instead, saying so only in a log
+    line that ``_ORT_LOG_ERRORS`` keeps quiet; pdseg would then report a CUDA run that ran on the
+    CPU. Never a silent fallback: the user asked for this device (as ``runtime.resolve_device`` does).
+
+    Raises:
+        NotAvailableError: naming what onnxruntime-gpu needs, or ``--device cpu``.
+    """
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    got = list(session.get_providers())
+    if got and got[0] == wanted:
+        return
+    cuda = getattr(ort, "cuda_version", "") or ""  # the CUDA this onnxruntime-gpu was built for
+    built = f", built for CUDA {cuda}" if cuda else ""
+    major = f" {cuda.split('.')[0]}" if cuda else ""
+    raise NotAvailableError(
+        f"onnxruntime could not start {wanted} on {device} (onnxruntime-gpu {ort.__version__}{built}), so "
+        f"it would run on {got[0] if got else 'no provider'}: its CUDA or cuDNN libraries could not be "
+        "loaded (missing, or of another version)",
+        hint=f"install the CUDA{major} and cuDNN libraries it was built for where it can load them, as "
+        "onnxruntime.ai's CUDA execution provider page lists them, or use --device cpu",
+    )
 
 
 def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:

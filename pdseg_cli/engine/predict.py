@@ -48,6 +48,9 @@ DEFAULT_SIZE = 1024  # used when a checkpoint does not record its training size 
 Size = predict_run.Size
 
 MAX_SIDE = 16384  # the largest working side --size takes: 8192x8192 peaks at 9.5 GB on the CPU
+# the torch.compile modes that capture CUDA graphs on a GPU (torch._inductor.list_mode_options sets
+# triton.cudagraphs in these): a replay writes its outputs where the last replay's were
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def parse_size(text: str | int | None) -> Size | None:
@@ -97,7 +100,8 @@ class Predictor:
             :func:`pdseg_cli.weights.default_weights`.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; under torchrun ``auto`` and
             ``cuda`` take the GPU of the process's LOCAL_RANK.
-        precision: ``auto`` (bf16 on GPUs that have it, fp32 otherwise), ``fp32``, ``bf16``, ``fp16``.
+        precision: ``auto`` (bf16 on GPUs with native bf16, Ampere and newer; fp32 otherwise),
+            ``fp32``, ``bf16``, ``fp16``.
         size: the working resolution: an int N (images resized to N x N, as in training),
             ``"full"`` (native resolution, one pass, no tiles), or None for the checkpoint's
             training size (1024 when the checkpoint does not record one).
@@ -156,6 +160,7 @@ class Predictor:
             if not isinstance(value, bool | np.bool_):  # bool("no") is True: a typo would flip it on
                 raise TypeError(f"{name} must be True or False, not {value!r}")
         self.tta = bool(tta)
+        self._graph_outputs = compile_mode in CUDA_GRAPH_MODES
         self.weights_path: Path | None = None
         if isinstance(weights, nn.Module):
             kind = "module"
@@ -245,7 +250,9 @@ class Predictor:
         # what the user should know: emulated precision, a full size far from the training one,
         # model parts run as built (not optimised)
         far = full_size_note(self.size, self.train_size)
-        self.notes: list[str] = [n for n in (ignored, slow, far) if n] + list(getattr(model, "notes", ()))
+        recompiles = compile_full_size_note(compile_mode, self.size)
+        self.notes: list[str] = [n for n in (ignored, slow, far, recompiles) if n]
+        self.notes += list(getattr(model, "notes", ()))
 
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
@@ -368,6 +375,10 @@ class Predictor:
                     "segmentation model gives one map, (B, 1, H, W) logits"
                 )
             if self.tta:  # a second pass, not a doubled batch: exported graphs may fix the batch at 1
+                if self._graph_outputs:
+                    # a CUDA graph's output lives in its memory pool, where the mirrored pass's replay
+                    # writes its own: a copy of the (B, 1, h, w) map outlives it
+                    logits = logits.clone()
                 mirrored = self.model(x.flip(-1).contiguous(memory_format=layout)).float()
                 logits = (logits + mirrored.flip(-1)) * 0.5
         return logits
@@ -512,6 +523,21 @@ def full_size_note(size: Size, train_size: int | None) -> str | None:
         f"--size full runs the model at each image's own size, but it was trained at "
         f"{train_size}x{train_size}: on images much larger than that its maps get worse, often "
         f"only edges (leave --size out to work at {train_size}, its training size)"
+    )
+
+
+def compile_full_size_note(compile_mode: str | None, size: Size) -> str | None:
+    """A warning for ``--compile`` with ``--size full``: torch.compile specialises on the input shape,
+    so each image size it has not met sets off another compilation (a minute or more) and, in the
+    CUDA-graph modes, records graphs of its own; over a folder of mixed sizes that costs more than
+    compiling saves. Said once, at the start, with the other notes."""
+    if not compile_mode or size != "full":
+        return None
+    graphs = " and records new CUDA graphs for it" if compile_mode in CUDA_GRAPH_MODES else ""
+    return (
+        f"--compile {compile_mode} with --size full compiles the model again for image sizes it has not "
+        f"met{graphs}: on images of mixed sizes this runs slower than without --compile (give a fixed "
+        "--size, or drop --compile)"
     )
 
 

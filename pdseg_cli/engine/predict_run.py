@@ -269,9 +269,16 @@ class _FolderRun:
                 self.readers.submit(_read, self.predictor, item, self.keep_pixels, self.plan.max_pixels)
             )
 
-    def segment(self, group: list[_Prepared]) -> None:
-        """One forward pass over ``group``, then its writes queued; out of memory fails the group."""
+    def segment(self, group: list[_Prepared], *, retry: bool = True) -> None:
+        """One forward pass over ``group``, then its writes queued.
+
+        Out of memory is tried once more after freeing what can be freed, a batch one image at a
+        time (and the rest of the run too, as each batch would fail again); an image that runs out
+        again fails, with a hint, and the run goes on.
+        """
         predictor = self.predictor
+        out_of_memory = False
+        logits: torch.Tensor | None = None
         try:
             logits = predictor.forward([g.array for g in group])  # type: ignore[misc]
             maps = [
@@ -291,8 +298,18 @@ class _FolderRun:
         except Exception as exc:  # torch's, numpy's and ONNX Runtime's out-of-memory errors alike
             if not runtime.is_out_of_memory(exc):
                 raise
-            if predictor.device.type == "cuda":
-                torch.cuda.empty_cache()
+            out_of_memory = True
+        if out_of_memory:
+            # out of the except block: the exception is gone, and with it its traceback, whose frames
+            # held the failed pass's activations; only now can freeing give their memory back
+            logits = None  # a pass whose maps ran out of memory: its logits go too
+            self.free_memory()
+            if retry:
+                if len(group) > 1:
+                    self.batch = 1
+                for g in group:
+                    self.segment([g], retry=False)
+                return
             on_gpu = predictor.device.type == "cuda"
             why = "out of memory on " + str(predictor.device) + _oom_hint(predictor.size, len(group), on_gpu)
             for g in group:
@@ -302,6 +319,13 @@ class _FolderRun:
             g.array = None  # free the model input before the write
             self.writes.append(self.writers.submit(_write_outputs, self.plan, g, m, self.background))
         self.collect_writes(self.max_writes)
+
+    def free_memory(self) -> None:
+        """Give back what a pass that ran out of memory left: the writes in flight (each holds its
+        image and its outputs' float copies) are waited for, and the GPU cache emptied."""
+        self.collect_writes(0)
+        if self.predictor.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def collect_writes(self, block_until: int) -> None:
         """Report the finished writes in order; wait while more than ``block_until`` are in flight.

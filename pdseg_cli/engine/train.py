@@ -20,6 +20,8 @@ bases) uses and which is saved with the state.
 
 Under ``torchrun`` each process trains on its shard (:class:`~pdseg_cli.data.dis5k.EpochBatches`),
 BatchNorm in the encoder becomes SyncBatchNorm on GPUs, and only rank 0 validates and writes files.
+With few images per BatchNorm and trained starting weights, the encoder's BatchNorm statistics stay
+frozen (``freeze_bn``, :func:`~pdseg_cli.engine.train_config.default_freeze_bn`).
 
 The run is split by what each part holds: :mod:`~pdseg_cli.engine.train_config` (the options),
 :mod:`~pdseg_cli.engine.train_context` (this process: rank, device, collectives, torchrun's process
@@ -79,21 +81,25 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
 
     Raises:
         InputError: a bad option, or a run folder that exists (without resume/overwrite) or holds
-            a different experiment than ``cfg`` (with resume).
+            a different experiment than ``cfg`` (with resume), or, under torchrun on GPUs, two
+            processes on one GPU (:func:`~pdseg_cli.runtime.check_gpu_per_process`).
         DataError: missing splits, or bad image/mask pairs (all named) before any training step.
         WeightsError: unreadable ``--backbone-weights`` or ``last.pt``.
         TrainingDiverged: a NaN/inf loss; ``last.pt`` from the last save is kept.
     """
-    cfg.check()
-    cfg = _variant_from_init(cfg)
     env = runtime.env_distributed()
-    choice = runtime.resolve_device(cfg.device, local_rank=env.local_rank if env.enabled else None)
-    device = choice.device
-    precision = runtime.resolve_precision(cfg.precision, device)
-    if cfg.precision == "auto" and device.type == "cpu" and runtime.cpu_has_fast("bf16"):
-        precision = "bf16"  # AVX512-BF16 or AMX: native bf16 matrix units (never chosen when emulated)
-    if precision == "fp16" and device.type != "cuda":
-        raise InputError("--precision fp16 needs a CUDA GPU", hint="use bf16 or fp32 on this device")
+    with runtime.alike_on_every_rank():  # the same options and files in every process
+        cfg.check()
+        cfg = _variant_from_init(cfg)
+    runtime.check_gpu_per_process(cfg.device, env)  # says itself which of its refusals are alike
+    with runtime.alike_on_every_rank():  # one GPU per process is checked: the same answer everywhere
+        choice = runtime.resolve_device(cfg.device, local_rank=env.local_rank if env.enabled else None)
+        device = choice.device
+        precision = runtime.resolve_precision(cfg.precision, device)
+        if cfg.precision == "auto" and device.type == "cpu" and runtime.cpu_has_fast("bf16"):
+            precision = "bf16"  # AVX512-BF16 or AMX: native bf16 matrix units (never chosen when emulated)
+        if precision == "fp16" and device.type != "cuda":
+            raise InputError("--precision fp16 needs a CUDA GPU", hint="use bf16 or fp32 on this device")
     ctx = RunContext(
         cfg=cfg,
         env=env,

@@ -77,7 +77,8 @@ class TrainConfig:
         weight_decay: AdamW weight decay, not applied to norms, biases and layer scales.
         warmup: linear-warmup iterations; None means ``min(1500, total_iterations // 10)``.
         clip_grad: clip the global gradient norm to this; 0 turns clipping off.
-        precision: ``auto`` (bf16 on GPUs that have it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (bf16 on GPUs with native bf16, Ampere and newer, else fp32), ``fp32``,
+            ``bf16`` or ``fp16``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         ema_decay: final decay of the weight EMA; None: 0.9999, or ``1 - 10 / total_iterations`` if
             that is smaller, so the average spans at most a tenth of the run.
@@ -93,6 +94,11 @@ class TrainConfig:
         paste: probability that an augmented sample's object is put on another sample's background,
             whose own object is filled in (:func:`pdseg_cli.data.augment.paste_object`); 0, the
             default, never pastes.
+        freeze_bn: keep the encoder's BatchNorm layers in eval mode while training: their running
+            statistics stay as the starting weights have them (their affine weights still train).
+            None: :func:`default_freeze_bn` (frozen when a BatchNorm sees at most
+            :data:`FREEZE_BN_BATCH` images a step and the encoder starts from trained weights).
+            A resumed run keeps the value it resolved.
         resume: continue the run in ``out`` from its ``last.pt``.
         overwrite: replace a run already in ``out`` (its cache is kept).
         teacher: a model ``pdseg predict`` runs (``.pt``, ``.onnx``, ``.ts``, a foreign ONNX) whose
@@ -136,6 +142,7 @@ class TrainConfig:
     augment: bool = True
     zoom: float = 0.0
     paste: float = 0.0
+    freeze_bn: bool | None = None
     resume: bool = False
     overwrite: bool = False
     teacher: Path | None = None
@@ -179,6 +186,7 @@ class TrainConfig:
             augment: bool = ...,
             zoom: float = ...,
             paste: float = ...,
+            freeze_bn: bool | None = ...,
             resume: bool = ...,
             overwrite: bool = ...,
             teacher: PathArg | None = ...,
@@ -414,15 +422,36 @@ class TrainConfig:
                 )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in stored.items() if k in names}
+        resolved = json.loads(path.read_text()).get("resolved")
+        resolved = resolved if isinstance(resolved, dict) else {}  # a damaged record: the defaults
         if values.get("warmup") is None:  # keep the warmup the run resolved, not a new default
-            resolved = json.loads(path.read_text()).get("resolved", {}).get("warmup")
-            values["warmup"] = resolved
+            values["warmup"] = resolved.get("warmup")
+        if values.get("freeze_bn") is None:  # likewise the BatchNorm mode (older runs: last.pt says)
+            values["freeze_bn"] = resolved.get("freeze_bn")
         values.update(changes)  # an --overwrite among them is refused by check()
         values.update(out=out, resume=True, overwrite=bool(changes.get("overwrite", False)))
         return cls(**values)
 
 
 MAX_WORKERS = 256  # DataLoader processes per training process; more only fork without end
+
+# At most this many images a step per BatchNorm, its batch statistics are too noisy to refit the
+# running ones (docs/model.md, 'Batch norm'; the design spec's pitfall 5)
+FREEZE_BN_BATCH = 4
+
+
+def default_freeze_bn(images_per_norm: int, pretrained: bool) -> bool:
+    """Whether a run freezes the encoder's BatchNorm statistics when ``--freeze-bn`` is not given:
+    when each BatchNorm sees at most :data:`FREEZE_BN_BATCH` images a step and the encoder starts
+    from trained weights, whose statistics a few images a step would only blur. Never from random
+    weights, whose statistics (mean 0, variance 1) describe no data.
+
+    Args:
+        images_per_norm: the images one BatchNorm normalises over in a step: the batch per process,
+            or the global batch under SyncBatchNorm (torchrun on GPUs).
+        pretrained: the encoder starts from ``--init`` or ``--backbone-weights``.
+    """
+    return pretrained and images_per_norm <= FREEZE_BN_BATCH
 
 
 def default_workers(cores: int | None = None) -> int:

@@ -74,4 +74,4 @@ class RunContext:
             errors = [None if e is None else _ERRORS.get(e[0], DataError)(e[1], e[2]) for e in gathered]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
-            raise first
+            raise runtime.every_rank_meets(first)  # rank 0 says it, whichever rank had it

@@ -128,8 +128,9 @@ def refuse_other_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> None:
     folder than the one its best.pt was chosen on (best.pt would compare scores of two folders).
 
     Raises:
-        InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup``) or
-            the validation folder differs; the values are shown as they are typed.
+        InputError: a trajectory field (:data:`TRAJECTORY_FIELDS`, or an explicit ``--warmup`` or
+            ``--freeze-bn/--no-freeze-bn``) or the validation folder differs; the values are shown
+            as they are typed.
     """
     stored, now = state["config"], cfg.to_dict()
     # a field added after the run started is absent from its config: the run had the default
@@ -141,6 +142,8 @@ def refuse_other_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> None:
     ]
     if cfg.warmup is not None and state["warmup"] != cfg.warmup:
         diffs.append(f"--warmup {state['warmup']} -> {cfg.warmup}")
+    if cfg.freeze_bn is not None and frozen_bn(state) != cfg.freeze_bn:  # as resolved, as --warmup
+        diffs.append(_changed("freeze_bn", frozen_bn(state), cfg.freeze_bn))
     before = validated_on(cfg.out, state)
     if cfg.val_dir is not None and before is not None and Path(before).resolve() != cfg.val_dir.resolve():
         diffs.append(f"--val {shown(before)} -> {shown(cfg.val_dir)}")
@@ -149,6 +152,12 @@ def refuse_other_settings(cfg: TrainConfig, state: Mapping[str, Any]) -> None:
             f"{cfg.out} was trained with other settings: {'; '.join(diffs)}",
             hint="resume with the run's own settings (leave those options out), or start a new --out",
         )
+
+
+def frozen_bn(state: Mapping[str, Any]) -> bool:
+    """Whether the run whose training state is ``state`` froze its encoder's BatchNorm statistics
+    (as it resolved ``--freeze-bn``; a state from before the option trained them)."""
+    return bool(state.get("freeze_bn", False))
 
 
 def _changed(name: str, before: Any, now: Any) -> str:
@@ -212,7 +221,12 @@ def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
     _refuse_other_world_size(ctx, int(state["world_size"]))
     soft = []
     if state["precision"] != ctx.precision:
-        soft.append(f"precision {state['precision']} -> {ctx.precision}")
+        change = f"precision {state['precision']} -> {ctx.precision}"
+        if ctx.precision == "fp16" and not state.get("scaler"):  # no scale of the run's to go on from
+            change += " (a fresh fp16 gradient scaler)"
+        elif state["precision"] == "fp16":
+            change += " (the fp16 gradient scaler is set aside)"
+        soft.append(change)
     threads, now = state.get("threads"), torch.get_num_threads()  # recorded since 2026-12-06
     if threads is not None and threads != now and ctx.device.type == "cpu":
         soft.append(f"{threads} -> {now} compute threads (pass --threads {threads} to keep them)")

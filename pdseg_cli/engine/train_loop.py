@@ -29,7 +29,8 @@ from pdseg_cli.errors import os_error_line
 
 def run_training(ctx: RunContext) -> TrainResult:
     """Set the run up, then train from where it starts to ``--epochs`` or a signal."""
-    run = start_run(ctx)
+    with runtime.alike_on_every_rank():  # options, run folder and data: rank 0 says their errors
+        run = start_run(ctx)
     plan, progress, out = run.plan, run.progress, ctx.cfg.out
     interrupted = False
     try:
@@ -80,7 +81,7 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
     cfg, out = ctx.cfg, ctx.cfg.out
     plan.batches.set_epoch(epoch, first)
     ctx.emit("epoch_start", epoch=epoch + 1, step=first, total=plan.steps_per_epoch)
-    run.net.train()
+    run.train_mode()  # not net.train(), which would put frozen BatchNorm layers back in training
     runtime.reset_peak_memory(ctx.device)
     tick = time.perf_counter()
 
@@ -191,7 +192,7 @@ def _train_step(
         stats[:-1] /= ctx.env.world_size
     values = stats.tolist()
     if not all(math.isfinite(v) for v in values[:-1]):
-        raise _diverged(run, values[:-1], epoch, step)
+        raise runtime.every_rank_meets(_diverged(run, values[:-1], epoch, step))  # the losses are shared
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     if cfg.clip_grad > 0:
@@ -269,6 +270,7 @@ def _recipe(run: TrainRun) -> dict[str, Any]:
         "ema_tau": plan.ema_tau,
         "clip_grad": cfg.clip_grad,
         "augment": augment_record(cfg),
+        "freeze_bn": run.freeze_bn,
         "max_unsure": cfg.max_unsure,
         "backbone_weights": run.backbone,
         "threads": torch.get_num_threads(),
@@ -296,6 +298,7 @@ def _save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | 
         "warmup": plan.warmup,
         "world_size": ctx.env.world_size,
         "precision": ctx.precision,
+        "freeze_bn": run.freeze_bn,  # what --freeze-bn resolved to: a resume keeps it
         "threads": torch.get_num_threads(),  # --resume says when it changes (the sums' order)
         # what the run started from, for the provenance of the sessions that resume it
         "init_provenance": run.init_provenance,

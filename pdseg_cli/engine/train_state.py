@@ -18,13 +18,14 @@ from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
 from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
-from pdseg_cli.engine.train_config import CONFIG
+from pdseg_cli.engine.train_config import CONFIG, default_freeze_bn
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_data import TrainData, augment_record, load_data, make_loaders
 from pdseg_cli.engine.train_folder import (
     RESULTS,
     cache_root,
     clear_old_run,
+    frozen_bn,
     open_tensorboard,
     prepare_run_folder,
     read_rows,
@@ -33,7 +34,7 @@ from pdseg_cli.engine.train_folder import (
 )
 from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
 from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler, restore_scheduler
-from pdseg_cli.errors import InputError, Interrupted, PdsegError
+from pdseg_cli.errors import InputError, Interrupted, PdsegError, counted
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_checkpoint, load_model
 
 if TYPE_CHECKING:  # tensorboard is an optional package
@@ -137,6 +138,8 @@ class TrainRun:
         tensorboard: rank 0's ``SummaryWriter`` (None without tensorboard, and on other ranks).
         init_provenance: where ``--init``'s weights came from (None without ``--init``).
         backbone: ``--backbone-weights`` as loaded, ``{"path", "sha256"}`` (None without it).
+        freeze_bn: the encoder's BatchNorm layers stay in eval mode while training
+            (:func:`resolve_freeze_bn`; :func:`train_mode` applies it).
         progress: the counters the loop advances.
     """
 
@@ -155,7 +158,24 @@ class TrainRun:
     tensorboard: SummaryWriter | None
     init_provenance: dict[str, Any] | None
     backbone: dict[str, Any] | None
+    freeze_bn: bool
     progress: Progress
+
+    def train_mode(self) -> None:
+        """Put the network in training mode, the frozen BatchNorm layers excepted."""
+        train_mode(self.net, self.model, self.freeze_bn)
+
+
+def train_mode(net: nn.Module, model: PDSeg, freeze_bn: bool) -> None:
+    """``net.train()``, then, with ``freeze_bn``, the encoder's BatchNorm layers (SyncBatchNorm under
+    torchrun on GPUs) back in eval mode: they normalise with their running statistics and leave
+    them as they are, while their affine weights still train. Every ``train()`` of the network goes
+    through here, since ``train()`` alone puts them back in training mode."""
+    net.train()
+    if freeze_bn:
+        for module in model.encoder.modules():
+            if isinstance(module, nn.BatchNorm2d | nn.SyncBatchNorm):
+                module.eval()
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -218,7 +238,8 @@ def _start_run(ctx: RunContext) -> TrainRun:
     if resumed is None and cfg.init is None and cfg.backbone_weights is None:
         _say_random_start(ctx, data.n_train)
     model, init_provenance = initial_model(ctx, resumed)
-    run = build_run(ctx, data, plan, model, init_provenance, resumed)
+    freeze_bn = resolve_freeze_bn(ctx, plan, resumed)
+    run = build_run(ctx, data, plan, model, init_provenance, resumed, freeze_bn)
     ctx.emit(
         "start",
         values={
@@ -325,6 +346,38 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
     return RunPlan(batches, total_steps, warmup, decay, tau, start_epoch, start_step, sums)
 
 
+def resolve_freeze_bn(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any] | None) -> bool:
+    """Whether the encoder's BatchNorm statistics stay frozen: the resumed run's own choice (a
+    conflicting flag was refused), else ``--freeze-bn/--no-freeze-bn``, else the default
+    (:func:`~pdseg_cli.engine.train_config.default_freeze_bn`), said when it freezes them."""
+    cfg = ctx.cfg
+    if resumed is not None:
+        return frozen_bn(resumed)
+    images = min(cfg.batch, plan.batches.per_rank)  # fewer images than a batch: all of them
+    if ctx.env.enabled and ctx.device.type == "cuda":  # SyncBatchNorm: over every process's batch
+        images *= ctx.env.world_size
+    pretrained = cfg.init is not None or cfg.backbone_weights is not None
+    if cfg.freeze_bn is None:
+        frozen = default_freeze_bn(images, pretrained)
+        if frozen:
+            start = "--init" if cfg.init is not None else "--backbone-weights"
+            ctx.emit(
+                "info",
+                values={
+                    "message": f"the encoder's BatchNorm statistics stay those of {start}: each BatchNorm "
+                    f"sees {counted(images, 'image')} a step, too few to refit them (--no-freeze-bn "
+                    "refits them anyway)"
+                },
+            )
+        return frozen
+    if cfg.freeze_bn and not pretrained:
+        ctx.notice(
+            "--freeze-bn from random weights: the encoder's BatchNorm statistics stay at their initial "
+            "values (mean 0, variance 1) for the whole run"
+        )
+    return cfg.freeze_bn
+
+
 def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[PDSeg, dict[str, Any] | None]:
     """The network before training: seeded random weights, or ``--init``'s, or an encoder from
     ``--backbone-weights`` (both ignored on resume, whose weights come from ``last.pt``).
@@ -357,6 +410,7 @@ def build_run(
     model: PDSeg,
     init_provenance: dict[str, Any] | None,
     resumed: Mapping[str, Any] | None,
+    freeze_bn: bool,
 ) -> TrainRun:
     """The session's state: the model on its device with its EMA, DDP wrapper, optimiser, schedule
     and scaler, each restored from ``resumed`` if given, the RNGs, the counters, the loaders; rank 0
@@ -365,7 +419,7 @@ def build_run(
     cfg, device, rank = ctx.cfg, ctx.device, ctx.env.rank
     # channels-last layout: the same maths, faster steps on the CPU (oneDNN) and GPUs
     # (benchmarks/RESULTS.md, 'CPU training speed')
-    model = model.to(device, memory_format=torch.channels_last).train()
+    model = model.to(device, memory_format=torch.channels_last)
     ema = ModelEMA(model, plan.ema_decay, plan.ema_tau)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
@@ -376,6 +430,7 @@ def build_run(
     if ctx.env.enabled:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    train_mode(net, model, freeze_bn)
     optimizer = make_optimizer(model, cfg.lr, cfg.decoder_lr_mult, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, plan.warmup, plan.total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=ctx.precision == "fp16")
@@ -383,7 +438,11 @@ def build_run(
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         restore_scheduler(scheduler, resumed["scheduler"])  # after the optimiser: its rates are reset
-        scaler.load_state_dict(resumed["scaler"])
+        # a session in bf16 or fp32 saved its disabled scaler as {}: an fp16 resume starts a fresh
+        # one (said by _check_same_experiment), where loading it raised; an fp16 run resumed in
+        # another precision has no use for its scale
+        if scaler.is_enabled() and resumed["scaler"]:
+            scaler.load_state_dict(resumed["scaler"])
         rngs = resumed["rng"]
         rng = rngs[rank] if rank < len(rngs) else None
     if rng is not None:
@@ -401,7 +460,7 @@ def build_run(
         write_run_config(
             cfg.out / CONFIG,
             cfg,
-            _resolved_config(ctx, data, plan, model, init_provenance),
+            _resolved_config(ctx, data, plan, model, init_provenance, freeze_bn),
             resumed=resumed is not None,
         )
         tensorboard = open_tensorboard(cfg.out, progress.global_step)
@@ -422,6 +481,7 @@ def build_run(
         tensorboard=tensorboard,
         init_provenance=init_provenance,
         backbone=_backbone_record(cfg.backbone_weights, resumed),
+        freeze_bn=freeze_bn,
         progress=progress,
     )
 
@@ -457,7 +517,12 @@ def _starting_progress(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any
 
 
 def _resolved_config(
-    ctx: RunContext, data: TrainData, plan: RunPlan, model: PDSeg, init_provenance: Mapping[str, Any] | None
+    ctx: RunContext,
+    data: TrainData,
+    plan: RunPlan,
+    model: PDSeg,
+    init_provenance: Mapping[str, Any] | None,
+    freeze_bn: bool,
 ) -> dict[str, Any]:
     """``config.json``'s ``resolved``: what the run made of its configuration."""
     cfg = ctx.cfg
@@ -483,5 +548,6 @@ def _resolved_config(
         "threads": torch.get_num_threads(),  # a CPU run's weights depend on it (the order of float sums)
         "cache_dir": str(cache_root(cfg)) if cfg.cache == "disk" else None,
         "augment": augment_record(cfg),
+        "freeze_bn": freeze_bn,
         "model": model.config.to_dict(),
     }

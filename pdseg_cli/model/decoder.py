@@ -23,6 +23,7 @@ from pdseg_cli.config import ModelConfig, decoder_groups
 from pdseg_cli.model.fusion import (
     FusedConv,
     InferenceForm,
+    float64_on_cpu,
     frozen_param,
     memory_format_of,
     tracing,
@@ -259,8 +260,8 @@ def _frozen_group_norm(norm: nn.GroupNorm) -> nn.GroupNorm:
 
 
 def _split_squeeze(conv: nn.Conv2d, sizes: list[int]) -> list[torch.Tensor]:
-    """The (C, c_in, 1, 1) squeeze weight split along its inputs, float64."""
-    return list(torch.split(conv.weight.detach().double(), sizes, dim=1))
+    """The (C, c_in, 1, 1) squeeze weight split along its inputs, float64 on the CPU."""
+    return list(torch.split(float64_on_cpu(conv.weight), sizes, dim=1))
 
 
 class FastHamLevel(InferenceForm):

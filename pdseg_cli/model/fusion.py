@@ -15,8 +15,9 @@ each part's form living next to the part (``docs/model.md``, 'Inference form'):
 frozen eval-mode copy run with its own ``forward`` (:class:`KeptPlain`), which still computes what
 the plain model computes, and which carries a one-line note that ``FastPDSeg.notes`` collects.
 
-Folding is done in float64 and stored as float32 parameters that never require gradients and never
-share storage with the source model.
+Folding is done in float64 on the CPU, whatever device the model is on (MPS has no float64), and
+stored as float32 parameters on the model's device that never require gradients and never share
+storage with the source model.
 """
 
 from __future__ import annotations
@@ -51,31 +52,41 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
 
 
 # ----------------------------------------------------------------------------------------------
-# folding (float64 maths, float32 results)
+# folding (float64 maths on the CPU, float32 results on the model's device)
 
 
 def frozen_param(t: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
-    """A frozen float32 parameter on ``like``'s device (a copy: never shares the original's storage)."""
-    return nn.Parameter(t.detach().to(device=like.device, dtype=torch.float32).clone(), requires_grad=False)
+    """A frozen float32 parameter on ``like``'s device (a copy: never shares the original's storage).
+
+    Rounded to float32 before the move: a folded float64 result lives on the CPU, and a device
+    without float64 (MPS) cannot take it as it is.
+    """
+    return nn.Parameter(t.detach().float().to(like.device).clone(), requires_grad=False)
+
+
+def float64_on_cpu(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float64 on the CPU, where all folding maths runs: MPS has no float64 ("Cannot convert
+    a MPS Tensor to float64"), so it is copied off the device in its own dtype and widened there."""
+    return t.detach().cpu().double()
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BN as y = s * x + t; (C,) float64 each."""
+    """Eval-mode BN as y = s * x + t; (C,) float64 each, on the CPU."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("optimize needs BatchNorm layers with running statistics (track_running_stats)")
-    var = bn.running_var.detach().double()
-    mean = bn.running_mean.detach().double()
-    weight = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    var = float64_on_cpu(bn.running_var)
+    mean = float64_on_cpu(bn.running_mean)
+    weight = float64_on_cpu(bn.weight) if bn.weight is not None else torch.ones_like(var)
+    bias = float64_on_cpu(bn.bias) if bn.bias is not None else torch.zeros_like(var)
     scale = weight / torch.sqrt(var + bn.eps)
     return scale, bias - mean * scale
 
 
 def weight_bias(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A conv's weight and bias in float64 (a zero bias when it has none)."""
-    weight = conv.weight.detach().double()
+    """A conv's weight and bias in float64 on the CPU (a zero bias when it has none)."""
+    weight = float64_on_cpu(conv.weight)
     if conv.bias is not None:
-        bias = conv.bias.detach().double()
+        bias = float64_on_cpu(conv.bias)
     else:
         bias = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     return weight, bias

@@ -26,6 +26,7 @@ from pdseg_cli.model.fusion import (
     InferenceForm,
     bn_scale_shift,
     fast_form,
+    float64_on_cpu,
     fold_bn_after,
     fold_bn_before,
     frozen_param,
@@ -366,14 +367,14 @@ class FastBlock(InferenceForm):
         )
         self.conv3 = FusedConv.of(msca.conv3)
         # x + g1 * (W2 v + b2 + s1 x + t1) = (1 + g1 s1) x + (g1 W2) v + g1 (b2 + t1)
-        g1 = block.layer_scale_1.detach().double()
+        g1 = float64_on_cpu(block.layer_scale_1)
         s1, t1 = bn_scale_shift(block.norm1)
         w2, b2 = weight_bias(attn.proj_2)
         self.proj_2 = FusedConv(w2 * g1[:, None, None, None], g1 * (b2 + t1), like)
         self.skip_scale = frozen_param((1.0 + g1 * s1)[None, :, None, None], like)  # (1, C, 1, 1)
         self.fc1 = FusedConv(*fold_bn_before(block.norm2, mlp.fc1), like)
         self.dwconv = FusedConv.of(mlp.dwconv.dwconv)
-        g2 = block.layer_scale_2.detach().double()
+        g2 = float64_on_cpu(block.layer_scale_2)
         w4, b4 = weight_bias(mlp.fc2)
         self.fc2 = FusedConv(w4 * g2[:, None, None, None], g2 * b4, like)
 

@@ -30,7 +30,7 @@ from pdseg_cli.runtime.compute import (
     set_compute_threads,
     usable_cores,
 )
-from pdseg_cli.runtime.device import DeviceChoice, resolve_device
+from pdseg_cli.runtime.device import DeviceChoice, check_gpu_per_process, gpu_sharing_note, resolve_device
 from pdseg_cli.runtime.memory import is_out_of_memory, peak_memory, peak_rss, reset_peak_memory
 from pdseg_cli.runtime.precision import (
     PRECISIONS,
@@ -46,9 +46,12 @@ from pdseg_cli.runtime.torchrun import (
     DEFAULT_TIMEOUT,
     Backend,
     Distributed,
+    alike_on_every_rank,
     backend_for,
     distributed,
     env_distributed,
+    every_rank_meets,
+    met_by_every_rank,
 )
 
 __all__ = [
@@ -60,17 +63,22 @@ __all__ = [
     "Backend",
     "DeviceChoice",
     "Distributed",
+    "alike_on_every_rank",
     "autocast",
     "backend_for",
+    "check_gpu_per_process",
     "cpu_flags",
     "cpu_has_fast",
     "distributed",
     "emulated_precision_note",
     "env_distributed",
+    "every_rank_meets",
+    "gpu_sharing_note",
     "has_glibc_malloc",
     "interrupt_on_stop_signals",
     "is_out_of_memory",
     "keep_freed_memory",
+    "met_by_every_rank",
     "peak_memory",
     "peak_rss",
     "release_freed_memory",

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pdseg_cli.errors import InputError, NotAvailableError
+from pdseg_cli.errors import InputError, NotAvailableError, counted
+from pdseg_cli.runtime.torchrun import every_rank_meets
 
 if TYPE_CHECKING:
     import torch
+
+    from pdseg_cli.runtime.torchrun import Distributed
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
     Args:
         spec: what the user asked for (a ``torch.device`` too, as ``load_model`` takes).
         local_rank: under torchrun, the process's local rank: ``auto`` and ``cuda`` then mean
-            ``cuda:<local_rank>`` (one GPU per process).
+            ``cuda:<local_rank>`` (one GPU per process), wrapping round when there are more
+            processes than GPUs (training refuses that first: :func:`check_gpu_per_process`).
 
     Raises:
         NotAvailableError: CUDA (or MPS) was asked for and is not there.
@@ -67,8 +71,8 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
                 f"(torch {torch.__version__}, {build})",
                 hint="use --device cpu, or install a CUDA build of PyTorch and check nvidia-smi",
             )
-        if text == "cuda":
-            index = local_rank if local_rank is not None else 0
+        if text == "cuda":  # as auto: a scheduler's one GPU per task is cuda:0 in every process
+            index = local_rank % max(n_gpus, 1) if local_rank is not None else 0
         else:
             try:
                 index = int(text.split(":", 1)[1])
@@ -83,3 +87,93 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
         name = torch.cuda.get_device_name(index)
         return DeviceChoice(torch.device("cuda", index), f"cuda:{index} ({name})")
     raise InputError(f"not a device: {spec!r}", hint="use auto, cpu, cuda, cuda:N or mps")
+
+
+def _cuda_index(spec: str | torch.device) -> int | None:
+    """The N of ``cuda:N`` (None for any other name, or a malformed one, which resolve_device names)."""
+    text = str(spec).strip().lower()
+    number = text.split(":", 1)[1] if text.startswith("cuda:") else ""
+    return int(number) if number.isdigit() else None
+
+
+def _on_cuda(spec: str | torch.device) -> bool:
+    """Whether ``spec`` computes on a CUDA GPU here (``auto`` does where one is visible)."""
+    import torch
+
+    text = str(spec).strip().lower()
+    wants = text in ("auto", "cuda") or text.startswith("cuda:")
+    return wants and torch.cuda.is_available()
+
+
+def check_gpu_per_process(spec: str | torch.device, env: Distributed) -> None:
+    """Refuse a torchrun training job that would put two processes on one GPU: NCCL stopped at the
+    first step with "Duplicate GPU detected" and a traceback, after the whole set-up.
+
+    Args:
+        spec: ``--device`` as given.
+        env: the job.
+
+    Raises:
+        InputError: ``--device cuda:N`` (every process on GPU N), or more processes on this
+            machine than visible GPUs. Marked as met by every rank (rank 0 says it), except where the
+            launcher does not say how many processes share the machine: then each process checks
+            its own GPU and says it itself.
+    """
+    if not env.enabled or not _on_cuda(spec):
+        return
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    index = _cuda_index(spec)
+    if index is not None:
+        raise every_rank_meets(
+            InputError(
+                f"--device {str(spec).strip()} puts every torchrun process on GPU {index}, and training "
+                "needs a GPU of its own per process",
+                hint="pass --device cuda (or leave --device out): each process takes the GPU of its "
+                "LOCAL_RANK; CUDA_VISIBLE_DEVICES chooses which GPUs",
+            )
+        )
+    local = env.local_world_size
+    gpus = counted(n_gpus, "GPU is", "GPUs are")
+    if local is not None and local > n_gpus:
+        raise every_rank_meets(
+            InputError(
+                f"{local} torchrun processes on this machine, and {gpus} visible: training needs a GPU of "
+                "its own per process",
+                hint=f"torchrun --nproc-per-node {n_gpus}, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
+            )
+        )
+    if local is None and env.local_rank >= n_gpus:  # this process alone knows
+        raise InputError(
+            f"LOCAL_RANK {env.local_rank} takes GPU {env.local_rank}, and {gpus} visible to this process: "
+            "training needs a GPU of its own per process",
+            hint="make every GPU of the machine visible to each process (one GPU per task hides the "
+            f"others), or start at most {n_gpus} per machine",
+        )
+
+
+def gpu_sharing_note(spec: str | torch.device, env: Distributed) -> str | None:
+    """One line when the processes of a torchrun ``predict`` share GPUs: they may (each writes its
+    own files), but the job is then no faster than one process per GPU. None otherwise, and where
+    the launcher does not say how many processes share the machine."""
+    local = env.local_world_size
+    if not env.enabled or local is None or local < 2 or not _on_cuda(spec):
+        return None
+    import torch
+
+    index = _cuda_index(spec)
+    if index is not None:
+        return (
+            f"--device {str(spec).strip()}: all {local} processes on this machine share GPU {index} "
+            "(--device cuda gives each its own)"
+        )
+    n_gpus = torch.cuda.device_count()
+    if local <= n_gpus:
+        return None
+    most = -(-local // n_gpus)  # ceil
+    on_one = "" if n_gpus == 1 else f", up to {most} on one"
+    return (
+        f"{local} processes share {counted(n_gpus, 'GPU')} on this machine{on_one} "
+        f"(torchrun --nproc-per-node {n_gpus} gives each its own)"
+    )

@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pdseg_cli.errors import InputError, NotAvailableError
+from pdseg_cli.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -18,27 +18,29 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_precision(spec: str, device: torch.device) -> str:
     """``auto|fp32|bf16|fp16`` -> the precision to run in: ``fp32``, ``bf16`` or ``fp16``.
 
-    ``auto`` is bf16 on CUDA GPUs that support it (Ampere and newer) and fp32 everywhere else.
+    ``auto`` is bf16 on CUDA GPUs with native bf16 (Ampere and newer, compute capability 8.0) and
+    fp32 everywhere else. An explicit ``bf16`` on an older GPU is kept: PyTorch emulates it there,
+    slowly, which :func:`emulated_precision_note` says.
 
     Raises:
         InputError: not a precision name.
-        NotAvailableError: bf16 asked for on a GPU without it.
     """
-    import torch
-
     text = spec.strip().lower()
     if text not in PRECISIONS:
         raise InputError(f"not a precision: {spec!r}", hint=f"use one of {', '.join(PRECISIONS)}")
     if text == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if text == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise NotAvailableError(
-            f"--precision bf16 was asked for, but {torch.cuda.get_device_name(device)} has no bf16",
-            hint="use --precision fp16 or fp32",
-        )
+        return "bf16" if device.type == "cuda" and gpu_has_native_bf16(device) else "fp32"
     return text
+
+
+def gpu_has_native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA GPU ``device`` (its own, not the current one) computes bf16 natively: compute
+    capability 8.0 or newer (Ampere). Not ``torch.cuda.is_bf16_supported()``, which by default also
+    says True for a T4 or V100 that only emulates bf16 (any card that can hold a bf16 tensor), asks
+    the current device rather than ``device``, and makes a tensor there to find out."""
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
 @functools.cache
@@ -68,19 +70,39 @@ def cpu_has_fast(precision: str, flags: frozenset[str] | None = None) -> bool:
 def emulated_precision_note(
     device: torch.device, precision: str, fix: str = "--precision fp32", *, cost: str = "several times slower"
 ) -> str | None:
-    """A warning when ``precision`` would run emulated, and so slowly, on this CPU; None otherwise.
+    """A warning when ``precision`` would run emulated, and so slowly, on this device; None otherwise.
     ``cost`` says how much slower: PyTorch's emulation is several times slower, while ONNX Runtime
     ran an fp16 export 1.7 times slower than the fp32 one here (`benchmarks/RESULTS.md`).
 
-    Only said where the flags are known (x86 Linux) and show none of the instructions it needs.
+    On the CPU, only said where the flags are known (x86 Linux) and show none of the instructions it
+    needs. On a CUDA GPU, said of bf16 before Ampere (compute capability below 8.0), where fp16 is
+    the fast reduced precision.
     """
-    if device.type != "cpu" or precision == "fp32":
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return _gpu_bf16_note(device) if precision == "bf16" else None
+    if device.type != "cpu":
         return None
     flags = cpu_flags()
     if not flags or "avx2" not in flags or cpu_has_fast(precision, flags):
         return None
     need = " or ".join(f.upper().replace("_", "-") for f in _FAST_CPU_FLAGS[precision])
     return f"this CPU has no {need}, so {precision} runs emulated: expect it to be {cost} than fp32 ({fix})"
+
+
+def _gpu_bf16_note(device: torch.device) -> str | None:
+    """The note for bf16 on a GPU without it natively (a T4, a V100), or None."""
+    import torch
+
+    if gpu_has_native_bf16(device):
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    name = torch.cuda.get_device_name(device)
+    return (
+        f"{name} (compute capability {major}.{minor}) has no native bf16, so bf16 runs emulated: expect it "
+        "to be slower than fp32 (--precision fp16 is this GPU's fast precision, or --precision fp32)"
+    )
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -12,7 +12,7 @@ import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pdseg_cli.errors import InputError
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 Backend = Literal["gloo", "nccl"]
+_E = TypeVar("_E", bound=BaseException)
 
 # how long a collective waits for the slowest process: rank 0 may spend long alone before the
 # first one (training fills its sample cache, predict lists and plans every input)
@@ -34,11 +35,15 @@ class Distributed:
         world_size: number of processes.
         rank: this process's index, 0..world_size - 1.
         local_rank: index among the processes on this machine (selects the GPU).
+        local_world_size: processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``); None where
+            the launcher does not say (a scheduler's own variables): this process knows only its own
+            place then.
     """
 
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    local_world_size: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -106,7 +111,41 @@ def env_distributed(*, strict: bool = True) -> Distributed:
         raise InputError(
             f"torchrun environment is inconsistent: RANK={rank}, WORLD_SIZE={world}", hint=_OUTER_JOB
         )
-    return Distributed(world, rank, local)
+    local_world = _int("LOCAL_WORLD_SIZE", 0)  # 0: not said
+    if local_world and not local < local_world <= world:  # a leftover of another job: unknown
+        local_world = 0
+    return Distributed(world, rank, local, local_world or None)
+
+
+# Which process says an error. Under torchrun every process runs the command, so an error that
+# every process meets alike (a bad option, the run folder, an error the ranks agreed on) is said
+# by rank 0 alone, once; one that a single process meets (its GPU, its share of the files) is said
+# by that process, naming its rank: said by no one, the user saw only torchrun's ChildFailedError.
+_MET_BY_EVERY_RANK = "_pdseg_met_by_every_rank"
+
+
+def every_rank_meets(error: _E) -> _E:
+    """``error``, marked as one every process of the job meets alike (``raise
+    every_rank_meets(InputError(...))``): only rank 0 says it."""
+    setattr(error, _MET_BY_EVERY_RANK, True)
+    return error
+
+
+def met_by_every_rank(error: BaseException) -> bool:
+    """Whether ``error`` is one every process meets alike (:func:`every_rank_meets`,
+    :func:`alike_on_every_rank`)."""
+    return bool(getattr(error, _MET_BY_EVERY_RANK, False))
+
+
+@contextlib.contextmanager
+def alike_on_every_rank() -> Iterator[None]:
+    """Mark every error raised in the block as one every process meets alike: checks of the
+    options, the files and the machine that give each process the same answer."""
+    try:
+        yield
+    except Exception as exc:
+        every_rank_meets(exc)
+        raise
 
 
 def backend_for(device: torch.device) -> Backend:
