@@ -124,6 +124,13 @@ def test_an_error_of_one_rank_is_said_by_it_and_one_every_rank_meets_by_rank_0(
         result = run_cli("predict", *args, "--batch", "0")
         assert result.exit_code == 2, result.output
         assert ("--batch must be at least 1" in result.output) == (rank == 0) and "rank" not in result.output
+    # two machines of one process each: rank 1 is the first process of its machine, whose folders
+    # may differ from rank 0's, so it says what it met alike too
+    for name, value in (("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    result = run_cli("predict", *args, "--batch", "0")
+    assert result.exit_code == 2, result.output
+    assert flat(result.output).count("rank 1: --batch must be at least 1") == 1, result.output
 
 
 def _gpus(monkeypatch, n: int) -> None:  # noqa: ANN001

@@ -37,13 +37,16 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
     status, and says its error itself, after ``rank N:``, unless every process meets it alike
     (``runtime.met_by_every_rank``: rank 0 says those once) or it is a Ctrl-C, which reaches every
     process. An error of one process alone (its GPU, its files) was said by no one: torchrun's
-    ChildFailedError was all the user saw."""
+    ChildFailedError was all the user saw. On a job of several machines, the first process of each
+    machine says the errors met alike too: a folder missing on one node alone is met alike by that
+    node's processes only."""
+    node_leader = rank != 0 and _leads_one_node_of_several()
 
     def say(message: str, hint: str | None = None, *, error: BaseException | None = None) -> None:
         # error None: a Ctrl-C, which the terminal sends to every process
         if rank == 0:
             ui.error(message, hint)
-        elif error is not None and not runtime.met_by_every_rank(error):
+        elif error is not None and (node_leader or not runtime.met_by_every_rank(error)):
             ui.error(f"rank {rank}: {message}", hint)
 
     try:
@@ -74,6 +77,14 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _leads_one_node_of_several() -> bool:
+    """Whether this process is the first of its machine (LOCAL_RANK 0) in a torchrun job that spans
+    several machines (LOCAL_WORLD_SIZE below WORLD_SIZE); False where the launcher does not say."""
+    env = runtime.env_distributed(strict=False)
+    local = env.local_world_size
+    return env.local_rank == 0 and local is not None and local < env.world_size
 
 
 def torchrun_rank() -> int:

@@ -311,7 +311,7 @@ class _FolderRun:
                     self.segment([g], retry=False)
                 return
             on_gpu = predictor.device.type == "cuda"
-            why = "out of memory on " + str(predictor.device) + _oom_hint(predictor.size, len(group), on_gpu)
+            why = "out of memory on " + str(predictor.device) + _oom_hint(predictor.size, on_gpu)
             for g in group:
                 self.finish(_failed(g.item, why))
             return
@@ -463,9 +463,8 @@ def _failed(item: InputFile, error: str, warnings: list[str] | None = None) -> F
     return FileResult(item.path, "failed", [], error, list(warnings or []), item.index)
 
 
-def _oom_hint(size: Size, batch: int, on_gpu: bool) -> str:
-    if batch > 1:
-        return f" (batch of {batch}; try --batch 1)"
+def _oom_hint(size: Size, on_gpu: bool) -> str:
+    """The fix for an image that ran out of memory on its own (a batch is retried one by one first)."""
     if size == "full":
         elsewhere = ", or --device cpu" if on_gpu else ""
         return f" (try --size 2048{elsewhere}; README lists the memory each size needs)"

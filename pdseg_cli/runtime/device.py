@@ -115,41 +115,39 @@ def check_gpu_per_process(spec: str | torch.device, env: Distributed) -> None:
 
     Raises:
         InputError: ``--device cuda:N`` (every process on GPU N), or more processes on this
-            machine than visible GPUs. Marked as met by every rank (rank 0 says it), except where the
-            launcher does not say how many processes share the machine: then each process checks
-            its own GPU and says it itself.
+            machine than visible GPUs. Marked as met by every rank (rank 0 says it). Nothing is
+            refused where one process runs per machine, or where the launcher does not say how many
+            share it (LOCAL_WORLD_SIZE).
     """
     if not env.enabled or not _on_cuda(spec):
         return
     import torch
 
     n_gpus = torch.cuda.device_count()
+    local = env.local_world_size
+    # Where the launcher does not say how many processes share the machine (a scheduler's one GPU
+    # per task sets no LOCAL_WORLD_SIZE), no process can tell its own GPU from a shared one, so
+    # nothing is refused: LOCAL_RANK wraps round the visible GPUs, as it always did.
+    if local is None or local < 2:
+        return
     index = _cuda_index(spec)
     if index is not None:
         raise every_rank_meets(
             InputError(
-                f"--device {str(spec).strip()} puts every torchrun process on GPU {index}, and training "
-                "needs a GPU of its own per process",
+                f"--device {str(spec).strip()} puts all {local} torchrun processes of this machine on GPU "
+                f"{index}, and training needs a GPU of its own per process",
                 hint="pass --device cuda (or leave --device out): each process takes the GPU of its "
                 "LOCAL_RANK; CUDA_VISIBLE_DEVICES chooses which GPUs",
             )
         )
-    local = env.local_world_size
-    gpus = counted(n_gpus, "GPU is", "GPUs are")
-    if local is not None and local > n_gpus:
+    if local > n_gpus:
+        gpus = counted(n_gpus, "GPU is", "GPUs are")
         raise every_rank_meets(
             InputError(
                 f"{local} torchrun processes on this machine, and {gpus} visible: training needs a GPU of "
                 "its own per process",
                 hint=f"torchrun --nproc-per-node {n_gpus}, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
             )
-        )
-    if local is None and env.local_rank >= n_gpus:  # this process alone knows
-        raise InputError(
-            f"LOCAL_RANK {env.local_rank} takes GPU {env.local_rank}, and {gpus} visible to this process: "
-            "training needs a GPU of its own per process",
-            hint="make every GPU of the machine visible to each process (one GPU per task hides the "
-            f"others), or start at most {n_gpus} per machine",
         )
 
 
