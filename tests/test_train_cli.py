@@ -153,6 +153,13 @@ def test_cli_out_of_memory_is_a_one_line_error(
     assert "out of memory training pdseg-tiny at --size 64 with --batch 4 per process on cpu" in text
     assert "(CUDA out of memory)" in text
     assert "smaller --batch or --size" in text and "Traceback" not in result.output
+    # under torchrun each process runs out of its own GPU's memory, and says so itself
+    _as_rank(monkeypatch, 1)
+    result = runner.invoke(app, tiny_args(tmp_path / "run", folders))
+    assert result.exit_code == 1, result.output
+    assert flat(result.output).count("rank 1: out of memory training pdseg-tiny") == 1, result.output
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug, not memory")

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from pdseg_cli.commands._common import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     DataRootOpt,
     DeviceOpt,
@@ -21,7 +20,7 @@ from pdseg_cli.commands._common import (
     user_errors,
 )
 from pdseg_cli.config import DEFAULT_VARIANT, VARIANTS
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, RunFailed
 
 
 def _variant_help() -> str:
@@ -283,7 +282,6 @@ def train(
     from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
     from pdseg_cli.errors import counted, first_line
     from pdseg_cli.runtime import alike_on_every_rank, env_distributed, is_out_of_memory
-    from pdseg_cli.ui import error
     from pdseg_cli.ui.training import TrainingView, summary
 
     # every process checks the options alike, and rank 0 says what is wrong with them once
@@ -353,15 +351,14 @@ def train(
             if not is_out_of_memory(exc):
                 raise
             view.close()
-            # a resumed run keeps its batch and size, so the way out is a new run
+            # a resumed run keeps its batch and size, so the way out is a new run; each process runs
+            # out of its own GPU's memory, so user_errors has each say its own
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
-            error(
-                ("" if main else f"rank {rank}: ")  # each process runs out of its own GPU's memory
-                + f"out of memory training {cfg.model_variant} at --size {cfg.size} with --batch {cfg.batch} "
+            raise RunFailed(
+                f"out of memory training {cfg.model_variant} at --size {cfg.size} with --batch {cfg.batch} "
                 f"per process{where} ({first_line(exc)})",
-                "start the run again with a smaller --batch or --size (another --out, or --overwrite)",
-            )
-            raise typer.Exit(EXIT_FAILED) from None
+                hint="start the run again with a smaller --batch or --size (another --out, or --overwrite)",
+            ) from None
         finally:
             view.close()
     if main:
