@@ -410,7 +410,8 @@ class TrainConfig:
                 hint=f"check --out (the default is runs/<variant>){runs}, or start the run without --resume",
             )
         try:
-            stored = json.loads(path.read_text())["train"]
+            record = json.loads(path.read_text())
+            stored = record["train"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path} is not a pdseg run configuration ({exc})") from None
         for name in ("init", "backbone_weights"):  # the starting weights are the run's own: last.pt
@@ -422,7 +423,7 @@ class TrainConfig:
                 )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in stored.items() if k in names}
-        resolved = json.loads(path.read_text()).get("resolved")
+        resolved = record.get("resolved")
         resolved = resolved if isinstance(resolved, dict) else {}  # a damaged record: the defaults
         if values.get("warmup") is None:  # keep the warmup the run resolved, not a new default
             values["warmup"] = resolved.get("warmup")

@@ -74,10 +74,9 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
         if text == "cuda":  # as auto: a scheduler's one GPU per task is cuda:0 in every process
             index = local_rank % max(n_gpus, 1) if local_rank is not None else 0
         else:
-            try:
-                index = int(text.split(":", 1)[1])
-            except ValueError:
-                raise InputError(f"not a device: {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
+            index = _cuda_index(text)
+            if index is None:
+                raise InputError(f"not a device: {spec!r}", hint="use auto, cpu, cuda or cuda:N")
         if not 0 <= index < n_gpus:
             raise NotAvailableError(
                 f"--device cuda:{index} was asked for, but only {n_gpus} CUDA GPU(s) are visible "
@@ -90,10 +89,15 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
 
 
 def _cuda_index(spec: str | torch.device) -> int | None:
-    """The N of ``cuda:N`` (None for any other name, or a malformed one, which resolve_device names)."""
+    """The N of ``cuda:N`` (None for any other name, or a malformed N, which resolve_device refuses);
+    the one reading of it for resolve_device and the torchrun checks."""
     text = str(spec).strip().lower()
-    number = text.split(":", 1)[1] if text.startswith("cuda:") else ""
-    return int(number) if number.isdigit() else None
+    if not text.startswith("cuda:"):
+        return None
+    try:
+        return int(text.split(":", 1)[1])
+    except ValueError:
+        return None
 
 
 def _on_cuda(spec: str | torch.device) -> bool:
