@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, blend_targets, map_doubt
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, blend_targets, harden_map, map_doubt
 from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.engine.teacher import TeacherMaps, _cache_key
@@ -474,6 +474,64 @@ def test_blended_targets_reach_the_sample_cache(tiny_teacher: Path, tmp_path: Pa
 
         sample = dis5k.load_sample(dataclasses.replace(pair, teacher=teacher_map, teacher_weight=weight), 64)
         assert np.array_equal(sample[..., 3], blend_targets(gt, t, weight))
+
+
+def test_harden_map_makes_the_sure_pixels_sure_and_keeps_the_edges() -> None:
+    teacher_map = np.array([[0, 1, 25, 26, 128, 229, 230, 254, 255]], np.uint8)
+    hard = harden_map(teacher_map)
+    assert hard.tolist() == [[0, 0, 0, 26, 128, 229, 255, 255, 255]]
+    assert teacher_map.tolist() == [[0, 1, 25, 26, 128, 229, 230, 254, 255]]  # the input is kept
+    # the same bounds as --max-unsure's: what map_doubt calls sure becomes 0 or 255
+    assert not ((hard > 0) & (hard <= 25)).any() and not ((hard >= 230) & (hard < 255)).any()
+
+
+def test_harden_teacher_hardens_teacher_targets_alone(tiny_teacher: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    labelled = make_dataset(tmp_path / "lab", 1)
+    pair = dis5k.scan_pairs(labelled).pairs[0]
+    teacher_map = tmp_path / "map.png"
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))  # 0..252: sure, unsure and sure again
+    cv2.imwrite(str(teacher_map), ramp)
+    gt = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
+    unlabelled = dataclasses.replace(pair, mask=None, teacher=teacher_map)
+    soft = dis5k.load_sample(unlabelled, 64)[..., 3]
+    hard = dis5k.load_sample(dataclasses.replace(unlabelled, harden_teacher=True), 64)[..., 3]
+    assert np.array_equal(soft, ramp) and np.array_equal(hard, harden_map(ramp))
+    # blended with a mask, the teacher's share is hardened first; the mask itself is never touched
+    both = dataclasses.replace(pair, teacher=teacher_map, teacher_weight=0.5, harden_teacher=True)
+    assert np.array_equal(dis5k.load_sample(both, 64)[..., 3], blend_targets(gt, harden_map(ramp), 0.5))
+    masked = dataclasses.replace(pair, teacher=teacher_map, harden_teacher=True)  # weight 0: the mask
+    assert np.array_equal(dis5k.load_sample(masked, 64)[..., 3], gt)
+    # the disk cache tells hard from soft where a teacher map is used, and only there
+    name = dis5k._cache_name
+    assert name(unlabelled, 64) != name(dataclasses.replace(unlabelled, harden_teacher=True), 64)
+    assert name(pair, 64) == name(dataclasses.replace(pair, harden_teacher=True), 64)
+
+
+def test_harden_teacher_is_recorded_and_needs_a_teacher(tiny_teacher: Path, tmp_path: Path) -> None:
+    unlabelled = _unlabelled(tmp_path / "unl", 4)
+    cfg = _cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=unlabelled, teacher=tiny_teacher,
+               harden_teacher=True)  # fmt: skip
+    result = train(cfg)
+    assert load_checkpoint(result.last).provenance["harden_teacher"] is True
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["harden_teacher"] is True
+    with pytest.raises(InputError, match="--harden-teacher and --onnx-spec need --teacher"):
+        _cfg(tmp_path / "bad", variant="pdseg-tiny", train_dir=unlabelled, harden_teacher=True).check()
+    out = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--epochs",
+            "1",
+            "--train",
+            str(unlabelled),
+            "--harden-teacher",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
+    assert out.exit_code == 2 and "need --teacher" in out.output, out.output
 
 
 def test_map_doubt_judges_the_map_alone() -> None:

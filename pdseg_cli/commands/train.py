@@ -142,6 +142,17 @@ def train(
             show_default=False,
         ),
     ] = None,
+    harden_teacher: Annotated[
+        bool | None,
+        typer.Option(
+            "--harden-teacher/--soft-teacher",
+            # 25 and 230 are data.teacher.UNSURE_LOW/HIGH, written out as in --max-unsure's help
+            help="Train on the teacher's maps with their nearly sure pixels made sure: 0..25 become 0 "
+            "and 230..255 become 255; the edges between stay soft. For a teacher whose maps are faintly "
+            "grey over whole backgrounds (default: soft, as the teacher gives them).",
+            show_default=False,
+        ),
+    ] = None,
     onnx_spec: OnnxSpecOpt = None,
     val_dir: Annotated[
         Path | None,
@@ -301,7 +312,8 @@ def train(
         lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
         augment=augment, zoom=zoom, paste=paste, freeze_bn=freeze_bn, init=init, teacher=teacher,
-        teacher_weight=teacher_weight, max_unsure=max_unsure, onnx_spec=onnx_spec,
+        teacher_weight=teacher_weight, max_unsure=max_unsure, harden_teacher=harden_teacher,
+        onnx_spec=onnx_spec,
     )  # fmt: skip
     # on --resume: what changed
     given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v != []}

@@ -30,7 +30,7 @@ import numpy as np
 from pdseg_cli.data import images as imio
 from pdseg_cli.data.atomic import atomic_path, sweep_folder
 from pdseg_cli.data.augment import AugmentConfig, augment, paste_object, paste_rng, sample_rng
-from pdseg_cli.data.teacher import blend_targets
+from pdseg_cli.data.teacher import blend_targets, harden_map
 from pdseg_cli.errors import DataError, PdsegError, RunFailed, close_sibling, counted, listing
 from pdseg_cli.metrics.common import GT_THRESHOLD
 from pdseg_cli.metrics.reading import (
@@ -272,6 +272,7 @@ class Pair:
     mask: Path | None
     teacher: Path | None = None
     teacher_weight: float = 0.0
+    harden_teacher: bool = False  # the teacher map's nearly sure pixels made sure (harden_map)
 
     def needs_teacher(self) -> bool:
         """Whether the target uses a teacher map: no mask, or a blend that gives the teacher a share."""
@@ -820,6 +821,8 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
             raise PairError(
                 f"{_in_folder(pair.image)} is {w}x{h} but its teacher map is {mw}x{mh}", OTHER, pair.image
             )
+        if path != pair.mask and pair.harden_teacher:
+            target = harden_map(target)
         targets.append(target)
     if pair.needs_teacher() and targets[1] is None:
         raise PairError(f"{_in_folder(pair.image)} has no mask and no teacher map", NO_TARGET, pair.image)
@@ -845,6 +848,8 @@ def _cache_name(pair: Pair, size: int) -> str:
         parts += [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)]
     if pair.mask is not None and pair.needs_teacher():
         parts.append(f"{pair.teacher_weight:.6g}")
+    if pair.needs_teacher() and pair.harden_teacher:
+        parts.append("hard")
     digest = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
     return f"{pair.stem[:80]}-{digest}.npy"
 

@@ -50,6 +50,26 @@ def map_doubt(teacher_map: np.ndarray, max_unsure: float) -> str | None:
     return UNSURE if unsure > max_unsure else None
 
 
+def harden_map(teacher_map: np.ndarray) -> np.ndarray:
+    """A teacher map with its nearly sure pixels made sure (``pdseg train --harden-teacher``).
+
+    Some teachers' maps never quite reach 0 or 255 and are faintly grey over wide areas (sky, flat
+    background); this takes the grey out where the map is sure. Pixels the map is sure
+    of by :func:`map_doubt`'s thresholds become 0 (at most :data:`UNSURE_LOW`) or 255 (at least
+    :data:`UNSURE_HIGH`); the unsure ones between, the object's soft edges, stay as they are.
+
+    Args:
+        teacher_map: (H, W) uint8 map, 0..255.
+
+    Returns:
+        A new (H, W) uint8 map.
+    """
+    out = teacher_map.copy()
+    out[teacher_map <= UNSURE_LOW] = 0
+    out[teacher_map >= UNSURE_HIGH] = 255
+    return out
+
+
 def blend_targets(gt: np.ndarray | None, teacher: np.ndarray | None, weight: float) -> np.ndarray:
     """The training target of one image, as uint8 0..255 (soft).
 

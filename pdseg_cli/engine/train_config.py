@@ -44,6 +44,7 @@ TRAJECTORY_FIELDS = (
     "paste",
     "teacher_weight",
     "max_unsure",
+    "harden_teacher",
 )
 # What a start stopped during its setup leaves in the run folder: the decoded samples
 # (train_folder.CACHE_DIR), which a new start reuses
@@ -107,6 +108,8 @@ class TrainConfig:
         max_unsure: leave out images without masks whose teacher map is doubtful
             (:func:`pdseg_cli.data.teacher.map_doubt`: no object, or more than this share of its
             pixels unsure); None keeps every image.
+        harden_teacher: make the teacher maps' nearly sure pixels sure before training on them
+            (:func:`pdseg_cli.data.teacher.harden_map`); their soft edges stay.
         onnx_spec: ``--onnx-spec`` for a foreign ONNX teacher (see :mod:`pdseg_cli.engine.onnx_spec`).
         teacher_cache: where teacher maps are cached; default pdseg's cache root
             (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``, else ``~/.cache/pdseg``), shared by runs.
@@ -148,6 +151,7 @@ class TrainConfig:
     teacher: Path | None = None
     teacher_weight: float = 0.0
     max_unsure: float | None = None
+    harden_teacher: bool = False
     onnx_spec: str | None = None
     teacher_cache: Path | None = None
     init: Path | None = None
@@ -192,6 +196,7 @@ class TrainConfig:
             teacher: PathArg | None = ...,
             teacher_weight: float = ...,
             max_unsure: float | None = ...,
+            harden_teacher: bool = ...,
             onnx_spec: str | None = ...,
             teacher_cache: PathArg | None = ...,
             init: PathArg | None = ...,
@@ -361,8 +366,13 @@ class TrainConfig:
             ),
             (
                 self.teacher is not None
-                or (self.teacher_weight == 0.0 and not self.onnx_spec and self.max_unsure is None),
-                "--teacher-weight, --max-unsure and --onnx-spec need --teacher",
+                or (
+                    self.teacher_weight == 0.0
+                    and not self.onnx_spec
+                    and self.max_unsure is None
+                    and not self.harden_teacher
+                ),
+                "--teacher-weight, --max-unsure, --harden-teacher and --onnx-spec need --teacher",
                 "pass --teacher MODEL (a .pt, .onnx or .ts file)",
             ),
         ]

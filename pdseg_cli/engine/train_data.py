@@ -246,7 +246,10 @@ def _scan_training(
         return merged
     maps, info = teacher
     scan = dis5k.merge_scans(scans)
-    pairs = [dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight) for p in scan.pairs]
+    pairs = [
+        dataclasses.replace(p, teacher_weight=ctx.cfg.teacher_weight, harden_teacher=ctx.cfg.harden_teacher)
+        for p in scan.pairs
+    ]
     needing = [i for i, p in enumerate(pairs) if p.needs_teacher()]
     if not needing and pairs and ctx.main:
         ctx.notice(

@@ -230,8 +230,12 @@ def _provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
         chain = {"init": {"path": str(cfg.init.resolve()), "provenance": run.init_provenance}}
     teacher = {}
     if data.teacher is not None:
-        teacher = {**data.teacher_record(), "teacher_weight": cfg.teacher_weight,
-                   "teacher_model": data.teacher.description}  # fmt: skip
+        teacher = {
+            **data.teacher_record(),
+            "teacher_weight": cfg.teacher_weight,
+            "harden_teacher": cfg.harden_teacher,
+            "teacher_model": data.teacher.description,
+        }
     return {
         **chain,
         **teacher,
