@@ -532,6 +532,11 @@ def test_harden_teacher_is_recorded_and_needs_a_teacher(tiny_teacher: Path, tmp_
         ],
     )
     assert out.exit_code == 2 and "need --teacher" in out.output, out.output
+    # a resume that would change the targets says the change as the flags are typed
+    again = CliRunner().invoke(
+        app, ["train", "--resume", "--out", str(tmp_path / "run"), "--no-harden-teacher"]
+    )
+    assert again.exit_code == 2 and "--harden-teacher -> --no-harden-teacher" in again.output, again.output
 
 
 def test_map_doubt_judges_the_map_alone() -> None:

@@ -145,7 +145,7 @@ def train(
     harden_teacher: Annotated[
         bool | None,
         typer.Option(
-            "--harden-teacher/--soft-teacher",
+            "--harden-teacher/--no-harden-teacher",
             # 25 and 230 are data.teacher.UNSURE_LOW/HIGH, written out as in --max-unsure's help
             help="Train on the teacher's maps with their nearly sure pixels made sure: 0..25 become 0 "
             "and 230..255 become 255; the edges between stay soft. For a teacher whose maps are faintly "
