@@ -109,6 +109,20 @@ def _on_cuda(spec: str | torch.device) -> bool:
     return wants and torch.cuda.is_available()
 
 
+def _gpus_of_the_machine(spec: str | torch.device, env: Distributed) -> tuple[int, int | None, int] | None:
+    """What the torchrun GPU checks weigh: the processes on this machine, the N of ``--device cuda:N``
+    (None for ``cuda`` or ``auto``) and the visible GPUs. None where no GPU can be shared: no torchrun,
+    no CUDA, one process per machine, or a launcher that does not say how many share it (a
+    scheduler's one GPU per task sets no LOCAL_WORLD_SIZE: no process can then tell its own GPU from
+    a shared one, and LOCAL_RANK wraps round the visible GPUs, as it always did)."""
+    local = env.local_world_size
+    if not env.enabled or local is None or local < 2 or not _on_cuda(spec):
+        return None
+    import torch
+
+    return local, _cuda_index(spec), torch.cuda.device_count()
+
+
 def check_gpu_per_process(spec: str | torch.device, env: Distributed) -> None:
     """Refuse a torchrun training job that would put two processes on one GPU: NCCL stopped at the
     first step with "Duplicate GPU detected" and a traceback, after the whole set-up.
@@ -123,18 +137,10 @@ def check_gpu_per_process(spec: str | torch.device, env: Distributed) -> None:
             refused where one process runs per machine, or where the launcher does not say how many
             share it (LOCAL_WORLD_SIZE).
     """
-    if not env.enabled or not _on_cuda(spec):
+    machine = _gpus_of_the_machine(spec, env)
+    if machine is None:
         return
-    import torch
-
-    n_gpus = torch.cuda.device_count()
-    local = env.local_world_size
-    # Where the launcher does not say how many processes share the machine (a scheduler's one GPU
-    # per task sets no LOCAL_WORLD_SIZE), no process can tell its own GPU from a shared one, so
-    # nothing is refused: LOCAL_RANK wraps round the visible GPUs, as it always did.
-    if local is None or local < 2:
-        return
-    index = _cuda_index(spec)
+    local, index, n_gpus = machine
     if index is not None:
         raise every_rank_meets(
             InputError(
@@ -159,18 +165,15 @@ def gpu_sharing_note(spec: str | torch.device, env: Distributed) -> str | None:
     """One line when the processes of a torchrun ``predict`` share GPUs: they may (each writes its
     own files), but the job is then no faster than one process per GPU. None otherwise, and where
     the launcher does not say how many processes share the machine."""
-    local = env.local_world_size
-    if not env.enabled or local is None or local < 2 or not _on_cuda(spec):
+    machine = _gpus_of_the_machine(spec, env)
+    if machine is None:
         return None
-    import torch
-
-    index = _cuda_index(spec)
+    local, index, n_gpus = machine
     if index is not None:
         return (
             f"--device {str(spec).strip()}: all {local} processes on this machine share GPU {index} "
             "(--device cuda gives each its own)"
         )
-    n_gpus = torch.cuda.device_count()
     if local <= n_gpus:
         return None
     most = -(-local // n_gpus)  # ceil
