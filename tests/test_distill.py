@@ -14,14 +14,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import dead_pid, make_dataset, tiny_checkpoint
+from helpers import dead_pid, make_dataset, textured_image, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, blend_targets, harden_map, map_doubt
+from pdseg_cli.data.teacher import NO_OBJECT, UNSURE, blend_targets, file_sha256, harden_map, map_doubt
 from pdseg_cli.engine.onnx_spec import Signature, parse_spec, recognise
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.engine.teacher import TeacherMaps, _cache_key
@@ -361,6 +362,24 @@ def test_a_foreign_onnx_teacher_labels_at_its_own_size(
     got = cv2.imread(str(maps.ensure(image)), cv2.IMREAD_UNCHANGED)
     assert np.abs(got.astype(int) - _by_hand(foreign, photo, 48).astype(int)).max() <= 1
     assert "output 'b'" in maps.info().description
+
+
+def test_a_shrunk_image_gets_its_own_map_name_with_a_pdseg_teacher_alone(
+    tiny_teacher: Path, foreign: Path, tmp_path: Path
+) -> None:
+    # pdseg shrinks its own models' inputs by averaging: the map of an image larger than the teacher's
+    # input (64) differs from what earlier versions cached, so it has another name; smaller images,
+    # and every image of a foreign teacher (fed bilinearly as before), keep their cached maps
+    small, big, tif = tmp_path / "small.png", tmp_path / "big.jpg", tmp_path / "scan.tif"
+    cv2.imwrite(str(small), textured_image(40, 64))
+    cv2.imwrite(str(big), textured_image(40, 65))
+    tifffile.imwrite(tif, textured_image(40, 40))  # a TIFF's first page may be a thumbnail: not trusted
+    maps = TeacherMaps(tiny_teacher, tmp_path / "cache")
+    assert maps.map_path(small).name == f"{file_sha256(small)[:32]}.png"
+    assert maps.map_path(big).name == f"{file_sha256(big)[:32]}-area.png"
+    assert maps.map_path(tif).name == f"{file_sha256(tif)[:32]}-area.png"
+    foreign_maps = TeacherMaps(foreign, tmp_path / "cache", onnx_spec=FOREIGN_SPEC)
+    assert foreign_maps.map_path(big).name == f"{file_sha256(big)[:32]}.png"
 
 
 # ----------------------------------------------------------------------------------------------

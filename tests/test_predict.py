@@ -20,6 +20,7 @@ from pdseg_cli.cli import app
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
+from pdseg_cli.data import transforms as T
 from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, files_help, parse_save, save_help
 from pdseg_cli.engine.predict import Predictor, parse_size
 from pdseg_cli.engine.predict_plan import plan_predict
@@ -87,6 +88,33 @@ def test_predict_accepts_any_dtype_and_gray(predictor: Predictor) -> None:
     np.testing.assert_array_equal(predictor.predict(rgba), ref)  # alpha ignored
 
 
+def test_shrinking_averages_so_a_thin_wire_survives() -> None:
+    # a 1-px wire in a 4000-px photo brought to 512: bilinear sampling reads about one column in
+    # eight, so the wire vanishes or shows at up to 60% depending on where it lies; averaging keeps it
+    # at its share of the covered pixels (512 / 4000 of 255 = 32.6, or split between two columns)
+    # wherever it lies
+    averaged, sampled = [], []
+    for column in range(1000, 1008):
+        wire = np.zeros((4000, 4000, 3), np.float32)
+        wire[:, column] = 255.0
+        averaged.append(float(T.resize_image(wire, (512, 512))[0].max()))
+        sampled.append(float(T.resize_bilinear(wire, (512, 512))[0].max()))
+    # (a wire on the border of two output columns shares its value between them)
+    assert all(255 * 512 / 4000 / 2 <= v <= 255 * 512 / 4000 + 0.01 for v in averaged), averaged
+    assert sampled.count(0.0) == 6 and max(sampled) > 150, sampled  # what plain bilinear did
+
+
+def test_a_mixed_resize_shrinks_first_and_enlarging_alone_is_bilinear() -> None:
+    frame = textured_image(48, 85, seed=2).astype(np.float32)  # DAVIS's 854x480 shape to 64x64
+    expected = cv2.resize(cv2.resize(frame, (64, 48), interpolation=cv2.INTER_AREA), (64, 64))
+    np.testing.assert_array_equal(T.resize_image(frame, (64, 64)), expected)
+    small = frame[:40, :50]
+    np.testing.assert_array_equal(T.resize_image(small, (64, 64)), cv2.resize(small, (64, 64)))
+    assert T.resize_image(frame, (48, 85)) is frame
+    # masks too: a uint8 mask keeps its dtype
+    assert T.resize_image(np.zeros((100, 30), np.uint8), (64, 64)).dtype == np.uint8
+
+
 @pytest.mark.parametrize("size", [TRAIN, "full"])
 def test_predict_equals_the_model_called_directly(ckpt: Path, size: object) -> None:
     img = textured_image(45, 70, seed=3)
@@ -97,7 +125,8 @@ def test_predict_equals_the_model_called_directly(ckpt: Path, size: object) -> N
 
     model = load_model(ckpt)
     x = img.astype(np.float32)
-    if size != "full":
+    if size != "full":  # the width shrinks (averaged), then the height grows (bilinear)
+        x = cv2.resize(x, (TRAIN, 45), interpolation=cv2.INTER_AREA)
         x = cv2.resize(x, (TRAIN, TRAIN), interpolation=cv2.INTER_LINEAR)
     x = (x - np.array(NORMALIZATION["mean"], np.float32)) / np.array(NORMALIZATION["std"], np.float32)
     with torch.no_grad():

@@ -195,8 +195,8 @@ SizeOpt = Annotated[
     str | None,
     typer.Option(
         "--size",
-        help="Working resolution: N resizes to NxN as in training (default: the training size the weights "
-        "file records); "
+        help="Working resolution: N resizes to NxN as in training, averaging pixels where the image "
+        "shrinks (default: the training size the weights file records); "
         "'full' runs once on the whole image at its native size. Outputs always have the input's size.",
         show_default=False,
     ),

@@ -52,7 +52,7 @@ IMAGE_DIR, MASK_DIR = "im", "gt"  # the subfolders of every split folder
 IMAGE_EXT, MASK_EXT = ".jpg", ".png"  # how DIS5K stores them; any image type pdseg reads is accepted
 
 CacheMode = Literal["disk", "ram", "off"]
-CACHE_VERSION = 2  # bump when the cached array layout, the resize rule or the masks accepted change
+CACHE_VERSION = 3  # bump when the cached array layout, the resize rule or the masks accepted change
 
 
 # ----------------------------------------------------------------------------------------------
@@ -828,8 +828,7 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
         raise PairError(f"{_in_folder(pair.image)} has no mask and no teacher map", NO_TARGET, pair.image)
     mask = blend_targets(targets[0], targets[1], pair.teacher_weight)
     image = resize_image(to_float_rgb(pixels), (size, size))
-    if mask.shape[:2] != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
+    mask = resize_image(mask, (size, size))  # a thin wire's pixels averaged, not dropped
     out = np.empty((size, size, 4), dtype=np.uint8)
     out[..., :3] = np.clip(np.rint(image), 0, 255)
     out[..., 3] = mask

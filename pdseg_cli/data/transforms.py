@@ -160,9 +160,34 @@ def full_scale(pixels: np.ndarray) -> float:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W, C) float32 image to ``size`` = (h, w) with bilinear interpolation (cv2.INTER_LINEAR).
+    """Resize an (H, W[, C]) image or mask to ``size`` = (h, w): area averaging along an axis that
+    shrinks (cv2.INTER_AREA), bilinear along one that grows (cv2.INTER_LINEAR).
 
-    The same resize as training uses for its square inputs.
+    Why not bilinear throughout: bilinear reads the 2x2 source pixels nearest each output pixel, so a
+    4000-px photo brought to 512 keeps about one pixel in eight and the model sees moire, with hair
+    and wires broken into dashes. Averaging every source pixel an output pixel covers keeps them as
+    thin grey lines. cv2 averages only where both axes shrink (a mixed resize, 854x480 to 512x512,
+    would use its nearest-like enlarging rule on the shrinking axis too), so the shrinking axes go
+    first and the growing ones second. The same resize makes training's square inputs and targets.
+    """
+    h, w = size
+    height, width = image.shape[:2]
+    if (height, width) == (h, w):
+        return image
+    shrunk = (min(h, height), min(w, width))
+    if shrunk != (height, width):
+        image = cv2.resize(image, (shrunk[1], shrunk[0]), interpolation=cv2.INTER_AREA)
+    if shrunk != (h, w):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W[, C]) image to ``size`` = (h, w) bilinearly throughout (cv2.INTER_LINEAR).
+
+    How foreign models' own scripts (IS-Net, U2-Net, BiRefNet) feed them, shrinking included: pdseg
+    feeds them so too, so that their published numbers reproduce. pdseg's own models take
+    :func:`resize_image`.
     """
     h, w = size
     if image.shape[:2] == (h, w):

@@ -139,8 +139,9 @@ class ExportMetadata:
             # not sorted: the checkpoint's order (summary and data first) is the order pdseg info shows
             "provenance": json.dumps(self.provenance, ensure_ascii=False),
             # how pdseg predict feeds the graph and turns its output into a map (README, 'Deploy')
-            "resize": "the float 0-255 image to train_size x train_size, bilinear (cv2.INTER_LINEAR), "
-            "before normalising; or at its own size (the graph pads to a multiple of 32 itself)",
+            "resize": "the float 0-255 image to train_size x train_size, before normalising: averaged "
+            "(cv2.INTER_AREA) along an axis that shrinks, then bilinear (cv2.INTER_LINEAR) along one "
+            "that grows; or at its own size (the graph pads to a multiple of 32 itself)",
             "maps": "logits resized bilinearly to the image's height and width, then "
             "byte = floor(255 * sigmoid)",
         }
@@ -488,6 +489,13 @@ class OnnxModel(_ExportedModel):
         if OUTPUT_PROBABILITIES in self._output_names:
             return self.run(x, OUTPUT_PROBABILITIES).to(x.device)
         return torch.sigmoid(self.run(x, OUTPUT_LOGITS)).to(x.device)
+
+    @property
+    def area_downscale(self) -> bool:
+        """Whether pdseg shrinks this model's inputs by area averaging, as it does its own models'
+        (a pdseg export, with or without its metadata); a foreign model is fed bilinearly throughout,
+        as its own scripts feed it, so that its published numbers reproduce."""
+        return self.spec is None or self.spec.name == PDSEG_WITHOUT_METADATA
 
     @property
     def gives_probabilities(self) -> bool:

@@ -205,6 +205,9 @@ class Predictor:
         self.model = model
         # a model that gives probabilities only has its maps resized as probabilities (onnx_backend)
         self._resize_probabilities = bool(getattr(model, "gives_probabilities", False))
+        # pdseg's own models average the pixels where an image shrinks; a foreign ONNX model is fed as
+        # its own scripts feed it, bilinear throughout (OnnxModel.area_downscale)
+        self.area_downscale = bool(getattr(model, "area_downscale", True))
         self.normalization: Mapping[str, Any] = getattr(model, "normalization", None) or NORMALIZATION
         self.train_size = train_side(getattr(model, "train_size", None))
         parsed = parse_size(size)
@@ -352,7 +355,8 @@ class Predictor:
     def prepare_array(self, x: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 0..255 -> normalised (h, w, 3) at the working size."""
         if self.size != "full":
-            x = T.resize_image(x, (int(self.size), int(self.size)))
+            resize = T.resize_image if self.area_downscale else T.resize_bilinear
+            x = resize(x, (int(self.size), int(self.size)))
         return T.normalize(x, self.normalization)
 
     @torch.inference_mode()

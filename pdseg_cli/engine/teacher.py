@@ -69,6 +69,19 @@ def _cache_key(sha256: str, spec: str, onnx: bool = False) -> str:
     return f"{sha256[:16]}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
+def _input_shrinks(image: Path, side: int | str) -> bool:
+    """Whether a model working at ``side`` x ``side`` shrinks ``image`` along an axis (True when its
+    header does not say its size for sure: a TIFF's first page may be a thumbnail)."""
+    from pdseg_cli.data.header import TIFF_MAGICS, image_size, read_head
+
+    if side == "full":
+        return False
+    head = read_head(image)
+    size = None if head.startswith(TIFF_MAGICS) else image_size(image, head)
+    # max(): an EXIF rotation swaps width and height, and the input is square
+    return size is None or max(size) > int(side)
+
+
 class TeacherMaps:
     """A teacher model and its map cache.
 
@@ -131,8 +144,19 @@ class TeacherMaps:
         return TeacherInfo(self.path, self._sha, self.onnx_spec, self._model().description)
 
     def map_path(self, image: Path) -> Path:
-        """Where the map of ``image`` is (or will be) cached."""
-        return self.folder / f"{file_sha256(image)[:32]}.png"
+        """Where the map of ``image`` is (or will be) cached.
+
+        An image a pdseg teacher's input shrinks gets its own name ("-area"): since pdseg shrinks its
+        own models' inputs by area averaging (:func:`pdseg_cli.data.transforms.resize_image`), such
+        an image's map differs from what earlier versions cached under the bare name, while the maps
+        of images that are only enlarged, and every map of a foreign ONNX teacher (fed bilinearly as
+        before), are the same bytes as before and stay in use: no relabelling hours after an update.
+        """
+        name = file_sha256(image)[:32]
+        model = self._model()
+        if model.area_downscale and _input_shrinks(image, model.size):
+            name += "-area"
+        return self.folder / f"{name}.png"
 
     def compute(self, image: Path) -> np.ndarray:
         """The teacher's (H, W) uint8 map of one image, at the image's size (not cached)."""
