@@ -17,7 +17,6 @@ import pytest
 import tifffile
 from helpers import png_chunks, run_cli
 
-from pdseg_cli import __version__
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
@@ -367,4 +366,4 @@ def test_rgb_input_outputs_are_as_before(tmp_path: Path, spread_tiny_ckpt: Path)
         # only pdseg's mark added (a tEXt chunk): OpenCV's own PNG otherwise
         chunks = png_chunks((out / name).read_bytes())
         assert [c for c, _ in chunks] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
-        assert chunks[1][1] == b"Software\x00pdseg " + __version__.encode()
+        assert chunks[1][1] == b"Software\x00" + header.output_mark(path).encode()

@@ -194,6 +194,63 @@ def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, spread_tiny_ckpt: Path
         assert header.carries_output_mark(out / name), name
 
 
+def test_the_mark_names_the_input_by_a_hash_of_its_path(tmp_path: Path) -> None:
+    photo = tmp_path / "cards" / "IMG_0001.JPG"
+    mark = header.output_mark(photo)
+    assert mark == f"{MARK} (input {header.source_id(photo)})" and str(tmp_path) not in mark
+    assert header.source_id(tmp_path / "cards" / ".." / "cards" / "IMG_0001.JPG") == header.source_id(photo)
+    assert header.source_id(tmp_path / "other" / "IMG_0001.JPG") != header.source_id(photo)
+    gray = textured_image()[..., 0]
+    imio.write_png(tmp_path / "m.png", gray, software=mark)
+    imio.write_tiff(tmp_path / "m.tif", textured_image(dtype=np.uint16), software=mark)
+    imio.write_png(tmp_path / "old.png", gray, software=MARK)  # an earlier pdseg's mark: no input
+    for name in ("m.png", "m.tif"):
+        assert header.marked_source(tmp_path / name) == header.source_id(photo), name
+        assert header.carries_output_mark(tmp_path / name), name
+    assert header.marked_source(tmp_path / "old.png") is None
+    png = (tmp_path / "m.png").read_bytes()
+    for cut in (0, 20, 40, 60):  # cut short: no input, and no error
+        (tmp_path / "cut.png").write_bytes(png[:cut])
+        assert header.marked_source(tmp_path / "cut.png") is None, cut
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_outputs_of_another_input_of_the_same_name_are_kept(
+    tmp_path: Path, spread_tiny_ckpt: Path, skip: bool
+) -> None:
+    # IMG_0001.JPG of one card, then of the next, into one --out: the second run would replace the
+    # first card's mask in silence, or with --skip-existing take it for its own and segment nothing
+    cards = [tmp_path / "card1", tmp_path / "card2"]
+    for seed, card in enumerate(cards):
+        card.mkdir()
+        cv2.imwrite(str(card / "IMG_0001.JPG"), textured_image(seed=seed))
+        cv2.imwrite(str(card / f"IMG_000{seed + 2}.JPG"), textured_image(seed=seed + 5))
+    out = tmp_path / "masks"
+    first = _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt)
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    second = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt, *(["--skip-existing"] if skip else []))
+    assert second.exit_code == 2, second.output
+    what = "take as done" if skip else "replace"
+    said = (
+        f"--out {out} holds 1 output of other inputs of the same name, which this run would {what}: "
+        f"{out / 'IMG_0001.png'} (made from another input than {cards[1] / 'IMG_0001.JPG'})"
+    )
+    assert no_space(said) in no_space(second.output) and "Traceback" not in second.output
+    assert no_space("give these inputs an --out of their own, or delete those outputs") in no_space(
+        second.output
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    # the first card again replaces its own outputs; the second card into its own --out works
+    assert _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt, "--bg", "0,0,255").exit_code == 0
+    assert _predict(cards[1], "--out", tmp_path / "masks2", "-w", spread_tiny_ckpt).exit_code == 0
+    # an earlier pdseg's output (its mark names no input) is replaced as before
+    write_output_png(out / "IMG_0001.png", np.zeros((24, 32), np.uint8))
+    third = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt)
+    assert third.exit_code == 0, third.output
+    assert header.marked_source(out / "IMG_0001.png") == header.source_id(cards[1] / "IMG_0001.JPG")
+
+
 def test_skip_existing_does_not_count_an_unmarked_file_as_done(
     tmp_path: Path, spread_tiny_ckpt: Path
 ) -> None:

@@ -18,15 +18,18 @@ image data, for the reader's retry of a JPEG OpenCV did not decode.
 
 :func:`carries_output_mark` tells pdseg's own outputs from other files of the same layout (a GT
 mask is an 8-bit gray PNG as pdseg's mask is): pdseg writes :data:`OUTPUT_MARK` into each, as a
-PNG's tEXt ``Software`` or a TIFF's Software tag.
+PNG's tEXt ``Software`` or a TIFF's Software tag, followed by an id of the input it was made from
+(:func:`output_mark`, read back by :func:`marked_source`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
+import os
 import re
 import struct
 import threading
@@ -324,6 +327,44 @@ def carries_output_mark(path: Path, head: bytes | None = None) -> bool:
     except (OSError, struct.error, ValueError, IndexError):
         pass
     return False
+
+
+def source_id(source: Path) -> str:
+    """16 hex digits that name an input file in the marks of its outputs (:func:`output_mark`): a
+    hash of its resolved absolute path. Not of its content, which would mean reading every input
+    before a rerun can start; not the path itself, so that an output sent to someone else does not
+    carry the folder names of the machine it was made on."""
+    return hashlib.sha256(os.fsencode(Path(source).resolve())).hexdigest()[:16]
+
+
+def output_mark(source: Path) -> str:
+    """The mark of an output made from the input ``source``: :data:`OUTPUT_MARK`, then the input's
+    :func:`source_id` (``pdseg 0.1.0 (input 3f9a1c2b7d4e5f60)``), so that a later run into the
+    same ``--out`` can tell an output of another input of the same name (``IMG_0001.JPG`` of another
+    card) from one of its own (:func:`marked_source`)."""
+    return f"{OUTPUT_MARK} (input {source_id(source)})"
+
+
+_SOURCE_IN_MARK = re.compile(rb"pdseg \S+ \(input ([0-9a-f]{16})\)\x00*")
+
+
+def marked_source(path: Path, head: bytes | None = None) -> str | None:
+    """The input id in pdseg's mark on an output (:func:`output_mark`); None for a file without
+    one: not pdseg's, damaged, or an output of an earlier pdseg, which recorded no input.
+    Never raises."""
+    head = read_head(path, 128) if head is None else head
+    text = b""
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            with _FileBytes(path, head) as data:
+                text = _png_software(data)
+        elif head.startswith(TIFF_MAGICS):
+            kind, text = _tiff_first_ifd(path, head, frozenset({_TAG_SOFTWARE})).get(_TAG_SOFTWARE, (0, b""))
+            text = text if kind == 2 else b""
+    except (OSError, struct.error, ValueError, IndexError):
+        return None
+    found = _SOURCE_IN_MARK.fullmatch(text)
+    return found.group(1).decode() if found else None
 
 
 def layout_and_mark(path: Path, head: bytes) -> tuple[tuple[str, int, int] | None, bool]:

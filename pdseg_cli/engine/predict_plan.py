@@ -593,6 +593,48 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
         )
 
 
+def other_inputs_outputs(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> list[str]:
+    """The earlier outputs in ``out`` that a run of ``items`` would replace, or take as done with
+    --skip-existing, although another input made them: ``IMG_0001.JPG`` of one card, then of the
+    next, into one ``--out``. Told by the input id in pdseg's mark (:func:`header.marked_source`);
+    outputs of an earlier pdseg, which recorded none, are taken as they were. Each line names the
+    output and this run's input."""
+    found: list[str] = []
+    for item in items:
+        mine: str | None = None  # hashed once, where an output exists
+        for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
+            for p in paths:
+                source = header.marked_source(p) if p.is_file() else None
+                if source is None:
+                    continue
+                mine = mine or header.source_id(item.path)
+                if source != mine:
+                    found.append(f"{p} (made from another input than {item.path})")
+    return found
+
+
+def _refuse_other_inputs_outputs(
+    out: Path, items: Sequence[InputFile], save: Sequence[str], skip_existing: bool
+) -> None:
+    """Refuse a run that would replace, or with --skip-existing leave in place as its own, earlier
+    outputs made from other inputs of the same names (:func:`other_inputs_outputs`): in silence
+    the first card's masks would be lost, or the second card's photos never segmented.
+
+    Raises:
+        InputError: naming the outputs and the inputs.
+    """
+    found = other_inputs_outputs(out, items, save)
+    if not found:
+        return
+    what = "take as done" if skip_existing else "replace"
+    raise InputError(
+        f"--out {out} holds {counted(len(found), 'output')} of other inputs of the same name, which this "
+        f"run would {what}: {listing(found, 5, sep='; ')}",
+        hint="give these inputs an --out of their own, or delete those outputs to make them again from "
+        "these inputs",
+    )
+
+
 def _refuse_outside_link(out: Path, path: Path) -> None:
     """Refuse an output name in ``--out`` that is a link to a file outside it (or a loop of links):
     writes go through links (:func:`pdseg_cli.data.atomic.final_target`), and a mask written
@@ -759,6 +801,7 @@ def plan_predict(
                 owner[key] = item
     if clashes:
         _refuse_clashes(clashes, recursive, folded, out, inputs)
+    _refuse_other_inputs_outputs(out, inputs, save, skip_existing)
     done = {
         item.path
         for item in inputs

@@ -26,7 +26,7 @@ from pdseg_cli import runtime
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.foreground import estimate_foreground
-from pdseg_cli.data.header import OUTPUT_MARK
+from pdseg_cli.data.header import output_mark
 from pdseg_cli.engine.onnx_backend import ModelRunError
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
@@ -417,6 +417,7 @@ def _write_outputs(
     path = plan.out_dir
     pixels = prepared.pixels
     colour: np.ndarray | None = None  # made once, for every output made from the image
+    mark = output_mark(item.path)
     try:
         for name in plan.save:
             kind = OUTPUT_KINDS[name]
@@ -432,11 +433,12 @@ def _write_outputs(
             icc = prepared.icc_profile if kind.carries_profile else None
             density = prepared.density if kind.carries_density else None
             # the mark is how a later run tells its own earlier outputs (replaced) from the user's
-            # files of the same layout, such as GT masks (refused): predict_plan.not_an_output
+            # files of the same layout, such as GT masks (refused: predict_plan.not_an_output), and
+            # outputs of another input of the same name (refused: predict_plan, other_inputs_outputs)
             if path.suffix == HIGH_DEPTH_SUFFIX:
-                imio.write_tiff(path, data, icc_profile=icc, software=OUTPUT_MARK, density=density)
+                imio.write_tiff(path, data, icc_profile=icc, software=mark, density=density)
             else:
-                imio.write_png(path, data, icc_profile=icc, software=OUTPUT_MARK, density=density)
+                imio.write_png(path, data, icc_profile=icc, software=mark, density=density)
             written.append(path)
     except OSError as exc:
         why = f"cannot write {path} ({exc.strerror or exc})"
