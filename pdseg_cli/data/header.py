@@ -317,16 +317,7 @@ def carries_output_mark(path: Path, head: bytes | None = None) -> bool:
 
     ``head``: the file's first bytes, where the caller has read them already.
     """
-    head = read_head(path, 128) if head is None else head
-    try:
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            with _FileBytes(path, head) as data:
-                return _png_software(data).startswith(_MARK_PREFIX)
-        if head.startswith(TIFF_MAGICS):
-            return _tiff_marked(_tiff_first_ifd(path, head, frozenset({_TAG_SOFTWARE})))
-    except (OSError, struct.error, ValueError, IndexError):
-        pass
-    return False
+    return _software_text(path, head).startswith(_MARK_PREFIX)
 
 
 def source_id(source: Path) -> str:
@@ -352,18 +343,7 @@ def marked_source(path: Path, head: bytes | None = None) -> str | None:
     """The input id in pdseg's mark on an output (:func:`output_mark`); None for a file without
     one: not pdseg's, damaged, or an output of an earlier pdseg, which recorded no input.
     Never raises."""
-    head = read_head(path, 128) if head is None else head
-    text = b""
-    try:
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            with _FileBytes(path, head) as data:
-                text = _png_software(data)
-        elif head.startswith(TIFF_MAGICS):
-            kind, text = _tiff_first_ifd(path, head, frozenset({_TAG_SOFTWARE})).get(_TAG_SOFTWARE, (0, b""))
-            text = text if kind == 2 else b""
-    except (OSError, struct.error, ValueError, IndexError):
-        return None
-    found = _SOURCE_IN_MARK.fullmatch(text)
+    found = _SOURCE_IN_MARK.fullmatch(_software_text(path, head))
     return found.group(1).decode() if found else None
 
 
@@ -383,9 +363,30 @@ def layout_and_mark(path: Path, head: bytes) -> tuple[tuple[str, int, int] | Non
 
 
 def _tiff_marked(found: dict[int, tuple[int, bytes]]) -> bool:
-    """Whether a first directory's Software tag (ASCII, type 2) is pdseg's mark."""
+    """Whether a first directory's Software tag is pdseg's mark."""
+    return _tiff_software(found).startswith(_MARK_PREFIX)
+
+
+def _tiff_software(found: dict[int, tuple[int, bytes]]) -> bytes:
+    """A first directory's Software tag (ASCII, type 2) as read; empty when it has none."""
     kind, value = found.get(_TAG_SOFTWARE, (0, b""))
-    return kind == 2 and value.startswith(_MARK_PREFIX)
+    return value if kind == 2 else b""
+
+
+def _software_text(path: Path, head: bytes | None) -> bytes:
+    """The Software text of a PNG (its first whole tEXt ``Software`` chunk before IDAT) or a TIFF
+    (its first directory's tag), where pdseg's mark is; empty for none, another format, or a file
+    damaged or unreadable. Never raises."""
+    head = read_head(path, 128) if head is None else head
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            with _FileBytes(path, head) as data:
+                return _png_software(data)
+        if head.startswith(TIFF_MAGICS):
+            return _tiff_software(_tiff_first_ifd(path, head, frozenset({_TAG_SOFTWARE})))
+    except (OSError, struct.error, ValueError, IndexError):
+        pass
+    return b""
 
 
 def _png_software(data: _FileBytes) -> bytes:
