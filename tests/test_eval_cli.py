@@ -478,6 +478,39 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     assert _run(*args, cache=tmp_path / "c").exit_code == 0
 
 
+def test_save_preds_maps_of_another_copy_of_the_split_are_refused_before_the_model_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the maps of another copy of the split (same names, other images) in --save-preds: the predict
+    # step refused them after the model was built, calling the folder "--out"
+    from pdseg_cli.data.header import output_mark
+    from pdseg_cli.data.images import write_png
+
+    split = _split_unrun(tmp_path, monkeypatch, "the model ran before --save-preds was checked")
+    keep = tmp_path / "sp"
+    (keep / "s").mkdir(parents=True)
+    other = tmp_path / "copy" / "im" / f"{CASES[0]}.jpg"
+    write_png(keep / "s" / f"{CASES[0]}.png", np.zeros((8, 8), np.uint8), software=output_mark(other))
+    args = ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 2, result.output
+    said = (
+        f"--save-preds {keep}: {keep / 's'} holds 1 map that pdseg made from other images of the same "
+        f"names, which this run would replace: {keep / 's' / CASES[0]}.png (made from another input than "
+        f"{split / 'im' / CASES[0]}.jpg)"
+    )
+    assert no_space(said) in no_space(result.output) and "--out" not in result.output
+    assert "give --save-preds another folder for this copy of the split" in flat(result.output)
+    # the map of this very image is replaced, as before
+    mine = split / "im" / f"{CASES[0]}.jpg"
+    write_png(keep / "s" / f"{CASES[0]}.png", np.zeros((8, 8), np.uint8), software=output_mark(mine))
+    import pdseg_cli.engine.predict as predict_mod
+
+    _FakePredictor.source = split / "pred"
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    assert _run(*args, cache=tmp_path / "c").exit_code == 0
+
+
 def test_gts_without_images_and_empty_gt_folders_are_refused_before_the_model_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

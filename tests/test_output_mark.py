@@ -233,7 +233,7 @@ def test_outputs_of_another_input_of_the_same_name_are_kept(
     assert second.exit_code == 2, second.output
     what = "take as done" if skip else "replace"
     said = (
-        f"--out {out} holds 1 output of other inputs of the same name, which this run would {what}: "
+        f"--out {out} holds 1 output of another input of the same name, which this run would {what}: "
         f"{out / 'IMG_0001.png'} (made from another input than {cards[1] / 'IMG_0001.JPG'})"
     )
     assert no_space(said) in no_space(second.output) and "Traceback" not in second.output
@@ -249,6 +249,20 @@ def test_outputs_of_another_input_of_the_same_name_are_kept(
     third = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt)
     assert third.exit_code == 0, third.output
     assert header.marked_source(out / "IMG_0001.png") == header.source_id(cards[1] / "IMG_0001.JPG")
+
+
+def test_outputs_of_other_inputs_are_counted_in_the_plural(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
+    cards = [tmp_path / "card1", tmp_path / "card2"]
+    for seed, card in enumerate(cards):
+        card.mkdir()
+        for n in (1, 2):
+            cv2.imwrite(str(card / f"IMG_000{n}.JPG"), textured_image(seed=seed * 2 + n))
+    out = tmp_path / "masks"
+    assert _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt).exit_code == 0
+    second = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt)
+    assert second.exit_code == 2, second.output
+    said = f"--out {out} holds 2 outputs of other inputs of the same names, which this run would replace"
+    assert no_space(said) in no_space(second.output)
 
 
 def test_skip_existing_does_not_count_an_unmarked_file_as_done(

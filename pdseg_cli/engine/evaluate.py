@@ -67,7 +67,13 @@ from pdseg_cli.engine.eval_pairs import (
 )
 from pdseg_cli.engine.eval_report import OVERALL_RULE, EvalReport, ImageRecord, PooledResult, SplitResult
 from pdseg_cli.engine.output_kinds import output_path
-from pdseg_cli.engine.predict_plan import OLDER_OUTPUTS_HINT, not_an_output, unmarked_among
+from pdseg_cli.engine.predict_plan import (
+    OLDER_OUTPUTS_HINT,
+    InputFile,
+    not_an_output,
+    other_inputs_outputs,
+    unmarked_among,
+)
 from pdseg_cli.errors import DataError, InputError, counted
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root, usable_cache_root
@@ -787,7 +793,7 @@ def check_split_gts(
                     "run yet",
                 )
         if save_preds is not None:  # the model writes a map for each image that has a GT
-            check_save_folder(save_preds, name, scored)
+            check_save_folder(save_preds, name, {stem: images[stem] for stem in scored})
         extra = sorted(images.keys() - gts[name].keys())
         if extra:
             no_gt[name] = [images[stem].name for stem in extra]
@@ -795,15 +801,17 @@ def check_split_gts(
     return to_run, no_gt
 
 
-def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None:
+def check_save_folder(save_preds: Path, name: str, images: Mapping[str, Path]) -> None:
     """Refuse a ``--save-preds`` split folder whose files would leave two maps of one name once the
-    model writes ``<stem>.png`` for ``stems``: the pairing after the model pass (by file stem)
-    would stop there, hours later on DIS5K.
+    model writes ``<stem>.png`` for ``images`` ({stem: image}): the pairing after the model pass
+    (by file stem) would stop there, hours later on DIS5K. Said here, as the option typed, not by
+    the predict step as ``--out``.
 
     Raises:
         DataError: the folder is a file, or naming the files that clash (old ones among themselves,
-            or an old ``<stem>.jpg`` beside the ``<stem>.png`` to come), or a ``<stem>.png`` there
-            that is not a map pdseg wrote (a photo).
+            or an old ``<stem>.jpg`` beside the ``<stem>.png`` to come), a ``<stem>.png`` there
+            that is not a map pdseg wrote (a photo), or one pdseg made from another image of that
+            name (another copy of the split).
         InputError: the folder cannot be made or written.
     """
     out_dir = save_preds.expanduser() / name
@@ -816,14 +824,14 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
         kept, clashes = images_by_stem(out_dir)
         names = [f"{first.name} and {second.name}" for first, second in clashes]
         foreign: list[str] = []
-        for stem in sorted(stems):
+        for stem in sorted(images):
             new = output_path(out_dir, stem, "mask", high_depth=False)
             old = kept.get(stem)
             if old is not None and old.name != new.name:
                 names.append(f"{old.name} and the new {new.name}")
             elif (what := not_an_output(new, "mask")) is not None:
                 foreign.append(f"{new.name} ({what})")
-        if foreign:  # said here, as the option typed, not by the predict step as "--out"
+        if foreign:
             raise DataError(
                 f"--save-preds {save_preds}: {out_dir} holds {counted(len(foreign), 'file')} that pdseg "
                 f"did not write and would replace: {listing(foreign, 5, sep='; ')}",
@@ -832,6 +840,16 @@ def check_save_folder(save_preds: Path, name: str, stems: Iterable[str]) -> None
                 + (OLDER_OUTPUTS_HINT if unmarked_among(foreign) else "")
                 + "; the model has not "
                 "run yet",
+            )
+        items = [InputFile(path, Path(".")) for _, path in sorted(images.items())]
+        others = other_inputs_outputs(out_dir, items, ["mask"])
+        if others:
+            raise DataError(
+                f"--save-preds {save_preds}: {out_dir} holds {counted(len(others), 'map')} that pdseg "
+                f"made from other images of the same names, which this run would replace: "
+                f"{listing(others, 5, sep='; ')}",
+                hint="give --save-preds another folder for this copy of the split, or delete those maps; "
+                "the model has not run yet",
             )
         if names:
             raise DataError(

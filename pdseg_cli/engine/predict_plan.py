@@ -627,9 +627,10 @@ def _refuse_other_inputs_outputs(
     if not found:
         return
     what = "take as done" if skip_existing else "replace"
+    whose = "another input of the same name" if len(found) == 1 else "other inputs of the same names"
     raise InputError(
-        f"--out {out} holds {counted(len(found), 'output')} of other inputs of the same name, which this "
-        f"run would {what}: {listing(found, 5, sep='; ')}",
+        f"--out {out} holds {counted(len(found), 'output')} of {whose}, which this run would {what}: "
+        f"{listing(found, 5, sep='; ')}",
         hint="give these inputs an --out of their own, or delete those outputs to make them again from "
         "these inputs",
     )
