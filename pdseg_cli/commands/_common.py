@@ -230,7 +230,8 @@ TtaOpt = Annotated[
     typer.Option(
         "--tta",
         help="Test-time augmentation: also run each image mirrored left-right and average the two maps. "
-        "Twice the compute; steadier maps, usually a little more accurate (docs/model.md).",
+        "Twice the compute; steadier maps. Earlier weights gained on every metric, the bundled ones "
+        "about nothing (docs/model.md).",
     ),
 ]
 

@@ -140,7 +140,9 @@ def predict(
 
       pdseg predict ./photos --out ./masks
 
-      pdseg predict 'scans/**/*.tif' -r --size full --save mask,alpha -o cutouts
+      pdseg predict 'scans/**/*.tif' -r --save mask,alpha -o cutouts
+
+      pdseg predict big.tif -w runs/b/best.pt --size full -o masks  # weights trained at 1024+
 
       pdseg predict ./photos --weights isnet.onnx --out ./isnet-masks
     """
