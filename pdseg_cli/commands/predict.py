@@ -142,7 +142,7 @@ def predict(
 
       pdseg predict 'scans/**/*.tif' -r --save mask,alpha -o cutouts
 
-      pdseg predict big.tif -w runs/b/best.pt --size full -o masks  # weights trained at 1024+
+      pdseg predict big.tif -w runs/b/best.pt --size full -o masks  # 1024-trained
 
       pdseg predict ./photos --weights isnet.onnx --out ./isnet-masks
     """
