@@ -429,16 +429,21 @@ def _split_unrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str) -> P
     return edge_case_split(tmp_path / "s", CASES[:2], images=True)
 
 
+def _save_preds_unrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, list]:
+    """:func:`_split_unrun`, an empty --save-preds folder ``sp/s`` for it, and eval's arguments."""
+    split = _split_unrun(tmp_path, monkeypatch, "the model ran before --save-preds was checked")
+    keep = tmp_path / "sp"
+    (keep / "s").mkdir(parents=True)
+    return split, keep, ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep]
+
+
 def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pdseg_cli.engine.predict as predict_mod
 
-    split = _split_unrun(tmp_path, monkeypatch, "the model ran before --save-preds was checked")
-    keep = tmp_path / "sp"
-    (keep / "s").mkdir(parents=True)
+    split, keep, args = _save_preds_unrun(tmp_path, monkeypatch)
     cv2.imwrite(str(keep / "s" / f"{CASES[0]}.jpg"), np.zeros((8, 8), np.uint8))  # an older map, as JPEG
-    args = ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep]
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
     text = flat(result.output)
@@ -486,12 +491,9 @@ def test_save_preds_maps_of_another_copy_of_the_split_are_refused_before_the_mod
     from pdseg_cli.data.header import output_mark
     from pdseg_cli.data.images import write_png
 
-    split = _split_unrun(tmp_path, monkeypatch, "the model ran before --save-preds was checked")
-    keep = tmp_path / "sp"
-    (keep / "s").mkdir(parents=True)
+    split, keep, args = _save_preds_unrun(tmp_path, monkeypatch)
     other = tmp_path / "copy" / "im" / f"{CASES[0]}.jpg"
     write_png(keep / "s" / f"{CASES[0]}.png", np.zeros((8, 8), np.uint8), software=output_mark(other))
-    args = ["--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep]
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
     said = (
