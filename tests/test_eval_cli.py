@@ -497,8 +497,8 @@ def test_save_preds_maps_of_another_copy_of_the_split_are_refused_before_the_mod
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
     said = (
-        f"--save-preds {keep}: {keep / 's'} holds 1 map that pdseg made from other images of the same "
-        f"names, which this run would replace: {keep / 's' / CASES[0]}.png (made from another input than "
+        f"--save-preds {keep}: {keep / 's'} holds 1 map that pdseg made from another image of the same "
+        f"name, which this run would replace: {keep / 's' / CASES[0]}.png (made from another input than "
         f"{split / 'im' / CASES[0]}.jpg)"
     )
     assert no_space(said) in no_space(result.output) and "--out" not in result.output

@@ -844,10 +844,10 @@ def check_save_folder(save_preds: Path, name: str, images: Mapping[str, Path]) -
         items = [InputFile(path, Path(".")) for _, path in sorted(images.items())]
         others = other_inputs_outputs(out_dir, items, ["mask"])
         if others:
+            whose = "another image of the same name" if len(others) == 1 else "other images of the same names"
             raise DataError(
                 f"--save-preds {save_preds}: {out_dir} holds {counted(len(others), 'map')} that pdseg "
-                f"made from other images of the same names, which this run would replace: "
-                f"{listing(others, 5, sep='; ')}",
+                f"made from {whose}, which this run would replace: {listing(others, 5, sep='; ')}",
                 hint="give --save-preds another folder for this copy of the split, or delete those maps; "
                 "the model has not run yet",
             )
