@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import REPO, make_dataset
 
 from pdseg_cli.data import dis5k
@@ -251,6 +252,8 @@ def test_backbone_weights_then_resume_refusals(tmp_path: Path, data: dict[str, P
         train(TrainConfig.for_resume(tmp_path / "run", size=96))
     with pytest.raises(InputError, match="--zoom 0.0 -> 0.5"):
         train(TrainConfig.for_resume(tmp_path / "run", zoom=0.5))
+    with pytest.raises(InputError, match="--loss bce-iou -> structure"):
+        train(TrainConfig.for_resume(tmp_path / "run", loss="structure"))
     with pytest.raises(InputError, match="nothing to resume"):
         TrainConfig.for_resume(tmp_path / "elsewhere")
     # a run started before a trajectory field existed (zoom) had its default, and still resumes
@@ -526,6 +529,46 @@ def test_loss_supervision_multi_sums_levels_and_single_uses_the_final_map() -> N
     assert perfect.item() < 1e-6
     half = losses.bce_iou_loss(torch.zeros(1, 1, 8, 8, dtype=torch.bfloat16), torch.ones(1, 1, 8, 8))
     assert half.dtype == torch.float32
+
+
+def test_structure_loss_on_a_hand_worked_mask() -> None:
+    # one foreground pixel in a 3x3 mask: the 31x31 window holds the whole image wherever it is
+    # centred (outside pixels not counted), so every mean is 1/9 and the weights 1 + 5 * 8/9 = 49/9
+    # at the pixel and 1 + 5/9 = 14/9 elsewhere; zero logits give BCE ln 2 at every pixel and p = 1/2
+    target = torch.zeros(1, 1, 3, 3)
+    target[0, 0, 1, 2] = 1.0
+    weight = losses.edge_weight(target)
+    expected = torch.full((1, 1, 3, 3), 14 / 9)
+    expected[0, 0, 1, 2] = 49 / 9
+    assert torch.allclose(weight, expected, atol=1e-6)
+    # weighted IoU: inter = 1/2 * 49/9, sum wp = 1/2 * 161/9, sum wg = 49/9
+    inter, union = 24.5 / 9, 80.5 / 9 + 49 / 9 - 24.5 / 9
+    value = losses.bce_iou_loss(torch.zeros(1, 1, 3, 3), target, weight).item()
+    assert value == pytest.approx(math.log(2) + 1 - (inter + 1) / (union + 1), abs=1e-6)
+    total, _ = losses.multi_level_loss([torch.zeros(1, 1, 3, 3)], target, "multi", "structure")
+    assert total.item() == pytest.approx(value, abs=1e-7)
+
+
+def test_structure_loss_weights_edges_and_equals_bce_iou_on_flat_masks() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16)
+    for flat in (torch.zeros(2, 1, 64, 64), torch.ones(2, 1, 64, 64)):  # no edge: all weights 1
+        assert torch.equal(losses.edge_weight(flat), torch.ones_like(flat))
+        plain = losses.multi_level_loss([logits], flat, "multi", "bce-iou")[0]
+        assert losses.multi_level_loss([logits], flat, "multi", "structure")[0].item() == pytest.approx(
+            plain.item(), abs=1e-6
+        )
+    # a square: 1 far inside and far outside, most near its sides (the two 1-D means are the
+    # 2-D mean, windows clipped at the border alike)
+    square = torch.zeros(1, 1, 96, 96)
+    square[..., 32:64, 32:64] = 1.0
+    weight = losses.edge_weight(square)
+    full = F.avg_pool2d(square, 31, stride=1, padding=15, count_include_pad=False)
+    assert torch.allclose(weight, 1 + 5 * (full - square).abs(), atol=1e-6)
+    assert weight[0, 0, 0, 0] == 1.0 and weight[0, 0, 48, 48] == 1.0
+    assert weight[0, 0, 32, 48] > 3.0 and weight[0, 0, 31, 48] > 2.0
+    with pytest.raises(ValueError, match="bce-iou, structure"):
+        losses.multi_level_loss([logits], square, "multi", "dice")  # type: ignore[arg-type]
 
 
 def test_schedule_warms_up_then_decays_to_zero() -> None:

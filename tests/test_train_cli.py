@@ -126,6 +126,7 @@ def test_cli_overwrite_interrupted_before_its_first_file_leaves_the_old_run_whol
         (["--size", "100"], "multiple of 32"),
         (["--variant", "pdseg-bb"], "did you mean pdseg-b"),
         (["--supervision", "some"], "multi or single"),
+        (["--loss", "dice"], "--loss must be bce-iou or structure, got 'dice'"),
         (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
         (["--lr", "inf"], "--lr must be a positive number, got inf"),  # the loss would be nan at once
     ],
@@ -345,9 +346,11 @@ def test_the_recipe_and_threads_are_recorded_and_a_thread_change_is_said(
     seed gives the same weights only with the same thread count, which nothing recorded."""
     out = tmp_path / "run"
     args = [*tiny_args(out, folders), "--val-every", "0", "--lr", "0.001", "--zoom", "0.5", "--threads", "1"]
-    first = runner.invoke(app, args)
+    first = runner.invoke(app, [*args, "--loss", "structure"])
     assert first.exit_code == 0, first.output
-    recipe = torch.load(out / "last.pt", weights_only=True)["provenance"]["recipe"]
+    provenance = torch.load(out / "last.pt", weights_only=True)["provenance"]
+    recipe = provenance["recipe"]
+    assert provenance["loss"] == "structure" and provenance["supervision"] == "multi"
     assert recipe["lr"] == 0.001 and recipe["augment"]["zoom"] == 0.5 and recipe["planned_epochs"] == 1
     assert recipe["threads"] == 1 and recipe["total_steps"] == 2 and recipe["backbone_weights"] is None
     assert json.loads((out / "config.json").read_text())["resolved"]["threads"] == 1

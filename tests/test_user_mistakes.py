@@ -143,6 +143,7 @@ def test_resume_and_overwrite_contradict_each_other(tmp_path: Path) -> None:
         ("--lr", "-1", "--lr 6e-5"),
         ("--cache", "memory", "--cache ram"),
         ("--supervision", "both", "--supervision single"),
+        ("--loss", "dice", "--loss structure"),
         ("--workers", "-1", "--workers 2"),
         ("--warmup", "-1", "--warmup 500"),
         ("--clip-grad", "-1", "--clip-grad 5"),

@@ -167,6 +167,14 @@ def train(
             help="multi: loss on every decoder level; single: final map only (default: multi).",
         ),
     ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(
+            "--loss",
+            help="bce-iou: BCE + IoU, the paper's; structure: both weighted per pixel, up to 6x near the "
+            "mask's edges and on thin parts (F3Net's) (default: bce-iou).",
+        ),
+    ] = None,
     backbone_weights: Annotated[
         Path | None,
         typer.Option("--backbone-weights", help="ImageNet MSCAN weights (mscan_b.pth) for the encoder."),
@@ -308,8 +316,9 @@ def train(
             )
     options = dict(
         variant=variant, size=size, batch=batch, workers=workers, seed=seed, data_root=data_root,
-        train_dir=train_dir, val_dir=val_dir, supervision=supervision, backbone_weights=backbone_weights,
-        lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay, precision=precision, device=device,
+        train_dir=train_dir, val_dir=val_dir, supervision=supervision, loss=loss,
+        backbone_weights=backbone_weights, lr=lr, warmup=warmup, clip_grad=clip_grad, ema_decay=ema_decay,
+        precision=precision, device=device,
         val_every=val_every, save_every_steps=save_every_steps, cache=cache, cache_dir=cache_dir,
         augment=augment, zoom=zoom, paste=paste, freeze_bn=freeze_bn, init=init, teacher=teacher,
         teacher_weight=teacher_weight, max_unsure=max_unsure, harden_teacher=harden_teacher,

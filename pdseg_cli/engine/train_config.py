@@ -23,6 +23,7 @@ CONFIG = "config.json"  # the run folder's record of the configuration (see Trai
 RUNS_DIR = Path("runs")  # default run folders: runs/<variant>
 
 Supervision = losses.Supervision
+Loss = losses.Loss
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PathArg = str | os.PathLike[str]  # what a path field takes; __post_init__ makes it a Path
 
@@ -33,6 +34,7 @@ TRAJECTORY_FIELDS = (
     "batch",
     "seed",
     "supervision",
+    "loss",
     "lr",
     "decoder_lr_mult",
     "weight_decay",
@@ -73,6 +75,8 @@ class TrainConfig:
         val_dir: a folder to validate on; default ``<root>/DIS-VD`` when ``train_dir`` is not
             given, else no validation (and no ``best.pt``).
         supervision: ``multi`` (loss on every decoder level) or ``single`` (final map only).
+        loss: ``bce-iou`` (the paper's BCE + IoU) or ``structure`` (both weighted per pixel, up to 6x
+            near the mask's edges: :func:`pdseg_cli.engine.losses.edge_weight`).
         lr: the encoder's peak learning rate (SegNeXt: 6e-5).
         decoder_lr_mult: the decoder's learning rate is this times ``lr`` (SegNeXt: 10).
         weight_decay: AdamW weight decay, not applied to norms, biases and layer scales.
@@ -128,6 +132,7 @@ class TrainConfig:
     train_dir: Path | tuple[Path, ...] | None = None  # several --train folders: a tuple
     val_dir: Path | None = None
     supervision: Supervision = "multi"
+    loss: Loss = "bce-iou"
     lr: float = 6e-5
     decoder_lr_mult: float = 10.0
     weight_decay: float = 0.01
@@ -173,6 +178,7 @@ class TrainConfig:
             train_dir: PathArg | list[PathArg] | tuple[PathArg, ...] | None = ...,
             val_dir: PathArg | None = ...,
             supervision: Supervision = ...,
+            loss: Loss = ...,
             lr: float = ...,
             decoder_lr_mult: float = ...,
             weight_decay: float = ...,
@@ -324,6 +330,11 @@ class TrainConfig:
                 self.supervision in ("multi", "single"),
                 f"--supervision must be multi or single, got {self.supervision!r}",
                 "e.g. --supervision single (final map only); multi, the default, supervises every level",
+            ),
+            (
+                self.loss in losses.PIXEL_WEIGHTS,
+                f"--loss must be {' or '.join(losses.PIXEL_WEIGHTS)}, got {self.loss!r}",
+                "e.g. --loss structure (edges weighted); bce-iou, the default, is the paper's",
             ),
             (
                 self.precision in runtime.PRECISIONS,

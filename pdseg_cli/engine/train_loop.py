@@ -184,7 +184,7 @@ def _train_step(
     y = masks.to(device, non_blocking=True).float() / 255.0
     with runtime.autocast(device, ctx.precision):
         levels = run.net(x, return_levels=True)
-    loss, per_level = losses.multi_level_loss(levels, y, cfg.supervision)
+    loss, per_level = losses.multi_level_loss(levels, y, cfg.supervision, cfg.loss)
     flag = torch.tensor([1.0 if stop_requested else 0.0], device=device)
     stats = torch.cat([loss.detach().reshape(1), torch.stack(per_level), flag])
     if ctx.env.enabled:
@@ -250,6 +250,7 @@ def _provenance(run: TrainRun, epochs: int) -> dict[str, Any]:
         "global_batch": cfg.batch * ctx.env.world_size,
         "seed": cfg.seed,
         "supervision": cfg.supervision,
+        "loss": cfg.loss,
         "precision": ctx.precision,
         "weights": "ema",
         "recipe": _recipe(run),
