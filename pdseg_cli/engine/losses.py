@@ -45,10 +45,11 @@ def iou_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         with p = sigmoid(logits), g = target, w = weight and s = :data:`IOU_SMOOTH`.
     """
     p = torch.sigmoid(logits.float())
-    w = 1.0 if weight is None else weight
+    # unweighted, the plain sums: no multiplications by 1 on every training step
+    pw, gw = (p, target) if weight is None else (p * weight, target * weight)
     # (B, 1, H, W) -> (B,) sums per image
-    inter = (p * target * w).flatten(1).sum(1)
-    union = (p * w).flatten(1).sum(1) + (target * w).flatten(1).sum(1) - inter
+    inter = (pw * target).flatten(1).sum(1)
+    union = pw.flatten(1).sum(1) + gw.flatten(1).sum(1) - inter
     return (1.0 - (inter + IOU_SMOOTH) / (union + IOU_SMOOTH)).mean()
 
 
