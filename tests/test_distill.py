@@ -114,6 +114,7 @@ def test_foreign_onnx_with_a_spec_equals_a_plain_script(foreign: Path, photo: np
         ("output=zz", "no output 'zz'"),
         ("output=5", "output=5 is not one"),
         ("output=-3", "output=-3 is not one"),
+        ("output=b,channel=3", "channel=3 is not one"),
         ("size=dynamic", "takes only 48x48 inputs (--onnx-spec size=dynamic)"),  # said "size=None"
         ("kind=odds", "probability or logit"),
         ("mean=1:2", "one value or three"),
@@ -125,6 +126,7 @@ def test_bad_onnx_specs_are_one_line_errors(foreign: Path, spec: str, words: str
     with pytest.raises(InputError) as info:
         Predictor(foreign, device="cpu", onnx_spec=spec)
     assert words in info.value.message
+    assert info.value.hint, "every refusal says what to pass instead"
 
 
 def test_a_negative_output_index_counts_from_the_end(foreign: Path) -> None:

@@ -173,8 +173,11 @@ def test_zero_one_gt_and_16_bit_masks_are_explained(tmp_path: Path) -> None:
     assert f"(1 file): {split / 'gt' / CASES[0]}.png" in err
     assert "prediction files are 16-bit: read as their high byte (v >> 8)" in err
     assert f"(1 file): {split / 'pred' / CASES[1]}.png" in err
-    notes = json.loads((tmp_path / "r.json").read_text())["notes"]["s"]["warnings"]
-    assert len(notes) == 2
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert len(data["notes"]["s"]["warnings"]) == 2
+    # each file's own, beside its scores: a warning line lists five files, the rest "and N more"
+    assert data["images"]["s"][CASES[0]]["notes"] == ["gt_empty"]
+    assert data["images"]["s"][CASES[1]]["notes"] == ["pred_16bit"]
 
 
 def _dis_root(tmp_path: Path) -> tuple[Path, Path]:
@@ -606,6 +609,7 @@ def test_weights_mode_scores_the_bytes_predict_writes(tmp_path: Path) -> None:
         data = json.loads(out_json.read_text())
         assert data["images"] == from_files.to_json()["images"]
         assert data["settings"]["predictions"]["tta"] is bool(tta)
+        assert data["settings"]["predictions"]["threads"] == torch.get_num_threads()  # what gives them again
     maps = [[(tmp_path / p / f"{name}.png").read_bytes() for name in CASES[:3]] for p in ("p0", "p1")]
     assert maps[0] != maps[1]  # --tta reached the model
 

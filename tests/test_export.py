@@ -589,6 +589,7 @@ def test_info_reads_a_torchscript_file_without_running_it(
     assert result.exit_code == 0 and "TorchScript export (fp32)" in text and "pdseg-tiny" in text, (
         result.output
     )
+    assert "opset" not in text  # TorchScript has none: no empty row
 
 
 def test_a_teacher_is_judged_by_the_name_it_is_given(torchscript_file: Path, tmp_path: Path) -> None:

@@ -476,3 +476,23 @@ def test_pnm_files_from_scanners_are_read(tmp_path: Path) -> None:
     np.testing.assert_array_equal(imio.read_image(tmp_path / "scan.ppm").pixels, rgb)
     sixteen = imio.read_image(tmp_path / "scan16.pgm").pixels
     assert sixteen.dtype == np.uint16 and np.array_equal(sixteen[..., 1], gray16)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        (b"P2\n3 1\n255\n0 128 255", [[0, 128, 255]]),  # the last sample with no whitespace after it
+        (b"P2\n3 1\n255\n0 128 255\n", [[0, 128, 255]]),
+        (b"P3\n1 1\n255\n10 20 30", [[[10, 20, 30]]]),
+        (b"P1\n3 1\n0 1 0", [[255, 0, 255]]),  # PBM: 1 is black
+    ],
+)
+def test_plain_pnm_files_are_read_to_their_last_sample(tmp_path: Path, text: bytes, want: list) -> None:
+    """A plain PGM whose last sample ends the file was refused as corrupt; PIL and Netpbm read it."""
+    path = tmp_path / "plain.pnm"
+    path.write_bytes(text)
+    pixels = imio.read_image(path).pixels
+    expected = np.array(want, dtype=np.uint8)
+    if expected.ndim == 2:
+        expected = np.repeat(expected[..., None], 3, axis=2)
+    np.testing.assert_array_equal(pixels, expected)

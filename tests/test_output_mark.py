@@ -194,19 +194,33 @@ def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, spread_tiny_ckpt: Path
         assert header.carries_output_mark(out / name), name
 
 
-def test_the_mark_names_the_input_by_a_hash_of_its_path(tmp_path: Path) -> None:
+def test_the_mark_names_the_input_by_a_hash_of_its_path_and_of_its_content(tmp_path: Path) -> None:
     photo = tmp_path / "cards" / "IMG_0001.JPG"
+    assert header.output_mark(photo) == f"{MARK} (input {header.source_id(photo)})"  # unreadable: path only
+    photo.parent.mkdir()
+    photo.write_bytes(bytes(range(256)) * 1000)  # 256,000 bytes: three samples
     mark = header.output_mark(photo)
-    assert mark == f"{MARK} (input {header.source_id(photo)})" and str(tmp_path) not in mark
+    content = header.content_id(photo)
+    assert content is not None and len(content) == 16
+    assert mark == f"{MARK} (input {header.source_id(photo)} {content})" and str(tmp_path) not in mark
     assert header.source_id(tmp_path / "cards" / ".." / "cards" / "IMG_0001.JPG") == header.source_id(photo)
     assert header.source_id(tmp_path / "other" / "IMG_0001.JPG") != header.source_id(photo)
+    middle = bytearray(photo.read_bytes())
+    middle[128_000] ^= 1  # one bit in the middle sample
+    (tmp_path / "edited.JPG").write_bytes(middle)
+    (tmp_path / "small.JPG").write_bytes(b"tiny")
+    assert header.content_id(tmp_path / "edited.JPG") not in (None, content)
+    assert header.content_id(tmp_path / "small.JPG") not in (None, content)
     gray = textured_image()[..., 0]
     imio.write_png(tmp_path / "m.png", gray, software=mark)
     imio.write_tiff(tmp_path / "m.tif", textured_image(dtype=np.uint16), software=mark)
     imio.write_png(tmp_path / "old.png", gray, software=MARK)  # an earlier pdseg's mark: no input
+    pathonly = f"{MARK} (input {header.source_id(photo)})"  # a mark of 2026-12-06: no content
+    imio.write_png(tmp_path / "p.png", gray, software=pathonly)
     for name in ("m.png", "m.tif"):
-        assert header.marked_source(tmp_path / name) == header.source_id(photo), name
+        assert header.marked_source(tmp_path / name) == header.MarkedSource(header.source_id(photo), content)
         assert header.carries_output_mark(tmp_path / name), name
+    assert header.marked_source(tmp_path / "p.png") == header.MarkedSource(header.source_id(photo), None)
     assert header.marked_source(tmp_path / "old.png") is None
     png = (tmp_path / "m.png").read_bytes()
     for cut in (0, 20, 40, 60):  # cut short: no input, and no error
@@ -248,7 +262,31 @@ def test_outputs_of_another_input_of_the_same_name_are_kept(
     write_output_png(out / "IMG_0001.png", np.zeros((24, 32), np.uint8))
     third = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt)
     assert third.exit_code == 0, third.output
-    assert header.marked_source(out / "IMG_0001.png") == header.source_id(cards[1] / "IMG_0001.JPG")
+    assert header.marked_source(out / "IMG_0001.png").path_id == header.source_id(cards[1] / "IMG_0001.JPG")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_outputs_of_the_same_inputs_moved_elsewhere_are_their_own(
+    tmp_path: Path, spread_tiny_ckpt: Path, skip: bool
+) -> None:
+    """A folder moved (or a card mounted elsewhere) after a run: its outputs were refused as "made
+    from another input", so --skip-existing could not go on and a rerun could not replace them."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in (1, 2):
+        cv2.imwrite(str(photos / f"IMG_000{n}.JPG"), textured_image(seed=n))
+    out = tmp_path / "masks"
+    assert _predict(photos, "--out", out, "-w", spread_tiny_ckpt).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    moved = photos.rename(tmp_path / "moved")
+    again = _predict(moved, "--out", out, "-w", spread_tiny_ckpt, *(["--skip-existing"] if skip else []))
+    assert again.exit_code == 0, again.output
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert (after == before) if skip else (after.keys() == before.keys())  # skipped as done, or replaced
+    (moved / "IMG_0001.JPG").write_bytes(cv2.imencode(".jpg", textured_image(seed=9))[1].tobytes())
+    other = moved.rename(tmp_path / "elsewhere")  # another path and other content: another input
+    refused = _predict(other, "--out", out, "-w", spread_tiny_ckpt)
+    assert refused.exit_code == 2 and "made from another input" in flat(refused.output)
 
 
 def test_outputs_of_other_inputs_are_counted_in_the_plural(tmp_path: Path, spread_tiny_ckpt: Path) -> None:

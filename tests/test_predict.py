@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -672,11 +673,15 @@ def test_ctrl_c_leaves_no_partial_file(
         return real(self, arrays)
 
     monkeypatch.setattr(Predictor, "forward", forward_then_ctrl_c)
-    out = tmp_path / "out"
-    result = _run(folder, "-o", out, "-w", ckpt)
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    result = _run(folder, "-o", out, "-w", ckpt, "--json", report)
     assert result.exit_code == 130
     assert [p.name for p in out.iterdir()] == ["a.png"]  # the first image, complete
     assert "stopped after 1 of 3 images: 1 done, 0 failed" in flat(result.output)  # how far it got
+    data = json.loads(report.read_text())  # a script learns the same from the report
+    assert [f["input"] for f in data["files"]] == [str(folder / "a.jpg")] and data["counts"]["done"] == 1
+    left = [str(folder / name) for name in ("b.png", "c.tif")]
+    assert data["stopped"] == {"why": "interrupted", "not_reached": left}
     assert cv2.imread(str(out / "a.png")) is not None
     result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")  # and the run resumes
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
@@ -840,6 +845,27 @@ def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> 
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--threshold", "1.5").exit_code == 2
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--save", "maks").exit_code == 2
     assert _run(tmp_path / "missing.png", "-o", tmp_path / "o", "-w", ckpt).exit_code == 2
+
+
+def test_a_file_named_but_not_read_is_warned_of_under_quiet_too(
+    tmp_path: Path, ckpt: Path, folder: Path
+) -> None:
+    """An image and a .gif named together: under --quiet the .gif was dropped without a word (the
+    summary, which names it, is not printed)."""
+    gif = tmp_path / "x.gif"
+    gif.write_bytes(b"GIF89a")
+    image = next(folder.glob("*.png"))
+    result = _run(image, gif, "-o", tmp_path / "o", "-w", ckpt, "-q")
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped, not a kind pdseg reads" in flat(result.output)
+    assert "x.gif" in no_space(result.output)
+    assert (tmp_path / "o" / f"{image.stem}.png").is_file()
+    in_folder = tmp_path / "f"
+    in_folder.mkdir()
+    (in_folder / "y.gif").write_bytes(b"GIF89a")
+    (in_folder / image.name).write_bytes(image.read_bytes())
+    quiet = _run(in_folder, "-o", tmp_path / "o2", "-w", ckpt, "-q")  # met in a folder: the summary's
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")

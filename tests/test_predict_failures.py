@@ -4,6 +4,7 @@ once, and a run with nothing left to do that loads no model (pdseg-tiny, CPU).""
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 import time
@@ -87,8 +88,10 @@ def test_a_full_disk_stops_the_run_at_the_first_write_it_fails(
     images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, code: int, fix: str
 ) -> None:
     calls = _full_disk(monkeypatch, code)
-    out = tmp_path / "out"
-    result = run_cli("predict", images, "-o", out, "-w", ckpt, "--device", "cpu", columns=300)
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    result = run_cli(
+        "predict", images, "-o", out, "-w", ckpt, "--device", "cpu", "--json", report, columns=300
+    )
     text = flat(result.output)
     assert result.exit_code == 1, text
     # the model ran on the image whose write failed and at most the one it was running on then,
@@ -104,6 +107,10 @@ def test_a_full_disk_stops_the_run_at_the_first_write_it_fails(
     assert "damaged file" not in text  # the hint for damaged inputs is not the disk's
     assert "stopped after 3 of 12 images: 2 done, 1 failed" in text
     assert "pdseg predict" not in result.stdout  # no summary table after the error
+    data = json.loads(report.read_text())  # written though the run stopped: what is done, what is not
+    assert data["counts"] == {"done": 2, "skipped": 0, "failed": 1, "not_images": 0}
+    assert data["stopped"]["why"] == why
+    assert data["stopped"]["not_reached"] == [str(images / f"i{i:02d}.png") for i in range(3, N)]
     # once there is room, --skip-existing goes on where the run stopped
     monkeypatch.undo()
     again = run_cli("predict", images, "-o", out, "-w", ckpt, "--device", "cpu", "--skip-existing")

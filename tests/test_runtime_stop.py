@@ -57,6 +57,7 @@ def test_training_stops_at_a_step_on_hangup_unless_ignored(restore_handlers: Non
     with StopFlag(notes.append) as flag:
         os.kill(os.getpid(), signal.SIGHUP)
     assert flag.requested and notes  # a resumable last.pt is saved at the next step boundary
+    assert "Ctrl-C" not in notes[0]  # no "Ctrl-C again" to offer a closed terminal or a scheduler
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with StopFlag(notes.append) as flag:
         os.kill(os.getpid(), signal.SIGHUP)

@@ -340,10 +340,13 @@ def test_cli_default_run_folder_follows_init_and_resume_names_the_runs(
 
 
 def test_the_recipe_and_threads_are_recorded_and_a_thread_change_is_said(
-    tmp_path: Path, folders: dict[str, Path]
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two runs that differed only in --lr or --zoom had the same provenance; and on a CPU the same
-    seed gives the same weights only with the same thread count, which nothing recorded."""
+    seed gives the same weights only with the same thread count, which nothing recorded. The
+    resume command a stop prints took the default count, which follows the load, so it did not
+    go on exactly: a resume without --threads now keeps the run's."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # which a resume leaves in charge
     out = tmp_path / "run"
     args = [*tiny_args(out, folders), "--val-every", "0", "--lr", "0.001", "--zoom", "0.5", "--threads", "1"]
     first = runner.invoke(app, [*args, "--loss", "structure"])
@@ -358,9 +361,23 @@ def test_the_recipe_and_threads_are_recorded_and_a_thread_change_is_said(
     assert "provenance: recipe threads" in shown.output  # a row a setting, none cut off
     assert "provenance: recipe backbone_weights" in shown.output
 
-    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out), "--threads", "2"])
+    kept = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out)])
+    assert kept.exit_code == 0, kept.output
+    assert "1 compute thread, as the run had" in flat(kept.output) and "->" not in kept.output
+    assert torch.load(out / "last.pt", weights_only=True)["train_state"]["threads"] == 1
+    resumed = runner.invoke(app, ["train", "--resume", "--epochs", "3", "--out", str(out), "--threads", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "1 -> 2 compute threads (pass --threads 1 to keep them)" in flat(resumed.output)
+
+
+def test_a_warmup_as_long_as_the_run_is_said(tmp_path: Path, folders: dict[str, Path]) -> None:
+    """--warmup 99999 on a 2-step run was taken in silence: the learning rate never neared --lr."""
+    long = runner.invoke(app, [*tiny_args(tmp_path / "a", folders), "--val-every", "0", "--warmup", "2"])
+    assert long.exit_code == 0, long.output
+    assert "--warmup 2 is as long as the run's 2 steps or longer" in flat(long.output)
+    short = runner.invoke(app, [*tiny_args(tmp_path / "b", folders), "--val-every", "0", "--warmup", "1"])
+    assert short.exit_code == 0 and "--warmup" not in short.output
+    assert "pdseg train" in short.output and "val maxF" not in short.output  # no empty columns unvalidated
 
 
 def test_a_resume_keeps_where_the_weights_came_from(tmp_path: Path, folders: dict[str, Path]) -> None:

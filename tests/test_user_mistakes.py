@@ -140,6 +140,7 @@ def test_resume_and_overwrite_contradict_each_other(tmp_path: Path) -> None:
     ("option", "value", "example"),
     [
         ("--epochs", "0", "--epochs 20"),
+        ("--epochs", "99999999999", "--epochs 20"),  # an ETA of centuries
         ("--lr", "-1", "--lr 6e-5"),
         ("--cache", "memory", "--cache ram"),
         ("--supervision", "both", "--supervision single"),

@@ -255,10 +255,10 @@ CompileOpt = Annotated[
     str,
     typer.Option(
         "--compile",
-        help="torch.compile the model: off, default, reduce-overhead (CUDA graphs on a GPU) or "
-        "max-autotune. The first batch of each input size compiles (a minute or more); it pays off "
-        "on a GPU over many images of one size. Optional: without it the maps are the same up to float "
-        "rounding (a grey level on a few pixels).",
+        help="torch.compile the model: off, default, reduce-overhead (CUDA graphs on a GPU), "
+        "max-autotune or max-autotune-no-cudagraphs. The first batch of each input size compiles (a "
+        "minute or more); it pays off on a GPU over many images of one size. Optional: without it the "
+        "maps are the same up to float rounding (a grey level on a few pixels).",
     ),
 ]
 

@@ -32,7 +32,7 @@ from pdseg_cli.commands._common import (
 )
 from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
-from pdseg_cli.errors import InputError
+from pdseg_cli.errors import InputError, PdsegError
 from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
 _OUTPUTS_HELP = save_help()
@@ -155,7 +155,7 @@ def predict(
         with runtime.alike_on_every_rank():
             from pdseg_cli.engine.output_kinds import parse_save
             from pdseg_cli.engine.predict_plan import plan_predict
-            from pdseg_cli.engine.predict_summary import OutputWriteStopped, nothing_left
+            from pdseg_cli.engine.predict_summary import OutputWriteStopped, PredictInterrupted, nothing_left
             from pdseg_cli.ui import prediction
 
             if not out_text.strip():
@@ -196,6 +196,8 @@ def predict(
                 refine_foreground=refine_foreground,
                 max_pixels=max_pixels,
             )
+            if rank == 0:  # every process plans alike: said once
+                prediction.named_not_read(sources, whole.not_images)
             on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
             settings = {
                 "pdseg": __version__,
@@ -253,13 +255,16 @@ def predict(
                         on_progress=advance,
                         dist=dist,
                     )
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 if dist.is_main:
                     prediction.interrupted(skip_existing, seen, total)
+                    if isinstance(exc, PredictInterrupted):  # one process: what it did is known
+                        _write_json_after_stop(json_out, exc.summary, whole, settings, predictor)
                 raise
             except OutputWriteStopped as exc:  # a full disk: how far it got, then its error line
                 if dist.is_main:
                     prediction.stopped(exc.summary, whole.total)
+                    _write_json_after_stop(json_out, exc.summary, whole, settings, predictor)
                 runtime.every_rank_meets(exc)  # raised after the gather, in every process alike
                 raise
         if dist.is_main:
@@ -318,6 +323,26 @@ def _model_options(
 def _write_json(path: Path | None, result: Any, settings: dict[str, Any]) -> None:
     if path is not None:
         write_report(path, json.dumps(result.to_json(settings), indent=2) + "\n", "JSON")
+
+
+def _write_json_after_stop(
+    path: Path | None, result: Any, whole: Any, settings: dict[str, Any], predictor: Any
+) -> None:
+    """The --json of a run that stopped early (Ctrl-C, a full disk), with the inputs it did not
+    reach: a script that reads it learns what is done without parsing the messages. A report
+    that cannot be written (on the disk that filled) is a warning: the stop's own error comes next."""
+    from dataclasses import replace
+
+    from pdseg_cli import ui
+    from pdseg_cli.engine.predict_summary import not_reached
+
+    if path is None:
+        return
+    result = replace(result, not_reached=not_reached(whole, result.results))
+    try:
+        _write_json(path, result, {**settings, "weights": str(predictor.weights_path or settings["weights"])})
+    except PdsegError as exc:
+        ui.warn(f"--json not written: {exc.message}")
 
 
 # the options whose checks import torch (torch_options), by parameter name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -296,11 +297,11 @@ def train(
     from pdseg_cli import ui
     from pdseg_cli.engine.train import TrainConfig
     from pdseg_cli.engine.train import train as run_training
-    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state, resume_command
+    from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state, recorded_threads, resume_command
     from pdseg_cli.engine.train_config import default_run_folder, init_defaults
     from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
     from pdseg_cli.errors import counted, first_line
-    from pdseg_cli.runtime import alike_on_every_rank, env_distributed, is_out_of_memory
+    from pdseg_cli.runtime import alike_on_every_rank, env_distributed, is_out_of_memory, usable_cores
     from pdseg_cli.ui.training import TrainingView, summary
 
     # every process checks the options alike, and rank 0 says what is wrong with them once
@@ -342,6 +343,13 @@ def train(
     with user_errors(rank=rank):
         with alike_on_every_rank():
             env_distributed()  # torchrun variables that make no sense are said here, once
+            if resume and threads is None and not os.environ.get("OMP_NUM_THREADS"):
+                # the run's own count, or the default follows the load and the sums' order changes
+                kept = recorded_threads(out.expanduser() / LAST_NAME)
+                if kept is not None and kept <= usable_cores():
+                    threads = kept
+                    if main:
+                        ui.info(f"{counted(kept, 'compute thread')}, as the run had (--threads sets others)")
             use_threads(threads, quiet=not main)
             if resume:
                 length = {} if epochs is None else {"epochs": epochs}

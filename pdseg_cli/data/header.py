@@ -322,29 +322,74 @@ def carries_output_mark(path: Path, head: bytes | None = None) -> bool:
 
 def source_id(source: Path) -> str:
     """16 hex digits that name an input file in the marks of its outputs (:func:`output_mark`): a
-    hash of its resolved absolute path. Not of its content, which would mean reading every input
-    before a rerun can start; not the path itself, so that an output sent to someone else does not
-    carry the folder names of the machine it was made on."""
+    hash of its resolved absolute path. Not the path itself, so that an output sent to someone
+    else does not carry the folder names of the machine it was made on."""
     return hashlib.sha256(os.fsencode(Path(source).resolve())).hexdigest()[:16]
+
+
+_CONTENT_SAMPLE = 1 << 16  # bytes read at the start, the middle and the end of an input
+
+
+def content_id(source: Path) -> str | None:
+    """16 hex digits of an input's content, sampled: its size and 64 KiB at its start, middle and
+    end, so that a folder of inputs moved or copied elsewhere (another mount point, a renamed
+    project) is still known as the same inputs. Sampled, not hashed whole: a rerun checks every
+    input that has outputs, and reading thousands of large photos whole would delay its start
+    by minutes. Two files share it only with the same size and the same bytes in all three
+    places (a photo's own header and its compressed data differ long before). None where the
+    file cannot be read. Never raises."""
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest.update(size.to_bytes(8, "little"))
+            middle, end = max(0, size // 2 - _CONTENT_SAMPLE // 2), max(0, size - _CONTENT_SAMPLE)
+            for start in sorted({0, middle, end}):  # a small file: read once or twice, not thrice
+                f.seek(start)
+                digest.update(f.read(_CONTENT_SAMPLE))
+    except OSError:
+        return None
+    return digest.hexdigest()[:16]
 
 
 def output_mark(source: Path) -> str:
     """The mark of an output made from the input ``source``: :data:`OUTPUT_MARK`, then the input's
-    :func:`source_id` (``pdseg 0.1.0 (input 3f9a1c2b7d4e5f60)``), so that a later run into the
-    same ``--out`` can tell an output of another input of the same name (``IMG_0001.JPG`` of another
-    card) from one of its own (:func:`marked_source`)."""
-    return f"{OUTPUT_MARK} (input {source_id(source)})"
+    :func:`source_id` and :func:`content_id` (``pdseg 0.1.0 (input 3f9a1c2b7d4e5f60
+    0b1c2d3e4f5a6b7c)``), so that a later run into the same ``--out`` can tell an output of
+    another input of the same name (``IMG_0001.JPG`` of another card) from one of its own, also
+    when its folder has moved since (:func:`marked_source`)."""
+    content = content_id(source)
+    return f"{OUTPUT_MARK} (input {source_id(source)}{f' {content}' if content else ''})"
 
 
-_SOURCE_IN_MARK = re.compile(rb"pdseg \S+ \(input ([0-9a-f]{16})\)\x00*")
+_SOURCE_IN_MARK = re.compile(rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?\)\x00*")
 
 
-def marked_source(path: Path, head: bytes | None = None) -> str | None:
-    """The input id in pdseg's mark on an output (:func:`output_mark`); None for a file without
-    one: not pdseg's, damaged, or an output of an earlier pdseg, which recorded no input.
+@dataclass(frozen=True)
+class MarkedSource:
+    """The input an output's mark names: :func:`source_id` and, in marks since 2026-12-07,
+    :func:`content_id` (None in older ones)."""
+
+    path_id: str
+    content_id: str | None
+
+    def is_of(self, source: Path) -> bool:
+        """Whether ``source`` is the input the output was made from: the same path, or the same
+        content at another path (moved or copied). The content is read only if the path differs."""
+        if self.path_id == source_id(source):
+            return True
+        return self.content_id is not None and self.content_id == content_id(source)
+
+
+def marked_source(path: Path, head: bytes | None = None) -> MarkedSource | None:
+    """The input named in pdseg's mark on an output (:func:`output_mark`); None for a file without
+    one: not pdseg's, damaged, or an output of a pdseg before 2026-12-06, which recorded no input.
     Never raises."""
     found = _SOURCE_IN_MARK.fullmatch(_software_text(path, head))
-    return found.group(1).decode() if found else None
+    if not found:
+        return None
+    content = found.group(2)
+    return MarkedSource(found.group(1).decode(), content.decode() if content else None)
 
 
 def layout_and_mark(path: Path, head: bytes) -> tuple[tuple[str, int, int] | None, bool]:

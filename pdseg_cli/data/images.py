@@ -316,6 +316,12 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         array, messages = native_messages.decode(call)
     except cv2.error as exc:  # e.g. OpenCV's own pixel limit: a multi-line assertion dump
         raise InputError(f"{path}: cannot decode (OpenCV: {_opencv_reason(exc)})") from None
+    if array is None and page == 0 and _unterminated_plain_pnm(data):
+        # OpenCV reads a plain PNM's last sample only up to a whitespace it never meets; Netpbm
+        # and PIL read it: the file is whole
+        array, _ = native_messages.decode(lambda: cv2.imdecode(np.append(data, np.uint8(ord("\n"))), flags))
+        if array is not None:
+            return array
     if array is None and page == 0:
         array = decode_lacking_end_marker(data.tobytes(), flags)
         if array is not None:
@@ -328,6 +334,11 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         )
     warnings.extend(f"{path}: the decoder said: {m} (decoded anyway; parts may be damaged)" for m in messages)
     return array
+
+
+def _unterminated_plain_pnm(data: np.ndarray) -> bool:
+    """Whether ``data`` is a plain (ASCII) PNM whose last byte is a digit, with no whitespace after it."""
+    return data[:2].tobytes() in (b"P1", b"P2", b"P3") and chr(data[-1]).isdigit()
 
 
 END_MARKER_NOTE = "no end marker (the file ends early, but every row is there); decoded anyway"

@@ -49,6 +49,8 @@ class ImageRecord:
         out: dict[str, Any] = dict(self.scores.as_dict())
         if self.resized:
             out["resized_from_hw"] = list(self.pred_size)
+        if self.notes:  # the split's warning lines name five files; every file's own are here
+            out["notes"] = [kind for kind, _ in self.notes]
         return out
 
 
@@ -202,8 +204,10 @@ class EvalReport:
 
         Split and image values use the keys maxF, wF, MAE, S, E (mean E-measure, the DIS table's
         column), HCE, count (splits), then meanF, adpF, maxE, adpE (and the four HCE parts per
-        image). Every row of ``splits`` then has ``resized`` and ``missing``, as the CSV does; an
-        overall row adds ``pooled_from`` and ``combined``. Curves are 256 values in ascending
+        image; an image whose map had another size adds ``resized_from_hw``, and one with a file
+        read in a way to know about adds ``notes``, the kinds of ``evaluate.NOTE_TEXT``). Every row
+        of ``splits`` then has ``resized`` and ``missing``, as the CSV does; an overall row adds
+        ``pooled_from`` and ``combined``. Curves are 256 values in ascending
         threshold order (an overall row's: the mean of its splits' curves). ``notes`` holds every
         warning the run printed about a split.
         """

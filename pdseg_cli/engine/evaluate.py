@@ -915,6 +915,8 @@ def predict_splits(
 
 def prediction_settings(predictor: Any, save_preds: Path | None) -> dict[str, Any]:
     """How the scored maps were made, for the report's settings."""
+    import torch  # loaded with the model already
+
     from pdseg_cli.data.teacher import file_sha256
 
     weights = predictor.weights_path
@@ -927,6 +929,9 @@ def prediction_settings(predictor: Any, save_preds: Path | None) -> dict[str, An
         "precision": predictor.precision,
         "size": str(predictor.size),
         "tta": predictor.tta,
+        # on a CPU the order of the sums, so a grey level here and there, follows the thread count
+        # (the default follows the load): what --threads gives the same maps again
+        "threads": torch.get_num_threads() if str(predictor.device) == "cpu" else None,
         "saved_to": str(save_preds.expanduser().resolve()) if save_preds is not None else None,
         # what ran the model: the maps depend on it (a --pred run's maps were made elsewhere)
         "versions": {

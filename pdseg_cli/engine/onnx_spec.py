@@ -356,7 +356,10 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
         )
     names = [name for name, _ in sig.outputs]
     if isinstance(spec.output, int) and not -len(names) <= spec.output < len(names):
-        raise InputError(f"{source} has {len(names)} output(s); --onnx-spec output={spec.output} is not one")
+        raise InputError(
+            f"{source} has {len(names)} output(s); --onnx-spec output={spec.output} is not one",
+            hint=f"give output=0..{len(names) - 1} or a name ({', '.join(names[:8])}), or drop output=",
+        )
     if isinstance(spec.output, int) and spec.output < 0:
         spec = replace(spec, output=len(names) + spec.output)
     if isinstance(spec.output, str) and spec.output not in names:
@@ -453,7 +456,10 @@ def _check_channel(
             hint="export the model with its map channels first",
         )
     if spec.channel >= maps:
-        raise InputError(f"{source}: output {name!r} has {maps} map(s); channel={spec.channel} is not one")
+        raise InputError(
+            f"{source}: output {name!r} has {maps} map(s); channel={spec.channel} is not one",
+            hint="drop channel=" if maps == 1 else f"give channel=0..{maps - 1}",
+        )
     if maps > 1 and not given:
         raise WeightsError(
             f"{source}: output {name!r} holds {maps} maps; which is the foreground?",

@@ -596,19 +596,16 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
 def other_inputs_outputs(out: Path, items: Sequence[InputFile], save: Sequence[str]) -> list[str]:
     """The earlier outputs in ``out`` that a run of ``items`` would replace, or take as done with
     --skip-existing, although another input made them: ``IMG_0001.JPG`` of one card, then of the
-    next, into one ``--out``. Told by the input id in pdseg's mark (:func:`header.marked_source`);
-    outputs of an earlier pdseg, which recorded none, are taken as they were. Each line names the
-    output and this run's input."""
+    next, into one ``--out``. Told by the input named in pdseg's mark (:func:`header.marked_source`:
+    the same path, or the same content at another path, as after the folder was moved); outputs
+    of an earlier pdseg, which recorded none, are taken as they were. Each line names the output
+    and this run's input."""
     found: list[str] = []
     for item in items:
-        mine: str | None = None  # hashed once, where an output exists
         for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
             for p in paths:
                 source = header.marked_source(p) if p.is_file() else None
-                if source is None:
-                    continue
-                mine = mine or header.source_id(item.path)
-                if source != mine:
+                if source is not None and not source.is_of(item.path):
                     found.append(f"{p} (made from another input than {item.path})")
     return found
 

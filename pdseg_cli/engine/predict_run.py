@@ -34,6 +34,7 @@ from pdseg_cli.engine.predict_summary import (
     FileResult,
     OutputWriteStopped,
     PeakMemory,
+    PredictInterrupted,
     PredictSummary,
     Stop,
     merge_summaries,
@@ -136,6 +137,7 @@ def run_plan(
         predictor, plan, threshold, background, batch, on_progress, results, read_workers, write_workers
     )
     stop: Stop | None = None
+    interrupted = False
     try:
         run.run()
     except _WriteStopped as exc:
@@ -144,6 +146,10 @@ def run_plan(
         # finish their share where their disk has room (nothing waits on a process that stopped)
         stop = exc.stop
         results.append(stop.result)
+    except KeyboardInterrupt:
+        if dist.enabled:  # every process got it: no gather of what each did
+            raise
+        interrupted = True  # what was done is reported, for the --json a stopped run writes too
     wall = time.perf_counter() - t0
     peak, what = runtime.peak_memory(predictor.device)
     local = PredictSummary(
@@ -157,7 +163,10 @@ def run_plan(
         world_size=dist.world_size,
         left_in_out=plan.left_in_out,
         stopped=stop,
+        interrupted=interrupted,
     )
+    if interrupted:
+        raise PredictInterrupted(local)
     summary = merge_summaries(dist.all_gather(local)) if dist.enabled else local
     if summary.stopped is not None:  # in every process alike, after the gather
         failed = summary.stopped.result

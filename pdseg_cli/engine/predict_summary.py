@@ -88,6 +88,8 @@ class PredictSummary:
     world_size: int = 1
     left_in_out: list[Path] = field(default_factory=list)
     stopped: Stop | None = None
+    interrupted: bool = False
+    not_reached: list[Path] = field(default_factory=list)
 
     def _count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -115,7 +117,15 @@ class PredictSummary:
     def to_json(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
         """``pdseg predict --json``: the counts, then one entry per input in input order
         (``{"input", "status": done|skipped|failed, "outputs", "error", "warnings"}``), the files
-        that are not images, and ``settings`` (the weights, the options) with how the model ran."""
+        that are not images, ``settings`` (the weights, the options) with how the model ran, and
+        ``stopped``: None for a run that went to the end, else why it stopped (``interrupted``, or
+        the write error that stopped it) and the inputs it did not reach."""
+        stop = None
+        if self.interrupted or self.stopped is not None:
+            stop = {
+                "why": "interrupted" if self.interrupted else self.stopped.result.error,  # type: ignore[union-attr]
+                "not_reached": [str(p) for p in self.not_reached],
+            }
         return {
             "counts": {
                 "done": self.done,
@@ -144,7 +154,15 @@ class PredictSummary:
                 "peak_memory_bytes": max((m.bytes for m in self.peak_memory), default=0),
             },
             "settings": settings or {},
+            "stopped": stop,
         }
+
+
+def not_reached(plan: PredictPlan, results: Sequence[FileResult]) -> list[Path]:
+    """The inputs of ``plan`` (the whole run's) with no result: what a stopped run left to do."""
+    reached = {r.index for r in results}
+    items = sorted([*plan.todo, *plan.skipped], key=lambda item: item.index)
+    return [item.path for item in items if item.index not in reached]
 
 
 def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:
@@ -180,6 +198,19 @@ def nothing_left(plan: PredictPlan, world_size: int = 1) -> PredictSummary:
         world_size=world_size,
         left_in_out=plan.left_in_out,
     )
+
+
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) stopped a run of one process: a KeyboardInterrupt as any other,
+    carrying what the run did up to it, for the ``--json`` a stopped run still writes.
+
+    Attributes:
+        summary: the results so far (``interrupted`` set).
+    """
+
+    def __init__(self, summary: PredictSummary) -> None:
+        super().__init__()
+        self.summary = summary
 
 
 class OutputWriteStopped(RunFailed):

@@ -125,6 +125,15 @@ def finished_state(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def recorded_threads(path: Path) -> int | None:
+    """The compute threads the run whose ``last.pt`` is ``path`` trained with; None where the file
+    has no training state or predates the record (2026-12-06). On a CPU the order of the sums,
+    so the weights a seed gives, follows the thread count: a resume keeps it to go on exactly."""
+    state = _peek_state(path)
+    threads = state.get("threads") if state is not None else None
+    return threads if isinstance(threads, int) and threads >= 1 else None
+
+
 def _peek_state(path: Path) -> dict[str, Any] | None:
     """The training state in ``path``, memory-mapped (the optimiser state is not read into
     memory); None where there is none or it cannot be read (the caller reads the file itself)."""

@@ -264,6 +264,11 @@ class TrainConfig:
         rules: list[tuple[bool, str, str | None]] = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}", "e.g. --epochs 20"),
             (
+                self.epochs <= MAX_EPOCHS,  # a typo's extra digits: an ETA of centuries, not a run
+                f"--epochs must be at most {MAX_EPOCHS} (more than any run needs), got {self.epochs}",
+                "e.g. --epochs 20",
+            ),
+            (
                 self.size >= 32 and self.size % 32 == 0,
                 f"--size must be at least 32 and a multiple of 32 (the model's total stride), got "
                 f"{self.size}",
@@ -307,7 +312,7 @@ class TrainConfig:
             ),
             (
                 0 <= self.clip_grad < math.inf,  # inf: JSON has no such number (config, checkpoints)
-                f"--clip-grad must be 0 (off) or a finite number, got {self.clip_grad}",
+                f"--clip-grad must be 0 (off) or a positive finite number, got {self.clip_grad}",
                 "e.g. --clip-grad 5 (the default), or --clip-grad 0 to turn clipping off",
             ),
             (
@@ -456,6 +461,7 @@ class TrainConfig:
 
 
 MAX_WORKERS = 256  # DataLoader processes per training process; more only fork without end
+MAX_EPOCHS = 100_000  # a run of 10 images at batch 1 takes a million steps at this count
 
 # At most this many images a step per BatchNorm, its batch statistics are too noisy to refit the
 # running ones (docs/model.md, 'Batch norm'; the design spec's pitfall 5)

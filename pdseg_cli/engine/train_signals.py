@@ -33,7 +33,9 @@ class StopFlag:
             return
         note_stop(signum)
         self.requested, self._first = True, time.monotonic()
-        self._notify("stopping after this step to save a resumable checkpoint (Ctrl-C again aborts)")
+        # a second Ctrl-C aborts; a job scheduler's SIGTERM has no "again" to offer
+        again = " (Ctrl-C again aborts)" if signum == signal.SIGINT else ""
+        self._notify(f"stopping after this step to save a resumable checkpoint{again}")
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():

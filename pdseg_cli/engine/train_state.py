@@ -317,6 +317,7 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
         warmup = cfg.warmup if cfg.warmup is not None else default_warmup(total_steps)
         decay = cfg.ema_decay if cfg.ema_decay is not None else default_ema_decay(total_steps)
         tau = cfg.ema_tau if cfg.ema_tau is not None else default_ema_tau(total_steps)
+        _say_long_warmup(ctx, warmup, total_steps)
         return RunPlan(batches, total_steps, warmup, decay, tau, 0, 0, None)
     warmup = int(resumed["warmup"]) if cfg.warmup is None else cfg.warmup
     # the EMA carries on exactly as it was (its state holds decay and tau)
@@ -343,7 +344,18 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
             f"--epochs {cfg.epochs} (was {resumed['epochs']}): the learning rate now decays to 0 at "
             f"step {total_steps} instead of {resumed['total_steps']}"
         )
+    _say_long_warmup(ctx, warmup, total_steps)
     return RunPlan(batches, total_steps, warmup, decay, tau, start_epoch, start_step, sums)
+
+
+def _say_long_warmup(ctx: RunContext, warmup: int, total_steps: int) -> None:
+    """Warn when the warmup lasts the whole run: the learning rate never reaches --lr (the poly
+    decay brings it down while the ramp is still climbing), which a run would not otherwise show."""
+    if warmup >= total_steps:
+        ctx.notice(
+            f"--warmup {warmup} is as long as the run's {total_steps} steps or longer: the learning rate "
+            "never reaches --lr (a shorter --warmup, or leave it out for a tenth of the run)"
+        )
 
 
 def resolve_freeze_bn(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any] | None) -> bool:

@@ -97,7 +97,8 @@ def _metadata_rows(metadata: ExportMetadata) -> list[tuple[str, str]]:
     """An export's metadata as rows, then its provenance as a checkpoint's (the export carries it)."""
     strings = metadata.to_strings()
     hidden = ("config", "pdseg_metadata_version", "provenance")  # the provenance: its own rows below
-    keys = [key for key in sorted(strings) if key not in hidden]
+    # a field the file has no value for (a TorchScript export's opset) is no row rather than an empty one
+    keys = [key for key in sorted(strings) if key not in hidden and strings[key] != ""]
     return [(key, _short(strings[key])) for key in keys] + provenance_rows(metadata.provenance)
 
 

@@ -117,6 +117,26 @@ def progress(
         yield step
 
 
+def named_not_read(sources: Sequence[str], not_images: Sequence[Path]) -> None:
+    """Warn, under --quiet too, of files named one by one that pdseg does not read: the summary
+    lists the files it skipped, but a quiet run would drop a file asked for by name in silence."""
+    named = {Path(source).expanduser() for source in sources}
+    files = [
+        str(path)
+        for path in not_images
+        if path in named and not is_broken_link(path) and not is_unfollowed_folder_link(path)
+    ]
+    if files:
+        ui.warn(_not_read(files))
+
+
+def _not_read(files: Sequence[str]) -> str:
+    line = f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(files, 5)}"
+    if convert := convert_phone_photos(map(Path, files)):  # what a folder of photos often holds
+        line += f"; {convert}"
+    return line
+
+
 def summary(result: Any, *, table_on_stderr: bool = False) -> None:
     """The end summary table (stdout), then the files not read, warnings, and the failed files'
     count with how to go on (stderr; :func:`progress` named each failed file as it failed).
@@ -159,10 +179,7 @@ def summary(result: Any, *, table_on_stderr: bool = False) -> None:
         else:
             others.append(str(path))
     if others:
-        line = f"skipped, not a kind pdseg reads ({', '.join(IMAGE_KINDS)}): {listing(others, 5)}"
-        if convert := convert_phone_photos(map(Path, others)):  # what a folder of photos often holds
-            line += f"; {convert}"
-        ui.info(line)
+        ui.info(_not_read(others))
     if folder_links:
         links = listing(folder_links, 5)
         ui.info(f"not followed, links to folders read already or back up the tree: {links}")
@@ -173,10 +190,8 @@ def summary(result: Any, *, table_on_stderr: bool = False) -> None:
         ui.warn(w)
     if not result.failed:
         return
-    fix = (
-        "each line says what went wrong; once it is put right (a damaged file re-copied or moved away), "
-        "run the same command again"
-    )
+    # not "a damaged file": the line may as well be --max-pixels's limit or an unwritable output
+    fix = "each line says what went wrong and what to do; once that is done, run the same command again"
     if result.done:  # the rest were written: the rerun need only do these
         fix += " with --skip-existing to segment only these (the other images were written)"
     # named one by one as they failed, however many (a list here would repeat them, or be cut)

@@ -132,14 +132,15 @@ def summary(result: Any, resume_command: str) -> None:
         resume_command: the command that continues the run, shown when it was interrupted.
     """
     if result.rows:  # per-level losses are in results.csv
-        columns = ["epoch", "loss", "lr", "val maxF", "val MAE", "time"]
+        # the validation columns only where some epoch was validated: empty columns say nothing
+        validated = any(_num(row.get("val_maxf")) for row in result.rows)
+        columns = ["epoch", "loss", "lr", *(["val maxF", "val MAE"] if validated else []), "time"]
         rows = [
             [
                 row["epoch"],
                 _num(row["loss"]),
                 _num(row["lr"], ".3g"),
-                _num(row.get("val_maxf")),
-                _num(row.get("val_mae")),
+                *([_num(row.get("val_maxf")), _num(row.get("val_mae"))] if validated else []),
                 _seconds(row["epoch_time_s"]),
             ]
             for row in result.rows
