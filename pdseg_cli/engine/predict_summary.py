@@ -120,12 +120,8 @@ class PredictSummary:
         that are not images, ``settings`` (the weights, the options) with how the model ran, and
         ``stopped``: None for a run that went to the end, else why it stopped (``interrupted``, or
         the write error that stopped it) and the inputs it did not reach."""
-        stop = None
-        if self.interrupted or self.stopped is not None:
-            stop = {
-                "why": "interrupted" if self.interrupted else self.stopped.result.error,  # type: ignore[union-attr]
-                "not_reached": [str(p) for p in self.not_reached],
-            }
+        why = "interrupted" if self.interrupted else self.stopped.result.error if self.stopped else None
+        stop = None if why is None else {"why": why, "not_reached": [str(p) for p in self.not_reached]}
         return {
             "counts": {
                 "done": self.done,
