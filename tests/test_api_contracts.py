@@ -213,3 +213,29 @@ def test_a_pickle_that_would_run_code_is_named_so_and_never_run(tmp_path: Path) 
     with pytest.raises(WeightsError, match="not a pdseg training state") as err:
         read_train_state(evil)
     assert "--overwrite" not in str(err.value) and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"allow_missing": "no"}, "evaluate allow_missing='no': give True or False"),  # "no" was true
+        ({"use_cache": "no"}, "evaluate use_cache='no': give True or False"),
+        ({"cache_max_bytes": "1G"}, "evaluate cache_max_bytes='1G': give a whole number"),
+        ({"on_progress": 5}, "evaluate on_progress=5: give a function of one record, or None"),
+    ],
+)
+def test_an_evaluate_option_of_the_wrong_kind_is_one_line_before_scoring(
+    tmp_path: Path, options: dict, words: str
+) -> None:
+    from pdseg_cli import evaluate
+
+    with pytest.raises(InputError) as info:  # the folders do not exist: refused before they are read
+        evaluate(tmp_path / "pred", tmp_path / "gt", **options)
+    assert info.value.message == words
+
+
+def test_optimize_refuses_a_channels_last_that_is_not_a_bool() -> None:
+    from pdseg_cli import optimize
+
+    with pytest.raises(TypeError, match="channels_last must be True or False, not 'no'"):
+        optimize(seeded_model(), channels_last="no")

@@ -206,6 +206,15 @@ def test_bad_options_are_input_errors(checkpoint: Path, tmp_path: Path) -> None:
         export_checkpoint(checkpoint, tmp_path / "a.onnx", "tflite")
     with pytest.raises(InputError, match="checkpoint itself"):
         export_checkpoint(checkpoint, checkpoint, "torchscript")
+    # TorchScript under a name pdseg would refuse to run it by (it was written, then refused)
+    with pytest.raises(InputError, match=r"--format torchscript, but --out .*ts\.pt ends in \.pt"):
+        export_checkpoint(checkpoint, tmp_path / "ts.pt", "torchscript")
+    with pytest.raises(InputError, match="no TorchScript name") as info:
+        export_checkpoint(checkpoint, tmp_path / "e.ts2", "torchscript")
+    assert info.value.hint == "name it e.ts (or .torchscript, .jit)"
+    with pytest.raises(InputError, match="export_checkpoint: no option 'check_shape'") as info:
+        export_checkpoint(checkpoint, tmp_path / "a.onnx", check_shape=[(1, 3, 64, 64)])
+    assert "check_shapes" in (info.value.hint or "")
     assert parse_shape("2x3x384x640") == (2, 3, 384, 640)
     for bad in ("2x3x384", "1x1x64x64", "axbxcxd", "0x3x64x64"):
         with pytest.raises(InputError):
@@ -294,8 +303,10 @@ def test_cli_export_errors(checkpoint: Path, tmp_path: Path) -> None:
     assert low.exit_code == 2 and "choose 17 to" in flat(low.output)  # as for one too high
     renamed = tmp_path / "weights.bin"  # a checkpoint under another name is still not overwritten
     renamed.write_bytes(checkpoint.read_bytes())
-    same = run_cli("export", "-w", renamed, "-o", renamed, "-f", "torchscript", columns=250)
+    same = run_cli("export", "-w", renamed, "-o", renamed, "-f", "checkpoint", columns=250)
     assert same.exit_code == 2 and "checkpoint itself" in flat(same.output)
+    ts = run_cli("export", "-w", renamed, "-o", tmp_path / "e.ts2", "-f", "torchscript", columns=250)
+    assert ts.exit_code == 2 and "no TorchScript name: pdseg would refuse to run it" in flat(ts.output)
     not_ckpt = tmp_path / "x.pt"
     not_ckpt.write_bytes(b"not a checkpoint")
     wrong = run_cli("export", "-w", not_ckpt, "-o", tmp_path / "b.onnx", columns=250)
@@ -350,8 +361,8 @@ def test_cli_predict_with_an_onnx_file_equals_the_checkpoint(
 def test_unwritable_outputs_are_one_line_errors(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for fmt in ("onnx", "torchscript"):
-        result = run_cli("export", "-w", checkpoint, "-o", "/proc/x.model", "--format", fmt, columns=250)
+    for fmt, name in (("onnx", "/proc/x.model"), ("torchscript", "/proc/x.ts")):
+        result = run_cli("export", "-w", checkpoint, "-o", name, "--format", fmt, columns=250)
         assert result.exit_code == 2 and "cannot be written" in result.output, result.output
         assert "Traceback" not in result.output
     # the disk fills up while the graph is written: exit 1, the previous file kept, no temporaries
@@ -443,7 +454,9 @@ def test_the_file_name_decides_the_format_and_content_beats_a_wrong_name(
     assert format_for("m.torchscript", None) == "torchscript" and format_for("m.JIT", None) == "torchscript"
     with pytest.raises(InputError, match="ends in .torchscript, a TorchScript name"):
         format_for("m.torchscript", "onnx")
-    assert format_for("model.bin", None) == "onnx" and format_for("model.bin", "torchscript") == "torchscript"
+    assert format_for("model.bin", None) == "onnx" and format_for("model.bin", "checkpoint") == "checkpoint"
+    with pytest.raises(InputError, match="model.bin has no TorchScript name"):  # written, then refused
+        format_for("model.bin", "torchscript")
     with pytest.raises(InputError, match=r"--format onnx, but --out m.ts ends in .ts"):
         format_for("m.ts", "onnx")
     # a checkpoint's name writes a weights-only checkpoint, never ONNX under it (it misled every reader)

@@ -375,6 +375,9 @@ def test_a_warmup_as_long_as_the_run_is_said(tmp_path: Path, folders: dict[str, 
     long = runner.invoke(app, [*tiny_args(tmp_path / "a", folders), "--val-every", "0", "--warmup", "2"])
     assert long.exit_code == 0, long.output
     assert "--warmup 2 is as long as the run's 2 steps or longer" in flat(long.output)
+    longer = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(tmp_path / "a")])
+    assert longer.exit_code == 0 and "is as long as" not in longer.output  # a resume keeps the warmup
+    assert "decays to 0 at step 4 instead of 2" in flat(longer.output) and "inside" not in longer.output
     short = runner.invoke(app, [*tiny_args(tmp_path / "b", folders), "--val-every", "0", "--warmup", "1"])
     assert short.exit_code == 0 and "--warmup" not in short.output
     assert "pdseg train" in short.output and "val maxF" not in short.output  # no empty columns unvalidated

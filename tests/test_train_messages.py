@@ -18,6 +18,7 @@ from helpers import flat, make_dataset, run_cli, tiny_checkpoint
 from pdseg_cli.data import dis5k
 from pdseg_cli.engine import train_state
 from pdseg_cli.engine.train import TrainConfig, train
+from pdseg_cli.engine.train_folder import read_rows
 from pdseg_cli.errors import DataError, InputError, Interrupted
 
 
@@ -427,6 +428,23 @@ def test_val_added_on_resume_says_where_best_pt_starts(tmp_path: Path, data: dic
     with pytest.raises(InputError, match="--val .* -> "):
         train(TrainConfig.for_resume(out, epochs=3, val_dir=data["other_val"]))
     assert json.loads((out / "config.json").read_text())["resolved"]["val_dir"] == str(data["val"].resolve())
+
+
+def test_a_python_resume_takes_the_runs_own_settings(tmp_path: Path, data: dict[str, Path]) -> None:
+    """TrainConfig(out, epochs, resume=True), as the README's API shows a run: its defaults were
+    compared with the run's settings ("--variant pdseg-tiny -> pdseg-b; --size 64 -> 1024"), and
+    the hint said to leave out options a dataclass cannot leave out."""
+    out = tmp_path / "run"
+    train(tiny(out, data["train"]))
+    start = tmp_path / "start.pt"
+    start.write_bytes((out / "last.pt").read_bytes())
+    result = train(TrainConfig(out=out, epochs=2, resume=True, init=start))  # init: ignored on resume
+    assert result.epochs == 2 and len(read_rows(out / "results.csv")) == 2
+    with pytest.raises(InputError, match="--size 64 -> 96"):  # a field given is still a change
+        train(TrainConfig(out=out, epochs=3, resume=True, size=96))
+    # for_resume is exact: a value given equal to the default is a change too (val_every 0 -> 1)
+    assert TrainConfig.for_resume(out, val_every=1).val_every == 1
+    assert TrainConfig(out=out, epochs=3, resume=True, val_every=1).resumed().val_every == 0
 
 
 def test_a_run_that_never_validated_may_gain_val_on_resume(tmp_path: Path, data: dict[str, Path]) -> None:

@@ -62,7 +62,11 @@ def train(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Continue the run in --out from its last.pt, exactly."),
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out from its last.pt, exactly (on a CPU with the run's own "
+            "thread count, unless --threads is given).",
+        ),
     ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start again in an --out that holds a run.")

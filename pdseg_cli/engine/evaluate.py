@@ -74,7 +74,7 @@ from pdseg_cli.engine.predict_plan import (
     other_inputs_outputs,
     unmarked_among,
 )
-from pdseg_cli.errors import DataError, InputError, counted
+from pdseg_cli.errors import DataError, InputError, check_kind, counted
 from pdseg_cli.metrics.aggregate import aggregate
 from pdseg_cli.metrics.cache import DEFAULT_MAX_BYTES, GTCache, default_cache_root, usable_cache_root
 from pdseg_cli.metrics.common import GT_THRESHOLD
@@ -461,11 +461,21 @@ def evaluate(
 
     Raises:
         DataError: missing folders, no files, missing predictions, unreadable files (all named).
-        InputError: a bad ``jobs`` or a negative ``cache_max_bytes``.
+        InputError: a bad ``jobs`` (see :func:`resolve_jobs`: N >= 1, 0 for the idle cores, -1
+            for all, -2 for all but one), a negative ``cache_max_bytes``, or an option of the
+            wrong kind (``allow_missing="no"``, which Python would take as true).
 
     A cache folder that cannot be used is said in the split's ``warnings``: a read-only one is
     read, and where none can be made the scores are computed without one (only slower).
     """
+    for option, value, kind in (
+        ("use_cache", use_cache, bool),
+        ("allow_missing", allow_missing, bool),
+        ("cache_max_bytes", cache_max_bytes, int),
+    ):  # not jobs: check_jobs raises its own TypeError for it
+        check_kind("evaluate", option, value, kind)
+    if on_progress is not None and not callable(on_progress):  # not a TypeError after scoring began
+        raise InputError(f"evaluate on_progress={on_progress!r}: give a function of one record, or None")
     if cache_max_bytes < 0:
         raise InputError(f"cache_max_bytes={cache_max_bytes} must be 0 or more (0 keeps nothing)")
     root, note = usable_cache_root(cache_dir) if use_cache else (None, None)

@@ -344,6 +344,11 @@ def format_for(out: str | Path, fmt: str | None) -> str:
             f"--format {fmt}, but --out {out} ends in {suffix}, {_KIND_OF_NAME[named]} name",
             hint=f"drop --format (the extension decides), or name the file {_EXTENSIONS.get(fmt, '.onnx')}",
         )
+    if fmt == "torchscript" and named is None:  # pdseg runs a program's code only when its name says so
+        raise InputError(
+            f"--format torchscript, but --out {out} has no TorchScript name: pdseg would refuse to run it",
+            hint=f"name it {stem}.ts (or .torchscript, .jit)",
+        )
     return fmt
 
 
@@ -560,13 +565,16 @@ def _checked_options(fmt: object, **options: Any) -> str:
     return fmt
 
 
+EXPORT_OPTIONS = ("half", "opset", "check", "check_shapes", "tolerance", "on_step")  # export_checkpoint's
+
+
 def export_checkpoint(
     weights: str | Path,
     out: str | Path,
     fmt: str | None = None,
     **options: Any,
 ) -> ExportReport:
-    """Export a pdseg checkpoint (see :func:`export_model` for ``options`` and what is raised).
+    """Export a pdseg checkpoint (see :func:`export_model` for what is raised).
 
     ``export_checkpoint("runs/mine/last.pt", "mine.pt", half=True)`` writes the weights alone (no
     optimiser or training state), fp16, checked against ``last.pt``.
@@ -577,6 +585,9 @@ def export_checkpoint(
         fmt: ``"onnx"``, ``"torchscript"`` or ``"checkpoint"``; None lets ``out``'s name decide
             as ``pdseg export`` does (:func:`format_for`: ``.pt``/``.pth`` a checkpoint, ``.ts``
             TorchScript, anything else ONNX).
+        options: :func:`export_model`'s ``half``, ``opset``, ``check``, ``check_shapes``,
+            ``tolerance`` and ``on_step`` (``--half``, ``--opset``, ``--no-check``,
+            ``--check-shape``, ``--tolerance``).
 
     The variant, training size, normalisation and provenance written into the file come from the
     checkpoint, and ``weights``' name and sha256 are added (``source``, ``source_sha256``).
@@ -588,13 +599,20 @@ def export_checkpoint(
     from pdseg_cli.data.teacher import file_sha256
 
     weights, out = Path(weights).expanduser(), Path(out).expanduser()
-    if fmt is None:  # the name decides, as for `pdseg export --out`
-        fmt = format_for(out, None)
-    fmt = _checked_options(fmt, **options)  # before the (slow) model load
-    if fmt == "onnx":
-        require_onnx(bool(options.get("check", True)))  # before the (slow) model load
+    unknown = sorted(set(options) - set(EXPORT_OPTIONS))
+    if unknown:  # not "export_model() got an unexpected keyword argument", a function not called
+        raise InputError(
+            f"export_checkpoint: no option {', '.join(map(repr, unknown))}",
+            hint=f"its options: {', '.join(EXPORT_OPTIONS)}",
+        )
+    if fmt is not None:
+        fmt = _checked_options(fmt)  # a format pdseg knows, before the name is judged against it
     if out.exists() and weights.exists() and out.resolve() == weights.resolve():
         raise InputError(f"--out {out} is the checkpoint itself", hint="give another file name")
+    # the name decides, or must agree, as for `pdseg export --out`: the loaders go by it
+    fmt = _checked_options(format_for(out, fmt), **options)  # before the (slow) model load
+    if fmt == "onnx":
+        require_onnx(bool(options.get("check", True)))  # before the (slow) model load
     if out.is_file():
         from pdseg_cli.engine.train_checkpoints import resume_summary
 

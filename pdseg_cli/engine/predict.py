@@ -96,7 +96,9 @@ class Predictor:
         weights: a pdseg checkpoint path (``.pt``), an exported ``.onnx`` or ``.ts`` file, another
             DIS/SOD ONNX model (see ``onnx_spec``), a model (``nn.Module`` with ``normalization`` and
             ``train_size`` attributes, e.g. from :func:`pdseg_cli.create_model`; it is copied, so the
-            caller's module keeps its mode, device and layout), or None for
+            caller's module keeps its mode, device and layout; a module of your own that maps
+            (B, 3, H, W) to (B, 1, H, W) logits runs too, with the ImageNet normalisation and the
+            size given), or None for
             :func:`pdseg_cli.weights.default_weights`.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; under torchrun ``auto`` and
             ``cuda`` take the GPU of the process's LOCAL_RANK.

@@ -76,8 +76,11 @@ __all__ = [
 def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult:
     """Train (or resume) the run ``cfg.out``; see the module docstring for what it writes.
 
-    Under ``torchrun`` every process calls this with the same ``cfg``; ``on_event`` is called on
-    rank 0 only.
+    To resume, ``TrainConfig.for_resume(out, epochs=N)`` (the run's settings, with the changes
+    given), or ``TrainConfig(out=..., epochs=N, resume=True)``, whose fields left at their defaults
+    follow the run (:meth:`TrainConfig.resumed`), so its variant, size and batch need not be
+    repeated. Under ``torchrun`` every process calls this with the same ``cfg``; ``on_event`` is
+    called on rank 0 only.
 
     Raises:
         InputError: a bad option, or a run folder that exists (without resume/overwrite) or holds
@@ -87,6 +90,8 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         WeightsError: unreadable ``--backbone-weights`` or ``last.pt``.
         TrainingDiverged: a NaN/inf loss; ``last.pt`` from the last save is kept.
     """
+    if cfg.resume and not cfg.from_record:  # TrainConfig.for_resume's are exact: taken as they are
+        cfg = cfg.resumed()
     env = runtime.env_distributed()
     with runtime.alike_on_every_rank():  # the same options and files in every process
         cfg.check()

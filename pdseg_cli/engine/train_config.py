@@ -409,6 +409,25 @@ class TrainConfig:
         out["variant"] = self.model_variant
         return out
 
+    def resumed(self) -> TrainConfig:
+        """This configuration as a resume of the run in ``out``, as a Python caller means
+        ``TrainConfig(out="runs/a", epochs=3, resume=True)``: the fields left at their defaults
+        take the run's own values (as options left out do on the command line), the others are
+        changes :func:`pdseg_cli.engine.train_folder.refuse_other_settings` judges; ``init`` and
+        ``backbone_weights``, a new run's starting weights, are ignored (the run goes on from its
+        ``last.pt``).
+
+        Raises:
+            InputError: ``out`` holds no run to resume.
+        """
+        ignored = ("out", "resume", "init", "backbone_weights")
+        changes = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ignored and getattr(self, f.name) != f.default
+        }
+        return TrainConfig.for_resume(self.out, **changes)
+
     @classmethod
     def for_resume(cls, out: str | os.PathLike[str], **changes: Any) -> TrainConfig:
         """The configuration stored in ``out/config.json``, with ``changes`` applied, to resume.
@@ -457,7 +476,17 @@ class TrainConfig:
             values["freeze_bn"] = resolved.get("freeze_bn")
         values.update(changes)  # an --overwrite among them is refused by check()
         values.update(out=out, resume=True, overwrite=bool(changes.get("overwrite", False)))
-        return cls(**values)
+        resumed = cls(**values)
+        # exact: an option given with its default value (val_every=1 on a run that had 0) is a
+        # change to judge, not a field left out for the run to fill (:meth:`resumed`)
+        object.__setattr__(resumed, "_from_record", True)
+        return resumed
+
+    @property
+    def from_record(self) -> bool:
+        """Whether :meth:`for_resume` made this configuration from the run's record (not kept by
+        ``dataclasses.replace``, which makes a new one)."""
+        return bool(getattr(self, "_from_record", False))
 
 
 MAX_WORKERS = 256  # DataLoader processes per training process; more only fork without end

@@ -340,17 +340,19 @@ def plan_run(ctx: RunContext, data: TrainData, resumed: Mapping[str, Any] | None
             f"(pass --epochs {start_epoch + 1} or more to go on)"
         )
     if resumed["total_steps"] != total_steps:
+        # the warmup is the run's (a resume keeps it): a run shortened inside it never reaches --lr
+        inside = f", inside the run's warmup of {warmup}: the learning rate never reaches --lr"
         ctx.notice(
             f"--epochs {cfg.epochs} (was {resumed['epochs']}): the learning rate now decays to 0 at "
-            f"step {total_steps} instead of {resumed['total_steps']}"
+            f"step {total_steps} instead of {resumed['total_steps']}{inside if warmup >= total_steps else ''}"
         )
-    _say_long_warmup(ctx, warmup, total_steps)
     return RunPlan(batches, total_steps, warmup, decay, tau, start_epoch, start_step, sums)
 
 
 def _say_long_warmup(ctx: RunContext, warmup: int, total_steps: int) -> None:
-    """Warn when the warmup lasts the whole run: the learning rate never reaches --lr (the poly
-    decay brings it down while the ramp is still climbing), which a run would not otherwise show."""
+    """Warn when a new run's warmup lasts the whole run: the learning rate never reaches --lr (the
+    poly decay brings it down while the ramp is still climbing), which a run would not otherwise
+    show. (A resume keeps the run's warmup; a shorter --epochs then says so itself.)"""
     if warmup >= total_steps:
         ctx.notice(
             f"--warmup {warmup} is as long as the run's {total_steps} steps or longer: the learning rate "

@@ -89,9 +89,11 @@ def optimize(
         BN running statistics, the fixed NMF bases and the eval step count; no dropout.
 
     Raises:
-        TypeError: ``model`` is not a PDSeg network.
+        TypeError: ``model`` is not a PDSeg network, or ``channels_last`` is not a bool.
         ValueError: an unknown precision or compile mode.
     """
+    if not isinstance(channels_last, bool):  # bool("no") is True: a typo would flip it on
+        raise TypeError(f"channels_last must be True or False, not {channels_last!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if isinstance(compile, str) and compile not in COMPILE_MODES:
