@@ -687,6 +687,30 @@ def test_ctrl_c_leaves_no_partial_file(
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
 
 
+def test_a_ctrl_c_of_a_callers_own_kind_reaches_the_caller_as_it_is(
+    folder: Path, tmp_path: Path, predictor: Predictor
+) -> None:
+    """A plain Ctrl-C comes back with what was done (for --json); a KeyboardInterrupt subclass a
+    caller raises from on_progress must not be swapped for another."""
+    from pdseg_cli.engine.predict_summary import PredictInterrupted
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop(result: object) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        predictor.predict_paths([folder], tmp_path / "a", on_progress=stop)
+
+    def ctrl_c(result: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(PredictInterrupted) as info:
+        predictor.predict_paths([folder], tmp_path / "b", on_progress=ctrl_c)
+    assert info.value.summary.interrupted and info.value.summary.done >= 1  # writes in flight finish
+
+
 def test_an_out_is_made_by_the_first_write_so_an_early_end_leaves_none(
     folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from random weights and a Ctrl-C during setup (pdseg-tiny at 64x64 on the CPU)."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -445,6 +446,9 @@ def test_a_python_resume_takes_the_runs_own_settings(tmp_path: Path, data: dict[
     # for_resume is exact: a value given equal to the default is a change too (val_every 0 -> 1)
     assert TrainConfig.for_resume(out, val_every=1).val_every == 1
     assert TrainConfig(out=out, epochs=3, resume=True, val_every=1).resumed().val_every == 0
+    kept = dataclasses.replace(TrainConfig.for_resume(out), val_every=1, epochs=3)  # still exact
+    assert kept.from_record and kept.val_every == 1
+    assert "from_record" not in json.loads((out / "config.json").read_text())["train"]
 
 
 def test_a_run_that_never_validated_may_gain_val_on_resume(tmp_path: Path, data: dict[str, Path]) -> None:

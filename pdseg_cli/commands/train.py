@@ -349,7 +349,7 @@ def train(
             env_distributed()  # torchrun variables that make no sense are said here, once
             if resume and threads is None and not os.environ.get("OMP_NUM_THREADS"):
                 # the run's own count, or the default follows the load and the sums' order changes
-                kept = recorded_threads(out.expanduser() / LAST_NAME)
+                kept = recorded_threads(out.expanduser() / LAST_NAME, given.get("device"))
                 if kept is not None and kept <= usable_cores():
                     threads = kept
                     if main:

@@ -327,26 +327,18 @@ def source_id(source: Path) -> str:
     return hashlib.sha256(os.fsencode(Path(source).resolve())).hexdigest()[:16]
 
 
-_CONTENT_SAMPLE = 1 << 16  # bytes read at the start, the middle and the end of an input
-
-
 def content_id(source: Path) -> str | None:
-    """16 hex digits of an input's content, sampled: its size and 64 KiB at its start, middle and
-    end, so that a folder of inputs moved or copied elsewhere (another mount point, a renamed
-    project) is still known as the same inputs. Sampled, not hashed whole: a rerun checks every
-    input that has outputs, and reading thousands of large photos whole would delay its start
-    by minutes. Two files share it only with the same size and the same bytes in all three
-    places (a photo's own header and its compressed data differ long before). None where the
-    file cannot be read. Never raises."""
+    """16 hex digits of an input's content (a sha256 of the whole file), so that a folder of
+    inputs moved or copied elsewhere (another mount point, a renamed project) is still known as
+    the same inputs. Whole, not sampled: uncompressed scans (BMP, PNM, TIFF) of one size differ
+    in their middle rows only. A rerun reads it only for outputs whose input path differs
+    (``predict_plan.other_inputs_outputs``), and a writer reads a file it has just read (from the page cache).
+    None where the file cannot be read. Never raises."""
     digest = hashlib.sha256()
     try:
         with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            digest.update(size.to_bytes(8, "little"))
-            middle, end = max(0, size // 2 - _CONTENT_SAMPLE // 2), max(0, size - _CONTENT_SAMPLE)
-            for start in sorted({0, middle, end}):  # a small file: read once or twice, not thrice
-                f.seek(start)
-                digest.update(f.read(_CONTENT_SAMPLE))
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     except OSError:
         return None
     return digest.hexdigest()[:16]
@@ -372,13 +364,6 @@ class MarkedSource:
 
     path_id: str
     content_id: str | None
-
-    def is_of(self, source: Path) -> bool:
-        """Whether ``source`` is the input the output was made from: the same path, or the same
-        content at another path (moved or copied). The content is read only if the path differs."""
-        if self.path_id == source_id(source):
-            return True
-        return self.content_id is not None and self.content_id == content_id(source)
 
 
 def marked_source(path: Path, head: bytes | None = None) -> MarkedSource | None:

@@ -321,6 +321,7 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         # and PIL read it: the file is whole
         array, _ = native_messages.decode(lambda: cv2.imdecode(np.append(data, np.uint8(ord("\n"))), flags))
         if array is not None:
+            warnings.append(f"{path}: {PNM_END_NOTE}")
             return array
     if array is None and page == 0:
         array = decode_lacking_end_marker(data.tobytes(), flags)
@@ -341,6 +342,10 @@ def _unterminated_plain_pnm(data: np.ndarray) -> bool:
     return data[:2].tobytes() in (b"P1", b"P2", b"P3") and chr(data[-1]).isdigit()
 
 
+PNM_END_NOTE = (
+    "the file ends right after its last sample, with no whitespace after it; read as it is (in a "
+    "file cut short, the last pixel would be wrong)"
+)
 END_MARKER_NOTE = "no end marker (the file ends early, but every row is there); decoded anyway"
 # What a JPEG (EOI) and a PNG (an empty IEND chunk and its CRC) end with. OpenCV refuses a file
 # without it, though every pixel is there: a copy or a recovery that stopped at the last bytes.

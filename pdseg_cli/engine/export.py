@@ -594,7 +594,8 @@ def export_checkpoint(
 
     Raises:
         WeightsError: ``weights`` is not a pdseg checkpoint.
-        InputError: ``out`` is ``weights`` itself, or (``fmt`` None) a folder or an image's name.
+        InputError: ``out`` is ``weights`` itself, a folder or an image's name, or a name of
+            another format than ``fmt`` (the loaders go by it, as ``pdseg export`` refuses it).
     """
     from pdseg_cli.data.teacher import file_sha256
 

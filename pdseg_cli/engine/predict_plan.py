@@ -602,10 +602,19 @@ def other_inputs_outputs(out: Path, items: Sequence[InputFile], save: Sequence[s
     and this run's input."""
     found: list[str] = []
     for item in items:
+        path_id: str | None = None  # this input's ids, worked out once, where an output exists
+        content: str | None = None  # read (the whole file) only where the path differs
         for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
             for p in paths:
                 source = header.marked_source(p) if p.is_file() else None
-                if source is not None and not source.is_of(item.path):
+                if source is None:
+                    continue
+                path_id = path_id or header.source_id(item.path)
+                if source.path_id == path_id:
+                    continue
+                if source.content_id is not None:
+                    content = content or header.content_id(item.path)
+                if source.content_id is None or source.content_id != content:
                     found.append(f"{p} (made from another input than {item.path})")
     return found
 

@@ -146,10 +146,13 @@ def run_plan(
         # finish their share where their disk has room (nothing waits on a process that stopped)
         stop = exc.stop
         results.append(stop.result)
-    except KeyboardInterrupt:
-        if dist.enabled:  # every process got it: no gather of what each did
+    except KeyboardInterrupt as exc:
+        # a plain Ctrl-C (or SIGTERM/SIGHUP) of one process: what was done is reported, for the
+        # --json a stopped run writes too. A subclass (a caller's own, or one carrying a hint) goes
+        # on as it is; under torchrun every process got it, and no gather of what each did follows
+        if dist.world_size > 1 or type(exc) is not KeyboardInterrupt:
             raise
-        interrupted = True  # what was done is reported, for the --json a stopped run writes too
+        interrupted = True
     wall = time.perf_counter() - t0
     peak, what = runtime.peak_memory(predictor.device)
     local = PredictSummary(

@@ -90,10 +90,10 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         WeightsError: unreadable ``--backbone-weights`` or ``last.pt``.
         TrainingDiverged: a NaN/inf loss; ``last.pt`` from the last save is kept.
     """
-    if cfg.resume and not cfg.from_record:  # TrainConfig.for_resume's are exact: taken as they are
-        cfg = cfg.resumed()
     env = runtime.env_distributed()
     with runtime.alike_on_every_rank():  # the same options and files in every process
+        if cfg.resume and not cfg.from_record:  # TrainConfig.for_resume's are exact: taken as they are
+            cfg = cfg.resumed()
         cfg.check()
         cfg = _variant_from_init(cfg)
     runtime.check_gpu_per_process(cfg.device, env)  # says itself which of its refusals are alike

@@ -125,13 +125,22 @@ def finished_state(path: Path) -> dict[str, Any] | None:
     return state
 
 
-def recorded_threads(path: Path) -> int | None:
-    """The compute threads the run whose ``last.pt`` is ``path`` trained with; None where the file
-    has no training state or predates the record (2026-12-06). On a CPU the order of the sums,
-    so the weights a seed gives, follows the thread count: a resume keeps it to go on exactly."""
+def recorded_threads(path: Path, device: str | None = None) -> int | None:
+    """The compute threads the run whose ``last.pt`` is ``path`` trained with, where it computes
+    on the CPU (``device``: the one given for the resume, else the run's own); None where the
+    file has no training state, predates the record (2026-12-06), or the run is on a GPU. On a
+    CPU the order of the sums, so the weights a seed gives, follows the thread count: a resume
+    keeps it to go on exactly."""
+    from pdseg_cli import runtime
+
     state = _peek_state(path)
-    threads = state.get("threads") if state is not None else None
-    return threads if isinstance(threads, int) and threads >= 1 else None
+    if state is None:
+        return None
+    threads = state.get("threads")
+    where = device or state.get("config", {}).get("device", "auto")
+    if not isinstance(threads, int) or threads < 1 or runtime.resolve_device(where).device.type != "cpu":
+        return None
+    return threads
 
 
 def _peek_state(path: Path) -> dict[str, Any] | None:

@@ -119,6 +119,10 @@ class TrainConfig:
             (``$PDSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdseg``, else ``~/.cache/pdseg``), shared by runs.
         init: start from this pdseg checkpoint's weights (variant and normalisation from the file)
             with a fresh optimiser and schedule (fine-tuning; ignored when resuming).
+        from_record: made by :meth:`for_resume` from the run's record, so exact (an option given
+            equal to its default is a change to judge); a ``TrainConfig(resume=True)`` made by
+            hand is not, and :func:`~pdseg_cli.engine.train.train` fills its defaults from the
+            run (:meth:`resumed`).
     """
 
     out: Path
@@ -160,6 +164,8 @@ class TrainConfig:
     onnx_spec: str | None = None
     teacher_cache: Path | None = None
     init: Path | None = None
+    # set by for_resume (a field, so that dataclasses.replace keeps it; never in config.json)
+    from_record: bool = dataclasses.field(default=False, repr=False, compare=False)
 
     if TYPE_CHECKING:
         # What the generated __init__ takes, for type checkers: path fields take any path (a str,
@@ -206,6 +212,7 @@ class TrainConfig:
             onnx_spec: str | None = ...,
             teacher_cache: PathArg | None = ...,
             init: PathArg | None = ...,
+            from_record: bool = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -407,6 +414,7 @@ class TrainConfig:
         dirs = [str(d.absolute()) for d in self.train_dirs]
         out["train_dir"] = None if not dirs else dirs[0] if len(dirs) == 1 else dirs
         out["variant"] = self.model_variant
+        del out["from_record"]  # how this object was made, not a setting of the run
         return out
 
     def resumed(self) -> TrainConfig:
@@ -420,7 +428,7 @@ class TrainConfig:
         Raises:
             InputError: ``out`` holds no run to resume.
         """
-        ignored = ("out", "resume", "init", "backbone_weights")
+        ignored = ("out", "resume", "init", "backbone_weights", "from_record")
         changes = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -466,7 +474,7 @@ class TrainConfig:
                     f"{flag} gives a new run its starting weights; --resume continues {out} from its last.pt",
                     hint=f"drop {flag} to resume, or drop --resume to start a new run (another --out)",
                 )
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"from_record"}
         values = {k: v for k, v in stored.items() if k in names}
         resolved = record.get("resolved")
         resolved = resolved if isinstance(resolved, dict) else {}  # a damaged record: the defaults
@@ -476,17 +484,10 @@ class TrainConfig:
             values["freeze_bn"] = resolved.get("freeze_bn")
         values.update(changes)  # an --overwrite among them is refused by check()
         values.update(out=out, resume=True, overwrite=bool(changes.get("overwrite", False)))
-        resumed = cls(**values)
         # exact: an option given with its default value (val_every=1 on a run that had 0) is a
         # change to judge, not a field left out for the run to fill (:meth:`resumed`)
-        object.__setattr__(resumed, "_from_record", True)
-        return resumed
-
-    @property
-    def from_record(self) -> bool:
-        """Whether :meth:`for_resume` made this configuration from the run's record (not kept by
-        ``dataclasses.replace``, which makes a new one)."""
-        return bool(getattr(self, "_from_record", False))
+        values.update(from_record=True)
+        return cls(**values)
 
 
 MAX_WORKERS = 256  # DataLoader processes per training process; more only fork without end
