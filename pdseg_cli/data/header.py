@@ -334,14 +334,12 @@ def content_id(source: Path) -> str | None:
     in their middle rows only. A rerun reads it only for outputs whose input path differs
     (``predict_plan.other_inputs_outputs``), and a writer reads a file it has just read (from the page cache).
     None where the file cannot be read. Never raises."""
-    digest = hashlib.sha256()
+    from pdseg_cli.data.teacher import file_sha256  # the one file hash (weights, teachers, inputs)
+
     try:
-        with open(source, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        return file_sha256(source)[:16]
     except OSError:
         return None
-    return digest.hexdigest()[:16]
 
 
 def output_mark(source: Path) -> str:
