@@ -232,6 +232,7 @@ def predict(
                     onnx_spec=onnx_spec,
                     tta=tta,
                 )
+            settings["weights"] = str(predictor.weights_path or weights)  # the file the model came from
             if dist.is_main:
                 sharing = runtime.gpu_sharing_note(device, dist)  # processes may share a GPU: said once
                 prediction.start(
@@ -261,17 +262,17 @@ def predict(
                 if dist.is_main:
                     prediction.interrupted(skip_existing, seen, total)
                     if isinstance(exc, PredictInterrupted):  # one process: what it did is known
-                        _write_json_after_stop(json_out, exc.summary, whole, settings, predictor)
+                        _write_json_after_stop(json_out, exc.summary, whole, settings)
                 raise
             except OutputWriteStopped as exc:  # a full disk: how far it got, then its error line
                 if dist.is_main:
                     prediction.stopped(exc.summary, whole.total)
-                    _write_json_after_stop(json_out, exc.summary, whole, settings, predictor)
+                    _write_json_after_stop(json_out, exc.summary, whole, settings)
                 runtime.every_rank_meets(exc)  # raised after the gather, in every process alike
                 raise
         if dist.is_main:
             prediction.summary(result, table_on_stderr=on_stdout)
-            _write_json(json_out, result, {**settings, "weights": str(predictor.weights_path or weights)})
+            _write_json(json_out, result, settings)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -327,9 +328,7 @@ def _write_json(path: Path | None, result: Any, settings: dict[str, Any]) -> Non
         write_report(path, json.dumps(result.to_json(settings), indent=2) + "\n", "JSON")
 
 
-def _write_json_after_stop(
-    path: Path | None, result: Any, whole: Any, settings: dict[str, Any], predictor: Any
-) -> None:
+def _write_json_after_stop(path: Path | None, result: Any, whole: Any, settings: dict[str, Any]) -> None:
     """The --json of a run that stopped early (Ctrl-C, a full disk), with the inputs it did not
     reach: a script that reads it learns what is done without parsing the messages. A report
     that cannot be written (on the disk that filled) is a warning: the stop's own error comes next."""
@@ -342,7 +341,7 @@ def _write_json_after_stop(
         return
     result = replace(result, not_reached=not_reached(whole, result.results))
     try:
-        _write_json(path, result, {**settings, "weights": str(predictor.weights_path or settings["weights"])})
+        _write_json(path, result, settings)
     except PdsegError as exc:
         ui.warn(f"--json not written: {exc.message}")
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import inspect
 import io
 import json
 import os
@@ -565,7 +566,12 @@ def _checked_options(fmt: object, **options: Any) -> str:
     return fmt
 
 
-EXPORT_OPTIONS = ("half", "opset", "check", "check_shapes", "tolerance", "on_step")  # export_checkpoint's
+# export_model's keywords that export_checkpoint passes on: all but what it takes from the checkpoint
+EXPORT_OPTIONS = tuple(
+    name
+    for name in inspect.signature(export_model).parameters
+    if name not in ("model", "out", "fmt", "variant", "config", "normalization", "train_size", "source")
+)
 
 
 def export_checkpoint(
@@ -586,8 +592,7 @@ def export_checkpoint(
             as ``pdseg export`` does (:func:`format_for`: ``.pt``/``.pth`` a checkpoint, ``.ts``
             TorchScript, anything else ONNX).
         options: :func:`export_model`'s ``half``, ``opset``, ``check``, ``check_shapes``,
-            ``tolerance`` and ``on_step`` (``--half``, ``--opset``, ``--no-check``,
-            ``--check-shape``, ``--tolerance``).
+            ``tolerance``, ``on_step`` and ``provenance`` (:data:`EXPORT_OPTIONS`).
 
     The variant, training size, normalisation and provenance written into the file come from the
     checkpoint, and ``weights``' name and sha256 are added (``source``, ``source_sha256``).

@@ -121,13 +121,25 @@ def named_not_read(sources: Sequence[str], not_images: Sequence[Path]) -> None:
     """Warn, under --quiet too, of files named one by one that pdseg does not read: the summary
     lists the files it skipped, but a quiet run would drop a file asked for by name in silence."""
     named = {Path(source).expanduser() for source in sources}
-    files = [
-        str(path)
-        for path in not_images
-        if path in named and not is_broken_link(path) and not is_unfollowed_folder_link(path)
-    ]
+    files = [path for path in _sorted_out(not_images)[2] if Path(path) in named]
     if files:
         ui.warn(_not_read(files))
+
+
+def _sorted_out(not_images: Sequence[Path]) -> tuple[list[str], list[str], list[str]]:
+    """The files not read, as (broken links or link loops, links to folders not followed, files of
+    a kind pdseg does not read)."""
+    broken: list[str] = []
+    folder_links: list[str] = []
+    others: list[str] = []
+    for path in not_images:
+        if is_broken_link(path):
+            broken.append(str(path))
+        elif is_unfollowed_folder_link(path):
+            folder_links.append(str(path))
+        else:
+            others.append(str(path))
+    return broken, folder_links, others
 
 
 def _not_read(files: Sequence[str]) -> str:
@@ -168,16 +180,7 @@ def summary(result: Any, *, table_on_stderr: bool = False) -> None:
     ui.table(
         "pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption, stderr=table_on_stderr
     )
-    broken: list[str] = []
-    folder_links: list[str] = []
-    others: list[str] = []
-    for path in result.not_images:
-        if is_broken_link(path):
-            broken.append(str(path))
-        elif is_unfollowed_folder_link(path):
-            folder_links.append(str(path))
-        else:
-            others.append(str(path))
+    broken, folder_links, others = _sorted_out(result.not_images)
     if others:
         ui.info(_not_read(others))
     if folder_links:
