@@ -222,6 +222,7 @@ def test_a_pickle_that_would_run_code_is_named_so_and_never_run(tmp_path: Path) 
         ({"use_cache": "no"}, "evaluate use_cache='no': give True or False"),
         ({"cache_max_bytes": "1G"}, "evaluate cache_max_bytes='1G': give a whole number"),
         ({"on_progress": 5}, "evaluate on_progress=5: give a function of one record, or None"),
+        ({"name": 3}, "evaluate name=3: give the split's name as a string, or None"),  # heads the report
     ],
 )
 def test_an_evaluate_option_of_the_wrong_kind_is_one_line_before_scoring(
@@ -239,3 +240,19 @@ def test_optimize_refuses_a_channels_last_that_is_not_a_bool() -> None:
 
     with pytest.raises(TypeError, match="channels_last must be True or False, not 'no'"):
         optimize(seeded_model(), channels_last="no")
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "words"),
+    [
+        ("0", "Predictor local_rank='0': give a whole number"),
+        (1.0, "Predictor local_rank=1.0: give a whole number"),
+        (-1, "Predictor local_rank=-1: give a GPU index, 0 or more, or None"),
+    ],
+)
+def test_a_predictor_local_rank_that_is_no_gpu_index_is_one_line(local_rank: object, words: str) -> None:
+    from pdseg_cli import Predictor
+
+    with pytest.raises(InputError) as info:  # before any device or weights are touched
+        Predictor(seeded_model(), device="cpu", local_rank=local_rank)
+    assert info.value.message == words

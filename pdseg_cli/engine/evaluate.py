@@ -474,6 +474,8 @@ def evaluate(
         ("cache_max_bytes", cache_max_bytes, int),
     ):  # not jobs: check_jobs raises its own TypeError for it
         check_kind("evaluate", option, value, kind)
+    if name is not None and not isinstance(name, str):  # it heads the report's rows and keys
+        raise InputError(f"evaluate name={name!r}: give the split's name as a string, or None")
     if on_progress is not None and not callable(on_progress):  # not a TypeError after scoring began
         raise InputError(f"evaluate on_progress={on_progress!r}: give a function of one record, or None")
     if cache_max_bytes < 0:

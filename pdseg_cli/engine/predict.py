@@ -150,6 +150,10 @@ class Predictor:
         tta: bool = False,
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
+        if local_rank is not None:  # a Python caller's index: not "0", not -1 (torch fails on those later)
+            check_kind("Predictor", "local_rank", local_rank, int)
+            if local_rank < 0:
+                raise InputError(f"Predictor local_rank={local_rank}: give a GPU index, 0 or more, or None")
         if local_rank is None:  # under torchrun each process takes its own GPU, as the commands do
             env = runtime.env_distributed(strict=False)
             local_rank = env.local_rank if env.enabled else None
