@@ -19,7 +19,12 @@ if TYPE_CHECKING:  # type checkers see the real signatures; at run time they sta
     from pdseg_cli.engine.predict import Predictor as Predictor
     from pdseg_cli.engine.train import TrainConfig as TrainConfig
     from pdseg_cli.engine.train import train as train
+    from pdseg_cli.errors import DataError as DataError
+    from pdseg_cli.errors import InputError as InputError
+    from pdseg_cli.errors import NotAvailableError as NotAvailableError
     from pdseg_cli.errors import PdsegError as PdsegError
+    from pdseg_cli.errors import RunFailed as RunFailed
+    from pdseg_cli.errors import WeightsError as WeightsError
     from pdseg_cli.model.build import create_model as create_model
     from pdseg_cli.model.build import load_backbone as load_backbone
     from pdseg_cli.model.build import load_checkpoint as load_checkpoint
@@ -40,7 +45,13 @@ _LAZY = {
     "export_checkpoint": "pdseg_cli.engine.export",
     "train": "pdseg_cli.engine.train",
     "TrainConfig": "pdseg_cli.engine.train",
+    # the errors the docstrings' Raises sections name, catchable without a private import
     "PdsegError": "pdseg_cli.errors",
+    "InputError": "pdseg_cli.errors",
+    "WeightsError": "pdseg_cli.errors",
+    "DataError": "pdseg_cli.errors",
+    "NotAvailableError": "pdseg_cli.errors",
+    "RunFailed": "pdseg_cli.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -223,6 +223,7 @@ def test_a_pickle_that_would_run_code_is_named_so_and_never_run(tmp_path: Path) 
         ({"cache_max_bytes": "1G"}, "evaluate cache_max_bytes='1G': give a whole number"),
         ({"on_progress": 5}, "evaluate on_progress=5: give a function of one record, or None"),
         ({"name": 3}, "evaluate name=3: give the split's name as a string, or None"),  # heads the report
+        ({"jobs": "2"}, "evaluate jobs='2': give a whole number"),  # was a TypeError, unlike the rest
     ],
 )
 def test_an_evaluate_option_of_the_wrong_kind_is_one_line_before_scoring(
@@ -256,3 +257,54 @@ def test_a_predictor_local_rank_that_is_no_gpu_index_is_one_line(local_rank: obj
     with pytest.raises(InputError) as info:  # before any device or weights are touched
         Predictor(seeded_model(), device="cpu", local_rank=local_rank)
     assert info.value.message == words
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"precision": torch.float16}, "not a precision: torch.float16"),  # was .strip()'s AttributeError
+        ({"precision": None}, "not a precision: None"),
+        ({"compile": 1}, "not a torch.compile mode: 1"),
+    ],
+)
+def test_a_predictor_precision_or_compile_of_the_wrong_kind_is_one_line(options: dict, words: str) -> None:
+    from pdseg_cli import Predictor
+
+    with pytest.raises(InputError) as info:
+        Predictor(seeded_model(), device="cpu", **options)
+    assert info.value.message == words
+
+
+def test_predict_batch_refuses_file_names_as_predict_does() -> None:
+    from pdseg_cli import Predictor
+
+    predictor = Predictor(seeded_model(), device="cpu", size=64)
+    words = r"predict_batch takes pixels, not a file name \('a.jpg'\).*read_image"
+    with pytest.raises(TypeError, match=words):
+        predictor.predict_batch([np.zeros((8, 8, 3), np.uint8), "a.jpg"])
+
+
+def test_the_errors_the_docstrings_name_are_importable_from_the_package() -> None:
+    import pdseg_cli
+    from pdseg_cli import errors
+
+    for name in ("PdsegError", "InputError", "WeightsError", "DataError", "NotAvailableError", "RunFailed"):
+        assert getattr(pdseg_cli, name) is getattr(errors, name) and name in pdseg_cli.__all__
+    assert issubclass(pdseg_cli.InputError, pdseg_cli.PdsegError)
+
+
+def test_a_predict_summary_and_an_export_report_show_their_gist_in_a_notebook(tmp_path: Path) -> None:
+    # their dataclass reprs dumped every FileResult and the whole provenance (6 KB an export)
+    from pdseg_cli import export_checkpoint
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), np.zeros((16, 16, 3), np.uint8))
+    summary = Predictor(seeded_model(), device="cpu", size=64).predict_paths([image.parent], tmp_path / "out")
+    assert repr(summary).startswith("PredictSummary(done=1, skipped=0, failed=0, not_images=0, wall_seconds=")
+    assert repr(summary).endswith(", device='cpu', size='64', stopped=None)")
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt")
+    report = export_checkpoint(checkpoint, tmp_path / "m.ts", check=False)
+    head = f"ExportReport(path={str(tmp_path / 'm.ts')!r}, format='torchscript', ok=True"
+    assert repr(report).startswith(head)
+    assert len(repr(report)) < 300

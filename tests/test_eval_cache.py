@@ -16,6 +16,7 @@ from helpers import edge_case_split
 
 from pdseg_cli.data.atomic import TEMP_SUFFIX
 from pdseg_cli.engine.evaluate import evaluate, evaluate_arrays
+from pdseg_cli.errors import InputError
 from pdseg_cli.metrics.cache import GTCache, default_cache_root
 from pdseg_cli.metrics.gtprep import GTPrep
 
@@ -152,7 +153,8 @@ def test_two_runs_share_one_cache(split: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("jobs", ["2", 1.5, True])
 def test_evaluate_names_a_jobs_value_that_is_not_an_int(split: Path, tmp_path: Path, jobs: object) -> None:
-    with pytest.raises(TypeError, match="jobs must be an int or None"):
+    # one line, as evaluate's other options of the wrong kind (InputError, not resolve_jobs's TypeError)
+    with pytest.raises(InputError, match=r"evaluate jobs=.*: give a whole number"):
         evaluate(split / "pred", split / "gt", jobs=jobs, cache_dir=tmp_path)  # type: ignore[arg-type]
 
 

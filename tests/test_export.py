@@ -620,3 +620,19 @@ def test_a_teacher_is_judged_by_the_name_it_is_given(torchscript_file: Path, tmp
     blob.write_bytes(torchscript_file.read_bytes())
     (tmp_path / "model.ts").symlink_to(blob)
     assert "TorchScript" in TeacherMaps(tmp_path / "model.ts", tmp_path / "cache").info().description
+
+
+def test_a_loaded_pdseg_torchscript_module_is_refused_with_its_path_as_the_way(
+    torchscript_file: Path,
+) -> None:
+    # its forward gives probabilities and its settings live in the file: taken as a module of
+    # logits it gave maps of 127..182 in silence
+    from pdseg_cli.engine.predict import Predictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit.load
+        module = torch.jit.load(str(torchscript_file))
+    with pytest.raises(InputError, match="is a pdseg export") as info:
+        Predictor(module, device="cpu")
+    assert info.value.hint == "pass the .ts file's path instead: Predictor('model.ts')"
+    assert Predictor(torchscript_file, device="cpu").predict(np.zeros((8, 8, 3), np.uint8)).shape == (8, 8)

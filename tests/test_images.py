@@ -201,6 +201,10 @@ def test_to_float_rgb_ranges() -> None:
     for dtype in (np.int16, np.int32, np.int64, np.uint32):
         np.testing.assert_array_equal(T.to_float_rgb(eight.astype(dtype)), T.to_float_rgb(eight))
     np.testing.assert_array_equal(T.to_float_rgb(eight.astype(np.int32) * 257), T.to_float_rgb(eight))
+    # a dark 8-bit photo (values up to 3) in an int64 array stays dark: integers are never 0..1
+    dark = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) % 4
+    for dtype in (np.int16, np.int64, np.uint32):
+        np.testing.assert_array_equal(T.to_float_rgb(dark.astype(dtype)), T.to_float_rgb(dark))
     assert T.to_float_rgb(np.full((2, 2), 1.0, np.float32)).shape == (2, 2, 3)
     assert T.to_float_rgb(np.full((2, 2, 3), 1.0, np.float64)).max() == 255.0
     assert T.to_float_rgb(np.full((2, 2, 3), 200.0, np.float32)).max() == 200.0  # 0..255 floats

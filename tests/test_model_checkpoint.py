@@ -192,6 +192,24 @@ def test_bad_checkpoint_gives_one_line_weights_error(kind: str, saved: Path, tmp
     assert "\n" not in message
 
 
+def test_a_whole_models_bare_state_dict_gets_the_way_to_a_checkpoint(
+    model: PDSeg, saved: Path, tmp_path: Path
+) -> None:
+    # torch.save(model.state_dict()): the hint spoke of MSCAN ImageNet weights and load_backbone
+    bare = _write_bad("bare-state-dict", saved, tmp_path)
+    with pytest.raises(WeightsError) as info:
+        load_model(bare)
+    assert info.value.hint == (
+        f"load it into its model and save that: m = create_model('pdseg-tiny'); "
+        f"m.load_state_dict(torch.load({str(bare)!r})); save_checkpoint(m, 'model.pt', train_size=N)"
+    )
+    rebuilt = create_model("pdseg-tiny")  # the hint, followed
+    rebuilt.load_state_dict(torch.load(bare))
+    again = load_model(save_checkpoint(rebuilt, tmp_path / "model.pt", train_size=1024))
+    pairs = zip(again.state_dict().values(), model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_mismatched_keys_are_all_named(saved: Path, tmp_path: Path) -> None:
     path = _write_bad("mismatched-keys", saved, tmp_path)
     message = str(pytest.raises(WeightsError, load_model, path).value)

@@ -49,8 +49,8 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     Args:
         image: (H, W), (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha ignored); uint8
             (0..255), uint16 (0..65535, divided by 257), bool, or float and other integer types
-            (by their values: :func:`float_range`; NaN and negatives become 0, values over the
-            full scale 255).
+            (by their values: :func:`float_range`, never 0..1 for integers; NaN and negatives
+            become 0, values over the full scale 255).
 
         A PIL image is taken too: in a mode whose samples are gray, RGB or RGBA values, as they are;
             in any other (palette, CMYK, YCbCr, LA...) converted to RGB first.
@@ -78,11 +78,14 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32) / np.float32(257.0)  # 65535 -> 255 exactly
     if dtype == np.bool_:
         return image.astype(np.float32) * np.float32(255.0)
-    if np.issubdtype(dtype, np.integer):  # int8..int64, uint32, uint64: by their values, as floats
-        # are (an int64 array holding 0..255 is an 8-bit image, not a near-black one)
+    whole = np.issubdtype(dtype, np.integer)
+    if whole:  # int8..int64, uint32, uint64: by their values, as floats are (an int64 array holding
+        # 0..255 is an 8-bit image, not a near-black one)
         image, dtype = image.astype(np.float32), np.dtype(np.float32)
     if np.issubdtype(dtype, np.floating):
-        scale = float_range(image)
+        # whole numbers are never on the 0..1 scale: a dark 8-bit photo in an int64 array (values
+        # up to 3, say) stays dark, as the same values in a uint8 array are
+        scale = max(float_range(image), 255.0) if whole else float_range(image)
         x = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         x *= np.float32(255.0 / scale)
         np.clip(x, 0.0, 255.0, out=x)  # the few samples over the full scale (float_range)

@@ -472,8 +472,10 @@ def evaluate(
         ("use_cache", use_cache, bool),
         ("allow_missing", allow_missing, bool),
         ("cache_max_bytes", cache_max_bytes, int),
-    ):  # not jobs: check_jobs raises its own TypeError for it
-        check_kind("evaluate", option, value, kind)
+        ("jobs", jobs, int),
+    ):
+        if value is not None:  # jobs=None: the idle cores
+            check_kind("evaluate", option, value, kind)
     if name is not None and not isinstance(name, str):  # it heads the report's rows and keys
         raise InputError(f"evaluate name={name!r}: give the split's name as a string, or None")
     if on_progress is not None and not callable(on_progress):  # not a TypeError after scoring began

@@ -155,6 +155,14 @@ class ExportReport:
     size_bytes: int
     trace_warnings: tuple[str, ...] = field(default_factory=tuple)
 
+    def __repr__(self) -> str:
+        # what a notebook shows: the file and the verdict, not the metadata's whole provenance
+        return (
+            f"ExportReport(path={str(self.path)!r}, format={self.format!r}, ok={self.ok}, "
+            f"checks={len(self.checks)}, size_bytes={self.size_bytes}, "
+            f"export_seconds={self.export_seconds:.1f})"
+        )
+
     @property
     def ok(self) -> bool:
         return all(c.passed for c in self.checks)

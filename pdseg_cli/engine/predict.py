@@ -98,8 +98,8 @@ class Predictor:
             ``train_size`` attributes, e.g. from :func:`pdseg_cli.create_model`; it is copied, so the
             caller's module keeps its mode, device and layout; a module of your own that maps
             (B, 3, H, W) to (B, 1, H, W) logits runs too, with the ImageNet normalisation and the
-            size given), or None for
-            :func:`pdseg_cli.weights.default_weights`.
+            size given; a pdseg ``.ts`` export goes by its path, not as the module
+            ``torch.jit.load`` returns), or None for :func:`pdseg_cli.weights.default_weights`.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; under torchrun ``auto`` and
             ``cuda`` take the GPU of the process's LOCAL_RANK.
         precision: ``auto`` (bf16 on GPUs with native bf16, Ampere and newer; fp32 otherwise),
@@ -131,7 +131,8 @@ class Predictor:
     Raises:
         WeightsError: the checkpoint cannot be used.
         NotAvailableError: the device or precision is not available.
-        InputError: a bad option value.
+        InputError: a bad option value (a precision or compile mode of the wrong kind too), or a
+            loaded pdseg TorchScript module.
         TypeError: ``tta``, ``channels_last`` or ``optimized`` is not a bool.
     """
 
@@ -170,6 +171,15 @@ class Predictor:
         self.weights_path: Path | None = None
         if isinstance(weights, nn.Module):
             kind = "module"
+            if isinstance(weights, torch.jit.ScriptModule) and hasattr(weights, "logits"):
+                # pdseg's TorchScript export: its forward gives probabilities (taken here as logits,
+                # the sigmoid would be applied twice) and its normalisation and training size are in
+                # the file beside the graph, which torch.jit.load does not hand over
+                raise InputError(
+                    "this TorchScript module is a pdseg export, whose forward gives probabilities and "
+                    "whose settings are in its file",
+                    hint="pass the .ts file's path instead: Predictor('model.ts')",
+                )
         else:
             self.weights_path = Path(weights).expanduser() if weights is not None else default_weights()
             # before sniffing the format: the file, or what to give instead of a folder
@@ -310,11 +320,7 @@ class Predictor:
         Raises:
             TypeError: a file name instead of pixels.
         """
-        if isinstance(image, (str, os.PathLike)):
-            raise TypeError(
-                f"Predictor.predict takes pixels, not a file name ({os.fspath(image)!r}): read it with "
-                "pdseg_cli.data.images.read_image(path).pixels, or write maps for files with predict_paths"
-            )
+        refuse_file_name(image, "predict")
         x = T.to_float_rgb(image)
         h, w = x.shape[:2]
         return self.forward([self.prepare_array(x)]), (int(h), int(w))
@@ -330,6 +336,7 @@ class Predictor:
         Raises:
             ValueError: ``batch`` is below 1, ``images`` is one image, or an image or the model's
                 output has the wrong shape.
+            TypeError: a file name instead of pixels.
         """
         check_threshold(threshold)
         check_kind("predict_batch", "batch", batch, int)
@@ -343,6 +350,8 @@ class Predictor:
                 f"predict_batch takes a list of images (or an (N, H, W[, C]) array), not one {images.shape} "
                 "image: use predict(image), or predict_batch([image])"
             )
+        for im in images:  # before any work: a list of paths would fail on its first image's shape
+            refuse_file_name(im, "predict_batch")
         xs = [T.to_float_rgb(im) for im in images]
         sizes = [x.shape[:2] for x in xs]
         arrays = [self.prepare_array(x) for x in xs]
@@ -497,6 +506,19 @@ class Predictor:
             dist=dist or runtime.Distributed(),
             read_workers=read_workers,
             write_workers=write_workers,
+        )
+
+
+def refuse_file_name(image: object, method: str) -> None:
+    """Refuse a file name where pixels are wanted, naming the ways to read it or to run on files.
+
+    Raises:
+        TypeError: ``image`` is a ``str`` or path.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        raise TypeError(
+            f"Predictor.{method} takes pixels, not a file name ({os.fspath(image)!r}): read it with "
+            "pdseg_cli.data.images.read_image(path).pixels, or write maps for files with predict_paths"
         )
 
 

@@ -91,6 +91,15 @@ class PredictSummary:
     interrupted: bool = False
     not_reached: list[Path] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        # what a notebook shows for a run: the counts, not one FileResult per image
+        stop = "interrupted" if self.interrupted else "write failed" if self.stopped else None
+        return (
+            f"PredictSummary(done={self.done}, skipped={self.skipped}, failed={self.failed}, "
+            f"not_images={len(self.not_images)}, wall_seconds={self.wall_seconds:.1f}, "
+            f"device={self.device!r}, size={self.size!r}, stopped={stop!r})"
+        )
+
     def _count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
 

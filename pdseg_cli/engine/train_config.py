@@ -61,8 +61,9 @@ class TrainConfig:
     Args:
         out: the run folder (``last.pt``, ``best.pt``, ``results.csv``, ``config.json``).
         epochs: train until this many epochs are complete (also when resuming).
-        variant: the model, ``pdseg-t/s/b/l`` or ``segnext-b`` (the ablation's single head); None:
-            ``init``'s variant, else ``pdseg-b``.
+        variant: the model, a name from ``pdseg_cli.config.VARIANTS`` (``pdseg-t/s/b/l``;
+            ``segnext-b``/``segnext-t``, the ablation's single head; ``pdseg-tiny``, for tests);
+            None: ``init``'s variant, else ``pdseg-b``.
         size: square training side in pixels; a multiple of 32. DIS5K images are 1024^2 in the recipe.
         batch: images per step and process (the global batch is ``batch * world_size``).
         workers: DataLoader worker processes per training process (0 loads in the main process);

@@ -388,10 +388,22 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a pdseg checkpoint")
     if "format" not in obj:
         if _is_state_dict(obj):
+            whole = any(k.startswith("encoder.") for k in obj) and any(k.startswith("decoder.") for k in obj)
+            if whole:  # a pdseg model's own state_dict(), saved with torch.save: no config to build it
+                encoder = {k[len("encoder.") :]: v for k, v in obj.items() if k.startswith("encoder.")}
+                variant = _guess_mscan(encoder) or "VARIANT"
+                hint = (
+                    f"load it into its model and save that: m = create_model({variant!r}); "
+                    f"m.load_state_dict(torch.load({str(path)!r})); "
+                    "save_checkpoint(m, 'model.pt', train_size=N)"
+                )
+            else:
+                hint = (
+                    "MSCAN ImageNet weights go to load_backbone / pdseg train --backbone-weights; pdseg "
+                    "checkpoints come from save_checkpoint or `pdseg train`"
+                )
             raise WeightsError(
-                f"{path} is a bare state_dict, not a pdseg checkpoint (no model config inside)",
-                hint="MSCAN ImageNet weights go to load_backbone / pdseg train --backbone-weights; pdseg "
-                "checkpoints come from save_checkpoint or `pdseg train`",
+                f"{path} is a bare state_dict, not a pdseg checkpoint (no model config inside)", hint=hint
             )
         keys = ", ".join(sorted(map(str, obj))[:_MAX_KEYS_SHOWN])
         raise WeightsError(

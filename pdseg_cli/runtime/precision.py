@@ -25,7 +25,8 @@ def resolve_precision(spec: str, device: torch.device) -> str:
     Raises:
         InputError: not a precision name.
     """
-    text = spec.strip().lower()
+    # a Python caller's torch.float16 or None: the same line as a misspelt name, not .strip()'s error
+    text = spec.strip().lower() if isinstance(spec, str) else None
     if text not in PRECISIONS:
         raise InputError(f"not a precision: {spec!r}", hint=f"use one of {', '.join(PRECISIONS)}")
     if text == "auto":
