@@ -18,6 +18,11 @@ from pdseg_cli.errors import WeightsError
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_checkpoint, load_model, save_checkpoint
 from pdseg_cli.model.build import FORMAT_NAME, FORMAT_VERSION
 
+# the hint for an exported model given where a checkpoint is needed
+RUNS_ELSEWHERE = (
+    "runs where a model only runs (`pdseg predict`, `pdseg eval`, `train --teacher`; Predictor in Python)"
+)
+
 
 @pytest.fixture(scope="module")
 def model() -> PDSeg:
@@ -328,19 +333,19 @@ def test_an_exported_model_given_as_a_checkpoint_says_where_it_runs(tmp_path: Pa
     with pytest.raises(WeightsError) as info:
         load_model(path)
     assert "not a PyTorch file" in str(info.value)
-    assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")
+    assert RUNS_ELSEWHERE in (info.value.hint or "")
     named_pt = tmp_path / "m.pt"  # known by its first byte, as predict and eval know it
     named_pt.write_bytes(path.read_bytes())
     with pytest.raises(WeightsError) as info:
         load_model(named_pt)
     hint = info.value.hint or ""
-    assert "an ONNX model (named m.pt) runs in `pdseg predict` and `pdseg eval` only" in hint
+    assert f"an ONNX model (named m.pt) {RUNS_ELSEWHERE}" in hint
     for name in ("m.ts", "m.bin"):  # a TorchScript archive is a zip, but not a damaged checkpoint
         torch.jit.save(torch.jit.script(torch.nn.Identity()), str(tmp_path / name))
         with pytest.raises(WeightsError) as info:
             load_model(tmp_path / name)
         assert "is a TorchScript export, not a pdseg checkpoint" in str(info.value), name
-        assert "runs in `pdseg predict` and `pdseg eval` only" in (info.value.hint or "")
+        assert RUNS_ELSEWHERE in (info.value.hint or "")
 
 
 def test_resaving_a_loaded_model_keeps_its_provenance(tmp_path: Path) -> None:

@@ -343,8 +343,9 @@ def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
         # an ONNX file named .pt is known by its first byte: predict and eval run it by content too
         kind = f"a {suffix} file" if suffix in SUFFIX_FORMATS else f"an ONNX model (named {path.name})"
         return (
-            f"{kind} runs in `pdseg predict` and `pdseg eval` only; this needs a "
-            "pdseg checkpoint (.pt: the bundled weights, or a run's last.pt / best.pt)"
+            f"{kind} runs where a model only runs (`pdseg predict`, `pdseg eval`, `train --teacher`; "
+            "Predictor in Python); this needs a pdseg checkpoint (.pt: the bundled weights, or a "
+            "run's last.pt / best.pt)"
         )
     if what == "checkpoint":  # predict, eval and --teacher take exports too; --init and export do not
         what = "a model file (a pdseg .pt checkpoint, or an .onnx / .ts export where the option takes one)"
