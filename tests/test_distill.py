@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -465,8 +466,13 @@ def test_distillation_mixes_folders_and_records_the_teacher(tiny_teacher: Path, 
     unlabelled = _unlabelled(tmp_path / "unl", 4)
     (labelled / "im" / "extra.jpg").write_bytes((unlabelled / "im" / "s00.jpg").read_bytes())  # no gt
     cfg = _cfg(tmp_path / "run", variant="pdseg-tiny", train_dir=[labelled, unlabelled], teacher=tiny_teacher)
-    result = train(cfg)
+    events: list[Any] = []
+    result = train(cfg, events.append)
     assert load_checkpoint(result.last).provenance["train_images"] == 9
+    [said] = [
+        e.values["message"] for e in events if e.kind == "info" and e.values["message"].startswith("teacher ")
+    ]
+    assert said.endswith(": the targets of 5 images without a mask")  # what the teacher is used for
     maps = sorted((tmp_path / "teacher-cache" / "teacher").glob("*/*.png"))
     assert len(maps) == 4  # extra.jpg has the content of unl/s00.jpg: one map serves both
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
@@ -479,8 +485,16 @@ def test_distillation_mixes_folders_and_records_the_teacher(tiny_teacher: Path, 
         tmp_path / "run2", variant="pdseg-tiny", train_dir=[labelled, unlabelled], teacher=tiny_teacher,
         teacher_weight=0.5,
     )  # fmt: skip
-    train(blended)
+    events.clear()
+    train(blended, events.append)
     assert len(sorted((tmp_path / "teacher-cache" / "teacher").glob("*/*.png"))) == 8
+    [said] = [
+        e.values["message"] for e in events if e.kind == "info" and e.values["message"].startswith("teacher ")
+    ]
+    assert said.endswith(
+        ": the targets of 5 images without a mask and blended into the masks of 4 images "
+        "(--teacher-weight 0.5)"
+    )
 
 
 def test_blended_targets_reach_the_sample_cache(tiny_teacher: Path, tmp_path: Path) -> None:

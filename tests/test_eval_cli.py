@@ -761,14 +761,15 @@ def test_masks_kept_only_in_an_alpha_channel_are_named(tmp_path: Path) -> None:
         cv2.imwrite(str(tmp_path / "pred" / f"a{i}.png"), rgba[..., 3])
     result = _run("--split", tmp_path / "set", "--pred", tmp_path / "pred", cache=tmp_path / "c")
     assert result.exit_code == 0, result.output
-    assert "the mask is probably in the alpha channel" in flat(result.stderr) and "a0.png" in result.stderr
+    assert "GT files keep their mask in the alpha channel" in flat(result.stderr)
+    assert "a0.png" in result.stderr
     for i in range(2):  # an opaque all-black prediction (nothing found) is blank, not a hidden alpha map
         cv2.imwrite(
             str(tmp_path / "pred" / f"a{i}.png"),
             np.dstack([np.zeros((32, 40, 3), np.uint8)] + [np.full((32, 40), 255, np.uint8)]),
         )
     opaque = _run("--split", tmp_path / "set", "--pred", tmp_path / "pred", cache=tmp_path / "c")
-    assert "the map is probably in the alpha channel" not in flat(opaque.stderr)
+    assert "prediction files keep their map in the alpha channel" not in flat(opaque.stderr)
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can write in")

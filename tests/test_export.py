@@ -636,3 +636,11 @@ def test_a_loaded_pdseg_torchscript_module_is_refused_with_its_path_as_the_way(
         Predictor(module, device="cpu")
     assert info.value.hint == "pass the .ts file's path instead: Predictor('model.ts')"
     assert Predictor(torchscript_file, device="cpu").predict(np.zeros((8, 8, 3), np.uint8)).shape == (8, 8)
+
+
+def test_export_takes_threads_as_the_other_commands_do(checkpoint: Path, tmp_path: Path) -> None:
+    # its trace and parity check run on the CPU: on a shared machine only OMP_NUM_THREADS limited them
+    result = run_cli("export", "-w", checkpoint, "-o", tmp_path / "m.pt", "--threads", "1", columns=200)
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 1
+    assert run_cli("export", "--threads", "0", "-o", tmp_path / "n.pt").exit_code == 2

@@ -446,3 +446,15 @@ def test_saving_onto_a_folder_names_the_file_to_give(tmp_path: Path) -> None:
     ):
         save_checkpoint(create_model("pdseg-tiny"), tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing written beside it
+
+
+def test_a_whole_pickled_pdseg_model_gets_save_checkpoint_as_the_way(model: PDSeg, tmp_path: Path) -> None:
+    # "re-save just the state_dict" led to the bare state_dict error next: a circle
+    whole = tmp_path / "whole.pt"
+    torch.save(model, whole)
+    with pytest.raises(WeightsError, match=r"pickled Python objects \(pdseg_cli\.model\.") as info:
+        load_model(whole)
+    assert info.value.hint == (
+        "a whole pdseg model saved with torch.save: load it where you trust it and save it with "
+        "pdseg_cli.save_checkpoint(model, 'model.pt', train_size=N)"
+    )

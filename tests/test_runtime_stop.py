@@ -63,3 +63,18 @@ def test_training_stops_at_a_step_on_hangup_unless_ignored(restore_handlers: Non
         os.kill(os.getpid(), signal.SIGHUP)
     assert not flag.requested
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # restored on exit
+
+
+def test_a_quick_second_ctrl_c_aborts_training_unless_torchrun_echoes_it(restore_handlers: None) -> None:
+    # the notice promised "Ctrl-C again aborts", but a press within 2 s was taken for torchrun's echo
+    # in every run: a quick double press finished the epoch instead
+    notes: list[str] = []
+    with StopFlag(notes.append) as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert flag.requested and notes[0].endswith("(Ctrl-C again aborts)")
+    with StopFlag(notes.append, StopFlag.ECHO_SECONDS) as flag:  # a torchrun worker
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the forwarded copy: ignored
+    assert flag.requested and notes[1].endswith("(Ctrl-C again, 2 s or more after the first, aborts)")

@@ -366,6 +366,45 @@ def test_mask_checks_follow_the_file_not_its_exif_or_alpha(tmp_path: Path) -> No
     assert problem(tmp_path / "blank16.png") is None
 
 
+def test_cut_outs_and_photos_in_gt_are_named_and_masks_drawn_in_both_pass(tmp_path: Path) -> None:
+    # a background remover's cut-out (the photo in the colours, the mask in alpha) and a photo copied
+    # into gt/ were read as gray, so they trained on the photo's brightness in silence
+    from helpers import EXAMPLE_IMAGES
+
+    from pdseg_cli.metrics.reading import MASK_IN_ALPHA, read_mask_file, training_mask_problem
+
+    photo = cv2.resize(
+        cv2.imread(str(EXAMPLE_IMAGES / "chelsea.jpg")), (80, 40), interpolation=cv2.INTER_AREA
+    )
+    mask = np.zeros((40, 80), np.uint8)
+    mask[8:32, 20:60] = 255
+    kept = photo.copy()
+    kept[mask == 0] = 0  # premultiplied: black where transparent, as its alpha is
+    files = {
+        "cutout.png": np.dstack([photo, mask]),
+        "premultiplied.png": np.dstack([kept, mask]),
+        "photo.png": photo,
+        "white-on-black.png": np.dstack([mask, mask, mask, mask]),  # the mask drawn in both: reads right
+    }
+    for name, pixels in files.items():
+        cv2.imwrite(str(tmp_path / name), pixels)
+    cv2.imwrite(
+        str(tmp_path / "noisy.jpg"), np.dstack([mask, mask, np.where(mask > 0, 250, 3)]).astype(np.uint8)
+    )
+    kinds = {name: getattr(training_mask_problem(read_mask_file(tmp_path / name)), "kind", None)
+             for name in [*files, "noisy.jpg"]}  # fmt: skip
+    assert kinds == {
+        "cutout.png": MASK_IN_ALPHA,
+        "premultiplied.png": MASK_IN_ALPHA,
+        "photo.png": "picture",
+        "white-on-black.png": None,
+        "noisy.jpg": None,  # a colour JPEG of a mask: its gray levels stay in a few bins
+    }
+    assert "is an RGB picture, not a mask" in str(
+        training_mask_problem(read_mask_file(tmp_path / "photo.png"))
+    )
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1149,3 +1188,16 @@ def test_freeze_bn_is_recorded_and_kept_on_resume(
     assert TrainConfig.for_resume(run).freeze_bn is None
     with pytest.raises(InputError, match="--no-freeze-bn -> --freeze-bn"):
         train(TrainConfig.for_resume(run, epochs=4, freeze_bn=True))
+
+
+def test_one_image_a_step_at_size_32_is_refused_unless_the_statistics_stay_frozen(
+    tmp_path: Path, data: dict[str, Path], tiny_init: Path
+) -> None:
+    # the stride-32 features are 1x1: a training BatchNorm got one value per channel and torch
+    # stopped the first step with a traceback
+    with pytest.raises(InputError, match="--size 32 with one image per step") as info:
+        train(tiny(tmp_path / "scratch", data, size=32, batch=1, epochs=1, val_dir=None))
+    assert info.value.hint == "use --size 64 or more, or --batch 2 or more"
+    # --init's statistics kept (the default at one image a step): it trains
+    result = train(tiny(tmp_path / "kept", data, size=32, batch=1, epochs=1, val_dir=None, init=tiny_init))
+    assert (tmp_path / "kept" / "last.pt").exists() and result is not None

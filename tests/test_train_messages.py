@@ -364,6 +364,15 @@ def test_other_layouts_get_the_fix_that_fits_them(tmp_path: Path, monkeypatch: p
     assert hint.endswith("--train sets/setA --train sets/setB")
     message, hint = refusal("renamed")
     assert hint.startswith("rename images/ to im/ and masks/ to gt/")
+    upper = make_dataset(Path("upper"), 2)  # DUTS-style GT/: Linux names are case-sensitive
+    (upper / "gt").rename(upper / "GT")
+    message, hint = refusal("upper")
+    assert message == "2 of 2 training images have no mask (e.g. upper/im/s00.jpg)"
+    assert hint == (
+        "rename upper/GT/ to upper/gt/ (pdseg pairs im/NAME.jpg with gt/NAME.png), or pass --teacher MODEL"
+    )
+    message, hint = refusal(str(Path("sets") / "setA"), val_dir=upper, val_every=1)
+    assert hint.startswith("rename GT/ to gt/")
     message, hint = refusal("nested")
     assert message == "no images in nested/im itself; its subfolders hold them: cats/ (3)"
     assert "move them into im/" in hint
@@ -473,6 +482,29 @@ def test_a_run_that_never_validated_may_gain_val_on_resume(tmp_path: Path, data:
     notices(paused, 2, val_every=0)
     with pytest.raises(InputError, match=f"--val {data['val']} -> {data['other_val']}"):
         train(TrainConfig.for_resume(paused, epochs=3, val_dir=data["other_val"], val_every=1))
+
+
+def test_the_no_val_notice_comes_once_per_run_and_after_the_data_checks(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    # it came on every resume of a run without --val, and before a refusal of the data
+    said = "no --val folder given: training runs without validation and writes no best.pt"
+
+    def notices(config: TrainConfig) -> list[str]:
+        events: list[Any] = []
+        train(config, events.append)
+        return [e.values["message"] for e in events if e.kind == "notice"]
+
+    run = tmp_path / "run"
+    assert said in notices(tiny(run, data["train"], val_every=1))
+    assert said not in notices(TrainConfig.for_resume(run, epochs=2))
+    empty = tmp_path / "empty"
+    (empty / "im").mkdir(parents=True)
+    (empty / "gt").mkdir()
+    events: list[Any] = []
+    with pytest.raises(DataError):
+        train(tiny(tmp_path / "refused", empty, val_every=1), events.append)
+    assert not [e for e in events if e.kind == "notice"]
 
 
 # ----------------------------------------------------------------------------------------------

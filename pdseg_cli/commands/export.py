@@ -12,7 +12,9 @@ from pdseg_cli.commands._common import (
     DEFAULT_WEIGHTS_TEXT,
     EXIT_FAILED,
     QuietOpt,
+    ThreadsOpt,
     checked_choice,
+    use_threads,
     user_errors,
     warn_unused,
     weights_option,
@@ -73,6 +75,7 @@ def export(
             help="Input shape for the check; repeat for several. Default: 1x3x512x512 and 2x3x400x600.",
         ),
     ] = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Export to ONNX, TorchScript or a weights-only .pt checkpoint, checked against PyTorch.
@@ -108,6 +111,7 @@ def export(
         )
         from pdseg_cli.weights import default_weights
 
+        use_threads(threads, quiet=quiet)  # the trace and the check run on the CPU
         shapes = [parse_shape(s) for s in check_shape] if check_shape else list(DEFAULT_CHECK_SHAPES)
         warn_unused(ctx, {"check_shape": None if check else "--check-shape has no effect with --no-check"})
         wanted = (  # checked before the checkpoint is read

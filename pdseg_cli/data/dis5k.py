@@ -37,6 +37,7 @@ from pdseg_cli.metrics.reading import (
     COLOUR_MASK,
     FAINT_MASK,
     MASK_IN_ALPHA,
+    PICTURE_MASK,
     SIXTEEN_BIT_MASK,
     ZERO_ONE_MASK,
     read_mask_file,
@@ -192,6 +193,19 @@ def _missing_folder_hint(folder: Path, option: str | None = None) -> str:
     return f"check the path; a dataset folder holds {IMAGE_DIR}/ (images) and {MASK_DIR}/ (masks)"
 
 
+def misnamed_folder(folder: Path, wanted: str) -> Path | None:
+    """Where ``folder`` lacks ``wanted`` (``im`` or ``gt``), a subfolder that holds it under another
+    name (``images/``, ``masks/``, or ``GT/``: the names are case-sensitive on Linux), else None."""
+    if (folder / wanted).is_dir():
+        return None
+    aliases = (*(_IMAGE_NAMES if wanted == IMAGE_DIR else _MASK_NAMES), wanted)
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return None
+    return next((c for c in children if c.is_dir() and c.name.lower() in aliases), None)
+
+
 def _layout_hint(folder: Path, missing: Sequence[str], option: str | None) -> str:
     """The fix for a dataset folder without ``im/`` (or ``gt/``), by what it holds instead."""
     try:
@@ -210,10 +224,10 @@ def _layout_hint(folder: Path, missing: Sequence[str], option: str | None) -> st
         names = listing([shown(d) for d in datasets], 4, sep=" or ")
         return f"it holds dataset folders: pass one of them, {flag}{names}"
     renames = []
-    for wanted, aliases in ((IMAGE_DIR, _IMAGE_NAMES), (MASK_DIR, _MASK_NAMES)):
-        alias = next((c for c in subfolders if c.name.lower() in aliases), None)
+    for wanted in (IMAGE_DIR, MASK_DIR):
+        alias = misnamed_folder(folder, wanted)
         # gt/ too where only im/ is needed: masks under another name would be left unread
-        if not (folder / wanted).is_dir() and alias is not None:
+        if alias is not None:
             renames.append(f"{alias.name}/ to {wanted}/")
     if renames:
         return (
@@ -301,12 +315,13 @@ class _Reason:
 UNMATCHED, NO_MASK, SAME_NAME, NO_TARGET = "unmatched", "no-mask", "same-name", "no-target"
 SIZE, TURNED = "size", "turned"
 # a mask that is no training target: the kinds training_mask_problem tells
-ZERO_ONE, FAINT, COLOUR, ALPHA, SIXTEEN_BIT = (
+ZERO_ONE, FAINT, COLOUR, ALPHA, SIXTEEN_BIT, PICTURE = (
     ZERO_ONE_MASK,
     FAINT_MASK,
     COLOUR_MASK,
     MASK_IN_ALPHA,
     SIXTEEN_BIT_MASK,
+    PICTURE_MASK,
 )
 UNREADABLE, OTHER = "unreadable", "other"
 _REASONS = {
@@ -390,7 +405,14 @@ _REASONS = {
             "keep their masks in the alpha channel, which is not read",
         ),
         "alpha masks",
+        # cut-outs of background-removal tools too: the photo in the colours, the mask in alpha
         "save each alpha channel as an 8-bit gray mask (object 255, background 0)",
+    ),
+    PICTURE: _Reason(
+        "mask",
+        ("is a picture, not a mask", "are pictures, not masks"),
+        "pictures",
+        "put the masks in gt/ (8-bit gray, object 255, background 0) and the photos in im/",
     ),
     SIXTEEN_BIT: _Reason(
         "mask",

@@ -134,11 +134,12 @@ NOTE_TEXT = {
     "--pred?): read as gray luminance 0.299 R + 0.587 G + 0.114 B",
     "gt_damaged": "GT files are damaged (their decoder reported corrupt data): parts may read wrong",
     "pred_damaged": "prediction files are damaged (the decoder reported corrupt data): parts may read wrong",
-    "gt_alpha": "GT files have an alpha channel and one uniform colour: the mask is probably in the "
-    "alpha channel, which is ignored (as in the reference tools), so they read as blank; save masks as "
-    "gray PNGs",
-    "pred_alpha": "prediction files have an alpha channel and one uniform colour: the map is probably in the "
-    "alpha channel, which is ignored (as in the reference tools); save maps as gray PNGs",
+    "gt_alpha": "GT files keep their mask in the alpha channel (under one uniform colour, or under the "
+    "photo, as cut-outs do), which is ignored (as in the reference tools), so they read as their "
+    "colours; save masks as gray PNGs",
+    "pred_alpha": "prediction files keep their map in the alpha channel (under one uniform colour, or under "
+    "the photo: cut-outs such as predict's _alpha.png), which is ignored (as in the reference tools); "
+    "score the gray maps (predict --save mask)",
     "gt_empty": f"GT masks have no pixel above {GT_THRESHOLD} (0/1 masks?): they read as empty GTs "
     "(all background), as in the reference tools; store masks as 0/255",
     "gt_16bit_empty": "GT files are 16-bit with no value of 256 or more (0/255 masks saved as 16-bit?): "

@@ -27,7 +27,7 @@ from pdseg_cli.engine.train_config import TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_folder import LAST, cache_root
 from pdseg_cli.engine.train_signals import worker_init
-from pdseg_cli.errors import DataError, InputError, PdsegError
+from pdseg_cli.errors import DataError, InputError, PdsegError, counted
 from pdseg_cli.metrics.cache import default_cache_root
 from pdseg_cli.metrics.reading import read_gray_u8
 from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
@@ -91,8 +91,6 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
             f"{ctx.cfg.out} was trained on {resumed['train_dir']}, not {label}",
             hint="resume with the run's own data (--train / --data-root), or start a new --out",
         )
-    if val_dir is None and ctx.cfg.val_every != 0:  # said after the errors above, which matter more
-        ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
     train = _load_split(ctx, "train", lambda: _scan_training(ctx, train_dirs, teacher))
     for i, folder in enumerate(train_dirs[1:], 1):  # a folder copied into another --train, in part
         copies = training_copies(folder, train_dirs[:i])
@@ -122,6 +120,9 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
                     f"bytes, e.g. {copies[0]}): the validation scores (and best.pt) measure images the "
                     "model trains on"
                 )
+    if val_dir is None and ctx.cfg.val_every != 0 and resumed is None:
+        # after every refusal of the data, which matters more; not again on each resume of the run
+        ctx.notice("no --val folder given: training runs without validation and writes no best.pt")
     own = cache_root(ctx.cfg)  # the run's own, not a link to a folder other runs may share
     if ctx.main and ctx.cfg.cache == "disk" and ctx.cfg.cache_dir is None and not own.is_symlink():
         _drop_stale_samples(train, val)
@@ -223,15 +224,22 @@ def _scan_training(
         unmatched = [p for s in scans for p in s.problems if p.reason == dis5k.UNMATCHED]
         claimed = {p.partner for p in unmatched if p.partner is not None}
         lacking = [p for p in unlabelled if p.image not in claimed]
-        counted = f"{len(lacking)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
+        no_masks = f"{len(lacking)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
         fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
+        renames = [(s.folder, a) for s in scans if (a := dis5k.misnamed_folder(s.folder, dis5k.MASK_DIR))]
+        if renames:  # masks/ or GT/ beside im/: the masks are there, under a name pdseg does not read
+            folder, alias = renames[0]
+            fix = (
+                f"rename {dis5k.shown(alias)}/ to {dis5k.shown(folder / dis5k.MASK_DIR)}/ (pdseg pairs "
+                f"{dis5k.IMAGE_DIR}/NAME.jpg with {dis5k.MASK_DIR}/NAME.png), or pass --teacher MODEL"
+            )
         maskless = [s for s in scans if s.unlabelled == len(s.pairs)]
         unclaimed = [s for s in maskless if not any(p.image in claimed for p in s.pairs)]
         if unclaimed:
             # a folder without any mask, and none misnamed, needs --teacher whatever else is wrong:
             # said at once, without decoding every labelled image first, with an image of that
             # folder (and the stray masks, which are a fix of their own)
-            message = f"{counted} (e.g. {dis5k.shown(unclaimed[0].pairs[0].image)})"
+            message = f"{no_masks} (e.g. {dis5k.shown(unclaimed[0].pairs[0].image)})"
             if not unmatched:
                 raise DataError(message, hint=fix)
             strays, stray_fix = dis5k.problems_message(unmatched)
@@ -239,7 +247,7 @@ def _scan_training(
         # the images without masks become named problems, listed with those decoding finds in the
         # others (a 0/1 mask, another size, an unreadable file), so one run names every fix
         merged = dataclasses.replace(
-            dis5k.merge_scans([s.require_masks() for s in scans]), no_mask_hint=f"{counted}: {fix}"
+            dis5k.merge_scans([s.require_masks() for s in scans]), no_mask_hint=f"{no_masks}: {fix}"
         )
         if maskless:  # its masks are there but misnamed: said from the names, before any decoding
             merged.raise_problems()
@@ -260,7 +268,14 @@ def _scan_training(
     paths: list[Path] | None = None
     error: PdsegError | None = None
     if ctx.main and needing:
-        ctx.emit("info", values={"message": f"teacher {info.description}"})
+        # what the teacher is for in this run: the targets of the images without a mask, and a share
+        # of the others' where --teacher-weight blends it in
+        unlabelled = sum(p.mask is None for p in pairs)
+        uses = [f"the targets of {counted(unlabelled, 'image')} without a mask"] if unlabelled else []
+        if ctx.cfg.teacher_weight > 0 and len(needing) > unlabelled:
+            blended = counted(len(needing) - unlabelled, "image")
+            uses.append(f"blended into the masks of {blended} (--teacher-weight {ctx.cfg.teacher_weight:g})")
+        ctx.emit("info", values={"message": f"teacher {info.description}: {' and '.join(uses)}"})
 
         def progress(done: int, total: int, computed: int) -> None:
             ctx.emit("prepare", values={"split": "teacher maps", "done": done, "total": total})

@@ -34,7 +34,7 @@ def run_training(ctx: RunContext) -> TrainResult:
     plan, progress, out = run.plan, run.progress, ctx.cfg.out
     interrupted = False
     try:
-        with StopFlag(ctx.notice) as stop:
+        with StopFlag(ctx.notice, StopFlag.ECHO_SECONDS if ctx.env.enabled else 0.0) as stop:
             for epoch in range(plan.start_epoch, ctx.cfg.epochs):
                 first = plan.start_step if epoch == plan.start_epoch else 0
                 sums = EpochSums()

@@ -13,28 +13,36 @@ from pdseg_cli.runtime.stop import ignore_stop_signals, note_stop, stop_signals
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM/SIGHUP; training stops at the next step boundary and saves ``last.pt``."""
+    """Set by SIGINT/SIGTERM/SIGHUP; training stops at the next step boundary and saves ``last.pt``.
 
-    # torchrun forwards the terminal's SIGINT to its workers, which got it from the terminal too:
-    # a repeat this soon after the first is that echo, not a second Ctrl-C
+    Args:
+        notify: says the stop to the user.
+        echo_seconds: a second SIGINT this soon after the first is not taken as a second Ctrl-C. Under
+            torchrun (``ECHO_SECONDS``) each worker gets the terminal's SIGINT and then torchrun's
+            forwarded copy of it; a process of its own gets one per press, so 0 there: a quick
+            double press aborts, as the notice promises.
+    """
+
     ECHO_SECONDS = 2.0
 
-    def __init__(self, notify: Callable[[str], None]) -> None:
+    def __init__(self, notify: Callable[[str], None], echo_seconds: float = 0.0) -> None:
         self.requested = False
+        self.echo_seconds = echo_seconds
         self._first = 0.0
         self._notify = notify
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            if signum == signal.SIGINT and time.monotonic() - self._first > self.ECHO_SECONDS:
+            if signum == signal.SIGINT and time.monotonic() - self._first > self.echo_seconds:
                 note_stop(signum)
                 raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
             return
         note_stop(signum)
         self.requested, self._first = True, time.monotonic()
         # a second Ctrl-C aborts; a job scheduler's SIGTERM has no "again" to offer
-        again = " (Ctrl-C again aborts)" if signum == signal.SIGINT else ""
+        wait = f", {self.echo_seconds:g} s or more after the first," if self.echo_seconds else ""
+        again = f" (Ctrl-C again{wait} aborts)" if signum == signal.SIGINT else ""
         self._notify(f"stopping after this step to save a resumable checkpoint{again}")
 
     def __enter__(self) -> StopFlag:

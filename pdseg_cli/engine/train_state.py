@@ -371,8 +371,17 @@ def resolve_freeze_bn(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any]
     if ctx.env.enabled and ctx.device.type == "cuda":  # SyncBatchNorm: over every process's batch
         images *= ctx.env.world_size
     pretrained = cfg.init is not None or cfg.backbone_weights is not None
+    frozen = default_freeze_bn(images, pretrained) if cfg.freeze_bn is None else cfg.freeze_bn
+    if not frozen and images == 1 and cfg.size // 32 == 1:
+        # the stride-32 features are 1x1: a BatchNorm that trains sees one value per channel, which
+        # torch refuses mid-step with a traceback
+        raise InputError(
+            f"--size {cfg.size} with one image per step leaves the encoder's last BatchNorm one value per "
+            "channel to train on",
+            hint="use --size 64 or more, or --batch 2 or more"
+            + (", or keep --init's statistics (drop --no-freeze-bn)" if pretrained else ""),
+        )
     if cfg.freeze_bn is None:
-        frozen = default_freeze_bn(images, pretrained)
         if frozen:
             start = "--init" if cfg.init is not None else "--backbone-weights"
             ctx.emit(

@@ -165,12 +165,31 @@ def _raw_samples(path: Path) -> np.ndarray | None:
 
 def mask_in_alpha(mask: MaskFile) -> bool:
     """Whether the file keeps its mask in the alpha channel, which is not read: an alpha channel
-    that varies under colours of one uniform value (an opaque blank map is just blank). The
-    alpha is decoded only for such rare files."""
-    if mask.colour not in ("RGBA", "gray+alpha") or int(mask.array.min()) != int(mask.array.max()):
+    that varies under colours of one uniform value (an opaque blank map is just blank), or under a
+    picture that is not that mask (a cut-out, as background-removal tools save them: the photo in
+    the colours, the mask in alpha). A mask whose colours repeat its alpha (white object on
+    transparent black) reads right and is not one. The alpha is decoded only for files with one."""
+    if mask.colour not in ("RGBA", "gray+alpha"):
         return False
     raw = _raw_samples(mask.path)
-    return raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4) and int(np.ptp(raw[..., -1])) > 0
+    if raw is None or raw.ndim != 3 or raw.shape[2] not in (2, 4) or int(np.ptp(raw[..., -1])) == 0:
+        return False
+    if int(mask.array.min()) == int(mask.array.max()):
+        return True
+    alpha = raw[..., -1]
+    if alpha.dtype == np.uint16:
+        alpha = (alpha >> 8).astype(np.uint8)
+    if alpha.shape != mask.array.shape:  # the gray reading was turned by an EXIF tag: compare as stored
+        return False
+    # judged where the alpha is opaque: a cut-out shows the photo there (its transparent part may be
+    # black, as its alpha is), a mask drawn in both shows white, up to antialiasing at the edges
+    opaque = alpha > GT_THRESHOLD
+    where = opaque if opaque.any() else np.ones_like(opaque)
+    gap = np.abs(mask.array.astype(np.int16)[where] - alpha.astype(np.int16)[where])
+    return float(gap.mean()) > _CUTOUT_GAP
+
+
+_CUTOUT_GAP = 32  # mean |gray - alpha| under the opaque alpha above which the colours are a picture
 
 
 # A colour pixel whose gray reading (luminance) keeps less than this share of its brightest channel
@@ -183,13 +202,18 @@ _FAINT_PART = 0.1  # a mask is refused when more of its bright pixels than this 
 
 
 # What is wrong with a mask as a training target (MaskProblem.kind); training groups its errors by it
-MASK_IN_ALPHA, SIXTEEN_BIT_MASK, COLOUR_MASK, ZERO_ONE_MASK, FAINT_MASK = (
+MASK_IN_ALPHA, SIXTEEN_BIT_MASK, COLOUR_MASK, ZERO_ONE_MASK, FAINT_MASK, PICTURE_MASK = (
     "alpha",
     "16-bit",
     "colour",
     "0/1",
     "faint",
+    "picture",
 )
+# A colour file is a picture, not a mask, when its gray levels spread out: a mask (hard, soft at its
+# edges, a palette of a few colours, JPEG-noisy) keeps most pixels in a few of 32 gray bins; a photo
+# copied into gt/ does not. Only colour files are judged, so no gray mask, however soft, is refused.
+_PICTURE_BINS, _PICTURE_TOP_BINS, _PICTURE_TOP_SHARE = 32, 3, 0.5
 
 
 class MaskProblem(str):
@@ -236,6 +260,16 @@ def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
                 f"at most {int(raw.max())}",
             )
         raw = (raw >> 8).astype(np.uint8)
+    if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and not _channels_equal(raw):
+        bins = np.bincount((mask.array >> 3).ravel(), minlength=_PICTURE_BINS)  # 32 levels of 8
+        top_share = float(np.sort(bins)[-_PICTURE_TOP_BINS:].sum()) / mask.array.size
+        if top_share < _PICTURE_TOP_SHARE:
+            return MaskProblem(
+                f"is {_article(mask.colour)} {mask.colour} picture, not a mask: its gray levels spread out "
+                f"(its three commonest of 32 hold {top_share:.0%} of its pixels; a mask's hold most)",
+                PICTURE_MASK,
+                f"{mask.colour} picture",
+            )
     if raw is not None and raw.ndim == 3 and raw.shape[2] == 3:
         brightest = raw.max(axis=2)
         on = brightest >= _OBJECT_LEVEL
@@ -243,12 +277,11 @@ def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
             gray = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
             faint = gray[on].astype(np.float32) < _KEPT_SHARE * brightest[on]
             if float(faint.mean()) > _FAINT_PART:
-                article = "an" if str(mask.colour).startswith("R") else "a"
                 brightest_object = int(gray[on][faint].max())
                 return MaskProblem(
-                    f"is {article} {mask.colour} image in colour, not a gray mask: read as gray (luminance, "
-                    f"as the metrics read GTs) its object is at most {brightest_object} of 255, "
-                    "a faint target",
+                    f"is {_article(mask.colour)} {mask.colour} image in colour, not a gray mask: read as "
+                    f"gray (luminance, as the metrics read GTs) its object is at most {brightest_object} "
+                    "of 255, a faint target",
                     COLOUR_MASK,
                     f"{mask.colour}, at most {brightest_object}",  # palette or RGB: their fixes differ
                 )
@@ -267,6 +300,16 @@ def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
     return None
 
 
+def _article(colour: str | None) -> str:
+    """The article before a colour kind: an RGB, an RGBA, a palette image."""
+    return "an" if str(colour).startswith("R") else "a"
+
+
+def _channels_equal(raw: np.ndarray) -> bool:
+    """Whether an (H, W, 3) decode holds one gray value per pixel (a gray mask stored as colour)."""
+    return np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])
+
+
 def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
     """(16-bit?, colour kind) from the PNG header, or by decoding unchanged for other formats.
 
@@ -281,10 +324,8 @@ def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
     if path.suffix.lower() in (".tif", ".tiff"):
         colour = None if raw.ndim == 2 or raw.shape[2] == 1 else ("RGBA" if raw.shape[2] == 4 else "RGB")
         return raw.dtype == np.uint16, colour
-    if raw.ndim == 3 and raw.shape[2] >= 3:
-        b, g, r = raw[..., 0], raw[..., 1], raw[..., 2]
-        if not (np.array_equal(b, g) and np.array_equal(g, r)):
-            return raw.dtype == np.uint16, "RGB"
+    if raw.ndim == 3 and raw.shape[2] >= 3 and not _channels_equal(raw[..., :3]):
+        return raw.dtype == np.uint16, "RGB"
     return raw.dtype == np.uint16, None
 
 

@@ -308,10 +308,14 @@ def _torch_load(path: Path, what: str) -> Any:
         text = str(exc).lower()  # torch has said "Unsupported global: GLOBAL x" and "unsupported GLOBAL x"
         if "unsupported global" in text or "unsupported class" in text:
             name = re.search(r"GLOBAL (\S+)", str(exc), re.IGNORECASE)
+            ours = name is not None and name.group(1).startswith("pdseg_cli.")  # torch.save(model)
             raise WeightsError(
                 f"{what} {path} holds pickled Python objects"
                 f"{f' ({name.group(1)})' if name else ''}, which a safe load refuses",
-                hint="pdseg reads files of tensors and plain values only; re-save just the state_dict",
+                hint="a whole pdseg model saved with torch.save: load it where you trust it and save it "
+                "with pdseg_cli.save_checkpoint(model, 'model.pt', train_size=N)"
+                if ours
+                else "pdseg reads files of tensors and plain values only; re-save just the state_dict",
             ) from None
         raise WeightsError(f"{what} {path} is not a PyTorch file", hint=_not_torch_hint(path, what)) from None
     except Exception as exc:  # zip, pickle and EOF errors: the file is damaged or of another kind
