@@ -224,6 +224,8 @@ def test_a_pickle_that_would_run_code_is_named_so_and_never_run(tmp_path: Path) 
         ({"on_progress": 5}, "evaluate on_progress=5: give a function of one record, or None"),
         ({"name": 3}, "evaluate name=3: give the split's name as a string, or None"),  # heads the report
         ({"jobs": "2"}, "evaluate jobs='2': give a whole number"),  # was a TypeError, unlike the rest
+        ({"use_cache": None}, "evaluate use_cache=None: give True or False"),  # None is for jobs alone
+        ({"cache_max_bytes": None}, "evaluate cache_max_bytes=None: give a whole number"),
     ],
 )
 def test_an_evaluate_option_of_the_wrong_kind_is_one_line_before_scoring(
@@ -279,6 +281,8 @@ def test_predict_batch_refuses_file_names_as_predict_does() -> None:
     from pdseg_cli import Predictor
 
     predictor = Predictor(seeded_model(), device="cpu", size=64)
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert len(predictor.predict_batch(image for _ in range(3))) == 3  # a generator: read once, all used
     words = r"predict_batch takes pixels, not a file name \('a.jpg'\).*read_image"
     with pytest.raises(TypeError, match=words):
         predictor.predict_batch([np.zeros((8, 8, 3), np.uint8), "a.jpg"])

@@ -241,6 +241,8 @@ def test_split_name_does_not_depend_on_the_spelling(tmp_path: Path, monkeypatch:
     names.add(eval_pairs.plan_pairs("../../maps", ".").name)
     assert names == {"set"}  # "gt" was the name when the path was spelled "gt"
     assert pdseg_cli.evaluate("../../maps", ".", jobs=1, use_cache=False).splits[0].name == "set"
+    named = pdseg_cli.evaluate("../../maps", ".", name=Path("DIS-VD"), jobs=1, use_cache=False)
+    assert named.splits[0].name == "DIS-VD"  # a path as a name is its text
 
 
 # -- TrainConfig's types -------------------------------------------------------------------------

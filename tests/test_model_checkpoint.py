@@ -20,7 +20,7 @@ from pdseg_cli.model.build import FORMAT_NAME, FORMAT_VERSION
 
 # the hint for an exported model given where a checkpoint is needed
 RUNS_ELSEWHERE = (
-    "runs where a model only runs (`pdseg predict`, `pdseg eval`, `train --teacher`; Predictor in Python)"
+    "runs only where a model is run (`pdseg predict`, `pdseg eval`, `train --teacher`; Predictor in Python)"
 )
 
 
@@ -205,12 +205,21 @@ def test_a_whole_models_bare_state_dict_gets_the_way_to_a_checkpoint(
     with pytest.raises(WeightsError) as info:
         load_model(bare)
     assert info.value.hint == (
-        f"load it into its model and save that: m = create_model('pdseg-tiny'); "
-        f"m.load_state_dict(torch.load({str(bare)!r})); save_checkpoint(m, 'model.pt', train_size=N)"
+        f"load it into its model and save that: m = pdseg_cli.create_model('pdseg-tiny'); "
+        f"m.load_state_dict(torch.load({str(bare)!r})); "
+        "pdseg_cli.save_checkpoint(m, 'model.pt', train_size=N)"
     )
     rebuilt = create_model("pdseg-tiny")  # the hint, followed
     rebuilt.load_state_dict(torch.load(bare))
     again = load_model(save_checkpoint(rebuilt, tmp_path / "model.pt", train_size=1024))
+    # segnext-t shares pdseg-t's encoder: the decoder decides; DDP's prefix is named, not a dead end
+    torch.save(
+        {f"module.{k}": v for k, v in create_model("segnext-t").state_dict().items()}, tmp_path / "sn.pt"
+    )
+    with pytest.raises(WeightsError) as info:
+        load_model(tmp_path / "sn.pt")
+    assert "pdseg_cli.create_model('segnext-t')" in (info.value.hint or "")
+    assert "without the module./_orig_mod. prefix" in (info.value.hint or "")
     pairs = zip(again.state_dict().values(), model.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
 

@@ -370,6 +370,7 @@ def test_cut_outs_and_photos_in_gt_are_named_and_masks_drawn_in_both_pass(tmp_pa
     # a background remover's cut-out (the photo in the colours, the mask in alpha) and a photo copied
     # into gt/ were read as gray, so they trained on the photo's brightness in silence
     from helpers import EXAMPLE_IMAGES
+    from PIL import Image
 
     from pdseg_cli.metrics.reading import MASK_IN_ALPHA, read_mask_file, training_mask_problem
 
@@ -380,26 +381,52 @@ def test_cut_outs_and_photos_in_gt_are_named_and_masks_drawn_in_both_pass(tmp_pa
     mask[8:32, 20:60] = 255
     kept = photo.copy()
     kept[mask == 0] = 0  # premultiplied: black where transparent, as its alpha is
+    margin = np.full((40, 80), 255, np.uint8)
+    margin[:, :4] = 0  # a transparent canvas margin around an opaque white-on-black mask
+    labels = np.zeros((40, 80, 3), np.uint8)
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]):
+        labels[i * 8 : (i + 1) * 8] = colour  # five classes, none of them most of the image
+    yy, xx = np.mgrid[:40, :80]
+    matte = np.clip(255 - np.hypot(yy - 20, xx - 40) * 6, 0, 255).astype(np.uint8)
     files = {
         "cutout.png": np.dstack([photo, mask]),
         "premultiplied.png": np.dstack([kept, mask]),
         "photo.png": photo,
         "white-on-black.png": np.dstack([mask, mask, mask, mask]),  # the mask drawn in both: reads right
+        "margin.png": np.dstack([mask, mask, mask, margin]),
+        "margin16.png": np.dstack([mask, mask, mask, margin]).astype(np.uint16) * 257,
+        "labels.png": labels,
+        "tinted-matte.png": np.dstack([matte + (matte < 255), matte, matte]),  # a soft matte, tinted by 1
     }
     for name, pixels in files.items():
         cv2.imwrite(str(tmp_path / name), pixels)
     cv2.imwrite(
         str(tmp_path / "noisy.jpg"), np.dstack([mask, mask, np.where(mask > 0, 250, 3)]).astype(np.uint8)
     )
+    cv2.imwrite(str(tmp_path / "cutout.webp"), np.dstack([photo, mask]), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: the gray reading is turned, the stored alpha is not
+    square = np.zeros((48, 48), np.uint8)
+    square[4:20, 8:40] = 255
+    Image.fromarray(np.dstack([square] * 4), "RGBA").save(tmp_path / "turned.png", exif=exif)
+    extra = ["noisy.jpg", "cutout.webp", "turned.png"]
     kinds = {name: getattr(training_mask_problem(read_mask_file(tmp_path / name)), "kind", None)
-             for name in [*files, "noisy.jpg"]}  # fmt: skip
+             for name in [*files, *extra]}  # fmt: skip
     assert kinds == {
         "cutout.png": MASK_IN_ALPHA,
         "premultiplied.png": MASK_IN_ALPHA,
         "photo.png": "picture",
         "white-on-black.png": None,
+        "margin.png": None,
+        "margin16.png": None,
+        "labels.png": "colour",  # a label map gets the colour masks' fix, not "put the photos in im/"
+        "tinted-matte.png": None,
         "noisy.jpg": None,  # a colour JPEG of a mask: its gray levels stay in a few bins
+        "cutout.webp": MASK_IN_ALPHA,  # a WebP with alpha is judged as a PNG is
+        "turned.png": None,
     }
+    said = str(training_mask_problem(read_mask_file(tmp_path / "cutout.png")))
+    assert said.endswith("(its colours are a picture: a cut-out)")
     assert "is an RGB picture, not a mask" in str(
         training_mask_problem(read_mask_file(tmp_path / "photo.png"))
     )
@@ -1195,7 +1222,7 @@ def test_one_image_a_step_at_size_32_is_refused_unless_the_statistics_stay_froze
 ) -> None:
     # the stride-32 features are 1x1: a training BatchNorm got one value per channel and torch
     # stopped the first step with a traceback
-    with pytest.raises(InputError, match="--size 32 with one image per step") as info:
+    with pytest.raises(InputError, match="--size 32 with one image per step and process") as info:
         train(tiny(tmp_path / "scratch", data, size=32, batch=1, epochs=1, val_dir=None))
     assert info.value.hint == "use --size 64 or more, or --batch 2 or more"
     # --init's statistics kept (the default at one image a step): it trains

@@ -371,6 +371,13 @@ def test_other_layouts_get_the_fix_that_fits_them(tmp_path: Path, monkeypatch: p
     assert hint == (
         "rename upper/GT/ to upper/gt/ (pdseg pairs im/NAME.jpg with gt/NAME.png), or pass --teacher MODEL"
     )
+    bare = make_dataset(Path("bare"), 2)  # no masks at all, and no other folder of them
+    shutil.rmtree(bare / "gt")
+    message, hint = refusal([bare, upper])  # the rename fits one folder only: the other fix stays
+    assert hint == (
+        "rename upper/GT/ to upper/gt/ (pdseg pairs im/NAME.jpg with gt/NAME.png); for the other folders, "
+        "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
+    )
     message, hint = refusal(str(Path("sets") / "setA"), val_dir=upper, val_every=1)
     assert hint.startswith("rename GT/ to gt/")
     message, hint = refusal("nested")

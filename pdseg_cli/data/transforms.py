@@ -123,7 +123,8 @@ def float_range(image: np.ndarray) -> float:
     within 4 times of, else that percentile.
 
     The one rule for every reading of a float image's range (the model input, cut-outs,
-    composites, the foreground estimate): see the module's ``_FLOAT_RANGES`` note.
+    composites, the foreground estimate): see the module's ``_FLOAT_RANGES`` note. Integer
+    arrays given to :func:`to_float_rgb` take at least 255 of it (whole numbers are never 0..1).
     """
     image = np.asarray(image)
     if not image.size:

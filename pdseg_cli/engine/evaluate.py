@@ -475,8 +475,10 @@ def evaluate(
         ("cache_max_bytes", cache_max_bytes, int),
         ("jobs", jobs, int),
     ):
-        if value is not None:  # jobs=None: the idle cores
+        if not (option == "jobs" and value is None):  # jobs=None: the idle cores
             check_kind("evaluate", option, value, kind)
+    if isinstance(name, os.PathLike):  # a folder's path as its name, as the default takes one
+        name = os.fspath(name)
     if name is not None and not isinstance(name, str):  # it heads the report's rows and keys
         raise InputError(f"evaluate name={name!r}: give the split's name as a string, or None")
     if on_progress is not None and not callable(on_progress):  # not a TypeError after scoring began

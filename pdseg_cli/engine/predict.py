@@ -171,7 +171,7 @@ class Predictor:
         self.weights_path: Path | None = None
         if isinstance(weights, nn.Module):
             kind = "module"
-            if isinstance(weights, torch.jit.ScriptModule) and hasattr(weights, "logits"):
+            if getattr(weights, "original_name", None) == "_TorchScriptGraph":
                 # pdseg's TorchScript export: its forward gives probabilities (taken here as logits,
                 # the sigmoid would be applied twice) and its normalisation and training size are in
                 # the file beside the graph, which torch.jit.load does not hand over
@@ -350,6 +350,8 @@ class Predictor:
                 f"predict_batch takes a list of images (or an (N, H, W[, C]) array), not one {images.shape} "
                 "image: use predict(image), or predict_batch([image])"
             )
+        if not isinstance(images, np.ndarray):
+            images = list(images)  # a generator is read once: the check below would use it up
         for im in images:  # before any work: a list of paths would fail on its first image's shape
             refuse_file_name(im, "predict_batch")
         xs = [T.to_float_rgb(im) for im in images]

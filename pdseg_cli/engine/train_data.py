@@ -226,12 +226,21 @@ def _scan_training(
         lacking = [p for p in unlabelled if p.image not in claimed]
         no_masks = f"{len(lacking)} of {sum(len(s.pairs) for s in scans)} training images have no mask"
         fix = "pass --teacher MODEL to learn their targets from a model, or add masks named like them to gt/"
-        renames = [(s.folder, a) for s in scans if (a := dis5k.misnamed_folder(s.folder, dis5k.MASK_DIR))]
-        if renames:  # masks/ or GT/ beside im/: the masks are there, under a name pdseg does not read
-            folder, alias = renames[0]
+        # masks/ or GT/ beside im/: the masks are there, under a name pdseg does not read
+        renames = [
+            (s.folder, a)
+            for s in scans
+            if s.unlabelled and (a := dis5k.misnamed_folder(s.folder, dis5k.MASK_DIR))
+        ]
+        if renames:
+            said = "; ".join(
+                f"rename {dis5k.shown(alias)}/ to {dis5k.shown(folder / dis5k.MASK_DIR)}/"
+                for folder, alias in renames
+            )
+            pairing = f" (pdseg pairs {dis5k.IMAGE_DIR}/NAME.jpg with {dis5k.MASK_DIR}/NAME.png)"
+            every = len(renames) == sum(1 for s in scans if s.unlabelled)  # each folder lacking masks has one
             fix = (
-                f"rename {dis5k.shown(alias)}/ to {dis5k.shown(folder / dis5k.MASK_DIR)}/ (pdseg pairs "
-                f"{dis5k.IMAGE_DIR}/NAME.jpg with {dis5k.MASK_DIR}/NAME.png), or pass --teacher MODEL"
+                said + pairing + (", or pass --teacher MODEL" if every else f"; for the other folders, {fix}")
             )
         maskless = [s for s in scans if s.unlabelled == len(s.pairs)]
         unclaimed = [s for s in maskless if not any(p.image in claimed for p in s.pairs)]

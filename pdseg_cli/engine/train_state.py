@@ -376,8 +376,8 @@ def resolve_freeze_bn(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any]
         # the stride-32 features are 1x1: a BatchNorm that trains sees one value per channel, which
         # torch refuses mid-step with a traceback
         raise InputError(
-            f"--size {cfg.size} with one image per step leaves the encoder's last BatchNorm one value per "
-            "channel to train on",
+            f"--size {cfg.size} with one image per step and process leaves the encoder's last BatchNorm "
+            "one value per channel to train on",
             hint="use --size 64 or more, or --batch 2 or more"
             + (", or keep --init's statistics (drop --no-freeze-bn)" if pretrained else ""),
         )

@@ -164,32 +164,54 @@ def _raw_samples(path: Path) -> np.ndarray | None:
 
 
 def mask_in_alpha(mask: MaskFile) -> bool:
-    """Whether the file keeps its mask in the alpha channel, which is not read: an alpha channel
-    that varies under colours of one uniform value (an opaque blank map is just blank), or under a
-    picture that is not that mask (a cut-out, as background-removal tools save them: the photo in
-    the colours, the mask in alpha). A mask whose colours repeat its alpha (white object on
-    transparent black) reads right and is not one. The alpha is decoded only for files with one."""
+    """Whether the file keeps its mask in the alpha channel, which is not read (:func:`alpha_use`)."""
+    return alpha_use(mask) is not None
+
+
+def alpha_use(mask: MaskFile, raw: np.ndarray | None = None) -> str | None:
+    """How the file keeps its mask in the alpha channel, which is not read: ``"uniform"``, an alpha
+    that varies under colours of one uniform value (an opaque blank map is just blank), or
+    ``"cut-out"``, an alpha that varies under a picture (the photo in the colours, the mask in
+    alpha, as background removers save them); None for a file whose colours read as its mask (a
+    white object on transparent black, or on opaque black with a transparent margin).
+
+    Args:
+        mask: the file as read.
+        raw: its samples as stored, where the caller has decoded them already; else decoded here,
+            for files with alpha only.
+    """
     if mask.colour not in ("RGBA", "gray+alpha"):
-        return False
-    raw = _raw_samples(mask.path)
-    if raw is None or raw.ndim != 3 or raw.shape[2] not in (2, 4) or int(np.ptp(raw[..., -1])) == 0:
-        return False
+        return None
+    if raw is None:
+        raw = _raw_samples(mask.path)
+    if raw is None or raw.ndim != 3 or raw.shape[2] not in (2, 4) or float(np.ptp(raw[..., -1])) == 0:
+        return None
     if int(mask.array.min()) == int(mask.array.max()):
-        return True
-    alpha = raw[..., -1]
-    if alpha.dtype == np.uint16:
-        alpha = (alpha >> 8).astype(np.uint8)
-    if alpha.shape != mask.array.shape:  # the gray reading was turned by an EXIF tag: compare as stored
-        return False
-    # judged where the alpha is opaque: a cut-out shows the photo there (its transparent part may be
-    # black, as its alpha is), a mask drawn in both shows white, up to antialiasing at the edges
-    opaque = alpha > GT_THRESHOLD
-    where = opaque if opaque.any() else np.ones_like(opaque)
-    gap = np.abs(mask.array.astype(np.int16)[where] - alpha.astype(np.int16)[where])
-    return float(gap.mean()) > _CUTOUT_GAP
+        return "uniform"
+    if raw.dtype not in (np.uint8, np.uint16):  # a float TIFF: its colours are judged as read
+        return None
+    eight = raw if raw.dtype == np.uint8 else (raw >> 8).astype(np.uint8)
+    # the colours as stored, as the alpha is (the gray reading may be turned by an EXIF tag)
+    gray = eight[..., 0] if raw.shape[2] == 2 else cv2.cvtColor(eight[..., :3], cv2.COLOR_BGR2GRAY)
+    opaque = eight[..., -1] > GT_THRESHOLD
+    # a picture under the opaque part spreads over the gray levels; a mask there is 0 and 255
+    return "cut-out" if _spread_out(gray[opaque] if opaque.any() else gray) else None
 
 
-_CUTOUT_GAP = 32  # mean |gray - alpha| under the opaque alpha above which the colours are a picture
+# A picture's gray levels spread out: a mask (hard, soft at its edges, a palette of a few colours,
+# JPEG-noisy) keeps most pixels in a few of 32 gray bins; a photo does not.
+_PICTURE_BINS, _PICTURE_TOP_BINS, _PICTURE_TOP_SHARE = 32, 3, 0.5
+_LABEL_COLOURS = 64  # a colour file with at most this many colours is a label map, however spread
+
+
+def _top_share(gray: np.ndarray) -> float:
+    """The share of ``gray``'s pixels (uint8) in its three commonest of 32 gray bins."""
+    bins = np.bincount((gray >> 3).ravel(), minlength=_PICTURE_BINS)
+    return float(np.sort(bins)[-_PICTURE_TOP_BINS:].sum()) / max(gray.size, 1)
+
+
+def _spread_out(gray: np.ndarray) -> bool:
+    return _top_share(gray) < _PICTURE_TOP_SHARE
 
 
 # A colour pixel whose gray reading (luminance) keeps less than this share of its brightest channel
@@ -210,10 +232,6 @@ MASK_IN_ALPHA, SIXTEEN_BIT_MASK, COLOUR_MASK, ZERO_ONE_MASK, FAINT_MASK, PICTURE
     "faint",
     "picture",
 )
-# A colour file is a picture, not a mask, when its gray levels spread out: a mask (hard, soft at its
-# edges, a palette of a few colours, JPEG-noisy) keeps most pixels in a few of 32 gray bins; a photo
-# copied into gt/ does not. Only colour files are judged, so no gray mask, however soft, is refused.
-_PICTURE_BINS, _PICTURE_TOP_BINS, _PICTURE_TOP_SHARE = 32, 3, 0.5
 
 
 class MaskProblem(str):
@@ -243,12 +261,13 @@ def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
     """
     array = mask.array
     top = int(array.max())
-    if mask_in_alpha(mask):
-        return MaskProblem(
-            "keeps its mask in the alpha channel, which is not read (its colours are one uniform value)",
-            MASK_IN_ALPHA,
-        )
     raw = _raw_samples(mask.path) if mask.colour is not None or (mask.sixteen_bit and top == 0) else None
+    use = alpha_use(mask, raw)
+    if use is not None:
+        under = "one uniform value" if use == "uniform" else "a picture: a cut-out"
+        return MaskProblem(
+            f"keeps its mask in the alpha channel, which is not read (its colours are {under})", MASK_IN_ALPHA
+        )
     if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4):
         raw = raw[..., :-1]  # alpha is not read
     if raw is not None and raw.dtype == np.uint16:
@@ -260,10 +279,11 @@ def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
                 f"at most {int(raw.max())}",
             )
         raw = (raw >> 8).astype(np.uint8)
-    if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and not _channels_equal(raw):
-        bins = np.bincount((mask.array >> 3).ravel(), minlength=_PICTURE_BINS)  # 32 levels of 8
-        top_share = float(np.sort(bins)[-_PICTURE_TOP_BINS:].sum()) / mask.array.size
-        if top_share < _PICTURE_TOP_SHARE:
+    if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and not _nearly_gray(raw):
+        # a photo copied into gt/: only colour files are judged (a gray matte, however soft, is
+        # not), and not a label map of a few colours (its fix is the colour masks' one, below)
+        top_share = _top_share(cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY))
+        if top_share < _PICTURE_TOP_SHARE and not _few_colours(raw):
             return MaskProblem(
                 f"is {_article(mask.colour)} {mask.colour} picture, not a mask: its gray levels spread out "
                 f"(its three commonest of 32 hold {top_share:.0%} of its pixels; a mask's hold most)",
@@ -305,6 +325,21 @@ def _article(colour: str | None) -> str:
     return "an" if str(colour).startswith("R") else "a"
 
 
+def _nearly_gray(raw: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 decode is gray up to a tint of 2 levels (a matte saved in colour)."""
+    wide = raw.astype(np.int16)
+    return bool(
+        np.abs(wide[..., 0] - wide[..., 1]).max() <= 2 and np.abs(wide[..., 1] - wide[..., 2]).max() <= 2
+    )
+
+
+def _few_colours(raw: np.ndarray) -> bool:
+    """Whether an (H, W, 3) uint8 decode holds at most ``_LABEL_COLOURS`` colours (a label map)."""
+    packed = raw.astype(np.uint32)
+    codes = (packed[..., 0] << 16) | (packed[..., 1] << 8) | packed[..., 2]
+    return len(np.unique(codes)) <= _LABEL_COLOURS
+
+
 def _channels_equal(raw: np.ndarray) -> bool:
     """Whether an (H, W, 3) decode holds one gray value per pixel (a gray mask stored as colour)."""
     return np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])
@@ -324,6 +359,8 @@ def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
     if path.suffix.lower() in (".tif", ".tiff"):
         colour = None if raw.ndim == 2 or raw.shape[2] == 1 else ("RGBA" if raw.shape[2] == 4 else "RGB")
         return raw.dtype == np.uint16, colour
+    if raw.ndim == 3 and raw.shape[2] == 4 and (np.ptp(raw[..., 3]) > 0 or not _channels_equal(raw[..., :3])):
+        return raw.dtype == np.uint16, "RGBA"  # a WebP or BMP with alpha: judged as a PNG's would be
     if raw.ndim == 3 and raw.shape[2] >= 3 and not _channels_equal(raw[..., :3]):
         return raw.dtype == np.uint16, "RGB"
     return raw.dtype == np.uint16, None

@@ -347,7 +347,7 @@ def _not_torch_hint(path: Path, what: str, suffix: str | None = None) -> str:
         # an ONNX file named .pt is known by its first byte: predict and eval run it by content too
         kind = f"a {suffix} file" if suffix in SUFFIX_FORMATS else f"an ONNX model (named {path.name})"
         return (
-            f"{kind} runs where a model only runs (`pdseg predict`, `pdseg eval`, `train --teacher`; "
+            f"{kind} runs only where a model is run (`pdseg predict`, `pdseg eval`, `train --teacher`; "
             "Predictor in Python); this needs a pdseg checkpoint (.pt: the bundled weights, or a "
             "run's last.pt / best.pt)"
         )
@@ -393,14 +393,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a pdseg checkpoint")
     if "format" not in obj:
         if _is_state_dict(obj):
-            whole = any(k.startswith("encoder.") for k in obj) and any(k.startswith("decoder.") for k in obj)
+            state = _strip_prefixes(obj)  # DDP's module., torch.compile's _orig_mod.
+            whole = any(k.startswith("encoder.") for k in state) and any(
+                k.startswith("decoder.") for k in state
+            )
             if whole:  # a pdseg model's own state_dict(), saved with torch.save: no config to build it
-                encoder = {k[len("encoder.") :]: v for k, v in obj.items() if k.startswith("encoder.")}
-                variant = _guess_mscan(encoder) or "VARIANT"
+                variant = _variant_of(state) or "VARIANT"
+                strip = (
+                    "" if state.keys() == obj.keys() else " (its keys without the module./_orig_mod. prefix)"
+                )
                 hint = (
-                    f"load it into its model and save that: m = create_model({variant!r}); "
-                    f"m.load_state_dict(torch.load({str(path)!r})); "
-                    "save_checkpoint(m, 'model.pt', train_size=N)"
+                    f"load it into its model and save that: m = pdseg_cli.create_model({variant!r}); "
+                    f"m.load_state_dict(torch.load({str(path)!r})){strip}; "
+                    "pdseg_cli.save_checkpoint(m, 'model.pt', train_size=N)"
                 )
             else:
                 hint = (
@@ -593,6 +598,23 @@ def _backbone_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             key = pattern.sub(repl, key)
         out[key] = value
     return out
+
+
+def _variant_of(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The variant whose whole model has exactly ``state``'s keys and shapes, if any: the encoder's
+    dims and depths narrow it down (pdseg-t and segnext-t share one), the decoder decides."""
+    encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    guess = _guess_mscan(encoder)
+    if guess is None:
+        return None
+    mscan = VARIANTS[guess]
+    for name, cfg in VARIANTS.items():
+        if (cfg.embed_dims, cfg.depths) != (mscan.embed_dims, mscan.depths):
+            continue
+        shapes = {k: v.shape for k, v in create_model(cfg).state_dict().items()}
+        if shapes == {k: v.shape for k, v in state.items()}:
+            return name
+    return None
 
 
 def _guess_mscan(state: Mapping[str, torch.Tensor]) -> str | None:
