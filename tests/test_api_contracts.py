@@ -312,3 +312,17 @@ def test_a_predict_summary_and_an_export_report_show_their_gist_in_a_notebook(tm
     head = f"ExportReport(path={str(tmp_path / 'm.ts')!r}, format='torchscript', ok=True"
     assert repr(report).startswith(head)
     assert len(repr(report)) < 300
+
+
+def test_torch_tensors_are_taken_as_arrays_and_a_channels_first_array_gets_the_fix() -> None:
+    # a tensor that requires grad, or a bf16 one, failed inside numpy; (3, H, W) said only its shape
+    predictor = Predictor(seeded_model(), device="cpu", size=64)
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    want = predictor.predict(image)
+    tensor = torch.from_numpy(image.astype(np.float32)).requires_grad_(True)
+    assert np.array_equal(predictor.predict(tensor), want)
+    assert predictor.predict(tensor.detach().bfloat16()).shape == (40, 56)
+    with pytest.raises(
+        ValueError, match=r"got shape \(3, 40, 56\) \(channels first\? image.transpose\(1, 2, 0\)"
+    ):
+        predictor.predict(image.transpose(2, 0, 1))

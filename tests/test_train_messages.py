@@ -649,3 +649,14 @@ def test_a_mask_turned_by_90_degrees_names_the_exif_orientation(tmp_path: Path) 
         dis5k.load_sample(dis5k.Pair("a", tmp_path / "a.png", tmp_path / "a_gt.png"), 32)
     assert info.value.reason == dis5k.TURNED
     assert "EXIF orientation" in dis5k._REASONS[dis5k.TURNED].fix
+
+
+def test_problems_of_the_val_folder_say_it_is_the_val_folder(tmp_path: Path, data: dict[str, Path]) -> None:
+    # "no images in x/im" or "2 masks in x hold only 0 and 1" read as a training problem
+    empty = tmp_path / "empty"
+    (empty / "im").mkdir(parents=True)
+    (empty / "gt").mkdir()
+    with pytest.raises(DataError) as info:
+        train(tiny(tmp_path / "run", data["train"], val_dir=empty, val_every=1))
+    assert info.value.message.startswith("--val: no images in ")
+    assert str(info.value).startswith("--val: ")

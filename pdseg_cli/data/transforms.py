@@ -53,12 +53,13 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
             become 0, values over the full scale 255).
 
         A PIL image is taken too: in a mode whose samples are gray, RGB or RGBA values, as they are;
-            in any other (palette, CMYK, YCbCr, LA...) converted to RGB first.
+            in any other (palette, CMYK, YCbCr, LA...) converted to RGB first. So is a torch tensor
+            in the same (H, W[, C]) layout, on any device, bf16 included (its values, detached).
 
     Raises:
         ValueError: not an image shape, or a PIL mode Pillow cannot convert to RGB.
     """
-    image = np.asarray(_from_pil(image))
+    image = np.asarray(_from_tensor(_from_pil(image)))
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 2:
@@ -66,7 +67,13 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     elif image.ndim == 3 and image.shape[2] in (3, 4):
         image = image[..., :3]
     else:
-        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
+        # a (3, H, W) array is the usual slip from torch's channels-first layout
+        first = (
+            " (channels first? image.transpose(1, 2, 0) puts them last)"
+            if image.ndim == 3 and image.shape[0] in (1, 3, 4)
+            else ""
+        )
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}{first}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"the image is empty: shape {image.shape}")
     if not image.dtype.isnative:  # big-endian 16-bit (PIL's "I;16B") is uint16 by its range too
@@ -100,6 +107,17 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
 _PIL_MODES_AS_THEY_ARE = frozenset(
     {"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "RGB", "RGBA", "RGBX"}
 )
+
+
+def _from_tensor(image: Any) -> Any:
+    """``image`` itself, or a torch tensor's values as numpy: detached (one that requires grad cannot
+    be read otherwise), on the CPU, and bf16 as float32 (numpy has no bf16). Looked for only among
+    the modules already imported, as PIL is: a tensor cannot exist without torch."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(image, torch.Tensor):
+        return image
+    tensor = image.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def _from_pil(image: Any) -> Any:

@@ -360,6 +360,10 @@ def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan])
         else:
             store = dis5k.SampleStore(pairs.pairs, cfg.size, cfg.cache, cache_dir)
     except PdsegError as exc:
+        if split == "val" and isinstance(exc, DataError) and not exc.message.startswith("--val"):
+            # "12 masks in sets/a hold only 0 and 1": say it is the validation folder, not training data
+            exc.message = f"--val: {exc.message}"
+            exc.args = (exc.message,)
         error = exc
     ctx.agree(error)  # also waits for rank 0's cache
     assert store is not None
