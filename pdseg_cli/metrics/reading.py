@@ -202,6 +202,7 @@ def alpha_use(mask: MaskFile, raw: np.ndarray | None = None) -> str | None:
 # JPEG-noisy) keeps most pixels in a few of 32 gray bins; a photo does not.
 _PICTURE_BINS, _PICTURE_TOP_BINS, _PICTURE_TOP_SHARE = 32, 3, 0.5
 _LABEL_COLOURS = 64  # a colour file with at most this many colours is a label map, however spread
+_TINT = 2  # channels this far apart are still a gray file (a matte saved in colour), not a picture
 
 
 def _top_share(gray: np.ndarray) -> float:
@@ -279,7 +280,7 @@ def training_mask_problem(mask: MaskFile) -> MaskProblem | None:
                 f"at most {int(raw.max())}",
             )
         raw = (raw >> 8).astype(np.uint8)
-    if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and not _nearly_gray(raw):
+    if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and not _channels_equal(raw, _TINT):
         # a photo copied into gt/: only colour files are judged (a gray matte, however soft, is
         # not), and not a label map of a few colours (its fix is the colour masks' one, below)
         top_share = _top_share(cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY))
@@ -325,14 +326,6 @@ def _article(colour: str | None) -> str:
     return "an" if str(colour).startswith("R") else "a"
 
 
-def _nearly_gray(raw: np.ndarray) -> bool:
-    """Whether an (H, W, 3) uint8 decode is gray up to a tint of 2 levels (a matte saved in colour)."""
-    wide = raw.astype(np.int16)
-    return bool(
-        np.abs(wide[..., 0] - wide[..., 1]).max() <= 2 and np.abs(wide[..., 1] - wide[..., 2]).max() <= 2
-    )
-
-
 def _few_colours(raw: np.ndarray) -> bool:
     """Whether an (H, W, 3) uint8 decode holds at most ``_LABEL_COLOURS`` colours (a label map)."""
     packed = raw.astype(np.uint32)
@@ -340,9 +333,16 @@ def _few_colours(raw: np.ndarray) -> bool:
     return len(np.unique(codes)) <= _LABEL_COLOURS
 
 
-def _channels_equal(raw: np.ndarray) -> bool:
-    """Whether an (H, W, 3) decode holds one gray value per pixel (a gray mask stored as colour)."""
-    return np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])
+def _channels_equal(raw: np.ndarray, tolerance: int = 0) -> bool:
+    """Whether an (H, W, 3) decode holds one gray value per pixel (a gray mask stored as colour), its
+    channels at most ``tolerance`` levels apart (a matte saved with a slight tint)."""
+    if tolerance == 0:
+        return np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 1], raw[..., 2])
+    wide = raw.astype(np.int32)
+    return bool(
+        np.abs(wide[..., 0] - wide[..., 1]).max() <= tolerance
+        and np.abs(wide[..., 1] - wide[..., 2]).max() <= tolerance
+    )
 
 
 def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
