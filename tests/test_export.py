@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import EXAMPLE_IMAGES, dead_pid, flat, no_space, run_cli, tiny_checkpoint
+from helpers import EXAMPLE_IMAGES, dead_pid, flat, no_space, run_cli, textured_image, tiny_checkpoint
 
 from pdseg_cli.config import NORMALIZATION
 from pdseg_cli.data import atomic
@@ -644,3 +644,22 @@ def test_export_takes_threads_as_the_other_commands_do(checkpoint: Path, tmp_pat
     assert result.exit_code == 0, result.output
     assert torch.get_num_threads() == 1
     assert run_cli("export", "--threads", "0", "-o", tmp_path / "n.pt").exit_code == 2
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_predictor_of_an_exported_file_pickles_for_joblib_workers(
+    fmt: str, onnx_file: Path, torchscript_file: Path
+) -> None:
+    """joblib sends a bound ``predictor.predict`` to its workers pickled; an onnxruntime session
+    cannot be pickled, so the file is opened again where it is unpickled, with the same settings."""
+    import pickle
+
+    from pdseg_cli.engine.predict import Predictor
+
+    path = onnx_file if fmt == "onnx" else torchscript_file
+    predictor = Predictor(path, device="cpu", size=64)
+    image = textured_image(40, 52)
+    copy = pickle.loads(pickle.dumps(predictor))
+    assert copy.model is not predictor.model and copy.model.path == path
+    assert copy.size == 64 and copy.normalization == predictor.normalization
+    assert np.array_equal(copy.predict(image), predictor.predict(image))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -1031,6 +1032,30 @@ def test_a_module_that_is_not_a_one_map_segmenter_is_refused() -> None:
         np.zeros((2, 40, 50), np.uint8)
     )
     assert [m.shape for m in gray] == [(40, 50)] * 2  # and an (N, H, W) one N gray images
+
+
+def test_a_module_that_fails_inside_torch_is_named_with_what_predictor_needs() -> None:
+    # nn.Linear(3, 3) gave torch's "mat1 and mat2 shapes cannot be multiplied" alone
+    predictor = Predictor(torch.nn.Linear(3, 3), device="cpu", size=32)
+    with pytest.raises(
+        ValueError,
+        match=r"the model failed on an input of \(1, 3, 32, 32\) \(mat1 and mat2 "
+        r"shapes cannot be multiplied.*\): Predictor runs a module that maps \(B, 3, H, W\)",
+    ):
+        predictor.predict(np.zeros((20, 30, 3), np.uint8))
+
+
+def test_nan_samples_of_an_array_are_read_as_0_with_a_warning(predictor: Predictor) -> None:
+    image = textured_image(40, 52).astype(np.float32) / 255
+    clean = predictor.predict(image)
+    image[:4, :4] = np.nan
+    image[10, 10, 1] = -np.inf
+    with pytest.warns(RuntimeWarning, match="49 samples of the image are NaN or infinite; read as 0"):
+        got = predictor.predict(image)
+    assert got.shape == clean.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finite image: no warning
+        predictor.predict(np.where(np.isfinite(image), image, 0))
 
 
 @pytest.mark.parametrize("name", ["tta", "channels_last", "optimized"])

@@ -22,6 +22,7 @@ thresholds the byte at > 128, i.e. ``p > 129/255``.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -93,7 +94,11 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         # whole numbers are never on the 0..1 scale: a dark 8-bit photo in an int64 array (values
         # up to 3, say) stays dark, as the same values in a uint8 array are
         scale = max(float_range(image), 255.0) if whole else float_range(image)
-        x = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        x = image.astype(np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:  # said, as a file's are (images._finite): a NaN region would come out as black
+            warnings.warn(f"{bad:,} samples of the image are NaN or infinite; read as 0", RuntimeWarning, 2)
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         x *= np.float32(255.0 / scale)
         np.clip(x, 0.0, 255.0, out=x)  # the few samples over the full scale (float_range)
         return x

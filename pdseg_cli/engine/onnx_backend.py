@@ -280,6 +280,16 @@ class _ExportedModel:
         return f"{kind} export of {weights_line(self.variant, self.train_size, self.provenance)}"
 
     device: torch.device
+    # the arguments the file was opened with: pickled in place of the open file, which is opened
+    # again where it is unpickled (a joblib worker, say); neither an onnxruntime session nor a
+    # loaded TorchScript module can be pickled
+    _opened_with: dict[str, Any]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self._opened_with)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        type(self).__init__(self, **state)
 
     def eval(self) -> _ExportedModel:
         """No-op (an exported graph is always in eval mode); returns self like ``nn.Module.eval``."""
@@ -324,7 +334,8 @@ class OnnxModel(_ExportedModel):
             inputs pdseg cannot feed (a second input, or a uint8 one), or a foreign model whose spec
             is unknown.
 
-    Running it raises :class:`ModelRunError` when onnxruntime fails inside the graph.
+    Running it raises :class:`ModelRunError` when onnxruntime fails inside the graph. It pickles
+    as the arguments it was opened with, and is opened again where it is unpickled.
     """
 
     format = "onnx"
@@ -338,6 +349,7 @@ class OnnxModel(_ExportedModel):
     ):
         self.path = Path(path).expanduser()
         self.device = torch.device(device)
+        self._opened_with = {"path": self.path, "device": self.device, "threads": threads, "spec": spec}
         ort = require_onnxruntime()
         if not self.path.is_file():
             raise WeightsError(f"{self.path} does not exist")
@@ -585,6 +597,7 @@ class TorchScriptModel(_ExportedModel):
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", *, written_here: bool = False):
         self.path = Path(path).expanduser()
         self.device = torch.device(device)
+        self._opened_with = {"path": self.path, "device": self.device}
         if not self.path.is_file():
             raise WeightsError(f"{self.path} does not exist")
         if not written_here:  # export's check of the file it has just traced, under its temporary name

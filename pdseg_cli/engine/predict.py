@@ -124,6 +124,10 @@ class Predictor:
         onnx_spec: for a foreign ONNX model pdseg does not recognise: how to feed it and read it
             (``pdseg predict --onnx-spec``'s form, e.g. ``"size=1024, mean=0.5, std=1, scale=1"``).
 
+    A predictor pickles (for joblib or multiprocessing workers): an ``.onnx`` or ``.ts`` file is
+    opened again where it is unpickled, on the same device and with the same spec (at the
+    worker's torch thread count).
+
     Attributes:
         model, device, precision, size, device_reason (how ``auto`` chose), notes (warnings about
         the set-up worth showing the user, e.g. a precision this CPU can only emulate).
@@ -219,6 +223,8 @@ class Predictor:
         elif channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        # a module of the caller's own (not pdseg's), whose failures inside torch are said as such
+        self._own_module = kind == "module" and not isinstance(unwrap_model(weights), PDSeg)
         # a model that gives probabilities only has its maps resized as probabilities (onnx_backend)
         self._resize_probabilities = bool(getattr(model, "gives_probabilities", False))
         # pdseg's own models average the pixels where an image shrinks; a foreign ONNX model is fed as
@@ -389,7 +395,18 @@ class Predictor:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=layout)
         with runtime.autocast(self.device, self._autocast):
-            logits = self.model(x).float()
+            try:
+                logits = self.model(x).float()
+            except RuntimeError as exc:
+                # a module of another kind, given directly, fails inside torch ("mat1 and mat2 shapes
+                # cannot be multiplied"): said as what Predictor needs of it; out-of-memory errors
+                # pass unchanged, the batch's own fallback reads them
+                if not self._own_module or runtime.is_out_of_memory(exc):
+                    raise
+                raise ValueError(
+                    f"the model failed on an input of {tuple(x.shape)} ({str(exc).splitlines()[0]}): "
+                    f"Predictor runs a module that maps (B, 3, H, W) images to (B, 1, H, W) logits"
+                ) from exc
             if logits.ndim != 4 or logits.shape[1] != 1:  # a module of another kind, given directly
                 raise ValueError(
                     f"the model gave {tuple(logits.shape)} for an input of {tuple(x.shape)}: a "
