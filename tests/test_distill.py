@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ from onnx import TensorProto, helper  # noqa: E402
 FOREIGN_SPEC = "size=48,color=bgr,scale=1,mean=0.4,std=0.3,output=b,kind=probability"
 
 
-def _foreign_onnx(path: Path, side: int | None, n_outputs: int = 2, input_name: str = "pixels") -> Path:
+def _foreign_onnx(
+    path: Path, side: int | None, n_outputs: int = 2, input_name: str = "pixels", names: Sequence[str] = ()
+) -> Path:
     """A foreign segmentation graph: out_k = sigmoid(w_k . x + b_k), per pixel, (B, 1, H, W) each.
 
     Output 0 ("a") is a distractor; output 1 ("b") weighs the channels unevenly, so a wrong colour
@@ -47,7 +50,7 @@ def _foreign_onnx(path: Path, side: int | None, n_outputs: int = 2, input_name: 
     """
     dims: list[int | str] = [1, 3, side, side] if side else ["B", 3, "H", "W"]
     inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, dims)
-    names = ["a", "b", "c", "d", "e", "f", "g"][:n_outputs]
+    names = list(names) or ["a", "b", "c", "d", "e", "f", "g"][:n_outputs]
     nodes, inits, outs = [], [], []
     for k, name in enumerate(names):
         w = np.array([1.5, -0.5, 0.25], np.float32) * (1 if k != 1 else 2.0) + 0.1 * k
@@ -134,6 +137,19 @@ def test_a_negative_output_index_counts_from_the_end(foreign: Path) -> None:
     # "output=-1" was taken as an output named "-1"
     spec = FOREIGN_SPEC.replace("output=b", "output=-1")
     assert "output #1" in Predictor(foreign, device="cpu", onnx_spec=spec).description
+
+
+def test_an_output_named_by_a_number_is_taken_by_its_name(tmp_path: Path) -> None:
+    # PyTorch names outputs "1890", "1891": output=1890 was read as an index and refused, though
+    # the refusal's hint offered the name; where the number is both, the name wins
+    path = _foreign_onnx(tmp_path / "numbered.onnx", 48, names=["7", "0"])
+    image = textured_image(30, 40)
+    by_name = Predictor(path, device="cpu", onnx_spec=FOREIGN_SPEC.replace("output=b", "output=0"))
+    assert "output '0'" in by_name.description
+    second = _foreign_onnx(tmp_path / "lettered.onnx", 48)
+    by_index = Predictor(second, device="cpu", onnx_spec=FOREIGN_SPEC.replace("output=b", "output=1"))
+    assert np.array_equal(by_name.predict(image), by_index.predict(image))  # the second output, "0"
+    assert "output '7'" in Predictor(path, device="cpu", onnx_spec="output=7").description
 
 
 def test_fixed_size_models_refuse_another_size(foreign: Path) -> None:

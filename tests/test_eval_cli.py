@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import edge_case_split, flat, no_space, write_output_png
+import tifffile
+from helpers import edge_case_split, flat, no_space, textured_image, write_output_png
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -241,6 +242,28 @@ def test_the_overall_row_needs_all_four_test_splits_however_named(tmp_path: Path
     own = _run("--split", folders, "--pred", preds, "--json", "-", cache=tmp_path / "c")
     assert own.exit_code == 0, own.output
     assert "DIS-TE (overall)" not in json.loads(own.stdout)["splits"]
+
+
+def test_a_dis5k_split_of_another_size_than_published_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncated download's DIS-TE rows looked like the published ones."""
+    from pdseg_cli.data import eval_splits
+
+    root, preds = _dis_root(tmp_path)  # DIS-TE1..4 hold 3, 4, 2 and 3 images
+    monkeypatch.setitem(eval_splits.PUBLISHED_SIZES, "DIS-TE2", 4)  # as if complete
+    args = ["--split", "DIS-TE", "--data-root", root, "--pred", preds, "--json", tmp_path / "r.json"]
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    note = (
+        "DIS-TE1: 3 GT masks here, 500 in DIS5K's DIS-TE1: its row is not comparable with published "
+        "tables (a partial copy of the split?)"
+    )
+    assert note in flat(result.stderr) and "DIS-TE2: 4 GT masks" not in flat(result.stderr)
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert note in notes["DIS-TE1"]["warnings"]
+    assert not [w for w in notes["DIS-TE2"]["warnings"] if "GT masks here" in w]
+    assert eval_splits.published_size_notes({"DIS-VD": 470, "DIS-TE4": 500, "mine": 3}) == {}
 
 
 def test_the_overall_row_counts_what_allow_missing_left_out(tmp_path: Path) -> None:
@@ -527,6 +550,20 @@ def test_gts_without_images_and_empty_gt_folders_are_refused_before_the_model_ru
     assert result.exit_code == 2, result.output
     assert f"s: 1 GT mask without an image of the same name in {split / 'im'}: {CASES[1]}.png" in text
     assert "pass --allow-missing to score the others; the model has not run yet" in text
+    # GTs named otherwise than their images get train's rename, and no --allow-missing that would
+    # leave nothing to score
+    for mask in (split / "gt").iterdir():
+        mask.rename(mask.with_name(f"{mask.stem}_mask.png"))
+    for image in (split / "im").iterdir():
+        if not (split / "gt" / f"{image.stem}_mask.png").exists():
+            image.unlink()
+    for extra in ((), ("--allow-missing",)):
+        result = _run("--split", split, "--weights", tmp_path / "w.pt", *extra, cache=tmp_path / "c")
+        text = flat(result.output)
+        assert result.exit_code == 2, result.output
+        assert f"s: 2 GT masks match no image name in {split}, e.g. gt/{CASES[0]}_mask.png beside " in text
+        assert 'adds "_mask" to its image\'s name' in text and "--allow-missing" not in text
+        assert f"gt/{CASES[0]}_mask.png -> gt/{CASES[0]}.png" in text and "the model has not run yet" in text
     for mask in (split / "gt").iterdir():
         mask.unlink()
     result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
@@ -643,6 +680,24 @@ def test_colour_photos_given_as_predictions_are_named(tmp_path: Path) -> None:
     assert "not gray maps (photos given as --pred?)" in text and "(2 files)" in text
 
 
+def test_a_gray_map_saved_in_colour_reads_as_gray_without_a_note(tmp_path: Path) -> None:
+    """A gray map stored as an RGB or palette PNG (or an RGB TIFF) reads exactly as the gray file;
+    it was noted as 'photos given as --pred?'."""
+    from pdseg_cli.metrics.reading import read_mask_file
+
+    gray = textured_image(24, 32)[..., 0]
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.dstack([gray] * 3))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.dstack([gray] * 3), photometric="rgb")
+    tinted = np.dstack([gray] * 3)
+    tinted[0, 0, 2] ^= 1
+    cv2.imwrite(str(tmp_path / "tinted.png"), tinted)
+    for name, colour in (("rgb.png", None), ("rgb.tif", None), ("tinted.png", "RGB")):
+        mask = read_mask_file(tmp_path / name)
+        assert mask.colour == colour, name
+        if colour is None:
+            assert np.array_equal(mask.array, gray), name
+
+
 def test_unreadable_gts_are_refused_before_the_model_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -681,8 +736,8 @@ def test_resized_predictions_are_named_and_a_changed_shape_is_warned(tmp_path: P
     assert result.exit_code == 0, result.output
     text = flat(result.stderr)
     assert "1 of 3 predictions had another size" in text and CASES[0] in text
-    assert f"have another aspect ratio than their GT, so were stretched: {CASES[0]}" in text
-    assert text.count("have another aspect ratio") == 1  # printed once, from the report's warnings
+    assert f"has another aspect ratio than its GT, so was stretched: {CASES[0]}" in text
+    assert text.count("has another aspect ratio") == 1  # printed once, from the report's warnings
 
 
 def test_json_and_csv_carry_the_same_counts_and_every_warning(tmp_path: Path) -> None:
@@ -713,7 +768,7 @@ def test_json_and_csv_carry_the_same_counts_and_every_warning(tmp_path: Path) ->
     )
     warnings = data["notes"]["s"]["warnings"]
     assert warnings == [
-        f"s: 1 prediction(s) have another aspect ratio than their GT, so were stretched: {CASES[0]} "
+        f"s: 1 prediction has another aspect ratio than its GT, so was stretched: {CASES[0]} "
         "(rotated, or another image's map?)"
     ]
     assert data["notes"]["s"]["missing"] == [CASES[1]]
@@ -978,8 +1033,8 @@ def test_images_of_another_size_are_named_as_images_with_weights(tmp_path: Path)
         f"{CASES[1]}.jpg 96x96 (GT 128x96), {CASES[0]}.jpg 64x48 (GT 128x96)"
     ) in err
     warning = (
-        f"s: 1 image(s) in {split / 'im'} have another aspect ratio than their GT, so the model's maps, made "
-        f"at the image's size, were stretched to the GT's: {CASES[1]}.jpg 96x96 (GT 128x96); rotated (an "
+        f"s: 1 image in {split / 'im'} has another aspect ratio than its GT, so the model's map, made "
+        f"at the image's size, was stretched to the GT's: {CASES[1]}.jpg 96x96 (GT 128x96); rotated (an "
         "EXIF orientation pdseg applies and the GT was not drawn with?), or the GT of another image?"
     )
     assert warning in err and "predictions had another size" not in err and "prediction(s)" not in err
@@ -1025,7 +1080,7 @@ def test_test_split_folders_given_as_paths_say_why_there_is_no_overall_row(tmp_p
     )
     assert flat(result.stderr).count(note) == 1 and "DIS-TE (overall)" not in flat(result.stdout)
     notes = json.loads(out_json.read_text())["notes"]
-    assert notes["DIS-TE4"]["warnings"] == [note]  # once, on the last of the four
+    assert notes["DIS-TE4"]["warnings"][-1:] == [note]  # once, on the last of the four (after its size's)
     assert all(note not in notes[name]["warnings"] for name in ("DIS-TE1", "DIS-TE2", "DIS-TE3"))
     named = _run("--split", "DIS-TE", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
     three = _run(*folders[:6], "--pred", preds, cache=tmp_path / "c")

@@ -527,25 +527,33 @@ def test_content_beats_a_wrong_name(onnx_file: Path, tmp_path: Path) -> None:
     assert detect_format(broken) == "torchscript"  # its own loader names the problem
 
 
+@pytest.mark.parametrize("depth", [8, 16])
 def test_the_readme_onnx_recipe_gives_predicts_masks(
-    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, depth: int
 ) -> None:
-    """The README's standalone onnxruntime snippet, run as printed, matches `pdseg predict`."""
+    """The README's standalone onnxruntime snippet, run as printed, matches `pdseg predict`, on a
+    16-bit file too (it read one as its high bytes: up to 6 grey levels off)."""
     import cv2
     from helpers import REPO
 
+    from pdseg_cli.data.images import read_image
     from pdseg_cli.engine.predict import Predictor
 
     readme = (REPO / "README.md").read_text()
     after = readme.split("The same masks as `pdseg predict` in your own code", 1)[1]
     snippet = after.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "pdseg.onnx").write_bytes(onnx_file.read_bytes())
-    (tmp_path / "photo.jpg").write_bytes((EXAMPLE_IMAGES / "chelsea.jpg").read_bytes())
+    photo = tmp_path / "photo.jpg"  # the snippet's name; OpenCV reads a file by its content
+    if depth == 8:
+        photo.write_bytes((EXAMPLE_IMAGES / "chelsea.jpg").read_bytes())
+    else:  # a 16-bit PNG whose low bytes matter
+        wide = cv2.imread(str(EXAMPLE_IMAGES / "chelsea.jpg")).astype(np.uint16) * 257
+        wide += np.random.default_rng(0).integers(0, 257, wide.shape, dtype=np.uint16)
+        photo.write_bytes(cv2.imencode(".png", wide)[1].tobytes())
     monkeypatch.chdir(tmp_path)
     scope: dict[str, object] = {}
     exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 (the documented code itself)
-    rgb = cv2.cvtColor(cv2.imread(str(tmp_path / "photo.jpg")), cv2.COLOR_BGR2RGB)
-    expected = Predictor(tmp_path / "pdseg.onnx", device="cpu").predict(rgb)
+    expected = Predictor(tmp_path / "pdseg.onnx", device="cpu").predict(read_image(photo).pixels)
     diff = np.abs(scope["mask"].astype(int) - expected)  # type: ignore[union-attr]
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 

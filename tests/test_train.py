@@ -245,7 +245,7 @@ def test_backbone_weights_then_resume_refusals(tmp_path: Path, data: dict[str, P
         tiny(tmp_path / "run", data, epochs=1, val_every=0, backbone_weights=tmp_path / "encoder.pt"),
         events.append,
     )
-    assert any(e.kind == "notice" and "encoder initialised" in e.values["message"] for e in events)
+    assert any(e.kind == "info" and "encoder initialised" in e.values["message"] for e in events)
     with pytest.raises(InputError, match="already holds a training run"):
         train(tiny(tmp_path / "run", data, epochs=1, val_every=0))
     with pytest.raises(InputError, match="--size 64 -> 96"):

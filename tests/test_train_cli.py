@@ -128,7 +128,7 @@ def test_cli_overwrite_interrupted_before_its_first_file_leaves_the_old_run_whol
         (["--supervision", "some"], "multi or single"),
         (["--loss", "dice"], "--loss must be bce-iou or structure, got 'dice'"),
         (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
-        (["--lr", "inf"], "--lr must be a positive number, got inf"),  # the loss would be nan at once
+        (["--lr", "inf"], "--lr must be a positive, finite number, got inf"),  # the loss would be nan at once
     ],
 )
 def test_cli_bad_options_are_one_line_errors(
@@ -187,6 +187,12 @@ def test_cli_missing_dis5k_root_says_where_it_looked(tmp_path: Path, monkeypatch
     assert too_high.exit_code == 2 and f"did you mean --data-root {tmp_path / 'DIS5K'}?" in flat(
         too_high.output
     )
+    elsewhere = tmp_path / "photos"  # a root with no DIS5K in or below it: the layout, not a question
+    elsewhere.mkdir()
+    wrong = flat(runner.invoke(app, [*args, "--data-root", str(elsewhere)]).output)
+    assert f"split DIS-TR not found under {elsewhere}" in wrong
+    assert "expected layout: <root>/DIS-TR/im/<stem>.jpg and <root>/DIS-TR/gt/<stem>.png" in wrong
+    assert "or train on your own folders with --train DIR" in wrong
     assert not (tmp_path / "runs").exists()  # a run that never started leaves no empty folder
 
 

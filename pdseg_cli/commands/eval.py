@@ -205,7 +205,11 @@ def eval_(
                     onnx_spec,
                     tta,
                 )
-            notes = eval_splits.overall_row_notes(splits, pooled)  # why DIS-TE1..4 folders get no overall row
+            # a DIS5K split of another size than the published one, and why DIS-TE1..4 folders get
+            # no overall row
+            notes = eval_splits.published_size_notes({p.name: len(p.pairs) + len(p.missing) for p in plans})
+            for name, lines in eval_splits.overall_row_notes(splits, pooled).items():
+                notes.setdefault(name, []).extend(lines)
             plans = [dataclasses.replace(plan, notes=notes.get(plan.name, [])) for plan in plans]
             check_missing(plans, allow_missing)  # before the start line: a refused run says only why
             # resolved once, so that the start line shows the count the run uses (the default

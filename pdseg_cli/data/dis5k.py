@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +111,13 @@ def split_folder(root: Path, split: str, otherwise: str | None = None) -> Path:
     if not folder.is_dir():
         present = [s for s in SPLITS if (root / s).is_dir()]
         hint = nested_root_hint(root, split) or (
-            f"the root holds {', '.join(present)}" if present else "is this the DIS5K folder?"
+            f"the root holds {', '.join(present)}"
+            if present
+            # the layout the root should have, not a question: a user who knows where DIS5K lies
+            # then sees which level to give
+            else f"expected layout: <root>/{split}/{IMAGE_DIR}/<stem>{IMAGE_EXT} and "
+            f"<root>/{split}/{MASK_DIR}/<stem>{MASK_EXT}, the root being the DIS5K folder that holds "
+            f"{', '.join(SPLITS[:3])}..."
         )
         raise DataError(
             f"split {split} not found under {root}", hint=hint + (f"; {otherwise}" if otherwise else "")
@@ -613,6 +619,24 @@ def _unmatched_fix(group: Sequence[PairProblem], name: Callable[[Path], str]) ->
     example, image = found[0], found[1]
     renamed = example.path.with_name(image.stem + example.path.suffix)
     return f"name each mask as its image ({name(example.path)} -> {name(renamed)}, in any image format)"
+
+
+def misnamed_masks(masks: Mapping[str, Path], images: Mapping[str, Path]) -> tuple[str, str] | None:
+    """For masks ({stem: path}) whose names match no image, when some seem to be for one of
+    ``images`` ({stem: path}, the images without a mask): what follows ``4 masks match no image
+    name`` (``, e.g. gt/cat_mask.png beside im/cat.jpg: all add "_mask" to their images' names``)
+    and the rename that fixes them, as :func:`scan_pairs`'s error says them; None when no mask's
+    name is close to an image's. ``eval`` says a misnamed GT folder with it, as ``train`` does."""
+    close = _close_names(dict(masks), dict(images))
+    if not close:
+        return None
+    group = [
+        PairProblem(UNMATCHED, mask, "", partner=close[stem][0], differs=close[stem][1])
+        if stem in close
+        else PairProblem(UNMATCHED, mask, "")
+        for stem, mask in masks.items()
+    ]
+    return _unmatched_why(group, _in_folder, ""), _unmatched_fix(group, _in_folder)
 
 
 def _no_mask(image: Path, stem: str) -> PairProblem:

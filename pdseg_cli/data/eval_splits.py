@@ -23,7 +23,7 @@ from pdseg_cli.data.dis5k import (
     nested_root_hint,
     resolve_root,
 )
-from pdseg_cli.errors import DataError
+from pdseg_cli.errors import DataError, counted
 
 EVAL_SPLITS = (VAL_SPLIT, *TEST_SPLITS)  # the DIS5K splits with published scores (not the training split)
 TEST_GROUP = "DIS-TE"  # the four test splits, plus the overall row
@@ -167,6 +167,24 @@ def overall_row_notes(
     )
     last = [name for name, _ in splits if name.upper() in TEST_SPLITS][-1]
     return {last: [note]}
+
+
+# How many GT masks each DIS5K split has as published (Qin et al., ECCV 2022): a row over another
+# count is not the row published tables give (a partial download, or a subset scored on purpose)
+PUBLISHED_SIZES = {VAL_SPLIT: 470, **{name: 500 for name in TEST_SPLITS}}
+
+
+def published_size_notes(gt_counts: Mapping[str, int]) -> dict[str, list[str]]:
+    """A note for each DIS5K split whose GT count ({split: GTs found}) is not the published one,
+    so that its row (and the overall row over it) is not taken for the published figure; else {}."""
+    return {
+        name: [
+            f"{name}: {counted(n, 'GT mask')} here, {published} in DIS5K's {name}: its row is not "
+            "comparable with published tables (a partial copy of the split?)"
+        ]
+        for name, n in gt_counts.items()
+        if (published := PUBLISHED_SIZES.get(name)) is not None and n != published
+    }
 
 
 def _split_values(values: Sequence[str]) -> list[str]:

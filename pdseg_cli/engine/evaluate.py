@@ -52,7 +52,7 @@ import numpy as np
 
 from pdseg_cli import __version__
 from pdseg_cli.data import native_messages
-from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem
+from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem, misnamed_masks
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
 from pdseg_cli.data.header import not_an_image
 from pdseg_cli.data.images import check_writable_folder
@@ -193,17 +193,21 @@ def _split_warnings(
     # a map of another shape, not just another scale, is likely rotated or of another image
     odd = [r for r in records if r.resized and aspect_differs(r.pred_size, r.gt_size)]
     warnings = []
+    one = len(odd) == 1
+    has, its = ("has", "its") if one else ("have", "their")
     if odd and sources:
         warnings.append(
-            f"{name}: {len(odd)} image(s){image_folder(sources)} have another aspect ratio than their GT, "
-            "so the model's maps, made at the image's size, were stretched to the GT's: "
+            f"{name}: {counted(len(odd), 'image')}{image_folder(sources)} {has} another aspect ratio than "
+            f"{its} GT, so the model's {'map' if one else 'maps'}, made at the image's size, "
+            f"{'was' if one else 'were'} stretched to the GT's: "
             f"{listing([image_line(r, sources) for r in odd], 5)}; rotated (an EXIF orientation pdseg "
             "applies and the GT was not drawn with?), or the GT of another image?"
         )
     elif odd:
         warnings.append(
-            f"{name}: {len(odd)} prediction(s) have another aspect ratio than their GT, so were stretched: "
-            f"{listing([r.stem for r in odd], 5)} (rotated, or another image's map?)"
+            f"{name}: {counted(len(odd), 'prediction')} {has} another aspect ratio than {its} GT, so "
+            f"{'was' if one else 'were'} stretched: {listing([r.stem for r in odd], 5)} (rotated, or "
+            "another image's map?)"
         )
     return warnings + _grouped_notes(records, sources)
 
@@ -792,13 +796,24 @@ def check_split_gts(
         # model pass over the earlier ones, not after it
         images = list_maps(folder / IMAGE_DIR, "image")
         no_image = sorted(gts[name].keys() - images.keys())
-        if no_image and not allow_missing:
-            raise DataError(
-                f"{name}: {counted(len(no_image), 'GT mask')} without an image of the same name in "
-                f"{folder / IMAGE_DIR}: {listing([gts[name][stem].name for stem in no_image], 10)}",
-                hint="add the images, or pass --allow-missing to score the others; the model has not run yet",
-            )
         scored = sorted(gts[name].keys() & images.keys())  # the images the model runs on
+        if no_image and (not allow_missing or not scored):
+            # GTs named otherwise than their images (cat_mask.png for cat.jpg) are said as train
+            # says them, with the rename; --allow-missing is offered only where some would be scored
+            misnamed = misnamed_masks(
+                {stem: gts[name][stem] for stem in no_image},
+                {stem: images[stem] for stem in sorted(images.keys() - gts[name].keys())},
+            )
+            if misnamed is not None:
+                why, fix = misnamed
+                message = f"{name}: {counted(len(no_image), 'GT mask')} match no image name in {folder}{why}"
+            else:
+                fix = "add the images" + (", or pass --allow-missing to score the others" if scored else "")
+                message = (
+                    f"{name}: {counted(len(no_image), 'GT mask')} without an image of the same name in "
+                    f"{folder / IMAGE_DIR}: {listing([gts[name][stem].name for stem in no_image], 10)}"
+                )
+            raise DataError(message, hint=f"{fix}; the model has not run yet")
         if not allow_missing:  # from their first bytes: caught now, not after the model pass
             paths = [images[stem] for stem in scored]
             not_images = [f"{path}: {why}" for path in paths if (why := not_an_image(path))]

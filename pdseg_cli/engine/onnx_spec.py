@@ -355,6 +355,10 @@ def resolve_spec(sig: Signature, user: str | None, source: str) -> OnnxSpec:
             hint=f"drop size= from --onnx-spec, or give size={fixed}",
         )
     names = [name for name, _ in sig.outputs]
+    if isinstance(spec.output, int) and str(spec.output) in names:
+        # a name that is a number (PyTorch's exports name outputs so: "1890"): the name wins, as
+        # the hint below offers such names
+        spec = replace(spec, output=str(spec.output))
     if isinstance(spec.output, int) and not -len(names) <= spec.output < len(names):
         raise InputError(
             f"{source} has {len(names)} output(s); --onnx-spec output={spec.output} is not one",

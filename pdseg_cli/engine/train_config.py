@@ -300,7 +300,7 @@ class TrainConfig:
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", "e.g. --seed 1"),
             (
                 0 < self.lr < math.inf,
-                f"--lr must be a positive number, got {self.lr}",
+                f"--lr must be a positive, finite number, got {self.lr}",
                 "e.g. --lr 6e-5 (the default), or 1e-5 to fine-tune gently",
             ),
             (

@@ -151,7 +151,11 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
         train = [dis5k.check_dataset_folder(d, masks_optional=True, option="--train") for d in cfg.train_dirs]
     else:
         root = dis5k.resolve_root(cfg.data_root, layout="or train on your own folders with --train DIR")
-        train = [dis5k.split_folder(root, dis5k.TRAIN_SPLIT)]
+        train = [
+            dis5k.split_folder(
+                root, dis5k.TRAIN_SPLIT, otherwise="or train on your own folders with --train DIR"
+            )
+        ]
     val: Path | None = None
     if cfg.val_every == 0:
         if cfg.val_dir is not None:

@@ -422,7 +422,8 @@ def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[P
         ctx.emit("info", values={"message": message})
     elif cfg.backbone_weights is not None and resumed is None:
         n = load_backbone(model, cfg.backbone_weights)
-        ctx.notice(f"encoder initialised from {cfg.backbone_weights} ({n} tensors)")
+        # a status line, as --init's: a confirmation, not a warning (notices survive -q)
+        ctx.emit("info", values={"message": f"encoder initialised from {cfg.backbone_weights} ({n} tensors)"})
     return model, init_provenance
 
 

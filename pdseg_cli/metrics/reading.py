@@ -348,16 +348,27 @@ def _channels_equal(raw: np.ndarray, tolerance: int = 0) -> bool:
 def _sample_kind(data: bytes, path: Path) -> tuple[bool, str | None]:
     """(16-bit?, colour kind) from the PNG header, or by decoding unchanged for other formats.
 
-    A JPEG, BMP or WebP counts as colour only when its channels differ somewhere (a gray map saved
-    as a three-channel JPEG is not), so a folder of photos passed as predictions is noticed.
+    A file without alpha counts as colour only when its channels differ somewhere (a gray map saved
+    as an RGB or palette PNG or as a three-channel JPEG is not: its luminance is that gray exactly),
+    so a folder of photos passed as predictions is noticed, and a gray map in colour is not.
     """
     if data[:8] == _PNG_SIGNATURE and len(data) >= 26:
-        return data[24] == 16, _PNG_COLOUR_TYPES.get(data[25])
+        kind = _PNG_COLOUR_TYPES.get(data[25])
+        if kind in ("RGB", "palette"):  # decoded only for these: gray PNGs, the usual maps, are not
+            raw = _decode_unchanged(data)
+            if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and _channels_equal(raw):
+                kind = None
+        return data[24] == 16, kind
     raw = _decode_unchanged(data)  # what the decoder says was said by the first decode
     if raw is None:
         return False, None
     if path.suffix.lower() in (".tif", ".tiff"):
-        colour = None if raw.ndim == 2 or raw.shape[2] == 1 else ("RGBA" if raw.shape[2] == 4 else "RGB")
+        if raw.ndim == 2 or raw.shape[2] == 1:
+            colour = None
+        elif raw.shape[2] == 4:
+            colour = "RGBA"
+        else:
+            colour = None if _channels_equal(raw[..., :3]) else "RGB"
         return raw.dtype == np.uint16, colour
     if raw.ndim == 3 and raw.shape[2] == 4 and (np.ptp(raw[..., 3]) > 0 or not _channels_equal(raw[..., :3])):
         return raw.dtype == np.uint16, "RGBA"  # a WebP or BMP with alpha: judged as a PNG's would be
