@@ -460,6 +460,40 @@ def test_skip_existing_resumes(folder: Path, tmp_path: Path, ckpt: Path) -> None
     assert "skipped(outputsexist)2" in no_space(result.output).replace("│", "")
 
 
+def test_subfolders_a_run_without_recursive_passes_over_are_named(
+    folder: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    # images in in/sub/ were passed over without a word
+    for name in ("sub", "two", ".hidden"):
+        (folder / name).mkdir()
+    cv2.imwrite(str(folder / "sub" / "d.jpg"), textured_image(20, 30))
+    result = _run(folder, "-o", folder / "masks", "-w", ckpt)
+    assert result.exit_code == 0, result.output
+    line = f"2 subfolders not read ({folder / 'sub'}{os.sep}, {folder / 'two'}{os.sep}): add --recursive (-r)"
+    assert line in flat(result.output) and "masks/" not in flat(result.output).split("): add")[0]
+    again = _run(folder, "-o", tmp_path / "out", "-w", ckpt, "-r")
+    assert again.exit_code == 0 and "not read (" not in flat(again.output), again.output
+
+
+def test_skip_existing_makes_again_the_outputs_of_inputs_changed_since(
+    folder: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    """A photo turned after its mask was written kept its sideways mask under --skip-existing."""
+    out = tmp_path / "out"
+    assert _run(folder, "-o", out, "-w", ckpt).exit_code == 0
+    later = (out / "a.png").stat().st_mtime_ns + 10**9
+    cv2.imwrite(str(folder / "a.jpg"), np.ascontiguousarray(textured_image(37, 53, 1).transpose(1, 0, 2)))
+    os.utime(folder / "a.jpg", ns=(later, later))  # turned: 53x37 now
+    os.utime(folder / "b.png", ns=(later, later))  # copied anew, the same bytes: still done
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).shape == (53, 37)
+    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert after["b.png"] == before["b.png"] and after["c.png"] == before["c.png"]
+    assert "skipped(outputsexist)2" in no_space(result.output).replace("│", "")
+
+
 def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     # a photo album as --out: its colour a.png is where a.jpg's mask goes, and was replaced unsaid
     out = tmp_path / "album"

@@ -101,7 +101,7 @@ def predict(
         typer.Option(
             "--skip-existing",
             help="Skip images whose outputs all exist (resume a run; outputs are not checked for the "
-            "settings that made them).",
+            "settings that made them, but an image changed since its outputs were written is done again).",
         ),
     ] = False,
     json_out: Annotated[
@@ -156,7 +156,7 @@ def predict(
         # their errors once
         with runtime.alike_on_every_rank():
             from pdseg_cli.engine.output_kinds import parse_save
-            from pdseg_cli.engine.predict_plan import plan_predict
+            from pdseg_cli.engine.predict_plan import plan_predict, unread_subfolders
             from pdseg_cli.engine.predict_summary import OutputWriteStopped, PredictInterrupted, nothing_left
             from pdseg_cli.ui import prediction
 
@@ -200,6 +200,7 @@ def predict(
             )
             if rank == 0:  # every process plans alike: said once
                 prediction.named_not_read(sources, whole.not_images)
+                prediction.subfolders_not_read(unread_subfolders(sources, out, recursive))
             on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
             settings = {
                 "pdseg": __version__,

@@ -303,6 +303,29 @@ def _hidden_images(folder: Path, recursive: bool) -> list[Path]:
     return [p for p in files if p.name.startswith(".") and imio.is_image_file(p)]
 
 
+def unread_subfolders(
+    sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], recursive: bool
+) -> list[Path]:
+    """The subfolders of the folders among ``sources`` that a run without --recursive does not
+    read (not hidden ones, nor ``--out`` itself), for a line that says so: images in them were
+    passed over without a word. Only the folders' own entries are listed, never their trees."""
+    if recursive:
+        return []
+    out = Path(out_dir).expanduser().resolve()
+    found: list[Path] = []
+    for source in sources:
+        folder = Path(_unquoted(os.fspath(source))).expanduser()
+        try:
+            found += sorted(
+                p
+                for p in folder.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and p.resolve() != out
+            )
+        except OSError:  # not a folder (a file or a pattern), or unreadable: nothing to say
+            continue
+    return found
+
+
 def _has_subfolders(folder: Path) -> bool:
     """Whether ``folder`` holds a folder a recursive walk reads (not a hidden one)."""
     try:
@@ -551,6 +574,21 @@ def _a(word: str) -> str:
 def _earlier_output(path: Path, kind: str) -> bool:
     """Whether ``path`` is a file that an earlier run wrote as a ``kind`` output (:func:`not_an_output`)."""
     return path.is_file() and not_an_output(path, kind) is None
+
+
+def _made_before_a_change(output: Path, source: Path) -> bool:
+    """Whether ``output`` was made from an earlier state of its input ``source``: the input was
+    changed after the output was written (a photo turned in a viewer, retouched, replaced), and
+    its bytes are not those the output's mark records (a copy with a new time is no change).
+    --skip-existing makes such outputs again: kept, a turned photo's mask stayed sideways.
+    The input is read whole only where its time is later than the output's. Never raises."""
+    try:
+        if source.stat().st_mtime_ns <= output.stat().st_mtime_ns:
+            return False
+    except OSError:
+        return False
+    marked = header.marked_source(output)
+    return marked is None or marked.content_id is None or marked.content_id != header.content_id(source)
 
 
 def _written_paths(out: Path, item: InputFile, kind: str) -> list[Path]:
@@ -814,7 +852,7 @@ def plan_predict(
         for item in inputs
         if skip_existing
         and all(
-            any(_earlier_output(p, kind) for p in paths)
+            any(_earlier_output(p, kind) and not _made_before_a_change(p, item.path) for p in paths)
             for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
         )
     }

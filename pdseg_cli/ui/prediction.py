@@ -4,6 +4,7 @@ and the end summary."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,16 @@ def progress(
             advance()
 
         yield step
+
+
+def subfolders_not_read(folders: Sequence[Path]) -> None:
+    """A status line naming the subfolders a run without --recursive passes over."""
+    if folders:
+        names = listing([f"{p}{os.sep}" for p in folders], 3)
+        ui.info(
+            f"{counted(len(folders), 'subfolder')} not read ({names}): add --recursive (-r) to segment "
+            "the images in subfolders too"
+        )
 
 
 def named_not_read(sources: Sequence[str], not_images: Sequence[Path]) -> None:
