@@ -1237,3 +1237,18 @@ def test_a_name_windows_keeps_for_a_device_is_refused_there(
     with pytest.raises(InputError, match="2 inputs would make outputs with a name Windows keeps") as err:
         predict_plan.plan_predict([src], tmp_path / "out2")
     assert "CON.jpg" in str(err.value) and "aux.tar.png" in str(err.value) and "console" not in str(err.value)
+
+
+def test_a_ctrl_c_after_the_last_image_says_nothing_is_left(capsys: pytest.CaptureFixture[str]) -> None:
+    # it said "run the same command again with --skip-existing to do only the rest" of nothing
+    from types import SimpleNamespace
+
+    from pdseg_cli.ui import prediction
+
+    done = [SimpleNamespace(status="done")] * 2
+    prediction.interrupted(False, done, 2)
+    said = flat(capsys.readouterr().err)
+    assert "stopped after 2 of 2 images: 2 done, 0 failed" in said
+    assert "nothing is left to do" in said and "--skip-existing" not in said
+    prediction.interrupted(False, done[:1], 2)
+    assert "with --skip-existing to do only the rest" in flat(capsys.readouterr().err)

@@ -66,3 +66,13 @@ def test_a_json_path_that_cannot_take_the_report_is_refused_first(
     result = run_cli("predict", photos, "-o", tmp_path / "out", "--json", tmp_path / name)
     assert result.exit_code == 2 and says in flat(result.output)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_the_json_may_go_into_the_out_folder_the_run_makes(photos: Path, tmp_path: Path) -> None:
+    # --out is created if missing, but --json out/r.json was refused as "the folder does not exist"
+    out = tmp_path / "out"
+    result = run_cli("predict", photos, "-o", out, "--json", out / "r.json")
+    assert result.exit_code == 1, result.output  # c.jpg is no image
+    assert json.loads((out / "r.json").read_text())["counts"]["done"] == 2
+    deeper = run_cli("predict", photos, "-o", tmp_path / "o2", "--json", tmp_path / "o2" / "sub" / "r.json")
+    assert deeper.exit_code == 2 and "does not exist" in flat(deeper.output)  # only --out itself is made

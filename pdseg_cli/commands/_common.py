@@ -117,7 +117,8 @@ QuietOpt = Annotated[
         "--quiet",
         "-q",
         help="Print only warnings and errors (for cron and scripts): no status lines, progress or "
-        "tables. Files and --json/--csv output are written as usual; the exit status tells the rest.",
+        "tables. Files and reports (--json, and eval's --csv) are written as usual; the exit status "
+        "tells the rest.",
         callback=_set_quiet,
         is_eager=True,  # before other options' checks, whose messages it does not hide anyway
         expose_value=False,
@@ -339,9 +340,11 @@ def is_stdout(path: Path) -> bool:
     return (there.st_dev, there.st_ino) == (out.st_dev, out.st_ino)
 
 
-def check_report_path(option: str, path: Path) -> None:
+def check_report_path(option: str, path: Path, created: Path | None = None) -> None:
     """Refuse a report path that cannot be written, or that names an image (a slip that would
     replace a mask or map with text), before the (long) work starts. ``-`` (standard output) passes.
+    ``created``: a folder the command creates before it writes the report (predict's ``--out``),
+    where a report may go although the folder does not exist yet.
 
     Raises:
         InputError: a folder, an image's name, a missing or read-only folder.
@@ -375,6 +378,10 @@ def check_report_path(option: str, path: Path) -> None:
             f"cannot write {option} {path}: {nearest} is a file, not a folder",
             hint="give a path in a folder",
         )
+    if created is not None and parent == created.expanduser().resolve() and nearest != parent:
+        # the report goes into the folder the run makes first: the folder it is made in must take it
+        check_writable_folder(nearest, f"{option} {path}")
+        return
     if nearest != parent:
         raise InputError(
             f"cannot write {option} {path}: the folder {parent} does not exist",

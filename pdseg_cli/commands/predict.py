@@ -172,7 +172,7 @@ def predict(
             kinds = parse_save(save)
             check_batch(batch)
             if json_out is not None:
-                check_report_path("--json", json_out)
+                check_report_path("--json", json_out, created=Path(out))  # --out is made before it
             env = runtime.env_distributed()
 
             def torch_options() -> tuple[Any, tuple[int, ...]]:

@@ -62,6 +62,9 @@ def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = No
     named as they failed) and how to go on: every file written so far is whole (atomic writes)."""
     if seen:
         ui.info(_how_far(seen, total))
+    if seen and total is not None and len(seen) >= total:  # Ctrl-C as the last image was written
+        ui.info("stopped after the last image: nothing is left to do", essential=True)
+        return
     again = "run the same command again" + ("" if skipping else " with --skip-existing")
     ui.info(f"stopped: every file written so far is complete; {again} to do only the rest", essential=True)
 
