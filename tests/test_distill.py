@@ -634,6 +634,27 @@ def test_max_unsure_leaves_out_doubtful_teacher_maps(tiny_teacher: Path, tmp_pat
         in (" ".join(notices))
     ), notices
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["max_unsure"] == 0.35
+    # nothing to leave out: said, so that silence is not read as the option ignored
+    sure = tmp_path / "sure"
+    (sure / "im").mkdir(parents=True)
+    for image in sorted((unlabelled / "im").iterdir())[2:]:
+        (sure / "im" / image.name).write_bytes(image.read_bytes())  # the same content: the sure maps
+    said: list[str] = []
+    train(
+        _cfg(
+            tmp_path / "sure-run",
+            variant="pdseg-tiny",
+            train_dir=[sure],
+            teacher=tiny_teacher,
+            max_unsure=0.35,
+        ),
+        on_event=lambda e: said.append(e.values["message"]) if e.kind == "info" else None,
+    )
+    assert any(
+        "--max-unsure 0.35: the teacher's maps of all 2 images without masks are confident; none left out"
+        in m
+        for m in said
+    ), said
     # the first two photos again (same content, so the same cached maps): none is sure
     doubtful = _unlabelled(tmp_path / "doubtful", 2)
     with pytest.raises(DataError, match="--max-unsure 0.35 leaves none of the 2 training images") as err:

@@ -475,6 +475,31 @@ def test_subfolders_a_run_without_recursive_passes_over_are_named(
     assert again.exit_code == 0 and "not read (" not in flat(again.output), again.output
 
 
+def test_pdsegs_own_outputs_among_a_folders_images_are_left_out(
+    folder: Path, tmp_path: Path, ckpt: Path
+) -> None:
+    # --out in/ for in/sub put masks among the photos, and the next run segmented the masks
+    sub = folder / "sub"
+    sub.mkdir()
+    cv2.imwrite(str(sub / "d.jpg"), textured_image(20, 30))
+    assert _run(sub, "-o", folder, "-w", ckpt).exit_code == 0  # writes in/d.png beside the photos
+    out = tmp_path / "out"
+    result = _run(folder, "-o", out, "-w", ckpt, "-r")
+    assert result.exit_code == 0, result.output
+    assert (
+        "1 file among the inputs is an output of pdseg (masks or cut-outs of an earlier run), left "
+        in flat(result.output)
+    )
+    assert not (out / "d.png").exists() and (out / "sub" / "d.png").is_file()
+    named = _run(folder / "d.png", "-o", tmp_path / "again", "-w", ckpt)  # named on its own: segmented
+    assert named.exit_code == 0 and (tmp_path / "again" / "d.png").is_file(), named.output
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (folder / "d.png").rename(masks / "d.png")
+    alone = _run(masks, "-o", tmp_path / "o3", "-w", ckpt)
+    assert alone.exit_code == 2 and "are all outputs of pdseg" in flat(alone.output), alone.output
+
+
 def test_skip_existing_makes_again_the_outputs_of_inputs_changed_since(
     folder: Path, tmp_path: Path, ckpt: Path
 ) -> None:

@@ -364,6 +364,33 @@ def is_unfollowed_folder_link(path: Path) -> bool:
     return path.is_symlink() and path.is_dir()
 
 
+# the formats pdseg's outputs have, and so the only ones whose files can carry its mark
+_MARKED_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def split_own_outputs(
+    sources: Sequence[str | os.PathLike[str]], inputs: list[InputFile]
+) -> tuple[list[InputFile], list[Path]]:
+    """(the inputs, renumbered, the files among them that pdseg wrote: masks and cut-outs of an
+    earlier run, found in a folder or pattern). Such files are left out: an --out given as an
+    input folder's parent put them among the photos, and the next run segmented the masks. A file
+    named on its own is kept: segmenting a composite again may be meant. Only a PNG's or TIFF's
+    first bytes are read (:func:`header.carries_output_mark`)."""
+    named = {Path(_unquoted(os.fspath(s))).expanduser().resolve() for s in sources}
+    own = [
+        item.path
+        for item in inputs
+        if item.path.suffix.lower() in _MARKED_SUFFIXES
+        and item.path.resolve() not in named
+        and header.carries_output_mark(item.path)
+    ]
+    if not own:
+        return inputs, []
+    left_out = set(own)
+    kept = [item for item in inputs if item.path not in left_out]
+    return [replace(item, index=i) for i, item in enumerate(kept)], own
+
+
 def images_left_in_out(out: Path, inputs: list[InputFile]) -> list[Path]:
     """Images in ``--out`` other than these inputs' outputs, for a run whose recursive walk met
     ``--out`` and left it out (so that outputs are not read as inputs next time): these go
@@ -741,6 +768,8 @@ class PredictPlan:
             alpha instead of the original pixels, which carry the old background's colour.
         left_in_out: images in ``--out`` that a recursive folder walk leaves out and that are not
             outputs of these inputs (:func:`images_left_in_out`): not segmented, and said.
+        own_outputs: pdseg's own outputs found among the inputs of a folder or pattern
+            (:func:`split_own_outputs`): not segmented, and said.
     """
 
     out_dir: Path
@@ -752,6 +781,7 @@ class PredictPlan:
     refine_foreground: bool = True
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
     left_in_out: list[Path] = field(default_factory=list)
+    own_outputs: list[Path] = field(default_factory=list)
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
         """This process's share of a plan for the whole run: every world_size-th image in input
@@ -793,6 +823,13 @@ def plan_predict(
     out = Path(out_dir).expanduser()
     save = parse_save(save)  # "mask,alpha" or ["mask", "alpha"], as the CLI takes them
     inputs, not_images, passed_out = collect_inputs(sources, recursive=recursive, exclude=out)
+    inputs, own_outputs = split_own_outputs(sources, inputs)
+    if not inputs and own_outputs:
+        raise InputError(
+            f"the images in {', '.join(map(os.fspath, sources))} are all outputs of pdseg (masks or "
+            f"cut-outs of an earlier run, e.g. {own_outputs[0]}), which a folder run leaves out",
+            hint="give the folder of the photos, or name an output file to segment it anyway",
+        )
     if not inputs:
         paths = [Path(s).expanduser() for s in sources]
         if paths and all(p.is_file() for p in paths):  # files named one by one, none of them an image
@@ -865,6 +902,6 @@ def plan_predict(
     skipped = [item for item in inputs if item.path in done]
     left = images_left_in_out(out, inputs) if passed_out else []
     whole = PredictPlan(
-        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left
+        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, own_outputs
     )
     return whole.share(dist)

@@ -335,8 +335,16 @@ def _drop_doubtful(ctx: RunContext, pairs: list[dis5k.Pair], max_unsure: float) 
             f"--max-unsure {max_unsure:g} leaves none of the {len(pairs)} training images ({why})",
             hint=", or ".join(ways),
         )
+    without = sum(p.mask is None for p in pairs)
+    if not doubts and without and ctx.main:  # said too, so that silence is not read as the option ignored
+        ctx.emit(
+            "info",
+            values={
+                "message": f"--max-unsure {max_unsure:g}: the teacher's maps of all {without} images "
+                "without masks are confident; none left out"
+            },
+        )
     if doubts and ctx.main:
-        without = sum(p.mask is None for p in pairs)
         ctx.notice(
             f"--max-unsure {max_unsure:g}: left out {sum(doubts.values())} of the {without} images without "
             f"masks ({why}); {len(kept)} training images"

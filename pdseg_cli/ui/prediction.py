@@ -121,6 +121,16 @@ def progress(
         yield step
 
 
+def own_outputs_left_out(paths: Sequence[Path]) -> None:
+    """A warning naming pdseg's own outputs that a folder run left out of its inputs."""
+    if paths:
+        what = "is an output" if len(paths) == 1 else "are outputs"
+        ui.warn(
+            f"{counted(len(paths), 'file')} among the inputs {what} of pdseg (masks or cut-outs of an "
+            f"earlier run), left out: {listing([str(p) for p in paths], 3)}; name one to segment it anyway"
+        )
+
+
 def subfolders_not_read(folders: Sequence[Path]) -> None:
     """A status line naming the subfolders a run without --recursive passes over."""
     if folders:
