@@ -923,7 +923,7 @@ def test_no_images_and_bad_options(tmp_path: Path, ckpt: Path, folder: Path) -> 
     assert result.exit_code == 2 and "no images" in result.output and "--recursive" in result.output
     notes = folder / "notes.txt"
     result = _run(notes, "-o", tmp_path / "o", "-w", ckpt)  # a file given by name: subfolders cannot help
-    assert result.exit_code == 2 and ".txt is not an image file" in result.output
+    assert result.exit_code == 2 and ".txt is not a kind of image pdseg reads" in result.output
     assert "--recursive" not in result.output
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--bg", "bluish").exit_code == 2
     assert _run(folder, "-o", tmp_path / "o", "-w", ckpt, "--threshold", "1.5").exit_code == 2

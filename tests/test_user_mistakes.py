@@ -185,6 +185,8 @@ def test_eval_json_folder_has_a_file_name_hint(tmp_path: Path) -> None:
     folder.mkdir()
     text = _refused("eval", "--split", "DIS-VD", "--json", folder)
     assert f"hint: e.g. --json {folder / 'scores.json'}" in text
+    text = _refused("predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "--json", folder)
+    assert f"hint: e.g. --json {folder / 'run.json'}" in text  # predict's report holds no scores
 
 
 def test_onnx_spec_errors_have_examples() -> None:
@@ -244,7 +246,7 @@ def test_a_file_that_is_not_an_image_says_so(tmp_path: Path) -> None:
     a_file = tmp_path / "fake.pt"
     a_file.write_bytes(b"x")
     text = _refused("predict", a_file, "-o", tmp_path / "m")
-    assert f"error: {a_file}: .pt is not an image file" in text
+    assert f"error: {a_file}: .pt is not a kind of image pdseg reads" in text
     assert "pdseg reads" in text and "other files" not in text
 
 

@@ -340,11 +340,12 @@ def is_stdout(path: Path) -> bool:
     return (there.st_dev, there.st_ino) == (out.st_dev, out.st_ino)
 
 
-def check_report_path(option: str, path: Path, created: Path | None = None) -> None:
+def check_report_path(option: str, path: Path, created: Path | None = None, example: str = "scores") -> None:
     """Refuse a report path that cannot be written, or that names an image (a slip that would
     replace a mask or map with text), before the (long) work starts. ``-`` (standard output) passes.
     ``created``: a folder the command creates before it writes the report (predict's ``--out``),
-    where a report may go although the folder does not exist yet.
+    where a report may go although the folder does not exist yet. ``example``: the file name the
+    hints suggest (``scores`` for eval's, ``run`` for predict's).
 
     Raises:
         InputError: a folder, an image's name, a missing or read-only folder.
@@ -357,19 +358,19 @@ def check_report_path(option: str, path: Path, created: Path | None = None) -> N
     if is_special(path.expanduser()):
         raise InputError(
             f"{option} {path} is a disk or a socket, not a file a report can be written to",
-            hint=f"give a file name, e.g. {option} scores.{option.lstrip('-')} ('-': standard output)",
+            hint=f"give a file name, e.g. {option} {example}.{option.lstrip('-')} ('-': standard output)",
         )
     if path.is_dir():
         raise InputError(
             f"{option} {path} is a folder; give a file name for the output",
-            hint=f"e.g. {option} {path / ('scores.' + option.lstrip('-'))}",
+            hint=f"e.g. {option} {path / (example + '.' + option.lstrip('-'))}",
         )
     kind = "an image" if path.suffix.lower() in IMAGE_SUFFIXES else None
     kind = kind or ("a model" if path.suffix.lower() in MODEL_SUFFIXES else None)
     if kind:  # a slip in a long command line would replace a mask, a map or the weights with text
         raise InputError(
             f"{option} {path} names {kind} file, and the report is text",
-            hint=f"give a {option.lstrip('-')} file name, e.g. scores.{option.lstrip('-')}",
+            hint=f"give a {option.lstrip('-')} file name, e.g. {example}.{option.lstrip('-')}",
         )
     parent = path.expanduser().resolve().parent
     nearest = next((p for p in (parent, *parent.parents) if p.exists()), parent)

@@ -172,7 +172,7 @@ def predict(
             kinds = parse_save(save)
             check_batch(batch)
             if json_out is not None:
-                check_report_path("--json", json_out, created=Path(out))  # --out is made before it
+                check_report_path("--json", json_out, created=Path(out), example="run")  # --out is made first
             env = runtime.env_distributed()
 
             def torch_options() -> tuple[Any, tuple[int, ...]]:

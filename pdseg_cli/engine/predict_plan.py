@@ -837,7 +837,12 @@ def plan_predict(
                 [f"{os.fspath(s)}: {p.suffix or '(no suffix)'}" for s, p in zip(sources, paths, strict=True)],
                 3,
             )
-            kinds = "is not an image file" if len(paths) == 1 else "are not image files"
+            # "not an image" would be untrue of a GIF or a HEIC: not a kind pdseg reads
+            kinds = (
+                "is not a kind of image pdseg reads"
+                if len(paths) == 1
+                else "are not kinds of image pdseg reads"
+            )
             raise InputError(f"{named} {kinds}", hint=_no_images_hint(paths, recursive, not_images))
         extra = f" ({counted(len(not_images), 'other file')} skipped)" if not_images else ""
         raise InputError(
