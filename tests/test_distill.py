@@ -139,6 +139,16 @@ def test_a_negative_output_index_counts_from_the_end(foreign: Path) -> None:
     assert "output #1" in Predictor(foreign, device="cpu", onnx_spec=spec).description
 
 
+def test_a_predictor_of_a_foreign_model_pickles_with_its_spec(foreign: Path) -> None:
+    import pickle
+
+    predictor = Predictor(foreign, device="cpu", onnx_spec=FOREIGN_SPEC)
+    copy = pickle.loads(pickle.dumps(predictor))
+    image = textured_image(30, 40)
+    assert copy.model.spec == predictor.model.spec
+    assert np.array_equal(copy.predict(image), predictor.predict(image))
+
+
 def test_an_output_named_by_a_number_is_taken_by_its_name(tmp_path: Path) -> None:
     # PyTorch names outputs "1890", "1891": output=1890 was read as an index and refused, though
     # the refusal's hint offered the name; where the number is both, the name wins

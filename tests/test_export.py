@@ -656,7 +656,7 @@ def test_export_takes_threads_as_the_other_commands_do(checkpoint: Path, tmp_pat
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_a_predictor_of_an_exported_file_pickles_for_joblib_workers(
-    fmt: str, onnx_file: Path, torchscript_file: Path
+    fmt: str, onnx_file: Path, torchscript_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """joblib sends a bound ``predictor.predict`` to its workers pickled; an onnxruntime session
     cannot be pickled, so the file is opened again where it is unpickled, with the same settings."""
@@ -665,9 +665,12 @@ def test_a_predictor_of_an_exported_file_pickles_for_joblib_workers(
     from pdseg_cli.engine.predict import Predictor
 
     path = onnx_file if fmt == "onnx" else torchscript_file
-    predictor = Predictor(path, device="cpu", size=64)
+    monkeypatch.chdir(path.parent)
+    predictor = Predictor(path.name, device="cpu", size=64)  # a relative path
     image = textured_image(40, 52)
-    copy = pickle.loads(pickle.dumps(predictor))
+    data = pickle.dumps(predictor)
+    monkeypatch.chdir(path.parent.parent)  # a worker that runs in another folder
+    copy = pickle.loads(data)
     assert copy.model is not predictor.model and copy.model.path == path
     assert copy.size == 64 and copy.normalization == predictor.normalization
     assert np.array_equal(copy.predict(image), predictor.predict(image))

@@ -171,7 +171,13 @@ def test_float_tiff_non_finite_samples_are_zero_with_a_warning(tmp_path: Path) -
     want = a.copy()
     want[0, 0, 0], want[1, 1], want[2, 2, 2] = 0.0, 0.0, 0.0
     np.testing.assert_array_equal(got.pixels, want)
-    assert got.warnings == [f"{tmp_path / 'f.tif'}: 5 samples are NaN or infinite; read as 0"]
+    assert got.warnings == [f"{tmp_path / 'f.tif'}: 3 pixels are NaN or infinite; read as 0"]
+    gray = np.full((6, 5), 0.5, np.float32)
+    gray[0, :2] = np.nan  # 2 pixels, not the 6 samples of their RGB reading
+    tifffile.imwrite(tmp_path / "g.tif", gray)
+    assert imio.read_image(tmp_path / "g.tif").warnings == [
+        f"{tmp_path / 'g.tif'}: 2 pixels are NaN or infinite; read as 0"
+    ]
 
 
 # ------------------------------------------------------------------------------------- bad files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from pdseg_cli import create_model, load_model, save_checkpoint
 from pdseg_cli.cli import app
 from pdseg_cli.config import NORMALIZATION
-from pdseg_cli.data import atomic
+from pdseg_cli.data import atomic, header
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.engine.output_kinds import OUTPUT_KINDS, OutputKind, files_help, parse_save, save_help
@@ -484,8 +485,9 @@ def test_pdsegs_own_outputs_among_a_folders_images_are_left_out(
     cv2.imwrite(str(sub / "d.jpg"), textured_image(20, 30))
     assert _run(sub, "-o", folder, "-w", ckpt).exit_code == 0  # writes in/d.png beside the photos
     out = tmp_path / "out"
-    result = _run(folder, "-o", out, "-w", ckpt, "-r")
+    result = _run(folder, "-o", out, "-w", ckpt, "-r", "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["own_outputs"] == [str(folder / "d.png")]
     assert (
         "1 file among the inputs is an output of pdseg (masks or cut-outs of an earlier run), left "
         in flat(result.output)
@@ -505,18 +507,34 @@ def test_skip_existing_makes_again_the_outputs_of_inputs_changed_since(
 ) -> None:
     """A photo turned after its mask was written kept its sideways mask under --skip-existing."""
     out = tmp_path / "out"
-    assert _run(folder, "-o", out, "-w", ckpt).exit_code == 0
-    later = (out / "a.png").stat().st_mtime_ns + 10**9
+    assert _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha").exit_code == 0
+    written = time.time_ns() - 100 * 10**9  # the outputs' times put back, so that "later" is past
+    for p in out.iterdir():
+        os.utime(p, ns=(written, written))
+    later = written + 10 * 10**9
     cv2.imwrite(str(folder / "a.jpg"), np.ascontiguousarray(textured_image(37, 53, 1).transpose(1, 0, 2)))
     os.utime(folder / "a.jpg", ns=(later, later))  # turned: 53x37 now
     os.utime(folder / "b.png", ns=(later, later))  # copied anew, the same bytes: still done
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")
+    # replaced by another photo that kept an old date (mv, cp -p, an unzip): its ctime is new
+    tifffile.imwrite(folder / "c.tif", textured_image(45, 31, 4, np.uint16), photometric="rgb")
+    os.utime(folder / "c.tif", ns=(10**18, 10**18))
+    b_mask = (out / "b.png").read_bytes()
+    hashed: list[Path] = []
+    real = header.content_id
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(header, "content_id", lambda path: hashed.append(path) or real(path))
+        result = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha", "--skip-existing")
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED).shape == (53, 37)
-    after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert after["b.png"] == before["b.png"] and after["c.png"] == before["c.png"]
-    assert "skipped(outputsexist)2" in no_space(result.output).replace("│", "")
+    assert cv2.imread(str(out / "c.png"), cv2.IMREAD_UNCHANGED).shape == (45, 31)
+    assert (out / "b.png").read_bytes() == b_mask
+    assert "skipped(outputsexist)1" in no_space(result.output).replace("│", "")
+    assert hashed.count(folder / "b.png") == 1  # once for its two outputs
+    hashed.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(header, "content_id", lambda path: hashed.append(path) or real(path))
+        again = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha", "--skip-existing")
+    assert again.exit_code == 0 and folder / "b.png" not in hashed  # found unchanged: not hashed again
 
 
 def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path, ckpt: Path) -> None:
@@ -1039,7 +1057,7 @@ def test_a_float_tiff_with_nan_gives_finite_cutouts_and_a_warning(tmp_path: Path
     out = tmp_path / "out"
     result = _run(tmp_path / "nan.tif", "-o", out, "-w", ckpt, "--save", "alpha,composite")
     assert result.exit_code == 0, result.output
-    assert "samplesareNaNorinfinite;readas0" in no_space(result.output)
+    assert "pixelsareNaNorinfinite;readas0" in no_space(result.output)
     for name in ("nan_alpha.tif", "nan_composite.tif"):
         assert np.isfinite(tifffile.imread(out / name)).all(), name
 
@@ -1097,7 +1115,7 @@ def test_a_module_that_fails_inside_torch_is_named_with_what_predictor_needs() -
     # nn.Linear(3, 3) gave torch's "mat1 and mat2 shapes cannot be multiplied" alone
     predictor = Predictor(torch.nn.Linear(3, 3), device="cpu", size=32)
     with pytest.raises(
-        ValueError,
+        RuntimeError,
         match=r"the model failed on an input of \(1, 3, 32, 32\) \(mat1 and mat2 "
         r"shapes cannot be multiplied.*\): Predictor runs a module that maps \(B, 3, H, W\)",
     ):
@@ -1109,9 +1127,11 @@ def test_nan_samples_of_an_array_are_read_as_0_with_a_warning(predictor: Predict
     clean = predictor.predict(image)
     image[:4, :4] = np.nan
     image[10, 10, 1] = -np.inf
-    with pytest.warns(RuntimeWarning, match="49 samples of the image are NaN or infinite; read as 0"):
+    with pytest.warns(RuntimeWarning, match="17 pixels of the image are NaN or infinite; read as 0"):
         got = predictor.predict(image)
     assert got.shape == clean.shape
+    with pytest.warns(RuntimeWarning, match="16 pixels of the image are NaN"):  # gray: pixels, not samples
+        predictor.predict(image[..., 0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a finite image: no warning
         predictor.predict(np.where(np.isfinite(image), image, 0))
@@ -1275,5 +1295,10 @@ def test_a_ctrl_c_after_the_last_image_says_nothing_is_left(capsys: pytest.Captu
     said = flat(capsys.readouterr().err)
     assert "stopped after 2 of 2 images: 2 done, 0 failed" in said
     assert "nothing is left to do" in said and "--skip-existing" not in said
-    prediction.interrupted(False, done[:1], 2)
-    assert "with --skip-existing to do only the rest" in flat(capsys.readouterr().err)
+    for seen, whole_run in (
+        (done[:1], True),
+        (done, False),
+        ([*done[:1], SimpleNamespace(status="failed")], True),
+    ):
+        prediction.interrupted(False, seen, 2, whole_run=whole_run)  # images left, here or in another process
+        assert "with --skip-existing to do only the rest" in flat(capsys.readouterr().err)

@@ -184,8 +184,8 @@ OnnxSpecOpt = Annotated[
         "--onnx-spec",
         help="For a foreign DIS/SOD ONNX model that pdseg does not recognise (IS-Net, U2-Net and BiRefNet "
         "exports are): size=N|dynamic, mean=M|R:G:B, std=S|R:G:B (R:G:B with color=bgr too), scale=255|1 "
-        "(the range mean/std are on), color=rgb|bgr, output=NAME or INDEX, channel=N (an output of several "
-        "maps: which is the foreground), kind=probability or logit. "
+        "(the range mean/std are on), color=rgb|bgr, output=NAME or INDEX (a name first), channel=N (an "
+        "output of several maps: which is the foreground), kind=probability or logit. "
         "Example: 'size=1024, mean=0.5, std=1, scale=1, output=0, kind=logit'",
         show_default=False,
     ),

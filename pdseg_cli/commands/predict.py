@@ -262,7 +262,8 @@ def predict(
                     )
             except KeyboardInterrupt as exc:
                 if dist.is_main:
-                    prediction.interrupted(skip_existing, seen, total)
+                    # this process's share only, under torchrun: the others' images may be left
+                    prediction.interrupted(skip_existing, seen, total, whole_run=not dist.enabled)
                     if isinstance(exc, PredictInterrupted):  # one process: what it did is known
                         _write_json_after_stop(json_out, exc.summary, whole, settings)
                 raise

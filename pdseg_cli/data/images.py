@@ -273,15 +273,28 @@ def _kept_alpha(alpha: np.ndarray | None, dtype: np.dtype[Any]) -> np.ndarray | 
     return None if opaque else np.ascontiguousarray(alpha)
 
 
-def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
-    """A float image with its NaN and infinite samples set to 0 (as ``transforms.to_float_rgb``
-    treats them for the model), and a warning that counts them: left in the pixels, the foreground
-    estimate of a cut-out spread them over most of the image."""
+def finite_pixels(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """(``pixels`` with their NaN and infinite samples set to 0, how many pixels had one): the one
+    rule for a file's float samples and an array's (``transforms.to_float_rgb``). Pixels, not
+    samples, are counted, so a gray image counts the same as its RGB reading. ``pixels`` itself
+    where every sample is finite."""
     bad = ~np.isfinite(pixels)
     if not bad.any():
-        return pixels
-    warnings.append(f"{path}: {int(bad.sum()):,} samples are NaN or infinite; read as 0")
-    return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
+        return pixels, 0
+    count = int(np.count_nonzero(bad.any(axis=-1) if pixels.ndim == 3 else bad))
+    return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0), count
+
+
+def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
+    """A float image with its NaN and infinite samples set to 0 (:func:`finite_pixels`), and a
+    warning that counts them: left in the pixels, the foreground estimate of a cut-out spread them
+    over most of the image."""
+    pixels, bad = finite_pixels(pixels)
+    if bad:
+        warnings.append(
+            f"{path}: {bad:,} {'pixel is' if bad == 1 else 'pixels are'} NaN or infinite; read as 0"
+        )
+    return pixels
 
 
 def _pnm_full_scale(array: np.ndarray, pnm: PnmHeader | None) -> np.ndarray:

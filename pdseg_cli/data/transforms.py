@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 import torch
 
+from pdseg_cli.data.images import finite_pixels
+
 # The full scale of a float image (its value of full intensity) is 1, 255 or 65535: the smallest
 # whose headroom holds the image's 99.9th percentile, else that percentile itself. The percentile
 # makes a few stray samples (hot pixels, one overshoot of a resampling filter) count for nothing,
@@ -94,11 +96,10 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
         # whole numbers are never on the 0..1 scale: a dark 8-bit photo in an int64 array (values
         # up to 3, say) stays dark, as the same values in a uint8 array are
         scale = max(float_range(image), 255.0) if whole else float_range(image)
-        x = image.astype(np.float32)
-        bad = int(np.count_nonzero(~np.isfinite(x)))
+        x, bad = finite_pixels(image.astype(np.float32))
         if bad:  # said, as a file's are (images._finite): a NaN region would come out as black
-            warnings.warn(f"{bad:,} samples of the image are NaN or infinite; read as 0", RuntimeWarning, 2)
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            what = "pixel of the image is" if bad == 1 else "pixels of the image are"
+            warnings.warn(f"{bad:,} {what} NaN or infinite; read as 0", RuntimeWarning, 2)
         x *= np.float32(255.0 / scale)
         np.clip(x, 0.0, 255.0, out=x)  # the few samples over the full scale (float_range)
         return x

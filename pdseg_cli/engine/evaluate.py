@@ -806,7 +806,10 @@ def check_split_gts(
             )
             if misnamed is not None:
                 why, fix = misnamed
-                message = f"{name}: {counted(len(no_image), 'GT mask')} match no image name in {folder}{why}"
+                match = "matches" if len(no_image) == 1 else "match"
+                message = (
+                    f"{name}: {counted(len(no_image), 'GT mask')} {match} no image name in {folder}{why}"
+                )
             else:
                 fix = "add the images" + (", or pass --allow-missing to score the others" if scored else "")
                 message = (

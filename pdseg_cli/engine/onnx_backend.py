@@ -349,7 +349,13 @@ class OnnxModel(_ExportedModel):
     ):
         self.path = Path(path).expanduser()
         self.device = torch.device(device)
-        self._opened_with = {"path": self.path, "device": self.device, "threads": threads, "spec": spec}
+        # the absolute path: a worker unpickling it may run in another folder
+        self._opened_with = {
+            "path": self.path.resolve(),
+            "device": self.device,
+            "threads": threads,
+            "spec": spec,
+        }
         ort = require_onnxruntime()
         if not self.path.is_file():
             raise WeightsError(f"{self.path} does not exist")
@@ -597,7 +603,7 @@ class TorchScriptModel(_ExportedModel):
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", *, written_here: bool = False):
         self.path = Path(path).expanduser()
         self.device = torch.device(device)
-        self._opened_with = {"path": self.path, "device": self.device}
+        self._opened_with = {"path": self.path.resolve(), "device": self.device}
         if not self.path.is_file():
             raise WeightsError(f"{self.path} does not exist")
         if not written_here:  # export's check of the file it has just traced, under its temporary name

@@ -29,8 +29,8 @@ _IMAGENET_STD_01 = (0.229, 0.224, 0.225)
 SPEC_KEYS = ("size", "mean", "std", "scale", "color", "output", "channel", "kind", "name")  # parse_spec's
 SPEC_HELP = (
     "size=N (or dynamic), mean=M or R:G:B, std=S or R:G:B, scale=255|1 (the range mean and std are "
-    "on; R:G:B whatever color says), color=rgb|bgr, output=NAME|INDEX, channel=N (of an output "
-    "with several maps), kind=probability|logit"
+    "on; R:G:B whatever color says), color=rgb|bgr, output=NAME|INDEX (a name first), channel=N (of an "
+    "output with several maps), kind=probability|logit"
 )
 
 

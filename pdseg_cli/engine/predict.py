@@ -399,11 +399,12 @@ class Predictor:
                 logits = self.model(x).float()
             except RuntimeError as exc:
                 # a module of another kind, given directly, fails inside torch ("mat1 and mat2 shapes
-                # cannot be multiplied"): said as what Predictor needs of it; out-of-memory errors
-                # pass unchanged, the batch's own fallback reads them
+                # cannot be multiplied"): said as what Predictor needs of it, still a RuntimeError
+                # (a caller's handler of torch's errors catches it); out-of-memory errors pass
+                # unchanged, the batch's own fallback reads them
                 if not self._own_module or runtime.is_out_of_memory(exc):
                     raise
-                raise ValueError(
+                raise RuntimeError(
                     f"the model failed on an input of {tuple(x.shape)} ({str(exc).splitlines()[0]}): "
                     f"Predictor runs a module that maps (B, 3, H, W) images to (B, 1, H, W) logits"
                 ) from exc

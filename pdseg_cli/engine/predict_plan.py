@@ -9,6 +9,7 @@ carries the plan out.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
@@ -376,12 +377,13 @@ def split_own_outputs(
     input folder's parent put them among the photos, and the next run segmented the masks. A file
     named on its own is kept: segmenting a composite again may be meant. Only a PNG's or TIFF's
     first bytes are read (:func:`header.carries_output_mark`)."""
-    named = {Path(_unquoted(os.fspath(s))).expanduser().resolve() for s in sources}
+    files = [Path(_unquoted(os.fspath(s))).expanduser() for s in sources]
+    named = {f.resolve() for f in files if f.is_file()}  # resolved only where a file is named
     own = [
         item.path
         for item in inputs
         if item.path.suffix.lower() in _MARKED_SUFFIXES
-        and item.path.resolve() not in named
+        and not (named and item.path.resolve() in named)
         and header.carries_output_mark(item.path)
     ]
     if not own:
@@ -603,19 +605,39 @@ def _earlier_output(path: Path, kind: str) -> bool:
     return path.is_file() and not_an_output(path, kind) is None
 
 
-def _made_before_a_change(output: Path, source: Path) -> bool:
-    """Whether ``output`` was made from an earlier state of its input ``source``: the input was
-    changed after the output was written (a photo turned in a viewer, retouched, replaced), and
-    its bytes are not those the output's mark records (a copy with a new time is no change).
-    --skip-existing makes such outputs again: kept, a turned photo's mask stayed sideways.
-    The input is read whole only where its time is later than the output's. Never raises."""
-    try:
-        if source.stat().st_mtime_ns <= output.stat().st_mtime_ns:
+class _ChangedInputs:
+    """Which earlier outputs were made from an earlier state of their input (--skip-existing makes
+    them again: kept, a turned photo's mask stayed sideways, and a retouched one its old mask).
+
+    An input counts as changed since an output when its file was modified or replaced after the
+    output was written (its mtime, or its ctime, which a move or a copy that keeps the old date
+    sets) and its bytes are not those the output's mark records: a copy of the same bytes with a
+    new date is no change. The input is hashed only where its times are later than the output's,
+    once per input whatever the outputs; an output found unchanged gets the present time, so the
+    next resume does not hash its input again.
+    """
+
+    def __init__(self) -> None:
+        self._content: dict[Path, str | None] = {}
+
+    def since(self, output: Path, source: Path) -> bool:
+        """Whether ``output`` was made from an earlier state of ``source``. Never raises."""
+        try:
+            info = source.stat()
+            if max(info.st_mtime_ns, info.st_ctime_ns) <= output.stat().st_mtime_ns:
+                return False
+        except OSError:
             return False
-    except OSError:
+        marked = header.marked_source(output)
+        if marked is None or marked.content_id is None:  # a mark that records no content: made again
+            return True
+        if source not in self._content:
+            self._content[source] = header.content_id(source)
+        if marked.content_id != self._content[source]:
+            return True
+        with contextlib.suppress(OSError):  # a read-only --out: hashed again next time, no more
+            os.utime(output)
         return False
-    marked = header.marked_source(output)
-    return marked is None or marked.content_id is None or marked.content_id != header.content_id(source)
 
 
 def _written_paths(out: Path, item: InputFile, kind: str) -> list[Path]:
@@ -827,7 +849,7 @@ def plan_predict(
     if not inputs and own_outputs:
         raise InputError(
             f"the images in {', '.join(map(os.fspath, sources))} are all outputs of pdseg (masks or "
-            f"cut-outs of an earlier run, e.g. {own_outputs[0]}), which a folder run leaves out",
+            f"cut-outs of an earlier run, e.g. {own_outputs[0]}), which folder and pattern runs leave out",
             hint="give the folder of the photos, or name an output file to segment it anyway",
         )
     if not inputs:
@@ -889,12 +911,13 @@ def plan_predict(
     if clashes:
         _refuse_clashes(clashes, recursive, folded, out, inputs)
     _refuse_other_inputs_outputs(out, inputs, save, skip_existing)
+    changed = _ChangedInputs()
     done = {
         item.path
         for item in inputs
         if skip_existing
         and all(
-            any(_earlier_output(p, kind) and not _made_before_a_change(p, item.path) for p in paths)
+            any(_earlier_output(p, kind) and not changed.since(p, item.path) for p in paths)
             for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
         )
     }

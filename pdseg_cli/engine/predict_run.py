@@ -165,6 +165,7 @@ def run_plan(
         size=working_setting(predictor.size, predictor.tta),
         world_size=dist.world_size,
         left_in_out=plan.left_in_out,
+        own_outputs=plan.own_outputs,
         stopped=stop,
         interrupted=interrupted,
     )

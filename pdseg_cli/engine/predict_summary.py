@@ -74,6 +74,8 @@ class PredictSummary:
         world_size: number of processes.
         left_in_out: images in ``--out`` that a recursive walk left out and that are not outputs of
             these inputs: not segmented (:func:`pdseg_cli.engine.predict_plan.images_left_in_out`).
+        own_outputs: pdseg's own outputs found among a folder's or pattern's images: left out
+            (:func:`pdseg_cli.engine.predict_plan.split_own_outputs`).
         stopped: the write that stopped the run (a full disk: :class:`OutputWriteStopped`), the
             first in input order under torchrun; None when the run went to the end.
     """
@@ -87,6 +89,7 @@ class PredictSummary:
     size: str
     world_size: int = 1
     left_in_out: list[Path] = field(default_factory=list)
+    own_outputs: list[Path] = field(default_factory=list)
     stopped: Stop | None = None
     interrupted: bool = False
     not_reached: list[Path] = field(default_factory=list)
@@ -150,6 +153,7 @@ class PredictSummary:
             ],
             "not_images": [str(p) for p in self.not_images],
             "left_in_out": [str(p) for p in self.left_in_out],
+            "own_outputs": [str(p) for p in self.own_outputs],
             "run": {
                 "device": self.device or None,  # None: nothing to do, no model loaded
                 "precision": self.precision or None,
@@ -184,6 +188,7 @@ def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:
         size=first.size,
         world_size=len(parts),
         left_in_out=first.left_in_out,
+        own_outputs=first.own_outputs,
         stopped=min((p.stopped for p in parts if p.stopped), key=lambda s: s.result.index, default=None),
     )
 
@@ -202,6 +207,7 @@ def nothing_left(plan: PredictPlan, world_size: int = 1) -> PredictSummary:
         size="",
         world_size=world_size,
         left_in_out=plan.left_in_out,
+        own_outputs=plan.own_outputs,
     )
 
 

@@ -142,6 +142,10 @@ def _drop_stale_samples(*stores: dis5k.SampleStore | None) -> None:
                     entry.unlink(missing_ok=True)
 
 
+# the way out of a missing DIS5K root or DIS-TR split
+_OWN_FOLDERS = "or train on your own folders with --train DIR"
+
+
 def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
     """The training folders and the validation folder (None: no validation)."""
     cfg = ctx.cfg
@@ -150,12 +154,8 @@ def _resolve_folders(ctx: RunContext) -> tuple[tuple[Path, ...], Path | None]:
         # images without masks are found by the scan, which names them with the fix
         train = [dis5k.check_dataset_folder(d, masks_optional=True, option="--train") for d in cfg.train_dirs]
     else:
-        root = dis5k.resolve_root(cfg.data_root, layout="or train on your own folders with --train DIR")
-        train = [
-            dis5k.split_folder(
-                root, dis5k.TRAIN_SPLIT, otherwise="or train on your own folders with --train DIR"
-            )
-        ]
+        root = dis5k.resolve_root(cfg.data_root, layout=_OWN_FOLDERS)
+        train = [dis5k.split_folder(root, dis5k.TRAIN_SPLIT, otherwise=_OWN_FOLDERS)]
     val: Path | None = None
     if cfg.val_every == 0:
         if cfg.val_dir is not None:

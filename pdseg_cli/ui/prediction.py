@@ -57,12 +57,16 @@ def nothing_left(out: Any, skipped: int) -> None:
     ui.info(f"nothing to do: {every} outputs in {out} already (--skip-existing); no model loaded")
 
 
-def interrupted(skipping: bool, seen: Sequence[Any] = (), total: int | None = None) -> None:
+def interrupted(
+    skipping: bool, seen: Sequence[Any] = (), total: int | None = None, *, whole_run: bool = True
+) -> None:
     """How far Ctrl-C let the run get (``seen``: the file results so far; the failed ones were
-    named as they failed) and how to go on: every file written so far is whole (atomic writes)."""
+    named as they failed) and how to go on: every file written so far is whole (atomic writes).
+    ``whole_run``: ``seen`` and ``total`` are the whole run's (not one torchrun process's share)."""
     if seen:
         ui.info(_how_far(seen, total))
-    if seen and total is not None and len(seen) >= total:  # Ctrl-C as the last image was written
+    all_done = whole_run and total is not None and len(seen) >= total
+    if all_done and all(r.status != "failed" for r in seen):  # Ctrl-C as the last image was written
         ui.info("stopped after the last image: nothing is left to do", essential=True)
         return
     again = "run the same command again" + ("" if skipping else " with --skip-existing")
@@ -136,8 +140,8 @@ def subfolders_not_read(folders: Sequence[Path]) -> None:
     if folders:
         names = listing([f"{p}{os.sep}" for p in folders], 3)
         ui.info(
-            f"{counted(len(folders), 'subfolder')} not read ({names}): add --recursive (-r) to segment "
-            "the images in subfolders too"
+            f"{counted(len(folders), 'subfolder')} not read ({names}): add --recursive (-r) to read "
+            f"{'it' if len(folders) == 1 else 'them'} too"
         )
 
 
