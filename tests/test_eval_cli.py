@@ -264,6 +264,11 @@ def test_a_dis5k_split_of_another_size_than_published_is_noted(
     assert note in notes["DIS-TE1"]["warnings"]
     assert not [w for w in notes["DIS-TE2"]["warnings"] if "GT masks here" in w]
     assert eval_splits.published_size_notes({"DIS-VD": 470, "DIS-TE4": 500, "mine": 3}) == {}
+    assert "DIS5K's 4 splits hold 1,504 images: not the published row" in flat(result.stdout)
+    for name, n in (("DIS-TE1", 3), ("DIS-TE3", 2), ("DIS-TE4", 3)):  # as if all four were complete
+        monkeypatch.setitem(eval_splits.PUBLISHED_SIZES, name, n)
+    whole = _run("--split", "DIS-TE", "--data-root", root, "--pred", preds, cache=tmp_path / "c")
+    assert "not the published row" not in flat(whole.output) and "GT masks here" not in flat(whole.output)
 
 
 def test_the_overall_row_counts_what_allow_missing_left_out(tmp_path: Path) -> None:
@@ -568,6 +573,27 @@ def test_gts_without_images_and_empty_gt_folders_are_refused_before_the_model_ru
         mask.unlink()
     result = _run("--split", split, "--weights", tmp_path / "w.pt", cache=tmp_path / "c")
     assert result.exit_code == 2 and f"no GT masks in {split / 'gt'}" in flat(result.output)
+
+
+def test_allow_missing_with_a_misnamed_gt_says_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pdseg_cli.engine.predict as predict_mod
+
+    split = edge_case_split(tmp_path / "s", CASES[:3], images=True)
+    _FakePredictor.source = split / "pred"
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    gt = split / "gt" / f"{CASES[0]}.png"
+    gt.rename(gt.with_name(f"{CASES[0]}_mask.png"))
+    result = _run("--split", split, "--weights", tmp_path / "w.pt", "--allow-missing", cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "1 GT mask without a prediction: " in text
+    assert (
+        f"no image of that name in im/; name each mask as its image (gt/{CASES[0]}_mask.png -> "
+        f"gt/{CASES[0]}.png, in any image format)"
+    ) in text
 
 
 def test_two_images_of_one_name_are_refused_before_the_model_runs(

@@ -931,6 +931,14 @@ def predict_splits(
             no_image, failed = predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
         gt_dir = folder / MASK_DIR
         lines = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]
+        if no_image:  # named otherwise than their images (cat_mask.png): the rename, as train says it
+            gts, images = list_maps(gt_dir, "GT"), list_maps(folder / IMAGE_DIR, "image")
+            misnamed = misnamed_masks(
+                {stem: gts[stem] for stem in no_image},
+                {stem: path for stem, path in images.items() if stem not in gts},
+            )
+            if misnamed is not None:  # on the first line, which every listing shows
+                lines[0] += f"; {misnamed[1]}"
         lines += grouped_failures(failed)
         if lines and not allow_missing:
             raise DataError(

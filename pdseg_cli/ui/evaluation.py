@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pdseg_cli import ui
+from pdseg_cli.data.eval_splits import PUBLISHED_SIZES
 from pdseg_cli.engine.evaluate import image_folder, image_line, wxh
 from pdseg_cli.errors import counted, listing
 from pdseg_cli.metrics.table import TABLE_METRICS
@@ -105,6 +106,9 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
         )
         if pooled.missing:
             line += f"; its splits leave out {counted(pooled.missing, 'GT mask')} (--allow-missing)"
+        published = sum(PUBLISHED_SIZES.get(member, 0) for member in pooled.members)
+        if pooled.scores.count + pooled.missing != published:  # a partial copy: not the published row
+            line += f"; DIS5K's {len(pooled.members)} splits hold {published:,} images: not the published row"
         caption.append(line)
     out = ui.err_console if table_on_stderr else ui.console
     header = ["split", "images", *(m.label for m in TABLE_METRICS)]
