@@ -622,19 +622,20 @@ def _unmatched_fix(group: Sequence[PairProblem], name: Callable[[Path], str]) ->
 
 
 def misnamed_masks(masks: Mapping[str, Path], images: Mapping[str, Path]) -> tuple[str, str] | None:
-    """For masks ({stem: path}) whose names match no image, when some seem to be for one of
-    ``images`` ({stem: path}, the images without a mask): what follows ``4 masks match no image
-    name`` (``, e.g. gt/cat_mask.png beside im/cat.jpg: all add "_mask" to their images' names``)
-    and the rename that fixes them, as :func:`scan_pairs`'s error says them; None when no mask's
-    name is close to an image's. ``eval`` says a misnamed GT folder with it, as ``train`` does."""
-    close = _close_names(dict(masks), dict(images))
+    """For a folder's masks and images ({stem: path} each), when masks whose names match no image
+    seem to be for one of the images without a mask: what follows ``4 masks match no image name``
+    (``, e.g. gt/cat_mask.png beside im/cat.jpg: all add "_mask" to their images' names``) and the
+    rename that fixes them, as :func:`scan_pairs`'s error says them; None when no such mask's name
+    is close to an image's. ``eval`` says a misnamed GT folder with it, as ``train`` does."""
+    lonely = {stem: masks[stem] for stem in sorted(masks.keys() - images.keys())}
+    close = _close_names(lonely, {stem: images[stem] for stem in images.keys() - masks.keys()})
     if not close:
         return None
     group = [
         PairProblem(UNMATCHED, mask, "", partner=close[stem][0], differs=close[stem][1])
         if stem in close
         else PairProblem(UNMATCHED, mask, "")
-        for stem, mask in masks.items()
+        for stem, mask in lonely.items()
     ]
     return _unmatched_why(group, _in_folder, ""), _unmatched_fix(group, _in_folder)
 

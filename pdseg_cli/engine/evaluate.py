@@ -800,10 +800,7 @@ def check_split_gts(
         if no_image and (not allow_missing or not scored):
             # GTs named otherwise than their images (cat_mask.png for cat.jpg) are said as train
             # says them, with the rename; --allow-missing is offered only where some would be scored
-            misnamed = misnamed_masks(
-                {stem: gts[name][stem] for stem in no_image},
-                {stem: images[stem] for stem in sorted(images.keys() - gts[name].keys())},
-            )
+            misnamed = misnamed_masks(gts[name], images)
             if misnamed is not None:
                 why, fix = misnamed
                 match = "matches" if len(no_image) == 1 else "match"
@@ -930,15 +927,13 @@ def predict_splits(
         with progress(name) if progress is not None else contextlib.nullcontext(None) as advance:
             no_image, failed = predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
         gt_dir = folder / MASK_DIR
+        images = list_maps(folder / IMAGE_DIR, "image")
         lines = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]
-        if no_image:  # named otherwise than their images (cat_mask.png): the rename, as train says it
-            gts, images = list_maps(gt_dir, "GT"), list_maps(folder / IMAGE_DIR, "image")
-            misnamed = misnamed_masks(
-                {stem: gts[stem] for stem in no_image},
-                {stem: path for stem, path in images.items() if stem not in gts},
-            )
-            if misnamed is not None:  # on the first line, which every listing shows
-                lines[0] += f"; {misnamed[1]}"
+        # named otherwise than their images (cat_mask.png): the rename, as train says it, on the
+        # first line, which every listing shows
+        misnamed = misnamed_masks(list_maps(gt_dir, "GT"), images) if no_image else None
+        if misnamed is not None:
+            lines[0] += f"; {misnamed[1]}"
         lines += grouped_failures(failed)
         if lines and not allow_missing:
             raise DataError(
@@ -950,7 +945,6 @@ def predict_splits(
             problems[name] = lines
         plan = plan_pairs(out_dir, gt_dir, name=name).without([*no_image, *failed])
         # each map has its image's size: a size unlike the GT's is the image's, which the notes name
-        images = list_maps(folder / IMAGE_DIR, "image")
         sources = {stem: images[stem] for stem, _, _ in plan.pairs if stem in images}
         plans.append(replace(plan, sources=sources))
     return plans, problems

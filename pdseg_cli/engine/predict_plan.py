@@ -290,7 +290,7 @@ def _no_images_hint(sources: Sequence[Path], recursive: bool, others: Sequence[P
     ]
     if not parts:
         parts.append("pdseg reads " + ", ".join(sorted(s.lstrip(".") for s in imio.IMAGE_SUFFIXES)))
-    if not recursive and any(_has_subfolders(folder) for folder in folders):
+    if not recursive and any(_subfolders(folder) for folder in folders):
         parts.append("add --recursive to look in subfolders")
     return "; ".join(parts)
 
@@ -313,26 +313,21 @@ def unread_subfolders(
     if recursive:
         return []
     out = Path(out_dir).expanduser().resolve()
-    found: list[Path] = []
-    for source in sources:
-        folder = Path(_unquoted(os.fspath(source))).expanduser()
-        try:
-            found += sorted(
-                p
-                for p in folder.iterdir()
-                if p.is_dir() and not p.name.startswith(".") and p.resolve() != out
-            )
-        except OSError:  # not a folder (a file or a pattern), or unreadable: nothing to say
-            continue
-    return found
+    return [
+        sub
+        for source in sources
+        for sub in _subfolders(Path(_unquoted(os.fspath(source))).expanduser())
+        if sub.resolve() != out
+    ]
 
 
-def _has_subfolders(folder: Path) -> bool:
-    """Whether ``folder`` holds a folder a recursive walk reads (not a hidden one)."""
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders in ``folder`` a recursive walk reads (not hidden ones), sorted; none where
+    ``folder`` is not a folder (a file or a pattern) or cannot be listed."""
     try:
-        return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError:
-        return False
+        return []
 
 
 def _is_under(path: Path, base: Path) -> bool:

@@ -195,7 +195,7 @@ def alpha_use(mask: MaskFile, raw: np.ndarray | None = None) -> str | None:
     gray = eight[..., 0] if raw.shape[2] == 2 else cv2.cvtColor(eight[..., :3], cv2.COLOR_BGR2GRAY)
     opaque = eight[..., -1] > GT_THRESHOLD
     # a picture under the opaque part spreads over the gray levels; a mask there is 0 and 255
-    return "cut-out" if _spread_out(gray[opaque] if opaque.any() else gray) else None
+    return "cut-out" if _top_share(gray[opaque] if opaque.any() else gray) < _PICTURE_TOP_SHARE else None
 
 
 # A picture's gray levels spread out: a mask (hard, soft at its edges, a palette of a few colours,
@@ -209,10 +209,6 @@ def _top_share(gray: np.ndarray) -> float:
     """The share of ``gray``'s pixels (uint8) in its three commonest of 32 gray bins."""
     bins = np.bincount((gray >> 3).ravel(), minlength=_PICTURE_BINS)
     return float(np.sort(bins)[-_PICTURE_TOP_BINS:].sum()) / max(gray.size, 1)
-
-
-def _spread_out(gray: np.ndarray) -> bool:
-    return _top_share(gray) < _PICTURE_TOP_SHARE
 
 
 # A colour pixel whose gray reading (luminance) keeps less than this share of its brightest channel
