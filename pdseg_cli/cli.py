@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import signal
 import sys
 import threading
 from typing import Annotated, Any, NoReturn
@@ -237,7 +236,7 @@ def _hold(signum: int, frame: Any) -> None:
 def _hold_stop_signals() -> None:
     """Ctrl-C and the stop signals wait while the routed standard error is drained (the last error
     line goes through it): they are noted, and :func:`_exit_at_once_on_stop` acts on them."""
-    _set_stop_handlers(_hold)
+    runtime.set_stop_handlers(_hold)
 
 
 def _exit_at_once_on_stop() -> None:
@@ -259,17 +258,7 @@ def _exit_at_once_on_stop() -> None:
         _output_lost(lost)
     if _held:
         signal_exit.die_by(_held[0])
-    _set_stop_handlers(_exit_now)
-
-
-def _set_stop_handlers(handler: Any) -> None:
-    """``handler`` for Ctrl-C and the stop signals, in the main thread (the only one that may set
-    them); a signal the process ignores (a `cmd &` in a script ignores SIGINT) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGINT, *runtime.stop_signals()):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, handler)
+    runtime.set_stop_handlers(_exit_now)
 
 
 def _exit_now(signum: int, frame: Any) -> None:

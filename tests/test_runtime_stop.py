@@ -78,3 +78,14 @@ def test_a_quick_second_ctrl_c_aborts_training_unless_torchrun_echoes_it(restore
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)  # the forwarded copy: ignored
     assert flag.requested and notes[1].endswith("(Ctrl-C again, 2 s or more after the first, aborts)")
+
+
+def test_a_background_training_run_keeps_ctrl_c_ignored(restore_handlers: None) -> None:
+    # `pdseg train ... &` in a script starts with SIGINT ignored, so a Ctrl-C meant for the
+    # script's foreground command leaves it running; the training run took SIGINT back and stopped
+    notes: list[str] = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with StopFlag(notes.append) as flag:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert not flag.requested and not notes
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from pdseg_cli.runtime.stop import ignore_stop_signals, note_stop, stop_signals
+from pdseg_cli.runtime.stop import ignore_stop_signals, note_stop, set_stop_handlers
 
 
 class StopFlag:
@@ -46,9 +45,7 @@ class StopFlag:
         self._notify(f"stopping after this step to save a resumable checkpoint{again}")
 
     def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, *stop_signals()):  # SIGHUP too, unless nohup ignores it
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = set_stop_handlers(self._handle)  # one ignored (nohup, `cmd &`) stays so
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -41,7 +41,13 @@ from pdseg_cli.runtime.precision import (
     resolve_precision,
 )
 from pdseg_cli.runtime.quiet_warnings import ignoring_warnings, recording_warnings
-from pdseg_cli.runtime.stop import interrupt_on_stop_signals, stop_signals, stopped_by, stopping
+from pdseg_cli.runtime.stop import (
+    interrupt_on_stop_signals,
+    set_stop_handlers,
+    stop_signals,
+    stopped_by,
+    stopping,
+)
 from pdseg_cli.runtime.torchrun import (
     DEFAULT_TIMEOUT,
     Backend,
@@ -87,6 +93,7 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "set_compute_threads",
+    "set_stop_handlers",
     "stop_signals",
     "ignoring_warnings",
     "recording_warnings",

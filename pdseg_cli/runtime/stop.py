@@ -33,6 +33,20 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return tuple(found)
 
 
+def set_stop_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """``handler`` for Ctrl-C and :func:`stop_signals`, in the main thread (the only one that may
+    set them); the handlers it replaced, to put back. A signal the process ignores stays ignored: a
+    ``cmd &`` in a script starts with SIGINT ignored, so that a Ctrl-C meant for the script's
+    foreground command does not stop its background jobs too."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGINT, *stop_signals()):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
 def note_stop(signum: int) -> None:
     """Note the signal a handler is stopping the command for (:func:`stopped_by`)."""
     _stopped_by[:] = [signum]
