@@ -292,6 +292,15 @@ def _field_text(values: dict[str, Any], fields: Sequence[str]) -> str:
     return "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if k in fields)
 
 
+def duration(seconds: float) -> str:
+    """A wall time as people read it: ``12.3 s`` under a minute, else ``4:05`` or ``1:02:03``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, sec = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -193,7 +193,7 @@ def summary(result: Any, *, table_on_stderr: bool = False) -> None:
         ("skipped (outputs exist)", str(result.skipped)),
         ("failed", str(result.failed)),
         ("other files (not read)", str(len(result.not_images))),
-        ("wall time", _seconds(result.wall_seconds)),
+        ("wall time", ui.duration(result.wall_seconds)),
         ("images / s", f"{result.images_per_second:.2f}"),
         (
             f"peak memory ({peak.what})",
@@ -228,14 +228,6 @@ def summary(result: Any, *, table_on_stderr: bool = False) -> None:
     # named one by one as they failed, however many (a list here would repeat them, or be cut)
     lines = "the error line" if result.failed == 1 else "the error lines"
     ui.error(f"{counted(result.failed, 'image')} failed, named in {lines} above", hint=fix)
-
-
-def _seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def _bytes(n: int) -> str:

@@ -105,12 +105,12 @@ class TrainingView:
             parts.append(
                 f"val maxF {v['val_maxf']:.4f} MAE {v['val_mae']:.4f}" + (" (best)" if v["best"] else "")
             )
-        parts.append(_seconds(v["epoch_time_s"]))
+        parts.append(ui.duration(v["epoch_time_s"]))
         self._epoch_seconds.append(float(v["epoch_time_s"]))
         left = self._epochs - event.epoch
         if left > 0:  # at this session's mean pace (a resumed epoch counts only its own steps)
             mean = sum(self._epoch_seconds) / len(self._epoch_seconds)
-            parts.append(f"about {_seconds(left * mean)} left")
+            parts.append(f"about {ui.duration(left * mean)} left")
         ui.info(" · ".join(parts))
 
     def _on_notice(self, event: Any) -> None:
@@ -141,7 +141,7 @@ def summary(result: Any, resume_command: str) -> None:
                 _num(row["loss"]),
                 _num(row["lr"], ".3g"),
                 *([_num(row.get("val_maxf")), _num(row.get("val_mae"))] if validated else []),
-                _seconds(row["epoch_time_s"]),
+                ui.duration(row["epoch_time_s"]),
             ]
             for row in result.rows
         ]
@@ -153,17 +153,9 @@ def summary(result: Any, resume_command: str) -> None:
         ui.info(f"best val maxF {result.best_maxf:.4f} at epoch {result.best_epoch}: {result.best}")
     ui.info(
         f"{counted(result.epochs, 'epoch')}, {counted(result.steps, 'step')} in "
-        f"{_seconds(result.wall_time_s)}; last: {result.last}"
+        f"{ui.duration(result.wall_time_s)}; last: {result.last}"
     )
 
 
 def _num(value: Any, spec: str = ".4f") -> str:
     return "" if value is None or value == "" else format(float(value), spec)
-
-
-def _seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
