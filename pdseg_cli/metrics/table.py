@@ -3,8 +3,9 @@
 Every place that names a metric derives from ``METRICS``: the JSON and CSV keys and their order
 (the DIS table's six columns in the paper's order, then the extras), the fields of
 ``DatasetScores`` and its dict form, the per-image values of ``ImageScores``, the aggregation,
-and the columns of ``pdseg eval``'s table. Adding a metric is one entry here, its function, and
-its fields in ``ImageScores`` and ``DatasetScores`` (a test checks that the three agree).
+and the columns of ``pdseg eval``'s table. Adding a metric is one entry here, its function, its
+fields in ``ImageScores`` and ``DatasetScores`` (a test checks that the three agree) and its call in
+``score_pair``; the README's 'Where to add things' lists the docs that describe it.
 
 This module is a leaf: it imports nothing from pdseg_cli.
 """
