@@ -322,7 +322,7 @@ def test_eval_temporary_folders_of_dead_runs_are_removed(
     it in /tmp for good (hundreds of MB on DIS-TE). The next eval removes those of dead processes."""
     import tempfile
 
-    from pdseg_cli.engine.evaluate import temporary_folder
+    from pdseg_cli.engine.eval_model import temporary_folder
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     host = atomic.writer_token().split("-", 1)[1]

@@ -97,7 +97,7 @@ def test_eval_names_an_image_that_is_not_one_before_the_model_runs(tmp_path: Pat
 
 
 def test_eval_failures_name_each_file_once_and_group_by_reason() -> None:
-    from pdseg_cli.engine.evaluate import grouped_failures
+    from pdseg_cli.engine.eval_model import grouped_failures
 
     why = "cannot decode (a text file, not an image: it starts 'junk')"
     failed = {s: (f"im/{s}.jpg", f"im/{s}.jpg: {why}") for s in ("a", "b")}

@@ -29,7 +29,7 @@ from pdseg_cli.commands._common import (
     user_errors,
     write_report,
 )
-from pdseg_cli.errors import InputError, Interrupted, RunFailed, counted, listing
+from pdseg_cli.errors import InputError, Interrupted, counted, listing
 
 if TYPE_CHECKING:
     from pdseg_cli.engine.eval_pairs import PairPlan
@@ -284,17 +284,17 @@ def _run_model(
     onnx_spec: str | None = None,
     tta: bool = False,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
-    """Run the model on the splits' images into --save-preds (or a temporary folder); plan the pairs."""
+    """Run the model on the splits' images into --save-preds (or a temporary folder, which ``stack``
+    removes after the scoring); plan the pairs. The checks and the pass are the engine's
+    (:mod:`pdseg_cli.engine.eval_model`); here, what the user sees."""
     from pdseg_cli import ui
-    from pdseg_cli.data.folder_lock import folder_lock
-    from pdseg_cli.engine import evaluate as ev
+    from pdseg_cli.engine import eval_model
     from pdseg_cli.engine.predict import Predictor, parse_size
-    from pdseg_cli.engine.predict_summary import OutputWriteStopped
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
     # refuses what would stop the run after the model pass
-    n_gt, no_gt = ev.check_split_gts(splits, save_preds, allow_missing=allow_missing)
+    n_gt, no_gt = eval_model.check_split_gts(splits, save_preds, allow_missing=allow_missing)
     for name, files in no_gt.items():
         ui.warn(
             f"{name}: {counted(len(files), 'image')} in im/ without a GT, not scored: {listing(files, 5)}"
@@ -312,30 +312,19 @@ def _run_model(
         predictor.notes,
         model=f"{predictor.weights_path or 'model'}: {predictor.description}",
     )
-    if save_preds is not None:  # two runs writing one --save-preds scored each other's maps
-        stack.enter_context(folder_lock(save_preds.expanduser(), f"--save-preds {save_preds}"))
-    root = save_preds if save_preds is not None else Path(stack.enter_context(ev.temporary_folder()))
-    try:
-        plans, problems = ev.predict_splits(
-            predictor,
-            splits,
-            root,
-            batch=batch,
-            allow_missing=allow_missing,
-            progress=lambda name: view.progress(f"predict {name}", n_gt[name]),
-        )
-    except OutputWriteStopped as exc:  # predict's hint names --out and --skip-existing: not eval's
-        where = (
-            f"--save-preds {save_preds}"
-            if save_preds is not None
-            else f"the temporary folder {root.parent} (set TMPDIR to a roomier disk, or pass --save-preds)"
-        )
-        hint = f"make room for the maps in {where}, then run the same command again"
-        raise RunFailed(exc.message, hint=hint) from None
-    for name, lines in problems.items():
+    done = eval_model.run_model(
+        predictor,
+        splits,
+        save_preds,
+        stack,
+        no_gt=no_gt,
+        batch=batch,
+        allow_missing=allow_missing,
+        progress=lambda name: view.progress(f"predict {name}", n_gt[name]),
+    )
+    for name, lines in done.no_prediction.items():
         ui.warn(f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}")
-    plans = [dataclasses.replace(plan, no_gt=no_gt.get(plan.name, [])) for plan in plans]  # JSON notes
-    return plans, {"predictions": ev.prediction_settings(predictor, save_preds)}
+    return done.plans, done.settings
 
 
 def _check_outputs(json_out: Path | None, csv_out: Path | None) -> None:
