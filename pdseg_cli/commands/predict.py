@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,6 +34,10 @@ from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
 from pdseg_cli.errors import InputError, PdsegError
 from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.predict_summary import PredictSummary
+    from pdseg_cli.runtime.torchrun import Distributed
 
 _OUTPUTS_HELP = save_help()
 
@@ -283,7 +287,7 @@ def predict(
 def _model_options(
     ctx: typer.Context,
     kinds: tuple[str, ...],
-    env: Any,
+    env: Distributed,
     *,
     threads: int | None,
     size: str | None,
@@ -326,12 +330,14 @@ def _model_options(
     return work_size, background
 
 
-def _write_json(path: Path | None, result: Any, settings: dict[str, Any]) -> None:
+def _write_json(path: Path | None, result: PredictSummary, settings: dict[str, Any]) -> None:
     if path is not None:
         write_report(path, json.dumps(result.to_json(settings), indent=2) + "\n", "JSON")
 
 
-def _write_json_after_stop(path: Path | None, result: Any, whole: Any, settings: dict[str, Any]) -> None:
+def _write_json_after_stop(
+    path: Path | None, result: PredictSummary, whole: Any, settings: dict[str, Any]
+) -> None:
     """The --json of a run that stopped early (Ctrl-C, a full disk), with the inputs it did not
     reach: a script that reads it learns what is done without parsing the messages. A report
     that cannot be written (on the disk that filled) is a warning: the stop's own error comes next."""

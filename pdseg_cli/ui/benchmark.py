@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.cells import cell_len
 
 from pdseg_cli import ui
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.benchmark import BenchmarkReport
 
 
 def _mib(n_bytes: int | None) -> str:
@@ -36,7 +39,7 @@ def _widths(columns: list[str], rows: list[list[str]]) -> list[int]:
     ]
 
 
-def table(report: Any) -> None:
+def table(report: BenchmarkReport) -> None:
     """The report as a rich table: one row per size and model form, every figure in full in a
     terminal of 80 columns or more."""
     compare = any(r.speedup is not None for r in report.rows)
@@ -84,7 +87,7 @@ def table(report: Any) -> None:
         ui.warn(f"out of memory at --size {sizes}: not timed (see the note under the table)")
 
 
-def partial(report: Any, *, json_out: bool = False) -> None:
+def partial(report: BenchmarkReport, *, json_out: bool = False) -> None:
     """What a Ctrl-C left of the run: the sizes finished before it, as the table (marked partial)
     or as JSON (``interrupted_after`` set); nothing when no size was finished."""
     if not report.interrupted_after:
@@ -95,7 +98,7 @@ def partial(report: Any, *, json_out: bool = False) -> None:
         table(report)
 
 
-def as_json(report: Any) -> None:
+def as_json(report: BenchmarkReport) -> None:
     """The report as JSON on stdout (every timed run included): plain text, as eval's ``--json -``;
     ASCII, so that any stdout encoding carries its paths unchanged. (rich's ``print_json`` added
     colour codes under ``FORCE_COLOR`` and wrote a path as ``caf?.pt`` to an ASCII stdout.)"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 from rich.table import Table
@@ -16,6 +16,9 @@ from pdseg_cli.data.eval_splits import PUBLISHED_SIZES
 from pdseg_cli.engine.evaluate import image_folder, image_line, wxh
 from pdseg_cli.errors import counted, listing
 from pdseg_cli.metrics.table import TABLE_METRICS
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.eval_report import EvalReport
 
 _MAX_LISTED = 10  # warnings shown one per line; the rest are counted
 
@@ -74,7 +77,7 @@ def progress(description: str, total: int) -> Iterator[Callable[..., None]]:
         yield lambda *_args: advance()
 
 
-def render(report: Any, *, table_on_stderr: bool = False) -> None:
+def render(report: EvalReport, *, table_on_stderr: bool = False) -> None:
     """The DIS table on stdout (on stderr when stdout carries ``--json -`` or ``--csv -``), then
     the notes on stderr.
 
@@ -140,7 +143,7 @@ def render(report: Any, *, table_on_stderr: bool = False) -> None:
     notes(report)
 
 
-def notes(report: Any) -> None:
+def notes(report: EvalReport) -> None:
     """Resized predictions, skipped and unmatched files, and the split's warnings (stderr); the
     warnings, stretched maps among them, come from the report, so its JSON holds them too."""
     for split in report.splits:

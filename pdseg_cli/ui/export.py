@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pdseg_cli import ui
 from pdseg_cli.errors import counted
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.export import ExportReport
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -21,7 +24,7 @@ def step(message: str) -> None:
     ui.info(f"{message} ...")
 
 
-def checks_table(report: Any) -> None:
+def checks_table(report: ExportReport) -> None:
     """The exported file against PyTorch, one row per checked input shape (stdout)."""
     if not report.checks:
         return
@@ -45,7 +48,7 @@ def checks_table(report: Any) -> None:
     )
 
 
-def _precision(report: Any) -> str:
+def _precision(report: ExportReport) -> str:
     """``fp16`` for an export's graph; a checkpoint's precision is its storage only."""
     precision = str(report.metadata.precision)
     if report.format != "checkpoint":
@@ -53,7 +56,7 @@ def _precision(report: Any) -> str:
     return "fp16 storage, loaded as fp32" if precision == "fp16" else precision
 
 
-def done(report: Any) -> None:
+def done(report: ExportReport) -> None:
     """The success line, naming the file and what it holds (stderr)."""
     meta = report.metadata
     n = len(report.checks)
@@ -71,7 +74,7 @@ def done(report: Any) -> None:
         ui.warn("the exported file was not compared with PyTorch; run without --no-check to verify it")
 
 
-def failed(report: Any, message: str, hint: str | None) -> None:
+def failed(report: ExportReport, message: str, hint: str | None) -> None:
     """The parity table and the error lines of a failed check."""
     checks_table(report)
     ui.error(message, hint)

@@ -7,12 +7,15 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdseg_cli import ui
 from pdseg_cli.data.images import IMAGE_KINDS, convert_phone_photos
 from pdseg_cli.engine.predict_plan import is_broken_link, is_unfollowed_folder_link
 from pdseg_cli.errors import counted, listing
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.predict_summary import FileResult, PredictSummary
 
 
 def left_in_out(out: Any, paths: list[Any]) -> None:
@@ -58,7 +61,7 @@ def nothing_left(out: Any, skipped: int) -> None:
 
 
 def interrupted(
-    skipping: bool, seen: Sequence[Any] = (), total: int | None = None, *, whole_run: bool = True
+    skipping: bool, seen: Sequence[FileResult] = (), total: int | None = None, *, whole_run: bool = True
 ) -> None:
     """How far Ctrl-C let the run get (``seen``: the file results so far; the failed ones were
     named as they failed) and how to go on: every file written so far is whole (atomic writes).
@@ -73,7 +76,7 @@ def interrupted(
     ui.info(f"stopped: every file written so far is complete; {again} to do only the rest", essential=True)
 
 
-def stopped(result: Any, total: int) -> None:
+def stopped(result: PredictSummary, total: int) -> None:
     """How far a run got before a write that no other image could escape stopped it (a full disk);
     the error line and its hint come after, from the command's error handling.
 
@@ -84,7 +87,7 @@ def stopped(result: Any, total: int) -> None:
     ui.info(_how_far(result.results, total))
 
 
-def _how_far(seen: Sequence[Any], total: int | None) -> str:
+def _how_far(seen: Sequence[FileResult], total: int | None) -> str:
     """``stopped after 8 of 40 images: 7 done, 1 failed``, from file results."""
     done = sum(r.status == "done" for r in seen)
     skipped = sum(r.status == "skipped" for r in seen)
@@ -107,7 +110,7 @@ def progress(
     rank 0), the process still names its own failures, each said by one process only.
     """
 
-    def record(result: Any) -> None:
+    def record(result: FileResult) -> None:
         if seen is not None:
             seen.append(result)
         if result.status == "failed":
@@ -118,7 +121,7 @@ def progress(
         return
     with ui.progress_bar("predict", total=total, unit="img") as advance:
 
-        def step(result: Any) -> None:
+        def step(result: FileResult) -> None:
             record(result)
             advance()
 
@@ -177,7 +180,7 @@ def _not_read(files: Sequence[str]) -> str:
     return line
 
 
-def summary(result: Any, *, table_on_stderr: bool = False) -> None:
+def summary(result: PredictSummary, *, table_on_stderr: bool = False) -> None:
     """The end summary table (stdout), then the files not read, warnings, and the failed files'
     count with how to go on (stderr; :func:`progress` named each failed file as it failed).
 

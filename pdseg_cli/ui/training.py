@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdseg_cli import ui
 from pdseg_cli.errors import counted
+
+if TYPE_CHECKING:
+    from pdseg_cli.engine.train_events import TrainEvent, TrainResult
 
 
 class TrainingView:
@@ -26,7 +29,7 @@ class TrainingView:
         self._out = ""
         self._epoch_seconds: list[float] = []  # this session's epochs, for the time left
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: TrainEvent) -> None:
         handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None:
             handler(event)
@@ -46,7 +49,7 @@ class TrainingView:
 
     # -- events ----------------------------------------------------------------------------------
 
-    def _on_prepare(self, event: Any) -> None:
+    def _on_prepare(self, event: TrainEvent) -> None:
         v = event.values
         key = f"prepare-{v['split']}"
         if self._bar != key:
@@ -56,7 +59,7 @@ class TrainingView:
         if v["done"] >= v["total"]:
             self.close()
 
-    def _on_start(self, event: Any) -> None:
+    def _on_start(self, event: TrainEvent) -> None:
         v = event.values
         self._epochs, self._out = v["epochs"], v["out"]
         val = f", validating on {v['n_val']} ({v['val_dir']})" if v["val_dir"] else ", no validation"
@@ -82,7 +85,7 @@ class TrainingView:
         if v["resumed"] and v["start_epoch"] <= v["epochs"]:  # a finished run said so already
             ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
 
-    def _on_epoch_start(self, event: Any) -> None:
+    def _on_epoch_start(self, event: TrainEvent) -> None:
         self._open(
             "epoch", f"epoch {event.epoch}/{self._epochs}", event.total, unit="it", fields=("loss", "lr")
         )
@@ -90,14 +93,14 @@ class TrainingView:
             assert self._advance is not None
             self._advance(event.step)
 
-    def _on_step(self, event: Any) -> None:
+    def _on_step(self, event: TrainEvent) -> None:
         if self._advance is not None and self._bar == "epoch":
             self._advance(loss=event.values["loss"], lr=event.values["lr"])
 
-    def _on_validate(self, event: Any) -> None:
+    def _on_validate(self, event: TrainEvent) -> None:
         self.close()
 
-    def _on_epoch_end(self, event: Any) -> None:
+    def _on_epoch_end(self, event: TrainEvent) -> None:
         self.close()
         v = event.values
         parts = [f"epoch {event.epoch}/{self._epochs}", f"loss {v['loss']:.4f}"]
@@ -113,18 +116,18 @@ class TrainingView:
             parts.append(f"about {ui.duration(left * mean)} left")
         ui.info(" · ".join(parts))
 
-    def _on_notice(self, event: Any) -> None:
+    def _on_notice(self, event: TrainEvent) -> None:
         ui.warn(event.values["message"])
 
-    def _on_info(self, event: Any) -> None:
+    def _on_info(self, event: TrainEvent) -> None:
         ui.info(event.values["message"])
 
-    def _on_stopped(self, event: Any) -> None:
+    def _on_stopped(self, event: TrainEvent) -> None:
         self.close()
         ui.info(f"saved {event.values['checkpoint']} at step {event.values['steps']}")
 
 
-def summary(result: Any, resume_command: str) -> None:
+def summary(result: TrainResult, resume_command: str) -> None:
     """The epoch table (stdout) and where the weights are (stderr).
 
     Args:
