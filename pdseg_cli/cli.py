@@ -39,6 +39,10 @@ _EVAL_OUT = (
     "with --save-preds DIR"
 )
 
+_INFO_FILE = (
+    "info takes the weights file as its argument: pdseg info FILE (.pt, .onnx or .ts), or a variant name"
+)
+
 # options that users carry over from another command, where click's "Possible options" points the
 # wrong way: (command, option typed) -> the hint that says what this command takes instead
 WRONG_OPTIONS = {
@@ -49,20 +53,38 @@ WRONG_OPTIONS = {
     ("eval", "--out"): _EVAL_OUT,
     ("export", "--size"): "an exported file takes any batch, height and width (its input size is dynamic); "
     "--check-shape BxCxHxW sets the shapes the check runs, e.g. --check-shape 1x3x1024x1024",
+    ("info", "-w"): _INFO_FILE,
+    ("info", "--weights"): _INFO_FILE,
+}
+
+# a value given to a switch that takes none, where other commands' option of that name takes one:
+# (command, switch) -> the hint
+SWITCH_VALUES = {
+    ("benchmark", "--json"): "benchmark's --json prints the JSON to standard output instead of the table: "
+    "pdseg benchmark --json > bench.json",
 }
 
 
-def _wrong_option(ctx: typer.Context, exc: Exception) -> None:
-    """Say a known cross-command confusion (``pdseg train --weights``) in pdseg's own two lines
-    and exit 2; any other usage error keeps click's usage box. Click's exception classes are
-    matched by name: Typer vendors click in new versions."""
-    if type(exc).__name__ != "NoSuchOption":
-        return
-    option = getattr(exc, "option_name", "")
-    hint = WRONG_OPTIONS.get((ctx.info_name or "", option))
-    if hint is not None:
-        ui.error(f"pdseg {ctx.info_name} has no {option} option", hint)
-        raise typer.Exit(2) from None
+def _wrong_option(ctx: typer.Context, exc: Exception, args: list[str]) -> None:
+    """Say a known cross-command confusion (``pdseg train --weights``, ``pdseg benchmark --json
+    FILE``) in pdseg's own two lines and exit 2; any other usage error keeps click's usage box.
+    Click's exception classes are matched by name: Typer vendors click in new versions."""
+    command = ctx.info_name or ""
+    if type(exc).__name__ == "NoSuchOption":
+        option = getattr(exc, "option_name", "")
+        hint = WRONG_OPTIONS.get((command, option))
+        known = {name for param in ctx.command.params for name in (*param.opts, *param.secondary_opts)}
+        if hint is None and option.lower() != option and option.lower() in known:  # click offered others
+            hint = f"options are lower case: {option.lower()}"
+        if hint is not None:
+            ui.error(f"pdseg {command} has no {option} option", hint)
+            raise typer.Exit(2) from None
+    elif "unexpected extra argument" in str(exc):
+        for (name, switch), hint in SWITCH_VALUES.items():
+            at = args.index(switch) if name == command and switch in args else -1
+            if 0 <= at < len(args) - 1 and not args[at + 1].startswith("-"):
+                ui.error(f"pdseg {command} {switch} takes no value (got {args[at + 1]})", hint)
+                raise typer.Exit(2) from None
 
 
 def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
@@ -76,11 +98,12 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
 
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
         def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+            given = list(args)  # click's parser consumes the list it gets
             try:
                 return super().parse_args(ctx, args)
             except Exception as exc:  # click's UsageError, matched by name in _wrong_option
                 ui.set_quiet(False)  # an eager -q was read before the error: no command runs
-                _wrong_option(ctx, exc)
+                _wrong_option(ctx, exc, given)
                 raise
 
         def get_params(self, ctx: typer.Context) -> list[Any]:

@@ -800,6 +800,18 @@ def test_json_and_csv_carry_the_same_counts_and_every_warning(tmp_path: Path) ->
     assert data["notes"]["s"]["missing"] == [CASES[1]]
 
 
+def test_the_splits_own_images_are_refused_as_predictions(tmp_path: Path) -> None:
+    # the photos, read as gray maps, gave a plausible table of low scores and exit 0
+    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    photos = _run("--split", split, "--pred", split / "im", cache=tmp_path / "c")
+    assert photos.exit_code == 2, photos.output
+    assert "image folder" in flat(photos.output) and "drop --pred" in flat(photos.output)
+    (tmp_path / "p" / "s").mkdir(parents=True)
+    (tmp_path / "p" / "s" / "im").symlink_to(split / "im", target_is_directory=True)
+    linked = _run("--split", split, "--pred", tmp_path / "p" / "s" / "im", cache=tmp_path / "c")
+    assert linked.exit_code == 2 and "image folder" in flat(linked.output)  # the same folder by a link
+
+
 def test_json_and_csv_outputs_go_to_stdout_or_distinct_files(tmp_path: Path) -> None:
     split = edge_case_split(tmp_path / "s", CASES[:2])
     base = ["--split", split, "--pred", split / "pred"]

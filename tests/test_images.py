@@ -252,6 +252,8 @@ def test_parse_color() -> None:
     assert T.parse_color("1,2,3") == (1, 2, 3)
     with pytest.raises(ValueError, match="not a colour"):
         T.parse_color("bluish")
+    with pytest.raises(ValueError, match=r"each of r,g,b is 0\.\.255"):  # not only "not a colour"
+        T.parse_color("300,0,0")
 
 
 def test_composite_and_cutout_keep_sample_type() -> None:

@@ -65,6 +65,28 @@ def test_export_size_points_to_check_shape() -> None:
     assert "--check-shape 1x3x1024x1024" in text and "dynamic" in text
 
 
+@pytest.mark.parametrize("flag", ["-w", "--weights"])
+def test_info_weights_points_to_its_argument(flag: str) -> None:
+    text = _refused("info", flag, "runs/a/last.pt")
+    assert f"error: pdseg info has no {flag} option" in text and "pdseg info FILE" in text
+
+
+def test_benchmark_json_with_a_file_says_it_prints_to_stdout() -> None:
+    # predict's and eval's --json take a file; benchmark's is a switch, and the file was an
+    # "unexpected extra argument" in click's box
+    text = _refused("benchmark", "--json", "bench.json")
+    assert "error: pdseg benchmark --json takes no value (got bench.json)" in text
+    assert "pdseg benchmark --json > bench.json" in text
+    other = run_cli("benchmark", "-s", "64", "stray", columns=200)  # any other extra: click's box
+    assert other.exit_code == 2 and "unexpected extra argument" in other.output
+
+
+def test_an_option_in_capitals_is_named_in_lower_case() -> None:
+    text = _refused("predict", "imgs", "--Out", "masks")  # click suggested --out, --quiet, --tta
+    assert "error: pdseg predict has no --Out option" in text
+    assert "hint: options are lower case: --out" in text
+
+
 def test_other_unknown_options_keep_clicks_usage_box() -> None:
     result = run_cli("predict", "--bogus", columns=200)
     assert result.exit_code == 2
@@ -165,6 +187,8 @@ def test_predict_option_errors_have_hints(tmp_path: Path) -> None:
         "predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "--save", "mask,composite", "--bg", "zzz"
     )
     assert "--bg" in text and "hint: e.g. --bg white" in text
+    text = _refused("predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "-s", "1024")  # benchmark's -s
+    assert "--save '1024' is not an output kind" in text and "the working size is --size 1024" in text
     a_file = tmp_path / "fake.pt"
     a_file.write_bytes(b"x")
     text = _refused("predict", EXAMPLE_IMAGES, "-o", a_file)

@@ -184,7 +184,7 @@ def eval_(
             if pred is not None:
                 plans = [
                     plan_pairs(
-                        eval_splits.prediction_folder(pred, name, len(splits) > 1),
+                        eval_splits.prediction_folder(pred, name, len(splits) > 1, folder),
                         folder / MASK_DIR,
                         name=name,
                     )

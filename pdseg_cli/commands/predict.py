@@ -93,7 +93,8 @@ def predict(
         typer.Option(
             "--threshold",
             "-t",
-            help="Write binary masks: 255 where the probability is >= T (0 < T < 1), else 0.",
+            help="Binary maps: 255 where the probability is >= T (0 < T < 1), else 0; --save alpha "
+            "and composite are cut with that hard edge too.",
         ),
     ] = None,
     recursive: Annotated[

@@ -85,8 +85,8 @@ def resolve_root(data_root: str | os.PathLike[str] | None, layout: str | None = 
                 f"--data-root {data_root} {what}",
                 hint=f"did you mean --data-root {close}?"
                 if close is not None
-                else f"give the folder that holds {TRAIN_SPLIT}/, DIS-VD/ and DIS-TE1/ .. DIS-TE4/, e.g. "
-                f"--data-root ~/data/DIS5K{layout_note}",
+                else f"give the folder that holds {TRAIN_SPLIT}/, DIS-VD/ and DIS-TE1/ .. DIS-TE4/ (DIS5K "
+                f"unpacked){layout_note}",
             )
         raise DataError(
             f"DIS5K root {root} (from {source}) is not a folder",

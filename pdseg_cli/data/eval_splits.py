@@ -217,18 +217,19 @@ def scored_split_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
+def prediction_folder(pred_root: Path, name: str, several: bool, split_dir: Path | None = None) -> Path:
     """Where ``--pred`` keeps a split's maps: ``pred_root/<name>/`` if it exists (or, for a DIS5K
     split, ``pred_root/DIS5K-TE1/`` as IS-Net's inference names it), else ``pred_root``.
 
-    With several splits, each must have its own subfolder.
+    With several splits, each must have its own subfolder. The split's own ``im/`` (``split_dir``)
+    is refused: its photos, read as gray maps, gave a table of plausible-looking low scores.
 
     Raises:
-        DataError: the folder is missing.
+        DataError: the folder is missing, or is the split's image folder.
     """
     for sub in _prediction_subfolders(pred_root, name):
         if sub.is_dir():
-            return sub
+            return _not_the_images(sub, pred_root, name, split_dir)
     if several:
         raise DataError(
             f"--pred {pred_root}: no subfolder {name}/ for split {name}",
@@ -240,7 +241,20 @@ def prediction_folder(pred_root: Path, name: str, several: bool) -> Path:
             f"--pred {pred_root} {what}: it takes the folder of prediction maps",
             hint="give the folder that holds <stem>.png per GT (or <split>/<stem>.png per split)",
         )
-    return pred_root
+    return _not_the_images(pred_root, pred_root, name, split_dir)
+
+
+def _not_the_images(found: Path, pred_root: Path, name: str, split_dir: Path | None) -> Path:
+    """``found``, unless it is the split's own image folder (see :func:`prediction_folder`)."""
+    images = split_dir / IMAGE_DIR if split_dir is not None else None
+    if images is not None and images.is_dir() and os.path.samefile(found, images):
+        raise DataError(
+            f"--pred {pred_root} is {name}'s image folder ({images}): --pred takes a model's maps of "
+            "those images, not the images",
+            hint="drop --pred to run a model on them (--weights FILE, default the bundled weights), or "
+            "give the folder of saved maps (pdseg predict IMAGES -o MAPS writes them)",
+        )
+    return found
 
 
 def _prediction_subfolders(pred_root: Path, name: str) -> list[Path]:

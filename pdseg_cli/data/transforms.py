@@ -417,8 +417,10 @@ def parse_color(text: str) -> tuple[int, int, int]:
             hexpart = "".join(c * 2 for c in hexpart)
         return (int(hexpart[0:2], 16), int(hexpart[2:4], 16), int(hexpart[4:6], 16))
     parts = t.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+    if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
         r, g, b = (int(p) for p in parts)
+        if max(r, g, b) > 255:
+            raise ValueError(f"not a colour: {text!r} (each of r,g,b is 0..255)")
         return (r, g, b)
     raise ValueError(
         f"not a colour: {text!r} (use a name such as {', '.join(list(_COLOR_NAMES)[:5])}, "

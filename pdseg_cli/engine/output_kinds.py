@@ -181,9 +181,13 @@ def parse_save(values: Iterable[str] | str | None) -> tuple[str, ...]:
                 continue
             if kind not in OUTPUT_KINDS:
                 close = difflib.get_close_matches(kind, names, n=1)
+                if kind.isdigit() or kind == "full":  # `-s 1024`: -s is --size in benchmark
+                    hint = f"-s is --save here; the working size is --size {kind} (no short form)"
+                else:
+                    hint = f"did you mean {close[0]}?" if close else "e.g. --save mask,alpha"
                 raise InputError(
                     f"--save {part.strip()!r} is not an output kind (choose from {', '.join(names)})",
-                    hint=f"did you mean {close[0]}?" if close else "e.g. --save mask,alpha",
+                    hint=hint,
                 )
             if kind not in kinds:
                 kinds.append(kind)

@@ -409,8 +409,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                 )
             else:
                 hint = (
-                    "MSCAN ImageNet weights go to load_backbone / pdseg train --backbone-weights; pdseg "
-                    "checkpoints come from save_checkpoint or `pdseg train`"
+                    "MSCAN ImageNet weights start a training run: pdseg train --backbone-weights FILE "
+                    "(Python: load_backbone); a pdseg checkpoint is what pdseg train writes (Python: "
+                    "save_checkpoint)"
                 )
             raise WeightsError(
                 f"{path} is a bare state_dict, not a pdseg checkpoint (no model config inside)", hint=hint
