@@ -25,7 +25,9 @@ class PdsegError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message} ({self.hint})"
+        # one line where the hint has no line of its own (a file's failure in a run, a Python
+        # caller's exception); "; ", not brackets: messages often end in a bracket of their own
+        return self.message if not self.hint else f"{self.message}; {self.hint}"
 
 
 class Interrupted(KeyboardInterrupt):

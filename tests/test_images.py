@@ -512,3 +512,42 @@ def test_plain_pnm_files_are_read_to_their_last_sample(tmp_path: Path, text: byt
     if expected.ndim == 2:
         expected = np.repeat(expected[..., None], 3, axis=2)
     np.testing.assert_array_equal(pixels, expected)
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_file_is_warned_of(tmp_path: Path) -> None:
+    # a scanner's 0..4095 in a 16-bit file reads nearly black, and the model finds nothing in it
+    twelve = (np.arange(60 * 40 * 3, dtype=np.uint16).reshape(60, 40, 3) % 4081).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "scan.tif", twelve, photometric="rgb")
+    loaded = imio.read_image(tmp_path / "scan.tif")
+    assert np.array_equal(loaded.pixels, twelve)  # read as stored
+    assert [w for w in loaded.warnings if "samples stop at 4080 of 65535 (12-bit data" in w]
+    cv2.imwrite(str(tmp_path / "full.png"), twelve * 16)  # the same scan on the full 16-bit scale
+    assert imio.read_image(tmp_path / "full.png").warnings == []
+
+
+def test_a_tiff_without_image_data_is_refused_and_one_missing_strips_is_warned_of(tmp_path: Path) -> None:
+    # a write that stopped after the header: strip offsets and byte counts all 0, read as black and
+    # reported done with an empty mask
+    tifffile.imwrite(tmp_path / "whole.tif", np.full((64, 48, 3), 200, np.uint8), rowsperstrip=16)
+    data = bytearray((tmp_path / "whole.tif").read_bytes())
+    entries = []  # (where the tag's values are, bytes per value)
+    with tifffile.TiffFile(tmp_path / "whole.tif") as tif:
+        page = tif.pages[0]
+        assert len(page.dataoffsets) == 4
+        for name in ("StripOffsets", "StripByteCounts"):
+            tag = page.tags[name]
+            entries.append((tag.valueoffset, {"SHORT": 2, "LONG": 4}[tag.dtype.name]))
+
+    def emptied(strips: range) -> bytes:
+        out = bytearray(data)
+        for at, width in entries:
+            for strip in strips:
+                out[at + strip * width : at + (strip + 1) * width] = bytes(width)
+        return bytes(out)
+
+    (tmp_path / "part.tif").write_bytes(emptied(range(3, 4)))
+    loaded = imio.read_image(tmp_path / "part.tif")
+    assert [w for w in loaded.warnings if "1 of its 4 strips hold no data" in w]
+    (tmp_path / "none.tif").write_bytes(emptied(range(4)))
+    with pytest.raises(InputError, match="a TIFF with no image data"):
+        imio.read_image(tmp_path / "none.tif")

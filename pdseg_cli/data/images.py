@@ -207,6 +207,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         raise InputError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
     if pixels.dtype == np.float32:
         pixels = _finite(pixels, path, warnings)
+    elif pixels.dtype == np.uint16:
+        _note_few_bits(pixels, path, warnings)
     alpha = _kept_alpha(alpha, pixels.dtype)
     return LoadedImage(
         np.ascontiguousarray(pixels), path, warnings, alpha=alpha, icc_profile=icc, density=density
@@ -295,6 +297,20 @@ def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
             f"{path}: {bad:,} {'pixel is' if bad == 1 else 'pixels are'} NaN or infinite; read as 0"
         )
     return pixels
+
+
+def _note_few_bits(pixels: np.ndarray, path: Path, warnings: list[str]) -> None:
+    """A warning for a 16-bit image whose samples all fit in 12 bits or fewer: a scanner's or
+    camera's 12-bit data stored in a 16-bit file reads 16 times too dark (0..4095 of 65535), and
+    the model, shown a black image, finds nothing (a map topping out at byte 23). The file has no
+    tag that says so (TIFF's MaxSampleValue is for statistics only), so it is read as stored."""
+    top = int(pixels.max())
+    if 0 < top < 4096:
+        warnings.append(
+            f"{path}: a 16-bit image whose samples stop at {top} of 65535 ({top.bit_length()}-bit data "
+            "in a 16-bit file?): read as stored, nearly black, so its map may be empty; scale it to "
+            "the full 16 bits (or save it as 8-bit) first"
+        )
 
 
 def _pnm_full_scale(array: np.ndarray, pnm: PnmHeader | None) -> np.ndarray:
@@ -443,6 +459,33 @@ def _opencv_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
+def _check_strips(page: Any, path: Path, warnings: list[str]) -> None:
+    """Refuse a TIFF page none of whose strips or tiles holds data (offsets and byte counts 0: a
+    writer that failed after the header, or a crashed scan), and warn of one where some hold none.
+    tifffile and libtiff fill such strips with 0 without a word: the image read as black and its
+    map as empty, reported done. (A GDAL "sparse" file leaves empty tiles so on purpose; its
+    tiles then do read as the fill value, which the warning says.)
+
+    Raises:
+        InputError: no strip or tile of the page holds data.
+    """
+    counts = tuple(getattr(page, "databytecounts", ()) or ())
+    empty = sum(1 for count in counts if not count)
+    if not counts or not empty:
+        return
+    pieces = "tiles" if getattr(page, "is_tiled", False) else "strips"
+    if empty == len(counts):
+        raise InputError(
+            f"{path}: a TIFF with no image data (all {len(counts)} of its {pieces} are empty: a write "
+            "that stopped after the header?)",
+            hint="check that the file is complete (export or copy it again)",
+        )
+    warnings.append(
+        f"{path}: {empty} of its {len(counts)} {pieces} hold no data (a write that stopped part-way?): "
+        "read as 0 there"
+    )
+
+
 def _read_tiff(
     path: Path, warnings: list[str]
 ) -> tuple[np.ndarray, np.ndarray | None, bytes | None, Density | None]:
@@ -474,6 +517,7 @@ def _read_tiff(
             if len(tif.pages) > 1:
                 warnings.append(_pages_note(path, len(tif.pages), index))
             page = tif.pages[index]
+            _check_strips(page, path, warnings)
             compression = getattr(page.compression, "name", str(page.compression))
             photometric = int(page.photometric)
             bits = int(page.bitspersample)
