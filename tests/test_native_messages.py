@@ -167,6 +167,7 @@ def test_opencv_decode_errors_from_loadsave_come_back_to_their_file(capfd):
     assert image is None
     err = capfd.readouterr().err
     assert "loadsave.cpp" not in err and "[ERROR" not in err  # no bare OpenCV log line
+    assert "\n" not in err  # nor the blank line OpenCV writes after it (one per file, under -q too)
     # "[ERROR:0@2.759] global loadsave.cpp:1409 imdecode_ imdecode_(''): can't read data: OpenCV(4.x)
     # .../grfmt_tiff.cpp:926: error: (-2:Unspecified error) OpenCV TIFF: failed ... in function 'readData'"
     read = [m for m in messages if m.startswith("can't read data")]
