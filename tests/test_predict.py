@@ -599,6 +599,23 @@ def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckp
     assert not (tmp_path / "out").exists()  # refused before the output folder is made
 
 
+def test_inputs_of_one_name_in_two_folders_get_their_common_folder_with_recursive(
+    tmp_path: Path, ckpt: Path
+) -> None:
+    # "use --recursive" alone was refused the same way: inputs named apart share one output folder
+    for name in ("dA", "dB"):
+        (tmp_path / "p" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "p" / name / "cat.jpg"), textured_image(10, 10))
+    out = tmp_path / "p" / "o"
+    result = _run(tmp_path / "p" / "dA", tmp_path / "p" / "dB", "-o", out, "-w", ckpt)
+    assert result.exit_code == 2
+    command = f"pdseg predict {tmp_path / 'p'} -r -o {out}"
+    assert no_space(command) in no_space(result.output)
+    again = _run(tmp_path / "p", "-r", "-o", out, "-w", ckpt)  # the hint's command works
+    assert again.exit_code == 0, again.output
+    assert (out / "dA" / "cat.png").is_file() and (out / "dB" / "cat.png").is_file()
+
+
 def _long_named_inputs(folder: Path) -> list[Path]:
     """Images whose mask name fits in 255 bytes and whose ``_composite.png`` does not: 245 ASCII
     letters, and 122 two-byte letters (244 bytes: the limit counts UTF-8 bytes, not characters)."""

@@ -535,7 +535,19 @@ def _refuse_clashes(
         ]
         hint = f"rename one of each pair, or run each kind into its own --out: {runs[0]}, then {runs[1]}"
     elif across_folders and not recursive:
-        hint += ", or use --recursive to mirror subfolders"
+        # inputs named apart (dA dB) get the same output folder with -r too; their common folder
+        # read with -r mirrors each one's subfolder under --out
+        folders = [str(a.parent) for pair in pairs for a in pair]
+        try:  # as typed (dA, dB -> .), else absolute where relative and absolute paths mix
+            parent = Path(os.path.commonpath(folders) or ".")
+        except ValueError:
+            parent = Path(os.path.commonpath([os.path.abspath(f) for f in folders]))
+        if parent.absolute().parent != parent.absolute() and out is not None:  # not the root
+            hint += (
+                f", or segment their common folder with --recursive, which mirrors its subfolders "
+                f"under --out (and reads every image under it): pdseg predict {shell_quote(str(parent))} "
+                f"-r -o {shell_quote(str(out))}"
+            )
     raise InputError(
         f"{counted(len(pairs), 'pair')} of inputs would write the same output files "
         f"(e.g. {clashes[0][2]}): {listing(named, 5, sep='; ')}" + (case_note if by_case else ""),
