@@ -1172,6 +1172,54 @@ def test_full_size_warns_for_models_trained_small_and_offers_no_bigger_size() ->
     assert full_size_note("full", FULL_SIZE_TRAINED) is None and full_size_note(512, 256) is None
 
 
+def test_a_ctrl_c_that_waits_for_long_writes_says_so_at_once(
+    folder: Path, tmp_path: Path, ckpt: Path, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a large scan's outputs take tens of seconds to write: the Ctrl-C seemed to do nothing, and
+    # was pressed again
+    import signal
+    import threading
+
+    from pdseg_cli.engine import predict_run
+    from pdseg_cli.engine.predict_summary import PredictInterrupted
+
+    real = predict_run._write_outputs
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def slow_after_the_first(plan: object, prepared: predict_run._Prepared, *rest: object) -> object:
+        if prepared.item.path.name != "a.jpg":
+            with lock:
+                started.append(prepared.item.path.name)
+                if len(started) == 2:  # both slow writes under way: the user presses Ctrl-C
+                    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            time.sleep(3 * predict_run.STOP_NOTICE_S)
+        return real(plan, prepared, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predict_run, "_write_outputs", slow_after_the_first)
+    plan = plan_predict([folder], tmp_path / "out")
+    said: list[int] = []
+    with pytest.raises(PredictInterrupted) as info:
+        predictor.run_plan(plan, batch=3, on_stopping=said.append, write_workers=3)
+    assert said in ([2], [1])  # b.png and c.tif (or the later one), still being written
+    assert info.value.summary.done == 3  # and finished: written whole, not cut short
+    started.clear()
+    result = _run(folder, "-o", tmp_path / "cli", "-w", ckpt, "--batch", "3")  # said as a status line
+    assert result.exit_code == 130 and "stopping: finishing the" in flat(result.output)
+    assert len(list((tmp_path / "cli").iterdir())) == 3
+
+    def ctrl_c(result: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_run, "_write_outputs", real)
+    quick: list[int] = []
+    with pytest.raises(PredictInterrupted):  # writes that end within the second: nothing to say
+        predictor.run_plan(
+            plan_predict([folder], tmp_path / "o2"), on_progress=ctrl_c, on_stopping=quick.append
+        )
+    assert quick == []
+
+
 def test_a_second_ctrl_c_waits_for_the_writes_in_flight() -> None:
     # a writer thread still inside an encoder as the interpreter exits aborts the process
     # (std::terminate): a second Ctrl-C during the wait for the writers no longer cuts it short

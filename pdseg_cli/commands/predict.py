@@ -264,6 +264,7 @@ def predict(
                         batch=batch,
                         on_progress=advance,
                         dist=dist,
+                        on_stopping=prediction.finishing_writes if dist.is_main else None,
                     )
             except KeyboardInterrupt as exc:
                 if dist.is_main:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -506,11 +506,13 @@ class Predictor:
         dist: runtime.Distributed | None = None,
         read_workers: int | None = None,
         write_workers: int | None = None,
+        on_stopping: Callable[[int], None] | None = None,
     ) -> PredictSummary:
         """Carry out a :class:`PredictPlan`: read ahead, run the model in batches, write behind.
 
         Ctrl-C stops reading at once, lets the writes in progress finish (each one is atomic),
-        drops the queued ones and re-raises KeyboardInterrupt.
+        drops the queued ones and re-raises KeyboardInterrupt; ``on_stopping(n)`` hears of the
+        ``n`` writes it waits for, when they take more than a second.
         """
         check_threshold(threshold)
         check_kind("run_plan", "batch", batch, int)
@@ -526,6 +528,7 @@ class Predictor:
             dist=dist or runtime.Distributed(),
             read_workers=read_workers,
             write_workers=write_workers,
+            on_stopping=on_stopping,
         )
 
 

@@ -43,6 +43,7 @@ from pdseg_cli.errors import PdsegError, first_line
 
 Size = int | Literal["full"]  # a working size: N (NxN) or the image's own
 ProgressCallback = Callable[[FileResult], None]
+STOP_NOTICE_S = 1.0  # writes a Ctrl-C waits for longer than this are said (_FolderRun.say_writes_left)
 
 # Write errors of the output folder's file system, not of one image: every image after would be
 # read and segmented only to fail the same way (hours of a GPU over a large folder), so the first
@@ -120,6 +121,7 @@ def run_plan(
     dist: runtime.Distributed,
     read_workers: int | None = None,
     write_workers: int | None = None,
+    on_stopping: Callable[[int], None] | None = None,
 ) -> PredictSummary:
     """Segment the plan's images with ``predictor`` and write their outputs.
 
@@ -136,6 +138,7 @@ def run_plan(
     run = _FolderRun(
         predictor, plan, threshold, background, batch, on_progress, results, read_workers, write_workers
     )
+    run.on_stopping = on_stopping
     stop: Stop | None = None
     interrupted = False
     try:
@@ -213,6 +216,8 @@ class _FolderRun:
         self.writes: collections.deque[Future[FileResult]] = collections.deque()
         self.reported: Future[FileResult] | None = None  # the write last counted by collect_writes
         self.todo = iter(plan.todo)
+        # told how many writes a Ctrl-C waits for, when they outlast STOP_NOTICE_S (see run)
+        self.on_stopping: Callable[[int], None] | None = None
 
     def run(self) -> None:
         """Every image of the plan, read, segmented and written.
@@ -234,7 +239,10 @@ class _FolderRun:
             if not completed:
                 for f in self.reads:
                     f.cancel()
-            pressed = _wait_for(self.readers, cancel=True)
+            pressed = False
+            if isinstance(raised, KeyboardInterrupt):
+                pressed = self.say_writes_left()
+            pressed |= _wait_for(self.readers, cancel=True)
             pressed |= _wait_for(self.writers, cancel=not completed)
             if completed and pressed:  # a Ctrl-C while the last writes ended: not lost
                 raise KeyboardInterrupt
@@ -250,6 +258,26 @@ class _FolderRun:
                         # a stop met by a Ctrl-C: its failure is counted and named (a stop raised
                         # itself is counted by run_plan, as the run's one error)
                         self.finish(error.stop.result)
+
+    def say_writes_left(self) -> bool:
+        """After a Ctrl-C, tell ``on_stopping`` how many writes are still being made, when they
+        outlast :data:`STOP_NOTICE_S`: the outputs of a large scan take tens of seconds, and a
+        Ctrl-C that seemed to do nothing for that long was pressed again. True when a Ctrl-C came
+        meanwhile (the waits after go through it, as :func:`_wait_for` does)."""
+        if self.on_stopping is None:
+            return False
+        for f in self.writes:  # the queued ones are dropped (as _wait_for would): not waited for
+            f.cancel()
+        running = [f for f in self.writes if not f.done()]
+        if not running:
+            return False
+        try:
+            _, pending = wait(running, timeout=STOP_NOTICE_S)
+        except KeyboardInterrupt:
+            return True
+        if pending:
+            self.on_stopping(len(pending))
+        return False
 
     def segment_all(self) -> None:
         """Take the read images in order, in groups of one working size, to the model."""

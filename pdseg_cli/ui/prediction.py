@@ -76,6 +76,15 @@ def interrupted(
     ui.info(f"stopped: every file written so far is complete; {again} to do only the rest", essential=True)
 
 
+def finishing_writes(n: int) -> None:
+    """Said at once after a Ctrl-C that waits for outputs still being written (a large scan's take
+    tens of seconds): the run is stopping, not ignoring the key."""
+    ui.info(
+        f"stopping: finishing the {counted(n, 'output')} being written (a file is written whole or "
+        "not at all)"
+    )
+
+
 def stopped(result: PredictSummary, total: int) -> None:
     """How far a run got before a write that no other image could escape stopped it (a full disk);
     the error line and its hint come after, from the command's error handling.
