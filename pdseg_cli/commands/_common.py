@@ -267,7 +267,9 @@ DataRootOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-root",
-        help="The DIS5K folder (DIS-TR, DIS-VD, DIS-TE1..DIS-TE4 in it). Default: $PDSEG_DATA, else ./DIS5K.",
+        help="The DIS5K folder (DIS-TR, DIS-VD, DIS-TE1..DIS-TE4 in it, each with im/ and gt/), as "
+        "unpacked from the DIS data set's release (github.com/xuebinqin/DIS). Default: $PDSEG_DATA, "
+        "else ./DIS5K.",
         show_default=False,
     ),
 ]
