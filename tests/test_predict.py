@@ -588,6 +588,17 @@ def test_refuses_to_write_among_the_inputs(folder: Path, tmp_path: Path, ckpt: P
     assert sorted(p.name for p in jpegs.iterdir()) == ["a.jpg"]
 
 
+def test_the_folder_offered_instead_of_the_inputs_lies_beside_them(
+    folder: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--out .` inside in/ was offered "in-masks", which from there is in/in-masks, among the inputs
+    monkeypatch.chdir(folder)
+    result = _run("a.jpg", "-o", ".", "-w", ckpt)
+    assert result.exit_code == 2 and "e.g.../in-masks" in no_space(result.output)
+    monkeypatch.chdir(folder.parent)
+    assert "e.g.in-masks" in no_space(_run("in", "-o", "in", "-w", ckpt).output)
+
+
 def test_refuses_two_inputs_writing_one_output(folder: Path, tmp_path: Path, ckpt: Path) -> None:
     cv2.imwrite(str(folder / "a.png"), textured_image(10, 10))
     cv2.imwrite(str(folder / "b.bmp"), textured_image(10, 10))

@@ -494,6 +494,20 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
     )
 
 
+def _sibling_folder(out: Path) -> str:
+    """A folder beside ``out`` for its outputs (``photos`` -> ``photos-masks``; ``.`` inside
+    ``photos`` -> ``../photos-masks``, not a ``photos-masks`` inside it), written as ``out`` was:
+    relative to the working folder when ``out`` was given relative."""
+    whole = out.resolve()
+    sibling = whole.parent / f"{whole.name or 'images'}-masks"
+    if out.is_absolute():
+        return str(sibling)
+    try:
+        return os.path.relpath(sibling)
+    except ValueError:  # another drive on Windows
+        return str(sibling)
+
+
 def _refuse_clashes(
     clashes: list[tuple[InputFile, InputFile, Path]],
     recursive: bool,
@@ -885,8 +899,7 @@ def plan_predict(
             raise InputError(
                 f"--out {out} is the folder of the input {item.path}: outputs written there would be "
                 "read as inputs next time",
-                hint="choose an --out folder apart from the inputs, e.g. "
-                f"{out.resolve().name or 'images'}-masks",
+                hint=f"choose an --out folder apart from the inputs, e.g. {_sibling_folder(out)}",
             )
     # before any output path is looked at: the file system refuses to even look a too long name up
     _refuse_unnameable(out, inputs, save)
