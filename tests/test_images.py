@@ -551,3 +551,14 @@ def test_a_tiff_without_image_data_is_refused_and_one_missing_strips_is_warned_o
     (tmp_path / "none.tif").write_bytes(emptied(range(4)))
     with pytest.raises(InputError, match="a TIFF with no image data"):
         imio.read_image(tmp_path / "none.tif")
+
+
+def test_a_tiff_cut_short_is_said_so_not_in_tifffile_words(tmp_path: Path) -> None:
+    # "not a valid TIFF (corrupted tile @ (0, 0, 256, 768, 0) cannot be reshaped from ...)"
+    pixels = np.arange(128 * 128 * 3, dtype=np.uint8).reshape(128, 128, 3)
+    tifffile.imwrite(tmp_path / "whole.tif", pixels, tile=(32, 32), photometric="rgb")
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="a TIFF cut short: .* tiles lie past the end of the file") as info:
+        imio.read_image(tmp_path / "cut.tif")
+    assert "check that the file is complete" in str(info.value)

@@ -459,21 +459,39 @@ def _opencv_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def _check_strips(page: Any, path: Path, warnings: list[str]) -> None:
-    """Refuse a TIFF page none of whose strips or tiles holds data (offsets and byte counts 0: a
-    writer that failed after the header, or a crashed scan), and warn of one where some hold none.
+    """Refuse a TIFF page whose strips or tiles run past the end of the file (a copy cut short) or
+    none of which holds data (offsets and byte counts 0: a writer that failed after the header, or
+    a crashed scan), and warn of one where some hold none.
     tifffile and libtiff fill such strips with 0 without a word: the image read as black and its
     map as empty, reported done. (A GDAL "sparse" file leaves empty tiles so on purpose; its
     tiles then do read as the fill value, which the warning says.)
 
     Raises:
-        InputError: no strip or tile of the page holds data.
+        InputError: the page's data is cut short, or no strip or tile of it holds data.
     """
     counts = tuple(getattr(page, "databytecounts", ()) or ())
+    offsets = tuple(getattr(page, "dataoffsets", ()) or ())
+    pieces = "tiles" if getattr(page, "is_tiled", False) else "strips"
+    ends = [offset + count for offset, count in zip(offsets, counts, strict=False) if count]
+    size = _file_size(path)
+    if ends and size is not None and max(ends) > size:  # said as such, not as a tile "cannot be reshaped"
+        cut = sum(1 for end in ends if end > size)
+        raise InputError(
+            f"{path}: a TIFF cut short: {cut} of its {len(counts)} {pieces} lie past the end of the file "
+            f"({size:,} bytes, the image data runs to {max(ends):,})",
+            hint="check that the file is complete (copy or download it again)",
+        )
     empty = sum(1 for count in counts if not count)
     if not counts or not empty:
         return
-    pieces = "tiles" if getattr(page, "is_tiled", False) else "strips"
     if empty == len(counts):
         raise InputError(
             f"{path}: a TIFF with no image data (all {len(counts)} of its {pieces} are empty: a write "
