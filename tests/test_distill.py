@@ -19,7 +19,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from helpers import dead_pid, make_dataset, textured_image, tiny_checkpoint
+from helpers import dead_pid, flat, make_dataset, textured_image, tiny_checkpoint
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -109,6 +109,36 @@ def test_foreign_onnx_with_a_spec_equals_a_plain_script(foreign: Path, photo: np
     assert got.shape == photo.shape[:2]
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert (got == want).mean() > 0.99
+
+
+def test_a_probability_read_as_a_logit_is_warned_of_after_the_run(
+    foreign: Path, photo: np.ndarray, tmp_path: Path
+) -> None:
+    # sigmoid of 0..1 is bytes 127..186: grey maps, and nothing said why
+    wrong = Predictor(foreign, device="cpu", onnx_spec=FOREIGN_SPEC.replace("kind=probability", "kind=logit"))
+    assert wrong.doubts == []  # nothing run yet
+    grey = wrong.predict(photo)
+    assert 127 <= grey.min() and grey.max() <= 186
+    assert len(wrong.doubts) == 1 and "--onnx-spec kind=probability" in wrong.doubts[0]
+    right = Predictor(foreign, device="cpu", onnx_spec=FOREIGN_SPEC)
+    right.predict(photo)
+    assert right.doubts == []
+    cv2.imwrite(str(tmp_path / "p.png"), photo)
+    spec = FOREIGN_SPEC.replace("kind=probability", "kind=logit")
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "p.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "-w",
+            str(foreign),
+            "--onnx-spec",
+            spec,
+        ],
+    )
+    assert result.exit_code == 0 and "kind=probability" in flat(result.output)
 
 
 @pytest.mark.parametrize(

@@ -324,6 +324,7 @@ def _run_model(
     )
     for name, lines in done.no_prediction.items():
         ui.warn(f"{name}: {counted(len(lines), 'GT mask')} without a prediction: {listing(lines, 10)}")
+    prediction.doubts(predictor.doubts)  # before the scores of such maps
     return done.plans, done.settings
 
 

@@ -392,6 +392,8 @@ class OnnxModel(_ExportedModel):
         # a graph whose batch is fixed at 1 takes one image at a time, whatever --batch says
         self._one_at_a_time = bool(inp.shape) and inp.shape[0] == 1
         self._output_names = [o.name for o in self.session.get_outputs()]
+        # runs of a spec'd logit output, and those whose values all lay within 0..1 (doubts())
+        self._logit_runs = self._logit_runs_in_unit = 0
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec: OnnxSpec | None = None
         if "pdseg_metadata_version" in props:
@@ -508,6 +510,18 @@ class OnnxModel(_ExportedModel):
             return self.run(x, OUTPUT_PROBABILITIES).to(x.device)
         return torch.sigmoid(self.run(x, OUTPUT_LOGITS)).to(x.device)
 
+    def doubts(self) -> list[str]:
+        """What the runs so far say against the spec: an output taken as a logit whose every value
+        lay within 0..1, as a probability's do, gives grey maps (sigmoid(0..1) is bytes 127..186)
+        with nothing else to tell the user why."""
+        if not self._logit_runs or self._logit_runs_in_unit < self._logit_runs:
+            return []
+        return [
+            f"{self.path}: every map it gave lay within 0..1, as probabilities do, but is read as a logit "
+            "(kind=logit), so the maps come out grey (bytes 127..186); if it gives probabilities, pass "
+            "--onnx-spec kind=probability"
+        ]
+
     @property
     def area_downscale(self) -> bool:
         """Whether pdseg shrinks this model's inputs by area averaging, as it does its own models'
@@ -528,7 +542,11 @@ class OnnxModel(_ExportedModel):
         """Logits (B, 1, H, W), float32, on ``x``'s device, for input float (B, 3, H, W)."""
         if self.spec is not None:
             out = self.run(x, self._map_output)
-            return (out if self.spec.kind == "logit" else _logit(out)).to(x.device)
+            if self.spec.kind != "logit":
+                return _logit(out).to(x.device)
+            self._logit_runs += 1
+            self._logit_runs_in_unit += bool(out.numel()) and bool(out.min() >= 0) and bool(out.max() <= 1)
+            return out.to(x.device)
         if OUTPUT_LOGITS in self._output_names:
             return self.run(x, OUTPUT_LOGITS).to(x.device)
         return _logit(self.run(x, self._output_names[0])).to(x.device)

@@ -279,6 +279,13 @@ class Predictor:
         self.notes: list[str] = [n for n in (ignored, slow, far, recompiles) if n]
         self.notes += list(getattr(model, "notes", ()))
 
+    @property
+    def doubts(self) -> list[str]:
+        """Warnings the runs so far raise about how the model is read (a foreign ONNX output taken
+        as a logit that gives probabilities); said after a run, as they show only in its maps."""
+        found = getattr(self.model, "doubts", None)
+        return list(found()) if callable(found) else []
+
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
         mirrored too (--tta)``."""

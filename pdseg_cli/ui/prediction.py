@@ -76,6 +76,12 @@ def interrupted(
     ui.info(f"stopped: every file written so far is complete; {again} to do only the rest", essential=True)
 
 
+def doubts(lines: Sequence[str]) -> None:
+    """What the run showed about how the model is read (``Predictor.doubts``), after its table."""
+    for line in lines:
+        ui.warn(line)
+
+
 def finishing_writes(n: int) -> None:
     """Said at once after a Ctrl-C that waits for outputs still being written (a large scan's take
     tens of seconds): the run is stopping, not ignoring the key."""
