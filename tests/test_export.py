@@ -256,7 +256,7 @@ def test_missing_onnx_packages_give_the_install_hint(
     out = tmp_path / "m.onnx"
     result = run_cli("export", "-w", checkpoint, "-o", out, columns=250)
     assert result.exit_code == 2, result.output
-    assert 'pip install "pdseg[onnx]"' in flat(result.output)
+    assert "pip install onnx onnxruntime" in flat(result.output)
     assert "Traceback" not in result.output
     assert not out.exists()
     named = "the onnx package" if "onnx" in missing else "runs it with onnxruntime"
@@ -275,7 +275,7 @@ def test_onnx_model_without_onnxruntime(onnx_file: Path, monkeypatch: pytest.Mon
     _hide_modules(monkeypatch, "onnxruntime")
     with pytest.raises(NotAvailableError) as info:
         OnnxModel(onnx_file)
-    assert info.value.hint == 'pip install "pdseg[onnx]"'
+    assert "pip install onnx onnxruntime" in (info.value.hint or "")
 
 
 def test_cli_export_onnx(checkpoint: Path, tmp_path: Path) -> None:

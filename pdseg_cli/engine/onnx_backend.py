@@ -13,8 +13,8 @@ probabilities only (a foreign model, or a third-party export) still works throug
 and the predictor resizes its probabilities, not those logits (``gives_probabilities``), so its maps
 are what the model's own scripts make.
 
-onnxruntime is optional (``pip install "pdseg[onnx]"``); it is imported only when an ONNX file is
-opened, so this module imports without it.
+onnxruntime is optional (``pip install onnx onnxruntime``, or the clone's ``.[onnx]`` extra); it is
+imported only when an ONNX file is opened, so this module imports without it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pdseg_cli.runtime.memory import is_out_of_memory
 from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
 from pdseg_cli.weights import SUFFIX_FORMATS
 
-ONNX_INSTALL_HINT = 'pip install "pdseg[onnx]"'
+ONNX_INSTALL_HINT = "pip install onnx onnxruntime (from a clone: pip install -e '.[onnx]')"
 METADATA_VERSION = 1
 # TorchScript keeps the metadata as one JSON extra file inside the zip archive
 TORCHSCRIPT_METADATA_FILE = "pdseg.json"
