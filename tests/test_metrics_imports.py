@@ -2,9 +2,9 @@
 
 Every ``import`` and ``from ... import`` statement of every module counts, those inside functions
 included: a function-local import that would close a cycle is a cycle too, only a hidden one.
-Those under ``if TYPE_CHECKING:`` never run, and do not count. The implicit import of a parent package (``pdseg_cli.metrics`` runs
-before ``pdseg_cli.metrics.fmeasure``) is not an edge: a package's ``__init__`` that re-exports
-its modules would otherwise always form a cycle with them.
+Those under ``if TYPE_CHECKING:`` never run, and do not count. The implicit import of a parent
+package (``pdseg_cli.metrics`` runs before ``pdseg_cli.metrics.fmeasure``) is not an edge: a
+package's ``__init__`` that re-exports its modules would otherwise always form a cycle with them.
 """
 
 from __future__ import annotations

@@ -114,9 +114,9 @@ def predict(
         typer.Option(
             "--json",
             help="At the end, write what happened to each input (done, skipped or failed, the outputs "
-            "this run wrote for it, its error) and the counts as JSON to this file ('-': standard output), for scripts; also "
-            "when Ctrl-C or a full disk stops a run of one process ('stopped': why, and the inputs not "
-            "reached).",
+            "this run wrote for it, its error) and the counts as JSON to this file ('-': standard "
+            "output), for scripts; also when Ctrl-C or a full disk stops a run of one process "
+            "('stopped': why, and the inputs not reached).",
             show_default=False,
         ),
     ] = None,

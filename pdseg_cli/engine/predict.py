@@ -576,7 +576,7 @@ FULL_SIZE_TRAINED = 1024  # a model trained at this side or more is what --size 
 def full_size_note(size: Size, train_size: int | None) -> str | None:
     """A warning for ``--size full`` with a model trained well below DIS's 1024: the model then
     sees objects at scales it never met (the bundled weights, trained at 512, give edge maps
-    rather than objects on a 2000x1500 photo: IoU 0.2-0.5 with their maps at 512). No larger fixed
+    rather than objects on a 2000x1500 photo: IoU 0.14-0.42 with their maps at 512). No larger fixed
     size is offered instead: at 1024 the bundled weights score maxF 0.525 on davis16-eval, against
     0.735 at 512."""
     if size != "full" or not train_size or train_size >= FULL_SIZE_TRAINED:
@@ -584,7 +584,8 @@ def full_size_note(size: Size, train_size: int | None) -> str | None:
     return (
         f"--size full runs the model at each image's own size, but it was trained at "
         f"{train_size}x{train_size}: on images much larger than that its maps get worse, often "
-        f"only edges (leave --size out to work at {train_size}, its training size)"
+        f"only edges, and on much smaller ones they may be empty (leave --size out to work at "
+        f"{train_size}, its training size)"
     )
 
 
