@@ -79,11 +79,17 @@ def _wrong_option(ctx: typer.Context, exc: Exception, args: list[str]) -> None:
         if hint is not None:
             ui.error(f"pdseg {command} has no {option} option", hint)
             raise typer.Exit(2) from None
-    elif "unexpected extra argument" in str(exc):
+    elif "unexpected extra argument" in str(exc) or "does not take a value" in str(exc):
         for (name, switch), hint in SWITCH_VALUES.items():
-            at = args.index(switch) if name == command and switch in args else -1
-            if 0 <= at < len(args) - 1 and not args[at + 1].startswith("-"):
-                ui.error(f"pdseg {command} {switch} takes no value (got {args[at + 1]})", hint)
+            if name != command:
+                continue
+            # `--json b.json`, `--json -` (predict's and eval's standard output), `--json=b.json`
+            given = [a.partition("=")[2] for a in args if a.startswith(switch + "=")]
+            at = args.index(switch) if switch in args else -1
+            if 0 <= at < len(args) - 1 and (args[at + 1] == "-" or not args[at + 1].startswith("-")):
+                given.append(args[at + 1])
+            if given:
+                ui.error(f"pdseg {command} {switch} takes no value (got {given[0]})", hint)
                 raise typer.Exit(2) from None
 
 

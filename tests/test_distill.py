@@ -119,7 +119,8 @@ def test_a_probability_read_as_a_logit_is_warned_of_after_the_run(
     assert wrong.doubts == []  # nothing run yet
     grey = wrong.predict(photo)
     assert 127 <= grey.min() and grey.max() <= 186
-    assert len(wrong.doubts) == 1 and "--onnx-spec kind=probability" in wrong.doubts[0]
+    # the user's own spec with its kind changed: kind= alone resets size, colour, mean, std, output
+    assert len(wrong.doubts) == 1 and f"--onnx-spec {FOREIGN_SPEC}" in wrong.doubts[0]
     right = Predictor(foreign, device="cpu", onnx_spec=FOREIGN_SPEC)
     right.predict(photo)
     assert right.doubts == []
@@ -398,6 +399,25 @@ def test_the_cli_prints_the_labelling_hint_and_exits_130(
     assert "error: interrupted" in result.output
     assert "0 made now, 0 found from earlier runs, 2 not looked at yet" in " ".join(result.output.split())
     assert "running the same command again goes on from there" in result.output
+
+
+def test_a_teacher_read_as_a_logit_that_gives_probabilities_is_warned_of(
+    foreign: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its maps are grey (127..186): every target of a distillation run, with nothing said
+    data = make_dataset(tmp_path / "set", 2, size=40)
+    for gt in (data / "gt").iterdir():
+        gt.unlink()
+    monkeypatch.setenv("PDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    spec = FOREIGN_SPEC.replace("kind=probability", "kind=logit")
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        app,
+        ["train", "--variant", "pdseg-tiny", "--size", "64", "--epochs", "1", "--device", "cpu",
+         "--val-every", "0", "--train", str(data), "--teacher", str(foreign), "--onnx-spec", spec,
+         "--out", str(tmp_path / "run")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"--onnx-spec {FOREIGN_SPEC}" in flat(result.output)
 
 
 def test_the_teacher_cache_is_keyed_by_what_the_spec_means() -> None:

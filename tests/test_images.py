@@ -547,7 +547,7 @@ def test_a_tiff_without_image_data_is_refused_and_one_missing_strips_is_warned_o
 
     (tmp_path / "part.tif").write_bytes(emptied(range(3, 4)))
     loaded = imio.read_image(tmp_path / "part.tif")
-    assert [w for w in loaded.warnings if "1 of its 4 strips hold no data" in w]
+    assert [w for w in loaded.warnings if "1 of its 4 strips holds no data" in w]
     (tmp_path / "none.tif").write_bytes(emptied(range(4)))
     with pytest.raises(InputError, match="a TIFF with no image data"):
         imio.read_image(tmp_path / "none.tif")
@@ -559,6 +559,7 @@ def test_a_tiff_cut_short_is_said_so_not_in_tifffile_words(tmp_path: Path) -> No
     tifffile.imwrite(tmp_path / "whole.tif", pixels, tile=(32, 32), photometric="rgb")
     data = (tmp_path / "whole.tif").read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="a TIFF cut short: .* tiles lie past the end of the file") as info:
+    cut_short = "a TIFF cut short: .* tiles? lies? past the end of the file"
+    with pytest.raises(InputError, match=cut_short) as info:
         imio.read_image(tmp_path / "cut.tif")
     assert "check that the file is complete" in str(info.value)

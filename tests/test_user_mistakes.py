@@ -77,6 +77,8 @@ def test_benchmark_json_with_a_file_says_it_prints_to_stdout() -> None:
     text = _refused("benchmark", "--json", "bench.json")
     assert "error: pdseg benchmark --json takes no value (got bench.json)" in text
     assert "pdseg benchmark --json > bench.json" in text
+    for given in (["--json", "-"], ["--json=bench.json"]):  # predict's stdout spelling, and with "="
+        assert "pdseg benchmark --json takes no value" in _refused("benchmark", *given)
     other = run_cli("benchmark", "-s", "64", "stray", columns=200)  # any other extra: click's box
     assert other.exit_code == 2 and "unexpected extra argument" in other.output
 
@@ -189,6 +191,8 @@ def test_predict_option_errors_have_hints(tmp_path: Path) -> None:
     assert "--bg" in text and "hint: e.g. --bg white" in text
     text = _refused("predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "-s", "1024")  # benchmark's -s
     assert "--save '1024' is not an output kind" in text and "the working size is --size 1024" in text
+    for size, said in (("native", "native"), ("1024x1024", "1024")):  # --size N is NxN
+        assert f"--size {said} (no" in _refused("predict", EXAMPLE_IMAGES, "-o", tmp_path / "m", "-s", size)
     a_file = tmp_path / "fake.pt"
     a_file.write_bytes(b"x")
     text = _refused("predict", EXAMPLE_IMAGES, "-o", a_file)

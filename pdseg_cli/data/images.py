@@ -484,8 +484,9 @@ def _check_strips(page: Any, path: Path, warnings: list[str]) -> None:
     size = _file_size(path)
     if ends and size is not None and max(ends) > size:  # said as such, not as a tile "cannot be reshaped"
         cut = sum(1 for end in ends if end > size)
+        lie = "lies" if cut == 1 else "lie"
         raise InputError(
-            f"{path}: a TIFF cut short: {cut} of its {len(counts)} {pieces} lie past the end of the file "
+            f"{path}: a TIFF cut short: {cut} of its {len(counts)} {pieces} {lie} past the end of the file "
             f"({size:,} bytes, the image data runs to {max(ends):,})",
             hint="check that the file is complete (copy or download it again)",
         )
@@ -498,8 +499,9 @@ def _check_strips(page: Any, path: Path, warnings: list[str]) -> None:
             "that stopped after the header?)",
             hint="check that the file is complete (export or copy it again)",
         )
+    hold = "holds" if empty == 1 else "hold"
     warnings.append(
-        f"{path}: {empty} of its {len(counts)} {pieces} hold no data (a write that stopped part-way?): "
+        f"{path}: {empty} of its {len(counts)} {pieces} {hold} no data (a write that stopped part-way?): "
         "read as 0 there"
     )
 

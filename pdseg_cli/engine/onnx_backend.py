@@ -37,7 +37,7 @@ from pdseg_cli.engine.onnx_spec import (
     refuse_unfeedable,
     resolve_spec,
 )
-from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, clip_words, first_line
+from pdseg_cli.errors import InputError, NotAvailableError, WeightsError, clip_words, first_line, shell_quote
 from pdseg_cli.model.build import starts_like_onnx, weights_line
 from pdseg_cli.runtime.memory import is_out_of_memory
 from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
@@ -516,10 +516,17 @@ class OnnxModel(_ExportedModel):
         with nothing else to tell the user why."""
         if not self._logit_runs or self._logit_runs_in_unit < self._logit_runs:
             return []
+        given = self._opened_with["spec"]
+        if given:  # the user's own spec with its kind changed: on its own, kind= resets the other keys
+            spec = re.sub(r"\bkind=logits?\b", "kind=probability", given)
+            if spec == given:
+                spec = f"{given},kind=probability"
+        else:
+            spec = "kind=probability"
         return [
             f"{self.path}: every map it gave lay within 0..1, as probabilities do, but is read as a logit "
             "(kind=logit), so the maps come out grey (bytes 127..186); if it gives probabilities, pass "
-            "--onnx-spec kind=probability"
+            f"--onnx-spec {shell_quote(spec)}"
         ]
 
     @property

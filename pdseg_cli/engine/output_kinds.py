@@ -13,11 +13,13 @@ every start.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pdseg_cli.config import FULL_SIZE_NAMES
 from pdseg_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -181,8 +183,9 @@ def parse_save(values: Iterable[str] | str | None) -> tuple[str, ...]:
                 continue
             if kind not in OUTPUT_KINDS:
                 close = difflib.get_close_matches(kind, names, n=1)
-                if kind.isdigit() or kind == "full":  # `-s 1024`: -s is --size in benchmark
-                    hint = f"-s is --save here; the working size is --size {kind} (no short form)"
+                if kind in FULL_SIZE_NAMES or re.fullmatch(r"\d+(x\d+)?", kind):  # -s is benchmark's --size
+                    side = kind.partition("x")[0]  # --size N works at NxN
+                    hint = f"-s is --save here; the working size is --size {side} (no short form)"
                 else:
                     hint = f"did you mean {close[0]}?" if close else "e.g. --save mask,alpha"
                 raise InputError(

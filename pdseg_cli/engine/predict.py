@@ -519,7 +519,7 @@ class Predictor:
 
         Ctrl-C stops reading at once, lets the writes in progress finish (each one is atomic),
         drops the queued ones and re-raises KeyboardInterrupt; ``on_stopping(n)`` hears of the
-        ``n`` writes it waits for, when they take more than a second.
+        ``n`` images whose writes it waits for, when they take more than a second.
         """
         check_threshold(threshold)
         check_kind("run_plan", "batch", batch, int)

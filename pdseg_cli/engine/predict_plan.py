@@ -494,6 +494,24 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
     )
 
 
+def _common_folder(folders: Sequence[Path]) -> Path | None:
+    """The folder that holds all of ``folders``, written as they were (relative to the working folder
+    when they all were: ``dA``, ``dB`` -> ``.``; ``../dA``, ``dD`` -> ``..``); None when it is the
+    file system's root, or there is none (two drives on Windows)."""
+    try:
+        whole = Path(os.path.commonpath([os.path.abspath(f) for f in folders]))
+    except ValueError:
+        return None
+    if whole.parent == whole:
+        return None
+    if any(f.is_absolute() for f in folders):
+        return whole
+    try:
+        return Path(os.path.relpath(whole))
+    except ValueError:
+        return whole
+
+
 def _sibling_folder(out: Path) -> str:
     """A folder beside ``out`` for its outputs (``photos`` -> ``photos-masks``; ``.`` inside
     ``photos`` -> ``../photos-masks``, not a ``photos-masks`` inside it), written as ``out`` was:
@@ -551,12 +569,8 @@ def _refuse_clashes(
     elif across_folders and not recursive:
         # inputs named apart (dA dB) get the same output folder with -r too; their common folder
         # read with -r mirrors each one's subfolder under --out
-        folders = [str(a.parent) for pair in pairs for a in pair]
-        try:  # as typed (dA, dB -> .), else absolute where relative and absolute paths mix
-            parent = Path(os.path.commonpath(folders) or ".")
-        except ValueError:
-            parent = Path(os.path.commonpath([os.path.abspath(f) for f in folders]))
-        if parent.absolute().parent != parent.absolute() and out is not None:  # not the root
+        parent = _common_folder([a.parent for pair in pairs for a in pair])
+        if parent is not None and out is not None:
             hint += (
                 f", or segment their common folder with --recursive, which mirrors its subfolders "
                 f"under --out (and reads every image under it): pdseg predict {shell_quote(str(parent))} "

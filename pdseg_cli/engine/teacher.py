@@ -139,6 +139,11 @@ class TeacherMaps:
             )
         return self._predictor
 
+    def doubts(self) -> list[str]:
+        """What the maps made so far say against how the teacher is read (``Predictor.doubts``: an
+        ONNX output taken as a logit that gives probabilities, whose maps are grey)."""
+        return self._predictor.doubts if self._predictor is not None else []
+
     def info(self) -> TeacherInfo:
         """The teacher's identity and a description (loads the model)."""
         return TeacherInfo(self.path, self._sha, self.onnx_spec, self._model().description)

@@ -297,6 +297,8 @@ def _scan_training(
             paths = maps.ensure_all(images, progress)
         except PdsegError as exc:
             error = exc
+        for line in maps.doubts():  # a teacher read wrongly gives grey targets: said before training
+            ctx.notice(line)
     ctx.agree(error)  # every rank waits for rank 0's maps, and raises its error if it had one
     if paths is None:  # the other ranks: rank 0 made the maps, find them
         paths = [maps.map_path(image) for image in images]

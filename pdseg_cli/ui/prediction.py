@@ -83,11 +83,11 @@ def doubts(lines: Sequence[str]) -> None:
 
 
 def finishing_writes(n: int) -> None:
-    """Said at once after a Ctrl-C that waits for outputs still being written (a large scan's take
-    tens of seconds): the run is stopping, not ignoring the key."""
+    """Said a second after a Ctrl-C that still waits for outputs being written (a large scan's
+    take tens of seconds): the run is stopping, not ignoring the key."""
     ui.info(
-        f"stopping: finishing the {counted(n, 'output')} being written (a file is written whole or "
-        "not at all)"
+        f"stopping: finishing the outputs of {counted(n, 'image')} being written (a file is written "
+        "whole or not at all)"
     )
 
 
