@@ -367,6 +367,7 @@ class _FakePredictor:
         self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
         self.tta = tta
         self.notes: list[str] = []
+        self.doubts: list[str] = []  # what the runs showed about how the model is read: nothing
 
     def describe_setting(self):
         return str(self.size)
