@@ -31,7 +31,7 @@ class ImageRecord:
         gt_size: (H, W) of the GT (the size the metrics ran at).
         cached: the GT-only data came from the cache.
         notes: (kind, file) for what the user should know about how a file was read (a key of
-            ``pdseg_cli.engine.evaluate.NOTE_TEXT``: 16-bit file, colour file, a GT that reads as empty).
+            ``pdseg_cli.engine.eval_notes.NOTE_TEXT``: 16-bit file, colour file, a GT that reads as empty).
     """
 
     stem: str
@@ -205,7 +205,7 @@ class EvalReport:
         Split and image values use the keys maxF, wF, MAE, S, E (mean E-measure, the DIS table's
         column), HCE, count (splits), then meanF, adpF, maxE, adpE (and the four HCE parts per
         image; an image whose map had another size adds ``resized_from_hw``, and one with a file
-        read in a way to know about adds ``notes``, the kinds of ``evaluate.NOTE_TEXT``). Every row
+        read in a way to know about adds ``notes``, the kinds of ``eval_notes.NOTE_TEXT``). Every row
         of ``splits`` then has ``resized`` and ``missing``, as the CSV does; an overall row adds
         ``pooled_from`` and ``combined``. Curves are 256 values in ascending
         threshold order (an overall row's: the mean of its splits' curves). ``notes`` holds every

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from pdseg_cli import ui
 from pdseg_cli.data.eval_splits import PUBLISHED_SIZES
-from pdseg_cli.engine.evaluate import image_folder, image_line, wxh
+from pdseg_cli.engine.eval_notes import image_folder, image_line, wxh
 from pdseg_cli.errors import counted, listing
 from pdseg_cli.metrics.table import TABLE_METRICS
 
