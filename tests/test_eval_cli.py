@@ -346,6 +346,8 @@ def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--pred scores existing maps, so --weights" in flat(result.output)
     result = _run("--split", split, "--pred", split / "pred", "--tta", cache=tmp_path / "c")
     assert result.exit_code == 2 and "so --tta (for running a model) cannot apply" in flat(result.output)
+    result = _run("--split", split, "--pred", split / "pred", "--scales", "1,1.125", cache=tmp_path / "c")
+    assert result.exit_code == 2 and "so --scales (for running a model) cannot apply" in flat(result.output)
     more = ["--size", "64", "--batch", "4", "--onnx-spec", "size=3"]
     result = _run("--split", split, "--pred", split / "pred", *more, cache=tmp_path / "c")
     assert result.exit_code == 2 and "drop --size, --onnx-spec, --batch" in flat(result.output)

@@ -1383,3 +1383,56 @@ def test_a_ctrl_c_after_the_last_image_says_nothing_is_left(capsys: pytest.Captu
     ):
         prediction.interrupted(False, seen, 2, whole_run=whole_run)  # images left, here or in another process
         assert "with --skip-existing to do only the rest" in flat(capsys.readouterr().err)
+
+
+# --scales: multi-scale inference
+
+
+def test_scale_sides_round_to_the_stride_and_refuse_what_cannot_run() -> None:
+    from pdseg_cli.engine.predict import scale_sides
+
+    assert scale_sides((0.875, 1, 1.125), 512) == (448, 512, 576)
+    assert scale_sides((1.0, 1.01, 0.5), 100) == (64, 96)  # 50 -> 64, 100 and 101 -> 96 once
+    assert scale_sides((0.01,), 512) == (32,)  # never below the stride
+    assert scale_sides(None, 512) == () == scale_sides((), 512)
+    for bad, words in (
+        ((0,), "in (0, 4]"),
+        ((5,), "in (0, 4]"),
+        (("1",), "each scale is a number"),
+        ((True,), "each scale is a number"),
+        ((1, 1, 1, 1, 1), "at most 4"),
+    ):
+        with pytest.raises(InputError, match=words.replace("(", r"\(").replace("]", r"\]")):
+            scale_sides(bad, 512)
+    with pytest.raises(InputError, match="--size full runs each image at its own"):
+        scale_sides((1, 1.125), "full")
+    with pytest.raises(InputError, match="takes only 1024x1024"):
+        scale_sides((1, 1.125), 1024, fixed=1024)
+
+
+def test_scales_average_each_sides_logits_at_the_largest_side(ckpt: Path) -> None:
+    image = textured_image(37, 53, 4)[..., ::-1].copy()
+    multi = Predictor(ckpt, device="cpu", size=64, scales=(0.5, 1, 1.5))
+    assert multi.scale_sides == (32, 64, 96) and "32+64+96 (--scales of 64" in multi.describe_setting()
+    x = T.to_float_rgb(image)
+    logits = []
+    for side in (32, 64, 96):  # each side from the image itself, as one-size predictors make it
+        one = Predictor(ckpt, device="cpu", size=side)
+        out = one.forward([one.prepare_array(x)])
+        logits.append(F.interpolate(out, size=(96, 96), mode="bilinear", align_corners=False))
+    want = multi.to_map(torch.stack(logits).mean(0), image.shape[:2], None)
+    assert np.array_equal(multi.predict(image), want)
+    assert not np.array_equal(want, Predictor(ckpt, device="cpu", size=64).predict(image))
+
+
+def test_a_folder_run_with_scales_writes_what_predict_gives(folder: Path, tmp_path: Path, ckpt: Path) -> None:
+    result = _run(folder, "-o", tmp_path / "out", "-w", ckpt, "--size", "64", "--scales", "0.5,1,1.5")
+    assert result.exit_code == 0, result.output
+    assert "32+64+96" in flat(result.output)
+    multi = Predictor(ckpt, device="cpu", size=64, scales=(0.5, 1, 1.5))
+    got = cv2.imread(str(tmp_path / "out" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(got, multi.predict(imio.read_image(folder / "a.jpg").pixels))
+    bad = _run(folder, "-o", tmp_path / "o2", "-w", ckpt, "--scales", "1,big")
+    assert bad.exit_code == 2 and "--scales 1,big: give numbers separated by commas" in flat(bad.output)
+    full = _run(folder, "-o", tmp_path / "o3", "-w", ckpt, "--size", "full", "--scales", "1,1.5")
+    assert full.exit_code == 2 and "--scales multiplies a working size" in flat(full.output)

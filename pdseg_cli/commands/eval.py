@@ -18,6 +18,7 @@ from pdseg_cli.commands._common import (
     OnnxSpecOpt,
     PrecisionOpt,
     QuietOpt,
+    ScalesOpt,
     SizeOpt,
     ThreadsOpt,
     TtaOpt,
@@ -25,6 +26,7 @@ from pdseg_cli.commands._common import (
     check_batch,
     check_report_path,
     is_stdout,
+    parse_scales,
     use_threads,
     user_errors,
     write_report,
@@ -70,6 +72,7 @@ def eval_(
     ] = None,
     size: SizeOpt = None,
     tta: TtaOpt = False,
+    scales: ScalesOpt = None,
     device: DeviceOpt[str] = "auto",
     precision: PrecisionOpt = "auto",
     batch: BatchOpt = 1,
@@ -158,6 +161,7 @@ def eval_(
         if pred is not None:
             model_only = {
                 "--weights": weights is not None, "--save-preds": save_preds is not None, "--tta": tta,
+                "--scales": scales is not None,
                 "--size": size is not None, "--onnx-spec": onnx_spec is not None, "--batch": batch != 1,
                 "--device": device != "auto", "--precision": precision != "auto",
             }  # fmt: skip
@@ -204,6 +208,7 @@ def eval_(
                     allow_missing,
                     onnx_spec,
                     tta,
+                    parse_scales(scales),
                 )
             # a DIS5K split of another size than the published one, and why DIS-TE1..4 folders get
             # no overall row
@@ -283,6 +288,7 @@ def _run_model(
     allow_missing: bool,
     onnx_spec: str | None = None,
     tta: bool = False,
+    scales: tuple[float, ...] | None = None,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder, which ``stack``
     removes after the scoring); plan the pairs. The checks and the pass are the engine's
@@ -300,7 +306,13 @@ def _run_model(
             f"{name}: {counted(len(files), 'image')} in im/ without a GT, not scored: {listing(files, 5)}"
         )
     predictor = Predictor(
-        weights, device=device, precision=precision, size=parse_size(size), onnx_spec=onnx_spec, tta=tta
+        weights,
+        device=device,
+        precision=precision,
+        size=parse_size(size),
+        onnx_spec=onnx_spec,
+        tta=tta,
+        scales=scales,
     )
     prediction.start(
         predictor.device_reason,

@@ -17,6 +17,7 @@ from pdseg_cli.commands._common import (
     OnnxSpecOpt,
     PrecisionOpt,
     QuietOpt,
+    ScalesOpt,
     SizeOpt,
     ThreadsOpt,
     TtaOpt,
@@ -24,6 +25,7 @@ from pdseg_cli.commands._common import (
     check_batch,
     check_report_path,
     is_stdout,
+    parse_scales,
     torchrun_rank,
     use_threads,
     user_errors,
@@ -65,6 +67,7 @@ def predict(
     onnx_spec: OnnxSpecOpt = None,
     size: SizeOpt = None,
     tta: TtaOpt = False,
+    scales: ScalesOpt = None,
     save: Annotated[list[str], typer.Option("--save", "-s", metavar="KINDS", help=_OUTPUTS_HELP)] = ["mask"],  # noqa: B006 (typer passes a new list)
     bg: Annotated[
         str, typer.Option("--bg", help="Background of --save composite: a name, #rrggbb or r,g,b.")
@@ -216,7 +219,7 @@ def predict(
                 "threshold": threshold,
                 "skip_existing": skip_existing,
             }
-            if not whole.todo and not env.enabled and not (onnx_spec or tta):  # those are checked on loading
+            if not whole.todo and not env.enabled and not (onnx_spec or tta or scales):  # checked on loading
                 prediction.nothing_left(whole.out_dir, len(whole.skipped))
                 prediction.left_in_out(whole.out_dir, whole.left_in_out)
                 done = nothing_left(whole)
@@ -238,6 +241,7 @@ def predict(
                     local_rank=dist.local_rank if dist.enabled else None,
                     onnx_spec=onnx_spec,
                     tta=tta,
+                    scales=parse_scales(scales),
                 )
             settings["weights"] = str(predictor.weights_path or weights)  # the file the model came from
             if dist.is_main:

@@ -364,6 +364,7 @@ def prediction_settings(predictor: Predictor, save_preds: Path | None) -> dict[s
         "precision": predictor.precision,
         "size": str(predictor.size),
         "tta": predictor.tta,
+        "scales": list(predictor.scale_sides) or None,  # the working sides, averaged
         # on a CPU the order of the sums, so a grey level here and there, follows the thread count
         # (the default follows the load): what --threads gives the same maps again
         "threads": torch.get_num_threads() if str(predictor.device) == "cpu" else None,

@@ -21,6 +21,7 @@ the ``--save`` kinds are the table in :mod:`pdseg_cli.engine.output_kinds`.
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -123,6 +124,11 @@ class Predictor:
             when WORLD_SIZE is above 1, else GPU 0.
         onnx_spec: for a foreign ONNX model pdseg does not recognise: how to feed it and read it
             (``pdseg predict --onnx-spec``'s form, e.g. ``"size=1024, mean=0.5, std=1, scale=1"``).
+        scales: multi-scale inference: the model also runs at these multiples of the working size
+            (each side rounded to a multiple of 32), and the logit maps, resized to the largest
+            side, are averaged (e.g. ``(0.875, 1, 1.125)``: at 512, also 448 and 576; a pass per
+            scale). None or empty: one pass at the working size. Not with ``size="full"`` or a
+            fixed-size model (measured in benchmarks/RESULTS.md, 'Multi-scale inference').
 
     A predictor pickles (for joblib or multiprocessing workers): an ``.onnx`` or ``.ts`` file is
     opened again where it is unpickled, on the same device and with the same spec (at the
@@ -153,6 +159,7 @@ class Predictor:
         local_rank: int | None = None,
         onnx_spec: str | None = None,
         tta: bool = False,
+        scales: Sequence[float] | None = None,
     ) -> None:
         compile_mode = runtime.resolve_compile(compile)
         if local_rank is not None:  # a Python caller's index: not "0", not -1 (torch fails on those later)
@@ -249,6 +256,8 @@ class Predictor:
             )
         self.size_from_checkpoint = parsed is None
         self.size: Size = parsed if parsed is not None else (self.train_size or DEFAULT_SIZE)
+        # the working sides of a multi-scale run, largest last; () for one pass at self.size
+        self.scale_sides = scale_sides(scales, self.size, fixed)
         if parsed is not None:
             self.size_note = ""
         elif fixed is not None:
@@ -288,8 +297,16 @@ class Predictor:
 
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
-        mirrored too (--tta)``."""
-        return predict_run.working_setting(self.size, self.tta, self.size_note)
+        mirrored too (--tta)``, or ``448+512+576 (--scales), ...``."""
+        size = "+".join(map(str, self.scale_sides)) if self.scale_sides else self.size
+        note = (
+            f"--scales of {self.size}, {self.size_note}"
+            if self.scale_sides and self.size_note
+            else self.size_note
+        )
+        if self.scale_sides and not self.size_note:
+            note = f"--scales of {self.size}"
+        return predict_run.working_setting(size, self.tta, note)  # type: ignore[arg-type]
 
     # -- one image -----------------------------------------------------------------------------
 
@@ -382,15 +399,34 @@ class Predictor:
             i = j
         return out
 
-    def prepare_array(self, x: np.ndarray) -> np.ndarray:
-        """(H, W, 3) float32 0..255 -> normalised (h, w, 3) at the working size."""
+    def prepare_array(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """(H, W, 3) float32 0..255 -> normalised (h, w, 3) at the working size; with ``scales``, one
+        such array per scale side, each resized from the image itself (not from another scale)."""
+        resize = T.resize_image if self.area_downscale else T.resize_bilinear
+        if self.scale_sides:
+            return [T.normalize(resize(x, (side, side)), self.normalization) for side in self.scale_sides]
         if self.size != "full":
-            resize = T.resize_image if self.area_downscale else T.resize_bilinear
             x = resize(x, (int(self.size), int(self.size)))
         return T.normalize(x, self.normalization)
 
     @torch.inference_mode()
-    def forward(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    def forward(self, arrays: Sequence[np.ndarray] | Sequence[list[np.ndarray]]) -> torch.Tensor:
+        """Normalised (h, w, 3) arrays of one size -> logits (B, 1, h, w) float32 on the device; with
+        ``scales``, each image's arrays (:meth:`prepare_array`) -> the mean of its scales' logits,
+        each resized bilinearly to the largest side."""
+        if self.scale_sides:
+            top = self.scale_sides[-1]
+            total: torch.Tensor | None = None
+            for k in range(len(self.scale_sides)):
+                logits = self._forward_one_size([a[k] for a in arrays])  # type: ignore[index]
+                if logits.shape[-1] != top:
+                    logits = F.interpolate(logits, size=(top, top), mode="bilinear", align_corners=False)
+                total = logits if total is None else total.add_(logits)
+            assert total is not None
+            return total.div_(len(self.scale_sides))
+        return self._forward_one_size(arrays)  # type: ignore[arg-type]
+
+    def _forward_one_size(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """Normalised (h, w, 3) arrays of one size -> logits (B, 1, h, w) float32 on the device."""
         # (B, h, w, 3) -> (B, 3, h, w) view with channels_last strides: no copy on the CPU
         if len(arrays) == 1:
@@ -537,6 +573,49 @@ class Predictor:
             write_workers=write_workers,
             on_stopping=on_stopping,
         )
+
+
+MAX_SCALES = 4  # passes per image --scales may ask for
+
+
+def scale_sides(scales: Sequence[float] | None, size: Size, fixed: int | None = None) -> tuple[int, ...]:
+    """The working sides of ``scales`` (multiples of ``size``), each rounded to a multiple of 32 (the
+    model's stride) and at least 32, without repeats, smallest first; () for None or no scales.
+
+    Raises:
+        InputError: a scale that is not a number in (0, 4], more than :data:`MAX_SCALES` of them, or
+            scales with ``size="full"`` or a model of one fixed input size.
+    """
+    if scales is None or (not isinstance(scales, str) and len(scales) == 0):
+        return ()
+    if isinstance(scales, str | bytes) or not isinstance(scales, Sequence):
+        raise InputError(f"--scales {scales!r}: give a list of numbers, e.g. --scales 0.875,1,1.125")
+    for value in scales:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(
+                f"--scales {value!r}: each scale is a number", hint="e.g. --scales 0.875,1,1.125"
+            )
+        if not 0 < float(value) <= 4:
+            raise InputError(
+                f"--scales {value:g}: each scale is a multiple of the working size, in (0, 4]",
+                hint="e.g. --scales 0.875,1,1.125",
+            )
+    if len(scales) > MAX_SCALES:
+        raise InputError(
+            f"--scales: {len(scales)} scales, at most {MAX_SCALES} (a pass of the model each)",
+            hint="e.g. --scales 0.875,1,1.125",
+        )
+    if size == "full":
+        raise InputError(
+            "--scales multiplies a working size, and --size full runs each image at its own",
+            hint="give --size N (or leave it out: the training size), or drop --scales",
+        )
+    if fixed is not None:
+        raise InputError(
+            f"--scales: this model takes only {fixed}x{fixed} inputs", hint="drop --scales for it"
+        )
+    sides = {max(32, round(int(size) * float(value) / 32) * 32) for value in scales}
+    return tuple(sorted(sides))
 
 
 def refuse_file_name(image: object, method: str) -> None:

@@ -82,9 +82,9 @@ class Predictor(Protocol):
     size: Size
     tta: bool
 
-    def prepare_array(self, x: np.ndarray) -> np.ndarray: ...
+    def prepare_array(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]: ...
 
-    def forward(self, arrays: Sequence[np.ndarray]) -> torch.Tensor: ...
+    def forward(self, arrays: Sequence[np.ndarray] | Sequence[list[np.ndarray]]) -> torch.Tensor: ...
 
     def to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray: ...
 
@@ -94,7 +94,8 @@ class _Prepared:
     """An image read and preprocessed by a reader thread."""
 
     item: InputFile
-    array: np.ndarray | None  # (h, w, 3) float32, normalised, at the working size
+    # (h, w, 3) float32, normalised, at the working size; one per side with --scales
+    array: np.ndarray | list[np.ndarray] | None
     orig_size: tuple[int, int]  # (H, W)
     pixels: np.ndarray | None  # the decoded image, kept only for outputs made from the image
     warnings: list[str]
@@ -107,7 +108,8 @@ class _Prepared:
     @property
     def work_size(self) -> tuple[int, int]:
         assert self.array is not None  # only images read without error are grouped
-        return int(self.array.shape[0]), int(self.array.shape[1])
+        array = self.array[-1] if isinstance(self.array, list) else self.array  # --scales: the largest
+        return int(array.shape[0]), int(array.shape[1])
 
 
 def run_plan(
