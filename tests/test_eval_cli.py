@@ -363,13 +363,16 @@ class _FakePredictor:
 
     source: Path
 
-    def __init__(self, weights, device="auto", precision="auto", size=None, onnx_spec=None, tta=False):
+    def __init__(
+        self, weights, device="auto", precision="auto", size=None, onnx_spec=None, tta=False, scales=None
+    ):
         self.weights_path = weights
         self.description = "a stand-in"
         self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
         self.tta = tta
         self.notes: list[str] = []
         self.doubts: list[str] = []  # what the runs showed about how the model is read: nothing
+        self.scale_sides: tuple[int, ...] = ()
 
     def describe_setting(self):
         return str(self.size)
