@@ -298,15 +298,11 @@ class Predictor:
     def describe_setting(self) -> str:
         """The working size as the start line shows it, e.g. ``384 (the checkpoint's training size),
         mirrored too (--tta)``, or ``448+512+576 (--scales), ...``."""
-        size = "+".join(map(str, self.scale_sides)) if self.scale_sides else self.size
-        note = (
-            f"--scales of {self.size}, {self.size_note}"
-            if self.scale_sides and self.size_note
-            else self.size_note
-        )
-        if self.scale_sides and not self.size_note:
-            note = f"--scales of {self.size}"
-        return predict_run.working_setting(size, self.tta, note)  # type: ignore[arg-type]
+        if not self.scale_sides:
+            return predict_run.working_setting(self.size, self.tta, self.size_note)
+        sides = "+".join(map(str, self.scale_sides))
+        note = ", ".join(part for part in (f"--scales of {self.size}", self.size_note) if part)
+        return predict_run.working_setting(sides, self.tta, note)  # type: ignore[arg-type]
 
     # -- one image -----------------------------------------------------------------------------
 
