@@ -459,13 +459,6 @@ def _opencv_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
-def _file_size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
 def _check_strips(page: Any, path: Path, warnings: list[str]) -> None:
     """Refuse a TIFF page whose strips or tiles run past the end of the file (a copy cut short) or
     none of which holds data (offsets and byte counts 0: a writer that failed after the header, or
@@ -481,8 +474,8 @@ def _check_strips(page: Any, path: Path, warnings: list[str]) -> None:
     offsets = tuple(getattr(page, "dataoffsets", ()) or ())
     pieces = "tiles" if getattr(page, "is_tiled", False) else "strips"
     ends = [offset + count for offset, count in zip(offsets, counts, strict=False) if count]
-    size = _file_size(path)
-    if ends and size is not None and max(ends) > size:  # said as such, not as a tile "cannot be reshaped"
+    size = int(page.parent.filehandle.size)  # the open file's, no second look at the disk
+    if ends and max(ends) > size:  # said as such, not as a tile "cannot be reshaped"
         cut = sum(1 for end in ends if end > size)
         lie = "lies" if cut == 1 else "lie"
         raise InputError(

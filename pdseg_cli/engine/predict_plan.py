@@ -494,6 +494,17 @@ def _refuse_unnameable(out: Path, items: Sequence[InputFile], save: Sequence[str
     )
 
 
+def _written_as_given(whole: Path, relative: bool) -> Path:
+    """An absolute path, written as the user's paths were: relative to the working folder when they
+    were (absolute still where there is no relative way, another drive on Windows)."""
+    if not relative:
+        return whole
+    try:
+        return Path(os.path.relpath(whole))
+    except ValueError:
+        return whole
+
+
 def _common_folder(folders: Sequence[Path]) -> Path | None:
     """The folder that holds all of ``folders``, written as they were (relative to the working folder
     when they all were: ``dA``, ``dB`` -> ``.``; ``../dA``, ``dD`` -> ``..``); None when it is the
@@ -504,26 +515,15 @@ def _common_folder(folders: Sequence[Path]) -> Path | None:
         return None
     if whole.parent == whole:
         return None
-    if any(f.is_absolute() for f in folders):
-        return whole
-    try:
-        return Path(os.path.relpath(whole))
-    except ValueError:
-        return whole
+    return _written_as_given(whole, relative=not any(f.is_absolute() for f in folders))
 
 
 def _sibling_folder(out: Path) -> str:
     """A folder beside ``out`` for its outputs (``photos`` -> ``photos-masks``; ``.`` inside
-    ``photos`` -> ``../photos-masks``, not a ``photos-masks`` inside it), written as ``out`` was:
-    relative to the working folder when ``out`` was given relative."""
+    ``photos`` -> ``../photos-masks``, not a ``photos-masks`` inside it), written as ``out`` was."""
     whole = out.resolve()
     sibling = whole.parent / f"{whole.name or 'images'}-masks"
-    if out.is_absolute():
-        return str(sibling)
-    try:
-        return os.path.relpath(sibling)
-    except ValueError:  # another drive on Windows
-        return str(sibling)
+    return str(_written_as_given(sibling, relative=not out.is_absolute()))
 
 
 def _refuse_clashes(

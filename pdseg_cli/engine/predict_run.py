@@ -138,9 +138,17 @@ def run_plan(
     runtime.reset_peak_memory(predictor.device)
     t0 = time.perf_counter()
     run = _FolderRun(
-        predictor, plan, threshold, background, batch, on_progress, results, read_workers, write_workers
+        predictor,
+        plan,
+        threshold,
+        background,
+        batch,
+        on_progress,
+        results,
+        read_workers,
+        write_workers,
+        on_stopping=on_stopping,
     )
-    run.on_stopping = on_stopping
     stop: Stop | None = None
     interrupted = False
     try:
@@ -200,6 +208,8 @@ class _FolderRun:
         results: list[FileResult],
         read_workers: int | None,
         write_workers: int | None,
+        *,
+        on_stopping: Callable[[int], None] | None = None,
     ) -> None:
         self.predictor, self.plan = predictor, plan
         self.threshold, self.background, self.batch = threshold, background, batch
@@ -219,7 +229,7 @@ class _FolderRun:
         self.reported: Future[FileResult] | None = None  # the write last counted by collect_writes
         self.todo = iter(plan.todo)
         # told how many writes a Ctrl-C waits for, when they outlast STOP_NOTICE_S (see run)
-        self.on_stopping: Callable[[int], None] | None = None
+        self.on_stopping = on_stopping
 
     def run(self) -> None:
         """Every image of the plan, read, segmented and written.
