@@ -137,9 +137,14 @@ def test_a_probability_read_as_a_logit_is_warned_of_after_the_run(
             str(foreign),
             "--onnx-spec",
             spec,
+            "--json",
+            str(tmp_path / "run.json"),
         ],
     )
     assert result.exit_code == 0 and "kind=probability" in flat(result.output)
+    # and in the JSON, for a script that does not read the messages
+    (said,) = json.loads((tmp_path / "run.json").read_text())["run"]["model_warnings"]
+    assert f"--onnx-spec {FOREIGN_SPEC}" in said
 
 
 @pytest.mark.parametrize(
@@ -267,6 +272,21 @@ def test_eval_of_a_foreign_onnx_equals_scoring_its_maps_by_hand(foreign: Path, t
     b = next(iter(json.loads((tmp_path / "b.json").read_text())["splits"].values()))
     for key in ("maxF", "wF", "MAE", "S", "E"):
         assert a[key] == pytest.approx(b[key], abs=2e-3), key
+
+
+def test_eval_warns_of_probabilities_read_as_logits_and_keeps_it(foreign: Path, tmp_path: Path) -> None:
+    split = make_dataset(tmp_path / "set", 2, size=40)
+    spec = FOREIGN_SPEC.replace("kind=probability", "kind=logit")
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(
+        app,
+        ["eval", "--split", str(split), "--jobs", "1", "--no-cache", "-w", str(foreign), "--onnx-spec", spec,
+         "--json", str(tmp_path / "e.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"--onnx-spec {FOREIGN_SPEC}" in flat(result.output)
+    settings = json.loads((tmp_path / "e.json").read_text())["settings"]["predictions"]
+    (said,) = settings["model_warnings"]
+    assert f"--onnx-spec {FOREIGN_SPEC}" in said
 
 
 def test_cli_predict_names_the_model_and_refuses_a_bad_spec(foreign: Path, tmp_path: Path) -> None:

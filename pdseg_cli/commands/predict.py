@@ -285,7 +285,7 @@ def predict(
                 raise
         if dist.is_main:
             prediction.summary(result, table_on_stderr=on_stdout)
-            prediction.doubts(predictor.doubts)
+            prediction.doubts(result.model_warnings)  # every process's, under torchrun
             _write_json(json_out, result, settings)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)

@@ -365,6 +365,9 @@ def prediction_settings(predictor: Predictor, save_preds: Path | None) -> dict[s
         "size": str(predictor.size),
         "tta": predictor.tta,
         "scales": list(predictor.scale_sides) or None,  # the working sides, averaged
+        # what the maps say against how the model is read (grey maps from a foreign ONNX's
+        # probabilities read as logits): printed before the scores, kept with them for a script
+        "model_warnings": predictor.doubts,
         # on a CPU the order of the sums, so a grey level here and there, follows the thread count
         # (the default follows the load): what --threads gives the same maps again
         "threads": torch.get_num_threads() if str(predictor.device) == "cpu" else None,

@@ -181,6 +181,7 @@ def run_plan(
         own_outputs=plan.own_outputs,
         stopped=stop,
         interrupted=interrupted,
+        model_warnings=predictor.doubts,
     )
     if interrupted:
         raise PredictInterrupted(local)

@@ -78,6 +78,8 @@ class PredictSummary:
             (:func:`pdseg_cli.engine.predict_plan.split_own_outputs`).
         stopped: the write that stopped the run (a full disk: :class:`OutputWriteStopped`), the
             first in input order under torchrun; None when the run went to the end.
+        model_warnings: what the maps say against how the model is read (``Predictor.doubts``: a
+            foreign ONNX output taken as a logit that gives probabilities), every process's.
     """
 
     results: list[FileResult]
@@ -93,6 +95,7 @@ class PredictSummary:
     stopped: Stop | None = None
     interrupted: bool = False
     not_reached: list[Path] = field(default_factory=list)
+    model_warnings: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         # what a notebook shows for a run: the counts, not one FileResult per image
@@ -161,6 +164,8 @@ class PredictSummary:
                 "processes": self.world_size,
                 "wall_seconds": round(self.wall_seconds, 3),
                 "peak_memory_bytes": max((m.bytes for m in self.peak_memory), default=0),
+                # for a script: the warning printed after the table, that the maps may be grey
+                "model_warnings": self.model_warnings,
             },
             "settings": settings or {},
             "stopped": stop,
@@ -190,6 +195,7 @@ def merge_summaries(parts: Sequence[PredictSummary]) -> PredictSummary:
         left_in_out=first.left_in_out,
         own_outputs=first.own_outputs,
         stopped=min((p.stopped for p in parts if p.stopped), key=lambda s: s.result.index, default=None),
+        model_warnings=list(dict.fromkeys(w for p in parts for w in p.model_warnings)),
     )
 
 
