@@ -660,3 +660,19 @@ def test_problems_of_the_val_folder_say_it_is_the_val_folder(tmp_path: Path, dat
         train(tiny(tmp_path / "run", data["train"], val_dir=empty, val_every=1))
     assert info.value.message.startswith("--val: no images in ")
     assert str(info.value).startswith("--val: ")
+
+
+def test_what_the_image_readers_warn_of_is_said_before_training(tmp_path: Path) -> None:
+    # a scanner's 12-bit data in a 16-bit file trains as a nearly black image: predict warns of it,
+    # and training said nothing
+    folder = make_dataset(tmp_path / "set", 7)
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        (folder / "im" / f"s{i:02d}.jpg").unlink()
+        cv2.imwrite(str(folder / "im" / f"s{i:02d}.png"), rng.integers(0, 4096, (64, 64, 3), dtype=np.uint16))
+    result = run_cli(*TINY_CLI, "--val-every", "0", "--train", folder, "--out", tmp_path / "run", columns=300)
+    assert result.exit_code == 0, result.output
+    said = flat(result.output)
+    assert said.count("of 65535 (12-bit data") == 5  # five named, the sixth counted
+    assert "s00.png" in said and "and 1 more warnings of the images read before training" in said
+    assert "s06.jpg" not in said

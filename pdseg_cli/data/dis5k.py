@@ -829,10 +829,12 @@ class PairError(DataError):
         self.reason, self.path, self.detail = reason, path, detail
 
 
-def load_sample(pair: Pair, size: int) -> np.ndarray:
+def load_sample(pair: Pair, size: int, notes: list[str] | None = None) -> np.ndarray:
     """Decode one pair and resize both to ``size`` x ``size`` (bilinear, as ``pdseg predict`` resizes).
 
     The target is the mask, the teacher's map, or their blend (:meth:`Pair.needs_teacher`).
+    ``notes`` receives what the image's reader warns of (12-bit data in a 16-bit file, a TIFF's
+    other pages, a damaged file decoded anyway), each line naming the file.
 
     Returns:
         (size, size, 4) uint8: RGB in channels 0-2, the target (0..255, soft edges) in channel 3.
@@ -845,7 +847,10 @@ def load_sample(pair: Pair, size: int) -> np.ndarray:
     # transforms imports torch: not at module level, so that `pdseg eval` can read the layout without it
     from pdseg_cli.data.transforms import resize_image, to_float_rgb
 
-    pixels = imio.read_image(pair.image).pixels
+    read_image = imio.read_image(pair.image)
+    pixels = read_image.pixels
+    if notes is not None:
+        notes.extend(read_image.warnings)
     targets: list[np.ndarray | None] = []
     for path in (pair.mask, pair.teacher if pair.needs_teacher() else None):
         if path is None:
@@ -925,6 +930,8 @@ class SampleStore:
         self.mode = mode
         self.cache_dir = cache_dir
         self.arrays: list[np.ndarray | None] = [None] * len(self.pairs)
+        # what the readers warned of as :func:`prepare_samples` decoded (cached samples say nothing)
+        self.notes: list[str] = []
         # named once: a source file edited during training does not move its sample
         self.paths = (
             [cache_dir / _cache_name(p, size) for p in self.pairs] if cache_dir and mode == "disk" else []
@@ -945,13 +952,15 @@ class SampleStore:
             return np.load(self.paths[index], mmap_mode="r")
         return load_sample(self.pairs[index], self.size)
 
-    def prepare_one(self, index: int) -> None:
-        """Decode sample ``index`` (and store it), or check a cached file; raises on bad files."""
+    def prepare_one(self, index: int) -> list[str]:
+        """Decode sample ``index`` (and store it), or check a cached file; raises on bad files.
+        Returns what the image's reader warned of (nothing for a sample found in the cache)."""
+        notes: list[str] = []
         if self.mode == "disk":
             path = self.paths[index]
             if path.is_file():
-                return
-            array = load_sample(self.pairs[index], self.size)
+                return notes
+            array = load_sample(self.pairs[index], self.size, notes)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -963,9 +972,10 @@ class SampleStore:
                 ) from None
         elif self.mode == "ram":
             if self.arrays[index] is None:
-                self.arrays[index] = load_sample(self.pairs[index], self.size)
+                self.arrays[index] = load_sample(self.pairs[index], self.size, notes)
         else:
-            load_sample(self.pairs[index], self.size)
+            load_sample(self.pairs[index], self.size, notes)
+        return notes
 
 
 def prepare_samples(
@@ -978,6 +988,7 @@ def prepare_samples(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SampleStore:
     """Decode (or find in the cache) every pair once, then report every bad pair together.
+    What the image readers warned of is kept in the store's ``notes``, in pair order.
 
     Args:
         scan: the folder's pairs and pairing problems.
@@ -994,10 +1005,12 @@ def prepare_samples(
     total = len(store)
     problems: list[PairProblem] = list(scan.problems)
 
+    notes: list[list[str]] = [[] for _ in range(total)]
+
     def work(index: int) -> PairProblem | None:
         pair = store.pairs[index]
         try:
-            store.prepare_one(index)
+            notes[index] = store.prepare_one(index)
         except CacheWriteError:
             raise
         except PairError as exc:
@@ -1022,6 +1035,7 @@ def prepare_samples(
             if on_progress is not None:
                 on_progress(done, total)
     dataclasses.replace(scan, problems=problems).raise_problems()
+    store.notes = [line for lines in notes for line in lines]
     return store
 
 

@@ -381,7 +381,17 @@ def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan])
         error = exc
     ctx.agree(error)  # also waits for rank 0's cache
     assert store is not None
+    if ctx.main and store.notes:
+        # a 12-bit scan in a 16-bit file trains as a nearly black image: said, as predict says it
+        for line in store.notes[:_NOTES_SHOWN]:
+            ctx.notice(line)
+        if len(store.notes) > _NOTES_SHOWN:
+            more = len(store.notes) - _NOTES_SHOWN
+            ctx.notice(f"and {more} more warnings of the images read before training")
     return store
+
+
+_NOTES_SHOWN = 5  # of the image readers' warnings before training: the rest are counted
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig | None:
