@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -386,6 +387,40 @@ def test_unwritable_outputs_are_one_line_errors(
     assert result.exit_code == 1, result.output
     # not "free some space", the fix of a full disk
     assert "check the permissions of that file and folder or choose another --out" in flat(result.output)
+
+
+# a file-size limit makes a write fail at a known size, as a full disk does, without filling one
+_LIMITED_EXPORT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+from pdseg_cli.cli import main
+sys.argv = ["pdseg", "export", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file-size limits")
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("torchscript", "m.ts"), ("checkpoint", "m.pt"), ("onnx", "m.onnx")]
+)
+def test_a_write_that_fails_midway_is_one_error_line_with_nothing_left(
+    checkpoint: Path, tmp_path: Path, fmt: str, name: str
+) -> None:
+    # torch.jit.save's own file writer aborted the process (SIGABRT, exit 134, no message) and left
+    # its temporary filling the disk
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    ran = subprocess.run(
+        [sys.executable, "-c", _LIMITED_EXPORT, "-w", str(checkpoint), "-o", str(out / name), "--format", fmt,
+         "--no-check"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"}, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 1, ran.stderr
+    assert f"cannot write {out / name} (File too large); nothing was written" in flat(ran.stderr)
+    assert "Traceback" not in ran.stderr and list(out.iterdir()) == []
 
 
 def test_a_killed_exports_temporary_is_removed_by_the_next_export(checkpoint: Path, tmp_path: Path) -> None:

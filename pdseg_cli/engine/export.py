@@ -841,8 +841,12 @@ def _export_torchscript(graph: nn.Module, path: Path, metadata: ExportMetadata) 
         # instead of 0.7 GB, and .numpy() on its output failed)
         for param in traced.parameters():
             param.requires_grad_(False)
-        # torch 2.13 deprecates torch.jit.save/load in favour of torch.export; they still work
+        # torch 2.13 deprecates torch.jit.save/load in favour of torch.export; they still work.
+        # Saved to memory, then written by Python: torch's own file writer aborts the process
+        # (SIGABRT, no message, its temporary left filling the disk) when a write fails
+        buffer = io.BytesIO()
         torch.jit.save(
-            traced, str(path), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata.to_strings())}
+            traced, buffer, _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata.to_strings())}
         )
+    path.write_bytes(buffer.getbuffer())
     return _collect(caught)
