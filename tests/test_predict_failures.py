@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import flat, run_cli, textured_image, tiny_checkpoint, torchrun_env
 
-from pdseg_cli import ui
+from pdseg_cli import runtime, ui
 from pdseg_cli.data import atomic
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.predict import Predictor
@@ -105,17 +107,52 @@ def test_a_full_disk_stops_the_run_at_the_first_write_it_fails(
     assert f"hint: {fix}, then run the same command again with --skip-existing to go on" in text
     assert text.endswith("or run it with another --out")
     assert "damaged file" not in text  # the hint for damaged inputs is not the disk's
-    assert "stopped after 3 of 12 images: 2 done, 1 failed" in text
-    assert "pdseg predict" not in result.stdout  # no summary table after the error
     data = json.loads(report.read_text())  # written though the run stopped: what is done, what is not
-    assert data["counts"] == {"done": 2, "skipped": 0, "failed": 1, "not_images": 0}
+    # i03's write may have been under way too, and failed: then it is counted (written nothing)
+    failed = data["counts"]["failed"]
+    assert failed in (1, 2) and data["counts"] == {"done": 2, "skipped": 0, "failed": failed, "not_images": 0}
+    assert f"stopped after {2 + failed} of 12 images: 2 done, {failed} failed" in text
+    assert "pdseg predict" not in result.stdout  # no summary table after the error
     assert data["stopped"]["why"] == why
-    assert data["stopped"]["not_reached"] == [str(images / f"i{i:02d}.png") for i in range(3, N)]
+    assert data["stopped"]["not_reached"] == [str(images / f"i{i:02d}.png") for i in range(2 + failed, N)]
+    assert all(f["outputs"] == [] for f in data["files"] if f["status"] == "failed")
     # once there is room, --skip-existing goes on where the run stopped
     monkeypatch.undo()
     again = run_cli("predict", images, "-o", out, "-w", ckpt, "--device", "cpu", "--skip-existing")
     assert again.exit_code == 0, again.output
     assert len(list(out.glob("*.png"))) == N
+
+
+def test_writes_that_the_full_disk_fails_together_are_each_reported(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two writes in flight when the disk fills: the one not raised was left out of the counts and
+    # of --json (its input listed as not reached), though its mask was on the disk
+    real_write = imio.write_png
+    together = threading.Barrier(2, timeout=20)
+
+    def write_png(path: Path, pixels: np.ndarray, **kwargs: object) -> None:
+        if path.stem in ("i02_alpha", "i03_alpha"):
+            together.wait()  # both images' masks are written, both alphas fail
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, pixels, **kwargs)
+
+    monkeypatch.setattr(imio, "write_png", write_png)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)  # two writer threads, on any machine
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    result = run_cli(
+        "predict", images, "-o", out, "-w", ckpt, "--device", "cpu", "-b", "2", "-s", "mask,alpha",
+        "--json", report, columns=300,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    data = json.loads(report.read_text())
+    assert data["counts"]["failed"] == 2, data["counts"]
+    failed = {f["input"]: f for f in data["files"] if f["status"] == "failed"}
+    assert sorted(failed) == [str(images / "i02.png"), str(images / "i03.png")]
+    for name in ("i02", "i03"):  # each lists the output it did write
+        assert failed[str(images / f"{name}.png")]["outputs"] == [str(out / f"{name}.png")]
+    assert str(images / "i03.png") not in data["stopped"]["not_reached"]
+    assert "the images whose outputs were all written are skipped" in flat(result.output)
 
 
 def test_a_full_disk_stops_predict_paths_with_what_was_done(
@@ -126,7 +163,7 @@ def test_a_full_disk_stops_predict_paths_with_what_was_done(
     with pytest.raises(OutputWriteStopped) as stopped:
         predictor.predict_paths([images], tmp_path / "out")
     summary = stopped.value.summary
-    assert summary.done == 2 and summary.failed == 1
+    assert summary.done == 2 and summary.failed in (1, 2)  # i03's write may have been under way too
     assert summary.stopped is not None and summary.stopped.errno == errno.ENOSPC
     assert summary.stopped.result.path == images / "i02.png"
 
@@ -324,7 +361,10 @@ def test_under_torchrun_a_process_stopped_by_its_disk_leaves_no_other_waiting(
     assert written == sorted(f"i{i:02d}.png" for i in (*range(0, N, 2), 1)), text  # rank 0 went to its end
     assert f"error: {images / 'i03.png'}: cannot write {out / 'i03.png'} (No space left on device)" in text
     assert text.count("error:") == 1, text  # said by rank 0 only
-    assert "stopped after 8 of 12 images: 7 done, 1 failed" in text
+    # rank 1's next write (i05) may have been under way too, and failed
+    assert re.search(r"stopped after (8 of 12 images: 7 done, 1|9 of 12 images: 7 done, 2) failed", text), (
+        text
+    )
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -54,8 +54,8 @@ _STOPS_THE_RUN = {
     errno.EROFS: "the file system of --out is read-only: make it writable",
 }
 _GO_ON = (
-    ", then run the same command again with --skip-existing to go on (every image written so far is "
-    "complete and is skipped), or run it with another --out"
+    ", then run the same command again with --skip-existing to go on (the images whose outputs were all "
+    "written are skipped), or run it with another --out"
 )
 
 
@@ -271,6 +271,11 @@ class _FolderRun:
                         # a stop met by a Ctrl-C: its failure is counted and named (a stop raised
                         # itself is counted by run_plan, as the run's one error)
                         self.finish(error.stop.result)
+                    elif isinstance(error, _WriteStopped) and error is not raised:
+                        # another write the full disk failed alongside the one raised: counted,
+                        # with the outputs it did write, for --json; not named, as the run's one
+                        # error line says why every write after it fails
+                        self.results.append(error.stop.result)
 
     def say_writes_left(self) -> bool:
         """After a Ctrl-C, tell ``on_stopping`` how many writes are still being made, when they
