@@ -211,8 +211,15 @@ def summary(result: PredictSummary, *, table_on_stderr: bool = False) -> None:
         ("skipped (outputs exist)", str(result.skipped)),
         ("failed", str(result.failed)),
         ("other files (not read)", str(len(result.not_images))),
-        ("wall time", ui.duration(result.wall_seconds)),
-        ("images / s", f"{result.images_per_second:.2f}"),
+        # a run with nothing left to do segmented nothing: no "0.0 s" and "0.00 images / s"
+        *(
+            [
+                ("wall time", ui.duration(result.wall_seconds)),
+                ("images / s", f"{result.images_per_second:.2f}"),
+            ]
+            if result.device
+            else []
+        ),
         (
             f"peak memory ({peak.what})",
             _bytes(peak.bytes) + (f" (rank {peak.rank})" if result.world_size > 1 else ""),
