@@ -70,7 +70,12 @@ def predict(
     scales: ScalesOpt = None,
     save: Annotated[list[str], typer.Option("--save", "-s", metavar="KINDS", help=_OUTPUTS_HELP)] = ["mask"],  # noqa: B006 (typer passes a new list)
     bg: Annotated[
-        str, typer.Option("--bg", help="Background of --save composite: a name, #rrggbb or r,g,b.")
+        str,
+        typer.Option(
+            "--bg",
+            help="Background of --save composite: a name, #rrggbb or r,g,b, written as given "
+            "(in the colours of the image's own ICC profile, if it has one).",
+        ),
     ] = "white",
     max_pixels: Annotated[
         int,
