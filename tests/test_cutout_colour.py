@@ -7,6 +7,7 @@ here, pdseg-tiny on the CPU.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -15,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from helpers import png_chunks, run_cli
+from helpers import EXAMPLE_IMAGES, png_chunks, run_cli
 
-from pdseg_cli.data import header
+from pdseg_cli.data import header, icc
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 
@@ -367,3 +368,67 @@ def test_rgb_input_outputs_are_as_before(tmp_path: Path, spread_tiny_ckpt: Path)
         chunks = png_chunks((out / name).read_bytes())
         assert [c for c, _ in chunks] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
         assert chunks[1][1] == b"Software\x00" + header.output_mark(path).encode()
+
+
+# ----------------------------------------------------------------------------------------------
+# --bg in the image's own ICC profile
+
+ADOBE_RGB = imio.read_image(EXAMPLE_IMAGES / "rocket.jpg").icc_profile  # the bundled photo's
+
+
+def _lcms_into(profile: bytes, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """LittleCMS's relative colorimetric sRGB -> ``profile`` of ``colours`` (Pillow's ImageCms)."""
+    image_cms = pytest.importorskip("PIL.ImageCms")
+    from PIL import Image
+
+    transform = image_cms.buildTransform(
+        image_cms.createProfile("sRGB"),
+        image_cms.ImageCmsProfile(io.BytesIO(profile)),
+        "RGB",
+        "RGB",
+        renderingIntent=image_cms.Intent.RELATIVE_COLORIMETRIC,
+    )
+    row = Image.fromarray(np.array([colours], dtype=np.uint8))
+    return np.asarray(image_cms.applyTransform(row, transform))[0].astype(float)
+
+
+def test_srgb_colours_go_into_a_matrix_profile_as_littlecms_puts_them() -> None:
+    assert ADOBE_RGB is not None and b"Adobe RGB (1998)" in ADOBE_RGB
+    rng = np.random.default_rng(0)
+    colours = [WHITE, (0, 0, 0), (0, 255, 0), (255, 0, 0), (51, 102, 204)]
+    colours += [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(200)]  # type: ignore[misc]
+    ours = np.array([icc.srgb_into_profile(c, ADOBE_RGB) for c in colours])
+    lcms = _lcms_into(ADOBE_RGB, colours)  # rounded to bytes
+    assert np.abs(ours - lcms).max() <= 0.6
+    assert tuple(np.rint(ours[2])) == (144, 255, 60)  # sRGB's green is less saturated in Adobe RGB
+    assert tuple(np.rint(ours[0])) == WHITE and tuple(ours[1]) == (0, 0, 0)
+    # LittleCMS's own sRGB profile (parametric tone curves): sRGB into sRGB changes nothing
+    image_cms = pytest.importorskip("PIL.ImageCms")
+    srgb = image_cms.ImageCmsProfile(image_cms.createProfile("sRGB")).tobytes()
+    same = np.array([icc.srgb_into_profile(c, srgb) for c in colours])
+    assert np.abs(same - np.array(colours)).max() <= 0.5
+
+
+def test_colours_are_kept_as_given_without_a_profile_pdseg_reads() -> None:
+    assert icc.srgb_into_profile((0, 255, 0), None) == (0.0, 255.0, 0.0)
+    for profile in (_profile(), b"", b"\0" * 300, ADOBE_RGB[:200]):  # no tags, nothing, cut short
+        assert icc.read_matrix_shaper(profile) is None
+        assert icc.srgb_into_profile((1, 2, 3), profile) == (1.0, 2.0, 3.0)
+    gray = bytearray(ADOBE_RGB)
+    gray[16:20] = b"GRAY"  # a gray or CMYK profile has no RGB primaries
+    assert icc.read_matrix_shaper(bytes(gray)) is None
+
+
+def test_the_composite_paints_bg_in_the_images_profile(tmp_path: Path) -> None:
+    # '#00ff00' stored as (0, 255, 0) in an Adobe RGB composite shows as a green no sRGB screen has
+    out = tmp_path / "out"
+    result = run_cli(
+        "predict", EXAMPLE_IMAGES / "rocket.jpg", "-o", out, "-s", "mask,composite", "--threshold", "0.5",
+        "--bg", "#00ff00", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    mask = cv2.imread(str(out / "rocket.png"), cv2.IMREAD_UNCHANGED)
+    painted = cv2.imread(str(out / "rocket_composite.png"))[..., ::-1][mask == 0]
+    assert len(painted) > 1000
+    assert {tuple(p) for p in painted} == {(144, 255, 60)}
+    assert imio.read_image(out / "rocket_composite.png").icc_profile == ADOBE_RGB

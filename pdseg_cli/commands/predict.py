@@ -73,8 +73,8 @@ def predict(
         str,
         typer.Option(
             "--bg",
-            help="Background of --save composite: a name, #rrggbb or r,g,b, written as given "
-            "(in the colours of the image's own ICC profile, if it has one).",
+            help="Background of --save composite: a name, #rrggbb or r,g,b, in sRGB as on the web "
+            "(converted into the image's own RGB ICC profile, if it has one).",
         ),
     ] = "white",
     max_pixels: Annotated[

@@ -345,7 +345,7 @@ def cutout(pixels: np.ndarray, byte_map: np.ndarray, input_alpha: np.ndarray | N
 def composite(
     pixels: np.ndarray,
     byte_map: np.ndarray,
-    background: Sequence[int],
+    background: Sequence[float],
     input_alpha: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend the image over a plain colour: ``rgb * a + bg * (1 - a)`` with ``a = map / 255``.
@@ -354,7 +354,7 @@ def composite(
         pixels: (H, W, 3) RGB, uint8, uint16 or float32 (at its own :func:`full_scale`; samples
             over it are blended as they are).
         byte_map: (H, W) uint8 map.
-        background: (r, g, b) in 0..255.
+        background: (r, g, b) in 0..255 (floats too: the colour in an ICC profile, unrounded).
         input_alpha: the image's own alpha (of ``pixels``' dtype: uint8, uint16, or float32 0..1):
             ``a`` is then :func:`cutout`'s alpha over its maximum, ``with_input_alpha(map at depth,
             input_alpha) / max`` (for float32 the map's 0..1 times the input's 0..1).

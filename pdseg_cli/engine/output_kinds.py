@@ -46,7 +46,9 @@ class OutputKind:
         make: ``make(colour, byte_map, background)`` -> the array to write. ``colour`` is the
             image (H, W, 3) at its own sample type (the estimated foreground colour with
             --refine-foreground), or None for a kind that does not use the image; ``byte_map`` is
-            the (H, W) uint8 map ``pdseg predict`` writes as the mask; ``background`` is --bg's RGB.
+            the (H, W) uint8 map ``pdseg predict`` writes as the mask; ``background`` is --bg's RGB
+            (0..255 a channel, floats: --bg's sRGB colour in the image's ICC profile for a kind
+            that ``carries_profile``, :func:`pdseg_cli.data.icc.srgb_into_profile`).
             A kind that ``uses_input_alpha`` is given a fourth argument, ``input_alpha``.
         uses_input_alpha: made with the input's own alpha too (a cut-out keeps what the input
             made transparent): ``make`` gets it as a fourth argument, (H, W) of ``colour``'s
@@ -75,14 +77,14 @@ class OutputKind:
     uses_background: bool = False
 
 
-def _mask(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
+def _mask(colour: np.ndarray | None, byte_map: np.ndarray, background: tuple[float, ...]) -> np.ndarray:
     return byte_map
 
 
 def _alpha(
     colour: np.ndarray | None,
     byte_map: np.ndarray,
-    background: tuple[int, ...],
+    background: tuple[float, ...],
     input_alpha: np.ndarray | None = None,
 ) -> np.ndarray:
     from pdseg_cli.data.transforms import cutout  # imports torch: not on every command line start
@@ -94,7 +96,7 @@ def _alpha(
 def _composite(
     colour: np.ndarray | None,
     byte_map: np.ndarray,
-    background: tuple[int, ...],
+    background: tuple[float, ...],
     input_alpha: np.ndarray | None = None,
 ) -> np.ndarray:
     from pdseg_cli.data.transforms import composite  # imports torch: not on every command line start

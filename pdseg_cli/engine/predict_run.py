@@ -27,6 +27,7 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.foreground import estimate_foreground
 from pdseg_cli.data.header import output_mark
+from pdseg_cli.data.icc import srgb_into_profile
 from pdseg_cli.engine.onnx_backend import ModelRunError
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
@@ -485,11 +486,14 @@ def _write_outputs(
             if kind.uses_image and colour is None:
                 assert pixels is not None  # the reader keeps them when a kind uses the image
                 colour = estimate_foreground(pixels, byte_map) if plan.refine_foreground else pixels
-            if kind.uses_input_alpha:
-                data = kind.make(colour, byte_map, background, prepared.alpha)
-            else:
-                data = kind.make(colour, byte_map, background)
             icc = prepared.icc_profile if kind.carries_profile else None
+            # --bg is an sRGB colour; the pixels of an output that carries the image's profile are
+            # in that profile's colours: the colour asked for, not a more saturated one
+            painted = srgb_into_profile(background, icc) if icc and kind.uses_background else background
+            if kind.uses_input_alpha:
+                data = kind.make(colour, byte_map, painted, prepared.alpha)
+            else:
+                data = kind.make(colour, byte_map, painted)
             density = prepared.density if kind.carries_density else None
             # the mark is how a later run tells its own earlier outputs (replaced) from the user's
             # files of the same layout, such as GT masks (refused: predict_plan.not_an_output), and
