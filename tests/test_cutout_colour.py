@@ -432,3 +432,55 @@ def test_the_composite_paints_bg_in_the_images_profile(tmp_path: Path) -> None:
     assert len(painted) > 1000
     assert {tuple(p) for p in painted} == {(144, 255, 60)}
     assert imio.read_image(out / "rocket_composite.png").icc_profile == ADOBE_RGB
+
+
+def _with_curves(profile: bytes, curve: bytes) -> bytes:
+    """``profile`` with its three tone curves replaced by ``curve`` (a whole ``curv``/``para`` tag)."""
+    (count,) = struct.unpack_from(">I", profile, 128)
+    tags = []
+    for i in range(count):
+        sig, offset, size = struct.unpack_from(">4sII", profile, 132 + 12 * i)
+        tags.append((sig, curve if sig in (b"rTRC", b"gTRC", b"bTRC") else profile[offset : offset + size]))
+    table, body, at = b"", b"", 132 + 12 * len(tags)
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += struct.pack(">4sII", sig, at + len(body), len(data))
+        body += data
+    head = bytearray(profile[:128])
+    head[0:4] = struct.pack(">I", at + len(body))
+    head[84:100] = bytes(16)  # the profile ID (an MD5 of the original) no longer holds
+    return bytes(head) + struct.pack(">I", len(tags)) + table + body
+
+
+def _s15(*values: float) -> bytes:
+    return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+
+@pytest.mark.parametrize(
+    "curve",
+    [
+        b"curv" + bytes(4) + struct.pack(">I", 0),  # identity
+        b"curv" + bytes(4) + struct.pack(">IH", 1, round(1.8 * 256)),  # a gamma (ProPhoto's)
+        b"curv" + bytes(4) + struct.pack(">I", 5) + struct.pack(">5H", 0, 3000, 12000, 35000, 65535),
+        b"para" + bytes(4) + struct.pack(">H", 0) + bytes(2) + _s15(2.2),
+        b"para" + bytes(4) + struct.pack(">H", 1) + bytes(2) + _s15(2.4, 1.1, -0.05),
+        b"para" + bytes(4) + struct.pack(">H", 2) + bytes(2) + _s15(2.4, 0.95, 0.05, 0.01),
+        b"para"
+        + bytes(4)
+        + struct.pack(">H", 3)
+        + bytes(2)
+        + _s15(2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045),
+        b"para"
+        + bytes(4)
+        + struct.pack(">H", 4)
+        + bytes(2)
+        + _s15(2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045, 0.004, 0.004),  # sRGB lifted by an offset
+    ],
+    ids=["identity", "gamma", "table", "para0", "para1", "para2", "para3", "para4"],
+)
+def test_every_kind_of_tone_curve_goes_as_littlecms_reads_it(curve: bytes) -> None:
+    profile = _with_curves(ADOBE_RGB, curve)
+    assert icc.read_matrix_shaper(profile) is not None
+    colours = [WHITE, (0, 0, 0), (0, 255, 0), (40, 30, 20), (200, 120, 60), (128, 128, 128)]
+    ours = np.array([icc.srgb_into_profile(c, profile) for c in colours])
+    assert np.abs(ours - _lcms_into(profile, colours)).max() <= 1.0

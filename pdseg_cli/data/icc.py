@@ -124,6 +124,8 @@ def _curve(data: bytes) -> Callable[[np.ndarray], np.ndarray]:
         (function,) = struct.unpack_from(">H", data, 8)
         n_params = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}[function]
         g, a, b, c, d, e, f = [_s15(data, 12 + 4 * i) for i in range(n_params)] + [0.0] * (7 - n_params)
+        if function in (1, 2) and a == 0:  # a damaged profile: its curve starts at -b / a
+            raise ValueError("a parametric curve with a = 0")
         if function == 0:
             return lambda x: np.power(x, g)
         if function == 1:  # CIE 122-1966
