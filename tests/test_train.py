@@ -1228,3 +1228,25 @@ def test_one_image_a_step_at_size_32_is_refused_unless_the_statistics_stay_froze
     # --init's statistics kept (the default at one image a step): it trains
     result = train(tiny(tmp_path / "kept", data, size=32, batch=1, epochs=1, val_dir=None, init=tiny_init))
     assert (tmp_path / "kept" / "last.pt").exists() and result is not None
+
+
+def test_the_size_follows_init_in_the_api_as_on_the_command_line(
+    tmp_path: Path, data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # TrainConfig(init=...) trained at 1024 where `pdseg train --init` took the file's size: a
+    # fine-tune of the bundled weights (512) ran four times slower than the CLI's
+    odd = save_checkpoint(create_model("pdseg-tiny"), tmp_path_factory.mktemp("odd") / "w.pt", train_size=90)
+    events: list[Any] = []
+    cfg = tiny(tmp_path / "run", data, epochs=1, val_every=0, variant=None, init=odd, size=None)
+    train(cfg, on_event=events.append)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (stored["variant"], stored["size"]) == ("pdseg-tiny", 96)  # 90: the nearest multiple of 32
+    said = [e.values["message"] for e in events if e.kind == "info"]
+    assert (
+        f"--init {odd} was trained at 90; training at 96, the nearest multiple of 32 (--size chooses another)"
+        in said
+    )
+    # given, the size is the caller's; without init, the recipe's 1024 (not run here: a check is enough)
+    train(tiny(tmp_path / "given", data, epochs=1, val_every=0, variant=None, init=odd, size=64))
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["train"]["size"] == 64
+    assert TrainConfig(out=tmp_path / "x", epochs=1).size is None

@@ -302,7 +302,7 @@ def train(
     from pdseg_cli.engine.train import TrainConfig
     from pdseg_cli.engine.train import train as run_training
     from pdseg_cli.engine.train_checkpoints import LAST_NAME, finished_state, recorded_threads, resume_command
-    from pdseg_cli.engine.train_config import default_run_folder, init_defaults
+    from pdseg_cli.engine.train_config import default_run_folder, init_variant
     from pdseg_cli.engine.train_folder import existing_run, refuse_other_settings
     from pdseg_cli.errors import counted, first_line
     from pdseg_cli.runtime import alike_on_every_rank, env_distributed, is_out_of_memory, usable_cores
@@ -331,18 +331,9 @@ def train(
     )  # fmt: skip
     # on --resume: what changed
     given: dict[str, Any] = {k: v for k, v in options.items() if v is not None and v != []}
-    with user_errors(rank=rank), alike_on_every_rank():  # an --init path the system refuses is one line
-        init_variant, init_size = init_defaults(None if resume else init)
-    if size is None and init_size is not None:
-        given["size"] = init_size  # fine-tuning keeps the size the weights were trained at
-        if init_size % 32:  # training sizes are multiples of the model's stride
-            given["size"] = max(32, round(init_size / 32) * 32)
-            if main:
-                ui.info(
-                    f"--init {init} was trained at {init_size}; training at {given['size']}, the nearest "
-                    "multiple of 32 (--size chooses another)"
-                )
-    out = out or default_run_folder(variant or init_variant)
+    if out is None:  # runs/<variant>, of the weights being fine-tuned (their size: the engine's)
+        with user_errors(rank=rank), alike_on_every_rank():  # an --init path the system refuses is one line
+            out = default_run_folder(variant or init_variant(None if resume else init))
     view = TrainingView()
     with user_errors(rank=rank):
         with alike_on_every_rank():
@@ -387,8 +378,9 @@ def train(
             # a resumed run keeps its batch and size, so the way out is a new run; each process runs
             # out of its own GPU's memory, so user_errors has each say its own
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
+            size_said = f"--size {cfg.size}" if cfg.size is not None else "the size --init was trained at"
             raise RunFailed(
-                f"out of memory training {cfg.model_variant} at --size {cfg.size} with --batch {cfg.batch} "
+                f"out of memory training {cfg.model_variant} at {size_said} with --batch {cfg.batch} "
                 f"per process{where} ({first_line(exc)})",
                 hint="start the run again with a smaller --batch or --size (another --out, or --overwrite)",
             ) from None

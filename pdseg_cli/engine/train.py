@@ -45,7 +45,7 @@ import torch
 from pdseg_cli import runtime
 from pdseg_cli.data.dis5k import shown
 from pdseg_cli.data.folder_lock import folder_lock
-from pdseg_cli.engine.train_config import TrainConfig, default_workers
+from pdseg_cli.engine.train_config import DEFAULT_SIZE, TrainConfig, default_workers
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_events import (
     CheckpointWriteError,
@@ -58,7 +58,7 @@ from pdseg_cli.engine.train_loop import run_training
 from pdseg_cli.engine.train_rng import isolated_rng
 from pdseg_cli.engine.train_schedule import lr_factor, param_groups
 from pdseg_cli.errors import InputError
-from pdseg_cli.model.build import load_checkpoint
+from pdseg_cli.model.build import load_checkpoint, train_side
 
 __all__ = [
     "CheckpointWriteError",
@@ -95,7 +95,7 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         if cfg.resume and not cfg.from_record:  # TrainConfig.for_resume's are exact: taken as they are
             cfg = cfg.resumed()
         cfg.check()
-        cfg = _variant_from_init(cfg)
+        cfg = _from_init(cfg, on_event if env.rank == 0 else None)
     runtime.check_gpu_per_process(cfg.device, env)  # says itself which of its refusals are alike
     with runtime.alike_on_every_rank():  # one GPU per process is checked: the same answer everywhere
         choice = runtime.resolve_device(cfg.device, local_rank=env.local_rank if env.enabled else None)
@@ -143,22 +143,34 @@ def _run_folder_held(ctx: RunContext) -> Iterator[None]:
         yield
 
 
-def _variant_from_init(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the variant of its ``--init`` checkpoint (a conflicting ``--variant`` is an error).
+def _from_init(cfg: TrainConfig, on_event: EventHandler | None) -> TrainConfig:
+    """``cfg`` with the variant of its ``--init`` checkpoint (a conflicting ``--variant`` is an
+    error) and, where ``size`` is None, the size the checkpoint was trained at (the nearest multiple
+    of 32, said to ``on_event``), else :data:`DEFAULT_SIZE`: fine-tuning keeps the weights' size.
 
     Raises:
         InputError: ``--variant`` names another variant than the checkpoint's.
         WeightsError: the checkpoint cannot be read.
     """
-    if cfg.init is None or cfg.resume:
-        return cfg
+    if cfg.init is None or cfg.resume:  # a resumed run's size is its own (TrainConfig.resumed)
+        return cfg if cfg.size is not None else dataclasses.replace(cfg, size=DEFAULT_SIZE)
     ckpt = load_checkpoint(cfg.init)
     if cfg.variant is not None and cfg.variant != ckpt.variant:
         raise InputError(
             f"--variant {cfg.variant} conflicts with --init {cfg.init}, a {ckpt.variant} checkpoint",
             hint="drop --variant: fine-tuning keeps the checkpoint's variant",
         )
-    return dataclasses.replace(cfg, variant=ckpt.variant)
+    size = cfg.size
+    if size is None:
+        side = train_side(ckpt.train_size)
+        size = DEFAULT_SIZE if side is None else max(32, round(side / 32) * 32)
+        if side is not None and side != size and on_event is not None:
+            message = (
+                f"--init {cfg.init} was trained at {side}; training at {size}, the nearest multiple of 32 "
+                "(--size chooses another)"
+            )
+            on_event(TrainEvent("info", values={"message": message}))
+    return dataclasses.replace(cfg, variant=ckpt.variant, size=size)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pdseg_cli.errors import InputError, check_kind
 
 CONFIG = "config.json"  # the run folder's record of the configuration (see TrainConfig.to_dict)
 RUNS_DIR = Path("runs")  # default run folders: runs/<variant>
+DEFAULT_SIZE = 1024  # the training side without --size or --init: DIS5K's images, the recipe's
 
 Supervision = losses.Supervision
 Loss = losses.Loss
@@ -64,7 +65,8 @@ class TrainConfig:
         variant: the model, a name from ``pdseg_cli.config.VARIANTS`` (``pdseg-t/s/b/l``;
             ``segnext-b``/``segnext-t``, the ablation's single head; ``pdseg-tiny``, for tests);
             None: ``init``'s variant, else ``pdseg-b``.
-        size: square training side in pixels; a multiple of 32. DIS5K images are 1024^2 in the recipe.
+        size: square training side in pixels; a multiple of 32. None: ``init``'s training size (the
+            nearest multiple of 32), else 1024, the DIS recipe's (:data:`DEFAULT_SIZE`).
         batch: images per step and process (the global batch is ``batch * world_size``).
         workers: DataLoader worker processes per training process (0 loads in the main process);
             None: :func:`default_workers`.
@@ -129,7 +131,7 @@ class TrainConfig:
     out: Path
     epochs: int
     variant: str | None = None
-    size: int = 1024
+    size: int | None = None
     batch: int = 8
     workers: int | None = None
     seed: int = 0
@@ -177,7 +179,7 @@ class TrainConfig:
             out: PathArg,
             epochs: int,
             variant: str | None = ...,
-            size: int = ...,
+            size: int | None = ...,
             batch: int = ...,
             workers: int | None = ...,
             seed: int = ...,
@@ -277,7 +279,7 @@ class TrainConfig:
                 "e.g. --epochs 20",
             ),
             (
-                self.size >= 32 and self.size % 32 == 0,
+                self.size is None or (self.size >= 32 and self.size % 32 == 0),
                 f"--size must be at least 32 and a multiple of 32 (the model's total stride), got "
                 f"{self.size}",
                 "e.g. --size 1024 (the DIS recipe), 512 or 320",
@@ -524,20 +526,19 @@ def default_workers(cores: int | None = None) -> int:
     return 0 if cores <= 2 else min(4, cores - 1)
 
 
-def init_defaults(init: Path | None) -> tuple[str | None, int | None]:
-    """(variant, training side) of an ``--init`` checkpoint, for the options left out: the run
-    folder ``runs/<variant>`` and ``--size`` follow the weights being fine-tuned. (None, None)
-    without ``--init``, or for one that cannot be read (the run then reports it)."""
+def init_variant(init: Path | None) -> str | None:
+    """The variant of an ``--init`` checkpoint, for the run folder ``runs/<variant>`` when
+    ``--out`` is left out. None without ``--init``, or for one that cannot be read (the run then
+    reports it)."""
     if init is None:
-        return None, None
+        return None
     from pdseg_cli.errors import PdsegError
-    from pdseg_cli.model.build import load_checkpoint, train_side
+    from pdseg_cli.model.build import load_checkpoint
 
     try:
-        ckpt = load_checkpoint(init)
+        return load_checkpoint(init).variant
     except PdsegError:
-        return None, None
-    return ckpt.variant, train_side(ckpt.train_size)
+        return None
 
 
 def default_run_folder(variant: str | None) -> Path:
