@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -484,3 +485,25 @@ def test_every_kind_of_tone_curve_goes_as_littlecms_reads_it(curve: bytes) -> No
     colours = [WHITE, (0, 0, 0), (0, 255, 0), (40, 30, 20), (200, 120, 60), (128, 128, 128)]
     ours = np.array([icc.srgb_into_profile(c, profile) for c in colours])
     assert np.abs(ours - _lcms_into(profile, colours)).max() <= 1.0
+
+
+def test_white_stays_white_to_the_last_bit_and_damaged_curves_are_not_read() -> None:
+    # the primaries' 5 digits put white 7e-5 off: 65533 in a 16-bit composite's default background
+    assert icc.srgb_into_profile(WHITE, ADOBE_RGB) == (255.0, 255.0, 255.0)
+    header_only = b"para" + bytes(4)
+    damaged = [
+        header_only + struct.pack(">H", 5) + bytes(2) + _s15(2.2),  # no such parametric function
+        b"curv" + bytes(4) + struct.pack(">IH", 1, 0),  # a gamma of 0: every value 1
+        b"curv" + bytes(4) + struct.pack(">I", 3) + struct.pack(">3H", 65535, 30000, 0),  # falling
+        header_only + struct.pack(">H", 3) + bytes(2) + _s15(2.4, 0, 0.5, 0.1, 0.04),  # a = 0: flat
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor numpy's warnings of a power of 0 or a division
+        for curve in damaged:
+            profile = _with_curves(ADOBE_RGB, curve)
+            assert icc.read_matrix_shaper(profile) is None
+            assert icc.srgb_into_profile((0, 255, 0), profile) == (0.0, 255.0, 0.0)  # as given
+    # tables from the connection space are what a colour management system converts through
+    assert ADOBE_RGB[132:136] == b"cprt" and icc.read_matrix_shaper(ADOBE_RGB) is not None
+    tagged = b"B2A0".join([ADOBE_RGB[:132], ADOBE_RGB[136:]])  # its first tag (the copyright) renamed
+    assert icc.read_matrix_shaper(tagged) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import flat, make_dataset, torchrun_env
+from helpers import flat, make_dataset, tiny_checkpoint, torchrun_env
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
@@ -144,6 +144,8 @@ def test_cli_out_of_memory_is_a_one_line_error(
 ) -> None:
     import pdseg_cli.engine.train as engine
 
+    real_train = engine.train
+
     def no_memory(*args: object, **kwargs: object) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
@@ -154,6 +156,21 @@ def test_cli_out_of_memory_is_a_one_line_error(
     assert "out of memory training pdseg-tiny at --size 64 with --batch 4 per process on cpu" in text
     assert "(CUDA out of memory)" in text
     assert "smaller --batch or --size" in text and "Traceback" not in result.output
+    # fine-tuning with neither --variant nor --size: the run's own (--init's), not the defaults
+    start = tiny_checkpoint(tmp_path / "start.pt", train_size=64)
+    import pdseg_cli.engine.train_loop as loop
+
+    monkeypatch.setattr(engine, "train", real_train)
+    monkeypatch.setattr(loop, "_train_step", no_memory)
+    args = [
+        a
+        for a in tiny_args(tmp_path / "tuned", folders)
+        if a not in ("--variant", "pdseg-tiny", "--size", "64")
+    ]
+    result = runner.invoke(app, [*args, "--init", str(start)])
+    assert result.exit_code == 1, result.output
+    assert "out of memory training pdseg-tiny at --size 64 with --batch 4" in flat(result.output)
+    monkeypatch.setattr(engine, "train", no_memory)
     # under torchrun each process runs out of its own GPU's memory, and says so itself
     _as_rank(monkeypatch, 1)
     result = runner.invoke(app, tiny_args(tmp_path / "run", folders))

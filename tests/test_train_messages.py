@@ -676,3 +676,9 @@ def test_what_the_image_readers_warn_of_is_said_before_training(tmp_path: Path) 
     assert said.count("of 65535 (12-bit data") == 5  # five named, the sixth counted
     assert "s00.png" in said and "and 1 more warnings of the images read before training" in said
     assert "s06.jpg" not in said
+    # again by a run that finds the samples in the cache (kept beside them), not only the first
+    assert len(list((tmp_path / "run").rglob("*.warnings.txt"))) == 6
+    args = [*TINY_CLI, "--val-every", "0", "--train", folder, "--out", tmp_path / "run", "--overwrite"]
+    again = run_cli(*args, columns=300)
+    assert again.exit_code == 0, again.output
+    assert flat(again.output).count("of 65535 (12-bit data") == 5

@@ -378,9 +378,11 @@ def train(
             # a resumed run keeps its batch and size, so the way out is a new run; each process runs
             # out of its own GPU's memory, so user_errors has each say its own
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
-            size_said = f"--size {cfg.size}" if cfg.size is not None else "the size --init was trained at"
+            # as the run resolved them (--init's variant and size), else as given
+            variant, size = view.started or (cfg.model_variant, cfg.size)
+            size_said = f" at --size {size}" if size is not None else ""
             raise RunFailed(
-                f"out of memory training {cfg.model_variant} at {size_said} with --batch {cfg.batch} "
+                f"out of memory training {variant}{size_said} with --batch {cfg.batch} "
                 f"per process{where} ({first_line(exc)})",
                 hint="start the run again with a smaller --batch or --size (another --out, or --overwrite)",
             ) from None

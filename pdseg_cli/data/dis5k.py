@@ -13,6 +13,7 @@ pairs are reported by name before any training step (:func:`prepare_samples`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -905,6 +906,9 @@ def _cache_name(pair: Pair, size: int) -> str:
     return f"{pair.stem[:80]}-{digest}.npy"
 
 
+WARNINGS_SUFFIX = ".warnings.txt"  # beside a cached sample: what its image's reader warned of
+
+
 class CacheWriteError(RunFailed):
     """The disk cache cannot be written: one error for the run, not one per pair."""
 
@@ -930,7 +934,7 @@ class SampleStore:
         self.mode = mode
         self.cache_dir = cache_dir
         self.arrays: list[np.ndarray | None] = [None] * len(self.pairs)
-        # what the readers warned of as :func:`prepare_samples` decoded (cached samples say nothing)
+        # what the readers warned of as :func:`prepare_samples` decoded or found the samples
         self.notes: list[str] = []
         # named once: a source file edited during training does not move its sample
         self.paths = (
@@ -954,15 +958,22 @@ class SampleStore:
 
     def prepare_one(self, index: int) -> list[str]:
         """Decode sample ``index`` (and store it), or check a cached file; raises on bad files.
-        Returns what the image's reader warned of (nothing for a sample found in the cache)."""
+        Returns what the image's reader warned of (for a sample found in the cache, as it was kept)."""
         notes: list[str] = []
         if self.mode == "disk":
             path = self.paths[index]
+            # what the reader warned of, kept beside the sample: said again by every run that uses it
+            said = path.with_suffix(WARNINGS_SUFFIX)
             if path.is_file():
+                with contextlib.suppress(OSError):
+                    notes = said.read_text(encoding="utf-8").splitlines()
                 return notes
             array = load_sample(self.pairs[index], self.size, notes)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if notes:  # before the sample, whose presence says the pair was read
+                    with atomic_path(said) as tmp:
+                        tmp.write_text("\n".join(notes) + "\n", encoding="utf-8")
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, array)
             except OSError as exc:  # the cache folder's fault, not the pair's

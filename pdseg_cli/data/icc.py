@@ -5,9 +5,9 @@ such a composite than the colour asked for.
 
 Only RGB matrix/TRC profiles (three primaries and three tone curves: Adobe RGB, Display P3,
 ProPhoto, sRGB itself, what cameras and phones embed) are read, by the ICC specification
-(ICC.1:2010, sections 7 and 10); a profile of lookup tables only is not, and the colour is then
-written as given. The conversion is relative colorimetric, as colour-managed viewers show a
-matrix/TRC profile: white stays white.
+(ICC.1:2010, sections 7 and 10); a profile with lookup tables from the connection space (which
+a colour management system converts through), or with a damaged curve, is not, and the colour is
+then written as given. The conversion is relative colorimetric, scaled so that white stays white.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ _SRGB_TO_XYZ_D50 = np.array(
     ]
 )
 _HEADER_BYTES = 128
-_CURVE_SAMPLES = 4097  # a tone curve is inverted over this grid
+_GRID = np.linspace(0.0, 1.0, 4097)  # the encoded values a tone curve is sampled and inverted at
 _PRECISION = 5e-5  # of a linear value computed from s15Fixed16 primaries
 
 
 @dataclass(frozen=True)
 class MatrixShaper:
-    """An RGB matrix/TRC profile: linear RGB -> XYZ (D50) by ``matrix``; ``curves`` take each
-    channel's encoded value (0..1) to its linear value."""
+    """An RGB matrix/TRC profile: linear RGB -> XYZ (D50) by ``matrix``; ``curves`` give each
+    channel's linear value at the encoded values of ``_GRID`` (0..1)."""
 
     matrix: np.ndarray  # (3, 3): columns are the red, green and blue primaries' XYZ
-    curves: tuple[Callable[[np.ndarray], np.ndarray], ...]
+    curves: tuple[np.ndarray, ...]  # each curve's linear values at _GRID, rising from 0 to 1
 
 
 def read_matrix_shaper(profile: bytes) -> MatrixShaper | None:
@@ -46,7 +46,7 @@ def read_matrix_shaper(profile: bytes) -> MatrixShaper | None:
     CMYK, lookup tables only) or one that cannot be read."""
     try:
         return _read(profile)
-    except (struct.error, ValueError, IndexError, ZeroDivisionError):
+    except (struct.error, ValueError, IndexError, KeyError, ZeroDivisionError):
         return None
 
 
@@ -59,19 +59,18 @@ def srgb_into_profile(colour: Sequence[float], profile: bytes | None) -> tuple[f
         return tuple(float(c) for c in colour)
     encoded = np.asarray(colour, dtype=np.float64) / 255.0
     linear = np.where(encoded <= 0.04045, encoded / 12.92, ((encoded + 0.055) / 1.055) ** 2.4)
-    target = np.linalg.solve(shaper.matrix, _SRGB_TO_XYZ_D50 @ linear)
-    # a profile's primaries are stored to 5 digits: a channel that should be exactly 0 or 1 (sRGB's
-    # red is Adobe RGB's red) comes out 1e-5 off, which the steep start of a tone curve makes a
-    # level or two. Within the stored precision, 0 and 1 are taken as such
+    # relative to white: sRGB's white lands on the profile's (1, 1, 1) exactly. Its primaries are
+    # stored to 5 digits, so unscaled it came out 7e-5 off, which a 16-bit or float composite kept
+    # (65533 for 65535); a profile whose primaries add up to another white gets white too
+    white = np.linalg.solve(shaper.matrix, _SRGB_TO_XYZ_D50 @ np.ones(3))
+    target = np.linalg.solve(shaper.matrix, _SRGB_TO_XYZ_D50 @ linear) / white
+    # a channel that should be exactly 0 (sRGB's red is Adobe RGB's red) comes out 1e-5 off, which
+    # the steep start of a tone curve makes a level or two: within the stored precision, it is 0
     target[np.abs(target) < _PRECISION] = 0.0
-    target[np.abs(target - 1.0) < _PRECISION] = 1.0
     target = np.clip(target, 0.0, 1.0)
-    grid = np.linspace(0.0, 1.0, _CURVE_SAMPLES)
     out = []
-    for value, curve in zip(target, shaper.curves, strict=True):
-        # each curve rises from 0 to 1: its inverse by interpolation over a fine grid
-        forward = np.maximum.accumulate(curve(grid))
-        out.append(float(np.interp(value, forward, grid)) * 255.0)
+    for value, forward in zip(target, shaper.curves, strict=True):
+        out.append(float(np.interp(value, forward, _GRID)) * 255.0)  # the curve's inverse
     return tuple(out)
 
 
@@ -84,14 +83,25 @@ def _read(profile: bytes) -> MatrixShaper | None:
         sig, offset, size = struct.unpack_from(">4sII", profile, _HEADER_BYTES + 4 + 12 * i)
         tags[sig] = profile[offset : offset + size]
     names = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
-    if not all(name in tags for name in names):
+    # a profile with tables from the connection space (B2A*) is converted through them by a colour
+    # management system, not through its matrix: not read, rather than converted otherwise
+    if not all(name in tags for name in names) or any(name.startswith(b"B2A") for name in tags):
         return None
     columns = [_xyz(tags[name]) for name in names[:3]]
     matrix = np.array(columns).T
     if abs(np.linalg.det(matrix)) < 1e-9:
         return None
-    curves = tuple(_curve(tags[name]) for name in names[3:])
-    return MatrixShaper(matrix, curves)
+    curves = []
+    for name in names[3:]:
+        with np.errstate(all="ignore"):
+            forward = _curve(tags[name])(_GRID)
+        # a damaged curve (falling, flat, not from 0 to 1, a gamma of 0): not read
+        if not np.all(np.isfinite(forward)) or np.any(np.diff(forward) < -1e-9):
+            return None
+        if forward[0] > 0.1 or forward[-1] < 0.9:
+            return None
+        curves.append(forward)
+    return MatrixShaper(matrix, tuple(curves))
 
 
 def _s15(data: bytes, at: int) -> float:

@@ -135,9 +135,10 @@ def _drop_stale_samples(*stores: dis5k.SampleStore | None) -> None:
     doubled the folder; at 1024 a sample is 4 MB). Not in a --cache-dir, which other runs may share;
     the run folder's cache is this run's alone (its lock)."""
     kept = {path for store in stores if store is not None for path in store.paths}
+    kept |= {path.with_suffix(dis5k.WARNINGS_SUFFIX) for path in kept}  # what their readers warned of
     for folder in {path.parent for path in kept if not path.parent.is_symlink()}:
         with contextlib.suppress(OSError):
-            for entry in folder.glob("*.npy"):
+            for entry in [*folder.glob("*.npy"), *folder.glob(f"*{dis5k.WARNINGS_SUFFIX}")]:
                 if entry not in kept:
                     entry.unlink(missing_ok=True)
 

@@ -28,6 +28,9 @@ class TrainingView:
         self._epochs = 0
         self._out = ""
         self._epoch_seconds: list[float] = []  # this session's epochs, for the time left
+        # the variant and size the run resolved (--init's, or the defaults), once it started: an
+        # error after the start names them, not the options as typed
+        self.started: tuple[str, int] | None = None
 
     def __call__(self, event: TrainEvent) -> None:
         handler = getattr(self, f"_on_{event.kind}", None)
@@ -62,6 +65,7 @@ class TrainingView:
     def _on_start(self, event: TrainEvent) -> None:
         v = event.values
         self._epochs, self._out = v["epochs"], v["out"]
+        self.started = (v["variant"], v["size"])
         val = f", validating on {v['n_val']} ({v['val_dir']})" if v["val_dir"] else ", no validation"
         ui.info(f"{v['variant']}: training on {counted(v['n_train'], 'image')} ({v['train_dir']}){val}")
         procs = f" x {v['world_size']} processes" if v["world_size"] > 1 else ""
