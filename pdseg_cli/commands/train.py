@@ -379,10 +379,10 @@ def train(
             # out of its own GPU's memory, so user_errors has each say its own
             where = "" if cfg.device == "auto" else f" on {cfg.device}"
             # as the run resolved them (--init's variant and size), else as given
-            variant, size = view.started or (cfg.model_variant, cfg.size)
-            size_said = f" at --size {size}" if size is not None else ""
+            ran_variant, ran_size = view.started or (cfg.model_variant, cfg.size)
+            size_said = f" at --size {ran_size}" if ran_size is not None else ""
             raise RunFailed(
-                f"out of memory training {variant}{size_said} with --batch {cfg.batch} "
+                f"out of memory training {ran_variant}{size_said} with --batch {cfg.batch} "
                 f"per process{where} ({first_line(exc)})",
                 hint="start the run again with a smaller --batch or --size (another --out, or --overwrite)",
             ) from None
