@@ -848,10 +848,10 @@ def load_sample(pair: Pair, size: int, notes: list[str] | None = None) -> np.nda
     # transforms imports torch: not at module level, so that `pdseg eval` can read the layout without it
     from pdseg_cli.data.transforms import resize_image, to_float_rgb
 
-    read_image = imio.read_image(pair.image)
-    pixels = read_image.pixels
+    loaded = imio.read_image(pair.image)
+    pixels = loaded.pixels
     if notes is not None:
-        notes.extend(read_image.warnings)
+        notes.extend(loaded.warnings)
     targets: list[np.ndarray | None] = []
     for path in (pair.mask, pair.teacher if pair.needs_teacher() else None):
         if path is None:
