@@ -8,6 +8,7 @@ whose only images are hidden. Tiny images, pdseg-tiny on the CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -263,6 +264,45 @@ def test_outputs_of_another_input_of_the_same_name_are_kept(
     third = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt)
     assert third.exit_code == 0, third.output
     assert header.marked_source(out / "IMG_0001.png").path_id == header.source_id(cards[1] / "IMG_0001.JPG")
+
+
+def test_an_output_another_run_wrote_since_the_plan_is_kept(
+    tmp_path: Path, spread_tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs started at the same moment (a job array) into one --out, with other photos of the
+    same names: each plan saw an empty --out, so the plan's refusal could not catch it, and the
+    second run replaced the first one's masks in silence while both said "done"."""
+    from pdseg_cli.engine import predict_plan
+
+    cards = [tmp_path / "card1", tmp_path / "card2"]
+    for seed, card in enumerate(cards):
+        card.mkdir()
+        for n in (1, 2):
+            cv2.imwrite(str(card / f"IMG_000{n}.JPG"), textured_image(seed=seed * 2 + n))
+    out = tmp_path / "masks"
+    theirs = np.full((24, 32), 7, np.uint8)
+    planned = predict_plan.plan_predict
+
+    def plan_then_the_other_run_writes(*args: object, **kwargs: object) -> object:
+        plan = planned(*args, **kwargs)
+        out.mkdir(exist_ok=True)  # the other run's mask of its IMG_0001.JPG lands after this plan
+        imio.write_png(out / "IMG_0001.png", theirs, software=header.output_mark(cards[1] / "IMG_0001.JPG"))
+        return plan
+
+    monkeypatch.setattr(predict_plan, "plan_predict", plan_then_the_other_run_writes)
+    result = _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1, result.output
+    said = (
+        f"{out / 'IMG_0001.png'} was written meanwhile from another input of the same name, by another "
+        "pdseg run into the same --out; it is kept (give each folder of inputs an --out of its own)"
+    )
+    assert no_space(said) in no_space(result.output) and "Traceback" not in result.output
+    assert np.array_equal(cv2.imread(str(out / "IMG_0001.png"), cv2.IMREAD_UNCHANGED), theirs)  # kept
+    assert header.marked_source(out / "IMG_0002.png").path_id == header.source_id(cards[0] / "IMG_0002.JPG")
+    status = {
+        Path(r["input"]).name: r["status"] for r in json.loads((tmp_path / "r.json").read_text())["files"]
+    }
+    assert status == {"IMG_0001.JPG": "failed", "IMG_0002.JPG": "done"}
 
 
 @pytest.mark.parametrize("skip", [False, True])

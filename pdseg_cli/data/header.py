@@ -34,7 +34,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,8 +348,28 @@ def output_mark(source: Path) -> str:
     0b1c2d3e4f5a6b7c)``), so that a later run into the same ``--out`` can tell an output of
     another input of the same name (``IMG_0001.JPG`` of another card) from one of its own, also
     when its folder has moved since (:func:`marked_source`)."""
-    content = content_id(source)
-    return f"{OUTPUT_MARK} (input {source_id(source)}{f' {content}' if content else ''})"
+    return mark_of(input_ids(source))
+
+
+def input_ids(source: Path) -> MarkedSource:
+    """The ids an output of the input ``source`` is marked with (:func:`output_mark`)."""
+    return MarkedSource(source_id(source), content_id(source))
+
+
+def mark_of(ids: MarkedSource) -> str:
+    """:func:`output_mark` of an input whose :func:`input_ids` are known."""
+    return f"{OUTPUT_MARK} (input {ids.path_id}{f' {ids.content_id}' if ids.content_id else ''})"
+
+
+def made_from_another(found: MarkedSource | None, path_id: str, content: Callable[[], str | None]) -> bool:
+    """Whether an output whose mark names ``found`` (:func:`marked_source`) was made from another
+    input than the one whose :func:`source_id` is ``path_id``: another path, and other content or
+    none recorded. ``content`` gives that input's :func:`content_id`, called only where the paths
+    differ (it reads the whole file). An output without an input in its mark (not pdseg's, or an
+    earlier pdseg's) is nobody else's."""
+    if found is None or found.path_id == path_id:
+        return False
+    return found.content_id is None or found.content_id != content()
 
 
 _SOURCE_IN_MARK = re.compile(rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?\)\x00*")

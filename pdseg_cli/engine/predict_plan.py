@@ -10,6 +10,7 @@ carries the plan out.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import sys
@@ -725,18 +726,14 @@ def other_inputs_outputs(out: Path, items: Sequence[InputFile], save: Sequence[s
     found: list[str] = []
     for item in items:
         path_id: str | None = None  # this input's ids, worked out once, where an output exists
-        content: str | None = None  # read (the whole file) only where the path differs
+        content = functools.cache(lambda path=item.path: header.content_id(path))  # the whole file: once
         for paths in output_candidates(out / item.rel_dir, item.path.stem, save).values():
             for p in paths:
                 source = header.marked_source(p) if p.is_file() else None
                 if source is None:
                     continue
                 path_id = path_id or header.source_id(item.path)
-                if source.path_id == path_id:
-                    continue
-                if source.content_id is not None:
-                    content = content or header.content_id(item.path)
-                if source.content_id is None or source.content_id != content:
+                if header.made_from_another(source, path_id, content):
                     found.append(f"{p} (made from another input than {item.path})")
     return found
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from pdseg_cli import runtime
+from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.foreground import estimate_foreground
-from pdseg_cli.data.header import output_mark
 from pdseg_cli.data.icc import srgb_into_profile
 from pdseg_cli.engine.onnx_backend import ModelRunError
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
@@ -477,12 +477,25 @@ def _write_outputs(
     path = plan.out_dir
     pixels = prepared.pixels
     colour: np.ndarray | None = None  # made once, for every output made from the image
-    mark = output_mark(item.path)
+    ids = header.input_ids(item.path)
+    mark = header.mark_of(ids)
     try:
         for name in plan.save:
             kind = OUTPUT_KINDS[name]
             path = output_path(plan.out_dir / item.rel_dir, item.path.stem, name, prepared.high_depth)
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and header.made_from_another(
+                header.marked_source(path), ids.path_id, lambda: ids.content_id
+            ):
+                # the plan refused such outputs; this one came since, from a run beside this one
+                # started at the same moment (a job array into one --out): the first written stays.
+                # Only the encoding's few milliseconds are left between this look and the rename.
+                why = (
+                    f"{path} was written meanwhile from another input of the same name, by another "
+                    "pdseg run into the same --out; it is kept (give each folder of inputs an --out "
+                    "of its own)"
+                )
+                return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
             if kind.uses_image and colour is None:
                 assert pixels is not None  # the reader keeps them when a kind uses the image
                 colour = estimate_foreground(pixels, byte_map) if plan.refine_foreground else pixels
@@ -497,7 +510,8 @@ def _write_outputs(
             density = prepared.density if kind.carries_density else None
             # the mark is how a later run tells its own earlier outputs (replaced) from the user's
             # files of the same layout, such as GT masks (refused: predict_plan.not_an_output), and
-            # outputs of another input of the same name (refused: predict_plan, other_inputs_outputs)
+            # outputs of another input of the same name (refused: predict_plan, other_inputs_outputs,
+            # and above for one written since the plan)
             if path.suffix == HIGH_DEPTH_SUFFIX:
                 imio.write_tiff(path, data, icc_profile=icc, software=mark, density=density)
             else:
