@@ -3,6 +3,10 @@ eval's --save-preds. Two runs in one such folder deleted, mixed or cross-scored 
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +15,7 @@ from helpers import flat, make_dataset
 from typer.testing import CliRunner
 
 from pdseg_cli.cli import app
+from pdseg_cli.data import atomic
 from pdseg_cli.data.folder_lock import LOCK_NAME, folder_lock
 from pdseg_cli.errors import InputError
 
@@ -66,3 +71,51 @@ def test_a_file_system_without_flock_runs_without_a_lock(
     with folder_lock(out, "--out runs/a"):
         assert out.is_dir() and not (out / LOCK_NAME).exists()
     assert not (tmp_path / "runs").exists()  # every folder it made, removed again while empty
+
+
+_FORKS_THEN_DIES = """
+import os, signal, sys, time
+from pathlib import Path
+from pdseg_cli.data.folder_lock import folder_lock
+with folder_lock(Path(sys.argv[1]), "--out run"):
+    child = os.fork()  # as a DataLoader worker is
+    if child == 0:  # off the test's pipes, which it would hold open for its minute
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX")
+def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path: Path) -> None:
+    """``kill -9`` of a training run with ``--workers 2``: its forked workers shared the lock file
+    and kept the flock until they had exited, so a requeue's ``--resume`` was refused, naming a
+    process that was gone."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", _FORKS_THEN_DIES, str(out)], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    child = int(done.stdout)
+    try:
+        assert atomic.process_alive(child)  # the orphaned child still runs...
+        with folder_lock(out, "--out run"):  # ...and the folder is free
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_holder_that_has_ended_is_said_so(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with folder_lock(out, "--out run"):
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        (out / LOCK_NAME).write_text(f"{int(gone.stdout)} {socket.gethostname()}\n")
+        with pytest.raises(InputError) as refused:
+            with folder_lock(out, "--out run"):
+                pass
+    assert (
+        f"(process {int(gone.stdout)} on {socket.gethostname()}, which has ended; a process it started "
+        in (refused.value.message)
+    )

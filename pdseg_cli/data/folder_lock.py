@@ -19,6 +19,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from pdseg_cli.data.atomic import process_alive
 from pdseg_cli.errors import InputError
 
 try:
@@ -27,6 +28,23 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".pdseg-lock"
+
+# the lock files this process holds open. A forked child (a DataLoader worker) shares each open
+# file, and with it the flock: killed with -9, the run's lock outlived it until its workers had
+# exited, and a scheduler's requeue was refused, naming a process that was gone. The child closes
+# its copies at once; the parent's lock is untouched (flock goes with the last copy closed).
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 @contextlib.contextmanager
@@ -59,6 +77,7 @@ def folder_lock(folder: Path, option: str) -> Iterator[None]:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.unlink(path)  # ours: a process that opened it meanwhile finds it gone (see _acquire)
+            _HELD.discard(fd)
             os.close(fd)
         for each in made:  # only while empty: a refused or interrupted start leaves nothing behind
             try:
@@ -102,15 +121,26 @@ def _acquire(path: Path, option: str) -> int | None:
         if same:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            _HELD.add(fd)
             return fd
         os.close(fd)
     raise InputError(f"{option}: its lock file {path} keeps changing", hint="run the command again")
 
 
 def _read_holder(fd: int) -> str:
-    """`` (process 123 on host)`` from the holder's lock file, or nothing when unreadable."""
+    """`` (process 123 on host)`` from the holder's lock file, or nothing when unreadable. A holder
+    of this host that has ended is said so: a process it forked (before this module closed lock
+    files in forked children, or one that is still starting) holds the lock a moment longer."""
     try:
         words = os.pread(fd, 200, 0).decode(errors="replace").split()
     except OSError:
         return ""
-    return f" (process {words[0]} on {words[1]})" if len(words) == 2 else ""
+    if len(words) != 2:
+        return ""
+    pid, host = words
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+        return (
+            f" (process {pid} on {host}, which has ended; a process it started still holds it: "
+            "run again in a few seconds)"
+        )
+    return f" (process {pid} on {host})"
