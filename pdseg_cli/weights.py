@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pdseg_cli.data.atomic import is_special
 from pdseg_cli.errors import WeightsError, listing
@@ -89,3 +91,35 @@ def missing_weights_hint(path: Path) -> str:
     if path.name == BUNDLED_NAME and default_weights().is_file():
         return f"the bundled weights are at {default_weights()}"
     return "check the path"
+
+
+T = TypeVar("T")
+_LOAD_TRIES = 3
+
+
+def load_hashed(path: Path, load: Callable[[Path], T], what: str = "weights") -> tuple[T, str]:
+    """``load(path)`` and the sha256 of the file it loaded. The file's identity (device, inode,
+    size, modification time) is taken before loading and again after hashing: a file replaced in
+    between (a training run saving ``last.pt`` under an eval of it) is loaded again, rather than
+    recorded with the hash of the file that replaced it (provenance, the teacher cache's key).
+
+    Raises:
+        WeightsError: the file changed on every try.
+    """
+    from pdseg_cli.data.teacher import file_sha256
+
+    for _ in range(_LOAD_TRIES):
+        before = _identity(path)
+        loaded = load(path)
+        digest = file_sha256(path)
+        if _identity(path) == before:
+            return loaded, digest
+    raise WeightsError(
+        f"{what} {path} changed while it was being read, {_LOAD_TRIES} times",
+        hint="copy it first (cp last.pt snapshot.pt) and give the copy",
+    )
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    found = os.stat(path)
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)

@@ -371,6 +371,19 @@ def test_teacher_maps_are_cached_and_invalidated(
     assert not dead.exists() and live.exists()
 
 
+def test_a_teacher_replaced_after_the_run_began_is_refused(
+    three_images: tuple[list[Path], TeacherMaps], tiny_teacher: Path
+) -> None:
+    """The cache folder is named by the teacher file's hash when the run begins; the model loads
+    at the first map. A file saved over it in between would have had its maps cached, for good,
+    under the other file's key."""
+    paths, maps = three_images
+    save_checkpoint(create_model("pdseg-tiny"), tiny_teacher, train_size=64)  # another teacher, same name
+    with pytest.raises(WeightsError, match="changed after this run began"):
+        maps.ensure_all(paths)
+    assert not any(maps.folder.glob("*.png"))  # nothing cached under the first file's key
+
+
 def test_a_ctrl_c_while_labelling_keeps_the_maps_made_and_says_so(
     three_images: tuple[list[Path], TeacherMaps], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -367,6 +367,7 @@ class _FakePredictor:
         self, weights, device="auto", precision="auto", size=None, onnx_spec=None, tta=False, scales=None
     ):
         self.weights_path = weights
+        self.weights_sha256 = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
         self.description = "a stand-in"
         self.device, self.device_reason, self.precision, self.size = "cpu", "cpu (asked)", "fp32", 64
         self.tta = tta

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import cv2
@@ -13,7 +15,7 @@ from helpers import EXAMPLE_IMAGES, REPO
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.errors import WeightsError
 from pdseg_cli.model.build import load_checkpoint
-from pdseg_cli.weights import ENV_VAR, default_weights
+from pdseg_cli.weights import ENV_VAR, default_weights, load_hashed
 
 
 def test_bundled_checkpoint_describes_itself() -> None:
@@ -109,3 +111,39 @@ def test_a_wheel_carries_the_bundled_weights_and_every_module(tmp_path: Path) ->
     )
     found = Path(out.stdout.strip())
     assert found.is_file() and str(found).startswith(str(target))
+
+
+def test_a_file_replaced_while_loading_is_loaded_again_and_hashed_as_loaded(tmp_path: Path) -> None:
+    """``pdseg eval --weights run/last.pt`` while the run saves over it: the report gave the new
+    file's sha256 beside the scores of the old one (hashed after the model pass)."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old")
+    loads: list[bytes] = []
+
+    def load(p: Path) -> bytes:
+        loads.append(p.read_bytes())
+        if len(loads) == 1:  # the training run's atomic save, as this one reads
+            (tmp_path / ".new").write_bytes(b"new")
+            os.replace(tmp_path / ".new", path)
+        return loads[-1]
+
+    assert load_hashed(path, load) == (b"new", hashlib.sha256(b"new").hexdigest())
+    assert loads == [b"old", b"new"]
+
+
+def test_a_file_that_keeps_changing_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"0")
+
+    def load(p: Path) -> None:
+        (tmp_path / ".new").write_bytes(b"1")
+        os.replace(tmp_path / ".new", p)
+
+    with pytest.raises(WeightsError, match=f"weights {path} changed while it was being read, 3 times") as e:
+        load_hashed(path, load)
+    assert "copy it first" in e.value.hint
+
+
+def test_the_predictor_keeps_the_hash_of_the_file_it_loaded() -> None:
+    bundled = default_weights()
+    assert Predictor(bundled, device="cpu").weights_sha256 == hashlib.sha256(bundled.read_bytes()).hexdigest()

@@ -352,13 +352,12 @@ def prediction_settings(predictor: Predictor, save_preds: Path | None) -> dict[s
     """How the scored maps were made, for the report's settings."""
     import torch  # loaded with the model already
 
-    from pdseg_cli.data.teacher import file_sha256
-
     weights = predictor.weights_path
     return {
         "weights": str(weights.resolve()) if weights else None,
-        # the file's content: a path says little once weights are retrained or copied elsewhere
-        "weights_sha256": file_sha256(weights) if weights and weights.is_file() else None,
+        # the file's content: a path says little once weights are retrained or copied elsewhere.
+        # Hashed as it was loaded: a training run may have saved over it since
+        "weights_sha256": predictor.weights_sha256,
         "model": predictor.description,
         "device": str(predictor.device),
         "precision": predictor.precision,

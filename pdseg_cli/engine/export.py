@@ -610,7 +610,7 @@ def export_checkpoint(
         InputError: ``out`` is ``weights`` itself, a folder or an image's name, or a name of
             another format than ``fmt`` (the loaders go by it, as ``pdseg export`` refuses it).
     """
-    from pdseg_cli.data.teacher import file_sha256
+    from pdseg_cli.weights import load_hashed
 
     weights, out = Path(weights).expanduser(), Path(out).expanduser()
     unknown = sorted(set(options) - set(EXPORT_OPTIONS))
@@ -638,7 +638,7 @@ def export_checkpoint(
                 "replace it with weights alone",
                 hint="give another file name, e.g. " + str(out.with_name(f"{out.stem}-weights{out.suffix}")),
             )
-    model = load_model(weights)  # float32, eval mode, on the CPU
+    model, digest = load_hashed(weights, load_model)  # float32, eval mode, on the CPU
     return export_model(
         model,
         out,
@@ -647,7 +647,7 @@ def export_checkpoint(
         config=model.config.to_dict(),
         normalization=dict(model.normalization),
         train_size=train_side(getattr(model, "train_size", None)),
-        source={"source": weights.name, "source_sha256": file_sha256(weights)},
+        source={"source": weights.name, "source_sha256": digest},
         **options,  # provenance: the model's own (load_model sets model.provenance)
     )
 

@@ -43,7 +43,7 @@ from pdseg_cli.errors import InputError, check_kind
 from pdseg_cli.model.build import load_model, train_side, unwrap_model, weights_line
 from pdseg_cli.model.optimize import optimize
 from pdseg_cli.model.pdseg import PDSeg
-from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file, default_weights
+from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file, default_weights, load_hashed
 
 DEFAULT_SIZE = 1024  # used when a checkpoint does not record its training size (the paper's size)
 Size = predict_run.Size
@@ -136,7 +136,9 @@ class Predictor:
 
     Attributes:
         model, device, precision, size, device_reason (how ``auto`` chose), notes (warnings about
-        the set-up worth showing the user, e.g. a precision this CPU can only emulate).
+        the set-up worth showing the user, e.g. a precision this CPU can only emulate),
+        weights_path and weights_sha256 (the file loaded and the sha256 of the bytes loaded; None
+        for a module).
 
     Raises:
         WeightsError: the checkpoint cannot be used.
@@ -180,6 +182,8 @@ class Predictor:
         self.tta = bool(tta)
         self._graph_outputs = compile_mode in CUDA_GRAPH_MODES
         self.weights_path: Path | None = None
+        # the sha256 of the bytes loaded, not of whatever is at the path later (a run saving it)
+        self.weights_sha256: str | None = None
         if isinstance(weights, nn.Module):
             kind = "module"
             if getattr(weights, "original_name", None) == "_TorchScriptGraph":
@@ -205,10 +209,12 @@ class Predictor:
             # training size and normalisation are found; copied, as eval() and .to() below change it
             model = copy.deepcopy(unwrap_model(weights))
         elif kind == "checkpoint":
-            model = load_model(self.weights_path, device="cpu")
+            model, self.weights_sha256 = load_hashed(self.weights_path, lambda p: load_model(p, device="cpu"))
         else:
             # .onnx / TorchScript: fp32 in and out, the precision fixed in the file at export
-            model = load_exported(self.weights_path, device=self.device, onnx_spec=onnx_spec)
+            model, self.weights_sha256 = load_hashed(
+                self.weights_path, lambda p: load_exported(p, device=self.device, onnx_spec=onnx_spec)
+            )
             metadata = getattr(model, "metadata", None)
             self.precision = metadata.precision if metadata is not None else "fp32"
             self._autocast = "fp32"  # no autocast around an exported graph

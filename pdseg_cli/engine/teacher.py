@@ -134,9 +134,19 @@ class TeacherMaps:
             from pdseg_cli.engine.predict import Predictor
 
             # size None: the teacher's own input size (a fixed-size ONNX input, or a .pt's training size)
-            self._predictor = Predictor(
+            predictor = Predictor(
                 self._given, device=self.device, precision="fp32", onnx_spec=self.onnx_spec or None
             )
+            if predictor.weights_sha256 != self._sha:
+                from pdseg_cli.errors import WeightsError
+
+                # its maps would be cached, for good, under the key of the file it replaced
+                raise WeightsError(
+                    f"--teacher {self._given} changed after this run began (another file was copied or "
+                    "saved over it)",
+                    hint="run again: the new file's maps are made afresh",
+                )
+            self._predictor = predictor
         return self._predictor
 
     def doubts(self) -> list[str]:

@@ -36,6 +36,7 @@ from pdseg_cli.engine.train_rng import seed_all, set_rng_state, stream_seed
 from pdseg_cli.engine.train_schedule import default_warmup, make_optimizer, make_scheduler, restore_scheduler
 from pdseg_cli.errors import InputError, Interrupted, PdsegError, counted
 from pdseg_cli.model import PDSeg, create_model, load_backbone, load_checkpoint, load_model
+from pdseg_cli.weights import load_hashed
 
 if TYPE_CHECKING:  # tensorboard is an optional package
     from torch.utils.tensorboard import SummaryWriter
@@ -414,10 +415,10 @@ def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[P
     # a resumed fine-tune keeps its chain: last.pt carries it (older states do not)
     init_provenance = None if resumed is None else resumed.get("init_provenance")
     if cfg.init is not None and resumed is None:
-        start = load_model(cfg.init)  # checks the tensors against the file's own config
+        start, digest = load_hashed(Path(cfg.init), load_model)  # checked against the file's own config
         model.load_state_dict(start.state_dict())
         model.normalization = dict(start.normalization)
-        init_provenance = {"sha256": file_sha256(cfg.init), **start.provenance}
+        init_provenance = {"sha256": digest, **start.provenance}
         message = f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule"
         ctx.emit("info", values={"message": message})
     elif cfg.backbone_weights is not None and resumed is None:
