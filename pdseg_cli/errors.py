@@ -161,7 +161,8 @@ _OS_HINTS = {
     errno.EACCES: "check the permissions of that folder, or choose another --out",
     errno.EPERM: "check the permissions of that folder, or choose another --out",
     errno.EROFS: "the file system is read-only: choose another --out",
-    errno.ENOENT: "a file or folder was moved or deleted while pdseg was running: restore it and run again",
+    errno.ENOENT: "a file or folder was moved or deleted while pdseg was running: restore it and run the "
+    "same command again (a training run: add --resume; a cached sample is made again)",
     errno.ENAMETOOLONG: "a name in the path is too long (most file systems take 255 bytes), or the whole "
     "path is (4096 bytes on Linux): shorten it",
     errno.ELOOP: "check the symbolic links on that path: they go round a loop",

@@ -969,6 +969,24 @@ def test_a_killed_runs_sample_cache_leftovers_are_removed(tmp_path: Path, data: 
     assert not stale.exists() and sample.exists()
 
 
+def test_another_runs_own_cache_is_refused_as_a_cache_dir(tmp_path: Path, data: dict[str, Path]) -> None:
+    """A run drops the samples its own cache/ holds that it does not use each time it starts: a
+    second run reading that folder through --cache-dir stopped with a missing file."""
+    first = tmp_path / "runs" / "a"
+    train(tiny(first, data, epochs=1, val_every=0, cache="disk"))
+    for given in (first / "cache", first / "cache" / "64"):
+        with pytest.raises(InputError) as refused:
+            train(tiny(tmp_path / "runs" / "b", data, epochs=1, val_every=0, cache="disk", cache_dir=given))
+        assert refused.value.message == (
+            f"--cache-dir {given} is the sample cache of the run {first}, which removes the samples it "
+            "does not use each time it starts"
+        )
+        assert "--cache-dir ~/.cache/pdseg/samples" in (refused.value.hint or "")
+    assert not (tmp_path / "runs" / "b").exists()
+    # its own cache, named: allowed, as is a folder of its own that runs share
+    train(tiny(first, data, epochs=1, val_every=0, cache="disk", cache_dir=first / "cache", overwrite=True))
+
+
 def test_a_results_file_open_in_another_program_does_not_stop_the_run(
     tmp_path: Path, data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,6 +45,7 @@ def prepare_run_folder(ctx: RunContext) -> dict[str, Any] | None:
     new run is about to write its first file, so a refused or interrupted start leaves it whole.
     """
     cfg, out = ctx.cfg, ctx.cfg.out
+    refuse_other_runs_cache(cfg)
     if not cfg.resume:  # before anything is written; a run that exists already is left to resume
         refuse_out_in_data(cfg)
     if cfg.resume:
@@ -211,6 +212,34 @@ def refuse_out_in_data(cfg: TrainConfig) -> None:
                 "its checkpoints, config.json and sample cache among the data",
                 hint="choose a run folder outside the data, e.g. --out runs/NAME",
             )
+
+
+def refuse_other_runs_cache(cfg: TrainConfig) -> None:
+    """Refuse a ``--cache-dir`` that is another run's own ``cache/`` (or inside it): that run drops
+    the samples it does not use each time it starts, and this run, reading them, stopped with a
+    missing file.
+
+    Raises:
+        InputError: naming the run whose cache it is.
+    """
+    if cfg.cache_dir is None:
+        return
+    given = cfg.cache_dir.resolve()
+    out = cfg.out.resolve()
+    for folder in (given, *given.parents):
+        run = folder.parent
+        if folder.name == CACHE_DIR and run != out and _holds_run(run):
+            raise InputError(
+                f"--cache-dir {shown(cfg.cache_dir)} is the sample cache of the run {shown(run)}, which "
+                "removes the samples it does not use each time it starts",
+                hint="give a folder of its own, which runs share safely, e.g. --cache-dir "
+                "~/.cache/pdseg/samples; or leave --cache-dir out (the run keeps its own)",
+            )
+
+
+def _holds_run(folder: Path) -> bool:
+    """Whether ``folder`` is a training run's: a checkpoint, or the ``config.json`` a start writes."""
+    return any((folder / name).is_file() for name in CHECKPOINTS) or _is_run_config(folder / CONFIG)
 
 
 def _check_same_experiment(ctx: RunContext, state: Mapping[str, Any]) -> None:
