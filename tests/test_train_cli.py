@@ -287,6 +287,32 @@ def test_cli_resume_refuses_a_folder_that_gained_images(tmp_path: Path) -> None:
     assert f"--init {out / 'last.pt'}" in text
 
 
+def test_cli_resume_refuses_a_folder_with_other_images_of_the_same_count(tmp_path: Path) -> None:
+    """One pair swapped for another, the count unchanged: the resume went on in silence, on
+    another data set than the one its batches were drawn from."""
+    data = make_dataset(tmp_path / "tr", 8)
+    out = tmp_path / "run"
+    args = ["train", "--variant", "pdseg-tiny", "--size", "64", "--batch", "4", "--workers", "0"]
+    first = runner.invoke(app, [*args, "--epochs", "1", "--out", str(out), "--train", str(data), "-d", "cpu"])
+    assert first.exit_code == 0, first.output
+    same = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume"])
+    assert same.exit_code == 0, same.output  # untouched: goes on
+    gone = sorted((data / "im").iterdir())[0].stem
+    make_dataset(tmp_path / "other", 1, seed=5)
+    for sub in ("im", "gt"):
+        next((data / sub).glob(f"{gone}.*")).unlink()
+        for f in (tmp_path / "other" / sub).iterdir():
+            f.rename(data / sub / f"new-{f.name}")
+    resumed = runner.invoke(app, ["train", "--epochs", "3", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 2, resumed.output
+    text = flat(resumed.output)
+    assert (
+        f"was trained on other files of {data.resolve()}: as many images (8), but with other names or "
+        "sizes since" in text
+    )
+    assert f"--init {out / 'last.pt'}" in text
+
+
 def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict[str, Path]) -> None:
     args = tiny_args(tmp_path / "run", folders) + ["--train", str(folders["train"]) + "/"]
     result = runner.invoke(app, args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class TrainData:
         train: the training samples.
         val: the validation samples (None without validation).
         teacher: the teacher's identity (None without ``--teacher``).
+        fingerprint: :func:`pairs_fingerprint` of the training pairs, as they were read.
     """
 
     train_dirs: tuple[Path, ...]
@@ -50,6 +52,7 @@ class TrainData:
     train: dis5k.SampleStore
     val: dis5k.SampleStore | None
     teacher: TeacherInfo | None
+    fingerprint: str  # pairs_fingerprint of the training pairs, as they were read
 
     @property
     def train_label(self) -> str:
@@ -69,6 +72,18 @@ class TrainData:
         if self.teacher is None:
             return {"teacher": None, "teacher_sha256": None}
         return {"teacher": str(self.teacher.path), "teacher_sha256": self.teacher.sha256}
+
+
+def pairs_fingerprint(pairs: Sequence[dis5k.Pair]) -> str:
+    """16 hex digits of the training pairs in their order: each image's and mask's name and byte
+    size, what ``last.pt`` records for ``--resume`` to compare. Names and sizes, not paths or
+    times: a data folder moved or copied elsewhere is the same data; a photo swapped for another of
+    the same count, or a mask drawn again, is not (a re-saved file of the very same size is missed)."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        for path in (pair.image, pair.mask):
+            digest.update(f"{path.name}\t{path.stat().st_size}\n".encode() if path else b"-\n")
+    return digest.hexdigest()[:16]
 
 
 def _label(folders: tuple[Path, ...]) -> str:
@@ -103,11 +118,23 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
     # the epochs' batches are drawn from the image count: another count is another trajectory
     # (last.pt files older than this check do not record it)
     before = None if resumed is None else resumed.get("train_images")
+    go_on = (
+        "restore the data as it was to resume exactly, or go on in a new run: "
+        f"--init {ctx.cfg.out / LAST} --out NEW_FOLDER"
+    )
     if before is not None and before != len(train):
         raise InputError(
             f"{ctx.cfg.out} was trained on {before} images of {label}; those folders now give {len(train)}",
-            hint="restore the data as it was to resume exactly, or go on in a new run: "
-            f"--init {ctx.cfg.out / LAST} --out NEW_FOLDER",
+            hint=go_on,
+        )
+    fingerprint = pairs_fingerprint(train.pairs)
+    # as many images, but others in their place (one swapped for another, a mask re-drawn): the
+    # same count let such a resume go on in silence (last.pt files older than this do not record it)
+    if resumed is not None and resumed.get("train_fingerprint", fingerprint) != fingerprint:
+        raise InputError(
+            f"{ctx.cfg.out} was trained on other files of {label}: as many images ({len(train)}), but "
+            "with other names or sizes since",
+            hint=go_on,
         )
     val = None
     if val_dir is not None:
@@ -126,7 +153,7 @@ def load_data(ctx: RunContext, resumed: Mapping[str, Any] | None) -> TrainData:
     own = cache_root(ctx.cfg)  # the run's own, not a link to a folder other runs may share
     if ctx.main and ctx.cfg.cache == "disk" and ctx.cfg.cache_dir is None and not own.is_symlink():
         _drop_stale_samples(train, val)
-    return TrainData(train_dirs, val_dir, train, val, None if teacher is None else teacher[1])
+    return TrainData(train_dirs, val_dir, train, val, None if teacher is None else teacher[1], fingerprint)
 
 
 def _drop_stale_samples(*stores: dis5k.SampleStore | None) -> None:

@@ -295,6 +295,7 @@ def _save_last(run: TrainRun, epoch: int, step_in_epoch: int, sums: EpochSums | 
         "config": cfg.to_dict(),
         "train_dir": run.data.train_label,
         "train_images": run.data.n_train,  # --resume refuses folders that gained or lost images
+        "train_fingerprint": run.data.fingerprint,  # ...or hold others in their place
         "epoch": epoch,
         "step_in_epoch": step_in_epoch,
         "global_step": progress.global_step,
