@@ -313,6 +313,25 @@ def test_cli_resume_refuses_a_folder_with_other_images_of_the_same_count(tmp_pat
     assert f"--init {out / 'last.pt'}" in text
 
 
+def test_cli_resume_keeps_the_options_of_the_session_that_saved(tmp_path: Path) -> None:
+    """A session that stopped before its first save (a kill, a full disk) had rewritten config.json
+    with its own options: a plain --resume then took its --epochs for the run's, with a warning
+    about an --epochs nobody gave."""
+    data = make_dataset(tmp_path / "tr", 8)
+    out = tmp_path / "run"
+    args = ["train", "--variant", "pdseg-tiny", "--size", "64", "--batch", "4", "--workers", "0", "-d", "cpu"]
+    assert (
+        runner.invoke(app, [*args, "--epochs", "1", "--out", str(out), "--train", str(data)]).exit_code == 0
+    )
+    record = json.loads((out / "config.json").read_text())
+    record["train"]["epochs"] = 2  # what `--resume --epochs 2` wrote before it was killed
+    (out / "config.json").write_text(json.dumps(record))
+    resumed = runner.invoke(app, ["train", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    text = flat(resumed.output)
+    assert "has finished its 1 epoch: nothing to train" in text and "(was 1)" not in text
+
+
 def test_cli_a_train_folder_given_twice_is_refused(tmp_path: Path, folders: dict[str, Path]) -> None:
     args = tiny_args(tmp_path / "run", folders) + ["--train", str(folders["train"]) + "/"]
     result = runner.invoke(app, args)

@@ -116,6 +116,15 @@ def resume_summary(path: Path) -> str | None:
     return None if parts is None else "; ".join(parts)
 
 
+def saved_config(path: Path) -> dict[str, Any] | None:
+    """The options of the session that wrote the training state in ``path`` (``last.pt``), or None
+    where there is none. ``config.json`` is written as a session starts: one that stopped before
+    its first save (a kill, a full disk) left there options that trained nothing."""
+    state = _peek_state(path)
+    config = None if state is None else state.get("config")
+    return config if isinstance(config, dict) else None
+
+
 def finished_state(path: Path) -> dict[str, Any] | None:
     """The training state of the run whose ``last.pt`` is ``path`` when it has finished all its
     epochs (a resume without a larger ``--epochs`` has nothing to train), else None."""

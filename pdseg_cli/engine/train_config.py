@@ -477,6 +477,12 @@ class TrainConfig:
                     f"{flag} gives a new run its starting weights; --resume continues {out} from its last.pt",
                     hint=f"drop {flag} to resume, or drop --resume to start a new run (another --out)",
                 )
+        from pdseg_cli.engine.train_checkpoints import LAST_NAME, saved_config
+
+        # the options of the session that saved last.pt: a later one that stopped before its first
+        # save (a kill, a full disk) had written config.json already, and its --epochs (say) became
+        # the run's without a word, where a plain --resume keeps the run's own
+        stored = saved_config(out / LAST_NAME) or stored
         names = {f.name for f in dataclasses.fields(cls)} - {"from_record"}
         values = {k: v for k, v in stored.items() if k in names}
         resolved = record.get("resolved")
