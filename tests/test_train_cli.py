@@ -297,6 +297,7 @@ def test_cli_resume_refuses_a_folder_with_other_images_of_the_same_count(tmp_pat
     assert first.exit_code == 0, first.output
     same = runner.invoke(app, ["train", "--epochs", "2", "--out", str(out), "--resume"])
     assert same.exit_code == 0, same.output  # untouched: goes on
+    assert "resuming at the start of epoch 2/2 (2 of 4 steps done)" in flat(same.output)
     gone = sorted((data / "im").iterdir())[0].stem
     make_dataset(tmp_path / "other", 1, seed=5)
     for sub in ("im", "gt"):

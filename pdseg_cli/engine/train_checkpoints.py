@@ -63,7 +63,13 @@ def write_checkpoint(
             ),
             hint=("check the permissions of --out" if refused_by_permissions(exc) else "free some space")
             + " (or move --out elsewhere) and "
-            + ("continue with --resume" if resume_point else "start the run again with --overwrite"),
+            + (
+                "continue with --resume"
+                if resume_point
+                # a best.pt without last.pt makes a plain start refuse the folder (train_folder.existing_run)
+                else "start the run again"
+                + (" with --overwrite" if path.with_name("best.pt").is_file() else "")
+            ),
         ) from None
 
 
@@ -87,7 +93,7 @@ def read_train_state(path: Path) -> dict[str, Any]:
             ) from None
         raise InputError(
             f"nothing to resume: {path} does not exist (the run saved no checkpoint yet)",
-            hint="start it again without --resume (nothing was trained yet, so nothing is lost)",
+            hint="start it again without --resume: with no checkpoint saved, it begins at its first step",
         ) from None
     except Exception as exc:  # truncated zip, foreign pickle, ...
         if "unsupported global" in str(exc).lower():  # a pickle that would run code: not damage

@@ -263,6 +263,7 @@ def _start_run(ctx: RunContext) -> TrainRun:
             "total_steps": plan.total_steps,
             "warmup": plan.warmup,
             "start_epoch": plan.start_epoch + 1,
+            "start_step": plan.start_step,  # the steps of that epoch done before the resume
             "epochs": cfg.epochs,
             "resumed": resumed is not None,
             "global_step": run.progress.global_step,

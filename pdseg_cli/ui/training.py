@@ -87,7 +87,13 @@ class TrainingView:
                 f"each step takes {'it' if v['batch_used'] == 1 else 'all ' + str(v['batch_used'])}"
             )
         if v["resumed"] and v["start_epoch"] <= v["epochs"]:  # a finished run said so already
-            ui.info(f"resuming at epoch {v['start_epoch']} (step {v['global_step']})")
+            done = f"{v['global_step']} of {counted(v['total_steps'], 'step')} done"
+            epoch = f"epoch {v['start_epoch']}/{v['epochs']}"
+            if v["start_step"]:  # saved within an epoch (--save-every-steps, a Ctrl-C)
+                where = f"in {epoch} after its step {v['start_step']} of {v['steps_per_epoch']}"
+            else:
+                where = f"at the start of {epoch}"
+            ui.info(f"resuming {where} ({done})")
 
     def _on_epoch_start(self, event: TrainEvent) -> None:
         self._open(
