@@ -169,6 +169,24 @@ def test_interrupted_run_resumes_to_identical_weights(
     assert strip_times[0] == strip_times[1]  # same losses and lr per epoch, also for the split epoch
 
 
+def test_a_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path: Path, data: dict[str, Path]) -> None:
+    """The stop was taken only after the next epoch's first step: its loader started, one step ran
+    and a second last.pt was written, minutes later on a large validation set."""
+
+    def ctrl_c_while_validating(event: Any) -> None:
+        if event.kind == "validate" and event.epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = train(
+        tiny(tmp_path / "b", data, epochs=3, batch=3, val_every=1), on_event=ctrl_c_while_validating
+    )
+    assert stopped.interrupted and stopped.steps == 2 and stopped.epochs == 1  # validated, then stopped
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    assert (tmp_path / "b" / "best.pt").is_file()
+    assert not train(TrainConfig.for_resume(tmp_path / "b")).interrupted
+
+
 def test_a_start_stopped_before_its_first_checkpoint_is_not_a_run(
     tmp_path: Path, data: dict[str, Path]
 ) -> None:

@@ -164,6 +164,11 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
                     tb.add_scalar(f"epoch/{key}", row[key], progress.global_step)
             tb.flush()
     ctx.emit("epoch_end", epoch=epoch + 1, values={**row, "best": improved})
+    if stop.requested and not ctx.env.enabled and not last_epoch:
+        # a Ctrl-C during the epoch's end (validation, the writes): last.pt is that end. Going on
+        # started the next epoch's loader for one step and a second save before stopping
+        ctx.emit("stopped", values={"checkpoint": str(out / LAST), "steps": progress.global_step})
+        return False
     return True
 
 
