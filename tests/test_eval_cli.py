@@ -389,6 +389,27 @@ class _FakePredictor:
         return _FakeSummary([])
 
 
+def test_a_save_preds_folder_in_use_is_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock was taken after the model had loaded: seconds to minutes on a GPU, for a refusal."""
+    import pdseg_cli.engine.predict as predict_mod
+    from pdseg_cli.data.folder_lock import folder_lock
+
+    split = edge_case_split(tmp_path / "s", CASES, images=True)
+    loaded: list[object] = []
+    monkeypatch.setattr(predict_mod, "Predictor", lambda *a, **k: loaded.append(a) or _FakePredictor(*a, **k))
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    keep = tmp_path / "kept"
+    with folder_lock(keep, "another eval"):
+        result = _run(
+            "--split", split, "--weights", tmp_path / "w.pt", "--save-preds", keep, cache=tmp_path / "c"
+        )
+    assert result.exit_code == 2, result.output
+    assert f"--save-preds {keep} is in use by another pdseg process" in flat(result.output)
+    assert loaded == []
+
+
 def test_weights_mode_runs_the_model_and_keeps_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pdseg_cli.engine.predict as predict_mod
 

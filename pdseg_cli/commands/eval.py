@@ -299,6 +299,7 @@ def _run_model(
     from pdseg_cli.ui import evaluation as view
     from pdseg_cli.ui import prediction
 
+    eval_model.lock_save_preds(save_preds, stack)
     # refuses what would stop the run after the model pass
     n_gt, no_gt = eval_model.check_split_gts(splits, save_preds, allow_missing=allow_missing)
     for name, files in no_gt.items():

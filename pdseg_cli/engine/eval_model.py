@@ -57,6 +57,19 @@ class ModelPass:
     no_prediction: dict[str, list[str]]
 
 
+def lock_save_preds(save_preds: Path | None, stack: contextlib.ExitStack) -> None:
+    """Hold ``save_preds``' lock for the run (``stack`` lets it go): two runs writing one folder
+    scored each other's maps. Taken before the model loads, so that a refusal comes at once.
+
+    Raises:
+        InputError: another live pdseg process writes there.
+    """
+    from pdseg_cli.data.folder_lock import folder_lock
+
+    if save_preds is not None:
+        stack.enter_context(folder_lock(save_preds.expanduser(), f"--save-preds {save_preds}"))
+
+
 def run_model(
     predictor: Predictor,
     splits: Sequence[tuple[str, Path]],
@@ -70,10 +83,8 @@ def run_model(
 ) -> ModelPass:
     """The model's maps of each split into ``save_preds/<split>/``, or into a temporary folder that
     ``stack`` removes as it closes (after the scoring, which reads the maps), and the pairs to score.
-    Call :func:`check_split_gts` first: it refuses what would stop the run after the model pass.
-
-    ``save_preds`` is locked for the run (held by ``stack``): two runs writing one folder scored
-    each other's maps.
+    Call :func:`lock_save_preds` and :func:`check_split_gts` first, before the model loads: the
+    one refuses a folder another run writes, the other what would stop the run after the pass.
 
     Args:
         no_gt: per split, the images without a GT (:func:`check_split_gts`), for the report's notes.
@@ -82,11 +93,8 @@ def run_model(
         DataError: GTs without a prediction (unless ``allow_missing``).
         RunFailed: the disk the maps go to filled up.
     """
-    from pdseg_cli.data.folder_lock import folder_lock
     from pdseg_cli.engine.predict_summary import OutputWriteStopped
 
-    if save_preds is not None:
-        stack.enter_context(folder_lock(save_preds.expanduser(), f"--save-preds {save_preds}"))
     root = save_preds if save_preds is not None else Path(stack.enter_context(temporary_folder()))
     try:
         plans, problems = predict_splits(
