@@ -1,4 +1,5 @@
-"""`torchrun --nproc-per-node 2 -m pdseg_cli predict` on CPU: files shared, one summary, exit status."""
+"""`torchrun --nproc-per-node 2 -m pdseg_cli predict` on CPU: files shared, one summary, exit status;
+eval and export, which run as one process, refused once."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
-from helpers import flat, torchrun_env
+from helpers import flat, run_cli, torchrun_env
 
 from pdseg_cli import create_model, save_checkpoint
 
@@ -169,3 +171,23 @@ def test_predict_processes_may_share_gpus_and_rank_0_says_so(monkeypatch) -> Non
         ("auto", runtime.Distributed(4, 0, 0)),
     ):
         assert runtime.gpu_sharing_note(spec, env) is None
+
+
+@pytest.mark.parametrize("command", [["eval", "--split", "anything"], ["export", "--out", "m.onnx"]])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_commands_that_run_as_one_process_refuse_torchrun_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], rank: int
+) -> None:
+    """Under torchrun, every process ran the whole eval (or export): each printed every line and
+    wrote the same files, --json - gave two documents, and --save-preds' lock failed one of them."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", str(rank)), ("LOCAL_RANK", str(rank))):
+        monkeypatch.setenv(name, value)
+    result = run_cli(*command)
+    assert result.exit_code == 2, result.output
+    said = (
+        f"pdseg {command[0]} runs as one process; under torchrun each of the 2 processes would do all of "
+        "it and write the same files"
+    )
+    assert (said in flat(result.output)) == (rank == 0)  # said once, by rank 0
+    assert not list(tmp_path.iterdir())

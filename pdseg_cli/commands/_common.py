@@ -93,6 +93,25 @@ def torchrun_rank() -> int:
     return runtime.env_distributed(strict=False).rank
 
 
+def refuse_torchrun(command: str) -> None:
+    """Refuse ``pdseg command`` under torchrun, which it does not share out: every process did the
+    whole work, printed every line, wrote the same files (``--json -`` gave several documents) and
+    fought over ``--save-preds``' lock. Said once (rank 0).
+
+    Raises:
+        InputError: the job has more than one process.
+    """
+    env = runtime.env_distributed(strict=False)
+    if env.world_size > 1:
+        raise runtime.every_rank_meets(
+            InputError(
+                f"pdseg {command} runs as one process; under torchrun each of the {env.world_size} "
+                "processes would do all of it and write the same files",
+                hint=f"run pdseg {command} without torchrun (predict and train share their work out)",
+            )
+        )
+
+
 def warn_unused(ctx: typer.Context, unused: dict[str, str | None], *, enabled: bool = True) -> None:
     """Say which options typed on the command line have no effect in this run, so that a user
     does not wait for an effect that never comes: ``{parameter name: why, or None if it applies}``.

@@ -27,6 +27,8 @@ from pdseg_cli.commands._common import (
     check_report_path,
     is_stdout,
     parse_scales,
+    refuse_torchrun,
+    torchrun_rank,
     use_threads,
     user_errors,
     write_report,
@@ -145,7 +147,8 @@ def eval_(
 
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
-    with user_errors(), _hint_on_interrupt() as stage:
+    with user_errors(rank=torchrun_rank()), _hint_on_interrupt() as stage:
+        refuse_torchrun("eval")
         from pdseg_cli import ui
         from pdseg_cli.data import eval_splits
         from pdseg_cli.data.dis5k import MASK_DIR

@@ -14,6 +14,8 @@ from pdseg_cli.commands._common import (
     QuietOpt,
     ThreadsOpt,
     checked_choice,
+    refuse_torchrun,
+    torchrun_rank,
     use_threads,
     user_errors,
     warn_unused,
@@ -98,7 +100,8 @@ def export(
 
       pdseg export -w runs/mine/last.pt --half -o mine.pt
     """
-    with user_errors():
+    with user_errors(rank=torchrun_rank()):
+        refuse_torchrun("export")
         from pdseg_cli.engine.export import (
             DEFAULT_CHECK_SHAPES,
             DEFAULT_OPSET,
