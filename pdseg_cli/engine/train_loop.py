@@ -3,6 +3,7 @@ boundary on a signal, and ``last.pt``'s training state (``docs/model.md``, 'Trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -25,6 +26,7 @@ from pdseg_cli.engine.train_signals import StopFlag
 from pdseg_cli.engine.train_state import EpochSums, TrainRun, start_run
 from pdseg_cli.engine.train_validation import VAL_COLUMNS, check_final_map, validate
 from pdseg_cli.errors import os_error_line
+from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
 
 
 def run_training(ctx: RunContext) -> TrainResult:
@@ -199,7 +201,8 @@ def _train_step(
     if not all(math.isfinite(v) for v in values[:-1]):
         raise runtime.every_rank_meets(_diverged(run, values[:-1], epoch, step))  # the losses are shared
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
+    with _quiet_bucket_strides(ctx):
+        run.scaler.scale(loss).backward()
     if cfg.clip_grad > 0:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
@@ -208,6 +211,16 @@ def _train_step(
     run.scheduler.step()
     run.ema.update(run.model)
     return values[:-1], values[-1] > 0
+
+
+def _quiet_bucket_strides(ctx: RunContext) -> contextlib.AbstractContextManager[None]:
+    """Under DDP, its "Grad strides do not match bucket view strides" warning ignored: raised once
+    per process at the first backward, in every process, into the progress bar. The channels-last
+    strip convolutions' weights (out, 1, 1, k) and their gradients differ only in the strides of
+    size-1 dimensions, which is the same memory order."""
+    if not ctx.env.enabled:
+        return contextlib.nullcontext()
+    return ignoring_warnings(UserWarning, "Grad strides do not match bucket view strides")
 
 
 def _diverged(run: TrainRun, values: list[float], epoch: int, step: int) -> TrainingDiverged:

@@ -76,10 +76,12 @@ class TrainingView:
             f"warmup {v['warmup']} · run folder {v['out']}"
         )
         if v["left_out"]:
+            # under torchrun a step takes --batch images in each process
+            divides = "--batch" if v["world_size"] == 1 else f"--batch x {v['world_size']} processes"
             ui.info(
                 f"each epoch leaves out {v['left_out']} of the {counted(v['n_train'], 'image')} (they do "
                 "not fill a last batch); the order is reshuffled every epoch, so a different few each "
-                "time (a --batch that divides the count keeps them all)"
+                f"time (a {divides} that divides the count keeps them all)"
             )
         if v["batch_used"] < v["batch"]:
             ui.info(
