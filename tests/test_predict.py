@@ -1436,3 +1436,25 @@ def test_a_folder_run_with_scales_writes_what_predict_gives(folder: Path, tmp_pa
     assert bad.exit_code == 2 and "--scales 1,big: give numbers separated by commas" in flat(bad.output)
     full = _run(folder, "-o", tmp_path / "o3", "-w", ckpt, "--size", "full", "--scales", "1,1.5")
     assert full.exit_code == 2 and "--scales multiplies a working size" in flat(full.output)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes: POSIX")
+def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path: Path, ckpt: Path) -> None:
+    """A FIFO of an image's name, in a folder walked with -r or linked into one, blocked the plan
+    for good on its first read (pdseg looks at an output-like file's mark); one in a folder read
+    without -r was dropped without a word."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    cv2.imwrite(str(photos / "a.png"), textured_image())
+    os.mkfifo(photos / "pipe.png")
+    os.mkfifo(photos / "sub" / "deep.jpg")
+    (photos / "link.png").symlink_to(photos / "pipe.png")
+    for extra in ([], ["-r"]):
+        result = _run(photos, "--out", tmp_path / f"out{len(extra)}", "-w", ckpt, *extra)
+        assert result.exit_code == 0, result.output
+        pipes = [photos / "link.png", photos / "pipe.png", *([photos / "sub" / "deep.jpg"] if extra else [])]
+        said = "skipped, not files (a named pipe, a device or a socket, or a link to one): " + ", ".join(
+            map(str, pipes)
+        )
+        assert no_space(said) in no_space(result.output)
+        assert sorted(p.name for p in (tmp_path / f"out{len(extra)}").iterdir()) == ["a.png"]

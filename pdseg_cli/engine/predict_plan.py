@@ -23,7 +23,14 @@ from pathlib import Path
 from pdseg_cli import runtime
 from pdseg_cli.data import header
 from pdseg_cli.data import images as imio
-from pdseg_cli.data.atomic import folds_case, name_bytes, name_max, name_too_long, sweep_folder
+from pdseg_cli.data.atomic import (
+    folds_case,
+    is_special,
+    name_bytes,
+    name_max,
+    name_too_long,
+    sweep_folder,
+)
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -86,7 +93,9 @@ def collect_inputs(
     passed_exclude = False
 
     def add(path: Path, rel_dir: Path) -> None:
-        if _resolved(path) is None:  # a broken link or a link loop
+        # a broken link or a link loop; a named pipe (its first read waits for a writer, for good),
+        # a device or a socket, or a link to one, of an image's name
+        if _resolved(path) is None or is_special(path):
             not_images.append(path)
             return
         # one input per name: the same name given twice (a folder and a pattern in it) is segmented
@@ -111,7 +120,11 @@ def collect_inputs(
             not_images.extend(link for link in tree.skipped_links if link not in not_images)
         else:
             # links that lead nowhere too, so that they are counted with the files not read
-            files = sorted(p for p in root.iterdir() if p.is_file() or (p.is_symlink() and not p.is_dir()))
+            files = sorted(
+                p
+                for p in root.iterdir()
+                if p.is_file() or is_special(p) or (p.is_symlink() and not p.is_dir())
+            )
         for p in files:
             if p.name.startswith("."):
                 continue
@@ -136,7 +149,7 @@ def collect_inputs(
             for p in sorted(map(Path, matches), key=lambda q: q.is_symlink()):
                 if p.is_dir():  # a folder, or a link to one: walked as a folder given by name is
                     walk(p, p if not recursive else base)
-                elif (p.is_file() or p.is_symlink()) and not p.name.startswith("."):
+                elif (p.is_file() or p.is_symlink() or is_special(p)) and not p.name.startswith("."):
                     add(
                         p,
                         p.parent.relative_to(base) if recursive and _is_under(p.parent, base) else Path("."),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdseg_cli import ui
+from pdseg_cli.data.atomic import is_special
 from pdseg_cli.data.images import IMAGE_KINDS, convert_phone_photos
 from pdseg_cli.engine.predict_plan import is_broken_link, is_unfollowed_folder_link
 from pdseg_cli.errors import counted, listing
@@ -167,25 +168,31 @@ def named_not_read(sources: Sequence[str], not_images: Sequence[Path]) -> None:
     """Warn, under --quiet too, of files named one by one that pdseg does not read: the summary
     lists the files it skipped, but a quiet run would drop a file asked for by name in silence."""
     named = {Path(source).expanduser() for source in sources}
-    files = [path for path in _sorted_out(not_images)[2] if Path(path) in named]
+    _, _, others, special = _sorted_out(not_images)
+    files = [path for path in others if Path(path) in named]
     if files:
         ui.warn(_not_read(files))
+    if pipes := [path for path in special if Path(path) in named]:
+        ui.warn(_not_files(pipes))
 
 
-def _sorted_out(not_images: Sequence[Path]) -> tuple[list[str], list[str], list[str]]:
+def _sorted_out(not_images: Sequence[Path]) -> tuple[list[str], list[str], list[str], list[str]]:
     """The files not read, as (broken links or link loops, links to folders not followed, files of
-    a kind pdseg does not read)."""
+    a kind pdseg does not read, named pipes, devices and sockets)."""
     broken: list[str] = []
     folder_links: list[str] = []
     others: list[str] = []
+    special: list[str] = []
     for path in not_images:
         if is_broken_link(path):
             broken.append(str(path))
         elif is_unfollowed_folder_link(path):
             folder_links.append(str(path))
+        elif is_special(path):
+            special.append(str(path))
         else:
             others.append(str(path))
-    return broken, folder_links, others
+    return broken, folder_links, others, special
 
 
 def _not_read(files: Sequence[str]) -> str:
@@ -193,6 +200,10 @@ def _not_read(files: Sequence[str]) -> str:
     if convert := convert_phone_photos(map(Path, files)):  # what a folder of photos often holds
         line += f"; {convert}"
     return line
+
+
+def _not_files(paths: Sequence[str]) -> str:
+    return f"skipped, not files (a named pipe, a device or a socket, or a link to one): {listing(paths, 5)}"
 
 
 def summary(result: PredictSummary, *, table_on_stderr: bool = False) -> None:
@@ -233,9 +244,11 @@ def summary(result: PredictSummary, *, table_on_stderr: bool = False) -> None:
     ui.table(
         "pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption, stderr=table_on_stderr
     )
-    broken, folder_links, others = _sorted_out(result.not_images)
+    broken, folder_links, others, special = _sorted_out(result.not_images)
     if others:
         ui.info(_not_read(others))
+    if special:
+        ui.warn(_not_files(special))
     if folder_links:
         links = listing(folder_links, 5)
         ui.info(f"not followed, links to folders read already or back up the tree: {links}")
