@@ -88,6 +88,24 @@ def test_an_input_of_another_type_is_refused_at_load(tmp_path: Path, elem: int, 
         )
 
 
+def test_a_map_output_of_strings_is_refused_at_load(tmp_path: Path) -> None:
+    # it loaded, then its first image stopped the run with "TypeError: can't convert np.ndarray of
+    # type numpy.object_" and a traceback
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    words = helper.make_tensor_value_info("y", TensorProto.STRING, [1, 1, 32, 32])
+    mask = helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 1, 32, 32])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["r"], axes=[1], keepdims=1),
+        helper.make_node("Cast", ["r"], ["y"], to=TensorProto.STRING),
+        helper.make_node("Sigmoid", ["r"], ["m"]),
+    ]
+    path = _save(tmp_path / "words.onnx", nodes, [x], [words, mask])
+    with pytest.raises(WeightsError) as info:
+        Predictor(path, device="cpu", onnx_spec=SPEC.replace("output=0", "output=y"))
+    assert info.value.message == f"{path}: its output 'y' holds string, not a map of numbers"
+    assert info.value.hint == "choose another with --onnx-spec output=NAME: m (float32)"
+
+
 def test_a_second_input_is_refused_at_load_with_every_input_named(tmp_path: Path) -> None:
     # it failed at the first image with "ValueError: Required inputs (['z']) are missing"
     path = _two_inputs(tmp_path / "two.onnx")

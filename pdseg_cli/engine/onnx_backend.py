@@ -406,6 +406,7 @@ class OnnxModel(_ExportedModel):
             self.spec = resolve_spec(self.signature(), spec, str(self.path))
             self.metadata = _foreign_metadata(self.spec, self._output_names)
             self._map_output = output_name(self.spec, self._output_names)
+            _check_map_type(self.session, self._map_output, self.path)
 
     def signature(self) -> Signature:
         """The graph's inputs (with their element types) and outputs, as :func:`resolve_spec` reads them."""
@@ -710,6 +711,33 @@ def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:
         output=spec.kind,
         outputs=tuple(outputs),
         extra={"foreign": "1", "spec": spec.key()},
+    )
+
+
+# the element types a map can be read from (as onnxruntime names them): numbers, not strings,
+# booleans, complex numbers, sequences or maps
+_MAP_TYPES = {
+    f"tensor({t})"
+    for t in ("float", "float16", "double", "bfloat16", "uint8", "int8", "uint16", "int16", "int32", "int64")
+}
+
+
+def _check_map_type(session: Any, name: str, path: Path) -> None:
+    """Refuse a foreign model whose map output holds no numbers (a string tensor's first image
+    stopped the run with a traceback).
+
+    Raises:
+        WeightsError: naming the output, its type and the other outputs.
+    """
+    types = {o.name: o.type for o in session.get_outputs()}
+    if types[name] in _MAP_TYPES:
+        return
+    others = [f"{n} ({_element_type(t)})" for n, t in types.items() if n != name and t in _MAP_TYPES]
+    raise WeightsError(
+        f"{path}: its output {name!r} holds {_element_type(types[name])}, not a map of numbers",
+        hint=f"choose another with --onnx-spec output=NAME: {', '.join(others)}"
+        if others
+        else "this model has no output pdseg can read as a map",
     )
 
 
