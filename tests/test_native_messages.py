@@ -207,3 +207,13 @@ def test_a_child_holding_the_pipe_does_not_hold_up_the_end(capfd):
             child.kill()
             child.wait()
             child.stdout.close()
+
+
+def test_pdseg_s_own_line_quoting_a_library_message_is_not_taken_for_one(capfd):
+    """A warning pdseg printed about one file while another was decoding lost its quoted words,
+    and the rest of its line, to that decode: a good file was reported as damaged."""
+    said = b"warning: a.png: the decoder said: libpng error: IHDR: CRC error (decoded anyway)\n"
+    with native_messages.routed():
+        _, messages = native_messages.decode(lambda: os.write(2, said))
+    assert messages == []
+    assert said.decode() in capfd.readouterr().err

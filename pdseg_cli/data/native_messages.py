@@ -44,8 +44,10 @@ LIBRARY_START = re.compile(
     rb"|\[ ?(?:WARN|ERROR):[0-9]+@[0-9.]+\] global (?:grfmt_|loadsave\.cpp|bitstrm\.cpp|exif\.cpp))"
 )
 # with the blank line after it: OpenCV's error lines end in the exception's own newline and then the
-# log's, which was forwarded alone, a blank line per file (five in a folder run), under -q too
-LIBRARY_MESSAGE = re.compile(LIBRARY_START.pattern + rb"[^\n]*(?:\n+|$)")
+# log's, which was forwarded alone, a blank line per file (five in a folder run), under -q too. Not
+# where pdseg's own line quotes one ("x.png: the decoder said: libpng error: ..."): written while
+# another decode ran, its words were taken for that decode's, and the rest of the line with them
+LIBRARY_MESSAGE = re.compile(rb"(?<!the decoder said: )(?:" + LIBRARY_START.pattern + rb")[^\n]*(?:\n+|$)")
 # OpenCV's log prefix (level, time, scope, source line, function): the file's own name says more
 _OPENCV_PREFIX = re.compile(r"^\[ ?\w+:[0-9]+@[0-9.]+\] global \S+ \S+ ")
 # what loadsave.cpp repeats of an exception: "imdecode_(''): " before the reason, and OpenCV's
