@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from helpers import gray_extra_tiffs
 
-from pdseg_cli.data import atomic
+from pdseg_cli.data import atomic, native_messages
 from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.header import image_size, pnm_header
@@ -480,3 +480,22 @@ def test_eval_and_training_read_a_mask_without_its_end_marker(tmp_path: Path) ->
     (tmp_path / "half.png").write_bytes(buf.tobytes()[: len(buf) // 2])
     with pytest.raises(InputError, match="cannot decode"):
         read_mask_file(tmp_path / "half.png")
+
+
+def test_a_tiff_whose_strips_no_decoder_reads_is_refused_not_read_as_black(tmp_path: Path) -> None:
+    """libtiff answers strips of an unknown compression with an error and an all-zero image, which
+    was segmented with a "decoded anyway" warning: a mask of a black picture, status done."""
+    tifffile.imwrite(tmp_path / "ok.tif", np.random.default_rng(0).integers(1, 255, (48, 64, 3), np.uint8))
+    with tifffile.TiffFile(tmp_path / "ok.tif") as tif:
+        where = tif.pages[0].tags["Compression"].valueoffset
+    data = bytearray((tmp_path / "ok.tif").read_bytes())
+    struct.pack_into("<H", data, where, 34999)  # no codec has this number
+    (tmp_path / "unknown.tif").write_bytes(data)
+    said = r"unknown\.tif: cannot decode this TIFF: its compression, 34999, is one no reader knows"
+    with pytest.raises(InputError, match=said):
+        imio.read_image(tmp_path / "unknown.tif")
+    # any format, in the command (which hears the decoders): one that complained and gave only
+    # zeros decoded nothing
+    with native_messages.routed():
+        with pytest.raises(InputError, match=r"cannot decode \(every pixel came out 0\); the decoder said: "):
+            imio._read_cv2(tmp_path / "unknown.tif", [])

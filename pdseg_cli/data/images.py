@@ -357,6 +357,10 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         if array is not None:
             warnings.append(f"{path}: {END_MARKER_NOTE}")
             return array
+    if array is not None and messages and not array.any():
+        # the decoder complained and gave nothing but zeros: libtiff's answer to strips it cannot
+        # decode (an unknown compression, damaged LZW data), segmented as a black image in silence
+        raise InputError(f"{path}: cannot decode (every pixel came out 0); the decoder said: {messages[0]}")
     if array is None:
         raise InputError(
             f"{path}: cannot decode ({_what_it_is(path, data[:HEAD_BYTES].tobytes())})"
@@ -532,6 +536,14 @@ def _read_tiff(
             page = tif.pages[index]
             _check_strips(page, path, warnings)
             compression = getattr(page.compression, "name", str(page.compression))
+            if not hasattr(page.compression, "name"):
+                # a number no codec has: libtiff "decodes" its strips as zeros, with an error line
+                raise InputError(
+                    f"{path}: cannot decode this TIFF: its compression, {compression}, is one no "
+                    "reader knows",
+                    hint="if it opens in the program that made it, save it again with LZW, Deflate or "
+                    "no compression",
+                )
             photometric = int(page.photometric)
             bits = int(page.bitspersample)
             by_libtiff = _check_colour_space(page, photometric, path)
