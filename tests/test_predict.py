@@ -1458,3 +1458,23 @@ def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path: Path, 
         )
         assert no_space(said) in no_space(result.output)
         assert sorted(p.name for p in (tmp_path / f"out{len(extra)}").iterdir()) == ["a.png"]
+
+
+class _HalfNaN(torch.nn.Module):
+    """Logits whose left half is NaN, as a model overflowing in fp16 gives."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.mean(1, keepdim=True)
+        out[..., : x.shape[-1] // 2] = float("nan")
+        return out
+
+
+def test_a_map_with_nan_is_written_with_a_warning_naming_the_image(tmp_path: Path) -> None:
+    """NaN becomes 0 in the map: a model that overflowed gave black masks, status done, no word."""
+    cv2.imwrite(str(tmp_path / "a.png"), textured_image())
+    predictor = Predictor(_HalfNaN(), device="cpu", size=32)
+    summary = predictor.predict_paths([tmp_path / "a.png"], tmp_path / "out")
+    assert summary.done == 1
+    assert summary.results[0].warnings == [
+        f"{tmp_path / 'a.png'}: the model's map had 512 of 1,024 values NaN, written as 0 (background)"
+    ]

@@ -375,6 +375,11 @@ class _FolderRun:
             for g in group:
                 self.finish(_failed(g.item, why))
             return
+        assert logits is not None
+        # a NaN becomes 0 in the map: an overflowing model (fp16) gave black masks without a word
+        for g, nan in zip(group, torch.isnan(logits).flatten(1).sum(1).tolist(), strict=True):
+            if nan:
+                g.warnings.append(_nan_note(g.item.path, int(nan), logits[0].numel(), predictor.precision))
         for g, m in zip(group, maps, strict=True):
             g.array = None  # free the model input before the write
             self.writes.append(self.writers.submit(_write_outputs, self.plan, g, m, self.background))
@@ -536,6 +541,12 @@ def _write_outputs(
             why = f"cannot write {path} ({type(exc).__name__}: {first_line(exc)})"
         return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
     return FileResult(item.path, "done", written, None, prepared.warnings, item.index)
+
+
+def _nan_note(path: Path, nan: int, values: int, precision: str) -> str:
+    """The warning for an image whose map held NaN, which the map reads as 0 (background)."""
+    fix = " (--precision fp32 may keep it finite)" if precision in ("fp16", "bf16") else ""
+    return f"{path}: the model's map had {nan:,} of {values:,} values NaN, written as 0 (background){fix}"
 
 
 def _failed(item: InputFile, error: str, warnings: list[str] | None = None) -> FileResult:
