@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -499,3 +500,15 @@ def test_a_tiff_whose_strips_no_decoder_reads_is_refused_not_read_as_black(tmp_p
     with native_messages.routed():
         with pytest.raises(InputError, match=r"cannot decode \(every pixel came out 0\); the decoder said: "):
             imio._read_cv2(tmp_path / "unknown.tif", [])
+
+
+def test_float64_beyond_float32s_range_stays_finite_and_in_proportion(tmp_path: Path) -> None:
+    """The cast to float32 made such values infinite, printed numpy's overflow warning with its
+    source line, and then said that pixels finite in the file were NaN or infinite."""
+    values = np.random.default_rng(0).random((20, 30, 3)) * 1e300
+    tifffile.imwrite(tmp_path / "huge.tif", values, photometric="rgb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read = imio.read_image(tmp_path / "huge.tif")
+    assert read.warnings == []
+    np.testing.assert_allclose(read.pixels, (values / values.max()).astype(np.float32), rtol=1e-6)

@@ -994,6 +994,12 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
     if dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(dtype, np.floating):
+        # float64 beyond float32's range: finite in the file, so finite here, and in their ratios
+        # (the cast made them infinite, with numpy's overflow warning and its source line printed)
+        finite = np.abs(array[np.isfinite(array)])
+        top = float(finite.max()) if finite.size else 0.0
+        if top > float(np.finfo(np.float32).max):
+            array = array / top
         return array.astype(np.float32)
     # the value range, once, for the integer rules below
     bounds = (int(array.min()), int(array.max())) if array.size and np.issubdtype(dtype, np.integer) else None
