@@ -512,3 +512,25 @@ def test_float64_beyond_float32s_range_stays_finite_and_in_proportion(tmp_path: 
         read = imio.read_image(tmp_path / "huge.tif")
     assert read.warnings == []
     np.testing.assert_allclose(read.pixels, (values / values.max()).astype(np.float32), rtol=1e-6)
+
+
+def test_tiff_tags_that_contradict_each_other_are_said_so(tmp_path: Path) -> None:
+    """A tile width of 0 was "cannot read as TIFF (ZeroDivisionError: division by zero)", no hint."""
+    tifffile.imwrite(
+        tmp_path / "tiled.tif", np.full((32, 32, 3), 7, np.uint8), tile=(16, 16), photometric="rgb"
+    )
+    with tifffile.TiffFile(tmp_path / "tiled.tif") as tif:
+        where = tif.pages[0].tags["TileWidth"].valueoffset
+    data = bytearray((tmp_path / "tiled.tif").read_bytes())
+    struct.pack_into("<I", data, where, 0)
+    (tmp_path / "tile0.tif").write_bytes(data)
+    with pytest.raises(InputError) as info:
+        imio.read_image(tmp_path / "tile0.tif")
+    assert info.value.message == (
+        f"{tmp_path / 'tile0.tif'}: cannot read as TIFF: its tags are damaged or contradict each other "
+        "(ZeroDivisionError: division by zero)"
+    )
+    assert (
+        info.value.hint
+        == "check that the file is complete (copy it again); if it opens elsewhere, save it again"
+    )

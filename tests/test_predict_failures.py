@@ -218,6 +218,31 @@ def test_each_failure_is_named_when_it_happens(
     assert "failed 1" in table and f"done {N}" in table
 
 
+@pytest.mark.parametrize("raised", [ValueError("tuple index out of range\nmore"), MemoryError()])
+def test_a_reader_error_pdseg_does_not_know_names_its_file(
+    images: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, raised: BaseException
+) -> None:
+    """An odd file's decoder error (a TIFF of width 0: IndexError) was "cannot read (IndexError:
+    ...)", the one error line, and the one --json error, without the file's name."""
+    real = imio.read_image
+
+    def read(path: Path, *args: object, **kwargs: object) -> object:
+        if Path(path).name == "i00.png":
+            raise raised
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imio, "read_image", read)
+    result = run_cli("predict", images, "-o", tmp_path / "out", "-w", ckpt, "--json", tmp_path / "r.json")
+    assert result.exit_code == 1, result.output
+    error = json.loads((tmp_path / "r.json").read_text())["files"][0]["error"]
+    why = (
+        "out of memory while decoding"
+        if isinstance(raised, MemoryError)
+        else "cannot read (ValueError: tuple index out of range)"
+    )
+    assert error == f"{images / 'i00.png'}: {why}"
+
+
 def test_every_failed_file_is_named_however_many(tmp_path: Path, ckpt: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

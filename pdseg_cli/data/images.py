@@ -572,7 +572,13 @@ def _read_tiff(
         # ModuleNotFoundError): OpenCV's libtiff, below
         failure = exc
     except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
-        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
+        # tifffile's own errors on tags that contradict each other (a tile width of 0: a
+        # ZeroDivisionError; no samples per pixel: an IndexError), said as what they mean
+        raise InputError(
+            f"{path}: cannot read as TIFF: its tags are damaged or contradict each other "
+            f"({type(exc).__name__}: {first_line(exc)})",
+            hint="check that the file is complete (copy it again); if it opens elsewhere, save it again",
+        ) from None
     warnings.extend(f"{path}: tifffile said: {m} (read anyway)" for m in said)
     if array is None:
         array, alpha = _read_tiff_libtiff(

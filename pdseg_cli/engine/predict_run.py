@@ -468,9 +468,10 @@ def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: 
     except PdsegError as exc:  # its hint too (e.g. --max-pixels for an oversized file): the fix
         return _Prepared(item, None, (0, 0), None, [], error=str(exc))
     except MemoryError:
-        return _Prepared(item, None, (0, 0), None, [], error="out of memory while decoding")
-    except Exception as exc:  # a decoder bug or an odd file must not stop the run
-        return _Prepared(item, None, (0, 0), None, [], error=f"cannot read ({type(exc).__name__}: {exc})")
+        return _Prepared(item, None, (0, 0), None, [], error=f"{item.path}: out of memory while decoding")
+    except Exception as exc:  # a decoder bug or an odd file must not stop the run; named as the rest are
+        why = f"{item.path}: cannot read ({type(exc).__name__}: {first_line(exc)})"
+        return _Prepared(item, None, (0, 0), None, [], error=why)
 
 
 def _write_outputs(
