@@ -191,3 +191,31 @@ def test_commands_that_run_as_one_process_refuse_torchrun_once(
     )
     assert (said in flat(result.output)) == (rank == 0)  # said once, by rank 0
     assert not list(tmp_path.iterdir())
+
+
+def test_a_lost_peer_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of one process of a training job: the others' collective failed with gloo's
+    "Read error ... Connection reset by peer" and a fifty-line traceback."""
+    import typer
+
+    from pdseg_cli import ui
+    from pdseg_cli.commands._common import user_errors
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    said: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(ui, "error", lambda message, hint=None: said.append((message, hint)))
+    gloo = "[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:5: Connection reset by peer"
+    with pytest.raises(typer.Exit) as stopped:
+        with user_errors(rank=0):
+            raise RuntimeError(gloo)
+    assert stopped.value.exit_code == 1
+    assert said[0][0] == (
+        "another process of this torchrun job stopped, and this one lost touch with it "
+        "(Connection reset by peer)"
+    )
+    assert "pdseg train: with --resume" in (said[0][1] or "")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # alone, such an error is not about other processes
+    with pytest.raises(RuntimeError):
+        with user_errors(rank=0):
+            raise RuntimeError(gloo)

@@ -66,6 +66,15 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
                 error=exc,
             )
             raise typer.Exit(EXIT_USAGE) from None
+        lost = _peer_lost(exc)
+        if lost is not None:
+            say(
+                f"another process of this torchrun job stopped, and this one lost touch with it ({lost})",
+                "torchrun's report names the process that stopped first and why; once that is fixed, run "
+                "the same command again (pdseg train: with --resume; pdseg predict: with --skip-existing)",
+                error=exc,
+            )
+            raise typer.Exit(EXIT_FAILED) from None
         # Path.resolve() on a loop of symbolic links (Python 3.13 raises OSError ELOOP instead),
         # wherever a command resolves a path it was given
         loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
@@ -77,6 +86,21 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
     except KeyboardInterrupt as exc:
         say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+# what gloo and NCCL say in the processes left when one of a job's processes dies (kill -9, a
+# crash): a collective's connection to it is gone. The traceback said nothing a user could act on
+_PEER_LOST = re.compile(
+    r"Connection reset by peer|Connection closed by peer|Broken pipe|NCCL communicator was aborted"
+)
+
+
+def _peer_lost(exc: RuntimeError) -> str | None:
+    """The words of a torchrun job's collective that lost another process, else None."""
+    if runtime.env_distributed(strict=False).world_size < 2:
+        return None
+    found = _PEER_LOST.search(str(exc))
+    return found.group() if found else None
 
 
 def _leads_one_node_of_several() -> bool:
