@@ -500,6 +500,14 @@ def test_a_tiff_whose_strips_no_decoder_reads_is_refused_not_read_as_black(tmp_p
     with native_messages.routed():
         with pytest.raises(InputError, match=r"cannot decode \(every pixel came out 0\); the decoder said: "):
             imio._read_cv2(tmp_path / "unknown.tif", [])
+    # a TIFF only: a black JPEG with a stray byte (an empty GT with libpng's sRGB warning) is an image
+    jpeg = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    sos = jpeg.index(b"\xff\xda")
+    (tmp_path / "black.jpg").write_bytes(jpeg[:sos] + b"\x00\x00\x00" + jpeg[sos:])
+    with native_messages.routed():
+        said: list[str] = []
+        assert not imio._read_cv2(tmp_path / "black.jpg", said).any()
+    assert said and "Corrupt JPEG data" in said[0]
 
 
 def test_float64_beyond_float32s_range_stays_finite_and_in_proportion(tmp_path: Path) -> None:

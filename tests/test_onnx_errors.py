@@ -106,6 +106,20 @@ def test_a_map_output_of_strings_is_refused_at_load(tmp_path: Path) -> None:
     assert info.value.hint == "choose another with --onnx-spec output=NAME: m (float32)"
 
 
+def test_a_boolean_map_output_still_runs(tmp_path: Path) -> None:
+    # a thresholded mask: read as 0 and 1, as before the check of the output's type
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    mask = helper.make_tensor_value_info("m", TensorProto.BOOL, [1, 1, 32, 32])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.5])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["r"], axes=[1], keepdims=1),
+        helper.make_node("Greater", ["r", "zero"], ["m"]),
+    ]
+    path = _save(tmp_path / "bool.onnx", nodes, [x], [mask], [zero])
+    predictor = Predictor(path, device="cpu", onnx_spec=SPEC)
+    assert set(np.unique(predictor.predict(np.full((32, 32, 3), 255, np.uint8)))) <= {0, 254, 255}
+
+
 def test_a_second_input_is_refused_at_load_with_every_input_named(tmp_path: Path) -> None:
     # it failed at the first image with "ValueError: Required inputs (['z']) are missing"
     path = _two_inputs(tmp_path / "two.onnx")

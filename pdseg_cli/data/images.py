@@ -357,9 +357,10 @@ def _read_cv2(path: Path, warnings: list[str], flags: int = _CV2_FLAGS, page: in
         if array is not None:
             warnings.append(f"{path}: {END_MARKER_NOTE}")
             return array
-    if array is not None and messages and not array.any():
-        # the decoder complained and gave nothing but zeros: libtiff's answer to strips it cannot
-        # decode (an unknown compression, damaged LZW data), segmented as a black image in silence
+    if array is not None and messages and not array.any() and data[:4].tobytes() in TIFF_MAGICS:
+        # libtiff complained and gave nothing but zeros: its answer to strips it cannot decode
+        # (damaged LZW data), segmented as a black image in silence. Not other formats: a black
+        # JPEG with a stray byte, an empty GT mask with libpng's sRGB-profile warning, are images
         raise InputError(f"{path}: cannot decode (every pixel came out 0); the decoder said: {messages[0]}")
     if array is None:
         raise InputError(
@@ -571,7 +572,9 @@ def _read_tiff(
         # e.g. a compression tifffile decodes only with imagecodecs (LZW, JPEG, PackBits; ZSTD's
         # ModuleNotFoundError): OpenCV's libtiff, below
         failure = exc
-    except Exception as exc:  # tifffile raises many kinds (struct.error, OSError, ...)
+    except MemoryError:
+        raise  # said as such by the caller (predict: "out of memory while decoding")
+    except (ZeroDivisionError, IndexError, struct.error) as exc:
         # tifffile's own errors on tags that contradict each other (a tile width of 0: a
         # ZeroDivisionError; no samples per pixel: an IndexError), said as what they mean
         raise InputError(
@@ -579,6 +582,8 @@ def _read_tiff(
             f"({type(exc).__name__}: {first_line(exc)})",
             hint="check that the file is complete (copy it again); if it opens elsewhere, save it again",
         ) from None
+    except Exception as exc:  # tifffile raises many kinds (OSError on a failing disk, ...)
+        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from None
     warnings.extend(f"{path}: tifffile said: {m} (read anyway)" for m in said)
     if array is None:
         array, alpha = _read_tiff_libtiff(

@@ -714,12 +714,15 @@ def _foreign_metadata(spec: OnnxSpec, outputs: list[str]) -> ExportMetadata:
     )
 
 
-# the element types a map can be read from (as onnxruntime names them): numbers, not strings,
-# booleans, complex numbers, sequences or maps
+# the element types a map can be read from (as onnxruntime names them): numbers and booleans (a
+# thresholded mask), not strings, complex numbers, sequences or maps
 _MAP_TYPES = {
     f"tensor({t})"
-    for t in ("float", "float16", "double", "bfloat16", "uint8", "int8", "uint16", "int16", "int32", "int64")
-}
+    for t in (
+        "float", "float16", "double", "bfloat16", "bool",
+        "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+    )
+}  # fmt: skip
 
 
 def _check_map_type(session: Any, name: str, path: Path) -> None:
