@@ -166,12 +166,22 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
                     tb.add_scalar(f"epoch/{key}", row[key], progress.global_step)
             tb.flush()
     ctx.emit("epoch_end", epoch=epoch + 1, values={**row, "best": improved})
-    if stop.requested and not ctx.env.enabled and not last_epoch:
+    if not last_epoch and _agreed(ctx, stop.requested):
         # a Ctrl-C during the epoch's end (validation, the writes): last.pt is that end. Going on
         # started the next epoch's loader for one step and a second save before stopping
         ctx.emit("stopped", values={"checkpoint": str(out / LAST), "steps": progress.global_step})
         return False
     return True
+
+
+def _agreed(ctx: RunContext, requested: bool) -> bool:
+    """Whether any process was asked to stop; under torchrun every process reaches this at the
+    same point (an epoch's end) and stops alike, or none does."""
+    if not ctx.env.enabled:
+        return requested
+    flag = torch.tensor([1.0 if requested else 0.0], device=ctx.device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
 
 
 def _train_step(
