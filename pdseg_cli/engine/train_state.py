@@ -16,7 +16,6 @@ from torch import nn
 
 from pdseg_cli import runtime
 from pdseg_cli.data import dis5k
-from pdseg_cli.data.teacher import file_sha256
 from pdseg_cli.engine.ema import ModelEMA, default_ema_decay, default_ema_tau
 from pdseg_cli.engine.train_config import CONFIG, default_freeze_bn
 from pdseg_cli.engine.train_context import RunContext
@@ -238,9 +237,9 @@ def _start_run(ctx: RunContext) -> TrainRun:
     plan = plan_run(ctx, data, resumed)
     if resumed is None and cfg.init is None and cfg.backbone_weights is None:
         _say_random_start(ctx, data.n_train)
-    model, init_provenance = initial_model(ctx, resumed)
+    model, init_provenance, backbone_sha256 = initial_model(ctx, resumed)
     freeze_bn = resolve_freeze_bn(ctx, plan, resumed)
-    run = build_run(ctx, data, plan, model, init_provenance, resumed, freeze_bn)
+    run = build_run(ctx, data, plan, model, init_provenance, resumed, freeze_bn, backbone_sha256)
     ctx.emit(
         "start",
         values={
@@ -403,18 +402,22 @@ def resolve_freeze_bn(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any]
     return cfg.freeze_bn
 
 
-def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[PDSeg, dict[str, Any] | None]:
+def initial_model(
+    ctx: RunContext, resumed: Mapping[str, Any] | None
+) -> tuple[PDSeg, dict[str, Any] | None, str | None]:
     """The network before training: seeded random weights, or ``--init``'s, or an encoder from
     ``--backbone-weights`` (both ignored on resume, whose weights come from ``last.pt``).
 
     Returns:
-        The model (on the CPU) and where ``--init``'s weights came from (None without it).
+        The model (on the CPU), where ``--init``'s weights came from (None without it), and the
+        sha256 of the ``--backbone-weights`` loaded (None without them).
     """
     cfg = ctx.cfg
     seed_all(cfg.seed)  # the initial weights depend on the seed only
     model = create_model(cfg.model_variant)
     # a resumed fine-tune keeps its chain: last.pt carries it (older states do not)
     init_provenance = None if resumed is None else resumed.get("init_provenance")
+    backbone_sha256 = None
     if cfg.init is not None and resumed is None:
         start, digest = load_hashed(Path(cfg.init), load_model)  # checked against the file's own config
         model.load_state_dict(start.state_dict())
@@ -423,10 +426,12 @@ def initial_model(ctx: RunContext, resumed: Mapping[str, Any] | None) -> tuple[P
         message = f"weights from {cfg.init} ({start.config.name}); fresh optimiser and schedule"
         ctx.emit("info", values={"message": message})
     elif cfg.backbone_weights is not None and resumed is None:
-        n = load_backbone(model, cfg.backbone_weights)
+        n, backbone_sha256 = load_hashed(
+            Path(cfg.backbone_weights), lambda path: load_backbone(model, path), "--backbone-weights"
+        )
         # a status line, as --init's: a confirmation, not a warning (notices survive -q)
         ctx.emit("info", values={"message": f"encoder initialised from {cfg.backbone_weights} ({n} tensors)"})
-    return model, init_provenance
+    return model, init_provenance, backbone_sha256
 
 
 def build_run(
@@ -437,6 +442,7 @@ def build_run(
     init_provenance: dict[str, Any] | None,
     resumed: Mapping[str, Any] | None,
     freeze_bn: bool,
+    backbone_sha256: str | None,
 ) -> TrainRun:
     """The session's state: the model on its device with its EMA, DDP wrapper, optimiser, schedule
     and scaler, each restored from ``resumed`` if given, the RNGs, the counters, the loaders; rank 0
@@ -506,13 +512,15 @@ def build_run(
         val_loader=val_loader,
         tensorboard=tensorboard,
         init_provenance=init_provenance,
-        backbone=_backbone_record(cfg.backbone_weights, resumed),
+        backbone=_backbone_record(cfg.backbone_weights, resumed, backbone_sha256),
         freeze_bn=freeze_bn,
         progress=progress,
     )
 
 
-def _backbone_record(path: Path | None, resumed: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _backbone_record(
+    path: Path | None, resumed: Mapping[str, Any] | None, sha256: str | None
+) -> dict[str, Any] | None:
     """``--backbone-weights`` as the run loaded it: hashed once as it starts, and carried over in
     ``last.pt`` on resume, which does not read the file (it may have moved since: every save
     hashed it again, and a moved file stopped the run at its first save)."""
@@ -520,7 +528,7 @@ def _backbone_record(path: Path | None, resumed: Mapping[str, Any] | None) -> di
         return None
     if resumed is not None:
         return resumed.get("backbone") or {"path": str(path.resolve()), "sha256": None}  # older state
-    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return {"path": str(path.resolve()), "sha256": sha256}  # of the bytes loaded (load_hashed)
 
 
 def _starting_progress(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any] | None) -> Progress:
