@@ -109,13 +109,17 @@ def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path: Path) -> None
 
 def test_a_holder_that_has_ended_is_said_so(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    with folder_lock(out, "--out run"):
-        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
-        (out / LOCK_NAME).write_text(f"{int(gone.stdout)} {socket.gethostname()}\n")
-        with pytest.raises(InputError) as refused:
-            with folder_lock(out, "--out run"):
-                pass
-    assert (
-        f"(process {int(gone.stdout)} on {socket.gethostname()}, which has ended; a process it started "
-        in (refused.value.message)
+    gone = int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout
     )
+    host = socket.gethostname()
+    token = atomic.writer_token().replace(f"{os.getpid()}-", f"{gone}-", 1)  # as that process wrote it
+    with folder_lock(out, "--out run"):
+        for content, ended in ((f"{gone} {host} {token}", True), (f"{gone} {host}", False)):  # older files
+            (out / LOCK_NAME).write_text(content + "\n")
+            with pytest.raises(InputError) as refused:
+                with folder_lock(out, "--out run"):
+                    pass
+            said = f"(process {gone} on {host}, which has ended; a process it started still holds it"
+            assert (said in refused.value.message) == ended, refused.value.message
+            assert f"(process {gone} on {host}" in refused.value.message

@@ -305,6 +305,36 @@ def test_an_output_another_run_wrote_since_the_plan_is_kept(
     assert status == {"IMG_0001.JPG": "failed", "IMG_0002.JPG": "done"}
 
 
+def test_none_of_an_images_outputs_is_written_beside_another_runs(
+    tmp_path: Path, spread_tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --save mask,alpha, the other run's alpha landed after the plan: this run's mask was
+    written beside it, a mask of one photo next to the cut-out of another."""
+    from pdseg_cli.engine import predict_plan
+
+    cards = [tmp_path / "card1", tmp_path / "card2"]
+    for seed, card in enumerate(cards):
+        card.mkdir()
+        cv2.imwrite(str(card / "IMG_0001.JPG"), textured_image(seed=seed))
+    out = tmp_path / "masks"
+    planned = predict_plan.plan_predict
+
+    def plan_then_the_other_run_writes(*args: object, **kwargs: object) -> object:
+        plan = planned(*args, **kwargs)
+        out.mkdir(exist_ok=True)
+        theirs = np.zeros((24, 32, 4), np.uint8)
+        imio.write_png(
+            out / "IMG_0001_alpha.png", theirs, software=header.output_mark(cards[1] / "IMG_0001.JPG")
+        )
+        return plan
+
+    monkeypatch.setattr(predict_plan, "plan_predict", plan_then_the_other_run_writes)
+    result = _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt, "-s", "mask,alpha")
+    assert result.exit_code == 1, result.output
+    assert "IMG_0001_alpha.png was written meanwhile" in flat(result.output)
+    assert sorted(p.name for p in out.iterdir()) == ["IMG_0001_alpha.png"]  # no mask beside it
+
+
 @pytest.mark.parametrize("skip", [False, True])
 def test_outputs_of_the_same_inputs_moved_elsewhere_are_their_own(
     tmp_path: Path, spread_tiny_ckpt: Path, skip: bool

@@ -226,7 +226,7 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path: Path, folders
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text
     assert text.count("pdseg train") == 1, text  # one table: rank 0's
-    assert "Warning" not in text, text  # "Grad strides do not match bucket view strides", once a process
+    assert "bucket view strides" not in text, text  # DDP's warning, once a process, into the bar
     config = json.loads((out / "config.json").read_text())["resolved"]
     assert config["world_size"] == 2 and config["global_batch"] == 4 and config["steps_per_epoch"] == 2
     state = torch.load(out / "last.pt", weights_only=True)["train_state"]

@@ -92,6 +92,7 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
 # crash): a collective's connection to it is gone. The traceback said nothing a user could act on
 _PEER_LOST = re.compile(
     r"Connection reset by peer|Connection closed by peer|Broken pipe|NCCL communicator was aborted"
+    r"|remote process exited"
 )
 
 

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from pdseg_cli.data.atomic import process_alive
+from pdseg_cli.data.atomic import writer_token, written_by_dead
 from pdseg_cli.errors import InputError
 
 try:
@@ -120,7 +120,9 @@ def _acquire(path: Path, option: str) -> int | None:
             same = False
         if same:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            # the host's name to say; the writer token (pid, host and pid namespace) to tell whether
+            # that process has ended (atomic.written_by_dead)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()} {writer_token()}\n".encode())
             _HELD.add(fd)
             return fd
         os.close(fd)
@@ -129,16 +131,16 @@ def _acquire(path: Path, option: str) -> int | None:
 
 def _read_holder(fd: int) -> str:
     """`` (process 123 on host)`` from the holder's lock file, or nothing when unreadable. A holder
-    of this host that has ended is said so: a process it forked (before this module closed lock
-    files in forked children, or one that is still starting) holds the lock a moment longer."""
+    of this host (and pid namespace) that has ended is said so: a process it forked and that has
+    not closed the file yet holds the lock a moment longer."""
     try:
         words = os.pread(fd, 200, 0).decode(errors="replace").split()
     except OSError:
         return ""
-    if len(words) != 2:
+    if len(words) not in (2, 3):
         return ""
-    pid, host = words
-    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+    pid, host = words[:2]
+    if len(words) == 3 and written_by_dead(words[2]):
         return (
             f" (process {pid} on {host}, which has ended; a process it started still holds it: "
             "run again in a few seconds)"

@@ -1007,8 +1007,7 @@ def _normalise_dtype(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         # float64 beyond float32's range: finite in the file, so finite here, and in their ratios
         # (the cast made them infinite, with numpy's overflow warning and its source line printed)
-        finite = np.abs(array[np.isfinite(array)])
-        top = float(finite.max()) if finite.size else 0.0
+        top = float(np.max(np.abs(array), where=np.isfinite(array), initial=0.0))
         if top > float(np.finfo(np.float32).max):
             array = array / top
         return array.astype(np.float32)

@@ -365,7 +365,7 @@ def prediction_settings(predictor: Predictor, save_preds: Path | None) -> dict[s
         "weights": str(weights.resolve()) if weights else None,
         # the file's content: a path says little once weights are retrained or copied elsewhere.
         # Hashed as it was loaded: a training run may have saved over it since
-        "weights_sha256": predictor.weights_sha256,
+        "weights_sha256": getattr(predictor, "weights_sha256", None),  # a Predictor-like of a script's
         "model": predictor.description,
         "device": str(predictor.device),
         "precision": predictor.precision,

@@ -485,23 +485,29 @@ def _write_outputs(
     colour: np.ndarray | None = None  # made once, for every output made from the image
     ids = header.input_ids(item.path)
     mark = header.mark_of(ids)
+    paths = {
+        name: output_path(plan.out_dir / item.rel_dir, item.path.stem, name, prepared.high_depth)
+        for name in plan.save
+    }
+    for taken in paths.values():
+        if taken.is_file() and header.made_from_another(
+            header.marked_source(taken), ids.path_id, lambda: ids.content_id
+        ):
+            # the plan refused such outputs; this one came since, from a run beside this one started
+            # at the same moment (a job array into one --out): the first written stays, and none of
+            # this image's is written beside it (a mask of one photo, the alpha of the other). Only
+            # the encoding's few milliseconds are left between this look and the rename.
+            why = (
+                f"{taken} was written meanwhile from another input of the same name, by another "
+                "pdseg run into the same --out; it is kept (give each folder of inputs an --out "
+                "of its own)"
+            )
+            return FileResult(item.path, "failed", [], why, prepared.warnings, item.index)
     try:
         for name in plan.save:
             kind = OUTPUT_KINDS[name]
-            path = output_path(plan.out_dir / item.rel_dir, item.path.stem, name, prepared.high_depth)
+            path = paths[name]
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_file() and header.made_from_another(
-                header.marked_source(path), ids.path_id, lambda: ids.content_id
-            ):
-                # the plan refused such outputs; this one came since, from a run beside this one
-                # started at the same moment (a job array into one --out): the first written stays.
-                # Only the encoding's few milliseconds are left between this look and the rename.
-                why = (
-                    f"{path} was written meanwhile from another input of the same name, by another "
-                    "pdseg run into the same --out; it is kept (give each folder of inputs an --out "
-                    "of its own)"
-                )
-                return FileResult(item.path, "failed", written, why, prepared.warnings, item.index)
             if kind.uses_image and colour is None:
                 assert pixels is not None  # the reader keeps them when a kind uses the image
                 colour = estimate_foreground(pixels, byte_map) if plan.refine_foreground else pixels

@@ -211,7 +211,8 @@ def _train_step(
     if not all(math.isfinite(v) for v in values[:-1]):
         raise runtime.every_rank_meets(_diverged(run, values[:-1], epoch, step))  # the losses are shared
     run.optimizer.zero_grad(set_to_none=True)
-    with _quiet_bucket_strides(ctx):
+    first = epoch == run.plan.start_epoch and step == run.plan.start_step  # the session's first step
+    with _quiet_bucket_strides(ctx) if first else contextlib.nullcontext():
         run.scaler.scale(loss).backward()
     if cfg.clip_grad > 0:
         run.scaler.unscale_(run.optimizer)
@@ -225,9 +226,10 @@ def _train_step(
 
 def _quiet_bucket_strides(ctx: RunContext) -> contextlib.AbstractContextManager[None]:
     """Under DDP, its "Grad strides do not match bucket view strides" warning ignored: raised once
-    per process at the first backward, in every process, into the progress bar. The channels-last
-    strip convolutions' weights (out, 1, 1, k) and their gradients differ only in the strides of
-    size-1 dimensions, which is the same memory order."""
+    per process at the first backward, in every process, into the progress bar (so only that
+    backward is wrapped: the filter's lock is not held, nor "once" warnings reset, every step). The
+    channels-last strip convolutions' weights (out, 1, 1, k) and their gradients differ only in the
+    strides of size-1 dimensions, which is the same memory order."""
     if not ctx.env.enabled:
         return contextlib.nullcontext()
     return ignoring_warnings(UserWarning, "Grad strides do not match bucket view strides")

@@ -168,12 +168,10 @@ def named_not_read(sources: Sequence[str], not_images: Sequence[Path]) -> None:
     """Warn, under --quiet too, of files named one by one that pdseg does not read: the summary
     lists the files it skipped, but a quiet run would drop a file asked for by name in silence."""
     named = {Path(source).expanduser() for source in sources}
-    _, _, others, special = _sorted_out(not_images)
-    files = [path for path in others if Path(path) in named]
+    # a named pipe or a device named one by one is refused before this (collect_inputs)
+    files = [path for path in _sorted_out(not_images)[2] if Path(path) in named]
     if files:
         ui.warn(_not_read(files))
-    if pipes := [path for path in special if Path(path) in named]:
-        ui.warn(_not_files(pipes))
 
 
 def _sorted_out(not_images: Sequence[Path]) -> tuple[list[str], list[str], list[str], list[str]]:
