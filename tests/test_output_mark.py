@@ -266,30 +266,43 @@ def test_outputs_of_another_input_of_the_same_name_are_kept(
     assert header.marked_source(out / "IMG_0001.png").path_id == header.source_id(cards[1] / "IMG_0001.JPG")
 
 
+def _two_cards(tmp_path: Path, per_card: int = 2) -> list[Path]:
+    """Two folders of photos of the same names (IMG_0001.JPG...), as two camera cards hold."""
+    cards = [tmp_path / "card1", tmp_path / "card2"]
+    for seed, card in enumerate(cards):
+        card.mkdir()
+        for n in range(1, per_card + 1):
+            cv2.imwrite(str(card / f"IMG_000{n}.JPG"), textured_image(seed=seed * 2 + n))
+    return cards
+
+
+def _written_after_the_plan(
+    monkeypatch: pytest.MonkeyPatch, output: Path, pixels: np.ndarray, source: Path
+) -> None:
+    """Another run's output of ``source`` lands in ``--out`` right after this run's plan."""
+    from pdseg_cli.engine import predict_plan
+
+    planned = predict_plan.plan_predict
+
+    def plan_then_the_other_run_writes(*args: object, **kwargs: object) -> object:
+        plan = planned(*args, **kwargs)
+        output.parent.mkdir(exist_ok=True)
+        imio.write_png(output, pixels, software=header.output_mark(source))
+        return plan
+
+    monkeypatch.setattr(predict_plan, "plan_predict", plan_then_the_other_run_writes)
+
+
 def test_an_output_another_run_wrote_since_the_plan_is_kept(
     tmp_path: Path, spread_tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two runs started at the same moment (a job array) into one --out, with other photos of the
     same names: each plan saw an empty --out, so the plan's refusal could not catch it, and the
     second run replaced the first one's masks in silence while both said "done"."""
-    from pdseg_cli.engine import predict_plan
-
-    cards = [tmp_path / "card1", tmp_path / "card2"]
-    for seed, card in enumerate(cards):
-        card.mkdir()
-        for n in (1, 2):
-            cv2.imwrite(str(card / f"IMG_000{n}.JPG"), textured_image(seed=seed * 2 + n))
+    cards = _two_cards(tmp_path)
     out = tmp_path / "masks"
     theirs = np.full((24, 32), 7, np.uint8)
-    planned = predict_plan.plan_predict
-
-    def plan_then_the_other_run_writes(*args: object, **kwargs: object) -> object:
-        plan = planned(*args, **kwargs)
-        out.mkdir(exist_ok=True)  # the other run's mask of its IMG_0001.JPG lands after this plan
-        imio.write_png(out / "IMG_0001.png", theirs, software=header.output_mark(cards[1] / "IMG_0001.JPG"))
-        return plan
-
-    monkeypatch.setattr(predict_plan, "plan_predict", plan_then_the_other_run_writes)
+    _written_after_the_plan(monkeypatch, out / "IMG_0001.png", theirs, cards[1] / "IMG_0001.JPG")
     result = _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt, "--json", tmp_path / "r.json")
     assert result.exit_code == 1, result.output
     said = (
@@ -310,25 +323,10 @@ def test_none_of_an_images_outputs_is_written_beside_another_runs(
 ) -> None:
     """With --save mask,alpha, the other run's alpha landed after the plan: this run's mask was
     written beside it, a mask of one photo next to the cut-out of another."""
-    from pdseg_cli.engine import predict_plan
-
-    cards = [tmp_path / "card1", tmp_path / "card2"]
-    for seed, card in enumerate(cards):
-        card.mkdir()
-        cv2.imwrite(str(card / "IMG_0001.JPG"), textured_image(seed=seed))
+    cards = _two_cards(tmp_path, per_card=1)
     out = tmp_path / "masks"
-    planned = predict_plan.plan_predict
-
-    def plan_then_the_other_run_writes(*args: object, **kwargs: object) -> object:
-        plan = planned(*args, **kwargs)
-        out.mkdir(exist_ok=True)
-        theirs = np.zeros((24, 32, 4), np.uint8)
-        imio.write_png(
-            out / "IMG_0001_alpha.png", theirs, software=header.output_mark(cards[1] / "IMG_0001.JPG")
-        )
-        return plan
-
-    monkeypatch.setattr(predict_plan, "plan_predict", plan_then_the_other_run_writes)
+    theirs = np.zeros((24, 32, 4), np.uint8)
+    _written_after_the_plan(monkeypatch, out / "IMG_0001_alpha.png", theirs, cards[1] / "IMG_0001.JPG")
     result = _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt, "-s", "mask,alpha")
     assert result.exit_code == 1, result.output
     assert "IMG_0001_alpha.png was written meanwhile" in flat(result.output)
@@ -360,11 +358,7 @@ def test_outputs_of_the_same_inputs_moved_elsewhere_are_their_own(
 
 
 def test_outputs_of_other_inputs_are_counted_in_the_plural(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
-    cards = [tmp_path / "card1", tmp_path / "card2"]
-    for seed, card in enumerate(cards):
-        card.mkdir()
-        for n in (1, 2):
-            cv2.imwrite(str(card / f"IMG_000{n}.JPG"), textured_image(seed=seed * 2 + n))
+    cards = _two_cards(tmp_path)
     out = tmp_path / "masks"
     assert _predict(cards[0], "--out", out, "-w", spread_tiny_ckpt).exit_code == 0
     second = _predict(cards[1], "--out", out, "-w", spread_tiny_ckpt)
