@@ -145,7 +145,7 @@ def dead_pid() -> int:
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    if atomic.process_alive(child.pid):
+    if atomic._process_alive(child.pid):
         pytest.skip("the pid was taken again at once")
     return child.pid
 

@@ -100,7 +100,7 @@ def test_a_forked_child_does_not_keep_a_killed_runs_lock(tmp_path: Path) -> None
     assert done.returncode == -signal.SIGKILL, done.stderr
     child = int(done.stdout)
     try:
-        assert atomic.process_alive(child)  # the orphaned child still runs...
+        assert atomic._process_alive(child)  # the orphaned child still runs...
         with folder_lock(out, "--out run"):  # ...and the folder is free
             pass
     finally:

@@ -375,7 +375,7 @@ def written_by_dead(token: str) -> bool:
 
 def _dead_writer(pid: str, host: str) -> bool:
     """Whether process ``pid`` of ``host`` (a :func:`writer_token`'s parts) ran here and has ended."""
-    return host == _HOST and not process_alive(int(pid))
+    return host == _HOST and not _process_alive(int(pid))
 
 
 def _is_link(entry: os.DirEntry[str]) -> bool:
@@ -386,7 +386,7 @@ def _is_link(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def process_alive(pid: int) -> bool:
+def _process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this host; True when that cannot be told (its file is kept)."""
     if pid <= 0 or pid == os.getpid():
         return True  # 0 and negatives name process groups; this process's own files are in use
