@@ -350,6 +350,50 @@ def test_a_plan_for_the_whole_run_shares_out_as_plan_predict_does(images: Path, 
     assert whole.share(Distributed()) is whole
 
 
+def test_done_images_at_every_other_place_leave_no_process_idle(images: Path, tmp_path: Path) -> None:
+    """A folder gone on with --skip-existing whose done images are every other one: each process
+    gets its half of the images to do. Sharing the input order, done or not, gave one process
+    every image done and the other every image to do."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(0, N, 2):
+        imio.write_png(out / f"i{i:02d}.png", np.zeros((20, 24), np.uint8), software="pdseg")
+    whole = plan_predict([images], out, skip_existing=True)
+    shares = [whole.share(Distributed(world_size=2, rank=rank)) for rank in range(2)]
+    assert [len(share.todo) for share in shares] == [N // 4, N // 4]
+    assert sorted(item.index for share in shares for item in share.todo) == list(range(1, N, 2))
+    assert sorted(item.index for share in shares for item in share.skipped) == list(range(0, N, 2))
+
+
+class _RankOneAfterAWrite(Distributed):
+    """Rank 1 of two, whose broadcast hands it rank 0's object as a started group would."""
+
+    def __init__(self, rank0: object) -> None:
+        super().__init__(world_size=2, rank=1)
+        object.__setattr__(self, "rank0", rank0)
+
+    def broadcast(self, obj: object) -> object:
+        return self.rank0  # type: ignore[attr-defined]
+
+
+def test_every_process_shares_rank_0s_plan(images: Path, tmp_path: Path) -> None:
+    """An image another program finished between two processes' plans is to do in one and done in
+    the other: both then share rank 0's lists, so no image falls between them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rank0 = plan_predict([images], out, skip_existing=True)
+    imio.write_png(out / "i03.png", np.zeros((20, 24), np.uint8), software="pdseg")
+    rank1 = plan_predict([images], out, skip_existing=True)
+    assert len(rank1.skipped) == 1 and not rank0.skipped
+    dist = _RankOneAfterAWrite((rank0.todo, rank0.skipped))
+    agreed = rank1.agreed(dist)
+    assert (agreed.todo, agreed.skipped) == (rank0.todo, [])
+    mine = agreed.share(dist)
+    theirs = rank0.share(Distributed(world_size=2, rank=0))
+    assert sorted(item.index for item in [*mine.todo, *theirs.todo]) == list(range(N))
+    assert rank1.agreed(Distributed()) is rank1
+
+
 def _torchrun_script(tmp_path: Path, body: str) -> Path:
     """A script for torchrun that runs `pdseg` with ``body`` (Python) done first in each process."""
     script = tmp_path / "run_pdseg.py"

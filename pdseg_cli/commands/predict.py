@@ -235,7 +235,7 @@ def predict(
 
             work_size, background = checked if checked is not None else torch_options()
         with runtime.distributed() as dist:
-            plan = whole.share(dist)
+            plan = whole.agreed(dist).share(dist)
             with runtime.alike_on_every_rank():  # the same file, and a device checked alike above
                 predictor = Predictor(
                     weights,

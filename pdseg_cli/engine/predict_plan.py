@@ -851,19 +851,25 @@ class PredictPlan:
     own_outputs: list[Path] = field(default_factory=list)
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
-        """This process's share of a plan for the whole run: every world_size-th image in input
-        order, done or not, as :func:`plan_predict` with ``dist`` takes it. A command plans the
-        whole run first, so that it can find nothing left to do before it starts torch and the
-        process group; the plan itself when not under torchrun."""
+        """This process's share of a plan for the whole run, as :func:`plan_predict` with ``dist``
+        takes it: every world_size-th image to do, and likewise every world_size-th image done, in
+        input order, so that a folder gone on with --skip-existing keeps every process busy however
+        its done images lie. A command plans the whole run first, so that it can find nothing left
+        to do before it starts torch and the process group, and then takes :meth:`agreed` plan's
+        share; the plan itself when not under torchrun."""
         if not dist.enabled:
             return self
-        mine = dist.shard(sorted([*self.todo, *self.skipped], key=lambda item: item.index))
-        done = {item.index for item in self.skipped}
-        return replace(
-            self,
-            todo=[item for item in mine if item.index not in done],
-            skipped=[item for item in mine if item.index in done],
-        )
+        return replace(self, todo=dist.shard(self.todo), skipped=dist.shard(self.skipped))
+
+    def agreed(self, dist: runtime.Distributed) -> PredictPlan:
+        """Rank 0's images to do and done, in every process of a started process group. Every
+        process plans alone before the group starts; an image another program wrote outputs for
+        between two processes' plans would be done in one plan and to do in the other, and sharing
+        two such lists could miss it in both."""
+        if not dist.enabled:
+            return self
+        todo, skipped = dist.broadcast((self.todo, self.skipped))
+        return replace(self, todo=todo, skipped=skipped)
 
 
 def plan_predict(

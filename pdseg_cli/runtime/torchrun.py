@@ -67,6 +67,16 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` in every process (``obj`` itself without torchrun)."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         """Wait for every process (returns at once without torchrun)."""
         if self.enabled:
