@@ -525,6 +525,31 @@ def test_twelve_bit_data_in_a_sixteen_bit_file_is_warned_of(tmp_path: Path) -> N
     assert imio.read_image(tmp_path / "full.png").warnings == []
 
 
+@pytest.mark.parametrize(
+    ("dtype", "top", "said"),
+    [
+        (
+            np.uint32,
+            4000,
+            "a 32-bit image whose samples stop at 4000 of 4294967295 (12-bit data in a 32-bit file",
+        ),
+        (
+            np.int16,
+            2000,
+            "a signed 16-bit image whose samples stop at 2000 of 32767 (11-bit",
+        ),
+    ],
+)
+def test_few_bits_in_a_wider_file_name_the_files_own_type(
+    tmp_path: Path, dtype: type, top: int, said: str
+) -> None:
+    # the warning named a 16-bit file and the value read, where the file is 32-bit or signed
+    scan = (np.arange(40 * 40 * 3).reshape(40, 40, 3) % (top + 1)).astype(dtype)
+    tifffile.imwrite(tmp_path / "scan.tif", scan, photometric="rgb")
+    warnings = imio.read_image(tmp_path / "scan.tif").warnings
+    assert [w for w in warnings if said in w], warnings
+
+
 def test_a_tiff_without_image_data_is_refused_and_one_missing_strips_is_warned_of(tmp_path: Path) -> None:
     # a write that stopped after the header: strip offsets and byte counts all 0, read as black and
     # reported done with an empty mask

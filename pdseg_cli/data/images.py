@@ -208,7 +208,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
     if pixels.dtype == np.float32:
         pixels = _finite(pixels, path, warnings)
     elif pixels.dtype == np.uint16:
-        _note_few_bits(pixels, path, warnings)
+        _note_few_bits(pixels, path, warnings, array.dtype)
     alpha = _kept_alpha(alpha, pixels.dtype)
     return LoadedImage(
         np.ascontiguousarray(pixels), path, warnings, alpha=alpha, icc_profile=icc, density=density
@@ -299,18 +299,26 @@ def _finite(pixels: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
     return pixels
 
 
-def _note_few_bits(pixels: np.ndarray, path: Path, warnings: list[str]) -> None:
+def _note_few_bits(pixels: np.ndarray, path: Path, warnings: list[str], stored: np.dtype) -> None:
     """A warning for a 16-bit image whose samples all fit in 12 bits or fewer: a scanner's or
     camera's 12-bit data stored in a 16-bit file reads 16 times too dark (0..4095 of 65535), and
     the model, shown a black image, finds nothing (a map topping out at byte 23). The file has no
-    tag that says so (TIFF's MaxSampleValue is for statistics only), so it is read as stored."""
+    tag that says so (TIFF's MaxSampleValue is for statistics only), so it is read as stored.
+    ``stored`` is the file's own sample type, which the warning names: a 32-bit file read by its
+    values as 16-bit data, or a signed 16-bit one read at twice its values (:func:`to_rgb`)."""
     top = int(pixels.max())
-    if 0 < top < 4096:
-        warnings.append(
-            f"{path}: a 16-bit image whose samples stop at {top} of 65535 ({top.bit_length()}-bit data "
-            "in a 16-bit file?): read as stored, nearly black, so its map may be empty; scale it to "
-            "the full 16 bits (or save it as 8-bit) first"
-        )
+    if not 0 < top < 4096:
+        return
+    stored = np.dtype(stored)
+    signed = stored == np.int16
+    full = np.iinfo(stored).max if np.issubdtype(stored, np.integer) else 65535
+    value = round(top * full / 65535) if signed else top  # to_rgb doubled a signed file's values
+    kind = f"{'signed ' if signed else ''}{stored.itemsize * 8}-bit"
+    warnings.append(
+        f"{path}: a {kind} image whose samples stop at {value} of {full} ({value.bit_length()}-bit "
+        f"data in a {kind} file?): read as stored, nearly black, so its map may be empty; scale it to "
+        f"the full {stored.itemsize * 8} bits (or save it as 8-bit) first"
+    )
 
 
 def _pnm_full_scale(array: np.ndarray, pnm: PnmHeader | None) -> np.ndarray:
