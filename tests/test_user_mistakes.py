@@ -4,6 +4,7 @@ hints and hints that did not fit)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -197,6 +198,10 @@ def test_predict_option_errors_have_hints(tmp_path: Path) -> None:
     a_file.write_bytes(b"x")
     text = _refused("predict", EXAMPLE_IMAGES, "-o", a_file)
     assert f"--out {a_file} is a file, not a folder" in text and "hint: give a folder" in text
+    if Path(os.devnull).exists():  # --out /dev/null: the hint named a folder /dev/null-masks
+        text = _refused("predict", EXAMPLE_IMAGES, "-o", os.devnull)
+        assert f"--out {os.devnull} is a device or pipe, not a folder" in text, text
+        assert "e.g. --out masks" in text and "null-masks" not in text, text
 
 
 @pytest.mark.skipif(runtime.resolve_device("auto").device.type != "cpu", reason="an accelerator is here")

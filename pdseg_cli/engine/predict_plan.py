@@ -804,9 +804,12 @@ def check_out_dir(out_dir: Path) -> None:
         InputError: it is a file, cannot be created, or is not writable.
     """
     if out_dir.exists() and not out_dir.is_dir():
+        # a device (/dev/null, to throw the maps away) is no file to name a folder after
+        example = "masks" if is_special(out_dir) else out_dir.parent / (out_dir.stem + "-masks")
+        what = "a device or pipe" if is_special(out_dir) else "a file"
         raise InputError(
-            f"--out {out_dir} is a file, not a folder",
-            hint=f"give a folder for the maps, e.g. --out {out_dir.parent / (out_dir.stem + '-masks')}",
+            f"--out {out_dir} is {what}, not a folder",
+            hint=f"give a folder for the maps (pdseg writes one file per image in it), e.g. --out {example}",
         )
     if not out_dir.exists() and out_dir.suffix.lower() in imio.IMAGE_SUFFIXES:
         # `--out mask.png` for one image would make a folder mask.png/ with the mask inside it
