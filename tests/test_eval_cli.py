@@ -123,7 +123,9 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     assert allowed.exit_code == 0 and "low_range_30_200" in allowed.stderr
     (split / "gt" / "holes_soft_pred.png").write_bytes(b"")
     bad_gt = _run("--split", split, "--pred", split / "pred", "--allow-missing", cache=tmp_path / "c")
-    assert bad_gt.exit_code == 2 and "holes_soft_pred.png" in bad_gt.output
+    # left out and named, as a map that cannot be read is
+    assert bad_gt.exit_code == 0 and "holes_soft_pred.png" in flat(bad_gt.stderr), bad_gt.output
+    assert "not scored (--allow-missing): GT" in flat(bad_gt.stderr)
     floats = tmp_path / "floats"
     floats.mkdir()
     for gt in (split / "gt").glob("*.png"):
@@ -772,6 +774,41 @@ def test_unreadable_gts_are_refused_before_the_model_runs(
     assert "2 GT file(s) cannot be read" in text and "the model has not run yet" in text
     assert f"{split / 'gt' / CASES[0]}.png: the file is empty" in text
     assert f"{split / 'gt' / CASES[1]}.png: not an image" in text
+
+
+def _damage_body(png: Path) -> None:
+    """Spoil a PNG's image data behind a valid header: only decoding it finds out."""
+    data = png.read_bytes()
+    at = data.index(b"IDAT") + 4
+    png.write_bytes(data[:at] + bytes(b ^ 0x5A for b in data[at : at + 30]) + data[at + 30 :])
+
+
+def test_a_gt_damaged_behind_its_header_is_left_out_with_allow_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found only when scored, after the model pass: it stopped the run with "replace them", and
+    --allow-missing, which leaves out a map that cannot be read, did not leave out such a GT."""
+    import pdseg_cli.engine.predict as predict_mod
+
+    split = edge_case_split(tmp_path / "s", CASES[:3], images=True)
+    _damage_body(split / "gt" / f"{CASES[1]}.png")
+    result = _run("--split", split, "--pred", split / "pred", cache=tmp_path / "c")
+    assert result.exit_code != 0
+    text = flat(result.output)
+    assert f"{CASES[1]}.png" in text and "pass --allow-missing to score the others" in text, text
+
+    _FakePredictor.source = split / "pred"
+    monkeypatch.setattr(predict_mod, "Predictor", _FakePredictor)
+    (tmp_path / "w.pt").write_bytes(b"stub")
+    (split / "gt" / f"{CASES[2]}.png").write_text("not a mask")  # refused before the pass without it
+    out_json = tmp_path / "r.json"
+    args = ("--split", split, "--weights", tmp_path / "w.pt", "--json", out_json, "--allow-missing")
+    result = _run(*args, cache=tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert f"not scored (--allow-missing): GT {split / 'gt' / CASES[1]}.png" in text, text
+    data = json.loads(out_json.read_text())
+    assert data["splits"]["s"]["count"] == 1 and data["notes"]["s"]["missing"] == sorted(CASES[1:3])
 
 
 def test_a_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:

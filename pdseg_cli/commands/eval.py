@@ -82,7 +82,9 @@ def eval_(
         bool,
         typer.Option(
             "--allow-missing",
-            help="Score only the GTs that have a prediction instead of failing.",
+            help="Score what can be scored instead of failing: GTs without a prediction (or without an "
+            "image, with --weights) and pairs whose GT or map cannot be read are left out, and listed. "
+            "Such a row is not comparable with published numbers.",
         ),
     ] = False,
     jobs: Annotated[

@@ -177,7 +177,8 @@ def check_split_gts(
     Args:
         splits: (name, split folder with ``im/`` and ``gt/``).
         save_preds: ``--save-preds``, where the maps go (``<save_preds>/<split>/<stem>.png``).
-        allow_missing: GTs without an image are left out (and said after the run), not refused.
+        allow_missing: GTs without an image, and GTs that cannot be read, are left out (and said
+            after the run), not refused.
 
     Raises:
         DataError: a split without ``im/`` or GT masks, naming the unreadable GT files, the GTs
@@ -190,10 +191,11 @@ def check_split_gts(
             )
     gts = {name: list_gts(folder / MASK_DIR) for name, folder in splits}
     bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
-    if bad:
+    if bad and not allow_missing:  # with it, the scoring leaves them out and lists them
         raise DataError(
             f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
-            hint="replace or remove them; the model has not run yet",
+            hint="replace or remove them, or pass --allow-missing to score the others; the model has "
+            "not run yet",
         )
     no_gt: dict[str, list[str]] = {}
     to_run: dict[str, int] = {}

@@ -322,7 +322,8 @@ def evaluate(
             ``~/.cache/pdseg``).
         use_cache: read and write the GT cache.
         cache_max_bytes: the cache is pruned to this size after the run.
-        allow_missing: score only the GTs that have a prediction instead of failing.
+        allow_missing: score the pairs that can be scored instead of failing: GTs without a
+            prediction, and pairs with a file that cannot be read, are left out and listed.
         on_progress: called with (split name, stem) after each image.
 
     Returns:
@@ -417,12 +418,12 @@ def evaluate_plans(
 
     if cache is not None:
         cache.prune()
-    bad = [f for fs in failures for f in fs if not (allow_missing and f.pred_side)]
+    # a damaged GT too: it stopped the run after an hour's model pass with no way but to mend it
+    bad = [] if allow_missing else [f for fs in failures for f in fs]
     if bad:
         raise DataError(
             f"{len(bad)} file(s) could not be read: {listing([f.message for f in bad], 5)}",
-            hint="replace them"
-            + (", or pass --allow-missing to score the others" if any(f.pred_side for f in bad) else "")
+            hint="replace them, or pass --allow-missing to score the others"
             + ("" if cache is None else " (GT data computed so far is cached)"),
         )
     results = []
