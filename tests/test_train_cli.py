@@ -431,6 +431,9 @@ def test_the_recipe_and_threads_are_recorded_and_a_thread_change_is_said(
     assert "provenance: recipe threads" in shown.output  # a row a setting, none cut off
     assert "provenance: recipe backbone_weights" in shown.output
 
+    other = ["train", "--resume", "--epochs", "2", "--out", str(out), "--train", str(folders["val"])]
+    refused = runner.invoke(app, other)  # says only why: the thread line came first
+    assert refused.exit_code == 2 and "as the run had" not in refused.output, refused.output
     kept = runner.invoke(app, ["train", "--resume", "--epochs", "2", "--out", str(out)])
     assert kept.exit_code == 0, kept.output
     assert "1 compute thread, as the run had" in flat(kept.output) and "->" not in kept.output

@@ -343,8 +343,9 @@ def train(
                 kept = recorded_threads(out.expanduser() / LAST_NAME, given.get("device"))
                 if kept is not None and kept <= usable_cores():
                     threads = kept
-                    if main:
-                        ui.info(f"{counted(kept, 'compute thread')}, as the run had (--threads sets others)")
+                    view.at_start.append(
+                        f"{counted(kept, 'compute thread')}, as the run had (--threads sets others)"
+                    )
             use_threads(threads, quiet=not main)
             if resume:
                 length = {} if epochs is None else {"epochs": epochs}

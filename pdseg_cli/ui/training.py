@@ -31,6 +31,9 @@ class TrainingView:
         # the variant and size the run resolved (--init's, or the defaults), once it started: an
         # error after the start names them, not the options as typed
         self.started: tuple[str, int] | None = None
+        # lines about settings the command chose, said once training starts: a run refused before
+        # that (other data on --resume) says only why
+        self.at_start: list[str] = []
 
     def __call__(self, event: TrainEvent) -> None:
         handler = getattr(self, f"_on_{event.kind}", None)
@@ -96,6 +99,8 @@ class TrainingView:
             else:
                 where = f"at the start of {epoch}"
             ui.info(f"resuming {where} ({done})")
+        for line in self.at_start:
+            ui.info(line)
 
     def _on_epoch_start(self, event: TrainEvent) -> None:
         self._open(
