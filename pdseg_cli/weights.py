@@ -75,7 +75,8 @@ def check_weights_file(path: Path, what: str, suffixes: tuple[str, ...] = CHECKP
     inside = sorted(
         p.name
         for p in path.iterdir()
-        if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".")  # not a temp file
+        # not a temp file, nor an empty one (a touch, a copy that failed): neither holds weights
+        if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".") and p.stat().st_size
     )
     if inside:
         preferred = next((n for n in ("best.pt", "last.pt") if n in inside), inside[0])

@@ -99,12 +99,14 @@ def test_info_unknown_variant_is_one_line_error() -> None:
 def test_info_on_a_run_folder_names_the_files_inside(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     for name in ("last.pt", "best.pt", "old.PTH", "results.csv", ".hidden.pt"):
-        (tmp_path / "run" / name).touch()
+        (tmp_path / "run" / name).write_bytes(b"x")
+    (tmp_path / "run" / "empty.pt").touch()  # no weights in it: not offered
     (tmp_path / "run" / "sub.pt").mkdir()  # a folder with such a name is not a weights file
     result = runner.invoke(app, ["info", str(tmp_path / "run")])
     assert result.exit_code == 2 and "is a folder, not a file" in result.output
     assert "best.pt, last.pt, old.PTH" in result.output and "results.csv" not in result.output
     assert "hidden" not in result.output and "sub.pt" not in result.output
+    assert "empty.pt" not in result.output
 
 
 def test_info_on_a_file_that_is_no_model_says_what_info_reads(tmp_path: Path) -> None:
