@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import errno
+import os
 import sys
 import threading
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -171,7 +171,9 @@ def _version(value: bool) -> None:
         except BrokenPipeError:  # `pdseg --version | true`: the reader did not want it
             ui.drop_stream(sys.stdout)
         except OSError as exc:  # a full disk under `pdseg --version > file`
-            _output_lost(exc)
+            if not ui.stdout_lost(exc, known=True):
+                raise
+            raise SystemExit(1) from None
         raise typer.Exit()
 
 
@@ -230,29 +232,30 @@ def main() -> None:
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # a command that stopped on Ctrl-C or a stop signal
             signal_exit.end_by(runtime.stopped_by())
+        if exc.code == 1 and _help_cut_short():
+            raise SystemExit(0) from None
         raise
     except OSError as exc:
         # click's own write of the help to a full disk (commands catch their own errors); any
         # other error names its file, and is not this one
-        if exc.filename is not None or exc.errno not in _WRITE_FAILURES:
+        if not ui.stdout_lost(exc, known=True):
             raise
-        _output_lost(exc)
+        raise SystemExit(1) from None
     finally:
         _exit_at_once_on_stop()
 
 
-_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
-
-
-def _output_lost(exc: OSError) -> NoReturn:
-    """Standard output cannot be written (`pdseg --help > /dev/full`): one line, exit 1; what is
-    left to print there goes to the null device, so that the exit does not fail on it again."""
-    ui.drop_stream(sys.stdout)
-    ui.error(
-        f"cannot write to standard output ({exc.strerror or exc})",
-        "free some space where the output goes, or send it elsewhere",
-    )
-    raise SystemExit(1) from None
+def _help_cut_short() -> bool:
+    """Whether the help ended with status 1 because its reader went away (`pdseg --help | head
+    -1`): rich then points standard output at the null device and exits 1, which `set -o pipefail`
+    took for a failure. A command's own output keeps the run's status (``ui.plain``); the help's
+    is 0."""
+    if not any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        return False
+    try:
+        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 _held: list[int] = []  # stop signals that came while the output was drained
@@ -283,8 +286,8 @@ def _exit_at_once_on_stop() -> None:
             lost = exc if stream is sys.stdout else lost
         except ValueError:  # a stream closed under us: nothing more can be shown
             pass
-    if lost is not None:
-        _output_lost(lost)
+    if lost is not None and ui.stdout_lost(lost, known=True):
+        raise SystemExit(1)
     if _held:
         signal_exit.die_by(_held[0])
     runtime.set_stop_handlers(_exit_now)

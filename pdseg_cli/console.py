@@ -22,6 +22,7 @@ def main() -> None:
     _fill_closed_streams()
     _replace_what_cannot_be_shown()
     _drop_unusable_sizes()
+    _refuse_a_lost_folder()
     # registered first, so it runs last: after the other exit handlers (worker pools, temporary
     # files), with only the interpreter's own teardown left, which the signal cuts short
     atexit.register(signal_exit.at_exit)
@@ -86,6 +87,25 @@ def _replace_what_cannot_be_shown() -> None:
                 reconfigure(errors=_SHOWN)
             except (ValueError, OSError):
                 pass
+
+
+def _refuse_a_lost_folder() -> None:
+    """Say so when the current folder has been deleted (a cron job's, a shell left in a removed
+    folder): torch's math library cannot then load, and exits the process with status 2 and its
+    message lost, so that every command but the help ended at once, silently."""
+    try:
+        os.getcwd()
+        return
+    except OSError:
+        pass
+    if any(arg in ("-h", "--help", "--version") for arg in sys.argv[1:]):
+        return  # these need no torch, and work
+    where = os.environ.get("PWD", "")
+    sys.stderr.write(
+        f"error: the current folder{' ' + where if where else ''} no longer exists (deleted or moved)\n"
+        "hint: cd to a folder that exists, then run the command again\n"
+    )
+    raise SystemExit(1)
 
 
 def _drop_unusable_sizes() -> None:

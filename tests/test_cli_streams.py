@@ -114,6 +114,58 @@ def test_the_help_to_a_full_disk_is_one_line(args: list[str]) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+@pytest.mark.parametrize("report", ["table", "--csv"])
+def test_a_command_whose_output_goes_to_a_full_disk_says_standard_output(tmp_path: Path, report: str) -> None:
+    """`pdseg eval ... > /dev/full` said "No space left on device" with no file, and a hint about
+    training runs and --resume."""
+    split, maps = small_split(tmp_path)
+    args = ["--split", split, "--pred", maps, *(["--csv", "-"] if report == "--csv" else [])]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "pdseg_cli", "eval", *map(str, args)],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=torchrun_env(), timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "error: cannot write to standard output (No space left on device)" in done.stderr, done.stderr
+    assert "--resume" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", ["--help", "predict --help", "-h"])
+def test_the_help_read_in_part_ends_with_status_0(tmp_path: Path, args: str) -> None:
+    """`pdseg predict --help | head -1` ended with status 1 (rich's answer to a reader that went
+    away), which `set -o pipefail` takes for a failure."""
+    line = f'"{sys.executable}" -m pdseg_cli {args}'
+    proc = _bash(tmp_path, f"{line} 2>err.txt | head -c 1 > /dev/null; echo ${{PIPESTATUS[0]}}")
+    assert proc.stdout.strip() == "0", (tmp_path / "err.txt").read_text()
+
+
+def test_a_csv_on_standard_output_keeps_its_names_in_an_ascii_locale(tmp_path: Path) -> None:
+    """`--csv -` with PYTHONIOENCODING=ascii wrote "?" for the "é" of a split's name: the same
+    bytes as `--csv FILE` now."""
+    split, maps = small_split(tmp_path)
+    named = split.rename(split.with_name("café"))
+    args = ["--split", named, "--pred", maps]
+    env = {**torchrun_env(), "PYTHONIOENCODING": "ascii"}
+    cmd = [sys.executable, "-m", "pdseg_cli", "eval", *map(str, args)]
+    piped = subprocess.run([*cmd, "--csv", "-"], capture_output=True, env=env, cwd=tmp_path, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    subprocess.run([*cmd, "--csv", "s.csv"], capture_output=True, env=env, cwd=tmp_path, timeout=120)
+    assert "café".encode() in piped.stdout and piped.stdout == (tmp_path / "s.csv").read_bytes()
+
+
+def test_a_deleted_current_folder_is_said(tmp_path: Path) -> None:
+    """torch's maths library cannot load there, and ended every command with status 2 and nothing
+    printed."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = f'cd "{gone}" && rmdir "{gone}" && "{sys.executable}" -m pdseg_cli info pdseg-t; echo "rc=$?"'
+    proc = _bash(tmp_path, script)
+    assert proc.stdout.strip().endswith("rc=1"), proc.stdout + proc.stderr
+    assert f"error: the current folder {gone} no longer exists" in proc.stderr, proc.stderr
+    assert "hint: cd to a folder that exists" in proc.stderr
+
+
 @pytest.mark.parametrize("reader", ["first", "later"])
 def test_a_named_pipe_report_is_read_whole_and_a_wait_is_said(tmp_path: Path, reader: str) -> None:
     """`--json FIFO`: a reader already there gets the whole report (no trial open that would end its

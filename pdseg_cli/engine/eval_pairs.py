@@ -190,7 +190,8 @@ def check_missing(plans: Sequence[PairPlan], allow_missing: bool) -> None:
                 f"{plan.name}: {len(plan.missing)} of {len(plan.missing) + len(plan.pairs)} GT masks have no "
                 f"prediction in {where}: {listing(plan.missing)}",
                 hint="add the missing maps, or pass --allow-missing to score only the "
-                f"{len(plan.pairs)} images that have one (not comparable to full-split numbers)",
+                f"{errors.counted(len(plan.pairs), 'image')} that have one (not comparable to "
+                "full-split numbers)",
             )
 
 

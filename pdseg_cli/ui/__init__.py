@@ -7,7 +7,9 @@ bar on stderr, so stdout stays clean for tables and machine-readable output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import sys
 import time
 import unicodedata
@@ -43,6 +45,47 @@ def drop_stream(stream: Any) -> None:
         os.close(null)
 
 
+# what a write meets when the disk or device standard output goes to takes no more
+_WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+
+
+def stdout_lost(exc: OSError, *, known: bool = False) -> bool:
+    """Whether ``exc`` is standard output's own write failing (`pdseg info > /dev/full`, a log on a
+    full disk); then it is said in one line naming standard output (not "No space left on device"
+    alone, with "a training run: add --resume" for any command), and what is left to print there is
+    dropped, so that the exit does not fail on it again. An error that names a file is that file's.
+
+    ``known``: the caller wrote only to standard output (the help, ``--version``); else it is told
+    by where standard output goes: ``/dev/full``, or a file on a disk with no room left.
+    """
+    if exc.filename is not None or exc.errno not in _WRITE_FAILURES:
+        return False
+    if not known and not _stdout_full(exc.errno):
+        return False
+    drop_stream(sys.stdout)
+    error(
+        f"cannot write to standard output ({exc.strerror or exc})",
+        "free some space where the output goes, or send it elsewhere",
+    )
+    return True
+
+
+def _stdout_full(code: int | None) -> bool:
+    """Whether standard output goes where a write fails with ``code``: the full device, or a
+    regular file on a file system without a free block."""
+    try:
+        fd = sys.stdout.fileno()
+        info = os.fstat(fd)
+        if stat.S_ISCHR(info.st_mode):
+            return os.path.exists("/dev/full") and os.path.samestat(info, os.stat("/dev/full"))
+        if stat.S_ISREG(info.st_mode) and code == errno.ENOSPC:
+            room = os.fstatvfs(fd)
+            return room.f_bavail == 0 or room.f_bfree == 0
+    except (AttributeError, OSError, ValueError):
+        pass
+    return False
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
@@ -59,8 +102,15 @@ def plain(text: str) -> None:
     """Write ``text`` (a JSON or CSV report) to stdout as it is: no markup, colour (``FORCE_COLOR``)
     or wrapping, every character kept. A reader that has gone (`| head -1`) took what it wanted: the
     rest goes nowhere, and the status is the run's."""
+    # as UTF-8 bytes, as the same report written to a file: the terminal's encoding (LC_ALL=C,
+    # PYTHONIOENCODING=ascii) made an "é" in a split's name "?" in `--csv -`, which is data
+    buffer = getattr(sys.stdout, "buffer", None)
     try:
-        sys.stdout.write(text)
+        if buffer is None:  # a stream of text alone (replaced by a caller)
+            sys.stdout.write(text)
+        else:
+            sys.stdout.flush()  # what was written as text first stays first
+            buffer.write(text.encode("utf-8", "surrogateescape"))
         sys.stdout.flush()  # here, where a reader that has gone is met, not at exit
     except BrokenPipeError:
         drop_stream(sys.stdout)
