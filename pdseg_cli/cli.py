@@ -76,6 +76,15 @@ def _wrong_option(ctx: typer.Context, exc: Exception, args: list[str]) -> None:
         known = {name for param in ctx.command.params for name in (*param.opts, *param.secondary_opts)}
         if hint is None and option.lower() != option and option.lower() in known:  # click offered others
             hint = f"options are lower case: {option.lower()}"
+        if ctx.parent is None and isinstance(ctx.command, typer.core.TyperGroup):
+            # `pdseg -q info`: the commands' own options go after the command's name
+            after = next((a for a in args if a in ctx.command.commands), None)
+            if after is not None and any(option in p.opts for p in ctx.command.commands[after].params):
+                ui.error(
+                    f"{option} is an option of pdseg {after}, given before it",
+                    f"put it after the command: pdseg {after} {option} ...",
+                )
+                raise typer.Exit(2) from None
         if hint is not None:
             ui.error(f"pdseg {command} has no {option} option", hint)
             raise typer.Exit(2) from None

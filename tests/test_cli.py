@@ -407,3 +407,20 @@ def test_an_ascii_only_terminal_gets_question_marks_not_a_crash(tmp_path: Path) 
     )
     assert done.returncode == 0 and "UnicodeEncodeError" not in done.stderr, done.stderr[-2000:]
     assert "maxF" in done.stdout and "?" in done.stdout  # the caption's "·" shown as "?"
+
+
+def test_a_command_option_given_before_the_command_says_where_it_goes() -> None:
+    """`pdseg -q info` showed click's "No such option: -q" box: the README says -q is on every
+    command, and it is, after the command's name."""
+    result = runner.invoke(app, ["-q", "info"])
+    assert result.exit_code == 2
+    text = flat(result.output)
+    assert "-q is an option of pdseg info, given before it" in text and "pdseg info -q" in text, text
+    unknown = runner.invoke(app, ["--zzz", "info"])  # no command has it: click's own box
+    assert unknown.exit_code == 2 and "given before it" not in unknown.output
+
+
+def test_standard_input_as_an_input_says_files_are_read(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["predict", "-", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "not standard input" in flat(result.output) and "did you mean" not in result.output

@@ -258,6 +258,8 @@ def _glob_base(pattern: str) -> Path:
 def _missing_input_hint(path: Path) -> str:
     """The fix for an input that does not exist: the closest name beside it (a typo, another
     suffix), else to check the path."""
+    if str(path) == "-":  # `cat photo.jpg | pdseg predict - --out masks`
+        return "pdseg reads image files, not standard input: save the image to a file and give its path"
     close = close_sibling(path)
     if close is not None:
         return f"did you mean {close}?"
