@@ -325,6 +325,22 @@ def test_forced_progress_in_a_log_is_plain_lines(capsys: pytest.CaptureFixture[s
     assert "loss 0.05" in lines[9] and "left" not in lines[9] and "left" in lines[0]
 
 
+def test_a_dumb_terminal_gets_plain_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """TERM=dumb on a terminal (an Emacs shell buffer): rich draws no bar there, and no progress
+    was shown at all, with PDSEG_PROGRESS=1 or without."""
+    from pdseg_cli import ui
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TERM", "dumb")
+        mp.delenv("PDSEG_PROGRESS", raising=False)
+        mp.setattr(ui, "_stderr_is_terminal", True)  # as pin_terminal finds a terminal
+        with ui.progress_bar("predict", 10) as advance:
+            for _ in range(10):
+                advance()
+    err = capsys.readouterr().err
+    assert "predict 10/10 (100%)" in err and "\x1b" not in err and "\r" not in err, err
+
+
 def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
     # Typer shows a flag's type as "<bool>", which reads as "--tta true"; and a word wider than the
     # help column cuts the option names short with an ellipsis

@@ -225,11 +225,22 @@ def pin_terminal() -> None:
 _stderr_is_terminal: bool | None = None  # as pin_terminal found it, before fd 2 became a pipe
 
 
-def _live_bar() -> bool:
-    """Whether stderr really is a terminal, where a bar can be redrawn in place. Not rich's
-    ``is_terminal``: ``FORCE_COLOR`` makes that true for a log file too, which then got some ten
-    frames a second, and ``PDSEG_PROGRESS=1`` was ignored. (Colour still follows ``FORCE_COLOR``.)"""
+def _stderr_terminal() -> bool:
+    """Whether stderr really is a terminal. Not rich's ``is_terminal``: ``FORCE_COLOR`` makes that
+    true for a log file too, which then got some ten frames a second, and ``PDSEG_PROGRESS=1`` was
+    ignored. (Colour still follows ``FORCE_COLOR``.)"""
     return _is_terminal(err_console.file) if _stderr_is_terminal is None else _stderr_is_terminal
+
+
+def _dumb_terminal() -> bool:
+    """A terminal that cannot redraw a line (``TERM=dumb``: an Emacs shell buffer, some CI
+    wrappers), where rich draws no bar at all: plain progress lines are written there."""
+    return os.environ.get("TERM", "").lower() in ("dumb", "unknown") and _stderr_terminal()
+
+
+def _live_bar() -> bool:
+    """Whether a bar can be redrawn in place on stderr."""
+    return _stderr_terminal() and not _dumb_terminal()
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -248,13 +259,13 @@ def progress_bar(
     ``fields`` names extra text shown after the bar (for example loss and lr in training);
     pass their values as keyword arguments to ``advance``. The bar shows items per second.
     Where stderr is not a terminal, ``PDSEG_PROGRESS=1`` writes plain progress lines instead
-    (``log_progress``). None under ``--quiet``.
+    (``log_progress``), as a ``TERM=dumb`` terminal gets by default. None under ``--quiet``.
     """
     if _quiet:
         yield lambda n=1, **values: None
         return
     live = _live_bar()
-    if os.environ.get("PDSEG_PROGRESS") == "1" and not live:
+    if (os.environ.get("PDSEG_PROGRESS") == "1" or _dumb_terminal()) and not live:
         with log_progress(description, total, unit=unit, fields=fields) as advance:
             yield advance
         return
