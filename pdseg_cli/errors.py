@@ -105,8 +105,14 @@ def close_sibling(path: Path, *, folders_only: bool = False) -> Path | None:
         )
     except OSError:
         return None
-    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
-    return path.parent / close[0] if close else None
+    by_lower = {name.lower(): name for name in reversed(names)}  # ROCKET.JPG finds rocket.jpg
+    stem = Path(path.name).stem.lower()
+    for lower in difflib.get_close_matches(path.name.lower(), list(by_lower), n=3, cutoff=0.6):
+        # a shared suffix alone made names alike: nonexist.jpg offered rocket.jpg
+        other = Path(lower).stem
+        if other == stem or difflib.SequenceMatcher(None, stem, other).ratio() >= 0.6:
+            return path.parent / by_lower[lower]
+    return None
 
 
 def shell_quote(text: str) -> str:

@@ -76,7 +76,7 @@ def test_weights_given_as_a_folder_names_the_checkpoints_in_it(tmp_path: Path, c
     click's usage box: a run's folder is the usual slip."""
     (tmp_path / "run").mkdir()
     for name in ("last.pt", "best.pt"):
-        (tmp_path / "run" / name).touch()
+        (tmp_path / "run" / name).write_bytes(b"x")  # an empty file is not offered
     for folder in ("split/im", "split/gt"):
         (tmp_path / folder).mkdir(parents=True)
         cv2.imwrite(str(tmp_path / folder / "a.png"), np.full((8, 8), 255, np.uint8))

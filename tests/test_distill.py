@@ -877,7 +877,7 @@ def test_a_teacher_folder_is_called_a_folder(tmp_path: Path) -> None:
     assert err.value.hint == (
         "give the model file itself (.pt, .pth, .ckpt, .onnx, .ts, .torchscript, .jit), not its folder"
     )
-    (tmp_path / "isnet.onnx").write_bytes(b"")
+    (tmp_path / "isnet.onnx").write_bytes(b"onnx")
     with pytest.raises(WeightsError, match="is a folder") as err:
         TeacherMaps(tmp_path, tmp_path / "cache")
     assert err.value.hint == f"it holds isnet.onnx: give one, e.g. {tmp_path / 'isnet.onnx'}"

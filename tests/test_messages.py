@@ -152,3 +152,14 @@ def test_an_out_on_a_loop_of_links_is_one_line(tmp_path: Path) -> None:
     result = run_cli("predict", folder, "--out", tmp_path / "a" / "x", columns=250)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "loop of symbolic links" in flat(result.output) or "symbolic links" in flat(result.output)
+
+
+def test_did_you_mean_needs_alike_stems_and_ignores_case(tmp_path: Path) -> None:
+    from pdseg_cli.errors import close_sibling
+
+    for name in ("rocket.jpg", "coffee.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    assert close_sibling(tmp_path / "nonexist.jpg") is None  # the ".jpg" alone made it alike
+    assert close_sibling(tmp_path / "ROCKET.JPG") == tmp_path / "rocket.jpg"
+    assert close_sibling(tmp_path / "rockt.jpg") == tmp_path / "rocket.jpg"
+    assert close_sibling(tmp_path / "coffee.png") == tmp_path / "coffee.jpg"
