@@ -440,3 +440,10 @@ def test_standard_input_as_an_input_says_files_are_read(tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", "-", "--out", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert "not standard input" in flat(result.output) and "did you mean" not in result.output
+
+
+def test_a_narrow_terminal_folds_table_cells_and_cuts_none() -> None:
+    """At 40 columns every variant name of `pdseg info` read "p…", and the widths lost values."""
+    text = runner.invoke(app, ["info"], env={"COLUMNS": "40"}).output
+    assert "…" not in text, text
+    assert "pdseg" in text.replace("│", "").replace(" ", "").replace("\n", "")

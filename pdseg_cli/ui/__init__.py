@@ -206,9 +206,13 @@ def table(
     )
     numeric = numeric or [False] * len(columns)
     for name, is_num in zip(columns, numeric, strict=True):
-        t.add_column(name, justify="right" if is_num else "left", no_wrap=is_num and not literal)
+        # folded, never cut: on a narrow terminal every variant name read "p…", and a list of
+        # widths lost its last values
+        t.add_column(
+            name, justify="right" if is_num else "left", no_wrap=is_num and not literal, overflow="fold"
+        )
     for row in rows:
-        t.add_row(*(Text(printable(str(v)), overflow="fold" if literal else None) for v in row))
+        t.add_row(*(Text(printable(str(v)), overflow="fold") for v in row))
     (err_console if stderr else console).print(t)
 
 
