@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from helpers import flat, run_cli, tiny_checkpoint
 
 
@@ -40,6 +42,10 @@ def test_json_names_each_input_with_its_status_outputs_and_error(photos: Path, t
     assert [Path(p).name for p in data["not_images"]] == ["notes.txt"]
     assert data["settings"]["weights"] == str(weights) and data["settings"]["save"] == ["mask", "alpha"]
     assert data["run"]["device"] == "cpu" and data["run"]["processes"] == 1
+    # what gives the same bytes again: the last grey level follows the threads and the batch
+    settings = data["settings"]
+    assert settings["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert settings["batch"] == 1 and settings["threads"] == torch.get_num_threads()
     assert f"JSON written to {report}" in flat(result.output)
     # a rerun with nothing left: no model, and the JSON says every image was skipped
     (photos / "c.jpg").unlink()
@@ -47,6 +53,7 @@ def test_json_names_each_input_with_its_status_outputs_and_error(photos: Path, t
     assert again.exit_code == 0, again.output
     data = json.loads(report.read_text())
     assert data["counts"]["skipped"] == 2 and data["run"]["device"] is None
+    assert data["settings"]["weights_sha256"] is None and data["settings"]["threads"] is None
 
 
 def test_json_on_stdout_is_the_only_thing_there(photos: Path, tmp_path: Path) -> None:

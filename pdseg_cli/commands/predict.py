@@ -223,6 +223,11 @@ def predict(
                 "save": list(kinds),
                 "threshold": threshold,
                 "skip_existing": skip_existing,
+                # on a CPU the last grey level of a few pixels follows the thread count (its default
+                # follows the load) and the batch: what gives the same bytes again
+                "batch": batch,
+                "threads": None,
+                "weights_sha256": None,  # the file's content, hashed as loaded (None: no model ran)
             }
             if not whole.todo and not env.enabled and not (onnx_spec or tta or scales):  # checked on loading
                 prediction.nothing_left(whole.out_dir, len(whole.skipped))
@@ -231,6 +236,8 @@ def predict(
                 prediction.summary(done, table_on_stderr=on_stdout)
                 _write_json(json_out, done, settings)
                 return
+            import torch
+
             from pdseg_cli.engine.predict import Predictor
 
             work_size, background = checked if checked is not None else torch_options()
@@ -249,6 +256,8 @@ def predict(
                     scales=parse_scales(scales),
                 )
             settings["weights"] = str(predictor.weights_path or weights)  # the file the model came from
+            settings["weights_sha256"] = predictor.weights_sha256
+            settings["threads"] = torch.get_num_threads() if predictor.device.type == "cpu" else None
             if dist.is_main:
                 sharing = runtime.gpu_sharing_note(device, dist)  # processes may share a GPU: said once
                 prediction.start(
