@@ -91,13 +91,15 @@ def make_dataset(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
     return root
 
 
-def write_output_png(path: Path, pixels: np.ndarray) -> Path:
+def write_output_png(path: Path, pixels: np.ndarray, source: Path | None = None) -> Path:
     """``pixels`` (gray, RGB or RGBA uint8) written as pdseg writes an output: with its mark, so a
-    later run takes it for its own earlier output (an unmarked file of that layout is refused)."""
-    from pdseg_cli.data.header import OUTPUT_MARK
+    later run takes it for its own earlier output (an unmarked file of that layout is refused).
+    ``source``: the input it was made from, which the mark then names, as pdseg's own does, so
+    that --skip-existing takes it as that input's; without it, the bare mark of 2026-12-06."""
+    from pdseg_cli.data.header import OUTPUT_MARK, output_mark
     from pdseg_cli.data.images import write_png
 
-    write_png(path, pixels, software=OUTPUT_MARK)
+    write_png(path, pixels, software=OUTPUT_MARK if source is None else output_mark(source))
     return path
 
 

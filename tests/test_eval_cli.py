@@ -525,8 +525,9 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
     assert (
-        f"--save-preds {keep}: {keep / 's'} holds 1 file that pdseg did not write and would replace: "
-        f"{CASES[0]}.png (an 8-bit PNG with 3 channels; pdseg's mask has 1)" in flat(result.output)
+        f"--save-preds {keep}: {keep / 's'} holds 1 file that pdseg would replace and cannot take "
+        f"for its own outputs: {CASES[0]}.png (an 8-bit PNG with 3 channels; pdseg's mask has 1)"
+        in flat(result.output)
     )
     assert "--out" not in result.output
     # a gray PNG without pdseg's mark (a GT mask, say) is refused too, saying why
@@ -534,7 +535,8 @@ def test_a_save_preds_folder_that_would_clash_is_refused_before_the_model_runs(
     result = _run(*args, cache=tmp_path / "c")
     assert result.exit_code == 2, result.output
     assert (
-        f"holds 1 file that pdseg did not write and would replace: {CASES[0]}.png (an 8-bit gray PNG "
+        "holds 1 file that pdseg would replace and cannot take for its own outputs: "
+        f"{CASES[0]}.png (an 8-bit gray PNG "
         'without the "Software: pdseg" mark' in flat(result.output)
     )
     # an old map of the same name is just replaced

@@ -41,7 +41,8 @@ def test_a_foreign_file_in_out_is_described_in_plain_english(tmp_path: Path) -> 
     (out / "d.png").write_text("not an image")
     result = run_cli("predict", images, "-o", out, "-w", tiny_checkpoint(tmp_path / "m.pt"), columns=WIDE)
     text = _refused(result.output, result.exit_code)
-    assert f"error: --out {out} holds 4 files that pdseg did not write and would replace: " in text
+    said = f"error: --out {out} holds 4 files that pdseg would replace and cannot take for its own outputs: "
+    assert said in text
     assert f"{out / 'a.png'} (a JPEG, not the 1-channel PNG pdseg writes as a mask)" in text
     assert f"{out / 'b.png'} (an 8-bit PNG with 3 channels; pdseg's mask has 1)" in text
     assert f"{out / 'c.png'} (a 16-bit PNG with 1 channel; pdseg's mask PNG is 8-bit)" in text

@@ -157,7 +157,8 @@ def test_a_gt_mask_in_out_is_refused_not_replaced(tmp_path: Path, spread_tiny_ck
     result = _predict(images, "--out", gts, "-w", spread_tiny_ckpt, *(["--skip-existing"] if skip else []))
     assert result.exit_code == 2, result.output
     text = no_space(result.output)  # a long path wraps anywhere
-    said = f"--out {gts} holds 1 file that pdseg did not write and would replace: {gts / 'cat.png'} "
+    said = f"--out {gts} holds 1 file that pdseg would replace and cannot take for its own outputs: "
+    said += f"{gts / 'cat.png'} "
     assert no_space(said + '(an 8-bit gray PNG without the "Software: pdseg" mark') in text
     assert no_space("outputs of a pdseg that marked none: delete them") in text  # the way on
     assert (gts / "cat.png").read_bytes() == before and "Traceback" not in result.output
@@ -373,7 +374,8 @@ def test_skip_existing_does_not_count_an_unmarked_file_as_done(
     images, gts, before = _gt_folder(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    write_output_png(out / "cat.png", np.zeros((24, 32), np.uint8))  # an earlier output: done
+    # an earlier output: done
+    write_output_png(out / "cat.png", np.zeros((24, 32), np.uint8), source=images / "cat.jpg")
     result = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing")
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED).max() == 0  # kept, not redone
@@ -477,3 +479,21 @@ def test_a_pattern_walks_the_linked_folders_it_matches(tmp_path: Path, spread_ti
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["linked/b.png", "real/a.png"]
     assert "brokenlinks" not in no_space(result.output)
+
+
+def test_skip_existing_makes_again_an_output_whose_mark_names_no_input(
+    tmp_path: Path, spread_tiny_ckpt: Path
+) -> None:
+    """pdseg of 2026-12-06 marked its outputs without naming their input: the last camera card's
+    IMG_0001 mask was taken as this card's IMG_0001 done, in silence."""
+    images, _, _ = _gt_folder(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_output_png(out / "cat.png", np.zeros((24, 32), np.uint8))  # the bare mark
+    result = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED).max() > 0  # made again
+    text = flat(result.output)
+    assert "1 earlier output" in text and "names no input in its mark" in text, text
+    again = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing")
+    assert "nothing to do" in flat(again.output), again.output  # its own mark names it now

@@ -18,7 +18,7 @@ import pytest
 from helpers import flat, run_cli, textured_image, tiny_checkpoint, torchrun_env
 
 from pdseg_cli import runtime, ui
-from pdseg_cli.data import atomic
+from pdseg_cli.data import atomic, header
 from pdseg_cli.data import images as imio
 from pdseg_cli.engine.predict import Predictor
 from pdseg_cli.engine.predict_plan import plan_predict
@@ -334,11 +334,17 @@ def test_nothing_left_to_do_does_not_even_import_torch(images: Path, tmp_path: P
     assert proc.stdout.strip().endswith("exit 0 False"), proc.stdout + proc.stderr
 
 
+def _done_output(images: Path, out: Path, i: int) -> None:
+    """The mask an earlier run made of image ``i``, with the mark that names its input."""
+    mark = header.output_mark(images / f"i{i:02d}.png")
+    imio.write_png(out / f"i{i:02d}.png", np.zeros((20, 24), np.uint8), software=mark)
+
+
 def test_a_plan_for_the_whole_run_shares_out_as_plan_predict_does(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     for i in (1, 4, 5):  # some done already, so that the shares hold done and to-do images
-        imio.write_png(out / f"i{i:02d}.png", np.zeros((20, 24), np.uint8), software="pdseg")
+        _done_output(images, out, i)
     whole = plan_predict([images], out, skip_existing=True)
     assert len(whole.todo) == N - 3 and len(whole.skipped) == 3
     for rank in range(3):
@@ -357,7 +363,7 @@ def test_done_images_at_every_other_place_leave_no_process_idle(images: Path, tm
     out = tmp_path / "out"
     out.mkdir()
     for i in range(0, N, 2):
-        imio.write_png(out / f"i{i:02d}.png", np.zeros((20, 24), np.uint8), software="pdseg")
+        _done_output(images, out, i)
     whole = plan_predict([images], out, skip_existing=True)
     shares = [whole.share(Distributed(world_size=2, rank=rank)) for rank in range(2)]
     assert [len(share.todo) for share in shares] == [N // 4, N // 4]
@@ -382,7 +388,7 @@ def test_every_process_shares_rank_0s_plan(images: Path, tmp_path: Path) -> None
     out = tmp_path / "out"
     out.mkdir()
     rank0 = plan_predict([images], out, skip_existing=True)
-    imio.write_png(out / "i03.png", np.zeros((20, 24), np.uint8), software="pdseg")
+    _done_output(images, out, 3)
     rank1 = plan_predict([images], out, skip_existing=True)
     assert len(rank1.skipped) == 1 and not rank0.skipped
     dist = _RankOneAfterAWrite((rank0.todo, rank0.skipped))

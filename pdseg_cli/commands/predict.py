@@ -215,6 +215,7 @@ def predict(
                 prediction.named_not_read(sources, whole.not_images)
                 prediction.subfolders_not_read(unread_subfolders(sources, out, recursive))
                 prediction.own_outputs_left_out(whole.own_outputs)
+                prediction.unnamed_outputs_remade(whole.unnamed_outputs)
             on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
             settings = {
                 "pdseg": __version__,

@@ -274,7 +274,7 @@ def check_save_folder(save_preds: Path, name: str, images: Mapping[str, Path]) -
         if foreign:
             raise DataError(
                 f"--save-preds {save_preds}: {out_dir} holds {counted(len(foreign), 'file')} that pdseg "
-                f"did not write and would replace: {listing(foreign, 5, sep='; ')}",
+                f"would replace and cannot take for its own outputs: {listing(foreign, 5, sep='; ')}",
                 hint="move them, or give --save-preds another folder; pdseg replaces only its own "
                 "earlier maps"
                 + (OLDER_OUTPUTS_HINT if unmarked_among(foreign) else "")

@@ -656,6 +656,20 @@ def _earlier_output(path: Path, kind: str) -> bool:
     return path.is_file() and not_an_output(path, kind) is None
 
 
+def _done_by(output: Path, kind: str, source: Path, changed: _ChangedInputs, unnamed: list[Path]) -> bool:
+    """Whether ``output``, an earlier ``kind`` output, shows ``source``'s image done for
+    --skip-existing: made from it (its mark names it) and not from an earlier state of it. A pdseg
+    of 2026-12-06 marked its outputs without naming their input: such an output may be another
+    input's of the same name (the last camera card's IMG_0001.JPG), which was taken as done, so
+    the image is made again, and the output noted in ``unnamed``."""
+    if not _earlier_output(output, kind):
+        return False
+    if header.marked_source(output) is None:
+        unnamed.append(output)
+        return False
+    return not changed.since(output, source)
+
+
 class _ChangedInputs:
     """Which earlier outputs were made from an earlier state of their input (--skip-existing makes
     them again: kept, a turned photo's mask stayed sideways, and a retouched one its old mask).
@@ -724,8 +738,9 @@ def _refuse_foreign_files(out: Path, items: Sequence[InputFile], save: Sequence[
     if foreign:
         # files of an output's layout without the mark may be an older pdseg's outputs: say the way
         raise InputError(
-            f"--out {out} holds {counted(len(foreign), 'file')} that pdseg did not write and would "
-            f"replace: {listing(foreign, 5, sep='; ')}",
+            # "did not write" was false of an older pdseg's outputs, which carry no mark
+            f"--out {out} holds {counted(len(foreign), 'file')} that pdseg would replace and cannot "
+            f"take for its own outputs: {listing(foreign, 5, sep='; ')}",
             hint="move them, or choose another --out; pdseg replaces only its own earlier outputs"
             + (OLDER_OUTPUTS_HINT if unmarked_among(foreign) else ""),
         )
@@ -842,6 +857,8 @@ class PredictPlan:
             outputs of these inputs (:func:`images_left_in_out`): not segmented, and said.
         own_outputs: pdseg's own outputs found among the inputs of a folder or pattern
             (:func:`split_own_outputs`): not segmented, and said.
+        unnamed_outputs: earlier outputs that --skip-existing does not take as done, as their mark
+            names no input (:func:`_done_by`): their images are made again, and said.
     """
 
     out_dir: Path
@@ -854,6 +871,7 @@ class PredictPlan:
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS
     left_in_out: list[Path] = field(default_factory=list)
     own_outputs: list[Path] = field(default_factory=list)
+    unnamed_outputs: list[Path] = field(default_factory=list)
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
         """This process's share of a plan for the whole run, as :func:`plan_predict` with ``dist``
@@ -967,12 +985,13 @@ def plan_predict(
         _refuse_clashes(clashes, recursive, folded, out, inputs)
     _refuse_other_inputs_outputs(out, inputs, save, skip_existing)
     changed = _ChangedInputs()
+    unnamed: list[Path] = []  # outputs whose mark names no input: no proof of this input's
     done = {
         item.path
         for item in inputs
         if skip_existing
         and all(
-            any(_earlier_output(p, kind) and not changed.since(p, item.path) for p in paths)
+            any(_done_by(p, kind, item.path, changed, unnamed) for p in paths)
             for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
         )
     }
@@ -985,6 +1004,7 @@ def plan_predict(
     skipped = [item for item in inputs if item.path in done]
     left = images_left_in_out(out, inputs) if passed_out else []
     whole = PredictPlan(
-        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, own_outputs
-    )
+        out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, own_outputs,
+        sorted(set(unnamed)),
+    )  # fmt: skip
     return whole.share(dist)

@@ -154,6 +154,22 @@ def own_outputs_left_out(paths: Sequence[Path]) -> None:
         )
 
 
+def unnamed_outputs_remade(paths: Sequence[Path]) -> None:
+    """A status line for earlier outputs that --skip-existing does not take as done, as their mark
+    names no input (pdseg of 2026-12-06): their images are made again."""
+    if paths:
+        ui.info(
+            f"{counted(len(paths), 'earlier output')} ({listing([str(p) for p in paths], 3)}) "
+            "{verb} no input in {its} mark (pdseg of 2026-12-06), so --skip-existing cannot tell {them} "
+            "from another input's of the same name: {their} images are made again".format(
+                verb="names" if len(paths) == 1 else "name",
+                its="its" if len(paths) == 1 else "their",
+                them="it" if len(paths) == 1 else "them",
+                their="its" if len(paths) == 1 else "their",
+            )
+        )
+
+
 def subfolders_not_read(folders: Sequence[Path]) -> None:
     """A status line naming the subfolders a run without --recursive passes over."""
     if folders:
