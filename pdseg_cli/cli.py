@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -180,9 +179,7 @@ def _version(value: bool) -> None:
         except BrokenPipeError:  # `pdseg --version | true`: the reader did not want it
             ui.drop_stream(sys.stdout)
         except OSError as exc:  # a full disk under `pdseg --version > file`
-            if not ui.stdout_lost(exc, known=True):
-                raise
-            raise SystemExit(1) from None
+            _say_output_lost(exc)
         raise typer.Exit()
 
 
@@ -241,30 +238,38 @@ def main() -> None:
     except SystemExit as exc:
         if exc.code == EXIT_INTERRUPTED:  # a command that stopped on Ctrl-C or a stop signal
             signal_exit.end_by(runtime.stopped_by())
-        if exc.code == 1 and _help_cut_short():
+        if exc.code == 1 and _help_cut_short(exc):
             raise SystemExit(0) from None
         raise
     except OSError as exc:
         # click's own write of the help to a full disk (commands catch their own errors); any
         # other error names its file, and is not this one
-        if not ui.stdout_lost(exc, known=True):
-            raise
-        raise SystemExit(1) from None
+        _say_output_lost(exc)
     finally:
         _exit_at_once_on_stop()
 
 
-def _help_cut_short() -> bool:
+def _help_cut_short(exc: SystemExit) -> bool:
     """Whether the help ended with status 1 because its reader went away (`pdseg --help | head
-    -1`): rich then points standard output at the null device and exits 1, which `set -o pipefail`
-    took for a failure. A command's own output keeps the run's status (``ui.plain``); the help's
-    is 0."""
-    if not any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        return False
-    try:
-        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
-    except (OSError, ValueError, AttributeError):
-        return False
+    -1`): the console typer prints the help with exits 1 then (rich's ``on_broken_pipe``; pdseg's
+    own consoles go quiet instead), which `set -o pipefail` took for a failure. The help's status
+    is 0, as a command's own output keeps the run's (``ui.plain``)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "on_broken_pipe" and tb.tb_next is None:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _say_output_lost(exc: OSError) -> NoReturn:
+    """Standard output cannot be written (`pdseg --help > /dev/full`): one line, exit 1; any other
+    error goes on up."""
+    lost = ui.stdout_lost(exc, known=True)
+    if lost is None:
+        raise exc
+    ui.error(*lost)
+    raise SystemExit(1) from None
 
 
 _held: list[int] = []  # stop signals that came while the output was drained
@@ -295,8 +300,8 @@ def _exit_at_once_on_stop() -> None:
             lost = exc if stream is sys.stdout else lost
         except ValueError:  # a stream closed under us: nothing more can be shown
             pass
-    if lost is not None and ui.stdout_lost(lost, known=True):
-        raise SystemExit(1)
+    if lost is not None:
+        _say_output_lost(lost)
     if _held:
         signal_exit.die_by(_held[0])
     runtime.set_stop_handlers(_exit_now)

@@ -101,6 +101,8 @@ def _refuse_a_lost_folder() -> None:
     if any(arg in ("-h", "--help", "--version") for arg in sys.argv[1:]):
         return  # these need no torch, and work
     where = os.environ.get("PWD", "")
+    if where and os.path.isdir(where):  # inherited from a parent that did not cd (cron, a script)
+        where = ""
     sys.stderr.write(
         f"error: the current folder{' ' + where if where else ''} no longer exists (deleted or moved)\n"
         "hint: cd to a folder that exists, then run the command again\n"

@@ -88,6 +88,21 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(tmp_path: Path) -> None:
     assert info.value.exit_code == 1
 
 
+def test_a_full_disk_elsewhere_is_not_said_as_standard_outputs(capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint's or a cache's write that fills the disk (no file name in the error) keeps its
+    own hint: only a write to standard output is said as one."""
+    import errno
+
+    from typer import Exit
+
+    from pdseg_cli.commands._common import user_errors
+
+    with pytest.raises(Exit), user_errors():
+        raise OSError(errno.ENOSPC, "No space left on device")  # as np.save or f.write raises it
+    err = capsys.readouterr().err
+    assert "standard output" not in err and "--resume" in err, err
+
+
 def test_dev_stdout_is_standard_output_and_the_table_goes_to_stderr(tmp_path: Path) -> None:
     """`--csv /dev/stdout | reader`: the reader gets the CSV alone, as with `--csv -`; appended to a
     file (`>> log`), nothing there before is lost."""
@@ -164,6 +179,11 @@ def test_a_deleted_current_folder_is_said(tmp_path: Path) -> None:
     assert proc.stdout.strip().endswith("rc=1"), proc.stdout + proc.stderr
     assert f"error: the current folder {gone} no longer exists" in proc.stderr, proc.stderr
     assert "hint: cd to a folder that exists" in proc.stderr
+    # $PWD inherited from a parent that did not cd (a script's subprocess, cron): not named
+    gone.mkdir()
+    script = f'cd "{gone}" && rmdir "{gone}" && PWD="{tmp_path}" "{sys.executable}" -m pdseg_cli info pdseg-t'
+    proc = _bash(tmp_path, script)
+    assert "error: the current folder no longer exists" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("reader", ["first", "later"])

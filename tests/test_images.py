@@ -535,8 +535,9 @@ def test_twelve_bit_data_in_a_sixteen_bit_file_is_warned_of(tmp_path: Path) -> N
         ),
         (
             np.int16,
-            2000,
-            "a signed 16-bit image whose samples stop at 2000 of 32767 (11-bit",
+            4000,  # 12-bit camera data: was not warned of, judged by its doubled values
+            "a signed 16-bit image whose samples stop at 4000 of 32767 (12-bit data in a signed 16-bit "
+            "file?): read at twice its values",
         ),
     ],
 )

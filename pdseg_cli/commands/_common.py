@@ -55,8 +55,8 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
         say(exc.message, exc.hint, error=exc)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
     except OSError as exc:
-        if not ui.stdout_lost(exc):  # a report or table into a full disk: said there
-            say(*os_error_line(exc), error=exc)
+        # a report or table into a full disk: said as standard output's, not as a file's
+        say(*(ui.stdout_lost(exc) or os_error_line(exc)), error=exc)
         raise typer.Exit(EXIT_FAILED) from None
     except RuntimeError as exc:
         if str(exc) == "Could not determine home directory.":  # pathlib's expanduser of a '~'

@@ -386,7 +386,8 @@ class MarkedSource:
 
 def marked_source(path: Path, head: bytes | None = None) -> MarkedSource | None:
     """The input named in pdseg's mark on an output (:func:`output_mark`); None for a file without
-    one: not pdseg's, damaged, or an output of a pdseg before 2026-12-06, which recorded no input.
+    one naming an input: not pdseg's, damaged, an output of a pdseg before 2026-12-06 (no mark),
+    or one of 2026-12-06, whose mark names no input.
     Never raises."""
     found = _SOURCE_IN_MARK.fullmatch(_software_text(path, head))
     if not found:

@@ -305,19 +305,21 @@ def _note_few_bits(pixels: np.ndarray, path: Path, warnings: list[str], stored: 
     the model, shown a black image, finds nothing (a map topping out at byte 23). The file has no
     tag that says so (TIFF's MaxSampleValue is for statistics only), so it is read as stored.
     ``stored`` is the file's own sample type, which the warning names: a 32-bit file read by its
-    values as 16-bit data, or a signed 16-bit one read at twice its values (:func:`to_rgb`)."""
-    top = int(pixels.max())
-    if not 0 < top < 4096:
-        return
+    values as 16-bit data, or a signed 16-bit one, whose values :func:`to_rgb` doubles (white at
+    32767), so that its 12-bit data reads 8 times too dark and is judged by its own values."""
     stored = np.dtype(stored)
-    signed = stored == np.int16
-    full = np.iinfo(stored).max if np.issubdtype(stored, np.integer) else 65535
-    value = round(top * full / 65535) if signed else top  # to_rgb doubled a signed file's values
+    signed = stored.kind == "i" and stored.itemsize == 2  # big-endian ">i2" too
+    top = int(pixels.max())
+    value = round(top * 32767 / 65535) if signed else top  # the file's own largest sample
+    if not 0 < value < 4096:
+        return
+    full = np.iinfo(stored).max if stored.kind in "iu" else 65535
     kind = f"{'signed ' if signed else ''}{stored.itemsize * 8}-bit"
+    how = "read at twice its values (white at 32767)" if signed else "read as stored"
     warnings.append(
         f"{path}: a {kind} image whose samples stop at {value} of {full} ({value.bit_length()}-bit "
-        f"data in a {kind} file?): read as stored, nearly black, so its map may be empty; scale it to "
-        f"the full {stored.itemsize * 8} bits (or save it as 8-bit) first"
+        f"data in a {kind} file?): {how}, nearly black, so its map may be empty; scale it to the full "
+        f"{stored.itemsize * 8} bits (or save it as 8-bit) first"
     )
 
 

@@ -90,7 +90,6 @@ class _Failure:
 
     stem: str
     message: str
-    pred_side: bool
 
 
 def _prep_for(gt: np.ndarray, key: str | None, cache: GTCache | None) -> tuple[GTPrep, bool]:
@@ -119,11 +118,11 @@ def _score_files(
     try:
         gt = read_mask_file(gt_path, digest=cache is not None)
     except InputError as exc:
-        return _Failure(stem, f"GT {exc}", pred_side=False)
+        return _Failure(stem, f"GT {exc}")
     try:
         pred = read_mask_file(pred_path)
     except InputError as exc:
-        return _Failure(stem, f"prediction {exc}", pred_side=True)
+        return _Failure(stem, f"prediction {exc}")
     notes = [(k, str(gt_path)) for k in file_notes(gt, "GT")]
     notes += [(k, str(pred_path)) for k in file_notes(pred, "prediction")]
     prep, cached = _prep_for(gt.array, gt.digest, cache)

@@ -986,13 +986,16 @@ def plan_predict(
     _refuse_other_inputs_outputs(out, inputs, save, skip_existing)
     changed = _ChangedInputs()
     unnamed: list[Path] = []  # outputs whose mark names no input: no proof of this input's
+    # lists, not generators: every output is looked at, so that each unnamed one is counted
     done = {
         item.path
         for item in inputs
         if skip_existing
         and all(
-            any(_done_by(p, kind, item.path, changed, unnamed) for p in paths)
-            for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
+            [
+                any([_done_by(p, kind, item.path, changed, unnamed) for p in paths])
+                for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
+            ]
         )
     }
     # over every process's inputs, so that all of them refuse together

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 import sys
 import time
 import unicodedata
@@ -49,40 +48,39 @@ def drop_stream(stream: Any) -> None:
 _WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
-def stdout_lost(exc: OSError, *, known: bool = False) -> bool:
-    """Whether ``exc`` is standard output's own write failing (`pdseg info > /dev/full`, a log on a
-    full disk); then it is said in one line naming standard output (not "No space left on device"
-    alone, with "a training run: add --resume" for any command), and what is left to print there is
-    dropped, so that the exit does not fail on it again. An error that names a file is that file's.
+def stdout_lost(exc: OSError, *, known: bool = False) -> tuple[str, str] | None:
+    """The error line and hint for ``exc`` when it is standard output's own write failing (`pdseg
+    info > /dev/full`, a log on a full disk), else None. Said so, it names standard output (not
+    "No space left on device" alone, with "a training run: add --resume" for any command); what is
+    left to print there is dropped, so that the exit does not fail on it again.
 
-    ``known``: the caller wrote only to standard output (the help, ``--version``); else it is told
-    by where standard output goes: ``/dev/full``, or a file on a disk with no room left.
+    ``known``: the caller wrote only to standard output (the help, ``--version``, the flush at
+    exit); else it is told by where the error was raised: in a write of pdseg's report
+    (:func:`plain`) or of a rich console printing to standard output, not a checkpoint's or a
+    cache's write on the same full disk.
     """
     if exc.filename is not None or exc.errno not in _WRITE_FAILURES:
-        return False
-    if not known and not _stdout_full(exc.errno):
-        return False
+        return None
+    if not known and not _raised_writing_stdout(exc):
+        return None
     drop_stream(sys.stdout)
-    error(
+    return (
         f"cannot write to standard output ({exc.strerror or exc})",
         "free some space where the output goes, or send it elsewhere",
     )
-    return True
 
 
-def _stdout_full(code: int | None) -> bool:
-    """Whether standard output goes where a write fails with ``code``: the full device, or a
-    regular file on a file system without a free block."""
-    try:
-        fd = sys.stdout.fileno()
-        info = os.fstat(fd)
-        if stat.S_ISCHR(info.st_mode):
-            return os.path.exists("/dev/full") and os.path.samestat(info, os.stat("/dev/full"))
-        if stat.S_ISREG(info.st_mode) and code == errno.ENOSPC:
-            room = os.fstatvfs(fd)
-            return room.f_bavail == 0 or room.f_bfree == 0
-    except (AttributeError, OSError, ValueError):
-        pass
+def _raised_writing_stdout(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in :func:`plain` or in a rich console's write to stdout."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is plain.__code__:
+            return True
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Console) and owner.file is sys.stdout:
+            return True
+        tb = tb.tb_next
     return False
 
 
@@ -100,7 +98,8 @@ err_console = _Console(stderr=True, highlight=False, emoji=False)
 
 def plain(text: str) -> None:
     """Write ``text`` (a JSON or CSV report) to stdout as it is: no markup, colour (``FORCE_COLOR``)
-    or wrapping, every character kept. A reader that has gone (`| head -1`) took what it wanted: the
+    or wrapping, every character kept, as UTF-8 bytes whatever the stream's encoding (the bytes a
+    report written to a file has). A reader that has gone (`| head -1`) took what it wanted: the
     rest goes nowhere, and the status is the run's."""
     # as UTF-8 bytes, as the same report written to a file: the terminal's encoding (LC_ALL=C,
     # PYTHONIOENCODING=ascii) made an "é" in a split's name "?" in `--csv -`, which is data
