@@ -158,15 +158,12 @@ def unnamed_outputs_remade(paths: Sequence[Path]) -> None:
     """A status line for earlier outputs that --skip-existing does not take as done, as their mark
     names no input (pdseg of 2026-12-06): their images are made again."""
     if paths:
+        one = len(paths) == 1
+        names, its, them = ("names", "its", "it") if one else ("name", "their", "them")
         ui.info(
-            f"{counted(len(paths), 'earlier output')} ({listing([str(p) for p in paths], 3)}) "
-            "{verb} no input in {its} mark (pdseg of 2026-12-06), so --skip-existing cannot tell {them} "
-            "from another input's of the same name: {their} images are made again".format(
-                verb="names" if len(paths) == 1 else "name",
-                its="its" if len(paths) == 1 else "their",
-                them="it" if len(paths) == 1 else "them",
-                their="its" if len(paths) == 1 else "their",
-            )
+            f"{counted(len(paths), 'earlier output')} ({listing([str(p) for p in paths], 3)}) {names} no "
+            f"input in {its} mark (pdseg of 2026-12-06), so --skip-existing cannot tell {them} from "
+            f"another input's of the same name: {its} images are made again"
         )
 
 
