@@ -547,7 +547,7 @@ def test_a_file_pdseg_did_not_write_is_not_replaced(folder: Path, tmp_path: Path
     result = _run(folder, "-o", out, "-w", ckpt, "--save", "mask,alpha")
     assert result.exit_code == 2, result.output
     text = no_space(result.output)
-    assert "holds2filesthatpdsegdidnotwriteandwouldreplace" in text
+    assert "holds2filesthatpdsegwouldreplaceandcannottakeforitsownoutputs" in text
     assert "a.png(an8-bitPNGwith3channels;pdseg'smaskhas1)" in text
     assert "c_alpha.png(notanimage,northe4-channelPNGpdsegwritesasanalpha)" in text
     assert (out / "a.png").read_bytes() == photo
