@@ -237,8 +237,6 @@ def predict(
                 prediction.summary(done, table_on_stderr=on_stdout)
                 _write_json(json_out, done, settings)
                 return
-            import torch
-
             from pdseg_cli.engine.predict import Predictor
 
             work_size, background = checked if checked is not None else torch_options()
@@ -258,7 +256,7 @@ def predict(
                 )
             settings["weights"] = str(predictor.weights_path or weights)  # the file the model came from
             settings["weights_sha256"] = predictor.weights_sha256
-            settings["threads"] = torch.get_num_threads() if predictor.device.type == "cpu" else None
+            settings["threads"] = runtime.maps_threads(predictor.device)
             if dist.is_main:
                 sharing = runtime.gpu_sharing_note(device, dist)  # processes may share a GPU: said once
                 prediction.start(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pdseg_cli import runtime
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem, misnamed_masks
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
 from pdseg_cli.data.header import not_an_image
@@ -190,8 +191,9 @@ def check_split_gts(
                 f"{folder} has no {IMAGE_DIR}/ subfolder: cannot run the model", hint=SPLIT_LAYOUT
             )
     gts = {name: list_gts(folder / MASK_DIR) for name, folder in splits}
-    bad = [line for maps in gts.values() for line in unreadable_masks(maps.values())]
-    if bad and not allow_missing:  # with it, the scoring leaves them out and lists them
+    # with --allow-missing, the scoring leaves them out and lists them: not read here
+    bad = [] if allow_missing else [line for maps in gts.values() for line in unreadable_masks(maps.values())]
+    if bad:
         raise DataError(
             f"{len(bad)} GT file(s) cannot be read: {listing(bad, 5)}",
             hint="replace or remove them, or pass --allow-missing to score the others; the model has "
@@ -360,8 +362,6 @@ def predict_splits(
 
 def prediction_settings(predictor: Predictor, save_preds: Path | None) -> dict[str, Any]:
     """How the scored maps were made, for the report's settings."""
-    import torch  # loaded with the model already
-
     weights = predictor.weights_path
     return {
         "weights": str(weights.resolve()) if weights else None,
@@ -379,7 +379,7 @@ def prediction_settings(predictor: Predictor, save_preds: Path | None) -> dict[s
         "model_warnings": predictor.doubts,
         # on a CPU the order of the sums, so a grey level here and there, follows the thread count
         # (the default follows the load): what --threads gives the same maps again
-        "threads": torch.get_num_threads() if str(predictor.device) == "cpu" else None,
+        "threads": runtime.maps_threads(predictor.device),
         "saved_to": str(save_preds.expanduser().resolve()) if save_preds is not None else None,
         # what ran the model: the maps depend on it (a --pred run's maps were made elsewhere)
         "versions": {

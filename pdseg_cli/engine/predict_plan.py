@@ -664,10 +664,11 @@ def _done_by(output: Path, kind: str, source: Path, changed: _ChangedInputs, unn
     the image is made again, and the output noted in ``unnamed``."""
     if not _earlier_output(output, kind):
         return False
-    if header.marked_source(output) is None:
+    marked = header.marked_source(output)
+    if marked is None:
         unnamed.append(output)
         return False
-    return not changed.since(output, source)
+    return not changed.since(output, source, marked)
 
 
 class _ChangedInputs:
@@ -685,16 +686,16 @@ class _ChangedInputs:
     def __init__(self) -> None:
         self._content: dict[Path, str | None] = {}
 
-    def since(self, output: Path, source: Path) -> bool:
-        """Whether ``output`` was made from an earlier state of ``source``. Never raises."""
+    def since(self, output: Path, source: Path, marked: header.MarkedSource) -> bool:
+        """Whether ``output``, whose mark names ``marked``, was made from an earlier state of
+        ``source``. Never raises."""
         try:
             info = source.stat()
             if max(info.st_mtime_ns, info.st_ctime_ns) <= output.stat().st_mtime_ns:
                 return False
         except OSError:
             return False
-        marked = header.marked_source(output)
-        if marked is None or marked.content_id is None:  # a mark that records no content: made again
+        if marked.content_id is None:  # a mark that records no content: made again
             return True
         if source not in self._content:
             self._content[source] = header.content_id(source)
@@ -822,8 +823,9 @@ def check_out_dir(out_dir: Path) -> None:
     """
     if out_dir.exists() and not out_dir.is_dir():
         # a device (/dev/null, to throw the maps away) is no file to name a folder after
-        example = "masks" if is_special(out_dir) else out_dir.parent / (out_dir.stem + "-masks")
-        what = "a device or pipe" if is_special(out_dir) else "a file"
+        special = is_special(out_dir)
+        example = "masks" if special else out_dir.parent / (out_dir.stem + "-masks")
+        what = "a device or pipe" if special else "a file"
         raise InputError(
             f"--out {out_dir} is {what}, not a folder",
             hint=f"give a folder for the maps (pdseg writes one file per image in it), e.g. --out {example}",

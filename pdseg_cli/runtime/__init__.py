@@ -25,6 +25,7 @@ from pdseg_cli.runtime.allocator import (
 from pdseg_cli.runtime.compute import (
     COMPILE_MODES,
     default_threads,
+    maps_threads,
     other_runnable_tasks,
     resolve_compile,
     set_compute_threads,
@@ -100,6 +101,7 @@ __all__ = [
     "stopped_by",
     "stopping",
     "default_threads",
+    "maps_threads",
     "other_runnable_tasks",
     "usable_cores",
 ]

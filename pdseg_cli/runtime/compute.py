@@ -48,6 +48,15 @@ def set_compute_threads(n: int | None) -> int | None:
     return n
 
 
+def maps_threads(device: object) -> int | None:
+    """The CPU threads a model on ``device`` (a torch.device or its name) runs with, for a report:
+    on a CPU the last grey level of a few pixels follows them (the order of float sums); None on an
+    accelerator."""
+    import torch
+
+    return torch.get_num_threads() if torch.device(str(device)).type == "cpu" else None
+
+
 def default_threads(cores: int | None = None, busy: float | None = None) -> int | None:
     """Threads for the maths when none are asked for: the cores that other work is not using now.
 

@@ -236,14 +236,9 @@ def _stderr_terminal() -> bool:
 
 
 def _dumb_terminal() -> bool:
-    """A terminal that cannot redraw a line (``TERM=dumb``: an Emacs shell buffer, some CI
-    wrappers), where rich draws no bar at all: plain progress lines are written there."""
-    return os.environ.get("TERM", "").lower() in ("dumb", "unknown") and _stderr_terminal()
-
-
-def _live_bar() -> bool:
-    """Whether a bar can be redrawn in place on stderr."""
-    return _stderr_terminal() and not _dumb_terminal()
+    """Whether ``TERM`` names a terminal that cannot redraw a line (``dumb``: an Emacs shell buffer,
+    some CI wrappers), where rich draws no bar at all: plain progress lines are written there."""
+    return os.environ.get("TERM", "").lower() in ("dumb", "unknown")
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -267,8 +262,9 @@ def progress_bar(
     if _quiet:
         yield lambda n=1, **values: None
         return
-    live = _live_bar()
-    if (os.environ.get("PDSEG_PROGRESS") == "1" or _dumb_terminal()) and not live:
+    terminal = _stderr_terminal()
+    live = terminal and not _dumb_terminal()  # a bar redrawn in place
+    if not live and (os.environ.get("PDSEG_PROGRESS") == "1" or terminal):  # a dumb terminal's lines
         with log_progress(description, total, unit=unit, fields=fields) as advance:
             yield advance
         return
