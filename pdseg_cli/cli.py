@@ -232,7 +232,7 @@ def main() -> None:
             finally:
                 _hold_stop_signals()  # the command is over: its output is drained first
     except KeyboardInterrupt:  # a Ctrl-C just before the command's end
-        ui.error("interrupted")
+        ui.error(runtime.interrupted_line())
         signal_exit.end_by(runtime.stopped_by())
         raise SystemExit(EXIT_INTERRUPTED) from None
     except SystemExit as exc:

@@ -109,9 +109,12 @@ def _signals_as_they_were(request: pytest.FixtureRequest) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    from pdseg_cli.runtime.stop import forget_stop
+
     handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
     yield
+    forget_stop()  # a signal a test delivered is not the next test's stop (runtime.interrupted_line)
     changed = [sig.name for sig, handler in handlers.items() if signal.getsignal(sig) is not handler]
     for sig, handler in handlers.items():
         if handler is not None:  # None: set from C, which Python cannot set back

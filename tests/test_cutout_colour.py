@@ -368,7 +368,9 @@ def test_rgb_input_outputs_are_as_before(tmp_path: Path, spread_tiny_ckpt: Path)
         # only pdseg's mark added (a tEXt chunk): OpenCV's own PNG otherwise
         chunks = png_chunks((out / name).read_bytes())
         assert [c for c, _ in chunks] == [b"IHDR", b"tEXt", b"IDAT", b"IEND"]
-        assert chunks[1][1] == b"Software\x00" + header.output_mark(path).encode()
+        made = header.marked_source(out / name)  # the input's ids, and the model and settings'
+        assert made is not None and made.made is not None
+        assert chunks[1][1] == b"Software\x00" + header.mark_of(header.input_ids(path), made.made).encode()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -355,6 +355,23 @@ def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "drop --size, --onnx-spec, --batch" in flat(result.output)
 
 
+def test_max_pixels_is_evals_too(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
+    """An image over the limit was refused with the hint to pass --max-pixels, which eval lacked."""
+    split = edge_case_split(tmp_path / "s", CASES[:2], images=True)
+    h, w = cv2.imread(str(split / "im" / f"{CASES[0]}.jpg")).shape[:2]
+    small = cv2.imread(str(split / "im" / f"{CASES[1]}.jpg"))
+    cv2.imwrite(str(split / "im" / f"{CASES[1]}.jpg"), cv2.resize(small, (w // 2, h // 2)))
+    args = ["--split", split, "--weights", spread_tiny_ckpt, "--max-pixels", h * w - 1]
+    refused = _run(*args, cache=tmp_path / "c")
+    text = flat(refused.output)
+    assert refused.exit_code == 2 and "1 GT mask without a prediction" in text, text
+    assert f"over the limit of {h * w - 1:,}; not decoded; pass a larger --max-pixels" in text
+    assert _run(*args, "--allow-missing", cache=tmp_path / "c").exit_code == 0
+    assert _run(*args[:-1], h * w, cache=tmp_path / "c").exit_code == 0
+    both = _run("--split", split, "--pred", split / "pred", "--max-pixels", 5, cache=tmp_path / "c")
+    assert both.exit_code == 2 and "drop --max-pixels" in flat(both.output)
+
+
 class _FakeSummary:
     def __init__(self, failures):
         self.failures = failures
@@ -380,7 +397,7 @@ class _FakePredictor:
     def describe_setting(self):
         return str(self.size)
 
-    def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None):
+    def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None, max_pixels=None):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for src in sources:
@@ -455,7 +472,7 @@ def test_a_reused_save_preds_folder_never_scores_a_stale_map(
     import pdseg_cli.engine.predict as predict_mod
 
     class FailsOnOne(_FakePredictor):
-        def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None):
+        def predict_paths(self, sources, out_dir, *, batch=1, on_progress=None, max_pixels=None):
             kept = [s for s in sources if Path(s).stem != CASES[1]]
             super().predict_paths(kept, out_dir, batch=batch, on_progress=on_progress)
             bad = next(s for s in sources if Path(s).stem == CASES[1])

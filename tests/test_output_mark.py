@@ -184,8 +184,9 @@ def test_a_rerun_replaces_its_own_outputs(tmp_path: Path, spread_tiny_ckpt: Path
         assert not_an_output(out / name, kind) is None, name
     assert header.sample_layout(out / "b_alpha.tif") == ("TIFF", 4, 16)
     before = {name: (out / name).read_bytes() for name in names}
-    # --skip-existing takes them for done: none is written again
-    result = _predict(src, "--out", out, "-w", spread_tiny_ckpt, "--save", save, "--skip-existing")
+    # --skip-existing with the same options takes them for done: none is written again
+    same = ["--save", save, "--threshold", "0.5", "--bg", "255,0,0", "--skip-existing"]
+    result = _predict(src, "--out", out, "-w", spread_tiny_ckpt, *same)
     assert result.exit_code == 0, result.output
     assert all((out / name).read_bytes() == before[name] for name in names)
     # without it, a soft map on another background replaces every one of them
@@ -497,3 +498,130 @@ def test_skip_existing_makes_again_an_output_whose_mark_names_no_input(
     assert "1 earlier output" in text and "names no input in its mark" in text, text
     again = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing")
     assert "nothing to do" in flat(again.output), again.output  # its own mark names it now
+
+
+# ------------------------------------------------------------------ the model and settings in the mark
+
+
+def test_the_settings_id_follows_what_each_kind_is_made_of() -> None:
+    from pdseg_cli.engine.made_with import MadeWith
+
+    base = MadeWith("a" * 64)
+    mask, alpha, composite = (base.id_for(kind) for kind in ("mask", "alpha", "composite"))
+    assert len({mask, alpha, composite}) == 3 and all(len(i) == 16 for i in (mask, alpha, composite))
+    other_bg = MadeWith("a" * 64, background=(0, 0, 0))
+    assert other_bg.id_for("mask") == mask and other_bg.id_for("alpha") == alpha  # neither is painted
+    assert other_bg.id_for("composite") != composite
+    plain = MadeWith("a" * 64, refine_foreground=False)
+    assert plain.id_for("mask") == mask and plain.id_for("alpha") != alpha
+    for changed in (
+        MadeWith("b" * 64),
+        MadeWith("a" * 64, size=512),
+        MadeWith("a" * 64, size="full"),
+        MadeWith("a" * 64, tta=True),
+        MadeWith("a" * 64, scales=(0.875, 1.0)),
+        MadeWith("a" * 64, onnx_spec="size=1024"),
+        MadeWith("a" * 64, threshold=0.5),
+    ):
+        assert changed.id_for("mask") != mask, changed
+    # the same settings spelt otherwise are the same settings
+    assert MadeWith("a" * 64, scales=(1.125, 0.875, 1)).id_for("mask") == MadeWith(
+        "a" * 64, scales=(0.875, 1.0, 1.125)
+    ).id_for("mask")
+    assert MadeWith("a" * 64, onnx_spec="size=1024,mean=0.5").id_for("mask") == MadeWith(
+        "a" * 64, onnx_spec=" mean=0.5, size=1024 "
+    ).id_for("mask")
+    assert MadeWith("a" * 64, scales=()).id_for("mask") == mask
+
+
+def test_the_mark_records_the_settings_id(tmp_path: Path) -> None:
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"photo")
+    ids = header.input_ids(photo)
+    mark = header.mark_of(ids, "0123456789abcdef")
+    assert mark == f"{MARK} (input {ids.path_id} {ids.content_id}; made 0123456789abcdef)"
+    imio.write_png(tmp_path / "m.png", textured_image()[..., 0], software=mark)
+    assert header.marked_source(tmp_path / "m.png") == header.MarkedSource(
+        ids.path_id, ids.content_id, "0123456789abcdef"
+    )
+    assert header.mark_of(ids) == header.output_mark(photo)  # no id: the mark of before
+
+
+def _made_id(path: Path) -> str | None:
+    found = header.marked_source(path)
+    assert found is not None, path
+    return found.made
+
+
+def test_skip_existing_makes_again_what_other_weights_or_settings_made(
+    tmp_path: Path, spread_tiny_ckpt: Path
+) -> None:
+    """A folder resumed with another model or --threshold held the maps of two runs in silence."""
+    import shutil
+
+    from helpers import tiny_checkpoint
+
+    images, _, _ = _gt_folder(tmp_path)
+    out = tmp_path / "out"
+    first = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "-s", "mask,composite")
+    assert first.exit_code == 0, first.output
+    made = {name: _made_id(out / name) for name in ("cat.png", "cat_composite.png")}
+    assert None not in made.values() and len(set(made.values())) == 2
+
+    # the same weights under another name, and another --bg for the mask alone: done
+    copy = shutil.copy(spread_tiny_ckpt, tmp_path / "renamed.pt")
+    again = _predict(images, "--out", out, "-w", copy, "--skip-existing", "--bg", "black")
+    assert again.exit_code == 0 and "nothing to do" in flat(again.output), again.output
+
+    # another --bg for the composite: made again, and said
+    both = ["-s", "mask,composite", "--skip-existing"]
+    painted = _predict(images, "--out", out, "-w", copy, *both, "--bg", "black")
+    text = flat(painted.output)
+    assert painted.exit_code == 0 and "1 earlier output" in text and "other weights or settings" in text, text
+    assert "cat_composite.png" in text and _made_id(out / "cat_composite.png") != made["cat_composite.png"]
+    assert _made_id(out / "cat.png") == made["cat.png"]
+
+    # other weights, then another --threshold: made again
+    other = tiny_checkpoint(tmp_path / "other.pt", train_size=64, classifier_std=3.0, seed=1)
+    for options in (["-w", other], ["-w", spread_tiny_ckpt, "--threshold", "0.5"]):
+        before = _made_id(out / "cat.png")
+        redone = _predict(images, "--out", out, *options, "--skip-existing")
+        assert redone.exit_code == 0 and "other weights or settings" in flat(redone.output), redone.output
+        assert _made_id(out / "cat.png") != before
+    binary = cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED)
+    assert set(np.unique(binary)) <= {0, 255}  # the --threshold run's mask
+
+
+def test_the_command_and_the_api_record_the_same_settings(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
+    """The command works the id out before the model loads, a Predictor from itself: the two agree,
+    so a folder started with one goes on with the other."""
+    from pdseg_cli import Predictor
+
+    images, _, _ = _gt_folder(tmp_path)
+    out = tmp_path / "out"
+    asked = ["--size", "64", "--threshold", "0.25", "--scales", "1,0.5", "-s", "mask,alpha"]
+    assert _predict(images, "--out", out, "-w", spread_tiny_ckpt, *asked).exit_code == 0
+    predictor = Predictor(spread_tiny_ckpt, device="cpu", size=64, scales=(0.5, 1.0))
+    summary = predictor.predict_paths([images], out, save="mask,alpha", threshold=0.25, skip_existing=True)
+    assert [r.status for r in summary.results] == ["skipped"]
+    summary = predictor.predict_paths([images], out, save="mask,alpha", threshold=0.75, skip_existing=True)
+    assert [r.status for r in summary.results] == ["done"]
+    again = _predict(images, "--out", out, "-w", spread_tiny_ckpt, *asked, "--skip-existing")
+    assert again.exit_code == 0 and "other weights or settings" in flat(again.output), again.output
+    report = tmp_path / "run.json"
+    done = _predict(images, "--out", out, "-w", spread_tiny_ckpt, *asked, "--skip-existing", "--json", report)
+    assert done.exit_code == 0 and "other weights or settings" not in flat(done.output), done.output
+    assert [f["status"] for f in json.loads(report.read_text())["files"]] == ["skipped"]
+
+
+def test_outputs_whose_mark_records_no_settings_are_taken_as_done(
+    tmp_path: Path, spread_tiny_ckpt: Path
+) -> None:
+    """Outputs of the pdseg before the settings were marked name their input and its content only:
+    nothing says what made them, and a resume goes on as it did."""
+    images, _, _ = _gt_folder(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_output_png(out / "cat.png", np.zeros((24, 32), np.uint8), source=images / "cat.jpg")
+    result = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--skip-existing", "--threshold", "0.5")
+    assert result.exit_code == 0 and "nothing to do" in flat(result.output), result.output

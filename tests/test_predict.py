@@ -790,10 +790,30 @@ def test_ctrl_c_leaves_no_partial_file(
     data = json.loads(report.read_text())  # a script learns the same from the report
     assert [f["input"] for f in data["files"]] == [str(folder / "a.jpg")] and data["counts"]["done"] == 1
     left = [str(folder / name) for name in ("b.png", "c.tif")]
-    assert data["stopped"] == {"why": "interrupted", "not_reached": left}
+    assert data["stopped"] == {"why": "interrupted", "signal": "SIGINT", "not_reached": left}
     assert cv2.imread(str(out / "a.png")) is not None
     result = _run(folder, "-o", out, "-w", ckpt, "--skip-existing")  # and the run resumes
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_a_run_stopped_by_sigterm_says_so(
+    folder: Path, tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler's time limit (SIGTERM) read as a person's Ctrl-C, in the log and in --json."""
+    import signal
+
+    from pdseg_cli.runtime.stop import note_stop
+
+    def forward_then_term(self: Predictor, arrays: list) -> torch.Tensor:
+        note_stop(signal.SIGTERM)  # as pdseg's handler does, before it raises
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "forward", forward_then_term)
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    result = _run(folder, "-o", out, "-w", ckpt, "--json", report)
+    assert result.exit_code == 130 and "error: interrupted (SIGTERM)" in flat(result.output), result.output
+    stopped = json.loads(report.read_text())["stopped"]
+    assert stopped["why"] == "interrupted" and stopped["signal"] == "SIGTERM"
 
 
 def test_a_ctrl_c_of_a_callers_own_kind_reaches_the_caller_as_it_is(

@@ -49,7 +49,9 @@ def test_json_names_each_input_with_its_status_outputs_and_error(photos: Path, t
     assert f"JSON written to {report}" in flat(result.output)
     # a rerun with nothing left: no model, and the JSON says every image was skipped
     (photos / "c.jpg").unlink()
-    again = run_cli("predict", photos, "-o", out, "--skip-existing", "--json", report, "-s", "mask,alpha")
+    again = run_cli(
+        "predict", photos, "-o", out, "-w", weights, "--skip-existing", "--json", report, "-s", "mask,alpha"
+    )
     assert again.exit_code == 0, again.output
     data = json.loads(report.read_text())
     assert data["counts"]["skipped"] == 2 and data["run"]["device"] is None

@@ -85,7 +85,8 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
         say(f"{path} goes round a loop of symbolic links", "check the links on that path", error=exc)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt as exc:
-        say("interrupted", getattr(exc, "hint", None))  # errors.Interrupted says how to go on
+        # errors.Interrupted says how to go on; a SIGTERM is named, a Ctrl-C is not
+        say(runtime.interrupted_line(), getattr(exc, "hint", None))
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -282,6 +283,17 @@ TtaOpt = Annotated[
 ]
 
 # predict and eval: multi-scale inference, Predictor(scales=...)
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse images whose header says more pixels than this, before decoding them (default 2^27: "
+        "8192x8192 passes; a file claiming 33792x33792 does not).",
+        show_default=False,
+    ),
+]
+
 ScalesOpt = Annotated[
     str | None,
     typer.Option(

@@ -15,6 +15,7 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     DataRootOpt,
     DeviceOpt,
+    MaxPixelsOpt,
     OnnxSpecOpt,
     PrecisionOpt,
     QuietOpt,
@@ -33,6 +34,7 @@ from pdseg_cli.commands._common import (
     user_errors,
     write_report,
 )
+from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.errors import InputError, Interrupted, counted, listing
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ def eval_(
     device: DeviceOpt[str] = "auto",
     precision: PrecisionOpt = "auto",
     batch: BatchOpt = 1,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     allow_missing: Annotated[
         bool,
         typer.Option(
@@ -169,6 +172,7 @@ def eval_(
                 "--scales": scales is not None,
                 "--size": size is not None, "--onnx-spec": onnx_spec is not None, "--batch": batch != 1,
                 "--device": device != "auto", "--precision": precision != "auto",
+                "--max-pixels": max_pixels != DEFAULT_MAX_PIXELS,
             }  # fmt: skip
             given = [name for name, used in model_only.items() if used]
             if given:
@@ -214,6 +218,7 @@ def eval_(
                     onnx_spec,
                     tta,
                     parse_scales(scales),
+                    max_pixels,
                 )
             # a DIS5K split of another size than the published one, and why DIS-TE1..4 folders get
             # no overall row
@@ -294,6 +299,7 @@ def _run_model(
     onnx_spec: str | None = None,
     tta: bool = False,
     scales: tuple[float, ...] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[PairPlan], dict[str, Any]]:
     """Run the model on the splits' images into --save-preds (or a temporary folder, which ``stack``
     removes after the scoring); plan the pairs. The checks and the pass are the engine's
@@ -337,6 +343,7 @@ def _run_model(
         stack,
         no_gt=no_gt,
         batch=batch,
+        max_pixels=max_pixels,
         allow_missing=allow_missing,
         progress=lambda name: view.progress(f"predict {name}", n_gt[name]),
     )

@@ -14,6 +14,7 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     CompileOpt,
     DeviceOpt,
+    MaxPixelsOpt,
     OnnxSpecOpt,
     PrecisionOpt,
     QuietOpt,
@@ -77,16 +78,7 @@ def predict(
             "(converted into the image's own RGB ICC profile, if it has one).",
         ),
     ] = "white",
-    max_pixels: Annotated[
-        int,
-        typer.Option(
-            "--max-pixels",
-            min=1,
-            help="Refuse images whose header says more pixels than this, before decoding them (default 2^27: "
-            "8192x8192 passes; a file claiming 33792x33792 does not).",
-            show_default=False,
-        ),
-    ] = DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     refine_foreground: Annotated[
         bool,
         typer.Option(
@@ -113,8 +105,10 @@ def predict(
         bool,
         typer.Option(
             "--skip-existing",
-            help="Skip images whose outputs all exist (resume a run; outputs are not checked for the "
-            "settings that made them, but an image changed since its outputs were written is done again).",
+            help="Skip images whose outputs all exist (resume a run with the same options). Done "
+            "again: an image changed since its outputs were written, and one whose outputs were made "
+            "with other weights, --size, --tta, --scales, --onnx-spec or --threshold (--bg and "
+            "--refine-foreground for cut-outs); --size as given, so give it as the run did.",
         ),
     ] = False,
     json_out: Annotated[
@@ -202,6 +196,17 @@ def predict(
             checked = torch_options() if any(_given(ctx, name) for name in _TORCH_CHECKED) else None
             if _given(ctx, "weights"):  # a moved or mistyped -w is said even when nothing is left to do
                 check_weights_file(Path(weights).expanduser(), "weights", MODEL_SUFFIXES)
+            made = None
+            if skip_existing:  # which earlier outputs this run's model and settings made
+                from pdseg_cli.data.colors import parse_color
+                from pdseg_cli.engine.made_with import made_with_file
+
+                asked_size, asked_bg = checked if checked is not None else (None, parse_color(bg))
+                made = made_with_file(
+                    Path(weights).expanduser(), size=asked_size, tta=tta, scales=parse_scales(scales),
+                    onnx_spec=onnx_spec, threshold=threshold, background=asked_bg,
+                    refine_foreground=refine_foreground,
+                )  # fmt: skip
             whole = plan_predict(
                 sources,
                 out,
@@ -210,12 +215,14 @@ def predict(
                 skip_existing=skip_existing,
                 refine_foreground=refine_foreground,
                 max_pixels=max_pixels,
+                made=made,
             )
             if rank == 0:  # every process plans alike: said once
                 prediction.named_not_read(sources, whole.not_images)
                 prediction.subfolders_not_read(unread_subfolders(sources, out, recursive))
                 prediction.own_outputs_left_out(whole.own_outputs)
                 prediction.unnamed_outputs_remade(whole.unnamed_outputs)
+                prediction.otherwise_made_remade(whole.otherwise_made)
             on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
             settings = {
                 "pdseg": __version__,
@@ -320,7 +327,7 @@ def _model_options(
     """Check the options that torch's modules check (about 2 s to import): (working size,
     background). Says which given options do not apply to the ``--save`` kinds asked for."""
     from pdseg_cli import runtime
-    from pdseg_cli.data.transforms import parse_color
+    from pdseg_cli.data.colors import parse_color
     from pdseg_cli.engine.predict import check_threshold, parse_size
 
     use_threads(threads, quiet=not env.is_main)

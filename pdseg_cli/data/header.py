@@ -356,9 +356,12 @@ def input_ids(source: Path) -> MarkedSource:
     return MarkedSource(source_id(source), content_id(source))
 
 
-def mark_of(ids: MarkedSource) -> str:
-    """:func:`output_mark` of an input whose :func:`input_ids` are known."""
-    return f"{OUTPUT_MARK} (input {ids.path_id}{f' {ids.content_id}' if ids.content_id else ''})"
+def mark_of(ids: MarkedSource, made: str | None = None) -> str:
+    """:func:`output_mark` of an input whose :func:`input_ids` are known; ``made``, the id of the
+    model and settings the output is made with (:meth:`pdseg_cli.engine.made_with.MadeWith.id_for`),
+    follows them (``pdseg 0.1.0 (input 3f9a1c2b7d4e5f60 0b1c2d3e4f5a6b7c; made 9e8d7c6b5a4f3e2d)``)."""
+    content = f" {ids.content_id}" if ids.content_id else ""
+    return f"{OUTPUT_MARK} (input {ids.path_id}{content}{f'; made {made}' if made else ''})"
 
 
 def made_from_another(found: MarkedSource | None, path_id: str, content: Callable[[], str | None]) -> bool:
@@ -372,16 +375,20 @@ def made_from_another(found: MarkedSource | None, path_id: str, content: Callabl
     return found.content_id is None or found.content_id != content()
 
 
-_SOURCE_IN_MARK = re.compile(rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?\)\x00*")
+_SOURCE_IN_MARK = re.compile(
+    rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?(?:; made ([0-9a-f]{16}))?\)\x00*"
+)
 
 
 @dataclass(frozen=True)
 class MarkedSource:
     """The input an output's mark names: :func:`source_id` and, in marks since 2026-12-07,
-    :func:`content_id` (None in older ones)."""
+    :func:`content_id` (None in older ones); and ``made``, the id of the model and settings the
+    output was made with (:func:`mark_of`), where the mark records one (None in marks before it did)."""
 
     path_id: str
     content_id: str | None
+    made: str | None = None
 
 
 def marked_source(path: Path, head: bytes | None = None) -> MarkedSource | None:
@@ -392,8 +399,10 @@ def marked_source(path: Path, head: bytes | None = None) -> MarkedSource | None:
     found = _SOURCE_IN_MARK.fullmatch(_software_text(path, head))
     if not found:
         return None
-    content = found.group(2)
-    return MarkedSource(found.group(1).decode(), content.decode() if content else None)
+    content, made = found.group(2), found.group(3)
+    return MarkedSource(
+        found.group(1).decode(), content.decode() if content else None, made.decode() if made else None
+    )
 
 
 def layout_and_mark(path: Path, head: bytes) -> tuple[tuple[str, int, int] | None, bool]:

@@ -181,8 +181,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MA
         if size is not None and size[0] * size[1] > max_pixels:
             w, h = size
             raise InputError(
-                f"{path}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (--max-pixels); "
-                "not decoded",
+                f"{path}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,}; not decoded",
                 hint="pass a larger --max-pixels if this machine has the memory for it",
             )
     warnings: list[str] = []

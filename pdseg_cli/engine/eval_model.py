@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdseg_cli import runtime
+from pdseg_cli.config import DEFAULT_MAX_PIXELS
 from pdseg_cli.data.dis5k import IMAGE_DIR, MASK_DIR, images_by_stem, misnamed_masks
 from pdseg_cli.data.eval_splits import SPLIT_LAYOUT
 from pdseg_cli.data.header import not_an_image
@@ -79,6 +80,7 @@ def run_model(
     *,
     no_gt: Mapping[str, list[str]] | None = None,
     batch: int = 1,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     allow_missing: bool = False,
     progress: Progress | None = None,
 ) -> ModelPass:
@@ -89,6 +91,8 @@ def run_model(
 
     Args:
         no_gt: per split, the images without a GT (:func:`check_split_gts`), for the report's notes.
+        max_pixels: images whose header says more pixels are not decoded (``--max-pixels``; None:
+            no limit): each is a GT without a prediction.
 
     Raises:
         DataError: GTs without a prediction (unless ``allow_missing``).
@@ -99,7 +103,13 @@ def run_model(
     root = save_preds if save_preds is not None else Path(stack.enter_context(temporary_folder()))
     try:
         plans, problems = predict_splits(
-            predictor, splits, root, batch=batch, allow_missing=allow_missing, progress=progress
+            predictor,
+            splits,
+            root,
+            batch=batch,
+            max_pixels=max_pixels,
+            allow_missing=allow_missing,
+            progress=progress,
         )
     except OutputWriteStopped as exc:  # predict's hint names --out and --skip-existing: not eval's
         where = (
@@ -120,6 +130,7 @@ def predict_split(
     out_dir: Path,
     *,
     batch: int = 1,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     on_progress: Callable[[Any], None] | None = None,
 ) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Run the model on the split's images that have a GT, writing ``out_dir/<stem>.png``.
@@ -141,7 +152,9 @@ def predict_split(
     no_image = sorted(gts.keys() - images.keys())
     if not todo:
         raise DataError(f"no image in {im_dir} matches a GT in {gt_dir} by name", hint=SPLIT_LAYOUT)
-    summary = predictor.predict_paths(todo, out_dir, batch=batch, on_progress=on_progress)
+    summary = predictor.predict_paths(
+        todo, out_dir, batch=batch, on_progress=on_progress, max_pixels=max_pixels
+    )
     failed = {Path(r.path).stem: (str(r.path), str(r.error)) for r in summary.failures}
     return no_image, failed
 
@@ -311,6 +324,7 @@ def predict_splits(
     root: Path,
     *,
     batch: int = 1,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     allow_missing: bool = False,
     progress: Progress | None = None,
 ) -> tuple[list[PairPlan], dict[str, list[str]]]:
@@ -321,6 +335,7 @@ def predict_splits(
         splits: (name, split folder with ``im/`` and ``gt/``).
         root: where the maps go (``--save-preds``, or a temporary folder).
         batch: images per forward pass.
+        max_pixels: images whose header says more pixels are not decoded (None: no limit).
         allow_missing: score the others when some GTs get no prediction.
         progress: ``progress(name)`` gives a context that yields the per-image callback.
 
@@ -335,7 +350,9 @@ def predict_splits(
     for name, folder in splits:
         out_dir = root / name
         with progress(name) if progress is not None else contextlib.nullcontext(None) as advance:
-            no_image, failed = predict_split(predictor, folder, out_dir, batch=batch, on_progress=advance)
+            no_image, failed = predict_split(
+                predictor, folder, out_dir, batch=batch, max_pixels=max_pixels, on_progress=advance
+            )
         gt_dir = folder / MASK_DIR
         images = list_maps(folder / IMAGE_DIR, "image")
         lines = [f"{gt_dir}/{stem}.*: no image of that name in {IMAGE_DIR}/" for stem in no_image]

@@ -35,7 +35,9 @@ from torch import nn
 from pdseg_cli import runtime
 from pdseg_cli.config import DEFAULT_MAX_PIXELS, FULL_SIZE_NAMES, NORMALIZATION
 from pdseg_cli.data import transforms as T
+from pdseg_cli.data.colors import parse_color
 from pdseg_cli.engine import predict_run
+from pdseg_cli.engine.made_with import MadeWith
 from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
@@ -261,6 +263,8 @@ class Predictor:
                 hint="drop --size: every image is resized to the model's input and the map back",
             )
         self.size_from_checkpoint = parsed is None
+        # what the outputs' marks record of the run (made_with): the options as asked
+        self._asked = (parsed, tuple(scales) if scales else None, onnx_spec)
         self.size: Size = parsed if parsed is not None else (self.train_size or DEFAULT_SIZE)
         # the working sides of a multi-scale run, largest last; () for one pass at self.size
         self.scale_sides = scale_sides(scales, self.size, fixed)
@@ -293,6 +297,23 @@ class Predictor:
         recompiles = compile_full_size_note(compile_mode, self.size)
         self.notes: list[str] = [n for n in (ignored, slow, far, recompiles) if n]
         self.notes += list(getattr(model, "notes", ()))
+
+    def made_with(
+        self,
+        threshold: float | None = None,
+        background: Sequence[int] | str = (255, 255, 255),
+        refine_foreground: bool = True,
+    ) -> MadeWith | None:
+        """This predictor's model and settings, with those of a run, as an output's mark records
+        them (:mod:`pdseg_cli.engine.made_with`); None for a model given as a module, which no file's
+        hash names (its outputs' marks then record no settings)."""
+        if self.weights_sha256 is None:
+            return None
+        size, scales, onnx_spec = self._asked
+        return MadeWith(
+            self.weights_sha256, size, self.tta, scales, onnx_spec, threshold,
+            background_colour(background), refine_foreground,
+        )  # fmt: skip
 
     @property
     def doubts(self) -> list[str]:
@@ -535,6 +556,7 @@ class Predictor:
             dist=dist,
             refine_foreground=refine_foreground,
             max_pixels=max_pixels,
+            made=self.made_with(threshold, background, refine_foreground),
         )
         return self.run_plan(
             plan, threshold=threshold, background=background, batch=batch, on_progress=on_progress, dist=dist
@@ -566,6 +588,7 @@ class Predictor:
         return predict_run.run_plan(
             self,
             plan,
+            made=self.made_with(threshold, background, plan.refine_foreground),
             threshold=threshold,
             background=background_colour(background),
             batch=batch,
@@ -642,7 +665,7 @@ def background_colour(background: Sequence[int] | str) -> tuple[int, ...]:
     """
     if isinstance(background, str):
         try:
-            return T.parse_color(background)
+            return parse_color(background)
         except ValueError as exc:
             raise InputError(f"background {exc}") from None
     colour = tuple(background)

@@ -31,6 +31,7 @@ from pdseg_cli.data.atomic import (
     name_too_long,
     sweep_folder,
 )
+from pdseg_cli.engine.made_with import MadeWith
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -656,19 +657,41 @@ def _earlier_output(path: Path, kind: str) -> bool:
     return path.is_file() and not_an_output(path, kind) is None
 
 
-def _done_by(output: Path, kind: str, source: Path, changed: _ChangedInputs, unnamed: list[Path]) -> bool:
-    """Whether ``output``, an earlier ``kind`` output, shows ``source``'s image done for
-    --skip-existing: made from it (its mark names it) and not from an earlier state of it. A pdseg
-    of 2026-12-06 marked its outputs without naming their input: such an output may be another
-    input's of the same name (the last camera card's IMG_0001.JPG), which was taken as done, so
-    the image is made again, and the output noted in ``unnamed``."""
-    if not _earlier_output(output, kind):
-        return False
-    marked = header.marked_source(output)
-    if marked is None:
-        unnamed.append(output)
-        return False
-    return not changed.since(output, source, marked)
+class _Resume:
+    """--skip-existing's look at earlier outputs: which show their image done, and the outputs that
+    do not for a reason the user is told (:attr:`PredictPlan.unnamed_outputs`,
+    :attr:`PredictPlan.otherwise_made`).
+
+    ``made``: this run's model and settings (:class:`MadeWith`); None takes an output made with
+    any as done (a caller that does not say them)."""
+
+    def __init__(self, made: MadeWith | None) -> None:
+        self.made = made
+        self.changed = _ChangedInputs()
+        self.unnamed: list[Path] = []
+        self.otherwise_made: list[Path] = []
+
+    def done_by(self, output: Path, kind: str, source: Path) -> bool:
+        """Whether ``output``, an earlier ``kind`` output, shows ``source``'s image done: made from
+        it (its mark names it), with this run's model and settings where its mark records them, and
+        not from an earlier state of it.
+
+        A pdseg of 2026-12-06 marked its outputs without naming their input: such an output may be
+        another input's of the same name (the last camera card's IMG_0001.JPG), so the image is made
+        again, and the output noted in ``unnamed``. One made with other weights or settings (a run
+        gone on with another model) is made again too, and noted in ``otherwise_made``; marks
+        before the settings were recorded in them say nothing about them, and are taken as they
+        were."""
+        if not _earlier_output(output, kind):
+            return False
+        marked = header.marked_source(output)
+        if marked is None:
+            self.unnamed.append(output)
+            return False
+        if self.made is not None and marked.made is not None and marked.made != self.made.id_for(kind):
+            self.otherwise_made.append(output)
+            return False
+        return not self.changed.since(output, source, marked)
 
 
 class _ChangedInputs:
@@ -860,7 +883,10 @@ class PredictPlan:
         own_outputs: pdseg's own outputs found among the inputs of a folder or pattern
             (:func:`split_own_outputs`): not segmented, and said.
         unnamed_outputs: earlier outputs that --skip-existing does not take as done, as their mark
-            names no input (:func:`_done_by`): their images are made again, and said.
+            names no input (:meth:`_Resume.done_by`): their images are made again, and said.
+        otherwise_made: earlier outputs that --skip-existing does not take as done, as their mark
+            records other weights or settings than this run's (:mod:`pdseg_cli.engine.made_with`):
+            their images are made again, and said.
     """
 
     out_dir: Path
@@ -874,6 +900,7 @@ class PredictPlan:
     left_in_out: list[Path] = field(default_factory=list)
     own_outputs: list[Path] = field(default_factory=list)
     unnamed_outputs: list[Path] = field(default_factory=list)
+    otherwise_made: list[Path] = field(default_factory=list)
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
         """This process's share of a plan for the whole run, as :func:`plan_predict` with ``dist``
@@ -907,8 +934,12 @@ def plan_predict(
     dist: runtime.Distributed | None = None,
     refine_foreground: bool = True,
     max_pixels: int | None = imio.DEFAULT_MAX_PIXELS,
+    made: MadeWith | None = None,
 ) -> PredictPlan:
     """Find the inputs, check ``out_dir``, refuse clashes, and take this process's share.
+
+    ``made``: the model and settings the run will make its outputs with; --skip-existing makes an
+    image again whose outputs' marks record others (None: outputs made with any are done).
 
     Raises:
         InputError: no images found, ``out_dir`` unusable, an output that would overwrite an
@@ -986,16 +1017,15 @@ def plan_predict(
     if clashes:
         _refuse_clashes(clashes, recursive, folded, out, inputs)
     _refuse_other_inputs_outputs(out, inputs, save, skip_existing)
-    changed = _ChangedInputs()
-    unnamed: list[Path] = []  # outputs whose mark names no input: no proof of this input's
-    # lists, not generators: every output is looked at, so that each unnamed one is counted
+    resume = _Resume(made)
+    # lists, not generators: every output is looked at, so that each one not taken is counted
     done = {
         item.path
         for item in inputs
         if skip_existing
         and all(
             [
-                any([_done_by(p, kind, item.path, changed, unnamed) for p in paths])
+                any([resume.done_by(p, kind, item.path) for p in paths])
                 for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
             ]
         )
@@ -1010,6 +1040,6 @@ def plan_predict(
     left = images_left_in_out(out, inputs) if passed_out else []
     whole = PredictPlan(
         out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, own_outputs,
-        sorted(set(unnamed)),
+        sorted(set(resume.unnamed)), sorted(set(resume.otherwise_made)),
     )  # fmt: skip
     return whole.share(dist)

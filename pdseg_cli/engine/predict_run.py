@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import errno
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from pdseg_cli.data import images as imio
 from pdseg_cli.data import transforms as T
 from pdseg_cli.data.foreground import estimate_foreground
 from pdseg_cli.data.icc import srgb_into_profile
+from pdseg_cli.engine.made_with import MadeWith
 from pdseg_cli.engine.onnx_backend import ModelRunError
 from pdseg_cli.engine.output_kinds import HIGH_DEPTH_SUFFIX, OUTPUT_KINDS, output_path
 from pdseg_cli.engine.predict_plan import InputFile, PredictPlan
@@ -117,6 +118,7 @@ def run_plan(
     predictor: Predictor,
     plan: PredictPlan,
     *,
+    made: MadeWith | None = None,
     threshold: float | None,
     background: tuple[int, ...],
     batch: int,
@@ -128,11 +130,13 @@ def run_plan(
 ) -> PredictSummary:
     """Segment the plan's images with ``predictor`` and write their outputs.
 
-    The arguments are :meth:`pdseg_cli.engine.predict.Predictor.run_plan`'s, which checks them.
+    The arguments are :meth:`pdseg_cli.engine.predict.Predictor.run_plan`'s, which checks them;
+    ``made``, the model and settings the outputs' marks record (None: none recorded).
 
     Returns:
         The summary; under torchrun every process gets the merged one.
     """
+    runtime.forget_stop()  # a stop noted by an earlier run in this process is not this run's
     results = [FileResult(i.path, "skipped", index=i.index) for i in plan.skipped]
     for r in results:
         _call(on_progress, r)
@@ -149,6 +153,7 @@ def run_plan(
         read_workers,
         write_workers,
         on_stopping=on_stopping,
+        made=made,
     )
     stop: Stop | None = None
     interrupted = False
@@ -183,6 +188,7 @@ def run_plan(
         stopped=stop,
         interrupted=interrupted,
         model_warnings=predictor.doubts,
+        stop_signal=runtime.stop_name() if interrupted else None,
     )
     if interrupted:
         raise PredictInterrupted(local)
@@ -212,8 +218,11 @@ class _FolderRun:
         write_workers: int | None,
         *,
         on_stopping: Callable[[int], None] | None = None,
+        made: MadeWith | None = None,
     ) -> None:
         self.predictor, self.plan = predictor, plan
+        # each kind's id of the model and settings, for its outputs' marks (made_with)
+        self.made_ids = {kind: made.id_for(kind) if made else None for kind in plan.save}
         self.threshold, self.background, self.batch = threshold, background, batch
         self.on_progress, self.results = on_progress, results
         # the cores this process may run on (affinity-aware), so a pinned run does not oversubscribe
@@ -382,7 +391,8 @@ class _FolderRun:
                 g.warnings.append(_nan_note(g.item.path, int(nan), logits[0].numel(), predictor.precision))
         for g, m in zip(group, maps, strict=True):
             g.array = None  # free the model input before the write
-            self.writes.append(self.writers.submit(_write_outputs, self.plan, g, m, self.background))
+            written = self.writers.submit(_write_outputs, self.plan, g, m, self.background, self.made_ids)
+            self.writes.append(written)
         self.collect_writes(self.max_writes)
 
     def free_memory(self) -> None:
@@ -475,16 +485,20 @@ def _read(predictor: Predictor, item: InputFile, keep_pixels: bool, max_pixels: 
 
 
 def _write_outputs(
-    plan: PredictPlan, prepared: _Prepared, byte_map: np.ndarray, background: tuple[int, ...]
+    plan: PredictPlan,
+    prepared: _Prepared,
+    byte_map: np.ndarray,
+    background: tuple[int, ...],
+    made_ids: Mapping[str, str | None],
 ) -> FileResult:
-    """Writer thread: make and write every requested output of one image, each atomically."""
+    """Writer thread: make and write every requested output of one image, each atomically, each
+    marked with its input and ``made_ids[kind]`` (the model and settings it is made with)."""
     item = prepared.item
     written: list[Path] = []
     path = plan.out_dir
     pixels = prepared.pixels
     colour: np.ndarray | None = None  # made once, for every output made from the image
     ids = header.input_ids(item.path)
-    mark = header.mark_of(ids)
     paths = {
         name: output_path(plan.out_dir / item.rel_dir, item.path.stem, name, prepared.high_depth)
         for name in plan.save
@@ -520,6 +534,7 @@ def _write_outputs(
             else:
                 data = kind.make(colour, byte_map, painted)
             density = prepared.density if kind.carries_density else None
+            mark = header.mark_of(ids, made_ids[name])
             # the mark is how a later run tells its own earlier outputs (replaced) from the user's
             # files of the same layout, such as GT masks (refused: predict_plan.not_an_output), and
             # outputs of another input of the same name (refused: predict_plan, other_inputs_outputs,

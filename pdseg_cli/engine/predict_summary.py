@@ -78,6 +78,8 @@ class PredictSummary:
             (:func:`pdseg_cli.engine.predict_plan.split_own_outputs`).
         stopped: the write that stopped the run (a full disk: :class:`OutputWriteStopped`), the
             first in input order under torchrun; None when the run went to the end.
+        interrupted: a Ctrl-C or a stop signal ended the run before its end (one process);
+            ``stop_signal`` names which (``SIGINT`` for a Ctrl-C, ``SIGTERM``, ``SIGHUP``).
         model_warnings: what the maps say against how the model is read (``Predictor.doubts``: a
             foreign ONNX output taken as a logit that gives probabilities), every process's.
     """
@@ -95,6 +97,7 @@ class PredictSummary:
     stopped: Stop | None = None
     interrupted: bool = False
     not_reached: list[Path] = field(default_factory=list)
+    stop_signal: str | None = None
     model_warnings: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -134,9 +137,19 @@ class PredictSummary:
         (``{"input", "status": done|skipped|failed, "outputs", "error", "warnings"}``), the files
         that are not images, ``settings`` (the weights, the options) with how the model ran, and
         ``stopped``: None for a run that went to the end, else why it stopped (``interrupted``, or
-        the write error that stopped it) and the inputs it did not reach."""
+        the write error that stopped it), the signal that interrupted it (``SIGINT`` for a Ctrl-C,
+        ``SIGTERM`` for a kill or a scheduler's time limit; None after a write error) and the
+        inputs it did not reach."""
         why = "interrupted" if self.interrupted else self.stopped.result.error if self.stopped else None
-        stop = None if why is None else {"why": why, "not_reached": [str(p) for p in self.not_reached]}
+        stop = (
+            None
+            if why is None
+            else {
+                "why": why,
+                "signal": self.stop_signal if self.interrupted else None,
+                "not_reached": [str(p) for p in self.not_reached],
+            }
+        )
         return {
             "counts": {
                 "done": self.done,

@@ -43,8 +43,11 @@ from pdseg_cli.runtime.precision import (
 )
 from pdseg_cli.runtime.quiet_warnings import ignoring_warnings, recording_warnings
 from pdseg_cli.runtime.stop import (
+    forget_stop,
     interrupt_on_stop_signals,
+    interrupted_line,
     set_stop_handlers,
+    stop_name,
     stop_signals,
     stopped_by,
     stopping,
@@ -99,6 +102,9 @@ __all__ = [
     "ignoring_warnings",
     "recording_warnings",
     "stopped_by",
+    "stop_name",
+    "forget_stop",
+    "interrupted_line",
     "stopping",
     "default_threads",
     "maps_threads",

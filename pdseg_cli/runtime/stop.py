@@ -52,10 +52,34 @@ def note_stop(signum: int) -> None:
     _stopped_by[:] = [signum]
 
 
+def forget_stop() -> None:
+    """Forget the signal noted before (:func:`note_stop`): a long-lived process (a notebook, a
+    service using the Python API) starts each run anew, so that a Ctrl-C after an earlier run's
+    SIGTERM is not named as that SIGTERM."""
+    _stopped_by.clear()
+
+
 def stopped_by() -> int:
     """The signal that stopped the command, the one the process ends by (``signal_exit.end_by``): the
     last one noted by :func:`note_stop`, else SIGINT (a Ctrl-C)."""
     return _stopped_by[0] if _stopped_by else int(signal.SIGINT)
+
+
+def stop_name() -> str:
+    """The name of the signal that stopped the command (:func:`stopped_by`): ``SIGINT`` for a Ctrl-C,
+    ``SIGTERM``, ``SIGHUP``."""
+    try:
+        return signal.Signals(stopped_by()).name
+    except ValueError:  # a number the platform has no name for
+        return f"signal {stopped_by()}"
+
+
+def interrupted_line() -> str:
+    """The error line of a stopped command: "interrupted" after a Ctrl-C, else with the signal that
+    stopped it ("interrupted (SIGTERM)": a kill, or a job scheduler's time limit), so that a log
+    tells a person's Ctrl-C from a scheduler's stop."""
+    name = stop_name()
+    return "interrupted" if name == "SIGINT" else f"interrupted ({name})"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
