@@ -553,10 +553,11 @@ def _made_id(path: Path) -> str | None:
     return found.made
 
 
-def test_skip_existing_makes_again_what_other_weights_or_settings_made(
+def test_skip_existing_refuses_what_other_weights_or_settings_made(
     tmp_path: Path, spread_tiny_ckpt: Path
 ) -> None:
-    """A folder resumed with another model or --threshold held the maps of two runs in silence."""
+    """A folder resumed with another model or --threshold held the maps of two runs in silence; and
+    remaking them would replace hours of maps where an option was only forgotten."""
     import shutil
 
     from helpers import tiny_checkpoint
@@ -565,37 +566,65 @@ def test_skip_existing_makes_again_what_other_weights_or_settings_made(
     out = tmp_path / "out"
     first = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "-s", "mask,composite")
     assert first.exit_code == 0, first.output
-    made = {name: _made_id(out / name) for name in ("cat.png", "cat_composite.png")}
+    names = ("cat.png", "cat_composite.png")
+    made = {name: _made_id(out / name) for name in names}
     assert None not in made.values() and len(set(made.values())) == 2
+    before = {name: (out / name).read_bytes() for name in names}
 
     # the same weights under another name, and another --bg for the mask alone: done
     copy = shutil.copy(spread_tiny_ckpt, tmp_path / "renamed.pt")
     again = _predict(images, "--out", out, "-w", copy, "--skip-existing", "--bg", "black")
     assert again.exit_code == 0 and "nothing to do" in flat(again.output), again.output
 
-    # another --bg for the composite: made again, and said
-    both = ["-s", "mask,composite", "--skip-existing"]
-    painted = _predict(images, "--out", out, "-w", copy, *both, "--bg", "black")
-    text = flat(painted.output)
-    assert painted.exit_code == 0 and "1 earlier output" in text and "other weights or settings" in text, text
-    assert "cat_composite.png" in text and _made_id(out / "cat_composite.png") != made["cat_composite.png"]
-    assert _made_id(out / "cat.png") == made["cat.png"]
-
-    # other weights, then another --threshold: made again
+    # another --bg for the composite, other weights, another --threshold: refused, nothing written
     other = tiny_checkpoint(tmp_path / "other.pt", train_size=64, classifier_std=3.0, seed=1)
-    for options in (["-w", other], ["-w", spread_tiny_ckpt, "--threshold", "0.5"]):
-        before = _made_id(out / "cat.png")
-        redone = _predict(images, "--out", out, *options, "--skip-existing")
-        assert redone.exit_code == 0 and "other weights or settings" in flat(redone.output), redone.output
-        assert _made_id(out / "cat.png") != before
-    binary = cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED)
-    assert set(np.unique(binary)) <= {0, 255}  # the --threshold run's mask
+    black = ["-s", "mask,composite", "--bg", "black"]
+    cases = [
+        (["-w", copy, *black], "1 earlier output", "other settings (the same"),
+        (["-w", other], "1 earlier output", "made with other weights than"),
+        (["-w", other, *black], "2 earlier outputs", "made with other weights than"),
+        (["-w", spread_tiny_ckpt, "--threshold", "0.5"], "1 earlier output", "other settings (the same"),
+    ]
+    for options, count, what in cases:
+        refused = _predict(images, "--out", out, *options, "--skip-existing")
+        text = flat(refused.output)
+        assert refused.exit_code == 2 and f"{count} in {out}" in text and what in text, (options, text)
+        assert "drop --skip-existing to make every image again" in text
+        assert {name: (out / name).read_bytes() for name in names} == before
+    # without --skip-existing the run makes them again, as any rerun replaces its own outputs
+    redone = _predict(images, "--out", out, "-w", spread_tiny_ckpt, "--threshold", "0.5")
+    assert redone.exit_code == 0 and _made_id(out / "cat.png") != made["cat.png"]
+    assert set(np.unique(cv2.imread(str(out / "cat.png"), cv2.IMREAD_UNCHANGED))) <= {0, 255}
+
+
+def test_the_refusal_says_whether_weights_or_settings_differ(tmp_path: Path) -> None:
+    from pdseg_cli.engine.predict_plan import _refuse_otherwise_made
+    from pdseg_cli.errors import InputError
+
+    _refuse_otherwise_made(tmp_path, [])  # none: nothing to say
+    for outputs, said, options in (
+        ([(tmp_path / "a.png", True)], "1 earlier output in", "--size, --tta"),
+        (
+            [(tmp_path / "a.png", False), (tmp_path / "b.png", False)],
+            "were made with other weights than",
+            "--weights (the",
+        ),
+        (
+            [(tmp_path / "a.png", False), (tmp_path / "b.png", True)],
+            "other weights or settings",
+            "--weights, --size",
+        ),
+    ):
+        with pytest.raises(InputError) as info:
+            _refuse_otherwise_made(tmp_path, outputs)
+        assert said in info.value.message and f"give the earlier run's {options}" in (info.value.hint or "")
 
 
 def test_the_command_and_the_api_record_the_same_settings(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     """The command works the id out before the model loads, a Predictor from itself: the two agree,
     so a folder started with one goes on with the other."""
     from pdseg_cli import Predictor
+    from pdseg_cli.errors import InputError
 
     images, _, _ = _gt_folder(tmp_path)
     out = tmp_path / "out"
@@ -604,13 +633,15 @@ def test_the_command_and_the_api_record_the_same_settings(tmp_path: Path, spread
     predictor = Predictor(spread_tiny_ckpt, device="cpu", size=64, scales=(0.5, 1.0))
     summary = predictor.predict_paths([images], out, save="mask,alpha", threshold=0.25, skip_existing=True)
     assert [r.status for r in summary.results] == ["skipped"]
-    summary = predictor.predict_paths([images], out, save="mask,alpha", threshold=0.75, skip_existing=True)
-    assert [r.status for r in summary.results] == ["done"]
+    with pytest.raises(InputError, match="2 earlier outputs .* made with other settings"):
+        predictor.predict_paths([images], out, save="mask,alpha", threshold=0.75, skip_existing=True)
+    predictor.predict_paths([images], out, save="mask,alpha", threshold=0.75)  # made again
     again = _predict(images, "--out", out, "-w", spread_tiny_ckpt, *asked, "--skip-existing")
-    assert again.exit_code == 0 and "other weights or settings" in flat(again.output), again.output
+    assert again.exit_code == 2 and "other settings" in flat(again.output), again.output
+    predictor.predict_paths([images], out, save="mask,alpha", threshold=0.25)
     report = tmp_path / "run.json"
     done = _predict(images, "--out", out, "-w", spread_tiny_ckpt, *asked, "--skip-existing", "--json", report)
-    assert done.exit_code == 0 and "other weights or settings" not in flat(done.output), done.output
+    assert done.exit_code == 0, done.output
     assert [f["status"] for f in json.loads(report.read_text())["files"]] == ["skipped"]
 
 

@@ -105,10 +105,10 @@ def predict(
         bool,
         typer.Option(
             "--skip-existing",
-            help="Skip images whose outputs all exist (resume a run with the same options). Done "
-            "again: an image changed since its outputs were written, and one whose outputs were made "
-            "with other weights, --size, --tta, --scales, --onnx-spec or --threshold (--bg and "
-            "--refine-foreground for cut-outs); --size as given, so give it as the run did.",
+            help="Skip images whose outputs all exist: resume a run, with its options. An image changed "
+            "since its outputs were written is done again; outputs made with other weights, --size, --tta, "
+            "--scales, --onnx-spec or --threshold (--bg and --refine-foreground for cut-outs) are refused, "
+            "so a folder never mixes two runs' maps (--size as given: give it as the run did).",
         ),
     ] = False,
     json_out: Annotated[
@@ -222,7 +222,6 @@ def predict(
                 prediction.subfolders_not_read(unread_subfolders(sources, out, recursive))
                 prediction.own_outputs_left_out(whole.own_outputs)
                 prediction.unnamed_outputs_remade(whole.unnamed_outputs)
-                prediction.otherwise_made_remade(whole.otherwise_made)
             on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
             settings = {
                 "pdseg": __version__,

@@ -57,12 +57,12 @@ class MadeWith:
     refine_foreground: bool = True
 
     def id_for(self, kind: str) -> str:
-        """The id an output of ``kind`` (a ``--save`` name) is marked with: 16 hex digits of a sha256
-        of the settings that decide that kind's pixels, so that a mask made before with another
-        ``--bg`` is still this run's mask."""
+        """The id an output of ``kind`` (a ``--save`` name) is marked with: 16 hex digits, the first
+        8 of the weights' sha256 (:meth:`same_weights` tells by them whether the weights or the
+        settings differ), then 8 of a sha256 of the settings that decide that kind's pixels, so that
+        a mask made before with another ``--bg`` is still this run's mask."""
         output = OUTPUT_KINDS[kind]
         settings: dict[str, Any] = {
-            "weights": self.weights_sha256,
             "size": self.size,
             "tta": bool(self.tta),
             # one pass whichever way it is asked for; otherwise the scales as a set, in order
@@ -76,7 +76,12 @@ class MadeWith:
         if output.uses_background:
             settings["background"] = [int(c) for c in self.background]
         text = json.dumps(settings, sort_keys=True, default=repr)
-        return hashlib.sha256(text.encode()).hexdigest()[:ID_DIGITS]
+        half = ID_DIGITS // 2
+        return self.weights_sha256[:half] + hashlib.sha256(text.encode()).hexdigest()[:half]
+
+    def same_weights(self, made_id: str) -> bool:
+        """Whether an output marked ``made_id`` (:meth:`id_for`) was made with these weights."""
+        return made_id[: ID_DIGITS // 2] == self.weights_sha256[: ID_DIGITS // 2]
 
 
 def made_with_file(

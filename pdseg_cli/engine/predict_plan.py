@@ -659,8 +659,8 @@ def _earlier_output(path: Path, kind: str) -> bool:
 
 class _Resume:
     """--skip-existing's look at earlier outputs: which show their image done, and the outputs that
-    do not for a reason the user is told (:attr:`PredictPlan.unnamed_outputs`,
-    :attr:`PredictPlan.otherwise_made`).
+    do not for a reason the user is told (:attr:`PredictPlan.unnamed_outputs`, and
+    ``otherwise_made``, which :func:`_refuse_otherwise_made` refuses).
 
     ``made``: this run's model and settings (:class:`MadeWith`); None takes an output made with
     any as done (a caller that does not say them)."""
@@ -669,7 +669,7 @@ class _Resume:
         self.made = made
         self.changed = _ChangedInputs()
         self.unnamed: list[Path] = []
-        self.otherwise_made: list[Path] = []
+        self.otherwise_made: list[tuple[Path, bool]] = []  # and whether the weights were the same
 
     def done_by(self, output: Path, kind: str, source: Path) -> bool:
         """Whether ``output``, an earlier ``kind`` output, shows ``source``'s image done: made from
@@ -678,10 +678,9 @@ class _Resume:
 
         A pdseg of 2026-12-06 marked its outputs without naming their input: such an output may be
         another input's of the same name (the last camera card's IMG_0001.JPG), so the image is made
-        again, and the output noted in ``unnamed``. One made with other weights or settings (a run
-        gone on with another model) is made again too, and noted in ``otherwise_made``; marks
-        before the settings were recorded in them say nothing about them, and are taken as they
-        were."""
+        again, and the output noted in ``unnamed``. One made with other weights or settings is
+        noted in ``otherwise_made``, with whether its weights were these; marks before the settings
+        were recorded in them say nothing about them, and are taken as they were."""
         if not _earlier_output(output, kind):
             return False
         marked = header.marked_source(output)
@@ -689,9 +688,36 @@ class _Resume:
             self.unnamed.append(output)
             return False
         if self.made is not None and marked.made is not None and marked.made != self.made.id_for(kind):
-            self.otherwise_made.append(output)
+            self.otherwise_made.append((output, self.made.same_weights(marked.made)))
             return False
         return not self.changed.since(output, source, marked)
+
+
+def _refuse_otherwise_made(out: Path, outputs: Sequence[tuple[Path, bool]]) -> None:
+    """Refuse a --skip-existing run into an ``out`` whose earlier outputs were made with other
+    weights or settings (:mod:`pdseg_cli.engine.made_with`); ``outputs``: each with whether its
+    weights were this run's. Going on would leave a folder of two runs' maps, or make every image
+    again where an option was only forgotten (a resume without the ``--size 1024`` the run had:
+    hours of maps replaced); which of the two is meant is the user's to say.
+
+    Raises:
+        InputError: there are such outputs.
+    """
+    if not outputs:
+        return
+    was = "was" if len(outputs) == 1 else "were"
+    settings = "--size, --tta, --scales, --onnx-spec and --threshold (cut-outs: --bg, --refine-foreground)"
+    if not any(same for _, same in outputs):
+        what, options = "other weights", "--weights (the file, or a copy of it)"
+    elif all(same for _, same in outputs):
+        what, options = "other settings (the same weights)", settings
+    else:
+        what, options = "other weights or settings", f"--weights, {settings}"
+    raise InputError(
+        f"{counted(len(outputs), 'earlier output')} in {out} {was} made with {what} than this run's "
+        f"({listing([str(p) for p, _ in outputs], 3)}); --skip-existing goes on with the options a run had",
+        hint=f"give the earlier run's {options}, or drop --skip-existing to make every image again",
+    )
 
 
 class _ChangedInputs:
@@ -884,9 +910,6 @@ class PredictPlan:
             (:func:`split_own_outputs`): not segmented, and said.
         unnamed_outputs: earlier outputs that --skip-existing does not take as done, as their mark
             names no input (:meth:`_Resume.done_by`): their images are made again, and said.
-        otherwise_made: earlier outputs that --skip-existing does not take as done, as their mark
-            records other weights or settings than this run's (:mod:`pdseg_cli.engine.made_with`):
-            their images are made again, and said.
     """
 
     out_dir: Path
@@ -900,7 +923,6 @@ class PredictPlan:
     left_in_out: list[Path] = field(default_factory=list)
     own_outputs: list[Path] = field(default_factory=list)
     unnamed_outputs: list[Path] = field(default_factory=list)
-    otherwise_made: list[Path] = field(default_factory=list)
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
         """This process's share of a plan for the whole run, as :func:`plan_predict` with ``dist``
@@ -943,8 +965,9 @@ def plan_predict(
 
     Raises:
         InputError: no images found, ``out_dir`` unusable, an output that would overwrite an
-            input, two inputs that would write the same output file, or an output name longer
-            than ``out_dir``'s file system takes.
+            input, two inputs that would write the same output file, an output name longer
+            than ``out_dir``'s file system takes, or with ``skip_existing`` earlier outputs made
+            with other weights or settings than ``made``.
     """
     if isinstance(sources, (str, os.PathLike)):  # one folder or file, not its characters
         sources = [sources]
@@ -1030,6 +1053,7 @@ def plan_predict(
             ]
         )
     }
+    _refuse_otherwise_made(out, sorted(set(resume.otherwise_made)))
     # over every process's inputs, so that all of them refuse together
     _refuse_foreign_files(out, [item for item in inputs if item.path not in done], save)
     check_out_dir(out)  # only now: a refused run leaves no empty --out behind
@@ -1040,6 +1064,6 @@ def plan_predict(
     left = images_left_in_out(out, inputs) if passed_out else []
     whole = PredictPlan(
         out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, own_outputs,
-        sorted(set(resume.unnamed)), sorted(set(resume.otherwise_made)),
+        sorted(set(resume.unnamed)),
     )  # fmt: skip
     return whole.share(dist)

@@ -167,21 +167,6 @@ def unnamed_outputs_remade(paths: Sequence[Path]) -> None:
         )
 
 
-def otherwise_made_remade(paths: Sequence[Path]) -> None:
-    """A status line for earlier outputs that --skip-existing does not take as done, as their mark
-    records other weights or settings than this run's (:mod:`pdseg_cli.engine.made_with`): their
-    images are made again."""
-    if paths:
-        one = len(paths) == 1
-        was, its = ("was", "its") if one else ("were", "their")
-        ui.info(
-            f"{counted(len(paths), 'earlier output')} ({listing([str(p) for p in paths], 3)}) {was} made "
-            "with other weights or settings (--weights, --size, --tta, --scales, --onnx-spec, "
-            f"--threshold; --bg and --refine-foreground for cut-outs): {its} images are made again with "
-            "this run's (give the earlier run's options to go on with it instead)"
-        )
-
-
 def subfolders_not_read(folders: Sequence[Path]) -> None:
     """A status line naming the subfolders a run without --recursive passes over."""
     if folders:
