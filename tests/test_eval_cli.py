@@ -355,6 +355,20 @@ def test_pred_and_weights_exclude_each_other(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "drop --size, --onnx-spec, --batch" in flat(result.output)
 
 
+def test_a_refused_eval_writes_its_error_as_the_report(tmp_path: Path) -> None:
+    """The last run's scores were left in place for a script that reads the report alone."""
+    split = edge_case_split(tmp_path / "s", CASES)
+    report = tmp_path / "scores.json"
+    args = ["--split", split, "--pred", split / "pred", "--json", report]
+    assert _run(*args, cache=tmp_path / "c").exit_code == 0
+    assert "splits" in json.loads(report.read_text())
+    (split / "pred" / f"{CASES[0]}.png").unlink()
+    refused = _run(*args, cache=tmp_path / "c")
+    data = json.loads(report.read_text())
+    assert refused.exit_code == 2 and "have no prediction" in data["error"], refused.output
+    assert "--allow-missing" in data["hint"] and "splits" not in data
+
+
 def test_max_pixels_is_evals_too(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
     """An image over the limit was refused with the hint to pass --max-pixels, which eval lacked."""
     split = edge_case_split(tmp_path / "s", CASES[:2], images=True)

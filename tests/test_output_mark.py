@@ -534,6 +534,39 @@ def test_the_settings_id_follows_what_each_kind_is_made_of() -> None:
     assert MadeWith("a" * 64, scales=()).id_for("mask") == mask
 
 
+def test_every_predict_option_is_in_the_settings_id_or_known_not_to_change_pixels() -> None:
+    """A new option that changes the maps must go into MadeWith, or --skip-existing would take an
+    output made without it as done."""
+    import dataclasses
+    import inspect
+
+    from pdseg_cli.commands.predict import predict
+    from pdseg_cli.engine.made_with import MadeWith
+
+    # the option's parameter name in `predict`, per MadeWith field
+    in_id = {
+        "weights_sha256": "weights", "size": "size", "tta": "tta", "scales": "scales",
+        "onnx_spec": "onnx_spec", "threshold": "threshold", "background": "bg",
+        "refine_foreground": "refine_foreground",
+    }  # fmt: skip
+    assert set(in_id) == {f.name for f in dataclasses.fields(MadeWith)}
+    # where the outputs go and which, which images, reports and messages; and float rounding only
+    # (benchmarks/RESULTS.md, 'bf16 against fp32'), left out so that a run goes on elsewhere
+    not_pixels = {
+        "ctx", "sources", "out_text", "save", "max_pixels", "recursive", "skip_existing", "json_out",
+        "quiet", "batch", "device", "precision", "compile_mode", "threads",
+    }  # fmt: skip
+    assert set(inspect.signature(predict).parameters) == set(in_id.values()) | not_pixels
+
+
+def test_scales_of_another_kind_are_refused_as_before(spread_tiny_ckpt: Path) -> None:
+    from pdseg_cli import Predictor
+    from pdseg_cli.errors import InputError
+
+    with pytest.raises(InputError, match="give a list of numbers"):
+        Predictor(spread_tiny_ckpt, device="cpu", scales=np.array([0.5, 1.0]))
+
+
 def test_the_mark_records_the_settings_id(tmp_path: Path) -> None:
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"photo")
@@ -545,6 +578,12 @@ def test_the_mark_records_the_settings_id(tmp_path: Path) -> None:
         ids.path_id, ids.content_id, "0123456789abcdef"
     )
     assert header.mark_of(ids) == header.output_mark(photo)  # no id: the mark of before
+    # a later pdseg's fields after "; " are passed over: its outputs still name their input here
+    later = f"pdseg 9.0 (input {ids.path_id} {ids.content_id}; made 0123456789abcdef; model 7 x)"
+    imio.write_png(tmp_path / "later.png", textured_image()[..., 0], software=later)
+    assert header.marked_source(tmp_path / "later.png") == header.MarkedSource(
+        ids.path_id, ids.content_id, "0123456789abcdef"
+    )
 
 
 def _made_id(path: Path) -> str | None:
@@ -598,10 +637,13 @@ def test_skip_existing_refuses_what_other_weights_or_settings_made(
 
 
 def test_the_refusal_says_whether_weights_or_settings_differ(tmp_path: Path) -> None:
-    from pdseg_cli.engine.predict_plan import _refuse_otherwise_made
+    from pdseg_cli.engine.predict_plan import PredictPlan
     from pdseg_cli.errors import InputError
 
-    _refuse_otherwise_made(tmp_path, [])  # none: nothing to say
+    def refuse(outputs: list[tuple[Path, bool]]) -> None:
+        PredictPlan(tmp_path, ("mask",), [], [], [], 0, otherwise_made=outputs).refuse_otherwise_made()
+
+    refuse([])  # none: nothing to say
     for outputs, said, options in (
         ([(tmp_path / "a.png", True)], "1 earlier output in", "--size, --tta"),
         (
@@ -616,7 +658,7 @@ def test_the_refusal_says_whether_weights_or_settings_differ(tmp_path: Path) -> 
         ),
     ):
         with pytest.raises(InputError) as info:
-            _refuse_otherwise_made(tmp_path, outputs)
+            refuse(outputs)
         assert said in info.value.message and f"give the earlier run's {options}" in (info.value.hint or "")
 
 

@@ -85,3 +85,28 @@ def test_the_json_may_go_into_the_out_folder_the_run_makes(photos: Path, tmp_pat
     assert json.loads((out / "r.json").read_text())["counts"]["done"] == 2
     deeper = run_cli("predict", photos, "-o", tmp_path / "o2", "--json", tmp_path / "o2" / "sub" / "r.json")
     assert deeper.exit_code == 2 and "does not exist" in flat(deeper.output)  # only --out itself is made
+
+
+def test_a_refused_run_writes_its_error_as_the_report(photos: Path, tmp_path: Path) -> None:
+    """A script that reads the report without the exit status read the last run's report as this
+    one's: a refusal left it in place."""
+    (photos / "c.jpg").unlink()
+    weights = tiny_checkpoint(tmp_path / "t.pt", train_size=64)
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    assert run_cli("predict", photos, "-o", out, "-w", weights, "--json", report).exit_code == 0
+    assert json.loads(report.read_text())["counts"]["done"] == 2  # the last run's report
+    # a resume with another --threshold is refused: its error replaces the report
+    refused = run_cli(
+        "predict", photos, "-o", out, "-w", weights, "--skip-existing", "--threshold", "0.5", "--json", report
+    )
+    assert refused.exit_code == 2, refused.output
+    data = json.loads(report.read_text())
+    assert set(data) == {"pdseg", "error", "hint"} and "made with other settings" in data["error"]
+    assert data["hint"].startswith("give the earlier run's --size")
+    # on standard output too, the only thing there
+    bad = run_cli("predict", photos, "-o", out, "-w", tmp_path / "missing.pt", "--json", "-")
+    assert bad.exit_code == 2 and "missing.pt" in json.loads(bad.stdout)["error"]
+    # a refusal of the report's own path writes nothing
+    (tmp_path / "folder").mkdir()
+    assert run_cli("predict", photos, "-o", out, "--json", tmp_path / "folder").exit_code == 2
+    assert list((tmp_path / "folder").iterdir()) == []

@@ -4,8 +4,10 @@ several commands take, declared once as ``Annotated`` types (``device: DeviceOpt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import errno
+import json
 import os
 import re
 import stat
@@ -26,8 +28,38 @@ EXIT_FAILED = 1  # the run went on but some items failed
 EXIT_INTERRUPTED = 130
 
 
+@dataclasses.dataclass
+class ErrorReport:
+    """A command's ``--json`` report, for the run that ends in an error before writing it.
+
+    A script that reads the report without looking at the exit status found nothing, or the last
+    run's report left in place, after a refusal (a file in ``--out`` pdseg will not replace, a
+    mistyped option value): it read the last run's files as this run's. :func:`user_errors` writes
+    ``{"pdseg": version, "error": message, "hint": hint}`` there instead, once the command has
+    checked the path (``path``) and while it has not written its own report (``written``).
+    """
+
+    path: Path | None = None
+    written: bool = False
+
+    def write_error(self, message: str, hint: str | None) -> None:
+        """Write the error as the report, where one is due. Never raises: the error line that
+        follows is what matters, and a report that cannot be written (its folder is the --out a
+        refused run did not make) is left out in silence."""
+        if self.path is None or self.written:
+            return
+        self.written = True
+        from pdseg_cli import __version__
+
+        text = json.dumps({"pdseg": __version__, "error": message, "hint": hint}, indent=2) + "\n"
+        try:
+            write_report(self.path, text, "JSON")
+        except (PdsegError, OSError):
+            pass
+
+
 @contextlib.contextmanager
-def user_errors(*, rank: int = 0) -> Iterator[None]:
+def user_errors(*, rank: int = 0, report: ErrorReport | None = None) -> Iterator[None]:
     """Print a PdsegError as one red line (no traceback) and exit 2 (1 for a RunFailed: work that
     started and could not finish); an operating-system error that stopped the command (disk full,
     no permission, a file deleted under it) as one line naming the file and exit 1; Ctrl-C exits
@@ -39,7 +71,10 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
     process. An error of one process alone (its GPU, its files) was said by no one: torchrun's
     ChildFailedError was all the user saw. On a job of several machines, the first process of each
     machine says the errors met alike too: a folder missing on one node alone is met alike by that
-    node's processes only."""
+    node's processes only.
+
+    ``report``: the command's ``--json`` (:class:`ErrorReport`), where rank 0 writes the error of a
+    PdsegError before it says it."""
     node_leader = rank != 0 and _leads_one_node_of_several()
 
     def say(message: str, hint: str | None = None, *, error: BaseException | None = None) -> None:
@@ -52,6 +87,8 @@ def user_errors(*, rank: int = 0) -> Iterator[None]:
     try:
         yield
     except PdsegError as exc:
+        if report is not None and rank == 0:
+            report.write_error(exc.message, exc.hint)
         say(exc.message, exc.hint, error=exc)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
     except OSError as exc:
@@ -282,7 +319,7 @@ TtaOpt = Annotated[
     ),
 ]
 
-# predict and eval: multi-scale inference, Predictor(scales=...)
+# predict and eval: the decoding limit, predict_paths(max_pixels=...)
 MaxPixelsOpt = Annotated[
     int,
     typer.Option(
@@ -294,6 +331,7 @@ MaxPixelsOpt = Annotated[
     ),
 ]
 
+# predict and eval: multi-scale inference, Predictor(scales=...)
 ScalesOpt = Annotated[
     str | None,
     typer.Option(

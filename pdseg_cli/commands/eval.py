@@ -15,6 +15,7 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     DataRootOpt,
     DeviceOpt,
+    ErrorReport,
     MaxPixelsOpt,
     OnnxSpecOpt,
     PrecisionOpt,
@@ -152,7 +153,8 @@ def eval_(
 
       pdseg eval --split ./my-set --pred ./my-set-preds --csv scores.csv
     """
-    with user_errors(rank=torchrun_rank()), _hint_on_interrupt() as stage:
+    report = ErrorReport()  # --json, once checked: where a refusal is written too
+    with user_errors(rank=torchrun_rank(), report=report), _hint_on_interrupt() as stage:
         refuse_torchrun("eval")
         from pdseg_cli import ui
         from pdseg_cli.data import eval_splits
@@ -181,6 +183,7 @@ def eval_(
                     hint=f"drop {', '.join(given)}, or drop --pred to run a model",
                 )
         _check_outputs(json_out, csv_out)
+        report.path = json_out
         if (
             save_preds is not None
             and save_preds.expanduser().exists()
@@ -242,7 +245,7 @@ def eval_(
             view.start(n_images, names, max(1, min(n_jobs, n_images)), str(cache) if cache else None)
             stage.scoring(str(cache) if cache else None, kept=cache is not None and not cache_note)
             with view.progress("eval", n_images) as advance:
-                report = ev.evaluate_plans(
+                scores = ev.evaluate_plans(
                     plans,
                     pooled=pooled,
                     jobs=n_jobs,
@@ -253,9 +256,10 @@ def eval_(
                     settings=settings,
                 )
         view.render(
-            report, table_on_stderr=any(out is not None and is_stdout(out) for out in (json_out, csv_out))
+            scores, table_on_stderr=any(out is not None and is_stdout(out) for out in (json_out, csv_out))
         )
-        _write_outputs(report, json_out, csv_out)
+        report.written = True
+        _write_outputs(scores, json_out, csv_out)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ from pdseg_cli.commands._common import (
     BatchOpt,
     CompileOpt,
     DeviceOpt,
+    ErrorReport,
     MaxPixelsOpt,
     OnnxSpecOpt,
     PrecisionOpt,
@@ -118,7 +119,7 @@ def predict(
             help="At the end, write what happened to each input (done, skipped or failed, the outputs "
             "this run wrote for it, its error) and the counts as JSON to this file ('-': standard "
             "output), for scripts; also when Ctrl-C or a full disk stops a run of one process "
-            "('stopped': why, and the inputs not reached).",
+            "('stopped': why, the signal that stopped it, and the inputs not reached).",
             show_default=False,
         ),
     ] = None,
@@ -158,7 +159,8 @@ def predict(
     from pdseg_cli import runtime
 
     rank = torchrun_rank()
-    with user_errors(rank=rank):
+    report = ErrorReport()  # --json, once checked: where a refusal is written too
+    with user_errors(rank=rank, report=report):
         # the options and the inputs, which every process checks and plans alike: rank 0 says
         # their errors once
         with runtime.alike_on_every_rank():
@@ -180,6 +182,7 @@ def predict(
             check_batch(batch)
             if json_out is not None:
                 check_report_path("--json", json_out, created=Path(out), example="run")  # --out is made first
+                report.path = json_out
             env = runtime.env_distributed()
 
             def torch_options() -> tuple[Any, tuple[int, ...]]:
@@ -241,6 +244,7 @@ def predict(
                 prediction.left_in_out(whole.out_dir, whole.left_in_out)
                 done = nothing_left(whole)
                 prediction.summary(done, table_on_stderr=on_stdout)
+                report.written = True
                 _write_json(json_out, done, settings)
                 return
             from pdseg_cli.engine.predict import Predictor
@@ -260,6 +264,8 @@ def predict(
                     tta=tta,
                     scales=parse_scales(scales),
                 )
+                # once the model has loaded: an option it refuses is said first, as the cause
+                whole.refuse_otherwise_made()
             settings["weights"] = str(predictor.weights_path or weights)  # the file the model came from
             settings["weights_sha256"] = predictor.weights_sha256
             settings["threads"] = runtime.maps_threads(predictor.device)
@@ -294,17 +300,20 @@ def predict(
                     # this process's share only, under torchrun: the others' images may be left
                     prediction.interrupted(skip_existing, seen, total, whole_run=not dist.enabled)
                     if isinstance(exc, PredictInterrupted):  # one process: what it did is known
+                        report.written = True
                         _write_json_after_stop(json_out, exc.summary, whole, settings)
                 raise
             except OutputWriteStopped as exc:  # a full disk: how far it got, then its error line
                 if dist.is_main:
                     prediction.stopped(exc.summary, whole.total)
+                    report.written = True
                     _write_json_after_stop(json_out, exc.summary, whole, settings)
                 runtime.every_rank_meets(exc)  # raised after the gather, in every process alike
                 raise
         if dist.is_main:
             prediction.summary(result, table_on_stderr=on_stdout)
             prediction.doubts(result.model_warnings)  # every process's, under torchrun
+            report.written = True
             _write_json(json_out, result, settings)
     if result.failed:
         raise typer.Exit(EXIT_FAILED)

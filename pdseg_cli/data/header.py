@@ -375,8 +375,10 @@ def made_from_another(found: MarkedSource | None, path_id: str, content: Callabl
     return found.content_id is None or found.content_id != content()
 
 
+# fields a later pdseg adds after "; " are passed over, so that its outputs still name their input
+# here (this version read "; made ..." of its successor's marks as no mark, and remade the images)
 _SOURCE_IN_MARK = re.compile(
-    rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?(?:; made ([0-9a-f]{16}))?\)\x00*"
+    rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?(?:; made ([0-9a-f]{16}))?(?:; [^()]*)?\)\x00*"
 )
 
 

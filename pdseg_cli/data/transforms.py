@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from pdseg_cli.data.colors import parse_color as parse_color  # where it was before data.colors
 from pdseg_cli.data.images import finite_pixels
 
 # The full scale of a float image (its value of full intensity) is 1, 255 or 65535: the smallest

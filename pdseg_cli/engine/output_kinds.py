@@ -38,7 +38,8 @@ class OutputKind:
         help: its part of ``--save``'s help.
         suffix: what its file name adds to the input's stem (``<stem><suffix>.png``).
         uses_image: made from the image's colours as well as the map, so the reader keeps the
-            decoded pixels for it.
+            decoded pixels for it (and ``--refine-foreground`` is in its marks' settings id,
+            :mod:`pdseg_cli.engine.made_with`).
         follows_depth: written at the input's sample type: a ``.tif`` for 16-bit and float inputs,
             a ``.png`` for 8-bit ones. Otherwise always an 8-bit ``.png``.
         channels: the samples per pixel of its file (1 gray, 3 RGB, 4 RGBA): an existing file of
@@ -60,7 +61,8 @@ class OutputKind:
             lie where the image's do, so a print or layout program sizes it as the image. A mask
             too: it is geometry like the image.
         uses_background: painted over ``--bg`` (``make``'s ``background``): ``predict`` warns that
-            ``--bg`` does nothing when no such kind is asked for.
+            ``--bg`` does nothing when no such kind is asked for, and ``--bg`` is in its marks'
+            settings id.
     """
 
     name: str

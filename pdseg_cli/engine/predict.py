@@ -263,11 +263,13 @@ class Predictor:
                 hint="drop --size: every image is resized to the model's input and the map back",
             )
         self.size_from_checkpoint = parsed is None
-        # what the outputs' marks record of the run (made_with): the options as asked
-        self._asked = (parsed, tuple(scales) if scales else None, onnx_spec)
         self.size: Size = parsed if parsed is not None else (self.train_size or DEFAULT_SIZE)
         # the working sides of a multi-scale run, largest last; () for one pass at self.size
         self.scale_sides = scale_sides(scales, self.size, fixed)
+        # what the outputs' marks record of the run (made_with): the options as asked, once checked
+        self._asked_size = parsed
+        self._asked_scales = tuple(float(s) for s in scales) if self.scale_sides else None
+        self._onnx_spec = onnx_spec
         if parsed is not None:
             self.size_note = ""
         elif fixed is not None:
@@ -309,11 +311,16 @@ class Predictor:
         hash names (its outputs' marks then record no settings)."""
         if self.weights_sha256 is None:
             return None
-        size, scales, onnx_spec = self._asked
         return MadeWith(
-            self.weights_sha256, size, self.tta, scales, onnx_spec, threshold,
-            background_colour(background), refine_foreground,
-        )  # fmt: skip
+            self.weights_sha256,
+            size=self._asked_size,
+            tta=self.tta,
+            scales=self._asked_scales,
+            onnx_spec=self._onnx_spec,
+            threshold=threshold,
+            background=background_colour(background),
+            refine_foreground=refine_foreground,
+        )
 
     @property
     def doubts(self) -> list[str]:
@@ -580,11 +587,16 @@ class Predictor:
         Ctrl-C stops reading at once, lets the writes in progress finish (each one is atomic),
         drops the queued ones and re-raises KeyboardInterrupt; ``on_stopping(n)`` hears of the
         ``n`` images whose writes it waits for, when they take more than a second.
+
+        Raises:
+            InputError: a bad threshold or batch, or a --skip-existing plan into earlier outputs
+                made with other weights or settings (:meth:`PredictPlan.refuse_otherwise_made`).
         """
         check_threshold(threshold)
         check_kind("run_plan", "batch", batch, int)
         if batch < 1:
             raise InputError(f"--batch {batch} must be at least 1")
+        plan.refuse_otherwise_made()  # a --skip-existing plan into outputs made otherwise
         return predict_run.run_plan(
             self,
             plan,

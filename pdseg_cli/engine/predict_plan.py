@@ -660,7 +660,7 @@ def _earlier_output(path: Path, kind: str) -> bool:
 class _Resume:
     """--skip-existing's look at earlier outputs: which show their image done, and the outputs that
     do not for a reason the user is told (:attr:`PredictPlan.unnamed_outputs`, and
-    ``otherwise_made``, which :func:`_refuse_otherwise_made` refuses).
+    :attr:`PredictPlan.otherwise_made`, which :meth:`PredictPlan.refuse_otherwise_made` refuses).
 
     ``made``: this run's model and settings (:class:`MadeWith`); None takes an output made with
     any as done (a caller that does not say them)."""
@@ -670,6 +670,24 @@ class _Resume:
         self.changed = _ChangedInputs()
         self.unnamed: list[Path] = []
         self.otherwise_made: list[tuple[Path, bool]] = []  # and whether the weights were the same
+        self._ids: dict[str, str] = {}  # made.id_for(kind), worked out once per kind
+
+    def image_done(self, out: Path, item: InputFile, save: Sequence[str]) -> bool:
+        """Whether every ``save`` kind of ``item`` has an earlier output that shows it done. The
+        outputs not taken are noted only for an image left to do: where a kind has two candidate
+        paths (a .png and a .tif, the input's depth unknown), a stale one beside the one that shows
+        the image done says nothing against it."""
+        unnamed, otherwise = len(self.unnamed), len(self.otherwise_made)
+        # lists, not generators: every output is looked at, so that each one not taken is counted
+        done = all(
+            [
+                any([self.done_by(p, kind, item.path) for p in paths])
+                for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
+            ]
+        )
+        if done:
+            del self.unnamed[unnamed:], self.otherwise_made[otherwise:]
+        return done
 
     def done_by(self, output: Path, kind: str, source: Path) -> bool:
         """Whether ``output``, an earlier ``kind`` output, shows ``source``'s image done: made from
@@ -687,37 +705,13 @@ class _Resume:
         if marked is None:
             self.unnamed.append(output)
             return False
-        if self.made is not None and marked.made is not None and marked.made != self.made.id_for(kind):
-            self.otherwise_made.append((output, self.made.same_weights(marked.made)))
-            return False
+        if self.made is not None and marked.made is not None:
+            if kind not in self._ids:
+                self._ids[kind] = self.made.id_for(kind)
+            if marked.made != self._ids[kind]:
+                self.otherwise_made.append((output, self.made.same_weights(marked.made)))
+                return False
         return not self.changed.since(output, source, marked)
-
-
-def _refuse_otherwise_made(out: Path, outputs: Sequence[tuple[Path, bool]]) -> None:
-    """Refuse a --skip-existing run into an ``out`` whose earlier outputs were made with other
-    weights or settings (:mod:`pdseg_cli.engine.made_with`); ``outputs``: each with whether its
-    weights were this run's. Going on would leave a folder of two runs' maps, or make every image
-    again where an option was only forgotten (a resume without the ``--size 1024`` the run had:
-    hours of maps replaced); which of the two is meant is the user's to say.
-
-    Raises:
-        InputError: there are such outputs.
-    """
-    if not outputs:
-        return
-    was = "was" if len(outputs) == 1 else "were"
-    settings = "--size, --tta, --scales, --onnx-spec and --threshold (cut-outs: --bg, --refine-foreground)"
-    if not any(same for _, same in outputs):
-        what, options = "other weights", "--weights (the file, or a copy of it)"
-    elif all(same for _, same in outputs):
-        what, options = "other settings (the same weights)", settings
-    else:
-        what, options = "other weights or settings", f"--weights, {settings}"
-    raise InputError(
-        f"{counted(len(outputs), 'earlier output')} in {out} {was} made with {what} than this run's "
-        f"({listing([str(p) for p, _ in outputs], 3)}); --skip-existing goes on with the options a run had",
-        hint=f"give the earlier run's {options}, or drop --skip-existing to make every image again",
-    )
 
 
 class _ChangedInputs:
@@ -910,6 +904,9 @@ class PredictPlan:
             (:func:`split_own_outputs`): not segmented, and said.
         unnamed_outputs: earlier outputs that --skip-existing does not take as done, as their mark
             names no input (:meth:`_Resume.done_by`): their images are made again, and said.
+        otherwise_made: earlier outputs whose mark records other weights or settings than the
+            run's (:mod:`pdseg_cli.engine.made_with`), each with whether its weights were the
+            run's: :meth:`refuse_otherwise_made` refuses them.
     """
 
     out_dir: Path
@@ -923,6 +920,38 @@ class PredictPlan:
     left_in_out: list[Path] = field(default_factory=list)
     own_outputs: list[Path] = field(default_factory=list)
     unnamed_outputs: list[Path] = field(default_factory=list)
+    otherwise_made: list[tuple[Path, bool]] = field(default_factory=list)
+
+    def refuse_otherwise_made(self) -> None:
+        """Refuse a --skip-existing run into an ``out_dir`` whose earlier outputs were made with
+        other weights or settings (:attr:`otherwise_made`). Going on would leave a folder of two
+        runs' maps, or make every image again where an option was only forgotten (a resume
+        without the ``--size 1024`` the run had: hours of maps replaced); which of the two is meant
+        is the user's to say. Called once the model has loaded, so that an option the model
+        refuses (``--onnx-spec`` for a checkpoint) is said first, as the cause.
+
+        Raises:
+            InputError: there are such outputs.
+        """
+        outputs, out = self.otherwise_made, self.out_dir
+        if not outputs:
+            return
+        was = "was" if len(outputs) == 1 else "were"
+        settings = (
+            "--size, --tta, --scales, --onnx-spec and --threshold (cut-outs: --bg, --refine-foreground)"
+        )
+        if not any(same for _, same in outputs):
+            what, options = "other weights", "--weights (the file, or a copy of it)"
+        elif all(same for _, same in outputs):
+            what, options = "other settings (the same weights)", settings
+        else:
+            what, options = "other weights or settings", f"--weights, {settings}"
+        names = listing([str(p) for p, _ in outputs], 3)
+        raise InputError(
+            f"{counted(len(outputs), 'earlier output')} in {out} {was} made with {what} than this run's "
+            f"({names}); --skip-existing goes on with the options a run had",
+            hint=f"give the earlier run's {options}, or drop --skip-existing to make every image again",
+        )
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
         """This process's share of a plan for the whole run, as :func:`plan_predict` with ``dist``
@@ -1041,19 +1070,7 @@ def plan_predict(
         _refuse_clashes(clashes, recursive, folded, out, inputs)
     _refuse_other_inputs_outputs(out, inputs, save, skip_existing)
     resume = _Resume(made)
-    # lists, not generators: every output is looked at, so that each one not taken is counted
-    done = {
-        item.path
-        for item in inputs
-        if skip_existing
-        and all(
-            [
-                any([resume.done_by(p, kind, item.path) for p in paths])
-                for kind, paths in output_candidates(out / item.rel_dir, item.path.stem, save).items()
-            ]
-        )
-    }
-    _refuse_otherwise_made(out, sorted(set(resume.otherwise_made)))
+    done = {item.path for item in inputs if skip_existing and resume.image_done(out, item, save)}
     # over every process's inputs, so that all of them refuse together
     _refuse_foreign_files(out, [item for item in inputs if item.path not in done], save)
     check_out_dir(out)  # only now: a refused run leaves no empty --out behind
@@ -1064,6 +1081,6 @@ def plan_predict(
     left = images_left_in_out(out, inputs) if passed_out else []
     whole = PredictPlan(
         out, save, todo, skipped, not_images, len(inputs), refine_foreground, max_pixels, left, own_outputs,
-        sorted(set(resume.unnamed)),
+        sorted(set(resume.unnamed)), sorted(set(resume.otherwise_made)),
     )  # fmt: skip
     return whole.share(dist)
