@@ -367,6 +367,8 @@ def test_a_refused_eval_writes_its_error_as_the_report(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert refused.exit_code == 2 and "have no prediction" in data["error"], refused.output
     assert "--allow-missing" in data["hint"] and "splits" not in data
+    early = _run(*args, "--batch", "0", cache=tmp_path / "c")  # refused before the --pred check
+    assert early.exit_code == 2 and "--batch" in json.loads(report.read_text())["error"]
 
 
 def test_max_pixels_is_evals_too(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
@@ -1279,7 +1281,8 @@ def test_a_ctrl_c_while_scoring_says_running_again_is_safe_and_the_cache_keeps_i
         "far, so that work is not done again"
     )
     assert text.index("error: interrupted") < text.index(hint) and "maxF" not in result.output
-    assert len(list(cache.rglob("*.npz"))) == 2 and not out_json.exists()  # the two GTs begun; no JSON
+    assert len(list(cache.rglob("*.npz"))) == 2  # the two GTs begun
+    assert json.loads(out_json.read_text())["error"] == "interrupted"  # no scores: the stop instead
     monkeypatch.undo()
     again = _run(*args, cache=cache)
     assert again.exit_code == 0 and json.loads(out_json.read_text())["splits"]["s"]["count"] == len(CASES)

@@ -619,10 +619,10 @@ def test_skip_existing_refuses_what_other_weights_or_settings_made(
     other = tiny_checkpoint(tmp_path / "other.pt", train_size=64, classifier_std=3.0, seed=1)
     black = ["-s", "mask,composite", "--bg", "black"]
     cases = [
-        (["-w", copy, *black], "1 earlier output", "other settings (the same"),
-        (["-w", other], "1 earlier output", "made with other weights than"),
-        (["-w", other, *black], "2 earlier outputs", "made with other weights than"),
-        (["-w", spread_tiny_ckpt, "--threshold", "0.5"], "1 earlier output", "other settings (the same"),
+        (["-w", copy, *black], "1 earlier output", "the same weights but other settings than this run"),
+        (["-w", other], "1 earlier output", "made with other weights than this run"),
+        (["-w", other, *black], "2 earlier outputs", "other weights and other settings"),
+        (["-w", spread_tiny_ckpt, "--threshold", "0.5"], "1 earlier output", "the same weights but other"),
     ]
     for options, count, what in cases:
         refused = _predict(images, "--out", out, *options, "--skip-existing")
@@ -637,29 +637,57 @@ def test_skip_existing_refuses_what_other_weights_or_settings_made(
 
 
 def test_the_refusal_says_whether_weights_or_settings_differ(tmp_path: Path) -> None:
-    from pdseg_cli.engine.predict_plan import PredictPlan
+    from pdseg_cli.engine.predict_plan import OtherwiseMade, PredictPlan
     from pdseg_cli.errors import InputError
 
-    def refuse(outputs: list[tuple[Path, bool]]) -> None:
+    def refuse(outputs: list[OtherwiseMade]) -> None:
         PredictPlan(tmp_path, ("mask",), [], [], [], 0, otherwise_made=outputs).refuse_otherwise_made()
 
     refuse([])  # none: nothing to say
+    a, b = tmp_path / "a.png", tmp_path / "b_composite.png"
     for outputs, said, options in (
-        ([(tmp_path / "a.png", True)], "1 earlier output in", "--size, --tta"),
         (
-            [(tmp_path / "a.png", False), (tmp_path / "b.png", False)],
-            "were made with other weights than",
-            "--weights (the",
+            [OtherwiseMade(a, "mask", True, False)],
+            "1 earlier output in",
+            "same --size, --tta, --scales, --onnx-spec and --threshold as",
         ),
         (
-            [(tmp_path / "a.png", False), (tmp_path / "b.png", True)],
-            "other weights or settings",
-            "--weights, --size",
+            [OtherwiseMade(b, "composite", True, False)],
+            "the same weights but",
+            "--threshold, --bg and --refine",
+        ),
+        (
+            [OtherwiseMade(a, "mask", False, True)] * 2,
+            "were made with other weights than",
+            "same --weights as",
+        ),
+        (
+            [OtherwiseMade(a, "mask", False, True), OtherwiseMade(b, "composite", True, False)],
+            "other weights and other settings",
+            "same --weights, --size",
         ),
     ):
         with pytest.raises(InputError) as info:
             refuse(outputs)
-        assert said in info.value.message and f"give the earlier run's {options}" in (info.value.hint or "")
+        assert said in info.value.message and options in (info.value.hint or ""), info.value.hint
+        assert "delete those outputs" in (info.value.hint or "")
+
+
+def test_a_stale_output_beside_one_that_shows_the_image_done_is_no_refusal(
+    tmp_path: Path, spread_tiny_ckpt: Path
+) -> None:
+    """A kind has two candidate paths where the input's depth is unknown (.png and .tif): one made
+    otherwise beside the one this run's settings made says nothing against the image."""
+    src = tmp_path / "src"
+    src.mkdir()
+    tifffile.imwrite(src / "b.tif", textured_image(seed=1, dtype=np.uint16), photometric="rgb")
+    out = tmp_path / "out"
+    assert _predict(src, "--out", out, "-w", spread_tiny_ckpt, "-s", "alpha").exit_code == 0
+    assert (out / "b_alpha.tif").is_file()
+    stale = header.mark_of(header.input_ids(src / "b.tif"), "0123456789abcdef")  # other weights
+    imio.write_png(out / "b_alpha.png", np.zeros((24, 32, 4), np.uint8), software=stale)
+    again = _predict(src, "--out", out, "-w", spread_tiny_ckpt, "-s", "alpha", "--skip-existing")
+    assert again.exit_code == 0 and "nothing to do" in flat(again.output), again.output
 
 
 def test_the_command_and_the_api_record_the_same_settings(tmp_path: Path, spread_tiny_ckpt: Path) -> None:
@@ -675,7 +703,7 @@ def test_the_command_and_the_api_record_the_same_settings(tmp_path: Path, spread
     predictor = Predictor(spread_tiny_ckpt, device="cpu", size=64, scales=(0.5, 1.0))
     summary = predictor.predict_paths([images], out, save="mask,alpha", threshold=0.25, skip_existing=True)
     assert [r.status for r in summary.results] == ["skipped"]
-    with pytest.raises(InputError, match="2 earlier outputs .* made with other settings"):
+    with pytest.raises(InputError, match="2 earlier outputs .* the same weights but other settings"):
         predictor.predict_paths([images], out, save="mask,alpha", threshold=0.75, skip_existing=True)
     predictor.predict_paths([images], out, save="mask,alpha", threshold=0.75)  # made again
     again = _predict(images, "--out", out, "-w", spread_tiny_ckpt, *asked, "--skip-existing")

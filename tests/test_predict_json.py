@@ -101,11 +101,22 @@ def test_a_refused_run_writes_its_error_as_the_report(photos: Path, tmp_path: Pa
     )
     assert refused.exit_code == 2, refused.output
     data = json.loads(report.read_text())
-    assert set(data) == {"pdseg", "error", "hint"} and "made with other settings" in data["error"]
-    assert data["hint"].startswith("give the earlier run's --size")
+    assert set(data) == {"pdseg", "error", "hint"} and "the same weights but other settings" in data["error"]
+    assert data["hint"].startswith("give the same --size")
+    # the options as given, which such a resume must give again
+    first = run_cli(
+        "predict", photos, "-o", tmp_path / "o2", "-w", weights, "--scales", "1", "--json", report
+    )
+    settings = json.loads(report.read_text())["settings"]
+    assert first.exit_code == 0 and settings["scales"] == [1.0] and settings["size"] is None
+    assert settings["bg"] == "white" and settings["refine_foreground"] is True and settings["tta"] is False
     # on standard output too, the only thing there
     bad = run_cli("predict", photos, "-o", out, "-w", tmp_path / "missing.pt", "--json", "-")
     assert bad.exit_code == 2 and "missing.pt" in json.loads(bad.stdout)["error"]
+    # the report's path is checked first: an option refused early replaces a stale report too
+    report.write_text('{"stale": true}')
+    early = run_cli("predict", photos, "-o", out, "--save", "maks", "--json", report)
+    assert early.exit_code == 2 and "maks" in json.loads(report.read_text())["error"]
     # a refusal of the report's own path writes nothing
     (tmp_path / "folder").mkdir()
     assert run_cli("predict", photos, "-o", out, "--json", tmp_path / "folder").exit_code == 2

@@ -73,13 +73,15 @@ def user_errors(*, rank: int = 0, report: ErrorReport | None = None) -> Iterator
     machine says the errors met alike too: a folder missing on one node alone is met alike by that
     node's processes only.
 
-    ``report``: the command's ``--json`` (:class:`ErrorReport`), where rank 0 writes the error of a
-    PdsegError before it says it."""
+    ``report``: the command's ``--json`` (:class:`ErrorReport`), where rank 0 writes each of these
+    errors, a Ctrl-C too, before it says it (a report the command wrote itself is kept)."""
     node_leader = rank != 0 and _leads_one_node_of_several()
 
     def say(message: str, hint: str | None = None, *, error: BaseException | None = None) -> None:
         # error None: a Ctrl-C, which the terminal sends to every process
         if rank == 0:
+            if report is not None:
+                report.write_error(message, hint)
             ui.error(message, hint)
         elif error is not None and (node_leader or not runtime.met_by_every_rank(error)):
             ui.error(f"rank {rank}: {message}", hint)
@@ -87,8 +89,6 @@ def user_errors(*, rank: int = 0, report: ErrorReport | None = None) -> Iterator
     try:
         yield
     except PdsegError as exc:
-        if report is not None and rank == 0:
-            report.write_error(exc.message, exc.hint)
         say(exc.message, exc.hint, error=exc)
         raise typer.Exit(EXIT_FAILED if isinstance(exc, RunFailed) else EXIT_USAGE) from None
     except OSError as exc:

@@ -164,6 +164,8 @@ def eval_(
         from pdseg_cli.metrics.cache import usable_cache_root
         from pdseg_cli.ui import evaluation as view
 
+        _check_outputs(json_out, csv_out)  # first: the error of any check below goes into --json
+        report.path = json_out
         ev.check_jobs(jobs, "--jobs ", "--threads, else the idle cores")  # before any work
         check_batch(batch)
         use_threads(threads, quiet=pred is not None)  # the note is about the model's threads
@@ -182,8 +184,6 @@ def eval_(
                     f"--pred scores existing maps, so {', '.join(given)} (for running a model) cannot apply",
                     hint=f"drop {', '.join(given)}, or drop --pred to run a model",
                 )
-        _check_outputs(json_out, csv_out)
-        report.path = json_out
         if (
             save_preds is not None
             and save_preds.expanduser().exists()

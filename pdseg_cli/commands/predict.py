@@ -169,20 +169,21 @@ def predict(
             from pdseg_cli.engine.predict_summary import OutputWriteStopped, PredictInterrupted, nothing_left
             from pdseg_cli.ui import prediction
 
+            out = Path(out_text)
+            if json_out is not None:  # first: the error of any check below goes into it
+                created = out if out_text.strip() else None  # --out is made before the report
+                check_report_path("--json", json_out, created=created, example="run")
+                report.path = json_out
             if not out_text.strip():
                 raise InputError(
                     "--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)"
                 )
-            out = Path(out_text)
             if weights is None:
                 from pdseg_cli.weights import default_weights
 
                 weights = default_weights()  # a missing default is reported before anything is created
             kinds = parse_save(save)
             check_batch(batch)
-            if json_out is not None:
-                check_report_path("--json", json_out, created=Path(out), example="run")  # --out is made first
-                report.path = json_out
             env = runtime.env_distributed()
 
             def torch_options() -> tuple[Any, tuple[int, ...]]:
@@ -224,7 +225,8 @@ def predict(
                 prediction.named_not_read(sources, whole.not_images)
                 prediction.subfolders_not_read(unread_subfolders(sources, out, recursive))
                 prediction.own_outputs_left_out(whole.own_outputs)
-                prediction.unnamed_outputs_remade(whole.unnamed_outputs)
+                if not whole.otherwise_made:  # else a refusal follows, and no image is made again
+                    prediction.unnamed_outputs_remade(whole.unnamed_outputs)
             on_stdout = json_out is not None and is_stdout(json_out)  # the table then goes to stderr
             settings = {
                 "pdseg": __version__,
@@ -232,6 +234,14 @@ def predict(
                 "out": str(whole.out_dir),
                 "save": list(kinds),
                 "threshold": threshold,
+                # the rest of what an output's mark records (made_with), as given: what a resume
+                # with --skip-existing must give again
+                "size": size,
+                "tta": tta,
+                "scales": list(parse_scales(scales) or []) or None,
+                "onnx_spec": onnx_spec,
+                "bg": bg,
+                "refine_foreground": refine_foreground,
                 "skip_existing": skip_existing,
                 # on a CPU the last grey level of a few pixels follows the thread count (its default
                 # follows the load) and the batch: what gives the same bytes again

@@ -375,11 +375,10 @@ def made_from_another(found: MarkedSource | None, path_id: str, content: Callabl
     return found.content_id is None or found.content_id != content()
 
 
-# fields a later pdseg adds after "; " are passed over, so that its outputs still name their input
-# here (this version read "; made ..." of its successor's marks as no mark, and remade the images)
-_SOURCE_IN_MARK = re.compile(
-    rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?(?:; made ([0-9a-f]{16}))?(?:; [^()]*)?\)\x00*"
-)
+# the input's ids, then fields "; <key> <value>": "made" (the model and settings), and whatever
+# a later pdseg adds, passed over, so that its outputs still name their input here (a version
+# that read only the mark it wrote took its successor's "; made ..." for no mark at all)
+_SOURCE_IN_MARK = re.compile(rb"pdseg \S+ \(input ([0-9a-f]{16})(?: ([0-9a-f]{16}))?((?:; [^;()]*)*)\)\x00*")
 
 
 @dataclass(frozen=True)
@@ -401,9 +400,14 @@ def marked_source(path: Path, head: bytes | None = None) -> MarkedSource | None:
     found = _SOURCE_IN_MARK.fullmatch(_software_text(path, head))
     if not found:
         return None
-    content, made = found.group(2), found.group(3)
+    content = found.group(2)
+    fields = dict(f.partition(b" ")[::2] for f in found.group(3).split(b"; ") if f)
+    # a "made" of a form this version does not know is another model's or settings' id, not none
+    made = fields.get(b"made")
     return MarkedSource(
-        found.group(1).decode(), content.decode() if content else None, made.decode() if made else None
+        found.group(1).decode(),
+        content.decode() if content else None,
+        made.decode("ascii", "replace") if made is not None else None,
     )
 
 

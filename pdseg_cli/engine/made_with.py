@@ -83,6 +83,11 @@ class MadeWith:
         """Whether an output marked ``made_id`` (:meth:`id_for`) was made with these weights."""
         return made_id[: ID_DIGITS // 2] == self.weights_sha256[: ID_DIGITS // 2]
 
+    def same_settings(self, made_id: str, kind: str) -> bool:
+        """Whether a ``kind`` output marked ``made_id`` (:meth:`id_for`) was made with these
+        settings, whatever its weights."""
+        return made_id[ID_DIGITS // 2 :] == self.id_for(kind)[ID_DIGITS // 2 :]
+
 
 def made_with_file(
     weights: Path,

@@ -657,6 +657,17 @@ def _earlier_output(path: Path, kind: str) -> bool:
     return path.is_file() and not_an_output(path, kind) is None
 
 
+@dataclass(frozen=True, order=True)
+class OtherwiseMade:
+    """An earlier output whose mark records other weights or settings than the run's
+    (:mod:`pdseg_cli.engine.made_with`): its path and kind, and which of the two were the run's."""
+
+    path: Path
+    kind: str
+    same_weights: bool
+    same_settings: bool
+
+
 class _Resume:
     """--skip-existing's look at earlier outputs: which show their image done, and the outputs that
     do not for a reason the user is told (:attr:`PredictPlan.unnamed_outputs`, and
@@ -669,7 +680,7 @@ class _Resume:
         self.made = made
         self.changed = _ChangedInputs()
         self.unnamed: list[Path] = []
-        self.otherwise_made: list[tuple[Path, bool]] = []  # and whether the weights were the same
+        self.otherwise_made: list[OtherwiseMade] = []
         self._ids: dict[str, str] = {}  # made.id_for(kind), worked out once per kind
 
     def image_done(self, out: Path, item: InputFile, save: Sequence[str]) -> bool:
@@ -697,8 +708,8 @@ class _Resume:
         A pdseg of 2026-12-06 marked its outputs without naming their input: such an output may be
         another input's of the same name (the last camera card's IMG_0001.JPG), so the image is made
         again, and the output noted in ``unnamed``. One made with other weights or settings is
-        noted in ``otherwise_made``, with whether its weights were these; marks before the settings
-        were recorded in them say nothing about them, and are taken as they were."""
+        noted in ``otherwise_made``; marks before the settings were recorded in them say nothing
+        about them, and are taken as they were."""
         if not _earlier_output(output, kind):
             return False
         marked = header.marked_source(output)
@@ -709,7 +720,14 @@ class _Resume:
             if kind not in self._ids:
                 self._ids[kind] = self.made.id_for(kind)
             if marked.made != self._ids[kind]:
-                self.otherwise_made.append((output, self.made.same_weights(marked.made)))
+                self.otherwise_made.append(
+                    OtherwiseMade(
+                        output,
+                        kind,
+                        same_weights=self.made.same_weights(marked.made),
+                        same_settings=self.made.same_settings(marked.made, kind),
+                    )
+                )
                 return False
         return not self.changed.since(output, source, marked)
 
@@ -905,8 +923,7 @@ class PredictPlan:
         unnamed_outputs: earlier outputs that --skip-existing does not take as done, as their mark
             names no input (:meth:`_Resume.done_by`): their images are made again, and said.
         otherwise_made: earlier outputs whose mark records other weights or settings than the
-            run's (:mod:`pdseg_cli.engine.made_with`), each with whether its weights were the
-            run's: :meth:`refuse_otherwise_made` refuses them.
+            run's (:class:`OtherwiseMade`): :meth:`refuse_otherwise_made` refuses them.
     """
 
     out_dir: Path
@@ -920,7 +937,7 @@ class PredictPlan:
     left_in_out: list[Path] = field(default_factory=list)
     own_outputs: list[Path] = field(default_factory=list)
     unnamed_outputs: list[Path] = field(default_factory=list)
-    otherwise_made: list[tuple[Path, bool]] = field(default_factory=list)
+    otherwise_made: list[OtherwiseMade] = field(default_factory=list)
 
     def refuse_otherwise_made(self) -> None:
         """Refuse a --skip-existing run into an ``out_dir`` whose earlier outputs were made with
@@ -933,24 +950,36 @@ class PredictPlan:
         Raises:
             InputError: there are such outputs.
         """
-        outputs, out = self.otherwise_made, self.out_dir
+        outputs = self.otherwise_made
         if not outputs:
             return
-        was = "was" if len(outputs) == 1 else "were"
-        settings = (
-            "--size, --tta, --scales, --onnx-spec and --threshold (cut-outs: --bg, --refine-foreground)"
+        weights = not all(o.same_weights for o in outputs)
+        settings = not all(o.same_settings for o in outputs)
+        what = (
+            "other weights and other settings"
+            if weights and settings
+            else "other weights"
+            if weights
+            else "the same weights but other settings"
         )
-        if not any(same for _, same in outputs):
-            what, options = "other weights", "--weights (the file, or a copy of it)"
-        elif all(same for _, same in outputs):
-            what, options = "other settings (the same weights)", settings
-        else:
-            what, options = "other weights or settings", f"--weights, {settings}"
-        names = listing([str(p) for p, _ in outputs], 3)
+        options = ["--weights"] if weights else []
+        if settings:
+            options += ["--size", "--tta", "--scales", "--onnx-spec", "--threshold"]
+            if any(
+                OUTPUT_KINDS[o.kind].uses_image or OUTPUT_KINDS[o.kind].uses_background
+                for o in outputs
+                if not o.same_settings
+            ):
+                options += ["--bg", "--refine-foreground"]
+        given = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} and {options[-1]}"
+        was = "was" if len(outputs) == 1 else "were"
+        names = listing([str(o.path) for o in outputs], 3)
         raise InputError(
-            f"{counted(len(outputs), 'earlier output')} in {out} {was} made with {what} than this run's "
-            f"({names}); --skip-existing goes on with the options a run had",
-            hint=f"give the earlier run's {options}, or drop --skip-existing to make every image again",
+            f"{counted(len(outputs), 'earlier output')} in {self.out_dir} ({names}) {was} made with {what} "
+            "than this run: --skip-existing goes on only with the options a run was started with",
+            hint=f"give the same {given} as the earlier run (its --json report lists "
+            f"{'it' if len(options) == 1 else 'them'} under settings), or delete those outputs to make only "
+            "them again, or drop --skip-existing to make every image again",
         )
 
     def share(self, dist: runtime.Distributed) -> PredictPlan:
@@ -989,14 +1018,15 @@ def plan_predict(
 ) -> PredictPlan:
     """Find the inputs, check ``out_dir``, refuse clashes, and take this process's share.
 
-    ``made``: the model and settings the run will make its outputs with; --skip-existing makes an
-    image again whose outputs' marks record others (None: outputs made with any are done).
+    ``made``: the model and settings the run will make its outputs with; --skip-existing notes
+    earlier outputs whose marks record others in the plan's ``otherwise_made``, which
+    :meth:`PredictPlan.refuse_otherwise_made` (and ``Predictor.run_plan``) refuses (None: outputs
+    made with any are done).
 
     Raises:
         InputError: no images found, ``out_dir`` unusable, an output that would overwrite an
             input, two inputs that would write the same output file, an output name longer
-            than ``out_dir``'s file system takes, or with ``skip_existing`` earlier outputs made
-            with other weights or settings than ``made``.
+            than ``out_dir``'s file system takes.
     """
     if isinstance(sources, (str, os.PathLike)):  # one folder or file, not its characters
         sources = [sources]
