@@ -200,6 +200,7 @@ def predict(
             checked = torch_options() if any(_given(ctx, name) for name in _TORCH_CHECKED) else None
             if _given(ctx, "weights"):  # a moved or mistyped -w is said even when nothing is left to do
                 check_weights_file(Path(weights).expanduser(), "weights", MODEL_SUFFIXES)
+            asked_scales = parse_scales(scales)
             made = None
             if skip_existing:  # which earlier outputs this run's model and settings made
                 from pdseg_cli.data.colors import parse_color
@@ -207,7 +208,7 @@ def predict(
 
                 asked_size, asked_bg = checked if checked is not None else (None, parse_color(bg))
                 made = made_with_file(
-                    Path(weights).expanduser(), size=asked_size, tta=tta, scales=parse_scales(scales),
+                    Path(weights).expanduser(), size=asked_size, tta=tta, scales=asked_scales,
                     onnx_spec=onnx_spec, threshold=threshold, background=asked_bg,
                     refine_foreground=refine_foreground,
                 )  # fmt: skip
@@ -238,7 +239,7 @@ def predict(
                 # with --skip-existing must give again
                 "size": size,
                 "tta": tta,
-                "scales": list(parse_scales(scales) or []) or None,
+                "scales": list(asked_scales) if asked_scales else None,
                 "onnx_spec": onnx_spec,
                 "bg": bg,
                 "refine_foreground": refine_foreground,
@@ -272,7 +273,7 @@ def predict(
                     local_rank=dist.local_rank if dist.enabled else None,
                     onnx_spec=onnx_spec,
                     tta=tta,
-                    scales=parse_scales(scales),
+                    scales=asked_scales,
                 )
                 # once the model has loaded: an option it refuses is said first, as the cause
                 whole.refuse_otherwise_made()

@@ -58,8 +58,8 @@ class MadeWith:
 
     def id_for(self, kind: str) -> str:
         """The id an output of ``kind`` (a ``--save`` name) is marked with: 16 hex digits, the first
-        8 of the weights' sha256 (:meth:`same_weights` tells by them whether the weights or the
-        settings differ), then 8 of a sha256 of the settings that decide that kind's pixels, so that
+        8 of the weights' sha256 (:func:`alike` tells by them whether the weights or the settings
+        differ), then 8 of a sha256 of the settings that decide that kind's pixels, so that
         a mask made before with another ``--bg`` is still this run's mask."""
         output = OUTPUT_KINDS[kind]
         settings: dict[str, Any] = {
@@ -79,14 +79,13 @@ class MadeWith:
         half = ID_DIGITS // 2
         return self.weights_sha256[:half] + hashlib.sha256(text.encode()).hexdigest()[:half]
 
-    def same_weights(self, made_id: str) -> bool:
-        """Whether an output marked ``made_id`` (:meth:`id_for`) was made with these weights."""
-        return made_id[: ID_DIGITS // 2] == self.weights_sha256[: ID_DIGITS // 2]
 
-    def same_settings(self, made_id: str, kind: str) -> bool:
-        """Whether a ``kind`` output marked ``made_id`` (:meth:`id_for`) was made with these
-        settings, whatever its weights."""
-        return made_id[ID_DIGITS // 2 :] == self.id_for(kind)[ID_DIGITS // 2 :]
+def alike(made_id: str, own_id: str) -> tuple[bool, bool]:
+    """Whether an output marked ``made_id`` was made with the weights, and with the settings, of
+    the output this run marks ``own_id`` (:meth:`MadeWith.id_for` of the same kind): the two halves
+    of the id compared apart, so that a refusal can say which of the two differ."""
+    half = ID_DIGITS // 2
+    return made_id[:half] == own_id[:half], made_id[half:] == own_id[half:]
 
 
 def made_with_file(

@@ -31,7 +31,7 @@ from pdseg_cli.data.atomic import (
     name_too_long,
     sweep_folder,
 )
-from pdseg_cli.engine.made_with import MadeWith
+from pdseg_cli.engine.made_with import MadeWith, alike
 from pdseg_cli.engine.output_kinds import (
     HIGH_DEPTH_SUFFIX,
     OUTPUT_KINDS,
@@ -720,14 +720,8 @@ class _Resume:
             if kind not in self._ids:
                 self._ids[kind] = self.made.id_for(kind)
             if marked.made != self._ids[kind]:
-                self.otherwise_made.append(
-                    OtherwiseMade(
-                        output,
-                        kind,
-                        same_weights=self.made.same_weights(marked.made),
-                        same_settings=self.made.same_settings(marked.made, kind),
-                    )
-                )
+                same_weights, same_settings = alike(marked.made, self._ids[kind])
+                self.otherwise_made.append(OtherwiseMade(output, kind, same_weights, same_settings))
                 return False
         return not self.changed.since(output, source, marked)
 
