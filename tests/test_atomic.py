@@ -39,6 +39,27 @@ def test_a_write_is_whole_or_nothing(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["m.png"]
 
 
+def test_bytes_are_written_beside_the_file_and_renamed_over_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What predict writes every output with: the old file stays whole until the rename, and a
+    rename that fails (a full disk, a file held open on Windows) leaves no temporary behind."""
+    from pdseg_cli.data import images as imio
+
+    out = tmp_path / "a.png"
+    out.write_bytes(b"old")
+
+    def rename_fails(tmp: Path, target: Path) -> None:
+        assert target.read_bytes() == b"old" and tmp.read_bytes() == b"new"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "_replace", rename_fails)
+    with pytest.raises(OSError):
+        imio.write_bytes_atomic(out, b"new")
+    assert out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
 def test_only_dead_writers_leftovers_of_that_file_are_removed(tmp_path: Path) -> None:
     target = tmp_path / "last.pt"
     dead = dead_pid()

@@ -77,3 +77,20 @@ def test_explicit_jobs_are_kept_whatever_the_load(monkeypatch: pytest.MonkeyPatc
     assert ev.resolve_jobs(-1) == 4 and ev.resolve_jobs(-2) == 3 and ev.resolve_jobs(6) == 6
     monkeypatch.setattr(compute, "other_runnable_tasks", lambda: None)  # no load to read (not Linux)
     assert ev.resolve_jobs(0) == 4
+
+
+def test_a_prediction_of_another_size_is_resized_bilinearly_to_its_gt() -> None:
+    """The rule of every published DIS evaluation, checked without the sample data (the golden
+    sets check it too, where ../shared/data is there)."""
+    import cv2
+
+    from pdseg_cli.metrics.image import score_pair
+
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 256, (12, 20), dtype=np.uint8)
+    gt = np.zeros((30, 50), np.uint8)
+    gt[8:22, 10:40] = 255
+    got = ev.evaluate_arrays([(pred, gt)]).splits[0].images[0].scores
+    want = score_pair(cv2.resize(pred, (50, 30), interpolation=cv2.INTER_LINEAR), gt)
+    assert (got.mae, got.wf, got.s, got.hce) == (want.mae, want.wf, want.s, want.hce)
+    np.testing.assert_array_equal(got.f_curve, want.f_curve)

@@ -224,6 +224,9 @@ def test_quantize_is_dis_truncation() -> None:
     p = np.array([0.0, 0.5 / 255, 1.0 / 255, 0.5, 254.9 / 255, 1.0], np.float32)
     np.testing.assert_array_equal(T.quantize(p), np.floor(p * np.float32(255)).astype(np.uint8))
     assert T.quantize(p).tolist() == [0, 0, 1, 127, 254, 255]
+    import torch  # the form predict runs: the same bytes from a tensor
+
+    assert T.quantize(torch.from_numpy(p)).tolist() == [0, 0, 1, 127, 254, 255]
     np.testing.assert_array_equal(T.binarize(p, 0.5), [0, 0, 0, 255, 255, 255])
 
 

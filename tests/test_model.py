@@ -50,6 +50,16 @@ def test_forward_backward_every_variant(name: str) -> None:
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
 
 
+def test_the_final_map_trains_the_coarse_levels_through_the_maps_they_pass_on() -> None:
+    """docs/model.md: each level takes the previous level's logit map, not detached, so a loss
+    on the final map alone (``--supervision single``) still reaches the stride-32 classifier.
+    The test above sums every level's loss, which reaches it through its own level anyway."""
+    model = seeded_model("pdseg-tiny").train()
+    model(torch.randn(1, 3, 64, 64), return_levels=True)[-1].mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("decoder.levels.0.classifier")}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
 def test_level_shapes_progressive(tiny: PDSeg) -> None:
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
@@ -141,6 +151,11 @@ def test_nmf_steps_and_seeded_bases() -> None:
     assert nmf.eval_bases.shape == (1, 16, 4)
     torch.testing.assert_close(nmf.eval_bases.norm(dim=1), torch.ones(1, 4))  # unit columns
     assert (nmf.train_steps, nmf.eval_steps) == (6, 7)
+    # each mode runs its own number of steps: in eval mode, 7 and not the training 6
+    x = torch.rand(1, 16, 8, 8)
+    one = NMF2D(16, 4, train_steps=6, eval_steps=1, seed=3)
+    assert not torch.equal(nmf.eval()(x), one.eval()(x))
+    torch.testing.assert_close(nmf.eval()(x), NMF2D(16, 4, train_steps=1, eval_steps=7, seed=3).eval()(x))
 
 
 def test_nmf_bases_are_not_in_the_state_dict(tiny: PDSeg) -> None:

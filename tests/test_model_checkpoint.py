@@ -108,10 +108,29 @@ def test_save_refuses_non_plain_provenance(model: PDSeg, tmp_path: Path) -> None
     assert load_checkpoint(tmp_path / "y.pt").provenance == {"data": str(tmp_path / "data"), "sizes": [1, 2]}
 
 
-def test_public_api_is_lazy_and_complete(saved: Path) -> None:
-    net = pdseg_cli.load_model(saved)
-    assert isinstance(net, PDSeg)
+def test_public_api_is_complete_and_each_name_is_the_real_one(saved: Path) -> None:
+    """Every name in ``__all__`` resolves to the object its module defines, and the names type
+    checkers see (the TYPE_CHECKING imports) are those. That ``import pdseg_cli`` leaves torch out
+    is test_cli's ``test_import_is_light``."""
+    import ast
+    import importlib
+
+    assert isinstance(pdseg_cli.load_model(saved), PDSeg)
     assert isinstance(pdseg_cli.create_model("pdseg-tiny"), PDSeg)
+    lazy = pdseg_cli._LAZY
+    assert set(pdseg_cli.__all__) == {"__version__", *lazy}
+    for name, module in lazy.items():
+        assert getattr(pdseg_cli, name) is getattr(importlib.import_module(module), name)
+    tree = ast.parse(Path(pdseg_cli.__file__).read_text())
+    typed = {
+        alias.asname: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pdseg_cli.")
+        for alias in node.names
+    }
+    assert typed == lazy
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pdseg_cli.nope  # noqa: B018
 
 
 # --- bad files: each gives one WeightsError naming the file ------------------------------------
