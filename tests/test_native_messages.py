@@ -209,6 +209,27 @@ def test_a_child_holding_the_pipe_does_not_hold_up_the_end(capfd):
             child.stdout.close()
 
 
+def test_fd_2_replaced_under_the_router_costs_a_decode_nothing(tmp_path, monkeypatch):
+    """Something that points fd 2 elsewhere while the command routes (pytest's capture did, under
+    a fixture that entered the router first): the marks went through fd 2, so none reached the
+    reader and every decode waited out the router's timeout. They have a write end of their own."""
+    monkeypatch.setattr(native_messages, "_WAIT_S", 30.0)
+    with native_messages.routed():
+        saved = os.dup(2)
+        try:
+            with open(tmp_path / "elsewhere.txt", "wb") as elsewhere:
+                os.dup2(elsewhere.fileno(), 2)
+                started = time.monotonic()
+                value, messages = native_messages.decode(lambda: _library_write(b"libpng warning: x\n") or 3)
+                took = time.monotonic() - started
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    assert took < 10, f"a decode waited {took:.1f} s for its end mark"
+    assert value == 3 and messages == []  # the line went where fd 2 pointed, not to the decode
+    assert (tmp_path / "elsewhere.txt").read_bytes() == b"libpng warning: x\n"
+
+
 def test_pdseg_s_own_line_quoting_a_library_message_is_not_taken_for_one(capfd):
     """A warning pdseg printed about one file while another was decoding lost its quoted words,
     and the rest of its line, to that decode: a good file was reported as damaged."""

@@ -73,7 +73,11 @@ class _Router:
         self.real = os.dup(2)
         self.read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
-        os.close(write_end)
+        # the marks go into the pipe through a write end of their own, not through fd 2: where
+        # something replaces fd 2 later (pytest's capture did), a decode's end mark still reaches
+        # the reader at once, and only the libraries' lines go elsewhere, unattributed, instead of
+        # every decode waiting out _WAIT_S for a mark written where the reader never looks
+        self.marks = write_end
         self.lock = threading.Lock()
         self.open: dict[int, Messages] = {}  # decodes in flight -> the messages so far
         self.finished: dict[int, Messages] = {}  # decodes whose end mark was read
@@ -89,11 +93,11 @@ class _Router:
         token = next(self.tokens)
         with self.lock:
             self.done[token] = threading.Event()
-        os.write(2, _MARK + b"begin %d\n" % token)
+        os.write(self.marks, _MARK + b"begin %d\n" % token)
         return token
 
     def end(self, token: int) -> Messages:
-        os.write(2, _MARK + b"end %d\n" % token)
+        os.write(self.marks, _MARK + b"end %d\n" % token)
         self.done[token].wait(_WAIT_S)
         with self.lock:
             self.done.pop(token, None)
@@ -188,18 +192,17 @@ class _Router:
         write end, and some outlive the command (the resource trackers that multiprocessing and
         loky start for eval's worker pool live until this process exits), so waiting for it took
         the whole timeout. Instead, close restores fd 2 first and then writes an end mark into
-        the pipe through a copy of its write end: everything this process wrote to fd 2 before
+        the pipe through the marks' own write end: everything this process wrote to fd 2 before
         lies ahead of the mark (one pipe, read in order), and the reader stops at the mark. Bytes
         that other processes wrote after it in the same read are forwarded too; later ones (a
         tracker's warning as this process exits) find no reader."""
         sys.stderr.flush()
-        write_end = os.dup(2)
         try:
             os.dup2(self.real, 2)  # from now on this process writes straight to the real stderr
             with contextlib.suppress(OSError):  # no mark: the reader stops at end-of-file
-                os.write(write_end, _MARK + b"close 0\n")
+                os.write(self.marks, _MARK + b"close 0\n")
         finally:
-            os.close(write_end)
+            os.close(self.marks)
         self.thread.join(_WAIT_S)
         if not self.thread.is_alive():  # else it still reads and forwards: leave it its fds
             os.close(self.read_end)
