@@ -57,6 +57,7 @@ from pdseg_cli.engine.train_events import (
 from pdseg_cli.engine.train_loop import run_training
 from pdseg_cli.engine.train_rng import isolated_rng
 from pdseg_cli.engine.train_schedule import lr_factor, param_groups
+from pdseg_cli.engine.train_workers import refuse_in_a_starting_worker
 from pdseg_cli.errors import InputError
 from pdseg_cli.model.build import load_checkpoint, train_side
 
@@ -90,6 +91,7 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
         WeightsError: unreadable ``--backbone-weights`` or ``last.pt``.
         TrainingDiverged: a NaN/inf loss; ``last.pt`` from the last save is kept.
     """
+    refuse_in_a_starting_worker()
     env = runtime.env_distributed()
     with runtime.alike_on_every_rank():  # the same options and files in every process
         if cfg.resume and not cfg.from_record:  # TrainConfig.for_resume's are exact: taken as they are

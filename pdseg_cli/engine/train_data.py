@@ -28,6 +28,7 @@ from pdseg_cli.engine.train_config import TrainConfig
 from pdseg_cli.engine.train_context import RunContext
 from pdseg_cli.engine.train_folder import LAST, cache_root
 from pdseg_cli.engine.train_signals import worker_init
+from pdseg_cli.engine.train_workers import spawns, start_workers
 from pdseg_cli.errors import DataError, InputError, PdsegError, counted
 from pdseg_cli.metrics.cache import default_cache_root
 from pdseg_cli.metrics.reading import read_gray_u8
@@ -450,8 +451,15 @@ def make_loaders(
         dataset = dis5k.SampleDataset(data.train, cfg.seed, augment)
         train_loader = _make_loader(ctx, dataset, batches, ctx.workers)
         if ctx.workers > 0:  # fork the workers now, while no progress-bar thread runs in this process
+            if cfg.cache == "ram" and spawns():  # forked workers share the parent's pages, spawned ones not
+                held = sum(a.nbytes for a in data.train.arrays if a is not None)
+                workers = f"{ctx.workers} worker{'s' if ctx.workers > 1 else ''}"
+                ctx.notice(
+                    f"--cache ram with {workers} started by spawn: each holds its own copy of the decoded "
+                    f"samples ({held / 2**20:.0f} MB); --cache disk shares one copy through the page cache"
+                )
             batches.set_epoch(start_epoch, start_step)
-            iter(train_loader)
+            start_workers(train_loader, ctx.workers)
     val_loader = None
     if data.val is not None and ctx.main:
         n, b = len(data.val), cfg.batch

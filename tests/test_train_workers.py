@@ -1,0 +1,127 @@
+"""Training's data-loading workers where processes are spawned (macOS and Windows start them so):
+a Ctrl-C while they start, a worker that cannot start, and a script that would call ``train()``
+again in every worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import REPO, make_dataset
+
+from pdseg_cli.engine import train_workers
+from pdseg_cli.errors import InputError, RunFailed
+
+
+class _Loader:
+    """Stands for a DataLoader: ``iter()`` runs ``start`` (what starting its workers does)."""
+
+    def __init__(self, start: Any) -> None:
+        self.start, self.started = start, False
+
+    def __iter__(self) -> _Loader:
+        self.start()
+        self.started = True
+        return self
+
+
+def test_a_ctrl_c_while_the_workers_start_is_acted_on_once_the_loader_holds_them() -> None:
+    """Raised inside the loader's start-up, it left a half-built loader whose workers (which ignore
+    SIGTERM) kept the process from exiting, for ever."""
+    loader = _Loader(lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        train_workers.start_workers(loader, 2)
+    assert loader.started  # the start-up ran to its end before the Ctrl-C was raised
+
+
+def _sleep() -> None:
+    time.sleep(60)
+
+
+def test_a_worker_start_that_fails_kills_the_workers_started_and_says_so() -> None:
+    started: list[multiprocessing.Process] = []
+
+    def start() -> None:
+        worker = multiprocessing.get_context("fork").Process(target=_sleep, daemon=True)
+        worker.start()
+        started.append(worker)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(RunFailed, match=r"the 2 data-loading worker processes could not start \(BrokenPipe"):
+        train_workers.start_workers(_Loader(start), 2)
+    started[0].join(10)
+    assert started[0].exitcode == -signal.SIGKILL
+
+
+def test_train_in_a_starting_worker_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(InputError, match='under `if __name__ == "__main__":`'):
+        train_workers.refuse_in_a_starting_worker()
+
+
+_PROBE = """\
+from pdseg_cli.engine.train_workers import unguarded_main_call
+
+def call():
+    return unguarded_main_call()
+
+print("top", call())
+if __name__ == "__main__":
+    print("guarded", call())
+if "__main__" == __name__:
+    print("reversed", call())
+"""
+
+
+def test_the_main_guard_is_read_from_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"top {script}:6", "guarded None", "reversed None"]
+    assert train_workers.unguarded_main_call() is None  # pytest's own entry is guarded, or not a script
+
+
+def test_a_script_that_trains_outside_the_main_guard_is_refused_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    """As on macOS: the first spawned worker ran the script again, met the run folder's lock, and
+    the script then hung for ever, writing the worker's data into a pipe nobody read."""
+    data = make_dataset(tmp_path / "tr", 2)
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import multiprocessing\nfrom pathlib import Path\nfrom pdseg_cli import TrainConfig, train\n"
+        "multiprocessing.set_start_method('spawn', force=True)\n"
+        f"train(TrainConfig(out=Path({str(tmp_path / 'run')!r}), epochs=1, variant='pdseg-tiny', size=32, "
+        f"batch=2, workers=1, train_dir=Path({str(data)!r}), device='cpu'))\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 1
+    assert f'{script}:5 calls pdseg_cli.train outside `if __name__ == "__main__":`' in run.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_pdseg_train_with_spawned_workers_trains_and_says_what_a_ram_cache_costs(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "tr", 2)
+    wrapper = tmp_path / "spawned_pdseg.py"  # the pdseg command, started as macOS starts workers
+    wrapper.write_text(
+        "import multiprocessing, sys\nfrom pdseg_cli.console import main\n"
+        "if __name__ == '__main__':\n    multiprocessing.set_start_method('spawn', force=True)\n"
+        "    sys.exit(main())\n"
+    )
+    args = ["train", "--train", str(data), "--variant", "pdseg-tiny", "--size", "32", "--batch", "2"]
+    args += ["--epochs", "1", "--workers", "1", "--cache", "ram", "--device", "cpu"]
+    args += ["--out", str(tmp_path / "run")]
+    run = subprocess.run(
+        [sys.executable, str(wrapper), *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert run.returncode == 0, run.stderr
+    said = " ".join(run.stderr.split())
+    assert "--cache ram with 1 worker started by spawn: each holds its own copy" in said
+    assert (tmp_path / "run" / "last.pt").is_file()
