@@ -31,6 +31,14 @@ def bundled_weights_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "weights"
 
 
+def is_bundled(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the bundled demo checkpoint itself (not a copy of it elsewhere)."""
+    try:
+        return Path(path).resolve() == (bundled_weights_dir() / BUNDLED_NAME).resolve()
+    except OSError:
+        return False
+
+
 def default_weights() -> Path:
     """The checkpoint used when ``--weights`` is not given.
 

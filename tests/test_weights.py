@@ -147,3 +147,28 @@ def test_a_file_that_keeps_changing_is_refused(tmp_path: Path) -> None:
 def test_the_predictor_keeps_the_hash_of_the_file_it_loaded() -> None:
     bundled = default_weights()
     assert Predictor(bundled, device="cpu").weights_sha256 == hashlib.sha256(bundled.read_bytes()).hexdigest()
+
+
+def test_a_run_of_the_bundled_weights_says_they_are_a_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first ``pdseg predict`` writes the demo model's previews: the run says so and where the
+    README shows a model whose cut-outs can be used; a model of the user's own gets no such line."""
+    import shutil
+
+    from helpers import run_cli
+
+    from pdseg_cli.weights import is_bundled
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    shutil.copy(EXAMPLE_IMAGES / "coffee.jpg", tmp_path / "coffee.jpg")
+    said = " ".join(run_cli("predict", tmp_path / "coffee.jpg", "-o", tmp_path / "demo").output.split())
+    assert "these are the bundled demo weights, whose masks are previews" in said
+    assert "(README, 'Cut-outs to use today')" in said
+    own = tmp_path / "own.pt"
+    shutil.copy(default_weights(), own)
+    assert is_bundled(default_weights()) and not is_bundled(own)
+    said = " ".join(
+        run_cli("predict", tmp_path / "coffee.jpg", "-w", own, "-o", tmp_path / "own").output.split()
+    )
+    assert "demo weights" not in said

@@ -39,6 +39,12 @@ from pdseg_cli.engine.output_kinds import files_help, kinds_that, save_help
 from pdseg_cli.errors import InputError, PdsegError
 from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
+# said under the model line when no --weights was given: a first run's masks are the demo model's
+DEMO_NOTE = (
+    "these are the bundled demo weights, whose masks are previews; for cut-outs to use, run a stronger "
+    "model with --weights (README, 'Cut-outs to use today')"
+)
+
 if TYPE_CHECKING:
     from pdseg_cli.engine.predict_summary import PredictSummary
     from pdseg_cli.runtime.torchrun import Distributed
@@ -178,10 +184,12 @@ def predict(
                 raise InputError(
                     "--out is empty", hint="name a folder, e.g. --out masks (--out . for this one)"
                 )
+            demo = False  # the bundled demo weights, by default: the run says what their masks are
             if weights is None:
-                from pdseg_cli.weights import default_weights
+                from pdseg_cli.weights import default_weights, is_bundled
 
                 weights = default_weights()  # a missing default is reported before anything is created
+                demo = is_bundled(weights)
             kinds = parse_save(save)
             check_batch(batch)
             env = runtime.env_distributed()
@@ -291,6 +299,7 @@ def predict(
                     dist.world_size,
                     [*predictor.notes, *([sharing] if sharing else [])],
                     model=f"{predictor.weights_path or 'model'}: {predictor.description}",
+                    model_note=DEMO_NOTE if demo else None,
                 )
                 prediction.left_in_out(plan.out_dir, plan.left_in_out)
             seen: list[Any] = []  # the results so far, for the counts after a Ctrl-C

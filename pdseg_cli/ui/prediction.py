@@ -38,11 +38,14 @@ def start(
     world_size: int,
     notes: list[str] | None = None,
     model: str | None = None,
+    model_note: str | None = None,
 ) -> None:
-    """Status lines on stderr before the work starts (the model, then the set-up), then a warning line
-    per note."""
+    """Status lines on stderr before the work starts (the model and what to know of it, then the
+    set-up), then a warning line per note."""
     if model:
         ui.info(f"model {model}")
+    if model_note:
+        ui.info(model_note)
     parts = [f"device {device_reason}", f"precision {precision}", f"size {size}"]
     files = f"{counted(todo, 'image')} to do"
     if skipped:
