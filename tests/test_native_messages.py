@@ -230,6 +230,32 @@ def test_fd_2_replaced_under_the_router_costs_a_decode_nothing(tmp_path, monkeyp
     assert (tmp_path / "elsewhere.txt").read_bytes() == b"libpng warning: x\n"
 
 
+def test_a_decode_still_running_as_the_command_ends_writes_its_mark_nowhere(tmp_path):
+    """The marks' write end is closed with the router: a decode's end mark written after it went
+    into whichever file took its number next, or failed with EBADF over the decode's own result."""
+    inside, release = threading.Event(), threading.Event()
+    result = {}
+
+    def slow() -> int:
+        inside.set()
+        release.wait(10)
+        return 5
+
+    with native_messages.routed():
+        decoding = threading.Thread(target=lambda: result.update(got=native_messages.decode(slow)))
+        decoding.start()
+        assert inside.wait(10)
+    opened = [open(tmp_path / f"{i}.bin", "wb") for i in range(4)]  # noqa: SIM115 - held open on purpose
+    try:
+        release.set()
+        decoding.join(10)
+    finally:
+        for f in opened:
+            f.close()
+    assert result["got"] == (5, [])
+    assert [(tmp_path / f"{i}.bin").read_bytes() for i in range(4)] == [b""] * 4
+
+
 def test_pdseg_s_own_line_quoting_a_library_message_is_not_taken_for_one(capfd):
     """A warning pdseg printed about one file while another was decoding lost its quoted words,
     and the rest of its line, to that decode: a good file was reported as damaged."""

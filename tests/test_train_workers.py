@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,21 +32,80 @@ class _Loader:
         self.started = True
         return self
 
+    def __next__(self) -> None:
+        raise StopIteration
 
-def test_a_ctrl_c_while_the_workers_start_is_acted_on_once_the_loader_holds_them() -> None:
+
+_POSIX_SIGNALS = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
+
+
+@pytest.fixture(params=["forked", "spawned"])
+def started_as(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways workers start: forked (Linux), or afresh (macOS, Windows), which start_workers
+    does from a thread of its own."""
+    monkeypatch.setattr(train_workers, "spawns", lambda: request.param == "spawned")
+    monkeypatch.setattr(train_workers, "unguarded_main_call", lambda: None)
+    return request.param
+
+
+@_POSIX_SIGNALS
+def test_a_ctrl_c_while_the_workers_start_is_acted_on_once_the_loader_holds_them(started_as: str) -> None:
     """Raised inside the loader's start-up, it left a half-built loader whose workers (which ignore
     SIGTERM) kept the process from exiting, for ever."""
-    loader = _Loader(lambda: os.kill(os.getpid(), signal.SIGINT))
+    said: list[str] = []
+
+    def start() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)  # the start goes on after the Ctrl-C
+
+    loader = _Loader(start)
     with pytest.raises(KeyboardInterrupt):
-        train_workers.start_workers(loader, 2)
+        train_workers.start_workers(loader, 2, on_stopping=lambda: said.append("stopping"))
     assert loader.started  # the start-up ran to its end before the Ctrl-C was raised
+    assert said == (["stopping"] if started_as == "spawned" else [])
+
+
+@_POSIX_SIGNALS
+def test_a_second_ctrl_c_stops_a_start_that_never_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned worker that ends as it starts leaves the start writing to it for ever: the signals
+    were held all that time, and only SIGKILL ended the process."""
+    monkeypatch.setattr(train_workers, "spawns", lambda: True)
+    monkeypatch.setattr(train_workers, "unguarded_main_call", lambda: None)
+    stuck = threading.Event()
+
+    def start() -> None:
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+        stuck.wait(60)
+
+    began = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_workers.start_workers(_Loader(start), 1)
+    finally:
+        stuck.set()
+    assert time.monotonic() - began < 30
+
+
+def test_a_start_that_never_ends_fails_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_workers, "spawns", lambda: True)
+    monkeypatch.setattr(train_workers, "unguarded_main_call", lambda: None)
+    monkeypatch.setattr(train_workers, "START_TIMEOUT_S", 0.5)
+    stuck = threading.Event()
+    try:
+        with pytest.raises(RunFailed, match=r"the 3 data-loading worker processes did not start within 0 s"):
+            train_workers.start_workers(_Loader(lambda: stuck.wait(60)), 3)
+    finally:
+        stuck.set()
 
 
 def _sleep() -> None:
     time.sleep(60)
 
 
-def test_a_worker_start_that_fails_kills_the_workers_started_and_says_so() -> None:
+@_POSIX_SIGNALS
+def test_a_worker_start_that_fails_kills_the_workers_started_and_says_so(started_as: str) -> None:
     started: list[multiprocessing.Process] = []
 
     def start() -> None:
@@ -75,17 +135,33 @@ def call():
 print("top", call())
 if __name__ == "__main__":
     print("guarded", call())
-if "__main__" == __name__:
-    print("reversed", call())
+if "__main__" == __name__ and len("x"):
+    print("guarded and more", call())
+if __name__ != "__main__":
+    pass
+else:
+    print("else of !=", call())
 """
 
 
 def test_the_main_guard_is_read_from_the_script(tmp_path: Path) -> None:
     script = tmp_path / "probe.py"
     script.write_text(_PROBE)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == [f"top {script}:6", "guarded None", "reversed None"]
-    assert train_workers.unguarded_main_call() is None  # pytest's own entry is guarded, or not a script
+    want = ["guarded None", "guarded and more None", "else of != None"]
+    for name in ("probe.py", "probe"):  # a script without the .py suffix (./mytrain) is read too
+        (tmp_path / name).write_text(_PROBE)
+        out = subprocess.run(
+            [sys.executable, str(tmp_path / name)], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.splitlines() == [f"top {tmp_path / name}:6", *want]
+    # a package's __main__.py (python -m pkg), which spawned workers do not run again
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "__main__.py").write_text(_PROBE)
+    out = subprocess.run(
+        [sys.executable, "-m", "pkg"], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    assert out.splitlines()[0] == "top None"
 
 
 def test_a_script_that_trains_outside_the_main_guard_is_refused_before_any_worker_starts(
@@ -123,5 +199,5 @@ def test_pdseg_train_with_spawned_workers_trains_and_says_what_a_ram_cache_costs
     )
     assert run.returncode == 0, run.stderr
     said = " ".join(run.stderr.split())
-    assert "--cache ram with 1 worker started by spawn: each holds its own copy" in said
+    assert "--cache ram with 1 worker started afresh (not forked): each holds its own copy" in said
     assert (tmp_path / "run" / "last.pt").is_file()

@@ -78,6 +78,7 @@ class _Router:
         # the reader at once, and only the libraries' lines go elsewhere, unattributed, instead of
         # every decode waiting out _WAIT_S for a mark written where the reader never looks
         self.marks = write_end
+        self.marks_lock = threading.Lock()  # held by a mark's write and by close(): never the reader
         self.lock = threading.Lock()
         self.open: dict[int, Messages] = {}  # decodes in flight -> the messages so far
         self.finished: dict[int, Messages] = {}  # decodes whose end mark was read
@@ -93,16 +94,25 @@ class _Router:
         token = next(self.tokens)
         with self.lock:
             self.done[token] = threading.Event()
-        os.write(self.marks, _MARK + b"begin %d\n" % token)
+        self._write_mark(b"begin %d\n" % token)
         return token
 
     def end(self, token: int) -> Messages:
-        os.write(self.marks, _MARK + b"end %d\n" % token)
-        self.done[token].wait(_WAIT_S)
+        if self._write_mark(b"end %d\n" % token):
+            self.done[token].wait(_WAIT_S)
         with self.lock:
             self.done.pop(token, None)
             self.open.pop(token, None)  # only if the reader never saw the end mark
             return self.finished.pop(token, Messages())
+
+    def _write_mark(self, what: bytes) -> bool:
+        """Write a mark into the pipe; False once :meth:`close` has closed it (a decode still running
+        as the command ends: its mark is dropped, never written to a file that took the number)."""
+        with self.marks_lock:
+            if self.marks < 0:
+                return False
+            os.write(self.marks, _MARK + what)
+            return True
 
     def sync(self) -> None:
         """Return once the reader has forwarded what was written to fd 2 before: an end mark for a
@@ -197,12 +207,14 @@ class _Router:
         that other processes wrote after it in the same read are forwarded too; later ones (a
         tracker's warning as this process exits) find no reader."""
         sys.stderr.flush()
-        try:
-            os.dup2(self.real, 2)  # from now on this process writes straight to the real stderr
-            with contextlib.suppress(OSError):  # no mark: the reader stops at end-of-file
-                os.write(self.marks, _MARK + b"close 0\n")
-        finally:
-            os.close(self.marks)
+        with self.marks_lock:
+            try:
+                os.dup2(self.real, 2)  # from now on this process writes straight to the real stderr
+                with contextlib.suppress(OSError):  # no mark: the reader stops at end-of-file
+                    os.write(self.marks, _MARK + b"close 0\n")
+            finally:
+                os.close(self.marks)
+                self.marks = -1
         self.thread.join(_WAIT_S)
         if not self.thread.is_alive():  # else it still reads and forwards: leave it its fds
             os.close(self.read_end)

@@ -455,11 +455,18 @@ def make_loaders(
                 held = sum(a.nbytes for a in data.train.arrays if a is not None)
                 workers = f"{ctx.workers} worker{'s' if ctx.workers > 1 else ''}"
                 ctx.notice(
-                    f"--cache ram with {workers} started by spawn: each holds its own copy of the decoded "
-                    f"samples ({held / 2**20:.0f} MB); --cache disk shares one copy through the page cache"
+                    f"--cache ram with {workers} started afresh (not forked): each holds its own copy of "
+                    f"the decoded samples ({held / 2**20:.1f} MB); --cache disk shares one through the page "
+                    "cache"
                 )
             batches.set_epoch(start_epoch, start_step)
-            start_workers(train_loader, ctx.workers)
+            start_workers(
+                train_loader,
+                ctx.workers,
+                on_stopping=lambda: ctx.notice(
+                    "stopping once the data-loading workers have started (Ctrl-C again stops now)"
+                ),
+            )
     val_loader = None
     if data.val is not None and ctx.main:
         n, b = len(data.val), cfg.batch

@@ -1,16 +1,19 @@
 """Starting the training data loader's worker processes, where processes may be spawned.
 
 On Linux workers are forked: they start in milliseconds and share the parent's memory. On macOS
-and Windows they are spawned: each starts a fresh interpreter, imports torch (seconds), and runs
-the calling script's top level again before it unpickles its dataset. Three things follow, each
-handled here:
+and Windows (and Linux from Python 3.14, whose default is forkserver) each starts a fresh
+interpreter, imports torch (seconds), and runs the calling script's top level again before it
+reads its dataset. What follows, each handled here:
 
-- a Ctrl-C while they start must not land inside the loader's start-up (:func:`start_workers`);
+- a Ctrl-C while they start must not land inside the loader's start-up, which it leaves
+  half-built, with workers that nothing stops (:func:`start_workers`);
+- a worker that ends as it starts leaves CPython's starting parent writing the rest of the
+  worker's data into a pipe that the parent itself holds open, for ever: the start runs in a
+  thread of its own, so that the command stays stoppable, and gives up after a while;
 - a script that calls ``train()`` outside ``if __name__ == "__main__":`` would call it again in
-  every worker: refused before any worker starts (:func:`unguarded_main_call`), and in a worker
-  as it starts (:func:`refuse_in_a_starting_worker`) where the first check cannot see the call;
-- a worker that dies as it starts leaves CPython's spawning parent writing the rest of the
-  worker's data into a pipe that the parent itself holds open, for ever: hence the first check.
+  every worker (and so end it as it starts): refused before any worker starts
+  (:func:`unguarded_main_call`), and in a worker as it starts (:func:`refuse_in_a_starting_worker`)
+  where the first check cannot see the call.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from __future__ import annotations
 import ast
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,66 +35,132 @@ _GUARD_HINT = (
     'put the code that calls train() under `if __name__ == "__main__":`, as multiprocessing needs '
     "where processes are spawned (macOS, Windows); or pass --workers 0 (TrainConfig.workers=0)"
 )
+# A spawned worker's start waits for it to import the calling script (torch with it): seconds each,
+# a minute for several on a slow laptop. Far past that, a worker ended as it started.
+START_TIMEOUT_S = 180.0
 
 
 def spawns() -> bool:
-    """Whether worker processes start by spawn or forkserver (a fresh interpreter each) here."""
-    return multiprocessing.get_start_method() != "fork"
+    """Whether worker processes start afresh (spawn or forkserver) rather than forked, without
+    fixing the start method as ``multiprocessing.get_start_method()`` does."""
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    return method != "fork"
 
 
-def start_workers(loader: Any, workers: int) -> None:
+def start_workers(loader: Any, workers: int, on_stopping: Callable[[], None] | None = None) -> None:
     """Start ``loader``'s worker processes now (persistent: they serve every epoch).
 
-    With the stop signals held, as eval starts its pool (:func:`pdseg_cli.runtime.stop.signals_held`):
-    where workers are spawned, starting them takes seconds, and a Ctrl-C then, raised inside the
-    loader's start-up, left it half-built: its workers, which ignore SIGTERM
-    (:func:`~pdseg_cli.engine.train_signals.worker_init`), were never told to stop, and the process
-    waited on them for ever at exit. Held, the Ctrl-C is acted on once the loader holds its
-    workers, and its shutdown ends them. Any other failure there kills the workers started so far
-    (SIGKILL, which they cannot ignore).
+    A Ctrl-C (or SIGTERM, SIGHUP) while they start is acted on once the loader holds them, so
+    that its shutdown ends them: raised inside the loader's start-up, it left the loader half-built
+    and its workers, which ignore those signals (:func:`~pdseg_cli.engine.train_signals.worker_init`),
+    unstopped, and the process waited on them for ever at exit. Forked workers start in
+    milliseconds, with the signals held (:func:`pdseg_cli.runtime.stop.signals_held`, as eval's
+    pool). Spawned ones are started by a thread of its own with the signals blocked (the workers
+    inherit that), while this thread waits: a second stop signal, a failure, or no end within
+    :data:`START_TIMEOUT_S` kills the workers started so far (SIGKILL, which they cannot ignore).
 
     Args:
         loader: a ``torch.utils.data.DataLoader`` with ``persistent_workers``.
         workers: its worker count (for the messages).
+        on_stopping: called when a first stop signal comes while spawned workers start.
 
     Raises:
         InputError: workers would be spawned, and the ``__main__`` script calls ``train()`` outside
             ``if __name__ == "__main__":``.
-        RunFailed: a worker could not be started.
+        RunFailed: the workers could not be started.
+        KeyboardInterrupt: a stop signal came meanwhile.
     """
-    from pdseg_cli.runtime.stop import signals_held
-
-    if spawns() and (where := unguarded_main_call()):
-        raise InputError(
-            f'{where} calls pdseg_cli.train outside `if __name__ == "__main__":`: each of the {workers} '
-            "data-loading worker processes would run it again as it starts",
-            hint=_GUARD_HINT,
-        )
     before = set(multiprocessing.active_children())
     try:
-        with signals_held() as block_again:
-            if os.name == "posix" and spawns():
-                from multiprocessing import resource_tracker
+        if not spawns():
+            from pdseg_cli.runtime.stop import signals_held
 
-                resource_tracker.ensure_running()  # its start unblocks SIGINT and SIGTERM (Python 3.11)
-                block_again()
-            iter(loader)
+            with signals_held():
+                iter(loader)
+            return
+        if where := unguarded_main_call():
+            raise InputError(
+                f'{where} calls pdseg_cli.train outside `if __name__ == "__main__":`: each of the '
+                f"{workers} data-loading worker processes would run it again as it starts",
+                hint=_GUARD_HINT,
+            )
+        _start_in_a_thread(loader, workers, on_stopping)
+    except PdsegError:
+        _kill_started(before)
+        raise
+    except KeyboardInterrupt:
+        raise  # the loader is whole (or its start was aborted, and the workers killed, below)
     except Exception as exc:
-        for child in multiprocessing.active_children():
-            if child not in before:
-                child.kill()
-        if isinstance(exc, PdsegError):
-            raise
+        _kill_started(before)
         raise RunFailed(
             f"the {workers} data-loading worker processes could not start ({type(exc).__name__}: {exc})",
             hint="--workers 0 loads in the training process",
         ) from exc
 
 
+def _start_in_a_thread(loader: Any, workers: int, on_stopping: Callable[[], None] | None) -> None:
+    from pdseg_cli.runtime.stop import group_signals
+
+    group = group_signals()
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        masks = hasattr(signal, "pthread_sigmask")
+        try:
+            if masks:  # this thread's mask is what the workers it starts begin with
+                signal.pthread_sigmask(signal.SIG_BLOCK, group)
+            if os.name == "posix":
+                from multiprocessing import resource_tracker
+
+                resource_tracker.ensure_running()
+                if masks:  # the tracker's start unblocks SIGINT and SIGTERM (Python 3.11)
+                    signal.pthread_sigmask(signal.SIG_BLOCK, group)
+            iter(loader)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    before = set(multiprocessing.active_children())
+    thread = threading.Thread(target=start, name="pdseg-start-workers", daemon=True)
+    stopped: KeyboardInterrupt | None = None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        thread.start()
+        while not done.is_set():
+            try:
+                if not done.wait(0.2) and time.monotonic() > deadline:
+                    raise RunFailed(
+                        f"the {workers} data-loading worker processes did not start within "
+                        f"{START_TIMEOUT_S:.0f} s: one ended as it started (its error is above, if any)",
+                        hint="--workers 0 loads in the training process",
+                    )
+            except KeyboardInterrupt as exc:
+                if stopped is not None:
+                    raise  # a second stop: now, without waiting for the start
+                stopped = exc
+                if on_stopping is not None:
+                    on_stopping()
+    except BaseException:
+        _kill_started(before)  # the start thread, if stuck writing to a dead worker, stays so: a daemon
+        raise
+    if failed:
+        raise failed[0]
+    if stopped is not None:
+        raise stopped
+
+
+def _kill_started(before: set[Any]) -> None:
+    for child in multiprocessing.active_children():
+        if child not in before:
+            child.kill()
+
+
 def refuse_in_a_starting_worker() -> None:
     """Refuse ``train()`` in a worker process that is starting up: it runs the calling script's top
     level again, and a call there met the first call's lock on ``--out``, saying that another
-    process used the folder, while the first call waited for ever on the worker.
+    process used the folder, while the first call waited on the worker.
 
     Raises:
         InputError: this process is a worker starting up.
@@ -101,12 +174,16 @@ def refuse_in_a_starting_worker() -> None:
 
 
 def unguarded_main_call() -> str | None:
-    """``script.py:line`` of the call that led here from the top level of the ``__main__`` script,
-    where that line is outside every ``if __name__ == "__main__":`` block; else None (the pdseg
-    command, ``python -m``, a notebook, a guarded call, or a script that cannot be read)."""
+    """``script:line`` of the call that led here from the top level of the ``__main__`` script,
+    where that line is outside every ``if`` on ``__name__``; else None: the pdseg command (guarded),
+    a package's ``__main__.py`` (``python -m pkg``, which spawned workers do not run again), a
+    notebook or ``python -c`` (no file), a guarded call, or a script that cannot be read."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if main is None or not path or not str(path).endswith(".py"):
+    spec = getattr(main, "__spec__", None)
+    if main is None or not path:
+        return None
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
         return None
     frame = sys._getframe(1)
     while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
@@ -119,17 +196,13 @@ def unguarded_main_call() -> str | None:
         return None
     line = frame.f_lineno
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and _is_main_test(node.test):
+        if isinstance(node, ast.If) and _tests_the_name(node.test):
             if node.lineno <= line <= (node.end_lineno or node.lineno):
                 return None
     return f"{path}:{line}"
 
 
-def _is_main_test(test: ast.expr) -> bool:
-    """``__name__ == "__main__"``, either way round."""
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
-        return False
-    sides = [test.left, test.comparators[0]]
-    names = [s.id for s in sides if isinstance(s, ast.Name)]
-    values = [s.value for s in sides if isinstance(s, ast.Constant)]
-    return names == ["__name__"] and values == ["__main__"]
+def _tests_the_name(test: ast.expr) -> bool:
+    """An ``if`` whose test reads ``__name__`` (``== "__main__"``, ``!=`` with the call under its
+    ``else``, ``and`` more conditions): taken as a guard; a wrong one is refused in the worker."""
+    return any(isinstance(node, ast.Name) and node.id == "__name__" for node in ast.walk(test))

@@ -115,7 +115,7 @@ def terminal_signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _group_signals() -> list[signal.Signals]:
+def group_signals() -> list[signal.Signals]:
     """The signals sent to every process of a group or job: Ctrl-C and a terminal's hang-up (the
     terminal's foreground process group), SIGTERM (a job scheduler's time limit, ``kill -- -PGID``),
     and on Windows Ctrl-Break and a closed console window (SIGBREAK), which reach every process
@@ -143,7 +143,7 @@ def signals_held() -> Iterator[Callable[[], None]]:
     Handlers are set in the main thread only (elsewhere signals cannot be set); a signal the process
     ignores (a ``cmd &`` in a script ignores SIGINT) stays ignored.
     """
-    group = _group_signals()
+    group = group_signals()
     if not hasattr(signal, "pthread_sigmask"):  # no signal masks: a Ctrl-C meanwhile is lost
         with terminal_signals_ignored():
             yield lambda: None
@@ -182,7 +182,7 @@ def ignore_stop_signals() -> None:
     life (one that came while it started, held by :func:`signals_held`, is dropped), and unblock
     them. The main process acts on them and stops its workers (the pools pdseg uses kill them with
     SIGKILL, which cannot be ignored)."""
-    group = _group_signals()
+    group = group_signals()
     for sig in group:
         signal.signal(sig, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
