@@ -52,17 +52,17 @@ def started_as(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 def test_a_ctrl_c_while_the_workers_start_is_acted_on_once_the_loader_holds_them(started_as: str) -> None:
     """Raised inside the loader's start-up, it left a half-built loader whose workers (which ignore
     SIGTERM) kept the process from exiting, for ever."""
-    said: list[str] = []
 
     def start() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.3)  # the start goes on after the Ctrl-C
 
     loader = _Loader(start)
+    said: list[int] = []
     with pytest.raises(KeyboardInterrupt):
-        train_workers.start_workers(loader, 2, on_stopping=lambda: said.append("stopping"))
+        train_workers.start_workers(loader, 2, on_stopping=said.append)
     assert loader.started  # the start-up ran to its end before the Ctrl-C was raised
-    assert said == (["stopping"] if started_as == "spawned" else [])
+    assert said == ([signal.SIGINT] if started_as == "spawned" else [])
 
 
 @_POSIX_SIGNALS
@@ -86,6 +86,40 @@ def test_a_second_ctrl_c_stops_a_start_that_never_ends(monkeypatch: pytest.Monke
     finally:
         stuck.set()
     assert time.monotonic() - began < 30
+
+
+@_POSIX_SIGNALS
+def test_one_stop_ends_a_start_that_never_ends_after_a_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduler's SIGTERM comes once: the start may end whole meanwhile, else it is given up."""
+    monkeypatch.setattr(train_workers, "spawns", lambda: True)
+    monkeypatch.setattr(train_workers, "unguarded_main_call", lambda: None)
+    monkeypatch.setattr(train_workers, "STOP_GRACE_S", 0.5)
+    stuck = threading.Event()
+
+    def start() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        stuck.wait(60)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_workers.start_workers(_Loader(start), 1)
+    finally:
+        stuck.set()
+
+
+@_POSIX_SIGNALS
+def test_a_stop_is_acted_on_before_a_failed_start_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop is what the user did: it ends the run as a stop (status 130 or 143), not as a failure."""
+    monkeypatch.setattr(train_workers, "spawns", lambda: True)
+    monkeypatch.setattr(train_workers, "unguarded_main_call", lambda: None)
+
+    def start() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_workers.start_workers(_Loader(start), 1)
 
 
 def test_a_start_that_never_ends_fails_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -460,13 +460,7 @@ def make_loaders(
                     "cache"
                 )
             batches.set_epoch(start_epoch, start_step)
-            start_workers(
-                train_loader,
-                ctx.workers,
-                on_stopping=lambda: ctx.notice(
-                    "stopping once the data-loading workers have started (Ctrl-C again stops now)"
-                ),
-            )
+            start_workers(train_loader, ctx.workers, on_stopping=lambda signum: _stopping(ctx, signum))
     val_loader = None
     if data.val is not None and ctx.main:
         n, b = len(data.val), cfg.batch
@@ -475,6 +469,14 @@ def make_loaders(
         # training workers and their queue threads live can deadlock the new processes
         val_loader = _make_loader(ctx, dis5k.SampleDataset(data.val), val_batches, 0)
     return train_loader, val_loader
+
+
+def _stopping(ctx: RunContext, signum: int) -> None:
+    """Said when a stop comes while spawned workers start: the run stops once they have."""
+    import signal
+
+    again = " (Ctrl-C again stops now)" if signum == signal.SIGINT else ""
+    ctx.notice(f"stopping once the data-loading workers have started{again}")
 
 
 def _make_loader(

@@ -19,17 +19,19 @@ reads its dataset. What follows, each handled here:
 from __future__ import annotations
 
 import ast
+import atexit
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pdseg_cli.errors import InputError, PdsegError, RunFailed
+from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted
 
 _GUARD_HINT = (
     'put the code that calls train() under `if __name__ == "__main__":`, as multiprocessing needs '
@@ -38,6 +40,9 @@ _GUARD_HINT = (
 # A spawned worker's start waits for it to import the calling script (torch with it): seconds each,
 # a minute for several on a slow laptop. Far past that, a worker ended as it started.
 START_TIMEOUT_S = 180.0
+# After a stop, how long the start may go on so that it ends whole (its workers then stopped by the
+# loader); past that, the workers are killed where they are.
+STOP_GRACE_S = 20.0
 
 
 def spawns() -> bool:
@@ -47,69 +52,72 @@ def spawns() -> bool:
     return method != "fork"
 
 
-def start_workers(loader: Any, workers: int, on_stopping: Callable[[], None] | None = None) -> None:
+def start_workers(loader: Any, workers: int, on_stopping: Callable[[int], None] | None = None) -> None:
     """Start ``loader``'s worker processes now (persistent: they serve every epoch).
 
-    A Ctrl-C (or SIGTERM, SIGHUP) while they start is acted on once the loader holds them, so
-    that its shutdown ends them: raised inside the loader's start-up, it left the loader half-built
-    and its workers, which ignore those signals (:func:`~pdseg_cli.engine.train_signals.worker_init`),
-    unstopped, and the process waited on them for ever at exit. Forked workers start in
+    A Ctrl-C (or SIGTERM, SIGHUP) while they start must not break the loader's start-up off half
+    way: that left workers, which ignore those signals (:func:`~pdseg_cli.engine.train_signals.worker_init`),
+    that nothing stopped, and the process waited on them for ever at exit. Forked workers start in
     milliseconds, with the signals held (:func:`pdseg_cli.runtime.stop.signals_held`, as eval's
-    pool). Spawned ones are started by a thread of its own with the signals blocked (the workers
-    inherit that), while this thread waits: a second stop signal, a failure, or no end within
-    :data:`START_TIMEOUT_S` kills the workers started so far (SIGKILL, which they cannot ignore).
+    pool). Spawned ones are started by a thread of its own, born with the signals blocked (the
+    workers inherit that), while this thread waits and counts stop signals
+    (:func:`pdseg_cli.runtime.stop.stops_counted`): a stop kills the workers started once the start
+    has ended, a second stop, or :data:`STOP_GRACE_S` after the first, at once; so do a failure and
+    no end within :data:`START_TIMEOUT_S`. The workers are killed (SIGKILL) at exit too, should
+    anything still hold them then.
 
     Args:
         loader: a ``torch.utils.data.DataLoader`` with ``persistent_workers``.
         workers: its worker count (for the messages).
-        on_stopping: called when a first stop signal comes while spawned workers start.
+        on_stopping: called with the signal's number when a first stop comes while spawned workers
+            start.
 
     Raises:
         InputError: workers would be spawned, and the ``__main__`` script calls ``train()`` outside
             ``if __name__ == "__main__":``.
         RunFailed: the workers could not be started.
-        KeyboardInterrupt: a stop signal came meanwhile.
+        KeyboardInterrupt: a stop signal came meanwhile (under the ``pdseg`` command).
     """
     before = set(multiprocessing.active_children())
+    named = counted(workers, "data-loading worker process", "data-loading worker processes")
     try:
         if not spawns():
             from pdseg_cli.runtime.stop import signals_held
 
             with signals_held():
                 iter(loader)
-            return
-        if where := unguarded_main_call():
-            raise InputError(
-                f'{where} calls pdseg_cli.train outside `if __name__ == "__main__":`: each of the '
-                f"{workers} data-loading worker processes would run it again as it starts",
-                hint=_GUARD_HINT,
-            )
-        _start_in_a_thread(loader, workers, on_stopping)
-    except PdsegError:
-        _kill_started(before)
+        else:
+            if where := unguarded_main_call():
+                raise InputError(
+                    f'{where} calls pdseg_cli.train outside `if __name__ == "__main__":`: each of the '
+                    f"{named} would run it again as it starts",
+                    hint=_GUARD_HINT,
+                )
+            _start_in_a_thread(loader, named, on_stopping, before)
+    except (PdsegError, KeyboardInterrupt):
         raise
-    except KeyboardInterrupt:
-        raise  # the loader is whole (or its start was aborted, and the workers killed, below)
     except Exception as exc:
         _kill_started(before)
         raise RunFailed(
-            f"the {workers} data-loading worker processes could not start ({type(exc).__name__}: {exc})",
+            f"the {named} could not start ({type(exc).__name__}: {exc})",
             hint="--workers 0 loads in the training process",
         ) from exc
+    finally:
+        _kill_at_exit(set(multiprocessing.active_children()) - before)
 
 
-def _start_in_a_thread(loader: Any, workers: int, on_stopping: Callable[[], None] | None) -> None:
-    from pdseg_cli.runtime.stop import group_signals
+def _start_in_a_thread(
+    loader: Any, named: str, on_stopping: Callable[[int], None] | None, before: set[Any]
+) -> None:
+    from pdseg_cli.runtime.stop import act_on_stop, group_signals, stops_counted
 
     group = group_signals()
+    masks = hasattr(signal, "pthread_sigmask")
     done = threading.Event()
     failed: list[BaseException] = []
 
     def start() -> None:
-        masks = hasattr(signal, "pthread_sigmask")
         try:
-            if masks:  # this thread's mask is what the workers it starts begin with
-                signal.pthread_sigmask(signal.SIG_BLOCK, group)
             if os.name == "posix":
                 from multiprocessing import resource_tracker
 
@@ -122,39 +130,66 @@ def _start_in_a_thread(loader: Any, workers: int, on_stopping: Callable[[], None
         finally:
             done.set()
 
-    before = set(multiprocessing.active_children())
     thread = threading.Thread(target=start, name="pdseg-start-workers", daemon=True)
-    stopped: KeyboardInterrupt | None = None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        thread.start()
-        while not done.is_set():
-            try:
-                if not done.wait(0.2) and time.monotonic() > deadline:
-                    raise RunFailed(
-                        f"the {workers} data-loading worker processes did not start within "
-                        f"{START_TIMEOUT_S:.0f} s: one ended as it started (its error is above, if any)",
-                        hint="--workers 0 loads in the training process",
-                    )
-            except KeyboardInterrupt as exc:
-                if stopped is not None:
-                    raise  # a second stop: now, without waiting for the start
-                stopped = exc
-                if on_stopping is not None:
-                    on_stopping()
-    except BaseException:
-        _kill_started(before)  # the start thread, if stuck writing to a dead worker, stays so: a daemon
-        raise
+    with stops_counted(on_first=on_stopping) as stops:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, group) if masks else None
+        try:
+            thread.start()  # born with the signals blocked: so is every worker it starts
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        first_stop: float | None = None
+        while not done.wait(0.2):
+            now = time.monotonic()
+            if stops and first_stop is None:
+                first_stop = now
+            if (
+                len(stops) > 1
+                or (first_stop is not None and now - first_stop > STOP_GRACE_S)
+                or now > deadline
+            ):
+                break
+    if stops or failed or not done.is_set():
+        # the start thread, if it is stuck writing to a worker that ended, stays so: a daemon
+        _kill_started(before)
+    if stops:
+        act_on_stop(stops[0])  # a KeyboardInterrupt under the pdseg command
+        return
     if failed:
         raise failed[0]
-    if stopped is not None:
-        raise stopped
+    if not done.is_set():
+        raise RunFailed(
+            f"the {named} did not start within {START_TIMEOUT_S:.0f} s: one ended as it started (its "
+            "error is above, if any)",
+            hint="--workers 0 loads in the training process",
+        )
 
 
 def _kill_started(before: set[Any]) -> None:
     for child in multiprocessing.active_children():
         if child not in before:
             child.kill()
+
+
+_AT_EXIT: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _kill_at_exit(started: set[Any]) -> None:
+    """Kill these workers at exit if they still run then. They ignore SIGTERM, which is all that
+    multiprocessing's own exit handler sends its daemon processes before it waits on them, for
+    ever; the loader's shutdown normally ends them first, but not while anything (an exception's
+    traceback, a notebook's last error) still holds the loader. Registered after multiprocessing's
+    handler, this one runs before it."""
+    if started and not _AT_EXIT:
+        atexit.register(_kill_left)
+    _AT_EXIT.update(started)
+
+
+def _kill_left() -> None:
+    for worker in list(_AT_EXIT):
+        if worker.is_alive():
+            worker.kill()
 
 
 def refuse_in_a_starting_worker() -> None:

@@ -170,6 +170,41 @@ def signals_held() -> Iterator[Callable[[], None]]:
             signal.raise_signal(held[0])
 
 
+@contextlib.contextmanager
+def stops_counted(on_first: Callable[[int], None] | None = None) -> Iterator[list[int]]:
+    """Count the stop signals (Ctrl-C, SIGHUP, SIGTERM) that come during the block instead of acting
+    on them: the block gets the list they are added to, and decides. For waiting on work that must
+    not be broken off at an arbitrary line, where a Ctrl-C raised as an exception could land
+    anywhere, even before the wait (in the main thread; elsewhere handlers cannot be set). A
+    signal the process ignores stays ignored.
+
+    Args:
+        on_first: called (in the main thread, from the handler) with the first signal's number.
+    """
+    came: list[int] = []
+
+    def count(signum: int, frame: Any) -> None:
+        came.append(signum)
+        if len(came) == 1 and on_first is not None:
+            on_first(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, count) for sig in group_signals() if main and _restorable(sig)}
+    try:
+        yield came
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def act_on_stop(signum: int) -> None:
+    """Act on a stop signal counted earlier as if it came now: under the ``pdseg`` command a
+    KeyboardInterrupt (with the signal noted for the error line and the exit status); elsewhere what
+    the process's handler for it does."""
+    note_stop(signum)
+    signal.raise_signal(signum)
+
+
 def _restorable(sig: signal.Signals) -> bool:
     """Whether ``sig``'s disposition can be set back: Python's own handler or the default (not one
     set from C, which reads as None, nor SIG_IGN, which stays as it is)."""
