@@ -134,7 +134,7 @@ def test_a_start_that_never_ends_fails_after_a_while(monkeypatch: pytest.MonkeyP
         stuck.set()
 
 
-def _sleep() -> None:
+def _worker_loop() -> None:
     time.sleep(60)
 
 
@@ -143,7 +143,7 @@ def test_a_worker_start_that_fails_kills_the_workers_started_and_says_so(started
     started: list[multiprocessing.Process] = []
 
     def start() -> None:
-        worker = multiprocessing.get_context("fork").Process(target=_sleep, daemon=True)
+        worker = multiprocessing.get_context("fork").Process(target=_worker_loop, daemon=True)
         worker.start()
         started.append(worker)
         raise BrokenPipeError(32, "Broken pipe")
@@ -152,6 +152,54 @@ def test_a_worker_start_that_fails_kills_the_workers_started_and_says_so(started
         train_workers.start_workers(_Loader(start), 2)
     started[0].join(10)
     assert started[0].exitcode == -signal.SIGKILL
+
+
+@_POSIX_SIGNALS
+def test_a_stop_handler_of_the_callers_own_that_returns_lets_the_start_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A script that notes a scheduler's SIGTERM in a flag, to stop at a time of its own: the
+    workers were killed and the run failed at its first batch."""
+    monkeypatch.setattr(train_workers, "spawns", lambda: True)
+    monkeypatch.setattr(train_workers, "unguarded_main_call", lambda: None)
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        started: list[multiprocessing.Process] = []
+
+        def start() -> None:
+            started.append(multiprocessing.get_context("fork").Process(target=_worker_loop, daemon=True))
+            started[0].start()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+
+        loader = _Loader(start)
+        train_workers.start_workers(loader, 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert loader.started and noted == [signal.SIGINT]
+    try:
+        started[0].join(0.5)
+        assert started[0].is_alive()  # the loader's worker serves the run
+    finally:
+        started[0].kill()
+
+
+def _ignoring_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+
+
+@_POSIX_SIGNALS
+def test_workers_still_running_at_exit_are_killed_before_multiprocessing_waits_on_them() -> None:
+    """Its exit handler sends daemon processes SIGTERM, which the workers ignore, then waits on
+    them: for ever, while anything still held the loader."""
+    worker = multiprocessing.get_context("fork").Process(target=_ignoring_sigterm, daemon=True)
+    worker.start()
+    train_workers._kill_at_exit({worker})
+    train_workers._kill_left()
+    worker.join(10)
+    assert worker.exitcode == -signal.SIGKILL
 
 
 def test_train_in_a_starting_worker_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,13 +97,13 @@ def start_workers(loader: Any, workers: int, on_stopping: Callable[[int], None] 
     except (PdsegError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        _kill_started(before)
+        _kill_workers(before)
         raise RunFailed(
             f"the {named} could not start ({type(exc).__name__}: {exc})",
             hint="--workers 0 loads in the training process",
         ) from exc
     finally:
-        _kill_at_exit(set(multiprocessing.active_children()) - before)
+        _kill_at_exit(_workers(before))
 
 
 def _start_in_a_thread(
@@ -113,7 +113,7 @@ def _start_in_a_thread(
 
     group = group_signals()
     masks = hasattr(signal, "pthread_sigmask")
-    done = threading.Event()
+    done, given_up = threading.Event(), threading.Event()
     failed: list[BaseException] = []
 
     def start() -> None:
@@ -129,6 +129,8 @@ def _start_in_a_thread(
             failed.append(exc)
         finally:
             done.set()
+            if given_up.is_set():  # workers it started after the command stopped waiting for it
+                _kill_workers(before)
 
     thread = threading.Thread(target=start, name="pdseg-start-workers", daemon=True)
     with stops_counted(on_first=on_stopping) as stops:
@@ -149,39 +151,56 @@ def _start_in_a_thread(
                 or (first_stop is not None and now - first_stop > STOP_GRACE_S)
                 or now > deadline
             ):
+                given_up.set()  # the start thread, stuck writing to a worker that ended, stays so
                 break
-    if stops or failed or not done.is_set():
-        # the start thread, if it is stuck writing to a worker that ended, stays so: a daemon
-        _kill_started(before)
+
+    def give_up() -> None:
+        given_up.set()
+        _kill_workers(before)
+
     if stops:
-        act_on_stop(stops[0])  # a KeyboardInterrupt under the pdseg command
-        return
+        try:
+            act_on_stop(stops[0])  # a KeyboardInterrupt under the pdseg command
+        except BaseException:
+            give_up()
+            raise
+        # a handler of the caller's own that only noted it (a flag): the start goes on as it is
     if failed:
+        give_up()
         raise failed[0]
-    if not done.is_set():
+    if given_up.is_set():
+        give_up()
+        within = "" if stops else f" within {START_TIMEOUT_S:.0f} s"
         raise RunFailed(
-            f"the {named} did not start within {START_TIMEOUT_S:.0f} s: one ended as it started (its "
-            "error is above, if any)",
+            f"the {named} did not start{within}: one ended as it started (its error is above, if any)",
             hint="--workers 0 loads in the training process",
         )
 
 
-def _kill_started(before: set[Any]) -> None:
-    for child in multiprocessing.active_children():
-        if child not in before:
-            child.kill()
+def _workers(before: set[Any]) -> set[Any]:
+    """This process's children started since ``before``: the loader's workers. (A process that a
+    caller's own thread starts in those seconds is among them: started processes keep nothing that
+    tells whose they are, multiprocessing drops their target.)"""
+    return set(multiprocessing.active_children()) - before
+
+
+def _kill_workers(before: set[Any]) -> None:
+    for worker in _workers(before):
+        worker.kill()
 
 
 _AT_EXIT: weakref.WeakSet[Any] = weakref.WeakSet()
+_AT_EXIT_REGISTERED = threading.Event()
 
 
 def _kill_at_exit(started: set[Any]) -> None:
     """Kill these workers at exit if they still run then. They ignore SIGTERM, which is all that
     multiprocessing's own exit handler sends its daemon processes before it waits on them, for
     ever; the loader's shutdown normally ends them first, but not while anything (an exception's
-    traceback, a notebook's last error) still holds the loader. Registered after multiprocessing's
-    handler, this one runs before it."""
-    if started and not _AT_EXIT:
+    traceback, a notebook's last error) still holds the loader. Registered (once) after
+    multiprocessing's handler, this one runs before it."""
+    if started and not _AT_EXIT_REGISTERED.is_set():
+        _AT_EXIT_REGISTERED.set()
         atexit.register(_kill_left)
     _AT_EXIT.update(started)
 

@@ -189,12 +189,27 @@ def stops_counted(on_first: Callable[[int], None] | None = None) -> Iterator[lis
             on_first(signum)
 
     main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, count) for sig in group_signals() if main and _restorable(sig)}
+    with _blocked():  # one that comes between two of the handlers' changes waits, then finds them all set
+        previous = {sig: signal.signal(sig, count) for sig in group_signals() if main and _restorable(sig)}
     try:
         yield came
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with _blocked():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _blocked() -> Iterator[None]:
+    """The stop signals blocked in this thread for the block, where the platform has signal masks."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, group_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def act_on_stop(signum: int) -> None:
