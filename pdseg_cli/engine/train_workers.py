@@ -61,10 +61,11 @@ def start_workers(loader: Any, workers: int, on_stopping: Callable[[int], None] 
     milliseconds, with the signals held (:func:`pdseg_cli.runtime.stop.signals_held`, as eval's
     pool). Spawned ones are started by a thread of its own, born with the signals blocked (the
     workers inherit that), while this thread waits and counts stop signals
-    (:func:`pdseg_cli.runtime.stop.stops_counted`): a stop kills the workers started once the start
-    has ended, a second stop, or :data:`STOP_GRACE_S` after the first, at once; so do a failure and
-    no end within :data:`START_TIMEOUT_S`. The workers are killed (SIGKILL) at exit too, should
-    anything still hold them then.
+    (:func:`pdseg_cli.runtime.stop.stops_counted`): a stop is acted on once the start has ended, or
+    at a second stop, or :data:`STOP_GRACE_S` after the first; the workers started are killed
+    (SIGKILL) where the stop raises, where the start fails or has no end within
+    :data:`START_TIMEOUT_S`, and at exit should anything still hold them then. A stop handler of
+    the caller's own that only notes the signal lets the start go on.
 
     Args:
         loader: a ``torch.utils.data.DataLoader`` with ``persistent_workers``.
