@@ -453,11 +453,10 @@ def make_loaders(
         if ctx.workers > 0:  # fork the workers now, while no progress-bar thread runs in this process
             if cfg.cache == "ram" and spawns():  # forked workers share the parent's pages, spawned ones not
                 held = sum(a.nbytes for a in data.train.arrays if a is not None)
-                workers = f"{ctx.workers} worker{'s' if ctx.workers > 1 else ''}"
                 ctx.notice(
-                    f"--cache ram with {workers} started afresh (not forked): each holds its own copy of "
-                    f"the decoded samples ({held / 2**20:.1f} MB); --cache disk shares one through the page "
-                    "cache"
+                    f"--cache ram with {counted(ctx.workers, 'worker')} started afresh (not forked): each "
+                    f"holds its own copy of the decoded samples ({held / 2**20:.1f} MB); --cache disk shares "
+                    "one through the page cache"
                 )
             batches.set_epoch(start_epoch, start_step)
             start_workers(train_loader, ctx.workers, on_stopping=lambda signum: _stopping(ctx, signum))

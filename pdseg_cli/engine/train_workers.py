@@ -110,7 +110,7 @@ def start_workers(loader: Any, workers: int, on_stopping: Callable[[int], None] 
 def _start_in_a_thread(
     loader: Any, named: str, on_stopping: Callable[[int], None] | None, before: set[Any]
 ) -> None:
-    from pdseg_cli.runtime.stop import act_on_stop, group_signals, stops_counted
+    from pdseg_cli.runtime.stop import act_on_stop, blocked_stop_signals, group_signals, stops_counted
 
     group = group_signals()
     masks = hasattr(signal, "pthread_sigmask")
@@ -135,12 +135,8 @@ def _start_in_a_thread(
 
     thread = threading.Thread(target=start, name="pdseg-start-workers", daemon=True)
     with stops_counted(on_first=on_stopping) as stops:
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, group) if masks else None
-        try:
+        with blocked_stop_signals():
             thread.start()  # born with the signals blocked: so is every worker it starts
-        finally:
-            if mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         deadline = time.monotonic() + START_TIMEOUT_S
         first_stop: float | None = None
         while not done.wait(0.2):

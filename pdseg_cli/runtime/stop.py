@@ -148,24 +148,18 @@ def signals_held() -> Iterator[Callable[[], None]]:
         with terminal_signals_ignored():
             yield lambda: None
         return
-    held: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        held.append(signum)
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, hold) for sig in group if main and _restorable(sig)}
 
     def block() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, group)
 
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, group)
+    held: list[int] = []
     try:
-        yield block
+        # counted, not acted on; blocked in this thread, so that the processes it starts inherit
+        # them blocked. As the block ends, one that came is delivered, and counted, before the
+        # handlers are set back
+        with stops_counted() as held, blocked_stop_signals():
+            yield block
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one that came is delivered now, to hold()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # runs hold() first for a signal still pending
         if held:  # as if it came now: Ctrl-C raises KeyboardInterrupt here, an unhandled SIGTERM ends
             signal.raise_signal(held[0])
 
@@ -189,19 +183,21 @@ def stops_counted(on_first: Callable[[int], None] | None = None) -> Iterator[lis
             on_first(signum)
 
     main = threading.current_thread() is threading.main_thread()
-    with _blocked():  # one that comes between two of the handlers' changes waits, then finds them all set
+    # one that comes between two of the handlers' changes waits, then finds them all set
+    with blocked_stop_signals():
         previous = {sig: signal.signal(sig, count) for sig in group_signals() if main and _restorable(sig)}
     try:
         yield came
     finally:
-        with _blocked():
+        with blocked_stop_signals():
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
-def _blocked() -> Iterator[None]:
-    """The stop signals blocked in this thread for the block, where the platform has signal masks."""
+def blocked_stop_signals() -> Iterator[None]:
+    """The stop signals (:func:`group_signals`) blocked in this thread for the block, where the
+    platform has signal masks; a thread started meanwhile is born with them blocked."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
