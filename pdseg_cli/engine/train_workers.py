@@ -41,8 +41,9 @@ _GUARD_HINT = (
 # a minute for several on a slow laptop. Far past that, a worker ended as it started.
 START_TIMEOUT_S = 180.0
 # After a stop, how long the start may go on so that it ends whole (its workers then stopped by the
-# loader); past that, the workers are killed where they are.
-STOP_GRACE_S = 20.0
+# loader); past that, the workers are killed where they are. Under the 10 s `docker stop` (and
+# systemd, Kubernetes) give before SIGKILL, so a stopped container still exits by its own hand.
+STOP_GRACE_S = 8.0
 
 
 def spawns() -> bool:
