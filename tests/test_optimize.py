@@ -432,6 +432,21 @@ def test_compile_modes_and_failures_without_compiling(tiny: PDSeg, monkeypatch: 
         broken(x)
     assert "No working C++ compiler" in info.value.message and "without --compile" in (info.value.hint or "")
 
+    # Inductor out of memory while compiling a size: the OOM itself comes out, so that the
+    # caller's fallback (one image at a time, a smaller size) takes it, not "compile failed"
+    def oom_compile(module: nn.Module, mode: str | None = None) -> object:
+        def run(*args: object) -> None:
+            try:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            except torch.cuda.OutOfMemoryError as oom:
+                raise torch._dynamo.exc.TorchDynamoException("backend='inductor' raised:") from oom
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", oom_compile)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="Tried to allocate"):
+        optimize(tiny, compile="max-autotune")(x)
+
 
 def test_resolve_compile() -> None:
     from pdseg_cli.errors import InputError

@@ -370,6 +370,21 @@ def test_out_of_memory_is_told_from_other_failures(text: str, oom: bool) -> None
     assert is_out_of_memory(RuntimeError(text)) is oom
 
 
+def test_gpu_waits_and_cache_release_reach_mps_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPS runs its work asynchronously as CUDA does: a benchmark clock read without waiting timed
+    the queueing, and an out-of-memory retry found the cache still full."""
+    import torch
+
+    calls: list[str] = []
+    for module, name in ((torch.mps, "mps"), (torch.cuda, "cuda")):
+        monkeypatch.setattr(module, "synchronize", lambda *a, n=name: calls.append(f"{n} sync"))
+        monkeypatch.setattr(module, "empty_cache", lambda *a, n=name: calls.append(f"{n} empty"))
+    for device in ("cpu", "mps", "cuda"):
+        runtime.synchronize(torch.device(device))
+        runtime.empty_device_cache(torch.device(device))
+    assert calls == ["mps sync", "mps empty", "cuda sync", "cuda empty"]
+
+
 def test_usable_cores_follow_the_container_quota(monkeypatch: pytest.MonkeyPatch) -> None:
     """`docker run --cpus 2` on a many-core host: joblib's count reads the cgroup quota (and the
     affinity), and predict, train and eval all size their threads and workers from it."""

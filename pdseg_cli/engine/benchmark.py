@@ -207,10 +207,7 @@ def _rss_peak() -> Iterator[list[int]]:
 
 
 def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    runtime.synchronize(device)
 
 
 def _time_once(fn: Callable[[], Any], device: Any) -> tuple[float, Any]:
@@ -414,8 +411,7 @@ def run_benchmark(
                     + ("try a smaller --batch or --size" if batch > 1 else "try a smaller --size")
                 )
             x = None  # free the input (and, with the exception gone, every activation) before the next size
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            runtime.empty_device_cache(dev)
     return report
 
 

@@ -466,7 +466,8 @@ def export_model(
         raise InputError(f"--out {out} is a folder", hint="give a file name, e.g. model.onnx")
     check_writable_folder(out.parent, f"--out {out}")  # created if missing, as predict and train do
 
-    reference = _clone(model).float().eval()
+    # on the CPU, where the trace and check inputs are made: a model an API caller has on a GPU
+    reference = _clone(model).float().cpu().eval()
     # a checkpoint is written from the fp32 copy (save_checkpoint halves its storage itself)
     graph_model = _clone(reference).half() if half and fmt != "checkpoint" else reference
     metadata = build_metadata(

@@ -399,8 +399,7 @@ class _FolderRun:
         """Give back what a pass that ran out of memory left: the writes in flight (each holds its
         image and its outputs' float copies) are waited for, and the GPU cache emptied."""
         self.collect_writes(0)
-        if self.predictor.device.type == "cuda":
-            torch.cuda.empty_cache()
+        runtime.empty_device_cache(self.predictor.device)
 
     def collect_writes(self, block_until: int) -> None:
         """Report the finished writes in order; wait while more than ``block_until`` are in flight.

@@ -219,7 +219,11 @@ def _train_step(
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    run.scheduler.step()
+    # fp16: the scaler skips a step whose gradients overflow, as the first often do at its starting
+    # scale; torch then warns, once, into the progress bar, that the schedule stepped before the
+    # optimizer. Moving on by one step of the schedule is what is meant.
+    with _quiet_schedule_before_optimizer() if first else contextlib.nullcontext():
+        run.scheduler.step()
     run.ema.update(run.model)
     return values[:-1], values[-1] > 0
 
@@ -233,6 +237,12 @@ def _quiet_bucket_strides(ctx: RunContext) -> contextlib.AbstractContextManager[
     if not ctx.env.enabled:
         return contextlib.nullcontext()
     return ignoring_warnings(UserWarning, "Grad strides do not match bucket view strides")
+
+
+def _quiet_schedule_before_optimizer() -> contextlib.AbstractContextManager[None]:
+    """torch's "lr_scheduler.step() before optimizer.step()" warning ignored: it is checked at the
+    schedule's first step of a session only (so only that step is wrapped)."""
+    return ignoring_warnings(UserWarning, r"Detected call of `lr_scheduler.step\(\)` before")
 
 
 def _diverged(run: TrainRun, values: list[float], epoch: int, step: int) -> TrainingDiverged:

@@ -52,7 +52,7 @@ from pdseg_cli.errors import NotAvailableError, first_line
 from pdseg_cli.model.build import unwrap_model
 from pdseg_cli.model.fusion import InferenceForm, fused_ops_available
 from pdseg_cli.model.pdseg import FastPDSeg, PDSeg
-from pdseg_cli.runtime import COMPILE_MODES
+from pdseg_cli.runtime import COMPILE_MODES, is_out_of_memory
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -143,6 +143,14 @@ class CompiledPDSeg(InferenceForm):
         try:
             return self._compiled(x, return_levels)  # type: ignore[operator]
         except torch._dynamo.exc.TorchDynamoException as exc:
+            # Inductor out of memory while compiling or autotuning this size (wrapped, its first
+            # line "backend='inductor' raised:"): the caller's own fallback (one image at a time, a
+            # smaller size) is the way on, not "compile failed"
+            cause = exc.__cause__ or exc.__context__
+            if cause is not None and is_out_of_memory(cause):
+                raise cause from None
+            if is_out_of_memory(exc):
+                raise
             raise NotAvailableError(
                 f"torch.compile ({self.mode}) failed on this machine: {first_line(exc)}",
                 hint="run without --compile (compile=False): the eager form gives the same maps",

@@ -32,7 +32,14 @@ from pdseg_cli.runtime.compute import (
     usable_cores,
 )
 from pdseg_cli.runtime.device import DeviceChoice, check_gpu_per_process, gpu_sharing_note, resolve_device
-from pdseg_cli.runtime.memory import is_out_of_memory, peak_memory, peak_rss, reset_peak_memory
+from pdseg_cli.runtime.memory import (
+    empty_device_cache,
+    is_out_of_memory,
+    peak_memory,
+    peak_rss,
+    reset_peak_memory,
+    synchronize,
+)
 from pdseg_cli.runtime.precision import (
     PRECISIONS,
     autocast,
@@ -80,6 +87,7 @@ __all__ = [
     "cpu_flags",
     "cpu_has_fast",
     "distributed",
+    "empty_device_cache",
     "emulated_precision_note",
     "env_distributed",
     "every_rank_meets",
@@ -99,6 +107,7 @@ __all__ = [
     "set_compute_threads",
     "set_stop_handlers",
     "stop_signals",
+    "synchronize",
     "ignoring_warnings",
     "recording_warnings",
     "stopped_by",

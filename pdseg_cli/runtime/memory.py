@@ -28,6 +28,28 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+def empty_device_cache(device: torch.device) -> None:
+    """Give the blocks PyTorch's caching allocator holds on a GPU (CUDA, or Apple's MPS) back to
+    the device: after an out-of-memory error, so that the retry with less finds them free."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (CUDA or MPS, both asynchronous) to finish: a clock read
+    without it times how fast the work was queued."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start counting peak GPU memory afresh (CPU peak RSS cannot be reset: it is the process's)."""
     import torch
