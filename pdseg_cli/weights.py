@@ -12,6 +12,7 @@ from pdseg_cli.errors import WeightsError, listing
 
 # The bundled checkpoint (weights/README.md is its model card).
 BUNDLED_NAME = "pdseg-t-distilled.pt"
+CARD_IN_REPOSITORY = "weights/README.md"  # how the weights' stored summary names their model card
 ENV_VAR = "PDSEG_WEIGHTS"
 
 # the file names that say an exported format: export writes by them, format detection falls back on
@@ -29,6 +30,15 @@ def bundled_weights_dir() -> Path:
     here = Path(__file__).resolve().parent
     packaged = here / "bundled_weights"
     return packaged if packaged.is_dir() else here.parent / "weights"
+
+
+def card_reference(text: str) -> str:
+    """``text`` (a weights summary) with its reference to the bundled model card, which names the
+    repository's ``weights/README.md``, pointed at the card an installed wheel holds instead."""
+    card = bundled_weights_dir() / "README.md"
+    if card.parent.name != "bundled_weights" or not card.is_file():  # a clone: the name is right
+        return text
+    return text.replace(CARD_IN_REPOSITORY, str(card))
 
 
 def is_bundled(path: str | os.PathLike[str]) -> bool:

@@ -96,6 +96,34 @@ def test_info_unknown_variant_is_one_line_error() -> None:
     assert "Traceback" not in result.output
 
 
+def test_info_of_the_bundled_name_from_elsewhere_says_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pdseg info weights/pdseg-t-distilled.pt` outside the clone (or with a wheel): predict says
+    where the bundled file is; info said only "give a weights file, or a variant"."""
+    from pdseg_cli.weights import default_weights
+
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["info", f"weights/{default_weights().name}"])
+    assert result.exit_code == 2 and "no such file" in result.output
+    assert no_space(f"the bundled weights are at {default_weights()}") in no_space(result.output)
+
+
+def test_a_wheel_names_the_model_card_it_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled weights' stored summary names `weights/README.md`, the repository's path; an
+    installed wheel holds the card as pdseg_cli/bundled_weights/README.md."""
+    import pdseg_cli.weights as w
+    from pdseg_cli.model.build import weights_line
+
+    summary = {"summary": "research use only (weights/README.md)"}
+    assert weights_line("pdseg-t", 512, summary).endswith("(weights/README.md)")  # a clone
+    packaged = tmp_path / "bundled_weights"
+    packaged.mkdir()
+    (packaged / "README.md").write_text("# card\n")
+    monkeypatch.setattr(w, "bundled_weights_dir", lambda: packaged)
+    assert weights_line("pdseg-t", 512, summary).endswith(f"({packaged / 'README.md'})")
+
+
 def test_info_on_a_run_folder_names_the_files_inside(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     for name in ("last.pt", "best.pt", "old.PTH", "results.csv", ".hidden.pt"):

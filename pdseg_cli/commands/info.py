@@ -67,9 +67,12 @@ def info(
 
             check_weights_file(path, "weights", MODEL_SUFFIXES)
         elif path is not None and ("/" in variant or "." in variant):
-            raise InputError(
-                f"{variant}: no such file", hint=f"give a weights file, or a variant: {', '.join(VARIANTS)}"
-            )
+            from pdseg_cli.weights import BUNDLED_NAME, missing_weights_hint
+
+            hint = f"give a weights file, or a variant: {', '.join(VARIANTS)}"
+            if path.name == BUNDLED_NAME:  # its name from outside the clone, or with a wheel: where it is
+                hint = missing_weights_hint(path)
+            raise InputError(f"{variant}: no such file", hint=hint)
         configs = [get_config(variant)] if variant else list(VARIANTS.values())
         rows = []
         for cfg in configs:

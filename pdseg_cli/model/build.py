@@ -41,7 +41,7 @@ from pdseg_cli.model.mscan import MSCAN
 from pdseg_cli.model.pdseg import PDSeg
 from pdseg_cli.model.registry import check_decoder
 from pdseg_cli.runtime.quiet_warnings import ignoring_warnings
-from pdseg_cli.weights import SUFFIX_FORMATS, check_weights_file
+from pdseg_cli.weights import SUFFIX_FORMATS, card_reference, check_weights_file
 
 FORMAT_NAME = "pdseg-checkpoint"
 FORMAT_VERSION = 1  # bump when the layout changes; loaders refuse newer versions
@@ -99,7 +99,7 @@ def weights_line(variant: str, train_size: int | None, provenance: Mapping[str, 
     provenance = provenance or {}
     # cut at a word: a start line, not a dump of whatever a caller stored (`pdseg info` shows it all)
     if provenance.get("summary"):  # the model card's one line, stored with the weights
-        return f"{text}: {clip_words(str(provenance['summary']), _LINE_PART)}"
+        return f"{text}: {clip_words(card_reference(str(provenance['summary'])), _LINE_PART)}"
     if provenance.get("data"):
         return f"{text} on {clip_words(str(provenance['data']), _LINE_PART)}"
     return text
