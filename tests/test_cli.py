@@ -353,6 +353,60 @@ def test_forced_progress_in_a_log_is_plain_lines(capsys: pytest.CaptureFixture[s
     assert "loss 0.05" in lines[9] and "left" not in lines[9] and "left" in lines[0]
 
 
+def test_work_done_before_counts_but_does_not_set_the_rate(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--skip-existing with 40 outputs there: the skipped images were advanced through the bar
+    at the start, and it read 22989 img/s and about no time left."""
+    from pdseg_cli import ui
+
+    clock = iter([100.0, 102.0, 102.0])  # start, then 2 s later (the line and its left time)
+    monkeypatch.setattr(ui.time, "monotonic", lambda: next(clock))
+    monkeypatch.setenv("PDSEG_PROGRESS", "1")
+    with ui.progress_bar("predict", 50, already=40) as advance:
+        advance(5)  # 45/50, the ninth tenth: a line
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("predict 45/50 (90%)  2.50 img/s")  # 5 images in 2 s, not 45
+    assert "left 0:00:02" in line  # 5 more at that rate
+
+
+def test_train_time_left_follows_the_pace_after_the_first_epoch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first epoch of a session pays for starting (workers, the first decode into the cache):
+    the time left was the mean of every epoch's, 7.9 s where the three epochs left took 2.3 s."""
+    from pdseg_cli.engine.train_events import TrainEvent
+    from pdseg_cli.ui.training import TrainingView
+
+    monkeypatch.setenv("PDSEG_PROGRESS", "0")
+    view = TrainingView()
+    view._epochs = 6
+    lines = []
+    for epoch, seconds in ((1, 26.0), (2, 1.0), (3, 3.0), (4, 2.0)):
+        view(TrainEvent("epoch_start", epoch=epoch, step=0, total=10))
+        view(TrainEvent("epoch_end", epoch=epoch, values={"loss": 0.5, "epoch_time_s": seconds}))
+        lines.append(capsys.readouterr().err)
+    view.close()
+    assert "about 2:10 left" in lines[0]  # one epoch seen: its pace, 5 epochs of 26 s
+    assert "about 4.0 s left" in lines[1]  # 4 more at epoch 2's pace, not at the mean's 13.5 s
+    assert "about 6.0 s left" in lines[2]  # the median of 1 s and 3 s, 2 s, for 3 more
+    assert "about 4.0 s left" in lines[3]  # median of 1, 3, 2: 2 s, for 2 more
+
+
+def test_durations_read_as_people_read_them() -> None:
+    from pdseg_cli.ui import duration
+
+    assert [duration(s) for s in (0.04, 12.34, 59.94, 59.97, 60.0, 245.0, 3723.0)] == [
+        "0.0 s",
+        "12.3 s",
+        "59.9 s",
+        "1:00",  # not "60.0 s"
+        "1:00",
+        "4:05",
+        "1:02:03",
+    ]
+
+
 def test_a_dumb_terminal_gets_plain_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
     """TERM=dumb on a terminal (an Emacs shell buffer): rich draws no bar there, and no progress
     was shown at all, with PDSEG_PROGRESS=1 or without."""

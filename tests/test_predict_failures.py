@@ -296,7 +296,7 @@ def test_nothing_left_to_do_loads_no_model(
     assert f"nothing to do: all {N} images have their outputs in {out} already (--skip-existing)" in text
     table = flat(result.stdout.replace("│", " "))
     assert "done 0" in table and f"skipped (outputs exist) {N}" in table and "no model loaded" in table
-    assert "images / s" not in table and "wall time" not in table  # nothing was segmented
+    assert "images / s" not in table and "time (model loaded)" not in table  # nothing was segmented
 
 
 def test_nothing_left_to_do_still_refuses_a_weights_path_that_is_not_there(

@@ -305,7 +305,9 @@ def predict(
             seen: list[Any] = []  # the results so far, for the counts after a Ctrl-C
             total = len(plan.todo) + len(plan.skipped)
             try:
-                with prediction.progress(total, enabled=dist.is_main, seen=seen) as advance:
+                with prediction.progress(
+                    total, enabled=dist.is_main, seen=seen, skipped=len(plan.skipped)
+                ) as advance:
                     result = predictor.run_plan(
                         plan,
                         threshold=threshold,

@@ -215,7 +215,9 @@ def train(
     val_every: Annotated[
         int | None,
         typer.Option(
-            "--val-every", help="Validate every K epochs and after the last; 0 = never (default: 1)."
+            "--val-every",
+            help="Validate every K epochs and after the last; 0 = never (default: 1). Validation "
+            "scores at the training size, to choose best.pt; pdseg eval scores at each mask's size.",
         ),
     ] = None,
     save_every_steps: Annotated[

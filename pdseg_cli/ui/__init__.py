@@ -250,12 +250,19 @@ def _is_terminal(stream: Any) -> bool:
 
 @contextlib.contextmanager
 def progress_bar(
-    description: str, total: int | None, *, unit: str = "img", fields: Sequence[str] = ()
+    description: str,
+    total: int | None,
+    *,
+    unit: str = "img",
+    fields: Sequence[str] = (),
+    already: int = 0,
 ) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n=1, **fields)`` that moves a transient progress bar on stderr.
 
     ``fields`` names extra text shown after the bar (for example loss and lr in training);
     pass their values as keyword arguments to ``advance``. The bar shows items per second.
+    ``already``: items done before (outputs a resume skips, the steps of a resumed epoch), counted
+    in the bar but not in the rate or the time left, which they made read thousands per second.
     Where stderr is not a terminal, ``PDSEG_PROGRESS=1`` writes plain progress lines instead
     (``log_progress``), as a ``TERM=dumb`` terminal gets by default. None under ``--quiet``.
     """
@@ -265,7 +272,7 @@ def progress_bar(
     terminal = _stderr_terminal()
     live = terminal and not _dumb_terminal()  # a bar redrawn in place
     if not live and (os.environ.get("PDSEG_PROGRESS") == "1" or terminal):  # a dumb terminal's lines
-        with log_progress(description, total, unit=unit, fields=fields) as advance:
+        with log_progress(description, total, unit=unit, fields=fields, already=already) as advance:
             yield advance
         return
     extra = [TextColumn("{task.fields[extra]}")] if fields else []
@@ -285,12 +292,13 @@ def progress_bar(
     )
     try:
         with prog:
-            task = prog.add_task(printable(description), total=total, rate="", extra="")
+            # started at ``already``: rich's speed (and time left) is taken from the advances only
+            task = prog.add_task(printable(description), total=total, completed=already, rate="", extra="")
 
             def advance(n: int = 1, **values: Any) -> None:
                 t = prog.tasks[task]
                 elapsed = t.elapsed or 0.0
-                rate = (t.completed + n) / elapsed if elapsed > 0 else 0.0
+                rate = (t.completed - already + n) / elapsed if elapsed > 0 else 0.0
                 prog.update(task, advance=n, rate=f"{rate:.2f} {unit}/s", extra=_field_text(values, fields))
 
             yield advance
@@ -308,21 +316,27 @@ LOG_EVERY_S = 30.0  # a line at most this often, and at each tenth of the work, 
 
 @contextlib.contextmanager
 def log_progress(
-    description: str, total: int | None, *, unit: str = "img", fields: Sequence[str] = ()
+    description: str,
+    total: int | None,
+    *,
+    unit: str = "img",
+    fields: Sequence[str] = (),
+    already: int = 0,
 ) -> Iterator[Callable[..., None]]:
     """``progress_bar`` for a log file or CI: plain lines, with no terminal escape codes or
     carriage returns (a redrawn bar fills a log with them), such as
     ``predict 40/400 (10%)  2.10 img/s  elapsed 0:00:19  left 0:02:51``, each tenth of the work
-    and at most every ``LOG_EVERY_S`` seconds between, and one when it ends."""
+    and at most every ``LOG_EVERY_S`` seconds between, and one when it ends. ``already``: as for
+    :func:`progress_bar`, counted but not in the rate."""
     start = last = time.monotonic()
-    done = shown = 0  # items done, and done when the last line was written
+    done = shown = already  # items done, and done when the last line was written
     values: dict[str, Any] = {}
 
     def line() -> None:
         nonlocal shown
         shown = done
         elapsed = time.monotonic() - start
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = (done - already) / elapsed if elapsed > 0 else 0.0
         head = f"{description} {done}/{total}" + (f" ({100 * done // total}%)" if total else "")
         parts = [head if total else f"{description} {done}", f"{rate:.2f} {unit}/s"]
         if extra := _field_text(values, fields):
@@ -354,7 +368,7 @@ def _field_text(values: dict[str, Any], fields: Sequence[str]) -> str:
 
 def duration(seconds: float) -> str:
     """A wall time as people read it: ``12.3 s`` under a minute, else ``4:05`` or ``1:02:03``."""
-    if seconds < 60:
+    if round(seconds, 1) < 60:  # 59.97 s reads "1:00", not "60.0 s"
         return f"{seconds:.1f} s"
     m, sec = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)

@@ -118,10 +118,11 @@ def _how_far(seen: Sequence[FileResult], total: int | None) -> str:
 
 @contextlib.contextmanager
 def progress(
-    total: int, *, enabled: bool = True, seen: list[Any] | None = None
+    total: int, *, enabled: bool = True, seen: list[Any] | None = None, skipped: int = 0
 ) -> Iterator[Callable[[Any], None]]:
     """Yield ``advance(result)``: a progress bar in images per second (none when not enabled),
     that also appends each result to ``seen`` when given (what :func:`interrupted` reports).
+    ``skipped``: outputs that exist (``--skip-existing``), in the count but not in the rate.
 
     A failed file is named at once, in one ``error: <file>: <why>`` line above the bar (rich prints
     it there), or between the lines of ``PDSEG_PROGRESS=1``: a log followed with ``tail -f`` shows
@@ -138,11 +139,12 @@ def progress(
     if not enabled:
         yield record
         return
-    with ui.progress_bar("predict", total=total, unit="img") as advance:
+    with ui.progress_bar("predict", total=total, unit="img", already=skipped) as advance:
 
         def step(result: FileResult) -> None:
             record(result)
-            advance()
+            if result.status != "skipped":  # counted from the start (``already``)
+                advance()
 
         yield step
 
@@ -239,7 +241,8 @@ def summary(result: PredictSummary, *, table_on_stderr: bool = False) -> None:
         # a run with nothing left to do segmented nothing: no "0.0 s" and "0.00 images / s"
         *(
             [
-                ("wall time", ui.duration(result.wall_seconds)),
+                # first read to last write: start-up and the model's loading (seconds) come before
+                ("time (model loaded)", ui.duration(result.wall_seconds)),
                 ("images / s", f"{result.images_per_second:.2f}"),
             ]
             if result.device

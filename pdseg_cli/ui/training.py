@@ -4,6 +4,7 @@ line per finished epoch on stderr, and the epoch table on stdout at the end."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,10 @@ class TrainingView:
         self._bar: str | None = None  # what the open bar counts
         self._epochs = 0
         self._out = ""
-        self._epoch_seconds: list[float] = []  # this session's epochs, for the time left
+        # this session's epochs as (seconds, steps run), for the time left; and where the open
+        # epoch started (a resumed one runs only its remaining steps)
+        self._paces: list[tuple[float, int]] = []
+        self._epoch_first, self._steps_per_epoch = 0, 0
         # the variant and size the run resolved (--init's, or the defaults), once it started: an
         # error after the start names them, not the options as typed
         self.started: tuple[str, int] | None = None
@@ -46,10 +50,18 @@ class TrainingView:
         self._stack = contextlib.ExitStack()
         self._advance, self._bar = None, None
 
-    def _open(self, key: str, description: str, total: int, unit: str, fields: tuple[str, ...] = ()) -> None:
+    def _open(
+        self,
+        key: str,
+        description: str,
+        total: int,
+        unit: str,
+        fields: tuple[str, ...] = (),
+        already: int = 0,
+    ) -> None:
         self.close()
         self._advance = self._stack.enter_context(
-            ui.progress_bar(description, total, unit=unit, fields=fields)
+            ui.progress_bar(description, total, unit=unit, fields=fields, already=already)
         )
         self._bar = key
 
@@ -103,12 +115,10 @@ class TrainingView:
             ui.info(line)
 
     def _on_epoch_start(self, event: TrainEvent) -> None:
-        self._open(
-            "epoch", f"epoch {event.epoch}/{self._epochs}", event.total, unit="it", fields=("loss", "lr")
-        )
-        if event.step:
-            assert self._advance is not None
-            self._advance(event.step)
+        self._epoch_first, self._steps_per_epoch = event.step, event.total
+        # a resumed epoch's steps done before: in the count, not in the rate
+        description = f"epoch {event.epoch}/{self._epochs}"
+        self._open("epoch", description, event.total, unit="it", fields=("loss", "lr"), already=event.step)
 
     def _on_step(self, event: TrainEvent) -> None:
         if self._advance is not None and self._bar == "epoch":
@@ -126,12 +136,17 @@ class TrainingView:
                 f"val maxF {v['val_maxf']:.4f} MAE {v['val_mae']:.4f}" + (" (best)" if v["best"] else "")
             )
         parts.append(ui.duration(v["epoch_time_s"]))
-        self._epoch_seconds.append(float(v["epoch_time_s"]))
+        self._paces.append((float(v["epoch_time_s"]), max(1, self._steps_per_epoch - self._epoch_first)))
         left = self._epochs - event.epoch
-        if left > 0:  # at this session's mean pace (a resumed epoch counts only its own steps)
-            mean = sum(self._epoch_seconds) / len(self._epoch_seconds)
-            parts.append(f"about {ui.duration(left * mean)} left")
+        if left > 0:
+            parts.append(f"about {ui.duration(left * self._steps_per_epoch * self._step_seconds())} left")
         ui.info(" · ".join(parts))
+
+    def _step_seconds(self) -> float:
+        """Seconds per step at this session's pace: the median of its epochs' after the first,
+        which also pays for starting (workers, the first decode into the cache, the allocator's
+        first passes); validation included, in the epochs that validate."""
+        return statistics.median(seconds / steps for seconds, steps in self._paces[1:] or self._paces)
 
     def _on_notice(self, event: TrainEvent) -> None:
         ui.warn(event.values["message"])
@@ -172,8 +187,8 @@ def summary(result: TrainResult, resume_command: str) -> None:
     if result.best is not None:
         ui.info(f"best val maxF {result.best_maxf:.4f} at epoch {result.best_epoch}: {result.best}")
     ui.info(
-        f"{counted(result.epochs, 'epoch')}, {counted(result.steps, 'step')} in "
-        f"{ui.duration(result.wall_time_s)}; last: {result.last}"
+        f"{counted(result.epochs, 'epoch')}, {counted(result.steps, 'step')}, "
+        f"{ui.duration(result.wall_time_s)} of training and validation; last: {result.last}"
     )
 
 
