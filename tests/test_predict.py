@@ -1443,6 +1443,11 @@ def test_scales_average_each_sides_logits_at_the_largest_side(ckpt: Path) -> Non
     want = multi.to_map(torch.stack(logits).mean(0), image.shape[:2], None)
     assert np.array_equal(multi.predict(image), want)
     assert not np.array_equal(want, Predictor(ckpt, device="cpu", size=64).predict(image))
+    # predict_batch of several images of other sizes (each image a list of arrays with scales)
+    other = textured_image(20, 30, 5)[..., ::-1].copy()
+    maps = multi.predict_batch([image, other, image], batch=2)
+    assert np.array_equal(maps[0], want) and np.array_equal(maps[2], want)
+    assert np.array_equal(maps[1], multi.predict(other))
 
 
 def test_a_folder_run_with_scales_writes_what_predict_gives(folder: Path, tmp_path: Path, ckpt: Path) -> None:

@@ -196,14 +196,15 @@ class _ExportGraph(nn.Module):
     def __init__(self, model: nn.Module, half: bool) -> None:
         super().__init__()
         self.model = model
-        self.half = half
+        # not ``half``: that would hide nn.Module.half()
+        self.use_fp16 = half
         # torch.onnx.export restores the wrapper's train/eval mode afterwards, recursively: a wrapper
         # left in training mode would switch the model to random NMF bases and dropout.
         self.eval()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float32 -> logits (B, 1, H, W) float32."""
-        if self.half:
+        if self.use_fp16:
             x = x.half()
         out = self.model(x)
         if isinstance(out, (list, tuple)):  # a model that returns every level: the finest is last

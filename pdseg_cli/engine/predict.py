@@ -418,10 +418,12 @@ class Predictor:
         sizes = [x.shape[:2] for x in xs]
         arrays = [self.prepare_array(x) for x in xs]
         out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(arrays)
+        # with ``scales`` an image is a list of arrays, one per scale side (the same sides for all)
+        shapes = [a[0].shape if isinstance(a, list) else a.shape for a in arrays]
         i = 0
         while i < len(arrays):
             j = i + 1
-            while j < len(arrays) and j - i < batch and arrays[j].shape == arrays[i].shape:
+            while j < len(arrays) and j - i < batch and shapes[j] == shapes[i]:
                 j += 1
             logits = self.forward(arrays[i:j])
             for k in range(i, j):

@@ -90,6 +90,9 @@ class Predictor(Protocol):
 
     def to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray: ...
 
+    @property
+    def doubts(self) -> list[str]: ...
+
 
 @dataclass
 class _Prepared:
@@ -349,7 +352,7 @@ class _FolderRun:
         out_of_memory = False
         logits: torch.Tensor | None = None
         try:
-            logits = predictor.forward([g.array for g in group])  # type: ignore[misc]
+            logits = predictor.forward([g.array for g in group])  # type: ignore[arg-type]
             maps = [
                 predictor.to_map(logits[k : k + 1], g.orig_size, self.threshold) for k, g in enumerate(group)
             ]
