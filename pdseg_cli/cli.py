@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -24,7 +24,7 @@ from pdseg_cli.errors import os_error_line
 FLAG = ""
 
 
-def _no_type(ctx: typer.Context) -> None:
+def _no_type(ctx: object) -> None:
     return None
 
 
@@ -101,7 +101,10 @@ def _wrong_option(ctx: typer.Context, exc: Exception, args: list[str]) -> None:
                 raise typer.Exit(2) from None
 
 
-def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperCommand]:
+_Command = TypeVar("_Command", typer.core.TyperCommand, typer.core.TyperGroup)
+
+
+def _flag_help(cls: type[_Command]) -> type[_Command]:
     """``cls`` whose ``--help`` fits an 80-column terminal: on/off options, its own ``--help``
     included, show no value column (``FLAG``); arguments with a metavar show that name alone (Typer
     adds "<list[str]>" to an argument that takes several values); a number with a range shows
@@ -126,7 +129,7 @@ def _flag_help(cls: type[typer.core.TyperCommand]) -> type[typer.core.TyperComma
                 if getattr(param, "is_flag", False) and param.metavar is None:
                     param.metavar = FLAG
                 elif isinstance(param, typer.core.TyperArgument) and param.metavar:
-                    param.display_type_rich = _no_type
+                    param.display_type_rich = _no_type  # type: ignore[method-assign]  # this one's own
                 elif param.metavar is None and (shown := str(param.display_type_rich(ctx))).endswith(
                     " range>"
                 ):

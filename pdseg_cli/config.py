@@ -127,7 +127,7 @@ class ModelConfig:
         missing = [n for n in required if n not in data]
         if missing:
             raise ValueError(f"model config lacks fields: {', '.join(missing)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         values.setdefault("min_group_channels", 1)  # configs from before the field: one channel allowed
         try:
             return cls(**values)

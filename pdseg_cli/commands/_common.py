@@ -531,7 +531,8 @@ def _open_stream(path: Path) -> IO[str]:
     """Open a character device or a named pipe to write a report into. A named pipe nothing reads
     yet is said so: opening it waits for a reader, and the run, its work done, seemed to hang. (A
     trial open that were closed again would end the reader's input: the one open is kept.)"""
-    target: Path | int = path.expanduser()
+    target: Path | int
+    target = path.expanduser()
     if hasattr(os, "O_NONBLOCK") and stat.S_ISFIFO(os.stat(target).st_mode):
         try:
             target = os.open(target, os.O_WRONLY | os.O_NONBLOCK)

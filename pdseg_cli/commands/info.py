@@ -3,7 +3,7 @@ file holds."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -66,7 +66,8 @@ def info(
             from pdseg_cli.weights import MODEL_SUFFIXES, check_weights_file
 
             check_weights_file(path, "weights", MODEL_SUFFIXES)
-        elif path is not None and ("/" in variant or "." in variant):
+        # a path is made of a variant (cast: mypy does not follow that)
+        elif path is not None and ("/" in cast(str, variant) or "." in cast(str, variant)):
             from pdseg_cli.weights import BUNDLED_NAME, missing_weights_hint
 
             hint = f"give a weights file, or a variant: {', '.join(VARIANTS)}"

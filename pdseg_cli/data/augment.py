@@ -19,6 +19,7 @@ surroundings and the target stays exact; the dataset draws the other sample
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -179,6 +180,7 @@ def augment(
             degrees=degrees if rotate else 0.0,
         )
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        fills: tuple[Sequence[float] | float, int]  # the image's and the mask's border values
         if max(window[0], window[1]) > 1.0:  # zoomed out: frame the image, the frame is background
             border, fills = cv2.BORDER_CONSTANT, (cv2.mean(image)[:3], 0)
         else:

@@ -1057,7 +1057,8 @@ def tifffile_messages() -> Iterator[list[str]]:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     outer = getattr(_capture, "messages", None)
-    _capture.messages = messages = []
+    messages: list[str] = []
+    _capture.messages = messages
     try:
         yield messages
     finally:

@@ -1192,7 +1192,7 @@ def write_tiff(
     """
     import tifffile
 
-    kwargs: dict[str, object] = {"compression": "zlib", "compressionargs": {"level": 6}}
+    kwargs: dict[str, Any] = {"compression": "zlib", "compressionargs": {"level": 6}}
     if icc_profile is not None:
         kwargs["iccprofile"] = icc_profile
     if density is not None:

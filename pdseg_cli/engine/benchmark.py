@@ -210,7 +210,9 @@ def _sync(device: Any) -> None:
     runtime.synchronize(device)
 
 
-def _time_once(fn: Callable[[], Any], device: Any) -> tuple[float, Any]:
+# fn: called with no arguments; Callable[..., Any], as mypy infers no type for a lambda that binds a
+# loop variable by a default argument
+def _time_once(fn: Callable[..., Any], device: Any) -> tuple[float, Any]:
     _sync(device)
     start = time.perf_counter()
     out = fn()
@@ -391,6 +393,7 @@ def run_benchmark(
         sizes=list(sizes),
     )
     gen = torch.Generator().manual_seed(0)
+    x: torch.Tensor | None  # freed after each size
     with _threads(threads), torch.inference_mode():
         for done, size in enumerate(sizes):
             if on_progress is not None:

@@ -214,6 +214,7 @@ def check_split_gts(
         )
     no_gt: dict[str, list[str]] = {}
     to_run: dict[str, int] = {}
+    why: str | None  # a misnamed mask's reason, then (reused) why a file is not an image
     for name, folder in splits:
         # listed now, so that two images of one name in a later split stop the run before the
         # model pass over the earlier ones, not after it

@@ -41,7 +41,7 @@ import numbers
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,9 @@ def _score_memory(
     return _score_arrays(stem, pred, gt, prep, cached, ())
 
 
-def _run_parallel(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs: int) -> Iterator[Any]:
+def _run_parallel(
+    tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], jobs: int
+) -> Generator[Any, None, None]:
     """Run ``fn(*args, worker)`` for each task, in order, in ``jobs`` processes (1: in this process).
 
     Use it inside ``contextlib.closing``: an exception in the caller's loop (a Ctrl-C in its

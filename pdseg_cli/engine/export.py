@@ -297,7 +297,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
             f"at most {MAX_CHECK_PIXELS:,})",
             hint="the file takes any size; a shape or two up to 2048x2048 check it, e.g. 1x3x2048x2048",
         )
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 # names of files an export must not take: a slip of the shell (`-o photo.jpg`) would replace them
@@ -680,7 +680,10 @@ def _check_input(shape: tuple[int, ...]) -> torch.Tensor:
 
 @torch.inference_mode()
 def _check_shape(
-    loaded: OnnxModel | TorchScriptModel, reference: nn.Module, shape: tuple[int, ...], tol: float
+    loaded: OnnxModel | TorchScriptModel | _LoadedCheckpoint,
+    reference: nn.Module,
+    shape: tuple[int, ...],
+    tol: float,
 ) -> ShapeCheck:
     x = _check_input(shape)
     reference.eval()  # the fixed NMF bases, no dropout
@@ -748,7 +751,7 @@ def _export_onnx(
         torch.onnx.export(
             graph,
             (_trace_input(),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object too
             dynamo=False,
             opset_version=opset,
             input_names=["input"],

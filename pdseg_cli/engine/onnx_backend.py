@@ -195,8 +195,8 @@ class ExportMetadata:
                 variant=data["variant"],
                 config=json.loads(data["config"]),
                 train_size=int(data["train_size"]) if data.get("train_size") else None,
-                mean=mean,  # type: ignore[arg-type]
-                std=std,  # type: ignore[arg-type]
+                mean=mean,
+                std=std,
                 output=data.get("output", OUTPUT_PROBABILITIES),
                 outputs=tuple(data.get("outputs", OUTPUT_PROBABILITIES).split(",")),
                 precision=data.get("precision", "fp32"),

@@ -25,7 +25,7 @@ import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from pdseg_cli.data import transforms as T
 from pdseg_cli.data.colors import parse_color
 from pdseg_cli.engine import predict_run
 from pdseg_cli.engine.made_with import MadeWith
-from pdseg_cli.engine.onnx_backend import detect_format, load_exported, refuse_spec_for
+from pdseg_cli.engine.onnx_backend import _ExportedModel, detect_format, load_exported, refuse_spec_for
 from pdseg_cli.engine.predict_plan import PredictPlan, plan_predict
 from pdseg_cli.engine.predict_summary import PredictSummary
 from pdseg_cli.errors import InputError, check_kind
@@ -206,14 +206,17 @@ class Predictor:
         self._autocast = self.precision  # the autocast around the network
         ignored = None
         fix = "--precision fp32"  # the way out of an emulated precision
+        model: nn.Module | _ExportedModel  # an exported file's model duck-types a torch one
         if isinstance(weights, nn.Module):
             # unwrapped (DataParallel, DDP, torch.compile), as save_checkpoint and optimize do, so its
             # training size and normalisation are found; copied, as eval() and .to() below change it
             model = copy.deepcopy(unwrap_model(weights))
         elif kind == "checkpoint":
+            assert self.weights_path is not None  # set above for every weights but a module
             model, self.weights_sha256 = load_hashed(self.weights_path, lambda p: load_model(p, device="cpu"))
         else:
             # .onnx / TorchScript: fp32 in and out, the precision fixed in the file at export
+            assert self.weights_path is not None  # set above for every weights but a module
             model, self.weights_sha256 = load_hashed(
                 self.weights_path, lambda p: load_exported(p, device=self.device, onnx_spec=onnx_spec)
             )
@@ -236,10 +239,11 @@ class Predictor:
         if optimized and isinstance(model, PDSeg):
             model = optimize(model, channels_last=channels_last, compile=compile_mode)
         elif channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            # torch's stubs leave out Module.to's memory_format keyword
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         # a module of the caller's own (not pdseg's), whose failures inside torch are said as such
-        self._own_module = kind == "module" and not isinstance(unwrap_model(weights), PDSeg)
+        self._own_module = kind == "module" and not isinstance(unwrap_model(cast(nn.Module, weights)), PDSeg)
         # a model that gives probabilities only has its maps resized as probabilities (onnx_backend)
         self._resize_probabilities = bool(getattr(model, "gives_probabilities", False))
         # pdseg's own models average the pixels where an image shrinks; a foreign ONNX model is fed as
@@ -268,7 +272,10 @@ class Predictor:
         self.scale_sides = scale_sides(scales, self.size, fixed)
         # what the outputs' marks record of the run (made_with): the options as asked, once checked
         self._asked_size = parsed
-        self._asked_scales = tuple(float(s) for s in scales) if self.scale_sides else None
+        # scale_sides is () for scales=None
+        self._asked_scales = (
+            tuple(float(s) for s in cast(Sequence[float], scales)) if self.scale_sides else None
+        )
         self._onnx_spec = onnx_spec
         if parsed is not None:
             self.size_note = ""
@@ -427,7 +434,7 @@ class Predictor:
                 j += 1
             logits = self.forward(arrays[i:j])
             for k in range(i, j):
-                out[k] = self.to_map(logits[k - i : k - i + 1], tuple(sizes[k]), threshold)  # type: ignore[arg-type]
+                out[k] = self.to_map(logits[k - i : k - i + 1], tuple(sizes[k]), threshold)
             i = j
         return out
 
@@ -442,7 +449,7 @@ class Predictor:
         return T.normalize(x, self.normalization)
 
     @torch.inference_mode()
-    def forward(self, arrays: Sequence[np.ndarray] | Sequence[list[np.ndarray]]) -> torch.Tensor:
+    def forward(self, arrays: Sequence[np.ndarray | list[np.ndarray]]) -> torch.Tensor:
         """Normalised (h, w, 3) arrays of one size -> logits (B, 1, h, w) float32 on the device; with
         ``scales``, each image's arrays (:meth:`prepare_array`) -> the mean of its scales' logits,
         each resized bilinearly to the largest side."""
@@ -450,13 +457,13 @@ class Predictor:
             top = self.scale_sides[-1]
             total: torch.Tensor | None = None
             for k in range(len(self.scale_sides)):
-                logits = self._forward_one_size([a[k] for a in arrays])  # type: ignore[index]
+                logits = self._forward_one_size([a[k] for a in arrays])
                 if logits.shape[-1] != top:
                     logits = F.interpolate(logits, size=(top, top), mode="bilinear", align_corners=False)
                 total = logits if total is None else total.add_(logits)
             assert total is not None
             return total.div_(len(self.scale_sides))
-        return self._forward_one_size(arrays)  # type: ignore[arg-type]
+        return self._forward_one_size(cast("Sequence[np.ndarray]", arrays))  # without scales: one array each
 
     def _forward_one_size(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """Normalised (h, w, 3) arrays of one size -> logits (B, 1, h, w) float32 on the device."""

@@ -1031,7 +1031,7 @@ def plan_predict(
     inputs, own_outputs = split_own_outputs(sources, inputs)
     if not inputs and own_outputs:
         raise InputError(
-            f"the images in {', '.join(map(os.fspath, sources))} are all outputs of pdseg (masks or "
+            f"the images in {', '.join(os.fspath(s) for s in sources)} are all outputs of pdseg (masks or "
             f"cut-outs of an earlier run, e.g. {own_outputs[0]}), which folder and pattern runs leave out",
             hint="give the folder of the photos, or name an output file to segment it anyway",
         )
@@ -1051,7 +1051,7 @@ def plan_predict(
             raise InputError(f"{named} {kinds}", hint=_no_images_hint(paths, recursive, not_images))
         extra = f" ({counted(len(not_images), 'other file')} skipped)" if not_images else ""
         raise InputError(
-            f"no images found in {', '.join(map(os.fspath, sources)) or '(nothing given)'}{extra}",
+            f"no images found in {', '.join(os.fspath(s) for s in sources) or '(nothing given)'}{extra}",
             hint=_no_images_hint(paths, recursive, not_images),
         )
     for item in inputs:

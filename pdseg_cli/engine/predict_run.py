@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ class Predictor(Protocol):
 
     def prepare_array(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]: ...
 
-    def forward(self, arrays: Sequence[np.ndarray] | Sequence[list[np.ndarray]]) -> torch.Tensor: ...
+    def forward(self, arrays: Sequence[np.ndarray | list[np.ndarray]]) -> torch.Tensor: ...
 
     def to_map(self, logits: torch.Tensor, size: tuple[int, int], threshold: float | None) -> np.ndarray: ...
 
@@ -263,8 +263,8 @@ class _FolderRun:
             raise
         finally:
             if not completed:
-                for f in self.reads:
-                    f.cancel()
+                for read in self.reads:
+                    read.cancel()
             pressed = False
             if isinstance(raised, KeyboardInterrupt):
                 pressed = self.say_writes_left()
@@ -352,7 +352,8 @@ class _FolderRun:
         out_of_memory = False
         logits: torch.Tensor | None = None
         try:
-            logits = predictor.forward([g.array for g in group])  # type: ignore[arg-type]
+            # only images read without error are grouped: their arrays are set
+            logits = predictor.forward(cast("list[np.ndarray | list[np.ndarray]]", [g.array for g in group]))
             maps = [
                 predictor.to_map(logits[k : k + 1], g.orig_size, self.threshold) for k, g in enumerate(group)
             ]

@@ -22,10 +22,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pdseg_cli.data.teacher import file_sha256
+
+if TYPE_CHECKING:  # imported lazily at run time (torch, onnxruntime)
+    from pdseg_cli.engine.predict import Predictor
 
 TEACHER_DIR = "teacher"  # under the cache root
 
@@ -116,7 +120,7 @@ class TeacherMaps:
         self.device = device
         self.onnx_spec = onnx_spec or ""
         self._sha = file_sha256(self.path)
-        self._predictor = None
+        self._predictor: Predictor | None = None
         self.cache_root = Path(cache_root)
         from pdseg_cli.engine.onnx_backend import detect_format
 

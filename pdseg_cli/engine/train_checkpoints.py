@@ -31,7 +31,7 @@ LAST_NAME = "last.pt"  # the resume point, which a failed write leaves as it was
 def write_checkpoint(
     path: Path,
     model: nn.Module,
-    train_size: int,
+    train_size: int | None,
     provenance: Mapping[str, Any],
     train_state: dict[str, Any] | None,
 ) -> None:

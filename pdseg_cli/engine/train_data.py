@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import torch
@@ -312,10 +312,10 @@ def _scan_training(
     if ctx.main and needing:
         # what the teacher is for in this run: the targets of the images without a mask, and a share
         # of the others' where --teacher-weight blends it in
-        unlabelled = sum(p.mask is None for p in pairs)
-        uses = [f"the targets of {counted(unlabelled, 'image')} without a mask"] if unlabelled else []
-        if ctx.cfg.teacher_weight > 0 and len(needing) > unlabelled:
-            blended = counted(len(needing) - unlabelled, "image")
+        n_unlabelled = sum(p.mask is None for p in pairs)
+        uses = [f"the targets of {counted(n_unlabelled, 'image')} without a mask"] if n_unlabelled else []
+        if ctx.cfg.teacher_weight > 0 and len(needing) > n_unlabelled:
+            blended = counted(len(needing) - n_unlabelled, "image")
             uses.append(f"blended into the masks of {blended} (--teacher-weight {ctx.cfg.teacher_weight:g})")
         ctx.emit("info", values={"message": f"teacher {info.description}: {' and '.join(uses)}"})
 
@@ -393,15 +393,16 @@ def _load_split(ctx: RunContext, split: str, scan: Callable[[], dis5k.PairScan])
         ctx.emit("prepare", values={"split": split, "done": done, "total": total})
 
     error, store = None, None
+    size = cast(int, cfg.size)  # train() resolves it (_from_init) before the run
     try:
         pairs = scan()
         if ctx.main or cfg.cache == "ram":
             threads = max(1, ctx.workers)
             store = dis5k.prepare_samples(
-                pairs, cfg.size, cfg.cache, cache_dir, threads=threads, on_progress=progress
+                pairs, size, cfg.cache, cache_dir, threads=threads, on_progress=progress
             )
         else:
-            store = dis5k.SampleStore(pairs.pairs, cfg.size, cfg.cache, cache_dir)
+            store = dis5k.SampleStore(pairs.pairs, size, cfg.cache, cache_dir)
     except PdsegError as exc:
         if split == "val" and isinstance(exc, DataError) and not exc.message.startswith("--val"):
             # "12 masks in sets/a hold only 0 and 1": say it is the validation folder, not training data

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -14,7 +14,8 @@ import torch
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Python's, NumPy's and torch's global generators (and ``device``'s CUDA one) as plain values."""
-    np_state = np.random.get_state()
+    # the global generator is NumPy's MT19937, whose state is the legacy tuple (never the dict form)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     return {
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -373,7 +373,8 @@ def resolve_freeze_bn(ctx: RunContext, plan: RunPlan, resumed: Mapping[str, Any]
         images *= ctx.env.world_size
     pretrained = cfg.init is not None or cfg.backbone_weights is not None
     frozen = default_freeze_bn(images, pretrained) if cfg.freeze_bn is None else cfg.freeze_bn
-    if not frozen and images == 1 and cfg.size // 32 == 1:
+    # cfg.size: train() resolves it (_from_init) before the run
+    if not frozen and images == 1 and cast(int, cfg.size) // 32 == 1:
         # the stride-32 features are 1x1: a BatchNorm that trains sees one value per channel, which
         # torch refuses mid-step with a traceback
         raise InputError(
@@ -451,7 +452,7 @@ def build_run(
     cfg, device, rank = ctx.cfg, ctx.device, ctx.env.rank
     # channels-last layout: the same maths, faster steps on the CPU (oneDNN) and GPUs
     # (benchmarks/RESULTS.md, 'CPU training speed')
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stub gap
     ema = ModelEMA(model, plan.ema_decay, plan.ema_tau)
     if resumed is not None:
         model.load_state_dict(resumed["model"])

@@ -29,6 +29,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from pdseg_cli.errors import InputError, PdsegError, RunFailed, counted
@@ -237,7 +238,7 @@ def unguarded_main_call() -> str | None:
         return None
     if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
         return None
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
         frame = frame.f_back
     if frame is None:

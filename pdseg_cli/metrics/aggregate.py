@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -70,13 +71,14 @@ class DatasetScores:
 def aggregate(images: Sequence[ImageScores]) -> DatasetScores:
     """Combine per-image scores into dataset values (NaN everywhere for an empty sequence)."""
     if not images:
-        curves = {name: np.full(N_THRESHOLDS, np.nan) for name in _CURVES}
-        return DatasetScores(0, **curves, **{m.field: float("nan") for m in METRICS})
+        curves: dict[str, Any] = {name: np.full(N_THRESHOLDS, np.nan) for name in _CURVES}
+        nans: dict[str, Any] = {m.field: float("nan") for m in METRICS}
+        return DatasetScores(0, **curves, **nans)
     curves = {
         name: np.mean(np.array([getattr(im, name) for im in images], dtype=np.float64), axis=0)
         for name in _CURVES
     }
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}  # floats
     for m in METRICS:
         if m.reduce is not None:
             values[m.field] = float(getattr(curves[m.source], m.reduce)())

@@ -9,13 +9,23 @@ scores about ``1 + 1/N``. The DIS table's E column is the mean over thresholds (
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 
 from pdseg_cli.metrics.common import EPS
 from pdseg_cli.metrics.stats import PairStats
 
 
-def _enhanced(phi_pred: np.ndarray | float, phi_gt: float) -> np.ndarray:
+@overload
+def _enhanced(phi_pred: np.ndarray, phi_gt: float) -> np.ndarray: ...
+
+
+@overload
+def _enhanced(phi_pred: float, phi_gt: float) -> float: ...
+
+
+def _enhanced(phi_pred: np.ndarray | float, phi_gt: float) -> np.ndarray | float:
     align = 2 * (phi_pred * phi_gt) / (phi_pred**2 + phi_gt**2 + EPS)
     return (align + 1) ** 2 / 4
 

@@ -74,7 +74,7 @@ def hce_from_masks(fg: np.ndarray, pos: np.ndarray, skeleton: np.ndarray) -> HCE
     tp = g & p
     fp = p & ~g & 1
     fn = g & ~p & 1
-    core = cv2.erode(g | p, _CROSS, iterations=RELAX)
+    core: np.ndarray = cv2.erode(g | p, _CROSS, iterations=RELAX)  # uint8 (cv2's stubs: any dtype)
 
     fp_relaxed = _grow_back(fp & core, 1 - g) & fp
     fn_relaxed = (_grow_back(fn & core, 1 - p) & fn) | (k & ~tp & 1)

@@ -62,6 +62,8 @@ def read_mask_file(path: str | os.PathLike[str], *, digest: bool = False) -> Mas
     """
     path = Path(path)
     data = _mask_bytes(path)
+    array: np.ndarray | None
+    said: list[str]
     array, said = None, []
     if data:
         try:

@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -274,7 +274,7 @@ def checkpoint_payload(
         raise TypeError(f"train_size must be one side length (an int), got {size!r}")
     if size is not None and size < 32:
         raise ValueError(f"train_size must be at least 32 (the model's stride), got {size}")
-    norm = dict(normalization or getattr(net, "normalization", NORMALIZATION))
+    norm = dict(normalization or cast(Mapping[str, Any], getattr(net, "normalization", NORMALIZATION)))
     problem = _normalization_problem(norm)
     if problem:  # every input would be normalised wrongly, so no file is written
         raise ValueError(f"normalization: {problem}")
@@ -376,7 +376,7 @@ def _starts_like_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def _is_state_dict(obj: Any) -> bool:
+def _is_state_dict(obj: Any) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
@@ -393,6 +393,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a pdseg checkpoint")
     if "format" not in obj:
         if _is_state_dict(obj):
+            state: dict[str, torch.Tensor] | None  # the name is reused below for the checkpoint's own
             state = _strip_prefixes(obj)  # DDP's module., torch.compile's _orig_mod.
             whole = any(k.startswith("encoder.") for k in state) and any(
                 k.startswith("decoder.") for k in state

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from math import prod
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -150,6 +150,24 @@ def count_params(model: str | ModelConfig | nn.Module) -> int:
     if isinstance(model, nn.Module):
         return sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in _meta_model(_as_config(model)).parameters())
+
+
+@overload
+def count_macs(
+    model: str | ModelConfig | nn.Module, size: int | tuple[int, int] = ..., *, by_op: Literal[False] = ...
+) -> int: ...
+
+
+@overload
+def count_macs(
+    model: str | ModelConfig | nn.Module, size: int | tuple[int, int] = ..., *, by_op: Literal[True]
+) -> dict[str, int]: ...
+
+
+@overload
+def count_macs(
+    model: str | ModelConfig | nn.Module, size: int | tuple[int, int] = ..., *, by_op: bool
+) -> int | dict[str, int]: ...
 
 
 def count_macs(

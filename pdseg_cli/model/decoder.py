@@ -13,7 +13,7 @@ The paper publishes no code. :class:`ProgressiveDecoder` is our design "P1" (``d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -304,13 +304,14 @@ class FastProgressiveDecoder(InferenceForm):
     def __init__(self, decoder: ProgressiveDecoder) -> None:
         super().__init__()
         self.residual_maps = decoder.residual_maps
-        self.levels = nn.ModuleList(level.fast() for level in decoder.levels)
+        levels = cast(Sequence[HamLevel], decoder.levels)  # a ModuleList of HamLevels
+        self.levels = nn.ModuleList(level.fast() for level in levels)
         coarse_first = list(decoder.encoder_channels)[::-1]
         self.enc_squeeze = nn.ModuleList()
         self.prev_squeeze = nn.ModuleList()
         self.prev_map_weight = nn.ParameterList()
-        widths = [level.align.conv.out_channels for level in decoder.levels]
-        for k, (level, enc) in enumerate(zip(decoder.levels, coarse_first, strict=True)):
+        widths = [level.align.conv.out_channels for level in levels]
+        for k, (level, enc) in enumerate(zip(levels, coarse_first, strict=True)):
             conv = level.squeeze.conv
             like = conv.weight
             if k == 0:
@@ -324,7 +325,7 @@ class FastProgressiveDecoder(InferenceForm):
                 self.prev_map_weight.append(frozen_param(w_m.reshape(1, -1, 1, 1), like))  # (1, C, 1, 1)
             else:
                 # W_f F + w_m (W_cls F + b_cls) = (W_f + w_m W_cls) F + w_m b_cls
-                w_cls, b_cls = weight_bias(decoder.levels[k - 1].classifier)
+                w_cls, b_cls = weight_bias(levels[k - 1].classifier)
                 weight = w_f[:, :, 0, 0] + w_m[:, :, 0, 0] @ w_cls[:, :, 0, 0]
                 self.prev_squeeze.append(FusedConv(weight[:, :, None, None], w_m[:, 0, 0, 0] * b_cls, like))
 
@@ -347,7 +348,7 @@ class FastProgressiveDecoder(InferenceForm):
                 squeezed = self.enc_squeeze[k](e, fused, other=up, op="add", into_other=True)
                 del up
             feats = level(squeezed, fused)
-            logits = level.classifier(feats, fused)
+            logits = cast(FastHamLevel, level).classifier(feats, fused)
             if self.residual_maps and maps:
                 logits = logits + resize_to(maps[-1], logits.shape[-2:])
             maps.append(logits)

@@ -76,7 +76,7 @@ class NMF2D(nn.Module):
         bases = nmf_bases(channels, rank, seed).to(torch.get_default_device())
         self.register_buffer("eval_bases", bases, persistent=False)
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> NMF2D:  # type: ignore[override]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> NMF2D:
         # .half() / .to(dtype) would round the bases; redraw them in float32 on the new device.
         super()._apply(fn, recurse)
         if self.eval_bases.dtype != torch.float32:

@@ -141,7 +141,7 @@ def pad_input(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def crop_levels(
-    levels: list[torch.Tensor], padded: tuple[int, int], size: tuple[int, int]
+    levels: list[torch.Tensor], padded: tuple[int, int] | torch.Size, size: tuple[int, int] | torch.Size
 ) -> list[torch.Tensor]:
     """Each level's logits (B, 1, H / s, W / s) -> padded size (bilinear) -> cropped to ``size`` (H, W)."""
     h, w = size

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -313,11 +313,20 @@ class FastStem(InferenceForm):
     def __init__(self, stem: StemConv) -> None:
         super().__init__()
         conv1, bn1, _, conv2, bn2 = stem.proj
+        conv1, conv2 = cast(nn.Conv2d, conv1), cast(nn.Conv2d, conv2)
+        bn1, bn2 = cast(nn.BatchNorm2d, bn1), cast(nn.BatchNorm2d, bn2)
+        # torch types Conv2d's stride and padding as any tuple (padding: or a str); a 3x3 conv's are pairs
         self.conv1 = FusedConv(
-            *fold_bn_after(conv1, bn1), conv1.weight, stride=conv1.stride, padding=conv1.padding
+            *fold_bn_after(conv1, bn1),
+            conv1.weight,
+            stride=conv1.stride,  # type: ignore[arg-type]
+            padding=conv1.padding,  # type: ignore[arg-type]
         )
         self.conv2 = FusedConv(
-            *fold_bn_after(conv2, bn2), conv2.weight, stride=conv2.stride, padding=conv2.padding
+            *fold_bn_after(conv2, bn2),
+            conv2.weight,
+            stride=conv2.stride,  # type: ignore[arg-type]
+            padding=conv2.padding,  # type: ignore[arg-type]
         )
 
     def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
@@ -331,7 +340,10 @@ class FastDownsample(InferenceForm):
         super().__init__()
         conv = embed.proj
         self.conv = FusedConv(
-            *fold_bn_after(conv, embed.norm), conv.weight, stride=conv.stride, padding=conv.padding
+            *fold_bn_after(conv, embed.norm),
+            conv.weight,
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
         )
 
     def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
@@ -383,6 +395,7 @@ class FastBlock(InferenceForm):
         s = self.conv0(u, fused)
         t = s
         for horizontal, vertical in zip(self.strips[0::2], self.strips[1::2], strict=True):
+            horizontal = cast(FusedConv, horizontal)  # self.strips holds FusedConvs
             # t <- V_k(H_k(s)) + t: the plain path's ((s + a) + b) + c, term by term; after the
             # first branch t is a map of our own, so the sum goes into it (fewer maps at the peak)
             if horizontal.weight.shape[-1] == 21 and _strip21_hangs(s):
@@ -464,7 +477,7 @@ class FastEncoder(InferenceForm):
         outs = []
         for embed, blocks, norm in zip(self.embeds, self.stages, self.norms, strict=True):
             x = embed(x, fused)
-            for block in blocks:
+            for block in cast(nn.ModuleList, blocks):
                 x = block(x, fused, bands)
             x = norm(x)  # LayerNorm2d reads the channels-last memory as it is (a free permute)
             outs.append(x)

@@ -36,6 +36,9 @@ class PDSeg(nn.Module):
         train_size: the side of the square images the weights were trained at, if known.
     """
 
+    # what the weights came from: set by load_model only (a model built here has no such attribute)
+    provenance: dict[str, Any]
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         entry = check_decoder(config)  # before building anything: an unknown decoder is one line
@@ -149,7 +152,7 @@ class FastPDSeg(InferenceForm):
         self.decoder = fast(model.decoder) if fast is not None else KeptPlain(model.decoder, where)
         self.notes: tuple[str, ...] = tuple(m.note for m in self.modules() if isinstance(m, KeptPlain))
         if channels_last:
-            self.to(memory_format=torch.channels_last)
+            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a stub gap
         self.eval()
 
     @property

@@ -40,6 +40,7 @@ def resolve_device(spec: str | torch.device = "auto", *, local_rank: int | None 
     text = str(spec).strip().lower()  # str() of a torch.device is its name: "cpu", "cuda:1"
     cuda_ok = torch.cuda.is_available()
     n_gpus = torch.cuda.device_count() if cuda_ok else 0
+    index: int | None  # a GPU's, once checked
     if text == "auto":
         if cuda_ok:
             index = (local_rank or 0) % max(n_gpus, 1) if local_rank is not None else 0

@@ -40,7 +40,7 @@ def set_stop_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
     foreground command does not stop its background jobs too."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, *stop_signals()):
         if signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, handler)
