@@ -101,6 +101,56 @@ def _wrong_option(ctx: typer.Context, exc: Exception, args: list[str]) -> None:
                 raise typer.Exit(2) from None
 
 
+# an empty value where a command says more than the general hint: (command, option) -> the hint
+EMPTY_HINTS = {
+    ("predict", "--out"): "name a folder, e.g. --out masks (--out . for this one)",
+}
+
+
+def _refuse_empty_values(ctx: typer.Context, args: list[str]) -> None:
+    """An empty value (``--out ""``, ``--json=``, an argument ``""``: most often an unset shell
+    variable) as one error naming the option, exit 2. Read as a path it was ".": ``-w ""`` said
+    "weights . is a folder", ``train -o ""`` trained into the current folder; as a list or a name
+    it was dropped in silence (``--scales ""`` ran one size, ``--variant ""`` the default one)."""
+    options = {  # each spelling of an option that takes a value -> the option
+        opt: p
+        for p in ctx.command.params
+        if p.param_type_name == "option"
+        and not getattr(p, "is_flag", False)
+        and not getattr(p, "count", False)
+        for opt in p.opts
+    }
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":  # what follows is arguments only
+            if any(not a.strip() for a in args[i + 1 :]):
+                _say_empty(ctx, None)
+            return
+        name, eq, value = arg.partition("=")
+        if arg.startswith("--") and eq and name in options:
+            if not value.strip():
+                _say_empty(ctx, options[name])
+        elif arg in options:
+            if i + 1 < len(args) and not args[i + 1].strip():
+                _say_empty(ctx, options[arg])
+            i += 1  # its value, whatever it is
+        elif not arg.strip():
+            _say_empty(ctx, None)
+        i += 1
+
+
+def _say_empty(ctx: typer.Context, param: Any) -> NoReturn:
+    command = ctx.info_name or ""
+    if param is None:
+        ui.error(f"pdseg {command}: an argument is empty", "an unset shell variable gives one: give a value")
+    else:
+        option = max(param.opts, key=len)  # --out, not -o
+        leave = "" if param.required else f", or drop {option} for its default"
+        ui.error(f"{option} is empty", EMPTY_HINTS.get((command, option)) or f"give a value{leave}")
+    raise typer.Exit(2)
+
+
 _Command = TypeVar("_Command", typer.core.TyperCommand, typer.core.TyperGroup)
 
 
@@ -116,6 +166,12 @@ def _flag_help(cls: type[_Command]) -> type[_Command]:
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
         def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
             given = list(args)  # click's parser consumes the list it gets
+            if not isinstance(self, typer.core.TyperGroup) and "--help" not in given:
+                try:
+                    _refuse_empty_values(ctx, given)
+                except typer.Exit:
+                    ui.set_quiet(False)
+                    raise
             try:
                 return super().parse_args(ctx, args)
             except Exception as exc:  # click's UsageError, matched by name in _wrong_option

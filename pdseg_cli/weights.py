@@ -127,6 +127,7 @@ def load_hashed(path: Path, load: Callable[[Path], T], what: str = "weights") ->
     """
     from pdseg_cli.data.teacher import file_sha256
 
+    check_weights_file(path, what, MODEL_SUFFIXES)  # a missing file said as such, not as moved mid-run
     for _ in range(_LOAD_TRIES):
         before = _identity(path)
         loaded = load(path)

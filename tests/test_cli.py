@@ -177,6 +177,54 @@ def test_predict_refuses_an_empty_out_and_impossible_sizes(tmp_path) -> None:  #
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["train", "--out", "", "--epochs", "1"], "--out is empty"),  # trained into the current folder
+        (["train", "-o", "x", "--variant", ""], "--variant is empty"),  # trained the default variant
+        (["predict", "in", "-o", "m", "--scales", ""], "--scales is empty"),  # ran one size
+        (["predict", "in", "-o", "m", "--save="], "--save is empty"),  # wrote the default mask
+        (["eval", "--split", "s", "--json", ""], "--json is empty"),  # "--json . is a folder"
+        (["export", "-o", "m.onnx", "-w", ""], "--weights is empty"),  # "weights . is a folder"
+        (["info", ""], "pdseg info: an argument is empty"),
+        (["predict", "", "-o", "m"], "pdseg predict: an argument is empty"),
+        (["predict", "-o", "m", "--", ""], "pdseg predict: an argument is empty"),
+    ],
+)
+def test_an_empty_value_is_refused_naming_its_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], said: str
+) -> None:
+    """An unset shell variable (`--out "$OUT"`): read as a path, "" was "."; as a list or a name
+    it was dropped in silence. Refused before anything runs or is written."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert said in flat(result.output) and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+    # a value that merely starts the next option is not taken for empty
+    assert "is empty" not in flat(runner.invoke(app, ["info", "pdseg-t", "--onnx-spec", "-x"]).output)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["benchmark", "-v", "pdseg-tiny", "-s", "64", "-b", "100000"], "--batch 100000 is more than"),
+        (["predict", "in", "-o", "m", "--batch", "5000"], "--batch 5000 is more than"),
+        (["info", "pdseg-tiny", "--onnx-spec", "size=64"], "pdseg-tiny is a variant"),  # was ignored
+        # exit 1, "a file or folder was moved or deleted while pdseg was running"
+        (["export", "-o", "m.onnx", "-w", "nope.pt"], "weights nope.pt does not exist"),
+    ],
+)
+def test_options_found_by_fuzzing_are_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], said: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert said in flat(result.output) and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_interrupted_predict_says_how_to_resume(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     import cv2
     import numpy as np

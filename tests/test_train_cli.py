@@ -129,14 +129,22 @@ def test_cli_overwrite_interrupted_before_its_first_file_leaves_the_old_run_whol
         (["--loss", "dice"], "--loss must be bce-iou or structure, got 'dice'"),
         (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
         (["--lr", "inf"], "--lr must be a positive, finite number, got inf"),  # the loss would be nan at once
+        # torch's own overflow traceback, after the samples were decoded into the run folder
+        (["--seed", "18446744073709551617"], "--seed 18446744073709551617 is too large"),
+        # exit 1, "moved or deleted while pdseg was running", after the samples were decoded
+        (["--backbone-weights", "nope.pth"], "--backbone-weights nope.pth does not exist"),
+        (["--cache-dir", "{a file}"], "is a file"),  # exit 1, "cannot write the sample cache", late
     ],
 )
 def test_cli_bad_options_are_one_line_errors(
     tmp_path: Path, folders: dict[str, Path], extra: list[str], message: str
 ) -> None:
+    (tmp_path / "a file").write_text("x")
+    extra = [str(tmp_path / "a file") if a == "{a file}" else a for a in extra]
     result = runner.invoke(app, tiny_args(tmp_path / "run", folders) + extra)
     assert result.exit_code == 2, result.output
     assert message in flat(result.output) and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_cli_out_of_memory_is_a_one_line_error(

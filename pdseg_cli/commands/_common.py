@@ -450,9 +450,15 @@ def check_batch(batch: int) -> None:
     """
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}", hint=BATCH_HINT)
+    if batch > MAX_BATCH:  # `benchmark -b 100000` at 64 px built a 4.9 GB input, then ran for minutes
+        too_many = f"--batch {batch} is more than a device runs at once (at most {MAX_BATCH})"
+        raise InputError(too_many, hint=BATCH_HINT)
 
 
 BATCH_HINT = "e.g. --batch 4 (images per forward pass), or leave --batch out for 1"
+# images per forward pass: far above what a device runs at once (1024 at 32x32 are 12 MB of input);
+# past it, a slip of the keyboard
+MAX_BATCH = 1024
 
 
 # --- report files (eval's --json and --csv, predict's --json) ----------------------------------

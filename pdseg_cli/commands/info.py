@@ -54,6 +54,12 @@ def info(
                 f"--size {size} is too small: at least 32 (the model's stride)", hint="e.g. --size 1024"
             )
         path = Path(variant).expanduser() if variant is not None and variant not in VARIANTS else None
+        if onnx_spec and path is None:  # was ignored in silence
+            raise InputError(
+                "--onnx-spec describes a foreign ONNX file; "
+                + (f"{variant} is a variant" if variant else "no file given"),
+                hint="pdseg info MODEL.onnx --onnx-spec ..., or drop --onnx-spec",
+            )
         if path is not None and path.is_file():
             from pdseg_cli.engine.weights_info import describe_weights
 

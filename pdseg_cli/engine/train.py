@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -60,6 +61,7 @@ from pdseg_cli.engine.train_schedule import lr_factor, param_groups
 from pdseg_cli.engine.train_workers import refuse_in_a_starting_worker
 from pdseg_cli.errors import InputError
 from pdseg_cli.model.build import load_checkpoint, train_side
+from pdseg_cli.weights import check_weights_file
 
 __all__ = [
     "CheckpointWriteError",
@@ -98,6 +100,10 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
             cfg = cfg.resumed()
         cfg.check()
         cfg = _from_init(cfg, on_event if env.rank == 0 else None)
+        if cfg.backbone_weights is not None and not cfg.resume:
+            # there before the samples are decoded into the run's cache (a refused run writes nothing);
+            # read with the model, after them
+            check_weights_file(Path(cfg.backbone_weights), "--backbone-weights")
     runtime.check_gpu_per_process(cfg.device, env)  # says itself which of its refusals are alike
     with runtime.alike_on_every_rank():  # one GPU per process is checked: the same answer everywhere
         choice = runtime.resolve_device(cfg.device, local_rank=env.local_rank if env.enabled else None)

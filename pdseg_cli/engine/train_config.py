@@ -301,6 +301,12 @@ class TrainConfig:
             ),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", "e.g. --seed 1"),
             (
+                # torch's generators take 64 bits, and the run's streams are the seed plus a number
+                self.seed < 2**32,
+                f"--seed {self.seed} is too large (below 2^32 = 4294967296)",
+                "e.g. --seed 1",
+            ),
+            (
                 0 < self.lr < math.inf,
                 f"--lr must be a positive, finite number, got {self.lr}",
                 "e.g. --lr 6e-5 (the default), or 1e-5 to fine-tune gently",
@@ -380,6 +386,12 @@ class TrainConfig:
                 "e.g. 0.3",
             ),
             (self.augment or self.paste == 0.0, "--paste needs augmentation", "leave out --no-augment"),
+            (
+                # asked for by name, as eval's: said before samples are decoded (else: exit 1, later)
+                self.cache_dir is None or not self.cache_dir.exists() or self.cache_dir.is_dir(),
+                f"--cache-dir {self.cache_dir} is a file",
+                "give a folder (runs may share one), or leave --cache-dir out for <out>/cache",
+            ),
             (
                 0.0 <= self.teacher_weight <= 1.0,
                 f"--teacher-weight must be in [0, 1], got {self.teacher_weight}",
