@@ -152,6 +152,7 @@ def _say_empty(ctx: typer.Context, param: Any) -> NoReturn:
 
 
 _Command = TypeVar("_Command", typer.core.TyperCommand, typer.core.TyperGroup)
+NARROW_HELP = 60  # terminal columns under which --help is click's plain text, not rich's table
 
 
 def _flag_help(cls: type[_Command]) -> type[_Command]:
@@ -199,9 +200,16 @@ def _flag_help(cls: type[_Command]) -> type[_Command]:
                 off = ", ".join(param.secondary_opts)
                 param.help = f"{param.help or ''} Off: {off}.".strip()
                 param.secondary_opts = []
+            # under 60 columns rich's option table cut the names themselves (`--weig…`): click's plain
+            # help wraps them instead
+            # typer's MarkupMode; mypy cannot type it through the dynamic base class
+            mode = self.rich_markup_mode  # type: ignore[has-type]
+            if ui.err_console.width < NARROW_HELP:
+                self.rich_markup_mode = None
             try:
                 super().format_help(ctx, formatter)
             finally:
+                self.rich_markup_mode = mode
                 for param, secondary, text in saved:
                     param.secondary_opts, param.help = secondary, text
 

@@ -487,6 +487,12 @@ def test_help_shows_no_value_for_flags_and_no_cut_text() -> None:
         # type used to take columns of their own and leave it 15 characters wide
         (row,) = [line for line in text.splitlines() if "Show this message and exit." in line]
         assert len(row) - row.index("Show this message") >= 30, (command, row)
+    # a narrow terminal (a split pane, a phone): rich's table cut the option names (`--weig…`);
+    # click's plain help wraps them, and every option is named whole
+    for command in ("predict", "eval", "train", "export", "benchmark", "info"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "40"}).output
+        assert "…" not in text and "-h, --help" in text, command
+        assert "--threads" in text or command == "info", command
 
 
 def test_switch_help_names_its_off_form() -> None:
