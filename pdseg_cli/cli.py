@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -101,10 +102,8 @@ def _wrong_option(ctx: typer.Context, exc: Exception, args: list[str]) -> None:
                 raise typer.Exit(2) from None
 
 
-# an empty value where a command says more than the general hint: (command, option) -> the hint
-EMPTY_HINTS = {
-    ("predict", "--out"): "name a folder, e.g. --out masks (--out . for this one)",
-}
+# empty values a command refuses itself, in its own words (and into its --json report)
+OWN_EMPTY_CHECKS = {("predict", "--out")}
 
 
 def _refuse_empty_values(ctx: typer.Context, args: list[str]) -> None:
@@ -112,6 +111,7 @@ def _refuse_empty_values(ctx: typer.Context, args: list[str]) -> None:
     variable) as one error naming the option, exit 2. Read as a path it was ".": ``-w ""`` said
     "weights . is a folder", ``train -o ""`` trained into the current folder; as a list or a name
     it was dropped in silence (``--scales ""`` ran one size, ``--variant ""`` the default one)."""
+    command = ctx.info_name or ""
     options = {  # each spelling of an option that takes a value -> the option
         opt: p
         for p in ctx.command.params
@@ -125,29 +125,59 @@ def _refuse_empty_values(ctx: typer.Context, args: list[str]) -> None:
         arg = args[i]
         if arg == "--":  # what follows is arguments only
             if any(not a.strip() for a in args[i + 1 :]):
-                _say_empty(ctx, None)
+                _say_empty(ctx, None, args)
             return
         name, eq, value = arg.partition("=")
-        if arg.startswith("--") and eq and name in options:
+        given = options.get(name if arg.startswith("--") and eq else arg)
+        if given is not None and (command, max(given.opts, key=len)) in OWN_EMPTY_CHECKS:
+            i += 0 if eq else 1
+        elif arg.startswith("--") and eq and given is not None:
             if not value.strip():
-                _say_empty(ctx, options[name])
-        elif arg in options:
+                _say_empty(ctx, given, args)
+        elif given is not None:
             if i + 1 < len(args) and not args[i + 1].strip():
-                _say_empty(ctx, options[arg])
+                _say_empty(ctx, given, args)
             i += 1  # its value, whatever it is
         elif not arg.strip():
-            _say_empty(ctx, None)
+            _say_empty(ctx, None, args)
         i += 1
 
 
-def _say_empty(ctx: typer.Context, param: Any) -> NoReturn:
+def _say_empty(ctx: typer.Context, param: Any, args: list[str]) -> NoReturn:
+    """Say the empty value (rank 0 alone under torchrun, and the first process of each machine of
+    several, as ``user_errors`` says errors every process meets alike), into the command's --json
+    report too where one is named, and exit 2."""
+    from pdseg_cli.commands._common import ErrorReport, check_report_path, leads_one_node_of_several
+    from pdseg_cli.errors import PdsegError
+
     command = ctx.info_name or ""
     if param is None:
-        ui.error(f"pdseg {command}: an argument is empty", "an unset shell variable gives one: give a value")
+        message, hint = (
+            f"pdseg {command}: an argument is empty",
+            "an unset shell variable gives one: give a value",
+        )
     else:
         option = max(param.opts, key=len)  # --out, not -o
-        leave = "" if param.required else f", or drop {option} for its default"
-        ui.error(f"{option} is empty", EMPTY_HINTS.get((command, option)) or f"give a value{leave}")
+        message = f"{option} is empty"
+        hint = "give a value" + ("" if param.required else f", or drop {option} for its default")
+    json_opts = next(  # predict's and eval's report file (benchmark's --json is a switch)
+        (p.opts for p in ctx.command.params if "--json" in p.opts and not getattr(p, "is_flag", False)), []
+    )
+    report = ""  # the --json value given last, as click takes it
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if eq and name in json_opts:
+            report = value
+        elif arg in json_opts and i + 1 < len(args):
+            report = args[i + 1]
+    if runtime.env_distributed(strict=False).rank == 0 or leads_one_node_of_several():
+        if report.strip():  # a script that reads the report without the exit status finds the error
+            try:
+                check_report_path("--json", Path(report), example=command)
+                ErrorReport(Path(report)).write_error(message, hint)
+            except PdsegError:
+                pass  # that path's own fault is not the one to say: the empty value is
+        ui.error(message, hint)
     raise typer.Exit(2)
 
 
@@ -167,7 +197,8 @@ def _flag_help(cls: type[_Command]) -> type[_Command]:
     class FlagHelp(cls):  # type: ignore[valid-type,misc]
         def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
             given = list(args)  # click's parser consumes the list it gets
-            if not isinstance(self, typer.core.TyperGroup) and "--help" not in given:
+            helping = any(h in given for h in ctx.help_option_names)  # -h or --help: the help wins
+            if not isinstance(self, typer.core.TyperGroup) and not helping:
                 try:
                     _refuse_empty_values(ctx, given)
                 except typer.Exit:
@@ -204,7 +235,7 @@ def _flag_help(cls: type[_Command]) -> type[_Command]:
             # help wraps them instead
             # typer's MarkupMode; mypy cannot type it through the dynamic base class
             mode = self.rich_markup_mode  # type: ignore[has-type]
-            if ui.err_console.width < NARROW_HELP:
+            if ui.console.width < NARROW_HELP:  # help goes to standard output
                 self.rich_markup_mode = None
             try:
                 super().format_help(ctx, formatter)

@@ -418,27 +418,64 @@ def test_work_done_before_counts_but_does_not_set_the_rate(
     assert "left 0:00:02" in line  # 5 more at that rate
 
 
+def test_skipped_outputs_and_a_resumed_epochs_steps_reach_the_bar_as_done_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """predict and train hand what an earlier run did to the bar as ``already`` (not as advances,
+    which rich and the log lines count in the rate)."""
+    import contextlib
+
+    from pdseg_cli import ui
+    from pdseg_cli.engine.predict_summary import FileResult
+    from pdseg_cli.engine.train_events import TrainEvent
+    from pdseg_cli.ui import prediction
+    from pdseg_cli.ui.training import TrainingView
+
+    bars: list[tuple[int | None, int]] = []
+    advanced: list[int] = []
+
+    @contextlib.contextmanager
+    def bar(description: str, total: int | None, *, already: int = 0, **kw: object):  # noqa: ANN202
+        bars.append((total, already))
+        yield lambda n=1, **values: advanced.append(n)
+
+    monkeypatch.setattr(ui, "progress_bar", bar)
+    with prediction.progress(5, skipped=3) as advance:
+        for status in ("skipped", "skipped", "skipped", "done", "failed"):
+            advance(FileResult(Path(f"{status}.jpg"), status))  # type: ignore[arg-type]
+    assert bars == [(5, 3)] and advanced == [1, 1]  # the done and the failed image only
+    view = TrainingView()
+    view(TrainEvent("epoch_start", epoch=2, step=7, total=10))
+    view.close()
+    assert bars[-1] == (10, 7) and advanced == [1, 1]  # the resumed epoch's 7 steps: done before
+
+
 def test_train_time_left_follows_the_pace_after_the_first_epoch(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first epoch of a session pays for starting (workers, the first decode into the cache):
     the time left was the mean of every epoch's, 7.9 s where the three epochs left took 2.3 s."""
+    import pdseg_cli.ui.training as training
     from pdseg_cli.engine.train_events import TrainEvent
     from pdseg_cli.ui.training import TrainingView
 
     monkeypatch.setenv("PDSEG_PROGRESS", "0")
+    now = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
     view = TrainingView()
     view._epochs = 6
     lines = []
-    for epoch, seconds in ((1, 26.0), (2, 1.0), (3, 3.0), (4, 2.0)):
-        view(TrainEvent("epoch_start", epoch=epoch, step=0, total=10))
-        view(TrainEvent("epoch_end", epoch=epoch, values={"loss": 0.5, "epoch_time_s": seconds}))
+    # (epoch, its first step, this session's seconds in it, epoch_time_s as results.csv has it)
+    for epoch, first, seconds, recorded in ((1, 5, 13.0, 40.0), (2, 0, 1.0, 1.0), (3, 0, 3.0, 3.0)):
+        view(TrainEvent("epoch_start", epoch=epoch, step=first, total=10))
+        now[0] += seconds
+        view(TrainEvent("epoch_end", epoch=epoch, values={"loss": 0.5, "epoch_time_s": recorded}))
         lines.append(capsys.readouterr().err)
     view.close()
-    assert "about 2:10 left" in lines[0]  # one epoch seen: its pace, 5 epochs of 26 s
-    assert "about 4.0 s left" in lines[1]  # 4 more at epoch 2's pace, not at the mean's 13.5 s
+    # a resumed epoch, 5 of its 10 steps in this session: 2.6 s a step, not 40 s over 5 steps
+    assert "about 2:10 left" in lines[0]  # 5 epochs of 10 steps at 2.6 s
+    assert "about 4.0 s left" in lines[1]  # 4 more at epoch 2's pace, not at the mean's
     assert "about 6.0 s left" in lines[2]  # the median of 1 s and 3 s, 2 s, for 3 more
-    assert "about 4.0 s left" in lines[3]  # median of 1, 3, 2: 2 s, for 2 more
 
 
 def test_durations_read_as_people_read_them() -> None:

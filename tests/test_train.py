@@ -663,27 +663,6 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert lr_factor(0, 0, 100) == 1.0
 
 
-def test_a_first_step_the_fp16_scaler_skips_warns_nothing() -> None:
-    """fp16's scaler skips a first step whose gradients overflow; the schedule still steps, and
-    torch's "lr_scheduler.step() before optimizer.step()" warning landed in the progress bar."""
-    import warnings
-
-    from pdseg_cli.engine.train_loop import _quiet_schedule_before_optimizer
-
-    def skipped_first_step() -> list[warnings.WarningMessage]:
-        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        scheduler = make_scheduler(optimizer, 2, 10)
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            with _quiet_schedule_before_optimizer():
-                scheduler.step()
-        return seen
-
-    assert skipped_first_step() == []
-    with pytest.warns(UserWarning, match="before `optimizer.step"):  # what the wrapper hides
-        make_scheduler(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 2, 10).step()
-
-
 def test_extended_schedule_gives_the_optimiser_its_own_rates_on_resume() -> None:
     # a finished 10-step run extended to 20 (--resume --epochs N): the saved optimiser holds lr 0,
     # the last rate of the old schedule; step 10 of the new one must run at its own rate

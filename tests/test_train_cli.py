@@ -147,6 +147,31 @@ def test_cli_bad_options_are_one_line_errors(
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_a_first_step_the_scaler_skips_warns_nothing(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16 (CUDA only, so the scaler is made to skip here): a first step whose gradients overflow
+    is skipped, the schedule still steps, and torch warned into the progress bar that the
+    schedule had stepped before the optimizer."""
+    import warnings
+
+    calls: list[int] = []
+    step = torch.amp.GradScaler.step
+
+    def skip_first(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *a: object) -> object:
+        calls.append(1)
+        return None if len(calls) == 1 else step(self, optimizer, *a)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", skip_first)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, tiny_args(tmp_path / "run", folders))
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2  # two steps, the first skipped
+    said = result.output + "".join(str(w.message) for w in seen)
+    assert "lr_scheduler.step()" not in said
+
+
 def test_cli_out_of_memory_is_a_one_line_error(
     tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,7 +75,7 @@ def user_errors(*, rank: int = 0, report: ErrorReport | None = None) -> Iterator
 
     ``report``: the command's ``--json`` (:class:`ErrorReport`), where rank 0 writes each of these
     errors, a Ctrl-C too, before it says it (a report the command wrote itself is kept)."""
-    node_leader = rank != 0 and _leads_one_node_of_several()
+    node_leader = rank != 0 and leads_one_node_of_several()
 
     def say(message: str, hint: str | None = None, *, error: BaseException | None = None) -> None:
         # error None: a Ctrl-C, which the terminal sends to every process
@@ -143,7 +143,7 @@ def _peer_lost(exc: RuntimeError) -> str | None:
     return found.group() if found else None
 
 
-def _leads_one_node_of_several() -> bool:
+def leads_one_node_of_several() -> bool:
     """Whether this process is the first of its machine (LOCAL_RANK 0) in a torchrun job that spans
     several machines (LOCAL_WORLD_SIZE below WORLD_SIZE); False where the launcher does not say."""
     env = runtime.env_distributed(strict=False)

@@ -13,7 +13,7 @@ How it measures:
 * Random weights (seed 0) unless a checkpoint is given; eval mode; ``torch.inference_mode()``;
   a (B, 3, S, S) standard-normal input (seed 0). Latency does not depend on the weight values.
 * ``warmup`` untimed passes, then ``runs`` timed passes; the median is the latency, ``batch /
-  median`` the throughput. On CUDA the clock is read after ``torch.cuda.synchronize()``.
+  median`` the throughput. On a GPU (CUDA, MPS) the clock is read after the queued work is done.
 * ``mode="compare"`` times the plain model and its :func:`~pdseg_cli.model.optimize.optimize` form
   in one process, alternating run by run (so load from other processes hits both alike), and
   reports the speed-up and the largest |logit difference| between the two.
@@ -206,17 +206,13 @@ def _rss_peak() -> Iterator[list[int]]:
 # timing
 
 
-def _sync(device: Any) -> None:
-    runtime.synchronize(device)
-
-
 # fn: called with no arguments; Callable[..., Any], as mypy infers no type for a lambda that binds a
 # loop variable by a default argument
 def _time_once(fn: Callable[..., Any], device: Any) -> tuple[float, Any]:
-    _sync(device)
+    runtime.synchronize(device)
     start = time.perf_counter()
     out = fn()
-    _sync(device)
+    runtime.synchronize(device)
     return (time.perf_counter() - start) * 1000.0, out
 
 
@@ -423,11 +419,11 @@ def _peak_memory(fn: Callable[[Any], Any], x: Any, dev: Any) -> int | None:
     import torch
 
     if dev.type == "cuda":
-        _sync(dev)
-        torch.cuda.empty_cache()
+        runtime.synchronize(dev)
+        runtime.empty_device_cache(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         fn(x)
-        _sync(dev)
+        runtime.synchronize(dev)
         return int(torch.cuda.max_memory_allocated(dev))
     if dev.type != "cpu":
         return None
@@ -465,12 +461,12 @@ def _measure_size(
     for name, fn in forms.items():
         graphs = dev.type == "cuda" and _cuda_graph_mode(getattr(fn, "mode", None))
         if graphs:
-            _sync(dev)
+            runtime.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(warmup):
             outputs[name] = fn(x)
         if graphs:
-            _sync(dev)
+            runtime.synchronize(dev)
             recorded[name] = int(torch.cuda.max_memory_allocated(dev))
     diff = None
     if len(outputs) == 2:

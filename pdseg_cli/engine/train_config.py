@@ -301,9 +301,8 @@ class TrainConfig:
             ),
             (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}", "e.g. --seed 1"),
             (
-                # torch's generators take 64 bits, and the run's streams are the seed plus a number
-                self.seed < 2**32,
-                f"--seed {self.seed} is too large (below 2^32 = 4294967296)",
+                self.seed < 2**64,  # torch's generators take 64 bits (larger: its overflow traceback)
+                f"--seed {self.seed} is too large (below 2^64)",
                 "e.g. --seed 1",
             ),
             (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ class TrainingView:
         # epoch started (a resumed one runs only its remaining steps)
         self._paces: list[tuple[float, int]] = []
         self._epoch_first, self._steps_per_epoch = 0, 0
+        self._epoch_clock = 0.0
         # the variant and size the run resolved (--init's, or the defaults), once it started: an
         # error after the start names them, not the options as typed
         self.started: tuple[str, int] | None = None
@@ -116,6 +118,7 @@ class TrainingView:
 
     def _on_epoch_start(self, event: TrainEvent) -> None:
         self._epoch_first, self._steps_per_epoch = event.step, event.total
+        self._epoch_clock = time.monotonic()  # this session's part of the epoch (a resumed one's too)
         # a resumed epoch's steps done before: in the count, not in the rate
         description = f"epoch {event.epoch}/{self._epochs}"
         self._open("epoch", description, event.total, unit="it", fields=("loss", "lr"), already=event.step)
@@ -136,7 +139,9 @@ class TrainingView:
                 f"val maxF {v['val_maxf']:.4f} MAE {v['val_mae']:.4f}" + (" (best)" if v["best"] else "")
             )
         parts.append(ui.duration(v["epoch_time_s"]))
-        self._paces.append((float(v["epoch_time_s"]), max(1, self._steps_per_epoch - self._epoch_first)))
+        # not epoch_time_s: a resumed epoch's counts its earlier session's seconds too
+        seconds = time.monotonic() - self._epoch_clock
+        self._paces.append((seconds, max(1, self._steps_per_epoch - self._epoch_first)))
         left = self._epochs - event.epoch
         if left > 0:
             parts.append(f"about {ui.duration(left * self._steps_per_epoch * self._step_seconds())} left")
@@ -145,7 +150,8 @@ class TrainingView:
     def _step_seconds(self) -> float:
         """Seconds per step at this session's pace: the median of its epochs' after the first,
         which also pays for starting (workers, the first decode into the cache, the allocator's
-        first passes); validation included, in the epochs that validate."""
+        first passes). Each epoch's validation and checkpoint writes count in its pace; with
+        ``--val-every K`` above 1 the median follows the epochs that do not validate."""
         return statistics.median(seconds / steps for seconds, steps in self._paces[1:] or self._paces)
 
     def _on_notice(self, event: TrainEvent) -> None:
