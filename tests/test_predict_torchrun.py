@@ -52,7 +52,7 @@ def test_two_processes_share_the_files_and_print_one_summary(tmp_path: Path) -> 
         assert cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (20 + i, 30)
     assert proc.stdout.count("pdseg predict") == 1, text  # one summary, from rank 0
     # merged over ranks; whole words, so that "done 50" or "failed 12" would not do
-    for row in ("done 5", "failed 1", "2 processes"):
+    for row in ("done 5", "failed 1", "2 processes, counts of all"):
         assert _in_summary(row, proc.stdout), text
     assert "zz_broken.jpg" in "".join(text.split())
 

@@ -256,8 +256,8 @@ def summary(result: PredictSummary, *, table_on_stderr: bool = False) -> None:
     caption = (
         f"{result.device} · {result.precision} · size {result.size}" if result.device else "no model loaded"
     )
-    if result.world_size > 1:
-        caption += f" · {result.world_size} processes"
+    if result.world_size > 1:  # the start line gave this process's share; these are everyone's
+        caption += f" · {result.world_size} processes, counts of all"
     ui.table(
         "pdseg predict", ["", "value"], rows, numeric=[False, True], caption=caption, stderr=table_on_stderr
     )
