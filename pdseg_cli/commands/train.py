@@ -284,6 +284,8 @@ def train(
 
     Run folder (--out): last.pt (EMA weights + state), best.pt (best val maxF, if validating), results.csv.
 
+    Also there: config.json, cache/ (decoded samples; --cache-dir moves it), tensorboard/ (if installed).
+
     Ctrl-C saves last.pt; --resume continues the run from it, exactly.
 
     Another --epochs with --resume re-plans the run: the learning rate decays over the new length.
