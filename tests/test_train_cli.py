@@ -172,6 +172,32 @@ def test_a_first_step_the_scaler_skips_warns_nothing(
     assert "lr_scheduler.step()" not in said
 
 
+def test_mid_epoch_saves_are_not_counted_as_training_time(
+    tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--save-every-steps: the seconds a mid-epoch save takes were added to the epoch's and the
+    run's training time (results.csv), where the epoch-end writes never were."""
+    import csv
+    import time
+
+    import pdseg_cli.engine.train_loop as loop
+
+    real_clock, real_save = time.perf_counter, loop._save_last
+    late = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + late[0])
+
+    def slow_save(*args: object) -> None:
+        real_save(*args)  # type: ignore[arg-type]
+        late[0] += 1000.0  # as if the write took 1000 s
+
+    monkeypatch.setattr(loop, "_save_last", slow_save)
+    result = runner.invoke(app, [*tiny_args(tmp_path / "run", folders), "--save-every-steps", "1"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "run" / "results.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["epoch_time_s"]) < 500 and float(row["wall_time_s"]) < 500
+
+
 def test_cli_out_of_memory_is_a_one_line_error(
     tmp_path: Path, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

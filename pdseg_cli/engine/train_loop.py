@@ -117,6 +117,7 @@ def _train_epoch(run: TrainRun, epoch: int, first: int, sums: EpochSums, stop: S
         if stop_now or (periodic and step < plan.steps_per_epoch):
             clock()
             _save_last(run, epoch, step, sums)
+            tick = time.perf_counter()  # the save is not training time, as the epoch-end writes are not
             if stop_now:
                 ctx.emit("stopped", values={"checkpoint": str(out / LAST), "steps": progress.global_step})
                 return False
