@@ -198,15 +198,11 @@ def _flag_help(cls: type[_Command]) -> type[_Command]:
         def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
             given = list(args)  # click's parser consumes the list it gets
             helping = any(h in given for h in ctx.help_option_names)  # -h or --help: the help wins
-            if not isinstance(self, typer.core.TyperGroup) and not helping:
-                try:
-                    _refuse_empty_values(ctx, given)
-                except typer.Exit:
-                    ui.set_quiet(False)
-                    raise
             try:
+                if not isinstance(self, typer.core.TyperGroup) and not helping:
+                    _refuse_empty_values(ctx, given)  # said, then typer.Exit(2)
                 return super().parse_args(ctx, args)
-            except Exception as exc:  # click's UsageError, matched by name in _wrong_option
+            except Exception as exc:  # click's UsageError, matched by name in _wrong_option; an Exit
                 ui.set_quiet(False)  # an eager -q was read before the error: no command runs
                 _wrong_option(ctx, exc, given)
                 raise

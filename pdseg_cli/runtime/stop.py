@@ -161,7 +161,7 @@ def signals_held() -> Iterator[Callable[[], None]]:
             yield block
     finally:
         if held:  # as if it came now: Ctrl-C raises KeyboardInterrupt here, an unhandled SIGTERM ends
-            signal.raise_signal(held[0])
+            act_on_stop(held[0])
 
 
 @contextlib.contextmanager
